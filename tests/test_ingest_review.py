@@ -168,8 +168,8 @@ def test_a_nas_thumbnail_folder_is_left_out_with_one_note_not_a_refusal(tmp_path
     folder" for each SKU and "metadata.json: missing" for the one beside the SKU folders. They are left
     out, as ``skuforge evaluate`` leaves them out, with one note for the batch."""
     # Compared casefolded, as evaluate compares them.
-    for folder, sku_id, name in (("A", "A-1", "@eaDir"), ("B", "B-1", "@EADIR")):
-        thumbnails = _sku(tmp_path, folder, sku_id) / name / "photo_0.png"
+    for folder, sku_id, name, colours in (("A", "A-1", "@eaDir", (10, 20)), ("B", "B-1", "@EADIR", (50, 60))):
+        thumbnails = _sku(tmp_path, folder, sku_id, colours) / name / "photo_0.png"
         thumbnails.mkdir(parents=True)
         Image.new("RGB", (64, 64), "red").save(thumbnails / "SYNOPHOTO_THUMB_M.jpg")
     (tmp_path / "@eaDir" / "A").mkdir(parents=True)
@@ -266,7 +266,7 @@ def test_reingesting_a_sku_that_lost_a_photo_warns_that_it_stays(
 ) -> None:
     batch = tmp_path / "batch"
     folder = _sku(batch, "A", "A-1", colours=(10, 20, 30))
-    _sku(batch, "B", "B-1")
+    _sku(batch, "B", "B-1", colours=(50, 60))  # photos of its own: one in two SKUs is warned of
     monkeypatch.setenv("SKUFORGE_STORE_URI", file_store_uri(tmp_path / "store"))
     store = FileStore(tmp_path / "store")
     assert cli_main(["ingest", str(batch)]) == 0

@@ -28,10 +28,13 @@ a zip it makes), and the files Windows and macOS leave in any folder (``Thumbs.d
 ``Icon\\r``); a NAS's thumbnail folders (Synology's ``@eaDir``, resized copies of each photo) are
 left out with one warning for the batch. A copy of a photo in its folder (the same picture) is
 ingested once, and named in a warning; of a cut-out and its copy flattened on white, the cut-out,
-for its outline. Two SKU ids of a batch may not differ only in case (``ABC-1``, ``abc-1``): on a
-case-insensitive file system their store folders would be one. A name or category that is only
-whitespace or invisible characters (a zero-width space) is refused, and so is a control character
-(a tab, newline, NUL or terminal escape) in the name, category, brand or series. One in a photo's
+for its outline. A resized or re-encoded copy (other pixels, the same perceptual hash within
+``NEAR_DUPLICATE_MAX_BITS``, as ``skuforge evaluate`` finds copies) is ingested as a photo of its own
+and named in a warning, and so is a photo that an earlier SKU folder of the batch has too. Two SKU
+ids of a batch may not differ only in case (``ABC-1``, ``abc-1``): on a case-insensitive file
+system their store folders would be one. A name or category that is only whitespace or invisible
+characters (a zero-width space) is refused, and so is a control character (a tab, newline, NUL or
+terminal escape) in the name, category, brand or series. One in a photo's
 file name is not refused but written escaped (``\\n``, ``\\x1b``) in the event's
 ``original_filename``, which takes no control character either.
 
@@ -91,6 +94,7 @@ from shared.argtypes import path_argument
 from shared.bus import Publisher, listed_topics
 from shared.config import ConfigError, Settings, load_settings
 from shared.errors import BadInput, ImageRejected, TransientError
+from shared.evaluation.leakage import NEAR_DUPLICATE_MAX_BITS, perceptual_hash
 from shared.images import encode_png, photo_and_transparency, refuse_oversized
 from shared.observability import escape_control_characters
 from shared.photos import (
@@ -141,6 +145,7 @@ class PreparedPhoto:
     photo_id: str
     original_filename: str
     png: bytes
+    file: Path  # what it was read from, for a warning that names it
     width: int
     height: int
     # The file's own transparency (a cut-out's outline), stored beside it for the captioner.
@@ -165,6 +170,8 @@ class PreparedSku:
     photos: list[PreparedPhoto]
     # (a file, the file before it in the folder with the same picture): ingested once, and warned of.
     copies: tuple[tuple[Path, Path], ...] = ()
+    # (a file, a file before it that it looks like: resized or re-encoded): both ingested, and warned of.
+    near_copies: tuple[tuple[Path, Path], ...] = ()
 
     @property
     def event_id(self) -> str:
@@ -489,6 +496,8 @@ def prepare_sku(folder: Path, settings: Settings) -> tuple[PreparedSku | None, l
     photos: list[PreparedPhoto] = []
     seen: dict[str, Path] = {}  # each picture's first file
     copies: list[tuple[Path, Path]] = []
+    near_copies: list[tuple[Path, Path]] = []
+    looks: list[tuple[bytes, Path]] = []  # each kept photo's perceptual hash, where it has one
     # Every file is checked, even past the limit: a user who removes photos should not find the next
     # problem only on the next run. One at a time; the photos past the limit are checked, counted and
     # let go, never held. The limit counts distinct pictures: a copy of one adds nothing (it was
@@ -531,7 +540,9 @@ def prepare_sku(folder: Path, settings: Settings) -> tuple[PreparedSku | None, l
             file.name.encode("utf-8", "surrogateescape").decode("utf-8", "replace"), MAX_FILENAME_CHARS
         )
         mask_png = None if transparency is None else encode_png(transparency)
-        photo = PreparedPhoto(photo_id, name, png, width=image.width, height=image.height, mask_png=mask_png)
+        photo = PreparedPhoto(
+            photo_id, name, png, file, width=image.width, height=image.height, mask_png=mask_png
+        )
         if photo_id in seen:
             # A cut-out, and the file kept before it is the same picture flattened on white (one
             # photo over white): the cut-out takes its place, as its outline is the captioner's mask.
@@ -542,6 +553,13 @@ def prepare_sku(folder: Path, settings: Settings) -> tuple[PreparedSku | None, l
         seen[photo_id] = file
         if len(seen) > limit:
             continue
+        # A copy with other bytes (shrunk by a chat app, saved again as JPEG) is another photo to
+        # ingest, but its owner meant one: named, as a byte-for-byte copy is, and left in.
+        look = perceptual_hash(png, max_pixels=settings.max_image_pixels)
+        if (earlier := _looked_like(look, looks)) is not None:
+            near_copies.append((file, earlier))
+        if look is not None:
+            looks.append((look, file))
         photos.append(photo)
     if len(seen) > limit:
         problems.append(
@@ -551,7 +569,20 @@ def prepare_sku(folder: Path, settings: Settings) -> tuple[PreparedSku | None, l
         )
     if problems or metadata is None:
         return None, problems
-    return PreparedSku(folder=folder, metadata=metadata, photos=photos, copies=tuple(copies)), []
+    sku = PreparedSku(folder, metadata, photos, copies=tuple(copies), near_copies=tuple(near_copies))
+    return sku, []
+
+
+def _looked_like(look: bytes | None, looks: list[tuple[bytes, Path]]) -> Path | None:
+    """The first file of ``looks`` whose perceptual hash is within ``NEAR_DUPLICATE_MAX_BITS`` of
+    ``look``; None when there is none, or when ``look`` is None (a plain picture: its hash says nothing)."""
+    if look is None:
+        return None
+    bits = int.from_bytes(look)
+    close = (
+        file for other, file in looks if (bits ^ int.from_bytes(other)).bit_count() <= NEAR_DUPLICATE_MAX_BITS
+    )
+    return next(close, None)
 
 
 def _shows_nothing(text: str) -> bool:
@@ -745,8 +776,9 @@ def survey_folders(
 ) -> list[tuple[str, int]]:
     """(sku_id, photos) of every SKU folder under ``path``, checked as ``skuforge ingest`` checks them
     (IngestError naming all problems if any), holding one SKU's photos at a time. ``warn``, if given,
-    is told of photos lying in ``path`` itself, which no SKU reads, and of copies of a photo in its
-    folder, ingested once (``ingest_path`` tells its own)."""
+    is told of photos lying in ``path`` itself, which no SKU reads, of copies of a photo in its
+    folder (ingested once; a resized copy twice), and of a photo two SKUs have (``ingest_path`` tells
+    its own)."""
     return _check_all(path, settings, lambda sku: (sku.metadata.sku_id, len(sku.photos)), warn=warn)
 
 
@@ -761,17 +793,19 @@ def _check_all(
     naming every problem. Once a problem is found only the checks go on; each prepared SKU is let go
     before the next folder is read, so what stays is what ``keep`` returns. ``warn`` is told of photos
     lying beside the SKU folders, first, so a refused run names them too, of the NAS thumbnail folders
-    left out, and of copies of a photo in its folder."""
+    left out, of copies of a photo in its folder, and of a photo of an earlier SKU of the batch."""
     if warn is not None:
         _warn_of_loose_photos(path, warn)
         _warn_of_skipped_entries(path, warn)
         _warn_of_nas_thumbnails(path, warn)
     kept: list[T] = []
     problems: list[str] = []
+    pictures: dict[str, tuple[str, Path]] = {}  # each photo id's first SKU and file
     for sku, sku_problems in check_folders(path, settings):
         problems.extend(sku_problems)
         if warn is not None and sku is not None:
             _warn_of_copies(sku, warn)
+            _warn_of_photos_of_other_skus(sku, pictures, warn)
         if sku is not None and not problems:
             kept.append(keep(sku))
         del sku
@@ -788,6 +822,28 @@ def _warn_of_copies(sku: PreparedSku, warn: Callable[[str], None]) -> None:
             f"SKU {sku.metadata.sku_id}: {copy} is the same picture as {first} and is not ingested a "
             "second time"
         )
+    for copy, first in sku.near_copies:
+        warn(
+            f"SKU {sku.metadata.sku_id}: {copy} looks like a resized or re-encoded copy of {first}; both "
+            "are ingested, as two photos of the product (remove the copy if it is one)"
+        )
+
+
+def _warn_of_photos_of_other_skus(
+    sku: PreparedSku, pictures: dict[str, tuple[str, Path]], warn: Callable[[str], None]
+) -> None:
+    """Warn, not refuse, of a photo of ``sku`` that an earlier SKU of the batch has too (``pictures``:
+    each photo id's first SKU and file, which this adds to). A photo copied into the wrong product's
+    folder was ingested for both without a word, one picture the retraining store held as two classes;
+    a shelf shot of two products may be meant for both."""
+    for photo in sku.photos:
+        owner = pictures.setdefault(photo.photo_id, (sku.metadata.sku_id, photo.file))
+        if owner[0] != sku.metadata.sku_id:
+            warn(
+                f"SKU {sku.metadata.sku_id}: {photo.file} is the same picture as {owner[1]} of SKU "
+                f"{owner[0]}; one photo given for two products is ingested for both (move it to its "
+                "own product's folder)"
+            )
 
 
 def _nothing_ingested(problems: list[str]) -> str:
@@ -907,7 +963,8 @@ def ingest_path(
     are tens of gigabytes. Should a publish fail later (a topic missing), the photos already stored
     stay under their content keys and the next run writes the same keys. A store failure before
     anything is published is ``StoreUnavailable``; ``warn`` is told of photos lying in ``path`` beside
-    its SKU folders (no SKU reads them), of copies of a photo in its folder (ingested once), of each
+    its SKU folders (no SKU reads them), of copies of a photo in its folder (ingested once; a resized
+    or re-encoded copy twice), of a photo that two SKUs of the batch have, of each
     SKU whose store folder holds photos its folder no longer has (they stay), and of a new SKU id whose
     photos another SKU holds (a changed sku_id).
     With ``withdraw_missing`` the photos a folder no longer has are withdrawn instead (module

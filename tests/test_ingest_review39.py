@@ -1,0 +1,77 @@
+"""Ingest review 39: copies that are not byte-for-byte copies, and one photo in two SKU folders, are
+named in a warning instead of being ingested without a word."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from services.ingest import ingest
+from shared.config import load_settings
+
+
+def _picture(seed: int, size: tuple[int, int] = (320, 240)) -> Image.Image:
+    """A smooth, detailed picture (waves of a few colours): its perceptual hash says something, and a
+    resized or re-encoded copy of it keeps that hash."""
+    width, height = size
+    y, x = np.mgrid[0:height, 0:width].astype(float)
+    a, b, c = np.random.default_rng(seed).uniform(5, 30, 3)
+    value = 128 + 60 * np.sin(x / a) + 60 * np.cos(y / b + x / c)
+    return Image.fromarray(np.stack([value, value[::-1], 255 - value], -1).clip(0, 255).astype(np.uint8))
+
+
+def _sku(root: Path, folder: str, sku_id: str) -> Path:
+    path = root / folder
+    path.mkdir(parents=True)
+    (path / "metadata.json").write_text(
+        json.dumps({"sku_id": sku_id, "name": "Oat drink", "category": "carton"})
+    )
+    return path
+
+
+def _survey(batch: Path) -> tuple[list[tuple[str, int]], list[str]]:
+    warnings: list[str] = []
+    return ingest.survey_folders(batch, load_settings(), warn=warnings.append), warnings
+
+
+def test_a_resized_or_re_encoded_copy_of_a_photo_is_named_in_a_warning(tmp_path: Path) -> None:
+    # The copy a chat app shrank or re-encoded has other bytes than IMG_1.png: it was ingested as a
+    # second photo of the SKU without a word, though a byte-for-byte copy is named.
+    folder = _sku(tmp_path, "A", "A-1")
+    _picture(1).save(folder / "IMG_1.png")
+    _picture(1).resize((160, 120)).save(folder / "IMG_1_small.png")
+    _picture(1).save(folder / "IMG_1_chat.jpg", quality=60)
+    _picture(2).save(folder / "IMG_2.png")
+    surveyed, warnings = _survey(tmp_path)
+    assert surveyed == [("A-1", 4)], "a warning, not a refusal: both are ingested"
+    assert warnings == [
+        f"SKU A-1: {folder / copy} looks like a resized or re-encoded copy of {folder / 'IMG_1.png'}; "
+        "both are ingested, as two photos of the product (remove the copy if it is one)"
+        for copy in ("IMG_1_chat.jpg", "IMG_1_small.png")
+    ], warnings
+
+
+def test_different_photos_of_one_product_are_not_taken_for_copies(tmp_path: Path) -> None:
+    folder = _sku(tmp_path, "A", "A-1")
+    for seed in range(4):
+        _picture(seed).save(folder / f"IMG_{seed}.png")
+    assert _survey(tmp_path) == ([("A-1", 4)], [])
+
+
+def test_the_same_photo_in_two_sku_folders_is_named_in_a_warning(tmp_path: Path) -> None:
+    # A photo copied into the wrong product's folder is one picture given as two products: each SKU
+    # took it silently, and the retraining store held it under both classes.
+    first, second = _sku(tmp_path, "oat", "OAT-1"), _sku(tmp_path, "soy", "SOY-1")
+    _picture(1).save(first / "front.png")
+    _picture(2).save(first / "back.png")
+    _picture(3).save(second / "front.png")
+    _picture(2).save(second / "side.png")
+    surveyed, warnings = _survey(tmp_path)
+    assert surveyed == [("OAT-1", 2), ("SOY-1", 2)]
+    assert warnings == [
+        f"SKU SOY-1: {second / 'side.png'} is the same picture as {first / 'back.png'} of SKU OAT-1; "
+        "one photo given for two products is ingested for both (move it to its own product's folder)"
+    ], warnings
