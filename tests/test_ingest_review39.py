@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from services.ingest import ingest
@@ -75,3 +76,13 @@ def test_the_same_photo_in_two_sku_folders_is_named_in_a_warning(tmp_path: Path)
         f"SKU SOY-1: {second / 'side.png'} is the same picture as {first / 'back.png'} of SKU OAT-1; "
         "one photo given for two products is ingested for both (move it to its own product's folder)"
     ], warnings
+
+
+def test_a_jpeg_past_pillows_own_pixel_limit_is_ingested_though_it_has_no_perceptual_hash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Ingest decodes such a JPEG scaled down; the perceptual hash, refused it, must not refuse the photo.
+    folder = _sku(tmp_path, "A", "A-1")
+    _picture(1, (400, 300)).save(folder / "IMG_1.jpg")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 50_000)  # twice that is under its 120,000 pixels
+    assert _survey(tmp_path) == ([("A-1", 1)], [])

@@ -506,8 +506,9 @@ def prepare_sku(folder: Path, settings: Settings) -> tuple[PreparedSku | None, l
         try:
             # Refuse an oversized file by its size, before reading gigabytes into memory.
             refuse_oversized(file.stat().st_size, settings.max_image_bytes)
+            data = file.read_bytes()
             image, png, transparency = photo_and_transparency(
-                file.read_bytes(),
+                data,
                 max_pixels=settings.max_image_pixels,
                 max_bytes=settings.max_image_bytes,
                 refuse_empty=True,  # an empty layer: stored as plain white, then dead-lettered
@@ -555,7 +556,7 @@ def prepare_sku(folder: Path, settings: Settings) -> tuple[PreparedSku | None, l
             continue
         # A copy with other bytes (shrunk by a chat app, saved again as JPEG) is another photo to
         # ingest, but its owner meant one: named, as a byte-for-byte copy is, and left in.
-        look = perceptual_hash(png, max_pixels=settings.max_image_pixels)
+        look = _look(data, settings.max_image_pixels)
         if (earlier := _looked_like(look, looks)) is not None:
             near_copies.append((file, earlier))
         if look is not None:
@@ -571,6 +572,17 @@ def prepare_sku(folder: Path, settings: Settings) -> tuple[PreparedSku | None, l
         return None, problems
     sku = PreparedSku(folder, metadata, photos, copies=tuple(copies), near_copies=tuple(near_copies))
     return sku, []
+
+
+def _look(data: bytes, max_pixels: int) -> bytes | None:
+    """The perceptual hash of a photo file that was accepted: read from the file, not the stored PNG,
+    as a JPEG is then decoded at thumbnail size (0.03 s where the PNG of a 12 MP photo took 0.4 s).
+    None when it has none, or none can be had (a JPEG past Pillow's own pixel limit, which ingest
+    decodes scaled down): such a photo is compared by its bytes only."""
+    try:
+        return perceptual_hash(data, max_pixels=max_pixels)
+    except ImageRejected:
+        return None
 
 
 def _looked_like(look: bytes | None, looks: list[tuple[bytes, Path]]) -> Path | None:
