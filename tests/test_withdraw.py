@@ -541,7 +541,8 @@ def test_a_folder_whose_sku_id_changed_warns_that_the_old_sku_stays(
     assert "take the old SKU out with `skuforge ingest --withdraw-sku A-1`" in warned[0]
     assert store.exists(f"incoming/A-1/{publisher.published[0][1].photos[0].photo_id}.png"), "nothing removed"
 
-    # Said once, when the new id first goes out; and never when both ids are in the batch.
+    # Said once, when the new id first goes out; and never when both ids are in the batch: there the
+    # one photo of three SKUs is named as such, not as a changed sku_id.
     ingest_path(folder.parent, settings, store=store, warn=warned.append)
     twin = tmp_path / "skus" / "oat-drink-copy"
     shutil.copytree(folder, twin)
@@ -549,7 +550,10 @@ def test_a_folder_whose_sku_id_changed_warns_that_the_old_sku_stays(
     shutil.copytree(folder, tmp_path / "skus" / "oat-drink-old")
     (tmp_path / "skus" / "oat-drink-old" / "metadata.json").write_text(json.dumps(metadata))
     ingest_path(folder.parent, settings, store=store, warn=warned.append)
-    assert len(warned) == 1, warned[1:]
+    assert len(warned) == 3, warned[1:]
+    assert all("of SKU A-2; one photo given for two products" in warning for warning in warned[1:]), warned[
+        1:
+    ]
 
 
 # -- a whole SKU: skuforge ingest --withdraw-sku ------------------------------------------------------
