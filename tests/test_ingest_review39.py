@@ -86,3 +86,19 @@ def test_a_jpeg_past_pillows_own_pixel_limit_is_ingested_though_it_has_no_percep
     _picture(1, (400, 300)).save(folder / "IMG_1.jpg")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 50_000)  # twice that is under its 120,000 pixels
     assert _survey(tmp_path) == ([("A-1", 1)], [])
+
+
+def test_an_optional_field_given_as_null_says_to_leave_it_out(tmp_path: Path) -> None:
+    # A spreadsheet export or JSON.stringify writes an empty brand as null: "brand: Input should be a
+    # valid string" did not say that the field may simply be left out.
+    folder = _sku(tmp_path, "A", "A-1")
+    _picture(1).save(folder / "IMG_1.png")
+    (folder / "metadata.json").write_text(
+        json.dumps({"sku_id": "A-1", "name": "Oat drink", "category": "carton", "brand": None})
+    )
+    with pytest.raises(ingest.IngestError) as refused:
+        _survey(tmp_path)
+    assert (
+        f"{folder / 'metadata.json'}: brand: null; leave it out (it is optional) or give it as text"
+        in str(refused.value)
+    ), refused.value

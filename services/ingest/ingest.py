@@ -475,6 +475,15 @@ def prepare_sku(folder: Path, settings: Settings) -> tuple[PreparedSku | None, l
                     f"{metadata_path}: {field}: not a field of metadata.json ({_metadata_fields()}); "
                     "take it out"
                 )
+            elif error["input"] is None and field in SkuMetadata.model_fields:
+                # A spreadsheet export or JSON.stringify writes an empty field as null: "Input should be
+                # a valid string" did not say that an optional one may be left out.
+                fix = (
+                    f"give the product's {field}"
+                    if SkuMetadata.model_fields[field].is_required()
+                    else "leave it out (it is optional) or give it as text"
+                )
+                problems.append(f"{metadata_path}: {field}: null; {fix}")
             else:
                 problems.append(f"{metadata_path}: {field}: {error['msg']}")
     if text is not None:
