@@ -13,9 +13,10 @@ Consumes:
                            what waits for review; a pending row never replaces a decision;
 * ``sku.captioned``        the real reference photos with their masks (rows ``reference``, source ``real``;
                            a photo whose mask found no product, ``no_product_found`` or
-                           ``mask_full_frame``, is stored without a mask: a real photo for a classifier
-                           all the same; other photos the captioner found unusable are recorded as
-                           ``unusable``).
+                           ``mask_full_frame``, is stored without a mask, even one the event carries,
+                           as is a usable photo whose mask marks no pixel (``no_product_found``): a real
+                           photo for a classifier all the same; other photos the captioner found
+                           unusable are recorded as ``unusable``).
 
 A photo its owner withdrew (``skuforge ingest --withdraw-missing``; ``shared/trainstore/withdrawals.py``)
 stays out: while its marker exists, every row of it or of an image generated from it is written as
@@ -247,9 +248,10 @@ class Trainstore:
             if photo.photo_id in marked:
                 staged.append(StagedItem(withdrawn_row(ManifestRow(status="reference", **base))))
                 continue
-            if photo.mask is None:
+            if photo.mask is None or reason is not None:
                 # Matting found no single product in it (loose produce filling the frame): a real photo
-                # of the product all the same, which a classifier trains on; stored without a mask.
+                # of the product all the same, which a classifier trains on; stored without a mask, also
+                # one the event carries (the export handed it to training as the product's outline).
                 # Left out before: 4 of 162 in-store photos of the few-shot benchmark at k = 1.
                 image_png = self._stage_image(ctx, photo.image, f"photo {photo.photo_id}")
                 objects = _object_fields(sku.sku_id, "real", photo.photo_id, photo.image, image_png, None)
@@ -259,8 +261,11 @@ class Trainstore:
             image_png, mask_png = self._stage_pair(
                 ctx, photo.image, photo.mask, (f"photo {photo.photo_id}", f"mask of photo {photo.photo_id}")
             )
+            # A usable photo whose mask marks nothing is a photo whose mask found no product.
+            reasons = [] if mask_png is not None else ["no_product_found"]
             objects = _object_fields(sku.sku_id, "real", photo.photo_id, photo.image, image_png, mask_png)
-            staged.append(StagedItem(ManifestRow(status="reference", **base, **objects), image_png, mask_png))
+            row = ManifestRow(status="reference", reasons=reasons, **base, **objects)
+            staged.append(StagedItem(row, image_png, mask_png))
         older = self._write(ctx, sku.sku_id, staged, marked=marked)
         # What a newer captioning decided for a photo stays, its objects too.
         staged = [item for item in staged if item.row.item_id not in older]
@@ -328,11 +333,12 @@ class Trainstore:
         names: tuple[str, str],
         *,
         product: bool = False,
-    ) -> tuple[bytes, bytes]:
+    ) -> tuple[bytes, bytes | None]:
         """Read, verify and decode an image and its mask; returns the PNG bytes to store. Both are
         refused on the event's figures (``Context.refuse_unread``) before either is read; a refusal
         names the object (``names``: the image's, the mask's) and its uri. ``product``: the mask must
-        mark some product (``mask_empty`` otherwise)."""
+        mark some product (``mask_empty`` otherwise); without it, a mask that marks none is None (a
+        real photo's, stored without it)."""
         image_name, mask_name = names
         for name, ref in ((image_name, image_ref), (mask_name, mask_ref)):
             with naming(name, ref.uri):
@@ -343,7 +349,8 @@ class Trainstore:
             image = decode_image(image_bytes, max_pixels=max_pixels, max_bytes=max_bytes)
         with naming(mask_name, mask_ref.uri):
             mask = decode_mask(ctx.store.read_verified(mask_ref), max_pixels=max_pixels, max_bytes=max_bytes)
-            if product and not mask.any():
+            marked = bool(mask.any())
+            if product and not marked:
                 # The gate flags an empty mask whatever its thresholds, but an approval of one, or an
                 # event of an older gate, was stored: an image of the SKU with no product marked in it.
                 raise BadInput(
@@ -355,7 +362,7 @@ class Trainstore:
                 f"mask {mask_ref.uri} is {mask.shape[1]}x{mask.shape[0]}, "
                 f"image {image_ref.uri} is {image.width}x{image.height}",
             )
-        return _image_png(image_ref, image_bytes, image), encode_png(mask)
+        return _image_png(image_ref, image_bytes, image), encode_png(mask) if marked else None
 
     def _stage_image(self, ctx: Context, image_ref: ImageRef, name: str) -> bytes:
         """Read, verify and decode an image without a mask; returns the PNG bytes to store. A refusal
@@ -745,7 +752,7 @@ def _synthetic_row(
     event: Envelope[Any],
     *,
     status: Status,
-    item: tuple[bytes, bytes] | None,
+    item: tuple[bytes, bytes | None] | None,
     **fields: Any,
 ) -> ManifestRow:
     sku_id = generated.sku.sku_id
