@@ -1,10 +1,15 @@
-"""Trainstore, review 39: odd real-photo masks.
+"""Trainstore, review 39: odd real-photo masks, and images counted as stored that were stored already.
 
 A real photo whose mask found no product (``no_product_found``, ``mask_full_frame``) is stored without a
 mask, a real photo of the product for a classifier. Two events said so and were stored with a mask all
 the same, which a jsonl export hands to training as the product's outline: a photo the event calls a
 mask problem but that carries its mask (an older captioner, another producer), and a photo called
 usable whose mask marks no pixel at all.
+
+``skuforge_trainstore_images_stored_total`` counted every row that named an image, also a row written
+again for an image its item's row already named: an event made again (a restarted gate or captioner
+re-emits what it had not committed, with a new envelope and time) counted its images twice, and a replay
+of old decisions read as images reaching the store (``SkuforgeNoImagesStored`` stayed quiet).
 """
 
 from __future__ import annotations
@@ -13,21 +18,23 @@ import json
 from pathlib import Path
 
 import numpy as np
+from prometheus_client import CollectorRegistry
 
 from schemas.envelope import Envelope
-from schemas.events import SkuCaptioned
-from schemas.topics import SKU_CAPTIONED
+from schemas.events import GateAccepted, SkuCaptioned
+from schemas.topics import GATE_ACCEPTED, SKU_CAPTIONED
+from services.trainstore.stage import Trainstore
 from shared.bus import make_envelope
 from shared.trainstore.dataset import export_dataset
-from tests.support.gate import captioned
+from tests.support.gate import captioned, matted_item
 from tests.support.trainstore import stored, trainstore_stage
 
 SKU = "SKU-001"
 
 
-def _envelope(event: SkuCaptioned) -> Envelope[SkuCaptioned]:
+def _envelope(event: SkuCaptioned, event_id: str = "a") -> Envelope[SkuCaptioned]:
     return make_envelope(
-        SKU_CAPTIONED, event, event_id="a" * 32, sku_id=SKU, trace_id="t" * 32, producer="test"
+        SKU_CAPTIONED, event, event_id=event_id * 32, sku_id=SKU, trace_id="t" * 32, producer="test"
     )
 
 
@@ -60,3 +67,41 @@ def test_a_photo_whose_mask_found_no_product_is_stored_without_the_mask_it_carri
     lines = [json.loads(line) for line in (tmp_path / "out" / "dataset.jsonl").read_text().splitlines()]
     masks = {line["item_id"]: line["mask"] for line in lines}
     assert (masks["p0"], masks["p1"]) == (None, None) and masks["p2"] is not None
+
+
+def test_an_image_made_again_under_a_new_envelope_is_counted_once(tmp_path: Path) -> None:
+    store, manifests, _, ctx = trainstore_stage(tmp_path, compact_after_parts=16)
+    registry = CollectorRegistry()
+    writer = Trainstore(manifests, compact_after_parts=16, registry=registry)
+    item = matted_item(store, 1, 0)
+    accepted = GateAccepted(matted=item, iou=1.0, checks=[])
+    for event_id in "ab":  # the gate's acceptance, made again after a restart
+        envelope = make_envelope(
+            GATE_ACCEPTED, accepted, event_id=event_id * 32, sku_id=SKU, trace_id="t" * 32, producer="gate"
+        )
+        writer.accepted(envelope, ctx)
+    event = captioned(store, 1, photos=2)
+    for event_id in "cd":  # the captioner's, made again
+        writer.captioned(_envelope(event, event_id), ctx)
+    counted = {
+        source: registry.get_sample_value("skuforge_trainstore_images_stored_total", {"source": source})
+        for source in ("real", "synthetic")
+    }
+    assert counted == {"real": 2.0, "synthetic": 1.0}
+
+    # A render with other pixels is another image stored.
+    other = item.model_copy(
+        update={"generated": item.generated.model_copy(update={"image": event.photos[0].image})}
+    )
+    envelope = make_envelope(
+        GATE_ACCEPTED,
+        GateAccepted(matted=other, iou=1.0, checks=[]),
+        event_id="e" * 32,
+        sku_id=SKU,
+        trace_id="t" * 32,
+        producer="gate",
+    )
+    writer.accepted(envelope, ctx)
+    assert (
+        registry.get_sample_value("skuforge_trainstore_images_stored_total", {"source": "synthetic"}) == 2.0
+    )

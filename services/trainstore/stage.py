@@ -116,7 +116,8 @@ class TrainstoreMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.images_stored = Counter(
             "skuforge_trainstore_images_stored_total",
-            "Training images written to the retraining store, by source (real, synthetic).",
+            "Training images written to the retraining store, by source (real, synthetic); an image "
+            "its item's row already named, written again, is not counted again.",
             ["source"],
             registry=registry,
         )
@@ -433,9 +434,15 @@ class Trainstore:
             self._put_back_deleted(ctx, sku_id, changed)
             self._delete_replaced_objects(ctx, sku_id, changed, current, written)
             # Counted once the rows are durable: a retried event (the manifest write failed) puts
-            # its images again, and would otherwise count them again.
+            # its images again, and would otherwise count them again. Only an image its item's row did
+            # not name: an event made again (a restarted producer's, a new envelope) counted it twice.
             for item in changed:
-                if item.row.image and item.image_png is not None:
+                before = current.get(item.row.item_id)
+                if (
+                    item.row.image
+                    and item.image_png is not None
+                    and (before is None or before.image != item.row.image)
+                ):
                     self.metrics.images_stored.labels(item.row.source).inc()
             ctx.log.info(
                 "manifest rows written", extra={"sku_id": sku_id, "rows": len(changed), "part": written}
