@@ -9,7 +9,9 @@ usable whose mask marks no pixel at all.
 ``skuforge_trainstore_images_stored_total`` counted every row that named an image, also a row written
 again for an image its item's row already named: an event made again (a restarted gate or captioner
 re-emits what it had not committed, with a new envelope and time) counted its images twice, and a replay
-of old decisions read as images reaching the store (``SkuforgeNoImagesStored`` stayed quiet).
+of old decisions read as images reaching the store (``SkuforgeNoImagesStored`` stayed quiet). And both
+counters counted after the write's clean-up (objects put back, replaced ones deleted): a store error
+there, once the rows were written, and the retried event found them written and counted nothing.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from prometheus_client import CollectorRegistry
 
 from schemas.envelope import Envelope
@@ -25,7 +28,10 @@ from schemas.events import GateAccepted, SkuCaptioned
 from schemas.topics import GATE_ACCEPTED, SKU_CAPTIONED
 from services.trainstore.stage import Trainstore
 from shared.bus import make_envelope
+from shared.errors import TransientError
+from shared.store import FileStore
 from shared.trainstore.dataset import export_dataset
+from shared.trainstore.withdrawals import Withdrawals
 from tests.support.gate import captioned, matted_item
 from tests.support.trainstore import stored, trainstore_stage
 
@@ -105,3 +111,68 @@ def test_an_image_made_again_under_a_new_envelope_is_counted_once(tmp_path: Path
     assert (
         registry.get_sample_value("skuforge_trainstore_images_stored_total", {"source": "synthetic"}) == 2.0
     )
+
+
+class FailsFirstDelete(FileStore):
+    """S3 answers 503 once, to the first deletion."""
+
+    failed = False
+
+    def _delete(self, key: str) -> None:
+        if not self.failed:
+            self.failed = True
+            raise TransientError("S3 answered 503")
+        super()._delete(key)
+
+
+def test_an_image_is_counted_when_the_deletion_of_the_render_it_replaced_is_retried(tmp_path: Path) -> None:
+    store = FailsFirstDelete(tmp_path / "store")
+    _, manifests, _, ctx = trainstore_stage(tmp_path, compact_after_parts=16, store=store)
+    registry = CollectorRegistry()
+    writer = Trainstore(manifests, compact_after_parts=16, registry=registry)
+    first = matted_item(store, 1, 0)
+    # The item rendered again (same item id, other pixels): its first render's objects are deleted.
+    photo = captioned(store, 1, photos=1).photos[0]
+    again = first.model_copy(update={"generated": first.generated.model_copy(update={"image": photo.image})})
+    envelopes = [
+        make_envelope(
+            GATE_ACCEPTED,
+            GateAccepted(matted=item, iou=1.0, checks=[]),
+            event_id=event_id * 32,
+            sku_id=SKU,
+            trace_id="t" * 32,
+            producer="gate",
+        )
+        for item, event_id in ((first, "a"), (again, "b"))
+    ]
+    writer.accepted(envelopes[0], ctx)
+    with pytest.raises(TransientError):
+        writer.accepted(envelopes[1], ctx)  # its row is written, the old render's deletion fails
+    writer.accepted(envelopes[1], ctx)  # the runtime's retry
+    assert manifests.read_sku(SKU)[first.generated.item_id].image_sha256 == photo.image.sha256
+    assert (
+        registry.get_sample_value("skuforge_trainstore_images_stored_total", {"source": "synthetic"}) == 2.0
+    )
+
+
+def test_a_withdrawn_photo_is_counted_when_the_deletion_of_a_replaced_mask_is_retried(tmp_path: Path) -> None:
+    store = FailsFirstDelete(tmp_path / "store")
+    _, manifests, _, ctx = trainstore_stage(tmp_path, compact_after_parts=16, store=store)
+    registry = CollectorRegistry()
+    writer = Trainstore(manifests, compact_after_parts=16, registry=registry)
+    event = captioned(store, 1, photos=2)
+    p0, p1, _ = event.photos
+    writer.captioned(_envelope(event.model_copy(update={"photos": [p1]}), "a"), ctx)
+    Withdrawals(manifests).withdraw(SKU, event.sku.category, ["p0"], by="test")
+    # Captioned again: p0 (withdrawn meanwhile) and p1 with another mask, whose old mask is deleted.
+    mask = np.zeros((p1.image.height, p1.image.width), np.uint8)
+    mask[10:-10, 10:-10] = 255
+    p1_again = p1.model_copy(update={"mask": store.put_image("fixtures/p1-mask-again.png", mask)})
+    again = _envelope(event.model_copy(update={"photos": [p0, p1_again]}), "b")
+    with pytest.raises(TransientError):
+        writer.captioned(again, ctx)
+    writer.captioned(again, ctx)  # the runtime's retry
+
+    assert manifests.read_sku(SKU)["p0"].status == "withdrawn"
+    counted = registry.get_sample_value("skuforge_trainstore_items_withdrawn_total", {"source": "real"})
+    assert counted == 1.0

@@ -431,11 +431,11 @@ class Trainstore:
                 self.manifests.store.put_bytes(self.manifests.key(row.mask), item.mask_png, "image/png")
         written = self.manifests.append(sku_id, [item.row for item in changed], current=current)
         if written:
-            self._put_back_deleted(ctx, sku_id, changed)
-            self._delete_replaced_objects(ctx, sku_id, changed, current, written)
             # Counted once the rows are durable: a retried event (the manifest write failed) puts
             # its images again, and would otherwise count them again. Only an image its item's row did
             # not name: an event made again (a restarted producer's, a new envelope) counted it twice.
+            # Before the clean-up below: retried after it failed, the event finds its rows written and
+            # counts nothing.
             for item in changed:
                 before = current.get(item.row.item_id)
                 if (
@@ -455,6 +455,8 @@ class Trainstore:
                     "items withdrawn",
                     extra={"sku_id": sku_id, "items": len(withdrawn), "photos": _photo_ids(withdrawn)},
                 )
+            self._put_back_deleted(ctx, sku_id, changed)
+            self._delete_replaced_objects(ctx, sku_id, changed, current, written)
             self.manifests.compact(sku_id, min_deltas=self.compact_after_parts)
         if marked:
             self._delete_withdrawn_objects(
