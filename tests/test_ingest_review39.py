@@ -102,3 +102,15 @@ def test_an_optional_field_given_as_null_says_to_leave_it_out(tmp_path: Path) ->
         f"{folder / 'metadata.json'}: brand: null; leave it out (it is optional) or give it as text"
         in str(refused.value)
     ), refused.value
+
+
+def test_a_link_in_a_batch_back_to_the_batch_is_named_a_loop(tmp_path: Path) -> None:
+    # It was told to "ingest it on its own (skuforge ingest .../loop)": the same batch again.
+    _picture(1).save(_sku(tmp_path, "A", "A-1") / "IMG_1.png")
+    (tmp_path / "loop").symlink_to(tmp_path)
+    with pytest.raises(ingest.IngestError) as refused:
+        _survey(tmp_path)
+    assert str(refused.value).endswith(
+        f"{tmp_path / 'loop'}: a link back to {tmp_path}, a folder it is in, so the batch would be "
+        "read inside itself; remove the link"
+    ), refused.value

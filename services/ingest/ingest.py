@@ -438,6 +438,12 @@ def _metadata_fields() -> str:
 def prepare_sku(folder: Path, settings: Settings) -> tuple[PreparedSku | None, list[str]]:
     """Check one SKU folder; returns the prepared SKU or the list of problems."""
     held = [] if _has_metadata_entry(folder) else _sku_folders_in(folder)
+    if held and folder.is_symlink() and folder.parent.resolve().is_relative_to(folder.resolve()):
+        # Told to be ingested on its own, it was the same batch again.
+        return None, [
+            f"{folder}: a link back to {folder.readlink()}, a folder it is in, so the batch would be read "
+            "inside itself; remove the link"
+        ]
     if held:
         # A batch given one level too high (`skuforge ingest var/synth`, whose SKU folders are in
         # var/synth/skus) was told to move each SKU's photos into the batch folder, merging products.
