@@ -20,17 +20,17 @@ silently repairing:
 ``unsupported_mode``    a pixel layout that cannot be turned into RGB / a mask
 
 Odd but valid images are converted, never refused: 16-bit and 32-bit grayscale are rescaled (not
-clipped) to 8 bits (a mask whose values all fit in 0..255 is read as those 8-bit values, a 0/1 label
-mask by its labels, and a Lab mask by its lightness), CMYK / palette / grayscale / bilevel become
-RGB, images with alpha (an alpha channel, or a transparent colour key: PNG tRNS) are composited over
-white (product photos are shot and sold on white; a 32-bit BMP whose alpha bytes are all 0 is
-opaque, as Windows reads it), an embedded ICC colour profile (Display P3, an iPhone's default; Adobe
-RGB; a CMYK press profile; a grey one, on grey with or without alpha at any depth) is converted to
-sRGB, EXIF orientation is applied and animated images yield their first frame. A JPEG with more
-pixels than ``max_pixels`` (a 48, 108 or 200 MP phone photo, even past Pillow's own
-decompression-bomb limit) is decoded at 1/2, 1/4 or 1/8 of its size, the largest that fits, rather
-than refused. A JPEG whose every scan is whole but which lacks its end marker (EOI: some cameras and
-uploaders leave it off) is read; one cut short stays ``truncated``.
+clipped) to 8 bits (a mask whose values all fit in 0..255, and a 32-bit photo's, is read as those
+8-bit values, a 0/1 label mask by its labels, and a Lab mask by its lightness), CMYK / palette /
+grayscale / bilevel become RGB, images with alpha (an alpha channel, or a transparent colour key:
+PNG tRNS) are composited over white (product photos are shot and sold on white; a 32-bit BMP whose
+alpha bytes are all 0 is opaque, as Windows reads it), an embedded ICC colour profile (Display P3,
+an iPhone's default; Adobe RGB; a CMYK press profile; a grey one, on grey with or without alpha at
+any depth) is converted to sRGB, EXIF orientation is applied and animated images yield their first
+frame. A JPEG with more pixels than ``max_pixels`` (a 48, 108 or 200 MP phone photo, even past
+Pillow's own decompression-bomb limit) is decoded at 1/2, 1/4 or 1/8 of its size, the largest that
+fits, rather than refused. A JPEG whose every scan is whole but which lacks its end marker (EOI:
+some cameras and uploaders leave it off) is read; one cut short stays ``truncated``.
 ``ImageFile.LOAD_TRUNCATED_IMAGES`` is deliberately left off: a half image is not a photo.
 """
 
@@ -1092,10 +1092,10 @@ def _composite(
 def _scale_to_uint8(image: Image.Image) -> UInt8Array:
     """Rescale high-bit-depth grayscale to 8 bits over its nominal range instead of clipping.
 
-    16-bit modes map 0..65535 onto 0..255. Mode "I" (32-bit int) is treated as 16-bit when
-    its values fit in 0..65535 (that is what Pillow and most TIFF/PNG writers put there) and
-    is stretched over its actual range otherwise. Mode "F" (float) maps 0..1 onto 0..255,
-    keeps values already in 0..255 and stretches anything else; NaN becomes 0.
+    16-bit modes map 0..65535 onto 0..255. Mode "I" (32-bit int) is read as 8-bit values when they
+    fit in 0..255, treated as 16-bit when they fit in 0..65535 (that is what Pillow and most
+    TIFF/PNG writers put there) and is stretched over its actual range otherwise. Mode "F" (float)
+    maps 0..1 onto 0..255, keeps values already in 0..255 and stretches anything else; NaN becomes 0.
     """
     if image.mode in _SIXTEEN_BIT_MODES:
         # Integer rounding, a strip at a time: the whole image as uint32 was 4 bytes a pixel, and
@@ -1120,6 +1120,10 @@ def _scale_to_uint8(image: Image.Image) -> UInt8Array:
         )
 
     low, high = (float(extreme) for extreme in _extrema(image, as_floats))
+    if image.mode == "I" and low >= 0.0 and high <= 255.0:
+        # An 8-bit photo saved as int32 (numpy, OpenCV): read over 0..65535 it was 0 and 1, a black
+        # photo stored without a word. No 16-bit photo has every value under 256.
+        return _converted(image, lambda values, _top, _bottom: values.astype(np.uint8))
     if image.mode == "F" and low >= 0.0 and high <= 1.0:
         low, high = 0.0, 1.0
     elif image.mode == "F" and low >= 0.0 and high <= 255.0:

@@ -109,6 +109,14 @@ def test_32bit_int_and_float_grayscale() -> None:
     assert np.asarray(decode_image(save(floats, "TIFF")))[0, :, 0].tolist() == [0, 255, 128]
 
 
+def test_a_32bit_int_grey_photo_holding_8_bit_values_is_read_as_8_bit() -> None:
+    # numpy's int32 (an 8-bit photo saved by a script) holds 0..255: read over 0..65535 it was stored
+    # as 0 and 1, a black photo ingested without a word.
+    values = np.array([[0, 1, 128, 200, 255]], dtype=np.int32)
+    photo = decode_image(save(Image.fromarray(values), "TIFF"))
+    assert np.asarray(photo)[0, :, 0].tolist() == [0, 1, 128, 200, 255]
+
+
 def test_cmyk_jpeg_becomes_rgb() -> None:
     cmyk = Image.new("CMYK", (32, 32), (0, 255, 255, 0))  # pure red in CMYK
     data = save(cmyk, "JPEG", quality=95)
