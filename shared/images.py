@@ -302,6 +302,19 @@ def photo_and_transparency(
     return image, encode_png(image), mask
 
 
+def frame_count(data: bytes) -> int:
+    """How many frames or pages a photo file holds (an animated PNG or WebP, a multi-page TIFF), of
+    which ``decode_image`` reads the first. A multi-picture JPEG (MPO: a phone's photo and its preview
+    or depth map) is one photo. 1 for bytes that do not open as an image."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if _FORMAT_ALIASES.get(image.format or "") == "JPEG":
+                return 1
+            return int(getattr(image, "n_frames", 1))
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError):
+        return 1
+
+
 def _as_rgba(image: Image.Image) -> Image.Image:
     """An image with alpha as ``RGBA``. Pillow has no La (premultiplied grey + alpha, a TIFF whose
     ExtraSamples is 1) to RGBA conversion: it goes through LA. Raises ``ImageRejected`` for a mode

@@ -114,3 +114,23 @@ def test_a_link_in_a_batch_back_to_the_batch_is_named_a_loop(tmp_path: Path) -> 
         f"{tmp_path / 'loop'}: a link back to {tmp_path}, a folder it is in, so the batch would be "
         "read inside itself; remove the link"
     ), refused.value
+
+
+def test_an_animation_or_a_multi_page_photo_is_named_with_its_frame_count(tmp_path: Path) -> None:
+    # Only the first frame or page is ingested: the others were dropped without a word. A phone's
+    # multi-picture JPEG (MPO: the photo and its preview) is one photo and says nothing.
+    folder = _sku(tmp_path, "A", "A-1")
+    _picture(1).save(folder / "spin.png", save_all=True, append_images=[_picture(2), _picture(3)])
+    _picture(4).save(folder / "scan.tiff", save_all=True, append_images=[_picture(5)])
+    _picture(7).save(folder / "spin.webp", save_all=True, append_images=[_picture(8)], lossless=True)
+    _picture(6).save(
+        folder / "phone.jpg", "MPO", save_all=True, append_images=[_picture(6).resize((160, 120))]
+    )
+    assert Image.open(folder / "phone.jpg").format == "MPO"
+    surveyed, warnings = _survey(tmp_path)
+    assert surveyed == [("A-1", 4)], "a warning, not a refusal"
+    assert warnings == [
+        f"SKU A-1: {folder / name} holds {frames} frames (an animation or a multi-page file); only the "
+        "first is ingested (save each one meant as a photo of its own)"
+        for name, frames in (("scan.tiff", 2), ("spin.png", 3), ("spin.webp", 2))
+    ], warnings

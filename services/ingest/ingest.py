@@ -30,7 +30,8 @@ left out with one warning for the batch. A copy of a photo in its folder (the sa
 ingested once, and named in a warning; of a cut-out and its copy flattened on white, the cut-out,
 for its outline. A resized or re-encoded copy (other pixels, the same perceptual hash within
 ``NEAR_DUPLICATE_MAX_BITS``, as ``skuforge evaluate`` finds copies) is ingested as a photo of its own
-and named in a warning, and so is a photo that an earlier SKU folder of the batch has too. Two SKU
+and named in a warning, and so is a photo that an earlier SKU folder of the batch has too, and an
+animated PNG or WebP or a multi-page TIFF, of which the first frame is ingested. Two SKU
 ids of a batch may not differ only in case (``ABC-1``, ``abc-1``): on a case-insensitive file
 system their store folders would be one. A name or category that is only whitespace or invisible
 characters (a zero-width space) is refused, and so is a control character (a tab, newline, NUL or
@@ -95,7 +96,7 @@ from shared.bus import Publisher, listed_topics
 from shared.config import ConfigError, Settings, load_settings
 from shared.errors import BadInput, ImageRejected, TransientError
 from shared.evaluation.leakage import NEAR_DUPLICATE_MAX_BITS, perceptual_hash
-from shared.images import encode_png, photo_and_transparency, refuse_oversized
+from shared.images import encode_png, frame_count, photo_and_transparency, refuse_oversized
 from shared.observability import escape_control_characters
 from shared.photos import (
     HEIC_ADVICE,
@@ -172,6 +173,9 @@ class PreparedSku:
     copies: tuple[tuple[Path, Path], ...] = ()
     # (a file, a file before it that it looks like: resized or re-encoded): both ingested, and warned of.
     near_copies: tuple[tuple[Path, Path], ...] = ()
+    # (a file, its frame or page count) of an animation or a multi-page file: its first is ingested, and
+    # warned of.
+    frames: tuple[tuple[Path, int], ...] = ()
 
     @property
     def event_id(self) -> str:
@@ -512,6 +516,7 @@ def prepare_sku(folder: Path, settings: Settings) -> tuple[PreparedSku | None, l
     seen: dict[str, Path] = {}  # each picture's first file
     copies: list[tuple[Path, Path]] = []
     near_copies: list[tuple[Path, Path]] = []
+    frames: list[tuple[Path, int]] = []
     looks: list[tuple[bytes, Path]] = []  # each kept photo's perceptual hash, where it has one
     # Every file is checked, even past the limit: a user who removes photos should not find the next
     # problem only on the next run. One at a time; the photos past the limit are checked, counted and
@@ -576,6 +581,8 @@ def prepare_sku(folder: Path, settings: Settings) -> tuple[PreparedSku | None, l
             near_copies.append((file, earlier))
         if look is not None:
             looks.append((look, file))
+        if (count := frame_count(data)) > 1:
+            frames.append((file, count))
         photos.append(photo)
     if len(seen) > limit:
         problems.append(
@@ -585,7 +592,9 @@ def prepare_sku(folder: Path, settings: Settings) -> tuple[PreparedSku | None, l
         )
     if problems or metadata is None:
         return None, problems
-    sku = PreparedSku(folder, metadata, photos, copies=tuple(copies), near_copies=tuple(near_copies))
+    sku = PreparedSku(
+        folder, metadata, photos, copies=tuple(copies), near_copies=tuple(near_copies), frames=tuple(frames)
+    )
     return sku, []
 
 
@@ -804,8 +813,8 @@ def survey_folders(
     """(sku_id, photos) of every SKU folder under ``path``, checked as ``skuforge ingest`` checks them
     (IngestError naming all problems if any), holding one SKU's photos at a time. ``warn``, if given,
     is told of photos lying in ``path`` itself, which no SKU reads, of copies of a photo in its
-    folder (ingested once; a resized copy twice), and of a photo two SKUs have (``ingest_path`` tells
-    its own)."""
+    folder (ingested once; a resized copy twice), of a photo two SKUs have, and of an animation or a
+    multi-page file (its first frame is ingested; ``ingest_path`` tells its own)."""
     return _check_all(path, settings, lambda sku: (sku.metadata.sku_id, len(sku.photos)), warn=warn)
 
 
@@ -820,7 +829,8 @@ def _check_all(
     naming every problem. Once a problem is found only the checks go on; each prepared SKU is let go
     before the next folder is read, so what stays is what ``keep`` returns. ``warn`` is told of photos
     lying beside the SKU folders, first, so a refused run names them too, of the NAS thumbnail folders
-    left out, of copies of a photo in its folder, and of a photo of an earlier SKU of the batch."""
+    left out, of copies of a photo in its folder, of an animation or a multi-page file, and of a photo
+    of an earlier SKU of the batch."""
     if warn is not None:
         _warn_of_loose_photos(path, warn)
         _warn_of_skipped_entries(path, warn)
@@ -832,6 +842,7 @@ def _check_all(
         problems.extend(sku_problems)
         if warn is not None and sku is not None:
             _warn_of_copies(sku, warn)
+            _warn_of_frames(sku, warn)
             _warn_of_photos_of_other_skus(sku, pictures, warn)
         if sku is not None and not problems:
             kept.append(keep(sku))
@@ -853,6 +864,16 @@ def _warn_of_copies(sku: PreparedSku, warn: Callable[[str], None]) -> None:
         warn(
             f"SKU {sku.metadata.sku_id}: {copy} looks like a resized or re-encoded copy of {first}; both "
             "are ingested, as two photos of the product (remove the copy if it is one)"
+        )
+
+
+def _warn_of_frames(sku: PreparedSku, warn: Callable[[str], None]) -> None:
+    """Warn, not refuse: of an animated PNG or WebP or a multi-page TIFF only the first frame is
+    ingested (``decode_image``), and the others were dropped without a word."""
+    for file, count in sku.frames:
+        warn(
+            f"SKU {sku.metadata.sku_id}: {file} holds {count} frames (an animation or a multi-page file); "
+            "only the first is ingested (save each one meant as a photo of its own)"
         )
 
 
@@ -991,7 +1012,8 @@ def ingest_path(
     stay under their content keys and the next run writes the same keys. A store failure before
     anything is published is ``StoreUnavailable``; ``warn`` is told of photos lying in ``path`` beside
     its SKU folders (no SKU reads them), of copies of a photo in its folder (ingested once; a resized
-    or re-encoded copy twice), of a photo that two SKUs of the batch have, of each
+    or re-encoded copy twice), of a photo that two SKUs of the batch have, of an animation or a
+    multi-page file (its first frame is ingested), of each
     SKU whose store folder holds photos its folder no longer has (they stay), and of a new SKU id whose
     photos another SKU holds (a changed sku_id).
     With ``withdraw_missing`` the photos a folder no longer has are withdrawn instead (module
