@@ -12,6 +12,7 @@ from PIL import Image
 
 from services.ingest import ingest
 from shared.config import load_settings
+from tests.support.memory import peak_traced_bytes
 
 
 def _picture(seed: int, size: tuple[int, int] = (320, 240)) -> Image.Image:
@@ -78,10 +79,10 @@ def test_the_same_photo_in_two_sku_folders_is_named_in_a_warning(tmp_path: Path)
     ], warnings
 
 
-def test_a_jpeg_past_pillows_own_pixel_limit_is_ingested_though_it_has_no_perceptual_hash(
+def test_a_jpeg_past_pillows_own_pixel_limit_is_ingested(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Ingest decodes such a JPEG scaled down; the perceptual hash, refused it, must not refuse the photo.
+    # Ingest decodes such a JPEG scaled down; the copy check, which refused it, must not refuse the photo.
     folder = _sku(tmp_path, "A", "A-1")
     _picture(1, (400, 300)).save(folder / "IMG_1.jpg")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 50_000)  # twice that is under its 120,000 pixels
@@ -134,3 +135,15 @@ def test_an_animation_or_a_multi_page_photo_is_named_with_its_frame_count(tmp_pa
         "first is ingested (save each one meant as a photo of its own)"
         for name, frames in (("scan.tiff", 2), ("spin.png", 3), ("spin.webp", 2))
     ], warnings
+
+
+def test_a_big_png_is_hashed_for_copies_without_being_decoded_again(tmp_path: Path) -> None:
+    # A PNG has no reduced decode: the copy check decoded it whole a second time, and measured its
+    # plain border on that, 8-byte floats a pixel, while the first decode was still held.
+    folder = _sku(tmp_path, "A", "A-1")
+    side = 2000
+    shot = Image.new("RGB", (side, side), "white")  # a product on white: its border is measured
+    shot.paste(_picture(1, (side // 2, side // 2)), (side // 4, side // 4))
+    shot.save(folder / "IMG_1.png")
+    peak = peak_traced_bytes(lambda: _survey(tmp_path))
+    assert peak < side * side, f"{peak} bytes at once, more than the photo as 8-bit grey"

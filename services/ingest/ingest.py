@@ -95,7 +95,7 @@ from shared.argtypes import path_argument
 from shared.bus import Publisher, listed_topics
 from shared.config import ConfigError, Settings, load_settings
 from shared.errors import BadInput, ImageRejected, TransientError
-from shared.evaluation.leakage import NEAR_DUPLICATE_MAX_BITS, perceptual_hash
+from shared.evaluation.leakage import NEAR_DUPLICATE_MAX_BITS, image_hash
 from shared.images import encode_png, frame_count, photo_and_transparency, refuse_oversized
 from shared.observability import escape_control_characters
 from shared.photos import (
@@ -576,7 +576,7 @@ def prepare_sku(folder: Path, settings: Settings) -> tuple[PreparedSku | None, l
             continue
         # A copy with other bytes (shrunk by a chat app, saved again as JPEG) is another photo to
         # ingest, but its owner meant one: named, as a byte-for-byte copy is, and left in.
-        look = _look(data, settings.max_image_pixels)
+        look = image_hash(image)
         if (earlier := _looked_like(look, looks)) is not None:
             near_copies.append((file, earlier))
         if look is not None:
@@ -596,17 +596,6 @@ def prepare_sku(folder: Path, settings: Settings) -> tuple[PreparedSku | None, l
         folder, metadata, photos, copies=tuple(copies), near_copies=tuple(near_copies), frames=tuple(frames)
     )
     return sku, []
-
-
-def _look(data: bytes, max_pixels: int) -> bytes | None:
-    """The perceptual hash of a photo file that was accepted: read from the file, not the stored PNG,
-    as a JPEG is then decoded at thumbnail size (0.03 s where the PNG of a 12 MP photo took 0.4 s).
-    None when it has none, or none can be had (a JPEG past Pillow's own pixel limit, which ingest
-    decodes scaled down): such a photo is compared by its bytes only."""
-    try:
-        return perceptual_hash(data, max_pixels=max_pixels)
-    except ImageRejected:
-        return None
 
 
 def _looked_like(look: bytes | None, looks: list[tuple[bytes, Path]]) -> Path | None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 import itertools
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeGuard
@@ -75,6 +75,16 @@ def perceptual_hash(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> byt
     if views is None:
         return None
     frame, content = views
+    shown = content if _product_shot(content) else frame
+    return _difference_hash(shown.thumbnail(turn=0))
+
+
+def image_hash(image: Image.Image) -> bytes | None:
+    """``perceptual_hash`` of a photo already decoded as shown (``decode_image``'s RGB: EXIF orientation
+    applied, transparency over white), for a caller that holds it: hashed from its file, a PNG or TIFF,
+    which has no reduced decode, was decoded whole a second time while the first was still held. It is
+    shrunk by a whole factor, as a JPEG's reduced decode is, and never copied at its full size."""
+    frame, content = _views_from(lambda at_least_px: _reduced_grey(image, at_least_px))
     shown = content if _product_shot(content) else frame
     return _difference_hash(shown.thumbnail(turn=0))
 
@@ -239,27 +249,38 @@ def _views(data: bytes, max_pixels: int) -> tuple[_View, _View | None] | None:
     """The photo's whole frame and, where it has a plain border, its content; None when the bytes are
     no image. Past ``max_pixels`` refused, not None: the stages refuse it too, and it is no blank frame."""
     try:
-        grey = _decode_grey(data, _DECODE_PX, max_pixels)
-        frame = _View(grey, (0.0, 0.0, float(grey.width), float(grey.height)))
-        box = _content_box(grey)
-        narrowest = 0.0 if box is None else min(box[2] - box[0], box[3] - box[1])
-        if box is not None and narrowest < _DECODE_PX:
-            # Decoded again larger (where a JPEG allows), so that a narrow product has pixels enough.
-            try:
-                larger = _decode_grey(
-                    data, math.ceil(_DECODE_PX * max(grey.size) / max(narrowest, 1.0)), max_pixels
-                )
-            except ImageRejected:  # a JPEG reduced less would be past the limit: the first decode it is
-                larger = grey
-            if larger.size != grey.size:
-                grey, box = larger, _content_box(larger)
+        return _views_from(lambda at_least_px: _decode_grey(data, at_least_px, max_pixels))
     except ImageRejected as exc:
         if exc.reason == "too_many_pixels":
             raise
         return None
     except (OSError, ValueError):
         return None
+
+
+def _views_from(grey_at: Callable[[int], Image.Image]) -> tuple[_View, _View | None]:
+    """The photo's whole frame and, where it has a plain border, its content; ``grey_at(px)`` is the
+    photo in grey, reduced to no less than ``px`` a side where it is larger."""
+    grey = grey_at(_DECODE_PX)
+    frame = _View(grey, (0.0, 0.0, float(grey.width), float(grey.height)))
+    box = _content_box(grey)
+    narrowest = 0.0 if box is None else min(box[2] - box[0], box[3] - box[1])
+    if box is not None and narrowest < _DECODE_PX:
+        # Reduced less (where a JPEG allows), so that a narrow product has pixels enough.
+        try:
+            larger = grey_at(math.ceil(_DECODE_PX * max(grey.size) / max(narrowest, 1.0)))
+        except ImageRejected:  # a JPEG reduced less would be past the limit: the first decode it is
+            larger = grey
+        if larger.size != grey.size:
+            grey, box = larger, _content_box(larger)
     return frame, None if box is None else _View(grey, box)
+
+
+def _reduced_grey(image: Image.Image, at_least_px: int) -> Image.Image:
+    """``image`` in grey, shrunk by the largest whole factor up to 8 that leaves ``at_least_px`` a side,
+    as ``Image.draft`` picks a JPEG's reduced decode, so it is not copied at its full size."""
+    factor = max(1, min(8, min(image.size) // at_least_px))
+    return (image.reduce(factor) if factor > 1 else image).convert("L")
 
 
 def _decode_grey(data: bytes, at_least_px: int, max_pixels: int) -> Image.Image:
