@@ -1,4 +1,5 @@
-"""``skuforge dataset export`` with odd input (review 39): an empty path argument."""
+"""``skuforge dataset export`` with odd input (review 39): an empty path argument, one photo stored under
+two SKUs."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from shared.store import FileStore
-from shared.trainstore.manifest import ManifestStore
+from shared.trainstore.manifest import ManifestRow, ManifestStore
 from skuforge_cli.main import main as cli_main
 from tests.support.trainstore import PREFIX, add_item
 
@@ -74,3 +75,34 @@ def test_an_evaluation_whose_gains_are_no_fraction_of_top1_is_refused(
     said = f"gain of 'SKU-A' is {points!r}, not a fraction of top-1 between -1 and 1"
     assert said in capsys.readouterr().err
     assert not (tmp_path / "export").exists()
+
+
+def _copy_photo(manifests: ManifestStore, row: ManifestRow, sku_id: str) -> None:
+    """Store ``row``'s photo under ``sku_id`` too, as an ingest of a photo copied into two SKUs' folders."""
+    image = f"images/{sku_id}/real/{row.item_id}.png"
+    manifests.store.put_bytes(manifests.key(image), manifests.store.get_bytes(manifests.key(str(row.image))))
+    manifests.append(sku_id, [row.model_copy(update={"sku_id": sku_id, "image": image, "mask": None})])
+
+
+def test_a_photo_stored_under_two_skus_is_refused_naming_both(
+    store: ManifestStore, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # One picture exported into both classes: the same pixels taught as two products.
+    add_item(store, "SKU-B", "real-1", "real", "reference")
+    _copy_photo(store, store.read_sku("SKU-A")["real-0"], "SKU-B")
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main([*EXPORT, str(tmp_path / "export")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "photo real-0 is stored under SKU-A and SKU-B" in err
+    assert "skuforge ingest --withdraw-missing" in err
+    assert not (tmp_path / "export").exists()
+
+    # Withdrawn from the SKU it is not of, it exports into the other alone.
+    withdrawn = store.read_sku("SKU-B")["real-0"].model_copy(
+        update={"status": "withdrawn", "image": None, "image_sha256": None}
+    )
+    store.append("SKU-B", [withdrawn])
+    assert cli_main([*EXPORT, str(tmp_path / "export")]) == 0
+    assert sorted(path.name for path in (tmp_path / "export" / "SKU-B").iterdir()) == ["real-real-1.png"]
+    assert "real-real-0.png" in {path.name for path in (tmp_path / "export" / "SKU-A").iterdir()}

@@ -25,7 +25,8 @@ rendered again or rejected) leaves that image out, counted (``changed_during_exp
 left with fewer than ``min_real`` real images out; a row that still names the bad bytes stops the export
 (``ChecksumMismatch``, ``ObjectMissing``) and leaves nothing in the output directory. The withdrawal
 markers are read again once the images are written: a class with an image of a photo withdrawn after it
-was copied is written anew without it, before the index and the summary. A policy that
+was copied is written anew without it, before the index and the summary. A real photo that two classes
+hold (the same image sha256) is refused, naming both SKUs: one picture with two labels. A policy that
 leaves no class at all is a ``ValueError`` naming why each SKU was left out, not an empty training set.
 An ``imagefolder`` export reads no mask (it writes none): a mask lost from the store does not stop it.
 """
@@ -564,6 +565,7 @@ def _export_into(
         _refuse_case_only_twins([plan_class.sku_id for plan_class in plan.classes])
         _refuse_summary_name([plan_class.sku_id for plan_class in plan.classes])
     _refuse_shared_image_files(plan.classes, fmt)
+    _refuse_photos_of_two_skus(plan.classes)
     # Written in a staging folder and renamed into place at the end: an export that fails half-way
     # (a tampered or missing object) leaves neither a partial training set nor a folder to clean up.
     target = out_dir.resolve()
@@ -771,6 +773,30 @@ def _refuse_case_only_twins(sku_ids: Sequence[str]) -> None:
             "are strings there; their images need file names of their own), or export one of them on its "
             "own with --sku"
         )
+
+
+def _refuse_photos_of_two_skus(classes: Sequence[ClassPlan]) -> None:
+    """Refuse a real photo (the same image sha256) that two exported classes hold: one picture with two
+    labels, which teaches a classifier that the two products look alike. Ingest only warns of it (a shelf
+    shot of two products may be meant for both); the export cannot tell which label is right."""
+    by_image: dict[str, dict[str, str]] = defaultdict(dict)  # image sha256 -> SKU id -> its item id
+    for plan_class in classes:
+        for row in plan_class.real:
+            by_image[str(row.image_sha256)][plan_class.sku_id] = row.item_id
+    shared = sorted(sorted(skus.items()) for skus in by_image.values() if len(skus) > 1)
+    if not shared:
+        return
+    named = "; ".join(
+        f"photo {'/'.join(sorted({item_id for _, item_id in skus}))} is stored under "
+        f"{' and '.join(sku_id for sku_id, _ in skus)}"
+        for skus in shared[:3]
+    )
+    more = f" (and {len(shared) - 3} more)" if len(shared) > 3 else ""
+    raise ValueError(
+        f"the same photo in two classes would be exported with two labels: {named}{more}. Take it out of "
+        "the folder of the SKU it is not of and run skuforge ingest --withdraw-missing, or leave one of the "
+        "SKUs out with --sku"
+    )
 
 
 # Names Windows keeps for devices, with or without an extension ("CON", "nul.v2"): no folder can have one.
