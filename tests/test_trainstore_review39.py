@@ -12,11 +12,14 @@ re-emits what it had not committed, with a new envelope and time) counted its im
 of old decisions read as images reaching the store (``SkuforgeNoImagesStored`` stayed quiet). And both
 counters counted after the write's clean-up (objects put back, replaced ones deleted): a store error
 there, once the rows were written, and the retried event found them written and counted nothing.
+
+``skuforge dataset stats`` showed the category of a SKU's first row, the old one after it changed.
 """
 
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -30,10 +33,10 @@ from services.trainstore.stage import Trainstore
 from shared.bus import make_envelope
 from shared.errors import TransientError
 from shared.store import FileStore
-from shared.trainstore.dataset import export_dataset
+from shared.trainstore.dataset import export_dataset, sku_stats
 from shared.trainstore.withdrawals import Withdrawals
 from tests.support.gate import captioned, matted_item
-from tests.support.trainstore import stored, trainstore_stage
+from tests.support.trainstore import manifest_row, stored, trainstore_stage
 
 SKU = "SKU-001"
 
@@ -176,3 +179,15 @@ def test_a_withdrawn_photo_is_counted_when_the_deletion_of_a_replaced_mask_is_re
     assert manifests.read_sku(SKU)["p0"].status == "withdrawn"
     counted = registry.get_sample_value("skuforge_trainstore_items_withdrawn_total", {"source": "real"})
     assert counted == 1.0
+
+
+def test_stats_show_the_category_of_the_newest_row() -> None:
+    # A SKU recategorised ("can" to "soda can"): its older items keep the old category in their rows,
+    # and stats showed whichever row came first.
+    rows = [
+        manifest_row("a-render", category="can", produced_at=datetime(2026, 11, 1, tzinfo=UTC)),
+        manifest_row("b-render", category="soda can", produced_at=datetime(2026, 12, 1, tzinfo=UTC)),
+        manifest_row("c-render", category="can"),  # written before rows recorded their time
+    ]
+    (stats,) = sku_stats(rows)
+    assert stats.category == "soda can"

@@ -51,6 +51,7 @@ import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -132,7 +133,8 @@ def sku_stats(rows: Iterable[ManifestRow]) -> list[SkuStats]:
         stats.append(
             SkuStats(
                 sku_id=sku_id,
-                category=sku_rows[0].category,
+                # The newest row's: a SKU's category can change, and its older rows keep the old one.
+                category=max(sku_rows, key=lambda row: row.event_time or _NO_TIME).category,
                 real=count["reference"],
                 synthetic_accepted=count["accepted"],
                 synthetic_approved=count["approved"],
@@ -146,6 +148,7 @@ def sku_stats(rows: Iterable[ManifestRow]) -> list[SkuStats]:
     return stats
 
 
+_NO_TIME = datetime.min.replace(tzinfo=UTC)  # a row written before rows recorded their time: the oldest
 _STATUSES = ("reference", "unusable", "accepted", "approved", "pending", "rejected", "withdrawn")
 
 
