@@ -1,5 +1,5 @@
 """``skuforge dataset export`` with odd input (review 39): an empty path argument, one photo stored under
-two SKUs."""
+two SKUs, a lost mask."""
 
 from __future__ import annotations
 
@@ -106,3 +106,18 @@ def test_a_photo_stored_under_two_skus_is_refused_naming_both(
     assert cli_main([*EXPORT, str(tmp_path / "export")]) == 0
     assert sorted(path.name for path in (tmp_path / "export" / "SKU-B").iterdir()) == ["real-real-1.png"]
     assert "real-real-0.png" in {path.name for path in (tmp_path / "export" / "SKU-A").iterdir()}
+
+
+def test_a_jsonl_export_stopped_by_a_lost_mask_says_what_to_do(
+    store: ManifestStore, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # It said only "no object at ...; nothing was written": not that the other format reads no mask,
+    # nor which SKU to leave out.
+    store.store.delete(store.key("masks/SKU-A/real-0.png"))
+    jsonl = [*EXPORT[:2], "--format", "jsonl", *EXPORT[4:]]
+    assert cli_main([*jsonl, str(tmp_path / "export")]) == 1
+    err = capsys.readouterr().err
+    assert "masks/SKU-A/real-0.png: the mask of SKU-A/real-0" in err
+    assert "restore it, export with --format imagefolder (which reads no mask), or leave SKU-A out" in err
+    assert not (tmp_path / "export").exists()
+    assert cli_main([*EXPORT, str(tmp_path / "export")]) == 0

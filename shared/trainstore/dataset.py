@@ -1014,16 +1014,21 @@ def _write_class(
         if row.source == "synthetic" and synthetic >= max_synthetic_per_real * real:
             result.over_cap += 1
             continue
+        mask_read = False
         try:
             image = _decoded(manifests, row.image, row.image_sha256, limits, decode_image)
             # Only jsonl writes masks: an imagefolder export neither reads them nor fails on one lost.
-            mask = (
-                _decoded(manifests, row.mask, row.mask_sha256, limits, decode_mask)
-                if row.mask and fmt == "jsonl"
-                else None
-            )
-        except (ObjectMissing, ChecksumMismatch):
+            mask_read = bool(row.mask) and fmt == "jsonl"
+            mask = _decoded(manifests, row.mask, row.mask_sha256, limits, decode_mask) if mask_read else None
+        except (ObjectMissing, ChecksumMismatch) as exc:
             if manifests.read_sku(row.sku_id).get(row.item_id) == row:
+                if mask_read and isinstance(exc, ObjectMissing):
+                    # A lost mask need not stop a training set: say the ways past it.
+                    raise ObjectMissing(
+                        manifests.store.uri_for(manifests.key(str(row.mask))),
+                        f"the mask of {row.sku_id}/{row.item_id}; restore it, export with --format "
+                        f"imagefolder (which reads no mask), or leave {row.sku_id} out with --sku",
+                    ) from exc
                 raise  # the manifest still names these bytes: a missing or tampered object
             log.warning("%s/%s changed in the store while the export ran: left out", row.sku_id, row.item_id)
             result.changed += 1
