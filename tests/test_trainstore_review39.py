@@ -13,7 +13,9 @@ of old decisions read as images reaching the store (``SkuforgeNoImagesStored`` s
 counters counted after the write's clean-up (objects put back, replaced ones deleted): a store error
 there, once the rows were written, and the retried event found them written and counted nothing.
 
-``skuforge dataset stats`` showed the category of a SKU's first row, the old one after it changed.
+Nothing checked that an event's objects were of its SKU: a producer pairing one SKU's event with another
+SKU's render had it stored under both, one image with two labels. ``skuforge dataset stats`` showed the
+category of a SKU's first row, the old one after it changed.
 """
 
 from __future__ import annotations
@@ -27,11 +29,11 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from schemas.envelope import Envelope
-from schemas.events import GateAccepted, SkuCaptioned
+from schemas.events import GateAccepted, ImageMatted, SkuCaptioned
 from schemas.topics import GATE_ACCEPTED, SKU_CAPTIONED
 from services.trainstore.stage import Trainstore
 from shared.bus import make_envelope
-from shared.errors import TransientError
+from shared.errors import BadInput, TransientError
 from shared.store import FileStore
 from shared.trainstore.dataset import export_dataset, sku_stats
 from shared.trainstore.withdrawals import Withdrawals
@@ -191,3 +193,50 @@ def test_stats_show_the_category_of_the_newest_row() -> None:
     ]
     (stats,) = sku_stats(rows)
     assert stats.category == "soda can"
+
+
+def _accepted(item: ImageMatted, image_key: str, mask_key: str, store: FileStore) -> Envelope[GateAccepted]:
+    """SKU-001's item, its render and predicted mask copied to the given keys."""
+    refs = {}
+    for key, ref in ((image_key, item.generated.image), (mask_key, item.predicted_mask)):
+        store.put_bytes(key, store.get_bytes(ref.uri), "image/png")
+        refs[key] = ref.model_copy(update={"uri": store.uri_for(key)})
+    generated = item.generated.model_copy(update={"image": refs[image_key]})
+    matted = item.model_copy(update={"generated": generated, "predicted_mask": refs[mask_key]})
+    return make_envelope(
+        GATE_ACCEPTED,
+        GateAccepted(matted=matted, iou=1.0, checks=[]),
+        event_id="a" * 32,
+        sku_id=SKU,
+        trace_id="t" * 32,
+        producer="gate",
+    )
+
+
+@pytest.mark.parametrize(
+    ("image_key", "mask_key", "refused"),
+    [
+        ("generated/SKU-002/gen.png", "masks/predicted/SKU-001/gen.png", "image"),
+        ("generated/SKU-001/gen.png", "masks/predicted/SKU-002/gen.png", "predicted mask"),
+    ],
+)
+def test_an_item_with_another_skus_object_is_dead_lettered(
+    tmp_path: Path, image_key: str, mask_key: str, refused: str
+) -> None:
+    # A producer that paired SKU-001's event with SKU-002's render got the render stored under SKU-001
+    # too: one image in two SKUs' classes, with two labels.
+    store, manifests, writer, ctx = trainstore_stage(tmp_path, compact_after_parts=16)
+    item = matted_item(store, 1, 0)
+    with pytest.raises(BadInput) as refusal:
+        writer.accepted(_accepted(item, image_key, mask_key, store), ctx)
+    assert refusal.value.reason == "other_sku_object"
+    uri = store.uri_for(image_key if refused == "image" else mask_key)
+    assert (
+        f"{refused} {uri}: an object of SKU SKU-002, not of the event's SKU SKU-001" in refusal.value.detail
+    )
+    assert manifests.read_sku(SKU) == {}
+
+    # The same objects under SKU-001's folders are stored.
+    ours = _accepted(item, "generated/SKU-001/gen.png", "masks/predicted/SKU-001/gen.png", store)
+    writer.accepted(ours, ctx)
+    assert manifests.read_sku(SKU)[item.generated.item_id].status == "accepted"

@@ -57,7 +57,9 @@ is read, checked against its sha256 and decoded *before* the first write. Reason
 also for an image or mask the event says is over ``SKUFORGE_MAX_IMAGE_PIXELS`` or
 ``SKUFORGE_MAX_IMAGE_BYTES``, before it or its pair is read), ``dimension_mismatch`` (mask and image
 sizes differ, or image and event), ``final_mask_missing`` (an approval without a mask), ``mask_empty``
-(an accepted or approved item whose mask marks no product: an image of the SKU without it) and
+(an accepted or approved item whose mask marks no product: an image of the SKU without it),
+``other_sku_object`` (an image or mask whose key the flow's layout gives to another SKU than the event's:
+``generated/<other sku_id>/...``; stored, one image would be in two SKUs' classes) and
 ``clock_skew`` (an event produced more than ``SKUFORGE_TRAINSTORE_MAX_CLOCK_AHEAD_S`` ahead of this
 stage's clock: its time orders the item's rows, so it would outrank every later event of the item).
 The detail names the object refused (``image``, ``predicted mask``, ``final mask``, ``photo <id>`` or
@@ -172,7 +174,12 @@ class Trainstore:
         accepted = event.payload
         generated = accepted.matted.generated
         item = self._stage_pair(
-            ctx, generated.image, accepted.matted.predicted_mask, ("image", "predicted mask"), product=True
+            ctx,
+            generated.sku.sku_id,
+            generated.image,
+            accepted.matted.predicted_mask,
+            ("image", "predicted mask"),
+            product=True,
         )
         row = _synthetic_row(generated, event, status="accepted", iou=accepted.iou, item=item)
         self._write(ctx, generated.sku.sku_id, [StagedItem(row, *item)])
@@ -208,7 +215,12 @@ class Trainstore:
         if resolved.final_mask is None:
             raise BadInput("final_mask_missing", f"decision {resolved.decision} carries no final_mask")
         item = self._stage_pair(
-            ctx, generated.image, resolved.final_mask, ("image", "final mask"), product=True
+            ctx,
+            generated.sku.sku_id,
+            generated.image,
+            resolved.final_mask,
+            ("image", "final mask"),
+            product=True,
         )
         row = _synthetic_row(generated, event, status="approved", item=item, **common)
         self._write(ctx, generated.sku.sku_id, [StagedItem(row, *item)])
@@ -254,13 +266,17 @@ class Trainstore:
                 # of the product all the same, which a classifier trains on; stored without a mask, also
                 # one the event carries (the export handed it to training as the product's outline).
                 # Left out before: 4 of 162 in-store photos of the few-shot benchmark at k = 1.
-                image_png = self._stage_image(ctx, photo.image, f"photo {photo.photo_id}")
+                image_png = self._stage_image(ctx, sku.sku_id, photo.image, f"photo {photo.photo_id}")
                 objects = _object_fields(sku.sku_id, "real", photo.photo_id, photo.image, image_png, None)
                 row = ManifestRow(status="reference", reasons=[str(reason)], **base, **objects)
                 staged.append(StagedItem(row, image_png))
                 continue
             image_png, mask_png = self._stage_pair(
-                ctx, photo.image, photo.mask, (f"photo {photo.photo_id}", f"mask of photo {photo.photo_id}")
+                ctx,
+                sku.sku_id,
+                photo.image,
+                photo.mask,
+                (f"photo {photo.photo_id}", f"mask of photo {photo.photo_id}"),
             )
             # A usable photo whose mask marks nothing is a photo whose mask found no product.
             reasons = [] if mask_png is not None else ["no_product_found"]
@@ -329,6 +345,7 @@ class Trainstore:
     def _stage_pair(
         self,
         ctx: Context,
+        sku_id: str,
         image_ref: ImageRef,
         mask_ref: ImageRef,
         names: tuple[str, str],
@@ -337,13 +354,15 @@ class Trainstore:
     ) -> tuple[bytes, bytes | None]:
         """Read, verify and decode an image and its mask; returns the PNG bytes to store. Both are
         refused on the event's figures (``Context.refuse_unread``) before either is read; a refusal
-        names the object (``names``: the image's, the mask's) and its uri. ``product``: the mask must
+        names the object (``names``: the image's, the mask's) and its uri; an object of another SKU than
+        ``sku_id`` is refused too (``_refuse_other_skus_object``). ``product``: the mask must
         mark some product (``mask_empty`` otherwise); without it, a mask that marks none is None (a
         real photo's, stored without it)."""
         image_name, mask_name = names
         for name, ref in ((image_name, image_ref), (mask_name, mask_ref)):
             with naming(name, ref.uri):
                 ctx.refuse_unread(ref, _STORED_AS_STATED)
+                _refuse_other_skus_object(ctx, ref, sku_id)
         max_pixels, max_bytes = ctx.settings.max_image_pixels, ctx.settings.max_image_bytes
         with naming(image_name, image_ref.uri):
             image_bytes = ctx.store.read_verified(image_ref)
@@ -365,12 +384,13 @@ class Trainstore:
             )
         return _image_png(image_ref, image_bytes, image), encode_png(mask) if marked else None
 
-    def _stage_image(self, ctx: Context, image_ref: ImageRef, name: str) -> bytes:
-        """Read, verify and decode an image without a mask; returns the PNG bytes to store. A refusal
-        names the image (``name``) and its uri."""
+    def _stage_image(self, ctx: Context, sku_id: str, image_ref: ImageRef, name: str) -> bytes:
+        """Read, verify and decode an image of ``sku_id`` without a mask; returns the PNG bytes to store.
+        A refusal names the image (``name``) and its uri."""
         settings = ctx.settings
         with naming(name, image_ref.uri):
             ctx.refuse_unread(image_ref, _STORED_AS_STATED)
+            _refuse_other_skus_object(ctx, image_ref, sku_id)
             image_bytes = ctx.store.read_verified(image_ref)
             image = decode_image(
                 image_bytes, max_pixels=settings.max_image_pixels, max_bytes=settings.max_image_bytes
@@ -620,6 +640,32 @@ def _produced_at(event: Envelope[Any]) -> datetime:
     (every producer writes UTC), since naive and aware times do not compare."""
     produced_at = event.produced_at
     return produced_at if produced_at.tzinfo is not None else produced_at.replace(tzinfo=UTC)
+
+
+# The folders the flow's stages write an item's objects in, each followed by the item's SKU id
+# (``generated/<sku_id>/<item_id>-<sha256[:16]>.png``): the generator's, matting's, the console's, the
+# captioner's and ingest's. A key outside them (another producer's) says nothing of its SKU.
+_SKU_FOLDERS = (
+    "generated/",
+    "masks/expected/",
+    "masks/predicted/",
+    "cutouts/",
+    "masks/corrected/",
+    "masks/reference/",
+    "masks/transparency/",
+    "incoming/",
+)
+
+
+def _refuse_other_skus_object(ctx: Context, ref: ImageRef, sku_id: str) -> None:
+    """Refuse an object that the flow wrote for another SKU (``_SKU_FOLDERS``): stored under ``sku_id``
+    as well, one image would be in two SKUs' classes, with two labels (a producer pairing one SKU's
+    event with another's render or mask)."""
+    key = ctx.store.key_for(ref.uri)
+    folder = next((folder for folder in _SKU_FOLDERS if key.startswith(folder)), None)
+    owner = key.removeprefix(folder).partition("/")[0] if folder else sku_id
+    if owner != sku_id:
+        raise BadInput("other_sku_object", f"an object of SKU {owner}, not of the event's SKU {sku_id}")
 
 
 def _image_png(image_ref: ImageRef, image_bytes: bytes, image: Image.Image) -> bytes:
