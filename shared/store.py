@@ -122,9 +122,11 @@ _CREDENTIAL_ERRORS = (
     CredentialRetrievalError,
     TokenRetrievalError,
 )
+# What an S3Store's refusal tells to check; {uri_from} is where its URI was set (``open_store``'s
+# ``uri_from``): a scene library's or a model's bucket was blamed on SKUFORGE_STORE_URI.
 _CHECK_DEPLOYMENT = (
     "check the credentials (the boto3 chain: AWS_* variables, profile or role), "
-    "the bucket name in SKUFORGE_STORE_URI and SKUFORGE_S3_ENDPOINT_URL"
+    "the bucket name in {uri_from} and SKUFORGE_S3_ENDPOINT_URL"
 )
 # These errno values mean the key layout clashes with what is on disk (a file where a
 # directory is needed or the reverse): retrying cannot fix it.
@@ -736,9 +738,11 @@ class S3Store(ObjectStore):
         connect_timeout: float = 5.0,
         read_timeout: float = 30.0,
         max_attempts: int = 5,
+        uri_from: str = "SKUFORGE_STORE_URI",
     ) -> None:
         prefix = s3_location(bucket, prefix)
         self.bucket = bucket
+        self._check_deployment = _CHECK_DEPLOYMENT.format(uri_from=uri_from)
         self.prefix = prefix
         self._key_prefix = f"{prefix}/" if prefix else ""
         self.base_uri = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
@@ -767,7 +771,7 @@ class S3Store(ObjectStore):
             status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
             if code in _S3_REFUSED_CODES or status in _S3_REFUSED_STATUS:
                 raise StoreMisconfigured(
-                    f"S3 refused {uri}: {code or status} (HTTP {status}); {_CHECK_DEPLOYMENT}"
+                    f"S3 refused {uri}: {code or status} (HTTP {status}); {self._check_deployment}"
                 ) from exc
             if code in _S3_MISSING_CODES or status == 404:
                 raise ObjectMissing(uri) from exc
@@ -776,7 +780,7 @@ class S3Store(ObjectStore):
             raise
         except _CREDENTIAL_ERRORS as exc:
             raise StoreMisconfigured(
-                f"no usable S3 credentials for {uri}: {exc}; {_CHECK_DEPLOYMENT}"
+                f"no usable S3 credentials for {uri}: {exc}; {self._check_deployment}"
             ) from exc
         except (BotoConnectionError, HTTPClientError, IncompleteReadError) as exc:
             raise TransientError(f"S3 unreachable for {uri}: {exc}") from exc
@@ -895,12 +899,19 @@ class S3Store(ObjectStore):
         return head["LastModified"].astimezone(UTC)
 
 
-def open_store(uri: str, *, s3_endpoint_url: str | None = None, s3_region: str = "us-east-1") -> ObjectStore:
+def open_store(
+    uri: str,
+    *,
+    s3_endpoint_url: str | None = None,
+    s3_region: str = "us-east-1",
+    uri_from: str = "SKUFORGE_STORE_URI",
+) -> ObjectStore:
     """Open the store a URI names.
 
     ``file:///abs/dir``, ``file://./rel/dir`` or ``file://rel/dir`` (relative to the current
     directory) and plain paths give a ``FileStore``; ``s3://bucket`` or ``s3://bucket/prefix``
     gives an ``S3Store`` at ``s3_endpoint_url`` (``None``: AWS). Other schemes raise ``ValueError``.
+    ``uri_from`` is where ``uri`` was set (a setting, an option): what an S3 refusal says to check.
     """
     scheme, rest = check_store_uri(uri)
     if scheme == "":
@@ -908,7 +919,7 @@ def open_store(uri: str, *, s3_endpoint_url: str | None = None, s3_region: str =
     if scheme == "file":
         return FileStore(Path(rest))
     bucket, _, prefix = rest.partition("/")
-    return S3Store(bucket, prefix, endpoint_url=s3_endpoint_url, region=s3_region)
+    return S3Store(bucket, prefix, endpoint_url=s3_endpoint_url, region=s3_region, uri_from=uri_from)
 
 
 def s3_location(bucket: str, prefix: str) -> str:

@@ -413,7 +413,10 @@ def load_scenes(generation: GenerationSettings, shared: Settings) -> SceneLibrar
     if generation.scenes_uri is None:
         return None
     store = open_store(
-        generation.scenes_uri, s3_endpoint_url=shared.s3_endpoint_url, s3_region=shared.s3_region
+        generation.scenes_uri,
+        s3_endpoint_url=shared.s3_endpoint_url,
+        s3_region=shared.s3_region,
+        uri_from="SKUFORGE_SCENES_URI",
     )
     try:
         return SceneLibrary.load(

@@ -487,7 +487,9 @@ def scene_files(
         )
     settings = load_settings()
     try:
-        store = open_store(uri, s3_endpoint_url=settings.s3_endpoint_url, s3_region=settings.s3_region)
+        store = open_store(
+            uri, s3_endpoint_url=settings.s3_endpoint_url, s3_region=settings.s3_region, uri_from="--scenes"
+        )
     except ValueError as exc:
         raise EvaluateRefused(f"--scenes {uri}: {exc}") from None
     files, hashes, notes = [], [], []

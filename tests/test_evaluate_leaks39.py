@@ -1,0 +1,65 @@
+"""``skuforge evaluate``'s held-out photos (review 39, loose ends): one picture re-encoded under two SKU
+folders, a photo that changes during the run, an S3 ``--scenes`` that refuses the run."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import boto3
+import pytest
+
+from shared.store import FileStore
+from shared.trainstore.manifest import ManifestStore
+from skuforge_cli.main import main as cli_main
+from tests.support.evaluation import (  # noqa: F401 (one_torch_thread: autouse)
+    COLOURS,
+    colour_photo,
+    evaluate_args,
+    fill_colour_store,
+    one_torch_thread,
+)
+from tests.support.trainstore import PREFIX
+
+
+@pytest.fixture
+def colour_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ManifestStore:
+    """``fill_colour_store`` in a file store, which SKUFORGE_STORE_URI points at."""
+    monkeypatch.setenv("SKUFORGE_STORE_URI", f"file://{tmp_path / 'store'}")
+    return fill_colour_store(ManifestStore(FileStore(tmp_path / "store"), PREFIX))
+
+
+@pytest.fixture
+def heldout(tmp_path: Path) -> Path:
+    """Two PNG photos per colour SKU."""
+    root = tmp_path / "heldout"
+    for index, (sku_id, rgb) in enumerate(COLOURS.items()):
+        (root / sku_id).mkdir(parents=True)
+        for n in range(2):
+            colour_photo(rgb, 700 + 10 * index + n).save(root / sku_id / f"test-{n}.png")
+    return root
+
+
+def test_an_s3_scenes_uri_that_refuses_the_run_names_the_option_not_the_store_setting(
+    colour_store: ManifestStore,
+    heldout: Path,
+    tmp_path: Path,
+    s3_endpoint: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # The error blamed "the bucket name in SKUFORGE_STORE_URI", a file store here.
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance role to fall back on
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)  # it caches the credentials it found before
+    monkeypatch.setenv("SKUFORGE_S3_ENDPOINT_URL", s3_endpoint)
+    scenes = f"s3://scenes-{uuid.uuid4().hex[:12]}/library"
+    args = evaluate_args(heldout, tmp_path / "eval", tmp_path, "--scenes", scenes)
+    assert cli_main(args) == 1  # the deployment's fault, as the store's own
+    said = capsys.readouterr().err
+    assert f"no usable S3 credentials for {scenes}" in said, said
+    assert "the bucket name in --scenes" in said, said
+    assert "bucket name in SKUFORGE_STORE_URI" not in said, said
