@@ -9,6 +9,7 @@ from pathlib import Path
 import boto3
 import pytest
 
+from services.trainstore.evaluation import EvaluateRefused, heldout_hashes, heldout_photos
 from shared.store import FileStore
 from shared.trainstore.manifest import ManifestStore
 from skuforge_cli.main import main as cli_main
@@ -18,6 +19,7 @@ from tests.support.evaluation import (  # noqa: F401 (one_torch_thread: autouse)
     evaluate_args,
     fill_colour_store,
     one_torch_thread,
+    shelf_photo,
 )
 from tests.support.trainstore import PREFIX
 
@@ -38,6 +40,23 @@ def heldout(tmp_path: Path) -> Path:
         for n in range(2):
             colour_photo(rgb, 700 + 10 * index + n).save(root / sku_id / f"test-{n}.png")
     return root
+
+
+def test_a_photo_changed_after_it_was_listed_is_refused_not_cached_under_its_old_sha256(
+    heldout: Path, tmp_path: Path
+) -> None:
+    # Listed (and its sha256 taken), then read again for each use: a file rewritten in between (a sync
+    # still running) had its new bytes' hash and features cached under the old bytes' sha256, and every
+    # later run on the old bytes read them.
+    photo_path = heldout / "SKU-RED" / "shelf.png"
+    shelf_photo(5).save(photo_path)
+    photos, _ = heldout_photos(heldout)
+    shelf_photo(6).save(photo_path)
+    cache = tmp_path / "cache"
+    with pytest.raises(EvaluateRefused, match=f"held-out {photo_path} changed"):
+        heldout_hashes(photos, cache)
+    (photo,) = [photo for photo in photos if photo.name == str(photo_path.absolute())]
+    assert not [path for path in cache.rglob(photo.sha256)]
 
 
 def test_an_s3_scenes_uri_that_refuses_the_run_names_the_option_not_the_store_setting(

@@ -149,7 +149,7 @@ def _heldout_photos(root: Path) -> tuple[list[Photo], list[str]]:
                 notes.append(f"{path} is the same picture as {same}: scored once")
                 continue
             first_of[(entry.name, sha256)] = path
-            photos.append(Photo(entry.name, "real", str(path.absolute()), sha256, path.read_bytes))
+            photos.append(Photo(entry.name, "real", str(path.absolute()), sha256, _file_reader(path, sha256)))
     if thumbnails:
         names = ", ".join(sorted({path.name for path in thumbnails}))
         notes.append(
@@ -158,6 +158,23 @@ def _heldout_photos(root: Path) -> tuple[list[Photo], list[str]]:
         )
     _refuse_one_photo_under_two_skus(photos)
     return photos, notes
+
+
+def _file_reader(path: Path, sha256: str) -> Callable[[], bytes]:
+    """Reads ``path``, refused when its bytes are no longer those listed: its hashes, as-ingested answer
+    and features are cached by that sha256, and a file rewritten during the run (a sync still running)
+    had its new bytes' cached under its old bytes' name, read by every later run on the old bytes."""
+
+    def read() -> bytes:
+        data = path.read_bytes()
+        if sha256_hex(data) != sha256:
+            raise EvaluateRefused(
+                f"held-out {path} changed during the run (sha256 {sha256[:12]}... when listed, "
+                f"{sha256_hex(data)[:12]}... now); run again once the folder is no longer being written"
+            )
+        return data
+
+    return read
 
 
 def _is_thumbnail_folder(path: Path) -> bool:
@@ -735,7 +752,7 @@ def evaluate(args: argparse.Namespace) -> EvaluationResult:
         # A photo moved or removed during the run loses its thumbnail, not the whole evaluation.
         try:
             return by_name[name].read() if name in by_name else None
-        except OSError:
+        except (OSError, EvaluateRefused):  # changed since it was scored: not its thumbnail
             return None
 
     page = render_report(
