@@ -10,6 +10,7 @@ import boto3
 import pytest
 
 from services.trainstore.evaluation import EvaluateRefused, heldout_hashes, heldout_photos
+from shared.evaluation.experiment import encode_jpeg
 from shared.store import FileStore
 from shared.trainstore.manifest import ManifestStore
 from skuforge_cli.main import main as cli_main
@@ -40,6 +41,25 @@ def heldout(tmp_path: Path) -> Path:
         for n in range(2):
             colour_photo(rgb, 700 + 10 * index + n).save(root / sku_id / f"test-{n}.png")
     return root
+
+
+def test_one_picture_re_encoded_under_two_sku_folders_is_refused_naming_both(
+    colour_store: ManifestStore, heldout: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Only byte-identical copies were refused: the same picture as a PNG in one SKU's folder and a JPEG
+    # in another's was scored under both labels, one of them wrong whatever the classifier said.
+    shelf = shelf_photo(5)
+    shelf.save(heldout / "SKU-RED" / "shelf.png")
+    (heldout / "SKU-GREEN" / "shelf.jpg").write_bytes(encode_jpeg(shelf, quality=70))
+    shelf_photo(6).save(heldout / "SKU-BLUE" / "other-shelf.png")  # another picture: no copy
+    assert cli_main(evaluate_args(heldout, tmp_path / "eval", tmp_path)) == 2
+    said = capsys.readouterr().err
+    assert f"{heldout / 'SKU-GREEN' / 'shelf.jpg'} (SKU-GREEN)" in said, said
+    assert f"{heldout / 'SKU-RED' / 'shelf.png'} (SKU-RED)" in said, said
+    assert "other-shelf" not in said
+    assert not (tmp_path / "eval").exists()
+    (heldout / "SKU-GREEN" / "shelf.jpg").unlink()
+    assert cli_main(evaluate_args(heldout, tmp_path / "eval", tmp_path)) == 0
 
 
 def test_a_photo_changed_after_it_was_listed_is_refused_not_cached_under_its_old_sha256(

@@ -43,6 +43,7 @@ from shared.evaluation.leakage import (
     LeakageError,
     check_disjoint,
     check_no_near_duplicates,
+    copies_across_groups,
     copy_hashes,
     hash_fits,
     heldout_hash,
@@ -212,6 +213,23 @@ def _refuse_one_photo_under_two_skus(photos: list[Photo]) -> None:
                 f"one held-out photo is in {len(skus)} SKU folders ({shown}); a photo has one label: "
                 "remove the copies (or the link) from the wrong folders"
             )
+
+
+def _refuse_copies_under_two_skus(photos: Sequence[Photo], hashes: Sequence[tuple[str, bytes]]) -> None:
+    """As ``_refuse_one_photo_under_two_skus``, for a copy with other bytes (a JPEG in one SKU's folder,
+    a PNG of it in another's): found by ``heldout_hash``es (``hashes``: (name, hash) of ``photos``)."""
+    sku_of = {photo.name: photo.sku_id for photo in photos}
+    copies = copies_across_groups([(sku_of[name], name, value) for name, value in hashes])
+    if copies:
+        shown = "; ".join(
+            f"{first} ({sku_of[first]}) and {second} ({sku_of[second]}), perceptual hash {bits} of 256 "
+            "bits apart"
+            for first, second, bits in copies[:5]
+        ) + (f"; and {len(copies) - 5} more" if len(copies) > 5 else "")
+        raise EvaluateRefused(
+            f"held-out photos in two SKU folders look like copies of one picture: {shown}; a photo has "
+            "one label: remove the copies from the wrong folders"
+        )
 
 
 def _refuse_sku_folders_inside_others(root: Path, photos: Sequence[Photo], sku_ids: set[str]) -> None:
@@ -713,6 +731,7 @@ def evaluate(args: argparse.Namespace) -> EvaluationResult:
     # SKUs' real images (a copy filed under another SKU lowers that figure, it cannot inflate it, and
     # hashing a large store's every photo would cost a decode each).
     held_hashes, unhashable = heldout_hashes(heldout, cache_dir)
+    _refuse_copies_under_two_skus(heldout, held_hashes)
     store_hashes, store_unhashable = real_image_hashes(manifests, evaluated, cache_dir)
     for note in unhashable_notes(unhashable, store_unhashable):
         print(f"note: {_printable(note)}")

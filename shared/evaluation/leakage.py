@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 import itertools
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeGuard
@@ -385,6 +385,31 @@ def check_no_near_duplicates(
                 f"apart: {how})"
             )
     _raise(problems)
+
+
+def copies_across_groups(
+    photos: Sequence[tuple[str, str, bytes]], *, max_bits: int = NEAR_DUPLICATE_MAX_BITS
+) -> list[tuple[str, str, int]]:
+    """(name, name of its copy, bits apart) of each pair of photos, given as (group, name,
+    ``heldout_hash``), of different groups and within ``max_bits``: one picture held out under two SKU
+    ids, re-encoded, resized, mirrored or turned (the same bytes are found by their sha256). Nearest
+    first; each pair once. A photo as shown (frame and content) is compared with every variant of the
+    others, as ``check_no_near_duplicates`` compares a store image."""
+    if not photos:
+        return []
+    if not all(hash_fits(value, heldout=True) for _, _, value in photos):
+        raise ValueError("held-out hashes must come from heldout_hash (the photo mirrored and turned)")
+    held = np.frombuffer(b"".join(value for _, _, value in photos), dtype=np.uint8).reshape(-1, _HASH_BYTES)
+    # Of each photo's variants, its frame and its content as shown.
+    shown = held.reshape(len(photos), _HELDOUT_HASHES, _HASH_BYTES)[:, [0, len(_VARIANTS)]]
+    held_rows, part_rows, distances = _pairs_within(held, shown.reshape(-1, _HASH_BYTES), max_bits)
+    nearest: dict[tuple[int, int], int] = {}
+    for held_row, part_row, distance in zip(held_rows, part_rows, distances, strict=True):
+        first, second = sorted((int(held_row) // _HELDOUT_HASHES, int(part_row) // 2))
+        if photos[first][0] != photos[second][0]:
+            nearest[first, second] = min(int(distance), nearest.get((first, second), int(distance)))
+    pairs = sorted(nearest.items(), key=lambda item: (item[1], item[0]))
+    return [(photos[first][1], photos[second][1], distance) for (first, second), distance in pairs]
 
 
 # Bits set in each byte value: the popcount of an XOR of two hashes, a byte at a time.
