@@ -45,7 +45,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -71,6 +71,9 @@ from shared.evaluation.experiment import (
 )
 from shared.evaluation.leakage import check_disjoint, check_no_near_duplicates, copy_hashes, heldout_hash
 from shared.store import sha256_hex
+
+if TYPE_CHECKING:
+    from shared.generation.scenes import SceneLibrary
 
 RESULTS = Path(__file__).resolve().parent / "results"
 KS = (0, 1, 3)
@@ -212,16 +215,26 @@ def generate_in_process(
     """Per class: ``variants`` composites written as PNG, from masks of the committed matting model
     (k names the SKUs as the stack does: ``sku_id``)."""
     from shared.generation.composite import CompositeBackend
-    from shared.generation.scenes import SceneLibrary
     from shared.matting.session import open_session
-    from shared.store import open_store
 
     session = open_session(args.matting_model, threads=2, use_gpu=False, store=None)
-    library = SceneLibrary.load(open_store(str(scenes_dir))) if args.photo_share > 0 else None
+    library = in_process_scenes(scenes_dir, args.photo_share)
     # "off" is the try of the reference's own edge pixels (bench/edge_recolour.py).
     backend = CompositeBackend(library, args.photo_share, edge_recolour=args.edge_recolour == "on")
     parameters = json.loads(args.parameters)
     return _generate_all(refs, args, out_dir, session, backend, parameters, k=k)
+
+
+def in_process_scenes(scenes_dir: Path, photo_share: float) -> SceneLibrary | None:
+    """The scene library an in-process run composites onto (None without photo scenes), loaded under
+    SKUFORGE_MAX_IMAGE_PIXELS, which the leakage checks hash the scenes by: under the default limit, a
+    scene past the setting was composited all the same."""
+    from shared.generation.scenes import SceneLibrary
+    from shared.store import open_store
+
+    if photo_share <= 0:
+        return None
+    return SceneLibrary.load(open_store(str(scenes_dir)), max_pixels=load_settings().max_image_pixels)
 
 
 def _generate_all(
@@ -462,9 +475,13 @@ def generation_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def stack_environment(args: argparse.Namespace, scenes_dir: Path) -> dict[str, str]:
     """The SKUFORGE_* settings a stack run gets, all of them (recorded in its stack-run.json): the
-    scene library, its store under --workdir, the generation options, ``STACK_FIXED`` and the shell's
-    ``STACK_KEPT``; the committed default of everything else."""
+    scene library, its store under --workdir, the generation options, ``STACK_FIXED``, the shell's
+    ``STACK_KEPT`` and its pixel limit, which the bench's leakage checks hash by; the committed default
+    of everything else."""
     settings = {name: value for name, value in os.environ.items() if name in STACK_KEPT}
+    # The one pixel limit of the run: the held-out photos are hashed under the shell's before the
+    # stack's settings are put in place, the exported images after (a large JPEG's hash moves with it).
+    settings["SKUFORGE_MAX_IMAGE_PIXELS"] = str(load_settings().max_image_pixels)
     settings["SKUFORGE_STORE_URI"] = f"file://{(args.workdir / 'stack' / 'store').resolve()}"
     settings["SKUFORGE_SCENES_URI"] = str(scenes_dir.resolve())
     settings |= {setting: str(getattr(args, name)) for name, setting in STACK_SETTINGS.items()}

@@ -4,6 +4,8 @@ JPEG's hash was not evaluate's (its product's larger decode, given up near the l
 
 from __future__ import annotations
 
+import argparse
+import os
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,7 @@ from bench import augment
 from services.trainstore.evaluation import heldout_hashes, scene_files
 from shared.evaluation.experiment import Photo
 from shared.store import sha256_hex
-from tests.support.evaluation import large_product_shot
+from tests.support.evaluation import large_product_shot, shelf_photo
 
 
 def test_the_bench_hashes_as_skuforge_evaluate_does(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -21,3 +23,37 @@ def test_the_bench_hashes_as_skuforge_evaluate_does(tmp_path: Path, monkeypatch:
     assert augment._hashed([scene]) == scene_files(f"file://{tmp_path / 'scenes'}")[1]
     photo = Photo("SKU-1", "real", str(scene), sha256_hex(scene.read_bytes()), scene.read_bytes)
     assert augment._hashed([scene], heldout=True) == heldout_hashes([photo], None)[0]
+
+
+def test_a_stack_run_hashes_its_exported_images_under_the_limit_of_its_held_out_photos(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The held-out photos were hashed under the shell's limit, then the stack's environment (which
+    # dropped every SKUFORGE_* of the shell, the limit among them) was put in place and the exported
+    # images hashed under the default: a large JPEG's copy could read too far from its original.
+    monkeypatch.setenv("SKUFORGE_MAX_IMAGE_PIXELS", "1000000")
+    exported = large_product_shot(tmp_path / "export" / "real.jpg")
+    before = augment._hashed([exported])
+    args = argparse.Namespace(workdir=tmp_path, **{name: "1" for name in augment.STACK_SETTINGS})
+    saved = dict(os.environ)
+    try:
+        augment.use_stack_environment(augment.stack_environment(args, tmp_path / "scenes"))
+        assert augment._hashed([exported]) == before
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def test_an_in_process_run_loads_its_scenes_under_the_limit_its_checks_hash_by(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The scenes were loaded under the default limit whatever the setting: a scene past it, which the
+    # leakage check's hash refuses, was composited all the same.
+    monkeypatch.setenv("SKUFORGE_MAX_IMAGE_PIXELS", "2000000")
+    scenes = tmp_path / "scenes" / "shelves"
+    scenes.mkdir(parents=True)
+    shelf_photo(1).save(scenes / "shelf.png")
+    shelf_photo(2, (2000, 1001)).save(scenes / "wide.png")
+    library = augment.in_process_scenes(tmp_path / "scenes", photo_share=1.0)
+    assert library is not None and len(library) == 1
+    assert "shelves/wide.png" in library.skipped
