@@ -8,9 +8,12 @@ from pathlib import Path
 
 import boto3
 import pytest
+from PIL import Image
 
 from services.trainstore.evaluation import EvaluateRefused, heldout_hashes, heldout_photos
 from shared.evaluation.experiment import encode_jpeg
+from shared.evaluation.leakage import LeakageError, check_no_near_duplicates, copy_hashes, heldout_hash
+from shared.images import encode_png
 from shared.store import FileStore
 from shared.trainstore.manifest import ManifestStore
 from skuforge_cli.main import main as cli_main
@@ -102,3 +105,21 @@ def test_an_s3_scenes_uri_that_refuses_the_run_names_the_option_not_the_store_se
     assert f"no usable S3 credentials for {scenes}" in said, said
     assert "the bucket name in --scenes" in said, said
     assert "bucket name in SKUFORGE_STORE_URI" not in said, said
+
+
+@pytest.mark.parametrize("colour", [(255, 255, 255), (0, 0, 0)])
+def test_a_held_out_photo_padded_to_a_square_is_a_copy_of_the_store_photo_it_pads(
+    colour: tuple[int, int, int],
+) -> None:
+    # Store images were hashed inside plain bars too, held-out photos were not: a held-out photo
+    # letterboxed to a square (white or black bars) read 13-24 bits from the store photo it pads and
+    # passed.
+    photo = shelf_photo(7, (240, 320))
+    padded = Image.new("RGB", (320, 320), colour)
+    padded.paste(photo, (40, 0))
+    padded.thumbnail((256, 256))
+    held = heldout_hash(encode_jpeg(padded, quality=80))
+    stored = copy_hashes(encode_png(photo))
+    assert held is not None and stored is not None
+    with pytest.raises(LeakageError, match=r"looks like a copy of held-out padded\.jpg"):
+        check_no_near_duplicates([("padded.jpg", held)], training=[("stored.png", stored)])

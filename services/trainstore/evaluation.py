@@ -433,7 +433,11 @@ def _cached_hash(
     # plain border, and held-out values were half as long; until 2026-12-04 one variant without
     # detail dropped its part (so a photo could read "no hash" that has one now).
     # Until 2026-12-04 a store image's hash left out the content of a photo letterboxed with plain bars.
-    kind = "dhash256-frame-content-mirrored-turned-each" if heldout else "dhash256-content-frame-bars"
+    # Until 2026-12-06 a held-out photo's hash left out the part inside plain bars, and that part of a
+    # store image was shrunk with the bars' edge blended in (not cut out first).
+    kind = (
+        "dhash256-frame-content-bars-mirrored-turned-each" if heldout else "dhash256-content-frame-bars-cut"
+    )
     # And by the pixel limit, as ``as_ingested``'s: past it an image is refused, and near it a large
     # JPEG's larger decode is given up; a hash cached under a higher limit was read under a lower one.
     max_pixels = load_settings().max_image_pixels

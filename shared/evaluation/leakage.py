@@ -33,7 +33,11 @@ from shared.images import DEFAULT_MAX_PIXELS, apply_exif_orientation, refuse_too
 # ``copy_hashes``, which adds the part inside plain bars (letterboxing): 388 of the 2,640 train and 81
 # catalogue photos got a second or third part, and none of them came within 20 bits of any other test
 # or catalogue photo's held-out hash; the 18 in-store sample photos padded with black or white bars of
-# 8-25% read 0-4 bits from their originals, 8-84 before (2026-12-04).
+# 8-25% read 0-4 bits from their originals, 8-84 before (2026-12-04). The held-out photo is hashed
+# inside its bars too, cut out before it is shrunk (``_inside_bars``): 60 non-square train photos
+# padded to a square (white or black bars, 256 px) read 0-8 bits from their originals, 10-44 before;
+# the nearest other photo of each of the 2,721 train and catalogue photos is still 20 or more bits away
+# (2026-12-06).
 NEAR_DUPLICATE_MAX_BITS = 12
 _HASH_SIDE = 16  # 16 x 16 neighbour comparisons: 256 bits
 _HASH_BYTES = _HASH_SIDE * _HASH_SIDE // 8
@@ -100,8 +104,7 @@ def copy_hashes(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes |
     if views is None:
         return None
     frame, content = views
-    bars = _bars_box(frame.grey)
-    inside = None if bars is None else _View(frame.grey, bars)
+    inside = _inside_bars(frame)
     shown = (content,) if _product_shot(content) else (frame, content)
     parts = [_difference_hash(view.thumbnail(turn=0)) for view in (*shown, inside) if view is not None]
     return b"".join(part for part in parts if part is not None) or None
@@ -119,6 +122,19 @@ def _product_shot(content: _View | None) -> TypeGuard[_View]:
 _BAR_GREY_LEVELS = 16
 _BAR_LINE_SHARE = 0.98
 _MAX_BARS_SHARE = 0.5
+
+
+def _inside_bars(frame: _View) -> _View | None:
+    """The part of ``frame`` inside plain bars along its edges, cut out of it; None when it has none.
+    Cut out, not a box of the frame: the thumbnail's filter reaches past a box's edges, and the bars
+    it blended into the edge pixels put a padded copy up to 20 bits from its original (60 train photos
+    padded to a square with white or black bars, shrunk to 256 px), 0-8 once cut out."""
+    bars = _bars_box(frame.grey)
+    if bars is None:
+        return None
+    left, top, right, bottom = (int(edge) for edge in bars)  # whole lines: _bars_box counts them
+    inside = frame.grey.crop((left, top, right, bottom))
+    return _View(inside, (0.0, 0.0, float(inside.width), float(inside.height)))
 
 
 def _bars_box(grey: Image.Image) -> Box | None:
@@ -142,32 +158,40 @@ def _bars_box(grey: Image.Image) -> Box | None:
 
 # The held-out photo's variants heldout_hash covers, in its order: as shown, then turned
 # counter-clockwise by 90, 180 and 270 degrees; each followed by its mirror image. It holds them for
-# the whole frame, then for the content inside a plain border.
+# the whole frame, then for the content inside a plain border, then for the part inside plain bars.
 _TURNS = (0, 90, 180, 270)
 _VARIANTS = (
     "as shown",
     "mirrored",
     *(f"turned {turn} degrees{mirror}" for turn in _TURNS[1:] for mirror in ("", " and mirrored")),
 )
-_HELDOUT_HASHES = 2 * len(_VARIANTS)
+# Its parts, in order: the whole frame, the content inside a plain border, the part inside plain bars.
+_HELDOUT_PARTS = 3
+_HELDOUT_HASHES = _HELDOUT_PARTS * len(_VARIANTS)
 
 
 def heldout_hash(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes | None:
-    """A held-out photo's hash (4,096 bits): ``perceptual_hash`` of its whole frame, of its mirror image,
+    """A held-out photo's hash (6,144 bits): ``perceptual_hash`` of its whole frame, of its mirror image,
     and of both turned by 90, 180 and 270 degrees; then the same of its content inside a plain border,
-    however much of the frame that border takes. So a flipped copy (the commonest augmentation) and a
-    turned one (a phone photo saved again without its EXIF orientation) are caught as well as a resized
-    one, and a copy is compared by the same part of the photo whichever part ``perceptual_hash`` takes
-    of it. Where the photo has no plain border, or one of the two parts has too little detail in one of
-    all its variants, the other part stands in for it; None when neither can be hashed. Refused past
-    ``max_pixels`` as ``perceptual_hash``."""
+    however much of the frame that border takes, and of the part inside plain bars (``copy_hashes``'
+    third part). So a flipped copy (the commonest augmentation) and a turned one (a phone photo saved
+    again without its EXIF orientation) are caught as well as a resized one, and a copy is compared by
+    the same part of the photo whichever part ``perceptual_hash`` takes of it; a held-out photo padded
+    to a square with plain bars, by its frame alone, read 13-24 bits from the store photo it pads. Where
+    the photo has no plain border or bars, or a part has too little detail in one of all its variants,
+    the first part there is stands in for it; None when none can be hashed. Refused past ``max_pixels``
+    as ``perceptual_hash``."""
     views = _views(data, max_pixels)
     if views is None:
         return None
-    hashes = [value for value in (_variant_hashes(view) for view in views if view) if value is not None]
-    if not hashes:
+    frame, content = views
+    parts = [
+        None if view is None else _variant_hashes(view) for view in (frame, content, _inside_bars(frame))
+    ]
+    first = next((part for part in parts if part is not None), None)
+    if first is None:
         return None
-    return hashes[0] + hashes[-1]  # the frame's and the content's, or the one there is twice
+    return b"".join(part if part is not None else first for part in parts)
 
 
 def _variant_hashes(view: _View) -> bytes | None:
@@ -400,12 +424,13 @@ def copies_across_groups(
     if not all(hash_fits(value, heldout=True) for _, _, value in photos):
         raise ValueError("held-out hashes must come from heldout_hash (the photo mirrored and turned)")
     held = np.frombuffer(b"".join(value for _, _, value in photos), dtype=np.uint8).reshape(-1, _HASH_BYTES)
-    # Of each photo's variants, its frame and its content as shown.
-    shown = held.reshape(len(photos), _HELDOUT_HASHES, _HASH_BYTES)[:, [0, len(_VARIANTS)]]
+    # Of each photo's variants, each part as shown.
+    as_shown = [part * len(_VARIANTS) for part in range(_HELDOUT_PARTS)]
+    shown = held.reshape(len(photos), _HELDOUT_HASHES, _HASH_BYTES)[:, as_shown]
     held_rows, part_rows, distances = _pairs_within(held, shown.reshape(-1, _HASH_BYTES), max_bits)
     nearest: dict[tuple[int, int], int] = {}
     for held_row, part_row, distance in zip(held_rows, part_rows, distances, strict=True):
-        first, second = sorted((int(held_row) // _HELDOUT_HASHES, int(part_row) // 2))
+        first, second = sorted((int(held_row) // _HELDOUT_HASHES, int(part_row) // _HELDOUT_PARTS))
         if photos[first][0] != photos[second][0]:
             nearest[first, second] = min(int(distance), nearest.get((first, second), int(distance)))
     pairs = sorted(nearest.items(), key=lambda item: (item[1], item[0]))
