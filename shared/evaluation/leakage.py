@@ -33,7 +33,9 @@ from shared.images import DEFAULT_MAX_PIXELS, apply_exif_orientation, refuse_too
 # ``copy_hashes``, which adds the part inside plain bars (letterboxing): 388 of the 2,640 train and 81
 # catalogue photos got a second or third part, and none of them came within 20 bits of any other test
 # or catalogue photo's held-out hash; the 18 in-store sample photos padded with black or white bars of
-# 8-25% read 0-4 bits from their originals, 8-84 before (2026-12-04). The held-out photo is hashed
+# 8-25% read 0-4 bits from their originals, 8-84 before (2026-12-04); again with 8-25% bars above and
+# below or at the sides and JPEG quality 85, 0-12 bits (0-6 above and below), the same before and
+# after the cut below (2026-12-06). The held-out photo is hashed
 # inside its bars too, cut out before it is shrunk (``_inside_bars``): 60 non-square train photos
 # padded to a square (white or black bars, 256 px) read 0-8 bits from their originals, 10-44 before;
 # the nearest other photo of each of the 2,721 train and catalogue photos is still 20 or more bits away
