@@ -310,8 +310,10 @@ def _reduced_grey(image: Image.Image, at_least_px: int) -> Image.Image:
 
 
 def _decode_grey(data: bytes, at_least_px: int, max_pixels: int) -> Image.Image:
-    """The photo as shown, in grey; transparent pixels over white, as ingest stores them (a cut-out
-    whose hidden colour is black would otherwise be hashed as a black frame, matching no copy).
+    """The photo as shown, in grey, converted as ingest stores it (``to_rgb``): transparent pixels over
+    white, a colour profile applied, deep grey scaled as ``decode_image`` scales it. Otherwise a copy
+    hashes other pixels: a cut-out whose hidden colour is black is a black frame, and with profiles
+    left out the 81 iconic photos read 0-27 bits from their stored copies (3 over 12), 0-1 applied.
     ``ImageRejected`` (``too_many_pixels``) past ``max_pixels`` after a JPEG's reduced decode, before
     any pixel is decoded: Pillow only warns below twice its own limit, and decoded a 150 MP PNG whole."""
     try:
@@ -319,14 +321,11 @@ def _decode_grey(data: bytes, at_least_px: int, max_pixels: int) -> Image.Image:
     except Image.DecompressionBombError as exc:  # past twice Pillow's limit: refused as a stage does
         raise ImageRejected("too_many_pixels", str(exc)) from exc
     with opened as image:
-        image.draft("L", (at_least_px, at_least_px))
+        # A colour profile applies to colour: a JPEG decoded straight to grey would lose it.
+        image.draft("RGB" if image.info.get("icc_profile") else "L", (at_least_px, at_least_px))
         refuse_too_many_pixels(*image.size, max_pixels, "")
         shown = apply_exif_orientation(image)  # a malformed EXIF block loses only its orientation
-        if shown.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # 16-bit or float grey
-            values = np.asarray(shown, dtype=np.float32)
-            top = float(values.max()) or 1.0
-            shown = Image.fromarray((np.clip(values, 0, None) * (255.0 / top)).astype(np.uint8))
-        elif shown.mode in ("LA", "La", "PA", "RGBA", "RGBa") or "transparency" in shown.info:
+        if shown.mode != "L" or "icc_profile" in shown.info or "transparency" in shown.info:
             shown = to_rgb(shown, data)
         return shown.convert("L")
 
