@@ -963,14 +963,9 @@ def _to_gray8(image: Image.Image, data: bytes) -> UInt8Array:
         gray = Image.fromarray(_to_gray8(_without_colour_key(image), data))
         return _composited(gray, background=0, alpha=keyed)
     mode = image.mode
-    if mode in _SIXTEEN_BIT_MODES or mode == "I":
-        low, high = _extrema(image) if image.width and image.height else (-1, -1)
-        if low >= 0 and high <= 255:
-            # 8-bit values in a 16- or 32-bit file: an 8-bit mask saved as uint16 (OpenCV, numpy).
-            # Rescaled from 0..65535 its 255 is 1, and the whole mask read as background.
-            return _converted(image, lambda values, _top, _bottom: values.astype(np.uint8))
-        return _scale_to_uint8(image)
-    if mode == "F":
+    if mode in _SIXTEEN_BIT_MODES or mode in ("I", "F"):
+        # 8-bit values in a 16- or 32-bit file (an 8-bit mask saved as uint16 by OpenCV or numpy) are
+        # read as they are: rescaled from 0..65535 its 255 is 1, and the whole mask read as background.
         return _scale_to_uint8(image)
     if mode == "RGB" and _png_bit_depth(data) == 16 and not any(high for _, high in image.getextrema()):
         # A 16-bit RGB PNG decodes to each sample's high byte; all 0 means 8-bit values in 16 bits
@@ -1105,12 +1100,19 @@ def _composite(
 def _scale_to_uint8(image: Image.Image) -> UInt8Array:
     """Rescale high-bit-depth grayscale to 8 bits over its nominal range instead of clipping.
 
-    16-bit modes map 0..65535 onto 0..255. Mode "I" (32-bit int) is read as 8-bit values when they
-    fit in 0..255, treated as 16-bit when they fit in 0..65535 (that is what Pillow and most
-    TIFF/PNG writers put there) and is stretched over its actual range otherwise. Mode "F" (float)
-    maps 0..1 onto 0..255, keeps values already in 0..255 and stretches anything else; NaN becomes 0.
+    16-bit modes are read as 8-bit values when they fit in 0..255 and map 0..65535 onto 0..255
+    otherwise. Mode "I" (32-bit int) is read as 8-bit values when they fit in 0..255, treated as
+    16-bit when they fit in 0..65535 (that is what Pillow and most TIFF/PNG writers put there) and
+    is stretched over its actual range otherwise. Mode "F" (float) maps 0..1 onto 0..255, keeps
+    values already in 0..255 and stretches anything else; NaN becomes 0.
     """
+    if image.width == 0 or image.height == 0:
+        return np.zeros((image.height, image.width), dtype=np.uint8)
     if image.mode in _SIXTEEN_BIT_MODES:
+        if _extrema(image)[1] <= 255:
+            # An 8-bit photo or mask saved as uint16 (numpy, OpenCV), as mode "I" below: read over
+            # 0..65535 it was 0 and 1, a black photo stored without a word.
+            return _converted(image, lambda values, _top, _bottom: values.astype(np.uint8))
         # Integer rounding, a strip at a time: the whole image as uint32 was 4 bytes a pixel, and
         # float64 would be 8.
         return _converted(
@@ -1119,8 +1121,6 @@ def _scale_to_uint8(image: Image.Image) -> UInt8Array:
                 np.uint8
             ),
         )
-    if image.width == 0 or image.height == 0:
-        return np.zeros((image.height, image.width), dtype=np.uint8)
 
     # The range is found in one pass and the values mapped in a second, both a strip at a time: the
     # whole image as float64, cleaned and scaled, was about 30 bytes a pixel for a 1-byte result.

@@ -117,6 +117,15 @@ def test_a_32bit_int_grey_photo_holding_8_bit_values_is_read_as_8_bit() -> None:
     assert np.asarray(photo)[0, :, 0].tolist() == [0, 1, 128, 200, 255]
 
 
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF"])
+def test_a_16bit_grey_photo_holding_8_bit_values_is_read_as_8_bit(fmt: str) -> None:
+    # numpy's uint16 (an 8-bit photo saved by a script, as a mask is) holds 0..255: read over 0..65535
+    # it was stored as 0 and 1, a black photo ingested without a word.
+    values = np.array([[0, 1, 128, 200, 255]], dtype=np.uint16)
+    photo = decode_image(save(Image.fromarray(values), fmt))
+    assert np.asarray(photo)[0, :, 0].tolist() == [0, 1, 128, 200, 255]
+
+
 def test_cmyk_jpeg_becomes_rgb() -> None:
     cmyk = Image.new("CMYK", (32, 32), (0, 255, 255, 0))  # pure red in CMYK
     data = save(cmyk, "JPEG", quality=95)
