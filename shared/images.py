@@ -55,6 +55,7 @@ from PIL import (
     ImageFile,
     ImageOps,
     JpegImagePlugin,
+    TiffImagePlugin,
     UnidentifiedImageError,
 )
 
@@ -305,14 +306,29 @@ def photo_and_transparency(
 def frame_count(data: bytes) -> int:
     """How many frames or pages a photo file holds (an animated PNG or WebP, a multi-page TIFF), of
     which ``decode_image`` reads the first. A multi-picture JPEG (MPO: a phone's photo and its preview
-    or depth map) is one photo. 1 for bytes that do not open as an image."""
+    or depth map) is one photo, and a TIFF page that is a reduced-size copy of another (a preview) is
+    no page of its own. 1 for bytes that do not open as an image."""
     try:
         with Image.open(io.BytesIO(data)) as image:
             if _FORMAT_ALIASES.get(image.format or "") == "JPEG":
                 return 1
+            if isinstance(image, TiffImagePlugin.TiffImageFile):
+                return max(1, _full_size_pages(image))
             return int(getattr(image, "n_frames", 1))
     except (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError):
         return 1
+
+
+def _full_size_pages(tiff: TiffImagePlugin.TiffImageFile) -> int:
+    """A TIFF's pages less those whose NewSubfileType says they are a reduced-size copy of another
+    page: the preview scanners and cameras write after the photo. Only the pages' directories are
+    read, no pixels."""
+    pages = 0
+    for index in range(tiff.n_frames):
+        tiff.seek(index)
+        new_subfile_type = tiff.tag_v2.get(254, 0)
+        pages += not (isinstance(new_subfile_type, int) and new_subfile_type & 1)
+    return pages
 
 
 def _as_rgba(image: Image.Image) -> Image.Image:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, TiffImagePlugin
 
 from services.ingest import ingest
 from shared.config import load_settings
@@ -135,6 +135,18 @@ def test_an_animation_or_a_multi_page_photo_is_named_with_its_frame_count(tmp_pa
         "first is ingested (save each one meant as a photo of its own)"
         for name, frames in (("scan.tiff", 2), ("spin.png", 3), ("spin.webp", 2))
     ], warnings
+
+
+def test_a_tiff_with_a_thumbnail_page_is_one_photo(tmp_path: Path) -> None:
+    # Scanners and cameras put a reduced-size preview after the photo (NewSubfileType 1): it was
+    # counted as a second page, and the photo named as a multi-page file with a page dropped.
+    folder = _sku(tmp_path, "A", "A-1")
+    with open(folder / "scan.tiff", "w+b") as file, TiffImagePlugin.AppendingTiffWriter(file) as pages:
+        for page, new_subfile_type in ((_picture(4), 0), (_picture(4, (80, 60)), 1)):
+            page.save(pages, "TIFF", tiffinfo={254: new_subfile_type})
+            pages.newFrame()
+    assert Image.open(folder / "scan.tiff").n_frames == 2
+    assert _survey(tmp_path) == ([("A-1", 1)], [])
 
 
 def test_a_big_png_is_hashed_for_copies_without_being_decoded_again(tmp_path: Path) -> None:
