@@ -498,6 +498,17 @@ def test_a_profiled_heldout_photo_hashes_as_its_stored_copy(profile: bytes, fmt:
     assert np.unpackbits(np.frombuffer(held, np.uint8) ^ np.frombuffer(copy, np.uint8)).sum() <= 2
 
 
+def test_a_dark_16_bit_grey_heldout_photo_hashes_as_its_stored_copy() -> None:
+    # Before, the held-out hash stretched 16-bit grey over its own maximum, where ingest scales it over
+    # 0..65535: a dark scan (values up to 4000) read 23 bits from its stored copy.
+    rng = np.random.default_rng(7)
+    grey = np.kron(rng.integers(0, 4000, (30, 30)), np.ones((20, 20))).astype(np.uint16)
+    photo = save(Image.fromarray(grey), "PNG")
+    _, stored = photo_as_stored(photo)
+    held, copy = perceptual_hash(photo), perceptual_hash(stored)
+    assert held is not None and held == copy
+
+
 # --- 5. matting takes any mode ---------------------------------------------------------------
 
 
