@@ -232,6 +232,23 @@ def test_a_photo_changed_after_it_was_listed_is_refused_not_cached_under_its_old
     assert not [path for path in cache.rglob(photo.sha256)]
 
 
+def test_a_photo_grown_past_the_size_limit_after_it_was_listed_is_refused_by_its_size(
+    heldout: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Listing refuses a file over SKUFORGE_MAX_IMAGE_BYTES unread; a re-read did not, so a file that grew
+    # in between (a sync still running) was read whole, then refused as changed.
+    photo_path = heldout / "SKU-RED" / "shelf.png"
+    shelf_photo(5).save(photo_path)
+    limit = max(path.stat().st_size for path in heldout.rglob("*.png"))
+    monkeypatch.setenv("SKUFORGE_MAX_IMAGE_BYTES", str(limit))
+    photos, _ = heldout_photos(heldout)
+    photo_path.write_bytes(photo_path.read_bytes() + bytes(limit))
+    with pytest.raises(
+        EvaluateRefused, match=f"held-out {photo_path} cannot be used .*SKUFORGE_MAX_IMAGE_BYTES"
+    ):
+        heldout_hashes(photos, tmp_path / "cache")
+
+
 def test_an_s3_scenes_uri_that_refuses_the_run_names_the_option_not_the_store_setting(
     colour_store: ManifestStore,
     heldout: Path,

@@ -50,7 +50,7 @@ from shared.evaluation.leakage import (
 )
 from shared.evaluation.report import render_report
 from shared.generation.scenes import library_keys, scene_file_bytes
-from shared.images import photo_as_stored, refuse_oversized
+from shared.images import photo_as_stored, refuse_oversized, too_large_bytes
 from shared.model_cache import write_atomically, write_blocks_atomically
 from shared.photos import (
     HEIC_ADVICE,
@@ -129,19 +129,7 @@ def _heldout_photos(root: Path) -> tuple[list[Photo], list[str]]:
             if path.suffix.lower() not in PHOTO_FILE_SUFFIXES:
                 notes.append(f"{path} is not a photo ({', '.join(sorted(PHOTO_FILE_SUFFIXES))}): not used")
                 continue
-            try:
-                # By its size first: a 3 GiB scan (or a video named .jpg) was read whole, then refused.
-                refuse_oversized(path.stat().st_size, max_bytes)
-                data = path.read_bytes()
-            except ImageRejected as exc:
-                raise EvaluateRefused(
-                    f"held-out {path} cannot be used ({exc.detail}, SKUFORGE_MAX_IMAGE_BYTES); remove it or "
-                    "replace it"
-                ) from None
-            except OSError as exc:
-                raise EvaluateRefused(
-                    f"held-out {path} cannot be read ({exc.strerror or exc}); fix it or remove it"
-                ) from None
+            data = _read_held_out(path, max_bytes)
             _check_is_image(path, data)
             sha256 = sha256_hex(data)
             if (same := first_of.get((entry.name, sha256))) is not None:
@@ -150,7 +138,9 @@ def _heldout_photos(root: Path) -> tuple[list[Photo], list[str]]:
                 notes.append(f"{path} is the same picture as {same}: scored once")
                 continue
             first_of[(entry.name, sha256)] = path
-            photos.append(Photo(entry.name, "real", str(path.absolute()), sha256, _file_reader(path, sha256)))
+            photos.append(
+                Photo(entry.name, "real", str(path.absolute()), sha256, _file_reader(path, sha256, max_bytes))
+            )
     if thumbnails:
         names = ", ".join(sorted({path.name for path in thumbnails}))
         notes.append(
@@ -161,13 +151,36 @@ def _heldout_photos(root: Path) -> tuple[list[Photo], list[str]]:
     return photos, notes
 
 
-def _file_reader(path: Path, sha256: str) -> Callable[[], bytes]:
+def _read_held_out(path: Path, max_bytes: int) -> bytes:
+    """``path``'s bytes, refused by its size first: a 3 GiB scan (or a video named .jpg) was read whole,
+    then refused. At most ``max_bytes`` + 1 are read, so a file that grows after its size was taken is
+    refused without being read whole either."""
+    try:
+        refuse_oversized(path.stat().st_size, max_bytes)
+        with path.open("rb") as file:
+            data = file.read(max_bytes + 1)
+        if len(data) > max_bytes:
+            raise too_large_bytes(f"more than {max_bytes} bytes", max_bytes)
+    except ImageRejected as exc:
+        raise EvaluateRefused(
+            f"held-out {path} cannot be used ({exc.detail}, SKUFORGE_MAX_IMAGE_BYTES); remove it or "
+            "replace it"
+        ) from None
+    except OSError as exc:
+        raise EvaluateRefused(
+            f"held-out {path} cannot be read ({exc.strerror or exc}); fix it or remove it"
+        ) from None
+    return data
+
+
+def _file_reader(path: Path, sha256: str, max_bytes: int) -> Callable[[], bytes]:
     """Reads ``path``, refused when its bytes are no longer those listed: its hashes, as-ingested answer
     and features are cached by that sha256, and a file rewritten during the run (a sync still running)
-    had its new bytes' cached under its old bytes' name, read by every later run on the old bytes."""
+    had its new bytes' cached under its old bytes' name, read by every later run on the old bytes.
+    Read under the listing's size limit: a file that grew past it was read whole before being refused."""
 
     def read() -> bytes:
-        data = path.read_bytes()
+        data = _read_held_out(path, max_bytes)
         if sha256_hex(data) != sha256:
             raise EvaluateRefused(
                 f"held-out {path} changed during the run (sha256 {sha256[:12]}... when listed, "
