@@ -15,7 +15,6 @@ from shared.config import load_settings
 from shared.errors import BadInput, ObjectMissing
 from shared.generation.adapters import AdapterRegistry, WeightsRefused, read_weights
 from shared.generation.diffusion import DiffusionSettings
-from shared.store import open_store
 
 
 def main(argv: list[str]) -> int:
@@ -51,10 +50,9 @@ def main(argv: list[str]) -> int:
     remove.add_argument("adapter_id", help="the id `skuforge adapters list` prints")
     args = parser.parse_args(argv)
     shared = load_settings()
-    uri = load_settings(DiffusionSettings).adapters_uri(shared)
-    registry = AdapterRegistry(
-        open_store(uri, s3_endpoint_url=shared.s3_endpoint_url, s3_region=shared.s3_region)
-    )
+    diffusion = load_settings(DiffusionSettings)
+    uri = diffusion.adapters_uri(shared)
+    registry = AdapterRegistry(diffusion.adapters_store(shared))
     if args.action == "list":
         adapters = registry.list()
         for adapter in adapters:

@@ -1593,9 +1593,7 @@ def open_trainer(
     store = open_store(shared.store_uri, s3_endpoint_url=shared.s3_endpoint_url, s3_region=shared.s3_region)
     adapters_uri = diffusion.adapters_uri(shared)
     try:
-        registry_store = open_store(
-            adapters_uri, s3_endpoint_url=shared.s3_endpoint_url, s3_region=shared.s3_region
-        )
+        registry_store = diffusion.adapters_store(shared)
     except ValueError as exc:  # the setting checks its own URI; this one may be <SKUFORGE_STORE_URI>/adapters
         raise ConfigError(f"SKUFORGE_DIFFUSION_ADAPTERS_URI={adapters_uri}: {exc}") from None
     registry = AdapterRegistry(registry_store)

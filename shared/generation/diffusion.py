@@ -55,7 +55,7 @@ from shared.generation.adapters import AdapterChoice, AdapterMetadata, AdapterRe
 from shared.generation.backend import GeneratedSample, GenerationRequest, RowOutcome, seed_entropy
 from shared.model_cache import UnsafeCache, fetch_directory, open_cache
 from shared.model_cache import release as release_copy
-from shared.store import check_store_uri, open_store
+from shared.store import ObjectStore, check_store_uri, open_store
 
 if TYPE_CHECKING:
     import torch
@@ -196,6 +196,18 @@ class DiffusionSettings(BaseSettings):
     def adapters_uri(self, shared: Settings) -> str:
         """Root of the LoRA adapter registry: SKUFORGE_DIFFUSION_ADAPTERS_URI, else <store>/adapters."""
         return self.diffusion_adapters_uri or f"{shared.store_uri.rstrip('/')}/adapters"
+
+    def adapters_store(self, shared: Settings) -> ObjectStore:
+        """The store at ``adapters_uri``; an S3 refusal names the setting that URI came from (it blamed
+        SKUFORGE_STORE_URI when SKUFORGE_DIFFUSION_ADAPTERS_URI had set it)."""
+        return open_store(
+            self.adapters_uri(shared),
+            s3_endpoint_url=shared.s3_endpoint_url,
+            s3_region=shared.s3_region,
+            uri_from="SKUFORGE_DIFFUSION_ADAPTERS_URI"
+            if self.diffusion_adapters_uri
+            else "SKUFORGE_STORE_URI",
+        )
 
 
 class DiffusionModelError(Exception):
@@ -843,13 +855,7 @@ class DiffusionBackend:
             offload=diffusion.diffusion_offload,
             attention_slicing=diffusion.diffusion_attention_slicing,
         )
-        registry = AdapterRegistry(
-            open_store(
-                diffusion.adapters_uri(shared),
-                s3_endpoint_url=shared.s3_endpoint_url,
-                s3_region=shared.s3_region,
-            )
-        )
+        registry = AdapterRegistry(diffusion.adapters_store(shared))
         name = model.rstrip("/").rpartition("/")[2] or "model"
         return cls(
             pipe,
