@@ -742,6 +742,7 @@ class S3Store(ObjectStore):
     ) -> None:
         prefix = s3_location(bucket, prefix)
         self.bucket = bucket
+        self._uri_from = uri_from
         self._check_deployment = _CHECK_DEPLOYMENT.format(uri_from=uri_from)
         self.prefix = prefix
         self._key_prefix = f"{prefix}/" if prefix else ""
@@ -783,7 +784,8 @@ class S3Store(ObjectStore):
                 f"no usable S3 credentials for {uri}: {exc}; {self._check_deployment}"
             ) from exc
         except (BotoConnectionError, HTTPClientError, IncompleteReadError) as exc:
-            raise TransientError(f"S3 unreachable for {uri}: {exc}") from exc
+            # Where the URI came from, for the endpoint or bucket to check: not always SKUFORGE_STORE_URI.
+            raise TransientError(f"S3 unreachable for {uri} (from {self._uri_from}): {exc}") from exc
 
     def _write(self, key: str, data: bytes, content_type: str) -> None:
         with self._mapped_errors(self.uri_for(key)):

@@ -34,7 +34,7 @@ from shared.config import (
     settings_table_markdown,
     unknown_variables,
 )
-from shared.errors import BadInput, TransientError
+from shared.errors import BadInput, StoreMisconfigured, TransientError
 from shared.generation.diffusion import DiffusionSettings
 from shared.generation.settings import GenerationSettings
 from shared.observability import configure_logging
@@ -427,11 +427,14 @@ def main(argv: list[str] | None = None) -> int:
     except BadInput as exc:  # something stored that cannot be read (a manifest part): named, not a traceback
         print(f"skuforge {args.command}: {exc}", file=sys.stderr)
         return 1
-    except TransientError as exc:  # the store or the broker away, or refusing this deployment's credentials
+    except StoreMisconfigured as exc:  # it names what to check, the setting or option its URI came from too
+        print(f"skuforge {args.command}: {exc}\n(fix that and try again)", file=sys.stderr)
+        return 1
+    except TransientError as exc:  # the store or the broker away
+        # Not SKUFORGE_STORE_URI: the store away may be another one (--scenes, the adapters' or a model's).
         print(
-            f"skuforge {args.command}: {exc}\n(the object store or Kafka could not be used: check "
-            "SKUFORGE_STORE_URI, SKUFORGE_S3_ENDPOINT_URL, the credentials or SKUFORGE_KAFKA_BOOTSTRAP, "
-            "and try again)",
+            f"skuforge {args.command}: {exc}\n(the object store or Kafka could not be reached: check that it "
+            "is up, SKUFORGE_S3_ENDPOINT_URL or SKUFORGE_KAFKA_BOOTSTRAP, and try again)",
             file=sys.stderr,
         )
         return 1
