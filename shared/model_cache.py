@@ -248,12 +248,12 @@ def _put_in_place(partial: Path, path: Path) -> None:
 
 
 def _source(
-    uri: str, store: ObjectStore | None, s3_endpoint_url: str | None, s3_region: str
+    uri: str, store: ObjectStore | None, s3_endpoint_url: str | None, s3_region: str, uri_from: str
 ) -> tuple[ObjectStore, str]:
     """The store that holds ``uri`` (a folder URI) and the key prefix of ``uri`` inside it."""
     if store is not None and uri.startswith(store.base_uri + "/"):
         return store, store.key_for(uri) + "/"
-    return open_store(uri, s3_endpoint_url=s3_endpoint_url, s3_region=s3_region), ""
+    return open_store(uri, s3_endpoint_url=s3_endpoint_url, s3_region=s3_region, uri_from=uri_from), ""
 
 
 def fetch_file(
@@ -264,6 +264,7 @@ def fetch_file(
     s3_endpoint_url: str | None = None,
     s3_region: str = "us-east-1",
     unused_days: float = DEFAULT_UNUSED_DAYS,
+    uri_from: str = "SKUFORGE_STORE_URI",
 ) -> Path:
     """Copy the object ``uri`` into the cache as ``<sha256 of its bytes, 16 hex>-<file name>`` (a file
     name over 238 bytes shortened, its suffix kept, so the cache name fits a file system's 255).
@@ -273,6 +274,7 @@ def fetch_file(
     used for ``unused_days`` are deleted (``prune_unused``).
     The object is streamed into a partial file in the cache, hashed as it is written (read whole, a
     model of hundreds of MB took as much memory), and renamed to its name once the digest is known.
+    ``uri_from`` is where ``uri`` was set (a model's setting): what an S3 refusal says to check.
     Raises ``ValueError`` for a URI that names no file, ``ObjectMissing`` when nothing is stored there,
     ``BadInput('unsafe_key')`` for a URI inside ``store`` whose key would leave it (a '..' segment).
     """
@@ -282,7 +284,8 @@ def fetch_file(
     if store is not None and uri.startswith(store.base_uri + "/"):
         source, key = store, uri
     else:
-        source, key = open_store(parent, s3_endpoint_url=s3_endpoint_url, s3_region=s3_region), file_name
+        source = open_store(parent, s3_endpoint_url=s3_endpoint_url, s3_region=s3_region, uri_from=uri_from)
+        key = file_name
     base = open_cache(cache)
     with _partial_file(base) as partial:
         size, digest = _write_durably(partial, source.iter_bytes(key))
@@ -344,6 +347,7 @@ def fetch_directory(
     s3_region: str = "us-east-1",
     required_file: str | None = None,
     unused_days: float = DEFAULT_UNUSED_DAYS,
+    uri_from: str = "SKUFORGE_STORE_URI",
 ) -> Path:
     """Copy every object under the folder ``uri`` into the cache; returns the local folder.
 
@@ -355,14 +359,15 @@ def fetch_directory(
     so publish a changed model under a new URI. Processes sharing the cache may fetch at once: a
     copy another one completed meanwhile is used as it is, never deleted under its readers. The copy
     is held (``hold``) until this process releases it (``release``) or exits, and copies not used for
-    ``unused_days`` are deleted (``prune_unused``).
+    ``unused_days`` are deleted (``prune_unused``). ``uri_from`` is where ``uri`` was set (a model's
+    setting): what an S3 refusal says to check.
     Raises ``ValueError`` when nothing is stored under ``uri``, when ``required_file``
     (e.g. ``config.json``) is not among what is, when a name in the folder is over 255 bytes (S3
     takes it, no file system does; the files keep their names, which their loader reads them by), or
     when a name is one the store cannot read (a backslash, ``a//b``): all before any file is read.
     """
     root = uri.rstrip("/")
-    source, prefix = _source(root, store, s3_endpoint_url, s3_region)
+    source, prefix = _source(root, store, s3_endpoint_url, s3_region, uri_from)
     keys = sorted(key[len(prefix) :] for key in source.list_keys(prefix) if not key.endswith(COMPLETE_MARKER))
     if required_file is not None and required_file not in keys:
         raise ValueError(

@@ -171,6 +171,7 @@ def open_models(
             s3_endpoint_url=settings.s3_endpoint_url,
             s3_region=settings.s3_region,
             cache_unused_days=settings.model_cache_unused_days,
+            uri_from="SKUFORGE_CAPTIONER_MATTING_MODEL",
         )
         session.warm_up()
     except MattingModelError as exc:
@@ -190,6 +191,7 @@ def open_models(
                 s3_endpoint_url=settings.s3_endpoint_url,
                 s3_region=settings.s3_region,
                 cache_unused_days=settings.model_cache_unused_days,
+                uri_from="SKUFORGE_CAPTIONER_VLM_MODEL",
             )
         except VlmModelError as exc:
             raise ConfigError(str(exc)) from exc

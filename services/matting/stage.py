@@ -115,6 +115,7 @@ def open_matting_session(
             s3_endpoint_url=settings.s3_endpoint_url,
             s3_region=settings.s3_region,
             cache_unused_days=settings.model_cache_unused_days,
+            uri_from="SKUFORGE_MATTING_MODEL",
         )
         session.warm_up()
     except MattingModelError as exc:

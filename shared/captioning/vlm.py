@@ -49,11 +49,13 @@ def fetch_model_dir(
     s3_endpoint_url: str | None = None,
     s3_region: str = "us-east-1",
     cache_unused_days: float = DEFAULT_UNUSED_DAYS,
+    uri_from: str = "SKUFORGE_STORE_URI",
 ) -> Path:
     """Copy the BLIP directory ``uri`` into the local model cache once (``shared/model_cache.py``).
 
     Returns the local directory; a URI without a ``config.json`` is not a save_pretrained BLIP
     directory, and a cache that cannot be written is no place to copy it: both raise ``VlmModelError``.
+    ``uri_from`` is the setting ``uri`` came from, which an S3 refusal says to check.
     """
     try:
         return fetch_directory(
@@ -64,6 +66,7 @@ def fetch_model_dir(
             s3_region=s3_region,
             required_file="config.json",
             unused_days=cache_unused_days,
+            uri_from=uri_from,
         )
     except (ValueError, BadInput) as exc:
         raise VlmModelError(f"cannot open the BLIP model directory {uri!r}: {exc}") from exc
@@ -224,8 +227,10 @@ def open_vlm(
     s3_endpoint_url: str | None = None,
     s3_region: str = "us-east-1",
     cache_unused_days: float = DEFAULT_UNUSED_DAYS,
+    uri_from: str = "SKUFORGE_STORE_URI",
 ) -> VlmCaptioner:
-    """Open the BLIP model ``model`` names: a local directory, or an s3:// or file:// URI (downloaded)."""
+    """Open the BLIP model ``model`` names: a local directory, or an s3:// or file:// URI (downloaded);
+    ``uri_from`` is the setting it came from, which an S3 refusal says to check."""
     name = model.rstrip("/").rpartition("/")[2] or None
     if "://" in model:
         directory = fetch_model_dir(
@@ -235,6 +240,7 @@ def open_vlm(
             s3_endpoint_url=s3_endpoint_url,
             s3_region=s3_region,
             cache_unused_days=cache_unused_days,
+            uri_from=uri_from,
         )
     else:
         directory = Path(model)

@@ -831,6 +831,7 @@ class DiffusionBackend:
                     s3_endpoint_url=shared.s3_endpoint_url,
                     s3_region=shared.s3_region,
                     unused_days=shared.model_cache_unused_days,
+                    uri_from="SKUFORGE_DIFFUSION_MODEL",
                 )
             except (ValueError, BadInput, UnsafeCache) as exc:
                 raise DiffusionModelError(f"cannot fetch the diffusion model {model!r}: {exc}") from exc

@@ -849,6 +849,7 @@ def open_session(
     s3_endpoint_url: str | None = None,
     s3_region: str = "us-east-1",
     cache_unused_days: float = DEFAULT_UNUSED_DAYS,
+    uri_from: str = "SKUFORGE_STORE_URI",
 ) -> MattingSession:
     """Open the matting model ``model`` names; None means the committed U2-NetP.
 
@@ -856,6 +857,7 @@ def open_session(
     URIs inside ``store`` are read through it, others through ``open_store`` (with the S3
     endpoint given); the bytes are cached in a local file named by their sha256
     (``shared/model_cache.py``; copies not used for ``cache_unused_days`` are deleted there).
+    ``uri_from`` is the setting ``model`` came from, which an S3 refusal says to check.
     Raises ``MattingModelMissing`` when the file is not there, saying how to make or name one.
     """
     name = DEFAULT_MODEL if model is None else model
@@ -905,6 +907,7 @@ def open_session(
                 s3_endpoint_url=s3_endpoint_url,
                 s3_region=s3_region,
                 unused_days=cache_unused_days,
+                uri_from=uri_from,
             )
         except ObjectMissing as exc:
             # The store says what is there instead, if anything (a folder, a pipe).
