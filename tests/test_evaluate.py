@@ -503,15 +503,15 @@ def test_an_unreadable_heldout_photo_or_folder_is_refused_by_name(
     assert [Path(photo.name).name for photo in photos] == ["a.jpg"]
     assert notes == [f"{sku / 'gone.jpg'} is a link to nothing: not used"]
 
-    real_read_bytes = Path.read_bytes
+    real_open = Path.open
 
-    def no_permission(path: Path) -> bytes:
+    def no_permission(path: Path, *args: Any, **kwargs: Any) -> Any:
         if path.name == "a.jpg":
             raise PermissionError(13, "Permission denied", str(path))
-        return real_read_bytes(path)
+        return real_open(path, *args, **kwargs)
 
     with monkeypatch.context() as patched:
-        patched.setattr(Path, "read_bytes", no_permission)
+        patched.setattr(Path, "open", no_permission)
         with pytest.raises(EvaluateRefused, match=r"held-out .*a\.jpg cannot be read \(Permission denied\)"):
             heldout_photos(tmp_path)
 
