@@ -31,6 +31,7 @@ from tests.support.evaluation import (  # noqa: F401 (one_torch_thread: autouse)
     shelf_photo,
     store_photo,
 )
+from tests.support.memory import peak_traced_bytes
 from tests.support.trainstore import PREFIX
 
 
@@ -242,11 +243,15 @@ def test_a_photo_grown_past_the_size_limit_after_it_was_listed_is_refused_by_its
     limit = max(path.stat().st_size for path in heldout.rglob("*.png"))
     monkeypatch.setenv("SKUFORGE_MAX_IMAGE_BYTES", str(limit))
     photos, _ = heldout_photos(heldout)
-    photo_path.write_bytes(photo_path.read_bytes() + bytes(limit))
-    with pytest.raises(
-        EvaluateRefused, match=f"held-out {photo_path} cannot be used .*SKUFORGE_MAX_IMAGE_BYTES"
-    ):
-        heldout_hashes(photos, tmp_path / "cache")
+    photo_path.write_bytes(photo_path.read_bytes() + bytes(2**25))
+
+    def refused() -> None:
+        with pytest.raises(
+            EvaluateRefused, match=f"held-out {photo_path} cannot be used .*SKUFORGE_MAX_IMAGE_BYTES"
+        ):
+            heldout_hashes(photos, tmp_path / "cache")
+
+    assert peak_traced_bytes(refused) < 2**24  # not its 32 MiB read whole
 
 
 def test_an_s3_scenes_uri_that_refuses_the_run_names_the_option_not_the_store_setting(
