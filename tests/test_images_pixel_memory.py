@@ -185,7 +185,9 @@ def test_decoding_a_big_16_bit_grey_image_holds_little_more_than_its_8_bits(
 
 
 @pytest.mark.parametrize("values", ["8-bit", "16-bit"])
-def test_a_16_bit_grey_image_reads_the_same_strip_by_strip(monkeypatch: pytest.MonkeyPatch, values: str) -> None:
+def test_a_16_bit_grey_image_reads_the_same_strip_by_strip(
+    monkeypatch: pytest.MonkeyPatch, values: str
+) -> None:
     monkeypatch.setattr(shared.images, "_STRIP_PIXELS", 30)
     grey = (
         np.random.default_rng(8).integers(0, 256 if values == "8-bit" else 65536, (9, 17)).astype(np.uint16)
