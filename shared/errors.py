@@ -32,10 +32,12 @@ class ObjectMissing(BadInput):
 
 
 class ChecksumMismatch(BadInput):
-    """The stored bytes do not match the sha256 the event carries."""
+    """The stored bytes do not match the sha256 the event carries; ``why`` says what to do, if known."""
 
-    def __init__(self, uri: str, expected: str, actual: str) -> None:
-        super().__init__("checksum_mismatch", f"{uri}: expected sha256 {expected}, found {actual}")
+    def __init__(self, uri: str, expected: str, actual: str, why: str = "") -> None:
+        found = f"{uri}: expected sha256 {expected}, found {actual}"
+        super().__init__("checksum_mismatch", f"{found}: {why}" if why else found)
+        self.uri, self.expected, self.actual = uri, expected, actual
 
 
 class ImageRejected(BadInput):

@@ -57,7 +57,7 @@ from typing import Any, Literal, TypeVar
 
 from PIL import Image, ImageOps
 
-from shared.errors import ChecksumMismatch, ObjectMissing
+from shared.errors import BadInput, ChecksumMismatch, ObjectMissing
 from shared.images import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_PIXELS,
@@ -1022,14 +1022,10 @@ def _write_class(
             mask = _decoded(manifests, row.mask, row.mask_sha256, limits, decode_mask) if mask_read else None
         except (ObjectMissing, ChecksumMismatch) as exc:
             if manifests.read_sku(row.sku_id).get(row.item_id) == row:
-                if mask_read and isinstance(exc, ObjectMissing):
-                    # A lost mask need not stop a training set: say the ways past it.
-                    raise ObjectMissing(
-                        manifests.store.uri_for(manifests.key(str(row.mask))),
-                        f"the mask of {row.sku_id}/{row.item_id}; restore it, export with --format "
-                        f"imagefolder (which reads no mask), or leave {row.sku_id} out with --sku",
-                    ) from exc
-                raise  # the manifest still names these bytes: a missing or tampered object
+                # The manifest still names these bytes: a missing or tampered object stops the export.
+                if (said := _with_ways_past(exc, row, manifests, mask=mask_read)) is not None:
+                    raise said from exc
+                raise
             log.warning("%s/%s changed in the store while the export ran: left out", row.sku_id, row.item_id)
             result.changed += 1
             continue
@@ -1066,6 +1062,32 @@ def _write_class(
             )
         )
     return result
+
+
+def _with_ways_past(
+    exc: ObjectMissing | ChecksumMismatch, row: ManifestRow, manifests: ManifestStore, *, mask: bool
+) -> BadInput | None:
+    """``exc``, which stops the export, saying the ways past it (None: a lost image, raised as it is): of
+    a changed object, what happened and how to put it right; of a mask, that an imagefolder export reads
+    none; and that ``--sku`` can leave the SKU out. A changed object said only "expected sha256 ...,
+    found ...": not whose it was, nor what to do."""
+    ways = f"or leave {row.sku_id} out with --sku"
+    if mask:
+        ways = f"export with --format imagefolder (which reads no mask), {ways}"
+    what = f"the {'mask' if mask else 'image'} of {row.sku_id}/{row.item_id}"
+    if isinstance(exc, ChecksumMismatch):
+        return ChecksumMismatch(
+            exc.uri,
+            exc.expected,
+            exc.actual,
+            f"{what} changed after its manifest row was written (overwritten or damaged); put back the "
+            f"bytes its row names (from a backup), {ways}",
+        )
+    if mask:
+        return ObjectMissing(
+            manifests.store.uri_for(manifests.key(str(row.mask))), f"{what}; restore it, {ways}"
+        )
+    return None
 
 
 def _remove_class(staging: Path, fmt: ExportFormat, sku_id: str) -> None:

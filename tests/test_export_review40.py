@@ -1,0 +1,65 @@
+"""``skuforge dataset export`` with odd input (review 40): a stored object changed under its manifest,
+one synthetic image stored under two SKUs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from shared.store import FileStore
+from shared.trainstore.manifest import ManifestStore
+from skuforge_cli.main import main as cli_main
+from tests.support.trainstore import PREFIX, add_item
+
+
+@pytest.fixture
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ManifestStore:
+    """SKU-A: 1 real, 2 synthetic; SKU-B: 1 real, 1 synthetic; in a file store SKUFORGE_STORE_URI
+    points at."""
+    monkeypatch.setenv("SKUFORGE_STORE_URI", f"file://{tmp_path / 'store'}")
+    manifests = ManifestStore(FileStore(tmp_path / "store"), PREFIX)
+    add_item(manifests, "SKU-A", "real-0", "real", "reference")
+    for index in range(2):
+        add_item(manifests, "SKU-A", f"gen-{index}", "synthetic", "accepted")
+    add_item(manifests, "SKU-B", "real-1", "real", "reference")
+    add_item(manifests, "SKU-B", "gen-2", "synthetic", "accepted")
+    return manifests
+
+
+EXPORT = ["dataset", "export", "--format", "imagefolder", "--size", "64", "--max-synthetic-per-real", "2"]
+JSONL = [*EXPORT[:2], "--format", "jsonl", *EXPORT[4:]]
+
+
+@pytest.mark.parametrize(
+    ("stored", "argv", "advice"),
+    [
+        ("images/SKU-A/real/real-0.png", EXPORT, "or leave SKU-A out with --sku"),
+        (
+            "masks/SKU-A/real-0.png",
+            JSONL,
+            "export with --format imagefolder (which reads no mask), or leave SKU-A out with --sku",
+        ),
+    ],
+)
+def test_an_object_changed_under_its_manifest_says_what_happened_and_what_to_do(
+    store: ManifestStore,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    stored: str,
+    argv: list[str],
+    advice: str,
+) -> None:
+    # It said only "checksum_mismatch: ...: expected sha256 ..., found ...; nothing was written": not
+    # whose object it was, that it changed after its row was written, nor the ways past it.
+    key = store.key(stored)
+    store.store.put_bytes(key, store.store.get_bytes(key) + b"x")
+    assert cli_main([*argv, str(tmp_path / "export")]) == 1
+    err = capsys.readouterr().err
+    what = "image" if stored.startswith("images/") else "mask"
+    assert f"{stored}: expected sha256 " in err
+    assert f"the {what} of SKU-A/real-0 changed after its manifest row was written" in err
+    assert "put back the bytes its row names (from a backup)" in err
+    assert advice in err
+    assert not (tmp_path / "export").exists()
+    assert cli_main([*argv, "--sku", "SKU-B", str(tmp_path / "export")]) == 0
