@@ -63,3 +63,25 @@ def test_an_object_changed_under_its_manifest_says_what_happened_and_what_to_do(
     assert advice in err
     assert not (tmp_path / "export").exists()
     assert cli_main([*argv, "--sku", "SKU-B", str(tmp_path / "export")]) == 0
+
+
+def test_a_synthetic_image_stored_under_two_skus_is_refused_naming_both(
+    store: ManifestStore, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Refused for a real photo (5551f43), not for a synthetic one: the same pixels exported into both
+    # classes, one picture taught as two products. Here the photo it was generated from is in both too.
+    for item_id, copy_id in [("gen-0", "gen-9"), ("real-0", "real-0")]:
+        row = store.read_sku("SKU-A")[item_id]
+        image = f"images/SKU-B/{row.source}/{copy_id}.png"
+        store.store.put_bytes(store.key(image), store.store.get_bytes(store.key(str(row.image))))
+        store.append(
+            "SKU-B", [row.model_copy(update={"sku_id": "SKU-B", "item_id": copy_id, "image": image})]
+        )
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main([*EXPORT, str(tmp_path / "export")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "synthetic image gen-0/gen-9 is stored under SKU-A and SKU-B; photo real-0 is stored under" in err
+    assert "the photo it was generated from" in err and "skuforge ingest --withdraw-missing" in err
+    assert not (tmp_path / "export").exists()
+    assert cli_main([*EXPORT, "--sku", "SKU-A", str(tmp_path / "export")]) == 0

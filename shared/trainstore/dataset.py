@@ -25,9 +25,10 @@ rendered again or rejected) leaves that image out, counted (``changed_during_exp
 left with fewer than ``min_real`` real images out; a row that still names the bad bytes stops the export
 (``ChecksumMismatch``, ``ObjectMissing``) and leaves nothing in the output directory. The withdrawal
 markers are read again once the images are written: a class with an image of a photo withdrawn after it
-was copied is written anew without it, before the index and the summary. A real photo that two classes
-hold (the same image sha256) is refused, naming both SKUs: one picture with two labels. A policy that
-leaves no class at all is a ``ValueError`` naming why each SKU was left out, not an empty training set.
+was copied is written anew without it, before the index and the summary. An image (real or synthetic)
+that two classes hold (the same image sha256) is refused, naming both SKUs: one picture with two labels.
+A policy that leaves no class at all is a ``ValueError`` naming why each SKU was left out, not an empty
+training set.
 An ``imagefolder`` export reads no mask (it writes none): a mask lost from the store does not stop it.
 """
 
@@ -779,27 +780,41 @@ def _refuse_case_only_twins(sku_ids: Sequence[str]) -> None:
 
 
 def _refuse_photos_of_two_skus(classes: Sequence[ClassPlan]) -> None:
-    """Refuse a real photo (the same image sha256) that two exported classes hold: one picture with two
-    labels, which teaches a classifier that the two products look alike. Ingest only warns of it (a shelf
-    shot of two products may be meant for both); the export cannot tell which label is right."""
-    by_image: dict[str, dict[str, str]] = defaultdict(dict)  # image sha256 -> SKU id -> its item id
+    """Refuse an image (the same image sha256, real or synthetic) that two exported classes hold: one
+    picture with two labels, which teaches a classifier that the two products look alike. Ingest only
+    warns of a photo in two SKUs' folders (a shelf shot of two products may be meant for both), and the
+    images generated from it may then be the same too; the export cannot tell which label is right."""
+    by_image: dict[str, dict[str, ManifestRow]] = defaultdict(dict)  # image sha256 -> SKU id -> its row
     for plan_class in classes:
-        for row in plan_class.real:
-            by_image[str(row.image_sha256)][plan_class.sku_id] = row.item_id
-    shared = sorted(sorted(skus.items()) for skus in by_image.values() if len(skus) > 1)
+        for row in [*plan_class.real, *plan_class.synthetic]:
+            by_image[str(row.image_sha256)][plan_class.sku_id] = row
+    shared = sorted(
+        ([row for _, row in sorted(rows.items())] for rows in by_image.values() if len(rows) > 1),
+        key=lambda rows: [(row.sku_id, row.item_id) for row in rows],  # rows themselves do not order
+    )
     if not shared:
         return
-    named = "; ".join(
-        f"photo {'/'.join(sorted({item_id for _, item_id in skus}))} is stored under "
-        f"{' and '.join(sku_id for sku_id, _ in skus)}"
-        for skus in shared[:3]
-    )
+    named = "; ".join(_image_of_skus(rows) for rows in shared[:3])
     more = f" (and {len(shared) - 3} more)" if len(shared) > 3 else ""
-    raise ValueError(
-        f"the same photo in two classes would be exported with two labels: {named}{more}. Take it out of "
-        "the folder of the SKU it is not of and run skuforge ingest --withdraw-missing, or leave one of the "
-        "SKUs out with --sku"
+    generated = (
+        " (of a synthetic image, the photo it was generated from)"
+        if any(row.source == "synthetic" for rows in shared for row in rows)
+        else ""
     )
+    raise ValueError(
+        f"the same photo in two classes would be exported with two labels: {named}{more}. Take it"
+        f"{generated} out of the folder of the SKU it is not of and run skuforge ingest --withdraw-missing, "
+        "or leave one of the SKUs out with --sku"
+    )
+
+
+def _image_of_skus(rows: Sequence[ManifestRow]) -> str:
+    """One image's ``rows`` (one per SKU) named: "photo real-0 is stored under A and B"; "synthetic
+    image" where they are synthetic, "image" where some are real and some synthetic."""
+    sources = {row.source for row in rows}
+    what = "photo" if sources == {"real"} else "synthetic image" if sources == {"synthetic"} else "image"
+    item_ids = "/".join(sorted({row.item_id for row in rows}))
+    return f"{what} {item_ids} is stored under {' and '.join(row.sku_id for row in rows)}"
 
 
 # Names Windows keeps for devices, with or without an extension ("CON", "nul.v2"): no folder can have one.
