@@ -19,8 +19,8 @@ resized or re-encoded copy of one (perceptual hash, ``shared/evaluation/leakage.
 trained on, or composited into a training image, makes every figure meaningless. Also refused:
 held-out folders naming SKUs the store does not have (one without photos is noted), a folder in a
 SKU's folder named like another SKU of the store (its photos would be scored as the outer one),
-one picture in two SKUs' folders (the same bytes, or a copy by perceptual hash), a held-out photo
-that changes during the run,
+one picture in two SKUs' folders (the same bytes, or a copy by perceptual hash; one picture twice in
+one SKU's folder is scored once, with a note), a held-out photo that changes during the run,
 fewer than 2 SKUs with held-out photos, held-out SKUs without a usable real image in the store or
 left out by the export policy, a held-out photo that does not decode or is over
 ``SKUFORGE_MAX_IMAGE_BYTES`` (by its size, unread), an unusable ``--scenes`` (malformed, or no

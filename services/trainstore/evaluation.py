@@ -44,6 +44,7 @@ from shared.evaluation.leakage import (
     check_disjoint,
     check_no_near_duplicates,
     copies_across_groups,
+    copies_within_groups,
     copy_hashes,
     hash_fits,
     heldout_hash,
@@ -243,6 +244,28 @@ def _refuse_copies_under_two_skus(photos: Sequence[Photo], hashes: Sequence[tupl
             f"held-out photos in two SKU folders look like copies of one picture: {shown}; a photo has "
             "one label: remove the copies from the wrong folders"
         )
+
+
+def _without_copies_within_skus(
+    photos: Sequence[Photo], hashes: Sequence[tuple[str, bytes]]
+) -> tuple[list[Photo], list[str]]:
+    """``photos`` less the copies with other bytes of a photo in the same SKU's folder (a JPEG of a PNG
+    beside it, a resized one), found by ``heldout_hash``es (``hashes``), and a note of each: scored once,
+    as ``heldout_photos`` scores a byte copy once. Scored twice, the photo weighed double in the SKU's
+    top-1 and in the gain the export policy reads. The first listed is kept."""
+    order = {photo.name: index for index, photo in enumerate(photos)}
+    sku_of = {photo.name: photo.sku_id for photo in photos}
+    kept_for: dict[str, str] = {}  # a copy's name -> the photo scored instead
+    notes = []
+    for first, second, bits in copies_within_groups([(sku_of[name], name, value) for name, value in hashes]):
+        if first in kept_for or second in kept_for:
+            continue  # nearest first: a copy of a copy already left out
+        kept, copy = sorted((first, second), key=order.__getitem__)
+        kept_for[copy] = kept
+        notes.append(
+            f"{copy} looks like a copy of {kept} (perceptual hash {bits} of 256 bits apart): scored once"
+        )
+    return [photo for photo in photos if photo.name not in kept_for], notes
 
 
 def _refuse_sku_folders_inside_others(root: Path, photos: Sequence[Photo], sku_ids: set[str]) -> None:
@@ -753,6 +776,9 @@ def evaluate(args: argparse.Namespace) -> EvaluationResult:
     for note in unhashable_notes(unhashable, store_unhashable):
         print(f"note: {_printable(note)}")
     check_no_near_duplicates(held_hashes, training=store_hashes, scenes=scene_hashes)
+    heldout, copy_notes = _without_copies_within_skus(heldout, held_hashes)  # every copy checked above
+    for note in copy_notes:
+        print(f"note: {_printable(note)}")
 
     settings = load_settings()  # the limits ingest held the photos to
     featurizer = Featurizer(

@@ -420,6 +420,20 @@ def copies_across_groups(
     ids, re-encoded, resized, mirrored or turned (the same bytes are found by their sha256). Nearest
     first; each pair once. A photo as shown (frame and content) is compared with every variant of the
     others, as ``check_no_near_duplicates`` compares a store image."""
+    return _copies(photos, max_bits, same_group=False)
+
+
+def copies_within_groups(
+    photos: Sequence[tuple[str, str, bytes]], *, max_bits: int = NEAR_DUPLICATE_MAX_BITS
+) -> list[tuple[str, str, int]]:
+    """As ``copies_across_groups``, the pairs of the same group: one picture held out twice under one
+    SKU id, re-encoded or resized, which scoring would weigh double."""
+    return _copies(photos, max_bits, same_group=True)
+
+
+def _copies(
+    photos: Sequence[tuple[str, str, bytes]], max_bits: int, *, same_group: bool
+) -> list[tuple[str, str, int]]:
     if not photos:
         return []
     if not all(hash_fits(value, heldout=True) for _, _, value in photos):
@@ -432,7 +446,7 @@ def copies_across_groups(
     nearest: dict[tuple[int, int], int] = {}
     for held_row, part_row, distance in zip(held_rows, part_rows, distances, strict=True):
         first, second = sorted((int(held_row) // _HELDOUT_HASHES, int(part_row) // _HELDOUT_PARTS))
-        if photos[first][0] != photos[second][0]:
+        if first != second and (photos[first][0] == photos[second][0]) == same_group:
             nearest[first, second] = min(int(distance), nearest.get((first, second), int(distance)))
     pairs = sorted(nearest.items(), key=lambda item: (item[1], item[0]))
     return [(photos[first][1], photos[second][1], distance) for (first, second), distance in pairs]

@@ -1,0 +1,58 @@
+"""``skuforge evaluate``'s held-out photos (review 40): one picture re-encoded within one SKU's folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from shared.evaluation.experiment import encode_jpeg
+from shared.store import FileStore
+from shared.trainstore.manifest import ManifestStore
+from skuforge_cli.main import main as cli_main
+from tests.support.evaluation import (  # noqa: F401 (one_torch_thread: autouse)
+    COLOURS,
+    colour_photo,
+    evaluate_args,
+    fill_colour_store,
+    one_torch_thread,
+    shelf_photo,
+)
+from tests.support.trainstore import PREFIX
+
+
+@pytest.fixture
+def colour_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ManifestStore:
+    """``fill_colour_store`` in a file store, which SKUFORGE_STORE_URI points at."""
+    monkeypatch.setenv("SKUFORGE_STORE_URI", f"file://{tmp_path / 'store'}")
+    return fill_colour_store(ManifestStore(FileStore(tmp_path / "store"), PREFIX))
+
+
+@pytest.fixture
+def heldout(tmp_path: Path) -> Path:
+    """Two PNG photos per colour SKU."""
+    root = tmp_path / "heldout"
+    for index, (sku_id, rgb) in enumerate(COLOURS.items()):
+        (root / sku_id).mkdir(parents=True)
+        for n in range(2):
+            colour_photo(rgb, 700 + 10 * index + n).save(root / sku_id / f"test-{n}.png")
+    return root
+
+
+def test_one_picture_re_encoded_within_one_sku_folder_is_scored_once_and_said(
+    colour_store: ManifestStore, heldout: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Only byte copies were folded: the same picture as a PNG and a JPEG of it in one SKU's folder was
+    # scored twice, weighing that photo double in the SKU's top-1 and the gain the export policy reads.
+    shelf = shelf_photo(5)
+    shelf.save(heldout / "SKU-RED" / "shelf.png")
+    (heldout / "SKU-RED" / "shelf.jpg").write_bytes(encode_jpeg(shelf, quality=70))
+    shelf_photo(6).save(heldout / "SKU-RED" / "other-shelf.png")  # another picture: scored
+    assert cli_main(evaluate_args(heldout, tmp_path / "eval", tmp_path)) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    red = heldout.absolute() / "SKU-RED"
+    assert f"note: {red / 'shelf.png'} looks like a copy of {red / 'shelf.jpg'} (perceptual hash " in said
+    assert "bits apart): scored once" in said
+    assert "other-shelf" not in said
+    assert json.loads((tmp_path / "eval" / "evaluation.json").read_text())["n_heldout"] == 8
