@@ -61,7 +61,7 @@ from shared.argtypes import (
 )
 from shared.config import load_settings
 from shared.evaluation import L2, REAL_WEIGHT, TUNE_EPOCHS, TUNE_LR
-from shared.evaluation.backbone import BackboneSpec, FeatureCache, open_backbone
+from shared.evaluation.backbone import Backbone, BackboneSpec, FeatureCache, open_backbone
 from shared.evaluation.experiment import (
     EvaluationConfig,
     Featurizer,
@@ -168,6 +168,20 @@ def _hashed(paths: Iterable[Path], *, heldout: bool = False) -> list[tuple[str, 
         if value is not None:
             items.append((str(path), value))
     return items
+
+
+def run_featurizer(backbone: Backbone, workdir: Path) -> Featurizer:
+    """The run's features of its photos, cached under ``workdir``, decoded under SKUFORGE_MAX_IMAGE_PIXELS
+    and _BYTES, as ``_hashed`` hashes them and ``skuforge evaluate`` decodes: under the default limits, a
+    photo past the setting was scored all the same, and a large JPEG's features came from another decode
+    than its hash. Made before a stack run's settings are put in place, which keep only the pixel limit."""
+    settings = load_settings()
+    return Featurizer(
+        backbone,
+        FeatureCache(workdir / "features"),
+        max_pixels=settings.max_image_pixels,
+        max_bytes=settings.max_image_bytes,
+    )
 
 
 def sha256_file(path: Path) -> str:
@@ -1176,7 +1190,7 @@ def main(argv: list[str] | None = None) -> int:
             by_tag.setdefault(args.series_of[name], []).extend(paths)
         write_scene_library(by_tag, scenes_dir)
     backbone = open_backbone(BackboneSpec())
-    featurizer = Featurizer(backbone, FeatureCache(args.workdir / "features"))
+    featurizer = run_featurizer(backbone, args.workdir)
     config = EvaluationConfig.from_options(args)
 
     throughput = None

@@ -1,6 +1,7 @@
 """``bench.augment``'s leakage check hashes its photos as ``skuforge evaluate`` does: under
 SKUFORGE_MAX_IMAGE_PIXELS. Before, it hashed under the default limit whatever the setting, so a large
-JPEG's hash was not evaluate's (its product's larger decode, given up near the limit, moves it)."""
+JPEG's hash was not evaluate's (its product's larger decode, given up near the limit, moves it). Its
+features are decoded under the same limits."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import pytest
 
 from bench import augment
 from services.trainstore.evaluation import heldout_hashes, scene_files
+from shared.errors import ImageRejected
+from shared.evaluation.backbone import BackboneSpec, open_backbone
 from shared.evaluation.experiment import Photo
 from shared.store import sha256_hex
 from tests.support.evaluation import large_product_shot, shelf_photo
@@ -57,3 +60,17 @@ def test_an_in_process_run_loads_its_scenes_under_the_limit_its_checks_hash_by(
     library = augment.in_process_scenes(tmp_path / "scenes", photo_share=1.0)
     assert library is not None and len(library) == 1
     assert "shelves/wide.png" in library.skipped
+
+
+def test_the_bench_decodes_its_photos_for_features_under_the_limits_it_hashes_them_by(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The Featurizer decoded under the default limits whatever the settings: a photo past
+    # SKUFORGE_MAX_IMAGE_PIXELS, which the leakage checks and skuforge evaluate refuse, was scored all
+    # the same, and a large JPEG's features came from another decode than its hash.
+    monkeypatch.setenv("SKUFORGE_MAX_IMAGE_PIXELS", "4096")  # 64 px squared, the least photo ingest takes
+    path = tmp_path / "photo.png"
+    shelf_photo(1, (80, 80)).save(path)
+    featurizer = augment.run_featurizer(open_backbone(BackboneSpec(name="tiny", image_px=32)), tmp_path)
+    with pytest.raises(ImageRejected, match="4096"):
+        featurizer.of([augment.file_photo("SKU-1", "real", path)])
