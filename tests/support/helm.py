@@ -55,10 +55,11 @@ def render(
     release: str = "rel",
     namespace: str = "default",
     files: Sequence[Path] = (),
+    chart: Path = CHART,
 ) -> list[dict[str, Any]]:
-    """``helm template`` with values ``files`` and ``--set`` values (which win); the manifests as dicts
-    (fails with helm's message)."""
-    command = [helm, "template", release, str(CHART), "--kube-version", kube_version, "-n", namespace]
+    """``helm template`` of ``chart`` with values ``files`` and ``--set`` values (which win); the
+    manifests as dicts (fails with helm's message)."""
+    command = [helm, "template", release, str(chart), "--kube-version", kube_version, "-n", namespace]
     for file in files:
         command += ["-f", str(file)]
     for value in [REVIEWERS] * reviewers + [MODEL] * model + list(values):
@@ -68,9 +69,11 @@ def render(
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
-def render_error(helm: str, *values: str, reviewers: bool = True, model: bool = True) -> str:
-    """helm's message for values the render refuses (fails the test if it renders)."""
-    command = [helm, "template", "rel", str(CHART), "--kube-version", KUBE_VERSIONS[-1]]
+def render_error(
+    helm: str, *values: str, reviewers: bool = True, model: bool = True, chart: Path = CHART
+) -> str:
+    """helm's message for values the render of ``chart`` refuses (fails the test if it renders)."""
+    command = [helm, "template", "rel", str(chart), "--kube-version", KUBE_VERSIONS[-1]]
     for value in [REVIEWERS] * reviewers + [MODEL] * model + list(values):
         command += ["--set", value]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)

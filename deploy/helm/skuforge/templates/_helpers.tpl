@@ -222,11 +222,11 @@ can read the namespace. */ -}}
 {{- end -}}
 {{- end -}}
 {{- /* The generator stage calls Triton for every backend, composite too: without an address it
-calls 127.0.0.1:8001, its own pod, and retries forever. */ -}}
+calls its own pod (SKUFORGE_GENERATION_TRITON_URL's default, 127.0.0.1) and retries forever. */ -}}
 {{- if not .Values.triton.enabled -}}
 {{- $generatorEnv := (include "skuforge.stageConfig" (dict "root" . "name" "generator") | fromJson).env | default dict -}}
 {{- if not (or (hasKey .Values.settings "SKUFORGE_GENERATION_TRITON_URL") (hasKey .Values.secret.values "SKUFORGE_GENERATION_TRITON_URL") (hasKey $generatorEnv "SKUFORGE_GENERATION_TRITON_URL")) -}}
-{{- fail "triton.enabled=false, but the generator stage calls Triton for every backend (composite too): set settings.SKUFORGE_GENERATION_TRITON_URL to the Triton that serves skuforge's generation model (host:8001 over gRPC; host:8000 with settings.SKUFORGE_GENERATION_TRITON_PROTOCOL=http), or it calls 127.0.0.1:8001 and retries forever" -}}
+{{- fail (printf "triton.enabled=false, but the generator stage calls Triton for every backend (composite too): set settings.SKUFORGE_GENERATION_TRITON_URL to the Triton that serves skuforge's generation model (host:%d over gRPC, or host:%d with settings.SKUFORGE_GENERATION_TRITON_PROTOCOL=http, where it listens on triton.ports), or it calls its own pod (127.0.0.1) and retries forever" (int .Values.triton.ports.grpc) (int .Values.triton.ports.http)) -}}
 {{- end -}}
 {{- end -}}
 {{- if .Values.triton.enabled -}}
@@ -239,10 +239,10 @@ calls 127.0.0.1:8001, its own pod, and retries forever. */ -}}
 outside 1-65535 the API server refused the Deployment and Service at install, and Triton's settings too. */ -}}
 {{- $ports := .Values.triton.ports -}}
 {{- $serverMetricsPort := int $flow.triton.metricsPort -}}
-{{- range $name, $default := dict "http" 8000 "grpc" 8001 "metrics" 8002 -}}
+{{- range $name := list "http" "grpc" "metrics" -}}
 {{- $port := int (get $ports $name) -}}
 {{- if or (lt $port 1) (gt $port 65535) -}}
-{{- fail (printf "triton.ports.%s=%v is no port Triton's Service and probes can reach: give one from 1 to 65535 (%d by default)" $name (get $ports $name) $default) -}}
+{{- fail (printf "triton.ports.%s=%v is no port Triton's Service and probes can reach: give one from 1 to 65535" $name (get $ports $name)) -}}
 {{- end -}}
 {{- end -}}
 {{- if lt (len (uniq (list (int $ports.http) (int $ports.grpc) (int $ports.metrics) $serverMetricsPort))) 4 -}}
@@ -270,19 +270,17 @@ triton.env alone, and the stage refused them at start, for ever. A scene_key alo
 {{- fail "triton serves the diffusion backend (triton.backends) but no model is named: set triton.env.SKUFORGE_DIFFUSION_MODEL (a path or s3:// URI of a diffusers inpainting model), or triton.backends={composite} (without one the Triton pod exits at start)" -}}
 {{- end -}}
 {{- end -}}
-{{- /* The generator stage's stop waits for a Triton request in flight, up to its timeout (300 s, the
-setting's default, unless the values set one), and then commits: a grace shorter than that plus 30 s
-killed the pod mid-request, the batch in hand never committed. */ -}}
-{{- $timeout := include "skuforge.generatorSetting" (dict "root" . "key" "SKUFORGE_GENERATION_TRITON_TIMEOUT_S") | fromJson -}}
-{{- $timeoutText := "SKUFORGE_GENERATION_TRITON_TIMEOUT_S=300 (its default)" -}}
-{{- $timeoutS := 300.0 -}}
-{{- with $timeout -}}
-{{- $timeoutText = printf "%s.SKUFORGE_GENERATION_TRITON_TIMEOUT_S=%s" .source .value -}}
-{{- $timeoutS = float64 .value -}}
-{{- end -}}
-{{- $grace := (include "skuforge.stageConfig" (dict "root" . "name" "generator") | fromJson).terminationGracePeriodSeconds -}}
+{{- /* The generator stage's stop waits for a Triton request in flight, up to its timeout, and then
+commits: a grace shorter than that plus 30 s killed the pod mid-request, the batch in hand never
+committed. values.yaml's `settings` gives the timeout, so the check reads the one the pods get (a copy of
+the default here went stale when the values changed it); removed with null, the stage's own default
+applies, which the check cannot see. */ -}}
+{{- with include "skuforge.generatorSetting" (dict "root" . "key" "SKUFORGE_GENERATION_TRITON_TIMEOUT_S") | fromJson -}}
+{{- $timeoutS := float64 .value -}}
+{{- $grace := (include "skuforge.stageConfig" (dict "root" $ "name" "generator") | fromJson).terminationGracePeriodSeconds -}}
 {{- if lt (float64 $grace) (addf $timeoutS 30) -}}
-{{- fail (printf "%s does not fit stages.generator.terminationGracePeriodSeconds (%v): a generator pod stopped mid-request would be killed before the request ends and its batch is committed; set stages.generator.terminationGracePeriodSeconds to at least %v (the timeout and 30 s), or a shorter timeout" $timeoutText $grace (ceil (addf $timeoutS 30))) -}}
+{{- fail (printf "%s.SKUFORGE_GENERATION_TRITON_TIMEOUT_S=%s does not fit stages.generator.terminationGracePeriodSeconds (%v): a generator pod stopped mid-request would be killed before the request ends and its batch is committed; set stages.generator.terminationGracePeriodSeconds to at least %v (the timeout and 30 s), or a shorter timeout" .source .value $grace (ceil (addf $timeoutS 30))) -}}
+{{- end -}}
 {{- end -}}
 {{- /* A file:// store is a folder in each pod's own filesystem unless every pod mounts one volume there:
 the generator's images were then missing from matting's pod, and every item was dead-lettered. */ -}}
@@ -305,9 +303,9 @@ the second to bind exited the pod at start, for ever; at 0 the pages took a port
 {{- $consolePort := int .Values.console.port -}}
 {{- $consoleMetricsPort := int $flow.console.metricsPort -}}
 {{- if or (lt $consolePort 1) (gt $consolePort 65535) -}}
-{{- fail (printf "console.port=%v is no port the console's Service and probes can reach: give one from 1 to 65535 (8087 by default)" .Values.console.port) -}}
+{{- fail (printf "console.port=%v is no port the console's Service and probes can reach: give one from 1 to 65535" .Values.console.port) -}}
 {{- else if eq $consolePort $consoleMetricsPort -}}
-{{- fail (printf "console.port=%d is the console's own /metrics port (files/flow.json): its web pages and /metrics cannot both listen there (the pod would exit at start); give another port (8087 by default)" $consolePort) -}}
+{{- fail (printf "console.port=%d is the console's own /metrics port (files/flow.json): its web pages and /metrics cannot both listen there (the pod would exit at start); give another port" $consolePort) -}}
 {{- end -}}
 {{- end -}}
 {{- if and .Values.console.enabled (not .Values.secret.existingSecret) (not (hasKey .Values.secret.values "SKUFORGE_CONSOLE_USERS")) -}}

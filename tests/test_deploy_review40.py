@@ -1,0 +1,85 @@
+"""Review 40 of the deploy surface: defaults written once."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from services.console.config import ConsoleSettings
+from shared.config import Settings
+from shared.generation.settings import GenerationSettings
+from tests.support.helm import CHART, render, render_error, require_helm
+
+TIMEOUT = "SKUFORGE_GENERATION_TRITON_TIMEOUT_S"
+# A chart value (its path in values.yaml) and the setting it gives the pods: the same default, so an
+# install with the chart's values runs as the README's settings table says.
+CHART_DEFAULTS: dict[tuple[str, ...], tuple[type[Any], str]] = {
+    ("consumerGroupPrefix",): (Settings, "consumer_group_prefix"),
+    ("topicNamespace",): (Settings, "topic_namespace"),
+    ("topicPartitions",): (Settings, "topic_partitions"),
+    ("sessionTimeoutMs",): (Settings, "session_timeout_ms"),
+    ("triton", "ports", "http"): (GenerationSettings, "generation_server_http_port"),
+    ("triton", "ports", "grpc"): (GenerationSettings, "generation_server_grpc_port"),
+    ("triton", "ports", "metrics"): (GenerationSettings, "generation_server_metrics_port"),
+    ("console", "port"): (ConsoleSettings, "console_port"),
+    ("settings", TIMEOUT): (GenerationSettings, "generation_triton_timeout_s"),
+}
+
+
+@pytest.fixture(scope="module")
+def helm() -> str:
+    return require_helm()
+
+
+def chart_values(chart: Path = CHART) -> dict[str, Any]:
+    values: dict[str, Any] = yaml.safe_load((chart / "values.yaml").read_text())
+    return values
+
+
+@pytest.mark.parametrize("path", list(CHART_DEFAULTS), ids=".".join)
+def test_the_charts_defaults_are_the_settings_defaults(path: tuple[str, ...]) -> None:
+    """The chart's helpers kept their own copies of the Triton timeout (300 s) and ports beside
+    values.yaml and the settings: a default changed in one place left the render checking, and naming,
+    another. values.yaml holds the chart's, and here they meet the settings'."""
+    value: Any = chart_values()
+    for key in path:
+        assert key in value, f"values.yaml has no {'.'.join(path)}"
+        value = value[key]
+    model, field = CHART_DEFAULTS[path]
+    assert value == model.model_fields[field].default, (path, value)
+
+
+def test_the_render_checks_and_names_the_defaults_values_yaml_gives(helm: str, tmp_path: Path) -> None:
+    """A chart whose values.yaml gives other defaults is checked by those, and its messages name
+    no stale copy of the old ones (the helpers said "8000 by default", "8087 by default", and told a
+    chart without Triton to call "host:8001")."""
+    chart = tmp_path / "skuforge"
+    shutil.copytree(CHART, chart)
+    values = chart_values(chart)
+    old = [str(port) for port in (*values["triton"]["ports"].values(), values["console"]["port"])]
+    values["triton"]["ports"] = {"http": 9000, "grpc": 9001, "metrics": 9002}
+    values["console"]["port"] = 8080
+    values["settings"][TIMEOUT] = 600
+    values["stages"]["generator"]["terminationGracePeriodSeconds"] = 630
+    (chart / "values.yaml").write_text(yaml.safe_dump(values))
+    render(helm, chart=chart)
+    message = render_error(helm, "stages.generator.terminationGracePeriodSeconds=629", chart=chart)
+    assert f"settings.{TIMEOUT}=600 does not fit" in message and "at least 630" in message, message
+    for value in ("triton.ports.http=0", "triton.ports.metrics=70000", "console.port=0"):
+        message = render_error(helm, value, chart=chart)
+        assert "from 1 to 65535" in message and not any(port in message for port in old), message
+    message = render_error(helm, "triton.enabled=false", chart=chart, model=False)
+    assert "host:9001 over gRPC" in message and "host:9000 with" in message, message
+    assert not any(port in message for port in old), message
+
+
+def test_a_timeout_taken_out_of_the_values_leaves_the_stages_own(helm: str) -> None:
+    """Without the value (null), the generator stage runs with its own default, which the render cannot
+    check against the grace: it renders, and no pod gets the variable."""
+    docs = render(helm, f"settings.{TIMEOUT}=null")
+    (config,) = [doc for doc in docs if doc["kind"] == "ConfigMap"]
+    assert TIMEOUT not in config["data"]
