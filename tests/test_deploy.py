@@ -28,6 +28,7 @@ from schemas.flow import CONSOLE, PIPELINE, TRITON, flow_document
 from services.console.server import stop_timeout_s as console_stop_timeout_s
 from shared.config import ENV_PREFIX, Settings
 from skuforge_cli.main import SETTINGS_MODELS
+from tests.support.compose import DEFAULT_GRACE, compose_duration_s
 from tests.support.helm import (
     CHART,
     KUBE_VERSIONS,
@@ -48,7 +49,6 @@ CRD_SCHEMAS = {
 }
 STAGES = [stage.name for stage in PIPELINE]
 KUBERNETES_DEFAULT_GRACE_S = 30  # a pod spec without terminationGracePeriodSeconds gets this
-COMPOSE_DEFAULT_GRACE = "10s"  # a service without stop_grace_period gets this
 # Triton's --exit-timeout-secs default, which PyTriton keeps (TritonConfig.exit_timeout_secs None):
 # how long SIGTERM waits for requests in flight before Triton stops (deploy/triton/README.md).
 TRITON_EXIT_TIMEOUT_S = 30
@@ -60,14 +60,6 @@ def console_stop_s() -> float:
     requests, the intake's join, then the relay's shutdown drain."""
     defaults = Settings.model_construct()  # the documented defaults, whatever this shell's SKUFORGE_*
     return console_stop_timeout_s(defaults)
-
-
-def compose_duration_s(text: str) -> float:
-    """A compose duration (``"150s"``, ``"2m30s"``) in seconds."""
-    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001, "us": 0.000001}
-    parts = re.findall(r"(\d+(?:\.\d+)?)(h|ms|us|m|s)", text)
-    assert parts and "".join(amount + unit for amount, unit in parts) == text, f"not a duration: {text!r}"
-    return sum(float(amount) * units[unit] for amount, unit in parts)
 
 
 @pytest.fixture(scope="module")
@@ -937,7 +929,7 @@ def test_triton_rolls_out_without_a_second_gpu_and_has_the_time_its_exit_takes(h
     )
     # Compose gives it the same.
     compose = yaml.safe_load((REPO / "deploy" / "compose.yaml").read_text())["services"]["triton"]
-    assert compose_duration_s(compose.get("stop_grace_period", COMPOSE_DEFAULT_GRACE)) == grace_s
+    assert compose_duration_s(compose.get("stop_grace_period", DEFAULT_GRACE)) == grace_s
     triton = of_kind(render(helm, "triton.terminationGracePeriodSeconds=120"), "Deployment")[
         "rel-skuforge-triton"
     ]
@@ -1511,7 +1503,7 @@ def test_compose_waits_for_triton_to_load_its_diffusion_model() -> None:
 
 def test_compose_gives_the_console_the_time_it_takes_to_stop() -> None:
     console = yaml.safe_load((REPO / "deploy" / "compose.yaml").read_text())["services"]["console"]
-    grace_s = compose_duration_s(console.get("stop_grace_period", COMPOSE_DEFAULT_GRACE))
+    grace_s = compose_duration_s(console.get("stop_grace_period", DEFAULT_GRACE))
     assert grace_s >= console_stop_s(), f"the console may take {console_stop_s()} s to stop, gets {grace_s} s"
 
 

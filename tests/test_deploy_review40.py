@@ -1,4 +1,4 @@
-"""Review 40 of the deploy surface: defaults written once."""
+"""Review 40 of the deploy surface: defaults written once, and the generator's grace under compose."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import yaml
 from services.console.config import ConsoleSettings
 from shared.config import Settings
 from shared.generation.settings import GenerationSettings
-from tests.support.helm import CHART, render, render_error, require_helm
+from tests.support.compose import compose_duration_s, interpolated
+from tests.support.helm import CHART, REPO, render, render_error, require_helm
 
 TIMEOUT = "SKUFORGE_GENERATION_TRITON_TIMEOUT_S"
 # A chart value (its path in values.yaml) and the setting it gives the pods: the same default, so an
@@ -83,3 +84,18 @@ def test_a_timeout_taken_out_of_the_values_leaves_the_stages_own(helm: str) -> N
     docs = render(helm, f"settings.{TIMEOUT}=null")
     (config,) = [doc for doc in docs if doc["kind"] == "ConfigMap"]
     assert TIMEOUT not in config["data"]
+
+
+@pytest.mark.parametrize("timeout", [None, "600", "450.5"])
+def test_compose_gives_the_generator_the_time_its_triton_timeout_takes(timeout: str | None) -> None:
+    """Compose's generator had a fixed stop_grace_period of 330 s for the 300 s default: an override
+    raising SKUFORGE_GENERATION_TRITON_TIMEOUT_S left it, and `docker compose stop` killed a generator
+    mid-request, its batch never committed. Both now come from the shell's (or --env-file's) one
+    variable: the generator's timeout, and its grace of that and 30 s."""
+    generator = yaml.safe_load((REPO / "deploy" / "compose.yaml").read_text())["services"]["generator"]
+    shell = {TIMEOUT: timeout} if timeout else {}
+    default_s = GenerationSettings.model_fields["generation_triton_timeout_s"].default
+    given = interpolated(str(generator["environment"][TIMEOUT]), shell)
+    assert float(given) == (float(timeout) if timeout else default_s)
+    grace_s = compose_duration_s(interpolated(generator["stop_grace_period"], shell))
+    assert grace_s >= float(given) + 30, (given, grace_s)
