@@ -161,9 +161,9 @@ def test_a_stage_without_autoscaling_runs_no_more_members_than_partitions(helm: 
     """With KEDA on, maxReplicas above topicPartitions is refused; with autoscaling off, `replicas` above
     it rendered, and the extra members of the stage's group held no partition and sat idle."""
     message = render_error(helm, "stages.matting.autoscaling.enabled=false", "stages.matting.replicas=7")
-    assert "stages.matting.replicas (7) is more than topicPartitions (6)" in message, message
+    assert "stages.matting.replicas (7) is more than the 6 partitions matting consumes" in message, message
     message = render_error(helm, "stageDefaults.autoscaling.enabled=false", "stageDefaults.replicas=7")
-    assert "replicas (7) is more than topicPartitions (6)" in message, message
+    assert "replicas (7) is more than the 6 partitions" in message, message
     docs = render(helm, "stages.matting.autoscaling.enabled=false", "stages.matting.replicas=6")
     (matting,) = [
         doc

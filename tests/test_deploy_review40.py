@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
+from schemas.flow import TRAINSTORE
 from services.console.config import ConsoleSettings
 from shared.config import Settings
 from shared.generation.settings import GenerationSettings
@@ -99,3 +100,43 @@ def test_compose_gives_the_generator_the_time_its_triton_timeout_takes(timeout: 
     assert float(given) == (float(timeout) if timeout else default_s)
     grace_s = compose_duration_s(interpolated(generator["stop_grace_period"], shell))
     assert grace_s >= float(given) + 30, (given, grace_s)
+
+
+def test_a_stage_of_several_topics_may_run_a_member_per_partition_it_consumes(helm: str) -> None:
+    """With autoscaling off, replicas above topicPartitions were refused for every stage, but the
+    trainstore consumes four topics: its group's cooperative-sticky assignor spreads their 24 partitions
+    over up to 24 members, none idle. The limit is the partitions the stage consumes."""
+    partitions = 6 * len(TRAINSTORE.consumes)
+    off = "stages.trainstore.autoscaling.enabled=false"
+    docs = render(helm, off, f"stages.trainstore.replicas={partitions}")
+    (trainstore,) = [
+        doc
+        for doc in docs
+        if doc["kind"] == "Deployment" and doc["metadata"]["name"] == "rel-skuforge-trainstore"
+    ]
+    assert trainstore["spec"]["replicas"] == partitions
+    message = render_error(helm, off, f"stages.trainstore.replicas={partitions + 1}")
+    assert (
+        f"stages.trainstore.replicas ({partitions + 1}) is more than the {partitions} partitions" in message
+    )
+
+
+@pytest.mark.parametrize(
+    ("values", "key"),
+    [
+        (["stageDefaults.autoscaling.enabled=false", "stageDefaults.replicas=7"], "stageDefaults.replicas"),
+        (["stageDefaults.autoscaling.maxReplicas=7"], "stageDefaults.autoscaling.maxReplicas"),
+        (
+            ["stageDefaults.autoscaling.minReplicas=3", "stageDefaults.autoscaling.maxReplicas=2"],
+            "stageDefaults.autoscaling.minReplicas",
+        ),
+    ],
+    ids=["replicas", "maxReplicas", "minReplicas"],
+)
+def test_a_stage_default_refused_is_named_where_the_values_set_it(
+    helm: str, values: list[str], key: str
+) -> None:
+    """A stageDefaults value every stage got was refused as "stages.captioner.<key>", a key the values
+    never set: the message sent users to add one more override instead of fixing the default."""
+    message = render_error(helm, *values)
+    assert f"{key} (" in message and "stages.captioner." not in message, message

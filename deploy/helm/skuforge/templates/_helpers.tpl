@@ -78,6 +78,18 @@ automountServiceAccountToken: {{ .Values.serviceAccount.automountToken }}
 {{- mergeOverwrite (deepCopy .root.Values.stageDefaults) (deepCopy $override) | toJson -}}
 {{- end -}}
 
+{{/* Where a stage's setting came from, for a message: stages.<name>.<key> where the stage's own values
+set it, else stageDefaults.<key> (a refused default was named as a stage's key the values never set).
+(dict "root" $ "name" "matting" "key" "autoscaling.maxReplicas") */}}
+{{- define "skuforge.stageKey" -}}
+{{- $node := get .root.Values.stages .name | default dict -}}
+{{- $set := true -}}
+{{- range $part := splitList "." .key -}}
+{{- if and $set (kindIs "map" $node) (hasKey $node $part) }}{{ $node = get $node $part }}{{ else }}{{ $set = false }}{{ end -}}
+{{- end -}}
+{{- if $set }}stages.{{ .name }}.{{ .key }}{{ else }}stageDefaults.{{ .key }}{{ end -}}
+{{- end -}}
+
 {{/* Environment every skuforge container gets: the ConfigMap, the Secret, its static member id. */}}
 {{- /* The SKUFORGE_* settings every pod reads: the ConfigMap's data, and the topics Job's env (a
 pre-upgrade hook runs before the ConfigMap is updated, so it must not read the old one). */ -}}
