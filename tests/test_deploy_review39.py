@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
@@ -13,7 +12,7 @@ from schemas.flow import CONSOLE
 from shared.config import ENV_PREFIX, load_settings, secret_variables
 from shared.generation.settings import GenerationSettings
 from skuforge_cli.main import SETTINGS_MODELS
-from tests.support.helm import REPO, render, render_error, require_helm
+from tests.support.helm import REPO, pod_env, render, render_error, require_helm
 
 # Every place the chart writes a value into a ConfigMap or a pod spec in plain text.
 PLAIN_SOURCES = ("settings", "stageDefaults.env", "stages.generator.env", "console.env", "triton.env")
@@ -55,17 +54,6 @@ def test_the_console_port_is_not_its_metrics_port(helm: str) -> None:
     # Port 0 binds a port nobody knows: the probes and the Service miss it.
     assert "console.port=0" in render_error(helm, "console.port=0")
     render(helm, "console.port=8080")
-
-
-def pod_env(docs: list[dict[str, Any]], deployment: str) -> dict[str, str]:
-    """The variables a Deployment's container starts with: the ConfigMap, the Secret, then its env."""
-    env = dict(next(doc for doc in docs if doc["kind"] == "ConfigMap")["data"])
-    env |= next(doc for doc in docs if doc["kind"] == "Secret").get("stringData") or {}
-    (deployed,) = [
-        doc for doc in docs if doc["kind"] == "Deployment" and doc["metadata"]["name"] == deployment
-    ]
-    (container,) = deployed["spec"]["template"]["spec"]["containers"]
-    return env | {item["name"]: item["value"] for item in container.get("env", []) if "value" in item}
 
 
 def test_the_documented_scene_library_values_start_the_generator_stage_with_photo_scenes(
@@ -204,10 +192,14 @@ def test_the_generator_pod_has_the_time_a_triton_request_takes(helm: str) -> Non
 
 def test_a_scene_library_for_triton_alone_is_refused_with_photo_scene_parameters(helm: str) -> None:
     """triton.env.SKUFORGE_SCENES_URI rendered with photo-scene parameters, but the generator stage reads
-    the settings, not triton.env: without a library it refused the parameters at start, for ever."""
+    the settings, not triton.env: without a library it refused the parameters at start, for ever (where
+    it asks for composite variants: test_deploy_review40.py)."""
     scenes = "triton.env.SKUFORGE_SCENES_URI=s3://acme-skuforge/scenes"
+    composite = "triton.backends={composite}"
     for parameters in (r"\{\"scene\": \"photo\"\}", r"\{\"scene_key\": \"shelves/a.jpg\"\}"):
-        message = render_error(helm, scenes, f"settings.SKUFORGE_GENERATION_PARAMETERS={parameters}")
+        message = render_error(
+            helm, scenes, composite, f"settings.SKUFORGE_GENERATION_PARAMETERS={parameters}"
+        )
         assert "triton.env.SKUFORGE_SCENES_URI" in message and "settings.SKUFORGE_SCENES_URI" in message, (
             message
         )
@@ -215,9 +207,10 @@ def test_a_scene_library_for_triton_alone_is_refused_with_photo_scene_parameters
     render(
         helm,
         "settings.SKUFORGE_SCENES_URI=s3://acme-skuforge/scenes",
+        composite,
         r"settings.SKUFORGE_GENERATION_PARAMETERS=\{\"scene\": \"photo\"\}",
     )
-    render(helm, scenes, r"settings.SKUFORGE_GENERATION_PARAMETERS=\{\"scene\": \"plain\"\}")
+    render(helm, scenes, composite, r"settings.SKUFORGE_GENERATION_PARAMETERS=\{\"scene\": \"plain\"\}")
 
 
 def test_compose_keeps_the_console_logins_across_restarts() -> None:

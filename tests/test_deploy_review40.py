@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -11,10 +12,10 @@ import yaml
 
 from schemas.flow import TRAINSTORE
 from services.console.config import ConsoleSettings
-from shared.config import Settings
+from shared.config import ENV_PREFIX, Settings, load_settings
 from shared.generation.settings import GenerationSettings
 from tests.support.compose import compose_duration_s, interpolated
-from tests.support.helm import CHART, REPO, render, render_error, require_helm
+from tests.support.helm import CHART, REPO, pod_env, render, render_error, require_helm
 
 TIMEOUT = "SKUFORGE_GENERATION_TRITON_TIMEOUT_S"
 # A chart value (its path in values.yaml) and the setting it gives the pods: the same default, so an
@@ -140,3 +141,29 @@ def test_a_stage_default_refused_is_named_where_the_values_set_it(
     never set: the message sent users to add one more override instead of fixing the default."""
     message = render_error(helm, *values)
     assert f"{key} (" in message and "stages.captioner." not in message, message
+
+
+def test_photo_scene_parameters_are_refused_only_where_the_generator_stage_uses_composite(
+    helm: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review 39 refused triton.env.SKUFORGE_SCENES_URI with photo-scene parameters as "the generator
+    stage refuses at start", but the stage checks them only for the composite backend: on the chart's
+    own diffusion-only Triton the stage starts with them, and the render refused values that run."""
+    scenes = "triton.env.SKUFORGE_SCENES_URI=s3://acme-skuforge/scenes"
+    photo = r"settings.SKUFORGE_GENERATION_PARAMETERS=\{\"scene\": \"photo\"\}"
+    docs = render(helm, scenes, photo)
+    for name in [name for name in os.environ if name.upper().startswith(ENV_PREFIX)]:
+        monkeypatch.delenv(name)
+    for name, value in pod_env(docs, "rel-skuforge-generator").items():
+        monkeypatch.setenv(name, value)
+    assert load_settings(GenerationSettings).shares() == {"diffusion": 1.0}  # a ConfigError: refused
+    # Where the stage asks for composite variants (the only backend, a mix's share), it is refused.
+    composite = ["triton.backends={composite}"]
+    mix = [
+        "triton.backends={composite,diffusion}",
+        r"settings.SKUFORGE_GENERATION_BACKEND_MIX=\{\"composite\": 1\, \"diffusion\": 1\}",
+    ]
+    for values in (composite, mix):
+        assert "triton.env.SKUFORGE_SCENES_URI reaches the Triton pod alone" in render_error(
+            helm, scenes, photo, *values
+        )

@@ -79,3 +79,14 @@ def render_error(
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0, "the render should have failed"
     return result.stderr
+
+
+def pod_env(docs: list[dict[str, Any]], deployment: str) -> dict[str, str]:
+    """The variables a Deployment's container starts with: the ConfigMap, the Secret, then its env."""
+    env = dict(next(doc for doc in docs if doc["kind"] == "ConfigMap")["data"])
+    env |= next(doc for doc in docs if doc["kind"] == "Secret").get("stringData") or {}
+    (deployed,) = [
+        doc for doc in docs if doc["kind"] == "Deployment" and doc["metadata"]["name"] == deployment
+    ]
+    (container,) = deployed["spec"]["template"]["spec"]["containers"]
+    return env | {item["name"]: item["value"] for item in container.get("env", []) if "value" in item}

@@ -266,9 +266,17 @@ outside 1-65535 the API server refused the Deployment and Service at install, an
 {{- end -}}
 {{- end -}}
 {{- include "skuforge.checkModelCache" . -}}
-{{- /* The generator stage checks photo-scene parameters against its own SKUFORGE_SCENES_URI: one in
-triton.env alone, and the stage refused them at start, for ever. A scene_key alone asks for a photo. */ -}}
-{{- if and (hasKey .Values.triton.env "SKUFORGE_SCENES_URI") (not (include "skuforge.generatorSetting" (dict "root" . "key" "SKUFORGE_SCENES_URI") | fromJson)) -}}
+{{- /* The generator stage checks photo-scene parameters against its own SKUFORGE_SCENES_URI when it asks
+for composite variants: one in triton.env alone, and the stage refused them at start, for ever. A
+scene_key alone asks for a photo. Its backends: a mix's shares, else its backend (the one Triton serves,
+where the values name none); not known, composite is taken (the stage's default). */ -}}
+{{- $stageBackends := include "skuforge.mixedBackends" . | fromJsonArray -}}
+{{- if not $stageBackends -}}
+{{- $backend := include "skuforge.generatorSetting" (dict "root" . "key" "SKUFORGE_GENERATION_BACKEND") | fromJson -}}
+{{- if $backend }}{{ $stageBackends = list $backend.value }}{{ else if eq (len .Values.triton.backends) 1 }}{{ $stageBackends = .Values.triton.backends }}{{ end -}}
+{{- end -}}
+{{- $composite := or (not $stageBackends) (has "composite" $stageBackends) -}}
+{{- if and $composite (hasKey .Values.triton.env "SKUFORGE_SCENES_URI") (not (include "skuforge.generatorSetting" (dict "root" . "key" "SKUFORGE_SCENES_URI") | fromJson)) -}}
 {{- $parameters := include "skuforge.generatorSetting" (dict "root" . "key" "SKUFORGE_GENERATION_PARAMETERS") | fromJson -}}
 {{- $asked := dict -}}
 {{- with $parameters }}{{ $asked = fromJson .value }}{{ end -}}
