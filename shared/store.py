@@ -777,7 +777,9 @@ class S3Store(ObjectStore):
             if code in _S3_MISSING_CODES or status == 404:
                 raise ObjectMissing(uri) from exc
             if status >= 500 or status in _S3_TRANSIENT_STATUS or code in _S3_TRANSIENT_CODES:
-                raise TransientError(f"S3 answered {code or status} for {uri}") from exc
+                raise TransientError(
+                    f"S3 answered {code or status} for {uri} (from {self._uri_from})"
+                ) from exc
             raise
         except _CREDENTIAL_ERRORS as exc:
             raise StoreMisconfigured(
