@@ -229,9 +229,9 @@ def generate_in_process(
     """Per class: ``variants`` composites written as PNG, from masks of the committed matting model
     (k names the SKUs as the stack does: ``sku_id``)."""
     from shared.generation.composite import CompositeBackend
-    from shared.matting.session import open_session
+    from shared.matting.session import open_tool_session
 
-    session = open_session(args.matting_model, threads=2, use_gpu=False, store=None)
+    session = open_tool_session(args.matting_model, "--matting-model", threads=2)
     library = in_process_scenes(scenes_dir, args.photo_share)
     # "off" is the try of the reference's own edge pixels (bench/edge_recolour.py).
     backend = CompositeBackend(library, args.photo_share, edge_recolour=args.edge_recolour == "on")

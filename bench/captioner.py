@@ -175,9 +175,9 @@ def main(argv: list[str] | None = None) -> int:
             "pass GroceryStoreDataset's dataset/ folder"
         )
 
-    from shared.matting.session import open_session
+    from shared.matting.session import open_tool_session
 
-    session = open_session(args.matting_model, threads=args.threads, use_gpu=False, store=None)
+    session = open_tool_session(args.matting_model, "--matting-model", threads=args.threads)
     results_file: Path = args.out
     previous: dict[str, Any] = json.loads(results_file.read_text()) if results_file.is_file() else {}
     started = time.monotonic()

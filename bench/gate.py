@@ -55,7 +55,7 @@ from shared.argtypes import int_between, non_negative_float, positive_int, whole
 from shared.gate.checks import GateThresholds, evaluate, failed_reasons
 from shared.generation.backend import COLOUR_GAIN_KEY
 from shared.matting.roi import DEFAULT_ROI_MARGIN, product_box
-from shared.matting.session import MattingSession, open_session
+from shared.matting.session import MattingSession, open_session, open_tool_session
 from shared.synth import make_product, render_photo
 from shared.synth.photo import MIN_SIZE
 
@@ -358,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     # The committed file is the documented run's (`make bench`: every option at its default), which
     # docs/gate-and-trainstore.md cites: a smoke run or another model's figures went over it.
     check_out(parser, args, RESULTS / "gate.json")
-    session = open_session(args.model, threads=2, use_gpu=False, store=None, max_batch=8)
+    session = open_tool_session(args.model, "--model", threads=2, max_batch=8)
     bench = functools.partial(
         run_bench, args.n, size_px=args.size, session=session, roi_margin=args.roi_margin
     )

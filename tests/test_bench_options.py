@@ -232,7 +232,7 @@ def test_the_gate_bench_refuses_what_would_fail_only_after_it_started(
     from bench import gate
 
     (tmp_path / "in-the-way").write_text("mine\n")
-    monkeypatch.setattr(gate, "open_session", _refuse_to_run)
+    monkeypatch.setattr(gate, "open_tool_session", _refuse_to_run)
     argv = ["--source", "renderer", "--out", str(tmp_path / "gate.json")]
     _refused(gate.main, [*argv, *(option.format(tmp=tmp_path) for option in options)], capsys)
 
@@ -247,7 +247,7 @@ def test_a_gate_bench_run_other_than_the_documented_one_does_not_replace_the_com
     # bench/results/gate.json, whose 100-image composite figures docs/gate-and-trainstore.md cites.
     from bench import gate
 
-    monkeypatch.setattr(gate, "open_session", _refuse_to_run)
+    monkeypatch.setattr(gate, "open_tool_session", _refuse_to_run)
     _goes_ahead(gate.main, [])  # `python -m bench.gate`, as `make bench` runs it: the committed file
     _needs_its_own_out(gate.main, options, tmp_path, capsys)
 

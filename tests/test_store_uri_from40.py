@@ -1,15 +1,64 @@
-"""An S3 failure names where its URI came from (review 40, after 715978a): a setting or a tool's option,
-not always SKUFORGE_STORE_URI."""
+"""An S3 failure names where its URI came from (review 40, after 715978a and 660aaf4): a setting or a
+tool's option, not always SKUFORGE_STORE_URI. The bench and fitting tools read an s3:// matting model as
+the services do, from SKUFORGE_S3_ENDPOINT_URL: they asked AWS whatever that setting said, and a refusal
+blamed SKUFORGE_STORE_URI, which they never read."""
 
 from __future__ import annotations
 
+import argparse
+import uuid
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
 
-from shared.errors import TransientError
+from bench.augment import generate_in_process
+from bench.captioner import main as captioner_bench
+from bench.gate import main as gate_bench
+from shared.captioning.fit_shape import main as fit_shape
+from shared.errors import StoreMisconfigured, TransientError
 from shared.store import S3Store
+from tests.support.bus import file_store_uri
+
+
+def _augment_in_process(model: str, tmp_path: Path) -> None:
+    # bench.augment's main reads a dataset and opens a backbone before it; its session opens here.
+    args = argparse.Namespace(matting_model=model)
+    generate_in_process({}, tmp_path / "scenes", args, tmp_path / "out", k=1)
+
+
+# Each tool with its model option at ``model``, and the option's name.
+TOOLS: dict[str, tuple[str, Callable[[str, Path], Any]]] = {
+    "bench.augment": ("--matting-model", _augment_in_process),
+    "bench.captioner": (
+        "--matting-model",
+        lambda model, tmp: captioner_bench(["--matting-model", model, "--out", str(tmp / "c.json")]),
+    ),
+    "bench.gate": (
+        "--model",
+        lambda model, tmp: gate_bench(["--model", model, "--out", str(tmp / "g.json")]),
+    ),
+    "shared.captioning.fit_shape": (
+        "--matting-model",
+        lambda model, tmp: fit_shape(["--matting-model", model, "--out", str(tmp / "tree.py")]),
+    ),
+}
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_a_tools_matting_model_in_a_refusing_bucket_names_its_option(
+    tool: str, tmp_path: Path, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The bucket is missing at the endpoint set: the tool asked AWS instead, and any refusal said to
+    # check "the bucket name in SKUFORGE_STORE_URI", a file store here.
+    monkeypatch.setenv("SKUFORGE_STORE_URI", file_store_uri(tmp_path / "store"))
+    monkeypatch.setenv("SKUFORGE_S3_ENDPOINT_URL", s3_endpoint)
+    option, run = TOOLS[tool]
+    with pytest.raises(StoreMisconfigured, match=f"the bucket name in {option} ") as info:
+        run(f"s3://missing-{uuid.uuid4().hex[:12]}/models/m.onnx", tmp_path)
+    assert "SKUFORGE_STORE_URI" not in str(info.value)
 
 
 def test_s3_answering_5xx_names_where_the_uri_came_from() -> None:

@@ -50,7 +50,7 @@ from shared.captioning.attributes import (
     shape_features,
     shape_tree_id,
 )
-from shared.matting.session import MattingSession, open_session
+from shared.matting.session import MattingSession, open_tool_session
 
 OUTPUT = Path(__file__).with_name("shape_model.py")
 FIT_SEED = 4242
@@ -398,7 +398,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     session = None
     if args.mask_source != "truth":
-        session = open_session(args.matting_model, threads=2, use_gpu=False, store=None)
+        session = open_tool_session(args.matting_model, "--matting-model", threads=2)
     features, labels = feature_table(
         itertools.chain(
             renderer_masks(args.products, args.seed, args.mask_source, roughen=True, session=session),

@@ -40,6 +40,7 @@ import onnxruntime as ort
 from PIL import Image
 
 from shared.arith.masks import clean_mask
+from shared.config import load_settings
 from shared.errors import BadInput, ObjectMissing
 from shared.images import pixel_array, to_rgb
 from shared.matting import MODELS_DIR
@@ -931,3 +932,24 @@ def open_session(
     if not _is_model_file(path):
         raise MattingModelMissing(f"no matting model file at {path}: {help_text}")
     return session(U2NetSession, path)
+
+
+def open_tool_session(model: str | None, option: str, *, threads: int, max_batch: int = 8) -> MattingSession:
+    """A command-line tool's CPU session for the matting model its ``option`` (``--matting-model``) names.
+
+    An s3:// model is fetched as the services fetch theirs, from SKUFORGE_S3_ENDPOINT_URL and
+    SKUFORGE_S3_REGION, and an S3 refusal names ``option``: opened with ``open_session``'s defaults, the
+    bench tools asked AWS for a model in MinIO, and a refusal blamed SKUFORGE_STORE_URI.
+    """
+    settings = load_settings()
+    return open_session(
+        model,
+        threads=threads,
+        use_gpu=False,
+        store=None,
+        max_batch=max_batch,
+        s3_endpoint_url=settings.s3_endpoint_url,
+        s3_region=settings.s3_region,
+        cache_unused_days=settings.model_cache_unused_days,
+        uri_from=option,
+    )
