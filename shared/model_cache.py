@@ -260,11 +260,11 @@ def fetch_file(
     uri: str,
     cache: Path | str | None = None,
     *,
+    uri_from: str,
     store: ObjectStore | None = None,
     s3_endpoint_url: str | None = None,
     s3_region: str = "us-east-1",
     unused_days: float = DEFAULT_UNUSED_DAYS,
-    uri_from: str = "SKUFORGE_STORE_URI",
 ) -> Path:
     """Copy the object ``uri`` into the cache as ``<sha256 of its bytes, 16 hex>-<file name>`` (a file
     name over 238 bytes shortened, its suffix kept, so the cache name fits a file system's 255).
@@ -274,7 +274,8 @@ def fetch_file(
     used for ``unused_days`` are deleted (``prune_unused``).
     The object is streamed into a partial file in the cache, hashed as it is written (read whole, a
     model of hundreds of MB took as much memory), and renamed to its name once the digest is known.
-    ``uri_from`` is where ``uri`` was set (a model's setting): what an S3 refusal says to check.
+    ``uri_from`` is where ``uri`` was set (a model's setting, a tool's option): what an S3 refusal says
+    to check. It has no default: one named SKUFORGE_STORE_URI, which a caller that left it out never read.
     Raises ``ValueError`` for a URI that names no file, ``ObjectMissing`` when nothing is stored there,
     ``BadInput('unsafe_key')`` for a URI inside ``store`` whose key would leave it (a '..' segment).
     """
@@ -342,12 +343,12 @@ def fetch_directory(
     uri: str,
     cache: Path | str | None = None,
     *,
+    uri_from: str,
     store: ObjectStore | None = None,
     s3_endpoint_url: str | None = None,
     s3_region: str = "us-east-1",
     required_file: str | None = None,
     unused_days: float = DEFAULT_UNUSED_DAYS,
-    uri_from: str = "SKUFORGE_STORE_URI",
 ) -> Path:
     """Copy every object under the folder ``uri`` into the cache; returns the local folder.
 
@@ -359,8 +360,8 @@ def fetch_directory(
     so publish a changed model under a new URI. Processes sharing the cache may fetch at once: a
     copy another one completed meanwhile is used as it is, never deleted under its readers. The copy
     is held (``hold``) until this process releases it (``release``) or exits, and copies not used for
-    ``unused_days`` are deleted (``prune_unused``). ``uri_from`` is where ``uri`` was set (a model's
-    setting): what an S3 refusal says to check.
+    ``unused_days`` are deleted (``prune_unused``). ``uri_from`` is where ``uri`` was set, as for
+    ``fetch_file``.
     Raises ``ValueError`` when nothing is stored under ``uri``, when ``required_file``
     (e.g. ``config.json``) is not among what is, when a name in the folder is over 255 bytes (S3
     takes it, no file system does; the files keep their names, which their loader reads them by), or

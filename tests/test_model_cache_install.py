@@ -27,7 +27,7 @@ def _outdated_copy(tmp_path: Path) -> tuple[str, Path, Path]:
     """A model folder's URI, the cache, and the cache's copy of it, outdated by a republished file."""
     store, cache = tmp_path / "store", tmp_path / "cache"
     uri = publish_folder(store, "blip")
-    copy = fetch_directory(uri, cache)
+    copy = fetch_directory(uri, cache, uri_from="the test")
     publish_folder(store, "blip", BLIP_FILES_V2)
     return uri, cache, copy
 
@@ -53,7 +53,7 @@ def test_a_process_killed_while_it_removes_the_outdated_copy_leaves_a_whole_mode
 
     monkeypatch.setattr(model_cache.shutil, "rmtree", killed_while_deleting)
     with pytest.raises(KeyboardInterrupt):
-        fetch_directory(uri, cache)
+        fetch_directory(uri, cache, uri_from="the test")
 
     assert seen_while_deleting, "the outdated copy was never deleted"
     assert all(seen_while_deleting), "no whole model under the copy's name while the old one was deleted"
@@ -67,7 +67,7 @@ def test_where_names_cannot_be_exchanged_the_new_copy_still_replaces_the_outdate
     uri, cache, copy = _outdated_copy(tmp_path)
     monkeypatch.setattr(model_cache, "_RENAME_EXCHANGE", 1 << 30)  # a flag no kernel knows: EINVAL
 
-    assert fetch_directory(uri, cache) == copy
+    assert fetch_directory(uri, cache, uri_from="the test") == copy
     assert _holds(copy, BLIP_FILES_V2)
     assert [name for name in os.listdir(cache) if name.startswith(".")] == []
 
@@ -86,7 +86,7 @@ def test_a_copy_another_process_installs_meanwhile_is_kept_not_replaced(
 
     def other_stage() -> None:
         try:
-            fetch_directory(uri, cache)
+            fetch_directory(uri, cache, uri_from="the test")
             other_stage_got.append(copy.stat().st_ino)
         finally:
             other_stage_waits_or_is_done.set()
@@ -109,7 +109,7 @@ def test_a_copy_another_process_installs_meanwhile_is_kept_not_replaced(
     installs: list[threading.Thread] = []
     monkeypatch.setattr(fcntl, "flock", flock_noting_a_wait)
     monkeypatch.setattr(model_cache, "_is_complete", other_stage_installs_meanwhile)
-    fetch_directory(uri, cache)
+    fetch_directory(uri, cache, uri_from="the test")
     for installing in installs:
         installing.join()
 
@@ -128,8 +128,8 @@ def test_under_a_permissive_umask_no_cached_file_or_folder_is_world_writable(tmp
     folder_uri = publish_folder(store, "blip", BLIP_FILES_V2)
     previous = os.umask(0)
     try:
-        fetch_file(file_uri, cache)
-        fetch_directory(folder_uri, cache)
+        fetch_file(file_uri, cache, uri_from="the test")
+        fetch_directory(folder_uri, cache, uri_from="the test")
     finally:
         os.umask(previous)
 
@@ -154,7 +154,7 @@ def test_the_cache_reads_the_umask_without_changing_it(
     previous = umask(0o027)
     try:
         monkeypatch.setattr(os, "umask", umask_changed)
-        copy = fetch_file(uri, cache)
+        copy = fetch_file(uri, cache, uri_from="the test")
         monkeypatch.undo()
     finally:
         umask(previous)
@@ -175,7 +175,7 @@ def test_where_the_install_lock_cannot_be_taken_the_copy_is_still_installed(
         flock(fd, operation)
 
     monkeypatch.setattr(fcntl, "flock", nfs_flock)
-    assert fetch_directory(uri, cache) == copy
+    assert fetch_directory(uri, cache, uri_from="the test") == copy
     assert _holds(copy, BLIP_FILES_V2)
 
 
@@ -254,7 +254,7 @@ def test_a_copied_folder_and_its_name_reach_the_disk_before_it_is_used(
     cache = tmp_path / "cache"
     events = _recording_fsyncs_and_renames(monkeypatch)
 
-    copy = fetch_directory(uri, cache)
+    copy = fetch_directory(uri, cache, uri_from="the test")
 
     renamed = events.index(("rename", _inode(copy)))
     before, after = events[:renamed], events[renamed + 1 :]

@@ -33,7 +33,7 @@ def test_a_version_nobody_used_for_weeks_is_deleted_at_the_next_fetch(tmp_path: 
     (old_copy,) = cache.iterdir()
     age(old_copy)
 
-    new_copy = fetch_file(v2, cache)
+    new_copy = fetch_file(v2, cache, uri_from="the test")
 
     assert copies(cache) == [new_copy.name], "the copy of v1 nobody used for 40 days is still on disk"
     assert new_copy.read_bytes() == b"version two"
@@ -48,13 +48,13 @@ def test_a_copy_a_running_process_uses_is_kept_however_old(tmp_path: Path) -> No
     try:
         (in_use,) = cache.iterdir()
         age(in_use)
-        new_copy = fetch_file(v2, cache)
+        new_copy = fetch_file(v2, cache, uri_from="the test")
         assert copies(cache) == sorted([in_use.name, new_copy.name])
         assert in_use.read_bytes() == b"version one"
     finally:
         finish(stage)
     # Once that stage is gone, the next fetch deletes the copy.
-    fetch_file(v2, cache)
+    fetch_file(v2, cache, uri_from="the test")
     assert copies(cache) == [new_copy.name]
 
 
@@ -76,7 +76,7 @@ def test_a_download_in_progress_is_kept_and_one_a_crash_left_is_deleted(tmp_path
             input()
             return written
         model_cache._write_durably = slow_write
-        model_cache.fetch_directory({folder!r}, {str(cache)!r})
+        model_cache.fetch_directory({folder!r}, {str(cache)!r}, uri_from="the test")
     """)
     try:
         wait_ready(downloader)
@@ -87,7 +87,7 @@ def test_a_download_in_progress_is_kept_and_one_a_crash_left_is_deleted(tmp_path
         assert downloading.is_dir()
     finally:
         finish(downloader)
-    copy = fetch_directory(folder, cache)
+    copy = fetch_directory(folder, cache, uri_from="the test")
     assert (copy / "weights.bin").read_bytes() == b"w" * 1000
     assert copies(cache) == [copy.name]
 

@@ -41,7 +41,7 @@ def test_a_folder_copy_takes_a_few_blocks_of_memory_whatever_its_files_size(tmp_
 
     tracemalloc.start()
     try:
-        copy = fetch_directory(uri, tmp_path / "cache")
+        copy = fetch_directory(uri, tmp_path / "cache", uri_from="the test")
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -92,11 +92,11 @@ def test_an_adapter_that_fails_to_load_keeps_no_handle(tmp_path: Path) -> None:
 
 def test_a_copy_this_process_released_is_pruned_when_unused(tmp_path: Path) -> None:
     cache, store = tmp_path / "cache", tmp_path / "store"
-    old = fetch_file(publish(store, "v1/model.onnx", b"version one"), cache)
+    old = fetch_file(publish(store, "v1/model.onnx", b"version one"), cache, uri_from="the test")
     release(old)
     age(old)
 
-    new = fetch_file(publish(store, "v2/model.onnx", b"version two"), cache)
+    new = fetch_file(publish(store, "v2/model.onnx", b"version two"), cache, uri_from="the test")
 
     assert copies(cache) == [new.name]
 
@@ -106,17 +106,17 @@ def test_a_copy_fetched_twice_stays_held_until_released_twice(tmp_path: Path) ->
     # leave the other's copy to a pruner.
     cache, store = tmp_path / "cache", tmp_path / "store"
     uri = publish(store, "v1/model.onnx", b"version one")
-    copy = fetch_file(uri, cache)
-    assert fetch_file(uri, cache) == copy
+    copy = fetch_file(uri, cache, uri_from="the test")
+    assert fetch_file(uri, cache, uri_from="the test") == copy
     release(copy)
     age(copy)
 
-    fetch_file(publish(store, "v2/model.onnx", b"version two"), cache)
+    fetch_file(publish(store, "v2/model.onnx", b"version two"), cache, uri_from="the test")
     assert copy.exists(), "a copy still in use was pruned"
 
     release(copy)
     age(copy)
-    fetch_file(publish(store, "v3/model.onnx", b"version three"), cache)
+    fetch_file(publish(store, "v3/model.onnx", b"version three"), cache, uri_from="the test")
     assert not copy.exists()
 
 
@@ -132,7 +132,7 @@ def test_a_file_copy_takes_a_few_blocks_of_memory_whatever_its_size(tmp_path: Pa
     weights = bytes(range(256)) * (WEIGHTS_BYTES // 256)
     uri = publish(tmp_path / "store", "v1/model.onnx", weights)
 
-    peak = peak_traced_bytes(lambda: fetch_file(uri, tmp_path / "cache"))
+    peak = peak_traced_bytes(lambda: fetch_file(uri, tmp_path / "cache", uri_from="the test"))
 
     assert peak < WEIGHTS_BYTES // 8, f"copying a {WEIGHTS_BYTES >> 20} MiB file took {peak >> 20} MiB"
     [copy] = (tmp_path / "cache").iterdir()
@@ -172,14 +172,14 @@ def test_a_copy_is_released_by_any_path_that_names_it(
     # link to the cache, left the copy held (and its descriptor open) for the life of the process.
     cache, store = tmp_path / "cache", tmp_path / "store"
     (tmp_path / "models").symlink_to(cache)
-    first = fetch_file(publish(store, "v1/model.onnx", b"version one"), cache)
-    second = fetch_file(publish(store, "v2/model.onnx", b"version two"), cache)
+    first = fetch_file(publish(store, "v1/model.onnx", b"version one"), cache, uri_from="the test")
+    second = fetch_file(publish(store, "v2/model.onnx", b"version two"), cache, uri_from="the test")
     monkeypatch.chdir(tmp_path)
 
     release(Path("cache") / first.name)
     release(tmp_path / "models" / second.name)
     age(first)
     age(second)
-    newest = fetch_file(publish(store, "v3/model.onnx", b"version three"), cache)
+    newest = fetch_file(publish(store, "v3/model.onnx", b"version three"), cache, uri_from="the test")
 
     assert copies(cache) == [newest.name]

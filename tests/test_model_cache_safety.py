@@ -38,7 +38,7 @@ def _model_folder(tmp_path: Path) -> str:
 def test_a_missing_cache_folder_is_made_for_this_user_alone(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
 
-    fetch_file(_model_file(tmp_path), cache)
+    fetch_file(_model_file(tmp_path), cache, uri_from="the test")
 
     assert cache.stat().st_mode & 0o777 == 0o700
 
@@ -74,7 +74,7 @@ def test_the_default_cache_its_group_may_write_to_is_refused(
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
 
     with pytest.raises(PermissionError, match=rf"{cache} is writable by its group .*chmod go-w"):
-        fetch_directory(_model_folder(tmp_path), None)
+        fetch_directory(_model_folder(tmp_path), None, uri_from="the test")
 
 
 def test_a_cache_folder_configured_for_a_group_is_shared_as_configured(tmp_path: Path) -> None:
@@ -84,10 +84,10 @@ def test_a_cache_folder_configured_for_a_group_is_shared_as_configured(tmp_path:
     cache.mkdir()
     cache.chmod(0o2770)
 
-    assert (fetch_directory(_model_folder(tmp_path), cache) / "config.json").is_file()
+    assert (fetch_directory(_model_folder(tmp_path), cache, uri_from="the test") / "config.json").is_file()
     cache.chmod(0o777)
     with pytest.raises(PermissionError, match=rf"{cache} is writable by everyone"):
-        fetch_file(_model_file(tmp_path), cache)
+        fetch_file(_model_file(tmp_path), cache, uri_from="the test")
 
 
 @needs_root
@@ -100,7 +100,7 @@ def test_the_default_cache_another_user_owns_is_refused(
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
 
     with pytest.raises(PermissionError, match=rf"{cache} .*belongs to uid {NOBODY_UID}, not to this user"):
-        fetch_file(_model_file(tmp_path), None)
+        fetch_file(_model_file(tmp_path), None, uri_from="the test")
 
 
 @needs_root
@@ -109,12 +109,14 @@ def test_a_model_folder_another_user_planted_is_refused_however_complete(
 ) -> None:
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     uri, cache = _model_folder(tmp_path), None
-    copy = fetch_directory(uri, cache)  # stands for the one planted, marker and checksums matching
+    copy = fetch_directory(
+        uri, cache, uri_from="the test"
+    )  # stands for the one planted, marker and checksums matching
     for path in [copy, *copy.rglob("*")]:
         os.chown(path, NOBODY_UID, NOBODY_UID)
 
     with pytest.raises(PermissionError, match=rf"{copy} .*belongs to uid {NOBODY_UID}"):
-        fetch_directory(uri, cache)
+        fetch_directory(uri, cache, uri_from="the test")
 
 
 @needs_root
@@ -162,11 +164,11 @@ def test_a_cached_file_left_world_writable_is_replaced_not_reused(tmp_path: Path
     # A copy made before the cache masked everyone's write bit (under umask 000) was reused as it was:
     # any local user could change the weights a stage loads, at their size, between two starts.
     uri, cache = _model_file(tmp_path), tmp_path / "cache"
-    copy = fetch_file(uri, cache)
+    copy = fetch_file(uri, cache, uri_from="the test")
     copy.chmod(0o666)
     # Another user opened it while everyone could: a chmod alone would leave them this handle.
     with copy.open("r+b") as other_users_handle:
-        assert fetch_file(uri, cache) == copy
+        assert fetch_file(uri, cache, uri_from="the test") == copy
         other_users_handle.write(b"planted!")
 
     assert _writable_by_everyone([copy]) == []
@@ -176,11 +178,11 @@ def test_a_cached_file_left_world_writable_is_replaced_not_reused(tmp_path: Path
 def test_a_cached_folder_left_world_writable_is_replaced_not_reused(tmp_path: Path) -> None:
     # Its files' digests are checked against its own marker, which anyone could rewrite in such a folder.
     uri, cache = _model_folder(tmp_path), tmp_path / "cache"
-    copy = fetch_directory(uri, cache)
+    copy = fetch_directory(uri, cache, uri_from="the test")
     for path in [copy, *copy.rglob("*")]:
         path.chmod(0o777 if path.is_dir() else 0o666)
     with (copy / "config.json").open("r+b") as other_users_handle:
-        assert fetch_directory(uri, cache) == copy
+        assert fetch_directory(uri, cache, uri_from="the test") == copy
         other_users_handle.write(b"planted!")
 
     assert _writable_by_everyone([copy, *copy.rglob("*")]) == []

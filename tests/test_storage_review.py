@@ -101,11 +101,11 @@ def test_fetch_file_replaces_a_damaged_cached_copy(tmp_path: Path) -> None:
     source = FileStore(tmp_path / "models")
     model = bytes(range(256)) * 40
     uri = source.put_bytes("matting/model.onnx", model).uri
-    cached = fetch_file(uri, tmp_path / "cache")
+    cached = fetch_file(uri, tmp_path / "cache", uri_from="the test")
     damaged = bytearray(cached.read_bytes())
     damaged[100] ^= 0xFF  # same size, other bytes (a power cut, a bad disk)
     cached.write_bytes(bytes(damaged))
-    again = fetch_file(uri, tmp_path / "cache")
+    again = fetch_file(uri, tmp_path / "cache", uri_from="the test")
     assert again.read_bytes() == model
 
 
@@ -114,10 +114,12 @@ def test_cache_names_fit_the_file_system_however_long_the_object_name(tmp_path: 
     never mid-character), its suffix kept; the digest still tells copies apart."""
     source = FileStore(tmp_path / "models")
     long_name = "é" * 120 + ".onnx"  # 245 bytes: fits the FileStore, not beside a digest
-    cached = fetch_file(source.put_bytes(f"matting/{long_name}", b"onnx" * 100).uri, tmp_path / "cache")
+    cached = fetch_file(
+        source.put_bytes(f"matting/{long_name}", b"onnx" * 100).uri, tmp_path / "cache", uri_from="the test"
+    )
     assert cached.read_bytes() == b"onnx" * 100
     assert len(cached.name.encode()) <= 255 and cached.name.endswith("é.onnx")
-    folder = fetch_directory(_model_folder(source, "blip-" * 49), tmp_path / "cache")
+    folder = fetch_directory(_model_folder(source, "blip-" * 49), tmp_path / "cache", uri_from="the test")
     assert len(folder.name.encode()) <= 255 and (folder / "config.json").is_file()
 
 
@@ -129,8 +131,8 @@ def test_cached_models_get_the_modes_the_umask_gives(tmp_path: Path) -> None:
     folder_uri = _model_folder(source, "blip")
     previous = os.umask(0o022)
     try:
-        cached = fetch_file(uri, tmp_path / "cache")
-        folder = fetch_directory(folder_uri, tmp_path / "cache")
+        cached = fetch_file(uri, tmp_path / "cache", uri_from="the test")
+        folder = fetch_directory(folder_uri, tmp_path / "cache", uri_from="the test")
     finally:
         os.umask(previous)
     assert cached.stat().st_mode & 0o777 == 0o644
@@ -141,12 +143,14 @@ def test_cached_models_get_the_modes_the_umask_gives(tmp_path: Path) -> None:
 def test_fetch_directory_replaces_a_truncated_cached_copy(tmp_path: Path) -> None:
     source = FileStore(tmp_path / "models")
     uri = _model_folder(source, "blip")
-    first = fetch_directory(uri, tmp_path / "cache")
+    first = fetch_directory(uri, tmp_path / "cache", uri_from="the test")
     (first / "weights.bin").write_bytes(b"w" * 10)
-    again = fetch_directory(uri, tmp_path / "cache")
+    again = fetch_directory(uri, tmp_path / "cache", uri_from="the test")
     assert (again / "weights.bin").read_bytes() == b"w" * 1000
     (again / "weights.bin").unlink()
-    assert (fetch_directory(uri, tmp_path / "cache") / "weights.bin").read_bytes() == b"w" * 1000
+    assert (
+        fetch_directory(uri, tmp_path / "cache", uri_from="the test") / "weights.bin"
+    ).read_bytes() == b"w" * 1000
 
 
 class _OtherProcessFinishesFirst(FileStore):
@@ -159,7 +163,7 @@ class _OtherProcessFinishesFirst(FileStore):
 
     def iter_bytes(self, uri_or_key: str) -> Iterator[bytes]:
         if self.other is None:
-            self.other = fetch_directory(self.uri, self.cache)
+            self.other = fetch_directory(self.uri, self.cache, uri_from="the test")
             # Stands for the other process's state in its copy (a model it is loading from it).
             (self.other / "in-use").write_bytes(b"")
         return super().iter_bytes(uri_or_key)
@@ -170,7 +174,7 @@ def test_fetch_directory_keeps_a_copy_another_process_finished(tmp_path: Path) -
     # files from under the faster process while it loaded them.
     uri = _model_folder(FileStore(tmp_path / "models"), "blip")
     slow = _OtherProcessFinishesFirst(tmp_path / "models", uri, tmp_path / "cache")
-    ours = fetch_directory(uri, tmp_path / "cache", store=slow)
+    ours = fetch_directory(uri, tmp_path / "cache", store=slow, uri_from="the test")
     assert ours == slow.other
     assert (ours / "in-use").exists(), "the other process's copy was deleted and replaced"
     assert (ours / "config.json").read_bytes() == b'{"model": 1}'
@@ -200,12 +204,12 @@ def test_fetch_directory_two_processes_renaming_at_once(
             monkeypatch.setattr(model_cache.os, "rename", real_rename)
             with pytest.MonkeyPatch.context() as on_nfs:
                 on_nfs.setattr(fcntl, "flock", flock_refused)
-                other.append(fetch_directory(uri, cache))
+                other.append(fetch_directory(uri, cache, uri_from="the test"))
                 other_inode.append(other[0].stat().st_ino)
         real_rename(src, dst)
 
     monkeypatch.setattr(model_cache.os, "rename", rename)
-    ours = fetch_directory(uri, cache)
+    ours = fetch_directory(uri, cache, uri_from="the test")
     assert other == [ours]
     assert [ours.stat().st_ino] == other_inode, "the whole copy the other process holds was replaced"
     assert (ours / "weights.bin").read_bytes() == b"w" * 1000
@@ -221,9 +225,9 @@ def test_fetch_directory_same_relative_uri_in_two_places(
     for service, config in (("a", b'{"model": "a"}'), ("b", b'{"model": "b"}')):
         _model_folder(FileStore(tmp_path / service / "models"), "blip", config)
     monkeypatch.chdir(tmp_path / "a")
-    first = fetch_directory("file://./models/blip", cache)
+    first = fetch_directory("file://./models/blip", cache, uri_from="the test")
     monkeypatch.chdir(tmp_path / "b")
-    second = fetch_directory("file://./models/blip", cache)
+    second = fetch_directory("file://./models/blip", cache, uri_from="the test")
     assert (first / "config.json").read_bytes() == b'{"model": "a"}'
     assert (second / "config.json").read_bytes() == b'{"model": "b"}'
 
@@ -240,14 +244,17 @@ def test_fetch_directory_same_bucket_on_two_s3_servers(
         _model_folder(open_store(f"s3://{bucket}", s3_endpoint_url=endpoint), "blip", config)
     uri = f"s3://{bucket}/blip"
 
-    first = fetch_directory(uri, cache, s3_endpoint_url=s3_endpoint)
-    second = fetch_directory(uri, cache, s3_endpoint_url=other_s3_endpoint)
+    first = fetch_directory(uri, cache, s3_endpoint_url=s3_endpoint, uri_from="the test")
+    second = fetch_directory(uri, cache, s3_endpoint_url=other_s3_endpoint, uri_from="the test")
     assert (first / "config.json").read_bytes() == b'{"model": "a"}'
     assert (second / "config.json").read_bytes() == b'{"model": "b"}'
     # The server is named one way however it is spelled, and through the caller's own store too.
-    assert fetch_directory(uri, cache, s3_endpoint_url=f"HTTP://{other_s3_endpoint[7:]}/") == second
+    assert (
+        fetch_directory(uri, cache, s3_endpoint_url=f"HTTP://{other_s3_endpoint[7:]}/", uri_from="the test")
+        == second
+    )
     own_store = open_store(f"s3://{bucket}", s3_endpoint_url=s3_endpoint)
-    assert fetch_directory(uri, cache, store=own_store) == first
+    assert fetch_directory(uri, cache, store=own_store, uri_from="the test") == first
     assert sorted(p.name for p in cache.iterdir()) == sorted([first.name, second.name])
 
 
@@ -255,7 +262,9 @@ def test_fetch_directory_file_source_keeps_its_cache_name(tmp_path: Path) -> Non
     # Copies already in caches stay valid: a file:// folder is named by its absolute URI alone.
     uri = _model_folder(FileStore(tmp_path / "models"), "blip")
     digest = hashlib.sha256(f"file://{tmp_path}/models/blip".encode()).hexdigest()[:16]
-    assert fetch_directory(uri, tmp_path / "cache") == tmp_path / "cache" / f"blip-{digest}"
+    assert (
+        fetch_directory(uri, tmp_path / "cache", uri_from="the test") == tmp_path / "cache" / f"blip-{digest}"
+    )
 
 
 def _refused_before_any_download(store: ObjectStore, uri: str, cache: Path) -> str:
@@ -274,7 +283,7 @@ def _refused_before_any_download(store: ObjectStore, uri: str, cache: Path) -> s
     store.get_bytes = get_bytes  # type: ignore[method-assign]
     store.iter_bytes = iter_bytes  # type: ignore[method-assign]
     with pytest.raises(ValueError) as info:
-        fetch_directory(uri, cache, store=store)
+        fetch_directory(uri, cache, store=store, uri_from="the test")
     assert fetched == []
     return str(info.value)
 

@@ -19,8 +19,10 @@ from bench.captioner import main as captioner_bench
 from bench.gate import main as gate_bench
 from shared.captioning.fit_shape import main as fit_shape
 from shared.errors import StoreMisconfigured, TransientError
+from shared.model_cache import fetch_directory, fetch_file
 from shared.store import S3Store
 from tests.support.bus import file_store_uri
+from tests.support.model_cache import publish_folder
 
 
 def _augment_in_process(model: str, tmp_path: Path) -> None:
@@ -70,3 +72,13 @@ def test_s3_answering_5xx_names_where_the_uri_came_from() -> None:
     with pytest.raises(TransientError) as info, store._mapped_errors("s3://scenes/a.jpg"):
         raise ClientError(answer, "GetObject")
     assert str(info.value) == "S3 answered InternalError for s3://scenes/a.jpg (from --scenes)"
+
+
+@pytest.mark.parametrize("fetch", [fetch_file, fetch_directory])
+def test_a_model_fetch_must_say_where_its_uri_came_from(fetch: Callable[..., Path], tmp_path: Path) -> None:
+    # uri_from defaulted to SKUFORGE_STORE_URI: the bench tools left it out, and an S3 refusal of their
+    # --matting-model blamed that setting. Left out, it is refused before anything is fetched.
+    folder = publish_folder(tmp_path / "store", "blip")
+    with pytest.raises(TypeError, match="uri_from"):
+        fetch(folder if fetch is fetch_directory else f"{folder}/config.json", tmp_path / "cache")
+    assert not (tmp_path / "cache").exists()

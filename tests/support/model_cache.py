@@ -46,7 +46,7 @@ def fetching_child(uri: str, cache: Path) -> subprocess.Popen[str]:
     """Another stage that has fetched the file ``uri`` into ``cache`` (ready) and holds it until told."""
     process = child(f"""
         from shared.model_cache import fetch_file
-        fetch_file({uri!r}, {str(cache)!r})
+        fetch_file({uri!r}, {str(cache)!r}, uri_from="the test")
         print("ready", flush=True)
         input()
     """)
