@@ -89,6 +89,8 @@ _TIFF_LAYOUTS = {
     b"II+\x00": ("<", "Q", "Q"),
     b"MM\x00+": (">", "Q", "Q"),
 }
+# NewSubfileType (tag 254) bits of a TIFF page that belongs to another page rather than being one.
+_TIFF_REDUCED, _TIFF_MASK = 1, 4
 # Bytes per value of each TIFF field type, by its number: 1 BYTE, 2 ASCII, 3 SHORT, 4 LONG, 5 RATIONAL...
 # 16 LONG8, 17 SLONG8, 18 IFD8 (BigTIFF).
 _TIFF_TYPE_SIZES = dict(enumerate((0, 1, 1, 2, 4, 8, 1, 1, 2, 4, 8, 4, 8, 4, 0, 0, 8, 8, 8)))
@@ -306,8 +308,9 @@ def photo_and_transparency(
 def frame_count(data: bytes) -> int:
     """How many frames or pages a photo file holds (an animated PNG or WebP, a multi-page TIFF), of
     which ``decode_image`` reads the first. A multi-picture JPEG (MPO: a phone's photo and its preview
-    or depth map) is one photo, and a TIFF page that is a reduced-size copy of another (a preview) is
-    no page of its own. 1 for bytes that do not open as an image."""
+    or depth map) is one photo, and a TIFF page that is a reduced-size copy of another (a preview) or
+    another page's transparency mask is no page of its own. 1 for bytes that do not open as an
+    image."""
     try:
         with Image.open(io.BytesIO(data)) as image:
             if _FORMAT_ALIASES.get(image.format or "") == "JPEG":
@@ -320,14 +323,15 @@ def frame_count(data: bytes) -> int:
 
 
 def _full_size_pages(tiff: TiffImagePlugin.TiffImageFile) -> int:
-    """A TIFF's pages less those whose NewSubfileType says they are a reduced-size copy of another
-    page: the preview scanners and cameras write after the photo. Only the pages' directories are
+    """A TIFF's pages less those whose NewSubfileType says they belong to another page: a
+    reduced-size copy (bit 0, the preview scanners and cameras write after the photo) or a
+    transparency mask (bit 2, a cut-out saved beside the photo). Only the pages' directories are
     read, no pixels."""
     pages = 0
     for index in range(tiff.n_frames):
         tiff.seek(index)
         new_subfile_type = tiff.tag_v2.get(254, 0)
-        pages += not (isinstance(new_subfile_type, int) and new_subfile_type & 1)
+        pages += not (isinstance(new_subfile_type, int) and new_subfile_type & (_TIFF_REDUCED | _TIFF_MASK))
     return pages
 
 

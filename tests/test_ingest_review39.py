@@ -149,6 +149,20 @@ def test_a_tiff_with_a_thumbnail_page_is_one_photo(tmp_path: Path) -> None:
     assert _survey(tmp_path) == ([("A-1", 1)], [])
 
 
+def test_a_tiff_with_a_transparency_mask_page_is_one_photo(tmp_path: Path) -> None:
+    # A TIFF may carry the photo's cut-out as a 1-bit page after it (NewSubfileType 4, a transparency
+    # mask for another page): it was counted as a second page, like the preview above.
+    folder = _sku(tmp_path, "A", "A-1")
+    mask = Image.new("1", (320, 240))
+    mask.paste(1, (40, 30, 280, 210))
+    with open(folder / "cutout.tiff", "w+b") as file, TiffImagePlugin.AppendingTiffWriter(file) as pages:
+        for page, new_subfile_type in ((_picture(4), 0), (mask, 4)):
+            page.save(pages, "TIFF", tiffinfo={254: new_subfile_type})
+            pages.newFrame()
+    assert Image.open(folder / "cutout.tiff").n_frames == 2
+    assert _survey(tmp_path) == ([("A-1", 1)], [])
+
+
 def test_a_big_png_is_hashed_for_copies_without_being_decoded_again(tmp_path: Path) -> None:
     # A PNG has no reduced decode: the copy check decoded it whole a second time, and measured its
     # plain border on that, 8-byte floats a pixel, while the first decode was still held.
