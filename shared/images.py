@@ -455,6 +455,8 @@ def _open_and_load_file(
     except UnidentifiedImageError as exc:
         if _png_declares_zero_size(data):
             raise ImageRejected("zero_size", "PNG header declares a zero width or height") from exc
+        if (zero_size := _jpeg_zero_size(data)) is not None:
+            raise ImageRejected("zero_size", zero_size) from exc
         _refuse_heif(data)
         _refuse_cut_short(data)
         raise ImageRejected("not_an_image", "bytes are not in any known image format") from exc
@@ -636,7 +638,7 @@ def _missing_scan_data(data: bytes) -> str | None:
                 coefficients = sent[component]
                 for index in range(first, min(last, 63) + 1):
                     coefficients[index] = bits & 0x0F
-    if frame is None or frame[1] == 0:  # a height given after the first scan (DNL): not checked
+    if frame is None:
         return None
     if any(max(coefficients) for coefficients in sent.values()):
         return "scans are missing: not every coefficient of every colour was sent"
@@ -851,6 +853,25 @@ def _png_declares_zero_size(data: bytes) -> bool:
         return False
     width, height = struct.unpack(">II", data[16:24])
     return width == 0 or height == 0
+
+
+def _jpeg_zero_size(data: bytes) -> str | None:
+    """Why a JPEG whose frame header declares a zero width or height is refused; None for other bytes.
+    Pillow refuses such a file as unidentifiable. Height 0 is the JPEG standard's way of giving the
+    height after the first scan (a DNL marker, written by some scanners), which neither Pillow nor
+    libjpeg reads: named, so the user re-saves the photo rather than hunting for a wrong format."""
+    if not data.startswith(b"\xff\xd8"):
+        return None
+    for marker, payload, _, _ in _jpeg_segments(data):
+        if marker in _JPEG_FRAMES and len(payload) >= 5:
+            height, width = struct.unpack(">HH", payload[1:5])
+            if width and not height:
+                return (
+                    f"JPEG header declares {width}x0: its height comes after the first scan (a DNL "
+                    "marker), which the decoder cannot read; save the photo again with an image editor"
+                )
+            return None if width else f"JPEG header declares a zero width ({width}x{height})"
+    return None
 
 
 def apply_exif_orientation(image: Image.Image) -> Image.Image:

@@ -1,0 +1,55 @@
+"""Image decoding edges: a JPEG whose height comes after its first scan (DNL) is refused for what it
+is, not as bytes in no known format."""
+
+from __future__ import annotations
+
+import io
+import struct
+
+import pytest
+from PIL import Image
+
+from shared.errors import ImageRejected
+from shared.images import decode_image
+
+
+def _dnl_jpeg() -> bytes:
+    """A baseline JPEG whose frame header (SOF0) says height 0 and whose one scan is followed by a
+    DNL marker with the real height, as some scanners and fax-like encoders write it."""
+    buffer = io.BytesIO()
+    Image.radial_gradient("L").convert("RGB").resize((64, 48)).save(buffer, "JPEG")
+    data = bytearray(buffer.getvalue())
+    position = 2
+    while data[position + 1] != 0xC0:  # walk the marker segments to the frame header
+        (length,) = struct.unpack(">H", data[position + 2 : position + 4])
+        position += 2 + length
+    height_at = position + 5  # marker, length, precision, then height
+    height = data[height_at : height_at + 2]
+    data[height_at : height_at + 2] = b"\x00\x00"
+    assert data.endswith(b"\xff\xd9")  # one scan, then EOI: the DNL goes between them
+    return bytes(data[:-2]) + b"\xff\xdc\x00\x04" + height + b"\xff\xd9"
+
+
+@pytest.mark.parametrize("cut", [False, True], ids=["whole", "cut and closed"])
+def test_a_jpeg_with_its_height_in_a_dnl_marker_is_refused_naming_it(cut: bool) -> None:
+    # Neither Pillow nor libjpeg reads a DNL height: Pillow took the file for no image at all and it
+    # was refused as 'not_an_image', which sends the user looking for a wrong extension.
+    data = _dnl_jpeg()
+    if cut:
+        data = data[:-40] + b"\xff\xd9"
+    with pytest.raises(ImageRejected) as refused:
+        decode_image(data)
+    assert refused.value.reason == "zero_size"
+    assert "DNL" in refused.value.detail and "64x0" in refused.value.detail, refused.value.detail
+
+
+def test_a_jpeg_declaring_zero_width_is_refused_as_zero_size() -> None:
+    data = bytearray(_dnl_jpeg())
+    frame_at = data.index(b"\xff\xc0")
+    data[frame_at + 5 : frame_at + 9] = b"\x00\x30\x00\x00"  # height 48, width 0
+    with pytest.raises(ImageRejected) as refused:
+        decode_image(bytes(data))
+    assert (refused.value.reason, refused.value.detail) == (
+        "zero_size",
+        "JPEG header declares a zero width (0x48)",
+    )
