@@ -468,3 +468,17 @@ def test_deleting_an_items_objects_leaves_those_of_an_item_whose_id_is_its_own_a
         [manifests.key(str(kept.image))],
         [manifests.key(str(kept.mask))],
     )
+
+
+def test_a_part_name_with_other_scripts_digits_is_no_part(manifests: ManifestStore) -> None:
+    # \d matched any script's digits and int() read them: a stray file named with Arabic-Indic digits
+    # was read as a part of sequence 1234567890, its rows merged in, and the next delta numbered after it.
+    manifests.append("SKU-1", [manifest_row("a")])
+    stray = "part-d-\u0661\u0662\u0663\u0664\u0665\u0666\u0667\u0668\u0669\u0660-" + "0" * 32 + ".jsonl"
+    for sku_id in ("SKU-1", "SKU-2"):
+        manifests.store.put_bytes(f"ts/manifests/{sku_id}/{stray}", encode_rows([manifest_row("b")]))
+    assert manifests.sku_ids() == ["SKU-1"]
+    assert sorted(manifests.read_sku("SKU-1")) == ["a"]
+    manifests.append("SKU-1", [manifest_row("c")])
+    compacted, deltas = manifests.parts("SKU-1")
+    assert (compacted, [seq for seq, _ in deltas]) == ([], [1, 2])

@@ -85,13 +85,15 @@ TRAINABLE: frozenset[str] = frozenset({"reference", "accepted", "approved"})
 _DECIDED: frozenset[str] = TRAINABLE | {"rejected", "unusable", "withdrawn"}
 
 # The id is optional in compacted parts and their columnar copies: parts of the older layout have none.
-_COMPACTED = re.compile(r"part-c-(\d{10})(?:-([0-9a-f]{32}))?\.jsonl")
-_DELTA = re.compile(r"part-d-(\d{10})-([0-9a-f]{32})\.jsonl")
-_COLUMNS = re.compile(r"columns-c-(\d{10})(?:-([0-9a-f]{32}))?\.json")
+# [0-9], not \d: \d matches any script's digits and int() reads them, so a stray file named with
+# Arabic-Indic digits was read as a part.
+_COMPACTED = re.compile(r"part-c-([0-9]{10})(?:-([0-9a-f]{32}))?\.jsonl")
+_DELTA = re.compile(r"part-d-([0-9]{10})-([0-9a-f]{32})\.jsonl")
+_COLUMNS = re.compile(r"columns-c-([0-9]{10})(?:-([0-9a-f]{32}))?\.json")
 # The field of a compacted part's line that holds the row's stamp (not a ManifestRow field).
 _STAMP_FIELD = "written"
-_STAMP = re.compile(r"\d{10}-(?:[0-9a-f]{32})?")
-_STAMPED_LINE = re.compile(rb'^\{"written":"(\d{10}-(?:[0-9a-f]{32})?)",')
+_STAMP = re.compile(r"[0-9]{10}-(?:[0-9a-f]{32})?")
+_STAMPED_LINE = re.compile(rb'^\{"written":"([0-9]{10}-(?:[0-9a-f]{32})?)",')
 COLUMNS_VERSION = 1
 # Listings a read of one SKU's manifest tries while concurrent compactions delete parts under it.
 READ_ATTEMPTS = 5
