@@ -152,3 +152,11 @@ def test_pairs_into_a_finished_set_of_another_catalogue_or_crop_are_refused(
     # The same catalogue and crop still adds to it (a larger --n continues the set).
     assert main(["pairs", "--n", "2", "--out", str(pairs)]) == 0
     assert json.loads(capsys.readouterr().out)["written"] == 1
+
+
+def test_a_name_in_other_scripts_digits_is_no_pair_of_another_set(tmp_path: Path) -> None:
+    # \d matched any script's digits and int() read them: a file named c\u0661_0000.png (Arabic-Indic
+    # one), which no run writes, was taken for a pair of --catalogue-seed 1 and the folder refused.
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "images" / "c\u0661_0000.png")
+    assert [pair.name for pair in composite_pairs(tmp_path, 1)] == ["c57_0000"]

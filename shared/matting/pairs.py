@@ -140,7 +140,8 @@ def _pair_name(roi: bool, catalogue_seed: int, index: int) -> str:
     return f"{'r' if roi else 'c'}{catalogue_seed}_{index:04d}"
 
 
-_PAIR_NAME = re.compile(r"([cr])(\d+)_\d{4,}")
+# [0-9], not \d: \d matches any script's digits and int() reads them; no run writes such a name.
+_PAIR_NAME = re.compile(r"([cr])([0-9]+)_[0-9]{4,}")
 
 
 def _refuse_another_set(out: Path, *, catalogue_seed: int, roi: bool) -> None:
