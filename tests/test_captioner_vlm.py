@@ -126,6 +126,35 @@ def test_a_damaged_or_foreign_model_folder_and_a_too_long_sentence_are_refused_a
     assert open_vlm(str(blip_dir), cache_dir=None, threads=1, use_gpu=False, max_new_tokens=positions // 2)
 
 
+@pytest.mark.parametrize(
+    ("asked", "key", "value"),
+    [
+        ({"do_sample": True}, "do_sample", "true"),
+        ({"do_sample": True, "num_return_sequences": 3}, "do_sample", "true"),
+        ({"num_return_sequences": 3}, "num_return_sequences", "3"),
+    ],
+)
+def test_sampling_or_several_sentences_in_the_generation_config_are_refused_at_start_up(
+    blip_dir: Path, tmp_path: Path, asked: dict[str, object], key: str, value: str
+) -> None:
+    # The captioner decodes greedily, one sentence per photo: a generation_config.json asking for
+    # sampling (and several sentences) was overruled without a word, and one asking for several
+    # sentences alone failed in transformers' own words, naming neither the file nor the key.
+    import json
+    import shutil
+
+    model = shutil.copytree(blip_dir, tmp_path / "sampling")
+    generation = model / "generation_config.json"
+    generation.write_text(json.dumps({**json.loads(generation.read_text()), **asked}))
+    with pytest.raises(VlmModelError) as refused:
+        open_vlm(str(model), cache_dir=None, threads=1, use_gpu=False)
+    assert str(refused.value) == (
+        f"{generation}: {key} is {value}; the captioner writes one deterministic sentence per photo "
+        "(greedy decoding), so set it to "
+        f"{'false' if key == 'do_sample' else '1'} or remove it"
+    )
+
+
 def test_a_vlm_cache_that_cannot_be_written_is_a_start_up_error_naming_the_setting(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -4,7 +4,8 @@ Weights are never fetched from a hub: the model is a directory in ``save_pretrai
 (``config.json``, weights, processor and tokenizer files), given as a local path or as an
 ``s3://`` / ``file://`` URI whose objects are downloaded through the object store into a local
 cache first. Loading uses ``local_files_only=True``. Decoding is greedy (no sampling, one beam),
-so the same photos give the same sentences::
+so the same photos give the same sentences; a ``generation_config.json`` asking for sampling or
+several sentences a photo is refused at load::
 
     captioner = open_vlm("s3://models/blip-base", cache_dir=None, threads=2, use_gpu=False)
     captioner.describe([image, ...])     # ["a red can on a shelf", ...], one per image, in order
@@ -129,6 +130,7 @@ class VlmCaptioner:
             raise VlmModelError(
                 f"{path} holds a {kind or 'untyped'} model, not BLIP (config.json model_type)"
             )
+        _refuse_sampling(path / "generation_config.json")
         try:
             self.processor: Any = BlipProcessor.from_pretrained(path, local_files_only=True)
             model: Any = BlipForConditionalGeneration.from_pretrained(path, local_files_only=True)
@@ -177,6 +179,31 @@ class VlmCaptioner:
                 "BLIP returns one per image"
             )
         return [_without_prompt(" ".join(str(s).split()), self.prompt) for s in sentences]
+
+
+# What a generation_config.json may not ask of the captioner, and what it decodes with instead.
+_GREEDY = {"do_sample": False, "num_return_sequences": 1}
+
+
+def _refuse_sampling(generation_config: Path) -> None:
+    """``VlmModelError`` for a ``generation_config.json`` that asks for sampling or several sentences
+    a photo. Neither can be applied honestly: the captioner writes one sentence per photo, and the
+    same photos must give the same sentences (a re-run SKU, the same event). ``describe`` overruled
+    them without a word (or transformers refused in its own words, naming no file)."""
+    if not generation_config.is_file():
+        return
+    try:
+        asked = json.loads(generation_config.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise VlmModelError(f"{generation_config} does not read as JSON: {exc}") from exc
+    for key, greedy in _GREEDY.items():
+        value = asked.get(key) if isinstance(asked, dict) else None
+        if value is not None and value != greedy:
+            raise VlmModelError(
+                f"{generation_config}: {key} is {json.dumps(value)}; the captioner writes one "
+                f"deterministic sentence per photo (greedy decoding), so set it to {json.dumps(greedy)} "
+                "or remove it"
+            )
 
 
 # A prompt's words, and each other mark on its own ("_" too), as BLIP's tokenizer splits them.
