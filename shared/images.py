@@ -508,6 +508,7 @@ _RESTART = re.compile(rb"\xff[\xd0-\xd7]")
 _JPEG_FRAMES = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 # Those of the DCT frames libjpeg decodes: baseline, extended and progressive, Huffman or arithmetic coded.
 _DCT_FRAMES = frozenset({0xC0, 0xC1, 0xC2, 0xC9, 0xCA})
+_PROGRESSIVE_FRAMES = frozenset({0xC2, 0xCA})
 
 
 def _refuse_cut_jpeg(image: Image.Image, data: bytes, *, every_block: bool = False) -> None:
@@ -606,6 +607,7 @@ def _missing_scan_data(data: bytes) -> str | None:
     earlier scans made, without a warning.
     """
     frame: tuple[int, int, dict[int, tuple[int, int]]] | None = None
+    progressive = False
     restart_interval = 0
     # The bit each coefficient (0..63) of each component was last sent to (0 is the last; 99: unsent).
     sent: dict[int, list[int]] = {}
@@ -619,6 +621,7 @@ def _missing_scan_data(data: bytes) -> str | None:
                 return None
             height, width = struct.unpack(">HH", payload[1:5])
             frame = (width, height, samplings)
+            progressive = marker in _PROGRESSIVE_FRAMES
             sent = {component: [99] * 64 for component in samplings}
         elif marker == 0xDD and len(payload) >= 2:
             (restart_interval,) = struct.unpack(">H", payload[:2])
@@ -627,13 +630,14 @@ def _missing_scan_data(data: bytes) -> str | None:
             components = [payload[1 + 2 * i] for i in range(count)] if len(payload) >= 4 + 2 * count else []
             if not components or not set(components) <= sent.keys():
                 return None
-            first, last, bits = payload[1 + 2 * count : 4 + 2 * count]
+            # A sequential scan sends every coefficient whole whatever its Ss, Se and Al say: some
+            # baseline encoders write zeros there, and libjpeg only warns.
+            first, last, bits = payload[1 + 2 * count : 4 + 2 * count] if progressive else (0, 63, 0)
             if restart_interval and end < len(data):
                 needed = -(-_scan_mcus(*frame, components) // restart_interval) - 1
                 restarts = len(_RESTART.findall(data, start, end))
                 if restarts < needed:
                     return f"a scan has {restarts} restart markers where its blocks need {needed}"
-            # A sequential scan sends every coefficient whole: Ss 0, Se 63, Al 0.
             for component in components:
                 coefficients = sent[component]
                 for index in range(first, min(last, 63) + 1):

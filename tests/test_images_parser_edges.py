@@ -1,5 +1,6 @@
 """Image decoding edges: a JPEG whose height comes after its first scan (DNL) is refused for what it
-is, not as bytes in no known format."""
+is, not as bytes in no known format; a baseline JPEG with zeros for its scan's spectral range is
+read, as libjpeg reads it."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import io
 import struct
 
 import pytest
-from PIL import Image
+from PIL import Image, ImageChops
 
 from shared.errors import ImageRejected
 from shared.images import decode_image
@@ -53,3 +54,18 @@ def test_a_jpeg_declaring_zero_width_is_refused_as_zero_size() -> None:
         "zero_size",
         "JPEG header declares a zero width (0x48)",
     )
+
+
+def test_a_baseline_jpeg_whose_scan_header_says_zeros_is_read_as_libjpeg_reads_it() -> None:
+    # Some baseline encoders write 0, 0, 0 for the scan's Ss, Se and Ah/Al (a sequential scan sends
+    # every coefficient whatever they say; libjpeg only warns). The missing-scans check took Se 0 for
+    # coefficients 1..63 never sent and refused the photo as truncated.
+    buffer = io.BytesIO()
+    Image.radial_gradient("L").convert("RGB").resize((64, 48)).save(buffer, "JPEG", quality=90)
+    data = bytearray(buffer.getvalue())
+    scan_at = data.index(b"\xff\xda")
+    spectral_at = scan_at + 5 + 2 * data[scan_at + 4]  # marker, length, count, the components
+    assert data[spectral_at : spectral_at + 3] == b"\x00\x3f\x00"
+    data[spectral_at : spectral_at + 3] = b"\x00\x00\x00"
+    with Image.open(io.BytesIO(buffer.getvalue())) as whole:
+        assert ImageChops.difference(decode_image(bytes(data)), whole.convert("RGB")).getbbox() is None
