@@ -575,9 +575,15 @@ def _jpeg_segments(data: bytes) -> Iterator[tuple[int, bytes, int, int]]:
     """The first image's marker segments up to its end marker (EOI): each marker, its payload, and
     where the data after its payload starts and ends: a scan's (SOS) entropy-coded data runs to the
     next marker (the file's end when there is none, and the walk stops); other segments have none.
-    Stops where the segments cannot be walked."""
+    Bytes that are no marker between segments are skipped, as libjpeg and Pillow skip them (libjpeg
+    warns of "extraneous bytes"): stopped there, the walk saw no scan in a photo they decode whole."""
     position = 2
-    while position + 4 <= len(data) and data[position] == 0xFF:
+    while position + 4 <= len(data):
+        if data[position] != 0xFF:
+            position = data.find(b"\xff", position)
+            if position < 0:
+                return
+            continue
         marker = data[position + 1]
         if marker == 0xFF:  # a fill byte
             position += 1

@@ -1,6 +1,6 @@
 """Image decoding edges: a JPEG whose height comes after its first scan (DNL) is refused for what it
-is, not as bytes in no known format; a baseline JPEG with zeros for its scan's spectral range is
-read, as libjpeg reads it."""
+is, not as bytes in no known format; a baseline JPEG with zeros for its scan's spectral range, or
+with stray bytes between its marker segments, is read, as libjpeg reads it."""
 
 from __future__ import annotations
 
@@ -14,12 +14,17 @@ from shared.errors import ImageRejected
 from shared.images import decode_image
 
 
+def _jpeg() -> bytes:
+    """A 64x48 baseline JPEG as Pillow writes it: one interleaved scan, then its end marker."""
+    buffer = io.BytesIO()
+    Image.radial_gradient("L").convert("RGB").resize((64, 48)).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
 def _dnl_jpeg() -> bytes:
     """A baseline JPEG whose frame header (SOF0) says height 0 and whose one scan is followed by a
     DNL marker with the real height, as some scanners and fax-like encoders write it."""
-    buffer = io.BytesIO()
-    Image.radial_gradient("L").convert("RGB").resize((64, 48)).save(buffer, "JPEG")
-    data = bytearray(buffer.getvalue())
+    data = bytearray(_jpeg())
     position = 2
     while data[position + 1] != 0xC0:  # walk the marker segments to the frame header
         (length,) = struct.unpack(">H", data[position + 2 : position + 4])
@@ -60,12 +65,23 @@ def test_a_baseline_jpeg_whose_scan_header_says_zeros_is_read_as_libjpeg_reads_i
     # Some baseline encoders write 0, 0, 0 for the scan's Ss, Se and Ah/Al (a sequential scan sends
     # every coefficient whatever they say; libjpeg only warns). The missing-scans check took Se 0 for
     # coefficients 1..63 never sent and refused the photo as truncated.
-    buffer = io.BytesIO()
-    Image.radial_gradient("L").convert("RGB").resize((64, 48)).save(buffer, "JPEG", quality=90)
-    data = bytearray(buffer.getvalue())
+    whole = _jpeg()
+    data = bytearray(whole)
     scan_at = data.index(b"\xff\xda")
     spectral_at = scan_at + 5 + 2 * data[scan_at + 4]  # marker, length, count, the components
     assert data[spectral_at : spectral_at + 3] == b"\x00\x3f\x00"
     data[spectral_at : spectral_at + 3] = b"\x00\x00\x00"
-    with Image.open(io.BytesIO(buffer.getvalue())) as whole:
-        assert ImageChops.difference(decode_image(bytes(data)), whole.convert("RGB")).getbbox() is None
+    with Image.open(io.BytesIO(whole)) as photo:
+        assert ImageChops.difference(decode_image(bytes(data)), photo.convert("RGB")).getbbox() is None
+
+
+@pytest.mark.parametrize("before", [b"\xff\xc4", b"\xff\xda"], ids=["a Huffman table", "the scan"])
+def test_a_jpeg_with_stray_bytes_between_its_segments_is_read_as_libjpeg_reads_it(before: bytes) -> None:
+    # libjpeg and Pillow skip bytes that are no marker between segments (libjpeg warns of "extraneous
+    # bytes"). The missing-scans check's marker walk stopped there, saw no scan, and the photo was
+    # refused as truncated.
+    whole = _jpeg()
+    at = whole.index(before)
+    with Image.open(io.BytesIO(whole)) as photo:
+        decoded = decode_image(whole[:at] + b"\x00\x00" + whole[at:])
+        assert ImageChops.difference(decoded, photo.convert("RGB")).getbbox() is None
