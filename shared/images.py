@@ -508,7 +508,15 @@ _RESTART = re.compile(rb"\xff[\xd0-\xd7]")
 _JPEG_FRAMES = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 # Those of the DCT frames libjpeg decodes: baseline, extended and progressive, Huffman or arithmetic coded.
 _DCT_FRAMES = frozenset({0xC0, 0xC1, 0xC2, 0xC9, 0xCA})
+# Of those, the progressive ones and the arithmetic-coded ones.
 _PROGRESSIVE_FRAMES = frozenset({0xC2, 0xCA})
+_ARITHMETIC_FRAMES = frozenset({0xC9, 0xCA})
+# What the cut-JPEG check puts before the marker that ends the last scan (``_refuse_cut_jpeg``). An
+# arithmetic-coded scan's decoder reads on past its data by design, zeros once it meets the marker,
+# and its encoder drops its final zero bytes (up to about 24 on a 24 MP photo mostly white): zeros
+# first, so a whole scan decodes the same.
+_FILLER = b"\xa5" * 64
+_ARITHMETIC_FILLER = b"\x00" * 64 + _FILLER
 
 
 def _refuse_cut_jpeg(image: Image.Image, data: bytes, *, every_block: bool = False) -> None:
@@ -521,7 +529,9 @@ def _refuse_cut_jpeg(image: Image.Image, data: bytes, *, every_block: bool = Fal
     warns, which Pillow drops, and fills the missing blocks (flat grey in a baseline JPEG). Told apart
     by decoding it again (at 1/4 scale, cheaper) with filler bytes put before the marker that ends
     the last scan: a whole scan never reads them, a cut one decodes them into its missing blocks
-    (0xA5, not zeros: zero bits often decode to the very grey fill).
+    (0xA5, not zeros: zero bits often decode to the very grey fill; in an arithmetic-coded file after
+    64 zero bytes, which a whole scan may read, so a cut whose missing blocks decode from those
+    zeros, as flat as the rest, is not told apart either).
     A cut that libjpeg resyncs past the filler at (on a restart marker) is told by the markers first
     (``_missing_scan_data``), as is a progressive file cut where a scan starts. A one-pass JPEG is
     decoded again only when its last pixel is that grey, which it is whenever a whole block is
@@ -543,7 +553,8 @@ def _refuse_cut_jpeg(image: Image.Image, data: bytes, *, every_block: bool = Fal
     end = _last_scan_end(data)
     if end is None:
         return
-    filled = data[:end] + b"\xa5" * 64 + data[end:]
+    arithmetic = any(marker in _ARITHMETIC_FRAMES for marker, *_ in _jpeg_segments(data))
+    filled = data[:end] + (_ARITHMETIC_FILLER if arithmetic else _FILLER) + data[end:]
     whole: Image.Image | None
     if every_block:
         # At the size it was decoded, the image is the whole file's decode: one decode more, not two.
