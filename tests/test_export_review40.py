@@ -85,3 +85,41 @@ def test_a_synthetic_image_stored_under_two_skus_is_refused_naming_both(
     assert "the photo it was generated from" in err and "skuforge ingest --withdraw-missing" in err
     assert not (tmp_path / "export").exists()
     assert cli_main([*EXPORT, "--sku", "SKU-A", str(tmp_path / "export")]) == 0
+
+
+@pytest.mark.parametrize(
+    ("lost", "advice"),
+    [
+        (
+            "images/SKU-A/real/real-0.png",
+            "restore it, take photo real-0 out of SKU-A's folder and run skuforge ingest "
+            "--withdraw-missing, or leave SKU-A out with --sku",
+        ),
+        ("images/SKU-A/synthetic/gen-0.png", "restore it, or leave SKU-A out with --sku"),
+    ],
+)
+def test_an_export_stopped_by_a_lost_image_says_whose_it_is_and_what_to_do(
+    store: ManifestStore, tmp_path: Path, capsys: pytest.CaptureFixture[str], lost: str, advice: str
+) -> None:
+    # It said only "object_missing: no object at ...; nothing was written", while a lost mask (1e446ef)
+    # and a changed image (dd28715) said whose it was and the ways past it.
+    store.store.delete(store.key(lost))
+    assert cli_main([*EXPORT, str(tmp_path / "export")]) == 1
+    err = capsys.readouterr().err
+    item_id = Path(lost).stem
+    assert f"{lost}: the image of SKU-A/{item_id}; {advice}" in err
+    assert not (tmp_path / "export").exists()
+    assert cli_main([*EXPORT, "--sku", "SKU-B", str(tmp_path / "export")]) == 0
+
+
+def test_a_lost_mask_keeps_the_stores_reason(
+    store: ManifestStore, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The advice replaced the store's own reason: a folder where the mask was said only "no object".
+    mask = store.key("masks/SKU-A/real-0.png")
+    store.store.delete(mask)
+    (tmp_path / "store" / mask).mkdir()
+    assert cli_main([*JSONL, str(tmp_path / "export")]) == 1
+    err = capsys.readouterr().err
+    assert "masks/SKU-A/real-0.png: the mask of SKU-A/real-0 (a folder, not a file); restore it" in err
+    assert not (tmp_path / "export").exists()

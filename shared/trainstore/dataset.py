@@ -1038,9 +1038,7 @@ def _write_class(
         except (ObjectMissing, ChecksumMismatch) as exc:
             if manifests.read_sku(row.sku_id).get(row.item_id) == row:
                 # The manifest still names these bytes: a missing or tampered object stops the export.
-                if (said := _with_ways_past(exc, row, manifests, mask=mask_read)) is not None:
-                    raise said from exc
-                raise
+                raise _with_ways_past(exc, row, manifests, mask=mask_read) from exc
             log.warning("%s/%s changed in the store while the export ran: left out", row.sku_id, row.item_id)
             result.changed += 1
             continue
@@ -1081,14 +1079,20 @@ def _write_class(
 
 def _with_ways_past(
     exc: ObjectMissing | ChecksumMismatch, row: ManifestRow, manifests: ManifestStore, *, mask: bool
-) -> BadInput | None:
-    """``exc``, which stops the export, saying the ways past it (None: a lost image, raised as it is): of
-    a changed object, what happened and how to put it right; of a mask, that an imagefolder export reads
-    none; and that ``--sku`` can leave the SKU out. A changed object said only "expected sha256 ...,
-    found ...": not whose it was, nor what to do."""
+) -> BadInput:
+    """``exc``, which stops the export, saying whose object it was and the ways past it: of a changed
+    object, what happened and how to put it right; of a lost one, the store's reason (a folder there);
+    of a real photo, that withdrawing it leaves it out; of a mask, that an imagefolder export reads
+    none; and that ``--sku`` can leave the SKU out. Either said only "no object at ..." or "expected
+    sha256 ..., found ...": not whose it was, nor what to do."""
     ways = f"or leave {row.sku_id} out with --sku"
     if mask:
         ways = f"export with --format imagefolder (which reads no mask), {ways}"
+    elif row.source == "real":
+        ways = (
+            f"take photo {photo_of(row)} out of {row.sku_id}'s folder and run skuforge ingest "
+            f"--withdraw-missing, {ways}"
+        )
     what = f"the {'mask' if mask else 'image'} of {row.sku_id}/{row.item_id}"
     if isinstance(exc, ChecksumMismatch):
         return ChecksumMismatch(
@@ -1098,11 +1102,9 @@ def _with_ways_past(
             f"{what} changed after its manifest row was written (overwritten or damaged); put back the "
             f"bytes its row names (from a backup), {ways}",
         )
-    if mask:
-        return ObjectMissing(
-            manifests.store.uri_for(manifests.key(str(row.mask))), f"{what}; restore it, {ways}"
-        )
-    return None
+    key = manifests.key(str(row.mask if mask else row.image))
+    why = f" ({exc.why})" if exc.why else ""
+    return ObjectMissing(manifests.store.uri_for(key), f"{what}{why}; restore it, {ways}")
 
 
 def _remove_class(staging: Path, fmt: ExportFormat, sku_id: str) -> None:
