@@ -1,4 +1,5 @@
-"""``skuforge evaluate``'s held-out photos (review 40): one picture re-encoded within one SKU's folder."""
+"""``skuforge evaluate``'s held-out photos (review 40): one picture re-encoded within one SKU's folder, a
+chain of such copies."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.evaluation.experiment import encode_jpeg
+from services.trainstore.evaluation import _without_copies_within_skus
+from shared.evaluation.experiment import Photo, encode_jpeg
 from shared.store import FileStore
 from shared.trainstore.manifest import ManifestStore
 from skuforge_cli.main import main as cli_main
@@ -56,3 +58,25 @@ def test_one_picture_re_encoded_within_one_sku_folder_is_scored_once_and_said(
     assert "bits apart): scored once" in said
     assert "other-shelf" not in said
     assert json.loads((tmp_path / "eval" / "evaluation.json").read_text())["n_heldout"] == 8
+
+
+def test_a_chain_of_copies_within_one_sku_folder_is_scored_once() -> None:
+    # Folded pair by pair, nearest first: of a.png ~ b.png ~ c.png, with a and c 16 bits apart (over
+    # the 12 of a copy), b was folded into a, and then (b, c) was passed over as "a copy of a copy
+    # already left out", so c was scored beside a: one picture weighed double all the same.
+    def photo(name: str) -> Photo:
+        return Photo("SKU-RED", "real", name, name, lambda: b"")
+
+    # A heldout_hash's 24 parts of 256 bits (each variant of the photo), here all alike: 0, 8, 16 bits set.
+    def hashed(bits_set: int) -> bytes:
+        return bytes([0xFF] * (bits_set // 8)).ljust(32, b"\0") * 24
+
+    photos = [photo("c.png"), photo("a.png"), photo("b.png"), photo("other.png")]
+    other = bytes(range(32)) * 24  # 80 bits and more from each
+    hashes = [("a.png", hashed(0)), ("b.png", hashed(8)), ("c.png", hashed(16)), ("other.png", other)]
+    kept, notes = _without_copies_within_skus(photos, hashes)
+    assert [photo.name for photo in kept] == ["c.png", "other.png"]  # the first listed of the group
+    assert notes == [
+        "a.png looks like a copy of b.png (perceptual hash 8 of 256 bits apart): scored once, as c.png",
+        "b.png looks like a copy of a.png (perceptual hash 8 of 256 bits apart): scored once, as c.png",
+    ]

@@ -252,20 +252,35 @@ def _without_copies_within_skus(
     """``photos`` less the copies with other bytes of a photo in the same SKU's folder (a JPEG of a PNG
     beside it, a resized one), found by ``heldout_hash``es (``hashes``), and a note of each: scored once,
     as ``heldout_photos`` scores a byte copy once. Scored twice, the photo weighed double in the SKU's
-    top-1 and in the gain the export policy reads. The first listed is kept."""
+    top-1 and in the gain the export policy reads. Copies of copies are one picture: of each group the
+    pairs join (a like b, b like c, a unlike c), the first listed is kept; folded pair by pair, c was
+    scored beside a."""
     order = {photo.name: index for index, photo in enumerate(photos)}
     sku_of = {photo.name: photo.sku_id for photo in photos}
-    kept_for: dict[str, str] = {}  # a copy's name -> the photo scored instead
+    pairs = copies_within_groups([(sku_of[name], name, value) for name, value in hashes])
+    joined_to = {photo.name: photo.name for photo in photos}  # a group's first listed is joined to itself
+
+    def kept_of(name: str) -> str:
+        while joined_to[name] != name:
+            name = joined_to[name]
+        return name
+
+    for first, second, _ in pairs:
+        kept, other = sorted((kept_of(first), kept_of(second)), key=order.__getitem__)
+        joined_to[other] = kept
+    nearest: dict[str, tuple[str, int]] = {}  # a copy -> its nearest copy, bits apart
+    for first, second, bits in pairs:  # nearest first
+        nearest.setdefault(first, (second, bits))
+        nearest.setdefault(second, (first, bits))
     notes = []
-    for first, second, bits in copies_within_groups([(sku_of[name], name, value) for name, value in hashes]):
-        if first in kept_for or second in kept_for:
-            continue  # nearest first: a copy of a copy already left out
-        kept, copy = sorted((first, second), key=order.__getitem__)
-        kept_for[copy] = kept
-        notes.append(
-            f"{copy} looks like a copy of {kept} (perceptual hash {bits} of 256 bits apart): scored once"
-        )
-    return [photo for photo in photos if photo.name not in kept_for], notes
+    for copy, (like, bits) in sorted(nearest.items(), key=lambda item: order[item[0]]):
+        if (kept := kept_of(copy)) != copy:
+            instead = "" if like == kept else f", as {kept}"
+            notes.append(
+                f"{copy} looks like a copy of {like} (perceptual hash {bits} of 256 bits apart): "
+                f"scored once{instead}"
+            )
+    return [photo for photo in photos if kept_of(photo.name) == photo.name], notes
 
 
 def _refuse_sku_folders_inside_others(root: Path, photos: Sequence[Photo], sku_ids: set[str]) -> None:
