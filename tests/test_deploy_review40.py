@@ -167,3 +167,64 @@ def test_photo_scene_parameters_are_refused_only_where_the_generator_stage_uses_
         assert "triton.env.SKUFORGE_SCENES_URI reaches the Triton pod alone" in render_error(
             helm, scenes, photo, *values
         )
+
+
+def test_a_null_value_leaves_its_key_out_of_every_pod(helm: str, tmp_path: Path) -> None:
+    """`KEY: null` (or --set KEY=null) is how Helm takes a value out, but for a key values.yaml lacks
+    it stayed, as nil, and every reader printed it: the ConfigMap, the Secrets and the env maps gave
+    the pods the text "<nil>". A stage's null also takes stageDefaults.env's value out of that stage."""
+    nulls = {
+        "settings": {"SKUFORGE_UNSET_SETTING": None},
+        "secret": {"values": {"SKUFORGE_UNSET_SECRET": None}},
+        "stageDefaults": {"env": {"SKUFORGE_UNSET_DEFAULT": None, "SKUFORGE_LOG_LEVEL": "DEBUG"}},
+        "stages": {"captioner": {"env": {"SKUFORGE_UNSET_STAGE": None, "SKUFORGE_LOG_LEVEL": None}}},
+        "console": {"env": {"SKUFORGE_UNSET_CONSOLE": None}},
+        "triton": {"env": {"SKUFORGE_UNSET_TRITON": None}},
+    }
+    values = tmp_path / "nulls.yaml"
+    values.write_text(yaml.safe_dump(nulls))
+    docs = render(helm, "stages.gate.env.SKUFORGE_UNSET_SET=null", files=[values])
+    rendered = yaml.safe_dump_all(docs)
+    assert "<nil>" not in rendered and "SKUFORGE_UNSET_" not in rendered
+    assert "SKUFORGE_LOG_LEVEL" not in pod_env(docs, "rel-skuforge-captioner")
+    assert pod_env(docs, "rel-skuforge-matting")["SKUFORGE_LOG_LEVEL"] == "DEBUG"
+
+
+@pytest.mark.parametrize(
+    ("values", "refusal"),
+    [
+        (
+            [f"stages.generator.env.{TIMEOUT}=null", "stages.generator.terminationGracePeriodSeconds=40"],
+            f"settings.{TIMEOUT}=300 does not fit",
+        ),
+        (["secret.values.SKUFORGE_CONSOLE_USERS=null"], "console.enabled needs reviewers"),
+        (["triton.env.SKUFORGE_DIFFUSION_MODEL=null"], "no model is named"),
+        (
+            ["triton.enabled=false", "settings.SKUFORGE_GENERATION_TRITON_URL=null"],
+            "triton.enabled=false, but the generator stage calls Triton",
+        ),
+    ],
+    ids=["grace", "reviewers", "model", "triton-url"],
+)
+def test_the_checks_take_a_null_value_as_unset(helm: str, values: list[str], refusal: str) -> None:
+    """The checks asked whether a key was there, so a null one counted as set: a null timeout in the
+    generator's env was read as 0 s and passed any grace, and a null reviewer list, model or Triton
+    address let through the pods that exit (or retry for ever) at start without them."""
+    assert refusal in render_error(helm, *values)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "settings.SKUFORGE_KAFKA_SASL_PASSWORD=null",
+        "stages.matting.env.SKUFORGE_METRICS_PORT=null",
+        "settings.SKUFORGE_GENERATION_BACKEND=null",
+        "settings.SKUFORGE_GENERATION_BACKEND_MIX=null",
+    ],
+)
+def test_a_null_value_is_nothing_to_refuse(helm: str, value: str) -> None:
+    """A secret or a variable the chart sets, given null, puts nothing where it must not be, and a null
+    backend or mix asks for none; the render refused them as set to "<nil>"."""
+    docs = render(helm, value)
+    assert "<nil>" not in yaml.safe_dump_all(docs)
+    assert pod_env(docs, "rel-skuforge-generator")["SKUFORGE_GENERATION_BACKEND"] == "diffusion"

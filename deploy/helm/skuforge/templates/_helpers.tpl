@@ -72,10 +72,24 @@ automountServiceAccountToken: {{ .Values.serviceAccount.automountToken }}
 {{- .Files.Get "files/flow.json" -}}
 {{- end -}}
 
-{{/* A stage's settings: stageDefaults merged with stages.<name>. (dict "root" $ "name" "matting") */}}
+{{/* A map of variables (settings, secret.values, an env map) without its null entries, as JSON. `KEY: null`
+(--set KEY=null) is how Helm takes a value out, but a key values.yaml lacks stays, as nil: the pods got
+the text "<nil>", and the checks took the key as set. Every reader of those maps takes them from here. */}}
+{{- define "skuforge.given" -}}
+{{- $given := dict -}}
+{{- range $key, $value := . -}}
+{{- if not (kindIs "invalid" $value) }}{{ $_ := set $given $key $value }}{{ end -}}
+{{- end -}}
+{{- toJson $given -}}
+{{- end -}}
+
+{{/* A stage's settings: stageDefaults merged with stages.<name>, where a stage's null takes a default's
+variable out of its env. (dict "root" $ "name" "matting") */}}
 {{- define "skuforge.stageConfig" -}}
 {{- $override := get .root.Values.stages .name | default dict -}}
-{{- mergeOverwrite (deepCopy .root.Values.stageDefaults) (deepCopy $override) | toJson -}}
+{{- $config := mergeOverwrite (deepCopy .root.Values.stageDefaults) (deepCopy $override) -}}
+{{- $_ := set $config "env" (include "skuforge.given" $config.env | fromJson) -}}
+{{- toJson $config -}}
 {{- end -}}
 
 {{/* Where a stage's setting came from, for a message: stages.<name>.<key> where the stage's own values
@@ -95,6 +109,7 @@ set it, else stageDefaults.<key> (a refused default was named as a stage's key t
 pre-upgrade hook runs before the ConfigMap is updated, so it must not read the old one). */ -}}
 {{- define "skuforge.settingsData" -}}
 {{- $fullname := include "skuforge.fullname" . -}}
+{{- $settings := include "skuforge.given" .Values.settings | fromJson -}}
 SKUFORGE_KAFKA_BOOTSTRAP: {{ .Values.kafka.bootstrap | quote }}
 SKUFORGE_TOPIC_NAMESPACE: {{ .Values.topicNamespace | quote }}
 SKUFORGE_CONSUMER_GROUP_PREFIX: {{ .Values.consumerGroupPrefix | quote }}
@@ -107,11 +122,11 @@ SKUFORGE_METRICS_HOST: "0.0.0.0"
 SKUFORGE_GENERATION_TRITON_URL: {{ printf "%s-triton:%d" $fullname (int .Values.triton.ports.grpc) | quote }}
 SKUFORGE_GENERATION_TRITON_PROTOCOL: "grpc"
 {{- /* The stage asks for the backend Triton serves, unless the values choose (checked in validate). */}}
-{{- if and (eq (len .Values.triton.backends) 1) (not (hasKey .Values.settings "SKUFORGE_GENERATION_BACKEND")) (not (include "skuforge.mixedBackends" . | fromJsonArray)) }}
+{{- if and (eq (len .Values.triton.backends) 1) (not (hasKey $settings "SKUFORGE_GENERATION_BACKEND")) (not (include "skuforge.mixedBackends" . | fromJsonArray)) }}
 SKUFORGE_GENERATION_BACKEND: {{ first .Values.triton.backends | quote }}
 {{- end }}
 {{- end }}
-{{- range $key, $value := .Values.settings }}
+{{- range $key, $value := $settings }}
 {{ $key }}: {{ include "skuforge.text" $value | quote }}
 {{- end }}
 {{- end -}}
@@ -121,11 +136,16 @@ SKUFORGE_GENERATION_BACKEND: {{ first .Values.triton.backends | quote }}
 envFrom, and there the Secret (listed last) beats the ConfigMap. (dict "root" $ "key" "SKUFORGE_...") */}}
 {{- define "skuforge.generatorSetting" -}}
 {{- $values := .root.Values -}}
-{{- $stage := (get $values.stages "generator" | default dict).env | default dict -}}
+{{- $env := (include "skuforge.stageConfig" (dict "root" .root "name" "generator") | fromJson).env -}}
+{{- $stage := include "skuforge.given" (get $values.stages "generator" | default dict).env | fromJson -}}
 {{- $found := dict -}}
-{{- range $pair := list (list "stages.generator.env" $stage) (list "stageDefaults.env" ($values.stageDefaults.env | default dict)) (list "secret.values" ($values.secret.values | default dict)) (list "settings" ($values.settings | default dict)) -}}
-{{- if and (not $found) (hasKey (index $pair 1) $.key) -}}
-{{- $found = dict "source" (index $pair 0) "value" (include "skuforge.text" (index (index $pair 1) $.key)) -}}
+{{- if hasKey $env .key -}}
+{{- $found = dict "source" (ternary "stages.generator.env" "stageDefaults.env" (hasKey $stage .key)) "value" (include "skuforge.text" (get $env .key)) -}}
+{{- end -}}
+{{- range $pair := list (list "secret.values" $values.secret.values) (list "settings" $values.settings) -}}
+{{- $given := include "skuforge.given" (index $pair 1) | fromJson -}}
+{{- if and (not $found) (hasKey $given $.key) -}}
+{{- $found = dict "source" (index $pair 0) "value" (include "skuforge.text" (get $given $.key)) -}}
 {{- end -}}
 {{- end -}}
 {{- toJson $found -}}
@@ -205,7 +225,10 @@ SKUFORGE_DIFFUSION_CACHE_DIR: use triton.modelCache (the Triton pod's cache volu
 {{- fail (printf "stages.%s: no such stage; the stages are %s (files/flow.json)" $name (join ", " $names)) -}}
 {{- end -}}
 {{- end -}}
-{{- range $key, $_ := .Values.settings -}}
+{{- $settings := include "skuforge.given" .Values.settings | fromJson -}}
+{{- $secretValues := include "skuforge.given" .Values.secret.values | fromJson -}}
+{{- $tritonEnv := include "skuforge.given" .Values.triton.env | fromJson -}}
+{{- range $key, $_ := $settings -}}
 {{- if not (hasPrefix "SKUFORGE_" $key) -}}
 {{- fail (printf "settings.%s: only SKUFORGE_* settings belong here (secrets go in secret.values)" $key) -}}
 {{- end -}}
@@ -214,9 +237,9 @@ SKUFORGE_DIFFUSION_CACHE_DIR: use triton.modelCache (the Triton pod's cache volu
 {{- /* The pods' env maps too: an env entry beats the ConfigMap (KEDA kept the chart's group), and one the
 chart writes into the container's env came twice, the later winning (a stage's /metrics moved off the
 port its probes and PodMonitor use, and the pod restarted for ever). */ -}}
-{{- $sources := dict "settings" .Values.settings "secret.values" .Values.secret.values "stageDefaults.env" .Values.stageDefaults.env "console.env" .Values.console.env "triton.env" .Values.triton.env -}}
+{{- $sources := dict "settings" $settings "secret.values" $secretValues "stageDefaults.env" (include "skuforge.given" .Values.stageDefaults.env | fromJson) "console.env" (include "skuforge.given" .Values.console.env | fromJson) "triton.env" $tritonEnv -}}
 {{- range $name, $stage := .Values.stages -}}
-{{- $_ := set $sources (printf "stages.%s.env" $name) ($stage | default dict).env -}}
+{{- $_ := set $sources (printf "stages.%s.env" $name) (include "skuforge.given" ($stage | default dict).env | fromJson) -}}
 {{- end -}}
 {{- /* The settings skuforge keeps secret (SecretStr fields; tests/test_deploy_review39.py keeps the list
 in step), and the object store's AWS keys: under `settings` the SASL password went into the ConfigMap
@@ -236,8 +259,7 @@ can read the namespace. */ -}}
 {{- /* The generator stage calls Triton for every backend, composite too: without an address it
 calls its own pod (SKUFORGE_GENERATION_TRITON_URL's default, 127.0.0.1) and retries forever. */ -}}
 {{- if not .Values.triton.enabled -}}
-{{- $generatorEnv := (include "skuforge.stageConfig" (dict "root" . "name" "generator") | fromJson).env | default dict -}}
-{{- if not (or (hasKey .Values.settings "SKUFORGE_GENERATION_TRITON_URL") (hasKey .Values.secret.values "SKUFORGE_GENERATION_TRITON_URL") (hasKey $generatorEnv "SKUFORGE_GENERATION_TRITON_URL")) -}}
+{{- if not (include "skuforge.generatorSetting" (dict "root" . "key" "SKUFORGE_GENERATION_TRITON_URL") | fromJson) -}}
 {{- fail (printf "triton.enabled=false, but the generator stage calls Triton for every backend (composite too): set settings.SKUFORGE_GENERATION_TRITON_URL to the Triton that serves skuforge's generation model (host:%d over gRPC, or host:%d with settings.SKUFORGE_GENERATION_TRITON_PROTOCOL=http, where it listens on triton.ports), or it calls its own pod (127.0.0.1) and retries forever" (int .Values.triton.ports.grpc) (int .Values.triton.ports.http)) -}}
 {{- end -}}
 {{- end -}}
@@ -276,7 +298,7 @@ where the values name none); not known, composite is taken (the stage's default)
 {{- if $backend }}{{ $stageBackends = list $backend.value }}{{ else if eq (len .Values.triton.backends) 1 }}{{ $stageBackends = .Values.triton.backends }}{{ end -}}
 {{- end -}}
 {{- $composite := or (not $stageBackends) (has "composite" $stageBackends) -}}
-{{- if and $composite (hasKey .Values.triton.env "SKUFORGE_SCENES_URI") (not (include "skuforge.generatorSetting" (dict "root" . "key" "SKUFORGE_SCENES_URI") | fromJson)) -}}
+{{- if and $composite (hasKey $tritonEnv "SKUFORGE_SCENES_URI") (not (include "skuforge.generatorSetting" (dict "root" . "key" "SKUFORGE_SCENES_URI") | fromJson)) -}}
 {{- $parameters := include "skuforge.generatorSetting" (dict "root" . "key" "SKUFORGE_GENERATION_PARAMETERS") | fromJson -}}
 {{- $asked := dict -}}
 {{- with $parameters }}{{ $asked = fromJson .value }}{{ end -}}
@@ -285,7 +307,7 @@ where the values name none); not known, composite is taken (the stage's default)
 {{- end -}}
 {{- end -}}
 {{- /* `skuforge serve generator --backend diffusion` exits at start without a model (CrashLoopBackOff). */ -}}
-{{- $model := or (hasKey .Values.triton.env "SKUFORGE_DIFFUSION_MODEL") (hasKey .Values.settings "SKUFORGE_DIFFUSION_MODEL") (hasKey .Values.secret.values "SKUFORGE_DIFFUSION_MODEL") .Values.secret.existingSecret -}}
+{{- $model := or (hasKey $tritonEnv "SKUFORGE_DIFFUSION_MODEL") (hasKey $settings "SKUFORGE_DIFFUSION_MODEL") (hasKey $secretValues "SKUFORGE_DIFFUSION_MODEL") .Values.secret.existingSecret -}}
 {{- if and (has "diffusion" .Values.triton.backends) (not $model) -}}
 {{- fail "triton serves the diffusion backend (triton.backends) but no model is named: set triton.env.SKUFORGE_DIFFUSION_MODEL (a path or s3:// URI of a diffusers inpainting model), or triton.backends={composite} (without one the Triton pod exits at start)" -}}
 {{- end -}}
@@ -328,7 +350,7 @@ the second to bind exited the pod at start, for ever; at 0 the pages took a port
 {{- fail (printf "console.port=%d is the console's own /metrics port (files/flow.json): its web pages and /metrics cannot both listen there (the pod would exit at start); give another port" $consolePort) -}}
 {{- end -}}
 {{- end -}}
-{{- if and .Values.console.enabled (not .Values.secret.existingSecret) (not (hasKey .Values.secret.values "SKUFORGE_CONSOLE_USERS")) -}}
+{{- if and .Values.console.enabled (not .Values.secret.existingSecret) (not (hasKey $secretValues "SKUFORGE_CONSOLE_USERS")) -}}
 {{- fail "console.enabled needs reviewers: set secret.values.SKUFORGE_CONSOLE_USERS ('name:password,...') or secret.existingSecret, or console.enabled=false (without them the console pod exits at start)" -}}
 {{- end -}}
 {{- end -}}
