@@ -228,3 +228,16 @@ def test_a_null_value_is_nothing_to_refuse(helm: str, value: str) -> None:
     docs = render(helm, value)
     assert "<nil>" not in yaml.safe_dump_all(docs)
     assert pod_env(docs, "rel-skuforge-generator")["SKUFORGE_GENERATION_BACKEND"] == "diffusion"
+
+
+@pytest.mark.parametrize("stage", ["matting", "trainstore"])
+def test_a_max_replicas_refusal_gives_the_reason_for_a_stage_of_several_topics_too(
+    helm: str, stage: str
+) -> None:
+    """maxReplicas above topicPartitions was refused because "the extra members would hold no
+    partition", but the trainstore's 7 members would share its four topics' 24 partitions: the reason
+    is that KEDA scales on each input topic's lag to at most that topic's partitions, so the stage
+    never runs more members than topicPartitions, however many topics it reads."""
+    message = render_error(helm, f"stages.{stage}.autoscaling.maxReplicas=7")
+    assert f"stages.{stage}.autoscaling.maxReplicas (7) is more than topicPartitions (6)" in message
+    assert "hold no partition" not in message and "never scales past 6" in message, message
