@@ -59,6 +59,7 @@ from shared.argtypes import (
     positive_int,
     read_json_object,
 )
+from shared.commands import run_command
 from shared.config import load_settings
 from shared.evaluation import L2, REAL_WEIGHT, TUNE_EPOCHS, TUNE_LR
 from shared.evaluation.backbone import Backbone, BackboneSpec, FeatureCache, open_backbone
@@ -74,6 +75,7 @@ from shared.store import sha256_hex
 
 if TYPE_CHECKING:
     from shared.generation.scenes import SceneLibrary
+    from shared.matting.session import MattingSession
 
 RESULTS = Path(__file__).resolve().parent / "results"
 KS = (0, 1, 3)
@@ -224,14 +226,18 @@ def composite_request(
 
 
 def generate_in_process(
-    refs: dict[str, list[Path]], scenes_dir: Path, args: argparse.Namespace, out_dir: Path, *, k: int
+    refs: dict[str, list[Path]],
+    scenes_dir: Path,
+    args: argparse.Namespace,
+    out_dir: Path,
+    session: MattingSession,
+    *,
+    k: int,
 ) -> dict[str, list[Path]]:
-    """Per class: ``variants`` composites written as PNG, from masks of the committed matting model
+    """Per class: ``variants`` composites written as PNG, from masks of ``session`` (--matting-model's)
     (k names the SKUs as the stack does: ``sku_id``)."""
     from shared.generation.composite import CompositeBackend
-    from shared.matting.session import open_tool_session
 
-    session = open_tool_session(args.matting_model, "--matting-model", threads=2)
     library = in_process_scenes(scenes_dir, args.photo_share)
     # "off" is the try of the reference's own edge pixels (bench/edge_recolour.py).
     backend = CompositeBackend(library, args.photo_share, edge_recolour=args.edge_recolour == "on")
@@ -886,6 +892,11 @@ def try_name(text: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the bench; a setting, a --matting-model or a store that fails says so in a line."""
+    return run_command("python -m bench.augment", lambda: _bench(argv))
+
+
+def _bench(argv: list[str] | None) -> int:
     from services.trainstore.cli import gain_fraction  # --min-gain as the export's: a fraction, -1 to 1
 
     parser = argparse.ArgumentParser(prog="python -m bench.augment", description=__doc__.split("\n\n")[0])
@@ -1107,6 +1118,13 @@ def main(argv: list[str] | None = None) -> int:
     # are written after them.
     if problem := file_problem(out, default_out.name):
         parser.error(f"--out {out}: {problem}")
+    session = None
+    if args.mode == "in-process":
+        from shared.matting.session import open_tool_session
+
+        # Opened once for every k, before the dataset is read and the backbone loaded: a bad model was
+        # refused minutes into a run, and opened again for each k.
+        session = open_tool_session(args.matting_model, "--matting-model", threads=2)
     ks = [int(k) for k in args.k.split(",")]
     started = time.time()
     data = read_grocery(args.dataset)
@@ -1213,7 +1231,8 @@ def main(argv: list[str] | None = None) -> int:
             exported = [Path(photo.name) for photo in training if photo.source == "real"]
             check_no_near_duplicates(heldout_hashes, exported_real=_hashed(exported))
         else:
-            made = generate_in_process(all_refs[k], scenes_dir, args, generated_dir(args, k), k=k)
+            assert session is not None  # in-process
+            made = generate_in_process(all_refs[k], scenes_dir, args, generated_dir(args, k), session, k=k)
             if k in left_out:
                 # The SKUs keep as many classic augmentations as they had synthetic images (A' and B').
                 classic_per_sku = {name: len(paths) for name, paths in made.items()}

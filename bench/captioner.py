@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.argtypes import file_problem, positive_int
+from shared.commands import run_command
 from skuforge_cli.synth import CATALOGUE_SEED, photo_size_px
 
 RESULTS = Path(__file__).parent / "results"
@@ -121,7 +122,12 @@ def dev_figures(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Score the captions, print and write the figures."""
+    """Score the captions, print and write the figures; a setting, a --matting-model or a store that
+    fails says so in a line."""
+    return run_command("python -m bench.captioner", lambda: _bench(argv))
+
+
+def _bench(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.captioner",
         description=__doc__,

@@ -52,6 +52,7 @@ from PIL import Image
 from bench.committed import check_out
 from schemas.events import MAX_SEED
 from shared.argtypes import int_between, non_negative_float, positive_int, whole_number
+from shared.commands import run_command
 from shared.gate.checks import GateThresholds, evaluate, failed_reasons
 from shared.generation.backend import COLOUR_GAIN_KEY
 from shared.matting.roi import DEFAULT_ROI_MARGIN, product_box
@@ -314,7 +315,12 @@ def _image_side_px(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the bench and write bench/results/gate.json."""
+    """Run the bench and write bench/results/gate.json; a setting, a --model or a store that fails says
+    so in a line."""
+    return run_command("python -m bench.gate", lambda: _bench(argv))
+
+
+def _bench(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

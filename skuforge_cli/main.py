@@ -26,6 +26,7 @@ from services.gate.config import GateSettings
 from services.lora_trainer.config import LoraTrainerSettings
 from services.matting.config import MattingSettings
 from shared.argtypes import CommandParser, one_of, whole_number
+from shared.commands import run_command
 from shared.config import (
     KAFKA_MAX_INT32,
     ConfigError,
@@ -34,11 +35,9 @@ from shared.config import (
     settings_table_markdown,
     unknown_variables,
 )
-from shared.errors import BadInput, StoreMisconfigured, TransientError
 from shared.generation.diffusion import DiffusionSettings
 from shared.generation.settings import GenerationSettings
 from shared.observability import configure_logging
-from shared.signals import signal_number, stopped_how
 from shared.trainstore.settings import TrainstoreSettings
 
 if TYPE_CHECKING:  # shared.bus imports kafka: loaded only by the commands that talk to it
@@ -419,29 +418,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args = parser.parse_args(argv[:1])
     handler = COMMANDS[args.command][0]
-    try:
-        return handler(argv[1:])
-    except ConfigError as exc:
-        print(f"skuforge {args.command}: {exc}", file=sys.stderr)
-        return 2
-    except BadInput as exc:  # something stored that cannot be read (a manifest part): named, not a traceback
-        print(f"skuforge {args.command}: {exc}", file=sys.stderr)
-        return 1
-    except StoreMisconfigured as exc:  # it names what to check, the setting or option its URI came from too
-        print(f"skuforge {args.command}: {exc}\n(fix that and try again)", file=sys.stderr)
-        return 1
-    except TransientError as exc:  # the store or the broker away
-        # Not SKUFORGE_STORE_URI: the store away may be another one (--scenes, the adapters' or a model's).
-        print(
-            f"skuforge {args.command}: {exc}\n(the object store or Kafka could not be reached: check that it "
-            "is up, SKUFORGE_S3_ENDPOINT_URL or SKUFORGE_KAFKA_BOOTSTRAP, and try again)",
-            file=sys.stderr,
-        )
-        return 1
-    except KeyboardInterrupt as exc:  # Ctrl-C where a command has nothing of its own to say or undo
-        signum = signal_number(exc)
-        print(f"skuforge {args.command}: {stopped_how(signum)}", file=sys.stderr)
-        return 128 + signum
+    return run_command(f"skuforge {args.command}", lambda: handler(argv[1:]))
 
 
 if __name__ == "__main__":

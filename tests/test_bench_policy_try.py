@@ -73,7 +73,9 @@ def tiny_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """bench.augment's in-process val arguments on ``_grocery``, with a tiny backbone and three stand-in
     composites per class (the matting model and the composite backend are not what is tested here)."""
 
-    def composites(refs: dict[str, list[Path]], scenes: Path, args: Any, out: Path, *, k: int) -> dict:
+    def composites(
+        refs: dict[str, list[Path]], scenes: Path, args: Any, out: Path, session: Any, *, k: int
+    ) -> dict:
         made: dict[str, list[Path]] = {}
         for index, name in enumerate(refs):
             (out / name).mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,6 @@ blamed SKUFORGE_STORE_URI, which they never read."""
 
 from __future__ import annotations
 
-import argparse
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -14,26 +13,28 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from bench.augment import generate_in_process
+from bench.augment import main as augment_bench
 from bench.captioner import main as captioner_bench
 from bench.gate import main as gate_bench
 from shared.captioning.fit_shape import main as fit_shape
-from shared.errors import StoreMisconfigured, TransientError
+from shared.errors import TransientError
 from shared.model_cache import fetch_directory, fetch_file
 from shared.store import S3Store
 from tests.support.bus import file_store_uri
 from tests.support.model_cache import publish_folder
 
 
-def _augment_in_process(model: str, tmp_path: Path) -> None:
-    # bench.augment's main reads a dataset and opens a backbone before it; its session opens here.
-    args = argparse.Namespace(matting_model=model)
-    generate_in_process({}, tmp_path / "scenes", args, tmp_path / "out", k=1)
+def _augment(model: str, tmp: Path) -> int:
+    # In-process, its model is opened before the dataset (none here) is read and the backbone loaded.
+    argv = ["--mode", "in-process", "--split", "val", "--dataset", str(tmp / "no-dataset")]
+    return augment_bench(
+        [*argv, "--matting-model", model, "--workdir", str(tmp / "w"), "--out", str(tmp / "a.json")]
+    )
 
 
 # Each tool with its model option at ``model``, and the option's name.
-TOOLS: dict[str, tuple[str, Callable[[str, Path], Any]]] = {
-    "bench.augment": ("--matting-model", _augment_in_process),
+TOOLS: dict[str, tuple[str, Callable[[str, Path], int]]] = {
+    "bench.augment": ("--matting-model", _augment),
     "bench.captioner": (
         "--matting-model",
         lambda model, tmp: captioner_bench(["--matting-model", model, "--out", str(tmp / "c.json")]),
@@ -51,16 +52,41 @@ TOOLS: dict[str, tuple[str, Callable[[str, Path], Any]]] = {
 
 @pytest.mark.parametrize("tool", TOOLS)
 def test_a_tools_matting_model_in_a_refusing_bucket_names_its_option(
-    tool: str, tmp_path: Path, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch
+    tool: str,
+    tmp_path: Path,
+    s3_endpoint: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     # The bucket is missing at the endpoint set: the tool asked AWS instead, and any refusal said to
-    # check "the bucket name in SKUFORGE_STORE_URI", a file store here.
+    # check "the bucket name in SKUFORGE_STORE_URI", a file store here. Said in a line, not a traceback.
     monkeypatch.setenv("SKUFORGE_STORE_URI", file_store_uri(tmp_path / "store"))
     monkeypatch.setenv("SKUFORGE_S3_ENDPOINT_URL", s3_endpoint)
     option, run = TOOLS[tool]
-    with pytest.raises(StoreMisconfigured, match=f"the bucket name in {option} ") as info:
-        run(f"s3://missing-{uuid.uuid4().hex[:12]}/models/m.onnx", tmp_path)
-    assert "SKUFORGE_STORE_URI" not in str(info.value)
+    assert run(f"s3://missing-{uuid.uuid4().hex[:12]}/models/m.onnx", tmp_path) == 1
+    said = capsys.readouterr().err
+    assert f"the bucket name in {option} " in said and "SKUFORGE_STORE_URI" not in said
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_a_tool_whose_matting_model_does_not_open_says_why_in_a_line(
+    tool: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A file that is no ONNX model ended the tool in a MattingModelError traceback.
+    model = tmp_path / "m.onnx"
+    model.write_text("not a model\n")
+    assert TOOLS[tool][1](str(model), tmp_path) == 2
+    assert "cannot load m.onnx" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_a_tool_with_a_bad_setting_names_it_in_a_line(
+    tool: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The tools read SKUFORGE_S3_* for an s3:// model: an invalid one ended them in a ConfigError traceback.
+    monkeypatch.setenv("SKUFORGE_S3_REGION", "not a region")
+    assert TOOLS[tool][1]("s3://models/m.onnx", tmp_path) == 2
+    assert "SKUFORGE_S3_REGION" in capsys.readouterr().err
 
 
 def test_s3_answering_5xx_names_where_the_uri_came_from() -> None:

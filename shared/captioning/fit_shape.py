@@ -50,6 +50,7 @@ from shared.captioning.attributes import (
     shape_features,
     shape_tree_id,
 )
+from shared.commands import run_command
 from shared.matting.session import MattingSession, open_tool_session
 
 OUTPUT = Path(__file__).with_name("shape_model.py")
@@ -345,7 +346,12 @@ def render_module(tree: dict[str, Any], provenance: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Fit, score on the evaluation seed, write the module."""
+    """Fit, score on the evaluation seed, write the module; a setting, a --matting-model or a store
+    that fails says so in a line."""
+    return run_command("python -m shared.captioning.fit_shape", lambda: _fit(argv))
+
+
+def _fit(argv: Sequence[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="python -m shared.captioning.fit_shape", description=__doc__)
     parser.add_argument(
         "--seed", type=CATALOGUE_SEED, default=FIT_SEED, help="catalogue seed of the fitting products"

@@ -40,7 +40,7 @@ import onnxruntime as ort
 from PIL import Image
 
 from shared.arith.masks import clean_mask
-from shared.config import load_settings
+from shared.config import ConfigError, load_settings
 from shared.errors import BadInput, ObjectMissing
 from shared.images import pixel_array, to_rgb
 from shared.matting import MODELS_DIR
@@ -939,17 +939,22 @@ def open_tool_session(model: str | None, option: str, *, threads: int, max_batch
 
     An s3:// model is fetched as the services fetch theirs, from SKUFORGE_S3_ENDPOINT_URL and
     SKUFORGE_S3_REGION, and an S3 refusal names ``option``: opened with ``open_session``'s defaults, the
-    bench tools asked AWS for a model in MinIO, and a refusal blamed SKUFORGE_STORE_URI.
+    bench tools asked AWS for a model in MinIO, and a refusal blamed SKUFORGE_STORE_URI. A model that
+    does not open is a ``ConfigError``, as the matting stage makes it: the tools' ``run_command`` says
+    it in a line (a traceback buried what was wrong with the file).
     """
     settings = load_settings()
-    return open_session(
-        model,
-        threads=threads,
-        use_gpu=False,
-        store=None,
-        max_batch=max_batch,
-        s3_endpoint_url=settings.s3_endpoint_url,
-        s3_region=settings.s3_region,
-        cache_unused_days=settings.model_cache_unused_days,
-        uri_from=option,
-    )
+    try:
+        return open_session(
+            model,
+            threads=threads,
+            use_gpu=False,
+            store=None,
+            max_batch=max_batch,
+            s3_endpoint_url=settings.s3_endpoint_url,
+            s3_region=settings.s3_region,
+            cache_unused_days=settings.model_cache_unused_days,
+            uri_from=option,
+        )
+    except MattingModelError as exc:
+        raise ConfigError(f"{option}: {exc}") from exc
