@@ -17,9 +17,10 @@ from bench.augment import main as augment_bench
 from bench.captioner import main as captioner_bench
 from bench.gate import main as gate_bench
 from shared.captioning.fit_shape import main as fit_shape
-from shared.errors import TransientError
+from shared.errors import StoreMisconfigured, TransientError
 from shared.model_cache import fetch_directory, fetch_file
 from shared.store import S3Store
+from shared.trainstore.loader import load_manifest
 from tests.support.bus import file_store_uri
 from tests.support.model_cache import publish_folder
 
@@ -108,3 +109,15 @@ def test_a_model_fetch_must_say_where_its_uri_came_from(fetch: Callable[..., Pat
     with pytest.raises(TypeError, match="uri_from"):
         fetch(folder if fetch is fetch_directory else f"{folder}/config.json", tmp_path / "cache")
     assert not (tmp_path / "cache").exists()
+
+
+def test_a_manifest_uri_is_opened_as_the_services_open_theirs_and_a_refusal_names_it(
+    tmp_path: Path, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # load_manifest("s3://...") asked AWS, whatever SKUFORGE_S3_ENDPOINT_URL said, and a refusal blamed
+    # SKUFORGE_STORE_URI, which the training code calling it never set.
+    monkeypatch.setenv("SKUFORGE_STORE_URI", file_store_uri(tmp_path / "store"))
+    monkeypatch.setenv("SKUFORGE_S3_ENDPOINT_URL", s3_endpoint)
+    with pytest.raises(StoreMisconfigured, match="the bucket name in load_manifest's store ") as info:
+        load_manifest(f"s3://missing-{uuid.uuid4().hex[:12]}/skus")
+    assert "SKUFORGE_STORE_URI" not in str(info.value)

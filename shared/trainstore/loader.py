@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 from typing import Any, get_origin
 
 from schemas.common import check_safe_id
+from shared.config import load_settings
 from shared.errors import ObjectMissing
-from shared.store import ObjectStore, open_store
+from shared.store import ObjectStore, check_store_uri, open_store
 from shared.trainstore.manifest import TRAINABLE, ManifestRow, ManifestStore, decode_columns, rows_to_columns
 from shared.trainstore.withdrawals import Withdrawals, photo_of_item
 
@@ -83,18 +84,22 @@ def load_manifest(
     sku_ids: Iterable[str] | None = None,
     trainable_only: bool = True,
     s3_endpoint_url: str | None = None,
+    uri_from: str = "load_manifest's store",
 ) -> Manifest:
     """Every current row of the given SKUs (all by default), sorted by SKU then item id.
 
     Only trainable rows (real reference photos, gate-accepted and human-approved items) unless
-    ``trainable_only`` is False. ``store`` is an ``ObjectStore`` or its URI (``file://``, ``s3://``;
-    ``s3_endpoint_url`` for a non-AWS server).
+    ``trainable_only`` is False. ``store`` is an ``ObjectStore`` or its URI (``file://``, ``s3://``).
+    An s3:// URI is read as the services read theirs: at ``s3_endpoint_url`` (default
+    SKUFORGE_S3_ENDPOINT_URL's; neither: AWS) in SKUFORGE_S3_REGION, and an S3 refusal names ``uri_from``,
+    where the caller's URI came from (its option or setting). It was read from AWS in us-east-1 whatever
+    those said, and a refusal blamed SKUFORGE_STORE_URI.
 
     ``ValueError`` for a store with no SKU at all (most often a mistyped URI or prefix) and for a
     requested SKU id the store does not have (``../x`` too: no SKU can have it): either read as an
     empty or smaller training set.
     """
-    objects = open_store(store, s3_endpoint_url=s3_endpoint_url) if isinstance(store, str) else store
+    objects = _open(store, s3_endpoint_url, uri_from) if isinstance(store, str) else store
     manifests = ManifestStore(objects, prefix)
     manifest = Manifest(root_uri=objects.uri_for(manifests.key("x"))[: -len("x")])
     if sku_ids is None:
@@ -144,6 +149,20 @@ def load_manifest(
         named = ", ".join(repr(sku_id) for sku_id in unknown)
         raise ValueError(f"no SKU {named} in the retraining store {manifest.root_uri}")
     return manifest
+
+
+def _open(uri: str, s3_endpoint_url: str | None, uri_from: str) -> ObjectStore:
+    """The store ``uri`` names; the settings are read for an s3:// one only, so that a local store opens
+    whatever else SKUFORGE_* holds."""
+    if check_store_uri(uri)[0] != "s3":
+        return open_store(uri)
+    settings = load_settings()
+    return open_store(
+        uri,
+        s3_endpoint_url=s3_endpoint_url or settings.s3_endpoint_url,
+        s3_region=settings.s3_region,
+        uri_from=uri_from,
+    )
 
 
 def _is_safe_id(sku_id: str) -> bool:
