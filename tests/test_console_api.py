@@ -16,9 +16,10 @@ from PIL import Image
 from prometheus_client import generate_latest
 from starlette.testclient import TestClient
 
-from services.console.decisions import corrected_mask_key, mask_from_ref
+from services.console.decisions import mask_from_ref
 from services.console.intake import handle as intake_handle
 from services.console.tasks import _SCHEMA, TaskFilter, TaskStore, decision_event_id
+from shared import keys
 from shared.images import decode_mask, encode_png
 from tests.support.console import (
     ConsoleParts,
@@ -423,7 +424,7 @@ def test_invalid_decisions_are_refused_with_a_reason(
     assert response.status_code == status and fragment in response.text, response.text
     assert parts.tasks.get(task.task_id).state == "claimed"
     assert parts.tasks.outbox(task.task_id) is None
-    assert not list(parts.store.list_keys(corrected_mask_key(task).rsplit("/", 1)[0]))
+    assert not list(parts.store.list_keys(keys.Folder.CORRECTED_MASKS.of(task.sku_id)))
 
 
 def test_unknown_and_malformed_task_ids(client: TestClient) -> None:

@@ -68,6 +68,7 @@ from schemas.events import CaptionedPhoto, ReferencePhoto, Shape, SkuCaptioned, 
 from schemas.flow import CAPTIONER
 from schemas.topics import SKU_CAPTIONED, SKU_INGESTED
 from services.captioner.config import CaptionerSettings
+from shared import keys
 from shared.captioning.attributes import (
     SHAPE_NAMES,
     ProductAttributes,
@@ -631,7 +632,7 @@ def _caption_photo(
         photo_id=photo.photo_id,
         image=photo.image,
         mask=ctx.store.put_image(
-            f"masks/reference/{sku.sku_id}/{photo.photo_id}.png", mask, digest_in_key=True
+            keys.reference_mask_key(sku.sku_id, photo.photo_id), mask, digest_in_key=True
         ),
         usable=True,
         caption=caption,

@@ -35,6 +35,7 @@ from PIL import Image
 from schemas.common import ImageRef
 from schemas.events import CorrectionResolved, Decision
 from services.console.tasks import OutboxEvent, Task, TaskConflict, TaskStore
+from shared import keys
 from shared.errors import ImageRejected
 from shared.images import (
     DEFAULT_MAX_BYTES,
@@ -82,12 +83,6 @@ def _check_shown(task: Task, shown: str | None) -> None:
             f"task {task.task_id} changed since this page showed it (the gate was replayed with another "
             "image or mask): reload the page and decide on what it holds now"
         )
-
-
-def corrected_mask_key(task: Task) -> str:
-    """Object key of a reviewer's mask for ``task``, before the PNG's sha256 prefix is added to it
-    (``store_edited_mask``): two decisions on one item (re-flagged under a new event) never share it."""
-    return f"masks/corrected/{task.sku_id}/{task.item_id}.png"
 
 
 def check_reject_reason(reason: str | None) -> str:
@@ -188,7 +183,8 @@ def _black_and_white_where_opaque(image: Image.Image, opaque: npt.NDArray[np.uin
 
 def store_edited_mask(store: ObjectStore, task: Task, mask: npt.NDArray[np.uint8]) -> ImageRef:
     """Write the reviewer's mask to the object store; returns its reference for the decision."""
-    return store.put_image(corrected_mask_key(task), mask, digest_in_key=True)
+    # The PNG's sha256 in the key: two decisions on one item (re-flagged under a new event) never share it.
+    return store.put_image(keys.corrected_mask_key(task.sku_id, task.item_id), mask, digest_in_key=True)
 
 
 def resolve(

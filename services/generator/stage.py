@@ -79,6 +79,7 @@ from schemas.flow import GENERATOR
 from schemas.topics import IMAGE_GENERATED, SKU_CAPTIONED
 from services.generator.client import GeneratorFailed, GeneratorUnavailable, TritonGenerator
 from services.generator.protocol import ADAPTER_REFUSALS, VariantRequest, VariantResult, model_name
+from shared import keys
 from shared.config import Settings, load_settings
 from shared.dlq import is_permanent
 from shared.errors import BadInput, TransientError
@@ -644,9 +645,9 @@ def _store_variant(
         # The keys carry the PNG's sha256: a replay that renders other pixels (the scene library
         # changed) keeps the item id, and the events of the earlier render (in the matting and gate
         # queues, a task waiting for a person) must still find the bytes their sha256 names.
-        image=ctx.store.put_image(f"generated/{sku_id}/{item_id}.png", result.image, digest_in_key=True),
+        image=ctx.store.put_image(keys.generated_key(sku_id, item_id), result.image, digest_in_key=True),
         expected_mask=ctx.store.put_image(
-            f"masks/expected/{sku_id}/{item_id}.png", result.expected_mask, digest_in_key=True
+            keys.expected_mask_key(sku_id, item_id), result.expected_mask, digest_in_key=True
         ),
         backend=planned.backend,
         model_id=result.model_id,

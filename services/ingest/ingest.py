@@ -91,6 +91,7 @@ from schemas.common import ImageRef, SkuMetadata, check_safe_id
 from schemas.envelope import derive_id
 from schemas.events import MAX_FILENAME_CHARS, ReferencePhoto, SkuIngested
 from schemas.topics import SKU_INGESTED
+from shared import keys
 from shared.argtypes import path_argument
 from shared.bus import Publisher, listed_topics
 from shared.config import ConfigError, Settings, load_settings
@@ -893,7 +894,7 @@ def _nothing_ingested(problems: list[str]) -> str:
 
 def photo_key(sku: PreparedSku, photo: PreparedPhoto) -> str:
     """Where a SKU's photo is stored: under the SKU's id, named by its content."""
-    return f"incoming/{sku.metadata.sku_id}/{photo.photo_id}.png"
+    return keys.photo_key(sku.metadata.sku_id, photo.photo_id)
 
 
 def photo_mask_key(sku: PreparedSku, photo: PreparedPhoto) -> str:
@@ -903,7 +904,7 @@ def photo_mask_key(sku: PreparedSku, photo: PreparedPhoto) -> str:
     event names, which then failed its checksum when read (unread yet, or replayed)."""
     if photo.mask_png is None:
         raise ValueError(f"photo {photo.photo_id} has no transparency: no mask to store")
-    key = f"masks/transparency/{sku.metadata.sku_id}/{photo.photo_id}.png"
+    key = keys.transparency_key(sku.metadata.sku_id, photo.photo_id)
     return digest_key(key, sha256_hex(photo.mask_png))
 
 
@@ -924,7 +925,7 @@ def stale_photo_keys(sku: PreparedSku, stored: list[str]) -> list[str]:
 def stored_photo_owners(store: ObjectStore) -> dict[str, set[str]]:
     """Each photo id an ingest stored under ``incoming/``, with the SKU ids it is stored under."""
     owners: dict[str, set[str]] = {}
-    for key in store.list_keys("incoming/"):
+    for key in store.list_keys(keys.Folder.PHOTOS):
         parts = key.split("/")
         if len(parts) == 3 and _PHOTO_OBJECT.fullmatch(parts[2]):
             sku_id, name = parts[1], parts[2]
@@ -944,9 +945,10 @@ def _warn_of_another_sku(
     if others:
         sku_id = sku.metadata.sku_id
         shared = sum(bool(owners.get(photo.photo_id, set()) - batch) for photo in sku.photos)
+        folder = keys.Folder.PHOTOS.of(others[0])
         warn(
             f"SKU {sku_id}: {shared} of its {len(sku.photos)} photo(s) already stored under SKU "
-            f"{', '.join(others)} (incoming/{others[0]}/); if {sku.folder} was that SKU under another "
+            f"{', '.join(others)} ({folder}); if {sku.folder} was that SKU under another "
             f"sku_id, the old id's photos and the images generated from them stay in the retraining "
             f"store, a class of their own in every export (keep one sku_id per product: put the old one "
             f"back in metadata.json, or take the old SKU out with `skuforge ingest --withdraw-sku "
@@ -1041,7 +1043,7 @@ def ingest_path(
                 failing, withdrawing = "store", ""
                 unspooled = _unspool(sku, Path(spool_dir))
                 # One listing of the SKU's folder serves both: is the id new, and what left the folder.
-                stored = list(store.list_addressable(f"incoming/{sku.metadata.sku_id}/"))
+                stored = list(store.list_addressable(keys.Folder.PHOTOS.of(sku.metadata.sku_id)))
                 if not stored:
                     owners = stored_photo_owners(store) if owners is None else owners
                     _warn_of_another_sku(
@@ -1153,7 +1155,7 @@ def _withdraw(
     finds them again, and each step is idempotent."""
     rows = withdrawals.withdraw(sku_id, category, photo_ids, by="skuforge ingest")
     for photo_id in photo_ids:
-        store.delete(f"incoming/{sku_id}/{photo_id}.png")
+        store.delete(keys.photo_key(sku_id, photo_id))
     return sum(row.source == "synthetic" for row in rows)
 
 
@@ -1216,7 +1218,7 @@ def _photos_held(sku_id: str, withdrawals: Withdrawals, store: ObjectStore) -> t
     ``incoming/`` (deleted last, so a withdrawal stopped half-way is found again) and those of rows still
     in the training set. None when the store holds nothing of the SKU."""
     rows = withdrawals.manifests.read_sku(sku_id)
-    stored = withdrawable_photo_ids(list(store.list_addressable(f"incoming/{sku_id}/")))
+    stored = withdrawable_photo_ids(list(store.list_addressable(keys.Folder.PHOTOS.of(sku_id))))
     if not stored and not rows and not withdrawals.photo_ids(sku_id):
         return None
     in_training = {
@@ -1234,11 +1236,12 @@ def _warn_of_stale_photos(sku: PreparedSku, stale: list[str], warn: Callable[[st
     if stale:
         sku_id = sku.metadata.sku_id
         one = len(stale) == 1
+        folder = keys.Folder.PHOTOS.of(sku_id)
         photos, are, they, them = (
             ("1 photo", "is", "it", "it") if one else (f"{len(stale)} photos", "are", "they", "them")
         )
         warn(
-            f"SKU {sku_id}: {photos} from an earlier ingest (under incoming/{sku_id}/) {are} not in "
+            f"SKU {sku_id}: {photos} from an earlier ingest (under {folder}) {are} not in "
             f"{sku.folder} now (a file removed or edited; or decoded differently since, after a change "
             f"of SKUFORGE_MAX_IMAGE_PIXELS or an upgrade, when the same files are there); ingest never "
             f"removes a photo, so {they} and the images generated from {them} stay in the retraining "

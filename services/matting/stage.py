@@ -57,6 +57,7 @@ from schemas.events import ImageGenerated, ImageMatted
 from schemas.flow import MATTING
 from schemas.topics import IMAGE_GENERATED, IMAGE_MATTED
 from services.matting.config import MattingSettings
+from shared import keys
 from shared.config import ConfigError, Settings, load_settings
 from shared.errors import BadInput, named, naming
 from shared.matting.roi import Box, product_box
@@ -171,14 +172,17 @@ def handle_batch(
                 results.append(named(prediction, "image", event.payload.image.uri))
                 continue
             generated = event.payload
-            file_key = f"{event.sku_id}/{generated.item_id}.png"
             matted = ImageMatted(
                 generated=generated,
                 predicted_mask=ctx.store.put_image(
-                    f"masks/predicted/{file_key}", prediction.mask, digest_in_key=True
+                    keys.predicted_mask_key(event.sku_id, generated.item_id),
+                    prediction.mask,
+                    digest_in_key=True,
                 ),
                 cutout=ctx.store.put_image(
-                    f"cutouts/{file_key}", prediction.cutout(image), digest_in_key=True
+                    keys.cutout_key(event.sku_id, generated.item_id),
+                    prediction.cutout(image),
+                    digest_in_key=True,
                 ),
                 foreground_fraction=prediction.foreground_fraction,
                 mean_confidence=prediction.mean_confidence,

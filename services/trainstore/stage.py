@@ -84,6 +84,7 @@ from schemas.envelope import Envelope, utc_now
 from schemas.events import CorrectionPending, CorrectionResolved, GateAccepted, ImageGenerated, SkuCaptioned
 from schemas.flow import TRAINSTORE
 from schemas.topics import CORRECTION_PENDING, CORRECTION_RESOLVED, GATE_ACCEPTED, SKU_CAPTIONED, Topic
+from shared import keys
 from shared.captioning.attributes import MASK_PROBLEMS
 from shared.config import load_settings
 from shared.errors import BadInput, ObjectMissing, naming
@@ -642,29 +643,13 @@ def _produced_at(event: Envelope[Any]) -> datetime:
     return produced_at if produced_at.tzinfo is not None else produced_at.replace(tzinfo=UTC)
 
 
-# The folders the flow's stages write an item's objects in, each followed by the item's SKU id
-# (``generated/<sku_id>/<item_id>-<sha256[:16]>.png``): the generator's, matting's, the console's, the
-# captioner's and ingest's. A key outside them (another producer's) says nothing of its SKU.
-_SKU_FOLDERS = (
-    "generated/",
-    "masks/expected/",
-    "masks/predicted/",
-    "cutouts/",
-    "masks/corrected/",
-    "masks/reference/",
-    "masks/transparency/",
-    "incoming/",
-)
-
-
 def _refuse_other_skus_object(ctx: Context, ref: ImageRef, sku_id: str) -> None:
-    """Refuse an object that the flow wrote for another SKU (``_SKU_FOLDERS``): stored under ``sku_id``
-    as well, one image would be in two SKUs' classes, with two labels (a producer pairing one SKU's
-    event with another's render or mask)."""
-    key = ctx.store.key_for(ref.uri)
-    folder = next((folder for folder in _SKU_FOLDERS if key.startswith(folder)), None)
-    owner = key.removeprefix(folder).partition("/")[0] if folder else sku_id
-    if owner != sku_id:
+    """Refuse an object that the flow wrote for another SKU (its folder's SKU, ``shared.keys.sku_of``):
+    stored under ``sku_id`` as well, one image would be in two SKUs' classes, with two labels (a producer
+    pairing one SKU's event with another's render or mask). A key outside the flow's folders says
+    nothing of its SKU."""
+    owner = keys.sku_of(ctx.store.key_for(ref.uri))
+    if owner is not None and owner != sku_id:
         raise BadInput("other_sku_object", f"an object of SKU {owner}, not of the event's SKU {sku_id}")
 
 
