@@ -4,7 +4,8 @@ producer whose folder was renamed (or a new one) left the check without a word, 
 storing another SKU's render under the event's SKU, one image with two labels.
 
 The producers run for real (the generator's composite backend, matting and the captioner on a random
-U2-NetP, the console's edited mask, ingest's upload), for a SKU other than the trainstore event's.
+U2-NetP, the console's edited mask, ingest's upload), for a SKU other than the trainstore event's; and
+each of the trainstore's reads asks the check (a sku.captioned's photos and masks, a reviewer's mask).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import pytest
 from schemas.common import ImageRef, SkuMetadata
 from schemas.envelope import derive_id
 from schemas.events import GateAccepted, ImageGenerated, ImageMatted, SkuCaptioned
-from schemas.topics import GATE_ACCEPTED, IMAGE_GENERATED, SKU_CAPTIONED, SKU_INGESTED
+from schemas.topics import CORRECTION_RESOLVED, GATE_ACCEPTED, IMAGE_GENERATED, SKU_CAPTIONED, SKU_INGESTED
 from services.captioner.config import CaptionerSettings
 from services.captioner.stage import CaptionerModels
 from services.captioner.stage import handle as caption
@@ -27,6 +28,7 @@ from services.console.tasks import Task
 from services.generator.stage import handle_batch as generate
 from services.ingest.ingest import PreparedPhoto, PreparedSku, upload_sku
 from services.matting.stage import handle_batch as mat
+from shared import keys
 from shared.bus import make_envelope
 from shared.config import load_settings
 from shared.errors import BadInput
@@ -40,7 +42,7 @@ from shared.runtime import Context
 from shared.store import FileStore
 from tests.support.captioning import captioned_sku, context, synthetic_sku
 from tests.support.console import flagged_item
-from tests.support.gate import matted_item
+from tests.support.gate import captioned, matted_item, resolved
 from tests.support.generation import InProcessGenerator
 from tests.support.trainstore import trainstore_stage
 
@@ -77,12 +79,12 @@ def _assert_refused(store: FileStore, tmp_path: Path, refs: list[ImageRef], sku_
 def test_the_generators_image_and_expected_mask_of_another_sku_are_refused(tmp_path: Path) -> None:
     store = FileStore(tmp_path / "store")
     ctx = Context("generator", store, load_settings(), StageMetrics("generator"), logging.getLogger("t"))
-    captioned = captioned_sku(store, 7)
+    sku_captioned = captioned_sku(store, 7)
     event = make_envelope(
         SKU_CAPTIONED,
-        captioned,
+        sku_captioned,
         event_id=derive_id("t", "g"),
-        sku_id=captioned.sku.sku_id,
+        sku_id=sku_captioned.sku.sku_id,
         trace_id="t",
         producer="t",
     )
@@ -94,7 +96,7 @@ def test_the_generators_image_and_expected_mask_of_another_sku_are_refused(tmp_p
     assert isinstance(outputs, list)
     generated = [emit.payload for emit in outputs if isinstance(emit.payload, ImageGenerated)]
     refs = [ref for item in generated for ref in (item.image, item.expected_mask)]
-    _assert_refused(store, tmp_path, refs, captioned.sku.sku_id)
+    _assert_refused(store, tmp_path, refs, sku_captioned.sku.sku_id)
 
 
 def test_mattings_predicted_mask_and_cutout_of_another_sku_are_refused(
@@ -182,3 +184,64 @@ def test_ingests_photo_and_its_transparency_of_another_sku_are_refused(tmp_path:
     (stored,) = ingested.photos
     assert stored.mask is not None
     _assert_refused(store, tmp_path, [stored.image, stored.mask], "SKU-777")
+
+
+def _moved(store: FileStore, ref: ImageRef, key: str) -> ImageRef:
+    """``ref``'s bytes stored again under ``key``."""
+    store.put_bytes(key, store.get_bytes(ref.uri), "image/png")
+    return ref.model_copy(update={"uri": store.uri_for(key)})
+
+
+@pytest.mark.parametrize("where", ["usable photo", "its mask", "maskless reference photo"])
+def test_a_captioned_photo_or_mask_of_another_sku_is_refused(tmp_path: Path, where: str) -> None:
+    # Each of the trainstore's reads of a sku.captioned asks the check, not only a generated item's.
+    store, manifests, writer, ctx = trainstore_stage(tmp_path, compact_after_parts=16)
+    event = captioned(store, 1, photos=1)
+    photo, blurry = event.photos
+    assert photo.mask is not None
+    if where == "usable photo":
+        photo = photo.model_copy(
+            update={"image": _moved(store, photo.image, keys.photo_key("SKU-002", "p0"))}
+        )
+    elif where == "its mask":
+        mask = _moved(store, photo.mask, keys.reference_mask_key("SKU-002", "p0"))
+        photo = photo.model_copy(update={"mask": mask})
+    else:
+        image = _moved(store, photo.image, keys.photo_key("SKU-002", "p0"))
+        photo = photo.model_copy(
+            update={"image": image, "usable": False, "unusable_reason": "mask_full_frame"}
+        )
+    envelope = make_envelope(
+        SKU_CAPTIONED,
+        event.model_copy(update={"photos": [photo, blurry]}),
+        event_id="c" * 32,
+        sku_id=EVENT_SKU,
+        trace_id="t" * 32,
+        producer="captioner",
+    )
+    with pytest.raises(BadInput) as refusal:
+        writer.captioned(envelope, ctx)
+    assert refusal.value.reason == "other_sku_object"
+    assert "an object of SKU SKU-002, not of the event's SKU SKU-001" in refusal.value.detail
+    assert manifests.read_sku(EVENT_SKU) == {}
+
+
+def test_a_reviewers_final_mask_of_another_sku_is_refused(tmp_path: Path) -> None:
+    store, manifests, writer, ctx = trainstore_stage(tmp_path, compact_after_parts=16)
+    item = matted_item(store, 1, 0)
+    final_mask = _moved(
+        store, item.predicted_mask, keys.corrected_mask_key("SKU-002", item.generated.item_id)
+    )
+    envelope = make_envelope(
+        CORRECTION_RESOLVED,
+        resolved(store, item, "approve_edited", final_mask=final_mask),
+        event_id="e" * 32,
+        sku_id=EVENT_SKU,
+        trace_id="t" * 32,
+        producer="console",
+    )
+    with pytest.raises(BadInput) as refusal:
+        writer.resolved(envelope, ctx)
+    assert refusal.value.reason == "other_sku_object"
+    assert f"final mask {final_mask.uri}: an object of SKU SKU-002" in refusal.value.detail
+    assert manifests.read_sku(EVENT_SKU) == {}
