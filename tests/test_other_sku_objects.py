@@ -198,14 +198,15 @@ def test_a_captioned_photo_or_mask_of_another_sku_is_refused(tmp_path: Path, whe
     store, manifests, writer, ctx = trainstore_stage(tmp_path, compact_after_parts=16)
     event = captioned(store, 1, photos=1)
     photo, blurry = event.photos
-    assert photo.mask is not None
+    mask = photo.mask
+    assert mask is not None
     if where == "usable photo":
         photo = photo.model_copy(
             update={"image": _moved(store, photo.image, keys.photo_key("SKU-002", "p0"))}
         )
     elif where == "its mask":
-        mask = _moved(store, photo.mask, keys.reference_mask_key("SKU-002", "p0"))
-        photo = photo.model_copy(update={"mask": mask})
+        moved = _moved(store, mask, keys.reference_mask_key("SKU-002", "p0"))
+        photo = photo.model_copy(update={"mask": moved})
     else:
         image = _moved(store, photo.image, keys.photo_key("SKU-002", "p0"))
         photo = photo.model_copy(
