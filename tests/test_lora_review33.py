@@ -33,8 +33,9 @@ def test_a_general_job_failed_for_good_is_not_planned_again_until_new_images_com
     SKUFORGE_LORA_GENERAL_MAX_IMAGES, every SKUFORGE_LORA_POLL_S) only to find its failed.json."""
     store = CountingStore(tmp_path / "store")
     for variant in (0, 1, 2):
-        record_accepted_event(store, gate_accepted(store, variant))
-        store.delete(f"fixtures/gen-001-{variant:02d}/image.png")  # expired (the lifecycle rule)
+        accepted = gate_accepted(store, variant)
+        record_accepted_event(store, accepted)
+        store.delete(store.key_for(accepted.matted.generated.image.uri))  # expired (the lifecycle rule)
     trainer = trainer_on(
         store, model_folder(tmp_path, "m"), lora_class_images=0, lora_general_after_accepted=1
     )

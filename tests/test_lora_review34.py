@@ -43,8 +43,9 @@ def _failed_general_job(tmp_path: Path, store: CountingStore) -> str:
     """A general job on three accepted images, each expired since (docs/diffusion.md), marked failed for
     good by a first trainer; its hash."""
     for variant in (0, 1, 2):
-        record_accepted_event(store, gate_accepted(store, variant))
-        store.delete(f"fixtures/gen-001-{variant:02d}/image.png")  # expired (the lifecycle rule)
+        accepted = gate_accepted(store, variant)
+        record_accepted_event(store, accepted)
+        store.delete(store.key_for(accepted.matted.generated.image.uri))  # expired (the lifecycle rule)
     trainer = trainer_on(
         store, model_folder(tmp_path, "m"), lora_class_images=0, lora_general_after_accepted=1
     )

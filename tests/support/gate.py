@@ -30,6 +30,7 @@ from schemas.events import (
     subject_sku_id,
 )
 from schemas.topics import Topic
+from shared import keys
 from shared.bus import make_envelope
 from shared.config import Settings
 from shared.store import FileStore, ObjectStore
@@ -73,9 +74,11 @@ def matted_item(
     """A matted item of SKU ``sku_index``; ``predicted`` is 'exact', 'shifted' or 'empty'."""
     photo = render_photo(make_product(sku_index, SEED), variant, SEED, size_px=SIZE_PX)
     item_id = f"gen-{sku_index:03d}-{variant:02d}"
-    base = f"fixtures/{item_id}"
-    image = store.put_image(f"{base}/image.png", photo.image)
-    mask = store.put_image(f"{base}/mask.png", photo.mask)
+    sku_id = sku(sku_index).sku_id
+    # Under the flow's keys, so the trainstore's check of an event's objects (other_sku_object) reads
+    # them as it reads a producer's.
+    image = store.put_image(keys.generated_key(sku_id, item_id), photo.image)
+    mask = store.put_image(keys.expected_mask_key(sku_id, item_id), photo.mask)
     predicted_pixels = {
         "exact": photo.mask,
         "shifted": shifted(photo.mask, SIZE_PX // 4),
@@ -98,7 +101,7 @@ def matted_item(
     )
     return ImageMatted(
         generated=generated,
-        predicted_mask=store.put_image(f"{base}/predicted.png", predicted_pixels),
+        predicted_mask=store.put_image(keys.predicted_mask_key(sku_id, item_id), predicted_pixels),
         cutout=image,
         foreground_fraction=float(np.count_nonzero(predicted_pixels) / predicted_pixels.size),
         mean_confidence=0.9,
@@ -109,22 +112,20 @@ def matted_item(
 def captioned(store: ObjectStore, sku_index: int, photos: int = 2) -> SkuCaptioned:
     """The captioner's event for SKU ``sku_index``: ``photos`` usable real photos and one unusable."""
     spec = make_product(sku_index, SEED)
+    sku_id = sku(sku_index).sku_id
     entries = []
     for index in range(photos):
         photo = render_photo(spec, 100 + index, SEED, size_px=SIZE_PX)
-        base = f"fixtures/real-{sku_index:03d}-{index}"
         entries.append(
             CaptionedPhoto(
                 photo_id=f"p{index}",
-                image=store.put_image(f"{base}/image.png", photo.image),
-                mask=store.put_image(f"{base}/mask.png", photo.mask),
+                image=store.put_image(keys.photo_key(sku_id, f"p{index}"), photo.image),
+                mask=store.put_image(keys.reference_mask_key(sku_id, f"p{index}"), photo.mask),
                 usable=True,
                 caption=f"a red can, photo {index}",
             )
         )
-    blurry = store.put_image(
-        f"fixtures/real-{sku_index:03d}-blurry.png", np.zeros((SIZE_PX, SIZE_PX, 3), np.uint8)
-    )
+    blurry = store.put_image(keys.photo_key(sku_id, "p-blurry"), np.zeros((SIZE_PX, SIZE_PX, 3), np.uint8))
     entries.append(
         CaptionedPhoto(photo_id="p-blurry", image=blurry, usable=False, unusable_reason="no product found")
     )
