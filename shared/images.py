@@ -27,9 +27,10 @@ PNG tRNS) are composited over white (product photos are shot and sold on white; 
 alpha bytes are all 0 is opaque, as Windows reads it), an embedded ICC colour profile (Display P3,
 an iPhone's default; Adobe RGB; a CMYK press profile; a grey one, on grey with or without alpha at
 any depth) is converted to sRGB, EXIF orientation is applied and animated images yield their first
-frame. A JPEG with more pixels than ``max_pixels`` (a 48, 108 or 200 MP phone photo, even past
-Pillow's own decompression-bomb limit) is decoded at 1/2, 1/4 or 1/8 of its size, the largest that
-fits, rather than refused. A JPEG whose every scan is whole but which lacks its end marker (EOI:
+frame (a TIFF its first page that is no reduced-size preview or transparency mask of another). A
+JPEG with more pixels than ``max_pixels`` (a 48, 108 or 200 MP phone photo, even past Pillow's own
+decompression-bomb limit) is decoded at 1/2, 1/4 or 1/8 of its size, the largest that fits, rather
+than refused. A JPEG whose every scan is whole but which lacks its end marker (EOI:
 some cameras and uploaders leave it off) is read; one cut short stays ``truncated``.
 ``ImageFile.LOAD_TRUNCATED_IMAGES`` is deliberately left off: a half image is not a photo.
 """
@@ -38,6 +39,7 @@ from __future__ import annotations
 
 import functools
 import io
+import itertools
 import logging
 import re
 import struct
@@ -91,6 +93,9 @@ _TIFF_LAYOUTS = {
 }
 # NewSubfileType (tag 254) bits of a TIFF page that belongs to another page rather than being one.
 _TIFF_REDUCED, _TIFF_MASK = 1, 4
+# What Pillow raises for a TIFF page whose directory cannot be read (TypeError "Missing dimensions"
+# for one past the end of the file).
+_UNREADABLE_TIFF_PAGE = (OSError, SyntaxError, ValueError, TypeError, struct.error)
 # Bytes per value of each TIFF field type, by its number: 1 BYTE, 2 ASCII, 3 SHORT, 4 LONG, 5 RATIONAL...
 # 16 LONG8, 17 SLONG8, 18 IFD8 (BigTIFF).
 _TIFF_TYPE_SIZES = dict(enumerate((0, 1, 1, 2, 4, 8, 1, 1, 2, 4, 8, 4, 8, 4, 0, 0, 8, 8, 8)))
@@ -307,10 +312,10 @@ def photo_and_transparency(
 
 def frame_count(data: bytes) -> int:
     """How many frames or pages a photo file holds (an animated PNG or WebP, a multi-page TIFF), of
-    which ``decode_image`` reads the first. A multi-picture JPEG (MPO: a phone's photo and its preview
-    or depth map) is one photo, and a TIFF page that is a reduced-size copy of another (a preview) or
-    another page's transparency mask is no page of its own. 1 for bytes that do not open as an
-    image."""
+    which ``decode_image`` reads the first (``seek_photo_page``). A multi-picture JPEG (MPO: a phone's
+    photo and its preview or depth map) is one photo, and a TIFF page that is a reduced-size copy of
+    another (a preview) or another page's transparency mask is no page of its own. 1 for bytes that
+    do not open as an image."""
     try:
         with Image.open(io.BytesIO(data)) as image:
             if _FORMAT_ALIASES.get(image.format or "") == "JPEG":
@@ -322,17 +327,47 @@ def frame_count(data: bytes) -> int:
         return 1
 
 
+def seek_photo_page(image: Image.Image) -> None:
+    """Make an opened (not loaded) TIFF's current page its first page of its own, past a reduced-size
+    preview or a transparency mask ahead of it (``_belongs_to_another_page``); such a first page was
+    read as the photo without a word, since it is not counted as a page. Only directories are read to
+    find it, no pixels, and the pixel limits then apply to that page, as it is the one decoded. The
+    first page where no page is one of its own; nothing for any other image. Raises
+    ``ImageRejected('corrupt')`` when the directory of a page after such a first page cannot be read:
+    the photo is not there, and the preview is no stand-in for it."""
+    if not isinstance(image, TiffImagePlugin.TiffImageFile) or not _belongs_to_another_page(image):
+        return
+    for index in itertools.count(1):
+        try:
+            image.seek(index)
+        except EOFError:
+            image.seek(0)
+            return
+        except _UNREADABLE_TIFF_PAGE as exc:
+            raise ImageRejected(
+                "corrupt",
+                f"TIFF page 0 is a preview or mask of another page, and page {index} is unreadable: {exc}",
+            ) from exc
+        if not _belongs_to_another_page(image):
+            return
+
+
 def _full_size_pages(tiff: TiffImagePlugin.TiffImageFile) -> int:
-    """A TIFF's pages less those whose NewSubfileType says they belong to another page: a
-    reduced-size copy (bit 0, the preview scanners and cameras write after the photo) or a
-    transparency mask (bit 2, a cut-out saved beside the photo). Only the pages' directories are
-    read, no pixels."""
+    """A TIFF's pages less those that belong to another page (``_belongs_to_another_page``). Only the
+    pages' directories are read, no pixels."""
     pages = 0
     for index in range(tiff.n_frames):
         tiff.seek(index)
-        new_subfile_type = tiff.tag_v2.get(254, 0)
-        pages += not (isinstance(new_subfile_type, int) and new_subfile_type & (_TIFF_REDUCED | _TIFF_MASK))
+        pages += not _belongs_to_another_page(tiff)
     return pages
+
+
+def _belongs_to_another_page(tiff: TiffImagePlugin.TiffImageFile) -> bool:
+    """Whether the current page's NewSubfileType says it belongs to another page: a reduced-size copy
+    (bit 0, the preview scanners and cameras write after the photo) or a transparency mask (bit 2, a
+    cut-out saved beside the photo)."""
+    new_subfile_type = tiff.tag_v2.get(254, 0)
+    return isinstance(new_subfile_type, int) and bool(new_subfile_type & (_TIFF_REDUCED | _TIFF_MASK))
 
 
 def _as_rgba(image: Image.Image) -> Image.Image:
@@ -473,6 +508,7 @@ def _open_and_load_file(
         )
 
     if image_format == "TIFF":
+        seek_photo_page(image)
         _refuse_misread_tiff(image)
     width, height = image.size
     if width <= 0 or height <= 0:

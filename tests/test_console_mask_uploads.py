@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pytest
-from PIL import Image
+from PIL import Image, TiffImagePlugin
 from starlette.testclient import TestClient
 
 from services.console.auth import FORM_OVERHEAD_BYTES
@@ -144,6 +144,18 @@ def premultiplied_grey_cut_out() -> bytes:
     return bytes(data)
 
 
+def cut_out_tiff_after_its_preview() -> bytes:
+    """A cut-out TIFF whose first page is a reduced-size preview (NewSubfileType 1): it was read by the
+    preview, and refused as the wrong size."""
+    cut = Image.open(io.BytesIO(cut_out()))
+    buffer = io.BytesIO()
+    with TiffImagePlugin.AppendingTiffWriter(buffer) as pages:
+        for page, new_subfile_type in ((cut.resize((SIDE // 4, SIDE // 4)), 1), (cut, 0)):
+            page.save(pages, "TIFF", tiffinfo={254: new_subfile_type})
+            pages.newFrame()
+    return buffer.getvalue()
+
+
 @pytest.mark.parametrize(
     "data",
     [
@@ -158,6 +170,7 @@ def premultiplied_grey_cut_out() -> bytes:
         white_on_black_partly_erased(),
         sixteen_bit(65535),
         sixteen_bit(255),
+        cut_out_tiff_after_its_preview(),
     ],
     ids=[
         "premultiplied-grey-tiff",
@@ -171,6 +184,7 @@ def premultiplied_grey_cut_out() -> bytes:
         "partly-erased",
         "16-bit-full-scale",
         "16-bit-holding-8-bit-values",
+        "tiff-preview-first",
     ],
 )
 def test_common_mask_files_store_the_product_the_reviewer_marked(parts: ConsoleParts, data: bytes) -> None:

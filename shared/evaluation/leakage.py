@@ -15,7 +15,13 @@ import numpy as np
 from PIL import Image
 
 from shared.errors import ImageRejected
-from shared.images import DEFAULT_MAX_PIXELS, apply_exif_orientation, refuse_too_many_pixels, to_rgb
+from shared.images import (
+    DEFAULT_MAX_PIXELS,
+    apply_exif_orientation,
+    refuse_too_many_pixels,
+    seek_photo_page,
+    to_rgb,
+)
 
 # Bits (of 256) within which two photos are the same photo. A resized, re-encoded copy differs from
 # its original by 0-10 bits; distinct photos by 20 or more (GroceryStoreDataset: 80 test photos shrunk
@@ -321,6 +327,7 @@ def _decode_grey(data: bytes, at_least_px: int, max_pixels: int) -> Image.Image:
     except Image.DecompressionBombError as exc:  # past twice Pillow's limit: refused as a stage does
         raise ImageRejected("too_many_pixels", str(exc)) from exc
     with opened as image:
+        seek_photo_page(image)  # the page ingest stores, past a TIFF's preview or mask ahead of it
         # A colour profile applies to colour: a JPEG decoded straight to grey would lose it.
         image.draft("RGB" if image.info.get("icc_profile") else "L", (at_least_px, at_least_px))
         refuse_too_many_pixels(*image.size, max_pixels, "")

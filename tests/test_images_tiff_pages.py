@@ -1,0 +1,108 @@
+"""A TIFF whose first page is not the photo (a reduced-size preview or a transparency mask ahead of it,
+by its NewSubfileType) is read by its photo page: the small first page was ingested as the photo
+without a word, since such pages are not counted as pages of their own."""
+
+from __future__ import annotations
+
+import io
+import struct
+
+import numpy as np
+import pytest
+from PIL import Image, TiffImagePlugin
+
+from shared.errors import ImageRejected
+from shared.evaluation.leakage import perceptual_hash
+from shared.images import decode_image, decode_mask, frame_count
+
+# NewSubfileType (tag 254): 1 a reduced-size copy of another page, 4 another page's transparency mask.
+PREVIEW, MASK = 1, 4
+
+
+def _picture(seed: int, size: tuple[int, int] = (320, 240)) -> Image.Image:
+    """A smooth, detailed picture (waves of a few colours), so its perceptual hash says something."""
+    width, height = size
+    y, x = np.mgrid[0:height, 0:width].astype(float)
+    a, b, c = np.random.default_rng(seed).uniform(5, 30, 3)
+    value = 128 + 60 * np.sin(x / a) + 60 * np.cos(y / b + x / c)
+    return Image.fromarray(np.stack([value, value[::-1], 255 - value], -1).clip(0, 255).astype(np.uint8))
+
+
+def _cut_out_mask(size: tuple[int, int] = (320, 240)) -> Image.Image:
+    mask = Image.new("1", size)
+    mask.paste(1, (size[0] // 8, size[1] // 8, size[0] * 7 // 8, size[1] * 7 // 8))
+    return mask
+
+
+def _tiff(*pages: tuple[Image.Image, int]) -> bytes:
+    """A TIFF of ``pages``, each an image and its NewSubfileType, in that order."""
+    buffer = io.BytesIO()
+    with TiffImagePlugin.AppendingTiffWriter(buffer) as writer:
+        for page, new_subfile_type in pages:
+            page.save(writer, "TIFF", tiffinfo={254: new_subfile_type})
+            writer.newFrame()
+    return buffer.getvalue()
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "first",
+    [(_picture(1, (80, 60)), PREVIEW), (_cut_out_mask(), MASK)],
+    ids=["preview-first", "mask-first"],
+)
+def test_the_photo_page_is_decoded_past_a_preview_or_mask_ahead_of_it(first: tuple[Image.Image, int]) -> None:
+    photo = _picture(1)
+    data = _tiff(first, (photo, 0))
+    assert frame_count(data) == 1, "one photo: no multi-page warning"
+    decoded = decode_image(data)
+    assert decoded.size == (320, 240)
+    assert np.array_equal(np.asarray(decoded), np.asarray(photo))
+
+
+def test_the_first_of_several_photo_pages_is_decoded_past_a_preview() -> None:
+    data = _tiff((_picture(1, (80, 60)), PREVIEW), (_picture(2), 0), (_picture(3), 0))
+    assert frame_count(data) == 2
+    assert np.array_equal(np.asarray(decode_image(data)), np.asarray(_picture(2)))
+
+
+def test_a_tiff_of_nothing_but_previews_is_read_by_its_first_page() -> None:
+    # No page says it is the photo: the first is what there is, as before.
+    data = _tiff((_picture(1, (80, 60)), PREVIEW), (_picture(2, (40, 30)), PREVIEW))
+    assert np.array_equal(np.asarray(decode_image(data)), np.asarray(_picture(1, (80, 60))))
+
+
+def test_the_pixel_limit_applies_to_the_photo_page_not_to_the_preview() -> None:
+    data = _tiff((_picture(1, (80, 60)), PREVIEW), (_picture(1), 0))
+    with pytest.raises(ImageRejected) as refused:
+        decode_image(data, max_pixels=10_000)
+    assert refused.value.reason == "too_many_pixels" and "320x240" in str(refused.value)
+
+
+def test_a_preview_whose_photo_page_cannot_be_read_is_refused() -> None:
+    # The directory of the page after the preview points past the end of the file: the photo is not
+    # there, and the preview is no stand-in for it.
+    data = bytearray(_tiff((_picture(1, (80, 60)), PREVIEW)))
+    (first_directory,) = struct.unpack_from("<I", data, 4)
+    (entries,) = struct.unpack_from("<H", data, first_directory)
+    struct.pack_into("<I", data, first_directory + 2 + 12 * entries, len(data) + 4096)
+    with pytest.raises(ImageRejected) as refused:
+        decode_image(bytes(data))
+    assert refused.value.reason == "corrupt" and "page 1" in str(refused.value)
+
+
+def test_a_mask_file_is_read_by_its_mask_page_past_a_preview() -> None:
+    mask = _cut_out_mask()
+    data = _tiff((_cut_out_mask((80, 60)).convert("L"), PREVIEW), (mask.convert("L"), 0))
+    assert np.array_equal(decode_mask(data) > 0, np.asarray(mask))
+
+
+def test_the_copy_check_hashes_the_photo_page() -> None:
+    # The held-out check hashes files as ingest reads them; hashed by a mask page ahead of the photo,
+    # a copy of a held-out photo saved so was not found.
+    photo = _picture(1)
+    assert perceptual_hash(_tiff((_cut_out_mask(), MASK), (photo, 0))) == perceptual_hash(_png(photo))
