@@ -353,11 +353,16 @@ def seek_photo_page(image: Image.Image) -> None:
 
 
 def _full_size_pages(tiff: TiffImagePlugin.TiffImageFile) -> int:
-    """A TIFF's pages less those that belong to another page (``_belongs_to_another_page``). Only the
+    """A TIFF's pages less those that belong to another page (``_belongs_to_another_page``), up to
+    one whose directory cannot be read: a photo whose last page points past the end of the file
+    decodes, and counting its pages raised (``n_frames``: TypeError) and stopped ingest. Only the
     pages' directories are read, no pixels."""
     pages = 0
-    for index in range(tiff.n_frames):
-        tiff.seek(index)
+    for index in itertools.count():
+        try:
+            tiff.seek(index)
+        except (EOFError, *_UNREADABLE_TIFF_PAGE):
+            return pages
         pages += not _belongs_to_another_page(tiff)
     return pages
 

@@ -83,16 +83,36 @@ def test_the_pixel_limit_applies_to_the_photo_page_not_to_the_preview() -> None:
     assert refused.value.reason == "too_many_pixels" and "320x240" in str(refused.value)
 
 
+def _with_a_page_past_the_end(data: bytes) -> bytes:
+    """``data`` (a little-endian TIFF) whose last page says another page follows, past the file's end."""
+    patched = bytearray(data)
+    (directory,) = struct.unpack_from("<I", patched, 4)
+    while True:
+        (entries,) = struct.unpack_from("<H", patched, directory)
+        link = directory + 2 + 12 * entries
+        (following,) = struct.unpack_from("<I", patched, link)
+        if not following:
+            struct.pack_into("<I", patched, link, len(patched) + 4096)
+            return bytes(patched)
+        directory = following
+
+
 def test_a_preview_whose_photo_page_cannot_be_read_is_refused() -> None:
     # The directory of the page after the preview points past the end of the file: the photo is not
     # there, and the preview is no stand-in for it.
-    data = bytearray(_tiff((_picture(1, (80, 60)), PREVIEW)))
-    (first_directory,) = struct.unpack_from("<I", data, 4)
-    (entries,) = struct.unpack_from("<H", data, first_directory)
-    struct.pack_into("<I", data, first_directory + 2 + 12 * entries, len(data) + 4096)
+    data = _with_a_page_past_the_end(_tiff((_picture(1, (80, 60)), PREVIEW)))
     with pytest.raises(ImageRejected) as refused:
-        decode_image(bytes(data))
+        decode_image(data)
     assert refused.value.reason == "corrupt" and "page 1" in str(refused.value)
+
+
+@pytest.mark.parametrize("photos", [1, 2])
+def test_pages_are_counted_up_to_a_page_that_cannot_be_read(photos: int) -> None:
+    # Pillow reads a photo whose last page points past the end of the file (a cut-off save), and ingest
+    # stores it; counting its pages for the multi-page warning raised TypeError and ingest stopped.
+    data = _with_a_page_past_the_end(_tiff(*[(_picture(seed), 0) for seed in range(photos)]))
+    assert decode_image(data).size == (320, 240)
+    assert frame_count(data) == photos
 
 
 def test_a_mask_file_is_read_by_its_mask_page_past_a_preview() -> None:
