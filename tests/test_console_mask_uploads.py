@@ -8,6 +8,7 @@ with a mask that teaches nothing true.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import struct
 import zlib
@@ -277,6 +278,50 @@ def test_a_body_whose_length_is_not_declared_or_is_dressed_up_is_refused_before_
     )
     assert padded.status_code == 413, padded.text
     assert client.post(f"/api/tasks/{task.task_id}/renew", headers=headers).status_code == 200
+
+
+def _post_raw(app: Any, path: str, headers: list[tuple[bytes, bytes]]) -> tuple[int, bytes]:
+    """POST to ``app`` with ``headers`` as sent, byte for byte; (status, body). The test client re-encodes
+    header values as UTF-8, so a byte that latin-1 reads as a digit of another script never arrives."""
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"console.test"), *headers],
+        "client": ("127.0.0.1", 1),
+        "server": ("console.test", 80),
+    }
+    asyncio.run(app(scope, receive, send))
+    start = next(message for message in sent if message["type"] == "http.response.start")
+    return start["status"], b"".join(message.get("body", b"") for message in sent[1:])
+
+
+@pytest.mark.parametrize("digits", ["\u00b2", "\u00b9\u00b2"], ids=["superscript-two", "superscript-twelve"])
+def test_a_content_length_in_other_digits_is_refused_with_why(tmp_path: Path, digits: str) -> None:
+    # str.isdigit took a superscript digit (latin-1 byte 0xB2, as Starlette reads headers) for a
+    # length, and int() then raised: a 500. uvicorn's h11 refuses such a header itself, but the
+    # console's own check should not lean on the server in front of it.
+    form = (b"content-type", b"application/x-www-form-urlencoded")
+    status, body = _post_raw(
+        app_for(build_console(tmp_path, lease_s=600.0)),
+        "/login",
+        [form, (b"content-length", digits.encode("latin-1"))],
+    )
+    assert status == 400 and b"Content-Length" in body, body
 
 
 def test_the_edited_mask_is_stored_before_the_task_table_is_locked(

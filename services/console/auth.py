@@ -130,6 +130,8 @@ FORM_OVERHEAD_BYTES = 64 * 1024
 # Any other POST (claim, release, renew, claim-next, logout, a decision without a file): a CSRF token
 # and a few fields.
 SMALL_FORM_MAX_BYTES = 16 * 1024
+# A Content-Length: a number of bytes in ASCII digits (HTTP's 1*DIGIT).
+_BYTE_COUNT = re.compile("[0-9]+")
 # The one route that takes a file (a decision's mask).
 DECISION_PATH = re.compile(r"/api/tasks/[^/]+/decision")
 
@@ -141,18 +143,23 @@ async def limit_bodies(request: Request, call_next: CallNext) -> StarletteRespon
     multipart body to disk whole before the route sees it, so a limit checked there would come after
     the disk filled. Every other POST at most SMALL_FORM_MAX_BYTES. A body's length must be declared
     (no Transfer-Encoding): the HTTP parser then reads exactly that many bytes, so the declared length
-    is the length read."""
+    is the length read. A Content-Length that is not a number in ASCII digits is refused (400)."""
     if request.method != "POST":
         return await call_next(request)
     # Media types are case-insensitive: "Multipart/Form-Data" passed uncapped, and the form parser
     # took it as multipart.
     content_type = request.headers.get("content-type", "").lower()
     length = request.headers.get("content-length", "")
-    declared = length.isdigit()
+    declared = bool(length)
     if "transfer-encoding" in request.headers:
         # A chunked body's length is known only once it is read, and the HTTP parser ignores a
         # Content-Length beside it: a login form "of 10 bytes" delivered a gigabyte of fields.
         return JSONResponse({"detail": "a request body needs a Content-Length (no Transfer-Encoding)"}, 411)
+    if declared and not _BYTE_COUNT.fullmatch(length):
+        # ASCII digits only: str.isdigit took a superscript two (byte 0xB2, read as latin-1 like every
+        # header) and int() raised, a 500. uvicorn's h11 refuses such a header itself; another server
+        # in front of the app may not.
+        return JSONResponse({"detail": f"the Content-Length {length!r} is not a number of bytes"}, 400)
     if request.url.path == "/login":
         if not content_type.startswith("application/x-www-form-urlencoded"):
             return JSONResponse({"detail": "the login form is application/x-www-form-urlencoded"}, 415)
