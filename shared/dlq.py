@@ -95,6 +95,10 @@ LOCK_STALE_S = 60.0
 LOCK_CHECK_S = 2.0
 # [0-9], not \d: \d matches any script's digits and float() reads them ('٣d' was 3 days).
 _DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)([smhd])")
+# A replay's run, as it writes it in its lock (uuid4 hex): what its heartbeat's key is made of. A lock
+# is whoever wrote it; ``isalnum`` took any script's letters at any length, and a run of 90 CJK letters
+# (270 bytes) made a key past the store's 255-byte segments, which raised out of a takeover.
+_RUN = re.compile("[0-9a-f]{32}")
 _DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 # The flow's topic names without a namespace: such a name is never inside a non-empty namespace, even
 # one it happens to start with (namespace "sku", topic "sku.ingested.v1").
@@ -971,7 +975,7 @@ class _ReplayLock:
             self.store.delete(self._heartbeat_key(self.holder["run"]))
 
     def _heartbeat_key(self, run: object) -> str:
-        return f"{self.key}.{run if isinstance(run, str) and run.isalnum() else 'unnamed'}.alive"
+        return f"{self.key}.{run if isinstance(run, str) and _RUN.fullmatch(run) else 'unnamed'}.alive"
 
     def _alive_at(self, holder: dict[str, Any], written_at: datetime) -> datetime:
         """When the lock's replay last showed it runs: its heartbeat, or the lock's own writing."""
