@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from shared.matting.session import open_session
 
-    session = open_session(None, threads=args.threads, use_gpu=False, store=None)
+    session = open_session(None, threads=args.threads, use_gpu=False, store=None, uri_from=None)
     labels = read_labels()
     figures = {
         name: score(rows, labels, args.grocery_dataset, session, args.mask_cache)

@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     scenes_dir = args.workdir / "scenes"
     if not scenes_dir.is_dir():
         write_scene_library(scene_photos(data, 4, 0, used), scenes_dir)
-    session = open_session(None, threads=os.cpu_count() or 1, use_gpu=False, store=None)
+    session = open_session(None, threads=os.cpu_count() or 1, use_gpu=False, store=None, uri_from=None)
     library = SceneLibrary.load(open_store(str(scenes_dir.resolve())))
     backends = {
         "with": CompositeBackend(library, 1.0),

@@ -218,7 +218,7 @@ def run_bench(
 ) -> dict[str, Any]:
     """Generate, mat and judge; returns the figures gate.json carries."""
     thresholds = thresholds or GateThresholds()
-    session = session or open_session(None, threads=2, use_gpu=False, store=None, max_batch=8)
+    session = session or open_session(None, threads=2, use_gpu=False, store=None, max_batch=8, uri_from=None)
     started = time.monotonic()
     good = good_cases(n, seed, size_px, source)
     predict(session, good, roi_margin)

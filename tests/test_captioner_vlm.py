@@ -79,14 +79,16 @@ def test_vlm_backend_captions_a_sku_from_a_model_on_s3(
 def test_model_directory_is_fetched_once_and_reused(blip_dir: Path, tmp_path: Path) -> None:
     source = FileStore(tmp_path / "models")
     uri = upload_dir(source, blip_dir, "blip-tiny")
-    first = fetch_model_dir(uri, tmp_path / "cache")
+    first = fetch_model_dir(uri, tmp_path / "cache", uri_from="the test")
     assert sorted(p.name for p in first.iterdir() if not p.name.startswith(".")) == sorted(
         p.name for p in blip_dir.iterdir()
     )
     marker_time = (first / ".skuforge-complete.json").stat().st_mtime_ns
-    assert fetch_model_dir(uri, tmp_path / "cache") == first
+    assert fetch_model_dir(uri, tmp_path / "cache", uri_from="the test") == first
     assert (first / ".skuforge-complete.json").stat().st_mtime_ns == marker_time
-    captioner = open_vlm(str(first), cache_dir=None, threads=1, use_gpu=False, max_new_tokens=4)
+    captioner = open_vlm(
+        str(first), cache_dir=None, threads=1, use_gpu=False, max_new_tokens=4, uri_from=None
+    )
     photo = render_photo(make_product(0, seed=2026), 0, seed=2026, size_px=96).image
     sentences = captioner.describe([photo, photo.rotate(90)])
     assert len(sentences) == 2 and all(isinstance(s, str) for s in sentences)
@@ -95,9 +97,15 @@ def test_model_directory_is_fetched_once_and_reused(blip_dir: Path, tmp_path: Pa
 
 def test_nothing_is_downloaded_for_a_hub_name_or_an_empty_uri(tmp_path: Path) -> None:
     with pytest.raises(VlmModelError, match="no BLIP model at"):
-        open_vlm("Salesforce/blip-image-captioning-base", cache_dir=tmp_path, threads=1, use_gpu=False)
+        open_vlm(
+            "Salesforce/blip-image-captioning-base",
+            cache_dir=tmp_path,
+            threads=1,
+            use_gpu=False,
+            uri_from=None,
+        )
     with pytest.raises(VlmModelError, match=r"no config\.json"):
-        fetch_model_dir((tmp_path / "nothing-here").as_uri(), tmp_path / "cache")
+        fetch_model_dir((tmp_path / "nothing-here").as_uri(), tmp_path / "cache", uri_from="the test")
     with pytest.raises(ConfigError, match="SKUFORGE_CAPTIONER_VLM_MODEL"):
         load_settings(CaptionerSettings, captioner_backend="vlm")
 
@@ -115,15 +123,19 @@ def test_a_damaged_or_foreign_model_folder_and_a_too_long_sentence_are_refused_a
     weights = next(torn.glob("*.safetensors"))
     weights.write_bytes(weights.read_bytes()[:1000])
     with pytest.raises(VlmModelError, match="cannot load BLIP"):
-        open_vlm(str(torn), cache_dir=None, threads=1, use_gpu=False)
+        open_vlm(str(torn), cache_dir=None, threads=1, use_gpu=False, uri_from=None)
     foreign = shutil.copytree(blip_dir, tmp_path / "foreign")
     (foreign / "config.json").write_text(json.dumps({"model_type": "bert"}))
     with pytest.raises(VlmModelError, match="bert model, not BLIP"):
-        open_vlm(str(foreign), cache_dir=None, threads=1, use_gpu=False)
+        open_vlm(str(foreign), cache_dir=None, threads=1, use_gpu=False, uri_from=None)
     positions = json.loads((blip_dir / "config.json").read_text())["text_config"]["max_position_embeddings"]
     with pytest.raises(VlmModelError, match=f"exceed the {positions} text positions"):
-        open_vlm(str(blip_dir), cache_dir=None, threads=1, use_gpu=False, max_new_tokens=positions)
-    assert open_vlm(str(blip_dir), cache_dir=None, threads=1, use_gpu=False, max_new_tokens=positions // 2)
+        open_vlm(
+            str(blip_dir), cache_dir=None, threads=1, use_gpu=False, max_new_tokens=positions, uri_from=None
+        )
+    assert open_vlm(
+        str(blip_dir), cache_dir=None, threads=1, use_gpu=False, max_new_tokens=positions // 2, uri_from=None
+    )
 
 
 @pytest.mark.parametrize(
@@ -147,7 +159,7 @@ def test_sampling_or_several_sentences_in_the_generation_config_are_refused_at_s
     generation = model / "generation_config.json"
     generation.write_text(json.dumps({**json.loads(generation.read_text()), **asked}))
     with pytest.raises(VlmModelError) as refused:
-        open_vlm(str(model), cache_dir=None, threads=1, use_gpu=False)
+        open_vlm(str(model), cache_dir=None, threads=1, use_gpu=False, uri_from=None)
     assert str(refused.value) == (
         f"{generation}: {key} is {value}; the captioner writes one deterministic sentence per photo "
         "(greedy decoding), so set it to "
@@ -185,7 +197,13 @@ def test_a_vlm_cache_that_cannot_be_written_is_a_start_up_error_naming_the_setti
 def test_the_prompt_is_taken_off_the_sentence_only_as_whole_words(blip_dir: Path) -> None:
     # The prompt "a photo" cut "a photograph of a can" to "graph of a can"; the echo of "a photo" goes.
     captioner = open_vlm(
-        str(blip_dir), cache_dir=None, threads=1, use_gpu=False, prompt="a photo", max_new_tokens=4
+        str(blip_dir),
+        cache_dir=None,
+        threads=1,
+        use_gpu=False,
+        prompt="a photo",
+        max_new_tokens=4,
+        uri_from=None,
     )
     decoded = ["a photograph of a red can", "a photo of a red can", "a photos of cans"]
     captioner.processor.batch_decode = lambda ids, skip_special_tokens: decoded
@@ -207,6 +225,7 @@ def test_a_prompt_with_punctuation_is_taken_off_as_blip_spaces_it(blip_dir: Path
         use_gpu=False,
         prompt="a close-up photo, of",
         max_new_tokens=4,
+        uri_from=None,
     )
     decoded = ["a close - up photo , of a red can", "a close - up photo, of a can", "a close - upper can"]
     captioner.processor.batch_decode = lambda ids, skip_special_tokens: decoded
@@ -244,7 +263,13 @@ def test_an_accented_prompt_is_taken_off_as_blip_spells_it(blip_dir: Path) -> No
     # back "une photo de creme fraiche ...": the prompt did not match, and the echo stayed in the caption.
     prompt = "Une photo de crème fraîche, Smørrebrød"
     captioner = open_vlm(
-        str(blip_dir), cache_dir=None, threads=1, use_gpu=False, prompt=prompt, max_new_tokens=4
+        str(blip_dir),
+        cache_dir=None,
+        threads=1,
+        use_gpu=False,
+        prompt=prompt,
+        max_new_tokens=4,
+        uri_from=None,
     )
     tokenizer = captioner.processor.tokenizer.backend_tokenizer  # its words, as decode spaces them
     words = tokenizer.pre_tokenizer.pre_tokenize_str(tokenizer.normalizer.normalize_str(prompt))

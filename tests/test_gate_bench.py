@@ -28,7 +28,7 @@ SIZE_PX = 512
 
 @functools.cache
 def session() -> MattingSession:
-    return open_session(None, threads=2, use_gpu=False, store=None, max_batch=8)
+    return open_session(None, threads=2, use_gpu=False, store=None, max_batch=8, uri_from=None)
 
 
 @functools.cache

@@ -119,17 +119,17 @@ def test_the_registered_official_model_follows_the_setting_made_after_import(
     moved = tmp_path / "elsewhere.onnx"
     moved.write_bytes(official_onnx.read_bytes())
     monkeypatch.setenv("SKUFORGE_OFFICIAL_U2NETP", str(moved))
-    session = open_session("u2netp-official", threads=1, use_gpu=False, store=None)
+    session = open_session("u2netp-official", threads=1, use_gpu=False, store=None, uri_from=None)
     assert session.model_id.startswith("elsewhere.onnx@sha256:")
     monkeypatch.setenv("SKUFORGE_OFFICIAL_U2NETP", str(tmp_path / "gone.onnx"))
     with pytest.raises(MattingModelMissing, match=r"gone\.onnx does not exist"):
-        open_session("u2netp-official", threads=1, use_gpu=False, store=None)
+        open_session("u2netp-official", threads=1, use_gpu=False, store=None, uri_from=None)
     # Another file there is refused as set-up refuses it: it would become the baseline unchecked.
     other = tmp_path / "other.onnx"
     other.write_bytes(official_onnx.read_bytes() + b"\0")
     monkeypatch.setenv("SKUFORGE_OFFICIAL_U2NETP", str(other))
     with pytest.raises(MattingModelError, match=r"other\.onnx: md5 .* is not the official U2-NetP's"):
-        open_session("u2netp-official", threads=1, use_gpu=False, store=None)
+        open_session("u2netp-official", threads=1, use_gpu=False, store=None, uri_from=None)
 
 
 def test_installed_as_a_package_the_official_model_is_looked_for_in_the_working_directory(
@@ -164,6 +164,6 @@ def test_the_official_model_runs_the_very_bytes_its_md5_was_checked_on(
         placed.write_bytes(random_u2netp_onnx_bytes())  # replaced right after the check
 
     monkeypatch.setattr(official_module, "verify_md5", check_then_replace)
-    session = open_session("u2netp-official", threads=1, use_gpu=False, store=None)
+    session = open_session("u2netp-official", threads=1, use_gpu=False, store=None, uri_from=None)
     assert session.sha256 == hashlib.sha256(official_bytes).hexdigest()
     assert session.model_id.startswith("u2netp-official.onnx@sha256:")

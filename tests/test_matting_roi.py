@@ -174,7 +174,13 @@ def test_predict_gives_the_masks_it_gave_when_it_held_the_whole_chunk_at_full_si
     """The committed model on photos of several sizes, boxed, whole, and boxed to the whole image:
     the same masks, bit for bit, as the pre-change path (guards equality, not memory)."""
     session = open_session(
-        None, threads=1, use_gpu=False, store=None, max_batch=max_batch, mask=MaskOptions(threshold=threshold)
+        None,
+        threads=1,
+        use_gpu=False,
+        store=None,
+        max_batch=max_batch,
+        mask=MaskOptions(threshold=threshold),
+        uri_from=None,
     )
     assert isinstance(session, U2NetPSession)  # the committed model, which matted_the_old_way runs
     shapes = [(256, 256), (300, 200), (200, 340), (410, 290), (256, 256), (333, 333)]

@@ -319,7 +319,7 @@ def test_a_model_that_is_not_image_to_mask_is_refused_by_its_input(tmp_path: Pat
     path = tmp_path / "flat.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     with pytest.raises(MattingModelError, match=r"takes a 2-D input 'input'.*N x 3 x H x W"):
-        open_session(str(path), threads=1, use_gpu=False, store=None)
+        open_session(str(path), threads=1, use_gpu=False, store=None, uri_from=None)
 
 
 def test_a_model_that_outputs_an_image_not_a_mask_is_refused_at_warm_up(tmp_path: Path) -> None:
@@ -336,7 +336,7 @@ def test_a_model_that_outputs_an_image_not_a_mask_is_refused_at_warm_up(tmp_path
     )
     path = tmp_path / "identity.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
-    session = open_session(str(path), threads=1, use_gpu=False, store=None)
+    session = open_session(str(path), threads=1, use_gpu=False, store=None, uri_from=None)
     with pytest.raises(MattingModelError, match=r"does not run as .*3 channels per image; a mask is 1"):
         session.warm_up()
 
@@ -359,7 +359,7 @@ def test_a_model_whose_input_is_not_three_channels_second_is_refused(
     path = tmp_path / "channels.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     with pytest.raises(MattingModelError, match=r"not 3 colour channels second.*N x 3 x H x W"):
-        open_session(str(path), threads=1, use_gpu=False, store=None)
+        open_session(str(path), threads=1, use_gpu=False, store=None, uri_from=None)
 
 
 def test_a_model_that_outputs_nan_is_an_error_not_an_empty_mask(tmp_path: Path) -> None:
@@ -434,7 +434,7 @@ def test_cuda_is_chosen_only_when_available_and_allowed(monkeypatch: pytest.Monk
 def test_missing_committed_model_says_how_to_make_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(matting, "MODELS_DIR", tmp_path / "models")
     with pytest.raises(MattingModelMissing) as info:
-        open_session(None, threads=1, use_gpu=False, store=None)
+        open_session(None, threads=1, use_gpu=False, store=None, uri_from=None)
     message = str(info.value)
     assert "u2netp-skuforge.onnx" in message
     assert "restore it with git" in message and "docs/matting.md" in message
@@ -448,41 +448,49 @@ def test_open_by_name_path_and_uri(
     models.mkdir()
     (models / "u2netp-skuforge.onnx").write_bytes(random_u2netp_onnx.read_bytes())
     monkeypatch.setattr(matting, "MODELS_DIR", models)
-    by_default = open_session(None, threads=1, use_gpu=False, store=None)
+    by_default = open_session(None, threads=1, use_gpu=False, store=None, uri_from=None)
     assert isinstance(by_default, U2NetPSession)
     assert by_default.model_id.startswith("u2netp-skuforge.onnx@")
 
-    by_path = open_session(str(random_u2netp_onnx), threads=1, use_gpu=False, store=None, max_batch=3)
+    by_path = open_session(
+        str(random_u2netp_onnx), threads=1, use_gpu=False, store=None, max_batch=3, uri_from=None
+    )
     assert type(by_path) is U2NetSession and by_path.max_batch == 3
 
     store = FileStore(tmp_path / "store")
     ref = store.put_bytes("models/u2netp-v7.onnx", random_u2netp_onnx.read_bytes())
-    by_uri = open_session(ref.uri, threads=1, use_gpu=False, store=store)
+    by_uri = open_session(ref.uri, threads=1, use_gpu=False, store=store, uri_from="the test")
     assert by_uri.model_id == f"u2netp-v7.onnx@sha256:{ref.sha256[:12]}"
-    outside_the_store = open_session(ref.uri, threads=1, use_gpu=False, store=None)
+    outside_the_store = open_session(ref.uri, threads=1, use_gpu=False, store=None, uri_from="the test")
     assert outside_the_store.model_id == by_uri.model_id
 
 
 def test_open_refusals_are_clear(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(matting, "MODELS_DIR", tmp_path)
     with pytest.raises(MattingModelMissing, match=r"u2netp-skuforge-int8\.onnx"):
-        open_session("u2netp-int8", threads=1, use_gpu=False, store=None)
+        open_session("u2netp-int8", threads=1, use_gpu=False, store=None, uri_from=None)
     with pytest.raises(MattingModelError, match="needs its file"):
-        open_session("u2net-custom", threads=1, use_gpu=False, store=None)
+        open_session("u2net-custom", threads=1, use_gpu=False, store=None, uri_from=None)
     with pytest.raises(MattingModelMissing, match="registered name"):
-        open_session(str(tmp_path / "nope.onnx"), threads=1, use_gpu=False, store=None)
+        open_session(str(tmp_path / "nope.onnx"), threads=1, use_gpu=False, store=None, uri_from=None)
     with pytest.raises(MattingModelMissing, match="no matting model at"):
-        open_session(f"file://{tmp_path}/gone.onnx", threads=1, use_gpu=False, store=None)
+        open_session(
+            f"file://{tmp_path}/gone.onnx", threads=1, use_gpu=False, store=None, uri_from="the test"
+        )
     (tmp_path / "folder.onnx").mkdir()  # the store's detail, kept: what is there instead of a model
     with pytest.raises(
         MattingModelMissing, match=r"no matting model at file://.*folder\.onnx: a folder, not a file"
     ):
-        open_session(f"file://{tmp_path}/folder.onnx", threads=1, use_gpu=False, store=None)
+        open_session(
+            f"file://{tmp_path}/folder.onnx", threads=1, use_gpu=False, store=None, uri_from="the test"
+        )
     with pytest.raises(MattingModelError, match="cannot fetch the matting model https://"):
-        open_session("https://models.example/u2netp.onnx", threads=1, use_gpu=False, store=None)
+        open_session(
+            "https://models.example/u2netp.onnx", threads=1, use_gpu=False, store=None, uri_from="the test"
+        )
     (tmp_path / "junk.onnx").write_bytes(b"not a model")
     with pytest.raises(MattingModelError, match="cannot load"):
-        open_session(str(tmp_path / "junk.onnx"), threads=1, use_gpu=False, store=None)
+        open_session(str(tmp_path / "junk.onnx"), threads=1, use_gpu=False, store=None, uri_from=None)
 
 
 @pytest.mark.parametrize(
@@ -542,7 +550,7 @@ def test_a_model_path_that_cannot_be_looked_up_is_a_config_error_not_a_traceback
             open_matting_session(matting_settings, load_settings())
     monkeypatch.setenv("SKUFORGE_OFFICIAL_U2NETP", str(locked))
     with pytest.raises(MattingModelError, match=rf"cannot read the matting model {re.escape(str(locked))}"):
-        open_session("u2netp-official", threads=1, use_gpu=False, store=None)
+        open_session("u2netp-official", threads=1, use_gpu=False, store=None, uri_from=None)
 
 
 def test_a_model_cache_that_cannot_be_written_is_named_not_a_traceback(
@@ -558,7 +566,7 @@ def test_a_model_cache_that_cannot_be_written_is_named_not_a_traceback(
     not_a_folder.write_bytes(b"")
     monkeypatch.setattr(tempfile, "tempdir", str(not_a_folder))
     with pytest.raises(MattingModelError, match=r"model cache .*temp/skuforge-models.*TMPDIR"):
-        open_session(ref.uri, threads=1, use_gpu=False, store=store)
+        open_session(ref.uri, threads=1, use_gpu=False, store=store, uri_from="the test")
 
 
 def test_a_model_with_a_long_object_name_opens(tmp_path: Path, random_u2netp_onnx: Path) -> None:
@@ -568,7 +576,7 @@ def test_a_model_with_a_long_object_name_opens(tmp_path: Path, random_u2netp_onn
     store = FileStore(tmp_path / "store")
     name = "u2netp-" + "fine-tuned-on-the-dairy-aisle-" * 8 + "v7.onnx"  # 254 bytes
     ref = store.put_bytes(f"models/{name}", random_u2netp_onnx.read_bytes())
-    opened = open_session(ref.uri, threads=1, use_gpu=False, store=store)
+    opened = open_session(ref.uri, threads=1, use_gpu=False, store=store, uri_from="the test")
     assert opened.model_id == f"{name}@sha256:{ref.sha256[:12]}"
 
 
@@ -665,7 +673,7 @@ def test_a_model_with_a_fixed_non_square_input_mats_at_its_own_size(
         else:
             dims[3].dim_param = width
     onnx.save(model, str(tmp_path / "wide.onnx"))
-    session = open_session(str(tmp_path / "wide.onnx"), threads=1, use_gpu=False, store=None)
+    session = open_session(str(tmp_path / "wide.onnx"), threads=1, use_gpu=False, store=None, uri_from=None)
     session.warm_up()
     image = Image.new("RGB", (240, 120), "white")
     image.paste((200, 0, 0), (0, 0, 120, 60))  # the stand-in calls red product, white background
@@ -700,7 +708,7 @@ def test_a_local_model_with_its_weights_in_a_separate_file_opens(tmp_path: Path)
     model = _stand_in_model()
     onnx.save(model, str(tmp_path / "one.onnx"))
     split_path = save_split(model, tmp_path / "exported")
-    split = open_session(str(split_path), threads=1, use_gpu=False, store=None)
+    split = open_session(str(split_path), threads=1, use_gpu=False, store=None, uri_from=None)
     whole = U2NetSession(tmp_path / "one.onnx", threads=1, use_gpu=False)
     image = photos(1, size_px=96)
     assert np.array_equal(split.predict(image)[0].mask, whole.predict(image)[0].mask)

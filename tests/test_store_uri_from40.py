@@ -17,7 +17,9 @@ from bench.augment import main as augment_bench
 from bench.captioner import main as captioner_bench
 from bench.gate import main as gate_bench
 from shared.captioning.fit_shape import main as fit_shape
+from shared.captioning.vlm import fetch_model_dir, open_vlm
 from shared.errors import StoreMisconfigured, TransientError
+from shared.matting.session import open_session
 from shared.model_cache import fetch_directory, fetch_file
 from shared.store import S3Store
 from shared.trainstore.loader import load_manifest
@@ -108,6 +110,40 @@ def test_a_model_fetch_must_say_where_its_uri_came_from(fetch: Callable[..., Pat
     folder = publish_folder(tmp_path / "store", "blip")
     with pytest.raises(TypeError, match="uri_from"):
         fetch(folder if fetch is fetch_directory else f"{folder}/config.json", tmp_path / "cache")
+    assert not (tmp_path / "cache").exists()
+
+
+# The model openers over those fetches, each with a model folder's URI and a cache, uri_from left out.
+OPENERS: dict[str, Callable[[str, Path], Any]] = {
+    "open_session": lambda folder, tmp: open_session(  # type: ignore[call-arg]
+        f"{folder}/m.onnx", threads=1, use_gpu=False, store=None
+    ),
+    "open_vlm": lambda folder, tmp: open_vlm(  # type: ignore[call-arg]
+        folder, cache_dir=tmp / "cache", threads=1, use_gpu=False
+    ),
+    "fetch_model_dir": lambda folder, tmp: fetch_model_dir(folder, tmp / "cache"),  # type: ignore[call-arg]
+}
+
+
+@pytest.mark.parametrize("opener", OPENERS)
+def test_a_model_open_must_say_where_its_uri_came_from(opener: str, tmp_path: Path) -> None:
+    # The openers over fetch_file and fetch_directory kept the SKUFORGE_STORE_URI default those lost:
+    # a caller that left it out still had an S3 refusal of its model blame that setting.
+    folder = publish_folder(tmp_path / "store", "blip", {"m.onnx": b"onnx", "config.json": b"{}"})
+    with pytest.raises(TypeError, match="uri_from"):
+        OPENERS[opener](folder, tmp_path)
+    assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("opener", ["open_session", "open_vlm"])
+def test_a_model_uri_said_to_come_from_no_setting_is_refused(opener: str, tmp_path: Path) -> None:
+    # uri_from=None is for a model no setting chose (a path, the committed model): a URI needs a name.
+    folder = publish_folder(tmp_path / "store", "blip", {"m.onnx": b"onnx", "config.json": b"{}"})
+    with pytest.raises(ValueError, match="uri_from"):
+        if opener == "open_session":
+            open_session(f"{folder}/m.onnx", threads=1, use_gpu=False, store=None, uri_from=None)
+        else:
+            open_vlm(folder, cache_dir=tmp_path / "cache", threads=1, use_gpu=False, uri_from=None)
     assert not (tmp_path / "cache").exists()
 
 

@@ -7,7 +7,8 @@ cache first. Loading uses ``local_files_only=True``. Decoding is greedy (no samp
 so the same photos give the same sentences; a ``generation_config.json`` asking for sampling or
 several sentences a photo is refused at load::
 
-    captioner = open_vlm("s3://models/blip-base", cache_dir=None, threads=2, use_gpu=False)
+    captioner = open_vlm("s3://models/blip-base", cache_dir=None, threads=2, use_gpu=False,
+                         uri_from="SKUFORGE_CAPTIONER_VLM_MODEL")   # what an S3 refusal names
     captioner.describe([image, ...])     # ["a red can on a shelf", ...], one per image, in order
 
 The sentence only adds to the attribute caption (``prompts.merge_sentence``): colours and shape
@@ -50,13 +51,14 @@ def fetch_model_dir(
     s3_endpoint_url: str | None = None,
     s3_region: str = "us-east-1",
     cache_unused_days: float = DEFAULT_UNUSED_DAYS,
-    uri_from: str = "SKUFORGE_STORE_URI",
+    uri_from: str,
 ) -> Path:
     """Copy the BLIP directory ``uri`` into the local model cache once (``shared/model_cache.py``).
 
     Returns the local directory; a URI without a ``config.json`` is not a save_pretrained BLIP
     directory, and a cache that cannot be written is no place to copy it: both raise ``VlmModelError``.
-    ``uri_from`` is the setting ``uri`` came from, which an S3 refusal says to check.
+    ``uri_from`` is the setting ``uri`` came from, which an S3 refusal says to check (no default: one,
+    SKUFORGE_STORE_URI, was blamed for models a caller's setting had named).
     """
     try:
         return fetch_directory(
@@ -254,12 +256,15 @@ def open_vlm(
     s3_endpoint_url: str | None = None,
     s3_region: str = "us-east-1",
     cache_unused_days: float = DEFAULT_UNUSED_DAYS,
-    uri_from: str = "SKUFORGE_STORE_URI",
+    uri_from: str | None,
 ) -> VlmCaptioner:
     """Open the BLIP model ``model`` names: a local directory, or an s3:// or file:// URI (downloaded);
-    ``uri_from`` is the setting it came from, which an S3 refusal says to check."""
+    ``uri_from`` is the setting it came from, which an S3 refusal says to check (None for a directory
+    no setting chose, which a URI is refused)."""
     name = model.rstrip("/").rpartition("/")[2] or None
     if "://" in model:
+        if uri_from is None:
+            raise ValueError(f"the BLIP model {model} is a URI: uri_from must name the setting it came from")
         directory = fetch_model_dir(
             model,
             cache_dir,

@@ -5,7 +5,7 @@ by name. Unlike rembg, ``predict`` takes a batch and makes one ONNX Runtime call
 ``max_batch`` images (on CPU, of at most ``CPU_CALL_IMAGES``, with every shape fixed), and the
 arithmetic is vectorised numpy in float32 (the min-max stretch of the model-size maps in float64)::
 
-    session = open_session(None, threads=2, use_gpu=True, store=None)   # the committed U2-NetP
+    session = open_session(None, threads=2, use_gpu=True, store=None, uri_from=None)  # the committed U2-NetP
     for result in session.predict(images):
         result.mask            # uint8 HxW, 0 background / 255 product, at the image's own size
         result.cutout(image)   # RGBA: the image with that mask as alpha
@@ -850,7 +850,7 @@ def open_session(
     s3_endpoint_url: str | None = None,
     s3_region: str = "us-east-1",
     cache_unused_days: float = DEFAULT_UNUSED_DAYS,
-    uri_from: str = "SKUFORGE_STORE_URI",
+    uri_from: str | None,
 ) -> MattingSession:
     """Open the matting model ``model`` names; None means the committed U2-NetP.
 
@@ -858,7 +858,9 @@ def open_session(
     URIs inside ``store`` are read through it, others through ``open_store`` (with the S3
     endpoint given); the bytes are cached in a local file named by their sha256
     (``shared/model_cache.py``; copies not used for ``cache_unused_days`` are deleted there).
-    ``uri_from`` is the setting ``model`` came from, which an S3 refusal says to check.
+    ``uri_from`` is the setting or option ``model`` came from, which an S3 refusal says to check; None
+    for a model no setting chose (a path of the caller's, the committed model), which a URI is refused.
+    It has no default: one, SKUFORGE_STORE_URI, was blamed for models a caller's setting had named.
     Raises ``MattingModelMissing`` when the file is not there, saying how to make or name one.
     """
     name = DEFAULT_MODEL if model is None else model
@@ -900,6 +902,10 @@ def open_session(
         if not file_name or "://" not in parent:
             raise MattingModelError(
                 f"{name!r} names no model file; expected s3://bucket/dir/model.onnx or file:///dir/model.onnx"
+            )
+        if uri_from is None:
+            raise ValueError(
+                f"the matting model {name} is a URI: uri_from must name the setting it came from"
             )
         try:
             path = fetch_file(

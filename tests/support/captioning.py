@@ -48,7 +48,12 @@ def committed_matting_model() -> Path:
 def committed_session(max_batch: int = 10) -> MattingSession:
     """An ONNX Runtime session on the committed U2-NetP (CPU, two threads)."""
     return open_session(
-        str(committed_matting_model()), threads=2, use_gpu=False, store=None, max_batch=max_batch
+        str(committed_matting_model()),
+        threads=2,
+        use_gpu=False,
+        store=None,
+        max_batch=max_batch,
+        uri_from=None,
     )
 
 
