@@ -431,14 +431,37 @@ def test_cuda_is_chosen_only_when_available_and_allowed(monkeypatch: pytest.Monk
 # --- opening models --------------------------------------------------------------------------
 
 
-def test_missing_committed_model_says_how_to_make_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+@pytest.mark.parametrize("uri_from", ["SKUFORGE_MATTING_MODEL", "SKUFORGE_CAPTIONER_MATTING_MODEL", None])
+def test_missing_committed_model_says_how_to_make_it(
+    uri_from: str | None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # The help named both services' settings whatever the model came from: a tool's option, one service's
+    # setting, or nothing (a tool that always runs the committed model, where no setting points elsewhere).
     monkeypatch.setattr(matting, "MODELS_DIR", tmp_path / "models")
     with pytest.raises(MattingModelMissing) as info:
-        open_session(None, threads=1, use_gpu=False, store=None, uri_from=None)
+        open_session(None, threads=1, use_gpu=False, store=None, uri_from=uri_from)
     message = str(info.value)
     assert "u2netp-skuforge.onnx" in message
     assert "restore it with git" in message and "docs/matting.md" in message
-    assert "SKUFORGE_MATTING_MODEL" in message
+    if uri_from is None:
+        assert "SKUFORGE_" not in message and "point elsewhere" not in message
+    else:
+        assert f"Or point elsewhere: {uri_from} takes a registered name" in message
+        assert message.count("SKUFORGE_") == 1
+
+
+@pytest.mark.parametrize("uri_from", ["SKUFORGE_CAPTIONER_MATTING_MODEL", None])
+def test_a_missing_model_file_names_only_the_setting_it_came_from(
+    uri_from: str | None, tmp_path: Path
+) -> None:
+    with pytest.raises(MattingModelMissing) as info:
+        open_session(str(tmp_path / "nope.onnx"), threads=1, use_gpu=False, store=None, uri_from=uri_from)
+    missing = f"no matting model file at {tmp_path / 'nope.onnx'}"
+    if uri_from is None:  # a path of the caller's own: no setting to point elsewhere
+        assert str(info.value) == missing
+    else:
+        assert str(info.value).startswith(f"{missing}: {uri_from} takes a registered name (u2netp, ")
+        assert str(info.value).count("SKUFORGE_") == 1
 
 
 def test_open_by_name_path_and_uri(
@@ -471,8 +494,14 @@ def test_open_refusals_are_clear(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
         open_session("u2netp-int8", threads=1, use_gpu=False, store=None, uri_from=None)
     with pytest.raises(MattingModelError, match="needs its file"):
         open_session("u2net-custom", threads=1, use_gpu=False, store=None, uri_from=None)
-    with pytest.raises(MattingModelMissing, match="registered name"):
-        open_session(str(tmp_path / "nope.onnx"), threads=1, use_gpu=False, store=None, uri_from=None)
+    with pytest.raises(MattingModelMissing, match="SKUFORGE_MATTING_MODEL takes a registered name"):
+        open_session(
+            str(tmp_path / "nope.onnx"),
+            threads=1,
+            use_gpu=False,
+            store=None,
+            uri_from="SKUFORGE_MATTING_MODEL",
+        )
     with pytest.raises(MattingModelMissing, match="no matting model at"):
         open_session(
             f"file://{tmp_path}/gone.onnx", threads=1, use_gpu=False, store=None, uri_from="the test"

@@ -83,6 +83,18 @@ def test_a_tool_whose_matting_model_does_not_open_says_why_in_a_line(
 
 
 @pytest.mark.parametrize("tool", TOOLS)
+def test_a_tools_missing_matting_model_names_its_option_not_the_services_settings(
+    tool: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The help said to set SKUFORGE_MATTING_MODEL or SKUFORGE_CAPTIONER_MATTING_MODEL, which the tool
+    # never reads, after its own option's name.
+    option, run = TOOLS[tool]
+    assert run(str(tmp_path / "nope.onnx"), tmp_path) == 2
+    said = capsys.readouterr().err
+    assert f"{option} takes a registered name" in said and "SKUFORGE_" not in said
+
+
+@pytest.mark.parametrize("tool", TOOLS)
 def test_a_tool_with_a_bad_setting_names_it_in_a_line(
     tool: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -833,8 +833,7 @@ REGISTRY: dict[str, RegisteredModel] = {
     "u2net-custom": RegisteredModel(U2NetSession, None),
 }
 _MODEL_HELP = (
-    "the matting model setting (SKUFORGE_MATTING_MODEL; the captioner's own: "
-    "SKUFORGE_CAPTIONER_MATTING_MODEL) takes a registered name ({names}), a local .onnx path, "
+    "{setting} takes a registered name ({names}), a local .onnx path, "
     "or an s3:// or file:// URI of a U2-Net-compatible ONNX file"
 )
 
@@ -858,13 +857,16 @@ def open_session(
     URIs inside ``store`` are read through it, others through ``open_store`` (with the S3
     endpoint given); the bytes are cached in a local file named by their sha256
     (``shared/model_cache.py``; copies not used for ``cache_unused_days`` are deleted there).
-    ``uri_from`` is the setting or option ``model`` came from, which an S3 refusal says to check; None
-    for a model no setting chose (a path of the caller's, the committed model), which a URI is refused.
-    It has no default: one, SKUFORGE_STORE_URI, was blamed for models a caller's setting had named.
+    ``uri_from`` is the setting or option ``model`` came from, which an S3 refusal says to check and a
+    missing model's help says to change; None for a model no setting chose (a path of the caller's, the
+    committed model), which a URI is refused. It has no default: one, SKUFORGE_STORE_URI, was blamed for
+    models a caller's setting had named.
     Raises ``MattingModelMissing`` when the file is not there, saying how to make or name one.
     """
     name = DEFAULT_MODEL if model is None else model
-    help_text = _MODEL_HELP.format(names=", ".join(REGISTRY))
+    # A tool's help named the services' settings after its own option; with no setting, nothing to change.
+    help_text = _MODEL_HELP.format(setting=uri_from, names=", ".join(REGISTRY)) if uri_from else ""
+    and_help = f": {help_text}" if help_text else ""
 
     def session(
         cls: type[MattingSession], model: Path | bytes, model_name: str | None = None
@@ -877,11 +879,12 @@ def open_session(
         entry = REGISTRY[name]
         path = entry.path()
         if path is None:
-            raise MattingModelError(f"model {name!r} needs its file: {help_text}")
+            raise MattingModelError(f"model {name!r} needs its file{and_help}")
         if not _is_model_file(path):
+            elsewhere = f" Or point elsewhere: {help_text}" if help_text else ""
             raise MattingModelMissing(
                 f"the matting model {name!r} is missing: {path} does not exist. "
-                f"{entry.how_to_make}. Or point elsewhere: {help_text}"
+                f"{entry.how_to_make}.{elsewhere}"
             )
         if name == "u2netp-official":
             # The baseline every figure is compared with, and real-pairs' pseudo-labeller: a file
@@ -936,7 +939,7 @@ def open_session(
         return session(U2NetSession, path, file_name)
     path = Path(name)
     if not _is_model_file(path):
-        raise MattingModelMissing(f"no matting model file at {path}: {help_text}")
+        raise MattingModelMissing(f"no matting model file at {path}{and_help}")
     return session(U2NetSession, path)
 
 
