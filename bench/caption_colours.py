@@ -41,6 +41,7 @@ import numpy as np
 from PIL import Image
 
 from shared.argtypes import positive_int
+from shared.commands import run_command
 
 HERE = Path(__file__).parent
 LABELS = HERE / "data" / "caption_colours" / "labels.csv"
@@ -187,7 +188,12 @@ def file_run(run: dict[str, Any], figures: dict[str, Any], stamp: dict[str, Any]
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Score the tables of ``--split``, print the figures and file them under ``--label``."""
+    """Score the tables of ``--split``, print the figures and file them under ``--label``; a setting or
+    a committed model that fails says so in a line."""
+    return run_command("python -m bench.caption_colours", lambda: _bench(argv))
+
+
+def _bench(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.caption_colours",
         description=__doc__,
@@ -241,9 +247,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.mask_cache is not None:
         args.mask_cache.mkdir(parents=True, exist_ok=True)
 
-    from shared.matting.session import open_session
+    from shared.matting.session import open_tool_session
 
-    session = open_session(None, threads=args.threads, use_gpu=False, store=None, uri_from=None)
+    session = open_tool_session(None, None, threads=args.threads)
     labels = read_labels()
     figures = {
         name: score(rows, labels, args.grocery_dataset, session, args.mask_cache)

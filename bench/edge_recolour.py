@@ -32,11 +32,18 @@ import numpy as np
 from PIL import Image
 
 from shared.argtypes import file_problem, positive_int
+from shared.commands import run_command
 
 RESULTS = Path(__file__).parent / "results"
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Composite, mat and gate each class with and without the recolour, and write the figures; a
+    setting or a committed model that fails says so in a line."""
+    return run_command("python -m bench.edge_recolour", lambda: _bench(argv))
+
+
+def _bench(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.edge_recolour", description=__doc__.split("\n\n")[0]
     )
@@ -81,17 +88,18 @@ def main(argv: list[str] | None = None) -> int:
     from shared.generation.scenes import SceneLibrary
     from shared.images import decode_image
     from shared.matting.roi import DEFAULT_ROI_MARGIN, product_box
-    from shared.matting.session import open_session
+    from shared.matting.session import open_tool_session
     from shared.store import open_store
 
     started = time.monotonic()
+    # Before the dataset is read and the scenes written: a missing model is said at once.
+    session = open_tool_session(None, None, threads=os.cpu_count() or 1)
     data = read_grocery(args.dataset)
     refs = references(data, 1, 0)  # k = 1, seed 0: the SKUs of make evaluate's k = 1 run
     used = {path for paths in refs.values() for path in paths}
     scenes_dir = args.workdir / "scenes"
     if not scenes_dir.is_dir():
         write_scene_library(scene_photos(data, 4, 0, used), scenes_dir)
-    session = open_session(None, threads=os.cpu_count() or 1, use_gpu=False, store=None, uri_from=None)
     library = SceneLibrary.load(open_store(str(scenes_dir.resolve())))
     backends = {
         "with": CompositeBackend(library, 1.0),

@@ -943,8 +943,11 @@ def open_session(
     return session(U2NetSession, path)
 
 
-def open_tool_session(model: str | None, option: str, *, threads: int, max_batch: int = 8) -> MattingSession:
-    """A command-line tool's CPU session for the matting model its ``option`` (``--matting-model``) names.
+def open_tool_session(
+    model: str | None, option: str | None, *, threads: int, max_batch: int = 8
+) -> MattingSession:
+    """A command-line tool's CPU session for the matting model its ``option`` (``--matting-model``) names;
+    ``option`` None for a tool with no such option, which runs the committed model (``model`` None).
 
     An s3:// model is fetched as the services fetch theirs, from SKUFORGE_S3_ENDPOINT_URL and
     SKUFORGE_S3_REGION, and an S3 refusal names ``option``: opened with ``open_session``'s defaults, the
@@ -966,4 +969,4 @@ def open_tool_session(model: str | None, option: str, *, threads: int, max_batch
             uri_from=option,
         )
     except MattingModelError as exc:
-        raise ConfigError(f"{option}: {exc}") from exc
+        raise ConfigError(f"{option}: {exc}" if option else str(exc)) from exc
