@@ -637,23 +637,40 @@ def test_a_caption_colours_run_does_not_replace_a_labels_tables_of_another_commi
     _goes_ahead(caption_colours.main, [*argv, "--label", "before", "--no-write"])
 
 
+def _committed_model_tool(tool: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> int:
+    """``tool``'s run over an empty dataset, whose reading (and anything after it) is refused."""
+    from bench import augment, caption_colours, edge_recolour
+
+    monkeypatch.setattr(augment, "read_grocery", _refuse_to_run)
+    if tool == "caption_colours":
+        _, argv = _caption_colours_argv(tmp_path, monkeypatch)
+        monkeypatch.setattr(caption_colours, "score", _refuse_to_run)
+        return caption_colours.main([*argv, "--no-write"])
+    (tmp_path / "train.txt").write_text("")
+    return edge_recolour.main(["--dataset", str(tmp_path), "--out", str(tmp_path / "e.json")])
+
+
 @pytest.mark.parametrize("tool", ["caption_colours", "edge_recolour"])
 def test_a_bench_tool_of_the_committed_model_says_it_is_missing_in_a_line(
     tool: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # They opened it outside run_command: a MattingModelMissing traceback, edge_recolour's after the
     # dataset was read and its scene library written. Now one line, and before either.
-    from bench import augment, caption_colours, edge_recolour
     from shared.matting import session
 
     monkeypatch.setattr(session, "MODELS_DIR", tmp_path / "models")
-    monkeypatch.setattr(augment, "read_grocery", _refuse_to_run)
-    if tool == "caption_colours":
-        _, argv = _caption_colours_argv(tmp_path, monkeypatch)
-        assert caption_colours.main([*argv, "--no-write"]) == 2
-    else:
-        (tmp_path / "train.txt").write_text("")
-        assert edge_recolour.main(["--dataset", str(tmp_path), "--out", str(tmp_path / "e.json")]) == 2
+    assert _committed_model_tool(tool, tmp_path, monkeypatch) == 2
     said = capsys.readouterr().err
     assert said.startswith(f"python -m bench.{tool}: the matting model 'u2netp' is missing: ")
     assert "restore it with git" in said and said.count("\n") == 1
+
+
+@pytest.mark.parametrize("tool", ["caption_colours", "edge_recolour"])
+def test_a_bench_tool_of_the_committed_model_names_a_bad_setting_in_a_line(
+    tool: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # As the other bench tools: a bad setting is refused before the run, in a line, not met (or not) in it.
+    monkeypatch.setenv("SKUFORGE_MODEL_CACHE_UNUSED_DAYS", "soon")
+    assert _committed_model_tool(tool, tmp_path, monkeypatch) == 2
+    said = capsys.readouterr().err
+    assert said.startswith(f"python -m bench.{tool}: ") and "SKUFORGE_MODEL_CACHE_UNUSED_DAYS" in said
