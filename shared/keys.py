@@ -74,8 +74,24 @@ def corrected_mask_key(sku_id: str, item_id: str) -> str:
     return _key(Folder.CORRECTED_MASKS, sku_id, item_id)
 
 
+def folder_of(key: str) -> Folder | None:
+    """The flow's folder that ``key`` (or a prefix ``key/``) is in; None for one outside them all."""
+    return next((folder for folder in Folder if key.startswith(folder.value)), None)
+
+
 def sku_of(key: str) -> str | None:
     """The SKU whose object ``key`` is, by the folder it is in; None for a key outside the flow's folders
-    (a test's fixtures, an operator's own objects), which says nothing of its SKU."""
-    folder = next((folder for folder in Folder if key.startswith(folder.value)), None)
-    return None if folder is None else key.removeprefix(folder.value).partition("/")[0]
+    (a test's fixtures, an operator's own objects), which says nothing of its SKU.
+
+    ``ValueError`` for a key directly in a flow folder (``generated/x.png``): no stage writes one, and
+    its name is no SKU id, though read as one it looked like another SKU's object.
+    """
+    folder = folder_of(key)
+    if folder is None:
+        return None
+    sku_id, sep, _ = key.removeprefix(folder.value).partition("/")
+    if not (sku_id and sep):
+        raise ValueError(
+            f"{key} is directly in the flow's folder {folder}, with no SKU folder ({folder}<sku>/)"
+        )
+    return sku_id

@@ -66,3 +66,12 @@ def test_every_folder_is_read_back_and_in_the_ops_table_of_prefixes() -> None:
 )
 def test_a_key_outside_the_flows_folders_names_no_sku(key: str) -> None:
     assert keys.sku_of(key) is None
+
+
+@pytest.mark.parametrize(
+    "key", ["generated/x.png", "incoming/0123456789abcdef.png", "cutouts/", "generated//x.png"]
+)
+def test_a_key_directly_in_a_flow_folder_says_it_has_no_sku_level(key: str) -> None:
+    # Was read as the SKU "x.png" (or ""): the trainstore then refused "an object of SKU x.png".
+    with pytest.raises(ValueError, match=r"directly in the flow's folder .*/, with no SKU folder"):
+        keys.sku_of(key)

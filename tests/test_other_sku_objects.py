@@ -246,3 +246,14 @@ def test_a_reviewers_final_mask_of_another_sku_is_refused(tmp_path: Path) -> Non
     assert refusal.value.reason == "other_sku_object"
     assert f"final mask {final_mask.uri}: an object of SKU SKU-002" in refusal.value.detail
     assert manifests.read_sku(EVENT_SKU) == {}
+
+
+def test_an_object_directly_in_a_flow_folder_is_refused_as_of_no_sku(tmp_path: Path) -> None:
+    # generated/x.png was refused as "an object of SKU x.png": its name read as a SKU id.
+    store = FileStore(tmp_path / "store")
+    item = matted_item(store, 1, 0)
+    refusal = _refusal(store, tmp_path, _moved(store, item.generated.image, "generated/x.png"))
+    assert refusal.reason == "other_sku_object"
+    assert "SKU x.png" not in refusal.detail
+    assert "generated/x.png is directly in the flow's folder generated/, with no SKU folder" in refusal.detail
+    assert "not an object of the event's SKU SKU-001" in refusal.detail

@@ -59,7 +59,8 @@ also for an image or mask the event says is over ``SKUFORGE_MAX_IMAGE_PIXELS`` o
 sizes differ, or image and event), ``final_mask_missing`` (an approval without a mask), ``mask_empty``
 (an accepted or approved item whose mask marks no product: an image of the SKU without it),
 ``other_sku_object`` (an image or mask whose key the flow's layout gives to another SKU than the event's:
-``generated/<other sku_id>/...``; stored, one image would be in two SKUs' classes) and
+``generated/<other sku_id>/...``, or of no SKU: ``generated/x.png``, directly in a flow folder; stored,
+one image would be in two SKUs' classes) and
 ``clock_skew`` (an event produced more than ``SKUFORGE_TRAINSTORE_MAX_CLOCK_AHEAD_S`` ahead of this
 stage's clock: its time orders the item's rows, so it would outrank every later event of the item).
 The detail names the object refused (``image``, ``predicted mask``, ``final mask``, ``photo <id>`` or
@@ -647,8 +648,11 @@ def _refuse_other_skus_object(ctx: Context, ref: ImageRef, sku_id: str) -> None:
     """Refuse an object that the flow wrote for another SKU (its folder's SKU, ``shared.keys.sku_of``):
     stored under ``sku_id`` as well, one image would be in two SKUs' classes, with two labels (a producer
     pairing one SKU's event with another's render or mask). A key outside the flow's folders says
-    nothing of its SKU."""
-    owner = keys.sku_of(ctx.store.key_for(ref.uri))
+    nothing of its SKU; one directly in a flow folder (no SKU folder) is of no SKU, so not of ``sku_id``."""
+    try:
+        owner = keys.sku_of(ctx.store.key_for(ref.uri))
+    except ValueError as exc:
+        raise BadInput("other_sku_object", f"{exc}: not an object of the event's SKU {sku_id}") from None
     if owner is not None and owner != sku_id:
         raise BadInput("other_sku_object", f"an object of SKU {owner}, not of the event's SKU {sku_id}")
 
