@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from shared import keys
+from shared.config import ConfigError, load_settings
+from shared.trainstore.settings import TrainstoreSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,3 +77,22 @@ def test_a_key_directly_in_a_flow_folder_says_it_has_no_sku_level(key: str) -> N
     # Was read as the SKU "x.png" (or ""): the trainstore then refused "an object of SKU x.png".
     with pytest.raises(ValueError, match=r"directly in the flow's folder .*/, with no SKU folder"):
         keys.sku_of(key)
+
+
+@pytest.mark.parametrize("prefix", ["generated/store", "masks/expected", "incoming", "cutouts/a/b"])
+def test_a_trainstore_prefix_inside_a_flow_folder_fails_at_start_up(
+    prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # docs/ops.md's lifecycle rule for the folder would expire the retraining store with it, and ingest
+    # reads incoming/<x>/ as SKU x's photos.
+    monkeypatch.setenv("SKUFORGE_TRAINSTORE_PREFIX", prefix)
+    folder = next(folder for folder in keys.Folder if f"{prefix}/".startswith(folder.value))
+    with pytest.raises(
+        ConfigError, match=rf"SKUFORGE_TRAINSTORE_PREFIX: .*inside the flow's folder {folder}"
+    ):
+        load_settings(TrainstoreSettings)
+
+
+@pytest.mark.parametrize("prefix", ["trainstore", "masks", "generatedx", "store/generated"])
+def test_a_trainstore_prefix_beside_the_flow_folders_is_taken(prefix: str) -> None:
+    assert load_settings(TrainstoreSettings, trainstore_prefix=prefix).trainstore_prefix == prefix

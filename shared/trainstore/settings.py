@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings
 
+from shared import keys
 from shared.config import SETTINGS_CONFIG, name_or_unset
 
 
@@ -59,4 +60,17 @@ class TrainstoreSettings(BaseSettings):
         # stage would fail (and dead-letter) every event instead of refusing to start.
         if any(segment in (".", "..") for segment in value.split("/")):
             raise ValueError("must not have a '.' or '..' segment (the default is 'trainstore')")
+        return value
+
+    @field_validator("trainstore_prefix")
+    @classmethod
+    def _prefix_outside_the_flows_folders(cls, value: str) -> str:
+        # Inside a flow folder, the lifecycle rule docs/ops.md gives that folder expires the product with
+        # it (and ingest reads incoming/<x>/ as SKU x's photos). A prefix holding flow folders ("masks")
+        # harms nothing: the store reads and sweeps only its own images/, masks/, manifests/.
+        if folder := keys.folder_of(f"{value}/"):
+            raise ValueError(
+                f"must not be inside the flow's folder {folder} (shared/keys.py): a lifecycle rule for that "
+                "folder (docs/ops.md) would expire the retraining store with it (the default is 'trainstore')"
+            )
         return value
