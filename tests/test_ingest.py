@@ -313,3 +313,19 @@ def test_a_file_name_that_is_not_utf8_is_kept_readable_and_a_failure_names_what_
         for photo in Envelope[SkuIngested].model_validate_json(record.value).payload.photos
     }
     assert "caf\ufffd.png" in names
+
+
+def test_the_stored_photo_owners_are_the_photos_in_each_skus_incoming_folder(tmp_path: Path) -> None:
+    # Read by the flow's layout (shared.keys): a stray object directly in incoming/ (no SKU folder,
+    # which sku_of refuses to read as a SKU) or beside the photos is no SKU's photo, and stops nothing.
+    store = open_store(file_store_uri(tmp_path / "store"))
+    photo_id = "0123456789abcdef"
+    for key in (
+        f"incoming/A-1/{photo_id}.png",
+        f"incoming/B-2/{photo_id}.png",
+        f"incoming/{photo_id}.png",
+        f"incoming/A-1/old/{photo_id[::-1]}.png",
+        "incoming/A-1/notes.txt",
+    ):
+        store.put_bytes(key, b"png")
+    assert ingest.stored_photo_owners(store) == {photo_id: {"A-1", "B-2"}}

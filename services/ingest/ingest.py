@@ -923,13 +923,18 @@ def stale_photo_keys(sku: PreparedSku, stored: list[str]) -> list[str]:
 
 
 def stored_photo_owners(store: ObjectStore) -> dict[str, set[str]]:
-    """Each photo id an ingest stored under ``incoming/``, with the SKU ids it is stored under."""
+    """Each photo id an ingest stored under ``incoming/``, with the SKU ids it is stored under (read by
+    ``shared.keys``, the layout ingest writes by)."""
     owners: dict[str, set[str]] = {}
     for key in store.list_keys(keys.Folder.PHOTOS):
-        parts = key.split("/")
-        if len(parts) == 3 and _PHOTO_OBJECT.fullmatch(parts[2]):
-            sku_id, name = parts[1], parts[2]
-            owners.setdefault(name.removesuffix(".png"), set()).add(sku_id)
+        try:
+            sku_id = keys.sku_of(key)
+        except ValueError:  # directly in incoming/: no SKU's photo
+            continue
+        name = key.rpartition("/")[2]
+        photo_id = name.removesuffix(".png")
+        if sku_id and _PHOTO_OBJECT.fullmatch(name) and key == keys.photo_key(sku_id, photo_id):
+            owners.setdefault(photo_id, set()).add(sku_id)
     return owners
 
 
