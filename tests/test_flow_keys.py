@@ -12,7 +12,9 @@ import pytest
 
 from shared import keys
 from shared.config import ConfigError, load_settings
+from shared.store import FileStore
 from shared.trainstore.settings import TrainstoreSettings
+from tests.support.console import flagged_item
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -96,3 +98,25 @@ def test_a_trainstore_prefix_inside_a_flow_folder_fails_at_start_up(
 @pytest.mark.parametrize("prefix", ["trainstore", "masks", "generatedx", "store/generated"])
 def test_a_trainstore_prefix_beside_the_flow_folders_is_taken(prefix: str) -> None:
     assert load_settings(TrainstoreSettings, trainstore_prefix=prefix).trainstore_prefix == prefix
+
+
+def test_the_console_tests_items_are_stored_under_their_skus_flow_folders(tmp_path: Path) -> None:
+    # tests.support.console stored them under images/generated/ and photos/, keys no stage writes, so
+    # the console's tests read objects laid out as nothing in the flow lays them out.
+    store = FileStore(tmp_path / "store")
+    for index in (0, 1):
+        matted = flagged_item(store, index, sku_id="SKU-7").matted
+        generated = matted.generated
+        refs = {
+            keys.Folder.GENERATED: generated.image,
+            keys.Folder.EXPECTED_MASKS: generated.expected_mask,
+            keys.Folder.PHOTOS: generated.reference_image,
+            keys.Folder.REFERENCE_MASKS: generated.reference_mask,
+            keys.Folder.PREDICTED_MASKS: matted.predicted_mask,
+            keys.Folder.CUTOUTS: matted.cutout,
+        }
+        for folder, ref in refs.items():
+            assert ref is not None
+            key = store.key_for(ref.uri)
+            assert key.startswith(folder.of("SKU-7")) and keys.sku_of(key) == "SKU-7", key
+            store.read_verified(ref)  # a later item of the SKU replaced none of its objects

@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pytest
+from PIL import Image
 
-from schemas.common import SkuMetadata
+from schemas.common import ImageRef, SkuMetadata
 from schemas.envelope import Envelope, derive_id
 from schemas.events import CorrectionPending, Decision, GateAccepted, GateCheck, ImageGenerated, ImageMatted
 from schemas.topics import CORRECTION_PENDING, GATE_ACCEPTED
@@ -24,6 +25,7 @@ from services.console.context import Console, make_signer
 from services.console.decisions import record_decision
 from services.console.metrics import ConsoleMetrics
 from services.console.tasks import _SCHEMA, TaskStore
+from shared import keys
 from shared.bus import make_envelope
 from shared.config import Settings, load_settings
 from shared.store import FileStore, ObjectStore
@@ -82,24 +84,28 @@ def flagged_item(
     columns = np.flatnonzero(expected.any(axis=0))
     predicted[:, (columns[0] + columns[-1]) // 2 :] = 0
     item_id = f"item-{index:04d}"
-    key = f"{sku_id}/{item_id}.png"
-    generated_ref = store.put_image(f"images/generated/{key}", generated.image)
+
+    def put(key: str, image: Image.Image | npt.NDArray[Any]) -> ImageRef:
+        # Under the flow's keys, the sha256 in them as the stages write them: the items of one SKU
+        # share its reference photo's key, and other pixels must not replace what an event names.
+        return store.put_image(key, image, digest_in_key=True)
+
     matted = ImageMatted(
         generated=ImageGenerated(
             item_id=item_id,
             sku=SkuMetadata(sku_id=sku_id, name=f"Product {index}", category="soda can"),
             reference_photo_id="p1",
-            reference_image=store.put_image(f"photos/{sku_id}/{item_id}/p1.png", reference.image),
-            reference_mask=store.put_image(f"masks/reference/{sku_id}/{item_id}/p1.png", reference.mask),
-            image=generated_ref,
-            expected_mask=store.put_image(f"masks/expected/{key}", expected),
+            reference_image=put(keys.photo_key(sku_id, "p1"), reference.image),
+            reference_mask=put(keys.reference_mask_key(sku_id, "p1"), reference.mask),
+            image=put(keys.generated_key(sku_id, item_id), generated.image),
+            expected_mask=put(keys.expected_mask_key(sku_id, item_id), expected),
             backend="composite",
             model_id="composite-v1",
             seed=seed,
             variant_index=index,
         ),
-        predicted_mask=store.put_image(f"masks/predicted/{key}", predicted),
-        cutout=store.put_image(f"cutouts/{key}", np.dstack([np.asarray(generated.image), predicted])),
+        predicted_mask=put(keys.predicted_mask_key(sku_id, item_id), predicted),
+        cutout=put(keys.cutout_key(sku_id, item_id), np.dstack([np.asarray(generated.image), predicted])),
         foreground_fraction=float((predicted > 0).mean()),
         mean_confidence=0.8,
         matting_model_id="u2netp-test",
