@@ -40,9 +40,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared.argtypes import file_problem, non_negative_int, positive_int
+
+if TYPE_CHECKING:
+    from schemas.envelope import Envelope
+    from shared.store import ObjectStore
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
@@ -91,19 +95,53 @@ def _synthetic(width: int, height: int) -> tuple[Any, Any]:
     return image, np.asarray(mask)
 
 
+def generated_events(store: ObjectStore, count: int, *, width: int, height: int) -> list[Envelope[Any]]:
+    """``count`` image.generated events of one SKU, all of one synthetic image (``_synthetic``) stored
+    in ``store``; its pixels are dropped on return, so the peak measured after is the batch's."""
+    from schemas.common import SkuMetadata
+    from schemas.envelope import derive_id
+    from schemas.events import ImageGenerated
+    from schemas.topics import IMAGE_GENERATED
+    from shared import keys
+    from shared.bus import make_envelope
+
+    image, mask = _synthetic(width, height)
+    image_ref = store.put_image(keys.generated_key("SKU-1", "synthetic"), image)
+    mask_ref = store.put_image(keys.expected_mask_key("SKU-1", "synthetic"), mask)
+    return [
+        make_envelope(
+            IMAGE_GENERATED,
+            ImageGenerated(
+                item_id=f"item-{index}",
+                sku=SkuMetadata(sku_id="SKU-1", name="One", category="soda can"),
+                reference_photo_id="p1",
+                reference_image=image_ref,
+                reference_mask=mask_ref,
+                image=image_ref,
+                expected_mask=mask_ref,
+                backend="composite",
+                model_id="synth",
+                seed=index,
+                variant_index=index,
+            ),
+            event_id=derive_id("bench", str(index)),
+            sku_id="SKU-1",
+            trace_id="bench",
+            producer="bench",
+        )
+        for index in range(count)
+    ]
+
+
 def memory_worker(images: int | None, width: int | None, height: int | None, threads: int) -> dict[str, Any]:
     """One ``handle_batch`` of the stage in this process; returns peak RSS, time and mask digests."""
     import logging
 
     from PIL import Image
 
-    from schemas.common import SkuMetadata
-    from schemas.envelope import derive_id
-    from schemas.events import ImageGenerated, ImageMatted
-    from schemas.topics import IMAGE_GENERATED
+    from schemas.events import ImageMatted
     from services.matting.config import MattingSettings
     from services.matting.stage import handle_batch, open_matting_session
-    from shared.bus import make_envelope
     from shared.config import load_settings
     from shared.errors import BadInput
     from shared.images import decode_mask
@@ -119,33 +157,7 @@ def memory_worker(images: int | None, width: int | None, height: int | None, thr
             width, height = 8000, settings.max_image_pixels // 8000
         count = matting.matting_max_batch if images is None else images
         session = open_matting_session(matting, settings, store)
-        image, mask = _synthetic(width, height)
-        image_ref = store.put_image("generated/image.png", image)
-        mask_ref = store.put_image("generated/mask.png", mask)
-        del image, mask
-        events = [
-            make_envelope(
-                IMAGE_GENERATED,
-                ImageGenerated(
-                    item_id=f"item-{index}",
-                    sku=SkuMetadata(sku_id="SKU-1", name="One", category="soda can"),
-                    reference_photo_id="p1",
-                    reference_image=image_ref,
-                    reference_mask=mask_ref,
-                    image=image_ref,
-                    expected_mask=mask_ref,
-                    backend="composite",
-                    model_id="synth",
-                    seed=index,
-                    variant_index=index,
-                ),
-                event_id=derive_id("bench", str(index)),
-                sku_id="SKU-1",
-                trace_id="bench",
-                producer="bench",
-            )
-            for index in range(count)
-        ]
+        events = generated_events(store, count, width=width, height=height)
         ctx = Context("matting", store, settings, StageMetrics("matting"), logging.getLogger("bench"))
         roi_margin = matting.matting_roi_margin if matting.matting_roi else None
         # A warm stage has already run full batches: grow ONNX Runtime's arena to them first, so the

@@ -24,6 +24,7 @@ from kafka.structs import TopicPartition
 from devstack.broker import free_port
 from schemas.common import SkuMetadata
 from schemas.events import ImageGenerated
+from shared import keys
 from shared.bus import kafka_connection, kafka_connection_env
 from shared.config import Settings
 from shared.store import ObjectStore
@@ -42,14 +43,13 @@ def generated_images(
     payloads = []
     for index in range(count):
         photo = render_photo(make_product(index, seed=5), index % 4, seed=5 + index, size_px=size_px)
-        image = store.put_image(f"generated/{tag}-{index}.png", photo.image)
-        mask = store.put_image(f"fixtures/{tag}-{index}-mask.png", photo.mask)
+        sku_id, item_id = f"SKU-{tag}-{index:04d}", f"item-{tag}-{index:04d}"
+        image = store.put_image(keys.generated_key(sku_id, item_id), photo.image)
+        mask = store.put_image(keys.expected_mask_key(sku_id, item_id), photo.mask)
         payloads.append(
             ImageGenerated(
-                item_id=f"item-{tag}-{index:04d}",
-                sku=SkuMetadata(
-                    sku_id=f"SKU-{tag}-{index:04d}", name=f"Product {index}", category="soda can"
-                ),
+                item_id=item_id,
+                sku=SkuMetadata(sku_id=sku_id, name=f"Product {index}", category="soda can"),
                 reference_photo_id="p1",
                 reference_image=image,
                 reference_mask=mask,

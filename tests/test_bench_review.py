@@ -15,6 +15,8 @@ import pytest
 from PIL import Image
 
 from bench import augment
+from shared import keys
+from shared.store import FileStore
 
 
 @pytest.fixture
@@ -813,3 +815,18 @@ def test_a_stack_run_ingests_into_the_stack_it_started(
     args = _options(tmp_path, seed=0, variants_per_sku=12, size=384, pile_share=0.0)
     with pytest.raises(Ingested):
         augment.run_stack(tmp_path / "skus", [], tmp_path / "scenes", args)
+
+
+def test_the_benches_images_are_stored_under_their_skus_flow_folders(tmp_path: Path) -> None:
+    # bench/replicas.py stored generated/r-0.png and bench/matting_memory.py generated/image.png:
+    # directly in the flow's folder, with no SKU folder, keys no stage writes (sku_of refuses them).
+    from bench.matting_memory import generated_events
+    from bench.replicas import generated_images
+
+    store = FileStore(tmp_path / "store")
+    generated = generated_images(store, 2, size_px=64) + [
+        envelope.payload for envelope in generated_events(store, 2, width=64, height=48)
+    ]
+    for payload in generated:
+        for ref in (payload.image, payload.expected_mask):
+            assert keys.sku_of(store.key_for(ref.uri)) == payload.sku.sku_id, ref.uri
