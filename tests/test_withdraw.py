@@ -502,6 +502,27 @@ def test_without_the_flag_ingest_warns_and_a_failed_publish_withdraws_nothing(
     assert store.exists("incoming/A-1/notes.txt")
 
 
+def test_a_copy_of_a_photo_in_a_subfolder_of_the_skus_folder_withdraws_nothing(
+    tmp_path: Path, publisher: type[_Publisher]
+) -> None:
+    # incoming/A-1/old/<id>.png was read as photo <id> by its last segment: gone from the folder, so
+    # --withdraw-missing withdrew photo <id>, which the folder still has, and deleted it from incoming/.
+    folder = tmp_path / "skus" / "one"
+    folder.mkdir(parents=True)
+    metadata = {"sku_id": "A-1", "name": "Oat drink", "category": "carton"}
+    (folder / "metadata.json").write_text(json.dumps(metadata))
+    shutil.copy(SAMPLE_SKUS / "GROCERY-AUBERGINE-001" / "Aubergine_Iconic.jpg", folder / "a.jpg")
+    store = FileStore(tmp_path / "store")
+    settings = isolated_settings("localhost:1", store.base_uri)
+    ingest_path(folder.parent, settings, store=store)
+    photo_id = publisher.published[0][1].photos[0].photo_id
+    store.put_bytes(f"incoming/A-1/old/{photo_id}.png", store.get_bytes(f"incoming/A-1/{photo_id}.png"))
+    warned: list[str] = []
+    ingest_path(folder.parent, settings, store=store, withdraw_missing=True, warn=warned.append)
+    assert Withdrawals(ManifestStore(store, "trainstore")).photo_ids("A-1") == set()
+    assert store.exists(f"incoming/A-1/{photo_id}.png") and warned == []
+
+
 def test_the_cli_takes_withdraw_missing(
     tmp_path: Path,
     publisher: type[_Publisher],

@@ -909,10 +909,9 @@ def photo_mask_key(sku: PreparedSku, photo: PreparedPhoto) -> str:
 
 
 def withdrawable_photo_ids(stale_keys: list[str]) -> list[str]:
-    """The photo ids of stale keys that ingest itself wrote (``<16 hex>.png``): anything else under
+    """The photo ids of stale keys that ingest itself wrote (``_stored_photo``): anything else under
     ``incoming/`` is not a photo of ours."""
-    names = (key.rsplit("/", 1)[-1] for key in stale_keys)
-    return sorted(name.removesuffix(".png") for name in names if _PHOTO_OBJECT.fullmatch(name))
+    return sorted(photo[1] for key in stale_keys if (photo := _stored_photo(key)))
 
 
 def stale_photo_keys(sku: PreparedSku, stored: list[str]) -> list[str]:
@@ -927,15 +926,26 @@ def stored_photo_owners(store: ObjectStore) -> dict[str, set[str]]:
     ``shared.keys``, the layout ingest writes by)."""
     owners: dict[str, set[str]] = {}
     for key in store.list_keys(keys.Folder.PHOTOS):
-        try:
-            sku_id = keys.sku_of(key)
-        except ValueError:  # directly in incoming/: no SKU's photo
-            continue
-        name = key.rpartition("/")[2]
-        photo_id = name.removesuffix(".png")
-        if sku_id and _PHOTO_OBJECT.fullmatch(name) and key == keys.photo_key(sku_id, photo_id):
+        if photo := _stored_photo(key):
+            sku_id, photo_id = photo
             owners.setdefault(photo_id, set()).add(sku_id)
     return owners
+
+
+def _stored_photo(key: str) -> tuple[str, str] | None:
+    """The SKU id and photo id of ``key`` when it is a photo ingest stored (``keys.photo_key``, a
+    ``<16 hex>`` id); None for anything else under ``incoming/``: an object directly in it, another
+    name, or one in a subfolder of a SKU's (``incoming/<sku>/old/<id>.png`` is not photo <id>: read as
+    it, --withdraw-missing withdrew a photo its folder still had)."""
+    try:
+        sku_id = keys.sku_of(key)
+    except ValueError:  # directly in incoming/: no SKU's photo
+        return None
+    name = key.rpartition("/")[2]
+    photo_id = name.removesuffix(".png")
+    if sku_id and _PHOTO_OBJECT.fullmatch(name) and key == keys.photo_key(sku_id, photo_id):
+        return sku_id, photo_id
+    return None
 
 
 def _warn_of_another_sku(
