@@ -76,6 +76,7 @@ def _bench(argv: list[str] | None) -> int:
     from bench.augment import (
         _cached_masks,
         composite_request,
+        in_process_scenes,
         read_grocery,
         references,
         scene_photos,
@@ -85,11 +86,9 @@ def _bench(argv: list[str] | None) -> int:
     from shared.gate.checks import GateThresholds, evaluate
     from shared.generation.backend import COLOUR_GAIN_KEY
     from shared.generation.composite import CompositeBackend
-    from shared.generation.scenes import SceneLibrary
     from shared.images import decode_image
     from shared.matting.roi import DEFAULT_ROI_MARGIN, product_box
     from shared.matting.session import open_tool_session
-    from shared.store import open_store
 
     started = time.monotonic()
     # Before the dataset is read and the scenes written: a missing model is said at once.
@@ -100,7 +99,7 @@ def _bench(argv: list[str] | None) -> int:
     scenes_dir = args.workdir / "scenes"
     if not scenes_dir.is_dir():
         write_scene_library(scene_photos(data, 4, 0, used), scenes_dir)
-    library = SceneLibrary.load(open_store(str(scenes_dir.resolve())))
+    library = in_process_scenes(scenes_dir.resolve(), 1.0)  # under SKUFORGE_MAX_IMAGE_PIXELS, as augment's
     backends = {
         "with": CompositeBackend(library, 1.0),
         "without": CompositeBackend(library, 1.0, edge_recolour=False),

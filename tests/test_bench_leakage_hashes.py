@@ -1,7 +1,7 @@
 """``bench.augment``'s leakage check hashes its photos as ``skuforge evaluate`` does: under
 SKUFORGE_MAX_IMAGE_PIXELS. Before, it hashed under the default limit whatever the setting, so a large
 JPEG's hash was not evaluate's (its product's larger decode, given up near the limit, moves it). Its
-features are decoded under the same limits."""
+features are decoded, and its scenes (bench.edge_recolour's too) loaded, under the same limits."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from services.trainstore.evaluation import heldout_hashes, scene_files
 from shared.errors import ImageRejected
 from shared.evaluation.backbone import BackboneSpec, open_backbone
 from shared.evaluation.experiment import Photo
+from shared.generation.scenes import SceneLibrary
 from shared.store import sha256_hex
 from tests.support.evaluation import large_product_shot, shelf_photo
 
@@ -74,3 +75,36 @@ def test_the_bench_decodes_its_photos_for_features_under_the_limits_it_hashes_th
     featurizer = augment.run_featurizer(open_backbone(BackboneSpec(name="tiny", image_px=32)), tmp_path)
     with pytest.raises(ImageRejected, match="4096"):
         featurizer.of([augment.file_photo("SKU-1", "real", path)])
+
+
+class _Composited(Exception):
+    """The edge-recolour bench made its composite backends (the library they draw from is kept)."""
+
+
+def test_the_edge_recolour_bench_loads_its_scenes_under_the_limit_its_checks_hash_by(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It loaded them under the default limit whatever SKUFORGE_MAX_IMAGE_PIXELS said, as bench.augment
+    # did before in_process_scenes: a scene past the setting was composited all the same.
+    import shared.generation.composite
+    from bench import edge_recolour
+
+    monkeypatch.setenv("SKUFORGE_MAX_IMAGE_PIXELS", "2000000")
+    scenes = tmp_path / "work" / "scenes" / "shelves"
+    scenes.mkdir(parents=True)
+    shelf_photo(1).save(scenes / "shelf.png")
+    shelf_photo(2, (2000, 1001)).save(scenes / "wide.png")
+    (tmp_path / "train.txt").write_text("")
+    monkeypatch.setattr(augment, "read_grocery", lambda root: None)
+    monkeypatch.setattr(augment, "references", lambda data, k, seed: {})
+    libraries: list[SceneLibrary] = []
+
+    def backend(library: SceneLibrary, *args: object, **kwargs: object) -> None:
+        libraries.append(library)
+        raise _Composited
+
+    monkeypatch.setattr(shared.generation.composite, "CompositeBackend", backend)
+    out = ["--out", str(tmp_path / "e.json")]
+    with pytest.raises(_Composited):
+        edge_recolour.main(["--dataset", str(tmp_path), "--workdir", str(tmp_path / "work"), *out])
+    assert len(libraries[0]) == 1 and "shelves/wide.png" in libraries[0].skipped
