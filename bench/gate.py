@@ -56,7 +56,7 @@ from shared.commands import run_command
 from shared.gate.checks import GateThresholds, evaluate, failed_reasons
 from shared.generation.backend import COLOUR_GAIN_KEY
 from shared.matting.roi import DEFAULT_ROI_MARGIN, product_box
-from shared.matting.session import MattingSession, open_session, open_tool_session
+from shared.matting.session import MattingSession, open_tool_session
 from shared.synth import make_product, render_photo
 from shared.synth.photo import MIN_SIZE
 
@@ -210,15 +210,15 @@ def run_bench(
     n: int,
     seed: int,
     *,
+    session: MattingSession,
     size_px: int = 256,
     source: str = "composite",
-    session: MattingSession | None = None,
     thresholds: GateThresholds | None = None,
     roi_margin: float | None = DEFAULT_ROI_MARGIN,
 ) -> dict[str, Any]:
-    """Generate, mat and judge; returns the figures gate.json carries."""
+    """Generate, mat with ``session`` and judge; returns the figures gate.json carries. The caller opens
+    the session (``main``: ``open_tool_session``, whose refusal is a line, not a traceback)."""
     thresholds = thresholds or GateThresholds()
-    session = session or open_session(None, threads=2, use_gpu=False, store=None, max_batch=8, uri_from=None)
     started = time.monotonic()
     good = good_cases(n, seed, size_px, source)
     predict(session, good, roi_margin)

@@ -674,3 +674,16 @@ def test_a_bench_tool_of_the_committed_model_names_a_bad_setting_in_a_line(
     assert _committed_model_tool(tool, tmp_path, monkeypatch) == 2
     said = capsys.readouterr().err
     assert said.startswith(f"python -m bench.{tool}: ") and "SKUFORGE_MODEL_CACHE_UNUSED_DAYS" in said
+
+
+def test_the_gate_bench_mats_with_the_session_it_is_given_and_opens_none_of_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Without one, run_bench opened the committed model itself, outside run_command: where it was missing,
+    # a MattingModelMissing traceback. Its command line opens the session (open_tool_session), in a line.
+    from bench.gate import run_bench
+    from shared.matting import session
+
+    monkeypatch.setattr(session, "MODELS_DIR", tmp_path / "models")
+    with pytest.raises(TypeError, match="session"):
+        run_bench(1, 0)  # type: ignore[call-arg]
