@@ -250,11 +250,11 @@ def in_process_scenes(scenes_dir: Path, photo_share: float) -> SceneLibrary | No
     SKUFORGE_MAX_IMAGE_PIXELS, which the leakage checks hash the scenes by: under the default limit, a
     scene past the setting was composited all the same."""
     from shared.generation.scenes import SceneLibrary
-    from shared.store import open_store
+    from shared.store import FileStore
 
     if photo_share <= 0:
         return None
-    return SceneLibrary.load(open_store(str(scenes_dir)), max_pixels=load_settings().max_image_pixels)
+    return SceneLibrary.load(FileStore(scenes_dir), max_pixels=load_settings().max_image_pixels)
 
 
 def _generate_all(
@@ -661,7 +661,10 @@ def run_stack(skus_dir: Path, sku_ids: list[str], scenes_dir: Path, args: argpar
         os.environ.update(running["env"])
         settings = load_settings()
         store = open_store(
-            settings.store_uri, s3_endpoint_url=settings.s3_endpoint_url, s3_region=settings.s3_region
+            settings.store_uri,
+            s3_endpoint_url=settings.s3_endpoint_url,
+            s3_region=settings.s3_region,
+            uri_from="SKUFORGE_STORE_URI",
         )
         started = time.monotonic()
         since_ms = int(time.time() * 1000) - 2_000

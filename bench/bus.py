@@ -184,7 +184,9 @@ def main(argv: list[str] | None = None) -> int:
                     ensure_topics(settings, [SKU_INGESTED, BENCH_OUT], partitions=args.partitions)
                     from shared.store import open_store
 
-                    payloads: list[Any] = sku_ingested_payloads(open_store(settings.store_uri), args.events)
+                    payloads: list[Any] = sku_ingested_payloads(
+                        open_store(settings.store_uri, uri_from="SKUFORGE_STORE_URI"), args.events
+                    )
                     produce(settings, SKU_INGESTED, payloads)
                     if kind == "raw":
                         raw.append(run_raw(settings, args.events))

@@ -163,7 +163,9 @@ class _Round:
         self.workdir.mkdir(parents=True)
         self.settings = _settings(cluster, f"file://{workdir / 'store'}", session_timeout_ms)
         ensure_topics(self.settings, [IMAGE_GENERATED, IMAGE_MATTED], partitions=PARTITIONS)
-        self.payloads = generated_images(open_store(self.settings.store_uri), images, tag=workdir.name)
+        self.payloads = generated_images(
+            open_store(self.settings.store_uri, uri_from="SKUFORGE_STORE_URI"), images, tag=workdir.name
+        )
         self.group = f"{self.settings.consumer_group_prefix}.matting"
         self.members: list[Member] = []
 

@@ -361,6 +361,7 @@ class Stage:
             self.settings.store_uri,
             s3_endpoint_url=self.settings.s3_endpoint_url,
             s3_region=self.settings.s3_region,
+            uri_from="SKUFORGE_STORE_URI",
         )
         self.metrics = StageMetrics(name)
         self.store.on_write = self.metrics.observe_store_write

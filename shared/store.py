@@ -725,6 +725,7 @@ class S3Store(ObjectStore):
     retries). Access denied, a missing bucket, and missing, bad or expired credentials are
     ``StoreMisconfigured`` (a ``TransientError`` whose message says what to check): the
     deployment's fault, so the partition pauses and retries, and no good input is dead-lettered.
+    Those messages name ``uri_from``, where the bucket and prefix were set (as ``open_store``'s).
     """
 
     def __init__(
@@ -735,10 +736,10 @@ class S3Store(ObjectStore):
         region: str = "us-east-1",
         client: S3Client | None = None,
         *,
+        uri_from: str,
         connect_timeout: float = 5.0,
         read_timeout: float = 30.0,
         max_attempts: int = 5,
-        uri_from: str = "SKUFORGE_STORE_URI",
     ) -> None:
         prefix = s3_location(bucket, prefix)
         self.bucket = bucket
@@ -906,16 +907,17 @@ class S3Store(ObjectStore):
 def open_store(
     uri: str,
     *,
+    uri_from: str,
     s3_endpoint_url: str | None = None,
     s3_region: str = "us-east-1",
-    uri_from: str = "SKUFORGE_STORE_URI",
 ) -> ObjectStore:
     """Open the store a URI names.
 
     ``file:///abs/dir``, ``file://./rel/dir`` or ``file://rel/dir`` (relative to the current
     directory) and plain paths give a ``FileStore``; ``s3://bucket`` or ``s3://bucket/prefix``
     gives an ``S3Store`` at ``s3_endpoint_url`` (``None``: AWS). Other schemes raise ``ValueError``.
-    ``uri_from`` is where ``uri`` was set (a setting, an option): what an S3 refusal says to check.
+    ``uri_from`` is where ``uri`` was set (a setting, an option): what an S3 refusal says to check. No
+    default: SKUFORGE_STORE_URI's was blamed for the refusals of stores it never named.
     """
     scheme, rest = check_store_uri(uri)
     if scheme == "":

@@ -135,7 +135,10 @@ def main(
     args = build_parser().parse_args(argv)
     settings = settings or load_settings()
     store = store or open_store(
-        settings.store_uri, s3_endpoint_url=settings.s3_endpoint_url, s3_region=settings.s3_region
+        settings.store_uri,
+        s3_endpoint_url=settings.s3_endpoint_url,
+        s3_region=settings.s3_region,
+        uri_from="SKUFORGE_STORE_URI",
     )
     try:
         dead = read_dead_letters(settings, args.topic, any_namespace=args.any_namespace)

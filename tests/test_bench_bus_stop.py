@@ -46,7 +46,8 @@ from tests.support.bus import isolated_settings, sku_ingested_payloads
 
 bench = importlib.import_module(sys.argv[3])
 settings = isolated_settings(sys.argv[1], sys.argv[2])
-bench.produce(settings, SKU_INGESTED, sku_ingested_payloads(open_store(settings.store_uri), 1))
+store = open_store(settings.store_uri, uri_from="SKUFORGE_STORE_URI")
+bench.produce(settings, SKU_INGESTED, sku_ingested_payloads(store, 1))
 """
 )
 
@@ -127,7 +128,11 @@ def test_a_raw_round_that_fails_leaves_its_group_and_closes_its_producer(
     # heartbeating, and its producer's sender thread running in the process that goes on.
     settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path / "store"), flush_timeout_s=1.0)
     create_topics(settings, SKU_INGESTED)  # and not BENCH_OUT
-    produce(settings, SKU_INGESTED, sku_ingested_payloads(open_store(settings.store_uri), 1))
+    produce(
+        settings,
+        SKU_INGESTED,
+        sku_ingested_payloads(open_store(settings.store_uri, uri_from="SKUFORGE_STORE_URI"), 1),
+    )
     # Its send gives up on the missing topic; or, should its consumer not get the record in time (once
     # in CI, under load, it polled for ten minutes), the round gives up waiting: either way it raises
     # with both clients open.

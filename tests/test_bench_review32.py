@@ -28,7 +28,7 @@ def test_input_the_broker_refuses_fails_the_step_instead_of_counting_as_produced
     admin = session_admin(kafka_bootstrap)
     admin.create_topics([NewTopic(name, 1, 1, topic_configs={"max.message.bytes": "300"})])
     admin.wait_for_topics([name], timeout_ms=30_000)
-    payloads = sku_ingested_payloads(open_store(settings.store_uri), 1)
+    payloads = sku_ingested_payloads(open_store(settings.store_uri, uri_from="SKUFORGE_STORE_URI"), 1)
     with pytest.raises(KafkaError, match=f"1 of 1 records to {name} were not delivered.*MessageSizeTooLarge"):
         produce(settings, SKU_INGESTED, payloads)
     assert count_records(settings, [name]) == 0

@@ -24,7 +24,7 @@ def test_publishing_to_a_topic_that_was_never_created_is_transient_and_bounded(
     60 s: `skuforge ingest` before `skuforge topics create` died with a traceback, and the console's
     relay logged it as an unexpected failure."""
     settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path), flush_timeout_s=2.0)
-    payload = sku_ingested_payloads(open_store(settings.store_uri), 1)[0]
+    payload = sku_ingested_payloads(open_store(settings.store_uri, uri_from="SKUFORGE_STORE_URI"), 1)[0]
     publisher = Publisher(settings, "review")
     try:
         started = time.monotonic()

@@ -206,7 +206,7 @@ def test_a_store_uri_short_of_its_slashes_is_refused_not_made_a_local_folder(
     with pytest.raises(ConfigError, match=r"SKUFORGE_STORE_URI.*'://'"):
         load_settings(store_uri=uri)
     with pytest.raises(ValueError, match="'://'"):
-        open_store(uri)
+        open_store(uri, uri_from="the test")
     assert list(Path.cwd().glob(uri.partition(":")[0] + ":*")) == []
     assert load_settings(store_uri=f"./{uri}").store_uri == f"./{uri}"  # a local folder so named, said so
 

@@ -116,7 +116,9 @@ def test_replay_markers_the_store_refuses_are_a_clear_error_that_says_what_was_s
     create_topics(settings, SKU_INGESTED, partitions=1)
     write_letters(settings, ingested_letter(settings))
     code = dlq_main(
-        ["replay", settings.topic_name(SKU_INGESTED)], settings=settings, store=open_store(settings.store_uri)
+        ["replay", settings.topic_name(SKU_INGESTED)],
+        settings=settings,
+        store=open_store(settings.store_uri, uri_from="SKUFORGE_STORE_URI"),
     )
     captured = capsys.readouterr()
     assert code == 1 and captured.out == ""
@@ -139,7 +141,7 @@ def test_an_unreachable_store_is_a_clear_error(
     create_topics(settings, SKU_INGESTED, partitions=1)
     write_letters(settings, ingested_letter(settings))
     nobody = f"http://127.0.0.1:{free_port()}"
-    store = open_store("s3://skuforge/dlq", s3_endpoint_url=nobody)
+    store = open_store("s3://skuforge/dlq", s3_endpoint_url=nobody, uri_from="the test")
     code = dlq_main(["list", settings.topic_name(SKU_INGESTED)], settings=settings, store=store)
     captured = capsys.readouterr()
     assert code == 1 and captured.out == ""
@@ -318,7 +320,7 @@ def test_a_record_dead_lettered_twice_is_replayed_once(kafka_bootstrap: str, tmp
     create_topics(settings, SKU_INGESTED, partitions=1)
     later = (datetime.now(UTC) + timedelta(seconds=1)).isoformat()
     write_letters(settings, ingested_letter(settings), ingested_letter(settings, failed_at=later))
-    store = open_store(settings.store_uri)
+    store = open_store(settings.store_uri, uri_from="SKUFORGE_STORE_URI")
     assert dlq_main(["replay", settings.topic_name(SKU_INGESTED)], settings=settings, store=store) == 0
     assert len(read_topic(kafka_bootstrap, settings.topic_name(SKU_INGESTED), expect=1, timeout_s=10)) == 1
     assert len(list(store.list_keys("dlq-replays/"))) == 2  # both letters marked
@@ -353,7 +355,7 @@ def test_a_replay_that_fails_part_way_marks_what_was_sent(
         ingested_letter(settings),
         ingested_letter(settings, original_offset=1, original_value_b64=large),
     )
-    store = open_store(settings.store_uri)
+    store = open_store(settings.store_uri, uri_from="SKUFORGE_STORE_URI")
     limit("1000")
     assert dlq_main(["replay", original], settings=settings, store=store) == 1
     err = capsys.readouterr().err
@@ -443,7 +445,7 @@ def test_a_replay_stopped_while_it_flushes_marks_what_was_delivered(
         producer.flush = flush
         return producer
 
-    store = open_store(settings.store_uri)
+    store = open_store(settings.store_uri, uri_from="SKUFORGE_STORE_URI")
     monkeypatch.setattr(dlq_module, "make_producer", stopped_producer)
     try:
         exited = dlq_main(["replay", original], settings=settings, store=store)
@@ -666,7 +668,7 @@ def test_a_replay_sends_each_original_kept_in_the_store_before_it_reads_the_next
         producer.send = send
         return producer
 
-    store = CountingStore(s3_store.bucket, s3_store.prefix, client=s3_store.client)
+    store = CountingStore(s3_store.bucket, s3_store.prefix, client=s3_store.client, uri_from="the test")
     settings = isolated_settings(kafka_bootstrap, store.base_uri)
     create_topics(settings, SKU_INGESTED, partitions=1)
     topic = settings.topic_name(SKU_INGESTED)
@@ -696,7 +698,7 @@ def test_an_original_too_large_for_the_producer_does_not_stop_the_letters_after_
     settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path))
     create_topics(settings, SKU_INGESTED, partitions=1)
     topic = settings.topic_name(SKU_INGESTED)
-    store = open_store(settings.store_uri)
+    store = open_store(settings.store_uri, uri_from="SKUFORGE_STORE_URI")
     large = store.put_bytes(f"dlq-originals/{topic}/0-0-x.value", b"z" * (1024 * 1024 + 1000))
     write_letters(
         settings,
@@ -738,7 +740,9 @@ def test_a_store_that_goes_away_mid_replay_stops_it_with_what_was_sent_marked(
             finally:
                 restart_s3_server()
 
-    store = FlakyStore(s3_store.bucket, s3_store.prefix, client=s3_store.client, max_attempts=1)
+    store = FlakyStore(
+        s3_store.bucket, s3_store.prefix, client=s3_store.client, max_attempts=1, uri_from="the test"
+    )
     settings = isolated_settings(kafka_bootstrap, store.base_uri)
     create_topics(settings, SKU_INGESTED, partitions=1)
     topic = settings.topic_name(SKU_INGESTED)

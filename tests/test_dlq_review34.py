@@ -58,7 +58,7 @@ def test_a_replay_killed_part_way_is_not_sent_again_for_what_it_had_marked(
     arrived = replay_killed_part_way(settings, count)
     assert len(arrived) < count
 
-    store = open_store(settings.store_uri)
+    store = open_store(settings.store_uri, uri_from="SKUFORGE_STORE_URI")
     marked = {
         f"record-{int(key.rsplit('/', 1)[1].split('-')[1])}".encode()
         for key in store.list_keys("dlq-replays/")
@@ -88,7 +88,14 @@ def test_a_store_that_refuses_a_batch_of_markers_stops_the_replay_there(
     create_topics(settings, SKU_INGESTED, partitions=1)
     topic = settings.topic_name(SKU_INGESTED)
     write_values(settings, numbered_records(3))
-    assert dlq_main(["replay", topic], settings=settings, store=open_store(settings.store_uri)) == 1
+    assert (
+        dlq_main(
+            ["replay", topic],
+            settings=settings,
+            store=open_store(settings.store_uri, uri_from="SKUFORGE_STORE_URI"),
+        )
+        == 1
+    )
     err = capsys.readouterr().err
     assert "republished 1 dead letters" in err and "could not write their replay markers" in err
     assert [r.value for r in read_topic(kafka_bootstrap, topic, expect=1, timeout_s=10)] == [b"record-0"]

@@ -122,7 +122,7 @@ def test_a_letter_deleted_from_the_dlq_after_it_was_listed_is_named_and_the_othe
     settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path))
     create_topics(settings, SKU_INGESTED, partitions=1)
     values = small_letters(settings, 5)
-    store = open_store(settings.store_uri)
+    store = open_store(settings.store_uri, uri_from="SKUFORGE_STORE_URI")
     dead = read_dead_letters(settings, settings.topic_name(SKU_INGESTED))
     admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
     try:
@@ -241,7 +241,7 @@ def test_a_replay_after_one_was_killed_sends_nothing_that_one_had_delivered(
     write_values(settings, numbered_records(count))
     replay_killed_part_way(settings, count)
 
-    store = open_store(settings.store_uri)
+    store = open_store(settings.store_uri, uri_from="SKUFORGE_STORE_URI")
     assert dlq_main(["replay", topic], settings=settings, store=store) == 0
     capsys.readouterr()
     sends = Counter(record.value for record in read_topic(kafka_bootstrap, topic, expect=count, timeout_s=30))

@@ -418,9 +418,9 @@ def test_model_and_adapters_from_s3_generate_like_the_local_folder(
 
     _upload(s3_store, "models/tiny-sd-inpaint", tiny_model)
     # The registry's default root: <SKUFORGE_STORE_URI>/adapters.
-    AdapterRegistry(open_store(f"{s3_store.base_uri}/adapters", s3_endpoint_url=s3_endpoint)).register(
-        "general", lora_files[2], kind="general", base_model=TINY_BASE_MODEL
-    )
+    AdapterRegistry(
+        open_store(f"{s3_store.base_uri}/adapters", s3_endpoint_url=s3_endpoint, uri_from="the test")
+    ).register("general", lora_files[2], kind="general", base_model=TINY_BASE_MODEL)
     monkeypatch.setenv("SKUFORGE_DIFFUSION_MODEL", f"{s3_store.base_uri}/models/tiny-sd-inpaint")
     monkeypatch.setenv("SKUFORGE_STORE_URI", s3_store.base_uri)
     monkeypatch.setenv("SKUFORGE_S3_ENDPOINT_URL", s3_endpoint)

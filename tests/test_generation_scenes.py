@@ -884,11 +884,12 @@ from shared.store import open_store
 
 put_libpython_first()
 grpc_port, http_port, metrics_port, scenes = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+library = SceneLibrary.load(open_store(scenes, uri_from="the test"))
 config = TritonConfig(grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port, exit_on_error=True)
 with Triton(config=config) as triton:
     triton.bind(
         model_name=model_name("composite"),
-        infer_func=GenerationModel(CompositeBackend(SceneLibrary.load(open_store(scenes)), 1.0)),
+        infer_func=GenerationModel(CompositeBackend(library, 1.0)),
         inputs=[Tensor(name=n, dtype=dtype, shape=shape) for n, dtype, shape in INPUTS],
         outputs=[Tensor(name=n, dtype=dtype, shape=shape) for n, dtype, shape in OUTPUTS],
         config=ModelConfig(max_batch_size=8),

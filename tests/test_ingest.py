@@ -157,7 +157,7 @@ def test_ingest_publishes_one_event_per_sku_after_storing_photos(
     event_ids = ingest_path(synth_skus, settings)
     records = read_topic(kafka_bootstrap, settings.topic_name(SKU_INGESTED), expect=3, timeout_s=30)
     assert len(records) == 3
-    store = open_store(settings.store_uri)
+    store = open_store(settings.store_uri, uri_from="SKUFORGE_STORE_URI")
     for record in records:
         event = Envelope[SkuIngested].model_validate_json(record.value)
         assert record.key.decode() == event.sku_id

@@ -166,7 +166,7 @@ def test_a_registry_bucket_that_refuses_is_named_not_logged_as_a_failed_training
     job failed", twice, a user could not tell it from training that diverged. The log names the registry
     and its uri, and the job is retried."""
     bucket = f"no-such-bucket-{uuid.uuid4().hex[:12]}"
-    registry = open_store(f"s3://{bucket}/adapters", s3_endpoint_url=s3_endpoint)
+    registry = open_store(f"s3://{bucket}/adapters", s3_endpoint_url=s3_endpoint, uri_from="the test")
     trainer = trainer_with(FileStore(tmp_path / "store"), registry, tmp_path)
 
     store_failure_logged(trainer, caplog, "adapter registry", f"s3://{bucket}")

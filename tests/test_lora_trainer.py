@@ -377,7 +377,7 @@ def test_captioned_skus_become_an_adapter_that_later_generations_name(
             trainer=load_settings(LoraTrainerSettings, **TINY_TRAINING, lora_poll_s=0.5),
             diffusion=diffusion_settings(Path(triton_env["SKUFORGE_DIFFUSION_MODEL"]), tmp_path),
         )
-        store = open_store(shared.store_uri)
+        store = open_store(shared.store_uri, uri_from="SKUFORGE_STORE_URI")
         skus = [captioned_sku(store, i, series="Cola 330ml") for i in (91, 92)]
         bad = captioned_sku(store, 93, usable_photos=0, unusable_photos=1, series="Cola 330ml")
         produce(shared, SKU_CAPTIONED, [*skus, bad])
@@ -605,7 +605,7 @@ def test_an_untrainable_model_is_refused_at_start_up_and_a_job_that_fails_is_not
 def test_a_training_set_built_part_way_is_built_again_not_trained_on(tmp_path: Path) -> None:
     # Before, the per-class indexes written before a fault were read back as the whole set: the
     # adapter was trained without the other classes' SKUs and published under the full job's hash.
-    store = open_store(file_store_uri(tmp_path / "store"))
+    store = open_store(file_store_uri(tmp_path / "store"), uri_from="the test")
     first = captioned_sku(store, 1, usable_photos=1, series="mix")
     second = next(
         other

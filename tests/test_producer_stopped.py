@@ -62,7 +62,7 @@ def test_the_publisher_sends_again_once_the_refusal_is_lifted(kafka_bootstrap: s
     create_topics(settings, SKU_INGESTED, partitions=1)
     limited = settings.topic_name(PASSTHROUGH_OUT)
     _limit(kafka_bootstrap, limited, TOO_SMALL, create=True)
-    payload = sku_ingested_payloads(open_store(settings.store_uri), 1)[0]
+    payload = sku_ingested_payloads(open_store(settings.store_uri, uri_from="SKUFORGE_STORE_URI"), 1)[0]
     publisher = Publisher(settings, "review")
     try:
         with pytest.raises(TransientError, match="MessageSizeTooLarge"):

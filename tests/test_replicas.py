@@ -86,7 +86,7 @@ def test_killing_one_of_two_matting_replicas_mid_stream_decides_every_image_exac
     create_topics(
         settings, IMAGE_GENERATED, IMAGE_MATTED, GATE_ACCEPTED, CORRECTION_PENDING, partitions=PARTITIONS
     )
-    store = open_store(settings.store_uri)
+    store = open_store(settings.store_uri, uri_from="SKUFORGE_STORE_URI")
     payloads = generated_images(store, IMAGES)
     logs = tmp_path / "logs"
     logs.mkdir()

@@ -149,7 +149,7 @@ def test_transient_store_outage_pauses_and_retries_without_loss(
     assert retries_during_outage > 0
     assert set(_event_ids(outputs)) == _expected_outputs(settings, input_ids)
     assert read_topic(kafka_bootstrap, settings.dlq_name(SKU_INGESTED), expect=0, timeout_s=2) == []
-    store = open_store(f"s3://{bucket}/root", s3_endpoint_url=s3_endpoint)
+    store = open_store(f"s3://{bucket}/root", s3_endpoint_url=s3_endpoint, uri_from="the test")
     assert len(list(store.list_keys("passthrough/"))) == 60
 
 
@@ -262,7 +262,9 @@ def test_sigkill_mid_stream_then_restart_loses_nothing_and_stores_nothing_twice(
     create_topics(settings, SKU_INGESTED, PASSTHROUGH_OUT)
     count = 3000
     input_ids = produce(
-        settings, SKU_INGESTED, list(sku_ingested_payloads(open_store(settings.store_uri), count))
+        settings,
+        SKU_INGESTED,
+        list(sku_ingested_payloads(open_store(settings.store_uri, uri_from="SKUFORGE_STORE_URI"), count)),
     )
     output_topic = settings.topic_name(PASSTHROUGH_OUT)
 
@@ -298,7 +300,9 @@ def test_sigterm_finishes_commits_and_exits_zero(kafka_bootstrap: str, tmp_path:
     settings = isolated_settings(kafka_bootstrap, file_store_uri(store_root))
     create_topics(settings, SKU_INGESTED, PASSTHROUGH_OUT, partitions=1)
     input_ids = produce(
-        settings, SKU_INGESTED, list(sku_ingested_payloads(open_store(settings.store_uri), 50))
+        settings,
+        SKU_INGESTED,
+        list(sku_ingested_payloads(open_store(settings.store_uri, uri_from="SKUFORGE_STORE_URI"), 50)),
     )
     output_topic = settings.topic_name(PASSTHROUGH_OUT)
 
@@ -318,7 +322,9 @@ def test_sigterm_finishes_commits_and_exits_zero(kafka_bootstrap: str, tmp_path:
 
 def _raw_event(settings: Settings, prefix: str, event_id: str) -> dict[str, Any]:
     """A valid sku.ingested envelope as JSON data, to be changed the way another producer would."""
-    payload = sku_ingested_payloads(open_store(settings.store_uri), 1, prefix=prefix)[0]
+    payload = sku_ingested_payloads(
+        open_store(settings.store_uri, uri_from="SKUFORGE_STORE_URI"), 1, prefix=prefix
+    )[0]
     sku_id = payload.sku.sku_id
     envelope = make_envelope(
         SKU_INGESTED, payload, event_id=event_id, sku_id=sku_id, trace_id="t", producer="test"

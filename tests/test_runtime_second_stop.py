@@ -83,7 +83,8 @@ if "--nohup" in sys.argv:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
 settings = isolated_settings(sys.argv[1], sys.argv[2])
 create_topics(settings, SKU_INGESTED, partitions=1)
-produce(settings, SKU_INGESTED, sku_ingested_payloads(open_store(settings.store_uri), 1))
+store = open_store(settings.store_uri, uri_from="SKUFORGE_STORE_URI")
+produce(settings, SKU_INGESTED, sku_ingested_payloads(store, 1))
 stage = Stage("hangup", settings=settings)
 group = f"{settings.consumer_group_prefix}.{stage.name}"
 stop_heard = threading.Event()

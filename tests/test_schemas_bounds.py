@@ -77,7 +77,7 @@ def _written(topic: Topic[Any], payload: BaseModel) -> dict[str, Any]:
 
 def _payloads(tmp_path: Path) -> dict[str, tuple[Topic[Any], BaseModel]]:
     """The longest event of each bounded list that skuforge's producers write, by field."""
-    matted = gate.matted_item(open_store(f"file://{tmp_path}/in"), 1, 0)
+    matted = gate.matted_item(open_store(f"file://{tmp_path}/in", uri_from="the test"), 1, 0)
     checks = _failed_checks()
     # A general adapter trains on at most lora_general_max_images images, each of one SKU at most.
     most_skus = LoraTrainerSettings.model_fields["lora_general_max_images"].default

@@ -193,7 +193,7 @@ def test_nan_or_infinity_in_an_event_is_dead_lettered_not_forwarded_as_null(
     else:
         topic, payload = (
             IMAGE_GENERATED,
-            gate.matted_item(open_store(f"file://{tmp_path}/in"), 1, 0).generated,
+            gate.matted_item(open_store(f"file://{tmp_path}/in", uri_from="the test"), 1, 0).generated,
         )
         sku_id = payload.sku.sku_id
     written = make_envelope(
@@ -246,7 +246,7 @@ def test_oversized_free_text_is_dead_lettered_once_naming_the_field(
     """Before, captions and prompts had no length limit but Kafka's record size: a sku.captioned with a
     100 kB caption was taken, and the generator's server refused each of its variants (text over 8 KiB)
     one by one. Now the event is refused once, when it is read, naming the field."""
-    store = open_store(f"file://{tmp_path}/in")
+    store = open_store(f"file://{tmp_path}/in", uri_from="the test")
     payload: BaseModel = (
         gate.captioned(store, 1) if topic is SKU_CAPTIONED else gate.matted_item(store, 1, 0).generated
     )
@@ -319,7 +319,7 @@ def test_what_the_captioner_writes_from_the_longest_metadata_stays_well_within_t
 def test_a_sku_captioned_the_schema_takes_makes_prompts_the_generator_server_takes(tmp_path: Path) -> None:
     """The server refuses a text input over MAX_TEXT_BYTES variant by variant: a sku.captioned at its
     bounds, in 4-byte characters, still makes prompts it takes, so the schema is where one is refused."""
-    data = gate.captioned(open_store(f"file://{tmp_path}"), 1).model_dump()
+    data = gate.captioned(open_store(f"file://{tmp_path}", uri_from="the test"), 1).model_dump()
     data["instance_prompt"] = "\N{GRINNING FACE}" * MAX_PHRASE_CHARS
     data["negative_prompt"] = "\N{GRINNING FACE}" * MAX_CAPTION_CHARS
     data["photos"][0]["caption"] = "\N{GRINNING FACE}" * MAX_CAPTION_CHARS

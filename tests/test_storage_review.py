@@ -241,7 +241,9 @@ def test_fetch_directory_same_bucket_on_two_s3_servers(
     bucket = f"models-{uuid.uuid4().hex[:12]}"
     for endpoint, config in ((s3_endpoint, b'{"model": "a"}'), (other_s3_endpoint, b'{"model": "b"}')):
         boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
-        _model_folder(open_store(f"s3://{bucket}", s3_endpoint_url=endpoint), "blip", config)
+        _model_folder(
+            open_store(f"s3://{bucket}", s3_endpoint_url=endpoint, uri_from="the test"), "blip", config
+        )
     uri = f"s3://{bucket}/blip"
 
     first = fetch_directory(uri, cache, s3_endpoint_url=s3_endpoint, uri_from="the test")
@@ -253,7 +255,7 @@ def test_fetch_directory_same_bucket_on_two_s3_servers(
         fetch_directory(uri, cache, s3_endpoint_url=f"HTTP://{other_s3_endpoint[7:]}/", uri_from="the test")
         == second
     )
-    own_store = open_store(f"s3://{bucket}", s3_endpoint_url=s3_endpoint)
+    own_store = open_store(f"s3://{bucket}", s3_endpoint_url=s3_endpoint, uri_from="the test")
     assert fetch_directory(uri, cache, store=own_store, uri_from="the test") == first
     assert sorted(p.name for p in cache.iterdir()) == sorted([first.name, second.name])
 
@@ -297,7 +299,7 @@ def test_a_model_folder_with_a_file_name_no_file_system_takes_is_refused_up_fron
     bucket = f"models-{uuid.uuid4().hex[:12]}"
     client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
     client.create_bucket(Bucket=bucket)
-    store = open_store(f"s3://{bucket}", s3_endpoint_url=s3_endpoint)
+    store = open_store(f"s3://{bucket}", s3_endpoint_url=s3_endpoint, uri_from="the test")
     uri = _model_folder(store, "blip")
     long_name = "z" * 300 + ".safetensors"
     client.put_object(Bucket=bucket, Key=f"blip/unet/{long_name}", Body=b"w")

@@ -103,7 +103,7 @@ def test_a_file_store_lookup_the_disk_refuses_is_transient(
     ],
 )
 def test_s3_answers_that_sending_again_fixes_are_transient(code: str, status: int) -> None:
-    store = S3Store("bucket", client=object())  # type: ignore[arg-type]
+    store = S3Store("bucket", client=object(), uri_from="the test")  # type: ignore[arg-type]
     response: Any = {"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}
     error = ClientError(response, "PutObject")
     with pytest.raises(TransientError, match=code), store._mapped_errors("s3://bucket/key"):

@@ -192,25 +192,27 @@ def test_foreign_uri_refused(store: ObjectStore, tmp_path: Path) -> None:
 
 def test_open_store_file_uris(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    absolute = open_store(f"file://{tmp_path}/abs")
+    absolute = open_store(f"file://{tmp_path}/abs", uri_from="the test")
     assert isinstance(absolute, FileStore)
     assert absolute.base_uri == f"file://{tmp_path}/abs"
 
-    relative = open_store("file://./var/store")
+    relative = open_store("file://./var/store", uri_from="the test")
     assert isinstance(relative, FileStore)
     assert relative.root == tmp_path / "var" / "store"
     ref = relative.put_bytes("k", b"v")
     assert ref.uri == f"file://{tmp_path}/var/store/k"
     assert (tmp_path / "var" / "store" / "k").read_bytes() == b"v"
 
-    plain = open_store(str(tmp_path / "plain"))
+    plain = open_store(str(tmp_path / "plain"), uri_from="the test")
     assert isinstance(plain, FileStore)
     assert plain.base_uri == f"file://{tmp_path}/plain"
-    assert open_store("var/store").base_uri == relative.base_uri
+    assert open_store("var/store", uri_from="the test").base_uri == relative.base_uri
 
 
 def test_open_store_s3_uris() -> None:
-    store = open_store("s3://my-bucket/some/prefix/", s3_endpoint_url="http://127.0.0.1:1")
+    store = open_store(
+        "s3://my-bucket/some/prefix/", s3_endpoint_url="http://127.0.0.1:1", uri_from="the test"
+    )
     assert isinstance(store, S3Store)
     assert (store.bucket, store.prefix, store.base_uri) == (
         "my-bucket",
@@ -218,18 +220,18 @@ def test_open_store_s3_uris() -> None:
         "s3://my-bucket/some/prefix",
     )
     assert store.uri_for("a/b.png") == "s3://my-bucket/some/prefix/a/b.png"
-    bare = open_store("s3://my-bucket")
+    bare = open_store("s3://my-bucket", uri_from="the test")
     assert isinstance(bare, S3Store)
     assert bare.uri_for("k") == "s3://my-bucket/k"
     with pytest.raises(ValueError, match="bucket"):
-        open_store("s3:///prefix")
+        open_store("s3:///prefix", uri_from="the test")
 
 
 @pytest.mark.parametrize("uri", ["http://host/x", "gs://bucket/x", "ftp://h/x"])
 def test_open_store_unknown_scheme(uri: str) -> None:
     scheme = uri.split("://")[0]
     with pytest.raises(ValueError, match=rf"unsupported object-store scheme '{scheme}'.*file://.*s3://"):
-        open_store(uri)
+        open_store(uri, uri_from="the test")
 
 
 # --- failure mapping ----------------------------------------------------------------------
@@ -243,6 +245,7 @@ def test_s3_unreachable_endpoint_is_transient() -> None:
         connect_timeout=0.5,
         read_timeout=0.5,
         max_attempts=1,
+        uri_from="the test",
     )
     started = time.monotonic()
     with pytest.raises(TransientError):
@@ -266,7 +269,7 @@ def test_s3_unreachable_endpoint_is_transient() -> None:
 def test_s3_error_mapping(code: str, status: int, expected: type[Exception]) -> None:
     # The mapping of S3's answers, given as botocore raises them after its own retries; no S3 client is
     # involved (moto cannot be made to throttle; the NoSuchKey case also runs against moto above).
-    store = S3Store("any-bucket", "pfx", endpoint_url="http://127.0.0.1:1")
+    store = S3Store("any-bucket", "pfx", endpoint_url="http://127.0.0.1:1", uri_from="the test")
     with pytest.raises(expected), store._mapped_errors("s3://any-bucket/pfx/a.bin"):
         raise _client_error(code, status)
 
@@ -282,7 +285,7 @@ def _client_error(code: str, status: int) -> ClientError:
 )
 def test_s3_refusing_the_deployment_is_transient_and_says_what_to_check(code: str, status: int) -> None:
     """A refusal of our credentials or bucket is the deployment's fault: retried, never the input's DLQ."""
-    store = S3Store("any-bucket", endpoint_url="http://127.0.0.1:1")
+    store = S3Store("any-bucket", endpoint_url="http://127.0.0.1:1", uri_from="the test")
     with pytest.raises(StoreMisconfigured) as info, store._mapped_errors("s3://any-bucket/a.bin"):
         raise _client_error(code, status)
     assert isinstance(info.value, TransientError) and not isinstance(info.value, BadInput)
@@ -374,7 +377,7 @@ def test_read_verified_refuses_an_oversized_object_unread(
         # A server in another process, so only the store's own reading is measured here.
         endpoint: str = request.getfixturevalue("other_s3_endpoint")
         boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="big")
-        store = open_store("s3://big/pfx", s3_endpoint_url=endpoint)
+        store = open_store("s3://big/pfx", s3_endpoint_url=endpoint, uri_from="the test")
     small = store.put_bytes("small.bin", b"expected")
     big_bytes = 32 << 20
     store.put_bytes("big.bin", b"\x00" * big_bytes)

@@ -53,7 +53,9 @@ def _dead_lettered(stage: Stage) -> float:
 
 
 def test_a_missing_bucket_is_a_deployment_fault_and_its_writes_are_counted(s3_endpoint: str) -> None:
-    store = open_store(f"s3://absent-{uuid.uuid4().hex[:20]}/pfx", s3_endpoint_url=s3_endpoint)
+    store = open_store(
+        f"s3://absent-{uuid.uuid4().hex[:20]}/pfx", s3_endpoint_url=s3_endpoint, uri_from="the test"
+    )
     metrics = StageMetrics("review")
     store.on_write = metrics.observe_store_write
 
@@ -81,7 +83,9 @@ def test_no_credentials_at_all_is_a_deployment_fault(
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance role to fall back on
     monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)  # it caches the credentials it found before
-    store = open_store(f"s3://bucket-{uuid.uuid4().hex[:12]}/pfx", s3_endpoint_url=s3_endpoint)
+    store = open_store(
+        f"s3://bucket-{uuid.uuid4().hex[:12]}/pfx", s3_endpoint_url=s3_endpoint, uri_from="the test"
+    )
 
     with pytest.raises(StoreMisconfigured, match=r"no usable S3 credentials.*check the credentials"):
         store.get_bytes("a.bin")

@@ -13,8 +13,8 @@ from shared.store import check_store_uri, open_store
 
 
 def test_a_bucket_name_ending_in_a_newline_is_refused_when_the_store_is_opened() -> None:
-    assert open_store("s3://skuforge").base_uri == "s3://skuforge"
+    assert open_store("s3://skuforge", uri_from="the test").base_uri == "s3://skuforge"
     with pytest.raises(ValueError, match=r"invalid S3 bucket name 'skuforge\\n'"):
-        open_store("s3://skuforge\n")
+        open_store("s3://skuforge\n", uri_from="the test")
     with pytest.raises(ValueError, match="invalid S3 bucket name"):
         check_store_uri("s3://skuforge\n")

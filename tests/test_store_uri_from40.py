@@ -21,7 +21,7 @@ from shared.captioning.vlm import fetch_model_dir, open_vlm
 from shared.errors import StoreMisconfigured, TransientError
 from shared.matting.session import open_session
 from shared.model_cache import fetch_directory, fetch_file
-from shared.store import S3Store
+from shared.store import S3Store, open_store
 from shared.trainstore.loader import load_manifest
 from tests.support.bus import file_store_uri
 from tests.support.model_cache import publish_folder
@@ -113,6 +113,23 @@ def test_s3_answering_5xx_names_where_the_uri_came_from() -> None:
     with pytest.raises(TransientError) as info, store._mapped_errors("s3://scenes/a.jpg"):
         raise ClientError(answer, "GetObject")
     assert str(info.value) == "S3 answered InternalError for s3://scenes/a.jpg (from --scenes)"
+
+
+# The store openers, each with an s3:// URI's parts and uri_from left out.
+STORE_OPENERS: dict[str, Callable[[], Any]] = {
+    "open_store": lambda: open_store(  # type: ignore[call-arg]
+        "s3://scenes/shelves", s3_endpoint_url="http://127.0.0.1:1"
+    ),
+    "S3Store": lambda: S3Store("scenes", "shelves", endpoint_url="http://127.0.0.1:1"),  # type: ignore[call-arg]
+}
+
+
+@pytest.mark.parametrize("opener", STORE_OPENERS)
+def test_a_store_open_must_say_where_its_uri_came_from(opener: str) -> None:
+    # uri_from defaulted to SKUFORGE_STORE_URI, as the model fetches' did before c6596da: a caller that
+    # left it out for a scene library's or a registry's bucket had an S3 refusal blame that setting.
+    with pytest.raises(TypeError, match="uri_from"):
+        STORE_OPENERS[opener]()
 
 
 @pytest.mark.parametrize("fetch", [fetch_file, fetch_directory])

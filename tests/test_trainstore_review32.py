@@ -76,7 +76,7 @@ def test_an_image_left_by_a_deletion_cut_short_is_swept_once_older_than_the_grac
     s3_store: ObjectStore, s3_endpoint: str
 ) -> None:
     assert isinstance(s3_store, S3Store)
-    store = DeleteFailsOnce(s3_store.bucket, "pfx", endpoint_url=s3_endpoint)
+    store = DeleteFailsOnce(s3_store.bucket, "pfx", endpoint_url=s3_endpoint, uri_from="the test")
     manifests = ManifestStore(store, PREFIX)
     ctx = Context("trainstore", store, Settings(), StageMetrics("trainstore"), logging.getLogger("test"))
     patient = Trainstore(manifests, compact_after_parts=16)  # the default grace period: a day

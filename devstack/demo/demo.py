@@ -699,7 +699,10 @@ def run_flow(
 
     settings = load_settings()
     store = open_store(
-        settings.store_uri, s3_endpoint_url=settings.s3_endpoint_url, s3_region=settings.s3_region
+        settings.store_uri,
+        s3_endpoint_url=settings.s3_endpoint_url,
+        s3_region=settings.s3_region,
+        uri_from="SKUFORGE_STORE_URI",
     )
     since_ms = int(time.time() * 1000) - 2_000
     event_ids = ingest_path(skus_dir, settings, store=store)

@@ -129,7 +129,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skuforge console {args.action}: {exc}", file=sys.stderr)
         return 2
     store = open_store(
-        settings.store_uri, s3_endpoint_url=settings.s3_endpoint_url, s3_region=settings.s3_region
+        settings.store_uri,
+        s3_endpoint_url=settings.s3_endpoint_url,
+        s3_region=settings.s3_region,
+        uri_from="SKUFORGE_STORE_URI",
     )
 
     if args.action == "export-labelstudio":

@@ -82,7 +82,10 @@ class ConsoleService:
         self.settings = settings
         self.console_settings = console
         self.store = store or open_store(
-            settings.store_uri, s3_endpoint_url=settings.s3_endpoint_url, s3_region=settings.s3_region
+            settings.store_uri,
+            s3_endpoint_url=settings.s3_endpoint_url,
+            s3_region=settings.s3_region,
+            uri_from="SKUFORGE_STORE_URI",
         )
         self.tasks = tasks or TaskStore(console.console_db_path)
         metrics_port = console.console_metrics_port

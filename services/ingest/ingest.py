@@ -1030,7 +1030,10 @@ def ingest_path(
         # Their photos' bytes are on disk: png is empty in these.
         spooled = _check_all(path, settings, lambda sku: _spool(sku, Path(spool_dir)), warn=warn)
         store = store or open_store(
-            settings.store_uri, s3_endpoint_url=settings.s3_endpoint_url, s3_region=settings.s3_region
+            settings.store_uri,
+            s3_endpoint_url=settings.s3_endpoint_url,
+            s3_region=settings.s3_region,
+            uri_from="SKUFORGE_STORE_URI",
         )
         prefix = (trainstore or load_settings(TrainstoreSettings)).trainstore_prefix
         withdrawals = Withdrawals(ManifestStore(store, prefix))
@@ -1195,7 +1198,10 @@ def withdraw_skus(
         except ValueError as exc:
             raise IngestError(f"--withdraw-sku {sku_id!r}: not a SKU id: {exc}") from None
     store = store or open_store(
-        settings.store_uri, s3_endpoint_url=settings.s3_endpoint_url, s3_region=settings.s3_region
+        settings.store_uri,
+        s3_endpoint_url=settings.s3_endpoint_url,
+        s3_region=settings.s3_region,
+        uri_from="SKUFORGE_STORE_URI",
     )
     withdrawals = Withdrawals(
         ManifestStore(store, (trainstore or load_settings(TrainstoreSettings)).trainstore_prefix)

@@ -1590,7 +1590,12 @@ def open_trainer(
     # not by every job.
     paint_dtype = painter_dtype(diffusion.diffusion_dtype, _device(trainer))
     torch.set_num_threads(trainer.lora_threads)
-    store = open_store(shared.store_uri, s3_endpoint_url=shared.s3_endpoint_url, s3_region=shared.s3_region)
+    store = open_store(
+        shared.store_uri,
+        s3_endpoint_url=shared.s3_endpoint_url,
+        s3_region=shared.s3_region,
+        uri_from="SKUFORGE_STORE_URI",
+    )
     adapters_uri = diffusion.adapters_uri(shared)
     try:
         registry_store = diffusion.adapters_store(shared)

@@ -184,7 +184,10 @@ def open_manifests() -> ManifestStore:
     settings = load_settings()
     trainstore = load_settings(TrainstoreSettings)
     store = open_store(
-        settings.store_uri, s3_endpoint_url=settings.s3_endpoint_url, s3_region=settings.s3_region
+        settings.store_uri,
+        s3_endpoint_url=settings.s3_endpoint_url,
+        s3_region=settings.s3_region,
+        uri_from="SKUFORGE_STORE_URI",
     )
     return ManifestStore(store, trainstore.trainstore_prefix)
 

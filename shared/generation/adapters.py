@@ -17,7 +17,7 @@ all shelf images, and ``specialized`` adapters trained on one product series. Fo
 choice is: the newest specialised adapter of the SKU's series, else the newest general one, else
 none (``resolve_adapter``)::
 
-    registry = AdapterRegistry(open_store("s3://models/adapters"))
+    registry = AdapterRegistry(open_store("s3://models/adapters", uri_from="SKUFORGE_DIFFUSION_ADAPTERS_URI"))
     registry.register("shelf-general", Path("lora.safetensors"), kind="general", base_model="sd15-inpaint")
     choice = resolve_adapter(registry.list(), series="cola-330ml", base_model="sd15-inpaint")
     choice.adapter, choice.reason              # AdapterMetadata or None; "series", "general" or "none"

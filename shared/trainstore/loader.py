@@ -155,7 +155,7 @@ def _open(uri: str, s3_endpoint_url: str | None, uri_from: str) -> ObjectStore:
     """The store ``uri`` names; the settings are read for an s3:// one only, so that a local store opens
     whatever else SKUFORGE_* holds."""
     if check_store_uri(uri)[0] != "s3":
-        return open_store(uri)
+        return open_store(uri, uri_from=uri_from)
     settings = load_settings()
     return open_store(
         uri,

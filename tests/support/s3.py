@@ -113,7 +113,7 @@ def s3_store(s3_endpoint: str) -> Iterator[ObjectStore]:
     bucket = f"test-{uuid.uuid4().hex[:20]}"
     client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
     client.create_bucket(Bucket=bucket)
-    yield open_store(f"s3://{bucket}/pfx", s3_endpoint_url=s3_endpoint)
+    yield open_store(f"s3://{bucket}/pfx", s3_endpoint_url=s3_endpoint, uri_from="the test")
     # Empty and drop the bucket so a long session does not pile objects up in moto's memory.
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
         for item in page.get("Contents", []):
