@@ -318,7 +318,7 @@ def test_a_file_name_that_is_not_utf8_is_kept_readable_and_a_failure_names_what_
 def test_the_stored_photo_owners_are_the_photos_in_each_skus_incoming_folder(tmp_path: Path) -> None:
     # Read by the flow's layout (shared.keys): a stray object directly in incoming/ (no SKU folder,
     # which sku_of refuses to read as a SKU) or beside the photos is no SKU's photo, and stops nothing.
-    store = open_store(file_store_uri(tmp_path / "store"))
+    store = open_store(file_store_uri(tmp_path / "store"), uri_from="the test")
     photo_id = "0123456789abcdef"
     for key in (
         f"incoming/A-1/{photo_id}.png",
