@@ -640,6 +640,9 @@ def _jpeg_segments(data: bytes) -> Iterator[tuple[int, bytes, int, int]]:
         if marker == 0xFF:  # a fill byte
             position += 1
             continue
+        if marker == 0x00:  # a stuffed FF 00 outside a scan is no marker: extraneous, as libjpeg reads it
+            position += 2
+            continue
         if marker == 0xD9:  # EOI: the first image ends (an MPO's next one may follow)
             return
         if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length

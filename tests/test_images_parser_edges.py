@@ -88,6 +88,18 @@ def test_a_jpeg_with_stray_bytes_between_its_segments_is_read_as_libjpeg_reads_i
         assert ImageChops.difference(decoded, photo.convert("RGB")).getbbox() is None
 
 
+@pytest.mark.parametrize("before", [b"\xff\xc4", b"\xff\xda"], ids=["a Huffman table", "the scan"])
+def test_stray_bytes_holding_a_stuffed_ff00_are_skipped_as_libjpeg_skips_them(before: bytes) -> None:
+    # FF 00 outside a scan is no marker: libjpeg (next_marker) and Pillow discard it with the other
+    # extraneous bytes. The marker walk read it as a marker with a length (here 0x4000), skipped the
+    # segments after it, saw no scan, and the photo was refused as truncated.
+    whole = _jpeg()
+    at = whole.index(before)
+    with Image.open(io.BytesIO(whole)) as photo:
+        decoded = decode_image(whole[:at] + b"\x12\xff\x00\x40\x00" + whole[at:])
+        assert ImageChops.difference(decoded, photo.convert("RGB")).getbbox() is None
+
+
 # An 8x8 grey JPEG (white, its top two rows grey: Pillow, quality 50) made arithmetic-coded by
 # `jpegtran -arithmetic -copy none`; Pillow writes no arithmetic coding.
 _ARITHMETIC_JPEG = base64.b64decode(
