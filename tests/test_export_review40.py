@@ -123,3 +123,26 @@ def test_a_lost_mask_keeps_the_stores_reason(
     err = capsys.readouterr().err
     assert "masks/SKU-A/real-0.png: the mask of SKU-A/real-0 (a folder, not a file); restore it" in err
     assert not (tmp_path / "export").exists()
+
+
+def test_synthetic_images_stored_under_two_skus_name_the_photo_to_take_out(
+    store: ManifestStore, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The refusal says to take out "the photo it was generated from": with three shared synthetic
+    # images named first (gen- sorts before real-), the shared photo itself fell past the first three
+    # and no line named the photo to take out, only generated items no folder holds.
+    for index in range(2, 4):
+        add_item(store, "SKU-A", f"gen-{index}", "synthetic", "accepted")
+    for item_id in ["gen-0", "gen-1", "gen-2", "gen-3", "real-0"]:
+        row = store.read_sku("SKU-A")[item_id]
+        if row.source == "synthetic":
+            row = row.model_copy(update={"reference_photo_id": "real-0"})
+            store.append("SKU-A", [row])
+        store.append("SKU-B", [row.model_copy(update={"sku_id": "SKU-B"})])
+    argv = [*EXPORT[:-1], "4", str(tmp_path / "export")]
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "(and 2 more)" in err
+    assert "synthetic image gen-0 of photo real-0 is stored under SKU-A and SKU-B" in err

@@ -810,11 +810,15 @@ def _refuse_photos_of_two_skus(classes: Sequence[ClassPlan]) -> None:
 
 def _image_of_skus(rows: Sequence[ManifestRow]) -> str:
     """One image's ``rows`` (one per SKU) named: "photo real-0 is stored under A and B"; "synthetic
-    image" where they are synthetic, "image" where some are real and some synthetic."""
+    image" where they are synthetic, "image" where some are real and some synthetic, with the photo a
+    synthetic one was generated from: that photo is what the refusal says to take out, and the photo's
+    own line may be past the first three named."""
     sources = {row.source for row in rows}
     what = "photo" if sources == {"real"} else "synthetic image" if sources == {"synthetic"} else "image"
     item_ids = "/".join(sorted({row.item_id for row in rows}))
-    return f"{what} {item_ids} is stored under {' and '.join(row.sku_id for row in rows)}"
+    photos = sorted({photo for row in rows if row.source == "synthetic" and (photo := photo_of(row))})
+    of = f" of photo {'/'.join(photos)}" if photos else ""
+    return f"{what} {item_ids}{of} is stored under {' and '.join(row.sku_id for row in rows)}"
 
 
 # Names Windows keeps for devices, with or without an extension ("CON", "nul.v2"): no folder can have one.
