@@ -94,8 +94,8 @@ _TIFF_LAYOUTS = {
 # NewSubfileType (tag 254) bits of a TIFF page that belongs to another page rather than being one.
 _TIFF_REDUCED, _TIFF_MASK = 1, 4
 # What Pillow raises for a TIFF page whose directory cannot be read (TypeError "Missing dimensions"
-# for one past the end of the file).
-_UNREADABLE_TIFF_PAGE = (OSError, SyntaxError, ValueError, TypeError, struct.error)
+# for one past the end of the file, KeyError for a compression it has no decoder for: JPEG 2000).
+_UNREADABLE_TIFF_PAGE = (OSError, SyntaxError, ValueError, TypeError, KeyError, struct.error)
 # Bytes per value of each TIFF field type, by its number: 1 BYTE, 2 ASCII, 3 SHORT, 4 LONG, 5 RATIONAL...
 # 16 LONG8, 17 SLONG8, 18 IFD8 (BigTIFF).
 _TIFF_TYPE_SIZES = dict(enumerate((0, 1, 1, 2, 4, 8, 1, 1, 2, 4, 8, 4, 8, 4, 0, 0, 8, 8, 8)))

@@ -126,3 +126,37 @@ def test_the_copy_check_hashes_the_photo_page() -> None:
     # a copy of a held-out photo saved so was not found.
     photo = _picture(1)
     assert perceptual_hash(_tiff((_cut_out_mask(), MASK), (photo, 0))) == perceptual_hash(_png(photo))
+
+
+def _with_compression(data: bytes, page: int, compression: int) -> bytes:
+    """``data`` (a little-endian TIFF) whose page ``page`` says it is stored with ``compression``."""
+    patched = bytearray(data)
+    (directory,) = struct.unpack_from("<I", patched, 4)
+    for _ in range(page):
+        (entries,) = struct.unpack_from("<H", patched, directory)
+        (directory,) = struct.unpack_from("<I", patched, directory + 2 + 12 * entries)
+    (entries,) = struct.unpack_from("<H", patched, directory)
+    for entry in range(directory + 2, directory + 2 + 12 * entries, 12):
+        if struct.unpack_from("<H", patched, entry)[0] == 259:  # Compression, a SHORT
+            struct.pack_into("<H", patched, entry + 8, compression)
+            return bytes(patched)
+    raise AssertionError("no Compression tag")
+
+
+JPEG_2000 = 34712  # a TIFF compression Pillow has no decoder for: its page's directory raises KeyError
+
+
+def test_a_preview_whose_photo_page_pillow_cannot_read_is_refused() -> None:
+    # Pillow raises KeyError for a page of a compression it does not know; seeking the photo page let it
+    # out of decode_image, and ingest stopped with a traceback.
+    data = _with_compression(_tiff((_picture(1, (80, 60)), PREVIEW), (_picture(1), 0)), 1, JPEG_2000)
+    with pytest.raises(ImageRejected) as refused:
+        decode_image(data)
+    assert refused.value.reason == "corrupt" and "page 1" in str(refused.value)
+
+
+def test_pages_are_counted_up_to_a_page_pillow_cannot_read() -> None:
+    # The photo (page 0) decodes; counting its pages for the multi-page warning raised KeyError.
+    data = _with_compression(_tiff((_picture(1), 0), (_picture(2), 0)), 1, JPEG_2000)
+    assert decode_image(data).size == (320, 240)
+    assert frame_count(data) == 1
