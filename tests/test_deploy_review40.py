@@ -241,3 +241,45 @@ def test_a_max_replicas_refusal_gives_the_reason_for_a_stage_of_several_topics_t
     message = render_error(helm, f"stages.{stage}.autoscaling.maxReplicas=7")
     assert f"stages.{stage}.autoscaling.maxReplicas (7) is more than topicPartitions (6)" in message
     assert "hold no partition" not in message and "never scales past 6" in message, message
+
+
+@pytest.mark.parametrize(
+    "source",
+    ["settings", "secret.values", "stageDefaults.env", "stages.matting.env", "console.env", "triton.env"],
+)
+@pytest.mark.parametrize(
+    "value", ["SKUFORGE_LOG_FORMAT.a=1", "SKUFORGE_LOG_FORMAT[0]=1"], ids=["map", "list"]
+)
+def test_a_map_or_list_where_a_value_belongs_is_refused_naming_its_key(
+    helm: str, source: str, value: str
+) -> None:
+    """`--set settings.SKUFORGE_X.a=1` (or a list, or a nested map in a values file) reached the pods
+    as the text "map[a:1]" (or "[1]"), which no setting takes: refused at render instead."""
+    message = render_error(helm, f"{source}.{value}")
+    assert f"{source}.SKUFORGE_LOG_FORMAT is a " in message, message
+    assert "must be a string, number or boolean" in message, message
+
+
+SEED = "SKUFORGE_GENERATION_SEED"
+
+
+@pytest.mark.parametrize("source", ["settings", "secret.values", "stages.generator.env"])
+def test_a_large_whole_number_given_with_set_reaches_the_pods_as_given(helm: str, source: str) -> None:
+    """A seed has no upper bound, and --set reads 9007199254740993 as an int64; the helpers passed
+    every variable through JSON, a float64, and the pods got 9007199254740992: another seed, unseen."""
+    docs = render(helm, f"{source}.{SEED}=9007199254740993")
+    assert pod_env(docs, "rel-skuforge-generator")[SEED] == "9007199254740993"
+
+
+@pytest.mark.parametrize("number", ["9007199254740993", "1e21", "-12345678901234567890"])
+def test_a_number_a_values_file_cannot_keep_is_refused(helm: str, tmp_path: Path, number: str) -> None:
+    """Helm reads a values file's numbers as float64: 9007199254740993 became 9007199254740992 and 1e21
+    the text "1e+21" (which no integer setting takes). Past 2^53 a number may have lost digits before
+    the chart sees it, so it is refused, naming the key and the way round (quote it)."""
+    values = tmp_path / "seed.yaml"
+    values.write_text(f"stages:\n  generator:\n    env:\n      {SEED}: {number}\n")
+    message = render_error(helm, files=[values])
+    assert f"stages.generator.env.{SEED}" in message and "quote it" in message, message
+    # Quoted, it is a string, and reaches the pod as written.
+    values.write_text(f"stages:\n  generator:\n    env:\n      {SEED}: '{number}'\n")
+    assert pod_env(render(helm, files=[values]), "rel-skuforge-generator")[SEED] == number

@@ -70,10 +70,18 @@ def render(
 
 
 def render_error(
-    helm: str, *values: str, reviewers: bool = True, model: bool = True, chart: Path = CHART
+    helm: str,
+    *values: str,
+    reviewers: bool = True,
+    model: bool = True,
+    files: Sequence[Path] = (),
+    chart: Path = CHART,
 ) -> str:
-    """helm's message for values the render of ``chart`` refuses (fails the test if it renders)."""
+    """helm's message for values (files, then ``--set``) the render of ``chart`` refuses (fails the
+    test if it renders)."""
     command = [helm, "template", "rel", str(chart), "--kube-version", KUBE_VERSIONS[-1]]
+    for file in files:
+        command += ["-f", str(file)]
     for value in [REVIEWERS] * reviewers + [MODEL] * model + list(values):
         command += ["--set", value]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)

@@ -72,13 +72,15 @@ automountServiceAccountToken: {{ .Values.serviceAccount.automountToken }}
 {{- .Files.Get "files/flow.json" -}}
 {{- end -}}
 
-{{/* A map of variables (settings, secret.values, an env map) without its null entries, as JSON. `KEY: null`
-(--set KEY=null) is how Helm takes a value out, but a key values.yaml lacks stays, as nil: the pods got
-the text "<nil>", and the checks took the key as set. Every reader of those maps takes them from here. */}}
+{{/* A map of variables (settings, secret.values, an env map) without its null entries, as JSON, each value
+the text its variable gets. `KEY: null` (--set KEY=null) is how Helm takes a value out, but a key
+values.yaml lacks stays, as nil: the pods got the text "<nil>", and the checks took the key as set. Text,
+as JSON keeps numbers as float64: --set's 9007199254740993 (an int64) reached the pods as ...992. Every
+reader of those maps takes them from here. */}}
 {{- define "skuforge.given" -}}
 {{- $given := dict -}}
 {{- range $key, $value := . -}}
-{{- if not (kindIs "invalid" $value) }}{{ $_ := set $given $key $value }}{{ end -}}
+{{- if not (kindIs "invalid" $value) }}{{ $_ := set $given $key (include "skuforge.text" $value) }}{{ end -}}
 {{- end -}}
 {{- toJson $given -}}
 {{- end -}}
@@ -231,6 +233,20 @@ SKUFORGE_DIFFUSION_CACHE_DIR: use triton.modelCache (the Triton pod's cache volu
 {{- range $key, $_ := $settings -}}
 {{- if not (hasPrefix "SKUFORGE_" $key) -}}
 {{- fail (printf "settings.%s: only SKUFORGE_* settings belong here (secrets go in secret.values)" $key) -}}
+{{- end -}}
+{{- end -}}
+{{- /* Each variable's value is the text its pods get: a map or list reached them as "map[a:1]" or "[1]",
+which no setting takes, and a number Helm read from a values file past 2^53 (a float64 there) as other
+digits, or as "1e+21". */ -}}
+{{- $raw := dict "settings" .Values.settings "secret.values" .Values.secret.values "stageDefaults.env" .Values.stageDefaults.env "console.env" .Values.console.env "triton.env" .Values.triton.env -}}
+{{- range $name, $stage := .Values.stages }}{{ $_ := set $raw (printf "stages.%s.env" $name) ($stage | default dict).env }}{{ end -}}
+{{- range $source, $values := $raw -}}
+{{- range $key, $value := $values -}}
+{{- if or (kindIs "map" $value) (kindIs "slice" $value) -}}
+{{- fail (printf "%s.%s is a %s (%s): a value must be a string, number or boolean, the text its pods get; give one (a JSON setting as a quoted string)" $source $key (ternary "map" "list" (kindIs "map" $value)) (toJson $value)) -}}
+{{- else if and (kindIs "float64" $value) (or (ge $value 9007199254740992.0) (le $value -9007199254740992.0)) -}}
+{{- fail (printf "%s.%s=%v: Helm reads a values file's numbers as float64, exact only up to 2^53 (9007199254740992), so the pods would get other digits than those written; quote it (\"...\") or give it with --set" $source $key $value) -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 {{- $chartSet := include "skuforge.chartSetVariables" (dict "root" .) | fromYaml -}}
