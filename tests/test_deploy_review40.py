@@ -260,6 +260,17 @@ def test_a_map_or_list_where_a_value_belongs_is_refused_naming_its_key(
     assert "must be a string, number or boolean" in message, message
 
 
+def test_the_grace_refusal_names_the_key_the_grace_came_from(helm: str) -> None:
+    """Without the generator's own grace, stageDefaults' applies; the refusal named
+    stages.generator.terminationGracePeriodSeconds, a key the values did not set."""
+    message = render_error(
+        helm,
+        "stages.generator.terminationGracePeriodSeconds=null",
+        "stageDefaults.terminationGracePeriodSeconds=100",
+    )
+    assert "does not fit stageDefaults.terminationGracePeriodSeconds (100)" in message, message
+
+
 SEED = "SKUFORGE_GENERATION_SEED"
 
 

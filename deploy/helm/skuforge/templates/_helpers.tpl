@@ -337,7 +337,8 @@ applies, which the check cannot see. */ -}}
 {{- $timeoutS := float64 .value -}}
 {{- $grace := (include "skuforge.stageConfig" (dict "root" $ "name" "generator") | fromJson).terminationGracePeriodSeconds -}}
 {{- if lt (float64 $grace) (addf $timeoutS 30) -}}
-{{- fail (printf "%s.SKUFORGE_GENERATION_TRITON_TIMEOUT_S=%s does not fit stages.generator.terminationGracePeriodSeconds (%v): a generator pod stopped mid-request would be killed before the request ends and its batch is committed; set stages.generator.terminationGracePeriodSeconds to at least %v (the timeout and 30 s), or a shorter timeout" .source .value $grace (ceil (addf $timeoutS 30))) -}}
+{{- $graceKey := include "skuforge.stageKey" (dict "root" $ "name" "generator" "key" "terminationGracePeriodSeconds") -}}
+{{- fail (printf "%s.SKUFORGE_GENERATION_TRITON_TIMEOUT_S=%s does not fit %s (%v): a generator pod stopped mid-request would be killed before the request ends and its batch is committed; set stages.generator.terminationGracePeriodSeconds to at least %v (the timeout and 30 s), or a shorter timeout" .source .value $graceKey $grace (ceil (addf $timeoutS 30))) -}}
 {{- end -}}
 {{- end -}}
 {{- /* A file:// store is a folder in each pod's own filesystem unless every pod mounts one volume there:
