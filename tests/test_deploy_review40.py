@@ -294,3 +294,20 @@ def test_a_number_a_values_file_cannot_keep_is_refused(helm: str, tmp_path: Path
     # Quoted, it is a string, and reaches the pod as written.
     values.write_text(f"stages:\n  generator:\n    env:\n      {SEED}: '{number}'\n")
     assert pod_env(render(helm, files=[values]), "rel-skuforge-generator")[SEED] == number
+
+
+def test_the_docs_give_the_generators_stop_its_true_bound(helm: str) -> None:
+    """The grace (the timeout and 30 s) was said to cover the generator's stop, but the stop finishes
+    the whole batch in hand: every variant of up to SKUFORGE_MAX_POLL_RECORDS SKUs, sent in waves of
+    SKUFORGE_GENERATION_TRITON_CONCURRENCY, each wave up to the timeout. The docs give that bound with
+    the default settings, and the render's refusal says the grace covers the requests in flight."""
+    fields = GenerationSettings.model_fields
+    variants = (
+        Settings.model_fields["max_poll_records"].default * fields["generation_variants_per_sku"].default
+    )
+    waves = -(-variants // fields["generation_triton_concurrency"].default)
+    bound_s = waves * fields["generation_triton_timeout_s"].default
+    deploy = " ".join((REPO / "docs" / "deploy.md").read_text().split())
+    assert f"up to {waves} waves" in deploy and f"{bound_s:g} s" in deploy
+    message = render_error(helm, "stages.generator.terminationGracePeriodSeconds=100")
+    assert "requests in flight" in message and "its batch is committed" not in message, message

@@ -328,9 +328,10 @@ where the values name none); not known, composite is taken (the stage's default)
 {{- fail "triton serves the diffusion backend (triton.backends) but no model is named: set triton.env.SKUFORGE_DIFFUSION_MODEL (a path or s3:// URI of a diffusers inpainting model), or triton.backends={composite} (without one the Triton pod exits at start)" -}}
 {{- end -}}
 {{- end -}}
-{{- /* The generator stage's stop waits for a Triton request in flight, up to its timeout, and then
+{{- /* The generator stage's stop waits for its Triton requests in flight, up to its timeout, and then
 commits: a grace shorter than that plus 30 s killed the pod mid-request, the batch in hand never
-committed. values.yaml's `settings` gives the timeout, so the check reads the one the pods get (a copy of
+committed. A whole batch may take many waves of requests (docs/deploy.md): no grace waits for that, and
+a pod killed past it leaves the batch to the partition's next owner. values.yaml's `settings` gives the timeout, so the check reads the one the pods get (a copy of
 the default here went stale when the values changed it); removed with null, the stage's own default
 applies, which the check cannot see. */ -}}
 {{- with include "skuforge.generatorSetting" (dict "root" . "key" "SKUFORGE_GENERATION_TRITON_TIMEOUT_S") | fromJson -}}
@@ -338,7 +339,7 @@ applies, which the check cannot see. */ -}}
 {{- $grace := (include "skuforge.stageConfig" (dict "root" $ "name" "generator") | fromJson).terminationGracePeriodSeconds -}}
 {{- if lt (float64 $grace) (addf $timeoutS 30) -}}
 {{- $graceKey := include "skuforge.stageKey" (dict "root" $ "name" "generator" "key" "terminationGracePeriodSeconds") -}}
-{{- fail (printf "%s.SKUFORGE_GENERATION_TRITON_TIMEOUT_S=%s does not fit %s (%v): a generator pod stopped mid-request would be killed before the request ends and its batch is committed; set stages.generator.terminationGracePeriodSeconds to at least %v (the timeout and 30 s), or a shorter timeout" .source .value $graceKey $grace (ceil (addf $timeoutS 30))) -}}
+{{- fail (printf "%s.SKUFORGE_GENERATION_TRITON_TIMEOUT_S=%s does not fit %s (%v): a generator pod stopped with requests in flight would be killed before they end, its batch in hand left for the next owner to draw again; set stages.generator.terminationGracePeriodSeconds to at least %v (the timeout and 30 s), or a shorter timeout" .source .value $graceKey $grace (ceil (addf $timeoutS 30))) -}}
 {{- end -}}
 {{- end -}}
 {{- /* A file:// store is a folder in each pod's own filesystem unless every pod mounts one volume there:
