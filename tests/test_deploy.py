@@ -609,8 +609,14 @@ def test_a_backend_mix_asks_only_for_backends_triton_serves(helm: str) -> None:
     render(helm, r'settings.SKUFORGE_GENERATION_BACKEND_MIX=\{"composite": 0\, "diffusion": 1\}')
     empty = of_kind(render(helm, r"settings.SKUFORGE_GENERATION_BACKEND_MIX=\{\}"), "ConfigMap")
     assert empty["rel-skuforge-settings"]["data"]["SKUFORGE_GENERATION_BACKEND"] == "diffusion"
-    assert "is not a JSON object of shares" in render_error(
+    # A list to helm: refused as no one value (review 40), with the same escaping advice.
+    message = render_error(
         helm, r'settings.SKUFORGE_GENERATION_BACKEND_MIX={"composite": 3\, "diffusion": 1}'
+    )
+    assert "settings.SKUFORGE_GENERATION_BACKEND_MIX is a list" in message
+    assert r'escape its braces and commas: \{"composite": 3\, "diffusion": 1\}' in message, message
+    assert "is not a JSON object of shares" in render_error(
+        helm, 'settings.SKUFORGE_GENERATION_BACKEND_MIX="composite: 3"'
     )
 
 

@@ -243,7 +243,7 @@ digits, or as "1e+21". */ -}}
 {{- range $source, $values := $raw -}}
 {{- range $key, $value := $values -}}
 {{- if or (kindIs "map" $value) (kindIs "slice" $value) -}}
-{{- fail (printf "%s.%s is a %s (%s): a value must be a string, number or boolean, the text its pods get; give one (a JSON setting as a quoted string)" $source $key (ternary "map" "list" (kindIs "map" $value)) (toJson $value)) -}}
+{{- fail (printf "%s.%s is a %s, which its pods would get as the text %v: a value must be a string, number or boolean; give one (a JSON setting as a quoted string; with --set, escape its braces and commas: \\{\"composite\": 3\\, \"diffusion\": 1\\})" $source $key (ternary "map" "list" (kindIs "map" $value)) $value) -}}
 {{- else if and (kindIs "float64" $value) (or (ge $value 9007199254740992.0) (le $value -9007199254740992.0)) -}}
 {{- fail (printf "%s.%s=%v: Helm reads a values file's numbers as float64, exact only up to 2^53 (9007199254740992), so the pods would get other digits than those written; quote it (\"...\") or give it with --set" $source $key $value) -}}
 {{- end -}}
