@@ -60,7 +60,7 @@ from shared.config import Settings
 from shared.errors import BadInput, ObjectMissing, TransientError
 from shared.observability import escape_control_characters
 from shared.signals import held_signals, signal_number, stopped_how
-from shared.store import ObjectStore
+from shared.store import MAX_SEGMENT_BYTES, ObjectStore
 
 REPLAY_PREFIX = "dlq-replays"
 # The runtime's reason for an event whose Kafka key is not its envelope's sku_id (shared/runtime.py): a
@@ -975,7 +975,14 @@ class _ReplayLock:
             self.store.delete(self._heartbeat_key(self.holder["run"]))
 
     def _heartbeat_key(self, run: object) -> str:
-        return f"{self.key}.{run if isinstance(run, str) and _RUN.fullmatch(run) else 'unnamed'}.alive"
+        named = run if isinstance(run, str) and _RUN.fullmatch(run) else "unnamed"
+        heartbeat = f"{self.dlq_topic}.json.{named}.alive"  # a Kafka name is ASCII: a byte a character
+        if len(heartbeat) <= MAX_SEGMENT_BYTES:
+            return f"{REPLAY_LOCK_PREFIX}/{heartbeat}"
+        # A topic past 211 characters (Kafka takes 249) made a key segment past the store's 255 bytes,
+        # which raised out of the takeover and the release. '~' is in no topic name: no other's key.
+        digest = hashlib.sha256(self.dlq_topic.encode()).hexdigest()[:32]
+        return f"{REPLAY_LOCK_PREFIX}/{self.dlq_topic[:150]}~{digest}.json.{named}.alive"
 
     def _alive_at(self, holder: dict[str, Any], written_at: datetime) -> datetime:
         """When the lock's replay last showed it runs: its heartbeat, or the lock's own writing."""
