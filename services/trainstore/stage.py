@@ -88,7 +88,7 @@ from schemas.topics import CORRECTION_PENDING, CORRECTION_RESOLVED, GATE_ACCEPTE
 from shared import keys
 from shared.captioning.attributes import MASK_PROBLEMS
 from shared.config import load_settings
-from shared.errors import BadInput, ObjectMissing, naming
+from shared.errors import BadInput, ObjectMissing, TransientError, naming
 from shared.images import decode_image, decode_mask, encode_png
 from shared.runtime import Context, Emit, Handler, Stage, run_stage
 from shared.store import sha256_hex
@@ -156,6 +156,8 @@ class Trainstore:
         self.max_clock_ahead_s = max_clock_ahead_s
         self.sweep_grace_s = sweep_grace_s
         self.metrics = TrainstoreMetrics(registry or CollectorRegistry())
+        # Per SKU, the rows a manifest write that raised would have counted (``_count_landed``).
+        self._uncounted: dict[str, list[ManifestRow]] = {}
 
     # -- one method per input topic -------------------------------------------------------------
 
@@ -415,6 +417,7 @@ class Trainstore:
         Returns the item ids left out because a newer event decided them (``stands``)."""
         current = self.manifests.read_sku(sku_id) if current is None else current
         marked = self.withdrawals.photo_ids(sku_id) if marked is None else marked
+        self._count_landed(sku_id, current)
         staged = [replace(item, row=_dated(current.get(item.row.item_id), item.row)) for item in staged]
         # Before the objects: an older event's image must not overwrite the newer row's, nor the gate's
         # a reviewer's. Before the withdrawal too, which then still withdraws the stored row of such an item.
@@ -451,28 +454,34 @@ class Trainstore:
                 self.manifests.store.put_bytes(self.manifests.key(row.image), item.image_png, "image/png")
             if row.mask and item.mask_png is not None:
                 self.manifests.store.put_bytes(self.manifests.key(row.mask), item.mask_png, "image/png")
-        written = self.manifests.append(sku_id, [item.row for item in changed], current=current)
+        counted = [item.row for item in changed if item.row.status == "withdrawn"]
+        for item in changed:
+            before = current.get(item.row.item_id)
+            # Only an image its item's row did not name: an event made again (a restarted producer's, a
+            # new envelope) counted it twice.
+            if (
+                item.row.image
+                and item.image_png is not None
+                and (before is None or before.image != item.row.image)
+            ):
+                counted.append(item.row)
+        try:
+            written = self.manifests.append(sku_id, [item.row for item in changed], current=current)
+        except TransientError:
+            # The rows may be written all the same (a timeout once S3 stored the part): the retry finds
+            # them there and writes nothing, so it counts them (``_count_landed``).
+            self._uncounted[sku_id] = counted
+            raise
         if written:
             # Counted once the rows are durable: a retried event (the manifest write failed) puts
-            # its images again, and would otherwise count them again. Only an image its item's row did
-            # not name: an event made again (a restarted producer's, a new envelope) counted it twice.
-            # Before the clean-up below: retried after it failed, the event finds its rows written and
-            # counts nothing.
-            for item in changed:
-                before = current.get(item.row.item_id)
-                if (
-                    item.row.image
-                    and item.image_png is not None
-                    and (before is None or before.image != item.row.image)
-                ):
-                    self.metrics.images_stored.labels(item.row.source).inc()
+            # its images again, and would otherwise count them again. Before the clean-up below:
+            # retried after it failed, the event finds its rows written and counts nothing.
+            self._count(counted)
             ctx.log.info(
                 "manifest rows written", extra={"sku_id": sku_id, "rows": len(changed), "part": written}
             )
             withdrawn = [item.row for item in changed if item.row.status == "withdrawn"]
             if withdrawn:
-                for row in withdrawn:
-                    self.metrics.items_withdrawn.labels(row.source).inc()
                 ctx.log.info(
                     "items withdrawn",
                     extra={"sku_id": sku_id, "items": len(withdrawn), "photos": _photo_ids(withdrawn)},
@@ -485,6 +494,19 @@ class Trainstore:
                 sku_id, {**current, **{item.row.item_id: item.row for item in staged}}, marked
             )
         return older
+
+    def _count_landed(self, sku_id: str, current: dict[str, ManifestRow]) -> None:
+        """Count the rows of the SKU's last manifest write that raised which ``current`` (just read) has:
+        written all the same. Each once: a replay of their event, which finds them written, counts none."""
+        self._count([row for row in self._uncounted.pop(sku_id, []) if current.get(row.item_id) == row])
+
+    def _count(self, rows: list[ManifestRow]) -> None:
+        """Count the written ``rows``: withdrawn ones, else their images stored."""
+        for row in rows:
+            counter = (
+                self.metrics.items_withdrawn if row.status == "withdrawn" else self.metrics.images_stored
+            )
+            counter.labels(row.source).inc()
 
     def _delete_withdrawn_objects(self, sku_id: str, rows: dict[str, ManifestRow], marked: set[str]) -> None:
         """Delete the objects still stored for the withdrawn rows of the ``marked`` photos: those this
