@@ -30,7 +30,7 @@ from PIL import Image
 
 from shared.config import ConfigError
 from shared.errors import ImageRejected
-from shared.images import decode_image, decode_mask, pixel_array
+from shared.images import decode_image, decode_mask, pixel_array, seek_photo_page
 from shared.matting import RENDERER_HELDOUT_SEED
 from shared.matting.session import MaskOptions, U2NetPSession, U2NetSession, u2net_preprocess
 from shared.matting.u2net import (
@@ -187,6 +187,8 @@ def _is_colour_picture(data: bytes) -> bool:
     """Whether an RGB(A) mask file shows colours: more than 1% of its pixels clearly not grey. A
     mask drawn in grey and saved as RGB is not; a palette mask is read by its indices, not asked."""
     with Image.open(io.BytesIO(data)) as opened:
+        # The page decode_mask reads: a grey preview ahead of a TIFF's colour page hid its colours.
+        seek_photo_page(opened)
         if opened.mode not in ("RGB", "RGBA"):
             return False
     # uint8 as decoded: max - min of a pixel cannot go below 0, so no wider copy is needed.
