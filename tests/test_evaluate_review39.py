@@ -77,7 +77,10 @@ def test_an_empty_path_is_a_usage_error_not_the_current_folder(
 
 
 # The perceptual-hash cache's folders, named by the pixel limit too (services/trainstore/evaluation.py).
-_HASH_KINDS = ("dhash256-frame-content-bars-mirrored-turned-each", "dhash256-content-frame-bars-cut")
+_HASH_KINDS = (
+    "dhash256-frame-content-bars-past-blend-mirrored-turned-each",
+    "dhash256-content-frame-bars-cut-past-blend",
+)
 
 
 def _cut_short(cache: Path, kind: str, left: str) -> int:

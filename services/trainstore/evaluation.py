@@ -485,9 +485,12 @@ def _cached_hash(
     # detail dropped its part (so a photo could read "no hash" that has one now).
     # Until 2026-12-04 a store image's hash left out the content of a photo letterboxed with plain bars.
     # Until 2026-12-06 a held-out photo's hash left out the part inside plain bars, and that part of a
-    # store image was shrunk with the bars' edge blended in (not cut out first).
+    # store image was shrunk with the bars' edge blended in (not cut out first). Until 2026-12-06 too,
+    # the part inside plain bars kept the line where the bars' edge blends into the photo.
     kind = (
-        "dhash256-frame-content-bars-mirrored-turned-each" if heldout else "dhash256-content-frame-bars-cut"
+        "dhash256-frame-content-bars-past-blend-mirrored-turned-each"
+        if heldout
+        else "dhash256-content-frame-bars-cut-past-blend"
     )
     # And by the pixel limit, as ``as_ingested``'s: past it an image is refused, and near it a large
     # JPEG's larger decode is given up; a hash cached under a higher limit was read under a lower one.
