@@ -871,9 +871,9 @@ def _refuse_shared_image_files(classes: Sequence[ClassPlan], fmt: ExportFormat) 
     named = "; ".join(" and ".join(paths) for paths in shared[:3])
     more = f" (and {len(shared) - 3} more)" if len(shared) > 3 else ""
     # The SKU folder of each path: one for twin items of a SKU, two for twin SKUs.
-    sku_of = {path: path.removeprefix(folder).rsplit("/", 1)[0] for paths in shared for path in paths}
-    in_one_sku = [paths for paths in shared if len({sku_of[path] for path in paths}) == 1]
-    twin_items = sorted({sku_of[paths[0]] for paths in in_one_sku})
+    folder_of = {path: path.removeprefix(folder).rsplit("/", 1)[0] for paths in shared for path in paths}
+    in_one_sku = [paths for paths in shared if len({folder_of[path] for path in paths}) == 1]
+    twin_items = sorted({folder_of[paths[0]] for paths in in_one_sku})
     advice: list[str] = []
     if twin_items:
         advice.append(
