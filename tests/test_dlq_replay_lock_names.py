@@ -28,10 +28,22 @@ def _gone_pid() -> int:
     return child.pid
 
 
-@pytest.mark.parametrize("run", ["\u6f22" * 90, "a" * 300], ids=["cjk-letters", "long-ascii"])
-def test_a_killed_replays_lock_with_an_odd_run_is_taken_over(tmp_path: Path, run: str) -> None:
+def _long_dlq_topic() -> str:
+    """A DLQ topic name Kafka takes (up to 249 characters) but past 211: the lock's name, its run and
+    '.alive' made a heartbeat key segment past the store's 255 bytes."""
+    return f"t{uuid.uuid4().hex[:8]}.{'n' * 200}.sku.ingested.v1.dlq"
+
+
+@pytest.mark.parametrize(
+    ("run", "long_topic"),
+    [("\u6f22" * 90, False), ("a" * 300, False), (uuid.uuid4().hex, True)],
+    ids=["cjk-letters", "long-ascii", "long-named-dlq"],
+)
+def test_a_killed_replays_lock_with_an_odd_run_or_a_long_name_is_taken_over(
+    tmp_path: Path, run: str, long_topic: bool
+) -> None:
     store = FileStore(tmp_path)
-    dlq_topic = f"t{uuid.uuid4().hex[:8]}.sku.ingested.v1.dlq"
+    dlq_topic = _long_dlq_topic() if long_topic else f"t{uuid.uuid4().hex[:8]}.sku.ingested.v1.dlq"
     killed = {
         "run": run,
         "host": dlq_module.socket.gethostname(),
@@ -50,12 +62,6 @@ def test_a_killed_replays_lock_with_an_odd_run_is_taken_over(tmp_path: Path, run
     assert not store.exists(key)
 
 
-def _long_dlq_topic() -> str:
-    """A DLQ topic name Kafka takes (up to 249 characters) but past 211: the lock's name, its run and
-    '.alive' made a heartbeat key segment past the store's 255 bytes."""
-    return f"t{uuid.uuid4().hex[:8]}.{'n' * 200}.sku.ingested.v1.dlq"
-
-
 def test_a_replay_of_a_long_named_dlq_takes_and_releases_its_lock(tmp_path: Path) -> None:
     """Before, releasing the lock removed a heartbeat whose key the store refused (ValueError), out of
     ``skuforge dlq replay`` at its end."""
@@ -64,27 +70,6 @@ def test_a_replay_of_a_long_named_dlq_takes_and_releases_its_lock(tmp_path: Path
     assert lock.acquire() is None
     lock.release()
     assert not list(store.list_keys("dlq-replay-locks/"))
-
-
-def test_a_killed_replays_lock_of_a_long_named_dlq_is_taken_over(tmp_path: Path) -> None:
-    dlq_topic = _long_dlq_topic()
-    store = FileStore(tmp_path)
-    killed = {
-        "run": uuid.uuid4().hex,
-        "host": dlq_module.socket.gethostname(),
-        "pid_namespace": dlq_module._pid_namespace(),
-        "pid": _gone_pid(),
-        "started_at": "2026-12-01T00:00:00+00:00",
-    }
-    key = f"dlq-replay-locks/{dlq_topic}.json"
-    assert store.put_new(key, json.dumps(killed).encode())
-    lock = _ReplayLock(store, dlq_topic, {})
-    try:
-        assert lock.acquire() == killed
-        assert json.loads(store.get_bytes(key))["run"] == lock.holder["run"]
-    finally:
-        lock.release()
-    assert not store.exists(key)
 
 
 def test_the_heartbeat_of_a_replay_of_a_long_named_dlq_keeps_its_lock(
