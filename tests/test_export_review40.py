@@ -1,13 +1,14 @@
-"""``skuforge dataset export`` with odd input (review 40): a stored object changed under its manifest,
-one synthetic image stored under two SKUs."""
+"""``skuforge dataset export`` with odd input (review 40): a stored object changed under its manifest
+or refused by the decoder, one synthetic image stored under two SKUs."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
-from shared.store import FileStore
+from shared.store import FileStore, sha256_hex
 from shared.trainstore.manifest import ManifestStore
 from skuforge_cli.main import main as cli_main
 from tests.support.trainstore import PREFIX, add_item
@@ -146,3 +147,86 @@ def test_synthetic_images_stored_under_two_skus_name_the_photo_to_take_out(
     err = capsys.readouterr().err
     assert "(and 2 more)" in err
     assert "synthetic image gen-0 of photo real-0 is stored under SKU-A and SKU-B" in err
+
+
+def _stored_anew(manifests: ManifestStore, sku_id: str, item_id: str, what: str, data: bytes) -> None:
+    """Store ``data`` as the item's image or mask, under a row that names it, hash and all: a row
+    written by hand, or bytes an older release's decoder took."""
+    row = manifests.read_sku(sku_id)[item_id]
+    key = str(row.image if what == "image" else row.mask)
+    manifests.store.put_bytes(manifests.key(key), data)
+    manifests.append(sku_id, [row.model_copy(update={f"{what}_sha256": sha256_hex(data)})])
+
+
+WAYS_PAST_REAL_9 = (
+    "take photo real-9 out of SKU-A's folder and run skuforge ingest --withdraw-missing, or leave SKU-A out "
+    "with --sku"
+)
+
+
+@pytest.mark.parametrize(
+    ("item_id", "what", "lowered", "ways"),
+    [
+        # real-9 is 120 x 100 pixels, some 36 kB, past a limit lowered since it was stored; the others
+        # are 100 x 80, some 24 kB.
+        (
+            "real-9",
+            "image",
+            ("SKUFORGE_MAX_IMAGE_PIXELS", "10000"),
+            f"; export with a higher SKUFORGE_MAX_IMAGE_PIXELS, {WAYS_PAST_REAL_9}",
+        ),
+        (
+            "real-9",
+            "image",
+            ("SKUFORGE_MAX_IMAGE_BYTES", "30000"),
+            f"; export with a higher SKUFORGE_MAX_IMAGE_BYTES, {WAYS_PAST_REAL_9}",
+        ),
+        # Bytes no decoder takes, under a row that names them: no setting passes them.
+        ("gen-0", "image", None, "; leave SKU-A out with --sku"),
+        (
+            "real-0",
+            "mask",
+            None,
+            "; export with --format imagefolder (which reads no mask), or leave SKU-A out with --sku",
+        ),
+    ],
+)
+def test_an_export_stopped_by_a_refused_image_says_whose_it_is_and_what_to_do(
+    store: ManifestStore,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    item_id: str,
+    what: str,
+    lowered: tuple[str, str] | None,
+    ways: str,
+) -> None:
+    # It named the object and why it was refused, but not whose it was nor the ways past it, as a lost
+    # or changed object's refusal does.
+    if lowered:
+        add_item(store, "SKU-A", item_id, "real", "reference", size_px=100)
+        monkeypatch.setenv(*lowered)
+    else:
+        _stored_anew(store, "SKU-A", item_id, what, b"not an image")
+    assert cli_main([*JSONL, str(tmp_path / "export")]) == 1
+    err = capsys.readouterr().err
+    row = store.read_sku("SKU-A")[item_id]
+    uri = store.store.uri_for(store.key(str(row.image if what == "image" else row.mask)))
+    assert f"{uri}: the {what} of SKU-A/{item_id}: " in err and ways in err
+    assert not (tmp_path / "export").exists()
+    assert cli_main([*JSONL, "--sku", "SKU-B", str(tmp_path / "export")]) == 0
+
+
+def test_an_image_past_pillows_own_limit_is_not_said_to_pass_a_higher_setting(
+    store: ManifestStore,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # SKUFORGE_MAX_IMAGE_PIXELS cannot raise Pillow's decompression-bomb limit: the refusal says so, and
+    # its advice must not say the opposite.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5000)  # under the stored 100 x 80 images
+    assert cli_main([*EXPORT, str(tmp_path / "export")]) == 1
+    err = capsys.readouterr().err
+    assert "the image of SKU-A/real-0: " in err and "raising that setting does not help" in err
+    assert "take photo real-0 out of SKU-A's folder" in err and "a higher" not in err

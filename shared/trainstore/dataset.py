@@ -1042,10 +1042,12 @@ def _write_class(
         except (ObjectMissing, ChecksumMismatch) as exc:
             if manifests.read_sku(row.sku_id).get(row.item_id) == row:
                 # The manifest still names these bytes: a missing or tampered object stops the export.
-                raise _with_ways_past(exc, row, manifests, mask=mask_read) from exc
+                raise _with_ways_past(exc, row, manifests, mask=mask_read, max_pixels=limits[0]) from exc
             log.warning("%s/%s changed in the store while the export ran: left out", row.sku_id, row.item_id)
             result.changed += 1
             continue
+        except ImageRejected as exc:  # the very bytes its row names, which no later read would take
+            raise _with_ways_past(exc, row, manifests, mask=mask_read, max_pixels=limits[0]) from exc
         if fit == "keep" and max(image.size) > MAX_ASPECT * min(image.size):
             result.long_side_capped += 1
         image = _resized(image, size_px, fit)
@@ -1082,33 +1084,59 @@ def _write_class(
 
 
 def _with_ways_past(
-    exc: ObjectMissing | ChecksumMismatch, row: ManifestRow, manifests: ManifestStore, *, mask: bool
+    exc: ObjectMissing | ChecksumMismatch | ImageRejected,
+    row: ManifestRow,
+    manifests: ManifestStore,
+    *,
+    mask: bool,
+    max_pixels: int,
 ) -> BadInput:
     """``exc``, which stops the export, saying whose object it was and the ways past it: of a changed
     object, what happened and how to put it right; of a lost one, the store's reason (a folder there);
-    of a real photo, that withdrawing it leaves it out; of a mask, that an imagefolder export reads
-    none; and that ``--sku`` can leave the SKU out. Either said only "no object at ..." or "expected
-    sha256 ..., found ...": not whose it was, nor what to do."""
-    ways = f"or leave {row.sku_id} out with --sku"
+    of one refused by a limit, the setting that raises it (``max_pixels``: the export's); of a real
+    photo, that withdrawing it leaves it out; of a mask, that an imagefolder export reads none; and
+    that ``--sku`` can leave the SKU out. Each said only what was wrong with the object ("no object
+    at ...", "expected sha256 ..., found ...", "too_many_pixels: ..."): not whose it was, nor what to do."""
+    ways = [f"leave {row.sku_id} out with --sku"]
     if mask:
-        ways = f"export with --format imagefolder (which reads no mask), {ways}"
+        ways.insert(0, "export with --format imagefolder (which reads no mask)")
     elif row.source == "real":
-        ways = (
-            f"take photo {photo_of(row)} out of {row.sku_id}'s folder and run skuforge ingest "
-            f"--withdraw-missing, {ways}"
-        )
+        withdraw = f"take photo {photo_of(row)} out of {row.sku_id}'s folder"
+        ways.insert(0, f"{withdraw} and run skuforge ingest --withdraw-missing")
     what = f"the {'mask' if mask else 'image'} of {row.sku_id}/{row.item_id}"
     if isinstance(exc, ChecksumMismatch):
         return ChecksumMismatch(
             exc.uri,
             exc.expected,
             exc.actual,
-            f"{what} changed after its manifest row was written (overwritten or damaged); put back the "
-            f"bytes its row names (from a backup), {ways}",
+            f"{what} changed after its manifest row was written (overwritten or damaged); "
+            f"{_either('put back the bytes its row names (from a backup)', *ways)}",
         )
-    key = manifests.key(str(row.mask if mask else row.image))
+    uri = manifests.store.uri_for(manifests.key(str(row.mask if mask else row.image)))
+    if isinstance(exc, ImageRejected):
+        setting = _setting_past(exc, max_pixels)
+        if setting:
+            ways.insert(0, f"export with a higher {setting}")
+        return ImageRejected(exc.reason, f"{uri}: {what}: {exc.detail}; {_either(*ways)}")
     why = f" ({exc.why})" if exc.why else ""
-    return ObjectMissing(manifests.store.uri_for(key), f"{what}{why}; restore it, {ways}")
+    return ObjectMissing(uri, f"{what}{why}; {_either('restore it', *ways)}")
+
+
+def _either(*ways: str) -> str:
+    """``ways`` as one choice: "a, b, or c"."""
+    return ways[0] if len(ways) == 1 else f"{', '.join(ways[:-1])}, or {ways[-1]}"
+
+
+def _setting_past(refused: ImageRejected, max_pixels: int) -> str | None:
+    """The setting whose limit refused an image, which raised lets it through; None for a refusal no
+    setting passes: of its bytes themselves, or of more pixels than Pillow's own decompression-bomb
+    limit when that is the lower one (``PIL.Image.MAX_IMAGE_PIXELS``; the refusal says so)."""
+    if refused.reason == "too_large_bytes":
+        return "SKUFORGE_MAX_IMAGE_BYTES"
+    pillow_limit = Image.MAX_IMAGE_PIXELS
+    if refused.reason == "too_many_pixels" and (pillow_limit is None or max_pixels < pillow_limit):
+        return "SKUFORGE_MAX_IMAGE_PIXELS"
+    return None
 
 
 def _remove_class(staging: Path, fmt: ExportFormat, sku_id: str) -> None:
@@ -1151,16 +1179,8 @@ def _decoded(
     limits: tuple[int, int],
     decode: Callable[..., _Decoded],
 ) -> _Decoded:
-    """The stored image or mask under ``key``, decoded within ``limits``; a refusal names the object
-    (among thousands, the reason alone does not say which)."""
-    data = read_checked(manifests, key, sha256)
-    try:
-        return decode(data, max_pixels=limits[0], max_bytes=limits[1])
-    except ImageRejected as exc:
-        assert key is not None  # read above
-        raise ImageRejected(
-            exc.reason, f"{manifests.store.uri_for(manifests.key(key))}: {exc.detail}"
-        ) from exc
+    """The stored image or mask under ``key``, decoded within ``limits``."""
+    return decode(read_checked(manifests, key, sha256), max_pixels=limits[0], max_bytes=limits[1])
 
 
 def _resized(
