@@ -230,3 +230,14 @@ def test_an_image_past_pillows_own_limit_is_not_said_to_pass_a_higher_setting(
     err = capsys.readouterr().err
     assert "the image of SKU-A/real-0: " in err and "raising that setting does not help" in err
     assert "take photo real-0 out of SKU-A's folder" in err and "a higher" not in err
+
+
+def test_photos_of_two_skus_with_no_hash_are_not_taken_for_one(
+    store: ManifestStore, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Rows written by hand may name an image with no sha256 (the schema takes them): every such row
+    # fell under one key, "None", and two SKUs' different photos were refused as one photo of both.
+    for sku_id, item_id in [("SKU-A", "real-0"), ("SKU-B", "real-1")]:
+        store.append(sku_id, [store.read_sku(sku_id)[item_id].model_copy(update={"image_sha256": None})])
+    assert cli_main([*EXPORT, str(tmp_path / "export")]) == 0, capsys.readouterr().err
+    assert {path.name for path in (tmp_path / "export").iterdir()} == {"SKU-A", "SKU-B", "export.json"}

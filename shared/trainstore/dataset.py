@@ -783,11 +783,14 @@ def _refuse_photos_of_two_skus(classes: Sequence[ClassPlan]) -> None:
     """Refuse an image (the same image sha256, real or synthetic) that two exported classes hold: one
     picture with two labels, which teaches a classifier that the two products look alike. Ingest only
     warns of a photo in two SKUs' folders (a shelf shot of two products may be meant for both), and the
-    images generated from it may then be the same too; the export cannot tell which label is right."""
+    images generated from it may then be the same too; the export cannot tell which label is right.
+    A row with no sha256 (written by hand: the schema takes it) is compared with none: every such row
+    fell under one key, and two SKUs' different photos were refused as one."""
     by_image: dict[str, dict[str, ManifestRow]] = defaultdict(dict)  # image sha256 -> SKU id -> its row
     for plan_class in classes:
         for row in [*plan_class.real, *plan_class.synthetic]:
-            by_image[str(row.image_sha256)][plan_class.sku_id] = row
+            if row.image_sha256 is not None:
+                by_image[row.image_sha256][plan_class.sku_id] = row
     shared = sorted(
         ([row for _, row in sorted(rows.items())] for rows in by_image.values() if len(rows) > 1),
         key=lambda rows: [(row.sku_id, row.item_id) for row in rows],  # rows themselves do not order
