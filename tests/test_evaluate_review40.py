@@ -1,5 +1,5 @@
 """``skuforge evaluate``'s held-out photos (review 40): one picture re-encoded within one SKU's folder, a
-chain of such copies."""
+chain of such copies; a copy of a store image whose row has no hash."""
 
 from __future__ import annotations
 
@@ -80,3 +80,20 @@ def test_a_chain_of_copies_within_one_sku_folder_is_scored_once() -> None:
         "a.png looks like a copy of b.png (perceptual hash 8 of 256 bits apart): scored once, as c.png",
         "b.png looks like a copy of a.png (perceptual hash 8 of 256 bits apart): scored once, as c.png",
     ]
+
+
+def test_store_rows_with_no_hash_are_hashed_from_their_bytes(
+    colour_store: ManifestStore, heldout: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Rows written by hand may name an image with no sha256 (the schema takes them): each is read and
+    # hashed, not compared as "None" (every such row one image) nor left out of the leakage check.
+    for sku_id in colour_store.sku_ids():
+        rows = colour_store.read_sku(sku_id).values()
+        colour_store.append(sku_id, [row.model_copy(update={"image_sha256": None}) for row in rows])
+    assert cli_main(evaluate_args(heldout, tmp_path / "eval", tmp_path)) == 0, capsys.readouterr().err
+    stored = colour_store.read_sku("SKU-RED")["real-0"]
+    copy = colour_store.store.get_bytes(colour_store.key(str(stored.image)))
+    (heldout / "SKU-RED" / "copy.png").write_bytes(copy)
+    assert cli_main(evaluate_args(heldout, tmp_path / "eval2", tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert "copy.png" in err and str(stored.image) in err
