@@ -858,7 +858,8 @@ class _ReplayLock:
             # Moved on past each batch of its records once they are marked (``advance``).
             "original_from": {str(partition): offset for partition, offset in original_from.items()},
         }
-        self.lost: str | None = None  # why another replay holds the lock now (taken over as stale)
+        # Why this replay stops: another holds the lock now (taken over as stale), or its heartbeat failed.
+        self.lost: str | None = None
         # When (``_alive_clock``) the last look that found the lock this replay's began.
         self._seen_held_at = float("-inf")
         self._stopped = threading.Event()
@@ -901,6 +902,12 @@ class _ReplayLock:
                 raise DlqError(f"could not take the replay lock {self.store.uri_for(self.key)}; try again")
         except (TransientError, BadInput) as exc:
             raise DlqError(f"could not take the replay lock {self.store.uri_for(self.key)}: {exc}") from exc
+        except DlqError:
+            raise
+        except Exception as exc:  # the store's, mapped or not (a flock NFS refuses): said, no traceback
+            raise DlqError(
+                f"could not take the replay lock {self.store.uri_for(self.key)}: {type(exc).__name__}: {exc}"
+            ) from exc
         self._seen_held_at = looked_at
         self._refresher = threading.Thread(target=self._refresh, name="dlq-replay-lock", daemon=True)
         self._refresher.start()
@@ -968,7 +975,9 @@ class _ReplayLock:
         self._stopped.set()
         if self._refresher is not None:
             self._refresher.join()
-        with contextlib.suppress(TransientError, BadInput):
+        # Any store error: a lock left is taken over once stale, and raised here (in the replay's
+        # ``finally``) it was a traceback that hid the replay's own report.
+        with contextlib.suppress(Exception):
             held = self._held()
             if held is not None and held[0].get("run") == self.holder["run"]:
                 self.store.delete_if(self.key, held[2])  # never the lock of a replay that took it over
@@ -1045,6 +1054,14 @@ class _ReplayLock:
                 self.store.put_bytes(heartbeat, b"", "text/plain")
             except (TransientError, BadInput):
                 continue  # the store is away: the markers fail too, and stop the replay
+            except Exception as exc:  # which ended this thread unseen
+                # Its lock would look stale to a second replay, which took it over and sent the letters
+                # again beside this one: this one stops at its next send (``check``) instead.
+                self.lost = (
+                    f"the replay lock {self.store.uri_for(self.key)} could not write its heartbeat "
+                    f"({type(exc).__name__}: {exc}); stopped here, before another replay takes it over"
+                )
+                return
 
 
 def _alive_clock() -> float:

@@ -1,0 +1,89 @@
+"""A store error the replay lock does not expect (a ValueError, an OSError the store does not map: a
+file lock an NFS mount refuses, an S3 answer it does not know). Before, it ended the heartbeat thread
+unseen, and the running replay's lock looked stale to a second replay, which took it over: two replays
+of one DLQ sent its letters twice. Out of the takeover or the release it was a traceback."""
+
+from __future__ import annotations
+
+import errno
+import json
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from shared import dlq as dlq_module
+from shared.dlq import DlqError, _ReplayLock
+from shared.store import FileStore
+
+
+class HeartbeatRefused(FileStore):
+    """A store that takes the lock but raises what it does not map for the heartbeat."""
+
+    def _write(self, key: str, data: bytes, content_type: str) -> None:
+        if key.endswith(".alive"):
+            raise ValueError("a store error the lock does not expect")
+        super()._write(key, data, content_type)
+
+
+class LockingRefused(FileStore):
+    """A store whose compare-and-swap raises what it does not map (flock on NFS without a lock daemon)."""
+
+    def _replace_if(self, key: str, data: bytes, version: str, content_type: str) -> bool:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    def _delete_if(self, key: str, version: str) -> bool:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+
+def _dlq_topic() -> str:
+    return f"t{uuid.uuid4().hex[:8]}.sku.ingested.v1.dlq"
+
+
+def test_a_replay_whose_heartbeat_fails_stops_before_its_next_send(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dlq_module, "LOCK_REFRESH_S", 0.01)
+    lock = _ReplayLock(HeartbeatRefused(tmp_path), _dlq_topic(), {})
+    assert lock.acquire() is None
+    try:
+        assert lock._refresher is not None
+        lock._refresher.join(timeout=30)  # a heartbeat that goes on is the test's failure, not a hang
+        with pytest.raises(DlqError, match=r"could not write its heartbeat .*ValueError.*; stopped here"):
+            lock.check()
+    finally:
+        lock.release()
+
+
+def _gone_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_a_takeover_the_store_fails_is_a_replay_error(tmp_path: Path) -> None:
+    store = LockingRefused(tmp_path)
+    dlq_topic = _dlq_topic()
+    killed = {
+        "run": uuid.uuid4().hex,
+        "host": dlq_module.socket.gethostname(),
+        "pid_namespace": dlq_module._pid_namespace(),
+        "pid": _gone_pid(),
+        "started_at": "2026-12-01T00:00:00+00:00",
+    }
+    assert store.put_new(f"dlq-replay-locks/{dlq_topic}.json", json.dumps(killed).encode())
+    with pytest.raises(DlqError, match=r"could not take the replay lock .*No locks available"):
+        _ReplayLock(store, dlq_topic, {}).acquire()
+
+
+def test_a_release_the_store_fails_ends_the_heartbeat_and_raises_nothing(tmp_path: Path) -> None:
+    """The lock is left, and taken over once stale: a traceback out of the replay's ``finally`` hid its
+    report."""
+    store = LockingRefused(tmp_path)
+    lock = _ReplayLock(store, _dlq_topic(), {})
+    assert lock.acquire() is None
+    lock.release()
+    assert lock._refresher is not None and not lock._refresher.is_alive()
+    assert store.exists(lock.key)
