@@ -49,6 +49,7 @@ from shared.synth import render_dataset
 log = logging.getLogger("skuforge.matting.train")
 
 IMAGE_SUFFIXES = PHOTO_FILE_SUFFIXES  # what ingest takes as a photo (.tif and .jfif included)
+MASK_SUFFIXES = (".png", ".tif", ".tiff", ".bmp", ".webp")  # the formats decode_mask reads (no JPEG)
 
 
 @dataclass
@@ -116,7 +117,8 @@ def render_training_set(n: int, seed: int, size_px: int) -> tuple[list[Image.Ima
 
 
 def load_pairs(folder: Path, size_px: int) -> tuple[list[Image.Image], npt.NDArray[np.uint8]]:
-    """Image/mask pairs from ``folder/images/NAME.*`` and ``folder/masks/NAME.png``, resized to size_px.
+    """Image/mask pairs from ``folder/images/NAME.*`` and ``folder/masks/NAME.png`` (or ``MASK_SUFFIXES``'
+    others: one mask an image), resized to size_px.
 
     Decoded as the pipeline decodes (``shared.images``: EXIF orientation applied, so a phone photo
     lines up with a mask drawn on it upright; alpha over white; 16-bit rescaled), and checked: each
@@ -128,6 +130,10 @@ def load_pairs(folder: Path, size_px: int) -> tuple[list[Image.Image], npt.NDArr
         raise ConfigError(f"--extra {folder}: {unfinished}")
     images, masks, problems = [], [], []
     mask_dir = folder / "masks"
+    named: dict[str, list[Path]] = {}  # the files in masks/ by their name less its suffix
+    for path in sorted(mask_dir.iterdir()) if mask_dir.is_dir() else ():
+        if not path.name.startswith(".") and path.is_file():
+            named.setdefault(path.stem, []).append(path)
     for image_path in sorted((folder / "images").iterdir()):
         if image_path.name.startswith(".") or image_path.name == "__MACOSX" or not image_path.is_file():
             continue
@@ -142,10 +148,12 @@ def load_pairs(folder: Path, size_px: int) -> tuple[list[Image.Image], npt.NDArr
                 "convert it or move it out of images/"
             )
             continue
-        mask_path = mask_dir / f"{image_path.stem}.png"
-        if not mask_path.is_file():
-            problems.append(f"{image_path}: no mask at {mask_path}")
+        found = named.get(image_path.stem, [])
+        candidates = [path for path in found if path.suffix.lower() in MASK_SUFFIXES]
+        if len(candidates) != 1:
+            problems.append(_mask_problem(image_path, mask_dir, found, candidates))
             continue
+        mask_path = candidates[0]
         try:
             image = decode_image(image_path.read_bytes())
         except (ImageRejected, OSError) as exc:
@@ -181,6 +189,20 @@ def load_pairs(folder: Path, size_px: int) -> tuple[list[Image.Image], npt.NDArr
     if not images:
         raise ConfigError(f"--extra {folder}: no image/mask pairs (expected images/ and masks/ folders)")
     return images, np.stack(masks)
+
+
+def _mask_problem(image_path: Path, mask_dir: Path, found: list[Path], candidates: list[Path]) -> str:
+    """Why ``image_path`` has no one mask: two or more, or none under the names looked for. Only
+    ``NAME.png`` was looked for: a ``.tif`` mask beside its photo was "no mask at masks/NAME.png"."""
+    if candidates:
+        return f"{image_path}: more than one mask ({', '.join(map(str, candidates))}); keep one"
+    stem = image_path.stem
+    others = ", ".join(f"{stem}{suffix}" for suffix in MASK_SUFFIXES[1:])
+    missing = f"{image_path}: no mask at {mask_dir / f'{stem}.png'} (or {others})"
+    if not found:
+        return missing
+    verb = "is" if len(found) == 1 else "are"
+    return f"{missing}; {', '.join(map(str, found))} {verb} in no format a mask is read in: save it as PNG"
 
 
 def _is_colour_picture(data: bytes) -> bool:
