@@ -556,13 +556,20 @@ class FileStore(ObjectStore):
         path = self._path(key)
         # Hashed: the key's own name may already be the longest a folder takes.
         guard = path.parent / f"{_TMP_PREFIX}cas-{hashlib.sha256(path.name.encode()).hexdigest()[:32]}"
+        cannot_lock = f"cannot lock {self.uri_for(key)} to compare and swap it"
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(guard, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
-            raise TransientError(f"cannot lock {self.uri_for(key)} to compare and swap it: {exc}") from exc
+            raise TransientError(f"{cannot_lock}: {exc}") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            # ENOLCK: an NFS mount without its lock daemon. A bare OSError went past the callers that
+            # handle this store's errors (the DLQ replay lock's takeover and release: a traceback).
+            os.close(fd)
+            raise TransientError(f"{cannot_lock}: {exc}") from exc
+        try:
             yield
         finally:
             os.close(fd)  # which releases the flock
