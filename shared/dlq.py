@@ -1038,7 +1038,7 @@ class _ReplayLock:
             return False
         try:
             os.kill(pid, 0)
-        except ProcessLookupError:
+        except (ProcessLookupError, OverflowError):  # past a C int (a lock written by hand): no process
             return True
         except PermissionError:  # another user's process: it runs
             return False

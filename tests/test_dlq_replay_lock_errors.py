@@ -87,3 +87,23 @@ def test_a_release_the_store_fails_ends_the_heartbeat_and_raises_nothing(tmp_pat
     lock.release()
     assert lock._refresher is not None and not lock._refresher.is_alive()
     assert store.exists(lock.key)
+
+
+def test_a_fresh_lock_of_this_machine_naming_a_pid_no_process_can_have_is_taken_over(tmp_path: Path) -> None:
+    """A lock written by hand or another tool: ``os.kill`` raised OverflowError for a pid past a C int,
+    out of the takeover, where a pid that no process has is a replay that is gone."""
+    store = FileStore(tmp_path)
+    dlq_topic = _dlq_topic()
+    impossible = {
+        "run": uuid.uuid4().hex,
+        "host": dlq_module.socket.gethostname(),
+        "pid_namespace": dlq_module._pid_namespace(),
+        "pid": 2**40,
+        "started_at": "2026-12-01T00:00:00+00:00",
+    }
+    assert store.put_new(f"dlq-replay-locks/{dlq_topic}.json", json.dumps(impossible).encode())
+    lock = _ReplayLock(store, dlq_topic, {})
+    try:
+        assert lock.acquire() == impossible
+    finally:
+        lock.release()
