@@ -941,7 +941,9 @@ class _ReplayLock:
         if moved == held_from:
             return
         holder = {**self.holder, "original_from": moved}
-        with contextlib.suppress(TransientError, BadInput):
+        # Any store error: raised bare here, after a batch of markers, it went past the replay's handling
+        # of its failures, and the records acknowledged since were never marked.
+        with contextlib.suppress(Exception):
             held = self._held()
             if held is None or held[0].get("run") != self.holder["run"]:
                 self._look(_alive_clock())  # says it is lost
@@ -966,6 +968,11 @@ class _ReplayLock:
             except (TransientError, BadInput) as exc:
                 raise DlqError(
                     f"could not read the replay lock {self.store.uri_for(self.key)} ({exc})"
+                ) from exc
+            except Exception as exc:  # bare, it went past the replay's handling: the sent were not marked
+                raise DlqError(
+                    f"could not read the replay lock {self.store.uri_for(self.key)} "
+                    f"({type(exc).__name__}: {exc})"
                 ) from exc
         if self.lost is not None:
             raise DlqError(self.lost)

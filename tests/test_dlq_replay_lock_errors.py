@@ -107,3 +107,44 @@ def test_a_fresh_lock_of_this_machine_naming_a_pid_no_process_can_have_is_taken_
         assert lock.acquire() == impossible
     finally:
         lock.release()
+
+
+class LockReadRefused(FileStore):
+    """A store that, once ``refusing``, raises what it does not map when the lock is read."""
+
+    refusing = False
+
+    def _read_versioned(self, key: str) -> tuple[bytes, str]:
+        if self.refusing:
+            raise ValueError("a store error the lock does not expect")
+        return super()._read_versioned(key)
+
+
+def test_a_look_at_the_lock_the_store_fails_stops_the_sends_as_a_replay_error(tmp_path: Path) -> None:
+    """Raised bare out of the check before a send, it went past the replay's handling: the records
+    acknowledged before were never marked, and the next replay sent them again."""
+    store = LockReadRefused(tmp_path)
+    lock = _ReplayLock(store, _dlq_topic(), {})
+    assert lock.acquire() is None
+    try:
+        store.refusing = True
+        lock._seen_held_at = float("-inf")  # due for a look, as after LOCK_CHECK_S
+        with pytest.raises(DlqError, match=r"could not read the replay lock .*ValueError"):
+            lock.check()
+    finally:
+        lock.release()
+
+
+def test_advancing_a_lock_the_store_fails_to_read_leaves_its_earlier_offsets(tmp_path: Path) -> None:
+    """Raised bare after a batch of markers, it went past the replay's handling as above; a store that
+    is away leaves the earlier offsets, which a takeover reads from, only further."""
+    store = LockReadRefused(tmp_path)
+    lock = _ReplayLock(store, _dlq_topic(), {0: 5})
+    assert lock.acquire() is None
+    try:
+        store.refusing = True
+        lock.advance({0: 9})
+        store.refusing = False
+        assert json.loads(store.get_bytes(lock.key))["original_from"] == {"0": 5}
+    finally:
+        lock.release()
