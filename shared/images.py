@@ -58,6 +58,7 @@ from PIL import (
     ImageOps,
     JpegImagePlugin,
     TiffImagePlugin,
+    TiffTags,
     UnidentifiedImageError,
 )
 
@@ -515,6 +516,7 @@ def _open_and_load_file(
     if image_format == "TIFF":
         seek_photo_page(image)
         _refuse_misread_tiff(image)
+        _refuse_misplaced_tiff_pixels(image, data)
     width, height = image.size
     if width <= 0 or height <= 0:
         raise ImageRejected("zero_size", f"image is {width}x{height}")
@@ -782,6 +784,30 @@ def _refuse_misread_tiff(image: Image.Image) -> None:
             f"a TIFF of {deepest} bits per sample with 0 = white (MinIsWhite) is not read correctly; "
             "save it as an ordinary greyscale TIFF or PNG",
         )
+
+
+def _refuse_misplaced_tiff_pixels(image: Image.Image, data: bytes) -> None:
+    """``ImageRejected`` for an uncompressed TIFF whose pixels are placed where no byte of ``data`` is:
+    a StripOffsets (or TileOffsets) whose field type makes it no position at all (a RATIONAL, a text:
+    a damaged directory entry; ``corrupt``), or a position past the file's end (``truncated``). Pillow's
+    reader of uncompressed strips raised TypeError for the one and, past 2**63, OverflowError for the
+    other, out of ``decode_image`` (found by fuzzing). libtiff places compressed pages itself."""
+    if not isinstance(image, TiffImagePlugin.TiffImageFile):
+        return
+    tag, name = (324, "TileOffsets") if 324 in image.tag_v2 else (273, "StripOffsets")
+    for tile in image.tile:
+        offset = tile[2]
+        if not isinstance(offset, int):
+            field_type = TiffTags.TYPES.get(image.tag_v2.tagtype.get(tag, 0), "unknown").upper()
+            raise ImageRejected(
+                "corrupt",
+                f"the TIFF's {name} has field type {field_type} ({offset!r}), which is no position in "
+                "the file: its directory is damaged; save the photo again with an image editor",
+            )
+        if offset > len(data):
+            raise ImageRejected(
+                "truncated", f"the TIFF's pixels lie at byte {offset}, past the file's end: {len(data)} bytes"
+            )
 
 
 def _pixel_limit(max_pixels: int) -> int:
