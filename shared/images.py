@@ -97,6 +97,8 @@ _TIFF_REDUCED, _TIFF_MASK = 1, 4
 # What Pillow raises for a TIFF page whose directory cannot be read (TypeError "Missing dimensions"
 # for one past the end of the file, KeyError for a compression it has no decoder for: JPEG 2000).
 _UNREADABLE_TIFF_PAGE = (OSError, SyntaxError, ValueError, TypeError, KeyError, struct.error)
+# TIFF compressions Pillow has no decoder for, named by their number (libtiff's tiff.h).
+_TIFF_COMPRESSION_NAMES = {34661: "JBIG", 34712: "JPEG 2000", 34887: "LERC", 50002: "JPEG XL"}
 # Bytes per value of each TIFF field type, by its number: 1 BYTE, 2 ASCII, 3 SHORT, 4 LONG, 5 RATIONAL...
 # 16 LONG8, 17 SLONG8, 18 IFD8 (BigTIFF).
 _TIFF_TYPE_SIZES = dict(enumerate((0, 1, 1, 2, 4, 8, 1, 1, 2, 4, 8, 4, 8, 4, 0, 0, 8, 8, 8)))
@@ -347,10 +349,26 @@ def seek_photo_page(image: Image.Image) -> None:
         except _UNREADABLE_TIFF_PAGE as exc:
             raise ImageRejected(
                 "corrupt",
-                f"TIFF page 0 is a preview or mask of another page, and page {index} is unreadable: {exc}",
+                f"TIFF page 0 is a preview or mask of another page, and page {index} is unreadable: "
+                + _why_unreadable(image, exc),
             ) from exc
         if not _belongs_to_another_page(image):
             return
+
+
+def _why_unreadable(tiff: TiffImagePlugin.TiffImageFile, exc: Exception) -> str:
+    """Why the TIFF page whose directory Pillow could not read (``exc``) is unreadable, and what to do
+    where that is known: a compression Pillow has no decoder for is named (its KeyError said only the
+    number, "page 1 is unreadable: 34712"). ``tiff.tag_v2`` holds that page's directory: Pillow reads
+    it before it sets the page up."""
+    compression = tiff.tag_v2.get(259, 1)
+    if isinstance(compression, int) and compression not in TiffImagePlugin.COMPRESSION_INFO:
+        name = _TIFF_COMPRESSION_NAMES.get(compression)
+        return (
+            f"it is stored with compression {compression}{f' ({name})' if name else ''}, which this reader "
+            "has no decoder for; save the photo again as PNG or JPEG"
+        )
+    return str(exc)
 
 
 def _full_size_pages(tiff: TiffImagePlugin.TiffImageFile) -> int:

@@ -153,6 +153,17 @@ def test_a_preview_whose_photo_page_pillow_cannot_read_is_refused() -> None:
     with pytest.raises(ImageRejected) as refused:
         decode_image(data)
     assert refused.value.reason == "corrupt" and "page 1" in str(refused.value)
+    # It says what the page is and what to do: "page 1 is unreadable: 34712" (the KeyError) said neither.
+    assert "compression 34712 (JPEG 2000)" in refused.value.detail, refused.value.detail
+    assert "no decoder" in refused.value.detail and "as PNG or JPEG" in refused.value.detail
+
+
+def test_a_page_of_a_compression_without_a_name_is_refused_by_its_number() -> None:
+    data = _with_compression(_tiff((_picture(1, (80, 60)), PREVIEW), (_picture(1), 0)), 1, 40000)
+    with pytest.raises(ImageRejected) as refused:
+        decode_image(data)
+    assert refused.value.reason == "corrupt", refused.value
+    assert "compression 40000, which" in refused.value.detail, refused.value.detail
 
 
 def test_pages_are_counted_up_to_a_page_pillow_cannot_read() -> None:
