@@ -534,7 +534,7 @@ def _open_and_load_file(
     if image_format == "TIFF":
         seek_photo_page(image)
         _refuse_misread_tiff(image)
-        _refuse_misplaced_tiff_pixels(image, data)
+        refuse_misplaced_tiff_pixels(image, data)
     width, height = image.size
     if width <= 0 or height <= 0:
         raise ImageRejected("zero_size", f"image is {width}x{height}")
@@ -804,12 +804,13 @@ def _refuse_misread_tiff(image: Image.Image) -> None:
         )
 
 
-def _refuse_misplaced_tiff_pixels(image: Image.Image, data: bytes) -> None:
+def refuse_misplaced_tiff_pixels(image: Image.Image, data: bytes) -> None:
     """``ImageRejected`` for an uncompressed TIFF whose pixels are placed where no byte of ``data`` is:
     a StripOffsets (or TileOffsets) whose field type makes it no position at all (a RATIONAL, a text:
     a damaged directory entry; ``corrupt``), or a position past the file's end (``truncated``). Pillow's
     reader of uncompressed strips raised TypeError for the one and, past 2**63, OverflowError for the
-    other, out of ``decode_image`` (found by fuzzing). libtiff places compressed pages itself."""
+    other, out of ``decode_image`` (found by fuzzing). libtiff places compressed pages itself. Asked
+    of an opened page before its pixels are loaded (``decode_image``; the copy check's grey thumbnail)."""
     if not isinstance(image, TiffImagePlugin.TiffImageFile):
         return
     tag, name = (324, "TileOffsets") if 324 in image.tag_v2 else (273, "StripOffsets")

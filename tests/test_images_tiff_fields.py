@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from shared.errors import ImageRejected
+from shared.evaluation.leakage import perceptual_hash
 from shared.images import decode_image, decode_mask, frame_count
 
 STRIP_OFFSETS = 273
@@ -49,6 +50,15 @@ def _strip_offsets_entry(data: bytes) -> int:
     )
 
 
+def _with_strip_past_any_file(data: bytes) -> bytes:
+    """``data`` whose StripOffsets is a LONG8 of 2**63 + 5: 8 bytes, so it lies where the entry points,
+    here at the file's end."""
+    entry = _strip_offsets_entry(data)
+    patched = bytearray(_with_field_type(data, entry, LONG8))
+    struct.pack_into("<I", patched, entry + 8, len(patched))
+    return bytes(patched) + struct.pack("<Q", 2**63 + 5)
+
+
 PHOTO = _tiff(Image.new("RGB", (4, 4), (200, 40, 10)))
 
 
@@ -63,14 +73,16 @@ def test_a_tiff_whose_strip_offsets_is_no_whole_number_is_refused_as_corrupt(fie
         assert "StripOffsets" in refused.value.detail, refused.value.detail
 
 
+def test_the_copy_check_takes_such_a_tiff_for_no_image() -> None:
+    # The held-out copy check reads a photo's pixels itself (a grey thumbnail); it raised the same
+    # TypeError and OverflowError, and evaluation stopped with a traceback on one damaged file.
+    assert perceptual_hash(_with_field_type(PHOTO, _strip_offsets_entry(PHOTO), RATIONAL)) is None
+    assert perceptual_hash(_with_strip_past_any_file(PHOTO)) is None
+
+
 def test_a_tiff_whose_strip_lies_past_any_file_is_refused_as_truncated() -> None:
-    # A LONG8 offset is 8 bytes, so it lies where the entry points: here at the file's end, 2**63 + 5.
-    entry = _strip_offsets_entry(PHOTO)
-    patched = bytearray(_with_field_type(PHOTO, entry, LONG8))
-    struct.pack_into("<I", patched, entry + 8, len(patched))
-    data = bytes(patched) + struct.pack("<Q", 2**63 + 5)
     with pytest.raises(ImageRejected) as refused:
-        decode_image(data)
+        decode_image(_with_strip_past_any_file(PHOTO))
     assert refused.value.reason == "truncated", refused.value
     assert str(2**63 + 5) in refused.value.detail, refused.value.detail
 

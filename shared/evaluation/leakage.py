@@ -18,6 +18,7 @@ from shared.errors import ImageRejected
 from shared.images import (
     DEFAULT_MAX_PIXELS,
     apply_exif_orientation,
+    refuse_misplaced_tiff_pixels,
     refuse_too_many_pixels,
     seek_photo_page,
     to_rgb,
@@ -346,6 +347,7 @@ def _decode_grey(data: bytes, at_least_px: int, max_pixels: int) -> Image.Image:
         raise ImageRejected("too_many_pixels", str(exc)) from exc
     with opened as image:
         seek_photo_page(image)  # the page ingest stores, past a TIFF's preview or mask ahead of it
+        refuse_misplaced_tiff_pixels(image, data)
         # A colour profile applies to colour: a JPEG decoded straight to grey would lose it.
         image.draft("RGB" if image.info.get("icc_profile") else "L", (at_least_px, at_least_px))
         refuse_too_many_pixels(*image.size, max_pixels, "")
