@@ -305,7 +305,7 @@ def _views(data: bytes, max_pixels: int) -> tuple[_View, _View | None] | None:
         if exc.reason == "too_many_pixels":
             raise
         return None
-    except (OSError, ValueError):
+    except (OSError, SyntaxError, ValueError):  # SyntaxError: a PNG's broken chunk, past its header
         return None
 
 
