@@ -814,7 +814,7 @@ def refuse_misplaced_tiff_pixels(image: Image.Image, data: bytes) -> None:
     if not isinstance(image, TiffImagePlugin.TiffImageFile):
         return
     tag, name = (324, "TileOffsets") if 324 in image.tag_v2 else (273, "StripOffsets")
-    for tile in image.tile:
+    for tile in image.tile or ():
         offset = tile[2]
         if not isinstance(offset, int):
             field_type = TiffTags.TYPES.get(image.tag_v2.tagtype.get(tag, 0), "unknown").upper()
