@@ -30,9 +30,9 @@ Delivery (docs/architecture.md, "Delivery"):
 * **Unexpected handler errors** are retried like transient ones, up to ``handler_max_attempts``,
   then dead-lettered with reason ``handler_error``, so one poison message cannot stall a partition.
   The attempts are this process's: counted on when the record's partition moves away and back.
-* **SIGTERM/SIGINT/SIGHUP** finish the batch in hand, commit, close, run the stage's ``on_stop`` actions
-  and return 0 (SIGHUP: the terminal of a ``skuforge run`` closed; left ignored where it was, as under
-  ``nohup``).
+* **SIGTERM/SIGINT/SIGHUP** finish the batch in hand (a handler may give it up: ``Context.stopping``),
+  commit, close, run the stage's ``on_stop`` actions and return 0 (SIGHUP: the terminal of a
+  ``skuforge run`` closed; left ignored where it was, as under ``nohup``).
 """
 
 from __future__ import annotations
@@ -172,6 +172,15 @@ class Context:
     _model_batch_failures: _Throttle = field(
         default_factory=lambda: _Throttle(BATCH_FAILURE_WARNING_INTERVAL_S), repr=False
     )
+    _stop: threading.Event = field(default_factory=threading.Event, repr=False)  # the stage's
+
+    @property
+    def stopping(self) -> bool:
+        """Whether the stage was asked to stop (SIGTERM...). The stop waits for the batch in hand: a
+        handler whose batch takes long (many model calls) may give up what it has not started by raising
+        a ``TransientError``; its inputs stay uncommitted, and the next run or the partition's next owner
+        handles them again."""
+        return self._stop.is_set()
 
     def after_commit(self, action: Callable[[], None], event: Envelope[Any] | None = None) -> None:
         """Run ``action`` once this input's outcome is committed; drop it if the input is tried again or
@@ -409,6 +418,7 @@ class Stage:
             settings=self.settings,
             metrics=self.metrics,
             log=logging.getLogger(f"skuforge.{name}"),
+            _stop=self._stop,
         )
 
     # -- wiring -------------------------------------------------------------------------------

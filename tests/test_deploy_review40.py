@@ -299,8 +299,10 @@ def test_a_number_a_values_file_cannot_keep_is_refused(helm: str, tmp_path: Path
 def test_the_docs_give_the_generators_stop_its_true_bound(helm: str) -> None:
     """The grace (the timeout and 30 s) was said to cover the generator's stop, but the stop finishes
     the whole batch in hand: every variant of up to SKUFORGE_MAX_POLL_RECORDS SKUs, sent in waves of
-    SKUFORGE_GENERATION_TRITON_CONCURRENCY, each wave up to the timeout. The docs give that bound with
-    the default settings, and the render's refusal says the grace covers the requests in flight."""
+    SKUFORGE_GENERATION_TRITON_CONCURRENCY, each wave up to the timeout. Now a stopping stage sends no
+    new request (test_generator_stop.py): the docs give the batch's waves with the default settings as
+    what the stop no longer waits for, the stop's bound (one timeout), and the render's refusal says the
+    grace covers the requests in flight."""
     fields = GenerationSettings.model_fields
     variants = (
         Settings.model_fields["max_poll_records"].default * fields["generation_variants_per_sku"].default
@@ -309,5 +311,6 @@ def test_the_docs_give_the_generators_stop_its_true_bound(helm: str) -> None:
     bound_s = waves * fields["generation_triton_timeout_s"].default
     deploy = " ".join((REPO / "docs" / "deploy.md").read_text().split())
     assert f"up to {waves} waves" in deploy and f"{bound_s:g} s" in deploy
+    assert "sends Triton no new request" in deploy and "a stop takes up to one timeout" in deploy
     message = render_error(helm, "stages.generator.terminationGracePeriodSeconds=100")
     assert "requests in flight" in message and "its batch is committed" not in message, message

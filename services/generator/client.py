@@ -14,7 +14,7 @@ A variant the model refuses (its ``error`` output) comes back as a ``BadInput`` 
 one with an empty reference or mask, refused before it is sent. A refusal the registry may lift
 (``may_be_lifted``: an adapter not registered yet) is kept too, but asked again at the next call;
 it stands only while Triton cannot answer. A malformed request (our bug) raises
-``RuntimeError``.
+``RuntimeError``. Once the stage is stopping, no new request is sent (``Stopping``, transient too).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import logging
 import re
 import threading
 from collections import Counter, OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from http.client import HTTPException
 from typing import Any
@@ -75,6 +75,12 @@ class GeneratorUnavailable(TransientError):
         self.kind = kind
 
 
+class Stopping(TransientError):
+    """The stage is stopping (``stopping``): a variant not sent yet is not sent. Its batch is given up
+    uncommitted, and handled again by the next run or the partition's next owner: the stop waits for the
+    requests in flight (up to the timeout), not for every wave of the batch."""
+
+
 class GeneratorFailed(RuntimeError):
     """The model raised on a variant even when served alone (a backend bug or fault, not a refusal):
     not transient, so the stage retries it as a handler error and then dead-letters it."""
@@ -85,7 +91,8 @@ class TritonGenerator:
 
     Each model has its own ``concurrency`` workers, and ``generate`` may be called for several models
     at once (the stage calls a round's backends together): one model's requests never wait behind
-    another's in the queue of a shared pool.
+    another's in the queue of a shared pool. Once ``stopping()`` says so, no new request is sent:
+    the call raises ``Stopping`` once those in flight are answered.
     """
 
     def __init__(
@@ -96,6 +103,7 @@ class TritonGenerator:
         timeout_s: float = 300.0,
         concurrency: int = 8,
         keep_at_most: int = 256,
+        stopping: Callable[[], bool] = lambda: False,
     ) -> None:
         if protocol not in ("grpc", "http"):
             raise ValueError(f"protocol must be 'grpc' or 'http', got {protocol!r}")
@@ -123,6 +131,7 @@ class TritonGenerator:
         self._kept: OrderedDict[tuple[str, str], VariantResult | BadInput] = OrderedDict()
         self._asked: Counter[tuple[str, str]] = Counter()  # the requests of the calls in hand
         self.keep_at_most = keep_at_most
+        self._stopping = stopping
 
     @property
     def last_call_ok(self) -> bool:
@@ -197,6 +206,7 @@ class TritonGenerator:
         """All ``variants`` from ``backend``'s model, in order; GeneratorUnavailable if any was not served,
         and a variant's failure (``GeneratorFailed``, a malformed request's RuntimeError) before that.
         Either is raised once every request sent is answered, and the answers are kept for the retry."""
+        self._refuse_if_stopping(backend)
         try:
             # On the backend's own workers, as the requests are: the stage calls from a new thread each
             # round, and a client made for each such thread stayed open (over HTTP, 4 descriptors each:
@@ -283,6 +293,12 @@ class TritonGenerator:
             raise unavailable
         return [answered[key] for key in keys]
 
+    def _refuse_if_stopping(self, backend: str) -> None:
+        """Raise ``Stopping`` if the stage is stopping: checked before each request, so a stop waits for
+        the requests in flight, not for every variant queued behind them (up to 16 waves of the timeout)."""
+        if self._stopping():
+            raise Stopping(f"the stage is stopping: no new request is sent to {model_name(backend)}")
+
     def _let_go_past_bound(self) -> None:
         """Past ``keep_at_most`` answers, let go of the oldest, never those of a call in hand (its
         retry would draw them again, and could be refused again, for ever). Under ``_lock``."""
@@ -368,6 +384,7 @@ class TritonGenerator:
                 f"{model_name(backend)} cannot be sent variant seed {variant.seed}: "
                 f"{', '.join(empty)}, an empty image",
             )
+        self._refuse_if_stopping(backend)
         client = self._client()
         module = self._local.module
         values = {

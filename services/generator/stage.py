@@ -673,8 +673,9 @@ def build_stage(
     """The stage, ready to run. kwargs go to Stage (settings, store...).
 
     Triton need not be up yet: until it is, every batch backs off and retries. The Triton client made
-    here is closed when the stage stops (its connections and worker threads); a ``generator`` passed
-    in is its caller's to close.
+    here sends no new request once the stage is stopping (the batch in hand is given up, uncommitted)
+    and is closed when the stage stops (its connections and worker threads); a ``generator`` passed in
+    is its caller's to close, and hears of no stop.
     """
     generation = generation or load_settings(GenerationSettings)
     settings: Settings = kwargs.pop("settings", None) or load_settings()
@@ -686,6 +687,8 @@ def build_stage(
         # The answers of two full batches: the one in hand with its redraw rounds, and those of a
         # partition backing off or of a failed batch's SKUs not yet retried alone.
         keep_at_most=2 * settings.max_poll_records * generation.generation_variants_per_sku,
+        # Before, a stop waited for the whole batch: up to 16 waves of requests, each up to the timeout.
+        stopping=lambda: stage.context.stopping,
     )
     stage = Stage(
         STAGE_NAME,

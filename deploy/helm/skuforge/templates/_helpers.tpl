@@ -330,8 +330,8 @@ where the values name none); not known, composite is taken (the stage's default)
 {{- end -}}
 {{- /* The generator stage's stop waits for its Triton requests in flight, up to its timeout, and then
 commits: a grace shorter than that plus 30 s killed the pod mid-request, the batch in hand never
-committed. A whole batch may take many waves of requests (docs/deploy.md): no grace waits for that, and
-a pod killed past it leaves the batch to the partition's next owner. values.yaml's `settings` gives the timeout, so the check reads the one the pods get (a copy of
+committed. Once stopping it sends no new request and gives the rest of its batch up, uncommitted
+(docs/deploy.md). values.yaml's `settings` gives the timeout, so the check reads the one the pods get (a copy of
 the default here went stale when the values changed it); removed with null, the stage's own default
 applies, which the check cannot see. */ -}}
 {{- with include "skuforge.generatorSetting" (dict "root" . "key" "SKUFORGE_GENERATION_TRITON_TIMEOUT_S") | fromJson -}}
