@@ -5,12 +5,22 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
+from schemas.envelope import Envelope
+from schemas.events import ImageGenerated
+from schemas.topics import IMAGE_GENERATED, SKU_CAPTIONED
 from services.generator.client import TritonGenerator
+from services.generator.stage import build_stage
+from shared.config import load_settings
 from shared.errors import TransientError
 from shared.generation.backend import GenerationRequest, RowOutcome
+from shared.generation.settings import GenerationSettings
+from tests.support.bus import create_topics, file_store_uri, isolated_settings, produce, read_topic, running
+from tests.support.captioning import captioned_sku
+from tests.support.generation import TRITON_SIZE_PX
 from tests.support.generation import triton_variant as variant
 from tests.support.triton import PoisonedComposite, poisoned_triton
 
@@ -55,3 +65,47 @@ def test_a_stop_mid_call_sends_no_new_request_and_gives_the_call_up(monkeypatch:
             backend.release.set()
             client.close()
     assert backend.painted == drawn_at_the_stop
+
+
+@pytest.mark.kafka
+def test_a_stage_stopped_mid_batch_commits_none_of_it_and_its_next_run_draws_every_image_once(
+    kafka_bootstrap: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two SKUs of four variants in one batch, two requests in flight at a time, and the stage stops
+    while Triton holds the first. Before, the stop drew all eight and committed the batch; now it gives
+    the batch up: nothing produced, committed or dead-lettered, and the next run (the same group) draws
+    the eight images, each once."""
+    backend = HeldComposite()
+    settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path / "store"))
+    create_topics(settings, SKU_CAPTIONED, IMAGE_GENERATED, partitions=1)
+    topic = settings.topic_name(IMAGE_GENERATED)
+    with poisoned_triton(monkeypatch, backend) as (url, _):
+        generation = load_settings(
+            GenerationSettings,
+            generation_triton_url=url,
+            generation_variants_per_sku=4,
+            generation_size_px=TRITON_SIZE_PX,
+            generation_triton_concurrency=2,
+        )
+        stage = build_stage(settings=settings, generation=generation)
+        skus = [captioned_sku(stage.store, index) for index in (1, 2)]
+        produce(settings, SKU_CAPTIONED, skus)
+        try:
+            with running(stage):
+                assert backend.entered.wait(120), "Triton was sent no request"
+                stage.stop()
+                backend.release.set()
+        finally:
+            backend.release.set()
+        drawn_at_the_stop = list(backend.painted)
+        assert 1 <= len(drawn_at_the_stop) <= 2, drawn_at_the_stop  # those in flight, no new wave
+        assert read_topic(kafka_bootstrap, topic, expect=0, timeout_s=3) == []
+        assert read_topic(kafka_bootstrap, settings.dlq_name(SKU_CAPTIONED), expect=0, timeout_s=3) == []
+
+        with running(build_stage(settings=settings, generation=generation)):
+            records = read_topic(kafka_bootstrap, topic, expect=8, timeout_s=120)
+    events = [Envelope[ImageGenerated].model_validate_json(record.value) for record in records]
+    assert len({event.event_id for event in events}) == len(events) == 8
+    assert sorted((e.payload.sku.sku_id, e.payload.variant_index) for e in events) == sorted(
+        (sku.sku.sku_id, index) for sku in skus for index in range(4)
+    )
