@@ -155,7 +155,8 @@ class Emit:
 
 @dataclass
 class Context:
-    """What a handler may use besides its event: the store, settings, metrics, a logger."""
+    """What a handler may use besides its event: the store, settings, metrics, a logger, and whether
+    the stage is stopping."""
 
     stage: str
     store: ObjectStore
