@@ -8,7 +8,8 @@ silently repairing:
 ``too_large_bytes``     more bytes than ``max_bytes``
 ``not_an_image``        Pillow cannot identify the bytes as any image format
 ``format_not_allowed``  an image, but not one of ``allowed_formats`` (HEIC/HEIF and AVIF, an
-                        iPhone's photos however they are named, are told apart and named)
+                        iPhone's photos however they are named, are told apart and named), or a
+                        TIFF stored with a compression Pillow has no decoder for (JPEG 2000...)
 ``zero_size``           the header declares a zero width or height
 ``too_many_pixels``     the header declares more than ``max_pixels`` (checked before decoding;
                         Pillow's own decompression-bomb limit counts as well), and the image
@@ -337,7 +338,8 @@ def seek_photo_page(image: Image.Image) -> None:
     find it, no pixels, and the pixel limits then apply to that page, as it is the one decoded. The
     first page where no page is one of its own; nothing for any other image. Raises
     ``ImageRejected('corrupt')`` when the directory of a page after such a first page cannot be read:
-    the photo is not there, and the preview is no stand-in for it."""
+    the photo is not there, and the preview is no stand-in for it (``format_not_allowed`` when it is
+    stored with a compression Pillow has no decoder for: the user must save it again, not repair it)."""
     if not isinstance(image, TiffImagePlugin.TiffImageFile) or not _belongs_to_another_page(image):
         return
     for index in itertools.count(1):
@@ -347,28 +349,49 @@ def seek_photo_page(image: Image.Image) -> None:
             image.seek(0)
             return
         except _UNREADABLE_TIFF_PAGE as exc:
+            no_decoder = _no_decoder(image.tag_v2)
             raise ImageRejected(
-                "corrupt",
+                "corrupt" if no_decoder is None else "format_not_allowed",
                 f"TIFF page 0 is a preview or mask of another page, and page {index} is unreadable: "
-                + _why_unreadable(image, exc),
+                + (no_decoder or str(exc)),
             ) from exc
         if not _belongs_to_another_page(image):
             return
 
 
-def _why_unreadable(tiff: TiffImagePlugin.TiffImageFile, exc: Exception) -> str:
-    """Why the TIFF page whose directory Pillow could not read (``exc``) is unreadable, and what to do
-    where that is known: a compression Pillow has no decoder for is named (its KeyError said only the
-    number, "page 1 is unreadable: 34712"). ``tiff.tag_v2`` holds that page's directory: Pillow reads
-    it before it sets the page up."""
-    compression = tiff.tag_v2.get(259, 1)
-    if isinstance(compression, int) and compression not in TiffImagePlugin.COMPRESSION_INFO:
-        name = _TIFF_COMPRESSION_NAMES.get(compression)
-        return (
-            f"it is stored with compression {compression}{f' ({name})' if name else ''}, which this reader "
-            "has no decoder for; save the photo again as PNG or JPEG"
-        )
-    return str(exc)
+def _no_decoder(directory: TiffImagePlugin.ImageFileDirectory_v2) -> str | None:
+    """What is wrong and what to do when the TIFF page of ``directory`` is stored with a compression
+    Pillow has no decoder for (named: its KeyError said only the number, "34712"); None otherwise.
+    Pillow reads a page's directory before it sets the page up, so a page it could not open has one."""
+    compression = directory.get(259, 1)
+    if not isinstance(compression, int) or compression in TiffImagePlugin.COMPRESSION_INFO:
+        return None
+    name = _TIFF_COMPRESSION_NAMES.get(compression)
+    return (
+        f"it is stored with compression {compression}{f' ({name})' if name else ''}, which this reader "
+        "has no decoder for; save the photo again as PNG or JPEG"
+    )
+
+
+def _refuse_undecodable_tiff(data: bytes) -> None:
+    """``ImageRejected('format_not_allowed')`` for a TIFF whose first page is stored with a compression
+    Pillow has no decoder for (``_no_decoder``); nothing for other bytes. Pillow cannot open such a
+    file at all, so it was refused as no image, though it is a TIFF that only needs saving again."""
+    layout = _TIFF_LAYOUTS.get(data[:4])
+    if layout is None:
+        return
+    order, offset_format, _ = layout
+    offset_at, offset_size = (8 if offset_format == "Q" else 4), struct.calcsize(offset_format)
+    try:
+        directory = TiffImagePlugin.ImageFileDirectory_v2(data[: offset_at + offset_size])
+        (first,) = struct.unpack_from(order + offset_format, data, offset_at)
+        fp = io.BytesIO(data)
+        fp.seek(first)
+        directory.load(fp)
+    except _UNREADABLE_TIFF_PAGE:
+        return
+    if (no_decoder := _no_decoder(directory)) is not None:
+        raise ImageRejected("format_not_allowed", f"TIFF page 0 is unreadable: {no_decoder}")
 
 
 def _full_size_pages(tiff: TiffImagePlugin.TiffImageFile) -> int:
@@ -518,6 +541,7 @@ def _open_and_load_file(
             raise ImageRejected("zero_size", zero_size) from exc
         _refuse_heif(data)
         _refuse_cut_short(data)
+        _refuse_undecodable_tiff(data)
         raise ImageRejected("not_an_image", "bytes are not in any known image format") from exc
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
         _refuse_cut_short(data)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import struct
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -152,7 +153,8 @@ def test_a_preview_whose_photo_page_pillow_cannot_read_is_refused() -> None:
     data = _with_compression(_tiff((_picture(1, (80, 60)), PREVIEW), (_picture(1), 0)), 1, JPEG_2000)
     with pytest.raises(ImageRejected) as refused:
         decode_image(data)
-    assert refused.value.reason == "corrupt" and "page 1" in str(refused.value)
+    # Not damaged: stored in a way the user must save again, as a single such page (below) is refused.
+    assert refused.value.reason == "format_not_allowed" and "page 1" in str(refused.value)
     # It says what the page is and what to do: "page 1 is unreadable: 34712" (the KeyError) said neither.
     assert "compression 34712 (JPEG 2000)" in refused.value.detail, refused.value.detail
     assert "no decoder" in refused.value.detail and "as PNG or JPEG" in refused.value.detail
@@ -162,8 +164,26 @@ def test_a_page_of_a_compression_without_a_name_is_refused_by_its_number() -> No
     data = _with_compression(_tiff((_picture(1, (80, 60)), PREVIEW), (_picture(1), 0)), 1, 40000)
     with pytest.raises(ImageRejected) as refused:
         decode_image(data)
-    assert refused.value.reason == "corrupt", refused.value
+    assert refused.value.reason == "format_not_allowed", refused.value
     assert "compression 40000, which" in refused.value.detail, refused.value.detail
+
+
+@pytest.mark.parametrize(
+    ("compression", "named"),
+    [(JPEG_2000, "compression 34712 (JPEG 2000), which"), (40000, "compression 40000, which")],
+    ids=["jpeg-2000", "unnamed"],
+)
+@pytest.mark.parametrize("decode", [decode_image, decode_mask], ids=["photo", "mask"])
+def test_a_tiff_of_a_compression_pillow_cannot_decode_is_refused_naming_it(
+    compression: int, named: str, decode: Callable[[bytes], object]
+) -> None:
+    # One page, so Pillow cannot even open it: it was refused as "bytes are not in any known image
+    # format" (not_an_image), though it is a TIFF; the user must save it again, as with HEIC.
+    data = _with_compression(_tiff((_picture(1), 0)), 0, compression)
+    with pytest.raises(ImageRejected) as refused:
+        decode(data)
+    assert refused.value.reason == "format_not_allowed", refused.value
+    assert named in refused.value.detail and "as PNG or JPEG" in refused.value.detail, refused.value.detail
 
 
 def test_pages_are_counted_up_to_a_page_pillow_cannot_read() -> None:
