@@ -70,6 +70,9 @@ log = logging.getLogger("skuforge.images")
 DEFAULT_MAX_PIXELS = 40_000_000
 DEFAULT_MAX_BYTES = 50 * 2**20
 DEFAULT_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "BMP", "TIFF")
+# Ends a too_many_pixels refusal past Pillow's own limit, which no setting of ours raises: callers that
+# advise a higher setting look for it (``shared.trainstore.dataset``).
+PAST_PILLOWS_LIMIT = "SKUFORGE_MAX_IMAGE_PIXELS cannot raise it, so raising that setting does not help"
 # The file names of those formats: what ``skuforge ingest`` and ``skuforge evaluate`` take as photos.
 PHOTO_SUFFIXES: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"})
 # Pillow names multi-picture JPEGs (what many phones write) "MPO"; they are JPEGs to us.
@@ -531,7 +534,7 @@ def _open_and_load_file(
             raise ImageRejected(
                 "too_many_pixels",
                 f"{exc} That is Pillow's own decompression-bomb limit (twice PIL.Image.MAX_IMAGE_PIXELS); "
-                "SKUFORGE_MAX_IMAGE_PIXELS cannot raise it",
+                f"{PAST_PILLOWS_LIMIT}",
             ) from exc
         image = opened
     except UnidentifiedImageError as exc:
@@ -571,7 +574,7 @@ def _open_and_load_file(
     try:
         image.load()
     except Image.DecompressionBombError as exc:
-        raise ImageRejected("too_many_pixels", str(exc)) from exc
+        raise ImageRejected("too_many_pixels", f"{exc}; {PAST_PILLOWS_LIMIT}") from exc
     except EOFError as exc:
         raise ImageRejected("truncated", f"pixel data ends early: {exc}") from exc
     except (OSError, SyntaxError, ValueError, struct.error, zlib.error) as exc:
@@ -866,14 +869,16 @@ def _pixel_limit(max_pixels: int) -> int:
 
 def _too_many_pixels(width: int, height: int, max_pixels: int, problem: str) -> str:
     """The ``too_many_pixels`` detail: the size, the limit, which setting (ours or Pillow's) it is, and
-    ``problem``, why it was not decoded scaled down (empty: scaling was not asked for)."""
+    ``problem``, why it was not decoded scaled down (empty: scaling was not asked for). Past Pillow's
+    limit it says no setting passes the image (``PAST_PILLOWS_LIMIT``): ``_pixel_limit`` caps ours at
+    Pillow's, so a higher SKUFORGE_MAX_IMAGE_PIXELS still refuses it (it said "SKUFORGE_MAX_IMAGE_PIXELS
+    sets it" where ours was at or below Pillow's)."""
     pixels = width * height
     pillow_limit = Image.MAX_IMAGE_PIXELS
-    if pillow_limit is not None and pillow_limit < max_pixels and pixels > pillow_limit:
+    if pillow_limit is not None and pixels > pillow_limit:
         limit = (
-            f"Pillow's own decompression-bomb limit is {int(pillow_limit)} pixels "
-            f"(PIL.Image.MAX_IMAGE_PIXELS), below SKUFORGE_MAX_IMAGE_PIXELS ({max_pixels}), "
-            "so raising that setting does not help"
+            f"the limit is {_pixel_limit(max_pixels)}: past Pillow's own decompression-bomb limit of "
+            f"{int(pillow_limit)} pixels (PIL.Image.MAX_IMAGE_PIXELS); {PAST_PILLOWS_LIMIT}"
         )
     else:
         limit = f"the limit is {max_pixels} (SKUFORGE_MAX_IMAGE_PIXELS sets it)"

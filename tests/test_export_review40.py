@@ -232,6 +232,34 @@ def test_an_image_past_pillows_own_limit_is_not_said_to_pass_a_higher_setting(
     assert "take photo real-0 out of SKU-A's folder" in err and "a higher" not in err
 
 
+@pytest.mark.parametrize(
+    ("pillow_limit", "setting"),
+    [
+        (5000, "5000"),  # ours equal to Pillow's: raising ours (strictly below it or not) cannot help
+        (5000, "1000"),  # past Pillow's limit, not twice it: raising ours stops at Pillow's
+        (3000, "1000"),  # past twice Pillow's limit, where Pillow refuses at open
+    ],
+)
+def test_an_image_past_pillows_limit_under_a_lower_setting_is_not_said_to_pass_a_higher_one(
+    store: ManifestStore,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    pillow_limit: int,
+    setting: str,
+) -> None:
+    # The stored images are 100 x 80, 8000 pixels. Under SKUFORGE_MAX_IMAGE_PIXELS at or below Pillow's
+    # limit the refusal said "SKUFORGE_MAX_IMAGE_PIXELS sets it" and the export advised a higher one,
+    # which the pixel limit caps at Pillow's: no setting passes such an image.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", pillow_limit)
+    monkeypatch.setenv("SKUFORGE_MAX_IMAGE_PIXELS", setting)
+    monkeypatch.setenv("SKUFORGE_MIN_PHOTO_SIDE_PX", "10")  # so the lower setting is taken
+    assert cli_main([*EXPORT, str(tmp_path / "export")]) == 1
+    err = capsys.readouterr().err
+    assert "the image of SKU-A/" in err and "Pillow" in err
+    assert "sets it" not in err and "a higher" not in err
+
+
 def test_photos_of_two_skus_with_no_hash_are_not_taken_for_one(
     store: ManifestStore, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

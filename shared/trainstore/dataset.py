@@ -62,6 +62,7 @@ from shared.errors import BadInput, ChecksumMismatch, ObjectMissing
 from shared.images import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_PIXELS,
+    PAST_PILLOWS_LIMIT,
     ImageRejected,
     decode_image,
     decode_mask,
@@ -1045,12 +1046,12 @@ def _write_class(
         except (ObjectMissing, ChecksumMismatch) as exc:
             if manifests.read_sku(row.sku_id).get(row.item_id) == row:
                 # The manifest still names these bytes: a missing or tampered object stops the export.
-                raise _with_ways_past(exc, row, manifests, mask=mask_read, max_pixels=limits[0]) from exc
+                raise _with_ways_past(exc, row, manifests, mask=mask_read) from exc
             log.warning("%s/%s changed in the store while the export ran: left out", row.sku_id, row.item_id)
             result.changed += 1
             continue
         except ImageRejected as exc:  # the very bytes its row names, which no later read would take
-            raise _with_ways_past(exc, row, manifests, mask=mask_read, max_pixels=limits[0]) from exc
+            raise _with_ways_past(exc, row, manifests, mask=mask_read) from exc
         if fit == "keep" and max(image.size) > MAX_ASPECT * min(image.size):
             result.long_side_capped += 1
         image = _resized(image, size_px, fit)
@@ -1092,11 +1093,10 @@ def _with_ways_past(
     manifests: ManifestStore,
     *,
     mask: bool,
-    max_pixels: int,
 ) -> BadInput:
     """``exc``, which stops the export, saying whose object it was and the ways past it: of a changed
     object, what happened and how to put it right; of a lost one, the store's reason (a folder there);
-    of one refused by a limit, the setting that raises it (``max_pixels``: the export's); of a real
+    of one refused by a limit, the setting that raises it; of a real
     photo, that withdrawing it leaves it out; of a mask, that an imagefolder export reads none; and
     that ``--sku`` can leave the SKU out. Each said only what was wrong with the object ("no object
     at ...", "expected sha256 ..., found ...", "too_many_pixels: ..."): not whose it was, nor what to do."""
@@ -1117,7 +1117,7 @@ def _with_ways_past(
         )
     uri = manifests.store.uri_for(manifests.key(str(row.mask if mask else row.image)))
     if isinstance(exc, ImageRejected):
-        setting = _setting_past(exc, max_pixels)
+        setting = _setting_past(exc)
         if setting:
             ways.insert(0, f"export with a higher {setting}")
         return ImageRejected(exc.reason, f"{uri}: {what}: {exc.detail}; {_either(*ways)}")
@@ -1130,14 +1130,14 @@ def _either(*ways: str) -> str:
     return ways[0] if len(ways) == 1 else f"{', '.join(ways[:-1])}, or {ways[-1]}"
 
 
-def _setting_past(refused: ImageRejected, max_pixels: int) -> str | None:
+def _setting_past(refused: ImageRejected) -> str | None:
     """The setting whose limit refused an image, which raised lets it through; None for a refusal no
     setting passes: of its bytes themselves, or of more pixels than Pillow's own decompression-bomb
-    limit when that is the lower one (``PIL.Image.MAX_IMAGE_PIXELS``; the refusal says so)."""
+    limit (``PIL.Image.MAX_IMAGE_PIXELS``), which caps ours; the refusal says so. It was judged by the
+    settings alone, so an image past Pillow's limit under a lower setting was advised a higher one."""
     if refused.reason == "too_large_bytes":
         return "SKUFORGE_MAX_IMAGE_BYTES"
-    pillow_limit = Image.MAX_IMAGE_PIXELS
-    if refused.reason == "too_many_pixels" and (pillow_limit is None or max_pixels < pillow_limit):
+    if refused.reason == "too_many_pixels" and PAST_PILLOWS_LIMIT not in refused.detail:
         return "SKUFORGE_MAX_IMAGE_PIXELS"
     return None
 
