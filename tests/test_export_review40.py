@@ -4,11 +4,13 @@ or refused by the decoder, one synthetic image stored under two SKUs."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
 
 from shared.store import FileStore, sha256_hex
+from shared.trainstore.dataset import export_dataset
 from shared.trainstore.manifest import ManifestStore
 from skuforge_cli.main import main as cli_main
 from tests.support.trainstore import PREFIX, add_item
@@ -258,6 +260,26 @@ def test_an_image_past_pillows_limit_under_a_lower_setting_is_not_said_to_pass_a
     err = capsys.readouterr().err
     assert "the image of SKU-A/" in err and "Pillow" in err
     assert "sets it" not in err and "a higher" not in err
+
+
+def test_an_image_refused_under_a_row_replaced_while_the_export_ran_is_left_out(
+    store: ManifestStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Refused bytes stopped the export even when their row was replaced meanwhile, while a lost or
+    # changed object of such a row is left out, counted as changed during the export.
+    add_item(store, "SKU-A", "real-9", "real", "reference", size_px=100)  # 120 x 100: past the limit
+    iter_rows = ManifestStore.iter_rows
+
+    def then_replaced(self: ManifestStore, *args: Any, **kwargs: Any) -> Any:
+        yield from iter_rows(self, *args, **kwargs)
+        row = self.read_sku("SKU-A")["real-9"]
+        self.append("SKU-A", [row.model_copy(update={"caption": "captioned again"})])
+
+    monkeypatch.setattr(ManifestStore, "iter_rows", then_replaced)
+    summary = export_dataset(
+        store, tmp_path / "export", fmt="imagefolder", max_synthetic_per_real=2, limits=(10000, 2**20)
+    )
+    assert summary.changed_during_export == 1 and summary.classes["SKU-A"]["real"] == 1
 
 
 def test_photos_of_two_skus_with_no_hash_are_not_taken_for_one(

@@ -1043,15 +1043,15 @@ def _write_class(
             # Only jsonl writes masks: an imagefolder export neither reads them nor fails on one lost.
             mask_read = bool(row.mask) and fmt == "jsonl"
             mask = _decoded(manifests, row.mask, row.mask_sha256, limits, decode_mask) if mask_read else None
-        except (ObjectMissing, ChecksumMismatch) as exc:
+        except (ObjectMissing, ChecksumMismatch, ImageRejected) as exc:
+            # Refused bytes too: their row replaced or withdrawn meanwhile, they are no longer the store's
+            # (they stopped the export, while a lost or changed object of such a row was left out).
             if manifests.read_sku(row.sku_id).get(row.item_id) == row:
-                # The manifest still names these bytes: a missing or tampered object stops the export.
+                # The manifest still names these bytes: a missing, tampered or refused object stops it.
                 raise _with_ways_past(exc, row, manifests, mask=mask_read) from exc
             log.warning("%s/%s changed in the store while the export ran: left out", row.sku_id, row.item_id)
             result.changed += 1
             continue
-        except ImageRejected as exc:  # the very bytes its row names, which no later read would take
-            raise _with_ways_past(exc, row, manifests, mask=mask_read) from exc
         if fit == "keep" and max(image.size) > MAX_ASPECT * min(image.size):
             result.long_side_capped += 1
         image = _resized(image, size_px, fit)
