@@ -10,6 +10,7 @@ Imports torch (the backbone): the command imports this module only after its arg
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import json
 import os
@@ -24,7 +25,7 @@ from PIL import Image, UnidentifiedImageError
 
 from services.trainstore.cli import no_skus_problem, open_manifests, store_root
 from shared.config import load_settings
-from shared.errors import BadInput, ChecksumMismatch, ImageRejected, naming
+from shared.errors import BadInput, ChecksumMismatch, ImageRejected, ObjectMissing, naming
 from shared.evaluation import EVALUATION_FILE, REPORT_FILE
 from shared.evaluation.backbone import BackboneMissing, BackboneSpec, FeatureCache, open_backbone
 from shared.evaluation.experiment import (
@@ -36,7 +37,6 @@ from shared.evaluation.experiment import (
     Featurizer,
     Photo,
     describe_classifier,
-    photo_from_bytes,
     run_evaluation,
 )
 from shared.evaluation.leakage import (
@@ -63,7 +63,7 @@ from shared.photos import (
 from shared.store import FileStore, ObjectStore, open_store, sha256_hex
 from shared.trainstore.dataset import ExportPlan, plan_export, read_checked
 from shared.trainstore.manifest import ManifestRow, ManifestStore
-from shared.trainstore.withdrawals import Withdrawals
+from shared.trainstore.withdrawals import Withdrawals, photo_of
 
 
 class EvaluateRefused(ValueError):
@@ -437,7 +437,7 @@ def real_image_hashes(
             value = _cached_hash(
                 cache_dir if row.image_sha256 else None,
                 row.image_sha256 or "",
-                _checked_reader(manifests, row),
+                _checked_reader(manifests, row.image, row.image_sha256),
             )
         if value is None:
             unhashable.setdefault(row.sku_id, []).append(name)
@@ -533,29 +533,53 @@ def training_photos(manifests: ManifestStore, plan: ExportPlan) -> list[Photo]:
         for row in [*plan_class.real, *plan_class.synthetic]:
             assert row.image is not None  # plan_export keeps stored rows only
             name = object_name(manifests.store, manifests.key(row.image))
-            if row.image_sha256 is None:  # a row without its hash: read and hash it now
-                data = read_checked(manifests, row.image, None)
-                photos.append(photo_from_bytes(row.sku_id, row.source, name, data))
-                continue
+            # A row without its hash is hashed now and read again when used, as the others are: its
+            # bytes were held for the run, so memory grew with the store.
+            sha256 = row.image_sha256 or _streamed_sha256(manifests, row)
             photos.append(
-                Photo(row.sku_id, row.source, name, row.image_sha256, _checked_reader(manifests, row))
+                Photo(row.sku_id, row.source, name, sha256, _checked_reader(manifests, row.image, sha256))
             )
     return photos
 
 
-def _checked_reader(manifests: ManifestStore, row: ManifestRow) -> Callable[[], bytes]:
-    return lambda: read_checked(manifests, row.image, row.image_sha256)
+def _checked_reader(manifests: ManifestStore, key: str, sha256: str | None) -> Callable[[], bytes]:
+    return lambda: read_checked(manifests, key, sha256)
 
 
 def stored_images(manifests: ManifestStore, rows: Iterable[ManifestRow]) -> list[tuple[str, str]]:
-    """(name, sha256) of every image the rows point at, exported or not (what leakage is checked against)."""
+    """(name, sha256) of every image the rows point at, exported or not (what leakage is checked against).
+    Every SKU's, not only the evaluated ones': a held-out photo filed under any SKU may be trained on."""
     items = []
     for row in rows:
         if row.image is None:
             continue
-        sha256 = row.image_sha256 or sha256_hex(read_checked(manifests, row.image, None))
+        sha256 = row.image_sha256 or _streamed_sha256(manifests, row)
         items.append((object_name(manifests.store, manifests.key(row.image)), sha256))
     return items
+
+
+def _streamed_sha256(manifests: ManifestStore, row: ManifestRow) -> str:
+    """The sha256 of the image of a row with no hash, read a block at a time. Its object lost, the
+    refusal says whose it is and the ways past it, as ``dataset export``'s does: it was a bare
+    "object_missing: no object at ...", often of a SKU not evaluated."""
+    digest = hashlib.sha256()
+    uri = manifests.store.uri_for(manifests.key(str(row.image)))
+    try:
+        for block in manifests.store.iter_bytes(manifests.key(str(row.image))):
+            digest.update(block)
+    except ObjectMissing as exc:
+        why = f" ({exc.why})" if exc.why else ""
+        ways = ["restore it"]
+        if row.source == "real":
+            ways.append(
+                f"take photo {photo_of(row)} out of {row.sku_id}'s folder and run skuforge ingest "
+                "--withdraw-missing"
+            )
+        raise EvaluateRefused(
+            f"no object at {uri}{why}: the image of {row.sku_id}/{row.item_id}, whose manifest row has no "
+            f"sha256, so evaluate reads it for its hash; {', or '.join(ways)}"
+        ) from None
+    return digest.hexdigest()
 
 
 def scene_files(
