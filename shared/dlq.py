@@ -680,10 +680,11 @@ def _replay(
     with held_signals() as held_marking:
         try:
             marking.mark_acknowledged()
-        except (TransientError, BadInput) as exc:
+        except Exception as exc:  # any store error (one it does not map too): said, no traceback
+            why = str(exc) if isinstance(exc, TransientError | BadInput) else f"{type(exc).__name__}: {exc}"
             raise DlqError(
                 f"republished {sent} dead letters to {dead.original_topic}, but could not write their "
-                f"replay markers ({exc}); a later replay would republish those without a marker again"
+                f"replay markers ({why}); a later replay would republish those without a marker again"
             ) from exc
     if interrupted is None and (held_closing or held_marking):
         interrupted = (held_closing + held_marking)[0]
@@ -808,6 +809,10 @@ class _Marking:
             self.mark_acknowledged()
         except (TransientError, BadInput) as exc:
             raise DlqError(f"could not write the replay markers of the records sent so far ({exc})") from exc
+        except Exception as exc:  # bare, it went past the replay's handling and skipped its final marking
+            raise DlqError(
+                f"could not write the replay markers of the records sent so far ({type(exc).__name__}: {exc})"
+            ) from exc
 
     def mark_acknowledged(self) -> None:
         """Write the markers of every record acknowledged and not marked yet; a record still in flight

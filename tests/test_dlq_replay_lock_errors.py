@@ -10,9 +10,11 @@ import json
 import subprocess
 import sys
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from kafka.future import Future
 
 from shared import dlq as dlq_module
 from shared.dlq import DlqError, _ReplayLock
@@ -148,3 +150,30 @@ def test_advancing_a_lock_the_store_fails_to_read_leaves_its_earlier_offsets(tmp
         assert json.loads(store.get_bytes(lock.key))["original_from"] == {"0": 5}
     finally:
         lock.release()
+
+
+class MarkersRefused(FileStore):
+    """A store that raises what it does not map when a replay marker is written."""
+
+    def _write(self, key: str, data: bytes, content_type: str) -> None:
+        if key.startswith(dlq_module.REPLAY_PREFIX):
+            raise ValueError("a store error the markers do not expect")
+        super()._write(key, data, content_type)
+
+
+def test_a_batch_of_markers_the_store_fails_stops_the_sends_as_a_replay_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Raised bare out of a batch, it went past the replay's handling of its failures, which skipped its
+    final marking: the records acknowledged were never marked, and the next replay sent them again."""
+    monkeypatch.setattr(dlq_module, "MARK_EVERY_RECORDS", 1)
+    letter = dlq_module.StoredLetter(
+        "sku.ingested.v1.dlq", 0, 3, b"\x01" * 32, b"\x02" * 32, "bad_input", "gate",
+        "sku.ingested.v1", 7, None, None, datetime.now(UTC), "",
+    )  # fmt: skip
+    acknowledged: Future = Future()
+    acknowledged.success(dlq_module._SentTo("sku.ingested.v1", 0, 11))
+    marking = dlq_module._Marking(MarkersRefused(tmp_path))
+    marking.unmarked.append(([letter], acknowledged))
+    with pytest.raises(DlqError, match=r"could not write the replay markers .*ValueError"):
+        marking.mark_due()
