@@ -58,3 +58,17 @@ def test_two_masks_of_one_image_are_refused(tmp_path: Path) -> None:
     assert str(info.value).splitlines()[1:] == [
         f"{folder / 'images' / 'p.png'}: more than one mask ({masks / 'p.png'}, {masks / 'p.tif'}); keep one"
     ]
+
+
+def test_two_images_of_one_name_are_refused(tmp_path: Path) -> None:
+    """``p.png`` and ``p.jpg`` were each paired with ``masks/p.png``, silently: one of them (or both) a
+    photo the mask was not drawn on."""
+    folder = _pair_folder(tmp_path, ["p.png"])
+    images = folder / "images"
+    Image.open(images / "p.png").save(images / "p.jpg")
+    with pytest.raises(ConfigError) as info:
+        load_pairs(folder, 32)
+    assert str(info.value).splitlines()[1:] == [
+        f"{images / 'p.jpg'}, {images / 'p.png'}: more than one image named p, for the one mask of that "
+        "name; rename or remove all but one"
+    ]

@@ -134,9 +134,19 @@ def load_pairs(folder: Path, size_px: int) -> tuple[list[Image.Image], npt.NDArr
     for path in sorted(mask_dir.iterdir()) if mask_dir.is_dir() else ():
         if not path.name.startswith(".") and path.is_file():
             named.setdefault(path.stem, []).append(path)
+    photos: dict[str, list[Path]] = {}  # the files in images/ by their name less its suffix
     for image_path in sorted((folder / "images").iterdir()):
-        if image_path.name.startswith(".") or image_path.name == "__MACOSX" or not image_path.is_file():
+        if not image_path.name.startswith(".") and image_path.name != "__MACOSX" and image_path.is_file():
+            photos.setdefault(image_path.stem, []).append(image_path)
+    for stem, same_name in photos.items():
+        if len(same_name) > 1:
+            # Each was paired with the one mask of their name, silently: a photo it was not drawn on.
+            problems.append(
+                f"{', '.join(map(str, same_name))}: more than one image named {stem}, for the one mask "
+                "of that name; rename or remove all but one"
+            )
             continue
+        image_path = same_name[0]
         if image_path.suffix.lower() in HEIC_SUFFIXES:  # an iPhone's: what to do, as ingest says it
             problems.append(f"{image_path}: {HEIC_ADVICE}; or move it out of images/")
             continue
