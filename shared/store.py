@@ -788,7 +788,16 @@ class S3Store(ObjectStore):
                 raise TransientError(
                     f"S3 answered {code or status} for {uri} (from {self._uri_from})"
                 ) from exc
-            raise
+            if code in _S3_EXISTS_CODES:
+                raise  # a conditional write's condition failed: ``_conditional`` says so
+            # Raised bare, a caller other than the replay lock got a botocore traceback: a 400 of an
+            # S3-compatible server that takes no conditional headers. The deployment's, never the input's.
+            raise StoreMisconfigured(
+                f"S3 refused {uri}: {code or status} (HTTP {status}: {error.get('Message', '')}), an answer "
+                "this store does not know; check that the server at SKUFORGE_S3_ENDPOINT_URL is an S3 this "
+                f"store works with (conditional writes: If-None-Match, If-Match) and the bucket name in "
+                f"{self._uri_from}"
+            ) from exc
         except _CREDENTIAL_ERRORS as exc:
             raise StoreMisconfigured(
                 f"no usable S3 credentials for {uri}: {exc}; {self._check_deployment}"

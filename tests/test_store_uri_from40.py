@@ -115,6 +115,23 @@ def test_s3_answering_5xx_names_where_the_uri_came_from() -> None:
     assert str(info.value) == "S3 answered InternalError for s3://scenes/a.jpg (from --scenes)"
 
 
+def test_s3_answering_what_the_store_does_not_know_is_a_refusal_naming_where_the_uri_came_from() -> None:
+    # An S3-compatible server that takes no conditional headers answers 400: raised bare, a caller
+    # other than the replay lock got a botocore traceback.
+    store = S3Store("scenes", endpoint_url="http://127.0.0.1:1", uri_from="--scenes")
+    answer: Any = {
+        "Error": {"Code": "InvalidArgument", "Message": "If-None-Match is not supported"},
+        "ResponseMetadata": {"HTTPStatusCode": 400},
+    }
+    with pytest.raises(StoreMisconfigured) as info, store._mapped_errors("s3://scenes/a.jpg"):
+        raise ClientError(answer, "PutObject")
+    assert str(info.value) == (
+        "S3 refused s3://scenes/a.jpg: InvalidArgument (HTTP 400: If-None-Match is not supported), an "
+        "answer this store does not know; check that the server at SKUFORGE_S3_ENDPOINT_URL is an S3 "
+        "this store works with (conditional writes: If-None-Match, If-Match) and the bucket name in --scenes"
+    )
+
+
 # The store openers, each with an s3:// URI's parts and uri_from left out.
 STORE_OPENERS: dict[str, Callable[[], Any]] = {
     "open_store": lambda: open_store(  # type: ignore[call-arg]
