@@ -91,6 +91,9 @@ MARK_EVERY_S = 2.0
 REPLAY_LOCK_PREFIX = "dlq-replay-locks"
 LOCK_REFRESH_S = 10.0
 LOCK_STALE_S = 60.0
+# A replay whose heartbeat the store refused this long stops itself: a margin before its lock looks stale
+# (another machine's clock reads the heartbeat's age), and another replay takes it over.
+LOCK_GIVE_UP_S = LOCK_STALE_S - 2 * LOCK_REFRESH_S
 # The sender reads the lock before a send once it last found it its own this long ago (``_ReplayLock.check``).
 LOCK_CHECK_S = 2.0
 # [0-9], not \d: \d matches any script's digits and float() reads them ('٣d' was 3 days).
@@ -914,6 +917,7 @@ class _ReplayLock:
                 f"could not take the replay lock {self.store.uri_for(self.key)}: {type(exc).__name__}: {exc}"
             ) from exc
         self._seen_held_at = looked_at
+        self._beat_at = looked_at  # when (``_alive_clock``) the heartbeat was last written, or the lock
         self._refresher = threading.Thread(target=self._refresh, name="dlq-replay-lock", daemon=True)
         self._refresher.start()
         return killed
@@ -1064,8 +1068,17 @@ class _ReplayLock:
                 if self.lost is not None:
                     return
                 self.store.put_bytes(heartbeat, b"", "text/plain")
-            except (TransientError, BadInput):
-                continue  # the store is away: the markers fail too, and stop the replay
+                self._beat_at = _alive_clock()
+            except (TransientError, BadInput) as exc:
+                # The store is away: the markers fail too, and stop the replay. Retried without limit, a
+                # heartbeat that alone kept failing let the lock look stale to a second replay, which took
+                # it over and sent the letters again beside this one.
+                if (away_s := _alive_clock() - self._beat_at) >= LOCK_GIVE_UP_S:
+                    self.lost = (
+                        f"the replay lock {self.store.uri_for(self.key)} could not write its heartbeat for "
+                        f"{away_s:.0f}s ({exc}); stopped here, before another replay takes it over"
+                    )
+                    return
             except Exception as exc:  # which ended this thread unseen
                 # Its lock would look stale to a second replay, which took it over and sent the letters
                 # again beside this one: this one stops at its next send (``check``) instead.

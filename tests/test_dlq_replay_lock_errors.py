@@ -6,6 +6,7 @@ of one DLQ sent its letters twice. Out of the takeover or the release it was a t
 from __future__ import annotations
 
 import errno
+import itertools
 import json
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from kafka.future import Future
 
 from shared import dlq as dlq_module
 from shared.dlq import DlqError, _ReplayLock
+from shared.errors import TransientError
 from shared.store import FileStore
 
 
@@ -177,3 +179,31 @@ def test_a_batch_of_markers_the_store_fails_stops_the_sends_as_a_replay_error(
     marking.unmarked.append(([letter], acknowledged))
     with pytest.raises(DlqError, match=r"could not write the replay markers .*ValueError"):
         marking.mark_due()
+
+
+class HeartbeatAway(FileStore):
+    """A store that takes the lock and the markers but is away for the heartbeat."""
+
+    def _write(self, key: str, data: bytes, content_type: str) -> None:
+        if key.endswith(".alive"):
+            raise TransientError("the store is away for the heartbeat")
+        super()._write(key, data, content_type)
+
+
+def test_a_replay_whose_heartbeat_the_store_keeps_refusing_stops_before_its_lock_looks_stale(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It retried without limit: with only the heartbeat failing (the markers written), its lock looked
+    stale after LOCK_STALE_S, and a second replay took it over and sent the letters again beside it."""
+    monkeypatch.setattr(dlq_module, "LOCK_REFRESH_S", 0.01)
+    ticks = itertools.count()
+    monkeypatch.setattr(dlq_module, "_alive_clock", lambda: next(ticks) * 5.0)  # 5 s a look
+    lock = _ReplayLock(HeartbeatAway(tmp_path), _dlq_topic(), {})
+    assert lock.acquire() is None
+    try:
+        assert lock._refresher is not None
+        lock._refresher.join(timeout=30)  # a heartbeat that retries on is the test's failure, not a hang
+        with pytest.raises(DlqError, match=r"could not write its heartbeat for \d+s .*away.*; stopped here"):
+            lock.check()
+    finally:
+        lock.release()
