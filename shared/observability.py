@@ -118,7 +118,8 @@ class StageMetrics:
         )
         self.retries = Counter(
             "skuforge_retries_total",
-            "Retries after a transient fault, by error class.",
+            "Retries after a transient fault, by error class (none at a stop: a batch given up as the "
+            "stage stops is left uncommitted, not retried).",
             ["stage", "error"],
             registry=self.registry,
         )

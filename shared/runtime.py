@@ -27,6 +27,8 @@ Delivery (docs/architecture.md, "Delivery"):
 * **Transient faults** (``TransientError``, Kafka errors) pause the partition and seek back to
   the failed record; it is retried after an exponential back-off. Nothing after it in that
   partition is processed or committed meanwhile, so per-SKU order holds. Other partitions go on.
+  Once the stage is stopping, such a fault (a handler giving its batch up) is no retry: the record
+  is left uncommitted for the next run, logged at info and not counted.
 * **Unexpected handler errors** are retried like transient ones, up to ``handler_max_attempts``,
   then dead-lettered with reason ``handler_error``, so one poison message cannot stall a partition.
   The attempts are this process's: counted on when the record's partition moves away and back.
@@ -1511,6 +1513,22 @@ class Stage:
     def _back_off(self, tp: TopicPartition, offset: int, error: BaseException) -> None:
         """Rewind ``tp`` to ``offset`` and pause it for an exponential, jittered back-off."""
         assert self._consumer is not None
+        if self._stop.is_set():
+            # A handler giving its batch up at the stop (Context.stopping), or a fault as it stops: no
+            # retry follows here, so none is counted (it set off retry alerts at every stop); the
+            # input stays uncommitted for the next run or the partition's next owner.
+            self._consumer.seek(tp, offset)
+            log.info(
+                "stopping: the rest of the partition's batch is left uncommitted",
+                extra={
+                    "stage": self.name,
+                    "topic": tp.topic,
+                    "partition": tp.partition,
+                    "offset": offset,
+                    "error": f"{type(error).__name__}: {error}",
+                },
+            )
+            return
         failures = self._failures.get(tp, 0) + 1
         self._failures[tp] = failures
         # The exponent stops growing long before the cap matters: 2 ** 1024 is no float, and a partition
