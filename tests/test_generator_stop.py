@@ -67,6 +67,29 @@ def test_a_stop_mid_call_sends_no_new_request_and_gives_the_call_up(monkeypatch:
     assert backend.painted == drawn_at_the_stop
 
 
+def test_a_variant_that_fails_as_the_stage_stops_gives_the_call_up_as_the_stop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The stage stops while Triton holds a variant it then fails on for real. Before, the call raised that
+    ``GeneratorFailed``: the runtime logged a batch failure and ran each SKU alone, each given up at once
+    at the stop. Now the call is given up as the stop (transient: the next owner draws that variant again)."""
+    backend, stop = HeldComposite(), threading.Event()
+    backend.failing = frozenset({21})
+    with poisoned_triton(monkeypatch, backend) as (url, _):
+        client = TritonGenerator(url, concurrency=2, stopping=stop.is_set)
+        try:
+            with ThreadPoolExecutor(max_workers=1) as caller:
+                call = caller.submit(client.generate, "composite", [variant(seed) for seed in range(21, 29)])
+                assert backend.entered.wait(120), "Triton was sent no request"
+                stop.set()
+                backend.release.set()
+                gave_up = call.exception()
+        finally:
+            backend.release.set()
+            client.close()
+    assert isinstance(gave_up, TransientError) and "stopping" in str(gave_up), repr(gave_up)
+
+
 @pytest.mark.kafka
 def test_a_stage_stopped_mid_batch_commits_none_of_it_and_its_next_run_draws_every_image_once(
     kafka_bootstrap: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -204,8 +204,9 @@ class TritonGenerator:
 
     def generate(self, backend: str, variants: Sequence[VariantRequest]) -> list[VariantResult | BadInput]:
         """All ``variants`` from ``backend``'s model, in order; GeneratorUnavailable if any was not served,
-        and a variant's failure (``GeneratorFailed``, a malformed request's RuntimeError) before that.
-        Either is raised once every request sent is answered, and the answers are kept for the retry."""
+        and a variant's failure (``GeneratorFailed``, a malformed request's RuntimeError) before that,
+        but ``Stopping`` once the stage is stopping. Each is raised once every request sent is answered,
+        and the answers are kept for the retry."""
         self._refuse_if_stopping(backend)
         try:
             # On the backend's own workers, as the requests are: the stage calls from a new thread each
@@ -288,6 +289,9 @@ class TritonGenerator:
                 CONCURRENCY_LIMIT,
             )
         if failed is not None:
+            # At a stop, the call is given up (the next owner draws the failed variant again): raised,
+            # the failure made the stage retry each SKU alone, each given up at once.
+            self._refuse_if_stopping(backend)
             raise failed
         if unavailable is not None:
             raise unavailable
