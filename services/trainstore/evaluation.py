@@ -61,9 +61,9 @@ from shared.photos import (
     is_nas_thumbnail_folder,
 )
 from shared.store import FileStore, ObjectStore, open_store, sha256_hex
-from shared.trainstore.dataset import ExportPlan, plan_export, read_checked
+from shared.trainstore.dataset import ExportPlan, either, plan_export, read_checked, withdraw_way
 from shared.trainstore.manifest import ManifestRow, ManifestStore
-from shared.trainstore.withdrawals import Withdrawals, photo_of
+from shared.trainstore.withdrawals import Withdrawals
 
 
 class EvaluateRefused(ValueError):
@@ -569,15 +569,10 @@ def _streamed_sha256(manifests: ManifestStore, row: ManifestRow) -> str:
             digest.update(block)
     except ObjectMissing as exc:
         why = f" ({exc.why})" if exc.why else ""
-        ways = ["restore it"]
-        if row.source == "real":
-            ways.append(
-                f"take photo {photo_of(row)} out of {row.sku_id}'s folder and run skuforge ingest "
-                "--withdraw-missing"
-            )
+        ways = ["restore it", withdraw_way(row)] if row.source == "real" else ["restore it"]
         raise EvaluateRefused(
             f"no object at {uri}{why}: the image of {row.sku_id}/{row.item_id}, whose manifest row has no "
-            f"sha256, so evaluate reads it for its hash; {', or '.join(ways)}"
+            f"sha256, so evaluate reads it for its hash; {either(*ways)}"
         ) from None
     return digest.hexdigest()
 

@@ -1104,8 +1104,7 @@ def _with_ways_past(
     if mask:
         ways.insert(0, "export with --format imagefolder (which reads no mask)")
     elif row.source == "real":
-        withdraw = f"take photo {photo_of(row)} out of {row.sku_id}'s folder"
-        ways.insert(0, f"{withdraw} and run skuforge ingest --withdraw-missing")
+        ways.insert(0, withdraw_way(row))
     what = f"the {'mask' if mask else 'image'} of {row.sku_id}/{row.item_id}"
     if isinstance(exc, ChecksumMismatch):
         return ChecksumMismatch(
@@ -1113,19 +1112,27 @@ def _with_ways_past(
             exc.expected,
             exc.actual,
             f"{what} changed after its manifest row was written (overwritten or damaged); "
-            f"{_either('put back the bytes its row names (from a backup)', *ways)}",
+            f"{either('put back the bytes its row names (from a backup)', *ways)}",
         )
     uri = manifests.store.uri_for(manifests.key(str(row.mask if mask else row.image)))
     if isinstance(exc, ImageRejected):
         setting = _setting_past(exc)
         if setting:
             ways.insert(0, f"export with a higher {setting}")
-        return ImageRejected(exc.reason, f"{uri}: {what}: {exc.detail}; {_either(*ways)}")
+        return ImageRejected(exc.reason, f"{uri}: {what}: {exc.detail}; {either(*ways)}")
     why = f" ({exc.why})" if exc.why else ""
-    return ObjectMissing(uri, f"{what}{why}; {_either('restore it', *ways)}")
+    return ObjectMissing(uri, f"{what}{why}; {either('restore it', *ways)}")
 
 
-def _either(*ways: str) -> str:
+def withdraw_way(row: ManifestRow) -> str:
+    """How a real photo's row leaves the store (said where its object is lost or refused): the photo
+    taken out of its SKU's folder and withdrawn."""
+    return (
+        f"take photo {photo_of(row)} out of {row.sku_id}'s folder and run skuforge ingest --withdraw-missing"
+    )
+
+
+def either(*ways: str) -> str:
     """``ways`` as one choice: "a, b, or c"."""
     return ways[0] if len(ways) == 1 else f"{', '.join(ways[:-1])}, or {ways[-1]}"
 
