@@ -41,6 +41,19 @@ class HeldComposite(PoisonedComposite):
         return super().generate_many(requests)
 
 
+def _stopped_mid_call(
+    client: TritonGenerator, backend: HeldComposite, stop: threading.Event
+) -> BaseException | None:
+    """What a call for eight variants (seeds 21-28) raises when the stage stops while Triton holds its
+    first requests."""
+    with ThreadPoolExecutor(max_workers=1) as caller:
+        call = caller.submit(client.generate, "composite", [variant(seed) for seed in range(21, 29)])
+        assert backend.entered.wait(120), "Triton was sent no request"
+        stop.set()
+        backend.release.set()
+        return call.exception()
+
+
 def test_a_stop_mid_call_sends_no_new_request_and_gives_the_call_up(monkeypatch: pytest.MonkeyPatch) -> None:
     """Eight variants, two in flight at a time: the stage stops while the first are drawn. Before, the
     client sent the other six as the first answers came (four waves in all, each up to the timeout),
@@ -50,12 +63,7 @@ def test_a_stop_mid_call_sends_no_new_request_and_gives_the_call_up(monkeypatch:
     with poisoned_triton(monkeypatch, backend) as (url, _):
         client = TritonGenerator(url, concurrency=2, stopping=stop.is_set)
         try:
-            with ThreadPoolExecutor(max_workers=1) as caller:
-                call = caller.submit(client.generate, "composite", [variant(seed) for seed in range(21, 29)])
-                assert backend.entered.wait(120), "Triton was sent no request"
-                stop.set()
-                backend.release.set()
-                gave_up = call.exception()
+            gave_up = _stopped_mid_call(client, backend, stop)
             drawn_at_the_stop = list(backend.painted)
             assert 1 <= len(drawn_at_the_stop) <= 2, drawn_at_the_stop  # those in flight, no new wave
             assert isinstance(gave_up, TransientError) and "stopping" in str(gave_up), gave_up
@@ -78,12 +86,7 @@ def test_a_variant_that_fails_as_the_stage_stops_gives_the_call_up_as_the_stop(
     with poisoned_triton(monkeypatch, backend) as (url, _):
         client = TritonGenerator(url, concurrency=2, stopping=stop.is_set)
         try:
-            with ThreadPoolExecutor(max_workers=1) as caller:
-                call = caller.submit(client.generate, "composite", [variant(seed) for seed in range(21, 29)])
-                assert backend.entered.wait(120), "Triton was sent no request"
-                stop.set()
-                backend.release.set()
-                gave_up = call.exception()
+            gave_up = _stopped_mid_call(client, backend, stop)
         finally:
             backend.release.set()
             client.close()
