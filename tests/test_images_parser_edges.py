@@ -77,26 +77,19 @@ def test_a_baseline_jpeg_whose_scan_header_says_zeros_is_read_as_libjpeg_reads_i
 
 
 @pytest.mark.parametrize("before", [b"\xff\xc4", b"\xff\xda"], ids=["a Huffman table", "the scan"])
-def test_a_jpeg_with_stray_bytes_between_its_segments_is_read_as_libjpeg_reads_it(before: bytes) -> None:
+@pytest.mark.parametrize("stray", [b"\x00\x00", b"\x12\xff\x00\x40\x00"], ids=["zeros", "a stuffed FF 00"])
+def test_a_jpeg_with_stray_bytes_between_its_segments_is_read_as_libjpeg_reads_it(
+    before: bytes, stray: bytes
+) -> None:
     # libjpeg and Pillow skip bytes that are no marker between segments (libjpeg warns of "extraneous
     # bytes"). The missing-scans check's marker walk stopped there, saw no scan, and the photo was
-    # refused as truncated.
+    # refused as truncated. FF 00 outside a scan is no marker either: libjpeg (next_marker) and Pillow
+    # discard it with the other extraneous bytes; the walk read it as a marker with a length (here
+    # 0x4000), skipped the segments after it, saw no scan, and refused the photo as truncated.
     whole = _jpeg()
     at = whole.index(before)
     with Image.open(io.BytesIO(whole)) as photo:
-        decoded = decode_image(whole[:at] + b"\x00\x00" + whole[at:])
-        assert ImageChops.difference(decoded, photo.convert("RGB")).getbbox() is None
-
-
-@pytest.mark.parametrize("before", [b"\xff\xc4", b"\xff\xda"], ids=["a Huffman table", "the scan"])
-def test_stray_bytes_holding_a_stuffed_ff00_are_skipped_as_libjpeg_skips_them(before: bytes) -> None:
-    # FF 00 outside a scan is no marker: libjpeg (next_marker) and Pillow discard it with the other
-    # extraneous bytes. The marker walk read it as a marker with a length (here 0x4000), skipped the
-    # segments after it, saw no scan, and the photo was refused as truncated.
-    whole = _jpeg()
-    at = whole.index(before)
-    with Image.open(io.BytesIO(whole)) as photo:
-        decoded = decode_image(whole[:at] + b"\x12\xff\x00\x40\x00" + whole[at:])
+        decoded = decode_image(whole[:at] + stray + whole[at:])
         assert ImageChops.difference(decoded, photo.convert("RGB")).getbbox() is None
 
 
