@@ -653,19 +653,14 @@ def run_stack(skus_dir: Path, sku_ids: list[str], scenes_dir: Path, args: argpar
     from devstack.demo.demo import stack, wait_until_decided
     from schemas.topics import IMAGE_GENERATED
     from services.ingest.ingest import ingest_path
-    from shared.store import open_store
+    from shared.store import open_settings_store
 
     with stack(args.workdir / "stack", variants=args.variants_per_sku, keep_running=False) as running:
         # Its Kafka (a free port when the documented one is taken), as the demo reads it: the shell's
         # or the default address may be another stack's broker.
         os.environ.update(running["env"])
         settings = load_settings()
-        store = open_store(
-            settings.store_uri,
-            s3_endpoint_url=settings.s3_endpoint_url,
-            s3_region=settings.s3_region,
-            uri_from="SKUFORGE_STORE_URI",
-        )
+        store = open_settings_store(settings)
         started = time.monotonic()
         since_ms = int(time.time() * 1000) - 2_000
         ingest_path(skus_dir, settings, store=store)

@@ -111,7 +111,7 @@ from shared.observability import (
     log_context,
 )
 from shared.signals import Stopped, heard
-from shared.store import ObjectStore, open_store
+from shared.store import ObjectStore, open_settings_store
 
 P = TypeVar("P", bound=BaseModel)
 
@@ -369,12 +369,7 @@ class Stage:
             raise ValueError(f"a stage's name takes 1 to {MAX_STAGE_NAME_CHARS} characters, got {len(name)}")
         self.name = name
         self.settings = settings or load_settings()
-        self.store = store or open_store(
-            self.settings.store_uri,
-            s3_endpoint_url=self.settings.s3_endpoint_url,
-            s3_region=self.settings.s3_region,
-            uri_from="SKUFORGE_STORE_URI",
-        )
+        self.store = store or open_settings_store(self.settings)
         self.metrics = StageMetrics(name)
         self.store.on_write = self.metrics.observe_store_write
         self._routes: dict[str, _Route[Any]] = {}

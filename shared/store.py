@@ -56,6 +56,8 @@ from shared.images import encode_png, too_large_bytes
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
+    from shared.config import Settings
+
 __all__ = [
     "FileStore",
     "ObjectStore",
@@ -63,6 +65,7 @@ __all__ = [
     "check_key",
     "digest_key",
     "fsync_dir",
+    "open_settings_store",
     "open_store",
     "sha256_hex",
 ]
@@ -942,6 +945,17 @@ def open_store(
         return FileStore(Path(rest))
     bucket, _, prefix = rest.partition("/")
     return S3Store(bucket, prefix, endpoint_url=s3_endpoint_url, region=s3_region, uri_from=uri_from)
+
+
+def open_settings_store(settings: Settings) -> ObjectStore:
+    """The store SKUFORGE_STORE_URI names, at the settings' S3 endpoint and region: what the stages, the
+    commands and the console read and write."""
+    return open_store(
+        settings.store_uri,
+        s3_endpoint_url=settings.s3_endpoint_url,
+        s3_region=settings.s3_region,
+        uri_from="SKUFORGE_STORE_URI",
+    )
 
 
 def s3_location(bucket: str, prefix: str) -> str:

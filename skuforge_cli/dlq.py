@@ -31,7 +31,7 @@ from shared.dlq import (
 )
 from shared.errors import TransientError
 from shared.signals import stopped_as_interrupt
-from shared.store import ObjectStore, open_store
+from shared.store import ObjectStore, open_settings_store
 
 # The characters Kafka allows in a topic name (org.apache.kafka.common.internals.Topic).
 _KAFKA_TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]+")
@@ -134,12 +134,7 @@ def main(
     """``skuforge dlq list|replay TOPIC ...``; returns the exit code."""
     args = build_parser().parse_args(argv)
     settings = settings or load_settings()
-    store = store or open_store(
-        settings.store_uri,
-        s3_endpoint_url=settings.s3_endpoint_url,
-        s3_region=settings.s3_region,
-        uri_from="SKUFORGE_STORE_URI",
-    )
+    store = store or open_settings_store(settings)
     try:
         dead = read_dead_letters(settings, args.topic, any_namespace=args.any_namespace)
         if args.action == "list":

@@ -214,7 +214,9 @@ def test_a_store_failure_before_publishing_points_at_the_store_not_kafka(
 ) -> None:
     _sku(tmp_path / "batch", "A", "A-1")
     monkeypatch.setenv("SKUFORGE_STORE_URI", file_store_uri(tmp_path / "store"))
-    monkeypatch.setattr(ingest, "open_store", lambda *args, **kwargs: _DownStore(tmp_path / "store", error))
+    monkeypatch.setattr(
+        ingest, "open_settings_store", lambda _settings: _DownStore(tmp_path / "store", error)
+    )
     assert cli_main(["ingest", str(tmp_path / "batch")]) == 1
     err = capsys.readouterr().err
     assert str(error) in err and "SKUFORGE_STORE_URI" in err and "credentials" in err
@@ -233,7 +235,9 @@ def test_a_store_refusal_does_not_advise_a_rerun_alone(
     _sku(tmp_path / "batch", "A", "A-1")
     monkeypatch.setenv("SKUFORGE_STORE_URI", file_store_uri(tmp_path / "store"))
     refusal = BadInput("unsafe_key", "incoming/A-1 is a link out of the store's folder")
-    monkeypatch.setattr(ingest, "open_store", lambda *args, **kwargs: _DownStore(tmp_path / "store", refusal))
+    monkeypatch.setattr(
+        ingest, "open_settings_store", lambda _settings: _DownStore(tmp_path / "store", refusal)
+    )
     assert cli_main(["ingest", str(tmp_path / "batch")]) == 1
     err = capsys.readouterr().err
     assert "incoming/A-1 is a link out of the store's folder" in err

@@ -75,7 +75,7 @@ from shared.config import ConfigError, Settings, load_settings
 from shared.errors import BadInput, TransientError
 from shared.generation.settings import GenerationSettings
 from shared.signals import stopped_as_interrupt
-from shared.store import ObjectStore, open_store
+from shared.store import ObjectStore, open_settings_store
 from skuforge_cli.synth import CATALOGUE_SEED, photo_size_px
 
 STACK_START_TIMEOUT_S = 600.0
@@ -698,12 +698,7 @@ def run_flow(
     from services.ingest.ingest import ingest_path
 
     settings = load_settings()
-    store = open_store(
-        settings.store_uri,
-        s3_endpoint_url=settings.s3_endpoint_url,
-        s3_region=settings.s3_region,
-        uri_from="SKUFORGE_STORE_URI",
-    )
+    store = open_settings_store(settings)
     since_ms = int(time.time() * 1000) - 2_000
     event_ids = ingest_path(skus_dir, settings, store=store)
     # A stack that already ran these very SKUs (same photos, same metadata: the same ingest event) skips

@@ -38,7 +38,7 @@ from services.console.tasks import TaskFilter, TaskStore
 from shared.argtypes import CommandParser, float_between
 from shared.config import load_settings
 from shared.errors import TransientError
-from shared.store import open_store
+from shared.store import open_settings_store
 
 EXPORT_EXIT_STATUS = (
     "exit status: 0 every matching item exported; 1 some were skipped (each listed on stderr with "
@@ -128,12 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     except TransientError as exc:
         print(f"skuforge console {args.action}: {exc}", file=sys.stderr)
         return 2
-    store = open_store(
-        settings.store_uri,
-        s3_endpoint_url=settings.s3_endpoint_url,
-        s3_region=settings.s3_region,
-        uri_from="SKUFORGE_STORE_URI",
-    )
+    store = open_settings_store(settings)
 
     if args.action == "export-labelstudio":
         if args.sku is not None and not tasks.has_sku(args.sku):

@@ -44,7 +44,7 @@ from shared.errors import TransientError
 from shared.observability import HealthServer, configure_logging
 from shared.runtime import Stage
 from shared.signals import hang_up_as_sigterm
-from shared.store import ObjectStore, open_store
+from shared.store import ObjectStore, open_settings_store
 from shared.trainstore.manifest import ManifestStore
 from shared.trainstore.settings import TrainstoreSettings
 from shared.trainstore.withdrawals import Withdrawals
@@ -81,12 +81,7 @@ class ConsoleService:
             )
         self.settings = settings
         self.console_settings = console
-        self.store = store or open_store(
-            settings.store_uri,
-            s3_endpoint_url=settings.s3_endpoint_url,
-            s3_region=settings.s3_region,
-            uri_from="SKUFORGE_STORE_URI",
-        )
+        self.store = store or open_settings_store(settings)
         self.tasks = tasks or TaskStore(console.console_db_path)
         metrics_port = console.console_metrics_port
         if metrics_port is None:

@@ -109,7 +109,7 @@ from shared.photos import (
     refuse_too_small,
 )
 from shared.signals import signal_number, stopped_as_interrupt, stopped_how
-from shared.store import ObjectStore, digest_key, open_store, sha256_hex
+from shared.store import ObjectStore, digest_key, open_settings_store, sha256_hex
 from shared.trainstore.manifest import ManifestStore
 from shared.trainstore.settings import TrainstoreSettings
 from shared.trainstore.withdrawals import Withdrawals, photo_of, withdrawable
@@ -1029,12 +1029,7 @@ def ingest_path(
     with tempfile.TemporaryDirectory(prefix="skuforge-ingest-") as spool_dir:
         # Their photos' bytes are on disk: png is empty in these.
         spooled = _check_all(path, settings, lambda sku: _spool(sku, Path(spool_dir)), warn=warn)
-        store = store or open_store(
-            settings.store_uri,
-            s3_endpoint_url=settings.s3_endpoint_url,
-            s3_region=settings.s3_region,
-            uri_from="SKUFORGE_STORE_URI",
-        )
+        store = store or open_settings_store(settings)
         prefix = (trainstore or load_settings(TrainstoreSettings)).trainstore_prefix
         withdrawals = Withdrawals(ManifestStore(store, prefix))
         publisher = Publisher(settings, PRODUCER)  # TransientError if Kafka is away: nothing uploaded yet
@@ -1197,12 +1192,7 @@ def withdraw_skus(
             check_safe_id(sku_id)
         except ValueError as exc:
             raise IngestError(f"--withdraw-sku {sku_id!r}: not a SKU id: {exc}") from None
-    store = store or open_store(
-        settings.store_uri,
-        s3_endpoint_url=settings.s3_endpoint_url,
-        s3_region=settings.s3_region,
-        uri_from="SKUFORGE_STORE_URI",
-    )
+    store = store or open_settings_store(settings)
     withdrawals = Withdrawals(
         ManifestStore(store, (trainstore or load_settings(TrainstoreSettings)).trainstore_prefix)
     )

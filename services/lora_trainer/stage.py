@@ -139,7 +139,7 @@ from shared.lora_training.train import (
     trained_class_items,
 )
 from shared.runtime import MAX_OUTPUT_RECORD_BYTES, Context, Emit, Stage, run_stage
-from shared.store import ObjectStore, open_store, sha256_hex
+from shared.store import ObjectStore, open_settings_store, sha256_hex
 
 PREFIX = "lora-trainer"
 # The general adapter's schedule (accepted_count, covered, trained_at) and the general job under way
@@ -1590,12 +1590,7 @@ def open_trainer(
     # not by every job.
     paint_dtype = painter_dtype(diffusion.diffusion_dtype, _device(trainer))
     torch.set_num_threads(trainer.lora_threads)
-    store = open_store(
-        shared.store_uri,
-        s3_endpoint_url=shared.s3_endpoint_url,
-        s3_region=shared.s3_region,
-        uri_from="SKUFORGE_STORE_URI",
-    )
+    store = open_settings_store(shared)
     adapters_uri = diffusion.adapters_uri(shared)
     try:
         registry_store = diffusion.adapters_store(shared)

@@ -42,7 +42,7 @@ from shared.config import load_settings
 from shared.errors import BadInput, TransientError
 from shared.evaluation import EVALUATION_FILE
 from shared.signals import failure_before, stopped_as_interrupt
-from shared.store import open_store
+from shared.store import open_settings_store
 from shared.trainstore.dataset import (
     EXPORT_FITS,
     EXPORT_FORMATS,
@@ -183,12 +183,7 @@ def open_manifests() -> ManifestStore:
     """The retraining store of the environment (SKUFORGE_STORE_URI, SKUFORGE_TRAINSTORE_PREFIX)."""
     settings = load_settings()
     trainstore = load_settings(TrainstoreSettings)
-    store = open_store(
-        settings.store_uri,
-        s3_endpoint_url=settings.s3_endpoint_url,
-        s3_region=settings.s3_region,
-        uri_from="SKUFORGE_STORE_URI",
-    )
+    store = open_settings_store(settings)
     return ManifestStore(store, trainstore.trainstore_prefix)
 
 
