@@ -46,7 +46,7 @@ import re
 import struct
 import zlib
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -101,8 +101,28 @@ _TIFF_REDUCED, _TIFF_MASK = 1, 4
 # What Pillow raises for a TIFF page whose directory cannot be read (TypeError "Missing dimensions"
 # for one past the end of the file, KeyError for a compression it has no decoder for: JPEG 2000).
 _UNREADABLE_TIFF_PAGE = (OSError, SyntaxError, ValueError, TypeError, KeyError, struct.error)
-# TIFF compressions Pillow has no decoder for, named by their number (libtiff's tiff.h).
-_TIFF_COMPRESSION_NAMES = {34661: "JBIG", 34712: "JPEG 2000", 34887: "LERC", 50002: "JPEG XL"}
+# TIFF compressions by their number (libtiff's tiff.h): those Pillow decodes, and some it has no decoder for.
+_TIFF_COMPRESSION_NAMES = {
+    2: "CCITT RLE",
+    3: "CCITT Group 3",
+    4: "CCITT Group 4",
+    5: "LZW",
+    6: "old-style JPEG",
+    7: "JPEG",
+    8: "Deflate",
+    32773: "PackBits",
+    32809: "ThunderScan",
+    32946: "Deflate",
+    34676: "SGILog",
+    34677: "SGILog24",
+    34925: "LZMA",
+    50000: "Zstandard",
+    50001: "WebP",
+    34661: "JBIG",
+    34712: "JPEG 2000",
+    34887: "LERC",
+    50002: "JPEG XL",
+}
 # Bytes per value of each TIFF field type, by its number: 1 BYTE, 2 ASCII, 3 SHORT, 4 LONG, 5 RATIONAL...
 # 16 LONG8, 17 SLONG8, 18 IFD8 (BigTIFF).
 _TIFF_TYPE_SIZES = dict(enumerate((0, 1, 1, 2, 4, 8, 1, 1, 2, 4, 8, 4, 8, 4, 0, 0, 8, 8, 8)))
@@ -110,6 +130,9 @@ _JPEG_SCALES = (2, 4, 8)  # the scales libjpeg decodes at, besides 1
 _STRIP_PIXELS = 2**20  # pixels per strip of rows that pixel_array copies and compositing blends
 
 UInt8Array = npt.NDArray[np.uint8]
+# What a file is read as, which a refusal's advice names: a photo is saved again as PNG or JPEG, a mask
+# as PNG.
+Subject = Literal["photo", "mask"]
 
 
 def decode_image(
@@ -163,7 +186,9 @@ def decode_mask(
     alpha is composited over black. EXIF orientation is applied, as ``decode_image`` does, so a mask
     stays aligned with its photo. Refusals are the same ``ImageRejected`` reasons as ``decode_image``.
     """
-    image = _open_and_load(data, max_pixels=max_pixels, max_bytes=max_bytes, allowed_formats=allowed_formats)
+    image = _open_and_load(
+        data, max_pixels=max_pixels, max_bytes=max_bytes, allowed_formats=allowed_formats, what="mask"
+    )
     gray = _to_gray8(image, data)
     # Thresholded in place: np.where and astype made two more mask-sized arrays (115 MiB traced
     # for a 38 MiB mask at 40 MP).
@@ -334,7 +359,7 @@ def frame_count(data: bytes) -> int:
         return 1
 
 
-def seek_photo_page(image: Image.Image) -> None:
+def seek_photo_page(image: Image.Image, what: Subject = "photo") -> None:
     """Make an opened (not loaded) TIFF's current page its first page of its own, past a reduced-size
     preview or a transparency mask ahead of it (``_belongs_to_another_page``); such a first page was
     read as the photo without a word, since it is not counted as a page. Only directories are read to
@@ -342,7 +367,8 @@ def seek_photo_page(image: Image.Image) -> None:
     first page where no page is one of its own; nothing for any other image. Raises
     ``ImageRejected('corrupt')`` when the directory of a page after such a first page cannot be read:
     the photo is not there, and the preview is no stand-in for it (``format_not_allowed`` when it is
-    stored with a compression Pillow has no decoder for: the user must save it again, not repair it)."""
+    stored with a compression Pillow has no decoder for: the user must save it again, not repair it;
+    ``what`` the file is, which the advice names)."""
     if not isinstance(image, TiffImagePlugin.TiffImageFile) or not _belongs_to_another_page(image):
         return
     for index in itertools.count(1):
@@ -352,7 +378,7 @@ def seek_photo_page(image: Image.Image) -> None:
             image.seek(0)
             return
         except _UNREADABLE_TIFF_PAGE as exc:
-            no_decoder = _no_decoder(image.tag_v2)
+            no_decoder = _no_decoder(image.tag_v2, what)
             raise ImageRejected(
                 "corrupt" if no_decoder is None else "format_not_allowed",
                 f"TIFF page 0 is a preview or mask of another page, and page {index} is unreadable: "
@@ -362,24 +388,51 @@ def seek_photo_page(image: Image.Image) -> None:
             return
 
 
-def _no_decoder(directory: TiffImagePlugin.ImageFileDirectory_v2) -> str | None:
-    """What is wrong and what to do when the TIFF page of ``directory`` is stored with a compression
-    Pillow has no decoder for (named: its KeyError said only the number, "34712"); None otherwise.
-    Pillow reads a page's directory before it sets the page up, so a page it could not open has one."""
+def _no_decoder(directory: TiffImagePlugin.ImageFileDirectory_v2, what: Subject) -> str | None:
+    """What is wrong and what to do when the TIFF page of ``directory`` (of a ``what``) is stored with
+    a compression Pillow has no decoder for (named: its KeyError said only the number, "34712"); None
+    otherwise. Pillow reads a page's directory before it sets the page up, so a page it could not open
+    has one."""
     compression = directory.get(259, 1)
     if not isinstance(compression, int) or compression in TiffImagePlugin.COMPRESSION_INFO:
         return None
-    name = _TIFF_COMPRESSION_NAMES.get(compression)
     return (
-        f"it is stored with compression {compression}{f' ({name})' if name else ''}, which this reader "
-        "has no decoder for; save the photo again as PNG or JPEG"
+        f"it is stored with {_tiff_compression(compression)}, which this reader has no decoder for; "
+        + _save_again(what)
     )
 
 
-def _refuse_undecodable_tiff(data: bytes) -> None:
+def _undecodable_tiff_pixels(image: Image.Image, what: Subject, error: Exception) -> str | None:
+    """Why the pixels of a compressed TIFF page (of a ``what``) that failed to decode with ``error``
+    were refused: they do not decode with the compression its directory names (damaged, or written
+    another way), which libtiff's "decoder error -2" alone did not say. None for other images."""
+    compression = getattr(image, "tag_v2", {}).get(259, 1)
+    if not isinstance(image, TiffImagePlugin.TiffImageFile) or not isinstance(compression, int):
+        return None
+    if compression == 1:  # uncompressed: nothing to decode with
+        return None
+    return (
+        f"TIFF pixel data does not decode with {_tiff_compression(compression)}, which its directory "
+        f"names ({error}): the data is damaged or stored another way; {_save_again(what)}"
+    )
+
+
+def _tiff_compression(compression: int) -> str:
+    """A TIFF compression by its number and, where known, its name: "compression 5 (LZW)"."""
+    name = _TIFF_COMPRESSION_NAMES.get(compression)
+    return f"compression {compression}{f' ({name})' if name else ''}"
+
+
+def _save_again(what: Subject) -> str:
+    """What to do with a file that must be saved again: in a format it is read in (a mask is no JPEG)."""
+    return "save the photo again as PNG or JPEG" if what == "photo" else "save the mask again as PNG"
+
+
+def _refuse_undecodable_tiff(data: bytes, what: Subject) -> None:
     """``ImageRejected('format_not_allowed')`` for a TIFF whose first page is stored with a compression
     Pillow has no decoder for (``_no_decoder``); nothing for other bytes. Pillow cannot open such a
-    file at all, so it was refused as no image, though it is a TIFF that only needs saving again."""
+    file at all, so it was refused as no image, though it is a TIFF that only needs saving again
+    (``what`` the file is, which the advice names)."""
     layout = _TIFF_LAYOUTS.get(data[:4])
     if layout is None:
         return
@@ -393,7 +446,7 @@ def _refuse_undecodable_tiff(data: bytes) -> None:
         directory.load(fp)
     except _UNREADABLE_TIFF_PAGE:
         return
-    if (no_decoder := _no_decoder(directory)) is not None:
+    if (no_decoder := _no_decoder(directory, what)) is not None:
         raise ImageRejected("format_not_allowed", f"TIFF page 0 is unreadable: {no_decoder}")
 
 
@@ -484,7 +537,13 @@ def encode_png(image: Image.Image | npt.NDArray[Any]) -> bytes:
 
 
 def _open_and_load(
-    data: bytes, *, max_pixels: int, max_bytes: int, allowed_formats: Sequence[str], scale_jpeg: bool = False
+    data: bytes,
+    *,
+    max_pixels: int,
+    max_bytes: int,
+    allowed_formats: Sequence[str],
+    scale_jpeg: bool = False,
+    what: Subject = "photo",
 ) -> Image.Image:
     """Run every refusal in order (cheap header checks before any pixel is decoded) and load frame 0.
 
@@ -492,7 +551,8 @@ def _open_and_load(
     A JPEG whose last scan runs to the end of the file, with no end marker (EOI) after it, is decoded
     again closed with one: some cameras and uploaders leave it off a whole photo, and Pillow refuses
     it as truncated. It is kept when the cut-JPEG check, which then decodes it again whatever its last
-    pixel, finds every scan whole; a file cut short is refused as it was.
+    pixel, finds every scan whole; a file cut short is refused as it was. ``what`` the file is: the
+    advice of a refusal names it.
     """
     load = functools.partial(
         _open_and_load_file,
@@ -500,6 +560,7 @@ def _open_and_load(
         max_bytes=max_bytes,
         allowed_formats=allowed_formats,
         scale_jpeg=scale_jpeg,
+        what=what,
     )
     try:
         return load(data)
@@ -519,6 +580,7 @@ def _open_and_load_file(
     max_bytes: int,
     allowed_formats: Sequence[str],
     scale_jpeg: bool,
+    what: Subject,
     closed: bool = False,
 ) -> Image.Image:
     """``_open_and_load`` of the file as it is; ``closed``: a JPEG whose end marker was put after it."""
@@ -544,7 +606,7 @@ def _open_and_load_file(
             raise ImageRejected("zero_size", zero_size) from exc
         _refuse_heif(data)
         _refuse_cut_short(data)
-        _refuse_undecodable_tiff(data)
+        _refuse_undecodable_tiff(data, what)
         raise ImageRejected("not_an_image", "bytes are not in any known image format") from exc
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
         _refuse_cut_short(data)
@@ -559,7 +621,7 @@ def _open_and_load_file(
         )
 
     if image_format == "TIFF":
-        seek_photo_page(image)
+        seek_photo_page(image, what)
         _refuse_misread_tiff(image)
         refuse_misplaced_tiff_pixels(image, data)
     width, height = image.size
@@ -579,8 +641,10 @@ def _open_and_load_file(
         raise ImageRejected("truncated", f"pixel data ends early: {exc}") from exc
     except (OSError, SyntaxError, ValueError, struct.error, zlib.error) as exc:
         _refuse_cut_short(data)
-        reason = "truncated" if "truncated" in str(exc).lower() else "corrupt"
-        raise ImageRejected(reason, f"{image_format} pixel data: {exc}") from exc
+        if "truncated" in str(exc).lower():
+            raise ImageRejected("truncated", f"{image_format} pixel data: {exc}") from exc
+        undecodable = _undecodable_tiff_pixels(image, what, exc)
+        raise ImageRejected("corrupt", undecodable or f"{image_format} pixel data: {exc}") from exc
 
     if image_format == "JPEG":
         _refuse_cut_jpeg(image, data, every_block=closed)

@@ -183,7 +183,11 @@ def test_a_tiff_of_a_compression_pillow_cannot_decode_is_refused_naming_it(
     with pytest.raises(ImageRejected) as refused:
         decode(data)
     assert refused.value.reason == "format_not_allowed", refused.value
-    assert named in refused.value.detail and "as PNG or JPEG" in refused.value.detail, refused.value.detail
+    assert named in refused.value.detail, refused.value.detail
+    # A mask is saved again as a mask, and not as JPEG, which is no format a mask is read in: it said
+    # "save the photo again as PNG or JPEG" of a mask too.
+    advice = "save the photo again as PNG or JPEG" if decode is decode_image else "save the mask again as PNG"
+    assert refused.value.detail.endswith(advice), refused.value.detail
 
 
 def test_pages_are_counted_up_to_a_page_pillow_cannot_read() -> None:
@@ -191,3 +195,24 @@ def test_pages_are_counted_up_to_a_page_pillow_cannot_read() -> None:
     data = _with_compression(_tiff((_picture(1), 0), (_picture(2), 0)), 1, JPEG_2000)
     assert decode_image(data).size == (320, 240)
     assert frame_count(data) == 1
+
+
+@pytest.mark.parametrize(
+    ("compression", "named"),
+    [(5, "LZW"), (8, "Deflate"), (7, "JPEG"), (50000, "Zstandard")],
+    ids=["lzw", "deflate", "jpeg", "zstd"],
+)
+@pytest.mark.parametrize("decode", [decode_image, decode_mask], ids=["photo", "mask"])
+def test_a_tiff_whose_pixels_do_not_decode_with_its_compression_is_refused_naming_it(
+    compression: int, named: str, decode: Callable[[bytes], object]
+) -> None:
+    # Uncompressed pixels under a directory that names a compression (a damaged or mislabelled page):
+    # refused as corrupt with libtiff's "decoder error -2" alone, which says neither what was tried nor
+    # what is wrong.
+    data = _with_compression(_tiff((_picture(1), 0)), 0, compression)
+    with pytest.raises(ImageRejected) as refused:
+        decode(data)
+    assert refused.value.reason == "corrupt", refused.value
+    detail = refused.value.detail
+    assert f"compression {compression} ({named})" in detail and "does not decode" in detail, detail
+    assert ("the photo" if decode is decode_image else "the mask") in detail, detail
