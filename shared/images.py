@@ -32,7 +32,8 @@ frame (a TIFF its first page that is no reduced-size preview or transparency mas
 JPEG with more pixels than ``max_pixels`` (a 48, 108 or 200 MP phone photo, even past Pillow's own
 decompression-bomb limit) is decoded at 1/2, 1/4 or 1/8 of its size, the largest that fits, rather
 than refused. A JPEG whose every scan is whole but which lacks its end marker (EOI:
-some cameras and uploaders leave it off) is read; one cut short stays ``truncated``.
+some cameras and uploaders leave it off) is read; one cut short stays ``truncated``. A progressive JPEG
+ended by its end marker that leaves out its final refinement scans (every coefficient's last bit) is read.
 ``ImageFile.LOAD_TRUNCATED_IMAGES`` is deliberately left off: a half image is not a photo.
 """
 
@@ -693,7 +694,7 @@ def _refuse_cut_jpeg(image: Image.Image, data: bytes, *, every_block: bool = Fal
     a progressive file's last few bytes (the finest refinement bits of its last blocks), unread at
     1/4 scale. A file that came without its end marker (``every_block``) is checked whole.
     """
-    missing = _missing_scan_data(data)
+    missing = _missing_scan_data(data, ended=not every_block)
     if missing is not None:
         raise ImageRejected("truncated", f"JPEG pixel data ends early: {missing}")
     width, height = image.size
@@ -768,15 +769,19 @@ def _jpeg_segments(data: bytes) -> Iterator[tuple[int, bytes, int, int]]:
         yield marker, payload, start, position
 
 
-def _missing_scan_data(data: bytes) -> str | None:
+def _missing_scan_data(data: bytes, *, ended: bool) -> str | None:
     """What the first image's scans lack, told from their markers alone; None when nothing is (or the
-    markers cannot be walked).
+    markers cannot be walked). ``ended``: the file has its own end marker (EOI), not one we put there.
 
     A scan with restart markers (RSTn) has one between every ``restart interval`` blocks, so fewer than
     its blocks need is a cut, wherever it is: the filler decode of ``_refuse_cut_jpeg`` misses a cut
     made on a marker (libjpeg resyncs past the filler). And every coefficient of every colour must be
     sent to its last bit: a progressive file cut where a scan starts shows the coarser picture the
-    earlier scans made, without a warning.
+    earlier scans made, without a warning. Only its last bit may be missing from a file that ends with
+    its end marker: an encoder may leave out the final refinement scans (its scan script is its own),
+    and the picture is whole, each coefficient at most one step off, as at a lower quality. Such a file
+    and one cut where those scans start are the same bytes; told apart, a cut there would show as
+    little.
     """
     frame: tuple[int, int, dict[int, tuple[int, int]]] | None = None
     progressive = False
@@ -816,7 +821,8 @@ def _missing_scan_data(data: bytes) -> str | None:
                     coefficients[index] = bits & 0x0F
     if frame is None:
         return None
-    if any(max(coefficients) for coefficients in sent.values()):
+    coarsest = max(max(coefficients) for coefficients in sent.values())
+    if coarsest > 1 or (coarsest and not ended):
         return "scans are missing: not every coefficient of every colour was sent"
     return None
 

@@ -285,11 +285,29 @@ def test_jpeg_cut_on_a_restart_marker_is_truncated(progressive: bool, restarts: 
 
 def test_progressive_jpeg_cut_between_scans_is_truncated() -> None:
     # Cut where a scan starts and closed: libjpeg shows the coarser picture the earlier scans made,
-    # without a warning.
+    # without a warning. Before the sixth of libjpeg's ten scans some coefficient is unsent, or short of
+    # more than its last bit.
     jpeg = save(Image.fromarray(noise(200, 200)), "JPEG", progressive=True)
     scans = [found.start() for found in re.finditer(rb"\xff\xda", jpeg)]
-    for cut in scans[1:]:
+    assert len(scans) == 10
+    for cut in scans[1:6]:
         assert rejected(jpeg[:cut] + b"\xff\xd9") == "truncated"
+
+
+def test_progressive_jpeg_without_its_last_bit_refinements_decodes() -> None:
+    # The last four of libjpeg's ten scans only refine every coefficient's last bit, and an encoder may
+    # leave them out (a scan script is the encoder's to choose): the picture is whole, each coefficient
+    # at most one step off, as at a lower quality. Such a file, ended by its end marker, was refused as
+    # truncated; one that also lacks the end marker has two signs of a cut, and still is.
+    y, x = np.mgrid[0:200, 0:200]
+    waves = (128 + 60 * np.sin(x / 7) + 50 * np.cos(y / 11 + x / 13)).clip(0, 255).astype(np.uint8)
+    jpeg = save(Image.fromarray(np.stack([waves, waves[::-1], 255 - waves], -1)), "JPEG", progressive=True)
+    whole = np.asarray(decode_image(jpeg), dtype=np.int16)
+    tables = [found.start() for found in re.finditer(rb"\xff\xc4", jpeg)]
+    last = jpeg[: tables[-1]]  # without the last scan and the Huffman table it brings along
+    decoded = np.asarray(decode_image(last + b"\xff\xd9"), dtype=np.int16)
+    assert decoded.shape == whole.shape and np.abs(decoded - whole).mean() < 2
+    assert rejected(last) == "truncated"
 
 
 @pytest.mark.parametrize(
