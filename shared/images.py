@@ -10,6 +10,7 @@ silently repairing:
 ``format_not_allowed``  an image, but not one of ``allowed_formats`` (HEIC/HEIF and AVIF, an
                         iPhone's photos however they are named, are told apart and named), or a
                         TIFF stored with a compression Pillow has no decoder for (JPEG 2000...)
+                        or whose first page is another page's transparency mask
 ``zero_size``           the header declares a zero width or height
 ``too_many_pixels``     the header declares more than ``max_pixels`` (checked before decoding;
                         Pillow's own decompression-bomb limit counts as well), and the image
@@ -28,7 +29,8 @@ PNG tRNS) are composited over white (product photos are shot and sold on white; 
 alpha bytes are all 0 is opaque, as Windows reads it), an embedded ICC colour profile (Display P3,
 an iPhone's default; Adobe RGB; a CMYK press profile; a grey one, on grey with or without alpha at
 any depth) is converted to sRGB, EXIF orientation is applied and animated images yield their first
-frame (a TIFF its first page that is no reduced-size preview or transparency mask of another). A
+frame (a TIFF its first page that is no reduced-size preview or transparency mask of another; such a
+mask is not applied as the photo's transparency). A
 JPEG with more pixels than ``max_pixels`` (a 48, 108 or 200 MP phone photo, even past Pillow's own
 decompression-bomb limit) is decoded at 1/2, 1/4 or 1/8 of its size, the largest that fits, rather
 than refused. A JPEG whose every scan is whole but which lacks its end marker (EOI:
@@ -99,6 +101,8 @@ _TIFF_LAYOUTS = {
 }
 # NewSubfileType (tag 254) bits of a TIFF page that belongs to another page rather than being one.
 _TIFF_REDUCED, _TIFF_MASK = 1, 4
+# PhotometricInterpretation (tag 262) of a transparency mask page, by the TIFF standard.
+_TIFF_MASK_PHOTOMETRIC = 4
 # What Pillow raises for a TIFF page whose directory cannot be read (TypeError "Missing dimensions"
 # for one past the end of the file, KeyError for a compression it has no decoder for: JPEG 2000).
 _UNREADABLE_TIFF_PAGE = (OSError, SyntaxError, ValueError, TypeError, KeyError, struct.error)
@@ -431,9 +435,12 @@ def _save_again(what: Subject) -> str:
 
 def _refuse_undecodable_tiff(data: bytes, what: Subject) -> None:
     """``ImageRejected('format_not_allowed')`` for a TIFF whose first page is stored with a compression
-    Pillow has no decoder for (``_no_decoder``); nothing for other bytes. Pillow cannot open such a
-    file at all, so it was refused as no image, though it is a TIFF that only needs saving again
-    (``what`` the file is, which the advice names)."""
+    Pillow has no decoder for (``_no_decoder``), or is another page's transparency mask as the TIFF
+    standard writes one (PhotometricInterpretation 4, which Pillow has no mode for); nothing for other
+    bytes. Pillow cannot open such a file at all, so it was refused as no image, though it is a TIFF
+    that only needs saving again (``what`` the file is, which the advice names). The mask is not read
+    as the photo's transparency: Pillow cannot read it, the standard lets it differ from the photo in
+    size, and whose mask it is goes unsaid; after the photo page it is passed over, as most readers do."""
     layout = _TIFF_LAYOUTS.get(data[:4])
     if layout is None:
         return
@@ -449,6 +456,12 @@ def _refuse_undecodable_tiff(data: bytes, what: Subject) -> None:
         return
     if (no_decoder := _no_decoder(directory, what)) is not None:
         raise ImageRejected("format_not_allowed", f"TIFF page 0 is unreadable: {no_decoder}")
+    if directory.get(262) == _TIFF_MASK_PHOTOMETRIC:
+        raise ImageRejected(
+            "format_not_allowed",
+            "TIFF page 0 is a transparency mask of another page (PhotometricInterpretation 4), which this "
+            f"reader cannot read past; {_save_again(what)}",
+        )
 
 
 def _full_size_pages(tiff: TiffImagePlugin.TiffImageFile) -> int:

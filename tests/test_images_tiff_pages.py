@@ -129,8 +129,8 @@ def test_the_copy_check_hashes_the_photo_page() -> None:
     assert perceptual_hash(_tiff((_cut_out_mask(), MASK), (photo, 0))) == perceptual_hash(_png(photo))
 
 
-def _with_compression(data: bytes, page: int, compression: int) -> bytes:
-    """``data`` (a little-endian TIFF) whose page ``page`` says it is stored with ``compression``."""
+def _with_short(data: bytes, page: int, tag: int, value: int) -> bytes:
+    """``data`` (a little-endian TIFF) whose page ``page`` has ``value`` in its SHORT field ``tag``."""
     patched = bytearray(data)
     (directory,) = struct.unpack_from("<I", patched, 4)
     for _ in range(page):
@@ -138,10 +138,15 @@ def _with_compression(data: bytes, page: int, compression: int) -> bytes:
         (directory,) = struct.unpack_from("<I", patched, directory + 2 + 12 * entries)
     (entries,) = struct.unpack_from("<H", patched, directory)
     for entry in range(directory + 2, directory + 2 + 12 * entries, 12):
-        if struct.unpack_from("<H", patched, entry)[0] == 259:  # Compression, a SHORT
-            struct.pack_into("<H", patched, entry + 8, compression)
+        if struct.unpack_from("<H", patched, entry)[0] == tag:
+            struct.pack_into("<H", patched, entry + 8, value)
             return bytes(patched)
-    raise AssertionError("no Compression tag")
+    raise AssertionError(f"no tag {tag}")
+
+
+def _with_compression(data: bytes, page: int, compression: int) -> bytes:
+    """``data`` (a little-endian TIFF) whose page ``page`` says it is stored with ``compression``."""
+    return _with_short(data, page, 259, compression)
 
 
 JPEG_2000 = 34712  # a TIFF compression Pillow has no decoder for: its page's directory raises KeyError
@@ -216,3 +221,25 @@ def test_a_tiff_whose_pixels_do_not_decode_with_its_compression_is_refused_namin
     detail = refused.value.detail
     assert f"compression {compression} ({named})" in detail and "does not decode" in detail, detail
     assert ("the photo" if decode is decode_image else "the mask") in detail, detail
+
+
+TRANSPARENCY_MASK = 4  # PhotometricInterpretation (tag 262) of a mask page, as the TIFF standard has it
+
+
+@pytest.mark.parametrize("decode", [decode_image, decode_mask], ids=["photo", "mask"])
+def test_a_tiff_whose_first_page_is_a_standard_transparency_mask_is_refused_naming_it(
+    decode: Callable[[bytes], object],
+) -> None:
+    # A mask page as the standard writes it (PhotometricInterpretation 4) is no page Pillow can open,
+    # and ahead of the photo it stops Pillow opening the file at all: refused as "bytes are not in any
+    # known image format" (not_an_image), though it is a TIFF whose photo is there.
+    data = _with_short(_tiff((_cut_out_mask(), MASK), (_picture(1), 0)), 0, 262, TRANSPARENCY_MASK)
+    with pytest.raises(ImageRejected) as refused:
+        decode(data)
+    assert refused.value.reason == "format_not_allowed", refused.value
+    assert "page 0 is a transparency mask" in refused.value.detail, refused.value.detail
+    assert ("the photo" if decode is decode_image else "the mask") in refused.value.detail
+    # After the photo it is passed over, as most readers pass it over: the photo is read as it is stored,
+    # not cut out by it.
+    data = _with_short(_tiff((_picture(1), 0), (_cut_out_mask(), MASK)), 1, 262, TRANSPARENCY_MASK)
+    assert np.array_equal(np.asarray(decode_image(data)), np.asarray(_picture(1)))
