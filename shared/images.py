@@ -616,7 +616,7 @@ def _open_and_load_file(
     except UnidentifiedImageError as exc:
         if _png_declares_zero_size(data):
             raise ImageRejected("zero_size", "PNG header declares a zero width or height") from exc
-        if (zero_size := _jpeg_zero_size(data)) is not None:
+        if (zero_size := _jpeg_zero_size(data, what)) is not None:
             raise ImageRejected("zero_size", zero_size) from exc
         _refuse_heif(data)
         _refuse_cut_short(data)
@@ -637,7 +637,7 @@ def _open_and_load_file(
     if image_format == "TIFF":
         seek_photo_page(image, what)
         _refuse_misread_tiff(image)
-        refuse_misplaced_tiff_pixels(image, data)
+        refuse_misplaced_tiff_pixels(image, data, what)
     width, height = image.size
     if width <= 0 or height <= 0:
         raise ImageRejected("zero_size", f"image is {width}x{height}")
@@ -914,13 +914,14 @@ def _refuse_misread_tiff(image: Image.Image) -> None:
         )
 
 
-def refuse_misplaced_tiff_pixels(image: Image.Image, data: bytes) -> None:
+def refuse_misplaced_tiff_pixels(image: Image.Image, data: bytes, what: Subject = "photo") -> None:
     """``ImageRejected`` for an uncompressed TIFF whose pixels are placed where no byte of ``data`` is:
     a StripOffsets (or TileOffsets) whose field type makes it no position at all (a RATIONAL, a text:
     a damaged directory entry; ``corrupt``), or a position past the file's end (``truncated``). Pillow's
     reader of uncompressed strips raised TypeError for the one and, past 2**63, OverflowError for the
     other, out of ``decode_image`` (found by fuzzing). libtiff places compressed pages itself. Asked
-    of an opened page before its pixels are loaded (``decode_image``; the copy check's grey thumbnail)."""
+    of an opened page before its pixels are loaded (``decode_image``; the copy check's grey thumbnail);
+    ``what`` the file is, which the advice names."""
     if not isinstance(image, TiffImagePlugin.TiffImageFile):
         return
     tag, name = (324, "TileOffsets") if 324 in image.tag_v2 else (273, "StripOffsets")
@@ -931,7 +932,7 @@ def refuse_misplaced_tiff_pixels(image: Image.Image, data: bytes) -> None:
             raise ImageRejected(
                 "corrupt",
                 f"the TIFF's {name} has field type {field_type} ({offset!r}), which is no position in "
-                "the file: its directory is damaged; save the photo again with an image editor",
+                f"the file: its directory is damaged; save the {what} again with an image editor",
             )
         if offset > len(data):
             raise ImageRejected(
@@ -1077,8 +1078,9 @@ def _png_declares_zero_size(data: bytes) -> bool:
     return width == 0 or height == 0
 
 
-def _jpeg_zero_size(data: bytes) -> str | None:
-    """Why a JPEG whose frame header declares a zero width or height is refused; None for other bytes.
+def _jpeg_zero_size(data: bytes, what: Subject) -> str | None:
+    """Why a JPEG (a ``what``) whose frame header declares a zero width or height is refused; None for
+    other bytes.
     Pillow refuses such a file as unidentifiable. Height 0 is the JPEG standard's way of giving the
     height after the first scan (a DNL marker, written by some scanners), which neither Pillow nor
     libjpeg reads: named, so the user re-saves the photo rather than hunting for a wrong format."""
@@ -1090,7 +1092,7 @@ def _jpeg_zero_size(data: bytes) -> str | None:
             if width and not height:
                 return (
                     f"JPEG header declares {width}x0: its height comes after the first scan (a DNL "
-                    "marker), which the decoder cannot read; save the photo again with an image editor"
+                    f"marker), which the decoder cannot read; save the {what} again with an image editor"
                 )
             return None if width else f"JPEG header declares a zero width ({width}x{height})"
     return None

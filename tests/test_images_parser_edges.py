@@ -12,7 +12,7 @@ import pytest
 from PIL import Image, ImageChops
 
 from shared.errors import ImageRejected
-from shared.images import decode_image
+from shared.images import decode_image, decode_mask
 
 
 def _jpeg() -> bytes:
@@ -48,6 +48,12 @@ def test_a_jpeg_with_its_height_in_a_dnl_marker_is_refused_naming_it(cut: bool) 
         decode_image(data)
     assert refused.value.reason == "zero_size"
     assert "DNL" in refused.value.detail and "64x0" in refused.value.detail, refused.value.detail
+    assert "save the photo again" in refused.value.detail, refused.value.detail
+    # Read as a mask, the advice names a mask: it said "save the photo again" of a mask too.
+    with pytest.raises(ImageRejected) as refused:
+        decode_mask(data)
+    assert refused.value.reason == "zero_size", refused.value
+    assert "save the mask again" in refused.value.detail, refused.value.detail
 
 
 def test_a_jpeg_declaring_zero_width_is_refused_as_zero_size() -> None:
