@@ -411,10 +411,10 @@ def _undecodable_tiff_pixels(image: Image.Image, what: Subject, error: Exception
     """Why the pixels of a compressed TIFF page (of a ``what``) that failed to decode with ``error``
     were refused: they do not decode with the compression its directory names (damaged, or written
     another way), which libtiff's "decoder error -2" alone did not say. None for other images."""
-    compression = getattr(image, "tag_v2", {}).get(259, 1)
-    if not isinstance(image, TiffImagePlugin.TiffImageFile) or not isinstance(compression, int):
+    if not isinstance(image, TiffImagePlugin.TiffImageFile):
         return None
-    if compression == 1:  # uncompressed: nothing to decode with
+    compression = image.tag_v2.get(259, 1)
+    if not isinstance(compression, int) or compression == 1:  # 1: uncompressed, nothing to decode with
         return None
     return (
         f"TIFF pixel data does not decode with {_tiff_compression(compression)}, which its directory "

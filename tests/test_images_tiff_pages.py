@@ -152,17 +152,21 @@ def _with_compression(data: bytes, page: int, compression: int) -> bytes:
 JPEG_2000 = 34712  # a TIFF compression Pillow has no decoder for: its page's directory raises KeyError
 
 
-def test_a_preview_whose_photo_page_pillow_cannot_read_is_refused() -> None:
+@pytest.mark.parametrize("decode", [decode_image, decode_mask], ids=["photo", "mask"])
+def test_a_preview_whose_photo_page_pillow_cannot_read_is_refused(decode: Callable[[bytes], object]) -> None:
     # Pillow raises KeyError for a page of a compression it does not know; seeking the photo page let it
     # out of decode_image, and ingest stopped with a traceback.
     data = _with_compression(_tiff((_picture(1, (80, 60)), PREVIEW), (_picture(1), 0)), 1, JPEG_2000)
     with pytest.raises(ImageRejected) as refused:
-        decode_image(data)
+        decode(data)
     # Not damaged: stored in a way the user must save again, as a single such page (below) is refused.
     assert refused.value.reason == "format_not_allowed" and "page 1" in str(refused.value)
     # It says what the page is and what to do: "page 1 is unreadable: 34712" (the KeyError) said neither.
     assert "compression 34712 (JPEG 2000)" in refused.value.detail, refused.value.detail
-    assert "no decoder" in refused.value.detail and "as PNG or JPEG" in refused.value.detail
+    # A mask is told to be saved again as a mask, as PNG: it was told "the photo ... as PNG or JPEG".
+    advice = "save the photo again as PNG or JPEG" if decode is decode_image else "save the mask again as PNG"
+    assert "no decoder" in refused.value.detail, refused.value.detail
+    assert refused.value.detail.endswith(advice), refused.value.detail
 
 
 def test_a_page_of_a_compression_without_a_name_is_refused_by_its_number() -> None:
