@@ -534,8 +534,15 @@ class AdapterRegistry:
             }
             for key in list(self.store.list_addressable(f"{adapter_id}/")):
                 name = key.removeprefix(f"{adapter_id}/")
-                if _REGISTRY_WEIGHTS.fullmatch(name) and name not in keep:
-                    self.store.delete(key)
+                if not _REGISTRY_WEIGHTS.fullmatch(name) or name in keep:
+                    continue
+                # Read again before each delete: a registration landing since ``current`` was read names
+                # weights listed here that ``keep`` lacks (they were deleted from under its metadata), and
+                # cleans up after itself, so ours stops. That narrows the race to the moment between this
+                # read and the delete; closing it would need a delete conditional on another object.
+                if self._registered(adapter_id) != current:
+                    break
+                self.store.delete(key)
             # That other registration, landing between our weights and our metadata, deleted our
             # weights (no metadata named them yet) and left our metadata naming none: written again.
             if (
