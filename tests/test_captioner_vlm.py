@@ -162,8 +162,53 @@ def test_sampling_or_several_sentences_in_the_generation_config_are_refused_at_s
         open_vlm(str(model), cache_dir=None, threads=1, use_gpu=False, uri_from=None)
     assert str(refused.value) == (
         f"{generation}: {key} is {value}; the captioner writes one deterministic sentence per photo "
-        "(greedy decoding), so set it to "
+        "(no sampling), so set it to "
         f"{'false' if key == 'do_sample' else '1'} or remove it"
+    )
+
+
+def test_the_beams_the_generation_config_asks_for_are_searched(blip_dir: Path, tmp_path: Path) -> None:
+    # A beam search is as deterministic as greedy decoding, but the captioner decoded with one beam
+    # whatever the folder's generation_config.json said (and transformers' BLIP reads none of it).
+    import json
+    import shutil
+
+    from PIL import Image
+    from transformers import BlipForConditionalGeneration, BlipProcessor
+
+    beams = shutil.copytree(blip_dir, tmp_path / "beams")
+    generation = beams / "generation_config.json"
+    generation.write_text(json.dumps({**json.loads(generation.read_text()), "num_beams": 4}))
+    photos = [Image.new("RGB", (32, 32), (200, 30, 30))]
+
+    def sentences(model: Path) -> list[str]:
+        vlm = open_vlm(
+            str(model), cache_dir=None, threads=1, use_gpu=False, uri_from=None, prompt=" ", max_new_tokens=8
+        )
+        return vlm.describe(photos)
+
+    greedy, searched = sentences(blip_dir), sentences(beams)
+
+    processor = BlipProcessor.from_pretrained(blip_dir)
+    model = BlipForConditionalGeneration.from_pretrained(blip_dir).eval()
+    ids = model.generate(**processor(images=photos, return_tensors="pt"), max_new_tokens=8, num_beams=4)
+    assert searched == processor.batch_decode(ids, skip_special_tokens=True) != greedy
+
+
+@pytest.mark.parametrize("beams", [0, "4", True, 2.5])
+def test_a_generation_config_asking_for_no_whole_number_of_beams_is_refused_at_start_up(
+    blip_dir: Path, tmp_path: Path, beams: object
+) -> None:
+    import json
+    import shutil
+
+    model = shutil.copytree(blip_dir, tmp_path / "beams")
+    generation = model / "generation_config.json"
+    generation.write_text(json.dumps({**json.loads(generation.read_text()), "num_beams": beams}))
+    with pytest.raises(VlmModelError) as refused:
+        open_vlm(str(model), cache_dir=None, threads=1, use_gpu=False, uri_from=None)
+    assert str(refused.value) == (
+        f"{generation}: num_beams is {json.dumps(beams)}; set it to a whole number from 1 or remove it"
     )
 
 

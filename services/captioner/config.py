@@ -43,7 +43,11 @@ class CaptionerSettings(BaseSettings):
         "variable is unset)",
     )
     captioner_vlm_max_new_tokens: int = Field(
-        default=30, ge=1, le=200, description="longest BLIP sentence, in tokens (greedy decoding)"
+        default=30,
+        ge=1,
+        le=200,
+        description="longest BLIP sentence, in tokens (no sampling: greedy, or the num_beams of the model "
+        "folder's generation_config.json)",
     )
     captioner_matting_model: str | None = Field(
         default=None,

@@ -3,9 +3,9 @@
 Weights are never fetched from a hub: the model is a directory in ``save_pretrained`` layout
 (``config.json``, weights, processor and tokenizer files), given as a local path or as an
 ``s3://`` / ``file://`` URI whose objects are downloaded through the object store into a local
-cache first. Loading uses ``local_files_only=True``. Decoding is greedy (no sampling, one beam),
-so the same photos give the same sentences; a ``generation_config.json`` asking for sampling or
-several sentences a photo is refused at load::
+cache first. Loading uses ``local_files_only=True``. Decoding never samples, so the same photos give
+the same sentences: greedy, or a beam search of the ``num_beams`` the folder's ``generation_config.json``
+sets; one asking for sampling or several sentences a photo is refused at load::
 
     captioner = open_vlm("s3://models/blip-base", cache_dir=None, threads=2, use_gpu=False,
                          uri_from="SKUFORGE_CAPTIONER_VLM_MODEL")   # what an S3 refusal names
@@ -92,7 +92,8 @@ def _directory_digest(directory: Path) -> str:
 
 
 class VlmCaptioner:
-    """A BLIP captioning model loaded from a local directory; ``describe`` runs one batch, greedily."""
+    """A BLIP captioning model loaded from a local directory; ``describe`` runs one batch, without
+    sampling."""
 
     def __init__(
         self,
@@ -132,7 +133,8 @@ class VlmCaptioner:
             raise VlmModelError(
                 f"{path} holds a {kind or 'untyped'} model, not BLIP (config.json model_type)"
             )
-        _refuse_sampling(path / "generation_config.json")
+        generation_config = path / "generation_config.json"
+        self.num_beams = _num_beams(generation_config, _decoding_asked(generation_config))
         try:
             self.processor: Any = BlipProcessor.from_pretrained(path, local_files_only=True)
             model: Any = BlipForConditionalGeneration.from_pretrained(path, local_files_only=True)
@@ -156,8 +158,8 @@ class VlmCaptioner:
         self.model_id = f"blip:{name or path.name}@sha256:{_directory_digest(path)[:12]}"
 
     def describe(self, images: Sequence[Image.Image]) -> list[str]:
-        """One sentence per image, in order; one batched greedy ``generate`` call. Other than one
-        sentence per image is a ``VlmModelError``."""
+        """One sentence per image, in order; one batched ``generate`` call (greedy, or of ``num_beams``
+        beams). Other than one sentence per image is a ``VlmModelError``."""
         import torch
 
         if not images:
@@ -168,9 +170,11 @@ class VlmCaptioner:
         else:
             inputs = self.processor(images=rgb, return_tensors="pt")
         inputs = {key: value.to(self.device) for key, value in inputs.items()}
+        # num_beams passed as read: transformers' BLIP hands its text decoder none of the folder's
+        # generation_config.json, so a folder's num_beams was ignored there as well as here.
         with torch.inference_mode():
             ids = self.model.generate(
-                **inputs, max_new_tokens=self.max_new_tokens, num_beams=1, do_sample=False
+                **inputs, max_new_tokens=self.max_new_tokens, num_beams=self.num_beams, do_sample=False
             )
         sentences = self.processor.batch_decode(ids, skip_special_tokens=True)
         if len(sentences) != len(images):
@@ -187,25 +191,41 @@ class VlmCaptioner:
 _GREEDY = {"do_sample": False, "num_return_sequences": 1}
 
 
-def _refuse_sampling(generation_config: Path) -> None:
-    """``VlmModelError`` for a ``generation_config.json`` that asks for sampling or several sentences
-    a photo. Neither can be applied honestly: the captioner writes one sentence per photo, and the
-    same photos must give the same sentences (a re-run SKU, the same event). ``describe`` overruled
-    them without a word (or transformers refused in its own words, naming no file)."""
-    if not generation_config.is_file():
-        return
+def _decoding_asked(path: Path) -> dict[str, Any]:
+    """The folder's ``generation_config.json`` and what it asks (nothing when there is none);
+    ``VlmModelError`` for one that asks for sampling or several sentences a photo. Neither can be
+    applied honestly: the captioner writes one sentence per photo, and the same photos must give the
+    same sentences (a re-run SKU, the same event). ``describe`` overruled them without a word (or
+    transformers refused in its own words, naming no file)."""
+    if not path.is_file():
+        return {}
     try:
-        asked = json.loads(generation_config.read_text(encoding="utf-8"))
+        asked = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise VlmModelError(f"{generation_config} does not read as JSON: {exc}") from exc
+        raise VlmModelError(f"{path} does not read as JSON: {exc}") from exc
+    asked = asked if isinstance(asked, dict) else {}
     for key, greedy in _GREEDY.items():
-        value = asked.get(key) if isinstance(asked, dict) else None
+        value = asked.get(key)
         if value is not None and value != greedy:
             raise VlmModelError(
-                f"{generation_config}: {key} is {json.dumps(value)}; the captioner writes one "
-                f"deterministic sentence per photo (greedy decoding), so set it to {json.dumps(greedy)} "
-                "or remove it"
+                f"{path}: {key} is {json.dumps(value)}; the captioner writes one deterministic sentence "
+                f"per photo (no sampling), so set it to {json.dumps(greedy)} or remove it"
             )
+    return asked
+
+
+def _num_beams(path: Path, asked: dict[str, Any]) -> int:
+    """The beams the folder's ``generation_config.json`` asks for (1, greedy, when it names none): a
+    beam search is as deterministic as greedy decoding. ``describe`` decoded with one beam whatever
+    the folder said; a value that is not a whole number from 1 is ``VlmModelError``."""
+    beams = asked.get("num_beams", 1)
+    if beams is None:
+        return 1
+    if isinstance(beams, bool) or not isinstance(beams, int) or beams < 1:
+        raise VlmModelError(
+            f"{path}: num_beams is {json.dumps(beams)}; set it to a whole number from 1 or remove it"
+        )
+    return beams
 
 
 # A prompt's words, and each other mark on its own ("_" too), as BLIP's tokenizer splits them.
