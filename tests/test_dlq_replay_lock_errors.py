@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import itertools
 import json
+import re
 import subprocess
 import sys
 import uuid
@@ -46,19 +47,27 @@ def _dlq_topic() -> str:
     return f"t{uuid.uuid4().hex[:8]}.sku.ingested.v1.dlq"
 
 
-def test_a_replay_whose_heartbeat_fails_stops_before_its_next_send(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _heartbeat_stopped(store: FileStore, monkeypatch: pytest.MonkeyPatch) -> str:
+    """What a replay's lock on ``store`` says at its next send once its heartbeat has ended (a
+    heartbeat that goes on is the test's failure, not a hang); the lock is released after."""
     monkeypatch.setattr(dlq_module, "LOCK_REFRESH_S", 0.01)
-    lock = _ReplayLock(HeartbeatRefused(tmp_path), _dlq_topic(), {})
+    lock = _ReplayLock(store, _dlq_topic(), {})
     assert lock.acquire() is None
     try:
         assert lock._refresher is not None
-        lock._refresher.join(timeout=30)  # a heartbeat that goes on is the test's failure, not a hang
-        with pytest.raises(DlqError, match=r"could not write its heartbeat .*ValueError.*; stopped here"):
+        lock._refresher.join(timeout=30)
+        with pytest.raises(DlqError) as stopped:
             lock.check()
+        return str(stopped.value)
     finally:
         lock.release()
+
+
+def test_a_replay_whose_heartbeat_fails_stops_before_its_next_send(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    said = _heartbeat_stopped(HeartbeatRefused(tmp_path), monkeypatch)
+    assert re.search(r"could not write its heartbeat .*ValueError.*; stopped here", said), said
 
 
 def _gone_pid() -> int:
@@ -195,15 +204,7 @@ def test_a_replay_whose_heartbeat_the_store_keeps_refusing_stops_before_its_lock
 ) -> None:
     """It retried without limit: with only the heartbeat failing (the markers written), its lock looked
     stale after LOCK_STALE_S, and a second replay took it over and sent the letters again beside it."""
-    monkeypatch.setattr(dlq_module, "LOCK_REFRESH_S", 0.01)
     ticks = itertools.count()
     monkeypatch.setattr(dlq_module, "_alive_clock", lambda: next(ticks) * 5.0)  # 5 s a look
-    lock = _ReplayLock(HeartbeatAway(tmp_path), _dlq_topic(), {})
-    assert lock.acquire() is None
-    try:
-        assert lock._refresher is not None
-        lock._refresher.join(timeout=30)  # a heartbeat that retries on is the test's failure, not a hang
-        with pytest.raises(DlqError, match=r"could not write its heartbeat for \d+s .*away.*; stopped here"):
-            lock.check()
-    finally:
-        lock.release()
+    said = _heartbeat_stopped(HeartbeatAway(tmp_path), monkeypatch)
+    assert re.search(r"could not write its heartbeat for \d+s .*away.*; stopped here", said), said
