@@ -372,6 +372,18 @@ def _sample_sku(root: Path) -> Path:
     return folder
 
 
+def _one_photo_sku(root: Path) -> tuple[Path, FileStore, Settings]:
+    """A folder under ``root/skus`` of SKU A-1 (an oat drink) with one photo, an empty store under
+    ``root`` and settings on it, with no broker (``publisher`` stands in for it)."""
+    folder = root / "skus" / "one"
+    folder.mkdir(parents=True)
+    metadata = {"sku_id": "A-1", "name": "Oat drink", "category": "carton"}
+    (folder / "metadata.json").write_text(json.dumps(metadata))
+    shutil.copy(SAMPLE_SKUS / "GROCERY-AUBERGINE-001" / "Aubergine_Iconic.jpg", folder / "a.jpg")
+    store = FileStore(root / "store")
+    return folder, store, isolated_settings("localhost:1", store.base_uri)
+
+
 def _caption_and_store(
     store: FileStore, settings: Settings, sku_id: str, payload: SkuIngested, event_id: str
 ) -> None:
@@ -473,13 +485,7 @@ def test_ingest_withdraw_missing_takes_a_removed_photo_out_and_putting_it_back_r
 def test_without_the_flag_ingest_warns_and_a_failed_publish_withdraws_nothing(
     tmp_path: Path, publisher: type[_Publisher]
 ) -> None:
-    folder = tmp_path / "skus" / "one"
-    folder.mkdir(parents=True)
-    metadata = {"sku_id": "A-1", "name": "Oat drink", "category": "carton"}
-    (folder / "metadata.json").write_text(json.dumps(metadata))
-    shutil.copy(SAMPLE_SKUS / "GROCERY-AUBERGINE-001" / "Aubergine_Iconic.jpg", folder / "a.jpg")
-    store = FileStore(tmp_path / "store")
-    settings = isolated_settings("localhost:1", store.base_uri)
+    folder, store, settings = _one_photo_sku(tmp_path)
     store.put_bytes("incoming/A-1/0123456789abcdef.png", b"an earlier photo", "image/png")
     store.put_bytes("incoming/A-1/notes.txt", b"not a photo of ingest's", "text/plain")
     warned: list[str] = []
@@ -507,13 +513,7 @@ def test_a_copy_of_a_photo_in_a_subfolder_of_the_skus_folder_withdraws_nothing(
 ) -> None:
     # incoming/A-1/old/<id>.png was read as photo <id> by its last segment: gone from the folder, so
     # --withdraw-missing withdrew photo <id>, which the folder still has, and deleted it from incoming/.
-    folder = tmp_path / "skus" / "one"
-    folder.mkdir(parents=True)
-    metadata = {"sku_id": "A-1", "name": "Oat drink", "category": "carton"}
-    (folder / "metadata.json").write_text(json.dumps(metadata))
-    shutil.copy(SAMPLE_SKUS / "GROCERY-AUBERGINE-001" / "Aubergine_Iconic.jpg", folder / "a.jpg")
-    store = FileStore(tmp_path / "store")
-    settings = isolated_settings("localhost:1", store.base_uri)
+    folder, store, settings = _one_photo_sku(tmp_path)
     ingest_path(folder.parent, settings, store=store)
     photo_id = publisher.published[0][1].photos[0].photo_id
     store.put_bytes(f"incoming/A-1/old/{photo_id}.png", store.get_bytes(f"incoming/A-1/{photo_id}.png"))
