@@ -314,3 +314,52 @@ def test_the_docs_give_the_generators_stop_its_true_bound(helm: str) -> None:
     assert "sends Triton no new request" in deploy and "a stop takes up to one timeout" in deploy
     message = render_error(helm, "stages.generator.terminationGracePeriodSeconds=100")
     assert "requests in flight" in message and "its batch is committed" not in message, message
+
+
+# The chart's own numbers that reach a pod or KEDA as text, as the variables' values do.
+NUMBERS = [
+    "topicPartitions",
+    "sessionTimeoutMs",
+    "stageDefaults.autoscaling.lagThreshold",
+    "stages.matting.autoscaling.lagThreshold",
+    "stageDefaults.autoscaling.activationLagThreshold",
+]
+
+
+@pytest.mark.parametrize("key", NUMBERS)
+@pytest.mark.parametrize("given", [".a=1", "[0]=1"], ids=["map", "list"])
+def test_a_map_or_list_where_a_chart_number_belongs_is_refused_naming_its_key(
+    helm: str, key: str, given: str
+) -> None:
+    """sessionTimeoutMs or a lag threshold given a map reached the ConfigMap or the ScaledObject as the
+    text "map[a:1]", which neither the pods nor KEDA take; topicPartitions' was refused as less than
+    maxReplicas ("never scales past map[a:1]"), or rendered with autoscaling off."""
+    for off in ([], ["stageDefaults.autoscaling.enabled=false"]):
+        message = render_error(helm, *off, f"{key}{given}")
+        assert f"{key} is a " in message and "give one number" in message, message
+
+
+@pytest.mark.parametrize("key", NUMBERS)
+def test_a_chart_number_a_values_file_cannot_keep_is_refused(helm: str, tmp_path: Path, key: str) -> None:
+    """A values file's 9007199254740993 reached the pods or KEDA as ...992, and 1e21 as "1e+21"."""
+    values = tmp_path / "number.yaml"
+    for number in ("9007199254740993", "1e21"):
+        # key.sub.leaf: number, as nested YAML maps.
+        lines = [f"{'  ' * depth}{part}:" for depth, part in enumerate(key.split("."))]
+        values.write_text("\n".join(lines) + f" {number}\n")
+        message = render_error(helm, files=[values])
+        assert f"{key}=" in message and "quote it" in message, message
+
+
+def test_a_large_lag_threshold_given_with_set_reaches_keda_as_given(helm: str) -> None:
+    """--set reads 9007199254740993 as an int64, and a stage's settings passed through JSON (a float64):
+    KEDA got 9007199254740992."""
+    docs = render(helm, "stages.matting.autoscaling.lagThreshold=9007199254740993")
+    (scaled,) = [
+        doc
+        for doc in docs
+        if doc["kind"] == "ScaledObject" and doc["metadata"]["name"] == "rel-skuforge-matting"
+    ]
+    assert {trigger["metadata"]["lagThreshold"] for trigger in scaled["spec"]["triggers"]} == {
+        "9007199254740993"
+    }

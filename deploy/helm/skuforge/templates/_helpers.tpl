@@ -85,12 +85,37 @@ reader of those maps takes them from here. */}}
 {{- toJson $given -}}
 {{- end -}}
 
+{{/* A value where its readers take one, as the text they get; a map or list reached them as "map[a:1]" or
+"[1]", and a number Helm read from a values file past 2^53 (a float64 there) as other digits, or as
+"1e+21": both are refused, naming the key. (dict "key" "topicPartitions" "value" 6 "reader" "the pods"
+"want" "give one number") */}}
+{{- define "skuforge.checked" -}}
+{{- if or (kindIs "map" .value) (kindIs "slice" .value) -}}
+{{- fail (printf "%s is a %s, which %s would get as the text %v: %s" .key (ternary "map" "list" (kindIs "map" .value)) .reader .value .want) -}}
+{{- else if and (kindIs "float64" .value) (or (ge .value 9007199254740992.0) (le .value -9007199254740992.0)) -}}
+{{- fail (printf "%s=%v: Helm reads a values file's numbers as float64, exact only up to 2^53 (9007199254740992), so %s would get other digits than those written; quote it (\"...\") or give it with --set" .key .value .reader) -}}
+{{- end -}}
+{{- include "skuforge.text" .value -}}
+{{- end -}}
+
+{{/* topicPartitions, checked: the pods, the topics Job and the replica checks read it. */}}
+{{- define "skuforge.partitions" -}}
+{{- include "skuforge.checked" (dict "key" "topicPartitions" "value" .Values.topicPartitions "reader" "the pods and the topics Job" "want" "give one number") -}}
+{{- end -}}
+
 {{/* A stage's settings: stageDefaults merged with stages.<name>, where a stage's null takes a default's
-variable out of its env. (dict "root" $ "name" "matting") */}}
+variable out of its env. KEDA's lag thresholds are checked text, as JSON keeps numbers as float64:
+--set's 9007199254740993 (an int64) reached KEDA as ...992. (dict "root" $ "name" "matting") */}}
 {{- define "skuforge.stageConfig" -}}
 {{- $override := get .root.Values.stages .name | default dict -}}
 {{- $config := mergeOverwrite (deepCopy .root.Values.stageDefaults) (deepCopy $override) -}}
 {{- $_ := set $config "env" (include "skuforge.given" $config.env | fromJson) -}}
+{{- range $field := list "lagThreshold" "activationLagThreshold" -}}
+{{- if hasKey $config.autoscaling $field -}}
+{{- $key := include "skuforge.stageKey" (dict "root" $.root "name" $.name "key" (printf "autoscaling.%s" $field)) -}}
+{{- $_ := set $config.autoscaling $field (include "skuforge.checked" (dict "key" $key "value" (get $config.autoscaling $field) "reader" "KEDA" "want" "give one number")) -}}
+{{- end -}}
+{{- end -}}
 {{- toJson $config -}}
 {{- end -}}
 
@@ -115,9 +140,9 @@ pre-upgrade hook runs before the ConfigMap is updated, so it must not read the o
 SKUFORGE_KAFKA_BOOTSTRAP: {{ .Values.kafka.bootstrap | quote }}
 SKUFORGE_TOPIC_NAMESPACE: {{ .Values.topicNamespace | quote }}
 SKUFORGE_CONSUMER_GROUP_PREFIX: {{ .Values.consumerGroupPrefix | quote }}
-SKUFORGE_TOPIC_PARTITIONS: {{ include "skuforge.text" .Values.topicPartitions | quote }}
+SKUFORGE_TOPIC_PARTITIONS: {{ include "skuforge.partitions" . | quote }}
 SKUFORGE_STORE_URI: {{ .Values.storeUri | quote }}
-SKUFORGE_SESSION_TIMEOUT_MS: {{ include "skuforge.text" .Values.sessionTimeoutMs | quote }}
+SKUFORGE_SESSION_TIMEOUT_MS: {{ include "skuforge.checked" (dict "key" "sessionTimeoutMs" "value" .Values.sessionTimeoutMs "reader" "the pods" "want" "give one number") | quote }}
 # Probes and Prometheus reach /metrics, /healthz and /readyz from outside the pod.
 SKUFORGE_METRICS_HOST: "0.0.0.0"
 {{- if .Values.triton.enabled }}
@@ -235,18 +260,12 @@ SKUFORGE_DIFFUSION_CACHE_DIR: use triton.modelCache (the Triton pod's cache volu
 {{- fail (printf "settings.%s: only SKUFORGE_* settings belong here (secrets go in secret.values)" $key) -}}
 {{- end -}}
 {{- end -}}
-{{- /* Each variable's value is the text its pods get: a map or list reached them as "map[a:1]" or "[1]",
-which no setting takes, and a number Helm read from a values file past 2^53 (a float64 there) as other
-digits, or as "1e+21". */ -}}
+{{- /* Each variable's value is the text its pods get (skuforge.checked). */ -}}
 {{- $raw := dict "settings" .Values.settings "secret.values" .Values.secret.values "stageDefaults.env" .Values.stageDefaults.env "console.env" .Values.console.env "triton.env" .Values.triton.env -}}
 {{- range $name, $stage := .Values.stages }}{{ $_ := set $raw (printf "stages.%s.env" $name) ($stage | default dict).env }}{{ end -}}
 {{- range $source, $values := $raw -}}
 {{- range $key, $value := $values -}}
-{{- if or (kindIs "map" $value) (kindIs "slice" $value) -}}
-{{- fail (printf "%s.%s is a %s, which its pods would get as the text %v: a value must be a string, number or boolean; give one (a JSON setting as a quoted string; with --set, escape its braces and commas: \\{\"composite\": 3\\, \"diffusion\": 1\\})" $source $key (ternary "map" "list" (kindIs "map" $value)) $value) -}}
-{{- else if and (kindIs "float64" $value) (or (ge $value 9007199254740992.0) (le $value -9007199254740992.0)) -}}
-{{- fail (printf "%s.%s=%v: Helm reads a values file's numbers as float64, exact only up to 2^53 (9007199254740992), so the pods would get other digits than those written; quote it (\"...\") or give it with --set" $source $key $value) -}}
-{{- end -}}
+{{- $_ := include "skuforge.checked" (dict "key" (printf "%s.%s" $source $key) "value" $value "reader" "its pods" "want" "a value must be a string, number or boolean; give one (a JSON setting as a quoted string; with --set, escape its braces and commas: \\{\"composite\": 3\\, \"diffusion\": 1\\})") -}}
 {{- end -}}
 {{- end -}}
 {{- $chartSet := include "skuforge.chartSetVariables" (dict "root" .) | fromYaml -}}
