@@ -253,6 +253,8 @@ class ObjectStore(ABC):
     base_uri: str
     #: Called after every write with its seconds and whether it succeeded (the runtime's metrics).
     on_write: Callable[[float, bool], None] | None = None
+    #: The bytes a key of an event's URI may take: S3 counts an S3Store's prefix in its 1024.
+    _key_room = MAX_KEY_BYTES
 
     # Backend hooks; ``key`` is always already checked.
     @abstractmethod
@@ -467,15 +469,25 @@ class ObjectStore(ABC):
         """The key behind a URI of this store.
 
         URIs arrive in events, so problems are the input's fault: ``BadInput('foreign_uri')``
-        for a URI outside this store, ``BadInput('unsafe_key')`` for one that tries to escape.
+        for a URI outside this store, ``BadInput('unsafe_key')`` for one that tries to escape or whose
+        key is too long for the store (an S3Store's prefix counts in S3's 1024 bytes).
         """
         root = self.base_uri + "/"
         if not uri.startswith(root):
             raise BadInput("foreign_uri", f"{uri!r} is not inside this store ({root})")
         try:
-            return check_key(uri[len(root) :])
+            key = check_key(uri[len(root) :])
         except ValueError as exc:
             raise BadInput("unsafe_key", str(exc)) from exc
+        # Sent, S3 answered KeyTooLongError, a 400 the store cannot tell from a deployment's fault: the
+        # stage retried the event for ever.
+        if len(key.encode("utf-8")) > self._key_room:
+            raise BadInput(
+                "unsafe_key",
+                f"key is longer than the {self._key_room} bytes S3 takes under {self.base_uri}/ "
+                f"({MAX_KEY_BYTES} with the prefix)",
+            )
+        return key
 
     def _to_key(self, uri_or_key: str) -> str:
         # A checked key never contains "://" (that would be an empty segment), so this is unambiguous.
@@ -757,6 +769,7 @@ class S3Store(ObjectStore):
         self._check_deployment = _CHECK_DEPLOYMENT.format(uri_from=uri_from)
         self.prefix = prefix
         self._key_prefix = f"{prefix}/" if prefix else ""
+        self._key_room = MAX_KEY_BYTES - len(self._key_prefix.encode("utf-8"))
         self.base_uri = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
         if client is None:
             config = Config(
@@ -794,7 +807,10 @@ class S3Store(ObjectStore):
             if code in _S3_EXISTS_CODES:
                 raise  # a conditional write's condition failed: ``_conditional`` says so
             # Raised bare, a caller other than the replay lock got a botocore traceback: a 400 of an
-            # S3-compatible server that takes no conditional headers. The deployment's, never the input's.
+            # S3-compatible server that takes no conditional headers. The deployment's, never the input's:
+            # an input's key too long is refused unsent (key_for), and the other 400s, an archived object
+            # (InvalidObjectState), a body over a proxy's limit (EntityTooLarge), a header or argument the
+            # server does not take (InvalidArgument, InvalidRequest), clear once the deployment is fixed.
             raise StoreMisconfigured(
                 f"S3 refused {uri}: {code or status} (HTTP {status}: {error.get('Message', '')}), an answer "
                 "this store does not know; check that the server at SKUFORGE_S3_ENDPOINT_URL is an S3 this "

@@ -17,6 +17,7 @@ import boto3
 import numpy as np
 import pytest
 from botocore.exceptions import ClientError
+from botocore.stub import Stubber
 from PIL import Image
 
 from schemas.common import ObjectRef
@@ -290,6 +291,26 @@ def test_s3_refusing_the_deployment_is_transient_and_says_what_to_check(code: st
         raise _client_error(code, status)
     assert isinstance(info.value, TransientError) and not isinstance(info.value, BadInput)
     assert code in str(info.value) and "credentials" in str(info.value) and "bucket" in str(info.value)
+
+
+def test_an_event_key_too_long_for_s3_under_the_prefix_is_bad_input() -> None:
+    """S3 takes keys of up to 1024 bytes, its prefix included: an event's URI whose key fits 1024 alone
+    but not after the prefix was sent, S3 answered KeyTooLongError (400, which moto does not check), and
+    the store took it for the deployment's fault: the stage retried that event for ever. The store knows
+    its prefix, so it refuses such a key as the input's, unsent."""
+    client = boto3.client(
+        "s3", region_name="us-east-1", aws_access_key_id="test", aws_secret_access_key="test"
+    )
+    store = S3Store("any-bucket", "pfx", client=client, uri_from="the test")
+    fits = "/".join(["k" * 200] * 5) + "/" + "k" * 15  # 1020 bytes: 1024 with "pfx/"
+    with Stubber(client) as s3:
+        s3.add_client_error("get_object", "NoSuchKey", http_status_code=404)
+        with pytest.raises(ObjectMissing):
+            store.get_bytes(f"{store.base_uri}/{fits}")
+        s3.add_client_error("get_object", "KeyTooLongError", "Your key is too long", 400)
+        with pytest.raises(BadInput) as info:
+            store.get_bytes(f"{store.base_uri}/{fits}k")
+    assert info.value.reason == "unsafe_key" and "1020 bytes" in str(info.value), info.value
 
 
 def test_file_store_full_disk_is_transient(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
