@@ -208,3 +208,35 @@ def test_a_replay_whose_heartbeat_the_store_keeps_refusing_stops_before_its_lock
     monkeypatch.setattr(dlq_module, "_alive_clock", lambda: next(ticks) * 5.0)  # 5 s a look
     said = _heartbeat_stopped(HeartbeatAway(tmp_path), monkeypatch)
     assert re.search(r"could not write its heartbeat for \d+s .*away.*; stopped here", said), said
+
+
+class LockAway(FileStore):
+    """A store that takes every write but is away whenever the lock is read."""
+
+    def _read_versioned(self, key: str) -> tuple[bytes, str]:
+        if key.startswith(dlq_module.REPLAY_LOCK_PREFIX) and key.endswith(".json"):
+            raise TransientError("the store is away for the lock")
+        return super()._read_versioned(key)
+
+
+def test_a_replay_that_cannot_read_its_lock_gives_up_as_when_its_heartbeat_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The heartbeat is written only after a look that finds the lock this replay's: with every look
+    failing, and every write taken, no heartbeat is written and the lock looks stale after LOCK_STALE_S
+    all the same. Those looks count towards LOCK_GIVE_UP_S: a replay busy flushing (no send, so no
+    ``check`` of its own) stops at its next send before a second replay takes its lock over."""
+    monkeypatch.setattr(dlq_module, "LOCK_REFRESH_S", 0.01)
+    ticks = itertools.count()
+    monkeypatch.setattr(dlq_module, "_alive_clock", lambda: next(ticks) * 5.0)  # 5 s a look
+    store = LockAway(tmp_path)
+    lock = _ReplayLock(store, _dlq_topic(), {})
+    assert lock.acquire() is None
+    try:
+        assert lock._refresher is not None
+        lock._refresher.join(timeout=30)  # a heartbeat that retries on is the test's failure, not a hang
+        with pytest.raises(DlqError, match=r"could not write its heartbeat for \d+s .*away for the lock"):
+            lock.check()
+        assert not store.exists(lock._heartbeat_key(lock.holder["run"]))
+    finally:
+        lock.release()
