@@ -18,10 +18,14 @@ from pathlib import Path
 import pytest
 from kafka.future import Future
 
+from schemas.topics import SKU_INGESTED
 from shared import dlq as dlq_module
 from shared.dlq import DlqError, _ReplayLock
 from shared.errors import TransientError
 from shared.store import FileStore
+from skuforge_cli.dlq import main as dlq_main
+from tests.support.bus import create_topics, file_store_uri, isolated_settings, read_topic
+from tests.support.dlq import ingested_letter, write_letters
 
 
 class HeartbeatRefused(FileStore):
@@ -188,6 +192,26 @@ def test_a_batch_of_markers_the_store_fails_stops_the_sends_as_a_replay_error(
     marking.unmarked.append(([letter], acknowledged))
     with pytest.raises(DlqError, match=r"could not write the replay markers .*ValueError"):
         marking.mark_due()
+
+
+@pytest.mark.kafka
+def test_a_final_marking_the_store_fails_says_what_was_republished(
+    kafka_bootstrap: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The replay's last batch of markers, after the sends: a store error it does not map raised bare
+    out of ``skuforge dlq replay`` as a traceback, which did not say that the letter went out unmarked
+    (a later replay sends it again)."""
+    settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path))
+    create_topics(settings, SKU_INGESTED, partitions=1)
+    write_letters(settings, ingested_letter(settings))
+    store = MarkersRefused(tmp_path)
+    assert dlq_main(["replay", settings.topic_name(SKU_INGESTED)], settings=settings, store=store) == 1
+    err = capsys.readouterr().err
+    assert "republished 1 dead letters" in err, err
+    assert "could not write their replay markers (ValueError: a store error the markers" in err, err
+    topic = settings.topic_name(SKU_INGESTED)
+    assert [record.value for record in read_topic(kafka_bootstrap, topic, expect=1)] == [b'{"x": 1}']
+    assert not list(store.list_keys(dlq_module.REPLAY_LOCK_PREFIX))  # the lock released
 
 
 class HeartbeatAway(FileStore):
