@@ -41,7 +41,13 @@ class ChecksumMismatch(BadInput):
 
 
 class ImageRejected(BadInput):
-    """The bytes are not an image we accept (corrupt, too large, wrong format...)."""
+    """The bytes are not an image we accept (corrupt, too large, wrong format...). ``setting``: the
+    setting whose limit refused them, which raised lets them through; None where none does (bytes no
+    decoder takes, an image past Pillow's own limit). Advice reads it, not the detail's wording."""
+
+    def __init__(self, reason: str, detail: str = "", *, setting: str | None = None) -> None:
+        super().__init__(reason, detail)
+        self.setting = setting
 
 
 @contextmanager

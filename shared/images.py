@@ -73,8 +73,8 @@ log = logging.getLogger("skuforge.images")
 DEFAULT_MAX_PIXELS = 40_000_000
 DEFAULT_MAX_BYTES = 50 * 2**20
 DEFAULT_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "BMP", "TIFF")
-# Ends a too_many_pixels refusal past Pillow's own limit, which no setting of ours raises: callers that
-# advise a higher setting look for it (``shared.trainstore.dataset``).
+# Ends a too_many_pixels refusal past Pillow's own limit, which no setting of ours raises (such a refusal
+# has no ``setting``).
 PAST_PILLOWS_LIMIT = "SKUFORGE_MAX_IMAGE_PIXELS cannot raise it, so raising that setting does not help"
 # The file names of those formats: what ``skuforge ingest`` and ``skuforge evaluate`` take as photos.
 PHOTO_SUFFIXES: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"})
@@ -301,7 +301,9 @@ def refuse_oversized(size_bytes: int, max_bytes: int) -> None:
 def too_large_bytes(found: str, max_bytes: int) -> ImageRejected:
     """The ``too_large_bytes`` refusal of what holds ``found`` (``"123 bytes"``, or ``"more than 100
     bytes"`` from a read that stopped there), over ``max_bytes``."""
-    return ImageRejected("too_large_bytes", f"{found}; at most {max_bytes} are allowed")
+    return ImageRejected(
+        "too_large_bytes", f"{found}; at most {max_bytes} are allowed", setting="SKUFORGE_MAX_IMAGE_BYTES"
+    )
 
 
 def refuse_too_many_pixels(width: int, height: int, max_pixels: int, why: str) -> None:
@@ -311,7 +313,7 @@ def refuse_too_many_pixels(width: int, height: int, max_pixels: int, why: str) -
     scaled down to fit, and the caller's size check would then blame a truthful event
     (``dimension_mismatch``)."""
     if width * height > _pixel_limit(max_pixels):
-        raise ImageRejected("too_many_pixels", _too_many_pixels(width, height, max_pixels, why))
+        raise _too_many_pixels(width, height, max_pixels, why)
 
 
 def photo_as_stored(
@@ -645,7 +647,7 @@ def _open_and_load_file(
     if width * height > limit:
         problem = _scale_jpeg_to_fit(image, data, limit) if scale_jpeg else ""
         if problem is not None:
-            raise ImageRejected("too_many_pixels", _too_many_pixels(width, height, max_pixels, problem))
+            raise _too_many_pixels(width, height, max_pixels, problem)
 
     try:
         image.load()
@@ -951,23 +953,27 @@ def _pixel_limit(max_pixels: int) -> int:
     return max_pixels if pillow_limit is None else min(max_pixels, int(pillow_limit))
 
 
-def _too_many_pixels(width: int, height: int, max_pixels: int, problem: str) -> str:
-    """The ``too_many_pixels`` detail: the size, the limit, which setting (ours or Pillow's) it is, and
+def _too_many_pixels(width: int, height: int, max_pixels: int, problem: str) -> ImageRejected:
+    """The ``too_many_pixels`` refusal: the size, the limit, which setting (ours or Pillow's) it is, and
     ``problem``, why it was not decoded scaled down (empty: scaling was not asked for). Past Pillow's
-    limit it says no setting passes the image (``PAST_PILLOWS_LIMIT``): ``_pixel_limit`` caps ours at
-    Pillow's, so a higher SKUFORGE_MAX_IMAGE_PIXELS still refuses it (it said "SKUFORGE_MAX_IMAGE_PIXELS
-    sets it" where ours was at or below Pillow's)."""
+    limit it says no setting passes the image (``PAST_PILLOWS_LIMIT``) and names no ``setting``:
+    ``_pixel_limit`` caps ours at Pillow's, so a higher SKUFORGE_MAX_IMAGE_PIXELS still refuses it (it
+    said "SKUFORGE_MAX_IMAGE_PIXELS sets it" where ours was at or below Pillow's)."""
     pixels = width * height
     pillow_limit = Image.MAX_IMAGE_PIXELS
+    setting = None
     if pillow_limit is not None and pixels > pillow_limit:
         limit = (
             f"the limit is {_pixel_limit(max_pixels)}: past Pillow's own decompression-bomb limit of "
             f"{int(pillow_limit)} pixels (PIL.Image.MAX_IMAGE_PIXELS); {PAST_PILLOWS_LIMIT}"
         )
     else:
-        limit = f"the limit is {max_pixels} (SKUFORGE_MAX_IMAGE_PIXELS sets it)"
+        setting = "SKUFORGE_MAX_IMAGE_PIXELS"
+        limit = f"the limit is {max_pixels} ({setting} sets it)"
     scaled = f"; not decoded scaled down: {problem}" if problem else ""
-    return f"{width}x{height} = {pixels} pixels; {limit}{scaled}"
+    return ImageRejected(
+        "too_many_pixels", f"{width}x{height} = {pixels} pixels; {limit}{scaled}", setting=setting
+    )
 
 
 def _scale_jpeg_to_fit(image: Image.Image, data: bytes, limit: int) -> str | None:

@@ -543,6 +543,7 @@ def prepare_sku(folder: Path, settings: Settings) -> tuple[PreparedSku | None, l
                     f"stored as PNG it would be {len(png)} bytes, over SKUFORGE_MAX_IMAGE_BYTES "
                     f"({settings.max_image_bytes}) that every stage reads photos under: save it with "
                     "fewer pixels, or raise the limit",
+                    setting="SKUFORGE_MAX_IMAGE_BYTES",
                 )
         except ImageRejected as exc:
             problems.append(f"{file}: refused ({exc})")

@@ -62,7 +62,6 @@ from shared.errors import BadInput, ChecksumMismatch, ObjectMissing
 from shared.images import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_PIXELS,
-    PAST_PILLOWS_LIMIT,
     ImageRejected,
     decode_image,
     decode_mask,
@@ -1116,9 +1115,8 @@ def _with_ways_past(
         )
     uri = manifests.store.uri_for(manifests.key(str(row.mask if mask else row.image)))
     if isinstance(exc, ImageRejected):
-        setting = _setting_past(exc)
-        if setting:
-            ways.insert(0, f"export with a higher {setting}")
+        if exc.setting:
+            ways.insert(0, f"export with a higher {exc.setting}")
         return ImageRejected(exc.reason, f"{uri}: {what}: {exc.detail}; {either(*ways)}")
     why = f" ({exc.why})" if exc.why else ""
     return ObjectMissing(uri, f"{what}{why}; {either('restore it', *ways)}")
@@ -1135,18 +1133,6 @@ def withdraw_way(row: ManifestRow) -> str:
 def either(*ways: str) -> str:
     """``ways`` as one choice: "a, b, or c"."""
     return ways[0] if len(ways) == 1 else f"{', '.join(ways[:-1])}, or {ways[-1]}"
-
-
-def _setting_past(refused: ImageRejected) -> str | None:
-    """The setting whose limit refused an image, which raised lets it through; None for a refusal no
-    setting passes: of its bytes themselves, or of more pixels than Pillow's own decompression-bomb
-    limit (``PIL.Image.MAX_IMAGE_PIXELS``), which caps ours; the refusal says so. It was judged by the
-    settings alone, so an image past Pillow's limit under a lower setting was advised a higher one."""
-    if refused.reason == "too_large_bytes":
-        return "SKUFORGE_MAX_IMAGE_BYTES"
-    if refused.reason == "too_many_pixels" and PAST_PILLOWS_LIMIT not in refused.detail:
-        return "SKUFORGE_MAX_IMAGE_PIXELS"
-    return None
 
 
 def _remove_class(staging: Path, fmt: ExportFormat, sku_id: str) -> None:
