@@ -21,6 +21,7 @@ from services.trainstore.evaluation import (
     _without_copies_within_skus,
     heldout_hashes,
     heldout_photos,
+    streamed_sha256s,
     training_photos,
 )
 from shared.config import load_settings
@@ -381,7 +382,9 @@ def test_store_rows_with_no_hash_are_hashed_without_holding_their_bytes(colour_s
         colour_store.append(sku_id, [row.model_copy(update={"image_sha256": None}) for row in sku_rows])
     plan = plan_export(colour_store.iter_rows(), max_synthetic_per_real=2)
     assert sum(len(c.real) + len(c.synthetic) for c in plan.classes if c.sku_id == "SKU-RED") == 6
-    peak = peak_traced_bytes(lambda: training_photos(colour_store, plan))
+    peak = peak_traced_bytes(
+        lambda: training_photos(colour_store, plan, streamed_sha256s(colour_store, colour_store.iter_rows()))
+    )
     assert peak < 3 * object_bytes
 
 

@@ -16,7 +16,7 @@ import json
 import os
 import re
 import struct
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -422,23 +422,21 @@ def heldout_hashes(
 
 
 def real_image_hashes(
-    manifests: ManifestStore, rows: Iterable[ManifestRow], cache_dir: Path | None
+    manifests: ManifestStore, rows: Iterable[ManifestRow], cache_dir: Path | None, streamed: Mapping[str, str]
 ) -> tuple[list[tuple[str, bytes]], dict[str, list[str]]]:
     """(name, perceptual hash) of every real image of ``rows`` that has one: where a resized copy of a
     held-out photo would be, had it been ingested as a reference photo; and, by SKU id, the names of
-    those that have none."""
+    those that have none. ``streamed``: the sha256 of the images rows with none name
+    (``streamed_sha256s``)."""
     items: list[tuple[str, bytes]] = []
     unhashable: dict[str, list[str]] = {}
     for row in rows:
         if row.source != "real" or row.image is None:
             continue
         name = object_name(manifests.store, manifests.key(row.image))
+        sha256 = row.image_sha256 or streamed[row.image]
         with naming(name, row.image):  # past SKUFORGE_MAX_IMAGE_PIXELS (lowered since it was ingested)
-            value = _cached_hash(
-                cache_dir if row.image_sha256 else None,
-                row.image_sha256 or "",
-                _checked_reader(manifests, row.image, row.image_sha256),
-            )
+            value = _cached_hash(cache_dir, sha256, _checked_reader(manifests, row.image, sha256))
         if value is None:
             unhashable.setdefault(row.sku_id, []).append(name)
         else:
@@ -526,16 +524,15 @@ def _cached_entry(path: Path | None, valid: Callable[[str], bool]) -> str | None
     return text[:-1]
 
 
-def training_photos(manifests: ManifestStore, plan: ExportPlan) -> list[Photo]:
-    """The images ``plan`` exports, as Photos whose bytes are checked against the manifest when read."""
+def training_photos(manifests: ManifestStore, plan: ExportPlan, streamed: Mapping[str, str]) -> list[Photo]:
+    """The images ``plan`` exports, as Photos whose bytes are checked against the manifest when read;
+    ``streamed``: the sha256 of the images rows with none name (``streamed_sha256s``)."""
     photos = []
     for plan_class in plan.classes:
         for row in [*plan_class.real, *plan_class.synthetic]:
             assert row.image is not None  # plan_export keeps stored rows only
             name = object_name(manifests.store, manifests.key(row.image))
-            # A row without its hash is hashed now and read again when used, as the others are: its
-            # bytes were held for the run, so memory grew with the store.
-            sha256 = row.image_sha256 or _streamed_sha256(manifests, row)
+            sha256 = row.image_sha256 or streamed[row.image]
             photos.append(
                 Photo(row.sku_id, row.source, name, sha256, _checked_reader(manifests, row.image, sha256))
             )
@@ -546,16 +543,28 @@ def _checked_reader(manifests: ManifestStore, key: str, sha256: str | None) -> C
     return lambda: read_checked(manifests, key, sha256)
 
 
-def stored_images(manifests: ManifestStore, rows: Iterable[ManifestRow]) -> list[tuple[str, str]]:
+def stored_images(
+    manifests: ManifestStore, rows: Iterable[ManifestRow], streamed: Mapping[str, str]
+) -> list[tuple[str, str]]:
     """(name, sha256) of every image the rows point at, exported or not (what leakage is checked against).
     Every SKU's, not only the evaluated ones': a held-out photo filed under any SKU may be trained on."""
-    items = []
+    return [
+        (object_name(manifests.store, manifests.key(row.image)), row.image_sha256 or streamed[row.image])
+        for row in rows
+        if row.image is not None
+    ]
+
+
+def streamed_sha256s(manifests: ManifestStore, rows: Iterable[ManifestRow]) -> dict[str, str]:
+    """The sha256 of each image a row with none names, by its key: each read once, a block at a time,
+    and not held (memory grew with the store). Once a run: the training photos and the leakage check
+    each read every such image for its hash, and the store's perceptual hashes, with no hash to cache
+    them by, decoded it again on every run; on S3 each a GET of the whole image."""
+    sha256s: dict[str, str] = {}
     for row in rows:
-        if row.image is None:
-            continue
-        sha256 = row.image_sha256 or _streamed_sha256(manifests, row)
-        items.append((object_name(manifests.store, manifests.key(row.image)), sha256))
-    return items
+        if row.image is not None and not row.image_sha256 and row.image not in sha256s:
+            sha256s[row.image] = _streamed_sha256(manifests, row)
+    return sha256s
 
 
 def _streamed_sha256(manifests: ManifestStore, row: ManifestRow) -> str:
@@ -783,7 +792,8 @@ def evaluate(args: argparse.Namespace) -> EvaluationResult:
             f"the export policy leaves out held-out SKU(s) ({reasons}); lower --min-real or remove "
             "their held-out folders"
         )
-    training = training_photos(manifests, plan)
+    streamed = streamed_sha256s(manifests, rows)
+    training = training_photos(manifests, plan, streamed)
     if not any(photo.source == "synthetic" for photo in training):
         # The generator has not filled the store yet, or K is 0: "B-A +0.000" read as "the synthetic
         # images do not help" when there were none to measure.
@@ -801,7 +811,7 @@ def evaluate(args: argparse.Namespace) -> EvaluationResult:
         print(f"note: {_printable(note)}")
     check_disjoint(
         [(photo.name, photo.sha256) for photo in heldout] + as_ingested(heldout, cache_dir),
-        training=stored_images(manifests, rows),
+        training=stored_images(manifests, rows, streamed),
         scenes=scenes,
     )
     # A resized or re-encoded copy has other bytes: compared by perceptual hash, with the evaluated
@@ -809,7 +819,7 @@ def evaluate(args: argparse.Namespace) -> EvaluationResult:
     # hashing a large store's every photo would cost a decode each).
     held_hashes, unhashable = heldout_hashes(heldout, cache_dir)
     _refuse_copies_under_two_skus(heldout, held_hashes)
-    store_hashes, store_unhashable = real_image_hashes(manifests, evaluated, cache_dir)
+    store_hashes, store_unhashable = real_image_hashes(manifests, evaluated, cache_dir, streamed)
     for note in unhashable_notes(unhashable, store_unhashable):
         print(f"note: {_printable(note)}")
     check_no_near_duplicates(held_hashes, training=store_hashes, scenes=scene_hashes)

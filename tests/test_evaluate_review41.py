@@ -1,0 +1,66 @@
+"""``skuforge evaluate`` (review 41): store rows with no sha256 read for their hash once a run."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import services.trainstore.evaluation
+from shared.store import FileStore
+from shared.trainstore.manifest import ManifestStore
+from skuforge_cli.main import main as cli_main
+from tests.support.evaluation import (  # noqa: F401 (one_torch_thread: autouse)
+    COLOURS,
+    colour_photo,
+    evaluate_args,
+    fill_colour_store,
+    one_torch_thread,
+)
+from tests.support.trainstore import PREFIX
+
+
+class CountingStore(FileStore):
+    """A file store that counts the reads of each key (each a GET on S3)."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.reads: Counter[str] = Counter()
+
+    def _read(self, key: str) -> bytes:
+        self.reads[key] += 1
+        return super()._read(key)
+
+    def _read_at_most(self, key: str, max_bytes: int) -> bytes:
+        self.reads[key] += 1
+        return super()._read_at_most(key, max_bytes)
+
+    def _read_blocks(self, key: str) -> Iterator[bytes]:
+        self.reads[key] += 1
+        return super()._read_blocks(key)
+
+
+def test_a_row_with_no_hash_is_read_for_its_hash_once_a_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A row of an evaluated SKU with no sha256 was streamed for its hash twice (for the training photos,
+    # then for the leakage check), and, with no hash to cache it by, decoded for its perceptual hash on
+    # every run: on S3 each a GET of the whole image, every run.
+    store = CountingStore(tmp_path / "store")
+    manifests = fill_colour_store(ManifestStore(store, PREFIX))
+    monkeypatch.setattr(services.trainstore.evaluation, "open_manifests", lambda: manifests)
+    hashless = manifests.read_sku("SKU-RED")["real-0"]
+    manifests.append("SKU-RED", [hashless.model_copy(update={"image_sha256": None})])
+    hashed = manifests.read_sku("SKU-RED")["real-1"]
+    heldout = tmp_path / "heldout"
+    for index, sku_id in enumerate(COLOURS):
+        (heldout / sku_id).mkdir(parents=True)
+        colour_photo(COLOURS[sku_id], 700 + 10 * index).save(heldout / sku_id / "test-0.png")
+    assert cli_main(evaluate_args(heldout, tmp_path / "eval", tmp_path)) == 0, capsys.readouterr().err
+    store.reads.clear()
+    assert cli_main(evaluate_args(heldout, tmp_path / "eval2", tmp_path)) == 0, capsys.readouterr().err
+    # Its features and hashes cached by its sha256 as the hashed row's are: one read more, for the hash.
+    hashless_reads, hashed_reads = (store.reads[manifests.key(str(row.image))] for row in [hashless, hashed])
+    assert hashless_reads == hashed_reads + 1
