@@ -345,8 +345,9 @@ def test_a_chain_of_copies_within_one_sku_folder_is_scored_once() -> None:
     kept, notes = _without_copies_within_skus(photos, hashes)
     assert [photo.name for photo in kept] == ["c.png", "other.png"]  # the first listed of the group
     assert notes == [
-        "a.png looks like a copy of b.png (perceptual hash 8 of 256 bits apart): scored once, as c.png",
-        "b.png looks like a copy of a.png (perceptual hash 8 of 256 bits apart): scored once, as c.png",
+        "a.png looks like a copy of b.png (perceptual hash 8 of 256 bits apart), which looks like a copy of "
+        "c.png (8 bits apart): scored once, as c.png",
+        "b.png looks like a copy of c.png (perceptual hash 8 of 256 bits apart): scored once",
     ]
 
 

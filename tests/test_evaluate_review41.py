@@ -1,4 +1,5 @@
-"""``skuforge evaluate`` (review 41): store rows with no sha256 read for their hash once a run."""
+"""``skuforge evaluate`` (review 41): store rows with no sha256 read for their hash once a run; the note
+of a chain of copies within one SKU's folder."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from pathlib import Path
 import pytest
 
 import services.trainstore.evaluation
+from services.trainstore.evaluation import _without_copies_within_skus
+from shared.evaluation.experiment import Photo
 from shared.store import FileStore
 from shared.trainstore.manifest import ManifestStore
 from skuforge_cli.main import main as cli_main
@@ -64,3 +67,23 @@ def test_a_row_with_no_hash_is_read_for_its_hash_once_a_run(
     # Its features and hashes cached by its sha256 as the hashed row's are: one read more, for the hash.
     hashless_reads, hashed_reads = (store.reads[manifests.key(str(row.image))] for row in [hashless, hashed])
     assert hashless_reads == hashed_reads + 1
+
+
+def test_a_chain_of_copies_is_noted_link_by_link_to_the_photo_scored() -> None:
+    # Of a.png ~ b.png ~ c.png ~ d.png (each 8 bits from the next, the ends 24 apart), d's note read "d.png
+    # looks like a copy of c.png ...: scored once, as a.png": not how d came to be a's copy, nor that c
+    # was left out too.
+    def hashed(bits_set: int) -> bytes:  # a heldout_hash's 24 parts of 256 bits, here all alike
+        return bytes([0xFF] * (bits_set // 8)).ljust(32, b"\0") * 24
+
+    names = ["a.png", "b.png", "c.png", "d.png"]
+    photos = [Photo("SKU-RED", "real", name, name, lambda: b"") for name in names]
+    kept, notes = _without_copies_within_skus(photos, [(name, hashed(8 * n)) for n, name in enumerate(names)])
+    assert [photo.name for photo in kept] == ["a.png"]
+    assert notes == [
+        "b.png looks like a copy of a.png (perceptual hash 8 of 256 bits apart): scored once",
+        "c.png looks like a copy of b.png (perceptual hash 8 of 256 bits apart), which looks like a copy of "
+        "a.png (8 bits apart): scored once, as a.png",
+        "d.png looks like a copy of c.png (perceptual hash 8 of 256 bits apart), which looks like a copy of "
+        "b.png (8 bits apart), which looks like a copy of a.png (8 bits apart): scored once, as a.png",
+    ]

@@ -254,7 +254,8 @@ def _without_copies_within_skus(
     as ``heldout_photos`` scores a byte copy once. Scored twice, the photo weighed double in the SKU's
     top-1 and in the gain the export policy reads. Copies of copies are one picture: of each group the
     pairs join (a like b, b like c, a unlike c), the first listed is kept; folded pair by pair, c was
-    scored beside a."""
+    scored beside a. A copy's note follows its chain to the photo scored (``_copy_links``): it named only
+    the nearest copy, "c looks like a copy of b: scored once, as a", and not that b was left out too."""
     order = {photo.name: index for index, photo in enumerate(photos)}
     sku_of = {photo.name: photo.sku_id for photo in photos}
     pairs = copies_within_groups([(sku_of[name], name, value) for name, value in hashes])
@@ -268,19 +269,39 @@ def _without_copies_within_skus(
     for first, second, _ in pairs:
         kept, other = sorted((kept_of(first), kept_of(second)), key=order.__getitem__)
         joined_to[other] = kept
-    nearest: dict[str, tuple[str, int]] = {}  # a copy -> its nearest copy, bits apart
-    for first, second, bits in pairs:  # nearest first
-        nearest.setdefault(first, (second, bits))
-        nearest.setdefault(second, (first, bits))
     notes = []
-    for copy, (like, bits) in sorted(nearest.items(), key=lambda item: order[item[0]]):
-        if (kept := kept_of(copy)) != copy:
-            instead = "" if like == kept else f", as {kept}"
+    for photo in photos:
+        if (kept := kept_of(photo.name)) != photo.name:
+            (like, bits), *links = _copy_links(photo.name, kept, pairs)
+            further = "".join(
+                f", which looks like a copy of {name} ({apart} bits apart)" for name, apart in links
+            )
+            scored = f"scored once, as {kept}" if links else "scored once"
             notes.append(
-                f"{copy} looks like a copy of {like} (perceptual hash {bits} of 256 bits apart): "
-                f"scored once{instead}"
+                f"{photo.name} looks like a copy of {like} (perceptual hash {bits} of 256 bits apart)"
+                f"{further}: {scored}"
             )
     return [photo for photo in photos if kept_of(photo.name) == photo.name], notes
+
+
+def _copy_links(copy: str, kept: str, pairs: Sequence[tuple[str, str, int]]) -> list[tuple[str, int]]:
+    """The fewest links of copy ``pairs`` (nearest first) from ``copy`` to ``kept``, one of its group: each
+    photo on the way with the bits it is apart from the one before."""
+    came_from: dict[str, tuple[str, int]] = {copy: (copy, 0)}
+    reached = [copy]
+    for name in reached:  # breadth first: ``reached`` grows as it is walked
+        for first, second, bits in pairs:
+            other = second if first == name else first if second == name else None
+            if other is not None and other not in came_from:
+                came_from[other] = (name, bits)
+                reached.append(other)
+    links = []
+    name = kept
+    while name != copy:
+        before, bits = came_from[name]
+        links.append((name, bits))
+        name = before
+    return links[::-1]
 
 
 def _refuse_sku_folders_inside_others(root: Path, photos: Sequence[Photo], sku_ids: set[str]) -> None:
