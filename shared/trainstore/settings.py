@@ -23,7 +23,9 @@ class TrainstoreSettings(BaseSettings):
     trainstore_prefix: str = Field(
         default="trainstore",
         pattern=r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$",
-        description="root of the retraining store inside SKUFORGE_STORE_URI (images/, masks/, manifests/)",
+        description="root of the retraining store inside SKUFORGE_STORE_URI (images/, masks/, manifests/); "
+        f"refused inside a folder of the flow's ({', '.join(keys.Folder)}): a lifecycle rule for that folder "
+        "(docs/ops.md) would expire the retraining store with it",
     )
     trainstore_compact_after_parts: int = Field(
         default=16,
