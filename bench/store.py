@@ -88,7 +88,7 @@ def time_load(root: Path) -> dict[str, float | int]:
         "import json, sys, time\n"
         "t = time.perf_counter()\n"
         "from shared.trainstore.loader import load_manifest\n"
-        "rows = load_manifest('file://' + sys.argv[1], prefix=sys.argv[2])\n"
+        "rows = load_manifest('file://' + sys.argv[1], prefix=sys.argv[2], uri_from='bench.store')\n"
         "seconds = time.perf_counter() - t\n"
         "skus, items = rows.column('sku_id'), rows.column('item_id')\n"
         "print(json.dumps({'seconds': seconds, 'rows': len(rows),"

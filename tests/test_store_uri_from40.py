@@ -200,6 +200,6 @@ def test_a_manifest_uri_is_opened_as_the_services_open_theirs_and_a_refusal_name
     # SKUFORGE_STORE_URI, which the training code calling it never set.
     monkeypatch.setenv("SKUFORGE_STORE_URI", file_store_uri(tmp_path / "store"))
     monkeypatch.setenv("SKUFORGE_S3_ENDPOINT_URL", s3_endpoint)
-    with pytest.raises(StoreMisconfigured, match="the bucket name in load_manifest's store ") as info:
-        load_manifest(f"s3://missing-{uuid.uuid4().hex[:12]}/skus")
+    with pytest.raises(StoreMisconfigured, match="the bucket name in --store ") as info:
+        load_manifest(f"s3://missing-{uuid.uuid4().hex[:12]}/skus", uri_from="--store")
     assert "SKUFORGE_STORE_URI" not in str(info.value)

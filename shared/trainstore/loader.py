@@ -2,7 +2,7 @@
 
     from shared.trainstore.loader import load_manifest
 
-    manifest = load_manifest("s3://bucket/prefix", prefix="trainstore")   # or an ObjectStore
+    manifest = load_manifest("s3://bucket/prefix", uri_from="--store")   # or an ObjectStore
     labels = manifest.column("sku_id")            # a new list of one ManifestRow field
     images = manifest.uris("image")               # full URIs of the images
     for row in manifest:                          # or row by row, as dicts (with image_uri, mask_uri)
@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, get_origin
+from typing import Any, get_origin, overload
 
 from schemas.common import check_safe_id
 from shared.config import load_settings
@@ -77,6 +77,28 @@ class Manifest:
         return (self.row(index) for index in range(len(self)))
 
 
+@overload
+def load_manifest(
+    store: ObjectStore,
+    *,
+    prefix: str = "trainstore",
+    sku_ids: Iterable[str] | None = None,
+    trainable_only: bool = True,
+) -> Manifest: ...
+
+
+@overload
+def load_manifest(
+    store: str,
+    *,
+    prefix: str = "trainstore",
+    sku_ids: Iterable[str] | None = None,
+    trainable_only: bool = True,
+    s3_endpoint_url: str | None = None,
+    uri_from: str,
+) -> Manifest: ...
+
+
 def load_manifest(
     store: ObjectStore | str,
     *,
@@ -84,7 +106,7 @@ def load_manifest(
     sku_ids: Iterable[str] | None = None,
     trainable_only: bool = True,
     s3_endpoint_url: str | None = None,
-    uri_from: str = "load_manifest's store",
+    uri_from: str | None = None,
 ) -> Manifest:
     """Every current row of the given SKUs (all by default), sorted by SKU then item id.
 
@@ -92,14 +114,23 @@ def load_manifest(
     ``trainable_only`` is False. ``store`` is an ``ObjectStore`` or its URI (``file://``, ``s3://``).
     An s3:// URI is read as the services read theirs: at ``s3_endpoint_url`` (default
     SKUFORGE_S3_ENDPOINT_URL's; neither: AWS) in SKUFORGE_S3_REGION, and an S3 refusal names ``uri_from``,
-    where the caller's URI came from (its option or setting). It was read from AWS in us-east-1 whatever
-    those said, and a refusal blamed SKUFORGE_STORE_URI.
+    where the caller's URI came from (its option or setting); a URI without it is refused (TypeError).
+    It was read from AWS in us-east-1 whatever those said, and a refusal blamed SKUFORGE_STORE_URI; then,
+    with uri_from left out, "load_manifest's store", which names no option or setting to check.
 
     ``ValueError`` for a store with no SKU at all (most often a mistyped URI or prefix) and for a
     requested SKU id the store does not have (``../x`` too: no SKU can have it): either read as an
     empty or smaller training set.
     """
-    objects = _open(store, s3_endpoint_url, uri_from) if isinstance(store, str) else store
+    if isinstance(store, ObjectStore):
+        objects = store
+    elif uri_from is None:
+        raise TypeError(
+            "load_manifest: a store URI needs uri_from, where the URI came from (your option or setting, "
+            "such as '--store'): an S3 refusal names it"
+        )
+    else:
+        objects = _open(store, s3_endpoint_url, uri_from)
     manifests = ManifestStore(objects, prefix)
     manifest = Manifest(root_uri=objects.uri_for(manifests.key("x"))[: -len("x")])
     if sku_ids is None:
