@@ -1063,10 +1063,14 @@ class _ReplayLock:
     def _refresh(self) -> None:
         heartbeat = self._heartbeat_key(self.holder["run"])
         while not self._stopped.wait(LOCK_REFRESH_S):
+            # What the store refused, for the message: a failed look was told as a heartbeat not written,
+            # which was never tried, and an operator looked at the wrong object.
+            failed = "could not be read"
             try:
                 self._look(_alive_clock())
                 if self.lost is not None:
                     return
+                failed = "could not write its heartbeat"
                 self.store.put_bytes(heartbeat, b"", "text/plain")
                 self._beat_at = _alive_clock()
             except (TransientError, BadInput) as exc:
@@ -1075,15 +1079,15 @@ class _ReplayLock:
                 # it over and sent the letters again beside this one.
                 if (away_s := _alive_clock() - self._beat_at) >= LOCK_GIVE_UP_S:
                     self.lost = (
-                        f"the replay lock {self.store.uri_for(self.key)} could not write its heartbeat for "
-                        f"{away_s:.0f}s ({exc}); stopped here, before another replay takes it over"
+                        f"the replay lock {self.store.uri_for(self.key)} {failed} for {away_s:.0f}s "
+                        f"({exc}); stopped here, before another replay takes it over"
                     )
                     return
             except Exception as exc:  # which ended this thread unseen
                 # Its lock would look stale to a second replay, which took it over and sent the letters
                 # again beside this one: this one stops at its next send (``check``) instead.
                 self.lost = (
-                    f"the replay lock {self.store.uri_for(self.key)} could not write its heartbeat "
+                    f"the replay lock {self.store.uri_for(self.key)} {failed} "
                     f"({type(exc).__name__}: {exc}); stopped here, before another replay takes it over"
                 )
                 return

@@ -249,7 +249,8 @@ def test_a_replay_that_cannot_read_its_lock_gives_up_as_when_its_heartbeat_fails
     """The heartbeat is written only after a look that finds the lock this replay's: with every look
     failing, and every write taken, no heartbeat is written and the lock looks stale after LOCK_STALE_S
     all the same. Those looks count towards LOCK_GIVE_UP_S: a replay busy flushing (no send, so no
-    ``check`` of its own) stops at its next send before a second replay takes its lock over."""
+    ``check`` of its own) stops at its next send before a second replay takes its lock over. It says
+    that the lock could not be read: it said its heartbeat could not be written, which was never tried."""
     monkeypatch.setattr(dlq_module, "LOCK_REFRESH_S", 0.01)
     ticks = itertools.count()
     monkeypatch.setattr(dlq_module, "_alive_clock", lambda: next(ticks) * 5.0)  # 5 s a look
@@ -259,8 +260,27 @@ def test_a_replay_that_cannot_read_its_lock_gives_up_as_when_its_heartbeat_fails
     try:
         assert lock._refresher is not None
         lock._refresher.join(timeout=30)  # a heartbeat that retries on is the test's failure, not a hang
-        with pytest.raises(DlqError, match=r"could not write its heartbeat for \d+s .*away for the lock"):
+        with pytest.raises(DlqError, match=r"could not be read for \d+s .*away for the lock"):
             lock.check()
         assert not store.exists(lock._heartbeat_key(lock.holder["run"]))
     finally:
         lock.release()
+
+
+class LockUnreadable(FileStore):
+    """A store that takes every write but raises what it does not map whenever the lock is read."""
+
+    def _read_versioned(self, key: str) -> tuple[bytes, str]:
+        if key.startswith(dlq_module.REPLAY_LOCK_PREFIX) and key.endswith(".json"):
+            raise ValueError("a store error the lock's look does not expect")
+        return super()._read_versioned(key)
+
+
+def test_a_replay_whose_look_at_its_lock_fails_unexpectedly_says_the_lock_could_not_be_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It said its heartbeat could not be written, though the look before the heartbeat failed and no
+    heartbeat was tried: an operator checked the wrong object's permissions."""
+    said = _heartbeat_stopped(LockUnreadable(tmp_path), monkeypatch)
+    assert re.search(r"could not be read \(ValueError: .*look does not expect\); stopped here", said), said
+    assert "heartbeat" not in said.partition("; stopped here")[0], said
