@@ -806,6 +806,16 @@ class S3Store(ObjectStore):
                 ) from exc
             if code in _S3_EXISTS_CODES:
                 raise  # a conditional write's condition failed: ``_conditional`` says so
+            if code == "KeyTooLongError":
+                # A key the store was given, not an event's (``key_for`` refuses those unsent): the
+                # deployment's, retried. Told as an answer the store does not know, it sent an operator to
+                # check conditional writes.
+                key = self._key_prefix + uri.removeprefix(self.base_uri + "/")
+                raise StoreMisconfigured(
+                    f"S3 refused {uri}: KeyTooLongError, its key is {len(key.encode('utf-8'))} bytes with "
+                    f"the prefix {self._key_prefix!r}, past the {MAX_KEY_BYTES} S3 takes; the prefix in "
+                    f"{self._uri_from} leaves keys {self._key_room} bytes"
+                ) from exc
             # Raised bare, a caller other than the replay lock got a botocore traceback: a 400 of an
             # S3-compatible server that takes no conditional headers. The deployment's, never the input's:
             # an input's key too long is refused unsent (key_for), and the other 400s, an archived object

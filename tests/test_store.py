@@ -313,6 +313,24 @@ def test_an_event_key_too_long_for_s3_under_the_prefix_is_bad_input() -> None:
     assert info.value.reason == "unsafe_key" and "1020 bytes" in str(info.value), info.value
 
 
+def test_a_key_the_store_writes_too_long_under_the_prefix_says_so_and_is_retried() -> None:
+    """A key the stage builds itself, not an event's: S3's KeyTooLongError went through the message of an
+    answer the store does not know, which sent an operator to check conditional writes. It names the key,
+    its bytes with the prefix and the prefix, and stays the deployment's (retried): no event is at fault."""
+    client = boto3.client(
+        "s3", region_name="us-east-1", aws_access_key_id="test", aws_secret_access_key="test"
+    )
+    store = S3Store("any-bucket", "pfx", client=client, uri_from="the test")
+    key = "/".join(["k" * 200] * 5) + "/" + "k" * 17  # 1022 bytes: 1026 with "pfx/"
+    with Stubber(client) as s3, pytest.raises(StoreMisconfigured) as info:
+        s3.add_client_error("put_object", "KeyTooLongError", "Your key is too long", 400)
+        store.put_bytes(key, b"x")
+    said = str(info.value)
+    assert not isinstance(info.value, BadInput) and "conditional" not in said, said
+    assert "KeyTooLongError" in said and "1026 bytes" in said and "'pfx/'" in said, said
+    assert "the test" in said, said
+
+
 def test_file_store_full_disk_is_transient(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = FileStore(tmp_path)
     ref = store.put_bytes("k/obj", b"old")
