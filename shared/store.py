@@ -71,6 +71,11 @@ __all__ = [
 ]
 
 MAX_KEY_BYTES = 1024  # S3's limit, applied to both backends so keys stay portable.
+# What an S3 store's prefix must leave its keys of the 1024 (S3 counts the prefix in them). The flow's
+# longest take about 320: a dead letter's original or replay marker under a 249-character Kafka topic
+# (``dlq-originals/<topic>/<partition>-<offset>-<sha256[:16]>.value``); keys.py's, at most 169, are not
+# the longest. A prefix of up to 1024 bytes was taken, which left those keys no room.
+MIN_KEY_ROOM_BYTES = 512
 # NAME_MAX of ext4, XFS, btrfs and APFS. A longer segment cannot exist in a FileStore: the OS answers
 # ENAMETOOLONG, which looks like a machine fault (TransientError) and would be retried forever.
 MAX_SEGMENT_BYTES = 255
@@ -962,9 +967,13 @@ def open_store(
     directory) and plain paths give a ``FileStore``; ``s3://bucket`` or ``s3://bucket/prefix``
     gives an ``S3Store`` at ``s3_endpoint_url`` (``None``: AWS). Other schemes raise ``ValueError``.
     ``uri_from`` is where ``uri`` was set (a setting, an option): what an S3 refusal says to check. No
-    default: SKUFORGE_STORE_URI's was blamed for the refusals of stores it never named.
+    default: SKUFORGE_STORE_URI's was blamed for the refusals of stores it never named. A ``ValueError``
+    names it too: not every URI opened is a setting checked at start-up (``<SKUFORGE_STORE_URI>/adapters``).
     """
-    scheme, rest = check_store_uri(uri)
+    try:
+        scheme, rest = check_store_uri(uri)
+    except ValueError as exc:
+        raise ValueError(f"{exc} (from {uri_from})") from None
     if scheme == "":
         return FileStore(Path(uri))
     if scheme == "file":
@@ -986,13 +995,19 @@ def open_settings_store(settings: Settings) -> ObjectStore:
 
 def s3_location(bucket: str, prefix: str) -> str:
     """``prefix`` without its outer '/', once ``bucket`` is a valid S3 bucket name and the prefix a
-    safe key (or empty); ``ValueError`` saying which is not."""
+    safe key (or empty) that leaves keys ``MIN_KEY_ROOM_BYTES``; ``ValueError`` saying which is not."""
     if not _BUCKET_NAME.fullmatch(bucket):
         raise ValueError(f"invalid S3 bucket name {bucket!r}")
     prefix = prefix.strip("/")
-    if prefix:
-        check_key(prefix)
-    return prefix
+    if not prefix:
+        return prefix
+    if (size := len(prefix.encode("utf-8")) + 1) > MAX_KEY_BYTES - MIN_KEY_ROOM_BYTES:
+        raise ValueError(
+            f"prefix is {size} bytes with its '/'; S3 takes {MAX_KEY_BYTES} for a prefix and a key "
+            f"together, and the flow's keys need {MIN_KEY_ROOM_BYTES} of them: at most "
+            f"{MAX_KEY_BYTES - MIN_KEY_ROOM_BYTES}"
+        )
+    return check_key(prefix)
 
 
 # What starts a URI's scheme (RFC 3986: a letter, then letters, digits, '+', '-', '.'), and its colon.

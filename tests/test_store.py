@@ -21,6 +21,7 @@ from botocore.stub import Stubber
 from PIL import Image
 
 from schemas.common import ObjectRef
+from shared.config import ConfigError, load_settings
 from shared.errors import BadInput, ChecksumMismatch, ObjectMissing, StoreMisconfigured, TransientError
 from shared.images import decode_image, refuse_oversized
 from shared.store import FileStore, ObjectStore, S3Store, open_store, sha256_hex
@@ -226,6 +227,19 @@ def test_open_store_s3_uris() -> None:
     assert bare.uri_for("k") == "s3://my-bucket/k"
     with pytest.raises(ValueError, match="bucket"):
         open_store("s3:///prefix", uri_from="the test")
+
+
+def test_an_s3_prefix_that_leaves_the_flow_s_keys_too_little_room_is_refused_at_start_up() -> None:
+    """S3 counts the prefix in a key's 1024 bytes: a prefix of up to 1024 bytes was taken, and then every
+    event's URI was refused (unsafe_key) and every key a stage wrote answered KeyTooLongError (retried
+    for ever). A prefix leaves the keys 512 bytes or is refused when the store is opened, naming where its
+    URI was set."""
+    longest = "/".join(["p" * 200, "p" * 200, "p" * 109])  # 511 bytes: 512 with its '/'
+    assert open_store(f"s3://bucket/{longest}", uri_from="the test").base_uri == f"s3://bucket/{longest}"
+    with pytest.raises(ValueError, match=r"prefix is 513 bytes .*512 \(from SKUFORGE_SCENES_URI\)$"):
+        open_store(f"s3://bucket/{longest}q", uri_from="SKUFORGE_SCENES_URI")
+    with pytest.raises(ConfigError, match=r"SKUFORGE_STORE_URI.*prefix is 513 bytes"):
+        load_settings(store_uri=f"s3://bucket/{longest}q")
 
 
 @pytest.mark.parametrize("uri", ["http://host/x", "gs://bucket/x", "ftp://h/x"])
