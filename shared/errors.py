@@ -8,8 +8,10 @@ pausing the partition, and commits nothing for that message meanwhile.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 
 class BadInput(Exception):
@@ -19,6 +21,16 @@ class BadInput(Exception):
         self.reason = reason
         self.detail = detail
         super().__init__(f"{reason}: {detail}" if detail else reason)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Rebuilt from its message and attributes, not by calling __init__ with the message: the
+        # subclasses take other arguments (a ChecksumMismatch did not rebuild; pickle and copy alike).
+        return _rebuilt, (type(self), self.args), self.__dict__
+
+
+def _rebuilt(kind: type[BadInput], args: tuple[Any, ...]) -> BadInput:
+    """A ``kind`` with ``args`` and no attributes yet (``BadInput.__reduce__`` sets them)."""
+    return kind.__new__(kind, *args)
 
 
 class ObjectMissing(BadInput):
@@ -62,11 +74,14 @@ def naming(name: str, uri: str) -> Iterator[None]:
 
 def named(refusal: BadInput, name: str, uri: str) -> BadInput:
     """``refusal`` naming the object it refused, as ``naming`` raises it: for a refusal returned, not
-    raised (one image of a batch the model refused)."""
+    raised (one image of a batch the model refused). A copy of its type and attributes (an
+    ``ImageRejected``'s ``setting``; a dead letter's ``error_class``), which a plain ``BadInput`` lost."""
     detail = refusal.detail or refusal.reason
     # object_missing and checksum_mismatch name the uri already.
     where = name if uri in detail else f"{name} {uri}"
-    return BadInput(refusal.reason, f"{where}: {detail}")
+    renamed = copy.copy(refusal)
+    BadInput.__init__(renamed, refusal.reason, f"{where}: {detail}")
+    return renamed
 
 
 class TransientError(Exception):
