@@ -609,11 +609,7 @@ def _open_and_load_file(
     except Image.DecompressionBombError as exc:
         opened = _jpeg_past_pillows_limit(data) if scale_jpeg else None
         if opened is None:
-            raise ImageRejected(
-                "too_many_pixels",
-                f"{exc} That is Pillow's own decompression-bomb limit (twice PIL.Image.MAX_IMAGE_PIXELS); "
-                f"{PAST_PILLOWS_LIMIT}",
-            ) from exc
+            raise past_pillows_limit(exc) from exc
         image = opened
     except UnidentifiedImageError as exc:
         if _png_declares_zero_size(data):
@@ -951,6 +947,16 @@ def _pixel_limit(max_pixels: int) -> int:
     """
     pillow_limit = Image.MAX_IMAGE_PIXELS
     return max_pixels if pillow_limit is None else min(max_pixels, int(pillow_limit))
+
+
+def past_pillows_limit(bomb: Image.DecompressionBombError) -> ImageRejected:
+    """The ``too_many_pixels`` refusal of an image ``Image.open`` raised ``bomb`` for (past twice
+    Pillow's limit): Pillow's words, and that no setting passes it. Pillow's words alone did not say so."""
+    return ImageRejected(
+        "too_many_pixels",
+        f"{bomb} That is Pillow's own decompression-bomb limit (twice PIL.Image.MAX_IMAGE_PIXELS); "
+        f"{PAST_PILLOWS_LIMIT}",
+    )
 
 
 def _too_many_pixels(width: int, height: int, max_pixels: int, problem: str) -> ImageRejected:

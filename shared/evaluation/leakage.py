@@ -18,6 +18,7 @@ from shared.errors import ImageRejected
 from shared.images import (
     DEFAULT_MAX_PIXELS,
     apply_exif_orientation,
+    past_pillows_limit,
     refuse_misplaced_tiff_pixels,
     refuse_too_many_pixels,
     seek_photo_page,
@@ -343,8 +344,8 @@ def _decode_grey(data: bytes, at_least_px: int, max_pixels: int) -> Image.Image:
     any pixel is decoded: Pillow only warns below twice its own limit, and decoded a 150 MP PNG whole."""
     try:
         opened = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError as exc:  # past twice Pillow's limit: refused as a stage does
-        raise ImageRejected("too_many_pixels", str(exc)) from exc
+    except Image.DecompressionBombError as exc:  # past twice Pillow's limit: refused in a stage's words
+        raise past_pillows_limit(exc) from exc
     with opened as image:
         seek_photo_page(image)  # the page ingest stores, past a TIFF's preview or mask ahead of it
         refuse_misplaced_tiff_pixels(image, data)
