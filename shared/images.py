@@ -435,6 +435,12 @@ def _save_again(what: Subject) -> str:
     return "save the photo again as PNG or JPEG" if what == "photo" else "save the mask again as PNG"
 
 
+def _save_again_in_an_editor(what: Subject) -> str:
+    """What to do with a damaged file an image editor reads: save it again, a mask as PNG (an editor
+    keeps a file's format, and a JPEG is no mask; "save the mask again" did not say which)."""
+    return f"save the {what} again{'' if what == 'photo' else ' as PNG'} with an image editor"
+
+
 def _refuse_undecodable_tiff(data: bytes, what: Subject) -> None:
     """``ImageRejected('format_not_allowed')`` for a TIFF whose first page is stored with a compression
     Pillow has no decoder for (``_no_decoder``), or is another page's transparency mask as the TIFF
@@ -930,7 +936,7 @@ def refuse_misplaced_tiff_pixels(image: Image.Image, data: bytes, what: Subject 
             raise ImageRejected(
                 "corrupt",
                 f"the TIFF's {name} has field type {field_type} ({offset!r}), which is no position in "
-                f"the file: its directory is damaged; save the {what} again with an image editor",
+                f"the file: its directory is damaged; {_save_again_in_an_editor(what)}",
             )
         if offset > len(data):
             raise ImageRejected(
@@ -1104,7 +1110,7 @@ def _jpeg_zero_size(data: bytes, what: Subject) -> str | None:
             if width and not height:
                 return (
                     f"JPEG header declares {width}x0: its height comes after the first scan (a DNL "
-                    f"marker), which the decoder cannot read; save the {what} again with an image editor"
+                    f"marker), which the decoder cannot read; {_save_again_in_an_editor(what)}"
                 )
             return None if width else f"JPEG header declares a zero width ({width}x{height})"
     return None
