@@ -153,7 +153,7 @@ def _alpha_and_labels(
     (a VOC mask: its void band along the edge is a bright colour, and read by brightness the band
     alone was the product). The void band counts as background."""
     with Image.open(io.BytesIO(data)) as opened:
-        seek_photo_page(opened)  # the page decode_mask read, past a TIFF's preview ahead of it
+        seek_photo_page(opened, "mask")  # the page decode_mask read, past a TIFF's preview ahead of it
         # As decode_mask read it: a malformed EXIF block loses only its orientation (it was a 500).
         upright = apply_exif_orientation(opened)
         # What ingest takes a cut-out's outline from (alpha, a palette's or a PNG's transparent colour).

@@ -220,7 +220,7 @@ def _is_colour_picture(data: bytes) -> bool:
     mask drawn in grey and saved as RGB is not; a palette mask is read by its indices, not asked."""
     with Image.open(io.BytesIO(data)) as opened:
         # The page decode_mask reads: a grey preview ahead of a TIFF's colour page hid its colours.
-        seek_photo_page(opened)
+        seek_photo_page(opened, "mask")
         if opened.mode not in ("RGB", "RGBA"):
             return False
     # uint8 as decoded: max - min of a pixel cannot go below 0, so no wider copy is needed.
