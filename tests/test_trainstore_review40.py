@@ -20,24 +20,11 @@ from schemas.topics import GATE_ACCEPTED, SKU_CAPTIONED
 from services.trainstore.stage import Trainstore
 from shared.bus import make_envelope
 from shared.errors import TransientError
-from shared.store import FileStore
 from shared.trainstore.withdrawals import Withdrawals
 from tests.support.gate import captioned, matted_item
-from tests.support.trainstore import trainstore_stage
+from tests.support.trainstore import TimesOutOnce, trainstore_stage
 
 SKU = "SKU-001"
-
-
-class TimesOutOnce(FileStore):
-    """S3 stores the next manifest part once ``armed``, and its answer times out."""
-
-    armed = False
-
-    def _write(self, key: str, data: bytes, content_type: str) -> None:
-        super()._write(key, data, content_type)
-        if "/part-d-" in key and self.armed:
-            self.armed = False
-            raise TransientError("S3 read timed out")
 
 
 def test_an_image_whose_manifest_write_timed_out_after_storing_it_is_counted_once(tmp_path: Path) -> None:

@@ -121,7 +121,9 @@ class TrainstoreMetrics:
         self.images_stored = Counter(
             "skuforge_trainstore_images_stored_total",
             "Training images written to the retraining store, by source (real, synthetic); an image "
-            "its item's row already named, written again, is not counted again.",
+            "its item's row already named, written again, is not counted again. A manifest write that "
+            "raised but landed is counted at its retry: if the stage restarts (or a rebalance moves the "
+            "partition) before that retry, its images are not counted.",
             ["source"],
             registry=registry,
         )

@@ -3,8 +3,9 @@ call its handlers with directly (no broker); ``add_item``, a manifest row with i
 mask, as the dataset export and storage tests arrange a store; ``stored``, the keys an item's images
 and masks are stored under; ``manifest_row``, a row as the manifest tests write one;
 ``as_mount_point``, an export's OUT on a file system of its own; ``WritesMeanwhile``, a store in which
-another member's write comes in between this member's steps; and ``dataset_cli_into_closed_pipe``, a
-``skuforge dataset`` command whose reader has gone."""
+another member's write comes in between this member's steps; ``TimesOutOnce``, one whose manifest
+write times out after it landed; and ``dataset_cli_into_closed_pipe``, a ``skuforge dataset`` command
+whose reader has gone."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import pytest
 
 from services.trainstore.stage import Trainstore
 from shared.config import Settings
+from shared.errors import TransientError
 from shared.observability import StageMetrics
 from shared.runtime import Context
 from shared.store import FileStore, sha256_hex
@@ -65,6 +67,18 @@ class WritesMeanwhile(FileStore):
             meanwhile, self.meanwhile = self.meanwhile, None
             meanwhile()
         super()._write(key, data, content_type)
+
+
+class TimesOutOnce(FileStore):
+    """S3 stores the next manifest part once ``armed``, and its answer times out."""
+
+    armed = False
+
+    def _write(self, key: str, data: bytes, content_type: str) -> None:
+        super()._write(key, data, content_type)
+        if "/part-d-" in key and self.armed:
+            self.armed = False
+            raise TransientError("S3 read timed out")
 
 
 def trainstore_stage(
