@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -316,14 +317,41 @@ def test_the_docs_give_the_generators_stop_its_true_bound(helm: str) -> None:
     assert "requests in flight" in message and "its batch is committed" not in message, message
 
 
-# The chart's own numbers that reach a pod or KEDA as text, as the variables' values do.
-NUMBERS = [
-    "topicPartitions",
-    "sessionTimeoutMs",
-    "stageDefaults.autoscaling.lagThreshold",
-    "stages.matting.autoscaling.lagThreshold",
-    "stageDefaults.autoscaling.activationLagThreshold",
-]
+# The chart's own whole numbers, each with the least it may be and, where it has one, the most.
+WHOLE_NUMBERS: dict[str, tuple[int, int | None]] = {
+    "topicPartitions": (1, None),
+    "sessionTimeoutMs": (1, None),
+    "stageDefaults.replicas": (0, None),
+    "stages.matting.replicas": (0, None),
+    "stageDefaults.terminationGracePeriodSeconds": (0, None),
+    "stageDefaults.autoscaling.minReplicas": (0, None),
+    "stages.matting.autoscaling.minReplicas": (0, None),
+    "stageDefaults.autoscaling.maxReplicas": (1, None),
+    "stageDefaults.autoscaling.pollingInterval": (1, None),
+    "stageDefaults.autoscaling.cooldownPeriod": (0, None),
+    "stageDefaults.autoscaling.scaleDownStabilizationSeconds": (0, 3600),
+    "stageDefaults.autoscaling.lagThreshold": (1, None),
+    "stages.matting.autoscaling.lagThreshold": (1, None),
+    "stageDefaults.autoscaling.activationLagThreshold": (0, None),
+    "triton.replicas": (0, None),
+    "triton.terminationGracePeriodSeconds": (0, None),
+    "triton.startupSeconds": (0, None),
+    "triton.ports.http": (1, 65535),
+    "triton.ports.grpc": (1, 65535),
+    "triton.ports.metrics": (1, 65535),
+    "console.port": (1, 65535),
+    "console.terminationGracePeriodSeconds": (0, None),
+    "topicsJob.activeDeadlineSeconds": (1, None),
+}
+NUMBERS = list(WHOLE_NUMBERS)
+
+
+def values_file(folder: Path, key: str, number: str) -> Path:
+    """A values file giving key (key.sub.leaf, as nested YAML maps) the number as written."""
+    values = folder / "number.yaml"
+    lines = [f"{'  ' * depth}{part}:" for depth, part in enumerate(key.split("."))]
+    values.write_text("\n".join(lines) + f" {number}\n")
+    return values
 
 
 @pytest.mark.parametrize("key", NUMBERS)
@@ -342,12 +370,8 @@ def test_a_map_or_list_where_a_chart_number_belongs_is_refused_naming_its_key(
 @pytest.mark.parametrize("key", NUMBERS)
 def test_a_chart_number_a_values_file_cannot_keep_is_refused(helm: str, tmp_path: Path, key: str) -> None:
     """A values file's 9007199254740993 reached the pods or KEDA as ...992, and 1e21 as "1e+21"."""
-    values = tmp_path / "number.yaml"
     for number in ("9007199254740993", "1e21"):
-        # key.sub.leaf: number, as nested YAML maps.
-        lines = [f"{'  ' * depth}{part}:" for depth, part in enumerate(key.split("."))]
-        values.write_text("\n".join(lines) + f" {number}\n")
-        message = render_error(helm, files=[values])
+        message = render_error(helm, files=[values_file(tmp_path, key, number)])
         assert f"{key}=" in message and "quote it" in message, message
 
 
@@ -363,3 +387,40 @@ def test_a_large_lag_threshold_given_with_set_reaches_keda_as_given(helm: str) -
     assert {trigger["metadata"]["lagThreshold"] for trigger in scaled["spec"]["triggers"]} == {
         "9007199254740993"
     }
+
+
+@pytest.mark.parametrize("key", NUMBERS)
+def test_a_chart_number_that_is_no_whole_number_in_its_range_is_refused_naming_it(
+    helm: str, tmp_path: Path, key: str
+) -> None:
+    """minReplicas, pollingInterval, cooldownPeriod, scaleDownStabilizationSeconds and Triton's and the
+    console's grace and startupSeconds went through `| int`: a map, "1.5", "soon" or true rendered as 0
+    (`--set stages.matting.autoscaling.minReplicas[0]=1` gave minReplicaCount 0), and a negative number
+    as given; a stage's replicas and grace and Triton's replicas were rendered as given ("map[a:1]",
+    1.5, -1), and the lag thresholds reached KEDA as "-1" or "soon", which it refuses."""
+    least, most = WHOLE_NUMBERS[key]
+    wrong = [str(least - 1), "1.5", "soon", "true"] + ([str(most + 1)] if most is not None else [])
+    # A stage's null gives it stageDefaults' number.
+    wrong += ["null"] * (not key.startswith("stages."))
+    span = f"from {least} to {most}" if most is not None else f"of at least {least}"
+    for given in wrong:
+        for off in ([], ["stageDefaults.autoscaling.enabled=false"]):
+            message = render_error(helm, *off, f"{key}={given}")
+            assert f"{key}={given} is no " in message and span in message, message
+    message = render_error(helm, files=[values_file(tmp_path, key, "1.5")])
+    assert f"{key}=1.5 is no " in message and span in message, message
+
+
+def test_the_whole_numbers_tested_and_documented_are_those_the_chart_checks() -> None:
+    """skuforge.wholeNumbers is the chart's list: a number added there is tested above and named in
+    docs/deploy.md, with its range."""
+    helpers = (CHART / "templates" / "_helpers.tpl").read_text()
+    table = re.search(r'define "skuforge\.wholeNumbers" -\}\}\n(.*?)\{\{- end', helpers, re.S)
+    assert table, "_helpers.tpl has no skuforge.wholeNumbers"
+    specs = yaml.safe_load(table.group(1))
+    checked = dict(specs["chart"])
+    checked |= {f"stageDefaults.{field}": spec for field, spec in specs["stage"].items()}
+    tested = {key: span for key, span in WHOLE_NUMBERS.items() if not key.startswith("stages.")}
+    assert tested == {key: (spec["least"], spec.get("most")) for key, spec in checked.items()}
+    deploy = " ".join((REPO / "docs" / "deploy.md").read_text().split())
+    assert [key for key in checked if f"{key.split('.')[-1]}`" not in deploy] == []

@@ -98,23 +98,86 @@ reader of those maps takes them from here. */}}
 {{- include "skuforge.text" .value -}}
 {{- end -}}
 
+{{/* The chart's whole numbers: what each is, the least (and most) it may be, and who reads it; `stage`
+holds a stage's (stageDefaults merged with stages.<name>). */}}
+{{- define "skuforge.wholeNumbers" -}}
+chart:
+  topicPartitions: {what: whole number of partitions, least: 1, reader: the pods and the topics Job}
+  sessionTimeoutMs: {what: whole number of milliseconds, least: 1, reader: the pods}
+  triton.replicas: {what: whole number of pods, least: 0, reader: Triton's Deployment}
+  triton.terminationGracePeriodSeconds: {what: whole number of seconds, least: 0, reader: the Triton pod}
+  triton.startupSeconds: {what: whole number of seconds, least: 0, reader: Triton's startup probe and alerts}
+  triton.ports.http: {what: port, least: 1, most: 65535, reader: Triton's Service and probes}
+  triton.ports.grpc: {what: port, least: 1, most: 65535, reader: Triton's Service and probes}
+  triton.ports.metrics: {what: port, least: 1, most: 65535, reader: Triton's Service and probes}
+  console.port: {what: port, least: 1, most: 65535, reader: the console's Service and probes}
+  console.terminationGracePeriodSeconds: {what: whole number of seconds, least: 0, reader: the console pod}
+  topicsJob.activeDeadlineSeconds: {what: whole number of seconds, least: 1, reader: "the topics Job (how long it may retry with Kafka away before it fails; keep it under helm's --timeout, 5m by default)"}
+stage:
+  replicas: {what: whole number of pods, least: 0, reader: the stage's Deployment}
+  terminationGracePeriodSeconds: {what: whole number of seconds, least: 0, reader: the stage's pods}
+  autoscaling.minReplicas: {what: whole number of pods, least: 0, reader: KEDA}
+  autoscaling.maxReplicas: {what: whole number of pods, least: 1, reader: KEDA}
+  autoscaling.pollingInterval: {what: whole number of seconds, least: 1, reader: KEDA}
+  autoscaling.cooldownPeriod: {what: whole number of seconds, least: 0, reader: KEDA}
+  autoscaling.scaleDownStabilizationSeconds: {what: whole number of seconds, least: 0, most: 3600, reader: the HPA KEDA makes}
+  autoscaling.lagThreshold: {what: whole number of messages, least: 1, reader: KEDA}
+  autoscaling.activationLagThreshold: {what: whole number of messages, least: 0, reader: KEDA}
+{{- end -}}
+
+{{/* A whole number of the chart, as the text its reader gets. `| int` made a map, a list, "1.5", "soon"
+or true 0 (`--set stages.matting.autoscaling.minReplicas[0]=1` gave KEDA minReplicaCount 0), and the
+rest went as given ("map[a:1]" replicas, a pollingInterval of -1): each is refused, naming the key.
+(dict "key" "triton.replicas" "value" 1 "spec" <its row of skuforge.wholeNumbers>) */}}
+{{- define "skuforge.wholeNumber" -}}
+{{- $spec := .spec -}}
+{{- $text := include "skuforge.checked" (dict "key" .key "value" .value "reader" $spec.reader "want" "give one number") -}}
+{{- $number := atoi $text -}}
+{{- $range := printf "of at least %d" (int64 $spec.least) -}}
+{{- if hasKey $spec "most" }}{{ $range = printf "from %d to %d" (int64 $spec.least) (int64 $spec.most) }}{{ end -}}
+{{- if or (ne (toString $number) $text) (lt $number (int64 $spec.least)) (and (hasKey $spec "most") (gt $number (int64 $spec.most))) -}}
+{{- fail (printf "%s=%s is no %s %s, for %s: give one" .key (ternary "null" $text (kindIs "invalid" .value)) $spec.what $range $spec.reader) -}}
+{{- end -}}
+{{- $text -}}
+{{- end -}}
+
+{{/* One of the chart's own whole numbers (skuforge.wholeNumbers' chart), checked. (dict "root" $ "key" "triton.replicas") */}}
+{{- define "skuforge.chartNumber" -}}
+{{- $value := .root.Values -}}
+{{- range $part := splitList "." .key -}}
+{{- if kindIs "map" $value }}{{ $value = index $value $part }}{{ else }}{{ $value = nil }}{{ end -}}
+{{- end -}}
+{{- $spec := get (include "skuforge.wholeNumbers" . | fromYaml).chart .key -}}
+{{- include "skuforge.wholeNumber" (dict "key" .key "value" $value "spec" $spec) -}}
+{{- end -}}
+
 {{/* topicPartitions, checked: the pods, the topics Job and the replica checks read it. */}}
 {{- define "skuforge.partitions" -}}
-{{- include "skuforge.checked" (dict "key" "topicPartitions" "value" .Values.topicPartitions "reader" "the pods and the topics Job" "want" "give one number") -}}
+{{- include "skuforge.chartNumber" (dict "root" . "key" "topicPartitions") -}}
+{{- end -}}
+
+{{/* triton.ports, checked, as JSON: {"http": "8000", "grpc": "8001", "metrics": "8002"}. */}}
+{{- define "skuforge.tritonPorts" -}}
+{{- $ports := dict -}}
+{{- range $name := list "http" "grpc" "metrics" -}}
+{{- $_ := set $ports $name (include "skuforge.chartNumber" (dict "root" $ "key" (printf "triton.ports.%s" $name))) -}}
+{{- end -}}
+{{- toJson $ports -}}
 {{- end -}}
 
 {{/* A stage's settings: stageDefaults merged with stages.<name>, where a stage's null takes a default's
-variable out of its env. KEDA's lag thresholds are checked text, as JSON keeps numbers as float64:
---set's 9007199254740993 (an int64) reached KEDA as ...992. (dict "root" $ "name" "matting") */}}
+variable out of its env. Its whole numbers are checked text (skuforge.wholeNumbers), as JSON keeps
+numbers as float64: --set's 9007199254740993 (an int64) reached KEDA as ...992. (dict "root" $ "name" "matting") */}}
 {{- define "skuforge.stageConfig" -}}
 {{- $override := get .root.Values.stages .name | default dict -}}
 {{- $config := mergeOverwrite (deepCopy .root.Values.stageDefaults) (deepCopy $override) -}}
 {{- $_ := set $config "env" (include "skuforge.given" $config.env | fromJson) -}}
-{{- range $field := list "lagThreshold" "activationLagThreshold" -}}
-{{- if hasKey $config.autoscaling $field -}}
-{{- $key := include "skuforge.stageKey" (dict "root" $.root "name" $.name "key" (printf "autoscaling.%s" $field)) -}}
-{{- $_ := set $config.autoscaling $field (include "skuforge.checked" (dict "key" $key "value" (get $config.autoscaling $field) "reader" "KEDA" "want" "give one number")) -}}
-{{- end -}}
+{{- range $field, $spec := (include "skuforge.wholeNumbers" . | fromYaml).stage -}}
+{{- $path := splitList "." $field -}}
+{{- $parent := $config -}}
+{{- range $part := initial $path }}{{ $parent = index $parent $part }}{{ end -}}
+{{- $key := include "skuforge.stageKey" (dict "root" $.root "name" $.name "key" $field) -}}
+{{- $_ := set $parent (last $path) (include "skuforge.wholeNumber" (dict "key" $key "value" (index $parent (last $path)) "spec" $spec)) -}}
 {{- end -}}
 {{- toJson $config -}}
 {{- end -}}
@@ -142,11 +205,11 @@ SKUFORGE_TOPIC_NAMESPACE: {{ .Values.topicNamespace | quote }}
 SKUFORGE_CONSUMER_GROUP_PREFIX: {{ .Values.consumerGroupPrefix | quote }}
 SKUFORGE_TOPIC_PARTITIONS: {{ include "skuforge.partitions" . | quote }}
 SKUFORGE_STORE_URI: {{ .Values.storeUri | quote }}
-SKUFORGE_SESSION_TIMEOUT_MS: {{ include "skuforge.checked" (dict "key" "sessionTimeoutMs" "value" .Values.sessionTimeoutMs "reader" "the pods" "want" "give one number") | quote }}
+SKUFORGE_SESSION_TIMEOUT_MS: {{ include "skuforge.chartNumber" (dict "root" . "key" "sessionTimeoutMs") | quote }}
 # Probes and Prometheus reach /metrics, /healthz and /readyz from outside the pod.
 SKUFORGE_METRICS_HOST: "0.0.0.0"
 {{- if .Values.triton.enabled }}
-SKUFORGE_GENERATION_TRITON_URL: {{ printf "%s-triton:%d" $fullname (int .Values.triton.ports.grpc) | quote }}
+SKUFORGE_GENERATION_TRITON_URL: {{ printf "%s-triton:%s" $fullname (include "skuforge.tritonPorts" . | fromJson).grpc | quote }}
 SKUFORGE_GENERATION_TRITON_PROTOCOL: "grpc"
 {{- /* The stage asks for the backend Triton serves, unless the values choose (checked in validate). */}}
 {{- if and (eq (len .Values.triton.backends) 1) (not (hasKey $settings "SKUFORGE_GENERATION_BACKEND")) (not (include "skuforge.mixedBackends" . | fromJsonArray)) }}
@@ -295,7 +358,8 @@ can read the namespace. */ -}}
 calls its own pod (SKUFORGE_GENERATION_TRITON_URL's default, 127.0.0.1) and retries forever. */ -}}
 {{- if not .Values.triton.enabled -}}
 {{- if not (include "skuforge.generatorSetting" (dict "root" . "key" "SKUFORGE_GENERATION_TRITON_URL") | fromJson) -}}
-{{- fail (printf "triton.enabled=false, but the generator stage calls Triton for every backend (composite too): set settings.SKUFORGE_GENERATION_TRITON_URL to the Triton that serves skuforge's generation model (host:%d over gRPC, or host:%d with settings.SKUFORGE_GENERATION_TRITON_PROTOCOL=http, where it listens on triton.ports), or it calls its own pod (127.0.0.1) and retries forever" (int .Values.triton.ports.grpc) (int .Values.triton.ports.http)) -}}
+{{- $ports := include "skuforge.tritonPorts" . | fromJson -}}
+{{- fail (printf "triton.enabled=false, but the generator stage calls Triton for every backend (composite too): set settings.SKUFORGE_GENERATION_TRITON_URL to the Triton that serves skuforge's generation model (host:%d over gRPC, or host:%d with settings.SKUFORGE_GENERATION_TRITON_PROTOCOL=http, where it listens on triton.ports), or it calls its own pod (127.0.0.1) and retries forever" (int $ports.grpc) (int $ports.http)) -}}
 {{- end -}}
 {{- end -}}
 {{- if .Values.triton.enabled -}}
@@ -305,15 +369,10 @@ calls its own pod (SKUFORGE_GENERATION_TRITON_URL's default, 127.0.0.1) and retr
 {{- fail (printf "%s.SKUFORGE_GENERATION_BACKEND=%s, but Triton serves only %s (triton.backends): the generator stage would call a model nobody serves" $backend.source $backend.value (join ", " .Values.triton.backends)) -}}
 {{- end -}}
 {{- /* Two alike made a Service the API server refuses (a port twice), or a pod that exits at start;
-outside 1-65535 the API server refused the Deployment and Service at install, and Triton's settings too. */ -}}
-{{- $ports := .Values.triton.ports -}}
+outside 1-65535 (skuforge.wholeNumbers) the API server refused the Deployment and Service at install,
+and Triton's settings too. */ -}}
+{{- $ports := include "skuforge.tritonPorts" . | fromJson -}}
 {{- $serverMetricsPort := int $flow.triton.metricsPort -}}
-{{- range $name := list "http" "grpc" "metrics" -}}
-{{- $port := int (get $ports $name) -}}
-{{- if or (lt $port 1) (gt $port 65535) -}}
-{{- fail (printf "triton.ports.%s=%v is no port Triton's Service and probes can reach: give one from 1 to 65535" $name (get $ports $name)) -}}
-{{- end -}}
-{{- end -}}
 {{- if lt (len (uniq (list (int $ports.http) (int $ports.grpc) (int $ports.metrics) $serverMetricsPort))) 4 -}}
 {{- fail (printf "triton.ports (http %d, grpc %d, metrics %d) and the generator server's own /metrics (%d, files/flow.json) each needs a port of its own" (int $ports.http) (int $ports.grpc) (int $ports.metrics) $serverMetricsPort) -}}
 {{- end -}}
@@ -379,11 +438,9 @@ the generator's images were then missing from matting's pod, and every item was 
 {{- /* The console pod runs its web server on console.port and /metrics on the flow's port: at one port
 the second to bind exited the pod at start, for ever; at 0 the pages took a port nobody knew. */ -}}
 {{- if .Values.console.enabled -}}
-{{- $consolePort := int .Values.console.port -}}
+{{- $consolePort := int (include "skuforge.chartNumber" (dict "root" . "key" "console.port")) -}}
 {{- $consoleMetricsPort := int $flow.console.metricsPort -}}
-{{- if or (lt $consolePort 1) (gt $consolePort 65535) -}}
-{{- fail (printf "console.port=%v is no port the console's Service and probes can reach: give one from 1 to 65535" .Values.console.port) -}}
-{{- else if eq $consolePort $consoleMetricsPort -}}
+{{- if eq $consolePort $consoleMetricsPort -}}
 {{- fail (printf "console.port=%d is the console's own /metrics port (files/flow.json): its web pages and /metrics cannot both listen there (the pod would exit at start); give another port" $consolePort) -}}
 {{- end -}}
 {{- end -}}
