@@ -18,6 +18,7 @@ from shared.config import load_settings
 from shared.errors import TransientError
 from shared.generation.backend import GenerationRequest, RowOutcome
 from shared.generation.settings import GenerationSettings
+from shared.runtime import Stage
 from tests.support.bus import create_topics, file_store_uri, isolated_settings, produce, read_topic, running
 from tests.support.captioning import captioned_sku
 from tests.support.generation import TRITON_SIZE_PX
@@ -99,8 +100,8 @@ def test_a_stage_stopped_mid_batch_commits_none_of_it_and_its_next_run_draws_eve
 ) -> None:
     """Two SKUs of four variants in one batch, two requests in flight at a time, and the stage stops
     while Triton holds the first. Before, the stop drew all eight and committed the batch; now it gives
-    the batch up: nothing produced, committed or dead-lettered, and the next run (the same group) draws
-    the eight images, each once."""
+    the batch up: nothing produced, committed, dead-lettered or counted as a retry, and the next run (the
+    same group) draws the eight images, each once."""
     backend = HeldComposite()
     settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path / "store"))
     create_topics(settings, SKU_CAPTIONED, IMAGE_GENERATED, partitions=1)
@@ -125,6 +126,9 @@ def test_a_stage_stopped_mid_batch_commits_none_of_it_and_its_next_run_draws_eve
             backend.release.set()
         drawn_at_the_stop = list(backend.painted)
         assert 1 <= len(drawn_at_the_stop) <= 2, drawn_at_the_stop  # those in flight, no new wave
+        # Given up, not retried: a stop that counted one set off the retry alerts at every rollout.
+        assert _counted(stage, "skuforge_retries_total") == 0
+        assert _counted(stage, "skuforge_messages_total", outcome="retry") == 0
         assert read_topic(kafka_bootstrap, topic, expect=0, timeout_s=3) == []
         assert read_topic(kafka_bootstrap, settings.dlq_name(SKU_CAPTIONED), expect=0, timeout_s=3) == []
 
@@ -134,4 +138,14 @@ def test_a_stage_stopped_mid_batch_commits_none_of_it_and_its_next_run_draws_eve
     assert len({event.event_id for event in events}) == len(events) == 8
     assert sorted((e.payload.sku.sku_id, e.payload.variant_index) for e in events) == sorted(
         (sku.sku.sku_id, index) for sku in skus for index in range(4)
+    )
+
+
+def _counted(stage: Stage, metric: str, **labels: str) -> float:
+    """The sum of ``metric``'s samples in ``stage``'s registry whose labels include ``labels``."""
+    return sum(
+        sample.value
+        for family in stage.metrics.registry.collect()
+        for sample in family.samples
+        if sample.name == metric and labels.items() <= sample.labels.items()
     )
