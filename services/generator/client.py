@@ -24,8 +24,9 @@ import logging
 import re
 import threading
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from http.client import HTTPException
 from typing import Any
 
@@ -332,6 +333,23 @@ class TritonGenerator:
             self._local.client, self._local.module = client, module
         return client
 
+    @contextmanager
+    def _bounded(self) -> Iterator[dict[str, Any]]:
+        """The keyword arguments that bound one request to ``timeout_s`` as a whole, and, over HTTP, the
+        bound itself: tritonclient's ``network_timeout`` is per socket operation (geventhttpclient has no
+        bound on a whole request, and the ``timeout`` of its ``infer`` is a hint to Triton's batcher), so
+        an answer trickling in outlasted the timeout, and a stop its grace. gRPC's ``client_timeout`` is
+        a deadline on the whole call."""
+        if self.protocol == "grpc":
+            yield {"client_timeout": self.timeout_s}
+            return
+        import gevent
+
+        # An OSError, as a socket's own timeout is: geventhttpclient closes the connection it cuts off and
+        # frees its place in the pool, and the stage counts it as a timeout (``_transport_failure``).
+        with gevent.Timeout(self.timeout_s, TimeoutError(f"no whole answer within {self.timeout_s:g} s")):
+            yield {}
+
     def _transport_failure(self, exc: OSError | HTTPException, backend: str) -> GeneratorUnavailable:
         """A network error on the way to Triton: the HTTP client's timeout (gRPC's is DEADLINE_EXCEEDED,
         an ``InferenceServerException``), or Triton unreachable (``HTTPException``: the HTTP client's
@@ -348,9 +366,9 @@ class TritonGenerator:
         older server refuses an input it does not declare."""
         from tritonclient.utils import InferenceServerException
 
-        timeout: dict[str, Any] = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
         try:
-            metadata = self._client().get_model_metadata(model_name(backend), **timeout)
+            with self._bounded() as timeout:
+                metadata = self._client().get_model_metadata(model_name(backend), **timeout)
         except InferenceServerException as exc:
             status, message = str(exc.status()), exc.message() or str(exc)
             raise GeneratorUnavailable(*_explain(status, message, self.url, backend)) from exc
@@ -408,9 +426,9 @@ class TritonGenerator:
             tensor = module.InferInput(name, list(values[name].shape), _TRITON_DTYPES[dtype])
             tensor.set_data_from_numpy(values[name])
             inputs.append(tensor)
-        timeout: dict[str, Any] = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
         try:
-            response = client.infer(model_name(backend), inputs, **timeout)
+            with self._bounded() as timeout:
+                response = client.infer(model_name(backend), inputs, **timeout)
         except InferenceServerException as exc:
             status, message = str(exc.status()), exc.message() or str(exc)
             if status in _CLIENT_ERRORS and "queue" not in message.lower():

@@ -3,14 +3,17 @@ too) is ``skuforge serve generator`` as a subprocess. The ``triton`` fixture is 
 (composite backend) for the whole test session, started by the first test that asks for it; tests
 that need another configuration (diffusion, a tiny queue) start their own ``TritonServerProcess``.
 ``poisoned_triton`` serves, in the test's own process, a composite backend that fails on given seeds
-and records the seeds it painted: how many times Triton drew each variant.
+and records the seeds it painted: how many times Triton drew each variant. ``trickling_link`` puts a
+slow network between a client and such a server.
 """
 
 from __future__ import annotations
 
+import socket
 import tempfile
-from collections.abc import Collection, Iterator, Sequence
-from contextlib import contextmanager
+import threading
+from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import pytest
@@ -91,9 +94,11 @@ def poisoned_triton(
     backend: PoisonedComposite | None = None,
     *,
     models: Sequence[str] = ("composite",),
+    protocol: str = "grpc",
 ) -> Iterator[tuple[str, PoisonedComposite]]:
     """A Triton server in this process serving ``backend`` (default: failing on seed 13, away on 17) as
-    the composite model (and as each other backend of ``models``): its gRPC address, and the backend."""
+    the composite model (and as each other backend of ``models``): its address for ``protocol`` (gRPC or
+    HTTP), and the backend."""
     from services.generator import server as server_module
     from shared.config import Settings
     from shared.generation.settings import GenerationSettings
@@ -112,6 +117,68 @@ def poisoned_triton(
     triton = server_module.build_triton(generation, list(models), shared=Settings(), workspace=workspace)
     triton.run()
     try:
-        yield f"127.0.0.1:{generation.generation_server_grpc_port}", served
+        http = protocol == "http"
+        port = generation.generation_server_http_port if http else generation.generation_server_grpc_port
+        yield f"127.0.0.1:{port}", served
     finally:
         triton.stop()
+
+
+@contextmanager
+def trickling_link(
+    upstream: str, slowed: bytes, *, byte_every_s: float = 0.5
+) -> Iterator[tuple[str, threading.Event]]:
+    """host:port of a relay to ``upstream`` (host:port) that passes requests on at once, and the answers
+    to those whose request line starts with ``slowed`` (``b"POST "``: inferences) one byte every
+    ``byte_every_s``: a real Triton behind a slow link, whose client never waits a socket timeout for a
+    byte, yet an answer takes hours. Once the event given with it is set, answers pass at once. Every
+    connection is closed on leaving, which ends a call still reading one."""
+    host, port = upstream.rsplit(":", 1)
+    listener = socket.create_server(("127.0.0.1", 0))
+    closing, steady = threading.Event(), threading.Event()
+    connections: list[socket.socket] = []
+
+    def relay_requests(client: socket.socket, server: socket.socket, line: list[bytes]) -> None:
+        while chunk := client.recv(1 << 16):
+            if chunk.startswith((b"GET ", b"POST ")):  # a request's head: tritonclient sends it first
+                line[0] = chunk
+            server.sendall(chunk)
+
+    def relay_answers(server: socket.socket, client: socket.socket, line: list[bytes]) -> None:
+        while chunk := server.recv(1 << 16):
+            if steady.is_set() or not line[0].startswith(slowed):
+                client.sendall(chunk)
+                continue
+            for at in range(len(chunk)):
+                if closing.wait(byte_every_s):
+                    return
+                client.sendall(chunk[at : at + 1])
+
+    def quietly(relay: Callable[..., None], *sockets: object) -> None:
+        with suppress(OSError):  # a side closed, or the link is closing
+            relay(*sockets)
+
+    def accept() -> None:
+        while not closing.is_set():
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection((host, int(port)))
+            connections.extend((client, server))
+            line = [b""]
+            for relay in (
+                threading.Thread(target=quietly, args=(relay_requests, client, server, line), daemon=True),
+                threading.Thread(target=quietly, args=(relay_answers, server, client, line), daemon=True),
+            ):
+                relay.start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield f"127.0.0.1:{listener.getsockname()[1]}", steady
+    finally:
+        closing.set()
+        for held in (listener, *connections):
+            with suppress(OSError):  # not connected (any more)
+                held.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked on it; close alone does not
+            held.close()
