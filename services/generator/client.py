@@ -362,8 +362,9 @@ class TritonGenerator:
 
     def _optional_inputs(self, backend: str) -> frozenset[str]:
         """The ``OPTIONAL_INPUTS`` ``backend``'s model declares now (asked once per call of ``generate``,
-        so a model upgraded under a running stage gets them from its next SKU on): a model served by an
-        older server refuses an input it does not declare."""
+        so a model upgraded under a running stage gets them from its next SKU on; its version stays 1, so
+        no cache by version would see it): a model served by an older server refuses an input it does not
+        declare. A stop while it is asked sends no inference after it, so it adds no timeout to a stop."""
         from tritonclient.utils import InferenceServerException
 
         try:

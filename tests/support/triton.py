@@ -4,7 +4,7 @@ too) is ``skuforge serve generator`` as a subprocess. The ``triton`` fixture is 
 that need another configuration (diffusion, a tiny queue) start their own ``TritonServerProcess``.
 ``poisoned_triton`` serves, in the test's own process, a composite backend that fails on given seeds
 and records the seeds it painted: how many times Triton drew each variant. ``trickling_link`` puts a
-slow network between a client and such a server.
+slow network between a client and such a server (``Link``).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -124,18 +125,25 @@ def poisoned_triton(
         triton.stop()
 
 
+@dataclass(frozen=True)
+class Link:
+    """A relay's address (host:port); ``trickling`` is set once an answer is slowed, and once ``steady``
+    is set, answers pass at once."""
+
+    address: str
+    trickling: threading.Event = field(default_factory=threading.Event)
+    steady: threading.Event = field(default_factory=threading.Event)
+
+
 @contextmanager
-def trickling_link(
-    upstream: str, slowed: bytes, *, byte_every_s: float = 0.5
-) -> Iterator[tuple[str, threading.Event]]:
-    """host:port of a relay to ``upstream`` (host:port) that passes requests on at once, and the answers
-    to those whose request line starts with ``slowed`` (``b"POST "``: inferences) one byte every
-    ``byte_every_s``: a real Triton behind a slow link, whose client never waits a socket timeout for a
-    byte, yet an answer takes hours. Once the event given with it is set, answers pass at once. Every
-    connection is closed on leaving, which ends a call still reading one."""
+def trickling_link(upstream: str, slowed: bytes, *, byte_every_s: float = 0.5) -> Iterator[Link]:
+    """A relay to ``upstream`` (host:port) that passes requests on at once, and the answers to those whose
+    request line starts with ``slowed`` (``b"POST "``: inferences) one byte every ``byte_every_s``: a
+    real Triton behind a slow link, whose client never waits a socket timeout for a byte, yet an answer
+    takes hours. Every connection is closed on leaving, which ends a call still reading one."""
     host, port = upstream.rsplit(":", 1)
     listener = socket.create_server(("127.0.0.1", 0))
-    closing, steady = threading.Event(), threading.Event()
+    link, closing = Link(f"127.0.0.1:{listener.getsockname()[1]}"), threading.Event()
     connections: list[socket.socket] = []
 
     def relay_requests(client: socket.socket, server: socket.socket, line: list[bytes]) -> None:
@@ -146,10 +154,14 @@ def trickling_link(
 
     def relay_answers(server: socket.socket, client: socket.socket, line: list[bytes]) -> None:
         while chunk := server.recv(1 << 16):
-            if steady.is_set() or not line[0].startswith(slowed):
+            if link.steady.is_set() or not line[0].startswith(slowed):
                 client.sendall(chunk)
                 continue
+            link.trickling.set()
             for at in range(len(chunk)):
+                if link.steady.is_set():
+                    client.sendall(chunk[at:])
+                    break
                 if closing.wait(byte_every_s):
                     return
                 client.sendall(chunk[at : at + 1])
@@ -175,7 +187,7 @@ def trickling_link(
 
     threading.Thread(target=accept, daemon=True).start()
     try:
-        yield f"127.0.0.1:{listener.getsockname()[1]}", steady
+        yield link
     finally:
         closing.set()
         for held in (listener, *connections):
