@@ -133,7 +133,9 @@ class TrainstoreMetrics:
             "skuforge_trainstore_items_withdrawn_total",
             "Rows of withdrawn photos (skuforge ingest --withdraw-missing) the stage kept out of the "
             "retraining store: images that arrived after the withdrawal, or that another writer stored "
-            "meanwhile, by source (real, synthetic).",
+            "meanwhile, by source (real, synthetic). A manifest write that raised but landed is counted "
+            "at its retry: if the stage restarts (or a rebalance moves the partition) before that retry, "
+            "its rows are not counted.",
             ["source"],
             registry=registry,
         )
