@@ -654,7 +654,8 @@ def _open_and_load_file(
     try:
         image.load()
     except Image.DecompressionBombError as exc:
-        raise ImageRejected("too_many_pixels", f"{exc}; {PAST_PILLOWS_LIMIT}") from exc
+        # A picture whose size only its loading reads (an icon's PNG, for a caller that allows ICNS).
+        raise past_pillows_limit(exc) from exc
     except EOFError as exc:
         raise ImageRejected("truncated", f"pixel data ends early: {exc}") from exc
     except (OSError, SyntaxError, ValueError, struct.error, zlib.error) as exc:
@@ -956,8 +957,9 @@ def _pixel_limit(max_pixels: int) -> int:
 
 
 def past_pillows_limit(bomb: Image.DecompressionBombError) -> ImageRejected:
-    """The ``too_many_pixels`` refusal of an image ``Image.open`` raised ``bomb`` for (past twice
-    Pillow's limit): Pillow's words, and that no setting passes it. Pillow's words alone did not say so."""
+    """The ``too_many_pixels`` refusal of an image ``Image.open`` or its loading raised ``bomb`` for
+    (past twice Pillow's limit): Pillow's words, and that no setting passes it. Pillow's words alone did
+    not say so."""
     return ImageRejected(
         "too_many_pixels",
         f"{bomb} That is Pillow's own decompression-bomb limit (twice PIL.Image.MAX_IMAGE_PIXELS); "

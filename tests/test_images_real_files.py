@@ -392,6 +392,22 @@ def png_claiming(width: int, height: int) -> bytes:
     )
 
 
+def test_an_icon_past_pillows_own_bomb_limit_at_load_is_refused_in_the_words_of_one_past_it_at_open(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An ICNS file (a macOS icon, for a caller that allows the format) says its picture is 256x256
+    and holds a PNG of any size, which Pillow checks against its decompression-bomb limit only when
+    it loads the pixels. That refusal gave Pillow's words alone, not that the limit is Pillow's and
+    that SKUFORGE_MAX_IMAGE_PIXELS cannot raise it, as the refusal of a file past it at open does."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100_000)
+    picture = png_claiming(500, 500)
+    icon = b"ic08" + struct.pack(">I", 8 + len(picture)) + picture
+    refusal = rejected(b"icns" + struct.pack(">I", 8 + len(icon)) + icon, allowed_formats=("ICNS",))
+    at_open = rejected(picture, max_pixels=10**9)
+    assert refusal.reason == at_open.reason == "too_many_pixels"
+    assert str(refusal) == str(at_open)
+
+
 def test_a_tiny_jpeg_claiming_a_huge_size_is_never_allocated_at_that_size(
     loaded_sizes: list[tuple[int, int]],
 ) -> None:
