@@ -1138,10 +1138,13 @@ def test_features_are_decoded_under_the_limits_ingest_used() -> None:
     photo = colour_photos("SKU-RED", "real", COLOURS["SKU-RED"], 1, 0)[0]  # 48x48
     assert Featurizer(backbone, FeatureCache(None)).of([photo]).shape[0] == 1
     small_limit = Featurizer(backbone, FeatureCache(None), max_pixels=1_000)
-    with pytest.raises(ImageRejected, match="1000"):
+    with pytest.raises(ImageRejected, match="1000") as info:
         small_limit.of([photo])
-    with pytest.raises(ImageRejected, match="1000"):
+    # Named with the photo, the refusal kept the setting that passes it (it was rebuilt without).
+    assert info.value.setting == "SKUFORGE_MAX_IMAGE_PIXELS"
+    with pytest.raises(ImageRejected, match="1000") as info:
         small_limit.of_classic([photo], seed=0, size_px=32)
+    assert info.value.setting == "SKUFORGE_MAX_IMAGE_PIXELS"
 
 
 @pytest.mark.parametrize("tune_stages", [0, 1])

@@ -45,6 +45,19 @@ def test_an_image_past_pillows_limit_is_advised_no_setting_however_its_refusal_i
     assert "take photo real-0 out of SKU-A's folder" in said and "a higher" not in said
 
 
+def test_an_image_past_a_setting_stops_the_export_naming_that_setting(
+    store: ManifestStore, tmp_path: Path
+) -> None:
+    # The export's refusal, rebuilt to say whose image it was and the ways past it, dropped the setting
+    # of the refusal it rebuilt: a caller of export_dataset read None, as for an image no setting passes.
+    with pytest.raises(ImageRejected) as info:
+        export_dataset(
+            store, tmp_path / "export", fmt="imagefolder", max_synthetic_per_real=2, limits=(5000, 2**20)
+        )
+    assert "export with a higher SKUFORGE_MAX_IMAGE_PIXELS" in str(info.value)
+    assert info.value.setting == "SKUFORGE_MAX_IMAGE_PIXELS"
+
+
 def _png(width: int, height: int) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(np.full((height, width, 3), 128, dtype=np.uint8)).save(buffer, "PNG")

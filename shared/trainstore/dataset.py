@@ -1117,7 +1117,7 @@ def _with_ways_past(
     if isinstance(exc, ImageRejected):
         if exc.setting:
             ways.insert(0, f"export with a higher {exc.setting}")
-        return ImageRejected(exc.reason, f"{uri}: {what}: {exc.detail}; {either(*ways)}")
+        return ImageRejected(exc.reason, f"{uri}: {what}: {exc.detail}; {either(*ways)}", setting=exc.setting)
     why = f" ({exc.why})" if exc.why else ""
     return ObjectMissing(uri, f"{what}{why}; {either('restore it', *ways)}")
 
