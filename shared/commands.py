@@ -2,12 +2,14 @@
 
 A bad setting, the object store refusing or away, an object stored that does not read and Ctrl-C (or
 SIGTERM, SIGHUP: ``shared.signals``) each say what to do in their message; a traceback around it
-buried that line under frames of our code. ``skuforge`` runs every command through ``run_command``,
+buried that line under frames of our code. A reader of stdout that stops early (``| head -1``) ends the
+command quietly. ``skuforge`` runs every command through ``run_command``,
 and so do the bench and fitting tools that open a model.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 
@@ -21,9 +23,17 @@ __all__ = ["run_command"]
 def run_command(name: str, command: Callable[[], int]) -> int:
     """``command()``'s exit status; a failure it can name is printed after ``name:`` on stderr instead:
     2 for a bad setting (as for a bad option), 1 for the store's or a stored object's, 128 + the
-    signal for Ctrl-C, SIGTERM or SIGHUP where the command has nothing of its own to say or undo."""
+    signal for Ctrl-C, SIGTERM or SIGHUP where the command has nothing of its own to say or undo; 1,
+    and nothing said, when stdout's reader has gone."""
     try:
-        return command()
+        status = command()
+        sys.stdout.flush()  # here, not at exit, where a closed pipe is a message we cannot catch
+        return status
+    except BrokenPipeError:
+        # `skuforge flow | head -1`: as Python's docs advise ("Note on SIGPIPE"), stdout to devnull so
+        # the interpreter's last flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except ConfigError as exc:
         print(f"{name}: {exc}", file=sys.stderr)
         return 2

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from collections.abc import Collection, Iterator
 from dataclasses import asdict
@@ -332,13 +331,10 @@ def main(argv: list[str] | None = None) -> int:
     # the later SKUs as they were and did not say which it had compacted. Each is named instead.
     unreadable: dict[str, str] = {}
     if args.action == "stats":
-        try:
-            rows = sku_stats(readable_rows(manifests, sku_ids, unreadable))
-            for line in stats_lines(rows, as_json=args.json):
-                print(line)
-            sys.stdout.flush()
-        except BrokenPipeError:
-            return _reader_gone()
+        rows = sku_stats(readable_rows(manifests, sku_ids, unreadable))
+        for line in stats_lines(rows, as_json=args.json):
+            print(line)
+        sys.stdout.flush()  # `stats | head -1`: run_command stops quietly, before the report below
         if unreadable:
             report_unreadable("stats", unreadable, len(sku_ids), "are not in the table")
             return 1
@@ -439,10 +435,9 @@ def main(argv: list[str] | None = None) -> int:
                         "them)"
                     )
             sku_ids = [sku_id for sku_id in sku_ids if sku_id in wanted]
-        try:
-            return _sweep(manifests, sku_ids, delete=args.delete, unmanaged=unmanaged)
-        except BrokenPipeError:  # `sweep | head -1`; with --delete, the objects printed were deleted
-            return _reader_gone()
+        # `sweep | head -1` stops at the next line printed (run_command); with --delete, the objects
+        # printed were deleted.
+        return _sweep(manifests, sku_ids, delete=args.delete, unmanaged=unmanaged)
     compacted = []
     for sku_id in sku_ids:
         try:
@@ -469,13 +464,6 @@ def _export_failure(exc: BaseException, out: Path) -> str:
         # The store's fault (a tampered or missing object, S3 away), not the command line's.
         return f"{exc}; nothing was written to {out}"
     return f"{type(exc).__name__}: {exc}"
-
-
-def _reader_gone() -> int:
-    """Stop quietly when the reader of stdout went away (`| head -1`), as Python's docs advise ("Note
-    on SIGPIPE"): stdout to devnull so the interpreter's last flush does not raise again; exit 1."""
-    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    return 1
 
 
 def _sweep(

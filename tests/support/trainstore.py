@@ -13,7 +13,6 @@ import errno
 import logging
 import os
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,28 +27,14 @@ from shared.observability import StageMetrics
 from shared.runtime import Context
 from shared.store import FileStore, sha256_hex
 from shared.trainstore.manifest import ManifestRow, ManifestStore
+from tests.support.cli import skuforge_into_closed_pipe
 
 PREFIX = "trainstore"
 
 
 def dataset_cli_into_closed_pipe(*args: str) -> subprocess.CompletedProcess[str]:
-    """Runs ``skuforge dataset *args`` (in a child, on this process's environment) with its stdout a
-    pipe whose reader has gone, as ``| head -1`` leaves it once head has its line."""
-    read_end, write_end = os.pipe()
-    os.close(read_end)
-    try:
-        return subprocess.run(
-            [sys.executable, "-m", "skuforge_cli", "dataset", *args],
-            stdout=write_end,
-            stderr=subprocess.PIPE,
-            cwd=Path(__file__).resolve().parents[2],
-            env=os.environ,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-    finally:
-        os.close(write_end)
+    """Runs ``skuforge dataset *args`` with its stdout a pipe whose reader has gone."""
+    return skuforge_into_closed_pipe("dataset", *args)
 
 
 class WritesMeanwhile(FileStore):
