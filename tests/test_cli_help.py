@@ -1,6 +1,7 @@
 """``skuforge --help`` and the commands' own help agree: a command's line in the top-level list that
 names some of its subcommands names all of them, so a subcommand added later is not left out; and
-every help reads as text, without the docstring markup of the module it came from."""
+every help reads as text, without the docstring markup of the module it came from; and every option
+that holds a default says it."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 
 from skuforge_cli.main import COMMANDS
 from skuforge_cli.main import main as skuforge_main
+from tests.support.docs import command_parsers
 
 
 def _help(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
@@ -83,3 +85,39 @@ def test_up_scrape_interval_says_its_range(capsys: pytest.CaptureFixture[str]) -
     from devstack.up import MAX_SCRAPE_INTERVAL_S, MIN_SCRAPE_INTERVAL_S
 
     assert f"{MIN_SCRAPE_INTERVAL_S:g} to {MAX_SCRAPE_INTERVAL_S:g}" in _flat(_help(["up"], capsys))
+
+
+def silent_defaults(prog: str, parser: argparse.ArgumentParser) -> list[str]:
+    """The options of ``parser`` that hold a default their help does not state (``--steps`` ran 2000
+    steps, ``--batch`` 8, and ``skuforge matting train --help`` said neither)."""
+    return [
+        f"{prog} {action.option_strings[-1]} (default {action.default!r})"
+        for action in parser._actions
+        if action.option_strings
+        and action.default not in (None, False, [], argparse.SUPPRESS)
+        and "default" not in (action.help or "")
+    ]
+
+
+def _commands() -> list[list[str]]:
+    """Each command's argv; ``serve``'s, which dispatches, by server."""
+    return [["serve", "console"], ["serve", "generator"]] + [
+        [name] for name in sorted(COMMANDS) if name != "serve"
+    ]
+
+
+@pytest.mark.parametrize("argv", _commands(), ids=" ".join)
+def test_every_options_help_states_its_default(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    silent = [
+        name for prog, parser in command_parsers(argv, monkeypatch) for name in silent_defaults(prog, parser)
+    ]
+    assert not silent, f"these options' help does not say their default: {silent}"
+
+
+def test_an_option_whose_help_leaves_out_its_default_is_caught() -> None:
+    parser = argparse.ArgumentParser(prog="skuforge matting train")
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--batch", type=int, default=8, help="images per step (default 8)")
+    parser.add_argument("--init", default=None, help="start from these weights")
+    parser.add_argument("--extra", action="append", default=[], help="repeatable")
+    assert silent_defaults(parser.prog, parser) == ["skuforge matting train --steps (default 2000)"]

@@ -44,21 +44,37 @@ def main(argv: list[str] | None = None) -> int:
     train = sub.add_parser(
         "train", help="train U2-NetP/U2-Net on synthetic photos, export ONNX, write a model card"
     )
-    train.add_argument("--model", choices=["u2netp", "u2net"], default="u2netp")
-    train.add_argument("--steps", type=positive_int, default=2000)
-    train.add_argument("--batch", type=positive_int, default=8)
-    train.add_argument("--lr", type=float_between(1e-9, 1.0), default=1e-3)
     train.add_argument(
-        "--train-images", type=positive_int, default=2000, help="synthetic photos rendered for training"
+        "--model", choices=["u2netp", "u2net"], default="u2netp", help="the architecture (default u2netp)"
+    )
+    train.add_argument("--steps", type=positive_int, default=2000, help="training steps (default 2000)")
+    train.add_argument("--batch", type=positive_int, default=8, help="photos per step (default 8)")
+    train.add_argument(
+        "--lr", type=float_between(1e-9, 1.0), default=1e-3, help="learning rate, 1e-9 to 1 (default 1e-3)"
     )
     train.add_argument(
-        "--heldout", type=positive_int, default=200, help="held-out photos (other products) for IoU/MAE"
+        "--train-images",
+        type=positive_int,
+        default=2000,
+        help="synthetic photos rendered for training (default 2000)",
     )
     train.add_argument(
-        "--low-res-px", type=int_between(32, 1024), default=192, help="resolution of the first, cheaper steps"
+        "--heldout",
+        type=positive_int,
+        default=200,
+        help="held-out photos (other products) for IoU/MAE (default 200)",
     )
     train.add_argument(
-        "--low-res-fraction", type=float_between(0.0, 1.0), default=0.6, help="share of steps at --low-res-px"
+        "--low-res-px",
+        type=int_between(32, 1024),
+        default=192,
+        help="resolution of the first, cheaper steps, 32 to 1024 (default 192)",
+    )
+    train.add_argument(
+        "--low-res-fraction",
+        type=float_between(0.0, 1.0),
+        default=0.6,
+        help="share of steps at --low-res-px, 0 to 1 (default 0.6)",
     )
     train.add_argument(
         "--extra",
@@ -86,21 +102,26 @@ def main(argv: list[str] | None = None) -> int:
         help="keep BatchNorm statistics fixed; required with --init weights whose BatchNorms are folded "
         "(the official U2-NetP and models fine-tuned from it, the committed one included)",
     )
-    train.add_argument("--checkpoint-every", type=positive_int, default=250)
+    train.add_argument(
+        "--checkpoint-every", type=positive_int, default=250, help="steps between checkpoints (default 250)"
+    )
     train.add_argument(
         "--seed",
         type=non_negative_int,
         default=1,
         help=f"the renderer catalogue trained on and the batch order (not {RENDERER_HELDOUT_SEED}, the "
-        "held-out one)",
+        "held-out one; default 1)",
     )
     # The stage's bound (SKUFORGE_MATTING_THREADS): torch.set_num_threads(100000) ends in a segfault.
-    train.add_argument("--threads", type=int_between(1, 256), default=2, help="torch CPU threads (1-256)")
+    train.add_argument(
+        "--threads", type=int_between(1, 256), default=2, help="torch CPU threads, 1 to 256 (default 2)"
+    )
     train.add_argument(
         "--device",
         choices=["cpu", "cuda"],
         default="cpu",
-        help="where the steps run; cuda needs an NVIDIA GPU that torch sees (a checkpoint resumes on either)",
+        help="where the steps run (default cpu); cuda needs an NVIDIA GPU that torch sees (a checkpoint "
+        "resumes on either)",
     )
     train.add_argument(
         "--keep-checkpoints",
@@ -111,24 +132,26 @@ def main(argv: list[str] | None = None) -> int:
         "--out",
         type=Path,
         default=Path("var/matting/u2netp-trained.onnx"),
-        help="the trained ONNX model (its card .json and weights .pth beside it); not in the committed "
-        f"models folder ({MODELS_DIR}): check it, then `matting export` it there",
+        help="the trained ONNX model (its card .json and weights .pth beside it; default "
+        f"var/matting/u2netp-trained.onnx); not in the committed models folder ({MODELS_DIR}): check it, "
+        "then `matting export` it there",
     )
     train.add_argument(
         "--checkpoint",
         type=Path,
         default=Path("var/matting/checkpoint.pt"),
-        help="saved every --checkpoint-every steps; a rerun of the same run (model, seed, data, --extra, "
-        "--init) with the same file resumes it, another run is refused",
+        help="saved every --checkpoint-every steps (default var/matting/checkpoint.pt); a rerun of the same "
+        "run (model, seed, data, --extra, --init) with the same file resumes it, another run is refused",
     )
 
     pairs = sub.add_parser("pairs", help="composite scenes with their expected masks, for 'train --extra'")
-    pairs.add_argument("--n", type=positive_int, default=900)
+    pairs.add_argument("--n", type=positive_int, default=900, help="pairs to make (default 900)")
     pairs.add_argument(
         "--out",
         type=Path,
         default=Path("var/matting/composite-pairs"),
-        help="images/, masks/ and index.jsonl for `train --extra`; the pairs it lists are kept, so a run "
+        help="images/, masks/ and index.jsonl for `train --extra` (default var/matting/composite-pairs); "
+        "the pairs it lists are kept, so a run "
         "into a folder a stopped run left (same --catalogue-seed and --roi, any --n) finishes it; a "
         "folder holding another --catalogue-seed's or --roi's pairs is refused (one folder, one set)",
     )
@@ -163,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         "--held-out",
         type=Path,
         default=Path("bench/data/matting_real/split.json"),
-        help="JSON whose 'bench_catalogue' and 'reserved_train' list the photos kept out of training",
+        help="JSON whose 'bench_catalogue' and 'reserved_train' list the photos kept out of training "
+        "(default bench/data/matting_real/split.json)",
     )
     real.add_argument("--official", type=Path, default=None, help="official U2-NetP ONNX (pseudo-labels)")
     real.add_argument(
@@ -171,27 +195,31 @@ def main(argv: list[str] | None = None) -> int:
         type=non_negative_int,
         default=0,
         help="train-split fruit and vegetable photos to pseudo-label with the official model (only "
-        "confident masks of one held item are kept)",
+        "confident masks of one held item are kept; default 0)",
     )
     real.add_argument(
         "--composites",
         type=non_negative_int,
         default=1100,
-        help="cut-outs pasted on defocused train-split in-store photos (the committed model: 1400)",
+        help="cut-outs pasted on defocused train-split in-store photos (default 1100; the committed "
+        "model: 1400)",
     )
-    real.add_argument("--seed", type=non_negative_int, default=12, help="draws the copies and composites")
+    real.add_argument(
+        "--seed", type=non_negative_int, default=12, help="draws the copies and composites (default 12)"
+    )
     real.add_argument(
         "--reflection-share",
         type=float_between(0.0, 1.0),
         default=0.0,
-        help="share (0 to 1) of the catalogue copies given a glossy-floor reflection, labelled background",
+        help="share (0 to 1) of the catalogue copies given a glossy-floor reflection, labelled background "
+        "(default 0)",
     )
     real.add_argument(
         "--out",
         type=Path,
         default=Path("var/matting/real-pairs"),
         help="a new or empty folder (or one a stopped run with the same options left: finished): "
-        "images/ and masks/ for `train --extra`",
+        "images/ and masks/ for `train --extra` (default var/matting/real-pairs)",
     )
 
     evaluate = sub.add_parser(
@@ -224,8 +252,10 @@ def main(argv: list[str] | None = None) -> int:
         help="state dict in the reference key layout, or a 'train' checkpoint; several are averaged",
     )
     export.add_argument("--pth", type=Path, default=None, help="also save the (averaged) weights here")
-    export.add_argument("--model", choices=["u2netp", "u2net"], default="u2netp")
-    export.add_argument("--out", type=Path, required=True)
+    export.add_argument(
+        "--model", choices=["u2netp", "u2net"], default="u2netp", help="their architecture (default u2netp)"
+    )
+    export.add_argument("--out", type=Path, required=True, help="the ONNX model to write")
 
     quantize = sub.add_parser(
         "quantize", help="static int8 QDQ quantisation calibrated on renderer (and real) photos"
@@ -240,7 +270,12 @@ def main(argv: list[str] | None = None) -> int:
     _calibration_options(
         quantize, "a folder of real photos to calibrate on too (e.g. var/matting/real-pairs/images)"
     )
-    quantize.add_argument("--heldout", type=positive_int, default=200)
+    quantize.add_argument(
+        "--heldout",
+        type=positive_int,
+        default=200,
+        help="held-out renderer photos it is checked on (default 200)",
+    )
     quantize.add_argument(
         "--image-drop-max",
         type=float_between(0.0, 1.0),
@@ -268,16 +303,25 @@ def main(argv: list[str] | None = None) -> int:
         required=True,
         help="a folder of training photos (e.g. var/matting/real-pairs/images); no masks needed",
     )
-    tune.add_argument("--train-photos", type=positive_int, default=2000, help="photos taken from --photos")
+    tune.add_argument(
+        "--train-photos", type=positive_int, default=2000, help="photos taken from --photos (default 2000)"
+    )
     _calibration_options(
         tune, "real photos the calibration starts from: give quantize's --calibration-photos"
     )
-    tune.add_argument("--steps", type=positive_int, default=100)
-    tune.add_argument("--lr", type=positive_float, default=1e-2)
-    tune.add_argument("--batch", type=positive_int, default=16)
-    tune.add_argument("--loss", choices=["bce", "mse"], default="bce")
-    tune.add_argument("--seed", type=non_negative_int, default=63)
-    tune.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    tune.add_argument("--steps", type=positive_int, default=100, help="training steps (default 100)")
+    tune.add_argument("--lr", type=positive_float, default=1e-2, help="learning rate (default 1e-2)")
+    tune.add_argument("--batch", type=positive_int, default=16, help="photos per step (default 16)")
+    tune.add_argument(
+        "--loss",
+        choices=["bce", "mse"],
+        default="bce",
+        help="int8 output against fp32's: bce or mse (default bce)",
+    )
+    tune.add_argument(
+        "--seed", type=non_negative_int, default=63, help="draws the photos and their order (default 63)"
+    )
+    tune.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where it runs (default cpu)")
     args = parser.parse_args(argv)
     configure_logging("INFO", "text")
     # Where a command writes: checked now, not found in a traceback after rendering or training.
@@ -555,10 +599,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def _calibration_options(command: argparse.ArgumentParser, photos_help: str) -> None:
     """The calibration set's options, shared by quantize and tune-ranges (which must see the same)."""
-    command.add_argument("--calibration", type=positive_int, default=64, help="renderer calibration photos")
+    command.add_argument(
+        "--calibration", type=positive_int, default=64, help="renderer calibration photos (default 64)"
+    )
     command.add_argument("--calibration-photos", type=Path, action="append", default=[], help=photos_help)
     command.add_argument(
-        "--real", type=non_negative_int, default=64, help="photos taken from --calibration-photos"
+        "--real",
+        type=non_negative_int,
+        default=64,
+        help="photos taken from --calibration-photos (default 64)",
     )
 
 

@@ -1,13 +1,14 @@
 """What the docs tests share: the docs (``DOCS``, ``README``), README's settings table
 (``settings_table_in``), and the check that a command a doc shows parses with the real command-line
-parsers (``check_parses``, on the ``doc_argv`` of the command ``after_prefix`` leaves)."""
+parsers (``check_parses``, on the ``doc_argv`` of the command ``after_prefix`` leaves); a command's
+parsers, its subcommands' included (``command_parsers``)."""
 
 from __future__ import annotations
 
 import argparse
 import itertools
 import shlex
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NoReturn
 
@@ -107,6 +108,20 @@ def _leaf(parser: argparse.ArgumentParser, args: list[str]) -> tuple[argparse.Ar
             if isinstance(action, argparse._SubParsersAction) and word in action.choices:
                 return _leaf(action.choices[word], args[position + 1 :])
     return parser, args
+
+
+def command_parsers(
+    argv: list[str], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[str, argparse.ArgumentParser]]:
+    """(its prog, parser) of the command ``skuforge argv`` names and of each of its subcommands."""
+    pending = [_find_parser(argv, monkeypatch).parser]
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", REAL_PARSE_ARGS)
+    while pending:
+        parser = pending.pop(0)
+        yield parser.prog, parser
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                pending += action.choices.values()
 
 
 class _ParseError(Exception):
