@@ -121,3 +121,14 @@ def test_an_option_whose_help_leaves_out_its_default_is_caught() -> None:
     parser.add_argument("--init", default=None, help="start from these weights")
     parser.add_argument("--extra", action="append", default=[], help="repeatable")
     assert silent_defaults(parser.prog, parser) == ["skuforge matting train --steps (default 2000)"]
+
+
+def test_demo_says_the_ranges_of_the_synthetic_options_synth_says(capsys: pytest.CaptureFixture[str]) -> None:
+    """``skuforge demo --synthetic --size 5000`` is refused as ``synth`` refuses it, and demo's help
+    gave neither its --size nor its --seed range, which synth's help gives."""
+    from shared.synth.photo import MIN_SIZE
+    from skuforge_cli.synth import MAX_SIZE
+
+    demo = _flat(_help(["demo"], capsys))
+    assert f"px, {MIN_SIZE} to {MAX_SIZE} (default" in demo
+    assert "catalogue seed, 0 to 2^63-1 (default" in demo

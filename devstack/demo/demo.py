@@ -76,7 +76,8 @@ from shared.errors import BadInput, TransientError
 from shared.generation.settings import GenerationSettings
 from shared.signals import stopped_as_interrupt
 from shared.store import ObjectStore, open_settings_store
-from skuforge_cli.synth import CATALOGUE_SEED, photo_size_px
+from shared.synth.photo import MIN_SIZE
+from skuforge_cli.synth import CATALOGUE_SEED, MAX_SIZE, photo_size_px
 
 STACK_START_TIMEOUT_S = 600.0
 # How long a stack started here gets to stop after SIGINT before its supervisor is killed.
@@ -103,8 +104,8 @@ SAMPLE_SKUS = Path(__file__).resolve().parents[2] / "samples" / "grocerystore"
 SYNTHETIC_OPTIONS: tuple[tuple[str, int, Callable[[str], int], str, str], ...] = (
     ("--synthetic-skus", 3, positive_int, "N", "synthetic SKUs"),
     ("--photos-per-sku", 3, positive_int, "N", "photos per synthetic SKU"),
-    ("--seed", 7, CATALOGUE_SEED, "N", "catalogue seed"),
-    ("--size", 384, photo_size_px, "PX", "side of the rendered photos, px"),
+    ("--seed", 7, CATALOGUE_SEED, "N", "catalogue seed, 0 to 2^63-1"),
+    ("--size", 384, photo_size_px, "PX", f"side of the rendered photos, px, {MIN_SIZE} to {MAX_SIZE}"),
 )
 
 
