@@ -110,5 +110,5 @@ demo: setup  ## the sample real SKUs (samples/grocerystore) through the whole st
 up: setup  ## the whole local stack in the foreground (Kafka, Triton, stages, console); Ctrl-C stops it
 	$(BIN)/python -m skuforge_cli up
 
-clean:  ## remove local state (var/), keep the venv and jars
+clean:  ## remove var/ (store, Kafka data, the official U2-NetP, helm: setup and helm make them again) and demo-out/; keep the venv and jars
 	rm -rf var demo-out

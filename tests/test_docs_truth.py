@@ -222,6 +222,33 @@ def test_every_make_target_the_docs_name_exists() -> None:
     assert not unknown, f"the docs name Makefile targets that do not exist: {unknown}"
 
 
+def removals_unsaid(makefile: str, readme: str) -> list[str]:
+    """Folders ``make clean`` removes (``rm -rf ...``) that its ``make help`` line or README's
+    "Make targets" does not name: var/ holds the official U2-NetP and the built helm beside the
+    local state, and `make help` said only "(var/)", leaving out demo-out/ too."""
+    recipe = re.search(r"^clean:.*?## (.*)\n\trm -rf (.*)$", makefile, flags=re.MULTILINE)
+    assert recipe, "the Makefile's clean target moved"
+    said = re.search(r"`make clean` \(([^)]*)\)", " ".join(readme_section(readme, "Make targets").split()))
+    assert said, "README's Make targets section no longer says what `make clean` removes"
+    return [
+        f"{where} leaves out {folder}/"
+        for folder in recipe.group(2).split()
+        for where, text in (("make help", recipe.group(1)), ("README", said.group(1)))
+        if f"{folder}/" not in text
+    ]
+
+
+def test_make_clean_says_every_folder_it_removes() -> None:
+    unsaid = removals_unsaid(MAKEFILE, README)
+    assert not unsaid, f"`make clean` removes more than it says: {unsaid}"
+
+
+def test_a_folder_make_clean_removes_unsaid_is_caught() -> None:
+    makefile = "clean:  ## remove local state (var/)\n\trm -rf var demo-out\n"
+    readme = "\n## Make targets\n\n`make clean` (removes `var/` and `demo-out/`).\n"
+    assert removals_unsaid(makefile, readme) == ["make help leaves out demo-out/"]
+
+
 def make_variables_unknown_in(text: str) -> list[str]:
     """Variables ``make TARGET VAR=value`` sets in ``text`` that the Makefile never reads."""
     read = set(re.findall(r"\$\(([A-Z][A-Z0-9_]*)\)", MAKEFILE))
