@@ -298,7 +298,10 @@ def _cmd_serve(rest: list[str]) -> int:
     parser.add_argument(
         "server", type=one_of(sorted(SERVERS)), choices=sorted(SERVERS), help="the service to serve"
     )
-    parser.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    options = parser.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    # The server's own options, none needed: argparse marks every REMAINDER positional required, and
+    # `skuforge serve` alone was told "required: server, args".
+    options.required = False
     args = parser.parse_args(rest)
     warn_of_unknown_variables()
     module = importlib.import_module(SERVERS[args.server].module)

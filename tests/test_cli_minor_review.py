@@ -126,3 +126,14 @@ def test_dlq_list_refuses_a_negative_sample_count(capsys: pytest.CaptureFixture[
         cli_main(["dlq", "list", "sku.ingested.v1", "--samples", "-1"])
     assert exited.value.code == 2
     assert capsys.readouterr().err.endswith("argument --samples: must be 0 or more, got -1\n")
+
+
+def test_serve_without_a_server_names_only_the_server(capsys: pytest.CaptureFixture[str]) -> None:
+    """`skuforge serve` said "the following arguments are required: server, args": ``args``, the
+    parser's name for the server's own options, which nobody has to give."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["serve"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "skuforge serve: error: the following arguments are required: server"
+    )
