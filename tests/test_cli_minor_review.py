@@ -137,3 +137,28 @@ def test_serve_without_a_server_names_only_the_server(capsys: pytest.CaptureFixt
     assert capsys.readouterr().err.splitlines()[-1] == (
         "skuforge serve: error: the following arguments are required: server"
     )
+
+
+@pytest.mark.parametrize(
+    ("name", "told"),
+    [
+        ("no-such-folder", "not a directory of SKU folders (it does not exist)"),
+        (
+            "skus.zip",
+            "not a directory of SKU folders; it is an archive: unpack it and ingest the folder it holds",
+        ),
+    ],
+)
+def test_demo_skus_that_is_no_folder_says_why_as_ingest_does(
+    name: str, told: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`skuforge demo --skus` of a mistyped folder or the zip one was sent said only "not a directory
+    of SKU folders", where `skuforge ingest` of the same path says what it is; nothing is started."""
+    path = tmp_path / name
+    if name.endswith(".zip"):
+        path.write_bytes(b"PK\x03\x04")
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["demo", "--skus", str(path), "--workdir", str(tmp_path / "up")])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"skuforge demo: error: --skus {path}: {told}"
+    assert not (tmp_path / "up").exists()

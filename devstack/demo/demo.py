@@ -69,7 +69,7 @@ from schemas.topics import (
     SKU_CAPTIONED,
     SKU_INGESTED,
 )
-from services.ingest.ingest import IngestError, survey_folders
+from services.ingest.ingest import IngestError, not_a_folder_hint, survey_folders
 from shared.argtypes import folder_problem, positive_float, positive_int
 from shared.config import ConfigError, Settings, load_settings
 from shared.errors import BadInput, TransientError
@@ -534,7 +534,7 @@ def main(argv: list[str] | None = None) -> int:
         hint = (
             f"; for {args.skus} synthetic SKUs: --synthetic --synthetic-skus {args.skus}"
             if str(args.skus).isdigit()
-            else ""
+            else not_a_folder_hint(args.skus)
         )
         parser.error(f"--skus {args.skus}: not a directory of SKU folders{hint}")
     workdir = args.workdir.resolve()

@@ -215,7 +215,7 @@ def _unreadable(exc: OSError, fallback: Path) -> str:
 
 def _find_sku_folders(path: Path) -> list[Path]:
     if not path.is_dir():
-        raise IngestError(f"{path}: not a directory{_not_a_folder_hint(path)}")
+        raise IngestError(f"{path}: not a directory{not_a_folder_hint(path)}")
     if _has_metadata_entry(path):
         return [path]
     folders = sorted(
@@ -241,7 +241,7 @@ def _find_sku_folders(path: Path) -> list[Path]:
     return folders
 
 
-def _not_a_folder_hint(path: Path) -> str:
+def not_a_folder_hint(path: Path) -> str:
     """What to do with a ``path`` that is no folder: "not a directory" alone was all a zip someone was
     sent, an s3:// URI (which a Path shows as "s3:/bucket") and a mistyped name were told."""
     if not os.path.lexists(path):
