@@ -698,6 +698,40 @@ def test_a_batch_given_one_level_too_high_says_which_folder_to_ingest(
     assert "move its photos" not in message
 
 
+def test_synths_own_out_folder_ingested_says_which_folder_to_ingest_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`skuforge ingest var/synth`, README's own example of the mistake: synth's masks/ beside skus/
+    was named first, five lines on a missing metadata.json and subfolders, and the line saying to
+    ingest var/synth/skus came last."""
+    out = tmp_path / "synth"
+    assert (
+        cli_main(
+            [
+                "synth",
+                "--out",
+                str(out),
+                "--skus",
+                "2",
+                "--photos-per-sku",
+                "1",
+                "--seed",
+                "1",
+                "--size",
+                "64",
+            ]
+        )
+        == 0
+    )
+    monkeypatch.setenv("SKUFORGE_STORE_URI", file_store_uri(tmp_path / "store"))
+    capsys.readouterr()
+    assert cli_main(["ingest", str(out)]) == 2
+    problems = capsys.readouterr().err.splitlines()[1:]
+    assert problems[0].strip().startswith(f"{out / 'skus'}: holds SKU folders (SYN-1-0001, SYN-1-0002)")
+    assert any(line.strip().startswith(f"{out / 'masks'}:") for line in problems[1:])  # still named
+    assert not (tmp_path / "store").exists()
+
+
 def test_metadata_saved_as_windows_1252_says_to_save_it_as_utf8(tmp_path: Path) -> None:
     # Notepad's "ANSI" writes "Café" as Windows-1252: refused as "(file): Invalid JSON: invalid unicode
     # code point", which did not say that the encoding was the fault, nor the fix.

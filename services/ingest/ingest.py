@@ -625,6 +625,11 @@ def _outline_of_a_copy(photo_id: str, has_outline: bool, photos: list[PreparedPh
     return has_outline and any(photo.photo_id == photo_id and photo.mask_png is None for photo in photos)
 
 
+def _holds_sku_folders(folder: Path) -> bool:
+    """Whether ``folder`` is a batch rather than a SKU folder: no metadata.json, SKU folders inside."""
+    return not _has_metadata_entry(folder) and bool(_sku_folders_in(folder))
+
+
 def _sku_folders_in(folder: Path) -> list[str]:
     """The names of ``folder``'s subfolders that are SKU folders (hold a metadata.json), sorted; none
     when it cannot be listed (``photo_files`` names that)."""
@@ -734,7 +739,11 @@ def check_folders(path: Path, settings: Settings) -> Iterator[tuple[PreparedSku 
     # case-insensitive file systems of macOS and Windows (a FileStore there, or an export), where
     # their photos would merge.
     owners: dict[str, tuple[str, Path]] = {}
-    for folder in find_sku_folders(path):
+    # A batch given one level too high (`skuforge ingest var/synth`): the folder that holds the SKU
+    # folders comes first, so the line naming the folder to ingest leads the problems, not the last of
+    # its siblings' (synth's masks/ read as a SKU folder without metadata.json).
+    folders = sorted(find_sku_folders(path), key=lambda folder: not _holds_sku_folders(folder))
+    for folder in folders:
         sku, problems = prepare_sku(folder, settings)
         # A folder refused for its photos still claims its sku_id: before, a second folder with the
         # same id was named only on the run after the first folder's photos were fixed.
