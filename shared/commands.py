@@ -10,6 +10,7 @@ and so do the bench and fitting tools that open a model.
 from __future__ import annotations
 
 import os
+import select
 import sys
 from collections.abc import Callable
 
@@ -30,6 +31,8 @@ def run_command(name: str, command: Callable[[], int]) -> int:
         sys.stdout.flush()  # here, not at exit, where a closed pipe is a message we cannot catch
         return status
     except BrokenPipeError:
+        if not _stdout_reader_gone():
+            raise  # a pipe to a child the command runs: a failure to show
         # `skuforge flow | head -1`: as Python's docs advise ("Note on SIGPIPE"), stdout to devnull so
         # the interpreter's last flush does not raise again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -55,3 +58,14 @@ def run_command(name: str, command: Callable[[], int]) -> int:
         signum = signal_number(exc)
         print(f"{name}: {stopped_how(signum)}", file=sys.stderr)
         return 128 + signum
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe whose reader has closed it (poll says POLLERR of such a pipe alone)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # no file behind it (replaced, closed)
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(events & select.POLLERR for _, events in poller.poll(0))

@@ -38,3 +38,15 @@ def test_synth_into_a_closed_pipe_stops_quietly_with_its_photos_written(tmp_path
     assert done.stderr == ""
     assert done.returncode == 1
     assert (out / "truth.jsonl").is_file()
+
+
+def test_a_broken_pipe_that_is_not_stdouts_is_not_taken_for_its_reader_gone() -> None:
+    """A pipe to a child (a tool the command runs) that breaks is a failure to show, not a reader of
+    stdout that stopped early: it is not swallowed as one."""
+    from shared.commands import run_command
+
+    def command() -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    with pytest.raises(BrokenPipeError):
+        run_command("skuforge planted", command)
