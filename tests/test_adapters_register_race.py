@@ -1,20 +1,23 @@
 """Two registrations of one adapter id at once (the LoRA trainer and `skuforge adapters register`, or
 two trainers) on the real stores: whichever metadata stands, the weights it names are in the registry.
 
-The second registration runs whole inside the first one's clean-up of old weights files, the moment
-the first has read which registration is current and not yet deleted anything.
+The second registration starts inside the first one's clean-up of old weights files, and runs until
+it has finished or waits for the first's lock.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from shared.generation.adapters import AdapterRegistry
-from shared.store import FileStore, ObjectStore
+from shared.generation import adapters as adapters_module
+from shared.generation.adapters import REGISTER_LOCKS, AdapterRegistry, weights_file_name
+from shared.store import FileStore, ObjectStore, sha256_hex
+from tests.support.adapters import OtherRegistration
 from tests.support.lora import lora_weights
 
 
@@ -33,19 +36,85 @@ def test_a_registration_landing_during_another_ones_clean_up_keeps_its_weights(s
     registry = AdapterRegistry(store)
     registry.register("cola-v", lora_weights(1), kind="specialized", series="Cola", base_model="sd15")
 
-    first_store = copy.copy(store)  # the same store, seen by another process
+    first_store = copy.copy(store)
     listed = first_store.list_addressable
-    others = [lora_weights(3)]
+    other = OtherRegistration(store, lora_weights(3))
 
     def other_registers_first(prefix: str = "") -> Iterator[str]:
-        if prefix == "cola-v/" and others:
-            registry.register("cola-v", others.pop(), kind="specialized", series="Cola", base_model="sd15")
+        if prefix == "cola-v/":
+            other.meanwhile()
         return listed(prefix)
 
     first_store.list_addressable = other_registers_first  # type: ignore[method-assign]
     AdapterRegistry(first_store).register(
         "cola-v", lora_weights(2), kind="specialized", series="Cola", base_model="sd15"
     )
+    other.thread.join(timeout=60)
 
     current = registry.get("cola-v")
     assert registry.registered_weights(current) == lora_weights(3)  # ObjectMissing when deleted
+
+
+def test_a_registration_landing_between_the_others_last_look_and_its_delete_keeps_its_weights(
+    store: ObjectStore,
+) -> None:
+    """The second registration (back to weights registered earlier) ran whole between the first's
+    last read of the metadata and its delete of those older weights: the first deleted them all the
+    same, and the second's metadata stood, naming weights no longer there."""
+    registry = AdapterRegistry(store)
+    for seed in (1, 2):
+        registry.register("cola-v", lora_weights(seed), kind="specialized", series="Cola", base_model="sd15")
+
+    first_store = copy.copy(store)
+    delete = first_store.delete
+    other = OtherRegistration(store, lora_weights(1))
+
+    def other_registers_first(key: str) -> None:
+        if key == f"cola-v/{weights_file_name(sha256_hex(lora_weights(1)))}":
+            other.meanwhile()
+        delete(key)
+
+    first_store.delete = other_registers_first  # type: ignore[method-assign]
+    AdapterRegistry(first_store).register(
+        "cola-v", lora_weights(3), kind="specialized", series="Cola", base_model="sd15"
+    )
+    other.thread.join(timeout=60)
+
+    current = registry.get("cola-v")
+    assert registry.registered_weights(current) == lora_weights(1)  # ObjectMissing when deleted
+
+
+def test_the_lock_of_a_killed_registration_is_taken_over_once_stale(
+    store: ObjectStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A registration killed while it held the lock leaves it behind: the next one waits for it no
+    longer than REGISTER_LOCK_STALE_S (here none), then takes it over, lands, and removes it."""
+    monkeypatch.setattr(adapters_module, "REGISTER_LOCK_STALE_S", 0.0)
+    store.put_json(f"{REGISTER_LOCKS}/cola-v.json", {"registration": "killed", "host": "gone", "pid": 1})
+    registry = AdapterRegistry(store)
+
+    registry.register("cola-v", lora_weights(1), kind="specialized", series="Cola", base_model="sd15")
+
+    assert registry.registered_weights(registry.get("cola-v")) == lora_weights(1)
+    assert not store.exists(f"{REGISTER_LOCKS}/cola-v.json")
+
+
+def test_a_registration_whose_lock_was_taken_over_leaves_the_new_holders_lock(store: ObjectStore) -> None:
+    """A registration paused past REGISTER_LOCK_STALE_S, its lock taken over meanwhile, removes only its
+    own lock when it ends: the one that took it over goes on holding it."""
+    registry_store = copy.copy(store)
+    listed = registry_store.list_addressable
+    lock_key = f"{REGISTER_LOCKS}/cola-v.json"
+    taker = {"registration": "took-over", "host": "other", "pid": 2}
+
+    def taken_over_meanwhile(prefix: str = "") -> Iterator[str]:
+        if prefix == "cola-v/":
+            store.put_json(lock_key, taker)
+        return listed(prefix)
+
+    registry_store.list_addressable = taken_over_meanwhile  # type: ignore[method-assign]
+    AdapterRegistry(registry_store).register(
+        "cola-v", lora_weights(1), kind="specialized", series="Cola", base_model="sd15"
+    )
+
+    assert json.loads(store.get_bytes(lock_key)) == taker

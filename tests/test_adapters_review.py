@@ -42,7 +42,7 @@ from shared.generation.diffusion import LoraSlots
 from shared.generation.settings import GenerationSettings
 from shared.store import FileStore
 from skuforge_cli.main import main as cli_main
-from tests.support.adapters import RecordingPipe, backend_on, cola_request, served_adapter
+from tests.support.adapters import OtherRegistration, RecordingPipe, backend_on, cola_request, served_adapter
 from tests.support.bus import file_store_uri
 from tests.support.generation import triton_request
 from tests.support.lora import lora_weights
@@ -603,18 +603,15 @@ def test_two_registrations_of_one_id_at_once_leave_the_registered_weights_in_pla
     registry = AdapterRegistry(store)
     registry.register("cola-v", lora_weights(1), kind="specialized", series="Cola", base_model="sd15")
 
-    class OtherRegistersMidway(FileStore):
-        other_done = False
+    other = OtherRegistration(store, lora_weights(3))
 
+    class OtherRegistersMidway(FileStore):
         def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> Any:
             written = key.endswith("metadata.json")
             if between == "metadata_and_cleanup":
                 reference = super().put_bytes(key, data, content_type)
-            if written and not self.other_done:
-                self.other_done = True
-                registry.register(
-                    "cola-v", lora_weights(3), kind="specialized", series="Cola", base_model="sd15"
-                )
+            if written:
+                other.meanwhile()
             if between == "weights_and_metadata":
                 reference = super().put_bytes(key, data, content_type)
             return reference
@@ -622,5 +619,6 @@ def test_two_registrations_of_one_id_at_once_leave_the_registered_weights_in_pla
     AdapterRegistry(OtherRegistersMidway(tmp_path / "adapters")).register(
         "cola-v", lora_weights(2), kind="specialized", series="Cola", base_model="sd15"
     )
+    other.thread.join(timeout=60)
     current = registry.get("cola-v")
     assert registry.registered_weights(current)  # ObjectMissing when its weights were deleted

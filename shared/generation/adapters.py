@@ -5,6 +5,7 @@ Layout, under the registry's root (by default ``<SKUFORGE_STORE_URI>/adapters``)
     <adapter_id>/pytorch_lora_weights-<sha256>.safetensors   diffusers LoRA weights (save_lora_weights)
     <adapter_id>/metadata.json                               AdapterMetadata: base model, kind, series,
                                                              rank, weight_name, weights_sha256...
+    _registering/<adapter_id>.json                           while a registration writes its metadata
 
 ``metadata.json`` is written last, so an adapter whose upload broke half-way is never listed. The
 weights file is named by its content (``weight_name`` in the metadata): registering an id again
@@ -28,8 +29,12 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import re
+import socket
 import struct
+import time
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -54,6 +59,8 @@ __all__ = [
     "ADAPTER_ID_PATTERN",
     "METADATA_FILE",
     "NO_ADAPTER",
+    "REGISTER_LOCKS",
+    "REGISTER_LOCK_STALE_S",
     "WEIGHTS_FILE",
     "AdapterChoice",
     "AdapterKind",
@@ -75,6 +82,19 @@ _WEIGHTS_SUFFIX = ".safetensors"
 # The weights files register() writes: the content-addressed name, and the name it used before.
 _REGISTRY_WEIGHTS = re.compile(r"pytorch_lora_weights(?:-[0-9a-f]{64})?\.safetensors")
 METADATA_FILE = "metadata.json"
+# One registration of an adapter id at a time writes its metadata and deletes old weights: each holds
+# ``_registering/<adapter_id>.json`` for that, having uploaded its weights before. (Not in the adapter's
+# folder: a FileStore leaves a hidden file beside a key it compares and swaps, and a removed adapter's
+# folder kept it.) A registration running whole between another's last look at the metadata and its delete
+# lost its weights to that delete, and its metadata named none. Under the lock a clean-up still deletes the
+# weights of one that is uploading or waiting, as no metadata names them yet; that one writes them again
+# under the lock. The lock is held for a few small requests: one seen unchanged for REGISTER_LOCK_STALE_S
+# (its registration killed) is taken over, so a killed registration holds the next ones up that long, not
+# for ever. (One paused that long races the one that took over, as any two did before; the store has no
+# delete conditional on another object that would close that.)
+REGISTER_LOCKS = "_registering"  # no adapter id starts with '_'
+REGISTER_LOCK_STALE_S = 120.0
+_REGISTER_LOCK_POLL_S = 0.2
 # An explicit request for the base model, with no adapter (an adapter_id of None means "choose").
 NO_ADAPTER = "none"
 # Adapter ids double as peft adapter names, which are torch ModuleDict keys: no '.', no '/'.
@@ -489,6 +509,8 @@ class AdapterRegistry:
         before anything is written, weights it cannot take ``WeightsRefused`` (naming the adapter, and
         ``weights`` when a path). The weights go to a file named by their sha256, so the
         replaced registration's weights stay readable for generators that have not listed again.
+        Registrations of one id write their metadata one at a time (``REGISTER_LOCKS``): this one
+        waits for another, for a killed one's lock up to ``REGISTER_LOCK_STALE_S``.
         """
         self._check_id(adapter_id)
         try:
@@ -519,39 +541,78 @@ class AdapterRegistry:
             raise ValueError(f"cannot register adapter {adapter_id!r}: {problems}") from None
         weights_key = f"{adapter_id}/{metadata.weight_name}"
         with self._store_faults():
-            replaced = self._registered(adapter_id)
             self.store.put_bytes(weights_key, data)
-            self.store.put_json(f"{adapter_id}/{METADATA_FILE}", metadata.model_dump(mode="json"))
-            # Keep the replaced registration's weights: generators' cached listings point at them. Older
-            # ones only a listing from before the replaced registration names; such a generator lists
-            # again and retries (DiffusionBackend). Only files this registry names itself are deleted.
-            # The current registration's are kept too: another process registering this id at once
-            # may have written its metadata since ours, and lost its weights to our deletions.
-            current = self._registered(adapter_id)
-            keep = {
-                metadata.weight_name,
-                *(each.weight_name for each in (replaced, current) if each is not None),
-            }
-            for key in list(self.store.list_addressable(f"{adapter_id}/")):
-                name = key.removeprefix(f"{adapter_id}/")
-                if not _REGISTRY_WEIGHTS.fullmatch(name) or name in keep:
-                    continue
-                # Read again before each delete: a registration landing since ``current`` was read names
-                # weights listed here that ``keep`` lacks (they were deleted from under its metadata), and
-                # cleans up after itself, so ours stops. That narrows the race to the moment between this
-                # read and the delete; closing it would need a delete conditional on another object.
-                if self._registered(adapter_id) != current:
-                    break
-                self.store.delete(key)
-            # That other registration, landing between our weights and our metadata, deleted our
-            # weights (no metadata named them yet) and left our metadata naming none: written again.
-            if (
-                current is not None
-                and current.weight_name == metadata.weight_name
-                and not self.store.exists(weights_key)
-            ):
-                self.store.put_bytes(weights_key, data)
+            with self._registering(adapter_id):
+                replaced = self._registered(adapter_id)
+                # A registration holding the lock while ours uploaded deleted them: no metadata named them.
+                if not self.store.exists(weights_key):
+                    self.store.put_bytes(weights_key, data)
+                self.store.put_json(f"{adapter_id}/{METADATA_FILE}", metadata.model_dump(mode="json"))
+                # Keep the replaced registration's weights: generators' cached listings point at them. Older
+                # ones only a listing from before the replaced registration names; such a generator lists
+                # again and retries (DiffusionBackend). Only files this registry names itself are deleted.
+                keep = {metadata.weight_name, *([replaced.weight_name] if replaced is not None else [])}
+                for key in list(self.store.list_addressable(f"{adapter_id}/")):
+                    name = key.removeprefix(f"{adapter_id}/")
+                    if _REGISTRY_WEIGHTS.fullmatch(name) and name not in keep:
+                        self.store.delete(key)
         return metadata
+
+    @contextmanager
+    def _registering(self, adapter_id: str) -> Iterator[None]:
+        """Hold the adapter's registration lock (under ``REGISTER_LOCKS``) inside: wait while another
+        registration holds it, and take over one seen unchanged for ``REGISTER_LOCK_STALE_S``."""
+        key = f"{REGISTER_LOCKS}/{adapter_id}.json"
+        holder = {"registration": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid()}
+        body = json.dumps(holder, sort_keys=True).encode()
+        seen: tuple[str, float] | None = None  # the other's lock: its version, and since when it stands
+        while not self.store.put_new(key, body):
+            try:
+                _, version = self.store.get_versioned(key)
+            except ObjectMissing:  # released between the two
+                continue
+            # Aged on this process's clock: no other machine's clock is read, so none skewed makes a lock
+            # look stale early.
+            now = time.monotonic()
+            if seen is None or seen[0] != version:
+                if seen is None:
+                    logger.info(
+                        "waiting for another registration of adapter %s (lock %s)",
+                        adapter_id,
+                        self.store.uri_for(key),
+                    )
+                seen = (version, now)
+            elif now - seen[1] >= REGISTER_LOCK_STALE_S and self.store.replace_if(key, body, version):
+                logger.warning(
+                    "took over the registration lock %s of adapter %s, unchanged for %.0fs",
+                    self.store.uri_for(key),
+                    adapter_id,
+                    REGISTER_LOCK_STALE_S,
+                )
+                break
+            time.sleep(_REGISTER_LOCK_POLL_S)
+        try:
+            yield
+        finally:
+            self._release(key, body)
+
+    def _release(self, key: str, body: bytes) -> None:
+        """Remove the registration lock ``body`` wrote, never one that took it over. A store failing
+        here fails no registration (its metadata stands): the lock left is taken over once stale."""
+        try:
+            held, version = self.store.get_versioned(key)
+            if held == body:
+                self.store.delete_if(key, version)
+        except ObjectMissing:
+            pass
+        except TransientError as exc:
+            logger.warning(
+                "could not remove the registration lock %s (%s): the next registration of its adapter "
+                "takes it over after %.0fs",
+                self.store.uri_for(key),
+                exc,
+                REGISTER_LOCK_STALE_S,
+            )
 
     def remove(self, adapter_id: str) -> AdapterMetadata | None:
         """Take an adapter out of the registry: its metadata first (no listing names it from then on),

@@ -3,11 +3,13 @@
 ``RecordingPipe`` stands in for diffusers: it records the bytes of every adapter file it is asked to
 load, and the adapters it is asked to delete, and paints grey. ``backend_on`` puts it behind a
 ``DiffusionBackend`` on a registry, and ``served_adapter`` says which adapter that backend used for a
-Cola request.
+Cola request. ``OtherRegistration`` is another process registering an adapter at once.
 """
 
 from __future__ import annotations
 
+import copy
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ from shared.config import load_settings
 from shared.generation.adapters import AdapterRegistry
 from shared.generation.backend import GeneratedSample, GenerationRequest
 from shared.generation.diffusion import DiffusionBackend, DiffusionSettings
+from shared.store import ObjectStore
 
 
 class RecordingPipe:
@@ -85,3 +88,37 @@ def served_adapter(backend: DiffusionBackend) -> str | None:
     (sample,) = outcome
     assert isinstance(sample, GeneratedSample)
     return sample.adapter_id
+
+
+class OtherRegistration:
+    """Another process registering ``cola-v`` with ``weights``, in a thread started from inside the
+    first registration (``meanwhile``), which goes on once this one has finished or waits its turn."""
+
+    def __init__(self, store: ObjectStore, weights: bytes) -> None:
+        self.store = copy.copy(store)  # the same store, seen by another process
+        self.weights = weights
+        self.finished_or_waiting = threading.Event()
+        self.thread = threading.Thread(target=self._register)
+        put_new = self.store.put_new
+
+        def refused_says_waiting(key: str, data: bytes, content_type: str = "application/json") -> bool:
+            placed = put_new(key, data, content_type)
+            if not placed:
+                self.finished_or_waiting.set()
+            return placed
+
+        self.store.put_new = refused_says_waiting  # type: ignore[method-assign]
+
+    def _register(self) -> None:
+        try:
+            AdapterRegistry(self.store).register(
+                "cola-v", self.weights, kind="specialized", series="Cola", base_model="sd15"
+            )
+        finally:
+            self.finished_or_waiting.set()
+
+    def meanwhile(self) -> None:
+        """Run it, once, until it has finished or waits for the first."""
+        if self.thread.ident is None:
+            self.thread.start()
+            self.finished_or_waiting.wait(timeout=60)
