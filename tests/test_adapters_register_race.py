@@ -1,8 +1,9 @@
 """Two registrations of one adapter id at once (the LoRA trainer and `skuforge adapters register`, or
-two trainers) on the real stores: whichever metadata stands, the weights it names are in the registry.
+two trainers), or a registration and a removal, on the real stores: whichever metadata stands, the
+weights it names are in the registry.
 
-The second registration starts inside the first one's clean-up of old weights files, and runs until
-it has finished or waits for the first's lock.
+The second registration starts inside the first one's clean-up of old weights files (or the
+removal's), and runs until it has finished or waits for the first's lock.
 """
 
 from __future__ import annotations
@@ -118,3 +119,27 @@ def test_a_registration_whose_lock_was_taken_over_leaves_the_new_holders_lock(st
     )
 
     assert json.loads(store.get_bytes(lock_key)) == taker
+
+
+def test_a_registration_landing_during_a_removal_keeps_its_weights(store: ObjectStore) -> None:
+    """A removal listed the adapter's weights files once a registration of that id had run whole since
+    it deleted the metadata, and deleted the registration's weights with the rest: the registration's
+    metadata stood, naming weights no longer there."""
+    registry = AdapterRegistry(store)
+    registry.register("cola-v", lora_weights(1), kind="specialized", series="Cola", base_model="sd15")
+
+    removing_store = copy.copy(store)
+    listed = removing_store.list_addressable
+    other = OtherRegistration(store, lora_weights(2))
+
+    def other_registers_first(prefix: str = "") -> Iterator[str]:
+        if prefix == "cola-v/":
+            other.meanwhile()
+        return listed(prefix)
+
+    removing_store.list_addressable = other_registers_first  # type: ignore[method-assign]
+    AdapterRegistry(removing_store).remove("cola-v")
+    other.thread.join(timeout=60)
+
+    current = registry.get("cola-v")
+    assert registry.registered_weights(current) == lora_weights(2)  # ObjectMissing when deleted

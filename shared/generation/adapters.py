@@ -82,16 +82,16 @@ _WEIGHTS_SUFFIX = ".safetensors"
 # The weights files register() writes: the content-addressed name, and the name it used before.
 _REGISTRY_WEIGHTS = re.compile(r"pytorch_lora_weights(?:-[0-9a-f]{64})?\.safetensors")
 METADATA_FILE = "metadata.json"
-# One registration of an adapter id at a time writes its metadata and deletes old weights: each holds
-# ``_registering/<adapter_id>.json`` for that, having uploaded its weights before. (Not in the adapter's
-# folder: a FileStore leaves a hidden file beside a key it compares and swaps, and a removed adapter's
-# folder kept it.) A registration running whole between another's last look at the metadata and its delete
-# lost its weights to that delete, and its metadata named none. Under the lock a clean-up still deletes the
-# weights of one that is uploading or waiting, as no metadata names them yet; that one writes them again
-# under the lock. The lock is held for a few small requests: one seen unchanged for REGISTER_LOCK_STALE_S
-# (its registration killed) is taken over, so a killed registration holds the next ones up that long, not
-# for ever. (One paused that long races the one that took over, as any two did before; the store has no
-# delete conditional on another object that would close that.)
+# One registration of an adapter id at a time writes its metadata and deletes old weights (a removal too):
+# each holds ``_registering/<adapter_id>.json`` for that, having uploaded its weights before. (Not in the
+# adapter's folder: a FileStore leaves a hidden file beside a key it compares and swaps, and a removed
+# adapter's folder kept it.) A registration running whole between another's last look at the metadata and
+# its delete lost its weights to that delete, and its metadata named none. Under the lock a clean-up still
+# deletes the weights of one that is uploading or waiting, as no metadata names them yet; that one writes
+# them again under the lock. The lock is held for a few small requests: one seen unchanged for
+# REGISTER_LOCK_STALE_S (its registration killed) is taken over, so a killed registration holds the next
+# ones up that long, not for ever. (One paused that long races the one that took over, as any two did
+# before; the store has no delete conditional on another object that would close that.)
 REGISTER_LOCKS = "_registering"  # no adapter id starts with '_'
 REGISTER_LOCK_STALE_S = 120.0
 _REGISTER_LOCK_POLL_S = 0.2
@@ -622,11 +622,14 @@ class AdapterRegistry:
         but its files are still removed). ``ObjectMissing`` when no adapter of that id is registered.
         A generator whose listing still names it serves it until its listing is read again
         (``SKUFORGE_DIFFUSION_ADAPTER_REFRESH_S``); if it must load the weights before that, the
-        request is retried with a fresh listing (``DiffusionBackend``).
+        request is retried with a fresh listing (``DiffusionBackend``). It waits for a registration of
+        the id under way, as registrations wait for each other.
         """
         self._check_id(adapter_id)
         metadata_key = f"{adapter_id}/{METADATA_FILE}"
-        with self._store_faults():
+        # Under the registration lock: a registration running whole between the metadata's delete and
+        # the listing lost its weights to the deletes that followed, its metadata naming none.
+        with self._store_faults(), self._registering(adapter_id):
             if not self.store.exists(metadata_key):
                 raise ObjectMissing(self.store.uri_for(metadata_key))
             removed = self._registered(adapter_id)
