@@ -622,7 +622,7 @@ def _open_and_load_file(
             raise ImageRejected("zero_size", "PNG header declares a zero width or height") from exc
         if (zero_size := _jpeg_zero_size(data, what)) is not None:
             raise ImageRejected("zero_size", zero_size) from exc
-        _refuse_heif(data)
+        _refuse_heif(data, what)
         _refuse_cut_short(data)
         _refuse_undecodable_tiff(data, what)
         raise ImageRejected("not_an_image", "bytes are not in any known image format") from exc
@@ -633,7 +633,7 @@ def _open_and_load_file(
     image_format = _FORMAT_ALIASES.get(image.format or "", image.format or "")
     allowed = {name.upper() for name in allowed_formats}
     if image_format not in allowed:
-        _refuse_heif(data)
+        _refuse_heif(data, what)
         raise ImageRejected(
             "format_not_allowed", f"format {image.format or 'unknown'} is not one of {sorted(allowed)}"
         )
@@ -1033,18 +1033,19 @@ def _jpeg_decodes_in_one_pass(data: bytes) -> bool:
     return False
 
 
-def _refuse_heif(data: bytes) -> None:
+def _refuse_heif(data: bytes, what: Subject) -> None:
     """``ImageRejected('format_not_allowed')`` naming HEIC/HEIF when ``data`` opens with such an
-    ISO-BMFF ``ftyp`` box (by its major or a compatible brand); nothing for other bytes."""
+    ISO-BMFF ``ftyp`` box (by its major or a compatible brand); nothing for other bytes. A mask is told
+    PNG: an iPhone's edited mask is HEIC, and "export the photo as JPEG or PNG" led to a JPEG mask,
+    refused in turn."""
     if len(data) < 12 or data[4:8] != b"ftyp":
         return
     (box_size,) = struct.unpack(">I", data[:4])
     compatible = data[16 : min(box_size, len(data), 256)]
     brands = {data[8:12], *(compatible[index : index + 4] for index in range(0, len(compatible) - 3, 4))}
     if brands & _HEIF_BRANDS:
-        raise ImageRejected(
-            "format_not_allowed", "HEIC/HEIF (or AVIF) is not supported: export the photo as JPEG or PNG"
-        )
+        export = "export the photo as JPEG or PNG" if what == "photo" else "export the mask as PNG"
+        raise ImageRejected("format_not_allowed", f"HEIC/HEIF (or AVIF) is not supported: {export}")
 
 
 def _refuse_cut_short(data: bytes) -> None:

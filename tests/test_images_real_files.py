@@ -450,6 +450,15 @@ def test_heic_heif_and_avif_are_named_with_what_to_do(ftyp: bytes) -> None:
     assert "HEIC/HEIF (or AVIF) is not supported: export the photo as JPEG or PNG" in str(refusal)
 
 
+def test_a_heic_mask_is_told_to_be_exported_as_png() -> None:
+    # An edited mask uploaded from an iPhone is HEIC. It was told "export the photo as JPEG or PNG":
+    # a mask is no photo, and a JPEG mask is refused in turn (format_not_allowed).
+    with pytest.raises(ImageRejected) as refused:
+        decode_mask(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(2000))
+    assert refused.value.reason == "format_not_allowed"
+    assert refused.value.detail == "HEIC/HEIF (or AVIF) is not supported: export the mask as PNG"
+
+
 def test_other_iso_bmff_files_stay_not_an_image() -> None:
     assert (
         rejected(b"\x00\x00\x00\x18ftypisom\x00\x00\x00\x00isommp41" + bytes(2000)).reason == "not_an_image"
