@@ -317,23 +317,30 @@ def test_the_docs_give_the_generators_stop_its_true_bound(helm: str) -> None:
     assert "requests in flight" in message and "its batch is committed" not in message, message
 
 
-# The chart's own whole numbers, each with the least it may be and, where it has one, the most.
+# The chart's own whole numbers, each with the least it may be and, where it has one, the most: a
+# Kubernetes or KEDA int32 field's (replicas, the autoscaling counts) at most INT32_MAX, and a setting
+# the pods read as the setting's range (test_a_chart_number_the_pods_read_has_the_settings_range).
+INT32_MAX = 2**31 - 1
+# A stage's GPUs, a key with a dot of its own (escaped for --set); null or none is no GPU.
+GPUS = r"resources.limits.nvidia\.com/gpu"
 WHOLE_NUMBERS: dict[str, tuple[int, int | None]] = {
-    "topicPartitions": (1, None),
-    "sessionTimeoutMs": (1, None),
-    "stageDefaults.replicas": (0, None),
-    "stages.matting.replicas": (0, None),
+    "topicPartitions": (1, INT32_MAX),
+    "sessionTimeoutMs": (6000, INT32_MAX),
+    "stageDefaults.replicas": (0, INT32_MAX),
+    "stages.matting.replicas": (0, INT32_MAX),
     "stageDefaults.terminationGracePeriodSeconds": (0, None),
-    "stageDefaults.autoscaling.minReplicas": (0, None),
-    "stages.matting.autoscaling.minReplicas": (0, None),
-    "stageDefaults.autoscaling.maxReplicas": (1, None),
-    "stageDefaults.autoscaling.pollingInterval": (1, None),
-    "stageDefaults.autoscaling.cooldownPeriod": (0, None),
+    "stageDefaults.autoscaling.minReplicas": (0, INT32_MAX),
+    "stages.matting.autoscaling.minReplicas": (0, INT32_MAX),
+    "stageDefaults.autoscaling.maxReplicas": (1, INT32_MAX),
+    "stageDefaults.autoscaling.pollingInterval": (1, INT32_MAX),
+    "stageDefaults.autoscaling.cooldownPeriod": (0, INT32_MAX),
     "stageDefaults.autoscaling.scaleDownStabilizationSeconds": (0, 3600),
     "stageDefaults.autoscaling.lagThreshold": (1, None),
     "stages.matting.autoscaling.lagThreshold": (1, None),
     "stageDefaults.autoscaling.activationLagThreshold": (0, None),
-    "triton.replicas": (0, None),
+    f"stageDefaults.{GPUS}": (0, None),
+    f"stages.matting.{GPUS}": (0, None),
+    "triton.replicas": (0, INT32_MAX),
     "triton.terminationGracePeriodSeconds": (0, None),
     "triton.startupSeconds": (0, None),
     "triton.ports.http": (1, 65535),
@@ -346,10 +353,16 @@ WHOLE_NUMBERS: dict[str, tuple[int, int | None]] = {
 NUMBERS = list(WHOLE_NUMBERS)
 
 
+def named(key: str) -> str:
+    """A --set key as the chart's messages name it (an escaped dot is a dot of the name)."""
+    return key.replace("\\.", ".")
+
+
 def values_file(folder: Path, key: str, number: str) -> Path:
     """A values file giving key (key.sub.leaf, as nested YAML maps) the number as written."""
     values = folder / "number.yaml"
-    lines = [f"{'  ' * depth}{part}:" for depth, part in enumerate(key.split("."))]
+    parts = [named(part) for part in re.split(r"(?<!\\)\.", key)]
+    lines = [f"{'  ' * depth}{part}:" for depth, part in enumerate(parts)]
     values.write_text("\n".join(lines) + f" {number}\n")
     return values
 
@@ -364,7 +377,7 @@ def test_a_map_or_list_where_a_chart_number_belongs_is_refused_naming_its_key(
     maxReplicas ("never scales past map[a:1]"), or rendered with autoscaling off."""
     for off in ([], ["stageDefaults.autoscaling.enabled=false"]):
         message = render_error(helm, *off, f"{key}{given}")
-        assert f"{key} is a " in message and "give one number" in message, message
+        assert f"{named(key)} is a " in message and "give one number" in message, message
 
 
 @pytest.mark.parametrize("key", NUMBERS)
@@ -372,7 +385,7 @@ def test_a_chart_number_a_values_file_cannot_keep_is_refused(helm: str, tmp_path
     """A values file's 9007199254740993 reached the pods or KEDA as ...992, and 1e21 as "1e+21"."""
     for number in ("9007199254740993", "1e21"):
         message = render_error(helm, files=[values_file(tmp_path, key, number)])
-        assert f"{key}=" in message and "quote it" in message, message
+        assert f"{named(key)}=" in message and "quote it" in message, message
 
 
 def test_a_large_lag_threshold_given_with_set_reaches_keda_as_given(helm: str) -> None:
@@ -400,15 +413,15 @@ def test_a_chart_number_that_is_no_whole_number_in_its_range_is_refused_naming_i
     1.5, -1), and the lag thresholds reached KEDA as "-1" or "soon", which it refuses."""
     least, most = WHOLE_NUMBERS[key]
     wrong = [str(least - 1), "1.5", "soon", "true"] + ([str(most + 1)] if most is not None else [])
-    # A stage's null gives it stageDefaults' number.
-    wrong += ["null"] * (not key.startswith("stages."))
+    # A stage's null gives it stageDefaults' number; a null GPU limit is none.
+    wrong += ["null"] * (not key.startswith("stages.") and not key.endswith(GPUS))
     span = f"from {least} to {most}" if most is not None else f"of at least {least}"
     for given in wrong:
         for off in ([], ["stageDefaults.autoscaling.enabled=false"]):
             message = render_error(helm, *off, f"{key}={given}")
-            assert f"{key}={given} is no " in message and span in message, message
+            assert f"{named(key)}={given} is no " in message and span in message, message
     message = render_error(helm, files=[values_file(tmp_path, key, "1.5")])
-    assert f"{key}=1.5 is no " in message and span in message, message
+    assert f"{named(key)}=1.5 is no " in message and span in message, message
 
 
 def test_the_whole_numbers_tested_and_documented_are_those_the_chart_checks() -> None:
@@ -420,7 +433,29 @@ def test_the_whole_numbers_tested_and_documented_are_those_the_chart_checks() ->
     specs = yaml.safe_load(table.group(1))
     checked = dict(specs["chart"])
     checked |= {f"stageDefaults.{field}": spec for field, spec in specs["stage"].items()}
-    tested = {key: span for key, span in WHOLE_NUMBERS.items() if not key.startswith("stages.")}
+    checked[f"stageDefaults.{named(GPUS)}"] = specs["gpus"]
+    tested = {named(key): span for key, span in WHOLE_NUMBERS.items() if not key.startswith("stages.")}
     assert tested == {key: (spec["least"], spec.get("most")) for key, spec in checked.items()}
     deploy = " ".join((REPO / "docs" / "deploy.md").read_text().split())
     assert [key for key in checked if f"{key.split('.')[-1]}`" not in deploy] == []
+
+
+# A chart number the pods read as a setting may be what that setting takes, no more and no less, but
+# console.port: its setting's 0 (any free port) would leave the Service and probes no port to reach.
+NARROWER = {("console", "port")}
+
+
+@pytest.mark.parametrize(
+    "path", [path for path in CHART_DEFAULTS if ".".join(path) in WHOLE_NUMBERS], ids=".".join
+)
+def test_a_chart_number_the_pods_read_has_the_settings_range(path: tuple[str, ...]) -> None:
+    """sessionTimeoutMs took 1 to any number, and the pods only 6000 to 2^31-1: a release with 5000
+    rendered and installed, and every stage stopped at start (CrashLoopBackOff); topicPartitions
+    likewise past 2^31-1. The chart's range is the setting's (shared/config.py)."""
+    model, field = CHART_DEFAULTS[path]
+    bounds = {type(rule).__name__: rule for rule in model.model_fields[field].metadata}
+    least, most = WHOLE_NUMBERS[".".join(path)]
+    if path in NARROWER:
+        assert least >= bounds["Ge"].ge and most is not None and most <= bounds["Le"].le
+    else:
+        assert (least, most) == (bounds["Ge"].ge, bounds["Le"].le)

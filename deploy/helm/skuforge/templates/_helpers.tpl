@@ -99,12 +99,14 @@ reader of those maps takes them from here. */}}
 {{- end -}}
 
 {{/* The chart's whole numbers: what each is, the least (and most) it may be, and who reads it; `stage`
-holds a stage's (stageDefaults merged with stages.<name>). */}}
+holds a stage's (stageDefaults merged with stages.<name>), `gpus` a stage's nvidia.com/gpu limit. A
+number the pods read as a setting has that setting's range (shared/config.py: the pods stopped at start
+on a sessionTimeoutMs under 6000), and one Kubernetes or KEDA keeps in an int32 at most 2147483647. */}}
 {{- define "skuforge.wholeNumbers" -}}
 chart:
-  topicPartitions: {what: whole number of partitions, least: 1, reader: the pods and the topics Job}
-  sessionTimeoutMs: {what: whole number of milliseconds, least: 1, reader: the pods}
-  triton.replicas: {what: whole number of pods, least: 0, reader: Triton's Deployment}
+  topicPartitions: {what: whole number of partitions, least: 1, most: 2147483647, reader: the pods and the topics Job}
+  sessionTimeoutMs: {what: whole number of milliseconds, least: 6000, most: 2147483647, reader: the pods}
+  triton.replicas: {what: whole number of pods, least: 0, most: 2147483647, reader: Triton's Deployment}
   triton.terminationGracePeriodSeconds: {what: whole number of seconds, least: 0, reader: the Triton pod}
   triton.startupSeconds: {what: whole number of seconds, least: 0, reader: Triton's startup probe and alerts}
   triton.ports.http: {what: port, least: 1, most: 65535, reader: Triton's Service and probes}
@@ -114,15 +116,16 @@ chart:
   console.terminationGracePeriodSeconds: {what: whole number of seconds, least: 0, reader: the console pod}
   topicsJob.activeDeadlineSeconds: {what: whole number of seconds, least: 1, reader: "the topics Job (how long it may retry with Kafka away before it fails; keep it under helm's --timeout, 5m by default)"}
 stage:
-  replicas: {what: whole number of pods, least: 0, reader: the stage's Deployment}
+  replicas: {what: whole number of pods, least: 0, most: 2147483647, reader: the stage's Deployment}
   terminationGracePeriodSeconds: {what: whole number of seconds, least: 0, reader: the stage's pods}
-  autoscaling.minReplicas: {what: whole number of pods, least: 0, reader: KEDA}
-  autoscaling.maxReplicas: {what: whole number of pods, least: 1, reader: KEDA}
-  autoscaling.pollingInterval: {what: whole number of seconds, least: 1, reader: KEDA}
-  autoscaling.cooldownPeriod: {what: whole number of seconds, least: 0, reader: KEDA}
+  autoscaling.minReplicas: {what: whole number of pods, least: 0, most: 2147483647, reader: KEDA}
+  autoscaling.maxReplicas: {what: whole number of pods, least: 1, most: 2147483647, reader: KEDA}
+  autoscaling.pollingInterval: {what: whole number of seconds, least: 1, most: 2147483647, reader: KEDA}
+  autoscaling.cooldownPeriod: {what: whole number of seconds, least: 0, most: 2147483647, reader: KEDA}
   autoscaling.scaleDownStabilizationSeconds: {what: whole number of seconds, least: 0, most: 3600, reader: the HPA KEDA makes}
   autoscaling.lagThreshold: {what: whole number of messages, least: 1, reader: KEDA}
   autoscaling.activationLagThreshold: {what: whole number of messages, least: 0, reader: KEDA}
+gpus: {what: whole number of GPUs, least: 0, reader: "the stage's image (CUDA), GPU toleration and rollout"}
 {{- end -}}
 
 {{/* A whole number of the chart, as the text its reader gets. `| int` made a map, a list, "1.5", "soon"
@@ -180,6 +183,21 @@ numbers as float64: --set's 9007199254740993 (an int64) reached KEDA as ...992. 
 {{- $_ := set $parent (last $path) (include "skuforge.wholeNumber" (dict "key" $key "value" (index $parent (last $path)) "spec" $spec)) -}}
 {{- end -}}
 {{- toJson $config -}}
+{{- end -}}
+
+{{/* A stage's GPUs (resources.limits."nvidia.com/gpu"), checked: `int` made a map or "soon" 0, and
+the stage took the CPU image and no GPU toleration while the API server refused the limit. None, or
+null, is 0. (dict "root" $ "name" "matting" "config" <its skuforge.stageConfig>) */}}
+{{- define "skuforge.stageGpus" -}}
+{{- $field := "nvidia.com/gpu" -}}
+{{- $limits := (.config.resources | default dict).limits | default dict -}}
+{{- if and (hasKey $limits $field) (not (kindIs "invalid" (index $limits $field))) -}}
+{{- $own := ((get .root.Values.stages .name | default dict).resources | default dict).limits | default dict -}}
+{{- $key := printf "%s.resources.limits.%s" (ternary (printf "stages.%s" .name) "stageDefaults" (hasKey $own $field)) $field -}}
+{{- include "skuforge.wholeNumber" (dict "key" $key "value" (index $limits $field) "spec" (include "skuforge.wholeNumbers" . | fromYaml).gpus) -}}
+{{- else -}}
+0
+{{- end -}}
 {{- end -}}
 
 {{/* Where a stage's setting came from, for a message: stages.<name>.<key> where the stage's own values
