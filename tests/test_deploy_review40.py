@@ -459,3 +459,48 @@ def test_a_chart_number_the_pods_read_has_the_settings_range(path: tuple[str, ..
         assert least >= bounds["Ge"].ge and most is not None and most <= bounds["Le"].le
     else:
         assert (least, most) == (bounds["Ge"].ge, bounds["Le"].le)
+
+
+# The chart's sizes (Kubernetes quantities) and durations (Prometheus'): values their readers take, and
+# values they refuse; a size or duration left out (null) is none where its reader has a default.
+SIZES = (["1.5Gi", "512M", "20Gi", "20"], ["soon", "20 Gi", "-1Gi", "1.5.1Gi", "true", "20GB"])
+DURATIONS = (["1m30s", "15s", "0", "1h"], ["soon", "30", "1.5m", "-1s", "true", "30S"])
+TEXTS: dict[str, tuple[list[str], list[str]]] = {
+    "triton.shmSize": SIZES,
+    "triton.modelCache.sizeLimit": SIZES,
+    "console.persistence.size": SIZES,
+    "monitoring.interval": DURATIONS,
+}
+OPTIONAL_TEXTS = {"triton.shmSize", "monitoring.interval"}
+
+
+@pytest.mark.parametrize("key", list(TEXTS))
+def test_a_size_or_duration_is_checked_at_render_naming_its_key(helm: str, key: str) -> None:
+    """Triton's /dev/shm and model cache sizes, the console's volume size and the PodMonitors' interval
+    were rendered as given: a map as "map[a:1]", "soon" or "20GB" as written, which the API server (or
+    the operator) refused only at install, naming a field of a manifest, not the chart's key; a null
+    volume size made a claim with no storage."""
+    right, wrong = TEXTS[key]
+    for given in right:
+        render(helm, f"{key}={given}")
+    for given in wrong + ["null"] * (key not in OPTIONAL_TEXTS):
+        message = render_error(helm, f"{key}={given}")
+        assert f"{key}={given} is no " in message and "give one" in message, message
+    for given in (".a=1", "[0]=1"):
+        message = render_error(helm, f"{key}{given}")
+        assert f"{key} is a " in message and "give one" in message, message
+    if key in OPTIONAL_TEXTS:
+        render(helm, f"{key}=null")
+
+
+def test_the_sizes_and_durations_tested_are_those_the_chart_checks() -> None:
+    """skuforge.texts is the chart's list: a size or duration added there is tested above and named
+    in docs/deploy.md."""
+    helpers = (CHART / "templates" / "_helpers.tpl").read_text()
+    table = re.search(r'define "skuforge\.texts" -\}\}\n(.*?)\{\{- end', helpers, re.S)
+    assert table, "_helpers.tpl has no skuforge.texts"
+    specs = yaml.safe_load(table.group(1))["values"]
+    assert set(specs) == set(TEXTS)
+    assert {key for key, spec in specs.items() if spec.get("optional")} == OPTIONAL_TEXTS
+    deploy = " ".join((REPO / "docs" / "deploy.md").read_text().split())
+    assert [key for key in specs if f"`{key}`" not in deploy] == []

@@ -144,12 +144,22 @@ rest went as given ("map[a:1]" replicas, a pollingInterval of -1): each is refus
 {{- $text -}}
 {{- end -}}
 
-{{/* One of the chart's own whole numbers (skuforge.wholeNumbers' chart), checked. (dict "root" $ "key" "triton.replicas") */}}
-{{- define "skuforge.chartNumber" -}}
+{{/* The value at a key of the chart's values (nil where there is none), put in found's "value": a
+template gives text, and a value's own kind (a map, an int64) is what the checks judge.
+(dict "root" $ "key" "triton.ports.http" "found" (dict)) */}}
+{{- define "skuforge.valueAt" -}}
 {{- $value := .root.Values -}}
 {{- range $part := splitList "." .key -}}
 {{- if kindIs "map" $value }}{{ $value = index $value $part }}{{ else }}{{ $value = nil }}{{ end -}}
 {{- end -}}
+{{- $_ := set .found "value" $value -}}
+{{- end -}}
+
+{{/* One of the chart's own whole numbers (skuforge.wholeNumbers' chart), checked. (dict "root" $ "key" "triton.replicas") */}}
+{{- define "skuforge.chartNumber" -}}
+{{- $found := dict -}}
+{{- include "skuforge.valueAt" (dict "root" .root "key" .key "found" $found) -}}
+{{- $value := $found.value -}}
 {{- $spec := get (include "skuforge.wholeNumbers" . | fromYaml).chart .key -}}
 {{- include "skuforge.wholeNumber" (dict "key" .key "value" $value "spec" $spec) -}}
 {{- end -}}
@@ -166,6 +176,38 @@ rest went as given ("map[a:1]" replicas, a pollingInterval of -1): each is refus
 {{- $_ := set $ports $name (include "skuforge.chartNumber" (dict "root" $ "key" (printf "triton.ports.%s" $name))) -}}
 {{- end -}}
 {{- toJson $ports -}}
+{{- end -}}
+
+{{/* The chart's sizes and durations, written as their readers take them: a map reached them as
+"map[a:1]", and "soon" or "20GB" as given, each refused only at install, by the API server or the
+operator, naming a manifest's field. `optional`: null leaves the field out (its reader's default). */}}
+{{- define "skuforge.texts" -}}
+kinds:
+  size: {what: "size (a Kubernetes quantity: 20Gi, 512Mi, 1.5G)", pattern: '^([0-9]+(\.[0-9]*)?|\.[0-9]+)(Ki|Mi|Gi|Ti|Pi|Ei|m|k|M|G|T|P|E|[eE][+-]?[0-9]+)?$'}
+  duration: {what: "Prometheus duration (30s, 1m30s, 1h)", pattern: '^(0|([0-9]+y)?([0-9]+w)?([0-9]+d)?([0-9]+h)?([0-9]+m)?([0-9]+s)?([0-9]+ms)?)$'}
+values:
+  triton.shmSize: {kind: size, reader: "Triton's /dev/shm volume", optional: true}
+  triton.modelCache.sizeLimit: {kind: size, reader: "Triton's model cache volume and its ephemeral-storage request"}
+  console.persistence.size: {kind: size, reader: "the console's volume claim"}
+  monitoring.interval: {kind: duration, reader: "the PodMonitors", optional: true}
+{{- end -}}
+
+{{/* One of the chart's sizes or durations (skuforge.texts), checked, as its reader gets it. (dict "root" $
+"key" "triton.shmSize") */}}
+{{- define "skuforge.chartText" -}}
+{{- $found := dict -}}
+{{- include "skuforge.valueAt" (dict "root" .root "key" .key "found" $found) -}}
+{{- $value := $found.value -}}
+{{- $texts := include "skuforge.texts" . | fromYaml -}}
+{{- $spec := get $texts.values .key -}}
+{{- $kind := get $texts.kinds $spec.kind -}}
+{{- if not (and $spec.optional (kindIs "invalid" $value)) -}}
+{{- $text := include "skuforge.checked" (dict "key" .key "value" $value "reader" $spec.reader "want" (printf "give one %s" $kind.what)) -}}
+{{- if or (kindIs "invalid" $value) (not (regexMatch $kind.pattern $text)) -}}
+{{- fail (printf "%s=%s is no %s, for %s: give one" .key (ternary "null" $text (kindIs "invalid" $value)) $kind.what $spec.reader) -}}
+{{- end -}}
+{{- $text -}}
+{{- end -}}
 {{- end -}}
 
 {{/* A stage's settings: stageDefaults merged with stages.<name>, where a stage's null takes a default's
