@@ -253,7 +253,11 @@ def _source(
     """The store that holds ``uri`` (a folder URI) and the key prefix of ``uri`` inside it."""
     if store is not None and uri.startswith(store.base_uri + "/"):
         return store, store.key_for(uri) + "/"
-    return open_store(uri, s3_endpoint_url=s3_endpoint_url, s3_region=s3_region, uri_from=uri_from), ""
+    # Only read: a folder's prefix need not leave room for the keys the flow writes (nor does fetch_file's).
+    source = open_store(
+        uri, s3_endpoint_url=s3_endpoint_url, s3_region=s3_region, uri_from=uri_from, writes=False
+    )
+    return source, ""
 
 
 def fetch_file(
@@ -285,7 +289,9 @@ def fetch_file(
     if store is not None and uri.startswith(store.base_uri + "/"):
         source, key = store, uri
     else:
-        source = open_store(parent, s3_endpoint_url=s3_endpoint_url, s3_region=s3_region, uri_from=uri_from)
+        source = open_store(
+            parent, s3_endpoint_url=s3_endpoint_url, s3_region=s3_region, uri_from=uri_from, writes=False
+        )
         key = file_name
     base = open_cache(cache)
     with _partial_file(base) as partial:

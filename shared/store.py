@@ -752,7 +752,8 @@ class S3Store(ObjectStore):
     retries). Access denied, a missing bucket, and missing, bad or expired credentials are
     ``StoreMisconfigured`` (a ``TransientError`` whose message says what to check): the
     deployment's fault, so the partition pauses and retries, and no good input is dead-lettered.
-    Those messages name ``uri_from``, where the bucket and prefix were set (as ``open_store``'s).
+    Those messages name ``uri_from``, where the bucket and prefix were set (as ``open_store``'s), and
+    ``writes`` is ``open_store``'s.
     """
 
     def __init__(
@@ -764,11 +765,12 @@ class S3Store(ObjectStore):
         client: S3Client | None = None,
         *,
         uri_from: str,
+        writes: bool = True,
         connect_timeout: float = 5.0,
         read_timeout: float = 30.0,
         max_attempts: int = 5,
     ) -> None:
-        prefix = s3_location(bucket, prefix)
+        prefix = s3_location(bucket, prefix, writes=writes)
         self.bucket = bucket
         self._uri_from = uri_from
         self._check_deployment = _CHECK_DEPLOYMENT.format(uri_from=uri_from)
@@ -960,6 +962,7 @@ def open_store(
     uri_from: str,
     s3_endpoint_url: str | None = None,
     s3_region: str = "us-east-1",
+    writes: bool = True,
 ) -> ObjectStore:
     """Open the store a URI names.
 
@@ -969,9 +972,11 @@ def open_store(
     ``uri_from`` is where ``uri`` was set (a setting, an option): what an S3 refusal says to check. No
     default: SKUFORGE_STORE_URI's was blamed for the refusals of stores it never named. A ``ValueError``
     names it too: not every URI opened is a setting checked at start-up (``<SKUFORGE_STORE_URI>/adapters``).
+    ``writes=False`` opens a store only read (a model's folder): its S3 prefix need not leave the flow's
+    keys ``MIN_KEY_ROOM_BYTES``, as the keys read are in S3 already (a folder of over 511 bytes was refused).
     """
     try:
-        scheme, rest = check_store_uri(uri)
+        scheme, rest = check_store_uri(uri, writes=writes)
     except ValueError as exc:
         raise ValueError(f"{exc} (from {uri_from})") from None
     if scheme == "":
@@ -979,7 +984,9 @@ def open_store(
     if scheme == "file":
         return FileStore(Path(rest))
     bucket, _, prefix = rest.partition("/")
-    return S3Store(bucket, prefix, endpoint_url=s3_endpoint_url, region=s3_region, uri_from=uri_from)
+    return S3Store(
+        bucket, prefix, endpoint_url=s3_endpoint_url, region=s3_region, uri_from=uri_from, writes=writes
+    )
 
 
 def open_settings_store(settings: Settings) -> ObjectStore:
@@ -993,15 +1000,16 @@ def open_settings_store(settings: Settings) -> ObjectStore:
     )
 
 
-def s3_location(bucket: str, prefix: str) -> str:
+def s3_location(bucket: str, prefix: str, *, writes: bool = True) -> str:
     """``prefix`` without its outer '/', once ``bucket`` is a valid S3 bucket name and the prefix a
-    safe key (or empty) that leaves keys ``MIN_KEY_ROOM_BYTES``; ``ValueError`` saying which is not."""
+    safe key (or empty) that leaves keys ``MIN_KEY_ROOM_BYTES`` (unless the store is only read: not
+    ``writes``); ``ValueError`` saying which is not."""
     if not _BUCKET_NAME.fullmatch(bucket):
         raise ValueError(f"invalid S3 bucket name {bucket!r}")
     prefix = prefix.strip("/")
     if not prefix:
         return prefix
-    if (size := len(prefix.encode("utf-8")) + 1) > MAX_KEY_BYTES - MIN_KEY_ROOM_BYTES:
+    if writes and (size := len(prefix.encode("utf-8")) + 1) > MAX_KEY_BYTES - MIN_KEY_ROOM_BYTES:
         raise ValueError(
             f"prefix is {size} bytes with its '/'; S3 takes {MAX_KEY_BYTES} for a prefix and a key "
             f"together, and the flow's keys need {MIN_KEY_ROOM_BYTES} of them: at most "
@@ -1014,11 +1022,11 @@ def s3_location(bucket: str, prefix: str) -> str:
 _SCHEME_LIKE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 
 
-def check_store_uri(uri: str) -> tuple[str, str]:
+def check_store_uri(uri: str, *, writes: bool = True) -> tuple[str, str]:
     """(scheme, the path or bucket/prefix) of an object-store URI (scheme "" for a plain path), or
     ``ValueError`` saying
     what is wrong with it: what ``open_store`` accepts, checked without opening anything (settings
-    check their URIs with it at start-up)."""
+    check their URIs with it at start-up); ``writes`` is ``open_store``'s."""
     if not uri:
         raise ValueError("object-store URI is empty")
     if "://" not in uri:
@@ -1043,7 +1051,7 @@ def check_store_uri(uri: str) -> tuple[str, str]:
         if not bucket:
             raise ValueError(f"s3 URI {uri!r} names no bucket")
         try:
-            s3_location(bucket, prefix)  # what S3Store refuses, said at start-up
+            s3_location(bucket, prefix, writes=writes)  # what S3Store refuses, said at start-up
         except ValueError as exc:
             raise ValueError(f"s3 URI {uri!r}: {exc}") from None
         return scheme, rest
