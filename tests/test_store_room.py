@@ -11,12 +11,68 @@ import uuid
 from pathlib import Path
 
 import boto3
+import pytest
+from prometheus_client import CollectorRegistry
 
+from services.lora_trainer.config import LoraTrainerSettings
+from services.lora_trainer.stage import LoraTrainerMetrics, open_trainer
+from shared.config import ConfigError, load_settings
+from shared.generation.diffusion import DiffusionBackend, DiffusionSettings
 from shared.model_cache import fetch_directory, fetch_file
+from skuforge_cli.main import main as cli_main
+from tests.support.lora import model_folder
 
 # 506 bytes: the store's prefix fits (at most 511), the adapter registry's under it (516) does not.
 LONG_PREFIX = "/".join(["p" * 250, "p" * 255])
 STORE_URI = f"s3://bucket/{LONG_PREFIX}"
+
+
+def test_adapters_cli_refuses_a_store_prefix_that_leaves_the_registry_no_room_naming_the_setting(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It was a ValueError traceback: the store's prefix passed SKUFORGE_STORE_URI's check, and the
+    registry's, ``/adapters`` after it, was refused only when `skuforge adapters` opened it."""
+    monkeypatch.setenv("SKUFORGE_STORE_URI", STORE_URI)
+    monkeypatch.delenv("SKUFORGE_DIFFUSION_ADAPTERS_URI", raising=False)
+    assert cli_main(["adapters", "list"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("skuforge adapters: SKUFORGE_STORE_URI")
+    assert "prefix is 516 bytes" in err and "SKUFORGE_DIFFUSION_ADAPTERS_URI" in err
+    assert "Traceback" not in err
+
+
+def test_the_generator_refuses_a_store_prefix_that_leaves_the_registry_no_room_before_the_model(
+    tmp_path: Path,
+) -> None:
+    """The generator opened the registry once the pipeline had loaded (minutes on a CPU), and died in a
+    ValueError traceback: now a ConfigError naming the setting, before the model is looked at."""
+    diffusion = load_settings(
+        DiffusionSettings,
+        diffusion_model=str(tmp_path / "no-model"),
+        diffusion_cache_dir=str(tmp_path / "cache"),
+        diffusion_device="cpu",
+    )
+    with pytest.raises(ConfigError, match=r"^SKUFORGE_STORE_URI.*prefix is 516 bytes"):
+        DiffusionBackend.from_settings(diffusion, load_settings(store_uri=STORE_URI))
+
+
+def test_the_lora_trainer_names_the_setting_the_registry_s_uri_came_from_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It said ``SKUFORGE_DIFFUSION_ADAPTERS_URI=<uri>`` for a URI built from SKUFORGE_STORE_URI, with
+    the unset setting blamed and the one to fix named after it ('(from SKUFORGE_STORE_URI)')."""
+    monkeypatch.setenv("SKUFORGE_DIFFUSION_MODEL", str(model_folder(tmp_path, "sd15-inpaint")))
+    monkeypatch.delenv("SKUFORGE_DIFFUSION_ADAPTERS_URI", raising=False)
+    with pytest.raises(ConfigError) as refused:
+        open_trainer(
+            load_settings(store_uri=STORE_URI),
+            metrics=LoraTrainerMetrics(CollectorRegistry()),
+            publish=lambda event: None,
+            trainer=load_settings(LoraTrainerSettings, lora_device="cpu"),
+        )
+    message = str(refused.value)
+    assert message.startswith("SKUFORGE_STORE_URI") and message.count("SKUFORGE_STORE_URI") == 1
+    assert "SKUFORGE_DIFFUSION_ADAPTERS_URI=" not in message
 
 
 def test_a_model_in_a_folder_with_a_long_prefix_is_fetched(s3_endpoint: str, tmp_path: Path) -> None:

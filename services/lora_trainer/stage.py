@@ -1591,12 +1591,7 @@ def open_trainer(
     paint_dtype = painter_dtype(diffusion.diffusion_dtype, _device(trainer))
     torch.set_num_threads(trainer.lora_threads)
     store = open_settings_store(shared)
-    adapters_uri = diffusion.adapters_uri(shared)
-    try:
-        registry_store = diffusion.adapters_store(shared)
-    except ValueError as exc:  # the setting checks its own URI; this one may be <SKUFORGE_STORE_URI>/adapters
-        raise ConfigError(f"SKUFORGE_DIFFUSION_ADAPTERS_URI={adapters_uri}: {exc}") from None
-    registry = AdapterRegistry(registry_store)
+    registry = AdapterRegistry(diffusion.adapters_store(shared))
     return LoraTrainer(
         store=store,
         registry=registry,

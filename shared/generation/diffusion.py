@@ -199,9 +199,21 @@ class DiffusionSettings(BaseSettings):
 
     def adapters_store(self, shared: Settings) -> ObjectStore:
         """The store at ``adapters_uri``; an S3 refusal names the setting that URI came from (it blamed
-        SKUFORGE_STORE_URI when SKUFORGE_DIFFUSION_ADAPTERS_URI had set it)."""
+        SKUFORGE_STORE_URI when SKUFORGE_DIFFUSION_ADAPTERS_URI had set it). ``ConfigError`` when
+        ``<SKUFORGE_STORE_URI>/adapters`` is one no store opens: the store's prefix passes its own check
+        with up to 9 bytes fewer than the registry's needs, and the generator and `skuforge adapters`
+        died in a ValueError traceback (SKUFORGE_DIFFUSION_ADAPTERS_URI is checked when it is read)."""
+        uri = self.adapters_uri(shared)
+        if self.diffusion_adapters_uri is None:
+            try:
+                check_store_uri(uri)
+            except ValueError as exc:
+                raise ConfigError(
+                    f"SKUFORGE_STORE_URI's prefix leaves the LoRA adapter registry under it too little room "
+                    f"({exc}): shorten the prefix, or set SKUFORGE_DIFFUSION_ADAPTERS_URI"
+                ) from None
         return open_store(
-            self.adapters_uri(shared),
+            uri,
             s3_endpoint_url=shared.s3_endpoint_url,
             s3_region=shared.s3_region,
             uri_from="SKUFORGE_DIFFUSION_ADAPTERS_URI"
@@ -812,8 +824,9 @@ class DiffusionBackend:
                 "SKUFORGE_GENERATION_BACKEND=diffusion needs SKUFORGE_DIFFUSION_MODEL: a save_pretrained "
                 "inpainting pipeline folder, or an s3:// or file:// URI of one"
             )
-        # Device, dtype and offload settings first: refused before gigabytes of weights are fetched
-        # (again at every restart of a pod without a persistent cache).
+        # The registry's URI, then device, dtype and offload settings: refused before gigabytes of weights
+        # are fetched (again at every restart of a pod without a persistent cache) and loaded.
+        registry = AdapterRegistry(diffusion.adapters_store(shared))
         device, dtype = _torch_setup(diffusion)
         try:
             # Checked even for a local model: adapters' weights are copied there later.
@@ -856,7 +869,6 @@ class DiffusionBackend:
             offload=diffusion.diffusion_offload,
             attention_slicing=diffusion.diffusion_attention_slicing,
         )
-        registry = AdapterRegistry(diffusion.adapters_store(shared))
         name = model.rstrip("/").rpartition("/")[2] or "model"
         return cls(
             pipe,
