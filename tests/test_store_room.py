@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from services.lora_trainer.config import LoraTrainerSettings
 from services.lora_trainer.stage import LoraTrainerMetrics, open_trainer
+from services.trainstore.evaluation import EvaluateRefused, scene_files
 from shared.config import ConfigError, load_settings
 from shared.generation.diffusion import DiffusionBackend, DiffusionSettings
 from shared.model_cache import fetch_directory, fetch_file
@@ -73,6 +74,14 @@ def test_the_lora_trainer_names_the_setting_the_registry_s_uri_came_from_once(
     message = str(refused.value)
     assert message.startswith("SKUFORGE_STORE_URI") and message.count("SKUFORGE_STORE_URI") == 1
     assert "SKUFORGE_DIFFUSION_ADAPTERS_URI=" not in message
+
+
+def test_a_scenes_uri_refused_names_the_option_once() -> None:
+    """It read '--scenes URI: ... (from --scenes)': the option twice. It leads, as in the other refusals
+    of the scene library."""
+    with pytest.raises(EvaluateRefused) as refused:
+        scene_files("s3://x/scenes")
+    assert str(refused.value) == "--scenes s3://x/scenes: s3 URI 's3://x/scenes': invalid S3 bucket name 'x'"
 
 
 def test_a_model_in_a_folder_with_a_long_prefix_is_fetched(s3_endpoint: str, tmp_path: Path) -> None:

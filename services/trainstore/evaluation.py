@@ -60,7 +60,7 @@ from shared.photos import (
     is_left_out_quietly,
     is_nas_thumbnail_folder,
 )
-from shared.store import FileStore, ObjectStore, open_store, sha256_hex
+from shared.store import FileStore, ObjectStore, check_store_uri, open_store, sha256_hex
 from shared.trainstore.dataset import ExportPlan, either, plan_export, read_checked, withdraw_way
 from shared.trainstore.manifest import ManifestRow, ManifestStore
 from shared.trainstore.withdrawals import Withdrawals
@@ -629,11 +629,12 @@ def scene_files(
         )
     settings = load_settings()
     try:
-        store = open_store(
-            uri, s3_endpoint_url=settings.s3_endpoint_url, s3_region=settings.s3_region, uri_from="--scenes"
-        )
+        check_store_uri(uri)  # not open_store's refusal, which ends '(from --scenes)': the option leads here
     except ValueError as exc:
         raise EvaluateRefused(f"--scenes {uri}: {exc}") from None
+    store = open_store(
+        uri, s3_endpoint_url=settings.s3_endpoint_url, s3_region=settings.s3_region, uri_from="--scenes"
+    )
     files, hashes, notes = [], [], []
     skipped = []  # (file, why the generator skips it)
     keys, thumbnails = library_keys(store)
