@@ -2,7 +2,8 @@
 
 A store's prefix must leave the flow's keys 512 of S3's 1024 bytes. ``<SKUFORGE_STORE_URI>/adapters`` is
 built, not set, so the settings' check of the store passed a prefix the adapter registry's refused; and a
-model's folder, which the flow only reads, was held to the room of a folder it writes in.
+model's folder or the scene library, which the flow only reads, was held to the room of a folder it writes
+in.
 """
 
 from __future__ import annotations
@@ -14,13 +15,17 @@ import boto3
 import pytest
 from prometheus_client import CollectorRegistry
 
+from services.generator.server import load_scenes
 from services.lora_trainer.config import LoraTrainerSettings
 from services.lora_trainer.stage import LoraTrainerMetrics, open_trainer
 from services.trainstore.evaluation import EvaluateRefused, scene_files
 from shared.config import ConfigError, load_settings
+from shared.evaluation.experiment import encode_jpeg
 from shared.generation.diffusion import DiffusionBackend, DiffusionSettings
+from shared.generation.settings import GenerationSettings
 from shared.model_cache import fetch_directory, fetch_file
 from skuforge_cli.main import main as cli_main
+from tests.support.evaluation import shelf_photo
 from tests.support.lora import model_folder
 
 # 506 bytes: the store's prefix fits (at most 511), the adapter registry's under it (516) does not.
@@ -99,3 +104,23 @@ def test_a_model_in_a_folder_with_a_long_prefix_is_fetched(s3_endpoint: str, tmp
     assert copy.read_bytes() == b"weights"
     local = fetch_directory(uri, tmp_path / "cache", s3_endpoint_url=s3_endpoint, uri_from="the test")
     assert (local / "model.onnx").read_bytes() == b"weights"
+
+
+def test_a_scene_library_in_a_folder_with_a_long_prefix_is_read(
+    s3_endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The generator and `skuforge evaluate --scenes` only read the scene library, yet
+    SKUFORGE_SCENES_URI and --scenes were held to the room of a store the flow writes in: a folder of over
+    511 bytes was refused at start-up, though S3 serves its photos."""
+    folder = "/".join(["s" * 250, "s" * 250, "s" * 100])  # 602 bytes
+    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    bucket = f"scenes-{uuid.uuid4().hex[:12]}"
+    client.create_bucket(Bucket=bucket)
+    client.put_object(Bucket=bucket, Key=f"{folder}/shelf.jpg", Body=encode_jpeg(shelf_photo(1)))
+    uri = f"s3://{bucket}/{folder}"
+    generation = load_settings(GenerationSettings, scenes_uri=uri)
+    library = load_scenes(generation, load_settings(s3_endpoint_url=s3_endpoint))
+    assert library is not None and len(library) == 1 and "shelf.jpg" in library
+    monkeypatch.setenv("SKUFORGE_S3_ENDPOINT_URL", s3_endpoint)
+    files, _, notes = scene_files(uri)
+    assert [name for name, _ in files] == [f"{uri}/shelf.jpg"] and not notes

@@ -417,6 +417,7 @@ def load_scenes(generation: GenerationSettings, shared: Settings) -> SceneLibrar
         s3_endpoint_url=shared.s3_endpoint_url,
         s3_region=shared.s3_region,
         uri_from="SKUFORGE_SCENES_URI",
+        writes=False,
     )
     try:
         return SceneLibrary.load(

@@ -629,11 +629,17 @@ def scene_files(
         )
     settings = load_settings()
     try:
-        check_store_uri(uri)  # not open_store's refusal, which ends '(from --scenes)': the option leads here
+        # Not open_store's refusal, which ends '(from --scenes)': the option leads here. Only read, as by
+        # the generator: the prefix need not leave the flow's keys room.
+        check_store_uri(uri, writes=False)
     except ValueError as exc:
         raise EvaluateRefused(f"--scenes {uri}: {exc}") from None
     store = open_store(
-        uri, s3_endpoint_url=settings.s3_endpoint_url, s3_region=settings.s3_region, uri_from="--scenes"
+        uri,
+        s3_endpoint_url=settings.s3_endpoint_url,
+        s3_region=settings.s3_region,
+        uri_from="--scenes",
+        writes=False,
     )
     files, hashes, notes = [], [], []
     skipped = []  # (file, why the generator skips it)

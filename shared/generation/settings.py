@@ -243,9 +243,10 @@ class GenerationSettings(BaseSettings):
     @classmethod
     def _scenes_uri_opens(cls, uri: str | None) -> str | None:
         # As the store's and the adapters' URIs: a scheme no store serves passed start-up, and
-        # `skuforge serve generator` died in open_store with a traceback naming no variable.
+        # `skuforge serve generator` died in open_store with a traceback naming no variable. Only read:
+        # its prefix need not leave the flow's keys room.
         if uri is not None:
-            check_store_uri(uri)
+            check_store_uri(uri, writes=False)
         return uri
 
     @field_validator("generation_triton_url")
