@@ -74,14 +74,19 @@ def naming(name: str, uri: str) -> Iterator[None]:
 
 def named(refusal: BadInput, name: str, uri: str) -> BadInput:
     """``refusal`` naming the object it refused, as ``naming`` raises it: for a refusal returned, not
-    raised (one image of a batch the model refused). A copy of its type and attributes (an
-    ``ImageRejected``'s ``setting``; a dead letter's ``error_class``), which a plain ``BadInput`` lost."""
+    raised (one image of a batch the model refused). Its type and attributes kept (``with_detail``)."""
     detail = refusal.detail or refusal.reason
     # object_missing and checksum_mismatch name the uri already.
     where = name if uri in detail else f"{name} {uri}"
-    renamed = copy.copy(refusal)
-    BadInput.__init__(renamed, refusal.reason, f"{where}: {detail}")
-    return renamed
+    return with_detail(refusal, f"{where}: {detail}")
+
+
+def with_detail(refusal: BadInput, detail: str) -> BadInput:
+    """``refusal`` with ``detail`` for its own: a copy of its type and attributes (an ``ImageRejected``'s
+    ``setting``; a dead letter's ``error_class``), which ``BadInput(refusal.reason, detail)`` lost."""
+    copied = copy.copy(refusal)
+    BadInput.__init__(copied, refusal.reason, detail)
+    return copied
 
 
 class TransientError(Exception):

@@ -39,6 +39,7 @@ from tests.support.generation import (
     RefusingGenerator,
     arrange_generator,
     captioned_event,
+    dead_letter_of,
     speckles,
     triton_variant,
     with_mask,
@@ -189,6 +190,26 @@ def test_a_letter_for_every_variant_refused_names_the_photo_that_could_not_be_re
     assert isinstance(outputs, BadInput) and outputs.reason == "generation_refused"
     assert "composite refused variant seed" in outputs.detail  # the refusal itself comes first
     assert "photo 'p1' could not be read (checksum_mismatch: " in outputs.detail
+
+
+def test_a_photo_missing_when_a_variant_is_redrawn_is_dead_lettered_as_object_missing(tmp_path: Path) -> None:
+    # p0's mask is of another size (left out for good), p1's empty (refused), p2 not in the store (read
+    # only when the variant is drawn again): the letter naming p0 was rebuilt as a plain BadInput, and
+    # said error_class BadInput for an object_missing.
+    store, ctx, generation = arrange_generator(tmp_path, variants_per_sku=1, size_px=64)
+    captioned = with_mask(
+        store, captioned_sku(store, 3, usable_photos=3), "p0", np.full((100, 120), 255, np.uint8)
+    )
+    captioned = with_mask(store, captioned, "p1", np.zeros((192, 192), np.uint8))
+    store.delete(store.key_for(captioned.photos[2].image.uri))
+    event = captioned_event(captioned, "redrawn-from-a-missing-photo")
+    generator = RefusingGenerator(CompositeBackend(None))
+    letter = dead_letter_of(event, ctx, generator=generator, generation=generation)
+    assert (
+        letter.reason == "object_missing"
+        and "photo 'p0' could not be read (dimension_mismatch" in letter.detail
+    )
+    assert letter.error_class == "ObjectMissing"
 
 
 def test_a_photo_refused_for_every_variant_spreads_them_over_the_other_photos(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from services.generator.stage import handle_batch, variant_seed
 from shared.errors import BadInput
 from shared.generation.composite import CompositeBackend
 from shared.store import ObjectStore
-from tests.support.generation import RefusingGenerator, arrange_generator, captioned_event
+from tests.support.generation import RefusingGenerator, arrange_generator, captioned_event, dead_letter_of
 from tests.support.in_store import chain, hair, in_store
 
 VARIANTS = 3
@@ -78,3 +78,19 @@ def test_a_sku_refused_from_every_photo_but_one_gone_when_read_again_is_a_letter
     # Not generation_refused, which a replay leaves: the photo back, it draws every variant.
     assert isinstance(letter, BadInput) and letter.reason == "object_missing", letter
     assert "'p1' could not be read (object_missing" in letter.detail
+
+
+def test_a_sku_refused_from_every_photo_but_one_gone_is_dead_lettered_as_object_missing(
+    tmp_path: Path,
+) -> None:
+    # Its reason is the gone photo's: the letter was rebuilt as a plain BadInput, error_class BadInput.
+    store, ctx, generation = arrange_generator(
+        tmp_path, variants_per_sku=VARIANTS, size_px=128, min_plain_background=None
+    )
+    captioned = in_store(store, 39, [hair(), chain()])
+    generator = Deleting(store, captioned.photos[1].image.uri)
+    letter = dead_letter_of(
+        captioned_event(captioned, "all-gone"), ctx, generator=generator, generation=generation
+    )
+    assert letter.reason == "object_missing" and "'p1' could not be read (object_missing" in letter.detail
+    assert letter.error_class == "ObjectMissing"

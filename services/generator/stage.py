@@ -82,7 +82,7 @@ from services.generator.protocol import ADAPTER_REFUSALS, VariantRequest, Varian
 from shared import keys
 from shared.config import Settings, load_settings
 from shared.dlq import is_permanent
-from shared.errors import BadInput, TransientError
+from shared.errors import BadInput, TransientError, with_detail
 from shared.generation.backend import (
     BACKEND_NAMES,
     COLOUR_GAIN_KEY,
@@ -492,7 +492,9 @@ def handle_batch(
             letter = min(draw.refusals, key=lambda refusal: refusal[0].variant_index)[1]
             # A photo passed over and gone when read again (``SkuDraws._read``): back, it may draw them.
             if gone := [left for left in draw.unreadable.values() if not is_permanent(left.reason)]:
-                letter = BadInput(gone[0].reason, letter.detail)
+                # The gone photo's refusal (ObjectMissing) with the variants' detail: a plain BadInput
+                # said error_class BadInput for an object_missing.
+                letter = with_detail(gone[0], letter.detail)
             outputs.append(_naming_photos_left_out(letter, draw.unreadable))
             continue
         usable = [photo for photo in draw.captioned.photos if photo.usable and photo.mask is not None]
@@ -619,7 +621,7 @@ def _naming_photos_left_out(letter: BadInput, unreadable: dict[str, BadInput]) -
         f"photo {photo_id!r} could not be read ({left.reason}: {left.detail[:300]})"
         for photo_id, left in unreadable.items()
     )
-    return BadInput(letter.reason, f"{letter.detail}; also left out: {named}")
+    return with_detail(letter, f"{letter.detail}; also left out: {named}")
 
 
 def _store_variant(

@@ -8,7 +8,8 @@ PyTriton hands it to the Triton model (``services/generator/server.py:Generation
 
 The stage's arrangement: ``arrange_generator`` (a store, the stage's context, its generation
 settings), ``captioned_event`` (a captioned SKU on the captioner's topic), ``with_mask`` and
-``speckles`` (a photo's mask replaced, by one the compositor cannot place).
+``speckles`` (a photo's mask replaced, by one the compositor cannot place); ``dead_letter_of`` (the
+letter the stage's runtime writes for a SKU it refuses).
 
 The compositor's: ``marker_reference`` (a photo of a magenta product no scene produces, and its
 mask), ``marker_request`` (a request to draw from it), ``marker_pixels`` (where the product landed).
@@ -16,6 +17,7 @@ mask), ``marker_request`` (a request to draw from it), ``marker_pixels`` (where 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Sequence
@@ -23,21 +25,24 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from kafka.structs import TopicPartition
 
-from schemas.envelope import Envelope, derive_id
+from schemas.envelope import DeadLetter, Envelope, derive_id
 from schemas.events import SkuCaptioned
 from schemas.topics import SKU_CAPTIONED
 from services.generator.client import refusal
 from services.generator.protocol import VariantRequest, VariantResult
+from services.generator.stage import STAGE_NAME, GenerationClient, handle_batch
 from shared.bus import make_envelope
 from shared.config import load_settings
 from shared.errors import BadInput
 from shared.generation.backend import GenerationBackend, GenerationRequest
 from shared.generation.settings import GenerationSettings
 from shared.observability import StageMetrics
-from shared.runtime import Context
+from shared.runtime import Context, Stage
 from shared.store import FileStore, ObjectStore
 from shared.synth import make_product, render_photo
+from tests.support.runtime import _record, _wired
 
 SIZE = 64
 
@@ -163,6 +168,27 @@ def captioned_event(captioned: SkuCaptioned, *id_parts: str) -> Envelope[SkuCapt
         trace_id="t",
         producer="test",
     )
+
+
+def dead_letter_of(
+    event: Envelope[SkuCaptioned],
+    ctx: Context,
+    *,
+    generator: GenerationClient,
+    generation: GenerationSettings,
+) -> DeadLetter:
+    """The one dead letter the generator stage writes for ``event``: ``handle_batch`` on ``ctx``'s store,
+    as ``build_stage`` registers it, with ``generator`` for Triton, run by the runtime
+    (``Stage._process_batch``), which names the refusal's class (``error_class``)."""
+    stage = Stage(STAGE_NAME, settings=ctx.settings, store=ctx.store)
+    stage.batch_handler(SKU_CAPTIONED)(
+        functools.partial(handle_batch, generator=generator, generation=generation)
+    )
+    _, producer = _wired(stage)
+    tp = TopicPartition(stage.settings.topic_name(SKU_CAPTIONED), 0)
+    stage._process_batch({tp: [_record(tp.topic, 0, event.model_dump_json().encode())]})
+    [(_, value)] = producer.acked
+    return DeadLetter.model_validate_json(value)
 
 
 def speckles() -> np.ndarray:
