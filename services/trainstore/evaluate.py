@@ -15,8 +15,9 @@ and hash are in ``--cache-dir`` is not read again, so ``--no-cache`` checks ever
 Refuses (exit 2, nothing written) when a held-out photo is also an image of the store or a file of
 the scene library (``--scenes``), by path or by content (its own bytes, or the PNG ``skuforge
 ingest`` would store for it), or when a real image of an evaluated SKU or a scene file is a
-resized or re-encoded copy of one (perceptual hash, ``shared/evaluation/leakage.py``): a test photo that was
-trained on, or composited into a training image, makes every figure meaningless. Also refused:
+resized, re-encoded, mirrored or turned (90, 180 or 270 degrees) copy of one (perceptual hash,
+``shared/evaluation/leakage.py``): a test photo that was trained on, or composited into a training
+image, makes every figure meaningless. Also refused:
 held-out folders naming SKUs the store does not have (one without photos is noted), a folder in a
 SKU's folder named like another SKU of the store (its photos would be scored as the outer one),
 one picture in two SKUs' folders (the same bytes, or a copy by perceptual hash; one picture twice in
@@ -76,8 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
         "augmentation, (B) the export under the real:synthetic policy, (B') B + classic augmentation, "
         "(C) synthetic only, and score them top-1 on held-out real photos (at least 2 SKUs). Refuses "
         "(exit 2) when a held-out photo is also in the store (as is, or as ingest would store it) or "
-        "the scene library, or a resized copy of it is a real image of its SKU or a scene. Store: "
-        "SKUFORGE_STORE_URI, "
+        "the scene library, or a resized, re-encoded, mirrored or turned copy of it is a real image of an "
+        "evaluated SKU or a scene. Store: SKUFORGE_STORE_URI, "
         "SKUFORGE_TRAINSTORE_PREFIX.",
         epilog="Writes OUT/evaluation.json (per-SKU 'gain' = B-A, which 'skuforge dataset export "
         "--evaluation' reads) and OUT/report.html (plots, per-SKU table, misclassified photos).",
