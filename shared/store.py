@@ -319,6 +319,11 @@ class ObjectStore(ABC):
         """Delete the object only while it is ``version``, atomically; backends override it."""
         raise NotImplementedError(f"{type(self).__name__} cannot delete an object only if it is unchanged")
 
+    def _holds(self, key: str, data: bytes) -> bool:
+        """Whether the object is ``data``, told without fetching it; backends override it (this
+        fallback cannot tell, so the caller writes)."""
+        return False
+
     def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> ObjectRef:
         """Store ``data`` under ``key`` (replacing any previous object) and return its reference."""
         check_key(key)
@@ -437,6 +442,13 @@ class ObjectStore(ABC):
     def exists(self, key: str) -> bool:
         """Whether an object is stored under ``key``."""
         return self._exists(check_key(key))
+
+    def holds(self, key: str, data: bytes) -> bool:
+        """Whether the object under ``key`` is known to be ``data``, checked by its size and a checksum
+        without downloading it (a FileStore hashes its file; an S3Store compares the HEAD's size and
+        ETag); False when there is none, or when the store cannot tell. A writer of large content-named
+        objects skips writing what is there whole (``AdapterRegistry.register``)."""
+        return self._holds(check_key(key), data)
 
     def list_keys(self, prefix: str = "") -> Iterator[str]:
         """Yield, in lexicographic order, every key that starts with ``prefix`` (a plain string prefix)."""
@@ -560,6 +572,18 @@ class FileStore(ObjectStore):
                 return False
             self._delete(key)
             return True
+
+    def _holds(self, key: str, data: bytes) -> bool:
+        try:
+            with self._mapped_read_errors(key), self._open_object(key) as handle:
+                if os.fstat(handle.fileno()).st_size != len(data):
+                    return False
+                digest = hashlib.sha256()
+                for block in iter(lambda: handle.read(_READ_CHUNK_BYTES), b""):
+                    digest.update(block)
+        except ObjectMissing:
+            return False
+        return digest.hexdigest() == sha256_hex(data)
 
     def _current_version(self, key: str) -> str | None:
         try:
@@ -935,6 +959,18 @@ class S3Store(ObjectStore):
         except ObjectMissing:
             return False
         return True
+
+    def _holds(self, key: str, data: bytes) -> bool:
+        """By the HEAD's size and ETag, S3's MD5 of the bytes it stored from one ``put_object`` (as this
+        store writes). The ETag of a multipart upload or an object encrypted with KMS or a customer's key
+        is no MD5: such an object is not known to hold ``data``, and is written again."""
+        try:
+            with self._mapped_errors(self.uri_for(key)):
+                head = self.client.head_object(Bucket=self.bucket, Key=self._key_prefix + key)
+        except ObjectMissing:
+            return False
+        md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
+        return head.get("ContentLength") == len(data) and head.get("ETag", "").strip('"') == md5
 
     def _list(self, prefix: str) -> Iterator[str]:
         paginator = self.client.get_paginator("list_objects_v2")

@@ -508,9 +508,10 @@ class AdapterRegistry:
         ``rank`` defaults to the one read from the weights. Invalid metadata raises ``ValueError``
         before anything is written, weights it cannot take ``WeightsRefused`` (naming the adapter, and
         ``weights`` when a path). The weights go to a file named by their sha256, so the
-        replaced registration's weights stay readable for generators that have not listed again.
-        Registrations of one id write their metadata one at a time (``REGISTER_LOCKS``): this one
-        waits for another, for a killed one's lock up to ``REGISTER_LOCK_STALE_S``.
+        replaced registration's weights stay readable for generators that have not listed again; weights
+        the store holds whole already (``ObjectStore.holds``) are not uploaded again. Registrations of
+        one id write their metadata one at a time (``REGISTER_LOCKS``): this one waits for another, for
+        a killed one's lock up to ``REGISTER_LOCK_STALE_S``.
         """
         self._check_id(adapter_id)
         try:
@@ -541,10 +542,14 @@ class AdapterRegistry:
             raise ValueError(f"cannot register adapter {adapter_id!r}: {problems}") from None
         weights_key = f"{adapter_id}/{metadata.weight_name}"
         with self._store_faults():
-            self.store.put_bytes(weights_key, data)
+            # Named by their sha256, weights registered before are there already: checked, not sent again
+            # (hundreds of MB). Damaged ones are written again: registering them is how they are mended.
+            if not self.store.holds(weights_key, data):
+                self.store.put_bytes(weights_key, data)
             with self._registering(adapter_id):
                 replaced = self._registered(adapter_id)
-                # A registration holding the lock while ours uploaded deleted them: no metadata named them.
+                # A registration holding the lock while ours uploaded or checked them (or waited) deleted
+                # them: no metadata named them.
                 if not self.store.exists(weights_key):
                     self.store.put_bytes(weights_key, data)
                 self.store.put_json(f"{adapter_id}/{METADATA_FILE}", metadata.model_dump(mode="json"))
