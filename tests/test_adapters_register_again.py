@@ -1,16 +1,23 @@
 """Registering an adapter's weights again, on the real stores: weights the registry already holds, as
-they are, are not uploaded again (they run to hundreds of MB); damaged ones are."""
+they are, are not uploaded again (they run to hundreds of MB); damaged ones are. A registration waiting
+for another's lock says so where `skuforge adapters register`'s user sees it."""
 
 from __future__ import annotations
 
 import copy
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from shared.generation.adapters import AdapterRegistry, weights_file_name
+from shared.generation.adapters import REGISTER_LOCKS, AdapterRegistry, weights_file_name
 from shared.store import FileStore, ObjectStore, sha256_hex
 from tests.support.lora import lora_weights
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(params=["file", "s3"])
@@ -61,3 +68,29 @@ def test_weights_damaged_in_the_store_are_uploaded_again(store: ObjectStore, dam
     registry.register("cola-v", weights, kind="specialized", series="Cola", base_model="sd15")
 
     assert registry.registered_weights(registry.get("cola-v")) == weights  # ChecksumMismatch when damaged
+
+
+def test_the_cli_says_it_waits_for_another_registrations_lock(tmp_path: Path) -> None:
+    """`skuforge adapters register` waited silently (up to 120s on a killed registration's lock): the
+    message was logged at INFO, which a command with no logging set up does not show."""
+    adapters = FileStore(tmp_path / "adapters")
+    lock_key = f"{REGISTER_LOCKS}/cola-v.json"
+    adapters.put_json(lock_key, {"registration": "other", "host": "elsewhere", "pid": 1})
+    weights = tmp_path / "cola.safetensors"
+    weights.write_bytes(lora_weights(1))
+    env = {name: value for name, value in os.environ.items() if not name.startswith("SKUFORGE_")}
+    env["SKUFORGE_DIFFUSION_ADAPTERS_URI"] = adapters.base_uri
+    command = [sys.executable, "-m", "skuforge_cli", "adapters", "register", "cola-v", str(weights)]
+    command += ["--kind", "specialized", "--series", "Cola", "--base-model", "sd15"]
+    with subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as registering:
+        assert registering.stderr is not None
+        told = registering.stderr.readline()
+        adapters.delete(lock_key)  # the other registration ends
+        out, _ = registering.communicate()
+
+    assert "waiting for another registration of adapter cola-v" in told, told
+    assert adapters.uri_for(lock_key) in told
+    assert registering.returncode == 0
+    assert json.loads(out)["adapter_id"] == "cola-v"

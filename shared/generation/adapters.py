@@ -580,11 +580,15 @@ class AdapterRegistry:
             # look stale early.
             now = time.monotonic()
             if seen is None or seen[0] != version:
+                # A WARNING: `skuforge adapters register` sets no logging up, and Python shows only
+                # those; at INFO its user waited out a killed registration's lock without a word.
                 if seen is None:
-                    logger.info(
-                        "waiting for another registration of adapter %s (lock %s)",
+                    logger.warning(
+                        "waiting for another registration of adapter %s (lock %s; one left by a killed "
+                        "registration is taken over once unchanged for %.0fs)",
                         adapter_id,
                         self.store.uri_for(key),
+                        REGISTER_LOCK_STALE_S,
                     )
                 seen = (version, now)
             elif now - seen[1] >= REGISTER_LOCK_STALE_S and self.store.replace_if(key, body, version):
