@@ -596,7 +596,13 @@ class FileStore(ObjectStore):
         """Hold ``key``'s compare-and-swap lock, an exclusive ``flock`` on a hidden file beside it: the
         ``replace_if`` and ``delete_if`` of one key run one at a time, so none changes the object between
         another's compare and its swap. ``put_new`` needs none: its link fails while an object is there,
-        and a swap never leaves the name empty (a rename over it)."""
+        and a swap never leaves the name empty (a rename over it).
+
+        The guard stays, one empty file per key ever swapped (a lock's), hidden from every listing:
+        removed, a process that opened it before the removal would lock the removed file while the next
+        locks a new one under its name, two swaps at once (only were every process, older versions too,
+        to check after locking that the name is still its file would that be safe), and on NFS a file
+        removed while open is renamed ``.nfs*``, which listings would name."""
         path = self._path(key)
         # Hashed: the key's own name may already be the longest a folder takes.
         guard = path.parent / f"{_TMP_PREFIX}cas-{hashlib.sha256(path.name.encode()).hexdigest()[:32]}"
