@@ -531,11 +531,10 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, _dest(flag)) is None:
             setattr(args, _dest(flag), default)
     if args.skus is not None and not args.skus.is_dir():
-        hint = (
-            f"; for {args.skus} synthetic SKUs: --synthetic --synthetic-skus {args.skus}"
-            if str(args.skus).isdigit()
-            else not_a_folder_hint(args.skus)
-        )
+        # A number may be the old --skus count, or a folder named so that is not here: both are said.
+        hint = not_a_folder_hint(args.skus)
+        if str(args.skus).isdigit():
+            hint += f"; for {args.skus} synthetic SKUs: --synthetic --synthetic-skus {args.skus}"
         parser.error(f"--skus {args.skus}: not a directory of SKU folders{hint}")
     workdir = args.workdir.resolve()
     # A running stack's damaged stack.json is named now, before anything is rendered or ingested.
