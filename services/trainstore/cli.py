@@ -352,7 +352,10 @@ def main(argv: list[str] | None = None) -> int:
         try:
             stored = manifests.sku_ids()
             if not stored:
-                raise ValueError(no_skus_problem(manifests))  # not an empty training set and exit 0
+                # Not an empty training set and exit 0; a store problem, said as `stats` says it (one line,
+                # exit 1), not a usage error with the full usage.
+                print(f"skuforge dataset export: {no_skus_problem(manifests)}", file=sys.stderr)
+                return 1
             no_synthetic = None
             if args.evaluation is not None:
                 evaluation = _read_evaluation(args.evaluation)
