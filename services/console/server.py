@@ -27,6 +27,7 @@ import threading
 
 import uvicorn
 from fastapi import FastAPI
+from kafka.errors import KafkaError
 
 from schemas.flow import CONSOLE
 from services.console.app import create_app
@@ -39,6 +40,7 @@ from services.console.relay import stop_timeout_s as relay_stop_timeout_s
 from services.console.tasks import TaskStore
 from services.console.withdrawn import WithdrawalSweep
 from shared.argtypes import int_between
+from shared.bus import retriable_kafka_error
 from shared.config import ConfigError, Settings, load_settings
 from shared.errors import TransientError
 from shared.observability import HealthServer, configure_logging
@@ -55,6 +57,12 @@ log = logging.getLogger("skuforge.console")
 HTTP_DRAIN_S = 15.0
 # Then the intake gets this long to commit what it consumed and leave its group.
 INTAKE_STOP_S = 60.0
+
+
+def expected_outage(exc: Exception) -> bool:
+    """Whether ``exc`` is a fault the intake's restart is for (no broker answered, a connection lost),
+    not a bug whose traceback is wanted."""
+    return isinstance(exc, TransientError) or (isinstance(exc, KafkaError) and retriable_kafka_error(exc))
 
 
 def stop_timeout_s(settings: Settings) -> float:
@@ -130,8 +138,17 @@ class ConsoleService:
             try:
                 stage.run(install_signal_handlers=False, serve_health=False)
                 return
-            except Exception:
-                log.exception("console intake failed; restarting", extra={"retry_in_s": backoff_s})
+            except Exception as exc:
+                if expected_outage(exc):
+                    # Kafka down or restarting is retried, and a traceback each restart said nothing more.
+                    log.warning(
+                        "console intake cannot run (%s); restarting in %s s",
+                        exc,
+                        backoff_s,
+                        extra={"retry_in_s": backoff_s},
+                    )
+                else:
+                    log.exception("console intake failed; restarting", extra={"retry_in_s": backoff_s})
             self._stopping.wait(backoff_s)
             backoff_s = min(self.settings.retry_backoff_max_s, backoff_s * 2)
 
