@@ -704,3 +704,13 @@ def test_int8_is_judged_on_the_mean_and_on_each_photo() -> None:
     assert (one_broken.accepted, one_broken.worst_image, one_broken.images_over_drop_max) == (False, 199, 1)
     with pytest.raises(ValueError, match="same held-out photos"):
         judge_int8(fp32, [0.95] * 199)
+
+
+def test_eval_tells_how_far_it_is_on_stderr_and_keeps_its_result_line_on_stdout(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`eval --n 200` printed nothing for minutes, as if it hung."""
+    assert matting_cli(["eval", str(FP32), "--n", "3"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["n_images"] == 3  # stdout: the one JSON line, as before
+    assert "skuforge matting eval: 3/3 photos, mean IoU so far " in captured.err

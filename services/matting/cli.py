@@ -9,6 +9,8 @@ import io
 import json
 import logging
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from shared.argtypes import (
@@ -30,6 +32,7 @@ from shared.observability import configure_logging
 # The committed model and its int8 copy (served as u2netp and u2netp-int8).
 COMMITTED_FP32 = "u2netp-skuforge.onnx"
 COMMITTED_INT8 = "u2netp-skuforge-int8.onnx"
+EVAL_PROGRESS_EVERY_S = 10.0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -227,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
         help="mean IoU and MAE of an ONNX model on held-out renderer photos",
         description="Mean IoU and MAE of an ONNX model on held-out renderer photos (the model card's "
         "figures), not real ones: a renderer figure says little alone. On real product photos, beside "
-        "the official model: make bench-real GROCERY=DIR (docs/matting.md).",
+        "the official model: make bench-real GROCERY=DIR (docs/matting.md). Prints its figures as one "
+        "JSON line on stdout; how far it is, on stderr.",
     )
     evaluate.add_argument("model_path", type=Path, help="the ONNX model")
     evaluate.add_argument(
@@ -455,7 +459,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.action == "eval":
         _check_onnx(parser, args.model_path)
-        print(json.dumps(run_eval(args.model_path, args.n, args.seed, model=args.model).summary()))
+        result = run_eval(
+            args.model_path, args.n, args.seed, model=args.model, progress=_eval_progress(args.n)
+        )
+        print(json.dumps(result.summary()))
         return 0
 
     if args.action == "export":
@@ -682,6 +689,23 @@ def _tune_ranges(parser: argparse.ArgumentParser, args: argparse.Namespace) -> i
         )
     )
     return 0
+
+
+def _eval_progress(n: int) -> Callable[[int, float], None]:
+    """A line on stderr after the first batch, every ``EVAL_PROGRESS_EVERY_S`` and at the end: `eval
+    --n 200` printed nothing for minutes, as if it hung. Stdout keeps the one JSON line scripts read."""
+    last_s: float | None = None
+
+    def report(done: int, mean_iou: float) -> None:
+        nonlocal last_s
+        now_s = time.monotonic()
+        if last_s is None or now_s - last_s >= EVAL_PROGRESS_EVERY_S or done == n:
+            print(
+                f"skuforge matting eval: {done}/{n} photos, mean IoU so far {mean_iou:.4f}", file=sys.stderr
+            )
+            last_s = now_s
+
+    return report
 
 
 def _check_onnx(parser: argparse.ArgumentParser, path: Path) -> None:

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import logging
 import os
 import pickle
 import platform
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -480,19 +481,21 @@ def evaluate(
     size_px: int = 512,
     threads: int = 2,
     batch: int = 8,
+    progress: Callable[[int, float], None] | None = None,
 ) -> Evaluation:
     """Mean IoU and MAE of ``onnx_path`` (a file, or its bytes) on ``n`` held-out renderer photos
-    (different products)."""
+    (different products). ``progress`` is told the photos done and their mean IoU after each batch."""
     session_class = U2NetPSession if model == "u2netp" else U2NetSession
     session = session_class(onnx_path, threads=threads, use_gpu=False, max_batch=batch, mask=MaskOptions())
     ious: list[float] = []
     errors: list[float] = []
-    photos = list(render_dataset(n, seed, size_px=size_px))
-    for start in range(0, len(photos), batch):
-        chunk = photos[start : start + batch]
+    photos = render_dataset(n, seed, size_px=size_px)  # rendered batch by batch: progress from the first
+    while chunk := list(itertools.islice(photos, batch)):
         for photo, result in zip(chunk, session.predict([p.image for p in chunk]), strict=True):
             ious.append(iou(result.mask, photo.mask))
             errors.append(float(np.abs(result.confidence - photo.mask.astype(np.float32) / 255.0).mean()))
+        if progress is not None:
+            progress(len(ious), float(np.mean(ious)))
     return Evaluation(
         mean_iou=round(float(np.mean(ious)), 4),
         median_iou=round(float(np.median(ious)), 4),
