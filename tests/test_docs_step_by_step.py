@@ -10,7 +10,8 @@ from tests.support.docs import README
 
 def step_by_step_commands() -> list[str]:
     """The skuforge commands of the block, in order ("run captioner", "serve generator", ...)."""
-    block = README.split("Step by step, without `skuforge up`", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    after = README.split("Step by step, without `skuforge up`", 1)[1]
+    block = after.split("```bash", 1)[1].split("```", 1)[0]
     return re.findall(r"skuforge ((?:run|serve) [a-z-]+)", block)
 
 
