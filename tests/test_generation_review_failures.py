@@ -275,6 +275,20 @@ def test_a_photo_missing_from_the_store_still_dead_letters_the_whole_sku(tmp_pat
     assert isinstance(outputs, BadInput) and outputs.reason == "object_missing"
 
 
+def test_a_photo_missing_at_first_read_is_dead_lettered_naming_the_photos_left_out(tmp_path: Path) -> None:
+    # p0 cannot be read for good, p1 is missing when first read: its ObjectMissing left the SKU's
+    # draws straight away, and the letter did not name p0, which a replay then left out unawares.
+    store, ctx, generation = arrange_generator(tmp_path, variants_per_sku=4, size_px=64)
+    captioned = with_image(captioned_sku(store, 3), "p0", sha256="0" * 64)
+    captioned = with_image(captioned, "p1", uri=store.uri_for("images/gone.png"))
+    event = captioned_event(captioned, "missing-at-first-read")
+    generator = RefusingGenerator(CompositeBackend(None))
+    letter = dead_letter_of(event, ctx, generator=generator, generation=generation)
+    assert letter.reason == "object_missing" and "images/gone.png" in letter.detail
+    assert "photo 'p0' could not be read (checksum_mismatch: " in letter.detail
+    assert letter.error_class == "ObjectMissing"
+
+
 class AdapterMissingGenerator:
     """Draws nothing useful: refuses the second variant as an adapter not registered yet."""
 

@@ -348,7 +348,12 @@ class SkuDraws:
             # In-store photos are all read: which of them are drawn from depends on every one's mask.
             if not self.cluttered and len(self.references) == generation.generation_variants_per_sku:
                 break
-            self._read(photo)
+            try:
+                self._read(photo)
+            except BadInput as missing:
+                # As a letter of ``handle_batch``: one naming only the missing photo, once it was back,
+                # left out those found unreadable before it unawares.
+                raise _naming_photos_left_out(missing, self.unreadable) from missing
         if not self.references:
             raise next(iter(self.unreadable.values()))
         if self.cluttered:
