@@ -30,7 +30,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from shared.errors import ImageRejected
+from shared.errors import ImageRejected, with_detail
 from shared.evaluation.backbone import Backbone, FeatureCache
 from shared.evaluation.classic import classic_augment
 from shared.evaluation.linear import fit_predict
@@ -219,7 +219,7 @@ def _decoded(photo: Photo, limits: tuple[int, int]) -> Image.Image:
     try:
         image = decode_image(photo.read(), max_pixels=limits[0], max_bytes=limits[1])
     except ImageRejected as exc:  # among hundreds of photos, the reason alone does not say which
-        raise ImageRejected(exc.reason, f"{photo.name}: {exc.detail}", setting=exc.setting) from exc
+        raise with_detail(exc, f"{photo.name}: {exc.detail}") from exc
     # Features are taken at 224 px: shrinking large photos first keeps the decode cheap to hold.
     image.thumbnail((512, 512), Image.Resampling.BILINEAR)
     return image

@@ -58,7 +58,7 @@ from typing import Any, Literal, TypeVar
 
 from PIL import Image, ImageOps
 
-from shared.errors import BadInput, ChecksumMismatch, ObjectMissing
+from shared.errors import BadInput, ChecksumMismatch, ObjectMissing, with_detail
 from shared.images import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_PIXELS,
@@ -1117,7 +1117,7 @@ def _with_ways_past(
     if isinstance(exc, ImageRejected):
         if exc.setting:
             ways.insert(0, f"export with a higher {exc.setting}")
-        return ImageRejected(exc.reason, f"{uri}: {what}: {exc.detail}; {either(*ways)}", setting=exc.setting)
+        return with_detail(exc, f"{uri}: {what}: {exc.detail}; {either(*ways)}")
     why = f" ({exc.why})" if exc.why else ""
     return ObjectMissing(uri, f"{what}{why}; {either('restore it', *ways)}")
 
