@@ -289,6 +289,18 @@ def test_a_photo_missing_at_first_read_is_dead_lettered_naming_the_photos_left_o
     assert letter.error_class == "ObjectMissing"
 
 
+def test_a_sku_no_photo_of_which_can_be_read_is_dead_lettered_naming_every_one(tmp_path: Path) -> None:
+    # Only the first unreadable photo was raised: once it was fixed, a replay left the other out unawares.
+    store, ctx, generation = arrange_generator(tmp_path, variants_per_sku=4, size_px=64)
+    captioned = with_image(captioned_sku(store, 3), "p0", sha256="0" * 64)
+    captioned = with_image(captioned, "p1", sha256="1" * 64)
+    event = captioned_event(captioned, "none-readable")
+    generator = RefusingGenerator(CompositeBackend(None))
+    letter = dead_letter_of(event, ctx, generator=generator, generation=generation)
+    assert letter.reason == "checksum_mismatch" and letter.error_class == "ChecksumMismatch"
+    assert "photo 'p1' could not be read (checksum_mismatch: " in letter.detail
+
+
 class AdapterMissingGenerator:
     """Draws nothing useful: refuses the second variant as an adapter not registered yet."""
 

@@ -355,7 +355,10 @@ class SkuDraws:
                 # left out those found unreadable before it unawares.
                 raise _naming_photos_left_out(missing, self.unreadable) from missing
         if not self.references:
-            raise next(iter(self.unreadable.values()))
+            # The letter names every photo: one naming only the first, once that was fixed, left the
+            # others out of a replay unawares.
+            first, *others = self.unreadable.items()
+            raise _naming_photos_left_out(first[1], dict(others))
         if self.cluttered:
             readable = [photo for photo in self.turn if photo.photo_id in self.references]
             masks = {photo_id: reference[1] for photo_id, reference in self.references.items()}
