@@ -54,6 +54,7 @@ overruling the measured colours and shape. Other knobs: ``services/captioner/con
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -150,11 +151,40 @@ class CaptionerModels:
 
     @property
     def captioner_id(self) -> str:
-        """Backend and model ids, for the event's ``captioner`` field (lineage)."""
+        """Backend and model ids, and each setting that changes a caption when off its default, for the
+        event's ``captioner`` field (lineage): captioners that caption differently sign differently, and
+        the id of a captioner as shipped stays as it was. BLIP's num_beams is in its model id: the
+        directory digest covers ``generation_config.json``."""
         attributes = f"{ATTRIBUTES_BACKEND} shape-tree@{shape_tree_id()} matting:{self.session.model_id}"
         if self.options.captioner_fill_dents_share > 0:
             attributes += f" fill-dents@{self.options.captioner_fill_dents_share:g}"
-        return f"vlm:{self.vlm.model_id} + {attributes}" if self.vlm else attributes
+        for field, label in _CAPTION_SETTINGS.items():
+            value = getattr(self.options, field)
+            if value != CaptionerSettings.model_fields[field].default:
+                attributes += f" {label}@{value:g}"
+        if self.vlm is None:
+            return attributes
+        vlm = f"vlm:{self.vlm.model_id}"
+        if self.vlm.prompt != _DEFAULT_PROMPT:
+            vlm += f" prompt@{json.dumps(self.vlm.prompt)}"
+        if self.vlm.max_new_tokens != _DEFAULT_MAX_NEW_TOKENS:
+            vlm += f" max-new-tokens@{self.vlm.max_new_tokens}"
+        return f"{vlm} + {attributes}"
+
+
+# The settings besides the models that change what a photo's caption says (or whether it has one),
+# and their names in the captioner id.
+_CAPTION_SETTINGS = {
+    "captioner_mask_threshold": "mask-threshold",
+    "captioner_min_mask_fraction": "min-mask",
+    "captioner_max_mask_fraction": "max-mask",
+    "captioner_blank_spread": "blank-spread",
+    "captioner_colours": "colours",
+    "captioner_max_colour_names": "colour-names",
+    "captioner_min_colour_share": "min-colour-share",
+}
+_DEFAULT_PROMPT = str(CaptionerSettings.model_fields["captioner_vlm_prompt"].default).strip()
+_DEFAULT_MAX_NEW_TOKENS = CaptionerSettings.model_fields["captioner_vlm_max_new_tokens"].default
 
 
 def open_models(
