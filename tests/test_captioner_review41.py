@@ -6,9 +6,11 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
+
 from services.captioner.config import CaptionerSettings
 from services.captioner.stage import CaptionerModels
-from shared.captioning.vlm import VlmCaptioner
+from shared.captioning.vlm import VlmCaptioner, VlmModelError
 from shared.config import load_settings
 from shared.matting.session import U2NetPSession
 from tests.support.captioning import tiny_blip_dir
@@ -47,3 +49,16 @@ def test_the_captioner_id_names_every_setting_that_changes_a_caption(tmp_path: P
     assert default not in others and len(others) == 12
     # A prompt written with spaces around it is the same prompt: the same captions, the same id.
     assert captioner_id(VlmCaptioner(blip, threads=1, prompt=" a photo of ")) == default
+
+
+def test_num_beams_written_as_a_float_is_refused_saying_to_write_an_integer(tmp_path: Path) -> None:
+    """``num_beams: 4.0`` was told to be 'set to a whole number', which 4.0 is: the message did not say
+    what to change. Refused before any weights are read, so the folder needs no weights."""
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "blip"}), encoding="utf-8")
+    generation = tmp_path / "generation_config.json"
+    generation.write_text(json.dumps({"num_beams": 4.0}), encoding="utf-8")
+    with pytest.raises(VlmModelError) as refused:
+        VlmCaptioner(tmp_path, threads=1)
+    assert str(refused.value) == (
+        f"{generation}: num_beams is 4.0; write it as an integer, 4 (not 4.0), or remove it"
+    )

@@ -217,10 +217,17 @@ def _decoding_asked(path: Path) -> dict[str, Any]:
 def _num_beams(path: Path, asked: dict[str, Any]) -> int:
     """The beams the folder's ``generation_config.json`` asks for (1, greedy, when it names none): a
     beam search is as deterministic as greedy decoding. ``describe`` decoded with one beam whatever
-    the folder said; a value that is not a whole number from 1 is ``VlmModelError``."""
+    the folder said; a value that is not a whole number from 1, written as an integer, is
+    ``VlmModelError``."""
     beams = asked.get("num_beams", 1)
     if beams is None:
         return 1
+    if isinstance(beams, float) and beams.is_integer() and beams >= 1:
+        # 4.0 is a whole number: "set it to a whole number" did not say what to change.
+        raise VlmModelError(
+            f"{path}: num_beams is {json.dumps(beams)}; write it as an integer, {int(beams)} "
+            f"(not {json.dumps(beams)}), or remove it"
+        )
     if isinstance(beams, bool) or not isinstance(beams, int) or beams < 1:
         raise VlmModelError(
             f"{path}: num_beams is {json.dumps(beams)}; set it to a whole number from 1 or remove it"
