@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from schemas.events import MAX_MODEL_ID_CHARS
 from services.captioner.config import CaptionerSettings
 from services.captioner.stage import CaptionerModels
 from shared.captioning.vlm import VlmCaptioner, VlmModelError
@@ -62,3 +63,18 @@ def test_num_beams_written_as_a_float_is_refused_saying_to_write_an_integer(tmp_
     assert str(refused.value) == (
         f"{generation}: num_beams is 4.0; write it as an integer, 4 (not 4.0), or remove it"
     )
+
+
+def test_a_long_prompt_keeps_the_captioner_id_within_an_event_s_limit(tmp_path: Path) -> None:
+    """A prompt written out whole in the id would make every ``sku.captioned`` too long to send."""
+    session = U2NetPSession(stand_in_onnx_bytes(), threads=1, use_gpu=False)
+    blip = tiny_blip_dir(tmp_path / "blip")
+    options = load_settings(CaptionerSettings, captioner_use_gpu=False)
+    ids = {
+        CaptionerModels(
+            session=session, vlm=VlmCaptioner(blip, threads=1, prompt=word * 2000), options=options
+        ).captioner_id
+        for word in "xy"
+    }
+    assert len(ids) == 2
+    assert all(len(captioner_id) <= MAX_MODEL_ID_CHARS for captioner_id in ids)

@@ -54,6 +54,7 @@ overruling the measured colours and shape. Other knobs: ``services/captioner/con
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -166,7 +167,10 @@ class CaptionerModels:
             return attributes
         vlm = f"vlm:{self.vlm.model_id}"
         if self.vlm.prompt != _DEFAULT_PROMPT:
-            vlm += f" prompt@{json.dumps(self.vlm.prompt)}"
+            prompt = json.dumps(self.vlm.prompt)
+            if len(prompt) > _MAX_PROMPT_ID_CHARS:  # written whole, every event was past its limit
+                prompt = f"sha256:{hashlib.sha256(self.vlm.prompt.encode()).hexdigest()[:12]}"
+            vlm += f" prompt@{prompt}"
         if self.vlm.max_new_tokens != _DEFAULT_MAX_NEW_TOKENS:
             vlm += f" max-new-tokens@{self.vlm.max_new_tokens}"
         return f"{vlm} + {attributes}"
@@ -183,6 +187,8 @@ _CAPTION_SETTINGS = {
     "captioner_max_colour_names": "colour-names",
     "captioner_min_colour_share": "min-colour-share",
 }
+# A longer prompt is named by its digest: an event's model ids are at most MAX_MODEL_ID_CHARS.
+_MAX_PROMPT_ID_CHARS = 80
 _DEFAULT_PROMPT = str(CaptionerSettings.model_fields["captioner_vlm_prompt"].default).strip()
 _DEFAULT_MAX_NEW_TOKENS = CaptionerSettings.model_fields["captioner_vlm_max_new_tokens"].default
 
