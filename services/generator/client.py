@@ -368,8 +368,11 @@ class TritonGenerator:
         from tritonclient.utils import InferenceServerException
 
         try:
+            # The client first: over HTTP the bound makes the thread's gevent hub, which only ``close``
+            # destroys, through the client; one that failed to build left its worker a hub for good.
+            client = self._client()
             with self._bounded() as timeout:
-                metadata = self._client().get_model_metadata(model_name(backend), **timeout)
+                metadata = client.get_model_metadata(model_name(backend), **timeout)
         except InferenceServerException as exc:
             status, message = str(exc.status()), exc.message() or str(exc)
             raise GeneratorUnavailable(*_explain(status, message, self.url, backend)) from exc
