@@ -4,15 +4,18 @@ named in a warning instead of being ingested without a word."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, TiffImagePlugin
+from PIL import Image, ImageOps, TiffImagePlugin
 
 from services.ingest import ingest
 from shared.config import load_settings
 from tests.support.memory import peak_traced_bytes
+
+SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "grocerystore" / "GROCERY-OATLY-001"
 
 
 def _picture(seed: int, size: tuple[int, int] = (320, 240)) -> Image.Image:
@@ -53,6 +56,32 @@ def test_a_resized_or_re_encoded_copy_of_a_photo_is_named_in_a_warning(tmp_path:
         f"SKU A-1: {folder / copy} looks like a resized or re-encoded copy of {folder / 'IMG_1.png'}; "
         "both are ingested, as two photos of the product (remove the copy if it is one)"
         for copy in ("IMG_1_chat.jpg", "IMG_1_small.png")
+    ], warnings
+
+
+def test_a_turned_or_mirrored_copy_of_a_photo_is_named_with_how_it_differs(tmp_path: Path) -> None:
+    # The same shot added flipped, or saved again without its EXIF orientation, has a perceptual hash
+    # of its own as shown: it was ingested without a word, a duplicate for the classifier, though
+    # ``skuforge evaluate`` hashes the 8 orientations and finds it. The other two shots stay unnamed.
+    folder = tmp_path / "oatly"
+    shutil.copytree(SAMPLE, folder)
+    with Image.open(folder / "Oatly-Oat-Milk_012.jpg") as opened:
+        photo = ImageOps.exif_transpose(opened)
+    photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(
+        folder / "Oatly-Oat-Milk_012_mirrored.jpg", quality=85
+    )
+    turned = photo.transpose(Image.Transpose.ROTATE_90)  # counter-clockwise, shrunk as a chat app would
+    turned.reduce(2).save(folder / "Oatly-Oat-Milk_012_turned.jpg", quality=60)
+    surveyed, warnings = _survey(tmp_path)
+    assert surveyed == [("GROCERY-OATLY-001", 5)], "a warning, not a refusal: both are ingested"
+    assert warnings == [
+        f"SKU GROCERY-OATLY-001: {folder / copy} looks like a copy of {folder / 'Oatly-Oat-Milk_012.jpg'} "
+        f"({how}, perhaps resized or re-encoded); both are ingested, as two photos of the product (remove "
+        "the copy if it is one)"
+        for copy, how in (
+            ("Oatly-Oat-Milk_012_mirrored.jpg", "mirrored"),
+            ("Oatly-Oat-Milk_012_turned.jpg", "turned 90 degrees"),
+        )
     ], warnings
 
 

@@ -96,7 +96,7 @@ from shared.argtypes import path_argument
 from shared.bus import Publisher, listed_topics
 from shared.config import ConfigError, Settings, load_settings
 from shared.errors import BadInput, ImageRejected, TransientError
-from shared.evaluation.leakage import NEAR_DUPLICATE_MAX_BITS, image_hash
+from shared.evaluation.leakage import NEAR_DUPLICATE_MAX_BITS, image_variant_hashes
 from shared.images import encode_png, frame_count, photo_and_transparency, refuse_oversized
 from shared.observability import escape_control_characters
 from shared.photos import (
@@ -172,8 +172,9 @@ class PreparedSku:
     photos: list[PreparedPhoto]
     # (a file, the file before it in the folder with the same picture): ingested once, and warned of.
     copies: tuple[tuple[Path, Path], ...] = ()
-    # (a file, a file before it that it looks like: resized or re-encoded): both ingested, and warned of.
-    near_copies: tuple[tuple[Path, Path], ...] = ()
+    # (a file, a file before it that it looks like, how: "as shown" when resized or re-encoded, else
+    # "mirrored", "turned 90 degrees"...): both ingested, and warned of.
+    near_copies: tuple[tuple[Path, Path, str], ...] = ()
     # (a file, its frame or page count) of an animation or a multi-page file: its first is ingested, and
     # warned of.
     frames: tuple[tuple[Path, int], ...] = ()
@@ -516,9 +517,10 @@ def prepare_sku(folder: Path, settings: Settings) -> tuple[PreparedSku | None, l
     photos: list[PreparedPhoto] = []
     seen: dict[str, Path] = {}  # each picture's first file
     copies: list[tuple[Path, Path]] = []
-    near_copies: list[tuple[Path, Path]] = []
+    near_copies: list[tuple[Path, Path, str]] = []
     frames: list[tuple[Path, int]] = []
-    looks: list[tuple[bytes, Path]] = []  # each kept photo's perceptual hash, where it has one
+    # Each kept photo's perceptual hashes (as shown, mirrored, turned), where it has any.
+    looks: list[tuple[dict[str, bytes], Path]] = []
     # Every file is checked, even past the limit: a user who removes photos should not find the next
     # problem only on the next run. One at a time; the photos past the limit are checked, counted and
     # let go, never held. The limit counts distinct pictures: a copy of one adds nothing (it was
@@ -577,12 +579,13 @@ def prepare_sku(folder: Path, settings: Settings) -> tuple[PreparedSku | None, l
         if len(seen) > limit:
             continue
         # A copy with other bytes (shrunk by a chat app, saved again as JPEG) is another photo to
-        # ingest, but its owner meant one: named, as a byte-for-byte copy is, and left in.
-        look = image_hash(image)
-        if (earlier := _looked_like(look, looks)) is not None:
-            near_copies.append((file, earlier))
-        if look is not None:
-            looks.append((look, file))
+        # ingest, but its owner meant one: named, as a byte-for-byte copy is, and left in. So is one
+        # flipped or turned (the same shot added mirrored, or saved again without its EXIF orientation).
+        variants = image_variant_hashes(image)
+        if (earlier := _looked_like(variants.get("as shown"), looks)) is not None:
+            near_copies.append((file, *earlier))
+        if variants:
+            looks.append((variants, file))
         if (count := frame_count(data)) > 1:
             frames.append((file, count))
         photos.append(photo)
@@ -600,16 +603,20 @@ def prepare_sku(folder: Path, settings: Settings) -> tuple[PreparedSku | None, l
     return sku, []
 
 
-def _looked_like(look: bytes | None, looks: list[tuple[bytes, Path]]) -> Path | None:
-    """The first file of ``looks`` whose perceptual hash is within ``NEAR_DUPLICATE_MAX_BITS`` of
-    ``look``; None when there is none, or when ``look`` is None (a plain picture: its hash says nothing)."""
+def _looked_like(look: bytes | None, looks: list[tuple[dict[str, bytes], Path]]) -> tuple[Path, str] | None:
+    """The first file of ``looks`` with a variant (``image_variant_hashes``: as shown, mirrored, turned)
+    whose perceptual hash is within ``NEAR_DUPLICATE_MAX_BITS`` of ``look``, and its nearest such
+    variant (of equals, the first: "as shown" before the others); None when there is none, or when
+    ``look`` is None (a plain picture: its hash says nothing)."""
     if look is None:
         return None
     bits = int.from_bytes(look)
-    close = (
-        file for other, file in looks if (bits ^ int.from_bytes(other)).bit_count() <= NEAR_DUPLICATE_MAX_BITS
-    )
-    return next(close, None)
+    for variants, file in looks:
+        apart = {variant: (bits ^ int.from_bytes(other)).bit_count() for variant, other in variants.items()}
+        nearest = min(apart, key=apart.__getitem__)
+        if apart[nearest] <= NEAR_DUPLICATE_MAX_BITS:
+            return file, nearest
+    return None
 
 
 def _shows_nothing(text: str) -> bool:
@@ -860,10 +867,16 @@ def _warn_of_copies(sku: PreparedSku, warn: Callable[[str], None]) -> None:
             f"SKU {sku.metadata.sku_id}: {copy} is the same picture as {first} and is not ingested a "
             "second time"
         )
-    for copy, first in sku.near_copies:
+    for copy, first, how in sku.near_copies:
+        # Named as ``skuforge evaluate`` names a copy of a held-out photo.
+        likeness = (
+            f"a resized or re-encoded copy of {first}"
+            if how == "as shown"
+            else f"a copy of {first} ({how}, perhaps resized or re-encoded)"
+        )
         warn(
-            f"SKU {sku.metadata.sku_id}: {copy} looks like a resized or re-encoded copy of {first}; both "
-            "are ingested, as two photos of the product (remove the copy if it is one)"
+            f"SKU {sku.metadata.sku_id}: {copy} looks like {likeness}; both are ingested, as two photos of "
+            "the product (remove the copy if it is one)"
         )
 
 

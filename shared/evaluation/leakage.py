@@ -95,14 +95,18 @@ def perceptual_hash(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> byt
     return _difference_hash(shown.thumbnail(turn=0))
 
 
-def image_hash(image: Image.Image) -> bytes | None:
+def image_variant_hashes(image: Image.Image) -> dict[str, bytes]:
     """``perceptual_hash`` of a photo already decoded as shown (``decode_image``'s RGB: EXIF orientation
-    applied, transparency over white), for a caller that holds it: hashed from its file, a PNG or TIFF,
-    which has no reduced decode, was decoded whole a second time while the first was still held. It is
-    shrunk by a whole factor, as a JPEG's reduced decode is, and never copied at its full size."""
+    applied, transparency over white), as shown, mirrored and turned: each variant of ``_VARIANTS`` by
+    its name ("as shown", "mirrored", "turned 90 degrees"...), those with detail enough. For a caller
+    that holds the photo: hashed from its file, a PNG or TIFF, which has no reduced decode, was decoded
+    whole a second time while the first was still held. It is shrunk by a whole factor, as a JPEG's
+    reduced decode is, and never copied at its full size. Ingest compares a photo as shown with every
+    variant of the earlier ones of its folder: by "as shown" alone, a flipped or turned copy passed."""
     frame, content = _views_from(lambda at_least_px: _reduced_grey(image, at_least_px))
     shown = content if _product_shot(content) else frame
-    return _difference_hash(shown.thumbnail(turn=0))
+    hashes = zip(_VARIANTS, _each_variant_hash(shown), strict=True)
+    return {variant: value for variant, value in hashes if value is not None}
 
 
 def copy_hashes(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes | None:
@@ -230,16 +234,23 @@ def _variant_hashes(view: _View) -> bytes | None:
     turned that way has no hash of its own either (``perceptual_hash`` is None), so the stand-in
     matches nothing that variant would have; before, one such variant dropped the whole part, and a
     photo with no plain border was left unchecked, its plain copies included."""
+    hashes = _each_variant_hash(view)
+    informative = next((value for value in hashes if value is not None), None)
+    if informative is None:
+        return None
+    return b"".join(value if value is not None else informative for value in hashes)
+
+
+def _each_variant_hash(view: _View) -> list[bytes | None]:
+    """The hash of ``view`` in each variant of ``_VARIANTS``, in its order; None for one with too
+    little detail."""
     hashes: list[bytes | None] = []
     for turn in _TURNS:
         pixels = view.thumbnail(turn=turn)
         shown = _difference_hash(pixels)
         mirrored = None if shown is None else _difference_hash(pixels[:, ::-1])  # the same steps, mirrored
         hashes += [shown, mirrored]
-    informative = next((value for value in hashes if value is not None), None)
-    if informative is None:
-        return None
-    return b"".join(value if value is not None else informative for value in hashes)
+    return hashes
 
 
 # A plain border (a studio background) is trimmed before hashing: a product 30% of the frame wide on
