@@ -28,14 +28,15 @@ a zip it makes), and the files Windows and macOS leave in any folder (``Thumbs.d
 ``Icon\\r``); a NAS's thumbnail folders (Synology's ``@eaDir``, resized copies of each photo) are
 left out with one warning for the batch. A copy of a photo in its folder (the same picture) is
 ingested once, and named in a warning; of a cut-out and its copy flattened on white, the cut-out,
-for its outline. A resized or re-encoded copy (other pixels, the same perceptual hash within
-``NEAR_DUPLICATE_MAX_BITS``, as ``skuforge evaluate`` finds copies) is ingested as a photo of its own
-and named in a warning, and so is a photo that an earlier SKU folder of the batch has too, and an
-animated PNG or WebP or a multi-page TIFF, of which the first frame is ingested. Two SKU
-ids of a batch may not differ only in case (``ABC-1``, ``abc-1``): on a case-insensitive file
-system their store folders would be one. A name or category that is only whitespace or invisible
-characters (a zero-width space) is refused, and so is a control character (a tab, newline, NUL or
-terminal escape) in the name, category, brand or series. One in a photo's
+for its outline. A resized, re-encoded, mirrored or turned copy (other pixels, the same perceptual
+hash within ``NEAR_DUPLICATE_MAX_BITS`` as shown, mirrored or turned by 90, 180 or 270 degrees, as
+``skuforge evaluate`` finds copies) is ingested as a photo of its own and named in a warning that
+says how it differs ("mirrored", "turned 90 degrees"), and so is a photo that an earlier SKU
+folder of the batch has too, and an animated PNG or WebP or a multi-page TIFF, of which the first
+frame is ingested. Two SKU ids of a batch may not differ only in case (``ABC-1``, ``abc-1``): on a
+case-insensitive file system their store folders would be one. A name or category that is only
+whitespace or invisible characters (a zero-width space) is refused, and so is a control character
+(a tab, newline, NUL or terminal escape) in the name, category, brand or series. One in a photo's
 file name is not refused but written escaped (``\\n``, ``\\x1b``) in the event's
 ``original_filename``, which takes no control character either.
 
