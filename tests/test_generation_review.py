@@ -122,6 +122,7 @@ def trainer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[LoraTra
     yield LoraTrainer(
         store=FileStore(tmp_path / "store"),
         registry=AdapterRegistry(FileStore(tmp_path / "adapters")),
+        registry_from="SKUFORGE_DIFFUSION_ADAPTERS_URI",
         settings=settings,
         model_dir=tmp_path,
         base_model="tiny",

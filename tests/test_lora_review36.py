@@ -23,6 +23,7 @@ from services.lora_trainer.stage import (
     LoraTrainerMetrics,
     _instance_sources,
     build_stage,
+    open_trainer,
 )
 from shared.arith.masks import largest_component
 from shared.config import ConfigError, load_settings
@@ -131,6 +132,7 @@ def trainer_with(store: FileStore, registry_store: ObjectStore, tmp_path: Path) 
     return LoraTrainer(
         store=store,
         registry=AdapterRegistry(registry_store),
+        registry_from="SKUFORGE_DIFFUSION_ADAPTERS_URI",
         settings=load_settings(LoraTrainerSettings, lora_class_images=0),
         model_dir=model_folder(tmp_path, "m"),
         base_model="sd15-inpaint",
@@ -214,3 +216,30 @@ def test_a_registry_beside_the_object_store_is_named_when_it_fails(
 
     store_failure_logged(trainer, caplog, "adapter registry", f"{registry.base_uri}/")
     assert len(stub_training) == 1
+
+
+@pytest.mark.parametrize("setting", ["SKUFORGE_STORE_URI", "SKUFORGE_DIFFUSION_ADAPTERS_URI"])
+def test_a_registry_that_fails_is_named_by_the_setting_its_uri_came_from(
+    setting: str, tmp_path: Path, stub_training: list[Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every registry fault named SKUFORGE_DIFFUSION_ADAPTERS_URI, also where it was unset and the
+    registry was ``<SKUFORGE_STORE_URI>/adapters``: the operator was sent to a setting they never set."""
+    store = FileStore(tmp_path / "store")
+    folder = tmp_path / "store" / "adapters" if setting == "SKUFORGE_STORE_URI" else tmp_path / "adapters"
+    trainer = open_trainer(
+        load_settings(store_uri=file_store_uri(store.root)),
+        metrics=LoraTrainerMetrics(CollectorRegistry()),
+        publish=lambda event: None,
+        trainer=load_settings(LoraTrainerSettings, lora_device="cpu", lora_class_images=0),
+        diffusion=load_settings(
+            DiffusionSettings,
+            diffusion_model=str(model_folder(tmp_path, "m")),
+            diffusion_adapters_uri=None if setting == "SKUFORGE_STORE_URI" else file_store_uri(folder),
+        ),
+    )
+    record(store, captioned_sku(store, 1, usable_photos=1, series="cola"))
+    # The registry's folder, as the settings opened it, refusing the weights (a bucket's policy).
+    registry = RefusingWeights(folder)
+    trainer.registry = AdapterRegistry(registry)
+
+    store_failure_logged(trainer, caplog, f"adapter registry ({setting})", f"{registry.base_uri}/")

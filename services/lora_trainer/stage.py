@@ -483,6 +483,7 @@ class LoraTrainer:
         *,
         store: ObjectStore,
         registry: AdapterRegistry,
+        registry_from: str,
         settings: LoraTrainerSettings,
         model_dir: Path,
         base_model: str,
@@ -497,9 +498,11 @@ class LoraTrainer:
         matches); ``min_plain_background`` is the generator's SKUFORGE_GENERATION_MIN_PLAIN_BACKGROUND;
         the image limits are the shared settings' (SKUFORGE_MAX_IMAGE_PIXELS / _BYTES), which ingest
         and the captioner held the photos to. ``paint_dtype`` is the class painter's
-        (SKUFORGE_DIFFUSION_DTYPE, ``painter_dtype``): 'auto' = float16 on CUDA, float32 on CPU."""
+        (SKUFORGE_DIFFUSION_DTYPE, ``painter_dtype``): 'auto' = float16 on CUDA, float32 on CPU.
+        ``registry_from`` is the setting the registry's URI came from (``adapters_uri_from``), which
+        its faults name: SKUFORGE_DIFFUSION_ADAPTERS_URI was named while unset."""
         self.store = store
-        self.registry = registry
+        self.registry, self.registry_from = registry, registry_from
         self.settings = settings
         self.recipe: TrainingRecipe = settings.recipe()
         self.model_dir = model_dir
@@ -870,13 +873,12 @@ class LoraTrainer:
             raise failure
         return published
 
-    @staticmethod
-    def _store_failed(exc: TransientError) -> StoreFailed:
+    def _store_failed(self, exc: TransientError) -> StoreFailed:
         """``exc`` named by the store it came from: the registry raises its store's faults as its own
         (``RegistryStoreFailed``); the rest are the object store's. Told by the registry's uri in the
         words before, a fault of an object store in a folder of the registry's was the registry's."""
         if isinstance(exc, RegistryStoreFailed):
-            return StoreFailed("the adapter registry (SKUFORGE_DIFFUSION_ADAPTERS_URI)", exc)
+            return StoreFailed(f"the adapter registry ({self.registry_from})", exc)
         return StoreFailed("the object store (SKUFORGE_STORE_URI)", exc)
 
     def run_job(self, job: Job) -> AdapterPublished | None:
@@ -1595,6 +1597,7 @@ def open_trainer(
     return LoraTrainer(
         store=store,
         registry=registry,
+        registry_from=diffusion.adapters_uri_from(),
         settings=trainer,
         model_dir=Path(model),
         base_model=base_model,

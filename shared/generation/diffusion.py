@@ -197,6 +197,10 @@ class DiffusionSettings(BaseSettings):
         """Root of the LoRA adapter registry: SKUFORGE_DIFFUSION_ADAPTERS_URI, else <store>/adapters."""
         return self.diffusion_adapters_uri or f"{shared.store_uri.rstrip('/')}/adapters"
 
+    def adapters_uri_from(self) -> str:
+        """The setting ``adapters_uri`` came from: what the registry's faults tell the operator to check."""
+        return "SKUFORGE_DIFFUSION_ADAPTERS_URI" if self.diffusion_adapters_uri else "SKUFORGE_STORE_URI"
+
     def adapters_store(self, shared: Settings) -> ObjectStore:
         """The store at ``adapters_uri``; an S3 refusal names the setting that URI came from (it blamed
         SKUFORGE_STORE_URI when SKUFORGE_DIFFUSION_ADAPTERS_URI had set it). ``ConfigError`` when
@@ -216,9 +220,7 @@ class DiffusionSettings(BaseSettings):
             uri,
             s3_endpoint_url=shared.s3_endpoint_url,
             s3_region=shared.s3_region,
-            uri_from="SKUFORGE_DIFFUSION_ADAPTERS_URI"
-            if self.diffusion_adapters_uri
-            else "SKUFORGE_STORE_URI",
+            uri_from=self.adapters_uri_from(),
         )
 
 

@@ -92,6 +92,7 @@ def trainer_on(store: FileStore, model_dir: Path, **overrides: Any) -> LoraTrain
     return LoraTrainer(
         store=store,
         registry=AdapterRegistry(store),
+        registry_from="SKUFORGE_STORE_URI",
         settings=load_settings(LoraTrainerSettings, **overrides),
         model_dir=model_dir,
         base_model="sd15-inpaint",
@@ -106,6 +107,7 @@ def _trainer(store: FileStore, **overrides: object) -> LoraTrainer:
     return LoraTrainer(
         store=store,
         registry=AdapterRegistry(store),
+        registry_from="SKUFORGE_STORE_URI",
         settings=load_settings(LoraTrainerSettings, **overrides),
         model_dir=store.root,
         base_model="sd15-test",
