@@ -24,9 +24,13 @@ from shared.evaluation.experiment import encode_jpeg
 from shared.generation.diffusion import DiffusionBackend, DiffusionSettings
 from shared.generation.settings import GenerationSettings
 from shared.model_cache import fetch_directory, fetch_file
+from shared.store import FileStore
+from shared.trainstore.loader import load_manifest
+from shared.trainstore.manifest import ManifestStore
 from skuforge_cli.main import main as cli_main
 from tests.support.evaluation import shelf_photo
 from tests.support.lora import model_folder
+from tests.support.trainstore import add_item
 
 # 506 bytes: the store's prefix fits (at most 511), the adapter registry's under it (516) does not.
 LONG_PREFIX = "/".join(["p" * 250, "p" * 255])
@@ -124,3 +128,19 @@ def test_a_scene_library_in_a_folder_with_a_long_prefix_is_read(
     monkeypatch.setenv("SKUFORGE_S3_ENDPOINT_URL", s3_endpoint)
     files, _, notes = scene_files(uri)
     assert [name for name, _ in files] == [f"{uri}/shelf.jpg"] and not notes
+
+
+def test_a_retraining_store_in_a_folder_with_a_long_prefix_is_read(s3_endpoint: str, tmp_path: Path) -> None:
+    """``load_manifest`` only reads, yet held its URI to the room of a store the flow writes in: a
+    retraining store copied to a folder of over 511 bytes was refused, though S3 serves its manifests."""
+    add_item(ManifestStore(FileStore(tmp_path / "store"), "trainstore"), "SKU-1", "i0", "real", "reference")
+    folder = "/".join(["t" * 250, "t" * 250, "t" * 100])  # 602 bytes
+    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    bucket = f"trainstore-{uuid.uuid4().hex[:12]}"
+    client.create_bucket(Bucket=bucket)
+    for path in (tmp_path / "store").rglob("*"):
+        if path.is_file():
+            key = f"{folder}/{path.relative_to(tmp_path / 'store').as_posix()}"
+            client.put_object(Bucket=bucket, Key=key, Body=path.read_bytes())
+    loaded = load_manifest(f"s3://{bucket}/{folder}", s3_endpoint_url=s3_endpoint, uri_from="--store")
+    assert loaded.column("item_id") == ["i0"]

@@ -184,15 +184,17 @@ def load_manifest(
 
 def _open(uri: str, s3_endpoint_url: str | None, uri_from: str) -> ObjectStore:
     """The store ``uri`` names; the settings are read for an s3:// one only, so that a local store opens
-    whatever else SKUFORGE_* holds."""
-    if check_store_uri(uri)[0] != "s3":
-        return open_store(uri, uri_from=uri_from)
+    whatever else SKUFORGE_* holds. Only read: its prefix need not leave the flow's keys room (a copy of
+    the retraining store in a folder of over 511 bytes was refused)."""
+    if check_store_uri(uri, writes=False)[0] != "s3":
+        return open_store(uri, uri_from=uri_from, writes=False)
     settings = load_settings()
     return open_store(
         uri,
         s3_endpoint_url=s3_endpoint_url or settings.s3_endpoint_url,
         s3_region=settings.s3_region,
         uri_from=uri_from,
+        writes=False,
     )
 
 
