@@ -356,6 +356,18 @@ def name_or_unset(value: Any) -> Any:
     return value
 
 
+def model_uri_opens(value: str | None) -> str | None:
+    """The "after" validator of a model setting (a path, a registered name, or a URI the model cache
+    fetches): a URI no store opens (a bucket name S3 refuses, a scheme none serves) is refused as the
+    settings load, as the other URI settings are, not once the stage fetches its model. Only read: an S3
+    folder need not leave the flow's keys room."""
+    from shared.store import check_store_uri  # shared.store imports this module's errors
+
+    if value is not None:
+        check_store_uri(value, writes=False)
+    return value
+
+
 def is_host_port(text: str) -> bool:
     """Whether ``text`` is host:port with a port from 1 to 65535 (ASCII digits)."""
     host, _, port = text.rpartition(":")

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings
 
-from shared.config import SETTINGS_CONFIG, name_or_unset
+from shared.config import SETTINGS_CONFIG, model_uri_opens, name_or_unset
 
 
 class CaptionerSettings(BaseSettings):
@@ -112,6 +112,11 @@ class CaptionerSettings(BaseSettings):
     @classmethod
     def _name_or_unset(cls, value: Any) -> Any:
         return name_or_unset(value)
+
+    @field_validator("captioner_vlm_model", "captioner_matting_model")
+    @classmethod
+    def _model_uri_opens(cls, value: str | None) -> str | None:
+        return model_uri_opens(value)
 
     @model_validator(mode="after")
     def _consistent(self) -> CaptionerSettings:

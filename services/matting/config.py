@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings
 
-from shared.config import SETTINGS_CONFIG, name_or_unset
+from shared.config import SETTINGS_CONFIG, model_uri_opens, name_or_unset
 from shared.matting.roi import DEFAULT_ROI_MARGIN
 
 # A fixed cut-off strictly between 0 and 1, or "otsu" for a per-image threshold.
@@ -83,6 +83,11 @@ class MattingSettings(BaseSettings):
     @classmethod
     def _name_or_unset(cls, value: Any) -> Any:
         return name_or_unset(value)
+
+    @field_validator("matting_model")
+    @classmethod
+    def _model_uri_opens(cls, value: str | None) -> str | None:
+        return model_uri_opens(value)
 
     @field_validator("matting_threshold", mode="before")
     @classmethod

@@ -49,7 +49,14 @@ from PIL import Image, ImageFilter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings
 
-from shared.config import SETTINGS_CONFIG, ConfigError, Settings, describe_validation_error, name_or_unset
+from shared.config import (
+    SETTINGS_CONFIG,
+    ConfigError,
+    Settings,
+    describe_validation_error,
+    model_uri_opens,
+    name_or_unset,
+)
 from shared.errors import BadInput, ChecksumMismatch, ObjectMissing, TransientError
 from shared.generation.adapters import AdapterChoice, AdapterMetadata, AdapterRegistry, resolve_adapter
 from shared.generation.backend import GeneratedSample, GenerationRequest, RowOutcome, seed_entropy
@@ -177,6 +184,11 @@ class DiffusionSettings(BaseSettings):
     @classmethod
     def _name_or_unset(cls, value: Any) -> Any:
         return name_or_unset(value)
+
+    @field_validator("diffusion_model")
+    @classmethod
+    def _model_uri_opens(cls, value: str | None) -> str | None:
+        return model_uri_opens(value)
 
     @field_validator("diffusion_adapters_uri")
     @classmethod
