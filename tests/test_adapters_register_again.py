@@ -9,11 +9,12 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
-from shared.generation.adapters import REGISTER_LOCKS, AdapterRegistry, weights_file_name
+from shared.generation.adapters import REGISTER_LOCKS, AdapterRegistry, RegistryStoreFailed, weights_file_name
 from shared.store import FileStore, ObjectStore, sha256_hex
 from tests.support.lora import lora_weights
 
@@ -94,3 +95,41 @@ def test_the_cli_says_it_waits_for_another_registrations_lock(tmp_path: Path) ->
     assert adapters.uri_for(lock_key) in told
     assert registering.returncode == 0
     assert json.loads(out)["adapter_id"] == "cola-v"
+
+
+@pytest.mark.parametrize("in_the_way", ["folder", "dangling link"])
+@pytest.mark.parametrize("action", ["register", "remove"])
+def test_what_stands_at_the_lock_and_is_no_object_is_an_error_not_a_wait(
+    tmp_path: Path, in_the_way: str, action: str
+) -> None:
+    """A folder or a link to nothing at the lock's path: put_new found something there, a read found no
+    object, and the registration (or removal) tried again at once, forever, at 100% CPU and without a word."""
+    store = FileStore(tmp_path / "adapters")
+    registry = AdapterRegistry(store)
+    registry.register("cola-v", lora_weights(1), kind="specialized", series="Cola", base_model="sd15")
+    lock = store.root / REGISTER_LOCKS / "cola-v.json"
+    if in_the_way == "folder":
+        lock.mkdir(parents=True)
+    else:
+        lock.symlink_to(store.root / "nothing")  # inside the root: one outside is refused as unsafe
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            if action == "register":
+                registry.register(
+                    "cola-v", lora_weights(2), kind="specialized", series="Cola", base_model="sd15"
+                )
+            else:
+                registry.remove("cola-v")
+        except BaseException as exc:  # what the thread raised is the verdict
+            raised.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)  # daemon: a spinning one must not keep pytest up
+    thread.start()
+    thread.join(timeout=60)
+
+    assert not thread.is_alive(), f"{action} still trying to take a lock that is a {in_the_way}"
+    assert len(raised) == 1 and isinstance(raised[0], RegistryStoreFailed), raised
+    assert str(store.uri_for(f"{REGISTER_LOCKS}/cola-v.json")) in str(raised[0])
+    assert registry.registered_weights(registry.get("cola-v")) == lora_weights(1)

@@ -95,6 +95,8 @@ METADATA_FILE = "metadata.json"
 REGISTER_LOCKS = "_registering"  # no adapter id starts with '_'
 REGISTER_LOCK_STALE_S = 120.0
 _REGISTER_LOCK_POLL_S = 0.2
+# A lock seen there, then not, this many times in a row is no lock at all (``_registering``).
+_REGISTER_LOCK_MISSES = 5
 # An explicit request for the base model, with no adapter (an adapter_id of None means "choose").
 NO_ADAPTER = "none"
 # Adapter ids double as peft adapter names, which are torch ModuleDict keys: no '.', no '/'.
@@ -571,11 +573,23 @@ class AdapterRegistry:
         holder = {"registration": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid()}
         body = json.dumps(holder, sort_keys=True).encode()
         seen: tuple[str, float] | None = None  # the other's lock: its version, and since when it stands
+        missing = 0  # tries in a row that found something at the key, then no object there
         while not self.store.put_new(key, body):
             try:
                 _, version = self.store.get_versioned(key)
-            except ObjectMissing:  # released between the two
+            except ObjectMissing:
+                # Released between the two, once; every time, something that is no object stands there
+                # (a folder, a link to nothing): tried again at once, that spun forever without a word.
+                missing += 1
+                if missing >= _REGISTER_LOCK_MISSES:
+                    raise RegistryStoreFailed(
+                        f"cannot take the registration lock {self.store.uri_for(key)} of adapter "
+                        f"{adapter_id}: something that is no object stands there (a folder, or a link to "
+                        "nothing?); remove it"
+                    ) from None
+                time.sleep(_REGISTER_LOCK_POLL_S)
                 continue
+            missing = 0
             # Aged on this process's clock: no other machine's clock is read, so none skewed makes a lock
             # look stale early.
             now = time.monotonic()
