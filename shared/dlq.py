@@ -880,11 +880,13 @@ class _ReplayLock:
         killed: dict[str, Any] | None = None
         looked_at = _alive_clock()
         try:
+            missing = 0  # tries that found something at the key, then no object there
             for _ in range(3):  # a lock released, or taken over by another, between the tries
                 if self.store.put_new(self.key, body):
                     break
                 held = self._held()
                 if held is None:
+                    missing += 1
                     continue
                 holder, written_at, version = held
                 age_s = (datetime.now(UTC) - self._alive_at(holder, written_at)).total_seconds()
@@ -907,6 +909,11 @@ class _ReplayLock:
                     killed = holder
                     break
             else:
+                if missing == 3:  # every time: 'try again' would meet the same thing
+                    raise DlqError(
+                        f"could not take the replay lock {self.store.uri_for(self.key)}: something that is "
+                        "no object stands there (a folder, or a link to nothing?); remove it"
+                    )
                 raise DlqError(f"could not take the replay lock {self.store.uri_for(self.key)}; try again")
         except (TransientError, BadInput) as exc:
             raise DlqError(f"could not take the replay lock {self.store.uri_for(self.key)}: {exc}") from exc

@@ -284,3 +284,15 @@ def test_a_replay_whose_look_at_its_lock_fails_unexpectedly_says_the_lock_could_
     said = _heartbeat_stopped(LockUnreadable(tmp_path), monkeypatch)
     assert re.search(r"could not be read \(ValueError: .*look does not expect\); stopped here", said), said
     assert "heartbeat" not in said.partition("; stopped here")[0], said
+
+
+def test_a_folder_at_the_lock_is_named_not_retried(tmp_path: Path) -> None:
+    """put_new finds something there and a read finds no object, every time: 'try again' sent its user
+    round the same refusal. The registration lock of adapters spun on it for good (shared/generation)."""
+    store = FileStore(tmp_path / "store")
+    dlq_topic = _dlq_topic()
+    (store.root / "dlq-replay-locks" / f"{dlq_topic}.json").mkdir(parents=True)
+    with pytest.raises(
+        DlqError, match=r"could not take the replay lock .*is no object stands there .*remove it"
+    ):
+        _ReplayLock(store, dlq_topic, {}).acquire()
