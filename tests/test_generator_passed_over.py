@@ -71,26 +71,11 @@ def test_a_sku_refused_from_every_photo_but_one_gone_when_read_again_is_a_letter
     )
     captioned = in_store(store, 39, [hair(), chain()])
     generator = Deleting(store, captioned.photos[1].image.uri)
-    [letter] = handle_batch(
-        [captioned_event(captioned, "all-gone")], ctx, generator=generator, generation=generation
-    )
-
-    # Not generation_refused, which a replay leaves: the photo back, it draws every variant.
-    assert isinstance(letter, BadInput) and letter.reason == "object_missing", letter
-    assert "'p1' could not be read (object_missing" in letter.detail
-
-
-def test_a_sku_refused_from_every_photo_but_one_gone_is_dead_lettered_as_object_missing(
-    tmp_path: Path,
-) -> None:
-    # Its reason is the gone photo's: the letter was rebuilt as a plain BadInput, error_class BadInput.
-    store, ctx, generation = arrange_generator(
-        tmp_path, variants_per_sku=VARIANTS, size_px=128, min_plain_background=None
-    )
-    captioned = in_store(store, 39, [hair(), chain()])
-    generator = Deleting(store, captioned.photos[1].image.uri)
     letter = dead_letter_of(
         captioned_event(captioned, "all-gone"), ctx, generator=generator, generation=generation
     )
+
+    # Not generation_refused, which a replay leaves: the photo back, it draws every variant.
     assert letter.reason == "object_missing" and "'p1' could not be read (object_missing" in letter.detail
+    # The gone photo's class too: the letter was rebuilt as a plain BadInput, error_class BadInput.
     assert letter.error_class == "ObjectMissing"
