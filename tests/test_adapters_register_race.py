@@ -30,6 +30,21 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
     return s3_store
 
 
+def _registering_whole_at_the_listing(store: ObjectStore, other: OtherRegistration) -> ObjectStore:
+    """A copy of ``store`` on which ``other`` registers cola-v whole (or waits for the lock) just
+    before the adapter's files are listed."""
+    hooked = copy.copy(store)
+    listed = hooked.list_addressable
+
+    def other_registers_first(prefix: str = "") -> Iterator[str]:
+        if prefix == "cola-v/":
+            other.meanwhile()
+        return listed(prefix)
+
+    hooked.list_addressable = other_registers_first  # type: ignore[method-assign]
+    return hooked
+
+
 def test_a_registration_landing_during_another_ones_clean_up_keeps_its_weights(store: ObjectStore) -> None:
     """The first registration deleted every weights file but its own and the one it replaced, as it
     had listed them before the second registered: the second's metadata stood, naming weights deleted
@@ -37,16 +52,8 @@ def test_a_registration_landing_during_another_ones_clean_up_keeps_its_weights(s
     registry = AdapterRegistry(store)
     registry.register("cola-v", lora_weights(1), kind="specialized", series="Cola", base_model="sd15")
 
-    first_store = copy.copy(store)
-    listed = first_store.list_addressable
     other = OtherRegistration(store, lora_weights(3))
-
-    def other_registers_first(prefix: str = "") -> Iterator[str]:
-        if prefix == "cola-v/":
-            other.meanwhile()
-        return listed(prefix)
-
-    first_store.list_addressable = other_registers_first  # type: ignore[method-assign]
+    first_store = _registering_whole_at_the_listing(store, other)
     AdapterRegistry(first_store).register(
         "cola-v", lora_weights(2), kind="specialized", series="Cola", base_model="sd15"
     )
@@ -128,16 +135,8 @@ def test_a_registration_landing_during_a_removal_keeps_its_weights(store: Object
     registry = AdapterRegistry(store)
     registry.register("cola-v", lora_weights(1), kind="specialized", series="Cola", base_model="sd15")
 
-    removing_store = copy.copy(store)
-    listed = removing_store.list_addressable
     other = OtherRegistration(store, lora_weights(2))
-
-    def other_registers_first(prefix: str = "") -> Iterator[str]:
-        if prefix == "cola-v/":
-            other.meanwhile()
-        return listed(prefix)
-
-    removing_store.list_addressable = other_registers_first  # type: ignore[method-assign]
+    removing_store = _registering_whole_at_the_listing(store, other)
     AdapterRegistry(removing_store).remove("cola-v")
     other.thread.join(timeout=60)
 
