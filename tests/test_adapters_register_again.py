@@ -133,3 +133,28 @@ def test_what_stands_at_the_lock_and_is_no_object_is_an_error_not_a_wait(
     assert len(raised) == 1 and isinstance(raised[0], RegistryStoreFailed), raised
     assert str(store.uri_for(f"{REGISTER_LOCKS}/cola-v.json")) in str(raised[0])
     assert registry.registered_weights(registry.get("cola-v")) == lora_weights(1)
+
+
+def test_the_cli_does_not_blame_the_store_being_away_for_a_folder_at_the_lock(tmp_path: Path) -> None:
+    """`skuforge adapters remove` with a folder at the lock's path said "remove it", then "(the object
+    store or Kafka could not be reached: check that it is up ... and try again)": a store that is up,
+    and every try met the same folder."""
+    adapters = FileStore(tmp_path / "adapters")
+    AdapterRegistry(adapters).register(
+        "cola-v", lora_weights(1), kind="specialized", series="Cola", base_model="sd15"
+    )
+    (adapters.root / REGISTER_LOCKS / "cola-v.json").mkdir(parents=True)
+    env = {name: value for name, value in os.environ.items() if not name.startswith("SKUFORGE_")}
+    env["SKUFORGE_DIFFUSION_ADAPTERS_URI"] = adapters.base_uri
+    removing = subprocess.run(
+        [sys.executable, "-m", "skuforge_cli", "adapters", "remove", "cola-v"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert removing.returncode == 1, removing.stderr
+    assert "something that is no object stands there" in removing.stderr, removing.stderr
+    assert "could not be reached" not in removing.stderr, removing.stderr

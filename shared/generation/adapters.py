@@ -44,7 +44,7 @@ from typing import Any, Literal, TypeGuard
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from shared.errors import BadInput, ChecksumMismatch, ObjectMissing, TransientError
+from shared.errors import BadInput, ChecksumMismatch, ObjectMissing, StoreMisconfigured, TransientError
 from shared.model_cache import (
     check_owner,
     file_sha256,
@@ -67,6 +67,7 @@ __all__ = [
     "AdapterMetadata",
     "AdapterRegistry",
     "NotLoraWeights",
+    "RegistryLockBlocked",
     "RegistryStoreFailed",
     "WeightsRefused",
     "lora_rank",
@@ -435,6 +436,11 @@ class RegistryStoreFailed(TransientError):
     words, a fault of an object store inside the registry's folder was taken for the registry's."""
 
 
+class RegistryLockBlocked(RegistryStoreFailed, StoreMisconfigured):
+    """Something that is no object stands at a registration lock's path: the registry's, but no store
+    away: its words say what to remove, and the CLI's "could not be reached ... try again" misled."""
+
+
 class AdapterRegistry:
     """Adapters stored under one object-store root: list, register, get, remove, fetch weights.
 
@@ -582,7 +588,7 @@ class AdapterRegistry:
                 # (a folder, a link to nothing): tried again at once, that spun forever without a word.
                 missing += 1
                 if missing >= _REGISTER_LOCK_MISSES:
-                    raise RegistryStoreFailed(
+                    raise RegistryLockBlocked(
                         f"cannot take the registration lock {self.store.uri_for(key)} of adapter "
                         f"{adapter_id}: something that is no object stands there (a folder, or a link to "
                         "nothing?); remove it"
