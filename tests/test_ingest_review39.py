@@ -108,6 +108,36 @@ def test_the_same_photo_in_two_sku_folders_is_named_in_a_warning(tmp_path: Path)
     ], warnings
 
 
+def test_a_resized_or_turned_copy_of_another_skus_photo_is_named_in_a_warning(tmp_path: Path) -> None:
+    # A photo of one product saved again, shrunk or turned, into another product's folder has other
+    # bytes: only a byte-for-byte copy was named, and this one taught the classifier one product under
+    # two labels without a word. The photos of three different products stay unnamed.
+    samples = SAMPLE.parent
+    folders = {
+        "1-oatly": "GROCERY-OATLY-001",
+        "2-papaya": "GROCERY-PAPAYA-001",
+        "3-aubergine": "GROCERY-AUBERGINE-001",
+    }
+    for folder, sku in folders.items():
+        shutil.copytree(samples / sku, tmp_path / folder)
+    oatly, papaya, aubergine = (tmp_path / folder for folder in folders)
+    original = oatly / "Oatly-Oat-Milk_012.jpg"
+    with Image.open(original) as opened:
+        photo = ImageOps.exif_transpose(opened)
+    photo.reduce(2).save(papaya / "Papaya_small.jpg", quality=60)
+    photo.transpose(Image.Transpose.ROTATE_90).save(aubergine / "turned.jpg", quality=85)
+    surveyed, warnings = _survey(tmp_path)
+    assert surveyed == [("GROCERY-OATLY-001", 3), ("GROCERY-PAPAYA-001", 4), ("GROCERY-AUBERGINE-001", 4)]
+    assert warnings == [
+        f"SKU GROCERY-PAPAYA-001: {papaya / 'Papaya_small.jpg'} looks like a resized or re-encoded copy of "
+        f"{original} of SKU GROCERY-OATLY-001; one photo given for two products is ingested for both (move "
+        "it to its own product's folder)",
+        f"SKU GROCERY-AUBERGINE-001: {aubergine / 'turned.jpg'} looks like a copy of {original} of SKU "
+        "GROCERY-OATLY-001 (turned 90 degrees, perhaps resized or re-encoded); one photo given for two "
+        "products is ingested for both (move it to its own product's folder)",
+    ], warnings
+
+
 def test_a_jpeg_past_pillows_own_pixel_limit_is_ingested(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -31,14 +31,14 @@ ingested once, and named in a warning; of a cut-out and its copy flattened on wh
 for its outline. A resized, re-encoded, mirrored or turned copy (other pixels, the same perceptual
 hash within ``NEAR_DUPLICATE_MAX_BITS`` as shown, mirrored or turned by 90, 180 or 270 degrees, as
 ``skuforge evaluate`` finds copies) is ingested as a photo of its own and named in a warning that
-says how it differs ("mirrored", "turned 90 degrees"), and so is a photo that an earlier SKU
-folder of the batch has too, and an animated PNG or WebP or a multi-page TIFF, of which the first
-frame is ingested. Two SKU ids of a batch may not differ only in case (``ABC-1``, ``abc-1``): on a
-case-insensitive file system their store folders would be one. A name or category that is only
-whitespace or invisible characters (a zero-width space) is refused, and so is a control character
-(a tab, newline, NUL or terminal escape) in the name, category, brand or series. One in a photo's
-file name is not refused but written escaped (``\\n``, ``\\x1b``) in the event's
-``original_filename``, which takes no control character either.
+says how it differs ("mirrored", "turned 90 degrees"), and so is a photo that an earlier SKU folder
+of the batch has too, the same picture or such a copy, and an animated PNG or WebP or a multi-page
+TIFF, of which the first frame is ingested. Two SKU ids of a batch may not differ only in case
+(``ABC-1``, ``abc-1``): on a case-insensitive file system their store folders would be one. A name
+or category that is only whitespace or invisible characters (a zero-width space) is refused, and so
+is a control character (a tab, newline, NUL or terminal escape) in the name, category, brand or
+series. One in a photo's file name is not refused but written escaped (``\\n``, ``\\x1b``) in the
+event's ``original_filename``, which takes no control character either.
 
 A photo file with transparency (a cut-out on a transparent background) is stored over white, as
 every photo, and its transparency beside it as a mask (``ReferencePhoto.mask``, at
@@ -86,6 +86,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+import numpy as np
 from pydantic import ValidationError
 
 from schemas.common import ImageRef, SkuMetadata, check_safe_id
@@ -179,6 +180,9 @@ class PreparedSku:
     # (a file, its frame or page count) of an animation or a multi-page file: its first is ingested, and
     # warned of.
     frames: tuple[tuple[Path, int], ...] = ()
+    # Each photo's perceptual hashes (``image_variant_hashes``) by its photo_id, where it has any: the
+    # batch compares them with other SKUs' photos.
+    looks: dict[str, dict[str, bytes]] = dataclasses.field(default_factory=dict)
 
     @property
     def event_id(self) -> str:
@@ -522,6 +526,7 @@ def prepare_sku(folder: Path, settings: Settings) -> tuple[PreparedSku | None, l
     frames: list[tuple[Path, int]] = []
     # Each kept photo's perceptual hashes (as shown, mirrored, turned), where it has any.
     looks: list[tuple[dict[str, bytes], Path]] = []
+    looks_by_photo: dict[str, dict[str, bytes]] = {}
     # Every file is checked, even past the limit: a user who removes photos should not find the next
     # problem only on the next run. One at a time; the photos past the limit are checked, counted and
     # let go, never held. The limit counts distinct pictures: a copy of one adds nothing (it was
@@ -587,6 +592,7 @@ def prepare_sku(folder: Path, settings: Settings) -> tuple[PreparedSku | None, l
             near_copies.append((file, *earlier))
         if variants:
             looks.append((variants, file))
+            looks_by_photo[photo_id] = variants
         if (count := frame_count(data)) > 1:
             frames.append((file, count))
         photos.append(photo)
@@ -599,7 +605,13 @@ def prepare_sku(folder: Path, settings: Settings) -> tuple[PreparedSku | None, l
     if problems or metadata is None:
         return None, problems
     sku = PreparedSku(
-        folder, metadata, photos, copies=tuple(copies), near_copies=tuple(near_copies), frames=tuple(frames)
+        folder,
+        metadata,
+        photos,
+        copies=tuple(copies),
+        near_copies=tuple(near_copies),
+        frames=tuple(frames),
+        looks=looks_by_photo,
     )
     return sku, []
 
@@ -821,8 +833,9 @@ def survey_folders(
     """(sku_id, photos) of every SKU folder under ``path``, checked as ``skuforge ingest`` checks them
     (IngestError naming all problems if any), holding one SKU's photos at a time. ``warn``, if given,
     is told of photos lying in ``path`` itself, which no SKU reads, of copies of a photo in its
-    folder (ingested once; a resized copy twice), of a photo two SKUs have, and of an animation or a
-    multi-page file (its first frame is ingested; ``ingest_path`` tells its own)."""
+    folder (ingested once; a resized copy twice), of a photo two SKUs have (or a resized, re-encoded,
+    mirrored or turned copy of it), and of an animation or a multi-page file (its first frame is
+    ingested; ``ingest_path`` tells its own)."""
     return _check_all(path, settings, lambda sku: (sku.metadata.sku_id, len(sku.photos)), warn=warn)
 
 
@@ -846,12 +859,13 @@ def _check_all(
     kept: list[T] = []
     problems: list[str] = []
     pictures: dict[str, tuple[str, Path]] = {}  # each photo id's first SKU and file
+    looks = _BatchLooks()
     for sku, sku_problems in check_folders(path, settings):
         problems.extend(sku_problems)
         if warn is not None and sku is not None:
             _warn_of_copies(sku, warn)
             _warn_of_frames(sku, warn)
-            _warn_of_photos_of_other_skus(sku, pictures, warn)
+            _warn_of_photos_of_other_skus(sku, pictures, looks, warn)
         if sku is not None and not problems:
             kept.append(keep(sku))
         del sku
@@ -891,21 +905,68 @@ def _warn_of_frames(sku: PreparedSku, warn: Callable[[str], None]) -> None:
         )
 
 
+class _BatchLooks:
+    """The perceptual hashes of every variant (as shown, mirrored, turned) of the photos of the SKUs
+    of a batch read so far, with the SKU and file of each: 32 bytes a row, grown by doubling."""
+
+    def __init__(self) -> None:
+        self._hashes = np.empty((64, 32), dtype=np.uint8)
+        self._owners: list[tuple[str, Path, str]] = []  # each row's SKU, file and variant
+
+    def add(self, sku_id: str, file: Path, variants: dict[str, bytes]) -> None:
+        """Add a photo's ``image_variant_hashes``."""
+        for variant, value in variants.items():
+            if len(self._owners) == len(self._hashes):
+                self._hashes = np.concatenate([self._hashes, np.empty_like(self._hashes)])
+            self._hashes[len(self._owners)] = np.frombuffer(value, dtype=np.uint8)
+            self._owners.append((sku_id, file, variant))
+
+    def nearest(self, look: bytes) -> tuple[str, Path, str] | None:
+        """The SKU, file and variant nearest ``look`` (a photo's hash as shown) within
+        ``NEAR_DUPLICATE_MAX_BITS``, of equals the first added; None when none is that near. Every row is
+        compared, in bit operations: a batch's few thousand photos take milliseconds."""
+        if not self._owners:
+            return None
+        apart = self._hashes[: len(self._owners)] ^ np.frombuffer(look, dtype=np.uint8)
+        bits = np.unpackbits(apart, axis=1).sum(axis=1)
+        nearest = int(np.argmin(bits))
+        return self._owners[nearest] if bits[nearest] <= NEAR_DUPLICATE_MAX_BITS else None
+
+
 def _warn_of_photos_of_other_skus(
-    sku: PreparedSku, pictures: dict[str, tuple[str, Path]], warn: Callable[[str], None]
+    sku: PreparedSku,
+    pictures: dict[str, tuple[str, Path]],
+    looks: _BatchLooks,
+    warn: Callable[[str], None],
 ) -> None:
     """Warn, not refuse, of a photo of ``sku`` that an earlier SKU of the batch has too (``pictures``:
-    each photo id's first SKU and file, which this adds to). A photo copied into the wrong product's
-    folder was ingested for both without a word, one picture the retraining store held as two classes;
-    a shelf shot of two products may be meant for both."""
+    each photo id's first SKU and file; ``looks``: their perceptual hashes; this adds to both), the same
+    picture or a resized, re-encoded, mirrored or turned copy. A photo copied into the wrong product's
+    folder was ingested for both without a word, one picture the retraining store held as two classes
+    (a copy with other bytes was missed); a shelf shot of two products may be meant for both."""
+    sku_id = sku.metadata.sku_id
     for photo in sku.photos:
-        owner = pictures.setdefault(photo.photo_id, (sku.metadata.sku_id, photo.file))
-        if owner[0] != sku.metadata.sku_id:
-            warn(
-                f"SKU {sku.metadata.sku_id}: {photo.file} is the same picture as {owner[1]} of SKU "
-                f"{owner[0]}; one photo given for two products is ingested for both (move it to its "
-                "own product's folder)"
+        owner = pictures.setdefault(photo.photo_id, (sku_id, photo.file))
+        variants = sku.looks.get(photo.photo_id, {})
+        if owner[0] != sku_id:
+            likeness = f"is the same picture as {owner[1]} of SKU {owner[0]}"
+        elif "as shown" in variants and (near := looks.nearest(variants["as shown"])) is not None:
+            # Named as ``_warn_of_copies`` names a copy in the photo's own folder.
+            other, file, how = near
+            likeness = (
+                f"looks like a resized or re-encoded copy of {file} of SKU {other}"
+                if how == "as shown"
+                else f"looks like a copy of {file} of SKU {other} ({how}, perhaps resized or re-encoded)"
             )
+        else:
+            continue
+        warn(
+            f"SKU {sku_id}: {photo.file} {likeness}; one photo given for two products is ingested for "
+            "both (move it to its own product's folder)"
+        )
+    for photo in sku.photos:
+        if photo.photo_id in sku.looks:
+            looks.add(sku_id, photo.file, sku.looks[photo.photo_id])
 
 
 def _nothing_ingested(problems: list[str]) -> str:
