@@ -98,7 +98,7 @@ from shared.argtypes import path_argument
 from shared.bus import Publisher, listed_topics
 from shared.config import ConfigError, Settings, load_settings
 from shared.errors import BadInput, ImageRejected, TransientError
-from shared.evaluation.leakage import NEAR_DUPLICATE_MAX_BITS, image_variant_hashes
+from shared.evaluation.leakage import NEAR_DUPLICATE_MAX_BITS, bits_apart, image_variant_hashes
 from shared.images import encode_png, frame_count, photo_and_transparency, refuse_oversized
 from shared.observability import escape_control_characters
 from shared.photos import (
@@ -928,8 +928,7 @@ class _BatchLooks:
         train photo takes some 50 ms (2026-12-06)."""
         if not self._owners:
             return None
-        apart = self._hashes[: len(self._owners)] ^ np.frombuffer(look, dtype=np.uint8)
-        bits = np.unpackbits(apart, axis=1).sum(axis=1)
+        bits = bits_apart(self._hashes[: len(self._owners)], np.frombuffer(look, dtype=np.uint8))
         nearest = int(np.argmin(bits))
         return self._owners[nearest] if bits[nearest] <= NEAR_DUPLICATE_MAX_BITS else None
 

@@ -493,6 +493,14 @@ def _copies(
 
 # Bits set in each byte value: the popcount of an XOR of two hashes, a byte at a time.
 _BITS_SET = np.array([bin(value).count("1") for value in range(256)], dtype=np.uint16)
+
+
+def bits_apart(hashes: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """The bits each row of ``hashes`` (rows of hash bytes, uint8) is apart from ``other``: one hash
+    for every row, or a row of its own for each."""
+    return _BITS_SET[hashes ^ other].sum(axis=1)
+
+
 # Parts compared at a time: bounds the memory of their candidate pairs (at worst every held-out row).
 _PARTS_PER_CHUNK = 32
 
@@ -533,7 +541,7 @@ def _pairs_within(
                 np.concatenate([held_row * len(parts) + part_row for held_row, part_row in pairs])
             )
             held_rows, part_rows = ids // len(parts), ids % len(parts)
-        distances = _BITS_SET[held[held_rows] ^ parts[part_rows]].sum(axis=1)
+        distances = bits_apart(held[held_rows], parts[part_rows])
         close = distances <= max_bits
         found.append((held_rows[close], part_rows[close], distances[close]))
     held_rows, part_rows, distances = (np.concatenate(columns) for columns in zip(*found, strict=True))
