@@ -16,6 +16,10 @@ from schemas.topics import ALL_TOPICS
 
 JSON_DIR = Path(__file__).parent / "json"
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+# Refused beside every pattern: ECMA-262 (JSON Schema's dialect) and pydantic read "$" as the end of the text,
+# Python's re (the jsonschema package's) also before a final newline, so "sku-1\n" passed there and was then
+# dead-lettered. Neither "\Z" nor a lookahead is both ECMA-262 and RE2; a "not" reads alike in every dialect.
+_TRAILING_NEWLINE = r"\n$"
 
 
 def render_schemas() -> dict[str, str]:
@@ -37,7 +41,23 @@ def render_schemas() -> dict[str, str]:
         # pydantic writes draft 2020-12 (prefixItems bounds a colour gain's three channels); undeclared, a
         # validator that defaults to an older draft ignores those keywords and passes what a stage refuses.
         schema["$schema"] = JSON_SCHEMA_DIALECT
+        _refuse_a_trailing_newline(schema)
     return {name: json.dumps(schema, indent=2, sort_keys=True) + "\n" for name, schema in rendered.items()}
+
+
+def _refuse_a_trailing_newline(node: object) -> None:
+    """Refuse a final newline wherever ``node`` (a schema or a part of one) has a pattern."""
+    if isinstance(node, list):
+        for item in node:
+            _refuse_a_trailing_newline(item)
+    elif isinstance(node, dict):
+        for value in node.values():
+            _refuse_a_trailing_newline(value)
+        # A string: a model field named "pattern" is a dict here, a property's schema.
+        if isinstance(node.get("pattern"), str):
+            if "not" in node:
+                raise ValueError(f"the trailing-newline check would replace this schema's own 'not': {node}")
+            node["not"] = {"pattern": _TRAILING_NEWLINE}
 
 
 def main() -> int:

@@ -387,3 +387,33 @@ def test_sku_metadata_without_control_characters_is_taken_as_written() -> None:
     written = _ingested_envelope()
     written["payload"]["sku"] = sku.model_dump(mode="json")
     jsonschema.Draft202012Validator(_committed(SKU_INGESTED)).validate(written)
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        ("sku_id",),
+        ("event_id",),
+        ("trace_id",),
+        ("payload", "sku", "sku_id"),
+        ("payload", "sku", "name"),
+        ("payload", "photos", 0, "image", "sha256"),
+    ],
+    ids=["sku_id", "event_id", "trace_id", "payload_sku_id", "name", "sha256"],
+)
+def test_a_trailing_newline_is_refused_by_the_model_and_the_committed_schema(where: tuple[Any, ...]) -> None:
+    """Python's ``re``, which the jsonschema package uses, reads a pattern's ``$`` as matching before a
+    final newline too: "sku-1\\n" passed ``^...$`` there, though ECMA-262 (JSON Schema's dialect) and the
+    consumer's pydantic model refuse it, so a Python producer checked its event and had it dead-lettered."""
+    written = _ingested_envelope()
+    *path, field = where
+    parent = written
+    for step in path:
+        parent = parent[step]
+    parent[field] += "\n"
+
+    with pytest.raises(ValueError, match=str(field)):
+        read_envelope(SKU_INGESTED, json.dumps(written))
+    with pytest.raises(jsonschema.ValidationError) as refused:
+        jsonschema.Draft202012Validator(_committed(SKU_INGESTED)).validate(written)
+    assert list(refused.value.absolute_path) == list(where)
