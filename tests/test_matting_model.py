@@ -714,3 +714,50 @@ def test_eval_tells_how_far_it_is_on_stderr_and_keeps_its_result_line_on_stdout(
     captured = capsys.readouterr()
     assert json.loads(captured.out)["n_images"] == 3  # stdout: the one JSON line, as before
     assert "skuforge matting eval: 3/3 photos, mean IoU so far " in captured.err
+
+
+@pytest.mark.slow
+def test_train_tells_how_far_its_held_out_eval_is_on_stderr(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After its last step, train evaluated its model on --heldout photos (200 by default) for minutes
+    without a word, as `eval` did before it told how far it was."""
+    out = tmp_path / "tiny.onnx"
+    argv = [
+        "train",
+        "--steps",
+        "1",
+        *TINY_TRAINING,
+        "--out",
+        str(out),
+        "--checkpoint",
+        str(tmp_path / "ck.pt"),
+    ]
+    assert matting_cli(argv) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["onnx"] == str(out)  # stdout: the one JSON line, as before
+    assert "skuforge matting train held-out eval: 2/2 photos, mean IoU so far " in captured.err
+
+
+def test_quantize_tells_how_far_its_fp32_and_int8_evals_are_on_stderr(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """quantize evaluates the fp32 model and then its int8 copy on --heldout photos (200 each by default):
+    minutes without a word after calibrating."""
+    fp32 = tmp_path / "fp32.onnx"
+    fp32.write_bytes(stand_in_onnx_bytes(size_px=320))
+    argv = [
+        "quantize",
+        str(fp32),
+        "--out",
+        str(tmp_path / "int8.onnx"),
+        "--calibration",
+        "2",
+        "--heldout",
+        "2",
+    ]
+    matting_cli(argv)  # kept or not: either way both models were evaluated
+    captured = capsys.readouterr()
+    assert "heldout_iou_int8" in json.loads(captured.out)  # stdout: the one JSON line, as before
+    assert "skuforge matting quantize fp32 eval: 2/2 photos, mean IoU so far " in captured.err
+    assert "skuforge matting quantize int8 eval: 2/2 photos, mean IoU so far " in captured.err

@@ -453,14 +453,21 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as exc:
             parser.error(f"--init {exc}" if "--checkpoint" not in str(exc) else str(exc))
         _, timings = run_train(config, args.out, checkpoint=args.checkpoint)
-        result = run_eval(args.out, args.heldout, config.heldout_seed, model=args.model, threads=args.threads)
+        result = run_eval(
+            args.out,
+            args.heldout,
+            config.heldout_seed,
+            model=args.model,
+            threads=args.threads,
+            progress=_eval_progress(args.heldout, "train held-out eval"),
+        )
         write_model_card(args.out.with_suffix(".json"), config, timings, result, args.out)
         print(json.dumps({"onnx": str(args.out), **result.summary(), **timings}))
         return 0
     if args.action == "eval":
         _check_onnx(parser, args.model_path)
         result = run_eval(
-            args.model_path, args.n, args.seed, model=args.model, progress=_eval_progress(args.n)
+            args.model_path, args.n, args.seed, model=args.model, progress=_eval_progress(args.n, "eval")
         )
         print(json.dumps(result.summary()))
         return 0
@@ -572,8 +579,18 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--calibration-photos: {exc}")
         except RangesMismatch as exc:
             parser.error(f"--ranges {args.ranges}: {exc}")
-        fp32 = run_eval(args.model_path, args.heldout, RENDERER_HELDOUT_SEED)
-        int8 = run_eval(candidate, args.heldout, RENDERER_HELDOUT_SEED)
+        fp32 = run_eval(
+            args.model_path,
+            args.heldout,
+            RENDERER_HELDOUT_SEED,
+            progress=_eval_progress(args.heldout, "quantize fp32 eval"),
+        )
+        int8 = run_eval(
+            candidate,
+            args.heldout,
+            RENDERER_HELDOUT_SEED,
+            progress=_eval_progress(args.heldout, "quantize int8 eval"),
+        )
         # Photo by photo too: a mean within half a point hid photos whose product int8 cut apart.
         verdict = judge_int8(fp32.ious, int8.ious, image_drop_max=args.image_drop_max)
         if verdict.accepted:
@@ -691,9 +708,10 @@ def _tune_ranges(parser: argparse.ArgumentParser, args: argparse.Namespace) -> i
     return 0
 
 
-def _eval_progress(n: int) -> Callable[[int, float], None]:
+def _eval_progress(n: int, label: str) -> Callable[[int, float], None]:
     """A line on stderr after the first batch, every ``EVAL_PROGRESS_EVERY_S`` and at the end: `eval
-    --n 200` printed nothing for minutes, as if it hung. Stdout keeps the one JSON line scripts read."""
+    --n 200` (and train's and quantize's held-out evals) printed nothing for minutes, as if it hung.
+    Stdout keeps the one JSON line scripts read. ``label`` says which eval: "quantize int8 eval"."""
     last_s: float | None = None
 
     def report(done: int, mean_iou: float) -> None:
@@ -701,7 +719,8 @@ def _eval_progress(n: int) -> Callable[[int, float], None]:
         now_s = time.monotonic()
         if last_s is None or now_s - last_s >= EVAL_PROGRESS_EVERY_S or done == n:
             print(
-                f"skuforge matting eval: {done}/{n} photos, mean IoU so far {mean_iou:.4f}", file=sys.stderr
+                f"skuforge matting {label}: {done}/{n} photos, mean IoU so far {mean_iou:.4f}",
+                file=sys.stderr,
             )
             last_s = now_s
 
