@@ -80,9 +80,39 @@ def test_a_turned_or_mirrored_copy_of_a_photo_is_named_with_how_it_differs(tmp_p
         "the copy if it is one)"
         for copy, how in (
             ("Oatly-Oat-Milk_012_mirrored.jpg", "mirrored"),
-            ("Oatly-Oat-Milk_012_turned.jpg", "turned 90 degrees"),
+            ("Oatly-Oat-Milk_012_turned.jpg", "turned 90 degrees counter-clockwise"),
         )
     ], warnings
+
+
+@pytest.mark.parametrize(
+    ("turns", "how"),
+    [
+        ([Image.Transpose.ROTATE_90], "turned 90 degrees counter-clockwise"),
+        ([Image.Transpose.ROTATE_270], "turned 90 degrees clockwise"),
+        ([Image.Transpose.ROTATE_180], "turned 180 degrees"),
+        (
+            [Image.Transpose.ROTATE_90, Image.Transpose.FLIP_LEFT_RIGHT],
+            "turned 90 degrees counter-clockwise and mirrored",
+        ),
+    ],
+)
+def test_a_turned_copy_is_named_with_the_way_it_was_turned(
+    tmp_path: Path, turns: list[Image.Transpose], how: str
+) -> None:
+    # "turned 90 degrees" said neither way: it meant counter-clockwise, and a copy turned a quarter
+    # clockwise read "turned 270 degrees", which its owner had to work out.
+    folder = _sku(tmp_path, "A", "A-1")
+    _picture(1).save(folder / "IMG_1.png")
+    copy = _picture(1)
+    for turn in turns:
+        copy = copy.transpose(turn)
+    copy.save(folder / "IMG_1_turned.png")
+    assert _survey(tmp_path)[1] == [
+        f"SKU A-1: {folder / 'IMG_1_turned.png'} looks like a copy of {folder / 'IMG_1.png'} ({how}, "
+        "perhaps resized or re-encoded); both are ingested, as two photos of the product (remove the copy "
+        "if it is one)"
+    ]
 
 
 def test_different_photos_of_one_product_are_not_taken_for_copies(tmp_path: Path) -> None:
@@ -133,8 +163,8 @@ def test_a_resized_or_turned_copy_of_another_skus_photo_is_named_in_a_warning(tm
         f"{original} of SKU GROCERY-OATLY-001; one photo given for two products is ingested for both (move "
         "it to its own product's folder)",
         f"SKU GROCERY-AUBERGINE-001: {aubergine / 'turned.jpg'} looks like a copy of {original} of SKU "
-        "GROCERY-OATLY-001 (turned 90 degrees, perhaps resized or re-encoded); one photo given for two "
-        "products is ingested for both (move it to its own product's folder)",
+        "GROCERY-OATLY-001 (turned 90 degrees counter-clockwise, perhaps resized or re-encoded); one photo "
+        "given for two products is ingested for both (move it to its own product's folder)",
     ], warnings
 
 

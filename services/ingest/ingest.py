@@ -31,9 +31,9 @@ ingested once, and named in a warning; of a cut-out and its copy flattened on wh
 for its outline. A resized, re-encoded, mirrored or turned copy (other pixels, the same perceptual
 hash within ``NEAR_DUPLICATE_MAX_BITS`` as shown, mirrored or turned by 90, 180 or 270 degrees, as
 ``skuforge evaluate`` finds copies) is ingested as a photo of its own and named in a warning that
-says how it differs ("mirrored", "turned 90 degrees"), and so is a photo that an earlier SKU folder
-of the batch has too, the same picture or such a copy, and an animated PNG or WebP or a multi-page
-TIFF, of which the first frame is ingested. Two SKU ids of a batch may not differ only in case
+says how it differs ("mirrored", "turned 90 degrees clockwise"), and so is a photo that an earlier
+SKU folder of the batch has too, the same picture or such a copy, and an animated PNG or WebP or a
+multi-page TIFF, of which the first frame is ingested. Two SKU ids of a batch may not differ only in case
 (``ABC-1``, ``abc-1``): on a case-insensitive file system their store folders would be one. A name
 or category that is only whitespace or invisible characters (a zero-width space) is refused, and so
 is a control character (a tab, newline, NUL or terminal escape) in the name, category, brand or
@@ -175,7 +175,7 @@ class PreparedSku:
     # (a file, the file before it in the folder with the same picture): ingested once, and warned of.
     copies: tuple[tuple[Path, Path], ...] = ()
     # (a file, a file before it that it looks like, how: "as shown" when resized or re-encoded, else
-    # "mirrored", "turned 90 degrees"...): both ingested, and warned of.
+    # "mirrored", "turned 90 degrees clockwise"...): both ingested, and warned of.
     near_copies: tuple[tuple[Path, Path, str], ...] = ()
     # (a file, its frame or page count) of an animation or a multi-page file: its first is ingested, and
     # warned of.

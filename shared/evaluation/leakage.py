@@ -98,9 +98,9 @@ def perceptual_hash(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> byt
 def image_variant_hashes(image: Image.Image) -> dict[str, bytes]:
     """``perceptual_hash`` of a photo already decoded as shown (``decode_image``'s RGB: EXIF orientation
     applied, transparency over white), as shown, mirrored and turned: each variant of ``_VARIANTS`` by
-    its name ("as shown", "mirrored", "turned 90 degrees"...), those with detail enough. For a caller
-    that holds the photo: hashed from its file, a PNG or TIFF, which has no reduced decode, was decoded
-    whole a second time while the first was still held. It is shrunk by a whole factor, as a JPEG's
+    its name ("as shown", "mirrored", "turned 90 degrees clockwise"...), those with detail enough. For a
+    caller that holds the photo: hashed from its file, a PNG or TIFF, which has no reduced decode, was
+    decoded whole a second time while the first was still held. It is shrunk by a whole factor, as a JPEG's
     reduced decode is, and never copied at its full size. Ingest compares a photo as shown with every
     variant of the earlier ones of its folder: by "as shown" alone, a flipped or turned copy passed."""
     frame, content = _views_from(lambda at_least_px: _reduced_grey(image, at_least_px))
@@ -192,10 +192,17 @@ def _bars_box(grey: Image.Image) -> Box | None:
 # counter-clockwise by 90, 180 and 270 degrees; each followed by its mirror image. It holds them for
 # the whole frame, then for the content inside a plain border, then for the part inside plain bars.
 _TURNS = (0, 90, 180, 270)
+# Each turn as a message names it, with its way: "turned 90 degrees" said none, and a quarter turn
+# clockwise read "turned 270 degrees". A half turn is the same either way.
+_TURN_NAMES = {
+    90: "turned 90 degrees counter-clockwise",
+    180: "turned 180 degrees",
+    270: "turned 90 degrees clockwise",
+}
 _VARIANTS = (
     "as shown",
     "mirrored",
-    *(f"turned {turn} degrees{mirror}" for turn in _TURNS[1:] for mirror in ("", " and mirrored")),
+    *(f"{_TURN_NAMES[turn]}{mirror}" for turn in _TURNS[1:] for mirror in ("", " and mirrored")),
 )
 # Its parts, in order: the whole frame, the content inside a plain border, the part inside plain bars.
 _HELDOUT_PARTS = 3
