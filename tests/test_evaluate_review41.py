@@ -3,15 +3,23 @@ of a chain of copies within one SKU's folder."""
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 import services.trainstore.evaluation
-from services.trainstore.evaluation import _without_copies_within_skus
-from shared.evaluation.experiment import Photo
+from services.trainstore.evaluation import (
+    EvaluateRefused,
+    _refuse_copies_under_two_skus,
+    _without_copies_within_skus,
+)
+from shared.evaluation.experiment import Photo, encode_jpeg
+from shared.evaluation.leakage import heldout_hash
+from shared.images import encode_png
 from shared.store import FileStore
 from shared.trainstore.manifest import ManifestStore
 from skuforge_cli.main import main as cli_main
@@ -21,6 +29,7 @@ from tests.support.evaluation import (  # noqa: F401 (one_torch_thread: autouse)
     evaluate_args,
     fill_colour_store,
     one_torch_thread,
+    shelf_photo,
 )
 from tests.support.trainstore import PREFIX
 
@@ -87,3 +96,50 @@ def test_a_chain_of_copies_is_noted_link_by_link_to_the_photo_scored() -> None:
         "d.png looks like a copy of c.png (perceptual hash 8 of 256 bits apart), which looks like a copy of "
         "b.png (8 bits apart), which looks like a copy of a.png (8 bits apart): scored once, as a.png",
     ]
+
+
+def _shelf_and_copy(copy: Image.Image) -> dict[str, bytes]:
+    """``heldout_hash`` of a shelf photo (a.png) and of a JPEG of ``copy``, made of it (b.jpg), by name."""
+    hashes = {"a.png": heldout_hash(encode_png(shelf_photo(5))), "b.jpg": heldout_hash(encode_jpeg(copy))}
+    return {name: value for name, value in hashes.items() if value is not None}
+
+
+@pytest.mark.parametrize("hashed_first", ["a.png", "b.jpg"])
+@pytest.mark.parametrize(
+    ("listed", "how"),
+    [
+        (["a.png", "b.jpg"], "turned 90 degrees clockwise"),  # b.jpg is a.png turned so
+        (["b.jpg", "a.png"], "turned 90 degrees counter-clockwise"),  # and a.png is b.jpg turned back
+    ],
+)
+def test_a_turned_copy_within_one_sku_folder_is_noted_with_the_way_it_was_turned(
+    listed: list[str], how: str, hashed_first: str
+) -> None:
+    # The note said the bits apart and nothing of how the copy differed, where ingest's warning of the
+    # same copy says "turned" or "mirrored": a copy turned a quarter read as a plain re-encode.
+    hashes = _shelf_and_copy(shelf_photo(5).transpose(Image.Transpose.ROTATE_270))
+    photos = [Photo("SKU-RED", "real", name, name, lambda: b"") for name in listed]
+    hashed = sorted(hashes.items(), key=lambda item: item[0] != hashed_first)
+    kept, notes = _without_copies_within_skus(photos, hashed)
+    like, copy = listed
+    assert [photo.name for photo in kept] == [like]
+    assert len(notes) == 1, notes
+    assert re.fullmatch(
+        rf"{re.escape(copy)} looks like a copy of {re.escape(like)} \({how}, perceptual hash \d+ of 256 bits "
+        r"apart\): scored once",
+        notes[0],
+    ), notes
+
+
+def test_a_mirrored_copy_in_two_sku_folders_is_refused_with_the_way_it_differs() -> None:
+    hashes = _shelf_and_copy(shelf_photo(5).transpose(Image.Transpose.FLIP_LEFT_RIGHT))
+    photos = [
+        Photo(sku_id, "real", name, name, lambda: b"")
+        for sku_id, name in [("SKU-RED", "a.png"), ("SKU-BLUE", "b.jpg")]
+    ]
+    with pytest.raises(
+        EvaluateRefused,
+        match=r"a\.png \(SKU-RED\) and b\.jpg \(SKU-BLUE\), the second mirrored, perceptual hash \d+ of 256 "
+        r"bits apart;",
+    ):
+        _refuse_copies_under_two_skus(photos, list(hashes.items()))

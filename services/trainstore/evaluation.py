@@ -48,6 +48,7 @@ from shared.evaluation.leakage import (
     copy_hashes,
     hash_fits,
     heldout_hash,
+    variant_back,
 )
 from shared.evaluation.report import render_report
 from shared.generation.scenes import library_keys, scene_file_bytes
@@ -236,9 +237,9 @@ def _refuse_copies_under_two_skus(photos: Sequence[Photo], hashes: Sequence[tupl
     copies = copies_across_groups([(sku_of[name], name, value) for name, value in hashes])
     if copies:
         shown = "; ".join(
-            f"{first} ({sku_of[first]}) and {second} ({sku_of[second]}), perceptual hash {bits} of 256 "
-            "bits apart"
-            for first, second, bits in copies[:5]
+            f"{first} ({sku_of[first]}) and {second} ({sku_of[second]}), {_differing(how, 'the second ')}"
+            f"perceptual hash {bits} of 256 bits apart"
+            for first, second, bits, how in copies[:5]
         ) + (f"; and {len(copies) - 5} more" if len(copies) > 5 else "")
         raise EvaluateRefused(
             f"held-out photos in two SKU folders look like copies of one picture: {shown}; a photo has "
@@ -266,42 +267,53 @@ def _without_copies_within_skus(
             name = joined_to[name]
         return name
 
-    for first, second, _ in pairs:
+    for first, second, _, _ in pairs:
         kept, other = sorted((kept_of(first), kept_of(second)), key=order.__getitem__)
         joined_to[other] = kept
     notes = []
     for photo in photos:
         if (kept := kept_of(photo.name)) != photo.name:
-            (like, bits), *links = _copy_links(photo.name, kept, pairs)
+            (like, bits, how), *links = _copy_links(photo.name, kept, pairs)
             further = "".join(
-                f", which looks like a copy of {name} ({apart} bits apart)" for name, apart in links
+                f", which looks like a copy of {name} ({_differing(way)}{apart} bits apart)"
+                for name, apart, way in links
             )
             scored = f"scored once, as {kept}" if links else "scored once"
             notes.append(
-                f"{photo.name} looks like a copy of {like} (perceptual hash {bits} of 256 bits apart)"
-                f"{further}: {scored}"
+                f"{photo.name} looks like a copy of {like} ({_differing(how)}perceptual hash {bits} of 256 "
+                f"bits apart){further}: {scored}"
             )
     return [photo for photo in photos if kept_of(photo.name) == photo.name], notes
 
 
-def _copy_links(copy: str, kept: str, pairs: Sequence[tuple[str, str, int]]) -> list[tuple[str, int]]:
+def _copy_links(
+    copy: str, kept: str, pairs: Sequence[tuple[str, str, int, str]]
+) -> list[tuple[str, int, str]]:
     """The fewest links of copy ``pairs`` (nearest first) from ``copy`` to ``kept``, one of its group: each
-    photo on the way with the bits it is apart from the one before."""
-    came_from: dict[str, tuple[str, int]] = {copy: (copy, 0)}
+    photo on the way with the bits the one before is apart from it, and how that one differs from it."""
+    came_from: dict[str, tuple[str, int, str]] = {copy: (copy, 0, "as shown")}
     reached = [copy]
     for name in reached:  # breadth first: ``reached`` grows as it is walked
-        for first, second, bits in pairs:
-            other = second if first == name else first if second == name else None
-            if other is not None and other not in came_from:
-                came_from[other] = (name, bits)
-                reached.append(other)
+        for first, second, bits, how in pairs:  # ``second`` is ``first`` made ``how``
+            if first == name and second not in came_from:
+                came_from[second] = (name, bits, variant_back(how))
+                reached.append(second)
+            elif second == name and first not in came_from:
+                came_from[first] = (name, bits, how)
+                reached.append(first)
     links = []
     name = kept
     while name != copy:
-        before, bits = came_from[name]
-        links.append((name, bits))
+        before, bits, how = came_from[name]
+        links.append((name, bits, how))
         name = before
     return links[::-1]
+
+
+def _differing(how: str, whose: str = "") -> str:
+    """How a copy differs from its photo (a variant of ``shared/evaluation/leakage.py``), as a message
+    says it before the bits apart, after ``whose``: nothing for a resized or re-encoded one."""
+    return "" if how == "as shown" else f"{whose}{how}, "
 
 
 def _refuse_sku_folders_inside_others(root: Path, photos: Sequence[Photo], sku_ids: set[str]) -> None:

@@ -460,26 +460,40 @@ def check_no_near_duplicates(
 
 def copies_across_groups(
     photos: Sequence[tuple[str, str, bytes]], *, max_bits: int = NEAR_DUPLICATE_MAX_BITS
-) -> list[tuple[str, str, int]]:
-    """(name, name of its copy, bits apart) of each pair of photos, given as (group, name,
-    ``heldout_hash``), of different groups and within ``max_bits``: one picture held out under two SKU
-    ids, re-encoded, resized, mirrored or turned (the same bytes are found by their sha256). Nearest
-    first; each pair once. A photo as shown (frame and content) is compared with every variant of the
-    others, as ``check_no_near_duplicates`` compares a store image."""
+) -> list[tuple[str, str, int, str]]:
+    """(name, name of its copy, bits apart, how the copy differs: a variant of ``_VARIANTS``, "as shown"
+    when resized or re-encoded) of each pair of photos, given as (group, name, ``heldout_hash``), of
+    different groups and within ``max_bits``: one picture held out under two SKU ids, re-encoded,
+    resized, mirrored or turned (the same bytes are found by their sha256). Nearest first; each pair
+    once. A photo as shown (frame and content) is compared with every variant of the others, as
+    ``check_no_near_duplicates`` compares a store image."""
     return _copies(photos, max_bits, same_group=False)
 
 
 def copies_within_groups(
     photos: Sequence[tuple[str, str, bytes]], *, max_bits: int = NEAR_DUPLICATE_MAX_BITS
-) -> list[tuple[str, str, int]]:
+) -> list[tuple[str, str, int, str]]:
     """As ``copies_across_groups``, the pairs of the same group: one picture held out twice under one
     SKU id, re-encoded or resized, which scoring would weigh double."""
     return _copies(photos, max_bits, same_group=True)
 
 
+def variant_back(variant: str) -> str:
+    """How a photo differs from its copy that is ``variant`` of it (both of ``_VARIANTS``): a quarter
+    turn the other way; as shown, mirrored, a half turn, and a turn then a mirror image (a flip across
+    a diagonal) undo themselves."""
+    return _VARIANTS[_variant_back(_VARIANTS.index(variant))]
+
+
+def _variant_back(index: int) -> int:
+    """``variant_back`` by index in ``_VARIANTS``: those of a mirror image (odd) undo themselves, and a
+    turn of 90 degrees one of 270."""
+    return index if index % 2 else -index % len(_VARIANTS)
+
+
 def _copies(
     photos: Sequence[tuple[str, str, bytes]], max_bits: int, *, same_group: bool
-) -> list[tuple[str, str, int]]:
+) -> list[tuple[str, str, int, str]]:
     if not photos:
         return []
     if not all(hash_fits(value, heldout=True) for _, _, value in photos):
@@ -489,13 +503,22 @@ def _copies(
     as_shown = [part * len(_VARIANTS) for part in range(_HELDOUT_PARTS)]
     shown = held.reshape(len(photos), _HELDOUT_HASHES, _HASH_BYTES)[:, as_shown]
     held_rows, part_rows, distances = _pairs_within(held, shown.reshape(-1, _HASH_BYTES), max_bits)
-    nearest: dict[tuple[int, int], int] = {}
+    # Each pair's bits apart and how the second differs from the first, by its index in _VARIANTS (of
+    # equals, the first: "as shown").
+    nearest: dict[tuple[int, int], tuple[int, int]] = {}
     for held_row, part_row, distance in zip(held_rows, part_rows, distances, strict=True):
-        first, second = sorted((int(held_row) // _HELDOUT_HASHES, int(part_row) // _HELDOUT_PARTS))
+        photo, copy = int(held_row) // _HELDOUT_HASHES, int(part_row) // _HELDOUT_PARTS
+        first, second = sorted((photo, copy))
         if first != second and (photos[first][0] == photos[second][0]) == same_group:
-            nearest[first, second] = min(int(distance), nearest.get((first, second), int(distance)))
-    pairs = sorted(nearest.items(), key=lambda item: (item[1], item[0]))
-    return [(photos[first][1], photos[second][1], distance) for (first, second), distance in pairs]
+            # The copy as shown is the photo's variant that the held row holds.
+            variant = int(held_row) % _HELDOUT_HASHES % len(_VARIANTS)
+            found = (int(distance), variant if photo == first else _variant_back(variant))
+            nearest[first, second] = min(found, nearest.get((first, second), found))
+    pairs = sorted(nearest.items(), key=lambda item: (item[1][0], item[0]))
+    return [
+        (photos[first][1], photos[second][1], distance, _VARIANTS[variant])
+        for (first, second), (distance, variant) in pairs
+    ]
 
 
 # Bits set in each byte value: the popcount of an XOR of two hashes, a byte at a time.
