@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageOps, TiffImagePlugin
+from PIL import Image, ImageDraw, ImageOps, TiffImagePlugin
 
 from services.ingest import ingest
 from shared.config import load_settings
@@ -163,9 +163,34 @@ def test_a_resized_or_turned_copy_of_another_skus_photo_is_named_in_a_warning(tm
         f"{original} of SKU GROCERY-OATLY-001; one photo given for two products is ingested for both (move "
         "it to its own product's folder)",
         f"SKU GROCERY-AUBERGINE-001: {aubergine / 'turned.jpg'} looks like a copy of {original} of SKU "
-        "GROCERY-OATLY-001 (turned 90 degrees counter-clockwise, perhaps resized or re-encoded); one photo "
-        "given for two products is ingested for both (move it to its own product's folder)",
+        "GROCERY-OATLY-001 (turned 90 degrees counter-clockwise, perhaps resized or re-encoded), a copy of "
+        f"{papaya / 'Papaya_small.jpg'} of SKU GROCERY-PAPAYA-001 (turned 90 degrees counter-clockwise, "
+        "perhaps resized or re-encoded); one photo given for 3 products is ingested for each (move it to "
+        "its own product's folder)",
     ], warnings
+
+
+def test_a_copy_of_photos_of_several_other_skus_names_each_nearest_first(tmp_path: Path) -> None:
+    # A photo copied into a folder from a batch where earlier products had it too named only the
+    # nearest of them: the others, each one picture under two labels as well, went unsaid.
+    def covered(side_px: int) -> Image.Image:  # the picture, its corner painted over: some bits off
+        picture = _picture(1)
+        ImageDraw.Draw(picture).rectangle((0, 0, side_px, side_px), fill=(128, 128, 128))
+        return picture
+
+    photos = {"1-far": covered(80), "2-mid": covered(60), "3-near": _picture(1), "4-close": covered(50)}
+    for folder, picture in photos.items():
+        picture.save(_sku(tmp_path, folder, folder.upper()) / "front.png")
+    _picture(1).save(_sku(tmp_path, "5-new", "NEW") / "front.jpg", quality=90)
+    surveyed, warnings = _survey(tmp_path)
+    assert len(surveyed) == 5, "warnings, not a refusal"
+    assert warnings[-1] == (
+        f"SKU NEW: {tmp_path / '5-new' / 'front.jpg'} looks like a resized or re-encoded copy of "
+        f"{tmp_path / '3-near' / 'front.png'} of SKU 3-NEAR, a resized or re-encoded copy of "
+        f"{tmp_path / '4-close' / 'front.png'} of SKU 4-CLOSE, a resized or re-encoded copy of "
+        f"{tmp_path / '2-mid' / 'front.png'} of SKU 2-MID, and photos of 1 more SKU; one photo given for 5 "
+        "products is ingested for each (move it to its own product's folder)"
+    ), warnings
 
 
 def test_a_jpeg_past_pillows_own_pixel_limit_is_ingested(

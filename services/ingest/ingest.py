@@ -905,6 +905,10 @@ def _warn_of_frames(sku: PreparedSku, warn: Callable[[str], None]) -> None:
         )
 
 
+# The SKUs a warning names of which a photo looks like a copy, nearest first; the others are counted.
+_SKUS_NAMED = 3
+
+
 class _BatchLooks:
     """The perceptual hashes of every variant (as shown, mirrored, turned) of the photos of the SKUs
     of a batch read so far, with the SKU and file of each: 32 bytes a row, grown by doubling."""
@@ -921,16 +925,17 @@ class _BatchLooks:
             self._hashes[len(self._owners)] = np.frombuffer(value, dtype=np.uint8)
             self._owners.append((sku_id, file, variant))
 
-    def nearest(self, look: bytes) -> tuple[str, Path, str] | None:
-        """The SKU, file and variant nearest ``look`` (a photo's hash as shown) within
-        ``NEAR_DUPLICATE_MAX_BITS``, of equals the first added; None when none is that near. Every row is
-        compared, in bit operations: a photo against 5,000 photos' variants took 7 ms, where reading a
-        train photo takes some 50 ms (2026-12-06)."""
-        if not self._owners:
-            return None
+    def near(self, look: bytes) -> list[tuple[str, Path, str]]:
+        """Each SKU with a photo within ``NEAR_DUPLICATE_MAX_BITS`` of ``look`` (a photo's hash as shown):
+        the SKU, file and variant nearest it (of equals, the first added), nearest SKU first (of equals,
+        the first added). Every row is compared, in bit operations: a photo against 5,000 photos'
+        variants took 7 ms, where reading a train photo takes some 50 ms (2026-12-06)."""
         bits = bits_apart(self._hashes[: len(self._owners)], np.frombuffer(look, dtype=np.uint8))
-        nearest = int(np.argmin(bits))
-        return self._owners[nearest] if bits[nearest] <= NEAR_DUPLICATE_MAX_BITS else None
+        close = np.flatnonzero(bits <= NEAR_DUPLICATE_MAX_BITS)
+        nearest: dict[str, tuple[str, Path, str]] = {}
+        for row in close[np.argsort(bits[close], kind="stable")]:
+            nearest.setdefault(self._owners[row][0], self._owners[row])
+        return list(nearest.values())
 
 
 def _warn_of_photos_of_other_skus(
@@ -943,26 +948,32 @@ def _warn_of_photos_of_other_skus(
     each photo id's first SKU and file; ``looks``: their perceptual hashes; this adds to both), the same
     picture or a resized, re-encoded, mirrored or turned copy. A photo copied into the wrong product's
     folder was ingested for both without a word, one picture the retraining store held as two classes
-    (a copy with other bytes was missed); a shelf shot of two products may be meant for both."""
+    (a copy with other bytes was missed); a shelf shot of two products may be meant for both. A copy
+    names each earlier SKU it looks like a copy of, nearest first (``_SKUS_NAMED``, the rest counted):
+    naming only the nearest left the others' labels unsaid."""
     sku_id = sku.metadata.sku_id
     for photo in sku.photos:
         owner = pictures.setdefault(photo.photo_id, (sku_id, photo.file))
         variants = sku.looks.get(photo.photo_id, {})
         if owner[0] != sku_id:
-            likeness = f"is the same picture as {owner[1]} of SKU {owner[0]}"
-        elif "as shown" in variants and (near := looks.nearest(variants["as shown"])) is not None:
+            likeness, others = f"is the same picture as {owner[1]} of SKU {owner[0]}", 1
+        elif "as shown" in variants and (near := looks.near(variants["as shown"])):
             # Named as ``_warn_of_copies`` names a copy in the photo's own folder.
-            other, file, how = near
-            likeness = (
-                f"looks like a resized or re-encoded copy of {file} of SKU {other}"
+            copies = [
+                f"a resized or re-encoded copy of {file} of SKU {other}"
                 if how == "as shown"
-                else f"looks like a copy of {file} of SKU {other} ({how}, perhaps resized or re-encoded)"
-            )
+                else f"a copy of {file} of SKU {other} ({how}, perhaps resized or re-encoded)"
+                for other, file, how in near[:_SKUS_NAMED]
+            ]
+            if (unnamed := len(near) - _SKUS_NAMED) > 0:
+                copies.append(f"and photos of {unnamed} more SKU{'s' if unnamed > 1 else ''}")
+            likeness, others = f"looks like {', '.join(copies)}", len(near)
         else:
             continue
+        given, each = ("two products", "both") if others == 1 else (f"{others + 1} products", "each")
         warn(
-            f"SKU {sku_id}: {photo.file} {likeness}; one photo given for two products is ingested for "
-            "both (move it to its own product's folder)"
+            f"SKU {sku_id}: {photo.file} {likeness}; one photo given for {given} is ingested for {each} "
+            "(move it to its own product's folder)"
         )
     for photo in sku.photos:
         if photo.photo_id in sku.looks:
