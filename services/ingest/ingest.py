@@ -81,7 +81,7 @@ import re
 import sys
 import tempfile
 import unicodedata
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -524,9 +524,9 @@ def prepare_sku(folder: Path, settings: Settings) -> tuple[PreparedSku | None, l
     copies: list[tuple[Path, Path]] = []
     near_copies: list[tuple[Path, Path, str]] = []
     frames: list[tuple[Path, int]] = []
-    # Each kept photo's perceptual hashes (as shown, mirrored, turned), where it has any.
-    looks: list[tuple[dict[str, bytes], Path]] = []
-    looks_by_photo: dict[str, dict[str, bytes]] = {}
+    # Each kept photo's perceptual hashes (as shown, mirrored, turned), where it has any, and the file
+    # they were taken of, by its photo id, in the order read.
+    looks: dict[str, tuple[dict[str, bytes], Path]] = {}
     # Every file is checked, even past the limit: a user who removes photos should not find the next
     # problem only on the next run. One at a time; the photos past the limit are checked, counted and
     # let go, never held. The limit counts distinct pictures: a copy of one adds nothing (it was
@@ -588,11 +588,10 @@ def prepare_sku(folder: Path, settings: Settings) -> tuple[PreparedSku | None, l
         # ingest, but its owner meant one: named, as a byte-for-byte copy is, and left in. So is one
         # flipped or turned (the same shot added mirrored, or saved again without its EXIF orientation).
         variants = image_variant_hashes(image)
-        if (earlier := _looked_like(variants.get("as shown"), looks)) is not None:
+        if (earlier := _looked_like(variants.get("as shown"), looks.values())) is not None:
             near_copies.append((file, *earlier))
         if variants:
-            looks.append((variants, file))
-            looks_by_photo[photo_id] = variants
+            looks[photo_id] = (variants, file)
         if (count := frame_count(data)) > 1:
             frames.append((file, count))
         photos.append(photo)
@@ -611,12 +610,14 @@ def prepare_sku(folder: Path, settings: Settings) -> tuple[PreparedSku | None, l
         copies=tuple(copies),
         near_copies=tuple(near_copies),
         frames=tuple(frames),
-        looks=looks_by_photo,
+        looks={photo_id: variants for photo_id, (variants, _) in looks.items()},
     )
     return sku, []
 
 
-def _looked_like(look: bytes | None, looks: list[tuple[dict[str, bytes], Path]]) -> tuple[Path, str] | None:
+def _looked_like(
+    look: bytes | None, looks: Iterable[tuple[dict[str, bytes], Path]]
+) -> tuple[Path, str] | None:
     """The first file of ``looks`` with a variant (``image_variant_hashes``: as shown, mirrored, turned)
     whose perceptual hash is within ``NEAR_DUPLICATE_MAX_BITS`` of ``look``, and its nearest such
     variant (of equals, the first: "as shown" before the others); None when there is none, or when
