@@ -17,16 +17,14 @@ import pytest
 from shared.generation.adapters import REGISTER_LOCKS, AdapterRegistry, RegistryStoreFailed, weights_file_name
 from shared.store import FileStore, ObjectStore, sha256_hex
 from tests.support.lora import lora_weights
+from tests.support.s3 import file_or_s3_store
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(params=["file", "s3"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
-    if request.param == "file":
-        return FileStore(tmp_path / "adapters")
-    s3_store: ObjectStore = request.getfixturevalue("s3_store")
-    return s3_store
+    return file_or_s3_store(request, tmp_path / "adapters")
 
 
 def _counting_puts(store: ObjectStore) -> tuple[ObjectStore, list[str]]:

@@ -17,17 +17,15 @@ import pytest
 
 from shared.generation import adapters as adapters_module
 from shared.generation.adapters import REGISTER_LOCKS, AdapterRegistry, weights_file_name
-from shared.store import FileStore, ObjectStore, sha256_hex
+from shared.store import ObjectStore, sha256_hex
 from tests.support.adapters import OtherRegistration
 from tests.support.lora import lora_weights
+from tests.support.s3 import file_or_s3_store
 
 
 @pytest.fixture(params=["file", "s3"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
-    if request.param == "file":
-        return FileStore(tmp_path / "adapters")
-    s3_store: ObjectStore = request.getfixturevalue("s3_store")
-    return s3_store
+    return file_or_s3_store(request, tmp_path / "adapters")
 
 
 def _registering_whole_at_the_listing(store: ObjectStore, other: OtherRegistration) -> ObjectStore:

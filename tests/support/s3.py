@@ -13,12 +13,13 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
-from shared.store import ObjectStore, open_store
+from shared.store import FileStore, ObjectStore, open_store
 
 # Dummy credentials (forced, not defaulted, so real ones are never used by tests) and no
 # user AWS config files, whose region or S3 settings could change what the tests see.
@@ -119,3 +120,12 @@ def s3_store(s3_endpoint: str) -> Iterator[ObjectStore]:
         for item in page.get("Contents", []):
             client.delete_object(Bucket=bucket, Key=item["Key"])
     client.delete_bucket(Bucket=bucket)
+
+
+def file_or_s3_store(request: pytest.FixtureRequest, folder: Path) -> ObjectStore:
+    """The store of a fixture parametrised ``["file", "s3"]``: a FileStore in ``folder``, or ``s3_store``
+    (started only for the "s3" runs), so a test proves its behaviour on both kinds of store."""
+    if request.param == "file":
+        return FileStore(folder)
+    s3: ObjectStore = request.getfixturevalue("s3_store")
+    return s3
