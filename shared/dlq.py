@@ -42,7 +42,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -96,6 +96,10 @@ LOCK_STALE_S = 60.0
 LOCK_GIVE_UP_S = LOCK_STALE_S - 2 * LOCK_REFRESH_S
 # The sender reads the lock before a send once it last found it its own this long ago (``_ReplayLock.check``).
 LOCK_CHECK_S = 2.0
+# Between the tries to take the lock. A take refused, then no object there to read, is a release under
+# way (S3 answers 409 to a conditional write while a conditional delete of the key runs): the three tries,
+# one right after another, all fell inside one, and its user was told to remove a folder that was not there.
+LOCK_RETRY_S = 0.2
 # [0-9], not \d: \d matches any script's digits and float() reads them ('٣d' was 3 days).
 _DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)([smhd])")
 # A replay's run, as it writes it in its lock (uuid4 hex): what its heartbeat's key is made of. A lock
@@ -852,8 +856,16 @@ class _ReplayLock:
     ``delete_if``): two replays taking one stale lock over at once each removed whatever lock was there
     and created their own, and both ran. The sender looks at the lock itself before a send (``check``)."""
 
-    def __init__(self, store: ObjectStore, dlq_topic: str, original_from: dict[int, int]) -> None:
+    def __init__(
+        self,
+        store: ObjectStore,
+        dlq_topic: str,
+        original_from: dict[int, int],
+        *,
+        pause: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.store = store
+        self._pause = pause  # waits ``LOCK_RETRY_S`` between the tries to take the lock
         self.key = f"{REPLAY_LOCK_PREFIX}/{dlq_topic}.json"
         self.dlq_topic = dlq_topic
         self.holder: dict[str, Any] = {
@@ -881,7 +893,9 @@ class _ReplayLock:
         looked_at = _alive_clock()
         try:
             missing = 0  # tries that found something at the key, then no object there
-            for _ in range(3):  # a lock released, or taken over by another, between the tries
+            for attempt in range(3):  # a lock released, or taken over by another, between the tries
+                if attempt:
+                    self._pause(LOCK_RETRY_S)
                 if self.store.put_new(self.key, body):
                     break
                 held = self._held()

@@ -296,3 +296,36 @@ def test_a_folder_at_the_lock_is_named_not_retried(tmp_path: Path) -> None:
         DlqError, match=r"could not take the replay lock .*is no object stands there .*remove it"
     ):
         _ReplayLock(store, dlq_topic, {}).acquire()
+
+
+class ReleaseUnderWay(FileStore):
+    """A store on which another replay's release of the lock runs until ``now_s`` (moved on by the
+    lock's pauses) reaches ``release_ends_s``: until then a take is refused and a read finds no object
+    (S3's 409 for a conditional write while a conditional delete of the key is under way)."""
+
+    def __init__(self, root: Path, release_ends_s: float) -> None:
+        super().__init__(root)
+        self.now_s = 0.0
+        self.release_ends_s = release_ends_s
+        self.tried_at: list[float] = []
+
+    def pause(self, seconds: float) -> None:
+        self.now_s += seconds
+
+    def _write_new(self, key: str, data: bytes, content_type: str) -> bool:
+        if key.startswith(dlq_module.REPLAY_LOCK_PREFIX):
+            self.tried_at.append(self.now_s)
+            if self.now_s < self.release_ends_s:
+                return False
+        return super()._write_new(key, data, content_type)
+
+
+def test_a_lock_being_released_is_taken_once_the_release_ends_not_called_a_folder(tmp_path: Path) -> None:
+    """The three tries followed each other at once: a release that had not ended within them (a
+    millisecond) was 'something that is no object stands there (a folder...); remove it'."""
+    store = ReleaseUnderWay(tmp_path / "store", release_ends_s=0.1)
+    lock = _ReplayLock(store, _dlq_topic(), {}, pause=store.pause)
+    assert lock.acquire() is None
+    lock.release()
+    assert len(store.tried_at) > 1
+    assert store.tried_at[-1] - store.tried_at[0] >= 0.1
