@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from shared.generation import adapters as adapters_module
 from shared.generation.adapters import REGISTER_LOCKS, AdapterRegistry, RegistryStoreFailed, weights_file_name
 from shared.store import FileStore, ObjectStore, sha256_hex
+from skuforge_cli.main import main as skuforge_main
 from tests.support.lora import lora_weights
 from tests.support.s3 import file_or_s3_store
 
@@ -156,3 +158,40 @@ def test_the_cli_does_not_blame_the_store_being_away_for_a_folder_at_the_lock(tm
     assert removing.returncode == 1, removing.stderr
     assert "something that is no object stands there" in removing.stderr, removing.stderr
     assert "could not be reached" not in removing.stderr, removing.stderr
+
+
+def test_the_cli_says_a_registration_whose_lock_was_taken_over_stopped_not_that_the_store_is_away(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`skuforge adapters register`, paused past REGISTER_LOCK_STALE_S and taken over, said "(the
+    object store or Kafka could not be reached: check that it is up ... and try again)" of a store
+    that was up: what stopped it was another registration."""
+    adapters = FileStore(tmp_path / "adapters")
+    weights = tmp_path / "cola.safetensors"
+    weights.write_bytes(lora_weights(2))
+    paused_at = f"cola-v/{weights_file_name(sha256_hex(lora_weights(2)))}"
+    monkeypatch.setattr(adapters_module, "REGISTER_LOCK_STALE_S", 0.0)
+    exists = FileStore.exists
+    paused: list[str] = []
+
+    def taken_over_meanwhile(store: FileStore, key: str) -> bool:
+        if key == paused_at and not paused:
+            paused.append(key)
+            AdapterRegistry(adapters).register(
+                "cola-v", lora_weights(3), kind="specialized", series="Cola", base_model="sd15"
+            )
+        return exists(store, key)
+
+    monkeypatch.setattr(FileStore, "exists", taken_over_meanwhile)
+    for name in [name for name in os.environ if name.startswith("SKUFORGE_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("SKUFORGE_DIFFUSION_ADAPTERS_URI", adapters.base_uri)
+    command = ["adapters", "register", "cola-v", str(weights)]
+    command += ["--kind", "specialized", "--series", "Cola", "--base-model", "sd15"]
+
+    status = skuforge_main(command)
+
+    said = capsys.readouterr().err
+    assert status == 1, said
+    assert "which another registration took over meanwhile; published nothing" in said, said
+    assert "could not be reached" not in said, said

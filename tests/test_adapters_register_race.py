@@ -16,7 +16,12 @@ from pathlib import Path
 import pytest
 
 from shared.generation import adapters as adapters_module
-from shared.generation.adapters import REGISTER_LOCKS, AdapterRegistry, weights_file_name
+from shared.generation.adapters import (
+    REGISTER_LOCKS,
+    AdapterRegistry,
+    RegistrationTakenOver,
+    weights_file_name,
+)
 from shared.store import ObjectStore, sha256_hex
 from tests.support.adapters import OtherRegistration
 from tests.support.lora import lora_weights
@@ -140,3 +145,58 @@ def test_a_registration_landing_during_a_removal_keeps_its_weights(store: Object
 
     current = registry.get("cola-v")
     assert registry.registered_weights(current) == lora_weights(2)  # ObjectMissing when deleted
+
+
+def _taken_over_at_the_look(
+    store: ObjectStore, paused_at: str, monkeypatch: pytest.MonkeyPatch
+) -> ObjectStore:
+    """A copy of ``store`` whose registration or removal pauses, holding the lock, at its look at
+    ``paused_at`` past REGISTER_LOCK_STALE_S (here none): meanwhile another registration takes its lock
+    over and registers cola-v whole with lora_weights(3)."""
+    monkeypatch.setattr(adapters_module, "REGISTER_LOCK_STALE_S", 0.0)
+    paused = copy.copy(store)
+    exists = paused.exists
+
+    def taken_over_meanwhile(key: str) -> bool:
+        if key == paused_at:
+            AdapterRegistry(store).register(
+                "cola-v", lora_weights(3), kind="specialized", series="Cola", base_model="sd15"
+            )
+        return exists(key)
+
+    paused.exists = taken_over_meanwhile  # type: ignore[method-assign]
+    return paused
+
+
+def test_a_registration_whose_lock_was_taken_over_before_it_published_does_not_publish(
+    store: ObjectStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A registration paused past REGISTER_LOCK_STALE_S while it held the lock, and taken over, wrote
+    its metadata over the registration that took over (which had landed and said so), and deleted the
+    weights that one's listing named."""
+    registry = AdapterRegistry(store)
+    registry.register("cola-v", lora_weights(1), kind="specialized", series="Cola", base_model="sd15")
+    weights_key = f"cola-v/{weights_file_name(sha256_hex(lora_weights(2)))}"
+    paused = _taken_over_at_the_look(store, weights_key, monkeypatch)
+
+    with pytest.raises(RegistrationTakenOver, match=r"cola-v: .*took over .*published nothing"):
+        AdapterRegistry(paused).register(
+            "cola-v", lora_weights(2), kind="specialized", series="Cola", base_model="sd15"
+        )
+
+    assert registry.registered_weights(registry.get("cola-v")) == lora_weights(3)
+
+
+def test_a_removal_whose_lock_was_taken_over_does_not_remove_the_registration_that_took_it(
+    store: ObjectStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A removal paused past REGISTER_LOCK_STALE_S while it held the lock, and taken over by a
+    registration, deleted that registration's metadata and weights after it had landed."""
+    registry = AdapterRegistry(store)
+    registry.register("cola-v", lora_weights(1), kind="specialized", series="Cola", base_model="sd15")
+    paused = _taken_over_at_the_look(store, "cola-v/metadata.json", monkeypatch)
+
+    with pytest.raises(RegistrationTakenOver, match=r"cola-v: .*took over .*removed nothing"):
+        AdapterRegistry(paused).remove("cola-v")
+
+    assert registry.registered_weights(registry.get("cola-v")) == lora_weights(3)

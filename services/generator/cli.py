@@ -13,7 +13,7 @@ from pathlib import Path
 from shared.argtypes import CommandParser, positive_int
 from shared.config import load_settings
 from shared.errors import BadInput, ObjectMissing
-from shared.generation.adapters import AdapterRegistry, WeightsRefused, read_weights
+from shared.generation.adapters import AdapterRegistry, RegistrationTakenOver, WeightsRefused, read_weights
 from shared.generation.diffusion import DiffusionSettings
 
 
@@ -92,6 +92,9 @@ def main(argv: list[str]) -> int:
     except WeightsRefused as exc:  # its words name the adapter; the file is named here
         print(f"skuforge adapters register: {args.weights}: {exc}", file=sys.stderr)
         return 2
+    except RegistrationTakenOver as exc:  # a TransientError, but no store away: another registration
+        print(f"skuforge adapters register: {exc}", file=sys.stderr)
+        return 1
     except (ValueError, BadInput) as exc:
         print(f"skuforge adapters register: {exc}", file=sys.stderr)
         return 2
@@ -114,6 +117,9 @@ def _remove(registry: AdapterRegistry, adapter_id: str, uri: str) -> int:
     except BadInput as exc:  # not an adapter id
         print(f"skuforge adapters remove: {exc}", file=sys.stderr)
         return 2
+    except RegistrationTakenOver as exc:
+        print(f"skuforge adapters remove: {exc}", file=sys.stderr)
+        return 1
     if removed is None:
         print(json.dumps({"adapter_id": adapter_id, "removed": True, "metadata": "unreadable"}))
     else:

@@ -67,6 +67,7 @@ __all__ = [
     "AdapterMetadata",
     "AdapterRegistry",
     "NotLoraWeights",
+    "RegistrationTakenOver",
     "RegistryLockBlocked",
     "RegistryStoreFailed",
     "WeightsRefused",
@@ -91,8 +92,10 @@ METADATA_FILE = "metadata.json"
 # deletes the weights of one that is uploading or waiting, as no metadata names them yet; that one writes
 # them again under the lock. The lock is held for a few small requests: one seen unchanged for
 # REGISTER_LOCK_STALE_S (its registration killed) is taken over, so a killed registration holds the next
-# ones up that long, not for ever. (One paused that long races the one that took over, as any two did
-# before; the store has no delete conditional on another object that would close that.)
+# ones up that long, not for ever. One paused that long, its lock taken over, looks at the lock right
+# before each write it cannot undo (the metadata, a delete) and stops there; before, it wrote its metadata
+# over the registration that took over, which had landed. (A pause between that look and the write still
+# races, as any two did before; the store has no write conditional on another object that would close it.)
 REGISTER_LOCKS = "_registering"  # no adapter id starts with '_'
 REGISTER_LOCK_STALE_S = 120.0
 _REGISTER_LOCK_POLL_S = 0.2
@@ -441,6 +444,12 @@ class RegistryLockBlocked(RegistryStoreFailed, StoreMisconfigured):
     away: its words say what to remove, and the CLI's "could not be reached ... try again" misled."""
 
 
+class RegistrationTakenOver(RegistryStoreFailed):
+    """A registration or removal paused past ``REGISTER_LOCK_STALE_S`` holding its lock, which another
+    took over meanwhile: it stopped before writing over that one's work. The registry's, and retried
+    (the LoRA trainer registers again); the CLI says so, not that the store could not be reached."""
+
+
 class AdapterRegistry:
     """Adapters stored under one object-store root: list, register, get, remove, fetch weights.
 
@@ -554,27 +563,31 @@ class AdapterRegistry:
             # (hundreds of MB). Damaged ones are written again: registering them is how they are mended.
             if not self.store.holds(weights_key, data):
                 self.store.put_bytes(weights_key, data)
-            with self._registering(adapter_id):
+            with self._registering(adapter_id) as holding:
                 replaced = self._registered(adapter_id)
                 # A registration holding the lock while ours uploaded or checked them (or waited) deleted
                 # them: no metadata named them.
                 if not self.store.exists(weights_key):
                     self.store.put_bytes(weights_key, data)
+                holding.check("published nothing")
                 self.store.put_json(f"{adapter_id}/{METADATA_FILE}", metadata.model_dump(mode="json"))
                 # Keep the replaced registration's weights: generators' cached listings point at them. Older
                 # ones only a listing from before the replaced registration names; such a generator lists
                 # again and retries (DiffusionBackend). Only files this registry names itself are deleted.
+                # Once taken over, the clean-up is the one that took over's: our metadata stands, and a
+                # delete here could take the weights it names.
                 keep = {metadata.weight_name, *([replaced.weight_name] if replaced is not None else [])}
                 for key in list(self.store.list_addressable(f"{adapter_id}/")):
                     name = key.removeprefix(f"{adapter_id}/")
-                    if _REGISTRY_WEIGHTS.fullmatch(name) and name not in keep:
+                    if _REGISTRY_WEIGHTS.fullmatch(name) and name not in keep and holding.held():
                         self.store.delete(key)
         return metadata
 
     @contextmanager
-    def _registering(self, adapter_id: str) -> Iterator[None]:
+    def _registering(self, adapter_id: str) -> Iterator[_RegisterLock]:
         """Hold the adapter's registration lock (under ``REGISTER_LOCKS``) inside: wait while another
-        registration holds it, and take over one seen unchanged for ``REGISTER_LOCK_STALE_S``."""
+        registration holds it, and take over one seen unchanged for ``REGISTER_LOCK_STALE_S``. Yields
+        the lock, to look before each write that cannot be undone whether it is still this one's."""
         key = f"{REGISTER_LOCKS}/{adapter_id}.json"
         holder = {"registration": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid()}
         body = json.dumps(holder, sort_keys=True).encode()
@@ -621,7 +634,7 @@ class AdapterRegistry:
                 break
             time.sleep(_REGISTER_LOCK_POLL_S)
         try:
-            yield
+            yield _RegisterLock(self.store, key, body, adapter_id)
         finally:
             self._release(key, body)
 
@@ -658,13 +671,15 @@ class AdapterRegistry:
         metadata_key = f"{adapter_id}/{METADATA_FILE}"
         # Under the registration lock: a registration running whole between the metadata's delete and
         # the listing lost its weights to the deletes that followed, its metadata naming none.
-        with self._store_faults(), self._registering(adapter_id):
+        with self._store_faults(), self._registering(adapter_id) as holding:
             if not self.store.exists(metadata_key):
                 raise ObjectMissing(self.store.uri_for(metadata_key))
             removed = self._registered(adapter_id)
+            holding.check("removed nothing")
             self.store.delete(metadata_key)
+            # Taken over since, by a registration: the weights are those it names, and it deletes the rest.
             for key in list(self.store.list_addressable(f"{adapter_id}/")):
-                if _REGISTRY_WEIGHTS.fullmatch(key.removeprefix(f"{adapter_id}/")):
+                if _REGISTRY_WEIGHTS.fullmatch(key.removeprefix(f"{adapter_id}/")) and holding.held():
                     self.store.delete(key)
         return removed
 
@@ -735,4 +750,30 @@ class AdapterRegistry:
             raise BadInput(
                 "invalid_adapter_id",
                 f"{adapter_id!r} is not an adapter id (letters, digits, '_' and '-', at most 64)",
+            )
+
+
+@dataclass(frozen=True)
+class _RegisterLock:
+    """A registration lock this process took (``AdapterRegistry._registering``): ``body`` at ``key``."""
+
+    store: ObjectStore
+    key: str
+    body: bytes
+    adapter_id: str
+
+    def held(self) -> bool:
+        """Whether the lock is still this one's, not taken over (or released) by another since."""
+        try:
+            return self.store.get_bytes(self.key) == self.body
+        except ObjectMissing:
+            return False
+
+    def check(self, outcome: str) -> None:
+        """``RegistrationTakenOver`` (saying ``outcome``: what this one did not do) once it is not held."""
+        if not self.held():
+            raise RegistrationTakenOver(
+                f"adapter {self.adapter_id}: paused for {REGISTER_LOCK_STALE_S:.0f}s or more holding the "
+                f"registration lock {self.store.uri_for(self.key)}, which another registration took over "
+                f"meanwhile; {outcome}, so as not to undo its work (run this again if it should stand)"
             )
