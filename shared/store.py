@@ -258,7 +258,7 @@ class ObjectStore(ABC):
     base_uri: str
     #: Called after every write with its seconds and whether it succeeded (the runtime's metrics).
     on_write: Callable[[float, bool], None] | None = None
-    #: The bytes a key of an event's URI may take: S3 counts an S3Store's prefix in its 1024.
+    #: The bytes a key may take (``check_room``): S3 counts an S3Store's prefix in its 1024.
     _key_room = MAX_KEY_BYTES
 
     # Backend hooks; ``key`` is always already checked.
@@ -324,9 +324,26 @@ class ObjectStore(ABC):
         fallback cannot tell, so the caller writes)."""
         return False
 
+    def check_room(self, key: str) -> str:
+        """``check_key(key)``, and ``BadInput('key_too_long')`` for a key longer than this store takes
+        (an S3Store's prefix counts in S3's 1024 bytes), told before anything is sent.
+
+        A key a stage builds from an event's ids: sent, S3 answered KeyTooLongError, taken for the
+        deployment's fault and retried for ever. Refused as the event's, it is dead-lettered with this
+        reason, to replay (``--reason key_too_long``) once a shorter prefix leaves it room. A stage that
+        writes several objects checks every key first, so that none is written for a refused event.
+        """
+        if (size := len(key.encode("utf-8"))) > self._key_room:
+            raise BadInput(
+                "key_too_long",
+                f"key {key[:80]!r}... is {size} bytes; {self.base_uri}/ leaves keys {self._key_room} "
+                f"({MAX_KEY_BYTES} with the prefix): shorten the prefix or the ids",
+            )
+        return check_key(key)
+
     def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> ObjectRef:
         """Store ``data`` under ``key`` (replacing any previous object) and return its reference."""
-        check_key(key)
+        self.check_room(key)
         started = time.perf_counter()
         try:
             self._write(key, data, content_type)
@@ -341,23 +358,23 @@ class ObjectStore(ABC):
     def put_new(self, key: str, data: bytes, content_type: str = "application/json") -> bool:
         """Store ``data`` under ``key`` only when no object is there; False when one is. Of writers
         racing for one key, exactly one gets True (a lock: ``shared/dlq.py``)."""
-        return self._write_new(check_key(key), data, content_type)
+        return self._write_new(self.check_room(key), data, content_type)
 
     def get_versioned(self, key: str) -> tuple[bytes, str]:
         """The bytes under ``key`` and their version (S3's ETag; a FileStore's sha256): what
         ``replace_if`` and ``delete_if`` compare with. ``ObjectMissing`` when there is none."""
-        return self._read_versioned(check_key(key))
+        return self._read_versioned(self.check_room(key))
 
     def replace_if(self, key: str, data: bytes, version: str, content_type: str = "application/json") -> bool:
         """Store ``data`` under ``key`` only while the object there is still ``version`` (as
         ``get_versioned`` read it); False when it was replaced or removed since. A compare-and-swap: of
         writers racing to replace one version, at most one gets True (the replay lock's takeover)."""
-        return self._replace_if(check_key(key), data, version, content_type)
+        return self._replace_if(self.check_room(key), data, version, content_type)
 
     def delete_if(self, key: str, version: str) -> bool:
         """Remove the object under ``key`` only while it is still ``version``; False when it was
         replaced or removed since (a lock released by its holder, never the one that took it over)."""
-        return self._delete_if(check_key(key), version)
+        return self._delete_if(self.check_room(key), version)
 
     def put_image(
         self, key: str, image: Image.Image | npt.NDArray[Any], *, digest_in_key: bool = False
@@ -441,14 +458,14 @@ class ObjectStore(ABC):
 
     def exists(self, key: str) -> bool:
         """Whether an object is stored under ``key``."""
-        return self._exists(check_key(key))
+        return self._exists(self.check_room(key))
 
     def holds(self, key: str, data: bytes) -> bool:
         """Whether the object under ``key`` is known to be ``data``, checked by its size and a checksum
         without downloading it (a FileStore hashes its file; an S3Store compares the HEAD's size and
         ETag); False when there is none, or when the store cannot tell. A writer of large content-named
         objects skips writing what is there whole (``AdapterRegistry.register``)."""
-        return self._holds(check_key(key), data)
+        return self._holds(self.check_room(key), data)
 
     def list_keys(self, prefix: str = "") -> Iterator[str]:
         """Yield, in lexicographic order, every key that starts with ``prefix`` (a plain string prefix)."""
@@ -470,13 +487,13 @@ class ObjectStore(ABC):
 
     def delete(self, key: str) -> None:
         """Remove the object under ``key``; deleting a missing object is not an error."""
-        self._delete(check_key(key))
+        self._delete(self.check_room(key))
 
     def modified_at(self, key: str) -> datetime:
         """When the object under ``key`` was last written, by the store's own clock (S3's
         LastModified, a file's modification time), in UTC; ``ObjectMissing`` when there is none.
         Two objects' times compare on one clock, which the clock of the process asking may not be."""
-        return self._modified_at(check_key(key))
+        return self._modified_at(self.check_room(key))
 
     def uri_for(self, key: str) -> str:
         """The URI events carry for ``key``."""
@@ -508,7 +525,7 @@ class ObjectStore(ABC):
 
     def _to_key(self, uri_or_key: str) -> str:
         # A checked key never contains "://" (that would be an empty segment), so this is unambiguous.
-        return self.key_for(uri_or_key) if "://" in uri_or_key else check_key(uri_or_key)
+        return self.key_for(uri_or_key) if "://" in uri_or_key else self.check_room(uri_or_key)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.base_uri!r})"
@@ -844,9 +861,9 @@ class S3Store(ObjectStore):
             if code in _S3_EXISTS_CODES:
                 raise  # a conditional write's condition failed: ``_conditional`` says so
             if code == "KeyTooLongError":
-                # A key the store was given, not an event's (``key_for`` refuses those unsent): the
-                # deployment's, retried. Told as an answer the store does not know, it sent an operator to
-                # check conditional writes.
+                # Every key past S3's 1024 with the prefix is refused unsent (``check_room``): this is a
+                # server that takes fewer, the deployment's, retried. Told as an answer the store does not
+                # know, it sent an operator to check conditional writes.
                 key = self._key_prefix + uri.removeprefix(self.base_uri + "/")
                 raise StoreMisconfigured(
                     f"S3 refused {uri}: KeyTooLongError, its key is {len(key.encode('utf-8'))} bytes with "

@@ -128,7 +128,8 @@ def test_list_keys_by_prefix(store: ObjectStore) -> None:
 
 @pytest.mark.parametrize(
     "key",
-    ["", "/abs", "a/../b", "..", "a/..", "a\\b", "a//b", "a/", "./a", "a\x00b", "a\nb", "x" * 1025],
+    # A key too long is the event's (key_too_long), not a ValueError: test_a_key_the_store_writes_too_long...
+    ["", "/abs", "a/../b", "..", "a/..", "a\\b", "a//b", "a/", "./a", "a\x00b", "a\nb"],
 )
 def test_unsafe_keys_refused(store: ObjectStore, key: str) -> None:
     with pytest.raises(ValueError):
@@ -327,21 +328,52 @@ def test_an_event_key_too_long_for_s3_under_the_prefix_is_bad_input() -> None:
     assert info.value.reason == "unsafe_key" and "1020 bytes" in str(info.value), info.value
 
 
-def test_a_key_the_store_writes_too_long_under_the_prefix_says_so_and_is_retried() -> None:
-    """A key the stage builds itself, not an event's: S3's KeyTooLongError went through the message of an
-    answer the store does not know, which sent an operator to check conditional writes. It names the key,
-    its bytes with the prefix and the prefix, and stays the deployment's (retried): no event is at fault."""
-    client = boto3.client(
-        "s3", region_name="us-east-1", aws_access_key_id="test", aws_secret_access_key="test"
-    )
-    store = S3Store("any-bucket", "pfx", client=client, uri_from="the test")
-    key = "/".join(["k" * 200] * 5) + "/" + "k" * 17  # 1022 bytes: 1026 with "pfx/"
-    with Stubber(client) as s3, pytest.raises(StoreMisconfigured) as info:
-        s3.add_client_error("put_object", "KeyTooLongError", "Your key is too long", 400)
-        store.put_bytes(key, b"x")
+def _room(store: ObjectStore) -> int:
+    """The bytes a key may take in ``store``: S3 counts the fixture's prefix ``pfx/`` in its 1024."""
+    return 1024 - len("pfx/") if isinstance(store, S3Store) else 1024
+
+
+def _key_of(size: int) -> str:
+    """A safe key of ``size`` bytes, in segments a file system can name."""
+    return "/".join(["k" * 200] * 4) + "/" + "k" * (size - 804)
+
+
+def test_a_key_the_store_writes_too_long_for_it_is_refused_unsent(store: ObjectStore) -> None:
+    """A key a stage builds from an event's ids, not an event's URI: past S3's 1024 bytes with the
+    prefix, it was sent, S3 answered KeyTooLongError and the stage retried the event for ever as the
+    deployment's fault (a FileStore raised a ValueError, retried too). Refused before anything is sent as
+    the event's (``key_too_long``, dead-lettered), by every call that takes a key."""
+    fits, past = _key_of(_room(store)), _key_of(_room(store) + 1)
+    assert store.put_bytes(fits, b"x").uri == store.uri_for(fits)
+    writes: list[Callable[[], object]] = [
+        lambda: store.put_bytes(past, b"x"),
+        lambda: store.put_json(past, {"a": 1}),
+        lambda: store.put_image(past, np.zeros((2, 2), np.uint8)),
+        lambda: store.put_new(past, b"x"),
+        lambda: store.exists(past),
+        lambda: store.get_bytes(past),
+    ]
+    for write in writes:
+        with pytest.raises(BadInput) as refused:
+            write()
+        said = str(refused.value)
+        assert refused.value.reason == "key_too_long", said
+        assert f"is {_room(store) + 1} bytes" in said and f"leaves keys {_room(store)}" in said, said
+    assert list(store.list_keys()) == [fits]
+
+
+def test_a_key_too_long_for_the_server_says_so_and_is_retried() -> None:
+    """An S3-compatible server that takes fewer bytes than S3 answers KeyTooLongError for a key the store
+    let through: that answer went through the message of an answer the store does not know, which sent an
+    operator to check conditional writes. It names the key, its bytes with the prefix and the prefix, and
+    stays the deployment's (retried): no event is at fault."""
+    store = S3Store("any-bucket", "pfx", endpoint_url="http://127.0.0.1:1", uri_from="the test")
+    key = "k" * 200
+    with pytest.raises(StoreMisconfigured) as info, store._mapped_errors(store.uri_for(key)):
+        raise _client_error("KeyTooLongError", 400)
     said = str(info.value)
     assert not isinstance(info.value, BadInput) and "conditional" not in said, said
-    assert "KeyTooLongError" in said and "1026 bytes" in said and "'pfx/'" in said, said
+    assert "KeyTooLongError" in said and "204 bytes" in said and "'pfx/'" in said, said
     assert "the test" in said, said
 
 
