@@ -125,6 +125,7 @@ REPLAYABLE_REASONS: dict[str, str] = {
     "adapter_checksum_mismatch": "the adapter whose weights were damaged in the registry is registered again",
     "no_adapter_registry": "the generator was given its adapter registry",
     "manifest_unreadable": "the manifest part it names was restored",
+    "key_too_long": "a shorter prefix (SKUFORGE_STORE_URI's, SKUFORGE_TRAINSTORE_PREFIX) leaves keys room",
     KEY_MISMATCH: "it is sent keyed by its envelope's sku_id, not by the other SKU's key it came with",
 }
 

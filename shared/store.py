@@ -334,10 +334,12 @@ class ObjectStore(ABC):
         writes several objects checks every key first, so that none is written for a refused event.
         """
         if (size := len(key.encode("utf-8"))) > self._key_room:
+            # Its end names the object (the prefixes are its start), and a letter's detail is bounded.
+            with_prefix = f" ({MAX_KEY_BYTES} with its prefix)" if self._key_room < MAX_KEY_BYTES else ""
             raise BadInput(
                 "key_too_long",
-                f"key {key[:80]!r}... is {size} bytes; {self.base_uri}/ leaves keys {self._key_room} "
-                f"({MAX_KEY_BYTES} with the prefix): shorten the prefix or the ids",
+                f"key {key[:40]}...{key[-100:]} is {size} bytes; {self.base_uri}/ leaves keys "
+                f"{self._key_room}{with_prefix}: shorten the prefix or the ids",
             )
         return check_key(key)
 

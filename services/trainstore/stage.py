@@ -60,7 +60,9 @@ sizes differ, or image and event), ``final_mask_missing`` (an approval without a
 (an accepted or approved item whose mask marks no product: an image of the SKU without it),
 ``other_sku_object`` (an image or mask whose key the flow's layout gives to another SKU than the event's:
 ``generated/<other sku_id>/...``, or of no SKU: ``generated/x.png``, directly in a flow folder; stored,
-one image would be in two SKUs' classes) and
+one image would be in two SKUs' classes),
+``key_too_long`` (a key of the event's objects or its SKU's manifest parts past the room the store leaves,
+checked before the first write) and
 ``clock_skew`` (an event produced more than ``SKUFORGE_TRAINSTORE_MAX_CLOCK_AHEAD_S`` ahead of this
 stage's clock: its time orders the item's rows, so it would outrank every later event of the item).
 The detail names the object refused (``image``, ``predicted mask``, ``final mask``, ``photo <id>`` or
@@ -452,6 +454,12 @@ class Trainstore:
             )
             staged = [item for item in staged if item.row.item_id not in kept_out]
         changed = [item for item in staged if current.get(item.row.item_id) != item.row]
+        # Every key before the first write: a manifest part's key can be longer than the objects', which
+        # were written before it was refused, and no row named them.
+        if changed:
+            self.manifests.check_room(sku_id)
+        for key in (key for item in changed for key in (item.row.image, item.row.mask) if key):
+            self.manifests.store.check_room(self.manifests.key(key))
         for item in changed:
             row = item.row
             if row.image and item.image_png is not None:

@@ -325,6 +325,13 @@ class ManifestStore:
         )
         return compacted, deltas, columns
 
+    def check_room(self, sku_id: str) -> None:
+        """``BadInput('key_too_long')`` (``ObjectStore.check_room``) when the store leaves the SKU's
+        manifest parts too little room: their longest key, a columnar copy's. Checked before an event's
+        objects are written, so that none is written for an event whose rows could not be."""
+        part = self.key(f"manifests/{sku_id}/part-c-{0:010d}-{'0' * 32}.jsonl")
+        self.store.check_room(self.columns_key(part))
+
     @staticmethod
     def columns_key(compacted_key: str) -> str:
         """Key of the columnar copy of the compacted part at ``compacted_key``."""

@@ -71,11 +71,12 @@ def trainstore_stage(
     compact_after_parts: int,
     settings: Settings | None = None,
     store: FileStore | None = None,
+    prefix: str = PREFIX,
 ) -> tuple[FileStore, ManifestStore, Trainstore, Context]:
-    """A trainstore on a fresh store under ``tmp_path`` (or on ``store``): the store, its manifests,
-    the stage, a context (with ``settings``, default ``Settings()``)."""
+    """A trainstore on a fresh store under ``tmp_path`` (or on ``store``), under ``prefix``: the store,
+    its manifests, the stage, a context (with ``settings``, default ``Settings()``)."""
     store = FileStore(tmp_path / "store") if store is None else store
-    manifests = ManifestStore(store, PREFIX)
+    manifests = ManifestStore(store, prefix)
     ctx = Context(
         "trainstore", store, settings or Settings(), StageMetrics("trainstore"), logging.getLogger("test")
     )

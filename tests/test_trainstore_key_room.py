@@ -1,0 +1,86 @@
+"""An event whose keys are too long for the store is the trainstore's to refuse before it writes anything.
+
+The keys come from the event's ids under ``SKUFORGE_TRAINSTORE_PREFIX`` (and an S3 store's prefix): the
+store refuses one past its room as ``key_too_long`` (dead-lettered, to replay once a shorter prefix
+leaves it room), but the manifest part's key can be longer than the image's: the image and mask were
+written, then the part was refused, and the event left objects no row names.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from schemas.envelope import DeadLetter
+from schemas.events import GateAccepted
+from schemas.topics import GATE_ACCEPTED
+from services.trainstore.stage import build_stage as build_trainstore
+from shared.bus import make_envelope
+from shared.config import load_settings
+from shared.errors import BadInput
+from shared.store import ObjectStore
+from shared.trainstore.settings import TrainstoreSettings
+from tests.support.bus import create_topics, isolated_settings, read_topic, running, wait_consumed
+from tests.support.gate import matted_item, produce_events
+from tests.support.trainstore import trainstore_stage
+
+# 953 bytes: under it, SKU-001's synthetic image gen-001-00 takes 1010 of a FileStore's 1024, its
+# manifest's delta part 1028 and a compacted part's columnar copy 1030.
+LONG_PREFIX = "/".join(["t" * 250, "t" * 250, "t" * 250, "t" * 200])
+
+
+def test_an_event_whose_manifest_key_is_too_long_is_refused_before_its_objects_are_written(
+    tmp_path: Path,
+) -> None:
+    store, manifests, writer, ctx = trainstore_stage(tmp_path, compact_after_parts=16, prefix=LONG_PREFIX)
+    accepted = GateAccepted(matted=matted_item(store, 1, 0), iou=0.97, checks=[])
+    event = make_envelope(
+        GATE_ACCEPTED, accepted, event_id="a" * 32, sku_id="SKU-001", trace_id="t", producer="test"
+    )
+
+    with pytest.raises(BadInput) as refused:
+        writer.handlers()[GATE_ACCEPTED](event, ctx)
+
+    said = str(refused.value)
+    assert refused.value.reason == "key_too_long", said
+    assert "is 1030 bytes" in said and "/manifests/SKU-001/columns-c-" in said, said
+    assert list(store.list_keys(f"{LONG_PREFIX}/")) == []
+    assert manifests.read_sku("SKU-001") == {}
+
+
+# 943 bytes: under it, the keys of a SKU id of 7 characters fit the 1020 bytes S3 leaves under the
+# store's prefix "pfx/" (its manifest parts' longest 1020), a SKU id of 8 characters' do not.
+S3_ROOM_PREFIX = "/".join(["t" * 250, "t" * 250, "t" * 250, "t" * 190])
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+def test_an_event_whose_keys_s3_would_refuse_is_dead_lettered_and_the_stream_goes_on(
+    kafka_bootstrap: str, s3_endpoint: str, s3_store: ObjectStore
+) -> None:
+    """S3 answered KeyTooLongError (which moto does not check) once the key was sent, and the stage
+    retried the event for ever as the deployment's fault. It is the event's: dead-lettered as
+    ``key_too_long`` with nothing of it written, and the next event of the partition is stored."""
+    settings = isolated_settings(kafka_bootstrap, s3_store.base_uri, s3_endpoint_url=s3_endpoint)
+    create_topics(settings, GATE_ACCEPTED, partitions=1)
+    too_long, fits = (
+        GateAccepted(matted=matted_item(s3_store, index, 0), iou=0.97, checks=[]) for index in (1000, 6)
+    )
+    produce_events(settings, GATE_ACCEPTED, [too_long, fits])
+
+    stage = build_trainstore(
+        settings=settings,
+        store=s3_store,
+        trainstore=load_settings(TrainstoreSettings, trainstore_prefix=S3_ROOM_PREFIX),
+    )
+    with running(stage):
+        [record] = read_topic(kafka_bootstrap, settings.dlq_name(GATE_ACCEPTED), expect=1)
+        wait_consumed(settings, "trainstore", (GATE_ACCEPTED,))
+
+    letter = DeadLetter.model_validate_json(record.value)
+    assert (letter.sku_id, letter.reason) == ("SKU-1000", "key_too_long"), letter
+    assert "/manifests/SKU-1000/" in letter.detail and "leaves keys 1020" in letter.detail, letter.detail
+    stored = [key.removeprefix(f"{S3_ROOM_PREFIX}/") for key in s3_store.list_keys(f"{S3_ROOM_PREFIX}/")]
+    assert {key.split("/")[1] for key in stored} == {"SKU-006"}, stored
+    assert len(stored) == 3, stored  # the image, its mask and a manifest part
