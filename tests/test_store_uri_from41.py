@@ -23,3 +23,13 @@ def test_a_manifest_uri_without_where_it_came_from_is_refused(tmp_path: Path) ->
         untyped(file_store_uri(tmp_path / "store"), prefix="ts")
     loaded = load_manifest(file_store_uri(tmp_path / "store"), prefix="ts", uri_from="--store")
     assert loaded.column("item_id") == ["i0"]
+
+
+@pytest.mark.parametrize("uri", ["s3:/bucket/skus", "s3://x/skus", "gs://bucket/skus"])
+def test_a_malformed_manifest_uri_is_refused_naming_where_it_came_from(uri: str) -> None:
+    """The URI was checked before it was opened, and the refusal, unlike every other of a store's URI,
+    did not say where it came from: training code's ``--store`` went unnamed."""
+    with pytest.raises(ValueError) as refused:
+        load_manifest(uri, uri_from="--store")
+    said = str(refused.value)
+    assert said.endswith(" (from --store)") and said.count("--store") == 1, said

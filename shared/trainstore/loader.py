@@ -185,8 +185,13 @@ def load_manifest(
 def _open(uri: str, s3_endpoint_url: str | None, uri_from: str) -> ObjectStore:
     """The store ``uri`` names; the settings are read for an s3:// one only, so that a local store opens
     whatever else SKUFORGE_* holds. Only read: its prefix need not leave the flow's keys room (a copy of
-    the retraining store in a folder of over 511 bytes was refused)."""
-    if check_store_uri(uri, writes=False)[0] != "s3":
+    the retraining store in a folder of over 511 bytes was refused). A malformed ``uri`` is refused as
+    ``open_store`` refuses it, naming ``uri_from``: checked here first, it named no option."""
+    try:
+        scheme, _ = check_store_uri(uri, writes=False)
+    except ValueError as exc:
+        raise ValueError(f"{exc} (from {uri_from})") from None
+    if scheme != "s3":
         return open_store(uri, uri_from=uri_from, writes=False)
     settings = load_settings()
     return open_store(
