@@ -9,8 +9,10 @@ an unreachable, slow, throttling or full store is ``TransientError`` (retry late
 Keys are '/'-separated relative paths. They are checked on every call, even though the
 store builds them itself, because keys also come back from events as URIs: empty keys,
 absolute keys, empty / ``.`` / ``..`` segments, backslashes and control characters are
-refused, and so is a segment longer than 255 bytes (no common filesystem can name it). URIs
-are the store's base URI, a '/', and the key, with no percent-encoding.
+refused, and so is a segment longer than 255 bytes (no common filesystem can name it). A key
+longer than the store leaves room for (S3's 1024 bytes, an S3Store's prefix included) is the input's
+fault, ``BadInput('key_too_long')``, told before anything is sent (``check_room``). URIs are the
+store's base URI, a '/', and the key, with no percent-encoding.
 """
 
 from __future__ import annotations
