@@ -329,7 +329,7 @@ class TritonGenerator:
             kwargs: dict[str, Any] = {}
             if self.protocol == "http":
                 kwargs = {"connection_timeout": self.timeout_s, "network_timeout": self.timeout_s}
-            client = module.InferenceServerClient(self.url, **kwargs)
+            client = _built_whole(module.InferenceServerClient, self.url, **kwargs)
             self._local.client, self._local.module = client, module
         return client
 
@@ -469,6 +469,21 @@ class TritonGenerator:
             adapter_id=_text(response.as_numpy("adapter_used")) or None,
             model_id=_text(response.as_numpy("model_id")),
         )
+
+
+def _built_whole(client_class: Any, url: str, **kwargs: Any) -> Any:
+    """A tritonclient ``client_class`` for ``url``, or the error that building it raised, alone.
+
+    Its ``__del__`` calls ``close``, which reads what ``__init__`` makes: of a client whose ``__init__``
+    raised (a port that is no number), it raised AttributeError, which Python can only print ("Exception
+    ignored in ... __del__"), once per worker that tried, beside the error the stage reports."""
+    client = client_class.__new__(client_class)
+    try:
+        client.__init__(url, **kwargs)
+    except BaseException:
+        client.close = lambda: None  # ``__del__`` finds this one first; what was opened, gc closes
+        raise
+    return client
 
 
 def _explain(status: str, message: str, url: str, backend: str) -> tuple[str, str]:
