@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import threading
+import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -104,6 +106,7 @@ class TritonGenerator:
         timeout_s: float = 300.0,
         concurrency: int = 8,
         keep_at_most: int = 256,
+        metadata_max_age_s: float = 60.0,
         stopping: Callable[[], bool] = lambda: False,
     ) -> None:
         if protocol not in ("grpc", "http"):
@@ -121,6 +124,13 @@ class TritonGenerator:
         # serve for good (not loaded), beside one that served, read as ready.
         self._reached: dict[str, bool] = {}
         self._told_missing: set[str] = set()  # optional inputs an older model lacked, logged once
+        # The optional inputs each backend's model declares, and when its metadata said so: asked before
+        # every round, it cost a round trip, waited for before any variant was sent. Asked again once a
+        # request to the model fails (Triton restarted, the model swapped or gone) or past
+        # ``metadata_max_age_s``: a model upgraded in place keeps its version (1), and a client that
+        # reconnects to its new server in the idle time between rounds sees no failure.
+        self._declared: dict[str, tuple[float, frozenset[str]]] = {}
+        self.metadata_max_age_s = metadata_max_age_s
         # Every answer by (backend, request digest), oldest first, until the stage hands it back
         # (``forget``): a retry sends only the rest. Before, one overload refusal threw away every variant
         # drawn, and with more requests in flight than Triton holds, every retry was refused again, for
@@ -209,15 +219,20 @@ class TritonGenerator:
         but ``Stopping`` once the stage is stopping. Each is raised once every request sent is answered,
         and the answers are kept for the retry."""
         self._refuse_if_stopping(backend)
-        try:
-            # On the backend's own workers, as the requests are: the stage calls from a new thread each
-            # round, and a client made for each such thread stayed open (over HTTP, 4 descriptors each:
-            # gevent's hub and a connection; the stage aborted once it had none left).
-            optional = self._pool(backend).submit(self._optional_inputs, backend).result()
-        except GeneratorUnavailable:
+        with self._lock:
+            asked_at, optional = self._declared.get(backend, (-math.inf, frozenset()))
+        if time.monotonic() - asked_at >= self.metadata_max_age_s:
+            try:
+                # On the backend's own workers, as the requests are: the stage calls from a new thread each
+                # round, and a client made for each such thread stayed open (over HTTP, 4 descriptors each:
+                # gevent's hub and a connection; the stage aborted once it had none left).
+                optional = self._pool(backend).submit(self._optional_inputs, backend).result()
+            except GeneratorUnavailable:
+                with self._lock:
+                    self._reached[backend] = False
+                raise
             with self._lock:
-                self._reached[backend] = False
-            raise
+                self._declared[backend] = (time.monotonic(), optional)
         keys = [variant.digest for variant in variants]
         asked = [(backend, key) for key in keys]
         answered: dict[str, VariantResult | BadInput] = {}
@@ -260,10 +275,13 @@ class TritonGenerator:
         failed: Exception | None = None
         refused = 0
         stood_in = False  # a refusal kept stood in for a model not reached: not ready
+        changed = False  # the model may be another now: its metadata is asked again
         for key, future in futures.items():
             try:
                 answered[key] = future.result()
             except GeneratorUnavailable as exc:
+                # A full queue or a slow answer is the same model, busy: asking it then adds to its load.
+                changed = changed or exc.kind not in ("overloaded", "timeout")
                 if key in lifted:
                     answered[key], stood_in = lifted[key], True
                     continue
@@ -273,7 +291,10 @@ class TritonGenerator:
                 # Raised only once the others are in: before, the first failure left them drawing on,
                 # their answers thrown away, and the stage's retry (each SKU alone) drew them again.
                 failed = failed or exc
+                changed = True
         with self._lock:
+            if changed:
+                self._declared.pop(backend, None)
             for key in futures:
                 if key in answered:
                     self._kept[backend, key] = answered[key]
@@ -361,9 +382,8 @@ class TritonGenerator:
         return GeneratorUnavailable(f"Triton at {self.url} unreachable: {type(exc).__name__}: {exc}")
 
     def _optional_inputs(self, backend: str) -> frozenset[str]:
-        """The ``OPTIONAL_INPUTS`` ``backend``'s model declares now (asked once per call of ``generate``,
-        so a model upgraded under a running stage gets them from its next SKU on; its version stays 1, so
-        no cache by version would see it): a model served by an older server refuses an input it does not
+        """The ``OPTIONAL_INPUTS`` ``backend``'s model declares now (asked by ``generate`` when what it
+        learned may be out of date): a model served by an older server refuses an input it does not
         declare. A stop while it is asked sends no inference after it, so it adds no timeout to a stop."""
         from tritonclient.utils import InferenceServerException
 
@@ -445,6 +465,8 @@ class TritonGenerator:
                         sent,
                         extra={"model": model_name(backend)},
                     )
+                    with self._lock:  # the model may have been swapped for an older one: asked again
+                        self._declared.pop(backend, None)
                     return self._infer_one(backend, variant, frozenset())
                 raise RuntimeError(f"Triton refused the request as malformed ({status}): {message}") from exc
             raise GeneratorUnavailable(*_explain(status, message, self.url, backend)) from exc

@@ -96,10 +96,11 @@ def poisoned_triton(
     *,
     models: Sequence[str] = ("composite",),
     protocol: str = "grpc",
+    port: int | None = None,
 ) -> Iterator[tuple[str, PoisonedComposite]]:
     """A Triton server in this process serving ``backend`` (default: failing on seed 13, away on 17) as
     the composite model (and as each other backend of ``models``): its address for ``protocol`` (gRPC or
-    HTTP), and the backend."""
+    HTTP), on ``port`` if given (another server swapped in behind a client's address), and the backend."""
     from services.generator import server as server_module
     from shared.config import Settings
     from shared.generation.settings import GenerationSettings
@@ -108,8 +109,8 @@ def poisoned_triton(
     monkeypatch.setattr(server_module, "open_backend", lambda name, **_: served)
     generation = GenerationSettings(
         generation_server_address="127.0.0.1",
-        generation_server_http_port=free_port(),
-        generation_server_grpc_port=free_port(),
+        generation_server_http_port=port if port and protocol == "http" else free_port(),
+        generation_server_grpc_port=port if port and protocol == "grpc" else free_port(),
         generation_server_metrics_port=free_port(),
         generation_batch_delay_us=200_000,  # so the poisoned row and the good ones share a batch
     )
