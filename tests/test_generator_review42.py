@@ -57,16 +57,19 @@ def test_the_models_metadata_is_asked_once_not_every_round(
     monkeypatch: pytest.MonkeyPatch, metadata_asked: list[str], protocol: str
 ) -> None:
     """The client asks the model which optional inputs it declares. It asked before every round, one
-    request more, and waited for, before any variant of the round was sent."""
+    request more, and waited for, before any variant of the round was sent. What it learned is asked
+    again once older than ``metadata_max_age_s`` (a model upgraded in place, no request failing)."""
     with poisoned_triton(monkeypatch, protocol=protocol) as (url, _):
-        client = TritonGenerator(url, protocol=protocol, concurrency=2)
-        try:
-            for seed in range(20, 25):
-                answers = client.generate("composite", [variant(seed), variant(seed + 10)])
-                assert all(isinstance(answer, VariantResult) for answer in answers)
-        finally:
-            client.close()
-    assert metadata_asked == [model_name("composite")]
+        for max_age_s, rounds_asked in ((60.0, 1), (0.0, 5)):
+            client = TritonGenerator(url, protocol=protocol, concurrency=2, metadata_max_age_s=max_age_s)
+            try:
+                for seed in range(20, 25):
+                    answers = client.generate("composite", [variant(seed), variant(seed + 10)])
+                    assert all(isinstance(answer, VariantResult) for answer in answers)
+            finally:
+                client.close()
+            assert metadata_asked == [model_name("composite")] * rounds_asked, max_age_s
+            metadata_asked.clear()
 
 
 @pytest.mark.slow
