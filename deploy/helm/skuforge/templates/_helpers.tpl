@@ -217,6 +217,11 @@ numbers as float64: --set's 9007199254740993 (an int64) reached KEDA as ...992. 
 {{- $override := get .root.Values.stages .name | default dict -}}
 {{- $config := mergeOverwrite (deepCopy .root.Values.stageDefaults) (deepCopy $override) -}}
 {{- $_ := set $config "env" (include "skuforge.given" $config.env | fromJson) -}}
+{{- $keys := dict -}}
+{{- range $part := list "resources" "requests" "limits" -}}
+{{- $_ := set $keys $part (include "skuforge.stageKey" (dict "root" $.root "name" $.name "key" (ternary $part (printf "resources.%s" $part) (eq $part "resources")))) -}}
+{{- end -}}
+{{- include "skuforge.checkResources" (dict "value" $config.resources "keys" $keys) -}}
 {{- range $field, $spec := (include "skuforge.wholeNumbers" . | fromYaml).stage -}}
 {{- $path := splitList "." $field -}}
 {{- $parent := $config -}}
@@ -240,6 +245,31 @@ null, is 0. (dict "root" $ "name" "matting" "config" <its skuforge.stageConfig>)
 {{- else -}}
 0
 {{- end -}}
+{{- end -}}
+
+{{/* A pod's resources, checked: requests and limits, each a map of quantities (or none). A string, list
+or number there stopped the render with Go's "can't evaluate field limits in type string", naming no
+value, or went into the manifest for the API server to refuse at install. `keys`: the values' key of
+each. (dict "value" .Values.console.resources "keys" (dict "resources" "console.resources" "requests"
+"console.resources.requests" "limits" "console.resources.limits")) */}}
+{{- define "skuforge.checkResources" -}}
+{{- $parts := list (list .keys.resources .value) -}}
+{{- if kindIs "map" .value -}}
+{{- range $part := list "requests" "limits" }}{{ $parts = append $parts (list (index $.keys $part) (index $.value $part)) }}{{ end -}}
+{{- end -}}
+{{- range $parts -}}
+{{- $value := index . 1 -}}
+{{- if not (or (kindIs "map" $value) (kindIs "invalid" $value)) -}}
+{{- fail (printf "%s=%v is no map: give a pod's resources as maps of quantities, e.g. {requests: {cpu: 500m, memory: 512Mi}, limits: {memory: 2Gi}}" (index . 0) (include "skuforge.text" $value)) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* A pod's resources given under one key (triton.resources, console.resources), checked. (dict
+"value" .Values.triton.resources "key" "triton.resources") */}}
+{{- define "skuforge.resources" -}}
+{{- $keys := dict "resources" .key "requests" (printf "%s.requests" .key) "limits" (printf "%s.limits" .key) -}}
+{{- include "skuforge.checkResources" (dict "value" .value "keys" $keys) -}}
 {{- end -}}
 
 {{/* Where a stage's setting came from, for a message: stages.<name>.<key> where the stage's own values
