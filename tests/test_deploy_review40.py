@@ -338,8 +338,9 @@ WHOLE_NUMBERS: dict[str, tuple[int, int | None]] = {
     "stageDefaults.autoscaling.lagThreshold": (1, None),
     "stages.matting.autoscaling.lagThreshold": (1, None),
     "stageDefaults.autoscaling.activationLagThreshold": (0, None),
-    f"stageDefaults.{GPUS}": (0, None),
-    f"stages.matting.{GPUS}": (0, None),
+    f"stageDefaults.{GPUS}": (0, INT32_MAX),
+    f"stages.matting.{GPUS}": (0, INT32_MAX),
+    f"triton.{GPUS}": (0, INT32_MAX),
     "triton.replicas": (0, INT32_MAX),
     "triton.terminationGracePeriodSeconds": (0, None),
     "triton.startupSeconds": (0, None),
@@ -434,6 +435,7 @@ def test_the_whole_numbers_tested_and_documented_are_those_the_chart_checks() ->
     checked = dict(specs["chart"])
     checked |= {f"stageDefaults.{field}": spec for field, spec in specs["stage"].items()}
     checked[f"stageDefaults.{named(GPUS)}"] = specs["gpus"]
+    checked[f"triton.{named(GPUS)}"] = specs["gpus"]
     tested = {named(key): span for key, span in WHOLE_NUMBERS.items() if not key.startswith("stages.")}
     assert tested == {key: (spec["least"], spec.get("most")) for key, spec in checked.items()}
     deploy = " ".join((REPO / "docs" / "deploy.md").read_text().split())

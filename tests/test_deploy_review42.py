@@ -1,15 +1,26 @@
-"""The chart's pod resources, checked at render as the API server checks them."""
+"""The chart's pod resources and GPU limits, checked at render as the API server checks them."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import pytest
 
-from tests.support.helm import render_error, require_helm
+from tests.support.helm import render, render_error, require_helm
+
+GPU = "nvidia.com/gpu"
 
 
 @pytest.fixture(scope="module")
 def helm() -> str:
     return require_helm()
+
+
+def main_container(docs: list[dict[str, Any]], deployment: str) -> dict[str, Any]:
+    (found,) = [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == deployment]
+    container: dict[str, Any] = found["spec"]["template"]["spec"]["containers"][0]
+    return container
 
 
 RESOURCES = [
@@ -35,3 +46,50 @@ def test_resources_that_are_no_map_are_refused_naming_their_key(
     the console's resources went into the manifest for the API server to refuse at install."""
     message = render_error(helm, f"{key}{given}")
     assert f"{key}={shown} is no map" in message, message
+
+
+def gpu_values(folder: Path, owner: str, quantity: str) -> Path:
+    """A values file giving owner (stages.matting or triton) the GPU limit as written (a quoted
+    "1" is a string, as --set-string gives it)."""
+    values = folder / "gpu.yaml"
+    parts = [*owner.split("."), "resources", "limits"]
+    lines = [f"{'  ' * depth}{part}:" for depth, part in enumerate(parts)]
+    values.write_text("\n".join(lines) + f"\n{'  ' * len(parts)}{GPU}: {quantity}\n")
+    return values
+
+
+# What the API server takes for an extended resource: any quantity of a whole value, however written
+# (its check is MilliValue() % 1000 == 0, pkg/apis/core/validation ValidateResourceQuantityValue).
+TAKEN = {
+    "1000m": 1,
+    '"1"': 1,
+    "2": 2,
+    '"2.0"': 2,
+    "0.002k": 2,
+    "1Ki": 1024,
+    "0.5Ki": 512,
+    '"1e1"': 10,
+    "0": 0,
+}
+REFUSED = ["1500m", "0.5", "1001m", "0.1Ki", "1e-1", "soon", "-1", "1 ", "true", "2147483648"]
+
+
+@pytest.mark.parametrize("quantity", list(TAKEN))
+def test_a_gpu_limit_the_api_server_takes_is_taken(helm: str, tmp_path: Path, quantity: str) -> None:
+    """A stage's `1000m` GPUs, which the API server takes as 1, was refused at render as no whole
+    number; the limit reaches the pod as written, and the stage runs the CUDA image where it is some."""
+    for owner in ("stages.matting", "triton"):
+        docs = render(helm, files=[gpu_values(tmp_path, owner, quantity)])
+        pod = main_container(docs, f"rel-skuforge-{owner.split('.')[-1]}")
+        assert str(pod["resources"]["limits"][GPU]) == quantity.strip('"')
+        if owner != "triton":
+            assert pod["image"].endswith("-cuda") == (TAKEN[quantity] > 0)
+
+
+@pytest.mark.parametrize("quantity", REFUSED)
+def test_a_gpu_limit_the_api_server_refuses_is_refused_naming_its_key(helm: str, quantity: str) -> None:
+    """Triton's GPU limit went unchecked: `1500m`, `soon` or -1 rendered, and the API server refused
+    the Deployment at install, naming a manifest's field, not the chart's key."""
+    for owner in ("stages.matting", "triton"):
+        message = render_error(helm, f"{owner}.resources.limits.nvidia\\.com/gpu={quantity}")
+        assert f"{owner}.resources.limits.{GPU}={quantity} is no whole number of GPUs" in message, message

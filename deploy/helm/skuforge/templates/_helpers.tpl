@@ -99,9 +99,10 @@ reader of those maps takes them from here. */}}
 {{- end -}}
 
 {{/* The chart's whole numbers: what each is, the least (and most) it may be, and who reads it; `stage`
-holds a stage's (stageDefaults merged with stages.<name>), `gpus` a stage's nvidia.com/gpu limit. A
+holds a stage's (stageDefaults merged with stages.<name>), `gpus` a pod's nvidia.com/gpu limit. A
 number the pods read as a setting has that setting's range (shared/config.py: the pods stopped at start
-on a sessionTimeoutMs under 6000), and one Kubernetes or KEDA keeps in an int32 at most 2147483647. */}}
+on a sessionTimeoutMs under 6000), and one Kubernetes or KEDA keeps in an int32 at most 2147483647.
+The GPUs' most is no node's, and keeps the chart's arithmetic in an int64 (skuforge.gpuLimit). */}}
 {{- define "skuforge.wholeNumbers" -}}
 chart:
   topicPartitions: {what: whole number of partitions, least: 1, most: 2147483647, reader: the pods and the topics Job}
@@ -125,7 +126,7 @@ stage:
   autoscaling.scaleDownStabilizationSeconds: {what: whole number of seconds, least: 0, most: 3600, reader: the HPA KEDA makes}
   autoscaling.lagThreshold: {what: whole number of messages, least: 1, reader: KEDA}
   autoscaling.activationLagThreshold: {what: whole number of messages, least: 0, reader: KEDA}
-gpus: {what: whole number of GPUs, least: 0, reader: "the stage's image (CUDA), GPU toleration and rollout"}
+gpus: {what: whole number of GPUs, least: 0, most: 2147483647, reader: "the pod's scheduling, and a stage's image (CUDA), GPU toleration and rollout"}
 {{- end -}}
 
 {{/* A whole number of the chart, as the text its reader gets. `| int` made a map, a list, "1.5", "soon"
@@ -232,18 +233,63 @@ numbers as float64: --set's 9007199254740993 (an int64) reached KEDA as ...992. 
 {{- toJson $config -}}
 {{- end -}}
 
-{{/* A stage's GPUs (resources.limits."nvidia.com/gpu"), checked: `int` made a map or "soon" 0, and
-the stage took the CPU image and no GPU toleration while the API server refused the limit. None, or
-null, is 0. (dict "root" $ "name" "matting" "config" <its skuforge.stageConfig>) */}}
+{{/* A stage's GPUs (resources.limits."nvidia.com/gpu"), checked (skuforge.gpuLimit). (dict "root" $
+"name" "matting" "config" <its skuforge.stageConfig>) */}}
 {{- define "skuforge.stageGpus" -}}
-{{- $field := "nvidia.com/gpu" -}}
-{{- $limits := (.config.resources | default dict).limits | default dict -}}
-{{- if and (hasKey $limits $field) (not (kindIs "invalid" (index $limits $field))) -}}
 {{- $own := ((get .root.Values.stages .name | default dict).resources | default dict).limits | default dict -}}
-{{- $key := printf "%s.resources.limits.%s" (ternary (printf "stages.%s" .name) "stageDefaults" (hasKey $own $field)) $field -}}
-{{- include "skuforge.wholeNumber" (dict "key" $key "value" (index $limits $field) "spec" (include "skuforge.wholeNumbers" . | fromYaml).gpus) -}}
-{{- else -}}
+{{- $key := printf "%s.resources.limits" (ternary (printf "stages.%s" .name) "stageDefaults" (hasKey $own "nvidia.com/gpu")) -}}
+{{- include "skuforge.gpuLimit" (dict "key" $key "limits" (.config.resources | default dict).limits) -}}
+{{- end -}}
+
+{{/* A pod's GPUs (its limits' "nvidia.com/gpu"), as a whole number; none, or null, is 0. The API server
+takes any quantity of a whole value for an extended resource (1, "1", 1000m, 0.002k, 1Ki; its check is
+MilliValue() % 1000 == 0) and refuses the rest: `int` made a map or "soon" 0 (a stage took the CPU image
+and no GPU toleration), 1000m was refused as no whole number, and Triton's went unchecked to the API
+server. The value is D x 10^shift x 2^binary, D its digits. (dict "key" "triton.resources.limits"
+"limits" <the pod's limits>) */}}
+{{- define "skuforge.gpuLimit" -}}
+{{- $field := "nvidia.com/gpu" -}}
+{{- $value := index (.limits | default dict) $field -}}
+{{- if kindIs "invalid" $value -}}
 0
+{{- else -}}
+{{- $key := printf "%s.%s" .key $field -}}
+{{- $spec := (include "skuforge.wholeNumbers" . | fromYaml).gpus -}}
+{{- $text := include "skuforge.checked" (dict "key" $key "value" $value "reader" $spec.reader "want" "give one number") -}}
+{{- $pattern := `^([0-9]*)(\.([0-9]*))?(Ki|Mi|Gi|Ti|Pi|Ei|m|k|M|G|T|P|E|[eE]([+-]?[0-9]+))?$` -}}
+{{- $count := -1 -}}
+{{- if and (regexMatch $pattern $text) (regexMatch "[0-9]" $text) -}}
+{{- $fraction := regexReplaceAll "0+$" (regexReplaceAll $pattern $text "${3}") "" -}}
+{{- $digits := regexReplaceAll "^0+" (printf "%s%s" (regexReplaceAll $pattern $text "${1}") $fraction) "" -}}
+{{- $suffix := regexReplaceAll $pattern $text "${4}" -}}
+{{- $exponent := regexReplaceAll $pattern $text "${5}" | trimPrefix "+" -}}
+{{- $binary := get (dict "Ki" 10 "Mi" 20 "Gi" 30 "Ti" 40 "Pi" 50 "Ei" 60) $suffix | default 0 -}}
+{{- $shift := get (dict "m" -3 "k" 3 "M" 6 "G" 9 "T" 12 "P" 15 "E" 18) $suffix | default 0 -}}
+{{- /* An exponent of over 4 digits makes any digits more GPUs than the most, or less than one. */ -}}
+{{- if $exponent }}{{ $shift = ternary (atoi $exponent) (ternary -9999 9999 (hasPrefix "-" $exponent)) (le (len $exponent) 5) }}{{ end -}}
+{{- $shift = sub $shift (len $fraction) -}}
+{{- if not $digits -}}
+{{- $count = 0 -}}
+{{- else if gt (add (len $digits) (max $shift 0)) 18 -}}
+{{- /* More than an int64 holds: past the most. */ -}}
+{{- $count = -1 -}}
+{{- else if $binary -}}
+{{- /* digits x 2^binary / 10^decimals: whole where 5^decimals divides the digits and the 2s cancel. */ -}}
+{{- $count = atoi $digits -}}
+{{- range until (len $fraction) }}{{ if and (ge $count 0) (eq (mod $count 5) 0) }}{{ $count = div $count 5 }}{{ else }}{{ $count = -1 }}{{ end }}{{ end -}}
+{{- range until (int (max 0 (sub (len $fraction) $binary))) }}{{ if and (ge $count 0) (eq (mod $count 2) 0) }}{{ $count = div $count 2 }}{{ else }}{{ $count = -1 }}{{ end }}{{ end -}}
+{{- range until (int (max 0 (sub $binary (len $fraction)))) }}{{ if and (ge $count 0) (le $count (int64 $spec.most)) }}{{ $count = mul $count 2 }}{{ end }}{{ end -}}
+{{- else if ge $shift 0 -}}
+{{- $count = atoi (printf "%s%s" $digits (repeat (int $shift) "0")) -}}
+{{- else if and (gt (len $digits) (int (sub 0 $shift))) (regexMatch "^0*$" (substr (int (add (len $digits) $shift)) (len $digits) $digits)) -}}
+{{- /* Whole where the digits past the point are all 0. */ -}}
+{{- $count = atoi (substr 0 (int (add (len $digits) $shift)) $digits) -}}
+{{- end -}}
+{{- end -}}
+{{- if or (lt $count (int64 $spec.least)) (gt $count (int64 $spec.most)) -}}
+{{- fail (printf "%s=%s is no whole number of GPUs from %d to %d (a Kubernetes quantity of a whole value: 1, 2, 1000m), for %s: give one" $key $text (int64 $spec.least) (int64 $spec.most) $spec.reader) -}}
+{{- end -}}
+{{- $count -}}
 {{- end -}}
 {{- end -}}
 
