@@ -343,7 +343,7 @@ WHOLE_NUMBERS: dict[str, tuple[int, int | None]] = {
     f"triton.{GPUS}": (0, INT32_MAX),
     "triton.replicas": (0, INT32_MAX),
     "triton.terminationGracePeriodSeconds": (0, None),
-    "triton.startupSeconds": (0, None),
+    "triton.startupSeconds": (0, INT32_MAX),
     "triton.ports.http": (1, 65535),
     "triton.ports.grpc": (1, 65535),
     "triton.ports.metrics": (1, 65535),

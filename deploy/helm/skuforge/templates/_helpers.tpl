@@ -102,14 +102,15 @@ reader of those maps takes them from here. */}}
 holds a stage's (stageDefaults merged with stages.<name>), `gpus` a pod's nvidia.com/gpu limit. A
 number the pods read as a setting has that setting's range (shared/config.py: the pods stopped at start
 on a sessionTimeoutMs under 6000), and one Kubernetes or KEDA keeps in an int32 at most 2147483647.
-The GPUs' most is no node's, and keeps the chart's arithmetic in an int64 (skuforge.gpuLimit). */}}
+startupSeconds' most keeps its probe's tries (an int32) and the alerts' wait (Prometheus: 292 years) in
+range; the GPUs' most is no node's, and keeps the chart's arithmetic in an int64 (skuforge.gpuLimit). */}}
 {{- define "skuforge.wholeNumbers" -}}
 chart:
   topicPartitions: {what: whole number of partitions, least: 1, most: 2147483647, reader: the pods and the topics Job}
   sessionTimeoutMs: {what: whole number of milliseconds, least: 6000, most: 2147483647, reader: the pods}
   triton.replicas: {what: whole number of pods, least: 0, most: 2147483647, reader: Triton's Deployment}
   triton.terminationGracePeriodSeconds: {what: whole number of seconds, least: 0, reader: the Triton pod}
-  triton.startupSeconds: {what: whole number of seconds, least: 0, reader: Triton's startup probe and alerts}
+  triton.startupSeconds: {what: whole number of seconds, least: 0, most: 2147483647, reader: Triton's startup probe and alerts}
   triton.ports.http: {what: port, least: 1, most: 65535, reader: Triton's Service and probes}
   triton.ports.grpc: {what: port, least: 1, most: 65535, reader: Triton's Service and probes}
   triton.ports.metrics: {what: port, least: 1, most: 65535, reader: Triton's Service and probes}
