@@ -28,6 +28,7 @@ from services.lora_trainer.stage import (
 from shared.arith.masks import largest_component
 from shared.config import ConfigError, load_settings
 from shared.errors import StoreMisconfigured, TransientError
+from shared.generation import adapters as adapters_module
 from shared.generation.adapters import AdapterRegistry
 from shared.generation.diffusion import DiffusionSettings
 from shared.images import decode_mask
@@ -35,7 +36,7 @@ from shared.lora_training.dataset import TrainingRecipe, build_training_set, tra
 from shared.store import FileStore, ObjectStore, open_store
 from tests.support.bus import file_store_uri, isolated_settings
 from tests.support.captioning import captioned_sku
-from tests.support.lora import model_folder, on_the_shelf, record, shelf_disc
+from tests.support.lora import lora_weights, model_folder, on_the_shelf, record, shelf_disc
 
 RECIPE = TrainingRecipe(resolution=128, scenes_per_photo=3, class_images=0)
 
@@ -243,3 +244,48 @@ def test_a_registry_that_fails_is_named_by_the_setting_its_uri_came_from(
     trainer.registry = AdapterRegistry(registry)
 
     store_failure_logged(trainer, caplog, f"adapter registry ({setting})", f"{registry.base_uri}/")
+
+
+class TakenOverAtTheWeights(FileStore):
+    """A registry folder on which a registration pauses, holding the lock, at its look at its weights
+    past REGISTER_LOCK_STALE_S (made none): meanwhile another registration of the adapter (the CLI's)
+    takes the lock over and registers it whole."""
+
+    taken_over = False
+
+    def _exists(self, key: str) -> bool:
+        if key.endswith(".safetensors") and not self.taken_over:
+            self.taken_over = True
+            AdapterRegistry(FileStore(self.root)).register(
+                key.split("/")[0], lora_weights(3), kind="specialized", series="cola", base_model="sd15"
+            )
+        return super()._exists(key)
+
+
+def test_a_registration_taken_over_is_said_so_not_logged_as_the_registry_failing(
+    tmp_path: Path,
+    stub_training: list[Path],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Another registration of the adapter took the trainer's registration lock over
+    (``RegistrationTakenOver``): logged as "the adapter registry failed the job", it sent the operator to
+    a store that was not at fault. The log says another registration took it over, and the next poll
+    registers it again."""
+    monkeypatch.setattr(adapters_module, "REGISTER_LOCK_STALE_S", 0.0)
+    registry = TakenOverAtTheWeights(tmp_path / "registry")
+    trainer = trainer_with(FileStore(tmp_path / "store"), registry, tmp_path)
+
+    with caplog.at_level(logging.WARNING, logger="skuforge.lora-trainer"):
+        trainer.poll()
+    logged = [r.getMessage() for r in caplog.records if r.name == "skuforge.lora-trainer"]
+    assert registry.taken_over and logged
+    for message in logged:
+        assert "another registration" in message and "failed" not in message, message
+    assert trainer.metrics.jobs.labels("retried")._value.get() == 1
+
+    trainer.poll()  # registered again, not trained again
+    (adapter,) = AdapterRegistry(registry).list()
+    assert AdapterRegistry(registry).registered_weights(adapter) == lora_weights()
+    assert trainer.metrics.jobs.labels("published")._value.get() == 1
+    assert len(stub_training) == 1

@@ -53,7 +53,9 @@ trained again; the log says so, naming the adapter, the topic and the broker's r
 cannot plan its jobs (the store away while its requests are read) is logged as such: nothing was
 trained, and the next poll plans again. A job stopped by the object store or the adapter registry (away,
 or refusing a write) is logged naming which, with the uri it met (``StoreFailed``), not as a training
-job that failed.
+job that failed. One whose registration another registration of the adapter (the CLI's, a second
+trainer's) took over while it paused holding the lock (``RegistrationTakenOver``) is logged as that, no
+store's fault, and registered again at the next poll, not trained again.
 
 Bad input goes to the DLQ with its reason: a captioned SKU with no usable photo and mask
 (``no_usable_photos``), a photo or mask missing from the store or not matching its sha256
@@ -114,6 +116,7 @@ from shared.generation.adapters import (
     AdapterKind,
     AdapterMetadata,
     AdapterRegistry,
+    RegistrationTakenOver,
     RegistryStoreFailed,
     lora_rank,
     resolve_adapter,
@@ -574,6 +577,14 @@ class LoraTrainer:
                 extra={"adapter_id": exc.adapter_id, "topic": exc.topic, "reason": exc.reason},
             )
             self.last_error = _without_frames(exc)
+        except RegistrationTakenOver as exc:  # no store's fault: registered again, not trained again
+            self.metrics.jobs.labels("retried").inc()
+            log.warning(
+                "another registration of an adapter took its registration lock over; it is registered again "
+                "after the poll interval, not trained again",
+                extra={"reason": _one_line(exc)},
+            )
+            self.last_error = _without_frames(exc)
         except StoreFailed as exc:  # a job began: the store or registry is to blame, not its training
             self.metrics.jobs.labels("retried").inc()
             log.error(
@@ -844,6 +855,17 @@ class LoraTrainer:
                     f"{exc.topic} not sent; the adapter is registered, and the next poll publishes it "
                     "(retried, not trained again); the others go on",
                     extra={"adapter_id": exc.adapter_id, "topic": exc.topic, "reason": exc.reason},
+                )
+                failure = failure or _without_frames(exc)
+                continue
+            except RegistrationTakenOver as exc:
+                # No store's fault: another registration of the id (the CLI's, a second trainer's) took the
+                # lock over while this one paused holding it. Called the registry failing, it sent the
+                # operator to a store that was not at fault.
+                log.warning(
+                    "another registration of the adapter took its registration lock over, so it was not "
+                    "published; it is registered again at the next poll, not trained again; the others go on",
+                    extra={"adapter_id": job.adapter_id, "reason": _one_line(exc)},
                 )
                 failure = failure or _without_frames(exc)
                 continue
