@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from shared.errors import ObjectMissing
 from shared.generation import adapters as adapters_module
 from shared.generation.adapters import (
     REGISTER_LOCKS,
@@ -200,3 +201,28 @@ def test_a_removal_whose_lock_was_taken_over_does_not_remove_the_registration_th
         AdapterRegistry(paused).remove("cola-v")
 
     assert registry.registered_weights(registry.get("cola-v")) == lora_weights(3)
+
+
+def test_a_removal_taken_over_by_another_after_the_metadata_leaves_no_weights(
+    store: ObjectStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A removal paused past REGISTER_LOCK_STALE_S after deleting the metadata, and another removal took
+    its lock over: that one found no metadata and removed nothing, the first deleted nothing once taken
+    over, and both registrations' weights stayed in the registry for good, no metadata naming them."""
+    monkeypatch.setattr(adapters_module, "REGISTER_LOCK_STALE_S", 0.0)
+    registry = AdapterRegistry(store)
+    for seed in (1, 2):
+        registry.register("cola-v", lora_weights(seed), kind="specialized", series="Cola", base_model="sd15")
+    paused = copy.copy(store)
+    listed = paused.list_addressable
+
+    def removed_meanwhile(prefix: str = "") -> Iterator[str]:
+        if prefix == "cola-v/":
+            with pytest.raises(ObjectMissing):  # nothing registered by that id, as the CLI says
+                registry.remove("cola-v")
+        return listed(prefix)
+
+    paused.list_addressable = removed_meanwhile  # type: ignore[method-assign]
+    AdapterRegistry(paused).remove("cola-v")
+
+    assert list(store.list_addressable("cola-v/")) == []

@@ -9,6 +9,7 @@ and a generator falls back to the next choice once it lists again.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -90,3 +91,19 @@ def test_a_folder_whose_metadata_names_another_adapter_is_not_registered_to_get_
     assert registry.remove("cola-copy") is None
     assert not (tmp_path / "adapters" / "cola-copy" / "metadata.json").exists()
     assert registry.get("cola-v").adapter_id == "cola-v"
+
+
+def test_weights_left_by_a_removal_cut_short_are_removed_and_said(
+    registry: AdapterRegistry, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A removal killed (or taken over) between the metadata's delete and the weights' left them: the
+    next removal found no metadata and said "no adapter", and nothing ever deleted the weights. It still
+    says the adapter is not registered, and removes them, naming them."""
+    (tmp_path / "adapters" / "cola-v" / "metadata.json").unlink()
+    (tmp_path / "adapters" / "cola-v" / "notes.txt").write_text("the operator's own file")
+
+    with caplog.at_level(logging.WARNING, logger="shared.generation.adapters"):
+        assert cli_main(["adapters", "remove", "cola-v"]) == 2
+
+    assert sorted(path.name for path in (tmp_path / "adapters" / "cola-v").iterdir()) == ["notes.txt"]
+    assert "2 weights files" in caplog.text and "pytorch_lora_weights-" in caplog.text, caplog.text

@@ -661,7 +661,8 @@ class AdapterRegistry:
         then every weights file this registry wrote for it; other files under its folder stay.
 
         Returns the removed metadata, or None when it was unreadable (such an adapter is never listed,
-        but its files are still removed). ``ObjectMissing`` when no adapter of that id is registered.
+        but its files are still removed). ``ObjectMissing`` when no adapter of that id is registered;
+        weights files left in its folder all the same (by a removal cut short) are removed first, logged.
         A generator whose listing still names it serves it until its listing is read again
         (``SKUFORGE_DIFFUSION_ADAPTER_REFRESH_S``); if it must load the weights before that, the
         request is retried with a fresh listing (``DiffusionBackend``). It waits for a registration of
@@ -673,15 +674,35 @@ class AdapterRegistry:
         # the listing lost its weights to the deletes that followed, its metadata naming none.
         with self._store_faults(), self._registering(adapter_id) as holding:
             if not self.store.exists(metadata_key):
+                # Weights no metadata names: a removal killed, or taken over, past the metadata's delete
+                # left them, and nothing else ever deleted them. (A registration under way that uploaded
+                # its own before the lock uploads them again once it holds it.)
+                left = self._delete_weights(adapter_id, holding)
+                if left:
+                    logger.warning(
+                        "adapter %s is not registered, but %d weights files no metadata names were left in "
+                        "its folder (by a removal cut short): removed %s",
+                        adapter_id,
+                        len(left),
+                        ", ".join(map(self.store.uri_for, left)),
+                    )
                 raise ObjectMissing(self.store.uri_for(metadata_key))
             removed = self._registered(adapter_id)
             holding.check("removed nothing")
             self.store.delete(metadata_key)
-            # Taken over since, by a registration: the weights are those it names, and it deletes the rest.
-            for key in list(self.store.list_addressable(f"{adapter_id}/")):
-                if _REGISTRY_WEIGHTS.fullmatch(key.removeprefix(f"{adapter_id}/")) and holding.held():
-                    self.store.delete(key)
+            self._delete_weights(adapter_id, holding)
         return removed
+
+    def _delete_weights(self, adapter_id: str, holding: _RegisterLock) -> list[str]:
+        """Delete the weights files this registry wrote in the adapter's folder while ``holding`` is
+        held, and return their keys. Taken over, by a registration: the weights are those it names, and
+        it deletes the rest; by a removal: that one deletes them."""
+        deleted = []
+        for key in list(self.store.list_addressable(f"{adapter_id}/")):
+            if _REGISTRY_WEIGHTS.fullmatch(key.removeprefix(f"{adapter_id}/")) and holding.held():
+                self.store.delete(key)
+                deleted.append(key)
+        return deleted
 
     def is_registered(self, adapter_id: str) -> bool:
         """Whether ``adapter_id`` has a ``metadata.json`` (read or not: ``get`` says whether it reads)."""
