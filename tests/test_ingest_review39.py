@@ -193,6 +193,29 @@ def test_a_copy_of_photos_of_several_other_skus_names_each_nearest_first(tmp_pat
     ), warnings
 
 
+def test_a_byte_for_byte_copy_of_photos_of_several_other_skus_names_each(tmp_path: Path) -> None:
+    # The same bytes in four folders named only the first SKU with them ("given for two products"),
+    # where a resized copy names every SKU it looks like: the third and fourth SKUs' labels went unsaid,
+    # and so did a resized copy in an earlier folder.
+    _picture(1).resize((160, 120)).save(_sku(tmp_path, "1-small", "1-SMALL") / "front.png")
+    same = [_sku(tmp_path, folder, folder.upper()) / "front.png" for folder in ("2-a", "3-b", "4-c", "5-d")]
+    for photo in same:
+        _picture(1).save(photo)
+    assert len({photo.read_bytes() for photo in same}) == 1
+    surveyed, warnings = _survey(tmp_path)
+    assert len(surveyed) == 5, "warnings, not a refusal"
+    assert warnings[1] == (
+        f"SKU 3-B: {same[1]} is the same picture as {same[0]} of SKU 2-A and looks like a resized or "
+        f"re-encoded copy of {tmp_path / '1-small' / 'front.png'} of SKU 1-SMALL; one photo given for 3 "
+        "products is ingested for each (move it to its own product's folder)"
+    ), warnings
+    assert warnings[-1] == (
+        f"SKU 5-D: {same[3]} is the same picture as {same[0]} of SKU 2-A, the same picture as {same[1]} of "
+        f"SKU 3-B, the same picture as {same[2]} of SKU 4-C, and photos of 1 more SKU; one photo given "
+        "for 5 products is ingested for each (move it to its own product's folder)"
+    ), warnings
+
+
 def test_a_jpeg_past_pillows_own_pixel_limit_is_ingested(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

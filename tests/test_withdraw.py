@@ -572,9 +572,9 @@ def test_a_folder_whose_sku_id_changed_warns_that_the_old_sku_stays(
     (tmp_path / "skus" / "oat-drink-old" / "metadata.json").write_text(json.dumps(metadata))
     ingest_path(folder.parent, settings, store=store, warn=warned.append)
     assert len(warned) == 3, warned[1:]
-    assert all("of SKU A-2; one photo given for two products" in warning for warning in warned[1:]), warned[
-        1:
-    ]
+    assert "of SKU A-2; one photo given for two products" in warned[1], warned[1:]
+    assert "of SKU A-2, the same picture as " in warned[2], warned[1:]
+    assert "of SKU A-3; one photo given for 3 products" in warned[2], warned[1:]
 
 
 # -- a whole SKU: skuforge ingest --withdraw-sku ------------------------------------------------------

@@ -859,7 +859,7 @@ def _check_all(
         _warn_of_nas_thumbnails(path, warn)
     kept: list[T] = []
     problems: list[str] = []
-    pictures: dict[str, tuple[str, Path]] = {}  # each photo id's first SKU and file
+    pictures: dict[str, list[tuple[str, Path]]] = {}  # each photo id's SKUs and files, in order
     looks = _BatchLooks()
     for sku, sku_problems in check_folders(path, settings):
         problems.extend(sku_problems)
@@ -941,40 +941,49 @@ class _BatchLooks:
 
 def _warn_of_photos_of_other_skus(
     sku: PreparedSku,
-    pictures: dict[str, tuple[str, Path]],
+    pictures: dict[str, list[tuple[str, Path]]],
     looks: _BatchLooks,
     warn: Callable[[str], None],
 ) -> None:
     """Warn, not refuse, of a photo of ``sku`` that an earlier SKU of the batch has too (``pictures``:
-    each photo id's first SKU and file; ``looks``: their perceptual hashes; this adds to both), the same
+    each photo id's SKUs and files; ``looks``: their perceptual hashes; this adds to both), the same
     picture or a resized, re-encoded, mirrored or turned copy. A photo copied into the wrong product's
     folder was ingested for both without a word, one picture the retraining store held as two classes
     (a copy with other bytes was missed); a shelf shot of two products may be meant for both. A copy
-    names each earlier SKU it looks like a copy of, nearest first (``_SKUS_NAMED``, the rest counted):
-    naming only the nearest left the others' labels unsaid."""
+    names each earlier SKU it is or looks like a copy of, the same picture first, then nearest first
+    (``_SKUS_NAMED``, the rest counted): naming only the first or the nearest left the others' labels
+    unsaid."""
     sku_id = sku.metadata.sku_id
     for photo in sku.photos:
-        owner = pictures.setdefault(photo.photo_id, (sku_id, photo.file))
+        same = pictures.setdefault(photo.photo_id, [])
+        earlier, owners = list(same), {other for other, _ in same}
+        same.append((sku_id, photo.file))
         variants = sku.looks.get(photo.photo_id, {})
-        if owner[0] != sku_id:
-            likeness, others = f"is the same picture as {owner[1]} of SKU {owner[0]}", 1
-        elif "as shown" in variants and (near := looks.near(variants["as shown"])):
+        near = looks.near(variants["as shown"]) if "as shown" in variants else []
+        near = [copy for copy in near if copy[0] not in owners]
+        if not earlier and not near:
+            continue
+        named_same = earlier[:_SKUS_NAMED]
+        named_near = near[: _SKUS_NAMED - len(named_same)]
+        likeness = []
+        if named_same:
+            likeness.append("is " + ", ".join(f"the same picture as {f} of SKU {o}" for o, f in named_same))
+        if named_near:
             # Named as ``_warn_of_copies`` names a copy in the photo's own folder.
             copies = [
                 f"a resized or re-encoded copy of {file} of SKU {other}"
                 if how == "as shown"
                 else f"a copy of {file} of SKU {other} ({how}, perhaps resized or re-encoded)"
-                for other, file, how in near[:_SKUS_NAMED]
+                for other, file, how in named_near
             ]
-            if (unnamed := len(near) - _SKUS_NAMED) > 0:
-                copies.append(f"and photos of {unnamed} more SKU{'s' if unnamed > 1 else ''}")
-            likeness, others = f"looks like {', '.join(copies)}", len(near)
-        else:
-            continue
+            likeness.append(f"looks like {', '.join(copies)}")
+        others = len(earlier) + len(near)
+        unnamed = others - len(named_same) - len(named_near)
+        more = f", and photos of {unnamed} more SKU{'s' if unnamed > 1 else ''}" if unnamed > 0 else ""
         given, each = ("two products", "both") if others == 1 else (f"{others + 1} products", "each")
         warn(
-            f"SKU {sku_id}: {photo.file} {likeness}; one photo given for {given} is ingested for {each} "
-            "(move it to its own product's folder)"
+            f"SKU {sku_id}: {photo.file} {' and '.join(likeness)}{more}; one photo given for {given} is "
+            f"ingested for {each} (move it to its own product's folder)"
         )
     for photo in sku.photos:
         if photo.photo_id in sku.looks:
