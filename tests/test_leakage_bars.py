@@ -1,5 +1,5 @@
 """A held-out photo padded with plain bars at its sides is a copy of the store photo it pads, however
-its bars' edge falls on the pixels the leakage check hashes."""
+its bars' edge falls on the pixels the leakage check hashes; a copy is named in ingest's words."""
 
 from __future__ import annotations
 
@@ -37,3 +37,16 @@ def test_a_held_out_photo_with_side_bars_ending_inside_a_hashed_pixel_is_a_copy(
     assert held is not None and stored is not None
     with pytest.raises(LeakageError, match=r"looks like a copy of held-out padded\.jpg"):
         check_no_near_duplicates([("padded.jpg", held)], training=[("stored.png", stored)])
+
+
+def test_a_mirrored_copy_is_named_in_the_words_ingest_names_one_in() -> None:
+    # The same kind of copy read "mirrored, perhaps resized" here and "mirrored, perhaps resized or
+    # re-encoded" in ingest's warning: a re-encoded JPEG copy was not said to be one.
+    y, x = np.mgrid[0:240, 0:320].astype(np.float32)
+    grey = 128 + 60 * np.sin(x / 13) + 50 * np.cos(y / 7 + x / 29)
+    photo = Image.fromarray(np.stack([grey, grey[::-1], 255 - grey], -1).clip(0, 255).astype(np.uint8))
+    held = heldout_hash(encode_png(photo))
+    mirrored = copy_hashes(encode_jpeg(photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT), quality=60))
+    assert held is not None and mirrored is not None
+    with pytest.raises(LeakageError, match=r"apart: mirrored, perhaps resized or re-encoded\)"):
+        check_no_near_duplicates([("held.png", held)], training=[("mirrored.jpg", mirrored)])

@@ -40,6 +40,7 @@ from shared.evaluation.experiment import (
     run_evaluation,
 )
 from shared.evaluation.leakage import (
+    HASH_BITS,
     LeakageError,
     check_disjoint,
     check_no_near_duplicates,
@@ -238,7 +239,7 @@ def _refuse_copies_under_two_skus(photos: Sequence[Photo], hashes: Sequence[tupl
     if copies:
         shown = "; ".join(
             f"{first} ({sku_of[first]}) and {second} ({sku_of[second]}), {_differing(how, 'the second ')}"
-            f"perceptual hash {bits} of 256 bits apart"
+            f"perceptual hash {bits} of {HASH_BITS} bits apart"
             for first, second, bits, how in copies[:5]
         ) + (f"; and {len(copies) - 5} more" if len(copies) > 5 else "")
         raise EvaluateRefused(
@@ -280,8 +281,8 @@ def _without_copies_within_skus(
             )
             scored = f"scored once, as {kept}" if links else "scored once"
             notes.append(
-                f"{photo.name} looks like a copy of {like} ({_differing(how)}perceptual hash {bits} of 256 "
-                f"bits apart){further}: {scored}"
+                f"{photo.name} looks like a copy of {like} ({_differing(how)}perceptual hash {bits} of "
+                f"{HASH_BITS} bits apart){further}: {scored}"
             )
     return [photo for photo in photos if kept_of(photo.name) == photo.name], notes
 

@@ -51,8 +51,9 @@ from shared.images import (
 # the nearest other photo of each of the 2,721 train and catalogue photos is still 20 or more bits away
 # (2026-12-06).
 NEAR_DUPLICATE_MAX_BITS = 12
-_HASH_SIDE = 16  # 16 x 16 neighbour comparisons: 256 bits
-_HASH_BYTES = _HASH_SIDE * _HASH_SIDE // 8
+_HASH_SIDE = 16
+HASH_BITS = _HASH_SIDE * _HASH_SIDE  # 16 x 16 neighbour comparisons: what "n of 256 bits apart" counts
+_HASH_BYTES = HASH_BITS // 8
 # A hash with fewer neighbour steps of 2 grey levels or more than this says too little to compare.
 MIN_INFORMATIVE_STEPS = 96
 
@@ -449,10 +450,15 @@ def check_no_near_duplicates(
         for pair in firsts:
             row, distance = int(held_rows[pair]), int(distances[pair])
             variant = _VARIANTS[row % _HELDOUT_HASHES % len(_VARIANTS)]
-            how = "resized or re-encoded" if variant == "as shown" else f"{variant}, perhaps resized"
+            # In ingest's words for the same copy.
+            how = (
+                "resized or re-encoded"
+                if variant == "as shown"
+                else f"{variant}, perhaps resized or re-encoded"
+            )
             problems.append(
                 f"{what} {named[int(items_of_pairs[pair])][0]} looks like a copy of held-out "
-                f"{held[row // _HELDOUT_HASHES][0]} (perceptual hash {distance} of {_HASH_BYTES * 8} bits "
+                f"{held[row // _HELDOUT_HASHES][0]} (perceptual hash {distance} of {HASH_BITS} bits "
                 f"apart: {how})"
             )
     _raise(problems)
