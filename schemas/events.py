@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, JsonValue, WithJsonSchema, field_validator
 
-from schemas.common import Contract, ImageRef, PlainText, SafeId, SkuMetadata, UtcDatetime
+from schemas.common import Contract, ImageRef, PlainText, SafeId, Sha256Hex, SkuMetadata, UtcDatetime
 
 Shape = Literal["can", "bottle", "box", "pouch", "jar", "produce", "other"]
 Backend = Literal["composite", "diffusion"]
@@ -300,10 +300,9 @@ class AdapterPublished(Contract):
     registry_uri: str = Field(
         min_length=1, max_length=MAX_MODEL_ID_CHARS, description="the adapter's folder in the registry"
     )
-    weights_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    training_set_sha256: str = Field(
-        pattern=r"^[0-9a-f]{64}$",
-        description="content hash of the training set and recipe: the job's identity",
+    weights_sha256: Sha256Hex
+    training_set_sha256: Sha256Hex = Field(
+        description="content hash of the training set and recipe: the job's identity"
     )
     sku_ids: list[SafeId] = Field(
         default_factory=list,

@@ -417,3 +417,19 @@ def test_a_trailing_newline_is_refused_by_the_model_and_the_committed_schema(whe
     with pytest.raises(jsonschema.ValidationError) as refused:
         jsonschema.Draft202012Validator(_committed(SKU_INGESTED)).validate(written)
     assert list(refused.value.absolute_path) == list(where)
+
+
+def test_the_sha256_pattern_is_written_once() -> None:
+    """A field holding a sha256 is ``Sha256Hex``: the pattern was written out again in
+    ``AdapterPublished`` and the registry's ``AdapterMetadata``, where a change to the type would not
+    reach."""
+    root = Path(__file__).resolve().parents[1]
+    pattern = 'pattern=r"^[0-9a-f]{64}$"'
+    written = [
+        f"{path.relative_to(root)}:{number}"
+        for folder in ("schemas", "shared", "services")
+        for path in sorted((root / folder).rglob("*.py"))
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if pattern in line
+    ]
+    assert [place for place in written if not place.startswith("schemas/common.py:")] == [], written

@@ -44,6 +44,7 @@ from typing import Any, Literal, TypeGuard
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from schemas.common import Sha256Hex
 from shared.errors import BadInput, ChecksumMismatch, ObjectMissing, StoreMisconfigured, TransientError
 from shared.model_cache import (
     check_owner,
@@ -125,12 +126,11 @@ class AdapterMetadata(BaseModel):
     training_prompts: list[str] = Field(default_factory=list)
     # A file name inside the adapter's folder, never a path: it names the object fetched and cached.
     weight_name: str = Field(default=WEIGHTS_FILE, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-    weights_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    weights_sha256: Sha256Hex
     weights_bytes: int = Field(ge=1)
     created_at: datetime
-    training_set_sha256: str | None = Field(
+    training_set_sha256: Sha256Hex | None = Field(
         default=None,
-        pattern=r"^[0-9a-f]{64}$",
         description="content hash of the training set, when skuforge's trainer made it (lora-trainer)",
     )
 
