@@ -693,7 +693,7 @@ class AdapterRegistry:
             self._delete_weights(adapter_id, holding)
         return removed
 
-    def _delete_weights(self, adapter_id: str, holding: _RegisterLock) -> list[str]:
+    def _delete_weights(self, adapter_id: str, holding: _RegisterLock) -> tuple[str, ...]:
         """Delete the weights files this registry wrote in the adapter's folder while ``holding`` is
         held, and return their keys. Taken over, by a registration: the weights are those it names, and
         it deletes the rest; by a removal: that one deletes them."""
@@ -702,7 +702,7 @@ class AdapterRegistry:
             if _REGISTRY_WEIGHTS.fullmatch(key.removeprefix(f"{adapter_id}/")) and holding.held():
                 self.store.delete(key)
                 deleted.append(key)
-        return deleted
+        return tuple(deleted)
 
     def is_registered(self, adapter_id: str) -> bool:
         """Whether ``adapter_id`` has a ``metadata.json`` (read or not: ``get`` says whether it reads)."""
