@@ -24,7 +24,7 @@ from bench.events import numbered_original
 from schemas.envelope import DLQ_INLINE_MAX_BYTES
 from schemas.topics import SKU_INGESTED
 from shared.dlq import read_dead_letters, replay
-from shared.store import open_store
+from shared.store import ObjectStore, open_store
 from tests.support.bus import create_topics, file_store_uri, isolated_settings, read_topic
 from tests.support.dlq import (
     REPO,
@@ -34,6 +34,7 @@ from tests.support.dlq import (
     small_letters,
     write_values,
 )
+from tests.support.s3 import file_or_s3_store
 
 MB = 2**20
 # read_dead_letters in a process of its own: the RSS before the read (imports done, the topic looked
@@ -210,13 +211,14 @@ def test_a_lock_left_by_a_replay_killed_elsewhere_is_taken_over_once_stale(
     assert not store.exists(lock)
 
 
-@pytest.mark.parametrize("backend", ["file", "s3"])
-def test_put_new_writes_only_where_no_object_is(backend: str, tmp_path: Path, request: Any) -> None:
+@pytest.fixture(params=["file", "s3"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
+    return file_or_s3_store(request, tmp_path)
+
+
+def test_put_new_writes_only_where_no_object_is(store: ObjectStore) -> None:
     """The replay lock's write: of two writes to one key, the second finds the first's object and
     leaves it (FileStore: a link; S3: If-None-Match, here on moto's server)."""
-    from shared.store import FileStore
-
-    store = FileStore(tmp_path) if backend == "file" else request.getfixturevalue("s3_store")
     assert store.put_new("locks/a.json", b'{"first": 1}')
     assert not store.put_new("locks/a.json", b'{"second": 1}')
     assert store.get_bytes("locks/a.json") == b'{"first": 1}'

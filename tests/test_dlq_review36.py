@@ -25,6 +25,7 @@ from shared.dlq import DlqError, _ReplayLock
 from shared.store import FileStore, ObjectStore
 from tests.support.bus import create_topics, file_store_uri, isolated_settings, read_topic
 from tests.support.dlq import small_letters
+from tests.support.s3 import file_or_s3_store
 
 
 def _gone_pid() -> int:
@@ -45,15 +46,18 @@ def _killed_here(pid: int) -> dict[str, Any]:
     }
 
 
-@pytest.mark.parametrize("backend", ["file", "s3"])
+@pytest.fixture(params=["file", "s3"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
+    return file_or_s3_store(request, tmp_path)
+
+
 def test_two_replays_taking_over_one_stale_lock_at_once_only_one_holds_it(
-    backend: str, tmp_path: Path, request: Any, monkeypatch: pytest.MonkeyPatch
+    store: ObjectStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two replays find one killed replay's lock at once. The second takes it over while the first is
     between finding it stale and taking it: before, the first then removed the second's lock and put
     its own, and both ran, each sending every letter. Now the takeover is a compare-and-swap on the lock
     it found stale: the first finds the lock changed, and is refused naming the second."""
-    store: ObjectStore = FileStore(tmp_path) if backend == "file" else request.getfixturevalue("s3_store")
     dlq_topic = f"t{uuid.uuid4().hex[:8]}.sku.ingested.v1.dlq"
     key = f"dlq-replay-locks/{dlq_topic}.json"
     assert store.put_new(key, json.dumps(_killed_here(_gone_pid())).encode())
@@ -137,14 +141,10 @@ def test_a_replay_paused_past_its_lock_sends_nothing_once_it_was_taken_over(
             other.release()
 
 
-@pytest.mark.parametrize("backend", ["file", "s3"])
-def test_replace_if_and_delete_if_change_only_the_version_read(
-    backend: str, tmp_path: Path, request: Any
-) -> None:
+def test_replace_if_and_delete_if_change_only_the_version_read(store: ObjectStore) -> None:
     """The lock's compare-and-swap: a write or a delete conditional on the version read succeeds while
     the object is that version, and leaves an object written since (FileStore: under a flock beside
     it; S3: If-Match on moto's server)."""
-    store: ObjectStore = FileStore(tmp_path) if backend == "file" else request.getfixturevalue("s3_store")
     key = f"locks/{uuid.uuid4().hex[:8]}.json"
     assert store.put_new(key, b'{"run": "a"}')
     _, first = store.get_versioned(key)

@@ -25,15 +25,12 @@ from shared.config import ConfigError, load_settings
 from shared.errors import BadInput, ChecksumMismatch, ObjectMissing, StoreMisconfigured, TransientError
 from shared.images import decode_image, refuse_oversized
 from shared.store import FileStore, ObjectStore, S3Store, open_store, sha256_hex
-from tests.support.s3 import free_port
+from tests.support.s3 import file_or_s3_store, free_port
 
 
 @pytest.fixture(params=["file", "s3"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
-    if request.param == "file":
-        return FileStore(tmp_path / "store")
-    s3_store: ObjectStore = request.getfixturevalue("s3_store")
-    return s3_store
+    return file_or_s3_store(request, tmp_path / "store")
 
 
 def test_put_get_round_trip(store: ObjectStore) -> None:
