@@ -109,11 +109,15 @@ def unreachable(settings: Settings, exc: Exception) -> str:
     return message
 
 
-def make_producer(settings: Settings, client_id: str) -> KafkaProducer:
+def make_producer(settings: Settings, client_id: str, stop: threading.Event | None = None) -> KafkaProducer:
     """An idempotent producer that waits for every in-sync replica (acks=all); it bootstraps off the
-    main thread (``bootstrapped_off_the_main_thread``), so a stop while it connects stops the caller."""
+    main thread (``bootstrapped_off_the_main_thread``), so a stop while it connects stops the caller, as
+    does ``stop`` set (``StoppedBootstrapping``)."""
     return bootstrapped_off_the_main_thread(
-        lambda: _new_producer(settings, client_id), _close_unused_producer, f"Kafka producer {client_id}"
+        lambda: _new_producer(settings, client_id),
+        _close_unused_producer,
+        f"Kafka producer {client_id}",
+        stop=stop,
     )
 
 
@@ -144,10 +148,18 @@ def _close_unused_producer(producer: KafkaProducer) -> None:
 _Client = TypeVar("_Client")
 
 
+class StoppedBootstrapping(Exception):
+    """The ``stop`` given to ``bootstrapped_off_the_main_thread`` was set before the client bootstrapped."""
+
+
 def bootstrapped_off_the_main_thread(
-    bootstrap: Callable[[], _Client], close: Callable[[_Client], None], what: str
+    bootstrap: Callable[[], _Client],
+    close: Callable[[_Client], None],
+    what: str,
+    stop: threading.Event | None = None,
 ) -> _Client:
-    """``bootstrap()``, run on a thread of its own while the calling thread waits for it.
+    """``bootstrap()``, run on a thread of its own while the calling thread waits for it (or for
+    ``stop``, on any thread: then it raises ``StoppedBootstrapping``).
 
     kafka-python's producer bootstraps by running its event loop on the calling thread, and the loop
     logs and drops whatever one of its tasks raises (``except BaseException`` in
@@ -158,8 +170,12 @@ def bootstrapped_off_the_main_thread(
     only, and here that thread only waits, so the interrupt is raised to the caller at once; a client
     that bootstraps after it is closed unused. (The consumer and the admin client need none of this:
     they run their loop on an IO thread of their own from the start.)
+
+    A stage's first SIGTERM raises nothing: it sets the stage's ``stop``. Waited for alone, a bootstrap
+    with no broker answering held a stage asked to stop for 30 s, which then said "cannot reach Kafka"
+    (exit 1); `skuforge up` stops a service after 20 s, and reported it killed.
     """
-    if threading.current_thread() is not threading.main_thread():
+    if stop is None and threading.current_thread() is not threading.main_thread():
         return bootstrap()  # no signal handler runs here to be lost
     done = threading.Event()
     lock = threading.Lock()
@@ -184,7 +200,9 @@ def bootstrapped_off_the_main_thread(
         # A daemon: a stopped command does not wait out the bootstrap to exit. Started inside the try:
         # start() waits for the thread to run, and a stop there must abandon the client too.
         threading.Thread(target=run, name=f"bootstrap {what}", daemon=True).start()
-        done.wait()
+        while not done.wait(None if stop is None else 0.1):
+            if stop is not None and stop.is_set():
+                raise StoppedBootstrapping(f"stopped while the {what} bootstrapped")
     except BaseException:
         with lock:
             outcome["abandoned"] = True
@@ -230,8 +248,30 @@ def close_stopped_producer(producer: KafkaProducer, who: str, exc: BaseException
             log.warning("closing the stopped Kafka producer: %s: %s", type(close_exc).__name__, close_exc)
 
 
-def make_consumer(settings: Settings, group_id: str, client_id: str) -> KafkaConsumer:
-    """A consumer for a stage: manual commits, small polls, a poll interval fit for slow models."""
+def make_consumer(
+    settings: Settings, group_id: str, client_id: str, stop: threading.Event | None = None
+) -> KafkaConsumer:
+    """A consumer for a stage: manual commits, small polls, a poll interval fit for slow models. With
+    ``stop``, it bootstraps off the calling thread and a stop while it connects raises
+    ``StoppedBootstrapping`` (``bootstrapped_off_the_main_thread``)."""
+    if stop is None:
+        return _new_consumer(settings, group_id, client_id)
+    return bootstrapped_off_the_main_thread(
+        lambda: _new_consumer(settings, group_id, client_id),
+        _close_unused_consumer,
+        f"Kafka consumer {client_id}",
+        stop=stop,
+    )
+
+
+def _close_unused_consumer(consumer: KafkaConsumer) -> None:
+    try:
+        consumer.close(autocommit=False)  # it joined no group: nothing to commit or leave
+    except KafkaError as exc:
+        log.warning("closing an unused Kafka consumer: %s: %s", type(exc).__name__, exc)
+
+
+def _new_consumer(settings: Settings, group_id: str, client_id: str) -> KafkaConsumer:
     return KafkaConsumer(
         **kafka_connection(settings),
         group_id=group_id,

@@ -85,6 +85,7 @@ from schemas.envelope import (
 from schemas.events import subject_sku_id
 from schemas.topics import DLQ_SUFFIX, Topic
 from shared.bus import (
+    StoppedBootstrapping,
     close_stopped_producer,
     kafka_connection,
     make_consumer,
@@ -529,13 +530,15 @@ class Stage:
                 stale_after_s=stale_after_s(self.settings),
             ).start()
         try:
+            # Both bootstrap in their constructors; a stop meanwhile abandons them (closed once they are).
             self._consumer = make_consumer(
                 self.settings,
                 group_id=f"{self.settings.consumer_group_prefix}.{self.name}",
                 client_id=self.name,
+                stop=self._stop,
             )
-            self._producer = make_producer(self.settings, client_id=self.name)
-        except KafkaError as exc:  # both bootstrap in their constructors: no broker answered
+            self._producer = make_producer(self.settings, client_id=self.name, stop=self._stop)
+        except (KafkaError, StoppedBootstrapping) as exc:  # no broker answered, or the stop came first
             if self._consumer is not None:
                 try:
                     self._consumer.close(autocommit=False)
@@ -552,6 +555,9 @@ class Stage:
                 self._consumer = None
             if self.health:
                 self.health.stop()
+            if isinstance(exc, StoppedBootstrapping):
+                log.info("stage stopped before it reached Kafka", extra={"stage": self.name})
+                return 0
             raise KafkaUnreachable(self.settings, exc) from exc
         self._consumer.subscribe(self.topics, listener=_RebalanceListener(self))
         self._await_topic_metadata()
