@@ -55,6 +55,7 @@ from typing import Any, Generic, TypeVar
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import (
+    FencedInstanceIdError,
     InvalidRecordError,
     InvalidSessionTimeoutError,
     KafkaError,
@@ -591,6 +592,8 @@ class Stage:
                         "group.min.session.timeout.ms and group.max.session.timeout.ms (6000 and 1800000 "
                         "by default); set it within them, or raise the broker's limit"
                     ) from None
+                except FencedInstanceIdError:  # a commit_async's answer, or a join, said so
+                    raise self._fenced() from None
                 if self.health:
                     self.health.beat()
                 if batch:
@@ -1388,6 +1391,9 @@ class Stage:
             return
         try:
             self._consumer.commit(offsets)
+        except FencedInstanceIdError:
+            self._uncommitted = {}  # the partitions' owner now is the other member: it redoes them
+            raise self._fenced() from None
         except KafkaError as exc:
             # CommitFailedError: the group rebalanced under us; a partition that moved is revoked at the
             # next poll, and the rebalance listener sends these offsets on then (_commit_revoked).
@@ -1402,6 +1408,18 @@ class Stage:
             return
         self._uncommitted = {}
         self._count_committed(merged)
+
+    def _fenced(self) -> ConfigError:
+        """The error that ends a member whose static id (``SKUFORGE_GROUP_INSTANCE_ID``) another member
+        joined the group with. The broker hands that one the partitions and fences this one, which
+        kafka-python only stops heartbeating: before, it went on handling every input beside their
+        owner, failed every commit, and kept each batch's inputs in memory for a commit to come."""
+        assert self._consumer is not None
+        return ConfigError(
+            f"another member joined consumer group {self._consumer.config['group_id']} with "
+            f"SKUFORGE_GROUP_INSTANCE_ID={self.settings.group_instance_id} and took this member's "
+            "partitions; this one stops: give each replica its own id (the replica index, the pod name)"
+        )
 
     def _count_committed(self, merged: dict[TopicPartition, list[tuple[ConsumerRecord, _Outcome]]]) -> None:
         """Count inputs whose offsets the broker took, mark their events completed, run their actions."""

@@ -1,4 +1,5 @@
-"""The runtime's way out while no broker answers its clients' bootstrap."""
+"""The runtime's way out while no broker answers its clients' bootstrap, and once another member took
+its static group membership."""
 
 from __future__ import annotations
 
@@ -7,9 +8,20 @@ import signal
 import threading
 from pathlib import Path
 
-from schemas.topics import SKU_INGESTED
+import pytest
+
+from schemas.topics import PASSTHROUGH_OUT, SKU_INGESTED
+from shared.config import ConfigError
 from shared.runtime import Stage
-from tests.support.bus import file_store_uri, isolated_settings
+from tests.support.bus import (
+    create_topics,
+    file_store_uri,
+    isolated_settings,
+    passthrough_members,
+    produce,
+    running,
+    sku_ingested_payloads,
+)
 from tests.support.polling import wait_for
 
 NO_BROKER = "127.0.0.1:1"  # nothing listens: kafka-python tries to bootstrap for 30 s
@@ -56,3 +68,38 @@ def test_a_stop_while_no_broker_answers_ends_a_stage_run_on_another_thread_with_
     runner.join(timeout=90)
     assert ended == [0]
     assert closed == ["closed"]
+
+
+@pytest.mark.kafka
+def test_a_member_whose_static_id_another_member_took_stops_naming_the_setting(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """Two replicas given one ``SKUFORGE_GROUP_INSTANCE_ID``: the broker hands the one that joins last
+    the partitions, and fences the other. kafka-python only stops that one's heartbeat: before, it went
+    on fetching and handling every input beside the member that owns them, logged "commit failed" at
+    each batch, and kept each batch's inputs (outputs included) in memory for a commit that never came."""
+    settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path), group_instance_id="twin")
+    create_topics(settings, SKU_INGESTED, PASSTHROUGH_OUT, partitions=1)
+    fenced, owner, handled = passthrough_members(settings, "twins")
+    ended: list[BaseException | int] = []
+
+    def run_fenced() -> None:
+        try:
+            ended.append(fenced.run(install_signal_handlers=False, serve_health=False))
+        except BaseException as exc:
+            ended.append(exc)
+
+    def owned() -> list[str]:
+        return [event_id for label, event_id in handled if label == "second"]
+
+    threading.Thread(target=run_fenced, daemon=True).start()
+    wait_for("the first member to join", fenced.ready)
+    with running(owner):
+        wait_for("the second member to join", owner.ready)
+        inputs = produce(settings, SKU_INGESTED, list(sku_ingested_payloads(owner.store, 5)))
+        wait_for("the owner to handle every input", lambda: len(owned()) == len(inputs))
+        wait_for("the fenced member to stop", lambda: ended)
+    assert isinstance(ended[0], ConfigError), ended[0]
+    assert "SKUFORGE_GROUP_INSTANCE_ID=twin" in str(ended[0])
+    assert owned() == inputs
+    assert not fenced._uncommitted
