@@ -34,7 +34,9 @@ from shared.config import ConfigError
 
 log = logging.getLogger("skuforge.observability")
 
-# Seconds-long model steps (diffusion, U2-Net on CPU) need buckets well past the defaults' 10 s.
+# Seconds-long model steps (diffusion, U2-Net on CPU) need buckets well past the defaults' 10 s, up to
+# the default SKUFORGE_MAX_POLL_INTERVAL_MS (600 s), how long a batch may take before the group drops the
+# member: past the top bucket, histogram_quantile answers the top bucket's bound.
 HANDLER_SECONDS_BUCKETS = (
     0.005,
     0.01,
@@ -51,6 +53,7 @@ HANDLER_SECONDS_BUCKETS = (
     60.0,
     120.0,
     300.0,
+    600.0,
 )
 # Inputs per model call: a stage's micro-batch, Triton's dynamic batch.
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
