@@ -109,11 +109,17 @@ class GroupLagWatcher:
         return self
 
     def stop(self) -> None:
-        """Stop reading and close the admin client."""
+        """Stop reading, close the admin client and drop the samples it set: a process that goes on
+        serving the gauge (the console, which runs its intake again after a fault) showed the last lag
+        read as a fresh one while nothing read it."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=10)
         self._close_admin()
+        for group, topic in self._reported:
+            with contextlib.suppress(KeyError):
+                self.gauge.remove(group, topic)
+        self._reported = set()
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):

@@ -144,10 +144,10 @@ def test_a_group_the_broker_refuses_leaves_the_others_read_and_is_counted(
         with caplog.at_level(logging.DEBUG, logger="skuforge.group_lag"):
             assert watcher.read_once() == {readable: {topic: 2}}
             assert watcher.read_once() == {readable: {topic: 2}}
+        assert metrics.registry.get_sample_value(LAG, {"group": readable, "topic": topic}) == 2
+        assert metrics.registry.get_sample_value(LAG, {"group": refused, "topic": topic}) is None
     finally:
         watcher.stop()
-    assert metrics.registry.get_sample_value(LAG, {"group": readable, "topic": topic}) == 2
-    assert metrics.registry.get_sample_value(LAG, {"group": refused, "topic": topic}) is None
     assert metrics.registry.get_sample_value(failures, {"group": refused}) == 2
     assert metrics.registry.get_sample_value(failures, {"group": readable}) == 0
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
@@ -167,12 +167,14 @@ def test_a_lag_that_can_no_longer_be_read_is_not_shown_as_fresh(
     try:
         watcher.read_once()
         assert metrics.registry.get_sample_value(LAG, {"group": group, "topic": topic}) == 3
-        watcher.stop()  # its admin client closed: the next read connects again, to a broker now away
+        # Its admin client closed (stop() would drop the sample itself): the next read connects again,
+        # to a broker now away.
+        watcher._close_admin()
         connection["bootstrap_servers"] = [f"127.0.0.1:{free_port()}"]
         assert watcher.read_once() == {}
+        assert metrics.registry.get_sample_value(LAG, {"group": group, "topic": topic}) is None
     finally:
         watcher.stop()
-    assert metrics.registry.get_sample_value(LAG, {"group": group, "topic": topic}) is None
     failures = metrics.registry.get_sample_value(
         "skuforge_consumer_group_lag_read_failures_total", {"group": group}
     )

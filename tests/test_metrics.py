@@ -79,9 +79,9 @@ def test_group_lag_is_read_from_the_broker_for_a_group_with_no_running_member(
     )
     try:
         assert watcher.read_once() == {group: {topic: (5 - 3) + 4}}
+        assert sample(metrics.registry, "skuforge_consumer_group_lag_messages", group=group, topic=topic) == 6
     finally:
         watcher.stop()
-    assert sample(metrics.registry, "skuforge_consumer_group_lag_messages", group=group, topic=topic) == 6
 
 
 def test_store_writes_are_timed_and_failures_counted(tmp_path: Path) -> None:

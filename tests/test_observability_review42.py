@@ -1,11 +1,15 @@
-"""The runtime's latency histograms reach as far as a stage may take."""
+"""The runtime's latency histograms reach as far as a stage may take; a stopped lag watcher shows none."""
 
 from __future__ import annotations
 
 import pytest
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from shared.config import Settings
+from shared.group_lag import GroupLagWatcher
 from shared.observability import StageMetrics
+from tests.support.kafka import NewTopic
 
 # A batch may run this long before the group drops the member (SKUFORGE_MAX_POLL_INTERVAL_MS).
 POLL_LIMIT_S = Settings.model_fields["max_poll_interval_ms"].default / 1000
@@ -33,3 +37,36 @@ def test_a_batch_as_long_as_the_poll_interval_allows_lands_in_a_finite_bucket(hi
     assert finite, f"{histogram}: {seconds:g} s fell in +Inf only"
     # The bucket it fell in says it was over 300 s, not somewhere up to 10 minutes.
     assert min(finite) > 300
+
+
+@pytest.mark.kafka
+def test_a_stopped_lag_watcher_leaves_no_lag_standing(kafka_bootstrap: str, new_topic: NewTopic) -> None:
+    """The console serves its intake's registry for as long as it runs, and starts the intake again when
+    its run ends (a broker away at the restart keeps it down for minutes): the lag its last watcher read
+    stood meanwhile as fresh, a flat number that kept SkuforgeConsumerLagUnreadable quiet for the groups
+    it reports while no stage could read them."""
+    topic = new_topic("stopped-lag")
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+    for _ in range(3):
+        producer.send(topic, value=b"x")
+    producer.flush()
+    producer.close()
+    group = f"lag-{topic}"
+    consumer = KafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=group, enable_auto_commit=False)
+    consumer.commit({TopicPartition(topic, 0): OffsetAndMetadata(1, "", -1)})
+    consumer.close()
+    metrics = StageMetrics("console-intake")
+    watcher = GroupLagWatcher(
+        {"bootstrap_servers": [kafka_bootstrap]},
+        {group: {topic}},
+        metrics.group_lag,
+        interval_s=60,
+        read_failures=metrics.group_lag_read_failures,
+    )
+    try:
+        assert watcher.read_once() == {group: {topic: 2}}
+        lag = {"group": group, "topic": topic}
+        assert metrics.registry.get_sample_value("skuforge_consumer_group_lag_messages", lag) == 2
+    finally:
+        watcher.stop()
+    assert metrics.registry.get_sample_value("skuforge_consumer_group_lag_messages", lag) is None
