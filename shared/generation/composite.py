@@ -141,7 +141,9 @@ class _Plan:
     colour_temperature: float  # -1 cool (blue) .. +1 warm (red)
     blur_px: float
     noise_sigma: float
-    occluders: int  # a pile has none, and no shadow: it reports _PILE_PLACEMENT whatever was drawn
+    # A pile has none, and no shadow: it reports _PILE_PLACEMENT whatever was drawn. A photo scene has
+    # one at most (a piece of the scene): more asked, it reports 1.
+    occluders: int
     scene_seed: int  # backdrop, other products and noise are drawn from it
     # Photo scenes only (scene == "photo"); drawn for every variant so that the draw order is fixed.
     scene_key: str  # key of the photo in the scene library; "" for procedural scenes
@@ -312,6 +314,10 @@ class _Plan:
             # itself (each its own size and turn, no keystone, spread over the frame, sized by framing):
             # the drawn values, reported as they were, put in the lineage record what no image had.
             plan = replace(plan, **_PILE_PLACEMENT)
+        elif plan.scene == PHOTO_SCENE and plan.occluders > 1:
+            # A photo scene puts one piece of itself in front (_scene_occluder): 2 or 4 asked drew the
+            # image of 1 and recorded what no image had. Not refused: a replay of such a record is served.
+            plan = replace(plan, occluders=1)
         return plan._without_unused_strength()
 
     def as_json(self) -> dict[str, Any]:

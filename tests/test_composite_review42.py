@@ -1,0 +1,42 @@
+"""Composite backend review 42: what a photo-scene variant records is what its image has."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from shared.generation.backend import GenerationRequest
+from shared.generation.composite import CompositeBackend
+from shared.generation.scenes import Scene, SceneLibrary
+
+
+def _request(**parameters: object) -> GenerationRequest:
+    reference = np.full((100, 60, 3), 200, np.uint8)
+    reference[10:90, 10:50] = (180, 40, 40)
+    mask = np.zeros((100, 60), np.uint8)
+    mask[10:90, 10:50] = 255
+    return GenerationRequest(reference, mask, "", "", seed=1, n=1, parameters=dict(parameters), size=128)
+
+
+def _photo_backend() -> CompositeBackend:
+    pixels = np.random.default_rng(0).integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    return CompositeBackend(SceneLibrary([Scene("shelves/a.jpg", "shelves", pixels)]), 1.0)
+
+
+def test_a_photo_scene_records_the_one_occluder_it_places_however_many_were_asked() -> None:
+    # A photo scene puts one piece of itself in front of the product: occluders 2 and 4 drew the image
+    # of 1 and recorded 2 and 4, so the lineage named occluders no pixel had.
+    backend = _photo_backend()
+    one, two, four = (backend.generate(_request(scene="photo", occluders=k))[0] for k in (1, 2, 4))
+    assert np.array_equal(two.image, one.image) and np.array_equal(four.image, one.image)
+    assert one.parameters["occluders"] == two.parameters["occluders"] == four.parameters["occluders"] == 1
+    # A record made before (occluders 2) is not refused: it replays the same image, and records 1.
+    [replayed] = backend.generate(replace(_request(), seed=99, parameters={**one.parameters, "occluders": 2}))
+    assert np.array_equal(replayed.image, one.image)
+    assert replayed.parameters == one.parameters
+    # None asked for is none placed; a procedural scene still places as many as asked.
+    [none] = backend.generate(_request(scene="photo", occluders=0))
+    assert none.parameters["occluders"] == 0 and not np.array_equal(none.image, one.image)
+    [table] = backend.generate(_request(scene="table", occluders=2))
+    assert table.parameters["occluders"] == 2
