@@ -278,7 +278,7 @@ class Placement:
 
     canvas: UInt8Array  # size x size x 3
     expected_mask: UInt8Array  # size x size, 0/255
-    scale: float  # product's longer side / canvas side
+    scale: float  # product's longer side / canvas side (less than asked where the turned box did not fit)
     rotation_deg: float
     position_x: float  # 0..1: left .. right of the positions that keep the product inside
     position_y: float
@@ -309,7 +309,16 @@ def place_product(
     photo = Image.fromarray(np.ascontiguousarray(reference), "RGB")
     matte = Image.fromarray(np.ascontiguousarray(mask), "L")
     x0, x1, y0, y1 = float(xs.min()), float(xs.max() + 1), float(ys.min()), float(ys.max() + 1)
-    zoom = scale * size / max(x1 - x0, y1 - y0)
+    theta = math.radians(rotation_deg)
+    cos, sin = math.cos(theta), math.sin(theta)
+    longer = max(x1 - x0, y1 - y0)
+    # Turned, a product whose box came out wider than the canvas was centred and cut by its edges (a
+    # square at scale 0.9 turned 8 degrees lost its corners): it is shrunk until the box fits, and that
+    # scale is the one recorded. The tolerance keeps the record's replay from shrinking it again.
+    turned = max((x1 - x0) * abs(cos) + (y1 - y0) * abs(sin), (x1 - x0) * abs(sin) + (y1 - y0) * abs(cos))
+    if scale * turned / longer > 1 + 1e-9:
+        scale = longer / turned
+    zoom = scale * size / longer
     # Shrinking a big photo by a large factor aliases under bicubic sampling: box-reduce it first.
     factor = int(1.0 / zoom)
     if factor >= 2:
@@ -317,8 +326,6 @@ def place_product(
         x0, x1, y0, y1 = x0 / factor, x1 / factor, y0 / factor, y1 / factor
         zoom *= factor
     width, height = x1 - x0, y1 - y0
-    theta = math.radians(rotation_deg)
-    cos, sin = math.cos(theta), math.sin(theta)
     # The rotated product's bounding box on the canvas, and the centres that keep it inside.
     span_x = zoom * (width * abs(cos) + height * abs(sin))
     span_y = zoom * (width * abs(sin) + height * abs(cos))
