@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from services.generator import server
 from shared.generation.diffusion import place_product
 
 
@@ -57,3 +58,16 @@ def test_a_turned_product_that_fits_keeps_the_scale_asked_for() -> None:
     placed = place_product(photo, mask, 128, scale=0.7, rotation_deg=8.0, position_x=0.0, position_y=1.0)
     assert placed.scale == 0.7
     assert int((placed.expected_mask == 255).sum()) == pytest.approx((0.7 * 128) ** 2, rel=0.03)
+
+
+def test_serve_generators_help_names_every_family_of_settings_it_reads(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # It named SKUFORGE_GENERATION_* alone: the scene library (SKUFORGE_SCENES_*) the composite backend
+    # places products on, and the diffusion backend's model and adapters, went unsaid.
+    with pytest.raises(SystemExit) as exited:
+        server.main(["--help"])
+    assert exited.value.code == 0
+    said = " ".join(capsys.readouterr().out.split())
+    for family in ("SKUFORGE_GENERATION_*", "SKUFORGE_SCENES_*", "SKUFORGE_DIFFUSION_*"):
+        assert family in said

@@ -559,7 +559,8 @@ def main(argv: list[str] | None = None) -> int:
     """``skuforge serve generator``: run Triton with the generation model(s) until SIGTERM/SIGINT/SIGHUP."""
     parser = argparse.ArgumentParser(
         prog="skuforge serve generator",
-        description="Serve the generation model on Triton (PyTriton). Settings: SKUFORGE_GENERATION_*.",
+        description="Serve the generation model on Triton (PyTriton). Settings: SKUFORGE_GENERATION_*, the "
+        "composite backend's scene library SKUFORGE_SCENES_*, the diffusion backend's SKUFORGE_DIFFUSION_*.",
     )
     parser.add_argument(
         "--backend",
