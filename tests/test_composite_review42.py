@@ -7,7 +7,7 @@ from dataclasses import replace
 import numpy as np
 
 from shared.generation.backend import GenerationRequest
-from shared.generation.composite import CompositeBackend
+from shared.generation.composite import CompositeBackend, CompositeError
 from shared.generation.scenes import Scene, SceneLibrary
 
 
@@ -40,3 +40,25 @@ def test_a_photo_scene_records_the_one_occluder_it_places_however_many_were_aske
     assert none.parameters["occluders"] == 0 and not np.array_equal(none.image, one.image)
     [table] = backend.generate(_request(scene="table", occluders=2))
     assert table.parameters["occluders"] == 2
+
+
+def test_a_product_all_hidden_by_what_stands_in_front_is_refused_not_drawn_with_an_empty_mask() -> None:
+    # A scattered mask (a quarter of its pixels) comes out as a pixel or two at half coverage, and the
+    # piece of the scene in front, sized to that, hid them: the variant was an image with an empty
+    # expected mask, stored and sent to the gate as one of the product.
+    scattered = np.random.default_rng(0).random((114, 30)) < 0.27
+    mask = np.where(scattered, 255, 0).astype(np.uint8)
+    reference = np.full((114, 30, 3), 200, np.uint8)
+    backend = _photo_backend()
+    refused = 0
+    for seed in range(6):
+        parameters = {"occluders": 1, "reference_framing": 0.2}
+        request = GenerationRequest(reference, mask, "", "", seed=seed, n=1, parameters=parameters, size=128)
+        try:
+            [sample] = backend.generate(request)
+        except CompositeError as refusal:
+            assert "hides all of it" in str(refusal) and "check the reference mask" in str(refusal)
+            refused += 1
+            continue
+        assert sample.expected_mask.any()
+    assert refused >= 1

@@ -535,7 +535,7 @@ def _composite_product(
     """Blend the product, then the occluders in front of it, into ``img``; returns the expected mask.
 
     The mask is how much of each pixel is the product's own colour (its coverage, minus what the
-    occluders hide), at or above one half.
+    occluders hide), at or above one half; ``CompositeError`` where that leaves no pixel.
     """
     composite_layer(img, product)
     visible = np.zeros(img.shape[1:], dtype=F32)
@@ -545,7 +545,15 @@ def _composite_product(
         composite_layer(img, layer)
         h, w = layer.alpha.shape
         visible[layer.y0 : layer.y0 + h, layer.x0 : layer.x0 + w] *= 1.0 - layer.alpha
-    return np.where(visible >= 0.5, 255, 0).astype(np.uint8)
+    expected = visible >= 0.5
+    if not expected.any():
+        # A product placed as a pixel or two (a thin or scattered mask), under an occluder sized to it:
+        # drawn, the variant was an image with an empty expected mask, stored and gated as the product's.
+        raise CompositeError(
+            f"what stands in front of the product hides all of it at {img.shape[1]} px: its mask is too "
+            "thin or scattered to place (check the reference mask)"
+        )
+    return np.where(expected, 255, 0).astype(np.uint8)
 
 
 def _finish(
