@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 
 from shared.generation.backend import GenerationRequest
 from shared.generation.composite import CompositeBackend, CompositeError
 from shared.generation.scenes import Scene, SceneLibrary
+from shared.photos import PHOTO_FILE_SUFFIXES
 
 
 def _request(**parameters: object) -> GenerationRequest:
@@ -62,3 +65,12 @@ def test_a_product_all_hidden_by_what_stands_in_front_is_refused_not_drawn_with_
             continue
         assert sample.expected_mask.any()
     assert refused >= 1
+
+
+def test_deploys_scene_library_section_names_every_photo_file_the_library_reads() -> None:
+    # It said "JPEG, PNG or WebP photos": an operator with .tif or .bmp shop photos read that they would
+    # be skipped, though the library reads every file ingest takes as a photo.
+    deploy = (Path(__file__).parent.parent / "docs" / "deploy.md").read_text(encoding="utf-8")
+    section = deploy.split("\n### A scene library\n", 1)[1].split("\n#", 1)[0]
+    named = set(re.findall(r"\.[a-z]+\b", section))
+    assert not PHOTO_FILE_SUFFIXES - named
