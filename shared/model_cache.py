@@ -376,12 +376,14 @@ def fetch_directory(
     root = uri.rstrip("/")
     source, prefix = _source(root, store, s3_endpoint_url, s3_region, uri_from)
     keys = sorted(key[len(prefix) :] for key in source.list_keys(prefix) if not key.endswith(COMPLETE_MARKER))
+    # Named with the setting it came from: a host runs several stages, each naming a model or two.
+    if not keys:  # first: a folder missing (a typo) was "holds no config.json ... (keys: [])"
+        raise ValueError(f"nothing is stored under {root}/ (from {uri_from})")
     if required_file is not None and required_file not in keys:
         raise ValueError(
-            f"{root}/ holds no {required_file}: not a save_pretrained folder (keys: {keys[:10]})"
+            f"{root}/ (from {uri_from}) holds no {required_file}: not a save_pretrained folder "
+            f"(keys: {keys[:10]})"
         )
-    if not keys:
-        raise ValueError(f"nothing is stored under {root}/")
     for key in keys:
         # The copy keeps the folder's names (its loader reads its files by name, so none can be
         # shortened as a single file's is): refused before any file is read, not after the files

@@ -921,9 +921,9 @@ def open_session(
             )
         except ObjectMissing as exc:
             # The store says what is there instead, if anything (a folder, a pipe).
-            raise MattingModelMissing(
-                f"no matting model at {name}: {exc.why}" if exc.why else f"no matting model at {name}"
-            ) from exc
+            # With the setting's help, as for a missing local file: the captioner names two models.
+            missing = f"no matting model at {name}: {exc.why}" if exc.why else f"no matting model at {name}"
+            raise MattingModelMissing(f"{missing}; {help_text}") from exc
         # A scheme no store serves (https://...), a malformed URI, a key in ``store`` that escapes it.
         except (ValueError, BadInput) as exc:
             raise MattingModelError(f"cannot fetch the matting model {name}: {exc}; {help_text}") from exc
