@@ -18,7 +18,8 @@ A URI inside the caller's own object store is read through that store (its clien
 credentials); any other through ``open_store``.
 
 The cache is shared by every stage on the host and each new model version adds a copy, so a fetch
-also deletes the copies not used for ``unused_days`` (``SKUFORGE_MODEL_CACHE_UNUSED_DAYS``). A copy a
+also deletes the copies not used for ``unused_days`` (``SKUFORGE_MODEL_CACHE_UNUSED_DAYS``), before
+it copies anything: the room they took is there for the new copy. A copy a
 process fetched stays locked (a shared ``flock``, one open descriptor) until that process releases it
 (``release``, by any path naming it: a generator evicting an adapter) or exits, and a download in
 progress is locked the same way: neither is deleted, however old.
@@ -294,6 +295,9 @@ def fetch_file(
         )
         key = file_name
     base = open_cache(cache)
+    # Before the copy: pruned after it, a volume the stale copies filled failed every copy (ENOSPC) and
+    # so was never pruned. This copy's own, if stale, is deleted too: put back from the bytes read anyway.
+    prune_unused(base, unused_days)
     with _partial_file(base) as partial:
         size, digest = _write_durably(partial, source.iter_bytes(key))
         target = base / f"{digest[:16]}-{_shortened(file_name, NAME_MAX_BYTES - 17)}"
@@ -321,7 +325,6 @@ def fetch_file(
                 else write_blocks_atomically(target, source.iter_bytes(key), check=same_bytes)
             ),
         )
-    prune_unused(base, unused_days)
     return target
 
 
@@ -407,11 +410,15 @@ def fetch_directory(
     label = _shortened(root.rpartition("/")[2] or "root", NAME_MAX_BYTES - 17)
     target = base / f"{label}-{hashlib.sha256(location.encode()).hexdigest()[:16]}"
     check_owner(target)
-    _copied_and_held(
-        target,
-        whole=lambda: _is_complete(target, keys),
-        copy=lambda: _download(source, prefix, keys, {"uri": root, "location": location}, target),
-    )
+
+    def copy() -> None:
+        # Room first: pruned only after a fetch succeeded, a volume the stale copies filled failed every
+        # copy (ENOSPC) and so was never pruned. Not before a whole copy is reused: a model a stage ran
+        # for weeks, unused since its restart by its mtime, was deleted and downloaded again.
+        prune_unused(base, unused_days)
+        _download(source, prefix, keys, {"uri": root, "location": location}, target)
+
+    _copied_and_held(target, whole=lambda: _is_complete(target, keys), copy=copy)
     prune_unused(base, unused_days)
     return target
 

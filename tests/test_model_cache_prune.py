@@ -5,13 +5,16 @@ Processes share the cache, so each case runs the other process for real (a Pytho
 
 from __future__ import annotations
 
+import errno
+import os
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pytest
 
 from shared import model_cache
 from shared.config import ConfigError, load_settings
-from shared.model_cache import fetch_directory, fetch_file
+from shared.model_cache import fetch_directory, fetch_file, release
 from tests.support.model_cache import (
     age,
     child,
@@ -39,6 +42,40 @@ def test_a_version_nobody_used_for_weeks_is_deleted_at_the_next_fetch(tmp_path: 
     assert new_copy.read_bytes() == b"version two"
 
 
+FETCHES: dict[str, Callable[[str, Path], Path]] = {
+    "file": lambda uri, cache: fetch_file(uri, cache, uri_from="the test"),
+    "folder": lambda uri, cache: fetch_directory(uri, cache, uri_from="the test"),
+}
+
+
+@pytest.mark.parametrize("kind", FETCHES)
+def test_a_volume_full_of_stale_copies_makes_room_for_the_new_version(
+    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The stale copies were deleted only after a fetch succeeded: on a volume they filled, the new
+    # version's copy failed (ENOSPC) at every start, and the copies that took its room stayed.
+    fetch, cache, store = FETCHES[kind], tmp_path / "cache", tmp_path / "store"
+    v1, v2 = (publish_folder(store, f"v{n}", {"model.onnx": f"version {n}".encode()}) for n in (1, 2))
+    if kind == "file":
+        v1, v2 = f"{v1}/model.onnx", f"{v2}/model.onnx"
+    old_copy = fetch(v1, cache)
+    release(old_copy)  # the stage that used it has moved on
+    age(old_copy)
+    write = model_cache._write_durably
+
+    def room_for_one_copy(path: Path, blocks: Iterable[bytes]) -> tuple[int, str]:
+        if old_copy.exists():
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return write(path, blocks)
+
+    monkeypatch.setattr(model_cache, "_write_durably", room_for_one_copy)
+    new_copy = fetch(v2, cache)
+
+    assert copies(cache) == [new_copy.name]
+    held = new_copy if kind == "file" else new_copy / "model.onnx"
+    assert held.read_bytes() == b"version 2"
+
+
 def test_a_copy_a_running_process_uses_is_kept_however_old(tmp_path: Path) -> None:
     cache, store = tmp_path / "cache", tmp_path / "store"
     v1 = publish(store, "v1/model.onnx", b"version one")
@@ -62,9 +99,6 @@ def test_a_download_in_progress_is_kept_and_one_a_crash_left_is_deleted(tmp_path
     cache, store = tmp_path / "cache", tmp_path / "store"
     folder = publish_folder(store, "blip", {"config.json": b"{}", "weights.bin": b"w" * 1000})
     crashed = cache / ".partial-crashed"
-    (crashed / "sub").mkdir(parents=True)
-    (crashed / "sub" / "weights.bin").write_bytes(b"half")
-    age(crashed)
     # Another process is in the middle of copying the folder: it stops after its first file.
     downloader = child(f"""
         import shared.model_cache as model_cache
@@ -80,8 +114,12 @@ def test_a_download_in_progress_is_kept_and_one_a_crash_left_is_deleted(tmp_path
     """)
     try:
         wait_ready(downloader)
-        (downloading,) = (p for p in cache.iterdir() if p.name.startswith(".partial-") and p != crashed)
+        (downloading,) = (p for p in cache.iterdir() if p.name.startswith(".partial-"))
         age(downloading)
+        # Left by a crash meanwhile (the downloader's fetch pruned before it copied).
+        (crashed / "sub").mkdir(parents=True)
+        (crashed / "sub" / "weights.bin").write_bytes(b"half")
+        age(crashed)
         pruned = model_cache.prune_unused(cache, 30)
         assert pruned == [crashed.name]
         assert downloading.is_dir()
