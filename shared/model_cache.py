@@ -18,11 +18,11 @@ A URI inside the caller's own object store is read through that store (its clien
 credentials); any other through ``open_store``.
 
 The cache is shared by every stage on the host and each new model version adds a copy, so a fetch
-also deletes the copies not used for ``unused_days`` (``SKUFORGE_MODEL_CACHE_UNUSED_DAYS``), before
-it copies anything: the room they took is there for the new copy. A copy a
-process fetched stays locked (a shared ``flock``, one open descriptor) until that process releases it
-(``release``, by any path naming it: a generator evicting an adapter) or exits, and a download in
-progress is locked the same way: neither is deleted, however old.
+also deletes the copies not used for ``unused_days`` (``SKUFORGE_MODEL_CACHE_UNUSED_DAYS``), and the
+partial downloads of killed processes, before it copies anything: the room they took is there for
+the new copy. A copy a process fetched stays locked (a shared ``flock``, one open descriptor) until
+that process releases it (``release``, by any path naming it: a generator evicting an adapter) or
+exits, and a download in progress is locked the same way: neither is deleted, however old.
 
 Every copy is streamed in blocks of at most 1 MiB, hashed as it is written: a model's size never sets
 the memory its fetch takes.
@@ -72,6 +72,12 @@ COMPLETE_MARKER = ".skuforge-complete.json"
 NAME_MAX_BYTES = 255
 # Copies not used for this many days are deleted at the next fetch (0 keeps every copy).
 DEFAULT_UNUSED_DAYS = 30.0
+# A copy is written under this prefix, locked (``_partial_file``, ``_download``), and renamed into place.
+PARTIAL_PREFIX = ".partial-"
+# One nobody holds is a killed process's once this old (the grace covers the moment between its making
+# and its lock): deleted at the next fetch, not kept the days a copy is, which let a stage killed at each
+# start while copying (a start-up probe, the OOM killer) fill the volume with gigabytes of them.
+PARTIAL_GRACE_S = 60.0
 # Cache entries this process holds, by their real path (``_held_key``): the descriptor carrying the
 # shared flock, and how many holds it stands for (each ``hold`` is undone by one ``release``; the lock
 # goes with the last).
@@ -230,7 +236,7 @@ def write_blocks_atomically(
 def _partial_file(folder: Path) -> Iterator[Path]:
     """A new file in ``folder`` to write a copy into, locked as being written (``prune_unused`` leaves
     it) until the block ends, and deleted then unless it was put in place (``_put_in_place``)."""
-    fd, partial = tempfile.mkstemp(dir=folder, prefix=".partial-")
+    fd, partial = tempfile.mkstemp(dir=folder, prefix=PARTIAL_PREFIX)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH)
         yield Path(partial)
@@ -428,7 +434,7 @@ def _download(
 ) -> None:
     """Copy ``keys`` under ``prefix`` into a partial folder beside ``target``, then install it there."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = Path(tempfile.mkdtemp(dir=target.parent, prefix=".partial-"))
+    partial = Path(tempfile.mkdtemp(dir=target.parent, prefix=PARTIAL_PREFIX))
     partial_fd = os.open(partial, os.O_RDONLY)
     try:
         fcntl.flock(partial_fd, fcntl.LOCK_SH)  # being written: prune_unused leaves it
@@ -512,21 +518,24 @@ def _held_key(path: Path) -> Path:
 
 
 def prune_unused(cache: Path | str | None, unused_days: float, *, now: float | None = None) -> list[str]:
-    """Delete the entries of the cache (copies, and partial downloads left by a crash) not used for
-    ``unused_days`` (0: delete none); returns their names. An entry that a living process holds
-    (``hold``) or is writing is kept, however old, as is one another user owns and we cannot remove.
+    """Delete the copies in the cache not used for ``unused_days`` (0: delete none), and the partial
+    downloads a killed process left, once ``PARTIAL_GRACE_S`` old; returns their names. An entry that a
+    living process holds (``hold``) or is writing is kept, however old, as is one another user owns and
+    we cannot remove.
     """
     if unused_days <= 0:
         return []
     base = cache_dir(cache)
-    cutoff = (time.time() if now is None else now) - unused_days * 86_400
+    now = time.time() if now is None else now
+    cutoff = now - unused_days * 86_400
     try:
         entries = sorted(base.iterdir())
     except FileNotFoundError:
         return []
     pruned = []
     for entry in entries:
-        aside = _move_aside_if_unused(entry, cutoff)
+        partial = entry.name.startswith(PARTIAL_PREFIX)
+        aside = _move_aside_if_unused(entry, max(cutoff, now - PARTIAL_GRACE_S) if partial else cutoff)
         if aside is None:
             continue
         _delete(aside)

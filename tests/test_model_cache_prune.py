@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -127,6 +128,36 @@ def test_a_download_in_progress_is_kept_and_one_a_crash_left_is_deleted(tmp_path
         finish(downloader)
     copy = fetch_directory(folder, cache, uri_from="the test")
     assert (copy / "weights.bin").read_bytes() == b"w" * 1000
+    assert copies(cache) == [copy.name]
+
+
+def test_a_download_a_killed_process_left_is_deleted_at_the_next_fetch_not_weeks_later(
+    tmp_path: Path,
+) -> None:
+    # A partial download was kept for the days a copy is: a generator killed while copying its pipeline
+    # (its start-up probe, the OOM killer) left gigabytes at each restart, until the volume was full.
+    cache, store = tmp_path / "cache", tmp_path / "store"
+    folder = publish_folder(store, "blip", {"config.json": b"{}", "weights.bin": b"w" * 1000})
+    downloader = child(f"""
+        import shared.model_cache as model_cache
+        write = model_cache._write_durably
+        def slow_write(path, blocks):
+            written = write(path, blocks)
+            print("ready", flush=True)
+            input()
+            return written
+        model_cache._write_durably = slow_write
+        model_cache.fetch_directory({folder!r}, {str(cache)!r}, uri_from="the test")
+    """)
+    wait_ready(downloader)
+    downloader.kill()
+    downloader.communicate()
+    (left,) = cache.iterdir()
+    an_hour_ago = time.time() - 3600
+    os.utime(left, (an_hour_ago, an_hour_ago))
+
+    copy = fetch_directory(folder, cache, uri_from="the test")
+
     assert copies(cache) == [copy.name]
 
 
