@@ -73,10 +73,11 @@ def fetch_model_dir(
         )
     except (ValueError, BadInput) as exc:
         raise VlmModelError(f"cannot open the BLIP model directory {uri!r}: {exc}") from exc
-    except OSError as exc:  # a read-only /tmp, a cache path through a file: was a traceback at start-up
+    except OSError as exc:  # full, a read-only /tmp, a cache path through a file: was a traceback at start-up
         raise VlmModelError(
             f"cannot copy the BLIP model directory {uri!r} into the model cache ({cache_path(cache_dir)}): "
-            f"{exc}; point SKUFORGE_CAPTIONER_VLM_CACHE_DIR at a folder this user can write"
+            f"{exc}; free room there, or point SKUFORGE_CAPTIONER_VLM_CACHE_DIR at a folder this user can "
+            "write"
         ) from exc
 
 

@@ -45,7 +45,7 @@ from shared.errors import BadInput, ObjectMissing
 from shared.images import pixel_array, to_rgb
 from shared.matting import MODELS_DIR
 from shared.matting.roi import Box, paste
-from shared.model_cache import DEFAULT_UNUSED_DAYS, UnsafeCache, fetch_file
+from shared.model_cache import DEFAULT_UNUSED_DAYS, UnsafeCache, cache_dir, fetch_file
 from shared.store import ObjectStore
 
 log = logging.getLogger("skuforge.matting")
@@ -931,10 +931,11 @@ def open_session(
             raise MattingModelError(
                 f"cannot fetch the matting model {name}: {exc} (TMPDIR moves it)"
             ) from exc
-        except OSError as exc:  # the cache cannot be written: a read-only /tmp, a folder another user made
+        except OSError as exc:  # the cache cannot be written: full, a read-only /tmp, another user's folder
+            # The folder itself, as TMPDIR placed it; os.write's ENOSPC names no file.
             raise MattingModelError(
-                f"cannot copy the matting model {name} into the model cache (<system temp>/skuforge-models): "
-                f"{exc}; make that folder writable by this user, or point TMPDIR at a writable folder"
+                f"cannot copy the matting model {name} into the model cache {cache_dir(None)}: {exc}; free "
+                "room there, make it writable by this user, or point TMPDIR at a folder that is"
             ) from exc
         return session(U2NetSession, path, file_name)
     path = Path(name)
