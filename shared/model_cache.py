@@ -74,10 +74,13 @@ NAME_MAX_BYTES = 255
 DEFAULT_UNUSED_DAYS = 30.0
 # A copy is written under this prefix, locked (``_partial_file``, ``_download``), and renamed into place.
 PARTIAL_PREFIX = ".partial-"
-# One nobody holds is a killed process's once this old (the grace covers the moment between its making
-# and its lock): deleted at the next fetch, not kept the days a copy is, which let a stage killed at each
-# start while copying (a start-up probe, the OOM killer) fill the volume with gigabytes of them.
-PARTIAL_GRACE_S = 60.0
+# A pruner renames what it deletes to this prefix first (``_move_aside_if_unused``): nobody uses it then.
+STALE_PREFIX = ".stale-"
+# A partial copy nobody holds is a killed process's once this old (the grace covers the moment between
+# its making and its lock), and a stale one a killed pruner's: deleted at the next fetch, not kept the
+# days a copy is, which let a stage killed at each start while copying (a start-up probe, the OOM
+# killer) fill the volume with gigabytes of them.
+LEFTOVER_GRACE_S = 60.0
 # Cache entries this process holds, by their real path (``_held_key``): the descriptor carrying the
 # shared flock, and how many holds it stands for (each ``hold`` is undone by one ``release``; the lock
 # goes with the last).
@@ -518,10 +521,10 @@ def _held_key(path: Path) -> Path:
 
 
 def prune_unused(cache: Path | str | None, unused_days: float, *, now: float | None = None) -> list[str]:
-    """Delete the copies in the cache not used for ``unused_days`` (0: delete none), and the partial
-    downloads a killed process left, once ``PARTIAL_GRACE_S`` old; returns their names. An entry that a
-    living process holds (``hold``) or is writing is kept, however old, as is one another user owns and
-    we cannot remove.
+    """Delete the copies in the cache not used for ``unused_days`` (0: delete none), and the downloads
+    and deletions a killed process left half done, once ``LEFTOVER_GRACE_S`` old; returns their names.
+    An entry that a living process holds (``hold``) or is writing is kept, however old, as is one
+    another user owns and we cannot remove.
     """
     if unused_days <= 0:
         return []
@@ -534,8 +537,8 @@ def prune_unused(cache: Path | str | None, unused_days: float, *, now: float | N
         return []
     pruned = []
     for entry in entries:
-        partial = entry.name.startswith(PARTIAL_PREFIX)
-        aside = _move_aside_if_unused(entry, max(cutoff, now - PARTIAL_GRACE_S) if partial else cutoff)
+        leftover = entry.name.startswith((PARTIAL_PREFIX, STALE_PREFIX))
+        aside = _move_aside_if_unused(entry, max(cutoff, now - LEFTOVER_GRACE_S) if leftover else cutoff)
         if aside is None:
             continue
         _delete(aside)
@@ -555,7 +558,7 @@ def _move_aside_if_unused(entry: Path, cutoff: float) -> Path | None:
         status = os.fstat(fd)
         if status.st_mtime >= cutoff or not os.path.samestat(status, os.lstat(entry)):
             return None
-        aside = entry.with_name(f".stale-{os.getpid()}-{time.monotonic_ns()}")
+        aside = entry.with_name(f"{STALE_PREFIX}{os.getpid()}-{time.monotonic_ns()}")
         os.rename(entry, aside)
         return aside
     except OSError:

@@ -161,6 +161,22 @@ def test_a_download_a_killed_process_left_is_deleted_at_the_next_fetch_not_weeks
     assert copies(cache) == [copy.name]
 
 
+def test_a_copy_a_killed_pruner_was_deleting_is_deleted_at_the_next_fetch(tmp_path: Path) -> None:
+    # A pruner renames a copy aside, then deletes its files; killed meanwhile (gigabytes take a while), it
+    # left the rest under its .stale- name, last changed as it died: kept then for the days a copy is.
+    cache, store = tmp_path / "cache", tmp_path / "store"
+    folder = publish_folder(store, "blip")
+    stale = cache / ".stale-4242-123456789"
+    (stale / "unet").mkdir(parents=True)
+    (stale / "unet" / "model.safetensors").write_bytes(b"half deleted")
+    an_hour_ago = time.time() - 3600
+    os.utime(stale, (an_hour_ago, an_hour_ago))
+
+    copy = fetch_directory(folder, cache, uri_from="the test")
+
+    assert copies(cache) == [copy.name]
+
+
 def test_zero_keeps_every_copy(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     old = cache / "0123456789abcdef-model.onnx"
