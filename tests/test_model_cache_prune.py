@@ -15,7 +15,12 @@ import pytest
 
 from shared import model_cache
 from shared.config import ConfigError, load_settings
-from shared.model_cache import fetch_directory, fetch_file, release
+from shared.generation.adapters import AdapterRegistry
+from shared.generation.diffusion import DiffusionBackend, DiffusionSettings
+from shared.model_cache import fetch_directory, fetch_file, open_cache, release
+from shared.store import FileStore
+from tests.support.adapters import RecordingPipe
+from tests.support.lora import lora_weights
 from tests.support.model_cache import (
     age,
     child,
@@ -175,6 +180,32 @@ def test_a_copy_a_killed_pruner_was_deleting_is_deleted_at_the_next_fetch(tmp_pa
     copy = fetch_directory(folder, cache, uri_from="the test")
 
     assert copies(cache) == [copy.name]
+
+
+def test_a_running_generator_deletes_the_adapter_copies_nobody_used_for_weeks(tmp_path: Path) -> None:
+    # Only a fetch of the diffusion model pruned, at start-up, and a generator given a local model never
+    # fetched one: every adapter it was ever asked for stayed in its cache, however long ago.
+    registry = AdapterRegistry(FileStore(tmp_path / "adapters"))
+    first, second, third = (
+        registry.register(f"sku-{n}", lora_weights(n), kind="specialized", series=f"S{n}", base_model="sd15")
+        for n in range(3)
+    )
+    cache = open_cache(tmp_path / "cache")
+    generator = DiffusionBackend(
+        RecordingPipe(),
+        model_id="m",
+        registry=registry,
+        settings=load_settings(DiffusionSettings, diffusion_lora_cache_size=1),
+        cache_dir=cache,
+        device="cpu",  # type: ignore[arg-type]
+    )
+    generator.lora.activate(first)
+    generator.lora.activate(second)  # evicts the first, whose copy nobody holds from now on
+    age(cache / f"lora-{first.weights_sha256[:16]}")
+
+    generator.lora.activate(third)
+
+    assert copies(cache) == sorted(f"lora-{adapter.weights_sha256[:16]}" for adapter in (second, third))
 
 
 def test_zero_keeps_every_copy(tmp_path: Path) -> None:

@@ -47,9 +47,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from schemas.common import Sha256Hex
 from shared.errors import BadInput, ChecksumMismatch, ObjectMissing, StoreMisconfigured, TransientError
 from shared.model_cache import (
+    DEFAULT_UNUSED_DAYS,
     check_owner,
     file_sha256,
     hold,
+    prune_unused,
     repair_folder_mode,
     writable_by_everyone,
     write_blocks_atomically,
@@ -724,12 +726,15 @@ class AdapterRegistry:
         except (ObjectMissing, ValidationError):
             return None
 
-    def fetch_weights(self, metadata: AdapterMetadata, cache_dir: Path) -> Path:
+    def fetch_weights(
+        self, metadata: AdapterMetadata, cache_dir: Path, *, unused_days: float = DEFAULT_UNUSED_DAYS
+    ) -> Path:
         """A local directory holding the adapter's weights file, checked against its sha256.
 
         Cached by sha256, so a re-registered adapter (new weights, same id) is fetched again; held in
         the cache (``shared/model_cache.py:hold``), so no pruning deletes it, until this process exits
-        or releases it (``shared/model_cache.py:release``, as ``LoraSlots`` does on eviction).
+        or releases it (``shared/model_cache.py:release``, as ``LoraSlots`` does on eviction). Before a
+        copy is made, the cache's copies not used for ``unused_days`` are deleted (``prune_unused``).
         """
         target = cache_dir / f"lora-{metadata.weights_sha256[:16]}"
         check_owner(target)  # its owner could swap the file between our check and the load
@@ -748,6 +753,9 @@ class AdapterRegistry:
         ):
             return target
         key = f"{metadata.adapter_id}/{metadata.weight_name}"
+        # Here too, not only when the diffusion model is fetched at start-up: a generator given a local
+        # model fetched none, and every adapter it was ever asked for stayed in the cache.
+        prune_unused(cache_dir, unused_days)
 
         def as_registered(size: int, sha256: str) -> None:
             if sha256 != metadata.weights_sha256:

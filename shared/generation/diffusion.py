@@ -60,7 +60,7 @@ from shared.config import (
 from shared.errors import BadInput, ChecksumMismatch, ObjectMissing, TransientError
 from shared.generation.adapters import AdapterChoice, AdapterMetadata, AdapterRegistry, resolve_adapter
 from shared.generation.backend import GeneratedSample, GenerationRequest, RowOutcome, seed_entropy
-from shared.model_cache import UnsafeCache, fetch_directory, open_cache
+from shared.model_cache import DEFAULT_UNUSED_DAYS, UnsafeCache, fetch_directory, open_cache
 from shared.model_cache import release as release_copy
 from shared.store import ObjectStore, check_store_uri, open_store
 
@@ -812,12 +812,14 @@ class DiffusionBackend:
         settings: DiffusionSettings,
         cache_dir: Path,
         device: torch.device,
+        cache_unused_days: float = DEFAULT_UNUSED_DAYS,
     ) -> None:
         self.pipe = pipe
         self.model_id = model_id
         self.registry = registry
         self.settings = settings
         self.cache_dir = cache_dir
+        self.cache_unused_days = cache_unused_days
         self.device = device
         # Recorded with every image: the same seed paints (nearly) the same image only on the same
         # kind of device, in the same dtype; the noise itself is drawn on the CPU everywhere.
@@ -898,6 +900,7 @@ class DiffusionBackend:
             settings=diffusion,
             cache_dir=cache_dir,
             device=device,
+            cache_unused_days=shared.model_cache_unused_days,
         )
 
     # -- adapters --
@@ -911,7 +914,7 @@ class DiffusionBackend:
         if self.registry is None:
             raise BadInput("no_adapter_registry", "this backend has no adapter registry")
         try:
-            return self.registry.fetch_weights(adapter, self.cache_dir)
+            return self.registry.fetch_weights(adapter, self.cache_dir, unused_days=self.cache_unused_days)
         except UnsafeCache as exc:
             raise TransientError(
                 f"cannot use the model cache for adapter {adapter.adapter_id!r}: {exc} "
