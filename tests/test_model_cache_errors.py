@@ -20,6 +20,7 @@ from services.matting.stage import open_matting_session
 from shared import model_cache
 from shared.captioning.vlm import VlmModelError, fetch_model_dir
 from shared.config import ConfigError, load_settings
+from shared.generation.diffusion import DiffusionBackend, DiffusionModelError, DiffusionSettings
 from shared.model_cache import fetch_directory
 from shared.store import ObjectStore
 from tests.support.model_cache import publish, publish_folder
@@ -82,3 +83,20 @@ def test_a_full_cache_volume_stops_the_captioner_naming_the_folder_to_free(
         fetch_model_dir(uri, cache, uri_from="SKUFORGE_CAPTIONER_VLM_MODEL")
     message = str(refusal.value)
     assert str(cache) in message and "free room" in message and "SKUFORGE_CAPTIONER_VLM_CACHE_DIR" in message
+
+
+def test_a_diffusion_model_uri_naming_no_pipeline_is_refused_before_anything_is_copied(
+    tmp_path: Path,
+) -> None:
+    # SKUFORGE_DIFFUSION_MODEL=s3://models/ (the folder of every model, a typo) was copied whole, gigabytes
+    # per model, before model_index.json was looked for in the copy.
+    store = tmp_path / "store"
+    publish_folder(store, "models/sd15-inpaint", {"model_index.json": b"{}", "unet/weights.bin": b"w" * 1000})
+    cache = tmp_path / "cache"
+    diffusion = load_settings(
+        DiffusionSettings, diffusion_model=(store / "models").as_uri(), diffusion_cache_dir=str(cache)
+    )
+    with pytest.raises(DiffusionModelError, match=r"model_index\.json") as refusal:
+        DiffusionBackend.from_settings(diffusion, load_settings(store_uri=(tmp_path / "flow").as_uri()))
+    assert "SKUFORGE_DIFFUSION_MODEL" in str(refusal.value)
+    assert list(cache.iterdir()) == []

@@ -868,6 +868,9 @@ class DiffusionBackend:
                     s3_region=shared.s3_region,
                     unused_days=shared.model_cache_unused_days,
                     uri_from="SKUFORGE_DIFFUSION_MODEL",
+                    # Looked for in the listing: looked for in the copy, a URI one folder too high (every
+                    # model under it) was copied whole, gigabytes each, before it was refused.
+                    required_file="model_index.json",
                 )
             except (ValueError, BadInput, UnsafeCache) as exc:
                 raise DiffusionModelError(f"cannot fetch the diffusion model {model!r}: {exc}") from exc
