@@ -423,7 +423,7 @@ def fetch_directory(
     def copy() -> None:
         # Room first: pruned only after a fetch succeeded, a volume the stale copies filled failed every
         # copy (ENOSPC) and so was never pruned. Not before a whole copy is reused: a model a stage ran
-        # for weeks, unused since its restart by its mtime, was deleted and downloaded again.
+        # for weeks, its mtime as old as that start, would be deleted and downloaded again.
         prune_unused(base, unused_days)
         _download(source, prefix, keys, {"uri": root, "location": location}, target)
 
