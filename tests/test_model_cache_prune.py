@@ -82,6 +82,20 @@ def test_a_volume_full_of_stale_copies_makes_room_for_the_new_version(
     assert held.read_bytes() == b"version 2"
 
 
+def test_a_model_a_stage_ran_for_weeks_is_reused_at_its_restart_not_copied_again(tmp_path: Path) -> None:
+    # Its copy was last marked used when that stage started: pruning before the reuse would delete it,
+    # and a pipeline of gigabytes would be downloaded again at every restart after a long run.
+    cache, folder = tmp_path / "cache", publish_folder(tmp_path / "store", "pipeline")
+    copy = fetch_directory(folder, cache, uri_from="the test")
+    release(copy)  # the stage has stopped, weeks after it fetched the copy
+    age(copy)
+    copied = copy.stat().st_ino
+
+    again = fetch_directory(folder, cache, uri_from="the test")
+
+    assert again == copy and again.stat().st_ino == copied
+
+
 def test_a_copy_a_running_process_uses_is_kept_however_old(tmp_path: Path) -> None:
     cache, store = tmp_path / "cache", tmp_path / "store"
     v1 = publish(store, "v1/model.onnx", b"version one")
