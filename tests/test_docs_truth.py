@@ -393,6 +393,40 @@ def test_readme_configuration_names_every_variable_the_code_reads() -> None:
     assert not missing, f"README's Configuration section does not name {missing}, which the code reads"
 
 
+# A variable without the prefix that the code reads by name (``os.environ.get("JAVA")``; not one it
+# sets, ``os.environ["U2NET_HOME"] = ...``, for a library it calls).
+UNPREFIXED_READ = re.compile(
+    r"""(?:environ\.get\(|environ\[|getenv\()["']([A-Z][A-Z0-9_]*)["'](?!\]\s*=(?!=))"""
+)
+# Standard variables the code extends for the processes it starts (Triton's libpython, a benchmark's
+# workers): the system's, not knobs of skuforge.
+PROCESS_VARIABLES = {"LD_LIBRARY_PATH", "PYTHONPATH"}
+
+
+def unprefixed_variables_missing_from_configuration(readme: str) -> list[str]:
+    """Variables without the ``SKUFORGE_`` prefix that the code reads and README's Configuration does
+    not name: the broker's ``JAVA`` and ``MVN`` were said only in its module docstring and its error
+    messages, so a reader of README's tools table, which lists what the tools read, set neither."""
+    section = readme_section(readme, "Configuration")
+    read = {
+        name
+        for path in _code_files()
+        if path.suffix == ".py"
+        for name in UNPREFIXED_READ.findall(path.read_text(encoding="utf-8"))
+        if not name.startswith("SKUFORGE_")
+    }
+    return sorted(name for name in read - PROCESS_VARIABLES if f"`{name}`" not in section)
+
+
+def test_readme_configuration_names_every_unprefixed_variable_the_code_reads() -> None:
+    missing = unprefixed_variables_missing_from_configuration(README)
+    assert not missing, f"README's Configuration section does not name {missing}, which the code reads"
+
+
+def test_an_unprefixed_variable_readme_leaves_out_is_caught() -> None:
+    assert unprefixed_variables_missing_from_configuration(README.replace("`MVN`", "MVN")) == ["MVN"]
+
+
 def test_readme_settings_table_is_the_generated_one_and_no_more() -> None:
     """tests/test_config.py finds the generated table in README; a stale row after it would pass there."""
     from shared.config import settings_table_markdown
