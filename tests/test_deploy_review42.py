@@ -93,3 +93,49 @@ def test_a_gpu_limit_the_api_server_refuses_is_refused_naming_its_key(helm: str,
     for owner in ("stages.matting", "triton"):
         message = render_error(helm, f"{owner}.resources.limits.nvidia\\.com/gpu={quantity}")
         assert f"{owner}.resources.limits.{GPU}={quantity} is no whole number of GPUs" in message, message
+
+
+def quantity_values(folder: Path, key: str, quantity: str) -> Path:
+    """A values file giving key (e.g. triton.resources.requests.memory) the quantity as a string."""
+    values = folder / "quantity.yaml"
+    *parents, field = key.split(".")
+    lines = [f"{'  ' * depth}{part}:" for depth, part in enumerate(parents)]
+    values.write_text("\n".join(lines) + f'\n{"  " * len(parents)}{field}: "{quantity}"\n')
+    return values
+
+
+QUANTITY_KEYS = {
+    "stageDefaults.resources.requests.cpu": "rel-skuforge-gate",
+    "stages.matting.resources.limits.memory": "rel-skuforge-matting",
+    "triton.resources.requests.memory": "rel-skuforge-triton",
+    "console.resources.limits.memory": "rel-skuforge-console",
+}
+
+
+@pytest.mark.parametrize("key", list(QUANTITY_KEYS))
+def test_a_quantity_the_api_server_takes_reaches_the_pod(helm: str, tmp_path: Path, key: str) -> None:
+    """Signs, decimals, exponents and SI suffixes, as the API server parses a resource.Quantity."""
+    *_, part, field = key.split(".")
+    for quantity in ["500m", "1.5", "2Gi", "1e3", "+1"]:
+        docs = render(helm, files=[quantity_values(tmp_path, key, quantity)])
+        assert main_container(docs, QUANTITY_KEYS[key])["resources"][part][field] == quantity
+
+
+@pytest.mark.parametrize("key", list(QUANTITY_KEYS))
+def test_a_quantity_the_api_server_refuses_is_refused_naming_its_key(helm: str, key: str) -> None:
+    """A request or limit of `20GB` or `soon` rendered, and the API server refused the Deployment at
+    install, naming a manifest's field, not the chart's key."""
+    for quantity in ["20GB", "soon", "1..5", "true"]:
+        message = render_error(helm, f"{key}={quantity}")
+        assert f"{key}={quantity} is no Kubernetes quantity" in message, message
+
+
+def test_a_size_with_the_sign_the_api_server_takes_is_taken(helm: str, tmp_path: Path) -> None:
+    """`+4Gi` (and a size in n or u) parses as a resource.Quantity: the render refused it as no size."""
+    for quantity in ["+4Gi", "4000000000000u"]:
+        docs = render(helm, files=[quantity_values(tmp_path, "triton.shmSize", quantity)])
+        (triton,) = [
+            d for d in docs if d["metadata"]["name"] == "rel-skuforge-triton" and d["kind"] == "Deployment"
+        ]
+        (shm,) = [v for v in triton["spec"]["template"]["spec"]["volumes"] if v["name"] == "dshm"]
+        assert shm["emptyDir"]["sizeLimit"] == quantity

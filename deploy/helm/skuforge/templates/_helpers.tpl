@@ -182,10 +182,12 @@ template gives text, and a value's own kind (a map, an int64) is what the checks
 
 {{/* The chart's sizes and durations, written as their readers take them: a map reached them as
 "map[a:1]", and "soon" or "20GB" as given, each refused only at install, by the API server or the
-operator, naming a manifest's field. `optional`: null leaves the field out (its reader's default). */}}
+operator, naming a manifest's field. `optional`: null leaves the field out (its reader's default). A
+size is a resource.Quantity as the API server parses one: an optional +, digits with a point, then one
+binary or decimal SI suffix or an exponent (a negative one it refuses for a size or a resource). */}}
 {{- define "skuforge.texts" -}}
 kinds:
-  size: {what: "size (a Kubernetes quantity: 20Gi, 512Mi, 1.5G)", pattern: '^([0-9]+(\.[0-9]*)?|\.[0-9]+)(Ki|Mi|Gi|Ti|Pi|Ei|m|k|M|G|T|P|E|[eE][+-]?[0-9]+)?$'}
+  size: {what: "size (a Kubernetes quantity: 20Gi, 512Mi, 1.5G)", pattern: '^\+?([0-9]+(\.[0-9]*)?|\.[0-9]+)(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|[eE][+-]?[0-9]+)?$'}
   duration: {what: "Prometheus duration (30s, 1m30s, 1h)", pattern: '^(0|([0-9]+y)?([0-9]+w)?([0-9]+d)?([0-9]+h)?([0-9]+m)?([0-9]+s)?([0-9]+ms)?)$'}
 values:
   triton.shmSize: {kind: size, reader: "Triton's /dev/shm volume", optional: true}
@@ -296,7 +298,8 @@ server. The value is D x 10^shift x 2^binary, D its digits. (dict "key" "triton.
 
 {{/* A pod's resources, checked: requests and limits, each a map of quantities (or none). A string, list
 or number there stopped the render with Go's "can't evaluate field limits in type string", naming no
-value, or went into the manifest for the API server to refuse at install. `keys`: the values' key of
+value, or went into the manifest for the API server to refuse at install, as did a quantity it does
+not parse (`cpu: soon`, `memory: 20GB`). The GPUs are skuforge.gpuLimit's. `keys`: the values' key of
 each. (dict "value" .Values.console.resources "keys" (dict "resources" "console.resources" "requests"
 "console.resources.requests" "limits" "console.resources.limits")) */}}
 {{- define "skuforge.checkResources" -}}
@@ -304,10 +307,23 @@ each. (dict "value" .Values.console.resources "keys" (dict "resources" "console.
 {{- if kindIs "map" .value -}}
 {{- range $part := list "requests" "limits" }}{{ $parts = append $parts (list (index $.keys $part) (index $.value $part)) }}{{ end -}}
 {{- end -}}
+{{- $size := (include "skuforge.texts" . | fromYaml).kinds.size -}}
 {{- range $parts -}}
+{{- $key := index . 0 -}}
 {{- $value := index . 1 -}}
 {{- if not (or (kindIs "map" $value) (kindIs "invalid" $value)) -}}
-{{- fail (printf "%s=%v is no map: give a pod's resources as maps of quantities, e.g. {requests: {cpu: 500m, memory: 512Mi}, limits: {memory: 2Gi}}" (index . 0) (include "skuforge.text" $value)) -}}
+{{- fail (printf "%s=%v is no map: give a pod's resources as maps of quantities, e.g. {requests: {cpu: 500m, memory: 512Mi}, limits: {memory: 2Gi}}" $key (include "skuforge.text" $value)) -}}
+{{- end -}}
+{{- if and (kindIs "map" $value) (ne $key $.keys.resources) -}}
+{{- range $name, $quantity := omit $value "nvidia.com/gpu" -}}
+{{- $field := printf "%s.%s" $key $name -}}
+{{- if not (kindIs "invalid" $quantity) -}}
+{{- $text := include "skuforge.checked" (dict "key" $field "value" $quantity "reader" "the API server" "want" "give one quantity") -}}
+{{- if not (regexMatch $size.pattern $text) -}}
+{{- fail (printf "%s=%s is no Kubernetes quantity (500m, 1.5, 2Gi, 1e3), which the API server would refuse at install: give one" $field $text) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
