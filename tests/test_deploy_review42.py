@@ -70,6 +70,9 @@ TAKEN = {
     "0.5Ki": 512,
     '"1e1"': 10,
     "0": 0,
+    '"+1"': 1,
+    '"1000000000n"': 1,
+    '"2000000u"': 2,
 }
 REFUSED = ["1500m", "0.5", "1001m", "0.1Ki", "1e-1", "soon", "-1", "1 ", "true", "2147483648"]
 
@@ -139,3 +142,32 @@ def test_a_size_with_the_sign_the_api_server_takes_is_taken(helm: str, tmp_path:
         ]
         (shm,) = [v for v in triton["spec"]["template"]["spec"]["volumes"] if v["name"] == "dshm"]
         assert shm["emptyDir"]["sizeLimit"] == quantity
+
+
+# --set keys: the dots in nvidia.com escaped.
+REQUEST = r"resources.requests.nvidia\.com/gpu"
+LIMIT = r"resources.limits.nvidia\.com/gpu"
+
+
+@pytest.mark.parametrize("owner", ["stages.matting", "triton"])
+def test_a_gpu_request_must_equal_its_limit(helm: str, owner: str) -> None:
+    """The API server refuses a request of an extended resource other than its limit, or without one
+    (no overcommit); the render took both, and the Deployment was refused at install."""
+    message = render_error(helm, f"{owner}.{REQUEST}=2", f"{owner}.{LIMIT}=1")
+    assert (
+        f"{owner}.resources.requests.{GPU}=2 is not its limit ({owner}.resources.limits.{GPU}=1)" in message
+    )
+    message = render_error(helm, f"{owner}.{REQUEST}=1", f"{owner}.{LIMIT}=null")
+    assert f"{owner}.resources.requests.{GPU}=1 has no limit" in message, message
+    message = render_error(helm, f"{owner}.{REQUEST}=soon", f"{owner}.{LIMIT}=1")
+    assert f"{owner}.resources.requests.{GPU}=soon is no whole number of GPUs" in message, message
+    docs = render(helm, f"{owner}.{REQUEST}=1000m", f"{owner}.{LIMIT}=1")
+    pod = main_container(docs, f"rel-skuforge-{owner.split('.')[-1]}")
+    assert pod["resources"]["requests"][GPU] == "1000m"
+    assert pod["image"].endswith("-cuda")
+
+
+def test_a_default_gpu_request_is_named_as_the_default(helm: str) -> None:
+    """A stage without a limit of its own taking stageDefaults' request is told where the request is."""
+    message = render_error(helm, f"stageDefaults.{REQUEST}=1")
+    assert f"stageDefaults.resources.requests.{GPU}=1 has no limit" in message, message

@@ -239,27 +239,53 @@ numbers as float64: --set's 9007199254740993 (an int64) reached KEDA as ...992. 
 {{/* A stage's GPUs (resources.limits."nvidia.com/gpu"), checked (skuforge.gpuLimit). (dict "root" $
 "name" "matting" "config" <its skuforge.stageConfig>) */}}
 {{- define "skuforge.stageGpus" -}}
-{{- $own := ((get .root.Values.stages .name | default dict).resources | default dict).limits | default dict -}}
-{{- $key := printf "%s.resources.limits" (ternary (printf "stages.%s" .name) "stageDefaults" (hasKey $own "nvidia.com/gpu")) -}}
-{{- include "skuforge.gpuLimit" (dict "key" $key "limits" (.config.resources | default dict).limits) -}}
+{{- $own := (get .root.Values.stages .name | default dict).resources | default dict -}}
+{{- $keys := dict -}}
+{{- range $part := list "requests" "limits" -}}
+{{- $set := hasKey (index $own $part | default dict) "nvidia.com/gpu" -}}
+{{- $_ := set $keys $part (printf "%s.resources.%s" (ternary (printf "stages.%s" $.name) "stageDefaults" $set) $part) -}}
+{{- end -}}
+{{- include "skuforge.gpuLimit" (dict "keys" $keys "resources" .config.resources) -}}
 {{- end -}}
 
-{{/* A pod's GPUs (its limits' "nvidia.com/gpu"), as a whole number; none, or null, is 0. The API server
-takes any quantity of a whole value for an extended resource (1, "1", 1000m, 0.002k, 1Ki; its check is
-MilliValue() % 1000 == 0) and refuses the rest: `int` made a map or "soon" 0 (a stage took the CPU image
-and no GPU toleration), 1000m was refused as no whole number, and Triton's went unchecked to the API
-server. The value is D x 10^shift x 2^binary, D its digits. (dict "key" "triton.resources.limits"
-"limits" <the pod's limits>) */}}
+{{/* A pod's GPUs (its limits' "nvidia.com/gpu"), as a whole number; none, or null, is 0. A GPU request
+is the limit's or none: the API server refuses an extended resource's request that is not its limit,
+or has none (no overcommit), at install. `keys`: the values' key of requests and limits. (dict "keys"
+(dict "requests" "triton.resources.requests" "limits" "triton.resources.limits") "resources" <the
+pod's resources>) */}}
 {{- define "skuforge.gpuLimit" -}}
 {{- $field := "nvidia.com/gpu" -}}
-{{- $value := index (.limits | default dict) $field -}}
-{{- if kindIs "invalid" $value -}}
-0
-{{- else -}}
-{{- $key := printf "%s.%s" .key $field -}}
+{{- $given := dict -}}
+{{- range $part := list "requests" "limits" -}}
+{{- $value := index (index ($.resources | default dict) $part | default dict) $field -}}
+{{- if not (kindIs "invalid" $value) -}}
+{{- $key := printf "%s.%s" (index $.keys $part) $field -}}
+{{- $count := include "skuforge.gpuCount" (dict "key" $key "value" $value) -}}
+{{- $_ := set $given $part (dict "key" $key "text" (include "skuforge.text" $value) "count" $count) -}}
+{{- end -}}
+{{- end -}}
+{{- with $given.requests -}}
+{{- if not $given.limits -}}
+{{- fail (printf "%s=%s has no limit (%s): the API server takes a GPU request only beside an equal limit (GPUs are not overcommitted); give the limit alone, which the request follows" .key .text (printf "%s.%s" $.keys.limits $field)) -}}
+{{- else if ne .count $given.limits.count -}}
+{{- fail (printf "%s=%s is not its limit (%s=%s): the API server takes a GPU request only equal to its limit (GPUs are not overcommitted); give the limit alone, which the request follows" .key .text $given.limits.key $given.limits.text) -}}
+{{- end -}}
+{{- end -}}
+{{- if $given.limits }}{{ $given.limits.count }}{{ else }}0{{ end -}}
+{{- end -}}
+
+{{/* A quantity of GPUs, as a whole number. The API server takes any quantity of a whole value for an
+extended resource (1, "1", 1000m, 0.002k, 1Ki; its check is MilliValue() % 1000 == 0) and refuses the
+rest: `int` made a map or "soon" 0 (a stage took the CPU image and no GPU toleration), 1000m was
+refused as no whole number, and Triton's went unchecked to the API server. The value is D x 10^shift x
+2^binary, D its digits (+1 and 1000000000n are 1 too). (dict "key"
+"triton.resources.limits.nvidia.com/gpu" "value" <the quantity>) */}}
+{{- define "skuforge.gpuCount" -}}
+{{- $value := .value -}}
+{{- $key := .key -}}
 {{- $spec := (include "skuforge.wholeNumbers" . | fromYaml).gpus -}}
 {{- $text := include "skuforge.checked" (dict "key" $key "value" $value "reader" $spec.reader "want" "give one number") -}}
-{{- $pattern := `^([0-9]*)(\.([0-9]*))?(Ki|Mi|Gi|Ti|Pi|Ei|m|k|M|G|T|P|E|[eE]([+-]?[0-9]+))?$` -}}
+{{- $pattern := `^\+?([0-9]*)(\.([0-9]*))?(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|[eE]([+-]?[0-9]+))?$` -}}
 {{- $count := -1 -}}
 {{- if and (regexMatch $pattern $text) (regexMatch "[0-9]" $text) -}}
 {{- $fraction := regexReplaceAll "0+$" (regexReplaceAll $pattern $text "${3}") "" -}}
@@ -267,7 +293,7 @@ server. The value is D x 10^shift x 2^binary, D its digits. (dict "key" "triton.
 {{- $suffix := regexReplaceAll $pattern $text "${4}" -}}
 {{- $exponent := regexReplaceAll $pattern $text "${5}" | trimPrefix "+" -}}
 {{- $binary := get (dict "Ki" 10 "Mi" 20 "Gi" 30 "Ti" 40 "Pi" 50 "Ei" 60) $suffix | default 0 -}}
-{{- $shift := get (dict "m" -3 "k" 3 "M" 6 "G" 9 "T" 12 "P" 15 "E" 18) $suffix | default 0 -}}
+{{- $shift := get (dict "n" -9 "u" -6 "m" -3 "k" 3 "M" 6 "G" 9 "T" 12 "P" 15 "E" 18) $suffix | default 0 -}}
 {{- /* An exponent of over 4 digits makes any digits more GPUs than the most, or less than one. */ -}}
 {{- if $exponent }}{{ $shift = ternary (atoi $exponent) (ternary -9999 9999 (hasPrefix "-" $exponent)) (le (len $exponent) 5) }}{{ end -}}
 {{- $shift = sub $shift (len $fraction) -}}
@@ -293,7 +319,6 @@ server. The value is D x 10^shift x 2^binary, D its digits. (dict "key" "triton.
 {{- fail (printf "%s=%s is no whole number of GPUs from %d to %d (a Kubernetes quantity of a whole value: 1, 2, 1000m), for %s: give one" $key $text (int64 $spec.least) (int64 $spec.most) $spec.reader) -}}
 {{- end -}}
 {{- $count -}}
-{{- end -}}
 {{- end -}}
 
 {{/* A pod's resources, checked: requests and limits, each a map of quantities (or none). A string, list
