@@ -171,3 +171,35 @@ def test_a_default_gpu_request_is_named_as_the_default(helm: str) -> None:
     """A stage without a limit of its own taking stageDefaults' request is told where the request is."""
     message = render_error(helm, f"stageDefaults.{REQUEST}=1")
     assert f"stageDefaults.resources.requests.{GPU}=1 has no limit" in message, message
+
+
+GPU_TOLERATION = {"key": GPU, "operator": "Exists", "effect": "NoSchedule"}
+
+
+def triton_pod(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    (found,) = [
+        d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "rel-skuforge-triton"
+    ]
+    spec: dict[str, Any] = found["spec"]["template"]["spec"]
+    return spec
+
+
+@pytest.mark.parametrize("none", ["null", "0"])
+def test_triton_without_a_gpu_runs_the_cpu_image_off_the_gpu_nodes(helm: str, none: str) -> None:
+    """Triton kept the CUDA image and the GPU toleration with no GPU (composite alone), where a stage
+    drops both: the recipe in docs/deploy.md set the image's tag and emptied the tolerations by hand."""
+    docs = render(helm, f"triton.{LIMIT}={none}", "image.tag=0.1.0")
+    pod = triton_pod(docs)
+    assert pod["containers"][0]["image"].endswith(":0.1.0")
+    assert "tolerations" not in pod
+
+
+def test_triton_with_a_gpu_keeps_its_own_tolerations_and_the_gpu_one(helm: str) -> None:
+    """As a stage's: the GPU toleration is added to the listed ones, unless they list one for its key."""
+    spot = {"key": "spot", "operator": "Exists"}
+    pod = triton_pod(render(helm, "triton.tolerations[0].key=spot", "triton.tolerations[0].operator=Exists"))
+    assert pod["tolerations"] == [spot, GPU_TOLERATION]
+    assert pod["containers"][0]["image"].endswith("-cuda")
+    own = {"key": GPU, "operator": "Equal", "value": "present", "effect": "NoSchedule"}
+    given = [f"triton.tolerations[0].{field}={value}" for field, value in own.items()]
+    assert triton_pod(render(helm, *given))["tolerations"] == [own]

@@ -48,8 +48,28 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) -}}
 {{- end -}}
 
-{{- define "skuforge.tritonImage" -}}
-{{- printf "%s:%s" .Values.image.repository (.Values.triton.image.tag | default (printf "%s-cuda" (.Values.image.tag | default .Chart.AppVersion))) -}}
+{{/* The image of a pod that may hold GPUs (a stage, Triton): its own tag as given, else the CUDA image
+"<image.tag>-cuda" where it has some (on the CPU image ONNX Runtime and torch have no CUDA, and the
+pod ran on the CPU with its GPU idle), else image.tag. (dict "root" $ "tag" <its image.tag> "gpus"
+<its skuforge.gpuLimit>) */}}
+{{- define "skuforge.gpuImage" -}}
+{{- $tag := .root.Values.image.tag | default .root.Chart.AppVersion -}}
+{{- if gt (int .gpus) 0 }}{{ $tag = printf "%s-cuda" $tag }}{{ end -}}
+{{- printf "%s:%s" .root.Values.image.repository (.tag | default $tag) -}}
+{{- end -}}
+
+{{/* A pod's tolerations, as JSON: those given, and where it has GPUs the GPU nodes' usual taint's
+(the GPU operator's and the cloud GPU node pools'), unless they list one for that key; without it the
+pod waited Pending, and without GPUs it had no business on those nodes. (dict "given" <its tolerations>
+"gpus" <its skuforge.gpuLimit>) */}}
+{{- define "skuforge.tolerations" -}}
+{{- $tolerations := .given | default list -}}
+{{- $tolerated := false -}}
+{{- range $tolerations }}{{ if eq (.key | default "") "nvidia.com/gpu" }}{{ $tolerated = true }}{{ end }}{{ end -}}
+{{- if and (gt (int .gpus) 0) (not $tolerated) -}}
+{{- $tolerations = append $tolerations (dict "key" "nvidia.com/gpu" "operator" "Exists" "effect" "NoSchedule") -}}
+{{- end -}}
+{{- toJson $tolerations -}}
 {{- end -}}
 
 {{/* The ServiceAccount every pod runs as (serviceAccount.*). */}}
