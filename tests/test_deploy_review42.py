@@ -203,3 +203,14 @@ def test_triton_with_a_gpu_keeps_its_own_tolerations_and_the_gpu_one(helm: str) 
     own = {"key": GPU, "operator": "Equal", "value": "present", "effect": "NoSchedule"}
     given = [f"triton.tolerations[0].{field}={value}" for field, value in own.items()]
     assert triton_pod(render(helm, *given))["tolerations"] == [own]
+
+
+def test_a_default_quantity_is_named_as_the_default(helm: str) -> None:
+    """A stage with limits of its own took stageDefaults' bad quantity into them: the message named
+    the stage's key, which the values never set."""
+    own = [
+        f"stages.{stage}.resources.limits.memory=1Gi"
+        for stage in ("captioner", "generator", "gate", "trainstore")
+    ]
+    message = render_error(helm, *own, "stageDefaults.resources.limits.cpu=soon")
+    assert "stageDefaults.resources.limits.cpu=soon is no Kubernetes quantity" in message, message

@@ -241,6 +241,9 @@ numbers as float64: --set's 9007199254740993 (an int64) reached KEDA as ...992. 
 {{- $override := get .root.Values.stages .name | default dict -}}
 {{- $config := mergeOverwrite (deepCopy .root.Values.stageDefaults) (deepCopy $override) -}}
 {{- $_ := set $config "env" (include "skuforge.given" $config.env | fromJson) -}}
+{{- /* The defaults first, named as such: in a stage's own limits, a default's bad quantity was named
+as the stage's. */ -}}
+{{- include "skuforge.resources" (dict "value" .root.Values.stageDefaults.resources "key" "stageDefaults.resources") -}}
 {{- $keys := dict -}}
 {{- range $part := list "resources" "requests" "limits" -}}
 {{- $_ := set $keys $part (include "skuforge.stageKey" (dict "root" $.root "name" $.name "key" (ternary $part (printf "resources.%s" $part) (eq $part "resources")))) -}}
