@@ -8,7 +8,8 @@ One process, four threads besides the web server's:
   (for example when the broker is unreachable at start), while the pages keep working.
 * **relay** (``relay.py``): publishes recorded decisions to ``correction.resolved``.
 * **withdrawn** (``withdrawn.py``): closes the waiting tasks of photos their owner withdrew.
-* **health**: ``/metrics`` (the intake's runtime metrics and the console's), ``/healthz``,
+* **health**: ``/metrics`` (the intake's runtime metrics, its store-write metrics alone when it is off,
+  and the console's), ``/healthz``,
   ``/readyz`` (the intake joined its group) on ``SKUFORGE_CONSOLE_METRICS_PORT`` (default 9107).
 * **web** (uvicorn): the pages and API of ``app.py``, on ``SKUFORGE_CONSOLE_HOST:PORT``.
 
@@ -29,7 +30,7 @@ import uvicorn
 from fastapi import FastAPI
 from kafka.errors import KafkaError
 
-from schemas.flow import CONSOLE
+from schemas.flow import CONSOLE, CONSOLE_INTAKE
 from services.console.app import create_app
 from services.console.config import ConsoleSettings
 from services.console.context import Console, make_signer
@@ -43,7 +44,7 @@ from shared.argtypes import int_between
 from shared.bus import retriable_kafka_error
 from shared.config import ConfigError, Settings, load_settings
 from shared.errors import TransientError
-from shared.observability import HealthServer, configure_logging
+from shared.observability import HealthServer, StageMetrics, configure_logging
 from shared.runtime import Stage
 from shared.signals import hang_up_as_sigterm
 from shared.store import ObjectStore, open_settings_store
@@ -99,10 +100,15 @@ class ConsoleService:
         self.intake: Stage | None = None
         if console.console_intake:
             self.intake = build_intake_stage(self.tasks, settings=settings, store=self.store)
-            # One /metrics for both: the intake's runtime metrics and the console's.
-            self.metrics = ConsoleMetrics(self.tasks, self.intake.metrics.registry)
+            stage_metrics = self.intake.metrics  # its runtime sets the store's write hook
         else:
-            self.metrics = ConsoleMetrics(self.tasks)
+            # The console's own writes (edited masks) still count under the intake's name, where
+            # SkuforgeStoreWriteFailures reads them: only the intake's runtime set the hook, and with it
+            # off no /metrics counted them.
+            stage_metrics = StageMetrics(CONSOLE_INTAKE.name)
+            self.store.on_write = stage_metrics.observe_store_write
+        # One /metrics for both: the intake's runtime metrics and the console's.
+        self.metrics = ConsoleMetrics(self.tasks, stage_metrics.registry)
         self.health = HealthServer(
             self.metrics.registry,
             host=settings.metrics_host,
