@@ -35,38 +35,43 @@ from tests.support.docs import (
 MAKEFILE = (ROOT / "Makefile").read_text(encoding="utf-8")
 
 
-def _doc_commands() -> Iterator[tuple[str, str, bool]]:
-    """(``file:line``, the command after ``skuforge``, whether it is a whole command line): lines of
-    fenced blocks are whole commands (continuations joined, comments dropped); a command quoted
-    inline in prose may name only part of one (``skuforge up --replicas``)."""
-    for doc in DOCS:
-        lines = doc.read_text(encoding="utf-8").splitlines()
-        fenced = diagram = False
-        index = 0
-        while index < len(lines):
-            line, number = lines[index], index + 1
-            index += 1
-            if line.strip().startswith("```"):
-                fenced = not fenced
-                if fenced:  # a flow diagram names commands in boxes, not command lines
-                    block = itertools.takewhile(
-                        lambda text: not text.strip().startswith("```"), lines[index:]
-                    )
-                    diagram = any(re.search("[─►◄│▼▲]", text) for text in block)
+# ``VAR=value ...`` before a command: the command is checked without them (and each ``SKUFORGE_*``
+# variable by test_every_variable_a_doc_names_is_read).
+ASSIGNMENTS = r"(?:[A-Z][A-Z0-9_]*=[^\s`]*\s+)*"
+
+
+def doc_commands(text: str, where: str) -> Iterator[tuple[str, str, bool]]:
+    """(``file:line``, the command after ``skuforge``, whether it is a whole command line) of the doc
+    ``text``: lines of fenced blocks are whole commands (continuations joined, comments dropped); a
+    command quoted inline in prose may name only part of one (``skuforge up --replicas``)."""
+    lines = text.splitlines()
+    fenced = diagram = False
+    index = 0
+    while index < len(lines):
+        line, number = lines[index], index + 1
+        index += 1
+        if line.strip().startswith("```"):
+            fenced = not fenced
+            if fenced:  # a flow diagram names commands in boxes, not command lines
+                block = itertools.takewhile(lambda text: not text.strip().startswith("```"), lines[index:])
+                diagram = any(re.search("[─►◄│▼▲]", text) for text in block)
+            continue
+        if fenced:
+            command = re.sub(f"^{ASSIGNMENTS}", "", line.strip().removeprefix("$ "))
+            if diagram or not command.startswith(COMMAND_PREFIXES):
                 continue
-            where = f"{doc.relative_to(ROOT)}:{number}"
-            if fenced:
-                text = line.strip().removeprefix("$ ")
-                if diagram or not text.startswith(COMMAND_PREFIXES):
-                    continue
-                while text.endswith("\\") and index < len(lines):
-                    text = text[:-1] + " " + lines[index].strip()
-                    index += 1
-                command = text.split(" #")[0]
-                yield where, after_prefix(command), True
-            else:
-                for match in re.finditer(r"`((?:\.venv/bin/)?skuforge [^`]+)`", line):
-                    yield where, after_prefix(match.group(1)), False
+            while command.endswith("\\") and index < len(lines):
+                command = command[:-1] + " " + lines[index].strip()
+                index += 1
+            yield f"{where}:{number}", after_prefix(command.split(" #")[0].rstrip()), True
+        else:
+            for match in re.finditer(rf"`{ASSIGNMENTS}((?:\.venv/bin/)?skuforge [^`]+)`", line):
+                yield f"{where}:{number}", after_prefix(match.group(1)), False
+
+
+def _doc_commands() -> Iterator[tuple[str, str, bool]]:
+    for doc in DOCS:
+        yield from doc_commands(doc.read_text(encoding="utf-8"), f"{doc.relative_to(ROOT)}")
 
 
 DOC_COMMANDS = list(_doc_commands())
@@ -77,6 +82,19 @@ def test_a_documented_command_parses(
     where: str, command: str, whole: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     check_parses(where, f"skuforge {command}", doc_argv(command), whole, monkeypatch)
+
+
+def test_a_command_after_variable_assignments_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``VAR=value skuforge ...``, on a command line or quoted in prose, is checked as its command."""
+    text = (
+        "```bash\nSKUFORGE_CONSOLE_USERS=alice:pw .venv/bin/skuforge serve console --no-such-flag  # x\n```\n"
+        "Start it so (`SKUFORGE_SCENES_URI=... skuforge up --replicas`).\n"
+    )
+    line, quote = doc_commands(text, "docs/planted.md")
+    assert quote == ("docs/planted.md:4", "up --replicas", False)
+    assert line == ("docs/planted.md:2", "serve console --no-such-flag", True)
+    with pytest.raises(AssertionError, match=r"no-such-flag"):
+        check_parses(line[0], f"skuforge {line[1]}", doc_argv(line[1]), True, monkeypatch)
 
 
 # ``python -m MODULE ...`` of this repository's packages (skuforge_cli is the skuforge command, above).
