@@ -1,7 +1,7 @@
-"""The user-facing docs say only what the code has: every ``skuforge ...`` command they show, and every
-``python -m <module>`` command of this repository they or the Makefile run, parses with the real
-command-line parsers; every relative link and image they carry resolves; the ``SKUFORGE_*``
-variables, Makefile targets and variables and pip extras they name exist; and README's
+"""The user-facing docs say only what the code has: every ``skuforge ...`` command they show or the
+Makefile runs, and every ``python -m <module>`` command of this repository they or the Makefile run,
+parses with the real command-line parsers; every relative link and image they carry resolves; the
+``SKUFORGE_*`` variables, Makefile targets and variables and pip extras they name exist; and README's
 Configuration names every variable the code reads, with each setting's declared bounds.
 
 Nothing here needs Kafka, the network or a dataset: a command is dispatched through
@@ -42,8 +42,9 @@ ASSIGNMENTS = r"(?:[A-Z][A-Z0-9_]*=[^\s`]*\s+)*"
 
 def doc_commands(text: str, where: str) -> Iterator[tuple[str, str, bool]]:
     """(``file:line``, the command after ``skuforge``, whether it is a whole command line) of the doc
-    ``text``: lines of fenced blocks are whole commands (continuations joined, comments dropped); a
-    command quoted inline in prose may name only part of one (``skuforge up --replicas``)."""
+    or Makefile ``text``: lines of fenced blocks or recipes are whole commands (continuations joined,
+    comments dropped); a command quoted inline in prose may name only part of one (``skuforge up
+    --replicas``)."""
     lines = text.splitlines()
     fenced = diagram = False
     index = 0
@@ -56,8 +57,9 @@ def doc_commands(text: str, where: str) -> Iterator[tuple[str, str, bool]]:
                 block = itertools.takewhile(lambda text: not text.strip().startswith("```"), lines[index:])
                 diagram = any(re.search("[─►◄│▼▲]", text) for text in block)
             continue
-        if fenced:
+        if fenced or not where.endswith(".md"):
             command = re.sub(f"^{ASSIGNMENTS}", "", line.strip().removeprefix("$ "))
+            command = command.replace("$(BIN)/", ".venv/bin/")  # the Makefile's
             if diagram or not command.startswith(COMMAND_PREFIXES):
                 continue
             while command.endswith("\\") and index < len(lines):
@@ -72,6 +74,7 @@ def doc_commands(text: str, where: str) -> Iterator[tuple[str, str, bool]]:
 def _doc_commands() -> Iterator[tuple[str, str, bool]]:
     for doc in DOCS:
         yield from doc_commands(doc.read_text(encoding="utf-8"), f"{doc.relative_to(ROOT)}")
+    yield from doc_commands(MAKEFILE, "Makefile")
 
 
 DOC_COMMANDS = list(_doc_commands())
@@ -95,6 +98,20 @@ def test_a_command_after_variable_assignments_is_checked(monkeypatch: pytest.Mon
     assert line == ("docs/planted.md:2", "serve console --no-such-flag", True)
     with pytest.raises(AssertionError, match=r"no-such-flag"):
         check_parses(line[0], f"skuforge {line[1]}", doc_argv(line[1]), True, monkeypatch)
+
+
+def test_the_makefiles_own_skuforge_commands_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A recipe's ``$(BIN)/skuforge ...`` or ``$(BIN)/python -m skuforge_cli ...`` is a whole command."""
+    makefile = (
+        "a:\n\t$(BIN)/skuforge matting official --out $@ --no-such-flag\n"
+        "b:\n\t$(BIN)/python -m skuforge_cli up\n"
+    )
+    (recipe, module), real = doc_commands(makefile, "Makefile"), doc_commands(MAKEFILE, "Makefile")
+    assert module == ("Makefile:4", "up", True)
+    assert recipe == ("Makefile:2", "matting official --out $@ --no-such-flag", True)
+    with pytest.raises(AssertionError, match=r"no-such-flag"):
+        check_parses(recipe[0], f"skuforge {recipe[1]}", doc_argv(recipe[1]), True, monkeypatch)
+    assert {command for _, command, _ in real} >= {"demo", "up"}
 
 
 # ``python -m MODULE ...`` of this repository's packages (skuforge_cli is the skuforge command, above).
