@@ -19,8 +19,11 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
 from kafka.errors import (
     BrokerNotAvailableError,
+    InvalidRecordError,
     KafkaError,
+    MessageSizeTooLargeError,
     ReassignmentInProgressError,
+    RecordListTooLargeError,
     TopicAlreadyExistsError,
 )
 from pydantic import BaseModel, SecretStr
@@ -350,6 +353,19 @@ def read_schema_claim(value: bytes | str) -> SchemaClaim:
     return SchemaClaim.model_validate_json(value, extra=READ_EXTRA)
 
 
+# The broker's refusals of one record that no retry changes: a record over its topic's max.message.bytes
+# (kafka-python splits a refused batch of several records first, so the refusal is the record's own) or
+# failing its validation. An authorisation refusal is the deployment's, not the record's: it backs off.
+RECORD_REFUSALS = (MessageSizeTooLargeError, RecordListTooLargeError, InvalidRecordError)
+
+
+class RecordRefused(TransientError):
+    """The broker (or the producer, for a record over its max_request_size) refused this record for
+    good: sending it again fails the same way. A TransientError still, so a caller that knows only of
+    outages keeps the record and reports it, as before; one that can set a record aside and go on with
+    the next (the console's relay) catches this first."""
+
+
 class Publisher:
     """Publishes events from outside a stage (ingest, console): send, then flush before returning."""
 
@@ -374,7 +390,8 @@ class Publisher:
         trace_id: str | None = None,
         produced_at: datetime | None = None,
     ) -> Envelope[Any]:
-        """Send one event and wait until the broker has it (acks=all); raises TransientError otherwise.
+        """Send one event and wait until the broker has it (acks=all); raises TransientError otherwise,
+        RecordRefused where no retry can help (``RECORD_REFUSALS``).
 
         ``produced_at`` (default: now) is for an event sent again from a record, such as the console's
         outbox: with the same id and time, every send of it is the same message."""
@@ -403,6 +420,8 @@ class Publisher:
                 # later publish until restarted, long after the cause (an ACL, a topic limit) was fixed.
                 close_stopped_producer(producer, self.producer_name, exc)
                 self._producer = None
+            if isinstance(exc, RECORD_REFUSALS):
+                raise RecordRefused(f"{topic_name} refused the record: {exc}") from exc
             raise TransientError(f"could not publish to {topic_name}: {exc}") from exc
         return envelope
 

@@ -56,11 +56,8 @@ from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import (
     FencedInstanceIdError,
-    InvalidRecordError,
     InvalidSessionTimeoutError,
     KafkaError,
-    MessageSizeTooLargeError,
-    RecordListTooLargeError,
 )
 from kafka.producer.future import FutureRecordMetadata
 from kafka.structs import MemberState, OffsetAndMetadata, TopicPartition
@@ -86,6 +83,7 @@ from schemas.envelope import (
 from schemas.events import subject_sku_id
 from schemas.topics import DLQ_SUFFIX, Topic
 from shared.bus import (
+    RECORD_REFUSALS,
     StoppedBootstrapping,
     close_stopped_producer,
     kafka_connection,
@@ -331,11 +329,6 @@ class _Throttle:
 # broker's message.max.bytes are both about 1 MiB by default, record overhead included): the input is
 # dead-lettered as ``output_too_large`` instead of being retried forever.
 MAX_OUTPUT_RECORD_BYTES = 1_000_000
-
-# The broker's refusals of one record that no retry changes: a record over its topic's max.message.bytes
-# (kafka-python splits a refused batch of several records first, so the refusal is the record's own) or
-# failing its validation. An authorisation refusal is the deployment's, not the record's: it backs off.
-RECORD_REFUSALS = (MessageSizeTooLargeError, RecordListTooLargeError, InvalidRecordError)
 
 # A dead letter must fit in one Kafka record: an original key or value over DLQ_INLINE_MAX_BYTES
 # (schemas/envelope.py) is kept in the object store under this prefix and the letter points at it.

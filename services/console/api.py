@@ -46,6 +46,7 @@ def api_task(task_id: TaskId, console: ConsoleDep) -> dict[str, Any]:
         "audit": [entry.__dict__ for entry in console.tasks.audit(task_id)],
         "resolved": outbox.payload.model_dump(mode="json") if outbox else None,
         "published": bool(outbox and outbox.published_at),
+        "refused": outbox.refused_reason if outbox else None,  # the broker's reason, set aside for good
     }
 
 

@@ -46,6 +46,13 @@ class _QueueCollector(Collector):
         )
         outbox.add_metric([], self._tasks.unpublished_count())
         yield outbox
+        refused = GaugeMetricFamily(
+            "skuforge_console_refused_decisions",
+            "Decisions the broker refused for good (over the topic's max.message.bytes): set aside, "
+            "not sent.",
+        )
+        refused.add_metric([], self._tasks.refused_count())
+        yield refused
         # From the table, not counted as the web page decides: decisions the Label Studio import records
         # (another process, the same table) were missing from the console's /metrics.
         decided = CounterMetricFamily(

@@ -5,9 +5,11 @@ and nudges the relay; the relay sends each unpublished event (acks=all, determin
 ``derive_id(task_id, "console", "decision")``, ``produced_at`` the time the decision was recorded)
 and marks it published. A broker outage delays events, never loses them: they wait in the outbox
 and the relay retries with back-off. Once the broker is back, one round sends the whole backlog, a
-page at a time. A crash between send and mark re-sends the same message, byte for byte, which
-consumers de-duplicate (a new ``produced_at`` let a late resend outrank the item's newer events in
-the trainstore).
+page at a time. A decision the broker refuses for good (over the topic's max.message.bytes) is set
+aside with the broker's reason, counted by ``skuforge_console_refused_decisions``, and the relay goes
+on with the next: retried, it held back every decision behind it. A crash between send and mark
+re-sends the same message, byte for byte, which consumers de-duplicate (a new ``produced_at`` let a
+late resend outrank the item's newer events in the trainstore).
 
 At shutdown the relay keeps sending for ``SHUTDOWN_DRAIN_S``, then lets the send in hand finish
 (up to ``flush_timeout_s``): ``stop_timeout_s`` is what a deployment's grace period must allow.
@@ -25,7 +27,7 @@ from collections.abc import Callable
 from schemas.topics import CORRECTION_RESOLVED
 from services.console.metrics import ConsoleMetrics
 from services.console.tasks import PRODUCER, TaskStore
-from shared.bus import Publisher
+from shared.bus import Publisher, RecordRefused
 from shared.config import Settings
 from shared.errors import TransientError
 
@@ -77,7 +79,9 @@ class DecisionRelay:
         shutdown drain's time is up); returns how many the broker acknowledged.
 
         A failed send raises (TransientError when the broker is away); what was acknowledged
-        before it is marked published, the rest waits in the outbox.
+        before it is marked published, the rest waits in the outbox. A decision the broker refuses
+        for good (RecordRefused) is set aside with the reason (``TaskStore.mark_refused``) and the
+        round goes on with the next.
         """
         sent = 0
         while time.monotonic() < self._send_until:
@@ -89,14 +93,22 @@ class DecisionRelay:
             for event in events:
                 if time.monotonic() >= self._send_until:
                     break
-                self._publisher.publish(
-                    CORRECTION_RESOLVED,
-                    event.payload,
-                    sku_id=event.sku_id,
-                    event_id=event.event_id,
-                    trace_id=event.trace_id,
-                    produced_at=event.produced_at,  # every send of a decision is the same message
-                )
+                try:
+                    self._publisher.publish(
+                        CORRECTION_RESOLVED,
+                        event.payload,
+                        sku_id=event.sku_id,
+                        event_id=event.event_id,
+                        trace_id=event.trace_id,
+                        produced_at=event.produced_at,  # every send of a decision is the same message
+                    )
+                except RecordRefused as exc:
+                    self._tasks.mark_refused(event.event_id, str(exc))
+                    log.error(
+                        "the broker refused a decision for good; set aside in the outbox",
+                        extra={"event_id": event.event_id, "task_id": event.task_id, "error": str(exc)},
+                    )
+                    continue
                 self._tasks.mark_published(event.event_id)
                 sent += 1
                 if self._metrics:

@@ -103,7 +103,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     trace_id     TEXT NOT NULL,
     payload_json TEXT NOT NULL,
     created_at   REAL NOT NULL,
-    published_at REAL
+    published_at REAL,
+    refused_reason TEXT
 );
 CREATE TABLE IF NOT EXISTS gate_acceptances (
     sku_id       TEXT NOT NULL,
@@ -198,6 +199,7 @@ class OutboxEvent:
     payload: CorrectionResolved
     created_at: float
     published_at: float | None
+    refused_reason: str | None = None  # the broker refused it for good: set aside, never sent
 
     @property
     def produced_at(self) -> datetime:
@@ -230,6 +232,7 @@ class TaskStore:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
         self._add_produced_at()
+        self._add_refused_reason()
         self._allow_every_state()
 
     def _add_produced_at(self) -> None:
@@ -241,6 +244,15 @@ class TaskStore:
                 return
             db.execute("ALTER TABLE tasks ADD COLUMN produced_at REAL")
             log.info("task table %s now stores each event's produced_at", self.path)
+
+    def _add_refused_reason(self) -> None:
+        """Give an outbox created before ``refused_reason`` the column (NULL: none was refused)."""
+        with self._write() as (db, _):
+            columns = {row["name"] for row in db.execute("PRAGMA table_info(outbox)")}
+            if "refused_reason" in columns:
+                return
+            db.execute("ALTER TABLE outbox ADD COLUMN refused_reason TEXT")
+            log.info("task table %s now stores why the broker refused a decision", self.path)
 
     def _allow_every_state(self) -> None:
         """Let a table created before a state (``withdrawn``, ``accepted``) hold it: SQLite cannot change
@@ -887,15 +899,15 @@ class TaskStore:
         return event
 
     def unpublished(self, limit: int = 100) -> list[OutboxEvent]:
-        """Up to ``limit`` decisions whose event is not yet acknowledged by the broker, oldest first.
-        One that no longer reads (see ``query``) is left out and logged, and the next ones are read in
-        its place, so it cannot hold back the others; it stays in the outbox, counted by
-        ``unpublished_count``."""
+        """Up to ``limit`` decisions whose event is not yet acknowledged by the broker, oldest first,
+        less those it refused for good (``mark_refused``). One that no longer reads (see ``query``) is
+        left out and logged, and the next ones are read in its place, so it cannot hold back the
+        others; it stays in the outbox, counted by ``unpublished_count``."""
         with self._connect() as db:
             return _read_past_unreadable(
                 db,
                 "outbox",
-                ["published_at IS NULL"],
+                ["published_at IS NULL", "refused_reason IS NULL"],
                 (),
                 keys=("created_at", "event_id"),
                 newest_first=False,
@@ -907,7 +919,15 @@ class TaskStore:
     def unpublished_count(self) -> int:
         """How many decisions wait for the broker's acknowledgement (the outbox backlog)."""
         with self._connect() as db:
-            row = db.execute("SELECT COUNT(*) FROM outbox WHERE published_at IS NULL").fetchone()
+            row = db.execute(
+                "SELECT COUNT(*) FROM outbox WHERE published_at IS NULL AND refused_reason IS NULL"
+            ).fetchone()
+        return int(row[0])
+
+    def refused_count(self) -> int:
+        """How many decisions the broker refused for good: set aside, for an operator to look at."""
+        with self._connect() as db:
+            row = db.execute("SELECT COUNT(*) FROM outbox WHERE refused_reason IS NOT NULL").fetchone()
         return int(row[0])
 
     def outbox(self, task_id: str) -> OutboxEvent | None:
@@ -944,6 +964,15 @@ class TaskStore:
         with self._connect() as db:
             row = db.execute("SELECT 1 FROM revoked_sessions WHERE csrf_token = ?", (csrf_token,)).fetchone()
         return row is not None
+
+    def mark_refused(self, event_id: str, reason: str) -> None:
+        """The broker refused the event for good (a record over the topic's max.message.bytes): it is set
+        aside with ``reason``, so the relay goes on with the next instead of retrying it forever."""
+        with self._write() as (db, _):
+            db.execute(
+                "UPDATE outbox SET refused_reason = ? WHERE event_id = ? AND published_at IS NULL",
+                (reason, event_id),
+            )
 
     def mark_published(self, event_id: str) -> None:
         """The broker acknowledged the event (acks=all)."""
@@ -1015,6 +1044,7 @@ def _outbox(row: sqlite3.Row) -> OutboxEvent:
         payload=CorrectionResolved.model_validate_json(row["payload_json"]),
         created_at=row["created_at"],
         published_at=row["published_at"],
+        refused_reason=row["refused_reason"],
     )
 
 
