@@ -56,8 +56,11 @@ from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import (
     FencedInstanceIdError,
+    GroupAuthorizationFailedError,
+    GroupMaxSizeReachedError,
     InvalidSessionTimeoutError,
     KafkaError,
+    TopicAuthorizationFailedError,
 )
 from kafka.producer.future import FutureRecordMetadata
 from kafka.structs import MemberState, OffsetAndMetadata, TopicPartition
@@ -587,6 +590,12 @@ class Stage:
                     ) from None
                 except FencedInstanceIdError:  # a commit_async's answer, or a join, said so
                     raise self._fenced() from None
+                except (
+                    GroupMaxSizeReachedError,
+                    GroupAuthorizationFailedError,
+                    TopicAuthorizationFailedError,
+                ) as exc:
+                    raise self._refused(exc) from None
                 if self.health:
                     self.health.beat()
                 if batch:
@@ -1401,6 +1410,28 @@ class Stage:
             return
         self._uncommitted = {}
         self._count_committed(merged)
+
+    def _refused(self, exc: KafkaError) -> ConfigError:
+        """The error that ends a member the broker will not let consume: no retry changes a full group or
+        a missing ACL, and kafka-python's error ended `skuforge run` in a traceback at every restart."""
+        assert self._consumer is not None
+        group = self._consumer.config["group_id"]
+        if isinstance(exc, GroupMaxSizeReachedError):
+            return ConfigError(
+                f"consumer group {group} is full: the broker's group.max.size refused this member; "
+                "run fewer replicas of this stage, or raise the broker's group.max.size"
+            )
+        if isinstance(exc, GroupAuthorizationFailedError):
+            return ConfigError(
+                f"the Kafka broker refused consumer group {group} to this client: grant its user Read "
+                "on the group (an ACL), or check SKUFORGE_CONSUMER_GROUP_PREFIX and the SASL settings"
+            )
+        named = exc.args[0] if exc.args else ()  # kafka-python gives the set of refused topics
+        topics = ", ".join([named] if isinstance(named, str) else sorted(map(str, named)))
+        return ConfigError(
+            f"the Kafka broker refused this client the topics {topics}: grant its user Read on the "
+            "stage's input topics (an ACL), or check SKUFORGE_TOPIC_NAMESPACE and the SASL settings"
+        )
 
     def _fenced(self) -> ConfigError:
         """The error that ends a member whose static id (``SKUFORGE_GROUP_INSTANCE_ID``) another member
