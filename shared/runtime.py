@@ -1229,8 +1229,10 @@ class Stage:
         producer = self._producer
         try:
             if producer is None:  # the last one stopped for good and no broker answered its successor
-                producer = self._producer = make_producer(self.settings, client_id=self.name)
-        except KafkaError as exc:
+                # With the stop, a SIGTERM while no broker answers ends the bootstrap at once (it waited
+                # out kafka-python's 30 s, past `skuforge up`'s grace); nothing is committed then.
+                producer = self._producer = make_producer(self.settings, client_id=self.name, stop=self._stop)
+        except (KafkaError, StoppedBootstrapping) as exc:
             # Only the partitions with something to send wait for a producer: the others' inputs are
             # done, and are committed. Before, every partition of the poll was rewound and read again.
             failed = {tp: exc for tp, done in outcomes.items() if any(outcome.outputs for _, outcome in done)}
@@ -1342,12 +1344,15 @@ class Stage:
                 break
         return len(done), None
 
-    def _send_alone(self, topic_name: str, key: bytes, value: bytes) -> KafkaError | None:
+    def _send_alone(
+        self, topic_name: str, key: bytes, value: bytes
+    ) -> KafkaError | StoppedBootstrapping | None:
         """Send one record and wait for its acknowledgement: None once acknowledged, else the error
-        (a producer it stopped for good is closed; the next send makes a new one)."""
+        (a producer it stopped for good is closed; the next send makes a new one, given up when the
+        stage stops)."""
         try:
             if self._producer is None:
-                self._producer = make_producer(self.settings, client_id=self.name)
+                self._producer = make_producer(self.settings, client_id=self.name, stop=self._stop)
             future = self._producer.send(topic_name, key=key, value=value)
             self._producer.flush(timeout=self.settings.flush_timeout_s)
             future.get(timeout=self.settings.flush_timeout_s)
@@ -1355,6 +1360,8 @@ class Stage:
             if self._producer is not None and producer_stopped_for_good(self._producer):
                 close_stopped_producer(self._producer, f"stage {self.name}", exc)
                 self._producer = None
+            return exc
+        except StoppedBootstrapping as exc:
             return exc
         self.metrics.produced.labels(self.name, topic_name).inc()
         return None
