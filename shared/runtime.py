@@ -676,6 +676,8 @@ class Stage:
             if all(cluster.partitions_for_topic(topic) for topic in self.topics):
                 return
             time.sleep(0.05)
+        if self._stop.is_set():  # no join follows: the loop ends before its first poll
+            return
         log.warning(
             "joining the group without partition metadata for every topic",
             extra={"stage": self.name, "topics": self.topics, "waited_s": timeout_s},
