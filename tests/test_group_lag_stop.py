@@ -41,7 +41,8 @@ def test_a_stop_during_a_lag_read_returns_without_waiting_for_the_read() -> None
         gauge=metrics.group_lag,
         interval_s=0.01,
         read_failures=metrics.group_lag_read_failures,
-    ).start()
+    )
+    watcher.start()
     assert watcher.reading.wait(60)
     watcher.stop()
     watcher.stopped.set()
