@@ -40,7 +40,7 @@ from schemas.events import SkuIngested
 from schemas.topics import PASSTHROUGH_OUT, SKU_INGESTED
 from shared import dlq, runtime
 from shared.bus import make_envelope
-from shared.config import Settings, load_settings
+from shared.config import ConfigError, Settings, load_settings
 from shared.errors import BadInput, TransientError
 from shared.images import ImageRejected
 from shared.observability import StageMetrics
@@ -508,6 +508,8 @@ def test_a_tombstone_and_its_replayed_copy_are_both_empty_messages(tmp_path: Pat
 class _FailingAfterJoin:
     """A consumer that joins its group on the first poll, then fails as a broker refusal does."""
 
+    config = {"group_id": "review-group"}
+
     def __init__(self) -> None:
         self._cluster = SimpleNamespace(partitions_for_topic=lambda topic: {0})
         self.polls = 0
@@ -550,7 +552,8 @@ def test_a_stage_whose_loop_ended_is_not_ready(tmp_path: Path, monkeypatch: pyte
         return real_poll(timeout_ms)
 
     consumer.poll = poll  # type: ignore[method-assign]
-    with pytest.raises(GroupAuthorizationFailedError):
+    # The refusal ends the loop as a one-line ConfigError (test_runtime_group_refusals.py).
+    with pytest.raises(ConfigError, match="refused consumer group review-group"):
         stage.run(install_signal_handlers=False, serve_health=False)
     assert joined == [False, True]  # it was ready while it consumed
     assert consumer.closed and not stage.ready()
