@@ -4,6 +4,7 @@ the relay retried that decision forever and the ones behind it never went out.""
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from kafka.admin import NewTopic
 from schemas.topics import CORRECTION_RESOLVED
 from services.console.decisions import MAX_REASON_CHARS
 from services.console.relay import DecisionRelay
-from services.console.tasks import PRODUCER, OutboxEvent
+from services.console.tasks import PRODUCER, OutboxEvent, TaskStore
 from shared.bus import make_envelope
 from tests.support.bus import isolated_settings, read_topic
 from tests.support.console import build_console, decide_as_alice, flagged_item, pending_envelope
@@ -70,3 +71,16 @@ def test_a_decision_the_broker_refuses_is_set_aside_with_its_reason_and_the_next
     assert outbox is not None and outbox.published_at is None
     assert outbox.refused_reason is not None and "MessageSizeTooLargeError" in outbox.refused_reason
     assert parts.tasks.refused_count() == 1
+
+
+def test_an_outbox_made_before_refusals_is_given_the_column_with_nothing_refused(tmp_path: Path) -> None:
+    parts = build_console(tmp_path)
+    task = pending_envelope(flagged_item(parts.store, 0))
+    parts.tasks.add_pending(task)
+    decide_as_alice(parts, task.event_id, "reject", "x")
+    with sqlite3.connect(parts.tasks.path) as db:  # as an earlier version wrote it
+        db.execute("ALTER TABLE outbox DROP COLUMN refused_reason")
+
+    tasks = TaskStore(parts.tasks.path)
+    assert [event.task_id for event in tasks.unpublished()] == [task.event_id]
+    assert tasks.refused_count() == 0
