@@ -27,7 +27,9 @@ bytes that are not an acceptable image (``empty``, ``not_an_image``, ``corrupt``
 ``too_many_pixels``, ``too_large_bytes``... see ``shared/images.py``), an image of another size
 than the event says (``dimension_mismatch``), or one the model gives NaN or infinity for while it
 still mats its blank warm-up image (``model_output_not_finite``: the image, not the model, so
-/readyz stays up); docs/matting.md lists them all. An image the event
+/readyz stays up); docs/matting.md lists them all. A model that fails on that blank image too
+(``MattingModelBroken``: a GPU whose driver fell over) is the deployment's fault, not the events':
+they are retried until it runs again, never dead-lettered. An image the event
 says is over ``SKUFORGE_MAX_IMAGE_PIXELS`` is ``too_many_pixels`` before it is read, a JPEG too: its
 mask must be at its own size, so it is not decoded scaled down here. An image, or (matting in a
 box) its expected mask, the event says is over that or ``SKUFORGE_MAX_IMAGE_BYTES`` is refused

@@ -41,7 +41,7 @@ from PIL import Image
 
 from shared.arith.masks import clean_mask
 from shared.config import ConfigError, load_settings
-from shared.errors import BadInput, ObjectMissing
+from shared.errors import BadInput, ObjectMissing, TransientError
 from shared.images import pixel_array, to_rgb
 from shared.matting import MODELS_DIR
 from shared.matting.roi import Box, paste
@@ -56,6 +56,7 @@ __all__ = [
     "REGISTRY",
     "DeferredConfidence",
     "MaskOptions",
+    "MattingModelBroken",
     "MattingModelError",
     "MattingModelMissing",
     "MattingResult",
@@ -96,6 +97,11 @@ class MattingModelError(Exception):
 
 class MattingModelMissing(MattingModelError, FileNotFoundError):
     """The model file the configuration names does not exist."""
+
+
+class MattingModelBroken(MattingModelError, TransientError):
+    """The model fails on its blank warm-up image too (a call that raises, or NaN): the model or its
+    device is at fault, not the images, so a stage retries them (``TransientError``) until it runs again."""
 
 
 # --- results ---------------------------------------------------------------------------------
@@ -592,7 +598,9 @@ class MattingSession(ABC):
         """Run one blank image, so a model with the wrong inputs or outputs fails now, clearly."""
         try:
             self.predict([Image.new("RGB", self.input_size)])
-        except Exception as exc:
+        except Exception as failed:
+            # Here the blank image is the one that failed: what it failed with says why.
+            exc = failed.__cause__ if isinstance(failed, MattingModelBroken) and failed.__cause__ else failed
             raise MattingModelError(
                 f"{self.model_id} does not run as a {self.name} model "
                 f"(input {self.input_name!r}, output {self.output_name!r}): {exc}"
@@ -600,21 +608,31 @@ class MattingSession(ABC):
 
     def _run(self, batch: F32Array) -> F32Array:
         """The model's maps for ``batch``, and ``ready`` by how that went: False when the call failed
-        or the model is broken (``MattingModelError``), True otherwise."""
+        or the model is broken (``MattingModelBroken``), True otherwise.
+
+        A call that raises is the images' only if the model still mats the blank warm-up image: a GPU
+        whose driver failed raises on every call, and its events, each failing alone too, were
+        dead-lettered as ``handler_error`` until it was back."""
         try:
             maps = self._call(batch)
-            # A map with NaN or inf in it is one image's fault only if the model still mats the blank
-            # warm-up image (``predict_each`` refuses that image); if not, the model is broken (an fp16
-            # overflow, a bad export): say so instead of passing empty masks on to the gate.
-            broken = ~_finite_maps(maps)
-            if broken.any() and not self._mats_the_blank_image():
-                raise MattingModelError(
-                    f"{self.model_id} returned NaN or infinite values for {int(broken.sum())} of "
-                    f"{len(maps)} images, and for its blank warm-up image: the model is broken"
-                )
-        except Exception:
+        except Exception as exc:
             self._ready = False
+            if not self._mats_the_blank_image():
+                raise MattingModelBroken(
+                    f"{self.model_id} failed ({type(exc).__name__}: {exc}), and so does its blank warm-up "
+                    "image: the model or its device is broken"
+                ) from exc
             raise
+        # A map with NaN or inf in it is one image's fault only if the model still mats the blank
+        # warm-up image (``predict_each`` refuses that image); if not, the model is broken (an fp16
+        # overflow, a bad export): say so instead of passing empty masks on to the gate.
+        broken = ~_finite_maps(maps)
+        if broken.any() and not self._mats_the_blank_image():
+            self._ready = False
+            raise MattingModelBroken(
+                f"{self.model_id} returned NaN or infinite values for {int(broken.sum())} of "
+                f"{len(maps)} images, and for its blank warm-up image: the model is broken"
+            )
         self._ready = True
         return maps
 
@@ -657,9 +675,13 @@ class MattingSession(ABC):
         return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
 
     def _mats_the_blank_image(self) -> bool:
-        """Whether the model's map of the warm-up's blank image is finite: the model's health, asked
-        when some image's map is not."""
-        return bool(_finite_maps(self._call(self.preprocess([Image.new("RGB", self.input_size)]))).all())
+        """Whether the model's map of the warm-up's blank image comes, finite: the model's health, asked
+        when some image's call fails or its map is not finite."""
+        try:
+            maps = self._call(self.preprocess([Image.new("RGB", self.input_size)]))
+        except Exception:
+            return False
+        return bool(_finite_maps(maps).all())
 
     @abstractmethod
     def preprocess(self, images: Sequence[Image.Image]) -> F32Array:

@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from shared.matting.session import F32Array, U2NetSession
+
 SIZE_PX = 320
 
 
@@ -114,6 +116,21 @@ def green_with_a_red_tinge() -> Image.Image:
     image = Image.new("RGB", (64, 48), (0, 200, 0))
     image.paste((80, 200, 0), (0, 0, 32, 48))
     return image
+
+
+class FallingOver(U2NetSession):
+    """A session on a device that can fall over: while ``down``, every ONNX Runtime call raises, the
+    blank warm-up image's too, as every call does once a GPU's driver has failed. ``failed_calls``
+    counts them."""
+
+    down = False
+    failed_calls = 0
+
+    def _call(self, batch: F32Array) -> F32Array:
+        if self.down:
+            self.failed_calls += 1
+            raise RuntimeError("CUDA failure 999: unknown error")
+        return super()._call(batch)
 
 
 @pytest.fixture(scope="session")
