@@ -717,6 +717,12 @@ class U2NetSession(MattingSession):
         boxes: Sequence[Box | None] | None = None,
     ) -> list[MattingResult]:
         """Min-max normalise d0, resize to each image's size (or box), threshold and clean up."""
+        if predictions.ndim not in (3, 4):
+            # A flattened map (N x HW) stopped the stage with numpy's "axis 2 is out of bounds".
+            raise ValueError(
+                f"its output {self.output_name!r} is {predictions.shape}; a U2-Net model returns "
+                "N x 1 x H x W maps"
+            )
         if predictions.ndim == 4 and predictions.shape[1] != 1:
             # A model that outputs an image (N x 3 x H x W) passed the warm-up, and its red channel
             # was read as the mask.
