@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
-from shared.matting.session import MattingModelError, open_session
+from schemas.common import ImageRef, SkuMetadata
+from schemas.envelope import Envelope
+from schemas.events import ImageGenerated
+from schemas.topics import IMAGE_GENERATED
+from services.matting.stage import handle_batch
+from shared.bus import make_envelope
+from shared.config import load_settings
+from shared.errors import TransientError
+from shared.matting.session import MattingModelError, U2NetSession, open_session
+from shared.observability import StageMetrics
+from shared.runtime import Context
+from shared.store import FileStore
+from tests.support.matting import stand_in_onnx_bytes
+
+log = logging.getLogger("test")
 
 
 def test_a_model_whose_output_is_not_a_map_per_image_says_so_at_start(tmp_path: Path) -> None:
@@ -29,3 +45,42 @@ def test_a_model_whose_output_is_not_a_map_per_image_says_so_at_start(tmp_path: 
     session = open_session(str(path), threads=1, use_gpu=False, store=None, uri_from=None)
     with pytest.raises(MattingModelError, match=r"output 'd0' is \(1, 102400\).*N x 1 x H x W"):
         session.warm_up()
+
+
+def test_a_stopping_stage_gives_up_the_chunks_it_has_not_started(tmp_path: Path) -> None:
+    """A poll's 16 images at the 40 MP limit are two chunks of about 31 s each on 2 CPU cores
+    (bench/results/matting_memory.json): the stop finished both, past the 60 s a stage's pod gets
+    before it is killed, and a poll raised for GPU batches took several times that. Once stopping, a
+    chunk not started is given up, uncommitted, as the generator gives up its waves: the next run or
+    the partition's next owner mats it."""
+    store = FileStore(tmp_path / "store")
+    ctx = Context("matting", store, load_settings(store_uri=store.base_uri), StageMetrics("matting"), log)
+    session = U2NetSession(stand_in_onnx_bytes(), threads=1, use_gpu=False, max_batch=1)
+    image = store.put_image("generated/grey.png", Image.new("RGB", (64, 48), (90, 120, 150)))
+    events = [_generated(image, index) for index in range(2)]
+    ctx._stop.set()  # what Stage.stop() sets: SIGTERM came while this poll's batch was in hand
+
+    with pytest.raises(TransientError, match="stopping"):
+        handle_batch(events, ctx, session=session)
+
+    assert not list(store.list_keys("masks/")), "a chunk was matted after the stop"
+
+
+def _generated(image: ImageRef, index: int) -> Envelope[ImageGenerated]:
+    """An image.generated event for ``image``, which is its own reference and expected mask too."""
+    payload = ImageGenerated(
+        item_id=f"item-{index}",
+        sku=SkuMetadata(sku_id="SKU-1", name="One", category="soda can"),
+        reference_photo_id="p1",
+        reference_image=image,
+        reference_mask=image,
+        image=image,
+        expected_mask=image,
+        backend="composite",
+        model_id="synth",
+        seed=1,
+        variant_index=index,
+    )
+    return make_envelope(
+        IMAGE_GENERATED, payload, event_id=f"{index + 1}" * 32, sku_id="SKU-1", trace_id="t", producer="t"
+    )

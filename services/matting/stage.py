@@ -61,7 +61,7 @@ from schemas.topics import IMAGE_GENERATED, IMAGE_MATTED
 from services.matting.config import MattingSettings
 from shared import keys
 from shared.config import ConfigError, Settings, load_settings
-from shared.errors import BadInput, named, naming
+from shared.errors import BadInput, TransientError, named, naming
 from shared.matting.roi import Box, product_box
 from shared.matting.session import (
     MaskOptions,
@@ -150,11 +150,16 @@ def handle_batch(
 
     Events are taken ``session.max_batch`` at a time, so one ``predict`` serves a chunk (one ORT
     call, or on CPU calls of at most ``CPU_CALL_IMAGES``) and only one chunk of decoded images is
-    held in memory. ``roi_margin``: mat the box around each
+    held in memory. Once the stage is stopping no chunk is started: the batch is given up
+    (``TransientError``), its events left uncommitted. ``roi_margin``: mat the box around each
     event's expected mask (None: the whole image).
     """
     results: list[list[Emit] | BadInput] = []
     for first in range(0, len(events), session.max_batch):
+        if ctx.stopping:
+            # A poll's chunks at the pixel limit take longer than a pod's grace (docs/deploy.md): the
+            # batch is given up, uncommitted, and the next run or the partition's next owner mats it.
+            raise TransientError(f"the stage is stopping: {len(events) - first} images left unmatted")
         chunk = events[first : first + session.max_batch]
         inputs = [_read_input(event, ctx, roi_margin) for event in chunk]
         accepted = [read for read in inputs if not isinstance(read, BadInput)]
