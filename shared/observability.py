@@ -190,8 +190,9 @@ class StageMetrics:
         self.model_batch_failures = Counter(
             "skuforge_model_batch_failures",
             "Model calls on several inputs at once that raised, by model: each input was then run in a "
-            "call of its own (the captioner's matting and vlm models on a SKU's photos), so a model that "
-            "fails on every such call (an export that folded or fixed its batch) is slow, not wrong; the "
+            "call of its own (the matting stage's chunk of images; the captioner's matting and vlm models "
+            "on a SKU's photos), so a model that fails on every such call (an export that folded or fixed "
+            "its batch) is slow, not wrong; the "
             f"log warns of them at most once every {BATCH_FAILURE_WARNING_INTERVAL_S:g} s per model.",
             ["stage", "model"],
             registry=self.registry,

@@ -16,12 +16,12 @@ from schemas.topics import IMAGE_GENERATED
 from services.matting.stage import handle_batch
 from shared.bus import make_envelope
 from shared.config import load_settings
-from shared.errors import TransientError
+from shared.errors import BadInput, TransientError
 from shared.matting.session import MattingModelError, U2NetSession, open_session
 from shared.observability import StageMetrics
 from shared.runtime import Context
 from shared.store import FileStore
-from tests.support.matting import stand_in_onnx_bytes
+from tests.support.matting import batch_folding_onnx_bytes, stand_in_onnx_bytes
 
 log = logging.getLogger("test")
 
@@ -83,4 +83,29 @@ def _generated(image: ImageRef, index: int) -> Envelope[ImageGenerated]:
     )
     return make_envelope(
         IMAGE_GENERATED, payload, event_id=f"{index + 1}" * 32, sku_id="SKU-1", trace_id="t", producer="t"
+    )
+
+
+def test_a_chunk_the_model_cannot_mat_together_is_matted_one_image_a_call_and_counted(tmp_path: Path) -> None:
+    """A model that folded or fixed its batch failed every chunk of several images: the stage's whole
+    batch failed, and the runtime ran it again an event at a time, every image read from the store and
+    decoded again, while skuforge_model_batch_failures_total{stage="matting"}, which the ops page says
+    counts such calls, stayed 0."""
+    store = FileStore(tmp_path / "store")
+    metrics = StageMetrics("matting")
+    ctx = Context("matting", store, load_settings(store_uri=store.base_uri), metrics, log)
+    session = U2NetSession(batch_folding_onnx_bytes(), threads=1, use_gpu=False, max_batch=4)
+    events = []
+    for index in range(4):
+        image = store.put_image(f"generated/{index}.png", Image.new("RGB", (64, 48), (60 * index, 0, 0)))
+        events.append(_generated(image, index))
+
+    results = handle_batch(events, ctx, session=session)
+
+    assert [len(result) for result in results if not isinstance(result, BadInput)] == [1, 1, 1, 1]
+    assert (
+        metrics.registry.get_sample_value(
+            "skuforge_model_batch_failures_total", {"stage": "matting", "model": "matting"}
+        )
+        == 1
     )
