@@ -112,12 +112,35 @@ def test_placement_puts_the_product_where_the_mask_says() -> None:
     assert inside.std() > 40
 
 
-def test_rotated_placement_stays_inside_the_canvas() -> None:
-    photo, mask = product_photo(seed=4)
-    placed = place_product(photo, mask, 64, scale=0.9, rotation_deg=30.0, position_x=1.0, position_y=1.0)
-    assert placed.expected_mask.any()
+@pytest.mark.parametrize(
+    ("width", "height", "rotation_deg", "position_x", "position_y", "scale"),
+    [
+        (80, 20, 30.0, 1.0, 1.0, 0.9),
+        (80, 20, -30.0, 0.0, 0.0, 0.9),
+        (60, 40, 45.0, 0.5, 1.0, 1.0),  # turned, its box is wider than the canvas: it is shrunk
+    ],
+)
+def test_rotated_placement_stays_inside_the_canvas(
+    width: int, height: int, rotation_deg: float, position_x: float, position_y: float, scale: float
+) -> None:
+    """A rectangular product, turned and pushed against the canvas's edges: every one of its pixels
+    is on the canvas. A disc turned is the same disc, and mask indices are always on the canvas, so
+    the count is what tells: a turned corner left off the canvas is missing from ``expected_mask``."""
+    photo = np.full((96, 96, 3), (200, 190, 170), np.uint8)
+    mask = np.zeros((96, 96), np.uint8)
+    mask[48 - height // 2 : 48 + height // 2, 48 - width // 2 : 48 + width // 2] = 255
+    photo[mask == 255] = np.random.default_rng(4).integers(0, 256, (width * height, 3), dtype=np.uint8)
+    placed = place_product(
+        photo, mask, 128, scale=scale, rotation_deg=rotation_deg, position_x=position_x, position_y=position_y
+    )
+    zoom = placed.scale * 128 / max(width, height)
+    kept = np.count_nonzero(placed.expected_mask) / (width * height * zoom**2)
+    assert abs(kept - 1) < 0.01  # the rest: thresholding the resampled edge
+    # It lies against the edges asked for (so a product that overran them would have lost pixels).
     ys, xs = np.nonzero(placed.expected_mask)
-    assert xs.max() <= 63 and ys.max() <= 63 and xs.min() >= 0
+    for position, low, high in ((position_x, xs.min(), xs.max()), (position_y, ys.min(), ys.max())):
+        assert position != 0.0 or low <= 1
+        assert position != 1.0 or high >= 126
 
 
 def test_paint_mask_spares_a_band_around_the_product() -> None:
