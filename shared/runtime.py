@@ -45,6 +45,7 @@ import hashlib
 import logging
 import random
 import signal
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -100,6 +101,7 @@ from shared.bus import (
     topics_held_in_group,
     unreachable,
 )
+from shared.commands import run_command
 from shared.config import ConfigError, Settings, load_settings
 from shared.dlq import REPLAY_STAGE_HEADER
 from shared.errors import BadInput, TransientError
@@ -137,7 +139,8 @@ log = logging.getLogger("skuforge.runtime")
 
 class KafkaUnreachable(TransientError):
     """A starting stage found no broker at ``SKUFORGE_KAFKA_BOOTSTRAP`` (or could not log in to it): a
-    deployment fault, reported in one line by ``skuforge run`` instead of kafka-python's traceback."""
+    deployment fault, reported in one line by ``stage_command`` (``skuforge run``, a stage's ``python -m``)
+    instead of kafka-python's traceback."""
 
     def __init__(self, settings: Settings, cause: Exception) -> None:
         self.bootstrap = settings.kafka_bootstrap
@@ -1780,3 +1783,20 @@ def run_stage_loading(name: str, default_metrics_port: int, build: Callable[[], 
         health.stop()  # the stage's own server takes the port in run()
     log.info("stage models opened", extra={"stage": name, "seconds": round(time.monotonic() - started, 1)})
     return stage.run()  # logging is configured above
+
+
+def stage_command(command: str, main: Callable[[], int]) -> int:
+    """A stage's ``main()`` run as the command ``command``: a start-up failure it can name (a setting,
+    a model's bucket, a broker that is not there) is one line after ``command:`` on stderr.
+
+    ``skuforge run`` and each stage's ``python -m`` both start here: the module alone ended a missing
+    bucket in a traceback that the command said in one line naming the setting."""
+
+    def start() -> int:
+        try:
+            return main()
+        except KafkaUnreachable as exc:  # it says what to do; run_command would add a vaguer second line
+            print(f"{command}: {exc}", file=sys.stderr)
+            return 1
+
+    return run_command(command, start)

@@ -279,18 +279,14 @@ def _cmd_config(rest: list[str]) -> int:
 
 
 def _cmd_run(rest: list[str]) -> int:
-    from shared.runtime import KafkaUnreachable
+    from shared.runtime import stage_command
 
     parser = argparse.ArgumentParser(prog="skuforge run", description="Run one stage until SIGTERM.")
     parser.add_argument("stage", type=one_of(sorted(STAGES)), choices=sorted(STAGES), help="the stage to run")
     args = parser.parse_args(rest)
     warn_of_unknown_variables()
     module = importlib.import_module(STAGES[args.stage].module)
-    try:
-        return int(module.main())
-    except KafkaUnreachable as exc:
-        print(f"skuforge run: {exc}", file=sys.stderr)
-        return 1
+    return stage_command("skuforge run", module.main)
 
 
 def _cmd_serve(rest: list[str]) -> int:

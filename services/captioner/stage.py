@@ -102,7 +102,7 @@ from shared.matting.session import (
     open_session,
 )
 from shared.photos import WORKING_SIDE_PX, refuse_too_small
-from shared.runtime import Context, Emit, Stage, run_stage_loading
+from shared.runtime import Context, Emit, Stage, run_stage_loading, stage_command
 from shared.store import ObjectStore
 
 # The ``model`` labels of the stage's model call metrics (``skuforge_model_seconds``, ``_batch_size``).
@@ -733,4 +733,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(stage_command("python -m services.captioner.stage", main))

@@ -29,7 +29,7 @@ from schemas.topics import CORRECTION_PENDING, GATE_ACCEPTED
 from services.console.config import ConsoleSettings
 from services.console.tasks import TaskStore
 from shared.config import load_settings
-from shared.runtime import Context, Emit, Stage, run_stage
+from shared.runtime import Context, Emit, Stage, run_stage, stage_command
 
 
 def handle(event: Envelope[CorrectionPending], ctx: Context, *, tasks: TaskStore) -> list[Emit]:
@@ -82,4 +82,4 @@ def main(console: ConsoleSettings | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(stage_command("python -m services.console.intake", main))

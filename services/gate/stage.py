@@ -50,7 +50,7 @@ from shared.gate.checks import (
     product_stats,
 )
 from shared.images import UInt8Array, pixel_array
-from shared.runtime import Context, Emit, Stage, run_stage
+from shared.runtime import Context, Emit, Stage, run_stage, stage_command
 
 IOU_BUCKETS = (0.0, 0.5, 0.7, 0.8, 0.85, 0.9, 0.925, 0.95, 0.975, 0.99, 1.0)
 GATE_DECISIONS = ("accepted", "pending")
@@ -206,4 +206,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(stage_command("python -m services.gate.stage", main))

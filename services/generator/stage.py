@@ -96,7 +96,7 @@ from shared.generation.composite import COMPOSITE_PARAMETERS, product_framing
 from shared.generation.diffusion import DIFFUSION_PARAMETERS
 from shared.generation.settings import GenerationSettings
 from shared.images import decode_image, decode_mask, pixel_array
-from shared.runtime import Context, Emit, Stage, run_stage_loading
+from shared.runtime import Context, Emit, Stage, run_stage_loading, stage_command
 
 STAGE_NAME = GENERATOR.name
 # The kinds of skuforge_triton_errors_total (its help text says what each means).
@@ -730,4 +730,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(stage_command("python -m services.generator.stage", main))

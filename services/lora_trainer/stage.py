@@ -141,7 +141,7 @@ from shared.lora_training.train import (
     train_lora,
     trained_class_items,
 )
-from shared.runtime import MAX_OUTPUT_RECORD_BYTES, Context, Emit, Stage, run_stage
+from shared.runtime import MAX_OUTPUT_RECORD_BYTES, Context, Emit, Stage, run_stage, stage_command
 from shared.store import ObjectStore, open_settings_store, sha256_hex
 
 PREFIX = "lora-trainer"
@@ -1816,4 +1816,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(stage_command("python -m services.lora_trainer.stage", main))

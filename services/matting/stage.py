@@ -70,7 +70,7 @@ from shared.matting.session import (
     MattingSession,
     open_session,
 )
-from shared.runtime import Context, Emit, Stage, run_stage_loading
+from shared.runtime import Context, Emit, Stage, run_stage_loading, stage_command
 from shared.store import ObjectStore
 
 # The ``model`` label of the stage's model call metrics (``skuforge_model_seconds``, ``_batch_size``).
@@ -333,4 +333,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(stage_command("python -m services.matting.stage", main))

@@ -18,7 +18,7 @@ from schemas.events import SkuIngested
 from schemas.flow import PASSTHROUGH
 from schemas.topics import PASSTHROUGH_OUT, SKU_INGESTED
 from shared.config import Settings
-from shared.runtime import Context, Emit, Stage, run_stage
+from shared.runtime import Context, Emit, Stage, run_stage, stage_command
 from shared.store import ObjectStore
 
 
@@ -51,4 +51,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(stage_command("python -m services.passthrough.stage", main))

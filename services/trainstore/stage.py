@@ -92,7 +92,7 @@ from shared.captioning.attributes import MASK_PROBLEMS
 from shared.config import load_settings
 from shared.errors import BadInput, ObjectMissing, TransientError, naming
 from shared.images import decode_image, decode_mask, encode_png
-from shared.runtime import Context, Emit, Handler, Stage, run_stage
+from shared.runtime import Context, Emit, Handler, Stage, run_stage, stage_command
 from shared.store import sha256_hex
 from shared.trainstore.manifest import ManifestRow, ManifestStore, Status, content_keys, stands
 from shared.trainstore.settings import TrainstoreSettings
@@ -877,4 +877,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(stage_command("python -m services.trainstore.stage", main))
