@@ -54,6 +54,7 @@ __all__ = [
     "UnsafeCache",
     "cache_dir",
     "check_owner",
+    "copied_and_held",
     "fetch_directory",
     "fetch_file",
     "hold",
@@ -316,7 +317,7 @@ def fetch_file(
             if copied_digest != digest:
                 raise ChecksumMismatch(uri, digest, copied_digest)
 
-        _copied_and_held(
+        copied_and_held(
             target,
             # Compare contents, not sizes: a cached copy damaged in place keeps its size and would
             # otherwise be loaded (and fail) at every start until someone empties the cache by hand.
@@ -337,7 +338,7 @@ def fetch_file(
     return target
 
 
-def _copied_and_held(target: Path, *, whole: Callable[[], bool], copy: Callable[[], None]) -> None:
+def copied_and_held(target: Path, *, whole: Callable[[], bool], copy: Callable[[], None]) -> None:
     """Copy ``target`` (``copy``) unless it is ``whole``, then hold it (``hold``); copied again when
     another process pruned it between the check and the hold."""
     for _attempt in range(5):
@@ -427,7 +428,7 @@ def fetch_directory(
         prune_unused(base, unused_days)
         _download(source, prefix, keys, {"uri": root, "location": location}, target)
 
-    _copied_and_held(target, whole=lambda: _is_complete(target, keys), copy=copy)
+    copied_and_held(target, whole=lambda: _is_complete(target, keys), copy=copy)
     prune_unused(base, unused_days)
     return target
 

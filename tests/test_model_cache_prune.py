@@ -15,6 +15,7 @@ import pytest
 
 from shared import model_cache
 from shared.config import ConfigError, load_settings
+from shared.generation import adapters
 from shared.generation.adapters import AdapterRegistry
 from shared.generation.diffusion import DiffusionBackend, DiffusionSettings
 from shared.model_cache import fetch_directory, fetch_file, open_cache, release
@@ -27,6 +28,7 @@ from tests.support.model_cache import (
     copies,
     fetching_child,
     finish,
+    pruned_by_another_process,
     publish,
     publish_folder,
     wait_ready,
@@ -220,6 +222,36 @@ def test_a_running_generator_deletes_the_adapter_copies_nobody_used_for_weeks(tm
     generator.lora.activate(third)
 
     assert copies(cache) == sorted(f"lora-{adapter.weights_sha256[:16]}" for adapter in (second, third))
+
+
+def test_an_adapter_copy_another_process_prunes_as_it_lands_is_copied_again_and_held(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process's pruner found the adapter's folder weeks old just before the weights were
+    written into it, and moved it aside just after: ``hold`` said so (False), fetch_weights ignored it
+    and returned a folder that was gone, for LoraSlots to load, and held nothing."""
+    registry = AdapterRegistry(FileStore(tmp_path / "adapters"))
+    adapter = registry.register("sku-1", lora_weights(1), kind="specialized", series="S1", base_model="sd15")
+    cache = open_cache(tmp_path / "cache")
+    write = adapters.write_blocks_atomically
+    pruned: list[str] = []
+
+    def written_then_pruned(
+        path: Path, blocks: Iterable[bytes], *, check: Callable[[int, str], None] | None = None
+    ) -> None:
+        write(path, blocks, check=check)
+        if not pruned:  # the first copy only
+            age(path.parent)  # the age that pruner read, before the weights landed
+            pruned.extend(pruned_by_another_process(cache))
+
+    monkeypatch.setattr(adapters, "write_blocks_atomically", written_then_pruned)
+    directory = registry.fetch_weights(adapter, cache)
+
+    assert pruned == [directory.name]
+    assert (directory / adapter.weight_name).read_bytes() == lora_weights(1)
+    age(directory)
+    assert pruned_by_another_process(cache) == []  # held, however old it looks
+    release(directory)
 
 
 def test_zero_keeps_every_copy(tmp_path: Path) -> None:

@@ -49,6 +49,7 @@ from shared.errors import BadInput, ChecksumMismatch, ObjectMissing, StoreMiscon
 from shared.model_cache import (
     DEFAULT_UNUSED_DAYS,
     check_owner,
+    copied_and_held,
     file_sha256,
     hold,
     prune_unused,
@@ -742,15 +743,18 @@ class AdapterRegistry:
         # A folder made before the cache masked everyone's write bit keeps no planted file from now on;
         # a file so made is written again below.
         repair_folder_mode(target)
-        # A cached copy is checked as a fetched one is: one damaged (or planted) at the same size was
-        # loaded as it was.
-        if (
-            path.is_file()
-            and not writable_by_everyone(path)
-            and path.stat().st_size == metadata.weights_bytes
-            and file_sha256(path) == metadata.weights_sha256
-            and hold(target)
-        ):
+
+        def whole() -> bool:
+            # A cached copy is checked as a fetched one is: one damaged (or planted) at the same size
+            # was loaded as it was.
+            return (
+                path.is_file()
+                and not writable_by_everyone(path)
+                and path.stat().st_size == metadata.weights_bytes
+                and file_sha256(path) == metadata.weights_sha256
+            )
+
+        if whole() and hold(target):
             return target
         key = f"{metadata.adapter_id}/{metadata.weight_name}"
         # Here too, not only when the diffusion model is fetched at start-up: a generator given a local
@@ -763,9 +767,15 @@ class AdapterRegistry:
 
         # In blocks, checked before renamed into place: concurrent fetchers never see half a file, and
         # weights of hundreds of MB are not held in memory (read whole, they were, twice over at load).
+        # Held as the cache's own copies are: a pruner in another process that found the folder old
+        # just before the weights landed moves it aside just after (hold says so), and the folder
+        # returned was gone, held by nobody. Copied again then.
         with self._store_faults():
-            write_blocks_atomically(path, self.store.iter_bytes(key), check=as_registered)
-        hold(target)
+            copied_and_held(
+                target,
+                whole=whole,
+                copy=lambda: write_blocks_atomically(path, self.store.iter_bytes(key), check=as_registered),
+            )
         return target
 
     def weights_uri(self, metadata: AdapterMetadata) -> str:

@@ -72,3 +72,12 @@ def age(path: Path) -> None:
 
 def copies(cache: Path) -> list[str]:
     return sorted(path.name for path in cache.iterdir())
+
+
+def pruned_by_another_process(cache: Path, unused_days: float = 30) -> list[str]:
+    """What ``prune_unused`` run by another process on ``cache`` deleted (the entries' names)."""
+    script = f"from shared.model_cache import prune_unused as p\nprint(*p({str(cache)!r}, {unused_days}))"
+    pruner = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60, check=True
+    )
+    return pruner.stdout.split()
