@@ -77,7 +77,7 @@ def test_with_no_producer_to_be_had_only_partitions_with_outputs_are_rewound(
     def handle(event: Envelope[SkuIngested], ctx: Context) -> list[Emit]:
         return [Emit(PASSTHROUGH_OUT, event.payload, key="out")] if event.sku_id == "SKU-00000" else []
 
-    def no_broker(settings: Settings, client_id: str) -> None:
+    def no_broker(settings: Settings, client_id: str, **options: object) -> None:
         raise KafkaConnectionError("no broker answered")
 
     topic = stage.settings.topic_name(SKU_INGESTED)
