@@ -119,6 +119,8 @@ from shared.signals import Stopped, heard
 from shared.store import ObjectStore, open_settings_store
 
 P = TypeVar("P", bound=BaseModel)
+ModelInput = TypeVar("ModelInput")  # what a model call takes per input: an image, an image and its box
+ModelOutput = TypeVar("ModelOutput")  # what it gives per input: a mask, a sentence
 
 # Failed attempts of this many records are kept, the oldest dropped first: a record's count outlives a
 # move of its partition, and one that the partition's next holder handled is never committed here.
@@ -231,6 +233,38 @@ class Context:
                 "failed_calls_since_last_warning": failed,
             },
         )
+
+    def together_or_alone(
+        self,
+        model: str,
+        inputs: Sequence[ModelInput],
+        run: Callable[[Sequence[ModelInput]], Sequence[ModelOutput]],
+        failure: type[Exception] = Exception,
+    ) -> list[ModelOutput]:
+        """``run`` on all ``inputs`` in one timed call of ``model``, or one input a call when the model
+        fails on them together (``failure``), counted and warned of (``note_model_batch_failure``).
+
+        An export that folded or fixed its batch fails every call of several inputs yet runs one a call:
+        before, the captioner dead-lettered every SKU of several photos as handler_error, and the
+        matting stage failed the batch, which the runtime ran again an event at a time, every image read
+        and decoded again. A model that fails on one input too fails as before, and so does one broken
+        for every call (a ``TransientError``, such as a matting model whose blank warm-up image fails
+        too): the device, not the batch, is at fault.
+        """
+        try:
+            with self.metrics.model_call(model, len(inputs)):
+                return list(run(inputs))
+        except TransientError:
+            raise
+        except failure as exc:
+            if len(inputs) == 1:
+                raise
+            self.note_model_batch_failure(model, exc, len(inputs))
+        outputs: list[ModelOutput] = []
+        for one in inputs:
+            with self.metrics.model_call(model, 1):
+                outputs.extend(run([one]))
+        return outputs
 
     def refuse_unread(self, ref: ImageRef, why: str) -> None:
         """Refuse ``ref`` on the event's figures alone, before it is read: more pixels than

@@ -56,9 +56,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -108,7 +108,6 @@ from shared.store import ObjectStore
 # The ``model`` labels of the stage's model call metrics (``skuforge_model_seconds``, ``_batch_size``).
 MATTING_MODEL_LABEL = "matting"
 VLM_MODEL_LABEL = "vlm"
-Output = TypeVar("Output")  # what a model gives per image: a mask, a sentence
 # 2: colours are named as under neutral light on in-store photos (``attributes.correct_light``).
 ATTRIBUTES_BACKEND = "attributes/2"
 # Packaging whose outline is convex from every side (a box or carton, a can): dents in its mask are
@@ -559,42 +558,12 @@ def _find_products(
 def _mat(
     images: Sequence[Image.Image], session: MattingModel, ctx: Context
 ) -> list[MattingResult | BadInput]:
-    """Per photo, its mask or why the model could not mat it (``_together_or_alone``).
+    """Per photo, its mask or why the model could not mat it (``Context.together_or_alone``).
 
     Per photo: one the model gives NaN for is unusable alone, as the matting stage refuses it
     (``predict`` failed the whole SKU, retried and dead-lettered as handler_error).
     """
-    return _together_or_alone(MATTING_MODEL_LABEL, images, session.predict_each, MattingModelError, ctx)
-
-
-def _together_or_alone(
-    model: str,
-    images: Sequence[Image.Image],
-    run: Callable[[Sequence[Image.Image]], Sequence[Output]],
-    failure: type[Exception],
-    ctx: Context,
-) -> list[Output]:
-    """``run`` on all ``images`` in one call, or one image a call when the model fails on them together
-    (``failure``).
-
-    An export that folded or fixed its batch returns fewer outputs than images (the matting session and
-    BLIP raise ``failure`` for that) yet runs one image a call, as the matting stage then runs it
-    (``Stage._single``): every SKU of several photos was dead-lettered as handler_error. A model that
-    fails on one image too still fails the SKU. Such a model fails on every SKU of several photos: the
-    runtime counts and warns of it (``Context.note_model_batch_failure``).
-    """
-    try:
-        with ctx.metrics.model_call(model, len(images)):
-            return list(run(images))
-    except failure as exc:
-        if len(images) == 1:
-            raise
-        ctx.note_model_batch_failure(model, exc, len(images))
-    outputs: list[Output] = []
-    for image in images:
-        with ctx.metrics.model_call(model, 1):
-            outputs.extend(run([image]))
-    return outputs
+    return ctx.together_or_alone(MATTING_MODEL_LABEL, images, session.predict_each, MattingModelError)
 
 
 def _fill_dents(found: _Found, photo: ReferencePhoto, ctx: Context, options: CaptionerSettings) -> _Found:
@@ -625,12 +594,12 @@ def _fill_dents(found: _Found, photo: ReferencePhoto, ctx: Context, options: Cap
 def _sentences(
     found: Sequence[_Found | _Unusable], vlm: VlmCaptioner | None, ctx: Context
 ) -> list[str | None]:
-    """The BLIP sentence of each usable photo (one batched call, or one a call: ``_together_or_alone``),
-    None elsewhere or without BLIP."""
+    """The BLIP sentence of each usable photo (one batched call, or one a call:
+    ``Context.together_or_alone``), None elsewhere or without BLIP."""
     usable = [outcome.image for outcome in found if isinstance(outcome, _Found)]
     if vlm is None:
         return [None] * len(found)
-    described = iter(_together_or_alone(VLM_MODEL_LABEL, usable, vlm.describe, VlmModelError, ctx))
+    described = iter(ctx.together_or_alone(VLM_MODEL_LABEL, usable, vlm.describe, VlmModelError))
     return [next(described) if isinstance(outcome, _Found) else None for outcome in found]
 
 

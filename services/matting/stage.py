@@ -147,7 +147,7 @@ def handle_batch(
 ) -> list[list[Emit] | BadInput]:
     """Mat each event's image; an image that cannot be read or decoded, or that the model gives NaN
     for (``model_output_not_finite``, ``MattingSession.predict_each``), refuses only its own event. A
-    chunk the model fails on together is matted one image a call (``_together_or_alone``).
+    chunk the model fails on together is matted one image a call (``Context.together_or_alone``).
 
     Events are taken ``session.max_batch`` at a time, so one ``predict`` serves a chunk (one ORT
     call, or on CPU calls of at most ``CPU_CALL_IMAGES``) and only one chunk of decoded images is
@@ -166,7 +166,15 @@ def handle_batch(
         accepted = [read for read in inputs if not isinstance(read, BadInput)]
         predictions: Iterator[MattingResult | BadInput] = iter([])
         if accepted:  # a chunk refused whole makes no model call, so none is counted
-            predictions = iter(_together_or_alone(session, accepted, ctx))
+            predictions = iter(
+                ctx.together_or_alone(
+                    MODEL_LABEL,
+                    accepted,
+                    lambda reads: session.predict_each(
+                        [image for image, _ in reads], boxes=[box for _, box in reads]
+                    ),
+                )
+            )
         for event, read in zip(chunk, inputs, strict=True):
             if isinstance(read, BadInput):
                 results.append(read)
@@ -205,36 +213,6 @@ def handle_batch(
                         functools.partial(metrics.mean_confidence.observe, prediction.mean_confidence), event
                     )
             results.append([Emit(IMAGE_MATTED, matted, key="matted")])
-    return results
-
-
-def _together_or_alone(
-    session: MattingSession, inputs: Sequence[tuple[Image.Image, Box | None]], ctx: Context
-) -> list[MattingResult | BadInput]:
-    """The model's results for ``inputs`` (image, box) in one call, or one image a call when it fails on
-    them together (an export that folded or fixed its batch), counted and warned of
-    (``Context.note_model_batch_failure``).
-
-    Before, the failure failed the batch, which the runtime ran again an event at a time: every image
-    of the poll read and decoded again, and ``skuforge_model_batch_failures_total`` never counted it. A
-    model broken for every call (``MattingModelBroken``, transient) or failing on one image alone fails
-    the batch as before.
-    """
-    images = [image for image, _ in inputs]
-    boxes = [box for _, box in inputs]
-    try:
-        with ctx.metrics.model_call(MODEL_LABEL, len(images)):
-            return session.predict_each(images, boxes=boxes)
-    except TransientError:
-        raise
-    except Exception as exc:
-        if len(images) == 1:
-            raise
-        ctx.note_model_batch_failure(MODEL_LABEL, exc, len(images))
-    results: list[MattingResult | BadInput] = []
-    for image, box in inputs:
-        with ctx.metrics.model_call(MODEL_LABEL, 1):
-            results.extend(session.predict_each([image], boxes=[box]))
     return results
 
 
