@@ -51,7 +51,6 @@ from shared.model_cache import (
     check_owner,
     copied_and_held,
     file_sha256,
-    hold,
     prune_unused,
     repair_folder_mode,
     writable_by_everyone,
@@ -754,12 +753,7 @@ class AdapterRegistry:
                 and file_sha256(path) == metadata.weights_sha256
             )
 
-        if whole() and hold(target):
-            return target
         key = f"{metadata.adapter_id}/{metadata.weight_name}"
-        # Here too, not only when the diffusion model is fetched at start-up: a generator given a local
-        # model fetched none, and every adapter it was ever asked for stayed in the cache.
-        prune_unused(cache_dir, unused_days)
 
         def as_registered(size: int, sha256: str) -> None:
             if sha256 != metadata.weights_sha256:
@@ -767,15 +761,18 @@ class AdapterRegistry:
 
         # In blocks, checked before renamed into place: concurrent fetchers never see half a file, and
         # weights of hundreds of MB are not held in memory (read whole, they were, twice over at load).
+        def copy() -> None:
+            # Room first, as fetch_directory makes it, and here too, not only when the diffusion model is
+            # fetched at start-up: a generator given a local model fetched none, and every adapter it was
+            # ever asked for stayed in the cache. Not before a whole copy is reused, which stays held.
+            prune_unused(cache_dir, unused_days)
+            write_blocks_atomically(path, self.store.iter_bytes(key), check=as_registered)
+
         # Held as the cache's own copies are: a pruner in another process that found the folder old
         # just before the weights landed moves it aside just after (hold says so), and the folder
-        # returned was gone, held by nobody. Copied again then.
+        # returned was gone, held by nobody. Copied again then. A whole copy is checked once, not twice.
         with self._store_faults():
-            copied_and_held(
-                target,
-                whole=whole,
-                copy=lambda: write_blocks_atomically(path, self.store.iter_bytes(key), check=as_registered),
-            )
+            copied_and_held(target, whole=whole, copy=copy)
         return target
 
     def weights_uri(self, metadata: AdapterMetadata) -> str:
