@@ -884,16 +884,18 @@ def _warn_of_copies(sku: PreparedSku, warn: Callable[[str], None]) -> None:
             "second time"
         )
     for copy, first, how in sku.near_copies:
-        # Named as ``skuforge evaluate`` names a copy of a held-out photo.
-        likeness = (
-            f"a resized or re-encoded copy of {first}"
-            if how == "as shown"
-            else f"a copy of {first} ({how}, perhaps resized or re-encoded)"
-        )
         warn(
-            f"SKU {sku.metadata.sku_id}: {copy} looks like {likeness}; both are ingested, as two photos of "
-            "the product (remove the copy if it is one)"
+            f"SKU {sku.metadata.sku_id}: {copy} looks like {_copy_of(str(first), how)}; both are ingested, "
+            "as two photos of the product (remove the copy if it is one)"
         )
+
+
+def _copy_of(original: str, how: str) -> str:
+    """A near copy of ``original`` named by how it differs (``image_variant_hashes``' variant), as
+    ``skuforge evaluate`` names a copy of a held-out photo: in a SKU's folder and across SKUs alike."""
+    if how == "as shown":
+        return f"a resized or re-encoded copy of {original}"
+    return f"a copy of {original} ({how}, perhaps resized or re-encoded)"
 
 
 def _warn_of_frames(sku: PreparedSku, warn: Callable[[str], None]) -> None:
@@ -969,13 +971,7 @@ def _warn_of_photos_of_other_skus(
         if named_same:
             likeness.append("is " + ", ".join(f"the same picture as {f} of SKU {o}" for o, f in named_same))
         if named_near:
-            # Named as ``_warn_of_copies`` names a copy in the photo's own folder.
-            copies = [
-                f"a resized or re-encoded copy of {file} of SKU {other}"
-                if how == "as shown"
-                else f"a copy of {file} of SKU {other} ({how}, perhaps resized or re-encoded)"
-                for other, file, how in named_near
-            ]
+            copies = [_copy_of(f"{file} of SKU {other}", how) for other, file, how in named_near]
             likeness.append(f"looks like {', '.join(copies)}")
         others = len(earlier) + len(near)
         unnamed = others - len(named_same) - len(named_near)
