@@ -231,28 +231,21 @@ class TaskStore:
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
-        self._add_produced_at()
-        self._add_refused_reason()
+        # Columns added since a table was made (NULL in its old rows). ``produced_at`` (the time unknown)
+        # is the last in ``_SCHEMA`` as well, so ``_allow_every_state``'s row-for-row copy still lines up;
+        # ``refused_reason``: none was refused.
+        self._add_column("tasks", "produced_at REAL", "each event's produced_at")
+        self._add_column("outbox", "refused_reason TEXT", "why the broker refused a decision")
         self._allow_every_state()
 
-    def _add_produced_at(self) -> None:
-        """Give a table created before ``produced_at`` the column (NULL: the time is unknown). It is the
-        last column in ``_SCHEMA`` as well, so ``_allow_every_state``'s row-for-row copy still lines up."""
+    def _add_column(self, table: str, column: str, what: str) -> None:
+        """Give ``table``, made before ``column`` (its name and type) was in ``_SCHEMA``, the column."""
+        name = column.split()[0]
         with self._write() as (db, _):
-            columns = {row["name"] for row in db.execute("PRAGMA table_info(tasks)")}
-            if "produced_at" in columns:
+            if name in {row["name"] for row in db.execute(f"PRAGMA table_info({table})")}:
                 return
-            db.execute("ALTER TABLE tasks ADD COLUMN produced_at REAL")
-            log.info("task table %s now stores each event's produced_at", self.path)
-
-    def _add_refused_reason(self) -> None:
-        """Give an outbox created before ``refused_reason`` the column (NULL: none was refused)."""
-        with self._write() as (db, _):
-            columns = {row["name"] for row in db.execute("PRAGMA table_info(outbox)")}
-            if "refused_reason" in columns:
-                return
-            db.execute("ALTER TABLE outbox ADD COLUMN refused_reason TEXT")
-            log.info("task table %s now stores why the broker refused a decision", self.path)
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+            log.info("task table %s now stores %s", self.path, what)
 
     def _allow_every_state(self) -> None:
         """Let a table created before a state (``withdrawn``, ``accepted``) hold it: SQLite cannot change
