@@ -389,7 +389,10 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "adapters": (_cmd_adapters, "list, register or remove LoRA adapters (diffusion backend)"),
     "config": (_cmd_config, "validate and print the configuration (SKUFORGE_* variables)"),
     "serve": (_cmd_serve, "serve an HTTP service: " + ", ".join(sorted(SERVERS))),
-    "console": (_cmd_console, "correction console: export-labelstudio, import-labelstudio, hash-password"),
+    "console": (
+        _cmd_console,
+        "correction console: export-labelstudio, import-labelstudio, refused, resend, hash-password",
+    ),
     "prometheus": (
         _cmd_prometheus,
         "the Prometheus scrape config for the documented ports; the metrics table",

@@ -5,6 +5,9 @@
 * ``import-labelstudio export.json``       Label Studio's JSON export back as decisions, published
   to ``correction.resolved`` (``--no-publish`` leaves them in the outbox for the console's relay).
 
+* ``refused``                             the decisions the broker refused for good, set aside by
+  the relay; ``resend TASK_ID... | --all`` gives them back to it (raise max.message.bytes first).
+
 * ``hash-password``                       a reviewer's password as its scrypt hash, for
   ``SKUFORGE_CONSOLE_USERS`` (``name:scrypt:...``), so the Secret holds no password.
 
@@ -34,7 +37,7 @@ from services.console.labelstudio import (
 )
 from services.console.relay import DecisionRelay
 from services.console.security import MAX_PASSWORD_CHARS, hash_password
-from services.console.tasks import TaskFilter, TaskStore
+from services.console.tasks import OutboxEvent, TaskConflict, TaskFilter, TaskNotFound, TaskStore
 from shared.argtypes import CommandParser, float_between
 from shared.config import load_settings
 from shared.errors import TransientError
@@ -52,11 +55,18 @@ IMPORT_EXIT_STATUS = (
     "the export or the table could not be read"
 )
 
+RESEND_EXIT_STATUS = (
+    "exit status: 0 every named decision given back; 1 some were not (each listed on stderr with its "
+    "reason: no such task, no decision, not refused; the others were given back); 2 the table could "
+    "not be read"
+)
+
 
 def main(argv: list[str] | None = None) -> int:
     """Dispatch ``skuforge console <action>``."""
     parser = CommandParser(
-        prog="skuforge console", description="Label Studio hand-off, and reviewers' password hashes."
+        prog="skuforge console",
+        description="Label Studio hand-off, refused decisions, and reviewers' password hashes.",
     )
     sub = parser.add_subparsers(dest="action", required=True)
     export = sub.add_parser(
@@ -91,6 +101,20 @@ def main(argv: list[str] | None = None) -> int:
         help="annotators who approve masks overlapping at an IoU below this (0 to 1) disagree, and the "
         f"task is skipped for someone to settle (default {MASKS_AGREE_IOU:.2f}, the gate's default iou_min)",
     )
+    sub.add_parser(
+        "refused",
+        help="list the decisions the broker refused for good (one JSON line each: task, SKU, decision, "
+        "the broker's reason), which the relay has set aside",
+    )
+    resend = sub.add_parser(
+        "resend",
+        help="give refused decisions back to the console's relay, which sends them at its next round "
+        "(raise the topic's max.message.bytes first, or the broker refuses them again)",
+        epilog=RESEND_EXIT_STATUS,
+    )
+    which = resend.add_mutually_exclusive_group(required=True)
+    which.add_argument("task_ids", nargs="*", default=[], metavar="TASK_ID", help="the tasks to resend")
+    which.add_argument("--all", action="store_true", help="every refused decision")
     sub.add_parser(
         "hash-password",
         help="read a password (prompted on a terminal, else the first line of stdin; UTF-8) and print its "
@@ -128,6 +152,12 @@ def main(argv: list[str] | None = None) -> int:
     except TransientError as exc:
         print(f"skuforge console {args.action}: {exc}", file=sys.stderr)
         return 2
+    if args.action == "refused":
+        for event in tasks.refused():
+            print(json.dumps(_refused_line(event)))
+        return 0
+    if args.action == "resend":
+        return _resend(tasks, [event.task_id for event in tasks.refused()] if args.all else args.task_ids)
     store = open_settings_store(settings)
 
     if args.action == "export-labelstudio":
@@ -228,6 +258,36 @@ def _import_summary(
         "not_annotated": sum(o.outcome == "skipped" for o in outcomes) - len(lost),
         "published": published,
     }
+
+
+def _refused_line(event: OutboxEvent) -> dict[str, object]:
+    return {
+        "task_id": event.task_id,
+        "sku_id": event.sku_id,
+        "decision": event.payload.decision,
+        "decided_at": event.created_at,
+        "refused_reason": event.refused_reason,
+    }
+
+
+def _resend(tasks: TaskStore, task_ids: list[str]) -> int:
+    """``skuforge console resend``: each refused decision back in the relay's queue, each one that is
+    not (no such task, no decision, not refused) listed with its reason."""
+    failed = 0
+    for task_id in task_ids:
+        try:
+            reason = tasks.resend(task_id)
+        except TaskNotFound:
+            print(f"skuforge console resend: {task_id}: no such task", file=sys.stderr)
+            failed += 1
+            continue
+        except TaskConflict as exc:
+            print(f"skuforge console resend: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        print(json.dumps({"task_id": task_id, "was_refused": reason}))
+    print(json.dumps({"resent": len(task_ids) - failed, "not_resent": failed}))
+    return 1 if failed else 0
 
 
 def _hash_password() -> int:

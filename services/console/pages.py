@@ -158,6 +158,8 @@ def item_page(request: Request, task_id: TaskId, console: ConsoleDep) -> Respons
             "checks": task.pending.checks,
             "reject_reasons": REJECT_REASONS,
             "final": outbox.payload if outbox else None,
+            # The broker's reason a decision was set aside unsent: without it the page read as sent.
+            "refused": outbox.refused_reason if outbox else None,
             "audit": console.tasks.audit(task_id),
             "now": console.tasks.clock(),
         },

@@ -923,6 +923,46 @@ class TaskStore:
             row = db.execute("SELECT COUNT(*) FROM outbox WHERE refused_reason IS NOT NULL").fetchone()
         return int(row[0])
 
+    def refused(self, limit: int = 1000) -> list[OutboxEvent]:
+        """Up to ``limit`` decisions the broker refused for good, oldest first (``skuforge console
+        refused``); one that no longer reads is left out and logged, as ``unpublished`` leaves it."""
+        with self._connect() as db:
+            return _read_past_unreadable(
+                db,
+                "outbox",
+                ["refused_reason IS NOT NULL"],
+                (),
+                keys=("created_at", "event_id"),
+                newest_first=False,
+                limit=limit,
+                read=_outbox,
+                what="decision",
+            )
+
+    def resend(self, task_id: str) -> str:
+        """Give the refused decision of ``task_id`` back to the relay (once the topic takes it: its
+        max.message.bytes raised), with an audit entry; returns the broker's reason it was refused for.
+        Before, the only way was to clear ``refused_reason`` by hand in SQLite. TaskNotFound if there is
+        no such task, TaskConflict if it has no decision or its decision was not refused."""
+        with self._write() as (db, now):
+            row = db.execute(
+                "SELECT tasks.state, outbox.event_id, outbox.refused_reason, outbox.published_at"
+                " FROM tasks LEFT JOIN outbox USING (task_id) WHERE task_id = ?",
+                (task_id,),
+            ).fetchone()
+            if row is None:
+                raise TaskNotFound(task_id)
+            if row["event_id"] is None:
+                raise TaskConflict(f"task {task_id} has no decision to send ({row['state']})")
+            if row["refused_reason"] is None:
+                sent = "was published" if row["published_at"] is not None else "waits to be sent"
+                raise TaskConflict(f"the decision of task {task_id} was not refused: it {sent}")
+            db.execute("UPDATE outbox SET refused_reason = NULL WHERE task_id = ?", (task_id,))
+            detail = f"refused: {row['refused_reason']}"
+            self._audit(db, task_id, None, "resend", row["state"], row["state"], now, detail)
+        log.info("a refused decision goes back to the relay", extra={"task_id": task_id})
+        return str(row["refused_reason"])
+
     def outbox(self, task_id: str) -> OutboxEvent | None:
         """The decision event of a task, if it was decided; BadInput if it no longer reads (as ``get``)."""
         with self._connect() as db:
