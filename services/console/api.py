@@ -80,7 +80,8 @@ def api_decision(
     decision: Annotated[Decision, Form()],
     reject_reason: Annotated[str | None, Form(max_length=1000)] = None,
     mask: Annotated[UploadFile | None, File()] = None,
-    shown: Annotated[str | None, Form(max_length=64)] = None,
+    # ``shown_pixels``' digest: any other text was a 409 telling the sender a replay changed the item.
+    shown: Annotated[str | None, Form(pattern=r"^[0-9a-f]{16}$")] = None,
 ) -> dict[str, Any]:
     # The form was capped by its Content-Length before it was spooled (auth.limit_bodies); one byte
     # past the image limit is read, so a mask over it is refused by the size check that names it.
