@@ -923,10 +923,12 @@ class TaskStore:
             row = db.execute("SELECT COUNT(*) FROM outbox WHERE refused_reason IS NOT NULL").fetchone()
         return int(row[0])
 
-    def refused(self, limit: int = 1000) -> list[OutboxEvent]:
-        """Up to ``limit`` decisions the broker refused for good, oldest first (``skuforge console
-        refused``); one that no longer reads is left out and logged, as ``unpublished`` leaves it."""
+    def refused(self) -> list[OutboxEvent]:
+        """Every decision the broker refused for good, oldest first (``skuforge console refused``, ``resend
+        --all``: each a failure someone looks at, so few); one that no longer reads is left out and
+        logged, as ``unpublished`` leaves it."""
         with self._connect() as db:
+            count = db.execute("SELECT COUNT(*) FROM outbox WHERE refused_reason IS NOT NULL").fetchone()[0]
             return _read_past_unreadable(
                 db,
                 "outbox",
@@ -934,7 +936,7 @@ class TaskStore:
                 (),
                 keys=("created_at", "event_id"),
                 newest_first=False,
-                limit=limit,
+                limit=int(count),
                 read=_outbox,
                 what="decision",
             )
