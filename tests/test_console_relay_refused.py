@@ -8,15 +8,16 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from kafka.admin import NewTopic
+from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 
 from schemas.topics import CORRECTION_RESOLVED
 from services.console.decisions import MAX_REASON_CHARS
 from services.console.relay import DecisionRelay
 from services.console.tasks import PRODUCER, OutboxEvent, TaskStore
 from shared.bus import make_envelope
+from skuforge_cli.main import main as cli_main
 from tests.support.bus import isolated_settings, read_topic
-from tests.support.console import build_console, decide_as_alice, flagged_item, pending_envelope
+from tests.support.console import build_console, decide_as_alice, flagged_item, pending_envelope, use_cli_on
 from tests.support.kafka import session_admin
 
 pytestmark = pytest.mark.kafka
@@ -84,3 +85,38 @@ def test_an_outbox_made_before_refusals_is_given_the_column_with_nothing_refused
     tasks = TaskStore(parts.tasks.path)
     assert [event.task_id for event in tasks.unpublished()] == [task.event_id]
     assert tasks.refused_count() == 0
+
+
+def test_a_refused_decision_resent_once_the_topic_takes_it_is_published(
+    kafka_bootstrap: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The operator's path (``skuforge console resend``) on the real broker: raised max.message.bytes,
+    the decision it refused goes out on the relay's next round."""
+    settings = isolated_settings(kafka_bootstrap, f"file://{tmp_path / 'store'}")
+    parts = build_console(tmp_path, settings=settings)
+    refused = pending_envelope(flagged_item(parts.store, 0))
+    parts.tasks.add_pending(refused)
+    decide_as_alice(parts, refused.event_id, "reject", "x" * MAX_REASON_CHARS)
+    [event] = parts.tasks.unpublished()
+    topic = settings.topic_name(CORRECTION_RESOLVED)
+    admin = session_admin(kafka_bootstrap)
+    admin.create_topics([NewTopic(topic, 1, 1, topic_configs={"max.message.bytes": "200"})])
+    relay = DecisionRelay(parts.tasks, settings)
+    try:
+        assert relay.publish_pending() == 0
+        assert parts.tasks.refused_count() == 1
+        big_enough = str(_sent_bytes(event) + 1000)
+        admin.alter_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, topic, {"max.message.bytes": big_enough})]
+        )
+        use_cli_on(parts, monkeypatch)
+        assert cli_main(["console", "resend", refused.event_id]) == 0
+        assert relay.publish_pending() == 1
+    finally:
+        relay.close()
+
+    [record] = read_topic(kafka_bootstrap, topic, expect=1)
+    assert event.event_id.encode() in record.value
+    assert parts.tasks.refused_count() == 0
+    outbox = parts.tasks.outbox(refused.event_id)
+    assert outbox is not None and outbox.published_at is not None
