@@ -106,12 +106,11 @@ def main(argv: list[str] | None = None) -> int:
         help="list the decisions the broker refused for good (one JSON line each: task, SKU, decision, "
         "the broker's reason), which the relay has set aside",
     )
-    resend = sub.add_parser(
-        "resend",
-        help="give refused decisions back to the console's relay, which sends them at its next round "
-        "(raise the topic's max.message.bytes first, or the broker refuses them again)",
-        epilog=RESEND_EXIT_STATUS,
+    resend_help = (
+        "give refused decisions back to the console's relay, which sends them at its next round "
+        "(raise the topic's max.message.bytes first, or the broker refuses them again)"
     )
+    resend = sub.add_parser("resend", help=resend_help, description=resend_help, epilog=RESEND_EXIT_STATUS)
     which = resend.add_mutually_exclusive_group(required=True)
     which.add_argument("task_ids", nargs="*", default=[], metavar="TASK_ID", help="the tasks to resend")
     which.add_argument("--all", action="store_true", help="every refused decision")
