@@ -15,8 +15,8 @@ fine-tuned on GroceryStoreDataset photos and renderer data, mixed back with the 
 its model card beside it), ``u2netp-official`` (the official weights as set-up checked them),
 ``u2netp-int8`` (its quantised copy) and ``u2net-custom`` (any
 U2-Net-compatible ONNX file, given as a path or URI). A model is compatible when its input takes
-Nx3xHxW float32 (320x320 unless the file fixes its size, square or not) and its output ``d0`` (or,
-failing that, its first output) is the fused Nx1xHxW saliency map.
+Nx3xHxW float32 or float16 (320x320 unless the file fixes its size, square or not) and its output ``d0``
+(or, failing that, its first output) is the fused Nx1xHxW saliency map.
 
 Pre- and post-processing are plain functions (``u2net_preprocess``, ``normalise_min_max``,
 ``otsu_thresholds``, and ``shared.arith.masks.clean_mask``) so they are tested, and reused by
@@ -89,6 +89,9 @@ OTSU_BINS = 256
 # With a named batch the calls are of exactly 4 or of 1 (the rest of a chunk, one image at a time),
 # so two shape-fixed sessions serve every chunk (``_session_for``).
 CPU_CALL_IMAGES = 4
+# The input types a model may take (ORT's names): the pre-processing's float32 is cast to a float16
+# export's input (the normalised pixels, within +-3, lose nothing a 320 px map shows), its maps back.
+INPUT_TYPES: dict[str, type[np.floating]] = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 
 class MattingModelError(Exception):
@@ -416,6 +419,14 @@ class MattingSession(ABC):
                 f"{self.model_id} takes a {len(model_input.shape)}-D input {model_input.name!r} "
                 f"{model_input.shape}; a U2-Net model takes N x 3 x H x W"
             )
+        if model_input.type not in INPUT_TYPES:
+            # Its warm-up failed in ORT's bare "Unexpected input data type", naming neither file nor input.
+            raise MattingModelError(
+                f"{self.model_id} takes input {model_input.name!r} of {model_input.type}; a U2-Net model "
+                f"takes {' or '.join(INPUT_TYPES)} (the normalised pixels)"
+            )
+        #: What the model's input is given as: the float32 pre-processing, cast for a float16 export.
+        self.input_dtype: type[np.floating] = INPUT_TYPES[model_input.type]
         batch_dim, channel_dim, height_dim, size_dim = model_input.shape
         if channel_dim != 3 and (isinstance(channel_dim, int) or size_dim == 3):
             # A channels-last export (N x H x W x 3, as tf2onnx writes a Keras model) opened with a
@@ -659,7 +670,7 @@ class MattingSession(ABC):
         outputs = []
         fixed = self._fixed_batch
         for first, count in self._calls(len(batch)):
-            part = batch[first : first + count]
+            part = batch[first : first + count].astype(self.input_dtype, copy=False)
             if fixed is not None and count < fixed:  # blank images fill the call; their maps dropped
                 part = np.concatenate([part, np.zeros((fixed - count, *part.shape[1:]), part.dtype)])
             (predictions,) = self._session_for(len(part)).run([self.output_name], {self.input_name: part})

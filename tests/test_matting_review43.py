@@ -1,0 +1,70 @@
+"""Matting sessions: models whose input type or output size no U2-Net has, opened and warmed up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from shared.matting.session import MattingModelError, U2NetSession, open_session
+from shared.synth import make_product, render_photo
+from tests.support.matting import stand_in_onnx_bytes
+
+
+def _stand_in(input_type: int, *, weights_type: Any = np.float32) -> Any:
+    """The tests' stand-in U2-Net graph, with its input (and the output, and the weights, which ONNX
+    types with it) of ``input_type``."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load_from_string(stand_in_onnx_bytes())
+    weights = model.graph.initializer[0]
+    weights.CopyFrom(
+        numpy_helper.from_array(numpy_helper.to_array(weights).astype(weights_type), weights.name)
+    )
+    for value in [*model.graph.input, *model.graph.output]:
+        value.type.tensor_type.elem_type = input_type
+    onnx.checker.check_model(model)
+    return model
+
+
+def test_a_float16_model_mats_as_its_float32_original(tmp_path: Path) -> None:
+    """A half-precision export (N x 3 x H x W float16 in) was refused at warm-up with ORT's bare
+    "Unexpected input data type. Actual: (tensor(float)), expected: (tensor(float16))": the input is
+    given in the type the model takes, and its maps read back as float32."""
+    import onnx
+    from onnx import TensorProto
+
+    onnx.save(_stand_in(TensorProto.FLOAT16, weights_type=np.float16), str(tmp_path / "half.onnx"))
+    half = open_session(str(tmp_path / "half.onnx"), threads=1, use_gpu=False, store=None, uri_from=None)
+    half.warm_up()
+    full = U2NetSession(stand_in_onnx_bytes(), threads=1, use_gpu=False)
+    images = [render_photo(make_product(index, seed=7), 0, seed=7, size_px=128).image for index in range(3)]
+    for ours, theirs in zip(half.predict(images), full.predict(images), strict=True):
+        assert ours.confidence.dtype == np.float32
+        assert np.abs(ours.confidence - theirs.confidence).max() < 0.01
+        agree = np.count_nonzero(ours.mask == theirs.mask) / ours.mask.size
+        assert agree > 0.99
+
+
+def test_a_model_whose_input_is_not_floating_point_is_refused_at_opening(tmp_path: Path) -> None:
+    """A model taking bytes (uint8 pixels) opened, and its warm-up failed with ORT's bare message naming
+    neither the file nor its input: refused when opened, with the type it takes and the one it is given."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("Cast", ["input"], ["pixels"], to=TensorProto.FLOAT),
+            helper.make_node("ReduceMean", ["pixels"], ["d0"], axes=[1], keepdims=1),
+        ],
+        "bytes-in",
+        [helper.make_tensor_value_info("input", TensorProto.UINT8, ["N", 3, 320, 320])],
+        [helper.make_tensor_value_info("d0", TensorProto.FLOAT, ["N", 1, 320, 320])],
+    )
+    path = tmp_path / "bytes-in.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    with pytest.raises(MattingModelError, match=r"bytes-in\.onnx.*'input' of tensor\(uint8\).*float"):
+        open_session(str(path), threads=1, use_gpu=False, store=None, uri_from=None)
