@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from shared.matting.session import MattingModelError, U2NetSession, open_session
 from shared.synth import make_product, render_photo
@@ -68,3 +69,44 @@ def test_a_model_whose_input_is_not_floating_point_is_refused_at_opening(tmp_pat
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     with pytest.raises(MattingModelError, match=r"bytes-in\.onnx.*'input' of tensor\(uint8\).*float"):
         open_session(str(path), threads=1, use_gpu=False, store=None, uri_from=None)
+
+
+def _pooled_to(side: int, path: Path) -> None:
+    """The stand-in's map averaged down to ``side`` x ``side``, saved at ``path``."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load_from_string(stand_in_onnx_bytes())
+    stride = [320 // side] * 2
+    model.graph.node.append(
+        helper.make_node("AveragePool", ["d0"], ["pooled"], kernel_shape=stride, strides=stride)
+    )
+    del model.graph.output[:]
+    model.graph.output.append(
+        helper.make_tensor_value_info("pooled", TensorProto.FLOAT, ["batch", 1, side, side])
+    )
+    onnx.save(model, str(path))
+
+
+@pytest.mark.parametrize("side", [1, 4])
+def test_a_model_whose_maps_are_far_smaller_than_its_input_is_refused_at_warm_up(
+    tmp_path: Path, side: int
+) -> None:
+    """A model that pools its map to N x 1 x 1 x 1 opened and warmed up, and every image's 1 x 1 map,
+    blown up to the image, was a flat mask: all product or all background, served as ready."""
+    _pooled_to(side, tmp_path / "pooled.onnx")
+    session = open_session(str(tmp_path / "pooled.onnx"), threads=1, use_gpu=False, store=None, uri_from=None)
+    with pytest.raises(MattingModelError, match=rf"pooled\.onnx.*\(1, 1, {side}, {side}\).*320 x 320"):
+        session.warm_up()
+
+
+def test_a_model_whose_maps_are_half_its_input_size_mats(tmp_path: Path) -> None:
+    """A coarser map is still an outline: resized to each image as a full-size one is."""
+    _pooled_to(160, tmp_path / "half.onnx")
+    session = open_session(str(tmp_path / "half.onnx"), threads=1, use_gpu=False, store=None, uri_from=None)
+    session.warm_up()
+    image = Image.new("RGB", (240, 120), "white")
+    image.paste((200, 0, 0), (0, 0, 120, 60))  # the stand-in calls red product, white background
+    (result,) = session.predict([image])
+    assert result.mask.shape == (120, 240)
+    assert result.mask[:50, :110].all() and not result.mask[70:, :].any() and not result.mask[:, 130:].any()

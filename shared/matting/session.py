@@ -16,7 +16,8 @@ its model card beside it), ``u2netp-official`` (the official weights as set-up c
 ``u2netp-int8`` (its quantised copy) and ``u2net-custom`` (any
 U2-Net-compatible ONNX file, given as a path or URI). A model is compatible when its input takes
 Nx3xHxW float32 or float16 (320x320 unless the file fixes its size, square or not) and its output ``d0``
-(or, failing that, its first output) is the fused Nx1xHxW saliency map.
+(or, failing that, its first output) is the fused Nx1xHxW saliency map (at least an eighth of the input's
+side: ``MAP_SIDE_DIVISOR``).
 
 Pre- and post-processing are plain functions (``u2net_preprocess``, ``normalise_min_max``,
 ``otsu_thresholds``, and ``shared.arith.masks.clean_mask``) so they are tested, and reused by
@@ -92,6 +93,9 @@ CPU_CALL_IMAGES = 4
 # The input types a model may take (ORT's names): the pre-processing's float32 is cast to a float16
 # export's input (the normalised pixels, within +-3, lose nothing a 320 px map shows), its maps back.
 INPUT_TYPES: dict[str, type[np.floating]] = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+# A model's map has sides of at least its input's over this (a stride-8 segmentation output, the
+# coarsest a mask is read from); a smaller one, blown up to the image, is no product's outline.
+MAP_SIDE_DIVISOR = 8
 
 
 class MattingModelError(Exception):
@@ -738,6 +742,15 @@ class U2NetSession(MattingSession):
             # A model that outputs an image (N x 3 x H x W) passed the warm-up, and its red channel
             # was read as the mask.
             raise ValueError(f"its output is {predictions.shape[1]} channels per image; a mask is 1")
+        height, width = predictions.shape[-2:]
+        if height * MAP_SIDE_DIVISOR < self.input_size[1] or width * MAP_SIDE_DIVISOR < self.input_size[0]:
+            # A map pooled to N x 1 x 1 x 1 passed the warm-up, and blown up to each image it was a flat
+            # mask: all product or all background, served as ready.
+            raise ValueError(
+                f"its output {self.output_name!r} is {predictions.shape}: {width} x {height} maps for a "
+                f"{self.input_size[0]} x {self.input_size[1]} input; a mask is at least 1/{MAP_SIDE_DIVISOR} "
+                "of the input's side, a U2-Net's is the input's size"
+            )
         maps = normalise_min_max(predictions[:, 0] if predictions.ndim == 4 else predictions)
         options = self.mask_options
         if options.threshold == "otsu":
