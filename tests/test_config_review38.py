@@ -279,6 +279,7 @@ NAMING_SETTINGS = [
     (GenerationSettings, "SKUFORGE_GENERATION_TRITON_URL"),
     (TrainstoreSettings, "SKUFORGE_TRAINSTORE_PREFIX"),
     (MattingSettings, "SKUFORGE_MATTING_MODEL"),
+    (MattingSettings, "SKUFORGE_MATTING_CACHE_DIR"),
     (CaptionerSettings, "SKUFORGE_CAPTIONER_VLM_MODEL"),
     (CaptionerSettings, "SKUFORGE_CAPTIONER_VLM_CACHE_DIR"),
     (CaptionerSettings, "SKUFORGE_CAPTIONER_MATTING_MODEL"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -110,3 +111,44 @@ def test_a_model_whose_maps_are_half_its_input_size_mats(tmp_path: Path) -> None
     (result,) = session.predict([image])
     assert result.mask.shape == (120, 240)
     assert result.mask[:50, :110].all() and not result.mask[70:, :].any() and not result.mask[:, 130:].any()
+
+
+def test_the_matting_stage_copies_a_model_from_a_uri_into_its_cache_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The captioner's BLIP folder and the generator's models had a cache setting each; the matting
+    model from a URI always went to <system temp>/skuforge-models, which only TMPDIR moved (a pod with a
+    small /tmp and a volume for models could not put the copy there)."""
+    from services.matting.config import MattingSettings
+    from services.matting.stage import open_matting_session
+    from shared.config import load_settings
+    from shared.store import FileStore
+
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    ref = FileStore(tmp_path / "store").put_bytes("models/stand-in.onnx", stand_in_onnx_bytes())
+    monkeypatch.setenv("SKUFORGE_MATTING_CACHE_DIR", str(tmp_path / "models-volume"))
+    matting = load_settings(MattingSettings, matting_model=ref.uri, matting_use_gpu=False)
+    open_matting_session(matting, load_settings())
+    assert [path.name for path in (tmp_path / "models-volume").glob("*-stand-in.onnx")]
+    assert not list(temp.rglob("*.onnx"))
+
+
+def test_a_matting_cache_that_cannot_be_written_names_its_setting(tmp_path: Path) -> None:
+    """The refusal said to point TMPDIR elsewhere, the one way there was."""
+    from services.matting.config import MattingSettings
+    from services.matting.stage import open_matting_session
+    from shared.config import ConfigError, load_settings
+    from shared.store import FileStore
+
+    ref = FileStore(tmp_path / "store").put_bytes("models/stand-in.onnx", stand_in_onnx_bytes())
+    (tmp_path / "a-file").write_text("not a folder")
+    matting = load_settings(
+        MattingSettings,
+        matting_model=ref.uri,
+        matting_use_gpu=False,
+        matting_cache_dir=str(tmp_path / "a-file" / "cache"),
+    )
+    with pytest.raises(ConfigError, match=rf"{tmp_path}/a-file/cache.*SKUFORGE_MATTING_CACHE_DIR"):
+        open_matting_session(matting, load_settings())

@@ -35,6 +35,12 @@ class MattingSettings(BaseSettings):
             "product photos, shared/matting/models/u2netp-skuforge.onnx"
         ),
     )
+    matting_cache_dir: str | None = Field(
+        default=None,
+        description="where a model given as a URI is copied; unset = <system temp>/skuforge-models"
+        "; made for this user alone (0700) when missing; refused when everyone may write to it (unset: also"
+        " when another user owns it or its group may write to it)",
+    )
     matting_threads: int = Field(
         default=2, ge=1, le=256, description="ONNX Runtime intra-op threads (CPU execution provider)"
     )
@@ -79,7 +85,7 @@ class MattingSettings(BaseSettings):
         ),
     )
 
-    @field_validator("matting_model", mode="before")
+    @field_validator("matting_model", "matting_cache_dir", mode="before")
     @classmethod
     def _name_or_unset(cls, value: Any) -> Any:
         return name_or_unset(value)

@@ -37,7 +37,8 @@ before either is read. Odd but valid images (16-bit, CMYK, palette, grayscale) a
 matted.
 
 The model: ``SKUFORGE_MATTING_MODEL`` (a path, an s3:// or file:// URI, or a registered name;
-unset = the project's U2-NetP, ``shared/matting/models/u2netp-skuforge.onnx``), run on CUDA when
+unset = the project's U2-NetP, ``shared/matting/models/u2netp-skuforge.onnx``; a URI's copy is kept in
+``SKUFORGE_MATTING_CACHE_DIR``, unset = ``<system temp>/skuforge-models``), run on CUDA when
 available and ``SKUFORGE_MATTING_USE_GPU`` allows it. Threshold, clean-up and batch size are the
 other ``SKUFORGE_MATTING_*`` settings (``services/matting/config.py``); the sessions themselves
 live in ``shared/matting/session.py``.
@@ -118,6 +119,8 @@ def open_matting_session(
             s3_endpoint_url=settings.s3_endpoint_url,
             s3_region=settings.s3_region,
             cache_unused_days=settings.model_cache_unused_days,
+            cache=matting.matting_cache_dir,
+            cache_from="SKUFORGE_MATTING_CACHE_DIR",
             uri_from="SKUFORGE_MATTING_MODEL",
         )
         session.warm_up()

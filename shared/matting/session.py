@@ -901,6 +901,8 @@ def open_session(
     s3_endpoint_url: str | None = None,
     s3_region: str = "us-east-1",
     cache_unused_days: float = DEFAULT_UNUSED_DAYS,
+    cache: str | None = None,
+    cache_from: str = "TMPDIR",
     uri_from: str | None,
 ) -> MattingSession:
     """Open the matting model ``model`` names; None means the committed U2-NetP.
@@ -908,7 +910,9 @@ def open_session(
     ``model`` is a registered name (``REGISTRY``), a local path, or an ``s3://`` / ``file://`` URI.
     URIs inside ``store`` are read through it, others through ``open_store`` (with the S3
     endpoint given); the bytes are cached in a local file named by their sha256
-    (``shared/model_cache.py``; copies not used for ``cache_unused_days`` are deleted there).
+    (``shared/model_cache.py``; copies not used for ``cache_unused_days`` are deleted there), in the
+    folder ``cache`` (None: ``<system temp>/skuforge-models``), which ``cache_from`` sets: what a cache
+    that cannot take the copy says to point elsewhere.
     ``uri_from`` is the setting or option ``model`` came from, which an S3 refusal says to check and a
     missing model's help says to change; None for a model no setting chose (a path of the caller's, the
     committed model), which a URI is refused. It has no default: one, SKUFORGE_STORE_URI, was blamed for
@@ -965,6 +969,7 @@ def open_session(
         try:
             path = fetch_file(
                 name,
+                cache,
                 store=store,
                 s3_endpoint_url=s3_endpoint_url,
                 s3_region=s3_region,
@@ -981,13 +986,13 @@ def open_session(
             raise MattingModelError(f"cannot fetch the matting model {name}: {exc}; {help_text}") from exc
         except UnsafeCache as exc:  # another user could plant a model there: not "make it writable"
             raise MattingModelError(
-                f"cannot fetch the matting model {name}: {exc} (TMPDIR moves it)"
+                f"cannot fetch the matting model {name}: {exc} ({cache_from} moves it)"
             ) from exc
         except OSError as exc:  # the cache cannot be written: full, a read-only /tmp, another user's folder
-            # The folder itself, as TMPDIR placed it; os.write's ENOSPC names no file.
+            # The folder itself, as configured; os.write's ENOSPC names no file.
             raise MattingModelError(
-                f"cannot copy the matting model {name} into the model cache {cache_dir(None)}: {exc}; free "
-                "room there, make it writable by this user, or point TMPDIR at a folder that is"
+                f"cannot copy the matting model {name} into the model cache {cache_dir(cache)}: {exc}; free "
+                f"room there, make it writable by this user, or point {cache_from} at a folder that is"
             ) from exc
         return session(U2NetSession, path, file_name)
     path = Path(name)
