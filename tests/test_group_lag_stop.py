@@ -4,9 +4,11 @@ thread is a daemon and closes its own admin client once the read ends."""
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any
 
+import pytest
 from kafka.errors import KafkaTimeoutError
 from kafka.structs import TopicPartition
 
@@ -48,3 +50,26 @@ def test_a_stop_during_a_lag_read_returns_without_waiting_for_the_read() -> None
     watcher.stopped.set()
     watcher._thread.join(60)
     assert watcher.stopped_during_read is True
+
+
+def test_a_read_failing_after_the_stop_is_not_counted(caplog: pytest.LogCaptureFixture) -> None:
+    """The read under way as the stage stops fails as the broker goes away with the stack: counted, it
+    showed in ``skuforge_consumer_group_lag_read_failures_total`` (and a WARNING) of a process that goes
+    on serving its metrics (the console), an alert on a lag read nobody wanted any more."""
+    metrics = StageMetrics("upstream")
+    watcher = _HeldRead(
+        connection={"bootstrap_servers": "127.0.0.1:1"},
+        groups={"g": {"t"}},
+        gauge=metrics.group_lag,
+        interval_s=0.01,
+        read_failures=metrics.group_lag_read_failures,
+    )
+    with caplog.at_level(logging.WARNING, logger="skuforge.group_lag"):
+        watcher.start()
+        assert watcher.reading.wait(60)
+        watcher.stop()
+        watcher.stopped.set()
+        watcher._thread.join(60)
+    assert not watcher._thread.is_alive()
+    assert metrics.group_lag_read_failures.labels("g")._value.get() == 0
+    assert not [r for r in caplog.records if r.name == "skuforge.group_lag"]
