@@ -9,7 +9,9 @@ names every problem and uploads and publishes nothing, so bad input never half-p
 Every photo of a folder is checked, one at a time, even in a folder with more than
 ``SKUFORGE_MAX_PHOTOS_PER_SKU``: one run names all there is to fix. Should the broker or the
 store fail after the checks, the command says which SKUs were published and which not (exit 1);
-running it again finishes the batch under the same keys and event ids. Checked photos wait as PNG files in a
+running it again finishes the batch under the same keys and event ids. A SKU whose event the broker
+refuses for good (over the topic's ``max.message.bytes``) is left out, the others are published, and the
+command names it, its folder and the broker's reason (exit 1). Checked photos wait as PNG files in a
 temporary folder, not in memory (``ingest_path``).
 
 Layout read (what ``skuforge synth`` writes)::
@@ -95,7 +97,7 @@ from schemas.events import MAX_FILENAME_CHARS, ReferencePhoto, SkuIngested
 from schemas.topics import SKU_INGESTED
 from shared import keys
 from shared.argtypes import path_argument
-from shared.bus import Publisher, listed_topics
+from shared.bus import Publisher, RecordRefused, listed_topics
 from shared.config import ConfigError, Settings, load_settings
 from shared.errors import BadInput, ImageRejected, TransientError
 from shared.evaluation.leakage import NEAR_DUPLICATE_MAX_BITS, bits_apart, image_variant_hashes
@@ -1127,6 +1129,8 @@ def ingest_path(
     With ``withdraw_missing`` the photos a folder no longer has are withdrawn instead (module
     docstring), in the retraining store ``trainstore`` names (default: the ``SKUFORGE_TRAINSTORE_*``
     settings); ``tell`` is told of each SKU's withdrawals and reinstatements.
+    A SKU whose event the broker refuses for good (over the topic's ``max.message.bytes``) is left out
+    and the others go on; ``IngestIncomplete`` then names it, its folder and the broker's reason.
     """
     with tempfile.TemporaryDirectory(prefix="skuforge-ingest-") as spool_dir:
         # Their photos' bytes are on disk: png is empty in these.
@@ -1150,6 +1154,8 @@ def ingest_path(
             publisher.close()
             raise
         event_ids: list[str] = []
+        published: list[str] = []  # their SKU ids
+        refused: list[str] = []  # "SKU (folder): why" of each SKU whose event the broker refused for good
         failing = "store"  # which system the step under way talks to, for the error's hint
         owners: dict[str, set[str]] | None = None  # read once, and only when a SKU id is new
         withdrawing = ""  # the withdrawal under way, for the error: its SKU went out already
@@ -1181,10 +1187,21 @@ def ingest_path(
                     if back
                     else sku.event_id
                 )
-                envelope = publisher.publish(
-                    SKU_INGESTED, payload, sku_id=sku.metadata.sku_id, event_id=event_id, trace_id=event_id
-                )
+                try:
+                    envelope = publisher.publish(
+                        SKU_INGESTED,
+                        payload,
+                        sku_id=sku.metadata.sku_id,
+                        event_id=event_id,
+                        trace_id=event_id,
+                    )
+                except RecordRefused as exc:
+                    # The SKU's own record (over the topic's max.message.bytes): refused at every run, it
+                    # ended the batch there, and the SKUs after it never went out. Its withdrawals wait too.
+                    refused.append(f"{sku.metadata.sku_id} ({sku.folder}): {exc}")
+                    continue
                 event_ids.append(envelope.event_id)
+                published.append(sku.metadata.sku_id)
                 if withdraw_missing and stale:
                     failing = "store"
                     sku_id = sku.metadata.sku_id
@@ -1198,16 +1215,14 @@ def ingest_path(
                         f"{sku.folder} ({', '.join(stale)}) and {generated} image(s) generated from them "
                         "from the retraining store"
                     )
-            return event_ids
         except Exception as exc:  # the broker or the store, after the checks: say what went out
-            if not event_ids and isinstance(exc, TransientError):
+            if not event_ids and not refused and isinstance(exc, TransientError):
                 # Nothing published: say which system to look at. A store refusal once read "is
                 # Kafka running?", sending its reader to the wrong system.
                 if failing == "store":
                     raise StoreUnavailable(str(exc)) from exc
                 raise
-            done = [sku.metadata.sku_id for sku in spooled[: len(event_ids)]]
-            left = [sku.metadata.sku_id for sku in spooled[len(event_ids) :]]
+            left = [sku.metadata.sku_id for sku in spooled[len(published) + len(refused) :]]
             again = (
                 "Run the same command again to finish: what is already published is published again "
                 "under the same event ids, which consumers skip"
@@ -1220,12 +1235,31 @@ def ingest_path(
                     f"then {again[0].lower()}{again[1:]}"
                 )
             raise IngestIncomplete(
-                f"stopped after publishing {len(done)} of {len(spooled)} SKUs "
-                f"({type(exc).__name__}: {str(exc)[:300]}); published: {', '.join(done) or 'none'}; "
-                f"not published: {', '.join(left) or 'none'}{withdrawing}. {again}"
+                f"stopped after publishing {len(published)} of {len(spooled)} SKUs "
+                f"({type(exc).__name__}: {str(exc)[:300]}); published: {', '.join(published) or 'none'}; "
+                f"not published: {', '.join(left) or 'none'}{withdrawing}{_refusals(refused)}. {again}"
             ) from exc
         finally:
             publisher.close()
+        if refused:
+            raise IngestIncomplete(
+                f"published {len(published)} of {len(spooled)} SKUs: {', '.join(published) or 'none'}"
+                f"{_refusals(refused)}. Then run the same command again: what is already published is "
+                "published again under the same event ids, which consumers skip"
+            )
+        return event_ids
+
+
+def _refusals(refused: list[str]) -> str:
+    """The part of ingest's error that names the SKUs whose event the broker refused for good."""
+    if not refused:
+        return ""
+    return (
+        f"; the broker refused the {SKU_INGESTED.name} event of {len(refused)} SKU(s) for good, so a rerun "
+        f"alone will not publish them: {'; '.join(refused)}. A record over the topic's max.message.bytes "
+        "is refused so (a SKU of many photos): raise the topic's max.message.bytes, or keep fewer photos "
+        "in the SKU's folder"
+    )
 
 
 def _reinstate(
