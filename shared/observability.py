@@ -152,6 +152,14 @@ class StageMetrics:
             ["stage"],
             registry=self.registry,
         )
+        self.uncommitted_inputs = Gauge(
+            "skuforge_uncommitted_inputs",
+            "Inputs handled and delivered whose offset commit failed, held for the next (the group's "
+            "coordinator away); past a limit (docs/delivery.md) the stage takes no input until a commit "
+            "goes through.",
+            ["stage"],
+            registry=self.registry,
+        )
         self.group_lag = Gauge(
             "skuforge_consumer_group_lag_messages",
             "Messages a consumer group has not committed yet, summed over every partition of the topic "

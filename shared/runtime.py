@@ -128,6 +128,11 @@ ATTEMPTS_KEPT = 10_000
 # Inputs completed here that a stage remembers by event id, the oldest forgotten first, to skip a copy
 # redelivered or replayed (docs/delivery.md; tests/test_docs_delivery.py holds the doc's figures to these).
 DEDUPE_WINDOW = 10_000
+# Inputs handled and delivered whose offset commits failed (the group's coordinator away, the partitions'
+# leaders still serving) are held for the commit to come; past this many the stage takes no input until
+# one goes through. Before, it held every one for as long as the coordinator was away (their records and
+# outputs in memory, each batch's duplicate check rebuilt from all of them), and a restart redid them all.
+MAX_UNCOMMITTED_INPUTS = 1_000
 # A stage holding no partition of a topic that has some rejoins after this long, then doubling.
 REJOIN_FIRST_S = 20.0
 REJOIN_MAX_S = 600.0
@@ -386,7 +391,8 @@ class Stage:
     """A Kafka stage: consumes its input topics, calls the handler, produces outputs.
 
     ``default_metrics_port`` is used unless ``SKUFORGE_METRICS_PORT`` is set (0 = any free port).
-    ``ready`` adds the stage's own readiness (model loaded...) to the runtime's.
+    ``ready`` adds the stage's own readiness (model loaded...) to the runtime's. ``max_uncommitted``:
+    the handled inputs that may wait for a commit that keeps failing (``MAX_UNCOMMITTED_INPUTS``).
     """
 
     def __init__(
@@ -398,6 +404,7 @@ class Stage:
         default_metrics_port: int = 0,
         ready: Callable[[], bool] = lambda: True,
         dedupe_window: int = DEDUPE_WINDOW,
+        max_uncommitted: int = MAX_UNCOMMITTED_INPUTS,
     ) -> None:
         if not name or len(name) > MAX_STAGE_NAME_CHARS:
             # Every dead letter names its stage, and a replay finds it by that name: cut, it would not.
@@ -427,6 +434,8 @@ class Stage:
         self._completed: OrderedDict[tuple[str, str], None] = OrderedDict()
         # Inputs handled and produced whose offset commit failed, per partition, oldest first (_commit).
         self._uncommitted: dict[TopicPartition, list[tuple[ConsumerRecord, _Outcome]]] = {}
+        self._max_uncommitted = max_uncommitted
+        self._intake_held = False  # every partition paused while max_uncommitted inputs wait (_hold_intake)
         # The rebalance listener's commits of those (_commit_revoked) not answered yet, one token each.
         self._revoked_commits: set[object] = set()
         # Inputs of the batch being handled (and of those awaiting a commit), by (topic, event id):
@@ -614,6 +623,7 @@ class Stage:
         try:
             while not self._stop.is_set():
                 self._resume_due_partitions()
+                self._hold_intake()
                 try:
                     batch = self._consumer.poll(timeout_ms=200)
                 except InvalidSessionTimeoutError:
@@ -1590,6 +1600,33 @@ class Stage:
             return
         self._last_left_over_commit = moment
         self._commit({})
+
+    def _hold_intake(self) -> None:
+        """Pause every assigned partition while ``max_uncommitted`` handled inputs wait for a commit,
+        and resume them (but those backing off) once a commit took them: ``MAX_UNCOMMITTED_INPUTS``.
+        The loop goes on polling, so the member stays in its group, and an empty poll tries the commit
+        again (``_commit_left_over``). A paused partition's position is that of its next input, so the
+        records kafka-python parked for it meanwhile are fetched again (``_drop_parked_records``)."""
+        assert self._consumer is not None
+        waiting = sum(len(entries) for entries in self._uncommitted.values())
+        self.metrics.uncommitted_inputs.labels(self.name).set(waiting)
+        if waiting >= self._max_uncommitted:
+            if not self._intake_held:
+                log.warning(
+                    "commits keep failing: the stage takes no input until one goes through",
+                    extra={"stage": self.name, "uncommitted_inputs": waiting},
+                )
+            self._intake_held = True
+            self._consumer.pause(*self._consumer.assignment())  # those assigned since too
+            return
+        if not self._intake_held:
+            return
+        self._intake_held = False
+        for tp in self._consumer.assignment():
+            if tp not in self._resume_at:
+                self._consumer.resume(tp)
+                _drop_parked_records(self._consumer, tp)
+        log.info("a commit went through: the stage takes input again", extra={"stage": self.name})
 
     def _run_after_commit(self, action: Callable[[], None]) -> None:
         try:

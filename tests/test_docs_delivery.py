@@ -1,6 +1,7 @@
 """The runtime's windows that docs/delivery.md gives as figures, held to the code: how many completed
-inputs a stage remembers to skip a redelivered one (``DEDUPE_WINDOW``), and how many failing records'
-attempts it keeps (``ATTEMPTS_KEPT``). Written by hand, they would drift from the constants unseen."""
+inputs a stage remembers to skip a redelivered one (``DEDUPE_WINDOW``), how many failing records'
+attempts it keeps (``ATTEMPTS_KEPT``), and how many handled inputs wait for a commit that keeps failing
+(``MAX_UNCOMMITTED_INPUTS``). Written by hand, they would drift from the constants unseen."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ DELIVERY = (ROOT / "docs" / "delivery.md").read_text(encoding="utf-8")
 STATED_FIGURES = {
     "DEDUPE_WINDOW": re.compile(r"a window of the last ([\d,]+) per process"),
     "ATTEMPTS_KEPT": re.compile(r"the last ([\d,]+) failing records' counts are kept"),
+    "MAX_UNCOMMITTED_INPUTS": re.compile(r"at most ([\d,]+) handled inputs wait for a commit"),
 }
 
 
