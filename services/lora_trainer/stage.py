@@ -49,13 +49,14 @@ torch, diffusers, peft, transformers). One trainer per GPU. A trained job not ye
 ``result.json`` or weights cannot be read (cut short, mistyped, lost) is trained again, resumed from
 its last checkpoint, with a warning naming the file. One registered whose ``adapter.published`` the
 broker did not take (away, or the topic refusing the record) is published again at the next poll, not
-trained again; the log says so, naming the adapter, the topic and the broker's reason. A poll that
-cannot plan its jobs (the store away while its requests are read) is logged as such: nothing was
-trained, and the next poll plans again. A job stopped by the object store or the adapter registry (away,
-or refusing a write) is logged naming which, with the uri it met (``StoreFailed``), not as a training
-job that failed. One whose registration another registration of the adapter (the CLI's, a second
-trainer's) took over while it paused holding the lock (``RegistrationTakenOver``) is logged as that, no
-store's fault, and registered again at the next poll, not trained again.
+trained again; the log says so, naming the adapter, the topic and the broker's reason, and for a record
+the topic refuses for good (over its ``max.message.bytes``) that every poll fails alike until it is
+raised. A poll that cannot plan its jobs (the store away while its requests are read) is logged as such:
+nothing was trained, and the next poll plans again. A job stopped by the object store or the adapter
+registry (away, or refusing a write) is logged naming which, with the uri it met (``StoreFailed``), not
+as a training job that failed. One whose registration another registration of the adapter (the CLI's, a
+second trainer's) took over while it paused holding the lock (``RegistrationTakenOver``) is logged as
+that, no store's fault, and registered again at the next poll, not trained again.
 
 Bad input goes to the DLQ with its reason: a captioned SKU with no usable photo and mask
 (``no_usable_photos``), a photo or mask missing from the store or not matching its sha256
@@ -107,7 +108,7 @@ from schemas.events import MAX_TRAINING_PROMPT_CHARS, AdapterPublished, GateAcce
 from schemas.flow import LORA_TRAINER
 from schemas.topics import ADAPTER_PUBLISHED, GATE_ACCEPTED, SKU_CAPTIONED
 from services.lora_trainer.config import LoraTrainerSettings
-from shared.bus import READ_EXTRA, Publisher, make_envelope
+from shared.bus import READ_EXTRA, Publisher, RecordRefused, make_envelope
 from shared.captioning.prompts import class_noun, class_prompt
 from shared.config import ConfigError, Settings, load_settings
 from shared.errors import BadInput, ObjectMissing, TransientError
@@ -421,11 +422,20 @@ class UnreadableRecord(Exception):
 
 class PublicationFailed(Exception):
     """A trained job's adapter is registered but its ``adapter.published`` was not sent (the broker
-    away, the topic refusing the record): ``reason`` says why. The next poll publishes it again, from
-    the job's result and the registry's copy, without training again."""
+    away, the topic refusing the record): ``reason`` says why, ``outlook`` what the next polls do. The
+    next poll publishes it again, from the job's result and the registry's copy, without training
+    again; one the topic refuses for good (``RecordRefused``) only once its limit is raised."""
 
     def __init__(self, adapter_id: str, exc: BaseException) -> None:
         self.adapter_id, self.topic, self.reason = adapter_id, ADAPTER_PUBLISHED.name, _one_line(exc)
+        # Told "the next poll publishes it" at every poll for ever, the operator waited for an outage
+        # to pass where only raising the limit ends it.
+        self.outlook = (
+            "refused for good by the topic: every poll fails alike (retried, not trained again) until "
+            "the topic's max.message.bytes is raised"
+            if isinstance(exc, RecordRefused)
+            else "the next poll publishes it (retried, not trained again)"
+        )
         super().__init__(f"{self.topic} for adapter {adapter_id} not sent: {self.reason}")
 
 
@@ -573,7 +583,7 @@ class LoraTrainer:
         except PublicationFailed as exc:  # the adapter is registered; only its event is sent again
             self.metrics.jobs.labels("retried").inc()
             log.error(
-                f"{exc.topic} not sent; retried after the poll interval, the adapter not trained again",
+                f"{exc.topic} not sent; {exc.outlook}",
                 extra={"adapter_id": exc.adapter_id, "topic": exc.topic, "reason": exc.reason},
             )
             self.last_error = _without_frames(exc)
@@ -852,8 +862,7 @@ class LoraTrainer:
             except PublicationFailed as exc:
                 # Trained and registered: the broker is to blame, not the GPU, the model or the photos.
                 log.warning(
-                    f"{exc.topic} not sent; the adapter is registered, and the next poll publishes it "
-                    "(retried, not trained again); the others go on",
+                    f"{exc.topic} not sent; the adapter is registered, and {exc.outlook}; the others go on",
                     extra={"adapter_id": exc.adapter_id, "topic": exc.topic, "reason": exc.reason},
                 )
                 failure = failure or _without_frames(exc)
