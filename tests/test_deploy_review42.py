@@ -214,3 +214,33 @@ def test_a_default_quantity_is_named_as_the_default(helm: str) -> None:
     ]
     message = render_error(helm, *own, "stageDefaults.resources.limits.cpu=soon")
     assert "stageDefaults.resources.limits.cpu=soon is no Kubernetes quantity" in message, message
+
+
+FPGA = "example.com/fpga"
+FPGA_REQUEST = r"resources.requests.example\.com/fpga"
+FPGA_LIMIT = r"resources.limits.example\.com/fpga"
+
+
+@pytest.mark.parametrize("owner", ["stages.matting", "triton", "console"])
+def test_any_extended_resource_request_must_equal_its_limit(helm: str, owner: str) -> None:
+    """The API server refuses a request of any extended resource (a name with a domain outside
+    kubernetes.io) other than its limit, or without one, and one of no whole value, as for GPUs; the
+    render checked nvidia.com/gpu alone, and took an FPGA request of 1 under a limit of 2 for the API
+    server to refuse at install."""
+    message = render_error(helm, f"{owner}.{FPGA_REQUEST}=1", f"{owner}.{FPGA_LIMIT}=2")
+    assert (
+        f"{owner}.resources.requests.{FPGA}=1 is not its limit ({owner}.resources.limits.{FPGA}=2)" in message
+    )
+    message = render_error(helm, f"{owner}.{FPGA_REQUEST}=1")
+    assert f"{owner}.resources.requests.{FPGA}=1 has no limit" in message, message
+    message = render_error(helm, f"{owner}.{FPGA_LIMIT}=1500m")
+    assert f"{owner}.resources.limits.{FPGA}=1500m is no whole number" in message, message
+    docs = render(helm, f"{owner}.{FPGA_REQUEST}=1000m", f"{owner}.{FPGA_LIMIT}=1")
+    resources = main_container(docs, f"rel-skuforge-{owner.split('.')[-1]}")["resources"]
+    assert (resources["requests"][FPGA], resources["limits"][FPGA]) == ("1000m", 1)
+    # A kubernetes.io resource is native: its request may be under its limit.
+    render(
+        helm,
+        rf"{owner}.resources.requests.example\.kubernetes\.io/x=1",
+        rf"{owner}.resources.limits.example\.kubernetes\.io/x=2",
+    )

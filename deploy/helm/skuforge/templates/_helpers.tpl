@@ -119,7 +119,8 @@ reader of those maps takes them from here. */}}
 {{- end -}}
 
 {{/* The chart's whole numbers: what each is, the least (and most) it may be, and who reads it; `stage`
-holds a stage's (stageDefaults merged with stages.<name>), `gpus` a pod's nvidia.com/gpu limit. A
+holds a stage's (stageDefaults merged with stages.<name>), `gpus` a pod's nvidia.com/gpu limit,
+`extended` any other extended resource's (its most what the chart's arithmetic holds, an int64). A
 number the pods read as a setting has that setting's range (shared/config.py: the pods stopped at start
 on a sessionTimeoutMs under 6000), and one Kubernetes or KEDA keeps in an int32 at most 2147483647.
 startupSeconds' most keeps its probe's tries (an int32) and the alerts' wait (Prometheus: 292 years) in
@@ -148,6 +149,7 @@ stage:
   autoscaling.lagThreshold: {what: whole number of messages, least: 1, reader: KEDA}
   autoscaling.activationLagThreshold: {what: whole number of messages, least: 0, reader: KEDA}
 gpus: {what: whole number of GPUs, least: 0, most: 2147483647, reader: "the pod's scheduling, and a stage's image (CUDA), GPU toleration and rollout"}
+extended: {what: whole number, least: 0, most: 999999999999999999, reader: "the API server (an extended resource is counted in whole units)"}
 {{- end -}}
 
 {{/* A whole number of the chart, as the text its reader gets. `| int` made a map, a list, "1.5", "soon"
@@ -271,42 +273,55 @@ as the stage's. */ -}}
 {{- include "skuforge.gpuLimit" (dict "keys" $keys "resources" .config.resources) -}}
 {{- end -}}
 
-{{/* A pod's GPUs (its limits' "nvidia.com/gpu"), as a whole number; none, or null, is 0. A GPU request
-is the limit's or none: the API server refuses an extended resource's request that is not its limit,
-or has none (no overcommit), at install. `keys`: the values' key of requests and limits. (dict "keys"
-(dict "requests" "triton.resources.requests" "limits" "triton.resources.limits") "resources" <the
-pod's resources>) */}}
+{{/* A pod's GPUs (its limits' "nvidia.com/gpu"), as a whole number (skuforge.extendedLimit); none, or
+null, is 0. `keys`: the values' key of requests and limits. (dict "keys" (dict "requests"
+"triton.resources.requests" "limits" "triton.resources.limits") "resources" <the pod's resources>) */}}
 {{- define "skuforge.gpuLimit" -}}
-{{- $field := "nvidia.com/gpu" -}}
+{{- $spec := (include "skuforge.wholeNumbers" . | fromYaml).gpus -}}
+{{- include "skuforge.extendedLimit" (dict "keys" .keys "resources" .resources "name" "nvidia.com/gpu" "spec" $spec) -}}
+{{- end -}}
+
+{{/* Whether a resource is an extended one (a name with a domain outside kubernetes.io, such as
+nvidia.com/gpu), which the API server counts in whole units and never overcommits. */}}
+{{- define "skuforge.isExtended" -}}
+{{- if and (contains "/" .) (not (contains "kubernetes.io/" .)) }}true{{ end -}}
+{{- end -}}
+
+{{/* A pod's limit of an extended resource, as a whole number; none, or null, is 0. Its request is the
+limit's or none: the API server refuses an extended resource's request that is not its limit, or has
+none (no overcommit), at install. (dict "keys" <as skuforge.gpuLimit's> "resources" <the pod's
+resources> "name" "example.com/fpga" "spec" <its row of skuforge.wholeNumbers>) */}}
+{{- define "skuforge.extendedLimit" -}}
+{{- $field := .name -}}
 {{- $given := dict -}}
 {{- range $part := list "requests" "limits" -}}
 {{- $value := index (index ($.resources | default dict) $part | default dict) $field -}}
 {{- if not (kindIs "invalid" $value) -}}
 {{- $key := printf "%s.%s" (index $.keys $part) $field -}}
-{{- $count := include "skuforge.gpuCount" (dict "key" $key "value" $value) -}}
+{{- $count := include "skuforge.wholeCount" (dict "key" $key "value" $value "spec" $.spec) -}}
 {{- $_ := set $given $part (dict "key" $key "text" (include "skuforge.text" $value) "count" $count) -}}
 {{- end -}}
 {{- end -}}
 {{- with $given.requests -}}
 {{- if not $given.limits -}}
-{{- fail (printf "%s=%s has no limit (%s): the API server takes a GPU request only beside an equal limit (GPUs are not overcommitted); give the limit alone, which the request follows" .key .text (printf "%s.%s" $.keys.limits $field)) -}}
+{{- fail (printf "%s=%s has no limit (%s): the API server takes a request of %s (an extended resource) only beside an equal limit (it is not overcommitted); give the limit alone, which the request follows" .key .text (printf "%s.%s" $.keys.limits $field) $field) -}}
 {{- else if ne .count $given.limits.count -}}
-{{- fail (printf "%s=%s is not its limit (%s=%s): the API server takes a GPU request only equal to its limit (GPUs are not overcommitted); give the limit alone, which the request follows" .key .text $given.limits.key $given.limits.text) -}}
+{{- fail (printf "%s=%s is not its limit (%s=%s): the API server takes a request of %s (an extended resource) only equal to its limit (it is not overcommitted); give the limit alone, which the request follows" .key .text $given.limits.key $given.limits.text $field) -}}
 {{- end -}}
 {{- end -}}
 {{- if $given.limits }}{{ $given.limits.count }}{{ else }}0{{ end -}}
 {{- end -}}
 
-{{/* A quantity of GPUs, as a whole number. The API server takes any quantity of a whole value for an
-extended resource (1, "1", 1000m, 0.002k, 1Ki; its check is MilliValue() % 1000 == 0) and refuses the
-rest: `int` made a map or "soon" 0 (a stage took the CPU image and no GPU toleration), 1000m was
-refused as no whole number, and Triton's went unchecked to the API server. The value is D x 10^shift x
-2^binary, D its digits (+1 and 1000000000n are 1 too). (dict "key"
-"triton.resources.limits.nvidia.com/gpu" "value" <the quantity>) */}}
-{{- define "skuforge.gpuCount" -}}
+{{/* A quantity of an extended resource (GPUs), as a whole number. The API server takes any quantity of
+a whole value for an extended resource (1, "1", 1000m, 0.002k, 1Ki; its check is MilliValue() % 1000
+== 0) and refuses the rest: `int` made a map or "soon" 0 (a stage took the CPU image and no GPU
+toleration), 1000m was refused as no whole number, and Triton's went unchecked to the API server. The
+value is D x 10^shift x 2^binary, D its digits (+1 and 1000000000n are 1 too). (dict "key"
+"triton.resources.limits.nvidia.com/gpu" "value" <the quantity> "spec" <its row of skuforge.wholeNumbers>) */}}
+{{- define "skuforge.wholeCount" -}}
 {{- $value := .value -}}
 {{- $key := .key -}}
-{{- $spec := (include "skuforge.wholeNumbers" . | fromYaml).gpus -}}
+{{- $spec := .spec -}}
 {{- $text := include "skuforge.checked" (dict "key" $key "value" $value "reader" $spec.reader "want" "give one number") -}}
 {{- $pattern := `^\+?([0-9]*)(\.([0-9]*))?(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|[eE]([+-]?[0-9]+))?$` -}}
 {{- $count := -1 -}}
@@ -339,7 +354,7 @@ refused as no whole number, and Triton's went unchecked to the API server. The v
 {{- end -}}
 {{- end -}}
 {{- if or (lt $count (int64 $spec.least)) (gt $count (int64 $spec.most)) -}}
-{{- fail (printf "%s=%s is no whole number of GPUs from %d to %d (a Kubernetes quantity of a whole value: 1, 2, 1000m), for %s: give one" $key $text (int64 $spec.least) (int64 $spec.most) $spec.reader) -}}
+{{- fail (printf "%s=%s is no %s from %d to %d (a Kubernetes quantity of a whole value: 1, 2, 1000m), for %s: give one" $key $text $spec.what (int64 $spec.least) (int64 $spec.most) $spec.reader) -}}
 {{- end -}}
 {{- $count -}}
 {{- end -}}
@@ -347,8 +362,8 @@ refused as no whole number, and Triton's went unchecked to the API server. The v
 {{/* A pod's resources, checked: requests and limits, each a map of quantities (or none). A string, list
 or number there stopped the render with Go's "can't evaluate field limits in type string", naming no
 value, or went into the manifest for the API server to refuse at install, as did a quantity it does
-not parse (`cpu: soon`, `memory: 20GB`). The GPUs are skuforge.gpuLimit's. `keys`: the values' key of
-each. (dict "value" .Values.console.resources "keys" (dict "resources" "console.resources" "requests"
+not parse (`cpu: soon`, `memory: 20GB`). An extended resource is counted and its request held to its
+limit (skuforge.extendedLimit); the GPUs are skuforge.gpuLimit's. `keys`: the values' key of each. (dict "value" .Values.console.resources "keys" (dict "resources" "console.resources" "requests"
 "console.resources.requests" "limits" "console.resources.limits")) */}}
 {{- define "skuforge.checkResources" -}}
 {{- $parts := list (list .keys.resources .value) -}}
@@ -363,14 +378,24 @@ each. (dict "value" .Values.console.resources "keys" (dict "resources" "console.
 {{- fail (printf "%s=%v is no map: give a pod's resources as maps of quantities, e.g. {requests: {cpu: 500m, memory: 512Mi}, limits: {memory: 2Gi}}" $key (include "skuforge.text" $value)) -}}
 {{- end -}}
 {{- if and (kindIs "map" $value) (ne $key $.keys.resources) -}}
-{{- range $name, $quantity := omit $value "nvidia.com/gpu" -}}
+{{- range $name, $quantity := $value -}}
 {{- $field := printf "%s.%s" $key $name -}}
-{{- if not (kindIs "invalid" $quantity) -}}
+{{- if and (not (kindIs "invalid" $quantity)) (not (include "skuforge.isExtended" $name)) -}}
 {{- $text := include "skuforge.checked" (dict "key" $field "value" $quantity "reader" "the API server" "want" "give one quantity") -}}
 {{- if not (regexMatch $size.pattern $text) -}}
 {{- fail (printf "%s=%s is no Kubernetes quantity (500m, 1.5, 2Gi, 1e3), which the API server would refuse at install: give one" $field $text) -}}
 {{- end -}}
 {{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- if kindIs "map" .value -}}
+{{- $spec := (include "skuforge.wholeNumbers" . | fromYaml).extended -}}
+{{- $names := list -}}
+{{- range $part := list "requests" "limits" }}{{ $names = concat $names (keys (index $.value $part | default dict)) }}{{ end -}}
+{{- range $name := without (uniq $names | sortAlpha) "nvidia.com/gpu" -}}
+{{- if include "skuforge.isExtended" $name -}}
+{{- $_ := include "skuforge.extendedLimit" (dict "keys" $.keys "resources" $.value "name" $name "spec" $spec) -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
