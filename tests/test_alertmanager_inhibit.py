@@ -65,8 +65,8 @@ def test_one_outage_fires_all_three_alerts_with_the_labels_the_inhibit_rules_com
     for test in yaml.safe_load(ALERTS_TEST_FILE.read_text())["tests"]:
         firing: dict[str, dict[str, list[dict[str, str]]]] = defaultdict(dict)
         for case in test.get("alert_rule_test", []):
-            labels = [alert.get("exp_labels", {}) for alert in case["exp_alerts"]]
-            firing[case["eval_time"]][case["alertname"]] = labels
+            expected = [alert.get("exp_labels", {}) for alert in case["exp_alerts"]]
+            firing[case["eval_time"]][case["alertname"]] = expected
         for alerts in firing.values():
             for target in TARGETS & alerts.keys():
                 equal = inhibitions.get((SOURCE, target), [])
