@@ -1114,6 +1114,7 @@ def test_an_installs_rules_alert_on_its_own_series_only(helm: str, tmp_path: Pat
             **ours,
             "severity": "page",
             "job": "matting",
+            "stage": "matting",
             "release": "staging",
             "instance": "m",
         },
