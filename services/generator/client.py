@@ -19,6 +19,7 @@ it stands only while Triton cannot answer. A malformed request (our bug) raises
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -131,6 +132,12 @@ class TritonGenerator:
         # reconnects to its new server in the idle time between rounds sees no failure.
         self._declared: dict[str, tuple[float, frozenset[str]]] = {}
         self.metadata_max_age_s = metadata_max_age_s
+        # Each asking of the metadata, and each forgetting of what it said, takes the next ticket; an answer
+        # is kept only if newer than both the answer kept and the last forgetting. Answers land in any
+        # order: a late one from the model swapped out overwrote the new model's, and its optional inputs
+        # were left out of every round until a request failed.
+        self._tickets = itertools.count()
+        self._newest: dict[str, int] = {}  # by backend: the ticket of the answer kept or of its forgetting
         # Every answer by (backend, request digest), oldest first, until the stage hands it back
         # (``forget``): a retry sends only the rest. Before, one overload refusal threw away every variant
         # drawn, and with more requests in flight than Triton holds, every retry was refused again, for
@@ -222,6 +229,8 @@ class TritonGenerator:
         with self._lock:
             asked_at, optional = self._declared.get(backend, (-math.inf, frozenset()))
         if time.monotonic() - asked_at >= self.metadata_max_age_s:
+            with self._lock:
+                ticket = next(self._tickets)
             try:
                 # On the backend's own workers, as the requests are: the stage calls from a new thread each
                 # round, and a client made for each such thread stayed open (over HTTP, 4 descriptors each:
@@ -232,7 +241,9 @@ class TritonGenerator:
                     self._reached[backend] = False
                 raise
             with self._lock:
-                self._declared[backend] = (time.monotonic(), optional)
+                if ticket > self._newest.get(backend, -1):
+                    self._declared[backend] = (time.monotonic(), optional)
+                    self._newest[backend] = ticket
         keys = [variant.digest for variant in variants]
         asked = [(backend, key) for key in keys]
         answered: dict[str, VariantResult | BadInput] = {}
@@ -294,7 +305,7 @@ class TritonGenerator:
                 changed = True
         with self._lock:
             if changed:
-                self._declared.pop(backend, None)
+                self._forget_declared(backend)
             for key in futures:
                 if key in answered:
                     self._kept[backend, key] = answered[key]
@@ -318,6 +329,12 @@ class TritonGenerator:
         if unavailable is not None:
             raise unavailable
         return [answered[key] for key in keys]
+
+    def _forget_declared(self, backend: str) -> None:
+        """Ask ``backend``'s metadata again at its next call; an answer asked before now is not kept.
+        Under ``_lock``."""
+        self._declared.pop(backend, None)
+        self._newest[backend] = next(self._tickets)
 
     def _refuse_if_stopping(self, backend: str) -> None:
         """Raise ``Stopping`` if the stage is stopping: checked before each request, so a stop waits for
@@ -466,7 +483,7 @@ class TritonGenerator:
                         extra={"model": model_name(backend)},
                     )
                     with self._lock:  # the model may have been swapped for an older one: asked again
-                        self._declared.pop(backend, None)
+                        self._forget_declared(backend)
                     return self._infer_one(backend, variant, frozenset())
                 raise RuntimeError(f"Triton refused the request as malformed ({status}): {message}") from exc
             raise GeneratorUnavailable(*_explain(status, message, self.url, backend)) from exc
