@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,7 +14,11 @@ from devstack.broker import free_port
 from services.generator import server as server_module
 from services.generator.client import GeneratorUnavailable, TritonGenerator
 from services.generator.protocol import VariantResult
+from services.generator.stage import build_stage
+from shared.config import ConfigError, load_settings
 from shared.errors import BadInput
+from shared.generation.settings import GenerationSettings
+from tests.support.bus import file_store_uri, isolated_settings
 from tests.support.generation import triton_variant as variant
 from tests.support.polling import wait_for
 from tests.support.triton import poisoned_triton
@@ -84,3 +89,26 @@ def test_a_late_answer_from_the_model_swapped_out_does_not_replace_the_new_ones(
         go.set()
         client.close()
     assert sent and all("own_names" in names for names in sent), sent
+
+
+def test_how_long_the_models_metadata_is_trusted_is_a_setting(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The client asks the model's metadata again a minute on; that minute was written in the client,
+    the one Triton knob of the stage no SKUFORGE_* setting reached (a model upgraded in place, seen no
+    sooner than it; or a Triton behind a slow link asked every minute regardless)."""
+    monkeypatch.setenv("SKUFORGE_GENERATION_TRITON_METADATA_MAX_AGE_S", "-1")
+    with pytest.raises(ConfigError, match="SKUFORGE_GENERATION_TRITON_METADATA_MAX_AGE_S"):
+        load_settings(GenerationSettings)
+    monkeypatch.setenv("SKUFORGE_GENERATION_TRITON_METADATA_MAX_AGE_S", "5")
+    stage = build_stage(
+        settings=isolated_settings("127.0.0.1:1", file_store_uri(tmp_path / "store")),
+        generation=load_settings(GenerationSettings),
+    )
+    (route,) = stage._routes.values()
+    assert route.handle_batch is not None
+    client = route.handle_batch.keywords["generator"]  # type: ignore[attr-defined]
+    try:
+        assert client.metadata_max_age_s == 5.0
+    finally:
+        client.close()

@@ -694,6 +694,7 @@ def build_stage(
         protocol=generation.generation_triton_protocol,
         timeout_s=generation.generation_triton_timeout_s,
         concurrency=generation.generation_triton_concurrency,
+        metadata_max_age_s=generation.generation_triton_metadata_max_age_s,
         # The answers of two full batches: the one in hand with its redraw rounds, and those of a
         # partition backing off or of a failed batch's SKUs not yet retried alone.
         keep_at_most=2 * settings.max_poll_records * generation.generation_variants_per_sku,

@@ -116,6 +116,13 @@ class GenerationSettings(BaseSettings):
         "SKUFORGE_GENERATION_MAX_BATCH_SIZE x SKUFORGE_GENERATION_INSTANCES: beyond it the rest is "
         "turned away as overloaded and retried",
     )
+    generation_triton_metadata_max_age_s: float = Field(
+        default=60.0,
+        ge=0,
+        le=MAX_WAIT_S,
+        description="how long the stage trusts which optional inputs a model declares before asking it "
+        "again (asked again at once when a request to it fails); a model upgraded in place is seen this late",
+    )
     # The Triton server
     generation_server_address: str = Field(
         default="127.0.0.1",
