@@ -25,7 +25,6 @@ import json
 import logging
 import math
 import os
-import sys
 import sysconfig
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn
@@ -44,6 +43,7 @@ from services.generator.protocol import (
     OUTPUTS,
     model_name,
 )
+from shared.commands import run_command
 from shared.config import ConfigError, Settings, load_settings
 from shared.errors import BadInput, TransientError
 from shared.generation.backend import (
@@ -626,4 +626,4 @@ def _serve(
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(run_command("python -m services.generator.server", main))
