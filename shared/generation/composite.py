@@ -127,6 +127,7 @@ class _Plan:
     # Product height / canvas side, before rotation. On a photo scene the reference photo's framing
     # decides the size instead (``framing``), and ``parameters`` report the fraction that came out
     # (a pile: its copies' mean), not the drawn one, which nothing used; sent back, it changes nothing.
+    # A wide product narrowed to fit reports the fraction it came to too; sent back, it draws the same.
     height_fraction: float
     rotation_deg: float
     perspective_x: float  # keystone: right edge taller (+) or shorter (-) than the left
@@ -260,8 +261,9 @@ class _Plan:
             # Reported, not used, on a photo (the framing decides); a replayed value is what came out.
             if not 0.0 < plan.height_fraction <= 1.0:
                 raise CompositeError("height_fraction must be in 0..1")
-        elif not 0.05 <= plan.height_fraction <= 0.95:
-            raise CompositeError("height_fraction must be between 0.05 and 0.95")
+        elif not 0.0 < plan.height_fraction <= 0.95:
+            # No floor at 0.05: a product over 12:1 narrowed to fit records less; its replay is served.
+            raise CompositeError("height_fraction must be above 0 and at most 0.95")
         if not 0 <= plan.occluders <= 4:
             raise CompositeError("occluders must be between 0 and 4")
         if plan.blur_px < 0 or plan.noise_sigma < 0 or plan.light_gain <= 0:
@@ -398,11 +400,12 @@ class CompositeBackend:
                     scene_rng=scene_rng,
                     noise_rng=noise_rng,
                 )
-                parameters["height_fraction"] = height_fraction
             else:
-                image, expected_mask, gain = render_variant(
+                image, expected_mask, gain, height_fraction = render_variant(
                     cutout, plan, request.size, scene_rng=scene_rng, extra_rng=extra_rng, noise_rng=noise_rng
                 )
+            # What came out: a photo's framing decides it, and a wide product is narrowed to fit.
+            parameters["height_fraction"] = height_fraction
             # Measured, not a knob: the gate applies it to the reference before it measures drift.
             parameters[COLOUR_GAIN_KEY] = [round(float(g), 6) for g in gain]
             samples.append(
@@ -510,10 +513,12 @@ def render_variant(
     scene_rng: np.random.Generator,
     extra_rng: np.random.Generator,
     noise_rng: np.random.Generator,
-) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8], npt.NDArray[np.float32]]:
-    """One image (size x size x 3), its expected mask (size x size, 0/255) and the colour gain the
-    scene's light gave the product (per channel, R, G, B; see ``_light``) for ``plan``."""
-    product, corners, _ = _place_product(cutout, plan, size)
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8], npt.NDArray[np.float32], float]:
+    """One image (size x size x 3), its expected mask (size x size, 0/255), the colour gain the
+    scene's light gave the product (per channel, R, G, B; see ``_light``) for ``plan`` and the product's
+    height / canvas side it came to (``plan.height_fraction`` unless a wide product was narrowed to fit;
+    not the shrink an extreme turn or keystone needs, which the record could not replay)."""
+    product, corners, height_fraction = _place_product(cutout, plan, size, replayable=True)
     placement = Placement.around(corners, size)
     backdrop = BUILDERS[plan.scene](scene_rng, placement)
     img = backdrop.image
@@ -526,7 +531,7 @@ def render_variant(
         _shadow(img, product, plan, placement)
     expected_mask = _composite_product(img, product, _occluders(plan.occluders, extra_rng, product, size))
     light = _light(img, plan, size, expected_mask)
-    return _finish(img, plan, size, noise_rng), expected_mask, light
+    return _finish(img, plan, size, noise_rng), expected_mask, light, height_fraction
 
 
 def _composite_product(
@@ -790,18 +795,25 @@ def _scene_occluder(
 
 
 def _place_product(
-    cutout: _Cutout, plan: _Plan, size: int, centre: tuple[float, float] | None = None
+    cutout: _Cutout,
+    plan: _Plan,
+    size: int,
+    centre: tuple[float, float] | None = None,
+    *,
+    replayable: bool = False,
 ) -> tuple[Layer, npt.NDArray[np.float64], float]:
     """Warp the cut-out onto a size x size canvas; returns the layer, its four corners and the product's
     height / canvas side it came to (before rotation and keystone; less than ``plan.height_fraction``
-    where a wide product had to be narrowed to fit).
+    where a wide product had to be narrowed to fit). ``replayable``: the fraction before the shrink that
+    extreme turns and keystones need, which, sent back as ``height_fraction``, draws the same image
+    (asked for, the shrink's fraction is placed without pre-shrinking the same way, a few pixels apart).
 
     The product goes where ``plan.pos_x`` / ``pos_y`` say in the range that keeps it inside the frame,
     or as near ``centre`` (x, y in px) as that range allows.
     """
     w, h = cutout.rgba.size
-    k = plan.height_fraction * size / h
-    k = min(k, 0.9 * size / (w * (1 + abs(plan.perspective_y))))  # wide products still fit
+    asked = plan.height_fraction * size / h
+    k = min(asked, 0.9 * size / (w * (1 + abs(plan.perspective_y))))  # wide products still fit
     source = cutout.rgba
     if k < 0.75:
         # Pre-shrink with a filter: the perspective warp samples bilinearly and would alias.
@@ -825,11 +837,11 @@ def _place_product(
     quad = quad @ rot.T
     margin = 0.02 * size
     lo, hi = margin - quad.min(axis=0), size - margin - quad.max(axis=0)
-    height_fraction = k * h / size
+    height_fraction = plan.height_fraction if k == asked else _fraction_replaying(k, h, size)
     if np.any(lo > hi):  # only with extreme overrides: shrink about the centre until it fits
         scale = float(np.min((size - 2 * margin) / (quad.max(axis=0) - quad.min(axis=0))))
         quad *= scale
-        height_fraction *= scale
+        height_fraction *= 1.0 if replayable else scale
         lo, hi = margin - quad.min(axis=0), size - margin - quad.max(axis=0)
     if centre is None:
         where = lo + (hi - lo) * np.array([plan.pos_x, plan.pos_y])
@@ -857,6 +869,16 @@ def _place_product(
     x0, y0 = box[:2]
     premul = np.ascontiguousarray(np.moveaxis(rgba[..., :3], -1, 0))
     return Layer(bx0 + x0, by0 + y0, premul, np.ascontiguousarray(rgba[..., 3])), quad, height_fraction
+
+
+def _fraction_replaying(k: float, h: int, size: int) -> float:
+    """The height fraction of a product narrowed to scale ``k``: sent back, it asks for at least ``k``,
+    so the same narrowing (``min``) gives exactly ``k`` again, and the same image; k * h / size alone
+    may come back an ulp under it."""
+    fraction = k * h / size
+    while fraction * size / h < k:
+        fraction = math.nextafter(fraction, math.inf)
+    return fraction
 
 
 def _perspective_coefficients(
