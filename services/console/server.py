@@ -42,6 +42,7 @@ from services.console.tasks import TaskStore
 from services.console.withdrawn import WithdrawalSweep
 from shared.argtypes import int_between
 from shared.bus import retriable_kafka_error
+from shared.commands import run_command
 from shared.config import ConfigError, Settings, load_settings
 from shared.errors import TransientError
 from shared.observability import HealthServer, StageMetrics, configure_logging
@@ -237,3 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         service.stop_background()
     log.info("console stopped")
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_command("python -m services.console.server", main))
