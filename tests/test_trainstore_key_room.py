@@ -17,9 +17,9 @@ from schemas.events import GateAccepted
 from schemas.topics import GATE_ACCEPTED
 from services.trainstore.stage import build_stage as build_trainstore
 from shared.bus import make_envelope
-from shared.config import load_settings
+from shared.config import ConfigError, Settings, load_settings
 from shared.errors import BadInput
-from shared.store import ObjectStore
+from shared.store import FileStore, ObjectStore
 from shared.trainstore.settings import TrainstoreSettings
 from tests.support.bus import create_topics, isolated_settings, read_topic, running, wait_consumed
 from tests.support.gate import matted_item, produce_events
@@ -84,3 +84,25 @@ def test_an_event_whose_keys_s3_would_refuse_is_dead_lettered_and_the_stream_goe
     stored = [key.removeprefix(f"{S3_ROOM_PREFIX}/") for key in s3_store.list_keys(f"{S3_ROOM_PREFIX}/")]
     assert {key.split("/")[1] for key in stored} == {"SKU-006"}, stored
     assert len(stored) == 3, stored  # the image, its mask and a manifest part
+
+
+@pytest.mark.parametrize(
+    ("prefix", "said"),
+    [
+        # 1003 bytes: with a FileStore's 1024, no SKU's manifest part fits, whatever its id.
+        ("/".join(["t" * 250] * 4), "key_too_long"),
+        # A folder name no file system or S3 tool takes (over 255 bytes) in every key.
+        ("t" * 300, "longer than 255 bytes"),
+    ],
+)
+def test_a_prefix_that_leaves_no_event_room_is_refused_at_start(
+    tmp_path: Path, prefix: str, said: str
+) -> None:
+    """Started, the stage refused every event: ``key_too_long`` letters one by one, or a segment's
+    ValueError retried as a handler error, instead of one line naming the setting at start."""
+    trainstore = load_settings(TrainstoreSettings, trainstore_prefix=prefix)
+
+    with pytest.raises(ConfigError) as refused:
+        build_trainstore(settings=Settings(), store=FileStore(tmp_path / "store"), trainstore=trainstore)
+
+    assert "SKUFORGE_TRAINSTORE_PREFIX" in str(refused.value) and said in str(refused.value), refused.value

@@ -859,8 +859,10 @@ def build_stage(*, trainstore: TrainstoreSettings | None = None, **kwargs: Any) 
     """The stage, ready to run; kwargs go to Stage (settings, store...)."""
     trainstore = trainstore or load_settings(TrainstoreSettings)
     stage = Stage(TRAINSTORE.name, default_metrics_port=TRAINSTORE.default_metrics_port, **kwargs)
+    manifests = ManifestStore(stage.store, trainstore.trainstore_prefix)
+    manifests.check_prefix_room()
     writer = Trainstore(
-        ManifestStore(stage.store, trainstore.trainstore_prefix),
+        manifests,
         trainstore.trainstore_compact_after_parts,
         stage.metrics.registry,
         trainstore.trainstore_max_clock_ahead_s,

@@ -55,6 +55,7 @@ from pydantic import AwareDatetime, Field, ValidationError
 
 from schemas.common import Contract, SafeId, Sha256Hex
 from schemas.envelope import derive_id
+from shared.config import ConfigError
 from shared.errors import BadInput, ObjectMissing, TransientError
 from shared.store import ObjectStore, digest_key
 
@@ -331,6 +332,22 @@ class ManifestStore:
         objects are written, so that none is written for an event whose rows could not be."""
         part = self.key(f"manifests/{sku_id}/part-c-{0:010d}-{'0' * 32}.jsonl")
         self.store.check_room(self.columns_key(part))
+
+    def check_prefix_room(self) -> None:
+        """``ConfigError`` naming SKUFORGE_TRAINSTORE_PREFIX when the store refuses the keys of the
+        shortest ids (a manifest part's, an image's and a mask's) under the prefix. Checked at start: a
+        running stage refused every event, each a ``key_too_long`` letter (a prefix segment over 255
+        bytes: a ValueError, retried as a handler error), never one line naming the setting."""
+        image, mask = content_keys("x", "synthetic", "x", "0" * 64, "0" * 64)
+        try:
+            self.check_room("x")
+            for key in (image, mask):
+                self.store.check_room(self.key(key))
+        except (BadInput, ValueError) as exc:
+            raise ConfigError(
+                f"SKUFORGE_TRAINSTORE_PREFIX ({len(self.prefix.encode('utf-8'))} bytes) leaves no event's "
+                f"keys room under {self.store.base_uri}/: {exc}; shorten it (the default is 'trainstore')"
+            ) from None
 
     @staticmethod
     def columns_key(compacted_key: str) -> str:
