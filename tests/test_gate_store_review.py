@@ -95,6 +95,17 @@ def test_a_trainstore_prefix_with_dot_segments_fails_at_start_up(
         load_settings(TrainstoreSettings)
 
 
+@pytest.mark.parametrize("prefix", ["t" * 256, "a/" + "b" * 300 + "/c"])
+def test_a_trainstore_prefix_with_a_folder_name_over_255_bytes_fails_at_start_up(
+    prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The store refuses every key and listing under it: the stage retried and dead-lettered every event
+    # as handler_error, and `skuforge dataset stats` ended in a ValueError's traceback.
+    monkeypatch.setenv("SKUFORGE_TRAINSTORE_PREFIX", prefix)
+    with pytest.raises(ConfigError, match=r"SKUFORGE_TRAINSTORE_PREFIX: .*longer than 255 bytes"):
+        load_settings(TrainstoreSettings)
+
+
 def _context(store: FileStore) -> Context:
     return Context("trainstore", store, Settings(), StageMetrics("trainstore"), logging.getLogger("test"))
 

@@ -336,14 +336,14 @@ class ManifestStore:
     def check_prefix_room(self) -> None:
         """``ConfigError`` naming SKUFORGE_TRAINSTORE_PREFIX when the store refuses the keys of the
         shortest ids (a manifest part's, an image's and a mask's) under the prefix. Checked at start: a
-        running stage refused every event, each a ``key_too_long`` letter (a prefix segment over 255
-        bytes: a ValueError, retried as a handler error), never one line naming the setting."""
+        running stage refused every event, each a ``key_too_long`` letter, never one line naming the
+        setting. The room depends on the store (an S3 store's prefix counts), so the settings cannot."""
         image, mask = content_keys("x", "synthetic", "x", "0" * 64, "0" * 64)
         try:
             self.check_room("x")
             for key in (image, mask):
                 self.store.check_room(self.key(key))
-        except (BadInput, ValueError) as exc:
+        except BadInput as exc:
             raise ConfigError(
                 f"SKUFORGE_TRAINSTORE_PREFIX ({len(self.prefix.encode('utf-8'))} bytes) leaves no event's "
                 f"keys room under {self.store.base_uri}/: {exc}; shorten it (the default is 'trainstore')"

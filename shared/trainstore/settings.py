@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings
 
 from shared import keys
 from shared.config import SETTINGS_CONFIG, name_or_unset
+from shared.store import MAX_SEGMENT_BYTES
 
 
 class TrainstoreSettings(BaseSettings):
@@ -62,6 +63,17 @@ class TrainstoreSettings(BaseSettings):
         # stage would fail (and dead-letter) every event instead of refusing to start.
         if any(segment in (".", "..") for segment in value.split("/")):
             raise ValueError("must not have a '.' or '..' segment (the default is 'trainstore')")
+        return value
+
+    @field_validator("trainstore_prefix")
+    @classmethod
+    def _prefix_folders_are_nameable(cls, value: str) -> str:
+        # The store refuses a key with a longer folder name (no file system names it): the stage retried
+        # and dead-lettered every event as handler_error, and `dataset stats` ended in a traceback.
+        if any(len(segment) > MAX_SEGMENT_BYTES for segment in value.split("/")):
+            raise ValueError(
+                f"has a folder name longer than {MAX_SEGMENT_BYTES} bytes (the default is 'trainstore')"
+            )
         return value
 
     @field_validator("trainstore_prefix")
