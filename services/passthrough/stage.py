@@ -5,7 +5,8 @@ Produces: the same payload on ``passthrough.sku.ingested.v1``, after writing one
 ``passthrough/<sku_id>/<output event id>.json`` to the object store.
 Bad input: whatever the runtime refuses (not JSON, wrong schema) goes to the DLQ; an event
 whose first photo is missing or corrupt in the store goes to the DLQ (``object_missing``,
-``checksum_mismatch``), because the stage reads it back with its checksum.
+``checksum_mismatch``), because the stage reads it back with its checksum, and one the event says is
+over ``SKUFORGE_MAX_IMAGE_BYTES`` too (``too_large_bytes``), unread.
 
 It does no model work, so the delivery tests use it to prove at-least-once and redelivery without
 duplicates (the bus benchmark, bench/bus.py, times a forwarding handler of its own).
@@ -18,13 +19,17 @@ from schemas.events import SkuIngested
 from schemas.flow import PASSTHROUGH
 from schemas.topics import PASSTHROUGH_OUT, SKU_INGESTED
 from shared.config import Settings
+from shared.images import refuse_oversized
 from shared.runtime import Context, Emit, Stage, run_stage, stage_command
 from shared.store import ObjectStore
 
 
 def handle(event: Envelope[SkuIngested], ctx: Context) -> list[Emit]:
     """Verify the first photo, record a marker object, forward the payload."""
-    ctx.store.read_verified(event.payload.photos[0].image)
+    photo = event.payload.photos[0].image
+    # By the event's figure, as every stage reads photos: read_verified holds the object whole.
+    refuse_oversized(photo.bytes, ctx.settings.max_image_bytes)
+    ctx.store.read_verified(photo)
     marker_id = derive_id(event.event_id, ctx.stage, "out")
     ctx.store.put_json(
         f"passthrough/{event.sku_id}/{marker_id}.json",
