@@ -8,8 +8,10 @@ written, then the part was refused, and the event left objects no row names.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
+import boto3
 import pytest
 
 from schemas.envelope import DeadLetter
@@ -19,7 +21,7 @@ from services.trainstore.stage import build_stage as build_trainstore
 from shared.bus import make_envelope
 from shared.config import ConfigError, Settings, load_settings
 from shared.errors import BadInput
-from shared.store import FileStore, ObjectStore
+from shared.store import FileStore, ObjectStore, S3Store
 from shared.trainstore.settings import TrainstoreSettings
 from tests.support.bus import create_topics, isolated_settings, read_topic, running, wait_consumed
 from tests.support.gate import matted_item, produce_events
@@ -86,14 +88,33 @@ def test_an_event_whose_keys_s3_would_refuse_is_dead_lettered_and_the_stream_goe
     assert len(stored) == 3, stored  # the image, its mask and a manifest part
 
 
-def test_a_prefix_that_leaves_no_event_room_is_refused_at_start(tmp_path: Path) -> None:
+def _s3_store_of_room(room: int) -> S3Store:
+    """An S3 store (never called) whose prefix leaves keys ``room`` of S3's 1024 bytes."""
+    client = boto3.client("s3", region_name="us-east-1", aws_access_key_id="t", aws_secret_access_key="t")
+    prefix = "/".join(["p" * 200, "p" * 200, "p" * (1024 - room - 403)])  # and its "/": 1024 - room
+    return S3Store("any-bucket", prefix, client=client, uri_from="the test")
+
+
+@pytest.mark.parametrize(
+    ("store_of", "prefix"),
+    [
+        # 1003 bytes: with a FileStore's 1024, no SKU's manifest part fits, whatever its id.
+        (FileStore, "/".join(["t" * 250] * 4)),
+        # 450 bytes: a settings' check alone could not tell; under the 512 an S3 prefix of 511 bytes
+        # leaves, a manifest part of a one-character SKU id takes 521.
+        (lambda _root: _s3_store_of_room(512), "/".join(["t" * 250, "t" * 199])),
+    ],
+    ids=["file", "s3"],
+)
+def test_a_prefix_that_leaves_no_event_room_is_refused_at_start(
+    tmp_path: Path, store_of: Callable[[Path], ObjectStore], prefix: str
+) -> None:
     """Started, the stage dead-lettered every event as ``key_too_long``, one by one, instead of
     stopping with one line naming the setting."""
-    # 1003 bytes: with a FileStore's 1024, no SKU's manifest part fits, whatever its id.
-    trainstore = load_settings(TrainstoreSettings, trainstore_prefix="/".join(["t" * 250] * 4))
+    trainstore = load_settings(TrainstoreSettings, trainstore_prefix=prefix)
 
     with pytest.raises(ConfigError) as refused:
-        build_trainstore(settings=Settings(), store=FileStore(tmp_path / "store"), trainstore=trainstore)
+        build_trainstore(settings=Settings(), store=store_of(tmp_path / "store"), trainstore=trainstore)
 
     said = str(refused.value)
-    assert "SKUFORGE_TRAINSTORE_PREFIX (1003 bytes)" in said and "key_too_long" in said, said
+    assert f"SKUFORGE_TRAINSTORE_PREFIX ({len(prefix)} bytes)" in said and "key_too_long" in said, said

@@ -346,7 +346,7 @@ class ManifestStore:
         except BadInput as exc:
             raise ConfigError(
                 f"SKUFORGE_TRAINSTORE_PREFIX ({len(self.prefix.encode('utf-8'))} bytes) leaves no event's "
-                f"keys room under {self.store.base_uri}/: {exc}; shorten it (the default is 'trainstore')"
+                f"keys room, not even those of one-character ids (the default is 'trainstore'): {exc}"
             ) from None
 
     @staticmethod
