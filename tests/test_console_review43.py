@@ -26,3 +26,47 @@ def test_a_decision_whose_shown_is_no_digest_is_refused_as_invalid_not_as_a_repl
     assert response.status_code == 422, response.text
     assert response.json()["detail"][0]["loc"] == ["body", "shown"]
     assert parts.tasks.get(task.task_id).state == "claimed"
+
+
+def test_a_reject_reason_that_is_not_utf8_is_refused_not_stored_with_replacement_marks(tmp_path: Path) -> None:
+    # Before, a url-encoded reason with bytes that are not UTF-8 (%E9: latin-1 "é") was stored with
+    # U+FFFD in their place, silently: the reason the trainstore and the audit kept was not the one sent.
+    parts = with_flagged(build_console(tmp_path), 1)
+    [task] = parts.tasks.query()
+    client = TestClient(app_for(parts), base_url="http://console.test")
+    token = login(client)
+    claim(client, token, task.task_id)
+    response = client.post(
+        f"/api/tasks/{task.task_id}/decision",
+        content=b"decision=reject&reject_reason=caf%E9",
+        headers={"X-CSRF-Token": token, "Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert response.status_code == 422, response.text
+    assert "reject_reason" in response.json()["detail"]
+    assert parts.tasks.get(task.task_id).state == "claimed"
+
+    # The page's multipart form, in UTF-8, keeps working.
+    response = decide(client, token, task.task_id, decision="reject", reject_reason="café")
+    assert response.status_code == 200, response.text
+    assert response.json()["resolved"]["reject_reason"] == "café"
+
+
+def test_a_decision_with_two_mask_files_is_refused_not_decided_on_the_last(tmp_path: Path) -> None:
+    # Before, the second mask silently replaced the first: which one was saved depended on the order a
+    # script happened to send them in.
+    parts = with_flagged(build_console(tmp_path), 1)
+    [task] = parts.tasks.query()
+    client = TestClient(app_for(parts), base_url="http://console.test")
+    token = login(client)
+    claim(client, token, task.task_id)
+    mask = ("mask.png", parts.store.read_verified(task.pending.matted.generated.expected_mask), "image/png")
+    response = client.post(
+        f"/api/tasks/{task.task_id}/decision",
+        data={"decision": "approve_edited"},
+        files=[("mask", mask), ("mask", mask)],
+        headers={"X-CSRF-Token": token},
+    )
+    assert response.status_code == 422, response.text
+    assert "mask" in str(response.json()["detail"])
+    assert parts.tasks.get(task.task_id).state == "claimed"
+

@@ -14,7 +14,7 @@ from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from schemas.events import Decision
 from services.console.auth import Reviewer, current_session
 from services.console.context import ConsoleDep, Filters, TaskId
-from services.console.decisions import record_decision
+from services.console.decisions import DecisionInvalid, record_decision
 from services.console.tasks import Task
 
 router = APIRouter(prefix="/api")
@@ -79,13 +79,20 @@ def api_decision(
     session: Reviewer,
     decision: Annotated[Decision, Form()],
     reject_reason: Annotated[str | None, Form(max_length=1000)] = None,
-    mask: Annotated[UploadFile | None, File()] = None,
+    # A list, so a second file is seen: a single field took the last one sent, silently.
+    mask: Annotated[list[UploadFile] | None, File()] = None,
     # ``shown_pixels``' digest: any other text was a 409 telling the sender a replay changed the item.
     shown: Annotated[str | None, Form(pattern=r"^[0-9a-f]{16}$")] = None,
 ) -> dict[str, Any]:
+    if reject_reason is not None and "\ufffd" in reject_reason:
+        # A url-encoded form's bytes that are not UTF-8 arrive as U+FFFD: stored, the reason read as
+        # something else than was sent. (A multipart part that is not UTF-8 is read as latin-1, whole.)
+        raise DecisionInvalid("reject_reason is not UTF-8 text (or holds U+FFFD): send it as UTF-8")
+    if mask is not None and len(mask) > 1:
+        raise DecisionInvalid(f"mask: one file, not {len(mask)}")
     # The form was capped by its Content-Length before it was spooled (auth.limit_bodies); one byte
     # past the image limit is read, so a mask over it is refused by the size check that names it.
-    mask_bytes = None if mask is None else mask.file.read(console.settings.max_image_bytes + 1)
+    mask_bytes = None if not mask else mask[0].file.read(console.settings.max_image_bytes + 1)
     task, event = record_decision(
         console.tasks,
         console.store,
