@@ -70,3 +70,21 @@ def test_a_decision_with_two_mask_files_is_refused_not_decided_on_the_last(tmp_p
     assert "mask" in str(response.json()["detail"])
     assert parts.tasks.get(task.task_id).state == "claimed"
 
+
+@pytest.mark.parametrize("action", ["claim", "release"])
+def test_the_claim_and_release_forms_refuse_malformed_queue_filters(action: str, tmp_path: Path) -> None:
+    # Before, they carried ``sku=%00`` into the redirect unchecked, and the item page's "next" (or the
+    # queue) then answered a 422 for a form the person never filled in.
+    parts = with_flagged(build_console(tmp_path), 1)
+    [task] = parts.tasks.query()
+    client = TestClient(app_for(parts), base_url="http://console.test")
+    token = login(client)
+    if action == "release":
+        claim(client, token, task.task_id)
+    queue = client.get("/?sku=%00")
+    response = client.post(
+        f"/tasks/{task.task_id}/{action}?sku=%00", data={"csrf_token": token}, follow_redirects=False
+    )
+    assert response.status_code == queue.status_code == 422, response.text
+    assert response.json() == queue.json()
+    assert parts.tasks.get(task.task_id).state == ("pending" if action == "claim" else "claimed")

@@ -9,12 +9,12 @@ item page's JavaScript to the API (``api.py``), which answers a conflict with a 
 from typing import Annotated, Literal
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
 
 from schemas.common import ImageRef
 from services.console.auth import Reviewer, current_session
-from services.console.context import HERE, Console, ConsoleDep, Filters, TaskId, templates
+from services.console.context import HERE, Console, ConsoleDep, Filters, TaskId, queue_filter, templates
 from services.console.decisions import REJECT_REASONS, shown_pixels
 from services.console.security import Session
 from services.console.tasks import CLOSED, STATES, Task, TaskConflict
@@ -87,7 +87,9 @@ def claim_next_form(request: Request, console: ConsoleDep, session: Reviewer, fi
     return RedirectResponse(_with_filters(f"/tasks/{task.task_id}", request), status_code=303)
 
 
-@router.post("/tasks/{task_id}/claim")
+# The queue's filters it carries on are checked as the queue checks them: unchecked, a malformed one
+# (``sku=%00``) came back as a 422 from the page the redirect led to.
+@router.post("/tasks/{task_id}/claim", dependencies=[Depends(queue_filter)])
 def claim_form(request: Request, task_id: TaskId, console: ConsoleDep, session: Reviewer) -> Response:
     try:
         console.tasks.claim(task_id, session.reviewer, console.console.console_lease_s)
@@ -96,7 +98,7 @@ def claim_form(request: Request, task_id: TaskId, console: ConsoleDep, session: 
     return RedirectResponse(_with_filters(f"/tasks/{task_id}", request), status_code=303)
 
 
-@router.post("/tasks/{task_id}/release")
+@router.post("/tasks/{task_id}/release", dependencies=[Depends(queue_filter)])
 def release_form(request: Request, task_id: TaskId, console: ConsoleDep, session: Reviewer) -> Response:
     try:
         console.tasks.release(task_id, session.reviewer)
