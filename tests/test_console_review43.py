@@ -28,7 +28,9 @@ def test_a_decision_whose_shown_is_no_digest_is_refused_as_invalid_not_as_a_repl
     assert parts.tasks.get(task.task_id).state == "claimed"
 
 
-def test_a_reject_reason_that_is_not_utf8_is_refused_not_stored_with_replacement_marks(tmp_path: Path) -> None:
+def test_a_reject_reason_that_is_not_utf8_is_refused_not_stored_with_replacement_marks(
+    tmp_path: Path,
+) -> None:
     # Before, a url-encoded reason with bytes that are not UTF-8 (%E9: latin-1 "é") was stored with
     # U+FFFD in their place, silently: the reason the trainstore and the audit kept was not the one sent.
     parts = with_flagged(build_console(tmp_path), 1)
