@@ -103,3 +103,25 @@ def test_the_item_page_says_a_decision_was_refused_and_why_escaped(tmp_path: Pat
     assert "MessageSizeTooLargeError: &lt;b&gt;over&lt;/b&gt; max.message.bytes &amp; more" in page
     assert "<b>over</b>" not in page
     assert "&lt;i&gt;no&lt;/i&gt;" in page and "<i>no</i>" not in page
+
+
+def test_the_queue_page_and_the_task_list_mark_a_refused_decision_escaped(tmp_path: Path) -> None:
+    # Before, only the item page and GET /api/tasks/{id} said so: the queue of decided items (and a
+    # script reading GET /api/tasks) showed a refused decision as any other, sent as far as it could tell.
+    parts = build_console(tmp_path)
+    refused, sent = _refused(parts, 1) + decided(parts, 1, first=1)
+    client = TestClient(app_for(parts), base_url="http://console.test")
+    login(client)
+
+    tasks = {task["task_id"]: task for task in client.get("/api/tasks?state=all").json()["tasks"]}
+    assert tasks[refused]["refused"] == REASON
+    assert tasks[sent]["refused"] is None
+    assert client.get(f"/api/tasks/{refused}").json()["refused"] == REASON
+
+    page = client.get("/?state=all").text
+    row = page[page.index(f'data-task-id="{refused}"') :].split("</tr>")[0]
+    assert "not sent" in row
+    assert "MessageSizeTooLargeError: &lt;b&gt;over&lt;/b&gt; max.message.bytes &amp; more" in row
+    assert "<b>over</b>" not in page
+    other = page[page.index(f'data-task-id="{sent}"') :].split("</tr>")[0]
+    assert "not sent" not in other

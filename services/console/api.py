@@ -24,9 +24,12 @@ router = APIRouter(prefix="/api")
 def api_tasks(
     console: ConsoleDep, filters: Filters, limit: Annotated[int, Query(ge=1, le=1000)] = 200
 ) -> dict[str, Any]:
+    refused = console.tasks.refused_reasons()
     return {
         "counts": console.tasks.counts(),
-        "tasks": [task_json(task) for task in console.tasks.query(filters, limit=limit)],
+        "tasks": [
+            task_json(task, refused.get(task.task_id)) for task in console.tasks.query(filters, limit=limit)
+        ],
     }
 
 
@@ -42,11 +45,10 @@ def api_task(task_id: TaskId, console: ConsoleDep) -> dict[str, Any]:
     task = console.tasks.get(task_id)
     outbox = console.tasks.outbox(task_id)
     return {
-        **task_json(task),
+        **task_json(task, outbox.refused_reason if outbox else None),
         "audit": [entry.__dict__ for entry in console.tasks.audit(task_id)],
         "resolved": outbox.payload.model_dump(mode="json") if outbox else None,
         "published": bool(outbox and outbox.published_at),
-        "refused": outbox.refused_reason if outbox else None,  # the broker's reason, set aside for good
     }
 
 
@@ -120,8 +122,9 @@ def api_decision(
     }
 
 
-def task_json(task: Task) -> dict[str, Any]:
-    """A task as the API shows it."""
+def task_json(task: Task, refused: str | None = None) -> dict[str, Any]:
+    """A task as the API shows it; ``refused``: the broker's reason its decision was set aside for good
+    (a claim's answer has none: a task with a decision is not claimed)."""
     return {
         "task_id": task.task_id,
         "sku_id": task.sku_id,
@@ -135,4 +138,5 @@ def task_json(task: Task) -> dict[str, Any]:
         "decision": task.decision,
         "decided_by": task.decided_by,
         "decided_at": task.decided_at,
+        "refused": refused,
     }

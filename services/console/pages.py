@@ -53,6 +53,8 @@ def queue_page(request: Request, console: ConsoleDep, filters: Filters) -> Respo
             "query": _filters_query(request),
             "nothing_to_claim": request.query_params.get("empty") == "1",
             "refused": _refusal(request, console, session),
+            # The broker's reason, by task, for each decision it refused: without it the row read as sent.
+            "refused_decisions": console.tasks.refused_reasons(),
         },
     )
 

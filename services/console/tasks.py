@@ -923,6 +923,13 @@ class TaskStore:
             row = db.execute("SELECT COUNT(*) FROM outbox WHERE refused_reason IS NOT NULL").fetchone()
         return int(row[0])
 
+    def refused_reasons(self) -> dict[str, str]:
+        """The broker's reason for each decision it refused for good, by task id (few: see ``refused``),
+        so the queue and the task list mark them as the item page does."""
+        with self._connect() as db:
+            rows = db.execute("SELECT task_id, refused_reason FROM outbox WHERE refused_reason IS NOT NULL")
+            return {row["task_id"]: row["refused_reason"] for row in rows}
+
     def refused(self) -> list[OutboxEvent]:
         """Every decision the broker refused for good, oldest first (``skuforge console refused``, ``resend
         --all``: each a failure someone looks at, so few); one that no longer reads is left out and
