@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import generate_latest
 from starlette.testclient import TestClient
 
 import services.console.relay as relay_module
@@ -17,6 +18,7 @@ from schemas.topics import Topic
 from services.console.relay import DecisionRelay
 from services.console.tasks import decision_event_id
 from shared.config import load_settings
+from skuforge_cli.main import main as cli_main
 from tests.support.console import (
     ConsoleParts,
     app_for,
@@ -25,6 +27,7 @@ from tests.support.console import (
     flagged_item,
     login,
     pending_envelope,
+    use_cli_on,
     with_flagged,
 )
 
@@ -196,3 +199,33 @@ def test_releasing_a_held_task_that_no_longer_reads_answers_502_and_changes_noth
         assert response.status_code == 502, response.text
         assert f"task {held} no longer reads" in response.json()["detail"]
     assert parts.tasks.counts()["claimed"] == 1, "still held, as the answer says"
+
+
+def test_a_refused_decision_that_no_longer_reads_is_listed_as_metrics_count_it_and_not_resent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Before, /metrics counted 2 refused decisions while ``skuforge console refused`` listed 1 and
+    # ``resend --all`` said {"resent": 1, "not_resent": 0}: the other was only in a log line.
+    parts = build_console(tmp_path)
+    readable, spoiled = decided(parts, 2)
+    for task_id in (readable, spoiled):
+        parts.tasks.mark_refused(decision_event_id(task_id), "MessageSizeTooLargeError")
+    spoil(parts, "outbox", spoiled)
+    use_cli_on(parts, monkeypatch)
+    assert (
+        "skuforge_console_refused_decisions 2.0" in generate_latest(parts.console.metrics.registry).decode()
+    )
+
+    assert cli_main(["console", "refused"]) == 0
+    listed = {line["task_id"]: line for line in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert listed.keys() == {readable, spoiled}
+    assert listed[spoiled]["refused_reason"] == "MessageSizeTooLargeError"
+    assert f"the decision of task {spoiled} no longer reads" in listed[spoiled]["unreadable"]
+    assert "unreadable" not in listed[readable]
+
+    # Given back, it would not be sent either: the relay passes over it, round after round.
+    assert cli_main(["console", "resend", "--all"]) == 1
+    out, err = capsys.readouterr()
+    assert json.loads(out.splitlines()[-1]) == {"resent": 1, "not_resent": 1}
+    assert f"the decision of task {spoiled} no longer reads" in err
+    assert parts.tasks.refused_count() == 1

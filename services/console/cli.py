@@ -37,7 +37,14 @@ from services.console.labelstudio import (
 )
 from services.console.relay import DecisionRelay
 from services.console.security import MAX_PASSWORD_CHARS, hash_password
-from services.console.tasks import OutboxEvent, TaskConflict, TaskFilter, TaskNotFound, TaskStore
+from services.console.tasks import (
+    OutboxEvent,
+    TaskConflict,
+    TaskFilter,
+    TaskNotFound,
+    TaskStore,
+    UnreadableDecision,
+)
 from shared.argtypes import CommandParser, float_between
 from shared.config import load_settings
 from shared.errors import TransientError
@@ -57,8 +64,8 @@ IMPORT_EXIT_STATUS = (
 
 RESEND_EXIT_STATUS = (
     "exit status: 0 every named decision given back; 1 some were not (each listed on stderr with its "
-    "reason: no such task, no decision, not refused; the others were given back); 2 the table could "
-    "not be read"
+    "reason: no such task, no decision, not refused, no longer reads; the others were given back); 2 "
+    "the table could not be read"
 )
 
 
@@ -104,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser(
         "refused",
         help="list the decisions the broker refused for good (one JSON line each: task, SKU, decision, "
-        "the broker's reason), which the relay has set aside",
+        "the broker's reason; one that no longer reads with 'unreadable', why, in place of its decision), "
+        "which the relay has set aside",
     )
     resend_help = (
         "give refused decisions back to the console's relay, which sends them at its next round "
@@ -259,7 +267,14 @@ def _import_summary(
     }
 
 
-def _refused_line(event: OutboxEvent) -> dict[str, object]:
+def _refused_line(event: OutboxEvent | UnreadableDecision) -> dict[str, object]:
+    if isinstance(event, UnreadableDecision):
+        return {
+            "task_id": event.task_id,
+            "sku_id": event.sku_id,
+            "refused_reason": event.refused_reason,
+            "unreadable": event.error,
+        }
     return {
         "task_id": event.task_id,
         "sku_id": event.sku_id,
@@ -271,7 +286,7 @@ def _refused_line(event: OutboxEvent) -> dict[str, object]:
 
 def _resend(tasks: TaskStore, task_ids: list[str]) -> int:
     """``skuforge console resend``: each refused decision back in the relay's queue, each one that is
-    not (no such task, no decision, not refused) listed with its reason."""
+    not (no such task, no decision, not refused, no longer reads) listed with its reason."""
     failed = 0
     for task_id in task_ids:
         try:

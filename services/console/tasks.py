@@ -209,6 +209,17 @@ class OutboxEvent:
         return datetime.fromtimestamp(self.created_at, UTC)
 
 
+@dataclass(frozen=True)
+class UnreadableDecision:
+    """A stored decision that no longer reads (stored under a schema this version refuses): what is
+    known of it without its payload, and why it does not read."""
+
+    task_id: str
+    sku_id: str
+    refused_reason: str | None
+    error: str
+
+
 def decision_event_id(task_id: str) -> str:
     """The ``correction.resolved`` event id of a task: one decision per task, so one id."""
     return derive_id(task_id, PRODUCER, "decision")
@@ -930,33 +941,25 @@ class TaskStore:
             rows = db.execute("SELECT task_id, refused_reason FROM outbox WHERE refused_reason IS NOT NULL")
             return {row["task_id"]: row["refused_reason"] for row in rows}
 
-    def refused(self) -> list[OutboxEvent]:
+    def refused(self) -> list[OutboxEvent | UnreadableDecision]:
         """Every decision the broker refused for good, oldest first (``skuforge console refused``, ``resend
-        --all``: each a failure someone looks at, so few); one that no longer reads is left out and
-        logged, as ``unpublished`` leaves it."""
+        --all``: each a failure someone looks at, so few). One that no longer reads is an
+        ``UnreadableDecision``, so the list counts what ``refused_count`` (the /metrics gauge) counts
+        and names each: left out, the operator had only a log line to find it by."""
         with self._connect() as db:
-            count = db.execute("SELECT COUNT(*) FROM outbox WHERE refused_reason IS NOT NULL").fetchone()[0]
-            return _read_past_unreadable(
-                db,
-                "outbox",
-                ["refused_reason IS NOT NULL"],
-                (),
-                keys=("created_at", "event_id"),
-                newest_first=False,
-                limit=int(count),
-                read=_outbox,
-                what="decision",
-            )
+            rows = db.execute(
+                "SELECT * FROM outbox WHERE refused_reason IS NOT NULL ORDER BY created_at, event_id"
+            ).fetchall()
+        return [_outbox_or_unreadable(row) for row in rows]
 
     def resend(self, task_id: str) -> str:
         """Give the refused decision of ``task_id`` back to the relay (once the topic takes it: its
         max.message.bytes raised), with an audit entry; returns the broker's reason it was refused for.
         Before, the only way was to clear ``refused_reason`` by hand in SQLite. TaskNotFound if there is
-        no such task, TaskConflict if it has no decision or its decision was not refused."""
+        no such task, TaskConflict if it has no decision, its decision was not refused or no longer reads."""
         with self._write() as (db, now):
             row = db.execute(
-                "SELECT tasks.state, outbox.event_id, outbox.refused_reason, outbox.published_at"
-                " FROM tasks LEFT JOIN outbox USING (task_id) WHERE task_id = ?",
+                "SELECT tasks.state, outbox.* FROM tasks LEFT JOIN outbox USING (task_id) WHERE task_id = ?",
                 (task_id,),
             ).fetchone()
             if row is None:
@@ -966,6 +969,9 @@ class TaskStore:
             if row["refused_reason"] is None:
                 sent = "was published" if row["published_at"] is not None else "waits to be sent"
                 raise TaskConflict(f"the decision of task {task_id} was not refused: it {sent}")
+            if isinstance(decision := _outbox_or_unreadable(row), UnreadableDecision):
+                # The relay passes over it, round after round: given back, it is not sent either.
+                raise TaskConflict(decision.error)
             db.execute("UPDATE outbox SET refused_reason = NULL WHERE task_id = ?", (task_id,))
             detail = f"refused: {row['refused_reason']}"
             self._audit(db, task_id, None, "resend", row["state"], row["state"], now, detail)
@@ -1088,6 +1094,14 @@ def _outbox(row: sqlite3.Row) -> OutboxEvent:
         published_at=row["published_at"],
         refused_reason=row["refused_reason"],
     )
+
+
+def _outbox_or_unreadable(row: sqlite3.Row) -> OutboxEvent | UnreadableDecision:
+    try:
+        return _outbox(row)
+    except ValueError as exc:  # pydantic's ValidationError, or JSON that does not parse
+        error = f"the decision of task {row['task_id']} no longer reads: {str(exc)[:300]}"
+        return UnreadableDecision(row["task_id"], row["sku_id"], row["refused_reason"], error)
 
 
 def _task_of(row: sqlite3.Row) -> Task:
