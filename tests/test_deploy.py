@@ -516,7 +516,9 @@ def test_without_the_charts_triton_the_generator_stage_must_be_told_where_triton
 @pytest.mark.parametrize(
     ("value", "message"),
     [
-        ("stages.nosuch.replicas=2", "stages.nosuch: no such stage; the stages are captioner, generator"),
+        ("stages.nosuch.replicas=2", 'stages: no such stage "nosuch"; the stages are captioner, generator'),
+        # Unquoted, "stages.gate.x: no such stage" read as gate's field x, not a stage named gate.x.
+        ("stages.gate\\.x.replicas=1", 'stages: no such stage "gate.x"; the stages are captioner'),
         ("stages.matting.autoscaling.maxReplicas=7", "is more than topicPartitions (6)"),
         # Before, rendered: KEDA's webhook refuses the ScaledObject, the stage stays at one replica.
         (

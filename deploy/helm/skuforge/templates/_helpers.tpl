@@ -538,7 +538,7 @@ SKUFORGE_DIFFUSION_CACHE_DIR: use triton.modelCache (the Triton pod's cache volu
 {{- range $flow.stages }}{{ $names = append $names .name }}{{ end -}}
 {{- range $name, $_ := .Values.stages -}}
 {{- if not (has $name $names) -}}
-{{- fail (printf "stages.%s: no such stage; the stages are %s (files/flow.json)" $name (join ", " $names)) -}}
+{{- fail (printf "stages: no such stage %q; the stages are %s (files/flow.json)" $name (join ", " $names)) -}}
 {{- end -}}
 {{- end -}}
 {{- $settings := include "skuforge.given" .Values.settings | fromJson -}}
