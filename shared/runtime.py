@@ -133,6 +133,9 @@ DEDUPE_WINDOW = 10_000
 # one goes through. Before, it held every one for as long as the coordinator was away (their records and
 # outputs in memory, each batch's duplicate check rebuilt from all of them), and a restart redid them all.
 MAX_UNCOMMITTED_INPUTS = 1_000
+# A failing commit is retried every retry_backoff_initial_s while a stage is idle or holds its intake: its
+# warning is logged at once, then at most this often per error. Before, every retry logged one.
+COMMIT_FAILURE_WARNING_INTERVAL_S = 60.0
 # A stage holding no partition of a topic that has some rejoins after this long, then doubling.
 REJOIN_FIRST_S = 20.0
 REJOIN_MAX_S = 600.0
@@ -351,23 +354,27 @@ def _duplicate() -> _Outcome:
 
 
 class _Throttle:
-    """Says when a warning about a topic is due: its first time, then at most once per ``interval_s``,
-    with how many times it came since the last one logged (this one included)."""
+    """Says when a warning about a key (a topic, a model, an error) is due: its first time, then at most
+    once per ``interval_s``, with how many times it came since the last one logged (this one included)."""
 
     def __init__(self, interval_s: float) -> None:
         self.interval_s = interval_s
-        self._seen: dict[str, tuple[float | None, int]] = {}  # per topic: when last logged, how many since
+        self._seen: dict[str, tuple[float | None, int]] = {}  # per key: when last logged, how many since
 
-    def due(self, topic: str) -> int | None:
+    def due(self, key: str) -> int | None:
         """The times it came since the last warning, or None while the last is under ``interval_s`` old."""
         now = time.monotonic()
-        warned_at, seen = self._seen.get(topic, (None, 0))
+        warned_at, seen = self._seen.get(key, (None, 0))
         seen += 1
         if warned_at is not None and now - warned_at < self.interval_s:
-            self._seen[topic] = (warned_at, seen)
+            self._seen[key] = (warned_at, seen)
             return None
-        self._seen[topic] = (now, 0)
+        self._seen[key] = (now, 0)
         return seen
+
+    def clear(self) -> None:
+        """Forget every key: the trouble ended, and its next occurrence is warned of at once."""
+        self._seen.clear()
 
 
 # An output record larger than this cannot be produced (the producer's max_request_size and the
@@ -447,6 +454,7 @@ class Stage:
         # whose handler raised (_note_batch_failure).
         self._keyless = _Throttle(KEYLESS_WARNING_INTERVAL_S)
         self._batch_failures = _Throttle(BATCH_FAILURE_WARNING_INTERVAL_S)
+        self._commit_failures = _Throttle(COMMIT_FAILURE_WARNING_INTERVAL_S)  # per error type (_commit)
         self._dedupe_window = dedupe_window
         self._last_lag_update = 0.0
         self._joined = False  # set once the group gave us a first assignment (possibly empty)
@@ -1458,13 +1466,22 @@ class Stage:
             # KafkaTimeoutError: the coordinator did not answer within request_timeout_ms (the broker
             # is away); the outputs are durable, so the loop goes on and the next commit covers these
             # offsets (or a restart redelivers them).
-            log.warning(
-                "commit failed; the next commit covers these records unless their partition moves",
-                extra={"stage": self.name, "error": f"{type(exc).__name__}: {exc}"},
-            )
+            failed = self._commit_failures.due(type(exc).__name__)
+            if failed is not None:
+                log.warning(
+                    "commit failed; the next commit covers these records unless their partition moves "
+                    "(logged at most once per %g s per error while commits keep failing)",
+                    COMMIT_FAILURE_WARNING_INTERVAL_S,
+                    extra={
+                        "stage": self.name,
+                        "error": f"{type(exc).__name__}: {exc}",
+                        "failed_commits_since_last_warning": failed,
+                    },
+                )
             self._uncommitted = merged
             return
         self._uncommitted = {}
+        self._commit_failures.clear()
         self._count_committed(merged)
 
     def _refused(self, exc: KafkaError) -> ConfigError:

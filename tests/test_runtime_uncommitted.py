@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 from kafka.consumer.fetcher import ConsumerRecord
-from kafka.errors import KafkaTimeoutError
+from kafka.errors import CommitFailedError, KafkaError, KafkaTimeoutError
 from kafka.structs import MemberState, OffsetAndMetadata, TopicPartition
 
 from schemas.envelope import Envelope
@@ -40,6 +40,7 @@ class _CoordinatorAway:
         self.paused: set[TopicPartition] = set()
         self.committed: dict[TopicPartition, int] = {}
         self.coordinator_back = False
+        self.error: KafkaError = KafkaTimeoutError("the coordinator did not answer the commit")
         self.handed_while_away = 0  # records poll handed out while commits failed
 
     def subscribe(self, *args: object, **kwargs: object) -> None:
@@ -74,7 +75,7 @@ class _CoordinatorAway:
 
     def commit(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
         if not self.coordinator_back:
-            raise KafkaTimeoutError("the coordinator did not answer the commit")
+            raise self.error
         self.committed.update({tp: meta.offset for tp, meta in offsets.items()})
 
     def highwater(self, tp: TopicPartition) -> None:
@@ -127,3 +128,46 @@ def test_a_stage_whose_commits_keep_failing_takes_no_more_input_until_one_goes_t
     assert counted == RECORDS
     held = [r for r in caplog.records if "takes no input" in r.getMessage()]
     assert len(held) == 1 and getattr(held[0], "uncommitted_inputs", None) == HELD
+
+
+def test_a_commit_failing_on_every_retry_is_logged_at_once_then_at_most_once_a_minute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An idle stage (or one holding its intake) retries the commit every ``retry_backoff_initial_s``.
+    Before, each failure logged a warning: one every 0.5 s for as long as the coordinator was away.
+    A new error, or the first failure after a commit went through, is logged at once."""
+    stage = Stage("review", settings=load_settings(store_uri=file_store_uri(tmp_path)))
+    tp = TopicPartition(stage.settings.topic_name(SKU_INGESTED), 0)
+    records = [_record(tp.topic, offset, f"sku-{offset}".encode()) for offset in range(2)]
+    consumer = _CoordinatorAway(stage, tp, records)
+    stage._consumer = consumer
+    clock = [1000.0]
+    monkeypatch.setattr(runtime, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    retry_s = stage.settings.retry_backoff_initial_s
+
+    def retry(times: int) -> None:
+        for _ in range(times):
+            clock[0] += retry_s
+            stage._commit_left_over()
+
+    with caplog.at_level(logging.WARNING, logger="skuforge.runtime"):
+        stage._commit({tp: [(records[0], runtime._Outcome())]})
+        retry(round(75 / retry_s))  # 75 s more of the coordinator away
+        consumer.error = CommitFailedError("the group rebalanced")
+        retry(1)
+        consumer.coordinator_back = True
+        retry(1)
+        consumer.coordinator_back = False
+        stage._commit({tp: [(records[1], runtime._Outcome())]})
+
+    assert consumer.committed == {tp: 1}
+    warnings = [r for r in caplog.records if r.getMessage().startswith("commit failed")]
+    said = [
+        (w.__dict__["error"].split(":")[0], w.__dict__["failed_commits_since_last_warning"]) for w in warnings
+    ]
+    assert said == [
+        ("KafkaTimeoutError", 1),
+        ("KafkaTimeoutError", round(60 / retry_s)),
+        ("CommitFailedError", 1),
+        ("CommitFailedError", 1),  # the first failure after the commit that went through
+    ]
