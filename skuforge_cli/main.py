@@ -38,6 +38,8 @@ from shared.config import (
 from shared.generation.diffusion import DiffusionSettings
 from shared.generation.settings import GenerationSettings
 from shared.observability import configure_logging
+from shared.store import open_settings_store
+from shared.trainstore.manifest import ManifestStore
 from shared.trainstore.settings import TrainstoreSettings
 
 if TYPE_CHECKING:  # shared.bus imports kafka: loaded only by the commands that talk to it
@@ -59,7 +61,8 @@ SETTINGS_MODELS: tuple[type[BaseSettings], ...] = (
 
 def load_all_settings(**overrides: object) -> list[BaseSettings]:
     """Every settings model read from the environment, so one bad ``SKUFORGE_*`` variable of any
-    service is found before anything starts; raises ConfigError naming every bad variable.
+    service is found before anything starts; raises ConfigError naming every bad variable, and one
+    naming SKUFORGE_TRAINSTORE_PREFIX when it leaves the store no room for any event's keys.
 
     ``overrides`` (settings by field name) replace the environment's in the models that have them:
     what ``skuforge up`` gives its services in place of the shell's."""
@@ -73,6 +76,11 @@ def load_all_settings(**overrides: object) -> list[BaseSettings]:
             problems.extend(line for line in str(exc).splitlines()[1:] if line not in problems)
     if problems:
         raise ConfigError("\n".join(["invalid configuration:", *problems]))
+    # The room depends on the store (an S3 store's prefix counts), so no settings model can check it:
+    # the trainstore's own check at its start, made here before anything starts.
+    shared = next(settings for settings in loaded if isinstance(settings, Settings))
+    trainstore = next(settings for settings in loaded if isinstance(settings, TrainstoreSettings))
+    ManifestStore(open_settings_store(shared), trainstore.trainstore_prefix).check_prefix_room()
     return loaded
 
 

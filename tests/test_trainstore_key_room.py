@@ -14,6 +14,8 @@ from pathlib import Path
 import boto3
 import pytest
 
+import devstack.up
+from devstack.up import main as up_main
 from schemas.envelope import DeadLetter
 from schemas.events import GateAccepted
 from schemas.topics import GATE_ACCEPTED
@@ -23,6 +25,7 @@ from shared.config import ConfigError, Settings, load_settings
 from shared.errors import BadInput
 from shared.store import FileStore, ObjectStore, S3Store
 from shared.trainstore.settings import TrainstoreSettings
+from skuforge_cli.main import main as cli_main
 from tests.support.bus import create_topics, isolated_settings, read_topic, running, wait_consumed
 from tests.support.gate import matted_item, produce_events
 from tests.support.trainstore import trainstore_stage
@@ -118,3 +121,37 @@ def test_a_prefix_that_leaves_no_event_room_is_refused_at_start(
 
     said = str(refused.value)
     assert f"SKUFORGE_TRAINSTORE_PREFIX ({len(prefix)} bytes)" in said and "key_too_long" in said, said
+
+
+# 1003 bytes: with a FileStore's 1024, no SKU's manifest part fits, whatever its id.
+ROOMLESS_PREFIX = "/".join(["t" * 250] * 4)
+
+
+def test_a_prefix_that_leaves_no_event_room_is_refused_by_skuforge_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`skuforge config` passed it, and the trainstore stage was the first to refuse it, at its start."""
+    monkeypatch.setenv("SKUFORGE_STORE_URI", str(tmp_path / "store"))
+    monkeypatch.setenv("SKUFORGE_TRAINSTORE_PREFIX", ROOMLESS_PREFIX)
+
+    assert cli_main(["config"]) == 2
+
+    err = capsys.readouterr().err
+    assert f"SKUFORGE_TRAINSTORE_PREFIX ({len(ROOMLESS_PREFIX)} bytes)" in err and "Traceback" not in err, err
+
+
+def test_a_prefix_that_leaves_no_event_room_is_refused_by_up_before_anything_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`skuforge up` started Kafka and every service; then the trainstore stopped, naming the setting."""
+    monkeypatch.setenv("SKUFORGE_TRAINSTORE_PREFIX", ROOMLESS_PREFIX)
+    monkeypatch.delenv("SKUFORGE_GENERATION_BACKEND_MIX", raising=False)
+
+    def starts_the_stack(workdir: Path) -> None:
+        raise AssertionError("went on to start a stack the trainstore would refuse")
+
+    monkeypatch.setattr(devstack.up, "hold_workdir", starts_the_stack)
+    assert up_main(["--workdir", str(tmp_path / "up"), "--backend", "composite"]) == 2
+
+    assert f"SKUFORGE_TRAINSTORE_PREFIX ({len(ROOMLESS_PREFIX)} bytes)" in capsys.readouterr().err
+    assert not (tmp_path / "up").exists()  # nothing started, nothing written
