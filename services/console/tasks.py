@@ -984,12 +984,10 @@ class TaskStore:
             row = db.execute("SELECT * FROM outbox WHERE task_id = ?", (task_id,)).fetchone()
         if row is None:
             return None
-        try:
-            return _outbox(row)
-        except ValueError as exc:  # stored under a schema this version refuses: 502 with the reason
-            raise BadInput(
-                "decision_unreadable", f"the decision of task {task_id} no longer reads: {str(exc)[:300]}"
-            ) from None
+        if isinstance(decision := _outbox_or_unreadable(row), UnreadableDecision):
+            # Stored under a schema this version refuses: 502 with the reason.
+            raise BadInput("decision_unreadable", decision.error)
+        return decision
 
     def has_sku(self, sku_id: str) -> bool:
         """Whether any task, in any state, is of ``sku_id``."""
