@@ -283,6 +283,7 @@ NAMING_SETTINGS = [
     (CaptionerSettings, "SKUFORGE_CAPTIONER_VLM_MODEL"),
     (CaptionerSettings, "SKUFORGE_CAPTIONER_VLM_CACHE_DIR"),
     (CaptionerSettings, "SKUFORGE_CAPTIONER_MATTING_MODEL"),
+    (CaptionerSettings, "SKUFORGE_CAPTIONER_MATTING_CACHE_DIR"),
     (LoraTrainerSettings, "SKUFORGE_LORA_MODEL"),
     (LoraTrainerSettings, "SKUFORGE_LORA_BASE_MODEL"),
     (LoraTrainerSettings, "SKUFORGE_LORA_CLASS_IMAGES_DIR"),

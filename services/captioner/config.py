@@ -57,6 +57,12 @@ class CaptionerSettings(BaseSettings):
             "unset = the committed U2-NetP"
         ),
     )
+    captioner_matting_cache_dir: str | None = Field(
+        default=None,
+        description="where a matting model given as a URI is copied; unset = <system temp>/skuforge-models"
+        "; made for this user alone (0700) when missing; refused when everyone may write to it (unset: also"
+        " when another user owns it or its group may write to it)",
+    )
     captioner_matting_threads: int = Field(
         default=2, ge=1, le=256, description="threads of ONNX Runtime (matting) and of torch (BLIP)"
     )
@@ -107,7 +113,11 @@ class CaptionerSettings(BaseSettings):
     )
 
     @field_validator(
-        "captioner_vlm_model", "captioner_vlm_cache_dir", "captioner_matting_model", mode="before"
+        "captioner_vlm_model",
+        "captioner_vlm_cache_dir",
+        "captioner_matting_model",
+        "captioner_matting_cache_dir",
+        mode="before",
     )
     @classmethod
     def _name_or_unset(cls, value: Any) -> Any:

@@ -39,8 +39,9 @@ more photos than ``SKUFORGE_MAX_PHOTOS_PER_SKU`` (what ingest accepts) goes to t
 ``too_many_photos`` before any photo is read: all of a SKU's photos are decoded at once.
 
 The models: the matting session (``SKUFORGE_CAPTIONER_MATTING_MODEL``, unset = the committed
-U2-NetP) makes the masks; all photos of a SKU go through it in one call (one photo a call when the
-model fails on them together: an export that folded or fixed its batch; BLIP's too), but a photo whose
+U2-NetP; a URI's copy is kept in ``SKUFORGE_CAPTIONER_MATTING_CACHE_DIR``) makes the masks; all
+photos of a SKU go through it in one call (one photo a call when the model fails on them together: an
+export that folded or fixed its batch; BLIP's too), but a photo whose
 file was a cut-out: its transparency, stored by ingest (``ReferencePhoto.mask``), is its mask.
 The attribute backend (default) measures colours, shape and view on the masks
 (``shared/captioning/attributes.py``); on a plain-background photo of a box, carton or can, big dents
@@ -207,6 +208,8 @@ def open_models(
             s3_endpoint_url=settings.s3_endpoint_url,
             s3_region=settings.s3_region,
             cache_unused_days=settings.model_cache_unused_days,
+            cache=options.captioner_matting_cache_dir,
+            cache_from="SKUFORGE_CAPTIONER_MATTING_CACHE_DIR",
             uri_from="SKUFORGE_CAPTIONER_MATTING_MODEL",
         )
         session.warm_up()
