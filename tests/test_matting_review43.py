@@ -12,7 +12,7 @@ from PIL import Image
 
 from shared.matting.session import MattingModelError, U2NetSession, open_session
 from shared.synth import make_product, render_photo
-from tests.support.matting import stand_in_onnx_bytes
+from tests.support.matting import pooled_stand_in, stand_in_onnx_bytes
 
 
 def _stand_in(input_type: int, *, weights_type: Any = np.float32) -> Any:
@@ -72,30 +72,13 @@ def test_a_model_whose_input_is_not_floating_point_is_refused_at_opening(tmp_pat
         open_session(str(path), threads=1, use_gpu=False, store=None, uri_from=None)
 
 
-def _pooled_to(side: int, path: Path) -> None:
-    """The stand-in's map averaged down to ``side`` x ``side``, saved at ``path``."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    model = onnx.load_from_string(stand_in_onnx_bytes())
-    stride = [320 // side] * 2
-    model.graph.node.append(
-        helper.make_node("AveragePool", ["d0"], ["pooled"], kernel_shape=stride, strides=stride)
-    )
-    del model.graph.output[:]
-    model.graph.output.append(
-        helper.make_tensor_value_info("pooled", TensorProto.FLOAT, ["batch", 1, side, side])
-    )
-    onnx.save(model, str(path))
-
-
 @pytest.mark.parametrize("side", [1, 4])
 def test_a_model_whose_maps_are_far_smaller_than_its_input_is_refused_at_warm_up(
     tmp_path: Path, side: int
 ) -> None:
     """A model that pools its map to N x 1 x 1 x 1 opened and warmed up, and every image's 1 x 1 map,
     blown up to the image, was a flat mask: all product or all background, served as ready."""
-    _pooled_to(side, tmp_path / "pooled.onnx")
+    pooled_stand_in(side, tmp_path / "pooled.onnx")
     session = open_session(str(tmp_path / "pooled.onnx"), threads=1, use_gpu=False, store=None, uri_from=None)
     with pytest.raises(MattingModelError, match=rf"pooled\.onnx.*\(1, 1, {side}, {side}\).*320 x 320"):
         session.warm_up()
@@ -103,7 +86,7 @@ def test_a_model_whose_maps_are_far_smaller_than_its_input_is_refused_at_warm_up
 
 def test_a_model_whose_maps_are_half_its_input_size_mats(tmp_path: Path) -> None:
     """A coarser map is still an outline: resized to each image as a full-size one is."""
-    _pooled_to(160, tmp_path / "half.onnx")
+    pooled_stand_in(160, tmp_path / "half.onnx")
     session = open_session(str(tmp_path / "half.onnx"), threads=1, use_gpu=False, store=None, uri_from=None)
     session.warm_up()
     image = Image.new("RGB", (240, 120), "white")

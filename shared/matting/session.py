@@ -610,10 +610,14 @@ class MattingSession(ABC):
         return results
 
     def warm_up(self) -> None:
-        """Run one blank image, so a model with the wrong inputs or outputs fails now, clearly."""
+        """Run one blank image, so a model with the wrong inputs or outputs fails now, clearly (and is
+        not ``ready``)."""
         try:
             self.predict([Image.new("RGB", self.input_size)])
         except Exception as failed:
+            # The model call may have passed (``_run`` then set ready) and its maps failed after it, in
+            # post-processing (a map far smaller than the input): the warm-up failed all the same.
+            self._ready = False
             # Here the blank image is the one that failed: what it failed with says why.
             exc = failed.__cause__ if isinstance(failed, MattingModelBroken) and failed.__cause__ else failed
             raise MattingModelError(

@@ -94,6 +94,24 @@ def nan_where_red_onnx_bytes(*, size_px: int = SIZE_PX) -> bytes:
     return model.SerializeToString()
 
 
+def pooled_stand_in(side: int, path: Path) -> None:
+    """The stand-in (``stand_in_onnx_bytes``) with its map averaged down to ``side`` x ``side``, saved at
+    ``path``: a model whose maps are coarser than its input."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load_from_string(stand_in_onnx_bytes())
+    stride = [320 // side] * 2
+    model.graph.node.append(
+        helper.make_node("AveragePool", ["d0"], ["pooled"], kernel_shape=stride, strides=stride)
+    )
+    del model.graph.output[:]
+    model.graph.output.append(
+        helper.make_tensor_value_info("pooled", TensorProto.FLOAT, ["batch", 1, side, side])
+    )
+    onnx.save(model, str(path))
+
+
 def batch_folding_onnx_bytes() -> bytes:
     """A badly exported model: one map per call, the mean of its images' (the batch folded away), so
     its one-image warm-up gives the one map expected."""
