@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -22,11 +19,10 @@ from shared.config import ConfigError, load_settings
 from shared.errors import BadInput
 from shared.generation.settings import GenerationSettings
 from tests.support.bus import file_store_uri, isolated_settings
+from tests.support.cli import served_module_refusal
 from tests.support.generation import triton_variant as variant
 from tests.support.polling import wait_for
 from tests.support.triton import poisoned_triton
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
@@ -123,18 +119,7 @@ def test_the_server_run_as_a_module_refuses_a_bad_setting_as_skuforge_serve_does
     """``python -m services.generator.server`` (the flow's module for ``skuforge serve generator``) ran
     ``main`` bare: a bad setting ended in a traceback, where the command and every stage's module say
     what is wrong after their own name, naming the setting."""
-    env = {**os.environ, "SKUFORGE_GENERATION_SERVER_GRPC_PORT": "0", "SKUFORGE_LOG_FORMAT": "text"}
-
-    def started(*command: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", *command], cwd=REPO, env=env, capture_output=True, text=True, check=False
-        )
-
-    module = started("services.generator.server")
-    command = started("skuforge_cli", "serve", "generator")
-    assert "Traceback" not in module.stderr, module.stderr
-    assert module.returncode == command.returncode == 2
-    name = "python -m services.generator.server: "
-    reason = module.stderr[module.stderr.index(name) :].removeprefix(name)
+    reason = served_module_refusal(
+        "services.generator.server", "generator", SKUFORGE_GENERATION_SERVER_GRPC_PORT="0"
+    )
     assert "SKUFORGE_GENERATION_SERVER_GRPC_PORT" in reason
-    assert f"skuforge serve: {reason}" in command.stderr  # the command's words, after its own name

@@ -1,5 +1,6 @@
 """``skuforge_into_closed_pipe``: a ``skuforge`` command run with its stdout a pipe whose reader has
-gone, as ``| head -1`` leaves it once head has its line."""
+gone, as ``| head -1`` leaves it once head has its line. ``served_module_refusal``: a server's module
+run as ``python -m`` beside ``skuforge serve``, on a bad setting."""
 
 from __future__ import annotations
 
@@ -27,3 +28,29 @@ def skuforge_into_closed_pipe(*args: str) -> subprocess.CompletedProcess[str]:
         )
     finally:
         os.close(write_end)
+
+
+def served_module_refusal(module: str, server: str, **env: str) -> str:
+    """What ``python -m module`` says is wrong under the settings ``env``, having checked that it says
+    it as ``skuforge serve server`` does: after its own name, exit 2, no traceback."""
+    settings = {**os.environ, "SKUFORGE_LOG_FORMAT": "text", **env}
+
+    def started(*command: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", *command],
+            cwd=Path(__file__).resolve().parents[2],
+            env=settings,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    alone = started(module)
+    served = started("skuforge_cli", "serve", server)
+    assert "Traceback" not in alone.stderr, alone.stderr
+    assert alone.returncode == served.returncode == 2, (alone.stderr, served.stderr)
+    name = f"python -m {module}: "
+    reason = alone.stderr[alone.stderr.index(name) :].removeprefix(name)
+    assert f"skuforge serve: {reason}" in served.stderr  # the command's words, after its own name
+    return reason
