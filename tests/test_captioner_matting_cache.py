@@ -3,7 +3,6 @@ matting stage's is into SKUFORGE_MATTING_CACHE_DIR."""
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ from services.captioner.config import CaptionerSettings
 from services.captioner.stage import open_models
 from shared.config import ConfigError, load_settings
 from shared.store import FileStore
-from tests.support.matting import stand_in_onnx_bytes
+from tests.support.matting import copied_into_cache_setting, stand_in_onnx_bytes
 
 
 def test_the_captioner_copies_its_matting_model_from_a_uri_into_its_cache_setting(
@@ -20,15 +19,12 @@ def test_the_captioner_copies_its_matting_model_from_a_uri_into_its_cache_settin
 ) -> None:
     """The matting stage's model had SKUFORGE_MATTING_CACHE_DIR, BLIP had its own; the captioner's matting
     model always went to <system temp>/skuforge-models, which only TMPDIR moved."""
-    temp = tmp_path / "temp"
-    temp.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(temp))
-    ref = FileStore(tmp_path / "store").put_bytes("models/stand-in.onnx", stand_in_onnx_bytes())
-    monkeypatch.setenv("SKUFORGE_CAPTIONER_MATTING_CACHE_DIR", str(tmp_path / "models-volume"))
-    options = load_settings(CaptionerSettings, captioner_matting_model=ref.uri, captioner_use_gpu=False)
-    open_models(options, load_settings())
-    assert [path.name for path in (tmp_path / "models-volume").glob("*-stand-in.onnx")]
-    assert not list(temp.rglob("*.onnx"))
+
+    def opened(uri: str) -> object:
+        options = load_settings(CaptionerSettings, captioner_matting_model=uri, captioner_use_gpu=False)
+        return open_models(options, load_settings())
+
+    copied_into_cache_setting(tmp_path, monkeypatch, "SKUFORGE_CAPTIONER_MATTING_CACHE_DIR", opened)
 
 
 def test_a_captioner_matting_cache_that_cannot_be_written_names_its_setting(tmp_path: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,7 @@ from PIL import Image
 
 from shared.matting.session import MattingModelError, U2NetSession, open_session
 from shared.synth import make_product, render_photo
-from tests.support.matting import pooled_stand_in, stand_in_onnx_bytes
+from tests.support.matting import copied_into_cache_setting, pooled_stand_in, stand_in_onnx_bytes
 
 
 def _stand_in(input_type: int, *, weights_type: Any = np.float32) -> Any:
@@ -105,17 +104,12 @@ def test_the_matting_stage_copies_a_model_from_a_uri_into_its_cache_setting(
     from services.matting.config import MattingSettings
     from services.matting.stage import open_matting_session
     from shared.config import load_settings
-    from shared.store import FileStore
 
-    temp = tmp_path / "temp"
-    temp.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(temp))
-    ref = FileStore(tmp_path / "store").put_bytes("models/stand-in.onnx", stand_in_onnx_bytes())
-    monkeypatch.setenv("SKUFORGE_MATTING_CACHE_DIR", str(tmp_path / "models-volume"))
-    matting = load_settings(MattingSettings, matting_model=ref.uri, matting_use_gpu=False)
-    open_matting_session(matting, load_settings())
-    assert [path.name for path in (tmp_path / "models-volume").glob("*-stand-in.onnx")]
-    assert not list(temp.rglob("*.onnx"))
+    def opened(uri: str) -> object:
+        matting = load_settings(MattingSettings, matting_model=uri, matting_use_gpu=False)
+        return open_matting_session(matting, load_settings())
+
+    copied_into_cache_setting(tmp_path, monkeypatch, "SKUFORGE_MATTING_CACHE_DIR", opened)
 
 
 def test_a_matting_cache_that_cannot_be_written_names_its_setting(tmp_path: Path) -> None:

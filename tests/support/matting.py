@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +111,23 @@ def pooled_stand_in(side: int, path: Path) -> None:
         helper.make_tensor_value_info("pooled", TensorProto.FLOAT, ["batch", 1, side, side])
     )
     onnx.save(model, str(path))
+
+
+def copied_into_cache_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variable: str, open_model: Callable[[str], object]
+) -> None:
+    """Checks that ``open_model(uri)`` copies a stand-in model published at a ``file://`` URI into the
+    folder the setting ``variable`` names, and nothing into the system temp folder (the default cache)."""
+    from shared.store import FileStore
+
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    ref = FileStore(tmp_path / "store").put_bytes("models/stand-in.onnx", stand_in_onnx_bytes())
+    monkeypatch.setenv(variable, str(tmp_path / "models-volume"))
+    open_model(ref.uri)
+    assert [path.name for path in (tmp_path / "models-volume").glob("*-stand-in.onnx")]
+    assert not list(temp.rglob("*.onnx"))
 
 
 def batch_folding_onnx_bytes() -> bytes:
