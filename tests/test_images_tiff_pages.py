@@ -14,7 +14,7 @@ from PIL import Image, TiffImagePlugin
 
 from shared.errors import ImageRejected
 from shared.evaluation.leakage import perceptual_hash
-from shared.images import decode_image, decode_mask, frame_count
+from shared.images import MAX_TIFF_PAGES, decode_image, decode_mask, frame_count
 
 # NewSubfileType (tag 254): 1 a reduced-size copy of another page, 4 another page's transparency mask.
 PREVIEW, MASK = 1, 4
@@ -247,3 +247,25 @@ def test_a_tiff_whose_first_page_is_a_standard_transparency_mask_is_refused_nami
     # not cut out by it.
     data = _with_short(_tiff((_picture(1), 0), (_cut_out_mask(), MASK)), 1, 262, TRANSPARENCY_MASK)
     assert np.array_equal(np.asarray(decode_image(data)), np.asarray(_picture(1)))
+
+
+def test_a_tiff_of_more_pages_than_the_cap_is_refused_not_walked_to_its_end() -> None:
+    # Pillow's page walk slows with every page it has passed (1.5 s at 3,000 previews, 30,000 did not end
+    # in 300 s): a small file could stall any stage decoding it, and ingest counting its pages.
+    tiny = Image.new("L", (1, 1))
+    previews = _tiff(*[(tiny, PREVIEW)] * (MAX_TIFF_PAGES + 1))
+    photo_first = _tiff((tiny, 0), *[(tiny, PREVIEW)] * MAX_TIFF_PAGES)
+    for refused_by in (
+        lambda: decode_image(previews),
+        lambda: decode_mask(previews),
+        lambda: frame_count(photo_first),
+    ):
+        with pytest.raises(ImageRejected) as refused:
+            refused_by()
+        assert refused.value.reason == "too_many_pages" and str(MAX_TIFF_PAGES) in str(refused.value)
+
+
+def test_a_tiff_of_as_many_pages_as_the_cap_is_read() -> None:
+    tiny = Image.new("L", (1, 1))
+    assert decode_image(_tiff(*[(tiny, PREVIEW)] * (MAX_TIFF_PAGES - 1), (_picture(1), 0))).size == (320, 240)
+    assert frame_count(_tiff(*[(tiny, 0)] * MAX_TIFF_PAGES)) == MAX_TIFF_PAGES

@@ -545,6 +545,7 @@ def prepare_sku(folder: Path, settings: Settings) -> tuple[PreparedSku | None, l
                 refuse_empty=True,  # an empty layer: stored as plain white, then dead-lettered
             )
             refuse_too_small(image.width, image.height, settings.min_photo_side_px)
+            count = frame_count(data)  # refuses a TIFF of more pages than it walks
             if len(png) > settings.max_image_bytes:
                 # The stages read the stored PNG under the same limit: a 40 MP JPEG of a few MB can
                 # be a PNG over it, accepted here and then refused by every stage (no_usable_photo).
@@ -594,7 +595,7 @@ def prepare_sku(folder: Path, settings: Settings) -> tuple[PreparedSku | None, l
             near_copies.append((file, *earlier))
         if variants:
             looks[photo_id] = (variants, file)
-        if (count := frame_count(data)) > 1:
+        if count > 1:
             frames.append((file, count))
         photos.append(photo)
     if len(seen) > limit:
