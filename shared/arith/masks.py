@@ -1,7 +1,8 @@
 """Mask arithmetic: connected components by runs, painting runs back, blob and hole clean-up, erosion,
 convex hulls, solidity.
 
-Masks are boolean HxW arrays (True = product). The matting post-processing (``clean_mask``), the
+Masks are HxW arrays, boolean (True = product) or of numbers where above 0 is product (a 0/255 mask as
+images are read); masks returned are boolean. The matting post-processing (``clean_mask``), the
 captioner's shape features (``largest_component``, ``erode``, the hulls) and the real-photo pair builder
 (``hull_mask``) all use these, so they live below the model libraries.
 """
@@ -32,8 +33,10 @@ IntArray = npt.NDArray[np.intp]
 F64Array = npt.NDArray[np.float64]
 
 
-def connected_components(mask: BoolArray, *, diagonal: bool) -> tuple[IntArray, IntArray, IntArray, IntArray]:
-    """Label the connected components of a boolean HxW mask, run by run.
+def connected_components(
+    mask: npt.ArrayLike, *, diagonal: bool
+) -> tuple[IntArray, IntArray, IntArray, IntArray]:
+    """Label the connected components of an HxW mask (above 0 is product), run by run.
 
     Returns ``(rows, starts, ends, labels)``: one entry per horizontal run of True pixels
     (columns ``starts[i]`` to ``ends[i] - 1`` of row ``rows[i]``), and the component (0..k-1) it
@@ -41,9 +44,10 @@ def connected_components(mask: BoolArray, *, diagonal: bool) -> tuple[IntArray, 
     a 512x512 product mask is a few thousand nodes; their union is found with vectorised
     hooking and pointer jumping instead of a per-pixel Python flood fill.
     """
-    height, width = mask.shape
+    product = np.asarray(mask) > 0  # 255 copied into the int8 below was -1, and every run came back reversed
+    height, width = product.shape
     padded = np.zeros((height, width + 2), dtype=np.int8)
-    padded[:, 1:-1] = mask
+    padded[:, 1:-1] = product
     steps = np.diff(padded, axis=1)
     # np.nonzero walks row-major, so the k-th start and the k-th end belong to the same run.
     rows, starts = np.nonzero(steps == 1)
@@ -131,11 +135,12 @@ def largest_component(mask: npt.ArrayLike) -> BoolArray:
     return keep_blobs(mask, math.inf)
 
 
-def erode(mask: BoolArray, radius_px: int) -> BoolArray:
-    """Binary erosion by a (2r+1)-square: a pixel stays when its whole neighbourhood is set."""
+def erode(mask: npt.ArrayLike, radius_px: int) -> BoolArray:
+    """Binary erosion by a (2r+1)-square: a pixel stays when its whole neighbourhood is product (above
+    0). Boolean whatever the mask's dtype: a 0/255 mask's erosion came back as 0/1."""
+    out = np.asarray(mask) > 0
     if radius_px <= 0:
-        return mask.copy()
-    out = mask.copy()
+        return out
     # A square is separable: erode rows, then columns, each by running minimum over shifts.
     for axis in (0, 1):
         padded = np.pad(out, [(radius_px, radius_px) if a == axis else (0, 0) for a in (0, 1)])
@@ -174,8 +179,9 @@ def convex_hull(points: npt.ArrayLike) -> F64Array:
     return np.array(lower[:-1] + upper[:-1], dtype=np.float64)
 
 
-def row_spans(mask: BoolArray) -> tuple[IntArray, IntArray, IntArray]:
+def row_spans(mask: npt.ArrayLike) -> tuple[IntArray, IntArray, IntArray]:
     """Rows that hold product pixels, with the first and one-past-last product column of each."""
+    mask = np.asarray(mask) > 0  # argmax of numbers finds a row's largest, not its first product pixel
     filled = mask.any(axis=1)
     rows = np.flatnonzero(filled)
     first = np.argmax(mask[rows], axis=1)
@@ -201,7 +207,7 @@ def mask_hull(mask: BoolArray) -> F64Array:
     return convex_hull(_hull_corners(mask))
 
 
-def hull_mask(mask: BoolArray) -> BoolArray:
+def hull_mask(mask: npt.ArrayLike) -> BoolArray:
     """The convex hull of a mask's pixels, filled: every pixel whose centre is inside the hull of the
     mask's squares, or on its edge.
 
@@ -209,6 +215,7 @@ def hull_mask(mask: BoolArray) -> BoolArray:
     hull edge bounds a row's centres on one side, and a row's pixels are the span between its bounds.
     Rows x edges, not pixels x edges: a 2048 px photo's mask takes milliseconds.
     """
+    mask = np.asarray(mask) > 0  # a 0/255 mask's hull, painted over a copy of it, was 0, 1 and 255
     if not mask.any():
         return mask.copy()
     vertices = (mask_hull(mask) * 2).astype(np.int64)  # doubled pixel corners, counter-clockwise
