@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from shared.arith.masks import connected_components, erode, hull_mask, row_spans
+from shared.arith.masks import connected_components, erode, hull_mask, mask_iou, row_spans
 
 
 def _square_on(size: int, dtype: type[np.generic], on: int) -> np.ndarray:
@@ -37,3 +37,13 @@ def test_the_hull_of_a_0_255_mask_is_boolean_and_spans_are_its_first_product_pix
     hull = hull_mask(mask)
     assert hull.dtype == np.bool_ and np.array_equal(hull, hull_mask(mask > 0))
     assert row_spans(mask)[1].tolist() == [1, 1]
+
+
+def test_mask_iou_reads_boolean_and_0_255_masks_alike() -> None:
+    # The matting evaluation's own copy compared a boolean mask with 128: every boolean mask was empty,
+    # and two disjoint ones agreed perfectly (1.0).
+    left, right = np.zeros((4, 4), np.bool_), np.zeros((4, 4), np.bool_)
+    assert mask_iou(left, right) == 1.0  # both empty: nothing to disagree about
+    left[:2], right[1:3] = True, True
+    assert mask_iou(left, right) == mask_iou(left * np.uint8(255), right * np.uint8(255)) == 4 / 12
+    assert mask_iou(left[:1], right[:1]) == 0.0

@@ -566,7 +566,8 @@ def extra_folder(root: Path) -> Path:
 
 
 def test_load_pairs_applies_exif_orientation_and_skips_macos_files(tmp_path: Path) -> None:
-    from shared.matting.train import iou, load_pairs
+    from shared.arith.masks import mask_iou
+    from shared.matting.train import load_pairs
 
     folder = extra_folder(tmp_path / "extra")
     # A phone photo stored landscape with EXIF orientation 6; its mask is drawn on it upright.
@@ -589,7 +590,7 @@ def test_load_pairs_applies_exif_orientation_and_skips_macos_files(tmp_path: Pat
     # The photo's red top lines up with the mask's product: before, IoU 0.0 (a sideways photo).
     red = np.asarray(images[0], dtype=int)
     photo_product = np.where((red[..., 0] > 150) & (red[..., 1] < 100), np.uint8(255), np.uint8(0))
-    assert iou(photo_product, masks[0]) > 0.9
+    assert mask_iou(photo_product, masks[0]) > 0.9
 
 
 def test_load_pairs_reads_a_0_1_label_mask_by_its_labels(tmp_path: Path) -> None:

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from services.matting.cli import main as matting_cli
+from shared.arith.masks import mask_iou
 from shared.matting import MODELS_DIR
 from shared.matting.session import U2NetPSession
-from shared.matting.train import evaluate, iou
+from shared.matting.train import evaluate
 from tests.support.matting import stand_in_onnx_bytes
 
 FP32 = MODELS_DIR / "u2netp-skuforge.onnx"
@@ -21,11 +22,11 @@ INT8 = MODELS_DIR / "u2netp-skuforge-int8.onnx"
 def test_iou_on_hand_made_masks() -> None:
     a = np.zeros((4, 4), np.uint8)
     b = np.zeros((4, 4), np.uint8)
-    assert iou(a, b) == 1.0  # both empty: nothing to disagree about
+    assert mask_iou(a, b) == 1.0  # both empty: nothing to disagree about
     a[:2] = 255
-    assert iou(a, b) == 0.0
+    assert mask_iou(a, b) == 0.0
     b[1:3] = 255
-    assert iou(a, b) == pytest.approx(4 / 12)
+    assert mask_iou(a, b) == pytest.approx(4 / 12)
 
 
 # A training run small enough for a test: 2-image batches of 64 px photos, 2 held-out photos.

@@ -2,9 +2,11 @@
 convex hulls, solidity.
 
 Masks are HxW arrays, boolean (True = product) or of numbers where above 0 is product (a 0/255 mask as
-images are read); masks returned are boolean. The matting post-processing (``clean_mask``), the
-captioner's shape features (``largest_component``, ``erode``, the hulls) and the real-photo pair builder
-(``hull_mask``) all use these, so they live below the model libraries.
+images are read); masks returned are boolean. ``mask_on`` and ``mask_iou`` alone read a mask of numbers
+as a model's soft 0..255 output, on from 128, the way ``decode_mask`` thresholds. The matting
+post-processing (``clean_mask``), the captioner's shape features (``largest_component``, ``erode``, the
+hulls), the real-photo pair builder (``hull_mask``), and the gate's check and the matting evaluation
+(``mask_iou``) all use these, so they live below the model libraries.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ __all__ = [
     "keep_blobs",
     "largest_component",
     "mask_hull",
+    "mask_iou",
+    "mask_on",
     "paint_runs",
     "row_spans",
     "solidity",
@@ -268,3 +272,29 @@ def solidity(mask: BoolArray) -> float:
         return 1.0
     hull = _fill_hull(mask, vertices, int(rows[0]), int(rows[-1]) + 1)
     return area / int(np.count_nonzero(hull))
+
+
+def mask_on(mask: npt.ArrayLike) -> BoolArray:
+    """The product pixels of an HxW mask: a boolean one as it is, one of numbers (0..255, a model's soft
+    mask) from 128. Raises ``ValueError`` for an array that is not HxW."""
+    array: npt.NDArray[np.generic] = np.asarray(mask)
+    if array.ndim != 2:
+        raise ValueError(f"a mask is HxW, got shape {array.shape}")
+    if array.dtype == np.bool_:
+        return array.astype(np.bool_, copy=False)
+    return np.asarray(array.astype(np.uint8, copy=False) >= 128, dtype=np.bool_)
+
+
+def mask_iou(predicted: npt.ArrayLike, expected: npt.ArrayLike) -> float:
+    """Intersection over union of two masks of the same size (``mask_on``): the gate's check and the
+    matting evaluation's score, one definition (the evaluation's copy read every boolean mask as empty).
+
+    Two empty masks agree perfectly (1.0); one empty and one not share nothing (0.0).
+    """
+    predicted_on, expected_on = mask_on(predicted), mask_on(expected)
+    if predicted_on.shape != expected_on.shape:
+        raise ValueError(f"masks differ in size: {predicted_on.shape} vs {expected_on.shape}")
+    union = int(np.count_nonzero(predicted_on | expected_on))
+    if union == 0:
+        return 1.0
+    return int(np.count_nonzero(predicted_on & expected_on)) / union

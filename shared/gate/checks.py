@@ -32,6 +32,7 @@ import numpy.typing as npt
 
 from schemas.events import GateCheck
 from shared.arith.colour import srgb_to_lab
+from shared.arith.masks import mask_iou, mask_on
 
 __all__ = [
     "BORDER_TOUCH_FRACTION",
@@ -116,38 +117,15 @@ class GateThresholds:
         return replace(self, **dict(overrides))
 
 
-def _on(mask: UInt8Array | BoolArray) -> BoolArray:
-    array: npt.NDArray[np.generic] = np.asarray(mask)
-    if array.ndim != 2:
-        raise ValueError(f"a mask is HxW, got shape {array.shape}")
-    if array.dtype == np.bool_:
-        return array.astype(np.bool_, copy=False)
-    return np.asarray(array.astype(np.uint8, copy=False) >= 128, dtype=np.bool_)
-
-
-def mask_iou(predicted: UInt8Array | BoolArray, expected: UInt8Array | BoolArray) -> float:
-    """Intersection over union of two masks of the same size.
-
-    Two empty masks agree perfectly (1.0); one empty and one not share nothing (0.0).
-    """
-    predicted_on, expected_on = _on(predicted), _on(expected)
-    if predicted_on.shape != expected_on.shape:
-        raise ValueError(f"masks differ in size: {predicted_on.shape} vs {expected_on.shape}")
-    union = int(np.count_nonzero(predicted_on | expected_on))
-    if union == 0:
-        return 1.0
-    return int(np.count_nonzero(predicted_on & expected_on)) / union
-
-
 def foreground_fraction(mask: UInt8Array | BoolArray) -> float:
     """Share of the frame the mask covers, 0..1."""
-    on = _on(mask)
+    on = mask_on(mask)
     return int(np.count_nonzero(on)) / on.size if on.size else 0.0
 
 
 def borders_touched(mask: UInt8Array | BoolArray, min_fraction: float = BORDER_TOUCH_FRACTION) -> int:
     """How many of the four borders (0..4) have at least ``min_fraction`` of their pixels on."""
-    on = _on(mask)
+    on = mask_on(mask)
     if on.size == 0:
         return 0
     edges = (on[0, :], on[-1, :], on[:, 0], on[:, -1])
@@ -174,7 +152,7 @@ def colour_stats(
     A region of more than ``MAX_STATS_PIXELS`` is read at evenly spaced pixels, the same every time.
     """
     pixels = np.asarray(image)
-    on = _on(mask)
+    on = mask_on(mask)
     if pixels.shape[:2] != on.shape or pixels.ndim != 3 or pixels.shape[2] != 3:
         raise ValueError(f"image {pixels.shape} and mask {on.shape} do not match (need HxWx3 and HxW)")
     count = int(np.count_nonzero(on))
@@ -310,11 +288,11 @@ def _region_check(
     Before, a reference mask with (nearly) no product skipped the drift check as passed, and the item
     was accepted with no colour check at all.
     """
-    reference_px = int(np.count_nonzero(_on(reference_mask)))
+    reference_px = int(np.count_nonzero(mask_on(reference_mask)))
     # As ``product_stats`` reads the generated image: under the expected mask, else the predicted one.
-    product_px = int(np.count_nonzero(_on(expected_mask)))
+    product_px = int(np.count_nonzero(mask_on(expected_mask)))
     if product_px < MIN_REGION_PIXELS:
-        product_px = int(np.count_nonzero(_on(predicted_mask)))
+        product_px = int(np.count_nonzero(mask_on(predicted_mask)))
     where, pixels = (
         ("reference photo", reference_px) if reference_px <= product_px else ("generated image", product_px)
     )

@@ -29,6 +29,7 @@ import numpy.typing as npt
 import torch
 from PIL import Image
 
+from shared.arith.masks import mask_iou
 from shared.config import ConfigError
 from shared.errors import ImageRejected
 from shared.images import decode_image, decode_mask, pixel_array, seek_photo_page
@@ -463,15 +464,6 @@ def train(
     return model, timings
 
 
-def iou(predicted: npt.NDArray[np.uint8], truth: npt.NDArray[np.uint8]) -> float:
-    """Intersection over union of two 0/255 masks; two empty masks agree perfectly."""
-    predicted_on, truth_on = predicted >= 128, truth >= 128
-    union = np.logical_or(predicted_on, truth_on).sum()
-    if union == 0:
-        return 1.0
-    return float(np.logical_and(predicted_on, truth_on).sum() / union)
-
-
 def evaluate(
     onnx_path: Path | bytes,
     n: int,
@@ -492,7 +484,7 @@ def evaluate(
     photos = render_dataset(n, seed, size_px=size_px)  # rendered batch by batch: progress from the first
     while chunk := list(itertools.islice(photos, batch)):
         for photo, result in zip(chunk, session.predict([p.image for p in chunk]), strict=True):
-            ious.append(iou(result.mask, photo.mask))
+            ious.append(mask_iou(result.mask, photo.mask))
             errors.append(float(np.abs(result.confidence - photo.mask.astype(np.float32) / 255.0).mean()))
         if progress is not None:
             progress(len(ious), float(np.mean(ious)))
