@@ -13,6 +13,7 @@ from PIL import Image, ImageDraw, ImageOps, TiffImagePlugin
 
 from services.ingest import ingest
 from shared.config import load_settings
+from shared.images import MAX_TIFF_PAGES
 from tests.support.memory import peak_traced_bytes
 
 SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "grocerystore" / "GROCERY-OATLY-001"
@@ -310,3 +311,18 @@ def test_a_big_png_is_hashed_for_copies_without_being_decoded_again(tmp_path: Pa
     shot.save(folder / "IMG_1.png")
     peak = peak_traced_bytes(lambda: _survey(tmp_path))
     assert peak < side * side, f"{peak} bytes at once, more than the photo as 8-bit grey"
+
+
+def test_a_tiff_of_more_pages_than_are_walked_is_refused_with_the_folder_s_other_problems(
+    tmp_path: Path,
+) -> None:
+    # Counting its pages for the warning above walked every page, slower with each (30,000 did not end in
+    # 300 s); now the count stops at MAX_TIFF_PAGES and the photo is refused like any other.
+    folder = _sku(tmp_path, "A", "A-1")
+    tiny = Image.new("L", (1, 1))
+    with open(folder / "scan.tiff", "w+b") as file, TiffImagePlugin.AppendingTiffWriter(file) as pages:
+        for page, new_subfile_type in ((_picture(4), 0), *[(tiny, 1)] * MAX_TIFF_PAGES):
+            page.save(pages, "TIFF", tiffinfo={254: new_subfile_type})
+            pages.newFrame()
+    with pytest.raises(ingest.IngestError, match=r"scan.tiff: refused \(too_many_pages: TIFF has more than"):
+        _survey(tmp_path)
