@@ -31,6 +31,7 @@ from skuforge_cli.main import SETTINGS_MODELS
 from tests.support.compose import DEFAULT_GRACE, compose_duration_s
 from tests.support.helm import (
     CHART,
+    GPU_TOLERATION,
     KUBE_VERSIONS,
     MODEL,
     REPO,
@@ -52,7 +53,6 @@ KUBERNETES_DEFAULT_GRACE_S = 30  # a pod spec without terminationGracePeriodSeco
 # Triton's --exit-timeout-secs default, which PyTriton keeps (TritonConfig.exit_timeout_secs None):
 # how long SIGTERM waits for requests in flight before Triton stops (deploy/triton/README.md).
 TRITON_EXIT_TIMEOUT_S = 30
-GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 
 
 def console_stop_s() -> float:

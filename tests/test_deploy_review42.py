@@ -7,9 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.helm import render, render_error, require_helm
-
-GPU = "nvidia.com/gpu"
+from tests.support.helm import GPU, GPU_TOLERATION, render, render_error, require_helm
 
 
 @pytest.fixture(scope="module")
@@ -171,9 +169,6 @@ def test_a_default_gpu_request_is_named_as_the_default(helm: str) -> None:
     """A stage without a limit of its own taking stageDefaults' request is told where the request is."""
     message = render_error(helm, f"stageDefaults.{REQUEST}=1")
     assert f"stageDefaults.resources.requests.{GPU}=1 has no limit" in message, message
-
-
-GPU_TOLERATION = {"key": GPU, "operator": "Exists", "effect": "NoSchedule"}
 
 
 def triton_pod(docs: list[dict[str, Any]]) -> dict[str, Any]:

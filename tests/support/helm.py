@@ -20,6 +20,9 @@ KUBE_VERSIONS = ("1.27.0", "1.33.0")
 # The console needs reviewers (the render refuses it without them); later --set values may override.
 REVIEWERS = "secret.values.SKUFORGE_CONSOLE_USERS=alice:pw"
 MODEL = "triton.env.SKUFORGE_DIFFUSION_MODEL=s3://models/sd15-inpaint"
+# The toleration the chart gives a pod that asks for a GPU, for nodes tainted GPU:NoSchedule.
+GPU = "nvidia.com/gpu"
+GPU_TOLERATION = {"key": GPU, "operator": "Exists", "effect": "NoSchedule"}
 
 
 def helm_binary() -> str | None:
