@@ -17,20 +17,13 @@ from shared.generation.backend import GenerationRequest
 from shared.generation.composite import MIN_LIGHT_LEVEL, CompositeBackend, CompositeError, _Plan
 from shared.generation.scenes import Scene, SceneLibrary
 from shared.generation.settings import GenerationSettings
-
-
-def _request(**parameters: object) -> GenerationRequest:
-    reference = np.full((100, 60, 3), 200, np.uint8)
-    reference[10:90, 10:50] = (180, 40, 40)
-    mask = np.zeros((100, 60), np.uint8)
-    mask[10:90, 10:50] = 255
-    return GenerationRequest(reference, mask, "", "", seed=1, n=1, parameters=dict(parameters), size=128)
+from tests.support.generation import red_box_request
 
 
 def test_dim_light_with_a_steep_gradient_is_refused_naming_both_knobs() -> None:
     # Each knob within its own range, together a negative light in the top-left corner: the product
     # came out black with a negative colour gain, and the event failed only after its PNGs were stored.
-    dark_corner = _request(
+    dark_corner = red_box_request(
         light_gain=0.6, light_gradient=1.0, light_angle_deg=45.0, pos_x=0.0, pos_y=0.0, height_fraction=0.3
     )
     with pytest.raises(CompositeError, match=r"light_gain 0\.6 with light_gradient 1\b"):
@@ -44,7 +37,7 @@ def test_the_dimmest_light_allowed_still_lights_the_product() -> None:
     gradient = 0.77  # 0.6 - 0.77 * sqrt(0.5) = 0.055: just above the floor at the worst angle
     assert 0.6 - gradient * math.sqrt(0.5) >= MIN_LIGHT_LEVEL
     sample = CompositeBackend().generate(
-        _request(
+        red_box_request(
             light_gain=0.6,
             light_gradient=gradient,
             light_angle_deg=45.0,
@@ -94,17 +87,17 @@ def test_a_scene_key_asks_for_that_photo_in_every_variant() -> None:
     # {"scene_key": ...} alone was used only where a variant drew a photo scene (photo_share of them);
     # the others were rendered on a shelf or a table and still reported the photo's key as their scene.
     scenes = SceneLibrary([Scene(key, "", np.full((80, 80, 3), 90, np.uint8)) for key in ("a.jpg", "b.jpg")])
-    samples = CompositeBackend(scenes, 0.5).generate(replace(_request(scene_key="a.jpg"), n=6))
+    samples = CompositeBackend(scenes, 0.5).generate(replace(red_box_request(scene_key="a.jpg"), n=6))
     assert [(s.parameters["scene"], s.parameters["scene_key"]) for s in samples] == [("photo", "a.jpg")] * 6
     # A procedural scene cannot show a photo: refused, not reported as shown.
     with pytest.raises(CompositeError, match=r"scene_key 'a\.jpg' names a photo, but scene 'table'"):
-        CompositeBackend(scenes, 0.5).generate(_request(scene="table", scene_key="a.jpg"))
+        CompositeBackend(scenes, 0.5).generate(red_box_request(scene="table", scene_key="a.jpg"))
 
 
-def test_a_scene_key_without_a_scene_library_is_refused_at_start_up_and_per_request() -> None:
+def test_a_scene_key_without_a_scene_library_is_refused_at_start_up_and_perred_box_request() -> None:
     # Without SKUFORGE_SCENES_URI the key was accepted, ignored in every variant, and reported.
     with pytest.raises(CompositeError, match="needs a scene library: set SKUFORGE_SCENES_URI"):
-        CompositeBackend().generate(_request(scene_key="shelves/a.jpg"))
+        CompositeBackend().generate(red_box_request(scene_key="shelves/a.jpg"))
     with pytest.raises(ConfigError, match="needs a scene library"):
         load_settings(GenerationSettings, generation_parameters={"scene_key": "shelves/a.jpg"})
     with_library = load_settings(
@@ -121,10 +114,10 @@ def test_an_empty_scene_key_for_a_photo_scene_is_refused_at_start_up() -> None:
         load_settings(GenerationSettings, generation_parameters=parameters, scenes_uri="/scenes")
     scenes = SceneLibrary([Scene("a.jpg", "", np.full((80, 80, 3), 90, np.uint8))])
     with pytest.raises(CompositeError, match="scene_key is empty"):
-        CompositeBackend(scenes, 1.0).generate(_request(**parameters))
+        CompositeBackend(scenes, 1.0).generate(red_box_request(**parameters))
     # Asking for photo scenes without naming one still draws one, at start-up and per request.
     load_settings(GenerationSettings, generation_parameters={"scene": "photo"}, scenes_uri="/scenes")
-    [sample] = CompositeBackend(scenes, 1.0).generate(_request(scene="photo"))
+    [sample] = CompositeBackend(scenes, 1.0).generate(red_box_request(scene="photo"))
     assert sample.parameters["scene_key"] == "a.jpg"
 
 
@@ -148,7 +141,7 @@ def test_a_pile_records_no_occluder_and_no_shadow_and_replays_from_what_it_recor
     # something was done to the image that was not.
     scenes = SceneLibrary([Scene("a.jpg", "", np.full((80, 80, 3), 90, np.uint8))])
     backend = CompositeBackend(scenes, 1.0)
-    asked = _request(scene="photo", arrangement="pile")
+    asked = red_box_request(scene="photo", arrangement="pile")
     [sample] = backend.generate(asked)
     assert (sample.parameters["occluders"], sample.parameters["shadow"]) == (0, "none")
     # What it records is what was done: sent back, the same image, byte for byte.
@@ -178,11 +171,11 @@ def test_a_negative_seed_is_a_seed_and_one_no_int64_holds_is_refused_in_this_bac
     # A direct Triton client's seed is any int64, and the diffusion backend serves every one: -1 was
     # refused here (by numpy's "expected non-negative integer", then in words of its own).
     negative, positive = [
-        CompositeBackend().generate(replace(_request(), seed=seed))[0].image for seed in (-1, 1)
+        CompositeBackend().generate(replace(red_box_request(), seed=seed))[0].image for seed in (-1, 1)
     ]
     assert not np.array_equal(negative, positive)
     with pytest.raises(ValueError, match=r"^seed must be from -2\^63 to 2\^63-1 \(an int64\), got -9"):
-        CompositeBackend().generate(replace(_request(), seed=-(2**63) - 1))
+        CompositeBackend().generate(replace(red_box_request(), seed=-(2**63) - 1))
 
 
 PILE_CANNOT = {
@@ -204,7 +197,9 @@ def test_a_placement_a_pile_cannot_honour_is_refused_here_and_at_start_up(key: s
     scenes = SceneLibrary([Scene("a.jpg", "", np.full((80, 80, 3), 90, np.uint8))])
     refusal = f"a pile places its copies itself and cannot honour {key}={value!r} "
     with pytest.raises(CompositeError, match=re.escape(refusal)):
-        CompositeBackend(scenes, 1.0).generate(_request(scene="photo", arrangement="pile", **{key: value}))
+        CompositeBackend(scenes, 1.0).generate(
+            red_box_request(scene="photo", arrangement="pile", **{key: value})
+        )
     with pytest.raises(ConfigError, match=re.escape(refusal)):
         load_settings(GenerationSettings, generation_parameters={"arrangement": "pile", key: value})
 
@@ -215,7 +210,7 @@ def test_a_pile_records_only_the_placement_it_used_and_replays_from_it() -> None
     scenes = SceneLibrary([Scene("a.jpg", "", np.full((80, 80, 3), 90, np.uint8))])
     backend = CompositeBackend(scenes, 1.0)
     # reference_framing is measured for every request (the generator sends it): a pile does not use it.
-    asked = _request(scene="photo", arrangement="pile", reference_framing=0.5)
+    asked = red_box_request(scene="photo", arrangement="pile", reference_framing=0.5)
     [sample] = backend.generate(asked)
     recorded = {key: sample.parameters[key] for key in (*PILE_CANNOT, "reference_framing")}
     assert recorded == {
@@ -230,7 +225,7 @@ def test_a_pile_records_only_the_placement_it_used_and_replays_from_it() -> None
         "reference_framing": 0.0,
     }
     # The pile's own values are accepted (a replay carries them) and change nothing.
-    [drawn] = backend.generate(_request(scene="photo", arrangement="pile"))
+    [drawn] = backend.generate(red_box_request(scene="photo", arrangement="pile"))
     [replayed] = backend.generate(replace(asked, seed=99, parameters=sample.parameters))
     for other in (drawn, replayed):
         assert np.array_equal(other.image, sample.image)
@@ -238,7 +233,7 @@ def test_a_pile_records_only_the_placement_it_used_and_replays_from_it() -> None
         assert other.parameters == sample.parameters
     # A single product on a photo still records (and uses) its own placement.
     placement = {**PILE_CANNOT, "occluders": 1, "shadow": "drop", "rotation_deg": 30.0}
-    [single] = backend.generate(_request(scene="photo", **placement))
+    [single] = backend.generate(red_box_request(scene="photo", **placement))
     assert {key: single.parameters[key] for key in placement} == placement
 
 
@@ -246,15 +241,17 @@ def test_a_variant_without_a_shadow_records_no_shadow_strength_and_its_old_recor
     # shadow "none" with shadow_strength 0.9 drew the image of 0.1 and recorded 0.9 (a drawn variant
     # without a shadow recorded its drawn strength too): the lineage named a shadow no pixel had.
     backend = CompositeBackend()
-    strong, weak = (backend.generate(_request(shadow="none", shadow_strength=s))[0] for s in (0.9, 0.1))
+    strong, weak = (
+        backend.generate(red_box_request(shadow="none", shadow_strength=s))[0] for s in (0.9, 0.1)
+    )
     assert np.array_equal(strong.image, weak.image)
     assert strong.parameters["shadow_strength"] == weak.parameters["shadow_strength"] == 0.0
     # A record made before (shadow "none", a drawn strength) is not refused: it replays the same image.
     old_record = {**strong.parameters, "shadow_strength": 0.4}
-    [replayed] = backend.generate(replace(_request(), seed=99, parameters=old_record))
+    [replayed] = backend.generate(replace(red_box_request(), seed=99, parameters=old_record))
     assert np.array_equal(replayed.image, strong.image)
     assert replayed.parameters == strong.parameters
     # A variant with a shadow still records (and draws) the strength asked for.
-    [drop] = backend.generate(_request(shadow="drop", shadow_strength=0.9))
+    [drop] = backend.generate(red_box_request(shadow="drop", shadow_strength=0.9))
     assert drop.parameters["shadow_strength"] == 0.9
     assert not np.array_equal(drop.image, strong.image)

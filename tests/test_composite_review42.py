@@ -12,14 +12,7 @@ from shared.generation.backend import GenerationRequest
 from shared.generation.composite import CompositeBackend, CompositeError
 from shared.generation.scenes import Scene, SceneLibrary
 from shared.photos import PHOTO_FILE_SUFFIXES
-
-
-def _request(**parameters: object) -> GenerationRequest:
-    reference = np.full((100, 60, 3), 200, np.uint8)
-    reference[10:90, 10:50] = (180, 40, 40)
-    mask = np.zeros((100, 60), np.uint8)
-    mask[10:90, 10:50] = 255
-    return GenerationRequest(reference, mask, "", "", seed=1, n=1, parameters=dict(parameters), size=128)
+from tests.support.generation import red_box_request
 
 
 def _photo_backend() -> CompositeBackend:
@@ -31,17 +24,19 @@ def test_a_photo_scene_records_the_one_occluder_it_places_however_many_were_aske
     # A photo scene puts one piece of itself in front of the product: occluders 2 and 4 drew the image
     # of 1 and recorded 2 and 4, so the lineage named occluders no pixel had.
     backend = _photo_backend()
-    one, two, four = (backend.generate(_request(scene="photo", occluders=k))[0] for k in (1, 2, 4))
+    one, two, four = (backend.generate(red_box_request(scene="photo", occluders=k))[0] for k in (1, 2, 4))
     assert np.array_equal(two.image, one.image) and np.array_equal(four.image, one.image)
     assert one.parameters["occluders"] == two.parameters["occluders"] == four.parameters["occluders"] == 1
     # A record made before (occluders 2) is not refused: it replays the same image, and records 1.
-    [replayed] = backend.generate(replace(_request(), seed=99, parameters={**one.parameters, "occluders": 2}))
+    [replayed] = backend.generate(
+        replace(red_box_request(), seed=99, parameters={**one.parameters, "occluders": 2})
+    )
     assert np.array_equal(replayed.image, one.image)
     assert replayed.parameters == one.parameters
     # None asked for is none placed; a procedural scene still places as many as asked.
-    [none] = backend.generate(_request(scene="photo", occluders=0))
+    [none] = backend.generate(red_box_request(scene="photo", occluders=0))
     assert none.parameters["occluders"] == 0 and not np.array_equal(none.image, one.image)
-    [table] = backend.generate(_request(scene="table", occluders=2))
+    [table] = backend.generate(red_box_request(scene="table", occluders=2))
     assert table.parameters["occluders"] == 2
 
 

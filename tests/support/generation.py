@@ -11,8 +11,9 @@ settings), ``captioned_event`` (a captioned SKU on the captioner's topic), ``wit
 ``speckles`` (a photo's mask replaced, by one the compositor cannot place); ``dead_letter_of`` (the
 letter the stage's runtime writes for a SKU it refuses).
 
-The compositor's: ``marker_reference`` (a photo of a magenta product no scene produces, and its
-mask), ``marker_request`` (a request to draw from it), ``marker_pixels`` (where the product landed).
+The compositor's: ``red_box_request`` (a request from a photo of a red box), ``marker_reference`` (a
+photo of a magenta product no scene produces, and its mask), ``marker_request`` (a request to draw
+from it), ``marker_pixels`` (where the product landed).
 """
 
 from __future__ import annotations
@@ -268,6 +269,16 @@ def marker_request(
         parameters=dict(parameters),
         size=size,
     )
+
+
+def red_box_request(**parameters: object) -> GenerationRequest:
+    """A request for one 128 px image, with ``parameters``, of a red box on a light grey 60 x 100 photo
+    (its mask the box)."""
+    reference = np.full((100, 60, 3), 200, np.uint8)
+    reference[10:90, 10:50] = (180, 40, 40)
+    mask = np.zeros((100, 60), np.uint8)
+    mask[10:90, 10:50] = 255
+    return GenerationRequest(reference, mask, "", "", seed=1, n=1, parameters=dict(parameters), size=128)
 
 
 def marker_pixels(image: np.ndarray, tolerance: int = 2) -> np.ndarray:
