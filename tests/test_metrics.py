@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from kafka import KafkaConsumer, KafkaProducer
-from kafka.structs import OffsetAndMetadata, TopicPartition
+from kafka import KafkaProducer
+from kafka.structs import TopicPartition
 from prometheus_client import CollectorRegistry, generate_latest
 
 from schemas.flow import CONSOLE_INTAKE, GATE, MATTING
@@ -14,10 +14,11 @@ from services.console.metrics import ConsoleMetrics
 from services.console.tasks import TaskStore
 from shared.config import Settings
 from shared.errors import BadInput
-from shared.group_lag import GroupLagWatcher, lag_by_topic, watched_groups
+from shared.group_lag import lag_by_topic, watched_groups
 from shared.observability import StageMetrics
 from shared.store import FileStore
 from tests.support.console import flagged_item, pending_envelope
+from tests.support.group_lag import lag_watcher, left_group
 from tests.support.kafka import NewTopic
 
 
@@ -65,18 +66,10 @@ def test_group_lag_is_read_from_the_broker_for_a_group_with_no_running_member(
     producer.flush()
     producer.close()
     group = f"lag-group-{topic}"
-    consumer = KafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=group, enable_auto_commit=False)
-    consumer.commit({TopicPartition(topic, 0): OffsetAndMetadata(3, "", -1)})  # 5 on p0, 4 on p1
-    consumer.close()  # the group has no member now, as when its stage is stopped
+    left_group(kafka_bootstrap, group, topic, 3)  # 5 on p0, 4 on p1
 
     metrics = StageMetrics("someone-upstream")
-    watcher = GroupLagWatcher(
-        {"bootstrap_servers": [kafka_bootstrap]},
-        {group: {topic}},
-        metrics.group_lag,
-        interval_s=60,
-        read_failures=metrics.group_lag_read_failures,
-    )
+    watcher = lag_watcher(kafka_bootstrap, group, topic, metrics)
     try:
         assert watcher.read_once() == {group: {topic: (5 - 3) + 4}}
         assert sample(metrics.registry, "skuforge_consumer_group_lag_messages", group=group, topic=topic) == 6

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from kafka import KafkaConsumer, KafkaProducer
-from kafka.structs import OffsetAndMetadata, TopicPartition
+from kafka import KafkaProducer
 
 from shared.config import Settings
-from shared.group_lag import GroupLagWatcher
 from shared.observability import StageMetrics
+from tests.support.group_lag import lag_watcher, left_group
 from tests.support.kafka import NewTopic
 
 # A batch may run this long before the group drops the member (SKUFORGE_MAX_POLL_INTERVAL_MS).
@@ -52,17 +51,9 @@ def test_a_stopped_lag_watcher_leaves_no_lag_standing(kafka_bootstrap: str, new_
     producer.flush()
     producer.close()
     group = f"lag-{topic}"
-    consumer = KafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=group, enable_auto_commit=False)
-    consumer.commit({TopicPartition(topic, 0): OffsetAndMetadata(1, "", -1)})
-    consumer.close()
+    left_group(kafka_bootstrap, group, topic, 1)
     metrics = StageMetrics("console-intake")
-    watcher = GroupLagWatcher(
-        {"bootstrap_servers": [kafka_bootstrap]},
-        {group: {topic}},
-        metrics.group_lag,
-        interval_s=60,
-        read_failures=metrics.group_lag_read_failures,
-    )
+    watcher = lag_watcher(kafka_bootstrap, group, topic, metrics)
     try:
         assert watcher.read_once() == {group: {topic: 2}}
         lag = {"group": group, "topic": topic}
