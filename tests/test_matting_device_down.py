@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from schemas.common import SkuMetadata
 from schemas.envelope import Envelope
 from schemas.events import ImageGenerated, ImageMatted
 from schemas.topics import IMAGE_GENERATED, IMAGE_MATTED
@@ -18,7 +17,7 @@ from services.matting.stage import build_stage
 from shared.config import load_settings
 from shared.store import ObjectStore
 from tests.support.bus import create_topics, file_store_uri, isolated_settings, produce, read_topic, running
-from tests.support.matting import FallingOver, stand_in_onnx_bytes
+from tests.support.matting import FallingOver, image_generated, stand_in_onnx_bytes
 from tests.support.polling import wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -30,18 +29,8 @@ def generated(store: ObjectStore, index: int) -> ImageGenerated:
     expected = np.zeros((48, 64), np.uint8)
     expected[10:30, 20:40] = 255
     mask = store.put_image(f"fixtures/{index}-mask.png", expected)
-    return ImageGenerated(
-        item_id=f"item-{index}",
-        sku=SkuMetadata(sku_id=f"SKU-{index}", name=f"Product {index}", category="soda can"),
-        reference_photo_id="p1",
-        reference_image=image,
-        reference_mask=mask,
-        image=image,
-        expected_mask=mask,
-        backend="composite",
-        model_id="synth",
-        seed=index,
-        variant_index=0,
+    return image_generated(
+        image, mask, item_id=f"item-{index}", sku_id=f"SKU-{index}", sku_name=f"Product {index}", seed=index
     )
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from schemas.common import ImageRef, SkuMetadata
+from schemas.common import ImageRef
 from schemas.envelope import Envelope, derive_id
 from schemas.events import ImageGenerated
 from schemas.topics import IMAGE_GENERATED
@@ -25,7 +25,12 @@ from shared.matting.session import U2NetPSession
 from shared.observability import StageMetrics
 from shared.runtime import Context
 from shared.store import FileStore, ObjectStore
-from tests.support.matting import green_with_a_red_tinge, nan_where_red_onnx_bytes, stand_in_onnx_bytes
+from tests.support.matting import (
+    green_with_a_red_tinge,
+    image_generated,
+    nan_where_red_onnx_bytes,
+    stand_in_onnx_bytes,
+)
 from tests.support.store import ReadCountingStore
 
 
@@ -40,19 +45,7 @@ def stored(store: ObjectStore, key: str, image: Image.Image, fmt: str) -> ImageR
 def generated(store: ObjectStore, image: ImageRef) -> Envelope[ImageGenerated]:
     """An image.generated event for ``image``, whose expected mask covers all of it."""
     mask = store.put_image("fixtures/mask.png", np.full((image.height, image.width), 255, np.uint8))
-    payload = ImageGenerated(
-        item_id="item-1",
-        sku=SkuMetadata(sku_id="SKU-1", name="One", category="soda can"),
-        reference_photo_id="p1",
-        reference_image=image,
-        reference_mask=mask,
-        image=image,
-        expected_mask=mask,
-        backend="composite",
-        model_id="synth",
-        seed=1,
-        variant_index=0,
-    )
+    payload = image_generated(image, mask)
     return make_envelope(
         IMAGE_GENERATED, payload, event_id=derive_id("t", "1"), sku_id="SKU-1", trace_id="t", producer="t"
     )

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from prometheus_client import CollectorRegistry
 
-from schemas.common import ImageRef, SkuMetadata
+from schemas.common import ImageRef
 from schemas.events import ImageGenerated, ImageMatted
 from schemas.topics import IMAGE_GENERATED
 from services.matting.config import MattingSettings
@@ -23,7 +23,12 @@ from shared.matting.session import MattingModelError, U2NetPSession, U2NetSessio
 from shared.observability import StageMetrics
 from shared.runtime import Context
 from shared.store import FileStore
-from tests.support.matting import batch_folding_onnx_bytes, nan_where_red_onnx_bytes, stand_in_onnx_bytes
+from tests.support.matting import (
+    batch_folding_onnx_bytes,
+    image_generated,
+    nan_where_red_onnx_bytes,
+    stand_in_onnx_bytes,
+)
 
 
 def test_a_finite_map_wider_than_a_float32_is_normalised_not_made_nan() -> None:
@@ -172,19 +177,7 @@ def _matting_context(tmp_path: Path) -> tuple[FileStore, Context]:
 
 def _generated(image: ImageRef, index: int = 0) -> Envelope[ImageGenerated]:
     """An image.generated event for ``image``, which is its own reference and expected mask too."""
-    payload = ImageGenerated(
-        item_id=f"item-{index + 1}",
-        sku=SkuMetadata(sku_id="SKU-1", name="One", category="soda can"),
-        reference_photo_id="p1",
-        reference_image=image,
-        reference_mask=image,
-        image=image,
-        expected_mask=image,
-        backend="composite",
-        model_id="synth",
-        seed=1,
-        variant_index=index,
-    )
+    payload = image_generated(image, image, item_id=f"item-{index + 1}", variant_index=index)
     return make_envelope(
         IMAGE_GENERATED, payload, event_id=f"{index + 1}" * 32, sku_id="SKU-1", trace_id="t", producer="t"
     )

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from schemas.common import ImageRef, SkuMetadata
+from schemas.common import ImageRef
 from schemas.envelope import Envelope
 from schemas.events import ImageGenerated
 from schemas.topics import IMAGE_GENERATED
@@ -21,7 +21,7 @@ from shared.matting.session import MattingModelError, U2NetSession, open_session
 from shared.observability import StageMetrics
 from shared.runtime import Context
 from shared.store import FileStore
-from tests.support.matting import batch_folding_onnx_bytes, stand_in_onnx_bytes
+from tests.support.matting import batch_folding_onnx_bytes, image_generated, stand_in_onnx_bytes
 
 log = logging.getLogger("test")
 
@@ -68,19 +68,7 @@ def test_a_stopping_stage_gives_up_the_chunks_it_has_not_started(tmp_path: Path)
 
 def _generated(image: ImageRef, index: int) -> Envelope[ImageGenerated]:
     """An image.generated event for ``image``, which is its own reference and expected mask too."""
-    payload = ImageGenerated(
-        item_id=f"item-{index}",
-        sku=SkuMetadata(sku_id="SKU-1", name="One", category="soda can"),
-        reference_photo_id="p1",
-        reference_image=image,
-        reference_mask=image,
-        image=image,
-        expected_mask=image,
-        backend="composite",
-        model_id="synth",
-        seed=1,
-        variant_index=index,
-    )
+    payload = image_generated(image, image, item_id=f"item-{index}", variant_index=index)
     return make_envelope(
         IMAGE_GENERATED, payload, event_id=f"{index + 1}" * 32, sku_id="SKU-1", trace_id="t", producer="t"
     )

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from schemas.common import ImageRef, SkuMetadata
+from schemas.common import ImageRef
 from schemas.envelope import DeadLetter, Envelope
 from schemas.events import ImageGenerated, ImageMatted
 from schemas.topics import IMAGE_GENERATED, IMAGE_MATTED
@@ -28,7 +28,7 @@ from shared.matting.roi import DEFAULT_ROI_MARGIN, product_box
 from shared.store import ObjectStore
 from shared.synth import make_product, render_photo
 from tests.support.bus import create_topics, file_store_uri, isolated_settings, produce, read_topic, running
-from tests.support.matting import green_with_a_red_tinge, nan_where_red_onnx_bytes
+from tests.support.matting import green_with_a_red_tinge, image_generated, nan_where_red_onnx_bytes
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -58,18 +58,15 @@ def generated_event(
     photo = render_photo(make_product(index, seed=3), 0, seed=3, size_px=SIZE_PX)
     reference = store.put_image(f"fixtures/{name}/reference.png", photo.image)
     mask = store.put_image(f"fixtures/{name}/mask.png", photo.mask)
-    return ImageGenerated(
+    return image_generated(
+        image,
+        mask,
+        reference=reference,
+        expected_mask=expected,
         item_id=f"item-{name}",
-        sku=SkuMetadata(sku_id=f"SKU-{name}", name=f"Product {name}", category="soda can"),
-        reference_photo_id="p1",
-        reference_image=reference,
-        reference_mask=mask,
-        image=image,
-        expected_mask=expected or mask,
-        backend="composite",
-        model_id="synth",
+        sku_id=f"SKU-{name}",
+        sku_name=f"Product {name}",
         seed=index,
-        variant_index=0,
     )
 
 

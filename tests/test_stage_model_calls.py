@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from schemas.common import SkuMetadata
 from schemas.envelope import Envelope, derive_id
 from schemas.events import ImageGenerated
 from schemas.topics import IMAGE_GENERATED, SKU_INGESTED
@@ -28,6 +27,7 @@ from shared.observability import StageMetrics
 from shared.runtime import Context
 from shared.store import FileStore
 from tests.support.captioning import blank_sku, context, matting_calls, random_models
+from tests.support.matting import image_generated
 
 
 def generated_event(store: FileStore, index: int, *, missing: bool = False) -> Envelope[ImageGenerated]:
@@ -38,18 +38,8 @@ def generated_event(store: FileStore, index: int, *, missing: bool = False) -> E
     if missing:
         image = store.put_image(f"generated/gone-{index}.png", Image.new("RGB", (64, 64), "red"))
         store.delete(store.key_for(image.uri))
-    payload = ImageGenerated(
-        item_id=f"item-{index}",
-        sku=SkuMetadata(sku_id="SKU-1", name="One", category="soda can"),
-        reference_photo_id="p1",
-        reference_image=photo,
-        reference_mask=mask,
-        image=image,
-        expected_mask=mask,
-        backend="composite",
-        model_id="synth",
-        seed=index,
-        variant_index=index,
+    payload = image_generated(
+        image, mask, reference=photo, item_id=f"item-{index}", seed=index, variant_index=index
     )
     return make_envelope(
         IMAGE_GENERATED,

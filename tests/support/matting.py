@@ -19,6 +19,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from schemas.common import ImageRef, SkuMetadata
+from schemas.events import ImageGenerated
 from shared.matting.session import F32Array, U2NetSession
 
 SIZE_PX = 320
@@ -145,6 +147,36 @@ def batch_folding_onnx_bytes() -> bytes:
     )
     onnx.checker.check_model(model)
     return model.SerializeToString()
+
+
+def image_generated(
+    image: ImageRef,
+    mask: ImageRef,
+    *,
+    reference: ImageRef | None = None,
+    expected_mask: ImageRef | None = None,
+    item_id: str = "item-1",
+    sku_id: str = "SKU-1",
+    sku_name: str = "One",
+    seed: int = 1,
+    variant_index: int = 0,
+) -> ImageGenerated:
+    """An image.generated payload the composite backend drew of ``image``, from the photo ``reference``
+    (``image`` itself when not given) and its ``mask``; the expected mask is ``expected_mask``, or
+    ``mask`` when not given."""
+    return ImageGenerated(
+        item_id=item_id,
+        sku=SkuMetadata(sku_id=sku_id, name=sku_name, category="soda can"),
+        reference_photo_id="p1",
+        reference_image=reference or image,
+        reference_mask=mask,
+        image=image,
+        expected_mask=expected_mask or mask,
+        backend="composite",
+        model_id="synth",
+        seed=seed,
+        variant_index=variant_index,
+    )
 
 
 def green_with_a_red_tinge() -> Image.Image:
