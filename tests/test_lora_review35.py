@@ -12,18 +12,14 @@ import time
 from pathlib import Path
 
 import pytest
-from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
+from kafka.admin import ConfigResource, ConfigResourceType
 
 from schemas.topics import ADAPTER_PUBLISHED
-from services.lora_trainer.stage import kafka_publisher
-from tests.support.bus import file_store_uri, isolated_settings, read_topic
-from tests.support.kafka import session_admin
-from tests.support.lora import one_series, served
+from tests.support.bus import read_topic
+from tests.support.lora import refused_publication, served
 
 pytestmark = pytest.mark.kafka
 
-# Far below one adapter.published envelope: the topic refuses every record (MessageSizeTooLargeError).
-TOO_SMALL = "300"
 BROKER_DEFAULT = "1048588"
 
 
@@ -34,15 +30,7 @@ def test_a_publication_the_broker_refuses_is_logged_as_one_retried_without_train
     job failed", twice: the operator went looking at the GPU, the model and the photos, though only the
     broker (or the topic's max.message.bytes) was to blame, and the next poll published it without
     training again. The log says the publication failed and is retried, naming the adapter and topic."""
-    store, trainer_at = one_series(tmp_path)
-    shared = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path / "store"), flush_timeout_s=5.0)
-    topic = shared.topic_name(ADAPTER_PUBLISHED)
-    admin = session_admin(kafka_bootstrap)
-    admin.create_topics([NewTopic(topic, 1, 1, topic_configs={"max.message.bytes": TOO_SMALL})])
-    admin.wait_for_topics([topic], timeout_ms=30_000)
-    trainer = trainer_at(4)
-    trainer.publish = kafka_publisher(shared)
-    [job] = trainer.plan()
+    store, trainer, job, topic, admin = refused_publication(tmp_path, kafka_bootstrap)
 
     with caplog.at_level(logging.WARNING, logger="skuforge.lora-trainer"):
         trainer.poll()

@@ -12,18 +12,10 @@ import logging
 from pathlib import Path
 
 import pytest
-from kafka.admin import NewTopic
 
-from schemas.topics import ADAPTER_PUBLISHED
-from services.lora_trainer.stage import kafka_publisher
-from tests.support.bus import file_store_uri, isolated_settings
-from tests.support.kafka import session_admin
-from tests.support.lora import one_series, served
+from tests.support.lora import refused_publication, served
 
 pytestmark = pytest.mark.kafka
-
-# Far below one adapter.published envelope: the topic refuses every record (MessageSizeTooLargeError).
-TOO_SMALL = "300"
 
 
 def test_a_publication_the_topic_refuses_for_good_names_the_limit_to_raise(
@@ -32,15 +24,7 @@ def test_a_publication_the_topic_refuses_for_good_names_the_limit_to_raise(
     """Before, the trainer logged "the next poll publishes it" at every poll (every 5 s) for ever, and
     the operator read an outage that would pass, where only raising the topic's max.message.bytes ends
     it. An outage (the broker away) still reads as one that passes."""
-    store, trainer_at = one_series(tmp_path)
-    shared = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path / "store"), flush_timeout_s=5.0)
-    topic = shared.topic_name(ADAPTER_PUBLISHED)
-    admin = session_admin(kafka_bootstrap)
-    admin.create_topics([NewTopic(topic, 1, 1, topic_configs={"max.message.bytes": TOO_SMALL})])
-    admin.wait_for_topics([topic], timeout_ms=30_000)
-    trainer = trainer_at(4)
-    trainer.publish = kafka_publisher(shared)
-    [job] = trainer.plan()
+    store, trainer, job, _, _ = refused_publication(tmp_path, kafka_bootstrap)
 
     with caplog.at_level(logging.WARNING, logger="skuforge.lora-trainer"):
         trainer.poll()

@@ -1,7 +1,8 @@
 """The LoRA trainer's tests' arrangements: a model folder, a trainer on a store, events recorded through
 the stage's real handlers, a SKU photographed only in a store (``on_the_shelf``), and training stubbed
 (``stub_training``, a fixture of the whole suite) where what is trained is not the point, so those tests
-run on CPU in seconds; ``tiny_model``, a tiny SD inpainting pipeline built from config once per test
+run on CPU in seconds; ``refused_publication``, one SKU's trainer publishing to a topic that refuses
+every record; ``tiny_model``, a tiny SD inpainting pipeline built from config once per test
 module that asks for it (a fixture of the whole suite)."""
 
 from __future__ import annotations
@@ -11,22 +12,25 @@ import logging
 import struct
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pytest
+from kafka.admin import KafkaAdminClient, NewTopic
 from PIL import Image
 from prometheus_client import CollectorRegistry
 
 from bench.tiny_diffusion import build_tiny_inpaint_pipeline, product_photo
 from schemas.envelope import derive_id
 from schemas.events import GateAccepted, GateCheck, SkuCaptioned
-from schemas.topics import GATE_ACCEPTED, SKU_CAPTIONED
+from schemas.topics import ADAPTER_PUBLISHED, GATE_ACCEPTED, SKU_CAPTIONED
 from services.lora_trainer import stage as lora_stage
 from services.lora_trainer.config import LoraTrainerSettings
 from services.lora_trainer.stage import (
+    Job,
     LoraTrainer,
     LoraTrainerMetrics,
+    kafka_publisher,
     open_trainer,
     record_accepted,
     record_captioned,
@@ -41,7 +45,9 @@ from shared.lora_training.train import TrainingResult
 from shared.observability import StageMetrics
 from shared.runtime import Context, Emit
 from shared.store import FileStore, ObjectStore, sha256_hex
+from tests.support.bus import file_store_uri, isolated_settings
 from tests.support.captioning import captioned_sku
+from tests.support.kafka import session_admin
 
 # The side of the in-store photos ``on_the_shelf`` makes.
 SHELF_PHOTO_PX = 160
@@ -265,3 +271,32 @@ def open_on(tmp_path: Path, trainer: LoraTrainerSettings, diffusion: DiffusionSe
         trainer=trainer,
         diffusion=diffusion,
     )
+
+
+# Far below one adapter.published envelope: the topic refuses every record (MessageSizeTooLargeError).
+TOO_SMALL = "300"
+
+
+class RefusedPublication(NamedTuple):
+    """``refused_publication``'s arrangement: the store, the trainer, its one job, the topic, an admin."""
+
+    store: FileStore
+    trainer: LoraTrainer
+    job: Job
+    topic: str
+    admin: KafkaAdminClient
+
+
+def refused_publication(tmp_path: Path, kafka_bootstrap: str) -> RefusedPublication:
+    """A trainer on ``one_series`` publishing through the real ``kafka_publisher`` to an
+    ``adapter.published`` topic made with max.message.bytes ``TOO_SMALL``, its one job planned."""
+    store, trainer_at = one_series(tmp_path)
+    shared = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path / "store"), flush_timeout_s=5.0)
+    topic = shared.topic_name(ADAPTER_PUBLISHED)
+    admin = session_admin(kafka_bootstrap)
+    admin.create_topics([NewTopic(topic, 1, 1, topic_configs={"max.message.bytes": TOO_SMALL})])
+    admin.wait_for_topics([topic], timeout_ms=30_000)
+    trainer = trainer_at(4)
+    trainer.publish = kafka_publisher(shared)
+    [job] = trainer.plan()
+    return RefusedPublication(store, trainer, job, topic, admin)
