@@ -587,26 +587,33 @@ class MattingSession(ABC):
                     for image, box in zip(chunk, chunk_boxes, strict=True)
                 ]
             )
-            predictions = self._run(batch)
-            finite = _finite_maps(predictions)
-            kept = [index for index, ok in enumerate(finite) if ok]
-            matted = iter(
-                self.postprocess(
-                    predictions[finite], [chunk[i].size for i in kept], [chunk_boxes[i] for i in kept]
+            # Ready by the whole chunk, not the model call alone: a map refused in post-processing (one
+            # far smaller than the input) failed the run as much as a call that raised.
+            try:
+                predictions = self._run(batch)
+                finite = _finite_maps(predictions)
+                kept = [index for index, ok in enumerate(finite) if ok]
+                matted = iter(
+                    self.postprocess(
+                        predictions[finite], [chunk[i].size for i in kept], [chunk_boxes[i] for i in kept]
+                    )
+                    if kept
+                    else []
                 )
-                if kept
-                else []
-            )
-            results.extend(
-                next(matted)
-                if ok
-                else BadInput(
-                    "model_output_not_finite",
-                    f"{self.model_id} gave NaN or infinite confidences for this image, which would be "
-                    "an empty mask; it mats its blank warm-up image, so the model is running",
+                results.extend(
+                    next(matted)
+                    if ok
+                    else BadInput(
+                        "model_output_not_finite",
+                        f"{self.model_id} gave NaN or infinite confidences for this image, which would be "
+                        "an empty mask; it mats its blank warm-up image, so the model is running",
+                    )
+                    for ok in finite
                 )
-                for ok in finite
-            )
+            except Exception:
+                self._ready = False
+                raise
+            self._ready = True
         return results
 
     def warm_up(self) -> None:
@@ -615,9 +622,6 @@ class MattingSession(ABC):
         try:
             self.predict([Image.new("RGB", self.input_size)])
         except Exception as failed:
-            # The model call may have passed (``_run`` then set ready) and its maps failed after it, in
-            # post-processing (a map far smaller than the input): the warm-up failed all the same.
-            self._ready = False
             # Here the blank image is the one that failed: what it failed with says why.
             exc = failed.__cause__ if isinstance(failed, MattingModelBroken) and failed.__cause__ else failed
             raise MattingModelError(
@@ -626,8 +630,8 @@ class MattingSession(ABC):
             ) from exc
 
     def _run(self, batch: F32Array) -> F32Array:
-        """The model's maps for ``batch``, and ``ready`` by how that went: False when the call failed
-        or the model is broken (``MattingModelBroken``), True otherwise.
+        """The model's maps for ``batch``; it raises when the call failed or the model is broken
+        (``MattingModelBroken``), and ``predict_each`` then puts ``ready`` down.
 
         A call that raises is the images' only if the model still mats the blank warm-up image: a GPU
         whose driver failed raises on every call, and its events, each failing alone too, were
@@ -635,7 +639,6 @@ class MattingSession(ABC):
         try:
             maps = self._call(batch)
         except Exception as exc:
-            self._ready = False
             if not self._mats_the_blank_image():
                 raise MattingModelBroken(
                     f"{self.model_id} failed ({type(exc).__name__}: {exc}), and so does its blank warm-up "
@@ -647,12 +650,10 @@ class MattingSession(ABC):
         # overflow, a bad export): say so instead of passing empty masks on to the gate.
         broken = ~_finite_maps(maps)
         if broken.any() and not self._mats_the_blank_image():
-            self._ready = False
             raise MattingModelBroken(
                 f"{self.model_id} returned NaN or infinite values for {int(broken.sum())} of "
                 f"{len(maps)} images, and for its blank warm-up image: the model is broken"
             )
-        self._ready = True
         return maps
 
     def _calls(self, images: int) -> list[tuple[int, int]]:
