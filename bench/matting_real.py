@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image
 
 from shared.argtypes import file_problem, non_negative_int, positive_int
+from shared.arith.masks import mask_iou
 
 DATA = Path(__file__).parent / "data" / "matting_real"
 RESULTS = Path(__file__).parent / "results"
@@ -67,11 +68,6 @@ def load_items(dataset: Path) -> list[dict[str, Any]]:
     return items
 
 
-def iou(predicted: np.ndarray, truth: np.ndarray) -> float:
-    union = np.logical_or(predicted, truth).sum()
-    return 1.0 if union == 0 else float(np.logical_and(predicted, truth).sum() / union)
-
-
 def score(model: Path | bytes, label: str, items: list[dict[str, Any]], threads: int) -> list[float]:
     """Per-item IoU of one model (its file, or bytes already read and checked) through the matting
     session; each item keeps its mask under ``label`` for the contact sheet."""
@@ -82,7 +78,7 @@ def score(model: Path | bytes, label: str, items: list[dict[str, Any]], threads:
     for start in range(0, len(items), 8):
         chunk = items[start : start + 8]
         for item, result in zip(chunk, session.predict([i["image"] for i in chunk]), strict=True):
-            ious.append(iou(result.mask >= 128, item["mask"]))
+            ious.append(mask_iou(result.mask >= 128, item["mask"]))
             item.setdefault("predicted", {})[label] = result.mask >= 128
     return ious
 

@@ -25,6 +25,7 @@ from services.captioner.config import CaptionerSettings
 from services.captioner.stage import handle, open_models
 from services.ingest.ingest import prepare_all, upload_sku
 from services.trainstore.stage import Trainstore
+from shared.arith.masks import mask_iou
 from shared.bus import make_envelope
 from shared.config import load_settings
 from shared.errors import BadInput
@@ -78,10 +79,6 @@ def as_phone_jpeg(upright: Image.Image) -> bytes:
     buffer = io.BytesIO()
     upright.transpose(Image.Transpose.ROTATE_90).save(buffer, format="JPEG", quality=92, exif=exif)
     return buffer.getvalue()
-
-
-def iou(a: npt.NDArray[np.bool_], b: npt.NDArray[np.bool_]) -> float:
-    return float((a & b).sum() / max(1, (a | b).sum()))
 
 
 @pytest.mark.slow
@@ -139,7 +136,7 @@ def test_a_rotated_phone_photo_of_a_plain_product_reaches_the_retraining_store(t
     assert stored.size == PHONE_SIZE_PX
     assert np.abs(np.asarray(stored, dtype=np.int16) - np.asarray(upright, dtype=np.int16)).mean() < 4
     # The mask is on the product of the upright photo: the background is plain, so the truth is known.
-    assert iou(mask, product_region) >= 0.9, (
+    assert mask_iou(mask, product_region) >= 0.9, (
         f"mask covers {mask.mean():.1%} of the photo, the product {product_region.mean():.1%}; "
-        f"IoU {iou(mask, product_region):.3f}"
+        f"IoU {mask_iou(mask, product_region):.3f}"
     )

@@ -46,8 +46,8 @@ from services.console.decisions import (
     store_edited_mask,
 )
 from services.console.tasks import PENDING, Task, TaskConflict, TaskFilter, TaskNotFound, TaskStore
+from shared.arith.masks import mask_iou
 from shared.errors import BadInput, TransientError
-from shared.gate.checks import mask_iou
 from shared.store import ObjectStore
 
 log = logging.getLogger("skuforge.console.labelstudio")

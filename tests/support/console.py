@@ -26,6 +26,7 @@ from services.console.decisions import record_decision
 from services.console.metrics import ConsoleMetrics
 from services.console.tasks import _SCHEMA, TaskStore
 from shared import keys
+from shared.arith.masks import mask_iou
 from shared.bus import make_envelope
 from shared.config import Settings, load_settings
 from shared.store import FileStore, ObjectStore
@@ -61,12 +62,6 @@ def table_is_busy(path: Path) -> bool:
         return True
     finally:
         probe.close()
-
-
-def iou(a: npt.NDArray[np.uint8], b: npt.NDArray[np.uint8]) -> float:
-    """IoU of two 0/255 masks."""
-    union = np.logical_or(a > 0, b > 0).sum()
-    return float(np.logical_and(a > 0, b > 0).sum() / union) if union else 1.0
 
 
 def flagged_item(
@@ -110,7 +105,7 @@ def flagged_item(
         mean_confidence=0.8,
         matting_model_id="u2netp-test",
     )
-    value = iou(predicted, expected)
+    value = mask_iou(predicted, expected)
     return CorrectionPending(
         matted=matted,
         iou=value,
