@@ -388,13 +388,19 @@ class ObjectStore(ABC):
         ``digest_in_key``: store it under ``digest_key(key, ...)`` instead, so the same pixels get the
         same key and other pixels never replace bytes an event already names.
         """
-        data = encode_png(image)
-        if digest_in_key:
-            key = digest_key(key, sha256_hex(data))
         if isinstance(image, np.ndarray):
             height, width = int(image.shape[0]), int(image.shape[1])
         else:
             width, height = image.size
+        return self.put_png(key, encode_png(image), width, height, digest_in_key=digest_in_key)
+
+    def put_png(
+        self, key: str, data: bytes, width: int, height: int, *, digest_in_key: bool = False
+    ) -> ImageRef:
+        """``put_image`` of a PNG already encoded (``encode_png``) of ``width`` x ``height``: a caller
+        that checks the PNG's size before storing it encodes it once."""
+        if digest_in_key:
+            key = digest_key(key, sha256_hex(data))
         ref = self.put_bytes(key, data, "image/png")
         return ImageRef(
             uri=ref.uri,

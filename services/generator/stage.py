@@ -30,15 +30,16 @@ missing or altered in the store (``object_missing``, ``checksum_mismatch``), not
 (``corrupt``...), a refusal a replay may cure (``unknown_adapter``...) or one of the adapter the SKU
 gets (``adapter_unloadable``, ``adapter_base_mismatch``, ``adapter_checksum_mismatch``: every photo
 would draw it again), or every variant refused from every photo (``generation_refused``...). A
-variant the model refuses for good
-(a photo whose mask it cannot place) is asked for again from another of the SKU's photos, with that
-photo's seed (of the photos after it in turn not refused for it, variant ``i`` takes the ``i``-th,
-so a photo refused for every variant spreads them over the others, and the same SKU still gets the
-same images, each event naming the photo and seed it came from; of a SKU cut from in-store photos,
-once every photo of one object was refused for it, from the photos passed over as not one object, read
-again and logged, "in-store photos that are not one object drawn from", with the SKU): logged
-("variant refused, drawn from another photo", with the photo and reason) and counted
-(``skuforge_triton_errors_total{kind="refused"}``); refused from every photo, it is left out
+variant the model refuses for good (a photo whose mask it cannot place), or whose PNG is over
+``SKUFORGE_MAX_IMAGE_BYTES`` (``too_large_bytes``: not stored, as every later stage would refuse it),
+is asked for again from another of the SKU's photos, with that photo's seed (of the photos after it
+in turn not refused for it, variant ``i`` takes the ``i``-th, so a photo refused for every variant
+spreads them over the others, and the same SKU still gets the same images, each event naming the photo
+and seed it came from; of a SKU cut from in-store photos, once every photo of one object was refused
+for it, from the photos passed over as not one object, read again and logged, "in-store photos that
+are not one object drawn from", with the SKU): logged
+("variant refused, drawn from another photo", with the photo and reason) and, the model's refusals,
+counted (``skuforge_triton_errors_total{kind="refused"}``); refused from every photo, it is left out
 ("variant refused, left out"). A photo that cannot be read for good (``dimension_mismatch``,
 ``not_an_image``, ``checksum_mismatch``...) while another photo of the SKU can takes no turn: the
 others draw its variants, logged ("photo unreadable, its variants drawn from the other photos") and
@@ -82,7 +83,7 @@ from services.generator.protocol import ADAPTER_REFUSALS, VariantRequest, Varian
 from shared import keys
 from shared.config import Settings, load_settings
 from shared.dlq import is_permanent
-from shared.errors import BadInput, TransientError, with_detail
+from shared.errors import BadInput, ImageRejected, TransientError, with_detail
 from shared.generation.backend import (
     BACKEND_NAMES,
     COLOUR_GAIN_KEY,
@@ -95,7 +96,7 @@ from shared.generation.backend import (
 from shared.generation.composite import COMPOSITE_PARAMETERS, product_framing
 from shared.generation.diffusion import DIFFUSION_PARAMETERS
 from shared.generation.settings import GenerationSettings
-from shared.images import decode_image, decode_mask, pixel_array
+from shared.images import decode_image, decode_mask, encode_png, pixel_array
 from shared.runtime import Context, Emit, Stage, run_stage_loading, stage_command
 
 STAGE_NAME = GENERATOR.name
@@ -337,7 +338,9 @@ class SkuDraws:
         self.cluttered = cut_from_cluttered_photos(usable, generation.generation_min_plain_background)
         self.references: dict[str, tuple[np.ndarray, np.ndarray, float]] = {}
         self.unreadable: dict[str, BadInput] = {}  # photo_id -> why it cannot be read
-        self.drawn: dict[int, tuple[PlannedVariant, VariantResult]] = {}  # by variant index
+        # By variant index, each with its image's PNG: encoded once, to check its size (``_too_large``)
+        # and to store.
+        self.drawn: dict[int, tuple[PlannedVariant, VariantResult, bytes]] = {}
         self.refusals: list[tuple[PlannedVariant, BadInput]] = []
         self.sent: list[tuple[str, VariantRequest]] = []  # (backend, request): what Triton was asked
         self._tried: dict[int, set[str]] = {}  # variant index -> photos refused for it
@@ -472,8 +475,11 @@ def handle_batch(
                 continue
             draw = draws[position]
             if isinstance(result, VariantResult):
-                draw.drawn[planned.variant_index] = (planned, result)
-                continue
+                png = encode_png(result.image)
+                if (oversized := _too_large(png, planned, ctx.settings.max_image_bytes)) is None:
+                    draw.drawn[planned.variant_index] = (planned, result, png)
+                    continue
+                result = oversized
             draw.refusals.append((planned, result))
             if not is_permanent(result.reason) or result.reason in ADAPTER_REFUSALS:
                 # A refusal a replay may cure (unknown_adapter) refuses the SKU, so the letter brings
@@ -508,7 +514,7 @@ def handle_batch(
         usable = [photo for photo in draw.captioned.photos if photo.usable and photo.mask is not None]
         least = generation.generation_min_plain_background
         if cut_from_cluttered_photos(usable, least):
-            drawn_from = {planned.photo.photo_id for planned, _ in draw.drawn.values()}
+            drawn_from = {planned.photo.photo_id for planned, _, _ in draw.drawn.values()}
             fallen_back = [photo.photo_id for photo in draw.passed_over if photo.photo_id in drawn_from]
             ctx.log.warning(
                 "no photo on a plain background: products cut out of in-store photos",
@@ -532,7 +538,7 @@ def handle_batch(
                         "photo_ids": fallen_back,
                         "variant_indexes": sorted(
                             index
-                            for index, (planned, _) in draw.drawn.items()
+                            for index, (planned, _, _) in draw.drawn.items()
                             if planned.photo.photo_id in fallen_back
                         ),
                         "one_object": [photo.photo_id for photo in draw.turn],
@@ -632,13 +638,30 @@ def _naming_photos_left_out(letter: BadInput, unreadable: dict[str, BadInput]) -
     return with_detail(letter, f"{letter.detail}; also left out: {named}")
 
 
+def _too_large(png: bytes, planned: PlannedVariant, max_bytes: int) -> ImageRejected | None:
+    """The refusal of a variant whose PNG is over ``max_bytes``, else None. Stored, it was counted as
+    generated and then dead-lettered by the matting, which reads it under the same limit: the cause
+    named a stage late, and no other photo drew the variant."""
+    if len(png) <= max_bytes:
+        return None
+    return ImageRejected(
+        "too_large_bytes",
+        f"variant {planned.variant_index} drawn from photo {planned.photo.photo_id!r} is a PNG of "
+        f"{len(png)} bytes, over SKUFORGE_MAX_IMAGE_BYTES ({max_bytes}) that every stage reads images "
+        "under: lower SKUFORGE_GENERATION_SIZE_PX, or raise the limit",
+        setting="SKUFORGE_MAX_IMAGE_BYTES",
+    )
+
+
 def _store_variant(
     event: Envelope[SkuCaptioned],
     planned: PlannedVariant,
     result: VariantResult,
+    png: bytes,
     ctx: Context,
 ) -> Emit:
-    """Write the image and its expected mask under deterministic keys; the event that announces them."""
+    """Write the image (``png``, its PNG) and its expected mask under deterministic keys; the event that
+    announces them."""
     captioned = event.payload
     sku_id = captioned.sku.sku_id
     item_id = derive_id(event.event_id, STAGE_NAME, str(planned.variant_index))
@@ -655,7 +678,13 @@ def _store_variant(
         # The keys carry the PNG's sha256: a replay that renders other pixels (the scene library
         # changed) keeps the item id, and the events of the earlier render (in the matting and gate
         # queues, a task waiting for a person) must still find the bytes their sha256 names.
-        image=ctx.store.put_image(keys.generated_key(sku_id, item_id), result.image, digest_in_key=True),
+        image=ctx.store.put_png(
+            keys.generated_key(sku_id, item_id),
+            png,
+            result.image.shape[1],
+            result.image.shape[0],
+            digest_in_key=True,
+        ),
         expected_mask=ctx.store.put_image(
             keys.expected_mask_key(sku_id, item_id), result.expected_mask, digest_in_key=True
         ),

@@ -1,0 +1,87 @@
+"""The generator's own PNG over ``SKUFORGE_MAX_IMAGE_BYTES``: it was stored and announced, counted as
+generated, and then dead-lettered by the matting as ``too_large_bytes``, the cause named one stage
+late. Now it is the variant's refusal: another photo draws it, and a SKU none can draw is the
+generator's letter."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Collection, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from schemas.events import ImageGenerated
+from services.generator.protocol import VariantRequest, VariantResult
+from services.generator.stage import handle_batch, variant_seed
+from shared.errors import BadInput
+from shared.generation.composite import CompositeBackend
+from tests.support.captioning import captioned_sku
+from tests.support.generation import InProcessGenerator, arrange_generator, captioned_event, dead_letter_of
+
+VARIANTS = 2
+# Over the rendered photos' PNGs (the references are read under it too, about 56 kB) and the
+# compositor's 256 px images (about 105 kB), under 256 px of noise (197 kB).
+MAX_IMAGE_BYTES = 150_000
+
+
+class Noisy(InProcessGenerator):
+    """The compositor, but the variants of ``noisy_seeds`` come back as noise, whose PNG does not
+    compress: what a model drawing a busy scene at a large size gives."""
+
+    def __init__(self, noisy_seeds: Collection[int]) -> None:
+        super().__init__(CompositeBackend(None))
+        self.noisy_seeds = noisy_seeds
+
+    def generate(self, backend: str, variants: Sequence[VariantRequest]) -> list[VariantResult | BadInput]:
+        results = super().generate(backend, variants)
+        return [
+            dataclasses.replace(result, image=noise(variant.seed, result.image.shape))
+            if variant.seed in self.noisy_seeds and isinstance(result, VariantResult)
+            else result
+            for variant, result in zip(variants, results, strict=True)
+        ]
+
+
+def noise(seed: int, shape: tuple[int, ...]) -> np.ndarray:
+    """Pixels of ``shape`` drawn at random from ``seed``."""
+    return np.random.default_rng(seed).integers(0, 256, shape, np.uint8)
+
+
+def test_a_variant_over_the_byte_limit_is_drawn_from_another_photo(tmp_path: Path) -> None:
+    store, ctx, generation = arrange_generator(tmp_path, variants_per_sku=VARIANTS, size_px=256)
+    ctx = dataclasses.replace(
+        ctx, settings=ctx.settings.model_copy(update={"max_image_bytes": MAX_IMAGE_BYTES})
+    )
+    captioned = captioned_sku(store, 3, usable_photos=2)
+    sku_id, base_seed = captioned.sku.sku_id, generation.generation_seed
+    noisy = {variant_seed(sku_id, "p0", index, base_seed) for index in range(VARIANTS)}
+    [outputs] = handle_batch(
+        [captioned_event(captioned, "large")], ctx, generator=Noisy(noisy), generation=generation
+    )
+
+    assert not isinstance(outputs, BadInput), outputs
+    generated = [emit.payload for emit in outputs if isinstance(emit.payload, ImageGenerated)]
+    # Before: p0's variants were stored and announced, each over the limit every later stage reads under.
+    assert [(g.variant_index, g.reference_photo_id) for g in generated] == [(0, "p1"), (1, "p1")]
+    assert all(g.image.bytes <= MAX_IMAGE_BYTES for g in generated)
+
+
+def test_a_sku_whose_every_variant_is_over_the_byte_limit_is_a_letter_naming_the_setting(
+    tmp_path: Path,
+) -> None:
+    store, ctx, generation = arrange_generator(tmp_path, variants_per_sku=VARIANTS, size_px=256)
+    ctx = dataclasses.replace(
+        ctx, settings=ctx.settings.model_copy(update={"max_image_bytes": MAX_IMAGE_BYTES})
+    )
+    captioned = captioned_sku(store, 4, usable_photos=2)
+    sku_id, base_seed = captioned.sku.sku_id, generation.generation_seed
+    noisy = {
+        variant_seed(sku_id, photo, index, base_seed) for photo in ("p0", "p1") for index in range(VARIANTS)
+    }
+    letter = dead_letter_of(
+        captioned_event(captioned, "too-large"), ctx, generator=Noisy(noisy), generation=generation
+    )
+
+    assert letter.reason == "too_large_bytes" and "SKUFORGE_MAX_IMAGE_BYTES" in letter.detail
+    assert not list(store.list_addressable("generated/"))  # no image of the SKU left in the store
