@@ -35,15 +35,20 @@ class _HeldRead(GroupLagWatcher):
         raise KafkaTimeoutError("no broker answered")  # as the read of a broker away ends
 
 
-def test_a_stop_during_a_lag_read_returns_without_waiting_for_the_read() -> None:
-    metrics = StageMetrics("upstream")
-    watcher = _HeldRead(
+def _held_read(metrics: StageMetrics) -> _HeldRead:
+    """A watcher of group "g" on topic "t" whose reads are held, as a broker away holds them."""
+    return _HeldRead(
         connection={"bootstrap_servers": "127.0.0.1:1"},
         groups={"g": {"t"}},
         gauge=metrics.group_lag,
         interval_s=0.01,
         read_failures=metrics.group_lag_read_failures,
     )
+
+
+def test_a_stop_during_a_lag_read_returns_without_waiting_for_the_read() -> None:
+    metrics = StageMetrics("upstream")
+    watcher = _held_read(metrics)
     watcher.start()
     assert watcher.reading.wait(60)
     watcher.stop()
@@ -57,13 +62,7 @@ def test_a_read_failing_after_the_stop_is_not_counted(caplog: pytest.LogCaptureF
     showed in ``skuforge_consumer_group_lag_read_failures_total`` (and a WARNING) of a process that goes
     on serving its metrics (the console), an alert on a lag read nobody wanted any more."""
     metrics = StageMetrics("upstream")
-    watcher = _HeldRead(
-        connection={"bootstrap_servers": "127.0.0.1:1"},
-        groups={"g": {"t"}},
-        gauge=metrics.group_lag,
-        interval_s=0.01,
-        read_failures=metrics.group_lag_read_failures,
-    )
+    watcher = _held_read(metrics)
     with caplog.at_level(logging.WARNING, logger="skuforge.group_lag"):
         watcher.start()
         assert watcher.reading.wait(60)
