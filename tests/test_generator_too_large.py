@@ -6,14 +6,17 @@ generator's letter."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
 
 from schemas.events import ImageGenerated
 from services.generator.protocol import VariantRequest, VariantResult
-from services.generator.stage import handle_batch, variant_seed
+from services.generator.stage import GeneratorMetrics, handle_batch, variant_seed
 from shared.errors import BadInput
 from shared.generation.composite import CompositeBackend
 from tests.support.captioning import captioned_sku
@@ -85,3 +88,43 @@ def test_a_sku_whose_every_variant_is_over_the_byte_limit_is_a_letter_naming_the
 
     assert letter.reason == "too_large_bytes" and "SKUFORGE_MAX_IMAGE_BYTES" in letter.detail
     assert not list(store.list_addressable("generated/"))  # no image of the SKU left in the store
+
+
+def test_a_variant_over_the_byte_limit_is_counted_once_its_input_is_committed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Before, the refusal was only logged: an operator saw variants missing and no counter moving (it is
+    # no Triton error, so skuforge_triton_errors_total{kind="refused"} stayed still too).
+    store, ctx, generation = arrange_generator(tmp_path, variants_per_sku=VARIANTS, size_px=256)
+    ctx = dataclasses.replace(
+        ctx, settings=ctx.settings.model_copy(update={"max_image_bytes": MAX_IMAGE_BYTES})
+    )
+    captioned = captioned_sku(store, 5, usable_photos=2)
+    sku_id, base_seed = captioned.sku.sku_id, generation.generation_seed
+    noisy = {variant_seed(sku_id, "p0", index, base_seed) for index in range(VARIANTS)}
+    registry = CollectorRegistry()
+    metrics = GeneratorMetrics(registry, ["skuforge_generator_composite"])
+    event = captioned_event(captioned, "counted")
+
+    def refused() -> float | None:
+        name = "skuforge_generator_variants_refused_total"
+        return registry.get_sample_value(name, {"reason": "too_large_bytes"})
+
+    assert refused() == 0  # from 0, so rate() counts the first after a restart
+    with caplog.at_level(logging.WARNING):
+        [outputs] = handle_batch([event], ctx, generator=Noisy(noisy), generation=generation, metrics=metrics)
+    assert isinstance(outputs, list) and len(outputs) == VARIANTS, outputs
+    # p0's variants, each refused once and drawn from p1 instead.
+    logged = [
+        record
+        for record in caplog.records
+        if record.getMessage() == "variant refused, drawn from another photo"
+        and record.reason == "too_large_bytes"  # type: ignore[attr-defined]
+    ]
+    assert logged and all(record.photo_id == "p0" for record in logged)  # type: ignore[attr-defined]
+    assert refused() == 0  # nothing counted before the input is committed
+    for action in ctx._take_actions(event):  # as the runtime does once the input is committed
+        action()
+    assert refused() == len(logged)
+    triton_refused = metrics.triton_errors.labels("skuforge_generator_composite", "refused")
+    assert triton_refused._value.get() == 0  # the model refused nothing

@@ -38,8 +38,9 @@ spreads them over the others, and the same SKU still gets the same images, each 
 and seed it came from; of a SKU cut from in-store photos, once every photo of one object was refused
 for it, from the photos passed over as not one object, read again and logged, "in-store photos that
 are not one object drawn from", with the SKU): logged
-("variant refused, drawn from another photo", with the photo and reason) and, the model's refusals,
-counted (``skuforge_triton_errors_total{kind="refused"}``); refused from every photo, it is left out
+("variant refused, drawn from another photo", with the photo and reason) and counted (the model's
+refusals as ``skuforge_triton_errors_total{kind="refused"}``, ``too_large_bytes`` as
+``skuforge_generator_variants_refused_total{reason}``); refused from every photo, it is left out
 ("variant refused, left out"). A photo that cannot be read for good (``dimension_mismatch``,
 ``not_an_image``, ``checksum_mismatch``...) while another photo of the SKU can takes no turn: the
 others draw its variants, logged ("photo unreadable, its variants drawn from the other photos") and
@@ -111,6 +112,8 @@ TRITON_ERROR_KINDS = (
     "refused",
     "backend_error",
 )
+# The reasons of skuforge_generator_variants_refused_total: a variant drawn that the stage refuses itself.
+GENERATOR_REFUSALS = ("too_large_bytes",)
 
 
 class GenerationClient(Protocol):
@@ -160,6 +163,17 @@ class GeneratorMetrics:
             ["reason"],
             registry=registry,
         )
+        self.variants_refused = Counter(
+            "skuforge_generator_variants_refused_total",
+            "Variants the model drew that the generator itself refused and did not store, by reason: "
+            "too_large_bytes (its PNG is over SKUFORGE_MAX_IMAGE_BYTES, which every later stage reads "
+            "images under). Each is drawn from another photo or left out (counted once per input "
+            'committed); the model\'s own refusals are skuforge_triton_errors_total{kind="refused"}.',
+            ["reason"],
+            registry=registry,
+        )
+        for reason in GENERATOR_REFUSALS:
+            self.variants_refused.labels(reason)
 
 
 @dataclass(frozen=True)
@@ -480,6 +494,9 @@ def handle_batch(
                     draw.drawn[planned.variant_index] = (planned, result, png)
                     continue
                 result = oversized
+                if metrics is not None:
+                    refused_here = metrics.variants_refused.labels(oversized.reason)
+                    ctx.after_commit(refused_here.inc, events[position])
             draw.refusals.append((planned, result))
             if not is_permanent(result.reason) or result.reason in ADAPTER_REFUSALS:
                 # A refusal a replay may cure (unknown_adapter) refuses the SKU, so the letter brings
