@@ -21,7 +21,8 @@ silently repairing:
 ``corrupt``             the pixel data is damaged (bad checksum, broken stream...)
 ``unsupported_mode``    a pixel layout that cannot be turned into RGB / a mask
 ``too_many_pages``      a TIFF of more than ``MAX_TIFF_PAGES`` pages, when its pages are walked (to
-                        find the photo page past previews ahead of it, or to count them)
+                        find the photo page past previews ahead of it, or to count them), or when its
+                        photo page is not its first (libtiff then walks every page to decode it)
 
 Odd but valid images are converted, never refused: 16-bit and 32-bit grayscale are rescaled (not
 clipped) to 8 bits (a mask whose values all fit in 0..255, and a 32-bit photo's, is read as those
@@ -381,7 +382,9 @@ def seek_photo_page(image: Image.Image, what: Subject = "photo") -> None:
     ``ImageRejected('corrupt')`` when the directory of a page after such a first page cannot be read:
     the photo is not there, and the preview is no stand-in for it (``format_not_allowed`` when it is
     stored with a compression Pillow has no decoder for: the user must save it again, not repair it;
-    ``what`` the file is, which the advice names), and ``too_many_pages`` past ``MAX_TIFF_PAGES``."""
+    ``what`` the file is, which the advice names), and ``too_many_pages`` past ``MAX_TIFF_PAGES``, in
+    the walk or in the file's whole chain of pages where the photo page is not the first
+    (``_refuse_long_directory_chain``)."""
     if not isinstance(image, TiffImagePlugin.TiffImageFile) or not _belongs_to_another_page(image):
         return
     for index in itertools.count(1):
@@ -398,7 +401,50 @@ def seek_photo_page(image: Image.Image, what: Subject = "photo") -> None:
                 + (no_decoder or str(exc)),
             ) from exc
         if not _belongs_to_another_page(image):
+            _refuse_long_directory_chain(image)
             return
+
+
+def _refuse_long_directory_chain(tiff: TiffImagePlugin.TiffImageFile) -> None:
+    """``ImageRejected('too_many_pages')`` for a TIFF whose chain of page directories is longer than
+    ``MAX_TIFF_PAGES``, read from its file (counts and links only). Asked when the page to decode is not
+    the first: libtiff, handed a directory it has not read, walks the whole chain first (libtiff 4.5 on,
+    ``TIFFSetSubDirectory``), past the page Pillow's capped walk stopped at: a 6 MB file of a million
+    empty directories cost a second per decode. A chain that cannot be read on stops the count there."""
+    file = tiff.fp
+    at = file.tell()
+    try:
+        file.seek(0)
+        layout = _TIFF_LAYOUTS.get(file.read(4))
+        if layout is None:
+            return
+        order, offset_format, count_format = layout
+        offset_size, count_size = struct.calcsize(offset_format), struct.calcsize(count_format)
+        entry_size = 4 + 2 * offset_size  # tag, type, value count, value or its offset: 12 (BigTIFF 20)
+
+        def read(position: int, field: str, size: int) -> int | None:
+            try:
+                file.seek(position)
+                raw = file.read(size)
+            except (OSError, OverflowError, ValueError):  # a position no file has
+                return None
+            return int(struct.unpack(order + field, raw)[0]) if len(raw) == size else None
+
+        offset = read(8 if offset_format == "Q" else 4, offset_format, offset_size)
+        seen: set[int] = set()
+        while offset and offset not in seen:  # a link back to a page read ends the chain, as in libtiff
+            if len(seen) == MAX_TIFF_PAGES:
+                raise _too_many_pages()
+            seen.add(offset)
+            count = read(offset, count_format, count_size)
+            # Past the file's end, the chain ends there for libtiff too.
+            offset = (
+                None
+                if count is None
+                else read(offset + count_size + count * entry_size, offset_format, offset_size)
+            )
+    finally:
+        file.seek(at)
 
 
 def _no_decoder(directory: TiffImagePlugin.ImageFileDirectory_v2, what: Subject) -> str | None:
@@ -498,11 +544,15 @@ def _seek_page(tiff: TiffImagePlugin.TiffImageFile, index: int) -> None:
     ``MAX_TIFF_PAGES``, before Pillow walks further (no setting raises the cap: no product photo needs it)."""
     tiff.seek(index)
     if index >= MAX_TIFF_PAGES:
-        raise ImageRejected(
-            "too_many_pages",
-            f"TIFF has more than {MAX_TIFF_PAGES} pages (a product photo's has a handful): save its page "
-            "alone",
-        )
+        raise _too_many_pages()
+
+
+def _too_many_pages() -> ImageRejected:
+    """The refusal of a TIFF of more than ``MAX_TIFF_PAGES`` pages."""
+    return ImageRejected(
+        "too_many_pages",
+        f"TIFF has more than {MAX_TIFF_PAGES} pages (a product photo's has a handful): save its page alone",
+    )
 
 
 def _belongs_to_another_page(tiff: TiffImagePlugin.TiffImageFile) -> bool:
