@@ -248,16 +248,32 @@ def test_every_documented_make_target_is_in_readme() -> None:
 
 def make_targets_unknown_in(text: str) -> list[str]:
     """Targets ``make ...`` names in ``text`` (quoted, starting a line of a command block, or in a
-    command's trailing comment) that the Makefile does not have: every one of ``make setup kafka-up``,
-    not only the first."""
+    command's comment: after it, or a comment line of a command block) that the Makefile does not
+    have: every one of ``make setup kafka-up``, not only the first."""
     targets = {*_make_targets(), *re.findall(r"^([a-z-]+):", MAKEFILE, flags=re.MULTILINE)}
     commands = re.findall(r"(?:^[ \t]*(?:\$ )?|`)make((?: +[a-z][a-z-]*)+)", text, flags=re.MULTILINE)
-    # Only a comment after a command (``make demo  # = make setup, ...``): a line that is all comment
-    # is a Markdown heading in prose, where "make" is a verb.
-    for comment in re.findall(r"\S[ \t]+#(.*)", text):
-        commands += re.findall(r"(?<![\w-])make((?: +[a-z][a-z-]*)+)", comment)
+    # A comment after a command (``make demo  # = make setup, ...``), and a comment line of a command
+    # block (``# then run make demo``); in prose a line that is all comment is a Markdown heading,
+    # where "make" is a verb.
+    comments = re.findall(r"\S[ \t]+#(.*)", text) + [
+        line.strip()[1:]
+        for block in re.findall(r"^[ \t]*```.*\n((?:.*\n)*?)[ \t]*```", text, flags=re.MULTILINE)
+        for line in block.splitlines()
+        if line.strip().startswith("#")
+    ]
     named = {target for command in commands for target in command.split()}
+    # A comment is prose too: its ``make`` names the targets that follow up to the first other word
+    # ("run make demo to see it"), and "make sure" is no command.
+    for comment in comments:
+        for words in re.findall(r"(?<![\w-])make((?: +[a-z][a-z-]*)+)", comment):
+            first, *more = words.split()
+            named |= {first} - MAKE_AS_A_VERB
+            named |= set(itertools.takewhile(targets.__contains__, more))
     return sorted(named - targets)
+
+
+# Words after "make" the verb, in a comment: "make sure", "make it".
+MAKE_AS_A_VERB = {"sure", "it", "a", "an", "the", "this", "that", "them", "room", "space"}
 
 
 @pytest.mark.parametrize("doc", DOCS, ids=[f"{doc.relative_to(ROOT)}" for doc in DOCS])
@@ -650,3 +666,14 @@ def test_a_make_target_in_a_command_comment_is_checked() -> None:
     comment was read by no check, so a renamed one would have stayed in the comment."""
     planted = "```bash\nmake demo      # = make setup, then make kafka-nope\n```\n"
     assert make_targets_unknown_in(planted) == ["kafka-nope"]
+
+
+def test_a_make_target_in_a_comment_line_of_a_command_block_is_checked() -> None:
+    """Only a comment after a command was read (``make demo  # = make setup``); a comment line of its
+    own in a command block (``# then run make foo``) named a target no check read."""
+    planted = "```bash\nmake setup\n# then run make kafka-nope, or make demo\n```\n"
+    assert make_targets_unknown_in(planted) == ["kafka-nope"]
+    planted = "```bash\n# make sure kafka is up, then run make demo to see it\n```\n"
+    assert make_targets_unknown_in(planted) == []
+    # Outside a command block a line starting with '#' is a heading, where "make" is a verb.
+    assert make_targets_unknown_in("# How to make things better\n\n## Make it go\n") == []
