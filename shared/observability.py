@@ -30,7 +30,7 @@ from prometheus_client import (
 )
 from prometheus_client.metrics_core import Metric
 
-from shared.config import ConfigError
+from shared.config import ConfigError, load_settings
 
 log = logging.getLogger("skuforge.observability")
 
@@ -471,3 +471,36 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     root.setLevel(level)
     # kafka-python is chatty at INFO about every connection.
     logging.getLogger("kafka").setLevel(max(logging.WARNING, root.level))
+
+
+# The loggers of this repository (``skuforge`` is the CLI's own): a command shows their lines at its
+# level, and other libraries' only from WARNING (botocore's "Found credentials" at INFO is noise there).
+OWN_LOGGERS = ("skuforge", "skuforge_cli", "shared", "services", "schemas", "devstack", "bench")
+
+
+class _OwnLinesFilter(logging.Filter):
+    """Let through records of ``OWN_LOGGERS`` (and their children) at any level, others from WARNING."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or record.name.split(".")[0] in OWN_LOGGERS
+
+
+def configure_command_logging(level: str | None = None) -> None:
+    """Send a command's log lines to stderr as text, from ``level`` (default ``SKUFORGE_LOG_LEVEL``):
+    what the library code it runs says (a table it changed, a file it left out and why) reaches its
+    user, and stdout keeps only the command's result. Other libraries' lines only from WARNING.
+    Replaces the handler an earlier ``configure_*`` set, leaving others (a test's capture) in place."""
+    if level is None:
+        try:
+            level = load_settings().log_level
+        except ConfigError:  # the command names the bad variable when it loads the settings itself
+            level = "INFO"
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(TextFormatter())
+    handler.addFilter(_OwnLinesFilter())
+    root = logging.getLogger()
+    root.handlers[:] = [
+        kept for kept in root.handlers if not isinstance(kept.formatter, JsonFormatter | TextFormatter)
+    ]
+    root.addHandler(handler)
+    root.setLevel(level)

@@ -37,7 +37,7 @@ from shared.config import (
 )
 from shared.generation.diffusion import DiffusionSettings
 from shared.generation.settings import GenerationSettings
-from shared.observability import configure_logging
+from shared.observability import configure_command_logging, configure_logging
 from shared.store import open_settings_store
 from shared.trainstore.manifest import ManifestStore
 from shared.trainstore.settings import TrainstoreSettings
@@ -427,6 +427,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     args = parser.parse_args(argv[:1])
+    # `run` and `serve` log as their services do (their stage's main configures it again).
+    configure_command_logging()
     handler = COMMANDS[args.command][0]
     return run_command(f"skuforge {args.command}", lambda: handler(argv[1:]))
 

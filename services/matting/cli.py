@@ -27,7 +27,7 @@ from shared.argtypes import (
 from shared.config import ConfigError, load_settings
 from shared.errors import BadInput
 from shared.matting import IMAGE_IOU_DROP_MAX, MEAN_IOU_DROP_MAX, MODELS_DIR, RENDERER_HELDOUT_SEED
-from shared.observability import configure_logging
+from shared.observability import configure_command_logging
 
 # The committed model and its int8 copy (served as u2netp and u2netp-int8).
 COMMITTED_FP32 = "u2netp-skuforge.onnx"
@@ -327,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     tune.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where it runs (default cpu)")
     args = parser.parse_args(argv)
-    configure_logging("INFO", "text")
+    configure_command_logging()
     # Where a command writes: checked now, not found in a traceback after rendering or training.
     out = getattr(args, "out", None)
     pairs_out = out if args.action in {"pairs", "real-pairs"} else None  # a folder; elsewhere a file
