@@ -1,6 +1,7 @@
 """The user-facing docs say only what the code has: every ``skuforge ...`` command they show or the
 Makefile runs, and every ``python -m <module>`` command of this repository they or the Makefile run,
-parses with the real command-line parsers; every relative link and image they carry resolves; the
+parses with the real command-line parsers, and an option they quote alone (`--since`) is one of those
+parsers'; every relative link and image they carry resolves; the
 ``SKUFORGE_*`` variables, Makefile targets and variables and pip extras they name exist; and README's
 Configuration names every variable the code reads, with each setting's declared bounds.
 
@@ -11,11 +12,12 @@ and stops there.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import itertools
 import re
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
 import pytest
@@ -27,6 +29,7 @@ from tests.support.docs import (
     ROOT,
     after_prefix,
     check_parses,
+    command_parsers,
     doc_argv,
     readme_section,
     settings_table_in,
@@ -199,6 +202,88 @@ def test_a_module_command_with_an_option_its_parser_lacks_is_caught(monkeypatch:
     assert command == ("docs/planted.md:1", "bench.store", " --items 10 --skus 2 --no-such-flag", False)
     with pytest.raises(AssertionError, match=r"has no option \[.--no-such-flag.\]"):
         check_module_command(*command, monkeypatch)
+
+
+# Tools besides ours whose options a doc quotes alone (helm's `--set`, docker's `--build-arg`, a
+# Python build's `--enable-shared`): an option no parser of ours has is theirs in a paragraph naming one.
+OTHER_TOOLS = re.compile(r"\b(?:helm|docker|pytest|kafka-topics|pip|kubectl|configure)\b", re.IGNORECASE)
+
+
+def prose_options(text: str) -> Iterator[tuple[int, str, str]]:
+    """(line, option, its paragraph) of each option quoted in prose without its command (`--since`,
+    `--reason R`, `--tune-*`: a quote that starts with ``--``, every option in it). A paragraph ends at
+    a blank line, a heading or a command block; a table row is one of its own."""
+    paragraphs: list[list[tuple[int, str]]] = [[]]
+    fenced = False
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if stripped.startswith("```") or fenced:
+            fenced ^= stripped.startswith("```")
+            paragraphs.append([])
+            continue
+        if not stripped or stripped.startswith(("#", "|")):
+            paragraphs.append([])
+        paragraphs[-1].append((number, line))
+    for paragraph in filter(None, paragraphs):
+        joined = "\n".join(line for _, line in paragraph)
+        for quote in re.finditer(r"`(--[^`]+)`", joined):
+            number = paragraph[0][0] + joined.count("\n", 0, quote.start())
+            for option in re.findall(r"(?:^|\s)(--[a-z][a-z0-9-]*\*?)", quote.group(1)):
+                yield number, option, joined
+
+
+@functools.cache
+def known_options() -> frozenset[str]:
+    """Every option of every ``skuforge`` command and subcommand (each server of ``serve``), and of
+    each module of this repository the docs or the Makefile run with ``python -m``."""
+    from schemas.flow import SERVERS
+    from skuforge_cli.main import COMMANDS
+
+    commands = [[name] for name in COMMANDS if name != "serve"] + [["serve", name] for name in SERVERS]
+    known: set[str] = set()
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        for argv in commands:
+            known.update(*(parser._option_string_actions for _, parser in command_parsers(argv, monkeypatch)))
+        for module in sorted({module for _, module, _, _ in MODULE_COMMANDS}):
+            main = importlib.import_module(module).main
+            if inspect.signature(main).parameters:
+                parsers = command_parsers([], monkeypatch, entry=main)
+                known.update(*(parser._option_string_actions for _, parser in parsers))
+    return frozenset(known)
+
+
+def options_unknown_in(text: str, known: Collection[str]) -> list[str]:
+    """``line: option`` of each option ``text`` quotes alone in prose that none of ``known`` is (an
+    option ending in ``*`` is a family: some option must start with it), but where the paragraph names
+    another tool, whose options these may be."""
+    unknown = []
+    for number, option, paragraph in prose_options(text):
+        family = option.endswith("*")
+        found = any(name.startswith(option[:-1]) for name in known) if family else option in known
+        if not found and not OTHER_TOOLS.search(paragraph):
+            unknown.append(f"{number}: {option}")
+    return unknown
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=[f"{doc.relative_to(ROOT)}" for doc in DOCS])
+def test_every_option_a_doc_quotes_alone_is_an_option_of_ours(doc: Path) -> None:
+    unknown = options_unknown_in(doc.read_text(encoding="utf-8"), known_options())
+    assert not unknown, f"{doc.relative_to(ROOT)} quotes options no skuforge command or module has: {unknown}"
+
+
+def test_an_option_quoted_alone_that_no_command_has_is_caught() -> None:
+    """An option quoted alone ("pass `--since`") was checked by nothing: only one inside a quoted
+    ``skuforge ...`` command was held to its parser, so a renamed option stayed in the prose."""
+    text = (
+        "Replay with `skuforge dlq replay TOPIC`; pass `--sincee 2h` to leave out older letters,\n"
+        "or `--reason R`, or a `--tune-*` option.\n\n"
+        "Render it with `helm template`, giving `--set a=b` and `--kube-version 1.33.0`.\n\n"
+        "| a row | `--no-such-flag` |\n| a row of `docker` | `--build-arg X=1` |\n"
+    )
+    # The command check sees the quoted command alone, which parses.
+    assert [command for _, command, _ in doc_commands(text, "docs/planted.md")] == ["dlq replay TOPIC"]
+    assert options_unknown_in(text, known_options()) == ["1: --sincee", "6: --no-such-flag"]
+    assert {"--since", "--reason", "--tune-stages", "--with-prometheus"} <= known_options()
 
 
 def _relative_links() -> Iterator[tuple[str, Path, str]]:

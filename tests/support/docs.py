@@ -111,10 +111,13 @@ def _leaf(parser: argparse.ArgumentParser, args: list[str]) -> tuple[argparse.Ar
 
 
 def command_parsers(
-    argv: list[str], monkeypatch: pytest.MonkeyPatch
+    argv: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+    entry: Callable[[list[str]], object] = skuforge_main,
 ) -> Iterator[tuple[str, argparse.ArgumentParser]]:
-    """(its prog, parser) of the command ``skuforge argv`` names and of each of its subcommands."""
-    pending = [_find_parser(argv, monkeypatch).parser]
+    """(its prog, parser) of the command ``skuforge argv`` (or ``entry(argv)``) names and of each of
+    its subcommands."""
+    pending = [_find_parser(argv, monkeypatch, entry).parser]
     monkeypatch.setattr(argparse.ArgumentParser, "parse_args", REAL_PARSE_ARGS)
     while pending:
         parser = pending.pop(0)
