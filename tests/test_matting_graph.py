@@ -111,3 +111,51 @@ def test_exported_u2netp_concats_are_no_longer_its_largest_activations(random_u2
     ]
     assert concats and max(concats) <= 0.5 * max(size.values())
     assert any(node.name.endswith("/split1") for node in model.graph.node)
+
+
+def test_a_graph_of_unnamed_nodes_is_rewritten_node_by_node() -> None:
+    # Node names are optional in ONNX: keyed by name, every unnamed node was taken for the conv
+    # (replaced by its split) or the concat (dropped), and the graph no longer ran.
+    model = conv_concat_conv()
+    for node in model.graph.node:
+        node.name = ""
+    x = np.random.default_rng(1).standard_normal((2, 4, 16, 16)).astype(np.float32)
+    before = run(model, x)
+    assert split_wide_concats(model, size_px=16) == 1
+    onnx.checker.check_model(model, full_check=True)
+    ops = [node.op_type for node in model.graph.node]
+    assert ops.count("Conv") == 4 and ops.count("Add") == 1 and "Concat" not in ops
+    np.testing.assert_allclose(run(model, x)[0], before[0], atol=1e-4)
+
+
+def test_a_concat_the_graph_outputs_is_left_alone() -> None:
+    # Its only consumer node is the conv, but the graph returns it too: dropping it lost an output.
+    model = conv_concat_conv()
+    model.graph.output.append(helper.make_tensor_value_info("AB", TensorProto.FLOAT, ["batch", 8, "h", "w"]))
+    assert split_wide_concats(model, size_px=16) == 0
+    onnx.checker.check_model(model, full_check=True)
+    assert "Concat" in [node.op_type for node in model.graph.node]
+
+
+def test_a_concat_of_the_graph_input_is_left_alone() -> None:
+    # The graph input X has no node, so the probe did not measure its channels: a KeyError, not a
+    # rewrite or a refusal to rewrite.
+    model = conv_concat_conv()
+    model.graph.node[2].input[1] = "X"  # concat(A: 3 channels, X: 4 channels)
+    weights = np.random.default_rng(2).standard_normal((6, 7, 3, 3)).astype(np.float32)
+    model.graph.initializer[2].CopyFrom(numpy_helper.from_array(weights, "Wc"))
+    del model.graph.node[1]  # conv_b, now unused
+    x = np.random.default_rng(1).standard_normal((2, 4, 16, 16)).astype(np.float32)
+    before = run(model, x)
+    assert split_wide_concats(model, size_px=16) == 0
+    np.testing.assert_array_equal(run(model, x)[0], before[0])
+
+
+def test_an_omitted_optional_output_is_no_activation() -> None:
+    # Dropout's mask output left out (""): exposing it as a graph output failed the probe session.
+    model = conv_concat_conv()
+    model.graph.node.append(helper.make_node("Dropout", ["Y"], ["Yd", ""], name="dropout"))
+    model.graph.output[0].name = "Yd"
+    shapes = activation_shapes(model, 16)
+    assert shapes["Yd"] == (1, 6, 16, 16) and "" not in shapes
+    assert split_wide_concats(model, size_px=16) == 1

@@ -18,6 +18,7 @@ resizes).
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +39,8 @@ def activation_shapes(model: onnx.ModelProto, size_px: int = 320) -> dict[str, t
     """
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
-    names = [name for node in probe.graph.node if node.op_type != "Constant" for name in node.output]
+    # An optional output left out ("", as Dropout's mask) is no tensor: exposed, it failed the session.
+    names = [name for node in probe.graph.node if node.op_type != "Constant" for name in node.output if name]
     declared = {output.name for output in probe.graph.output}
     probe.graph.output.extend(onnx.ValueInfoProto(name=name) for name in names if name not in declared)
     options = ort.SessionOptions()
@@ -58,24 +60,28 @@ def split_wide_concats(
 ) -> int:
     """Rewrite, in place, every wide ``Concat(axis=1) -> Conv`` pair as per-input Convs and Adds.
 
-    A pair qualifies when the concat's only consumer is a Conv with constant weights, and the concat
-    is at least ``min_share`` of the largest activation. Returns how many pairs were rewritten.
+    A pair qualifies when the concat is no graph output, its only consumer is a Conv with constant
+    weights, each of its inputs is a node's output (the probe measured its channels), and it is at
+    least ``min_share`` of the largest activation. Returns how many pairs were rewritten.
     """
     shapes = activation_shapes(model, size_px)
     largest = max(int(np.prod(shape)) for shape in shapes.values())
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
+    # Nodes by position: names are optional and need not be unique, so a name can stand for many nodes.
+    consumers: dict[str, list[int]] = {}
+    for index, node in enumerate(model.graph.node):
         for name in node.input:
-            consumers.setdefault(name, []).append(node)
+            consumers.setdefault(name, []).append(index)
     initializers = {init.name: init for init in model.graph.initializer}
+    graph_outputs = {output.name for output in model.graph.output}
+    name_counts = Counter(node.name for node in model.graph.node)
 
-    replacements: dict[str, list[onnx.NodeProto]] = {}  # conv name -> its nodes in its place
-    dropped: set[str] = set()
-    for concat in model.graph.node:
+    replacements: dict[int, list[onnx.NodeProto]] = {}  # conv's index -> its nodes in its place
+    dropped: set[int] = set()
+    for concat_index, concat in enumerate(model.graph.node):
         users = consumers.get(concat.output[0], [])
-        if concat.op_type != "Concat" or len(users) != 1:
+        if concat.op_type != "Concat" or len(users) != 1 or concat.output[0] in graph_outputs:
             continue
-        conv = users[0]
+        conv = model.graph.node[users[0]]
         axis = next((attr.i for attr in concat.attribute if attr.name == "axis"), None)
         if conv.op_type != "Conv" or axis != 1 or conv.input[0] != concat.output[0]:
             continue
@@ -83,8 +89,12 @@ def split_wide_concats(
             attr.name == "group" and attr.i != 1 for attr in conv.attribute
         ):
             continue
+        if any(part not in shapes for part in concat.input):
+            continue  # a graph input or a constant: its channels were not measured
         if int(np.prod(shapes[concat.output[0]])) < min_share * largest:
             continue
+        # The new nodes and weights are named after the conv; its output (unique) when its name is not.
+        prefix = conv.name if conv.name and name_counts[conv.name] == 1 else conv.output[0]
         weights = numpy_helper.to_array(initializers[conv.input[1]])
         channels = [shapes[part][1] for part in concat.input]
         if sum(channels) != weights.shape[1]:
@@ -93,30 +103,30 @@ def split_wide_concats(
         attributes = {attr.name: helper.get_attribute_value(attr) for attr in conv.attribute}
         nodes, partials, first_channel = [], [], 0
         for index, (part, width) in enumerate(zip(concat.input, channels, strict=True)):
-            weight_name = f"{conv.name}/split{index}/W"
+            weight_name = f"{prefix}/split{index}/W"
             model.graph.initializer.append(
                 numpy_helper.from_array(weights[:, first_channel : first_channel + width].copy(), weight_name)
             )
             first_channel += width
-            partial = f"{conv.name}/split{index}"
+            partial = f"{prefix}/split{index}"
             inputs = [part, weight_name, *(bias if index == 0 else [])]
             nodes.append(helper.make_node("Conv", inputs, [partial], name=partial, **attributes))
             partials.append(partial)
         total = partials[0]
         for index, partial in enumerate(partials[1:], start=1):
-            out = conv.output[0] if index == len(partials) - 1 else f"{conv.name}/sum{index}"
-            nodes.append(helper.make_node("Add", [total, partial], [out], name=f"{conv.name}/sum{index}"))
+            out = conv.output[0] if index == len(partials) - 1 else f"{prefix}/sum{index}"
+            nodes.append(helper.make_node("Add", [total, partial], [out], name=f"{prefix}/sum{index}"))
             total = out
-        replacements[conv.name] = nodes
-        dropped.add(concat.name)
+        replacements[users[0]] = nodes
+        dropped.add(concat_index)
 
     if not replacements:
         return 0
     rewritten: list[onnx.NodeProto] = []
-    for node in model.graph.node:
-        if node.name in replacements:
-            rewritten.extend(replacements[node.name])
-        elif node.name not in dropped:
+    for index, node in enumerate(model.graph.node):
+        if index in replacements:
+            rewritten.extend(replacements[index])
+        elif index not in dropped:
             rewritten.append(node)
     del model.graph.node[:]
     model.graph.node.extend(rewritten)
