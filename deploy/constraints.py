@@ -71,26 +71,46 @@ def _applies(requirement: Requirement, extras: set[str]) -> bool:
 def installed_closure(
     roots: Iterable[Requirement],
 ) -> tuple[dict[NormalizedName, str], set[NormalizedName]]:
-    """({name: installed public version}, names not installed) of everything ``roots`` pull in."""
+    """({name: installed public version}, names not installed) of everything ``roots`` pull in.
+
+    Raises ``ConstraintsError`` when an installed version is outside a requirement's bounds
+    (pyproject's, or a pulled-in distribution's): pinned, it is a file the image's pip cannot resolve.
+    """
     asked_extras: dict[NormalizedName, set[str]] = {}
     versions: dict[NormalizedName, str] = {}
     absent: set[NormalizedName] = set()
-    pending = [requirement for requirement in roots if _applies(requirement, set())]
+    outside: list[str] = []
+    # Each requirement with what asked for it, so a version outside its bounds names both.
+    pending = [(requirement, "pyproject.toml") for requirement in roots if _applies(requirement, set())]
     while pending:
-        requirement = pending.pop()
+        requirement, required_by = pending.pop()
         name = canonicalize_name(requirement.name)
-        if name in asked_extras and set(requirement.extras) <= asked_extras[name]:
-            continue
-        extras = asked_extras.setdefault(name, set())
-        extras.update(requirement.extras)
         try:
             distribution = metadata.distribution(name)
         except metadata.PackageNotFoundError:
             absent.add(name)
             continue
+        # Every edge is checked, not only the first that reaches a distribution: a second dependent's
+        # bound is as binding for the image's pip.
+        if not requirement.specifier.contains(Version(distribution.version), prereleases=True):
+            outside.append(
+                f"{name} {distribution.version} is installed, {required_by} requires {requirement}"
+            )
+        if name in asked_extras and set(requirement.extras) <= asked_extras[name]:
+            continue
+        extras = asked_extras.setdefault(name, set())
+        extras.update(requirement.extras)
         # A local label (torch's +cpu) names a build of one index; ==public matches it and PyPI's wheel alike.
         versions[name] = Version(distribution.version).public
-        pending += [dep for dep in map(Requirement, distribution.requires or []) if _applies(dep, extras)]
+        dependent = f"{name} {distribution.version}"
+        pending += [
+            (dep, dependent) for dep in map(Requirement, distribution.requires or []) if _applies(dep, extras)
+        ]
+    if outside:
+        raise ConstraintsError(
+            f"installed versions outside their requirements' bounds: {'; '.join(sorted(set(outside)))}. "
+            "Install versions that fit (`make setup`) or change the bound in pyproject.toml"
+        )
     return versions, absent
 
 
