@@ -53,8 +53,26 @@ def product_box(
     return box_left, box_top, box_left + side_x, box_top + side_y
 
 
+def box_problem(box: Box, size: tuple[int, int]) -> str | None:
+    """Why ``box`` (left, top, right, bottom) is no region of an image of ``size`` (w, h); None if it is."""
+    left, top, right, bottom = box
+    width, height = size
+    if right <= left or bottom <= top:
+        return f"empty ({right - left}x{bottom - top}); a box is (left, top, right, bottom)"
+    if left < 0 or top < 0 or right > width or bottom > height:
+        return (
+            f"not inside the {width}x{height} image (needs 0 <= left < right <= {width}, "
+            f"0 <= top < bottom <= {height})"
+        )
+    return None
+
+
 def paste(region: UInt8Array | npt.NDArray[np.float32], box: Box, size: tuple[int, int]) -> npt.NDArray:
     """``region`` (the box's size) placed in a zero array of ``size`` (width, height)."""
+    # A box past an edge failed in numpy's broadcast message; one left of or above the image was
+    # pasted silently at the opposite edge (negative indices count from the end).
+    if problem := box_problem(box, size):
+        raise ValueError(f"box {tuple(box)}: {problem}")
     left, top, right, bottom = box
     if region.shape != (bottom - top, right - left):
         raise ValueError(

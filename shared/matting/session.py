@@ -45,7 +45,7 @@ from shared.config import ConfigError, load_settings
 from shared.errors import BadInput, ObjectMissing, TransientError
 from shared.images import pixel_array, to_rgb
 from shared.matting import MODELS_DIR
-from shared.matting.roi import Box, paste
+from shared.matting.roi import Box, box_problem, paste
 from shared.model_cache import DEFAULT_UNUSED_DAYS, UnsafeCache, cache_dir, fetch_file
 from shared.store import ObjectStore
 
@@ -177,20 +177,6 @@ def mask_figures(confidence: F32Array, mask: UInt8Array, image_pixels: int) -> t
 def _finite_maps(maps: F32Array) -> npt.NDArray[np.bool_]:
     """Per map of a batch, whether every value in it is finite."""
     return np.isfinite(maps.reshape(len(maps), -1)).all(axis=1)
-
-
-def box_problem(box: Box, size: tuple[int, int]) -> str | None:
-    """Why ``box`` (left, top, right, bottom) is no region of an image of ``size`` (w, h); None if it is."""
-    left, top, right, bottom = box
-    width, height = size
-    if right <= left or bottom <= top:
-        return f"empty ({right - left}x{bottom - top}); a box is (left, top, right, bottom)"
-    if left < 0 or top < 0 or right > width or bottom > height:
-        return (
-            f"not inside the {width}x{height} image (needs 0 <= left < right <= {width}, "
-            f"0 <= top < bottom <= {height})"
-        )
-    return None
 
 
 @dataclass(frozen=True)
