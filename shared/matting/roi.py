@@ -14,6 +14,8 @@ with shifted and painted-over cases, each matted in the box of its own expected 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import numpy.typing as npt
 
@@ -35,8 +37,13 @@ def product_box(
     the mask has no product pixel (value >= 128): then there is no region, and the caller mats the
     whole image.
     """
-    if margin < 0:
-        raise ValueError(f"margin must be >= 0, got {margin}")
+    # NaN passes ``< 0``: it, and inf, failed later in round(), naming neither argument.
+    if not (math.isfinite(margin) and margin >= 0):
+        raise ValueError(f"margin must be a number >= 0, got {margin}")
+    if not all(math.isfinite(shift) for shift in centre_shift):
+        raise ValueError(f"centre_shift must be finite numbers, got {centre_shift}")
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be one channel, H x W; got shape {mask.shape}")
     foreground = mask >= 128
     rows = np.flatnonzero(foreground.any(axis=1))
     if rows.size == 0:
