@@ -1129,6 +1129,14 @@ def _bench(argv: list[str] | None) -> int:
     if args.classes is not None:
         data = Grocery(data.root, data.classes[: args.classes], data.splits)
     classes = [item.name for item in data.classes]
+    if data.classes:
+        # A class with fewer train photos gave its SKU all it had, and the results said k for it too.
+        fewest = min(data.classes, key=lambda item: len(data.splits["train"][item.name]))
+        if max(ks) > (have := len(data.splits["train"][fewest.name])):
+            parser.error(
+                f"--k {args.k}: {fewest.name} has {have} train photos, fewer than k={max(ks)} in-store "
+                f"photos per SKU; give k values up to {have}"
+            )
     all_refs = {k: references(data, k, args.seed) for k in ks}
     used = {path for refs in all_refs.values() for paths in refs.values() for path in paths}
     scenes = scene_photos(data, args.scenes_per_class, args.seed, used)

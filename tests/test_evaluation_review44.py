@@ -1,0 +1,53 @@
+"""The evaluation library and its benchmark (review 44): a k larger than a class's train photos."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench import augment
+
+
+class _ReferencesTaken(Exception):
+    """The options and the dataset were accepted: the SKUs' photos were being chosen."""
+
+
+def _grocery_lists(root: Path, train_photos: dict[str, int]) -> Path:
+    """A GroceryStoreDataset folder's lists only (classes.csv and the split files, no photo): what
+    ``read_grocery`` reads; each class with the number of train photos given."""
+    root.mkdir(parents=True)
+    header = "Class Name (str),Class ID (int),Coarse Class Name (str),Coarse Class ID (int),"
+    rows = [header + "Iconic Image Path (str),Product Description Path (str)\n"]
+    train = []
+    for class_id, (name, count) in enumerate(train_photos.items()):
+        rows.append(f"{name},{class_id},{name},{class_id},/iconic/{name}.jpg,/desc.txt\n")
+        train += [f"train/{name}/{n}.jpg, {class_id}, {class_id}\n" for n in range(count)]
+    (root / "classes.csv").write_text("".join(rows))
+    (root / "train.txt").write_text("".join(train))
+    (root / "val.txt").write_text("")
+    (root / "test.txt").write_text("")
+    return root
+
+
+def test_a_k_larger_than_a_class_has_train_photos_is_refused_naming_the_class(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # --k 5 with a class of 3 train photos gave that class's SKU its 3 (references took what there was)
+    # and the results recorded k=5 for every SKU: a figure for k photos per SKU that was not one.
+    def references_taken(*args: object) -> None:
+        raise _ReferencesTaken
+
+    monkeypatch.setattr(augment, "references", references_taken)
+    dataset = _grocery_lists(tmp_path / "dataset", {"Kiwi": 6, "Lime": 3})
+    argv = ["--dataset", str(dataset), "--split", "val", "--tag", "t", "--out", str(tmp_path / "o.json")]
+    with pytest.raises(SystemExit) as refused:
+        augment.main([*argv, "--k", "0,5"])
+    assert refused.value.code == 2
+    err = capsys.readouterr().err
+    assert "--k 0,5" in err and "Lime has 3 train photos" in err
+    # k up to the fewest a class has goes ahead; so does --classes leaving the small class out.
+    with pytest.raises(_ReferencesTaken):
+        augment.main([*argv, "--k", "0,3"])
+    with pytest.raises(_ReferencesTaken):
+        augment.main([*argv, "--k", "5", "--classes", "1"])
