@@ -1,4 +1,5 @@
-"""The evaluation library and its benchmark (review 44): a k larger than a class's train photos."""
+"""The evaluation library and its benchmark (review 44): a k larger than a class's train photos; the
+report's curve when the SKUs have different numbers of real photos."""
 
 from __future__ import annotations
 
@@ -7,6 +8,18 @@ from pathlib import Path
 import pytest
 
 from bench import augment
+from shared.evaluation.backbone import BackboneSpec, FeatureCache, open_backbone
+from shared.evaluation.experiment import (
+    EvaluationConfig,
+    Featurizer,
+    Photo,
+    Source,
+    photo_from_bytes,
+    run_evaluation,
+)
+from shared.evaluation.report import render_report
+from shared.images import encode_png
+from tests.support.evaluation import COLOURS, colour_photo, one_torch_thread  # noqa: F401 (autouse)
 
 
 class _ReferencesTaken(Exception):
@@ -51,3 +64,34 @@ def test_a_k_larger_than_a_class_has_train_photos_is_refused_naming_the_class(
         augment.main([*argv, "--k", "0,3"])
     with pytest.raises(_ReferencesTaken):
         augment.main([*argv, "--k", "5", "--classes", "1"])
+
+
+def _colour_photos(sku_id: str, source: Source, count: int, seed: int) -> list[Photo]:
+    """``count`` photos in ``sku_id``'s colour, each its own."""
+    return [
+        photo_from_bytes(
+            sku_id, source, f"{sku_id}-{source}-{n}.png", encode_png(colour_photo(COLOURS[sku_id], seed + n))
+        )
+        for n in range(count)
+    ]
+
+
+def test_the_report_says_when_the_curve_gives_skus_fewer_real_photos_than_its_points_say() -> None:
+    # With SKU-RED's 4 real photos and the others' 1, the curve's point "4 real photos per SKU" trained
+    # the others on their one photo: the page read as if every SKU had had 4.
+    featurizer = Featurizer(open_backbone(BackboneSpec(name="tiny", image_px=32)), FeatureCache(None))
+    config = EvaluationConfig(seed=3, classic_px=32)
+
+    def page(real_of: dict[str, int]) -> str:
+        training, heldout = [], []
+        for index, sku_id in enumerate(COLOURS):
+            training += _colour_photos(sku_id, "real", real_of[sku_id], 10 * index)
+            training += _colour_photos(sku_id, "synthetic", 2, 100 + 10 * index)
+            heldout += _colour_photos(sku_id, "real", 2, 200 + 10 * index)
+        result = run_evaluation(training, heldout, featurizer, config)
+        assert result.curve["real_per_sku"] == [float(j) for j in range(1, max(real_of.values()) + 1)]
+        return render_report(result, lambda name: None)
+
+    uneven = page({"SKU-RED": 4, "SKU-GREEN": 1, "SKU-BLUE": 2})
+    assert "The SKUs have 1 to 4 real photos" in uneven
+    assert "The SKUs have" not in page({"SKU-RED": 3, "SKU-GREEN": 3, "SKU-BLUE": 3})

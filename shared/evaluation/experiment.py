@@ -12,7 +12,8 @@ backbone features (``linear.fit_predict``) and scored on the held-out photos, to
 * **C**  synthetic only (SKUs with no synthetic image are unknown to C, so all wrong).
 
 Per SKU: top-1 under each, and the differences B - A and B' - A'. ``curve`` gives A, B and C
-against the number of real photos per SKU (the first j of each SKU's real photos, synthetic fixed).
+against the number of real photos per SKU (the first j of each SKU's real photos, synthetic fixed;
+a SKU with fewer than j keeps all of its own, which the report notes).
 """
 
 from __future__ import annotations

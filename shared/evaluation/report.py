@@ -6,8 +6,9 @@ gives the page; ``skuforge evaluate`` writes it beside evaluation.json, both or 
 (services/trainstore/evaluation.write_results). ``by_k``: per-k summaries, one more table and plot.
 
 The page: top-1 per condition (A, A', B, B', C), top-1 against the number of real photos per SKU
-(A, B, C; only when the evaluation computed the curve), histograms of the per-SKU differences
-B' - A' and B - A, the per-SKU table, and a few held-out photos the B' classifier got wrong.
+(A, B, C; only when the evaluation computed the curve, with a note when the SKUs' real photos
+number differently), histograms of the per-SKU differences B' - A' and B - A, the per-SKU table,
+and a few held-out photos the B' classifier got wrong.
 """
 
 from __future__ import annotations
@@ -85,6 +86,13 @@ def render_report(
                 y_label="top-1",
             )
         )
+        reals = sorted({counts.get("real", 0) for counts in result.train_counts.values()})
+        if len(reals) > 1:
+            # Past the fewest, a point's j is not every SKU's: the page read as if it were.
+            parts.append(
+                f"<p class='note'>The SKUs have {reals[0]} to {reals[-1]} real photos: past "
+                f"{reals[0]}, a SKU with fewer than j is trained on all of its own, not on j.</p>"
+            )
     else:
         parts.append(
             "<p class='note'>No curve: every SKU has one real photo (or the curve was turned off), so "
