@@ -855,9 +855,12 @@ EXPORT_OPTIONS = ("max_synthetic_per_real", "export_px", "export_fit")
 def k_values(text: str) -> str:
     """``--k``: distinct non-negative counts, comma-separated (``"0,1,3"``); a typo was a traceback."""
     parts = [part.strip() for part in text.split(",")]
-    if not all(part.isascii() and part.isdigit() for part in parts) or len(set(parts)) != len(parts):
+    if not all(part.isascii() and part.isdigit() for part in parts):
         raise argparse.ArgumentTypeError(f"expected distinct whole numbers like 0,1,3, got {text!r}")
-    return ",".join(str(int(part)) for part in parts)
+    ks = [int(part) for part in parts]
+    if len(set(ks)) != len(ks):  # by value: "0,00" ran k=0 twice, one's figures over the other's
+        raise argparse.ArgumentTypeError(f"expected distinct whole numbers like 0,1,3, got {text!r}")
+    return ",".join(str(k) for k in ks)
 
 
 def parameters_problem(text: str, *, pile: bool) -> str | None:

@@ -3,6 +3,7 @@ report's curve when the SKUs have different numbers of real photos."""
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import pytest
@@ -95,3 +96,12 @@ def test_the_report_says_when_the_curve_gives_skus_fewer_real_photos_than_its_po
     uneven = page({"SKU-RED": 4, "SKU-GREEN": 1, "SKU-BLUE": 2})
     assert "The SKUs have 1 to 4 real photos" in uneven
     assert "The SKUs have" not in page({"SKU-RED": 3, "SKU-GREEN": 3, "SKU-BLUE": 3})
+
+
+@pytest.mark.parametrize("given", ["0,00", "1,01,3", "3, 3"])
+def test_a_k_given_twice_under_another_spelling_is_refused(given: str) -> None:
+    # "distinct" was checked on the text: --k 0,00 ran k=0 twice, the second run's figures written
+    # over the first's under one key.
+    with pytest.raises(argparse.ArgumentTypeError, match="distinct"):
+        augment.k_values(given)
+    assert augment.k_values("0, 01,3") == "0,1,3"
