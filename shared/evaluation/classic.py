@@ -2,7 +2,8 @@
 
 Random resized crop (35-100 % of the area, aspect 3:4-4:3), horizontal flip, and colour jitter
 (brightness, contrast, saturation +-30 %), as torchvision's ``RandomResizedCrop`` +
-``RandomHorizontalFlip`` + ``ColorJitter`` would, drawn from a seeded generator.
+``RandomHorizontalFlip`` + ``ColorJitter`` would, drawn from a seeded generator; where ten crop draws
+miss the frame (a wide panorama) it takes the centre square, not torchvision's whole frame.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ def classic_augment(image: Image.Image, rng: np.random.Generator, size_px: int =
         if 0 < crop_w <= width and 0 < crop_h <= height:
             x0, y0 = int(rng.integers(width - crop_w + 1)), int(rng.integers(height - crop_h + 1))
             break
-    else:  # the centre square, as torchvision falls back to
+    else:  # the centre square. torchvision keeps the whole frame here (cut to the 3:4-4:3 range);
+        # not changed, as the committed figures' augmentations were drawn this way
         crop_w = crop_h = min(width, height)
         x0, y0 = (width - crop_w) // 2, (height - crop_h) // 2
     out = image.convert("RGB").resize(
