@@ -701,9 +701,10 @@ def group_of(item: GroceryClass, root: Path) -> str:
 
 
 def by_group(evaluation: Any, groups: dict[str, str]) -> dict[str, dict[str, float]]:
-    """Mean per-SKU B - A and B' - A' over each group's SKUs (where the gain sits)."""
+    """Mean per-SKU B - A and B' - A' over each group's scored SKUs (where the gain sits); a group with
+    none scored (no held-out photo in the half) has no mean and is left out, not written as NaN."""
     out = {}
-    for group in sorted(set(groups.values())):
+    for group in sorted({groups[name] for name in evaluation.gain if name in groups}):
         names = [name for name in evaluation.gain if groups.get(name) == group]
         out[group] = {
             "n_skus": len(names),

@@ -5,6 +5,8 @@ held-out photos that have no perceptual hash."""
 from __future__ import annotations
 
 import argparse
+import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -150,3 +152,18 @@ def test_the_bench_names_held_out_photos_it_cannot_compare_by_perceptual_hash(
     err = capsys.readouterr().err
     assert "1 held-out photo(s) have too little detail for a perceptual hash" in err
     assert str(dataset / "test/Kiwi/plain.jpg") in err and "shelf.jpg" not in err
+
+
+def test_a_group_with_no_scored_sku_has_no_mean_in_the_bench_results() -> None:
+    # A group none of whose classes had a held-out photo in the half scored (a class with one val photo
+    # is all in half a) got the mean of no SKUs: NaN, written into the results as a bare NaN, which is
+    # not JSON.
+    evaluation = argparse.Namespace(
+        gain={"Kiwi": 0.1, "Lime": -0.3}, gain_over_classic={"Kiwi": 0.0, "Lime": -0.2}
+    )
+    groups = {"Kiwi": "Fruit", "Lime": "Fruit", "Leek": "Vegetables"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's "Mean of empty slice"
+        figures = augment.by_group(evaluation, groups)
+    assert figures == {"Fruit": {"n_skus": 2, "gain_top1": -0.1, "gain_over_classic_top1": -0.1}}
+    json.dumps(figures, allow_nan=False)
