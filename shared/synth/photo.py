@@ -55,6 +55,11 @@ def blank_photo(size_px: int = 512, colour: str | tuple[int, int, int] = "white"
     return Image.new("RGB", (size_px, size_px), rgb)
 
 
+def _check_size(size_px: int) -> None:
+    if size_px < MIN_SIZE:
+        raise ValueError(f"size_px must be at least {MIN_SIZE}")
+
+
 @dataclass(frozen=True)
 class _Pose:
     """Everything random about one photo, drawn up front in a fixed order."""
@@ -262,8 +267,7 @@ def render_photo(
     ``background`` forces a backdrop kind (one of ``BACKGROUNDS``) and ``shadow`` forces a
     shadow on or off; neither changes the product's pose, so the mask stays the same.
     """
-    if size_px < MIN_SIZE:
-        raise ValueError(f"size_px must be at least {MIN_SIZE}")
+    _check_size(size_px)
     if photo_index < 0 or seed < 0:
         raise ValueError("photo_index and seed must be non-negative")
     if background is not None and background not in BUILDERS:
@@ -357,11 +361,17 @@ def write_sku_folders(out: Path, skus: int, photos_per_sku: int, seed: int, size
     Layout: ``skus/<sku_id>/metadata.json`` and ``photo_NN.png`` (what ``skuforge ingest``
     reads), ``masks/<sku_id>/photo_NN.png`` (0/255 masks) and ``truth.jsonl`` (one line per
     photo). Earlier ``photo_*.png`` files in these SKU folders are removed first, so a folder
-    never mixes two runs; use a fresh ``out`` to avoid leftover SKU folders of bigger runs.
+    never mixes two runs, and an earlier ``truth.jsonl`` before anything else, so a run that fails
+    part way leaves no truth about photos it replaced; use a fresh ``out`` to avoid leftover SKU
+    folders of bigger runs. Bad arguments are refused before anything under ``out`` is touched.
     """
     if skus < 1 or photos_per_sku < 1:
         raise ValueError("skus and photos_per_sku must be at least 1")
+    if seed < 0:
+        raise ValueError("seed must be non-negative")
+    _check_size(size_px)
     out = Path(out)
+    (out / "truth.jsonl").unlink(missing_ok=True)
     folders: list[Path] = []
     truth: list[str] = []
     for i in range(skus):

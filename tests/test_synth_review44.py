@@ -1,0 +1,52 @@
+"""Review 44 of the renderer (shared/synth): bad input is refused before anything is written or drawn."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from shared.synth import write_sku_folders
+from shared.synth.photo import MIN_SIZE
+
+
+def test_a_too_small_size_is_refused_before_an_earlier_catalogue_is_touched(tmp_path: Path) -> None:
+    # Before, the first SKU folder's photos and masks were deleted and its metadata rewritten, and only
+    # then did render_photo refuse the size: a refused call had already destroyed the earlier run.
+    write_sku_folders(tmp_path, skus=1, photos_per_sku=1, seed=3, size_px=MIN_SIZE)
+    photo = tmp_path / "skus" / "SYN-3-0001" / "photo_01.png"
+    mask = tmp_path / "masks" / "SYN-3-0001" / "photo_01.png"
+    before = photo.read_bytes(), mask.read_bytes()
+    with pytest.raises(ValueError, match=f"size_px must be at least {MIN_SIZE}"):
+        write_sku_folders(tmp_path, skus=1, photos_per_sku=1, seed=3, size_px=MIN_SIZE - 1)
+    assert (photo.read_bytes(), mask.read_bytes()) == before
+    with pytest.raises(ValueError, match="seed"):
+        write_sku_folders(tmp_path / "fresh", skus=1, photos_per_sku=1, seed=-1, size_px=MIN_SIZE)
+    assert not (tmp_path / "fresh").exists()
+
+
+def test_a_run_that_fails_part_way_leaves_no_truth_of_the_earlier_run(tmp_path: Path) -> None:
+    # Before, truth.jsonl was only written at the end: a run that failed after replacing the first
+    # SKU's photos left the earlier run's truth, whose bboxes described photos no longer there.
+    write_sku_folders(tmp_path, skus=2, photos_per_sku=1, seed=3, size_px=MIN_SIZE)
+    assert (tmp_path / "truth.jsonl").is_file()
+    in_the_way = tmp_path / "masks" / "SYN-3-0002"
+    for old in in_the_way.iterdir():
+        old.unlink()
+    in_the_way.rmdir()
+    in_the_way.write_text("a file where the second SKU's mask folder goes\n")
+    with pytest.raises(FileExistsError):
+        write_sku_folders(tmp_path, skus=2, photos_per_sku=1, seed=3, size_px=2 * MIN_SIZE)
+    with Image.open(tmp_path / "skus" / "SYN-3-0001" / "photo_01.png") as replaced:
+        assert replaced.size == (2 * MIN_SIZE, 2 * MIN_SIZE)  # the new run got this far
+    truth = tmp_path / "truth.jsonl"
+    if truth.exists():  # whatever truth is left must describe the photos that are there
+        for line in truth.read_text().splitlines():
+            row = json.loads(line)
+            with Image.open(tmp_path / row["photo"]) as photo, Image.open(tmp_path / row["mask"]) as mask:
+                ys, xs = np.nonzero(np.asarray(mask))
+                assert row["bbox"] == [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1]
+                assert photo.size == mask.size
