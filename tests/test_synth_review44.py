@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shared.synth import write_sku_folders
+from shared.synth import blank_photo, write_sku_folders
 from shared.synth.photo import MIN_SIZE
 
 
@@ -50,3 +50,23 @@ def test_a_run_that_fails_part_way_leaves_no_truth_of_the_earlier_run(tmp_path: 
                 ys, xs = np.nonzero(np.asarray(mask))
                 assert row["bbox"] == [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1]
                 assert photo.size == mask.size
+
+
+@pytest.mark.parametrize(
+    ("size_px", "colour", "reason"),
+    [
+        (64, (300, 0, 0), "0 to 255"),
+        (64, (-5, 10, 10), "0 to 255"),
+        (64, (10, 10), "three"),
+        (64, "teal", "known: red"),
+        (0, "white", "at least 1"),
+        (-3, "white", "at least 1"),
+    ],
+)
+def test_blank_photo_refuses_what_it_cannot_draw_instead_of_drawing_something_else(
+    size_px: int, colour: str | tuple[int, ...], reason: str
+) -> None:
+    # Before, (300, 0, 0) drew pure red (255, 0, 0), (-5, 10, 10) drew (0, 10, 10), size 0 made an
+    # empty 0 x 0 picture and "teal" was a bare KeyError('teal').
+    with pytest.raises(ValueError, match=reason):
+        blank_photo(size_px, colour)  # type: ignore[arg-type]

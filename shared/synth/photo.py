@@ -50,9 +50,20 @@ def encode_png(image: Image.Image) -> bytes:
 
 
 def blank_photo(size_px: int = 512, colour: str | tuple[int, int, int] = "white") -> Image.Image:
-    """A uniform RGB image with no product in it: a palette name or an RGB triple."""
-    rgb = PALETTE[colour][0] if isinstance(colour, str) else (int(colour[0]), int(colour[1]), int(colour[2]))
-    return Image.new("RGB", (size_px, size_px), rgb)
+    """A uniform RGB image with no product in it: a palette name or an RGB triple (each 0 to 255).
+
+    ``ValueError`` for a side under 1 px, an unknown name or a triple Pillow would clamp or reject.
+    """
+    if size_px < 1:
+        raise ValueError(f"size_px must be at least 1, got {size_px}")
+    if isinstance(colour, str):
+        if colour not in PALETTE:
+            raise ValueError(f"unknown colour {colour!r}; known: {', '.join(PALETTE)}")
+        return Image.new("RGB", (size_px, size_px), PALETTE[colour][0])
+    # Pillow clamps (300, 0, 0) to (255, 0, 0): a different picture from the one asked for.
+    if len(colour) != 3 or not all(0 <= int(c) <= 255 for c in colour):
+        raise ValueError(f"colour must be a palette name or three values 0 to 255, got {colour!r}")
+    return Image.new("RGB", (size_px, size_px), (int(colour[0]), int(colour[1]), int(colour[2])))
 
 
 def _check_size(size_px: int) -> None:
