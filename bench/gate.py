@@ -54,7 +54,7 @@ from schemas.events import MAX_SEED
 from shared.argtypes import int_between, non_negative_float, positive_int, whole_number
 from shared.commands import run_command
 from shared.gate.checks import GateThresholds, evaluate, failed_reasons
-from shared.generation.backend import COLOUR_GAIN_KEY
+from shared.generation.backend import COLOUR_GAIN_KEY, MAX_SIZE_PX
 from shared.matting.roi import DEFAULT_ROI_MARGIN, product_box
 from shared.matting.session import MattingSession, open_tool_session
 from shared.synth import make_product, render_photo
@@ -311,6 +311,11 @@ def _image_side_px(text: str) -> int:
         raise argparse.ArgumentTypeError(
             f"must be at least {MIN_SIZE} (the renderer's smallest photo), got {value}"
         )
+    # Without a top, 100000 loaded the session and then asked the renderer for 120 GB of planes.
+    if value > MAX_SIZE_PX:
+        raise argparse.ArgumentTypeError(
+            f"must be at most {MAX_SIZE_PX} (the generator's largest), got {value}"
+        )
     return value
 
 
@@ -330,7 +335,7 @@ def _bench(argv: list[str] | None) -> int:
         "--size",
         type=_image_side_px,
         default=512,
-        help=f"image side in px, at least {MIN_SIZE} (default 512: the generator's)",
+        help=f"image side in px, {MIN_SIZE} to {MAX_SIZE_PX} (default 512: the generator's)",
     )
     parser.add_argument("--source", choices=("composite", "renderer"), default="composite")
     parser.add_argument(

@@ -70,3 +70,19 @@ def test_blank_photo_refuses_what_it_cannot_draw_instead_of_drawing_something_el
     # empty 0 x 0 picture and "teal" was a bare KeyError('teal').
     with pytest.raises(ValueError, match=reason):
         blank_photo(size_px, colour)  # type: ignore[arg-type]
+
+
+def test_bench_gate_refuses_a_size_the_generator_would_refuse_at_parse_time(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Before, --size had no top: 100000 loaded the matting session and then asked the renderer for
+    # three 100000 x 100000 float32 planes (120 GB), a MemoryError traceback or the OOM killer.
+    from bench.gate import main as bench_gate_main
+    from shared.generation.backend import MAX_SIZE_PX
+
+    out = str(tmp_path / "g.json")
+    with pytest.raises(SystemExit) as exited:
+        bench_gate_main(["--n", "1", "--no-renderer-comparison", "--size", "100000", "--out", out])
+    assert exited.value.code == 2
+    assert f"--size: must be at most {MAX_SIZE_PX}" in capsys.readouterr().err
+    assert not (tmp_path / "g.json").exists()
