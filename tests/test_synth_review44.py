@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from shared.synth import blank_photo, write_sku_folders
+from shared.synth import blank_photo, make_product, write_sku_folders
 from shared.synth.photo import MIN_SIZE
+from shared.synth.shapes import View, build_shape, render_layer
 
 
 def test_a_too_small_size_is_refused_before_an_earlier_catalogue_is_touched(tmp_path: Path) -> None:
@@ -86,3 +88,21 @@ def test_bench_gate_refuses_a_size_the_generator_would_refuse_at_parse_time(
     assert exited.value.code == 2
     assert f"--size: must be at most {MAX_SIZE_PX}" in capsys.readouterr().err
     assert not (tmp_path / "g.json").exists()
+
+
+@pytest.mark.parametrize(("yaw", "elevation"), [(0.0, 0.15), (0.4, 0.0), (0.0, 0.0)])
+def test_a_box_seen_square_on_renders_its_visible_faces(yaw: float, elevation: float) -> None:
+    # Before, a box seen straight on (View's default yaw 0: the side face edge-on) or from level
+    # (elevation 0: the top edge-on) raised numpy's LinAlgError('Singular matrix') while building it.
+    spec = next(make_product(i, 0) for i in range(15) if make_product(i, 0).shape == "box")
+    shape = build_shape(spec, View(height=100.0, yaw=yaw, elevation=elevation))
+    layer = render_layer(shape, (64.0, 115.0), 0.0, 1.0, (128, 128))
+    assert layer is not None
+    rows, cols = np.nonzero(layer.alpha >= 0.5)
+    height, width = rows.max() + 1 - rows.min(), cols.max() + 1 - cols.min()
+    assert abs(height - 100) <= 1  # View.height is the silhouette's height, as for any other view
+    if yaw == 0.0:  # only the front shows across: the box's width at the silhouette's scale
+        scale = 100.0 / (math.cos(elevation) + spec.depth * spec.aspect * math.sin(elevation))
+        assert abs(width - spec.aspect * scale) <= 1
+    colours = shape.colour(np.array([0.0], dtype=np.float32), np.array([50.0], dtype=np.float32))
+    assert np.isfinite(colours).all()

@@ -373,14 +373,21 @@ class Box:
         ]
         pts = np.array(corners)
         scale = view.height / float(pts[:, 1].max() - pts[:, 1].min())
+        # Faces that show: a face seen edge-on (the side, square on; the top, from level) has no
+        # inverse and covers nothing. Normals of all three: the face gains compare them.
         self.faces: dict[str, tuple[np.ndarray, np.ndarray, tuple[float, float, float], float, float]] = {}
+        self.normals: dict[str, tuple[float, float, float]] = {}
         for name, (o, u, v, n) in faces_3d.items():
             o2 = screen(o) * scale
             u2 = (screen((o[0] + u[0], o[1] + u[1], o[2] + u[2])) * scale) - o2
             v2 = (screen((o[0] + v[0], o[1] + v[1], o[2] + v[2])) * scale) - o2
-            inv = np.linalg.inv(np.array([[u2[0], v2[0]], [u2[1], v2[1]]]))
             nc = cam(n)
             normal = (float(nc[0]), float(nc[1]), float(nc[2]))
+            self.normals[name] = normal
+            try:
+                inv = np.linalg.inv(np.array([[u2[0], v2[0]], [u2[1], v2[1]]]))
+            except np.linalg.LinAlgError:
+                continue
             self.faces[name] = (o2, inv, normal, float(np.hypot(*u2)), float(np.hypot(*v2)))
         px = pts * scale
         self.extent = (
@@ -413,14 +420,14 @@ class Box:
         return s, t
 
     def _lambert(self, name: str) -> float:
-        n = self.faces[name][2]
+        n = self.normals[name]
         ndl = max(0.0, (float(np.dot(n, self.light.l)) + _WRAP) / (1.0 + _WRAP))
         return self.light.ambient + self.light.kd * ndl
 
     def inside(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """See ``Shape.inside``."""
         out = np.zeros(x.shape, dtype=bool)
-        for name in ("front", "side", "top"):
+        for name in self.faces:
             s, t = self._st(name, x, y)
             out |= (s >= 0) & (s <= 1) & (t >= 0) & (t <= 1)
         return out
@@ -435,13 +442,13 @@ class Box:
         # Points just outside every face (edge pixels) take the nearest face's colour.
         dist = []
         coords = {}
-        for name in ("front", "side", "top"):
+        for name in self.faces:
             s, t = self._st(name, x, y)
             coords[name] = (s, t)
             dist.append(np.maximum(np.maximum(-s, s - 1), np.maximum(-t, t - 1)))
         which = np.argmin(np.stack(dist), axis=0)
         rgb = np.zeros((3, *x.shape), dtype=F32)
-        for k, name in enumerate(("front", "side", "top")):
+        for k, name in enumerate(self.faces):
             m = which == k
             if not m.any():
                 continue
