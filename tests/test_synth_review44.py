@@ -30,6 +30,16 @@ def test_a_too_small_size_is_refused_before_an_earlier_catalogue_is_touched(tmp_
     assert not (tmp_path / "fresh").exists()
 
 
+def test_a_seed_whose_ids_are_too_long_is_refused_before_the_earlier_truth_goes(tmp_path: Path) -> None:
+    # SYN-<seed>-NNNN must fit the 64 characters an id may have; a longer one was only found when
+    # the first SKU was made, after the earlier truth.jsonl had been removed.
+    write_sku_folders(tmp_path, skus=1, photos_per_sku=1, seed=3, size_px=MIN_SIZE)
+    truth = (tmp_path / "truth.jsonl").read_bytes()
+    with pytest.raises(ValueError, match="at most 64"):
+        write_sku_folders(tmp_path, skus=1, photos_per_sku=1, seed=10**60, size_px=MIN_SIZE)
+    assert (tmp_path / "truth.jsonl").read_bytes() == truth
+
+
 def test_a_run_that_fails_part_way_leaves_no_truth_of_the_earlier_run(tmp_path: Path) -> None:
     # Before, truth.jsonl was only written at the end: a run that failed after replacing the first
     # SKU's photos left the earlier run's truth, whose bboxes described photos no longer there.

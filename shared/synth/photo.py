@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from .backgrounds import BACKGROUNDS, BUILDERS, GROUNDED, Placement, Stand, planar, to_image
 from .palette import PALETTE
-from .products import ProductSpec, make_product
+from .products import ProductSpec, make_product, sku_id_for
 from .shapes import Layer, View, build_shape, composite_layer, frame_corners, render_layer, upscale_layer
 
 F32 = np.float32
@@ -381,6 +381,7 @@ def write_sku_folders(out: Path, skus: int, photos_per_sku: int, seed: int, size
     if seed < 0:
         raise ValueError("seed must be non-negative")
     _check_size(size_px)
+    sku_id_for(skus - 1, seed)  # the run's longest id: a seed too long for it is refused here
     out = Path(out)
     (out / "truth.jsonl").unlink(missing_ok=True)
     folders: list[Path] = []
