@@ -9,6 +9,7 @@ from pathlib import Path
 
 from shared.argtypes import int_between, positive_int, whole_number
 from shared.synth.photo import MIN_SIZE, write_sku_folders
+from shared.synth.products import sku_id_for
 
 # The largest photo side: 4096 x 4096 is within ingest's default 40-megapixel limit. Before, --size had
 # no top: 100000 was a MemoryError traceback, and above 6324 px ingest refused every photo.
@@ -27,6 +28,16 @@ def photo_size_px(text: str) -> int:
 
 # A larger seed made SKU ids longer than the 64 characters an id may have: a traceback after parsing.
 CATALOGUE_SEED = int_between(0, 2**63 - 1)
+
+
+def catalogue_id_problem(skus: int, seed: int) -> str | None:
+    """Why ``skus`` SKUs of catalogue ``seed`` cannot be written, or None: ids are SYN-<seed>-NNNN, and
+    the last one must fit the 64 characters an id may have (checked before anything is rendered)."""
+    try:
+        sku_id_for(skus - 1, seed)
+    except ValueError as exc:
+        return f"the last SKU's {exc}"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
         help=f"photo width and height in pixels, {MIN_SIZE} to {MAX_SIZE} (default 512)",
     )
     args = parser.parse_args(argv)
+    problem = catalogue_id_problem(args.skus, args.seed)
+    if problem:
+        parser.error(f"--skus {args.skus} with --seed {args.seed}: {problem}")
     start = time.perf_counter()
     try:
         folders = write_sku_folders(args.out, args.skus, args.photos_per_sku, args.seed, args.size)

@@ -13,6 +13,7 @@ from PIL import Image
 from shared.synth import blank_photo, make_product, write_sku_folders
 from shared.synth.photo import MIN_SIZE
 from shared.synth.shapes import View, build_shape, render_layer
+from skuforge_cli.synth import main as synth_main
 
 
 def test_a_too_small_size_is_refused_before_an_earlier_catalogue_is_touched(tmp_path: Path) -> None:
@@ -116,3 +117,33 @@ def test_a_box_seen_square_on_renders_its_visible_faces(yaw: float, elevation: f
         assert abs(width - spec.aspect * scale) <= 1
     colours = shape.colour(np.array([0.0], dtype=np.float32), np.array([50.0], dtype=np.float32))
     assert np.isfinite(colours).all()
+
+
+def test_synth_refuses_skus_whose_ids_would_be_too_long_with_a_cli_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # SYN-<seed>-NNNN must fit 64 characters: --skus 10**60 rendered SKU after SKU towards an id it
+    # could never write (now refused up front by write_sku_folders, which was a ValueError traceback).
+    argv = ["--out", str(tmp_path / "c"), "--skus", str(10**60), "--photos-per-sku", "1", "--seed", "2"]
+    with pytest.raises(SystemExit) as exited:
+        synth_main(argv)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "--skus" in err and "at most 64" in err
+    assert not (tmp_path / "c").exists()
+
+
+def test_the_demo_refuses_synthetic_skus_whose_ids_would_be_too_long_before_the_stack_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The demo renders with write_sku_folders once its stack is up: a too-long id was a ValueError
+    # traceback there, after the start-up.
+    from devstack.demo.demo import main as demo_main
+
+    argv = ["--synthetic", "--synthetic-skus", str(10**60), "--workdir", str(tmp_path / "up")]
+    with pytest.raises(SystemExit) as exited:
+        demo_main(argv)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "--synthetic-skus" in err and "at most 64" in err
+    assert not (tmp_path / "up").exists()

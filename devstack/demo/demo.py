@@ -77,7 +77,7 @@ from shared.generation.settings import GenerationSettings
 from shared.signals import stopped_as_interrupt
 from shared.store import ObjectStore, open_settings_store
 from shared.synth.photo import MIN_SIZE
-from skuforge_cli.synth import CATALOGUE_SEED, MAX_SIZE, photo_size_px
+from skuforge_cli.synth import CATALOGUE_SEED, MAX_SIZE, catalogue_id_problem, photo_size_px
 
 STACK_START_TIMEOUT_S = 600.0
 # How long a stack started here gets to stop after SIGINT before its supervisor is killed.
@@ -530,6 +530,9 @@ def main(argv: list[str] | None = None) -> int:
     for flag, default, *_ in SYNTHETIC_OPTIONS:
         if getattr(args, _dest(flag)) is None:
             setattr(args, _dest(flag), default)
+    problem = catalogue_id_problem(args.synthetic_skus, args.seed) if args.synthetic else None
+    if problem:  # else a ValueError from the renderer, once the run had begun
+        parser.error(f"--synthetic-skus {args.synthetic_skus} with --seed {args.seed}: {problem}")
     if args.skus is not None and not args.skus.is_dir():
         # A number may be the old --skus count, or a folder named so that is not here: both are said.
         hint = not_a_folder_hint(args.skus)
