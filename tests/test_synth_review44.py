@@ -147,3 +147,17 @@ def test_the_demo_refuses_synthetic_skus_whose_ids_would_be_too_long_before_the_
     err = capsys.readouterr().err
     assert "--synthetic-skus" in err and "at most 64" in err
     assert not (tmp_path / "up").exists()
+
+
+@pytest.mark.parametrize("height", [0.0, -5.0, float("nan"), float("inf")])
+def test_a_view_without_a_positive_finite_height_is_refused_naming_it(height: float) -> None:
+    # Before, each shape failed its own way: a RuntimeWarning and NaN geometry (0), numpy's
+    # "cannot do a non-empty take from an empty axes" (a can at -5), a 25-pixel box (-5), or
+    # "cannot convert float NaN to integer"; a pouch at -5 drew nothing and said nothing.
+    with pytest.raises(ValueError, match="height"):
+        View(height=height)
+
+
+def test_a_view_with_a_nan_angle_is_refused_naming_it() -> None:
+    with pytest.raises(ValueError, match="yaw"):
+        View(height=100.0, yaw=float("nan"))

@@ -38,6 +38,24 @@ class View:
     mirror: bool = False  # boxes: show the left side face instead of the right
     wrinkle_seed: int = 0  # pouches: where the creases fall
 
+    def __post_init__(self) -> None:
+        # Each shape failed its own way on these (NaN geometry, an empty gather, a few stray pixels).
+        for name in (
+            "height",
+            "angle",
+            "stretch",
+            "yaw",
+            "elevation",
+            "light_az",
+            "light_el",
+            "ambient",
+            "gloss",
+        ):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"View.{name} must be a finite number, got {getattr(self, name)}")
+        if self.height <= 0:
+            raise ValueError(f"View.height must be a positive number of pixels, got {self.height}")
+
 
 class Layer(NamedTuple):
     """A rendered product: premultiplied RGB and coverage of the frame region at (x0, y0)."""
