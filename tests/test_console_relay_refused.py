@@ -79,12 +79,17 @@ def test_an_outbox_made_before_refusals_is_given_the_column_with_nothing_refused
     task = pending_envelope(flagged_item(parts.store, 0))
     parts.tasks.add_pending(task)
     decide_as_alice(parts, task.event_id, "reject", "x")
-    with sqlite3.connect(parts.tasks.path) as db:  # as an earlier version wrote it
+    with sqlite3.connect(parts.tasks.path) as db:  # as an earlier version wrote it: nor the indexes on it
+        db.execute("DROP INDEX outbox_unsent")
+        db.execute("DROP INDEX outbox_refused")
         db.execute("ALTER TABLE outbox DROP COLUMN refused_reason")
 
     tasks = TaskStore(parts.tasks.path)
     assert [event.task_id for event in tasks.unpublished()] == [task.event_id]
     assert tasks.refused_count() == 0
+    with sqlite3.connect(parts.tasks.path) as db:
+        indexes = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE tbl_name = 'outbox'")}
+    assert {"outbox_unsent", "outbox_refused"} <= indexes
 
 
 def test_a_refused_decision_resent_once_the_topic_takes_it_is_published(

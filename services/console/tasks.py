@@ -120,6 +120,17 @@ CREATE TABLE IF NOT EXISTS revoked_sessions (
     expires_at REAL NOT NULL
 );
 """
+# The outbox rows the relay still sends, and those the broker refused for good. Published rows stay for
+# ever, so these partial indexes keep a relay round, a /metrics scrape and a queue load to the few rows
+# they want, not every decision ever made. The queries use these very conditions: SQLite takes a partial
+# index only for a query whose WHERE holds each of the index's terms.
+_UNSENT = "published_at IS NULL AND refused_reason IS NULL"
+_REFUSED = "refused_reason IS NOT NULL"
+# Made once ``refused_reason`` is (``_add_column``): in ``_SCHEMA``, an older outbox failed to open.
+_OUTBOX_INDEXES = {
+    "outbox_unsent": f"ON outbox (created_at, event_id) WHERE {_UNSENT}",
+    "outbox_refused": f"ON outbox (created_at, event_id) WHERE {_REFUSED}",
+}
 
 
 class TaskConflict(Exception):
@@ -248,6 +259,7 @@ class TaskStore:
         self._add_column("tasks", "produced_at REAL", "each event's produced_at")
         self._add_column("outbox", "refused_reason TEXT", "why the broker refused a decision")
         self._allow_every_state()
+        self._index_outbox()
 
     def _add_column(self, table: str, column: str, what: str) -> None:
         """Give ``table``, made before ``column`` (its name and type) was in ``_SCHEMA``, the column."""
@@ -257,6 +269,15 @@ class TaskStore:
                 return
             db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
             log.info("task table %s now stores %s", self.path, what)
+
+    def _index_outbox(self) -> None:
+        """Give an outbox made before ``_OUTBOX_INDEXES`` its indexes (once: a large one takes a while)."""
+        with self._write() as (db, _):
+            made = {row["name"] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+            for name, definition in _OUTBOX_INDEXES.items():
+                if name not in made:
+                    db.execute(f"CREATE INDEX {name} {definition}")
+                    log.info("task table %s now indexes its outbox (%s)", self.path, name)
 
     def _allow_every_state(self) -> None:
         """Let a table created before a state (``withdrawn``, ``accepted``) hold it: SQLite cannot change
@@ -911,7 +932,7 @@ class TaskStore:
             return _read_past_unreadable(
                 db,
                 "outbox",
-                ["published_at IS NULL", "refused_reason IS NULL"],
+                [_UNSENT],
                 (),
                 keys=("created_at", "event_id"),
                 newest_first=False,
@@ -923,22 +944,20 @@ class TaskStore:
     def unpublished_count(self) -> int:
         """How many decisions wait for the broker's acknowledgement (the outbox backlog)."""
         with self._connect() as db:
-            row = db.execute(
-                "SELECT COUNT(*) FROM outbox WHERE published_at IS NULL AND refused_reason IS NULL"
-            ).fetchone()
+            row = db.execute(f"SELECT COUNT(*) FROM outbox WHERE {_UNSENT}").fetchone()
         return int(row[0])
 
     def refused_count(self) -> int:
         """How many decisions the broker refused for good: set aside, for an operator to look at."""
         with self._connect() as db:
-            row = db.execute("SELECT COUNT(*) FROM outbox WHERE refused_reason IS NOT NULL").fetchone()
+            row = db.execute(f"SELECT COUNT(*) FROM outbox WHERE {_REFUSED}").fetchone()
         return int(row[0])
 
     def refused_reasons(self) -> dict[str, str]:
         """The broker's reason for each decision it refused for good, by task id (few: see ``refused``),
         so the queue and the task list mark them as the item page does."""
         with self._connect() as db:
-            rows = db.execute("SELECT task_id, refused_reason FROM outbox WHERE refused_reason IS NOT NULL")
+            rows = db.execute(f"SELECT task_id, refused_reason FROM outbox WHERE {_REFUSED}")
             return {row["task_id"]: row["refused_reason"] for row in rows}
 
     def refused(self) -> list[OutboxEvent | UnreadableDecision]:
@@ -948,7 +967,7 @@ class TaskStore:
         and names each: left out, the operator had only a log line to find it by."""
         with self._connect() as db:
             rows = db.execute(
-                "SELECT * FROM outbox WHERE refused_reason IS NOT NULL ORDER BY created_at, event_id"
+                f"SELECT * FROM outbox WHERE {_REFUSED} ORDER BY created_at, event_id"
             ).fetchall()
         return [_outbox_or_unreadable(row) for row in rows]
 

@@ -1,0 +1,99 @@
+"""The console's outbox at scale: published decisions stay in the outbox for ever, so the queries a relay
+round, a /metrics scrape and a queue load make must read through an index, not the whole table."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from collections.abc import Callable
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from services.console.tasks import TaskStore, decision_event_id
+from tests.support.console import ConsoleParts, build_console, decided
+
+OUTBOX_INDEXES = {"outbox_unsent", "outbox_refused"}
+
+
+def _traced(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every SQL statement run on a connection opened from now on, as SQLite expands it (values in place)."""
+    statements: list[str] = []
+    connect = sqlite3.connect
+
+    def traced_connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        db = connect(*args, **kwargs)
+        db.set_trace_callback(statements.append)
+        return db
+
+    monkeypatch.setattr(sqlite3, "connect", traced_connect)
+    return statements
+
+
+def _outbox_with_every_kind(parts: ConsoleParts) -> None:
+    """Decisions in the outbox: the oldest no longer reads, one waits, one was published, one was refused."""
+    unreadable, waiting, published, refused = decided(parts, 4)
+    with sqlite3.connect(parts.tasks.path) as db:
+        db.execute("UPDATE outbox SET payload_json = '{}' WHERE task_id = ?", (unreadable,))
+        db.execute("UPDATE outbox SET created_at = created_at - 1 WHERE task_id = ?", (unreadable,))
+    parts.tasks.mark_published(decision_event_id(published))
+    parts.tasks.mark_refused(decision_event_id(refused), "MessageSizeTooLargeError")
+    assert [event.task_id for event in parts.tasks.unpublished()] == [waiting]
+
+
+def _index_names(path: Path) -> set[str]:
+    with sqlite3.connect(path) as db:
+        return {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+
+
+@pytest.mark.parametrize(
+    ("reader", "index", "pages"),
+    [
+        # A relay round reads on past the unreadable row at the head: a second page, after its key.
+        pytest.param(lambda tasks: tasks.unpublished(limit=1), "outbox_unsent", 2, id="relay"),
+        pytest.param(lambda tasks: tasks.unpublished_count(), "outbox_unsent", 1, id="metrics-unsent"),
+        pytest.param(lambda tasks: tasks.refused_count(), "outbox_refused", 1, id="metrics-refused"),
+        pytest.param(lambda tasks: tasks.refused_reasons(), "outbox_refused", 1, id="queue"),
+        pytest.param(lambda tasks: tasks.refused(), "outbox_refused", 1, id="cli-refused"),
+    ],
+)
+def test_the_outbox_reads_of_the_relay_metrics_and_queue_use_an_index_not_the_whole_outbox(
+    reader: Callable[[TaskStore], object],
+    index: str,
+    pages: int,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Before, each of these read every row of the outbox: every decision ever made, published or not.
+    parts = build_console(tmp_path)
+    _outbox_with_every_kind(parts)
+    # Opened before the tracing: its EXPLAINs are not traced.
+    plan_of = closing(sqlite3.connect(parts.tasks.path))
+    statements = _traced(monkeypatch)
+
+    reader(parts.tasks)
+
+    reads = [sql for sql in statements if sql.lstrip().upper().startswith("SELECT") and " outbox" in sql]
+    assert len(reads) == pages, statements
+    with plan_of as db:
+        for sql in reads:
+            plan = [detail for *_, detail in db.execute(f"EXPLAIN QUERY PLAN {sql}")]
+            assert "SCAN outbox" not in plan, (sql, plan)  # a scan of the table itself, every row
+            used = rf"outbox USING (COVERING )?INDEX {index}\b"
+            assert any(re.search(used, step) for step in plan), (sql, plan)
+
+
+def test_an_outbox_made_before_its_indexes_is_given_them_and_reads_as_before(tmp_path: Path) -> None:
+    parts = build_console(tmp_path)
+    [waiting] = decided(parts, 1)
+    with sqlite3.connect(parts.tasks.path) as db:  # as an earlier version left it
+        for name in OUTBOX_INDEXES & _index_names(parts.tasks.path):
+            db.execute(f"DROP INDEX {name}")
+    assert not OUTBOX_INDEXES & _index_names(parts.tasks.path)
+
+    reopened = TaskStore(parts.tasks.path)
+    assert _index_names(parts.tasks.path) >= OUTBOX_INDEXES
+    assert [event.task_id for event in reopened.unpublished()] == [waiting]
+    assert (reopened.unpublished_count(), reopened.refused_count()) == (1, 0)
