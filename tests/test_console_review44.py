@@ -1,5 +1,6 @@
-"""The console's outbox at scale: published decisions stay in the outbox for ever, so the queries a relay
-round, a /metrics scrape and a queue load make must read through an index, not the whole table."""
+"""The console's outbox at scale (published decisions stay in the outbox for ever, so the queries a
+relay round, a /metrics scrape and a queue load make read through an index, not the whole table), and a
+decision form's text that is not in the form's charset."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from starlette.testclient import TestClient
 
 from services.console.tasks import TaskStore, decision_event_id
-from tests.support.console import ConsoleParts, build_console, decided
+from tests.support.console import ConsoleParts, app_for, build_console, claim, decided, login, with_flagged
 
 OUTBOX_INDEXES = {"outbox_unsent", "outbox_refused"}
 
@@ -97,3 +99,60 @@ def test_an_outbox_made_before_its_indexes_is_given_them_and_reads_as_before(tmp
     assert _index_names(parts.tasks.path) >= OUTBOX_INDEXES
     assert [event.task_id for event in reopened.unpublished()] == [waiting]
     assert (reopened.unpublished_count(), reopened.refused_count()) == (1, 0)
+
+
+BOUNDARY = "skuforge-review44"
+
+
+def _multipart(fields: dict[str, bytes]) -> bytes:
+    """A multipart/form-data body of ``fields``, their bytes sent as they are."""
+    parts = [
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode() + value + b"\r\n"
+        for name, value in fields.items()
+    ]
+    return b"".join(parts) + f"--{BOUNDARY}--\r\n".encode()
+
+
+@pytest.mark.parametrize(
+    "reason",
+    [
+        pytest.param(b"caf\xe9", id="latin-1"),
+        pytest.param("模糊".encode("gbk"), id="gbk"),  # read as latin-1: "Ä£ºý", stored
+        # Read as latin-1, these hold C1 controls: refused, for that, with no word of the field.
+        pytest.param("naïve \u2013 blurry".encode("cp1252"), id="cp1252"),
+        pytest.param("ぼやけ".encode("shift_jis"), id="shift_jis"),
+    ],
+)
+def test_a_multipart_reject_reason_that_is_not_utf8_is_refused_not_stored_as_latin1(
+    reason: bytes, tmp_path: Path
+) -> None:
+    # Before, the framework read a multipart part that is not UTF-8 as latin-1, silently: the reason
+    # the trainstore and the audit kept was not the one sent (a url-encoded one was already a 422).
+    parts = with_flagged(build_console(tmp_path), 1)
+    [task] = parts.tasks.query()
+    client = TestClient(app_for(parts), base_url="http://console.test")
+    token = login(client)
+    claim(client, token, task.task_id)
+
+    response = client.post(
+        f"/api/tasks/{task.task_id}/decision",
+        content=_multipart({"decision": b"reject", "reject_reason": reason}),
+        headers={"X-CSRF-Token": token, "Content-Type": f"multipart/form-data; boundary={BOUNDARY}"},
+    )
+    assert response.status_code == 422, response.text
+    assert "reject_reason" in response.json()["detail"]
+    assert "UTF-8" in response.json()["detail"]
+    assert parts.tasks.get(task.task_id).state == "claimed"
+    assert parts.tasks.outbox(task.task_id) is None
+
+    # A form that declares its charset is read in it: the reason is the one sent.
+    response = client.post(
+        f"/api/tasks/{task.task_id}/decision",
+        content=_multipart({"decision": b"reject", "reject_reason": b"caf\xe9"}),
+        headers={
+            "X-CSRF-Token": token,
+            "Content-Type": f"multipart/form-data; charset=latin-1; boundary={BOUNDARY}",
+        },
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["resolved"]["reject_reason"] == "café"

@@ -88,7 +88,8 @@ def api_decision(
 ) -> dict[str, Any]:
     if reject_reason is not None and "\ufffd" in reject_reason:
         # A url-encoded form's bytes that are not UTF-8 arrive as U+FFFD: stored, the reason read as
-        # something else than was sent. (A multipart part that is not UTF-8 is read as latin-1, whole.)
+        # something else than was sent. (A multipart part not in its form's charset is refused before:
+        # ``formtext``.)
         raise DecisionInvalid("reject_reason is not UTF-8 text (or holds U+FFFD): send it as UTF-8")
     if mask is not None and len(mask) > 1:
         raise DecisionInvalid(f"mask: one file, not {len(mask)}")

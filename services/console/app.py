@@ -29,6 +29,7 @@ from fastapi.responses import JSONResponse
 from services.console import api, auth, errors, pages
 from services.console.context import Console
 from services.console.decisions import DecisionInvalid
+from services.console.formtext import FormTextInCharset
 from services.console.tasks import TaskConflict, TaskNotFound
 from shared.errors import BadInput, TransientError
 
@@ -37,6 +38,10 @@ def create_app(console: Console) -> FastAPI:
     """The FastAPI application serving ``console``."""
     app = FastAPI(title="skuforge correction console", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.console = console
+    # A multipart form's text not in its charset: a 422 naming the field, not read as latin-1. Added
+    # first, so it is the innermost: its 422, raised as the route reads the body, reached the route
+    # through the "http" middlewares' task groups as an ExceptionGroup, which FastAPI answers 400.
+    app.add_middleware(FormTextInCharset)
     # The one gate in front of every route; the headers wrap it, so a 401 or a redirect gets them too.
     app.middleware("http")(auth.require_login)
     app.middleware("http")(auth.limit_bodies)
