@@ -1,9 +1,10 @@
 """The console's outbox at scale (published decisions stay in the outbox for ever, so the queries a
-relay round, a /metrics scrape and a queue load make read through an index, not the whole table), and a
-decision form's text that is not in the form's charset."""
+relay round, a /metrics scrape and a queue load make read through an index, not the whole table), a
+decision in it that no longer reads, and a decision form's text that is not in the form's charset."""
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 from collections.abc import Callable
@@ -12,10 +13,24 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import generate_latest
 from starlette.testclient import TestClient
 
+from schemas.topics import CORRECTION_RESOLVED
+from services.console.relay import DecisionRelay
 from services.console.tasks import TaskStore, decision_event_id
-from tests.support.console import ConsoleParts, app_for, build_console, claim, decided, login, with_flagged
+from skuforge_cli.main import main as cli_main
+from tests.support.bus import create_topics, isolated_settings, read_topic
+from tests.support.console import (
+    ConsoleParts,
+    app_for,
+    build_console,
+    claim,
+    decided,
+    login,
+    use_cli_on,
+    with_flagged,
+)
 
 OUTBOX_INDEXES = {"outbox_unsent", "outbox_refused"}
 
@@ -53,8 +68,9 @@ def _index_names(path: Path) -> set[str]:
 @pytest.mark.parametrize(
     ("reader", "index", "pages"),
     [
-        # A relay round reads on past the unreadable row at the head: a second page, after its key.
-        pytest.param(lambda tasks: tasks.unpublished(limit=1), "outbox_unsent", 2, id="relay"),
+        pytest.param(lambda tasks: tasks.unsent(limit=1), "outbox_unsent", 1, id="relay"),
+        # Reading on past the unreadable row at the head: a second page, after its key.
+        pytest.param(lambda tasks: tasks.unpublished(limit=1), "outbox_unsent", 2, id="unpublished"),
         pytest.param(lambda tasks: tasks.unpublished_count(), "outbox_unsent", 1, id="metrics-unsent"),
         pytest.param(lambda tasks: tasks.refused_count(), "outbox_refused", 1, id="metrics-refused"),
         pytest.param(lambda tasks: tasks.refused_reasons(), "outbox_refused", 1, id="queue"),
@@ -99,6 +115,40 @@ def test_an_outbox_made_before_its_indexes_is_given_them_and_reads_as_before(tmp
     assert _index_names(parts.tasks.path) >= OUTBOX_INDEXES
     assert [event.task_id for event in reopened.unpublished()] == [waiting]
     assert (reopened.unpublished_count(), reopened.refused_count()) == (1, 0)
+
+
+@pytest.mark.kafka
+def test_a_waiting_decision_that_no_longer_reads_is_set_aside_and_listed_not_counted_as_waiting(
+    kafka_bootstrap: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Before, the relay passed over it every round (an error logged each time) and it stayed in
+    # skuforge_console_unpublished_decisions for ever: SkuforgeDecisionsUnpublished fired at every
+    # quiet spell of 15 minutes, its runbook naming the broker, and no command listed it.
+    settings = isolated_settings(kafka_bootstrap, f"file://{tmp_path / 'store'}")
+    create_topics(settings, CORRECTION_RESOLVED)
+    parts = build_console(tmp_path, settings=settings)
+    spoiled, readable = decided(parts, 2)
+    with sqlite3.connect(parts.tasks.path) as db:  # stored under a schema this version refuses
+        db.execute("UPDATE outbox SET payload_json = '{}' WHERE task_id = ?", (spoiled,))
+
+    relay = DecisionRelay(parts.tasks, settings)
+    try:
+        assert relay.publish_pending() == 1
+        assert relay.publish_pending() == 0
+    finally:
+        relay.close()
+
+    [record] = read_topic(kafka_bootstrap, settings.topic_name(CORRECTION_RESOLVED), expect=1)
+    assert decision_event_id(readable).encode() in record.value
+    metrics = generate_latest(parts.console.metrics.registry).decode()
+    assert "skuforge_console_unpublished_decisions 0.0" in metrics
+    assert "skuforge_console_refused_decisions 1.0" in metrics
+    use_cli_on(parts, monkeypatch)
+    assert cli_main(["console", "refused"]) == 0
+    [listed] = map(json.loads, capsys.readouterr().out.splitlines())
+    assert listed["task_id"] == spoiled
+    assert f"the decision of task {spoiled} no longer reads" in listed["unreadable"]
+    assert f"the decision of task {spoiled} no longer reads" in listed["refused_reason"]
 
 
 BOUNDARY = "skuforge-review44"

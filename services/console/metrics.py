@@ -48,8 +48,8 @@ class _QueueCollector(Collector):
         yield outbox
         refused = GaugeMetricFamily(
             "skuforge_console_refused_decisions",
-            "Decisions the broker refused for good (over the topic's max.message.bytes): set aside, "
-            "not sent.",
+            "Decisions set aside, not sent: the broker refused them for good (over the topic's "
+            "max.message.bytes), or this version cannot read them.",
         )
         refused.add_metric([], self._tasks.refused_count())
         yield refused

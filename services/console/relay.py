@@ -7,7 +7,8 @@ and marks it published. A broker outage delays events, never loses them: they wa
 and the relay retries with back-off. Once the broker is back, one round sends the whole backlog, a
 page at a time. A decision the broker refuses for good (over the topic's max.message.bytes) is set
 aside with the broker's reason, counted by ``skuforge_console_refused_decisions``, and the relay goes
-on with the next: retried, it held back every decision behind it. A crash between send and mark
+on with the next: retried, it held back every decision behind it. One this version cannot read (stored
+under a schema it refuses) is set aside likewise, with why. A crash between send and mark
 re-sends the same message, byte for byte, which consumers de-duplicate (a new ``produced_at`` let a
 late resend outrank the item's newer events in the trainstore).
 
@@ -26,7 +27,7 @@ from collections.abc import Callable
 
 from schemas.topics import CORRECTION_RESOLVED
 from services.console.metrics import ConsoleMetrics
-from services.console.tasks import PRODUCER, TaskStore
+from services.console.tasks import PRODUCER, TaskStore, UnreadableDecision
 from shared.bus import Publisher, RecordRefused
 from shared.config import Settings
 from shared.errors import TransientError
@@ -81,11 +82,11 @@ class DecisionRelay:
         A failed send raises (TransientError when the broker is away); what was acknowledged
         before it is marked published, the rest waits in the outbox. A decision the broker refuses
         for good (RecordRefused) is set aside with the reason (``TaskStore.mark_refused``) and the
-        round goes on with the next.
+        round goes on with the next; so is one this version cannot read, with why.
         """
         sent = 0
         while time.monotonic() < self._send_until:
-            events = self._tasks.unpublished(limit=self._page_size)
+            events = self._tasks.unsent(limit=self._page_size)
             if not events:
                 break
             if self._publisher is None:
@@ -93,6 +94,15 @@ class DecisionRelay:
             for event in events:
                 if time.monotonic() >= self._send_until:
                     break
+                if isinstance(event, UnreadableDecision):
+                    # Passed over, it stayed in the backlog gauge for ever (SkuforgeDecisionsUnpublished
+                    # fired at every quiet spell) and logged an error every round; ``refused`` lists it.
+                    self._tasks.mark_refused(event.event_id, event.error)
+                    log.error(
+                        "a decision this version cannot read; set aside in the outbox",
+                        extra={"event_id": event.event_id, "task_id": event.task_id, "error": event.error},
+                    )
+                    continue
                 try:
                     self._publisher.publish(
                         CORRECTION_RESOLVED,

@@ -229,6 +229,7 @@ class UnreadableDecision:
     sku_id: str
     refused_reason: str | None
     error: str
+    event_id: str
 
 
 def decision_event_id(task_id: str) -> str:
@@ -923,11 +924,21 @@ class TaskStore:
             )
         return event
 
+    def unsent(self, limit: int = 100) -> list[OutboxEvent | UnreadableDecision]:
+        """The relay's next page: up to ``limit`` decisions whose event is not yet acknowledged by the
+        broker, oldest first, less those set aside (``mark_refused``); one that no longer reads is an
+        ``UnreadableDecision``, which the relay sets aside, so it is neither sent nor counted as waiting."""
+        with self._connect() as db:
+            rows = db.execute(
+                f"SELECT * FROM outbox WHERE {_UNSENT} ORDER BY created_at, event_id LIMIT ?", (limit,)
+            ).fetchall()
+        return [_outbox_or_unreadable(row) for row in rows]
+
     def unpublished(self, limit: int = 100) -> list[OutboxEvent]:
         """Up to ``limit`` decisions whose event is not yet acknowledged by the broker, oldest first,
-        less those it refused for good (``mark_refused``). One that no longer reads (see ``query``) is
-        left out and logged, and the next ones are read in its place, so it cannot hold back the
-        others; it stays in the outbox, counted by ``unpublished_count``."""
+        less those set aside (``mark_refused``). One that no longer reads (see ``query``) is left out
+        and logged, and the next ones are read in its place (the relay reads ``unsent``, and sets
+        such a one aside)."""
         with self._connect() as db:
             return _read_past_unreadable(
                 db,
@@ -948,7 +959,8 @@ class TaskStore:
         return int(row[0])
 
     def refused_count(self) -> int:
-        """How many decisions the broker refused for good: set aside, for an operator to look at."""
+        """How many decisions were set aside, for an operator to look at: the broker refused them for
+        good, or this version cannot read them."""
         with self._connect() as db:
             row = db.execute(f"SELECT COUNT(*) FROM outbox WHERE {_REFUSED}").fetchone()
         return int(row[0])
@@ -989,7 +1001,7 @@ class TaskStore:
                 sent = "was published" if row["published_at"] is not None else "waits to be sent"
                 raise TaskConflict(f"the decision of task {task_id} was not refused: it {sent}")
             if isinstance(decision := _outbox_or_unreadable(row), UnreadableDecision):
-                # The relay passes over it, round after round: given back, it is not sent either.
+                # Given back, it is not sent either: the relay sets it aside again.
                 raise TaskConflict(decision.error)
             db.execute("UPDATE outbox SET refused_reason = NULL WHERE task_id = ?", (task_id,))
             detail = f"refused: {row['refused_reason']}"
@@ -1031,8 +1043,9 @@ class TaskStore:
         return row is not None
 
     def mark_refused(self, event_id: str, reason: str) -> None:
-        """The broker refused the event for good (a record over the topic's max.message.bytes): it is set
-        aside with ``reason``, so the relay goes on with the next instead of retrying it forever."""
+        """The broker refused the event for good (a record over the topic's max.message.bytes), or it no
+        longer reads: it is set aside with ``reason``, so the relay goes on with the next instead of
+        retrying it (or passing over it) forever."""
         with self._write() as (db, _):
             db.execute(
                 "UPDATE outbox SET refused_reason = ? WHERE event_id = ? AND published_at IS NULL",
@@ -1118,7 +1131,9 @@ def _outbox_or_unreadable(row: sqlite3.Row) -> OutboxEvent | UnreadableDecision:
         return _outbox(row)
     except ValueError as exc:  # pydantic's ValidationError, or JSON that does not parse
         error = f"the decision of task {row['task_id']} no longer reads: {str(exc)[:300]}"
-        return UnreadableDecision(row["task_id"], row["sku_id"], row["refused_reason"], error)
+        return UnreadableDecision(
+            row["task_id"], row["sku_id"], row["refused_reason"], error, event_id=row["event_id"]
+        )
 
 
 def _task_of(row: sqlite3.Row) -> Task:
