@@ -30,10 +30,12 @@ def whole_number(text: str) -> int:
 
 
 def ascii_float(text: str) -> float:
-    """``text`` as float() reads it, written in ASCII (``2.5``, ``1e-3``, ``inf``)."""
+    """``text`` as float() reads it, written in ASCII (``2.5``, ``1e-3``, ``inf``); a negative zero
+    (``-0``, or ``-1e-400``, which float() rounds to one) is 0: kept as -0.0, it passed every "0 or
+    more" bound and was written "-0.0" into results JSON and "-0" in messages."""
     if not text.isascii():
         raise argparse.ArgumentTypeError(f"must be a number in ASCII digits, got {text!r}")
-    return float(text)
+    return float(text) + 0.0  # -0.0 + 0.0 is 0.0; every other value, NaN included, is unchanged
 
 
 def positive_int(text: str) -> int:
