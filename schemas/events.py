@@ -41,6 +41,20 @@ MAX_ADAPTER_SKUS = 50_000  # one per instance image at most: a general adapter t
 MAX_PARAMETERS = 256  # backend knobs: the composite backend knows 24, the diffusion backend records 21
 MAX_PARAMETER_VALUES = 1024  # every value inside them, a list's items each (a colour gain is 3)
 Phrase = Annotated[str, Field(max_length=MAX_PHRASE_CHARS)]
+# A parameter's value in the committed JSON Schemas: any JSON, its strings at any depth at most a model
+# id long, as ``_check_parameter`` has it (each keyword applies to its own type only). pydantic wrote an
+# empty schema, so a producer validating against it sent a longer string, which every consumer then
+# dead-lettered as schema_invalid. The schema refers to itself, which pydantic cannot write:
+# ``schemas.jsonschema`` puts it in ``$defs`` and each mark's place. The count of values in all is beyond
+# a JSON Schema; the field's description gives it.
+PARAMETER_VALUE_DEF = "ParameterValue"
+PARAMETER_VALUE_MARK = {"x-skuforge-def": PARAMETER_VALUE_DEF}
+PARAMETER_VALUE_SCHEMA = {
+    "maxLength": MAX_MODEL_ID_CHARS,
+    "items": {"$ref": f"#/$defs/{PARAMETER_VALUE_DEF}"},
+    "additionalProperties": {"$ref": f"#/$defs/{PARAMETER_VALUE_DEF}"},
+}
+ParameterValue = Annotated[JsonValue, WithJsonSchema(PARAMETER_VALUE_MARK)]
 
 
 def _check_parameter(value: JsonValue, where: str) -> int:
@@ -177,7 +191,7 @@ class ImageGenerated(Contract):
     negative_prompt: str = Field(default="", max_length=MAX_CAPTION_CHARS)
     seed: int = Field(ge=MIN_SEED, le=MAX_SEED, description="an int64, as the Triton protocol carries it")
     variant_index: int = Field(ge=0)
-    parameters: dict[str, JsonValue] = Field(
+    parameters: dict[str, ParameterValue] = Field(
         default_factory=dict,
         max_length=MAX_PARAMETERS,
         description=f"variant parameters used: at most {MAX_PARAMETERS} knobs, {MAX_PARAMETER_VALUES} values "

@@ -6,12 +6,14 @@ committed files and the models disagree.
 
 from __future__ import annotations
 
+import copy
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from schemas.envelope import DeadLetter, Envelope
+from schemas.events import PARAMETER_VALUE_DEF, PARAMETER_VALUE_MARK, PARAMETER_VALUE_SCHEMA
 from schemas.topics import ALL_TOPICS
 
 JSON_DIR = Path(__file__).parent / "json"
@@ -41,8 +43,29 @@ def render_schemas() -> dict[str, str]:
         # pydantic writes draft 2020-12 (prefixItems bounds a colour gain's three channels); undeclared, a
         # validator that defaults to an older draft ignores those keywords and passes what a stage refuses.
         schema["$schema"] = JSON_SCHEMA_DIALECT
+        if _refer_to_parameter_values(schema):
+            schema.setdefault("$defs", {})[PARAMETER_VALUE_DEF] = copy.deepcopy(PARAMETER_VALUE_SCHEMA)
         _refuse_a_trailing_newline(schema)
     return {name: json.dumps(schema, indent=2, sort_keys=True) + "\n" for name, schema in rendered.items()}
+
+
+def _refer_to_parameter_values(node: object) -> bool:
+    """Replace each ``PARAMETER_VALUE_MARK`` under ``node`` by a reference to its definition; whether
+    there was one (pydantic writes no reference to a definition it did not make)."""
+    found = False
+    if isinstance(node, list):
+        for index, item in enumerate(node):
+            if item == PARAMETER_VALUE_MARK:
+                node[index], found = {"$ref": f"#/$defs/{PARAMETER_VALUE_DEF}"}, True
+            else:
+                found = _refer_to_parameter_values(item) or found
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            if value == PARAMETER_VALUE_MARK:
+                node[key], found = {"$ref": f"#/$defs/{PARAMETER_VALUE_DEF}"}, True
+            else:
+                found = _refer_to_parameter_values(value) or found
+    return found
 
 
 def _refuse_a_trailing_newline(node: object) -> None:

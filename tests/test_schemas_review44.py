@@ -5,10 +5,19 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
+from typing import Any
 
+import jsonschema
 import pytest
+from pydantic import JsonValue, ValidationError
 
+from schemas.common import ImageRef
+from schemas.events import MAX_MODEL_ID_CHARS
+from schemas.jsonschema import JSON_DIR
+from schemas.topics import IMAGE_GENERATED, IMAGE_MATTED
 from shared.argtypes import float_between, non_negative_float
+from shared.bus import make_envelope, read_envelope
+from tests.support.matting import image_generated
 
 
 @pytest.mark.parametrize(
@@ -23,3 +32,56 @@ def test_a_negative_zero_is_taken_as_zero_not_recorded_as_minus_zero(
     assert value == 0.0
     assert math.copysign(1.0, value) == 1.0
     assert json.dumps(value) == "0.0"
+
+
+def _generated_with(parameters: dict[str, JsonValue]) -> dict[str, Any]:
+    image = ImageRef(uri="file:///store/g.png", sha256="0" * 64, bytes=10, width=8, height=8)
+    payload = image_generated(image, image).model_copy(update={"parameters": parameters})
+    envelope = make_envelope(
+        IMAGE_GENERATED, payload, event_id="c" * 32, sku_id="SKU-1", trace_id="t", producer="test"
+    )
+    return envelope.model_dump(mode="json")
+
+
+def _validator(name: str) -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(json.loads((JSON_DIR / name).read_text()))
+
+
+def _embedded_generated() -> jsonschema.Draft202012Validator:
+    """The schema of the generated image embedded in an image.matted event."""
+    matted = json.loads((JSON_DIR / f"{IMAGE_MATTED.name}.json").read_text())
+    return jsonschema.Draft202012Validator(
+        {"$schema": matted["$schema"], "$defs": matted["$defs"], "$ref": "#/$defs/ImageGenerated"}
+    )
+
+
+LONG = "x" * (MAX_MODEL_ID_CHARS + 1)
+
+
+@pytest.mark.parametrize(
+    "parameters",
+    [{"scene": LONG}, {"scenes": ["a", LONG]}, {"light": {"source": {"name": LONG}}}],
+    ids=["a_knob", "in_a_list", "in_an_object"],
+)
+def test_the_committed_schema_refuses_a_parameter_string_the_model_refuses(
+    parameters: dict[str, JsonValue],
+) -> None:
+    # A producer validating against schemas/json was told nothing of a 1,001-character string in a
+    # generated image's parameters, which every consumer then dead-lettered as schema_invalid.
+    event = _generated_with({"scene": "ok"})
+    event["payload"]["parameters"] = parameters
+    with pytest.raises(ValidationError, match=f"at most {MAX_MODEL_ID_CHARS}"):
+        read_envelope(IMAGE_GENERATED, json.dumps(event))
+    assert not _validator(f"{IMAGE_GENERATED.name}.json").is_valid(event)
+    # The item embeds it in every later event: their schemas say the same.
+    assert not _embedded_generated().is_valid(event["payload"])
+
+
+def test_the_committed_schema_takes_parameters_the_model_takes() -> None:
+    longest = "x" * MAX_MODEL_ID_CHARS
+    event = _generated_with(
+        {"scene": longest, "gain": [1.5, 0.9, 1], "light": {"on": True, "name": longest, "off": None}}
+    )
+    read_envelope(IMAGE_GENERATED, json.dumps(event))
+    _validator(f"{IMAGE_GENERATED.name}.json").validate(event)
+    _embedded_generated().validate(event["payload"])
