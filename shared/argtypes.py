@@ -189,6 +189,8 @@ def read_json_object(path: Path, *, label: str, missing: str, kind: str = "a JSO
         raise ValueError(f"{label}: no such file ({missing})") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{label}: not a readable JSON file ({exc})") from None
+    except RecursionError:  # json.loads' own refusal of nesting deeper than Python's stack: a traceback
+        raise ValueError(f"{label}: not a readable JSON file (nested deeper than Python reads)") from None
     if not isinstance(document, dict):
         raise ValueError(f"{label}: expected {kind}, got {type(document).__name__}")
     return document

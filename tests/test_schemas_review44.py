@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -15,7 +16,7 @@ from schemas.common import ImageRef
 from schemas.events import MAX_MODEL_ID_CHARS
 from schemas.jsonschema import JSON_DIR
 from schemas.topics import IMAGE_GENERATED, IMAGE_MATTED
-from shared.argtypes import float_between, non_negative_float
+from shared.argtypes import float_between, non_negative_float, read_json_object
 from shared.bus import make_envelope, read_envelope
 from tests.support.matting import image_generated
 
@@ -85,3 +86,11 @@ def test_the_committed_schema_takes_parameters_the_model_takes() -> None:
     read_envelope(IMAGE_GENERATED, json.dumps(event))
     _validator(f"{IMAGE_GENERATED.name}.json").validate(event)
     _embedded_generated().validate(event["payload"])
+
+
+def test_a_json_file_nested_past_what_python_reads_is_refused_naming_the_argument(tmp_path: Path) -> None:
+    # json.loads raises RecursionError, not a JSONDecodeError: it went out as a traceback.
+    path = tmp_path / "evaluation.json"
+    path.write_text("[" * 200_000)
+    with pytest.raises(ValueError, match=r"^--evaluation x: not a readable JSON file \(.*nested.*\)$"):
+        read_json_object(path, label="--evaluation x", missing="run skuforge evaluate")
