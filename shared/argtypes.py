@@ -200,7 +200,11 @@ def file_problem(path: Path, example: str) -> str | None:
     """Why a file cannot be written at ``path``: a folder there (``example`` names a file to suggest in
     it), a file above it, or a folder above it that cannot be made or written in; None if it can.
     Read as ``f"{option} {path}: {problem}"``."""
-    if path.is_dir():
+    try:
+        is_folder = path.is_dir()
+    except OSError as exc:  # a name too long, a folder above it this user may not look into: not False
+        return f"cannot reach it ({exc.strerror or exc})"
+    if is_folder:
         return f"is a folder; name the file to write, e.g. {path / example}"
     return folder_problem(path.parent)
 

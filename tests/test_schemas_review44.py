@@ -16,7 +16,7 @@ from schemas.common import ImageRef
 from schemas.events import MAX_MODEL_ID_CHARS
 from schemas.jsonschema import JSON_DIR
 from schemas.topics import IMAGE_GENERATED, IMAGE_MATTED
-from shared.argtypes import float_between, non_negative_float, read_json_object
+from shared.argtypes import file_problem, float_between, non_negative_float, read_json_object
 from shared.bus import make_envelope, read_envelope
 from tests.support.matting import image_generated
 
@@ -94,3 +94,13 @@ def test_a_json_file_nested_past_what_python_reads_is_refused_naming_the_argumen
     path.write_text("[" * 200_000)
     with pytest.raises(ValueError, match=r"^--evaluation x: not a readable JSON file \(.*nested.*\)$"):
         read_json_object(path, label="--evaluation x", missing="run skuforge evaluate")
+
+
+def test_a_file_argument_with_a_name_too_long_is_a_problem_not_a_traceback(tmp_path: Path) -> None:
+    # Path.is_dir() raises for a name over the file system's 255 bytes: '--out' of every bench and
+    # 'skuforge matting ... --out' went out as an OSError traceback instead of the option's one line.
+    path = tmp_path / ("x" * 300)
+    problem = file_problem(path, "out.json")
+    assert problem is not None
+    assert "File name too long" in problem
+    assert file_problem(path / "out.json", "out.json") is not None
