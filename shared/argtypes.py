@@ -198,15 +198,31 @@ def read_json_object(path: Path, *, label: str, missing: str, kind: str = "a JSO
 
 def file_problem(path: Path, example: str) -> str | None:
     """Why a file cannot be written at ``path``: a folder there (``example`` names a file to suggest in
-    it), a file above it, or a folder above it that cannot be made or written in; None if it can.
-    Read as ``f"{option} {path}: {problem}"``."""
+    it), a file above it, a folder above it that cannot be reached, made or written in, or a name longer
+    than the file system takes; None if it can. Read as ``f"{option} {path}: {problem}"``."""
     try:
         is_folder = path.is_dir()
     except OSError as exc:  # a name too long, a folder above it this user may not look into: not False
         return f"cannot reach it ({exc.strerror or exc})"
     if is_folder:
         return f"is a folder; name the file to write, e.g. {path / example}"
-    return folder_problem(path.parent)
+    problem = folder_problem(path.parent)
+    if problem is None:
+        # The folders are tried; the file's own name is not (nothing is written there before the run).
+        size, most = len(os.fsencode(path.name)), _longest_name(path.parent)
+        if size > most:
+            return f"its name is {size} bytes long; the file system takes at most {most}"
+    return problem
+
+
+def _longest_name(folder: Path) -> int:
+    """The longest file name, in bytes, that the file system under ``folder`` (or the nearest folder
+    above it that exists) takes; 255, Linux's and macOS's, where it does not say."""
+    for candidate in (folder, *folder.parents):
+        with contextlib.suppress(OSError, ValueError):
+            if candidate.is_dir():
+                return os.pathconf(candidate, "PC_NAME_MAX")
+    return 255
 
 
 def _write_problem(path: Path, existing: Path) -> str | None:

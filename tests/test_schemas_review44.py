@@ -104,3 +104,13 @@ def test_a_file_argument_with_a_name_too_long_is_a_problem_not_a_traceback(tmp_p
     assert problem is not None
     assert "File name too long" in problem
     assert file_problem(path / "out.json", "out.json") is not None
+
+
+def test_a_file_name_too_long_under_a_folder_still_to_make_is_a_problem(tmp_path: Path) -> None:
+    # With its folder still to make, nothing looked at the file's own name: the check passed and the
+    # command failed on writing the file, after its run.
+    problem = file_problem(tmp_path / "new" / ("y" * 300), "out.json")
+    assert problem is not None
+    assert "300 bytes" in problem
+    assert not (tmp_path / "new").exists()
+    assert file_problem(tmp_path / "new" / ("y" * 255), "out.json") is None
