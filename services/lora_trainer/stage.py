@@ -50,9 +50,11 @@ torch, diffusers, peft, transformers). One trainer per GPU. A trained job not ye
 its last checkpoint, with a warning naming the file. One registered whose ``adapter.published`` the
 broker did not take (away, or the topic refusing the record) is published again at the next poll, not
 trained again; the log says so, naming the adapter, the topic and the broker's reason, and for a record
-the topic refuses for good (over its ``max.message.bytes``) that every poll fails alike until it is
-raised. A poll that cannot plan its jobs (the store away while its requests are read) is logged as such:
-nothing was trained, and the next poll plans again. A job stopped by the object store or the adapter
+the topic refuses for good (over its ``max.message.bytes``) that it fails alike until the limit is
+raised: such a record is tried again on a growing interval (the n-th refusal in a row skips the next
+2**(n-1) polls, up to ``REFUSED_BACKOFF_MAX_S``; a restart tries at once), not at every poll. A poll
+that cannot plan its jobs (the store away while its requests are read) is logged as such: nothing was
+trained, and the next poll plans again. A job stopped by the object store or the adapter
 registry (away, or refusing a write) is logged naming which, with the uri it met (``StoreFailed``), not
 as a training job that failed. One whose registration another registration of the adapter (the CLI's, a
 second trainer's) took over while it paused holding the lock (``RegistrationTakenOver``) is logged as
@@ -420,23 +422,46 @@ class UnreadableRecord(Exception):
         super().__init__(f"{key}: {self.reason}")
 
 
+# The most a publication the topic refuses waits between tries (s, in polls of SKUFORGE_LORA_POLL_S):
+# the n-th refusal in a row waits 2**(n-1) polls, so a raised limit is met within about this long.
+# Under 15 minutes: each try counts `retried`, which SkuforgeLoraJobsRetrying reads over 15 minutes.
+REFUSED_BACKOFF_MAX_S = 300.0
+
+
 class PublicationFailed(Exception):
     """A trained job's adapter is registered but its ``adapter.published`` was not sent (the broker
     away, the topic refusing the record): ``reason`` says why, ``outlook`` what the next polls do. The
     next poll publishes it again, from the job's result and the registry's copy, without training
-    again; one the topic refuses for good (``RecordRefused``) only once its limit is raised."""
+    again; one the topic refuses for good (``RecordRefused``) skips the next ``skipped_polls`` polls
+    (``RefusedBackoff``) before it is tried again, and is sent only once its limit is raised. ``tried``
+    is False for a poll that waited out the backoff without sending (nothing new to log or count)."""
 
-    def __init__(self, adapter_id: str, exc: BaseException) -> None:
+    def __init__(
+        self, adapter_id: str, exc: BaseException, *, skipped_polls: int = 0, tried: bool = True
+    ) -> None:
         self.adapter_id, self.topic, self.reason = adapter_id, ADAPTER_PUBLISHED.name, _one_line(exc)
+        self.tried = tried
         # Told "the next poll publishes it" at every poll for ever, the operator waited for an outage
         # to pass where only raising the limit ends it.
         self.outlook = (
-            "refused for good by the topic: every poll fails alike (retried, not trained again) until "
-            "the topic's max.message.bytes is raised"
+            f"refused for good by the topic: tried again after {skipped_polls} poll(s) skipped, twice as "
+            f"many after each refusal in a row, up to about {REFUSED_BACKOFF_MAX_S:.0f} s (retried, not "
+            "trained again); it is sent once the topic's max.message.bytes is raised"
             if isinstance(exc, RecordRefused)
             else "the next poll publishes it (retried, not trained again)"
         )
         super().__init__(f"{self.topic} for adapter {adapter_id} not sent: {self.reason}")
+
+
+@dataclass
+class RefusedBackoff:
+    """A publication the topic refused for good, ``refusals`` times in a row (``refusal`` the last), not
+    sent again for ``polls_left`` more polls: sending it at every poll opened a new producer each time
+    (the refusal stops kafka-python's idempotent producer for good), for as long as the limit stayed."""
+
+    refusal: RecordRefused
+    refusals: int
+    polls_left: int
 
 
 class PlanningFailed(Exception):
@@ -529,6 +554,9 @@ class LoraTrainer:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self.last_error: BaseException | None = None  # the last poll's fault, without its traceback
+        # Publications the topic refused for good, by adapter and publication: in the process only, so a
+        # restart (after raising the limit, say) tries each at once.
+        self._refused: dict[tuple[str, int], RefusedBackoff] = {}
         self.max_image_pixels, self.max_image_bytes = max_image_pixels, max_image_bytes
         self._class_folder = _read_class_folder(
             settings.lora_class_images_dir,
@@ -581,11 +609,12 @@ class LoraTrainer:
         except TrainingInterrupted:
             raise
         except PublicationFailed as exc:  # the adapter is registered; only its event is sent again
-            self.metrics.jobs.labels("retried").inc()
-            log.error(
-                f"{exc.topic} not sent; {exc.outlook}",
-                extra={"adapter_id": exc.adapter_id, "topic": exc.topic, "reason": exc.reason},
-            )
+            if exc.tried:  # a poll that waited out a refusal's backoff sent nothing: said when it was refused
+                self.metrics.jobs.labels("retried").inc()
+                log.error(
+                    f"{exc.topic} not sent; {exc.outlook}",
+                    extra={"adapter_id": exc.adapter_id, "topic": exc.topic, "reason": exc.reason},
+                )
             self.last_error = _without_frames(exc)
         except RegistrationTakenOver as exc:  # no store's fault: registered again, not trained again
             self.metrics.jobs.labels("retried").inc()
@@ -834,11 +863,15 @@ class LoraTrainer:
         """Run every job that is due and not yet published; returns what was published."""
         published = []
         failure: Exception | None = None
+        waiting: PublicationFailed | None = None  # a refused publication waiting out its backoff
         unreadable = 0
         try:
             jobs = self.plan()
         except Exception as exc:
             raise PlanningFailed(exc) from exc
+        # A job no longer planned (its inputs changed: another adapter) forgets its refusals.
+        planned = {job.adapter_id for job in jobs}
+        self._refused = {key: wait for key, wait in self._refused.items() if key[0] in planned}
         for job in jobs:
             if self._stop.is_set():
                 # Asked to stop (SIGTERM) while an earlier job published: no other job begins (building
@@ -860,6 +893,9 @@ class LoraTrainer:
                 )
                 continue
             except PublicationFailed as exc:
+                if not exc.tried:  # nothing sent, nothing new to say; another job's fault is raised first
+                    waiting = waiting or _without_frames(exc)
+                    continue
                 # Trained and registered: the broker is to blame, not the GPU, the model or the photos.
                 log.warning(
                     f"{exc.topic} not sent; the adapter is registered, and {exc.outlook}; the others go on",
@@ -902,6 +938,8 @@ class LoraTrainer:
         self.metrics.unreadable.labels("published").set(unreadable)
         if failure is not None:
             raise failure
+        if waiting is not None:
+            raise waiting
         return published
 
     def _store_failed(self, exc: TransientError) -> StoreFailed:
@@ -1071,7 +1109,14 @@ class LoraTrainer:
         """Register the trained job's weights (unless the generator already picks them, their registry
         copy whole: registered again for a roll-back), publish, then record it: the general schedule,
         the series' current adapter, and last the published marker (a roll-back's pointer names its
-        publication until the marker is written, and is then written again without it)."""
+        publication until the marker is written, and is then written again without it). A publication
+        the topic refused for good is sent again only once its backoff (``RefusedBackoff``) is over."""
+        backoff = self._refused.get((job.adapter_id, publication))
+        if backoff is not None and backoff.polls_left > 0:
+            backoff.polls_left -= 1
+            raise PublicationFailed(
+                job.adapter_id, backoff.refusal, skipped_polls=backoff.polls_left, tried=False
+            )
         result, weights = self._trained(job, job_prefix, marker)
         # Cut to what the event may carry, in the registry alike: a photo's tags go into its prompt whole,
         # and 64 tags of 200 characters (a sku.captioned the schema takes) failed the event at every poll.
@@ -1119,8 +1164,17 @@ class LoraTrainer:
         event = fitted_to_a_record(event)
         try:
             self.publish(event)
+        except RecordRefused as exc:
+            refusals = backoff.refusals + 1 if backoff is not None else 1
+            most = max(1, round(REFUSED_BACKOFF_MAX_S / self.settings.lora_poll_s))
+            wait = min(2 ** min(refusals - 1, 30), most)
+            self._refused[(job.adapter_id, publication)] = RefusedBackoff(
+                _without_frames(exc), refusals, wait
+            )
+            raise PublicationFailed(job.adapter_id, exc, skipped_polls=wait) from exc
         except Exception as exc:
             raise PublicationFailed(job.adapter_id, exc) from exc
+        self._refused.pop((job.adapter_id, publication), None)
         # Only after the broker has the event: a crash before the marker is written publishes again (the
         # same event id). The general schedule last: written before the pointer and the marker, the store
         # away in between left the job counted and no longer under way, and no poll came back to them.
