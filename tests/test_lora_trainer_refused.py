@@ -14,8 +14,18 @@ from pathlib import Path
 import pytest
 
 from schemas.events import AdapterPublished
-from services.lora_trainer.stage import PublicationFailed
-from tests.support.lora import refused_publication, served
+from services.lora_trainer.stage import LoraTrainer, PublicationFailed
+from shared.store import FileStore
+from tests.support.lora import (
+    gate_accepted,
+    model_folder,
+    one_series,
+    record_accepted_event,
+    refused_publication,
+    refusing_publisher,
+    served,
+    trainer_on,
+)
 
 pytestmark = pytest.mark.kafka
 
@@ -69,3 +79,59 @@ def test_a_publication_the_topic_refuses_for_good_is_tried_again_on_a_growing_in
     assert closed_at == sent_at  # a producer opened (and closed) for each try, none for the polls between
     assert trainer.metrics.jobs.labels("retried")._value.get() == len(sent_at)
     assert served(store) == job.adapter_id and len(stub_training) == 1  # registered, trained once
+
+
+def test_a_series_rolled_forward_while_its_roll_back_is_refused_is_served_its_adapter_again(
+    tmp_path: Path, stub_training: list[Path], kafka_bootstrap: str
+) -> None:
+    """A roll-back registers its adapter again (the generator then serves it) before it sends its event.
+    Refused for good, the series' pointer still named the later adapter: the set rolled forward to that
+    adapter's found it current and did nothing, and the generator served the rolled-back one for good."""
+    store, trainer_at = one_series(tmp_path)
+    [first] = trainer_at(4).run_pending()
+    [second] = trainer_at(8).run_pending()
+    rolled_back = trainer_at(4)
+    rolled_back.publish, _, _ = refusing_publisher(tmp_path, kafka_bootstrap)
+    with pytest.raises(PublicationFailed, match="MessageSizeTooLarge"):
+        rolled_back.run_pending()
+    assert served(store) == first.adapter_id  # registered again, its event refused
+
+    [again] = trainer_at(8).run_pending()  # rolled forward again, to a topic that takes the event
+
+    assert again.adapter_id == second.adapter_id and again.publication == 2
+    assert served(store) == second.adapter_id and len(stub_training) == 2  # not trained again
+    assert trainer_at(8).run_pending() == []  # and current from then on
+
+
+def test_a_general_adapter_rolled_forward_while_its_roll_back_is_refused_is_served_again(
+    tmp_path: Path, stub_training: list[Path], kafka_bootstrap: str
+) -> None:
+    """The general adapter alike: its roll-back refused, new accepted images that planned the later
+    adapter's set again found it current (and counted them covered), while the generator served the
+    rolled-back adapter to every SKU without a series one."""
+    store = FileStore(tmp_path / "store")
+    model = model_folder(tmp_path, "m")
+
+    def trainer(rank: int) -> LoraTrainer:  # a general job of the first and the last accepted image
+        return trainer_on(
+            store, model, lora_rank=rank, lora_class_images=0, lora_general_after_accepted=1,
+            lora_general_max_images=2,
+        )  # fmt: skip
+
+    for variant in (0, 2, 4):
+        record_accepted_event(store, gate_accepted(store, variant))
+    [first] = trainer(4).run_pending()
+    record_accepted_event(store, gate_accepted(store, 1))  # sorts between the first and the last
+    [second] = trainer(8).run_pending()
+    record_accepted_event(store, gate_accepted(store, 3))
+    rolled_back = trainer(4)
+    rolled_back.publish, _, _ = refusing_publisher(tmp_path, kafka_bootstrap)
+    with pytest.raises(PublicationFailed, match="MessageSizeTooLarge"):
+        rolled_back.run_pending()
+    assert served(store, "any") == first.adapter_id  # registered again, its event refused
+
+    [again] = trainer(8).run_pending()  # the same images planned under the later recipe again
+
+    assert again.adapter_id == second.adapter_id and again.publication == 2
+    assert served(store, "any") == second.adapter_id and len(stub_training) == 2  # not trained again
+    assert trainer(8).plan() == []  # the images are covered: not planned again

@@ -99,7 +99,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar, overload
+from typing import Any, NamedTuple, TypeVar, overload
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -462,6 +462,21 @@ class RefusedBackoff:
     refusal: RecordRefused
     refusals: int
     polls_left: int
+
+
+class CurrentPointer(NamedTuple):
+    """A series' (or the general adapter's) ``current/`` pointer: ``adapter_id`` the adapter last
+    published; ``under_way`` the publication of it a roll-back sent, its marker maybe not yet counting
+    it (None: none); ``unpublished`` an adapter registered since (the generator serves it) whose
+    ``adapter.published`` was not sent yet (None: none)."""
+
+    adapter_id: str
+    under_way: int | None
+    unpublished: str | None
+
+    def record(self) -> dict[str, Any]:
+        """The pointer as stored, without the fields that are None."""
+        return {name: value for name, value in self._asdict().items() if value is not None}
 
 
 class PlanningFailed(Exception):
@@ -967,14 +982,16 @@ class LoraTrainer:
                 # Published before the current pointers, or a damaged pointer deleted: the adapter the
                 # generator serves is the one last published. Taking this job's as current instead
                 # missed a real roll-back, and the generator kept serving the later adapter.
-                current, under_way = self._served_by_trainer(job) or job.adapter_id, None
+                current, unpublished = self._served_by_trainer(job) or job.adapter_id, None
                 self.store.put_json(self._current_key(job), {"adapter_id": current})
             else:
-                current, under_way = pointer
+                current, under_way, unpublished = pointer
                 if under_way is not None:  # a roll-back's records cut short: its marker's count first
                     self._count_publication(current, under_way)
-                    self.store.put_json(self._current_key(job), {"adapter_id": current})
-            if current == job.adapter_id:
+                    self.store.put_json(self._current_key(job), pointer._replace(under_way=None).record())
+            # An adapter registered since whose event was not sent (refused, the broker away, a crash) is
+            # the one the generator serves: this job's adapter, current as published, is not served.
+            if current == job.adapter_id and unpublished is None:
                 self._general_up_to_date(job)
                 return None
             if not self.registry.is_registered(job.adapter_id):
@@ -992,7 +1009,7 @@ class LoraTrainer:
                 return None
             log.info(
                 "training set rolled back to an adapter published before; it is made current again",
-                extra={"adapter_id": job.adapter_id, "replacing": current},
+                extra={"adapter_id": job.adapter_id, "replacing": unpublished or current},
             )
             # One more publication than the marker records: a retry (the marker not yet rewritten)
             # counts the same, so it keeps the event id, and the roll-back is not taken for a duplicate.
@@ -1043,9 +1060,8 @@ class LoraTrainer:
         series = (job.series or "").strip().casefold()
         return f"{PREFIX}/current/series-{slug(series)}-{sha256_hex(series.encode())[:16]}.json"
 
-    def _current(self, job: Job) -> tuple[str, int | None] | None:
-        """The adapter last published for ``job``'s series, and the publication of it under way (a
-        roll-back whose marker may not be written yet; None: none); None before the current pointers.
+    def _current(self, job: Job) -> CurrentPointer | None:
+        """``job``'s series' pointer (``CurrentPointer``); None before the current pointers.
         ``UnreadableRecord`` when the pointer is cut short, not JSON or names no adapter."""
         key = self._current_key(job)
         try:
@@ -1059,6 +1075,9 @@ class LoraTrainer:
             under_way = pointer.get("publication")
             if under_way is not None and (isinstance(under_way, bool) or not isinstance(under_way, int)):
                 raise ValueError(f"publication is {under_way!r:.40}, not a number")
+            unpublished = pointer.get("unpublished")
+            if unpublished is not None and not isinstance(unpublished, str):
+                raise ValueError(f"unpublished is {unpublished!r:.40}, not an adapter id")
         except ValueError as exc:
             raise UnreadableRecord(
                 key,
@@ -1066,7 +1085,7 @@ class LoraTrainer:
                 'fix it ({"adapter_id": "<the newest of the series in `skuforge adapters list`>"}), or '
                 "delete it: it is then rebuilt from the adapter the generator serves for the series",
             ) from None
-        return str(pointer["adapter_id"]), under_way
+        return CurrentPointer(str(pointer["adapter_id"]), under_way, unpublished)
 
     def _marker(self, marker: str) -> AdapterPublished:
         """The event an adapter's ``published/`` marker records (``UnreadableRecord`` if it cannot be
@@ -1135,6 +1154,7 @@ class LoraTrainer:
         ):
             metadata = newest
         else:
+            self._unpublished(job)
             metadata = self.registry.register(
                 job.adapter_id,
                 weights,
@@ -1180,8 +1200,14 @@ class LoraTrainer:
         # away in between left the job counted and no longer under way, and no poll came back to them.
         try:
             replaced = self._current(job)
-            if replaced is not None and replaced[1] is not None and replaced[0] != job.adapter_id:
-                self._count_publication(replaced[0], replaced[1])  # a roll-back cut short: counted first
+            if (
+                replaced is not None
+                and replaced.under_way is not None
+                and replaced.adapter_id != job.adapter_id
+            ):
+                self._count_publication(
+                    replaced.adapter_id, replaced.under_way
+                )  # a roll-back cut short: counted first
         except UnreadableRecord:
             pass  # the pointer is rewritten below; a damaged marker is reported when its job is planned
         if publication == 1:
@@ -1199,6 +1225,19 @@ class LoraTrainer:
         self.metrics.jobs.labels("published").inc()
         log.info("adapter published", extra={"adapter_id": job.adapter_id, "steps": result["steps"]})
         return event
+
+    def _unpublished(self, job: Job) -> None:
+        """Record in ``job``'s series' pointer that its adapter is about to be registered (the newest, so
+        served) before its event is sent. Its event refused for good, the pointer named only the adapter
+        last published: the set rolled back to that one found it current, and the generator went on
+        serving this one. No pointer yet (the series' first adapter), or one that cannot be read, is left
+        as it is: the pointer is written once the event is sent."""
+        try:
+            pointer = self._current(job)
+        except UnreadableRecord:
+            return
+        if pointer is not None and pointer.unpublished != job.adapter_id:
+            self.store.put_json(self._current_key(job), pointer._replace(unpublished=job.adapter_id).record())
 
     def _registered_whole(self, metadata: AdapterMetadata) -> bool:
         """Whether the registry's copy of the weights ``metadata`` names is there and matches its sha256.

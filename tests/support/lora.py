@@ -2,8 +2,8 @@
 the stage's real handlers, a SKU photographed only in a store (``on_the_shelf``), and training stubbed
 (``stub_training``, a fixture of the whole suite) where what is trained is not the point, so those tests
 run on CPU in seconds; ``refused_publication``, one SKU's trainer publishing to a topic that refuses
-every record; ``tiny_model``, a tiny SD inpainting pipeline built from config once per test
-module that asks for it (a fixture of the whole suite)."""
+every record (``refusing_publisher``: the publisher alone); ``tiny_model``, a tiny SD inpainting
+pipeline built from config once per test module that asks for it (a fixture of the whole suite)."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from schemas.topics import ADAPTER_PUBLISHED, GATE_ACCEPTED, SKU_CAPTIONED
 from services.lora_trainer import stage as lora_stage
 from services.lora_trainer.config import LoraTrainerSettings
 from services.lora_trainer.stage import (
+    AdapterPublisher,
     Job,
     LoraTrainer,
     LoraTrainerMetrics,
@@ -287,16 +288,23 @@ class RefusedPublication(NamedTuple):
     admin: KafkaAdminClient
 
 
-def refused_publication(tmp_path: Path, kafka_bootstrap: str) -> RefusedPublication:
-    """A trainer on ``one_series`` publishing through the real ``kafka_publisher`` to an
-    ``adapter.published`` topic made with max.message.bytes ``TOO_SMALL``, its one job planned."""
-    store, trainer_at = one_series(tmp_path)
+def refusing_publisher(
+    tmp_path: Path, kafka_bootstrap: str
+) -> tuple[AdapterPublisher, str, KafkaAdminClient]:
+    """The real ``kafka_publisher`` to an ``adapter.published`` topic made with max.message.bytes
+    ``TOO_SMALL``; the topic's name, and an admin to raise its limit."""
     shared = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path / "store"), flush_timeout_s=5.0)
     topic = shared.topic_name(ADAPTER_PUBLISHED)
     admin = session_admin(kafka_bootstrap)
     admin.create_topics([NewTopic(topic, 1, 1, topic_configs={"max.message.bytes": TOO_SMALL})])
     admin.wait_for_topics([topic], timeout_ms=30_000)
+    return kafka_publisher(shared), topic, admin
+
+
+def refused_publication(tmp_path: Path, kafka_bootstrap: str) -> RefusedPublication:
+    """A trainer on ``one_series`` publishing through ``refusing_publisher``, its one job planned."""
+    store, trainer_at = one_series(tmp_path)
     trainer = trainer_at(4)
-    trainer.publish = kafka_publisher(shared)
+    trainer.publish, topic, admin = refusing_publisher(tmp_path, kafka_bootstrap)
     [job] = trainer.plan()
     return RefusedPublication(store, trainer, job, topic, admin)
