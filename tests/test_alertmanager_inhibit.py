@@ -4,7 +4,8 @@ A stage that stops answering commits nothing, and its group's lag grows: Skuforg
 SkuforgeStageStalled and SkuforgeConsumerLagGrowing paged together for that one outage. The inhibit
 rules name the alerts of deploy/prometheus/alerts.yml (a renamed alert fails here, not silently in
 Alertmanager), and the promtool unit tests show all three firing for one outage with the labels the
-rules compare (promtool checks those labels against the rules themselves).
+rules compare (promtool checks those labels against the rules themselves). A stage that feeds the
+store down also left no images stored: SkuforgeNoImagesStored paged beside it, and waits now too.
 """
 
 from __future__ import annotations
@@ -77,3 +78,72 @@ def test_one_outage_fires_all_three_alerts_with_the_labels_the_inhibit_rules_com
                     ):
                         shown.add(target)
     assert shown == TARGETS, f"no unit test shows {sorted(TARGETS - shown)} inhibited by {SOURCE}"
+
+
+NO_IMAGES = "SkuforgeNoImagesStored"
+# The stages between the captioner and the store, and the generator server the generator calls: with
+# one of them down no image reaches the store. The others' outage leaves the flow to the store whole.
+FEEDING = ["generator", "generator-server", "matting", "gate", "trainstore"]
+NOT_FEEDING = ["captioner", "console", "lora-trainer"]
+INSTALL = {"namespace": "prod", "release": "skuforge"}
+
+
+def _matches(matcher: str, labels: dict[str, str]) -> bool:
+    """Whether labels satisfy one Alertmanager matcher (name="v", name!="v", name=~"re", name!~"re"); a
+    missing label reads as empty, and a regular expression matches the whole value, as Alertmanager's."""
+    found = re.fullmatch(r'(\w+)(=~|!~|!=|=)"(.*)"', matcher)
+    assert found is not None, f"a matcher this test does not read: {matcher}"
+    name, operator, value = found.groups()
+    given = labels.get(name, "")
+    if operator in {"=~", "!~"}:
+        return (re.fullmatch(value, given) is not None) == (operator == "=~")
+    return (given == value) == (operator == "=")
+
+
+def _inhibited(source: dict[str, str], target: dict[str, str]) -> bool:
+    """Whether an inhibit rule of the committed config holds ``target`` back while ``source`` fires."""
+    rules = yaml.safe_load(ALERTMANAGER_CONFIG.read_text()).get("inhibit_rules", [])
+    return any(
+        all(_matches(matcher, source) for matcher in rule["source_matchers"])
+        and all(_matches(matcher, target) for matcher in rule["target_matchers"])
+        and all(source.get(name, "") == target.get(name, "") for name in rule.get("equal", []))
+        for rule in rules
+    )
+
+
+def _stage_down(stage: str, **install: str) -> dict[str, str]:
+    labels = {"alertname": SOURCE, "severity": "page", "job": stage, "instance": "p:9100", "stage": stage}
+    return labels | install
+
+
+def test_a_stage_feeding_the_store_down_inhibits_no_images_stored_of_its_install() -> None:
+    """The generator (or matting, the gate, the trainstore) down stores no image: SkuforgeNoImagesStored
+    paged beside its SkuforgeStageDown for that one outage, with nothing more to say."""
+    no_images = {"alertname": NO_IMAGES, "severity": "page"} | INSTALL
+    for stage in FEEDING:
+        assert _inhibited(_stage_down(stage, **INSTALL), no_images), stage
+        # Another install's outage, or a stage's outside the flow to the store, leaves it paging.
+        assert not _inhibited(_stage_down(stage, **(INSTALL | {"namespace": "staging"})), no_images)
+        assert not _inhibited(_stage_down(stage, **(INSTALL | {"release": "other"})), no_images)
+    for stage in NOT_FEEDING:
+        assert not _inhibited(_stage_down(stage, **INSTALL), no_images), stage
+
+
+def test_one_outage_fires_stage_down_and_no_images_stored_with_the_labels_the_rule_compares() -> None:
+    """promtool's unit test of the outage (run by tests/test_prometheus_rules.py) fires both alerts, and
+    the labels it expects of them are ones the rule holds the second back for."""
+    shown = False
+    for test in yaml.safe_load(ALERTS_TEST_FILE.read_text())["tests"]:
+        firing: dict[str, dict[str, list[dict[str, str]]]] = defaultdict(dict)
+        for case in test.get("alert_rule_test", []):
+            expected = [
+                {"alertname": case["alertname"]} | alert.get("exp_labels", {}) for alert in case["exp_alerts"]
+            ]
+            firing[case["eval_time"]][case["alertname"]] = expected
+        for alerts in firing.values():
+            for source in alerts.get(SOURCE, []):
+                for target in alerts.get(NO_IMAGES, []):
+                    # The install's labels given, so the test shows them compared, not both missing.
+                    if source["stage"] in FEEDING and INSTALL.items() <= target.items():
+                        shown = shown or _inhibited(source, target)
+    assert shown, f"no unit test shows {NO_IMAGES} firing with {SOURCE} of a stage that feeds the store"
