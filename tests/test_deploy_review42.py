@@ -115,10 +115,12 @@ QUANTITY_KEYS = {
 
 @pytest.mark.parametrize("key", list(QUANTITY_KEYS))
 def test_a_quantity_the_api_server_takes_reaches_the_pod(helm: str, tmp_path: Path, key: str) -> None:
-    """Signs, decimals, exponents and SI suffixes, as the API server parses a resource.Quantity."""
-    *_, part, field = key.split(".")
+    """Signs, decimals, exponents and SI suffixes, as the API server parses a resource.Quantity. A limit
+    is given its request too (the same), as a request over its limit is refused."""
+    *owner, part, field = key.split(".")
     for quantity in ["500m", "1.5", "2Gi", "1e3", "+1"]:
-        docs = render(helm, files=[quantity_values(tmp_path, key, quantity)])
+        request = [f"{'.'.join(owner)}.requests.{field}={quantity}"] if part == "limits" else []
+        docs = render(helm, *request, files=[quantity_values(tmp_path, key, quantity)])
         assert main_container(docs, QUANTITY_KEYS[key])["resources"][part][field] == quantity
 
 

@@ -206,7 +206,8 @@ template gives text, and a value's own kind (a map, an int64) is what the checks
 "map[a:1]", and "soon" or "20GB" as given, each refused only at install, by the API server or the
 operator, naming a manifest's field. `optional`: null leaves the field out (its reader's default). A
 size is a resource.Quantity as the API server parses one: an optional +, digits with a point, then one
-binary or decimal SI suffix or an exponent (a negative one it refuses for a size or a resource). */}}
+binary or decimal SI suffix or an exponent (a negative one it refuses for a size or a resource), of a
+value it holds (skuforge.quantityNanos). */}}
 {{- define "skuforge.texts" -}}
 kinds:
   size: {what: "size (a Kubernetes quantity: 20Gi, 512Mi, 1.5G)", pattern: '^\+?([0-9]+(\.[0-9]*)?|\.[0-9]+)(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|[eE][+-]?[0-9]+)?$'}
@@ -232,6 +233,7 @@ values:
 {{- if or (kindIs "invalid" $value) (not (regexMatch $kind.pattern $text)) -}}
 {{- fail (printf "%s=%s is no %s, for %s: give one" .key (ternary "null" $text (kindIs "invalid" $value)) $kind.what $spec.reader) -}}
 {{- end -}}
+{{- if eq $spec.kind "size" }}{{ $_ := include "skuforge.quantityNanos" (dict "key" .key "text" $text) }}{{ end -}}
 {{- $text -}}
 {{- end -}}
 {{- end -}}
@@ -250,7 +252,7 @@ as the stage's. */ -}}
 {{- range $part := list "resources" "requests" "limits" -}}
 {{- $_ := set $keys $part (include "skuforge.stageKey" (dict "root" $.root "name" $.name "key" (ternary $part (printf "resources.%s" $part) (eq $part "resources")))) -}}
 {{- end -}}
-{{- include "skuforge.checkResources" (dict "value" $config.resources "keys" $keys) -}}
+{{- include "skuforge.checkResources" (dict "value" $config.resources "keys" $keys "own" ($override.resources | default dict)) -}}
 {{- range $field, $spec := (include "skuforge.wholeNumbers" . | fromYaml).stage -}}
 {{- $path := splitList "." $field -}}
 {{- $parent := $config -}}
@@ -362,30 +364,55 @@ value is D x 10^shift x 2^binary, D its digits (+1 and 1000000000n are 1 too). (
 {{/* A pod's resources, checked: requests and limits, each a map of quantities (or none). A string, list
 or number there stopped the render with Go's "can't evaluate field limits in type string", naming no
 value, or went into the manifest for the API server to refuse at install, as did a quantity it does
-not parse (`cpu: soon`, `memory: 20GB`). An extended resource is counted and its request held to its
-limit (skuforge.extendedLimit); the GPUs are skuforge.gpuLimit's. `keys`: the values' key of each. (dict "value" .Values.console.resources "keys" (dict "resources" "console.resources" "requests"
+not parse (`cpu: soon`, `memory: 20GB`) or holds as another value (skuforge.quantityNanos). A request
+is held to its limit, as the API server holds it at install (helm install said OK, and the Deployment
+made no pod): cpu's, memory's and any other native resource's at most its limit (compared as values:
+1Gi over 1G, 1000m equal to 1), a hugepages-* request equal to a limit it needs (never overcommitted),
+an extended resource counted and its request equal to its limit (skuforge.extendedLimit); the GPUs
+are skuforge.gpuLimit's. `keys`: the values' key of each; `own`, for a stage, its own resources
+(stages.<name>.resources): a quantity it does not set is named as stageDefaults'. (dict "value"
+.Values.console.resources "keys" (dict "resources" "console.resources" "requests"
 "console.resources.requests" "limits" "console.resources.limits")) */}}
 {{- define "skuforge.checkResources" -}}
-{{- $parts := list (list .keys.resources .value) -}}
+{{- $parts := list (list "resources" .keys.resources .value) -}}
 {{- if kindIs "map" .value -}}
-{{- range $part := list "requests" "limits" }}{{ $parts = append $parts (list (index $.keys $part) (index $.value $part)) }}{{ end -}}
+{{- range $part := list "requests" "limits" }}{{ $parts = append $parts (list $part (index $.keys $part) (index $.value $part)) }}{{ end -}}
 {{- end -}}
 {{- $size := (include "skuforge.texts" . | fromYaml).kinds.size -}}
+{{- $given := dict "requests" dict "limits" dict -}}
 {{- range $parts -}}
-{{- $key := index . 0 -}}
-{{- $value := index . 1 -}}
+{{- $part := index . 0 -}}
+{{- $key := index . 1 -}}
+{{- $value := index . 2 -}}
 {{- if not (or (kindIs "map" $value) (kindIs "invalid" $value)) -}}
 {{- fail (printf "%s=%v is no map: give a pod's resources as maps of quantities, e.g. {requests: {cpu: 500m, memory: 512Mi}, limits: {memory: 2Gi}}" $key (include "skuforge.text" $value)) -}}
 {{- end -}}
-{{- if and (kindIs "map" $value) (ne $key $.keys.resources) -}}
+{{- if and (kindIs "map" $value) (ne $part "resources") -}}
 {{- range $name, $quantity := $value -}}
 {{- $field := printf "%s.%s" $key $name -}}
+{{- if and $.own (not (hasKey (index $.own $part | default dict) $name)) }}{{ $field = printf "stageDefaults.resources.%s.%s" $part $name }}{{ end -}}
 {{- if and (not (kindIs "invalid" $quantity)) (not (include "skuforge.isExtended" $name)) -}}
 {{- $text := include "skuforge.checked" (dict "key" $field "value" $quantity "reader" "the API server" "want" "give one quantity") -}}
 {{- if not (regexMatch $size.pattern $text) -}}
 {{- fail (printf "%s=%s is no Kubernetes quantity (500m, 1.5, 2Gi, 1e3), which the API server would refuse at install: give one" $field $text) -}}
 {{- end -}}
+{{- $nanos := include "skuforge.quantityNanos" (dict "key" $field "text" $text "milli" (eq $name "cpu")) -}}
+{{- $_ := set (index $given $part) $name (dict "key" $field "text" $text "nanos" $nanos) -}}
 {{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- range $name, $request := $given.requests -}}
+{{- $limit := get $given.limits $name -}}
+{{- if hasPrefix "hugepages-" $name -}}
+{{- if not $limit -}}
+{{- fail (printf "%s=%s has no limit (%s.%s): the API server takes a request of %s (huge pages are not overcommitted) only beside an equal limit; give the limit alone, which the request follows" $request.key $request.text $.keys.limits $name $name) -}}
+{{- else if ne $request.nanos $limit.nanos -}}
+{{- fail (printf "%s=%s is not its limit (%s=%s): the API server takes a request of %s (huge pages are not overcommitted) only equal to its limit; give the limit alone, which the request follows" $request.key $request.text $limit.key $limit.text $name) -}}
+{{- end -}}
+{{- else if $limit -}}
+{{- if or (gt (len $request.nanos) (len $limit.nanos)) (and (eq (len $request.nanos) (len $limit.nanos)) (gt $request.nanos $limit.nanos)) -}}
+{{- fail (printf "%s=%s is over its limit (%s=%s): the API server refuses a pod whose request of %s is more than its limit, at install; lower the request or raise the limit" $request.key $request.text $limit.key $limit.text $name) -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
@@ -399,6 +426,72 @@ limit (skuforge.extendedLimit); the GPUs are skuforge.gpuLimit's. `keys`: the va
 {{- end -}}
 {{- end -}}
 {{- end -}}
+{{- end -}}
+{{/* A quantity's value as the API server keeps it, in nano units (1n; a value between two is rounded up,
+as resource.ParseQuantity rounds), as decimal digits: exact, where float64 made 9007199254740993 and
+...992 one value, and int64 held no 1Gi in nano units. So 1Gi, 1073741824 and 1.073741824G compare
+equal, and 1G less. A value past 2^63-1 of what its reader counts (millicores for cpu, else bytes or
+units) is refused, naming its key: the API server keeps such a text (1e999, 1e40, 10E), but cuts one
+with a binary suffix to 2^63-1, and the scheduler and the kubelet read any other into an int64 it
+overflows (k8s.io/apimachinery resource.Quantity.Value), a request or limit nobody wrote. (dict "key"
+"stages.matting.resources.limits.memory" "text" "3Gi" "milli" false) */}}
+{{- define "skuforge.quantityNanos" -}}
+{{- $pattern := `^\+?([0-9]*)(\.([0-9]*))?(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|[eE]([+-]?[0-9]+))?$` -}}
+{{- $text := .text -}}
+{{- $fraction := regexReplaceAll $pattern $text "${3}" -}}
+{{- $digits := regexReplaceAll "^0+" (printf "%s%s" (regexReplaceAll $pattern $text "${1}") $fraction) "" -}}
+{{- $suffix := regexReplaceAll $pattern $text "${4}" -}}
+{{- $exponent := regexReplaceAll $pattern $text "${5}" | trimPrefix "+" -}}
+{{- $kibis := get (dict "Ki" 1 "Mi" 2 "Gi" 3 "Ti" 4 "Pi" 5 "Ei" 6) $suffix | default 0 -}}
+{{- $shift := get (dict "n" -9 "u" -6 "m" -3 "k" 3 "M" 6 "G" 9 "T" 12 "P" 15 "E" 18) $suffix | default 0 -}}
+{{- /* An exponent of over 6 digits is past any bound either way (the digits are checked before it pads). */ -}}
+{{- if $exponent }}{{ $shift = ternary (atoi $exponent) (ternary -999999 999999 (hasPrefix "-" $exponent)) (le (len $exponent) 7) }}{{ end -}}
+{{- /* Now the value is digits x 10^shift x 1024^kibis, in nano units. */ -}}
+{{- $shift = sub (add $shift 9) (len $fraction) -}}
+{{- $milli := .milli | default false -}}
+{{- $most := ternary "9223372036854775807000000" "9223372036854775807000000000" $milli -}}
+{{- $nanos := "0" -}}
+{{- if $digits -}}
+{{- if gt (add (len $digits) $shift) (len $most) -}}
+{{- /* At least 10^(len(most)): past the most before any 1024s. */ -}}
+{{- $nanos = printf "1%s" $most -}}
+{{- else -}}
+{{- range until (int $kibis) -}}
+{{- $carry := 0 -}}
+{{- $product := "" -}}
+{{- range $at := until (len $digits) | reverse -}}
+{{- $step := add (mul (atoi (substr $at (int (add $at 1)) $digits)) 1024) $carry -}}
+{{- $product = printf "%d%s" (mod $step 10) $product -}}
+{{- $carry = div $step 10 -}}
+{{- end -}}
+{{- $digits = printf "%s%s" (ternary (toString $carry) "" (gt $carry 0)) $product -}}
+{{- end -}}
+{{- if ge $shift 0 -}}
+{{- $nanos = printf "%s%s" $digits (repeat (int $shift) "0") -}}
+{{- else if le (add (len $digits) $shift) 0 -}}
+{{- /* Under 1n: 1n. */ -}}
+{{- $nanos = "1" -}}
+{{- else -}}
+{{- $kept := substr 0 (int (add (len $digits) $shift)) $digits -}}
+{{- $nanos = $kept -}}
+{{- if not (regexMatch "^0*$" (substr (int (add (len $digits) $shift)) (len $digits) $digits)) -}}
+{{- /* Rounded up to the next 1n: the kept digits plus one. */ -}}
+{{- $carry := 1 -}}
+{{- $nanos = "" -}}
+{{- range $at := until (len $kept) | reverse -}}
+{{- $step := add (atoi (substr $at (int (add $at 1)) $kept)) $carry -}}
+{{- $nanos = printf "%d%s" (mod $step 10) $nanos -}}
+{{- $carry = div $step 10 -}}
+{{- end -}}
+{{- $nanos = printf "%s%s" (ternary "1" "" (gt $carry 0)) $nanos -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- if or (gt (len $nanos) (len $most)) (and (eq (len $nanos) (len $most)) (gt $nanos $most)) -}}
+{{- fail (printf "%s=%s is past the largest quantity Kubernetes holds (2^63-1 %s, about %s): the API server keeps the text, but the scheduler and the kubelet would read it into an int64 it overflows, as another quantity; give the quantity meant" .key $text (ternary "millicores" "bytes or units" $milli) (ternary "9.2e15 cores" "8Ei" $milli)) -}}
+{{- end -}}
+{{- $nanos -}}
 {{- end -}}
 
 {{/* A pod's resources given under one key (triton.resources, console.resources), checked. (dict
