@@ -172,3 +172,18 @@ def test_a_huge_pages_request_must_equal_its_limit(helm: str, owner: str) -> Non
     )
     resources = resources_of(docs, f"rel-skuforge-{owner.split('.')[-1]}")
     assert (resources["requests"][HUGE], str(resources["limits"][HUGE])) == ("100Mi", "104857600")
+
+
+def test_the_model_cache_requested_over_tritons_storage_limit_is_refused(helm: str) -> None:
+    """Triton's ephemeral-storage request is the model cache's sizeLimit (20Gi) unless given: under a
+    limit of 10Gi it rendered, and the API server refused the pod at install."""
+    limit = "triton.resources.limits.ephemeral-storage"
+    message = render_error(helm, f"{limit}=10Gi")
+    assert (
+        f"triton.modelCache.sizeLimit=20Gi is over {limit}=10Gi" in message
+        and "triton.resources.requests.ephemeral-storage" in message
+    ), message
+    for given in ([f"{limit}=20Gi"], [f"{limit}=10Gi", "triton.resources.requests.ephemeral-storage=10Gi"]):
+        docs = render(helm, *given)
+        requests = resources_of(docs, "rel-skuforge-triton")["requests"]
+        assert requests["ephemeral-storage"] == given[-1].split("=")[1]

@@ -411,7 +411,7 @@ are skuforge.gpuLimit's. `keys`: the values' key of each; `own`, for a stage, it
 {{- fail (printf "%s=%s is not its limit (%s=%s): the API server takes a request of %s (huge pages are not overcommitted) only equal to its limit; give the limit alone, which the request follows" $request.key $request.text $limit.key $limit.text $name) -}}
 {{- end -}}
 {{- else if $limit -}}
-{{- if or (gt (len $request.nanos) (len $limit.nanos)) (and (eq (len $request.nanos) (len $limit.nanos)) (gt $request.nanos $limit.nanos)) -}}
+{{- if include "skuforge.quantityOver" (list $request.nanos $limit.nanos) -}}
 {{- fail (printf "%s=%s is over its limit (%s=%s): the API server refuses a pod whose request of %s is more than its limit, at install; lower the request or raise the limit" $request.key $request.text $limit.key $limit.text $name) -}}
 {{- end -}}
 {{- end -}}
@@ -488,10 +488,17 @@ overflows (k8s.io/apimachinery resource.Quantity.Value), a request or limit nobo
 {{- end -}}
 {{- end -}}
 {{- end -}}
-{{- if or (gt (len $nanos) (len $most)) (and (eq (len $nanos) (len $most)) (gt $nanos $most)) -}}
+{{- if include "skuforge.quantityOver" (list $nanos $most) -}}
 {{- fail (printf "%s=%s is past the largest quantity Kubernetes holds (2^63-1 %s, about %s): the API server keeps the text, but the scheduler and the kubelet would read it into an int64 it overflows, as another quantity; give the quantity meant" .key $text (ternary "millicores" "bytes or units" $milli) (ternary "9.2e15 cores" "8Ei" $milli)) -}}
 {{- end -}}
 {{- $nanos -}}
+{{- end -}}
+
+{{/* "true" where the first of two skuforge.quantityNanos is the larger. (list "1000" "999") */}}
+{{- define "skuforge.quantityOver" -}}
+{{- $first := index . 0 -}}
+{{- $second := index . 1 -}}
+{{- if or (gt (len $first) (len $second)) (and (eq (len $first) (len $second)) (gt $first $second)) }}true{{ end -}}
 {{- end -}}
 
 {{/* A pod's resources given under one key (triton.resources, console.resources), checked. (dict
