@@ -71,6 +71,8 @@ from shared.evaluation.experiment import (
     run_evaluation,
 )
 from shared.evaluation.leakage import check_disjoint, check_no_near_duplicates, copy_hashes, heldout_hash
+from shared.generation.backend import MAX_SIZE_PX
+from shared.generation.composite import MIN_SIZE_PX
 from shared.store import sha256_hex
 
 if TYPE_CHECKING:
@@ -965,7 +967,14 @@ def _bench(argv: list[str] | None) -> int:
     parser.add_argument(
         "--pile-share", type=SHARE, default=0.0, help="share of loose-produce variants heaped (0 to 1)"
     )
-    parser.add_argument("--size", type=positive_int, default=384, help="generated image side (px)")
+    # The composite backend's smallest side to the generator's largest: outside it every photo was
+    # refused after the dataset was read, or (100000) the canvases ran the machine out of memory.
+    parser.add_argument(
+        "--size",
+        type=int_between(MIN_SIZE_PX, MAX_SIZE_PX),
+        default=384,
+        help=f"generated image side (px, {MIN_SIZE_PX} to {MAX_SIZE_PX})",
+    )
     parser.add_argument(
         "--export-px", type=EXPORT_PX, default=256, help="export's shorter side (px, 16 to 4096)"
     )
