@@ -20,9 +20,8 @@ silently repairing:
                         comes last when compressed) and a cut WebP (RIFF length) are told apart too
 ``corrupt``             the pixel data is damaged (bad checksum, broken stream...)
 ``unsupported_mode``    a pixel layout that cannot be turned into RGB / a mask
-``too_many_pages``      a TIFF of more than ``MAX_TIFF_PAGES`` pages, when its pages are walked (to
-                        find the photo page past previews ahead of it, or to count them), or when its
-                        photo page is not its first (libtiff then walks every page to decode it)
+``too_many_pages``      a TIFF of more than ``MAX_TIFF_PAGES`` pages (its chain of page directories,
+                        counted from the file before any page walk), whichever page is its photo
 
 Odd but valid images are converted, never refused: 16-bit and 32-bit grayscale are rescaled (not
 clipped) to 8 bits (a mask whose values all fit in 0..255, and a 32-bit photo's, is read as those
@@ -367,6 +366,7 @@ def frame_count(data: bytes) -> int:
             if _FORMAT_ALIASES.get(image.format or "") == "JPEG":
                 return 1
             if isinstance(image, TiffImagePlugin.TiffImageFile):
+                _refuse_long_directory_chain(image)  # the rule seek_photo_page applies, before any walk
                 return max(1, _full_size_pages(image))
             return int(getattr(image, "n_frames", 1))
     except (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError):
@@ -382,10 +382,15 @@ def seek_photo_page(image: Image.Image, what: Subject = "photo") -> None:
     ``ImageRejected('corrupt')`` when the directory of a page after such a first page cannot be read:
     the photo is not there, and the preview is no stand-in for it (``format_not_allowed`` when it is
     stored with a compression Pillow has no decoder for: the user must save it again, not repair it;
-    ``what`` the file is, which the advice names), and ``too_many_pages`` past ``MAX_TIFF_PAGES``, in
-    the walk or in the file's whole chain of pages where the photo page is not the first
-    (``_refuse_long_directory_chain``)."""
-    if not isinstance(image, TiffImagePlugin.TiffImageFile) or not _belongs_to_another_page(image):
+    ``what`` the file is, which the advice names), and ``too_many_pages`` for a TIFF of more than
+    ``MAX_TIFF_PAGES`` pages (its chain of page directories, ``_refuse_long_directory_chain``),
+    whichever page is the photo: ``frame_count`` refuses the same files, so ingest and every stage and
+    the console that decode them agree."""
+    if not isinstance(image, TiffImagePlugin.TiffImageFile):
+        return
+    # Counted from the file, not by Pillow's page walk (slower with every page it has passed).
+    _refuse_long_directory_chain(image)
+    if not _belongs_to_another_page(image):
         return
     for index in itertools.count(1):
         try:
@@ -401,16 +406,17 @@ def seek_photo_page(image: Image.Image, what: Subject = "photo") -> None:
                 + (no_decoder or str(exc)),
             ) from exc
         if not _belongs_to_another_page(image):
-            _refuse_long_directory_chain(image)
             return
 
 
 def _refuse_long_directory_chain(tiff: TiffImagePlugin.TiffImageFile) -> None:
     """``ImageRejected('too_many_pages')`` for a TIFF whose chain of page directories is longer than
-    ``MAX_TIFF_PAGES``, read from its file (counts and links only). Asked when the page to decode is not
-    the first: libtiff, handed a directory it has not read, walks the whole chain first (libtiff 4.5 on,
-    ``TIFFSetSubDirectory``), past the page Pillow's capped walk stopped at: a 6 MB file of a million
-    empty directories cost a second per decode. A chain that cannot be read on stops the count there."""
+    ``MAX_TIFF_PAGES``, read from its file (counts and links only). Asked of every TIFF, before any page
+    walk: where the page to decode is not the first, libtiff, handed a directory it has not read, walks
+    the whole chain first (libtiff 4.5 on, ``TIFFSetSubDirectory``), past the page Pillow's capped walk
+    stopped at (a 6 MB file of a million empty directories cost a second per decode); where it is the
+    first, the file is refused all the same, as ingest's page count refuses it. A chain that cannot be
+    read on stops the count there."""
     file = tiff.fp
     at = file.tell()
     try:

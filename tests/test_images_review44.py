@@ -14,7 +14,7 @@ import pytest
 from PIL import Image, TiffImagePlugin
 
 from shared.errors import ImageRejected
-from shared.images import MAX_TIFF_PAGES, decode_image, decode_mask
+from shared.images import MAX_TIFF_PAGES, decode_image, decode_mask, frame_count
 
 PREVIEW = 1  # NewSubfileType (tag 254): a reduced-size copy of another page
 
@@ -56,8 +56,23 @@ def test_a_photo_page_after_a_preview_in_as_many_pages_as_the_cap_is_read(
     assert np.asarray(decode(data)).shape[:2] == (48, 64)
 
 
-def test_a_photo_first_with_pages_past_the_cap_is_still_decoded_by_its_first_page() -> None:
-    # libtiff reads the first directory as it opens the file: nothing walked, nothing to refuse.
+@pytest.mark.parametrize("decode", DECODERS, ids=["photo", "mask"])
+def test_a_photo_first_with_pages_past_the_cap_is_refused_as_ingest_refuses_it(
+    decode: Callable[[bytes], object],
+) -> None:
+    # Before, the stages and the console's mask upload decoded its first page (libtiff walks nothing
+    # to read it), while ingest, counting its pages, refused the same file: the entry points disagreed.
     tiny = Image.new("L", (1, 1))
-    data = _tiff((_photo(), 0), *[(tiny, PREVIEW)] * (MAX_TIFF_PAGES + 1))
-    assert decode_image(data).size == (64, 48)
+    data = _tiff((_photo(), 0), *[(tiny, PREVIEW)] * MAX_TIFF_PAGES)
+    for refused_by in (lambda: decode(data), lambda: frame_count(data)):
+        with pytest.raises(ImageRejected) as refused:
+            refused_by()
+        assert refused.value.reason == "too_many_pages" and str(MAX_TIFF_PAGES) in str(refused.value)
+
+
+@pytest.mark.parametrize("decode", DECODERS, ids=["photo", "mask"])
+def test_a_photo_first_in_as_many_pages_as_the_cap_is_read(decode: Callable[[bytes], object]) -> None:
+    tiny = Image.new("L", (1, 1))
+    data = _tiff((_photo(), 0), *[(tiny, PREVIEW)] * (MAX_TIFF_PAGES - 1))
+    assert np.asarray(decode(data)).shape[:2] == (48, 64)
+    assert frame_count(data) == 1
