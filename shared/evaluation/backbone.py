@@ -9,7 +9,8 @@ seeded random weights, built from config, for tests (no weights, no network).
 
 Features are the global average of the last feature map, one vector per image, computed at
 ``image_px`` from a centre square (shorter side resized to ``image_px``). They are cached on disk
-by the sha256 of the image's bytes, so a second evaluation of the same photos costs nothing.
+by the sha256 of the image's bytes (and the backbone's weights and device: a GPU's features are not
+the CPU's), so a second evaluation of the same photos costs nothing.
 
 A backbone is a list of *stages* (lite0: the stem, its 16 MBConv blocks, the 1x1 head convolution;
 tiny: its three convolutions) followed by global pooling. Fine-tuning the last ``n`` stages
@@ -77,12 +78,18 @@ class Backbone:
         self.dim = dim
 
     @property
+    def cache_id(self) -> str:
+        """The cache name of this backbone's features: its weights and the device that computes them
+        (a GPU sums in another order than the CPU: its features are its own, not the CPU's)."""
+        return f"{self.backbone_id}-{self.device.type}"
+
+    @property
     def n_stages(self) -> int:
         return len(self.stages)
 
     def trunk_id(self, tune_stages: int) -> str:
-        """The cache name of the trunk that leaves the last ``tune_stages`` stages out."""
-        return f"{self.backbone_id}-trunk{tune_stages}"
+        """The cache name of the trunk that leaves the last ``tune_stages`` stages out (``cache_id``'s)."""
+        return f"{self.cache_id}-trunk{tune_stages}"
 
     def tail(self, tune_stages: int) -> nn.Module:
         """A trainable copy of the last ``tune_stages`` stages + pooling: trunk maps in, features out.
@@ -298,9 +305,9 @@ PIXELS_VERSION = 2
 class FeatureCache:
     """Features (or trunk maps) on disk by (representation id, sha256 of the image's bytes).
 
-    ``<dir>/pixels-v<PIXELS_VERSION>/<id>/<sha>.npy``; the id is the backbone's (``backbone_id``) or its
-    trunk's (``trunk_id``). An array is stored in the dtype it comes in (trunk maps as float16: they
-    are many times larger than a feature vector) and read back as float32.
+    ``<dir>/pixels-v<PIXELS_VERSION>/<id>/<sha>.npy``; the id is the backbone's (``cache_id``: its
+    weights and device) or its trunk's (``trunk_id``). An array is stored in the dtype it comes in
+    (trunk maps as float16: they are many times larger than a feature vector) and read back as float32.
     """
 
     def __init__(self, root: Path | None) -> None:

@@ -151,11 +151,14 @@ class Featurizer:
         max_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
         """``max_pixels``/``max_bytes``: the decode limits ingest held the photos to (the settings'
-        ``SKUFORGE_MAX_IMAGE_PIXELS``/``_BYTES``); a JPEG over the pixel limit decodes reduced, so a
-        limit other than the default is part of the cache key."""
+        ``SKUFORGE_MAX_IMAGE_PIXELS``/``_BYTES``). A limit other than the default is part of the cache
+        key: a JPEG over the pixel limit decodes reduced, and a photo over the byte limit is refused,
+        where a warm cache keyed by its bytes alone handed back its features."""
         self.backbone, self.cache = backbone, cache
         self.limits = (max_pixels, max_bytes)
         self._key_tag = "" if max_pixels == DEFAULT_MAX_PIXELS else f"|max{max_pixels}"
+        if max_bytes != DEFAULT_MAX_BYTES:
+            self._key_tag += f"|maxbytes{max_bytes}"
 
     def _key(self, sha256: str) -> str:
         return hashlib.sha256(f"{sha256}{self._key_tag}".encode()).hexdigest() if self._key_tag else sha256
@@ -193,7 +196,7 @@ class Featurizer:
                 return self.backbone.trunk_maps(images, tune_stages)
 
         else:
-            representation = self.backbone.backbone_id
+            representation = self.backbone.cache_id
             compute = self.backbone.features
         found: dict[int, npt.NDArray[np.float32]] = {}
         missing = []
