@@ -752,6 +752,8 @@ def run_flow(
     _say(f"report: {report.resolve()}")
     for letter in state.dead:
         _say(f"dead letter from {letter.stage}: {letter.reason}: {letter.detail}")
+    for line in state.unreadable:
+        _say(f"record skipped, unreadable: {line}")
     code, why = flow_exit_code(views, complete)
     if why:
         _say(why)

@@ -17,6 +17,7 @@ from typing import Any
 
 from kafka import KafkaConsumer
 from kafka.structs import TopicPartition
+from pydantic import ValidationError
 
 from schemas.envelope import DeadLetter
 from schemas.events import (
@@ -50,10 +51,12 @@ class Seen:
 
 @dataclass
 class FlowState:
-    """Per topic, item key → first record seen; plus dead letters."""
+    """Per topic, item key → first record seen; plus dead letters, and the records of followed SKUs
+    that could not be read (``"<topic> offset <n>: <why>"``)."""
 
     records: dict[str, dict[str, Seen]] = field(default_factory=lambda: defaultdict(dict))
     dead: list[DeadLetter] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)
 
     def payloads(self, topic: Topic[Any]) -> list[Any]:
         """Payloads of ``topic``, one per item."""
@@ -159,6 +162,21 @@ class FlowTracker:
     def _take(self, topic_name: str, record: Any) -> None:
         if record.timestamp < self.trace_since_ms:
             return
+        # Anyone may write to a topic: a record that is not what the topic carries (a stage dead-letters
+        # it, with the reason) stopped the demo with a traceback and no report. Passed over, and named.
+        try:
+            self._read(topic_name, record)
+        except ValidationError as exc:
+            if record.key in self.sku_ids and record.timestamp >= self.since_ms:
+                why = exc.errors()[0]["msg"] if exc.errors() else str(exc)
+                self.state.unreadable.append(
+                    f"{topic_name} offset {record.offset}: not a {self._expected(topic_name)} ({why})"
+                )
+
+    def _expected(self, topic_name: str) -> str:
+        return "dead letter" if topic_name in self._dlqs else f"{self._topics[topic_name].name} event"
+
+    def _read(self, topic_name: str, record: Any) -> None:
         if topic_name in self._dlqs:
             letter = DeadLetter.model_validate_json(record.value, extra=READ_EXTRA)
             if (

@@ -1,0 +1,50 @@
+"""Review 44 of the local stack's demo: what the flow tracker makes of records it cannot read."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from bench.events import produce, sku_ingested_payloads
+from devstack.demo.tracker import WATCHED, FlowTracker
+from schemas.topics import SKU_INGESTED
+from shared.bus import make_producer
+from shared.store import FileStore
+from tests.support.bus import create_topics, file_store_uri, isolated_settings
+from tests.support.polling import wait_for
+
+
+def test_the_demo_tracker_skips_a_record_it_cannot_read(kafka_bootstrap: str, tmp_path: Path) -> None:
+    """A record of a followed SKU that is not a valid event (a stage dead-letters it, naming why) or a
+    dead-letter topic holding something else stopped `skuforge demo` with a pydantic traceback, and
+    no report; the tracker now passes over both and follows the rest of the flow."""
+    settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path))
+    create_topics(settings, *WATCHED, partitions=1)
+    since_ms = int(time.time() * 1000) - 2_000
+    [ingested] = sku_ingested_payloads(FileStore(tmp_path), 1)
+    sku_id = ingested.sku.sku_id
+    unreadable = f'{{"sku_id": "{sku_id}", "payload": "not an event"}}'.encode()
+    produce(settings, SKU_INGESTED, [ingested], raw=[unreadable])
+    producer = make_producer(settings, client_id="skuforge-tests")
+    try:
+        producer.send(settings.dlq_name(SKU_INGESTED), key=sku_id.encode(), value=b"not a dead letter")
+        producer.flush(timeout=settings.flush_timeout_s)
+    finally:
+        producer.close()
+
+    tracker = FlowTracker(settings, [sku_id], since_ms)
+    try:
+
+        def settled() -> bool:
+            state = tracker.poll()
+            return bool(state.count(SKU_INGESTED)) and len(state.unreadable) >= 2
+
+        wait_for("the valid event and both unreadable records", settled)
+    finally:
+        tracker.close()
+    state = tracker.state
+    assert state.count(SKU_INGESTED) == 1
+    assert state.dead == []
+    # Each named by its topic, so a reader knows which stage's input (or dead letters) to look at.
+    topics = sorted(line.split(" ")[0] for line in state.unreadable)
+    assert topics == sorted([settings.topic_name(SKU_INGESTED), settings.dlq_name(SKU_INGESTED)])
