@@ -11,12 +11,9 @@ import pytest
 from PIL import Image
 from prometheus_client import CollectorRegistry
 
-from schemas.common import ImageRef
-from schemas.events import ImageGenerated, ImageMatted
-from schemas.topics import IMAGE_GENERATED
+from schemas.events import ImageMatted
 from services.matting.config import MattingSettings
 from services.matting.stage import MattingMetrics, build_stage, handle_batch, open_matting_session
-from shared.bus import Envelope, make_envelope
 from shared.config import load_settings
 from shared.errors import BadInput
 from shared.matting.session import MattingModelError, U2NetPSession, U2NetSession, normalise_min_max
@@ -25,7 +22,7 @@ from shared.runtime import Context
 from shared.store import FileStore
 from tests.support.matting import (
     batch_folding_onnx_bytes,
-    image_generated,
+    generated_event,
     nan_where_red_onnx_bytes,
     stand_in_onnx_bytes,
 )
@@ -88,7 +85,7 @@ def test_an_empty_mask_is_no_confidence_figure(tmp_path: Path) -> None:
     store, ctx = _matting_context(tmp_path)
     session = U2NetPSession(stand_in_onnx_bytes(), threads=1, use_gpu=False)
     image = store.put_image("generated/black.png", Image.new("RGB", (64, 48), "black"))
-    event = _generated(image)
+    event = generated_event(image)
     registry = CollectorRegistry()
 
     (outputs,) = handle_batch([event], ctx, session=session, metrics=MattingMetrics(registry))
@@ -131,7 +128,7 @@ def test_an_image_the_model_gives_nan_for_is_named_in_its_dead_letter(tmp_path: 
     session = U2NetPSession(nan_where_red_onnx_bytes(), threads=1, use_gpu=False)
     session.warm_up()
     image = store.put_image("generated/white.png", Image.new("RGB", (64, 48), "white"))
-    event = _generated(image)
+    event = generated_event(image)
 
     (refusal,) = handle_batch([event], ctx, session=session)
 
@@ -160,7 +157,7 @@ def test_the_stage_mats_alone_what_a_batch_folding_model_cannot_mat_together(tmp
     events = []
     for index in range(4):
         image = store.put_image(f"generated/{index}.png", Image.new("RGB", (64, 48), (60 * index, 0, 0)))
-        events.append(_generated(image, index))
+        events.append(generated_event(image, index))
 
     results = handle_batch(events, ctx, session=session)
 
@@ -173,11 +170,3 @@ def _matting_context(tmp_path: Path) -> tuple[FileStore, Context]:
     store = FileStore(tmp_path / "store")
     settings = load_settings(store_uri=store.base_uri)
     return store, Context("matting", store, settings, StageMetrics("matting"), logging.getLogger("t"))
-
-
-def _generated(image: ImageRef, index: int = 0) -> Envelope[ImageGenerated]:
-    """An image.generated event for ``image``, which is its own reference and expected mask too."""
-    payload = image_generated(image, image, item_id=f"item-{index + 1}", variant_index=index)
-    return make_envelope(
-        IMAGE_GENERATED, payload, event_id=f"{index + 1}" * 32, sku_id="SKU-1", trace_id="t", producer="t"
-    )

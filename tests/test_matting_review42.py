@@ -9,19 +9,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from schemas.common import ImageRef
-from schemas.envelope import Envelope
-from schemas.events import ImageGenerated
-from schemas.topics import IMAGE_GENERATED
 from services.matting.stage import handle_batch
-from shared.bus import make_envelope
 from shared.config import load_settings
 from shared.errors import BadInput, TransientError
 from shared.matting.session import MattingModelError, U2NetSession, open_session
 from shared.observability import StageMetrics
 from shared.runtime import Context
 from shared.store import FileStore
-from tests.support.matting import batch_folding_onnx_bytes, image_generated, stand_in_onnx_bytes
+from tests.support.matting import batch_folding_onnx_bytes, generated_event, stand_in_onnx_bytes
 
 log = logging.getLogger("test")
 
@@ -57,21 +52,13 @@ def test_a_stopping_stage_gives_up_the_chunks_it_has_not_started(tmp_path: Path)
     ctx = Context("matting", store, load_settings(store_uri=store.base_uri), StageMetrics("matting"), log)
     session = U2NetSession(stand_in_onnx_bytes(), threads=1, use_gpu=False, max_batch=1)
     image = store.put_image("generated/grey.png", Image.new("RGB", (64, 48), (90, 120, 150)))
-    events = [_generated(image, index) for index in range(2)]
+    events = [generated_event(image, index) for index in range(2)]
     ctx._stop.set()  # what Stage.stop() sets: SIGTERM came while this poll's batch was in hand
 
     with pytest.raises(TransientError, match="stopping"):
         handle_batch(events, ctx, session=session)
 
     assert not list(store.list_keys("masks/")), "a chunk was matted after the stop"
-
-
-def _generated(image: ImageRef, index: int) -> Envelope[ImageGenerated]:
-    """An image.generated event for ``image``, which is its own reference and expected mask too."""
-    payload = image_generated(image, image, item_id=f"item-{index}", variant_index=index)
-    return make_envelope(
-        IMAGE_GENERATED, payload, event_id=f"{index + 1}" * 32, sku_id="SKU-1", trace_id="t", producer="t"
-    )
 
 
 def test_a_chunk_the_model_cannot_mat_together_is_matted_one_image_a_call_and_counted(tmp_path: Path) -> None:
@@ -86,7 +73,7 @@ def test_a_chunk_the_model_cannot_mat_together_is_matted_one_image_a_call_and_co
     events = []
     for index in range(4):
         image = store.put_image(f"generated/{index}.png", Image.new("RGB", (64, 48), (60 * index, 0, 0)))
-        events.append(_generated(image, index))
+        events.append(generated_event(image, index))
 
     results = handle_batch(events, ctx, session=session)
 

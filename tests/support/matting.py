@@ -20,7 +20,10 @@ import pytest
 from PIL import Image
 
 from schemas.common import ImageRef, SkuMetadata
+from schemas.envelope import Envelope
 from schemas.events import ImageGenerated
+from schemas.topics import IMAGE_GENERATED
+from shared.bus import make_envelope
 from shared.matting.session import F32Array, U2NetSession
 
 SIZE_PX = 320
@@ -176,6 +179,15 @@ def image_generated(
         model_id="synth",
         seed=seed,
         variant_index=variant_index,
+    )
+
+
+def generated_event(image: ImageRef, index: int = 0) -> Envelope[ImageGenerated]:
+    """SKU-1's image.generated event ``item-<index + 1>`` (variant ``index``) for ``image``, which is its
+    own reference and expected mask too."""
+    payload = image_generated(image, image, item_id=f"item-{index + 1}", variant_index=index)
+    return make_envelope(
+        IMAGE_GENERATED, payload, event_id=f"{index + 1}" * 32, sku_id="SKU-1", trace_id="t", producer="t"
     )
 
 
