@@ -36,6 +36,7 @@ from tests.support.bus import (
     sku_ingested_payloads,
 )
 from tests.support.dlq import ingested_letter, numbered_records, slow_replay, write_letters, write_values
+from tests.support.s3 import file_or_s3_store, isolated_settings_on
 
 
 def _lock_from(store: ObjectStore, lock: str) -> int:
@@ -111,13 +112,8 @@ def test_a_replay_taking_a_killed_ones_lock_over_reads_only_what_it_sent_since_i
     again."""
     from skuforge_cli.dlq import main as dlq_main
 
-    if backend == "file":
-        store: ObjectStore = FileStore(tmp_path)
-        settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path))
-    else:
-        store = request.getfixturevalue("s3_store")
-        endpoint = request.getfixturevalue("s3_endpoint")
-        settings = isolated_settings(kafka_bootstrap, store.base_uri, s3_endpoint_url=endpoint)
+    store = file_or_s3_store(request, tmp_path, backend)
+    settings = isolated_settings_on(store, kafka_bootstrap, request)
     create_topics(settings, SKU_INGESTED, partitions=1)
     topic = settings.topic_name(SKU_INGESTED)
     count = 40

@@ -19,7 +19,9 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
+from shared.config import Settings
 from shared.store import FileStore, ObjectStore, open_store
+from tests.support.bus import isolated_settings
 
 # Dummy credentials (forced, not defaulted, so real ones are never used by tests) and no
 # user AWS config files, whose region or S3 settings could change what the tests see.
@@ -122,10 +124,21 @@ def s3_store(s3_endpoint: str) -> Iterator[ObjectStore]:
     client.delete_bucket(Bucket=bucket)
 
 
-def file_or_s3_store(request: pytest.FixtureRequest, folder: Path) -> ObjectStore:
+def file_or_s3_store(request: pytest.FixtureRequest, folder: Path, kind: str | None = None) -> ObjectStore:
     """The store of a fixture parametrised ``["file", "s3"]``: a FileStore in ``folder``, or ``s3_store``
-    (started only for the "s3" runs), so a test proves its behaviour on both kinds of store."""
-    if request.param == "file":
+    (started only for the "s3" runs), so a test proves its behaviour on both kinds of store. ``kind``
+    ("file" or "s3") stands for the fixture's parameter in a test parametrised itself."""
+    if (kind or request.param) == "file":
         return FileStore(folder)
     s3: ObjectStore = request.getfixturevalue("s3_store")
     return s3
+
+
+def isolated_settings_on(store: ObjectStore, bootstrap: str, request: pytest.FixtureRequest) -> Settings:
+    """``isolated_settings`` whose store is ``store`` (``file_or_s3_store``'s): an S3 one is reached on
+    the session's S3 server."""
+    if isinstance(store, FileStore):
+        return isolated_settings(bootstrap, store.base_uri)
+    return isolated_settings(
+        bootstrap, store.base_uri, s3_endpoint_url=request.getfixturevalue("s3_endpoint")
+    )
