@@ -99,6 +99,20 @@ def read_topic(bootstrap: str, topic_name: str, *, expect: int, timeout_s: float
         consumer.close()
 
 
+def record_count(bootstrap: str, topic_name: str) -> int:
+    """Records in ``topic_name`` now, over its partitions (end less beginning offsets): exact, where
+    ``read_topic(expect=0)`` reads for its one grace second and may not have fetched a record yet."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    try:
+        partitions = [TopicPartition(topic_name, p) for p in consumer.partitions_for_topic(topic_name) or ()]
+        if not partitions:
+            raise AssertionError(f"topic {topic_name} does not exist")
+        ends, starts = consumer.end_offsets(partitions), consumer.beginning_offsets(partitions)
+        return sum(ends[tp] - starts[tp] for tp in partitions)
+    finally:
+        consumer.close()
+
+
 @contextmanager
 def running(stage: Stage) -> Iterator[Stage]:
     """Run a stage in a background thread for the duration of the block, then stop it cleanly."""

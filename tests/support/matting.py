@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import tempfile
+import threading
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -201,13 +202,29 @@ def green_with_a_red_tinge() -> Image.Image:
 class FallingOver(U2NetSession):
     """A session on a device that can fall over: while ``down``, every ONNX Runtime call raises, the
     blank warm-up image's too, as every call does once a GPU's driver has failed. ``failed_calls``
-    counts them."""
+    counts them.
+
+    ``down`` is read once per attempt (``_run``: the images' call, and the blank image's when it
+    fails): a test setting it while a stage runs changes the next attempt. Landing between one
+    attempt's two calls, it made that attempt the images' fault (a handler_error), a timing the test
+    did not mean and a loaded machine hit now and then."""
 
     down = False
     failed_calls = 0
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._attempt = threading.local()
+
+    def _run(self, batch: F32Array) -> F32Array:
+        self._attempt.down = self.down
+        try:
+            return super()._run(batch)
+        finally:
+            del self._attempt.down
+
     def _call(self, batch: F32Array) -> F32Array:
-        if self.down:
+        if getattr(self._attempt, "down", self.down):
             self.failed_calls += 1
             raise RuntimeError("CUDA failure 999: unknown error")
         return super()._call(batch)
