@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 from bench.events import produce, sku_ingested_payloads
+from devstack.demo.report import iou_histogram_svg
 from devstack.demo.tracker import WATCHED, FlowTracker
 from schemas.topics import SKU_INGESTED
 from shared.bus import make_producer
@@ -48,3 +49,17 @@ def test_the_demo_tracker_skips_a_record_it_cannot_read(kafka_bootstrap: str, tm
     # Each named by its topic, so a reader knows which stage's input (or dead letters) to look at.
     topics = sorted(line.split(" ")[0] for line in state.unreadable)
     assert topics == sorted([settings.topic_name(SKU_INGESTED), settings.dlq_name(SKU_INGESTED)])
+
+
+def test_the_iou_histogram_shows_a_gate_below_one_half() -> None:
+    """SKUFORGE_GATE_IOU_MIN takes any value in [0, 1]. Below 0.5 the report's histogram, drawn over
+    [0.5, 1], put the gate's line and label left of the chart (x < 0, not shown) and counted an IoU of
+    0.37 in a bar titled 0.500-0.525. The chart now starts at the gate's tenth below 0.5."""
+    width, pad = 520, 28  # the chart's, iou_histogram_svg
+    svg = iou_histogram_svg([0.37, 0.97], threshold=0.3, bins=14)
+    line_x = float(svg.split('<line x1="')[1].split('"')[0])
+    assert pad <= line_x <= width - pad, f"the gate's line at x={line_x} is off the chart"
+    assert "gate 0.30" in svg
+    titles = [part.split("</title>")[0] for part in svg.split("<title>")[1:]]
+    spans = [title.rsplit(": ", 1)[0] for title in titles if not title.endswith(": 0")]  # bars with items
+    assert [tuple(float(end) for end in span.split("-")) for span in spans] == [(0.35, 0.4), (0.95, 1.0)]

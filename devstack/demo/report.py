@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import io
+import math
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -206,9 +207,10 @@ def contact_sheet(images: Sequence[Image.Image], columns: int = SHEET_COLUMNS) -
 
 
 def iou_histogram_svg(ious: Sequence[float], threshold: float, bins: int = 20) -> str:
-    """An SVG bar chart of IoU over [0.5, 1] (lower values in the first bar), with the gate's threshold."""
+    """An SVG bar chart of IoU over [0.5, 1] (lower values in the first bar), with the gate's threshold;
+    a gate below 0.5 starts the chart at its tenth below (its line was drawn off the chart)."""
     width, height, pad = 520, 180, 28
-    low = 0.5
+    low = min(0.5, math.floor(max(threshold, 0.0) * 10) / 10)
     counts = [0] * bins
     for value in ious:
         index = int((max(value, low) - low) / (1 - low) * bins)
@@ -236,9 +238,10 @@ def iou_histogram_svg(ious: Sequence[float], threshold: float, bins: int = 20) -
         'stroke="#333" stroke-dasharray="4 3"/>'
     )
     parts.append(f'<text x="{tx + 4:.1f}" y="{pad / 2 + 10}" font-size="11">gate {threshold:.2f}</text>')
-    for tick in (0.5, 0.6, 0.7, 0.8, 0.9, 1.0):
+    for tenth in range(round(low * 10), 11):
+        tick = tenth / 10
         x = pad + (tick - low) / (1 - low) * (width - 2 * pad)
-        label = "≤0.5" if tick == 0.5 else f"{tick:.1f}"
+        label = f"≤{tick:.1f}" if tick == low and low > 0 else f"{tick:.1f}"
         parts.append(f'<text x="{x:.1f}" y="{height - 8}" font-size="11" text-anchor="middle">{label}</text>')
     parts.append("</svg>")
     return "".join(parts)
