@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import http.server
+import threading
 import time
 from pathlib import Path
 
 from bench.events import produce, sku_ingested_payloads
+from devstack.demo.demo import handler_ms
 from devstack.demo.report import iou_histogram_svg
 from devstack.demo.tracker import WATCHED, FlowTracker
 from schemas.topics import SKU_INGESTED
@@ -63,3 +66,34 @@ def test_the_iou_histogram_shows_a_gate_below_one_half() -> None:
     titles = [part.split("</title>")[0] for part in svg.split("<title>")[1:]]
     spans = [title.rsplit(": ", 1)[0] for title in titles if not title.endswith(": 0")]  # bars with items
     assert [tuple(float(end) for end in span.split("-")) for span in spans] == [(0.35, 0.4), (0.95, 1.0)]
+
+
+class _NotMetrics(http.server.BaseHTTPRequestHandler):
+    """Another server on a stage's metrics port: a page, not Prometheus text."""
+
+    def do_GET(self) -> None:
+        body = b"<html><body>not metrics</body></html>\n"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_a_metrics_port_that_answers_with_no_metrics_leaves_the_handler_time_out() -> None:
+    """The demo reads each stage's mean handler time from its /metrics after the run, for the stage
+    table. A port that answered with something else (a stage gone and its port taken, a proxy's page)
+    raised prometheus_client's ValueError there: the demo ended in a traceback, and wrote no report
+    of the run it had waited for. The handler time is then unknown ("-"), as for a port that is down."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _NotMetrics)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        assert handler_ms(f"http://127.0.0.1:{server.server_address[1]}/metrics", "gate") is None
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import http.client
 import os
 import signal
 import subprocess
@@ -432,22 +433,25 @@ def progress_line(state: FlowState, stored: set[str], queued: set[str], skus: in
 
 
 def handler_ms(metrics_url: str | None, stage: str) -> float | None:
-    """Mean handler time of the stage since its process started, from its /metrics."""
+    """Mean handler time of the stage since its process started, from its /metrics; None where that is
+    down, or answers with something other than Prometheus text (the table then shows "-")."""
     if not metrics_url:
         return None
+    total = count = 0.0
     try:
         with urllib.request.urlopen(metrics_url, timeout=5) as response:
             text = response.read().decode()
-    except OSError:
+        # Parsed lazily: a page that is not metrics (the port taken by another server) raises while
+        # iterating. It ended the demo in a traceback after the run, before the report was written.
+        for family in text_string_to_metric_families(text):
+            if family.name == "skuforge_handler_seconds":
+                for sample in family.samples:
+                    if sample.labels.get("stage") == stage and sample.name.endswith("_sum"):
+                        total += sample.value
+                    elif sample.labels.get("stage") == stage and sample.name.endswith("_count"):
+                        count += sample.value
+    except (OSError, http.client.HTTPException, ValueError):
         return None
-    total = count = 0.0
-    for family in text_string_to_metric_families(text):
-        if family.name == "skuforge_handler_seconds":
-            for sample in family.samples:
-                if sample.labels.get("stage") == stage and sample.name.endswith("_sum"):
-                    total += sample.value
-                elif sample.labels.get("stage") == stage and sample.name.endswith("_count"):
-                    count += sample.value
     return total / count * 1000 if count else None
 
 
