@@ -19,6 +19,9 @@ from services.generator.protocol import VariantRequest, VariantResult
 from services.generator.stage import GeneratorMetrics, handle_batch, variant_seed
 from shared.errors import BadInput
 from shared.generation.composite import CompositeBackend
+from shared.generation.settings import GenerationSettings
+from shared.runtime import Context
+from shared.store import FileStore
 from tests.support.captioning import captioned_sku
 from tests.support.generation import InProcessGenerator, arrange_generator, captioned_event, dead_letter_of
 
@@ -51,11 +54,17 @@ def noise(seed: int, shape: tuple[int, ...]) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, shape, np.uint8)
 
 
-def test_a_variant_over_the_byte_limit_is_drawn_from_another_photo(tmp_path: Path) -> None:
+def arranged(tmp_path: Path) -> tuple[FileStore, Context, GenerationSettings]:
+    """``arrange_generator``'s store, context and settings, 256 px images read under ``MAX_IMAGE_BYTES``."""
     store, ctx, generation = arrange_generator(tmp_path, variants_per_sku=VARIANTS, size_px=256)
     ctx = dataclasses.replace(
         ctx, settings=ctx.settings.model_copy(update={"max_image_bytes": MAX_IMAGE_BYTES})
     )
+    return store, ctx, generation
+
+
+def test_a_variant_over_the_byte_limit_is_drawn_from_another_photo(tmp_path: Path) -> None:
+    store, ctx, generation = arranged(tmp_path)
     captioned = captioned_sku(store, 3, usable_photos=2)
     sku_id, base_seed = captioned.sku.sku_id, generation.generation_seed
     noisy = {variant_seed(sku_id, "p0", index, base_seed) for index in range(VARIANTS)}
@@ -73,10 +82,7 @@ def test_a_variant_over_the_byte_limit_is_drawn_from_another_photo(tmp_path: Pat
 def test_a_sku_whose_every_variant_is_over_the_byte_limit_is_a_letter_naming_the_setting(
     tmp_path: Path,
 ) -> None:
-    store, ctx, generation = arrange_generator(tmp_path, variants_per_sku=VARIANTS, size_px=256)
-    ctx = dataclasses.replace(
-        ctx, settings=ctx.settings.model_copy(update={"max_image_bytes": MAX_IMAGE_BYTES})
-    )
+    store, ctx, generation = arranged(tmp_path)
     captioned = captioned_sku(store, 4, usable_photos=2)
     sku_id, base_seed = captioned.sku.sku_id, generation.generation_seed
     noisy = {
@@ -95,10 +101,7 @@ def test_a_variant_over_the_byte_limit_is_counted_once_its_input_is_committed(
 ) -> None:
     # Before, the refusal was only logged: an operator saw variants missing and no counter moving (it is
     # no Triton error, so skuforge_triton_errors_total{kind="refused"} stayed still too).
-    store, ctx, generation = arrange_generator(tmp_path, variants_per_sku=VARIANTS, size_px=256)
-    ctx = dataclasses.replace(
-        ctx, settings=ctx.settings.model_copy(update={"max_image_bytes": MAX_IMAGE_BYTES})
-    )
+    store, ctx, generation = arranged(tmp_path)
     captioned = captioned_sku(store, 5, usable_photos=2)
     sku_id, base_seed = captioned.sku.sku_id, generation.generation_seed
     noisy = {variant_seed(sku_id, "p0", index, base_seed) for index in range(VARIANTS)}
