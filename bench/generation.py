@@ -41,8 +41,11 @@ from bench.triton import TritonServerProcess, max_batch_executed
 from services.generator.client import TritonGenerator
 from services.generator.protocol import VariantRequest, VariantResult
 from services.generator.stage import crop_to_product
-from shared.argtypes import int_between, positive_int
+from shared.argtypes import int_between, positive_int, whole_number
 from shared.generation.backend import MAX_SIZE_PX
+from shared.generation.composite import MIN_SIZE_PX as COMPOSITE_MIN_SIZE_PX
+from shared.generation.diffusion import MIN_SIZE_PX as DIFFUSION_MIN_SIZE_PX
+from shared.generation.diffusion import SIZE_STEP_PX as DIFFUSION_SIZE_STEP_PX
 from shared.synth import make_product, render_photo
 
 RESULTS = Path(__file__).resolve().parent / "results" / "generation.json"
@@ -218,15 +221,34 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def _diffusion_side_px(text: str) -> int:
+    """An argparse type: a side the diffusion backend paints (a multiple of 8, 64 to 2048)."""
+    value = whole_number(text)
+    if value % DIFFUSION_SIZE_STEP_PX or not DIFFUSION_MIN_SIZE_PX <= value <= MAX_SIZE_PX:
+        raise argparse.ArgumentTypeError(
+            f"must be a multiple of {DIFFUSION_SIZE_STEP_PX} from {DIFFUSION_MIN_SIZE_PX} to "
+            f"{MAX_SIZE_PX}, got {value}"
+        )
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    # Sides a request may ask for: the server refused others in a traceback, a --diffusion-size only
-    # after the composite rounds had run.
-    side_px = int_between(1, MAX_SIZE_PX)
-    parser.add_argument("--size", type=side_px, default=512, help="composite output side (px)")
+    # Sides the backend draws: the server or backend refused others in a traceback after the server had
+    # started, a --diffusion-size only after the composite rounds had run.
+    parser.add_argument(
+        "--size",
+        type=int_between(COMPOSITE_MIN_SIZE_PX, MAX_SIZE_PX),
+        default=512,
+        help=f"composite output side (px), {COMPOSITE_MIN_SIZE_PX} to {MAX_SIZE_PX}",
+    )
     parser.add_argument("--images", type=positive_int, default=40, help="images per measurement")
     parser.add_argument(
-        "--diffusion-size", type=side_px, default=64, help="diffusion output side (tiny model: 64)"
+        "--diffusion-size",
+        type=_diffusion_side_px,
+        default=64,
+        help=f"diffusion output side (px), a multiple of {DIFFUSION_SIZE_STEP_PX} from "
+        f"{DIFFUSION_MIN_SIZE_PX} to {MAX_SIZE_PX} (tiny model: 64)",
     )
     parser.add_argument("--diffusion-images", type=positive_int, default=16)
     parser.add_argument(

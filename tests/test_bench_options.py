@@ -464,22 +464,36 @@ def test_a_smoke_run_does_not_replace_the_committed_figures(
     _needs_its_own_out(bench.main, smoke, tmp_path, capsys)
 
 
-@pytest.mark.parametrize("option", ["--diffusion-size", "--size"])
-@pytest.mark.parametrize("side_px", ["0", "4096"])
-def test_the_generation_bench_refuses_a_size_the_server_would_refuse(
+@pytest.mark.parametrize(
+    ("option", "side_px", "says"),
+    [
+        ("--size", "0", "must be from 64 to 2048"),
+        ("--size", "63", "must be from 64 to 2048"),
+        ("--size", "4096", "must be from 64 to 2048"),
+        ("--diffusion-size", "0", "must be a multiple of 8 from 64 to 2048"),
+        ("--diffusion-size", "56", "must be a multiple of 8 from 64 to 2048"),
+        ("--diffusion-size", "65", "must be a multiple of 8 from 64 to 2048"),
+        ("--diffusion-size", "4096", "must be a multiple of 8 from 64 to 2048"),
+    ],
+)
+def test_the_generation_bench_refuses_a_size_the_backend_would_refuse(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
     option: str,
     side_px: str,
+    says: str,
 ) -> None:
     # --diffusion-size 0 ran the composite rounds, then ended in RuntimeError "some variants were
-    # refused" (size must be from 1 to 2048 px), nothing written.
+    # refused" (size must be from 1 to 2048 px), nothing written. --size 63 passed the server's 1 to
+    # 2048 but the composite backend refuses below 64, and --diffusion-size 65 the diffusion backend
+    # (a multiple of 8, at least 64): the same RuntimeError, after the server had started.
     from bench import generation
 
     monkeypatch.setattr(generation, "bench_backend", _refuse_to_run)
     argv = ["--out", str(tmp_path / "generation.json")]
-    _refused(generation.main, [*argv, option, side_px], capsys, "must be from 1 to 2048")
+    _refused(generation.main, [*argv, option, side_px], capsys, says)
+    _goes_ahead(generation.main, [*argv, option, "64"])  # the smallest side both backends draw
     _goes_ahead(generation.main, [*argv, option, "2048"])  # the largest side a request may ask for
 
 

@@ -91,6 +91,9 @@ UInt8Array = npt.NDArray[np.uint8]
 
 CANVAS_FILL = 127  # grey behind the placed photo; the painter never keeps it (paint_mask: photo_area)
 MAX_VARIANTS = 64  # per request; the stage asks for a few at a time
+# Sides the pipeline paints: the VAE halves the image three times, so a side is a multiple of 8.
+MIN_SIZE_PX = 64
+SIZE_STEP_PX = 8
 EVICTED_KEPT = 256  # evicted adapter ids remembered (LoraSlots.evicted)
 
 
@@ -1253,5 +1256,8 @@ def _check_request(request: GenerationRequest) -> None:
         )
     if not 1 <= request.n <= MAX_VARIANTS:
         raise BadInput("invalid_n", f"n={request.n}: ask for 1 to {MAX_VARIANTS} variants per request")
-    if request.size < 64 or request.size % 8:
-        raise BadInput("invalid_size", f"size={request.size}: use a multiple of 8, at least 64 px")
+    if request.size < MIN_SIZE_PX or request.size % SIZE_STEP_PX:
+        raise BadInput(
+            "invalid_size",
+            f"size={request.size}: use a multiple of {SIZE_STEP_PX}, at least {MIN_SIZE_PX} px",
+        )
