@@ -31,8 +31,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from shared.argtypes import file_problem, positive_int
+from shared.argtypes import file_problem, int_between, positive_int
 from shared.commands import run_command
+from shared.generation.backend import MAX_SIZE_PX
+from shared.generation.composite import MIN_SIZE_PX as COMPOSITE_MIN_SIZE_PX
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -53,7 +55,10 @@ def _bench(argv: list[str] | None) -> int:
         "--classes", type=positive_int, default=None, help="only the first N classes (a smoke run)"
     )
     parser.add_argument(
-        "--size", type=positive_int, default=384, help="generated image side (px), as make evaluate"
+        "--size",
+        type=int_between(COMPOSITE_MIN_SIZE_PX, MAX_SIZE_PX),  # below 64 every composite failed
+        default=384,
+        help=f"generated image side (px, {COMPOSITE_MIN_SIZE_PX} to {MAX_SIZE_PX}), as make evaluate",
     )
     parser.add_argument("--workdir", type=Path, default=Path("var/edge-recolour"))
     parser.add_argument(

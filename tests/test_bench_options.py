@@ -95,6 +95,34 @@ def test_the_augment_bench_checks_out_before_it_runs(
     _goes_ahead(augment.main, [*argv, str(tmp_path / "new" / "augment.json")])  # a folder yet to be made
 
 
+@pytest.mark.parametrize("module", ["augment", "edge_recolour"])
+@pytest.mark.parametrize("side_px", ["1", "63", "2049"])
+def test_a_composite_bench_refuses_a_size_the_composite_backend_would_refuse(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    module: str,
+    side_px: str,
+) -> None:
+    # --size took any positive number: 63 read the dataset and then every composite failed with
+    # CompositeError "size must be at least 64 px"; 100000 asked the backend for a canvas of tens of GB.
+    import importlib
+
+    from bench import augment
+
+    bench = importlib.import_module(f"bench.{module}")
+    (tmp_path / "train.txt").write_text("")
+    monkeypatch.setattr(augment, "read_grocery", _refuse_to_run)
+    argv = (
+        ["--dataset", str(tmp_path), "--split", "val"]
+        if module == "augment"
+        else ["--dataset", str(tmp_path)]
+    )
+    argv += ["--out", str(tmp_path / "new" / "out.json")]
+    _refused(bench.main, [*argv, "--size", side_px], capsys, "--size: must be from 64 to 2048")
+    _goes_ahead(bench.main, [*argv, "--size", "64"])
+
+
 def _matting_real_argv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """bench.matting_real's arguments with a stand-in dataset and models, its checksum check off."""
     import shared.matting.official
