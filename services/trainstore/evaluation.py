@@ -51,6 +51,7 @@ from shared.evaluation.leakage import (
     heldout_hash,
     variant_back,
 )
+from shared.evaluation.linear import FitDiverged
 from shared.evaluation.report import render_report
 from shared.generation.scenes import library_keys, scene_file_bytes
 from shared.images import photo_as_stored, refuse_oversized, too_large_bytes
@@ -73,7 +74,13 @@ class EvaluateRefused(ValueError):
 
 
 # What ``evaluate`` raises for inputs it will not run on (exit 2, the message on stderr).
-REFUSALS: tuple[type[Exception], ...] = (EvaluateRefused, LeakageError, BackboneMissing, BadInput)
+REFUSALS: tuple[type[Exception], ...] = (
+    EvaluateRefused,
+    LeakageError,
+    BackboneMissing,
+    BadInput,
+    FitDiverged,
+)
 
 
 def heldout_photos(root: Path) -> tuple[list[Photo], list[str]]:

@@ -10,6 +10,21 @@ import torch
 from torch import nn
 
 
+class FitDiverged(ValueError):
+    """A classifier's features, loss or scores are not finite: its predictions would mean nothing."""
+
+
+def check_finite(features: npt.NDArray[np.float32], which: str) -> None:
+    """Refuse feature vectors holding NaN or inf: every score of such a row is NaN, and argmax of NaN
+    scores is class 0, a silently wrong prediction."""
+    bad = int((~np.isfinite(features)).any(axis=1).sum()) if features.size else 0
+    if bad:
+        raise FitDiverged(
+            f"{bad} of {len(features)} {which} feature vectors hold non-finite values (NaN or inf): "
+            "the backbone gave them, or a fine-tuned tail whose training diverged"
+        )
+
+
 @dataclass
 class LinearHead:
     """Features in, scores out: unit length, minus ``mean``, divided by ``spread``, then ``linear``."""
@@ -25,6 +40,7 @@ class LinearHead:
 
     @torch.no_grad()
     def predict(self, features: npt.NDArray[np.float32]) -> npt.NDArray[np.int64]:
+        check_finite(features, "test")
         scores = self.linear(torch.from_numpy((_unit(features) - self.mean) / self.spread))
         return scores.argmax(dim=1).numpy().astype(np.int64)
 
@@ -49,6 +65,8 @@ def fit_linear(
     """
     if len(train_x) == 0:
         raise ValueError("no training images")
+    # NaN features: L-BFGS stopped in a bare RuntimeError ("cannot be converted to type float").
+    check_finite(train_x, "training")
     torch.manual_seed(seed)
     train_unit = _unit(train_x)
     mean = train_unit.mean(axis=0)
@@ -69,6 +87,8 @@ def fit_linear(
         return loss
 
     optimiser.step(closure)
+    if not all(torch.isfinite(parameter).all() for parameter in linear.parameters()):
+        raise FitDiverged(f"the linear fit diverged (its weights are not finite): raise --l2 (now {l2:g})")
     return LinearHead(mean, spread, linear)
 
 

@@ -16,7 +16,7 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
-from shared.evaluation.linear import fit_linear
+from shared.evaluation.linear import FitDiverged, fit_linear
 
 
 @torch.no_grad()
@@ -64,15 +64,24 @@ def fit_predict_tuned(
     loss_fn = nn.CrossEntropyLoss(reduction="none")
     generator = torch.Generator().manual_seed(seed)
     x_all, y_all, w_all = torch.from_numpy(train_maps), torch.from_numpy(train_y), torch.from_numpy(w)
-    for _ in range(epochs):
+    for epoch in range(epochs):
         order = torch.randperm(len(train_y), generator=generator)
+        # A diverged loss (lr too large) left the tail's features NaN and every prediction class 0.
+        # Checked once an epoch, on the device: no host sync per step.
+        finite = torch.ones((), dtype=torch.bool, device=device)
         for first in range(0, len(order), batch):
             rows = order[first : first + batch]
             x, y, wb = x_all[rows].to(device), y_all[rows].to(device), w_all[rows].to(device)
             loss = (loss_fn(head.scores(tail(x)), y) * wb).sum() / wb.sum()
             loss = loss + l2 * head.linear.weight.pow(2).sum()
+            finite &= torch.isfinite(loss.detach())
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
+        if not bool(finite):
+            raise FitDiverged(
+                f"fine-tuning diverged in epoch {epoch + 1} of {epochs} (its loss is not finite): "
+                f"lower --tune-lr (now {lr:g})"
+            )
     head.linear.cpu()
     return head.predict(tail_features(tail.cpu(), test_maps))
