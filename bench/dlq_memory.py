@@ -28,7 +28,7 @@ from typing import Any
 from bench.events import dead_letter, numbered_original, write_dead_letters
 from schemas.envelope import DLQ_INLINE_MAX_BYTES
 from schemas.topics import SKU_INGESTED
-from shared.argtypes import positive_int
+from shared.argtypes import file_problem, positive_int
 
 ROOT = Path(__file__).resolve().parents[1]
 MB = 2**20
@@ -119,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.before is not None and not (args.before / "shared" / "dlq.py").is_file():
         parser.error(f"--before {args.before}: no shared/dlq.py there; give a checkout of this repository")
+    # Checked before the broker starts and every DLQ is measured, not found in a traceback after them.
+    if args.out is not None and (problem := file_problem(args.out, "dlq_memory.json")):
+        parser.error(f"--out {args.out}: {problem}")
     trees = [ROOT] + ([args.before.resolve()] if args.before is not None else [])
     results = []
     with ExitStack() as stack:
@@ -139,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     report = json.dumps({"size_bytes": args.size, "results": results}, indent=2)
     print(report)
     if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)  # a folder file_problem found could be made
         args.out.write_text(report + "\n")
     return 0
 

@@ -118,6 +118,10 @@ def main(argv: list[str] | None = None) -> int:
         "option needs another)",
     )
     args = parser.parse_args(argv)
+    # Each SKU is written at least one row: with fewer items the store held fewer SKUs than asked, and
+    # the run stopped on "loaded rows do not match the store" after building all of it.
+    if args.skus > args.items:
+        parser.error(f"--skus {args.skus}: more SKUs than --items {args.items}; every SKU needs a row")
     # The committed file is the default run's (2,000,000 items), which docs/gate-and-trainstore.md cites:
     # a smoke run (`--items 1000`) went over it. Checked before minutes of building and loading the store.
     check_out(parser, args, RESULTS / "store.json")
