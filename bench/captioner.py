@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from shared.argtypes import file_problem, positive_int
+from shared.argtypes import file_problem, positive_int, read_json_object
 from shared.commands import run_command
 from skuforge_cli.synth import CATALOGUE_SEED, photo_size_px
 
@@ -180,12 +180,28 @@ def _bench(argv: list[str] | None) -> int:
             f"{args.grocery_dataset} has no iconic-images-and-descriptions/: "
             "pass GroceryStoreDataset's dataset/ folder"
         )
+    results_file: Path = args.out
+    # Updated in place: read before the model opens. A file that is not a JSON object was a
+    # JSONDecodeError (or, a list, an AttributeError) traceback.
+    previous: dict[str, Any] = {}
+    if results_file.is_file():
+        try:
+            previous = read_json_object(
+                results_file, label=f"--out {results_file}", missing="gone while it was read"
+            )
+        except ValueError as exc:
+            parser.error(str(exc))
+    # They keep the other figures of --out: from a file without them, the results lacked the renderer's.
+    keeping = "--real-only" if args.real_only else "--dev-only" if args.dev_only else None
+    if keeping is not None and not previous:
+        parser.error(
+            f"{keeping} keeps the figures of --out {results_file}, which has none: run without it first "
+            "(or give --out a results file of an earlier run)"
+        )
 
     from shared.matting.session import open_tool_session
 
     session = open_tool_session(args.matting_model, "--matting-model", threads=args.threads)
-    results_file: Path = args.out
-    previous: dict[str, Any] = json.loads(results_file.read_text()) if results_file.is_file() else {}
     started = time.monotonic()
     previous_dev: dict[str, Any] = previous.get("real", {}).get("dev", {})
     if args.dev_only:

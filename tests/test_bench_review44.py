@@ -4,6 +4,7 @@ is replaced by a stub that fails if reached)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -60,3 +61,49 @@ def test_dlq_memory_checks_its_out_before_the_broker(
     assert f"--out {out}: " in _refusal(dlq_memory.main, ["--out", str(out)], capsys)
     with pytest.raises(_RunStarted):
         dlq_memory.main(["--out", str(tmp_path / "dlq.json")])
+
+
+@pytest.fixture
+def grocery(tmp_path: Path) -> Path:
+    """A folder the captioner bench takes as GroceryStoreDataset's dataset/ (its check: the iconic folder)."""
+    dataset = tmp_path / "dataset"
+    (dataset / "iconic-images-and-descriptions").mkdir(parents=True)
+    return dataset
+
+
+@pytest.mark.parametrize("mode", ["--real-only", "--dev-only"])
+def test_captioner_keeps_figures_only_from_a_file_that_has_them(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    grocery: Path,
+    mode: str,
+) -> None:
+    """--real-only and --dev-only keep the other figures of --out: on a new file there are none, and the
+    run wrote a results JSON with the renderer's figures missing."""
+    import shared.matting.session as session_module
+    from bench import captioner
+
+    monkeypatch.setattr(session_module, "open_tool_session", _refuse_to_run)
+    new = tmp_path / "new.json"
+    err = _refusal(captioner.main, [mode, "--grocery-dataset", str(grocery), "--out", str(new)], capsys)
+    assert f"{mode} keeps the figures of --out {new}" in err
+    kept = tmp_path / "kept.json"
+    kept.write_text(json.dumps({"colour_accuracy": 0.5}))
+    with pytest.raises(_RunStarted):
+        captioner.main([mode, "--grocery-dataset", str(grocery), "--out", str(kept)])
+
+
+@pytest.mark.parametrize("content", ["{not json", "[1, 2]"])
+def test_captioner_names_an_out_it_cannot_update(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], content: str
+) -> None:
+    """--out is updated in place: a file there that is not a JSON object was a JSONDecodeError (or an
+    AttributeError on a list) traceback once the model had opened."""
+    import shared.matting.session as session_module
+    from bench import captioner
+
+    monkeypatch.setattr(session_module, "open_tool_session", _refuse_to_run)
+    out = tmp_path / "captioner.json"
+    out.write_text(content)
+    assert f"--out {out}: " in _refusal(captioner.main, ["--out", str(out)], capsys)
