@@ -172,14 +172,16 @@ def _bench(argv: list[str] | None) -> int:
         parser.error(f"--out {args.out}: {problem}")
     if (args.real_only or args.dev_only) and args.grocery_dataset is None:
         parser.error("--real-only and --dev-only need --grocery-dataset or SKUFORGE_GROCERY_DATASET")
-    if (
-        args.grocery_dataset is not None
-        and not (args.grocery_dataset / "iconic-images-and-descriptions").is_dir()
-    ):
-        parser.error(
-            f"{args.grocery_dataset} has no iconic-images-and-descriptions/: "
-            "pass GroceryStoreDataset's dataset/ folder"
-        )
+    if args.grocery_dataset is not None:
+        try:
+            iconic = (args.grocery_dataset / "iconic-images-and-descriptions").is_dir()
+        except OSError as exc:  # a name too long, a folder this user may not look into: not False
+            parser.error(f"--grocery-dataset {args.grocery_dataset}: cannot reach it ({exc.strerror or exc})")
+        if not iconic:
+            parser.error(
+                f"{args.grocery_dataset} has no iconic-images-and-descriptions/: "
+                "pass GroceryStoreDataset's dataset/ folder"
+            )
     results_file: Path = args.out
     # Updated in place: read before the model opens. A file that is not a JSON object was a
     # JSONDecodeError (or, a list, an AttributeError) traceback.

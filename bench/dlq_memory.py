@@ -117,8 +117,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--before", type=Path, help="a checkout of the code before a change, measured too")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args(argv)
-    if args.before is not None and not (args.before / "shared" / "dlq.py").is_file():
-        parser.error(f"--before {args.before}: no shared/dlq.py there; give a checkout of this repository")
+    if args.before is not None:
+        try:
+            checkout = (args.before / "shared" / "dlq.py").is_file()
+        except OSError as exc:  # a name too long, a folder this user may not look into: not False
+            parser.error(f"--before {args.before}: cannot reach it ({exc.strerror or exc})")
+        if not checkout:
+            parser.error(
+                f"--before {args.before}: no shared/dlq.py there; give a checkout of this repository"
+            )
     # Checked before the broker starts and every DLQ is measured, not found in a traceback after them.
     if args.out is not None and (problem := file_problem(args.out, "dlq_memory.json")):
         parser.error(f"--out {args.out}: {problem}")

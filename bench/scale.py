@@ -47,7 +47,7 @@ from bench.events import produce
 from bench.replicas import Member, count_records, generated_images, group_assignment, wait_until
 from devstack.broker import LocalKafka, free_port
 from schemas.topics import IMAGE_GENERATED, IMAGE_MATTED
-from shared.argtypes import int_between, positive_int
+from shared.argtypes import folder_problem, int_between, positive_int
 from shared.bus import ensure_topics, kafka_connection
 from shared.config import Settings, load_settings
 from shared.store import open_store
@@ -331,6 +331,9 @@ def main(argv: list[str] | None = None) -> int:
     # The committed file is the default run's, which docs/deploy.md cites: a smoke run (`--images 4`)
     # went over it. Checked before minutes of Kafka rounds; a missing folder is made.
     check_out(parser, args, RESULTS / "scale.json", not_in_figures=["workdir"])
+    # The first round makes it, after the broker started: a file in its place was a traceback there.
+    if problem := folder_problem(args.workdir):
+        parser.error(f"--workdir {args.workdir}: {problem}")
     external = os.environ.get("SKUFORGE_KAFKA_BOOTSTRAP", "").strip()
     # A run on another cluster was recorded as on a broker of its own, on loopback.
     info = machine(external=bool(external))

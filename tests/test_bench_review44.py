@@ -107,3 +107,41 @@ def test_captioner_names_an_out_it_cannot_update(
     out = tmp_path / "captioner.json"
     out.write_text(content)
     assert f"--out {out}: " in _refusal(captioner.main, ["--out", str(out)], capsys)
+
+
+def test_folders_given_with_a_name_too_long_are_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Looking into a folder whose name is over the file system's limit raises (is_dir and is_file
+    ignore a missing path, not ENAMETOOLONG): it was a traceback at the first check."""
+    import shared.matting.session as session_module
+    from bench import captioner, dlq_memory
+
+    monkeypatch.setattr(session_module, "open_tool_session", _refuse_to_run)
+    monkeypatch.setenv("SKUFORGE_KAFKA_BOOTSTRAP", "127.0.0.1:9")
+    monkeypatch.setattr(dlq_memory, "measure", _refuse_to_run)
+    too_long = tmp_path / ("x" * 300)
+    argv = ["--grocery-dataset", str(too_long), "--out", str(tmp_path / "c.json")]
+    assert f"--grocery-dataset {too_long}: cannot reach it (File name too long)" in _refusal(
+        captioner.main, argv, capsys
+    )
+    assert f"--before {too_long}: cannot reach it (File name too long)" in _refusal(
+        dlq_memory.main, ["--before", str(too_long)], capsys
+    )
+
+
+def test_scale_checks_its_workdir_before_the_rounds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--workdir (member logs, the store) was first made by the first round, after a broker started: a
+    file in its place was a FileExistsError traceback there."""
+    from bench import scale
+
+    monkeypatch.setenv("SKUFORGE_KAFKA_BOOTSTRAP", "127.0.0.1:9")  # no broker of its own
+    monkeypatch.setattr(scale, "throughput", _refuse_to_run)
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    argv = ["--workdir", str(blocked), "--out", str(tmp_path / "scale.json")]
+    assert f"--workdir {blocked}: " in _refusal(scale.main, argv, capsys)
+    with pytest.raises(_RunStarted):
+        scale.main(["--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "scale.json")])
