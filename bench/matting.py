@@ -183,7 +183,11 @@ def main(argv: list[str] | None = None) -> int:
     # Checked before the rounds: a missing --weights failed in round 1's torch worker, after the ORT
     # workers; another model's figures replaced the committed ones, with nothing saying whose they were.
     for name, path in models.items():
-        if not path.is_file():
+        try:
+            is_file = path.is_file()
+        except OSError as exc:  # a name too long, a folder this user may not look into: not False
+            parser.error(f"--{name} {path}: cannot reach it ({exc.strerror or exc})")
+        if not is_file:
             parser.error(f"--{name} {path} is not a file")
     # A smoke run (fewer --images or --rounds) went over the committed figures as well.
     committed = {"fp32": FP32, "int8": INT8, "weights": WEIGHTS}

@@ -145,3 +145,14 @@ def test_scale_checks_its_workdir_before_the_rounds(
     assert f"--workdir {blocked}: " in _refusal(scale.main, argv, capsys)
     with pytest.raises(_RunStarted):
         scale.main(["--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "scale.json")])
+
+
+def test_matting_names_a_model_path_it_cannot_look_at(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A model path with a name too long was an OSError traceback at the check meant to name it."""
+    from bench import matting
+
+    too_long = tmp_path / ("x" * 300)
+    argv = ["--fp32", str(too_long), "--out", str(tmp_path / "matting.json")]
+    assert f"--fp32 {too_long}: cannot reach it (File name too long)" in _refusal(matting.main, argv, capsys)
