@@ -28,7 +28,7 @@ from typing import Any
 from bench.events import dead_letter, numbered_original, write_dead_letters
 from schemas.envelope import DLQ_INLINE_MAX_BYTES
 from schemas.topics import SKU_INGESTED
-from shared.argtypes import file_problem, positive_int
+from shared.argtypes import file_problem, int_between, positive_int
 
 ROOT = Path(__file__).resolve().parents[1]
 MB = 2**20
@@ -111,8 +111,13 @@ def measure(bootstrap: str, tree: Path, letters: int, size: int, store_root: Pat
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.dlq_memory", description=__doc__.split("\n")[0])
     parser.add_argument("--letters", type=positive_int, action="append", help="letters per DLQ (repeatable)")
+    # An original is whole 8-byte numbers (under 8 bytes, empty) that a letter carries inline: a larger
+    # one is no dead letter a stage writes, and went to the broker only after it had started.
     parser.add_argument(
-        "--size", type=positive_int, default=DLQ_INLINE_MAX_BYTES, help="bytes of each inline original"
+        "--size",
+        type=int_between(8, DLQ_INLINE_MAX_BYTES),
+        default=DLQ_INLINE_MAX_BYTES,
+        help=f"bytes of each inline original, 8 to {DLQ_INLINE_MAX_BYTES} (default)",
     )
     parser.add_argument("--before", type=Path, help="a checkout of the code before a change, measured too")
     parser.add_argument("--out", type=Path, help="also write the JSON here")

@@ -156,3 +156,19 @@ def test_matting_names_a_model_path_it_cannot_look_at(
     too_long = tmp_path / ("x" * 300)
     argv = ["--fp32", str(too_long), "--out", str(tmp_path / "matting.json")]
     assert f"--fp32 {too_long}: cannot reach it (File name too long)" in _refusal(matting.main, argv, capsys)
+
+
+@pytest.mark.parametrize("size", ["4", str(256 * 1024 + 8)])
+def test_dlq_memory_takes_only_an_original_a_letter_carries_inline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], size: str
+) -> None:
+    """Under 8 bytes the originals were empty (rounded down to whole 8-byte numbers); over the 256 kB a
+    letter carries inline they are no dead letter a stage writes, and went to the broker only after it
+    had started. Both are refused at parse time."""
+    from bench import dlq_memory
+
+    monkeypatch.setenv("SKUFORGE_KAFKA_BOOTSTRAP", "127.0.0.1:9")
+    monkeypatch.setattr(dlq_memory, "measure", _refuse_to_run)
+    assert "--size: must be from 8 to 262144" in _refusal(dlq_memory.main, ["--size", size], capsys)
+    with pytest.raises(_RunStarted):
+        dlq_memory.main(["--size", str(256 * 1024)])
