@@ -19,12 +19,14 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
 from kafka.errors import (
     BrokerNotAvailableError,
+    ClusterAuthorizationFailedError,
     InvalidRecordError,
     KafkaError,
     MessageSizeTooLargeError,
     ReassignmentInProgressError,
     RecordListTooLargeError,
     TopicAlreadyExistsError,
+    TopicAuthorizationFailedError,
 )
 from pydantic import BaseModel, SecretStr
 
@@ -366,6 +368,19 @@ class RecordRefused(TransientError):
     the next (the console's relay) catches this first."""
 
 
+# The broker refusing the producer itself, not a record: a topic ACL denying Write, or a cluster ACL
+# denying idempotent writes. kafka-python's idempotent producer stops for good on these too.
+AUTHORIZATION_REFUSALS = (TopicAuthorizationFailedError, ClusterAuthorizationFailedError)
+
+
+class PublishForbidden(TransientError):
+    """The broker's ACLs refuse this producer the topic (or idempotent writes): every record fails
+    alike until an operator changes an ACL. A TransientError still, as before, and not a
+    RecordRefused: the other records are refused alike, so a caller that sets a refused record aside
+    (the console's relay, ingest) waits for the operator instead; one that would otherwise send again
+    at every turn, each time with a new producer (the LoRA trainer), backs off."""
+
+
 class Publisher:
     """Publishes events from outside a stage (ingest, console): send, then flush before returning."""
 
@@ -391,7 +406,8 @@ class Publisher:
         produced_at: datetime | None = None,
     ) -> Envelope[Any]:
         """Send one event and wait until the broker has it (acks=all); raises TransientError otherwise,
-        RecordRefused where no retry can help (``RECORD_REFUSALS``).
+        RecordRefused where no retry can help (``RECORD_REFUSALS``), PublishForbidden where an ACL
+        refuses the producer (``AUTHORIZATION_REFUSALS``).
 
         ``produced_at`` (default: now) is for an event sent again from a record, such as the console's
         outbox: with the same id and time, every send of it is the same message."""
@@ -422,6 +438,8 @@ class Publisher:
                 self._producer = None
             if isinstance(exc, RECORD_REFUSALS):
                 raise RecordRefused(f"{topic_name} refused the record: {exc}") from exc
+            if isinstance(exc, AUTHORIZATION_REFUSALS):
+                raise PublishForbidden(f"could not publish to {topic_name}: {exc}") from exc
             raise TransientError(f"could not publish to {topic_name}: {exc}") from exc
         return envelope
 

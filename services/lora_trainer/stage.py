@@ -50,8 +50,9 @@ torch, diffusers, peft, transformers). One trainer per GPU. A trained job not ye
 its last checkpoint, with a warning naming the file. One registered whose ``adapter.published`` the
 broker did not take (away, or the topic refusing the record) is published again at the next poll, not
 trained again; the log says so, naming the adapter, the topic and the broker's reason, and for a record
-the topic refuses for good (over its ``max.message.bytes``) that it fails alike until the limit is
-raised: such a record is tried again on a growing interval (the n-th refusal in a row skips the next
+the topic refuses for good (over its ``max.message.bytes``) or the broker's ACLs refuse (the trainer's
+principal may not write to the topic) that it fails alike until the limit is raised or the ACL
+changed: such a record is tried again on a growing interval (the n-th refusal in a row skips the next
 2**(n-1) polls, up to ``REFUSED_BACKOFF_MAX_S``; a restart tries at once), not at every poll. A poll
 that cannot plan its jobs (the store away while its requests are read) is logged as such: nothing was
 trained, and the next poll plans again. A job stopped by the object store or the adapter
@@ -110,7 +111,7 @@ from schemas.events import MAX_TRAINING_PROMPT_CHARS, AdapterPublished, GateAcce
 from schemas.flow import LORA_TRAINER
 from schemas.topics import ADAPTER_PUBLISHED, GATE_ACCEPTED, SKU_CAPTIONED
 from services.lora_trainer.config import LoraTrainerSettings
-from shared.bus import READ_EXTRA, Publisher, RecordRefused, make_envelope
+from shared.bus import READ_EXTRA, Publisher, PublishForbidden, RecordRefused, make_envelope
 from shared.captioning.prompts import class_noun, class_prompt
 from shared.config import ConfigError, Settings, load_settings
 from shared.errors import BadInput, ObjectMissing, TransientError
@@ -432,8 +433,9 @@ class PublicationFailed(Exception):
     """A trained job's adapter is registered but its ``adapter.published`` was not sent (the broker
     away, the topic refusing the record): ``reason`` says why, ``outlook`` what the next polls do. The
     next poll publishes it again, from the job's result and the registry's copy, without training
-    again; one the topic refuses for good (``RecordRefused``) skips the next ``skipped_polls`` polls
-    (``RefusedBackoff``) before it is tried again, and is sent only once its limit is raised. ``tried``
+    again; one the topic refuses for good (``RecordRefused``) or an ACL refuses (``PublishForbidden``)
+    skips the next ``skipped_polls`` polls (``RefusedBackoff``) before it is tried again, and is sent
+    only once its limit is raised (or the ACL changed). ``tried``
     is False for a poll that waited out the backoff without sending (nothing new to log or count)."""
 
     def __init__(
@@ -443,23 +445,33 @@ class PublicationFailed(Exception):
         self.tried = tried
         # Told "the next poll publishes it" at every poll for ever, the operator waited for an outage
         # to pass where only raising the limit ends it.
-        self.outlook = (
-            f"refused for good by the topic: tried again after {skipped_polls} poll(s) skipped, twice as "
-            f"many after each refusal in a row, up to about {REFUSED_BACKOFF_MAX_S:.0f} s (retried, not "
-            "trained again); it is sent once the topic's max.message.bytes is raised"
-            if isinstance(exc, RecordRefused)
-            else "the next poll publishes it (retried, not trained again)"
+        backing_off = (
+            f"tried again after {skipped_polls} poll(s) skipped, twice as many after each refusal in a "
+            f"row, up to about {REFUSED_BACKOFF_MAX_S:.0f} s (retried, not trained again)"
         )
+        if isinstance(exc, RecordRefused):
+            self.outlook = (
+                f"refused for good by the topic: {backing_off}; it is sent once the topic's "
+                "max.message.bytes is raised"
+            )
+        elif isinstance(exc, PublishForbidden):
+            self.outlook = (
+                f"refused by the broker's ACLs: {backing_off}; it is sent once an ACL lets the trainer's "
+                "principal write to the topic"
+            )
+        else:
+            self.outlook = "the next poll publishes it (retried, not trained again)"
         super().__init__(f"{self.topic} for adapter {adapter_id} not sent: {self.reason}")
 
 
 @dataclass
 class RefusedBackoff:
-    """A publication the topic refused for good, ``refusals`` times in a row (``refusal`` the last), not
-    sent again for ``polls_left`` more polls: sending it at every poll opened a new producer each time
-    (the refusal stops kafka-python's idempotent producer for good), for as long as the limit stayed."""
+    """A publication the topic (or an ACL) refused for good, ``refusals`` times in a row (``refusal`` the
+    last), not sent again for ``polls_left`` more polls: sending it at every poll opened a new producer
+    each time (the refusal stops kafka-python's idempotent producer for good), for as long as the limit
+    (or the ACL) stayed."""
 
-    refusal: RecordRefused
+    refusal: RecordRefused | PublishForbidden
     refusals: int
     polls_left: int
 
@@ -1129,7 +1141,8 @@ class LoraTrainer:
         copy whole: registered again for a roll-back), publish, then record it: the general schedule,
         the series' current adapter, and last the published marker (a roll-back's pointer names its
         publication until the marker is written, and is then written again without it). A publication
-        the topic refused for good is sent again only once its backoff (``RefusedBackoff``) is over."""
+        the topic (or an ACL) refused for good is sent again only once its backoff (``RefusedBackoff``)
+        is over."""
         backoff = self._refused.get((job.adapter_id, publication))
         if backoff is not None and backoff.polls_left > 0:
             backoff.polls_left -= 1
@@ -1184,7 +1197,7 @@ class LoraTrainer:
         event = fitted_to_a_record(event)
         try:
             self.publish(event)
-        except RecordRefused as exc:
+        except (RecordRefused, PublishForbidden) as exc:
             refusals = backoff.refusals + 1 if backoff is not None else 1
             most = max(1, round(REFUSED_BACKOFF_MAX_S / self.settings.lora_poll_s))
             wait = min(2 ** min(refusals - 1, 30), most)

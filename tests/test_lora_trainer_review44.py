@@ -1,0 +1,140 @@
+"""The LoRA trainer, an ``adapter.published`` the broker's ACLs refuse (the trainer's principal may not
+write to the topic): kafka-python's idempotent producer stops for good on it, as on a record over the
+topic's limit, so the trainer backs off alike instead of opening a new producer at every poll.
+
+Training is stubbed (``stub_training``); the publication goes to a real broker that authorises by ACL
+(KRaft's StandardAuthorizer, SASL/PLAIN), through the real ``kafka_publisher``.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+from kafka.admin import (
+    ACL,
+    ACLOperation,
+    ACLPermissionType,
+    ACLResourcePatternType,
+    KafkaAdminClient,
+    NewTopic,
+    ResourcePattern,
+    ResourceType,
+)
+
+from devstack.broker import LocalKafka, free_port
+from schemas.events import AdapterPublished
+from schemas.topics import ADAPTER_PUBLISHED
+from services.lora_trainer.stage import PublicationFailed, kafka_publisher
+from shared.config import load_settings
+from tests.support.bus import file_store_uri
+from tests.support.lora import one_series, served
+
+pytestmark = pytest.mark.kafka
+
+TRAINER, PASSWORD = "trainer", "trainer-secret"
+
+
+class AclBroker(NamedTuple):
+    """A broker authorising by ACL: ``admin`` on its PLAINTEXT listener (a super user), ``sasl`` the
+    listener the trainer's principal (``TRAINER``) connects to."""
+
+    admin: KafkaAdminClient
+    sasl: str
+
+
+@pytest.fixture(scope="module")
+def acl_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AclBroker]:
+    folder = tmp_path_factory.mktemp("acl-kafka")
+    ports: set[int] = set()
+    while len(ports) < 3:
+        ports.add(free_port())
+    plain, controller, sasl = sorted(ports)
+    jaas = f'org.apache.kafka.common.security.plain.PlainLoginModule required user_{TRAINER}="{PASSWORD}";'
+    properties = {
+        "listeners": f"PLAINTEXT://127.0.0.1:{plain},SASL_PLAINTEXT://127.0.0.1:{sasl},"
+        f"CONTROLLER://127.0.0.1:{controller}",
+        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{plain},SASL_PLAINTEXT://127.0.0.1:{sasl}",
+        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,"
+        "SASL_PLAINTEXT:SASL_PLAINTEXT",
+        "sasl.enabled.mechanisms": "PLAIN",
+        "listener.name.sasl_plaintext.plain.sasl.jaas.config": jaas,
+        "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+        "super.users": "User:ANONYMOUS",  # the PLAINTEXT listeners: the admin and the controller
+        "allow.everyone.if.no.acl.found": "true",
+    }
+    broker = LocalKafka(
+        folder / "broker", port=plain, controller_port=controller, extra_properties=properties
+    )
+    broker.start()
+    admin = KafkaAdminClient(bootstrap_servers=f"127.0.0.1:{plain}")
+    try:
+        yield AclBroker(admin, f"127.0.0.1:{sasl}")
+    finally:
+        admin.close()
+        broker.stop()
+
+
+def test_a_publication_the_acl_refuses_is_tried_again_on_a_growing_interval(
+    tmp_path: Path, stub_training: list[Path], acl_broker: AclBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An ACL denying the trainer Write on adapter.published stops its producer for good, as a record
+    over the topic's limit does; but the publisher raised a plain TransientError for it, so the trainer
+    sent at every poll (every 5 s), opening and closing a new producer each time, for as long as the ACL
+    stayed. Now it backs off as for the topic's limit (2**(n-1) polls skipped after the n-th refusal), and
+    the log names the ACL, not an outage the next poll gets past."""
+    store, trainer_at = one_series(tmp_path)
+    trainer = trainer_at(4)
+    shared = load_settings(
+        kafka_bootstrap=acl_broker.sasl,
+        kafka_security_protocol="SASL_PLAINTEXT",
+        kafka_sasl_username=TRAINER,
+        kafka_sasl_password=PASSWORD,
+        topic_namespace=f"t{uuid.uuid4().hex[:8]}.",
+        store_uri=file_store_uri(tmp_path / "kafka-store"),
+        flush_timeout_s=5.0,
+    )
+    topic = shared.topic_name(ADAPTER_PUBLISHED)
+    acl_broker.admin.create_topics([NewTopic(topic, 1, 1)])
+    on_topic = ResourcePattern(ResourceType.TOPIC, topic, ACLResourcePatternType.LITERAL)
+    created = acl_broker.admin.create_acls(
+        [  # it may see the topic (so its producer sends), not write to it
+            ACL(f"User:{TRAINER}", "*", ACLOperation.DESCRIBE, ACLPermissionType.ALLOW, on_topic),
+            ACL(f"User:{TRAINER}", "*", ACLOperation.WRITE, ACLPermissionType.DENY, on_topic),
+        ]
+    )
+    assert not created["failed"], created
+    publish = kafka_publisher(shared)
+    sent_at: list[int] = []
+    poll = 0
+
+    def counted(event: AdapterPublished) -> None:
+        sent_at.append(poll)
+        publish(event)
+
+    trainer.publish = counted
+    closed_at: list[int] = []
+    refusals: list[str] = []
+    try:
+        with caplog.at_level(logging.ERROR):
+            for poll in range(1, 12):
+                caplog.clear()
+                trainer.poll()
+                assert isinstance(trainer.last_error, PublicationFailed), trainer.last_error
+                assert "TopicAuthorizationFailed" in trainer.last_error.reason
+                closed_at += [poll for r in caplog.records if "stopped for good" in r.getMessage()]
+                refusals += [r.getMessage() for r in caplog.records if r.name == "skuforge.lora-trainer"]
+    finally:
+        publish.close()
+    assert sent_at == [1, 3, 6, 11]
+    assert closed_at == sent_at  # a producer opened (and closed) for each try, none for the polls between
+    assert trainer.metrics.jobs.labels("retried")._value.get() == len(sent_at)
+    assert len(refusals) == len(sent_at)
+    for message in refusals:
+        assert "ACL" in message and "next poll publishes it" not in message, message
+    assert served(store) == trainer.plan()[0].adapter_id  # registered (served), trained once
+    assert len(stub_training) == 1
