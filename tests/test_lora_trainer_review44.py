@@ -25,11 +25,12 @@ from kafka.admin import (
     ResourcePattern,
     ResourceType,
 )
+from prometheus_client import CollectorRegistry
 
 from devstack.broker import LocalKafka, free_port
 from schemas.events import AdapterPublished
 from schemas.topics import ADAPTER_PUBLISHED
-from services.lora_trainer.stage import PublicationFailed, kafka_publisher
+from services.lora_trainer.stage import LoraTrainerMetrics, PublicationFailed, kafka_publisher
 from shared.config import load_settings
 from tests.support.bus import file_store_uri
 from tests.support.lora import one_series, served
@@ -138,3 +139,11 @@ def test_a_publication_the_acl_refuses_is_tried_again_on_a_growing_interval(
         assert "ACL" in message and "next poll publishes it" not in message, message
     assert served(store) == trainer.plan()[0].adapter_id  # registered (served), trained once
     assert len(stub_training) == 1
+
+
+def test_the_retried_outcome_says_a_refused_publication_counts_only_its_tries() -> None:
+    """The help said `retried` is a poll tried again "at the next"; since the back-off, a publication the
+    topic or an ACL refuses for good is tried (and counted) only on its growing interval."""
+    help_text = LoraTrainerMetrics(CollectorRegistry()).jobs._documentation
+
+    assert "growing interval" in help_text and "not counted" in help_text, help_text

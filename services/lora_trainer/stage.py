@@ -77,7 +77,8 @@ other series train on.
 
 Metrics beside the runtime's: ``skuforge_lora_jobs_total`` (by outcome: published; interrupted, a
 job stopped mid-way to be resumed; failed, a job marked failed for good; retried, a poll that ended
-in a fault and is tried again at the next one), ``skuforge_lora_steps_total``,
+in a fault and is tried again at the next one, or for a publication refused for good at the next try
+of its growing interval, the polls skipped between not counted), ``skuforge_lora_steps_total``,
 ``skuforge_lora_requests_total`` (by kind) and ``skuforge_lora_requests_unreadable`` (by kind: request
 files the last plan left out; general: 1 while ``general.json`` is unreadable; published: adapters the
 last poll left out, a record of their publication or their registry weights unreadable).
@@ -171,7 +172,8 @@ class LoraTrainerMetrics:
         self.jobs = Counter(
             "skuforge_lora_jobs_total",
             "Training jobs by outcome (published, interrupted, failed for good; retried: a poll that "
-            "ended in a fault, tried again at the next).",
+            "ended in a fault, tried again at the next, or for a publication the topic or an ACL refuses "
+            "for good at the next try of its growing interval: the polls between are not counted).",
             ["outcome"],
             registry=registry,
         )
@@ -629,7 +631,7 @@ class LoraTrainer:
     def poll(self) -> None:
         """One round of ``run_pending``; a fault is logged, kept in ``last_error`` and counted as
         ``retried`` (the next poll tries again; a job marked failed for good is counted ``failed``
-        once, where it is marked)."""
+        once, where it is marked; a poll that skips a refused publication's try counts nothing)."""
         try:
             self.run_pending()
             self.last_error = None
