@@ -5,7 +5,8 @@ SkuforgeStageStalled and SkuforgeConsumerLagGrowing paged together for that one 
 rules name the alerts of deploy/prometheus/alerts.yml (a renamed alert fails here, not silently in
 Alertmanager), and the promtool unit tests show all three firing for one outage with the labels the
 rules compare (promtool checks those labels against the rules themselves). A stage that feeds the
-store down also left no images stored: SkuforgeNoImagesStored paged beside it, and waits now too.
+store down also left no images stored: SkuforgeNoImagesStored paged beside it, and waits now too;
+so does it beside SkuforgeTritonDown of its install.
 """
 
 from __future__ import annotations
@@ -147,3 +148,38 @@ def test_one_outage_fires_stage_down_and_no_images_stored_with_the_labels_the_ru
                     if source["stage"] in FEEDING and INSTALL.items() <= target.items():
                         shown = shown or _inhibited(source, target)
     assert shown, f"no unit test shows {NO_IMAGES} firing with {SOURCE} of a stage that feeds the store"
+
+
+TRITON_DOWN = "SkuforgeTritonDown"
+
+
+def _triton_down(**install: str) -> dict[str, str]:
+    return {"alertname": TRITON_DOWN, "severity": "page", "job": "triton", "instance": "t:8002"} | install
+
+
+def test_triton_down_inhibits_no_images_stored_of_its_install() -> None:
+    """Triton down, the generator draws nothing and no image reaches the store: SkuforgeNoImagesStored
+    paged beside SkuforgeTritonDown for that one outage. Another install's Triton leaves it paging."""
+    no_images = {"alertname": NO_IMAGES, "severity": "page"} | INSTALL
+    assert _inhibited(_triton_down(**INSTALL), no_images)
+    assert not _inhibited(_triton_down(**(INSTALL | {"namespace": "staging"})), no_images)
+    assert not _inhibited(_triton_down(**(INSTALL | {"release": "other"})), no_images)
+
+
+def test_one_triton_outage_fires_triton_down_and_no_images_stored_with_the_labels_the_rule_compares() -> None:
+    """promtool's unit test of a Triton outage fires both alerts, with labels the rule holds the second
+    back for (the install's, given: not both missing)."""
+    shown = False
+    for test in yaml.safe_load(ALERTS_TEST_FILE.read_text())["tests"]:
+        firing: dict[str, dict[str, list[dict[str, str]]]] = defaultdict(dict)
+        for case in test.get("alert_rule_test", []):
+            expected = [
+                {"alertname": case["alertname"]} | alert.get("exp_labels", {}) for alert in case["exp_alerts"]
+            ]
+            firing[case["eval_time"]][case["alertname"]] = expected
+        for alerts in firing.values():
+            for source in alerts.get(TRITON_DOWN, []):
+                for target in alerts.get(NO_IMAGES, []):
+                    if INSTALL.items() <= source.items() and INSTALL.items() <= target.items():
+                        shown = shown or _inhibited(source, target)
+    assert shown, f"no unit test shows {NO_IMAGES} firing with {TRITON_DOWN} of its install"
