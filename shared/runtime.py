@@ -51,6 +51,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC
 from typing import Any, Generic, TypeVar
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
@@ -313,6 +314,25 @@ class Context:
 Handler = Callable[[Envelope[Any], Context], Sequence[Emit]]
 # A batch handler returns, per input and in order, its outputs or the BadInput that refuses it.
 BatchHandler = Callable[[Sequence[Envelope[Any]], Context], Sequence[Sequence[Emit] | BadInput]]
+
+
+def refuse_clock_skew(event: Envelope[Any], max_ahead_s: float, setting: str) -> None:
+    """Refuse (``clock_skew``) an event dated more than ``max_ahead_s`` ahead of this stage's clock.
+
+    For a stage that orders an item's events by their ``produced_at`` (the trainstore's rows, the
+    console's gate verdicts): a producer's clock running ahead (or a hostile producer, year 9999) would
+    outrank every later event of the item while the skew lasts. ``setting`` names the limit's variable."""
+    produced_at = event.produced_at
+    if produced_at.tzinfo is None:  # every producer writes UTC; naive and aware times do not compare
+        produced_at = produced_at.replace(tzinfo=UTC)
+    ahead_s = (produced_at - utc_now()).total_seconds()
+    if ahead_s > max_ahead_s:
+        raise BadInput(
+            "clock_skew",
+            f"the event was produced at {produced_at.isoformat()}, {ahead_s:.0f} s ahead of this "
+            f"stage's clock ({setting} allows {max_ahead_s:g}); "
+            f"fix the clock of its producer {event.producer[:64]!r}",
+        )
 
 
 @dataclass

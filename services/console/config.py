@@ -122,6 +122,14 @@ class ConsoleSettings(BaseSettings):
         description="consume correction.pending into the task table, and gate.accepted (closing the tasks "
         "of items the gate accepts on a replay), inside `serve console` (a thread)",
     )
+    console_max_clock_ahead_s: float = Field(
+        default=300.0,
+        ge=0,
+        le=86_400,
+        description="a correction.pending or gate.accepted produced more than this far ahead of the "
+        "intake's clock is dead-lettered (clock_skew): its time orders the gate's verdicts of an item, so "
+        "it would outrank every later one",
+    )
     console_metrics_port: int | None = Field(
         default=None,
         ge=0,

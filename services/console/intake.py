@@ -14,8 +14,10 @@ inside ``skuforge serve console`` (``SKUFORGE_CONSOLE_INTAKE=true``, the default
 SQLite file.
 
 Bad input: what the runtime refuses (not JSON, wrong schema) goes to the topic's dead-letter topic
-(``correction.pending.v1.dlq``, ``gate.accepted.v1.dlq``). A locked or unwritable table is a
-``TransientError``: the partition pauses and retries.
+(``correction.pending.v1.dlq``, ``gate.accepted.v1.dlq``), and so does an event produced more than
+``SKUFORGE_CONSOLE_MAX_CLOCK_AHEAD_S`` ahead of the intake's clock (``clock_skew``): its time orders the
+gate's verdicts of an item, so a flag dated year 9999 would outrank every later acceptance of it.
+A locked or unwritable table is a ``TransientError``: the partition pauses and retries.
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ from schemas.topics import CORRECTION_PENDING, GATE_ACCEPTED
 from services.console.config import ConsoleSettings
 from services.console.tasks import TaskStore
 from shared.config import load_settings
-from shared.runtime import Context, Emit, Stage, run_stage, stage_command
+from shared.runtime import Context, Emit, Stage, refuse_clock_skew, run_stage, stage_command
+
+_CLOCK_SETTING = "SKUFORGE_CONSOLE_MAX_CLOCK_AHEAD_S"
 
 
 def handle(event: Envelope[CorrectionPending], ctx: Context, *, tasks: TaskStore) -> list[Emit]:
@@ -59,17 +63,20 @@ def handle_accepted(event: Envelope[GateAccepted], ctx: Context, *, tasks: TaskS
     return []
 
 
-def build_intake_stage(tasks: TaskStore, **kwargs: Any) -> Stage:
-    """The intake stage writing into ``tasks`` (kwargs go to Stage: settings, store...)."""
+def build_intake_stage(tasks: TaskStore, *, max_clock_ahead_s: float = 300.0, **kwargs: Any) -> Stage:
+    """The intake stage writing into ``tasks``, refusing events dated more than ``max_clock_ahead_s``
+    ahead (``SKUFORGE_CONSOLE_MAX_CLOCK_AHEAD_S``); kwargs go to Stage: settings, store..."""
     kwargs.setdefault("default_metrics_port", CONSOLE_INTAKE.default_metrics_port)
     stage = Stage(CONSOLE_INTAKE.name, **kwargs)
 
     @stage.handler(CORRECTION_PENDING)
     def _handle(event: Envelope[Any], ctx: Context) -> list[Emit]:
+        refuse_clock_skew(event, max_clock_ahead_s, _CLOCK_SETTING)
         return handle(event, ctx, tasks=tasks)
 
     @stage.handler(GATE_ACCEPTED)
     def _handle_accepted(event: Envelope[Any], ctx: Context) -> list[Emit]:
+        refuse_clock_skew(event, max_clock_ahead_s, _CLOCK_SETTING)
         return handle_accepted(event, ctx, tasks=tasks)
 
     return stage
@@ -78,7 +85,8 @@ def build_intake_stage(tasks: TaskStore, **kwargs: Any) -> Stage:
 def main(console: ConsoleSettings | None = None) -> int:
     """``skuforge run console-intake``: consume into the table at SKUFORGE_CONSOLE_DB_PATH until SIGTERM."""
     console = console or load_settings(ConsoleSettings)
-    return run_stage(build_intake_stage(TaskStore(console.console_db_path)))
+    tasks = TaskStore(console.console_db_path)
+    return run_stage(build_intake_stage(tasks, max_clock_ahead_s=console.console_max_clock_ahead_s))
 
 
 if __name__ == "__main__":

@@ -100,7 +100,12 @@ class ConsoleService:
             )
         self.intake: Stage | None = None
         if console.console_intake:
-            self.intake = build_intake_stage(self.tasks, settings=settings, store=self.store)
+            self.intake = build_intake_stage(
+                self.tasks,
+                max_clock_ahead_s=console.console_max_clock_ahead_s,
+                settings=settings,
+                store=self.store,
+            )
             stage_metrics = self.intake.metrics  # its runtime sets the store's write hook
         else:
             # The console's own writes (edited masks) still count under the intake's name, where

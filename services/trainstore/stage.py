@@ -83,7 +83,7 @@ from PIL import Image
 from prometheus_client import CollectorRegistry, Counter
 
 from schemas.common import ImageRef
-from schemas.envelope import Envelope, utc_now
+from schemas.envelope import Envelope
 from schemas.events import CorrectionPending, CorrectionResolved, GateAccepted, ImageGenerated, SkuCaptioned
 from schemas.flow import TRAINSTORE
 from schemas.topics import CORRECTION_PENDING, CORRECTION_RESOLVED, GATE_ACCEPTED, SKU_CAPTIONED, Topic
@@ -92,7 +92,7 @@ from shared.captioning.attributes import MASK_PROBLEMS
 from shared.config import load_settings
 from shared.errors import BadInput, ObjectMissing, TransientError, naming
 from shared.images import decode_image, decode_mask, encode_png
-from shared.runtime import Context, Emit, Handler, Stage, run_stage, stage_command
+from shared.runtime import Context, Emit, Handler, Stage, refuse_clock_skew, run_stage, stage_command
 from shared.store import sha256_hex
 from shared.trainstore.manifest import ManifestRow, ManifestStore, Status, content_keys, stands
 from shared.trainstore.settings import TrainstoreSettings
@@ -342,15 +342,7 @@ class Trainstore:
 
         Its time orders the item's rows (``stands``): a producer's clock running ahead (or a hostile
         producer) kept its row in place against every later event of the item while the skew lasted."""
-        produced_at = _produced_at(event)
-        ahead_s = (produced_at - utc_now()).total_seconds()
-        if ahead_s > self.max_clock_ahead_s:
-            raise BadInput(
-                "clock_skew",
-                f"the event was produced at {produced_at.isoformat()}, {ahead_s:.0f} s ahead of this "
-                f"stage's clock (SKUFORGE_TRAINSTORE_MAX_CLOCK_AHEAD_S allows {self.max_clock_ahead_s:g}); "
-                f"fix the clock of its producer {event.producer[:64]!r}",
-            )
+        refuse_clock_skew(event, self.max_clock_ahead_s, "SKUFORGE_TRAINSTORE_MAX_CLOCK_AHEAD_S")
 
     def _stage_pair(
         self,
