@@ -86,11 +86,7 @@ def api_decision(
     # ``shown_pixels``' digest: any other text was a 409 telling the sender a replay changed the item.
     shown: Annotated[str | None, Form(pattern=r"^[0-9a-f]{16}$")] = None,
 ) -> dict[str, Any]:
-    if reject_reason is not None and "\ufffd" in reject_reason:
-        # A url-encoded form's bytes that are not UTF-8 arrive as U+FFFD: stored, the reason read as
-        # something else than was sent. (A multipart part not in its form's charset is refused before:
-        # ``formtext``.)
-        raise DecisionInvalid("reject_reason is not UTF-8 text (or holds U+FFFD): send it as UTF-8")
+    # A reason that is not UTF-8 text (url-encoded or multipart) is refused before: ``formtext``.
     if mask is not None and len(mask) > 1:
         raise DecisionInvalid(f"mask: one file, not {len(mask)}")
     # The form was capped by its Content-Length before it was spooled (auth.limit_bodies); one byte

@@ -1,31 +1,37 @@
-"""A multipart form's text fields must be text in the form's charset (UTF-8 unless its Content-Type
-declares another), or the request is refused with a 422 that names the field.
+"""A form's text fields must be text: a multipart form's in the form's charset (UTF-8 unless its
+Content-Type declares another), a url-encoded form's UTF-8; or the request is refused with a 422 that
+names the field.
 
 Starlette reads a text part that does not decode in the form's charset as latin-1, silently (and every
 part as latin-1 when the charset is one it does not know): a reject reason sent in another encoding
-was stored, in the audit and the trainstore, as text no one sent. The framework offers no way to see
-that it fell back, so this middleware reads the same parts as the body streams past, with
-python-multipart's parser (the framework's own), keeping no part's bytes, and refuses the form at the
-first text part that does not decode. A body the parser cannot read is left to the framework (its 400).
+was stored, in the audit and the trainstore, as text no one sent. A url-encoded field's percent-escapes
+it reads as UTF-8 with U+FFFD in place of bytes that are not, and raw (unescaped) bytes as latin-1: a
+login's ``reviewer`` of ``al%E9ce`` was looked up and throttled as someone else, and a reason sent as raw
+UTF-8 was stored as "cafÃ©". The framework offers no way to see that it fell back, so this middleware
+reads the same fields as the body streams past, with python-multipart's parsers (the framework's own),
+and refuses the form at the first text field that does not decode. A body the parser cannot read is
+left to the framework (its 400).
 """
 
 from __future__ import annotations
 
 import codecs
 from typing import TYPE_CHECKING
+from urllib.parse import unquote_to_bytes
 
 from fastapi import HTTPException
 from python_multipart.exceptions import FormParserError
-from python_multipart.multipart import MultipartParser, parse_options_header
+from python_multipart.multipart import MultipartParser, QuerystringParser, parse_options_header
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
-    from python_multipart.multipart import MultipartCallbacks
+    from python_multipart.multipart import MultipartCallbacks, QuerystringCallbacks
 
 
 class FormTextInCharset:
-    """ASGI middleware: a multipart POST whose text part is not in the form's charset is a 422 naming it."""
+    """ASGI middleware: a multipart POST whose text part is not in the form's charset, or a url-encoded
+    POST whose field is not UTF-8, is a 422 naming the field."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -34,16 +40,23 @@ class FormTextInCharset:
         if scope["type"] != "http" or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
+        # The media type as the framework reads it: with the same parser, so the same forms are checked.
         media_type, options = parse_options_header(Headers(scope=scope).get("content-type"))
-        if media_type != b"multipart/form-data" or b"boundary" not in options:
+        check: _TextParts | _UrlencodedFields
+        if media_type == b"multipart/form-data" and b"boundary" in options:
+            check = _TextParts(options)
+        elif media_type == b"application/x-www-form-urlencoded":
+            check = _UrlencodedFields()
+        else:
             await self.app(scope, receive, send)
             return
-        check = _TextParts(options)
 
         async def checked_receive() -> Message:
             message = await receive()
             if message["type"] == "http.request":
                 check.write(message.get("body", b""))
+                if not message.get("more_body", False):
+                    check.finish()
             return message
 
         await self.app(scope, checked_receive, send)
@@ -83,6 +96,9 @@ class _TextParts:
         except FormParserError:
             self._parser = None  # malformed: the framework's parser refuses it (400)
 
+    def finish(self) -> None:
+        """The body ended: every part was checked as it ended."""
+
     def _part_begin(self) -> None:
         self._header, self._disposition, self._decoder = (b"", b""), b"", None
 
@@ -120,6 +136,68 @@ class _TextParts:
 
     def _refusal(self) -> str:
         if not self.declared:
-            return f"{self._field} is not UTF-8 text: send it as UTF-8"
+            return not_utf8(self._field)
         known = "" if self.charset else ", a charset this server does not know"
         return f"{self._field} is not {self.declared} text (the form's charset{known}): send it as UTF-8"
+
+
+class _UrlencodedFields:
+    """Follows a url-encoded body chunk by chunk; raises a 422 at the first field whose name or value,
+    percent-decoded, is not UTF-8, or holds a raw byte outside ASCII (which the framework reads as
+    latin-1; a browser percent-encodes every such byte). The body is capped before it gets here
+    (``auth.limit_bodies``), so a field is decoded whole, as the framework does."""
+
+    def __init__(self) -> None:
+        callbacks: QuerystringCallbacks = {
+            "on_field_start": self._field_start,
+            "on_field_name": self._field_name,
+            "on_field_data": self._field_data,
+            "on_field_end": self._field_end,
+        }
+        self._parser: QuerystringParser | None = QuerystringParser(callbacks)
+        self._name = bytearray()
+        self._value = bytearray()
+
+    def write(self, chunk: bytes) -> None:
+        if self._parser is None or not chunk:
+            return
+        try:
+            self._parser.write(chunk)
+        except FormParserError:
+            self._parser = None  # malformed: the framework's parser refuses it
+
+    def finish(self) -> None:
+        if self._parser is not None:
+            self._parser.finalize()
+
+    def _field_start(self) -> None:
+        self._name, self._value = bytearray(), bytearray()
+
+    def _field_name(self, data: bytes, start: int, end: int) -> None:
+        self._name += data[start:end]
+
+    def _field_data(self, data: bytes, start: int, end: int) -> None:
+        self._value += data[start:end]
+
+    def _field_end(self) -> None:
+        name = _utf8(bytes(self._name))
+        if name is None:
+            # The name as the framework reads it, so the 422 names what the route sees.
+            raise HTTPException(422, not_utf8(bytes(self._name).decode("latin-1")))
+        if _utf8(bytes(self._value)) is None:
+            raise HTTPException(422, not_utf8(name))
+
+
+def _utf8(escaped: bytes) -> str | None:
+    """A url-encoded name or value as text, or None where it is not percent-escaped UTF-8."""
+    if not escaped.isascii():
+        return None
+    try:
+        return unquote_to_bytes(escaped.replace(b"+", b" ")).decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def not_utf8(field: str) -> str:
+    """The refusal of a form field whose text is not UTF-8, the same for every form and field."""
+    return f"{field} is not UTF-8 text: send it as UTF-8"
