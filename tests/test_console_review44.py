@@ -1,6 +1,7 @@
 """The console's outbox at scale (published decisions stay in the outbox for ever, so the queries a
 relay round, a /metrics scrape and a queue load make read through an index, not the whole table), a
-decision in it that no longer reads, and a decision form's text that is not in the form's charset."""
+decision in it that no longer reads, a decision form's text that is not in the form's charset, and the
+queue's all-list at scale (read through an index in its order, not a scan and sort of every task)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from starlette.testclient import TestClient
 
 from schemas.topics import CORRECTION_RESOLVED
 from services.console.relay import DecisionRelay
-from services.console.tasks import TaskStore, decision_event_id
+from services.console.tasks import TaskFilter, TaskStore, decision_event_id
 from skuforge_cli.main import main as cli_main
 from tests.support.bus import create_topics, isolated_settings, read_topic
 from tests.support.console import (
@@ -206,3 +207,55 @@ def test_a_multipart_reject_reason_that_is_not_utf8_is_refused_not_stored_as_lat
     )
     assert response.status_code == 200, response.text
     assert response.json()["resolved"]["reject_reason"] == "café"
+
+
+def _tasks_with_an_unreadable_newest(parts: ConsoleParts) -> None:
+    """Three flagged tasks; the newest no longer reads, so a list of one reads a second page after it."""
+    with_flagged(parts, 3)
+    with sqlite3.connect(parts.tasks.path) as db:
+        newest = db.execute("SELECT task_id FROM tasks ORDER BY received_at DESC, task_id DESC").fetchone()[0]
+        db.execute("UPDATE tasks SET pending_json = '{}' WHERE task_id = ?", (newest,))
+
+
+def _plans_of_task_reads(tasks: TaskStore, monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """The query plans of the reads of the task table that the all-list (``state=None``) of one makes."""
+    plan_of = closing(sqlite3.connect(tasks.path))
+    statements = _traced(monkeypatch)
+
+    listed = tasks.query(TaskFilter(state=None), limit=1)
+
+    assert len(listed) == 1
+    reads = [sql for sql in statements if sql.lstrip().upper().startswith("SELECT *") and " tasks" in sql]
+    assert len(reads) == 2, statements  # past the row that no longer reads: a second page, after its key
+    with plan_of as db:
+        return [[detail for *_, detail in db.execute(f"EXPLAIN QUERY PLAN {sql}")] for sql in reads]
+
+
+def test_the_all_list_reads_through_an_index_not_the_whole_task_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before, the queue's "all" list scanned every task ever queued and sorted them all, for each page.
+    parts = build_console(tmp_path)
+    _tasks_with_an_unreadable_newest(parts)
+
+    for plan in _plans_of_task_reads(parts.tasks, monkeypatch):
+        assert "SCAN tasks" not in plan, plan  # a scan of the table itself, every row
+        assert not any("TEMP B-TREE" in step for step in plan), plan  # a sort of every row
+        used = r"tasks USING (COVERING )?INDEX tasks_by_arrival\b"
+        assert any(re.search(used, step) for step in plan), plan
+
+
+def test_a_task_table_made_before_the_arrival_index_is_given_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parts = build_console(tmp_path)
+    _tasks_with_an_unreadable_newest(parts)
+    with sqlite3.connect(parts.tasks.path) as db:  # as an earlier version left it
+        db.execute("DROP INDEX IF EXISTS tasks_by_arrival")
+    assert "tasks_by_arrival" not in _index_names(parts.tasks.path)
+
+    reopened = TaskStore(parts.tasks.path)
+
+    assert "tasks_by_arrival" in _index_names(parts.tasks.path)
+    for plan in _plans_of_task_reads(reopened, monkeypatch):
+        assert "SCAN tasks" not in plan, plan
