@@ -3,8 +3,9 @@
 A bad setting, the object store refusing or away, an object stored that does not read and Ctrl-C (or
 SIGTERM, SIGHUP: ``shared.signals``) each say what to do in their message; a traceback around it
 buried that line under frames of our code. A reader of stdout that stops early (``| head -1``) ends the
-command quietly. ``skuforge`` runs every command through ``run_command``,
-and so do the bench and fitting tools that open a model.
+command quietly; a stdout that cannot be written (``> report.txt`` on a full disk) is one line too.
+``skuforge`` runs every command through ``run_command``, and so do the bench and fitting tools that open a
+model.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import select
 import sys
 from collections.abc import Callable
+from typing import Any, TextIO
 
 from shared.config import ConfigError
 from shared.errors import BadInput, StoreMisconfigured, TransientError
@@ -25,7 +27,8 @@ def run_command(name: str, command: Callable[[], int]) -> int:
     """``command()``'s exit status; a failure it can name is printed after ``name:`` on stderr instead:
     2 for a bad setting (as for a bad option), 1 for the store's or a stored object's, 128 + the
     signal for Ctrl-C, SIGTERM or SIGHUP where the command has nothing of its own to say or undo; 1,
-    and nothing said, when stdout's reader has gone."""
+    and nothing said, when stdout's reader has gone; 1 when stdout cannot be written (a full disk)."""
+    stdout = sys.stdout = _WatchedStdout(sys.stdout)
     try:
         status = command()
         sys.stdout.flush()  # here, not at exit, where a closed pipe is a message we cannot catch
@@ -36,6 +39,18 @@ def run_command(name: str, command: Callable[[], int]) -> int:
         # `skuforge flow | head -1`: as Python's docs advise ("Note on SIGPIPE"), stdout to devnull so
         # the interpreter's last flush does not raise again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except OSError as exc:
+        if exc is not stdout.failure:
+            raise  # a file of the command's own, or a pipe to a child: its caller names it
+        # `skuforge flow > report.txt` on a full disk: before, a traceback ending in "[Errno 28]".
+        # Stdout to devnull, as for a closed pipe, so the interpreter's last flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), stdout.fileno())
+        print(
+            f"{name}: its output could not be written: {exc} (free room where stdout goes, or send it "
+            "elsewhere, and try again)",
+            file=sys.stderr,
+        )
         return 1
     except ConfigError as exc:
         print(f"{name}: {exc}", file=sys.stderr)
@@ -58,6 +73,9 @@ def run_command(name: str, command: Callable[[], int]) -> int:
         signum = signal_number(exc)
         print(f"{name}: {stopped_how(signum)}", file=sys.stderr)
         return 128 + signum
+    finally:
+        if sys.stdout is stdout:  # not one the command set for good
+            sys.stdout = stdout.stream
 
 
 def _stdout_reader_gone() -> bool:
@@ -69,3 +87,34 @@ def _stdout_reader_gone() -> bool:
     poller = select.poll()
     poller.register(fd, select.POLLOUT)
     return any(events & select.POLLERR for _, events in poller.poll(0))
+
+
+class _WatchedStdout:
+    """``stream`` (stdout), remembering the ``OSError`` a write to it raised: an ``OSError`` from
+    ``print`` names no file, and a full disk under stdout read as any other failure of the command.
+    A write that failed leaves nothing in its buffer, so the failure cannot be asked of stdout after."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.failure: OSError | None = None
+
+    def write(self, text: str) -> int:
+        try:
+            return self.stream.write(text)
+        except OSError as exc:
+            self.failure = exc
+            raise
+
+    def writelines(self, lines: list[str]) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        try:
+            self.stream.flush()
+        except OSError as exc:
+            self.failure = exc
+            raise
+
+    def __getattr__(self, name: str) -> Any:  # fileno, isatty, encoding...: stdout's own
+        return getattr(self.stream, name)
