@@ -275,13 +275,16 @@ class TaskStore:
             log.info("task table %s now stores %s", self.path, what)
 
     def _index_outbox(self) -> None:
-        """Give an outbox made before ``_OUTBOX_INDEXES`` its indexes (once: a large one takes a while)."""
+        """Give an outbox made before ``_OUTBOX_INDEXES`` its indexes (once: a large one takes a while,
+        logged; a new, empty one's are made silently: a command opening a new table printed the line)."""
         with self._write() as (db, _):
             made = {row["name"] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+            holds_decisions = db.execute("SELECT 1 FROM outbox LIMIT 1").fetchone() is not None
             for name, definition in _OUTBOX_INDEXES.items():
                 if name not in made:
                     db.execute(f"CREATE INDEX {name} {definition}")
-                    log.info("task table %s now indexes its outbox (%s)", self.path, name)
+                    if holds_decisions:
+                        log.info("task table %s now indexes its outbox (%s)", self.path, name)
 
     def _allow_every_state(self) -> None:
         """Let a table created before a state (``withdrawn``, ``accepted``) hold it: SQLite cannot change
