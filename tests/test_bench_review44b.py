@@ -1,0 +1,44 @@
+"""Benches and `skuforge matting real-pairs` at their boundary: an option out of what the run can do is
+refused at start, naming it, exit 2. Cheap: the long work is replaced by a stub that fails if reached;
+no model runs, no store is built."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+class _RunStarted(Exception):
+    """The options were accepted and the long work began."""
+
+
+def _refuse_to_run(*args: object, **kwargs: object) -> None:
+    raise _RunStarted
+
+
+def _refusal(main: object, argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """What ``main(argv)`` says on stderr as it stops with exit 2, before the long work."""
+    assert callable(main)
+    try:
+        code = main(argv)
+    except SystemExit as exited:  # a usage error
+        code = exited.code
+    assert code == 2, argv
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err
+
+
+def test_the_store_bench_refuses_more_items_than_it_measures(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Unbounded, --items 1000000000 held millions of rows per SKU in memory for hours before failing.
+    from bench import store
+
+    monkeypatch.setattr(store, "build_store", _refuse_to_run)
+    err = _refusal(store.main, ["--items", "1000000000", "--out", str(tmp_path / "s.json")], capsys)
+    assert "--items" in err
+    assert "2000000" in err  # the bound: the committed run's size, which the bench is for
+    with pytest.raises(_RunStarted):  # the committed run's size is still accepted
+        store.main(["--items", "2000000", "--out", str(tmp_path / "s.json")])
