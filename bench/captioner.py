@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from shared.argtypes import file_problem, positive_int, read_json_object
+from shared.argtypes import file_problem, int_between, positive_int, read_json_object
 from shared.commands import run_command
 from skuforge_cli.synth import CATALOGUE_SEED, photo_size_px
 
@@ -137,7 +137,11 @@ def _bench(argv: list[str] | None) -> int:
     # The renderer's bounds, as `skuforge synth` checks them: -1 or 32 failed after the model opened.
     parser.add_argument("--seed", type=CATALOGUE_SEED, default=SEED)
     parser.add_argument("--size-px", type=photo_size_px, default=512, help="photo side (64 to 4096 px)")
-    parser.add_argument("--threads", type=positive_int, default=2)
+    # SKUFORGE_CAPTIONER_MATTING_THREADS's bound (services/captioner/config.py): --threads 100000 went to
+    # ONNX Runtime as asked.
+    parser.add_argument(
+        "--threads", type=int_between(1, 256), default=2, help="ONNX Runtime threads (1 to 256, default 2)"
+    )
     parser.add_argument(
         "--matting-model", default=None, help="matting model for both parts (default: the default session's)"
     )

@@ -42,3 +42,18 @@ def test_the_store_bench_refuses_more_items_than_it_measures(
     assert "2000000" in err  # the bound: the committed run's size, which the bench is for
     with pytest.raises(_RunStarted):  # the committed run's size is still accepted
         store.main(["--items", "2000000", "--out", str(tmp_path / "s.json")])
+
+
+def test_the_captioner_bench_refuses_threads_past_the_services_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # SKUFORGE_CAPTIONER_MATTING_THREADS stops at 256; --threads 100000 went to ONNX Runtime as asked.
+    from bench import captioner
+    from shared.matting import session
+
+    monkeypatch.setattr(session, "open_tool_session", _refuse_to_run)
+    err = _refusal(captioner.main, ["--threads", "100000", "--out", str(tmp_path / "c.json")], capsys)
+    assert "--threads" in err
+    assert "256" in err
+    with pytest.raises(_RunStarted):
+        captioner.main(["--threads", "256", "--out", str(tmp_path / "c.json")])
