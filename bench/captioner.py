@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from shared.argtypes import file_problem, int_between, positive_int, read_json_object
+from shared.argtypes import file_problem, int_between, model_location, positive_int, read_json_object
 from shared.commands import run_command
 from skuforge_cli.synth import CATALOGUE_SEED, photo_size_px
 
@@ -143,7 +143,10 @@ def _bench(argv: list[str] | None) -> int:
         "--threads", type=int_between(1, 256), default=2, help="ONNX Runtime threads (1 to 256, default 2)"
     )
     parser.add_argument(
-        "--matting-model", default=None, help="matting model for both parts (default: the default session's)"
+        "--matting-model",
+        type=model_location,
+        default=None,
+        help="matting model for both parts (default: the default session's)",
     )
     parser.add_argument(
         "--grocery-dataset",

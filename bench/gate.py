@@ -51,7 +51,7 @@ from PIL import Image
 
 from bench.committed import check_out
 from schemas.events import MAX_SEED
-from shared.argtypes import int_between, non_negative_float, positive_int, whole_number
+from shared.argtypes import int_between, model_location, non_negative_float, positive_int, whole_number
 from shared.commands import run_command
 from shared.gate.checks import GateThresholds, evaluate, failed_reasons
 from shared.generation.backend import COLOUR_GAIN_KEY, MAX_SIZE_PX
@@ -350,7 +350,12 @@ def _bench(argv: list[str] | None) -> int:
         help="also run the composite bench at this seed and keep its rates under 'other_seed' "
         "(how much the figure moves with the sample); -1 skips it",
     )
-    parser.add_argument("--model", default=None, help="matting ONNX model; default: the committed U2-NetP")
+    parser.add_argument(
+        "--model",
+        type=model_location,
+        default=None,
+        help="matting ONNX model; default: the committed U2-NetP",
+    )
     parser.add_argument(
         "--roi-margin",
         type=_roi_margin,

@@ -135,6 +135,15 @@ def path_argument(kind: str) -> Callable[[str], Path]:
     return parse
 
 
+def model_location(text: str) -> str:
+    """A type for a model's file path or s3:// URI; an empty one is refused, as ``path_argument`` refuses
+    it: ``--model "$MODEL"`` with MODEL unset was looked for in the current folder ("no matting model
+    file at .")."""
+    if not text:
+        raise argparse.ArgumentTypeError("the path is empty (an unset shell variable?); give a model file")
+    return text
+
+
 class CommandParser(argparse.ArgumentParser):
     """An ArgumentParser whose subcommands (``kafka statsu``: did you mean 'status'?), and any other
     argument with string ``choices``, are refused as ``one_of`` refuses a name. Its subparsers are

@@ -57,3 +57,24 @@ def test_the_captioner_bench_refuses_threads_past_the_services_bound(
     assert "256" in err
     with pytest.raises(_RunStarted):
         captioner.main(["--threads", "256", "--out", str(tmp_path / "c.json")])
+
+
+@pytest.mark.parametrize(
+    ("bench_name", "option", "patched"),
+    [("gate", "--model", "bench.gate"), ("captioner", "--matting-model", "shared.matting.session")],
+)
+def test_an_empty_model_path_is_refused_naming_the_option(
+    bench_name: str,
+    option: str,
+    patched: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # `--model "$MODEL"` with MODEL unset was read as the current folder: "no matting model file at .".
+    import importlib
+
+    bench = importlib.import_module(f"bench.{bench_name}")
+    monkeypatch.setattr(importlib.import_module(patched), "open_tool_session", _refuse_to_run)
+    err = _refusal(bench.main, [option, "", "--out", str(tmp_path / "r.json")], capsys)
+    assert f"argument {option}: the path is empty" in err
