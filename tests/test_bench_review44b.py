@@ -78,3 +78,22 @@ def test_an_empty_model_path_is_refused_naming_the_option(
     monkeypatch.setattr(importlib.import_module(patched), "open_tool_session", _refuse_to_run)
     err = _refusal(bench.main, [option, "", "--out", str(tmp_path / "r.json")], capsys)
     assert f"argument {option}: the path is empty" in err
+
+
+def test_real_pairs_names_the_default_official_model_it_cannot_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Without --official, an unreadable default was "--official PATH: cannot read it": an option the
+    # user had not given. The default comes from SKUFORGE_OFFICIAL_U2NETP here.
+    from services.matting.cli import main as matting_cli
+
+    dataset = tmp_path / "dataset"
+    dataset.mkdir()
+    (dataset / "train.txt").write_text("")
+    official = tmp_path / ("x" * 300)  # over the 255 bytes a file name may have: unreadable, even as root
+    monkeypatch.setenv("SKUFORGE_OFFICIAL_U2NETP", str(official))
+    argv = ["real-pairs", "--dataset", str(dataset), "--out", str(tmp_path / "p")]
+    err = _refusal(matting_cli, argv, capsys)
+    refusal = err.splitlines()[-1]  # the usage lines above it name every option
+    assert "--official" not in refusal
+    assert f"SKUFORGE_OFFICIAL_U2NETP {official}: cannot read it (File name too long)" in refusal

@@ -8,6 +8,7 @@ import filecmp
 import io
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -757,6 +758,13 @@ def _official_or_real(parser: argparse.ArgumentParser, args: argparse.Namespace)
         if not (args.dataset / "train.txt").is_file():
             parser.error(f"--dataset {args.dataset}: no train.txt there; give the dataset's 'dataset' folder")
         official_onnx = args.official or default_official_onnx()
+        # Named as the user gave it: without --official, an unreadable default was "--official PATH".
+        if args.official is not None:
+            official_label = "--official"
+        elif os.environ.get("SKUFORGE_OFFICIAL_U2NETP"):
+            official_label = "SKUFORGE_OFFICIAL_U2NETP"
+        else:
+            official_label = "the default official U2-NetP (set-up's; give --official for another)"
         # The pseudo-labeller: another file would label the in-store pairs unchecked. The run is given
         # the bytes checked, as the file could be replaced between the check and its use.
         try:
@@ -764,7 +772,7 @@ def _official_or_real(parser: argparse.ArgumentParser, args: argparse.Namespace)
                 parser.error(f"no official U2-NetP at {official_onnx}: run `make setup` or give --official")
             official_bytes = official_onnx.read_bytes()
         except OSError as exc:  # a name too long, a file this user may not read: was a traceback
-            parser.error(f"--official {official_onnx}: cannot read it ({exc.strerror or exc})")
+            parser.error(f"{official_label} {official_onnx}: cannot read it ({exc.strerror or exc})")
         try:
             verify_md5(official_bytes, source=str(official_onnx))
         except OfficialWeightsError as exc:
