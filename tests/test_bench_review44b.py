@@ -97,3 +97,12 @@ def test_real_pairs_names_the_default_official_model_it_cannot_read(
     refusal = err.splitlines()[-1]  # the usage lines above it name every option
     assert "--official" not in refusal
     assert f"SKUFORGE_OFFICIAL_U2NETP {official}: cannot read it (File name too long)" in refusal
+
+
+def test_a_round_with_a_zero_baseline_is_a_clear_error() -> None:
+    # A baseline round that measured 0 (no event through, say) stopped the run in a ZeroDivisionError.
+    from bench.rounds import median_round_ratio
+
+    with pytest.raises(ValueError, match=r"round 2 .*0"):
+        median_round_ratio([2.0, 3.0, 4.0], [1.0, 0.0, 2.0])
+    assert median_round_ratio([2.0, 3.0, 4.0], [1.0, 1.5, 2.0]) == 2.0
