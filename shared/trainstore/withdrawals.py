@@ -97,14 +97,20 @@ class Withdrawals:
         return withdrawn
 
     def withdraw(self, sku_id: str, category: str, photo_ids: Iterable[str], *, by: str) -> list[ManifestRow]:
-        """Withdraw ``photo_ids`` of the SKU: markers, then the rows (a real ``withdrawn`` row for each
-        photo, known to the store or not, and one for each image generated from it), then every
-        retraining-store object of those items. Returns the rows written (none when run again)."""
+        """Withdraw ``photo_ids`` of the SKU: markers (a photo's marker, once written, is kept: a run
+        again is the same withdrawal), then the rows (a real ``withdrawn`` row for each photo, known to
+        the store or not, and one for each image generated from it), then every retraining-store object
+        of those items. Returns the rows written (none when run again)."""
         photo_ids = sorted(set(photo_ids))
         at = datetime.now(UTC).isoformat()
         for photo_id in photo_ids:
+            marker = self._marker(sku_id, photo_id)
+            if self._recorded_time(marker):
+                # Withdrawn already (a run stopped half-way, run again): the same withdrawal, so its
+                # record of when and by whom stays; rewritten, it took the time of the last run.
+                continue
             record = {"photo_id": photo_id, "withdrawn_at": at, "by": by}
-            self.manifests.store.put_bytes(self._marker(sku_id, photo_id), json.dumps(record).encode())
+            self.manifests.store.put_bytes(marker, json.dumps(record).encode())
         current = self.manifests.read_sku(sku_id)
         rows = withdrawn_rows(current, set(photo_ids))
         for photo_id in photo_ids:
