@@ -8,16 +8,20 @@ Per-category overrides are JSON, e.g.::
 
 The keys inside a category are the fields of ``shared.gate.checks.GateThresholds``. Categories are
 free text typed by people, so they match ignoring case and spaces around and between words
-(``" Pouch"`` is ``"pouch"``); two keys that are one category that way are refused at start-up.
+(``" Pouch"`` is ``"pouch"``); two keys that are one category that way are refused at start-up, and
+so is a category, or a threshold of one, given twice (JSON would keep the last without a word).
 """
 
 from __future__ import annotations
 
+import json
+from collections import Counter
 from dataclasses import fields
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field, StrictFloat, ValidationInfo, field_validator
-from pydantic_settings import BaseSettings
+from pydantic_core import PydanticCustomError
+from pydantic_settings import BaseSettings, NoDecode
 
 from shared.config import SETTINGS_CONFIG
 from shared.gate.checks import GateThresholds
@@ -57,13 +61,31 @@ class GateSettings(BaseSettings):
         description="largest colour drift (Lab units) of the product region from the reference photo's",
     )
     # Strict: JSON true/false were read as 1.0/0.0 (an IoU minimum of 1 flags nearly every item).
-    gate_category_overrides: dict[str, dict[str, StrictFloat]] = Field(
+    # NoDecode: read here (``_decoded``), where a key given twice is seen, not by pydantic-settings.
+    gate_category_overrides: Annotated[dict[str, dict[str, StrictFloat]], NoDecode] = Field(
         default={},
         description=(
             "JSON: category (any case and spacing) -> thresholds replaced for it, as JSON numbers "
             "(iou_min, min_foreground_fraction, max_foreground_fraction, drift_tolerance)"
         ),
     )
+
+    @field_validator("gate_category_overrides", mode="before")
+    @classmethod
+    def _decoded(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value  # given as a mapping (load_settings's overrides, the default)
+        try:
+            return json.loads(value, object_pairs_hook=_pairs_once)
+        except _GivenTwice as exc:
+            raise ValueError(str(exc)) from None
+        except (json.JSONDecodeError, RecursionError) as exc:
+            # As shared.config.describe_settings_error words it when pydantic-settings decodes.
+            raise PydanticCustomError(
+                "json_invalid",
+                "not JSON ({error}); write it as JSON, e.g. {default} (the default)",
+                {"error": str(exc), "default": "{}"},
+            ) from None
 
     @field_validator("gate_max_foreground_fraction")
     @classmethod
@@ -119,3 +141,16 @@ def _global_thresholds(values: dict[str, Any]) -> GateThresholds:
     """The global thresholds from the settings' ``gate_*`` values (``KeyError`` if one is missing,
     ``ValueError`` if they are invalid together)."""
     return GateThresholds(**{name: values[f"gate_{name}"] for name in _THRESHOLD_NAMES})
+
+
+class _GivenTwice(ValueError):
+    """A key given twice in one JSON object of the overrides."""
+
+
+def _pairs_once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object's pairs as a dict; ``_GivenTwice`` naming a key that is given more than once."""
+    given = Counter(key for key, _ in pairs)
+    for key, times in given.items():
+        if times > 1:
+            raise _GivenTwice(f"{key!r} given {times} times in one JSON object; keep one")
+    return dict(pairs)
