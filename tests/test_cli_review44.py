@@ -6,7 +6,6 @@ WARNING reached stderr through Python's last-resort handler, bare, without its f
 from __future__ import annotations
 
 import logging
-import sqlite3
 from pathlib import Path
 
 import pytest
@@ -14,18 +13,14 @@ import pytest
 from services.console.tasks import TaskStore
 from shared.observability import configure_command_logging
 from skuforge_cli.main import main as skuforge_main
+from tests.support.console import outbox_from_before_refusals
 
 
 def _table_before_refused_reasons(tmp_path: Path) -> Path:
     """A console task table as one made before the outbox kept why the broker refused a decision."""
     table = tmp_path / "tasks.db"
     TaskStore(table)
-    db = sqlite3.connect(table)
-    try:
-        db.execute("ALTER TABLE outbox DROP COLUMN refused_reason")
-        db.commit()
-    finally:
-        db.close()
+    outbox_from_before_refusals(table)
     return table
 
 

@@ -17,7 +17,14 @@ from services.console.tasks import PRODUCER, OutboxEvent, TaskStore
 from shared.bus import make_envelope
 from skuforge_cli.main import main as cli_main
 from tests.support.bus import isolated_settings, read_topic
-from tests.support.console import build_console, decide_as_alice, flagged_item, pending_envelope, use_cli_on
+from tests.support.console import (
+    build_console,
+    decide_as_alice,
+    flagged_item,
+    outbox_from_before_refusals,
+    pending_envelope,
+    use_cli_on,
+)
 from tests.support.kafka import session_admin
 
 pytestmark = pytest.mark.kafka
@@ -79,10 +86,7 @@ def test_an_outbox_made_before_refusals_is_given_the_column_with_nothing_refused
     task = pending_envelope(flagged_item(parts.store, 0))
     parts.tasks.add_pending(task)
     decide_as_alice(parts, task.event_id, "reject", "x")
-    with sqlite3.connect(parts.tasks.path) as db:  # as an earlier version wrote it: nor the indexes on it
-        db.execute("DROP INDEX outbox_unsent")
-        db.execute("DROP INDEX outbox_refused")
-        db.execute("ALTER TABLE outbox DROP COLUMN refused_reason")
+    outbox_from_before_refusals(parts.tasks.path)
 
     tasks = TaskStore(parts.tasks.path)
     assert [event.task_id for event in tasks.unpublished()] == [task.event_id]

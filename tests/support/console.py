@@ -323,3 +323,12 @@ def decide(client: Any, token: str, task_id: str, **form: Any) -> Any:
     return client.post(
         f"/api/tasks/{task_id}/decision", data=form, files=files, headers={"X-CSRF-Token": token}
     )
+
+
+def outbox_from_before_refusals(path: Path) -> None:
+    """Make the task table at ``path`` as a console from before refusals wrote it: no ``refused_reason``
+    column in its outbox, nor the indexes on it (SQLite drops no column an index reads)."""
+    with sqlite3.connect(path) as db:
+        db.execute("DROP INDEX outbox_unsent")
+        db.execute("DROP INDEX outbox_refused")
+        db.execute("ALTER TABLE outbox DROP COLUMN refused_reason")
