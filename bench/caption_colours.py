@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from shared.argtypes import positive_int
+from shared.argtypes import MAX_THREADS, int_between
 from shared.commands import run_command
 
 HERE = Path(__file__).parent
@@ -207,7 +207,13 @@ def _bench(argv: list[str] | None) -> int:
     )
     parser.add_argument("--split", choices=("train", "val", "both", "none"), default="both")
     parser.add_argument("--label", default="after", help="name of this run in the results (before, after)")
-    parser.add_argument("--threads", type=positive_int, default=2)
+    # SKUFORGE_CAPTIONER_MATTING_THREADS's bound: --threads 100000 went to ONNX Runtime as asked.
+    parser.add_argument(
+        "--threads",
+        type=int_between(1, MAX_THREADS),
+        default=2,
+        help=f"ONNX Runtime threads (1 to {MAX_THREADS}, default 2)",
+    )
     parser.add_argument(
         "--mask-cache",
         type=Path,

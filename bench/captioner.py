@@ -37,7 +37,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from shared.argtypes import file_problem, int_between, model_location, positive_int, read_json_object
+from shared.argtypes import (
+    MAX_THREADS,
+    file_problem,
+    int_between,
+    model_location,
+    positive_int,
+    read_json_object,
+)
 from shared.commands import run_command
 from skuforge_cli.synth import CATALOGUE_SEED, photo_size_px
 
@@ -140,7 +147,10 @@ def _bench(argv: list[str] | None) -> int:
     # SKUFORGE_CAPTIONER_MATTING_THREADS's bound (services/captioner/config.py): --threads 100000 went to
     # ONNX Runtime as asked.
     parser.add_argument(
-        "--threads", type=int_between(1, 256), default=2, help="ONNX Runtime threads (1 to 256, default 2)"
+        "--threads",
+        type=int_between(1, MAX_THREADS),
+        default=2,
+        help=f"ONNX Runtime threads (1 to {MAX_THREADS}, default 2)",
     )
     parser.add_argument(
         "--matting-model",

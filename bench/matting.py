@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.rounds import median_round_ratio
-from shared.argtypes import file_problem, positive_int
+from shared.argtypes import MAX_THREADS, file_problem, int_between, positive_int
 
 RESULTS = Path(__file__).parent / "results"
 MODELS = Path(__file__).resolve().parents[1] / "shared" / "matting" / "models"
@@ -152,7 +152,13 @@ def main(argv: list[str] | None = None) -> int:
         help="images per call, for one --worker (default 8); a full run times batches 1 and 8",
     )
     parser.add_argument("--images", type=positive_int, default=32)
-    parser.add_argument("--threads", type=positive_int, default=2)
+    # SKUFORGE_MATTING_THREADS's bound: --threads 100000 went to ONNX Runtime as asked.
+    parser.add_argument(
+        "--threads",
+        type=int_between(1, MAX_THREADS),
+        default=2,
+        help=f"ONNX Runtime threads (1 to {MAX_THREADS}, default 2)",
+    )
     parser.add_argument("--rounds", type=positive_int, default=3)
     parser.add_argument("--heldout", type=positive_int, default=200)
     parser.add_argument(

@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shared.argtypes import file_problem, non_negative_int, positive_int
+from shared.argtypes import MAX_THREADS, file_problem, int_between, non_negative_int
 
 if TYPE_CHECKING:
     from schemas.envelope import Envelope
@@ -243,7 +243,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--worker", choices=["memory", "speed"], default=None)
     parser.add_argument("--config", choices=list(CONFIGS), action="append")
-    parser.add_argument("--threads", type=positive_int, default=2)
+    # SKUFORGE_MATTING_THREADS's bound: --threads 100000 went to ONNX Runtime as asked.
+    parser.add_argument(
+        "--threads",
+        type=int_between(1, MAX_THREADS),
+        default=2,
+        help=f"ONNX Runtime threads (1 to {MAX_THREADS}, default 2)",
+    )
     parser.add_argument(
         "--before",
         type=Path,

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from shared.argtypes import file_problem, non_negative_int, positive_int
+from shared.argtypes import MAX_THREADS, file_problem, int_between, non_negative_int
 from shared.arith.masks import mask_iou
 
 DATA = Path(__file__).parent / "data" / "matting_real"
@@ -134,7 +134,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ours", type=Path, default=OURS, help="default: the committed model")
     parser.add_argument("--ours-int8", type=Path, default=OURS_INT8, help="default: the committed model")
     parser.add_argument("--official", type=Path, default=None, help="default: set-up's checked copy")
-    parser.add_argument("--threads", type=positive_int, default=2)
+    # SKUFORGE_MATTING_THREADS's bound: --threads 100000 went to ONNX Runtime as asked.
+    parser.add_argument(
+        "--threads",
+        type=int_between(1, MAX_THREADS),
+        default=2,
+        help=f"ONNX Runtime threads (1 to {MAX_THREADS}, default 2)",
+    )
     parser.add_argument(
         "--renderer",
         type=non_negative_int,

@@ -21,6 +21,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+# The most threads a command or a service setting may ask of ONNX Runtime or torch (the services' settings and
+# the commands' --threads): torch.set_num_threads(100000) ends in a segfault; ONNX Runtime took it as asked.
+MAX_THREADS = 256
+
 
 def whole_number(text: str) -> int:
     """``text`` as a whole number, written in ASCII digits (a sign may lead)."""

@@ -365,7 +365,7 @@ def test_matting_memory_refuses_threads_below_one_before_any_child(
 
     monkeypatch.setattr(matting_memory, "_child", _refuse_to_run)
     argv = ["--threads", threads, "--out", str(tmp_path / "memory.json")]
-    _refused(matting_memory.main, argv, capsys, f"must be at least 1, got {threads}")
+    _refused(matting_memory.main, argv, capsys, f"must be from 1 to 256, got {threads}")
 
 
 @pytest.mark.usefixtures("no_subprocess")

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings
 
+from shared.argtypes import MAX_THREADS
 from shared.config import SETTINGS_CONFIG, model_uri_opens, name_or_unset
 
 
@@ -64,7 +65,7 @@ class CaptionerSettings(BaseSettings):
         " when another user owns it or its group may write to it)",
     )
     captioner_matting_threads: int = Field(
-        default=2, ge=1, le=256, description="threads of ONNX Runtime (matting) and of torch (BLIP)"
+        default=2, ge=1, le=MAX_THREADS, description="threads of ONNX Runtime (matting) and of torch (BLIP)"
     )
     captioner_use_gpu: bool = Field(default=True, description="use CUDA for matting and BLIP when available")
     captioner_matting_max_batch: int = Field(

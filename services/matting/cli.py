@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from shared.argtypes import (
+    MAX_THREADS,
     CommandParser,
     file_problem,
     float_between,
@@ -118,7 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     # The stage's bound (SKUFORGE_MATTING_THREADS): torch.set_num_threads(100000) ends in a segfault.
     train.add_argument(
-        "--threads", type=int_between(1, 256), default=2, help="torch CPU threads, 1 to 256 (default 2)"
+        "--threads",
+        type=int_between(1, MAX_THREADS),
+        default=2,
+        help=f"torch CPU threads, 1 to {MAX_THREADS} (default 2)",
     )
     train.add_argument(
         "--device",

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings
 
+from shared.argtypes import MAX_THREADS
 from shared.config import SETTINGS_CONFIG, model_uri_opens, name_or_unset
 from shared.matting.roi import DEFAULT_ROI_MARGIN
 
@@ -42,7 +43,7 @@ class MattingSettings(BaseSettings):
         " when another user owns it or its group may write to it)",
     )
     matting_threads: int = Field(
-        default=2, ge=1, le=256, description="ONNX Runtime intra-op threads (CPU execution provider)"
+        default=2, ge=1, le=MAX_THREADS, description="ONNX Runtime intra-op threads (CPU execution provider)"
     )
     matting_use_gpu: bool = Field(
         default=True, description="use ONNX Runtime's CUDA execution provider when it is available"

@@ -1,0 +1,50 @@
+"""Option bounds the commands check at parse time (review 44): thread counts stop where the services'
+settings stop.
+
+Each bad value is given beside an option no command has: a value the parser took would end in
+"unrecognized arguments" there, never in a run."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+
+import pytest
+
+from shared.argtypes import MAX_THREADS
+
+UNKNOWN = "--no-such-option-review44"
+
+
+def _refusal(main: Callable[[list[str]], int], argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """The last line of the usage error ``main`` exits with on ``argv`` (the lines above it name every
+    option)."""
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+    "module", ["bench.matting", "bench.matting_real", "bench.matting_memory", "bench.caption_colours"]
+)
+def test_a_bench_refuses_threads_past_the_services_bound(
+    module: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # --threads 100000 went to ONNX Runtime as asked; SKUFORGE_MATTING_THREADS stops at 256.
+    main = importlib.import_module(module).main
+    refusal = _refusal(main, ["--threads", str(MAX_THREADS + 1), UNKNOWN], capsys)
+    assert f"argument --threads: must be from 1 to {MAX_THREADS}, got {MAX_THREADS + 1}" in refusal
+    assert "unrecognized arguments" in _refusal(main, ["--threads", str(MAX_THREADS), UNKNOWN], capsys)
+
+
+def test_the_services_and_the_commands_share_one_thread_bound() -> None:
+    from services.captioner.config import CaptionerSettings
+    from services.matting.config import MattingSettings
+
+    for settings, field in (
+        (CaptionerSettings, "captioner_matting_threads"),
+        (MattingSettings, "matting_threads"),
+    ):
+        bounds = [getattr(rule, "le", None) for rule in settings.model_fields[field].metadata]
+        assert MAX_THREADS in bounds, (settings.__name__, field, bounds)
