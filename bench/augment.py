@@ -54,6 +54,7 @@ from shared.argtypes import (
     file_problem,
     float_between,
     int_between,
+    model_location,
     non_negative_int,
     positive_float,
     positive_int,
@@ -1005,7 +1006,10 @@ def _bench(argv: list[str] | None) -> int:
         help="in-process: also cut from photos whose mask is one whole object (0: off)",
     )
     parser.add_argument(
-        "--matting-model", default=None, help="in-process masks (default: the committed model)"
+        "--matting-model",
+        type=model_location,
+        default=None,
+        help="in-process masks (default: the committed model)",
     )
     parser.add_argument(
         "--edge-recolour",

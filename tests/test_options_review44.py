@@ -1,5 +1,5 @@
 """Option bounds the commands check at parse time (review 44): thread counts stop where the services'
-settings stop.
+settings stop, and an empty model path is refused naming the option, not read as the current folder.
 
 Each bad value is given beside an option no command has: a value the parser took would end in
 "unrecognized arguments" there, never in a run."""
@@ -48,3 +48,20 @@ def test_the_services_and_the_commands_share_one_thread_bound() -> None:
     ):
         bounds = [getattr(rule, "le", None) for rule in settings.model_fields[field].metadata]
         assert MAX_THREADS in bounds, (settings.__name__, field, bounds)
+
+
+@pytest.mark.parametrize(
+    ("module", "argv", "option"),
+    [
+        ("bench.augment", ["--matting-model", ""], "--matting-model"),
+        ("shared.captioning.fit_shape", ["--matting-model", ""], "--matting-model"),
+        ("services.matting.cli", ["real-pairs", "--dataset", "d", "--official", ""], "--official"),
+    ],
+)
+def test_an_empty_model_path_is_refused_naming_the_option(
+    module: str, argv: list[str], option: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `--matting-model "$MODEL"` with MODEL unset was read as the current folder.
+    main = importlib.import_module(module).main
+    refusal = _refusal(main, [*argv, UNKNOWN], capsys)
+    assert f"argument {option}: the path is empty" in refusal

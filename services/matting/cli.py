@@ -23,6 +23,7 @@ from shared.argtypes import (
     int_between,
     non_negative_float,
     non_negative_int,
+    path_argument,
     positive_float,
     positive_int,
 )
@@ -197,7 +198,9 @@ def main(argv: list[str] | None = None) -> int:
         help="JSON whose 'bench_catalogue' and 'reserved_train' list the photos kept out of training "
         "(default bench/data/matting_real/split.json)",
     )
-    real.add_argument("--official", type=Path, default=None, help="official U2-NetP ONNX (pseudo-labels)")
+    real.add_argument(
+        "--official", type=path_argument("file"), default=None, help="official U2-NetP ONNX (pseudo-labels)"
+    )
     real.add_argument(
         "--instore",
         type=non_negative_int,

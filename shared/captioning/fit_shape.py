@@ -41,7 +41,14 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageDraw, ImageFilter
 
-from shared.argtypes import file_problem, float_between, int_between, non_negative_int, positive_int
+from shared.argtypes import (
+    file_problem,
+    float_between,
+    int_between,
+    model_location,
+    non_negative_int,
+    positive_int,
+)
 from shared.arith.masks import convex_hull
 from shared.captioning.attributes import (
     PACKAGE_SHAPES,
@@ -373,6 +380,7 @@ def _fit(argv: Sequence[str] | None) -> int:
     )
     parser.add_argument(
         "--matting-model",
+        type=model_location,
         default=None,
         help="matting model of the session masks (default: committed U2-NetP)",
     )
