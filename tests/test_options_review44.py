@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -65,3 +66,45 @@ def test_an_empty_model_path_is_refused_naming_the_option(
     main = importlib.import_module(module).main
     refusal = _refusal(main, [*argv, UNKNOWN], capsys)
     assert f"argument {option}: the path is empty" in refusal
+
+
+def test_a_missing_official_model_named_by_the_setting_names_the_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # "run `make setup`" does not help when SKUFORGE_OFFICIAL_U2NETP points at a file that is not there.
+    from services.matting.cli import main as matting_cli
+
+    dataset = tmp_path / "dataset"
+    dataset.mkdir()
+    (dataset / "train.txt").write_text("")
+    official = tmp_path / "moved-away.onnx"
+    monkeypatch.setenv("SKUFORGE_OFFICIAL_U2NETP", str(official))
+    argv = ["real-pairs", "--dataset", str(dataset), "--out", str(tmp_path / "p")]
+    refusal = _refusal(matting_cli, argv, capsys)
+    assert f"SKUFORGE_OFFICIAL_U2NETP {official}: no such file" in refusal
+    assert "make setup" not in refusal
+    assert "--official" not in refusal
+
+
+def test_a_missing_official_model_given_as_an_option_names_the_option(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from services.matting.cli import main as matting_cli
+
+    dataset = tmp_path / "dataset"
+    dataset.mkdir()
+    (dataset / "train.txt").write_text("")
+    official = tmp_path / "moved-away.onnx"
+    monkeypatch.delenv("SKUFORGE_OFFICIAL_U2NETP", raising=False)
+    argv = [
+        "real-pairs",
+        "--dataset",
+        str(dataset),
+        "--out",
+        str(tmp_path / "p"),
+        "--official",
+        str(official),
+    ]
+    refusal = _refusal(matting_cli, argv, capsys)
+    assert f"--official {official}: no such file" in refusal
+    assert "make setup" not in refusal

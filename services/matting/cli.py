@@ -776,6 +776,14 @@ def _official_or_real(parser: argparse.ArgumentParser, args: argparse.Namespace)
         # the bytes checked, as the file could be replaced between the check and its use.
         try:
             if not official_onnx.is_file():
+                # `make setup` makes only set-up's copy: a path the user named is theirs to correct.
+                if official_label == "--official":
+                    parser.error(f"--official {official_onnx}: no such file")
+                if official_label == "SKUFORGE_OFFICIAL_U2NETP":
+                    parser.error(
+                        f"SKUFORGE_OFFICIAL_U2NETP {official_onnx}: no such file; point it at the official "
+                        "U2-NetP ONNX, or unset it for set-up's copy"
+                    )
                 parser.error(f"no official U2-NetP at {official_onnx}: run `make setup` or give --official")
             official_bytes = official_onnx.read_bytes()
         except OSError as exc:  # a name too long, a file this user may not read: was a traceback
