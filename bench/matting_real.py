@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from shared.argtypes import MAX_THREADS, file_problem, int_between, non_negative_int
+from shared.argtypes import MAX_THREADS, file_problem, int_between, non_negative_int, path_argument
 from shared.arith.masks import mask_iou
 
 DATA = Path(__file__).parent / "data" / "matting_real"
@@ -131,9 +131,15 @@ def summarise(items: list[dict[str, Any]], ious: dict[str, list[float]]) -> dict
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.matting_real", description=__doc__)
     parser.add_argument("--dataset", type=Path, default=os.environ.get("SKUFORGE_GROCERY_DATASET"))
-    parser.add_argument("--ours", type=Path, default=OURS, help="default: the committed model")
-    parser.add_argument("--ours-int8", type=Path, default=OURS_INT8, help="default: the committed model")
-    parser.add_argument("--official", type=Path, default=None, help="default: set-up's checked copy")
+    parser.add_argument(
+        "--ours", type=path_argument("file"), default=OURS, help="default: the committed model"
+    )
+    parser.add_argument(
+        "--ours-int8", type=path_argument("file"), default=OURS_INT8, help="default: the committed model"
+    )
+    parser.add_argument(
+        "--official", type=path_argument("file"), default=None, help="default: set-up's checked copy"
+    )
     # SKUFORGE_MATTING_THREADS's bound: --threads 100000 went to ONNX Runtime as asked.
     parser.add_argument(
         "--threads",

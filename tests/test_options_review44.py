@@ -108,3 +108,13 @@ def test_a_missing_official_model_given_as_an_option_names_the_option(
     refusal = _refusal(matting_cli, argv, capsys)
     assert f"--official {official}: no such file" in refusal
     assert "make setup" not in refusal
+
+
+@pytest.mark.parametrize("option", ["--ours", "--ours-int8", "--official"])
+def test_the_real_photo_matting_bench_refuses_an_empty_model_path(
+    option: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `--official "$OFFICIAL"` with OFFICIAL unset was Path("."): the current folder scored as a model.
+    from bench.matting_real import main
+
+    assert f"argument {option}: the path is empty" in _refusal(main, [option, "", UNKNOWN], capsys)
