@@ -9,26 +9,7 @@ from pathlib import Path
 
 import pytest
 
-
-class _RunStarted(Exception):
-    """The options were accepted and the long work began."""
-
-
-def _refuse_to_run(*args: object, **kwargs: object) -> None:
-    raise _RunStarted
-
-
-def _refusal(main: object, argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
-    """What ``main(argv)`` says on stderr as it stops with exit 2, before the long work."""
-    assert callable(main)
-    try:
-        code = main(argv)
-    except SystemExit as exited:  # a usage error
-        code = exited.code
-    assert code == 2, argv
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    return err
+from tests.support.cli import RunStarted, refusal_of, refuse_to_run
 
 
 def test_store_refuses_more_skus_than_items(
@@ -38,10 +19,10 @@ def test_store_refuses_more_skus_than_items(
     on "loaded rows do not match the store" after building the whole store."""
     from bench import store
 
-    monkeypatch.setattr(store, "build_store", _refuse_to_run)
+    monkeypatch.setattr(store, "build_store", refuse_to_run)
     argv = ["--items", "5", "--skus", "10", "--out", str(tmp_path / "store.json")]
-    assert "--skus 10: more SKUs than --items 5" in _refusal(store.main, argv, capsys)
-    with pytest.raises(_RunStarted):  # as many as the items: accepted
+    assert "--skus 10: more SKUs than --items 5" in refusal_of(store.main, argv, capsys)
+    with pytest.raises(RunStarted):  # as many as the items: accepted
         store.main(["--items", "10", "--skus", "10", "--out", str(tmp_path / "store.json")])
 
 
@@ -54,12 +35,12 @@ def test_dlq_memory_checks_its_out_before_the_broker(
     from bench import dlq_memory
 
     monkeypatch.setenv("SKUFORGE_KAFKA_BOOTSTRAP", "127.0.0.1:9")  # no broker of its own
-    monkeypatch.setattr(dlq_memory, "measure", _refuse_to_run)
+    monkeypatch.setattr(dlq_memory, "measure", refuse_to_run)
     out = tmp_path / name
     if name == "folder":
         out.mkdir()
-    assert f"--out {out}: " in _refusal(dlq_memory.main, ["--out", str(out)], capsys)
-    with pytest.raises(_RunStarted):
+    assert f"--out {out}: " in refusal_of(dlq_memory.main, ["--out", str(out)], capsys)
+    with pytest.raises(RunStarted):
         dlq_memory.main(["--out", str(tmp_path / "dlq.json")])
 
 
@@ -84,13 +65,13 @@ def test_captioner_keeps_figures_only_from_a_file_that_has_them(
     import shared.matting.session as session_module
     from bench import captioner
 
-    monkeypatch.setattr(session_module, "open_tool_session", _refuse_to_run)
+    monkeypatch.setattr(session_module, "open_tool_session", refuse_to_run)
     new = tmp_path / "new.json"
-    err = _refusal(captioner.main, [mode, "--grocery-dataset", str(grocery), "--out", str(new)], capsys)
+    err = refusal_of(captioner.main, [mode, "--grocery-dataset", str(grocery), "--out", str(new)], capsys)
     assert f"{mode} keeps the figures of --out {new}" in err
     kept = tmp_path / "kept.json"
     kept.write_text(json.dumps({"colour_accuracy": 0.5}))
-    with pytest.raises(_RunStarted):
+    with pytest.raises(RunStarted):
         captioner.main([mode, "--grocery-dataset", str(grocery), "--out", str(kept)])
 
 
@@ -103,10 +84,10 @@ def test_captioner_names_an_out_it_cannot_update(
     import shared.matting.session as session_module
     from bench import captioner
 
-    monkeypatch.setattr(session_module, "open_tool_session", _refuse_to_run)
+    monkeypatch.setattr(session_module, "open_tool_session", refuse_to_run)
     out = tmp_path / "captioner.json"
     out.write_text(content)
-    assert f"--out {out}: " in _refusal(captioner.main, ["--out", str(out)], capsys)
+    assert f"--out {out}: " in refusal_of(captioner.main, ["--out", str(out)], capsys)
 
 
 def test_folders_given_with_a_name_too_long_are_named(
@@ -117,15 +98,15 @@ def test_folders_given_with_a_name_too_long_are_named(
     import shared.matting.session as session_module
     from bench import captioner, dlq_memory
 
-    monkeypatch.setattr(session_module, "open_tool_session", _refuse_to_run)
+    monkeypatch.setattr(session_module, "open_tool_session", refuse_to_run)
     monkeypatch.setenv("SKUFORGE_KAFKA_BOOTSTRAP", "127.0.0.1:9")
-    monkeypatch.setattr(dlq_memory, "measure", _refuse_to_run)
+    monkeypatch.setattr(dlq_memory, "measure", refuse_to_run)
     too_long = tmp_path / ("x" * 300)
     argv = ["--grocery-dataset", str(too_long), "--out", str(tmp_path / "c.json")]
-    assert f"--grocery-dataset {too_long}: cannot reach it (File name too long)" in _refusal(
+    assert f"--grocery-dataset {too_long}: cannot reach it (File name too long)" in refusal_of(
         captioner.main, argv, capsys
     )
-    assert f"--before {too_long}: cannot reach it (File name too long)" in _refusal(
+    assert f"--before {too_long}: cannot reach it (File name too long)" in refusal_of(
         dlq_memory.main, ["--before", str(too_long)], capsys
     )
 
@@ -138,12 +119,12 @@ def test_scale_checks_its_workdir_before_the_rounds(
     from bench import scale
 
     monkeypatch.setenv("SKUFORGE_KAFKA_BOOTSTRAP", "127.0.0.1:9")  # no broker of its own
-    monkeypatch.setattr(scale, "throughput", _refuse_to_run)
+    monkeypatch.setattr(scale, "throughput", refuse_to_run)
     blocked = tmp_path / "a-file"
     blocked.write_text("")
     argv = ["--workdir", str(blocked), "--out", str(tmp_path / "scale.json")]
-    assert f"--workdir {blocked}: " in _refusal(scale.main, argv, capsys)
-    with pytest.raises(_RunStarted):
+    assert f"--workdir {blocked}: " in refusal_of(scale.main, argv, capsys)
+    with pytest.raises(RunStarted):
         scale.main(["--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "scale.json")])
 
 
@@ -155,7 +136,9 @@ def test_matting_names_a_model_path_it_cannot_look_at(
 
     too_long = tmp_path / ("x" * 300)
     argv = ["--fp32", str(too_long), "--out", str(tmp_path / "matting.json")]
-    assert f"--fp32 {too_long}: cannot reach it (File name too long)" in _refusal(matting.main, argv, capsys)
+    assert f"--fp32 {too_long}: cannot reach it (File name too long)" in refusal_of(
+        matting.main, argv, capsys
+    )
 
 
 @pytest.mark.parametrize("size", ["4", str(256 * 1024 + 8)])
@@ -168,7 +151,7 @@ def test_dlq_memory_takes_only_an_original_a_letter_carries_inline(
     from bench import dlq_memory
 
     monkeypatch.setenv("SKUFORGE_KAFKA_BOOTSTRAP", "127.0.0.1:9")
-    monkeypatch.setattr(dlq_memory, "measure", _refuse_to_run)
-    assert "--size: must be from 8 to 262144" in _refusal(dlq_memory.main, ["--size", size], capsys)
-    with pytest.raises(_RunStarted):
+    monkeypatch.setattr(dlq_memory, "measure", refuse_to_run)
+    assert "--size: must be from 8 to 262144" in refusal_of(dlq_memory.main, ["--size", size], capsys)
+    with pytest.raises(RunStarted):
         dlq_memory.main(["--size", str(256 * 1024)])

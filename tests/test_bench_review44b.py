@@ -8,26 +8,7 @@ from pathlib import Path
 
 import pytest
 
-
-class _RunStarted(Exception):
-    """The options were accepted and the long work began."""
-
-
-def _refuse_to_run(*args: object, **kwargs: object) -> None:
-    raise _RunStarted
-
-
-def _refusal(main: object, argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
-    """What ``main(argv)`` says on stderr as it stops with exit 2, before the long work."""
-    assert callable(main)
-    try:
-        code = main(argv)
-    except SystemExit as exited:  # a usage error
-        code = exited.code
-    assert code == 2, argv
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    return err
+from tests.support.cli import RunStarted, refusal_of, refuse_to_run
 
 
 def test_the_store_bench_refuses_more_items_than_it_measures(
@@ -36,11 +17,11 @@ def test_the_store_bench_refuses_more_items_than_it_measures(
     # Unbounded, --items 1000000000 held millions of rows per SKU in memory for hours before failing.
     from bench import store
 
-    monkeypatch.setattr(store, "build_store", _refuse_to_run)
-    err = _refusal(store.main, ["--items", "1000000000", "--out", str(tmp_path / "s.json")], capsys)
+    monkeypatch.setattr(store, "build_store", refuse_to_run)
+    err = refusal_of(store.main, ["--items", "1000000000", "--out", str(tmp_path / "s.json")], capsys)
     assert "--items" in err
     assert "2000000" in err  # the bound: the committed run's size, which the bench is for
-    with pytest.raises(_RunStarted):  # the committed run's size is still accepted
+    with pytest.raises(RunStarted):  # the committed run's size is still accepted
         store.main(["--items", "2000000", "--out", str(tmp_path / "s.json")])
 
 
@@ -51,11 +32,11 @@ def test_the_captioner_bench_refuses_threads_past_the_services_bound(
     from bench import captioner
     from shared.matting import session
 
-    monkeypatch.setattr(session, "open_tool_session", _refuse_to_run)
-    err = _refusal(captioner.main, ["--threads", "100000", "--out", str(tmp_path / "c.json")], capsys)
+    monkeypatch.setattr(session, "open_tool_session", refuse_to_run)
+    err = refusal_of(captioner.main, ["--threads", "100000", "--out", str(tmp_path / "c.json")], capsys)
     assert "--threads" in err
     assert "256" in err
-    with pytest.raises(_RunStarted):
+    with pytest.raises(RunStarted):
         captioner.main(["--threads", "256", "--out", str(tmp_path / "c.json")])
 
 
@@ -75,8 +56,8 @@ def test_an_empty_model_path_is_refused_naming_the_option(
     import importlib
 
     bench = importlib.import_module(f"bench.{bench_name}")
-    monkeypatch.setattr(importlib.import_module(patched), "open_tool_session", _refuse_to_run)
-    err = _refusal(bench.main, [option, "", "--out", str(tmp_path / "r.json")], capsys)
+    monkeypatch.setattr(importlib.import_module(patched), "open_tool_session", refuse_to_run)
+    err = refusal_of(bench.main, [option, "", "--out", str(tmp_path / "r.json")], capsys)
     assert f"argument {option}: the path is empty" in err
 
 
@@ -93,7 +74,7 @@ def test_real_pairs_names_the_default_official_model_it_cannot_read(
     official = tmp_path / ("x" * 300)  # over the 255 bytes a file name may have: unreadable, even as root
     monkeypatch.setenv("SKUFORGE_OFFICIAL_U2NETP", str(official))
     argv = ["real-pairs", "--dataset", str(dataset), "--out", str(tmp_path / "p")]
-    err = _refusal(matting_cli, argv, capsys)
+    err = refusal_of(matting_cli, argv, capsys)
     refusal = err.splitlines()[-1]  # the usage lines above it name every option
     assert "--official" not in refusal
     assert f"SKUFORGE_OFFICIAL_U2NETP {official}: cannot read it (File name too long)" in refusal

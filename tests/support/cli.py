@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 
 def skuforge_into_closed_pipe(*args: str) -> subprocess.CompletedProcess[str]:
     """Runs ``skuforge *args`` (in a child, on this process's environment) writing into a pipe whose
@@ -54,3 +56,26 @@ def served_module_refusal(module: str, server: str, **env: str) -> str:
     reason = alone.stderr[alone.stderr.index(name) :].removeprefix(name)
     assert f"skuforge serve: {reason}" in served.stderr  # the command's words, after its own name
     return reason
+
+
+class RunStarted(Exception):
+    """The options were accepted and the long work began (``refuse_to_run`` stands in for it)."""
+
+
+def refuse_to_run(*args: object, **kwargs: object) -> None:
+    """A stand-in for a command's long work, monkeypatched in: reached, the options were accepted."""
+    raise RunStarted
+
+
+def refusal_of(main: object, argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """What ``main(argv)`` says on stderr as it stops with exit 2 (a usage error or a refusal of its
+    own), with no traceback, before the long work."""
+    assert callable(main)
+    try:
+        code = main(argv)
+    except SystemExit as exited:  # a usage error
+        code = exited.code
+    assert code == 2, argv
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return str(err)
