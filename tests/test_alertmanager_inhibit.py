@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from collections.abc import Iterator
 
 import yaml
 
@@ -61,23 +62,30 @@ def test_stage_down_inhibits_the_stalled_and_lag_alerts_of_its_stage() -> None:
         assert {"namespace", "release", "stage"} <= set(equal), equal
 
 
-def test_one_outage_fires_all_three_alerts_with_the_labels_the_inhibit_rules_compare() -> None:
-    inhibitions = _inhibitions()
-    shown: set[str] = set()
+def _firing_together(source: str, target: str) -> Iterator[tuple[dict[str, str], dict[str, str]]]:
+    """Each (``source``, ``target``) pair of alerts, with the labels they carry, that a promtool unit test
+    in alerts_test.yml expects firing at one evaluation time."""
     for test in yaml.safe_load(ALERTS_TEST_FILE.read_text())["tests"]:
         firing: dict[str, dict[str, list[dict[str, str]]]] = defaultdict(dict)
         for case in test.get("alert_rule_test", []):
-            expected = [alert.get("exp_labels", {}) for alert in case["exp_alerts"]]
+            expected = [
+                {"alertname": case["alertname"]} | alert.get("exp_labels", {}) for alert in case["exp_alerts"]
+            ]
             firing[case["eval_time"]][case["alertname"]] = expected
         for alerts in firing.values():
-            for target in TARGETS & alerts.keys():
-                equal = inhibitions.get((SOURCE, target), [])
-                for labels in alerts[target]:
-                    if equal and any(
-                        all(source.get(name) == labels.get(name) for name in equal)
-                        for source in alerts.get(SOURCE, [])
-                    ):
-                        shown.add(target)
+            for first in alerts.get(source, []):
+                for second in alerts.get(target, []):
+                    yield first, second
+
+
+def test_one_outage_fires_all_three_alerts_with_the_labels_the_inhibit_rules_compare() -> None:
+    inhibitions = _inhibitions()
+    shown: set[str] = set()
+    for target in TARGETS:
+        equal = inhibitions.get((SOURCE, target), [])
+        for source, labels in _firing_together(SOURCE, target):
+            if equal and all(source.get(name) == labels.get(name) for name in equal):
+                shown.add(target)
     assert shown == TARGETS, f"no unit test shows {sorted(TARGETS - shown)} inhibited by {SOURCE}"
 
 
@@ -133,20 +141,12 @@ def test_a_stage_feeding_the_store_down_inhibits_no_images_stored_of_its_install
 def test_one_outage_fires_stage_down_and_no_images_stored_with_the_labels_the_rule_compares() -> None:
     """promtool's unit test of the outage (run by tests/test_prometheus_rules.py) fires both alerts, and
     the labels it expects of them are ones the rule holds the second back for."""
-    shown = False
-    for test in yaml.safe_load(ALERTS_TEST_FILE.read_text())["tests"]:
-        firing: dict[str, dict[str, list[dict[str, str]]]] = defaultdict(dict)
-        for case in test.get("alert_rule_test", []):
-            expected = [
-                {"alertname": case["alertname"]} | alert.get("exp_labels", {}) for alert in case["exp_alerts"]
-            ]
-            firing[case["eval_time"]][case["alertname"]] = expected
-        for alerts in firing.values():
-            for source in alerts.get(SOURCE, []):
-                for target in alerts.get(NO_IMAGES, []):
-                    # The install's labels given, so the test shows them compared, not both missing.
-                    if source["stage"] in FEEDING and INSTALL.items() <= target.items():
-                        shown = shown or _inhibited(source, target)
+    shown = any(
+        _inhibited(source, target)
+        for source, target in _firing_together(SOURCE, NO_IMAGES)
+        # The install's labels given, so the test shows them compared, not both missing.
+        if source["stage"] in FEEDING and INSTALL.items() <= target.items()
+    )
     assert shown, f"no unit test shows {NO_IMAGES} firing with {SOURCE} of a stage that feeds the store"
 
 
@@ -169,17 +169,9 @@ def test_triton_down_inhibits_no_images_stored_of_its_install() -> None:
 def test_one_triton_outage_fires_triton_down_and_no_images_stored_with_the_labels_the_rule_compares() -> None:
     """promtool's unit test of a Triton outage fires both alerts, with labels the rule holds the second
     back for (the install's, given: not both missing)."""
-    shown = False
-    for test in yaml.safe_load(ALERTS_TEST_FILE.read_text())["tests"]:
-        firing: dict[str, dict[str, list[dict[str, str]]]] = defaultdict(dict)
-        for case in test.get("alert_rule_test", []):
-            expected = [
-                {"alertname": case["alertname"]} | alert.get("exp_labels", {}) for alert in case["exp_alerts"]
-            ]
-            firing[case["eval_time"]][case["alertname"]] = expected
-        for alerts in firing.values():
-            for source in alerts.get(TRITON_DOWN, []):
-                for target in alerts.get(NO_IMAGES, []):
-                    if INSTALL.items() <= source.items() and INSTALL.items() <= target.items():
-                        shown = shown or _inhibited(source, target)
+    shown = any(
+        _inhibited(source, target)
+        for source, target in _firing_together(TRITON_DOWN, NO_IMAGES)
+        if INSTALL.items() <= source.items() and INSTALL.items() <= target.items()
+    )
     assert shown, f"no unit test shows {NO_IMAGES} firing with {TRITON_DOWN} of its install"
