@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
-from tests.support.console import app_for, build_console, claim, login, with_flagged
+from tests.support.console import app_for, build_console, login, one_task
 
 
 def _login_form(client: TestClient, **fields: bytes) -> bytes:
@@ -51,11 +51,7 @@ def test_a_login_field_that_is_not_utf8_is_refused_naming_it(
 
 
 def test_a_reject_reason_sent_as_raw_bytes_is_refused_not_stored_as_latin1(tmp_path: Path) -> None:
-    parts = with_flagged(build_console(tmp_path), 1)
-    [task] = parts.tasks.query()
-    client = TestClient(app_for(parts), base_url="http://console.test")
-    token = login(client)
-    claim(client, token, task.task_id)
+    parts, task, client, token = one_task(tmp_path)
 
     response = client.post(
         f"/api/tasks/{task.task_id}/decision",

@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 from prometheus_client import generate_latest
-from starlette.testclient import TestClient
 
 from schemas.topics import CORRECTION_RESOLVED
 from services.console.relay import DecisionRelay
@@ -24,11 +23,9 @@ from skuforge_cli.main import main as cli_main
 from tests.support.bus import create_topics, isolated_settings, read_topic
 from tests.support.console import (
     ConsoleParts,
-    app_for,
     build_console,
-    claim,
     decided,
-    login,
+    one_task,
     use_cli_on,
     with_flagged,
 )
@@ -179,11 +176,7 @@ def test_a_multipart_reject_reason_that_is_not_utf8_is_refused_not_stored_as_lat
 ) -> None:
     # Before, the framework read a multipart part that is not UTF-8 as latin-1, silently: the reason
     # the trainstore and the audit kept was not the one sent (a url-encoded one was already a 422).
-    parts = with_flagged(build_console(tmp_path), 1)
-    [task] = parts.tasks.query()
-    client = TestClient(app_for(parts), base_url="http://console.test")
-    token = login(client)
-    claim(client, token, task.task_id)
+    parts, task, client, token = one_task(tmp_path)
 
     response = client.post(
         f"/api/tasks/{task.task_id}/decision",

@@ -24,7 +24,7 @@ from services.console.config import ConsoleSettings
 from services.console.context import Console, make_signer
 from services.console.decisions import record_decision
 from services.console.metrics import ConsoleMetrics
-from services.console.tasks import _SCHEMA, TaskStore
+from services.console.tasks import _SCHEMA, Task, TaskStore
 from shared import keys
 from shared.arith.masks import mask_iou
 from shared.bus import make_envelope
@@ -332,3 +332,17 @@ def outbox_from_before_refusals(path: Path) -> None:
         db.execute("DROP INDEX outbox_unsent")
         db.execute("DROP INDEX outbox_refused")
         db.execute("ALTER TABLE outbox DROP COLUMN refused_reason")
+
+
+def one_task(tmp_path: Path, *, claimed: bool = True) -> tuple[ConsoleParts, Task, Any, str]:
+    """A console with one flagged task, a test client logged in as alice and her CSRF token, the task
+    claimed by her unless not ``claimed``."""
+    from starlette.testclient import TestClient
+
+    parts = with_flagged(build_console(tmp_path), 1)
+    [task] = parts.tasks.query()
+    client = TestClient(app_for(parts), base_url="http://console.test")
+    token = login(client)
+    if claimed:
+        claim(client, token, task.task_id)
+    return parts, task, client, token
