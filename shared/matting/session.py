@@ -619,18 +619,20 @@ class MattingSession(ABC):
         """The model's maps for ``batch``; it raises when the call failed or the model is broken
         (``MattingModelBroken``), and ``predict_each`` then puts ``ready`` down.
 
-        A call that raises is the images' only if the model still mats the blank warm-up image: a GPU
-        whose driver failed raises on every call, and its events, each failing alone too, were
-        dead-lettered as ``handler_error`` until it was back."""
+        A call that raises is the images' only if the model still mats the blank warm-up image and the
+        images fail again after it: a GPU whose driver failed raises on every call, and its events, each
+        failing alone too, were dead-lettered as ``handler_error`` until it was back. The second call is
+        because a device back between the images' call and the blank image's read as a healthy model,
+        and an image that was fine was blamed (a dead letter after the last attempt)."""
         try:
             maps = self._call(batch)
         except Exception as exc:
-            if not self._mats_the_blank_image():
-                raise MattingModelBroken(
-                    f"{self.model_id} failed ({type(exc).__name__}: {exc}), and so does its blank warm-up "
-                    "image: the model or its device is broken"
-                ) from exc
-            raise
+            self._raise_if_broken(exc)
+            try:
+                maps = self._call(batch)
+            except Exception as again:
+                self._raise_if_broken(again)
+                raise
         # A map with NaN or inf in it is one image's fault only if the model still mats the blank
         # warm-up image (``predict_each`` refuses that image); if not, the model is broken (an fp16
         # overflow, a bad export): say so instead of passing empty masks on to the gate.
@@ -641,6 +643,15 @@ class MattingSession(ABC):
                 f"{len(maps)} images, and for its blank warm-up image: the model is broken"
             )
         return maps
+
+    def _raise_if_broken(self, exc: Exception) -> None:
+        """``MattingModelBroken`` from ``exc`` when the blank warm-up image fails too: the model's or its
+        device's fault, not the images'."""
+        if not self._mats_the_blank_image():
+            raise MattingModelBroken(
+                f"{self.model_id} failed ({type(exc).__name__}: {exc}), and so does its blank warm-up "
+                "image: the model or its device is broken"
+            ) from exc
 
     def _calls(self, images: int) -> list[tuple[int, int]]:
         """(first image, images) of each ORT call that runs a batch of ``images``."""
