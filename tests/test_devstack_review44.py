@@ -7,6 +7,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from bench.events import produce, sku_ingested_payloads
 from devstack.demo.demo import handler_ms
 from devstack.demo.report import iou_histogram_svg
@@ -66,6 +68,35 @@ def test_the_iou_histogram_shows_a_gate_below_one_half() -> None:
     titles = [part.split("</title>")[0] for part in svg.split("<title>")[1:]]
     spans = [title.rsplit(": ", 1)[0] for title in titles if not title.endswith(": 0")]  # bars with items
     assert [tuple(float(end) for end in span.split("-")) for span in spans] == [(0.35, 0.4), (0.95, 1.0)]
+
+
+def _bars_with_items(svg: str) -> list[tuple[float, float]]:
+    """(left, right) of each bar of ``iou_histogram_svg`` with an item in it, from the bars' titles."""
+    titles = [part.split("</title>")[0] for part in svg.split("<title>")[1:]]
+    spans = [title.rsplit(": ", 1)[0] for title in titles if not title.endswith(": 0")]
+    return [(float(span.split("-")[0]), float(span.split("-")[1])) for span in spans]
+
+
+@pytest.mark.parametrize(
+    ("iou", "threshold", "bins", "bar"),
+    [(0.95, 0.3, 14, (0.95, 1.0)), (0.58, 0.3, 20, (0.58, 0.615)), (0.6, 0.5, 20, (0.6, 0.625))],
+)
+def test_an_iou_on_a_bar_edge_is_counted_in_the_bar_it_starts(
+    iou: float, threshold: float, bins: int, bar: tuple[float, float]
+) -> None:
+    """The bar was chosen in floats: (0.95 - 0.3) / 0.7 * 14 is 12.999..., and an IoU of 0.95 was
+    counted in the bar titled 0.900-0.950, below the one it starts (red where the gate passes it)."""
+    svg = iou_histogram_svg([iou], threshold=threshold, bins=bins)
+
+    assert _bars_with_items(svg) == [bar]
+
+
+def test_the_bar_the_gate_starts_is_coloured_as_passing() -> None:
+    """A bar whose left edge is the gate's threshold holds IoUs the gate passes: green, not red."""
+    svg = iou_histogram_svg([0.35], threshold=0.335, bins=20)
+
+    rect = svg.split("<title>0.335-0.370")[0].rsplit("<rect", 1)[1]
+    assert 'fill="#2a9d4b"' in rect
 
 
 class _NotMetrics(http.server.BaseHTTPRequestHandler):

@@ -13,6 +13,7 @@ import math
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -206,14 +207,24 @@ def contact_sheet(images: Sequence[Image.Image], columns: int = SHEET_COLUMNS) -
     return sheet
 
 
+def _exact(value: float) -> Fraction:
+    """``value`` as the fraction its shortest decimal names (0.95 is 19/20, not the float below it)."""
+    return Fraction(repr(float(value)))
+
+
 def iou_histogram_svg(ious: Sequence[float], threshold: float, bins: int = 20) -> str:
     """An SVG bar chart of IoU over [0.5, 1] (lower values in the first bar), with the gate's threshold;
     a gate below 0.5 starts the chart at its tenth below (its line was drawn off the chart)."""
     width, height, pad = 520, 180, 28
-    low = min(0.5, math.floor(max(threshold, 0.0) * 10) / 10)
+    # Bars chosen in exact fractions of the values as written: in floats, (0.95 - 0.3) / 0.7 * 14 is
+    # 12.999..., and an IoU on a bar's left edge was counted in the bar below it.
+    exact_threshold = _exact(max(threshold, 0.0))
+    exact_low = min(Fraction(1, 2), Fraction(math.floor(exact_threshold * 10), 10))
+    low = float(exact_low)
+    span = (1 - exact_low) / bins
     counts = [0] * bins
     for value in ious:
-        index = int((max(value, low) - low) / (1 - low) * bins)
+        index = math.floor((max(_exact(value), exact_low) - exact_low) / span)
         counts[min(bins - 1, index)] += 1
     top = max(counts) or 1
     bar_w = (width - 2 * pad) / bins
@@ -221,11 +232,11 @@ def iou_histogram_svg(ious: Sequence[float], threshold: float, bins: int = 20) -
     for index, count in enumerate(counts):
         bar_h = (height - 2 * pad) * count / top
         x = pad + index * bar_w
-        left = low + index * (1 - low) / bins
-        colour = "#2a9d4b" if left >= threshold else "#d9534f"
+        left = exact_low + index * span
+        colour = "#2a9d4b" if left >= exact_threshold else "#d9534f"
         parts.append(
             f'<rect x="{x:.1f}" y="{height - pad - bar_h:.1f}" width="{bar_w - 2:.1f}" height="{bar_h:.1f}" '
-            f'fill="{colour}"><title>{left:.3f}-{left + (1 - low) / bins:.3f}: {count}</title></rect>'
+            f'fill="{colour}"><title>{float(left):.3f}-{float(left + span):.3f}: {count}</title></rect>'
         )
         if count:
             parts.append(
