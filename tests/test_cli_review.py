@@ -182,12 +182,15 @@ def test_the_demo_follows_an_identical_ingest_the_stack_already_handled(
         def __init__(self, **_config: Any) -> None:
             self.batches = {TopicPartition(name, 0): records for name, records in topics.items()}
 
+        def topics(self) -> set[str]:
+            return set(topics)
+
         def partitions_for_topic(self, name: str) -> set[int] | None:
             return {0} if name in topics else None
 
         def assign(self, _partitions: list[TopicPartition]) -> None: ...
 
-        def seek_to_beginning(self) -> None: ...
+        def seek_to_beginning(self, *_partitions: TopicPartition) -> None: ...
 
         def poll(self, **_kwargs: Any) -> dict[TopicPartition, list[_Record]]:
             batches, self.batches = self.batches, {}

@@ -56,6 +56,29 @@ def test_the_demo_tracker_skips_a_record_it_cannot_read(kafka_bootstrap: str, tm
     assert topics == sorted([settings.topic_name(SKU_INGESTED), settings.dlq_name(SKU_INGESTED)])
 
 
+def test_the_demo_tracker_reads_a_topic_created_after_it_began(kafka_bootstrap: str, tmp_path: Path) -> None:
+    """The tracker took the topics' partitions once, when it started: a flow or dead-letter topic
+    created (or grown) after that was never read, and the demo waited out its timeout for events
+    that were there. It now looks for new partitions each time it polls, read from their beginning."""
+    settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path))
+    since_ms = int(time.time() * 1000) - 2_000
+    [ingested] = sku_ingested_payloads(FileStore(tmp_path), 1)
+    create_topics(settings, *(topic for topic in WATCHED if topic is not SKU_INGESTED), partitions=1)
+    tracker = FlowTracker(settings, [ingested.sku.sku_id], since_ms)
+    try:
+        tracker.poll(max_s=0.5)
+        create_topics(settings, SKU_INGESTED, partitions=1)
+        produce(settings, SKU_INGESTED, [ingested])
+
+        wait_for(
+            "the event on the topic created after the tracker",
+            lambda: tracker.poll().count(SKU_INGESTED),
+            timeout_s=30,
+        )
+    finally:
+        tracker.close()
+
+
 def test_the_iou_histogram_shows_a_gate_below_one_half() -> None:
     """SKUFORGE_GATE_IOU_MIN takes any value in [0, 1]. Below 0.5 the report's histogram, drawn over
     [0.5, 1], put the gate's line and label left of the chart (x < 0, not shown) and counted an IoU of

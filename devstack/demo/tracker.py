@@ -127,12 +127,27 @@ class FlowTracker:
             enable_auto_commit=False,
             client_id="skuforge-demo",
         )
-        partitions = []
-        for name in [*self._topics, *sorted(self._dlqs)]:
-            for partition in self._consumer.partitions_for_topic(name) or ():
-                partitions.append(TopicPartition(name, partition))
-        self._consumer.assign(partitions)
-        self._consumer.seek_to_beginning()
+        self._assigned: set[TopicPartition] = set()
+        self._follow_new_partitions()
+
+    def _follow_new_partitions(self) -> None:
+        """Read the watched topics' partitions that are new since the last look, from their beginning.
+
+        Taken once, at the start, a topic created or grown after it (a dead-letter topic, a
+        ``skuforge topics create --grow``) was never read, and the demo waited out its timeout."""
+        self._consumer.topics()  # asks the broker: partitions_for_topic alone answers from its cache
+        found = {
+            TopicPartition(name, partition)
+            for name in [*self._topics, *self._dlqs]
+            for partition in self._consumer.partitions_for_topic(name) or ()
+        }
+        new = found - self._assigned
+        if not new:
+            return
+        # assign() replaces the assignment, keeping the positions of the partitions already read.
+        self._assigned |= new
+        self._consumer.assign(sorted(self._assigned))
+        self._consumer.seek_to_beginning(*sorted(new))
 
     def close(self) -> None:
         """Close the consumer."""
@@ -141,6 +156,9 @@ class FlowTracker:
     def poll(self, max_s: float = 2.0) -> FlowState:
         """Read what arrived (for up to ``max_s``) and return the state so far."""
         deadline = time.monotonic() + max_s
+        self._follow_new_partitions()
+        if not self._assigned:
+            return self.state
         while time.monotonic() < deadline:
             batches = self._consumer.poll(timeout_ms=200, max_records=2000)
             if not batches:
