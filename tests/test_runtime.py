@@ -30,6 +30,7 @@ from tests.support.bus import (
     isolated_settings,
     produce,
     read_topic,
+    record_count,
     running,
     sku_ingested_payloads,
 )
@@ -72,7 +73,7 @@ def test_passthrough_1000_events_each_output_exactly_once(kafka_bootstrap: str, 
     assert first.producer == "passthrough"
     assert first.schema_name == "passthrough.sku.ingested"
     assert first.trace_id in set(input_ids)
-    assert read_topic(kafka_bootstrap, settings.dlq_name(SKU_INGESTED), expect=0, timeout_s=2) == []
+    assert record_count(kafka_bootstrap, settings.dlq_name(SKU_INGESTED)) == 0  # the stage has stopped
 
 
 def test_bad_input_goes_to_dlq_with_reason_and_stream_goes_on(kafka_bootstrap: str, tmp_path: Path) -> None:
@@ -148,7 +149,7 @@ def test_transient_store_outage_pauses_and_retries_without_loss(
 
     assert retries_during_outage > 0
     assert set(_event_ids(outputs)) == _expected_outputs(settings, input_ids)
-    assert read_topic(kafka_bootstrap, settings.dlq_name(SKU_INGESTED), expect=0, timeout_s=2) == []
+    assert record_count(kafka_bootstrap, settings.dlq_name(SKU_INGESTED)) == 0  # the stage has stopped
     store = open_store(f"s3://{bucket}/root", s3_endpoint_url=s3_endpoint, uri_from="the test")
     assert len(list(store.list_keys("passthrough/"))) == 60
 
@@ -346,7 +347,7 @@ def test_consumer_handles_an_event_with_fields_it_does_not_know(kafka_bootstrap:
         outputs = read_topic(kafka_bootstrap, settings.topic_name(PASSTHROUGH_OUT), expect=1, timeout_s=60)
 
     assert [json.loads(r.value)["sku_id"] for r in outputs] == ["NEWER-00000"]
-    assert read_topic(kafka_bootstrap, settings.dlq_name(SKU_INGESTED), expect=0, timeout_s=2) == []
+    assert record_count(kafka_bootstrap, settings.dlq_name(SKU_INGESTED)) == 0  # the stage has stopped
     # The stage writes what its own contract says: the strict model (as producers use it) accepts the output.
     Envelope[SkuIngested].model_validate_json(outputs[0].value)
     assert b"lighting" not in outputs[0].value and b"priority" not in outputs[0].value
