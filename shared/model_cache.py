@@ -5,7 +5,8 @@ folder in ``save_pretrained`` layout (BLIP, a diffusion pipeline) in an object s
 ``file://``). A folder is copied once under the cache directory (``<system temp>/skuforge-models``
 unless configured) and reused while the store lists the same keys; a file is read from the store at
 each use (the object store has no digest to ask for), into a partial file in the cache, and put in
-place only when no whole copy of those bytes is there. Every copy is written under a temporary
+place only when no whole copy of those bytes is there, not even one another process put there while
+this one read (and holds: its lock is on that file). Every copy is written under a temporary
 name and renamed into place, so a concurrent reader never loads half a model, with the modes the
 process's umask gives (mkstemp's 0600 kept a cache shared with another user's process unreadable) but
 never writable by everyone, whatever the umask; a copy that is (made before that rule) is copied
@@ -220,26 +221,33 @@ def write_atomically(path: Path, data: bytes) -> None:
 
 
 def write_blocks_atomically(
-    path: Path, blocks: Iterable[bytes], *, check: Callable[[int, str], None] | None = None
+    path: Path,
+    blocks: Iterable[bytes],
+    *,
+    check: Callable[[int, str], None] | None = None,
+    whole: Callable[[], bool] | None = None,
 ) -> None:
     """Write ``blocks`` to ``path`` through a temporary file in the same folder, renamed into place;
     the file, and the folders it needs, get the modes ``open`` and ``mkdir`` would give them, never
     writable by everyone. Durable on return: the bytes are synced before the rename, the folder after
     (else a power cut could leave the old file, or none, under the name). ``check``, given the size
     and sha256 of what was written, may refuse it by raising before the rename: nothing is left then.
-    One block at a time is held, so a file of any size takes the memory of its largest block."""
+    ``whole``, for a cache copy, says whether the file at ``path`` is a whole copy: one is kept, not
+    replaced (``_put_in_place``). One block at a time is held, so a file of any size takes the memory
+    of its largest block."""
     _make_folders(path.parent)
     with _partial_file(path.parent) as partial:
         size, digest = _write_durably(partial, blocks)
         if check is not None:
             check(size, digest)
-        _put_in_place(partial, path)
+        _put_in_place(partial, path, whole=whole)
 
 
 @contextlib.contextmanager
 def _partial_file(folder: Path) -> Iterator[Path]:
     """A new file in ``folder`` to write a copy into, locked as being written (``prune_unused`` leaves
-    it) until the block ends, and deleted then unless it was put in place (``_put_in_place``)."""
+    it) until the block ends; its name is deleted then unless it was renamed into place (a copy linked
+    into place keeps its other name: ``_put_in_place``)."""
     fd, partial = tempfile.mkstemp(dir=folder, prefix=PARTIAL_PREFIX)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH)
@@ -251,10 +259,30 @@ def _partial_file(folder: Path) -> Iterator[Path]:
         os.close(fd)
 
 
-def _put_in_place(partial: Path, path: Path) -> None:
-    """Rename the written and synced ``partial`` to ``path``, with the mode ``open`` would give it."""
+def _put_in_place(partial: Path, path: Path, *, whole: Callable[[], bool] | None = None) -> None:
+    """Rename the written and synced ``partial`` to ``path``, with the mode ``open`` would give it.
+
+    Given ``whole`` (a cache copy), ``path`` is only made where it is missing (a link to ``partial``,
+    whose own name goes when its block ends), and replaced only when what is there is not ``whole``
+    (damaged in place, writable by everyone): a whole copy there is another process's, put there since
+    this one looked, which it holds (its lock is on that file). Replaced, its lock was on a deleted
+    file, the copy under the name was held by nobody, and a prune deleted it under that process once
+    ``unused_days`` old.
+    """
     os.chmod(partial, _mode(0o666))  # not mkstemp's 0600
-    os.replace(partial, path)
+    if whole is None:
+        os.replace(partial, path)
+    else:
+        try:
+            os.link(partial, path)
+        except FileExistsError:
+            if whole():
+                return
+            os.replace(partial, path)
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP):
+                raise
+            os.replace(partial, path)  # a file system without hard links: as before, the name taken
     fsync_dir(path.parent)
 
 
@@ -317,22 +345,27 @@ def fetch_file(
             if copied_digest != digest:
                 raise ChecksumMismatch(uri, digest, copied_digest)
 
-        copied_and_held(
-            target,
+        def whole() -> bool:
             # Compare contents, not sizes: a cached copy damaged in place keeps its size and would
             # otherwise be loaded (and fail) at every start until someone empties the cache by hand.
-            whole=lambda: (
+            return (
                 target.is_file()
                 and not writable_by_everyone(target)
                 and target.stat().st_size == size
                 and file_sha256(target) == digest
-            ),
-            # Our partial file, or, when another process pruned the copy it became before we held it,
-            # the object read again (the same bytes, or it changed meanwhile: refused).
+            )
+
+        copied_and_held(
+            target,
+            whole=whole,
+            # Our partial file (linked again when another process pruned the copy it became before we
+            # held it), or, when it was renamed over a broken copy and then pruned, the object read again
+            # (the same bytes, or it changed meanwhile: refused). Neither replaces a whole copy another
+            # process put there meanwhile (``_put_in_place``).
             copy=lambda: (
-                _put_in_place(partial, target)
+                _put_in_place(partial, target, whole=whole)
                 if partial.exists()
-                else write_blocks_atomically(target, source.iter_bytes(key), check=same_bytes)
+                else write_blocks_atomically(target, source.iter_bytes(key), check=same_bytes, whole=whole)
             ),
         )
     return target
