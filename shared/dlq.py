@@ -671,13 +671,15 @@ def _replay(
         # and the next replay republished every record this one had delivered.
         interrupted = signal_number(exc)
     finally:
-        originals.close()  # its consumer
         # Closed before the futures are read: close() flushes, and what it delivers is marked too.
         # Before, a failed run said "nothing marked" while close() then delivered the records sent
         # before the failure, and the next run republished them. From here a stop waits until the
         # markers are written: before, a (second) Ctrl-C or a SIGTERM there ended the command with the
-        # records delivered and (some) unmarked, and the next run republished them.
+        # records delivered and (some) unmarked, and the next run republished them. The reader of the
+        # letters is closed while they wait too: its consumer closes as Python finalises its generator,
+        # where a stop was lost in an "Exception ignored" traceback, the close cut short.
         with held_signals() as held_closing:
+            originals.close()
             try:
                 if producer is not None:
                     producer.close(timeout=settings.flush_timeout_s)
