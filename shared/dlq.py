@@ -625,69 +625,74 @@ def _replay(
     failure: KafkaError | DlqError | None = None
     interrupted: int | None = None  # the signal that stopped the replay
     originals = _originals(settings, store, groups)
-    try:
-        # Each original is sent before the next is read: one of up to 1 MB (from dlq-originals/, or
-        # its letter read again from the DLQ) at a time, and the producer's bounded buffer. Before,
-        # every letter was held with its inline original, and a large DLQ was held in memory whole.
-        for members, original in originals:
-            marking.mark_due()
-            if isinstance(original, str):
-                report.unreadable.extend((member, original) for member in members)
-                unsendable += 1
-                continue
-            key, value = original
-            if producer is None:  # the first original that can be sent
-                if dead.original_topic not in _list_topics(settings):
-                    raise DlqError(
-                        f"cannot replay: original topic {dead.original_topic} does not exist; create it first"
-                    )
-                producer = make_producer(settings, client_id="skuforge-dlq-replay")
-            if lock is not None:
-                lock.check()  # right before the send: another replay may have taken this one's lock over
-            try:
-                headers = [
-                    *replay_headers(members[0].stage),
-                    (REPLAY_OF_HEADER, members[0].marker_key.encode()),
-                ]
-                future = producer.send(dead.original_topic, key=key, value=value, headers=headers)
-            except MessageSizeTooLargeError as exc:
-                # This record only (over the producer's request limit: an original of a topic whose
-                # max.message.bytes was raised): before, it stopped the replay, and no letter after it
-                # was ever sent, at every run. It stays unmarked, and is named below.
-                refused.add(str(exc))
-                continue
-            marking.unmarked.append((members, future))
-        if producer is not None:
-            producer.flush(timeout=settings.flush_timeout_s)
-    except KafkaError as exc:
-        failure = exc
-    except DlqError as exc:  # the store went away (an original read, a batch of markers), or the topic check
-        if producer is None:
-            raise  # nothing was sent
-        failure = exc
-    except KeyboardInterrupt as exc:
-        # Ctrl-C (or SIGTERM, SIGHUP) while the sends were on their way: close() below still delivers
-        # them, so they are marked before the command stops. Before, the interrupt skipped the markers,
-        # and the next replay republished every record this one had delivered.
-        interrupted = signal_number(exc)
-    finally:
-        # Closed before the futures are read: close() flushes, and what it delivers is marked too.
-        # Before, a failed run said "nothing marked" while close() then delivered the records sent
-        # before the failure, and the next run republished them. From here a stop waits until the
-        # markers are written: before, a (second) Ctrl-C or a SIGTERM there ended the command with the
-        # records delivered and (some) unmarked, and the next run republished them. The reader of the
-        # letters is closed while they wait too: its consumer closes as Python finalises its generator,
-        # where a stop was lost in an "Exception ignored" traceback, the close cut short.
-        with held_signals() as held_closing:
+    # Entered where the sends end (the ``finally``), left once the markers are written: a stop waits.
+    with contextlib.ExitStack() as until_marked:
+        try:
+            # Each original is sent before the next is read: one of up to 1 MB (from dlq-originals/,
+            # or its letter read again from the DLQ) at a time, and the producer's bounded buffer.
+            # Before, every letter was held with its inline original, and a large DLQ was held in
+            # memory whole.
+            for members, original in originals:
+                marking.mark_due()
+                if isinstance(original, str):
+                    report.unreadable.extend((member, original) for member in members)
+                    unsendable += 1
+                    continue
+                key, value = original
+                if producer is None:  # the first original that can be sent
+                    if dead.original_topic not in _list_topics(settings):
+                        raise DlqError(
+                            f"cannot replay: original topic {dead.original_topic} does not exist; "
+                            "create it first"
+                        )
+                    producer = make_producer(settings, client_id="skuforge-dlq-replay")
+                if lock is not None:
+                    # Right before the send: another replay may have taken this one's lock over.
+                    lock.check()
+                try:
+                    headers = [
+                        *replay_headers(members[0].stage),
+                        (REPLAY_OF_HEADER, members[0].marker_key.encode()),
+                    ]
+                    future = producer.send(dead.original_topic, key=key, value=value, headers=headers)
+                except MessageSizeTooLargeError as exc:
+                    # This record only (over the producer's request limit: an original of a topic
+                    # whose max.message.bytes was raised): before, it stopped the replay, and no letter
+                    # after it was ever sent, at every run. It stays unmarked, and is named below.
+                    refused.add(str(exc))
+                    continue
+                marking.unmarked.append((members, future))
+            if producer is not None:
+                producer.flush(timeout=settings.flush_timeout_s)
+        except KafkaError as exc:
+            failure = exc
+        except DlqError as exc:  # the store went away (an original read, a batch of markers), the topic check
+            if producer is None:
+                raise  # nothing was sent
+            failure = exc
+        except KeyboardInterrupt as exc:
+            # Ctrl-C (or SIGTERM, SIGHUP) while the sends were on their way: close() below still
+            # delivers them, so they are marked before the command stops. Before, the interrupt skipped
+            # the markers, and the next replay republished every record this one had delivered.
+            interrupted = signal_number(exc)
+        finally:
+            # Closed before the futures are read: close() flushes, and what it delivers is marked
+            # too. Before, a failed run said "nothing marked" while close() then delivered the records
+            # sent before the failure, and the next run republished them. From here a stop waits until
+            # the markers are written (``until_marked``): before, a (second) Ctrl-C or a SIGTERM here
+            # ended the command with the records delivered and (some) unmarked, and the next run
+            # republished them; so did one between the closing and the markers, held apart then. The
+            # reader of the letters is closed while they wait too: its consumer closes as Python
+            # finalises its generator, where a stop was lost in an "Exception ignored" traceback.
+            held = until_marked.enter_context(held_signals())
             originals.close()
             try:
                 if producer is not None:
                     producer.close(timeout=settings.flush_timeout_s)
             except KafkaError as exc:
                 failure = failure or exc
-    records -= unsendable  # to send, as far as this run got to know
-    sent = marking.acknowledged()
-    with held_signals() as held_marking:
+        records -= unsendable  # to send, as far as this run got to know
+        sent = marking.acknowledged()
         try:
             marking.mark_acknowledged()
         except Exception as exc:  # any store error (one it does not map too): said, no traceback
@@ -696,8 +701,8 @@ def _replay(
                 f"republished {sent} dead letters to {dead.original_topic}, but could not write their "
                 f"replay markers ({why}); a later replay would republish those without a marker again"
             ) from exc
-    if interrupted is None and (held_closing or held_marking):
-        interrupted = (held_closing + held_marking)[0]
+    if interrupted is None and held:
+        interrupted = held[0]
     if interrupted is not None:
         raise ReplayInterrupted(
             f"{stopped_how(interrupted)}: {sent} of {records} records were acknowledged and are "

@@ -92,3 +92,50 @@ def test_a_second_stop_while_the_replay_closes_its_dlq_reader_still_marks_what_w
     assert len(read_topic(kafka_bootstrap, original, expect=3, timeout_s=10)) == 3  # each once
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # left as they were
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+@pytest.mark.kafka
+@pytest.mark.parametrize(
+    ("signum", "said"),
+    [(signal.SIGINT, "interrupted"), (signal.SIGTERM, "stopped by SIGTERM")],
+    ids=["int", "term"],
+)
+def test_a_stop_between_closing_the_producer_and_writing_the_markers_waits_for_the_markers(
+    kafka_bootstrap: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    signals_as_from_a_shell: None,
+    signum: int,
+    said: str,
+) -> None:
+    """The stops were held while the producer closed, and again while the markers were written, but not
+    in between, where the replay counts what was acknowledged: a Ctrl-C (or SIGTERM) there ended the
+    command with every record delivered and none marked, and the next replay sent them all again."""
+    settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path))
+    create_topics(settings, SKU_INGESTED, partitions=1)
+    original = settings.topic_name(SKU_INGESTED)
+    write_letters(settings, *(ingested_letter(settings, original_offset=offset) for offset in range(3)))
+    stops: list[int] = []
+    counted = dlq_module._Marking.acknowledged
+
+    def counted_then_stopped(marking: Any) -> int:
+        if not stops:
+            stops.append(signum)
+            os.kill(os.getpid(), signum)  # its handler runs in this thread, at once
+        return counted(marking)
+
+    store = open_store(settings.store_uri, uri_from="SKUFORGE_STORE_URI")
+    monkeypatch.setattr(dlq_module._Marking, "acknowledged", counted_then_stopped)
+    try:
+        exited = dlq_main(["replay", original], settings=settings, store=store)
+    except KeyboardInterrupt:
+        exited = None  # a traceback, as before; what matters is what the next run sends
+    err = capsys.readouterr().err
+    assert stops == [signum]
+    monkeypatch.setattr(dlq_module._Marking, "acknowledged", counted)
+    again = dlq_main(["replay", original], settings=settings, store=store)
+    assert len(read_topic(kafka_bootstrap, original, expect=3, timeout_s=10)) == 3  # each once
+    assert again == 0 and "replayed 0 dead letters" in capsys.readouterr().out
+    assert exited == 128 + signum
+    assert f"{said}: 3 of 3 records were acknowledged and are marked" in err
