@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import json
 import re
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import UnionType
@@ -19,7 +20,7 @@ from urllib.parse import urlsplit
 import annotated_types
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
-from pydantic_core import PydanticUseDefault
+from pydantic_core import PydanticCustomError, PydanticUseDefault
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from schemas.events import MAX_PHOTOS_PER_EVENT
@@ -356,6 +357,39 @@ def name_or_unset(value: Any) -> Any:
     return value
 
 
+def json_setting(value: object, *, default: str) -> object:
+    """The "before" validator of a JSON setting read with ``NoDecode``: the variable's text decoded, a key
+    given twice in any of its objects refused (``json.loads``, as pydantic-settings decodes, keeps the last
+    of two without a word: ``{"composite": 3, "composite": 0}`` was a mix of no composite), and text that
+    is no JSON refused as ``describe_settings_error`` words it, ``default`` as what to write. A mapping (a
+    ``load_settings`` override, the default) is left as it is."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value, object_pairs_hook=_pairs_once)
+    except _GivenTwice as exc:
+        raise ValueError(str(exc)) from None
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise PydanticCustomError(
+            "json_invalid",
+            "not JSON ({error}); write it as JSON, e.g. {default} (the default)",
+            {"error": str(exc), "default": default},
+        ) from None
+
+
+class _GivenTwice(ValueError):
+    """A key given twice in one JSON object of a setting."""
+
+
+def _pairs_once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object's pairs as a dict; ``_GivenTwice`` naming a key that is given more than once."""
+    given = Counter(key for key, _ in pairs)
+    for key, times in given.items():
+        if times > 1:
+            raise _GivenTwice(f"{key!r} given {times} times in one JSON object; keep one")
+    return dict(pairs)
+
+
 def model_uri_opens(value: str | None) -> str | None:
     """The "after" validator of a model setting (a path, a registered name, or a URI the model cache
     fetches): a URI no store opens (a bucket name S3 refuses, a scheme none serves) is refused as the
@@ -417,11 +451,24 @@ def describe_validation_error(exc: ValidationError) -> str:
         if len(location) > 1:  # inside a JSON setting: say where
             variable += f" ({'.'.join(location[1:])})"
         given = error.get("input")
-        shown = f" (got {given!r})" if location and not isinstance(given, dict) else ""
+        shown = f" (got {_echo(given)})" if location and not isinstance(given, dict) else ""
         if location and any(word in location[0] for word in _SECRET_WORDS):
             shown = ""  # a password or a signing key is never echoed to a log or a terminal
         lines.append(f"  {variable}: {error['msg']}{shown}")
     return "\n".join(lines)
+
+
+# How much of a refused value is echoed: a JSON setting of 100 KB that was no JSON was a 100 KB log line.
+_ECHO_MAX_CHARS = 80
+
+
+def _echo(given: object) -> str:
+    """``given`` as a refusal shows it: its repr, cut to a short prefix when long, saying how long."""
+    shown = repr(given)
+    if len(shown) <= _ECHO_MAX_CHARS:
+        return shown
+    size = f"{len(given)} characters" if isinstance(given, str) else f"{len(shown)} characters as text"
+    return f"{shown[:_ECHO_MAX_CHARS]}... ({size})"
 
 
 def secret_variables(models: Sequence[type[BaseSettings]]) -> frozenset[str]:

@@ -14,16 +14,13 @@ so is a category, or a threshold of one, given twice (JSON would keep the last w
 
 from __future__ import annotations
 
-import json
-from collections import Counter
 from dataclasses import fields
 from typing import Annotated, Any
 
 from pydantic import Field, StrictFloat, ValidationInfo, field_validator
-from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, NoDecode
 
-from shared.config import SETTINGS_CONFIG
+from shared.config import SETTINGS_CONFIG, json_setting
 from shared.gate.checks import GateThresholds
 
 # The defaults are the thresholds' own (shared/gate/checks.py), written there once.
@@ -73,19 +70,7 @@ class GateSettings(BaseSettings):
     @field_validator("gate_category_overrides", mode="before")
     @classmethod
     def _decoded(cls, value: object) -> object:
-        if not isinstance(value, str):
-            return value  # given as a mapping (load_settings's overrides, the default)
-        try:
-            return json.loads(value, object_pairs_hook=_pairs_once)
-        except _GivenTwice as exc:
-            raise ValueError(str(exc)) from None
-        except (json.JSONDecodeError, RecursionError) as exc:
-            # As shared.config.describe_settings_error words it when pydantic-settings decodes.
-            raise PydanticCustomError(
-                "json_invalid",
-                "not JSON ({error}); write it as JSON, e.g. {default} (the default)",
-                {"error": str(exc), "default": "{}"},
-            ) from None
+        return json_setting(value, default="{}")
 
     @field_validator("gate_max_foreground_fraction")
     @classmethod
@@ -141,16 +126,3 @@ def _global_thresholds(values: dict[str, Any]) -> GateThresholds:
     """The global thresholds from the settings' ``gate_*`` values (``KeyError`` if one is missing,
     ``ValueError`` if they are invalid together)."""
     return GateThresholds(**{name: values[f"gate_{name}"] for name in _THRESHOLD_NAMES})
-
-
-class _GivenTwice(ValueError):
-    """A key given twice in one JSON object of the overrides."""
-
-
-def _pairs_once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """A JSON object's pairs as a dict; ``_GivenTwice`` naming a key that is given more than once."""
-    given = Counter(key for key, _ in pairs)
-    for key, times in given.items():
-        if times > 1:
-            raise _GivenTwice(f"{key!r} given {times} times in one JSON object; keep one")
-    return dict(pairs)

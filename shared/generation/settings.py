@@ -13,12 +13,19 @@ backend (``shared/generation/diffusion.py``).
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, JsonValue, ValidationError, ValidationInfo, field_validator, model_validator
-from pydantic_settings import BaseSettings
+from pydantic_settings import BaseSettings, NoDecode
 
-from shared.config import ENV_PREFIX, MAX_WAIT_S, SETTINGS_CONFIG, is_host_port, name_or_unset
+from shared.config import (
+    ENV_PREFIX,
+    MAX_WAIT_S,
+    SETTINGS_CONFIG,
+    is_host_port,
+    json_setting,
+    name_or_unset,
+)
 from shared.generation.adapters import ADAPTER_ID_PATTERN, NO_ADAPTER
 from shared.generation.backend import (
     BACKEND_NAMES,
@@ -42,7 +49,9 @@ class GenerationSettings(BaseSettings):
         description="backend of 'skuforge serve generator' and of every variant unless a mix is set: "
         "'composite' (CPU, no weights) or 'diffusion' (inpainting + LoRA)",
     )
-    generation_backend_mix: dict[BackendName, float] = Field(
+    # NoDecode (both JSON settings): read by ``_decoded``, where a key given twice is refused; JSON keeps
+    # the last, and '{"composite": 3, "diffusion": 1, "composite": 0}' ran every variant on diffusion.
+    generation_backend_mix: Annotated[dict[BackendName, float], NoDecode] = Field(
         default={},
         description='JSON share of variants per backend, e.g. {"composite": 3, "diffusion": 1}; '
         "empty = all from SKUFORGE_GENERATION_BACKEND (each backend needs its Triton model served)",
@@ -77,7 +86,7 @@ class GenerationSettings(BaseSettings):
     generation_seed: int = Field(
         default=0, ge=0, description="mixed into every variant's seed; change it to get a different set"
     )
-    generation_parameters: dict[str, JsonValue] = Field(
+    generation_parameters: Annotated[dict[str, JsonValue], NoDecode] = Field(
         default={},
         description='JSON parameters sent with every variant (backend knobs, e.g. {"occluders": 0})',
     )
@@ -185,6 +194,11 @@ class GenerationSettings(BaseSettings):
     @classmethod
     def _name_or_unset(cls, value: Any) -> Any:
         return name_or_unset(value)
+
+    @field_validator("generation_backend_mix", "generation_parameters", mode="before")
+    @classmethod
+    def _decoded(cls, value: object) -> object:
+        return json_setting(value, default="{}")
 
     @field_validator("generation_backend_mix")
     @classmethod
