@@ -130,7 +130,14 @@ def summarise(items: list[dict[str, Any]], ious: dict[str, list[float]]) -> dict
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.matting_real", description=__doc__)
-    parser.add_argument("--dataset", type=Path, default=os.environ.get("SKUFORGE_GROCERY_DATASET"))
+    # An empty SKUFORGE_GROCERY_DATASET is unset, as Compose and Helm pass one; an empty --dataset is
+    # refused: Path("") was the current folder.
+    parser.add_argument(
+        "--dataset",
+        type=path_argument("folder"),
+        default=os.environ.get("SKUFORGE_GROCERY_DATASET") or None,
+        help="GroceryStoreDataset's dataset folder (default: SKUFORGE_GROCERY_DATASET)",
+    )
     parser.add_argument(
         "--ours", type=path_argument("file"), default=OURS, help="default: the committed model"
     )

