@@ -50,7 +50,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC
 from typing import Any, Generic, TypeVar
 
@@ -1245,15 +1245,21 @@ class Stage:
         )
 
     def _keep_original(
-        self, record: ConsumerRecord, part: str, data: bytes | None
+        self,
+        record: ConsumerRecord,
+        part: str,
+        data: bytes | None,
+        *,
+        inline_max_bytes: int = DLQ_INLINE_MAX_BYTES,
     ) -> tuple[str | None, ObjectRef | None]:
-        """``data`` base64-encoded for the letter, or, when too large for a Kafka record, stored under
-        ``dlq-originals/<topic>/<partition>-<offset>-<sha256>.<part>`` (same key on a rewind) and
-        referenced. The digest: a topic deleted and created again starts at offset 0, and its first
-        large dead letter overwrote an earlier letter's original, which then could not be replayed."""
+        """``data`` base64-encoded for the letter, or, when over ``inline_max_bytes`` (too large for a
+        Kafka record), stored under ``dlq-originals/<topic>/<partition>-<offset>-<sha256>.<part>`` (same
+        key on a rewind) and referenced. The digest: a topic deleted and created again starts at offset 0,
+        and its first large dead letter overwrote an earlier letter's original, which then could not be
+        replayed."""
         if data is None:
             return None, None
-        if len(data) <= DLQ_INLINE_MAX_BYTES:
+        if len(data) <= inline_max_bytes:
             return base64.b64encode(data).decode(), None
         digest = hashlib.sha256(data).hexdigest()[:16]
         key = f"{DLQ_ORIGINALS_PREFIX}/{record.topic}/{record.partition}-{record.offset}-{digest}.{part}"
@@ -1397,8 +1403,9 @@ class Stage:
     ) -> tuple[int, BaseException | None]:
         """Send the outputs of ``done`` that are not ``acked`` yet (a flag per output, in order) one at a
         time; an input with an output refused for good (``RECORD_REFUSALS``) is dead-lettered in ``done``
-        instead. Returns how many inputs went, and the error that stopped the next one (a letter that
-        is refused in turn waits, as for a transient fault: there is nothing to dead-letter it to)."""
+        instead. A letter the DLQ topic refuses goes again once with its original in the object store
+        (``_send_letter_small``). Returns how many inputs went, and the error that stopped the next one
+        (a letter refused even so waits, as for a transient fault: there is nothing to dead-letter it to)."""
         first_output = 0
         for input_index, (record, outcome) in enumerate(done):
             flags = acked[first_output : first_output + len(outcome.outputs)]
@@ -1409,17 +1416,83 @@ class Stage:
                 error = self._send_alone(topic_name, key, value)
                 if error is None:
                     continue
-                if outcome.dead_reason is not None or not isinstance(error, RECORD_REFUSALS):
+                if not isinstance(error, RECORD_REFUSALS):
                     return input_index, error
+                if outcome.dead_reason is not None:
+                    sent = self._send_letter_small(record, outcome, error)
+                    if isinstance(sent, BaseException):
+                        return input_index, sent
+                    done[input_index] = (record, sent)
+                    break
                 letter = self._output_refused(record, topic_name, error)
                 if isinstance(letter, _Retry):
                     return input_index, letter.error
                 error = self._send_alone(*letter.outputs[0])
+                if isinstance(error, RECORD_REFUSALS):
+                    small = self._send_letter_small(record, letter, error)
+                    if isinstance(small, BaseException):
+                        return input_index, small
+                    letter, error = small, None
                 if error is not None:
                     return input_index, error
                 done[input_index] = (record, letter)
                 break
         return len(done), None
+
+    def _send_letter_small(
+        self, record: ConsumerRecord, letter: _Outcome, refusal: KafkaError
+    ) -> _Outcome | BaseException:
+        """Send ``letter`` (a dead letter the DLQ topic refused for good: ``refusal``) again once, its
+        original key and value kept in the object store as an original over 256 KiB is, so that only the
+        letter's own fields (a reason of 200 characters, a detail of 4,000 at most) are left to fit the
+        DLQ's ``max.message.bytes``. Returns the letter that went, or the error that stopped it: the
+        partition then waits, as for a transient fault. Before, any DLQ limit below a letter with its
+        original inline (up to ~350 kB) held the partition for good."""
+        [(dlq_topic, dlq_key, value)] = letter.outputs
+        try:
+            key_b64, key_ref = self._keep_original(record, "key", record.key, inline_max_bytes=0)
+            value_b64, value_ref = self._keep_original(
+                record, "value", record.value or b"", inline_max_bytes=0
+            )
+        except Exception as exc:
+            # As in _dead_letter: the store away is a transient fault, which the back-off logs.
+            if not isinstance(exc, TransientError):
+                log.error(
+                    f"{dlq_topic} refused a dead letter, and its original cannot be kept in the store; "
+                    "the partition waits",
+                    exc_info=exc,
+                    extra={"stage": self.name, "topic": record.topic, "offset": record.offset},
+                )
+            return refusal
+        small = DeadLetter.model_validate_json(value).model_copy(
+            update={
+                "original_key_b64": key_b64,
+                "original_value_b64": value_b64 or "",
+                "original_key_ref": key_ref,
+                "original_value_ref": value_ref,
+            }
+        )
+        error = self._send_alone(dlq_topic, dlq_key, small.model_dump_json().encode())
+        if isinstance(error, RECORD_REFUSALS):
+            log.error(
+                f"{dlq_topic} refuses a dead letter for good, even with its original kept in the store: "
+                "raise the topic's max.message.bytes; the partition waits until it takes the letter",
+                extra={
+                    "stage": self.name,
+                    "topic": record.topic,
+                    "partition": record.partition,
+                    "offset": record.offset,
+                    "error": f"{type(error).__name__}: {error}",
+                },
+            )
+        if error is not None:
+            return error
+        log.warning(
+            f"{dlq_topic} refused a dead letter with its original inline; sent with the original kept "
+            "in the store instead (raise the topic's max.message.bytes to keep originals inline)",
+            extra={"stage": self.name, "topic": record.topic, "offset": record.offset},
+        )
+        return replace(letter, outputs=[(dlq_topic, dlq_key, small.model_dump_json().encode())])
 
     def _send_alone(
         self, topic_name: str, key: bytes, value: bytes
