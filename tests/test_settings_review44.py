@@ -11,6 +11,7 @@ import pytest
 from services.gate.config import GateSettings
 from shared.config import ConfigError, load_settings
 from shared.generation.settings import GenerationSettings
+from tests.support.cli import refusal_of, refuse_to_run
 
 
 @pytest.mark.parametrize(
@@ -59,23 +60,6 @@ def test_a_long_value_that_is_no_json_is_not_echoed_whole(
     assert "{}" in str(refused.value)  # what to write for none
 
 
-class _RunStarted(Exception):
-    """The options were accepted and the long work began."""
-
-
-def _refusal(main: object, argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
-    """What ``main(argv)`` says on stderr as it stops with exit 2."""
-    assert callable(main)
-    try:
-        code = main(argv)
-    except SystemExit as exited:  # a usage error
-        code = exited.code
-    assert code == 2, argv
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    return err
-
-
 @pytest.mark.parametrize(
     "argv",
     [
@@ -92,7 +76,7 @@ def test_matting_cli_refuses_an_empty_path(
     from services.matting.cli import main as matting_cli
 
     option = argv[argv.index("") - 1]
-    err = _refusal(matting_cli, [word.format(tmp=tmp_path) for word in argv], capsys)
+    err = refusal_of(matting_cli, [word.format(tmp=tmp_path) for word in argv], capsys)
     assert f"argument {option}: the path is empty" in err
 
 
@@ -101,14 +85,11 @@ def test_the_real_photo_bench_refuses_an_empty_dataset(
 ) -> None:
     from bench import matting_real
 
-    def refuse_to_run(*args: object) -> None:
-        raise _RunStarted
-
     monkeypatch.setattr(matting_real, "load_items", refuse_to_run)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "val.txt").write_text("")  # the current folder looks like a dataset: "" was taken as it
-    err = _refusal(matting_real.main, ["--dataset", ""], capsys)
+    err = refusal_of(matting_real.main, ["--dataset", ""], capsys)
     assert "argument --dataset: the path is empty" in err
     monkeypatch.setenv("SKUFORGE_GROCERY_DATASET", "")  # as Compose passes an unset one: unset
-    err = _refusal(matting_real.main, [], capsys)
+    err = refusal_of(matting_real.main, [], capsys)
     assert "--dataset (or SKUFORGE_GROCERY_DATASET) must be" in err
