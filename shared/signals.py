@@ -21,7 +21,7 @@ import contextlib
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
 
@@ -101,12 +101,9 @@ def heard(signum: int) -> bool:
 def stopped_as_interrupt() -> Iterator[None]:
     """SIGTERM and SIGHUP raise ``Stopped`` inside the block. A signal already ignored (``nohup``)
     stays ignored, and outside the main thread (where no handler can be set) nothing changes."""
-    previous = {}
-    if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGTERM, signal.SIGHUP):
-            if signal.getsignal(signum) == signal.SIG_DFL:
-                previous[signum] = signal.signal(signum, raise_stopped)
+    previous: dict[int, Any] = {}
     try:
+        _set_handlers(raise_stopped, (signal.SIGTERM, signal.SIGHUP), previous, replaces=_only_default)
         yield
     finally:
         for signum, handler in previous.items():
@@ -124,12 +121,9 @@ def held_signals() -> Iterator[list[int]]:
     def hold(signum: int, frame: object) -> None:
         came.append(signum)
 
-    previous = {}
-    if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            if signal.getsignal(signum) not in (signal.SIG_IGN, None):  # None: not set from Python
-                previous[signum] = signal.signal(signum, hold)
+    previous: dict[int, Any] = {}
     try:
+        _set_handlers(hold, _STOPS, previous, replaces=_not_ignored)
         yield came
     finally:
         for signum, handler in previous.items():
@@ -176,12 +170,9 @@ def stops_wait_for_clean_up() -> Iterator[FailurePath]:
             signal.signal(signum, handler)
             signal.raise_signal(signum)
 
-    if threading.current_thread() is threading.main_thread():
-        for stop in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            if signal.getsignal(stop) not in (signal.SIG_IGN, None):  # None: not set from Python
-                previous[stop] = signal.signal(stop, stop_or_hold)
     failure: BaseException | None = None
     try:
+        _set_handlers(stop_or_hold, _STOPS, previous, replaces=_not_ignored)
         yield path
     except BaseException as exc:
         failure = exc
@@ -197,6 +188,38 @@ def stops_wait_for_clean_up() -> Iterator[FailurePath]:
                     raise
                 # Its ``__cause__``, so that a command says both (``failure_before``).
                 raise stop from failure
+
+
+_STOPS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _only_default(handler: Any) -> bool:
+    return handler == signal.SIG_DFL
+
+
+def _not_ignored(handler: Any) -> bool:
+    return handler not in (signal.SIG_IGN, None)  # None: not set from Python
+
+
+def _set_handlers(
+    handler: Callable[[int, FrameType | None], None],
+    signums: tuple[int, ...],
+    previous: dict[int, Any],
+    *,
+    replaces: Callable[[Any], bool],
+) -> None:
+    """Set ``handler`` for each of ``signums`` whose handler now ``replaces`` takes, on the main thread
+    (elsewhere none can be set), recording the handler it had in ``previous`` first: the caller sets
+    them inside its ``try`` and restores ``previous`` in its ``finally``. Set before the ``try``, a stop
+    that came after one was set and before the next (its handler raising there) left the block's
+    handler set for good: ``held_signals``' swallowed every later Ctrl-C."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in signums:
+        before = signal.getsignal(signum)
+        if replaces(before):
+            previous[signum] = before
+            signal.signal(signum, handler)
 
 
 def failure_before(stop: KeyboardInterrupt) -> BaseException | None:

@@ -1,0 +1,74 @@
+"""Review 45 of the small shared libraries: signals, commands, command logging, settings, model cache."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from typing import Any
+
+import pytest
+
+from shared.signals import Stopped, held_signals, raise_stopped, stopped_as_interrupt, stops_wait_for_clean_up
+
+STOPS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@pytest.fixture
+def handlers_back() -> Iterator[None]:
+    """Every stop's handler as it was before the test."""
+    saved = {signum: signal.getsignal(signum) for signum in STOPS}
+    yield
+    for signum, handler in saved.items():
+        signal.signal(signum, handler)
+
+
+def _sigterm_right_after_the_first_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGTERM comes just after a block sets its first handler, before it sets the next: its Python
+    handler runs at the next call, as a signal's does (here at once, on the main thread)."""
+    real_set = signal.signal
+    came: list[int] = []
+
+    def set_then_sigterm(signum: int, handler: Any) -> Any:
+        before = real_set(signum, handler)
+        if not came:
+            came.append(signum)
+            signal.raise_signal(signal.SIGTERM)
+        return before
+
+    monkeypatch.setattr(signal, "signal", set_then_sigterm)
+
+
+@pytest.mark.parametrize(
+    "block", [held_signals, stops_wait_for_clean_up], ids=["held_signals", "stops_wait_for_clean_up"]
+)
+def test_a_stop_between_two_handler_sets_leaves_no_handler_of_the_block(
+    block: Callable[[], AbstractContextManager[object]],
+    monkeypatch: pytest.MonkeyPatch,
+    handlers_back: None,
+) -> None:
+    # A stop that came after the block set Ctrl-C's handler, before it set SIGTERM's, left Ctrl-C's set
+    # for good: ``held_signals``' only added each later Ctrl-C to a list nobody read (Ctrl-C did nothing).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, raise_stopped)
+    _sigterm_right_after_the_first_set(monkeypatch)
+    with pytest.raises(Stopped), block():
+        pytest.fail("the block ran")
+    monkeypatch.undo()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGTERM) is raise_stopped
+    with pytest.raises(KeyboardInterrupt):
+        signal.raise_signal(signal.SIGINT)
+
+
+def test_a_sigterm_just_after_its_handler_is_set_leaves_the_default_back(
+    monkeypatch: pytest.MonkeyPatch, handlers_back: None
+) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    _sigterm_right_after_the_first_set(monkeypatch)
+    with pytest.raises(Stopped), stopped_as_interrupt():
+        pytest.fail("the block ran")
+    monkeypatch.undo()
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    assert signal.getsignal(signal.SIGHUP) == signal.SIG_DFL
