@@ -10,6 +10,7 @@ model.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import sys
@@ -27,7 +28,8 @@ def run_command(name: str, command: Callable[[], int]) -> int:
     """``command()``'s exit status; a failure it can name is printed after ``name:`` on stderr instead:
     2 for a bad setting (as for a bad option), 1 for the store's or a stored object's, 128 + the
     signal for Ctrl-C, SIGTERM or SIGHUP where the command has nothing of its own to say or undo; 1,
-    and nothing said, when stdout's reader has gone; 1 when stdout cannot be written (a full disk)."""
+    and nothing said, when stdout's reader has gone; 1 when stdout cannot be written (a full disk). The
+    status is the same when stderr cannot be written either: the line is dropped (``_say``)."""
     stdout = sys.stdout = _WatchedStdout(sys.stdout)
     try:
         status = command()
@@ -46,36 +48,48 @@ def run_command(name: str, command: Callable[[], int]) -> int:
         # `skuforge flow > report.txt` on a full disk: before, a traceback ending in "[Errno 28]".
         # Stdout to devnull, as for a closed pipe, so the interpreter's last flush does not fail again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), stdout.fileno())
-        print(
+        _say(
             f"{name}: its output could not be written: {exc} (free room where stdout goes, or send it "
-            "elsewhere, and try again)",
-            file=sys.stderr,
+            "elsewhere, and try again)"
         )
         return 1
     except ConfigError as exc:
-        print(f"{name}: {exc}", file=sys.stderr)
+        _say(f"{name}: {exc}")
         return 2
     except BadInput as exc:  # something stored that cannot be read (a manifest part): named, not a traceback
-        print(f"{name}: {exc}", file=sys.stderr)
+        _say(f"{name}: {exc}")
         return 1
     except StoreMisconfigured as exc:  # it names what to check, the setting or option its URI came from too
-        print(f"{name}: {exc}\n(fix that and try again)", file=sys.stderr)
+        _say(f"{name}: {exc}\n(fix that and try again)")
         return 1
     except TransientError as exc:  # the store or the broker away
         # Not SKUFORGE_STORE_URI: the store away may be another one (--scenes, the adapters' or a model's).
-        print(
+        _say(
             f"{name}: {exc}\n(the object store or Kafka could not be reached: check that it is up, "
-            "SKUFORGE_S3_ENDPOINT_URL or SKUFORGE_KAFKA_BOOTSTRAP, and try again)",
-            file=sys.stderr,
+            "SKUFORGE_S3_ENDPOINT_URL or SKUFORGE_KAFKA_BOOTSTRAP, and try again)"
         )
         return 1
     except KeyboardInterrupt as exc:
         signum = signal_number(exc)
-        print(f"{name}: {stopped_how(signum)}", file=sys.stderr)
+        _say(f"{name}: {stopped_how(signum)}")
         return 128 + signum
     finally:
         if sys.stdout is stdout:  # not one the command set for good
             sys.stdout = stdout.stream
+
+
+def _say(line: str) -> None:
+    """``line`` on stderr. Where stderr cannot be written either (``2> log`` on a full disk) the line is
+    dropped and stderr sent to devnull, so the interpreter's last flush does not fail on what was left of
+    it: the exit status still says what happened. Raised, it ended every failure with status 1 (a bad
+    setting's is 2, Ctrl-C's 130) and a traceback nobody could read."""
+    try:
+        print(line, file=sys.stderr)
+    except OSError:
+        with contextlib.suppress(AttributeError, OSError, ValueError):  # no file behind it: nothing left
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stderr.fileno())
+            os.close(devnull)
 
 
 def _stdout_reader_gone() -> bool:

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from shared.commands import run_command
+from shared.config import ConfigError
 from shared.signals import Stopped, held_signals, raise_stopped, stopped_as_interrupt, stops_wait_for_clean_up
 
+ROOT = Path(__file__).resolve().parents[1]
 STOPS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
@@ -72,3 +79,50 @@ def test_a_sigterm_just_after_its_handler_is_set_leaves_the_default_back(
     monkeypatch.undo()
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
     assert signal.getsignal(signal.SIGHUP) == signal.SIG_DFL
+
+
+# A command that fails as ``run_command`` names, run with stderr on a full disk: (argv, variables, status).
+_FAILING_COMMANDS = {
+    "bad setting": (["-m", "skuforge_cli", "config"], {"SKUFORGE_LOG_LEVEL": "LOUD"}, 2),
+    # `skuforge flow > log 2>&1` on a full disk: stdout fails, then the line that says so.
+    "stdout too": (["-m", "skuforge_cli", "config", "--markdown"], {}, 1),
+    "interrupted": (
+        [
+            "-c",
+            "import sys; from shared.commands import run_command\n"
+            "def interrupted():\n    raise KeyboardInterrupt\n"
+            "sys.exit(run_command('skuforge planted', interrupted))",
+        ],
+        {},
+        130,
+    ),
+}
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+@pytest.mark.parametrize("case", sorted(_FAILING_COMMANDS))
+def test_a_failure_keeps_its_exit_status_when_stderr_cannot_be_written(case: str) -> None:
+    # `skuforge config 2> log` on a full disk: the one line failed too, raised from run_command, and every
+    # failure ended with status 1 (a bad setting's is 2, Ctrl-C's 130), whatever a script tested for.
+    argv, variables, status = _FAILING_COMMANDS[case]
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [sys.executable, *argv],
+            stdout=full if case == "stdout too" else subprocess.DEVNULL,
+            stderr=full,
+            cwd=ROOT,
+            env={**os.environ, **variables},
+            timeout=120,
+            check=False,
+        )
+    assert done.returncode == status
+
+
+def test_the_line_that_cannot_be_written_raises_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    def bad_setting() -> int:
+        raise ConfigError("invalid configuration:\n  SKUFORGE_LOG_LEVEL: planted")
+
+    with open("/dev/full", "w", buffering=1) as full:
+        monkeypatch.setattr(sys, "stderr", full)
+        assert run_command("skuforge planted", bad_setting) == 2
+        full.flush()  # what was left of the line is not written again: the interpreter's exit flushes it
