@@ -50,6 +50,9 @@ SETTINGS_CONFIG = SettingsConfigDict(
 )
 
 
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+
+
 class ConfigError(Exception):
     """Configuration is invalid; the message names each offending environment variable."""
 
@@ -206,7 +209,7 @@ class Settings(BaseSettings):
         description="seconds between reads of consumer-group lag from the broker (0 = off, else at least 1); "
         "docs/ops.md",
     )
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="log level")
+    log_level: LogLevel = Field(default="INFO", description="log level")
     log_format: Literal["json", "text"] = Field(default="json", description="json lines, or text for humans")
 
     def topic_name(self, topic: Topic[Any]) -> str:

@@ -29,8 +29,9 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.metrics_core import Metric
+from pydantic_settings import BaseSettings
 
-from shared.config import ConfigError, load_settings
+from shared.config import SETTINGS_CONFIG, ConfigError, LogLevel, load_settings
 
 log = logging.getLogger("skuforge.observability")
 
@@ -493,6 +494,14 @@ class _OwnLinesFilter(logging.Filter):
         return top in OWN_LOGGERS or record.levelno >= QUIETER_LIBRARIES.get(top, logging.WARNING)
 
 
+class _CommandLogLevel(BaseSettings):
+    """``SKUFORGE_LOG_LEVEL`` alone, as ``Settings`` reads it. Read with every shared setting, one bad
+    setting of another kind (which the command may never read) set a command's level back to INFO."""
+
+    model_config = SETTINGS_CONFIG
+    log_level: LogLevel = "INFO"
+
+
 def configure_command_logging(level: str | None = None) -> None:
     """Send a command's log lines to stderr as text, from ``level`` (default ``SKUFORGE_LOG_LEVEL``):
     what the library code it runs says (a table it changed, a file it left out and why) reaches its
@@ -500,7 +509,7 @@ def configure_command_logging(level: str | None = None) -> None:
     Replaces the handler an earlier ``configure_*`` set, leaving others (a test's capture) in place."""
     if level is None:
         try:
-            level = load_settings().log_level
+            level = load_settings(_CommandLogLevel).log_level
         except ConfigError:  # the command names the bad variable when it loads the settings itself
             level = "INFO"
     handler = logging.StreamHandler(sys.stderr)

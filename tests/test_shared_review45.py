@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -14,7 +15,8 @@ from typing import Any
 import pytest
 
 from shared.commands import run_command
-from shared.config import ConfigError
+from shared.config import ConfigError, load_settings
+from shared.observability import configure_command_logging
 from shared.signals import Stopped, held_signals, raise_stopped, stopped_as_interrupt, stops_wait_for_clean_up
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,3 +128,34 @@ def test_the_line_that_cannot_be_written_raises_nothing(monkeypatch: pytest.Monk
         monkeypatch.setattr(sys, "stderr", full)
         assert run_command("skuforge planted", bad_setting) == 2
         full.flush()  # what was left of the line is not written again: the interpreter's exit flushes it
+
+
+@pytest.fixture
+def root_logging_back() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def test_a_commands_log_level_holds_beside_a_bad_setting_of_another_kind(
+    monkeypatch: pytest.MonkeyPatch, root_logging_back: None
+) -> None:
+    # configure_command_logging read the log level by loading every shared setting: one bad setting the
+    # command may never read set it back to INFO, and `SKUFORGE_LOG_LEVEL=WARNING` showed the INFO lines.
+    monkeypatch.setenv("SKUFORGE_LOG_LEVEL", "WARNING")
+    monkeypatch.setenv("SKUFORGE_MAX_POLL_RECORDS", "many")
+    configure_command_logging()
+    assert logging.getLogger().level == logging.WARNING
+
+
+def test_a_bad_log_level_is_left_for_the_command_to_refuse(
+    monkeypatch: pytest.MonkeyPatch, root_logging_back: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("SKUFORGE_LOG_LEVEL", "LOUD")
+    configure_command_logging()
+    assert logging.getLogger().level == logging.INFO
+    assert capsys.readouterr().err == ""
+    with pytest.raises(ConfigError, match="SKUFORGE_LOG_LEVEL: Input should be 'DEBUG', 'INFO'"):
+        load_settings()
