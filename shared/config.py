@@ -419,7 +419,9 @@ def load_settings(model: type[BaseSettings] = Settings, /, **overrides: Any) -> 
     """Read one settings model (default: the shared ``Settings``) from the environment and ``overrides``.
 
     The one loader of every ``SKUFORGE_*`` model (``load_settings(GateSettings, gate_iou_min=0.8)``);
-    an invalid value is a ``ConfigError`` naming the variable.
+    an invalid value is a ``ConfigError`` naming the variable. An override replaces the environment's
+    value whole, a JSON one too: those are ``NoDecode`` (read as text by their validator), since
+    pydantic-settings deep-merges a dict it decoded with one given here (the override could not drop a key).
     """
     try:
         return model(**overrides)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -10,14 +11,18 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
+from typing import Any, get_origin
 
 import pytest
+from pydantic_settings import BaseSettings, NoDecode
 
+from services.gate.config import GateSettings
 from shared.commands import run_command
 from shared.config import ConfigError, load_settings
+from shared.generation.settings import GenerationSettings
 from shared.observability import configure_command_logging
 from shared.signals import Stopped, held_signals, raise_stopped, stopped_as_interrupt, stops_wait_for_clean_up
+from skuforge_cli.main import SETTINGS_MODELS
 
 ROOT = Path(__file__).resolve().parents[1]
 STOPS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -159,3 +164,36 @@ def test_a_bad_log_level_is_left_for_the_command_to_refuse(
     assert capsys.readouterr().err == ""
     with pytest.raises(ConfigError, match="SKUFORGE_LOG_LEVEL: Input should be 'DEBUG', 'INFO'"):
         load_settings()
+
+
+@pytest.mark.parametrize(
+    ("model", "field", "from_env", "override"),
+    [
+        (GateSettings, "gate_category_overrides", {"apple": {"iou_min": 0.5}}, {"pear": {"iou_min": 0.6}}),
+        (GenerationSettings, "generation_backend_mix", {"diffusion": 1}, {"composite": 1}),
+        (GenerationSettings, "generation_parameters", {"occluders": 1}, {"scene": "studio"}),
+    ],
+)
+def test_an_override_of_a_json_setting_replaces_the_environments(
+    model: type[BaseSettings],
+    field: str,
+    from_env: dict[str, object],
+    override: dict[str, object],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # pydantic-settings deep-merges a dict from the environment with one given to the model: an override
+    # could then not drop a key. These settings are read as text (NoDecode), which it does not merge.
+    monkeypatch.setenv(f"SKUFORGE_{field.upper()}", json.dumps(from_env))
+    assert getattr(load_settings(model), field).keys() == from_env.keys()
+    assert getattr(load_settings(model, **{field: override}), field).keys() == override.keys()
+
+
+def test_every_dict_setting_is_read_as_text() -> None:
+    # The reason the test above holds: a dict setting pydantic-settings decoded itself would be merged.
+    dict_settings = [
+        (model.__name__, name, NoDecode in field.metadata)
+        for model in SETTINGS_MODELS
+        for name, field in model.model_fields.items()
+        if get_origin(field.annotation) is dict
+    ]
+    assert dict_settings and all(no_decode for _, _, no_decode in dict_settings), dict_settings
