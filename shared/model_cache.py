@@ -282,7 +282,12 @@ def _put_in_place(partial: Path, path: Path, *, whole: Callable[[], bool] | None
         except OSError as exc:
             if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP):
                 raise
-            os.replace(partial, path)  # a file system without hard links: as before, the name taken
+            # A file system without hard links: renamed, unless a whole copy is there, kept as above.
+            # Readers never see part of a file (``partial`` is whole and synced, the rename atomic: the
+            # name is the old copy or ours). Checked, not atomic: a whole copy put there between the
+            # check and the rename is still replaced (its holder's lock then on a deleted file).
+            if not whole():
+                os.replace(partial, path)
     fsync_dir(path.parent)
 
 

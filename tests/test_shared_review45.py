@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -17,12 +18,15 @@ import pytest
 from pydantic_settings import BaseSettings, NoDecode
 
 from services.gate.config import GateSettings
+from shared import model_cache
 from shared.commands import run_command
 from shared.config import ConfigError, load_settings
 from shared.generation.settings import GenerationSettings
+from shared.model_cache import fetch_file, release
 from shared.observability import configure_command_logging
 from shared.signals import Stopped, held_signals, raise_stopped, stopped_as_interrupt, stops_wait_for_clean_up
 from skuforge_cli.main import SETTINGS_MODELS
+from tests.support.model_cache import copies, fetching_child, finish, publish
 
 ROOT = Path(__file__).resolve().parents[1]
 STOPS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -197,3 +201,58 @@ def test_every_dict_setting_is_read_as_text() -> None:
         if get_origin(field.annotation) is dict
     ]
     assert dict_settings and all(no_decode for _, _, no_decode in dict_settings), dict_settings
+
+
+def _no_hard_links(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This process's cache on a file system without hard links (vfat, some network mounts): EPERM."""
+
+    def refused(source: object, destination: object, **_: object) -> None:
+        raise PermissionError(errno.EPERM, "Operation not permitted", str(source))
+
+    monkeypatch.setattr(os, "link", refused)
+
+
+def test_a_cache_without_hard_links_gets_a_whole_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache, store = tmp_path / "cache", tmp_path / "store"
+    uri = publish(store, "v1/model.onnx", b"version one")
+    _no_hard_links(monkeypatch)
+    copy = fetch_file(uri, cache, uri_from="the test")
+    assert copy.read_bytes() == b"version one"
+    assert copies(cache) == [copy.name]  # no partial file left beside it
+    release(copy)
+
+
+def test_without_hard_links_a_copy_another_stage_put_in_place_is_used_not_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Without hard links the fallback renamed this download over the whole copy another stage had just
+    # put there and held: its lock was then on a deleted file, and the copy it used could be pruned.
+    cache, store = tmp_path / "cache", tmp_path / "store"
+    uri = publish(store, "v1/model.onnx", b"version one")
+    others: list[subprocess.Popen[str]] = []
+    theirs: list[int] = []
+    fetch = model_cache.copied_and_held
+
+    def raced(target: Path, *, whole: Callable[[], bool], copy: Callable[[], None]) -> None:
+        def whole_then_another_stage_fetches() -> bool:
+            answer = whole()
+            if not others:  # this download found no copy; another stage's fetch lands before it is put
+                others.append(fetching_child(uri, cache))
+                theirs.append(os.stat(target).st_ino)
+            return answer
+
+        fetch(target, whole=whole_then_another_stage_fetches, copy=copy)
+
+    monkeypatch.setattr(model_cache, "copied_and_held", raced)
+    _no_hard_links(monkeypatch)
+    try:
+        copy = fetch_file(uri, cache, uri_from="the test")
+        assert copy.read_bytes() == b"version one"
+        assert copy.stat().st_ino == theirs[0], "the copy the other stage holds was replaced under it"
+        assert copies(cache) == [copy.name]
+        release(copy)
+    finally:
+        for other in others:
+            finish(other)
