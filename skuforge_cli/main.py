@@ -399,7 +399,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "serve": (_cmd_serve, "serve an HTTP service: " + ", ".join(sorted(SERVERS))),
     "console": (
         _cmd_console,
-        "correction console: export-labelstudio, import-labelstudio, refused, resend, hash-password",
+        "correction console: export-labelstudio, import-labelstudio, refused, resend, discard, hash-password",
     ),
     "prometheus": (
         _cmd_prometheus,

@@ -4,7 +4,6 @@ readable tasks and decisions behind them, and reading one must answer with the r
 from __future__ import annotations
 
 import json
-import sqlite3
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -27,27 +26,12 @@ from tests.support.console import (
     flagged_item,
     login,
     pending_envelope,
+    spoil,
     use_cli_on,
     with_flagged,
 )
 
 PAGE_SIZE = 3
-
-
-def spoil(parts: ConsoleParts, table: str, task_id: str) -> None:
-    """Make one stored row unreadable, as a row stored under a schema a later version refuses is."""
-    column, path = ("pending_json", ()) if table == "tasks" else ("payload_json", ("pending",))
-    db = sqlite3.connect(parts.tasks.path)
-    stored = json.loads(
-        db.execute(f"SELECT {column} FROM {table} WHERE task_id = ?", (task_id,)).fetchone()[0]
-    )
-    target = stored
-    for key in path:
-        target = target[key]
-    target["iou"] = "not a number"
-    db.execute(f"UPDATE {table} SET {column} = ? WHERE task_id = ?", (json.dumps(stored), task_id))
-    db.commit()
-    db.close()
 
 
 class RecordingBroker:

@@ -6,7 +6,8 @@
   to ``correction.resolved`` (``--no-publish`` leaves them in the outbox for the console's relay).
 
 * ``refused``                             the decisions the broker refused for good, set aside by
-  the relay; ``resend TASK_ID... | --all`` gives them back to it (raise max.message.bytes first).
+  the relay; ``resend TASK_ID... | --all`` gives them back to it (raise max.message.bytes first);
+  ``discard TASK_ID...`` drops one that no longer reads, which no resend would send.
 
 * ``hash-password``                       a reviewer's password as its scrypt hash, for
   ``SKUFORGE_CONSOLE_USERS`` (``name:scrypt:...``), so the Secret holds no password.
@@ -67,6 +68,11 @@ RESEND_EXIT_STATUS = (
     "reason: no such task, no decision, not refused, no longer reads; the others were given back); 2 "
     "the table could not be read"
 )
+DISCARD_EXIT_STATUS = (
+    "exit status: 0 every named decision discarded; 1 some were not (each listed on stderr with its "
+    "reason: no such task, no decision, published, still reads; the others were discarded); 2 the table "
+    "could not be read"
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,6 +128,15 @@ def main(argv: list[str] | None = None) -> int:
     which = resend.add_mutually_exclusive_group(required=True)
     which.add_argument("task_ids", nargs="*", default=[], metavar="TASK_ID", help="the tasks to resend")
     which.add_argument("--all", action="store_true", help="every refused decision")
+    discard_help = (
+        "drop unsent decisions that no longer read (listed by 'refused' with 'unreadable') from the "
+        "outbox, for good: the task stays as decided, in the audit, but its decision never reaches the "
+        "retraining store; a decision that reads is resent or left, never discarded"
+    )
+    discard = sub.add_parser(
+        "discard", help=discard_help, description=discard_help, epilog=DISCARD_EXIT_STATUS
+    )
+    discard.add_argument("task_ids", nargs="+", metavar="TASK_ID", help="the tasks whose decision to drop")
     sub.add_parser(
         "hash-password",
         help="read a password (prompted on a terminal, else the first line of stdin; UTF-8) and print its "
@@ -165,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.action == "resend":
         return _resend(tasks, [event.task_id for event in tasks.refused()] if args.all else args.task_ids)
+    if args.action == "discard":
+        return _discard(tasks, args.task_ids)
     store = open_settings_store(settings)
 
     if args.action == "export-labelstudio":
@@ -301,6 +318,26 @@ def _resend(tasks: TaskStore, task_ids: list[str]) -> int:
             continue
         print(json.dumps({"task_id": task_id, "was_refused": reason}))
     print(json.dumps({"resent": len(task_ids) - failed, "not_resent": failed}))
+    return 1 if failed else 0
+
+
+def _discard(tasks: TaskStore, task_ids: list[str]) -> int:
+    """``skuforge console discard``: each unreadable decision dropped from the outbox, each one that is
+    not (no such task, no decision, published, still reads) listed with its reason."""
+    failed = 0
+    for task_id in task_ids:
+        try:
+            error = tasks.discard_unreadable(task_id)
+        except TaskNotFound:
+            print(f"skuforge console discard: {task_id}: no such task", file=sys.stderr)
+            failed += 1
+            continue
+        except TaskConflict as exc:
+            print(f"skuforge console discard: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        print(json.dumps({"task_id": task_id, "was_unreadable": error}))
+    print(json.dumps({"discarded": len(task_ids) - failed, "not_discarded": failed}))
     return 1 if failed else 0
 
 

@@ -1016,6 +1016,34 @@ class TaskStore:
         log.info("a refused decision goes back to the relay", extra={"task_id": task_id})
         return str(row["refused_reason"])
 
+    def discard_unreadable(self, task_id: str) -> str:
+        """Drop the unsent decision of ``task_id`` that no longer reads from the outbox, with an audit
+        entry; returns why it did not read. The task stays as decided; its decision is never sent.
+
+        Set aside by the relay, it stayed counted by ``refused_count`` (the /metrics gauge), so
+        ``SkuforgeDecisionsRefused`` fired for ever unless someone deleted the row by hand in SQLite.
+        TaskNotFound if there is no such task; TaskConflict if it has no decision, its decision was
+        published, or it reads (resend it, or leave it: it can still be sent)."""
+        with self._write() as (db, now):
+            row = db.execute(
+                "SELECT tasks.state, outbox.* FROM tasks LEFT JOIN outbox USING (task_id) WHERE task_id = ?",
+                (task_id,),
+            ).fetchone()
+            if row is None:
+                raise TaskNotFound(task_id)
+            if row["event_id"] is None:
+                raise TaskConflict(f"task {task_id} has no decision to discard ({row['state']})")
+            if row["published_at"] is not None:
+                raise TaskConflict(f"the decision of task {task_id} was published: nothing to discard")
+            decision = _outbox_or_unreadable(row)
+            if not isinstance(decision, UnreadableDecision):
+                what = "the broker refused it: resend it" if row["refused_reason"] else "it waits to be sent"
+                raise TaskConflict(f"the decision of task {task_id} reads, so it is not discarded ({what})")
+            db.execute("DELETE FROM outbox WHERE task_id = ?", (task_id,))
+            self._audit(db, task_id, None, "discard", row["state"], row["state"], now, decision.error)
+        log.warning("an unreadable decision is discarded, never sent", extra={"task_id": task_id})
+        return decision.error
+
     def outbox(self, task_id: str) -> OutboxEvent | None:
         """The decision event of a task, if it was decided; BadInput if it no longer reads (as ``get``)."""
         with self._connect() as db:

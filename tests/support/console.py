@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 import time
@@ -346,3 +347,19 @@ def one_task(tmp_path: Path, *, claimed: bool = True) -> tuple[ConsoleParts, Tas
     if claimed:
         claim(client, token, task.task_id)
     return parts, task, client, token
+
+
+def spoil(parts: ConsoleParts, table: str, task_id: str) -> None:
+    """Make one stored row unreadable, as a row stored under a schema a later version refuses is."""
+    column, path = ("pending_json", ()) if table == "tasks" else ("payload_json", ("pending",))
+    db = sqlite3.connect(parts.tasks.path)
+    stored = json.loads(
+        db.execute(f"SELECT {column} FROM {table} WHERE task_id = ?", (task_id,)).fetchone()[0]
+    )
+    target = stored
+    for key in path:
+        target = target[key]
+    target["iou"] = "not a number"
+    db.execute(f"UPDATE {table} SET {column} = ? WHERE task_id = ?", (json.dumps(stored), task_id))
+    db.commit()
+    db.close()
