@@ -11,7 +11,6 @@ import sqlite3
 from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
-from typing import Any
 
 import pytest
 from prometheus_client import generate_latest
@@ -26,25 +25,12 @@ from tests.support.console import (
     build_console,
     decided,
     one_task,
+    traced_statements,
     use_cli_on,
     with_flagged,
 )
 
 OUTBOX_INDEXES = {"outbox_unsent", "outbox_refused"}
-
-
-def _traced(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Every SQL statement run on a connection opened from now on, as SQLite expands it (values in place)."""
-    statements: list[str] = []
-    connect = sqlite3.connect
-
-    def traced_connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
-        db = connect(*args, **kwargs)
-        db.set_trace_callback(statements.append)
-        return db
-
-    monkeypatch.setattr(sqlite3, "connect", traced_connect)
-    return statements
 
 
 def _outbox_with_every_kind(parts: ConsoleParts) -> None:
@@ -87,7 +73,7 @@ def test_the_outbox_reads_of_the_relay_metrics_and_queue_use_an_index_not_the_wh
     _outbox_with_every_kind(parts)
     # Opened before the tracing: its EXPLAINs are not traced.
     plan_of = closing(sqlite3.connect(parts.tasks.path))
-    statements = _traced(monkeypatch)
+    statements = traced_statements(monkeypatch)
 
     reader(parts.tasks)
 
@@ -213,7 +199,7 @@ def _tasks_with_an_unreadable_newest(parts: ConsoleParts) -> None:
 def _plans_of_task_reads(tasks: TaskStore, monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     """The query plans of the reads of the task table that the all-list (``state=None``) of one makes."""
     plan_of = closing(sqlite3.connect(tasks.path))
-    statements = _traced(monkeypatch)
+    statements = traced_statements(monkeypatch)
 
     listed = tasks.query(TaskFilter(state=None), limit=1)
 

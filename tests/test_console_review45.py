@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 from prometheus_client import generate_latest
 from starlette.testclient import TestClient
 
+import services.console.pages as pages_module
 from services.console.tasks import UnreadableDecision, decision_event_id
 from skuforge_cli.main import main as cli_main
 from tests.support.console import (
@@ -19,7 +23,9 @@ from tests.support.console import (
     login,
     pending_envelope,
     spoil,
+    traced_statements,
     use_cli_on,
+    with_flagged,
 )
 
 REFUSED = "MessageSizeTooLargeError"
@@ -74,3 +80,43 @@ def test_an_unreadable_decision_is_discarded_by_its_task_id_and_no_readable_one_
     with pytest.raises(SystemExit) as exit_status:  # no task named: argparse's usage error
         cli_main(["console", "discard"])
     assert exit_status.value.code == 2
+
+
+@pytest.mark.parametrize("query", ["state=all", "state=all&reason=iou_below_threshold"])
+def test_a_queue_page_that_is_not_full_does_not_count_the_task_table_again(
+    query: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before, each load of the queue page counted its matches after listing them: with the "all" filter
+    # a read of every task ever queued (with a reason or IoU filter, of every row of the table itself),
+    # though a page shorter than its limit already shows every match and says nothing of a count.
+    parts = with_flagged(build_console(tmp_path), 3)
+    client = TestClient(app_for(parts), base_url="http://console.test")
+    login(client)
+    plan_of = closing(sqlite3.connect(parts.tasks.path))  # opened before the tracing: not traced
+    statements = traced_statements(monkeypatch)
+
+    page = client.get(f"/?{query}")
+
+    assert page.status_code == 200
+    assert len(re.findall(r'data-task-id="([0-9a-f]{32})"', page.text)) == 3
+    assert 'id="cut"' not in page.text
+    # The list's reads and its count's (the state tabs and the reason menu read the table on their own).
+    list_reads = ("SELECT * FROM tasks", "SELECT COUNT(*) FROM tasks")
+    reads = [sql for sql in statements if sql.startswith(list_reads)]
+    assert reads, statements
+    assert not [sql for sql in reads if sql.startswith("SELECT COUNT(*)")], reads
+    with plan_of as db:
+        for sql in reads:
+            plan = [detail for *_, detail in db.execute(f"EXPLAIN QUERY PLAN {sql}")]
+            assert "SCAN tasks" not in plan, (sql, plan)  # a read of every row of the table itself
+
+
+def test_a_full_queue_page_still_says_how_many_match(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    parts = with_flagged(build_console(tmp_path), 3)
+    monkeypatch.setattr(pages_module, "QUEUE_PAGE_LIMIT", 3)
+    client = TestClient(app_for(parts), base_url="http://console.test")
+    login(client)
+    assert 'id="cut"' not in client.get("/?state=all").text, "all 3 shown"
+    monkeypatch.setattr(pages_module, "QUEUE_PAGE_LIMIT", 2)
+    assert "showing 2 of 3 newest first" in client.get("/?state=all").text
+    assert "showing 2 of 3 waiting, oldest first" in client.get("/").text

@@ -36,6 +36,7 @@ router = APIRouter()
 @router.get("/")
 def queue_page(request: Request, console: ConsoleDep, filters: Filters) -> Response:
     session = current_session(request)
+    listed = console.tasks.query(filters, limit=QUEUE_PAGE_LIMIT)
     return templates.TemplateResponse(
         request,
         "queue.html",
@@ -44,8 +45,10 @@ def queue_page(request: Request, console: ConsoleDep, filters: Filters) -> Respo
             "counts": console.tasks.counts(),
             "states": STATES,
             "closed": CLOSED,
-            "tasks": console.tasks.query(filters, limit=QUEUE_PAGE_LIMIT),
-            "matching": console.tasks.count(filters),
+            "tasks": listed,
+            # Counted only for a full page, the only one that may be cut: a shorter one lists every match
+            # that reads, and the count read every matching row again (for "all", every task ever queued).
+            "matching": console.tasks.count(filters) if len(listed) == QUEUE_PAGE_LIMIT else len(listed),
             "filters": filters,
             "reasons": console.tasks.reasons(),
             "now": console.tasks.clock(),

@@ -363,3 +363,17 @@ def spoil(parts: ConsoleParts, table: str, task_id: str) -> None:
     db.execute(f"UPDATE {table} SET {column} = ? WHERE task_id = ?", (json.dumps(stored), task_id))
     db.commit()
     db.close()
+
+
+def traced_statements(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every SQL statement run on a connection opened from now on, as SQLite expands it (values in place)."""
+    statements: list[str] = []
+    connect = sqlite3.connect
+
+    def traced_connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        db = connect(*args, **kwargs)
+        db.set_trace_callback(statements.append)
+        return db
+
+    monkeypatch.setattr(sqlite3, "connect", traced_connect)
+    return statements
