@@ -42,7 +42,7 @@ class FormTextInCharset:
             return
         # The media type as the framework reads it: with the same parser, so the same forms are checked.
         media_type, options = parse_options_header(Headers(scope=scope).get("content-type"))
-        check: _TextParts | _UrlencodedFields
+        check: _FormBody
         if media_type == b"multipart/form-data" and b"boundary" in options:
             check = _TextParts(options)
         elif media_type == b"application/x-www-form-urlencoded":
@@ -62,7 +62,26 @@ class FormTextInCharset:
         await self.app(scope, checked_receive, send)
 
 
-class _TextParts:
+class _FormBody:
+    """A form body followed chunk by chunk through python-multipart's parser (``_parser``), whose
+    callbacks check its fields as they pass."""
+
+    _parser: MultipartParser | QuerystringParser | None  # None once the body proved malformed
+
+    def write(self, chunk: bytes) -> None:
+        """Feed the parser the next chunk of the body."""
+        if self._parser is None or not chunk:
+            return
+        try:
+            self._parser.write(chunk)
+        except FormParserError:
+            self._parser = None  # malformed: the framework's parser refuses it (400)
+
+    def finish(self) -> None:
+        """The body ended (a multipart body's parts were each checked as they ended)."""
+
+
+class _TextParts(_FormBody):
     """Follows a multipart body chunk by chunk; raises a 422 at the first text part (a part without a
     filename, as the framework tells them) whose bytes do not decode in the form's charset."""
 
@@ -82,22 +101,11 @@ class _TextParts:
             "on_part_data": self._part_data,
             "on_part_end": self._part_end,
         }
-        self._parser: MultipartParser | None = MultipartParser(options[b"boundary"], callbacks)
+        self._parser = MultipartParser(options[b"boundary"], callbacks)
         self._header: tuple[bytes, bytes] = (b"", b"")
         self._disposition = b""
         self._field = ""
         self._decoder: codecs.IncrementalDecoder | None = None  # None: a file part, not checked
-
-    def write(self, chunk: bytes) -> None:
-        if self._parser is None or not chunk:
-            return
-        try:
-            self._parser.write(chunk)
-        except FormParserError:
-            self._parser = None  # malformed: the framework's parser refuses it (400)
-
-    def finish(self) -> None:
-        """The body ended: every part was checked as it ended."""
 
     def _part_begin(self) -> None:
         self._header, self._disposition, self._decoder = (b"", b""), b"", None
@@ -141,7 +149,7 @@ class _TextParts:
         return f"{self._field} is not {self.declared} text (the form's charset{known}): send it as UTF-8"
 
 
-class _UrlencodedFields:
+class _UrlencodedFields(_FormBody):
     """Follows a url-encoded body chunk by chunk; raises a 422 at the first field whose name or value,
     percent-decoded, is not UTF-8, or holds a raw byte outside ASCII (which the framework reads as
     latin-1; a browser percent-encodes every such byte). The body is capped before it gets here
@@ -154,17 +162,9 @@ class _UrlencodedFields:
             "on_field_data": self._field_data,
             "on_field_end": self._field_end,
         }
-        self._parser: QuerystringParser | None = QuerystringParser(callbacks)
+        self._parser = QuerystringParser(callbacks)
         self._name = bytearray()
         self._value = bytearray()
-
-    def write(self, chunk: bytes) -> None:
-        if self._parser is None or not chunk:
-            return
-        try:
-            self._parser.write(chunk)
-        except FormParserError:
-            self._parser = None  # malformed: the framework's parser refuses it
 
     def finish(self) -> None:
         if self._parser is not None:
