@@ -368,7 +368,7 @@ not parse (`cpu: soon`, `memory: 20GB`) or holds as another value (skuforge.quan
 is held to its limit, as the API server holds it at install (helm install said OK, and the Deployment
 made no pod): cpu's, memory's and any other native resource's at most its limit (compared as values:
 1Gi over 1G, 1000m equal to 1), a hugepages-* request equal to a limit it needs (never overcommitted),
-an extended resource counted and its request equal to its limit (skuforge.extendedLimit); the GPUs
+huge pages whole pages, beside cpu or memory (skuforge.checkHugePages), an extended resource counted and its request equal to its limit (skuforge.extendedLimit); the GPUs
 are skuforge.gpuLimit's. `keys`: the values' key of each; `own`, for a stage, its own resources
 (stages.<name>.resources): a quantity it does not set is named as stageDefaults'. (dict "value"
 .Values.console.resources "keys" (dict "resources" "console.resources" "requests"
@@ -402,6 +402,7 @@ are skuforge.gpuLimit's. `keys`: the values' key of each; `own`, for a stage, it
 {{- end -}}
 {{- end -}}
 {{- end -}}
+{{- include "skuforge.checkHugePages" (dict "given" $given "size" $size) -}}
 {{- range $name, $request := $given.requests -}}
 {{- $limit := get $given.limits $name -}}
 {{- if hasPrefix "hugepages-" $name -}}
@@ -427,6 +428,50 @@ are skuforge.gpuLimit's. `keys`: the values' key of each; `own`, for a stage, it
 {{- end -}}
 {{- end -}}
 {{- end -}}
+{{/* A pod's huge pages, held to what the API server holds at install (ValidateResourceRequirements): each
+hugepages-<size> request or limit a whole number of pages of a size that is a whole number of bytes
+(its value in bytes, rounded up as resource.Quantity.Value rounds, a multiple of the page's: 3Mi of 2Mi
+pages rendered, and the API server refused the pod), and beside a cpu or memory request or limit
+("HugePages require cpu or memory"). `given`: skuforge.checkResources' checked quantities, by part and
+name; `size`: skuforge.texts' size kind. */}}
+{{- define "skuforge.checkHugePages" -}}
+{{- $huge := "" -}}
+{{- /* The limit first: given alone, the request follows it. */ -}}
+{{- range $part := list "limits" "requests" -}}
+{{- range $name, $quantity := index $.given $part -}}
+{{- if hasPrefix "hugepages-" $name -}}
+{{- $huge = $huge | default $quantity -}}
+{{- $page := trimPrefix "hugepages-" $name -}}
+{{- $pageNanos := "0" -}}
+{{- if and (regexMatch $.size.pattern $page) (regexMatch "[0-9]" $page) -}}
+{{- $pageNanos = include "skuforge.quantityNanos" (dict "key" $quantity.key "text" $page) -}}
+{{- end -}}
+{{- if not (and (gt (len $pageNanos) 9) (hasSuffix "000000000" $pageNanos)) -}}
+{{- fail (printf "%s=%s names no page size (%s): the API server refuses a hugepages-<size> whose size is not a positive whole number of bytes (hugepages-2Mi, hugepages-1Gi), at install; name the nodes' page size" $quantity.key $quantity.text $page) -}}
+{{- end -}}
+{{- $pageBytes := atoi (trimSuffix "000000000" $pageNanos) -}}
+{{- $bytes := 0 -}}
+{{- if gt (len $quantity.nanos) 9 -}}
+{{- $whole := substr 0 (int (sub (len $quantity.nanos) 9)) $quantity.nanos -}}
+{{- $bytes = add (atoi $whole) (ternary 0 1 (hasSuffix "000000000" $quantity.nanos)) -}}
+{{- else if ne $quantity.nanos "0" -}}
+{{- $bytes = 1 -}}
+{{- end -}}
+{{- if ne (mod $bytes $pageBytes) 0 -}}
+{{- fail (printf "%s=%s is no whole number of %s pages (%d bytes, where a page is %d): the API server refuses it at install; give a multiple of %s (e.g. %d pages: %s)" $quantity.key $quantity.text $page $bytes $pageBytes $page (add (div $bytes $pageBytes) 1) (toString (mul (add (div $bytes $pageBytes) 1) $pageBytes))) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- if $huge -}}
+{{- $native := list -}}
+{{- range $part := list "requests" "limits" }}{{ $native = concat $native (pick (index $.given $part) "cpu" "memory" | keys) }}{{ end -}}
+{{- if not $native -}}
+{{- fail (printf "%s=%s asks for huge pages with no cpu or memory, in the container's requests or limits: the API server refuses such a container at install (HugePages require cpu or memory); give a memory limit or a cpu or memory request beside it" $huge.key $huge.text) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
 {{/* A quantity's value as the API server keeps it, in nano units (1n; a value between two is rounded up,
 as resource.ParseQuantity rounds), as decimal digits: exact, where float64 made 9007199254740993 and
 ...992 one value, and int64 held no 1Gi in nano units. So 1Gi, 1073741824 and 1.073741824G compare
