@@ -48,7 +48,8 @@ class MetricDoc:
     services: str
 
 
-def _families(registry: CollectorRegistry) -> Iterator[tuple[str, str, tuple[str, ...], str]]:
+def registry_metrics(registry: CollectorRegistry) -> Iterator[tuple[str, str, tuple[str, ...], str]]:
+    """Each metric family ``registry`` exposes: its name as /metrics shows it, type, labels and help."""
     collectors = list(dict.fromkeys(registry._collector_to_names))  # no public listing of collectors
     for collector in collectors:
         if isinstance(collector, MetricWrapperBase):
@@ -57,7 +58,11 @@ def _families(registry: CollectorRegistry) -> Iterator[tuple[str, str, tuple[str
             yield name, kind, tuple(collector._labelnames), collector._documentation
         else:
             for family in collector.collect():
-                labels = tuple(dict.fromkeys(key for sample in family.samples for key in sample.labels))
+                # The labels the family declares (CounterMetricFamily(labels=...)), then any its samples
+                # add: a labelled family with no sample yet (an empty table) was documented with none.
+                declared = tuple(getattr(family, "_labelnames", ()))
+                sampled = (key for sample in family.samples for key in sample.labels)
+                labels = tuple(dict.fromkeys([*declared, *sampled]))
                 # A counter family is named without its _total, as the Counter wrappers above.
                 name = family.name + ("_total" if family.type == "counter" else "")
                 yield name, family.type, labels, family.documentation
@@ -110,7 +115,7 @@ def catalogue() -> list[MetricDoc]:
     docs: list[MetricDoc] = []
     with service_registries() as registries:
         for services, registry in registries.items():
-            for name, kind, labels, text in _families(registry):
+            for name, kind, labels, text in registry_metrics(registry):
                 docs.append(MetricDoc(name, kind, labels, text, services))
     for name, (kind, text) in TRITON_METRICS.items():
         labels = ("model", "version", *TRITON_EXTRA_LABELS.get(name, ()))
