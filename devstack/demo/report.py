@@ -7,6 +7,7 @@ Pictures are written beside the page (``demo-out/images/``) so the report opens 
 
 from __future__ import annotations
 
+import hashlib
 import html
 import io
 import math
@@ -102,6 +103,15 @@ class ItemView:
     iou: float
     reasons: list[str] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        # The gate's events hold an IoU from 0 to 1 (schemas/events.py); anything else is a caller's
+        # bug, refused here naming the item, where a NaN stopped the histogram naming none.
+        if not 0.0 <= self.iou <= 1.0:
+            raise ValueError(
+                f"{self.item_id}'s IoU {self.iou!r} is no number from 0 to 1: give the gate's IoU "
+                "(gate.accepted, correction.pending hold one)"
+            )
+
 
 @dataclass
 class SkuView:
@@ -151,6 +161,13 @@ class StageView:
     def per_minute(self) -> float | None:
         """Items per minute over the stage's span."""
         return self.items / self.span_s * 60 if self.span_s else None
+
+
+def picture_stem(sku_id: str) -> str:
+    """The start of the names of a SKU's pictures under ``images/``: the sku_id and a short hash of it,
+    so SKUs whose ids differ only in case ("Milk", "milk") get files of their own on a case-insensitive
+    file system (macOS, Windows), where they shared one and both sections showed the last written."""
+    return f"{sku_id}-{hashlib.sha256(sku_id.encode()).hexdigest()[:8]}"
 
 
 def outline(mask: np.ndarray, width_px: int = 3) -> np.ndarray:
@@ -367,9 +384,9 @@ def write_report(
         "generator kept the product)</p>"
     )
     for sku in skus:
-        slug = sku.sku_id
+        slug = picture_stem(sku.sku_id)
         body.append(
-            f'<section id="{esc(slug)}"><h2>{esc(slug)}: {esc(sku.name)} '
+            f'<section id="{esc(sku.sku_id)}"><h2>{esc(sku.sku_id)}: {esc(sku.name)} '
             f"<small>({esc(sku.category)})</small></h2>"
         )
         if note := sku.in_store_note:
