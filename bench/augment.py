@@ -140,10 +140,16 @@ def references(data: Grocery, k: int, seed: int) -> dict[str, list[Path]]:
 
 
 def scene_photos(data: Grocery, per_class: int, seed: int, used: set[Path]) -> dict[str, list[Path]]:
-    """Per class: ``per_class`` train photos (not SKU references) to serve as scenes for other classes."""
+    """Per class: ``per_class`` train photos (not SKU references) to serve as scenes for other classes.
+    ``ValueError`` names a class with fewer left: it got fewer scenes, and the results said per_class."""
     out = {}
     for item in data.classes:
         train = [path for path in data.splits["train"][item.name] if path not in used]
+        if len(train) < per_class:
+            raise ValueError(
+                f"{item.name} has {len(train)} train photos left after the SKUs' references, fewer than "
+                f"{per_class} scenes; give --scenes-per-class up to {len(train)}"
+            )
         order = np.random.default_rng([seed, 1_000 + item.class_id]).permutation(len(train))
         out[item.name] = [train[i] for i in order[:per_class]]
     return out
@@ -773,6 +779,13 @@ def heldout_halves(heldout: list[Photo], seed: int) -> dict[str, list[Photo]]:
     }
 
 
+def classes_not_scored(classes: list[str], heldout: list[Photo]) -> list[str]:
+    """The classes trained on with no photo among ``heldout``: a class of one held-out photo has it in
+    half "a" only, and a split may hold none of a class. Its per-SKU figures are of no photo."""
+    scored = {photo.sku_id for photo in heldout}
+    return [name for name in classes if name not in scored]
+
+
 def heldout_fingerprint(heldout: list[Photo], root: Path) -> str:
     """The whole held-out set (both halves): each photo's class, path in the dataset and content hash.
     Two runs with the same fingerprint and seed split it into the same halves."""
@@ -959,7 +972,10 @@ def _bench(argv: list[str] | None) -> int:
     )
     parser.add_argument("--variants-per-sku", type=positive_int, default=12)
     parser.add_argument(
-        "--scenes-per-class", type=positive_int, default=4, help="train photos per class as scenes"
+        "--scenes-per-class",
+        type=positive_int,
+        default=4,
+        help="train photos per class as scenes (refused above what a class has left after its references)",
     )
     parser.add_argument(
         "--photo-share", type=SHARE, default=1.0, help="share of variants on scene photos (0 to 1)"
@@ -1156,7 +1172,10 @@ def _bench(argv: list[str] | None) -> int:
             )
     all_refs = {k: references(data, k, args.seed) for k in ks}
     used = {path for refs in all_refs.values() for paths in refs.values() for path in paths}
-    scenes = scene_photos(data, args.scenes_per_class, args.seed, used)
+    try:
+        scenes = scene_photos(data, args.scenes_per_class, args.seed, used)
+    except ValueError as exc:
+        parser.error(f"--scenes-per-class {args.scenes_per_class}: {exc}")
     heldout = [file_photo(name, "real", path) for name in classes for path in data.splits[args.split][name]]
     if args.split == "val" and args.with_spare_train:
         # Val has 296 photos (about +-3 points of noise); the train photos no SKU and no scene uses are
@@ -1172,6 +1191,13 @@ def _bench(argv: list[str] | None) -> int:
     whole_set_photos = len(heldout)
     if args.heldout_half is not None:
         heldout = heldout_halves(heldout, args.seed)[args.heldout_half]
+    if not_scored := classes_not_scored(classes, heldout):
+        where = "the split" if args.heldout_half is None else f"held-out half {args.heldout_half}"
+        print(
+            f"note: {len(not_scored)} class(es) have no photo in {where}, so they are trained on but not "
+            f"scored: {', '.join(not_scored)}",
+            file=sys.stderr,
+        )
     left_out: dict[int, dict[str, float]] = {}
     if choice is not None:
         if problem := choice_problem(choice, args, whole_set):
@@ -1319,7 +1345,10 @@ def _bench(argv: list[str] | None) -> int:
         # --reuse-stack scores again what the last stack run stored: wall_s is then this scoring's only.
         "reused_stack": bool(args.mode == "stack" and args.reuse_stack),
         "n_test": len(heldout),
-        "n_classes": len(classes),
+        # The classes scored, as n_test counts the photos scored; the classifier chooses among every
+        # class, those with no held-out photo here (per-SKU figures of no photo) included.
+        "n_classes": len(classes) - len(not_scored),
+        "classes_not_scored": not_scored,
         "variants_per_sku": args.variants_per_sku,
         "backbone": backbone.backbone_id,
         "classifier": describe_classifier(config.__dict__),

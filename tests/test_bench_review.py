@@ -125,11 +125,12 @@ def _options(workdir: Path, **overrides: Any) -> argparse.Namespace:
 
 
 def _stored_stack_options(work: Path, *, series: str) -> dict[str, Any]:
-    """The generation options a stored stack run of k = 0 records (the bench's defaults, ``series``)."""
+    """The generation options a stored stack run of k = 0 on ``_grocery`` records (the bench's defaults,
+    but one scene per class: _grocery's class has one train photo; ``series``)."""
     options = _options(
         work,
         variants_per_sku=12,
-        scenes_per_class=4,
+        scenes_per_class=1,
         pile_share=0.0,
         size=384,
         series=series,
@@ -424,7 +425,16 @@ def test_a_scene_letterboxed_from_a_test_photo_is_refused_before_the_run(
         raise AssertionError("the run started")
 
     monkeypatch.setattr(augment, "open_backbone", started)
-    argv = ["--dataset", str(dataset), "--k", "0", "--workdir", str(tmp_path / "work")]
+    argv = [
+        "--dataset",
+        str(dataset),
+        "--k",
+        "0",
+        "--scenes-per-class",
+        "1",
+        "--workdir",
+        str(tmp_path / "work"),
+    ]
     with pytest.raises(LeakageError, match=r"padded\.jpg looks like a copy of held-out"):
         augment.main([*argv, "--out", str(tmp_path / "o.json")])
     # Another photo, letterboxed the same way, is a scene like any other: the run goes on.
@@ -535,7 +545,8 @@ def test_reuse_stack_refuses_another_dataset_than_the_stored_runs(
         raise AssertionError("the run started")
 
     monkeypatch.setattr(augment, "open_backbone", started)
-    argv = ["--k", "0", "--workdir", str(work), "--reuse-stack", "--out", str(tmp_path / "o.json")]
+    argv = ["--k", "0", "--scenes-per-class", "1", "--workdir", str(work), "--reuse-stack"]
+    argv += ["--out", str(tmp_path / "o.json")]
     # No stack run recorded there yet: a clear refusal, not a FileNotFoundError.
     with pytest.raises(SystemExit, match="no stack run"):
         augment.main(["--dataset", str(first), *argv])
@@ -551,7 +562,7 @@ def test_reuse_stack_refuses_another_dataset_than_the_stored_runs(
     # The run's record names the photos it was given: those of the first dataset only are scored.
     data = augment.read_grocery(first)
     references = {name: set(paths) for name, paths in augment.references(data, 0, 0).items()}
-    scenes = augment.scene_photos(data, 4, 0, set().union(*references.values()))
+    scenes = augment.scene_photos(data, 1, 0, set().union(*references.values()))
     run = {
         "images_per_min": 90.0,
         "options": options,
@@ -593,7 +604,7 @@ def test_reuse_stack_refuses_a_dataset_whose_classes_csv_gives_other_series_tags
 
     monkeypatch.setattr(augment, "open_backbone", started)
     argv = ["--dataset", str(dataset), "--series", "coarse", "--k", "0", "--workdir", str(work)]
-    argv += ["--reuse-stack", "--out", str(tmp_path / "o.json")]
+    argv += ["--scenes-per-class", "1", "--reuse-stack", "--out", str(tmp_path / "o.json")]
     # The dataset a stack run of these options records (run_stack writes args.dataset_identity).
     refuse = augment.refuse_another_stack_run
     recorded: dict[str, Any] = {}
@@ -782,7 +793,8 @@ def test_a_fresh_stack_run_in_a_used_workdir_leaves_its_scene_library_as_it_was(
         raise AssertionError("the run started")
 
     monkeypatch.setattr(augment, "open_backbone", started)
-    argv = ["--dataset", str(dataset), "--k", "0", "--workdir", str(work), "--out", str(tmp_path / "o.json")]
+    argv = ["--dataset", str(dataset), "--k", "0", "--scenes-per-class", "1", "--workdir", str(work)]
+    argv += ["--out", str(tmp_path / "o.json")]
     with pytest.raises(SystemExit, match="holds an earlier stack run"):
         augment.main(argv)
     assert [path.name for path in (work / "scenes").rglob("*.jpg")] == ["stored.jpg"]

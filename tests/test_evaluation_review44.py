@@ -146,7 +146,16 @@ def test_the_bench_names_held_out_photos_it_cannot_compare_by_perceptual_hash(
         raise _RunStarted
 
     monkeypatch.setattr(augment, "open_backbone", started)
-    argv = ["--dataset", str(dataset), "--k", "0", "--workdir", str(tmp_path / "work")]
+    argv = [
+        "--dataset",
+        str(dataset),
+        "--k",
+        "0",
+        "--scenes-per-class",
+        "1",
+        "--workdir",
+        str(tmp_path / "work"),
+    ]
     with pytest.raises(_RunStarted):
         augment.main([*argv, "--out", str(tmp_path / "o.json")])
     err = capsys.readouterr().err
