@@ -29,6 +29,7 @@ import json
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 
+from shared.errors import ObjectMissing
 from shared.trainstore.manifest import ManifestRow, ManifestStore
 
 __all__ = ["REASON", "Withdrawals", "photo_of", "withdrawable", "withdrawn_row", "withdrawn_rows"]
@@ -67,11 +68,11 @@ class Withdrawals:
 
     def _recorded_time(self, key: str) -> str:
         """The ``withdrawn_at`` of the record at ``key``; "" when there is none (or none readable)."""
-        if not self.manifests.store.exists(key):
-            return ""
+        # Read once, its absence an answer: asked first whether it existed, a record an ingest deleted
+        # in between (a reinstatement) made the read raise ObjectMissing, and the withdrawal failed.
         try:
             record = json.loads(self.manifests.store.get_bytes(key))
-        except (ValueError, UnicodeDecodeError):
+        except (ObjectMissing, ValueError, UnicodeDecodeError):
             return ""
         if isinstance(record, dict) and isinstance(record.get("withdrawn_at"), str):
             return str(record["withdrawn_at"])
