@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from datetime import UTC, datetime
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, WithJsonSchema
 
 SKU_ID_MAX_LEN = 64
 # Far above what a store writes (a file store's root as long as a Linux path, 4,096 bytes, and a key at
@@ -62,15 +63,36 @@ Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 # Unicode's control characters (category Cc): C0 (NUL, tab, newline, ESC...), DEL and C1. One
 # character class that Python, ECMA-262 and RE2 read alike, for the committed JSON Schemas.
 _CONTROL_CHARACTERS = r"\x00-\x1f\x7f-\x9f"
+# The bidirectional embeddings and overrides (U+202A-U+202E) and isolates (U+2066-U+2069): in a product
+# name on the console's pages they reorder the text after them, so it reads as something else (Trojan
+# Source, CVE-2021-42574). The characters themselves, not escapes: RE2 reads no "\u" (the committed
+# schemas carry them as JSON's "\u202a"). The marks (U+200E, U+200F) and the zero-width characters are
+# text: ZWJ and ZWNJ (U+200D, U+200C) join emoji and shape Indic scripts; ZWSP breaks Thai and Khmer words.
+_BIDI_CONTROLS = "\u202a-\u202e\u2066-\u2069"
+_REFUSED_CHARACTERS = _CONTROL_CHARACTERS + _BIDI_CONTROLS
+_PLAIN = f"[^{_REFUSED_CHARACTERS}]"
 _CONTROL_CHARACTER = re.compile(f"[{_CONTROL_CHARACTERS}]")
+BIDI_CONTROL = re.compile(f"[{_BIDI_CONTROLS}]")
+# What shows nothing and is not refused: what str.isspace() takes that is no control character (the
+# spaces of category Zs, the line and paragraph separators) and the format characters (Cf) of the BMP,
+# as the characters themselves. Not those beyond it: ECMA-262 without its "u" flag reads one as two
+# UTF-16 halves, and a class holding those refused every character beyond the BMP sharing its first.
+_SPACES = "".join(
+    chr(code)
+    for code in range(0x10000)
+    if (chr(code).isspace() or unicodedata.category(chr(code)) == "Cf")
+    and not re.match(f"[{_REFUSED_CHARACTERS}]", chr(code))
+)
 
 
 def check_plain_text(value: str) -> str:
-    """Refuse text holding a control character; the character is named (``U+001B``), never echoed.
+    """Refuse text holding a control character or a bidirectional control; the character is named
+    (``U+001B``), never echoed.
 
     A retailer's text goes into captions, prompts, tags, log lines and the console's pages: a NUL, a
-    terminal escape or a newline there corrupts or forges them. A tab is refused too: it is no part
-    of a product's name, and a space says the same.
+    terminal escape or a newline there corrupts or forges them, and a bidirectional override makes it
+    read as other text. A tab is refused too: it is no part of a product's name, and a space says the
+    same.
     """
     found = _CONTROL_CHARACTER.search(value)
     if found:
@@ -78,14 +100,44 @@ def check_plain_text(value: str) -> str:
             f"contains a control character (U+{ord(found.group()):04X} at character {found.start() + 1}); "
             "write it without newlines, tabs or escape codes"
         )
+    found = BIDI_CONTROL.search(value)
+    if found:
+        raise ValueError(
+            f"contains a bidirectional control character (U+{ord(found.group()):04X} at character "
+            f"{found.start() + 1}), which reorders the text shown after it; write it without one"
+        )
     return value
 
 
-# Free text from outside (SkuMetadata's fields): any characters but control characters.
+def shows_nothing(text: str) -> bool:
+    """Whether ``text`` is only whitespace and invisible format characters (a zero-width space, a
+    byte-order mark, a word joiner: Unicode's Cf), as a spreadsheet's "empty" cell can be: str.strip
+    keeps those."""
+    return all(char.isspace() or unicodedata.category(char) == "Cf" for char in text)
+
+
+def check_not_blank(value: str, info: ValidationInfo) -> str:
+    """Refuse a name that shows nothing: it names no product, and captions and prompts were made of it."""
+    if value and shows_nothing(value):
+        raise ValueError(f"is only whitespace or invisible characters; give the product's {info.field_name}")
+    return value
+
+
+# Free text from outside (SkuMetadata's fields): any characters but control characters and the
+# bidirectional controls.
 PlainText = Annotated[
     str,
     AfterValidator(check_plain_text),
-    Field(json_schema_extra={"pattern": f"^[^{_CONTROL_CHARACTERS}]*$"}),
+    Field(json_schema_extra={"pattern": f"^{_PLAIN}*$"}),
+]
+# A name (a SKU's name and category): plain text with a character that shows (not only spaces and
+# invisible format characters).
+PlainName = Annotated[
+    str,
+    AfterValidator(check_plain_text),
+    AfterValidator(check_not_blank),
+    # What shows nothing, then one character that shows, then any: a linear match (no backtracking).
+    Field(json_schema_extra={"pattern": f"^[{_SPACES}]*[^{_REFUSED_CHARACTERS}{_SPACES}]{_PLAIN}*$"}),
 ]
 
 
@@ -138,8 +190,8 @@ class SkuMetadata(Contract):
     """What the retailer tells us about a product."""
 
     sku_id: SafeId
-    name: PlainText = Field(min_length=1, max_length=200)
-    category: PlainText = Field(
+    name: PlainName = Field(min_length=1, max_length=200)
+    category: PlainName = Field(
         min_length=1, max_length=100, description="class noun source, e.g. 'soda can'"
     )
     brand: PlainText = Field(default="", max_length=100)

@@ -38,9 +38,10 @@ SKU folder of the batch has too, the same picture or such a copy, and an animate
 multi-page TIFF, of which the first frame is ingested. Two SKU ids of a batch may not differ only in case
 (``ABC-1``, ``abc-1``): on a case-insensitive file system their store folders would be one. A name
 or category that is only whitespace or invisible characters (a zero-width space) is refused, and so
-is a control character (a tab, newline, NUL or terminal escape) in the name, category, brand or
-series. One in a photo's file name is not refused but written escaped (``\\n``, ``\\x1b``) in the
-event's ``original_filename``, which takes no control character either.
+is a control character (a tab, newline, NUL or terminal escape) or a bidirectional control (U+202E...)
+in the name, category, brand or series: the contract's rules (``schemas/common.py``). One in a
+photo's file name is not refused but written escaped (``\\n``, ``\\x1b``, ``\\u202e``) in the event's
+``original_filename``, which takes neither either.
 
 A photo file with transparency (a cut-out on a transparent background) is stored over white, as
 every photo, and its transparency beside it as a mask (``ReferencePhoto.mask``, at
@@ -82,7 +83,6 @@ import os
 import re
 import sys
 import tempfile
-import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,7 +91,7 @@ from typing import TypeVar
 import numpy as np
 from pydantic import ValidationError
 
-from schemas.common import ImageRef, SkuMetadata, check_safe_id
+from schemas.common import BIDI_CONTROL, ImageRef, SkuMetadata, check_safe_id
 from schemas.envelope import derive_id
 from schemas.events import MAX_FILENAME_CHARS, ReferencePhoto, SkuIngested
 from schemas.topics import SKU_INGESTED
@@ -427,12 +427,16 @@ def _fields_given_twice(text: bytes) -> list[str]:
 
 
 def _escaped_within(name: str, limit: int) -> str:
-    """``name`` with its control characters escaped, cut to at most ``limit`` characters between two
-    characters: cut after the escaping, a name ended in half an escape (``\\x1`` of ``\\x1b``)."""
+    """``name`` with its control characters and bidirectional controls escaped (``\\u202e``: the contract
+    refuses them), cut to at most ``limit`` characters between two characters: cut after the escaping, a
+    name ended in half an escape (``\\x1`` of ``\\x1b``)."""
     kept: list[str] = []
     length = 0
     for char in name:
-        escaped = escape_control_characters(char)
+        if BIDI_CONTROL.fullmatch(char):
+            escaped = char.encode("unicode_escape").decode("ascii")
+        else:
+            escaped = escape_control_characters(char)
         length += len(escaped)
         if length > limit:
             break
@@ -504,17 +508,10 @@ def prepare_sku(folder: Path, settings: Settings) -> tuple[PreparedSku | None, l
                 )
                 problems.append(f"{metadata_path}: {field}: null; {fix}")
             else:
-                problems.append(f"{metadata_path}: {field}: {error['msg']}")
+                # The contract's own reason, without pydantic's "Value error, " before it.
+                problems.append(f"{metadata_path}: {field}: {error['msg'].removeprefix('Value error, ')}")
     if text is not None:
         problems.extend(f"{metadata_path}: {problem}" for problem in _fields_given_twice(text))
-    if metadata is not None:
-        # min_length lets "  " through; a blank name or category is no product to caption or prompt.
-        problems.extend(
-            f"{metadata_path}: {field}: is only whitespace or invisible characters; give the "
-            f"product's {field}"
-            for field in ("name", "category")
-            if _shows_nothing(getattr(metadata, field))
-        )
 
     files, folder_problems = photo_files(folder)
     problems.extend(folder_problems)
@@ -634,13 +631,6 @@ def _looked_like(
         if apart[nearest] <= NEAR_DUPLICATE_MAX_BITS:
             return file, nearest
     return None
-
-
-def _shows_nothing(text: str) -> bool:
-    """Whether ``text`` is only whitespace and invisible format characters (a zero-width space, a
-    byte-order mark, a word joiner: Unicode's Cf), as a spreadsheet's "empty" cell can be: str.strip
-    keeps those, and such a name was ingested as the product's."""
-    return all(char.isspace() or unicodedata.category(char) == "Cf" for char in text)
 
 
 def _outline_of_a_copy(photo_id: str, has_outline: bool, photos: list[PreparedPhoto]) -> bool:

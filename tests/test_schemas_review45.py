@@ -1,0 +1,116 @@
+"""A SKU's text takes no bidirectional control, and its name and category are not only spaces.
+
+Before, ``PlainText`` refused control characters only: a name holding U+202E (RIGHT-TO-LEFT OVERRIDE)
+was shown on the console's pages reordered, reading as another product (Trojan Source), and a name of
+spaces or invisible characters only was taken from any producer but ``skuforge ingest``, naming
+nothing in captions, prompts and the console. The joiners (ZWJ in emoji, ZWNJ in Indic scripts) and
+the zero-width space (Thai word breaks) stay text within a name.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+from pydantic import ValidationError
+
+from schemas.common import ImageRef, SkuMetadata
+from schemas.events import SkuIngested
+from schemas.jsonschema import JSON_DIR
+from schemas.topics import SKU_INGESTED
+from shared.bus import make_envelope
+from tests.support.runtime import dead_letter_for
+
+BIDI_CONTROLS = [0x202A, 0x202B, 0x202C, 0x202D, 0x202E, 0x2066, 0x2067, 0x2068, 0x2069]
+
+
+def _committed() -> dict[str, Any]:
+    schema: dict[str, Any] = json.loads((JSON_DIR / f"{SKU_INGESTED.name}.json").read_text())
+    return schema
+
+
+def _ingested_envelope() -> dict[str, Any]:
+    image = ImageRef(uri="file:///store/p.png", sha256="0" * 64, bytes=10, width=8, height=8)
+    payload = SkuIngested(
+        sku=SkuMetadata(sku_id="SKU-1", name="Cola", category="soda can"),
+        photos=[{"photo_id": "p", "image": image, "original_filename": "p.png"}],
+    )
+    envelope = make_envelope(
+        SKU_INGESTED, payload, event_id="c" * 32, sku_id="SKU-1", trace_id="t", producer="test"
+    )
+    return envelope.model_dump(mode="json")
+
+
+@pytest.mark.parametrize("code_point", BIDI_CONTROLS, ids=[f"U+{c:04X}" for c in BIDI_CONTROLS])
+def test_a_bidirectional_control_is_refused_naming_its_code_point(code_point: int) -> None:
+    with pytest.raises(ValidationError) as refused:
+        SkuMetadata(sku_id="SKU-1", name=f"Cola{chr(code_point)}oreZ", category="soda can")
+    message = str(refused.value)
+    assert f"bidirectional control character (U+{code_point:04X} at character 5)" in message
+
+
+@pytest.mark.parametrize("field", ["name", "category", "brand", "series"])
+def test_a_bidirectional_override_in_sku_metadata_is_dead_lettered_naming_the_field(
+    tmp_path: Path, field: str
+) -> None:
+    written = _ingested_envelope()
+    written["payload"]["sku"][field] = "Cola \u202eoreZ\u202c"
+
+    letter = dead_letter_for(tmp_path, written)
+    assert letter.reason == "schema_invalid" and letter.detail.startswith(f"payload.sku.{field}: ")
+    assert "U+202E" in letter.detail and "\u202e" not in letter.detail
+
+    with pytest.raises(jsonschema.ValidationError) as refused:
+        jsonschema.Draft202012Validator(_committed()).validate(written)
+    assert list(refused.value.absolute_path) == ["payload", "sku", field]
+
+
+def test_a_bidirectional_isolate_in_a_photos_file_name_is_dead_lettered(tmp_path: Path) -> None:
+    written = _ingested_envelope()
+    written["payload"]["photos"][0]["original_filename"] = "p\u2067gnp.exe\u2069.png"
+
+    letter = dead_letter_for(tmp_path, written)
+    assert letter.reason == "schema_invalid"
+    assert letter.detail.startswith("payload.photos.0.original_filename: ") and "U+2067" in letter.detail
+
+
+@pytest.mark.parametrize("field", ["name", "category"])
+@pytest.mark.parametrize(
+    "value",
+    [" ", "   ", "\u00a0", "\u3000 ", "\u200b", "\ufeff", " \u2060\u200d "],
+    ids=["space", "spaces", "nbsp", "ideographic", "zwsp", "bom", "joiners"],
+)
+def test_a_name_that_shows_nothing_is_dead_lettered(tmp_path: Path, field: str, value: str) -> None:
+    """``skuforge ingest`` refused such a name or category itself; any other producer's was taken."""
+    written = _ingested_envelope()
+    written["payload"]["sku"][field] = value
+
+    letter = dead_letter_for(tmp_path, written)
+    assert letter.reason == "schema_invalid" and letter.detail.startswith(f"payload.sku.{field}: ")
+    assert f"is only whitespace or invisible characters; give the product's {field}" in letter.detail
+
+    with pytest.raises(jsonschema.ValidationError) as refused:
+        jsonschema.Draft202012Validator(_committed()).validate(written)
+    assert list(refused.value.absolute_path) == ["payload", "sku", field]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "Family \U0001f468\u200d\U0001f469\u200d\U0001f467 pack",  # ZWJ joins the emoji
+        "\u0915\u094d\u200c\u0937",  # ZWNJ keeps a Devanagari conjunct apart
+        "\u0e19\u0e21\u200b\u0e2a\u0e14",  # ZWSP: a Thai word break
+        "\u05d7\u05dc\u05d1 \u200fMilk",  # RLM: a mark, not an override
+        " Cola ",
+    ],
+    ids=["zwj", "zwnj", "zwsp", "rlm", "spaces_around"],
+)
+def test_joiners_marks_and_spaces_around_a_name_are_text(name: str) -> None:
+    sku = SkuMetadata(sku_id="SKU-1", name=name, category=name, brand=" ", series="")
+    assert sku.name == name
+    written = _ingested_envelope()
+    written["payload"]["sku"] = sku.model_dump(mode="json")
+    jsonschema.Draft202012Validator(_committed()).validate(written)
