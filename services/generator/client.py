@@ -501,13 +501,38 @@ class TritonGenerator:
             raise GeneratorFailed(f"{model_name(backend)} failed on variant seed {variant.seed}: {error}")
         if error:
             return refusal(error, f"{model_name(backend)} refused variant seed {variant.seed}")
-        return VariantResult(
-            image=response.as_numpy("image")[0],
-            expected_mask=response.as_numpy("expected_mask")[0],
-            parameters_json=_text(response.as_numpy("parameters_used")) or "{}",
-            adapter_id=_text(response.as_numpy("adapter_used")) or None,
-            model_id=_text(response.as_numpy("model_id")),
+        return variant_result(response, variant, model_name(backend))
+
+
+def variant_result(response: Any, variant: VariantRequest, model: str) -> VariantResult:
+    """The answer to ``variant`` in a Triton response (``as_numpy`` by output name) that holds no error;
+    ``GeneratorFailed`` unless it holds one image of ``variant.size`` px square, RGB, and its mask of
+    that size. skuforge's server checks its backend's answer so; another server may not, and its
+    image of another size was stored and announced as the variant drawn."""
+    image, mask = response.as_numpy("image"), response.as_numpy("expected_mask")
+    size = variant.size
+    shapes = ["none" if array is None else "x".join(map(str, array.shape)) for array in (image, mask)]
+    if (
+        image is None
+        or mask is None
+        or image.shape != (1, size, size, 3)
+        or mask.shape != (1, size, size)
+        or image.dtype != np.uint8
+        or mask.dtype != np.uint8
+    ):
+        dtypes = ["none" if array is None else str(array.dtype) for array in (image, mask)]
+        raise GeneratorFailed(
+            f"{model} answered variant seed {variant.seed} with an image of {shapes[0]} ({dtypes[0]}) and "
+            f"a mask of {shapes[1]} ({dtypes[1]}); asked for size {size}, it must answer 1x{size}x{size}x3 "
+            f"and 1x{size}x{size} uint8"
         )
+    return VariantResult(
+        image=image[0],
+        expected_mask=mask[0],
+        parameters_json=_text(response.as_numpy("parameters_used")) or "{}",
+        adapter_id=_text(response.as_numpy("adapter_used")) or None,
+        model_id=_text(response.as_numpy("model_id")),
+    )
 
 
 def _built_whole(client_class: Any, url: str, **kwargs: Any) -> Any:

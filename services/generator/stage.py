@@ -146,7 +146,8 @@ class GeneratorMetrics:
             "loading or that failed to load; retried), "
             "malformed (our request), "
             "refused (the model refused the variant; counted once per input committed), backend_error (the "
-            "model raised on the variant even when served alone: retried as a handler error, then "
+            "model raised on the variant even when served alone, or a server answered an image or mask of "
+            "another size than asked: retried as a handler error, then "
             "dead-lettered).",
             ["model", "kind"],
             registry=registry,
