@@ -1,4 +1,4 @@
-"""The Triton client checks the size of what a generation server answers.
+"""The Triton client checks the size of what a generation server answers, and its request digest.
 
 skuforge's server refuses its backend's image of another size than asked (``backend_error:``); another
 server may not, and the client stored and announced its answer as the variant drawn. The responses
@@ -76,3 +76,13 @@ def test_an_answer_of_another_size_than_asked_fails_naming_both_sizes(
     message = str(failed.value)
     assert "x".join(map(str, image_shape)) in message and "x".join(map(str, mask_shape)) in message
     assert f"size {SIZE}" in message and "seed 7" in message
+
+
+def test_requests_whose_texts_differ_only_in_where_a_nul_falls_have_different_digests() -> None:
+    """The digest joined the text fields with NUL: a prompt "a\\0b" with a negative prompt "c" read as
+    the prompt "a" with "b\\0c", so the client answered one variant with the image kept for the other.
+    The schemas refuse control characters in a SKU's text, but a prompt is built from more than that."""
+    one = _variant(prompt="a\0b", negative_prompt="c")
+    other = _variant(prompt="a", negative_prompt="b\0c")
+    assert one.digest != other.digest
+    assert one.digest == _variant(prompt="a\0b", negative_prompt="c").digest

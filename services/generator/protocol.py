@@ -104,7 +104,9 @@ class VariantRequest:
         """A digest of everything the request sends: equal for the same variant asked again. Taken once
         per request: the client keys the answers it keeps by it, and the stage hands them back by it."""
         digest = hashlib.sha256()
-        for text in (
+        # The texts as one JSON list: joined with NUL, "a\0b" then "c" read as "a" then "b\0c". Held in
+        # memory only (the answers a client keeps), so a new digest costs no stored data.
+        texts = [
             self.prompt,
             self.negative_prompt,
             str(self.seed),
@@ -112,9 +114,9 @@ class VariantRequest:
             self.adapter_id or "",
             self.series or "",
             str(self.size),
-            json.dumps(list(self.own_names)),
-        ):
-            digest.update(text.encode("utf-8") + b"\0")
+            *self.own_names,
+        ]
+        digest.update(json.dumps(texts).encode("utf-8"))
         for array in (self.reference, self.mask):
             digest.update(f"{array.shape}{array.dtype}".encode())
             digest.update(np.ascontiguousarray(array).tobytes())
