@@ -19,7 +19,7 @@ import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 # The most threads a command or a service setting may ask of ONNX Runtime or torch (the services' settings and
 # the commands' --threads): torch.set_num_threads(100000) ends in a segfault; ONNX Runtime took it as asked.
@@ -192,14 +192,34 @@ def folder_problem(path: Path, *, writable: bool = True) -> str | None:
     return _write_problem(path, existing)
 
 
+class _NotJsonNumber(ValueError):
+    """A number JSON has not (NaN, Infinity), or one no float holds (1e400); its text is the message."""
+
+
+def _no_json_number(constant: str) -> NoReturn:
+    # Python's json reads NaN and Infinity, which JSON has not: a figure that is NaN compares as no
+    # number does (neither above nor below a threshold), and was taken.
+    raise _NotJsonNumber(constant)
+
+
+def _finite_number(number: str) -> float:
+    # 1e400 is JSON, but no float holds it: Python reads it as infinity.
+    value = float(number)
+    if not math.isfinite(value):
+        raise _NotJsonNumber(number)
+    return value
+
+
 def read_json_object(path: Path, *, label: str, missing: str, kind: str = "a JSON object") -> dict[str, Any]:
     """The JSON object in the file an argument names; ``ValueError`` says why it cannot be read, each
     message starting ``label`` (the argument as the user gave it) and a missing file's ending ``missing``
-    (what makes the file)."""
+    (what makes the file). Read by JSON's rules: NaN, Infinity and a number no float holds are refused."""
     try:
-        document = json.loads(path.read_text())
+        document = json.loads(path.read_text(), parse_constant=_no_json_number, parse_float=_finite_number)
     except FileNotFoundError:
         raise ValueError(f"{label}: no such file ({missing})") from None
+    except _NotJsonNumber as exc:
+        raise ValueError(f"{label}: not a readable JSON file ({exc} is no JSON number)") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{label}: not a readable JSON file ({exc})") from None
     except RecursionError:  # json.loads' own refusal of nesting deeper than Python's stack: a traceback
