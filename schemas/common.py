@@ -74,14 +74,13 @@ _PLAIN = f"[^{_REFUSED_CHARACTERS}]"
 _CONTROL_CHARACTER = re.compile(f"[{_CONTROL_CHARACTERS}]")
 BIDI_CONTROL = re.compile(f"[{_BIDI_CONTROLS}]")
 # What shows nothing and is not refused: what str.isspace() takes that is no control character (the
-# spaces of category Zs, the line and paragraph separators) and the format characters (Cf) of the BMP,
-# as the characters themselves. Not those beyond it: ECMA-262 without its "u" flag reads one as two
-# UTF-16 halves, and a class holding those refused every character beyond the BMP sharing its first.
-_SPACES = "".join(
-    chr(code)
-    for code in range(0x10000)
-    if (chr(code).isspace() or unicodedata.category(chr(code)) == "Cf")
-    and not re.match(f"[{_REFUSED_CHARACTERS}]", chr(code))
+# spaces of category Zs, the line and paragraph separators) and the format characters (Cf) of the BMP
+# (Unicode 14, Python 3.11's; a test holds it to the running Python's), as the characters themselves. Not
+# those beyond the BMP: ECMA-262 without its "u" flag reads one as two UTF-16 halves, and a class holding
+# those refused every character beyond the BMP that shares its first half.
+INVISIBLE_CHARACTERS = (
+    " \u00a0\u00ad\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2\u1680\u180e\u2000-\u200f"
+    "\u2028\u2029\u202f\u205f-\u2064\u206a-\u206f\u3000\ufeff\ufff9-\ufffb"
 )
 
 
@@ -137,7 +136,11 @@ PlainName = Annotated[
     AfterValidator(check_plain_text),
     AfterValidator(check_not_blank),
     # What shows nothing, then one character that shows, then any: a linear match (no backtracking).
-    Field(json_schema_extra={"pattern": f"^[{_SPACES}]*[^{_REFUSED_CHARACTERS}{_SPACES}]{_PLAIN}*$"}),
+    Field(
+        json_schema_extra={
+            "pattern": f"^[{INVISIBLE_CHARACTERS}]*[^{_REFUSED_CHARACTERS}{INVISIBLE_CHARACTERS}]{_PLAIN}*$"
+        }
+    ),
 ]
 
 

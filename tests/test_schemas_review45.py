@@ -10,6 +10,7 @@ the zero-width space (Thai word breaks) stay text within a name.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +18,15 @@ import jsonschema
 import pytest
 from pydantic import ValidationError
 
-from schemas.common import ImageRef, SkuMetadata
+from schemas.common import INVISIBLE_CHARACTERS, ImageRef, SkuMetadata, shows_nothing
 from schemas.events import SkuIngested
 from schemas.jsonschema import JSON_DIR
 from schemas.topics import SKU_INGESTED
 from shared.bus import make_envelope
 from tests.support.runtime import dead_letter_for
 
+# What the contract refuses in any text: control characters and the bidirectional controls.
+REFUSED = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 BIDI_CONTROLS = [0x202A, 0x202B, 0x202C, 0x202D, 0x202E, 0x2066, 0x2067, 0x2068, 0x2069]
 
 
@@ -114,3 +117,11 @@ def test_joiners_marks_and_spaces_around_a_name_are_text(name: str) -> None:
     written = _ingested_envelope()
     written["payload"]["sku"] = sku.model_dump(mode="json")
     jsonschema.Draft202012Validator(_committed()).validate(written)
+
+
+def test_the_schemas_invisible_characters_are_this_pythons_blank_characters_of_the_bmp() -> None:
+    """The committed pattern's class is written out; it is the BMP's whitespace and format characters
+    (those ``shows_nothing`` reads as showing nothing) less the refused ones, for the running Python."""
+    invisible = re.compile(f"[{INVISIBLE_CHARACTERS}]")
+    expected = {char for char in map(chr, range(0x10000)) if shows_nothing(char) and not REFUSED.match(char)}
+    assert {char for char in map(chr, range(0x10000)) if invisible.match(char)} == expected
