@@ -45,3 +45,22 @@ def test_a_missing_marker_reads_as_no_withdrawal(s3_store: ObjectStore) -> None:
     withdrawals = Withdrawals(ManifestStore(s3_store, PREFIX))
     assert withdrawals.withdrawn_at(SKU, "photo-2") == ""
     assert withdrawals.lifted_at(SKU, "photo-2") == ""
+
+
+def test_a_reinstatement_whose_marker_another_deletes_meanwhile_keeps_what_it_read(
+    s3_store: ObjectStore,
+    s3_endpoint: str,
+) -> None:
+    """``reinstate`` asked whether the marker existed, then read it to keep as the lifted record: an
+    ingest reinstating the same photo at once deleted it in between, and the read raised ObjectMissing."""
+    assert isinstance(s3_store, S3Store)
+    store = DeletedOnceLookedUp(s3_store.bucket, "pfx", endpoint_url=s3_endpoint, uri_from="the test")
+    withdrawals = Withdrawals(ManifestStore(store, PREFIX))
+    marker = f"{PREFIX}/withdrawals/{SKU}/photo-1.json"
+    record = {"photo_id": "photo-1", "withdrawn_at": "2026-12-01T10:00:00+00:00", "by": "test"}
+    store.put_bytes(marker, json.dumps(record).encode(), "application/json")
+
+    withdrawals.reinstate(SKU, ["photo-1"])
+
+    assert withdrawals.photo_ids(SKU) == set()
+    assert withdrawals.lifted_at(SKU, "photo-1") == "2026-12-01T10:00:00+00:00"

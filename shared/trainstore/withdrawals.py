@@ -147,11 +147,15 @@ class Withdrawals:
         reference again (the images generated from it before stay withdrawn)."""
         for photo_id in photo_ids:
             marker = self._marker(sku_id, photo_id)
-            if self.manifests.store.exists(marker):
+            # Read once: asked first whether it existed, a marker another ingest's reinstatement
+            # deleted in between made the read raise ObjectMissing.
+            try:
+                record = self.manifests.store.get_bytes(marker)
+            except ObjectMissing:
+                record = None
+            if record is not None:
                 # Kept, so that a run stopped after this still knows which withdrawal it lifted.
-                self.manifests.store.put_bytes(
-                    self._lifted(sku_id, photo_id), self.manifests.store.get_bytes(marker)
-                )
+                self.manifests.store.put_bytes(self._lifted(sku_id, photo_id), record)
             self.manifests.store.delete(marker)
 
 
