@@ -114,6 +114,15 @@ class StageMetrics:
             ["stage", "topic", "reason"],
             registry=self.registry,
         )
+        self.dlq_refused = Counter(
+            "skuforge_dlq_refused_total",
+            "Dead letters a dead-letter topic refused for good (over its max.message.bytes), once per "
+            "letter, by what followed: sent_small (sent again with its original key and value in the "
+            "object store), waiting (refused even so: its input's partition waits until the topic's "
+            "max.message.bytes is raised).",
+            ["stage", "topic", "outcome"],
+            registry=self.registry,
+        )
         self.produced = Counter(
             "skuforge_produced_total",
             "Output events produced, by topic.",

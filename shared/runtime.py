@@ -407,6 +407,27 @@ MAX_OUTPUT_RECORD_BYTES = 1_000_000
 DLQ_ORIGINALS_PREFIX = "dlq-originals"
 
 
+# A dead letter sent again small (its original in the store) keeps its input's Kafka key up to this many
+# bytes, a SHA-256's hex digest: a longer key is cut to that digest, so a key alone past the DLQ topic's
+# max.message.bytes does not hold the partition for good.
+SMALL_LETTER_KEY_BYTES = 64
+
+
+def _key_digest(key: bytes) -> bytes:
+    """A dead letter's own Kafka key for an input key too long to keep: the same key, the same digest."""
+    return hashlib.sha256(key).hexdigest().encode()
+
+
+@dataclass(frozen=True)
+class _KeptOriginal:
+    """A dead letter's original key and value, each base64 inline or referenced in the store."""
+
+    key_b64: str | None
+    key_ref: ObjectRef | None
+    value_b64: str | None
+    value_ref: ObjectRef | None
+
+
 def stale_after_s(settings: Settings) -> float:
     """How long the loop may go without a beat before /healthz says it is stuck: one batch may take
     up to ``max_poll_interval_ms`` (then the group drops the member), plus a minute for the poll after.
@@ -455,6 +476,10 @@ class Stage:
         self._resume_at: dict[TopicPartition, float] = {}
         self._failures: dict[TopicPartition, int] = {}
         self._attempts: OrderedDict[tuple[TopicPartition, int], int] = OrderedDict()
+        # Originals kept in the store for dead letters the DLQ topic refused even small, by (topic,
+        # partition, offset, key and value digests), newest last (_send_letter_small): each retry sends
+        # the letter again, but stores, logs and counts it once.
+        self._refused_letters: OrderedDict[tuple[str, int, int, str, str], _KeptOriginal] = OrderedDict()
         # Inputs completed (outputs durable, offset committed) by this process, newest last, by (topic,
         # event id): one stage's outputs to two topics may share an id (the gate's accepted or pending
         # decision on one item), and a consumer of both must not take the one for a replay of the other.
@@ -1239,7 +1264,7 @@ class Stage:
         # The letter's own key stays the original's (one SKU's letters in order), unless that is too large.
         dlq_key = record.key or b""
         if len(dlq_key) > DLQ_INLINE_MAX_BYTES:
-            dlq_key = hashlib.sha256(dlq_key).hexdigest().encode()
+            dlq_key = _key_digest(dlq_key)
         return _Outcome(
             outputs=[(record.topic + DLQ_SUFFIX, dlq_key, value)], dead_reason=reason, counted="dlq"
         )
@@ -1443,40 +1468,59 @@ class Stage:
         self, record: ConsumerRecord, letter: _Outcome, refusal: KafkaError
     ) -> _Outcome | BaseException:
         """Send ``letter`` (a dead letter the DLQ topic refused for good: ``refusal``) again once, its
-        original key and value kept in the object store as an original over 256 KiB is, so that only the
+        original key and value kept in the object store as an original over 256 KiB is, and its own Kafka
+        key (the original's, up to 256 KiB) cut to the key's SHA-256 when longer, so that only the
         letter's own fields (a reason of 200 characters, a detail of 4,000 at most) are left to fit the
         DLQ's ``max.message.bytes``. Returns the letter that went, or the error that stopped it: the
-        partition then waits, as for a transient fault. Before, any DLQ limit below a letter with its
-        original inline (up to ~350 kB) held the partition for good."""
+        partition then waits, as for a transient fault, with the original stored, the refusal logged and
+        counted once for all its retries. Before, a key alone over the limit held the partition for good,
+        storing the original and logging again at every retry."""
         [(dlq_topic, dlq_key, value)] = letter.outputs
-        try:
-            key_b64, key_ref = self._keep_original(record, "key", record.key, inline_max_bytes=0)
-            value_b64, value_ref = self._keep_original(
-                record, "value", record.value or b"", inline_max_bytes=0
-            )
-        except Exception as exc:
-            # As in _dead_letter: the store away is a transient fault, which the back-off logs.
-            if not isinstance(exc, TransientError):
-                log.error(
-                    f"{dlq_topic} refused a dead letter, and its original cannot be kept in the store; "
-                    "the partition waits",
-                    exc_info=exc,
-                    extra={"stage": self.name, "topic": record.topic, "offset": record.offset},
+        # The digests: a topic deleted and created again starts at offset 0 with other records.
+        where = (
+            record.topic,
+            record.partition,
+            record.offset,
+            hashlib.sha256(record.key or b"").hexdigest(),
+            hashlib.sha256(record.value or b"").hexdigest(),
+        )
+        kept = self._refused_letters.get(where)
+        if kept is None:
+            try:
+                kept = _KeptOriginal(
+                    *self._keep_original(record, "key", record.key, inline_max_bytes=0),
+                    *self._keep_original(record, "value", record.value or b"", inline_max_bytes=0),
                 )
-            return refusal
+            except Exception as exc:
+                # As in _dead_letter: the store away is a transient fault, which the back-off logs.
+                if not isinstance(exc, TransientError):
+                    log.error(
+                        f"{dlq_topic} refused a dead letter, and its original cannot be kept in the store; "
+                        "the partition waits",
+                        exc_info=exc,
+                        extra={"stage": self.name, "topic": record.topic, "offset": record.offset},
+                    )
+                return refusal
         small = DeadLetter.model_validate_json(value).model_copy(
             update={
-                "original_key_b64": key_b64,
-                "original_value_b64": value_b64 or "",
-                "original_key_ref": key_ref,
-                "original_value_ref": value_ref,
+                "original_key_b64": kept.key_b64,
+                "original_value_b64": kept.value_b64 or "",
+                "original_key_ref": kept.key_ref,
+                "original_value_ref": kept.value_ref,
             }
         )
-        error = self._send_alone(dlq_topic, dlq_key, small.model_dump_json().encode())
-        if isinstance(error, RECORD_REFUSALS):
+        # The key is in the store: the letter's own key needs only keep one key's letters together.
+        small_key = dlq_key if len(dlq_key) <= SMALL_LETTER_KEY_BYTES else _key_digest(record.key or b"")
+        error = self._send_alone(dlq_topic, small_key, small.model_dump_json().encode())
+        if isinstance(error, RECORD_REFUSALS) and where not in self._refused_letters:
+            self._refused_letters[where] = kept
+            while len(self._refused_letters) > ATTEMPTS_KEPT:
+                self._refused_letters.popitem(last=False)
+            self.metrics.dlq_refused.labels(self.name, dlq_topic, "waiting").inc()
             log.error(
                 f"{dlq_topic} refuses a dead letter for good, even with its original kept in the store: "
-                "raise the topic's max.message.bytes; the partition waits until it takes the letter",
+                "raise the topic's max.message.bytes; the partition waits until it takes the letter "
+                "(logged once per letter; skuforge_dlq_refused_total counts them)",
                 extra={
                     "stage": self.name,
                     "topic": record.topic,
@@ -1487,12 +1531,14 @@ class Stage:
             )
         if error is not None:
             return error
+        self._refused_letters.pop(where, None)
+        self.metrics.dlq_refused.labels(self.name, dlq_topic, "sent_small").inc()
         log.warning(
             f"{dlq_topic} refused a dead letter with its original inline; sent with the original kept "
             "in the store instead (raise the topic's max.message.bytes to keep originals inline)",
             extra={"stage": self.name, "topic": record.topic, "offset": record.offset},
         )
-        return replace(letter, outputs=[(dlq_topic, dlq_key, small.model_dump_json().encode())])
+        return replace(letter, outputs=[(dlq_topic, small_key, small.model_dump_json().encode())])
 
     def _send_alone(
         self, topic_name: str, key: bytes, value: bytes
