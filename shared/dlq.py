@@ -670,6 +670,13 @@ def _replay(
             if producer is None:
                 raise  # nothing was sent
             failure = exc
+        except Exception as exc:  # one it does not expect (a bug, a store's error it does not map)
+            if producer is None:
+                raise
+            # Said after the markers, as a DlqError: before, it went past them, and the next replay sent
+            # again every record this one had delivered.
+            failure = DlqError(f"{type(exc).__name__}: {exc}")
+            failure.__cause__ = exc
         except KeyboardInterrupt as exc:
             # Ctrl-C (or SIGTERM, SIGHUP) while the sends were on their way: close() below still
             # delivers them, so they are marked before the command stops. Before, the interrupt skipped
