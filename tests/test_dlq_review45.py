@@ -1,5 +1,5 @@
 """`skuforge dlq replay` and the DLQ reader on the real broker: an unexpected error part-way through a
-replay."""
+replay, and the partitions a read has reached the end of."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kafka import KafkaProducer
+from kafka.structs import TopicPartition
 
 import shared.dlq as dlq
 from schemas.envelope import DeadLetter
@@ -16,6 +18,7 @@ from shared.dlq import DlqError, read_dead_letters, replay
 from shared.store import FileStore
 from tests.support.bus import create_topics, file_store_uri, isolated_settings, read_topic, record_count
 from tests.support.dlq import small_letters
+from tests.support.kafka import NewTopic
 
 pytestmark = pytest.mark.kafka
 
@@ -53,3 +56,29 @@ def test_an_unexpected_error_part_way_through_a_replay_still_marks_what_was_ackn
     assert record_count(kafka_bootstrap, topic) == 3  # each once: before, 5
     sent = Counter(record.value for record in read_topic(kafka_bootstrap, topic, expect=3, timeout_s=30))
     assert sent == Counter(values)
+
+
+def test_a_read_to_the_end_fetches_nothing_past_the_end_of_a_partition_that_was_at_its_end(
+    kafka_bootstrap: str, tmp_path: Path, new_topic: NewTopic
+) -> None:
+    """A partition already at its end (empty, or read) when a read of a DLQ began was never paused, unlike
+    one that reached it during the read: what producers wrote to it meanwhile was fetched, to be dropped.
+    (The runtime's DLQs have one partition; one an operator made with more has empty ones.)"""
+    settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path))
+    name = new_topic("dlq", partitions=2)
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+    try:
+        producer.send(name, value=b"a letter", partition=0).get(timeout=30)
+    finally:
+        producer.close()
+    consumer = dlq._dlq_consumer(settings)
+    try:
+        partitions = [TopicPartition(name, 0), TopicPartition(name, 1)]
+        consumer.assign(partitions)
+        end = consumer.end_offsets(partitions)
+        consumer.seek_to_beginning(*partitions)
+        read = list(dlq._records_to_end(consumer, end, timeout_s=30, what=name))
+        assert [record.value for record in read] == [b"a letter"]
+        assert consumer.paused() == set(partitions)
+    finally:
+        consumer.close()
