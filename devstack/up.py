@@ -56,6 +56,7 @@ import json
 import os
 import secrets
 import shlex
+import socket
 import sys
 import tempfile
 import time
@@ -602,9 +603,16 @@ def save_ports(config: StackConfig) -> None:
 
 
 def kafka_ready(bootstrap: str) -> bool:
-    """The broker answers an admin client (it lists topics)."""
+    """The broker answers an admin client (it lists topics).
+
+    Only once one of its addresses accepts a connection: while the JVM boots nothing listens, and an
+    admin client then logs kafka-python's ``Connection failed ... ECONNREFUSED`` at ERROR, a dozen
+    lines on up's terminal before ``kafka: ready``.
+    """
     from kafka import KafkaAdminClient
 
+    if not any(_accepts_connections(address) for address in bootstrap.split(",")):
+        return False
     try:
         admin = KafkaAdminClient(
             bootstrap_servers=bootstrap.split(","),
@@ -621,6 +629,16 @@ def kafka_ready(bootstrap: str) -> bool:
         return False
     finally:
         admin.close()
+
+
+def _accepts_connections(address: str, timeout_s: float = 0.5) -> bool:
+    """Something listens on ``host:port`` (a port that is no number accepts nothing)."""
+    host, _, port = address.strip().rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            return True
+    except (OSError, ValueError):
+        return False
 
 
 def holds_partitions(metrics_url: str, topics: list[str]) -> Callable[[], bool]:
