@@ -12,7 +12,7 @@ import pytest
 
 from skuforge_cli.main import COMMANDS
 from skuforge_cli.main import main as skuforge_main
-from tests.support.docs import command_parsers
+from tests.support.docs import command_parsers, silent_defaults
 
 
 def _help(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
@@ -85,18 +85,6 @@ def test_up_scrape_interval_says_its_range(capsys: pytest.CaptureFixture[str]) -
     from devstack.up import MAX_SCRAPE_INTERVAL_S, MIN_SCRAPE_INTERVAL_S
 
     assert f"{MIN_SCRAPE_INTERVAL_S:g} to {MAX_SCRAPE_INTERVAL_S:g}" in _flat(_help(["up"], capsys))
-
-
-def silent_defaults(prog: str, parser: argparse.ArgumentParser) -> list[str]:
-    """The options of ``parser`` that hold a default their help does not state (``--steps`` ran 2000
-    steps, ``--batch`` 8, and ``skuforge matting train --help`` said neither)."""
-    return [
-        f"{prog} {action.option_strings[-1]} (default {action.default!r})"
-        for action in parser._actions
-        if action.option_strings
-        and action.default not in (None, False, [], argparse.SUPPRESS)
-        and "default" not in (action.help or "")
-    ]
 
 
 def _commands() -> list[list[str]]:

@@ -4,10 +4,18 @@
   run as written, the terminal showed a dozen kafka-python `ERROR ... Connection failed: ... ECONNREFUSED`
   and `Bootstrap failed` lines first: up's readiness probe opened an admin client while the JVM was
   still booting and nothing listened on the port yet.
+- docs/captioner.md tells a user to run `python -m shared.captioning.fit_shape --out FILE`; its
+  `--help` printed the module docstring reflowed (the three example commands run together into one
+  paragraph), with its reStructuredText quotes, and nine of its options did not say their default.
+  The tools outside bench/ that the docs run with `python -m` are held to what `skuforge`'s commands
+  are (tests/test_cli_help.py): help as text, every default stated.
 """
 
 from __future__ import annotations
 
+import importlib
+import inspect
+import re
 from pathlib import Path
 
 import pytest
@@ -16,6 +24,7 @@ import devstack.up
 from devstack.broker import LocalKafka
 from devstack.up import build_config, build_specs
 from shared.observability import configure_command_logging
+from tests.support.docs import DOCS, command_parsers, silent_defaults
 
 
 def test_up_waiting_for_its_booting_broker_prints_no_kafka_connection_errors(
@@ -32,3 +41,37 @@ def test_up_waiting_for_its_booting_broker_prints_no_kafka_connection_errors(
     stderr = capsys.readouterr().err
     assert "kafka.net" not in stderr
     assert "ECONNREFUSED" not in stderr
+
+
+# The tools besides `skuforge` that a doc tells its reader to run (bench/'s benchmarks aside).
+DOC_TOOLS = sorted(
+    {
+        module
+        for doc in DOCS
+        for module in re.findall(
+            r"python3? -m ((?:shared|devstack|services|schemas)(?:\.\w+)+)", doc.read_text()
+        )
+        if inspect.signature(importlib.import_module(module).main).parameters  # it parses arguments
+    }
+)
+
+
+def test_the_docs_name_the_fit_shape_tool() -> None:
+    assert "shared.captioning.fit_shape" in DOC_TOOLS
+
+
+@pytest.mark.parametrize("module", DOC_TOOLS)
+def test_a_doc_tools_help_reads_as_text_and_states_every_default(
+    module: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    main = importlib.import_module(module).main
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    shown = capsys.readouterr().out
+    assert "``" not in shown, f"python -m {module} --help prints docstring markup (``)"
+    silent = [
+        name
+        for prog, parser in command_parsers([], monkeypatch, entry=main)
+        for name in silent_defaults(prog, parser)
+    ]
+    assert not silent, f"these options' help does not say their default: {silent}"

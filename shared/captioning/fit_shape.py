@@ -359,24 +359,39 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _fit(argv: Sequence[str] | None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m shared.captioning.fit_shape", description=__doc__)
-    parser.add_argument(
-        "--seed", type=CATALOGUE_SEED, default=FIT_SEED, help="catalogue seed of the fitting products"
+    # The docstring as its reader wrote it: the example commands on lines of their own, no markup.
+    parser = argparse.ArgumentParser(
+        prog="python -m shared.captioning.fit_shape",
+        description=(__doc__ or "").replace("``", ""),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--products", type=positive_int, default=900, help="fitting products (one photo each)"
+        "--seed",
+        type=CATALOGUE_SEED,
+        default=FIT_SEED,
+        help=f"catalogue seed of the fitting products (default {FIT_SEED})",
     )
     parser.add_argument(
-        "--eval-seed", type=CATALOGUE_SEED, default=EVAL_SEED, help="catalogue seed for scoring"
+        "--products", type=positive_int, default=900, help="fitting products, one photo each (default 900)"
     )
     parser.add_argument(
-        "--eval-products", type=non_negative_int, default=300, help="products to score on (0: skip)"
+        "--eval-seed",
+        type=CATALOGUE_SEED,
+        default=EVAL_SEED,
+        help=f"catalogue seed for scoring (default {EVAL_SEED})",
+    )
+    parser.add_argument(
+        "--eval-products",
+        type=non_negative_int,
+        default=300,
+        help="products to score on, 0: skip (default 300)",
     )
     parser.add_argument(
         "--mask-source",
         choices=("truth", "session", "both"),
         default="both",
-        help="fit on the renderer's masks (roughened), the matting session's, or one of each per photo",
+        help="fit on the renderer's masks (roughened), the matting session's, or one of each per photo "
+        "(default both)",
     )
     parser.add_argument(
         "--matting-model",
@@ -388,12 +403,20 @@ def _fit(argv: Sequence[str] | None) -> int:
         "--cartons",
         type=non_negative_int,
         default=180,
-        help="drink-carton silhouettes added as box (``carton_mask``); also scored, as many, on --eval-seed",
+        help="drink-carton silhouettes added as box (carton_mask); also scored, as many, on --eval-seed "
+        "(default 180)",
     )
-    parser.add_argument("--max-depth", type=positive_int, default=6)
-    parser.add_argument("--min-leaf", type=positive_int, default=6)
     parser.add_argument(
-        "--min-confidence", type=float_between(0.0, 1.0), default=0.5, help="leaf share below which: 'other'"
+        "--max-depth", type=positive_int, default=6, help="depth of the tree, at most (default 6)"
+    )
+    parser.add_argument(
+        "--min-leaf", type=positive_int, default=6, help="photos a leaf holds, at least (default 6)"
+    )
+    parser.add_argument(
+        "--min-confidence",
+        type=float_between(0.0, 1.0),
+        default=0.5,
+        help="leaf share below which: 'other' (default 0.5)",
     )
     parser.add_argument(
         "--out",

@@ -187,3 +187,15 @@ def settings_table_in(readme: str) -> str:
     below = section.split(header, 1)[1].splitlines()[1:]
     rows = itertools.takewhile(lambda line: line.startswith("|"), below)
     return "\n".join([header, *rows])
+
+
+def silent_defaults(prog: str, parser: argparse.ArgumentParser) -> list[str]:
+    """The options of ``parser`` that hold a default their help does not state (``--steps`` ran 2000
+    steps, ``--batch`` 8, and ``skuforge matting train --help`` said neither)."""
+    return [
+        f"{prog} {action.option_strings[-1]} (default {action.default!r})"
+        for action in parser._actions
+        if action.option_strings
+        and action.default not in (None, False, [], argparse.SUPPRESS)
+        and "default" not in (action.help or "")
+    ]
