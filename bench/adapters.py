@@ -123,7 +123,9 @@ def _median_round(rounds: list[dict[str, Any]], name: str) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.adapters", description=(__doc__ or "").splitlines()[0]
+    )
     parser.add_argument("--repeats", type=positive_int, default=15, help="switches timed per configuration")
     parser.add_argument(
         "--lru", type=positive_int, default=4, help="SKUFORGE_DIFFUSION_LORA_CACHE_SIZE of 'lru'"

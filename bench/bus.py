@@ -155,7 +155,7 @@ def run_runtime(settings: Settings, events: int, *, idle_timeout_s: float = ROUN
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and write its figures to ``--out`` (default bench/results/bus.json)."""
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench.bus", description=__doc__)
     parser.add_argument("--events", type=positive_int, default=20_000)
     parser.add_argument("--rounds", type=positive_int, default=3)
     parser.add_argument("--partitions", type=positive_int, default=3)

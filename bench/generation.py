@@ -233,7 +233,7 @@ def _diffusion_side_px(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.generation", description=__doc__.splitlines()[0])
     # Sides the backend draws: the server or backend refused others in a traceback after the server had
     # started, a --diffusion-size only after the composite rounds had run.
     parser.add_argument(

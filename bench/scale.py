@@ -307,7 +307,7 @@ def machine(*, external: bool) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and write bench/results/scale.json."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=positive_int, default=48, help="images per throughput round")
     parser.add_argument("--rounds", type=positive_int, default=2, help="rounds of r1 and of r2 (alternating)")
     parser.add_argument(

@@ -111,7 +111,9 @@ def time_load(root: Path) -> dict[str, float | int]:
 def main(argv: list[str] | None = None) -> int:
     """Build the store, time the loads, write bench/results/store.json."""
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m bench.store",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--items",

@@ -9,6 +9,10 @@
   paragraph), with its reStructuredText quotes, and nine of its options did not say their default.
   The tools outside bench/ that the docs run with `python -m` are held to what `skuforge`'s commands
   are (tests/test_cli_help.py): help as text, every default stated.
+- README runs `python -m bench.gate`, `python -m bench.matting`...; their `--help` began
+  `usage: gate.py [-h] ...` and their usage errors `gate.py: error: ...`: a file name no reader can
+  run from the repository (`python gate.py` is no command), where `skuforge`'s and the other modules'
+  say the command typed. Every module the docs or the Makefile run with `python -m` now names itself so.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import devstack.up
 from devstack.broker import LocalKafka
 from devstack.up import build_config, build_specs
 from shared.observability import configure_command_logging
-from tests.support.docs import DOCS, command_parsers, silent_defaults
+from tests.support.docs import DOCS, ROOT, command_parsers, silent_defaults
 
 
 def test_up_waiting_for_its_booting_broker_prints_no_kafka_connection_errors(
@@ -75,3 +79,29 @@ def test_a_doc_tools_help_reads_as_text_and_states_every_default(
         for name in silent_defaults(prog, parser)
     ]
     assert not silent, f"these options' help does not say their default: {silent}"
+
+
+# Every module of this repository the docs or the Makefile run with `python -m` (skuforge_cli is
+# `skuforge`, checked by tests/test_cli_help.py), that parses arguments.
+RUN_MODULES = sorted(
+    {
+        module
+        for text in [*(doc.read_text() for doc in DOCS), (ROOT / "Makefile").read_text()]
+        for module in re.findall(r"python3? -m ((?:bench|devstack|schemas|services|shared)(?:\.\w+)+)", text)
+        if inspect.signature(importlib.import_module(module).main).parameters
+    }
+)
+
+
+def test_the_docs_run_the_benchmarks() -> None:
+    assert {"bench.gate", "bench.matting", "bench.matting_real"} <= set(RUN_MODULES)
+
+
+@pytest.mark.parametrize("module", RUN_MODULES)
+def test_a_modules_usage_names_the_command_a_reader_types(
+    module: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        importlib.import_module(module).main(["--help"])
+    usage = capsys.readouterr().out.split("\n", 1)[0]
+    assert usage.startswith(f"usage: python -m {module} "), f"python -m {module} --help: {usage!r}"
