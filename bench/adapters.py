@@ -126,12 +126,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.adapters", description=(__doc__ or "").splitlines()[0]
     )
-    parser.add_argument("--repeats", type=positive_int, default=15, help="switches timed per configuration")
     parser.add_argument(
-        "--lru", type=positive_int, default=4, help="SKUFORGE_DIFFUSION_LORA_CACHE_SIZE of 'lru'"
+        "--repeats", type=positive_int, default=15, help="switches timed per configuration (default 15)"
     )
     parser.add_argument(
-        "--rounds", type=positive_int, default=3, help="rounds of both configurations, order alternating"
+        "--lru", type=positive_int, default=4, help="SKUFORGE_DIFFUSION_LORA_CACHE_SIZE of 'lru' (default 4)"
+    )
+    parser.add_argument(
+        "--rounds",
+        type=positive_int,
+        default=3,
+        help="rounds of both configurations, order alternating (default 3)",
     )
     parser.add_argument(
         "--out",

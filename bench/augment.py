@@ -922,7 +922,7 @@ def _bench(argv: list[str] | None) -> int:
     parser.add_argument(
         "--split", choices=("val", "test"), default="test", help="held-out photos (default test)"
     )
-    parser.add_argument("--mode", choices=("stack", "in-process"), default="stack")
+    parser.add_argument("--mode", choices=("stack", "in-process"), default="stack", help="default stack")
     parser.add_argument(
         "--with-spare-train",
         action="store_true",
@@ -949,7 +949,7 @@ def _bench(argv: list[str] | None) -> int:
         choices=tuple(DROP_BY),
         default="gain",
         help="with --drop-synthetic-from: the per-SKU B - A (gain, the export policy's) or B' - A' "
-        "(gain-over-classic)",
+        "(gain-over-classic) (default gain)",
     )
     parser.add_argument(
         "--min-gain",
@@ -959,7 +959,10 @@ def _bench(argv: list[str] | None) -> int:
         "fraction of top-1 from -1 to 1 (default 0.0)",
     )
     parser.add_argument(
-        "--k", type=k_values, default="0,1,3", help="real in-store photos per SKU, comma-separated"
+        "--k",
+        type=k_values,
+        default="0,1,3",
+        help="real in-store photos per SKU, comma-separated (default 0,1,3)",
     )
     parser.add_argument(
         "--reuse-stack",
@@ -970,17 +973,22 @@ def _bench(argv: list[str] | None) -> int:
     parser.add_argument(
         "--classes", type=positive_int, default=None, help="only the first N classes (a smoke run)"
     )
-    parser.add_argument("--variants-per-sku", type=positive_int, default=12)
+    parser.add_argument("--variants-per-sku", type=positive_int, default=12, help="default 12")
     parser.add_argument(
         "--scenes-per-class",
         type=positive_int,
         default=4,
-        help="train photos per class as scenes (refused above what a class has left after its references)",
+        help="train photos per class as scenes (refused above what a class has left after its references; default 4)",
     )
     parser.add_argument(
-        "--photo-share", type=SHARE, default=1.0, help="share of variants on scene photos (0 to 1)"
+        "--photo-share",
+        type=SHARE,
+        default=1.0,
+        help="share of variants on scene photos (0 to 1) (default 1)",
     )
-    parser.add_argument("--parameters", default="{}", help="JSON composite parameters for every variant")
+    parser.add_argument(
+        "--parameters", default="{}", help="JSON composite parameters for every variant (default {})"
+    )
     parser.add_argument(
         "--pile-share", type=SHARE, default=0.0, help="share of loose-produce variants heaped (0 to 1)"
     )
@@ -990,18 +998,27 @@ def _bench(argv: list[str] | None) -> int:
         "--size",
         type=int_between(MIN_SIZE_PX, MAX_SIZE_PX),
         default=384,
-        help=f"generated image side (px, {MIN_SIZE_PX} to {MAX_SIZE_PX})",
+        help=f"generated image side (px, {MIN_SIZE_PX} to {MAX_SIZE_PX}) (default 384)",
     )
     parser.add_argument(
-        "--export-px", type=EXPORT_PX, default=256, help="export's shorter side (px, 16 to 4096)"
+        "--export-px",
+        type=EXPORT_PX,
+        default=256,
+        help="export's shorter side (px, 16 to 4096) (default 256)",
     )
     parser.add_argument(
-        "--export-fit", choices=("keep", "pad"), default="keep", help="export: aspect kept, or padded square"
+        "--export-fit",
+        choices=("keep", "pad"),
+        default="keep",
+        help="export: aspect kept, or padded square (default keep)",
     )
-    parser.add_argument("--max-synthetic-per-real", type=positive_int, default=12)
-    parser.add_argument("--max-reference-px", type=positive_int, default=1024)
+    parser.add_argument("--max-synthetic-per-real", type=positive_int, default=12, help="default 12")
+    parser.add_argument("--max-reference-px", type=positive_int, default=1024, help="default 1024")
     parser.add_argument(
-        "--min-plain-background", type=SHARE, default=0.7, help="cut-out sources (0 to 1; 0: every photo)"
+        "--min-plain-background",
+        type=SHARE,
+        default=0.7,
+        help="cut-out sources (0 to 1; 0: every photo) (default 0.7)",
     )
     parser.add_argument(
         "--own-scene-share",
@@ -1032,13 +1049,14 @@ def _bench(argv: list[str] | None) -> int:
         choices=("on", "off"),
         default="on",
         help="in-process: recolour the cut-out's outer pixels from further in (decontaminate_edge; "
-        "on, as the composite backend does) or keep the reference's own edge pixels",
+        "on, as the composite backend does) or keep the reference's own edge pixels (default on)",
     )
     parser.add_argument(
         "--series",
         choices=("class", "coarse"),
         default="class",
-        help="a SKU's series, never its scenes' tag: its class, or its coarse class (no apple on apples)",
+        help="a SKU's series, never its scenes' tag: its class, or its coarse class (no apple on apples) "
+        "(default class)",
     )
     parser.add_argument(
         "--seed",
@@ -1047,12 +1065,15 @@ def _bench(argv: list[str] | None) -> int:
         help="draws the SKUs' photos and scenes; the generator's seed (a stack's SKUFORGE_GENERATION_SEED)",
     )
     # The classifier options take what `skuforge evaluate` takes (shared.evaluation: one rule for both).
-    parser.add_argument("--l2", type=L2, default=1e-2, help="L2 weight of the linear head, 0 to 1e6")
+    parser.add_argument(
+        "--l2", type=L2, default=1e-2, help="L2 weight of the linear head, 0 to 1e6 (default 0.01)"
+    )
     parser.add_argument(
         "--real-weight",
         type=REAL_WEIGHT,
         default=4.0,
-        help="loss weight of a real photo relative to a synthetic or augmented image, 1e-6 to 1e6",
+        help="loss weight of a real photo relative to a synthetic or augmented image, 1e-6 to 1e6 "
+        "(default 4)",
     )
     parser.add_argument(
         "--tune-stages",
@@ -1061,23 +1082,29 @@ def _bench(argv: list[str] | None) -> int:
         help="0: frozen features + linear head (default); n: also fine-tune the backbone's last n stages",
     )
     parser.add_argument(
-        "--tune-epochs", type=TUNE_EPOCHS, default=8, help="epochs of the tuned stages, 0 to 1000"
+        "--tune-epochs", type=TUNE_EPOCHS, default=8, help="epochs of the tuned stages, 0 to 1000 (default 8)"
     )
     parser.add_argument(
-        "--tune-lr", type=TUNE_LR, default=1e-4, help="AdamW learning rate of the tuned stages, 1e-9 to 1"
+        "--tune-lr",
+        type=TUNE_LR,
+        default=1e-4,
+        help="AdamW learning rate of the tuned stages, 1e-9 to 1 (default 0.0001)",
     )
     parser.add_argument(
         "--timeout-s",
         type=positive_float,
         default=7200.0,
-        help="stack mode: how long the stack may take to decide every image (s, above 0)",
+        help="stack mode: how long the stack may take to decide every image (s, above 0) (default 7200)",
     )
-    parser.add_argument("--workdir", type=Path, default=Path("var/augment"))
+    parser.add_argument("--workdir", type=Path, default=Path("var/augment"), help="default var/augment")
     parser.add_argument(
         "--out", type=Path, default=None, help="results JSON (default bench/results/augment*.json)"
     )
     parser.add_argument(
-        "--tag", type=try_name, default="", help="name of this try, on val (letters, digits, ._-)"
+        "--tag",
+        type=try_name,
+        default="",
+        help="name of this try, on val (letters, digits, ._-; default none)",
     )
     args = parser.parse_args(argv)
     if args.heldout_half is not None and args.split != "val":

@@ -205,8 +205,12 @@ def _bench(argv: list[str] | None) -> int:
         default=os.environ.get("SKUFORGE_GROCERY_DATASET") or None,
         help="GroceryStoreDataset's dataset/ folder (default: $SKUFORGE_GROCERY_DATASET)",
     )
-    parser.add_argument("--split", choices=("train", "val", "both", "none"), default="both")
-    parser.add_argument("--label", default="after", help="name of this run in the results (before, after)")
+    parser.add_argument(
+        "--split", choices=("train", "val", "both", "none"), default="both", help="default both"
+    )
+    parser.add_argument(
+        "--label", default="after", help="name of this run in the results (before, after) (default after)"
+    )
     # SKUFORGE_CAPTIONER_MATTING_THREADS's bound: --threads 100000 went to ONNX Runtime as asked.
     parser.add_argument(
         "--threads",

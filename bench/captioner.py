@@ -140,10 +140,12 @@ def _bench(argv: list[str] | None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--products", type=positive_int, default=200)
+    parser.add_argument("--products", type=positive_int, default=200, help="default 200")
     # The renderer's bounds, as `skuforge synth` checks them: -1 or 32 failed after the model opened.
-    parser.add_argument("--seed", type=CATALOGUE_SEED, default=SEED)
-    parser.add_argument("--size-px", type=photo_size_px, default=512, help="photo side (64 to 4096 px)")
+    parser.add_argument("--seed", type=CATALOGUE_SEED, default=SEED, help=f"default {SEED}")
+    parser.add_argument(
+        "--size-px", type=photo_size_px, default=512, help="photo side (64 to 4096 px) (default 512)"
+    )
     # SKUFORGE_CAPTIONER_MATTING_THREADS's bound (services/captioner/config.py): --threads 100000 went to
     # ONNX Runtime as asked.
     parser.add_argument(

@@ -50,7 +50,9 @@ def _bench(argv: list[str] | None) -> int:
         prog="python -m bench.edge_recolour", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--dataset", type=Path, required=True, help="GroceryStoreDataset's dataset/ folder")
-    parser.add_argument("--variants", type=positive_int, default=6, help="composites per class and arm")
+    parser.add_argument(
+        "--variants", type=positive_int, default=6, help="composites per class and arm (default 6)"
+    )
     parser.add_argument(
         "--classes", type=positive_int, default=None, help="only the first N classes (a smoke run)"
     )
@@ -58,9 +60,12 @@ def _bench(argv: list[str] | None) -> int:
         "--size",
         type=int_between(COMPOSITE_MIN_SIZE_PX, MAX_SIZE_PX),  # below 64 every composite failed
         default=384,
-        help=f"generated image side (px, {COMPOSITE_MIN_SIZE_PX} to {MAX_SIZE_PX}), as make evaluate",
+        help=f"generated image side (px, {COMPOSITE_MIN_SIZE_PX} to {MAX_SIZE_PX}), as make evaluate "
+        "(default 384)",
     )
-    parser.add_argument("--workdir", type=Path, default=Path("var/edge-recolour"))
+    parser.add_argument(
+        "--workdir", type=Path, default=Path("var/edge-recolour"), help="default var/edge-recolour"
+    )
     parser.add_argument(
         "--out",
         type=Path,

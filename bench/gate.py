@@ -329,15 +329,19 @@ def _bench(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.gate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--n", type=positive_int, default=100, help="good images (bad: twice as many)")
-    parser.add_argument("--seed", type=int_between(0, MAX_BENCH_SEED), default=2026)
+    parser.add_argument(
+        "--n", type=positive_int, default=100, help="good images (bad: twice as many) (default 100)"
+    )
+    parser.add_argument("--seed", type=int_between(0, MAX_BENCH_SEED), default=2026, help="default 2026")
     parser.add_argument(
         "--size",
         type=_image_side_px,
         default=512,
         help=f"image side in px, {MIN_SIZE} to {MAX_SIZE_PX} (default 512: the generator's)",
     )
-    parser.add_argument("--source", choices=("composite", "renderer"), default="composite")
+    parser.add_argument(
+        "--source", choices=("composite", "renderer"), default="composite", help="default composite"
+    )
     parser.add_argument(
         "--no-renderer-comparison",
         action="store_true",
@@ -348,7 +352,7 @@ def _bench(argv: list[str] | None) -> int:
         type=int_between(-1, MAX_BENCH_SEED),
         default=7,
         help="also run the composite bench at this seed and keep its rates under 'other_seed' "
-        "(how much the figure moves with the sample); -1 skips it",
+        "(how much the figure moves with the sample); -1 skips it (default 7)",
     )
     parser.add_argument(
         "--model",

@@ -240,17 +240,17 @@ def main(argv: list[str] | None = None) -> int:
         "--size",
         type=int_between(COMPOSITE_MIN_SIZE_PX, MAX_SIZE_PX),
         default=512,
-        help=f"composite output side (px), {COMPOSITE_MIN_SIZE_PX} to {MAX_SIZE_PX}",
+        help=f"composite output side (px), {COMPOSITE_MIN_SIZE_PX} to {MAX_SIZE_PX} (default 512)",
     )
-    parser.add_argument("--images", type=positive_int, default=40, help="images per measurement")
+    parser.add_argument("--images", type=positive_int, default=40, help="images per measurement (default 40)")
     parser.add_argument(
         "--diffusion-size",
         type=_diffusion_side_px,
         default=64,
         help=f"diffusion output side (px), a multiple of {DIFFUSION_SIZE_STEP_PX} from "
-        f"{DIFFUSION_MIN_SIZE_PX} to {MAX_SIZE_PX} (tiny model: 64)",
+        f"{DIFFUSION_MIN_SIZE_PX} to {MAX_SIZE_PX} (tiny model: 64) (default 64)",
     )
-    parser.add_argument("--diffusion-images", type=positive_int, default=16)
+    parser.add_argument("--diffusion-images", type=positive_int, default=16, help="default 16")
     parser.add_argument(
         "--no-diffusion",
         action="store_true",
@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         "figures)",
     )
     parser.add_argument(
-        "--rounds", type=positive_int, default=3, help="interleaved rounds per backend (median)"
+        "--rounds", type=positive_int, default=3, help="interleaved rounds per backend (median) (default 3)"
     )
     parser.add_argument(
         "--out",

@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="images per call, for one --worker (default 8); a full run times batches 1 and 8",
     )
-    parser.add_argument("--images", type=positive_int, default=32)
+    parser.add_argument("--images", type=positive_int, default=32, help="default 32")
     # SKUFORGE_MATTING_THREADS's bound: --threads 100000 went to ONNX Runtime as asked.
     parser.add_argument(
         "--threads",
@@ -159,8 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         default=2,
         help=f"ONNX Runtime threads (1 to {MAX_THREADS}, default 2)",
     )
-    parser.add_argument("--rounds", type=positive_int, default=3)
-    parser.add_argument("--heldout", type=positive_int, default=200)
+    parser.add_argument("--rounds", type=positive_int, default=3, help="default 3")
+    parser.add_argument("--heldout", type=positive_int, default=200, help="default 200")
     parser.add_argument(
         "--fp32", type=Path, default=FP32, help="fp32 ONNX model (default: the committed one)"
     )

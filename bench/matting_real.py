@@ -158,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         "--renderer",
         type=non_negative_int,
         default=RENDERER_HELDOUT,
-        help=f"renderer held-out photos (0: skip; other than {RENDERER_HELDOUT}: needs --out)",
+        help=f"renderer held-out photos (0: skip; other than {RENDERER_HELDOUT}: needs --out; "
+        f"default {RENDERER_HELDOUT})",
     )
     parser.add_argument(
         "--sheet", type=Path, default=None, help="write a contact sheet of every mask here (.png, .jpg, ...)"

@@ -58,6 +58,7 @@ MEMBER_ENV = {"SKUFORGE_MATTING_THREADS": "1", "SKUFORGE_MATTING_MAX_BATCH": "4"
 # The members' own bounds (Settings'), checked at parse time: only the kill round, the last, uses it.
 _TIMEOUT_RULES = {type(rule).__name__: rule for rule in Settings.model_fields["session_timeout_ms"].metadata}
 SESSION_TIMEOUT_MS = int_between(_TIMEOUT_RULES["Ge"].ge, _TIMEOUT_RULES["Le"].le)
+SESSION_TIMEOUT_DEFAULT_MS: int = Settings.model_fields["session_timeout_ms"].default
 
 
 def _settings(cluster: Mapping[str, Any], store_uri: str, session_timeout_ms: int) -> Settings:
@@ -308,16 +309,21 @@ def machine(*, external: bool) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and write bench/results/scale.json."""
     parser = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--images", type=positive_int, default=48, help="images per throughput round")
-    parser.add_argument("--rounds", type=positive_int, default=2, help="rounds of r1 and of r2 (alternating)")
     parser.add_argument(
-        "--pause-images", type=positive_int, default=60, help="backlog of the join and kill runs"
+        "--images", type=positive_int, default=48, help="images per throughput round (default 48)"
+    )
+    parser.add_argument(
+        "--rounds", type=positive_int, default=2, help="rounds of r1 and of r2 (alternating) (default 2)"
+    )
+    parser.add_argument(
+        "--pause-images", type=positive_int, default=60, help="backlog of the join and kill runs (default 60)"
     )
     parser.add_argument(
         "--session-timeout-ms",
         type=SESSION_TIMEOUT_MS,
-        default=Settings.model_fields["session_timeout_ms"].default,
-        help="the kill round's members' SKUFORGE_SESSION_TIMEOUT_MS (at least 6000, the broker's minimum)",
+        default=SESSION_TIMEOUT_DEFAULT_MS,
+        help="the kill round's members' SKUFORGE_SESSION_TIMEOUT_MS (at least 6000, the broker's minimum; "
+        f"default {SESSION_TIMEOUT_DEFAULT_MS}, the setting's)",
     )
     parser.add_argument(
         "--out",
@@ -326,7 +332,12 @@ def main(argv: list[str] | None = None) -> int:
         help="results JSON (default bench/results/scale.json, the committed run's; a run with any other "
         "option than --workdir needs another)",
     )
-    parser.add_argument("--workdir", type=Path, default=Path("var/bench-scale"), help="member logs and store")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path("var/bench-scale"),
+        help="member logs and store (default var/bench-scale)",
+    )
     args = parser.parse_args(argv)
     # The committed file is the default run's, which docs/deploy.md cites: a smoke run (`--images 4`)
     # went over it. Checked before minutes of Kafka rounds; a missing folder is made.

@@ -121,8 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         default=MAX_ITEMS,
         help=f"rows in the store, 1 to {MAX_ITEMS} (default {MAX_ITEMS}, the committed run's)",
     )
-    parser.add_argument("--skus", type=positive_int, default=1_000)
-    parser.add_argument("--rounds", type=positive_int, default=3)
+    parser.add_argument("--skus", type=positive_int, default=1_000, help="default 1000")
+    parser.add_argument("--rounds", type=positive_int, default=3, help="default 3")
     parser.add_argument(
         "--out",
         type=Path,
