@@ -11,6 +11,11 @@
   are (tests/test_cli_help.py): help as text.
 - Every module the docs run with `python -m` (the benchmarks too) says each option's default in its
   `--help`, as `skuforge`'s commands do: 57 options of 12 benchmarks did not.
+- docs/matting.md runs `skuforge matting official --pth var/models/u2netp-official.pth`: without
+  `--wheel` or `--onnx` it checks and converts the ONNX already at `--out`. Its help said only "the
+  checked ONNX (default: set-up's path)", so `--out /tmp/x.onnx --pth /tmp/x.pth`, read as "write them
+  there", was refused with "no official U2-NetP at /tmp/x.onnx"; and set-up's path is
+  SKUFORGE_OFFICIAL_U2NETP's when set, which it did not say.
 - README runs `python -m bench.gate`, `python -m bench.matting`...; their `--help` began
   `usage: gate.py [-h] ...` and their usage errors `gate.py: error: ...`: a file name no reader can
   run from the repository (`python gate.py` is no command), where `skuforge`'s and the other modules'
@@ -108,3 +113,16 @@ def test_every_option_of_a_module_the_docs_run_states_its_default(
     parsers = command_parsers([], monkeypatch, entry=main)
     silent = [name for prog, parser in parsers for name in silent_defaults(prog, parser)]
     assert not silent, f"these options' help does not say their default: {silent}"
+
+
+def test_matting_official_says_its_out_is_read_without_wheel_or_onnx(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from skuforge_cli.main import main as skuforge_main
+
+    with pytest.raises(SystemExit):
+        skuforge_main(["matting", "official", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    out_help = shown[shown.index("--out OUT ") : shown.index("--pth PTH ", shown.index("--out OUT "))]
+    assert "without --wheel or --onnx" in out_help, out_help
+    assert "SKUFORGE_OFFICIAL_U2NETP" in out_help, out_help

