@@ -917,7 +917,9 @@ def main(argv: list[str] | None = None) -> int:
 def _bench(argv: list[str] | None) -> int:
     from services.trainstore.cli import gain_fraction  # --min-gain as the export's: a fraction, -1 to 1
 
-    parser = argparse.ArgumentParser(prog="python -m bench.augment", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.augment", description=__doc__.split("\n\n")[0].replace("``", "")
+    )
     parser.add_argument("--dataset", type=Path, required=True, help="GroceryStoreDataset's dataset/ folder")
     parser.add_argument(
         "--split", choices=("val", "test"), default="test", help="held-out photos (default test)"

@@ -155,7 +155,11 @@ def run_runtime(settings: Settings, events: int, *, idle_timeout_s: float = ROUN
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and write its figures to ``--out`` (default bench/results/bus.json)."""
-    parser = argparse.ArgumentParser(prog="python -m bench.bus", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.bus",
+        description=__doc__.replace("``", ""),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--events", type=positive_int, default=20_000, help="default 20000")
     parser.add_argument("--rounds", type=positive_int, default=3, help="default 3")
     parser.add_argument("--partitions", type=positive_int, default=3, help="default 3")

@@ -109,7 +109,9 @@ def measure(bootstrap: str, tree: Path, letters: int, size: int, store_root: Pat
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.dlq_memory", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.dlq_memory", description=__doc__.split("\n")[0].replace("``", "")
+    )
     parser.add_argument("--letters", type=positive_int, action="append", help="letters per DLQ (repeatable)")
     # An original is whole 8-byte numbers (under 8 bytes, empty) that a letter carries inline: a larger
     # one is no dead letter a stage writes, and went to the broker only after it had started.

@@ -327,7 +327,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _bench(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m bench.gate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m bench.gate",
+        description=__doc__.replace("``", ""),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--n", type=positive_int, default=100, help="good images (bad: twice as many) (default 100)"

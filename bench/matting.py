@@ -143,7 +143,11 @@ def _run_worker(
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark (or one worker) and write bench/results/matting.json."""
-    parser = argparse.ArgumentParser(prog="python -m bench.matting", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.matting",
+        description=__doc__.replace("``", ""),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--worker", default=None, choices=KINDS)
     parser.add_argument(
         "--batch",

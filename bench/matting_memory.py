@@ -240,7 +240,11 @@ def _child(code: Path, args: list[str]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the configurations (and the speed check), each in a child process; write the JSON."""
-    parser = argparse.ArgumentParser(prog="python -m bench.matting_memory", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.matting_memory",
+        description=__doc__.replace("``", ""),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--worker", choices=["memory", "speed"], default=None)
     parser.add_argument("--config", choices=list(CONFIGS), action="append")
     # SKUFORGE_MATTING_THREADS's bound: --threads 100000 went to ONNX Runtime as asked.

@@ -129,7 +129,11 @@ def summarise(items: list[dict[str, Any]], ious: dict[str, list[float]]) -> dict
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.matting_real", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.matting_real",
+        description=__doc__.replace("``", ""),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     # An empty SKUFORGE_GROCERY_DATASET is unset, as Compose and Helm pass one; an empty --dataset is
     # refused: Path("") was the current folder.
     parser.add_argument(

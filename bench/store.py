@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     """Build the store, time the loads, write bench/results/store.json."""
     parser = argparse.ArgumentParser(
         prog="python -m bench.store",
-        description=__doc__,
+        description=__doc__.replace("``", ""),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(

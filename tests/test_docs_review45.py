@@ -7,8 +7,9 @@
 - docs/captioner.md tells a user to run `python -m shared.captioning.fit_shape --out FILE`; its
   `--help` printed the module docstring reflowed (the three example commands run together into one
   paragraph), with its reStructuredText quotes, and nine of its options did not say their default.
-  The tools outside bench/ that the docs run with `python -m` are held to what `skuforge`'s commands
-  are (tests/test_cli_help.py): help as text.
+  Every module the docs run with `python -m` (ten benchmarks printed that markup too, and
+  bench.matting ran its list of configurations into one paragraph) is held to what `skuforge`'s
+  commands are (tests/test_cli_help.py): help as text.
 - Every module the docs run with `python -m` (the benchmarks too) says each option's default in its
   `--help`, as `skuforge`'s commands do: 57 options of 12 benchmarks did not.
 - docs/matting.md runs `skuforge matting official --pth var/models/u2netp-official.pth`: without
@@ -54,30 +55,6 @@ def test_up_waiting_for_its_booting_broker_prints_no_kafka_connection_errors(
     assert "ECONNREFUSED" not in stderr
 
 
-# The tools besides `skuforge` that a doc tells its reader to run (bench/'s benchmarks aside).
-DOC_TOOLS = sorted(
-    {
-        module
-        for doc in DOCS
-        for module in re.findall(
-            r"python3? -m ((?:shared|devstack|services|schemas)(?:\.\w+)+)", doc.read_text()
-        )
-        if inspect.signature(importlib.import_module(module).main).parameters  # it parses arguments
-    }
-)
-
-
-def test_the_docs_name_the_fit_shape_tool() -> None:
-    assert "shared.captioning.fit_shape" in DOC_TOOLS
-
-
-@pytest.mark.parametrize("module", DOC_TOOLS)
-def test_a_doc_tools_help_reads_as_text(module: str, capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit):
-        importlib.import_module(module).main(["--help"])
-    assert "``" not in capsys.readouterr().out, f"python -m {module} --help prints docstring markup (``)"
-
-
 # Every module of this repository the docs or the Makefile run with `python -m` (skuforge_cli is
 # `skuforge`, checked by tests/test_cli_help.py), that parses arguments.
 RUN_MODULES = sorted(
@@ -90,8 +67,17 @@ RUN_MODULES = sorted(
 )
 
 
-def test_the_docs_run_the_benchmarks() -> None:
-    assert {"bench.gate", "bench.matting", "bench.matting_real"} <= set(RUN_MODULES)
+def test_the_docs_run_the_benchmarks_and_fit_shape() -> None:
+    assert {"bench.gate", "bench.matting", "bench.matting_real", "shared.captioning.fit_shape"} <= set(
+        RUN_MODULES
+    )
+
+
+@pytest.mark.parametrize("module", RUN_MODULES)
+def test_a_modules_help_reads_as_text(module: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        importlib.import_module(module).main(["--help"])
+    assert "``" not in capsys.readouterr().out, f"python -m {module} --help prints docstring markup (``)"
 
 
 @pytest.mark.parametrize("module", RUN_MODULES)
