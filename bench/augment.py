@@ -980,7 +980,10 @@ def _bench(argv: list[str] | None) -> int:
         "--scenes-per-class",
         type=positive_int,
         default=4,
-        help="train photos per class as scenes (refused above what a class has left after its references; default 4)",
+        help=(
+            "train photos per class as scenes (default 4; refused above what a class has left after "
+            "its references)"
+        ),
     )
     parser.add_argument(
         "--photo-share",
