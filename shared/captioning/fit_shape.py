@@ -47,6 +47,7 @@ from shared.argtypes import (
     int_between,
     model_location,
     non_negative_int,
+    path_argument,
     positive_int,
 )
 from shared.arith.masks import convex_hull
@@ -420,7 +421,7 @@ def _fit(argv: Sequence[str] | None) -> int:
     )
     parser.add_argument(
         "--out",
-        type=Path,
+        type=path_argument("file"),
         required=True,
         help=f"the module to write; {OUTPUT} replaces the committed tree (its header names the matting "
         "model it was fitted with: another model gives another tree)",
