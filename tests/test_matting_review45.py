@@ -12,8 +12,12 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
+import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
+from shared.matting.graph import activation_shapes, split_wide_concats
 from tests.support.cli import refusal_of
 
 # (module, argv with "" where the path goes, the option argparse names)
@@ -63,3 +67,47 @@ def test_an_empty_path_is_refused_naming_its_option(
     refusal = refusal_of(importlib.import_module(module).main, argv, capsys)
     assert f"argument {option}: the path is empty (an unset shell variable?)" in refusal
     assert not any(tmp_path.iterdir()), "it wrote into the folder it ran in"
+
+
+# --- shared/matting/graph.py ---------------------------------------------------------------------
+
+
+def _graph(nodes: list[onnx.NodeProto], inputs: dict[str, list[int | str]], output: str) -> onnx.ModelProto:
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, shape) for name, shape in inputs.items()],
+        [helper.make_tensor_value_info(output, TensorProto.FLOAT, None)],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_the_activation_probe_names_the_inputs_of_a_graph_with_more_than_one() -> None:
+    # It fed the first input only, and ONNX Runtime's "Required inputs (['mask']) are missing from feed"
+    # did not say that the probe (and the concat split) takes one image input.
+    model = _graph(
+        [helper.make_node("Mul", ["image", "mask"], ["masked"])],
+        {"image": ["batch", 3, "h", "w"], "mask": ["batch", 1, "h", "w"]},
+        "masked",
+    )
+    with pytest.raises(ValueError, match=r"2 inputs \(image, mask\); .* one image input"):
+        activation_shapes(model, size_px=8)
+    with pytest.raises(ValueError, match="2 inputs"):
+        split_wide_concats(model, size_px=8)
+
+
+def test_the_activation_probe_says_an_input_that_is_no_image_batch_is_not_one() -> None:
+    model = _graph([helper.make_node("Relu", ["x"], ["y"])], {"x": ["batch", 4]}, "y")
+    with pytest.raises(ValueError, match=r"input x is declared \['batch', 4\].*N x C x H x W"):
+        activation_shapes(model, size_px=8)
+
+
+def test_a_graph_with_no_activation_has_no_concat_to_split() -> None:
+    # Its only node a Constant, the probe measured nothing, and max() of nothing was a bare ValueError
+    # ("max() iterable argument is empty") from a pass that had nothing to do.
+    constant = numpy_helper.from_array(np.zeros((1, 1, 2, 2), np.float32), "value")
+    model = _graph(
+        [helper.make_node("Constant", [], ["y"], value=constant)], {"x": ["batch", 3, "h", "w"]}, "y"
+    )
+    assert split_wide_concats(model, size_px=8) == 0
+    assert [node.op_type for node in model.graph.node] == ["Constant"]

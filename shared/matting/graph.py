@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -35,22 +34,37 @@ SPLIT_MIN_SHARE = 0.5
 def activation_shapes(model: onnx.ModelProto, size_px: int = 320) -> dict[str, tuple[int, ...]]:
     """Shape of every node output for one ``1xCxSxS`` input, from a run with all of them exposed.
 
-    C is the input's declared channel count (3 when it is not fixed).
+    C is the input's declared channel count (3 when it is not fixed). The graph takes one image batch
+    (``N x C x H x W``), as an exported U2-Net does; another is a ValueError naming its inputs.
     """
+    # An older exporter lists the weights among the inputs too: they are fed from the file.
+    weights = {initializer.name for initializer in model.graph.initializer}
+    inputs = [value.name for value in model.graph.input if value.name not in weights]
+    if len(inputs) != 1:
+        raise ValueError(
+            f"the graph has {len(inputs)} inputs ({', '.join(inputs) or 'none'}); the activation probe "
+            "feeds one image input (N x C x H x W)"
+        )
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     # An optional output left out ("", as Dropout's mask) is no tensor: exposed, it failed the session.
     names = [name for node in probe.graph.node if node.op_type != "Constant" for name in node.output if name]
     declared = {output.name for output in probe.graph.output}
+    if not names:  # nothing but constants: nothing to measure (and run([]) would return every output)
+        return {}
     probe.graph.output.extend(onnx.ValueInfoProto(name=name) for name in names if name not in declared)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    channels = session.get_inputs()[0].shape[1]
-    feed = {
-        session.get_inputs()[0].name: np.zeros(
-            (1, channels if isinstance(channels, int) else 3, size_px, size_px), np.float32
+    image = session.get_inputs()[0]
+    if len(image.shape) != 4:
+        raise ValueError(
+            f"input {image.name} is declared {image.shape}; the activation probe feeds one image batch "
+            "(N x C x H x W)"
         )
+    channels = image.shape[1]
+    feed = {
+        image.name: np.zeros((1, channels if isinstance(channels, int) else 3, size_px, size_px), np.float32)
     }
     return {name: tuple(value.shape) for name, value in zip(names, session.run(names, feed), strict=True)}
 
@@ -65,6 +79,8 @@ def split_wide_concats(
     least ``min_share`` of the largest activation. Returns how many pairs were rewritten.
     """
     shapes = activation_shapes(model, size_px)
+    if not shapes:
+        return 0  # no node but constants: no concat
     largest = max(int(np.prod(shape)) for shape in shapes.values())
     # Nodes by position: names are optional and need not be unique, so a name can stand for many nodes.
     consumers: dict[str, list[int]] = {}
@@ -136,13 +152,3 @@ def split_wide_concats(
     model.graph.initializer.extend(kept)
     log.info("split wide concats", extra={"pairs": len(replacements)})
     return len(replacements)
-
-
-def split_wide_concats_file(path: Path) -> int:
-    """``split_wide_concats`` on an ONNX file, rewritten in place when anything changed."""
-    model = onnx.load(str(path))
-    count = split_wide_concats(model)
-    if count:
-        onnx.checker.check_model(model, full_check=True)
-        onnx.save(model, str(path))
-    return count
