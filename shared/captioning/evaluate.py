@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -41,13 +41,14 @@ from shared.captioning.attributes import (
 )
 from shared.captioning.prompts import compose_caption
 from shared.images import decode_image
-from shared.matting.session import MattingSession
 from shared.synth import make_product, render_photo
 from shared.synth.products import ProductSpec
 
 __all__ = [
     "PACKAGING_SHAPES",
     "AccuracyReport",
+    "MaskPredictor",
+    "MaskResult",
     "RealProduct",
     "RealReport",
     "caption_shape_and_colour",
@@ -58,6 +59,22 @@ __all__ = [
 ]
 
 COLOUR_NAMES = frozenset((*COLOUR_TABLE, *ACHROMATIC_NAMES))
+
+
+class MaskResult(Protocol):
+    """One image's mask: HxW, 0 background / 255 product (``shared.matting.session.MattingResult``)."""
+
+    @property
+    def mask(self) -> npt.NDArray[np.uint8]: ...
+
+
+class MaskPredictor(Protocol):
+    """What the scoring takes to mask photos: a matting session (``shared.matting.session.open_session``),
+    opened by the caller; the captioning library does not open another library's model."""
+
+    def predict(self, images: Sequence[Image.Image]) -> Sequence[MaskResult]: ...
+
+
 # Which measured shapes express each packaging word of a truth table. A silhouette cannot tell a
 # paperboard carton from a cardboard box (``prompts._SHAPE_WORDS`` reads "carton" as box too), a
 # tub from a jar, or a bag from a pouch; the class noun ("milk carton") names the material.
@@ -120,7 +137,7 @@ def renderer_accuracy(
     n_products: int,
     seed: int,
     *,
-    session: MattingSession | None,
+    session: MaskPredictor | None,
     size_px: int = 512,
     photo_index: int = 0,
 ) -> AccuracyReport:
@@ -244,7 +261,7 @@ def _labelled_photo(dataset_dir: Path, product: RealProduct) -> bytes:
 
 
 def real_accuracy(
-    products: Sequence[RealProduct], dataset_dir: Path, *, session: MattingSession
+    products: Sequence[RealProduct], dataset_dir: Path, *, session: MaskPredictor
 ) -> RealReport:
     """Score the captions of real photos (``RealProduct.path`` is relative to ``dataset_dir``)."""
     report = RealReport(len(products), 0.0, 0.0, 0.0)
