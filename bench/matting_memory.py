@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shared.argtypes import MAX_THREADS, file_problem, int_between, non_negative_int
+from shared.argtypes import MAX_THREADS, file_problem, int_between, non_negative_int, path_argument
 
 if TYPE_CHECKING:
     from schemas.envelope import Envelope
@@ -256,14 +256,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--before",
-        type=Path,
+        type=path_argument("folder"),
         default=None,
         help=f"a checkout of the code before a change (holds {BEFORE_STAGE})",
     )
     parser.add_argument("--speed-rounds", type=non_negative_int, default=0)
     parser.add_argument(
         "--out",
-        type=Path,
+        type=path_argument("file"),
         default=RESULTS / "matting_memory.json",
         help="results JSON (default bench/results/matting_memory.json, the committed run's: --before "
         f"DIR --speed-rounds {COMMITTED_SPEED_ROUNDS}, every configuration, 2 threads; any other run "

@@ -2,9 +2,9 @@
 
 An empty path option (``--out "$OUT"`` with OUT unset) was read as Path(""), the current folder:
 ``skuforge matting pairs --out ""`` wrote its images/ and masks/ where the user stood, ``eval ""`` looked
-for a model there. Each path option of ``skuforge matting``, ``bench.matting_real`` and
-``shared.captioning.fit_shape`` now refuses it as the other commands do (``path_argument``): exit 2,
-naming the option, before any work.
+for a model there. Each path option of ``skuforge matting``, ``bench.matting_real``,
+``bench.matting_memory`` and ``shared.captioning.fit_shape`` now refuses it as the other commands do
+(``path_argument``): exit 2, naming the option, before any work.
 """
 
 from __future__ import annotations
@@ -49,6 +49,8 @@ EMPTY_PATHS = [
     ),
     ("bench.matting_real", ["--dataset", "d", "--sheet", ""], "--sheet"),
     ("bench.matting_real", ["--dataset", "d", "--out", ""], "--out"),
+    ("bench.matting_memory", ["--before", ""], "--before"),
+    ("bench.matting_memory", ["--out", ""], "--out"),
     ("shared.captioning.fit_shape", ["--out", ""], "--out"),
 ]
 
