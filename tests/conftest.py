@@ -1,5 +1,6 @@
 """Fixtures shared by the whole suite, each started once per session: the real Kafka broker, a moto S3
-server on loopback, a Triton server with the generation model, a U2-NetP ONNX. And per test: the
+server on loopback, a Triton server with the generation model, a U2-NetP ONNX. Per test module that asks
+for it: a Kafka broker that authorises by ACL (SASL/PLAIN). And per test: the
 logging set-up and the torch thread count a test leaves behind are undone; LoRA training stubbed for
 the tests that ask for it; a tiny SD inpainting pipeline per test module that asks for one."""
 
@@ -9,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from shared.observability import JsonFormatter, TextFormatter
+from tests.support.acl_kafka import acl_broker  # noqa: F401
 from tests.support.kafka import kafka_bootstrap, new_topic  # noqa: F401
 from tests.support.lora import stub_training, tiny_model  # noqa: F401
 from tests.support.matting import random_u2netp_onnx  # noqa: F401

@@ -9,10 +9,7 @@ Training is stubbed (``stub_training``); the publication goes to a real broker t
 from __future__ import annotations
 
 import logging
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
-from typing import NamedTuple
 
 import pytest
 from kafka.admin import (
@@ -20,64 +17,19 @@ from kafka.admin import (
     ACLOperation,
     ACLPermissionType,
     ACLResourcePatternType,
-    KafkaAdminClient,
     NewTopic,
     ResourcePattern,
     ResourceType,
 )
 from prometheus_client import CollectorRegistry
 
-from devstack.broker import LocalKafka, free_port
 from schemas.events import AdapterPublished
 from schemas.topics import ADAPTER_PUBLISHED
 from services.lora_trainer.stage import LoraTrainerMetrics, PublicationFailed, kafka_publisher
-from shared.config import load_settings
-from tests.support.bus import file_store_uri
+from tests.support.acl_kafka import TRAINER, AclBroker, sasl_settings
 from tests.support.lora import one_series, served
 
 pytestmark = pytest.mark.kafka
-
-TRAINER, PASSWORD = "trainer", "trainer-secret"
-
-
-class AclBroker(NamedTuple):
-    """A broker authorising by ACL: ``admin`` on its PLAINTEXT listener (a super user), ``sasl`` the
-    listener the trainer's principal (``TRAINER``) connects to."""
-
-    admin: KafkaAdminClient
-    sasl: str
-
-
-@pytest.fixture(scope="module")
-def acl_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AclBroker]:
-    folder = tmp_path_factory.mktemp("acl-kafka")
-    ports: set[int] = set()
-    while len(ports) < 3:
-        ports.add(free_port())
-    plain, controller, sasl = sorted(ports)
-    jaas = f'org.apache.kafka.common.security.plain.PlainLoginModule required user_{TRAINER}="{PASSWORD}";'
-    properties = {
-        "listeners": f"PLAINTEXT://127.0.0.1:{plain},SASL_PLAINTEXT://127.0.0.1:{sasl},"
-        f"CONTROLLER://127.0.0.1:{controller}",
-        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{plain},SASL_PLAINTEXT://127.0.0.1:{sasl}",
-        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,"
-        "SASL_PLAINTEXT:SASL_PLAINTEXT",
-        "sasl.enabled.mechanisms": "PLAIN",
-        "listener.name.sasl_plaintext.plain.sasl.jaas.config": jaas,
-        "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
-        "super.users": "User:ANONYMOUS",  # the PLAINTEXT listeners: the admin and the controller
-        "allow.everyone.if.no.acl.found": "true",
-    }
-    broker = LocalKafka(
-        folder / "broker", port=plain, controller_port=controller, extra_properties=properties
-    )
-    broker.start()
-    admin = KafkaAdminClient(bootstrap_servers=f"127.0.0.1:{plain}")
-    try:
-        yield AclBroker(admin, f"127.0.0.1:{sasl}")
-    finally:
-        admin.close()
-        broker.stop()
 
 
 def test_a_publication_the_acl_refuses_is_tried_again_on_a_growing_interval(
@@ -90,15 +42,7 @@ def test_a_publication_the_acl_refuses_is_tried_again_on_a_growing_interval(
     the log names the ACL, not an outage the next poll gets past."""
     store, trainer_at = one_series(tmp_path)
     trainer = trainer_at(4)
-    shared = load_settings(
-        kafka_bootstrap=acl_broker.sasl,
-        kafka_security_protocol="SASL_PLAINTEXT",
-        kafka_sasl_username=TRAINER,
-        kafka_sasl_password=PASSWORD,
-        topic_namespace=f"t{uuid.uuid4().hex[:8]}.",
-        store_uri=file_store_uri(tmp_path / "kafka-store"),
-        flush_timeout_s=5.0,
-    )
+    shared = sasl_settings(acl_broker, tmp_path, flush_timeout_s=5.0)
     topic = shared.topic_name(ADAPTER_PUBLISHED)
     acl_broker.admin.create_topics([NewTopic(topic, 1, 1)])
     on_topic = ResourcePattern(ResourceType.TOPIC, topic, ACLResourcePatternType.LITERAL)
