@@ -53,7 +53,8 @@ trained again; the log says so, naming the adapter, the topic and the broker's r
 the topic refuses for good (over its ``max.message.bytes``) or the broker's ACLs refuse (the trainer's
 principal may not write to the topic) that it fails alike until the limit is raised or the ACL
 changed: such a record is tried again on a growing interval (the n-th refusal in a row skips the next
-2**(n-1) polls, up to ``REFUSED_BACKOFF_MAX_S``; a restart tries at once), not at every poll. A poll
+2**(n-1) polls, up to ``REFUSED_BACKOFF_MAX_S``; a restart tries at once), not at every poll; the polls
+skipped plan nothing and read nothing from the store (new requests wait for the next try). A poll
 that cannot plan its jobs (the store away while its requests are read) is logged as such: nothing was
 trained, and the next poll plans again. A job stopped by the object store or the adapter
 registry (away, or refusing a write) is logged naming which, with the uri it met (``StoreFailed``), not
@@ -894,6 +895,9 @@ class LoraTrainer:
         failure: Exception | None = None
         waiting: PublicationFailed | None = None  # a refused publication waiting out its backoff
         unreadable = 0
+        backing_off = self._backing_off()
+        if backing_off is not None:
+            raise backing_off
         try:
             jobs = self.plan()
         except Exception as exc:
@@ -970,6 +974,19 @@ class LoraTrainer:
         if waiting is not None:
             raise waiting
         return published
+
+    def _backing_off(self) -> PublicationFailed | None:
+        """The poll's fault when every refused publication is waiting out its backoff (``RefusedBackoff``),
+        each then one poll nearer its try; None when none is refused, or one is due (the poll plans).
+        Planned, such a poll read every request file (the general job's picks, up to
+        SKUFORGE_LORA_GENERAL_MAX_IMAGES) and the job's result and weights, for minutes, only to skip the
+        send. New requests wait for the next try too, at most about ``REFUSED_BACKOFF_MAX_S``."""
+        if not self._refused or any(backoff.polls_left == 0 for backoff in self._refused.values()):
+            return None
+        for backoff in self._refused.values():
+            backoff.polls_left -= 1
+        (adapter_id, _), soonest = min(self._refused.items(), key=lambda refused: refused[1].polls_left)
+        return PublicationFailed(adapter_id, soonest.refusal, skipped_polls=soonest.polls_left, tried=False)
 
     def _store_failed(self, exc: TransientError) -> StoreFailed:
         """``exc`` named by the store it came from: the registry raises its store's faults as its own

@@ -233,15 +233,21 @@ def served(store: ObjectStore, series: str = "cola") -> str | None:
 
 
 class CountingStore(FileStore):
-    """A file store that keeps the keys it was asked to read, in order."""
+    """A file store that keeps the keys it was asked to read, and the prefixes it was asked to list, in
+    order."""
 
     def __init__(self, root: Path) -> None:
         super().__init__(root)
         self.reads: list[str] = []
+        self.listed: list[str] = []
 
     def _read(self, key: str) -> bytes:
         self.reads.append(key)
         return super()._read(key)
+
+    def _list(self, prefix: str) -> Iterator[str]:
+        self.listed.append(prefix)
+        return super()._list(prefix)
 
 
 def request_reads(store: CountingStore) -> list[str]:

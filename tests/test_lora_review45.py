@@ -1,0 +1,62 @@
+"""The LoRA trainer, review 45: a poll while a refused publication backs off reads nothing from the
+store (it planned every job again, reading every request file, only to skip the send).
+
+Training is stubbed (``stub_training``); refused publications go to the real broker, through the real
+``kafka_publisher`` (``refusing_publisher``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from schemas.events import AdapterPublished
+from services.lora_trainer.stage import PublicationFailed
+from tests.support.captioning import captioned_sku
+from tests.support.lora import (
+    CountingStore,
+    gate_accepted,
+    model_folder,
+    record,
+    record_accepted_event,
+    refusing_publisher,
+    trainer_on,
+)
+
+
+@pytest.mark.kafka
+def test_a_poll_while_a_refused_publication_backs_off_reads_nothing_from_the_store(
+    tmp_path: Path, stub_training: list[Path], kafka_bootstrap: str
+) -> None:
+    """Before, each poll of the back-off (up to about 5 minutes of 5 s polls) listed the requests, read
+    the general schedule, every request file the general job picked (up to
+    SKUFORGE_LORA_GENERAL_MAX_IMAGES) and the job's result and weights, only to skip the send. Now the
+    polls between tries read nothing; a try plans and reads as before."""
+    store = CountingStore(tmp_path / "store")
+    for variant in (0, 1, 2):
+        record_accepted_event(store, gate_accepted(store, variant))
+    record(store, captioned_sku(store, 1, usable_photos=1, series="cola"))
+    trainer = trainer_on(
+        store, model_folder(tmp_path, "m"), lora_class_images=0, lora_general_after_accepted=1
+    )
+    send, _, _ = refusing_publisher(tmp_path, kafka_bootstrap)
+    sent_at: list[int] = []
+    poll = 0
+
+    def counted(event: AdapterPublished) -> None:
+        sent_at.append(poll)
+        send(event)
+
+    trainer.publish = counted
+    read_at: list[int] = []
+    for poll in range(1, 8):
+        store.reads.clear()
+        store.listed.clear()
+        trainer.poll()
+        assert isinstance(trainer.last_error, PublicationFailed), trainer.last_error
+        if store.reads or store.listed:
+            read_at.append(poll)
+    assert sorted(set(sent_at)) == [1, 3, 6]  # the series' and the general adapter's, at each try
+    assert read_at == [1, 3, 6]
+    assert len(stub_training) == 2  # trained once each
