@@ -1,5 +1,7 @@
 """The LoRA trainer, review 45: a poll while a refused publication backs off reads nothing from the
-store (it planned every job again, reading every request file, only to skip the send).
+store (it planned every job again, reading every request file, only to skip the send); a publication
+reads its series' ``current/`` pointer once; a roll-back cut short that the pointer records is still
+counted after another adapter's publication was refused.
 
 Training is stubbed (``stub_training``); refused publications go to the real broker, through the real
 ``kafka_publisher`` (``refusing_publisher``).
@@ -12,12 +14,13 @@ from pathlib import Path
 import pytest
 
 from schemas.events import AdapterPublished
-from services.lora_trainer.stage import PublicationFailed
+from services.lora_trainer.stage import PREFIX, PublicationFailed
 from tests.support.captioning import captioned_sku
 from tests.support.lora import (
     CountingStore,
     gate_accepted,
     model_folder,
+    one_series,
     record,
     record_accepted_event,
     refusing_publisher,
@@ -60,3 +63,29 @@ def test_a_poll_while_a_refused_publication_backs_off_reads_nothing_from_the_sto
     assert sorted(set(sent_at)) == [1, 3, 6]  # the series' and the general adapter's, at each try
     assert read_at == [1, 3, 6]
     assert len(stub_training) == 2  # trained once each
+
+
+@pytest.mark.kafka
+def test_a_roll_back_cut_short_is_counted_after_another_adapters_publication_was_refused(
+    tmp_path: Path, stub_training: list[Path], kafka_bootstrap: str
+) -> None:
+    """A roll-back's pointer names its publication until its marker counts it. A new adapter of the
+    series, registered before its event is sent, rewrote the pointer naming it unpublished, but wrote
+    the publication under a field the trainer does not read (``under_way``): the count was lost, and
+    the next roll-back to the adapter took the event id of the one cut short, which consumers drop."""
+    store, trainer_at = one_series(tmp_path)
+    [first] = trainer_at(4).run_pending()
+    [pointer] = store.list_keys(f"{PREFIX}/current/")
+    # A roll-back to `first` cut short: its event sent and its pointer written, the store away before
+    # its marker counted it.
+    store.put_json(pointer, {"adapter_id": first.adapter_id, "publication": 2})
+    refused = trainer_at(8)
+    refused.publish, _, _ = refusing_publisher(tmp_path, kafka_bootstrap)
+    with pytest.raises(PublicationFailed, match="MessageSizeTooLarge"):
+        refused.run_pending()
+
+    [second] = trainer_at(8).run_pending()  # a restart, to a topic that takes the event
+
+    marker = store.get_bytes(f"{PREFIX}/published/{first.adapter_id}.json")
+    assert AdapterPublished.model_validate_json(marker).publication == 2
+    assert second.adapter_id != first.adapter_id

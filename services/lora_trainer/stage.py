@@ -490,8 +490,15 @@ class CurrentPointer(NamedTuple):
     unpublished: str | None
 
     def record(self) -> dict[str, Any]:
-        """The pointer as stored, without the fields that are None."""
-        return {name: value for name, value in self._asdict().items() if value is not None}
+        """The pointer as stored (``under_way`` as ``publication``, what ``_current`` reads), without the
+        fields that are None. Stored as ``under_way``, a roll-back's publication was lost when the
+        pointer was rewritten naming an adapter unpublished, and the next roll-back took its event id."""
+        stored = {
+            "adapter_id": self.adapter_id,
+            "publication": self.under_way,
+            "unpublished": self.unpublished,
+        }
+        return {name: value for name, value in stored.items() if value is not None}
 
 
 class PlanningFailed(Exception):
