@@ -65,6 +65,23 @@ def test_a_poll_while_a_refused_publication_backs_off_reads_nothing_from_the_sto
     assert len(stub_training) == 2  # trained once each
 
 
+def test_a_publication_reads_its_series_pointer_once(tmp_path: Path, stub_training: list[Path]) -> None:
+    """It was read before registering (to name the adapter unpublished) and again after the send (to
+    count a roll-back cut short): the second read only found what the first had, plus this trainer's
+    own write (one trainer publishes a series; docs/diffusion.md)."""
+    store = CountingStore(tmp_path / "store")
+    model = model_folder(tmp_path, "m")
+    record(store, captioned_sku(store, 1, usable_photos=1, series="cola"))
+    [first] = trainer_on(store, model, lora_rank=4, lora_class_images=0).run_pending()
+    store.reads.clear()
+
+    [second] = trainer_on(store, model, lora_rank=8, lora_class_images=0).run_pending()
+
+    assert second.adapter_id != first.adapter_id
+    pointer_reads = [key for key in store.reads if key.startswith(f"{PREFIX}/current/")]
+    assert len(pointer_reads) == 1, pointer_reads
+
+
 @pytest.mark.kafka
 def test_a_roll_back_cut_short_is_counted_after_another_adapters_publication_was_refused(
     tmp_path: Path, stub_training: list[Path], kafka_bootstrap: str

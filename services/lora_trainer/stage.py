@@ -87,6 +87,7 @@ last poll left out, a record of their publication or their registry weights unre
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib.util
@@ -1180,6 +1181,16 @@ class LoraTrainer:
         # and 64 tags of 200 characters (a sku.captioned the schema takes) failed the event at every poll.
         # Training read the first 77 tokens of each (CLIP's length) anyway.
         prompts = [prompt[:MAX_TRAINING_PROMPT_CHARS] for prompt in result["training_prompts"]]
+        # The series' pointer, read once for both records below: the adapter named unpublished before it is
+        # registered, a roll-back cut short counted once the event is sent. Read again after the send, it
+        # held what this read found, plus only this trainer's own `unpublished`. Another trainer publishing
+        # the series meanwhile is not guarded against by reading twice: the pointer's writes are plain puts
+        # (the last one wins), and a second read only narrowed the window in which its roll-back cut short
+        # went uncounted, from the registering and the send to the moments before the rewrite.
+        try:
+            replaced = self._current(job)
+        except UnreadableRecord:
+            replaced = None  # rewritten once the event is sent
         # Registered and the newest (a retry after a lost ack or a crash), its weights there whole: not
         # written again. Else (a roll-back; a marker deleted, so a roll-back taken for a first
         # publication; the registry's weights lost or altered since) registered again: a new
@@ -1193,7 +1204,7 @@ class LoraTrainer:
         ):
             metadata = newest
         else:
-            self._unpublished(job)
+            self._unpublished(job, replaced)
             metadata = self.registry.register(
                 job.adapter_id,
                 weights,
@@ -1237,18 +1248,11 @@ class LoraTrainer:
         # Only after the broker has the event: a crash before the marker is written publishes again (the
         # same event id). The general schedule last: written before the pointer and the marker, the store
         # away in between left the job counted and no longer under way, and no poll came back to them.
-        try:
-            replaced = self._current(job)
-            if (
-                replaced is not None
-                and replaced.under_way is not None
-                and replaced.adapter_id != job.adapter_id
-            ):
-                self._count_publication(
-                    replaced.adapter_id, replaced.under_way
-                )  # a roll-back cut short: counted first
-        except UnreadableRecord:
-            pass  # the pointer is rewritten below; a damaged marker is reported when its job is planned
+        if replaced is not None and replaced.under_way is not None and replaced.adapter_id != job.adapter_id:
+            # A roll-back cut short, counted first. Its marker damaged: the pointer is rewritten below, and
+            # the marker is reported when its job is planned.
+            with contextlib.suppress(UnreadableRecord):
+                self._count_publication(replaced.adapter_id, replaced.under_way)
         if publication == 1:
             self.store.put_json(self._current_key(job), {"adapter_id": job.adapter_id})
             self.store.put_json(marker, event)
@@ -1265,16 +1269,12 @@ class LoraTrainer:
         log.info("adapter published", extra={"adapter_id": job.adapter_id, "steps": result["steps"]})
         return event
 
-    def _unpublished(self, job: Job) -> None:
-        """Record in ``job``'s series' pointer that its adapter is about to be registered (the newest, so
-        served) before its event is sent. Its event refused for good, the pointer named only the adapter
-        last published: the set rolled back to that one found it current, and the generator went on
-        serving this one. No pointer yet (the series' first adapter), or one that cannot be read, is left
-        as it is: the pointer is written once the event is sent."""
-        try:
-            pointer = self._current(job)
-        except UnreadableRecord:
-            return
+    def _unpublished(self, job: Job, pointer: CurrentPointer | None) -> None:
+        """Record in ``job``'s series' pointer (``pointer``, as read) that its adapter is about to be
+        registered (the newest, so served) before its event is sent. Its event refused for good, the
+        pointer named only the adapter last published: the set rolled back to that one found it current,
+        and the generator went on serving this one. No pointer yet (the series' first adapter), or one
+        that cannot be read (None), is left as it is: the pointer is written once the event is sent."""
         if pointer is not None and pointer.unpublished != job.adapter_id:
             self.store.put_json(self._current_key(job), pointer._replace(unpublished=job.adapter_id).record())
 
