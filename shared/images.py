@@ -49,6 +49,7 @@ import itertools
 import logging
 import re
 import struct
+import warnings
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
@@ -71,6 +72,12 @@ from PIL import (
 from shared.errors import ImageRejected
 
 log = logging.getLogger("skuforge.images")
+
+# Every image past Pillow's bomb-warning threshold is refused in our words (``_pixel_limit``), or a JPEG
+# decoded scaled down under it: the warning adds nothing but two lines of Pillow's source on stderr
+# ("... could be decompression bomb DOS attack.") before the refusal, or before a photo that is then
+# taken. Set once, here, not with ``warnings.catch_warnings`` around each decode (not thread-safe).
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 DEFAULT_MAX_PIXELS = 40_000_000
 DEFAULT_MAX_BYTES = 50 * 2**20

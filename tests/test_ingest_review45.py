@@ -1,33 +1,42 @@
-"""A bidirectional control in a photo's file name is written escaped, as a control character is.
-
-The contract refuses one in ``original_filename`` (it reorders the text shown after it, Trojan Source);
-``skuforge ingest`` escaped only control characters, so a photo named so on disk failed the batch.
-"""
+"""Ingest review 45: photos as they come from phones, catalogues and DAMs, made with Pillow."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from PIL import Image
 
-from services.ingest import ingest
-from services.ingest.ingest import prepare_all
-from shared.config import load_settings
-from shared.store import FileStore
+REPO = Path(__file__).resolve().parents[1]
 
 
-def test_a_bidirectional_control_in_a_photos_file_name_is_escaped_not_a_refusal(tmp_path: Path) -> None:
-    folder = tmp_path / "A"
-    folder.mkdir()
-    (folder / "metadata.json").write_text(
-        json.dumps({"sku_id": "A-1", "name": "Oat drink", "category": "carton"})
+def _sku(root: Path, folder: str, sku_id: str) -> Path:
+    path = root / folder
+    path.mkdir(parents=True)
+    (path / "metadata.json").write_text(
+        json.dumps({"sku_id": sku_id, "name": "Oat drink", "category": "carton"})
     )
-    Image.new("RGB", (64, 64), (90, 40, 80)).save(folder / "shelf\u202egnp.exe\u202c.png")
+    return path
 
-    [sku] = prepare_all(tmp_path, load_settings())
 
-    [photo] = sku.photos
-    assert photo.original_filename == "shelf\\u202egnp.exe\\u202c.png"
-    ingested = ingest.upload_sku(sku, FileStore(tmp_path / "store"))
-    assert [photo.original_filename for photo in ingested.photos] == [photo.original_filename]
+def test_a_photo_past_pillows_bomb_threshold_is_one_refusal_not_a_python_warning(tmp_path: Path) -> None:
+    # A 90-megapixel scan (past PIL.Image.MAX_IMAGE_PIXELS, under twice it) printed Python's own
+    # "PIL/Image.py:...: DecompressionBombWarning: ... could be decompression bomb DOS attack." and
+    # "  warnings.warn(" before ingest's refusal: two lines of someone else's source, saying the
+    # user's photo might be an attack. Ingest's refusal already names the size and the limit.
+    folder = _sku(tmp_path, "scan", "SCAN-1")
+    Image.new("1", (10_000, 9_000), 1).save(folder / "scan.png")  # a few kB, 90 MP
+    run = subprocess.run(
+        [sys.executable, "-m", "skuforge_cli", "ingest", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONWARNINGS": ""},
+        timeout=300,
+    )
+    assert run.returncode == 2, run.stderr
+    assert "too_many_pixels: 10000x9000 = 90000000 pixels" in run.stderr, run.stderr
+    assert "Warning" not in run.stderr and "warnings.warn" not in run.stderr, run.stderr
