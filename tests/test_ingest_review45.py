@@ -8,18 +8,35 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
 from PIL import Image
+
+from services.ingest.ingest import IngestError, ingest_path
+from shared.store import FileStore
+from tests.support.bus import file_store_uri, isolated_settings
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _sku(root: Path, folder: str, sku_id: str) -> Path:
+def _sku(root: Path, folder: str, sku_id: str, *, seeds: tuple[int, ...] = ()) -> Path:
     path = root / folder
     path.mkdir(parents=True)
     (path / "metadata.json").write_text(
         json.dumps({"sku_id": sku_id, "name": "Oat drink", "category": "carton"})
     )
+    for seed in seeds:
+        _picture(seed).save(path / f"IMG_{seed}.jpg")
     return path
+
+
+def _picture(seed: int, size: tuple[int, int] = (320, 240)) -> Image.Image:
+    """A smooth picture of a few colours, a different one for each seed."""
+    width, height = size
+    y, x = np.mgrid[0:height, 0:width].astype(float)
+    a, b, c = np.random.default_rng(seed).uniform(5, 30, 3)
+    value = 128 + 60 * np.sin(x / a) + 60 * np.cos(y / b + x / c)
+    return Image.fromarray(np.stack([value, value[::-1], 255 - value], -1).clip(0, 255).astype(np.uint8))
 
 
 def test_a_photo_past_pillows_bomb_threshold_is_one_refusal_not_a_python_warning(tmp_path: Path) -> None:
@@ -40,3 +57,25 @@ def test_a_photo_past_pillows_bomb_threshold_is_one_refusal_not_a_python_warning
     assert run.returncode == 2, run.stderr
     assert "too_many_pixels: 10000x9000 = 90000000 pixels" in run.stderr, run.stderr
     assert "Warning" not in run.stderr and "warnings.warn" not in run.stderr, run.stderr
+
+
+def test_a_sku_id_differing_only_in_case_from_a_stored_sku_is_refused_before_any_upload(
+    tmp_path: Path,
+) -> None:
+    # OATLY-001 was ingested last week; today's new photos came with "oatly-001" in metadata.json.
+    # In one batch that is refused, but against the store it went through without a word: a second
+    # class of the same product in every export (S3 keys are case-sensitive), or, in a FileStore on
+    # macOS or Windows, its photos in OATLY-001's folder, under an event that names another SKU.
+    store = FileStore(tmp_path / "store")
+    store.put_bytes("incoming/OATLY-001/0123456789abcdef.png", b"an earlier photo", "image/png")
+    folder = _sku(tmp_path / "batch", "oatly", "oatly-001", seeds=(1,))
+    # No broker at all: the refusal comes before Kafka is reached, as the folders' own problems do.
+    settings = isolated_settings("localhost:1", file_store_uri(tmp_path / "store"))
+    with pytest.raises(IngestError) as refused:
+        ingest_path(tmp_path / "batch", settings, store=store, warn=lambda _: None)
+    assert (
+        f"{folder}: sku_id 'oatly-001' differs only in case from 'OATLY-001', a SKU the store holds "
+        "(incoming/OATLY-001/)"
+    ) in str(refused.value), refused.value
+    assert "nothing was ingested" in str(refused.value)
+    assert sorted(store.list_keys("incoming/")) == ["incoming/OATLY-001/0123456789abcdef.png"]

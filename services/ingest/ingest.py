@@ -36,7 +36,8 @@ hash within ``NEAR_DUPLICATE_MAX_BITS`` as shown, mirrored or turned by 90, 180 
 says how it differs ("mirrored", "turned 90 degrees clockwise"), and so is a photo that an earlier
 SKU folder of the batch has too, the same picture or such a copy, and an animated PNG or WebP or a
 multi-page TIFF, of which the first frame is ingested. Two SKU ids of a batch may not differ only in case
-(``ABC-1``, ``abc-1``): on a case-insensitive file system their store folders would be one. A name
+(``ABC-1``, ``abc-1``): on a case-insensitive file system their store folders would be one; nor may a SKU
+id of the batch and one the store already holds photos for (refused before anything is uploaded). A name
 or category that is only whitespace or invisible characters (a zero-width space) is refused, and so
 is a control character (a tab, newline, NUL or terminal escape) or a bidirectional control (U+202E...)
 in the name, category, brand or series: the contract's rules (``schemas/common.py``). One in a
@@ -1066,6 +1067,27 @@ def _warn_of_another_sku(
         )
 
 
+def _ids_equal_but_for_case(skus: Sequence[PreparedSku], owners: dict[str, set[str]]) -> list[str]:
+    """A problem for each SKU of ``skus`` whose id differs only in case from one the store holds photos
+    for (``owners``, ``stored_photo_owners``): refused, as two such ids in one batch are. Taken, it was
+    a second class of the product in every export (S3 keys are case-sensitive), or in a FileStore on a
+    case-insensitive disk its photos went into the other SKU's folder."""
+    stored_ids = {sku_id for sku_ids in owners.values() for sku_id in sku_ids}
+    by_case = {sku_id.casefold(): sku_id for sku_id in sorted(stored_ids)}
+    problems = []
+    for sku in skus:
+        sku_id = sku.metadata.sku_id
+        other = by_case.get(sku_id.casefold())
+        if other is not None and sku_id not in stored_ids:
+            problems.append(
+                f"{sku.folder}: sku_id {sku_id!r} differs only in case from {other!r}, a SKU the store "
+                f"holds ({keys.Folder.PHOTOS.of(other)}); their photos would share one store folder on a "
+                f"case-insensitive file system, and every export would hold two classes of one product: "
+                f"put {other!r} in metadata.json to add these photos to it, or give this SKU an id of its own"
+            )
+    return problems
+
+
 def upload_sku(sku: PreparedSku, store: ObjectStore) -> SkuIngested:
     """Store the photos (keys derived from content, so re-uploads overwrite) and build the event."""
     photos = []
@@ -1120,6 +1142,8 @@ def ingest_path(
     With ``withdraw_missing`` the photos a folder no longer has are withdrawn instead (module
     docstring), in the retraining store ``trainstore`` names (default: the ``SKUFORGE_TRAINSTORE_*``
     settings); ``tell`` is told of each SKU's withdrawals and reinstatements.
+    A SKU id that differs only in case from one the store holds photos for is ``IngestError``, before
+    Kafka is reached or anything is uploaded.
     A SKU whose event the broker refuses for good (over the topic's ``max.message.bytes``) is left out
     and the others go on; ``IngestIncomplete`` then names it, its folder and the broker's reason.
     """
@@ -1127,6 +1151,17 @@ def ingest_path(
         # Their photos' bytes are on disk: png is empty in these.
         spooled = _check_all(path, settings, lambda sku: _spool(sku, Path(spool_dir)), warn=warn)
         store = store or open_settings_store(settings)
+        try:
+            # Read once, before anything is uploaded: for the case check, and for a new id's warning.
+            owners = stored_photo_owners(store)
+        except TransientError as exc:  # nothing published yet: the store to look at, not Kafka
+            raise StoreUnavailable(str(exc)) from exc
+        except BadInput as exc:
+            raise IngestError(
+                f"nothing was ingested: the object store refused to list {keys.Folder.PHOTOS}: {exc}"
+            ) from exc
+        if case_clashes := _ids_equal_but_for_case(spooled, owners):
+            raise IngestError(_nothing_ingested(case_clashes))
         prefix = (trainstore or load_settings(TrainstoreSettings)).trainstore_prefix
         withdrawals = Withdrawals(ManifestStore(store, prefix))
         publisher = Publisher(settings, PRODUCER)  # TransientError if Kafka is away: nothing uploaded yet
@@ -1148,7 +1183,6 @@ def ingest_path(
         published: list[str] = []  # their SKU ids
         refused: list[str] = []  # "SKU (folder): why" of each SKU whose event the broker refused for good
         failing = "store"  # which system the step under way talks to, for the error's hint
-        owners: dict[str, set[str]] | None = None  # read once, and only when a SKU id is new
         withdrawing = ""  # the withdrawal under way, for the error: its SKU went out already
         try:
             for sku in spooled:
@@ -1157,7 +1191,6 @@ def ingest_path(
                 # One listing of the SKU's folder serves both: is the id new, and what left the folder.
                 stored = list(store.list_addressable(keys.Folder.PHOTOS.of(sku.metadata.sku_id)))
                 if not stored:
-                    owners = stored_photo_owners(store) if owners is None else owners
                     _warn_of_another_sku(
                         unspooled, owners, {other.metadata.sku_id for other in spooled}, warn
                     )
