@@ -1204,17 +1204,63 @@ def apply_exif_orientation(image: Image.Image) -> Image.Image:
     """Rotate/flip as the EXIF orientation says.
 
     Malformed EXIF only loses the orientation hint: the pixels themselves decoded fine, and
-    refusing a good photo over a broken metadata block would lose more than it protects.
+    refusing a good photo over a broken metadata block would lose more than it protects. An
+    orientation Pillow does not reach, as it stops at a tag whose data is cut short, is read from its
+    own entry (``_orientation_entry``).
     """
     try:
-        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
-        if orientation == 1:
+        orientation = image.getexif().get(ExifTags.Base.Orientation)
+        if orientation is None:
+            raw = image.info.get("exif")
+            orientation = _orientation_entry(raw) if isinstance(raw, bytes) else None
+            if orientation in _EXIF_TRANSPOSES:
+                turned = image.transpose(_EXIF_TRANSPOSES[orientation])
+                # Its copy of the block still says it; read again, it would be turned twice.
+                turned.info.pop("exif", None)
+                return turned
+        if orientation in (None, 1):
             # exif_transpose would copy the whole image even when there is nothing to do.
             return image
         transposed = ImageOps.exif_transpose(image)
     except (OSError, SyntaxError, ValueError, KeyError, TypeError, struct.error):
         return image
     return image if transposed is None else transposed
+
+
+# How each EXIF orientation but 1 (as stored) is shown, as ImageOps.exif_transpose turns it.
+_EXIF_TRANSPOSES = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _orientation_entry(exif: bytes) -> int | None:
+    """The Orientation in the first directory of an EXIF block, read from its entry alone; None when
+    there is none or the entry itself is cut off.
+
+    Pillow reads a directory's tags in order and drops the rest at the first whose data lies past the
+    block's end (an editing app that cut the block short): Orientation (274) comes after Make and
+    Model (271, 272), whose text is stored at the end, so a phone's portrait photo was taken as it
+    lies, on its side. Orientation's value is in its entry, which is whole."""
+    tiff = exif.removeprefix(b"Exif\x00\x00")
+    order = {b"II*\x00": "<", b"MM\x00*": ">"}.get(tiff[:4])
+    if order is None:
+        return None
+    try:
+        (directory,) = struct.unpack_from(order + "I", tiff, 4)
+        (entries,) = struct.unpack_from(order + "H", tiff, directory)
+        for entry in range(directory + 2, directory + 2 + 12 * entries, 12):
+            tag, kind, count, value = struct.unpack_from(order + "HHIH", tiff, entry)
+            if tag == ExifTags.Base.Orientation:
+                return value if kind == 3 and count == 1 else None  # one SHORT, as EXIF defines it
+    except struct.error:  # the entries are cut off before it
+        return None
+    return None
 
 
 def _to_rgb(image: Image.Image, data: bytes) -> Image.Image:

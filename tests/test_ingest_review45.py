@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -12,7 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from services.ingest import ingest
 from services.ingest.ingest import IngestError, ingest_path
+from shared.config import load_settings
 from shared.store import FileStore
 from tests.support.bus import file_store_uri, isolated_settings
 
@@ -79,3 +82,27 @@ def test_a_sku_id_differing_only_in_case_from_a_stored_sku_is_refused_before_any
     ) in str(refused.value), refused.value
     assert "nothing was ingested" in str(refused.value)
     assert sorted(store.list_keys("incoming/")) == ["incoming/OATLY-001/0123456789abcdef.png"]
+
+
+def test_a_phone_photo_whose_exif_is_cut_short_is_still_stored_upright(tmp_path: Path) -> None:
+    # A photo an editing app saved with its EXIF cut short (the camera model's text runs past the end
+    # of the block): Pillow stops reading at that tag and never reaches Orientation, which comes after
+    # it, though its entry is whole. The portrait photo was stored on its side without a word, and
+    # every image generated from it was sideways.
+    exif = Image.Exif()
+    exif[0x010F] = "A phone maker"  # Make
+    exif[0x0110] = "A phone model with a long name"  # Model: its text lies at the end of the block
+    exif[0x0112] = 6  # Orientation: turn 90 degrees clockwise to show
+    block = exif.tobytes()
+    folder = _sku(tmp_path, "phone", "PHONE-1")
+    landscape = _picture(1, (400, 300))
+    landscape.save(folder / "IMG_1.jpg", exif=block[:-8], quality=95)
+    with Image.open(folder / "IMG_1.jpg") as opened:
+        assert 0x0112 not in opened.getexif(), "Pillow alone loses the orientation of this file"
+    sku, problems = ingest.prepare_sku(folder, load_settings())
+    assert sku is not None, problems
+    photo = sku.photos[0]
+    assert (photo.width, photo.height) == (300, 400)
+    stored = np.asarray(Image.open(io.BytesIO(photo.png)).convert("RGB")).astype(int)
+    upright = np.asarray(landscape.transpose(Image.Transpose.ROTATE_270)).astype(int)
+    assert np.abs(stored - upright).mean() < 3, "turned clockwise, as its EXIF says"
