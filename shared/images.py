@@ -78,6 +78,11 @@ log = logging.getLogger("skuforge.images")
 # ("... could be decompression bomb DOS attack.") before the refusal, or before a photo that is then
 # taken. Set once, here, not with ``warnings.catch_warnings`` around each decode (not thread-safe).
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+# Pillow's EXIF reader (TiffImagePlugin) warns of a block it cannot read whole ("Possibly corrupt EXIF
+# data", "Tag data larger than file", "Truncated File Read"): common in phone photos saved by editing
+# apps, whose pixels are whole; such a block loses at most its orientation (``apply_exif_orientation``).
+# A TIFF whose own structure is broken is refused in our words.
+warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.TiffImagePlugin")
 
 DEFAULT_MAX_PIXELS = 40_000_000
 DEFAULT_MAX_BYTES = 50 * 2**20

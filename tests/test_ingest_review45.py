@@ -106,3 +106,27 @@ def test_a_phone_photo_whose_exif_is_cut_short_is_still_stored_upright(tmp_path:
     stored = np.asarray(Image.open(io.BytesIO(photo.png)).convert("RGB")).astype(int)
     upright = np.asarray(landscape.transpose(Image.Transpose.ROTATE_270)).astype(int)
     assert np.abs(stored - upright).mean() < 3, "turned clockwise, as its EXIF says"
+
+
+def test_a_photo_with_a_broken_exif_block_prints_no_python_warning(tmp_path: Path) -> None:
+    # The photo is taken (its pixels are whole; a broken EXIF block loses at most its orientation),
+    # but ingest printed Pillow's "PIL/TiffImagePlugin.py:946: UserWarning: Tag data larger than
+    # file. Skipping tag 271" and "  warnings.warn(...)" lines first: someone else's source, nothing
+    # the user could act on, above what ingest itself had to say.
+    exif = Image.Exif()
+    exif[0x010F] = "A phone maker"
+    exif[0x0110] = "A phone model with a long name"
+    folder = _sku(tmp_path, "phone", "PHONE-1")
+    _picture(1).save(folder / "IMG_1.jpg", exif=exif.tobytes()[:30])
+    empty = _sku(tmp_path, "empty", "EMPTY-1")  # a refusal ends the run before Kafka is reached
+    run = subprocess.run(
+        [sys.executable, "-m", "skuforge_cli", "ingest", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONWARNINGS": ""},
+        timeout=300,
+    )
+    assert run.returncode == 2, run.stderr
+    assert f"{empty}: no photos" in run.stderr and "IMG_1.jpg" not in run.stderr, run.stderr
+    assert "Warning" not in run.stderr and "warnings.warn" not in run.stderr, run.stderr
