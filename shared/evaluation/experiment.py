@@ -11,9 +11,11 @@ backbone features (``linear.fit_predict``) and scored on the held-out photos, to
 * **B'** B + the same classic augmentation as A';
 * **C**  synthetic only (SKUs with no synthetic image are unknown to C, so all wrong).
 
-Per SKU: top-1 under each, and the differences B - A and B' - A'. ``curve`` gives A, B and C
-against the number of real photos per SKU (the first j of each SKU's real photos, synthetic fixed;
-a SKU with fewer than j keeps all of its own, which the report notes).
+Every SKU of the training images is a class, held-out photos or not; a SKU with none is trained on
+and named in ``not_scored`` (no figure of no photo). Per scored SKU: top-1 under each, and the
+differences B - A and B' - A'. ``curve`` gives A, B and C against the number of real photos per SKU
+(the first j of each SKU's real photos, synthetic fixed; a SKU with fewer than j keeps all of its
+own, which the report notes).
 """
 
 from __future__ import annotations
@@ -109,10 +111,10 @@ class EvaluationResult:
     """Top-1 per condition, overall and per SKU, and what the report plots."""
 
     n_heldout: int
-    n_skus: int
+    n_skus: int  # the SKUs scored
     backbone: str
     top1: dict[str, float]
-    per_sku: dict[str, dict[str, float]]  # sku -> condition -> top-1
+    per_sku: dict[str, dict[str, float]]  # scored sku -> condition -> top-1
     gain: dict[str, float]  # sku -> B - A
     gain_over_classic: dict[str, float]  # sku -> B' - A'
     frac_skus_worse_by_10pt: float
@@ -120,6 +122,8 @@ class EvaluationResult:
     curve: dict[str, list[float]]  # "real_per_sku", "A", "B", "C"
     misclassified: list[dict[str, str]]  # under B': name, true, predicted
     config: dict[str, Any]
+    # sku -> why it has no per-SKU figures: trained on (a class the classifiers may answer), not scored.
+    not_scored: dict[str, str] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         """The headline figures (what ``bench/augment.py`` records per k)."""
@@ -249,14 +253,18 @@ def run_evaluation(
     input_px = featurizer.backbone.spec.image_px
     if config.classic_px < input_px:
         config = dataclasses.replace(config, classic_px=input_px)
-    skus = sorted({photo.sku_id for photo in heldout})
-    if not skus:
+    scored = sorted({photo.sku_id for photo in heldout})
+    if not scored:
         raise ValueError("no held-out photos")
     real: dict[str, list[Photo]] = defaultdict(list)
     synthetic: dict[str, list[Photo]] = defaultdict(list)
     for photo in training:
         (real if photo.source == "real" else synthetic)[photo.sku_id].append(photo)
-    without_real = [sku for sku in skus if not real[sku]]
+    # Every SKU trained on is a class: one with no held-out photo (a class of one val photo, in the
+    # bench's other half) was dropped without a word, and the others chose among fewer classes.
+    skus = sorted({*scored, *real, *synthetic})
+    not_scored = {sku: "no held-out photo" for sku in sorted(set(skus) - set(scored))}
+    without_real = [sku for sku in scored if not real[sku]]
     if without_real:
         raise ValueError(f"held-out SKUs with no real training photo: {', '.join(without_real[:5])}")
     index = {sku: i for i, sku in enumerate(skus)}
@@ -266,8 +274,9 @@ def run_evaluation(
         sku: len(synthetic[sku]) if classic_per_sku is None else classic_per_sku.get(sku, len(synthetic[sku]))
         for sku in skus
     }
-    classic_sources = {
-        sku: [real[sku][i % len(real[sku])] for i in range(classic_count[sku])] for sku in skus
+    classic_sources = {  # none for a SKU with no real photo (one not scored may have synthetic ones only)
+        sku: [real[sku][i % len(real[sku])] for i in range(classic_count[sku])] if real[sku] else []
+        for sku in skus
     }
     tune = config.tune_stages
     feats_real = {sku: featurizer.of(real[sku], tune) for sku in skus}
@@ -324,7 +333,7 @@ def run_evaluation(
     predictions = {condition: predict(parts) for condition, parts in sets.items()}
     top1 = {c: round(float((p == test_y).mean()), 4) for c, p in predictions.items()}
     per_sku: dict[str, dict[str, float]] = {}
-    for sku in skus:
+    for sku in scored:
         rows = test_y == index[sku]
         per_sku[sku] = {c: round(float((p[rows] == test_y[rows]).mean()), 4) for c, p in predictions.items()}
     gain = {sku: round(v["B"] - v["A"], 4) for sku, v in per_sku.items()}
@@ -356,13 +365,13 @@ def run_evaluation(
     ]
     return EvaluationResult(
         n_heldout=len(heldout),
-        n_skus=len(skus),
+        n_skus=len(scored),
         backbone=featurizer.backbone.backbone_id,
         top1=top1,
         per_sku=per_sku,
         gain=gain,
         gain_over_classic=gain_over_classic,
-        frac_skus_worse_by_10pt=round(worse / len(skus), 4),
+        frac_skus_worse_by_10pt=round(worse / len(scored), 4),
         train_counts={
             sku: {
                 "real": len(real[sku]),
@@ -374,6 +383,7 @@ def run_evaluation(
         curve=curve,
         misclassified=misclassified,
         config={**config.__dict__},
+        not_scored=not_scored,
     )
 
 

@@ -65,6 +65,7 @@ def render_report(
         f"B\u2032{MINUS}A\u2032 {_signed(summary['gain_over_classic_top1'])}; "
         f"{_pct(result.frac_skus_worse_by_10pt)} of SKUs lose 10 points or more under B\u2032 "
         "against A\u2032.</p>",
+        *_not_scored_notes(result),
         "<h2>Top-1 per condition</h2>",
         _conditions_table(result),
         bar_chart_svg(
@@ -336,6 +337,21 @@ def _clip(value: float) -> float:
 
 
 # --- tables and thumbnails -----------------------------------------------------------------------
+
+
+def _not_scored_notes(result: EvaluationResult) -> list[str]:
+    """One note per reason a SKU trained on has no figures (a class the classifiers could answer)."""
+    by_reason: dict[str, list[str]] = {}
+    for sku, reason in sorted(result.not_scored.items()):
+        by_reason.setdefault(reason, []).append(sku)
+    notes = []
+    for reason, skus in by_reason.items():
+        shown = ", ".join(skus[:20]) + (f" and {len(skus) - 20} more" if len(skus) > 20 else "")
+        notes.append(
+            f"<p class='note'>{len(skus)} SKU{'s' if len(skus) > 1 else ''} trained on but not scored "
+            f"({_e(reason)}): {_e(shown)}.</p>"
+        )
+    return notes
 
 
 def _conditions_table(result: EvaluationResult) -> str:

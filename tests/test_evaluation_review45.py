@@ -1,0 +1,69 @@
+"""The evaluation library and its benchmarks (review 45): a SKU trained on with no held-out photo.
+Tiny synthetic inputs and the tiny backbone only."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+from shared.evaluation.backbone import BackboneSpec, FeatureCache, open_backbone
+from shared.evaluation.experiment import (
+    EvaluationConfig,
+    Featurizer,
+    Photo,
+    Source,
+    photo_from_bytes,
+    run_evaluation,
+)
+from shared.evaluation.report import render_report
+from shared.images import encode_png
+from tests.support.evaluation import (  # noqa: F401 (one_torch_thread: autouse)
+    COLOURS,
+    colour_photo,
+    one_torch_thread,
+)
+
+
+def _colour_photos(
+    sku_id: str, source: Source, count: int, seed: int, *, looks_like: str = ""
+) -> list[Photo]:
+    """``count`` photos filed under ``sku_id``, in the colour of ``looks_like`` (default its own)."""
+    rgb = COLOURS[looks_like or sku_id]
+    return [
+        photo_from_bytes(
+            sku_id, source, f"{sku_id}-{source}-{seed + n}.png", encode_png(colour_photo(rgb, seed + n))
+        )
+        for n in range(count)
+    ]
+
+
+def _featurizer() -> Featurizer:
+    return Featurizer(open_backbone(BackboneSpec(name="tiny", image_px=32)), FeatureCache(None))
+
+
+def _training(real_per_sku: int) -> list[Photo]:
+    training: list[Photo] = []
+    for index, sku_id in enumerate(COLOURS):
+        training += _colour_photos(sku_id, "real", real_per_sku, 10 * index)
+        training += _colour_photos(sku_id, "synthetic", 2, 100 + 10 * index)
+    return training
+
+
+def test_a_sku_trained_on_without_a_held_out_photo_is_a_class_and_is_listed_as_not_scored() -> None:
+    # SKU-BLUE has training images and no held-out photo (bench.augment's half b of a class with one val
+    # photo). Its images were dropped without a word: the classifiers chose among the scored SKUs only,
+    # while the bench said it was "trained on but not scored". It is a class now, named as not scored,
+    # and left out of the per-SKU figures and their share (no figure of no photo).
+    heldout = _colour_photos("SKU-RED", "real", 2, 200) + _colour_photos("SKU-GREEN", "real", 2, 210)
+    heldout += _colour_photos("SKU-GREEN", "real", 1, 220, looks_like="SKU-BLUE")  # a blue photo misfiled
+    result = run_evaluation(_training(2), heldout, _featurizer(), EvaluationConfig(seed=3, classic_px=32))
+    assert result.not_scored == {"SKU-BLUE": "no held-out photo"}
+    assert sorted(result.per_sku) == sorted(result.gain) == ["SKU-GREEN", "SKU-RED"]
+    assert result.n_skus == 2 and "SKU-BLUE" in result.train_counts
+    # The blue photo is taken for the SKU it looks like: SKU-BLUE is among the answers.
+    assert {"true": "SKU-GREEN", "predicted": "SKU-BLUE"}.items() <= next(
+        item for item in result.misclassified if item["name"].startswith("SKU-GREEN-real-220")
+    ).items()
+    json.dumps(asdict(result), allow_nan=False)
+    page = render_report(result, lambda name: None)
+    assert "1 SKU trained on but not scored (no held-out photo): SKU-BLUE" in page
