@@ -139,17 +139,26 @@ def references(data: Grocery, k: int, seed: int) -> dict[str, list[Path]]:
     return out
 
 
+class TooFewScenePhotos(ValueError):
+    """A class has fewer train photos left after the SKUs' references than the scenes asked of it; each
+    command says what to change (``left``: the most it can give)."""
+
+    def __init__(self, name: str, left: int, per_class: int) -> None:
+        super().__init__(
+            f"{name} has {left} train photos left after the SKUs' references, fewer than {per_class} scenes"
+        )
+        self.name, self.left, self.per_class = name, left, per_class
+
+
 def scene_photos(data: Grocery, per_class: int, seed: int, used: set[Path]) -> dict[str, list[Path]]:
     """Per class: ``per_class`` train photos (not SKU references) to serve as scenes for other classes.
-    ``ValueError`` names a class with fewer left: it got fewer scenes, and the results said per_class."""
+    ``TooFewScenePhotos`` names a class with fewer left: it got fewer scenes, and the results said
+    per_class."""
     out = {}
     for item in data.classes:
         train = [path for path in data.splits["train"][item.name] if path not in used]
         if len(train) < per_class:
-            raise ValueError(
-                f"{item.name} has {len(train)} train photos left after the SKUs' references, fewer than "
-                f"{per_class} scenes; give --scenes-per-class up to {len(train)}"
-            )
+            raise TooFewScenePhotos(item.name, len(train), per_class)
         order = np.random.default_rng([seed, 1_000 + item.class_id]).permutation(len(train))
         out[item.name] = [train[i] for i in order[:per_class]]
     return out
@@ -1206,8 +1215,10 @@ def _bench(argv: list[str] | None) -> int:
     used = {path for refs in all_refs.values() for paths in refs.values() for path in paths}
     try:
         scenes = scene_photos(data, args.scenes_per_class, args.seed, used)
-    except ValueError as exc:
-        parser.error(f"--scenes-per-class {args.scenes_per_class}: {exc}")
+    except TooFewScenePhotos as exc:
+        parser.error(
+            f"--scenes-per-class {args.scenes_per_class}: {exc}; give --scenes-per-class up to {exc.left}"
+        )
     heldout = [file_photo(name, "real", path) for name in classes for path in data.splits[args.split][name]]
     if args.split == "val" and args.with_spare_train:
         # Val has 296 photos (about +-3 points of noise); the train photos no SKU and no scene uses are

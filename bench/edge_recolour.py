@@ -8,7 +8,9 @@ split only (GroceryStoreDataset, MIT): for every class, its catalogue photo (and
 k = 1, as ``bench/augment.py`` picks them) cut out by the committed matting model, composited on the
 train-split scenes ``bench/augment.py`` uses, each variant drawn twice with the same seed, with and
 without the recolour; each image is matted as the matting stage does (the box around the expected
-mask, margin ``DEFAULT_ROI_MARGIN``) and gated with the default thresholds.
+mask, margin ``DEFAULT_ROI_MARGIN``) and gated with the default thresholds. Every class needs 5 train
+photos (its reference and 4 scenes, ``bench/augment.py``'s default); a dataset with fewer in a class
+is refused, naming it, before any composite.
 
 Writes ``bench/results/edge_recolour.json``: ``n_images`` (per arm), ``flagged_with_recolour``,
 ``flagged_without_recolour``, ``mean_iou_with_recolour``, ``mean_iou_without_recolour``, the
@@ -37,6 +39,7 @@ from shared.generation.backend import MAX_SIZE_PX
 from shared.generation.composite import MIN_SIZE_PX as COMPOSITE_MIN_SIZE_PX
 
 RESULTS = Path(__file__).parent / "results"
+SCENES_PER_CLASS = 4  # train photos per class as scenes: bench/augment.py's default, as make evaluate
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,6 +87,7 @@ def _bench(argv: list[str] | None) -> int:
         parser.error(f"--out {args.out}: {problem}")
 
     from bench.augment import (
+        TooFewScenePhotos,
         _cached_masks,
         composite_request,
         in_process_scenes,
@@ -108,7 +112,16 @@ def _bench(argv: list[str] | None) -> int:
     used = {path for paths in refs.values() for path in paths}
     scenes_dir = args.workdir / "scenes"
     if not scenes_dir.is_dir():
-        write_scene_library(scene_photos(data, 4, 0, used), scenes_dir)
+        try:
+            scenes = scene_photos(data, SCENES_PER_CLASS, 0, used)
+        except TooFewScenePhotos as exc:
+            # Was a ValueError traceback that said to give --scenes-per-class, an option of augment's only.
+            parser.error(
+                f"--dataset {args.dataset}: {exc.name} has {exc.left} train photos left after its reference, "
+                f"fewer than the {exc.per_class} scenes per class this bench composites on; every class "
+                f"needs {exc.per_class} train photos besides its reference"
+            )
+        write_scene_library(scenes, scenes_dir)
     library = in_process_scenes(scenes_dir.resolve(), 1.0)  # under SKUFORGE_MAX_IMAGE_PIXELS, as augment's
     backends = {
         "with": CompositeBackend(library, 1.0),

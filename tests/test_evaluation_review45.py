@@ -1,26 +1,34 @@
-"""The evaluation library and its benchmarks (review 45): a SKU trained on with no held-out photo.
-Tiny synthetic inputs and the tiny backbone only."""
+"""The evaluation library and its benchmarks (review 45): a SKU trained on with no held-out photo; the
+edge-recolour bench on a dataset too small for its scenes. Tiny synthetic inputs and the tiny backbone
+only."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import asdict
+from pathlib import Path
 
+import pytest
+
+from bench import edge_recolour
 from shared.evaluation.backbone import BackboneSpec, FeatureCache, open_backbone
 from shared.evaluation.experiment import (
     EvaluationConfig,
     Featurizer,
     Photo,
     Source,
+    encode_jpeg,
     photo_from_bytes,
     run_evaluation,
 )
 from shared.evaluation.report import render_report
 from shared.images import encode_png
+from tests.support.cli import refusal_of
 from tests.support.evaluation import (  # noqa: F401 (one_torch_thread: autouse)
     COLOURS,
     colour_photo,
     one_torch_thread,
+    shelf_photo,
 )
 
 
@@ -67,3 +75,38 @@ def test_a_sku_trained_on_without_a_held_out_photo_is_a_class_and_is_listed_as_n
     json.dumps(asdict(result), allow_nan=False)
     page = render_report(result, lambda name: None)
     assert "1 SKU trained on but not scored (no held-out photo): SKU-BLUE" in page
+
+
+def _grocery(root: Path, train: dict[str, int]) -> Path:
+    """A GroceryStoreDataset folder: per class its iconic photo and ``train[class]`` train photos."""
+    header = "Class Name (str),Class ID (int),Coarse Class Name (str),Coarse Class ID (int),"
+    rows = [header + "Iconic Image Path (str),Product Description Path (str)\n"]
+    lines = []
+    seed = 0
+    for class_id, (name, count) in enumerate(train.items()):
+        iconic = f"iconic-images-and-descriptions/Fruit/{name}/{name}_Iconic.jpg"
+        (root / iconic).parent.mkdir(parents=True)
+        (root / iconic).write_bytes(encode_jpeg(shelf_photo(seed := seed + 1)))
+        rows.append(f"{name},{class_id},{name},{class_id},/{iconic},/desc.txt\n")
+        (root / "train" / name).mkdir(parents=True)
+        for n in range(count):
+            (root / "train" / name / f"{n}.jpg").write_bytes(encode_jpeg(shelf_photo(seed := seed + 1)))
+            lines.append(f"train/{name}/{n}.jpg, {class_id}, {class_id}\n")
+    (root / "classes.csv").write_text("".join(rows))
+    (root / "train.txt").write_text("".join(lines))
+    for split in ("val", "test"):
+        (root / f"{split}.txt").write_text("")
+    return root
+
+
+def test_the_edge_recolour_bench_refuses_a_dataset_with_too_few_photos_for_its_scenes_in_a_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # bench.augment now refuses fewer scenes than asked; the edge-recolour bench asks it for 4 per class,
+    # and on a small dataset stopped in a ValueError traceback that told it to give an option it lacks.
+    dataset = _grocery(tmp_path / "dataset", {"Kiwi": 6, "Lemon": 3})
+    argv = ["--dataset", str(dataset), "--workdir", str(tmp_path / "w"), "--out", str(tmp_path / "e.json")]
+    said = refusal_of(edge_recolour.main, argv, capsys)
+    assert "Lemon has 2 train photos left after its reference" in said, said
+    assert "--scenes-per-class" not in said and "Traceback" not in said
+    assert not (tmp_path / "w" / "scenes").exists()
