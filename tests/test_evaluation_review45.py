@@ -1,6 +1,6 @@
-"""The evaluation library and its benchmarks (review 45): a SKU trained on with no held-out photo; the
-edge-recolour bench on a dataset too small for its scenes. Tiny synthetic inputs and the tiny backbone
-only."""
+"""The evaluation library and its benchmarks (review 45): a SKU trained on with no held-out photo; a
+bound on the accuracy-against-real-photos curve; the edge-recolour bench on a dataset too small for its
+scenes. Tiny synthetic inputs and the tiny backbone only."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from bench import edge_recolour
+from services.trainstore.evaluate import build_parser
 from shared.evaluation.backbone import BackboneSpec, FeatureCache, open_backbone
 from shared.evaluation.experiment import (
     EvaluationConfig,
@@ -23,13 +24,19 @@ from shared.evaluation.experiment import (
 )
 from shared.evaluation.report import render_report
 from shared.images import encode_png
+from shared.store import FileStore
+from shared.trainstore.manifest import ManifestStore
+from skuforge_cli.main import main as cli_main
 from tests.support.cli import refusal_of
 from tests.support.evaluation import (  # noqa: F401 (one_torch_thread: autouse)
     COLOURS,
     colour_photo,
+    evaluate_args,
+    fill_colour_store,
     one_torch_thread,
     shelf_photo,
 )
+from tests.support.trainstore import PREFIX
 
 
 def _colour_photos(
@@ -75,6 +82,54 @@ def test_a_sku_trained_on_without_a_held_out_photo_is_a_class_and_is_listed_as_n
     json.dumps(asdict(result), allow_nan=False)
     page = render_report(result, lambda name: None)
     assert "1 SKU trained on but not scored (no held-out photo): SKU-BLUE" in page
+
+
+def test_the_curve_stops_at_curve_max_real_photos_and_curve_max_0_leaves_it_out() -> None:
+    # The curve fitted 2 classifiers per j up to the largest SKU's real photos (two fine-tunings each
+    # with --tune-stages), with no way to bound it: most of a run with 10 photos per SKU.
+    heldout = [photo for i, sku in enumerate(COLOURS) for photo in _colour_photos(sku, "real", 1, 200 + i)]
+    featurizer = _featurizer()
+
+    def curve(curve_max: int | None = None) -> list[float]:
+        config = EvaluationConfig(seed=3, classic_px=32, curve_max=curve_max)
+        return run_evaluation(_training(4), heldout, featurizer, config).curve["real_per_sku"]
+
+    assert curve() == [1.0, 2.0, 3.0, 4.0]
+    assert curve(curve_max=2) == [1.0, 2.0]
+    assert curve(curve_max=9) == [1.0, 2.0, 3.0, 4.0]
+    assert curve(curve_max=0) == []
+
+
+def test_skuforge_evaluate_bounds_the_curve_with_curve_max(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("SKUFORGE_STORE_URI", f"file://{tmp_path / 'store'}")
+    fill_colour_store(ManifestStore(FileStore(tmp_path / "store"), PREFIX))  # 2 real photos per SKU
+    heldout = tmp_path / "heldout"
+    for index, (sku_id, rgb) in enumerate(COLOURS.items()):
+        (heldout / sku_id).mkdir(parents=True)
+        for n in range(2):
+            (heldout / sku_id / f"{n}.jpg").write_bytes(encode_jpeg(colour_photo(rgb, 500 + 10 * index + n)))
+
+    def curve(*options: str) -> list[float]:
+        out = tmp_path / f"eval{len(options)}"
+        assert cli_main(evaluate_args(heldout, out, tmp_path, *options)) == 0
+        document = json.loads((out / "evaluation.json").read_text(), parse_constant=_refuse_constant)
+        return list(document["curve"]["real_per_sku"])
+
+    assert curve() == [1.0, 2.0]
+    assert curve("--curve-max", "0") == []
+    assert "--curve-max 0" in (tmp_path / "eval2" / "report.html").read_text()  # the page says why
+    parser = build_parser()
+    assert "--curve-max N" in " ".join(parser.format_help().split())
+    base = ["--heldout", "h", "--out", "o", "--max-synthetic-per-real", "2"]
+    with pytest.raises(SystemExit):
+        parser.parse_args([*base, "--curve-max", "-1"])
+    assert "--curve-max" in capsys.readouterr().err
+
+
+def _refuse_constant(name: str) -> float:
+    raise AssertionError(f"evaluation.json holds {name}, which is not JSON")
 
 
 def _grocery(root: Path, train: dict[str, int]) -> Path:

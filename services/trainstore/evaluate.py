@@ -3,7 +3,7 @@
     skuforge evaluate --heldout DIR --out DIR --max-synthetic-per-real K [--min-real 1]
         [--scenes URI] [--backbone efficientnet-lite0|tiny] [--backbone-weights PATH]
         [--image-px 224] [--seed 0] [--l2 0.01] [--real-weight 4.0]
-        [--tune-stages N [--tune-epochs 8] [--tune-lr 1e-4]]
+        [--tune-stages N [--tune-epochs 8] [--tune-lr 1e-4]] [--curve-max N]
         [--cache-dir var/evaluate/features | --no-cache]
 
 Reads: the SKUs of the retraining store (``SKUFORGE_STORE_URI``, ``SKUFORGE_TRAINSTORE_PREFIX``),
@@ -192,6 +192,15 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"features cached by image sha256 (default {DEFAULT_CACHE_DIR}); checked like --out",
     )
     cache.add_argument("--no-cache", action="store_true", help="compute every feature afresh, cache nothing")
+    parser.add_argument(
+        "--curve-max",
+        type=non_negative_int,
+        default=None,
+        metavar="N",
+        help="the report's top-1 against real photos per SKU up to N of them (default: up to the most a "
+        "SKU has); each point fits two more classifiers (fine-tunes two, with --tune-stages), 20 beside "
+        "the 5 conditions' at 10 photos per SKU; 0 or 1: no curve",
+    )
     return parser
 
 

@@ -10,6 +10,7 @@ Imports torch (the backbone): the command imports this module only after its arg
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import io
 import json
@@ -882,7 +883,8 @@ def evaluate(args: argparse.Namespace) -> EvaluationResult:
         max_pixels=settings.max_image_pixels,
         max_bytes=settings.max_image_bytes,
     )
-    config = EvaluationConfig.from_options(args)
+    # The curve is the report's, not the classifier's: not one of the options bench.augment shares.
+    config = dataclasses.replace(EvaluationConfig.from_options(args), curve_max=args.curve_max)
     try:
         result = run_evaluation(training, heldout, featurizer, config)
     except ChecksumMismatch as exc:

@@ -15,7 +15,7 @@ Every SKU of the training images is a class, held-out photos or not; a SKU with 
 and named in ``not_scored`` (no figure of no photo). Per scored SKU: top-1 under each, and the
 differences B - A and B' - A'. ``curve`` gives A, B and C against the number of real photos per SKU
 (the first j of each SKU's real photos, synthetic fixed; a SKU with fewer than j keeps all of its
-own, which the report notes).
+own, which the report notes), up to ``curve_max`` real photos: two more fits a point.
 """
 
 from __future__ import annotations
@@ -72,6 +72,10 @@ class EvaluationConfig:
     # it to that), so an augmented image is not upscaled where the real and synthetic ones are not.
     classic_px: int = 256
     curve: bool = True
+    # The curve's last point, in real photos per SKU; None: the most a SKU has; below 2: no curve. Each
+    # point is two more fits (two fine-tunings with tune_stages): 20 beside the 5 of the conditions for
+    # a user with 10 photos per SKU (skuforge evaluate --curve-max).
+    curve_max: int | None = None
     misclassified_shown: int = 8
     # 0: frozen features + a linear head (the default). n > 0: also fine-tune the backbone's last n
     # stages (tune.py), for tune_epochs epochs at tune_lr.
@@ -342,6 +346,8 @@ def run_evaluation(
 
     curve: dict[str, list[float]] = {"real_per_sku": [], "A": [], "B": [], "C": []}
     most = max(len(real[sku]) for sku in skus)
+    if config.curve_max is not None:
+        most = min(most, config.curve_max)
     if config.curve and most > 1:
         for j in range(1, most + 1):
             first_j = {sku: [(feats_real[sku][:j], rw)] for sku in skus}

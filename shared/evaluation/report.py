@@ -96,8 +96,8 @@ def render_report(
             )
     else:
         parts.append(
-            "<p class='note'>No curve: every SKU has one real photo (or the curve was turned off), so "
-            "there is nothing to vary.</p>"
+            "<p class='note'>No curve: every SKU has one real photo (or the curve was turned off, "
+            "--curve-max 0), so there is nothing to vary.</p>"
         )
     parts.append("<h2>Per-SKU difference</h2>")
     parts.append(
