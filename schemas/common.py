@@ -68,11 +68,11 @@ _CONTROL_CHARACTERS = r"\x00-\x1f\x7f-\x9f"
 # Source, CVE-2021-42574). The characters themselves, not escapes: RE2 reads no "\u" (the committed
 # schemas carry them as JSON's "\u202a"). The marks (U+200E, U+200F) and the zero-width characters are
 # text: ZWJ and ZWNJ (U+200D, U+200C) join emoji and shape Indic scripts; ZWSP breaks Thai and Khmer words.
-_BIDI_CONTROLS = "\u202a-\u202e\u2066-\u2069"
-_REFUSED_CHARACTERS = _CONTROL_CHARACTERS + _BIDI_CONTROLS
+BIDI_CONTROLS = "\u202a-\u202e\u2066-\u2069"
+_REFUSED_CHARACTERS = _CONTROL_CHARACTERS + BIDI_CONTROLS
 _PLAIN = f"[^{_REFUSED_CHARACTERS}]"
 _CONTROL_CHARACTER = re.compile(f"[{_CONTROL_CHARACTERS}]")
-BIDI_CONTROL = re.compile(f"[{_BIDI_CONTROLS}]")
+BIDI_CONTROL = re.compile(f"[{BIDI_CONTROLS}]")
 # What shows nothing and is not refused: what str.isspace() takes that is no control character (the
 # spaces of category Zs, the line and paragraph separators) and the format characters (Cf) of the BMP
 # (Unicode 14, Python 3.11's; a test holds it to the running Python's), as the characters themselves. Not

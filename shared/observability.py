@@ -31,6 +31,7 @@ from prometheus_client import (
 from prometheus_client.metrics_core import Metric
 from pydantic_settings import BaseSettings
 
+from schemas.common import BIDI_CONTROLS
 from shared.config import SETTINGS_CONFIG, ConfigError, LogLevel, load_settings
 
 log = logging.getLogger("skuforge.observability")
@@ -432,15 +433,17 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-# Characters that end a line for some reader (a terminal, `less`, a log shipper splitting on \r or U+2028).
-_LINE_BREAKING = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# Characters that end a line for some reader (a terminal, `less`, a log shipper splitting on \r or U+2028),
+# and the bidirectional controls, which make the text after them read as other text (Trojan Source).
+_NOT_SHOWN_AS_IS = re.compile(f"[\x00-\x1f\x7f-\x9f\u2028\u2029{BIDI_CONTROLS}]")
 
 
 def escape_control_characters(value: object) -> str:
-    """``value`` as text, its control characters escaped (``\\n``): a value read from input (a file
-    name, an error's detail) must not start a line of its own, which a reader takes for another record,
-    nor reach a terminal as an escape sequence."""
-    return _LINE_BREAKING.sub(
+    """``value`` as text, its control characters and bidirectional controls escaped (``\\n``,
+    ``\\u202e``): a value read from input (a file name, an error's detail) must not start a line of its
+    own, which a reader takes for another record, nor reach a terminal as an escape sequence, nor reorder
+    what is shown after it. The directional marks (U+200E, U+200F) and the zero-width joiners stay text."""
+    return _NOT_SHOWN_AS_IS.sub(
         lambda match: match.group().encode("unicode_escape").decode("ascii"), str(value)
     )
 

@@ -92,7 +92,7 @@ from typing import TypeVar
 import numpy as np
 from pydantic import ValidationError
 
-from schemas.common import BIDI_CONTROL, ImageRef, SkuMetadata, check_safe_id
+from schemas.common import ImageRef, SkuMetadata, check_safe_id
 from schemas.envelope import derive_id
 from schemas.events import MAX_FILENAME_CHARS, ReferencePhoto, SkuIngested
 from schemas.topics import SKU_INGESTED
@@ -434,10 +434,7 @@ def _escaped_within(name: str, limit: int) -> str:
     kept: list[str] = []
     length = 0
     for char in name:
-        if BIDI_CONTROL.fullmatch(char):
-            escaped = char.encode("unicode_escape").decode("ascii")
-        else:
-            escaped = escape_control_characters(char)
+        escaped = escape_control_characters(char)
         length += len(escaped)
         if length > limit:
             break
