@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
+from starlette.testclient import TestClient
 
+from services.console.decisions import DecisionInvalid, check_reject_reason
 from shared.dlq import format_summary
 from shared.observability import TextFormatter, escape_control_characters
+from tests.support.console import app_for, build_console, claim, decide, flagged_item, login, pending_envelope
 
 # The embeddings and overrides (U+202A-U+202E) and the isolates (U+2066-U+2069).
 BIDI_CONTROLS = [chr(code) for code in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))]
@@ -61,3 +65,27 @@ def test_a_log_line_and_a_dead_letter_listing_show_no_bidirectional_control() ->
     shown = format_summary(summary)
     assert not any(control in shown for control in BIDI_CONTROLS)
     assert "object_missing\\u202d" in shown and "gone \\u202egnp.exe" in shown
+
+
+@pytest.mark.parametrize("control", BIDI_CONTROLS)
+def test_a_reject_reason_with_a_bidirectional_control_is_refused_naming_it(control: str) -> None:
+    # The reason is shown on the item page and in the audit trail: U+202E there made it read as another.
+    with pytest.raises(DecisionInvalid, match=f"bidirectional control character \\(U\\+{ord(control):04X}"):
+        check_reject_reason(f"wrong_product: {control}xob a ton ,nac a")
+    # A mark and the joiners are text, as in a product's name.
+    marked = "\u05ea\u05d5\u05d5\u05d9\u05ea \u200f\u05d7\u05ea\u05d5\u05db\u05d4"  # Hebrew, a mark
+    assert check_reject_reason(marked) == marked
+    assert check_reject_reason("लेबल कटा क्\u200dष") == "लेबल कटा क्\u200dष"
+
+
+def test_the_decision_form_answers_a_reason_with_a_bidirectional_control_with_a_422(tmp_path: Path) -> None:
+    parts = build_console(tmp_path, lease_s=60.0)
+    parts.tasks.add_pending(pending_envelope(flagged_item(parts.store, 0, sku_id="SKU-0")))
+    client = TestClient(app_for(parts), base_url="http://console.test")
+    token = login(client)
+    task_id = parts.tasks.query()[0].task_id
+    claim(client, token, task_id)
+    response = decide(client, token, task_id, decision="reject", reject_reason="cut off \u2066x\u2069")
+    assert response.status_code == 422
+    assert "bidirectional control character (U+2066 at character 9)" in response.json()["detail"]
+    assert parts.tasks.get(task_id).state == "claimed" and parts.tasks.outbox(task_id) is None

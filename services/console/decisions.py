@@ -32,7 +32,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from schemas.common import ImageRef
+from schemas.common import BIDI_CONTROL, ImageRef
 from schemas.events import CorrectionResolved, Decision
 from services.console.tasks import OutboxEvent, Task, TaskConflict, TaskStore
 from shared import keys
@@ -87,7 +87,8 @@ def _check_shown(task: Task, shown: str | None) -> None:
 
 
 def check_reject_reason(reason: str | None) -> str:
-    """A non-empty, single-line reason of at most MAX_REASON_CHARS characters."""
+    """A non-empty, single-line reason of at most MAX_REASON_CHARS characters, without a bidirectional
+    control (U+202A-U+202E, U+2066-U+2069)."""
     reason = (reason or "").strip()
     if not reason:
         raise DecisionInvalid("a rejection needs a reason")
@@ -95,6 +96,14 @@ def check_reject_reason(reason: str | None) -> str:
         raise DecisionInvalid(f"the reason is {len(reason)} characters; at most {MAX_REASON_CHARS}")
     if not _PRINTABLE.fullmatch(reason):
         raise DecisionInvalid("the reason contains control characters or line breaks: one line, please")
+    # Shown on the item page and in the audit trail: a bidirectional override or isolate reorders the
+    # text after it, so the reason reads as another, as a product's name would (the contract refuses them).
+    found = BIDI_CONTROL.search(reason)
+    if found:
+        raise DecisionInvalid(
+            f"the reason contains a bidirectional control character (U+{ord(found.group()):04X} at character "
+            f"{found.start() + 1}), which reorders the text shown after it: write it without one"
+        )
     try:
         reason.encode("utf-8")  # a lone surrogate (a form sent as utf-7) was a 500 at the database
     except UnicodeEncodeError:
