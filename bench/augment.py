@@ -54,6 +54,7 @@ from shared.argtypes import (
     file_problem,
     float_between,
     int_between,
+    json_file_text,
     model_location,
     non_negative_int,
     positive_float,
@@ -1351,9 +1352,8 @@ def _bench(argv: list[str] | None) -> int:
         evaluations[k] = evaluation
         results[f"k{k}"] = evaluation.summary()
         print(f"k={k}: " + json.dumps(results[f"k{k}"]), flush=True)
-        (args.workdir / f"{evaluation_name(args)}-k{k}.json").write_text(
-            json.dumps(asdict(evaluation), indent=1)
-        )
+        evaluation_file = args.workdir / f"{evaluation_name(args)}-k{k}.json"
+        evaluation_file.write_text(json_file_text(asdict(evaluation), label=str(evaluation_file), indent=1))
     groups = {item.name: group_of(item, data.root) for item in data.classes}
     report: dict[str, Any] = {
         **results,
@@ -1422,10 +1422,17 @@ def _bench(argv: list[str] | None) -> int:
         "machine": {"platform": platform.platform(), "python": sys.version.split()[0], "cpus": _cpus()},
         "wall_s": round(time.time() - started, 1),
     }
-    out.parent.mkdir(parents=True, exist_ok=True)  # a folder file_problem found could be made
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    write_report(out, report)
     print(f"wrote {out}")
     return 0
+
+
+def write_report(out: Path, report: dict[str, Any]) -> None:
+    """Write the results file ``out`` (``--drop-synthetic-from`` reads one back); a figure that is NaN or
+    infinite is ``NonFiniteFigure``, naming it, and nothing is written."""
+    text = json_file_text(report, label=str(out))
+    out.parent.mkdir(parents=True, exist_ok=True)  # a folder file_problem found could be made
+    out.write_text(text)
 
 
 def evaluation_name(args: argparse.Namespace) -> str:

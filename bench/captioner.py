@@ -41,6 +41,7 @@ from shared.argtypes import (
     MAX_THREADS,
     file_problem,
     int_between,
+    json_file_text,
     model_location,
     positive_int,
     read_json_object,
@@ -126,6 +127,14 @@ def dev_figures(
             }
         )
     return {**figures, "tries": tries}
+
+
+def write_figures(results_file: Path, result: dict[str, Any]) -> None:
+    """Write ``result`` to ``results_file`` (read back by the next run, which keeps its other figures).
+    A figure that is NaN or infinite is ``NonFiniteFigure``, naming it, and the file is left as it was."""
+    text = json_file_text(result, label=str(results_file))
+    results_file.parent.mkdir(parents=True, exist_ok=True)
+    results_file.write_text(text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -229,8 +238,7 @@ def _bench(argv: list[str] | None) -> int:
         result = dict(previous)
         dev = dev_figures(session, args.grocery_dataset, previous_dev, args.note)
         result["real"] = {**previous.get("real", {}), "dev": dev}
-        results_file.parent.mkdir(parents=True, exist_ok=True)
-        results_file.write_text(json.dumps(result, indent=2) + "\n")
+        write_figures(results_file, result)
         print(
             json.dumps(
                 {key: dev[key] for key in ("colour_accuracy", "packaging_accuracy", "n_real_products")}
@@ -266,8 +274,7 @@ def _bench(argv: list[str] | None) -> int:
         )
         result["seconds"] = round(time.monotonic() - started, 1)
         result["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    results_file.parent.mkdir(parents=True, exist_ok=True)
-    results_file.write_text(json.dumps(result, indent=2) + "\n")
+    write_figures(results_file, result)
     summary = {key: result.get(key) for key in ("colour_accuracy", "shape_accuracy", "n_products")}
     if "real" in result:
         summary["real"] = {

@@ -17,7 +17,7 @@ import math
 import os
 import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -227,6 +227,47 @@ def read_json_object(path: Path, *, label: str, missing: str, kind: str = "a JSO
     if not isinstance(document, dict):
         raise ValueError(f"{label}: expected {kind}, got {type(document).__name__}")
     return document
+
+
+class NonFiniteFigure(ValueError):
+    """A results file would hold a number JSON has not (NaN, an infinity); the message names the figure."""
+
+
+def _not_json_number_at(value: object, where: str) -> tuple[str, float] | None:
+    """The place (``per_sku.Kiwi.gain``, ``curve.A[1]``) and value of the first NaN or infinity in
+    ``value``; None when it holds none."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return where, value
+    if isinstance(value, dict):
+        children: Iterable[tuple[str, object]] = (
+            (f"{where}.{key}" if where else str(key), child) for key, child in value.items()
+        )
+    elif isinstance(value, list | tuple):
+        children = ((f"{where}[{index}]", child) for index, child in enumerate(value))
+    else:
+        return None
+    for place, child in children:
+        found = _not_json_number_at(child, place)
+        if found is not None:
+            return found
+    return None
+
+
+def json_file_text(document: object, *, label: str, indent: int | None = 2, sort_keys: bool = False) -> str:
+    """``document`` as the text of a JSON file (a results file), a newline at its end: what
+    ``read_json_object`` reads back. ``NonFiniteFigure`` when a figure is NaN or infinite, naming it
+    (``label: per_sku.Kiwi.gain is nan, which JSON has not``), so nothing is written: Python's json
+    wrote it bare, a file that no JSON reader, ``read_json_object`` included, takes."""
+    try:
+        return json.dumps(document, indent=indent, sort_keys=sort_keys, allow_nan=False) + "\n"
+    except ValueError:
+        found = _not_json_number_at(document, "")
+        if found is None:
+            raise
+        where, value = found
+        raise NonFiniteFigure(
+            f"{label}: {where or 'the document'} is {value}, which JSON has not, so it was not written"
+        ) from None
 
 
 def file_problem(path: Path, example: str) -> str | None:

@@ -17,6 +17,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, TextIO
 
+from shared.argtypes import NonFiniteFigure
 from shared.config import ConfigError
 from shared.errors import BadInput, StoreMisconfigured, TransientError
 from shared.signals import signal_number, stopped_how
@@ -57,6 +58,11 @@ def run_command(name: str, command: Callable[[], int]) -> int:
         _say(f"{name}: {exc}")
         return 2
     except BadInput as exc:  # something stored that cannot be read (a manifest part): named, not a traceback
+        _say(f"{name}: {exc}")
+        return 1
+    except (
+        NonFiniteFigure
+    ) as exc:  # a results file's figure NaN: named, the file not written, not a traceback
         _say(f"{name}: {exc}")
         return 1
     except StoreMisconfigured as exc:  # it names what to check, the setting or option its URI came from too

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 from pathlib import Path
 
 import pytest
@@ -89,3 +91,80 @@ def test_the_decision_form_answers_a_reason_with_a_bidirectional_control_with_a_
     assert response.status_code == 422
     assert "bidirectional control character (U+2066 at character 9)" in response.json()["detail"]
     assert parts.tasks.get(task_id).state == "claimed" and parts.tasks.outbox(task_id) is None
+
+
+# -- results files: JSON's numbers only ---------------------------------------------------------
+
+
+def test_a_results_file_with_a_nan_is_refused_at_write_naming_the_figure() -> None:
+    from shared.argtypes import NonFiniteFigure, json_file_text
+
+    document = {"k1": {"gain_top1": 0.1}, "per_sku": {"k1": {"gain": {"Kiwi": 0.0, "Lime": math.nan}}}}
+    named = r"^o\.json: per_sku\.k1\.gain\.Lime is nan, which JSON has not, so it was not written$"
+    with pytest.raises(NonFiniteFigure, match=named):
+        json_file_text(document, label="o.json")
+    with pytest.raises(NonFiniteFigure, match=r"curve\.A\[1\] is -inf"):
+        json_file_text({"curve": {"A": [0.5, -math.inf]}}, label="o.json")
+    assert json.loads(json_file_text(document | {"per_sku": {}}, label="o.json")) == {
+        "k1": {"gain_top1": 0.1},
+        "per_sku": {},
+    }
+
+
+def test_skuforge_evaluate_writes_neither_file_when_a_figure_is_nan(tmp_path: Path) -> None:
+    # Written bare (NaN), evaluation.json was then refused by `dataset export --evaluation`.
+    from services.trainstore.evaluation import EVALUATION_FILE, REPORT_FILE, write_results
+    from shared.argtypes import NonFiniteFigure
+
+    (tmp_path / EVALUATION_FILE).write_text('{"top1": {"A": 0.5}}\n')
+    with pytest.raises(NonFiniteFigure, match=r"evaluation\.json: top1\.B is nan"):
+        write_results(tmp_path, {"top1": {"A": 0.5, "B": math.nan}}, "<html></html>")
+    assert (tmp_path / EVALUATION_FILE).read_text() == '{"top1": {"A": 0.5}}\n'
+    assert not (tmp_path / REPORT_FILE).exists()
+
+
+def test_bench_captioner_keeps_its_results_file_when_a_figure_is_nan(tmp_path: Path) -> None:
+    from bench.captioner import write_figures
+    from shared.argtypes import NonFiniteFigure
+
+    results_file = tmp_path / "captioner.json"
+    results_file.write_text('{"colour_accuracy": 0.9}\n')
+    with pytest.raises(NonFiniteFigure, match=r"captioner\.json: real\.dev\.colour_accuracy is nan"):
+        write_figures(results_file, {"colour_accuracy": 0.9, "real": {"dev": {"colour_accuracy": math.nan}}})
+    assert results_file.read_text() == '{"colour_accuracy": 0.9}\n'
+    write_figures(results_file, {"colour_accuracy": 0.95})
+    assert json.loads(results_file.read_text()) == {"colour_accuracy": 0.95}
+
+
+def test_bench_augment_writes_no_report_with_a_nan(tmp_path: Path) -> None:
+    from bench.augment import write_report
+    from shared.argtypes import NonFiniteFigure
+
+    out = tmp_path / "results" / "augment.json"
+    with pytest.raises(NonFiniteFigure, match=r"augment\.json: by_group\.k1\.Fruit\.gain_top1 is nan"):
+        write_report(out, {"k1": {"gain_top1": 0.1}, "by_group": {"k1": {"Fruit": {"gain_top1": math.nan}}}})
+    assert not out.exists()
+    write_report(out, {"k1": {"gain_top1": 0.1}})
+    assert json.loads(out.read_text()) == {"k1": {"gain_top1": 0.1}}
+
+
+def test_a_bench_run_whose_results_hold_a_nan_ends_in_a_line_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Not a traceback at the end of a long run: the line says which figure, and that nothing was written.
+    from bench.augment import write_report
+    from shared.commands import run_command
+
+    out = tmp_path / "augment.json"
+
+    def bench() -> int:
+        write_report(out, {"k1": {"gain_top1": math.nan}})
+        return 0
+
+    assert run_command("python -m bench.augment", bench) == 1
+    err = capsys.readouterr().err
+    assert (
+        err
+        == f"python -m bench.augment: {out}: k1.gain_top1 is nan, which JSON has not, so it was not written\n"
+    )
+    assert not out.exists()

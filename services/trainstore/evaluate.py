@@ -47,6 +47,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from shared.argtypes import (
+    NonFiniteFigure,
     folder_problem,
     int_between,
     non_negative_int,
@@ -254,6 +255,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except REFUSALS as exc:
         print(f"skuforge evaluate: {exc}", file=sys.stderr)
         return 2
+    except NonFiniteFigure as exc:  # a fault of ours, named, rather than a file its readers refuse
+        print(f"skuforge evaluate: {exc}; nor was {args.out / REPORT_FILE}", file=sys.stderr)
+        return 1
     except OSError as exc:
         # The disk filled (the feature cache, the report), or a file went away during a long run:
         # was a traceback. evaluation.json and report.html are written last, whole and together

@@ -13,7 +13,6 @@ import argparse
 import dataclasses
 import hashlib
 import io
-import json
 import os
 import re
 import struct
@@ -25,6 +24,7 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 
 from services.trainstore.cli import no_skus_problem, open_manifests, store_root
+from shared.argtypes import json_file_text
 from shared.config import load_settings
 from shared.errors import BadInput, ChecksumMismatch, ImageRejected, ObjectMissing, naming
 from shared.evaluation import EVALUATION_FILE, REPORT_FILE
@@ -744,8 +744,9 @@ def write_results(out: Path, document: dict[str, Any], page: str) -> None:
     than the other: the report was written first (and in place, so a killed run left it truncated), and
     a JSON write that failed then (a full disk) left the new report beside the old figures. Now the
     report is written whole beside its name, then the JSON is renamed into place, then the report.
+    A figure that is NaN or infinite is ``NonFiniteFigure``, and neither is written.
     """
-    data = (json.dumps(document, indent=2, sort_keys=True) + "\n").encode()
+    data = json_file_text(document, label=str(out / EVALUATION_FILE), sort_keys=True).encode()
 
     def json_first(_size: int, _sha256: str) -> None:  # raising leaves the old report as it was
         write_atomically(out / EVALUATION_FILE, data)
