@@ -59,7 +59,7 @@ from shared.bus import READ_EXTRA, kafka_connection, listed_topics, make_produce
 from shared.config import Settings
 from shared.errors import BadInput, ObjectMissing, TransientError
 from shared.observability import escape_control_characters
-from shared.signals import held_signals, signal_number, stopped_how
+from shared.signals import signal_number, stopped_how, stops_wait_for_clean_up
 from shared.store import MAX_SEGMENT_BYTES, ObjectStore
 
 REPLAY_PREFIX = "dlq-replays"
@@ -629,8 +629,9 @@ def _replay(
     failure: KafkaError | DlqError | None = None
     interrupted: int | None = None  # the signal that stopped the replay
     originals = _originals(settings, store, groups)
-    # Entered where the sends end (the ``finally``), left once the markers are written: a stop waits.
-    with contextlib.ExitStack() as until_marked:
+    # Set before the ``try``, held from its failure paths' and ``finally``'s first statement until the
+    # markers are written: a stop waits (``stops_wait_for_clean_up``).
+    with stops_wait_for_clean_up() as stopping:
         try:
             # Each original is sent before the next is read: one of up to 1 MB (from dlq-originals/,
             # or its letter read again from the DLQ) at a time, and the producer's bounded buffer.
@@ -669,12 +670,15 @@ def _replay(
             if producer is not None:
                 producer.flush(timeout=settings.flush_timeout_s)
         except KafkaError as exc:
+            stopping.failing = True  # first, before any call, here and below: a stop from here on waits
             failure = exc
         except DlqError as exc:  # the store went away (an original read, a batch of markers), the topic check
+            stopping.failing = True
             if producer is None:
                 raise  # nothing was sent
             failure = exc
         except Exception as exc:  # one it does not expect (a bug, a store's error it does not map)
+            stopping.failing = True
             if producer is None:
                 raise
             # Said after the markers, as a DlqError: before, it went past them, and the next replay sent
@@ -682,6 +686,7 @@ def _replay(
             failure = DlqError(f"{type(exc).__name__}: {exc}")
             failure.__cause__ = exc
         except KeyboardInterrupt as exc:
+            stopping.failing = True  # set already by the stop's handler, unless it came off our handler
             # Ctrl-C (or SIGTERM, SIGHUP) while the sends were on their way: close() below still
             # delivers them, so they are marked before the command stops. Before, the interrupt skipped
             # the markers, and the next replay republished every record this one had delivered.
@@ -690,12 +695,15 @@ def _replay(
             # Closed before the futures are read: close() flushes, and what it delivers is marked
             # too. Before, a failed run said "nothing marked" while close() then delivered the records
             # sent before the failure, and the next run republished them. From here a stop waits until
-            # the markers are written (``until_marked``): before, a (second) Ctrl-C or a SIGTERM here
+            # the markers are written (``stopping``): before, a (second) Ctrl-C or a SIGTERM here
             # ended the command with the records delivered and (some) unmarked, and the next run
             # republished them; so did one between the closing and the markers, held apart then. The
             # reader of the letters is closed while they wait too: its consumer closes as Python
-            # finalises its generator, where a stop was lost in an "Exception ignored" traceback.
-            held = until_marked.enter_context(held_signals())
+            # finalises its generator, where a stop was lost in an "Exception ignored" traceback. Held
+            # from this first statement, no call: held from a call (entering ``held_signals()``), a
+            # second stop whose handler ran before the hold, or in the ``except`` taking in the first,
+            # went past the markers, and the next replay republished what this one had delivered.
+            stopping.failing = True
             originals.close()
             try:
                 if producer is not None:
@@ -712,6 +720,10 @@ def _replay(
                 f"republished {sent} dead letters to {dead.original_topic}, but could not write their "
                 f"replay markers ({why}); a later replay would republish those without a marker again"
             ) from exc
+        finally:
+            # Taken in one step, no call, so none is lost: those held so far are said below (a stop that
+            # comes after still stops the command, as the block ends).
+            held, stopping.held = stopping.held, []
     if interrupted is None and held:
         interrupted = held[0]
     if interrupted is not None:

@@ -3,6 +3,8 @@ replay, and the partitions a read has reached the end of."""
 
 from __future__ import annotations
 
+import os
+import signal
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -14,10 +16,13 @@ from kafka.structs import TopicPartition
 import shared.dlq as dlq
 from schemas.envelope import DeadLetter
 from schemas.topics import SKU_INGESTED
+from shared.bus import make_producer
+from shared.config import Settings
 from shared.dlq import DlqError, read_dead_letters, replay
-from shared.store import FileStore
+from shared.store import FileStore, open_store
+from skuforge_cli.dlq import main as dlq_main
 from tests.support.bus import create_topics, file_store_uri, isolated_settings, read_topic, record_count
-from tests.support.dlq import small_letters
+from tests.support.dlq import ingested_letter, small_letters, write_letters
 from tests.support.kafka import NewTopic
 
 pytestmark = pytest.mark.kafka
@@ -82,3 +87,67 @@ def test_a_read_to_the_end_fetches_nothing_past_the_end_of_a_partition_that_was_
         assert consumer.paused() == set(partitions)
     finally:
         consumer.close()
+
+
+@pytest.mark.parametrize(
+    ("signum", "said"),
+    [(signal.SIGINT, "interrupted"), (signal.SIGTERM, "stopped by SIGTERM")],
+    ids=["int", "term"],
+)
+def test_a_second_stop_while_the_replay_takes_in_the_first_still_marks_what_was_delivered(
+    kafka_bootstrap: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    signals_as_from_a_shell: None,
+    signum: int,
+    said: str,
+) -> None:
+    """The replay held the stops only once its ``finally`` called ``held_signals()``: a second Ctrl-C
+    (or SIGTERM) whose handler ran before that (here, in the ``except`` that takes in the first) ended
+    the command past the markers, and the next replay sent the record delivered again."""
+    settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path))
+    create_topics(settings, SKU_INGESTED, partitions=1)
+    original = settings.topic_name(SKU_INGESTED)
+    write_letters(settings, *(ingested_letter(settings, original_offset=offset) for offset in range(3)))
+    stops: list[str] = []
+    real_signal_number = dlq.signal_number
+
+    def stopped_producer(settings: Settings, client_id: str) -> Any:
+        producer = make_producer(settings, client_id)
+        real_send = producer.send
+        sends: list[str] = []
+
+        def send(topic: str, **record: Any) -> Any:
+            sends.append(topic)
+            if len(sends) == 2:  # the first stop, before the second record: the first is on its way
+                stops.append("sending")
+                os.kill(os.getpid(), signum)  # its handler runs in this thread, at once
+            return real_send(topic, **record)
+
+        producer.send = send
+        return producer
+
+    def stopped_again(exc: KeyboardInterrupt) -> int:
+        stops.append("taking in the first")
+        os.kill(os.getpid(), signum)
+        return real_signal_number(exc)
+
+    store = open_store(settings.store_uri, uri_from="SKUFORGE_STORE_URI")
+    monkeypatch.setattr(dlq, "make_producer", stopped_producer)
+    monkeypatch.setattr(dlq, "signal_number", stopped_again)
+    try:
+        exited = dlq_main(["replay", original], settings=settings, store=store)
+    except KeyboardInterrupt:
+        exited = None  # a traceback, as before; what matters is what the next run sends
+    err = capsys.readouterr().err
+    assert stops == ["sending", "taking in the first"]
+    monkeypatch.setattr(dlq, "make_producer", make_producer)
+    monkeypatch.setattr(dlq, "signal_number", real_signal_number)
+    again = dlq_main(["replay", original], settings=settings, store=store)
+    assert len(read_topic(kafka_bootstrap, original, expect=3, timeout_s=10)) == 3  # each once
+    assert again == 0 and "replayed 2 dead letters" in capsys.readouterr().out
+    assert exited == 128 + signum
+    assert f"{said}: 1 of 3 records were acknowledged and are marked" in err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # left as they were
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
