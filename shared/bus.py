@@ -234,10 +234,14 @@ def producer_stopped_for_good(producer: KafkaProducer) -> bool:
     return bool(manager is not None and manager.has_fatal_error())
 
 
-def close_stopped_producer(producer: KafkaProducer, who: str, exc: BaseException) -> None:
+def close_stopped_producer(
+    producer: KafkaProducer, who: str, exc: BaseException, *, quiet: bool = False
+) -> None:
     """Log and close a producer that ``producer_stopped_for_good`` says is finished; its pending
-    batches have already failed, so nothing is waited for."""
-    log.error(
+    batches have already failed, so nothing is waited for. ``quiet``: logged at debug only (a stage
+    retrying a dead letter that waits, whose refusal was logged already)."""
+    log.log(
+        logging.DEBUG if quiet else logging.ERROR,
         "the Kafka producer of %s stopped for good after %s: %s; a new one takes over",
         who,
         type(exc).__name__,

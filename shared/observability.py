@@ -124,6 +124,14 @@ class StageMetrics:
             ["stage", "topic", "outcome"],
             registry=self.registry,
         )
+        self.dlq_waiting = Gauge(
+            "skuforge_dlq_letters_waiting",
+            "Dead letters a dead-letter topic refuses for good even with their original in the object "
+            "store, waiting now: each holds its input's partition until the topic's max.message.bytes is "
+            "raised.",
+            ["stage", "topic"],
+            registry=self.registry,
+        )
         self.produced = Counter(
             "skuforge_produced_total",
             "Output events produced, by topic.",

@@ -428,6 +428,40 @@ class _KeptOriginal:
     value_ref: ObjectRef | None
 
 
+# A dead letter that waits (its DLQ topic refuses it even small) is retried at the back-off's pace, up to
+# every SKUFORGE_RETRY_BACKOFF_MAX_S: its retry's lines (dead-lettered, the producer stopped for good,
+# the partition paused) are logged at its first refusal, then at most once per this many seconds.
+WAITING_LETTER_LOG_INTERVAL_S = 600.0
+
+
+@dataclass
+class _WaitingLetter:
+    """A dead letter its DLQ topic refused even with its original in the store (``_send_letter_small``):
+    its input's partition retries it until the topic takes it. ``kept``: its original, stored once for
+    all its retries; ``logged_at``: when a retry of it was last logged (None: not yet)."""
+
+    dlq_topic: str
+    kept: _KeptOriginal
+    since: float
+    logged_at: float | None = None
+
+    def quiet(self, now: float) -> bool:
+        """Whether a retry now goes unlogged (at debug): one was logged under the interval ago."""
+        return self.logged_at is not None and now - self.logged_at < WAITING_LETTER_LOG_INTERVAL_S
+
+
+def _letter_key(record: ConsumerRecord) -> tuple[str, int, int, str, str]:
+    """A record's place, and its key's and value's digests: a topic deleted and created again starts at
+    offset 0 with other records."""
+    return (
+        record.topic,
+        record.partition,
+        record.offset,
+        hashlib.sha256(record.key or b"").hexdigest(),
+        hashlib.sha256(record.value or b"").hexdigest(),
+    )
+
+
 def stale_after_s(settings: Settings) -> float:
     """How long the loop may go without a beat before /healthz says it is stuck: one batch may take
     up to ``max_poll_interval_ms`` (then the group drops the member), plus a minute for the poll after.
@@ -476,10 +510,10 @@ class Stage:
         self._resume_at: dict[TopicPartition, float] = {}
         self._failures: dict[TopicPartition, int] = {}
         self._attempts: OrderedDict[tuple[TopicPartition, int], int] = OrderedDict()
-        # Originals kept in the store for dead letters the DLQ topic refused even small, by (topic,
-        # partition, offset, key and value digests), newest last (_send_letter_small): each retry sends
-        # the letter again, but stores, logs and counts it once.
-        self._refused_letters: OrderedDict[tuple[str, int, int, str, str], _KeptOriginal] = OrderedDict()
+        # Dead letters the DLQ topic refused even small, by their input (_letter_key), newest last, until
+        # they go or their partition does (_send_letter_small): each retry sends the letter again, but
+        # stores its original, and counts it, once, and logs it at most every few minutes.
+        self._waiting_letters: OrderedDict[tuple[str, int, int, str, str], _WaitingLetter] = OrderedDict()
         # Inputs completed (outputs durable, offset committed) by this process, newest last, by (topic,
         # event id): one stage's outputs to two topics may share an id (the gate's accepted or pending
         # decision on one item), and a consumer of both must not take the one for a replay of the other.
@@ -1214,9 +1248,13 @@ class Stage:
         error: BaseException | None,
         event: EnvelopeHeader | None,
     ) -> _Outcome | _Retry:
+        # A letter that waits is made again at each retry: its original (over 256 KiB) was stored at its
+        # first refusal, and its line was logged then. Before, each retry stored and logged it again.
+        waiting = self._waiting_letter(record)
+        kept = waiting.kept if waiting is not None else None
         try:
-            key_b64, key_ref = self._keep_original(record, "key", record.key)
-            value_b64, value_ref = self._keep_original(record, "value", record.value or b"")
+            key_b64, key_ref = self._keep_original(record, "key", record.key, kept=kept)
+            value_b64, value_ref = self._keep_original(record, "value", record.value or b"", kept=kept)
         except Exception as exc:
             # The store is away, or refuses the original's key (a folder in its way): the letter cannot
             # be whole yet, and one without the original would lose the record. Before, any refusal
@@ -1249,7 +1287,8 @@ class Stage:
             trace_id=event.trace_id if event else None,
             failed_at=utc_now(),
         )
-        log.warning(
+        log.log(
+            logging.DEBUG if waiting is not None and waiting.quiet(time.monotonic()) else logging.WARNING,
             "dead-lettered",
             extra={
                 "stage": self.name,
@@ -1276,16 +1315,19 @@ class Stage:
         data: bytes | None,
         *,
         inline_max_bytes: int = DLQ_INLINE_MAX_BYTES,
+        kept: _KeptOriginal | None = None,
     ) -> tuple[str | None, ObjectRef | None]:
         """``data`` base64-encoded for the letter, or, when over ``inline_max_bytes`` (too large for a
         Kafka record), stored under ``dlq-originals/<topic>/<partition>-<offset>-<sha256>.<part>`` (same
         key on a rewind) and referenced. The digest: a topic deleted and created again starts at offset 0,
         and its first large dead letter overwrote an earlier letter's original, which then could not be
-        replayed."""
+        replayed. ``kept``: the original stored already, whole (a letter that waits), referenced as is."""
         if data is None:
             return None, None
         if len(data) <= inline_max_bytes:
             return base64.b64encode(data).decode(), None
+        if kept is not None:
+            return None, kept.key_ref if part == "key" else kept.value_ref
         digest = hashlib.sha256(data).hexdigest()[:16]
         key = f"{DLQ_ORIGINALS_PREFIX}/{record.topic}/{record.partition}-{record.offset}-{digest}.{part}"
         return None, self.store.put_bytes(key, data)
@@ -1381,7 +1423,11 @@ class Stage:
             if failed and producer_stopped_for_good(producer):
                 # Before, the stage kept it: every later batch, of every partition, failed with the
                 # first refusal's error until a restart, while /healthz said the stage was fine.
-                close_stopped_producer(producer, f"stage {self.name}", next(iter(failed.values())))
+                # Quiet when each partition that failed holds a letter that waits, logged already.
+                quiet = all(any(self._quiet_retry(r) for r, _ in outcomes.get(tp, [])) for tp in failed)
+                close_stopped_producer(
+                    producer, f"stage {self.name}", next(iter(failed.values())), quiet=quiet
+                )
                 self._producer = None
         # A partition whose outputs a topic refused for good goes again input by input, so that only
         # the input whose output was refused is dead-lettered: the refusal stopped the producer, which
@@ -1405,13 +1451,19 @@ class Stage:
             went = delivered.get(tp, 0)
             done = outcomes.get(tp, [])
             resume_at = done[went][0].offset if went else batch[tp][0].offset
+            stopped_at = done[went][0] if went < len(done) else None
             del done[went:]
             if tp in self._resume_at:
                 # Backed off mid-batch at a later record: the outputs of the records before it
                 # went with this failed send, so it must restart from its first record too.
                 self._consumer.seek(tp, resume_at)
             else:
-                self._back_off(tp, resume_at, error)
+                self._back_off(tp, resume_at, error, stopped_at=stopped_at)
+        if self._waiting_letters:  # the letters that went no longer wait
+            for done in outcomes.values():
+                for record, outcome in done:
+                    if outcome.dead_reason is not None:
+                        self._forget_waiting([_letter_key(record)])
         for tp, sent in futures.items():
             # Of a partition sent again one by one, those of the inputs that went acknowledged the first
             # time (the others are counted as they go). Those of the inputs rewound after them are
@@ -1435,10 +1487,11 @@ class Stage:
         for input_index, (record, outcome) in enumerate(done):
             flags = acked[first_output : first_output + len(outcome.outputs)]
             first_output += len(outcome.outputs)
+            quiet = self._quiet_retry(record)
             for output_index, (topic_name, key, value) in enumerate(outcome.outputs):
                 if output_index < len(flags) and flags[output_index]:
                     continue
-                error = self._send_alone(topic_name, key, value)
+                error = self._send_alone(topic_name, key, value, quiet=quiet)
                 if error is None:
                     continue
                 if not isinstance(error, RECORD_REFUSALS):
@@ -1452,7 +1505,7 @@ class Stage:
                 letter = self._output_refused(record, topic_name, error)
                 if isinstance(letter, _Retry):
                     return input_index, letter.error
-                error = self._send_alone(*letter.outputs[0])
+                error = self._send_alone(*letter.outputs[0], quiet=quiet)
                 if isinstance(error, RECORD_REFUSALS):
                     small = self._send_letter_small(record, letter, error)
                     if isinstance(small, BaseException):
@@ -1476,15 +1529,9 @@ class Stage:
         counted once for all its retries. Before, a key alone over the limit held the partition for good,
         storing the original and logging again at every retry."""
         [(dlq_topic, dlq_key, value)] = letter.outputs
-        # The digests: a topic deleted and created again starts at offset 0 with other records.
-        where = (
-            record.topic,
-            record.partition,
-            record.offset,
-            hashlib.sha256(record.key or b"").hexdigest(),
-            hashlib.sha256(record.value or b"").hexdigest(),
-        )
-        kept = self._refused_letters.get(where)
+        where = _letter_key(record)
+        waiting = self._waiting_letters.get(where)
+        kept = waiting.kept if waiting is not None else None
         if kept is None:
             try:
                 kept = _KeptOriginal(
@@ -1511,12 +1558,14 @@ class Stage:
         )
         # The key is in the store: the letter's own key needs only keep one key's letters together.
         small_key = dlq_key if len(dlq_key) <= SMALL_LETTER_KEY_BYTES else _key_digest(record.key or b"")
-        error = self._send_alone(dlq_topic, small_key, small.model_dump_json().encode())
-        if isinstance(error, RECORD_REFUSALS) and where not in self._refused_letters:
-            self._refused_letters[where] = kept
-            while len(self._refused_letters) > ATTEMPTS_KEPT:
-                self._refused_letters.popitem(last=False)
+        quiet = waiting is not None and waiting.quiet(time.monotonic())
+        error = self._send_alone(dlq_topic, small_key, small.model_dump_json().encode(), quiet=quiet)
+        if isinstance(error, RECORD_REFUSALS) and waiting is None:
+            self._waiting_letters[where] = _WaitingLetter(dlq_topic, kept, since=time.monotonic())
+            while len(self._waiting_letters) > ATTEMPTS_KEPT:
+                self._forget_waiting([next(iter(self._waiting_letters))])
             self.metrics.dlq_refused.labels(self.name, dlq_topic, "waiting").inc()
+            self._count_waiting(dlq_topic)
             log.error(
                 f"{dlq_topic} refuses a dead letter for good, even with its original kept in the store: "
                 "raise the topic's max.message.bytes; the partition waits until it takes the letter "
@@ -1531,7 +1580,6 @@ class Stage:
             )
         if error is not None:
             return error
-        self._refused_letters.pop(where, None)
         self.metrics.dlq_refused.labels(self.name, dlq_topic, "sent_small").inc()
         log.warning(
             f"{dlq_topic} refused a dead letter with its original inline; sent with the original kept "
@@ -1540,12 +1588,34 @@ class Stage:
         )
         return replace(letter, outputs=[(dlq_topic, small_key, small.model_dump_json().encode())])
 
+    def _waiting_letter(self, record: ConsumerRecord) -> _WaitingLetter | None:
+        """The dead letter of ``record`` that waits (``_send_letter_small``), if one does."""
+        if not self._waiting_letters:  # no digest of every record a failed batch held
+            return None
+        return self._waiting_letters.get(_letter_key(record))
+
+    def _quiet_retry(self, record: ConsumerRecord) -> bool:
+        """Whether this retry of ``record`` goes unlogged: its dead letter waits, logged lately."""
+        waiting = self._waiting_letter(record)
+        return waiting is not None and waiting.quiet(time.monotonic())
+
+    def _forget_waiting(self, letters: Sequence[tuple[str, int, int, str, str]]) -> None:
+        """Drop these letters (``_letter_key``) from those that wait: they went, or their partition did."""
+        for where in letters:
+            waiting = self._waiting_letters.pop(where, None)
+            if waiting is not None:
+                self._count_waiting(waiting.dlq_topic)
+
+    def _count_waiting(self, dlq_topic: str) -> None:
+        waiting = sum(1 for letter in self._waiting_letters.values() if letter.dlq_topic == dlq_topic)
+        self.metrics.dlq_waiting.labels(self.name, dlq_topic).set(waiting)
+
     def _send_alone(
-        self, topic_name: str, key: bytes, value: bytes
+        self, topic_name: str, key: bytes, value: bytes, *, quiet: bool = False
     ) -> KafkaError | StoppedBootstrapping | None:
         """Send one record and wait for its acknowledgement: None once acknowledged, else the error
-        (a producer it stopped for good is closed; the next send makes a new one, given up when the
-        stage stops)."""
+        (a producer it stopped for good is closed, logged at debug when ``quiet``; the next send makes a
+        new one, given up when the stage stops)."""
         try:
             if self._producer is None:
                 self._producer = make_producer(self.settings, client_id=self.name, stop=self._stop)
@@ -1554,7 +1624,7 @@ class Stage:
             future.get(timeout=self.settings.flush_timeout_s)
         except KafkaError as exc:
             if self._producer is not None and producer_stopped_for_good(self._producer):
-                close_stopped_producer(self._producer, f"stage {self.name}", exc)
+                close_stopped_producer(self._producer, f"stage {self.name}", exc, quiet=quiet)
                 self._producer = None
             return exc
         except StoppedBootstrapping as exc:
@@ -1792,8 +1862,17 @@ class Stage:
 
     # -- back-off -----------------------------------------------------------------------------
 
-    def _back_off(self, tp: TopicPartition, offset: int, error: BaseException) -> None:
-        """Rewind ``tp`` to ``offset`` and pause it for an exponential, jittered back-off."""
+    def _back_off(
+        self,
+        tp: TopicPartition,
+        offset: int,
+        error: BaseException,
+        *,
+        stopped_at: ConsumerRecord | None = None,
+    ) -> None:
+        """Rewind ``tp`` to ``offset`` and pause it for an exponential, jittered back-off. ``stopped_at``:
+        the input whose outputs failed; one whose dead letter waits is logged at most every
+        ``WAITING_LETTER_LOG_INTERVAL_S`` (a retry at the cap's pace logged this line for good)."""
         assert self._consumer is not None
         if self._stop.is_set():
             # A handler giving its batch up at the stop (Context.stopping), or a fault as it stops: no
@@ -1826,17 +1905,22 @@ class Stage:
         self.metrics.retries.labels(self.name, type(error).__name__).inc()
         self.metrics.messages.labels(self.name, tp.topic, "retry").inc()
         self.metrics.paused_partitions.labels(self.name).set(len(self._resume_at))
-        log.warning(
-            "transient fault; partition paused",
-            extra={
-                "stage": self.name,
-                "topic": tp.topic,
-                "partition": tp.partition,
-                "offset": offset,
-                "retry_in_s": round(delay, 2),
-                "error": f"{type(error).__name__}: {error}",
-            },
-        )
+        waiting = self._waiting_letter(stopped_at) if stopped_at is not None else None
+        now = time.monotonic()
+        quiet = waiting is not None and waiting.quiet(now)
+        extra: dict[str, Any] = {
+            "stage": self.name,
+            "topic": tp.topic,
+            "partition": tp.partition,
+            "offset": offset,
+            "retry_in_s": round(delay, 2),
+            "error": f"{type(error).__name__}: {error}",
+        }
+        if waiting is not None:
+            extra["dead_letter_waiting_s"] = round(now - waiting.since)
+            if not quiet:
+                waiting.logged_at = now
+        log.log(logging.DEBUG if quiet else logging.WARNING, "transient fault; partition paused", extra=extra)
 
     def _resume_due_partitions(self) -> None:
         if not self._resume_at:
@@ -1852,7 +1936,10 @@ class Stage:
         self.metrics.paused_partitions.labels(self.name).set(len(self._resume_at))
 
     def _forget_partitions(self, partitions: Sequence[TopicPartition]) -> None:
-        # Not its records' failed attempts: counted on if the partition comes back (_unexpected).
+        # Not its records' failed attempts: counted on if the partition comes back (_unexpected). Its
+        # letters that wait are dropped (and uncounted): its next holder meets and counts them.
+        gone = {(tp.topic, tp.partition) for tp in partitions}
+        self._forget_waiting([where for where in self._waiting_letters if where[:2] in gone])
         for tp in partitions:
             if self._resume_at.pop(tp, None) is not None and self._consumer is not None:
                 # Paused here, so never resumed here: the records kafka-python parked for it would keep

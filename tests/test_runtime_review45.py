@@ -151,3 +151,48 @@ def test_a_letter_the_dlq_refuses_even_small_is_logged_stored_and_counted_once_w
     # Once the limit is raised the letter fits whole, its original inline.
     assert (_refused(stage, dlq, "waiting"), _refused(stage, dlq, "sent_small")) == (1, 0)
     assert DeadLetter.model_validate_json(letters[0].value).original_value_b64
+
+
+def _waiting(stage: Stage, dlq: str) -> float | None:
+    return stage.metrics.registry.get_sample_value(
+        "skuforge_dlq_letters_waiting", {"stage": stage.name, "topic": dlq}
+    )
+
+
+def test_a_large_original_whose_letter_waits_is_stored_once_and_its_retries_logged_once(
+    kafka_bootstrap: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An original over 256 KiB is stored by the letter itself (_dead_letter), and the letter is made
+    again at each retry while it waits: each stored the original again, and logged "dead-lettered", the
+    producer "stopped for good" (each retry's new producer) and "transient fault; partition paused"
+    again, every few seconds for good. Now each is logged once per waiting letter (then at most every
+    10 minutes), the original stored once, and skuforge_dlq_letters_waiting says it waits."""
+    settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path), flush_timeout_s=5.0)
+    create_topics(settings, SKU_INGESTED, PASSTHROUGH_OUT, partitions=1)
+    dlq = settings.dlq_name(SKU_INGESTED)
+    _limit(kafka_bootstrap, dlq, TOO_SMALL)
+    stage = build_stage(settings=settings)
+    topic = settings.topic_name(SKU_INGESTED)
+    _send_not_json(kafka_bootstrap, topic, b"SKU-BAD", b"x" * 300_000)
+
+    def logged(text: str) -> int:
+        return sum(1 for r in caplog.records if r.levelno >= logging.WARNING and text in r.getMessage())
+
+    lines = ("dead-lettered", "stopped for good", "transient fault; partition paused")
+    with caplog.at_level(logging.WARNING), running(stage):
+        wait_for("the refusal counted", lambda: _refused(stage, dlq, "waiting"), timeout_s=60)
+        retried = _retries(stage, topic)
+        wait_for("the first retry logged", lambda: _retries(stage, topic) >= retried + 1, timeout_s=60)
+        written, retried = _store_writes(stage), _retries(stage, topic)
+        first = {line: logged(line) for line in lines}
+        wait_for("three retries more", lambda: _retries(stage, topic) >= retried + 3, timeout_s=60)
+        assert _store_writes(stage) == written  # before, the original was stored again at each retry
+        assert {line: logged(line) for line in lines} == first
+        assert all(first.values()), first  # each was logged once
+        assert _waiting(stage, dlq) == 1
+        _limit(kafka_bootstrap, dlq, BROKER_DEFAULT)
+        letters = read_topic(kafka_bootstrap, dlq, expect=1, timeout_s=60)
+        wait_for("the letter no longer waits", lambda: _waiting(stage, dlq) == 0, timeout_s=30)
+    assert [DeadLetter.model_validate_json(r.value).reason for r in letters] == ["not_json"]
+    letter = DeadLetter.model_validate_json(letters[0].value)
+    assert original_record(letter, stage.store) == (b"SKU-BAD", b"x" * 300_000)
