@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.committed import check_out
-from shared.argtypes import positive_int
+from shared.argtypes import path_argument, positive_int
 from shared.config import load_settings
 
 RESULTS = Path(__file__).resolve().parent / "results" / "adapters.json"
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--out",
-        type=Path,
+        type=path_argument("file"),
         default=RESULTS,
         help="results JSON (default bench/results/adapters.json, the committed run's; a run with any "
         "other option needs another)",

@@ -57,6 +57,7 @@ from shared.argtypes import (
     json_file_text,
     model_location,
     non_negative_int,
+    path_argument,
     positive_float,
     positive_int,
     read_json_object,
@@ -930,7 +931,9 @@ def _bench(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.augment", description=__doc__.split("\n\n")[0].replace("``", "")
     )
-    parser.add_argument("--dataset", type=Path, required=True, help="GroceryStoreDataset's dataset/ folder")
+    parser.add_argument(
+        "--dataset", type=path_argument("folder"), required=True, help="GroceryStoreDataset's dataset/ folder"
+    )
     parser.add_argument(
         "--split", choices=("val", "test"), default="test", help="held-out photos (default test)"
     )
@@ -949,7 +952,7 @@ def _bench(argv: list[str] | None) -> int:
     )
     parser.add_argument(
         "--drop-synthetic-from",
-        type=Path,
+        type=path_argument("file"),
         default=None,
         metavar="RESULT.json",
         help="in-process, with --heldout-half: leave out the synthetic images of the SKUs whose per-SKU "
@@ -1111,9 +1114,14 @@ def _bench(argv: list[str] | None) -> int:
         default=7200.0,
         help="stack mode: how long the stack may take to decide every image (s, above 0) (default 7200)",
     )
-    parser.add_argument("--workdir", type=Path, default=Path("var/augment"), help="default var/augment")
     parser.add_argument(
-        "--out", type=Path, default=None, help="results JSON (default bench/results/augment*.json)"
+        "--workdir", type=path_argument("folder"), default=Path("var/augment"), help="default var/augment"
+    )
+    parser.add_argument(
+        "--out",
+        type=path_argument("file"),
+        default=None,
+        help="results JSON (default bench/results/augment*.json)",
     )
     parser.add_argument(
         "--tag",

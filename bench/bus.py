@@ -33,7 +33,7 @@ from devstack.broker import LocalKafka, free_port
 from schemas.envelope import Envelope
 from schemas.events import SkuIngested
 from schemas.topics import SKU_INGESTED, Topic
-from shared.argtypes import positive_int
+from shared.argtypes import path_argument, positive_int
 from shared.bus import ensure_topics, kafka_connection, make_producer
 from shared.config import Settings, load_settings
 from shared.runtime import Context, Emit, Stage
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=positive_int, default=500, help="default 500")
     parser.add_argument(
         "--out",
-        type=Path,
+        type=path_argument("file"),
         default=RESULTS / "bus.json",
         help="results JSON (default bench/results/bus.json, the committed run's; a run with any other "
         "option needs another)",

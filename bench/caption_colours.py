@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from shared.argtypes import MAX_THREADS, int_between
+from shared.argtypes import MAX_THREADS, int_between, path_argument
 from shared.commands import run_command
 
 HERE = Path(__file__).parent
@@ -201,7 +201,7 @@ def _bench(argv: list[str] | None) -> int:
     )
     parser.add_argument(
         "--grocery-dataset",
-        type=Path,
+        type=path_argument("folder"),
         default=os.environ.get("SKUFORGE_GROCERY_DATASET") or None,
         help="GroceryStoreDataset's dataset/ folder (default: $SKUFORGE_GROCERY_DATASET)",
     )
@@ -220,7 +220,7 @@ def _bench(argv: list[str] | None) -> int:
     )
     parser.add_argument(
         "--mask-cache",
-        type=Path,
+        type=path_argument("folder"),
         default=None,
         help="folder to keep the matting session's masks in between runs",
     )

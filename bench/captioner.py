@@ -43,6 +43,7 @@ from shared.argtypes import (
     int_between,
     json_file_text,
     model_location,
+    path_argument,
     positive_int,
     read_json_object,
 )
@@ -171,7 +172,7 @@ def _bench(argv: list[str] | None) -> int:
     )
     parser.add_argument(
         "--grocery-dataset",
-        type=Path,
+        type=path_argument("folder"),
         default=os.environ.get("SKUFORGE_GROCERY_DATASET") or None,
         help="GroceryStoreDataset's dataset/ folder (default: $SKUFORGE_GROCERY_DATASET)",
     )
@@ -184,7 +185,7 @@ def _bench(argv: list[str] | None) -> int:
     parser.add_argument("--note", default=None, help="with --dev-only: what this try is, kept in dev.tries")
     parser.add_argument(
         "--out",
-        type=Path,
+        type=path_argument("file"),
         default=RESULTS / "captioner.json",
         help="results JSON, updated in place (default bench/results/captioner.json, the committed figures)",
     )

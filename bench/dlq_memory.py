@@ -28,7 +28,7 @@ from typing import Any
 from bench.events import dead_letter, numbered_original, write_dead_letters
 from schemas.envelope import DLQ_INLINE_MAX_BYTES
 from schemas.topics import SKU_INGESTED
-from shared.argtypes import file_problem, int_between, positive_int
+from shared.argtypes import file_problem, int_between, path_argument, positive_int
 
 ROOT = Path(__file__).resolve().parents[1]
 MB = 2**20
@@ -121,8 +121,10 @@ def main(argv: list[str] | None = None) -> int:
         default=DLQ_INLINE_MAX_BYTES,
         help=f"bytes of each inline original, 8 to {DLQ_INLINE_MAX_BYTES} (default)",
     )
-    parser.add_argument("--before", type=Path, help="a checkout of the code before a change, measured too")
-    parser.add_argument("--out", type=Path, help="also write the JSON here")
+    parser.add_argument(
+        "--before", type=path_argument("folder"), help="a checkout of the code before a change, measured too"
+    )
+    parser.add_argument("--out", type=path_argument("file"), help="also write the JSON here")
     args = parser.parse_args(argv)
     if args.before is not None:
         try:

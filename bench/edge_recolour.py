@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from shared.argtypes import file_problem, int_between, positive_int
+from shared.argtypes import file_problem, int_between, path_argument, positive_int
 from shared.commands import run_command
 from shared.generation.backend import MAX_SIZE_PX
 from shared.generation.composite import MIN_SIZE_PX as COMPOSITE_MIN_SIZE_PX
@@ -52,7 +52,9 @@ def _bench(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.edge_recolour", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("--dataset", type=Path, required=True, help="GroceryStoreDataset's dataset/ folder")
+    parser.add_argument(
+        "--dataset", type=path_argument("folder"), required=True, help="GroceryStoreDataset's dataset/ folder"
+    )
     parser.add_argument(
         "--variants", type=positive_int, default=6, help="composites per class and arm (default 6)"
     )
@@ -67,11 +69,14 @@ def _bench(argv: list[str] | None) -> int:
         "(default 384)",
     )
     parser.add_argument(
-        "--workdir", type=Path, default=Path("var/edge-recolour"), help="default var/edge-recolour"
+        "--workdir",
+        type=path_argument("folder"),
+        default=Path("var/edge-recolour"),
+        help="default var/edge-recolour",
     )
     parser.add_argument(
         "--out",
-        type=Path,
+        type=path_argument("file"),
         default=RESULTS / "edge_recolour.json",
         help="results JSON (default bench/results/edge_recolour.json, the committed figures; "
         "a --classes smoke run needs another)",

@@ -51,7 +51,14 @@ from PIL import Image
 
 from bench.committed import check_out
 from schemas.events import MAX_SEED
-from shared.argtypes import int_between, model_location, non_negative_float, positive_int, whole_number
+from shared.argtypes import (
+    int_between,
+    model_location,
+    non_negative_float,
+    path_argument,
+    positive_int,
+    whole_number,
+)
 from shared.commands import run_command
 from shared.gate.checks import GateThresholds, evaluate, failed_reasons
 from shared.generation.backend import COLOUR_GAIN_KEY, MAX_SIZE_PX
@@ -371,7 +378,7 @@ def _bench(argv: list[str] | None) -> int:
     )
     parser.add_argument(
         "--out",
-        type=Path,
+        type=path_argument("file"),
         default=RESULTS / "gate.json",
         help="results JSON (default bench/results/gate.json, the committed run's; a run with any other "
         "option needs another)",

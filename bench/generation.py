@@ -41,7 +41,7 @@ from bench.triton import TritonServerProcess, max_batch_executed
 from services.generator.client import TritonGenerator
 from services.generator.protocol import VariantRequest, VariantResult
 from services.generator.stage import crop_to_product
-from shared.argtypes import int_between, positive_int, whole_number
+from shared.argtypes import int_between, path_argument, positive_int, whole_number
 from shared.generation.backend import MAX_SIZE_PX
 from shared.generation.composite import MIN_SIZE_PX as COMPOSITE_MIN_SIZE_PX
 from shared.generation.diffusion import MIN_SIZE_PX as DIFFUSION_MIN_SIZE_PX
@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--out",
-        type=Path,
+        type=path_argument("file"),
         default=RESULTS,
         help="results JSON (default bench/results/generation.json, the committed run's; a run with any "
         "other option needs another)",

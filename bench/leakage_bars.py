@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from shared.argtypes import positive_int
+from shared.argtypes import path_argument, positive_int
 from shared.evaluation.leakage import NEAR_DUPLICATE_MAX_BITS, copy_hashes, heldout_hash
 
 HERE = Path(__file__).parent
@@ -130,7 +130,10 @@ def summary(rows: list[dict[str, object]]) -> dict[str, object]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--grocery-dataset", type=Path, required=True, help="GroceryStoreDataset's dataset/ folder"
+        "--grocery-dataset",
+        type=path_argument("folder"),
+        required=True,
+        help="GroceryStoreDataset's dataset/ folder",
     )
     parser.add_argument(
         "--near-bits", type=positive_int, default=20, help="count photos whose nearest other is nearer"

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.rounds import median_round_ratio
-from shared.argtypes import MAX_THREADS, file_problem, int_between, positive_int
+from shared.argtypes import MAX_THREADS, file_problem, int_between, path_argument, positive_int
 
 RESULTS = Path(__file__).parent / "results"
 MODELS = Path(__file__).resolve().parents[1] / "shared" / "matting" / "models"
@@ -166,17 +166,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=positive_int, default=3, help="default 3")
     parser.add_argument("--heldout", type=positive_int, default=200, help="default 200")
     parser.add_argument(
-        "--fp32", type=Path, default=FP32, help="fp32 ONNX model (default: the committed one)"
+        "--fp32",
+        type=path_argument("file"),
+        default=FP32,
+        help="fp32 ONNX model (default: the committed one)",
     )
     parser.add_argument(
-        "--int8", type=Path, default=INT8, help="int8 ONNX model (default: the committed one)"
+        "--int8",
+        type=path_argument("file"),
+        default=INT8,
+        help="int8 ONNX model (default: the committed one)",
     )
     parser.add_argument(
-        "--weights", type=Path, default=WEIGHTS, help="the fp32 model's PyTorch weights (default: committed)"
+        "--weights",
+        type=path_argument("file"),
+        default=WEIGHTS,
+        help="the fp32 model's PyTorch weights (default: committed)",
     )
     parser.add_argument(
         "--out",
-        type=Path,
+        type=path_argument("file"),
         default=RESULTS / "matting.json",
         help="results JSON (default bench/results/matting.json, the committed models' figures; "
         "other models, or any other option, need another)",

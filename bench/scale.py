@@ -47,7 +47,7 @@ from bench.events import produce
 from bench.replicas import Member, count_records, generated_images, group_assignment, wait_until
 from devstack.broker import LocalKafka, free_port
 from schemas.topics import IMAGE_GENERATED, IMAGE_MATTED
-from shared.argtypes import folder_problem, int_between, positive_int
+from shared.argtypes import folder_problem, int_between, path_argument, positive_int
 from shared.bus import ensure_topics, kafka_connection
 from shared.config import Settings, load_settings
 from shared.store import open_store
@@ -327,14 +327,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--out",
-        type=Path,
+        type=path_argument("file"),
         default=RESULTS / "scale.json",
         help="results JSON (default bench/results/scale.json, the committed run's; a run with any other "
         "option than --workdir needs another)",
     )
     parser.add_argument(
         "--workdir",
-        type=Path,
+        type=path_argument("folder"),
         default=Path("var/bench-scale"),
         help="member logs and store (default var/bench-scale)",
     )

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 from bench.committed import check_out
-from shared.argtypes import int_between, positive_int
+from shared.argtypes import int_between, path_argument, positive_int
 from shared.store import FileStore
 from shared.trainstore.manifest import ManifestRow, ManifestStore
 
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=positive_int, default=3, help="default 3")
     parser.add_argument(
         "--out",
-        type=Path,
+        type=path_argument("file"),
         default=RESULTS / "store.json",
         help="results JSON (default bench/results/store.json, the committed run's; a run with any other "
         "option needs another)",

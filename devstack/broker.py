@@ -52,7 +52,7 @@ from types import TracebackType
 from typing import IO, Any
 
 from devstack.supervisor import parent_death_signal
-from shared.argtypes import CommandParser, folder_problem, int_between, positive_float
+from shared.argtypes import CommandParser, folder_problem, int_between, path_argument, positive_float
 from shared.signals import raise_stopped
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -719,7 +719,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     def add_data_dir(p: argparse.ArgumentParser) -> None:
         p.add_argument(
             "--data-dir",
-            type=Path,
+            type=path_argument("folder"),
             default=data_dir,
             help=f"broker state dir (env SKUFORGE_KAFKA_DATA_DIR; default {data_dir})",
         )

@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 
 from devstack.prometheus import REPO_ROOT, api_get, default_targets
 from schemas.flow import LORA_TRAINER
-from shared.argtypes import CommandParser, file_problem, positive_float
+from shared.argtypes import CommandParser, file_problem, path_argument, positive_float
 
 DASHBOARD_FILE = REPO_ROOT / "deploy" / "grafana" / "skuforge.json"
 # Grafana's own window for rate(); the checks and the plot put a concrete window in its place.
@@ -411,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         type=prometheus_address,
         help="the Prometheus address, e.g. http://127.0.0.1:9090",
     )
-    plot.add_argument("--out", type=Path, required=True, help="the PNG to write")
+    plot.add_argument("--out", type=path_argument("file"), required=True, help="the PNG to write")
     plot.add_argument(
         "--minutes",
         type=positive_float,

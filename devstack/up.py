@@ -91,7 +91,7 @@ from devstack.supervisor import ServiceSpec, Supervisor, SupervisorError, http_o
 from schemas.flow import CONSOLE, LORA_TRAINER, PIPELINE, TRITON, Service
 from services.console.config import ConsoleSettings, parse_users
 from services.generator.protocol import model_name
-from shared.argtypes import float_between, folder_problem
+from shared.argtypes import float_between, folder_problem, path_argument
 from shared.config import ENV_PREFIX, ConfigError, is_host_port, load_settings, secret_variables
 from shared.generation.backend import BACKEND_NAMES
 from shared.generation.settings import GenerationSettings
@@ -1122,7 +1122,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--workdir",
-        type=Path,
+        type=path_argument("folder"),
         default=DEFAULT_WORKDIR,
         help="logs, Kafka data, store, console tasks and stack.json (default %(default)s)",
     )
@@ -1175,7 +1175,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--prometheus-rules",
-        type=Path,
+        type=path_argument("file"),
         default=None,
         metavar="FILE",
         help="rules file for that Prometheus (default deploy/prometheus/alerts.yml)",

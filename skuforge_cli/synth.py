@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
-from shared.argtypes import int_between, positive_int, whole_number
+from shared.argtypes import int_between, path_argument, positive_int, whole_number
 from shared.synth.photo import MIN_SIZE, write_sku_folders
 from shared.synth.products import sku_id_for
 
@@ -49,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--out",
-        type=Path,
+        type=path_argument("folder"),
         required=True,
         help="output folder (skus/, masks/, truth.jsonl); SKU folders of an earlier, bigger run or another "
         "seed stay there and `skuforge ingest OUT/skus` would read them too: use a fresh folder",

@@ -71,7 +71,7 @@ from schemas.topics import (
     SKU_INGESTED,
 )
 from services.ingest.ingest import IngestError, not_a_folder_hint, survey_folders
-from shared.argtypes import folder_problem, positive_float, positive_int
+from shared.argtypes import folder_problem, path_argument, positive_float, positive_int
 from shared.config import ConfigError, Settings, load_settings
 from shared.errors import BadInput, TransientError
 from shared.generation.settings import GenerationSettings
@@ -473,14 +473,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--out",
-        type=Path,
+        type=path_argument("folder"),
         default=Path("demo-out"),
         help="report folder (default %(default)s): OUT/report.html, its pictures in OUT/images; "
         "--synthetic renders into OUT/catalogue. Each run replaces those two folders of an earlier "
         "run, and refuses to start where they hold files the demo did not write",
     )
     parser.add_argument(
-        "--workdir", type=Path, default=DEFAULT_WORKDIR, help="the stack's workdir (default %(default)s)"
+        "--workdir",
+        type=path_argument("folder"),
+        default=DEFAULT_WORKDIR,
+        help="the stack's workdir (default %(default)s)",
     )
     parser.add_argument(
         "--variants",
@@ -508,7 +511,7 @@ def main(argv: list[str] | None = None) -> int:
     ).add_mutually_exclusive_group()
     source.add_argument(
         "--skus",
-        type=Path,
+        type=path_argument("folder"),
         metavar="DIR",
         help="your own SKUs: a SKU folder (photos + metadata.json) or a folder of them, "
         "as 'skuforge ingest' reads",

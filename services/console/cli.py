@@ -46,7 +46,7 @@ from services.console.tasks import (
     TaskStore,
     UnreadableDecision,
 )
-from shared.argtypes import CommandParser, float_between
+from shared.argtypes import CommandParser, float_between, path_argument
 from shared.config import load_settings
 from shared.errors import TransientError
 from shared.store import open_settings_store
@@ -85,10 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     export = sub.add_parser(
         "export-labelstudio", help="write pending items as Label Studio tasks", epilog=EXPORT_EXIT_STATUS
     )
-    export.add_argument("--out", type=Path, required=True, help="tasks JSON file to write")
+    export.add_argument("--out", type=path_argument("file"), required=True, help="tasks JSON file to write")
     export.add_argument(
         "--config-out",
-        type=Path,
+        type=path_argument("file"),
         help="also write a matching labeling config (XML); both files are written, or neither",
     )
     export.add_argument(
@@ -102,7 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     imp = sub.add_parser(
         "import-labelstudio", help="turn a Label Studio JSON export into decisions", epilog=IMPORT_EXIT_STATUS
     )
-    imp.add_argument("export", type=Path, help="Label Studio's JSON export (a list of tasks; UTF-8)")
+    imp.add_argument(
+        "export", type=path_argument("file"), help="Label Studio's JSON export (a list of tasks; UTF-8)"
+    )
     imp.add_argument(
         "--no-publish", action="store_true", help="record only; the console's relay publishes them later"
     )

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
-from shared.argtypes import CommandParser, positive_int
+from shared.argtypes import CommandParser, path_argument, positive_int
 from shared.config import load_settings
 from shared.errors import BadInput, ObjectMissing
 from shared.generation.adapters import AdapterRegistry, RegistrationTakenOver, WeightsRefused, read_weights
@@ -27,7 +26,9 @@ def main(argv: list[str]) -> int:
     )
     register = sub.add_parser("register", help="upload a diffusers LoRA .safetensors file and its metadata")
     register.add_argument("adapter_id", help="letters, digits, '_' and '-' (at most 64)")
-    register.add_argument("weights", type=Path, help="the .safetensors file (diffusers save_lora_weights)")
+    register.add_argument(
+        "weights", type=path_argument("file"), help="the .safetensors file (diffusers save_lora_weights)"
+    )
     register.add_argument("--kind", choices=["general", "specialized"], required=True)
     register.add_argument("--series", default=None, help="the product series (specialized adapters)")
     register.add_argument("--base-model", required=True, help="name of the model the adapter was trained on")
