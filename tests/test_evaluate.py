@@ -36,6 +36,7 @@ from shared.config import load_settings
 from shared.errors import ImageRejected
 from shared.evaluation.backbone import BackboneSpec, FeatureCache, open_backbone
 from shared.evaluation.experiment import (
+    CONDITION_NAMES,
     CONDITIONS,
     EvaluationConfig,
     Featurizer,
@@ -167,6 +168,27 @@ def test_evaluate_writes_all_five_conditions_a_report_and_feeds_the_export_polic
         "the store changed since it was measured: SKU-RED (measured 2 real, 4 synthetic; now 3 and 4); "
         "their gains describe other training sets (run skuforge evaluate again)"
     ) in capsys.readouterr().err
+
+
+def test_evaluate_says_on_stderr_what_it_is_doing_a_line_per_stage_and_sku(
+    colour_store: ManifestStore, heldout: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # On a 3-SKU store it printed nothing for two minutes (leakage check, features, fits), as if hung.
+    assert cli_main(evaluate_args(heldout, tmp_path / "eval", tmp_path)) == 0
+    captured = capsys.readouterr()
+    progress = [line for line in captured.err.splitlines() if line.startswith("skuforge evaluate: ")]
+    said = "\n".join(progress)
+    assert "checking 9 held-out photos of 3 SKUs for leakage into the store" in said
+    for number, sku_id in enumerate(sorted(COLOURS), start=1):
+        assert f"features of {sku_id} ({number}/3): 2 real, 4 synthetic, 4 classic augmentations" in said
+    assert "features of 9 held-out photos" in said
+    for number, condition in enumerate(CONDITIONS, start=1):
+        assert f"fitting {condition} ({CONDITION_NAMES[condition]}), {number}/5" in said
+    assert "accuracy against real photos per SKU: A and B at 1 to 2 (4 fits)" in said
+    # A line per stage and SKU, not per image: the store has 18 images of these SKUs, 9 held out.
+    assert len(progress) == 1 + 3 + 1 + 5 + 1, progress
+    assert "skuforge evaluate: " not in captured.out  # stdout keeps the notes and the figures
+    assert "B-A " in captured.out
 
 
 def test_an_evaluation_of_skus_this_store_lacks_is_noted() -> None:

@@ -34,9 +34,11 @@ were: the two are written both or neither).
 
 Writes ``--out DIR/evaluation.json`` (the ``EvaluationResult`` and its headline ``summary``; what
 ``skuforge dataset export --evaluation`` reads) and ``report.html`` (``shared/evaluation/report.py``),
-and prints top-1 per condition and the headline differences. The experiment itself, its five
-conditions and the classifier are in ``shared/evaluation/experiment.py``; the store side (held-out
-photos, the export, the leakage check, the written results) in ``services/trainstore/evaluation.py``.
+and prints top-1 per condition and the headline differences; what it is doing (the leakage check,
+each SKU's features, each classifier's fit) it says on stderr as each begins. The experiment itself,
+its five conditions and the classifier are in ``shared/evaluation/experiment.py``; the store side
+(held-out photos, the export, the leakage check, the written results) in
+``services/trainstore/evaluation.py``.
 """
 
 from __future__ import annotations
@@ -82,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluated SKU or a scene. Store: SKUFORGE_STORE_URI, "
         "SKUFORGE_TRAINSTORE_PREFIX.",
         epilog="Writes OUT/evaluation.json (per-SKU 'gain' = B-A, which 'skuforge dataset export "
-        "--evaluation' reads) and OUT/report.html (plots, per-SKU table, misclassified photos).",
+        "--evaluation' reads) and OUT/report.html (plots, per-SKU table, misclassified photos), and "
+        "prints top-1 per condition; what it is doing (leakage check, features, fits), on stderr.",
     )
     parser.add_argument(
         "--heldout",
@@ -205,6 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _say(line: str) -> None:
+    """What the run is doing, on stderr: the leakage check, each SKU's features and each fit took
+    minutes without a word, as if it hung. Stdout keeps the notes and the figures."""
+    print(f"skuforge evaluate: {line}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``skuforge evaluate ...``; 0 on success, 2 when refused (the reason on stderr)."""
     parser = build_parser()
@@ -251,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
     try:
-        result = evaluate(args)
+        result = evaluate(args, progress=_say)
     except REFUSALS as exc:
         print(f"skuforge evaluate: {exc}", file=sys.stderr)
         return 2

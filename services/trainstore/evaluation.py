@@ -754,9 +754,10 @@ def write_results(out: Path, document: dict[str, Any], page: str) -> None:
     write_blocks_atomically(out / REPORT_FILE, (page.encode("utf-8"),), check=json_first)
 
 
-def evaluate(args: argparse.Namespace) -> EvaluationResult:
+def evaluate(args: argparse.Namespace, progress: Callable[[str], None] | None = None) -> EvaluationResult:
     """Run the experiment ``skuforge evaluate`` was asked for (its parsed ``args``) and write its
-    results; raises one of ``REFUSALS`` when the inputs cannot give a meaningful evaluation."""
+    results; raises one of ``REFUSALS`` when the inputs cannot give a meaningful evaluation.
+    ``progress`` is told each stage as it begins: the leakage check, each SKU's features, each fit."""
     # First: a backbone that is not installed, or too few stages to tune, is known before the
     # leakage checks (a decode and a hash per photo).
     spec = BackboneSpec(
@@ -854,6 +855,12 @@ def evaluate(args: argparse.Namespace) -> EvaluationResult:
         )
 
     cache_dir = None if args.no_cache else args.cache_dir
+    if progress is not None:
+        scenes_too = "" if args.scenes is None else " and the scene library"
+        progress(
+            f"checking {len(heldout)} held-out photos of {len(heldout_skus)} SKUs for leakage into the "
+            f"store{scenes_too}"
+        )
     scenes, scene_hashes, scene_notes = (
         ([], [], []) if args.scenes is None else scene_files(args.scenes, cache_dir)
     )
@@ -887,7 +894,7 @@ def evaluate(args: argparse.Namespace) -> EvaluationResult:
     # The curve is the report's, not the classifier's: not one of the options bench.augment shares.
     config = dataclasses.replace(EvaluationConfig.from_options(args), curve_max=args.curve_max)
     try:
-        result = run_evaluation(training, heldout, featurizer, config)
+        result = run_evaluation(training, heldout, featurizer, config, progress=progress)
     except ChecksumMismatch as exc:
         raise EvaluateRefused(f"a store object does not match its manifest: {exc}") from None
     except BadInput as exc:  # ImageRejected's detail starts with the photo's name

@@ -244,14 +244,17 @@ def run_evaluation(
     config: EvaluationConfig | None = None,
     *,
     classic_per_sku: Mapping[str, int] | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> EvaluationResult:
     """Train A, A', B, B', C on ``training`` and score them on ``heldout`` (see the module docstring).
 
     ``classic_per_sku``: how many classic augmentations each SKU gets in A' and B' (default: as many
     as its synthetic images). A policy that leaves a SKU's synthetic images out leaves its classic
     augmentation as it was: a user who drops the composites still augments the real photos.
+    ``progress`` is told each stage as it begins (a SKU's features, a fit), not each image.
     """
     config = config or EvaluationConfig()
+    say = progress or _quiet
     # At --image-px 384 the 256 px augmentations were upscaled to 384 while the real photos and the
     # synthetic images kept their detail: A' and B' were handicapped by their resolution alone.
     input_px = featurizer.backbone.spec.image_px
@@ -283,11 +286,18 @@ def run_evaluation(
         for sku in skus
     }
     tune = config.tune_stages
-    feats_real = {sku: featurizer.of(real[sku], tune) for sku in skus}
-    feats_syn = {sku: featurizer.of(synthetic[sku], tune) for sku in skus}
-    feats_classic = {
-        sku: featurizer.of_classic(classic_sources[sku], config.seed, config.classic_px, tune) for sku in skus
-    }
+    feats_real: dict[str, npt.NDArray[np.float32]] = {}
+    feats_syn: dict[str, npt.NDArray[np.float32]] = {}
+    feats_classic: dict[str, npt.NDArray[np.float32]] = {}
+    for number, sku in enumerate(skus, start=1):
+        say(
+            f"features of {sku} ({number}/{len(skus)}): {len(real[sku])} real, {len(synthetic[sku])} "
+            f"synthetic, {classic_count[sku]} classic augmentations"
+        )
+        feats_real[sku] = featurizer.of(real[sku], tune)
+        feats_syn[sku] = featurizer.of(synthetic[sku], tune)
+        feats_classic[sku] = featurizer.of_classic(classic_sources[sku], config.seed, config.classic_px, tune)
+    say(f"features of {len(heldout)} held-out photos")
     test_x = featurizer.of(heldout, tune)
     test_y = np.array([index[photo.sku_id] for photo in heldout], dtype=np.int64)
 
@@ -334,7 +344,10 @@ def run_evaluation(
         },
         "C": {sku: [(feats_syn[sku], 1.0)] for sku in skus},
     }
-    predictions = {condition: predict(parts) for condition, parts in sets.items()}
+    predictions = {}
+    for number, (condition, parts) in enumerate(sets.items(), start=1):
+        say(f"fitting {condition} ({CONDITION_NAMES[condition]}), {number}/{len(sets)}")
+        predictions[condition] = predict(parts)
     top1 = {c: round(float((p == test_y).mean()), 4) for c, p in predictions.items()}
     per_sku: dict[str, dict[str, float]] = {}
     for sku in scored:
@@ -349,6 +362,7 @@ def run_evaluation(
     if config.curve_max is not None:
         most = min(most, config.curve_max)
     if config.curve and most > 1:
+        say(f"accuracy against real photos per SKU: A and B at 1 to {most} ({2 * most} fits)")
         for j in range(1, most + 1):
             first_j = {sku: [(feats_real[sku][:j], rw)] for sku in skus}
             with_syn = {sku: [*first_j[sku], (feats_syn[sku], 1.0)] for sku in skus}
@@ -391,6 +405,10 @@ def run_evaluation(
         config={**config.__dict__},
         not_scored=not_scored,
     )
+
+
+def _quiet(line: str) -> None:
+    """Progress nobody asked for: said nowhere."""
 
 
 def photo_from_bytes(sku_id: str, source: Source, name: str, data: bytes) -> Photo:
