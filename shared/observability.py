@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from kafka.errors import KafkaConnectionError, KafkaTimeoutError
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -501,17 +502,54 @@ OWN_LOGGERS = ("skuforge", "skuforge_cli", "shared", "services", "schemas", "dev
 
 # Libraries whose lines a command shows from a higher level: kafka-python gives its logger a NullHandler
 # (its lines are not for a command's user), and shown from WARNING, its "Task ... ran for 0.659s ...
-# blocking the event loop" on a loaded machine reached `skuforge topics create`'s stderr. Its errors show.
+# blocking the event loop" on a loaded machine reached `skuforge topics create`'s stderr. Its errors show,
+# but for its connection retries (``kafka_connection_retry``).
 QUIETER_LIBRARIES = {"kafka": logging.ERROR}
+
+# What kafka-python 3 (kafka/net/inet.py, kafka/net/manager.py) says when no broker takes a connection
+# at an address: refused or unreachable ("111 ECONNREFUSED"), "unable to connect: ...", "Connection
+# timed out", a name that does not resolve, and bootstrapping given up ("Unable to bootstrap from ...").
+_NO_BROKER_THERE = re.compile(
+    r"(\d+ E[A-Z]+|unable to connect: .*|Connection timed out|DNS Resolution failure"
+    r"|Unable to bootstrap from .*)",
+    re.DOTALL,
+)
+
+
+def kafka_connection_retry(record: logging.LogRecord) -> bool:
+    """Whether ``record`` is kafka-python saying no broker took a connection (its "Connection failed",
+    "Connection lost" and "Bootstrap failed" lines, each retry of its 30 s bootstrap): what a command's
+    own refusal ("cannot reach Kafka at ...; is it running?") says in one line. A broker that drops the
+    connection (as it does at a refused SASL login), a TLS handshake that fails, or an error kafka-python
+    words otherwise is not: the refusal does not say it."""
+    if record.name.split(".")[0] != "kafka" or not isinstance(record.args, tuple):
+        return False
+    return any(
+        isinstance(arg, KafkaConnectionError | KafkaTimeoutError)
+        and type(arg) in (KafkaConnectionError, KafkaTimeoutError)  # not a subclass: another cause
+        and len(arg.args) == 1
+        and _NO_BROKER_THERE.fullmatch(str(arg.args[0])) is not None
+        for arg in record.args
+    )
 
 
 class _OwnLinesFilter(logging.Filter):
     """Let through records of ``OWN_LOGGERS`` (and their children) at any level, others from WARNING
-    (``QUIETER_LIBRARIES`` from their level)."""
+    (``QUIETER_LIBRARIES`` from their level), and kafka-python's connection retries only at DEBUG:
+    against a Kafka that is down, a command's stderr was eight of them over 30 s before its own line,
+    which a user read as a crash."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self.level = level
 
     def filter(self, record: logging.LogRecord) -> bool:
         top = record.name.split(".")[0]
-        return top in OWN_LOGGERS or record.levelno >= QUIETER_LIBRARIES.get(top, logging.WARNING)
+        if top in OWN_LOGGERS:
+            return True
+        if kafka_connection_retry(record):
+            return self.level <= logging.DEBUG
+        return record.levelno >= QUIETER_LIBRARIES.get(top, logging.WARNING)
 
 
 class _CommandLogLevel(BaseSettings):
@@ -525,19 +563,20 @@ class _CommandLogLevel(BaseSettings):
 def configure_command_logging(level: str | None = None) -> None:
     """Send a command's log lines to stderr as text, from ``level`` (default ``SKUFORGE_LOG_LEVEL``):
     what the library code it runs says (a table it changed, a file it left out and why) reaches its
-    user, and stdout keeps only the command's result. Other libraries' lines only from WARNING.
+    user, and stdout keeps only the command's result. Other libraries' lines only from WARNING,
+    kafka-python's from ERROR and its connection retries only at DEBUG (``kafka_connection_retry``).
     Replaces the handler an earlier ``configure_*`` set, leaving others (a test's capture) in place."""
     if level is None:
         try:
             level = load_settings(_CommandLogLevel).log_level
         except ConfigError:  # the command names the bad variable when it loads the settings itself
             level = "INFO"
+    root = logging.getLogger()
+    root.setLevel(level)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(TextFormatter())
-    handler.addFilter(_OwnLinesFilter())
-    root = logging.getLogger()
+    handler.addFilter(_OwnLinesFilter(root.level))
     root.handlers[:] = [
         kept for kept in root.handlers if not isinstance(kept.formatter, JsonFormatter | TextFormatter)
     ]
     root.addHandler(handler)
-    root.setLevel(level)
