@@ -193,33 +193,52 @@ def folder_problem(path: Path, *, writable: bool = True) -> str | None:
 
 
 class _NotJsonNumber(ValueError):
-    """A number JSON has not (NaN, Infinity), or one no float holds (1e400); its text is the message."""
+    """A number JSON has not (NaN, Infinity), or one no float holds (1e400); what is wrong is the message."""
 
 
 def _no_json_number(constant: str) -> NoReturn:
     # Python's json reads NaN and Infinity, which JSON has not: a figure that is NaN compares as no
     # number does (neither above nor below a threshold), and was taken.
-    raise _NotJsonNumber(constant)
+    raise _NotJsonNumber(f"{constant} is no JSON number")
 
 
 def _finite_number(number: str) -> float:
     # 1e400 is JSON, but no float holds it: Python reads it as infinity.
     value = float(number)
     if not math.isfinite(value):
-        raise _NotJsonNumber(number)
+        raise _NotJsonNumber(f"{number} is too large for a number")
+    return value
+
+
+def _float_sized_integer(number: str) -> int:
+    # An integer past a float's range (or past the 4,300 digits Python converts, whose ValueError named
+    # no file) is as unusable as 1e400 where a figure is compared or averaged as a float.
+    try:
+        value = int(number)
+        float(value)
+    except (ValueError, OverflowError):
+        raise _NotJsonNumber(
+            f"{number[:20]}{'...' if len(number) > 20 else ''} is too large for a number"
+        ) from None
     return value
 
 
 def read_json_object(path: Path, *, label: str, missing: str, kind: str = "a JSON object") -> dict[str, Any]:
     """The JSON object in the file an argument names; ``ValueError`` says why it cannot be read, each
     message starting ``label`` (the argument as the user gave it) and a missing file's ending ``missing``
-    (what makes the file). Read by JSON's rules: NaN, Infinity and a number no float holds are refused."""
+    (what makes the file). Read by JSON's rules: NaN and Infinity are refused, and so is a number no float
+    holds (1e400, an integer of 400 digits)."""
     try:
-        document = json.loads(path.read_text(), parse_constant=_no_json_number, parse_float=_finite_number)
+        document = json.loads(
+            path.read_text(),
+            parse_constant=_no_json_number,
+            parse_float=_finite_number,
+            parse_int=_float_sized_integer,
+        )
     except FileNotFoundError:
         raise ValueError(f"{label}: no such file ({missing})") from None
     except _NotJsonNumber as exc:
-        raise ValueError(f"{label}: not a readable JSON file ({exc} is no JSON number)") from None
+        raise ValueError(f"{label}: not a readable JSON file ({exc})") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{label}: not a readable JSON file ({exc})") from None
     except RecursionError:  # json.loads' own refusal of nesting deeper than Python's stack: a traceback
