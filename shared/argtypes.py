@@ -192,21 +192,21 @@ def folder_problem(path: Path, *, writable: bool = True) -> str | None:
     return _write_problem(path, existing)
 
 
-class _NotJsonNumber(ValueError):
+class NotJsonNumber(ValueError):
     """A number JSON has not (NaN, Infinity), or one no float holds (1e400); what is wrong is the message."""
 
 
 def _no_json_number(constant: str) -> NoReturn:
     # Python's json reads NaN and Infinity, which JSON has not: a figure that is NaN compares as no
     # number does (neither above nor below a threshold), and was taken.
-    raise _NotJsonNumber(f"{constant} is no JSON number")
+    raise NotJsonNumber(f"{constant} is no JSON number")
 
 
 def _finite_number(number: str) -> float:
     # 1e400 is JSON, but no float holds it: Python reads it as infinity.
     value = float(number)
     if not math.isfinite(value):
-        raise _NotJsonNumber(f"{number} is too large for a number")
+        raise NotJsonNumber(f"{number} is too large for a number")
     return value
 
 
@@ -217,10 +217,19 @@ def _float_sized_integer(number: str) -> int:
         value = int(number)
         float(value)
     except (ValueError, OverflowError):
-        raise _NotJsonNumber(
+        raise NotJsonNumber(
             f"{number[:20]}{'...' if len(number) > 20 else ''} is too large for a number"
         ) from None
     return value
+
+
+def loads_json(text: str) -> Any:
+    """``text`` read by JSON's rules, where Python's json is looser: ``NotJsonNumber`` for NaN, Infinity
+    and a number no float holds (1e400, an integer of 400 digits), naming it; else as ``json.loads``
+    (``json.JSONDecodeError``, ``RecursionError`` for nesting deeper than Python's stack)."""
+    return json.loads(
+        text, parse_constant=_no_json_number, parse_float=_finite_number, parse_int=_float_sized_integer
+    )
 
 
 def read_json_object(path: Path, *, label: str, missing: str, kind: str = "a JSON object") -> dict[str, Any]:
@@ -229,15 +238,10 @@ def read_json_object(path: Path, *, label: str, missing: str, kind: str = "a JSO
     (what makes the file). Read by JSON's rules: NaN and Infinity are refused, and so is a number no float
     holds (1e400, an integer of 400 digits)."""
     try:
-        document = json.loads(
-            path.read_text(),
-            parse_constant=_no_json_number,
-            parse_float=_finite_number,
-            parse_int=_float_sized_integer,
-        )
+        document = loads_json(path.read_text())
     except FileNotFoundError:
         raise ValueError(f"{label}: no such file ({missing})") from None
-    except _NotJsonNumber as exc:
+    except NotJsonNumber as exc:
         raise ValueError(f"{label}: not a readable JSON file ({exc})") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{label}: not a readable JSON file ({exc})") from None

@@ -27,7 +27,7 @@ import math
 import os
 import sysconfig
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NoReturn
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -43,6 +43,7 @@ from services.generator.protocol import (
     OUTPUTS,
     model_name,
 )
+from shared.argtypes import NotJsonNumber, loads_json
 from shared.commands import run_command
 from shared.config import ConfigError, Settings, load_settings
 from shared.errors import BadInput, TransientError
@@ -321,10 +322,10 @@ def _misshapen(samples: object, size: int) -> str | None:
 def _row_request(request: Mapping[str, npt.NDArray[Any]], row: int, size: int) -> GenerationRequest:
     """Row ``row`` of a Triton request as one variant (n=1) for the backend."""
     try:
-        parameters = json.loads(
-            _text(request, "parameters", row) or "{}", parse_constant=_no_json_number, parse_float=_finite
-        )
-    except json.JSONDecodeError as exc:
+        # JSON's rules, not Python's looser json: a backend echoing an unknown key into parameters_used
+        # answered NaN, Infinity or a number no float holds (1e400 read as inf), which no strict parser reads.
+        parameters = loads_json(_text(request, "parameters", row) or "{}")
+    except (json.JSONDecodeError, NotJsonNumber) as exc:
         raise ValueError(f"parameters are not JSON: {exc}") from None
     except RecursionError:  # '[[[[...' deeper than the parser recurses: raised, it failed the whole batch
         raise ValueError("parameters are nested too deeply to read") from None
@@ -343,20 +344,6 @@ def _row_request(request: Mapping[str, npt.NDArray[Any]], row: int, size: int) -
         own_names=_own_names(request, row),
         size=size,
     )
-
-
-def _no_json_number(constant: str) -> NoReturn:
-    # Python's json reads NaN and Infinity, which JSON has not: a backend echoing an unknown key into
-    # parameters_used answered with text no strict JSON parser reads.
-    raise ValueError(f"parameters are not JSON: {constant} is no JSON number")
-
-
-def _finite(number: str) -> float:
-    # 1e400 is JSON, but no float holds it: read as inf, it was echoed as Infinity, as NaN was above.
-    value = float(number)
-    if not math.isfinite(value):
-        raise ValueError(f"parameters are not JSON: {number} is too large for a number")
-    return value
 
 
 def _own_names(request: Mapping[str, npt.NDArray[Any]], row: int) -> tuple[str, ...]:
