@@ -15,7 +15,8 @@ Kafka or Triton. Each service runs as a child process
 
 Start: services start one after the other; each must pass its ready check (or, for a ``oneshot``,
 exit 0) before the next starts; a ready check that raises counts as "not ready" (its reason said once).
-Watch: a service that exits is reported and started again after an
+Watch: a service that exits is reported, with the last lines its log got from the run that died (a
+crash loop that ends the same way says so once more, not the lines), and started again after an
 exponential back-off (reset once it has stayed up for ``stable_after_s``). Stop: in reverse order,
 SIGTERM to the process group, SIGKILL after ``grace_s``; then every process still carrying the
 supervisor's id gets the same treatment. SIGINT, SIGTERM and SIGHUP (the terminal or the ssh session
@@ -49,6 +50,12 @@ from shared.signals import SignalSafeEvent, heard
 SUPERVISOR_ID_ENV = "SKUFORGE_SUPERVISOR_ID"
 # A log over this size is moved to <name>.1 (replacing the previous one) before it is written again.
 LOG_MAX_BYTES = 50 * 1024 * 1024
+# How many of a dead service's last log lines (of its last run) are said on the terminal, and how much of
+# the log's end is read for them.
+DEATH_TAIL_LINES = 10
+DEATH_TAIL_BYTES = 64 * 1024
+# What _log_line writes before each start: where a service's run begins in its log.
+START_MARK = " skuforge up: starting "
 # The signals that stop the supervisor (and so the stack): Ctrl-C, kill, and a closed terminal.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 PR_SET_PDEATHSIG = 1
@@ -106,6 +113,7 @@ class ServiceState:
     last_exit_code: int | None = None
     log: IO[bytes] | None = None
     ready_error: str | None = None  # why its ready check last raised, said once until it is ready
+    said_tail: list[str] | None = None  # the last lines of its log said when it last died
 
     @property
     def pid(self) -> int | None:
@@ -364,7 +372,7 @@ class Supervisor:
         if state.log is None:
             state.log = open_log(spec.log_path, self.log_max_bytes)
         argv = spec.argv_at_start() if spec.argv_at_start is not None else spec.argv
-        self._log_line(state, f"starting {' '.join(argv)}")
+        self._log_line(state, f"starting {' '.join(argv)}")  # START_MARK
         env = {**os.environ, **spec.env, SUPERVISOR_ID_ENV: self.supervisor_id}
         state.process = subprocess.Popen(
             argv,
@@ -483,10 +491,12 @@ class Supervisor:
                     state.backoff_s = min(self.backoff_max_s, state.backoff_s * 2)
                 # In its log too, which the report points to: a service the OOM killer took leaves no
                 # line of its own there, and the next start's line followed its last as if nothing happened.
+                tail = run_tail(spec.log_path)  # before the line below joins it
                 self._log_line(state, f"{spec.name} {exit_reason(code)} after {up_s:.0f}s")
                 if not spec.restart:
                     self._set(state, "exited")
                     self.report(f"{spec.name}: {exit_reason(code)} after {up_s:.0f}s (not restarted)")
+                    self._say_tail(state, tail)
                     continue
                 state.next_start_at = now + state.backoff_s
                 self._set(state, "backing-off")
@@ -494,6 +504,7 @@ class Supervisor:
                     f"{spec.name}: {exit_reason(code)} after {up_s:.0f}s; restarting in "
                     f"{state.backoff_s:.1f}s (restart {state.restarts + 1}); see {spec.log_path}"
                 )
+                self._say_tail(state, tail)
             elif state.status == "starting" and self._is_ready(state):
                 self._set(state, "ready")
                 self.report(f"{spec.name}: ready again (restart {state.restarts})")
@@ -503,6 +514,21 @@ class Supervisor:
                 self._log_line(state, f"not ready within {spec.ready_timeout_s:.0f}s; killing it")
                 self._kill(state)
         self._reap_orphans()
+
+    def _say_tail(self, state: ServiceState, tail: list[str]) -> None:
+        """Say why a service died as far as its log tells: its last lines of the run that died, each
+        under its name; or, in a crash loop that ends the same way each time, that it did (once said,
+        the same traceback every back-off only hid what else the stack said)."""
+        name = state.spec.name
+        if not tail:
+            self.report(f"{name}: its log says nothing of this run")
+        elif tail == state.said_tail:
+            self.report(f"{name}: its log ends as the last time's")
+        else:
+            self.report(f"{name}: its last lines:")
+            for line in tail:
+                self.report(f"{name}|   {line}")
+        state.said_tail = tail
 
     def _kill(self, state: ServiceState) -> None:
         """SIGKILL the service's process group and wait for it (the watch loop then restarts it)."""
@@ -661,6 +687,22 @@ def exit_reason(code: int) -> str:
     except ValueError:
         name = f"signal {-code}"
     return f"exited with code {code} (killed by {name})"
+
+
+def run_tail(path: Path, lines: int = DEATH_TAIL_LINES, max_bytes: int = DEATH_TAIL_BYTES) -> list[str]:
+    """The last ``lines`` lines of ``path`` that the service's last run wrote (those after the last
+    ``starting`` line the supervisor wrote there; none when the log cannot be read). Only the file's
+    last ``max_bytes`` are read: a crash-looping service's log is up to ``LOG_MAX_BYTES``."""
+    try:
+        with path.open("rb") as log:
+            log.seek(max(0, log.seek(0, os.SEEK_END) - max_bytes))
+            text = log.read().decode(errors="replace")
+    except OSError:
+        return []
+    ended = text.splitlines()
+    starts = [index for index, line in enumerate(ended) if line.startswith("--- ") and START_MARK in line]
+    this_run = ended[starts[-1] + 1 :] if starts else ended
+    return [line for line in this_run if line.strip()][-lines:]
 
 
 def log_tail(path: Path, lines: int = 20) -> str:
