@@ -51,7 +51,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-from devstack.supervisor import parent_death_signal
+from devstack.supervisor import exit_reason, parent_death_signal
 from shared.argtypes import CommandParser, folder_problem, int_between, path_argument, positive_float
 from shared.signals import raise_stopped
 
@@ -352,6 +352,7 @@ class LocalKafka:
         self.formatted = False
         self._proc: subprocess.Popen[bytes] | None = None
         self._out: IO[bytes] | None = None
+        self._out_start = 0  # where this start's JVM output begins in broker.out (it keeps every run's)
 
     # -- paths -------------------------------------------------------------------------------------
 
@@ -467,6 +468,7 @@ class LocalKafka:
         self.formatted = self._format_if_needed(lib)
 
         self._out = self.out_path.open("ab")
+        self._out_start = self._out.tell()
         cmd = [
             self.java,
             *self._jvm_options(),
@@ -493,6 +495,24 @@ class LocalKafka:
             self._kill_now()
             raise
         self.cold_start_s = time.monotonic() - t0
+
+    def exit_said(self, lines: int = 8) -> list[str]:
+        """Once the JVM :meth:`start` spawned has exited: the last ``lines`` lines it wrote to
+        ``broker.out`` (the errors it logged: a log dir on a full disk, an OutOfMemoryError), then one
+        line of how it exited and where its whole log is. ``--foreground`` ends with these, which the
+        supervisor of ``skuforge up`` shows: "kafka exited" alone named neither code nor reason."""
+        assert self._proc is not None and self._proc.returncode is not None
+        try:
+            with self.out_path.open("rb") as out:
+                out.seek(self._out_start)
+                wrote = out.read().decode(errors="replace").splitlines()
+        except OSError:
+            wrote = []
+        how = f"{exit_reason(self._proc.returncode)}; its log: {self.log_path}"
+        return [
+            *[line for line in wrote if line.strip()][-lines:],
+            f"kafka: the broker's JVM (pid {self._proc.pid}) {how}",
+        ]
 
     def stop(self, timeout_s: float = 30) -> None:
         """Stop the broker: SIGTERM (a clean controlled shutdown), then SIGKILL after ``timeout_s``.
@@ -821,7 +841,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m devstack.brok
                 try:
                     while broker.is_running():
                         time.sleep(0.5)
-                    print("kafka exited", file=sys.stderr)
+                    for line in broker.exit_said():
+                        print(line, file=sys.stderr)
                     return 1
                 except KeyboardInterrupt:
                     pass

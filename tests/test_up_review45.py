@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import subprocess
 import sys
 import textwrap
 import time
 from pathlib import Path
 
+import pytest
+
+from devstack.broker import LocalKafka, free_ports
 from devstack.supervisor import SUPERVISOR_ID_ENV, ServiceSpec, Supervisor, processes_with_env
+
+# What Kafka writes to its stderr as it halts on log dirs it cannot write (a full disk).
+HALTED = "[2026-12-07] ERROR Shutdown broker because all log dirs in /x have failed (kafka.log.LogManager)"
 
 
 def _crasher(tmp_path: Path) -> ServiceSpec:
@@ -69,3 +79,58 @@ def test_a_dead_stage_says_its_last_log_lines_once_per_new_ending(tmp_path: Path
     for index in later:
         assert lines[index + 1] == "crasher: its log ends as the last time's", lines
     assert sum("no such file" in line for line in lines) == 1, lines
+
+
+@pytest.mark.kafka
+def test_a_broker_that_dies_once_ready_says_how_and_its_errors_of_this_run(tmp_path: Path) -> None:
+    """The launcher `skuforge up` runs said only "kafka exited" when its JVM died (its log dir on a full
+    disk, the OOM killer): no exit code, no reason, and the JVM's errors were in <data dir>/broker.out,
+    a file the stack's summary never names, among every earlier run's. Now it says the JVM's exit and
+    the errors this run of it wrote there."""
+    port, controller_port = free_ports(2)
+    data_dir = tmp_path / "kafka"
+    data_dir.mkdir()
+    (data_dir / "broker.out").write_text("[2026-01-01] ERROR an earlier run's error (kafka.Kafka)\n")
+    ports = ["--port", str(port), "--controller-port", str(controller_port), "--heap-mb", "384"]
+    launcher = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "devstack.broker",
+            "start",
+            "--foreground",
+            "--data-dir",
+            str(data_dir),
+            *ports,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    broker = LocalKafka(data_dir, port=port, controller_port=controller_port)
+    jvm = None
+    try:
+        assert launcher.stderr is not None
+        said = launcher.stderr.readline()  # "kafka ready in ..." once ready, or why it is not
+        assert said.startswith("kafka ready"), said + launcher.stderr.read()
+        jvm = broker.pid
+        assert jvm is not None
+        # What Kafka writes to its stderr (broker.out) as it halts on a log dir it cannot write.
+        with (data_dir / "broker.out").open("a") as out:
+            out.write(HALTED + "\n")
+        os.kill(jvm, signal.SIGKILL)
+        assert launcher.wait(timeout=60) == 1
+        err = launcher.stderr.read().splitlines()
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait(timeout=10)
+        if jvm is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(jvm, signal.SIGKILL)
+    assert err[-1] == (
+        f"kafka: the broker's JVM (pid {jvm}) exited with code -9 (killed by SIGKILL); "
+        f"its log: {data_dir / 'logs' / 'server.log'}"
+    ), err
+    assert HALTED in err
+    assert not any("an earlier run" in line for line in err), err
