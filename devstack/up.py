@@ -53,6 +53,7 @@ import contextlib
 import functools
 import http.client
 import json
+import logging
 import os
 import secrets
 import shlex
@@ -607,28 +608,36 @@ def kafka_ready(bootstrap: str) -> bool:
 
     Only once one of its addresses accepts a connection: while the JVM boots nothing listens, and an
     admin client then logs kafka-python's ``Connection failed ... ECONNREFUSED`` at ERROR, a dozen
-    lines on up's terminal before ``kafka: ready``.
+    lines on up's terminal before ``kafka: ready``. Nor are kafka-python's own errors logged while it
+    asks (a broker that listens but is not serving yet, and each restart): not ready yet is this
+    check's whole answer.
     """
     from kafka import KafkaAdminClient
 
     if not any(_accepts_connections(address) for address in bootstrap.split(",")):
         return False
+    client_logger = logging.getLogger("kafka")
+    level = client_logger.level
+    client_logger.setLevel(logging.CRITICAL)
     try:
-        admin = KafkaAdminClient(
-            bootstrap_servers=bootstrap.split(","),
-            client_id="skuforge-up-probe",
-            request_timeout_ms=3_000,
-            bootstrap_timeout_ms=3_000,
-        )
-    except Exception:  # kafka-python raises many kinds while a broker boots
-        return False
-    try:
-        admin.list_topics()
-        return True
-    except Exception:
-        return False
+        try:
+            admin = KafkaAdminClient(
+                bootstrap_servers=bootstrap.split(","),
+                client_id="skuforge-up-probe",
+                request_timeout_ms=3_000,
+                bootstrap_timeout_ms=3_000,
+            )
+        except Exception:  # kafka-python raises many kinds while a broker boots
+            return False
+        try:
+            admin.list_topics()
+            return True
+        except Exception:
+            return False
+        finally:
+            admin.close()
     finally:
-        admin.close()
+        client_logger.setLevel(level)
 
 
 def _accepts_connections(address: str, timeout_s: float = 0.5) -> bool:

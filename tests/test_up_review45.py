@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import subprocess
@@ -15,6 +16,8 @@ import pytest
 
 from devstack.broker import LocalKafka, free_ports
 from devstack.supervisor import SUPERVISOR_ID_ENV, ServiceSpec, Supervisor, processes_with_env
+from devstack.up import kafka_ready
+from shared.observability import configure_command_logging
 
 # What Kafka writes to its stderr as it halts on log dirs it cannot write (a full disk).
 HALTED = "[2026-12-07] ERROR Shutdown broker because all log dirs in /x have failed (kafka.log.LogManager)"
@@ -134,3 +137,17 @@ def test_a_broker_that_dies_once_ready_says_how_and_its_errors_of_this_run(tmp_p
     ), err
     assert HALTED in err
     assert not any("an earlier run" in line for line in err), err
+
+
+def test_the_brokers_ready_check_is_quiet_while_it_boots(capsys: pytest.CaptureFixture[str]) -> None:
+    """While `skuforge up` waited for its broker (15 s here, and again on each restart of it), the ready
+    check's admin client printed kafka-python's errors to the terminal four times a second: 30 and more
+    lines of "ERROR kafka.net.manager: Connection failed: ... ECONNREFUSED" before "kafka: ready", which
+    read as a broken stack. Not ready yet is what the check answers; the supervisor says the rest."""
+    configure_command_logging()  # as `skuforge up` logs
+    (port,) = free_ports(1)
+    assert kafka_ready(f"127.0.0.1:{port}") is False
+    logging.getLogger("kafka.net.manager").error("a broker's error outside the probe still shows")
+    err = capsys.readouterr().err
+    assert "ECONNREFUSED" not in err and "Unable to bootstrap" not in err, err
+    assert "a broker's error outside the probe still shows" in err
