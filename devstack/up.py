@@ -179,6 +179,8 @@ class StackConfig:
     replicas: dict[str, int] = field(default_factory=dict)
     # When this stack started (epoch seconds): `skuforge demo` follows only what this stack did.
     started_at: float = field(default_factory=time.time)
+    # Service -> (its last run's or documented port, the free one --ports auto gave it as that was taken).
+    moved_ports: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def replica_names(self, stage: str) -> list[str]:
         """Service names of ``stage``'s replicas: the stage's own name, then ``<stage>-2``, ``-3``..."""
@@ -270,12 +272,15 @@ class PortsInUse(RuntimeError):
     """``--ports default`` was asked for and some of the documented ports are taken."""
 
 
-def resolve_ports(workdir: Path, mode: str, *, with_kafka: bool = True) -> dict[str, int]:
+def resolve_ports(
+    workdir: Path, mode: str, *, with_kafka: bool = True, moved: dict[str, tuple[int, int]] | None = None
+) -> dict[str, int]:
     """The stack's ports: ``default`` (the documented ones), ``free`` (any free ones) or ``auto``.
 
     ``auto`` gives each service the port it had in the last run from this workdir, else its documented
     one, and a free port only where that is taken (another stack, another user's broker...): one taken
-    port moves that service alone, and the console keeps the port its users have bookmarked.
+    port moves that service alone, and the console keeps the port its users have bookmarked. Each
+    service ``auto`` moves is put in ``moved`` (name: its wanted port, the one chosen), for ``up`` to say.
 
     Raises:
         PortsInUse: ``default``, and one or more of the documented ports are taken (all are named).
@@ -298,15 +303,17 @@ def resolve_ports(workdir: Path, mode: str, *, with_kafka: bool = True) -> dict[
     if mode == "auto":
         saved = saved_ports(workdir / PORTS_FILE)
         # Before, one taken port moved every port (the saved ones and the console's bookmarked one too).
+        wanted = {name: saved.get(name, DEFAULT_PORTS[name]) for name in names}
         for name in names:
-            wanted = saved.get(name, DEFAULT_PORTS[name])
-            if wanted not in chosen.values() and not port_in_use(wanted):
-                chosen[name] = wanted
+            if wanted[name] not in chosen.values() and not port_in_use(wanted[name]):
+                chosen[name] = wanted[name]
     for name in names:
         while name not in chosen:
             port = free_port()
             if port not in chosen.values():
                 chosen[name] = port
+                if mode == "auto" and moved is not None:
+                    moved[name] = (wanted[name], port)
     return {name: chosen[name] for name in names}
 
 
@@ -518,7 +525,8 @@ def build_config(
             SKUFORGE_GENERATION_BACKEND_MIX cannot be read (:func:`mix_backends`).
     """
     workdir = workdir.resolve()
-    ports = resolve_ports(workdir, ports_mode, with_kafka=kafka_bootstrap is None)
+    moved: dict[str, tuple[int, int]] = {}
+    ports = resolve_ports(workdir, ports_mode, with_kafka=kafka_bootstrap is None, moved=moved)
     users, _ = console_login(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     for stage, count in (replicas or {}).items():
@@ -527,7 +535,7 @@ def build_config(
             while port in ports.values():
                 port = free_port()
             ports[f"{stage}-{index}"] = port
-    return _stack_config(
+    config = _stack_config(
         workdir,
         ports,
         users,
@@ -537,6 +545,8 @@ def build_config(
         with_trainer=default_with_trainer() if with_trainer is None else with_trainer,
         replicas=replicas,
     )
+    config.moved_ports = moved
+    return config
 
 
 def _stack_config(
@@ -1321,6 +1331,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # a directory, not ours, disk full
         print(f"skuforge up: cannot write the stack's files: {exc}", file=sys.stderr)
         return 1
+    # Said: a moved console went unnoticed, and its users' bookmark opened whatever held the old port.
+    for name, (wanted, chosen) in config.moved_ports.items():
+        _say(f"{name}: port {wanted} is taken; using {chosen}")
     _, generated_login = console_login(workdir)
     specs = build_specs(config)
     if args.with_prometheus:

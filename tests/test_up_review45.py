@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -14,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+import devstack.up
 from devstack.broker import LocalKafka, free_ports
 from devstack.supervisor import SUPERVISOR_ID_ENV, ServiceSpec, Supervisor, processes_with_env
 from devstack.up import kafka_ready
@@ -151,3 +154,27 @@ def test_the_brokers_ready_check_is_quiet_while_it_boots(capsys: pytest.CaptureF
     err = capsys.readouterr().err
     assert "ECONNREFUSED" not in err and "Unable to bootstrap" not in err, err
     assert "a broker's error outside the probe still shows" in err
+
+
+def test_ports_auto_says_which_service_it_moved_off_a_taken_port(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--ports auto` gave the console a free port in place of its last run's (the one its users have
+    bookmarked) when something else held that one, and said nothing: the summary showed the new address
+    among ten lines, and the bookmark opened whatever held the old port (another stack's console)."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        bookmarked = holder.getsockname()[1]
+        (tmp_path / "ports.json").write_text(json.dumps({"console": bookmarked}))
+        monkeypatch.setattr(devstack.up.Supervisor, "run", lambda self, on_ready=None: 0)
+        monkeypatch.setenv("SKUFORGE_CONSOLE_USERS", "demo:pw")
+        try:
+            code = devstack.up.main(["--workdir", str(tmp_path), "--kafka-bootstrap", "127.0.0.1:9"])
+        finally:
+            os.close(devstack.up._held_locks.pop())
+    assert code == 0
+    console = json.loads((tmp_path / "ports.json").read_text())["console"]
+    assert console != bookmarked
+    out = capsys.readouterr().out
+    assert f"up  console: port {bookmarked} is taken; using {console}\n" in out, out
