@@ -414,7 +414,7 @@ class Supervisor:
                 self._log_line(state, f"{spec.name} {exit_reason(code)} while starting")
                 raise SupervisorError(
                     f"{spec.name} {exit_reason(code)} while starting; "
-                    f"last lines of {spec.log_path}:\n{log_tail(spec.log_path)}"
+                    f"last lines of {spec.log_path}:\n{run_tail_text(spec.log_path)}"
                 )
             if not spec.oneshot and self._is_ready(state):
                 self._set(state, "ready")
@@ -423,7 +423,7 @@ class Supervisor:
             if time.monotonic() > deadline:
                 raise _NotReadyInTime(
                     f"{spec.name} was not ready within {spec.ready_timeout_s:.0f}s; "
-                    f"last lines of {spec.log_path}:\n{log_tail(spec.log_path)}"
+                    f"last lines of {spec.log_path}:\n{run_tail_text(spec.log_path)}"
                 )
             self.stopping.wait(0.25)
         return False
@@ -705,10 +705,7 @@ def run_tail(path: Path, lines: int = DEATH_TAIL_LINES, max_bytes: int = DEATH_T
     return [line for line in this_run if line.strip()][-lines:]
 
 
-def log_tail(path: Path, lines: int = 20) -> str:
-    """The last ``lines`` lines of a log file (or a note that there is none)."""
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return f"(no {path})"
-    return "\n".join(text.splitlines()[-lines:]) or f"({path.name} is empty)"
+def run_tail_text(path: Path, lines: int = 20) -> str:
+    """:func:`run_tail` as text: the last run's lines, without an earlier run's above them (a short run
+    showed the last run's traceback, read as its own reason); or a note that it wrote none."""
+    return "\n".join(run_tail(path, lines)) or f"(no lines in {path} from this run)"

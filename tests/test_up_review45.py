@@ -18,7 +18,13 @@ import pytest
 
 import devstack.up
 from devstack.broker import LocalKafka, free_ports
-from devstack.supervisor import SUPERVISOR_ID_ENV, ServiceSpec, Supervisor, processes_with_env
+from devstack.supervisor import (
+    SUPERVISOR_ID_ENV,
+    ServiceSpec,
+    Supervisor,
+    SupervisorError,
+    processes_with_env,
+)
 from devstack.up import kafka_ready
 from shared.observability import configure_command_logging
 
@@ -178,3 +184,25 @@ def test_ports_auto_says_which_service_it_moved_off_a_taken_port(
     assert console != bookmarked
     out = capsys.readouterr().out
     assert f"up  console: port {bookmarked} is taken; using {console}\n" in out, out
+
+
+def test_a_stage_that_fails_to_start_shows_its_lines_of_this_run_only(tmp_path: Path) -> None:
+    """A start-up that failed ("matting exited with code 1 while starting; last lines of matting.log")
+    showed the log's last 20 lines, and `var/up/logs` keeps every run's: a run that wrote one line showed
+    the last run's traceback above it, read as this run's reason."""
+    log = tmp_path / "matting.log"
+    log.write_text("Traceback (most recent call last):\nRuntimeError: last week's failure\n")
+    script = tmp_path / "matting.py"
+    script.write_text("import sys\nsys.exit('OSError: [Errno 98] Address already in use')\n")
+    lines: list[str] = []
+    never_ready = ServiceSpec("matting", [sys.executable, str(script)], log, ready=lambda: False)
+    supervisor = Supervisor([never_ready], report=lines.append)
+    try:
+        with pytest.raises(SupervisorError) as failed:
+            supervisor.start()
+    finally:
+        supervisor.stop()
+    said = str(failed.value)
+    assert said.startswith("matting exited with code 1 while starting; last lines of ")
+    assert "OSError: [Errno 98] Address already in use" in said
+    assert "last week's failure" not in said, said
