@@ -260,6 +260,25 @@ def _tail(path: Path, lines: int = 40) -> str:
     return "\n".join(text.splitlines()[-lines:]) or f"({path.name} is empty)"
 
 
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _lines_since(path: Path, offset: int) -> list[str]:
+    """The non-blank lines of ``path`` from byte ``offset`` on (all of them when it has since been
+    rolled over and is shorter); none when it cannot be read."""
+    try:
+        with path.open("rb") as log:
+            log.seek(offset if _size(path) >= offset else 0)
+            text = log.read().decode(errors="replace")
+    except OSError:
+        return []
+    return [line for line in text.splitlines() if line.strip()]
+
+
 def _pid_alive(pid: int) -> bool:
     """True if ``pid`` exists and is not a zombie."""
     try:
@@ -352,7 +371,9 @@ class LocalKafka:
         self.formatted = False
         self._proc: subprocess.Popen[bytes] | None = None
         self._out: IO[bytes] | None = None
-        self._out_start = 0  # where this start's JVM output begins in broker.out (it keeps every run's)
+        # Where this start's lines begin in broker.out and server.log, which keep every run's.
+        self._out_start = 0
+        self._server_log_start = 0
 
     # -- paths -------------------------------------------------------------------------------------
 
@@ -469,6 +490,7 @@ class LocalKafka:
 
         self._out = self.out_path.open("ab")
         self._out_start = self._out.tell()
+        self._server_log_start = _size(self.log_path)
         cmd = [
             self.java,
             *self._jvm_options(),
@@ -502,15 +524,9 @@ class LocalKafka:
         line of how it exited and where its whole log is. ``--foreground`` ends with these, which the
         supervisor of ``skuforge up`` shows: "kafka exited" alone named neither code nor reason."""
         assert self._proc is not None and self._proc.returncode is not None
-        try:
-            with self.out_path.open("rb") as out:
-                out.seek(self._out_start)
-                wrote = out.read().decode(errors="replace").splitlines()
-        except OSError:
-            wrote = []
         how = f"{exit_reason(self._proc.returncode)}; its log: {self.log_path}"
         return [
-            *[line for line in wrote if line.strip()][-lines:],
+            *_lines_since(self.out_path, self._out_start)[-lines:],
             f"kafka: the broker's JVM (pid {self._proc.pid}) {how}",
         ]
 
@@ -653,10 +669,12 @@ class LocalKafka:
         return any(not b.get("is_fenced", False) for b in brokers)
 
     def _log_tails(self) -> str:
-        return (
-            f"--- {self.out_path} (tail) ---\n{_tail(self.out_path, 20)}\n"
-            f"--- {self.log_path} (tail) ---\n{_tail(self.log_path, 40)}"
-        )
+        """The last lines this start wrote to broker.out and server.log: their earlier runs' lines, above
+        a start that failed before it logged much, read as its own errors."""
+        none = "(none from this start)"
+        out = "\n".join(_lines_since(self.out_path, self._out_start)[-20:]) or none
+        server = "\n".join(_lines_since(self.log_path, self._server_log_start)[-40:]) or none
+        return f"--- {self.out_path} (tail) ---\n{out}\n--- {self.log_path} (tail) ---\n{server}"
 
     @staticmethod
     def _signal(pid: int, sig: signal.Signals) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import devstack.up
-from devstack.broker import LocalKafka, free_ports
+from devstack.broker import BrokerError, LocalKafka, free_ports
 from devstack.supervisor import (
     SUPERVISOR_ID_ENV,
     ServiceSpec,
@@ -206,3 +206,20 @@ def test_a_stage_that_fails_to_start_shows_its_lines_of_this_run_only(tmp_path: 
     assert said.startswith("matting exited with code 1 while starting; last lines of ")
     assert "OSError: [Errno 98] Address already in use" in said
     assert "last week's failure" not in said, said
+
+
+@pytest.mark.kafka
+def test_a_broker_that_fails_to_start_shows_its_logs_of_this_start_only(tmp_path: Path) -> None:
+    """The broker's start failure ended with the tails of broker.out and server.log, which keep every
+    earlier run's lines: a start that failed before it logged much showed the last run's errors as its own."""
+    port, controller_port = free_ports(2)
+    broker = LocalKafka(tmp_path / "kafka", port=port, controller_port=controller_port, heap_mb=256)
+    broker.log_path.parent.mkdir(parents=True)
+    broker.out_path.write_text("[2026-01-01] ERROR an earlier run's error (kafka.Kafka)\n")
+    broker.log_path.write_text("[2026-01-01] ERROR an earlier run's server line (kafka.server)\n")
+    with pytest.raises(BrokerError) as raised:
+        broker.start(timeout_s=0.01)
+    said = str(raised.value)
+    assert "not ready in time" in said and f"--- {broker.log_path} (tail) ---" in said
+    assert "an earlier run's" not in said, said
+    assert not broker.is_running()
