@@ -1101,6 +1101,26 @@ def _scale_jpeg_to_fit(image: Image.Image, data: bytes, limit: int) -> str | Non
     return "even at 1/8 of its size it has too many pixels"
 
 
+def file_size_px(data: bytes, decoded_size: tuple[int, int]) -> tuple[int, int]:
+    """The size of the photo file ``data`` as its owner sees it in the file's properties, where it was
+    decoded scaled down to ``decoded_size`` (a JPEG over the pixel limit: ``_scale_jpeg_to_fit``),
+    turned as the decoded picture is; else ``decoded_size``. A refusal that gave the decoded size named
+    "2000x55 px" for a 4000x110 file."""
+    if not data.startswith(b"\xff\xd8"):
+        return decoded_size
+    try:
+        width, height = JpegImagePlugin.JpegImageFile(io.BytesIO(data)).size  # the header only
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error):
+        return decoded_size
+    for scale in _JPEG_SCALES:
+        scaled = (-(-width // scale), -(-height // scale))
+        if scaled == decoded_size:
+            return width, height
+        if scaled[::-1] == decoded_size:  # turned on its side by its EXIF orientation
+            return height, width
+    return decoded_size
+
+
 def _jpeg_decodes_in_one_pass(data: bytes) -> bool:
     """True when ``data`` is a sequential (baseline or extended, Huffman-coded) JPEG whose first scan
     carries every colour component: libjpeg then decodes it in one pass."""

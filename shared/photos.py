@@ -77,25 +77,33 @@ def working_size(width: int, height: int) -> tuple[int, int]:
     return side, nearest(side / aspect, lambda n: 0 if n == 0 else abs(aspect - side / n))
 
 
-def refuse_too_small(width: int, height: int, min_side_px: int) -> None:
+def refuse_too_small(
+    width: int, height: int, min_side_px: int, *, file_size_px: tuple[int, int] | None = None
+) -> None:
     """``ImageRejected('too_small')`` for a photo whose shorter side is below ``min_side_px``, as it is
     or at the captioner's ``working_size`` (a 20000x64 strip is 7 px high at 2048 px long).
 
     Such a photo decodes, but U2-Net masks at 320 px and the generator composites at hundreds: a
     few pixels blown up to that are flat blocks of colour, a product no one can caption, cut out or
     learn from, and every image made from them would teach the classifier blur. One rule for ingest
-    and the captioner, so a photo ingest takes is never one the captioner calls too small."""
+    and the captioner, so a photo ingest takes is never one the captioner calls too small.
+
+    ``file_size_px``: the file's own size where ``width`` x ``height`` is the size it was decoded at,
+    scaled down (a JPEG over the pixel limit): the refusal names the size its owner sees, and that."""
+    size = f"{width}x{height} px"
+    if file_size_px is not None and file_size_px != (width, height):
+        file_width, file_height = file_size_px
+        size = f"{file_width}x{file_height} px, decoded at {size} as it is over SKUFORGE_MAX_IMAGE_PIXELS"
     if min(width, height) < min_side_px:
         raise ImageRejected(
             "too_small",
-            f"{width}x{height} px; the shorter side must be at least {min_side_px} px "
-            "(SKUFORGE_MIN_PHOTO_SIDE_PX)",
+            f"{size}; the shorter side must be at least {min_side_px} px (SKUFORGE_MIN_PHOTO_SIDE_PX)",
         )
     working_side_px = min(working_size(width, height))
     if working_side_px < min_side_px:
         raise ImageRejected(
             "too_small",
-            f"{width}x{height} px, masked at most {WORKING_SIDE_PX} px long: its shorter side would be "
+            f"{size}, masked at most {WORKING_SIDE_PX} px long: its shorter side would be "
             f"{working_side_px} px; it must be at least {min_side_px} px there "
             "(SKUFORGE_MIN_PHOTO_SIDE_PX): crop it",
         )

@@ -102,7 +102,7 @@ from shared.bus import Publisher, RecordRefused, listed_topics
 from shared.config import ConfigError, Settings, load_settings
 from shared.errors import BadInput, ImageRejected, TransientError
 from shared.evaluation.leakage import NEAR_DUPLICATE_MAX_BITS, bits_apart, image_variant_hashes
-from shared.images import encode_png, frame_count, photo_and_transparency, refuse_oversized
+from shared.images import encode_png, file_size_px, frame_count, photo_and_transparency, refuse_oversized
 from shared.observability import escape_control_characters
 from shared.photos import (
     HEIC_ADVICE,
@@ -539,7 +539,12 @@ def prepare_sku(folder: Path, settings: Settings) -> tuple[PreparedSku | None, l
                 max_bytes=settings.max_image_bytes,
                 refuse_empty=True,  # an empty layer: stored as plain white, then dead-lettered
             )
-            refuse_too_small(image.width, image.height, settings.min_photo_side_px)
+            refuse_too_small(
+                image.width,
+                image.height,
+                settings.min_photo_side_px,
+                file_size_px=file_size_px(data, image.size),
+            )
             count = frame_count(data)  # refuses a TIFF of more pages than it walks
             if len(png) > settings.max_image_bytes:
                 # The stages read the stored PNG under the same limit: a 40 MP JPEG of a few MB can

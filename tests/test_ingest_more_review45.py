@@ -1,0 +1,35 @@
+"""Ingest review 45, more: what a refusal says of a photo decoded scaled down, photos a DAM exported
+with an empty title, and 16-bit photos that are dark."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from services.ingest.ingest import IngestError, prepare_all
+from shared.config import load_settings
+
+
+def _sku(root: Path, folder: str, sku_id: str) -> Path:
+    path = root / folder
+    path.mkdir(parents=True)
+    (path / "metadata.json").write_text(
+        json.dumps({"sku_id": sku_id, "name": "Oat drink", "category": "carton"})
+    )
+    return path
+
+
+def test_a_too_small_photo_decoded_scaled_down_is_named_by_its_files_own_size(tmp_path: Path) -> None:
+    # A JPEG over SKUFORGE_MAX_IMAGE_PIXELS is decoded at 1/2 (or 1/4, 1/8) of its size; its too_small
+    # refusal gave that decoded size ("2000x55 px" for a 4000x110 file), a size its owner finds nowhere
+    # in the file's properties.
+    folder = _sku(tmp_path, "strip", "STRIP-1")
+    Image.new("RGB", (4000, 110), (30, 200, 30)).save(folder / "strip.jpg", "JPEG")
+    with pytest.raises(IngestError) as refused:
+        prepare_all(tmp_path, load_settings(max_image_pixels=200_000))
+    message = str(refused.value)
+    assert f"{folder / 'strip.jpg'}: refused (too_small: 4000x110 px" in message, message
+    assert "2000x55" in message, "the size it was decoded at, said as that"
