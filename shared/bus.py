@@ -385,6 +385,25 @@ class PublishForbidden(TransientError):
     at every turn, each time with a new producer (the LoRA trainer), backs off."""
 
 
+def what_to_grant(settings: Settings, topic_name: str) -> str:
+    """What an operator grants, and to whom, where the broker's ACLs refuse a publish to ``topic_name``:
+    the principal the settings log in as, and the operations a producer needs. kafka's words alone
+    ("TopicAuthorizationFailedError") left both to be worked out before the ACL could be fixed."""
+    protocol = settings.kafka_security_protocol
+    if protocol.startswith("SASL_"):
+        principal = f"User:{settings.kafka_sasl_username} (SKUFORGE_KAFKA_SASL_USERNAME)"
+    elif protocol == "SSL":
+        principal = "the principal of its TLS client certificate"
+    else:
+        principal = f"User:ANONYMOUS (SKUFORGE_KAFKA_SECURITY_PROTOCOL={protocol} logs in as no one)"
+    # make_producer's producers are idempotent: a broker before Kafka 3.0 asks IdempotentWrite on the
+    # cluster for that (ClusterAuthorizationFailedError); from 3.0, Write on a topic implies it (KIP-679).
+    return (
+        f"the broker's ACLs refuse {principal}: grant it Describe and Write on topic {topic_name}, and "
+        "IdempotentWrite on the cluster where the broker is older than Kafka 3.0 (the producer is idempotent)"
+    )
+
+
 class Publisher:
     """Publishes events from outside a stage (ingest, console): send, then flush before returning."""
 
@@ -443,7 +462,9 @@ class Publisher:
             if isinstance(exc, RECORD_REFUSALS):
                 raise RecordRefused(f"{topic_name} refused the record: {exc}") from exc
             if isinstance(exc, AUTHORIZATION_REFUSALS):
-                raise PublishForbidden(f"could not publish to {topic_name}: {exc}") from exc
+                raise PublishForbidden(
+                    f"could not publish to {topic_name}: {exc}; {what_to_grant(self._settings, topic_name)}"
+                ) from exc
             raise TransientError(f"could not publish to {topic_name}: {exc}") from exc
         return envelope
 
