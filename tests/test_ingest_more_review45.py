@@ -33,3 +33,16 @@ def test_a_too_small_photo_decoded_scaled_down_is_named_by_its_files_own_size(tm
     message = str(refused.value)
     assert f"{folder / 'strip.jpg'}: refused (too_small: 4000x110 px" in message, message
     assert "2000x55" in message, "the size it was decoded at, said as that"
+
+
+def test_a_sku_id_ending_in_a_dot_is_refused_at_ingest(tmp_path: Path) -> None:
+    # Windows drops a trailing dot from a file or folder name: "ABC-1." and "ABC-1" were one store
+    # folder there (a FileStore on Windows or a share, an export), as ids differing only in case were;
+    # and "ABC-1." alone was written into "ABC-1". Ingest took it.
+    folder = _sku(tmp_path, "dotted", "ABC-1.")
+    Image.new("RGB", (64, 64), (30, 200, 30)).save(folder / "photo.png")
+    with pytest.raises(IngestError) as refused:
+        prepare_all(tmp_path, load_settings())
+    message = str(refused.value)
+    assert f"{folder / 'metadata.json'}: sku_id: 'ABC-1.' ends with '.'" in message, message
+    assert "Windows" in message, message

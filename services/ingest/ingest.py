@@ -37,7 +37,8 @@ says how it differs ("mirrored", "turned 90 degrees clockwise"), and so is a pho
 SKU folder of the batch has too, the same picture or such a copy, and an animated PNG or WebP or a
 multi-page TIFF, of which the first frame is ingested. Two SKU ids of a batch may not differ only in case
 (``ABC-1``, ``abc-1``): on a case-insensitive file system their store folders would be one; nor may a SKU
-id of the batch and one the store already holds photos for (refused before anything is uploaded). A name
+id of the batch and one the store already holds photos for (refused before anything is uploaded), and
+no SKU id may end with '.', which Windows drops from a folder name. A name
 or category that is only whitespace or invisible characters (a zero-width space) is refused, and so
 is a control character (a tab, newline, NUL or terminal escape) or a bidirectional control (U+202E...)
 in the name, category, brand or series: the contract's rules (``schemas/common.py``). One in a
@@ -510,6 +511,14 @@ def prepare_sku(folder: Path, settings: Settings) -> tuple[PreparedSku | None, l
                 problems.append(f"{metadata_path}: {field}: {error['msg'].removeprefix('Value error, ')}")
     if text is not None:
         problems.extend(f"{metadata_path}: {problem}" for problem in _fields_given_twice(text))
+    if metadata is not None and metadata.sku_id.endswith("."):
+        # The contract takes it (stores and events may hold one from an ingest before this), but
+        # Windows drops a trailing dot from a file or folder name: "ABC-1." was written into "ABC-1"'s
+        # store folder there (a FileStore on Windows or a share, an export), merging their photos.
+        problems.append(
+            f"{metadata_path}: sku_id: {metadata.sku_id!r} ends with '.', which Windows drops from a "
+            f"folder name (it would share {metadata.sku_id.rstrip('.')!r}'s folder): remove the dot"
+        )
 
     files, folder_problems = photo_files(folder)
     problems.extend(folder_problems)
