@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
+from pathlib import PurePosixPath
 
 from shared.errors import ImageRejected
 from shared.images import PHOTO_SUFFIXES
@@ -47,11 +48,24 @@ def is_nas_thumbnail_folder(name: str) -> bool:
     return name.casefold() in NAS_THUMBNAIL_FOLDERS
 
 
+def photo_suffix(name: str) -> str:
+    """The extension of a file called ``name``, lower-cased, that says what kind of photo it is ("" for
+    none). A name that is only an extension, after any dots (".jpg", "..png": a DAM's export of a photo
+    with an empty title), is a photo of that kind: ``Path(".jpg").suffix`` is "", and it was skipped."""
+    bare = "." + name.lower().lstrip(".")
+    if name.startswith(".") and bare in PHOTO_FILE_SUFFIXES | HEIC_SUFFIXES:
+        return bare
+    return PurePosixPath(name).suffix.lower()
+
+
 def is_left_out_quietly(name: str) -> bool:
     """Whether a file or folder called ``name`` is no one's content: hidden (macOS writes an invisible
     "._NAME" beside each photo on non-Apple volumes), or a desktop's leftover (``DESKTOP_LEFTOVERS``).
-    Readers skip these without a word: naming a file its owner cannot see helps no one."""
+    Readers skip these without a word: naming a file its owner cannot see helps no one. A name that is
+    only a photo's extension (".jpg", ``photo_suffix``) is a photo, not a hidden file."""
     folded = name.casefold()
+    if folded.startswith(".") and "." + folded.lstrip(".") in PHOTO_FILE_SUFFIXES | HEIC_SUFFIXES:
+        return False
     return folded.startswith(".") or folded in DESKTOP_LEFTOVERS
 
 

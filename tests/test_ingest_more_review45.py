@@ -11,6 +11,7 @@ from PIL import Image
 
 from services.ingest.ingest import IngestError, prepare_all
 from shared.config import load_settings
+from shared.photos import is_left_out_quietly, photo_suffix
 
 
 def _sku(root: Path, folder: str, sku_id: str) -> Path:
@@ -46,3 +47,29 @@ def test_a_sku_id_ending_in_a_dot_is_refused_at_ingest(tmp_path: Path) -> None:
     message = str(refused.value)
     assert f"{folder / 'metadata.json'}: sku_id: 'ABC-1.' ends with '.'" in message, message
     assert "Windows" in message, message
+
+
+def test_a_photo_named_only_by_its_extension_is_taken_not_skipped_as_hidden(tmp_path: Path) -> None:
+    # A DAM exports a photo with an empty title as ".jpg" (or "..png", the title's dot kept): the
+    # hidden-file rule skipped it without a word, a SKU a photo short. A hidden file that is not a
+    # photo's extension alone (".DS_Store", macOS's "._IMG_1.jpg") is still left out quietly.
+    folder = _sku(tmp_path, "dam", "DAM-1")
+    Image.new("RGB", (64, 64), (30, 200, 30)).save(folder / ".jpg", "JPEG")
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(folder / "..png", "PNG")
+    (folder / "._IMG_1.jpg").write_bytes(b"\x00\x05\x16\x07 resource fork")
+    (folder / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    [sku] = prepare_all(tmp_path, load_settings())
+    assert sorted(photo.original_filename for photo in sku.photos) == ["..png", ".jpg"]
+
+
+def test_every_reader_reads_such_a_name_as_a_photo_and_macos_forks_as_hidden() -> None:
+    assert [photo_suffix(name) for name in (".jpg", "..PNG", "a.jpeg", ".heic", "._a.tif")] == [
+        ".jpg",
+        ".png",
+        ".jpeg",
+        ".heic",
+        ".tif",
+    ]
+    assert photo_suffix(".DS_Store") == "" and photo_suffix("README") == ""
+    assert not is_left_out_quietly(".jpg") and not is_left_out_quietly("..png")
+    assert is_left_out_quietly("._IMG_1.jpg") and is_left_out_quietly(".DS_Store")

@@ -112,6 +112,7 @@ from shared.photos import (
     PHOTO_FILE_SUFFIXES,
     is_left_out_quietly,
     is_nas_thumbnail_folder,
+    photo_suffix,
     refuse_too_small,
 )
 from shared.signals import signal_number, stopped_as_interrupt, stopped_how
@@ -288,7 +289,7 @@ def loose_photos(path: Path) -> list[Path]:
             child
             for child in _listed(path)
             if not is_left_out_quietly(child.name)
-            and child.suffix.lower() in PHOTO_FILE_SUFFIXES | HEIC_SUFFIXES
+            and photo_suffix(child.name) in PHOTO_FILE_SUFFIXES | HEIC_SUFFIXES
             and child.is_file()
         )
     except OSError as exc:
@@ -701,7 +702,7 @@ def _sort_entry(folder: Path, entry: Path, photos: list[Path], problems: list[st
             # Skipped unseen before: "Metadata.json: missing" without saying which file was there.
             problems.append(f"{entry}: the SKU's metadata must be named exactly metadata.json; rename it")
         return
-    suffix = entry.suffix.lower()
+    suffix = photo_suffix(entry.name)
     if entry.is_symlink() and not entry.exists():
         target = entry.readlink()
         # A loop (a link to itself, two to each other) read "a link to X, which does not exist",

@@ -63,6 +63,7 @@ from shared.photos import (
     PHOTO_FILE_SUFFIXES,
     is_left_out_quietly,
     is_nas_thumbnail_folder,
+    photo_suffix,
 )
 from shared.store import FileStore, ObjectStore, check_store_uri, open_store, sha256_hex
 from shared.trainstore.dataset import ExportPlan, either, plan_export, read_checked, withdraw_way
@@ -134,10 +135,10 @@ def _heldout_photos(root: Path) -> tuple[list[Photo], list[str]]:
                 )
                 notes.append(f"{path} is {what}: not used")
                 continue
-            if path.suffix.lower() in HEIC_SUFFIXES:  # an iPhone's: what to do, as ingest says it
+            if photo_suffix(path.name) in HEIC_SUFFIXES:  # an iPhone's: what to do, as ingest says it
                 notes.append(f"{path}: {HEIC_ADVICE} (not used)")
                 continue
-            if path.suffix.lower() not in PHOTO_FILE_SUFFIXES:
+            if photo_suffix(path.name) not in PHOTO_FILE_SUFFIXES:
                 notes.append(f"{path} is not a photo ({', '.join(sorted(PHOTO_FILE_SUFFIXES))}): not used")
                 continue
             data = _read_held_out(path, max_bytes)

@@ -48,6 +48,7 @@ from shared.photos import (
     PHOTO_FILE_SUFFIXES,
     is_nas_thumbnail_folder,
     key_left_out_quietly,
+    photo_suffix,
 )
 from shared.store import FileStore, ObjectStore, check_key
 
@@ -223,7 +224,7 @@ def scene_file_bytes(store: ObjectStore, key: str, *, max_bytes: int) -> bytes |
     bad_key = _bad_key(key)
     if bad_key is not None:
         return bad_key
-    suffix = PurePosixPath(key).suffix.lower()
+    suffix = photo_suffix(PurePosixPath(key).name)
     if suffix in HEIC_SUFFIXES:  # an iPhone's: what to do, as ingest says it
         return f"not_a_photo_suffix: {suffix}: {HEIC_ADVICE}"
     if suffix not in PHOTO_FILE_SUFFIXES:
