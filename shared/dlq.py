@@ -34,6 +34,7 @@ import base64
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import socket
@@ -61,6 +62,8 @@ from shared.errors import BadInput, ObjectMissing, TransientError
 from shared.observability import escape_control_characters
 from shared.signals import signal_number, stopped_how, stops_wait_for_clean_up
 from shared.store import MAX_SEGMENT_BYTES, ObjectStore
+
+log = logging.getLogger("skuforge.dlq")
 
 REPLAY_PREFIX = "dlq-replays"
 # The runtime's reason for an event whose Kafka key is not its envelope's sku_id (shared/runtime.py): a
@@ -685,6 +688,8 @@ def _replay(
             # again every record this one had delivered.
             failure = DlqError(f"{type(exc).__name__}: {exc}")
             failure.__cause__ = exc
+            # The command says it in one line; the traceback goes to the log, where a bug can be found.
+            log.error("replay stopped by an error it does not expect", exc_info=exc)
         except KeyboardInterrupt as exc:
             stopping.failing = True  # set already by the stop's handler, unless it came off our handler
             # Ctrl-C (or SIGTERM, SIGHUP) while the sends were on their way: close() below still

@@ -3,6 +3,7 @@ replay, and the partitions a read has reached the end of."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 from collections import Counter
@@ -29,7 +30,7 @@ pytestmark = pytest.mark.kafka
 
 
 def test_an_unexpected_error_part_way_through_a_replay_still_marks_what_was_acknowledged(
-    kafka_bootstrap: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    kafka_bootstrap: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Only a Kafka error or a DlqError let the replay mark the records Kafka acknowledged before it:
     any other (a bug, a store's error it does not map) left them unmarked, and the next replay sent them
@@ -49,9 +50,12 @@ def test_an_unexpected_error_part_way_through_a_replay_still_marks_what_was_ackn
         return read(letter, store)
 
     monkeypatch.setattr(dlq, "original_record", fails_at_the_third)
-    with pytest.raises(DlqError) as stopped:
+    with caplog.at_level(logging.ERROR, logger="skuforge.dlq"), pytest.raises(DlqError) as stopped:
         replay(settings, store, read_dead_letters(settings, topic))
     assert "RuntimeError: an error the replay does not expect" in str(stopped.value)
+    # The one line says what stopped it; the traceback, to find the bug by, is in the log.
+    [logged] = [record for record in caplog.records if record.name == "skuforge.dlq"]
+    assert logged.exc_info is not None and logged.exc_info[0] is RuntimeError
     assert "the 2 records acknowledged before are marked" in str(stopped.value)
     assert record_count(kafka_bootstrap, topic) == 2
 
