@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.committed import check_out
-from shared.argtypes import path_argument, positive_int
+from shared.argtypes import json_file_text, path_argument, positive_int
 from shared.config import load_settings
 
 RESULTS = Path(__file__).resolve().parent / "results" / "adapters.json"
@@ -193,8 +193,9 @@ def main(argv: list[str] | None = None) -> int:
         "repeats": args.repeats,
         "registered": results,
     }
+    text = json_file_text(figures, label=str(args.out))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
+    args.out.write_text(text, encoding="utf-8")
     print(json.dumps(figures, indent=2))
     return 0
 

@@ -700,7 +700,8 @@ def run_stack(skus_dir: Path, sku_ids: list[str], scenes_dir: Path, args: argpar
         "dataset": args.dataset_identity,
         "environment": environment,
     }
-    (args.workdir / STACK_RUN).write_text(json.dumps(run) + "\n")
+    stack_run = args.workdir / STACK_RUN
+    stack_run.write_text(json_file_text(run, label=str(stack_run), indent=None))
     return throughput
 
 

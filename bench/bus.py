@@ -33,7 +33,7 @@ from devstack.broker import LocalKafka, free_port
 from schemas.envelope import Envelope
 from schemas.events import SkuIngested
 from schemas.topics import SKU_INGESTED, Topic
-from shared.argtypes import path_argument, positive_int
+from shared.argtypes import json_file_text, path_argument, positive_int
 from shared.bus import ensure_topics, kafka_connection, make_producer
 from shared.config import Settings, load_settings
 from shared.runtime import Context, Emit, Stage
@@ -224,8 +224,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{_cpu_count()} cores, Python {platform.python_version()}, single-node Kafka on loopback",
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    text = json_file_text(result, label=str(args.out))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    args.out.write_text(text)
     print(json.dumps(result, indent=2))
     return 0
 

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from shared.argtypes import MAX_THREADS, int_between, path_argument
+from shared.argtypes import MAX_THREADS, int_between, json_file_text, path_argument
 from shared.commands import run_command
 
 HERE = Path(__file__).parent
@@ -290,8 +290,9 @@ def _bench(argv: list[str] | None) -> int:
         "matting_model": session.model_id,
         "runs": runs,
     }
+    text = json_file_text(result, label=str(RESULTS))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    RESULTS.write_text(text)
     return 0
 
 

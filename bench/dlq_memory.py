@@ -28,7 +28,7 @@ from typing import Any
 from bench.events import dead_letter, numbered_original, write_dead_letters
 from schemas.envelope import DLQ_INLINE_MAX_BYTES
 from schemas.topics import SKU_INGESTED
-from shared.argtypes import file_problem, int_between, path_argument, positive_int
+from shared.argtypes import file_problem, int_between, json_file_text, path_argument, positive_int
 
 ROOT = Path(__file__).resolve().parents[1]
 MB = 2**20
@@ -155,11 +155,13 @@ def main(argv: list[str] | None = None) -> int:
             for tree in trees:
                 results.append(measure(bootstrap, tree, letters, args.size, scratch / "store"))
                 print(json.dumps(results[-1]), file=sys.stderr)
-    report = json.dumps({"size_bytes": args.size, "results": results}, indent=2)
-    print(report)
+    report = json_file_text(
+        {"size_bytes": args.size, "results": results}, label=str(args.out or "the report")
+    )
+    print(report, end="")
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)  # a folder file_problem found could be made
-        args.out.write_text(report + "\n")
+        args.out.write_text(report)
     return 0
 
 

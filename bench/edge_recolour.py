@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from shared.argtypes import file_problem, int_between, path_argument, positive_int
+from shared.argtypes import file_problem, int_between, json_file_text, path_argument, positive_int
 from shared.commands import run_command
 from shared.generation.backend import MAX_SIZE_PX
 from shared.generation.composite import MIN_SIZE_PX as COMPOSITE_MIN_SIZE_PX
@@ -192,8 +192,9 @@ def _bench(argv: list[str] | None) -> int:
             "cpus": os.cpu_count(),
         },
     }
+    text = json_file_text(result, label=str(args.out), indent=1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    args.out.write_text(text)
     print(json.dumps({key: value for key, value in result.items() if key != "largest_drops"}, indent=1))
     return 0
 

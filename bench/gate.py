@@ -53,6 +53,7 @@ from bench.committed import check_out
 from schemas.events import MAX_SEED
 from shared.argtypes import (
     int_between,
+    json_file_text,
     model_location,
     non_negative_float,
     path_argument,
@@ -405,8 +406,9 @@ def _bench(argv: list[str] | None) -> int:
         f"{os.cpu_count()} cores, Python {platform.python_version()}, ONNX Runtime CPU"
     )
     figures["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    text = json_file_text(figures, label=str(args.out))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(figures, indent=2) + "\n")
+    args.out.write_text(text)
     print(json.dumps({k: figures[k] for k in ("pass_rate_good", "flag_rate_bad", "n_images")}))
     return 0
 

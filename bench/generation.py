@@ -41,7 +41,7 @@ from bench.triton import TritonServerProcess, max_batch_executed
 from services.generator.client import TritonGenerator
 from services.generator.protocol import VariantRequest, VariantResult
 from services.generator.stage import crop_to_product
-from shared.argtypes import int_between, path_argument, positive_int, whole_number
+from shared.argtypes import int_between, json_file_text, path_argument, positive_int, whole_number
 from shared.generation.backend import MAX_SIZE_PX
 from shared.generation.composite import MIN_SIZE_PX as COMPOSITE_MIN_SIZE_PX
 from shared.generation.diffusion import MIN_SIZE_PX as DIFFUSION_MIN_SIZE_PX
@@ -318,8 +318,9 @@ def main(argv: list[str] | None = None) -> int:
             results["lora_switch_s"] = lora_switch_seconds(model_dir, work)
     results["load_average_1m_at_end"] = round(os.getloadavg()[0], 2)
     results["max_batch_seen"] = max(v for k, v in results.items() if k.endswith("_max_batch_seen"))
+    text = json_file_text(results, label=str(args.out))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    args.out.write_text(text)
     print(json.dumps(results, indent=2))
     return 0
 

@@ -29,7 +29,14 @@ from pathlib import Path
 from typing import Any
 
 from bench.rounds import median_round_ratio
-from shared.argtypes import MAX_THREADS, file_problem, int_between, path_argument, positive_int
+from shared.argtypes import (
+    MAX_THREADS,
+    file_problem,
+    int_between,
+    json_file_text,
+    path_argument,
+    positive_int,
+)
 
 RESULTS = Path(__file__).parent / "results"
 MODELS = Path(__file__).resolve().parents[1] / "shared" / "matting" / "models"
@@ -297,8 +304,9 @@ def main(argv: list[str] | None = None) -> int:
         "CPU execution provider",
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    text = json_file_text(result, label=str(args.out))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    args.out.write_text(text)
     print(json.dumps(result, indent=2))
     return 0
 

@@ -42,7 +42,14 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shared.argtypes import MAX_THREADS, file_problem, int_between, non_negative_int, path_argument
+from shared.argtypes import (
+    MAX_THREADS,
+    file_problem,
+    int_between,
+    json_file_text,
+    non_negative_int,
+    path_argument,
+)
 
 if TYPE_CHECKING:
     from schemas.envelope import Envelope
@@ -357,8 +364,9 @@ def main(argv: list[str] | None = None) -> int:
         report["speed_b8_images_per_s"] = {
             name: {"rounds": values, "median": statistics.median(values)} for name, values in speed.items()
         }
+    text = json_file_text(report, label=str(args.out))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    args.out.write_text(text)
     print(f"wrote {args.out}")
     return 0
 

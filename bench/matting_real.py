@@ -31,7 +31,14 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from shared.argtypes import MAX_THREADS, file_problem, int_between, non_negative_int, path_argument
+from shared.argtypes import (
+    MAX_THREADS,
+    file_problem,
+    int_between,
+    json_file_text,
+    non_negative_int,
+    path_argument,
+)
 from shared.arith.masks import mask_iou
 
 DATA = Path(__file__).parent / "data" / "matting_real"
@@ -257,8 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     result["machine"] = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     result["seconds"] = round(time.monotonic() - started, 1)
+    text = json_file_text(result, label=str(args.out))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    args.out.write_text(text)
     if args.sheet is not None:
         args.sheet.parent.mkdir(parents=True, exist_ok=True)
         contact_sheet(items, list(runs), args.sheet)

@@ -47,7 +47,7 @@ from bench.events import produce
 from bench.replicas import Member, count_records, generated_images, group_assignment, wait_until
 from devstack.broker import LocalKafka, free_port
 from schemas.topics import IMAGE_GENERATED, IMAGE_MATTED
-from shared.argtypes import folder_problem, int_between, path_argument, positive_int
+from shared.argtypes import folder_problem, int_between, json_file_text, path_argument, positive_int
 from shared.bus import ensure_topics, kafka_connection
 from shared.config import Settings, load_settings
 from shared.store import open_store
@@ -425,8 +425,9 @@ def main(argv: list[str] | None = None) -> int:
         "machine": info,
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    text = json_file_text(result, label=str(args.out))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    args.out.write_text(text)
     print(json.dumps(result, indent=2))
     return 0
 

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 from bench.committed import check_out
-from shared.argtypes import int_between, path_argument, positive_int
+from shared.argtypes import int_between, json_file_text, path_argument, positive_int
 from shared.store import FileStore
 from shared.trainstore.manifest import ManifestRow, ManifestStore
 
@@ -162,8 +162,9 @@ def main(argv: list[str] | None = None) -> int:
         "local disk",
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    text = json_file_text(figures, label=str(args.out))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(figures, indent=2) + "\n")
+    args.out.write_text(text)
     print(json.dumps({k: figures[k] for k in ("manifest_load_s_2m", "items", "skus", "runs_s")}))
     return 0
 

@@ -31,7 +31,6 @@ finishes it.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageFilter
 
+from shared.argtypes import json_file_text
 from shared.arith.masks import clean_mask, connected_components, hull_mask, paint_runs
 from shared.images import decode_image, encode_png
 from shared.matting.session import MaskOptions, U2NetPSession
@@ -430,6 +430,6 @@ def write_real_pairs(config: RealPairsConfig, out: Path) -> dict[str, object]:
         for pair_file in stale:
             pair_file.unlink()
         log.info("finished a stopped run", extra={"out": str(out), "stale_files_removed": len(stale)})
-    write_atomically(out / "pairs.json", (json.dumps(summary, indent=2) + "\n").encode())
+    write_atomically(out / "pairs.json", json_file_text(summary, label=str(out / "pairs.json")).encode())
     mark_finished(out, REAL_PAIRS)
     return summary

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import io
 import itertools
-import json
 import logging
 import os
 import pickle
@@ -29,6 +28,7 @@ import numpy.typing as npt
 import torch
 from PIL import Image
 
+from shared.argtypes import json_file_text
 from shared.arith.masks import mask_iou
 from shared.config import ConfigError
 from shared.errors import ImageRejected
@@ -528,4 +528,4 @@ def write_model_card(
         f"torch {torch.__version__}",
         **(extra or {}),
     }
-    path.write_text(json.dumps(card, indent=2) + "\n")
+    path.write_text(json_file_text(card, label=str(path)))

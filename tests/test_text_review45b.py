@@ -1,0 +1,113 @@
+"""What review 45's text and NaN hardening left: every results writer refuses a NaN, the contract
+refuses a reject reason that reorders or breaks the text shown after it, and the console shows stored
+text escaped."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import pytest
+
+from shared.argtypes import json_file_text
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# -- results files: every writer goes through json_file_text ------------------------------------
+
+# Files the benches write that hold no figure: a SKU's metadata.json for `skuforge ingest` (text only).
+NOT_RESULTS = {("bench/augment.py", '(sku_dir / "metadata.json").write_text(json.dumps(metadata))')}
+WRITERS = {"write_text", "write_bytes", "write", "write_atomically"}
+# The results writers outside bench/: the matting model card and the real pairs' pairs.json.
+LIBRARY_WRITERS = ("shared/matting/train.py", "shared/matting/grocery.py")
+
+
+def _is_json_dump(node: ast.AST) -> bool:
+    """``json.dumps(...)`` or ``json.dump(...)``."""
+    return (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr in ("dumps", "dump")
+        and isinstance(node.func.value, ast.Name)
+        and node.func.value.id == "json"
+    )
+
+
+def json_written_without_the_helper(source: str) -> list[tuple[int, str]]:
+    """The lines of ``source`` that write Python's json to a file (``json.dump`` to a handle, or the text
+    of ``json.dumps``, directly or through a name, given to a write): NaN would be written bare."""
+    tree = ast.parse(source)
+    dumped_names = {
+        target.id
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Assign) and any(_is_json_dump(inner) for inner in ast.walk(node.value))
+        for target in node.targets
+        if isinstance(target, ast.Name)
+    }
+    lines = source.splitlines()
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        if _is_json_dump(node) and isinstance(node.func, ast.Attribute) and node.func.attr == "dump":
+            found.append(node.lineno)
+            continue
+        name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+        if name not in WRITERS:
+            continue
+        given = [inner for arg in (*node.args, *(k.value for k in node.keywords)) for inner in ast.walk(arg)]
+        if any(
+            _is_json_dump(inner) or (isinstance(inner, ast.Name) and inner.id in dumped_names)
+            for inner in given
+        ):
+            found.append(node.lineno)
+    return [(line, lines[line - 1].strip()) for line in sorted(set(found))]
+
+
+def test_no_results_writer_writes_json_that_can_hold_a_nan() -> None:
+    # bench.gate, bench.matting... wrote json.dumps's text: a NaN figure went into the file bare ("NaN"),
+    # which no JSON reader takes; json_file_text names the figure and writes nothing.
+    paths = [*sorted((ROOT / "bench").glob("*.py")), *(ROOT / name for name in LIBRARY_WRITERS)]
+    offenders = []
+    for path in paths:
+        relative = path.relative_to(ROOT).as_posix()
+        for line, text in json_written_without_the_helper(path.read_text(encoding="utf-8")):
+            if (relative, text) not in NOT_RESULTS:
+                offenders.append(f"{relative}:{line}: {text}")
+    assert not offenders, "write results with shared.argtypes.json_file_text:\n" + "\n".join(offenders)
+
+
+def test_the_writer_check_catches_each_form() -> None:
+    source = (
+        "import json\n"
+        "out.write_text(json.dumps(r, indent=2) + '\\n')\n"
+        "report = json.dumps(r)\n"
+        "print(report)\n"
+        "out.write_text(report)\n"
+        "json.dump(r, handle)\n"
+        "write_atomically(p, json.dumps(r).encode())\n"
+        "print(json.dumps(r))\n"
+        "out.write_text(json_file_text(r, label='o'))\n"
+    )
+    assert [line for line, _ in json_written_without_the_helper(source)] == [2, 5, 6, 7]
+
+
+SAMPLE = {
+    "pass_rate_good": 0.9375,
+    "n_images": 64,
+    "by_scene": {"shelf": [0.5, 1.0, 1e-07], "hand": []},
+    "machine": "vm: x86_64, 2 cores, Python 3.11 — ONNX Runtime CPU, café",
+    "ok": True,
+    "none": None,
+    "zeta": {"b": 1, "a": 2},
+}
+
+
+@pytest.mark.parametrize(("indent", "sort_keys"), [(2, False), (1, False), (None, False), (2, True)])
+def test_the_helper_writes_the_same_bytes_as_before_on_finite_figures(
+    indent: int | None, sort_keys: bool
+) -> None:
+    # The writers moved to it wrote json.dumps(document, indent=...) + "\n"; their files must not change.
+    before = json.dumps(SAMPLE, indent=indent, sort_keys=sort_keys) + "\n"
+    assert json_file_text(SAMPLE, label="o.json", indent=indent, sort_keys=sort_keys) == before
