@@ -6,13 +6,29 @@ from __future__ import annotations
 
 import ast
 import json
+import sqlite3
 from pathlib import Path
 
 import pytest
+from starlette.testclient import TestClient
 
 from shared.argtypes import json_file_text
+from skuforge_cli.main import main as cli_main
+from tests.support.console import (
+    ConsoleParts,
+    app_for,
+    build_console,
+    decide_as_alice,
+    flagged_item,
+    login,
+    pending_envelope,
+    use_cli_on,
+    with_flagged,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
+# The embeddings and overrides (U+202A-U+202E) and the isolates (U+2066-U+2069).
+BIDI_CONTROLS = [chr(code) for code in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))]
 
 # -- results files: every writer goes through json_file_text ------------------------------------
 
@@ -111,3 +127,49 @@ def test_the_helper_writes_the_same_bytes_as_before_on_finite_figures(
     # The writers moved to it wrote json.dumps(document, indent=...) + "\n"; their files must not change.
     before = json.dumps(SAMPLE, indent=indent, sort_keys=sort_keys) + "\n"
     assert json_file_text(SAMPLE, label="o.json", indent=indent, sort_keys=sort_keys) == before
+
+
+# -- the console shows stored text escaped ---------------------------------------------------------
+
+
+def _store_from_before(parts: ConsoleParts, task_id: str, reason: str) -> None:
+    """The task's rejection as a console before 7d7d9e28 stored it: ``reason`` in its audit entry and
+    its decision, however it reads."""
+    with sqlite3.connect(parts.tasks.path) as db:
+        db.execute("UPDATE audit SET detail = ? WHERE task_id = ? AND action = 'reject'", (reason, task_id))
+    # The console's own checks refuse such a reason now; the table kept what they let in.
+
+
+def test_the_item_page_shows_a_stored_reason_with_a_bidirectional_control_escaped(tmp_path: Path) -> None:
+    # Before the console refused them (7d7d9e28), a reason "wrong_product: \u202exob a ton" was stored
+    # as typed, and the item page's audit showed it reordered, reading as another reason.
+    parts = with_flagged(build_console(tmp_path), 1)
+    task_id = parts.tasks.query()[0].task_id
+    decide_as_alice(parts, task_id, "reject", "wrong_product")
+    _store_from_before(parts, task_id, "wrong_product: \u202exob a ton ,nac a")
+    client = TestClient(app_for(parts), base_url="http://console.test")
+    login(client)
+    page = client.get(f"/tasks/{task_id}")
+    assert page.status_code == 200
+    assert not any(control in page.text for control in BIDI_CONTROLS)
+    assert "(wrong_product: \\u202exob a ton ,nac a)" in page.text
+
+
+def test_export_labelstudio_prints_a_skips_detail_escaped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The detail names the object that was not there, as the event wrote its URI: U+202E in it reordered
+    # the line in the operator's terminal.
+    parts = build_console(tmp_path)
+    pending = flagged_item(parts.store, 0)
+    gone = parts.store.uri_for("masks/predicted/x\u202egnp.png")
+    predicted = pending.matted.predicted_mask.model_copy(update={"uri": gone})
+    pending = pending.model_copy(
+        update={"matted": pending.matted.model_copy(update={"predicted_mask": predicted})}
+    )
+    parts.tasks.add_pending(pending_envelope(pending))
+    use_cli_on(parts, monkeypatch)
+    assert cli_main(["console", "export-labelstudio", "--out", str(tmp_path / "tasks.json")]) == 1
+    err = capsys.readouterr().err
+    assert not any(control in err for control in BIDI_CONTROLS)
+    assert "x\\u202egnp.png" in err

@@ -49,6 +49,7 @@ from services.console.tasks import (
 from shared.argtypes import CommandParser, float_between, path_argument
 from shared.config import load_settings
 from shared.errors import TransientError
+from shared.observability import escape_control_characters
 from shared.store import open_settings_store
 
 EXPORT_EXIT_STATUS = (
@@ -213,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"skuforge console export-labelstudio: cannot write: {exc}", file=sys.stderr)
             return 2
         for skip in exported.skipped:
-            print(f"skipped {skip.task_id}: {skip.detail}", file=sys.stderr)
+            print(f"skipped {skip.task_id}: {escape_control_characters(skip.detail)}", file=sys.stderr)
         summary = {"exported": len(exported.tasks), "skipped": len(exported.skipped), "out": str(args.out)}
         print(json.dumps(summary))
         if exported.skipped:

@@ -22,6 +22,7 @@ from services.console.security import LoginThrottle, SessionSigner
 from services.console.tasks import TaskFilter, TaskStore
 from shared.config import Settings
 from shared.gate.checks import figures
+from shared.observability import escape_control_characters
 from shared.store import ObjectStore
 
 HERE = Path(__file__).parent
@@ -47,6 +48,9 @@ def plain_decimal(value: float) -> str:
 templates.env.globals["figures"] = figures
 templates.env.globals["iou_figure"] = iou_figure
 templates.env.filters["plain_decimal"] = plain_decimal
+# Stored text from outside or from an earlier version (a reject reason, an audit entry's detail) may hold
+# a bidirectional control, which reorders what the page shows after it: shown escaped (\u202e).
+templates.env.filters["escaped"] = escape_control_characters
 TaskId = Annotated[str, PathParam(pattern=r"^[0-9a-f]{32}$", description="task id (32 hex)")]
 
 
