@@ -73,6 +73,10 @@ _REFUSED_CHARACTERS = _CONTROL_CHARACTERS + BIDI_CONTROLS
 _PLAIN = f"[^{_REFUSED_CHARACTERS}]"
 _CONTROL_CHARACTER = re.compile(f"[{_CONTROL_CHARACTERS}]")
 BIDI_CONTROL = re.compile(f"[{BIDI_CONTROLS}]")
+# The line and paragraph separators, which end a line for some readers (a log shipper, a browser's
+# text area); refused where text is one line (a reject reason).
+_LINE_SEPARATORS = "\u2028\u2029"
+_LINE_SEPARATOR = re.compile(f"[{_LINE_SEPARATORS}]")
 # What shows nothing and is not refused: what str.isspace() takes that is no control character (the
 # spaces of category Zs, the line and paragraph separators) and the format characters (Cf) of the BMP
 # (Unicode 14, Python 3.11's; a test holds it to the running Python's), as the characters themselves. Not
@@ -108,6 +112,20 @@ def check_plain_text(value: str) -> str:
     return value
 
 
+def check_one_line(value: str) -> str:
+    """Plain text (``check_plain_text``) on one line: the Unicode line and paragraph separators
+    (U+2028, U+2029) are refused too, naming the code point. The rule the console holds a reviewer's
+    reject reason to: a reason is one line in the audit trail and on the item page."""
+    check_plain_text(value)
+    found = _LINE_SEPARATOR.search(value)
+    if found:
+        raise ValueError(
+            f"contains a line separator (U+{ord(found.group()):04X} at character {found.start() + 1}); "
+            "write it on one line"
+        )
+    return value
+
+
 def shows_nothing(text: str) -> bool:
     """Whether ``text`` is only whitespace and invisible format characters (a zero-width space, a
     byte-order mark, a word joiner: Unicode's Cf), as a spreadsheet's "empty" cell can be: str.strip
@@ -128,6 +146,12 @@ PlainText = Annotated[
     str,
     AfterValidator(check_plain_text),
     Field(json_schema_extra={"pattern": f"^{_PLAIN}*$"}),
+]
+# Free text for people on one line (a reviewer's reject reason): plain text without a line separator.
+OneLineText = Annotated[
+    str,
+    AfterValidator(check_one_line),
+    Field(json_schema_extra={"pattern": f"^[^{_REFUSED_CHARACTERS}{_LINE_SEPARATORS}]*$"}),
 ]
 # A name (a SKU's name and category): plain text with a character that shows (not only spaces and
 # invisible format characters).

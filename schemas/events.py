@@ -12,7 +12,16 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, JsonValue, WithJsonSchema, field_validator
 
-from schemas.common import Contract, ImageRef, PlainText, SafeId, Sha256Hex, SkuMetadata, UtcDatetime
+from schemas.common import (
+    Contract,
+    ImageRef,
+    OneLineText,
+    PlainText,
+    SafeId,
+    Sha256Hex,
+    SkuMetadata,
+    UtcDatetime,
+)
 
 Shape = Literal["can", "bottle", "box", "pouch", "jar", "produce", "other"]
 Backend = Literal["composite", "diffusion"]
@@ -294,7 +303,9 @@ class CorrectionResolved(Contract):
     pending: CorrectionPending
     decision: Decision
     final_mask: ImageRef | None = Field(default=None, description="the mask to train with; None if rejected")
-    reject_reason: str | None = Field(default=None, max_length=MAX_MESSAGE_CHARS)
+    # Shown on the console's item page and in its audit: no control character, line separator or
+    # bidirectional control (which reordered it to read as another reason), as the console refuses.
+    reject_reason: OneLineText | None = Field(default=None, max_length=MAX_MESSAGE_CHARS)
     reviewer: str = Field(min_length=1, max_length=MAX_PHRASE_CHARS)
     decided_at: UtcDatetime = Field(description="with an offset; a naive time is read as UTC")
 

@@ -8,11 +8,21 @@ import ast
 import json
 import sqlite3
 from pathlib import Path
+from typing import Any
 
+import jsonschema
 import pytest
+from pydantic import TypeAdapter, ValidationError
 from starlette.testclient import TestClient
 
+from schemas.common import OneLineText
+from schemas.envelope import Envelope
+from schemas.events import CorrectionResolved
+from schemas.jsonschema import JSON_DIR
+from schemas.topics import CORRECTION_RESOLVED
+from services.console.tasks import UnreadableDecision
 from shared.argtypes import json_file_text
+from shared.bus import make_envelope
 from skuforge_cli.main import main as cli_main
 from tests.support.console import (
     ConsoleParts,
@@ -25,6 +35,7 @@ from tests.support.console import (
     use_cli_on,
     with_flagged,
 )
+from tests.support.runtime import dead_letter_for
 
 ROOT = Path(__file__).resolve().parents[1]
 # The embeddings and overrides (U+202A-U+202E) and the isolates (U+2066-U+2069).
@@ -173,3 +184,111 @@ def test_export_labelstudio_prints_a_skips_detail_escaped(
     err = capsys.readouterr().err
     assert not any(control in err for control in BIDI_CONTROLS)
     assert "x\\u202egnp.png" in err
+
+
+# -- the contract: a reject reason is one line of text that reads as written -------------------------
+
+
+def _resolved_envelope(tmp_path: Path) -> tuple[ConsoleParts, str, dict[str, Any]]:
+    """A console with one item rejected ("wrong_product"), its task id, and its correction.resolved
+    envelope as JSON."""
+    parts = with_flagged(build_console(tmp_path / "console"), 1)
+    task_id = parts.tasks.query()[0].task_id
+    decide_as_alice(parts, task_id, "reject", "wrong_product")
+    outbox = parts.tasks.outbox(task_id)
+    assert outbox is not None
+    envelope = make_envelope(
+        CORRECTION_RESOLVED,
+        outbox.payload,
+        event_id="d" * 32,
+        sku_id="SKU-00001",
+        trace_id="t",
+        producer="other",
+    )
+    return parts, task_id, envelope.model_dump(mode="json")
+
+
+@pytest.mark.parametrize(
+    ("reason", "named"),
+    [
+        ("wrong_product: \u202exob a ton", "bidirectional control character (U+202E at character 16)"),
+        ("cut off \u2066x\u2069", "bidirectional control character (U+2066 at character 9)"),
+        ("blurry\x1b[2J", "control character (U+001B at character 7)"),
+        ("label cut off\u2028second line", "line separator (U+2028 at character 14)"),
+    ],
+    ids=["override", "isolate", "escape", "line_separator"],
+)
+def test_a_reject_reason_another_producer_writes_with_one_is_dead_lettered_naming_it(
+    tmp_path: Path, reason: str, named: str
+) -> None:
+    # reject_reason was any str: another producer's U+202E reached the trainstore, and the console's
+    # item page and audit trail read it reordered, as another reason.
+    _, _, written = _resolved_envelope(tmp_path)
+    written["payload"]["reject_reason"] = reason
+
+    letter = dead_letter_for(tmp_path / "stage", written, CORRECTION_RESOLVED)
+    assert letter.reason == "schema_invalid" and letter.detail.startswith("payload.reject_reason: ")
+    assert named in letter.detail and reason not in letter.detail
+
+    committed = json.loads((JSON_DIR / f"{CORRECTION_RESOLVED.name}.json").read_text())
+    with pytest.raises(jsonschema.ValidationError) as refused:
+        jsonschema.Draft202012Validator(committed).validate(written)
+    assert list(refused.value.absolute_path) == ["payload", "reject_reason"]
+
+
+@pytest.mark.parametrize(
+    "reason",
+    [
+        "wrong_product: a can, not a box",
+        "étiquette coupée — 50%",
+        "\u05d7\u05ea\u05d5\u05db\u05d4 \u200fcut",
+        "क्\u200dष",
+    ],
+    ids=["ascii", "latin", "mark", "joiner"],
+)
+def test_a_reason_that_reads_as_written_is_taken_by_the_model_and_the_committed_schema(
+    tmp_path: Path, reason: str
+) -> None:
+    _, _, written = _resolved_envelope(tmp_path)
+    written["payload"]["reject_reason"] = reason
+    assert Envelope[CorrectionResolved].model_validate(written).payload.reject_reason == reason
+    committed = json.loads((JSON_DIR / f"{CORRECTION_RESOLVED.name}.json").read_text())
+    jsonschema.Draft202012Validator(committed).validate(written)
+
+
+def test_the_contract_refuses_in_a_reason_what_the_console_refuses() -> None:
+    # One rule: a character the console's form refuses in a reason is one the contract refuses from any
+    # producer, and the other way round (lone surrogates aside: no JSON text holds one).
+    from services.console.decisions import DecisionInvalid, check_reject_reason
+
+    contract = TypeAdapter(OneLineText)
+    differ = []
+    for code in (*range(0xD800), *range(0xE000, 0x10000)):
+        reason = f"a{chr(code)}b"
+        try:
+            check_reject_reason(reason)
+            console_refuses = False
+        except DecisionInvalid:
+            console_refuses = True
+        try:
+            contract.validate_python(reason)
+            contract_refuses = False
+        except ValidationError:
+            contract_refuses = True
+        if console_refuses != contract_refuses:
+            differ.append(f"U+{code:04X}")
+    assert not differ, f"the console and the contract differ on {differ}"
+
+
+def test_a_decision_stored_with_such_a_reason_before_is_set_aside_not_sent(tmp_path: Path) -> None:
+    # A console before 7d7d9e28 stored the reason as typed: the relay sets the decision aside as one that
+    # no longer reads (resend by a version that reads it, or discard), rather than publish what every
+    # consumer dead-letters.
+    parts, task_id, _ = _resolved_envelope(tmp_path)
+    with sqlite3.connect(parts.tasks.path) as db:
+        row = db.execute("SELECT payload_json FROM outbox WHERE task_id = ?", (task_id,)).fetchone()
+        payload = json.loads(row[0]) | {"reject_reason": "wrong_product: \u202exob a ton"}
+        db.execute("UPDATE outbox SET payload_json = ? WHERE task_id = ?", (json.dumps(payload), task_id))
+    [unsent] = parts.tasks.unsent()
+    assert isinstance(unsent, UnreadableDecision) and unsent.task_id == task_id
+    assert "reject_reason" in unsent.error and "U+202E" in unsent.error
