@@ -20,6 +20,9 @@ Tables:
               dead-letter topic), makes no task to review: it is written ``accepted`` (``add_pending``).
               Rows go when the item's task is approved, rejected or withdrawn (``_forget_acceptances``);
               those of items never settled so stay (docs/console.md gives their size).
+* ``task_counts``, ``task_reasons``  tasks by state and decision, and the reason codes the tasks give,
+              kept by triggers on ``tasks`` (``_COUNT_TRIGGERS``), so the queue's state tabs and reason
+              menu and each /metrics scrape read a few rows, not every task.
 * ``outbox``  the ``correction.resolved`` event of each decision, written in the same transaction
               as the decision and published afterwards by ``services.console.relay`` (at least
               once, with a deterministic event id and ``produced_at``: ``OutboxEvent.produced_at``),
@@ -88,6 +91,8 @@ CREATE INDEX IF NOT EXISTS tasks_by_decision ON tasks (state, decided_at);
 -- The "all" list (no state filter), newest first by arrival and paged by (received_at, task_id): without
 -- it each page scanned and sorted every task ever queued. Made here for a table made before it too.
 CREATE INDEX IF NOT EXISTS tasks_by_arrival ON tasks (received_at, task_id);
+-- A queue filtered by state and SKU, and its count: without it the count walked every row in the state.
+CREATE INDEX IF NOT EXISTS tasks_by_state_sku ON tasks (state, sku_id, received_at);
 CREATE TABLE IF NOT EXISTS audit (
     audit_id       INTEGER PRIMARY KEY AUTOINCREMENT,
     task_id        TEXT NOT NULL,
@@ -133,6 +138,42 @@ _REFUSED = "refused_reason IS NOT NULL"
 _OUTBOX_INDEXES = {
     "outbox_unsent": f"ON outbox (created_at, event_id) WHERE {_UNSENT}",
     "outbox_refused": f"ON outbox (created_at, event_id) WHERE {_REFUSED}",
+}
+
+
+# Kept by the triggers below on every write of ``tasks``, whoever writes (another process, an older
+# version, the sqlite3 shell): the state tabs, each /metrics scrape and the reason menu read these few
+# rows; before, each read every task (a GROUP BY, and json_each over every task's reasons).
+# ``task_counts``: tasks by state and decision ('' for none). ``task_reasons``: how many of the tasks'
+# reason lists hold each reason code (a row goes at zero). Made, and counted from the table, by
+# ``_keep_counts``: not in ``_SCHEMA``, so a table made before them is counted before they count on.
+_COUNT_TABLES = (
+    "CREATE TABLE task_counts (state TEXT NOT NULL, decision TEXT NOT NULL, n INTEGER NOT NULL,"
+    " PRIMARY KEY (state, decision))",
+    "CREATE TABLE task_reasons (reason TEXT PRIMARY KEY, n INTEGER NOT NULL)",
+)
+# A task's reason codes, as ``json_each`` reads them (none if its column is not JSON, so no write fails).
+_REASONS_OF = "json_each(CASE WHEN json_valid({row}.reasons) THEN {row}.reasons ELSE '[]' END)"
+_COUNT_IN = """
+    INSERT INTO task_counts (state, decision, n) VALUES (NEW.state, IFNULL(NEW.decision, ''), 1)
+        ON CONFLICT (state, decision) DO UPDATE SET n = n + 1;"""
+_COUNT_OUT = """
+    UPDATE task_counts SET n = n - 1 WHERE state = OLD.state AND decision = IFNULL(OLD.decision, '');"""
+_REASONS_IN = f"""
+    INSERT INTO task_reasons (reason, n) SELECT value, 1 FROM {_REASONS_OF.format(row="NEW")} WHERE true
+        ON CONFLICT (reason) DO UPDATE SET n = n + 1;"""
+_OLD_REASONS = _REASONS_OF.format(row="OLD")
+_REASONS_OUT = f"""
+    UPDATE task_reasons SET n = n - (SELECT COUNT(*) FROM {_OLD_REASONS} WHERE value = reason)
+        WHERE reason IN (SELECT value FROM {_OLD_REASONS});
+    DELETE FROM task_reasons WHERE reason IN (SELECT value FROM {_OLD_REASONS}) AND n <= 0;"""
+_COUNT_TRIGGERS = {
+    "tasks_counted_in": f"AFTER INSERT ON tasks BEGIN{_COUNT_IN}{_REASONS_IN}\nEND",
+    "tasks_counted_out": f"AFTER DELETE ON tasks BEGIN{_COUNT_OUT}{_REASONS_OUT}\nEND",
+    "tasks_recounted": "AFTER UPDATE OF state, decision ON tasks"
+    f" WHEN OLD.state IS NOT NEW.state OR OLD.decision IS NOT NEW.decision BEGIN{_COUNT_OUT}{_COUNT_IN}\nEND",
+    "tasks_reasons_recounted": "AFTER UPDATE OF reasons ON tasks WHEN OLD.reasons IS NOT NEW.reasons"
+    f" BEGIN{_REASONS_IN}{_REASONS_OUT}\nEND",
 }
 
 
@@ -264,6 +305,7 @@ class TaskStore:
         self._add_column("outbox", "refused_reason TEXT", "why the broker refused a decision")
         self._allow_every_state()
         self._index_outbox()
+        self._keep_counts()
 
     def _add_column(self, table: str, column: str, what: str) -> None:
         """Give ``table``, made before ``column`` (its name and type) was in ``_SCHEMA``, the column."""
@@ -286,6 +328,38 @@ class TaskStore:
                     if holds_decisions:
                         log.info("task table %s now indexes its outbox (%s)", self.path, name)
 
+    def _keep_counts(self) -> None:
+        """Make the kept counts (``_COUNT_TABLES``) and their triggers, counting the table as it is, in
+        one transaction, so no write falls between the count and the first trigger. Done again whenever
+        a trigger is missing: a table made before them, or copied by ``_allow_every_state`` (a dropped
+        table's triggers go with it)."""
+        with self._write() as (db, _):
+            triggers = db.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")
+            if {row["name"] for row in triggers} >= _COUNT_TRIGGERS.keys():
+                return
+            for name in _COUNT_TRIGGERS:
+                db.execute(f"DROP TRIGGER IF EXISTS {name}")
+            db.execute("DROP TABLE IF EXISTS task_counts")
+            db.execute("DROP TABLE IF EXISTS task_reasons")
+            for table in _COUNT_TABLES:
+                db.execute(table)
+            # Every state has its row, so an expired claim always has a pending count to move to.
+            zeros = [(state,) for state in STATES]
+            db.executemany("INSERT INTO task_counts (state, decision, n) VALUES (?, '', 0)", zeros)
+            db.execute(
+                "INSERT INTO task_counts (state, decision, n) SELECT state, IFNULL(decision, ''), COUNT(*)"
+                " FROM tasks WHERE true GROUP BY 1, 2"
+                " ON CONFLICT (state, decision) DO UPDATE SET n = excluded.n"
+            )
+            db.execute(
+                "INSERT INTO task_reasons (reason, n) SELECT value, COUNT(*)"
+                f" FROM tasks, {_REASONS_OF.format(row='tasks')} GROUP BY value"
+            )
+            for name, definition in _COUNT_TRIGGERS.items():
+                db.execute(f"CREATE TRIGGER {name} {definition}")
+            if db.execute("SELECT 1 FROM tasks LIMIT 1").fetchone() is not None:
+                log.info("task table %s now keeps its counts by state and its reason codes", self.path)
+
     def _allow_every_state(self) -> None:
         """Let a table created before a state (``withdrawn``, ``accepted``) hold it: SQLite cannot change
         a CHECK constraint in place, so the table is copied into one with the new constraint, rows
@@ -307,6 +381,7 @@ class TaskStore:
             db.execute("CREATE INDEX tasks_by_item ON tasks (sku_id, item_id)")
             db.execute("CREATE INDEX tasks_by_decision ON tasks (state, decided_at)")
             db.execute("CREATE INDEX tasks_by_arrival ON tasks (received_at, task_id)")
+            db.execute("CREATE INDEX tasks_by_state_sku ON tasks (state, sku_id, received_at)")
             log.info("task table %s now allows the states %s", self.path, ", ".join(missing))
 
     @contextmanager
@@ -528,25 +603,32 @@ class TaskStore:
 
         Read-only, so a /metrics scrape never waits for the write lock (WAL readers do not): a
         claim whose lease ran out counts as pending, as it will be once ``expire_leases`` runs.
+        Read from the kept counts (``task_counts``) and the claims alone, in one statement (one
+        snapshot), not from every task.
         """
         with self._connect() as db:
             rows = db.execute(
-                "SELECT CASE WHEN state = 'claimed' AND lease_expires_at <= ? THEN 'pending' ELSE state END"
-                " AS shown, COUNT(*) AS n FROM tasks GROUP BY shown",
+                "SELECT kept.state, kept.n + CASE kept.state WHEN 'pending' THEN expired.n"
+                " WHEN 'claimed' THEN -expired.n ELSE 0 END AS n"
+                " FROM (SELECT state, SUM(n) AS n FROM task_counts GROUP BY state) AS kept,"
+                " (SELECT COUNT(*) AS n FROM tasks WHERE state = 'claimed' AND lease_expires_at <= ?)"
+                " AS expired",
                 (self.clock(),),
             ).fetchall()
         counts: dict[str, int] = dict.fromkeys(STATES, 0)
-        counts.update({row["shown"]: row["n"] for row in rows})
+        counts.update({row["state"]: row["n"] for row in rows})
         return counts
 
     def decision_counts(self) -> dict[str, int]:
         """Decided tasks by decision, however and wherever they were decided (the web page, or
         ``skuforge console import-labelstudio`` in another process). Tasks are never deleted, so each
-        count only grows: a counter read from the table. Read-only, as ``counts``."""
+        count only grows: a counter read from the table. Read-only, as ``counts``, and from the kept
+        counts (``task_counts``) as well."""
         with self._connect() as db:
             rows = db.execute(
-                "SELECT decision, COUNT(*) AS n FROM tasks"
-                " WHERE state IN ('approved', 'rejected') AND decision IS NOT NULL GROUP BY decision"
+                "SELECT decision, SUM(n) AS n FROM task_counts"
+                " WHERE state IN ('approved', 'rejected') AND decision != ''"
+                " GROUP BY decision HAVING SUM(n) > 0"
             ).fetchall()
         return {row["decision"]: row["n"] for row in rows}
 
@@ -559,11 +641,9 @@ class TaskStore:
         return None if row is None or row["at"] is None else float(row["at"])
 
     def reasons(self) -> list[str]:
-        """Every reason code seen so far, for the queue's filter."""
+        """Every reason code some task gives, for the queue's filter (kept in ``task_reasons``)."""
         with self._connect() as db:
-            rows = db.execute(
-                "SELECT DISTINCT value FROM tasks, json_each(tasks.reasons) ORDER BY value"
-            ).fetchall()
+            rows = db.execute("SELECT reason FROM task_reasons WHERE n > 0 ORDER BY reason").fetchall()
         return [row[0] for row in rows]
 
     def audit(self, task_id: str | None = None) -> list[AuditEntry]:
