@@ -280,15 +280,16 @@ def test_the_contract_refuses_in_a_reason_what_the_console_refuses() -> None:
     assert not differ, f"the console and the contract differ on {differ}"
 
 
-def test_a_decision_stored_with_such_a_reason_before_is_set_aside_not_sent(tmp_path: Path) -> None:
-    # A console before 7d7d9e28 stored the reason as typed: the relay sets the decision aside as one that
-    # no longer reads (resend by a version that reads it, or discard), rather than publish what every
-    # consumer dead-letters.
+def test_a_decision_stored_with_such_a_reason_before_is_sent_with_it_escaped(tmp_path: Path) -> None:
+    # A console before 7d7d9e28 stored the reason as typed. Read as stored, the contract refused it and
+    # the relay set the reviewer's decision aside unsent (lost unless someone resent it by hand): it is
+    # sent with the reason escaped, as the item page shows it, which every consumer reads.
     parts, task_id, _ = _resolved_envelope(tmp_path)
     with sqlite3.connect(parts.tasks.path) as db:
         row = db.execute("SELECT payload_json FROM outbox WHERE task_id = ?", (task_id,)).fetchone()
         payload = json.loads(row[0]) | {"reject_reason": "wrong_product: \u202exob a ton"}
         db.execute("UPDATE outbox SET payload_json = ? WHERE task_id = ?", (json.dumps(payload), task_id))
     [unsent] = parts.tasks.unsent()
-    assert isinstance(unsent, UnreadableDecision) and unsent.task_id == task_id
-    assert "reject_reason" in unsent.error and "U+202E" in unsent.error
+    assert not isinstance(unsent, UnreadableDecision), unsent
+    assert unsent.payload.reject_reason == "wrong_product: \\u202exob a ton"
+    CorrectionResolved.model_validate_json(unsent.payload.model_dump_json())  # what consumers read

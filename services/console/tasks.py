@@ -50,6 +50,7 @@ from typing import Any, Literal, NamedTuple
 from schemas.envelope import Envelope, derive_id
 from schemas.events import CorrectionPending, CorrectionResolved, Decision, GateAccepted
 from shared.errors import BadInput, TransientError
+from shared.observability import escape_control_characters
 
 log = logging.getLogger("skuforge.console.tasks")
 
@@ -1234,11 +1235,23 @@ def _outbox(row: sqlite3.Row) -> OutboxEvent:
         task_id=row["task_id"],
         sku_id=row["sku_id"],
         trace_id=row["trace_id"],
-        payload=CorrectionResolved.model_validate_json(row["payload_json"]),
+        payload=CorrectionResolved.model_validate_json(_reason_escaped(row["payload_json"])),
         created_at=row["created_at"],
         published_at=row["published_at"],
         refused_reason=row["refused_reason"],
     )
+
+
+def _reason_escaped(payload_json: str) -> str:
+    """The stored decision with its reject reason's bidirectional controls escaped (``\\u202e``). A
+    console before the contract refused them stored a reason as typed; read as stored, the reviewer's
+    decision no longer read and was set aside unsent. Escaped, it is sent, reading as the item page
+    shows it. (Control characters and line breaks were refused before ever being stored.)"""
+    payload = json.loads(payload_json)
+    reason = payload.get("reject_reason") if isinstance(payload, dict) else None
+    if not isinstance(reason, str) or reason == (escaped := escape_control_characters(reason)):
+        return payload_json
+    return json.dumps({**payload, "reject_reason": escaped})
 
 
 def _outbox_or_unreadable(row: sqlite3.Row) -> OutboxEvent | UnreadableDecision:
