@@ -7,6 +7,8 @@ carries the same metadata; topics are created deliberately (auto-creation is off
 from __future__ import annotations
 
 import logging
+import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -21,7 +23,9 @@ from kafka.errors import (
     BrokerNotAvailableError,
     ClusterAuthorizationFailedError,
     InvalidRecordError,
+    KafkaConnectionError,
     KafkaError,
+    KafkaTimeoutError,
     MessageSizeTooLargeError,
     ReassignmentInProgressError,
     RecordListTooLargeError,
@@ -90,13 +94,81 @@ def retriable_kafka_error(exc: KafkaError) -> bool:
     return isinstance(exc, passing) or bool(getattr(exc, "retriable", False))
 
 
+# kafka-python's words for a connection no broker took (kafka/net/inet.py): "111 ECONNREFUSED" (an
+# errno), "unable to connect: [Errno 99] ...", and the warning it logs before "DNS Resolution failure".
+_ERRNO_FAILURE = re.compile(r"(\d+) E[A-Z]+")
+_DNS_LOOKUP_FAILED = re.compile(r"DNS lookup failed for (.*):\d+, gaierror\(-?\d+, '(.*)'\)")
+
+
+class _LastConnectionError(logging.Handler):
+    """Keeps, in short words, the last connection error kafka-python logged ("connection refused",
+    "DNS lookup failed for HOST: ...", "socket disconnected", a TLS handshake's), and when: its
+    connection retries show only at DEBUG (``shared.observability.kafka_connection_retry``), and its
+    bootstrap's own error says no more than "Unable to bootstrap from ...". It sits on the ``kafka.net``
+    logger, so it sees what that logger is enabled for (its errors, and the DNS warning unless the level
+    is above WARNING), whatever handlers a command or a stage configures."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.last: tuple[float, str] | None = None
+        self._host_not_found: str | None = None  # the DNS warning, which comes before its error
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.args == () or record.args is None:
+            found = _DNS_LOOKUP_FAILED.fullmatch(record.getMessage())
+            if found is not None:
+                self._host_not_found = f"DNS lookup failed for {found[1]}: {found[2]}"
+            return
+        for arg in record.args if isinstance(record.args, tuple) else ():
+            if isinstance(arg, KafkaConnectionError | KafkaTimeoutError) and arg.args:
+                words = str(arg.args[0])
+                if words.startswith("Unable to bootstrap from "):  # the error the refusal shows
+                    return
+                if words == "DNS Resolution failure":
+                    words = self._host_not_found or "DNS lookup failed"
+                else:
+                    self._host_not_found = None
+                self.last = (time.monotonic(), _short_connection_error(words))
+                return
+
+
+def _short_connection_error(words: str) -> str:
+    if (failed := _ERRNO_FAILURE.fullmatch(words)) is not None:
+        words = os.strerror(int(failed[1]))  # "Connection refused", "No route to host"
+    words = re.sub(r"^unable to connect: (\[Errno \d+\] )?", "", words)
+    if words.split(" ", 1)[0].isupper():  # "DNS", "SSL"
+        return words
+    return words[:1].lower() + words[1:]
+
+
+_last_connection_error = _LastConnectionError()
+logging.getLogger("kafka.net").addHandler(_last_connection_error)
+
+# How far back a connection error is this refusal's: kafka-python's bootstrap gives up after 30 s
+# (``bootstrap_timeout_ms``) and retries at least every few seconds until then; an older one was met
+# by an earlier client (a broker restarted since) and may not be why this one failed.
+CONNECTION_ERROR_RECENT_S = 30.0
+
+
+def last_connection_error() -> str | None:
+    """The last connection error kafka-python logged in the last ``CONNECTION_ERROR_RECENT_S``, in
+    short words ("connection refused", "DNS lookup failed for kafak: Name or service not known",
+    "socket disconnected" where a broker dropped a refused SASL login); None if it logged none."""
+    last = _last_connection_error.last
+    if last is None or time.monotonic() - last[0] > CONNECTION_ERROR_RECENT_S:
+        return None
+    return last[1]
+
+
 def unreachable(settings: Settings, exc: Exception) -> str:
-    """Why no broker answered, in one line that names the settings to check: kafka-python times out
-    bootstrapping ("Unable to bootstrap from ...") alike for a broker that is down, a refused SASL
-    login and an unknown CA."""
+    """Why no broker answered, in one line that names the settings to check and the last connection
+    error (``last_connection_error``): kafka-python times out bootstrapping ("Unable to bootstrap from
+    ...") alike for a broker that is down, a host that does not resolve, a refused SASL login and an
+    unknown CA, and its retries, which say which, show only at DEBUG."""
+    cause = last_connection_error()
     message = (
-        f"cannot reach Kafka at {settings.kafka_bootstrap} ({exc}); is it running? "
-        "(`make kafka-up`, or set SKUFORGE_KAFKA_BOOTSTRAP)"
+        f"cannot reach Kafka at {settings.kafka_bootstrap} ({f'{cause}; ' if cause else ''}{exc}); "
+        "is it running? (`make kafka-up`, or set SKUFORGE_KAFKA_BOOTSTRAP)"
     )
     protocol = settings.kafka_security_protocol
     checks = []

@@ -33,7 +33,8 @@ def kafka_down(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 REFUSAL_END = (
-    f"cannot reach Kafka at {CLOSED} (KafkaTimeoutError: Unable to bootstrap from ['{CLOSED}']); "
+    f"cannot reach Kafka at {CLOSED} (connection refused; KafkaTimeoutError: Unable to bootstrap from "
+    f"['{CLOSED}']); "
     "is it running? (`make kafka-up`, or set SKUFORGE_KAFKA_BOOTSTRAP)"
 )
 
@@ -122,8 +123,10 @@ def test_a_broker_dropping_a_refused_sasl_login_still_shows(
         and line.endswith("Connection lost: KafkaConnectionError: socket disconnected")
         for line in lines
     )
+    # The refusal names the last connection error: the drop, not an earlier client's "connection refused".
     assert lines[-1].startswith(
-        f"skuforge topics create: cannot create the topics: cannot reach Kafka at {acl_broker.sasl}"
+        f"skuforge topics create: cannot create the topics: cannot reach Kafka at {acl_broker.sasl} "
+        "(socket disconnected; KafkaTimeoutError: Unable to bootstrap"
     )
     assert "SKUFORGE_KAFKA_SASL_PASSWORD" in lines[-1]
     assert not [line for line in lines if "Bootstrap failed" in line]
