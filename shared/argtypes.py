@@ -148,6 +148,21 @@ def model_location(text: str) -> str:
     return text
 
 
+def uri_argument(unset: str, give: str) -> Callable[[str], str]:
+    """A type for an object store's URI an option names; an empty one (or blanks) is refused as it is
+    parsed, as ``path_argument`` refuses an empty path, saying which variable ``unset`` was probably
+    meant and what to ``give``: ``skuforge evaluate --scenes "$SKUFORGE_SCENES_URI"`` with it unset was
+    refused only after the backbone loaded and the photos were read."""
+
+    def parse(text: str) -> str:
+        if not text.strip():
+            raise argparse.ArgumentTypeError(f"the URI is empty (is {unset} set?); give {give}")
+        return text
+
+    parse.__name__ = "URI"
+    return parse
+
+
 class CommandParser(argparse.ArgumentParser):
     """An ArgumentParser whose subcommands (``kafka statsu``: did you mean 'status'?), and any other
     argument with string ``choices``, are refused as ``one_of`` refuses a name. Its subparsers are

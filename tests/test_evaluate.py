@@ -842,8 +842,10 @@ def test_an_empty_malformed_or_fileless_scene_library_is_refused(
 ) -> None:
     # "$SKUFORGE_SCENES_URI" unset, a scheme no store reads, a mistyped folder: none may pass the check.
     out = tmp_path / "eval"
-    assert cli_main(evaluate_args(heldout, out, tmp_path, "--scenes", "")) == 2
-    assert "--scenes is empty (is SKUFORGE_SCENES_URI set?)" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:  # refused as the arguments are parsed
+        cli_main(evaluate_args(heldout, out, tmp_path, "--scenes", ""))
+    assert exited.value.code == 2
+    assert "argument --scenes: the URI is empty (is SKUFORGE_SCENES_URI set?)" in capsys.readouterr().err
     assert cli_main(evaluate_args(heldout, out, tmp_path, "--scenes", "ftp://host/scenes")) == 2
     assert "--scenes ftp://host/scenes: unsupported object-store scheme 'ftp'" in capsys.readouterr().err
     missing = tmp_path / "no-such-scenes"

@@ -55,6 +55,7 @@ from shared.argtypes import (
     non_negative_int,
     path_argument,
     positive_int,
+    uri_argument,
 )
 from shared.evaluation import (
     BACKBONES,
@@ -118,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--scenes",
+        type=uri_argument(
+            "SKUFORGE_SCENES_URI", "the scene library's URI, or leave --scenes out to skip the scene check"
+        ),
         metavar="URI",
         default=None,
         help="the generator's scene library (SKUFORGE_SCENES_URI): refuse if a held-out photo is in it "
