@@ -1457,6 +1457,9 @@ class Stage:
                 # Backed off mid-batch at a later record: the outputs of the records before it
                 # went with this failed send, so it must restart from its first record too.
                 self._consumer.seek(tp, resume_at)
+                # The back-off's line was the later record's, but a letter that waits had its retry's
+                # lines logged now (unless lately): marked here too, or they came at every retry.
+                self._retry_logged(stopped_at)
             else:
                 self._back_off(tp, resume_at, error, stopped_at=stopped_at)
         if self._waiting_letters:  # the letters that went no longer wait
@@ -1598,6 +1601,14 @@ class Stage:
         """Whether this retry of ``record`` goes unlogged: its dead letter waits, logged lately."""
         waiting = self._waiting_letter(record)
         return waiting is not None and waiting.quiet(time.monotonic())
+
+    def _retry_logged(self, stopped_at: ConsumerRecord | None, now: float | None = None) -> None:
+        """A retry of ``stopped_at`` was just logged, if its dead letter waits and was not logged lately
+        (``_quiet_retry``): its next retries go at debug for ``WAITING_LETTER_LOG_INTERVAL_S``."""
+        waiting = self._waiting_letter(stopped_at) if stopped_at is not None else None
+        now = time.monotonic() if now is None else now
+        if waiting is not None and not waiting.quiet(now):
+            waiting.logged_at = now
 
     def _forget_waiting(self, letters: Sequence[tuple[str, int, int, str, str]]) -> None:
         """Drop these letters (``_letter_key``) from those that wait: they went, or their partition did."""
@@ -1908,6 +1919,7 @@ class Stage:
         waiting = self._waiting_letter(stopped_at) if stopped_at is not None else None
         now = time.monotonic()
         quiet = waiting is not None and waiting.quiet(now)
+        self._retry_logged(stopped_at, now)
         extra: dict[str, Any] = {
             "stage": self.name,
             "topic": tp.topic,
@@ -1918,8 +1930,6 @@ class Stage:
         }
         if waiting is not None:
             extra["dead_letter_waiting_s"] = round(now - waiting.since)
-            if not quiet:
-                waiting.logged_at = now
         log.log(logging.DEBUG if quiet else logging.WARNING, "transient fault; partition paused", extra=extra)
 
     def _resume_due_partitions(self) -> None:
