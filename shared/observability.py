@@ -457,6 +457,21 @@ def escape_control_characters(value: object) -> str:
     )
 
 
+def escape_control_characters_within(value: object, limit: int) -> str:
+    """``escape_control_characters(value)``, cut to at most ``limit`` characters between two characters:
+    an escape is several characters for one (``\\u202e`` six), so text within a limit may escape past
+    it, and cut after the escaping, it ended in half an escape (``\\x1`` of ``\\x1b``)."""
+    kept: list[str] = []
+    length = 0
+    for char in str(value):
+        escaped = escape_control_characters(char)
+        length += len(escaped)
+        if length > limit:
+            break
+        kept.append(escaped)
+    return "".join(kept)
+
+
 class TextFormatter(logging.Formatter):
     """Human-readable lines that still show the structured fields (``key=value``) and the trace; one line
     per record, but for a traceback."""

@@ -48,9 +48,9 @@ from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 from schemas.envelope import Envelope, derive_id
-from schemas.events import CorrectionPending, CorrectionResolved, Decision, GateAccepted
+from schemas.events import MAX_MESSAGE_CHARS, CorrectionPending, CorrectionResolved, Decision, GateAccepted
 from shared.errors import BadInput, TransientError
-from shared.observability import escape_control_characters
+from shared.observability import escape_control_characters, escape_control_characters_within
 
 log = logging.getLogger("skuforge.console.tasks")
 
@@ -1246,11 +1246,14 @@ def _reason_escaped(payload_json: str) -> str:
     """The stored decision with its reject reason's bidirectional controls escaped (``\\u202e``). A
     console before the contract refused them stored a reason as typed; read as stored, the reviewer's
     decision no longer read and was set aside unsent. Escaped, it is sent, reading as the item page
-    shows it. (Control characters and line breaks were refused before ever being stored.)"""
+    shows it. (Control characters and line breaks were refused before ever being stored.) Cut to the
+    contract's MAX_MESSAGE_CHARS between two escapes: one is six characters for one, and a reason of
+    170 controls (within the console's 200 characters) escaped past it, and was set aside as before."""
     payload = json.loads(payload_json)
     reason = payload.get("reject_reason") if isinstance(payload, dict) else None
-    if not isinstance(reason, str) or reason == (escaped := escape_control_characters(reason)):
+    if not isinstance(reason, str) or reason == escape_control_characters(reason):
         return payload_json
+    escaped = escape_control_characters_within(reason, MAX_MESSAGE_CHARS)
     return json.dumps({**payload, "reject_reason": escaped})
 
 

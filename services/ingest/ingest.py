@@ -104,7 +104,7 @@ from shared.config import ConfigError, Settings, load_settings
 from shared.errors import BadInput, ImageRejected, TransientError
 from shared.evaluation.leakage import NEAR_DUPLICATE_MAX_BITS, bits_apart, image_variant_hashes
 from shared.images import encode_png, file_size_px, frame_count, photo_and_transparency, refuse_oversized
-from shared.observability import escape_control_characters
+from shared.observability import escape_control_characters, escape_control_characters_within
 from shared.photos import (
     HEIC_ADVICE,
     HEIC_SUFFIXES,
@@ -429,21 +429,6 @@ def _fields_given_twice(text: bytes) -> list[str]:
     ]
 
 
-def _escaped_within(name: str, limit: int) -> str:
-    """``name`` with its control characters and bidirectional controls escaped (``\\u202e``: the contract
-    refuses them), cut to at most ``limit`` characters between two characters: cut after the escaping, a
-    name ended in half an escape (``\\x1`` of ``\\x1b``)."""
-    kept: list[str] = []
-    length = 0
-    for char in name:
-        escaped = escape_control_characters(char)
-        length += len(escaped)
-        if length > limit:
-            break
-        kept.append(escaped)
-    return "".join(kept)
-
-
 def _metadata_fields() -> str:
     """The fields metadata.json takes, as an error says them: ``sku_id, name, category; optional: ...``."""
     fields = SkuMetadata.model_fields
@@ -580,7 +565,7 @@ def prepare_sku(folder: Path, settings: Settings) -> tuple[PreparedSku | None, l
         # it came, it failed the event's schema after earlier SKUs were already published. A control
         # character in it (a newline, a terminal escape), which the schema refuses, is written escaped
         # (\n, \x1b): refused, it would fail the batch over a byte its owner cannot see.
-        name = _escaped_within(
+        name = escape_control_characters_within(
             file.name.encode("utf-8", "surrogateescape").decode("utf-8", "replace"), MAX_FILENAME_CHARS
         )
         mask_png = None if transparency is None else encode_png(transparency)
