@@ -51,7 +51,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-from devstack.supervisor import exit_reason, parent_death_signal
+from devstack.supervisor import exit_reason, parent_death_signal, shown_line
 from shared.argtypes import CommandParser, folder_problem, int_between, path_argument, positive_float
 from shared.signals import raise_stopped
 
@@ -269,14 +269,14 @@ def _size(path: Path) -> int:
 
 def _lines_since(path: Path, offset: int) -> list[str]:
     """The non-blank lines of ``path`` from byte ``offset`` on (all of them when it has since been
-    rolled over and is shorter); none when it cannot be read."""
+    rolled over and is shorter), as said on the terminal (``shown_line``); none when it cannot be read."""
     try:
         with path.open("rb") as log:
             log.seek(offset if _size(path) >= offset else 0)
             text = log.read().decode(errors="replace")
     except OSError:
         return []
-    return [line for line in text.splitlines() if line.strip()]
+    return [shown_line(line) for line in text.splitlines() if line.strip()]
 
 
 def _pid_alive(pid: int) -> bool:

@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Literal
 
+from shared.observability import escape_control_characters
 from shared.signals import SignalSafeEvent, heard
 
 SUPERVISOR_ID_ENV = "SKUFORGE_SUPERVISOR_ID"
@@ -702,7 +703,15 @@ def run_tail(path: Path, lines: int = DEATH_TAIL_LINES, max_bytes: int = DEATH_T
     ended = text.splitlines()
     starts = [index for index, line in enumerate(ended) if line.startswith("--- ") and START_MARK in line]
     this_run = ended[starts[-1] + 1 :] if starts else ended
-    return [line for line in this_run if line.strip()][-lines:]
+    return [shown_line(line) for line in this_run if line.strip()][-lines:]
+
+
+def shown_line(line: str) -> str:
+    """A line of a service's log as said on the terminal: its tabs as spaces (a JVM's stack trace) and
+    its control characters and bidirectional controls escaped. The log holds what the service printed
+    as it was (a traceback quotes its input: a file name, a record's key), and said as it was, an escape
+    sequence in it retitled or cleared the user's terminal, or a bidirectional control reordered it."""
+    return escape_control_characters(line.expandtabs())
 
 
 def run_tail_text(path: Path, lines: int = 20) -> str:

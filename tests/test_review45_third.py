@@ -40,3 +40,46 @@ def test_a_stored_reason_of_many_bidirectional_controls_is_sent_cut_to_the_contr
     # Cut between two escapes, never in the middle of one.
     assert sent.endswith("\\u202e")
     CorrectionResolved.model_validate_json(unsent.payload.model_dump_json())  # what consumers read
+
+
+# -- skuforge up: a log's lines said on the terminal ----------------------------------------------
+
+# A service's log holds what it printed as it was: a traceback's last line quotes its input (a file name,
+# a record's key), and a JVM's stack trace indents with tabs.
+RAW_LINES = [
+    "ValueError: no photo named 'shelf\x1b]0;owned\x07.png'",
+    "\tat kafka.log.LogManager.startup(LogManager.scala:1)",
+    "wrong_product: \u202exob a ton",
+]
+
+
+def _escaped_on_the_terminal(lines: list[str]) -> None:
+    assert lines, lines
+    for line in lines:
+        assert not any(char in line for char in "\x1b\x07\t\u202e"), lines
+    assert "ValueError: no photo named 'shelf\\x1b]0;owned\\x07.png'" in lines
+    assert "        at kafka.log.LogManager.startup(LogManager.scala:1)" in lines  # a tab as spaces
+
+
+def test_a_dead_services_last_lines_are_said_escaped(tmp_path: Path) -> None:
+    # 824df6b7 says a dead service's last log lines on up's terminal (and b6ea801d in a start's failure):
+    # as they were, a terminal escape in one retitled or cleared the user's terminal, and a
+    # bidirectional control reordered the line, as no other line skuforge says does.
+    from devstack.supervisor import START_MARK, run_tail, run_tail_text
+
+    log = tmp_path / "stage.log"
+    log.write_text(f"--- 2026-12-07T10:00:00{START_MARK}python -m stage\n" + "\n".join(RAW_LINES) + "\n")
+    _escaped_on_the_terminal(run_tail(log))
+    _escaped_on_the_terminal(run_tail_text(log).splitlines())
+
+
+def test_a_brokers_lines_of_this_start_are_said_escaped(tmp_path: Path) -> None:
+    # ddf23756 and 6656356c say broker.out's and server.log's lines of this start on the terminal.
+    from devstack.broker import _lines_since
+
+    log = tmp_path / "broker.out"
+    log.write_text("an earlier start's line\n")
+    start = log.stat().st_size
+    with log.open("a") as out:
+        out.write("\n".join(RAW_LINES) + "\n")
+    _escaped_on_the_terminal(_lines_since(log, start))
