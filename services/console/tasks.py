@@ -94,6 +94,10 @@ CREATE INDEX IF NOT EXISTS tasks_by_decision ON tasks (state, decided_at);
 CREATE INDEX IF NOT EXISTS tasks_by_arrival ON tasks (received_at, task_id);
 -- A queue filtered by state and SKU, and its count: without it the count walked every row in the state.
 CREATE INDEX IF NOT EXISTS tasks_by_state_sku ON tasks (state, sku_id, received_at);
+-- A closed list filtered by SKU (newest decision first): without it the list walked every task in the state.
+CREATE INDEX IF NOT EXISTS tasks_by_decision_sku ON tasks (state, sku_id, decided_at, task_id);
+-- The claims whose lease ran out, looked for before every read: without it every claim was read.
+CREATE INDEX IF NOT EXISTS tasks_by_lease ON tasks (state, lease_expires_at);
 CREATE TABLE IF NOT EXISTS audit (
     audit_id       INTEGER PRIMARY KEY AUTOINCREMENT,
     task_id        TEXT NOT NULL,
@@ -289,6 +293,14 @@ class Locked(NamedTuple):
     now: float
 
 
+# The task table's indexes, as ``_SCHEMA`` makes them: made again by ``_allow_every_state``'s copy.
+_TASK_INDEXES = tuple(
+    line.strip().rstrip(";").replace("IF NOT EXISTS ", "")
+    for line in _SCHEMA.splitlines()
+    if line.startswith("CREATE INDEX IF NOT EXISTS tasks_")
+)
+
+
 class TaskStore:
     """The task table at ``path`` (created with its parent directory on first use)."""
 
@@ -378,11 +390,8 @@ class TaskStore:
             db.execute("INSERT INTO tasks_with_every_state SELECT * FROM tasks")
             db.execute("DROP TABLE tasks")  # its indexes go with it
             db.execute("ALTER TABLE tasks_with_every_state RENAME TO tasks")
-            db.execute("CREATE INDEX tasks_by_state ON tasks (state, received_at)")
-            db.execute("CREATE INDEX tasks_by_item ON tasks (sku_id, item_id)")
-            db.execute("CREATE INDEX tasks_by_decision ON tasks (state, decided_at)")
-            db.execute("CREATE INDEX tasks_by_arrival ON tasks (received_at, task_id)")
-            db.execute("CREATE INDEX tasks_by_state_sku ON tasks (state, sku_id, received_at)")
+            for index in _TASK_INDEXES:
+                db.execute(index)
             log.info("task table %s now allows the states %s", self.path, ", ".join(missing))
 
     @contextmanager
@@ -856,12 +865,16 @@ class TaskStore:
             return []
         closed: list[str] = []
         with self._write() as (db, now):
-            # The waiting tasks, filtered here: one bound variable per SKU that ever had a withdrawal
-            # went past SQLite's limit (32766; 999 before 3.32), and then every sweep failed.
+            # The waiting tasks of those SKUs alone (tasks_by_state_sku), the SKUs bound as one JSON
+            # list: one bound variable per SKU that ever had a withdrawal went past SQLite's limit
+            # (32766; 999 before 3.32), and then every sweep failed. Before, each sweep read every
+            # waiting task's id and SKU to filter them here.
             waiting = db.execute(
-                "SELECT task_id, sku_id FROM tasks WHERE state IN ('pending', 'claimed')"
+                "SELECT task_id FROM tasks WHERE state IN ('pending', 'claimed')"
+                " AND sku_id IN (SELECT value FROM json_each(?))",
+                (json.dumps(sorted(withdrawn)),),
             ).fetchall()
-            for task_id in [row["task_id"] for row in waiting if row["sku_id"] in withdrawn]:
+            for task_id in [row["task_id"] for row in waiting]:
                 row = db.execute(
                     "SELECT task_id, sku_id, state, claimed_by, pending_json FROM tasks WHERE task_id = ?",
                     (task_id,),
