@@ -76,7 +76,7 @@ def test_an_unreadable_decision_is_discarded_by_its_task_id_and_no_readable_one_
     assert client.get(f"/api/tasks/{spoiled}").status_code == 200, "its page reads again"
 
     assert cli_main(["console", "discard", spoiled]) == 1
-    assert f"task {spoiled} has no decision to discard (approved)" in capsys.readouterr().err
+    assert f"the decision of task {spoiled} was discarded already (audit entry" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_status:  # no task named: argparse's usage error
         cli_main(["console", "discard"])
     assert exit_status.value.code == 2

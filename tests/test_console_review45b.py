@@ -11,13 +11,17 @@ from pathlib import Path
 import pytest
 
 from services.console.tasks import TaskFilter, TaskStore
+from skuforge_cli.main import main as cli_main
 from tests.support.console import (
     build_console,
     decide_as_alice,
+    decided,
     flagged_item,
     pending_envelope,
+    spoil,
     task_table_before,
     traced_statements,
+    use_cli_on,
 )
 
 
@@ -126,3 +130,22 @@ def test_a_task_table_from_before_gets_the_new_indexes(tmp_path: Path) -> None:
     # A table copied to allow a new state keeps every index (its old ones went with the dropped table).
     converted = task_table_before("accepted", tmp_path / "before.sqlite3", parts.tasks)
     assert NEW_INDEXES | {"tasks_by_state_sku", "tasks_by_arrival"} <= index_names(converted.path)
+
+
+def test_a_second_discard_of_a_decision_says_it_was_discarded_already(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Before, the second run said "has no decision to discard (approved)", as if it were never decided.
+    parts = build_console(tmp_path)
+    [spoiled] = decided(parts, 1)
+    spoil(parts, "outbox", spoiled)
+    use_cli_on(parts, monkeypatch)
+    assert cli_main(["console", "discard", spoiled]) == 0
+    capsys.readouterr()
+
+    assert cli_main(["console", "discard", spoiled]) == 1
+
+    err = capsys.readouterr().err
+    assert f"the decision of task {spoiled} was discarded already (audit entry" in err
+    assert "has no decision to discard" not in err
+    assert [entry.action for entry in parts.tasks.audit(spoiled)].count("discard") == 1

@@ -71,8 +71,8 @@ RESEND_EXIT_STATUS = (
 )
 DISCARD_EXIT_STATUS = (
     "exit status: 0 every named decision discarded; 1 some were not (each listed on stderr with its "
-    "reason: no such task, no decision, published, still reads; the others were discarded); 2 the table "
-    "could not be read"
+    "reason: no such task, no decision, discarded already, published, still reads; the others were "
+    "discarded); 2 the table could not be read"
 )
 
 

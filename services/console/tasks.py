@@ -1117,7 +1117,8 @@ class TaskStore:
         Set aside by the relay, it stayed counted by ``refused_count`` (the /metrics gauge), so
         ``SkuforgeDecisionsRefused`` fired for ever unless someone deleted the row by hand in SQLite.
         TaskNotFound if there is no such task; TaskConflict if it has no decision, its decision was
-        published, or it reads (resend it, or leave it: it can still be sent)."""
+        discarded already (named as such, with its audit entry) or published, or it reads (resend it,
+        or leave it: it can still be sent)."""
         with self._write() as (db, now):
             row = db.execute(
                 "SELECT tasks.state, outbox.* FROM tasks LEFT JOIN outbox USING (task_id) WHERE task_id = ?",
@@ -1126,6 +1127,17 @@ class TaskStore:
             if row is None:
                 raise TaskNotFound(task_id)
             if row["event_id"] is None:
+                discarded = db.execute(
+                    "SELECT audit_id, at FROM audit WHERE task_id = ? AND action = 'discard'"
+                    " ORDER BY audit_id DESC LIMIT 1",
+                    (task_id,),
+                ).fetchone()
+                if discarded is not None:  # a second run: its decision is gone, not never made
+                    when = datetime.fromtimestamp(discarded["at"], UTC).isoformat(timespec="seconds")
+                    raise TaskConflict(
+                        f"the decision of task {task_id} was discarded already"
+                        f" (audit entry {discarded['audit_id']}, {when}): nothing to discard"
+                    )
                 raise TaskConflict(f"task {task_id} has no decision to discard ({row['state']})")
             if row["published_at"] is not None:
                 raise TaskConflict(f"the decision of task {task_id} was published: nothing to discard")
