@@ -25,14 +25,13 @@ from __future__ import annotations
 
 import hashlib
 import io
-import re
 from datetime import UTC, datetime
 
 import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from schemas.common import BIDI_CONTROL, ImageRef
+from schemas.common import BIDI_CONTROL, ImageRef, check_one_line
 from schemas.events import CorrectionResolved, Decision
 from services.console.tasks import OutboxEvent, Task, TaskConflict, TaskStore
 from shared import keys
@@ -59,9 +58,6 @@ REJECT_REASONS: tuple[str, ...] = (
     "other",
 )
 MAX_REASON_CHARS = 200
-# No C0 or C1 control characters and no Unicode line or paragraph separator: a reason is one line in
-# the audit trail and in the correction event (U+2028 and NEL broke it into several).
-_PRINTABLE = re.compile(r"[^\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 
 
 class DecisionInvalid(ValueError):
@@ -94,16 +90,23 @@ def check_reject_reason(reason: str | None) -> str:
         raise DecisionInvalid("a rejection needs a reason")
     if len(reason) > MAX_REASON_CHARS:
         raise DecisionInvalid(f"the reason is {len(reason)} characters; at most {MAX_REASON_CHARS}")
-    if not _PRINTABLE.fullmatch(reason):
-        raise DecisionInvalid("the reason contains control characters or line breaks: one line, please")
-    # Shown on the item page and in the audit trail: a bidirectional override or isolate reorders the
-    # text after it, so the reason reads as another, as a product's name would (the contract refuses them).
-    found = BIDI_CONTROL.search(reason)
-    if found:
+    try:
+        # The contract's rule for a reason (correction.resolved's reject_reason), so the form refuses
+        # what any producer's event is refused for: no C0 or C1 control character nor line separator (a
+        # reason is one line in the audit trail and the event; U+2028 and NEL broke it into several), no
+        # bidirectional control (shown on the item page, an override or isolate reorders the text after
+        # it, so the reason reads as another). The console's own words for it.
+        check_one_line(reason)
+    except ValueError:
+        found = BIDI_CONTROL.search(reason)
+        if found is None:
+            raise DecisionInvalid(
+                "the reason contains control characters or line breaks: one line, please"
+            ) from None
         raise DecisionInvalid(
             f"the reason contains a bidirectional control character (U+{ord(found.group()):04X} at character "
             f"{found.start() + 1}), which reorders the text shown after it: write it without one"
-        )
+        ) from None
     try:
         reason.encode("utf-8")  # a lone surrogate (a form sent as utf-7) was a 500 at the database
     except UnicodeEncodeError:
