@@ -3,25 +3,31 @@ stored text the pages showed as it was stored."""
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 from contextlib import closing
 from pathlib import Path
 
 import pytest
+from starlette.testclient import TestClient
 
-from services.console.tasks import TaskFilter, TaskStore
+from services.console.tasks import TaskFilter, TaskStore, decision_event_id
 from skuforge_cli.main import main as cli_main
 from tests.support.console import (
+    ConsoleParts,
+    app_for,
     build_console,
     decide_as_alice,
     decided,
     flagged_item,
+    login,
     pending_envelope,
     spoil,
     task_table_before,
     traced_statements,
     use_cli_on,
+    with_flagged,
 )
 
 
@@ -149,3 +155,62 @@ def test_a_second_discard_of_a_decision_says_it_was_discarded_already(
     assert f"the decision of task {spoiled} was discarded already (audit entry" in err
     assert "has no decision to discard" not in err
     assert [entry.action for entry in parts.tasks.audit(spoiled)].count("discard") == 1
+
+
+OVERRIDE = "\u202e"
+
+
+def _stored_with_an_override(parts: ConsoleParts, held: str, decided_id: str) -> None:
+    """Text the pages show from outside the console (an event's reasons and gate checks, a reviewer's
+    name another console or an import stored, the broker's refusal), each holding U+202E."""
+    with closing(sqlite3.connect(parts.tasks.path)) as db, db:
+        pending = json.loads(
+            db.execute("SELECT pending_json FROM tasks WHERE task_id = ?", (held,)).fetchone()[0]
+        )
+        pending["checks"][0]["code"] = f"iou{OVERRIDE}woleb"
+        pending["checks"][0]["message"] = f"IoU {OVERRIDE}0.5 < 0.9"
+        db.execute(
+            "UPDATE tasks SET pending_json = ?, reasons = ?, claimed_by = ? WHERE task_id = ?",
+            (json.dumps(pending), json.dumps([f"drift{OVERRIDE}x"]), f"mallory{OVERRIDE}", held),
+        )
+        db.execute("UPDATE tasks SET decided_by = ? WHERE task_id = ?", (f"bob{OVERRIDE}", decided_id))
+        db.execute("UPDATE audit SET reviewer = ? WHERE task_id = ?", (f"bob{OVERRIDE}", decided_id))
+    parts.tasks.mark_refused(decision_event_id(decided_id), f"MessageSizeTooLarge{OVERRIDE}gnp.exe")
+
+
+def test_the_pages_show_stored_names_reasons_checks_and_refusals_with_a_bidi_control_escaped(
+    tmp_path: Path,
+) -> None:
+    # Before, only a reject reason and an audit detail were escaped: a reviewer's name, an audit entry's
+    # reviewer, a gate check's code and message, the task's reasons and the broker's refusal were shown
+    # as stored, and U+202E in any of them reordered the text after it.
+    parts = with_flagged(build_console(tmp_path), 2)
+    held, decided_id = [task.task_id for task in parts.tasks.query()]
+    parts.tasks.claim(held, "mallory", 60.0)
+    decide_as_alice(parts, decided_id)
+    _stored_with_an_override(parts, held, decided_id)
+    client = TestClient(app_for(parts), base_url="http://console.test")
+    login(client, "alice")
+
+    pages = {
+        "held item": client.get(f"/tasks/{held}"),
+        "decided item": client.get(f"/tasks/{decided_id}"),
+        "claimed queue": client.get("/", params={"state": "claimed"}),
+        "approved queue": client.get("/", params={"state": "approved"}),
+    }
+
+    for name, page in pages.items():
+        assert page.status_code == 200, name
+        # A reason menu option's value is sent back as the filter as stored, and not shown.
+        shown = re.sub(r' value="[^"]*"', "", page.text)
+        assert OVERRIDE not in shown, name
+    assert '<option value="drift\u202ex" >drift\\u202ex</option>' in pages["claimed queue"].text
+    held_page, decided_page = pages["held item"].text, pages["decided item"].text
+    assert "drift\\u202ex" in held_page and "(mallory\\u202e)" in held_page
+    assert "iou\\u202ewoleb" in held_page and "IoU \\u202e0.5 &lt; 0.9" in held_page
+    assert "by bob\\u202e" in decided_page and "MessageSizeTooLarge\\u202egnp.exe" in decided_page
+    assert (
+        "drift\\u202ex" in pages["claimed queue"].text and "(mallory\\u202e)" in pages["claimed queue"].text
+    )
+    assert "(bob\\u202e)" in pages["approved queue"].text
+    assert "MessageSizeTooLarge\\u202egnp.exe" in pages["approved queue"].text
