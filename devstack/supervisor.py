@@ -32,6 +32,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import http.client
+import json
 import os
 import signal
 import subprocess
@@ -55,6 +56,10 @@ LOG_MAX_BYTES = 50 * 1024 * 1024
 # the log's end is read for them.
 DEATH_TAIL_LINES = 10
 DEATH_TAIL_BYTES = 64 * 1024
+# How many of a logged traceback's last lines (where its error is) are said under its record.
+TRACEBACK_TAIL_LINES = 8
+# The fields of a stage's JSON log record (shared.observability.JsonFormatter) said in its line's head.
+_RECORD_HEAD = ("time", "level", "logger", "message", "exc_info")
 # What _log_line writes before each start: where a service's run begins in its log.
 START_MARK = " skuforge up: starting "
 # The signals that stop the supervisor (and so the stack): Ctrl-C, kill, and a closed terminal.
@@ -528,7 +533,8 @@ class Supervisor:
         else:
             self.report(f"{name}: its last lines:")
             for line in tail:
-                self.report(f"{name}|   {line}")
+                for readable in readable_log_line(line):
+                    self.report(f"{name}|   {readable}")
         state.said_tail = tail
 
     def _kill(self, state: ServiceState) -> None:
@@ -712,6 +718,33 @@ def shown_line(line: str) -> str:
     as it was (a traceback quotes its input: a file name, a record's key), and said as it was, an escape
     sequence in it retitled or cleared the user's terminal, or a bidirectional control reordered it."""
     return escape_control_characters(line.expandtabs())
+
+
+def readable_log_line(line: str, traceback_lines: int = TRACEBACK_TAIL_LINES) -> list[str]:
+    """A log line as a person reads it: a stage's JSON record (``shared.observability.JsonFormatter``)
+    as ``time level logger: message key=value...``, then the last ``traceback_lines`` lines of its
+    logged traceback, indented, each escaped as a log's text is; any other line as it is.
+
+    A record said as it stood was 300 characters and more of keys and quotes, and a traceback one line
+    of ``\\n`` escapes; and its decoded text must not reach the terminal as escape sequences either."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return [line]
+    if not isinstance(record, dict) or not isinstance(record.get("message"), str):
+        return [line]
+    head = " ".join(str(record[key]) for key in ("time", "level") if key in record)
+    logger = f" {record['logger']}" if "logger" in record else ""
+    fields = "".join(f" {key}={value}" for key, value in record.items() if key not in _RECORD_HEAD)
+    said = [escape_control_characters(f"{head}{logger}: {record['message']}{fields}".lstrip())]
+    trace = record.get("exc_info")
+    if isinstance(trace, str) and trace.strip():
+        trace_lines = [escape_control_characters(text) for text in trace.splitlines() if text.strip()]
+        left_out = len(trace_lines) - traceback_lines
+        if left_out > 0:
+            said.append(f"    ({left_out} earlier lines of its traceback are in the log)")
+        said.extend(f"    {text}" for text in trace_lines[-traceback_lines:])
+    return said
 
 
 def run_tail_text(path: Path, lines: int = 20) -> str:

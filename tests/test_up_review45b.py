@@ -1,0 +1,102 @@
+"""Review 45b of the local stack (``skuforge up``): what a dead stage says, and which ports it keeps."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+from devstack.supervisor import (
+    SUPERVISOR_ID_ENV,
+    ServiceSpec,
+    Supervisor,
+    processes_with_env,
+    readable_log_line,
+)
+from shared.observability import JsonFormatter
+
+
+def _json_record(message: str, *, exc: BaseException | None = None, **fields: object) -> str:
+    """A line as a stage writes it to its log (``configure_logging``'s JSON)."""
+    record = logging.LogRecord("services.matting.stage", logging.ERROR, __file__, 1, message, None, None)
+    if exc is not None:
+        record.exc_info = (type(exc), exc, exc.__traceback__)
+    record.__dict__.update(fields)
+    return JsonFormatter().format(record)
+
+
+def _raised() -> BaseException:
+    def load_model() -> None:
+        raise OSError("/models/u2net.onnx: no such file \x1b[2J")
+
+    try:
+        load_model()
+    except OSError as exc:
+        return exc
+    raise AssertionError("not raised")
+
+
+def test_a_dead_stages_json_lines_are_said_as_readable_lines(tmp_path: Path) -> None:
+    """Stages log JSON, so each line said under a dead stage was a whole record: 300 characters and more
+    of quotes and keys, and a logged traceback one line of `\\n` escapes hundreds of characters long. Now
+    each record is said as time, level, logger and message, its traceback's lines indented under it (the
+    last ones, where the error is), its control characters escaped; a line that is no JSON as it was."""
+    exc = _raised()
+    record = _json_record("the matting model cannot be loaded", exc=exc, sku_id="sku-1")
+    script = tmp_path / "stage.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import sys
+            print("plain text, not JSON", flush=True)
+            print({record!r}, file=sys.stderr, flush=True)
+            sys.exit(1)
+            """
+        )
+    )
+    lines: list[str] = []
+    spec = ServiceSpec("matting", [sys.executable, str(script)], tmp_path / "matting.log", ready=lambda: True)
+    supervisor = Supervisor([spec], grace_s=2, backoff_initial_s=30, report=lines.append)
+    try:
+        assert supervisor.start()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not any("restarting in" in line for line in lines):
+            supervisor.check_once()
+            time.sleep(0.05)
+    finally:
+        supervisor.stop()
+    assert processes_with_env(SUPERVISOR_ID_ENV, supervisor.supervisor_id) == []
+    said = lines[lines.index("matting: its last lines:") + 1 :]
+    entry = json.loads(record)
+    assert said[0] == "matting|   plain text, not JSON", said
+    assert said[1] == (
+        f"matting|   {entry['time']} ERROR services.matting.stage: the matting model cannot be loaded "
+        "sku_id=sku-1"
+    ), said
+    traceback_lines = said[2:]
+    assert traceback_lines, said
+    assert all(line.startswith("matting|       ") for line in traceback_lines), said
+    assert traceback_lines[-1] == "matting|       OSError: /models/u2net.onnx: no such file \\x1b[2J", said
+    assert any("in load_model" in line for line in traceback_lines), said
+    assert not any("{" in line for line in said), said
+
+
+def test_a_long_traceback_is_said_by_its_last_lines_and_other_lines_as_they_are() -> None:
+    """A traceback 40 frames deep was 80 lines under the stage's name; its error is at its end."""
+    trace = "Traceback (most recent call last):\n" + "".join(f'  File "x.py", line {n}\n' for n in range(40))
+    record = json.dumps(
+        {"time": "t", "level": "ERROR", "logger": "l", "message": "m", "exc_info": trace + "E"}
+    )
+    said = readable_log_line(record, traceback_lines=3)
+    assert said == [
+        "t ERROR l: m",
+        "    (39 earlier lines of its traceback are in the log)",
+        '      File "x.py", line 38',
+        '      File "x.py", line 39',
+        "    E",
+    ], said
+    for line in ("42", '"text"', '{"no": "message"}', "[1, 2]", "--- 2026 skuforge up: starting x"):
+        assert readable_log_line(line) == [line]
