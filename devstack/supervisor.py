@@ -528,7 +528,7 @@ class Supervisor:
         name = state.spec.name
         if not tail:
             self.report(f"{name}: its log says nothing of this run")
-        elif tail == state.said_tail:
+        elif _without_times(tail) == _without_times(state.said_tail or []):
             self.report(f"{name}: its log ends as the last time's")
         else:
             self.report(f"{name}: its last lines:")
@@ -745,6 +745,22 @@ def readable_log_line(line: str, traceback_lines: int = TRACEBACK_TAIL_LINES) ->
             said.append(f"    ({left_out} earlier lines of its traceback are in the log)")
         said.extend(f"    {text}" for text in trace_lines[-traceback_lines:])
     return said
+
+
+def _without_times(tail: list[str]) -> list[object]:
+    """``tail`` as compared with the last death's: a JSON record without its time (every run's records
+    have times of their own, so no crash loop of a stage ever ended "as the last time's")."""
+    compared: list[object] = []
+    for line in tail:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if isinstance(record, dict):
+            compared.append({key: value for key, value in record.items() if key != "time"})
+        else:
+            compared.append(line)
+    return compared
 
 
 def run_tail_text(path: Path, lines: int = 20) -> str:

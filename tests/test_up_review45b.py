@@ -100,3 +100,35 @@ def test_a_long_traceback_is_said_by_its_last_lines_and_other_lines_as_they_are(
     ], said
     for line in ("42", '"text"', '{"no": "message"}', "[1, 2]", "--- 2026 skuforge up: starting x"):
         assert readable_log_line(line) == [line]
+
+
+def test_a_crash_loop_of_json_records_that_differ_only_in_time_is_said_once(tmp_path: Path) -> None:
+    """A crash loop that ends the same way each time says so in a line, not the same lines each back-off;
+    but a stage's every record carries its time, so no two runs of a stage ever ended "the same", and its
+    lines were said again at each restart, burying what else the stack said."""
+    script = tmp_path / "stage.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import json, sys, time
+            record = {"time": repr(time.time()), "level": "ERROR", "logger": "services.gate"}
+            record["message"] = "boom"
+            print(json.dumps(record), file=sys.stderr, flush=True)
+            sys.exit(1)
+            """
+        )
+    )
+    lines: list[str] = []
+    spec = ServiceSpec("gate", [sys.executable, str(script)], tmp_path / "gate.log", ready=lambda: True)
+    supervisor = Supervisor([spec], grace_s=2, backoff_initial_s=0.05, backoff_max_s=0.1, report=lines.append)
+    try:
+        assert supervisor.start()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and sum("restarting in" in line for line in lines) < 3:
+            supervisor.check_once()
+            time.sleep(0.05)
+    finally:
+        supervisor.stop()
+    assert processes_with_env(SUPERVISOR_ID_ENV, supervisor.supervisor_id) == []
+    assert sum(line.endswith("ERROR services.gate: boom") for line in lines) == 1, lines
+    assert sum(line == "gate: its log ends as the last time's" for line in lines) >= 2, lines
