@@ -280,7 +280,8 @@ def resolve_ports(
     ``auto`` gives each service the port it had in the last run from this workdir, else its documented
     one, and a free port only where that is taken (another stack, another user's broker...): one taken
     port moves that service alone, and the console keeps the port its users have bookmarked. Each
-    service ``auto`` moves is put in ``moved`` (name: its wanted port, the one chosen), for ``up`` to say.
+    service ``auto`` moves is put in ``moved`` (name: its wanted port, the one chosen), for ``up`` to say,
+    and for :func:`save_ports` to keep the wanted one for the next run.
 
     Raises:
         PortsInUse: ``default``, and one or more of the documented ports are taken (all are named).
@@ -601,8 +602,14 @@ def stack_settings_before_start(
 
 def save_ports(config: StackConfig) -> None:
     """Keep the stack's ports in ``<workdir>/ports.json`` for ``--ports auto``'s next run (a stage's
-    replicas after its first get fresh ones each run)."""
-    ports = {name: port for name, port in config.ports.items() if name in DEFAULT_PORTS}
+    replicas after its first get fresh ones each run). A service ``--ports auto`` moved off a taken port
+    keeps the port it wanted there, not the one it moved to: the console moved off its bookmarked port
+    while something held that briefly never came back to it."""
+    ports = {
+        name: config.moved_ports[name][0] if name in config.moved_ports else port
+        for name, port in config.ports.items()
+        if name in DEFAULT_PORTS
+    }
     # Replaced, not rewritten in place: a write cut short (a full disk, a crash) left a damaged file, and
     # the next run moved every service, the console's bookmarked port too.
     _replace_file(config.workdir / PORTS_FILE, json.dumps(ports, indent=2) + "\n")
@@ -1333,7 +1340,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     # Said: a moved console went unnoticed, and its users' bookmark opened whatever held the old port.
     for name, (wanted, chosen) in config.moved_ports.items():
-        _say(f"{name}: port {wanted} is taken; using {chosen}")
+        _say(
+            f"{name}: port {wanted} is taken; using {chosen} for this run only "
+            f"(ports.json keeps {wanted} for the next)"
+        )
     _, generated_login = console_login(workdir)
     specs = build_specs(config)
     if args.with_prometheus:

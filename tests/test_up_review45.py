@@ -180,10 +180,10 @@ def test_ports_auto_says_which_service_it_moved_off_a_taken_port(
         finally:
             os.close(devstack.up._held_locks.pop())
     assert code == 0
-    console = json.loads((tmp_path / "ports.json").read_text())["console"]
+    console = json.loads((tmp_path / "stack.json").read_text())["ports"]["console"]
     assert console != bookmarked
     out = capsys.readouterr().out
-    assert f"up  console: port {bookmarked} is taken; using {console}\n" in out, out
+    assert f"up  console: port {bookmarked} is taken; using {console} for this run only" in out, out
 
 
 def test_a_stage_that_fails_to_start_shows_its_lines_of_this_run_only(tmp_path: Path) -> None:

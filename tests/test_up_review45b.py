@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import sys
 import textwrap
 import time
 from pathlib import Path
 
+import pytest
+
+import devstack.up
 from devstack.supervisor import (
     SUPERVISOR_ID_ENV,
     ServiceSpec,
@@ -132,3 +137,38 @@ def test_a_crash_loop_of_json_records_that_differ_only_in_time_is_said_once(tmp_
     assert processes_with_env(SUPERVISOR_ID_ENV, supervisor.supervisor_id) == []
     assert sum(line.endswith("ERROR services.gate: boom") for line in lines) == 1, lines
     assert sum(line == "gate: its log ends as the last time's" for line in lines) >= 2, lines
+
+
+def test_ports_auto_keeps_the_bookmarked_console_port_for_the_next_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--ports auto` moved the console off its bookmarked port while something held it briefly, and
+    saved the free port it moved to in ports.json: every later run used that one, and the console never
+    came back to the address its users had bookmarked. Now the moved port is this run's only; ports.json
+    keeps the bookmarked one, and the next run, that port free again, is back on it."""
+    monkeypatch.setattr(devstack.up.Supervisor, "run", lambda self, on_ready=None: 0)
+    monkeypatch.setenv("SKUFORGE_CONSOLE_USERS", "demo:pw")
+    argv = ["--workdir", str(tmp_path), "--kafka-bootstrap", "127.0.0.1:9"]
+
+    def up() -> dict[str, int]:
+        try:
+            assert devstack.up.main(argv) == 0
+        finally:
+            os.close(devstack.up._held_locks.pop())
+        return dict(json.loads((tmp_path / "stack.json").read_text())["ports"])
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        bookmarked = holder.getsockname()[1]
+        (tmp_path / "ports.json").write_text(json.dumps({"console": bookmarked}))
+        moved = up()["console"]
+        assert moved != bookmarked
+        assert json.loads((tmp_path / "ports.json").read_text())["console"] == bookmarked
+        out = capsys.readouterr().out
+        assert (
+            f"up  console: port {bookmarked} is taken; using {moved} for this run only "
+            f"(ports.json keeps {bookmarked} for the next)\n"
+        ) in out, out
+    assert up()["console"] == bookmarked
+    assert "console: port" not in capsys.readouterr().out
