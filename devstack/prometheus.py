@@ -152,9 +152,13 @@ class PrometheusServer:
         workdir.mkdir(parents=True, exist_ok=True)
         for name, text in (rules or {}).items():
             (workdir / name).write_text(text)
-        self.config_path.write_text(config_yaml(config))
+        self.write_config(config)
         self._process: subprocess.Popen[bytes] | None = None
         self._binary: str | None = None  # found by the first argv()
+
+    def write_config(self, config: Mapping[str, Any]) -> None:
+        """(Re)write its configuration file: read as it starts (or on ``/-/reload``)."""
+        self.config_path.write_text(config_yaml(config))
 
     @property
     def url(self) -> str:
@@ -345,6 +349,17 @@ def stack_prometheus(
     their stage's job); default one member per pipeline stage."""
     if port is None:
         port = stack_prometheus_port(ports, prefer_default_port=prefer_default_port)
+    config = stack_scrape_config(ports, scrape_interval_s=scrape_interval_s, stage_members=stage_members)
+    return PrometheusServer(workdir, config, rules={ALERTS_FILE.name: rules_file.read_text()}, port=port)
+
+
+def stack_scrape_config(
+    ports: Mapping[str, int],
+    *,
+    scrape_interval_s: float = 5.0,
+    stage_members: Mapping[str, Sequence[str]] | None = None,
+) -> dict[str, Any]:
+    """The configuration of :func:`stack_prometheus`: its scrape jobs on ``ports``, its rules file."""
     members = stage_members or {stage.name: [stage.name] for stage in PIPELINE}
     jobs: dict[str, int | list[int]] = {
         **{stage: [ports[name] for name in names] for stage, names in members.items()},
@@ -352,8 +367,7 @@ def stack_prometheus(
         GENERATOR_SERVER_JOB: ports["generator_server_metrics"],
         TRITON_JOB: ports["triton_metrics"],
     }
-    config = scrape_config(jobs, scrape_interval_s=scrape_interval_s, rule_files=[ALERTS_FILE.name])
-    return PrometheusServer(workdir, config, rules={ALERTS_FILE.name: rules_file.read_text()}, port=port)
+    return scrape_config(jobs, scrape_interval_s=scrape_interval_s, rule_files=[ALERTS_FILE.name])
 
 
 def stack_prometheus_port(ports: Mapping[str, int], *, prefer_default_port: bool = True) -> int:

@@ -103,6 +103,8 @@ class ServiceSpec:
     # Called at each start for the command line to run then, in place of ``argv``: a port checked as the
     # service starts, not when the stack's start-up began, minutes before the last service starts.
     argv_at_start: Callable[[], list[str]] | None = None
+    # Likewise, variables set at each start on top of ``env`` (a port passed in the environment).
+    env_at_start: Callable[[], Mapping[str, str]] | None = None
 
 
 @dataclass
@@ -379,7 +381,8 @@ class Supervisor:
             state.log = open_log(spec.log_path, self.log_max_bytes)
         argv = spec.argv_at_start() if spec.argv_at_start is not None else spec.argv
         self._log_line(state, f"starting {' '.join(argv)}")  # START_MARK
-        env = {**os.environ, **spec.env, SUPERVISOR_ID_ENV: self.supervisor_id}
+        env_now = spec.env_at_start() if spec.env_at_start is not None else {}
+        env = {**os.environ, **spec.env, **env_now, SUPERVISOR_ID_ENV: self.supervisor_id}
         state.process = subprocess.Popen(
             argv,
             env=env,

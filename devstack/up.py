@@ -87,6 +87,7 @@ from devstack.prometheus import (
     config_problem,
     stack_prometheus,
     stack_prometheus_port,
+    stack_scrape_config,
 )
 from devstack.supervisor import ServiceSpec, Supervisor, SupervisorError, http_ok
 from schemas.flow import CONSOLE, LORA_TRAINER, PIPELINE, TRITON, Service
@@ -181,6 +182,8 @@ class StackConfig:
     started_at: float = field(default_factory=time.time)
     # Service -> (its last run's or documented port, the free one --ports auto gave it as that was taken).
     moved_ports: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # How the ports were chosen (--ports): all but "default" may move a port taken as its service starts.
+    ports_mode: str = "auto"
 
     def replica_names(self, stage: str) -> list[str]:
         """Service names of ``stage``'s replicas: the stage's own name, then ``<stage>-2``, ``-3``..."""
@@ -547,6 +550,7 @@ def build_config(
         replicas=replicas,
     )
     config.moved_ports = moved
+    config.ports_mode = ports_mode
     return config
 
 
@@ -757,13 +761,7 @@ def build_specs(config: StackConfig) -> list[ServiceSpec]:
     for stage in config.stages:
         names = config.replica_names(stage.name)
         for index, name in enumerate(names, start=1):
-            port = ports[name]
-            readyz = http_ok(f"http://127.0.0.1:{port}/readyz")
             inputs = [settings.topic_name(topic) for topic in stage.consumes]
-            # A lone member holds every partition; one of several may rightly hold none of a topic.
-            holding = (
-                holds_partitions(f"http://127.0.0.1:{port}/metrics", inputs) if len(names) == 1 else None
-            )
             specs.append(
                 ServiceSpec(
                     name=name,
@@ -771,11 +769,13 @@ def build_specs(config: StackConfig) -> list[ServiceSpec]:
                     log_path=log(name),
                     env={
                         **env,
-                        "SKUFORGE_METRICS_PORT": str(port),
+                        "SKUFORGE_METRICS_PORT": str(ports[name]),
                         # Static membership: a restarted replica takes its partitions back, no rebalance.
                         "SKUFORGE_GROUP_INSTANCE_ID": f"{stage.name}-{index}",
                     },
-                    ready=lambda readyz=readyz, holding=holding: readyz() and (holding is None or holding()),  # type: ignore[misc]
+                    env_at_start=functools.partial(_metrics_port_at_start, config, name),
+                    # A lone member holds every partition; one of several may rightly hold none of a topic.
+                    ready=functools.partial(_stage_ready, config, name, inputs if len(names) == 1 else None),
                     ready_timeout_s=60,
                     start_attempts=3,
                 )
@@ -800,23 +800,63 @@ def build_specs(config: StackConfig) -> list[ServiceSpec]:
     return specs
 
 
+def _metrics_port_at_start(config: StackConfig, name: str) -> dict[str, str]:
+    """``SKUFORGE_METRICS_PORT`` of stage member ``name`` as it starts: its port, checked again then.
+
+    The ports are chosen as the stack starts, minutes before its last stage does: a port taken meanwhile
+    made that stage exit "Address already in use" and stopped the whole start-up. Unless ``--ports
+    default`` was asked for, a taken one is said and replaced by a free one (in ``config.ports``, which
+    the ready check, stack.json and Prometheus's targets read); with it, what to do is said.
+    """
+    port = config.ports[name]
+    if port_in_use(port):
+        if config.ports_mode == "default":
+            _say(
+                f"{name}: its metrics port {port} was taken since the ports were checked, so it cannot "
+                f"start; stop what holds it (ss -ltnp 'sport = :{port}') or run with --ports auto"
+            )
+        else:
+            moved = next(p for p in iter(free_port, None) if p not in config.ports.values())
+            config.ports[name] = moved
+            _say(f"{name}: its metrics port {port} was taken since it was chosen; using {moved}")
+    return {"SKUFORGE_METRICS_PORT": str(config.ports[name])}
+
+
+def _stage_ready(config: StackConfig, name: str, inputs: list[str] | None) -> bool:
+    """Stage member ``name`` answers ``/readyz`` on its port of the moment, and holds partitions of
+    every one of ``inputs`` (None: not asked, as of one of several members)."""
+    address = f"http://127.0.0.1:{config.ports[name]}"
+    return http_ok(f"{address}/readyz")() and (
+        inputs is None or holds_partitions(f"{address}/metrics", inputs)()
+    )
+
+
 def prometheus_service(
     config: StackConfig,
     prometheus: PrometheusServer,
     *,
     report: Callable[[str], None],
     prefer_default_port: bool = True,
+    scrape_interval_s: float = DEFAULT_SCRAPE_INTERVAL_S,
 ) -> ServiceSpec:
     """``--with-prometheus``'s Prometheus as the stack's last service; sets ``config.prometheus_url``.
 
     Its port was chosen before the stack started, and it starts last, minutes later: a port taken in
     between made it exit ("bind: address already in use") and failed the whole start-up. So the port is
     checked as Prometheus (re)starts, and a taken one is said and replaced (``stack_prometheus_port``);
-    the address printed and written to stack.json follows it.
+    the address printed and written to stack.json follows it. Its targets are written again then too:
+    a stage's metrics port may have moved as that stage started (:func:`_metrics_port_at_start`).
     """
     config.prometheus_url = prometheus.url
 
     def argv_at_start() -> list[str]:
+        prometheus.write_config(
+            stack_scrape_config(
+                config.ports,
+                scrape_interval_s=scrape_interval_s,
+                stage_members={stage.name: config.replica_names(stage.name) for stage in config.stages},
+            )
+        )
         if port_in_use(prometheus.port):
             taken = prometheus.port
             prometheus.port = stack_prometheus_port(config.ports, prefer_default_port=prefer_default_port)
@@ -1361,7 +1401,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"skuforge up: --with-prometheus: {exc}", file=sys.stderr)
             return 2
         specs.append(
-            prometheus_service(config, prometheus, report=_say, prefer_default_port=args.ports != "free")
+            prometheus_service(
+                config,
+                prometheus,
+                report=_say,
+                prefer_default_port=args.ports != "free",
+                scrape_interval_s=scrape_interval_s,
+            )
         )
 
     state = {"now": "starting"}

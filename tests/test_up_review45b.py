@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -14,13 +15,18 @@ from pathlib import Path
 import pytest
 
 import devstack.up
+from devstack.prometheus import stack_prometheus
 from devstack.supervisor import (
     SUPERVISOR_ID_ENV,
     ServiceSpec,
     Supervisor,
+    http_ok,
     processes_with_env,
     readable_log_line,
 )
+from devstack.up import build_config, build_specs, metrics_urls
+from schemas.flow import PIPELINE
+from shared.config import load_settings
 from shared.observability import JsonFormatter
 
 
@@ -172,3 +178,89 @@ def test_ports_auto_keeps_the_bookmarked_console_port_for_the_next_run(
         ) in out, out
     assert up()["console"] == bookmarked
     assert "console: port" not in capsys.readouterr().out
+
+
+# A stage as far as `skuforge up` sees it: /readyz, and /metrics naming a partition of each topic of its
+# argv, served on SKUFORGE_METRICS_PORT; a port taken is the stage's "Address already in use", exit 1.
+FAKE_STAGE = """
+import http.server, os, sys
+lag = "".join(f'skuforge_consumer_lag_messages{{topic="{t}",partition="0"}} 0\\n' for t in sys.argv[1:])
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = lag.encode() if self.path == "/metrics" else b"ok"
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+http.server.HTTPServer(("127.0.0.1", int(os.environ["SKUFORGE_METRICS_PORT"])), Handler).serve_forever()
+"""
+
+
+def test_a_stage_metrics_port_taken_after_the_ports_were_chosen_moves_that_stage_at_its_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A stage's metrics port was checked only when the stack's ports were chosen, minutes before the
+    stage starts: something that took it meanwhile made the stage exit "Address already in use" as it
+    started, and the whole start-up stopped. With --ports auto the port is checked again as the stage
+    starts; a taken one is said and replaced, and its ready check, stack.json's metrics address and
+    Prometheus's scrape target follow it."""
+    monkeypatch.setenv("SKUFORGE_CONSOLE_USERS", "demo:pw")
+    config = build_config(tmp_path, ports_mode="auto", kafka_bootstrap="127.0.0.1:9", with_trainer=False)
+    matting = next(spec for spec in build_specs(config) if spec.name == "matting")
+    settings = load_settings(**config.settings())
+    topics = [
+        settings.topic_name(topic) for topic in next(s for s in PIPELINE if s.name == "matting").consumes
+    ]
+    script = tmp_path / "stage.py"
+    script.write_text(FAKE_STAGE)
+    stage = dataclasses.replace(matting, argv=[sys.executable, str(script), *topics])
+    lines: list[str] = []
+    chosen = config.ports["matting"]
+    monkeypatch.setenv("SKUFORGE_PROMETHEUS_BIN", sys.executable)  # found, never run here
+    prometheus = stack_prometheus(tmp_path / "prometheus", config.ports, prefer_default_port=False)
+    scraper = devstack.up.prometheus_service(config, prometheus, report=lines.append)
+    assert f"127.0.0.1:{chosen}" in prometheus.config_path.read_text()
+    with socket.socket() as taken_meanwhile:
+        taken_meanwhile.bind(("127.0.0.1", chosen))
+        taken_meanwhile.listen()
+        supervisor = Supervisor([stage], grace_s=5, report=lines.append)
+        try:
+            assert supervisor.start(), lines
+            assert supervisor["matting"].status == "ready"
+            moved = config.ports["matting"]
+            assert moved != chosen
+            assert http_ok(f"http://127.0.0.1:{moved}/readyz")()
+            assert metrics_urls(config)["matting"] == f"http://127.0.0.1:{moved}/metrics"
+            assert scraper.argv_at_start is not None
+            scraper.argv_at_start()  # Prometheus starts last, after every stage
+            targets = prometheus.config_path.read_text()
+            assert f"127.0.0.1:{moved}" in targets and f"127.0.0.1:{chosen}" not in targets, targets
+        finally:
+            supervisor.stop()
+    assert processes_with_env(SUPERVISOR_ID_ENV, supervisor.supervisor_id) == []
+    out = capsys.readouterr().out
+    assert f"up  matting: its metrics port {chosen} was taken since it was chosen; using {moved}\n" in out
+
+
+def test_with_ports_default_a_stage_metrics_port_taken_meanwhile_is_named_with_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--ports default` keeps the documented ports: one taken after they were checked is not moved, but
+    said with the option that would move it, before the stage's own "Address already in use"."""
+    monkeypatch.setenv("SKUFORGE_CONSOLE_USERS", "demo:pw")
+    config = build_config(tmp_path, ports_mode="free", kafka_bootstrap="127.0.0.1:9", with_trainer=False)
+    config.ports_mode = "default"  # as if the documented ports were free when checked
+    gate = next(spec for spec in build_specs(config) if spec.name == "gate")
+    with socket.socket() as taken_meanwhile:
+        taken_meanwhile.bind(("127.0.0.1", config.ports["gate"]))
+        taken_meanwhile.listen()
+        port = config.ports["gate"]
+        assert gate.env_at_start is not None
+        assert gate.env_at_start() == {"SKUFORGE_METRICS_PORT": str(port)}
+    assert config.ports["gate"] == port
+    out = capsys.readouterr().out
+    assert (
+        f"up  gate: its metrics port {port} was taken since the ports were checked, so it cannot start; "
+        f"stop what holds it (ss -ltnp 'sport = :{port}') or run with --ports auto\n"
+    ) in out, out
