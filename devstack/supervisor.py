@@ -768,5 +768,7 @@ def _without_times(tail: list[str]) -> list[object]:
 
 def run_tail_text(path: Path, lines: int = 20) -> str:
     """:func:`run_tail` as text: the last run's lines, without an earlier run's above them (a short run
-    showed the last run's traceback, read as its own reason); or a note that it wrote none."""
-    return "\n".join(run_tail(path, lines)) or f"(no lines in {path} from this run)"
+    showed the last run's traceback, read as its own reason), each JSON record said as
+    :func:`readable_log_line` says it; or a note that it wrote none."""
+    said = [readable for line in run_tail(path, lines) for readable in readable_log_line(line)]
+    return "\n".join(said) or f"(no lines in {path} from this run)"

@@ -20,6 +20,7 @@ from devstack.supervisor import (
     SUPERVISOR_ID_ENV,
     ServiceSpec,
     Supervisor,
+    SupervisorError,
     http_ok,
     processes_with_env,
     readable_log_line,
@@ -264,3 +265,28 @@ def test_with_ports_default_a_stage_metrics_port_taken_meanwhile_is_named_with_w
         f"up  gate: its metrics port {port} was taken since the ports were checked, so it cannot start; "
         f"stop what holds it (ss -ltnp 'sport = :{port}') or run with --ports auto\n"
     ) in out, out
+
+
+def test_a_stage_that_fails_to_start_says_its_json_lines_as_readable_lines(tmp_path: Path) -> None:
+    """`start-up failed: matting exited with code 1 while starting; last lines of ...` showed each of the
+    stage's JSON records whole, its traceback one line of `\\n` escapes, as a dead stage's once did."""
+    record = _json_record("the matting model cannot be loaded", exc=_raised())
+    script = tmp_path / "stage.py"
+    script.write_text(f"import sys\nprint({record!r}, file=sys.stderr)\nsys.exit(1)\n")
+    spec = ServiceSpec(
+        "matting", [sys.executable, str(script)], tmp_path / "matting.log", ready=lambda: False
+    )
+    reported: list[str] = []
+    supervisor = Supervisor([spec], report=reported.append)
+    try:
+        with pytest.raises(SupervisorError) as failed:
+            supervisor.start()
+    finally:
+        supervisor.stop()
+    said = str(failed.value).splitlines()
+    assert (
+        said[1]
+        == f"{json.loads(record)['time']} ERROR services.matting.stage: the matting model cannot be loaded"
+    )
+    assert said[-2] == "    OSError: /models/u2net.onnx: no such file \\x1b[2J", said
+    assert said[-1].endswith("skuforge up: matting exited with code 1 while starting"), said
