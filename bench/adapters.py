@@ -31,6 +31,7 @@ from typing import Any
 
 from bench.committed import check_out
 from shared.argtypes import json_file_text, path_argument, positive_int
+from shared.commands import run_command
 from shared.config import load_settings
 
 RESULTS = Path(__file__).resolve().parent / "results" / "adapters.json"
@@ -123,6 +124,12 @@ def _median_round(rounds: list[dict[str, Any]], name: str) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Time LoRA switching and write bench/results/adapters.json; a refusal (a NaN figure, a bad setting)
+    says so in a line."""
+    return run_command("python -m bench.adapters", lambda: _bench(argv))
+
+
+def _bench(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.adapters", description=(__doc__ or "").splitlines()[0]
     )

@@ -35,6 +35,7 @@ from schemas.events import SkuIngested
 from schemas.topics import SKU_INGESTED, Topic
 from shared.argtypes import json_file_text, path_argument, positive_int
 from shared.bus import ensure_topics, kafka_connection, make_producer
+from shared.commands import run_command
 from shared.config import Settings, load_settings
 from shared.runtime import Context, Emit, Stage
 
@@ -155,6 +156,10 @@ def run_runtime(settings: Settings, events: int, *, idle_timeout_s: float = ROUN
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and write its figures to ``--out`` (default bench/results/bus.json)."""
+    return run_command("python -m bench.bus", lambda: _bench(argv))
+
+
+def _bench(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.bus",
         description=__doc__.replace("``", ""),

@@ -29,6 +29,7 @@ from bench.events import dead_letter, numbered_original, write_dead_letters
 from schemas.envelope import DLQ_INLINE_MAX_BYTES
 from schemas.topics import SKU_INGESTED
 from shared.argtypes import file_problem, int_between, json_file_text, path_argument, positive_int
+from shared.commands import run_command
 
 ROOT = Path(__file__).resolve().parents[1]
 MB = 2**20
@@ -109,6 +110,12 @@ def measure(bootstrap: str, tree: Path, letters: int, size: int, store_root: Pat
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Measure the dlq commands' peak memory and print (or write) the JSON; a refusal (a NaN figure, the
+    broker away) says so in a line."""
+    return run_command("python -m bench.dlq_memory", lambda: _bench(argv))
+
+
+def _bench(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.dlq_memory", description=__doc__.split("\n")[0].replace("``", "")
     )

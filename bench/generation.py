@@ -42,6 +42,7 @@ from services.generator.client import TritonGenerator
 from services.generator.protocol import VariantRequest, VariantResult
 from services.generator.stage import crop_to_product
 from shared.argtypes import int_between, json_file_text, path_argument, positive_int, whole_number
+from shared.commands import run_command
 from shared.generation.backend import MAX_SIZE_PX
 from shared.generation.composite import MIN_SIZE_PX as COMPOSITE_MIN_SIZE_PX
 from shared.generation.diffusion import MIN_SIZE_PX as DIFFUSION_MIN_SIZE_PX
@@ -233,6 +234,12 @@ def _diffusion_side_px(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Time the generator's backends on Triton and write bench/results/generation.json; a refusal (a NaN
+    figure, the store) says so in a line."""
+    return run_command("python -m bench.generation", lambda: _bench(argv))
+
+
+def _bench(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.generation", description=__doc__.splitlines()[0])
     # Sides the backend draws: the server or backend refused others in a traceback after the server had
     # started, a --diffusion-size only after the composite rounds had run.

@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from shared.argtypes import path_argument, positive_int
+from shared.commands import run_command
 from shared.evaluation.leakage import NEAR_DUPLICATE_MAX_BITS, copy_hashes, heldout_hash
 
 HERE = Path(__file__).parent
@@ -128,7 +129,12 @@ def summary(rows: list[dict[str, object]]) -> dict[str, object]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    """Print how near the sample and train photos come to each other; a refusal says so in a line."""
+    return run_command("python -m bench.leakage_bars", lambda: _bench(argv))
+
+
+def _bench(argv: list[str] | None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.leakage_bars", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--grocery-dataset",
         type=path_argument("folder"),

@@ -149,7 +149,19 @@ def _run_worker(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark (or one worker) and write bench/results/matting.json."""
+    """Run the benchmark (or one worker) and write bench/results/matting.json; a refusal of the run (a NaN
+    figure, a bad setting) says so in a line."""
+    if "--worker" in (sys.argv[1:] if argv is None else argv):
+        # A child of the run, which reports one that fails. It stays off shared.commands and what that
+        # imports (pydantic, the settings): they were counted in its peak RSS, and the rembg worker's venv
+        # (var/bench-rembg) has no pydantic.
+        return _bench(argv)
+    from shared.commands import run_command
+
+    return run_command("python -m bench.matting", lambda: _bench(argv))
+
+
+def _bench(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.matting",
         description=__doc__.replace("``", ""),

@@ -246,7 +246,19 @@ def _child(code: Path, args: list[str]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the configurations (and the speed check), each in a child process; write the JSON."""
+    """Run the configurations (and the speed check), each in a child process; write the JSON. A refusal of
+    the run (a NaN figure, a bad setting) says so in a line."""
+    if "--worker" in (sys.argv[1:] if argv is None else argv):
+        # A child of the run, which reports one that fails. It stays off shared.commands and what that
+        # imports (pydantic, schemas): they were counted as modules of the tree measured, and a --before
+        # checkout may be older than shared.commands.
+        return _bench(argv)
+    from shared.commands import run_command
+
+    return run_command("python -m bench.matting_memory", lambda: _bench(argv))
+
+
+def _bench(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.matting_memory",
         description=__doc__.replace("``", ""),

@@ -40,6 +40,7 @@ from shared.argtypes import (
     path_argument,
 )
 from shared.arith.masks import mask_iou
+from shared.commands import run_command
 
 DATA = Path(__file__).parent / "data" / "matting_real"
 RESULTS = Path(__file__).parent / "results"
@@ -136,6 +137,12 @@ def summarise(items: list[dict[str, Any]], ious: dict[str, list[float]]) -> dict
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Score the models on the real photos and write bench/results/matting_real.json; a refusal (a NaN
+    figure, a bad setting) says so in a line."""
+    return run_command("python -m bench.matting_real", lambda: _bench(argv))
+
+
+def _bench(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.matting_real",
         description=__doc__.replace("``", ""),

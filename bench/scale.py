@@ -49,6 +49,7 @@ from devstack.broker import LocalKafka, free_port
 from schemas.topics import IMAGE_GENERATED, IMAGE_MATTED
 from shared.argtypes import folder_problem, int_between, json_file_text, path_argument, positive_int
 from shared.bus import ensure_topics, kafka_connection
+from shared.commands import run_command
 from shared.config import Settings, load_settings
 from shared.store import open_store
 
@@ -308,6 +309,10 @@ def machine(*, external: bool) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and write bench/results/scale.json."""
+    return run_command("python -m bench.scale", lambda: _bench(argv))
+
+
+def _bench(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--images", type=positive_int, default=48, help="images per throughput round (default 48)"

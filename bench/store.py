@@ -31,6 +31,7 @@ from pathlib import Path
 
 from bench.committed import check_out
 from shared.argtypes import int_between, json_file_text, path_argument, positive_int
+from shared.commands import run_command
 from shared.store import FileStore
 from shared.trainstore.manifest import ManifestRow, ManifestStore
 
@@ -110,6 +111,10 @@ def time_load(root: Path) -> dict[str, float | int]:
 
 def main(argv: list[str] | None = None) -> int:
     """Build the store, time the loads, write bench/results/store.json."""
+    return run_command("python -m bench.store", lambda: _bench(argv))
+
+
+def _bench(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.store",
         description=__doc__.replace("``", ""),

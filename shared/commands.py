@@ -4,8 +4,8 @@ A bad setting, the object store refusing or away, an object stored that does not
 SIGTERM, SIGHUP: ``shared.signals``) each say what to do in their message; a traceback around it
 buried that line under frames of our code. A reader of stdout that stops early (``| head -1``) ends the
 command quietly; a stdout that cannot be written (``> report.txt`` on a full disk) is one line too.
-``skuforge`` runs every command through ``run_command``, and so do the bench and fitting tools that open a
-model.
+``skuforge`` runs every command through ``run_command``, and so do the fitting tools that open a model and
+every bench module's ``main`` (``tests/test_bench_review45b.py`` holds them to it).
 """
 
 from __future__ import annotations
