@@ -200,6 +200,8 @@ def test_a_publish_retried_after_the_registry_copy_was_damaged_registers_the_job
         store.put_bytes(weights_key, weights[:-1] + bytes([weights[-1] ^ 1]))  # one bit flipped
     published: list[AdapterPublished] = []
     trainer.publish = published.append
+    trainer.poll()  # the poll after a failed send skips its try (PublicationBackoff)
+    assert published == []
 
     trainer.poll()
 

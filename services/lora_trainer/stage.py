@@ -48,15 +48,15 @@ at start-up, as is an install without the diffusion extra (``pip install 'skufor
 torch, diffusers, peft, transformers). One trainer per GPU. A trained job not yet published whose
 ``result.json`` or weights cannot be read (cut short, mistyped, lost) is trained again, resumed from
 its last checkpoint, with a warning naming the file. One registered whose ``adapter.published`` the
-broker did not take (away, or the topic refusing the record) is published again at the next poll, not
-trained again; the log says so, naming the adapter, the topic and the broker's reason, and for a record
-the topic refuses for good (over its ``max.message.bytes``) or the broker's ACLs refuse (the trainer's
-principal may not write to the topic) that it fails alike until the limit is raised or the ACL
-changed: such a record is tried again on a growing interval (the n-th refusal in a row skips the next
-2**(n-1) polls, up to ``REFUSED_BACKOFF_MAX_S``; a restart tries at once), not at every poll; the polls
-skipped plan nothing and read nothing from the store (new requests wait for the next try). A poll
-that cannot plan its jobs (the store away while its requests are read) is logged as such: nothing was
-trained, and the next poll plans again. A job stopped by the object store or the adapter
+broker did not take (away, or the topic refusing the record) is published again, not trained again;
+the log says so, naming the adapter, the topic and the broker's reason, and for a record the topic
+refuses for good (over its ``max.message.bytes``) or the broker's ACLs refuse (the trainer's principal
+may not write to the topic) that it fails alike until the limit is raised or the ACL changed. It is
+tried again on a growing interval (the n-th failure in a row skips the next 2**(n-1) polls, up to
+``PUBLICATION_BACKOFF_MAX_S``; a restart tries at once), not at every poll; the polls skipped plan nothing
+and read nothing from the store (new requests wait for the next try). A poll that cannot plan its
+jobs (the store away while its requests are read) is logged as such: nothing was trained, and the next
+poll plans again. A job stopped by the object store or the adapter
 registry (away, or refusing a write) is logged naming which, with the uri it met (``StoreFailed``), not
 as a training job that failed. One whose registration another registration of the adapter (the CLI's, a
 second trainer's) took over while it paused holding the lock (``RegistrationTakenOver``) is logged as
@@ -78,11 +78,12 @@ other series train on.
 
 Metrics beside the runtime's: ``skuforge_lora_jobs_total`` (by outcome: published; interrupted, a
 job stopped mid-way to be resumed; failed, a job marked failed for good; retried, a poll that ended
-in a fault and is tried again at the next one, or for a publication refused for good at the next try
-of its growing interval, the polls skipped between not counted), ``skuforge_lora_steps_total``,
-``skuforge_lora_requests_total`` (by kind) and ``skuforge_lora_requests_unreadable`` (by kind: request
-files the last plan left out; general: 1 while ``general.json`` is unreadable; published: adapters the
-last poll left out, a record of their publication or their registry weights unreadable).
+in a fault and is tried again at the next one, or for a publication refused for good or not taken (the
+broker away) at the next try of its growing interval, the polls skipped between not counted),
+``skuforge_lora_steps_total``, ``skuforge_lora_requests_total`` (by kind) and
+``skuforge_lora_requests_unreadable`` (by kind: request files the last plan left out; general: 1 while
+``general.json`` is unreadable; published: adapters the last poll left out, a record of their
+publication or their registry weights unreadable).
 """
 
 from __future__ import annotations
@@ -427,19 +428,20 @@ class UnreadableRecord(Exception):
         super().__init__(f"{key}: {self.reason}")
 
 
-# The most a publication the topic refuses waits between tries (s, in polls of SKUFORGE_LORA_POLL_S):
-# the n-th refusal in a row waits 2**(n-1) polls, so a raised limit is met within about this long.
-# Under 15 minutes: each try counts `retried`, which SkuforgeLoraJobsRetrying reads over 15 minutes.
-REFUSED_BACKOFF_MAX_S = 300.0
+# The most a publication the topic refuses, or the broker does not take, waits between tries (s, in polls
+# of SKUFORGE_LORA_POLL_S): the n-th failure in a row waits 2**(n-1) polls, so a raised limit or a broker
+# back is met within about this long. Under 15 minutes: each try counts `retried`, which
+# SkuforgeLoraJobsRetrying reads over 15 minutes.
+PUBLICATION_BACKOFF_MAX_S = 300.0
 
 
 class PublicationFailed(Exception):
     """A trained job's adapter is registered but its ``adapter.published`` was not sent (the broker
-    away, the topic refusing the record): ``reason`` says why, ``outlook`` what the next polls do. The
-    next poll publishes it again, from the job's result and the registry's copy, without training
-    again; one the topic refuses for good (``RecordRefused``) or an ACL refuses (``PublishForbidden``)
-    skips the next ``skipped_polls`` polls (``RefusedBackoff``) before it is tried again, and is sent
-    only once its limit is raised (or the ACL changed). ``tried``
+    away, the topic refusing the record): ``reason`` says why, ``outlook`` what the next polls do. It
+    skips the next ``skipped_polls`` polls (``PublicationBackoff``) before it is published again, from the
+    job's result and the registry's copy, without training again; one the topic refuses for good
+    (``RecordRefused``) or an ACL refuses (``PublishForbidden``) is sent only once its limit is raised (or
+    the ACL changed). ``tried``
     is False for a poll that waited out the backoff without sending (nothing new to log or count)."""
 
     def __init__(
@@ -450,8 +452,8 @@ class PublicationFailed(Exception):
         # Told "the next poll publishes it" at every poll for ever, the operator waited for an outage
         # to pass where only raising the limit ends it.
         backing_off = (
-            f"tried again after {skipped_polls} poll(s) skipped, twice as many after each refusal in a "
-            f"row, up to about {REFUSED_BACKOFF_MAX_S:.0f} s (retried, not trained again)"
+            f"tried again after {skipped_polls} poll(s) skipped, twice as many after each failure in a "
+            f"row, up to about {PUBLICATION_BACKOFF_MAX_S:.0f} s (retried, not trained again)"
         )
         if isinstance(exc, RecordRefused):
             self.outlook = (
@@ -464,19 +466,22 @@ class PublicationFailed(Exception):
                 "principal write to the topic"
             )
         else:
-            self.outlook = "the next poll publishes it (retried, not trained again)"
+            # Tried at every poll, each try planned every job and read every request file again, for as
+            # long as the broker was away.
+            self.outlook = f"the broker did not take it: {backing_off}; it is sent once the broker takes it"
         super().__init__(f"{self.topic} for adapter {adapter_id} not sent: {self.reason}")
 
 
 @dataclass
-class RefusedBackoff:
-    """A publication the topic (or an ACL) refused for good, ``refusals`` times in a row (``refusal`` the
-    last), not sent again for ``polls_left`` more polls: sending it at every poll opened a new producer
-    each time (the refusal stops kafka-python's idempotent producer for good), for as long as the limit
-    (or the ACL) stayed."""
+class PublicationBackoff:
+    """A publication the topic (or an ACL) refused for good, or the broker did not take (away), ``failures``
+    times in a row (``fault`` the last), not sent again for ``polls_left`` more polls. Sent at every poll,
+    a refused one opened a new producer each time (the refusal stops kafka-python's idempotent producer
+    for good), for as long as the limit (or the ACL) stayed; and every such poll planned every job and
+    read every request file again, for as long as the broker was away."""
 
-    refusal: RecordRefused | PublishForbidden
-    refusals: int
+    fault: Exception
+    failures: int
     polls_left: int
 
 
@@ -592,9 +597,9 @@ class LoraTrainer:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self.last_error: BaseException | None = None  # the last poll's fault, without its traceback
-        # Publications the topic refused for good, by adapter and publication: in the process only, so a
-        # restart (after raising the limit, say) tries each at once.
-        self._refused: dict[tuple[str, int], RefusedBackoff] = {}
+        # Publications the topic refused for good or the broker did not take, by adapter and publication:
+        # in the process only, so a restart (after raising the limit, say) tries each at once.
+        self._backoffs: dict[tuple[str, int], PublicationBackoff] = {}
         self.max_image_pixels, self.max_image_bytes = max_image_pixels, max_image_bytes
         self._class_folder = _read_class_folder(
             settings.lora_class_images_dir,
@@ -647,7 +652,7 @@ class LoraTrainer:
         except TrainingInterrupted:
             raise
         except PublicationFailed as exc:  # the adapter is registered; only its event is sent again
-            if exc.tried:  # a poll that waited out a refusal's backoff sent nothing: said when it was refused
+            if exc.tried:  # a poll that waited out a backoff sent nothing: said when it failed
                 self.metrics.jobs.labels("retried").inc()
                 log.error(
                     f"{exc.topic} not sent; {exc.outlook}",
@@ -910,9 +915,9 @@ class LoraTrainer:
             jobs = self.plan()
         except Exception as exc:
             raise PlanningFailed(exc) from exc
-        # A job no longer planned (its inputs changed: another adapter) forgets its refusals.
+        # A job no longer planned (its inputs changed: another adapter) forgets its failed publications.
         planned = {job.adapter_id for job in jobs}
-        self._refused = {key: wait for key, wait in self._refused.items() if key[0] in planned}
+        self._backoffs = {key: wait for key, wait in self._backoffs.items() if key[0] in planned}
         for job in jobs:
             if self._stop.is_set():
                 # Asked to stop (SIGTERM) while an earlier job published: no other job begins (building
@@ -984,17 +989,17 @@ class LoraTrainer:
         return published
 
     def _backing_off(self) -> PublicationFailed | None:
-        """The poll's fault when every refused publication is waiting out its backoff (``RefusedBackoff``),
-        each then one poll nearer its try; None when none is refused, or one is due (the poll plans).
-        Planned, such a poll read every request file (the general job's picks, up to
-        SKUFORGE_LORA_GENERAL_MAX_IMAGES) and the job's result and weights, for minutes, only to skip the
-        send. New requests wait for the next try too, at most about ``REFUSED_BACKOFF_MAX_S``."""
-        if not self._refused or any(backoff.polls_left == 0 for backoff in self._refused.values()):
+        """The poll's fault when every failed publication (refused, or the broker away) is waiting out its
+        backoff (``PublicationBackoff``), each then one poll nearer its try; None when none failed, or one
+        is due (the poll plans). Planned, such a poll read every request file (the general job's picks, up
+        to SKUFORGE_LORA_GENERAL_MAX_IMAGES) and the job's result and weights, for minutes, only to skip
+        the send. New requests wait for the next try too, at most about ``PUBLICATION_BACKOFF_MAX_S``."""
+        if not self._backoffs or any(backoff.polls_left == 0 for backoff in self._backoffs.values()):
             return None
-        for backoff in self._refused.values():
+        for backoff in self._backoffs.values():
             backoff.polls_left -= 1
-        (adapter_id, _), soonest = min(self._refused.items(), key=lambda refused: refused[1].polls_left)
-        return PublicationFailed(adapter_id, soonest.refusal, skipped_polls=soonest.polls_left, tried=False)
+        (adapter_id, _), soonest = min(self._backoffs.items(), key=lambda failed: failed[1].polls_left)
+        return PublicationFailed(adapter_id, soonest.fault, skipped_polls=soonest.polls_left, tried=False)
 
     def _store_failed(self, exc: TransientError) -> StoreFailed:
         """``exc`` named by the store it came from: the registry raises its store's faults as its own
@@ -1168,13 +1173,13 @@ class LoraTrainer:
         copy whole: registered again for a roll-back), publish, then record it: the general schedule,
         the series' current adapter, and last the published marker (a roll-back's pointer names its
         publication until the marker is written, and is then written again without it). A publication
-        the topic (or an ACL) refused for good is sent again only once its backoff (``RefusedBackoff``)
-        is over."""
-        backoff = self._refused.get((job.adapter_id, publication))
+        the topic (or an ACL) refused for good, or the broker did not take, is sent again only once its
+        backoff (``PublicationBackoff``) is over."""
+        backoff = self._backoffs.get((job.adapter_id, publication))
         if backoff is not None and backoff.polls_left > 0:
             backoff.polls_left -= 1
             raise PublicationFailed(
-                job.adapter_id, backoff.refusal, skipped_polls=backoff.polls_left, tried=False
+                job.adapter_id, backoff.fault, skipped_polls=backoff.polls_left, tried=False
             )
         result, weights = self._trained(job, job_prefix, marker)
         # Cut to what the event may carry, in the registry alike: a photo's tags go into its prompt whole,
@@ -1234,17 +1239,15 @@ class LoraTrainer:
         event = fitted_to_a_record(event)
         try:
             self.publish(event)
-        except (RecordRefused, PublishForbidden) as exc:
-            refusals = backoff.refusals + 1 if backoff is not None else 1
-            most = max(1, round(REFUSED_BACKOFF_MAX_S / self.settings.lora_poll_s))
-            wait = min(2 ** min(refusals - 1, 30), most)
-            self._refused[(job.adapter_id, publication)] = RefusedBackoff(
-                _without_frames(exc), refusals, wait
+        except Exception as exc:  # refused for good (RecordRefused, PublishForbidden), or the broker away
+            failures = backoff.failures + 1 if backoff is not None else 1
+            most = max(1, round(PUBLICATION_BACKOFF_MAX_S / self.settings.lora_poll_s))
+            wait = min(2 ** min(failures - 1, 30), most)
+            self._backoffs[(job.adapter_id, publication)] = PublicationBackoff(
+                _without_frames(exc), failures, wait
             )
             raise PublicationFailed(job.adapter_id, exc, skipped_polls=wait) from exc
-        except Exception as exc:
-            raise PublicationFailed(job.adapter_id, exc) from exc
-        self._refused.pop((job.adapter_id, publication), None)
+        self._backoffs.pop((job.adapter_id, publication), None)
         # Only after the broker has the event: a crash before the marker is written publishes again (the
         # same event id). The general schedule last: written before the pointer and the marker, the store
         # away in between left the job counted and no longer under way, and no poll came back to them.

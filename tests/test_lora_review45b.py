@@ -1,0 +1,66 @@
+"""The LoRA trainer, review 45b: a publication the broker does not take (away, not refusing) is tried
+again on a growing interval, and the polls between read nothing from the store (each planned every job
+again, reading every request file and the job's result and weights, only to fail the send again).
+
+Training is stubbed (``stub_training``). The broker away is met as kafka-python meets it at ``send()``:
+the topic's metadata never comes (here a topic not created, on the real broker, which creates none).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from schemas.events import AdapterPublished
+from schemas.topics import ADAPTER_PUBLISHED
+from services.lora_trainer.stage import PublicationFailed, kafka_publisher
+from tests.support.bus import create_topics, file_store_uri, isolated_settings
+from tests.support.captioning import captioned_sku
+from tests.support.lora import CountingStore, model_folder, record, trainer_on
+
+
+@pytest.mark.kafka
+def test_a_publication_the_broker_does_not_take_is_tried_on_a_growing_interval_reading_nothing_between(
+    tmp_path: Path, stub_training: list[Path], kafka_bootstrap: str
+) -> None:
+    """Before, every poll while the broker was away planned the jobs, read the request files and the
+    job's result and weights, and tried the send again. Now the n-th failure in a row skips the next
+    2**(n-1) polls, which read nothing; the first try once the broker takes it publishes."""
+    store = CountingStore(tmp_path / "store")
+    record(store, captioned_sku(store, 1, usable_photos=1, series="cola"))
+    trainer = trainer_on(store, model_folder(tmp_path, "m"), lora_class_images=0)
+    shared = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path / "store"), flush_timeout_s=1.0)
+    send = kafka_publisher(shared)
+    sent_at: list[int] = []
+    published: list[AdapterPublished] = []
+    poll = 0
+
+    def counted(event: AdapterPublished) -> None:
+        sent_at.append(poll)
+        send(event)
+        published.append(event)
+
+    trainer.publish = counted
+    read_at: list[int] = []
+    try:
+        for poll in range(1, 8):
+            store.reads.clear()
+            store.listed.clear()
+            trainer.poll()
+            assert isinstance(trainer.last_error, PublicationFailed), trainer.last_error
+            assert "the broker did not take it" in trainer.last_error.outlook
+            if store.reads or store.listed:
+                read_at.append(poll)
+        assert sent_at == [1, 3, 6]
+        assert read_at == [1, 3, 6]
+        assert len(stub_training) == 1  # trained once, at the first poll
+
+        create_topics(shared, ADAPTER_PUBLISHED, partitions=1)  # the broker takes it from now on
+        for poll in range(8, 12):  # noqa: B007 (counted reads it)
+            trainer.poll()
+        assert sent_at == [1, 3, 6, 11]  # 4 polls skipped after the third failure
+        assert trainer.last_error is None and len(published) == 1
+        assert len(stub_training) == 1
+    finally:
+        send.close()
