@@ -1,6 +1,7 @@
 """The LoRA trainer, review 45b: a publication the broker does not take (away, not refusing) is tried
 again on a growing interval, and the polls between read nothing from the store (each planned every job
-again, reading every request file and the job's result and weights, only to fail the send again).
+again, reading every request file and the job's result and weights, only to fail the send again); a
+roll-back reads its series' ``current/`` pointer once.
 
 Training is stubbed (``stub_training``). The broker away is met as kafka-python meets it at ``send()``:
 the topic's metadata never comes (here a topic not created, on the real broker, which creates none).
@@ -14,7 +15,7 @@ import pytest
 
 from schemas.events import AdapterPublished
 from schemas.topics import ADAPTER_PUBLISHED
-from services.lora_trainer.stage import PublicationFailed, kafka_publisher
+from services.lora_trainer.stage import PREFIX, PublicationFailed, kafka_publisher
 from tests.support.bus import create_topics, file_store_uri, isolated_settings
 from tests.support.captioning import captioned_sku
 from tests.support.lora import CountingStore, model_folder, record, trainer_on
@@ -64,3 +65,21 @@ def test_a_publication_the_broker_does_not_take_is_tried_on_a_growing_interval_r
         assert len(stub_training) == 1
     finally:
         send.close()
+
+
+def test_a_roll_back_reads_its_series_pointer_once(tmp_path: Path, stub_training: list[Path]) -> None:
+    """A roll-back read the pointer in run_job (to find the adapter it replaces, and count a roll-back
+    cut short) and again in _publish, after run_job had rewritten it: the same record twice."""
+    store = CountingStore(tmp_path / "store")
+    model = model_folder(tmp_path, "m")
+    record(store, captioned_sku(store, 1, usable_photos=1, series="cola"))
+    [first] = trainer_on(store, model, lora_rank=4, lora_class_images=0).run_pending()
+    [second] = trainer_on(store, model, lora_rank=8, lora_class_images=0).run_pending()
+    store.reads.clear()
+
+    [rolled_back] = trainer_on(store, model, lora_rank=4, lora_class_images=0).run_pending()
+
+    assert rolled_back.adapter_id == first.adapter_id != second.adapter_id
+    assert rolled_back.publication == 2
+    pointer_reads = [key for key in store.reads if key.startswith(f"{PREFIX}/current/")]
+    assert len(pointer_reads) == 1, pointer_reads

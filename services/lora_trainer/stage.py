@@ -104,7 +104,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar, overload
+from typing import Any, Literal, NamedTuple, TypeVar, overload
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -1026,13 +1026,13 @@ class LoraTrainer:
                 # Published before the current pointers, or a damaged pointer deleted: the adapter the
                 # generator serves is the one last published. Taking this job's as current instead
                 # missed a real roll-back, and the generator kept serving the later adapter.
-                current, unpublished = self._served_by_trainer(job) or job.adapter_id, None
-                self.store.put_json(self._current_key(job), {"adapter_id": current})
-            else:
-                current, under_way, unpublished = pointer
-                if under_way is not None:  # a roll-back's records cut short: its marker's count first
-                    self._count_publication(current, under_way)
-                    self.store.put_json(self._current_key(job), pointer._replace(under_way=None).record())
+                pointer = CurrentPointer(self._served_by_trainer(job) or job.adapter_id, None, None)
+                self.store.put_json(self._current_key(job), pointer.record())
+            elif pointer.under_way is not None:  # a roll-back's records cut short: its marker's count first
+                self._count_publication(pointer.adapter_id, pointer.under_way)
+                pointer = pointer._replace(under_way=None)
+                self.store.put_json(self._current_key(job), pointer.record())
+            current, _, unpublished = pointer
             # An adapter registered since whose event was not sent (refused, the broker away, a crash) is
             # the one the generator serves: this job's adapter, current as published, is not served.
             if current == job.adapter_id and unpublished is None:
@@ -1057,7 +1057,10 @@ class LoraTrainer:
             )
             # One more publication than the marker records: a retry (the marker not yet rewritten)
             # counts the same, so it keeps the event id, and the roll-back is not taken for a duplicate.
-            return self._publish(job, job_prefix, marker, publication=self._marker(marker).publication + 1)
+            # The pointer as stored now: read again in _publish, it was a second read of the same record.
+            return self._publish(
+                job, job_prefix, marker, publication=self._marker(marker).publication + 1, pointer=pointer
+            )
         failed_key = f"{job_prefix}/failed.json"
         if self.store.exists(failed_key):
             if job.kind == "general":
@@ -1168,13 +1171,22 @@ class LoraTrainer:
             return None
         return choice.adapter_id
 
-    def _publish(self, job: Job, job_prefix: str, marker: str, *, publication: int = 1) -> AdapterPublished:
+    def _publish(
+        self,
+        job: Job,
+        job_prefix: str,
+        marker: str,
+        *,
+        publication: int = 1,
+        pointer: CurrentPointer | Literal["unread"] | None = "unread",
+    ) -> AdapterPublished:
         """Register the trained job's weights (unless the generator already picks them, their registry
         copy whole: registered again for a roll-back), publish, then record it: the general schedule,
         the series' current adapter, and last the published marker (a roll-back's pointer names its
         publication until the marker is written, and is then written again without it). A publication
         the topic (or an ACL) refused for good, or the broker did not take, is sent again only once its
-        backoff (``PublicationBackoff``) is over."""
+        backoff (``PublicationBackoff``) is over. ``pointer`` is the series' ``current/`` pointer as its
+        caller read (and wrote) it, a roll-back's; by default it is read here."""
         backoff = self._backoffs.get((job.adapter_id, publication))
         if backoff is not None and backoff.polls_left > 0:
             backoff.polls_left -= 1
@@ -1192,10 +1204,12 @@ class LoraTrainer:
         # the series meanwhile is not guarded against by reading twice: the pointer's writes are plain puts
         # (the last one wins), and a second read only narrowed the window in which its roll-back cut short
         # went uncounted, from the registering and the send to the moments before the rewrite.
-        try:
-            replaced = self._current(job)
-        except UnreadableRecord:
-            replaced = None  # rewritten once the event is sent
+        replaced = pointer
+        if isinstance(replaced, str):  # not read by the caller
+            try:
+                replaced = self._current(job)
+            except UnreadableRecord:
+                replaced = None  # rewritten once the event is sent
         # Registered and the newest (a retry after a lost ack or a crash), its weights there whole: not
         # written again. Else (a roll-back; a marker deleted, so a roll-back taken for a first
         # publication; the registry's weights lost or altered since) registered again: a new
@@ -1262,8 +1276,8 @@ class LoraTrainer:
         else:
             # A roll-back: the pointer names its publication until the marker counts it, so that the
             # store away between the two does not lose the count (``_count_publication``).
-            pointer = {"adapter_id": job.adapter_id, "publication": publication}
-            self.store.put_json(self._current_key(job), pointer)
+            under_way = CurrentPointer(job.adapter_id, under_way=publication, unpublished=None)
+            self.store.put_json(self._current_key(job), under_way.record())
             self.store.put_json(marker, event)
             self.store.put_json(self._current_key(job), {"adapter_id": job.adapter_id})
         if job.kind == "general":
