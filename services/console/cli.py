@@ -24,6 +24,7 @@ import getpass
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from services.console.config import ConsoleSettings
@@ -307,40 +308,37 @@ def _refused_line(event: OutboxEvent | UnreadableDecision) -> dict[str, object]:
 def _resend(tasks: TaskStore, task_ids: list[str]) -> int:
     """``skuforge console resend``: each refused decision back in the relay's queue, each one that is
     not (no such task, no decision, not refused, no longer reads) listed with its reason."""
-    failed = 0
-    for task_id in task_ids:
-        try:
-            reason = tasks.resend(task_id)
-        except TaskNotFound:
-            print(f"skuforge console resend: {task_id}: no such task", file=sys.stderr)
-            failed += 1
-            continue
-        except TaskConflict as exc:
-            print(f"skuforge console resend: {exc}", file=sys.stderr)
-            failed += 1
-            continue
-        print(json.dumps({"task_id": task_id, "was_refused": reason}))
-    print(json.dumps({"resent": len(task_ids) - failed, "not_resent": failed}))
-    return 1 if failed else 0
+    return _each_decision(tasks.resend, task_ids, "resend", ("was_refused", "resent", "not_resent"))
 
 
 def _discard(tasks: TaskStore, task_ids: list[str]) -> int:
     """``skuforge console discard``: each unreadable decision dropped from the outbox, each one that is
     not (no such task, no decision, published, still reads) listed with its reason."""
+    return _each_decision(
+        tasks.discard_unreadable, task_ids, "discard", ("was_unreadable", "discarded", "not_discarded")
+    )
+
+
+def _each_decision(
+    act: Callable[[str], str], task_ids: list[str], command: str, names: tuple[str, str, str]
+) -> int:
+    """``act`` on each task's decision: a JSON line per one it took (``names[0]``: what ``act`` returned),
+    the reason on stderr for each it did not, and the counts of both (``names[1]``, ``names[2]``)."""
+    said, done, not_done = names
     failed = 0
     for task_id in task_ids:
         try:
-            error = tasks.discard_unreadable(task_id)
+            answer = act(task_id)
         except TaskNotFound:
-            print(f"skuforge console discard: {task_id}: no such task", file=sys.stderr)
+            print(f"skuforge console {command}: {task_id}: no such task", file=sys.stderr)
             failed += 1
             continue
         except TaskConflict as exc:
-            print(f"skuforge console discard: {exc}", file=sys.stderr)
+            print(f"skuforge console {command}: {exc}", file=sys.stderr)
             failed += 1
             continue
-        print(json.dumps({"task_id": task_id, "was_unreadable": error}))
-    print(json.dumps({"discarded": len(task_ids) - failed, "not_discarded": failed}))
+        print(json.dumps({"task_id": task_id, said: answer}))
+    print(json.dumps({done: len(task_ids) - failed, not_done: failed}))
     return 1 if failed else 0
 
 
