@@ -272,11 +272,15 @@ class NonFiniteFigure(ValueError):
 
 
 def _not_json_number_at(value: object, where: str) -> tuple[str, float] | None:
-    """The place (``per_sku.Kiwi.gain``, ``curve.A[1]``) and value of the first NaN or infinity in
-    ``value``; None when it holds none."""
+    """The place (``per_sku.Kiwi.gain``, ``curve.A[1]``, ``a key of per_sku``) and value of the first
+    NaN or infinity in ``value``, a dict's keys included; None when it holds none."""
     if isinstance(value, float) and not math.isfinite(value):
         return where, value
     if isinstance(value, dict):
+        # json.dumps(allow_nan=False) refuses a float key JSON has not as it refuses such a value.
+        for key in value:
+            if isinstance(key, float) and not math.isfinite(key):
+                return f"a key of {where or 'the document'}", key
         children: Iterable[tuple[str, object]] = (
             (f"{where}.{key}" if where else str(key), child) for key, child in value.items()
         )
