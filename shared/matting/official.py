@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from shared.config import ConfigError
 from shared.matting.session import official_onnx_path as default_official_onnx
 from shared.model_cache import write_atomically
 
@@ -49,8 +50,9 @@ OFFICIAL_MEMBER = "rembg/u2netp.onnx"
 OFFICIAL_U2NETP_MD5 = "8e83ca70e441ab06c318d82300c84806"
 
 
-class OfficialWeightsError(Exception):
-    """The official weights file is missing, or is not the file we expect."""
+class OfficialWeightsError(ConfigError):
+    """The official weights file is missing, or is not the file we expect. A ConfigError, as the file is
+    one an option or a setting named: ``run_command`` says it in one line, exit 2, not a traceback."""
 
 
 def verify_md5(data: bytes, *, source: str, expected: str = OFFICIAL_U2NETP_MD5) -> None:
