@@ -9,7 +9,7 @@ and the captioner.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from pathlib import PurePosixPath
 
 from shared.errors import ImageRejected
@@ -48,30 +48,38 @@ def is_nas_thumbnail_folder(name: str) -> bool:
     return name.casefold() in NAS_THUMBNAIL_FOLDERS
 
 
+def _only_a_photo_suffix(name: str) -> str:
+    """The photo's extension, lower-cased, a name that is only one after any dots is (".jpg", "..PNG":
+    a DAM's export of a photo with an empty title); "" for any other name."""
+    bare = "." + name.lower().lstrip(".")
+    return bare if name.startswith(".") and bare in PHOTO_FILE_SUFFIXES | HEIC_SUFFIXES else ""
+
+
 def photo_suffix(name: str) -> str:
     """The extension of a file called ``name``, lower-cased, that says what kind of photo it is ("" for
-    none). A name that is only an extension, after any dots (".jpg", "..png": a DAM's export of a photo
-    with an empty title), is a photo of that kind: ``Path(".jpg").suffix`` is "", and it was skipped."""
-    bare = "." + name.lower().lstrip(".")
-    if name.startswith(".") and bare in PHOTO_FILE_SUFFIXES | HEIC_SUFFIXES:
-        return bare
-    return PurePosixPath(name).suffix.lower()
+    none). A name that is only an extension, after any dots (".jpg", "..png"), is a photo of that kind:
+    ``Path(".jpg").suffix`` is "", and it was skipped."""
+    return _only_a_photo_suffix(name) or PurePosixPath(name).suffix.lower()
 
 
-def is_left_out_quietly(name: str) -> bool:
-    """Whether a file or folder called ``name`` is no one's content: hidden (macOS writes an invisible
-    "._NAME" beside each photo on non-Apple volumes), or a desktop's leftover (``DESKTOP_LEFTOVERS``).
-    Readers skip these without a word: naming a file its owner cannot see helps no one. A name that is
-    only a photo's extension (".jpg", ``photo_suffix``) is a photo, not a hidden file."""
-    folded = name.casefold()
-    if folded.startswith(".") and "." + folded.lstrip(".") in PHOTO_FILE_SUFFIXES | HEIC_SUFFIXES:
+def is_left_out_quietly(name: str, *, is_folder: bool = False) -> bool:
+    """Whether a file or folder (``is_folder``) called ``name`` is no one's content: hidden (macOS writes
+    an invisible "._NAME" beside each photo on non-Apple volumes), or a desktop's leftover
+    (``DESKTOP_LEFTOVERS``). Readers skip these without a word: naming a file its owner cannot see helps
+    no one. A file whose name is only a photo's extension (".jpg", ``photo_suffix``) is a photo, not a
+    hidden file; a folder so named is hidden, as any other."""
+    if not is_folder and _only_a_photo_suffix(name):
         return False
+    folded = name.casefold()
     return folded.startswith(".") or folded in DESKTOP_LEFTOVERS
 
 
-def key_left_out_quietly(parts: Iterable[str]) -> bool:
-    """``is_left_out_quietly`` for any part of a path or object key (``__MACOSX/shelves/._a.jpg``)."""
-    return any(is_left_out_quietly(part) for part in parts)
+def key_left_out_quietly(parts: Sequence[str]) -> bool:
+    """``is_left_out_quietly`` for any part of a path or object key (``__MACOSX/shelves/._a.jpg``): the
+    parts before the last are folders."""
+    return any(
+        is_left_out_quietly(part, is_folder=index < len(parts) - 1) for index, part in enumerate(parts)
+    )
 
 
 def working_size(width: int, height: int) -> tuple[int, int]:

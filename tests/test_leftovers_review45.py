@@ -39,3 +39,24 @@ def test_bench_matting_real_refuses_an_official_model_of_another_md5_in_one_line
     assert "is not the official U2-NetP's" in err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert not (tmp_path / "o.json").exists()
+
+
+def test_a_hidden_folder_named_as_a_photo_is_left_out_quietly_as_every_hidden_folder(tmp_path: Path) -> None:
+    # A file named only by a photo's extension (".jpg": a DAM's export with an empty title) is a photo;
+    # a folder so named was then reported as a problem of its SKU, where a hidden folder is skipped.
+    from PIL import Image
+
+    from services.ingest.ingest import photo_files
+    from shared.photos import is_left_out_quietly, key_left_out_quietly
+
+    sku = tmp_path / "oat"
+    (sku / ".jpg").mkdir(parents=True)
+    (sku / "..png").mkdir()
+    Image.new("RGB", (64, 64), (30, 200, 30)).save(sku / "a.jpg", "JPEG")
+    photos, problems = photo_files(sku)
+    assert [photo.name for photo in photos] == ["a.jpg"]
+    assert problems == []
+    assert is_left_out_quietly(".JPG", is_folder=True) and not is_left_out_quietly(".JPG")
+    assert key_left_out_quietly(["shelves", ".jpg", "a.jpg"]) and not key_left_out_quietly(
+        ["shelves", ".jpg"]
+    )

@@ -649,7 +649,9 @@ def _sku_folders_in(folder: Path) -> list[str]:
         return sorted(
             child.name
             for child in _listed(folder)
-            if not is_left_out_quietly(child.name) and child.is_dir() and _has_metadata_entry(child)
+            if child.is_dir()
+            and not is_left_out_quietly(child.name, is_folder=True)
+            and _has_metadata_entry(child)
         )
     except (IngestError, OSError):
         return []
@@ -671,13 +673,22 @@ def photo_files(folder: Path) -> tuple[list[Path], list[str]]:
         # Hidden entries are skipped as hidden SKU folders are: macOS writes an invisible "._NAME"
         # beside each photo on non-Apple volumes, and refusing a SKU over a file its owner cannot
         # see helps no one.
-        if is_left_out_quietly(entry.name) or entry.name == "metadata.json":
+        if entry.name == "metadata.json" or is_left_out_quietly(entry.name, is_folder=_is_folder(entry)):
             continue
         try:
             _sort_entry(folder, entry, photos, problems, accepted)
         except OSError as exc:  # listed but not looked at: the folder lacks execute permission
             problems.append(_unreadable(exc, entry))
     return photos, problems
+
+
+def _is_folder(entry: Path) -> bool:
+    """Whether ``entry`` is a folder; False where it cannot be looked at (the folder holding it lacks
+    execute permission), which ``_sort_entry`` names."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
 
 
 def _sort_entry(folder: Path, entry: Path, photos: list[Path], problems: list[str], accepted: str) -> None:

@@ -114,7 +114,11 @@ def _heldout_photos(root: Path) -> tuple[list[Photo], list[str]]:
     notes: list[str] = []
     first_of: dict[tuple[str, str], Path] = {}  # (SKU, sha256) -> the file scored
     thumbnails: list[Path] = []  # a NAS's thumbnail folders: noted once, not one note per SKU
-    entries = [entry for entry in sorted(root.iterdir()) if not is_left_out_quietly(entry.name)]
+    entries = [
+        entry
+        for entry in sorted(root.iterdir())
+        if not is_left_out_quietly(entry.name, is_folder=entry.is_dir())
+    ]
     thumbnails += [entry for entry in entries if _is_thumbnail_folder(entry)]
     entries = [entry for entry in entries if entry not in thumbnails]
     sku_folders = {_folder_id(entry): entry for entry in entries if entry.is_dir()}
@@ -213,7 +217,9 @@ def heldout_sku_folders(root: Path) -> list[str]:
     return sorted(
         entry.name
         for entry in root.iterdir()
-        if not is_left_out_quietly(entry.name) and entry.is_dir() and not is_nas_thumbnail_folder(entry.name)
+        if entry.is_dir()
+        and not is_left_out_quietly(entry.name, is_folder=True)
+        and not is_nas_thumbnail_folder(entry.name)
     )
 
 
@@ -381,7 +387,9 @@ def _files_under(
         seen.add(here)
         thumbnails += [Path(top) / name for name in folders if is_nas_thumbnail_folder(name)]
         folders[:] = [
-            name for name in folders if not is_left_out_quietly(name) and not is_nas_thumbnail_folder(name)
+            name
+            for name in folders
+            if not is_left_out_quietly(name, is_folder=True) and not is_nas_thumbnail_folder(name)
         ]
         found.extend(Path(top) / name for name in names if not is_left_out_quietly(name))
     return sorted(found)
