@@ -60,3 +60,17 @@ def test_a_hidden_folder_named_as_a_photo_is_left_out_quietly_as_every_hidden_fo
     assert key_left_out_quietly(["shelves", ".jpg", "a.jpg"]) and not key_left_out_quietly(
         ["shelves", ".jpg"]
     )
+
+
+def test_int8_calibration_reads_a_photo_named_only_by_its_extension(tmp_path: Path) -> None:
+    # Ingest takes ".jpg" (a DAM's export with an empty title) as a photo; calibration read Path.suffix
+    # ("" for it) and its own dot-file rule, so such a folder was "no photo directly in" it.
+    from PIL import Image
+
+    from shared.matting.quantize import calibration_photos
+
+    Image.new("RGB", (64, 48), (30, 200, 30)).save(tmp_path / ".jpg", "JPEG")
+    (tmp_path / "._a.jpg").write_bytes(b"\x00\x05\x16\x07 resource fork")
+    (tmp_path / ".heic").mkdir()  # a hidden folder, not an iPhone's photo
+    [photo] = calibration_photos(0, 0, [tmp_path], 1)
+    assert photo.size == (64, 48)

@@ -36,7 +36,7 @@ from shared.errors import BadInput
 from shared.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, decode_image
 from shared.matting import IMAGE_IOU_DROP_MAX, MEAN_IOU_DROP_MAX
 from shared.matting.session import u2net_preprocess
-from shared.photos import HEIC_ADVICE, HEIC_SUFFIXES, PHOTO_FILE_SUFFIXES
+from shared.photos import HEIC_ADVICE, HEIC_SUFFIXES, PHOTO_FILE_SUFFIXES, is_left_out_quietly, photo_suffix
 from shared.synth import render_dataset
 
 if TYPE_CHECKING:
@@ -121,18 +121,20 @@ def calibration_photos(
 ) -> list[Image.Image]:
     """``n_renderer`` renderer photos plus ``n_real`` photos spread evenly over ``photo_folders``.
 
-    Only the photo files of the folders are picked, by the suffixes ingest takes (``.jfif`` and ``.jpe``
-    too; a ``pairs.json``, a ``.DS_Store`` or a masks folder beside them crashed the run after the
-    renderer photos were made), and each is decoded as ingest and the stages decode it
-    (``decode_image``: EXIF orientation, alpha over white, 16-bit rescaled, colour profile to sRGB):
-    calibration must see what inference sees. A photo that does not decode, and a HEIC/HEIF photo
-    (an iPhone's), which is not read, are a ``CalibrationPhotoError`` naming them, before any
-    rendering."""
+    Only the photo files of the folders are picked, by ingest's rules (``shared.photos``: ``.jfif``,
+    ``.jpe`` and a file named ``.jpg`` too, hidden files not; a ``pairs.json``, a ``.DS_Store`` or a
+    masks folder beside them crashed the run after the renderer photos were made), and each is decoded
+    as ingest and the stages decode it (``decode_image``: EXIF orientation, alpha over white, 16-bit
+    rescaled, colour profile to sRGB): calibration must see what inference sees. A photo that does not
+    decode, and a HEIC/HEIF photo (an iPhone's), which is not read, are a ``CalibrationPhotoError``
+    naming them, before any rendering."""
     by_folder = {
         folder: [
             path
             for path in folder.iterdir()
-            if path.is_file() and path.suffix.lower() in PHOTO_FILE_SUFFIXES and not path.name.startswith(".")
+            if path.is_file()
+            and photo_suffix(path.name) in PHOTO_FILE_SUFFIXES
+            and not is_left_out_quietly(path.name)
         ]
         for folder in photo_folders
     }
@@ -142,7 +144,8 @@ def calibration_photos(
             str(path)
             for folder in photo_folders
             for path in folder.iterdir()
-            if path.suffix.lower() in HEIC_SUFFIXES and not path.name.startswith(".")
+            if photo_suffix(path.name) in HEIC_SUFFIXES
+            and not is_left_out_quietly(path.name, is_folder=path.is_dir())
         )
         if heic:
             raise CalibrationPhotoError(f"{', '.join(heic)}: {HEIC_ADVICE}; or move them out of the folder")
