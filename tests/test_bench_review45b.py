@@ -98,12 +98,14 @@ def test_a_nan_figure_inside_a_bench_run_ends_in_one_line_naming_it(
 
 
 def _bench_mains() -> dict[str, ast.FunctionDef]:
-    """Each bench module's module-level ``main``, by module name."""
+    """Each bench script's module-level ``main``, by its name under bench/ (``matting_real``,
+    ``data.matting_real.make_catalogue_masks``): the scripts in its folders too, which the mask sets'
+    scripts are."""
     mains = {}
-    for path in sorted(BENCH.glob("*.py")):
+    for path in sorted(BENCH.rglob("*.py")):
         for node in ast.parse(path.read_text()).body:
             if isinstance(node, ast.FunctionDef) and node.name == "main":
-                mains[path.stem] = node
+                mains[".".join(path.relative_to(BENCH).with_suffix("").parts)] = node
     return mains
 
 

@@ -60,6 +60,8 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
+from shared.commands import run_command
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 TOL = 12.0
 MIN_BLOB = 30
@@ -154,10 +156,15 @@ def apply_polygons(
     return mask
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
+def main(argv: Sequence[str] | None = None) -> int:
+    """Re-derive the masks and catalogue.json; a refusal run_command can name (Ctrl-C) is one line."""
+    return run_command("make_catalogue_masks.py", lambda: _make(argv))
+
+
+def _make(argv: Sequence[str] | None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="/work/data/dataset")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     split = json.loads(Path(os.path.join(HERE, "split.json")).read_text())
     os.makedirs(os.path.join(HERE, "masks"), exist_ok=True)
     out = []
@@ -196,7 +203,8 @@ def main() -> None:
         json.dump(out, f, indent=1)
         f.write("\n")
     print(f"wrote {len(out)} masks")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -40,6 +40,7 @@ Run:  python make_instore_masks.py [--data /work/data/dataset] [--check] [--mani
 import argparse
 import json
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,8 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
+
+from shared.commands import run_command
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SHIFT = 4  # fillPoly sub-pixel bits: vertices may be fractional
@@ -101,7 +104,13 @@ def derive(bgr: npt.NDArray[np.uint8], spec: dict[str, Any]) -> npt.NDArray[np.u
     return np.where((m8 > 0) | holes, 255, 0).astype(np.uint8)
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> int:
+    """Re-derive (or with --check compare) the in-store masks; 1 when a mask differs, and a refusal
+    run_command can name (Ctrl-C) is one line."""
+    return run_command("make_instore_masks.py", lambda: _make(argv))
+
+
+def _make(argv: Sequence[str] | None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="/work/data/dataset")
     ap.add_argument("--check", action="store_true")
@@ -111,7 +120,7 @@ def main() -> None:
         help="manifest file name next to this script (default instore_reserved.json)",
     )
     ap.add_argument("--only", nargs="*", help="ids to process (default: all in the manifest)")
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     entries = json.loads(Path(os.path.join(HERE, a.manifest)).read_text())
     bad = 0
     for e in entries:
@@ -130,8 +139,10 @@ def main() -> None:
             cv2.imwrite(out, mask)
             print("wrote", out)
     if bad:
-        raise SystemExit(f"{bad} masks differ")
+        print(f"make_instore_masks.py: {bad} masks differ", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
