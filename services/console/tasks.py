@@ -1090,12 +1090,7 @@ class TaskStore:
         Before, the only way was to clear ``refused_reason`` by hand in SQLite. TaskNotFound if there is
         no such task, TaskConflict if it has no decision, its decision was not refused or no longer reads."""
         with self._write() as (db, now):
-            row = db.execute(
-                "SELECT tasks.state, outbox.* FROM tasks LEFT JOIN outbox USING (task_id) WHERE task_id = ?",
-                (task_id,),
-            ).fetchone()
-            if row is None:
-                raise TaskNotFound(task_id)
+            row = _task_and_decision(db, task_id)
             if row["event_id"] is None:
                 raise TaskConflict(f"task {task_id} has no decision to send ({row['state']})")
             if row["refused_reason"] is None:
@@ -1120,12 +1115,7 @@ class TaskStore:
         discarded already (named as such, with its audit entry) or published, or it reads (resend it,
         or leave it: it can still be sent)."""
         with self._write() as (db, now):
-            row = db.execute(
-                "SELECT tasks.state, outbox.* FROM tasks LEFT JOIN outbox USING (task_id) WHERE task_id = ?",
-                (task_id,),
-            ).fetchone()
-            if row is None:
-                raise TaskNotFound(task_id)
+            row = _task_and_decision(db, task_id)
             if row["event_id"] is None:
                 discarded = db.execute(
                     "SELECT audit_id, at FROM audit WHERE task_id = ? AND action = 'discard'"
@@ -1265,6 +1255,18 @@ def _outbox(row: sqlite3.Row) -> OutboxEvent:
         published_at=row["published_at"],
         refused_reason=row["refused_reason"],
     )
+
+
+def _task_and_decision(db: sqlite3.Connection, task_id: str) -> sqlite3.Row:
+    """The task's state beside its outbox row (the outbox's columns NULL when it has no decision);
+    TaskNotFound if there is no such task."""
+    row = db.execute(
+        "SELECT tasks.state, outbox.* FROM tasks LEFT JOIN outbox USING (task_id) WHERE task_id = ?",
+        (task_id,),
+    ).fetchone()
+    if row is None:
+        raise TaskNotFound(task_id)
+    return row
 
 
 def _reason_escaped(payload_json: str) -> str:
