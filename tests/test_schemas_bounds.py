@@ -31,7 +31,6 @@ from schemas.events import (
     ImageGenerated,
     subject_sku_id,
 )
-from schemas.jsonschema import JSON_DIR
 from schemas.topics import ADAPTER_PUBLISHED, CORRECTION_PENDING, GATE_ACCEPTED, IMAGE_GENERATED, Topic
 from services.lora_trainer.config import LoraTrainerSettings
 from shared.bus import make_envelope, read_envelope
@@ -41,6 +40,7 @@ from shared.generation.diffusion import DIFFUSION_PARAMETERS
 from shared.store import open_store
 from tests.support import gate
 from tests.support.runtime import dead_letter_for
+from tests.support.schemas import committed_schema
 
 ADAPTER_ID = "general-0123456789ab"
 
@@ -105,12 +105,7 @@ def test_the_longest_lists_skuforge_writes_pass_well_within_the_bounds(tmp_path:
     for topic, payload in _payloads(tmp_path).values():
         written = _written(topic, payload)
         assert read_envelope(topic, json.dumps(written)).payload == payload
-        jsonschema.Draft202012Validator(_committed(topic)).validate(written)
-
-
-def _committed(topic: Topic[Any]) -> dict[str, Any]:
-    schema: dict[str, Any] = json.loads((JSON_DIR / f"{topic.name}.json").read_text())
-    return schema
+        jsonschema.Draft202012Validator(committed_schema(topic)).validate(written)
 
 
 def _one_over(event: str, written: dict[str, Any]) -> tuple[str, ...]:
@@ -159,5 +154,5 @@ def test_one_item_over_a_lists_bound_is_dead_lettered_naming_the_field(tmp_path:
     if event in ("generated_values", "generated_string"):
         return  # a count or a length inside free-form JSON: the JSON Schema cannot say it
     with pytest.raises(jsonschema.ValidationError) as refused:
-        jsonschema.Draft202012Validator(_committed(topic)).validate(written)
+        jsonschema.Draft202012Validator(committed_schema(topic)).validate(written)
     assert tuple(refused.value.absolute_path) == path

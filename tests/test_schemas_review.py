@@ -13,17 +13,15 @@ import jsonschema
 import pytest
 from pydantic import BaseModel
 
-from schemas.common import MAX_MEDIA_TYPE_CHARS, MAX_URI_CHARS, ImageRef, SkuMetadata
+from schemas.common import MAX_MEDIA_TYPE_CHARS, MAX_URI_CHARS, SkuMetadata
 from schemas.envelope import MAX_SCHEMA_NAME_CHARS, DeadLetter
 from schemas.events import (
     MAX_CAPTION_CHARS,
     MAX_PHRASE_CHARS,
     AdapterPublished,
     SkuCaptioned,
-    SkuIngested,
     subject_sku_id,
 )
-from schemas.jsonschema import JSON_DIR
 from schemas.topics import (
     ADAPTER_PUBLISHED,
     ALL_TOPICS,
@@ -42,23 +40,7 @@ from shared.config import ConfigError, load_settings
 from shared.store import MAX_KEY_BYTES, open_store
 from tests.support import gate
 from tests.support.runtime import dead_letter_for
-
-
-def _committed(topic: Topic[Any]) -> dict[str, Any]:
-    schema: dict[str, Any] = json.loads((JSON_DIR / f"{topic.name}.json").read_text())
-    return schema
-
-
-def _ingested_envelope() -> dict[str, Any]:
-    image = ImageRef(uri="file:///store/p.png", sha256="0" * 64, bytes=10, width=8, height=8)
-    payload = SkuIngested(
-        sku=SkuMetadata(sku_id="SKU-1", name="Cola", category="soda can"),
-        photos=[{"photo_id": "p", "image": image, "original_filename": "p.png"}],
-    )
-    envelope = make_envelope(
-        SKU_INGESTED, payload, event_id="c" * 32, sku_id="SKU-1", trace_id="t", producer="test"
-    )
-    return envelope.model_dump(mode="json")
+from tests.support.schemas import committed_schema, ingested_envelope
 
 
 @pytest.mark.parametrize(
@@ -72,11 +54,11 @@ def test_the_topic_schema_refuses_a_header_its_consumers_dead_letter(
     """Before, ``schema_name`` was any string and ``schema_version`` any integer >= 1 in every topic's
     schema: an event naming its topic ("sku.ingested.v1", the schema's own x-topic) passed the schema
     and every consumer dead-lettered it (schema_mismatch)."""
-    written = _ingested_envelope() | {field: value}
+    written = ingested_envelope() | {field: value}
     assert dead_letter_for(tmp_path, written).reason.startswith("schema_")  # mismatch, or unsupported
 
-    schema = _committed(SKU_INGESTED)
-    jsonschema.Draft202012Validator(schema).validate(_ingested_envelope())  # what our producers write
+    schema = committed_schema(SKU_INGESTED)
+    jsonschema.Draft202012Validator(schema).validate(ingested_envelope())  # what our producers write
     with pytest.raises(jsonschema.ValidationError) as refused:
         jsonschema.Draft202012Validator(schema).validate(written)
     assert list(refused.value.absolute_path) == [field]
@@ -84,7 +66,7 @@ def test_the_topic_schema_refuses_a_header_its_consumers_dead_letter(
 
 @pytest.mark.parametrize("topic", ALL_TOPICS, ids=lambda topic: topic.name)
 def test_every_topic_schema_names_the_schema_and_version_its_consumers_take(topic: Topic[Any]) -> None:
-    properties = _committed(topic)["properties"]
+    properties = committed_schema(topic)["properties"]
     jsonschema.validate(topic.schema_name, properties["schema_name"])
     jsonschema.validate(topic.version, properties["schema_version"])
     for wrong_name in (topic.name, topic.schema_name + "x"):
@@ -100,7 +82,7 @@ def test_a_letter_for_a_payload_that_does_not_validate_names_the_event_its_heade
     """The commonest bad input, a readable envelope whose payload breaks its contract (no photos
     here), was dead-lettered with no event_id, sku_id or trace_id: ``skuforge dlq list`` showed
     "sku - event -" for every schema_invalid letter, so nobody could tell which SKU was refused."""
-    written = _ingested_envelope()
+    written = ingested_envelope()
     written["payload"]["photos"] = []
 
     letter = dead_letter_for(tmp_path, written)
@@ -119,7 +101,7 @@ def test_a_newer_version_is_refused_as_such_even_when_its_envelope_changed_too(
     """docs/delivery.md: a breaking change of the envelope's own fields is a .v2 of every topic. Such an
     event on a v1 topic was dead-lettered as schema_invalid, since its header (read to find its
     version) no longer read as a v1 header; ``dlq list`` then called a newer producer a broken one."""
-    written = _ingested_envelope() | {"schema_version": 2, change: value}
+    written = ingested_envelope() | {"schema_version": 2, change: value}
     if value is None:
         del written[change]
 
@@ -147,12 +129,12 @@ def test_a_time_without_an_offset_is_read_as_utc_and_written_with_one() -> None:
     embedded ``decided_at``, a replayed letter's ``failed_at``) it broke the committed schema's
     ``date-time``, and comparing it with an aware time raised. Refusing it would dead-letter events
     already accepted, so a time without an offset is read as UTC, the only zone skuforge writes."""
-    written = _ingested_envelope() | {"produced_at": "2024-05-01T12:00:00"}
+    written = ingested_envelope() | {"produced_at": "2024-05-01T12:00:00"}
     event = read_envelope(SKU_INGESTED, json.dumps(written))
     assert event.produced_at == datetime(2024, 5, 1, 12, tzinfo=UTC)
     assert event.produced_at < datetime.now(UTC)
     jsonschema.Draft202012Validator(
-        _committed(SKU_INGESTED), format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
+        committed_schema(SKU_INGESTED), format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
     ).validate(event.model_dump(mode="json"))
 
     letter = DeadLetter(
@@ -220,11 +202,11 @@ def test_a_trace_id_or_producer_that_would_forge_log_lines_is_dead_lettered_nami
 ) -> None:
     """Before, ``producer`` had no length limit and ``trace_id`` took any character: both went unescaped
     into the text log format (``key=value``), so a producer could forge log lines or fields."""
-    written = _ingested_envelope() | {field: value}
+    written = ingested_envelope() | {field: value}
     letter = dead_letter_for(tmp_path, written)
     assert letter.reason == "schema_invalid" and letter.detail.startswith(f"{field}: ")
 
-    schema = _committed(SKU_INGESTED)
+    schema = committed_schema(SKU_INGESTED)
     with pytest.raises(jsonschema.ValidationError) as refused:
         jsonschema.Draft202012Validator(schema).validate(written)
     assert list(refused.value.absolute_path) == [field]
@@ -262,7 +244,7 @@ def test_oversized_free_text_is_dead_lettered_once_naming_the_field(
     assert letter.reason == "schema_invalid" and field in letter.detail
 
     with pytest.raises(jsonschema.ValidationError) as refused:
-        jsonschema.Draft202012Validator(_committed(topic)).validate(written)
+        jsonschema.Draft202012Validator(committed_schema(topic)).validate(written)
     assert list(refused.value.absolute_path) == ["payload", *where, field]
 
 
@@ -281,7 +263,7 @@ def test_an_oversized_uri_media_type_or_schema_name_is_dead_lettered_naming_the_
     """Before, an object's uri and media type and the envelope's schema name took any length Kafka
     carries: a 100 kB uri was looked up in the store, and a 100 kB schema name was quoted whole in a
     ``schema_mismatch`` letter. Now each is refused when the event is read, naming the field."""
-    written = _ingested_envelope()
+    written = ingested_envelope()
     parent: Any = written
     for step in path[:-1]:
         parent = parent[step]
@@ -291,7 +273,7 @@ def test_an_oversized_uri_media_type_or_schema_name_is_dead_lettered_naming_the_
     assert letter.reason == "schema_invalid" and letter.detail.startswith(".".join(map(str, path)))
 
     with pytest.raises(jsonschema.ValidationError) as refused:
-        jsonschema.Draft202012Validator(_committed(SKU_INGESTED)).validate(written)
+        jsonschema.Draft202012Validator(committed_schema(SKU_INGESTED)).validate(written)
     assert tuple(refused.value.absolute_path) == path
 
 
@@ -347,7 +329,7 @@ def test_a_control_character_in_sku_metadata_is_dead_lettered_naming_the_field(
     """Before, a SKU's name, category, brand and series took any character: a NUL, a terminal colour
     code or a newline went into captions, prompts, tags, logs and the console's pages. No skuforge
     producer writes one (nor do the GroceryStore classes the benches ingest)."""
-    written = _ingested_envelope()
+    written = ingested_envelope()
     written["payload"]["sku"][field] = value
 
     letter = dead_letter_for(tmp_path, written)
@@ -355,7 +337,7 @@ def test_a_control_character_in_sku_metadata_is_dead_lettered_naming_the_field(
     assert "control character" in letter.detail
 
     with pytest.raises(jsonschema.ValidationError) as refused:
-        jsonschema.Draft202012Validator(_committed(SKU_INGESTED)).validate(written)
+        jsonschema.Draft202012Validator(committed_schema(SKU_INGESTED)).validate(written)
     assert list(refused.value.absolute_path) == ["payload", "sku", field]
 
 
@@ -368,7 +350,7 @@ def test_a_control_character_in_a_photos_file_name_is_dead_lettered_naming_the_f
     """A photo's ``original_filename`` took any character, as the SKU's name did before: a newline or a
     terminal escape went on into the console, the demo's report and log lines. ``skuforge ingest``
     escapes one in a file name on disk; any other producer's is refused."""
-    written = _ingested_envelope()
+    written = ingested_envelope()
     written["payload"]["photos"][0]["original_filename"] = value
 
     letter = dead_letter_for(tmp_path, written)
@@ -377,16 +359,16 @@ def test_a_control_character_in_a_photos_file_name_is_dead_lettered_naming_the_f
     assert "control character" in letter.detail
 
     with pytest.raises(jsonschema.ValidationError) as refused:
-        jsonschema.Draft202012Validator(_committed(SKU_INGESTED)).validate(written)
+        jsonschema.Draft202012Validator(committed_schema(SKU_INGESTED)).validate(written)
     assert list(refused.value.absolute_path) == ["payload", "photos", 0, "original_filename"]
 
 
 def test_sku_metadata_without_control_characters_is_taken_as_written() -> None:
     """Accents, non-breaking spaces and scripts other than Latin are text, not control characters."""
     sku = SkuMetadata(sku_id="SKU-1", name="Crème Fraîche\u00a0Léger", category="ヨーグルト", brand="Ōatly™")
-    written = _ingested_envelope()
+    written = ingested_envelope()
     written["payload"]["sku"] = sku.model_dump(mode="json")
-    jsonschema.Draft202012Validator(_committed(SKU_INGESTED)).validate(written)
+    jsonschema.Draft202012Validator(committed_schema(SKU_INGESTED)).validate(written)
 
 
 @pytest.mark.parametrize(
@@ -405,7 +387,7 @@ def test_a_trailing_newline_is_refused_by_the_model_and_the_committed_schema(whe
     """Python's ``re``, which the jsonschema package uses, reads a pattern's ``$`` as matching before a
     final newline too: "sku-1\\n" passed ``^...$`` there, though ECMA-262 (JSON Schema's dialect) and the
     consumer's pydantic model refuse it, so a Python producer checked its event and had it dead-lettered."""
-    written = _ingested_envelope()
+    written = ingested_envelope()
     *path, field = where
     parent = written
     for step in path:
@@ -415,7 +397,7 @@ def test_a_trailing_newline_is_refused_by_the_model_and_the_committed_schema(whe
     with pytest.raises(ValueError, match=str(field)):
         read_envelope(SKU_INGESTED, json.dumps(written))
     with pytest.raises(jsonschema.ValidationError) as refused:
-        jsonschema.Draft202012Validator(_committed(SKU_INGESTED)).validate(written)
+        jsonschema.Draft202012Validator(committed_schema(SKU_INGESTED)).validate(written)
     assert list(refused.value.absolute_path) == list(where)
 
 

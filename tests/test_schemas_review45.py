@@ -9,42 +9,21 @@ the zero-width space (Thai word breaks) stay text within a name.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
-from typing import Any
 
 import jsonschema
 import pytest
 from pydantic import ValidationError
 
-from schemas.common import INVISIBLE_CHARACTERS, ImageRef, SkuMetadata, shows_nothing
-from schemas.events import SkuIngested
-from schemas.jsonschema import JSON_DIR
+from schemas.common import INVISIBLE_CHARACTERS, SkuMetadata, shows_nothing
 from schemas.topics import SKU_INGESTED
-from shared.bus import make_envelope
 from tests.support.runtime import dead_letter_for
+from tests.support.schemas import committed_schema, ingested_envelope
 
 # What the contract refuses in any text: control characters and the bidirectional controls.
 REFUSED = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 BIDI_CONTROLS = [0x202A, 0x202B, 0x202C, 0x202D, 0x202E, 0x2066, 0x2067, 0x2068, 0x2069]
-
-
-def _committed() -> dict[str, Any]:
-    schema: dict[str, Any] = json.loads((JSON_DIR / f"{SKU_INGESTED.name}.json").read_text())
-    return schema
-
-
-def _ingested_envelope() -> dict[str, Any]:
-    image = ImageRef(uri="file:///store/p.png", sha256="0" * 64, bytes=10, width=8, height=8)
-    payload = SkuIngested(
-        sku=SkuMetadata(sku_id="SKU-1", name="Cola", category="soda can"),
-        photos=[{"photo_id": "p", "image": image, "original_filename": "p.png"}],
-    )
-    envelope = make_envelope(
-        SKU_INGESTED, payload, event_id="c" * 32, sku_id="SKU-1", trace_id="t", producer="test"
-    )
-    return envelope.model_dump(mode="json")
 
 
 @pytest.mark.parametrize("code_point", BIDI_CONTROLS, ids=[f"U+{c:04X}" for c in BIDI_CONTROLS])
@@ -59,7 +38,7 @@ def test_a_bidirectional_control_is_refused_naming_its_code_point(code_point: in
 def test_a_bidirectional_override_in_sku_metadata_is_dead_lettered_naming_the_field(
     tmp_path: Path, field: str
 ) -> None:
-    written = _ingested_envelope()
+    written = ingested_envelope()
     written["payload"]["sku"][field] = "Cola \u202eoreZ\u202c"
 
     letter = dead_letter_for(tmp_path, written)
@@ -67,12 +46,12 @@ def test_a_bidirectional_override_in_sku_metadata_is_dead_lettered_naming_the_fi
     assert "U+202E" in letter.detail and "\u202e" not in letter.detail
 
     with pytest.raises(jsonschema.ValidationError) as refused:
-        jsonschema.Draft202012Validator(_committed()).validate(written)
+        jsonschema.Draft202012Validator(committed_schema(SKU_INGESTED)).validate(written)
     assert list(refused.value.absolute_path) == ["payload", "sku", field]
 
 
 def test_a_bidirectional_isolate_in_a_photos_file_name_is_dead_lettered(tmp_path: Path) -> None:
-    written = _ingested_envelope()
+    written = ingested_envelope()
     written["payload"]["photos"][0]["original_filename"] = "p\u2067gnp.exe\u2069.png"
 
     letter = dead_letter_for(tmp_path, written)
@@ -88,7 +67,7 @@ def test_a_bidirectional_isolate_in_a_photos_file_name_is_dead_lettered(tmp_path
 )
 def test_a_name_that_shows_nothing_is_dead_lettered(tmp_path: Path, field: str, value: str) -> None:
     """``skuforge ingest`` refused such a name or category itself; any other producer's was taken."""
-    written = _ingested_envelope()
+    written = ingested_envelope()
     written["payload"]["sku"][field] = value
 
     letter = dead_letter_for(tmp_path, written)
@@ -96,7 +75,7 @@ def test_a_name_that_shows_nothing_is_dead_lettered(tmp_path: Path, field: str, 
     assert f"is only whitespace or invisible characters; give the product's {field}" in letter.detail
 
     with pytest.raises(jsonschema.ValidationError) as refused:
-        jsonschema.Draft202012Validator(_committed()).validate(written)
+        jsonschema.Draft202012Validator(committed_schema(SKU_INGESTED)).validate(written)
     assert list(refused.value.absolute_path) == ["payload", "sku", field]
 
 
@@ -114,9 +93,9 @@ def test_a_name_that_shows_nothing_is_dead_lettered(tmp_path: Path, field: str, 
 def test_joiners_marks_and_spaces_around_a_name_are_text(name: str) -> None:
     sku = SkuMetadata(sku_id="SKU-1", name=name, category=name, brand=" ", series="")
     assert sku.name == name
-    written = _ingested_envelope()
+    written = ingested_envelope()
     written["payload"]["sku"] = sku.model_dump(mode="json")
-    jsonschema.Draft202012Validator(_committed()).validate(written)
+    jsonschema.Draft202012Validator(committed_schema(SKU_INGESTED)).validate(written)
 
 
 def test_the_schemas_invisible_characters_are_this_pythons_blank_characters_of_the_bmp() -> None:
