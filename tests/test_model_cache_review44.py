@@ -5,16 +5,18 @@ The other process runs for real (a Python child sharing the cache).
 
 from __future__ import annotations
 
-import os
-import subprocess
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from shared import model_cache
 from shared.model_cache import fetch_file, release
-from tests.support.model_cache import age, copies, fetching_child, finish, pruned_by_another_process, publish
+from tests.support.model_cache import (
+    age,
+    another_stage_fetching_meanwhile,
+    copies,
+    pruned_by_another_process,
+    publish,
+)
 
 
 def test_a_copy_another_stage_put_in_place_during_this_download_is_used_not_replaced(
@@ -25,22 +27,7 @@ def test_a_copy_another_stage_put_in_place_during_this_download_is_used_not_repl
     was pruned after ``unused_days`` under it, and downloaded again at its next fetch."""
     cache, store = tmp_path / "cache", tmp_path / "store"
     uri = publish(store, "v1/model.onnx", b"version one")
-    others: list[subprocess.Popen[str]] = []
-    theirs: list[int] = []
-    fetch = model_cache.copied_and_held
-
-    def raced(target: Path, *, whole: Callable[[], bool], copy: Callable[[], None]) -> None:
-        def whole_then_another_stage_fetches() -> bool:
-            answer = whole()
-            if not others:  # this download found no copy; another stage's fetch lands before it is put
-                others.append(fetching_child(uri, cache))
-                theirs.append(os.stat(target).st_ino)
-            return answer
-
-        fetch(target, whole=whole_then_another_stage_fetches, copy=copy)
-
-    monkeypatch.setattr(model_cache, "copied_and_held", raced)
-    try:
+    with another_stage_fetching_meanwhile(monkeypatch, uri, cache) as theirs:
         copy = fetch_file(uri, cache, uri_from="the test")
         assert copy.read_bytes() == b"version one"
         assert copy.stat().st_ino == theirs[0], "the copy the other stage holds was replaced under it"
@@ -49,6 +36,3 @@ def test_a_copy_another_stage_put_in_place_during_this_download_is_used_not_repl
         age(copy)
         assert pruned_by_another_process(cache) == []
         assert copies(cache) == [copy.name]
-    finally:
-        for other in others:
-            finish(other)

@@ -18,7 +18,6 @@ import pytest
 from pydantic_settings import BaseSettings, NoDecode
 
 from services.gate.config import GateSettings
-from shared import model_cache
 from shared.commands import run_command
 from shared.config import ConfigError, load_settings
 from shared.generation.settings import GenerationSettings
@@ -26,7 +25,7 @@ from shared.model_cache import fetch_file, release
 from shared.observability import configure_command_logging
 from shared.signals import Stopped, held_signals, raise_stopped, stopped_as_interrupt, stops_wait_for_clean_up
 from skuforge_cli.main import SETTINGS_MODELS
-from tests.support.model_cache import copies, fetching_child, finish, publish
+from tests.support.model_cache import another_stage_fetching_meanwhile, copies, publish
 
 ROOT = Path(__file__).resolve().parents[1]
 STOPS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -231,28 +230,10 @@ def test_without_hard_links_a_copy_another_stage_put_in_place_is_used_not_replac
     # put there and held: its lock was then on a deleted file, and the copy it used could be pruned.
     cache, store = tmp_path / "cache", tmp_path / "store"
     uri = publish(store, "v1/model.onnx", b"version one")
-    others: list[subprocess.Popen[str]] = []
-    theirs: list[int] = []
-    fetch = model_cache.copied_and_held
-
-    def raced(target: Path, *, whole: Callable[[], bool], copy: Callable[[], None]) -> None:
-        def whole_then_another_stage_fetches() -> bool:
-            answer = whole()
-            if not others:  # this download found no copy; another stage's fetch lands before it is put
-                others.append(fetching_child(uri, cache))
-                theirs.append(os.stat(target).st_ino)
-            return answer
-
-        fetch(target, whole=whole_then_another_stage_fetches, copy=copy)
-
-    monkeypatch.setattr(model_cache, "copied_and_held", raced)
-    _no_hard_links(monkeypatch)
-    try:
+    with another_stage_fetching_meanwhile(monkeypatch, uri, cache) as theirs:
+        _no_hard_links(monkeypatch)
         copy = fetch_file(uri, cache, uri_from="the test")
         assert copy.read_bytes() == b"version one"
         assert copy.stat().st_ino == theirs[0], "the copy the other stage holds was replaced under it"
         assert copies(cache) == [copy.name]
         release(copy)
-    finally:
-        for other in others:
-            finish(other)

@@ -8,7 +8,13 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+import pytest
+
+from shared import model_cache
 
 REPO = Path(__file__).resolve().parents[2]
 FORTY_DAYS_S = 40 * 86_400
@@ -81,3 +87,32 @@ def pruned_by_another_process(cache: Path, unused_days: float = 30) -> list[str]
         [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60, check=True
     )
     return pruner.stdout.split()
+
+
+@contextmanager
+def another_stage_fetching_meanwhile(
+    monkeypatch: pytest.MonkeyPatch, uri: str, cache: Path
+) -> Iterator[list[int]]:
+    """Within the block, this process's first download of ``uri`` finds no copy, and another stage's
+    fetch (a real child process) puts its whole copy in place before this one puts its own; the list
+    yielded gets that copy's inode. The other stage lets its copy go as the block ends."""
+    others: list[subprocess.Popen[str]] = []
+    theirs: list[int] = []
+    fetch = model_cache.copied_and_held
+
+    def raced(target: Path, *, whole: Callable[[], bool], copy: Callable[[], None]) -> None:
+        def whole_then_another_stage_fetches() -> bool:
+            answer = whole()
+            if not others:  # this download found no copy; another stage's fetch lands before it is put
+                others.append(fetching_child(uri, cache))
+                theirs.append(os.stat(target).st_ino)
+            return answer
+
+        fetch(target, whole=whole_then_another_stage_fetches, copy=copy)
+
+    monkeypatch.setattr(model_cache, "copied_and_held", raced)
+    try:
+        yield theirs
+    finally:
+        for other in others:
+            finish(other)
