@@ -267,28 +267,43 @@ def _put_in_place(partial: Path, path: Path, *, whole: Callable[[], bool] | None
     (damaged in place, writable by everyone): a whole copy there is another process's, put there since
     this one looked, which it holds (its lock is on that file). Replaced, its lock was on a deleted
     file, the copy under the name was held by nobody, and a prune deleted it under that process once
-    ``unused_days`` old.
+    ``unused_days`` old. The check and the move happen under the cache's install lock (``_install_lock``),
+    so no other process puts a copy there between them: a file system without hard links (vfat; some
+    FUSE ones, whose ``link`` is ENOSYS) has only the check before its rename, which replaced a whole
+    copy landing in between. Readers never see part of a file: ``partial`` is whole and synced, and the
+    rename atomic.
     """
     os.chmod(partial, _mode(0o666))  # not mkstemp's 0600
     if whole is None:
         os.replace(partial, path)
     else:
-        try:
-            os.link(partial, path)
-        except FileExistsError:
-            if whole():
-                return
-            os.replace(partial, path)
-        except OSError as exc:
-            if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP):
-                raise
-            # A file system without hard links: renamed, unless a whole copy is there, kept as above.
-            # Readers never see part of a file (``partial`` is whole and synced, the rename atomic: the
-            # name is the old copy or ours). Checked, not atomic: a whole copy put there between the
-            # check and the rename is still replaced (its holder's lock then on a deleted file).
-            if not whole():
-                os.replace(partial, path)
+        with _install_lock(path.parent):
+            try:
+                os.link(partial, path)
+            except FileExistsError:
+                if not whole():
+                    os.replace(partial, path)
+            except OSError as exc:
+                if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS):
+                    raise
+                if not whole():  # no hard links: renamed, unless a whole copy is there, kept as above
+                    os.replace(partial, path)
     fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def _install_lock(folder: Path) -> Iterator[None]:
+    """The cache's install lock, an exclusive ``flock`` on the cache folder ``folder``, held for the
+    block: every process checks what is at a copy's name and puts its own there under it. NFS emulates
+    flock with POSIX locks, which an exclusive one on a read-only descriptor cannot take (EBADF): there
+    the block runs unlocked (a file copy is still linked into place, never over another)."""
+    lock_fd = os.open(folder, os.O_RDONLY)
+    try:
+        with contextlib.suppress(OSError):
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(lock_fd)  # releases the lock
 
 
 def _source(
@@ -691,18 +706,13 @@ def _install(partial: Path, target: Path, keys: list[str]) -> None:
     """Put the finished copy ``partial`` at ``target`` unless a whole copy of ``keys`` is there already;
     what is left at ``partial`` (our copy, or the outdated one ours replaced) is the caller's to delete.
 
-    The check and the swap happen under the cache's install lock (an exclusive ``flock`` on the cache
-    folder), so a whole copy another process has just installed, and may be loading, is found and kept,
-    never replaced. A rename cannot replace a non-empty folder, and renaming the old copy aside first
-    left no model under the name until ours took it (none at all when the process died in between):
-    an outdated or broken copy is exchanged with ours in one step, its open files staying readable.
+    The check and the swap happen under the cache's install lock (``_install_lock``), so a whole copy
+    another process has just installed, and may be loading, is found and kept, never replaced. A rename
+    cannot replace a non-empty folder, and renaming the old copy aside first left no model under the
+    name until ours took it (none at all when the process died in between): an outdated or broken copy
+    is exchanged with ours in one step, its open files staying readable.
     """
-    lock_fd = os.open(target.parent, os.O_RDONLY)
-    try:
-        # NFS emulates flock with POSIX locks, which an exclusive one on a read-only descriptor cannot
-        # take (EBADF): there installs go unlocked, as they did before the lock.
-        with contextlib.suppress(OSError):
-            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+    with _install_lock(target.parent):
         if _is_complete(target, keys):
             return
         try:
@@ -716,8 +726,6 @@ def _install(partial: Path, target: Path, keys: list[str]) -> None:
         if _is_complete(target, keys):
             return
         _exchange(partial, target)
-    finally:
-        os.close(lock_fd)  # releases the lock
 
 
 # renameat2(2)'s flag that swaps two names atomically (Linux 3.15; ext4, XFS, btrfs, tmpfs, overlayfs).

@@ -3,6 +3,7 @@ sharing the cache for real (a Python child that fetches, says 'ready', and keeps
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import sys
@@ -116,3 +117,80 @@ def another_stage_fetching_meanwhile(
     finally:
         for other in others:
             finish(other)
+
+
+class AnotherStage:
+    """Another stage's fetch started while this process put its own copy in place (``their_copy``)."""
+
+    def __init__(self) -> None:
+        self.process: subprocess.Popen[str] | None = None
+        self._inode: int | None = None
+
+    def their_copy(self) -> int:
+        """The inode of the copy the other stage holds once its fetch is done (waited for)."""
+        if self._inode is None:
+            assert self.process is not None and self.process.stdout is not None, (
+                "the other stage never started"
+            )
+            self._inode = int(self.process.stdout.readline())
+            wait_ready(self.process)
+        return self._inode
+
+
+@contextmanager
+def another_stage_installing_meanwhile(
+    monkeypatch: pytest.MonkeyPatch, uri: str, cache: Path
+) -> Iterator[AnotherStage]:
+    """Within the block, another stage (a real child process) starts fetching ``uri`` into ``cache`` just
+    after this process's first put-in-place found no whole copy at its name and before it moves its own
+    there. The other stage does as a stage does: where this one holds the cache's install lock (an
+    exclusive ``flock`` on the cache folder) it waits for it, else its copy lands at once. The other
+    stage lets its copy go as the block ends."""
+    stage = AnotherStage()
+    put_in_place = model_cache._put_in_place
+
+    def raced(partial: Path, path: Path, *, whole: Callable[[], bool] | None = None) -> None:
+        if whole is None:
+            return put_in_place(partial, path)
+
+        def whole_then_another_stage_installs() -> bool:
+            answer = whole()
+            if stage.process is None:
+                stage.process = _inode_reporting_child(uri, cache)
+                if _install_lock_free(cache):
+                    stage.their_copy()  # nothing keeps it from landing now: it does
+            return answer
+
+        return put_in_place(partial, path, whole=whole_then_another_stage_installs)
+
+    monkeypatch.setattr(model_cache, "_put_in_place", raced)
+    try:
+        yield stage
+    finally:
+        if stage.process is not None:
+            finish(stage.process)
+
+
+def _inode_reporting_child(uri: str, cache: Path) -> subprocess.Popen[str]:
+    """Another stage fetching ``uri`` into ``cache``: prints the inode of the copy it holds, then
+    'ready', and holds it until told."""
+    return child(f"""
+        import os
+        from shared.model_cache import fetch_file
+        copy = fetch_file({uri!r}, {str(cache)!r}, uri_from="the test")
+        print(os.stat(copy).st_ino, flush=True)
+        print("ready", flush=True)
+        input()
+    """)
+
+
+def _install_lock_free(cache: Path) -> bool:
+    """Whether another process could take the cache's install lock now."""
+    fd = os.open(cache, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)  # releases it where it was taken
+    return True
