@@ -3,7 +3,9 @@
 A bad setting, the object store refusing or away, an object stored that does not read and Ctrl-C (or
 SIGTERM, SIGHUP: ``shared.signals``) each say what to do in their message; a traceback around it
 buried that line under frames of our code. A reader of stdout that stops early (``| head -1``) ends the
-command quietly; a stdout that cannot be written (``> report.txt`` on a full disk) is one line too.
+command quietly; a stdout that cannot be written (``> report.txt`` on a full disk) is one line too, and a
+stderr that cannot be written (``2> log`` on a full disk, a closed pipe) loses what is said on it, never
+the command's exit status.
 ``skuforge`` runs every command through ``run_command``, and so do the fitting tools that open a model and
 every bench module's ``main`` (``tests/test_bench_review45b.py`` holds them to it).
 """
@@ -30,8 +32,10 @@ def run_command(name: str, command: Callable[[], int]) -> int:
     2 for a bad setting (as for a bad option), 1 for the store's or a stored object's, 128 + the
     signal for Ctrl-C, SIGTERM or SIGHUP where the command has nothing of its own to say or undo; 1,
     and nothing said, when stdout's reader has gone; 1 when stdout cannot be written (a full disk). The
-    status is the same when stderr cannot be written either: the line is dropped (``_say``)."""
+    status is the same when stderr cannot be written either: what the command or this says on it is
+    dropped (``_GuardedStderr``)."""
     stdout = sys.stdout = _WatchedStdout(sys.stdout)
+    stderr = sys.stderr = _GuardedStderr(sys.stderr)
     try:
         status = command()
         sys.stdout.flush()  # here, not at exit, where a closed pipe is a message we cannot catch
@@ -82,20 +86,28 @@ def run_command(name: str, command: Callable[[], int]) -> int:
     finally:
         if sys.stdout is stdout:  # not one the command set for good
             sys.stdout = stdout.stream
+        if sys.stderr is stderr:
+            stderr.flush()  # a buffered one's last words: here, where their failure is caught
+            sys.stderr = stderr.stream
 
 
 def _say(line: str) -> None:
-    """``line`` on stderr. Where stderr cannot be written either (``2> log`` on a full disk) the line is
-    dropped and stderr sent to devnull, so the interpreter's last flush does not fail on what was left of
-    it: the exit status still says what happened. Raised, it ended every failure with status 1 (a bad
-    setting's is 2, Ctrl-C's 130) and a traceback nobody could read."""
+    """``line`` on stderr: dropped where stderr cannot be written either (``_GuardedStderr``), so the exit
+    status still says what happened. Raised, it ended every failure with status 1 (a bad setting's is 2,
+    Ctrl-C's 130) and a traceback nobody could read."""
     try:
         print(line, file=sys.stderr)
-    except OSError:
-        with contextlib.suppress(AttributeError, OSError, ValueError):  # no file behind it: nothing left
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stderr.fileno())
-            os.close(devnull)
+    except OSError:  # stderr is not run_command's (the command set its own for good)
+        _to_devnull(sys.stderr)
+
+
+def _to_devnull(stream: TextIO) -> None:
+    """Send what is written to ``stream`` from now on to devnull, so that neither the next write nor the
+    interpreter's last flush fails on what was left in its buffer; nothing when no file is behind it."""
+    with contextlib.suppress(AttributeError, OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+        os.close(devnull)
 
 
 def _stdout_reader_gone() -> bool:
@@ -137,4 +149,41 @@ class _WatchedStdout:
             raise
 
     def __getattr__(self, name: str) -> Any:  # fileno, isatty, encoding...: stdout's own
+        return getattr(self.stream, name)
+
+
+class _GuardedStderr:
+    """``stream`` (stderr), whose writes never fail: where it cannot be written (``2> log`` on a full
+    disk, ``2>&1 | head -1`` once the reader has gone) what is said is dropped and the stream sent to
+    devnull (``_to_devnull``). A command's own ``print(..., file=sys.stderr)`` (a warning, progress)
+    raised out of ``run_command`` so: a command that had done its work ended with status 1 and a traceback
+    nobody could read. Where stderr was closed (``2>&-``: ``sys.stderr`` is None) what is said is dropped
+    too: ``print`` to None printed it on stdout, into the command's output, and a ``write`` was an
+    ``AttributeError``."""
+
+    def __init__(self, stream: TextIO | None) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        if self.stream is None:
+            return len(text)
+        try:
+            return self.stream.write(text)
+        except OSError:
+            _to_devnull(self.stream)
+            return len(text)
+
+    def writelines(self, lines: list[str]) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        if self.stream is None:
+            return
+        try:
+            self.stream.flush()
+        except OSError:
+            _to_devnull(self.stream)
+
+    def __getattr__(self, name: str) -> Any:  # fileno, isatty, encoding...: stderr's own
         return getattr(self.stream, name)
