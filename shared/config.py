@@ -54,7 +54,10 @@ LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 
 
 class ConfigError(Exception):
-    """Configuration is invalid; the message names each offending environment variable."""
+    """A setting, an option, or a file one of them names cannot be used. The message says what to fix:
+    each offending environment variable or option, or the file and what is wrong with it (a subclass,
+    ``shared.matting.official.OfficialWeightsError``: the weights file missing or not the expected one).
+    ``run_command`` ends a command on it with status 2, as on a bad option."""
 
 
 class Settings(BaseSettings):
