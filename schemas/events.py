@@ -50,6 +50,10 @@ MAX_ADAPTER_SKUS = 50_000  # one per instance image at most: a general adapter t
 MAX_PARAMETERS = 256  # backend knobs: the composite backend knows 24, the diffusion backend records 21
 MAX_PARAMETER_VALUES = 1024  # every value inside them, a list's items each (a colour gain is 3)
 Phrase = Annotated[str, Field(max_length=MAX_PHRASE_CHARS)]
+# A gate check's code, and one among a flagged item's reasons: a phrase on one line that reads as written
+# (OneLineText). They took any text, and another producer's U+202E, terminal escape or newline went on to
+# the console's pages and the trainstore's rows; the gate writes only CHECK_CODES (shared/gate/checks.py).
+CheckCode = Annotated[OneLineText, Field(max_length=MAX_PHRASE_CHARS)]
 # A parameter's value in the committed JSON Schemas: any JSON, its strings at any depth at most a model
 # id long, as ``_check_parameter`` has it (each keyword applies to its own type only). pydantic wrote an
 # empty schema, so a producer validating against it sent a longer string, which every consumer then
@@ -265,14 +269,14 @@ class ImageMatted(Contract):
 class GateCheck(Contract):
     """One measured check of the gate, with its figure and the threshold it was held to."""
 
-    code: str = Field(
-        max_length=MAX_PHRASE_CHARS,
-        description="e.g. iou_below_threshold, mask_empty, mask_full_frame, product_drift",
+    code: CheckCode = Field(
+        description="e.g. iou_below_threshold, mask_empty, mask_full_frame, product_drift"
     )
     passed: bool
     value: float = Field(allow_inf_nan=False)
     threshold: float = Field(allow_inf_nan=False)
-    message: str = Field(default="", max_length=MAX_MESSAGE_CHARS)
+    # One line for people, as a reject reason is: the gate writes a sentence of figures.
+    message: OneLineText = Field(default="", max_length=MAX_MESSAGE_CHARS)
 
 
 class GateAccepted(Contract):
@@ -289,7 +293,7 @@ class CorrectionPending(Contract):
     matted: ImageMatted
     iou: float = Field(ge=0.0, le=1.0)
     checks: list[GateCheck] = Field(max_length=MAX_CHECKS)
-    reasons: list[Phrase] = Field(
+    reasons: list[CheckCode] = Field(
         min_length=1, max_length=MAX_CHECKS, description="codes of the failed checks"
     )
 
