@@ -88,6 +88,32 @@ INVISIBLE_CHARACTERS = (
 )
 
 
+def escaped_within(value: str, limit: int, escaped: re.Pattern[str]) -> str:
+    """``value`` with each character ``escaped`` matches written as its escape (``\\u202e``, ``\\x1b``),
+    cut to at most ``limit`` characters between two characters: an escape is several characters for one
+    (``\\u202e`` six), so text within a limit may escape past it, and cut after the escaping, it ended
+    in half an escape (``\\x1`` of ``\\x1b``)."""
+    kept: list[str] = []
+    length = 0
+    for char in value:
+        shown = char.encode("unicode_escape").decode("ascii") if escaped.fullmatch(char) else char
+        length += len(shown)
+        if length > limit:
+            break
+        kept.append(shown)
+    return "".join(kept)
+
+
+# The validation context a reader of a topic passes (``shared.bus.read_envelope``): a field may then take,
+# escaped, text an earlier skuforge producer wrote into the topic that the contract refuses since.
+READ_FROM_TOPIC = {"read_from_topic": True}
+
+
+def read_from_topic(info: ValidationInfo) -> bool:
+    """Whether this validation reads an event from a topic (``READ_FROM_TOPIC``), not a producer's build."""
+    return isinstance(info.context, dict) and info.context.get("read_from_topic") is True
+
+
 def check_plain_text(value: str) -> str:
     """Refuse text holding a control character or a bidirectional control; the character is named
     (``U+001B``), never echoed.

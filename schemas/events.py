@@ -10,9 +10,10 @@ from __future__ import annotations
 import math
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, JsonValue, WithJsonSchema, field_validator
+from pydantic import BaseModel, Field, JsonValue, ValidationInfo, WithJsonSchema, field_validator
 
 from schemas.common import (
+    BIDI_CONTROL,
     Contract,
     ImageRef,
     OneLineText,
@@ -21,6 +22,8 @@ from schemas.common import (
     Sha256Hex,
     SkuMetadata,
     UtcDatetime,
+    escaped_within,
+    read_from_topic,
 )
 
 Shape = Literal["can", "bottle", "box", "pouch", "jar", "produce", "other"]
@@ -312,6 +315,23 @@ class CorrectionResolved(Contract):
     reject_reason: OneLineText | None = Field(default=None, max_length=MAX_MESSAGE_CHARS)
     reviewer: str = Field(min_length=1, max_length=MAX_PHRASE_CHARS)
     decided_at: UtcDatetime = Field(description="with an offset; a naive time is read as UTC")
+
+    @field_validator("reject_reason", mode="before")
+    @classmethod
+    def _bidi_controls_escaped_when_read(cls, reason: object, info: ValidationInfo) -> object:
+        # A console before this contract refused them (4dce3f95) sent a reason's bidirectional controls
+        # as typed (it refused control characters and line breaks already). Such a decision already in the
+        # topic was dead-lettered by its reader, and a replay was again: the reviewer's decision was lost.
+        # A reader takes it with them escaped, as the console's item page shows it (cut between two escapes
+        # to the field's length; a reason over it no console wrote is refused); producers stay strict.
+        if (
+            isinstance(reason, str)
+            and len(reason) <= MAX_MESSAGE_CHARS
+            and read_from_topic(info)
+            and BIDI_CONTROL.search(reason)
+        ):
+            return escaped_within(reason, MAX_MESSAGE_CHARS, BIDI_CONTROL)
+        return reason
 
 
 class AdapterPublished(Contract):

@@ -34,6 +34,7 @@ from kafka.errors import (
 )
 from pydantic import BaseModel, SecretStr
 
+from schemas.common import READ_FROM_TOPIC
 from schemas.envelope import Envelope, EnvelopeHeader, SchemaClaim, derive_id, utc_now
 from schemas.topics import ALL_TOPICS, DLQ_SUFFIX, Topic
 from shared.config import ENV_PREFIX, Settings
@@ -418,7 +419,7 @@ def read_envelope(topic: Topic[Any], value: bytes | str) -> Envelope[Any]:
 
     Raises ``ValidationError`` for anything else: not JSON, a missing or mistyped field, an unsafe id.
     """
-    return envelope_model(topic).model_validate_json(value, extra=READ_EXTRA)
+    return envelope_model(topic).model_validate_json(value, extra=READ_EXTRA, context=READ_FROM_TOPIC)
 
 
 def read_header(value: bytes | str) -> EnvelopeHeader:

@@ -32,7 +32,7 @@ from prometheus_client import (
 from prometheus_client.metrics_core import Metric
 from pydantic_settings import BaseSettings
 
-from schemas.common import BIDI_CONTROLS
+from schemas.common import BIDI_CONTROLS, escaped_within
 from shared.config import SETTINGS_CONFIG, ConfigError, LogLevel, load_settings
 
 log = logging.getLogger("skuforge.observability")
@@ -461,15 +461,7 @@ def escape_control_characters_within(value: object, limit: int) -> str:
     """``escape_control_characters(value)``, cut to at most ``limit`` characters between two characters:
     an escape is several characters for one (``\\u202e`` six), so text within a limit may escape past
     it, and cut after the escaping, it ended in half an escape (``\\x1`` of ``\\x1b``)."""
-    kept: list[str] = []
-    length = 0
-    for char in str(value):
-        escaped = escape_control_characters(char)
-        length += len(escaped)
-        if length > limit:
-            break
-        kept.append(escaped)
-    return "".join(kept)
+    return escaped_within(str(value), limit, _NOT_SHOWN_AS_IS)
 
 
 class TextFormatter(logging.Formatter):

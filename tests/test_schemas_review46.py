@@ -4,20 +4,28 @@ console wrote with a bidirectional control still reads where it lies in the topi
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
+from kafka.structs import TopicPartition
 from pydantic import ValidationError
 
-from schemas.events import CorrectionPending, GateCheck
-from schemas.topics import CORRECTION_PENDING
-from shared.bus import make_envelope
+from schemas.envelope import DeadLetter
+from schemas.events import MAX_MESSAGE_CHARS, CorrectionPending, CorrectionResolved, GateCheck, ImageMatted
+from schemas.topics import CORRECTION_PENDING, CORRECTION_RESOLVED
+from services.trainstore.stage import build_stage
+from shared.bus import make_envelope, read_envelope
+from shared.config import load_settings
 from shared.gate.checks import CHECK_CODES
+from shared.runtime import Stage
 from shared.store import FileStore
-from tests.support.gate import matted_item, pending_of
-from tests.support.runtime import dead_letter_for
+from shared.trainstore.manifest import ManifestStore
+from shared.trainstore.settings import TrainstoreSettings
+from tests.support.gate import matted_item, pending_of, resolved
+from tests.support.runtime import _Producer, _record, _wired, dead_letter_for
 from tests.support.schemas import committed_schema
 
 # -- a gate check's code and message, a flagged item's reasons: one line of text that reads as written --
@@ -100,3 +108,99 @@ def test_every_code_the_gate_writes_is_one_the_contract_takes() -> None:
 def test_the_refusal_is_the_models_too() -> None:
     with pytest.raises(ValidationError, match="U\\+202E"):
         GateCheck(code="mask_empty", passed=False, value=0.0, threshold=1.0, message="a\u202eb")
+
+
+# -- correction.resolved: a reason an earlier console wrote with a bidirectional control still reads ---
+
+
+def _trainstore(tmp_path: Path) -> tuple[FileStore, Stage, _Producer]:
+    """The trainstore stage (correction.resolved's reader) on a file store, wired to a recording producer."""
+    store = FileStore(tmp_path / "store")
+    stage = build_stage(
+        trainstore=load_settings(TrainstoreSettings),
+        settings=load_settings(store_uri=f"file://{tmp_path / 'store'}"),
+    )
+    _, producer = _wired(stage)
+    return store, stage, producer
+
+
+def _rejection_as_written(matted: ImageMatted, reason: str) -> bytes:
+    """A console's correction.resolved rejecting ``matted`` with ``reason`` as its bytes on the topic:
+    written as JSON, as a console before the contract refused a bidirectional control wrote it."""
+    envelope = make_envelope(
+        CORRECTION_RESOLVED,
+        resolved(FileStore(Path("/nowhere")), matted, "reject"),
+        event_id="f" * 32,
+        sku_id=matted.generated.sku.sku_id,
+        trace_id="t",
+        producer="console",
+    ).model_dump(mode="json")
+    envelope["payload"]["reject_reason"] = reason
+    return json.dumps(envelope).encode()
+
+
+def _deliver(stage: Stage, value: bytes) -> None:
+    tp = TopicPartition(stage.settings.topic_name(CORRECTION_RESOLVED), 0)
+    stage._process_batch({tp: [_record(tp.topic, 0, value)]})
+
+
+@pytest.mark.parametrize(
+    "reason",
+    ["wrong_product: \u202exob a ton", "cut off \u2066x\u2069", "\u202e" * 200],
+    ids=["override", "isolate", "two_hundred_overrides"],
+)
+def test_a_rejection_an_earlier_console_wrote_with_a_bidi_control_is_stored_not_dead_lettered(
+    tmp_path: Path, reason: str
+) -> None:
+    # A console before the contract refused them (4dce3f95) sent a reviewer's reason as typed. Already in
+    # the topic, such a rejection was dead-lettered schema_invalid by the trainstore, and replayed, again:
+    # the reviewer's decision was lost and the rejected render stayed in the store.
+    store, stage, producer = _trainstore(tmp_path)
+    matted = matted_item(store, 1, 0)
+    sku_id, item_id = matted.generated.sku.sku_id, matted.generated.item_id
+
+    _deliver(stage, _rejection_as_written(matted, reason))
+
+    assert producer.acked == [], [DeadLetter.model_validate_json(value).detail for _, value in producer.acked]
+    assert ManifestStore(store, "trainstore").read_sku(sku_id)[item_id].status == "rejected"
+
+
+def test_a_reason_read_from_the_topic_has_its_bidi_controls_escaped_within_the_contracts_length() -> None:
+    # Read as the console's item page shows it, so it reads as written and reorders nothing after it.
+    matted = matted_item(FileStore(Path("/nowhere")), 1, 0)
+    read = read_envelope(CORRECTION_RESOLVED, _rejection_as_written(matted, "wrong_product: \u202exob"))
+    assert read.payload.reject_reason == "wrong_product: \\u202exob"
+    # Each escape is six characters for one: cut between two, within the contract's 1,000.
+    read = read_envelope(CORRECTION_RESOLVED, _rejection_as_written(matted, "\u202e" * 200))
+    assert read.payload.reject_reason == "\\u202e" * (MAX_MESSAGE_CHARS // 6)
+
+
+@pytest.mark.parametrize(
+    "reason",
+    [
+        "blurry\x1b[2J \u202e",
+        "label cut off\u2028second line",
+        "x" * (MAX_MESSAGE_CHARS + 1),
+        "\u202e" + "x" * MAX_MESSAGE_CHARS,
+    ],
+    ids=["escape", "line_separator", "too_long", "too_long_with_an_override"],
+)
+def test_a_reason_no_console_wrote_is_still_dead_lettered(tmp_path: Path, reason: str) -> None:
+    # Every console refused control characters, line breaks and a reason over the contract's length: only
+    # the bidirectional controls are read escaped, and another producer's terminal escape is still refused.
+    store, stage, producer = _trainstore(tmp_path)
+    _deliver(stage, _rejection_as_written(matted_item(store, 1, 0), reason))
+    [(_, value)] = producer.acked
+    letter = DeadLetter.model_validate_json(value)
+    assert letter.reason == "schema_invalid" and letter.detail.startswith("payload.reject_reason: ")
+
+
+def test_a_producer_is_still_refused_a_reason_with_a_bidi_control() -> None:
+    # Producers are strict: only a reader escapes what is already in the topic.
+    matted = matted_item(FileStore(Path("/nowhere")), 1, 0)
+    decision = resolved(FileStore(Path("/nowhere")), matted, "reject")
+    with pytest.raises(ValidationError, match="U\\+202E"):
+        CorrectionResolved.model_validate(decision.model_dump() | {"reject_reason": "a\u202eb"})
+    written = json.loads(_rejection_as_written(matted, "a\u202eb"))
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.Draft202012Validator(committed_schema(CORRECTION_RESOLVED)).validate(written)

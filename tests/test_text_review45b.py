@@ -211,18 +211,17 @@ def _resolved_envelope(tmp_path: Path) -> tuple[ConsoleParts, str, dict[str, Any
 @pytest.mark.parametrize(
     ("reason", "named"),
     [
-        ("wrong_product: \u202exob a ton", "bidirectional control character (U+202E at character 16)"),
-        ("cut off \u2066x\u2069", "bidirectional control character (U+2066 at character 9)"),
         ("blurry\x1b[2J", "control character (U+001B at character 7)"),
         ("label cut off\u2028second line", "line separator (U+2028 at character 14)"),
     ],
-    ids=["override", "isolate", "escape", "line_separator"],
+    ids=["escape", "line_separator"],
 )
 def test_a_reject_reason_another_producer_writes_with_one_is_dead_lettered_naming_it(
     tmp_path: Path, reason: str, named: str
 ) -> None:
-    # reject_reason was any str: another producer's U+202E reached the trainstore, and the console's
-    # item page and audit trail read it reordered, as another reason.
+    # reject_reason was any str: another producer's terminal escape or line separator reached the
+    # trainstore, and the console's item page and audit trail. (A bidirectional control, which an earlier
+    # console wrote, is read escaped: tests/test_schemas_review46.py.)
     _, _, written = _resolved_envelope(tmp_path)
     written["payload"]["reject_reason"] = reason
 
