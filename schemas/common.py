@@ -15,7 +15,9 @@ SKU_ID_MAX_LEN = 64
 MAX_URI_CHARS = 8192
 # RFC 6838 allows 127 characters on each side of the slash; skuforge writes image/png.
 MAX_MEDIA_TYPE_CHARS = 255
-# Letters, digits and a few separators that are safe in object keys, file names and Kafka keys.
+# Letters, digits and a few separators that are safe in object keys, file names and Kafka keys. A
+# trailing '.' stays (ingest refuses one in a new sku_id): events and stores hold ids an ingest before
+# that wrote, and refused here they would no longer read (docs/delivery.md, "Versioning").
 _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 

@@ -15,18 +15,18 @@ from pydantic import ValidationError
 
 from schemas.envelope import DeadLetter
 from schemas.events import MAX_MESSAGE_CHARS, CorrectionPending, CorrectionResolved, GateCheck, ImageMatted
-from schemas.topics import CORRECTION_PENDING, CORRECTION_RESOLVED
+from schemas.topics import CORRECTION_PENDING, CORRECTION_RESOLVED, SKU_INGESTED
 from services.trainstore.stage import build_stage
 from shared.bus import make_envelope, read_envelope
 from shared.config import load_settings
 from shared.gate.checks import CHECK_CODES
 from shared.runtime import Stage
 from shared.store import FileStore
-from shared.trainstore.manifest import ManifestStore
+from shared.trainstore.manifest import ManifestRow, ManifestStore
 from shared.trainstore.settings import TrainstoreSettings
 from tests.support.gate import matted_item, pending_of, resolved
 from tests.support.runtime import _Producer, _record, _wired, dead_letter_for
-from tests.support.schemas import committed_schema
+from tests.support.schemas import committed_schema, ingested_envelope
 
 # -- a gate check's code and message, a flagged item's reasons: one line of text that reads as written --
 
@@ -204,3 +204,19 @@ def test_a_producer_is_still_refused_a_reason_with_a_bidi_control() -> None:
     written = json.loads(_rejection_as_written(matted, "a\u202eb"))
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.Draft202012Validator(committed_schema(CORRECTION_RESOLVED)).validate(written)
+
+
+# -- a SKU id ending in '.': refused by ingest, still taken by the contract --------------------------
+
+
+def test_a_sku_id_ending_in_a_dot_still_reads_in_events_stores_and_the_committed_schema() -> None:
+    # `skuforge ingest` refuses one (Windows drops the dot from a folder name), but an ingest before it
+    # published and stored such SKUs: every event of theirs carries the id, and so does every manifest
+    # row. Refused by the contract, all of them would be dead-lettered or unreadable
+    # (docs/delivery.md, "Versioning": why the safe id keeps its trailing dot).
+    written = ingested_envelope()
+    written["sku_id"] = written["payload"]["sku"]["sku_id"] = "ABC-1."
+    assert read_envelope(SKU_INGESTED, json.dumps(written)).sku_id == "ABC-1."
+    jsonschema.Draft202012Validator(committed_schema(SKU_INGESTED)).validate(written)
+    row = ManifestRow(item_id="p", sku_id="ABC-1.", category="soda can", source="real", status="reference")
+    assert ManifestRow.model_validate_json(row.model_dump_json()).sku_id == "ABC-1."
