@@ -10,12 +10,20 @@ from typing import Any
 
 import jsonschema
 import pytest
+from kafka import KafkaProducer
 from kafka.structs import TopicPartition
 from pydantic import ValidationError
 
 from schemas.envelope import DeadLetter
 from schemas.events import MAX_MESSAGE_CHARS, CorrectionPending, CorrectionResolved, GateCheck, ImageMatted
-from schemas.topics import CORRECTION_PENDING, CORRECTION_RESOLVED, SKU_INGESTED
+from schemas.topics import (
+    CORRECTION_PENDING,
+    CORRECTION_RESOLVED,
+    DLQ_SUFFIX,
+    GATE_ACCEPTED,
+    SKU_CAPTIONED,
+    SKU_INGESTED,
+)
 from services.trainstore.stage import build_stage
 from shared.bus import make_envelope, read_envelope
 from shared.config import load_settings
@@ -24,6 +32,7 @@ from shared.runtime import Stage
 from shared.store import FileStore
 from shared.trainstore.manifest import ManifestRow, ManifestStore
 from shared.trainstore.settings import TrainstoreSettings
+from tests.support.bus import create_topics, isolated_settings, read_topic, running, wait_consumed
 from tests.support.gate import matted_item, pending_of, resolved
 from tests.support.runtime import _Producer, _record, _wired, dead_letter_for
 from tests.support.schemas import committed_schema, ingested_envelope
@@ -220,3 +229,25 @@ def test_a_sku_id_ending_in_a_dot_still_reads_in_events_stores_and_the_committed
     jsonschema.Draft202012Validator(committed_schema(SKU_INGESTED)).validate(written)
     row = ManifestRow(item_id="p", sku_id="ABC-1.", category="soda can", source="real", status="reference")
     assert ManifestRow.model_validate_json(row.model_dump_json()).sku_id == "ABC-1."
+
+
+def test_on_kafka_the_trainstore_stores_a_rejection_an_earlier_console_sent_with_a_bidi_control(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    # The same through the broker and the trainstore's consumer group: the decision's bytes as an
+    # earlier console put them on the topic are consumed, stored, and nothing is dead-lettered.
+    settings = isolated_settings(kafka_bootstrap, f"file://{tmp_path / 'store'}")
+    create_topics(settings, GATE_ACCEPTED, CORRECTION_PENDING, CORRECTION_RESOLVED, SKU_CAPTIONED)
+    stage = build_stage(settings=settings, trainstore=load_settings(TrainstoreSettings))
+    matted = matted_item(stage.store, 1, 0)
+    sku_id, item_id = matted.generated.sku.sku_id, matted.generated.item_id
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    name = settings.topic_name(CORRECTION_RESOLVED)
+    producer.send(name, key=sku_id.encode(), value=_rejection_as_written(matted, "wrong_product: \u202exob"))
+    producer.flush()
+    producer.close()
+    with running(stage):
+        wait_consumed(settings, "trainstore", (CORRECTION_RESOLVED,))
+    assert read_topic(kafka_bootstrap, name + DLQ_SUFFIX, expect=0, timeout_s=5) == []
+    rows = ManifestStore(stage.store, load_settings(TrainstoreSettings).trainstore_prefix).read_sku(sku_id)
+    assert rows[item_id].status == "rejected"
