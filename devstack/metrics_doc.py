@@ -36,6 +36,14 @@ TRITON_METRICS: dict[str, tuple[str, str]] = {
 # the failure counter to the success counter without `sum by (model)` first matches no series.
 TRITON_EXTRA_LABELS: dict[str, tuple[str, ...]] = {"nv_inference_request_failure": ("reason",)}
 
+# Labels the exposition format adds to a family's own series (a bucket's bound, a quantile), not labels a
+# user selects by: a Histogram wrapper's _labelnames leave them out, so a collector's family must too.
+_SERIES_LABELS: dict[str, frozenset[str]] = {
+    "histogram": frozenset({"le"}),
+    "gaugehistogram": frozenset({"le"}),
+    "summary": frozenset({"quantile"}),
+}
+
 
 @dataclass(frozen=True)
 class MetricDoc:
@@ -61,7 +69,8 @@ def registry_metrics(registry: CollectorRegistry) -> Iterator[tuple[str, str, tu
                 # The labels the family declares (CounterMetricFamily(labels=...)), then any its samples
                 # add: a labelled family with no sample yet (an empty table) was documented with none.
                 declared = tuple(getattr(family, "_labelnames", ()))
-                sampled = (key for sample in family.samples for key in sample.labels)
+                own = _SERIES_LABELS.get(family.type, frozenset())
+                sampled = (key for sample in family.samples for key in sample.labels if key not in own)
                 labels = tuple(dict.fromkeys([*declared, *sampled]))
                 # A counter family is named without its _total, as the Counter wrappers above.
                 name = family.name + ("_total" if family.type == "counter" else "")
