@@ -44,7 +44,9 @@ Outputs
                      <id> = path without ".jpg", "/" replaced by "__".
   catalogue.json     list of {path, id, kind, sha256, method, note}.
 
-Run:  python make_catalogue_masks.py [--data /work/data/dataset]
+Run (from the repository root; needs OpenCV, which skuforge does not install:
+`.venv/bin/pip install opencv-python-headless`):
+      python -m bench.data.matting_real.make_catalogue_masks [--data /work/data/dataset]
 """
 
 import argparse
@@ -55,13 +57,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
 from shared.commands import run_command
 
+# OpenCV is no skuforge dependency (nothing else needs it), so it is imported where it is used, after the
+# command line is read: --help, and a refusal of the options, need none.
+NO_OPENCV = (
+    "OpenCV (cv2) re-derives the masks and skuforge does not install it: "
+    "`.venv/bin/pip install opencv-python-headless`, then run this again "
+    "(the committed masks/ need no re-deriving to run the benchmark)"
+)
 HERE = os.path.dirname(os.path.abspath(__file__))
 TOL = 12.0
 MIN_BLOB = 30
@@ -92,6 +100,8 @@ def path_to_id(p: str) -> str:
 
 def flood_mask(bgr: npt.NDArray[np.uint8], tol: float) -> npt.NDArray[np.bool_]:
     """Product mask (bool) by border-connected flood fill in Lab."""
+    import cv2
+
     smooth = cv2.medianBlur(bgr, 3)
     lab = cv2.cvtColor(smooth.astype(np.float32) / 255.0, cv2.COLOR_BGR2Lab)
     border = np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]])
@@ -113,6 +123,8 @@ def flood_mask(bgr: npt.NDArray[np.uint8], tol: float) -> npt.NDArray[np.bool_]:
 
 
 def fill_polys(shape: tuple[int, ...], polys: Sequence[Sequence[Sequence[float]]]) -> npt.NDArray[np.bool_]:
+    import cv2
+
     m = np.zeros(shape[:2], np.uint8)
     for poly in polys:
         pts = np.round(np.asarray(poly, np.float64)).astype(np.int32).reshape(-1, 1, 2)
@@ -123,6 +135,8 @@ def fill_polys(shape: tuple[int, ...], polys: Sequence[Sequence[Sequence[float]]
 def grabcut_refine(
     bgr: npt.NDArray[np.uint8], mask: npt.NDArray[np.bool_], iters: int, band: int = 3
 ) -> npt.NDArray[np.bool_]:
+    import cv2
+
     k = np.ones((2 * band + 1, 2 * band + 1), np.uint8)
     inner = cv2.erode(mask.astype(np.uint8), k).astype(bool)
     outer = cv2.dilate(mask.astype(np.uint8), k).astype(bool)
@@ -162,16 +176,29 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _make(argv: Sequence[str] | None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default="/work/data/dataset")
+    ap = argparse.ArgumentParser(prog="make_catalogue_masks.py", description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default="/work/data/dataset", help="GroceryStoreDataset's dataset/ folder")
     args = ap.parse_args(argv)
     split = json.loads(Path(os.path.join(HERE, "split.json")).read_text())
+    photos = split["bench_catalogue"]
+    # Checked before any mask is written: a photo missing half-way was a FileNotFoundError traceback.
+    if missing := [rel for rel in photos if not Path(args.data, rel).is_file()]:
+        ap.error(
+            f"{Path(args.data, missing[0])}: no such photo ({len(missing)} of {len(photos)} missing; "
+            "--data names GroceryStoreDataset's dataset/ folder)"
+        )
+    try:
+        import cv2
+    except ImportError:
+        ap.error(NO_OPENCV)
     os.makedirs(os.path.join(HERE, "masks"), exist_ok=True)
     out = []
-    for rel in split["bench_catalogue"]:
+    for rel in photos:
         mid = path_to_id(rel)
         raw = Path(args.data, rel).read_bytes()
         bgr = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR)
+        if bgr is None:
+            ap.error(f"{Path(args.data, rel)}: not an image OpenCV can read")
         tol = TOL_OVERRIDES.get(mid, TOL)
         mask = flood_mask(bgr, tol)
         method = f"border flood fill (Lab tol {tol:g}) + hole fill"

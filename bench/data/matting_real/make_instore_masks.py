@@ -30,7 +30,10 @@ Method (per photo)
 Outputs
   masks/<id>.png   mode "L", values 0 / 255, same size as the photo.
 
-Run:  python make_instore_masks.py [--data /work/data/dataset] [--check] [--manifest NAME]
+Run (from the repository root; needs OpenCV, which skuforge does not install:
+`.venv/bin/pip install opencv-python-headless`):
+      python -m bench.data.matting_real.make_instore_masks [--data /work/data/dataset] [--check]
+          [--manifest NAME] [--only ID ...]
       --check compares with the existing masks/<id>.png instead of writing.
       --manifest names the manifest next to this script (default
       instore_reserved.json; instore_pristine.json holds further reserved photos
@@ -45,13 +48,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
 from shared.commands import run_command
 
+# OpenCV is no skuforge dependency (nothing else needs it), so it is imported where it is used, after the
+# command line is read: --help, and a refusal of the options, need none.
+NO_OPENCV = (
+    "OpenCV (cv2) re-derives the masks (cv2.grabCut) and skuforge does not install it: "
+    "`.venv/bin/pip install opencv-python-headless`, then run this again "
+    "(the committed masks/ need no re-deriving to run the benchmark)"
+)
 HERE = os.path.dirname(os.path.abspath(__file__))
 SHIFT = 4  # fillPoly sub-pixel bits: vertices may be fractional
 # A polygon as its JSON file holds it: [x, y] vertices, fractional values allowed.
@@ -59,6 +68,8 @@ Polygon = Sequence[Sequence[float]]
 
 
 def fill(polys: Sequence[Polygon] | None, shape: tuple[int, ...]) -> npt.NDArray[np.bool_]:
+    import cv2
+
     m = np.zeros(shape, np.uint8)
     for p in polys or []:
         pts = np.round(np.asarray(p, np.float64) * (1 << SHIFT)).astype(np.int32)
@@ -67,10 +78,14 @@ def fill(polys: Sequence[Polygon] | None, shape: tuple[int, ...]) -> npt.NDArray
 
 
 def ellipse(r: int) -> npt.NDArray[np.uint8]:
+    import cv2
+
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
 
 
 def derive(bgr: npt.NDArray[np.uint8], spec: dict[str, Any]) -> npt.NDArray[np.uint8]:
+    import cv2
+
     shape = bgr.shape[:2]
     exclude = fill(spec.get("exclude"), shape)
     poly = fill(spec["include"], shape) & ~exclude
@@ -111,8 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _make(argv: Sequence[str] | None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default="/work/data/dataset")
+    ap = argparse.ArgumentParser(prog="make_instore_masks.py", description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default="/work/data/dataset", help="GroceryStoreDataset's dataset/ folder")
     ap.add_argument("--check", action="store_true")
     ap.add_argument(
         "--manifest",
@@ -121,13 +136,29 @@ def _make(argv: Sequence[str] | None) -> int:
     )
     ap.add_argument("--only", nargs="*", help="ids to process (default: all in the manifest)")
     a = ap.parse_args(argv)
-    entries = json.loads(Path(os.path.join(HERE, a.manifest)).read_text())
+    manifest = Path(HERE, a.manifest)
+    if not manifest.is_file():
+        ap.error(f"--manifest {a.manifest}: no such manifest next to this script ({HERE})")
+    entries = json.loads(manifest.read_text())
+    if unknown := sorted(set(a.only or ()) - {e["id"] for e in entries}):
+        ap.error(f"--only: {', '.join(unknown)} not in {a.manifest}")
+    entries = [e for e in entries if not a.only or e["id"] in a.only]
+    # Checked before any mask is written: a photo missing half-way was a traceback (cv2.imread's None).
+    if missing := [e["path"] for e in entries if not Path(a.data, e["path"]).is_file()]:
+        ap.error(
+            f"{Path(a.data, missing[0])}: no such photo ({len(missing)} of {len(entries)} missing; "
+            "--data names GroceryStoreDataset's dataset/ folder)"
+        )
+    try:
+        import cv2
+    except ImportError:
+        ap.error(NO_OPENCV)
     bad = 0
     for e in entries:
-        if a.only and e["id"] not in a.only:
-            continue
         spec = json.loads(Path(os.path.join(HERE, "polygons", e["id"] + ".json")).read_text())
         bgr = cv2.imread(os.path.join(a.data, e["path"]), cv2.IMREAD_COLOR)
+        if bgr is None:
+            ap.error(f"{Path(a.data, e['path'])}: not an image OpenCV can read")
         mask = derive(bgr, spec)
         out = os.path.join(HERE, "masks", e["id"] + ".png")
         if a.check:

@@ -1,0 +1,83 @@
+"""Review 46 of the bench commands: the real-photo mask scripts without OpenCV, and with a photo missing.
+
+OpenCV (``cv2``) is no skuforge dependency: the scripts that re-derive the reference masks imported it at
+the top, so even ``--help`` was a ModuleNotFoundError, and a photo missing under ``--data`` a traceback.
+OpenCV is hidden from the import system here, so the tests read the same with or without it installed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+MASKS = Path(__file__).resolve().parents[1] / "bench" / "data" / "matting_real"
+SCRIPTS = ["make_catalogue_masks", "make_instore_masks"]
+# One in-store photo is enough: --only names it.
+INSTORE = json.loads((MASKS / "instore_reserved.json").read_text())[0]
+
+
+@pytest.fixture
+def without_opencv(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "cv2", None)  # `import cv2` raises ImportError, as where it is absent
+
+
+def _script(name: str) -> ModuleType:
+    return importlib.import_module(f"bench.data.matting_real.{name}")
+
+
+def _photos(name: str) -> list[str]:
+    """The dataset paths the script reads (with ``_argv``'s options)."""
+    if name == "make_catalogue_masks":
+        return list(json.loads((MASKS / "split.json").read_text())["bench_catalogue"])
+    return [INSTORE["path"]]
+
+
+def _argv(name: str, data: Path) -> list[str]:
+    return ["--data", str(data), *(["--only", INSTORE["id"]] if name == "make_instore_masks" else [])]
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+@pytest.mark.usefixtures("without_opencv")
+def test_a_mask_script_shows_its_help_without_opencv(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        _script(name).main(["--help"])
+    assert stopped.value.code == 0
+    assert "--data" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+@pytest.mark.usefixtures("without_opencv")
+def test_a_missing_photo_is_named_before_any_mask_is_written(
+    name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Before: FileNotFoundError (catalogue) or AttributeError on None (in-store, cv2.imread) as a traceback.
+    masks_before = {path.name: path.stat().st_mtime_ns for path in (MASKS / "masks").iterdir()}
+    with pytest.raises(SystemExit) as stopped:
+        _script(name).main(_argv(name, tmp_path))
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / _photos(name)[0]) in err
+    assert "--data" in err  # what to change
+    assert "Traceback" not in err
+    assert {path.name: path.stat().st_mtime_ns for path in (MASKS / "masks").iterdir()} == masks_before
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+@pytest.mark.usefixtures("without_opencv")
+def test_without_opencv_a_mask_script_says_how_to_get_it(
+    name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for rel in _photos(name):  # the photos present (their contents are not read before OpenCV is needed)
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"")
+    with pytest.raises(SystemExit) as stopped:
+        _script(name).main(_argv(name, tmp_path))
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert "opencv-python-headless" in err
+    assert "Traceback" not in err
