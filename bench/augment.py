@@ -64,7 +64,7 @@ from shared.argtypes import (
 )
 from shared.commands import run_command
 from shared.config import load_settings
-from shared.evaluation import L2, REAL_WEIGHT, TUNE_EPOCHS, TUNE_LR
+from shared.evaluation import L2, REAL_WEIGHT, TUNE_EPOCHS, TUNE_LR, add_curve_max_option
 from shared.evaluation.backbone import Backbone, BackboneSpec, FeatureCache, open_backbone
 from shared.evaluation.experiment import (
     EvaluationConfig,
@@ -1109,6 +1109,7 @@ def _bench(argv: list[str] | None) -> int:
         default=1e-4,
         help="AdamW learning rate of the tuned stages, 1e-9 to 1 (default 0.0001)",
     )
+    add_curve_max_option(parser)  # each k's curve, in its evaluation file under --workdir
     parser.add_argument(
         "--timeout-s",
         type=positive_float,
@@ -1322,7 +1323,8 @@ def _bench(argv: list[str] | None) -> int:
         write_scene_library(by_tag, scenes_dir)
     backbone = open_backbone(BackboneSpec())
     featurizer = run_featurizer(backbone, args.workdir)
-    config = EvaluationConfig.from_options(args)
+    # The curve is no classifier option: the test split takes any --curve-max (it changes no figure).
+    config = replace(EvaluationConfig.from_options(args), curve_max=args.curve_max)
 
     throughput = None
     if args.mode == "stack":

@@ -11,32 +11,12 @@ import pytest
 
 from bench import augment
 from shared.evaluation.backbone import BackboneSpec, open_backbone
-from shared.evaluation.experiment import encode_jpeg
 from tests.support.cli import refusal_of
-from tests.support.evaluation import one_torch_thread, shelf_photo  # noqa: F401 (one_torch_thread: autouse)
-
-
-def _grocery(root: Path, counts: dict[str, dict[str, int]]) -> Path:
-    """A GroceryStoreDataset folder: per class its iconic photo and ``counts[class][split]`` photos of
-    its own in the train and val splits (no test split)."""
-    header = "Class Name (str),Class ID (int),Coarse Class Name (str),Coarse Class ID (int),"
-    rows = [header + "Iconic Image Path (str),Product Description Path (str)\n"]
-    lines: dict[str, list[str]] = {"train": [], "val": [], "test": []}
-    seed = 0
-    for class_id, (name, per_split) in enumerate(counts.items()):
-        iconic = f"iconic-images-and-descriptions/Fruit/{name}/{name}_Iconic.jpg"
-        (root / iconic).parent.mkdir(parents=True)
-        (root / iconic).write_bytes(encode_jpeg(shelf_photo(seed := seed + 1)))
-        rows.append(f"{name},{class_id},{name},{class_id},/{iconic},/desc.txt\n")
-        for split, count in per_split.items():
-            (root / split / name).mkdir(parents=True)
-            for n in range(count):
-                (root / split / name / f"{n}.jpg").write_bytes(encode_jpeg(shelf_photo(seed := seed + 1)))
-                lines[split].append(f"{split}/{name}/{n}.jpg, {class_id}, {class_id}\n")
-    (root / "classes.csv").write_text("".join(rows))
-    for split, split_lines in lines.items():
-        (root / f"{split}.txt").write_text("".join(split_lines))
-    return root
+from tests.support.evaluation import (  # noqa: F401 (one_torch_thread: autouse)
+    grocery_dataset,
+    one_torch_thread,
+    shelf_photo,
+)
 
 
 def _started(*args: object, **kwargs: object) -> None:
@@ -48,7 +28,7 @@ def test_more_scenes_per_class_than_a_class_has_photos_for_is_refused_before_the
 ) -> None:
     """Lemon has 3 train photos, one a k=1 reference: --scenes-per-class 3 gave it 2 scenes, and the
     results recorded scenes_per_class 3 as if every class had had them."""
-    dataset = _grocery(
+    dataset = grocery_dataset(
         tmp_path / "dataset", {"Kiwi": {"train": 5, "val": 1}, "Lemon": {"train": 3, "val": 1}}
     )
     monkeypatch.setattr(augment, "open_backbone", _started)
@@ -84,7 +64,7 @@ def test_a_class_with_no_photo_in_the_scored_half_is_not_counted_as_scored(
     monkeypatch.setattr(
         augment, "open_backbone", lambda spec: open_backbone(BackboneSpec("tiny", image_px=32))
     )
-    dataset = _grocery(
+    dataset = grocery_dataset(
         tmp_path / "dataset", {"Kiwi": {"train": 3, "val": 1}, "Lemon": {"train": 3, "val": 2}}
     )
     argv = [*("--dataset", str(dataset), "--split", "val", "--mode", "in-process", "--k", "1")]

@@ -1,4 +1,5 @@
-"""Review 46 of the bench commands: the real-photo mask scripts without OpenCV, and with a photo missing.
+"""Review 46 of the bench commands: the real-photo mask scripts without OpenCV, and with a photo missing;
+bench/augment.py's --curve-max (tiny synthetic dataset, tiny backbone, stand-in composites).
 
 OpenCV (``cv2``) is no skuforge dependency: the scripts that re-derive the reference masks imported it at
 the top, so even ``--help`` was a ModuleNotFoundError, and a photo missing under ``--data`` a traceback.
@@ -12,8 +13,11 @@ import json
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
+
+from tests.support.evaluation import grocery_dataset, one_torch_thread, shelf_photo  # noqa: F401 (autouse)
 
 MASKS = Path(__file__).resolve().parents[1] / "bench" / "data" / "matting_real"
 SCRIPTS = ["make_catalogue_masks", "make_instore_masks"]
@@ -81,3 +85,40 @@ def test_without_opencv_a_mask_script_says_how_to_get_it(
     err = capsys.readouterr().err
     assert "opencv-python-headless" in err
     assert "Traceback" not in err
+
+
+def test_bench_augment_bounds_each_k_curve_with_curve_max(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # bench.augment drew every k's curve to the most real photos a SKU had (two fits a point, two
+    # fine-tunings with --tune-stages) and had no --curve-max: it refused the option skuforge evaluate takes.
+    from bench import augment
+    from shared.evaluation.backbone import BackboneSpec, open_backbone
+
+    def composites(
+        refs: dict[str, list[Path]], scenes: Path, args: Any, out: Path, *rest: Any, k: int
+    ) -> dict[str, list[Path]]:
+        made: dict[str, list[Path]] = {}
+        for index, name in enumerate(refs):
+            (out / name).mkdir(parents=True, exist_ok=True)
+            made[name] = [out / name / f"{variant}.png" for variant in range(2)]
+            for variant, path in enumerate(made[name]):
+                shelf_photo(1_000 + 10 * index + variant).save(path)
+        return made
+
+    monkeypatch.setattr(augment, "generate_in_process", composites)
+    monkeypatch.setattr(
+        augment, "open_backbone", lambda spec: open_backbone(BackboneSpec("tiny", image_px=32))
+    )
+    dataset = grocery_dataset(
+        tmp_path / "dataset", {"Kiwi": {"train": 4, "val": 1}, "Lemon": {"train": 4, "val": 1}}
+    )
+    argv = [*("--dataset", str(dataset), "--split", "val", "--mode", "in-process", "--k", "2")]
+    argv += [*("--scenes-per-class", "1", "--variants-per-sku", "2", "--workdir", str(tmp_path / "w"))]
+    assert augment.main([*argv, "--curve-max", "2", "--out", str(tmp_path / "o.json")]) == 0
+    (evaluation_file,) = (tmp_path / "w").glob("evaluation-*-k2.json")
+    evaluation = json.loads(evaluation_file.read_text())
+    # Each SKU's references: its iconic photo and k = 2 train photos, 3 real photos; the curve stops at 2.
+    assert evaluation["train_counts"]["Kiwi"]["real"] == 3
+    assert evaluation["curve"]["real_per_sku"] == [1.0, 2.0]
+    assert evaluation["curve_cut"] == {"curve_max": 2, "most_real_per_sku": 3}

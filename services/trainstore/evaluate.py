@@ -65,6 +65,7 @@ from shared.evaluation import (
     REPORT_FILE,
     TUNE_EPOCHS,
     TUNE_LR,
+    add_curve_max_option,
 )
 
 DEFAULT_CACHE_DIR = Path("var/evaluate/features")
@@ -200,15 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"features cached by image sha256 (default {DEFAULT_CACHE_DIR}); checked like --out",
     )
     cache.add_argument("--no-cache", action="store_true", help="compute every feature afresh, cache nothing")
-    parser.add_argument(
-        "--curve-max",
-        type=non_negative_int,
-        default=None,
-        metavar="N",
-        help="the report's top-1 against real photos per SKU up to N of them (default: up to the most a "
-        "SKU has); each point fits two more classifiers (fine-tunes two, with --tune-stages), 20 beside "
-        "the 5 conditions' at 10 photos per SKU; 0 or 1: no curve",
-    )
+    add_curve_max_option(parser)
     return parser
 
 

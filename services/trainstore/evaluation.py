@@ -900,7 +900,7 @@ def evaluate(args: argparse.Namespace, progress: Callable[[str], None] | None = 
         max_pixels=settings.max_image_pixels,
         max_bytes=settings.max_image_bytes,
     )
-    # The curve is the report's, not the classifier's: not one of the options bench.augment shares.
+    # The curve is the report's, not the classifier's: not a classifier option (add_curve_max_option).
     config = dataclasses.replace(EvaluationConfig.from_options(args), curve_max=args.curve_max)
     try:
         result = run_evaluation(training, heldout, featurizer, config, progress=progress)

@@ -1,8 +1,9 @@
 """Does the generated data help a classifier? The few-shot evaluation behind ``skuforge evaluate``."""
 
+import argparse
 from typing import Literal
 
-from shared.argtypes import float_between, int_between
+from shared.argtypes import float_between, int_between, non_negative_int
 
 # The files ``skuforge evaluate`` writes in its --out, both or neither (report.html is
 # ``report.render_report``'s page; ``services/trainstore/evaluation.write_results`` writes them),
@@ -22,3 +23,18 @@ TUNE_LR = float_between(1e-9, 1.0)
 # 0 epochs: the head alone is fitted on the tuned stages' features (a baseline for the tuning). The
 # default is 8; 1000 leaves room for any experiment and refuses a typo (80000) that would run for days.
 TUNE_EPOCHS = int_between(0, 1000)
+
+
+def add_curve_max_option(parser: argparse.ArgumentParser) -> None:
+    """``--curve-max N`` (``EvaluationConfig.curve_max``), as ``skuforge evaluate`` and bench/augment.py
+    take it: the curve is the report's, not the classifier's, so it is no classifier option."""
+    parser.add_argument(
+        "--curve-max",
+        type=non_negative_int,
+        default=None,
+        metavar="N",
+        help="top-1 against real photos per SKU up to N of them (default: up to the most a scored SKU "
+        "has; the report and evaluation JSON say where N cut it); each point fits two more classifiers "
+        "(fine-tunes two, with --tune-stages), 20 beside the 5 conditions' at 10 photos per SKU; 0 or 1: "
+        "no curve",
+    )

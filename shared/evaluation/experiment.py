@@ -15,7 +15,8 @@ Every SKU of the training images is a class, held-out photos or not; a SKU with 
 and named in ``not_scored`` (no figure of no photo). Per scored SKU: top-1 under each, and the
 differences B - A and B' - A'. ``curve`` gives A, B and C against the number of real photos per SKU
 (the first j of each SKU's real photos, synthetic fixed; a SKU with fewer than j keeps all of its
-own, which the report notes), up to ``curve_max`` real photos: two more fits a point.
+own, which the report notes), up to the most real photos a scored SKU has, or ``curve_max`` if fewer
+(``curve_cut`` records the cut): two more fits a point.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ class EvaluationConfig:
     # it to that), so an augmented image is not upscaled where the real and synthetic ones are not.
     classic_px: int = 256
     curve: bool = True
-    # The curve's last point, in real photos per SKU; None: the most a SKU has; below 2: no curve. Each
+    # The curve's last point, in real photos per SKU; None: the most a scored SKU has; below 2: no curve. Each
     # point is two more fits (two fine-tunings with tune_stages): 20 beside the 5 of the conditions for
     # a user with 10 photos per SKU (skuforge evaluate --curve-max).
     curve_max: int | None = None
@@ -128,6 +129,9 @@ class EvaluationResult:
     config: dict[str, Any]
     # sku -> why it has no per-SKU figures: trained on (a class the classifiers may answer), not scored.
     not_scored: dict[str, str] = field(default_factory=dict)
+    # Where curve_max stopped the curve short of the scored SKUs' real photos: {"curve_max": n,
+    # "most_real_per_sku": m}; None where the curve reached them (or no SKU had two to vary).
+    curve_cut: dict[str, int] | None = None
 
     def summary(self) -> dict[str, Any]:
         """The headline figures (what ``bench/augment.py`` records per k)."""
@@ -358,12 +362,16 @@ def run_evaluation(
     worse = sum(1 for value in gain_over_classic.values() if value <= -WORSE_BY + 1e-9)
 
     curve: dict[str, list[float]] = {"real_per_sku": [], "A": [], "B": [], "C": []}
-    most = max(len(real[sku]) for sku in skus)
-    if config.curve_max is not None:
-        most = min(most, config.curve_max)
-    if config.curve and most > 1:
-        say(f"accuracy against real photos per SKU: A and B at 1 to {most} ({2 * most} fits)")
-        for j in range(1, most + 1):
+    # The scored SKUs' photos set the extent: a class no held-out photo scores stretched the curve with
+    # points where no scored SKU's training changed (two fits, or fine-tunings, each).
+    most = max(len(real[sku]) for sku in scored)
+    last = most if config.curve_max is None else min(most, config.curve_max)
+    curve_cut = None  # said where it cut the curve, which otherwise read as the whole of it
+    if config.curve and most > 1 and last < most:
+        curve_cut = {"curve_max": last, "most_real_per_sku": most}
+    if config.curve and last > 1:
+        say(f"accuracy against real photos per SKU: A and B at 1 to {last} ({2 * last} fits)")
+        for j in range(1, last + 1):
             first_j = {sku: [(feats_real[sku][:j], rw)] for sku in skus}
             with_syn = {sku: [*first_j[sku], (feats_syn[sku], 1.0)] for sku in skus}
             curve["real_per_sku"].append(float(j))
@@ -404,6 +412,7 @@ def run_evaluation(
         misclassified=misclassified,
         config={**config.__dict__},
         not_scored=not_scored,
+        curve_cut=curve_cut,
     )
 
 

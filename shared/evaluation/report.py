@@ -7,8 +7,8 @@ gives the page; ``skuforge evaluate`` writes it beside evaluation.json, both or 
 
 The page: top-1 per condition (A, A', B, B', C), top-1 against the number of real photos per SKU
 (A, B, C; only when the evaluation computed the curve, with a note when the SKUs' real photos
-number differently), histograms of the per-SKU differences B' - A' and B - A, the per-SKU table,
-and a few held-out photos the B' classifier got wrong.
+number differently and one where --curve-max cut it), histograms of the per-SKU differences B' - A'
+and B - A, the per-SKU table, and a few held-out photos the B' classifier got wrong.
 """
 
 from __future__ import annotations
@@ -87,17 +87,28 @@ def render_report(
                 y_label="top-1",
             )
         )
+        if cut := result.curve_cut:
+            parts.append(
+                f"<p class='note'>The curve stops at {cut['curve_max']} real photos per SKU (--curve-max "
+                f"{cut['curve_max']}); the scored SKUs have up to {cut['most_real_per_sku']}.</p>"
+            )
         reals = sorted({counts.get("real", 0) for counts in result.train_counts.values()})
-        if len(reals) > 1:
+        if len(reals) > 1 and reals[0] < curve["real_per_sku"][-1]:  # a point past the fewest
             # Past the fewest, a point's j is not every SKU's: the page read as if it were.
             parts.append(
                 f"<p class='note'>The SKUs have {reals[0]} to {reals[-1]} real photos: past "
                 f"{reals[0]}, a SKU with fewer than j is trained on all of its own, not on j.</p>"
             )
+    elif cut := result.curve_cut:
+        parts.append(
+            f"<p class='note'>No curve: --curve-max {cut['curve_max']} left it out (the scored SKUs have up "
+            f"to {cut['most_real_per_sku']} real photos).</p>"
+        )
+    elif not result.config.get("curve", True):
+        parts.append("<p class='note'>No curve: this evaluation was not asked for one.</p>")
     else:
         parts.append(
-            "<p class='note'>No curve: every SKU has one real photo (or the curve was turned off, "
-            "--curve-max 0), so there is nothing to vary.</p>"
+            "<p class='note'>No curve: every scored SKU has one real photo, so there is nothing to vary.</p>"
         )
     parts.append("<h2>Per-SKU difference</h2>")
     parts.append(

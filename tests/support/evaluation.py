@@ -3,8 +3,9 @@ the kind the leakage checks' perceptual hash is made for (the flat colour photos
 ``large_product_shot``, a JPEG whose hash SKUFORGE_MAX_IMAGE_PIXELS moves; ``fill_colour_store``, a
 retraining store of flat colour photos (``colour_photo``, stored by
 ``store_photo`` as the trainstore stores them), and ``evaluate_args``, a quick ``skuforge evaluate``
-on it; and ``one_torch_thread`` (from ``tests/support/threads.py``), an autouse fixture a test module
-takes by importing it."""
+on it; ``grocery_dataset``, a tiny GroceryStoreDataset folder for bench/augment.py; and
+``one_torch_thread`` (from ``tests/support/threads.py``), an autouse fixture a test module takes by
+importing it."""
 
 from __future__ import annotations
 
@@ -118,3 +119,28 @@ def evaluate_args(heldout: Path, out: Path, tmp_path: Path, *extra: str) -> list
         *TINY,
         *extra,
     ]
+
+
+def grocery_dataset(root: Path, counts: dict[str, dict[str, int]]) -> Path:
+    """A GroceryStoreDataset folder: per class its iconic photo and ``counts[class][split]`` photos of
+    its own in the train and val splits (no test split)."""
+    from shared.evaluation.experiment import encode_jpeg  # torch: only where a dataset is made
+
+    header = "Class Name (str),Class ID (int),Coarse Class Name (str),Coarse Class ID (int),"
+    rows = [header + "Iconic Image Path (str),Product Description Path (str)\n"]
+    lines: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+    seed = 0
+    for class_id, (name, per_split) in enumerate(counts.items()):
+        iconic = f"iconic-images-and-descriptions/Fruit/{name}/{name}_Iconic.jpg"
+        (root / iconic).parent.mkdir(parents=True)
+        (root / iconic).write_bytes(encode_jpeg(shelf_photo(seed := seed + 1)))
+        rows.append(f"{name},{class_id},{name},{class_id},/{iconic},/desc.txt\n")
+        for split, count in per_split.items():
+            (root / split / name).mkdir(parents=True)
+            for n in range(count):
+                (root / split / name / f"{n}.jpg").write_bytes(encode_jpeg(shelf_photo(seed := seed + 1)))
+                lines[split].append(f"{split}/{name}/{n}.jpg, {class_id}, {class_id}\n")
+    (root / "classes.csv").write_text("".join(rows))
+    for split, split_lines in lines.items():
+        (root / f"{split}.txt").write_text("".join(split_lines))
+    return root
