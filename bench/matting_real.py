@@ -61,10 +61,15 @@ def load_items(dataset: Path) -> list[dict[str, Any]]:
     81 catalogue photos are Adobe RGB (until 2026-12-03 they were read with their numbers unconverted)."""
     from shared.images import decode_image
 
+    # Checked before any photo is decoded: a photo missing (a partial clone) was a FileNotFoundError.
+    if missing := missing_photos(dataset):
+        raise SystemExit(
+            f"--dataset {dataset}: {missing[0]} is missing ({len(missing)} of the set's photos are): the "
+            "set needs a full clone of GroceryStoreDataset's dataset folder"
+        )
     items: list[dict[str, Any]] = []
-    names = [*MANIFESTS, *([PRISTINE] if (DATA / PRISTINE).is_file() else [])]
-    for name in names:
-        for entry in json.loads((DATA / name).read_text()):
+    for name, entries in _manifests().items():
+        for entry in entries:
             data = (dataset / entry["path"]).read_bytes()
             if hashlib.sha256(data).hexdigest() != entry["sha256"]:
                 raise SystemExit(f"{dataset / entry['path']}: not the photo the reference mask was made for")
@@ -74,6 +79,18 @@ def load_items(dataset: Path) -> list[dict[str, Any]]:
                 raise SystemExit(f"{entry['id']}: mask {mask.shape[::-1]} vs photo {image.size}")
             items.append({**entry, "image": image, "mask": mask, "pristine": name == PRISTINE})
     return items
+
+
+def _manifests() -> dict[str, list[dict[str, Any]]]:
+    """Each manifest of the set by its file name, and its entries."""
+    names = [*MANIFESTS, *([PRISTINE] if (DATA / PRISTINE).is_file() else [])]
+    return {name: json.loads((DATA / name).read_text()) for name in names}
+
+
+def missing_photos(dataset: Path) -> list[Path]:
+    """The set's photos that are not under ``dataset``."""
+    paths = [dataset / entry["path"] for entries in _manifests().values() for entry in entries]
+    return [path for path in paths if not path.is_file()]
 
 
 def score(model: Path | bytes, label: str, items: list[dict[str, Any]], threads: int) -> list[float]:

@@ -122,3 +122,15 @@ def test_bench_augment_bounds_each_k_curve_with_curve_max(
     assert evaluation["train_counts"]["Kiwi"]["real"] == 3
     assert evaluation["curve"]["real_per_sku"] == [1.0, 2.0]
     assert evaluation["curve_cut"] == {"curve_max": 2, "most_real_per_sku": 3}
+
+
+def test_bench_matting_real_names_a_missing_photo() -> None:
+    # A dataset folder without the set's photos (a partial clone) was a FileNotFoundError traceback, after
+    # the models were checked; now the message run_command's caller prints, as for a photo that differs.
+    from bench import matting_real
+
+    first = json.loads((MASKS / "catalogue.json").read_text())[0]["path"]
+    with pytest.raises(SystemExit) as stopped:
+        matting_real.load_items(Path("/nonexistent/dataset"))
+    message = str(stopped.value.code)
+    assert f"{Path('/nonexistent/dataset') / first} is missing" in message and "full clone" in message
