@@ -94,6 +94,11 @@ CARTON_NOTE = (
 )
 
 
+def note(rel: str, method: str) -> str:
+    """The manifest's note for a photo: its own line in NOTES, else the carton note for a drawn polygon."""
+    return NOTES.get(rel.split("/")[-1][:-4], CARTON_NOTE if method == "hand-checked polygon" else "")
+
+
 def path_to_id(p: str) -> str:
     return p[:-4].replace("/", "__") if p.endswith(".jpg") else p.replace("/", "__")
 
@@ -221,9 +226,7 @@ def _make(argv: Sequence[str] | None) -> int:
                 "kind": "catalogue",
                 "sha256": hashlib.sha256(raw).hexdigest(),
                 "method": method,
-                "note": NOTES.get(
-                    rel.split("/")[-1][:-4], CARTON_NOTE if method.startswith("polygon") else ""
-                ),
+                "note": note(rel, method),
             }
         )
     with open(os.path.join(HERE, "catalogue.json"), "w") as f:
