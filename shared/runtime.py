@@ -510,10 +510,14 @@ class Stage:
         self._resume_at: dict[TopicPartition, float] = {}
         self._failures: dict[TopicPartition, int] = {}
         self._attempts: OrderedDict[tuple[TopicPartition, int], int] = OrderedDict()
-        # Dead letters the DLQ topic refused even small, by their input (_letter_key), newest last, until
-        # they go or their partition does (_send_letter_small): each retry sends the letter again, but
-        # stores its original, and counts it, once, and logs it at most every few minutes.
-        self._waiting_letters: OrderedDict[tuple[str, int, int, str, str], _WaitingLetter] = OrderedDict()
+        # Dead letters the DLQ topic refused even small, by their input (_letter_key), until they go or
+        # their partition does (_send_letter_small): each retry sends the letter again, but stores its
+        # original, and counts it, once, and logs it at most every few minutes. Not bounded: a letter that
+        # waits holds its partition, so at most one waits per partition held (_forget_delivered).
+        self._waiting_letters: dict[tuple[str, int, int, str, str], _WaitingLetter] = {}
+        # Those whose partition moved away while they waited, newest last, up to ATTEMPTS_KEPT: the same
+        # letter refused again once the group hands the partition back waits since it first did.
+        self._moved_letters: OrderedDict[tuple[str, int, int, str, str], _WaitingLetter] = OrderedDict()
         # Inputs completed (outputs durable, offset committed) by this process, newest last, by (topic,
         # event id): one stage's outputs to two topics may share an id (the gate's accepted or pending
         # decision on one item), and a consumer of both must not take the one for a replay of the other.
@@ -1462,11 +1466,7 @@ class Stage:
                 self._retry_logged(stopped_at)
             else:
                 self._back_off(tp, resume_at, error, stopped_at=stopped_at)
-        if self._waiting_letters:  # the letters that went no longer wait
-            for done in outcomes.values():
-                for record, outcome in done:
-                    if outcome.dead_reason is not None:
-                        self._forget_waiting([_letter_key(record)])
+        self._forget_delivered(outcomes)
         for tp, sent in futures.items():
             # Of a partition sent again one by one, those of the inputs that went acknowledged the first
             # time (the others are counted as they go). Those of the inputs rewound after them are
@@ -1534,7 +1534,8 @@ class Stage:
         [(dlq_topic, dlq_key, value)] = letter.outputs
         where = _letter_key(record)
         waiting = self._waiting_letters.get(where)
-        kept = waiting.kept if waiting is not None else None
+        moved = self._moved_letters.get(where) if waiting is None else None
+        kept = waiting.kept if waiting is not None else moved.kept if moved is not None else None
         if kept is None:
             try:
                 kept = _KeptOriginal(
@@ -1561,12 +1562,16 @@ class Stage:
         )
         # The key is in the store: the letter's own key needs only keep one key's letters together.
         small_key = dlq_key if len(dlq_key) <= SMALL_LETTER_KEY_BYTES else _key_digest(record.key or b"")
-        quiet = waiting is not None and waiting.quiet(time.monotonic())
+        known = waiting or moved
+        quiet = known is not None and known.quiet(time.monotonic())
         error = self._send_alone(dlq_topic, small_key, small.model_dump_json().encode(), quiet=quiet)
-        if isinstance(error, RECORD_REFUSALS) and waiting is None:
+        if isinstance(error, RECORD_REFUSALS) and moved is not None:
+            # The same letter, its partition handed back: it waits since it first did, counted and logged
+            # then. Before, a rebalance started its dead_letter_waiting_s again from 0.
+            self._waiting_letters[where] = self._moved_letters.pop(where)
+            self._count_waiting(dlq_topic)
+        elif isinstance(error, RECORD_REFUSALS) and waiting is None:
             self._waiting_letters[where] = _WaitingLetter(dlq_topic, kept, since=time.monotonic())
-            while len(self._waiting_letters) > ATTEMPTS_KEPT:
-                self._forget_waiting([next(iter(self._waiting_letters))])
             self.metrics.dlq_refused.labels(self.name, dlq_topic, "waiting").inc()
             self._count_waiting(dlq_topic)
             log.error(
@@ -1592,10 +1597,12 @@ class Stage:
         return replace(letter, outputs=[(dlq_topic, small_key, small.model_dump_json().encode())])
 
     def _waiting_letter(self, record: ConsumerRecord) -> _WaitingLetter | None:
-        """The dead letter of ``record`` that waits (``_send_letter_small``), if one does."""
-        if not self._waiting_letters:  # no digest of every record a failed batch held
+        """The dead letter of ``record`` that waits (``_send_letter_small``), or waited here before its
+        partition moved away and back, if one does."""
+        if not self._waiting_letters and not self._moved_letters:  # no digest of every record of a batch
             return None
-        return self._waiting_letters.get(_letter_key(record))
+        where = _letter_key(record)
+        return self._waiting_letters.get(where) or self._moved_letters.get(where)
 
     def _quiet_retry(self, record: ConsumerRecord) -> bool:
         """Whether this retry of ``record`` goes unlogged: its dead letter waits, logged lately."""
@@ -1610,12 +1617,43 @@ class Stage:
         if waiting is not None and not waiting.quiet(now):
             waiting.logged_at = now
 
+    def _forget_delivered(
+        self, outcomes: dict[TopicPartition, list[tuple[ConsumerRecord, _Outcome]]]
+    ) -> None:
+        """Drop the letters that wait at or before the last input delivered of their partition: their
+        letter went, or a retry of their input was handled (a handler that failed ``handler_max_attempts``
+        times and then did not). Before, only a letter that went was dropped: one whose input was handled
+        the next time was counted as waiting until its partition moved, and paged."""
+        if not self._waiting_letters and not self._moved_letters:
+            return
+        delivered_up_to = {
+            (tp.topic, tp.partition): done[-1][0].offset for tp, done in outcomes.items() if done
+        }
+        self._forget_waiting(
+            [
+                where
+                for where in (*self._waiting_letters, *self._moved_letters)
+                if where[2] <= delivered_up_to.get(where[:2], -1)
+            ]
+        )
+
     def _forget_waiting(self, letters: Sequence[tuple[str, int, int, str, str]]) -> None:
-        """Drop these letters (``_letter_key``) from those that wait: they went, or their partition did."""
+        """Drop these letters (``_letter_key``) from those that wait: they went."""
         for where in letters:
+            self._moved_letters.pop(where, None)
             waiting = self._waiting_letters.pop(where, None)
             if waiting is not None:
                 self._count_waiting(waiting.dlq_topic)
+
+    def _move_waiting(self, gone: set[tuple[str, int]]) -> None:
+        """The letters that wait on these partitions (topic, partition), which moved away: no longer
+        counted here (their next holder counts them), remembered in case the group hands them back."""
+        for where in [where for where in self._waiting_letters if where[:2] in gone]:
+            waiting = self._waiting_letters.pop(where)
+            self._count_waiting(waiting.dlq_topic)
+            self._moved_letters[where] = waiting
+            while len(self._moved_letters) > ATTEMPTS_KEPT:
+                self._moved_letters.popitem(last=False)
 
     def _count_waiting(self, dlq_topic: str) -> None:
         waiting = sum(1 for letter in self._waiting_letters.values() if letter.dlq_topic == dlq_topic)
@@ -1947,9 +1985,8 @@ class Stage:
 
     def _forget_partitions(self, partitions: Sequence[TopicPartition]) -> None:
         # Not its records' failed attempts: counted on if the partition comes back (_unexpected). Its
-        # letters that wait are dropped (and uncounted): its next holder meets and counts them.
-        gone = {(tp.topic, tp.partition) for tp in partitions}
-        self._forget_waiting([where for where in self._waiting_letters if where[:2] in gone])
+        # letters that wait are uncounted (its next holder meets and counts them), and remembered.
+        self._move_waiting({(tp.topic, tp.partition) for tp in partitions})
         for tp in partitions:
             if self._resume_at.pop(tp, None) is not None and self._consumer is not None:
                 # Paused here, so never resumed here: the records kafka-python parked for it would keep
