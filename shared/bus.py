@@ -6,12 +6,13 @@ carries the same metadata; topics are created deliberately (auto-creation is off
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Literal, TypeVar
@@ -101,24 +102,48 @@ _ERRNO_FAILURE = re.compile(r"(\d+) E[A-Z]+")
 _DNS_LOOKUP_FAILED = re.compile(r"DNS lookup failed for (.*):\d+, gaierror\(-?\d+, '(.*)'\)")
 
 
+# kafka-python runs a consumer's and an admin client's network on a thread of its own, named after the
+# client's client_id (kafka/net/selector.py): the thread a connection error is logged on says whose it
+# is. A producer bootstraps on the thread that makes it (_new_producer marks it).
+_CLIENT_THREAD_PREFIX = "kafka-io-"
+
+
 class _LastConnectionError(logging.Handler):
-    """Keeps, in short words, the last connection error kafka-python logged ("connection refused",
-    "DNS lookup failed for HOST: ...", "socket disconnected", a TLS handshake's), and when: its
-    connection retries show only at DEBUG (``shared.observability.kafka_connection_retry``), and its
-    bootstrap's own error says no more than "Unable to bootstrap from ...". It sits on the ``kafka.net``
-    logger, so it sees what that logger is enabled for (its errors, and the DNS warning unless the level
-    is above WARNING), whatever handlers a command or a stage configures."""
+    """Keeps, per client (its ``client_id``), in short words, the last connection error kafka-python
+    logged ("connection refused", "DNS lookup failed for HOST: ...", "socket disconnected", a TLS
+    handshake's), and when: its connection retries show only at DEBUG
+    (``shared.observability.kafka_connection_retry``), and its bootstrap's own error says no more than
+    "Unable to bootstrap from ...". It sits on the ``kafka.net`` logger, so it sees what that logger is
+    enabled for (its errors, and the DNS warning unless the level is above WARNING), whatever handlers a
+    command or a stage configures. Before, one error was kept for the process: a refusal about one client
+    could name another's, to another cluster, logged in the last 30 s."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.last: tuple[float, str] | None = None
-        self._host_not_found: str | None = None  # the DNS warning, which comes before its error
+        self.last: dict[str, tuple[float, str]] = {}  # by client_id
+        self._host_not_found: dict[str, str] = {}  # the DNS warning, which comes before its error
+        self.bootstrapping: dict[int, str] = {}  # by thread id: the producer bootstrapping on it
+
+    @contextlib.contextmanager
+    def bootstrapping_on_this_thread(self, client_id: str) -> Iterator[None]:
+        """The connection errors logged on this thread meanwhile are the client ``client_id``'s."""
+        thread = threading.get_ident()
+        self.bootstrapping[thread] = client_id
+        try:
+            yield
+        finally:
+            del self.bootstrapping[thread]
 
     def emit(self, record: logging.LogRecord) -> None:
+        client_id = self.bootstrapping.get(record.thread or 0)
+        if client_id is None and record.threadName and record.threadName.startswith(_CLIENT_THREAD_PREFIX):
+            client_id = record.threadName.removeprefix(_CLIENT_THREAD_PREFIX)
+        if client_id is None:
+            return
         if record.args == () or record.args is None:
             found = _DNS_LOOKUP_FAILED.fullmatch(record.getMessage())
             if found is not None:
-                self._host_not_found = f"DNS lookup failed for {found[1]}: {found[2]}"
+                self._host_not_found[client_id] = f"DNS lookup failed for {found[1]}: {found[2]}"
             return
         for arg in record.args if isinstance(record.args, tuple) else ():
             if isinstance(arg, KafkaConnectionError | KafkaTimeoutError) and arg.args:
@@ -126,10 +151,10 @@ class _LastConnectionError(logging.Handler):
                 if words.startswith("Unable to bootstrap from "):  # the error the refusal shows
                     return
                 if words == "DNS Resolution failure":
-                    words = self._host_not_found or "DNS lookup failed"
+                    words = self._host_not_found.get(client_id, "DNS lookup failed")
                 else:
-                    self._host_not_found = None
-                self.last = (time.monotonic(), _short_connection_error(words))
+                    self._host_not_found.pop(client_id, None)
+                self.last[client_id] = (time.monotonic(), _short_connection_error(words))
                 return
 
 
@@ -145,28 +170,32 @@ def _short_connection_error(words: str) -> str:
 _last_connection_error = _LastConnectionError()
 logging.getLogger("kafka.net").addHandler(_last_connection_error)
 
+# The client_id of the admin clients that create and list topics (``skuforge topics create``'s).
+ADMIN_CLIENT_ID = "skuforge-admin"
+
 # How far back a connection error is this refusal's: kafka-python's bootstrap gives up after 30 s
 # (``bootstrap_timeout_ms``) and retries at least every few seconds until then; an older one was met
 # by an earlier client (a broker restarted since) and may not be why this one failed.
 CONNECTION_ERROR_RECENT_S = 30.0
 
 
-def last_connection_error() -> str | None:
-    """The last connection error kafka-python logged in the last ``CONNECTION_ERROR_RECENT_S``, in
-    short words ("connection refused", "DNS lookup failed for kafak: Name or service not known",
-    "socket disconnected" where a broker dropped a refused SASL login); None if it logged none."""
-    last = _last_connection_error.last
+def last_connection_error(client_id: str) -> str | None:
+    """The last connection error kafka-python logged for the client ``client_id`` in the last
+    ``CONNECTION_ERROR_RECENT_S``, in short words ("connection refused", "DNS lookup failed for kafak:
+    Name or service not known", "socket disconnected" where a broker dropped a refused SASL login); None
+    if it logged none."""
+    last = _last_connection_error.last.get(client_id)
     if last is None or time.monotonic() - last[0] > CONNECTION_ERROR_RECENT_S:
         return None
     return last[1]
 
 
-def unreachable(settings: Settings, exc: Exception) -> str:
-    """Why no broker answered, in one line that names the settings to check and the last connection
-    error (``last_connection_error``): kafka-python times out bootstrapping ("Unable to bootstrap from
-    ...") alike for a broker that is down, a host that does not resolve, a refused SASL login and an
-    unknown CA, and its retries, which say which, show only at DEBUG."""
-    cause = last_connection_error()
+def unreachable(settings: Settings, exc: Exception, *, client_id: str) -> str:
+    """Why no broker answered the client ``client_id``, in one line that names the settings to check and
+    its last connection error (``last_connection_error``): kafka-python times out bootstrapping ("Unable
+    to bootstrap from ...") alike for a broker that is down, a host that does not resolve, a refused SASL
+    login and an unknown CA, and its retries, which say which, show only at DEBUG."""
+    cause = last_connection_error(client_id)
     message = (
         f"cannot reach Kafka at {settings.kafka_bootstrap} ({f'{cause}; ' if cause else ''}{exc}); "
         "is it running? (`make kafka-up`, or set SKUFORGE_KAFKA_BOOTSTRAP)"
@@ -200,20 +229,21 @@ def make_producer(settings: Settings, client_id: str, stop: threading.Event | No
 
 
 def _new_producer(settings: Settings, client_id: str) -> KafkaProducer:
-    return KafkaProducer(
-        **kafka_connection(settings),
-        client_id=client_id,
-        acks="all",
-        enable_idempotence=True,
-        max_in_flight_requests_per_connection=5,
-        linger_ms=5,
-        retries=2**31 - 1,
-        request_timeout_ms=30_000,
-        delivery_timeout_ms=120_000,
-        # send() blocks while it fetches a topic's metadata (a topic not created yet, a broker away);
-        # bound that by the same budget as the acknowledgement instead of kafka-python's 60 s.
-        max_block_ms=int(settings.flush_timeout_s * 1000),
-    )
+    with _last_connection_error.bootstrapping_on_this_thread(client_id):
+        return KafkaProducer(
+            **kafka_connection(settings),
+            client_id=client_id,
+            acks="all",
+            enable_idempotence=True,
+            max_in_flight_requests_per_connection=5,
+            linger_ms=5,
+            retries=2**31 - 1,
+            request_timeout_ms=30_000,
+            delivery_timeout_ms=120_000,
+            # send() blocks while it fetches a topic's metadata (a topic not created yet, a broker away);
+            # bound that by the same budget as the acknowledgement instead of kafka-python's 60 s.
+            max_block_ms=int(settings.flush_timeout_s * 1000),
+        )
 
 
 def _close_unused_producer(producer: KafkaProducer) -> None:
@@ -483,13 +513,14 @@ class Publisher:
     def __init__(self, settings: Settings, producer_name: str) -> None:
         self.producer_name = producer_name
         self._settings = settings
+        self._client_id = f"skuforge-{producer_name}"
         self._producer: KafkaProducer | None = self._open()
 
     def _open(self) -> KafkaProducer:
         try:
-            return make_producer(self._settings, client_id=f"skuforge-{self.producer_name}")
+            return make_producer(self._settings, client_id=self._client_id)
         except KafkaError as exc:  # the producer bootstraps here: no broker answered
-            raise TransientError(unreachable(self._settings, exc)) from exc
+            raise TransientError(unreachable(self._settings, exc, client_id=self._client_id)) from exc
 
     def publish(
         self,
@@ -658,7 +689,7 @@ def create_topic_names(
 ) -> TopicsReport:
     """Create plain topic names (DLQs get one partition: they are low-volume and read by people),
     and check (with ``grow``: add) the partitions of those that exist; see ``sync_topics``."""
-    admin = KafkaAdminClient(**kafka_connection(settings), client_id="skuforge-admin")
+    admin = KafkaAdminClient(**kafka_connection(settings), client_id=ADMIN_CLIENT_ID)
     try:
         existing = set(admin.list_topics())
         names = list(dict.fromkeys(names))
@@ -758,21 +789,21 @@ def _ask_admin(settings: Settings, client_id: str, ask: Callable[[KafkaAdminClie
     try:
         admin = KafkaAdminClient(**kafka_connection(settings), client_id=client_id)
     except KafkaError as exc:
-        raise TransientError(unreachable(settings, exc)) from exc
+        raise TransientError(unreachable(settings, exc, client_id=client_id)) from exc
     try:
         return ask(admin)
     except KafkaError as exc:
-        raise TransientError(unreachable(settings, exc)) from exc
+        raise TransientError(unreachable(settings, exc, client_id=client_id)) from exc
     finally:
         admin.close()
 
 
-def listed_topics(settings: Settings, client_id: str = "skuforge-admin") -> set[str]:
+def listed_topics(settings: Settings, client_id: str = ADMIN_CLIENT_ID) -> set[str]:
     """The topic names the cluster lists; ``TransientError`` (naming the settings) if none answers."""
     return _ask_admin(settings, client_id, lambda admin: set(admin.list_topics()))
 
 
-def topics_held_in_group(settings: Settings, group_id: str, client_id: str = "skuforge-admin") -> set[str]:
+def topics_held_in_group(settings: Settings, group_id: str, client_id: str = ADMIN_CLIENT_ID) -> set[str]:
     """The topics of which some member of consumer group ``group_id`` holds a partition, as its
     coordinator describes the group; ``TransientError`` (naming the settings) if none answers."""
     described = _ask_admin(

@@ -153,9 +153,9 @@ class KafkaUnreachable(TransientError):
     deployment fault, reported in one line by ``stage_command`` (``skuforge run``, a stage's ``python -m``)
     instead of kafka-python's traceback."""
 
-    def __init__(self, settings: Settings, cause: Exception) -> None:
+    def __init__(self, settings: Settings, cause: Exception, client_id: str) -> None:
         self.bootstrap = settings.kafka_bootstrap
-        super().__init__(unreachable(settings, cause))
+        super().__init__(unreachable(settings, cause, client_id=client_id))
 
 
 @dataclass(frozen=True)
@@ -692,7 +692,7 @@ class Stage:
             if isinstance(exc, StoppedBootstrapping):
                 log.info("stage stopped before it reached Kafka", extra={"stage": self.name})
                 return 0
-            raise KafkaUnreachable(self.settings, exc) from exc
+            raise KafkaUnreachable(self.settings, exc, client_id=self.name) from exc
         self._consumer.subscribe(self.topics, listener=_RebalanceListener(self))
         self._await_topic_metadata()
         lag_watcher = None

@@ -155,7 +155,7 @@ def _cmd_topics(rest: list[str]) -> int:
     )
 
     from schemas.topics import ALL_TOPICS, PASSTHROUGH_OUT
-    from shared.bus import TopicsError, retriable_kafka_error, sync_topics, unreachable
+    from shared.bus import ADMIN_CLIENT_ID, TopicsError, retriable_kafka_error, sync_topics, unreachable
     from shared.errors import TransientError
 
     parser = CommandParser(prog="skuforge topics", description="Manage skuforge's Kafka topics.")
@@ -197,7 +197,8 @@ def _cmd_topics(rest: list[str]) -> int:
             return TOPICS_DIFFER
         except KafkaError as exc:
             if isinstance(exc, (KafkaTimeoutError, KafkaConnectionError, NodeNotReadyError)):
-                print(f"{prog}: cannot create the topics: {unreachable(settings, exc)}", file=sys.stderr)
+                why = unreachable(settings, exc, client_id=ADMIN_CLIENT_ID)
+                print(f"{prog}: cannot create the topics: {why}", file=sys.stderr)
                 return 1
             if retriable_kafka_error(exc):  # the broker answered, with something that passes
                 print(

@@ -915,7 +915,8 @@ def test_a_broker_that_cannot_be_reached_is_told_what_to_check_once(
     class NoBroker:
         def __init__(self, settings: Settings, producer: str) -> None:
             # What shared.bus.Publisher raises when no broker answers its bootstrap.
-            raise TransientError(unreachable(settings, KafkaTimeoutError("Unable to bootstrap")))
+            no_broker = KafkaTimeoutError("Unable to bootstrap")
+            raise TransientError(unreachable(settings, no_broker, client_id=f"skuforge-{producer}"))
 
     monkeypatch.setattr(ingest, "Publisher", NoBroker)
     assert cli_main(["ingest", str(tmp_path / "batch")]) == 1
