@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -24,9 +22,7 @@ from kafka.errors import (
     BrokerNotAvailableError,
     ClusterAuthorizationFailedError,
     InvalidRecordError,
-    KafkaConnectionError,
     KafkaError,
-    KafkaTimeoutError,
     MessageSizeTooLargeError,
     ReassignmentInProgressError,
     RecordListTooLargeError,
@@ -40,6 +36,13 @@ from schemas.envelope import Envelope, EnvelopeHeader, SchemaClaim, derive_id, u
 from schemas.topics import ALL_TOPICS, DLQ_SUFFIX, Topic
 from shared.config import ENV_PREFIX, Settings
 from shared.errors import TransientError
+from shared.kafka_words import (
+    BOOTSTRAP_GAVE_UP,
+    DNS_LOOKUP_FAILED,
+    DNS_RESOLUTION_FAILURE,
+    connection_error_words,
+    short_connection_error,
+)
 
 log = logging.getLogger(__name__)
 
@@ -96,12 +99,6 @@ def retriable_kafka_error(exc: KafkaError) -> bool:
     return isinstance(exc, passing) or bool(getattr(exc, "retriable", False))
 
 
-# kafka-python's words for a connection no broker took (kafka/net/inet.py): "111 ECONNREFUSED" (an
-# errno), "unable to connect: [Errno 99] ...", and the warning it logs before "DNS Resolution failure".
-_ERRNO_FAILURE = re.compile(r"(\d+) E[A-Z]+")
-_DNS_LOOKUP_FAILED = re.compile(r"DNS lookup failed for (.*):\d+, gaierror\(-?\d+, '(.*)'\)")
-
-
 # kafka-python runs a consumer's and an admin client's network on a thread of its own, named after the
 # client's client_id (kafka/net/selector.py): the thread a connection error is logged on says whose it
 # is. A producer bootstraps on the thread that makes it (_new_producer marks it).
@@ -141,30 +138,22 @@ class _LastConnectionError(logging.Handler):
         if client_id is None:
             return
         if record.args == () or record.args is None:
-            found = _DNS_LOOKUP_FAILED.fullmatch(record.getMessage())
+            found = DNS_LOOKUP_FAILED.fullmatch(record.getMessage())
             if found is not None:
                 self._host_not_found[client_id] = f"DNS lookup failed for {found[1]}: {found[2]}"
             return
         for arg in record.args if isinstance(record.args, tuple) else ():
-            if isinstance(arg, KafkaConnectionError | KafkaTimeoutError) and arg.args:
-                words = str(arg.args[0])
-                if words.startswith("Unable to bootstrap from "):  # the error the refusal shows
-                    return
-                if words == "DNS Resolution failure":
-                    words = self._host_not_found.get(client_id, "DNS lookup failed")
-                else:
-                    self._host_not_found.pop(client_id, None)
-                self.last[client_id] = (time.monotonic(), _short_connection_error(words))
+            words = connection_error_words(arg)
+            if words is None:
+                continue
+            if words.startswith(BOOTSTRAP_GAVE_UP):  # the error the refusal shows
                 return
-
-
-def _short_connection_error(words: str) -> str:
-    if (failed := _ERRNO_FAILURE.fullmatch(words)) is not None:
-        words = os.strerror(int(failed[1]))  # "Connection refused", "No route to host"
-    words = re.sub(r"^unable to connect: (\[Errno \d+\] )?", "", words)
-    if words.split(" ", 1)[0].isupper():  # "DNS", "SSL"
-        return words
-    return words[:1].lower() + words[1:]
+            if words == DNS_RESOLUTION_FAILURE:
+                words = self._host_not_found.get(client_id, "DNS lookup failed")
+            else:
+                self._host_not_found.pop(client_id, None)
+            self.last[client_id] = (time.monotonic(), short_connection_error(words))
+            return
 
 
 _last_connection_error = _LastConnectionError()

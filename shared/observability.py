@@ -34,6 +34,7 @@ from pydantic_settings import BaseSettings
 
 from schemas.common import BIDI_CONTROLS, escaped_within
 from shared.config import SETTINGS_CONFIG, ConfigError, LogLevel, load_settings
+from shared.kafka_words import no_broker_there
 
 log = logging.getLogger("skuforge.observability")
 
@@ -513,15 +514,6 @@ OWN_LOGGERS = ("skuforge", "skuforge_cli", "shared", "services", "schemas", "dev
 # but for its connection retries (``kafka_connection_retry``).
 QUIETER_LIBRARIES = {"kafka": logging.ERROR}
 
-# What kafka-python 3 (kafka/net/inet.py, kafka/net/manager.py) says when no broker takes a connection
-# at an address: refused or unreachable ("111 ECONNREFUSED"), "unable to connect: ...", "Connection
-# timed out", a name that does not resolve, and bootstrapping given up ("Unable to bootstrap from ...").
-_NO_BROKER_THERE = re.compile(
-    r"(\d+ E[A-Z]+|unable to connect: .*|Connection timed out|DNS Resolution failure"
-    r"|Unable to bootstrap from .*)",
-    re.DOTALL,
-)
-
 
 def kafka_connection_retry(record: logging.LogRecord) -> bool:
     """Whether ``record`` is kafka-python saying no broker took a connection (its "Connection failed",
@@ -535,7 +527,7 @@ def kafka_connection_retry(record: logging.LogRecord) -> bool:
         isinstance(arg, KafkaConnectionError | KafkaTimeoutError)
         and type(arg) in (KafkaConnectionError, KafkaTimeoutError)  # not a subclass: another cause
         and len(arg.args) == 1
-        and _NO_BROKER_THERE.fullmatch(str(arg.args[0])) is not None
+        and no_broker_there(str(arg.args[0]))  # shared.kafka_words: kafka-python's words for it
         for arg in record.args
     )
 

@@ -8,13 +8,17 @@ connection, when another client, to another address, had been refused within the
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from kafka import KafkaAdminClient, KafkaProducer
-from kafka.errors import KafkaError
+from kafka.errors import KafkaConnectionError, KafkaError
 
 from shared.bus import Publisher, unreachable
 from shared.config import load_settings
 from shared.errors import TransientError
+from shared.kafka_words import short_connection_error
+from shared.observability import kafka_connection_retry
 
 CLOSED = "127.0.0.1:1"  # nothing listens on port 1: every connection is refused (ECONNREFUSED)
 NO_SUCH_HOST = "kafka.invalid:9092"  # .invalid never resolves (RFC 6761)
@@ -56,3 +60,38 @@ def test_a_producers_refusal_names_its_own_connection_error(monkeypatch: pytest.
         load_settings(kafka_bootstrap=CLOSED), KafkaError("gave up"), client_id="skuforge-review46"
     )
     assert again.startswith(f"cannot reach Kafka at {CLOSED} (connection refused; ")
+
+
+# kafka-python 3.0.12's words for a failed connection, as logged, and what each is read as: a line the
+# command's stderr leaves to DEBUG (no broker there), and the words a refusal quotes.
+KAFKA_WORDS = [
+    ("111 ECONNREFUSED", True, "connection refused"),
+    ("113 EHOSTUNREACH", True, "no route to host"),
+    (
+        "unable to connect: [Errno 99] Cannot assign requested address",
+        True,
+        "cannot assign requested address",
+    ),
+    ("Connection timed out", True, "connection timed out"),
+    ("DNS Resolution failure", True, "DNS Resolution failure"),
+    ("Unable to bootstrap from ['127.0.0.1:1']", True, "unable to bootstrap from ['127.0.0.1:1']"),
+    ("socket disconnected", False, "socket disconnected"),
+    ("SSL: CERTIFICATE_VERIFY_FAILED", False, "SSL: CERTIFICATE_VERIFY_FAILED"),
+]
+
+
+@pytest.mark.parametrize(("words", "no_broker", "quoted"), KAFKA_WORDS)
+def test_the_log_filter_and_the_refusal_read_kafka_pythons_words_alike(
+    words: str, no_broker: bool, quoted: str
+) -> None:
+    line = logging.LogRecord(
+        "kafka.net.manager",
+        logging.ERROR,
+        "manager.py",
+        248,
+        "Connection failed: %s",
+        (KafkaConnectionError(words),),
+        None,
+    )
+    assert kafka_connection_retry(line) is no_broker
+    assert short_connection_error(words) == quoted
