@@ -8,7 +8,9 @@ Consumes:
                            ``approved``); rejected items are recorded (row ``rejected``), never stored as
                            training data, and any earlier objects of the item are removed, unless they
                            are another render of it that was accepted or approved (a variant rendered
-                           again from a changed scene library keeps its item id): that one stays;
+                           again from a changed scene library keeps its item id): that one stays, and
+                           its row remembers the rejected render (``rejected_renders``), which the
+                           gate's acceptance, replayed, then never brings in;
 * ``correction.pending``   recorded (row ``pending``, no objects) so ``skuforge dataset stats`` can count
                            what waits for review; a pending row never replaces a decision;
 * ``sku.captioned``        the real reference photos with their masks (rows ``reference``, source ``real``;
@@ -214,6 +216,12 @@ class Trainstore:
                     "rejection of another render kept out of the store",
                     extra={"sku_id": generated.sku.sku_id, "item_id": generated.item_id, "kept": kept},
                 )
+                # Remembered on the row that stays: unrecorded, the gate replayed after a threshold
+                # change accepted the rejected render, later, and it replaced the one kept.
+                stays = current[generated.item_id]
+                remembered = sorted({*stays.rejected_renders, generated.image.sha256})
+                row = stays.model_copy(update={"rejected_renders": remembered})
+                self._write(ctx, generated.sku.sku_id, [StagedItem(row)], current=current)
                 return []
             # The rejected render's sha256, without its objects: which pixels the reviewer judged.
             row = _synthetic_row(
@@ -726,8 +734,32 @@ def _past_other_render(current: ManifestRow | None, row: ManifestRow) -> Manifes
 
 def _dated(current: ManifestRow | None, row: ManifestRow) -> ManifestRow:
     """``row`` with the time it is ordered by against ``current`` (``_past_other_render``,
-    ``_past_gate_decision``, ``_past_review``)."""
-    return _past_review(current, _past_gate_decision(current, _past_other_render(current, row)))
+    ``_past_gate_decision``, ``_past_review``), remembering the renders reviewers rejected
+    (``_remembering_rejections``)."""
+    dated = _past_review(current, _past_gate_decision(current, _past_other_render(current, row)))
+    return _remembering_rejections(current, dated)
+
+
+def _rejected_renders(row: ManifestRow) -> set[str]:
+    """The sha256 of the renders of ``row``'s item that reviewers rejected: those it remembers, and its
+    own when it is a rejection."""
+    own = {row.image_sha256} if row.status == "rejected" and row.image_sha256 is not None else set()
+    return {*row.rejected_renders, *own}
+
+
+def _remembering_rejections(current: ManifestRow | None, row: ManifestRow) -> ManifestRow:
+    """``row``, remembering the renders reviewers rejected that ``current``, the row it replaces, knew of
+    (``ManifestRow.rejected_renders``), so that the gate's acceptance of one never replaces it
+    (``_overrides_review``): a rejection of one render replaced by an acceptance of another, or left
+    out beside an accepted one (``_kept_render``). Not its own render: a rejection records that as its
+    ``image_sha256``, and a reviewer's approval of it is the later decision."""
+    if current is None:
+        return row
+    own = {row.image_sha256} if row.status in _REVIEWED else set()
+    remembered = sorted((_rejected_renders(current) | set(row.rejected_renders)) - own)
+    return (
+        row if remembered == row.rejected_renders else row.model_copy(update={"rejected_renders": remembered})
+    )
 
 
 def _same_render(row: ManifestRow, other: ManifestRow) -> bool:
@@ -747,12 +779,11 @@ def _overrides_review(current: ManifestRow | None, row: ManifestRow) -> bool:
     Between two reviewers' decisions the later made wins (``_past_review``), between two of the gate's
     the later event (``stands``).
     """
-    return (
-        current is not None
-        and current.status in _REVIEWED
-        and row.status == "accepted"
-        and (current.status == "approved" or _same_render(current, row))
-    )
+    if current is None or row.status != "accepted":
+        return False
+    if row.image_sha256 is not None and row.image_sha256 in current.rejected_renders:
+        return True  # a render a reviewer rejected while another render of the item stood
+    return current.status in _REVIEWED and (current.status == "approved" or _same_render(current, row))
 
 
 def _past_gate_decision(current: ManifestRow | None, row: ManifestRow) -> ManifestRow:

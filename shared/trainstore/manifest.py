@@ -151,6 +151,12 @@ class ManifestRow(Contract):
         description="when the event that wrote the row was produced, where produced_at was moved later; "
         "None where the two are the same (most rows, and rows written before rows kept it): event_time",
     )
+    rejected_renders: list[Sha256Hex] = Field(
+        default_factory=list,
+        description="sha256 of the item's other renders a reviewer rejected (a rejection that left an "
+        "accepted or approved render in place, or a rejected row this one replaced): the gate's acceptance "
+        "of one of them never replaces the row; empty in most rows, and in rows written before it",
+    )
 
     @property
     def event_time(self) -> datetime | None:
@@ -282,10 +288,12 @@ def decode_columns(data: bytes) -> dict[str, list[Any]]:
             for index, other in others.items():
                 column[int(index)] = other
             columns[name] = column
-        # A field added since the copy was written (produced_at, event_produced_at) holds its default
-        # in every row.
+        # A field added since the copy was written (produced_at, event_produced_at, rejected_renders)
+        # holds its default in every row; one without a default is missing only from a copy cut short.
         return {
-            name: columns[name] if name in columns or field.default is not None else [None] * count
+            name: columns[name]
+            if name in columns or (field.default is not None and field.default_factory is None)
+            else [field.get_default(call_default_factory=True) for _ in range(count)]
             for name, field in ManifestRow.model_fields.items()
         }
     except (KeyError, TypeError, AttributeError, IndexError) as exc:
