@@ -8,14 +8,21 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pytest
+
+from schemas.common import ObjectRef
 from schemas.envelope import Envelope
-from schemas.events import GateAccepted, ImageMatted
-from schemas.topics import CORRECTION_PENDING, CORRECTION_RESOLVED, GATE_ACCEPTED
+from schemas.events import CaptionedPhoto, GateAccepted, ImageMatted, SkuCaptioned
+from schemas.topics import CORRECTION_PENDING, CORRECTION_RESOLVED, GATE_ACCEPTED, SKU_CAPTIONED
 from services.trainstore.stage import Trainstore
+from shared import keys
 from shared.bus import make_envelope
+from shared.errors import BadInput, ObjectMissing
 from shared.store import FileStore, sha256_hex
 from shared.trainstore.manifest import ManifestRow, ManifestStore, decode_columns, encode_columns
-from tests.support.gate import matted_item, pending_of, resolved
+from tests.support.gate import matted_item, pending_of, resolved, sku
+from tests.support.memory import peak_traced_bytes
 from tests.support.trainstore import PREFIX, stored, trainstore_stage
 
 SKU = "SKU-001"
@@ -128,3 +135,79 @@ def test_a_columnar_copy_written_before_rows_remembered_rejections_still_reads()
     columns = decode_columns(json.dumps(document).encode())
     assert columns["rejected_renders"] == [[], []]
     assert columns["rejected_renders"][0] is not columns["rejected_renders"][1]
+
+
+def _noise_captioned(store: FileStore, photos: int, size_px: int) -> SkuCaptioned:
+    """A captioning of SKU-001 with ``photos`` usable photos of noise (PNGs that hardly compress)."""
+    rng = np.random.default_rng(46)
+    mask = np.zeros((size_px, size_px), np.uint8)
+    mask[size_px // 4 : -size_px // 4, size_px // 4 : -size_px // 4] = 255
+    entries = []
+    for index in range(photos):
+        image = rng.integers(0, 256, (size_px, size_px, 3), dtype=np.uint8)
+        entries.append(
+            CaptionedPhoto(
+                photo_id=f"p{index}",
+                image=store.put_image(keys.photo_key(SKU, f"p{index}"), image),
+                mask=store.put_image(keys.reference_mask_key(SKU, f"p{index}"), mask),
+                usable=True,
+            )
+        )
+    return SkuCaptioned(
+        sku=sku(1),
+        photos=entries,
+        instance_token="sks",
+        class_noun="can",
+        instance_prompt="a photo of sks can",
+        class_prompt="a photo of a can",
+        captioner="test",
+    )
+
+
+def test_a_captioning_of_many_large_photos_holds_about_one_photo_at_a_time(tmp_path: Path) -> None:
+    """Every photo of a ``sku.captioned`` was held in memory, as bytes, until all were written: up to 64
+    photos of up to SKUFORGE_MAX_IMAGE_BYTES (50 MiB) each, gigabytes past the pod's 2 GiB limit, and
+    an OOM-killed stage takes the event again, and again (no dead letter). Each photo is now checked
+    and let go, and read again (checked against its sha256 again) when it is written."""
+    store, manifests, trainstore, ctx = trainstore_stage(tmp_path, compact_after_parts=16)
+    photos, size_px = 12, 600
+    event = _envelope(SKU_CAPTIONED, _noise_captioned(store, photos, size_px), "a", 0)
+    photo_bytes = size_px * size_px * 3
+
+    peak = peak_traced_bytes(lambda: trainstore.captioned(event, ctx))
+
+    rows = manifests.read_sku(SKU)
+    assert sorted(row.status for row in rows.values()) == ["reference"] * photos
+    for row in rows.values():
+        assert sha256_hex(store.get_bytes(manifests.key(str(row.image)))) == row.image_sha256
+    assert peak < 5 * photo_bytes, (
+        f"peak {peak / 2**20:.1f} MiB for {photos} photos of {photo_bytes / 2**20:.1f} MiB"
+    )
+
+
+class _PhotoGoneOnSecondRead(FileStore):
+    """A store where the SKU's photo p1 is gone once it has been read once (ingest withdrew it meanwhile)."""
+
+    reads = 0
+
+    def read_verified(self, ref: ObjectRef) -> bytes:
+        if ref.uri.endswith(keys.photo_key(SKU, "p1")):
+            self.reads += 1
+            if self.reads > 1:
+                raise ObjectMissing(ref.uri)
+        return super().read_verified(ref)
+
+
+def test_a_photo_gone_between_its_check_and_its_write_refuses_the_event_naming_it(tmp_path: Path) -> None:
+    """A photo is read again as it is written: gone by then, the event is refused as it would have been
+    when it was checked, naming the photo, and no row is written."""
+    store = _PhotoGoneOnSecondRead(tmp_path / "store")
+    _, manifests, trainstore, ctx = trainstore_stage(tmp_path, compact_after_parts=16, store=store)
+    event = _envelope(SKU_CAPTIONED, _noise_captioned(store, 3, 64), "a", 0)
+
+    with pytest.raises(BadInput) as refused:
+        trainstore.captioned(event, ctx)
+
+    assert refused.value.reason == "object_missing"
+    assert refused.value.detail.startswith("photo p1: ")
+    assert manifests.read_sku(SKU) == {}

@@ -95,7 +95,7 @@ from shared.config import load_settings
 from shared.errors import BadInput, ObjectMissing, TransientError, naming
 from shared.images import decode_image, decode_mask, encode_png
 from shared.runtime import Context, Emit, Handler, Stage, refuse_clock_skew, run_stage, stage_command
-from shared.store import sha256_hex
+from shared.store import ObjectStore, sha256_hex
 from shared.trainstore.manifest import ManifestRow, ManifestStore, Status, content_keys, stands
 from shared.trainstore.settings import TrainstoreSettings
 from shared.trainstore.sweep import past_grace
@@ -111,11 +111,30 @@ _REVIEWED: frozenset[str] = frozenset({"approved", "rejected"})
 
 @dataclass(frozen=True)
 class StagedItem:
-    """A row and the verified bytes its objects will hold (None for rows without objects)."""
+    """A row and the verified bytes its objects will hold (None for rows without objects).
+
+    A real photo's image, a PNG stored byte for byte, is not held: ``image_ref`` is where it is read
+    again when it is written (checked against its sha256 again). Held, a captioning's 64 photos of up to
+    ``SKUFORGE_MAX_IMAGE_BYTES`` each were gigabytes, past the pod's memory limit: killed, the stage
+    took the event again and again."""
 
     row: ManifestRow
     image_png: bytes | None = None
     mask_png: bytes | None = None
+    image_ref: ImageRef | None = None
+
+    @property
+    def has_image(self) -> bool:
+        """Whether the item has image bytes to store."""
+        return self.image_png is not None or self.image_ref is not None
+
+    def image_bytes(self, store: ObjectStore) -> bytes | None:
+        """The image bytes to store: those held, else the photo's read again from ``image_ref`` (gone or
+        changed since it was checked: refused as then, naming the photo)."""
+        if self.image_png is not None or self.image_ref is None:
+            return self.image_png
+        with naming(f"photo {self.row.item_id}", self.image_ref.uri):
+            return store.read_verified(self.image_ref)
 
 
 class TrainstoreMetrics:
@@ -287,7 +306,7 @@ class Trainstore:
                 image_png = self._stage_image(ctx, sku.sku_id, photo.image, f"photo {photo.photo_id}")
                 objects = _object_fields(sku.sku_id, "real", photo.photo_id, photo.image, image_png, None)
                 row = ManifestRow(status="reference", reasons=[str(reason)], **base, **objects)
-                staged.append(StagedItem(row, image_png))
+                staged.append(_let_go(StagedItem(row, image_png), photo.image))
                 continue
             image_png, mask_png = self._stage_pair(
                 ctx,
@@ -300,7 +319,7 @@ class Trainstore:
             reasons = [] if mask_png is not None else ["no_product_found"]
             objects = _object_fields(sku.sku_id, "real", photo.photo_id, photo.image, image_png, mask_png)
             row = ManifestRow(status="reference", reasons=reasons, **base, **objects)
-            staged.append(StagedItem(row, image_png, mask_png))
+            staged.append(_let_go(StagedItem(row, image_png, mask_png), photo.image))
         older = self._write(ctx, sku.sku_id, staged, marked=marked)
         # What a newer captioning decided for a photo stays, its objects too.
         staged = [item for item in staged if item.row.item_id not in older]
@@ -462,8 +481,10 @@ class Trainstore:
             self.manifests.store.check_room(self.manifests.key(key))
         for item in changed:
             row = item.row
-            if row.image and item.image_png is not None:
-                self.manifests.store.put_bytes(self.manifests.key(row.image), item.image_png, "image/png")
+            image_bytes = item.image_bytes(self.manifests.store) if row.image else None
+            if row.image and image_bytes is not None:
+                self.manifests.store.put_bytes(self.manifests.key(row.image), image_bytes, "image/png")
+            del image_bytes  # one photo at a time
             if row.mask and item.mask_png is not None:
                 self.manifests.store.put_bytes(self.manifests.key(row.mask), item.mask_png, "image/png")
         counted = [item.row for item in changed if item.row.status == "withdrawn"]
@@ -471,11 +492,7 @@ class Trainstore:
             before = current.get(item.row.item_id)
             # Only an image its item's row did not name: an event made again (a restarted producer's, a
             # new envelope) counted it twice.
-            if (
-                item.row.image
-                and item.image_png is not None
-                and (before is None or before.image != item.row.image)
-            ):
+            if item.row.image and item.has_image and (before is None or before.image != item.row.image):
                 counted.append(item.row)
         try:
             written = self.manifests.append(sku_id, [item.row for item in changed], current=current)
@@ -619,17 +636,20 @@ class Trainstore:
         the objects put for them; the row, a later event's, then named objects that were gone. This
         narrows that race to the moment between such a deleter's read and its delete."""
         gone = [
-            (key, data)
+            (key, item)
             for item in changed
-            for key, data in ((item.row.image, item.image_png), (item.row.mask, item.mask_png))
-            if key and data is not None and not self.manifests.store.exists(self.manifests.key(key))
+            for key, held in ((item.row.image, item.has_image), (item.row.mask, item.mask_png is not None))
+            if key and held and not self.manifests.store.exists(self.manifests.key(key))
         ]
         if not gone:
             return
         named = self.manifests.named_keys(self.manifests.read_sku(sku_id))
         put_back = [key for key, _ in gone if self.manifests.key(key) in named]
-        for key, data in gone:
-            if key in put_back:
+        for key, item in gone:
+            if key not in put_back:
+                continue
+            data = item.mask_png if key == item.row.mask else item.image_bytes(self.manifests.store)
+            if data is not None:
                 self.manifests.store.put_bytes(self.manifests.key(key), data, "image/png")
         if put_back:
             ctx.log.warning(
@@ -652,6 +672,14 @@ def _withdraw(
     return out + [
         StagedItem(row) for row in withdrawn_rows(current, withdrawn) if row.item_id not in staged_ids
     ]
+
+
+def _let_go(item: StagedItem, image_ref: ImageRef) -> StagedItem:
+    """``item`` without its image bytes where they are ``image_ref``'s as they are (a PNG, stored byte for
+    byte): read again when written (``StagedItem``). An image re-encoded as PNG is held."""
+    if item.image_png is None or item.row.image_sha256 != image_ref.sha256:
+        return item
+    return replace(item, image_png=None, image_ref=image_ref)
 
 
 def _stays_withdrawn(current: ManifestRow | None, row: ManifestRow) -> bool:
