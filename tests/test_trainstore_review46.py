@@ -23,7 +23,7 @@ from shared.store import FileStore, sha256_hex
 from shared.trainstore.manifest import ManifestRow, ManifestStore, decode_columns, encode_columns
 from tests.support.gate import matted_item, pending_of, resolved, sku
 from tests.support.memory import peak_traced_bytes
-from tests.support.trainstore import PREFIX, stored, trainstore_stage
+from tests.support.trainstore import PREFIX, WritesMeanwhile, stored, trainstore_stage
 
 SKU = "SKU-001"
 T0 = datetime(2026, 11, 22, 8, 0, tzinfo=UTC)
@@ -211,3 +211,28 @@ def test_a_photo_gone_between_its_check_and_its_write_refuses_the_event_naming_i
     assert refused.value.reason == "object_missing"
     assert refused.value.detail.startswith("photo p1: ")
     assert manifests.read_sku(SKU) == {}
+
+
+def test_a_photo_gone_when_its_copy_is_put_back_leaves_the_event_stored(tmp_path: Path) -> None:
+    """Another member (a withdrawal: ingest deletes the store's copies, then the photo under incoming/)
+    took a photo's copy after it was put and before its row was written: the row, once written, names a
+    copy that is gone, and the photo is gone too, so it cannot be put back. Read again for that, the
+    photo's absence dead-lettered an event whose rows were written; the SKU's next write settles the row
+    (the withdrawal's marker), so it is logged and left."""
+    store = WritesMeanwhile(tmp_path / "store", marker=f"/manifests/{SKU}/part-d-")
+    _, manifests, trainstore, ctx = trainstore_stage(tmp_path, compact_after_parts=16, store=store)
+    captioning = _noise_captioned(store, 2, 64)
+    photo = captioning.photos[0]
+
+    def withdrawn_meanwhile() -> None:
+        for key in manifests.stored_objects(SKU, "real", photo.photo_id):
+            store.delete(key)
+        store.delete(store.key_for(photo.image.uri))
+
+    store.meanwhile = withdrawn_meanwhile
+    trainstore.captioned(_envelope(SKU_CAPTIONED, captioning, "a", 0), ctx)
+
+    assert store.meanwhile is None
+    rows = manifests.read_sku(SKU)
+    assert sorted(rows) == ["p0", "p1"]
+    assert store.exists(manifests.key(str(rows["p1"].image)))

@@ -645,16 +645,27 @@ class Trainstore:
             return
         named = self.manifests.named_keys(self.manifests.read_sku(sku_id))
         put_back = [key for key, _ in gone if self.manifests.key(key) in named]
+        restored: list[str] = []
         for key, item in gone:
             if key not in put_back:
                 continue
-            data = item.mask_png if key == item.row.mask else item.image_bytes(self.manifests.store)
+            try:
+                data = item.mask_png if key == item.row.mask else item.image_bytes(self.manifests.store)
+            except BadInput as refusal:
+                # The photo itself is gone too (a withdrawal deletes the copies, then the photo): the row
+                # is written, and the SKU's next write withdraws it. Raised, it dead-lettered the event.
+                ctx.log.warning(
+                    "object another member deleted meanwhile not put back: its photo is gone",
+                    extra={"sku_id": sku_id, "key": key, "reason": refusal.reason},
+                )
+                continue
             if data is not None:
                 self.manifests.store.put_bytes(self.manifests.key(key), data, "image/png")
-        if put_back:
+                restored.append(key)
+        if restored:
             ctx.log.warning(
                 "objects another member deleted meanwhile put back",
-                extra={"sku_id": sku_id, "keys": put_back},
+                extra={"sku_id": sku_id, "keys": restored},
             )
 
 
