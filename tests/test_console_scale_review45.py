@@ -19,13 +19,15 @@ from starlette.testclient import TestClient
 
 import services.console.pages as pages_module
 from schemas.envelope import Envelope
-from services.console.tasks import _SCHEMA, STATES, TaskFilter, TaskStore
+from services.console.tasks import _SCHEMA, TaskFilter, TaskStore
 from tests.support.console import (
     accepted_envelope,
     app_for,
+    assert_kept,
     build_console,
     decide_as_alice,
     flagged_item,
+    full_counts,
     login,
     pending_envelope,
     record_as,
@@ -33,39 +35,6 @@ from tests.support.console import (
     traced_statements,
     with_flagged,
 )
-
-
-def full_counts(path: Path, now: float) -> dict[str, int]:
-    """Tasks by state, an expired claim as pending, read from every row (what ``counts`` read before)."""
-    with closing(sqlite3.connect(path)) as db:
-        rows = db.execute(
-            "SELECT CASE WHEN state = 'claimed' AND lease_expires_at <= ? THEN 'pending' ELSE state END,"
-            " COUNT(*) FROM tasks GROUP BY 1",
-            (now,),
-        ).fetchall()
-    return {**dict.fromkeys(STATES, 0), **dict(rows)}
-
-
-def full_decisions(path: Path) -> dict[str, int]:
-    with closing(sqlite3.connect(path)) as db:
-        rows = db.execute(
-            "SELECT decision, COUNT(*) FROM tasks"
-            " WHERE state IN ('approved', 'rejected') AND decision IS NOT NULL GROUP BY decision"
-        ).fetchall()
-    return dict(rows)
-
-
-def full_reasons(path: Path) -> list[str]:
-    with closing(sqlite3.connect(path)) as db:
-        rows = db.execute("SELECT DISTINCT value FROM tasks, json_each(tasks.reasons) ORDER BY value")
-        return [row[0] for row in rows]
-
-
-def assert_kept(tasks: TaskStore, now: float) -> None:
-    """The kept counts and reasons are those a read of every row gives."""
-    assert tasks.counts() == full_counts(tasks.path, now)
-    assert tasks.decision_counts() == full_decisions(tasks.path)
-    assert tasks.reasons() == full_reasons(tasks.path)
 
 
 def copy_of(envelope: Envelope[Any], reasons: list[str], after_s: float) -> Envelope[Any]:

@@ -151,12 +151,12 @@ _OUTBOX_INDEXES = {
 # rows; before, each read every task (a GROUP BY, and json_each over every task's reasons).
 # ``task_counts``: tasks by state and decision ('' for none). ``task_reasons``: how many of the tasks'
 # reason lists hold each reason code (a row goes at zero). Made, and counted from the table, by
-# ``_keep_counts``: not in ``_SCHEMA``, so a table made before them is counted before they count on.
-_COUNT_TABLES = (
-    "CREATE TABLE task_counts (state TEXT NOT NULL, decision TEXT NOT NULL, n INTEGER NOT NULL,"
-    " PRIMARY KEY (state, decision))",
-    "CREATE TABLE task_reasons (reason TEXT PRIMARY KEY, n INTEGER NOT NULL)",
-)
+# ``_rebuild_counts``: not in ``_SCHEMA``, so a table made before them is counted before they count on.
+_COUNT_TABLES = {
+    "task_counts": "CREATE TABLE task_counts (state TEXT NOT NULL, decision TEXT NOT NULL,"
+    " n INTEGER NOT NULL, PRIMARY KEY (state, decision))",
+    "task_reasons": "CREATE TABLE task_reasons (reason TEXT PRIMARY KEY, n INTEGER NOT NULL)",
+}
 # A task's reason codes, as ``json_each`` reads them (none if its column is not JSON, so no write fails).
 _REASONS_OF = "json_each(CASE WHEN json_valid({row}.reasons) THEN {row}.reasons ELSE '[]' END)"
 _COUNT_IN = """
@@ -179,6 +179,12 @@ _COUNT_TRIGGERS = {
     f" WHEN OLD.state IS NOT NEW.state OR OLD.decision IS NOT NEW.decision BEGIN{_COUNT_OUT}{_COUNT_IN}\nEND",
     "tasks_reasons_recounted": "AFTER UPDATE OF reasons ON tasks WHEN OLD.reasons IS NOT NEW.reasons"
     f" BEGIN{_REASONS_IN}{_REASONS_OUT}\nEND",
+}
+# What ``_keep_counts`` looks for, as SQLite stores it (``sqlite_master.sql``): both tables and every
+# trigger, each as defined here.
+_KEPT_SCHEMA = {
+    **{("table", name): definition for name, definition in _COUNT_TABLES.items()},
+    **{("trigger", name): f"CREATE TRIGGER {name} {body}" for name, body in _COUNT_TRIGGERS.items()},
 }
 
 
@@ -307,6 +313,9 @@ class TaskStore:
     def __init__(self, path: str | Path, *, clock: Callable[[], float] = time.time) -> None:
         self.path = Path(path)
         self.clock = clock
+        # The schema version (``PRAGMA schema_version``) by which the kept counts were last found whole;
+        # None while opening (``_keep_counts`` ends it). See ``_write``.
+        self._counted_schema: int | None = None
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
@@ -342,36 +351,32 @@ class TaskStore:
                         log.info("task table %s now indexes its outbox (%s)", self.path, name)
 
     def _keep_counts(self) -> None:
-        """Make the kept counts (``_COUNT_TABLES``) and their triggers, counting the table as it is, in
-        one transaction, so no write falls between the count and the first trigger. Done again whenever
-        a trigger is missing: a table made before them, or copied by ``_allow_every_state`` (a dropped
-        table's triggers go with it)."""
+        """Make the kept counts whole (``_rebuild_counts``), and note the schema version they were
+        found whole by, so ``_write`` and the reads of the counts look again only once it changes."""
         with self._write() as (db, _):
-            triggers = db.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")
-            if {row["name"] for row in triggers} >= _COUNT_TRIGGERS.keys():
-                return
-            for name in _COUNT_TRIGGERS:
-                db.execute(f"DROP TRIGGER IF EXISTS {name}")
-            db.execute("DROP TABLE IF EXISTS task_counts")
-            db.execute("DROP TABLE IF EXISTS task_reasons")
-            for table in _COUNT_TABLES:
-                db.execute(table)
-            # Every state has its row, so an expired claim always has a pending count to move to.
-            zeros = [(state,) for state in STATES]
-            db.executemany("INSERT INTO task_counts (state, decision, n) VALUES (?, '', 0)", zeros)
-            db.execute(
-                "INSERT INTO task_counts (state, decision, n) SELECT state, IFNULL(decision, ''), COUNT(*)"
-                " FROM tasks WHERE true GROUP BY 1, 2"
-                " ON CONFLICT (state, decision) DO UPDATE SET n = excluded.n"
-            )
-            db.execute(
-                "INSERT INTO task_reasons (reason, n) SELECT value, COUNT(*)"
-                f" FROM tasks, {_REASONS_OF.format(row='tasks')} GROUP BY value"
-            )
-            for name, definition in _COUNT_TRIGGERS.items():
-                db.execute(f"CREATE TRIGGER {name} {definition}")
-            if db.execute("SELECT 1 FROM tasks LIMIT 1").fetchone() is not None:
-                log.info("task table %s now keeps its counts by state and its reason codes", self.path)
+            _rebuild_counts(db, self.path)
+            self._counted_schema = _schema_version(db)
+
+    def _counts_whole_since(self, db: sqlite3.Connection) -> int | None:
+        """In the write transaction ``db``: once the schema changed since the kept counts were last found
+        whole, make them whole again before anything is written; returns the schema version now (None
+        while opening). Checked on open alone, a table whose triggers went while the console ran (an
+        older version copying the table, the sqlite3 shell) was counted by nobody until a restart, and
+        one whose count table went failed every write for good ("no such table: task_counts")."""
+        if self._counted_schema is None:
+            return None
+        version = _schema_version(db)
+        if version != self._counted_schema and _rebuild_counts(db, self.path):
+            version = _schema_version(db)
+        return version
+
+    def _counts_current(self, db: sqlite3.Connection) -> None:
+        """Before a read of the kept counts on ``db``: if the schema changed since they were last found
+        whole, have a write transaction look at them (and make them whole) first. Otherwise (nearly
+        always) nothing is written, so a /metrics scrape does not wait for the write lock."""
+        if _schema_version(db) != self._counted_schema:
+            with self._write():
+                pass
 
     def _allow_every_state(self) -> None:
         """Let a table created before a state (``withdrawn``, ``accepted``) hold it: SQLite cannot change
@@ -426,11 +431,14 @@ class TaskStore:
         with self._connect() as db:
             db.execute("BEGIN IMMEDIATE")
             try:
+                schema = self._counts_whole_since(db)
                 yield Locked(db, self.clock())
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
+            if schema is not None:  # noted once committed: a rebuild rolled back is looked for again
+                self._counted_schema = schema
 
     @staticmethod
     def _audit(
@@ -614,9 +622,11 @@ class TaskStore:
         Read-only, so a /metrics scrape never waits for the write lock (WAL readers do not): a
         claim whose lease ran out counts as pending, as it will be once ``expire_leases`` runs.
         Read from the kept counts (``task_counts``) and the claims alone, in one statement (one
-        snapshot), not from every task.
+        snapshot), not from every task. (Once after the schema changed, the counts are looked at in a
+        write transaction first: ``_counts_current``.)
         """
         with self._connect() as db:
+            self._counts_current(db)
             rows = db.execute(
                 "SELECT kept.state, kept.n + CASE kept.state WHEN 'pending' THEN expired.n"
                 " WHEN 'claimed' THEN -expired.n ELSE 0 END AS n"
@@ -635,6 +645,7 @@ class TaskStore:
         count only grows: a counter read from the table. Read-only, as ``counts``, and from the kept
         counts (``task_counts``) as well."""
         with self._connect() as db:
+            self._counts_current(db)
             rows = db.execute(
                 "SELECT decision, SUM(n) AS n FROM task_counts"
                 " WHERE state IN ('approved', 'rejected') AND decision != ''"
@@ -653,6 +664,7 @@ class TaskStore:
     def reasons(self) -> list[str]:
         """Every reason code some task gives, for the queue's filter (kept in ``task_reasons``)."""
         with self._connect() as db:
+            self._counts_current(db)
             rows = db.execute("SELECT reason FROM task_reasons WHERE n > 0 ORDER BY reason").fetchall()
         return [row[0] for row in rows]
 
@@ -1190,6 +1202,50 @@ class TaskStore:
                 "UPDATE outbox SET published_at = ? WHERE event_id = ? AND published_at IS NULL",
                 (now, event_id),
             )
+
+
+def _schema_version(db: sqlite3.Connection) -> int:
+    """SQLite's count of the database's schema changes (by any connection, any process)."""
+    return int(db.execute("PRAGMA schema_version").fetchone()[0])
+
+
+def _rebuild_counts(db: sqlite3.Connection, path: Path) -> bool:
+    """In the write transaction ``db``, make the kept counts (``_COUNT_TABLES``) and their triggers,
+    counting the table as it is, unless both tables and every trigger are there as defined here
+    (``_KEPT_SCHEMA``); returns whether they were made. In one transaction, so no write falls between
+    the count and the first trigger. Made for a table made before them, one copied by
+    ``_allow_every_state`` or an older version (a dropped table's triggers go with it), or one whose
+    count tables were dropped by hand: before, only the triggers' names were looked for, so with the
+    tables gone and the triggers left every write of a task failed, restarts included."""
+    names = sorted({name for _, name in _KEPT_SCHEMA})
+    made = db.execute(
+        f"SELECT type, name, sql FROM sqlite_master WHERE name IN ({', '.join('?' * len(names))})", names
+    )
+    if {(row["type"], row["name"]): row["sql"] for row in made} == _KEPT_SCHEMA:
+        return False
+    for name in _COUNT_TRIGGERS:
+        db.execute(f"DROP TRIGGER IF EXISTS {name}")
+    for name in _COUNT_TABLES:
+        db.execute(f"DROP TABLE IF EXISTS {name}")
+    for table in _COUNT_TABLES.values():
+        db.execute(table)
+    # Every state has its row, so an expired claim always has a pending count to move to.
+    zeros = [(state,) for state in STATES]
+    db.executemany("INSERT INTO task_counts (state, decision, n) VALUES (?, '', 0)", zeros)
+    db.execute(
+        "INSERT INTO task_counts (state, decision, n) SELECT state, IFNULL(decision, ''), COUNT(*)"
+        " FROM tasks WHERE true GROUP BY 1, 2"
+        " ON CONFLICT (state, decision) DO UPDATE SET n = excluded.n"
+    )
+    db.execute(
+        "INSERT INTO task_reasons (reason, n) SELECT value, COUNT(*)"
+        f" FROM tasks, {_REASONS_OF.format(row='tasks')} GROUP BY value"
+    )
+    for name, definition in _COUNT_TRIGGERS.items():
+        db.execute(f"CREATE TRIGGER {name} {definition}")
+    if db.execute("SELECT 1 FROM tasks LIMIT 1").fetchone() is not None:
+        log.info("task table %s now keeps its counts by state and its reason codes", path)
+    return True
 
 
 def _read_past_unreadable(

@@ -6,6 +6,7 @@ import json
 import re
 import sqlite3
 import time
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,7 +26,7 @@ from services.console.config import ConsoleSettings
 from services.console.context import Console, make_signer
 from services.console.decisions import record_decision
 from services.console.metrics import ConsoleMetrics
-from services.console.tasks import _SCHEMA, Task, TaskStore
+from services.console.tasks import _SCHEMA, STATES, Task, TaskStore
 from shared import keys
 from shared.arith.masks import mask_iou
 from shared.bus import make_envelope
@@ -377,3 +378,36 @@ def traced_statements(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     monkeypatch.setattr(sqlite3, "connect", traced_connect)
     return statements
+
+
+def full_counts(path: Path, now: float) -> dict[str, int]:
+    """Tasks by state, an expired claim as pending, read from every row (what ``counts`` read before)."""
+    with closing(sqlite3.connect(path)) as db:
+        rows = db.execute(
+            "SELECT CASE WHEN state = 'claimed' AND lease_expires_at <= ? THEN 'pending' ELSE state END,"
+            " COUNT(*) FROM tasks GROUP BY 1",
+            (now,),
+        ).fetchall()
+    return {**dict.fromkeys(STATES, 0), **dict(rows)}
+
+
+def full_decisions(path: Path) -> dict[str, int]:
+    with closing(sqlite3.connect(path)) as db:
+        rows = db.execute(
+            "SELECT decision, COUNT(*) FROM tasks"
+            " WHERE state IN ('approved', 'rejected') AND decision IS NOT NULL GROUP BY decision"
+        ).fetchall()
+    return dict(rows)
+
+
+def full_reasons(path: Path) -> list[str]:
+    with closing(sqlite3.connect(path)) as db:
+        rows = db.execute("SELECT DISTINCT value FROM tasks, json_each(tasks.reasons) ORDER BY value")
+        return [row[0] for row in rows]
+
+
+def assert_kept(tasks: TaskStore, now: float) -> None:
+    """The kept counts and reasons are those a read of every row gives."""
+    assert tasks.counts() == full_counts(tasks.path, now)
+    assert tasks.decision_counts() == full_decisions(tasks.path)
+    assert tasks.reasons() == full_reasons(tasks.path)
