@@ -1,4 +1,5 @@
-"""Found in review 46: the kept counts looked for by their triggers' names alone and only on open."""
+"""Found in review 46: the kept counts looked for by their triggers' names alone and only on open; the
+task table's indexes found by a string prefix, kept in an older definition, and sorting ties."""
 
 from __future__ import annotations
 
@@ -9,12 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from services.console.tasks import TaskStore
+from services.console.tasks import TaskFilter, TaskStore
 from tests.support.console import (
+    ConsoleParts,
     assert_kept,
     build_console,
+    decide_as_alice,
     flagged_item,
     pending_envelope,
+    task_table_before,
+    traced_statements,
     with_flagged,
 )
 
@@ -85,3 +90,99 @@ def test_triggers_dropped_under_a_running_console_are_made_again_before_it_count
     parts.tasks.add_pending(pending_envelope(flagged_item(parts.store, 5)))
     assert parts.tasks.counts()["pending"] == 6
     assert_kept(parts.tasks, parts.clock())
+
+
+def plan(db: sqlite3.Connection, sql: str) -> list[str]:
+    return [detail for *_, detail in db.execute(f"EXPLAIN QUERY PLAN {sql}")]
+
+
+def index_columns(path: Path, name: str) -> list[str]:
+    with closing(sqlite3.connect(path)) as db:
+        return [row[2] for row in db.execute(f"PRAGMA index_info({name})")]
+
+
+def lists_read_in_index_order(parts: ConsoleParts, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The waiting and closed lists (and claim-next) read their rows in order from an index, sorting none."""
+    plan_of = closing(sqlite3.connect(parts.tasks.path))  # opened before the tracing: not traced
+    statements = traced_statements(monkeypatch)
+
+    assert len(parts.tasks.query(limit=2)) == 2
+    assert len(parts.tasks.query(TaskFilter(state="pending", sku_id="SKU-00001"), limit=2)) == 2
+    assert parts.tasks.claim_next("bob", 60.0) is not None  # one's own claim first, then a pending one
+    assert len(parts.tasks.query(TaskFilter(state="claimed"))) == 1
+    assert len(parts.tasks.query(TaskFilter(state="approved"), limit=1)) == 1
+
+    reads = [sql for sql in statements if sql.startswith("SELECT * FROM tasks WHERE state")]
+    assert len(reads) >= 6, statements
+    with plan_of as db:
+        for sql in reads:
+            steps = plan(db, sql)
+            assert not [step for step in steps if "TEMP B-TREE" in step], (sql, steps)
+
+
+@pytest.fixture
+def parts(tmp_path: Path) -> ConsoleParts:
+    """Four tasks pending and one approved, two of them queued at the same time (a tie to break)."""
+    parts = build_console(tmp_path)
+    for index in range(5):
+        parts.tasks.add_pending(pending_envelope(flagged_item(parts.store, index)))
+        parts.clock.advance(1.0 if index != 1 else 0.0)
+    decide_as_alice(parts, parts.tasks.query(limit=1)[0].task_id)
+    return parts
+
+
+def test_the_waiting_and_closed_lists_sort_no_rows(
+    parts: ConsoleParts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before, the indexes ended at the time (received_at, decided_at): each page sorted every task of its
+    # state to order the ties by task id ("USE TEMP B-TREE FOR RIGHT PART OF ORDER BY").
+    lists_read_in_index_order(parts, monkeypatch)
+
+
+def test_an_index_of_an_older_definition_is_made_again_as_defined_today(
+    parts: ConsoleParts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before, CREATE INDEX IF NOT EXISTS kept a table's index of the name as an older version made it.
+    with closing(sqlite3.connect(parts.tasks.path)) as db:
+        for name, columns in OLDER_INDEXES.items():
+            db.executescript(f"DROP INDEX {name}; CREATE INDEX {name} ON tasks ({columns})")
+
+    reopened = TaskStore(parts.tasks.path, clock=parts.clock)
+
+    assert index_columns(reopened.path, "tasks_by_state") == ["state", "received_at", "task_id"]
+    assert index_columns(reopened.path, "tasks_by_decision") == ["state", "decided_at", "task_id"]
+    assert index_columns(reopened.path, "tasks_by_state_sku") == ["state", "sku_id", "received_at", "task_id"]
+    parts.tasks = reopened
+    lists_read_in_index_order(parts, monkeypatch)
+
+
+# The indexes as review 45 left them, and one of today's columns in another order.
+OLDER_INDEXES = {
+    "tasks_by_state": "state, received_at",
+    "tasks_by_decision": "state, decided_at",
+    "tasks_by_state_sku": "state, sku_id, received_at",
+    "tasks_by_arrival": "task_id, received_at",
+}
+
+
+def test_a_table_copied_to_allow_a_new_state_keeps_its_owners_own_indexes_and_triggers(
+    parts: ConsoleParts, tmp_path: Path
+) -> None:
+    # Before, the copy made again only the indexes found by a name prefix in _SCHEMA: an index or trigger
+    # the owner made on the task table went with the old table, silently.
+    own = (
+        "CREATE INDEX tasks_by_state_of_mine ON tasks (sku_id, iou);"  # our indexes' prefix, not one of ours
+        " DROP INDEX IF EXISTS tasks_by_state; CREATE INDEX tasks_by_state ON tasks (state);"  # ours, older
+        " CREATE TABLE arrivals (task_id TEXT); CREATE TRIGGER tasks_arrivals AFTER INSERT ON tasks"
+        " BEGIN INSERT INTO arrivals VALUES (NEW.task_id); END"
+    )
+
+    converted = task_table_before("accepted", tmp_path / "before.sqlite3", parts.tasks, then=own)
+
+    assert index_columns(converted.path, "tasks_by_state_of_mine") == ["sku_id", "iou"]
+    assert index_columns(converted.path, "tasks_by_state") == ["state", "received_at", "task_id"]
+    envelope = pending_envelope(flagged_item(parts.store, 9))
+    converted.add_pending(envelope)
+    with closing(sqlite3.connect(converted.path)) as db:
+        assert db.execute("SELECT task_id FROM arrivals").fetchall() == [(envelope.event_id,)]
+    assert_kept(converted, parts.clock())

@@ -86,18 +86,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     decided_at       REAL,
     produced_at      REAL
 );
-CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks (state, received_at);
-CREATE INDEX IF NOT EXISTS tasks_by_item ON tasks (sku_id, item_id);
-CREATE INDEX IF NOT EXISTS tasks_by_decision ON tasks (state, decided_at);
--- The "all" list (no state filter), newest first by arrival and paged by (received_at, task_id): without
--- it each page scanned and sorted every task ever queued. Made here for a table made before it too.
-CREATE INDEX IF NOT EXISTS tasks_by_arrival ON tasks (received_at, task_id);
--- A queue filtered by state and SKU, and its count: without it the count walked every row in the state.
-CREATE INDEX IF NOT EXISTS tasks_by_state_sku ON tasks (state, sku_id, received_at);
--- A closed list filtered by SKU (newest decision first): without it the list walked every task in the state.
-CREATE INDEX IF NOT EXISTS tasks_by_decision_sku ON tasks (state, sku_id, decided_at, task_id);
--- The claims whose lease ran out, looked for before every read: without it every claim was read.
-CREATE INDEX IF NOT EXISTS tasks_by_lease ON tasks (state, lease_expires_at);
+-- The task table's indexes: _TASK_INDEXES, made (again, when defined otherwise) by _index_tasks.
 CREATE TABLE IF NOT EXISTS audit (
     audit_id       INTEGER PRIMARY KEY AUTOINCREMENT,
     task_id        TEXT NOT NULL,
@@ -299,12 +288,27 @@ class Locked(NamedTuple):
     now: float
 
 
-# The task table's indexes, as ``_SCHEMA`` makes them: made again by ``_allow_every_state``'s copy.
-_TASK_INDEXES = tuple(
-    line.strip().rstrip(";").replace("IF NOT EXISTS ", "")
-    for line in _SCHEMA.splitlines()
-    if line.startswith("CREATE INDEX IF NOT EXISTS tasks_")
-)
+# The task table's indexes, by name: the columns each orders by, ascending. ``_index_tasks`` makes each
+# on every open that the table lacks, or holds under its name with other columns (an older version's:
+# ``CREATE INDEX IF NOT EXISTS`` kept those, found by a string prefix in ``_SCHEMA``), and no other. A
+# list's order ends with ``task_id``, which breaks ties of time: an index that ends before it had
+# every page sort the list's rows of its state ("USE TEMP B-TREE FOR RIGHT PART OF ORDER BY").
+_TASK_INDEXES: dict[str, tuple[str, ...]] = {
+    # The waiting lists (pending, one's own claims) oldest first, paged by (received_at, task_id).
+    "tasks_by_state": ("state", "received_at", "task_id"),
+    "tasks_by_item": ("sku_id", "item_id"),
+    # The closed lists, newest decision first.
+    "tasks_by_decision": ("state", "decided_at", "task_id"),
+    # The "all" list (no state filter), newest first by arrival: without it each page scanned and
+    # sorted every task ever queued.
+    "tasks_by_arrival": ("received_at", "task_id"),
+    # A queue filtered by state and SKU, and its count: without it the count walked every row in the state.
+    "tasks_by_state_sku": ("state", "sku_id", "received_at", "task_id"),
+    # A closed list filtered by SKU (newest decision first): without it the list walked the whole state.
+    "tasks_by_decision_sku": ("state", "sku_id", "decided_at", "task_id"),
+    # The claims whose lease ran out, looked for before every read: without it every claim was read.
+    "tasks_by_lease": ("state", "lease_expires_at"),
+}
 
 
 class TaskStore:
@@ -326,6 +330,7 @@ class TaskStore:
         self._add_column("tasks", "produced_at REAL", "each event's produced_at")
         self._add_column("outbox", "refused_reason TEXT", "why the broker refused a decision")
         self._allow_every_state()
+        self._index_tasks()
         self._index_outbox()
         self._keep_counts()
 
@@ -337,6 +342,30 @@ class TaskStore:
                 return
             db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
             log.info("task table %s now stores %s", self.path, what)
+
+    def _index_tasks(self) -> None:
+        """Give the task table each index of ``_TASK_INDEXES`` as defined there, by name and columns
+        (``PRAGMA index_list``, ``index_xinfo``): made where missing, made again where its name holds
+        other columns (a large table's take a while, logged). Indexes of other names are left alone."""
+        with self._write() as (db, _):
+            listed = {row["name"]: row for row in db.execute("PRAGMA index_list(tasks)")}
+            holds_tasks = db.execute("SELECT 1 FROM tasks LIMIT 1").fetchone() is not None
+            for name, columns in _TASK_INDEXES.items():
+                made = listed.get(name)
+                wanted = [(column, 0, "BINARY") for column in columns]
+                if (
+                    made is not None
+                    and not made["unique"]
+                    and not made["partial"]
+                    and _index_keys(db, name) == wanted
+                ):
+                    continue
+                db.execute(f"DROP INDEX IF EXISTS {name}")  # another definition (or table) under the name
+                db.execute(f"CREATE INDEX {name} ON tasks ({', '.join(columns)})")
+                if holds_tasks:
+                    log.info(
+                        "task table %s now indexes its tasks by %s (%s)", self.path, ", ".join(columns), name
+                    )
 
     def _index_outbox(self) -> None:
         """Give an outbox made before ``_OUTBOX_INDEXES`` its indexes (once: a large one takes a while,
@@ -389,14 +418,20 @@ class TaskStore:
             missing = [state for state in STATES if f"'{state}'" not in row["sql"]]
             if not missing:
                 return
+            # Its indexes and triggers go with the dropped table, the owner's own too: made again as they
+            # were (``_index_tasks`` then makes ours as defined today, ``_keep_counts`` checks the counts').
+            kept = db.execute(
+                "SELECT sql FROM sqlite_master WHERE tbl_name = 'tasks' AND type IN ('index', 'trigger')"
+                " AND sql IS NOT NULL"
+            ).fetchall()
             start = _SCHEMA.index("CREATE TABLE IF NOT EXISTS tasks (")
             table = _SCHEMA[start : _SCHEMA.index("\n);", start) + 3]
             db.execute(table.replace("IF NOT EXISTS tasks", "tasks_with_every_state"))
             db.execute("INSERT INTO tasks_with_every_state SELECT * FROM tasks")
-            db.execute("DROP TABLE tasks")  # its indexes go with it
+            db.execute("DROP TABLE tasks")
             db.execute("ALTER TABLE tasks_with_every_state RENAME TO tasks")
-            for index in _TASK_INDEXES:
-                db.execute(index)
+            for row in kept:
+                db.execute(row["sql"])
             log.info("task table %s now allows the states %s", self.path, ", ".join(missing))
 
     @contextmanager
@@ -1202,6 +1237,12 @@ class TaskStore:
                 "UPDATE outbox SET published_at = ? WHERE event_id = ? AND published_at IS NULL",
                 (now, event_id),
             )
+
+
+def _index_keys(db: sqlite3.Connection, name: str) -> list[tuple[str, int, str]]:
+    """The columns the index ``name`` orders by: each one's name, 1 if descending, and collation."""
+    rows = db.execute(f"PRAGMA index_xinfo({name})").fetchall()
+    return [(row["name"], row["desc"], row["coll"]) for row in rows if row["key"]]
 
 
 def _schema_version(db: sqlite3.Connection) -> int:

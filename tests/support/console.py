@@ -201,10 +201,12 @@ def flagged_parts_fixture(count: int) -> Any:
     return parts
 
 
-def task_table_before(state: str, path: Path, current: TaskStore, *, oldest: int | None = None) -> TaskStore:
+def task_table_before(
+    state: str, path: Path, current: TaskStore, *, oldest: int | None = None, then: str = ""
+) -> TaskStore:
     """A task table at ``path`` as it was before ``state`` existed (its CHECK refuses it), holding
-    ``current``'s rows (the ``oldest`` of them, if given), opened as today's TaskStore: the migration
-    under test."""
+    ``current``'s rows (the ``oldest`` of them, if given), with the statements ``then`` run on it,
+    opened as today's TaskStore: the migration under test."""
     before = _SCHEMA.replace(f", '{state}'", "")
     assert before != _SCHEMA
     db = sqlite3.connect(path)
@@ -213,6 +215,7 @@ def task_table_before(state: str, path: Path, current: TaskStore, *, oldest: int
     rows = "SELECT * FROM current.tasks" + (" ORDER BY received_at LIMIT ?" if oldest is not None else "")
     db.execute(f"INSERT INTO tasks {rows}", () if oldest is None else (oldest,))
     db.commit()
+    db.executescript(then)
     with pytest.raises(sqlite3.IntegrityError):  # what the old table refused
         db.execute("UPDATE tasks SET state = ?", (state,))
     db.close()
