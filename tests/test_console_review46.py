@@ -186,3 +186,21 @@ def test_a_table_copied_to_allow_a_new_state_keeps_its_owners_own_indexes_and_tr
     with closing(sqlite3.connect(converted.path)) as db:
         assert db.execute("SELECT task_id FROM arrivals").fetchall() == [(envelope.event_id,)]
     assert_kept(converted, parts.clock())
+
+
+def test_a_task_whose_reasons_do_not_parse_leaves_the_queue_filtered_by_reason_readable(
+    tmp_path: Path,
+) -> None:
+    # Before, json_each of the damaged column failed the whole statement ("malformed JSON"): every list
+    # and count filtered by a reason answered an error, for every reviewer, until the row was mended.
+    parts = with_flagged(build_console(tmp_path), 3)
+    damaged, *others = [task.task_id for task in parts.tasks.query()]
+    with closing(sqlite3.connect(parts.tasks.path)) as db:
+        db.execute("UPDATE tasks SET reasons = 'iou_below_threshold' WHERE task_id = ?", (damaged,))
+        db.commit()
+
+    by_reason = TaskFilter(reason="iou_below_threshold")
+    assert [task.task_id for task in parts.tasks.query(by_reason)] == others
+    assert parts.tasks.count(by_reason) == 2
+    assert parts.tasks.claim_next("alice", 60.0, by_reason) is not None
+    assert [task.task_id for task in parts.tasks.query(TaskFilter(state=None))] == others[::-1]  # left out

@@ -1448,7 +1448,9 @@ def _where(filters: TaskFilter) -> tuple[list[str], tuple[Any, ...]]:
         clauses.append("sku_id = ?")
         params.append(filters.sku_id)
     if filters.reason:
-        clauses.append("EXISTS (SELECT 1 FROM json_each(tasks.reasons) WHERE value = ?)")
+        # A row whose reasons are not JSON (damaged by hand) matches no reason: read by json_each as
+        # they were, it failed the whole statement ("malformed JSON"), so every list and count by reason.
+        clauses.append(f"EXISTS (SELECT 1 FROM {_REASONS_OF.format(row='tasks')} WHERE value = ?)")
         params.append(filters.reason)
     if filters.iou_min is not None:
         clauses.append("iou >= ?")
