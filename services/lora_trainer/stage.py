@@ -53,8 +53,9 @@ the log says so, naming the adapter, the topic and the broker's reason, and for 
 refuses for good (over its ``max.message.bytes``) or the broker's ACLs refuse (the trainer's principal
 may not write to the topic) that it fails alike until the limit is raised or the ACL changed. It is
 tried again on a growing interval (the n-th failure in a row skips the next 2**(n-1) polls, up to
-``PUBLICATION_BACKOFF_MAX_S``; a restart tries at once), not at every poll; the polls skipped plan nothing
-and read nothing from the store (new requests wait for the next try). A poll that cannot plan its
+``PUBLICATION_BACKOFF_MAX_S``; a restart tries at once), not at every poll; the polls skipped read
+nothing of its job (nor, for the general adapter, its schedule and request files), and the other series
+train and publish meanwhile. A poll that cannot plan its
 jobs (the store away while its requests are read) is logged as such: nothing was trained, and the next
 poll plans again. A job stopped by the object store or the adapter
 registry (away, or refusing a write) is logged naming which, with the uri it met (``StoreFailed``), not
@@ -477,12 +478,14 @@ class PublicationBackoff:
     """A publication the topic (or an ACL) refused for good, or the broker did not take (away), ``failures``
     times in a row (``fault`` the last), not sent again for ``polls_left`` more polls. Sent at every poll,
     a refused one opened a new producer each time (the refusal stops kafka-python's idempotent producer
-    for good), for as long as the limit (or the ACL) stayed; and every such poll planned every job and
-    read every request file again, for as long as the broker was away."""
+    for good), for as long as the limit (or the ACL) stayed; and every such poll read the job's result
+    and weights again. Its job alone waits: the polls between read nothing of it (nor, for the general
+    adapter, ``general.json`` or its request files), and the other series train and publish."""
 
     fault: Exception
     failures: int
     polls_left: int
+    general: bool  # the general adapter's: the polls between do not plan the general job
 
 
 class CurrentPointer(NamedTuple):
@@ -689,8 +692,9 @@ class LoraTrainer:
 
     # -- planning --
 
-    def plan(self) -> list[Job]:
-        """The jobs the store's requests call for: one per series, and the general one when due."""
+    def plan(self, *, general: bool = True) -> list[Job]:
+        """The jobs the store's requests call for: one per series, and the general one when due (not
+        looked for with ``general`` False)."""
         jobs = []
         # Grouped by the series as the generator's resolve_adapter compares it, not by folder: the
         # folder is a slug that distinct series share ("Cola 330ml"/"cola-330ml", non-Latin names).
@@ -711,9 +715,9 @@ class LoraTrainer:
             sources = [source for c in members for source in _instance_sources(c, self.min_plain_background)]
             series = members[0].sku.series
             jobs.append(Job("specialized", series, sources, self._hash("specialized", series, sources)))
-        general = self._general_job()
-        if general is not None:
-            jobs.append(general)
+        general_job = self._general_job() if general else None
+        if general_job is not None:
+            jobs.append(general_job)
         return jobs
 
     def _general_job(self) -> Job | None:
@@ -906,18 +910,23 @@ class LoraTrainer:
         """Run every job that is due and not yet published; returns what was published."""
         published = []
         failure: Exception | None = None
-        waiting: PublicationFailed | None = None  # a refused publication waiting out its backoff
         unreadable = 0
-        backing_off = self._backing_off()
-        if backing_off is not None:
-            raise backing_off
+        # A failed publication waiting out its backoff holds back its own job only. The general adapter's
+        # is not planned meanwhile: its plan reads general.json and up to SKUFORGE_LORA_GENERAL_MAX_IMAGES
+        # request files. (Before, any one waiting skipped the whole poll: another series' new requests
+        # waited up to PUBLICATION_BACKOFF_MAX_S for it.)
+        waiting = self._general_skipped()  # a publication waiting out its backoff
         try:
-            jobs = self.plan()
+            jobs = self.plan(general=waiting is None)
         except Exception as exc:
             raise PlanningFailed(exc) from exc
         # A job no longer planned (its inputs changed: another adapter) forgets its failed publications.
         planned = {job.adapter_id for job in jobs}
-        self._backoffs = {key: wait for key, wait in self._backoffs.items() if key[0] in planned}
+        self._backoffs = {
+            key: wait
+            for key, wait in self._backoffs.items()
+            if key[0] in planned or (wait.general and waiting is not None)
+        }
         for job in jobs:
             if self._stop.is_set():
                 # Asked to stop (SIGTERM) while an earlier job published: no other job begins (building
@@ -988,18 +997,24 @@ class LoraTrainer:
             raise waiting
         return published
 
-    def _backing_off(self) -> PublicationFailed | None:
-        """The poll's fault when every failed publication (refused, or the broker away) is waiting out its
-        backoff (``PublicationBackoff``), each then one poll nearer its try; None when none failed, or one
-        is due (the poll plans). Planned, such a poll read every request file (the general job's picks, up
-        to SKUFORGE_LORA_GENERAL_MAX_IMAGES) and the job's result and weights, for minutes, only to skip
-        the send. New requests wait for the next try too, at most about ``PUBLICATION_BACKOFF_MAX_S``."""
-        if not self._backoffs or any(backoff.polls_left == 0 for backoff in self._backoffs.values()):
-            return None
-        for backoff in self._backoffs.values():
-            backoff.polls_left -= 1
-        (adapter_id, _), soonest = min(self._backoffs.items(), key=lambda failed: failed[1].polls_left)
-        return PublicationFailed(adapter_id, soonest.fault, skipped_polls=soonest.polls_left, tried=False)
+    def _skipped(self, adapter_id: str) -> PublicationFailed | None:
+        """This poll's skip of ``adapter_id``'s failed publication (refused, or the broker away) while it
+        waits out its backoff (``PublicationBackoff``), then one poll nearer its try; None when none
+        failed, or its try is due."""
+        for (failed_id, _), backoff in self._backoffs.items():
+            if failed_id == adapter_id and backoff.polls_left > 0:
+                backoff.polls_left -= 1
+                return PublicationFailed(
+                    adapter_id, backoff.fault, skipped_polls=backoff.polls_left, tried=False
+                )
+        return None
+
+    def _general_skipped(self) -> PublicationFailed | None:
+        """``_skipped`` for the general adapter's failed publication, if one failed."""
+        for (adapter_id, _), backoff in self._backoffs.items():
+            if backoff.general:
+                return self._skipped(adapter_id)
+        return None
 
     def _store_failed(self, exc: TransientError) -> StoreFailed:
         """``exc`` named by the store it came from: the registry raises its store's faults as its own
@@ -1011,6 +1026,9 @@ class LoraTrainer:
 
     def run_job(self, job: Job) -> AdapterPublished | None:
         """Train (or resume), register and publish one job; None if it was already published."""
+        skipped = self._skipped(job.adapter_id)
+        if skipped is not None:  # before any read: the job's result and weights are read to publish
+            raise skipped
         marker = f"{PREFIX}/published/{job.adapter_id}.json"
         job_prefix = f"{PREFIX}/jobs/{job.sha256}"
         if self.store.exists(marker):
@@ -1187,12 +1205,7 @@ class LoraTrainer:
         the topic (or an ACL) refused for good, or the broker did not take, is sent again only once its
         backoff (``PublicationBackoff``) is over. ``pointer`` is the series' ``current/`` pointer as its
         caller read (and wrote) it, a roll-back's; by default it is read here."""
-        backoff = self._backoffs.get((job.adapter_id, publication))
-        if backoff is not None and backoff.polls_left > 0:
-            backoff.polls_left -= 1
-            raise PublicationFailed(
-                job.adapter_id, backoff.fault, skipped_polls=backoff.polls_left, tried=False
-            )
+        backoff = self._backoffs.get((job.adapter_id, publication))  # its try is due (run_job)
         result, weights = self._trained(job, job_prefix, marker)
         # Cut to what the event may carry, in the registry alike: a photo's tags go into its prompt whole,
         # and 64 tags of 200 characters (a sku.captioned the schema takes) failed the event at every poll.
@@ -1258,7 +1271,7 @@ class LoraTrainer:
             most = max(1, round(PUBLICATION_BACKOFF_MAX_S / self.settings.lora_poll_s))
             wait = min(2 ** min(failures - 1, 30), most)
             self._backoffs[(job.adapter_id, publication)] = PublicationBackoff(
-                _without_frames(exc), failures, wait
+                _without_frames(exc), failures, wait, general=job.kind == "general"
             )
             raise PublicationFailed(job.adapter_id, exc, skipped_polls=wait) from exc
         self._backoffs.pop((job.adapter_id, publication), None)
