@@ -1,5 +1,7 @@
 """The LoRA trainer, review 46: a publication that fails backs off its own series only (a new request of
-another series trains and publishes at the next poll, not after the failed one's next try).
+another series trains and publishes at the next poll, not after the failed one's next try); and a
+publish that fails for a fault of the trainer's own (a bug, not the broker) is not reported as the broker
+not taking the event.
 
 Training is stubbed (``stub_training``); the publications go to the real broker, through the real
 ``kafka_publisher``.
@@ -7,6 +9,7 @@ Training is stubbed (``stub_training``); the publications go to the real broker,
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -71,6 +74,33 @@ def test_a_series_whose_publication_fails_does_not_hold_back_another_series(
     finally:
         refusing.close()
         taking.close()
+
+
+def test_a_publish_that_fails_for_a_fault_of_the_trainer_s_own_does_not_blame_the_broker(
+    tmp_path: Path, stub_training: list[Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Any exception of the publish callable read as "the broker did not take it ... it is sent once the
+    broker takes it": a bug in making the event (a TypeError, a ValidationError) sent the operator to a
+    broker that was never asked. Now the log says it is the trainer's own fault, with its traceback."""
+    store = CountingStore(tmp_path / "store")
+    record(store, captioned_sku(store, 1, usable_photos=1, series="cola"))
+    trainer = trainer_on(store, model_folder(tmp_path, "m"), lora_class_images=0)
+
+    def broken(event: AdapterPublished) -> None:  # a bug before any record reaches the producer
+        raise TypeError("an envelope field of the wrong type")
+
+    trainer.publish = broken
+    with caplog.at_level(logging.WARNING, logger="skuforge.lora-trainer"):
+        trainer.poll()
+
+    failed = trainer.last_error
+    assert isinstance(failed, PublicationFailed) and failed.tried
+    assert "broker" not in failed.outlook.replace("not the broker's", ""), failed.outlook
+    assert "the trainer's own" in failed.outlook and "TypeError" in failed.reason
+    logged = [r for r in caplog.records if r.name == "skuforge.lora-trainer" and r.levelno >= logging.WARNING]
+    assert logged and all("the broker did not take it" not in r.getMessage() for r in logged)
+    assert any(r.exc_info and r.exc_info[0] is TypeError for r in logged)  # where the bug is
+    assert trainer.metrics.jobs.labels("retried")._value.get() == 1
 
 
 @pytest.mark.kafka

@@ -55,7 +55,9 @@ may not write to the topic) that it fails alike until the limit is raised or the
 tried again on a growing interval (the n-th failure in a row skips the next 2**(n-1) polls, up to
 ``PUBLICATION_BACKOFF_MAX_S``; a restart tries at once), not at every poll; the polls skipped read
 nothing of its job (nor, for the general adapter, its schedule and request files), and the other series
-train and publish meanwhile. A poll that cannot plan its
+train and publish meanwhile. A publish that raises anything but a ``TransientError`` of ``shared.bus`` is
+the trainer's own fault, not the broker's: logged so, with its traceback, on the same interval. A poll
+that cannot plan its
 jobs (the store away while its requests are read) is logged as such: nothing was trained, and the next
 poll plans again. A job stopped by the object store or the adapter
 registry (away, or refusing a write) is logged naming which, with the uri it met (``StoreFailed``), not
@@ -466,10 +468,18 @@ class PublicationFailed(Exception):
                 f"refused by the broker's ACLs: {backing_off}; it is sent once an ACL lets the trainer's "
                 "principal write to the topic"
             )
-        else:
+        elif isinstance(exc, TransientError):
             # Tried at every poll, each try planned every job and read every request file again, for as
             # long as the broker was away.
             self.outlook = f"the broker did not take it: {backing_off}; it is sent once the broker takes it"
+        else:
+            # Not a TransientError of shared.bus: the event was not made or not handed to the producer (a
+            # bug, a producer that could not be opened). Read as "the broker did not take it", it sent the
+            # operator to a broker that was never asked.
+            self.outlook = (
+                f"a fault of the trainer's own, not the broker's (its traceback is logged): {backing_off}; "
+                "if it keeps failing, report it with that traceback"
+            )
         super().__init__(f"{self.topic} for adapter {adapter_id} not sent: {self.reason}")
 
 
@@ -1266,7 +1276,16 @@ class LoraTrainer:
         event = fitted_to_a_record(event)
         try:
             self.publish(event)
-        except Exception as exc:  # refused for good (RecordRefused, PublishForbidden), or the broker away
+        except Exception as exc:  # refused for good (RecordRefused, PublishForbidden), the broker away, a bug
+            if not isinstance(exc, TransientError):
+                # Not the broker's (PublicationFailed says so): where it was raised is what mends it, logged
+                # here, before the backoff keeps the fault without its frames.
+                log.error(
+                    f"{ADAPTER_PUBLISHED.name} could not be made or handed to the producer: a fault of the "
+                    "trainer's own, not the broker's",
+                    extra={"adapter_id": job.adapter_id},
+                    exc_info=True,
+                )
             failures = backoff.failures + 1 if backoff is not None else 1
             most = max(1, round(PUBLICATION_BACKOFF_MAX_S / self.settings.lora_poll_s))
             wait = min(2 ** min(failures - 1, 30), most)
