@@ -9,6 +9,7 @@ Training is stubbed (``stub_training``); the publications go to the real broker,
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -143,3 +144,41 @@ def test_a_general_adapter_whose_publication_fails_is_not_planned_while_it_waits
         assert len(stub_training) == 2
     finally:
         refusing.close()
+
+
+@pytest.mark.parametrize("mend", ["delete", "fix"])
+def test_an_accepted_request_left_out_and_then_mended_is_no_longer_counted_unreadable(
+    tmp_path: Path, stub_training: list[Path], mend: str
+) -> None:
+    """skuforge_lora_requests_unreadable{kind="accepted"} was set only when the general job was planned:
+    an operator who deleted or fixed the file the log named (as docs/ops.md's runbook says) saw the gauge,
+    and SkuforgeLoraRequestsUnreadable, stay up until the next general job was due, hours later. Now each
+    poll looks again at the files the last plan left out (only those)."""
+    store = CountingStore(tmp_path / "store")
+    for variant in range(3):
+        record_accepted_event(store, gate_accepted(store, variant))
+    bad = sorted(store.list_keys(f"{PREFIX}/accepted/"))[0]
+    good = store.get_bytes(bad)
+    store.put_json(bad, {**json.loads(good), "item_id": 7})
+    trainer = trainer_on(
+        store, model_folder(tmp_path, "m"), lora_class_images=0, lora_general_after_accepted=3
+    )
+    [event] = trainer.run_pending()
+    assert event.kind == "general" and event.instance_images == 2
+    unreadable = trainer.metrics.unreadable.labels("accepted")
+    assert unreadable._value.get() == 1
+
+    trainer.run_pending()  # not due again: still counted, the file still there and unreadable
+    assert unreadable._value.get() == 1
+    if mend == "delete":
+        store.delete(bad)
+    else:
+        store.put_bytes(bad, good)
+    store.reads.clear()
+
+    trainer.run_pending()  # still not due (a mended file is not a new image): nothing trains
+
+    assert unreadable._value.get() == 0
+    assert len(stub_training) == 1
+    accepted_reads = [key for key in store.reads if key.startswith(f"{PREFIX}/accepted/")]
+    assert accepted_reads == ([] if mend == "delete" else [bad])  # the left-out file alone is read

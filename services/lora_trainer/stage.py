@@ -84,7 +84,8 @@ job stopped mid-way to be resumed; failed, a job marked failed for good; retried
 in a fault and is tried again at the next one, or for a publication refused for good or not taken (the
 broker away) at the next try of its growing interval, the polls skipped between not counted),
 ``skuforge_lora_steps_total``, ``skuforge_lora_requests_total`` (by kind) and
-``skuforge_lora_requests_unreadable`` (by kind: request files the last plan left out; general: 1 while
+``skuforge_lora_requests_unreadable`` (by kind: request files the last plan left out, an accepted one
+until it is deleted or mended, looked at again at each poll; general: 1 while
 ``general.json`` is unreadable; published: adapters the last poll left out, a record of their
 publication or their registry weights unreadable).
 """
@@ -613,6 +614,9 @@ class LoraTrainer:
         # Publications the topic refused for good or the broker did not take, by adapter and publication:
         # in the process only, so a restart (after raising the limit, say) tries each at once.
         self._backoffs: dict[tuple[str, int], PublicationBackoff] = {}
+        # The accepted/ request files the last general plan left out (unreadable), looked at again at
+        # each poll: skuforge_lora_requests_unreadable{kind="accepted"} counts those still unreadable.
+        self._accepted_left_out: set[str] = set()
         self.max_image_pixels, self.max_image_bytes = max_image_pixels, max_image_bytes
         self._class_folder = _read_class_folder(
             settings.lora_class_images_dir,
@@ -732,6 +736,7 @@ class LoraTrainer:
 
     def _general_job(self) -> Job | None:
         keys = sorted(self.store.list_addressable(f"{PREFIX}/accepted/"))
+        self._recount_left_out(keys)
         every = self.settings.lora_general_every_s
         try:
             state = self._general_state()
@@ -778,14 +783,15 @@ class LoraTrainer:
             if self._general_failed_again(state, covered_keys, tuple(picked)):
                 return None
         sources = []
-        unreadable = 0
+        left_out = set()
         for key in picked:
             try:
                 sources.append(_accepted_source(self.store.get_bytes(key)))
             except (ValueError, KeyError, TypeError, BadInput) as exc:
-                unreadable += 1
+                left_out.add(key)
                 log.warning("request file skipped", extra={"key": key, "reason": _one_line(exc)})
-        self.metrics.unreadable.labels("accepted").set(unreadable)
+        self._accepted_left_out = left_out
+        self.metrics.unreadable.labels("accepted").set(len(left_out))
         return Job(
             "general",
             None,
@@ -795,6 +801,19 @@ class LoraTrainer:
             accepted_keys=tuple(picked),
             covered_keys=covered_keys,
         )
+
+    def _recount_left_out(self, keys: list[str]) -> None:
+        """Count again the ``accepted/`` request files the last general plan left out, of ``keys`` (those
+        there now), reading only those. Set only when the general job was planned, the gauge stayed up
+        after an operator deleted or fixed the file the log named, until the next job was due (hours)."""
+        still = set()
+        for key in self._accepted_left_out.intersection(keys):
+            try:
+                _accepted_source(self.store.get_bytes(key))
+            except (ValueError, KeyError, TypeError, BadInput):
+                still.add(key)
+        self._accepted_left_out = still
+        self.metrics.unreadable.labels("accepted").set(len(still))
 
     def _general_failed_again(
         self, state: dict[str, Any], covered_keys: tuple[str, ...], picked: tuple[str, ...]
