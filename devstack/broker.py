@@ -47,6 +47,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -279,6 +280,53 @@ def _lines_since(path: Path, offset: int) -> list[str]:
     return [shown_line(line) for line in text.splitlines() if line.strip()]
 
 
+@dataclass(frozen=True)
+class LogMark:
+    """Where a log that another process writes, and may roll, stood at a moment: for the lines since.
+
+    log4j rolls the broker's ``server.log`` at 20 MB (``deploy/kafka/log4j2.yaml``: it becomes
+    ``server.log.1``, an older ``.1`` becomes ``.2``, and a new ``server.log`` begins). A byte offset
+    alone, read in the new file once it had grown past it, left out its first lines and the rolled
+    file's end, and began mid-line; so the file is kept too (its inode) and found again after a roll.
+    """
+
+    path: Path
+    offset: int = 0
+    inode: int | None = None  # None: there was no file yet
+
+    @classmethod
+    def at_end(cls, path: Path) -> LogMark:
+        """The end of ``path`` now (its start when there is none yet)."""
+        try:
+            stat = path.stat()
+        except OSError:
+            return cls(path)
+        return cls(path, stat.st_size, stat.st_ino)
+
+    def lines_since(self) -> list[str]:
+        """The non-blank lines written to the log since the mark, as said on the terminal: from the
+        mark in its file, rolled since or not, then every file rolled after it and the current one
+        whole. A file cut shorter than the mark in place is read from its start."""
+        if self.inode is None or _inode(self.path) in (None, self.inode):
+            return _lines_since(self.path, self.offset)
+        rolled = [self.path.with_name(f"{self.path.name}.{index}") for index in range(1, 100)]
+        rolled = [path for path in rolled if path.exists()]
+        marked = next((n for n, path in enumerate(rolled) if _inode(path) == self.inode), None)
+        if marked is None:  # rolled out of reach (or deleted): what the new file holds is all this start's
+            return _lines_since(self.path, 0)
+        since = _lines_since(rolled[marked], self.offset)
+        for path in reversed(rolled[:marked]):
+            since += _lines_since(path, 0)
+        return since + _lines_since(self.path, 0)
+
+
+def _inode(path: Path) -> int | None:
+    try:
+        return path.stat().st_ino
+    except OSError:
+        return None
+
+
 def _pid_alive(pid: int) -> bool:
     """True if ``pid`` exists and is not a zombie."""
     try:
@@ -373,7 +421,7 @@ class LocalKafka:
         self._out: IO[bytes] | None = None
         # Where this start's lines begin in broker.out and server.log, which keep every run's.
         self._out_start = 0
-        self._server_log_start = 0
+        self._server_log_mark = LogMark(self.log_path)
 
     # -- paths -------------------------------------------------------------------------------------
 
@@ -490,7 +538,7 @@ class LocalKafka:
 
         self._out = self.out_path.open("ab")
         self._out_start = self._out.tell()
-        self._server_log_start = _size(self.log_path)
+        self._server_log_mark = LogMark.at_end(self.log_path)  # log4j may roll it meanwhile
         cmd = [
             self.java,
             *self._jvm_options(),
@@ -673,7 +721,7 @@ class LocalKafka:
         a start that failed before it logged much, read as its own errors."""
         none = "(none from this start)"
         out = "\n".join(_lines_since(self.out_path, self._out_start)[-20:]) or none
-        server = "\n".join(_lines_since(self.log_path, self._server_log_start)[-40:]) or none
+        server = "\n".join(self._server_log_mark.lines_since()[-40:]) or none
         return f"--- {self.out_path} (tail) ---\n{out}\n--- {self.log_path} (tail) ---\n{server}"
 
     @staticmethod
