@@ -76,6 +76,12 @@ class SupervisorError(RuntimeError):
     """A service could not be started (it exited early or was not ready in time)."""
 
 
+class StartRefused(SupervisorError):
+    """A service's ``argv_at_start`` or ``env_at_start`` found it cannot start now (a port it needs is
+    taken); the message says what and what to do. During start-up it stops the start; once the stack
+    runs, the service is tried again after its back-off."""
+
+
 class _NotReadyInTime(SupervisorError):
     """One start attempt of a service timed out waiting for readiness."""
 
@@ -104,6 +110,7 @@ class ServiceSpec:
     # service starts, not when the stack's start-up began, minutes before the last service starts.
     argv_at_start: Callable[[], list[str]] | None = None
     # Likewise, variables set at each start on top of ``env`` (a port passed in the environment).
+    # Either may raise StartRefused: the service is not started then (see StartRefused).
     env_at_start: Callable[[], Mapping[str, str]] | None = None
 
 
@@ -476,16 +483,19 @@ class Supervisor:
                     state.restarts += 1
                     try:
                         self._spawn(state)
-                    except OSError as exc:
+                    except (OSError, StartRefused) as exc:
                         # Before, this went out of the watch loop and the whole stack stopped.
                         state.backoff_s = min(
                             self.backoff_max_s, max(state.backoff_s, self.backoff_initial_s) * 2
                         )
                         state.next_start_at = now + state.backoff_s
-                        self.report(
-                            f"{spec.name}: cannot run {spec.argv[0]}: {exc}; trying again in "
-                            f"{state.backoff_s:.1f}s"
+                        # A refusal names its service itself, as it does when it stops the start-up.
+                        why = (
+                            str(exc)
+                            if isinstance(exc, StartRefused)
+                            else f"{spec.name}: cannot run {spec.argv[0]}: {exc}"
                         )
+                        self.report(f"{why}; trying again in {state.backoff_s:.1f}s")
                 continue
             code = state.process.poll()
             if code is not None:

@@ -89,7 +89,7 @@ from devstack.prometheus import (
     stack_prometheus_port,
     stack_scrape_config,
 )
-from devstack.supervisor import ServiceSpec, Supervisor, SupervisorError, http_ok
+from devstack.supervisor import ServiceSpec, StartRefused, Supervisor, SupervisorError, http_ok
 from schemas.flow import CONSOLE, LORA_TRAINER, PIPELINE, TRITON, Service
 from services.console.config import ConsoleSettings, parse_users
 from services.generator.protocol import model_name
@@ -756,6 +756,7 @@ def build_specs(config: StackConfig) -> list[ServiceSpec]:
             argv=_skuforge("serve", "generator", *(arg for b in config.backends for arg in ("--backend", b))),
             log_path=log("triton"),
             env={**env, "SKUFORGE_METRICS_PORT": str(ports["generator_server_metrics"])},
+            env_at_start=functools.partial(_ports_free_at_start, config, "triton", TRITON_PORTS),
             ready=lambda: all(check() for check in model_ready),
             ready_timeout_s=300,
         )
@@ -795,6 +796,7 @@ def build_specs(config: StackConfig) -> list[ServiceSpec]:
             argv=_skuforge(CONSOLE.command, CONSOLE.name),
             log_path=log("console"),
             env=env,
+            env_at_start=functools.partial(_ports_free_at_start, config, CONSOLE.name, CONSOLE_PORTS),
             ready=lambda: intake_ready() and intake_holding() and login_page(),
             ready_timeout_s=60,
             start_attempts=3,
@@ -823,6 +825,41 @@ def _metrics_port_at_start(config: StackConfig, name: str) -> dict[str, str]:
             config.ports[name] = moved
             _say(f"{name}: its metrics port {port} was taken since it was chosen; using {moved}")
     return {"SKUFORGE_METRICS_PORT": str(config.ports[name])}
+
+
+# The ports Triton's service and the console serve on (names of StackConfig.ports), each as said.
+TRITON_PORTS = {
+    "triton_http": "its HTTP port",
+    "triton_grpc": "its gRPC port",
+    "triton_metrics": "its metrics port",
+    "generator_server_metrics": "the generator server's metrics port",
+}
+CONSOLE_PORTS = {"console": "its port", "console_metrics": "its metrics port"}
+
+
+def _ports_free_at_start(config: StackConfig, service: str, ports: Mapping[str, str]) -> dict[str, str]:
+    """Nothing (no variable of its own): ``service``'s ``ports`` checked again as it starts.
+
+    They are chosen as the stack starts, minutes before Triton and the console start: one taken meanwhile
+    made the service exit "Address already in use" in its log (Triton after its models loaded), and the
+    start-up failed naming only that. Unlike a stage's metrics port, these are not moved: every service's
+    settings carry them (the generator stage's Triton address, the console's address). So the start is
+    refused naming each taken port, its entry in ports.json and what to do.
+
+    Raises:
+        StartRefused: one or more of ``ports`` is taken.
+    """
+    taken = [name for name in ports if port_in_use(config.ports[name])]
+    if not taken:
+        return {}
+    remedy = "run with --ports auto" if config.ports_mode == "default" else "start skuforge up again"
+    raise StartRefused(
+        f"{service}: "
+        + ", ".join(f"{ports[name]} {config.ports[name]} ({name} in {PORTS_FILE})" for name in taken)
+        + (" was" if len(taken) == 1 else " were")
+        + " taken since the ports were chosen, so it cannot start; stop what holds it "
+        f"(ss -ltnp 'sport = :{config.ports[taken[0]]}'), or {remedy}: it gives a taken port a free one"
+    )
 
 
 def _stage_ready(config: StackConfig, name: str, inputs: list[str] | None) -> bool:

@@ -3,8 +3,10 @@ targets following a moved port, the broker's log read across a roll, and a quiet
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import socket
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,8 +14,10 @@ from pathlib import Path
 import pytest
 
 from devstack.broker import LocalKafka, LogMark
-from devstack.up import kafka_ready
+from devstack.supervisor import ServiceSpec, StartRefused, Supervisor
+from devstack.up import StackConfig, build_config, build_specs, kafka_ready
 from shared.observability import configure_command_logging
+from tests.support.polling import wait_for
 
 
 @pytest.fixture
@@ -99,3 +103,107 @@ def test_this_starts_lines_of_a_log_rolled_twice_and_of_one_cut_short(tmp_path: 
     cut_mark = LogMark.at_end(cut)
     cut.write_text(_log_lines("new", 1))
     assert [line.split(" ")[2] for line in cut_mark.lines_since()] == ["new"]
+
+
+@pytest.fixture
+def stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> StackConfig:
+    """A stack's config on free ports, with a running broker of someone else's (never asked here)."""
+    monkeypatch.setenv("SKUFORGE_CONSOLE_USERS", "demo:pw")
+    return build_config(tmp_path, ports_mode="free", kafka_bootstrap="127.0.0.1:9", with_trainer=False)
+
+
+def _spec(config: StackConfig, name: str) -> ServiceSpec:
+    return next(spec for spec in build_specs(config) if spec.name == name)
+
+
+@pytest.mark.parametrize(
+    ("service", "port_name", "said"),
+    [
+        ("console", "console_metrics", "its metrics port"),
+        ("console", "console", "its port"),
+        ("triton", "triton_grpc", "its gRPC port"),
+        ("triton", "generator_server_metrics", "the generator server's metrics port"),
+    ],
+)
+def test_a_console_or_triton_port_taken_after_the_ports_were_chosen_refuses_the_start_naming_it(
+    stack: StackConfig, tmp_path: Path, service: str, port_name: str, said: str
+) -> None:
+    """The console's and Triton's ports were checked only as the stack's ports were chosen, minutes before
+    they start: one taken meanwhile made the service exit "Address already in use" in its log (Triton once
+    its models had loaded), and the start-up failed with its log's last lines. Now the start is refused
+    before the process runs, naming the port, its entry in ports.json and what to do. Not moved, as a
+    stage's metrics port is: every service's settings carry these."""
+    port = stack.ports[port_name]
+    spec = dataclasses.replace(_spec(stack, service), argv=[sys.executable, "-c", "raise SystemExit(3)"])
+    reported: list[str] = []
+    supervisor = Supervisor([spec], grace_s=5, report=reported.append)
+    with socket.socket() as taken_meanwhile:
+        taken_meanwhile.bind(("127.0.0.1", port))
+        taken_meanwhile.listen()
+        assert supervisor.run() == 1
+    assert supervisor[service].process is None  # never started
+    assert stack.ports[port_name] == port
+    assert reported[0] == (
+        f"start-up failed: {service}: {said} {port} ({port_name} in ports.json) was taken since the ports "
+        f"were chosen, so it cannot start; stop what holds it (ss -ltnp 'sport = :{port}'), or start "
+        "skuforge up again: it gives a taken port a free one"
+    ), reported
+
+
+def test_under_ports_default_the_refusal_says_to_run_with_ports_auto(stack: StackConfig) -> None:
+    stack.ports_mode = "default"  # as if the documented ports were free when checked
+    console = _spec(stack, "console")
+    assert console.env_at_start is not None
+    assert console.env_at_start() == {}  # free: nothing said, nothing set
+    ports = [stack.ports["console"], stack.ports["console_metrics"]]
+    with socket.socket() as one, socket.socket() as other:
+        for holder, port in zip((one, other), ports, strict=True):
+            holder.bind(("127.0.0.1", port))
+            holder.listen()
+        with pytest.raises(StartRefused) as refused:
+            console.env_at_start()
+    assert str(refused.value) == (
+        f"console: its port {ports[0]} (console in ports.json), its metrics port {ports[1]} (console_metrics "
+        f"in ports.json) were taken since the ports were chosen, so it cannot start; stop what holds it "
+        f"(ss -ltnp 'sport = :{ports[0]}'), or run with --ports auto: it gives a taken port a free one"
+    )
+
+
+def test_a_service_refused_as_it_restarts_is_tried_again_after_its_back_off(tmp_path: Path) -> None:
+    """Once the stack runs, a service whose port is taken as it restarts is said and tried again (the port
+    may be freed), as one that cannot be run is; the refusal does not go out of the watch loop."""
+    refusing = threading.Event()
+
+    def ports_free() -> dict[str, str]:
+        if refusing.is_set():
+            raise StartRefused("console: its port 8087 (console in ports.json) was taken ...")
+        return {}
+
+    spec = ServiceSpec(
+        "console",
+        [sys.executable, "-c", "import time; time.sleep(60)"],
+        tmp_path / "console.log",
+        env_at_start=ports_free,
+    )
+    reported: list[str] = []
+    supervisor = Supervisor([spec], grace_s=5, backoff_initial_s=0.01, report=reported.append)
+    try:
+        assert supervisor.start()
+        refusing.set()
+        console = supervisor["console"]
+        assert console.process is not None
+        console.process.kill()
+
+        def backing_off() -> bool:
+            supervisor.check_once()
+            return console.status == "backing-off"
+
+        wait_for("the console to back off", backing_off)
+        console.next_start_at = 0.0
+        supervisor.check_once()
+        assert console.status == "backing-off"
+        assert reported[-1].startswith(
+            "console: its port 8087 (console in ports.json) was taken ...; trying again in "
+        )
+    finally:
+        supervisor.stop()
