@@ -201,6 +201,24 @@ class PrometheusServer:
         except OSError:
             return False
 
+    def reload(self) -> None:
+        """Have the running server read its configuration file again (``POST /-/reload``, which
+        ``--web.enable-lifecycle`` allows): its scrape targets follow a port that moved.
+
+        Raises:
+            RuntimeError: the server refused the new configuration (its reason in the message).
+            OSError: nothing answered at its address.
+        """
+        request = urllib.request.Request(f"{self.url}/-/reload", method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=30):
+                return
+        except urllib.error.HTTPError as exc:  # an OSError too: said with Prometheus's reason instead
+            reason = " ".join(exc.read().decode(errors="replace").split()) or exc.reason
+            raise RuntimeError(
+                f"prometheus refused to reload its configuration ({exc.code}): {reason}"
+            ) from exc
+
     def stop(self) -> None:
         """Stop the process (SIGTERM, then SIGKILL)."""
         if self._process is None or self._process.poll() is not None:

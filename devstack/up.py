@@ -184,6 +184,8 @@ class StackConfig:
     moved_ports: dict[str, tuple[int, int]] = field(default_factory=dict)
     # How the ports were chosen (--ports): all but "default" may move a port taken as its service starts.
     ports_mode: str = "auto"
+    # Called after a stage's metrics port moved as the stage (re)started: --with-prometheus's targets follow.
+    on_metrics_port_moved: list[Callable[[], None]] = field(default_factory=list)
 
     def replica_names(self, stage: str) -> list[str]:
         """Service names of ``stage``'s replicas: the stage's own name, then ``<stage>-2``, ``-3``..."""
@@ -824,6 +826,8 @@ def _metrics_port_at_start(config: StackConfig, name: str) -> dict[str, str]:
             moved = next(p for p in iter(free_port, None) if p not in config.ports.values())
             config.ports[name] = moved
             _say(f"{name}: its metrics port {port} was taken since it was chosen; using {moved}")
+            for follow in config.on_metrics_port_moved:
+                follow()
     return {"SKUFORGE_METRICS_PORT": str(config.ports[name])}
 
 
@@ -885,11 +889,14 @@ def prometheus_service(
     between made it exit ("bind: address already in use") and failed the whole start-up. So the port is
     checked as Prometheus (re)starts, and a taken one is said and replaced (``stack_prometheus_port``);
     the address printed and written to stack.json follows it. Its targets are written again then too:
-    a stage's metrics port may have moved as that stage started (:func:`_metrics_port_at_start`).
+    a stage's metrics port may have moved as that stage started (:func:`_metrics_port_at_start`); and
+    once it runs, a stage restarted on a moved port has them written again and Prometheus reloaded
+    (they were written only as it started: the stage was scraped at its old port, down or another's).
     """
     config.prometheus_url = prometheus.url
+    started = False
 
-    def argv_at_start() -> list[str]:
+    def write_targets() -> None:
         prometheus.write_config(
             stack_scrape_config(
                 config.ports,
@@ -897,6 +904,22 @@ def prometheus_service(
                 stage_members={stage.name: config.replica_names(stage.name) for stage in config.stages},
             )
         )
+
+    def follow_moved_port() -> None:
+        write_targets()  # read as it (re)starts
+        if not started:
+            return
+        try:
+            prometheus.reload()
+        except (OSError, RuntimeError) as exc:  # down, restarting: it reads the file as it starts again
+            report(f"prometheus: its scrape targets were not reloaded ({exc}); it reads them as it restarts")
+
+    config.on_metrics_port_moved.append(follow_moved_port)
+
+    def argv_at_start() -> list[str]:
+        nonlocal started
+        started = True
+        write_targets()
         if port_in_use(prometheus.port):
             taken = prometheus.port
             prometheus.port = stack_prometheus_port(config.ports, prefer_default_port=prefer_default_port)

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from devstack.broker import LocalKafka, LogMark
+from devstack.prometheus import stack_prometheus
 from devstack.supervisor import ServiceSpec, StartRefused, Supervisor
-from devstack.up import StackConfig, build_config, build_specs, kafka_ready
+from devstack.up import StackConfig, build_config, build_specs, kafka_ready, prometheus_service
 from shared.observability import configure_command_logging
 from tests.support.polling import wait_for
 
@@ -207,3 +208,39 @@ def test_a_service_refused_as_it_restarts_is_tried_again_after_its_back_off(tmp_
         )
     finally:
         supervisor.stop()
+
+
+def test_prometheus_scrapes_a_stage_at_the_port_it_moved_to_after_prometheus_started(
+    stack: StackConfig, tmp_path: Path, prometheus_bin: str
+) -> None:
+    """`--with-prometheus` wrote its scrape targets only as Prometheus started, the stack's last service: a
+    stage restarted once the stack ran, its metrics port taken meanwhile, moved to a free port, and was
+    scraped at its old one (down, or another process's /metrics). Now the targets are written again and
+    the real Prometheus reloaded: its matting target is the moved port."""
+    stack.ports_mode = "auto"
+    prometheus = stack_prometheus(tmp_path / "prometheus", stack.ports, prefer_default_port=False)
+    said: list[str] = []
+    scraper = prometheus_service(stack, prometheus, report=said.append)
+    matting = _spec(stack, "matting")
+    supervisor = Supervisor([scraper], grace_s=5, report=said.append)
+    chosen = stack.ports["matting"]
+
+    def matting_target() -> str:
+        targets = prometheus.api("targets")["activeTargets"]
+        matting = (target["scrapeUrl"] for target in targets if target["labels"]["job"] == "matting")
+        return next(matting, "")  # "": not discovered yet
+
+    try:
+        assert supervisor.start(), said
+        assert wait_for("prometheus's targets", matting_target) == f"http://127.0.0.1:{chosen}/metrics"
+        with socket.socket() as taken_meanwhile:
+            taken_meanwhile.bind(("127.0.0.1", chosen))
+            taken_meanwhile.listen()
+            assert matting.env_at_start is not None
+            moved = int(matting.env_at_start()["SKUFORGE_METRICS_PORT"])  # matting restarts
+        assert moved != chosen
+        wanted = f"http://127.0.0.1:{moved}/metrics"
+        wait_for("the moved matting target", lambda: matting_target() == wanted)
+    finally:
+        supervisor.stop()
+    assert not any("not reloaded" in line for line in said), said
