@@ -1489,8 +1489,6 @@ def main(argv: list[str] | None = None) -> int:
             _say(f"cannot record the stack's state: {exc}")
 
     def on_ready() -> None:
-        state["now"] = "ready"
-        record("ready")
         name, password = first_console_user(config.console_users)
         login = f"login {name} / {password}" if generated_login else "login: SKUFORGE_CONSOLE_USERS"
         lines = [
@@ -1517,6 +1515,9 @@ def main(argv: list[str] | None = None) -> int:
         ]
         for line in lines:
             _say(line)
+        # Recorded once said: a tool that waits for "ready" and then reads up's output found no summary.
+        state["now"] = "ready"
+        record("ready")
 
     try:
         write_state(config, supervisor, "starting")

@@ -8,11 +8,12 @@ import logging
 import socket
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+import devstack.up
 from devstack.broker import LocalKafka, LogMark
 from devstack.prometheus import stack_prometheus
 from devstack.supervisor import ServiceSpec, StartRefused, Supervisor
@@ -244,3 +245,31 @@ def test_prometheus_scrapes_a_stage_at_the_port_it_moved_to_after_prometheus_sta
     finally:
         supervisor.stop()
     assert not any("not reloaded" in line for line in said), said
+
+
+def test_the_stack_is_recorded_ready_only_once_its_summary_is_printed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """stack.json turned "ready" before the summary (addresses, the console's login, how to feed it) was
+    printed: a tool that waits for the state and then reads up's output (tests/test_up.py, a demo's
+    wrapper) found no login line in it, now and then. Now the summary is printed first."""
+    happened: list[str] = []
+    write_state = devstack.up.write_state
+
+    def recording_state(config: StackConfig, supervisor: Supervisor, state: str) -> None:
+        happened.append(f"state {state}")
+        write_state(config, supervisor, state)
+
+    def run(self: Supervisor, on_ready: Callable[[], None] | None = None) -> int:
+        assert on_ready is not None
+        on_ready()
+        return 0
+
+    monkeypatch.setattr(devstack.up, "write_state", recording_state)
+    monkeypatch.setattr(devstack.up, "_say", lambda line: happened.append(f"said {line}"))
+    monkeypatch.setattr(devstack.up.Supervisor, "run", run)
+    monkeypatch.setenv("SKUFORGE_CONSOLE_USERS", "demo:pw")
+    assert devstack.up.main(["--workdir", str(tmp_path), "--kafka-bootstrap", "127.0.0.1:9"]) == 0
+    ready = happened.index("state ready")
+    assert happened.index("said Ctrl-C stops everything.") < ready, happened
+    assert any(line.startswith("said   console ") for line in happened[:ready]), happened
