@@ -122,7 +122,9 @@ def test_a_crash_loop_of_json_records_that_differ_only_in_time_is_said_once(tmp_
     script.write_text(
         textwrap.dedent(
             """
-            import json, sys, time
+            import json, pathlib, sys, time
+            while not pathlib.Path(sys.argv[1]).exists():  # the first run: alive until the test says
+                time.sleep(0.01)
             record = {"time": repr(time.time()), "level": "ERROR", "logger": "services.gate"}
             record["message"] = "boom"
             print(json.dumps(record), file=sys.stderr, flush=True)
@@ -131,10 +133,16 @@ def test_a_crash_loop_of_json_records_that_differ_only_in_time_is_said_once(tmp_
         )
     )
     lines: list[str] = []
-    spec = ServiceSpec("gate", [sys.executable, str(script)], tmp_path / "gate.log", ready=lambda: True)
+    die = tmp_path / "die"
+    spec = ServiceSpec(
+        "gate", [sys.executable, str(script), str(die)], tmp_path / "gate.log", ready=lambda: True
+    )
     supervisor = Supervisor([spec], grace_s=2, backoff_initial_s=0.05, backoff_max_s=0.1, report=lines.append)
     try:
+        # Started, and ready, before its first death: a run that died at once failed start() itself when it
+        # died before the first ready check, now and then on a loaded machine.
         assert supervisor.start()
+        die.touch()
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and sum("restarting in" in line for line in lines) < 3:
             supervisor.check_once()
