@@ -906,11 +906,11 @@ def prometheus_service(
         )
 
     def follow_moved_port() -> None:
-        write_targets()  # read as it (re)starts
-        if not started:
-            return
+        # Said, not raised: raised here, in the moved stage's start, it read as that stage's failure.
         try:
-            prometheus.reload()
+            write_targets()  # read as it (re)starts
+            if started:
+                prometheus.reload()
         except (OSError, RuntimeError) as exc:  # down, restarting: it reads the file as it starts again
             report(f"prometheus: its scrape targets were not reloaded ({exc}); it reads them as it restarts")
 

@@ -273,3 +273,30 @@ def test_the_stack_is_recorded_ready_only_once_its_summary_is_printed(
     ready = happened.index("state ready")
     assert happened.index("said Ctrl-C stops everything.") < ready, happened
     assert any(line.startswith("said   console ") for line in happened[:ready]), happened
+
+
+def test_targets_that_cannot_be_written_or_reloaded_are_said_and_the_stage_starts_on_its_moved_port(
+    stack: StackConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Following a moved port is Prometheus's business: its config file unwritable (a full disk) went out
+    of the moved stage's start as that stage's failure ("matting: cannot run python"). Now it is said, and
+    the stage starts on its new port."""
+    monkeypatch.setenv("SKUFORGE_PROMETHEUS_BIN", sys.executable)  # found, never run here
+    stack.ports_mode = "auto"
+    prometheus = stack_prometheus(tmp_path / "prometheus", stack.ports, prefer_default_port=False)
+    said: list[str] = []
+    scraper = prometheus_service(stack, prometheus, report=said.append)
+    assert scraper.argv_at_start is not None
+    scraper.argv_at_start()  # as it starts, the stack's last service
+    prometheus.config_path.unlink()
+    prometheus.config_path.mkdir()  # no file can be written there
+    matting = _spec(stack, "matting")
+    chosen = stack.ports["matting"]
+    with socket.socket() as taken_meanwhile:
+        taken_meanwhile.bind(("127.0.0.1", chosen))
+        taken_meanwhile.listen()
+        assert matting.env_at_start is not None
+        moved = matting.env_at_start()["SKUFORGE_METRICS_PORT"]
+    assert moved == str(stack.ports["matting"]) != str(chosen)
+    assert len(said) == 1 and said[0].startswith("prometheus: its scrape targets were not reloaded ("), said
+    assert said[0].endswith("); it reads them as it restarts"), said
