@@ -813,12 +813,16 @@ def _metrics_port_at_start(config: StackConfig, name: str) -> dict[str, str]:
     The ports are chosen as the stack starts, minutes before its last stage does: a port taken meanwhile
     made that stage exit "Address already in use" and stopped the whole start-up. Unless ``--ports
     default`` was asked for, a taken one is said and replaced by a free one (in ``config.ports``, which
-    the ready check, stack.json and Prometheus's targets read); with it, what to do is said.
+    the ready check, stack.json and Prometheus's targets read); with it, the start is refused saying what
+    to do (the stage was started anyway, to fail on the port in its log).
+
+    Raises:
+        StartRefused: ``--ports default``, and the port is taken.
     """
     port = config.ports[name]
     if port_in_use(port):
         if config.ports_mode == "default":
-            _say(
+            raise StartRefused(
                 f"{name}: its metrics port {port} was taken since the ports were checked, so it cannot "
                 f"start; stop what holds it (ss -ltnp 'sport = :{port}') or run with --ports auto"
             )
