@@ -386,9 +386,14 @@ class Supervisor:
             state.log = None
         if state.log is None:
             state.log = open_log(spec.log_path, self.log_max_bytes)
-        argv = spec.argv_at_start() if spec.argv_at_start is not None else spec.argv
+        try:
+            argv = spec.argv_at_start() if spec.argv_at_start is not None else spec.argv
+            env_now = spec.env_at_start() if spec.env_at_start is not None else {}
+        except StartRefused as exc:
+            # In its log too, where a "starting" line with nothing under it read as a silent death.
+            self._log_line(state, f"not started: {exc}")
+            raise
         self._log_line(state, f"starting {' '.join(argv)}")  # START_MARK
-        env_now = spec.env_at_start() if spec.env_at_start is not None else {}
         env = {**os.environ, **spec.env, **env_now, SUPERVISOR_ID_ENV: self.supervisor_id}
         state.process = subprocess.Popen(
             argv,

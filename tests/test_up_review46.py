@@ -144,6 +144,9 @@ def test_a_console_or_triton_port_taken_after_the_ports_were_chosen_refuses_the_
         taken_meanwhile.listen()
         assert supervisor.run() == 1
     assert supervisor[service].process is None  # never started
+    log = spec.log_path.read_text()
+    assert " skuforge up: starting " not in log, log  # its log says why, not that it started
+    assert log.endswith(f"skuforge up: not started: {reported[0].removeprefix('start-up failed: ')}\n"), log
     assert stack.ports[port_name] == port
     assert reported[0] == (
         f"start-up failed: {service}: {said} {port} ({port_name} in ports.json) was taken since the ports "
