@@ -1,11 +1,18 @@
-"""The generator stage, reviewed again: settings under which every image it stores is refused later."""
+"""The generator stage, reviewed again: settings under which every image it stores is refused later,
+and a generation server whose answer the stage cannot announce."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
+import tritonclient.http
 
+from services.generator.client import GeneratorFailed, variant_result
+from services.generator.protocol import VariantRequest
 from services.generator.stage import build_stage
 from shared.config import ConfigError, load_settings
 from shared.generation.settings import GenerationSettings
@@ -32,3 +39,61 @@ def test_a_size_whose_images_have_more_pixels_than_every_stage_reads_is_refused_
     (route,) = stage._routes.values()
     assert route.handle_batch is not None
     route.handle_batch.keywords["generator"].close()  # type: ignore[attr-defined]
+
+
+SIZE = 8
+
+
+def _answer(parameters_used: str) -> Any:
+    """A Triton HTTP response body of one row of the generation model, with ``parameters_used``, read by
+    tritonclient as the client reads every answer."""
+
+    def output(name: str, datatype: str, shape: tuple[int, ...], data: list[Any]) -> dict[str, Any]:
+        return {"name": name, "datatype": datatype, "shape": list(shape), "data": data}
+
+    body = {
+        "model_name": "skuforge_generator_composite",
+        "outputs": [
+            output("image", "UINT8", (1, SIZE, SIZE, 3), [128] * (SIZE * SIZE * 3)),
+            output("expected_mask", "UINT8", (1, SIZE, SIZE), [255] * (SIZE * SIZE)),
+            output("parameters_used", "BYTES", (1, 1), [parameters_used]),
+            output("adapter_used", "BYTES", (1, 1), [""]),
+            output("model_id", "BYTES", (1, 1), ["composite@1"]),
+            output("error", "BYTES", (1, 1), [""]),
+        ],
+    }
+    return tritonclient.http.InferResult.from_response_body(json.dumps(body).encode())
+
+
+@pytest.mark.parametrize(
+    "parameters_used",
+    ['["scene", "shelf"]', '{"scene": ', '{"scale": NaN}', '"shelf"'],
+    ids=["a_list", "cut_off", "nan", "a_string"],
+)
+def test_an_answer_whose_parameters_are_no_json_object_fails_as_the_servers_fault(
+    parameters_used: str,
+) -> None:
+    """skuforge's server sends the parameters a backend used as a JSON object (``allow_nan=False``);
+    another server may not, and the client took its answer as the variant drawn: the stage failed
+    building the event (AttributeError, JSONDecodeError; a NaN's validation error once the image and its
+    mask were written), retried it as a handler error and dead-lettered the SKU with a letter naming
+    neither the server nor its answer. It fails as the server's fault, as an image of another size does."""
+    variant = VariantRequest(
+        reference=np.zeros((4, 4, 3), np.uint8),
+        mask=np.full((4, 4), 255, np.uint8),
+        prompt="a photo of sks can",
+        negative_prompt="blurry",
+        seed=7,
+        parameters_json="{}",
+        adapter_id=None,
+        series=None,
+        size=SIZE,
+    )
+    assert json.loads(variant_result(_answer('{"scene": "shelf"}'), variant, "m").parameters_json) == {
+        "scene": "shelf"
+    }
+    with pytest.raises(GeneratorFailed) as failed:
+        variant_result(_answer(parameters_used), variant, "skuforge_generator_composite")
+    message = str(failed.value)
+    assert "skuforge_generator_composite" in message and "seed 7" in message
+    assert "parameters_used" in message and "JSON object" in message

@@ -45,6 +45,7 @@ from services.generator.protocol import (
     VariantResult,
     model_name,
 )
+from shared.argtypes import loads_json
 from shared.dlq import is_permanent
 from shared.errors import BadInput, TransientError
 
@@ -506,9 +507,9 @@ class TritonGenerator:
 
 def variant_result(response: Any, variant: VariantRequest, model: str) -> VariantResult:
     """The answer to ``variant`` in a Triton response (``as_numpy`` by output name) that holds no error;
-    ``GeneratorFailed`` unless it holds one image of ``variant.size`` px square, RGB, and its mask of
-    that size. skuforge's server checks its backend's answer so; another server may not, and its
-    image of another size was stored and announced as the variant drawn."""
+    ``GeneratorFailed`` unless it holds one image of ``variant.size`` px square, RGB, its mask of that
+    size, and the parameters used as a JSON object. skuforge's server checks its backend's answer so;
+    another server may not, and its image of another size was stored and announced as the variant drawn."""
     image, mask = response.as_numpy("image"), response.as_numpy("expected_mask")
     size = variant.size
     shapes = ["none" if array is None else "x".join(map(str, array.shape)) for array in (image, mask)]
@@ -526,10 +527,24 @@ def variant_result(response: Any, variant: VariantRequest, model: str) -> Varian
             f"a mask of {shapes[1]} ({dtypes[1]}); asked for size {size}, it must answer 1x{size}x{size}x3 "
             f"and 1x{size}x{size} uint8"
         )
+    parameters_json = _text(response.as_numpy("parameters_used")) or "{}"
+    try:
+        # JSON's rules, as the server writes them (allow_nan=False): the stage announces them as an object.
+        parameters = loads_json(parameters_json)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and NotJsonNumber are ValueErrors
+        parameters = exc
+    if not isinstance(parameters, dict):
+        # Taken as drawn, the stage failed building the event (a list has no keys, NaN no JSON number):
+        # retried as a handler error, its letter named neither the server nor its answer.
+        raise GeneratorFailed(
+            f"{model} answered variant seed {variant.seed} with parameters_used that are no JSON object "
+            f"({parameters if isinstance(parameters, Exception) else type(parameters).__name__}): "
+            f"{parameters_json[:200]!r}"
+        )
     return VariantResult(
         image=image[0],
         expected_mask=mask[0],
-        parameters_json=_text(response.as_numpy("parameters_used")) or "{}",
+        parameters_json=parameters_json,
         adapter_id=_text(response.as_numpy("adapter_used")) or None,
         model_id=_text(response.as_numpy("model_id")),
     )

@@ -19,7 +19,8 @@ is a ``BACKEND_ERROR_PREFIX`` failure: retried a few times, then dead-lettered. 
 empty reference or mask (a side of 0 px) never reaches the model: PyTriton fails on an empty tensor
 and Triton answers the request INTERNAL, so the client refuses such a variant without sending it.
 The client checks an answer's size as the server does: a server that answers an image or mask of
-another size than asked (not skuforge's) fails the variant as a backend error (``GeneratorFailed``).
+another size than asked, or parameters_used that are no JSON object (not skuforge's), fails the variant
+as a backend error (``GeneratorFailed``).
 """
 
 from __future__ import annotations

@@ -148,8 +148,8 @@ class GeneratorMetrics:
             "malformed (our request), "
             "refused (the model refused the variant; counted once per input committed), backend_error (the "
             "model raised on the variant even when served alone, or a server answered an image or mask of "
-            "another size than asked: retried as a handler error, then "
-            "dead-lettered).",
+            "another size than asked, or parameters that are no JSON object: retried as a handler error, "
+            "then dead-lettered).",
             ["model", "kind"],
             registry=registry,
         )
