@@ -36,7 +36,7 @@ from shared.config import (
     unknown_variables,
 )
 from shared.generation.diffusion import DiffusionSettings
-from shared.generation.settings import GenerationSettings
+from shared.generation.settings import GenerationSettings, check_images_fit
 from shared.observability import configure_command_logging, configure_logging
 from shared.store import open_settings_store
 from shared.trainstore.manifest import ManifestStore
@@ -61,8 +61,9 @@ SETTINGS_MODELS: tuple[type[BaseSettings], ...] = (
 
 def load_all_settings(**overrides: object) -> list[BaseSettings]:
     """Every settings model read from the environment, so one bad ``SKUFORGE_*`` variable of any
-    service is found before anything starts; raises ConfigError naming every bad variable, and one
-    naming SKUFORGE_TRAINSTORE_PREFIX when it leaves the store no room for any event's keys.
+    service is found before anything starts; raises ConfigError naming every bad variable, one
+    naming SKUFORGE_TRAINSTORE_PREFIX when it leaves the store no room for any event's keys, and one
+    naming SKUFORGE_GENERATION_SIZE_PX when its images have more pixels than SKUFORGE_MAX_IMAGE_PIXELS.
 
     ``overrides`` (settings by field name) replace the environment's in the models that have them:
     what ``skuforge up`` gives its services in place of the shell's."""
@@ -81,6 +82,10 @@ def load_all_settings(**overrides: object) -> list[BaseSettings]:
     shared = next(settings for settings in loaded if isinstance(settings, Settings))
     trainstore = next(settings for settings in loaded if isinstance(settings, TrainstoreSettings))
     ManifestStore(open_settings_store(shared), trainstore.trainstore_prefix).check_prefix_room()
+    # The generator's images against the pixels every later stage reads: the generator's own check at its
+    # start, made here too.
+    generation = next(settings for settings in loaded if isinstance(settings, GenerationSettings))
+    check_images_fit(generation, shared)
     return loaded
 
 

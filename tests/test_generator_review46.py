@@ -16,6 +16,7 @@ from services.generator.protocol import VariantRequest
 from services.generator.stage import build_stage
 from shared.config import ConfigError, load_settings
 from shared.generation.settings import GenerationSettings
+from skuforge_cli.main import main as cli_main
 from tests.support.bus import file_store_uri, isolated_settings
 
 
@@ -39,6 +40,22 @@ def test_a_size_whose_images_have_more_pixels_than_every_stage_reads_is_refused_
     (route,) = stage._routes.values()
     assert route.handle_batch is not None
     route.handle_batch.keywords["generator"].close()  # type: ignore[attr-defined]
+
+
+def test_skuforge_config_refuses_a_size_whose_images_have_more_pixels_than_every_stage_reads(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``skuforge config`` (and ``skuforge up``, which checks the same before anything starts) passed the
+    pair that the generator now refuses at its start; with diffusion the size it names is a multiple of 8."""
+    monkeypatch.setenv("SKUFORGE_GENERATION_SIZE_PX", "512")
+    monkeypatch.setenv("SKUFORGE_MAX_IMAGE_PIXELS", "200000")
+    monkeypatch.setenv("SKUFORGE_GENERATION_BACKEND", "diffusion")
+    assert cli_main(["config"]) == 2
+    err = capsys.readouterr().err
+    assert "SKUFORGE_GENERATION_SIZE_PX=512" in err and "SKUFORGE_MAX_IMAGE_PIXELS (200000)" in err, err
+    assert "at most 440" in err and "Traceback" not in err, err
+    monkeypatch.setenv("SKUFORGE_MAX_IMAGE_PIXELS", str(512 * 512))
+    assert cli_main(["config"]) == 0
 
 
 SIZE = 8

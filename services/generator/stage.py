@@ -66,7 +66,6 @@ import dataclasses
 import functools
 import itertools
 import json
-import math
 from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -83,7 +82,7 @@ from schemas.topics import IMAGE_GENERATED, SKU_CAPTIONED
 from services.generator.client import GeneratorFailed, GeneratorUnavailable, TritonGenerator
 from services.generator.protocol import ADAPTER_REFUSALS, VariantRequest, VariantResult, model_name
 from shared import keys
-from shared.config import ConfigError, Settings, load_settings
+from shared.config import Settings, load_settings
 from shared.dlq import is_permanent
 from shared.errors import BadInput, ImageRejected, TransientError, with_detail
 from shared.generation.backend import (
@@ -95,9 +94,9 @@ from shared.generation.backend import (
     is_pile,
     one_object_photos,
 )
-from shared.generation.composite import COMPOSITE_PARAMETERS, MIN_SIZE_PX, product_framing
+from shared.generation.composite import COMPOSITE_PARAMETERS, product_framing
 from shared.generation.diffusion import DIFFUSION_PARAMETERS
-from shared.generation.settings import GenerationSettings
+from shared.generation.settings import GenerationSettings, check_images_fit
 from shared.images import decode_image, decode_mask, encode_png, pixel_array
 from shared.runtime import Context, Emit, Stage, run_stage_loading, stage_command
 
@@ -737,7 +736,7 @@ def build_stage(
     """
     generation = generation or load_settings(GenerationSettings)
     settings: Settings = kwargs.pop("settings", None) or load_settings()
-    _check_images_fit(generation, settings)
+    check_images_fit(generation, settings)
     client = generator or TritonGenerator(
         generation.generation_triton_url,
         protocol=generation.generation_triton_protocol,
@@ -772,24 +771,6 @@ def build_stage(
         )
     )
     return stage
-
-
-def _check_images_fit(generation: GenerationSettings, settings: Settings) -> None:
-    """``ConfigError`` when the images drawn have more pixels than ``SKUFORGE_MAX_IMAGE_PIXELS``, which
-    every later stage reads them under: the stage drew and stored every variant, and the matting
-    dead-lettered each (``too_many_pixels``), a stage late and naming neither setting."""
-    side, limit = generation.generation_size_px, settings.max_image_pixels
-    if side * side <= limit:
-        return
-    largest = math.isqrt(limit)
-    if "diffusion" in generation.shares():  # it paints multiples of 8 px (``_size_fits_the_backends``)
-        largest -= largest % 8
-    lower = f"lower it to at most {largest}, or " if largest >= MIN_SIZE_PX else ""
-    raise ConfigError(
-        f"SKUFORGE_GENERATION_SIZE_PX={side} draws images of {side * side} pixels, more than "
-        f"SKUFORGE_MAX_IMAGE_PIXELS ({limit}) that every later stage reads images under: each would be "
-        f"dead-lettered by the matting (too_many_pixels); {lower}raise the limit for every stage"
-    )
 
 
 def main() -> int:

@@ -12,6 +12,7 @@ backend (``shared/generation/diffusion.py``).
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any, Literal
 
@@ -22,6 +23,8 @@ from shared.config import (
     ENV_PREFIX,
     MAX_WAIT_S,
     SETTINGS_CONFIG,
+    ConfigError,
+    Settings,
     is_host_port,
     json_setting,
     name_or_unset,
@@ -37,6 +40,8 @@ from shared.generation.backend import (
 from shared.store import check_store_uri
 
 BackendName = Literal["composite", "diffusion"]
+# The smallest image side either backend draws (their own MIN_SIZE_PX).
+MIN_GENERATION_SIZE_PX = 64
 
 
 class GenerationSettings(BaseSettings):
@@ -81,7 +86,7 @@ class GenerationSettings(BaseSettings):
         "add nothing on val, docs/evaluation.md)",
     )
     generation_size_px: int = Field(
-        default=512, ge=64, le=MAX_SIZE_PX, description="side of each generated image"
+        default=512, ge=MIN_GENERATION_SIZE_PX, le=MAX_SIZE_PX, description="side of each generated image"
     )
     generation_seed: int = Field(
         default=0, ge=0, description="mixed into every variant's seed; change it to get a different set"
@@ -361,6 +366,25 @@ class GenerationSettings(BaseSettings):
         largest = max(mix.values())
         total = sum(share / largest for share in mix.values())
         return {name: share / largest / total for name, share in mix.items()}
+
+
+def check_images_fit(generation: GenerationSettings, shared: Settings) -> None:
+    """``ConfigError`` when the images the generator draws have more pixels than
+    ``SKUFORGE_MAX_IMAGE_PIXELS``, which every later stage reads them under: the stage drew and stored
+    every variant, and the matting dead-lettered each (``too_many_pixels``), a stage late and naming
+    neither setting. Checked by the stage at start and by ``skuforge config`` (and ``skuforge up``)."""
+    side, limit = generation.generation_size_px, shared.max_image_pixels
+    if side * side <= limit:
+        return
+    largest = math.isqrt(limit)
+    if "diffusion" in generation.shares():  # it paints multiples of 8 px (``_size_fits_the_backends``)
+        largest -= largest % 8
+    lower = f"lower it to at most {largest}, or " if largest >= MIN_GENERATION_SIZE_PX else ""
+    raise ConfigError(
+        f"SKUFORGE_GENERATION_SIZE_PX={side} draws images of {side * side} pixels, more than "
+        f"SKUFORGE_MAX_IMAGE_PIXELS ({limit}) that every later stage reads images under: each would be "
+        f"dead-lettered by the matting (too_many_pixels); {lower}raise the limit for every stage"
+    )
 
 
 def _uses(info: ValidationInfo, backend: str) -> bool:
