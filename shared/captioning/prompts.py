@@ -14,6 +14,7 @@ Decisions (see also ``services/captioner/stage.py``):
   article dropped, accents spelled plainly ("crème" → "creme", "ø" → "o"), an apostrophe inside a
   word dropped ("men's" → "mens"), only ASCII letters, digits, spaces, '-' and '&' kept. A plural
   noun ("soft drinks") takes no article in the class prompt and the captions: "a photo of soft drinks".
+  At most ``MAX_CLASS_NOUN_CHARS``, cut at a word, so its prompts fit the contract; so is a tag.
 * **Captions** say only what was measured (colours, packaging shape, view) plus the retailer's
   metadata; the instance token stays in the prompts, so a caption reads as plain English.
 """
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from schemas.common import SkuMetadata
+from schemas.events import MAX_PHRASE_CHARS
 from shared.captioning.attributes import ShapeName
 
 __all__ = [
@@ -49,6 +51,10 @@ __all__ = [
 TOKEN_LETTERS: Final = 14
 _TOKEN_SALT: Final = b"skuforge-instance-token\x1f"
 _ALPHABET: Final = "abcdefghijklmnopqrstuvwxyz"
+# The longest class noun: its instance prompt ("a photo of <token> <noun>") is a phrase of the
+# contract (MAX_PHRASE_CHARS). A category is at most 100 characters, but spelled plainly it can grow
+# ("ß" is "ss", "Ⅷ" "viii"): such a SKU's event broke its own contract, and every retry matted it again.
+MAX_CLASS_NOUN_CHARS: Final = MAX_PHRASE_CHARS - len("a photo of  ") - TOKEN_LETTERS
 
 NEGATIVE_PROMPT: Final = (
     "blurry, low quality, deformed packaging, warped label, distorted text, misspelled brand, "
@@ -192,7 +198,15 @@ def class_noun(category: str, *, fallback: str = "product") -> str:
     if not any(char.isalpha() for word in words for char in word):
         # Only digits left ("Молоко 3,2%" gives "3 2"): that names no class, the fallback does.
         return fallback
-    return " ".join(words)
+    return _cut_at_word(" ".join(words), MAX_CLASS_NOUN_CHARS)
+
+
+def _cut_at_word(text: str, limit: int) -> str:
+    """``text``, or, when longer than ``limit``, its words that fit (a single word over it cut)."""
+    if len(text) <= limit:
+        return text
+    cut = text[: limit + 1].rsplit(" ", 1)[0] if " " in text[:limit] else text[:limit]
+    return cut.rstrip()
 
 
 # The article goes by the first sound, not the first letter: a vowel letter read as "you" or "w"
@@ -323,8 +337,10 @@ def _composed(text: str) -> str:
 
 
 def _tag(text: str) -> str:
-    """One auto-tagger style tag: lowercase words (composed, ``_composed``), no commas."""
-    return _composed(re.sub(r"[,\n\r\t]+", " ", text.lower()))
+    """One auto-tagger style tag: lowercase words (composed, ``_composed``), no commas; at most
+    ``MAX_PHRASE_CHARS``, cut at a word: a 200-character name grows lowercased ("İ" is "i" and a
+    combining dot), and its tag broke the event's contract."""
+    return _cut_at_word(_composed(re.sub(r"[,\n\r\t]+", " ", text.lower())), MAX_PHRASE_CHARS)
 
 
 def compose_tags(sku: SkuMetadata, colours: Sequence[str], shape: str, view: str) -> list[str]:
