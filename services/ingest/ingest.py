@@ -254,13 +254,21 @@ def _find_sku_folders(path: Path) -> list[Path]:
 
 def not_a_folder_hint(path: Path) -> str:
     """What to do with a ``path`` that is no folder: "not a directory" alone was all a zip someone was
-    sent, an s3:// URI (which a Path shows as "s3:/bucket") and a mistyped name were told."""
+    sent, an s3:// URI (which a Path shows as "s3:/bucket"), a mistyped name, a photo and a SKU's
+    metadata.json were told."""
     if not os.path.lexists(path):
         if re.match(r"[a-z][a-z0-9+.-]*:/", str(path), re.IGNORECASE):
             return "; ingest reads a local folder: copy the SKU folders down first (aws s3 sync, for one)"
         return " (it does not exist)"
     if path.name.lower().endswith(ARCHIVE_SUFFIXES):
         return "; it is an archive: unpack it and ingest the folder it holds"
+    # A shell's completion of a SKU folder lands on one of its files: say that the folder is wanted.
+    if path.name == "metadata.json":
+        return f"; it is a SKU's metadata: give the folder it is in, {path.parent}"
+    if photo_suffix(path.name) in PHOTO_FILE_SUFFIXES | HEIC_SUFFIXES:
+        return (
+            "; it is a photo: ingest reads SKU folders (photos and a metadata.json): give the folder it is in"
+        )
     return ""
 
 

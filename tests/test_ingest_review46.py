@@ -1,0 +1,50 @@
+"""``skuforge ingest`` given a file where it reads a folder: a photo, or a SKU's metadata.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from skuforge_cli.main import main as cli_main
+from tests.support.bus import file_store_uri
+
+
+@pytest.mark.parametrize(
+    ("argument", "said"),
+    [
+        (
+            "A/photo.jpg",
+            "A/photo.jpg: not a directory; it is a photo: ingest reads SKU folders (photos and a "
+            "metadata.json): give the folder it is in",
+        ),
+        (
+            "A/metadata.json",
+            "A/metadata.json: not a directory; it is a SKU's metadata: give the folder it is in, A",
+        ),
+    ],
+)
+def test_a_photo_or_a_metadata_file_given_as_the_path_says_to_give_its_folder(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    argument: str,
+    said: str,
+) -> None:
+    """A shell's tab completion of `skuforge ingest skus/A/` lands on a file: a photo or the SKU's
+    metadata.json were told only "not a directory", which did not say that ingest wants the folder."""
+    folder = tmp_path / "A"
+    folder.mkdir()
+    (folder / "metadata.json").write_text(
+        json.dumps({"sku_id": "A-1", "name": "Oat drink", "category": "carton"})
+    )
+    Image.new("RGB", (64, 64), (10, 40, 80)).save(folder / "photo.jpg")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SKUFORGE_STORE_URI", file_store_uri(tmp_path / "store"))
+    monkeypatch.setenv("SKUFORGE_KAFKA_BOOTSTRAP", "localhost:1")
+    assert cli_main(["ingest", argument]) == 2
+    err = capsys.readouterr().err
+    assert said in err and "Traceback" not in err
+    assert not (tmp_path / "store").exists()
