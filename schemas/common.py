@@ -19,6 +19,7 @@ MAX_MEDIA_TYPE_CHARS = 255
 # trailing '.' stays (ingest refuses one in a new sku_id): events and stores hold ids an ingest before
 # that wrote, and refused here they would no longer read (docs/delivery.md, "Versioning").
 _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_SAFE_ID_CHAR = re.compile(r"[A-Za-z0-9._-]")
 
 
 def check_safe_id(value: str) -> str:
@@ -38,8 +39,19 @@ def check_safe_id(value: str) -> str:
     if ".." in value:
         raise ValueError("id contains '..'")
     if not _SAFE_ID.fullmatch(value):
+        # The character is named, and "letters" said to be ASCII: "ÄPFEL-1" was told that ids may hold
+        # only letters, which Ä is.
+        refused = next(
+            ((index, char) for index, char in enumerate(value, 1) if not _SAFE_ID_CHAR.fullmatch(char)), None
+        )
+        if refused is None:
+            raise ValueError(
+                f"id starts with {value[0]!r}: it must start with a letter or digit (A-Z, a-z, 0-9)"
+            )
+        index, char = refused
         raise ValueError(
-            "id may contain only letters, digits, '.', '_' and '-', and must start with a letter or digit"
+            f"id contains {char!r} (character {index}), which is not allowed: it may contain only the "
+            "letters A-Z and a-z, digits, '.', '_' and '-', and must start with a letter or digit"
         )
     return value
 

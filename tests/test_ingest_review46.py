@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from services.ingest.ingest import IngestError, prepare_all
+from shared.config import load_settings
 from skuforge_cli.main import main as cli_main
 from tests.support.bus import file_store_uri
 
@@ -48,3 +50,27 @@ def test_a_photo_or_a_metadata_file_given_as_the_path_says_to_give_its_folder(
     err = capsys.readouterr().err
     assert said in err and "Traceback" not in err
     assert not (tmp_path / "store").exists()
+
+
+@pytest.mark.parametrize(
+    ("sku_id", "said"),
+    [
+        ("ÄPFEL-1", "sku_id: id contains 'Ä' (character 1), which is not allowed: it may contain only"),
+        ("Apple 1", "sku_id: id contains ' ' (character 6), which is not allowed: it may contain only"),
+        ("-A1", "sku_id: id starts with '-': it must start with a letter or digit"),
+    ],
+)
+def test_a_sku_id_with_a_character_ids_do_not_take_names_that_character(
+    tmp_path: Path, sku_id: str, said: str
+) -> None:
+    """An sku_id of "ÄPFEL-1" was told that an id "may contain only letters, digits, '.', '_' and '-'":
+    Ä is a letter, and the message named neither the character nor that only ASCII letters are meant."""
+    folder = tmp_path / "A"
+    folder.mkdir()
+    metadata = {"sku_id": sku_id, "name": "Apples", "category": "fresh fruit"}
+    (folder / "metadata.json").write_text(json.dumps(metadata), encoding="utf-8")
+    Image.new("RGB", (64, 64), (10, 40, 80)).save(folder / "photo.png")
+    with pytest.raises(IngestError) as refused:
+        prepare_all(tmp_path, load_settings())
+    assert said in str(refused.value)
+    assert "A-Z" in str(refused.value)

@@ -56,7 +56,7 @@ def test_every_topic_of_the_flow_is_versioned_and_has_a_schema() -> None:
         ("bad\nid", "control characters"),
         ("", "empty"),
         ("-leading", "must start with"),
-        ("sp ace", "only letters"),
+        ("sp ace", "contains ' ' .character 3."),
     ],
 )
 def test_unsafe_ids_are_refused_with_a_reason(sku_id: str, why: str) -> None:
