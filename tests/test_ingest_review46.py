@@ -74,3 +74,21 @@ def test_a_sku_id_with_a_character_ids_do_not_take_names_that_character(
         prepare_all(tmp_path, load_settings())
     assert said in str(refused.value)
     assert "A-Z" in str(refused.value)
+
+
+@pytest.mark.parametrize("name", ["photo.jpg ", "photo.png.", "photo.JPG  "])
+def test_a_photo_whose_name_runs_on_past_its_extension_is_told_to_be_renamed(
+    tmp_path: Path, name: str
+) -> None:
+    """A space or dot after the extension (a name pasted with a trailing space, on macOS or Linux) was
+    told "not a photo ingest reads (.bmp, .jfif, ...); export it as JPEG or PNG" of a JPEG or PNG."""
+    folder = tmp_path / "A"
+    folder.mkdir()
+    metadata = {"sku_id": "A-1", "name": "Oat drink", "category": "carton"}
+    (folder / "metadata.json").write_text(json.dumps(metadata), encoding="utf-8")
+    Image.new("RGB", (64, 64), (10, 40, 80)).save(folder / "other.png")
+    Image.new("RGB", (64, 64), (90, 40, 80)).save(folder / name, "PNG")
+    with pytest.raises(IngestError) as refused:
+        prepare_all(tmp_path, load_settings())
+    said = str(refused.value)
+    assert f"rename it {name.rstrip(' .')!r}" in said and "export it" not in said

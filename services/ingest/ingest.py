@@ -23,7 +23,8 @@ Layout read (what ``skuforge synth`` writes)::
 (``shared/photos.py``, which the scene library and ``skuforge evaluate`` read too). A photo lying in
 ``DIR`` itself beside SKU folders belongs to no SKU: it is named in a warning, and the run goes on.
 Anything else in a SKU folder is named as a problem, not skipped: another format (HEIC, GIF, AVIF...),
-a subfolder (its photos are not read), a broken link. A folder that holds SKU folders but no
+a subfolder (its photos are not read), a broken link, a photo whose name goes on after its
+extension (a trailing space or dot: rename it). A folder that holds SKU folders but no
 metadata.json (a batch given one level too high) is named with the folder to ingest instead. Skipped
 are hidden files and folders (names starting with "."), ``__MACOSX`` (the resource forks macOS puts in
 a zip it makes), and the files Windows and macOS leave in any folder (``Thumbs.db``, ``desktop.ini``,
@@ -736,6 +737,10 @@ def _sort_entry(folder: Path, entry: Path, photos: list[Path], problems: list[st
         problems.append(f"{entry}: {HEIC_ADVICE}")
     elif suffix in PHOTO_FILE_SUFFIXES:
         photos.append(entry)
+    elif (trimmed := entry.name.rstrip(" .")) != entry.name and photo_suffix(trimmed) in PHOTO_FILE_SUFFIXES:
+        # A space or dot after the extension (a name pasted with a trailing space): a JPEG was told to
+        # be exported as JPEG. Renamed, not read as it is: Windows cannot open such a name.
+        problems.append(f"{entry}: a photo whose name goes on after its extension; rename it {trimmed!r}")
     elif (kind := mimetypes.guess_type(entry.name)[0]) is not None and not kind.startswith("image/"):
         # A product's notes beside its photos (the GroceryStoreDataset's description .txt files) were
         # told to be exported as JPEG or PNG.
