@@ -37,6 +37,12 @@ KAFKA_MAX_INT16 = 2**15 - 1
 # positive value (1e-300) passed "> 0" and made a busy loop, of retries or of admin requests to the broker.
 MIN_BACKOFF_S = 0.01
 MIN_GROUP_LAG_INTERVAL_S = 1.0
+# The captioner masks and measures a photo at most this long on its longer side (``shared.photos``).
+# U2-Net sees 320 px whatever it is given, so nothing is lost; ten 40-megapixel photos of one SKU,
+# decoded and matted at full size at once, took 2.7 GB (over the stage's 2 GiB pod limit: an OOM crash
+# loop on redelivery). A stored mask is scaled back to its photo's own size. It bounds
+# SKUFORGE_MIN_PHOTO_SIDE_PX: no photo's shorter side is longer there.
+WORKING_SIDE_PX = 2048
 # Longest wait a seconds setting may ask for: threads wait on each (a retry's back-off, a lag read, a send's
 # acknowledgement), and past threading.TIMEOUT_MAX (about 292 years) the wait raised OverflowError and the
 # thread died after a clean start. A day is far above any sane value and says the unit is seconds.
@@ -181,9 +187,12 @@ class Settings(BaseSettings):
     max_image_bytes: int = Field(default=50 * 2**20, ge=1, description="images larger than this are refused")
     # Matting works at 320 px: a 64 px side is already blown up 5x there; a 2x2 or 8x8 "photo" went
     # through as flat quads of colour, captioned, composited and accepted.
+    # Above WORKING_SIDE_PX every photo was refused: as too small, or, once its longer side was brought
+    # to that, with the advice to crop it.
     min_photo_side_px: int = Field(
         default=64,
         ge=1,
+        le=WORKING_SIDE_PX,
         description="reference photos whose shorter side is shorter, as taken or once the longer side is "
         "brought to 2048 px, are refused by ingest and unusable to the captioner: matting works at 320 px, "
         "and below 64 px a product is a few blocks of colour",

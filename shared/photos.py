@@ -12,8 +12,11 @@ import math
 from collections.abc import Callable, Sequence
 from pathlib import PurePosixPath
 
+from shared.config import WORKING_SIDE_PX
 from shared.errors import ImageRejected
 from shared.images import PHOTO_SUFFIXES
+
+__all__ = ["WORKING_SIDE_PX"]  # shared.config's, where the settings bound SKUFORGE_MIN_PHOTO_SIDE_PX by it
 
 # The decoder's formats by their file names, plus JPEG under the names Chrome and Windows save it
 # with (.jfif, .jpe): photos are identified by content, so these decode as any .jpg. Skipped, they left
@@ -30,12 +33,6 @@ MACOS_ZIP_FOLDERS = frozenset({"__MACOSX"})
 DESKTOP_LEFTOVERS = frozenset(
     {"thumbs.db", "desktop.ini", "icon\r", *(name.casefold() for name in MACOS_ZIP_FOLDERS)}
 )
-
-# The captioner masks and measures a photo at most this long on its longer side. U2-Net sees 320 px
-# whatever it is given, so nothing is lost; ten 40-megapixel photos of one SKU, decoded and matted at
-# full size at once, took 2.7 GB (over the stage's 2 GiB pod limit: an OOM crash loop on redelivery).
-# A stored mask is scaled back to its photo's own size.
-WORKING_SIDE_PX = 2048
 
 # Folders a NAS keeps its thumbnails and index in, inside every folder it shares, compared casefolded:
 # Synology's "@eaDir" holds a few resized copies of each photo. Never anyone's photos, but a user who

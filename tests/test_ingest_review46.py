@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from services.ingest.ingest import IngestError, prepare_all
-from shared.config import load_settings
+from shared.config import ConfigError, load_settings
+from shared.photos import WORKING_SIDE_PX
 from skuforge_cli.main import main as cli_main
 from tests.support.bus import file_store_uri
 
@@ -92,3 +93,13 @@ def test_a_photo_whose_name_runs_on_past_its_extension_is_told_to_be_renamed(
         prepare_all(tmp_path, load_settings())
     said = str(refused.value)
     assert f"rename it {name.rstrip(' .')!r}" in said and "export it" not in said
+
+
+def test_a_smallest_photo_side_over_the_captioners_working_size_is_refused_at_start_up() -> None:
+    """SKUFORGE_MIN_PHOTO_SIDE_PX=3000 (meaning "only high-resolution photos") started, and then every
+    photo was refused: one shorter than 3000 px as too small, and any other once its longer side is
+    brought to the captioner's 2048 px, with the advice to crop it. No photo could pass."""
+    with pytest.raises(ConfigError, match="SKUFORGE_MIN_PHOTO_SIDE_PX") as refused:
+        load_settings(min_photo_side_px=WORKING_SIDE_PX + 1)
+    assert str(WORKING_SIDE_PX) in str(refused.value)
+    assert load_settings(min_photo_side_px=WORKING_SIDE_PX).min_photo_side_px == WORKING_SIDE_PX
