@@ -281,6 +281,15 @@ def decision_event_id(task_id: str) -> str:
     return derive_id(task_id, PRODUCER, "decision")
 
 
+class PhotoTask(NamedTuple):
+    """A waiting task with its item and the reference photo it was made from."""
+
+    task_id: str
+    sku_id: str
+    item_id: str
+    photo_id: str
+
+
 class Locked(NamedTuple):
     """A write transaction that holds the task table: its connection, and the clock read once it held it."""
 
@@ -909,31 +918,46 @@ class TaskStore:
         trainstore keeps such an item ``withdrawn`` whatever it receives. A reviewer holding one
         finds it closed when they save."""
         if not withdrawn:
-            return []
+            return []  # no write transaction
         closed: list[str] = []
         with self._write() as (db, now):
-            # The waiting tasks of those SKUs alone (tasks_by_state_sku), the SKUs bound as one JSON
-            # list: one bound variable per SKU that ever had a withdrawal went past SQLite's limit
-            # (32766; 999 before 3.32), and then every sweep failed. Before, each sweep read every
-            # waiting task's id and SKU to filter them here.
-            waiting = db.execute(
-                "SELECT task_id FROM tasks WHERE state IN ('pending', 'claimed')"
-                " AND sku_id IN (SELECT value FROM json_each(?))",
-                (json.dumps(sorted(withdrawn)),),
-            ).fetchall()
-            for task_id in [row["task_id"] for row in waiting]:
-                row = db.execute(
-                    "SELECT task_id, sku_id, state, claimed_by, pending_json FROM tasks WHERE task_id = ?",
-                    (task_id,),
-                ).fetchone()
-                try:
-                    pending = CorrectionPending.model_validate_json(row["pending_json"])
-                except ValueError:
-                    continue  # unreadable: the queue already leaves it out and logs it
-                photo_id = pending.matted.generated.reference_photo_id
-                if photo_id not in withdrawn[row["sku_id"]]:
-                    continue
+            for row, photo_id in _waiting_of_photos(db, withdrawn):
                 detail = f"reference photo {photo_id} withdrawn by its owner"
+                self._close_waiting(db, row, "withdrawn", WITHDRAWN_BY, "withdrawn", now, detail)
+                _forget_acceptances(db, row["task_id"])
+                closed.append(row["task_id"])
+        return closed
+
+    def waiting_of_photos(self, photos: Mapping[str, set[str]]) -> list[PhotoTask]:
+        """The waiting tasks (pending or claimed) whose reference photo is one of ``photos``, by SKU id
+        → photo ids (the withdrawal sweep's photos put back since they were withdrawn)."""
+        with self._connect() as db:
+            return [
+                PhotoTask(row["task_id"], row["sku_id"], row["item_id"], photo_id)
+                for row, photo_id in _waiting_of_photos(db, photos)
+            ]
+
+    def withdraw_put_back(self, tasks: list[PhotoTask]) -> list[str]:
+        """Close ``tasks`` that still wait as ``withdrawn``, as ``withdraw_photos`` does: their items
+        the trainstore withdrew with their reference photo, which its owner put back since. The
+        images made before stay withdrawn (only the photo's new images are taken), so no decision on
+        them would count. Returns the ids closed."""
+        if not tasks:
+            return []  # no write transaction
+        closed: list[str] = []
+        with self._write() as (db, now):
+            for task in tasks:
+                row = db.execute(
+                    "SELECT task_id, state, claimed_by FROM tasks WHERE task_id = ?"
+                    " AND state IN ('pending', 'claimed')",
+                    (task.task_id,),
+                ).fetchone()
+                if row is None:
+                    continue  # decided or closed meanwhile
+                detail = (
+                    f"reference photo {task.photo_id} withdrawn by its owner (put back since; the"
+                    " trainstore keeps the images made before withdrawn)"
+                )
                 self._close_waiting(db, row, "withdrawn", WITHDRAWN_BY, "withdrawn", now, detail)
                 _forget_acceptances(db, row["task_id"])
                 closed.append(row["task_id"])
@@ -1400,6 +1424,37 @@ def _task_of(row: sqlite3.Row) -> Task:
         raise BadInput(
             "task_unreadable", f"task {row['task_id']} no longer reads: {str(exc)[:300]}"
         ) from None
+
+
+def _waiting_of_photos(
+    db: sqlite3.Connection, photos: Mapping[str, set[str]]
+) -> Iterator[tuple[sqlite3.Row, str]]:
+    """The waiting tasks (pending or claimed) whose reference photo is one of ``photos`` (SKU id →
+    photo ids), each with that photo id; a task whose event no longer reads is left out (the queue
+    leaves it out already, and logs it)."""
+    if not photos:
+        return
+    # The waiting tasks of those SKUs alone (tasks_by_state_sku), the SKUs bound as one JSON list:
+    # one bound variable per SKU that ever had a withdrawal went past SQLite's limit (32766; 999
+    # before 3.32), and then every sweep failed. Before, each sweep read every waiting task's id and
+    # SKU to filter them here.
+    waiting = db.execute(
+        "SELECT task_id FROM tasks WHERE state IN ('pending', 'claimed')"
+        " AND sku_id IN (SELECT value FROM json_each(?))",
+        (json.dumps(sorted(photos)),),
+    ).fetchall()
+    for task_id in [row["task_id"] for row in waiting]:
+        row = db.execute(
+            "SELECT task_id, sku_id, item_id, state, claimed_by, pending_json FROM tasks WHERE task_id = ?",
+            (task_id,),
+        ).fetchone()
+        try:
+            pending = CorrectionPending.model_validate_json(row["pending_json"])
+        except ValueError:
+            continue
+        photo_id = pending.matted.generated.reference_photo_id
+        if photo_id in photos[row["sku_id"]]:
+            yield row, photo_id
 
 
 def _forget_acceptances(db: sqlite3.Connection, task_id: str) -> None:

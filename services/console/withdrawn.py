@@ -8,6 +8,14 @@ backlog alert. So a thread of ``skuforge serve console`` lists the withdrawal ma
 ``SWEEP_INTERVAL_S`` (one listing of the retraining store's ``withdrawals/``, and none while no task
 waits) and closes the matching pending and claimed tasks as ``withdrawn`` (``TaskStore.withdraw_photos``:
 an audit entry, no decision event). A store that cannot be read is logged and read at the next sweep.
+
+An owner may put a photo back (its marker lifted, a ``.lifted`` record kept) before a sweep saw the
+marker: between two sweeps, or while the console was down. The images made from it before stay
+withdrawn in the trainstore for good, so the same listing's ``.lifted`` records name the photos whose
+waiting tasks are looked up in the trainstore's rows (their SKU's manifest, read once): a task whose
+item's row is ``withdrawn`` is closed the same way. A task looked at for a lifted withdrawal is
+remembered with that withdrawal's time (the record's ``withdrawn_at``), so the next sweeps read no
+manifest for it until the photo is withdrawn and put back again.
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ import logging
 import threading
 
 from services.console.metrics import ConsoleMetrics
-from services.console.tasks import TaskStore
+from services.console.tasks import PhotoTask, TaskStore
 from shared.trainstore.withdrawals import Withdrawals
 
 log = logging.getLogger("skuforge.console.withdrawn")
@@ -42,17 +50,61 @@ class WithdrawalSweep:
         self._interval_s = interval_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # (task id, withdrawn_at of the lifted withdrawal) looked up in the trainstore already, of tasks
+        # still waiting at the last sweep: bounded by the queue.
+        self._looked_at: set[tuple[str, str]] = set()
 
     def sweep(self) -> list[str]:
         """Close the waiting tasks of withdrawn photos now; returns their ids."""
         counts = self._tasks.counts()
         if counts["pending"] + counts["claimed"] == 0:
             return []
-        closed = self._tasks.withdraw_photos(self._withdrawals.by_sku())
+        withdrawn, lifted = self._withdrawals.records()
+        closed = self._tasks.withdraw_photos(withdrawn)
+        put_back = {
+            sku_id: photo_ids - withdrawn.get(sku_id, set())  # withdrawn again: closed above
+            for sku_id, photo_ids in lifted.items()
+        }
+        closed += self._close_put_back({sku_id: ids for sku_id, ids in put_back.items() if ids})
         if closed:
             if self._metrics:
                 self._metrics.withdrawn.inc(len(closed))
             log.info("closed tasks of withdrawn photos", extra={"tasks": len(closed)})
+        return closed
+
+    def _close_put_back(self, put_back: dict[str, set[str]]) -> list[str]:
+        """Close the waiting tasks of photos put back (SKU id → photo ids) whose items the trainstore
+        withdrew with them; returns their ids."""
+        waiting = self._tasks.waiting_of_photos(put_back) if put_back else []
+        withdrawn_at: dict[tuple[str, str], str] = {}
+        to_look_at: dict[str, list[tuple[PhotoTask, str]]] = {}
+        for task in waiting:
+            photo = (task.sku_id, task.photo_id)
+            if photo not in withdrawn_at:
+                withdrawn_at[photo] = self._withdrawals.lifted_at(*photo)
+            if (task.task_id, withdrawn_at[photo]) not in self._looked_at:
+                to_look_at.setdefault(task.sku_id, []).append((task, withdrawn_at[photo]))
+        # Forget the tasks that no longer wait (closed, decided) or whose photo was withdrawn again.
+        still_waiting = {task.task_id for task in waiting}
+        self._looked_at = {seen for seen in self._looked_at if seen[0] in still_waiting}
+        closed: list[str] = []
+        for sku_id, tasks in sorted(to_look_at.items()):
+            try:
+                rows = self._withdrawals.manifests.read_sku(sku_id)
+            except Exception as exc:  # a manifest not readable now: looked at again at the next sweep
+                log.warning(
+                    "could not read the trainstore rows of a SKU with a photo put back; will retry",
+                    extra={"sku_id": sku_id, "error": str(exc)},
+                )
+                continue
+            # An item with no row yet is taken by the trainstore when it comes (no withdrawal now).
+            withdrawn = [
+                task
+                for task, _ in tasks
+                if (row := rows.get(task.item_id)) is not None and row.status == "withdrawn"
+            ]
+            closed += self._tasks.withdraw_put_back(withdrawn)
+            self._looked_at.update((task.task_id, at) for task, at in tasks)
         return closed
 
     def _loop(self) -> None:

@@ -20,7 +20,8 @@ nothing on the bus (an older consumer, a dead letter) can lose a withdrawal.
 
 Only the retraining store's copies are deleted: the stages' own objects (``incoming/`` is deleted by
 ingest; ``generated/``, ``masks/``) follow docs/ops.md's lifecycle rules. The correction console
-closes its waiting tasks of such a photo as ``withdrawn`` (``services/console/withdrawn.py``).
+closes its waiting tasks of such a photo as ``withdrawn`` (``services/console/withdrawn.py``), and,
+from the ``.lifted`` records, those of the images the trainstore withdrew with a photo put back since.
 """
 
 from __future__ import annotations
@@ -88,14 +89,23 @@ class Withdrawals:
         }
 
     def by_sku(self) -> dict[str, set[str]]:
-        """Every withdrawn photo, by SKU id: one listing of the markers (the console's sweep)."""
+        """Every withdrawn photo, by SKU id: one listing of the markers."""
+        return self.records()[0]
+
+    def records(self) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+        """Every withdrawn photo, and every photo whose withdrawal a reinstatement lifted (once
+        withdrawn again, in both), each by SKU id: one listing of the records (the console's sweep)."""
         prefix = self.manifests.key(f"{_MARKERS}/")
         withdrawn: dict[str, set[str]] = {}
+        lifted: dict[str, set[str]] = {}
         for key in self.manifests.store.list_addressable(prefix):
             sku_id, sep, name = key.removeprefix(prefix).partition("/")
-            if sep and name.endswith(".json") and "/" not in name:
-                withdrawn.setdefault(sku_id, set()).add(name.removesuffix(".json"))
-        return withdrawn
+            if not sep or "/" in name:
+                continue
+            for suffix, photos in ((".json", withdrawn), (_LIFTED, lifted)):
+                if name.endswith(suffix):
+                    photos.setdefault(sku_id, set()).add(name.removesuffix(suffix))
+        return withdrawn, lifted
 
     def withdraw(self, sku_id: str, category: str, photo_ids: Iterable[str], *, by: str) -> list[ManifestRow]:
         """Withdraw ``photo_ids`` of the SKU: markers (a photo's marker, once written, is kept: a run
