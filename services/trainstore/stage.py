@@ -130,7 +130,8 @@ class StagedItem:
 
     def image_bytes(self, store: ObjectStore) -> bytes | None:
         """The image bytes to store: those held, else the photo's read again from ``image_ref`` (gone or
-        changed since it was checked: refused as then, naming the photo)."""
+        changed since it was checked: refused as then, naming the photo; ``_write`` writes the row of one
+        withdrawn meanwhile as withdrawn)."""
         if self.image_png is not None or self.image_ref is None:
             return self.image_png
         with naming(f"photo {self.row.item_id}", self.image_ref.uri):
@@ -442,6 +443,7 @@ class Trainstore:
         Returns the item ids left out because a newer event decided them (``stands``)."""
         current = self.manifests.read_sku(sku_id) if current is None else current
         marked = self.withdrawals.photo_ids(sku_id) if marked is None else marked
+        given = staged
         self._count_landed(sku_id, current)
         staged = [replace(item, row=_dated(current.get(item.row.item_id), item.row)) for item in staged]
         # Before the objects: an older event's image must not overwrite the newer row's, nor the gate's
@@ -481,7 +483,16 @@ class Trainstore:
             self.manifests.store.check_room(self.manifests.key(key))
         for item in changed:
             row = item.row
-            image_bytes = item.image_bytes(self.manifests.store) if row.image else None
+            try:
+                image_bytes = item.image_bytes(self.manifests.store) if row.image else None
+            except BadInput:
+                # A photo read again (``StagedItem``) gone since its check: ingest withdrew it meanwhile
+                # (its marker first, then the photo). Written again with that marker, its row is
+                # withdrawn; refused, the whole captioning was dead-lettered, every other photo too.
+                withdrawn_since = self.withdrawals.photo_ids(sku_id)
+                if withdrawn_since <= marked:
+                    raise
+                return self._write(ctx, sku_id, given, current=current, marked=withdrawn_since)
             if row.image and image_bytes is not None:
                 self.manifests.store.put_bytes(self.manifests.key(row.image), image_bytes, "image/png")
             del image_bytes  # one photo at a time
