@@ -7,7 +7,15 @@ import unicodedata
 from datetime import UTC, datetime
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    WithJsonSchema,
+)
 
 SKU_ID_MAX_LEN = 64
 # Far above what a store writes (a file store's root as long as a Linux path, 4,096 bytes, and a key at
@@ -126,6 +134,29 @@ READ_FROM_TOPIC = {"read_from_topic": True}
 def read_from_topic(info: ValidationInfo) -> bool:
     """Whether this validation reads an event from a topic (``READ_FROM_TOPIC``), not a producer's build."""
     return isinstance(info.context, dict) and info.context.get("read_from_topic") is True
+
+
+_NOT_ONE_LINE = re.compile(f"[{_REFUSED_CHARACTERS}{_LINE_SEPARATORS}]")
+
+
+def escaped_when_read(limit: int) -> BeforeValidator:
+    """A field's validator that, under ``READ_FROM_TOPIC``, takes text holding what ``check_one_line``
+    refuses with each such character escaped (``\\u202e``, ``\\n``), cut between two escapes to ``limit``:
+    an event written before the field refused them, in a topic, a dead letter or the console's tasks,
+    still reads (shown as its pages show it), where it was dead-lettered, and a replay again. A
+    producer's build (no context) is refused, naming the character; text over ``limit`` is refused."""
+
+    def escape(value: object, info: ValidationInfo) -> object:
+        if (
+            isinstance(value, str)
+            and len(value) <= limit
+            and read_from_topic(info)
+            and _NOT_ONE_LINE.search(value)
+        ):
+            return escaped_within(value, limit, _NOT_ONE_LINE)
+        return value
+
+    return BeforeValidator(escape)
 
 
 def check_plain_text(value: str) -> str:

@@ -22,6 +22,7 @@ from schemas.common import (
     Sha256Hex,
     SkuMetadata,
     UtcDatetime,
+    escaped_when_read,
     escaped_within,
     read_from_topic,
 )
@@ -56,7 +57,8 @@ Phrase = Annotated[str, Field(max_length=MAX_PHRASE_CHARS)]
 # A gate check's code, and one among a flagged item's reasons: a phrase on one line that reads as written
 # (OneLineText). They took any text, and another producer's U+202E, terminal escape or newline went on to
 # the console's pages and the trainstore's rows; the gate writes only CHECK_CODES (shared/gate/checks.py).
-CheckCode = Annotated[OneLineText, Field(max_length=MAX_PHRASE_CHARS)]
+# Read from a topic or the console's tasks, such text an event holds from before is taken escaped.
+CheckCode = Annotated[OneLineText, Field(max_length=MAX_PHRASE_CHARS), escaped_when_read(MAX_PHRASE_CHARS)]
 # A parameter's value in the committed JSON Schemas: any JSON, its strings at any depth at most a model
 # id long, as ``_check_parameter`` has it (each keyword applies to its own type only). pydantic wrote an
 # empty schema, so a producer validating against it sent a longer string, which every consumer then
@@ -279,7 +281,9 @@ class GateCheck(Contract):
     value: float = Field(allow_inf_nan=False)
     threshold: float = Field(allow_inf_nan=False)
     # One line for people, as a reject reason is: the gate writes a sentence of figures.
-    message: OneLineText = Field(default="", max_length=MAX_MESSAGE_CHARS)
+    message: Annotated[OneLineText, escaped_when_read(MAX_MESSAGE_CHARS)] = Field(
+        default="", max_length=MAX_MESSAGE_CHARS
+    )
 
 
 class GateAccepted(Contract):

@@ -47,6 +47,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
+from schemas.common import READ_FROM_TOPIC
 from schemas.envelope import Envelope, derive_id
 from schemas.events import MAX_MESSAGE_CHARS, CorrectionPending, CorrectionResolved, Decision, GateAccepted
 from shared.errors import BadInput, TransientError
@@ -212,7 +213,7 @@ class Task:
         return cls(
             **columns,
             reasons=json.loads(row["reasons"]),
-            pending=CorrectionPending.model_validate_json(row["pending_json"]),
+            pending=CorrectionPending.model_validate_json(row["pending_json"], context=READ_FROM_TOPIC),
         )
 
 
@@ -1015,7 +1016,9 @@ class TaskStore:
                 if row["produced_at"] is not None and row["produced_at"] > accepted_at:
                     continue  # flagged since: the gate's newer verdict
                 try:
-                    pending = CorrectionPending.model_validate_json(row["pending_json"])
+                    pending = CorrectionPending.model_validate_json(
+                        row["pending_json"], context=READ_FROM_TOPIC
+                    )
                 except ValueError:
                     continue  # unreadable: the queue already leaves it out and logs it
                 if pending.matted.generated.image.sha256 != generated.image.sha256:
@@ -1371,7 +1374,9 @@ def _outbox(row: sqlite3.Row) -> OutboxEvent:
         task_id=row["task_id"],
         sku_id=row["sku_id"],
         trace_id=row["trace_id"],
-        payload=CorrectionResolved.model_validate_json(_reason_escaped(row["payload_json"])),
+        payload=CorrectionResolved.model_validate_json(
+            _reason_escaped(row["payload_json"]), context=READ_FROM_TOPIC
+        ),
         created_at=row["created_at"],
         published_at=row["published_at"],
         refused_reason=row["refused_reason"],
@@ -1449,7 +1454,7 @@ def _waiting_of_photos(
             (task_id,),
         ).fetchone()
         try:
-            pending = CorrectionPending.model_validate_json(row["pending_json"])
+            pending = CorrectionPending.model_validate_json(row["pending_json"], context=READ_FROM_TOPIC)
         except ValueError:
             continue
         photo_id = pending.matted.generated.reference_photo_id
