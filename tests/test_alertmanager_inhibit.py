@@ -40,11 +40,17 @@ def _named(matchers: list[str]) -> set[str]:
 
 
 def _inhibitions() -> dict[tuple[str, str], list[str]]:
-    """(source alert, target alert) → the labels they must share, from the committed config."""
+    """(source alert, target alert) → the labels they must share, from the committed config's rules that
+    match by alert name alone (a rule for particular stages, as the console's for its intake, is not the
+    general one)."""
     rules = yaml.safe_load(ALERTMANAGER_CONFIG.read_text()).get("inhibit_rules", [])
     return {
         (source, target): rule["equal"]
         for rule in rules
+        if all(
+            matcher.startswith("alertname")
+            for matcher in [*rule["source_matchers"], *rule["target_matchers"]]
+        )
         for source in _named(rule["source_matchers"])
         for target in _named(rule["target_matchers"])
     }
@@ -175,3 +181,18 @@ def test_one_triton_outage_fires_triton_down_and_no_images_stored_with_the_label
         if INSTALL.items() <= source.items() and INSTALL.items() <= target.items()
     )
     assert shown, f"no unit test shows {NO_IMAGES} firing with {TRITON_DOWN} of its install"
+
+
+def test_the_console_down_inhibits_the_stalled_and_lag_alerts_of_its_intakes_group() -> None:
+    """The console runs its intake (group <prefix>.console-intake): the console down, that group's lag
+    grows and nothing commits, so SkuforgeStageStalled and SkuforgeConsumerLagGrowing fire with
+    stage="console-intake" (the group's last part) beside SkuforgeStageDown's stage="console" (the job):
+    the stage-equal rule never matched them, and one console outage paged three times."""
+    group = {"group": "skuforge.console-intake", "topic": "correction.pending.v1", "stage": "console-intake"}
+    for target in TARGETS:
+        intake = {"alertname": target, "severity": "page"} | group | INSTALL
+        assert _inhibited(_stage_down("console", **INSTALL), intake), target
+        # Another install's console, or another stage of this one, leaves it paging.
+        assert not _inhibited(_stage_down("console", **(INSTALL | {"namespace": "staging"})), intake), target
+        assert not _inhibited(_stage_down("console", **(INSTALL | {"release": "other"})), intake), target
+        assert not _inhibited(_stage_down("gate", **INSTALL), intake), target
