@@ -15,6 +15,7 @@ import re
 from collections import defaultdict
 from collections.abc import Iterator
 
+import pytest
 import yaml
 
 from devstack.prometheus import ALERTS_FILE, ALERTS_TEST_FILE, PROMETHEUS_DIR
@@ -196,3 +197,21 @@ def test_the_console_down_inhibits_the_stalled_and_lag_alerts_of_its_intakes_gro
         assert not _inhibited(_stage_down("console", **(INSTALL | {"namespace": "staging"})), intake), target
         assert not _inhibited(_stage_down("console", **(INSTALL | {"release": "other"})), intake), target
         assert not _inhibited(_stage_down("gate", **INSTALL), intake), target
+
+
+@pytest.mark.parametrize("target", sorted(TARGETS))
+def test_triton_or_the_generator_server_down_inhibits_the_generator_stages_stalled_and_lag_alerts(
+    target: str,
+) -> None:
+    """Triton away, the generator stage retries every batch (GeneratorUnavailable) and commits nothing:
+    its group's lag grows and stalls, so SkuforgeStageStalled and SkuforgeConsumerLagGrowing
+    (stage="generator") paged beside SkuforgeTritonDown, or beside SkuforgeStageDown of the
+    generator server (stage="generator-server"): one outage, three pages. The install's own outage holds
+    them back; another install's, or another stage's alerts, are left alone."""
+    generator = {"alertname": target, "severity": "page", "stage": "generator", "group": "skuforge.generator"}
+    for source in (_triton_down(**INSTALL), _stage_down("generator-server", **INSTALL)):
+        assert _inhibited(source, generator | INSTALL), source
+        assert not _inhibited(source, generator | INSTALL | {"namespace": "staging"}), source
+        assert not _inhibited(source, generator | INSTALL | {"release": "other"}), source
+        matting = generator | INSTALL | {"stage": "matting", "group": "skuforge.matting"}
+        assert not _inhibited(source, matting), source
