@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.helm import render, require_helm
+from tests.support.helm import render, render_error, require_helm
 
 
 @pytest.fixture(scope="module")
@@ -33,3 +33,39 @@ def test_triton_downs_summary_names_the_wait_the_chart_gives_it(
     assert f"for {minutes} minutes" in summary, summary
     if minutes != 15:
         assert "15 minutes" not in summary, summary
+
+
+# The chart's own names, which KEDA's triggers and the topics Job use as given, while the pods read a blank
+# setting as unset (their default) and refuse one with spaces around it.
+NAMES = ["kafka.bootstrap", "consumerGroupPrefix", "storeUri"]
+
+
+@pytest.mark.parametrize("key", NAMES)
+@pytest.mark.parametrize("given", ["", " ", "null"])
+def test_a_blank_kafka_bootstrap_group_prefix_or_store_is_refused_at_render(
+    helm: str, key: str, given: str
+) -> None:
+    """consumerGroupPrefix "" rendered KEDA's triggers on the lag of ".captioner", a group nobody consumes
+    in, while the pods, reading the empty SKUFORGE_CONSUMER_GROUP_PREFIX as unset, ran in
+    "skuforge.captioner"; a blank storeUri gave each pod its own folder (file://./var/store), the very
+    failure the chart refuses a file:// store for; a blank kafka.bootstrap sent every pod to 127.0.0.1."""
+    message = render_error(helm, f"{key}={given}")
+    assert f"{key} is empty" in message, message
+
+
+@pytest.mark.parametrize("key", NAMES)
+def test_a_name_with_spaces_around_it_is_refused_at_render(helm: str, key: str) -> None:
+    """The pods refuse it at start ("has spaces around it"), after helm install said OK."""
+    message = render_error(helm, f"{key}=kafka:9092 ")
+    assert f'{key}="kafka:9092 " has spaces around it' in message, message
+
+
+def test_a_topic_namespace_kafka_would_refuse_is_refused_at_render(helm: str) -> None:
+    """The pods refuse a topicNamespace outside Kafka's topic-name characters at start; the render said OK."""
+    message = render_error(helm, "topicNamespace=shop/staging.")
+    assert 'topicNamespace="shop/staging." holds characters Kafka refuses in a topic name' in message, message
+    # null rendered KEDA's topics as "%!s(<nil>)sku.ingested.v1".
+    assert "topicNamespace is null" in render_error(helm, "topicNamespace=null")
+    # What Kafka takes renders, the empty namespace (the default) too.
+    for given in ["staging.", "shop_1-x.", ""]:
+        assert render(helm, f"topicNamespace={given}")

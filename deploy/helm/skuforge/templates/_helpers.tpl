@@ -686,6 +686,26 @@ SKUFORGE_DIFFUSION_CACHE_DIR: use triton.modelCache (the Triton pod's cache volu
 {{- fail (printf "stages: no such stage %q; the stages are %s (files/flow.json)" $name (join ", " $names)) -}}
 {{- end -}}
 {{- end -}}
+{{- /* The names KEDA's triggers and the topics Job use as given, while the pods read a blank setting as
+unset (their default) and refuse one with spaces around it: consumerGroupPrefix "" scaled each stage on
+the lag of ".<stage>", a group nobody consumes in, while its pods ran in "skuforge.<stage>"; a blank
+storeUri gave each pod a folder of its own (file://./var/store), a blank kafka.bootstrap 127.0.0.1. */ -}}
+{{- $chartNames := dict "kafka.bootstrap" (list .Values.kafka.bootstrap "the pods would connect to 127.0.0.1:9092, themselves, and KEDA's triggers to nothing: give the brokers' host:port list") "consumerGroupPrefix" (list .Values.consumerGroupPrefix "the pods would consume in skuforge.<stage>, while KEDA scaled each stage on the lag of .<stage>, a group nobody consumes in: give a prefix (skuforge)") "storeUri" (list .Values.storeUri "each pod would write into a folder of its own (file://./var/store), where no other pod reads: give s3://BUCKET/PREFIX") -}}
+{{- range $key, $spec := $chartNames -}}
+{{- $text := include "skuforge.checked" (dict "key" $key "value" (index $spec 0) "reader" "the pods" "want" "give one name") -}}
+{{- if or (kindIs "invalid" (index $spec 0)) (not (trim $text)) -}}
+{{- fail (printf "%s is empty, which the pods read as unset: %s" $key (index $spec 1)) -}}
+{{- else if ne $text (trim $text) -}}
+{{- fail (printf "%s=%q has spaces around it: the pods refuse it at start; remove them" $key $text) -}}
+{{- end -}}
+{{- end -}}
+{{- if kindIs "invalid" .Values.topicNamespace -}}
+{{- fail "topicNamespace is null, which KEDA's triggers would read as the topic prefix \"%!s(<nil>)\": give \"\" for none" -}}
+{{- end -}}
+{{- $topicNamespace := include "skuforge.checked" (dict "key" "topicNamespace" "value" .Values.topicNamespace "reader" "the pods" "want" "give one prefix") -}}
+{{- if not (regexMatch "^[A-Za-z0-9._-]*$" $topicNamespace) -}}
+{{- fail (printf "topicNamespace=%q holds characters Kafka refuses in a topic name (letters, digits, '.', '_' and '-' only): the pods refuse it at start" $topicNamespace) -}}
+{{- end -}}
 {{- $settings := include "skuforge.given" .Values.settings | fromJson -}}
 {{- $secretValues := include "skuforge.given" .Values.secret.values | fromJson -}}
 {{- $tritonEnv := include "skuforge.given" .Values.triton.env | fromJson -}}
