@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from shared.generation.backend import BACKEND_NAMES
 from tests.support.helm import render, render_error, require_helm
 
 
@@ -69,3 +70,18 @@ def test_a_topic_namespace_kafka_would_refuse_is_refused_at_render(helm: str) ->
     # What Kafka takes renders, the empty namespace (the default) too.
     for given in ["staging.", "shop_1-x.", ""]:
         assert render(helm, f"topicNamespace={given}")
+
+
+def test_triton_backends_are_checked_against_the_backends_skuforge_has(helm: str) -> None:
+    """triton.backends={diffusio} rendered `serve generator --backend diffusio`, and told the generator
+    stage to use "diffusio": Triton's pod exited at start on argparse's choice error and the generator
+    stage on its setting, after helm install said OK. A name given alone (not a list) went through too."""
+    message = render_error(helm, "triton.backends={diffusio}")
+    assert (
+        f'triton.backends: no such backend "diffusio"; the backends are {", ".join(BACKEND_NAMES)}' in message
+    )
+    message = render_error(helm, "triton.backends=composite")
+    assert "triton.backends is a string, not a list: give a list ({composite})" in message, message
+    # Every backend skuforge has renders, alone and together.
+    for backends in ["{composite}", "{diffusion}", "{composite,diffusion}"]:
+        assert render(helm, f"triton.backends={backends}")

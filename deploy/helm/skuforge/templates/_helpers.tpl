@@ -706,6 +706,18 @@ storeUri gave each pod a folder of its own (file://./var/store), a blank kafka.b
 {{- if not (regexMatch "^[A-Za-z0-9._-]*$" $topicNamespace) -}}
 {{- fail (printf "topicNamespace=%q holds characters Kafka refuses in a topic name (letters, digits, '.', '_' and '-' only): the pods refuse it at start" $topicNamespace) -}}
 {{- end -}}
+{{- /* The backends skuforge has (shared/generation/backend.py's BACKEND_NAMES; tests/test_deploy_review46.py
+keeps them in step): a misspelt one rendered `serve generator --backend diffusio`, and the generator stage
+told to use it, and both pods exited at start after helm install said OK. */ -}}
+{{- $backendNames := list "composite" "diffusion" -}}
+{{- if not (kindIs "slice" .Values.triton.backends) -}}
+{{- fail (printf "triton.backends is %s, not a list: give a list ({composite})" (ternary "null" (printf "a %s" (kindOf .Values.triton.backends)) (kindIs "invalid" .Values.triton.backends))) -}}
+{{- end -}}
+{{- range .Values.triton.backends -}}
+{{- if not (has . $backendNames) -}}
+{{- fail (printf "triton.backends: no such backend %q; the backends are %s" (toString .) (join ", " $backendNames)) -}}
+{{- end -}}
+{{- end -}}
 {{- $settings := include "skuforge.given" .Values.settings | fromJson -}}
 {{- $secretValues := include "skuforge.given" .Values.secret.values | fromJson -}}
 {{- $tritonEnv := include "skuforge.given" .Values.triton.env | fromJson -}}
