@@ -81,3 +81,73 @@ def test_a_helm_value_the_chart_does_not_have_is_caught() -> None:
         "`secret.values.SKUFORGE_CONSOLE_USERS`; not values: `image.generated.v1`, `triton.log`."
     )
     assert helm_values_unknown_in(text) == ["triton.modelCache.size", "stages.matting.replica"]
+
+
+# The rule files whose alerts docs/ops.md's table lists: the pipeline's (the chart's
+# rules/skuforge.yml is a link to it) and the chart's own.
+ALERT_RULE_FILES = ("deploy/prometheus/alerts.yml", "deploy/helm/skuforge/rules/deploy.yml")
+ALERT_ROW = re.compile(r"^\| \[`(\w+)`\]\(#\w+\) \| `(\w+)` \| ([^|]+) \| ([^|]+) \|$", re.MULTILINE)
+UNITS = {"s": "second", "m": "minute", "h": "hour"}
+
+
+def _duration_words(duration: str) -> str:
+    """A rule's ``for`` (``15m``, ``1h``) as the table says it (``15 minutes``, ``an hour``)."""
+    count, unit = int(duration[:-1]), UNITS[duration[-1]]
+    return f"an {unit}" if count == 1 and unit == "hour" else f"{count} {unit}{'s' * (count != 1)}"
+
+
+def _raised_to_triton_startup() -> set[str]:
+    """The alerts whose ``for`` the chart raises to ``triton.startupSeconds`` (templates/monitoring.yaml)."""
+    template = (ROOT / "deploy/helm/skuforge/templates/monitoring.yaml").read_text(encoding="utf-8")
+    found = re.search(r'has \(\$rule\.alert \| default ""\) \(list ((?:"\w+" ?)+)\)', template)
+    assert found, "templates/monitoring.yaml no longer raises Triton's alerts' wait as this test reads it"
+    return set(re.findall(r'"(\w+)"', found.group(1)))
+
+
+def alert_table_misstated_in(ops: str) -> list[str]:
+    """What docs/ops.md's alert table (alert, severity, how long it holds, rule file) says other than the
+    rule files: an alert missing or extra, another severity or ``for``, another file."""
+    rows = {name: (severity, held, where) for name, severity, held, where in ALERT_ROW.findall(ops)}
+    raised = _raised_to_triton_startup()
+    wrong = []
+    rules = {}
+    for path in ALERT_RULE_FILES:
+        for group in yaml.safe_load((ROOT / path).read_text(encoding="utf-8"))["groups"]:
+            rules.update({rule["alert"]: (rule, path) for rule in group["rules"] if "alert" in rule})
+    for name, (rule, path) in rules.items():
+        if name not in rows:
+            wrong.append(f"{name}: no row")
+            continue
+        severity, held, where = rows[name]
+        if severity != rule["labels"]["severity"]:
+            wrong.append(f"{name}: says {severity}, the rule {rule['labels']['severity']}")
+        if not held.startswith(_duration_words(rule["for"])) or ("triton.startupSeconds" in held) != (
+            name in raised
+        ):
+            wrong.append(f"{name}: says {held.strip()!r}, the rule's for is {rule['for']}")
+        if f"`{path}`" not in where:
+            wrong.append(f"{name}: says {where.strip()}, the rule is in {path}")
+    return wrong + [f"{name}: no such alert" for name in rows if name not in rules]
+
+
+def test_ops_gives_each_alerts_severity_and_wait_as_the_rules_have_them() -> None:
+    """docs/ops.md said "Severity `page` wakes someone; `ticket` waits" but not which alert was which,
+    nor how long each waits before it fires: an on-call reader had to read the rule files."""
+    wrong = alert_table_misstated_in((ROOT / "docs" / "ops.md").read_text(encoding="utf-8"))
+    assert not wrong, f"docs/ops.md's alert table differs from the rules: {wrong}"
+
+
+def test_a_misstated_alert_row_is_caught() -> None:
+    ops = (ROOT / "docs" / "ops.md").read_text(encoding="utf-8")
+    planted = ops.replace(
+        "| [`SkuforgeStageDown`](#skuforgestagedown) | `page` | 2 minutes |",
+        "| [`SkuforgeStageDown`](#skuforgestagedown) | `ticket` | 5 minutes |",
+    )
+    planted = re.sub(r"^\| \[`SkuforgeUnkeyedEvents`\].*\n", "", planted, flags=re.MULTILINE)
+    planted = planted.replace("| 15 minutes, or `triton.startupSeconds` when longer |", "| 15 minutes |")
+    assert alert_table_misstated_in(planted) == [
+        "SkuforgeStageDown: says ticket, the rule page",
+        "SkuforgeStageDown: says '5 minutes', the rule's for is 2m",
+        "SkuforgeUnkeyedEvents: no row",
+        "SkuforgeTritonPodsUnavailable: says '15 minutes', the rule's for is 15m",
+    ]
