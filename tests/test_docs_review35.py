@@ -167,13 +167,14 @@ def test_a_metric_no_service_serves_is_caught() -> None:
     assert metrics_unknown_in(text) == ["skuforge_gate_ious"]
 
 
-# "`SKUFORGE_X` (10 s)", "`SKUFORGE_X` (default 1.0)", "`SKUFORGE_X` (30 by default; ...)".
+# "`SKUFORGE_X` (10 s)", "`SKUFORGE_X` (default 1.0)", "`SKUFORGE_X` (30 by default; ...)", and set off
+# by commas: "`SKUFORGE_X`, 300 s, in ...", "`SKUFORGE_X`, a minute, on" (review 46: these went unread).
 STATED_DEFAULT = re.compile(
-    r"`(SKUFORGE_[A-Z0-9_]+)`,? \((?:default |by default )?(-?\d[\d,.]*|(?<=default )`[^`]+`)"
-    r"(?: ?(ms|s|seconds|minutes|hours|days?))?(?: by default)?[;),]"
+    r"`(SKUFORGE_[A-Z0-9_]+)`(?:,? \(|, )(?:default |by default )?(-?\d[\d,.]*|an?|(?<=default )`[^`]+`)"
+    r"(?: ?(ms|s|seconds?|minutes?|hours?|days?))?(?: by default)?[;),]"
 )
-SECONDS_IN = {"ms": 0.001, "s": 1.0, "seconds": 1.0, "minutes": 60.0, "hours": 3600.0, "day": 86400.0}
-SECONDS_IN["days"] = SECONDS_IN["day"]
+SECONDS_IN = {"ms": 0.001, "s": 1.0, "second": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86400.0}
+SECONDS_IN |= {f"{unit}s": seconds for unit, seconds in SECONDS_IN.items() if unit not in ("ms", "s")}
 # The unit a setting's name gives its value, in seconds.
 NAME_UNIT_S = {"_MS": 0.001, "_S": 1.0, "_DAYS": 86400.0}
 
@@ -199,10 +200,14 @@ def misstated_defaults_in(text: str) -> list[str]:
             continue  # a tool's variable, not a setting (test_docs_truth checks it is read)
         default = defaults[name]
         if said.startswith("`"):
+            if default is None and "<" in said:
+                continue  # unset: one derived from another setting (`<store>/adapters`)
             if said.strip("`") != str(default):
                 wrong.append(f"{name}: says {said}, the default is {default!r}")
             continue
-        value = float(said.replace(",", ""))
+        if said in ("a", "an") and not unit:
+            continue  # "(a URI)": words, not a value
+        value = 1.0 if said in ("a", "an") else float(said.replace(",", ""))
         name_unit_s = next((seconds for end, seconds in NAME_UNIT_S.items() if name.endswith(end)), None)
         if unit and name_unit_s is not None:
             value *= SECONDS_IN[unit] / name_unit_s
@@ -230,6 +235,25 @@ def test_a_misstated_setting_default_is_caught() -> None:
         "SKUFORGE_SESSION_TIMEOUT_MS: says 30 s, the default is 10000",
         "SKUFORGE_TRAINSTORE_SWEEP_GRACE_S: says 2 days, the default is 86400.0",
         "SKUFORGE_TRAINSTORE_PREFIX: says `store`, the default is 'trainstore'",
+    ]
+
+
+def test_a_misstated_default_set_off_by_commas_is_caught() -> None:
+    """docs/deploy.md writes defaults between commas ("`SKUFORGE_FLUSH_TIMEOUT_S`, 60 s, for an
+    acknowledgement"; "`SKUFORGE_GENERATION_TRITON_METADATA_MAX_AGE_S`, a minute, on"), and the check
+    read only those in brackets: these were never compared with the settings."""
+    right = (
+        "(`SKUFORGE_GENERATION_TRITON_TIMEOUT_S`, 300 s, in the chart), `SKUFORGE_TOPIC_PARTITIONS`, 6), "
+        "`SKUFORGE_GENERATION_TRITON_METADATA_MAX_AGE_S`, a minute, on; `SKUFORGE_TRAINSTORE_SWEEP_GRACE_S` "
+        "(a day), `SKUFORGE_CAPTIONER_FILL_DENTS_SHARE`, 0 turns it off, `SKUFORGE_DIFFUSION_MODEL` (a URI), "
+        "`SKUFORGE_DIFFUSION_ADAPTERS_URI`, default `<store>/adapters`),"
+    )
+    assert misstated_defaults_in(right) == []
+    wrong = "`SKUFORGE_FLUSH_TIMEOUT_S`, 30 s, for it; "
+    wrong += "`SKUFORGE_GENERATION_TRITON_METADATA_MAX_AGE_S`, an hour, on"
+    assert misstated_defaults_in(wrong) == [
+        "SKUFORGE_FLUSH_TIMEOUT_S: says 30 s, the default is 60.0",
+        "SKUFORGE_GENERATION_TRITON_METADATA_MAX_AGE_S: says an hour, the default is 60.0",
     ]
 
 
