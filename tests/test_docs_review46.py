@@ -151,3 +151,32 @@ def test_a_misstated_alert_row_is_caught() -> None:
         "SkuforgeUnkeyedEvents: no row",
         "SkuforgeTritonPodsUnavailable: says '15 minutes', the rule's for is 15m",
     ]
+
+
+def manifest_fields_unknown_in(architecture: str) -> list[str]:
+    """The row fields docs/architecture.md's store layout lists for a manifest line (``a row per ...:
+    image, mask, ...``) that a manifest row (``ManifestRow``) does not have."""
+    from shared.trainstore.manifest import ManifestRow
+
+    layout = architecture.split("\n## Retraining store layout\n", 1)[1].split("```", 2)[1]
+    listed = re.search(r"/manifests/\S+\s+[^:\n]*: (.*?)(?:, \.\.\.|\n\S)", layout, re.DOTALL)
+    assert listed, "docs/architecture.md's store layout no longer lists a manifest row's fields"
+    fields = [field.strip() for field in listed.group(1).split(",")]
+    return [field for field in fields if field not in ManifestRow.model_fields]
+
+
+def test_the_architectures_manifest_line_names_the_rows_own_fields() -> None:
+    """docs/architecture.md gave a manifest line as "uri, mask, caption, source, iou, reviewed_by, adapter,
+    seed": a row has no ``uri`` (its image's key is ``image``) and no ``adapter`` (``adapter_id``), so a
+    trainer reading the manifests from that map looked for two fields that are not there."""
+    architecture = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    unknown = manifest_fields_unknown_in(architecture)
+    assert not unknown, f"docs/architecture.md names manifest fields a row does not have: {unknown}"
+
+
+def test_a_manifest_field_a_row_does_not_have_is_caught() -> None:
+    layout = (
+        "\n## Retraining store layout\n\n```\n<root>/manifests/<sku_id>/part-d-*.jsonl   a row per item: "
+        "image, mask, url,\n        adapter_id, seed, ...\n```\n"
+    )
+    assert manifest_fields_unknown_in(layout) == ["url"]
