@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -180,3 +181,68 @@ def test_a_manifest_field_a_row_does_not_have_is_caught() -> None:
         "image, mask, url,\n        adapter_id, seed, ...\n```\n"
     )
     assert manifest_fields_unknown_in(layout) == ["url"]
+
+
+# A series a doc quotes with its labels: `skuforge_dlq_total{reason}`,
+# `skuforge_lora_jobs_total{outcome="failed"}`.
+SERIES = re.compile(r"\b((?:skuforge|nv)_[a-z0-9_]*[a-z0-9])\{([^}`]*)\}")
+CODE_TEXT = "\n".join(
+    path.read_text(encoding="utf-8")
+    for folder in ("schemas", "shared", "services", "devstack")
+    for path in sorted((ROOT / folder).rglob("*.py"))
+)
+
+
+@functools.cache
+def _metric_labels() -> dict[str, tuple[str, ...]]:
+    from devstack.metrics_doc import catalogue
+
+    return {doc.name: doc.labels for doc in catalogue()}
+
+
+def series_misstated_in(text: str, code: str = CODE_TEXT) -> list[str]:
+    """Labels ``text`` gives a metric that it does not have, and label values of ours no code sets
+    (a value is a string the code writes, or an exception class's name: ``error="StoreMisconfigured"``)."""
+    labels_of = _metric_labels()
+    wrong = []
+    for name, selector in dict.fromkeys(SERIES.findall(text)):
+        labels = labels_of.get(re.sub(r"_(bucket|count|sum)$", "", name), labels_of.get(name))
+        if labels is None:
+            continue  # no metric at all: test_docs_review35's check
+        for matcher in filter(None, (part.strip() for part in selector.split(","))):
+            parts = re.fullmatch(r"(\w*)\s*(=~|!~|!=|=)?\s*(.*)", matcher)
+            assert parts, matcher  # every part of the pattern may be empty
+            label, operator, value = parts.groups()
+            value = "" if operator in ("=~", "!~") else value.strip('"')  # a regex: not one value
+            if label not in labels:
+                wrong.append(f"{name}{{{selector}}}: no label {label!r} (it has {', '.join(labels)})")
+            elif (
+                value
+                and value != "..."
+                and name.startswith("skuforge_")
+                and not re.search(rf"[\"']{re.escape(value)}[\"']|class {re.escape(value)}\b", code)
+            ):
+                wrong.append(f"{name}{{{selector}}}: no code sets {label}={value!r}")
+    return wrong
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=DOC_IDS)
+def test_every_label_a_doc_gives_a_metric_is_its_own(doc: Path) -> None:
+    """The docs quote series with their labels (`skuforge_retries_total{error="StoreMisconfigured"}`) for
+    a reader to paste into Prometheus; only the metric's name was checked, so a renamed label or a value
+    no code sets would have left a query that matches nothing, without a word."""
+    wrong = series_misstated_in(doc.read_text(encoding="utf-8"))
+    assert not wrong, f"{doc.relative_to(ROOT)} quotes series that match nothing: {wrong}"
+
+
+def test_a_label_or_value_a_metric_does_not_have_is_caught() -> None:
+    text = (
+        '`skuforge_lora_jobs_total{outcome="failed"}`, `skuforge_dlq_total{reason}`, '
+        '`skuforge_retries_total{stage="...", error="StoreMisconfigured"}`, '
+        '`skuforge_gate_flags_total{flag}`, `skuforge_lora_jobs_total{outcome="exploded"}`, '
+        '`skuforge_messages_total{outcome!="retry"}`, `skuforge_triton_errors_total{kind=~"timeout|other"}`'
+    )
+    assert series_misstated_in(text) == [
+        "skuforge_gate_flags_total{flag}: no label 'flag' (it has reason)",
+        "skuforge_lora_jobs_total{outcome=\"exploded\"}: no code sets outcome='exploded'",
+    ]
