@@ -177,12 +177,18 @@ def apply_polygons(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Re-derive the masks and catalogue.json; a refusal run_command can name (Ctrl-C) is one line."""
-    return run_command("make_catalogue_masks.py", lambda: _make(argv))
+    return run_command("python -m bench.data.matting_real.make_catalogue_masks", lambda: _make(argv))
 
 
 def _make(argv: Sequence[str] | None) -> int:
-    ap = argparse.ArgumentParser(prog="make_catalogue_masks.py", description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default="/work/data/dataset", help="GroceryStoreDataset's dataset/ folder")
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.data.matting_real.make_catalogue_masks", description=__doc__.splitlines()[0]
+    )
+    ap.add_argument(
+        "--data",
+        default="/work/data/dataset",
+        help="GroceryStoreDataset's dataset/ folder (default /work/data/dataset)",
+    )
     args = ap.parse_args(argv)
     split = json.loads(Path(os.path.join(HERE, "split.json")).read_text())
     photos = split["bench_catalogue"]

@@ -122,12 +122,18 @@ def derive(bgr: npt.NDArray[np.uint8], spec: dict[str, Any]) -> npt.NDArray[np.u
 def main(argv: Sequence[str] | None = None) -> int:
     """Re-derive (or with --check compare) the in-store masks; 1 when a mask differs, and a refusal
     run_command can name (Ctrl-C) is one line."""
-    return run_command("make_instore_masks.py", lambda: _make(argv))
+    return run_command("python -m bench.data.matting_real.make_instore_masks", lambda: _make(argv))
 
 
 def _make(argv: Sequence[str] | None) -> int:
-    ap = argparse.ArgumentParser(prog="make_instore_masks.py", description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default="/work/data/dataset", help="GroceryStoreDataset's dataset/ folder")
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.data.matting_real.make_instore_masks", description=__doc__.splitlines()[0]
+    )
+    ap.add_argument(
+        "--data",
+        default="/work/data/dataset",
+        help="GroceryStoreDataset's dataset/ folder (default /work/data/dataset)",
+    )
     ap.add_argument("--check", action="store_true")
     ap.add_argument(
         "--manifest",
@@ -170,7 +176,7 @@ def _make(argv: Sequence[str] | None) -> int:
             cv2.imwrite(out, mask)
             print("wrote", out)
     if bad:
-        print(f"make_instore_masks.py: {bad} masks differ", file=sys.stderr)
+        print(f"python -m bench.data.matting_real.make_instore_masks: {bad} masks differ", file=sys.stderr)
         return 1
     return 0
 
