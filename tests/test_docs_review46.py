@@ -4,7 +4,8 @@
   `secret.existingSecret`) were checked by nobody: a dotted name is no identifier for
   test_docs_review35's code-name check, and the chart tests render values of their own. A key renamed
   in values.yaml would have left docs/deploy.md telling a user to set one the chart ignores without a
-  word (Helm takes any key).
+  word (Helm takes any key). So would the values files docs/deploy.md shows (my-values.yaml) and the
+  keys of its `--set` flags.
 """
 
 from __future__ import annotations
@@ -26,12 +27,23 @@ VALUES: dict[str, Any] = yaml.safe_load(CHART_VALUES.read_text(encoding="utf-8")
 DOC_IDS = [str(doc.relative_to(ROOT)) for doc in DOCS]
 
 # Maps whose keys are the user's own (a variable, a resource, a label): any key below them is a value.
-FREE_FORM = {"settings", "env", "values", "requests", "limits", "labels", "ruleLabels", "annotations"}
+FREE_FORM = {
+    "settings",
+    "env",
+    "values",
+    "requests",
+    "limits",
+    "labels",
+    "ruleLabels",
+    "annotations",
+    "nodeSelector",
+}
 # A dotted name quoted in a doc that is no value though its first word is a top-level key: a topic
 # (`image.generated.v1`, top-level `image`), a file (`triton.log`).
 TOPIC_NAMES = {topic.name for topic in (*ALL_TOPICS, PASSTHROUGH_OUT)}
 FILE_SUFFIXES = {"log", "json", "yaml", "yml", "md", "txt", "toml", "png", "onnx", "py"}
-VALUE_PATH = re.compile(r"`([a-z][A-Za-z0-9]*(?:\.[A-Za-z0-9_-]+)+)(?:=[^`]*)?`")
+# `triton.shmSize`, `settings.SKUFORGE_X=1`, and each of `--set a.b=1 --set c.d=2`.
+VALUE_PATH = re.compile(r"(?:`|--set )([a-z][A-Za-z0-9]*(?:\.[A-Za-z0-9_-]+)+)(?=[=`])")
 
 
 def _is_value_name(path: str) -> bool:
@@ -41,11 +53,10 @@ def _is_value_name(path: str) -> bool:
     return not any(f"{name}.".startswith(f"{path}.") or path.startswith(f"{name}.") for name in TOPIC_NAMES)
 
 
-def _resolves(path: str, values: Mapping[str, Any]) -> bool:
-    """``path`` names a key of ``values``, or a key under one of its free-form maps; a stage's keys
-    (``stages.matting.resources``) are its own overrides and ``stageDefaults``' keys."""
+def _resolves(words: list[str], values: Mapping[str, Any]) -> bool:
+    """The key path ``words`` names a key of ``values``, or a key under one of its free-form maps; a
+    stage's keys (``stages.matting.resources``) are its own overrides and ``stageDefaults``' keys."""
     node: Any = values
-    words = path.split(".")
     for position, word in enumerate(words):
         if not isinstance(node, Mapping):
             return False
@@ -64,7 +75,7 @@ def helm_values_unknown_in(text: str, values: Mapping[str, Any] = VALUES) -> lis
     return [
         path
         for path in dict.fromkeys(VALUE_PATH.findall(text))
-        if _is_value_name(path) and not _resolves(path, values)
+        if _is_value_name(path) and not _resolves(path.split("."), values)
     ]
 
 
@@ -82,6 +93,72 @@ def test_a_helm_value_the_chart_does_not_have_is_caught() -> None:
         "`secret.values.SKUFORGE_CONSOLE_USERS`; not values: `image.generated.v1`, `triton.log`."
     )
     assert helm_values_unknown_in(text) == ["triton.modelCache.size", "stages.matting.replica"]
+    flags = "`helm install ... --set secret.values.SKUFORGE_X=1 --set triton.envs.SKUFORGE_Y=s3://m`"
+    assert helm_values_unknown_in(flags) == ["triton.envs.SKUFORGE_Y"]
+
+
+def values_blocks(text: str) -> list[tuple[str, bool]]:
+    """The YAML a doc shows, and whether it is said to be YAML: a fenced ``yaml`` block, or the text a
+    block writes to a ``*values*.yaml`` file (``cat > my-values.yaml <<'EOF'`` ... ``EOF``); else a
+    plain block that opens like YAML (``triton:``), which may be another format (a ``config.pbtxt``)."""
+    blocks = []
+    for language, body in re.findall(r"^```(\w*)\n(.*?)^```", text, re.MULTILINE | re.DOTALL):
+        heredoc = r"^cat > \S*values\S*\.yaml <<'?(\w+)'?\n(.*?)^\1$"
+        written = re.findall(heredoc, body, re.MULTILINE | re.DOTALL)
+        blocks += [(content, True) for _, content in written]
+        if language == "yaml" or (not written and re.match(r"[a-z]\w*:(\s|$)", body)):
+            blocks.append((body, language == "yaml"))
+    return blocks
+
+
+def _key_paths(node: Any, above: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    if not isinstance(node, Mapping) or not node:
+        return [above]
+    return [path for key, value in node.items() for path in _key_paths(value, (*above, str(key)))]
+
+
+def values_block_keys_unknown(block: str, said_yaml: bool, values: Mapping[str, Any] = VALUES) -> list[str]:
+    """The keys of a values file shown in a doc that the chart's values.yaml does not have."""
+    try:
+        shown = yaml.safe_load(block)
+    except yaml.YAMLError:
+        if said_yaml:
+            raise
+        return []  # not YAML after all
+    if not isinstance(shown, Mapping) or not set(shown) & set(values):
+        return []  # another YAML file (a compose file, a Prometheus rule)
+    return [".".join(path) for path in _key_paths(shown) if not _resolves(list(path), values)]
+
+
+def _values_keys_unknown_in(text: str) -> list[str]:
+    return [
+        key for block, said_yaml in values_blocks(text) for key in values_block_keys_unknown(block, said_yaml)
+    ]
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=DOC_IDS)
+def test_every_key_of_a_values_file_a_doc_shows_is_in_the_chart(doc: Path) -> None:
+    """docs/deploy.md's values files (the GPU cluster's my-values.yaml, managed Kafka's, a CPU-only
+    Triton's) were checked by nothing: Helm takes any key, so one misspelt or renamed would have been
+    copied by a user into a file the chart ignores in part, without a word."""
+    unknown = _values_keys_unknown_in(doc.read_text(encoding="utf-8"))
+    assert not unknown, (
+        f"{doc.relative_to(ROOT)} shows values files with keys the chart does not have: {unknown}"
+    )
+
+
+def test_a_values_file_key_the_chart_does_not_have_is_caught() -> None:
+    doc = (
+        "```\ncat > my-values.yaml <<'EOF'\nkafka: {bootstrap: k:9092}\n"
+        "triton:\n  nodeSelector: {a.b/c: 'true'}\n  envs: {SKUFORGE_X: s3://m}\nEOF\n"
+        "helm upgrade --install x . -f my-values.yaml\n```\n"
+        "```yaml\nsettings:\n  SKUFORGE_Y: '1'\nstageDefaults:\n  autoscaling: {maxReplica: 12}\n```\n"
+        "```\nservices:\n  kafka: {image: x}\n```\n```\nname: m\ndynamic_batching {\n  a: 1\n}\n```\n"
+    )
+    assert _values_keys_unknown_in(doc) == [
+        "triton.envs.SKUFORGE_X",
+        "stageDefaults.autoscaling.maxReplica",
+    ]
 
 
 # The rule files whose alerts docs/ops.md's table lists: the pipeline's (the chart's
