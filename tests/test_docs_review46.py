@@ -323,3 +323,25 @@ def test_a_label_or_value_a_metric_does_not_have_is_caught() -> None:
         "skuforge_gate_flags_total{flag}: no label 'flag' (it has reason)",
         "skuforge_lora_jobs_total{outcome=\"exploded\"}: no code sets outcome='exploded'",
     ]
+
+
+DEPLOY_VALUES_FILES = [
+    block
+    for block, _ in values_blocks((ROOT / "docs" / "deploy.md").read_text(encoding="utf-8"))
+    if values_block_keys_unknown(block, said_yaml=False) == []
+    and set(yaml.safe_load(block) or {}) & set(VALUES)
+]
+
+
+@pytest.mark.parametrize(
+    "block", DEPLOY_VALUES_FILES, ids=[block.split(":")[0] for block in DEPLOY_VALUES_FILES]
+)
+def test_a_values_file_docs_deploy_shows_renders(block: str, tmp_path: Path) -> None:
+    """Keys the chart has may still hold values its render refuses (a port, a whole number, a backend
+    Triton does not serve): each values file docs/deploy.md shows renders with a real helm, with a
+    reviewer and a model given as the rest of the page says."""
+    from tests.support.helm import render, require_helm
+
+    values_file = tmp_path / "values.yaml"
+    values_file.write_text(block, encoding="utf-8")
+    assert render(require_helm(), files=[values_file])
