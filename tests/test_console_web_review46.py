@@ -1,0 +1,54 @@
+"""Found in review 46 of the console's web routes: a form field sent twice was read as its last copy."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from starlette.testclient import TestClient
+
+from tests.support.console import app_for, build_console, login, one_task
+
+
+@pytest.mark.parametrize("multipart", [False, True], ids=["urlencoded", "multipart"])
+def test_a_decision_field_sent_twice_is_refused_naming_it_and_nothing_is_recorded(
+    tmp_path: Path, multipart: bool
+) -> None:
+    # Before, the framework kept the last copy: a rejection with two reasons was recorded with the second
+    # (200), the first dropped without a word, as two mask files had been.
+    parts, task, client, token = one_task(tmp_path)
+    form = {"decision": "reject", "reject_reason": ["blurry", "wrong_product"]}
+
+    response = client.post(
+        f"/api/tasks/{task.task_id}/decision",
+        data=form,
+        # An empty file part makes the body multipart, as the item page's decision with a mask is.
+        files={"unused": ("unused.bin", b"", "application/octet-stream")} if multipart else None,
+        headers={"X-CSRF-Token": token},
+    )
+
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"] == "reject_reason: sent more than once; send it once"
+    assert parts.tasks.get(task.task_id).state == "claimed"
+    assert parts.tasks.outbox(task.task_id) is None
+
+
+def test_a_login_field_sent_twice_is_refused_naming_it(tmp_path: Path) -> None:
+    # Before, "reviewer=alice&reviewer=bob" logged in (and was throttled) as bob.
+    parts = build_console(tmp_path)
+    client = TestClient(app_for(parts), base_url="http://console.test")
+    page = client.get("/login")
+    nonce = re.search(r'name="login_nonce" value="([^"]+)"', page.text)
+    assert nonce, page.text
+
+    response = client.post(
+        "/login",
+        data={"reviewer": ["alice", "bob"], "password": "bob-password", "login_nonce": nonce.group(1)},
+        follow_redirects=False,
+    )
+
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"] == "reviewer: sent more than once; send it once"
+    assert "skuforge_console" not in response.cookies
+    login(client)  # the form, each field once, still logs in
