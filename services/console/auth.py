@@ -24,6 +24,7 @@ from services.console.security import (
     CSRF_FIELD,
     CSRF_HEADER,
     LOGIN_COOKIE,
+    MAX_NEXT_CHARS,
     MAX_PASSWORD_CHARS,
     SESSION_COOKIE,
     Session,
@@ -282,7 +283,7 @@ def login(
     reviewer: Annotated[str, Form(min_length=1, max_length=64)],
     password: Annotated[str, Form(min_length=1, max_length=MAX_PASSWORD_CHARS)],
     login_nonce: Annotated[str, Form(max_length=64)] = "",
-    next: Annotated[str, Form(max_length=500)] = "/",
+    next: Annotated[str, Form(max_length=MAX_NEXT_CHARS)] = "/",
 ) -> Response:
     if not from_console_origin(request, console):
         raise HTTPException(403, "cross-origin request refused")

@@ -30,6 +30,9 @@ CSRF_HEADER = "x-csrf-token"
 CSRF_FIELD = "csrf_token"
 # Whole (fullmatch): with match, `$` also matched before a final newline, and "/x\n" was a target.
 _SAFE_NEXT = re.compile(r"/(?!/)[A-Za-z0-9/_.?=&%-]*")
+# The longest address the login form carries on (its ``next`` field): a longer one goes to the queue, as
+# the form's POST takes no more (a link of 600 characters led to a login that always answered a 422).
+MAX_NEXT_CHARS = 500
 # The longest password the login form takes: a longer one (plain or hashed) could never log in.
 MAX_PASSWORD_CHARS = 256
 
@@ -288,7 +291,8 @@ def same_origin(origin: str | None, scheme: str, host: str | None) -> bool:
 
 
 def safe_next(target: str | None) -> str:
-    """A local path to go to after login; anything else (other sites, odd characters) goes to '/'."""
-    if target and _SAFE_NEXT.fullmatch(target):
+    """A local path to go to after login; anything else (other sites, odd characters, an address longer
+    than the login form carries, ``MAX_NEXT_CHARS``) goes to '/'."""
+    if target and len(target) <= MAX_NEXT_CHARS and _SAFE_NEXT.fullmatch(target):
         return target
     return "/"
