@@ -1,13 +1,18 @@
-"""Found in review 46 of the console's web routes: a form field sent twice was read as its last copy."""
+"""Found in review 46 of the console's web routes and CLI: a form field sent twice was read as its last
+copy; an address longer than the login form carries made every login a 422; hash-password read stdin in
+the locale's encoding."""
 
 from __future__ import annotations
 
+import io
 import re
 from pathlib import Path
 
 import pytest
 from starlette.testclient import TestClient
 
+from services.console.security import check_password
+from skuforge_cli.main import main as cli_main
 from tests.support.console import app_for, build_console, login, one_task
 
 
@@ -79,3 +84,17 @@ def test_a_page_address_longer_than_the_login_form_takes_still_lets_the_person_l
 
     assert response.status_code == 303, response.text
     assert response.headers["location"] == "/"
+
+
+def test_hash_password_reads_a_piped_password_as_utf8_whatever_the_locale(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Before, stdin was read in the locale's encoding: under a Latin-1 locale the UTF-8 "café-pass" was
+    # hashed as "cafÃ©-pass", and the reviewer, whose browser sends UTF-8, could never log in.
+    stdin = io.TextIOWrapper(io.BytesIO("café-pass\n".encode()), encoding="latin-1")
+    monkeypatch.setattr("sys.stdin", stdin)
+
+    assert cli_main(["console", "hash-password"]) == 0
+
+    entry = capsys.readouterr().out.strip()
+    assert check_password({"alice": entry}, "alice", "café-pass")

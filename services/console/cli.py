@@ -342,6 +342,17 @@ def _each_decision(
     return 1 if failed else 0
 
 
+def _first_line_of_stdin() -> str:
+    """The first line piped in, read as UTF-8 (the login form sends the password so) whatever the
+    locale: under a Latin-1 locale, stdin read "café" sent as UTF-8 as "cafÃ©", and the hash of that
+    never matched the login form's password. A stream without bytes under it is read as text."""
+    raw = getattr(sys.stdin, "buffer", None)
+    if raw is None:
+        return sys.stdin.readline()
+    line: bytes = raw.readline()
+    return line.decode("utf-8")  # UnicodeDecodeError: refused by the caller, as not UTF-8
+
+
 def _hash_password() -> int:
     """``skuforge console hash-password``: the password's ``scrypt:`` entry on stdout."""
     try:
@@ -351,7 +362,7 @@ def _hash_password() -> int:
                 print("skuforge console hash-password: the two passwords differ", file=sys.stderr)
                 return 2
         else:
-            password = sys.stdin.readline().removesuffix("\n").removesuffix("\r")
+            password = _first_line_of_stdin().removesuffix("\n").removesuffix("\r")
         password.encode("utf-8")  # stdin read with surrogateescape keeps bad bytes as lone surrogates
     except UnicodeError:
         # A password in another encoding (Latin-1) was a traceback; the login form sends UTF-8 only.
