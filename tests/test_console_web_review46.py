@@ -5,6 +5,7 @@ the locale's encoding."""
 from __future__ import annotations
 
 import io
+import json
 import re
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from starlette.testclient import TestClient
 
 from services.console.security import check_password
 from skuforge_cli.main import main as cli_main
-from tests.support.console import app_for, build_console, login, one_task
+from tests.support.console import app_for, build_console, decided, login, one_task, use_cli_on
 
 
 @pytest.mark.parametrize("multipart", [False, True], ids=["urlencoded", "multipart"])
@@ -98,3 +99,23 @@ def test_hash_password_reads_a_piped_password_as_utf8_whatever_the_locale(
 
     entry = capsys.readouterr().out.strip()
     assert check_password({"alice": entry}, "alice", "café-pass")
+
+
+def test_resend_of_a_task_named_twice_resends_it_once_and_reports_no_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Before, the second naming found the decision already given back and said "was not refused: it
+    # waits to be sent", and resend exited 1 (a script read it as failed) for a decision it had resent.
+    parts = build_console(tmp_path)
+    [task_id] = decided(parts, 1)
+    [event] = parts.tasks.unsent(limit=10)
+    parts.tasks.mark_refused(event.event_id, "the record is larger than max.message.bytes")
+    use_cli_on(parts, monkeypatch)
+
+    assert cli_main(["console", "resend", task_id, task_id]) == 0
+
+    captured = capsys.readouterr()
+    assert "skuforge console resend:" not in captured.err
+    lines = [json.loads(line) for line in captured.out.splitlines()]
+    assert lines[-1] == {"resent": 1, "not_resent": 0}
+    assert [line["task_id"] for line in lines[:-1]] == [task_id]

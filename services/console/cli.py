@@ -323,8 +323,12 @@ def _each_decision(
     act: Callable[[str], str], task_ids: list[str], command: str, names: tuple[str, str, str]
 ) -> int:
     """``act`` on each task's decision: a JSON line per one it took (``names[0]``: what ``act`` returned),
-    the reason on stderr for each it did not, and the counts of both (``names[1]``, ``names[2]``)."""
+    the reason on stderr for each it did not, and the counts of both (``names[1]``, ``names[2]``).
+
+    A task named twice is acted on once: its second naming found the decision resent already ("was not
+    refused: it waits to be sent"), and the command exited 1 for a decision it had resent."""
     said, done, not_done = names
+    task_ids = list(dict.fromkeys(task_ids))
     failed = 0
     for task_id in task_ids:
         try:
