@@ -14,7 +14,7 @@ from starlette.testclient import TestClient
 
 from services.console.security import check_password
 from skuforge_cli.main import main as cli_main
-from tests.support.console import app_for, build_console, decided, login, one_task, use_cli_on
+from tests.support.console import app_for, build_console, decided, login, one_task, use_cli_on, with_flagged
 
 
 @pytest.mark.parametrize("multipart", [False, True], ids=["urlencoded", "multipart"])
@@ -119,3 +119,19 @@ def test_resend_of_a_task_named_twice_resends_it_once_and_reports_no_failure(
     lines = [json.loads(line) for line in captured.out.splitlines()]
     assert lines[-1] == {"resent": 1, "not_resent": 0}
     assert [line["task_id"] for line in lines[:-1]] == [task_id]
+
+
+def test_export_to_a_folder_that_does_not_exist_names_the_file_asked_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Before, the error named the temporary file written first (".o.json.<pid>.partial"), a file the
+    # person never named, so the message read as if something else had failed.
+    parts = with_flagged(build_console(tmp_path), 1)
+    use_cli_on(parts, monkeypatch)
+    out = tmp_path / "no-such-folder" / "tasks.json"
+
+    assert cli_main(["console", "export-labelstudio", "--out", str(out)]) == 2
+
+    err = capsys.readouterr().err
+    assert f"cannot write {out}: No such file or directory" in err and ".partial" not in err, err
+    assert not out.parent.exists()

@@ -20,6 +20,7 @@ what counts), 2 when nothing could be read or written.
 
 from __future__ import annotations
 
+import errno
 import getpass
 import json
 import os
@@ -212,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             _write_all(files)
         except OSError as exc:
-            print(f"skuforge console export-labelstudio: cannot write: {exc}", file=sys.stderr)
+            print(f"skuforge console export-labelstudio: cannot write {exc.strerror or exc}", file=sys.stderr)
             return 2
         for skip in exported.skipped:
             print(f"skipped {skip.task_id}: {escape_control_characters(skip.detail)}", file=sys.stderr)
@@ -263,13 +264,17 @@ def _write_all(files: dict[Path, str]) -> None:
     all renamed into place. Before, the config was written first and stayed when --out then failed."""
     for path in files:
         if path.is_dir():
-            raise IsADirectoryError(f"{path} is a folder; name the file to write")
+            raise IsADirectoryError(errno.EISDIR, f"{path}: is a folder; name the file to write")
     staged: list[tuple[Path, Path]] = []
     try:
         for path, text in files.items():
             partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
             staged.append((partial, path))
-            partial.write_text(text)
+            try:
+                partial.write_text(text)
+            except OSError as exc:
+                # Named as asked: the error named the temporary (".tasks.json.<pid>.partial").
+                raise OSError(exc.errno, f"{path}: {exc.strerror or exc}") from exc
         for partial, path in staged:
             partial.replace(path)
     finally:
