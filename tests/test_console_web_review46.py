@@ -135,3 +135,27 @@ def test_export_to_a_folder_that_does_not_exist_names_the_file_asked_for(
     err = capsys.readouterr().err
     assert f"cannot write {out}: No such file or directory" in err and ".partial" not in err, err
     assert not out.parent.exists()
+
+
+@pytest.mark.parametrize(("charset", "text"), [("utf-16", b"ab"), ("utf-32", b"a\0\0\0")])
+def test_a_form_in_a_charset_read_without_a_byte_order_mark_is_a_4xx_not_a_500(
+    tmp_path: Path, charset: str, text: bytes
+) -> None:
+    # Before, the form-text check decoded each part with Python's incremental decoder, which, unlike the
+    # framework's bytes.decode, raises UnicodeError (not UnicodeDecodeError) for UTF-16 or UTF-32 text
+    # without a byte-order mark: the claim form answered a bare 500, the decision a 400 that said nothing.
+    parts, task, client, token = one_task(tmp_path, claimed=False)
+    # Text of that charset (one character), without the byte-order mark its decoder looks for.
+    body = b'--x\r\nContent-Disposition: form-data; name="csrf_token"\r\n\r\n' + text + b"\r\n--x--\r\n"
+    headers = {"Content-Type": f"multipart/form-data; boundary=x; charset={charset}"}
+
+    claim = client.post(f"/tasks/{task.task_id}/claim", content=body, headers=headers, follow_redirects=False)
+    decision = client.post(
+        f"/api/tasks/{task.task_id}/decision", content=body, headers={**headers, "X-CSRF-Token": token}
+    )
+
+    # The framework reads the part's name in that charset too: no csrf_token, no decision was sent.
+    assert claim.status_code == 403, claim.text
+    assert decision.status_code == 422, decision.text
+    assert decision.json()["detail"][0]["loc"] == ["body", "decision"]
+    assert parts.tasks.get(task.task_id).state == "pending"

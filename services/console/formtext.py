@@ -120,10 +120,13 @@ class _TextParts(_FormBody):
         self._header: tuple[bytes, bytes] = (b"", b"")
         self._disposition = b""
         self._field = ""
-        self._decoder: codecs.IncrementalDecoder | None = None  # None: a file part, not checked
+        # A text part's bytes, decoded whole at its end as the framework decodes them (bytes.decode):
+        # an incremental decoder raised UnicodeError, not UnicodeDecodeError, for UTF-16 or UTF-32 text
+        # without a byte-order mark, which bytes.decode reads: a 500. None: a file part, not checked.
+        self._text: bytearray | None = None
 
     def _part_begin(self) -> None:
-        self._header, self._disposition, self._decoder = (b"", b""), b"", None
+        self._header, self._disposition, self._text = (b"", b""), b"", None
 
     def _header_field(self, data: bytes, start: int, end: int) -> None:
         self._header = (self._header[0] + data[start:end], self._header[1])
@@ -142,20 +145,18 @@ class _TextParts(_FormBody):
         self._field = options.get(b"name", b"").decode(self.charset or "latin-1", "replace")
         if b"filename" not in options:
             self._once(self._field)
-            self._decoder = codecs.getincrementaldecoder(self.charset or "ascii")("strict")
+            self._text = bytearray()
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
-        self._decode(data[start:end], final=False)
+        if self._text is not None:
+            self._text += data[start:end]  # the body is capped before it gets here (auth.limit_bodies)
 
     def _part_end(self) -> None:
-        self._decode(b"", final=True)
-
-    def _decode(self, data: bytes, *, final: bool) -> None:
-        if self._decoder is None:
+        if self._text is None:
             return
         try:
-            self._decoder.decode(data, final)
-        except UnicodeDecodeError:
+            bytes(self._text).decode(self.charset or "ascii")
+        except UnicodeError:
             raise HTTPException(422, self._refusal()) from None
 
     def _refusal(self) -> str:
