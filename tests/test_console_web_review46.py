@@ -159,3 +159,20 @@ def test_a_form_in_a_charset_read_without_a_byte_order_mark_is_a_4xx_not_a_500(
     assert decision.status_code == 422, decision.text
     assert decision.json()["detail"][0]["loc"] == ["body", "decision"]
     assert parts.tasks.get(task.task_id).state == "pending"
+
+
+@pytest.mark.parametrize("referer", ["http://[", "http://[::1/tasks"])
+def test_a_form_posted_without_a_session_and_a_malformed_referer_goes_to_the_login_form(
+    tmp_path: Path, referer: str
+) -> None:
+    # Before, the login gate read the Referer (to come back to the page after the login) with urlsplit,
+    # which raises on an unclosed IPv6 bracket: a bare 500 for any client that sent one.
+    parts = build_console(tmp_path)
+    client = TestClient(app_for(parts), base_url="http://console.test")
+
+    response = client.post(
+        "/claim-next", headers={"Accept": "text/html", "Referer": referer}, follow_redirects=False
+    )
+
+    assert response.status_code == 303, response.text
+    assert response.headers["location"] == "/login?error=expired&next=%2F"

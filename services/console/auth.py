@@ -97,8 +97,11 @@ def login_required(request: Request, console: Console) -> StarletteResponse:
 
 def page_posted_from(request: Request, console: Console) -> str:
     """The console page a form was posted from: its ``Referer`` if that is of the console's own origin
-    (the console sends same-origin referrers), else the queue."""
-    referer = urlsplit(request.headers.get("referer", ""))
+    (the console sends same-origin referrers), else the queue, also for a Referer that is no URL."""
+    try:
+        referer = urlsplit(request.headers.get("referer", ""))
+    except ValueError:  # an unclosed IPv6 bracket ("http://["): a 500 before
+        return "/"
     if not referer.scheme or not is_console_origin(f"{referer.scheme}://{referer.netloc}", request, console):
         return "/"
     return referer.path + (f"?{referer.query}" if referer.query else "")
