@@ -176,3 +176,22 @@ def test_a_form_posted_without_a_session_and_a_malformed_referer_goes_to_the_log
 
     assert response.status_code == 303, response.text
     assert response.headers["location"] == "/login?error=expired&next=%2F"
+
+
+def test_a_refused_export_option_shows_the_export_commands_usage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Before, a bad --image-url was refused under the usage of `skuforge console` (its list of
+    # subcommands), prefixed "skuforge console: error:", so the person saw none of the export's options.
+    parts = build_console(tmp_path)
+    use_cli_on(parts, monkeypatch)
+
+    with pytest.raises(SystemExit) as refused:
+        cli_main(
+            ["console", "export-labelstudio", "--out", str(tmp_path / "t.json"), "--image-url", "x/{nope}"]
+        )
+
+    err = capsys.readouterr().err
+    assert refused.value.code == 2
+    assert err.startswith("usage: skuforge console export-labelstudio"), err
+    assert "skuforge console export-labelstudio: error: --image-url: " in err

@@ -154,9 +154,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             check_image_url(args.image_url)
         except ValueError as exc:
-            parser.error(f"--image-url: {exc}")  # exits with status 2, before anything is opened
+            export.error(f"--image-url: {exc}")  # exits with status 2, before anything is opened
         if args.config_out and args.config_out.resolve() == args.out.resolve():
-            parser.error(f"--config-out {args.config_out}: the same file as --out; name another")
+            export.error(f"--config-out {args.config_out}: the same file as --out; name another")
 
     settings = load_settings()
     console = load_settings(ConsoleSettings)
