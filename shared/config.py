@@ -18,7 +18,14 @@ from typing import Annotated, Any, Literal, NamedTuple, TypeVar, Union, get_args
 from urllib.parse import urlsplit
 
 import annotated_types
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError, PydanticUseDefault
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
@@ -240,6 +247,24 @@ class Settings(BaseSettings):
             if not is_host_port(entry.strip()):
                 raise ValueError(f"{entry.strip()!r} is not host:port (a port from 1 to 65535)")
         return value
+
+    @field_validator("min_photo_side_px", mode="wrap")
+    @classmethod
+    def _min_side_fits_the_working_size(cls, value: object, handler: ValidatorFunctionWrapHandler) -> int:
+        # The bound stays on the Field (the README's table and the chart read it); its refusal said
+        # only "less than or equal to 2048", not why 2048.
+        try:
+            side_px: int = handler(value)
+        except ValidationError as exc:
+            if any(error["type"] == "less_than_equal" for error in exc.errors()):
+                raise PydanticCustomError(
+                    "less_than_equal",
+                    "must be at most {le}: the captioner brings a photo's longer side to {le} px, so no "
+                    "photo's shorter side is longer there, and every photo would be refused",
+                    {"le": WORKING_SIDE_PX},
+                ) from None
+            raise
+        return side_px
 
     @field_validator("group_lag_interval_s")
     @classmethod
