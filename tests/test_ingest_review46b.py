@@ -1,11 +1,36 @@
-"""Refusals that named the fault but not what to do: a smallest photo side past the captioner's size."""
+"""Refusals that named the fault but not what to do: a file given where ingest reads a folder, a
+smallest photo side past the captioner's size."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
 from shared.config import ConfigError, load_settings
 from shared.photos import WORKING_SIDE_PX
+from skuforge_cli.main import main as cli_main
+from tests.support.bus import file_store_uri
+
+
+@pytest.mark.parametrize("name", ["A/notes.txt", "A/photo.gif", "A/readme"])
+def test_any_other_file_given_as_the_path_is_told_to_give_the_skus_folder(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    name: str,
+) -> None:
+    """A .txt, a .gif or any other file given as the path was told only "not a directory"."""
+    folder = tmp_path / "A"
+    folder.mkdir()
+    (tmp_path / name).write_bytes(b"x")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SKUFORGE_STORE_URI", file_store_uri(tmp_path / "store"))
+    monkeypatch.setenv("SKUFORGE_KAFKA_BOOTSTRAP", "localhost:1")
+    assert cli_main(["ingest", name]) == 2
+    err = capsys.readouterr().err
+    assert f"{name}: not a directory; it is a file: ingest reads SKU folders" in err
+    assert "give the SKU's folder" in err and "Traceback" not in err
 
 
 def test_a_smallest_photo_side_past_the_working_size_says_why(monkeypatch: pytest.MonkeyPatch) -> None:

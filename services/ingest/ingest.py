@@ -270,6 +270,11 @@ def not_a_folder_hint(path: Path) -> str:
         return (
             "; it is a photo: ingest reads SKU folders (photos and a metadata.json): give the folder it is in"
         )
+    if path.is_file():  # a .txt, a GIF, a file without an extension: told only "not a directory"
+        return (
+            "; it is a file: ingest reads SKU folders (photos and a metadata.json): give the SKU's folder, "
+            "or the folder that holds SKU folders"
+        )
     return ""
 
 
