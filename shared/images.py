@@ -52,6 +52,7 @@ import struct
 import warnings
 import zlib
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import PurePosixPath
 from typing import Any, Literal
 
 import numpy as np
@@ -306,6 +307,18 @@ def _composited(image: Image.Image, *, background: int, alpha: UInt8Array | None
         return blended[..., 0] if blended.shape[2] == 1 else blended
 
     return _converted(image, blend)
+
+
+def format_named_otherwise(name: str, data: bytes) -> str | None:
+    """The format ``data`` holds (Pillow's name: "GIF") when the extension of the file ``name`` says
+    another (a GIF saved as photo.jpg); None when they agree, or when either says nothing known."""
+    said = Image.registered_extensions().get(PurePosixPath(name).suffix.lower())
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            held = _FORMAT_ALIASES.get(image.format or "", image.format or "")
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError):
+        return None
+    return held if said is not None and held and held != _FORMAT_ALIASES.get(said, said) else None
 
 
 def refuse_oversized(size_bytes: int, max_bytes: int) -> None:
@@ -720,8 +733,11 @@ def _open_and_load_file(
     allowed = {name.upper() for name in allowed_formats}
     if image_format not in allowed:
         _refuse_heif(data, what)
+        # Said what would be read: "format GIF is not one of [...]" left its owner to guess.
+        export = "export it as JPEG or PNG" if what == "photo" else "export it as PNG"
         raise ImageRejected(
-            "format_not_allowed", f"format {image.format or 'unknown'} is not one of {sorted(allowed)}"
+            "format_not_allowed",
+            f"format {image.format or 'unknown'} is not one of {sorted(allowed)}: {export}",
         )
 
     if image_format == "TIFF":

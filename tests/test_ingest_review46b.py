@@ -1,16 +1,56 @@
-"""Refusals that named the fault but not what to do: a file given where ingest reads a folder, a
-smallest photo side past the captioner's size."""
+"""Refusals that named the fault but not what to do: a photo in a format ingest does not read under a
+.jpg name, a file given where ingest reads a folder, a smallest photo side past the captioner's size."""
 
 from __future__ import annotations
 
+import io
+import json
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
+from services.ingest.ingest import IngestError, prepare_all
 from shared.config import ConfigError, load_settings
+from shared.errors import ImageRejected
+from shared.images import decode_image, decode_mask
 from shared.photos import WORKING_SIDE_PX
 from skuforge_cli.main import main as cli_main
 from tests.support.bus import file_store_uri
+
+
+def _gif() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (96, 96), (200, 30, 30)).save(out, "GIF")
+    return out.getvalue()
+
+
+def test_a_format_left_out_says_what_to_export_it_as() -> None:
+    """A GIF was refused as "format GIF is not one of [...]": nothing said what would be read."""
+    with pytest.raises(ImageRejected) as photo:
+        decode_image(_gif())
+    assert photo.value.reason == "format_not_allowed"
+    assert "format GIF" in str(photo.value) and "export it as JPEG or PNG" in str(photo.value)
+    with pytest.raises(ImageRejected) as mask:
+        decode_mask(_gif())
+    assert "export it as PNG" in str(mask.value) and "JPEG" not in str(mask.value).split(":", 2)[-1]
+
+
+def test_a_gif_named_jpg_in_a_sku_folder_is_told_its_name_does_not_match_its_content(tmp_path: Path) -> None:
+    """A GIF saved as photo.jpg: "format GIF is not one of [...]" left its owner looking at a .jpg,
+    not knowing the name lies about what the file holds."""
+    folder = tmp_path / "A"
+    folder.mkdir()
+    (folder / "metadata.json").write_text(
+        json.dumps({"sku_id": "A-1", "name": "Oat drink", "category": "carton"})
+    )
+    (folder / "photo.jpg").write_bytes(_gif())
+    Image.new("RGB", (96, 96), (10, 40, 80)).save(folder / "other.png")
+    with pytest.raises(IngestError) as refused:
+        prepare_all(tmp_path, load_settings())
+    [said] = [line for line in str(refused.value).splitlines() if "photo.jpg" in line]
+    assert "format GIF" in said and "export it as JPEG or PNG" in said
+    assert "its name ends in .jpg, but it holds a GIF" in said
 
 
 @pytest.mark.parametrize("name", ["A/notes.txt", "A/photo.gif", "A/readme"])

@@ -104,7 +104,14 @@ from shared.bus import Publisher, RecordRefused, listed_topics
 from shared.config import ConfigError, Settings, load_settings
 from shared.errors import BadInput, ImageRejected, TransientError
 from shared.evaluation.leakage import NEAR_DUPLICATE_MAX_BITS, bits_apart, image_variant_hashes
-from shared.images import encode_png, file_size_px, frame_count, photo_and_transparency, refuse_oversized
+from shared.images import (
+    encode_png,
+    file_size_px,
+    format_named_otherwise,
+    frame_count,
+    photo_and_transparency,
+    refuse_oversized,
+)
 from shared.observability import escape_control_characters, escape_control_characters_within
 from shared.photos import (
     HEIC_ADVICE,
@@ -538,6 +545,7 @@ def prepare_sku(folder: Path, settings: Settings) -> tuple[PreparedSku | None, l
     # let go, never held. The limit counts distinct pictures: a copy of one adds nothing (it was
     # counted, and a folder of 10 photos and one copy was refused).
     for file in files:
+        data = b""  # not the previous file's, for a file refused before it is read
         try:
             # Refuse an oversized file by its size, before reading gigabytes into memory.
             refuse_oversized(file.stat().st_size, settings.max_image_bytes)
@@ -566,7 +574,7 @@ def prepare_sku(folder: Path, settings: Settings) -> tuple[PreparedSku | None, l
                     setting="SKUFORGE_MAX_IMAGE_BYTES",
                 )
         except ImageRejected as exc:
-            problems.append(f"{file}: refused ({exc})")
+            problems.append(f"{file}: refused ({exc}){_misnamed_format(file, data, exc)}")
             continue
         except OSError as exc:
             problems.append(f"{file}: cannot be read ({exc.strerror or exc})")
@@ -643,6 +651,13 @@ def _looked_like(
         if apart[nearest] <= NEAR_DUPLICATE_MAX_BITS:
             return file, nearest
     return None
+
+
+def _misnamed_format(file: Path, data: bytes, refusal: ImageRejected) -> str:
+    """A note for a photo refused for its format whose name says another: a GIF saved as photo.jpg
+    was told "format GIF is not one of [...]", its owner looking at a .jpg."""
+    held = format_named_otherwise(file.name, data) if refusal.reason == "format_not_allowed" else None
+    return f"; its name ends in {file.suffix}, but it holds a {held}" if held else ""
 
 
 def _outline_of_a_copy(photo_id: str, has_outline: bool, photos: list[PreparedPhoto]) -> bool:
