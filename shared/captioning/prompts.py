@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from schemas.common import SkuMetadata
-from schemas.events import MAX_PHRASE_CHARS
+from schemas.events import MAX_CAPTION_CHARS, MAX_PHRASE_CHARS
 from shared.captioning.attributes import ShapeName
 
 __all__ = [
@@ -456,8 +456,9 @@ def merge_sentence(caption: str, sentence: str, colours: Sequence[str], shape: s
     "of" for loose produce; not before a tool: "a bottle opener"): the attribute captioner is
     authoritative for both. An article before a
     word dropped or replaced is redone for the word now after it; the model's others stay. What is
-    left (scene, objects, text the model read) is appended after a comma. An empty sentence, or one
-    left with only glue words, adds nothing.
+    left (scene, objects, text the model read) is appended after a comma, cut at a word where the two
+    together would pass ``MAX_CAPTION_CHARS``. An empty sentence, or one left with only glue words,
+    adds nothing.
     """
     measured = {colour.lower() for colour in colours}
     words = _sentence_words(sentence, measured)
@@ -509,4 +510,8 @@ def merge_sentence(caption: str, sentence: str, colours: Sequence[str], shape: s
             kept[index] = article(kept[index + 1])
     if not set(kept) - {"a", "an", "the", "of", "with", "and", "on", "in", "photo", "picture"}:
         return caption
-    return f"{caption}, {' '.join(kept)}"
+    # Long metadata and a long sentence together passed the event's caption limit, and the captioner's
+    # event broke its own contract: the sentence is cut at a word to fit (captions that fit are unchanged).
+    room = MAX_CAPTION_CHARS - len(caption) - len(", ")
+    added = _cut_at_word(" ".join(kept), room) if room > 0 else ""
+    return f"{caption}, {added}" if added else caption
