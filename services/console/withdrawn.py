@@ -65,29 +65,39 @@ class WithdrawalSweep:
             sku_id: photo_ids - withdrawn.get(sku_id, set())  # withdrawn again: closed above
             for sku_id, photo_ids in lifted.items()
         }
-        closed += self._close_put_back({sku_id: ids for sku_id, ids in put_back.items() if ids})
-        if closed:
-            if self._metrics:
-                self._metrics.withdrawn.inc(len(closed))
-            log.info("closed tasks of withdrawn photos", extra={"tasks": len(closed)})
+        try:
+            self._close_put_back({sku_id: ids for sku_id, ids in put_back.items() if ids}, closed)
+        finally:
+            # Closed already, whatever the rest met: raised past, they were never counted nor logged.
+            if closed:
+                if self._metrics:
+                    self._metrics.withdrawn.inc(len(closed))
+                log.info("closed tasks of withdrawn photos", extra={"tasks": len(closed)})
         return closed
 
-    def _close_put_back(self, put_back: dict[str, set[str]]) -> list[str]:
+    def _close_put_back(self, put_back: dict[str, set[str]], closed: list[str]) -> None:
         """Close the waiting tasks of photos put back (SKU id → photo ids) whose items the trainstore
-        withdrew with them; returns their ids."""
+        withdrew with them, adding their ids to ``closed`` as they close."""
         waiting = self._tasks.waiting_of_photos(put_back) if put_back else []
-        withdrawn_at: dict[tuple[str, str], str] = {}
+        withdrawn_at: dict[tuple[str, str], str | None] = {}
         to_look_at: dict[str, list[tuple[PhotoTask, str]]] = {}
         for task in waiting:
             photo = (task.sku_id, task.photo_id)
             if photo not in withdrawn_at:
-                withdrawn_at[photo] = self._withdrawals.lifted_at(*photo)
-            if (task.task_id, withdrawn_at[photo]) not in self._looked_at:
-                to_look_at.setdefault(task.sku_id, []).append((task, withdrawn_at[photo]))
+                try:
+                    withdrawn_at[photo] = self._withdrawals.lifted_at(*photo)
+                except Exception as exc:  # the store away a moment: looked at again at the next sweep
+                    log.warning(
+                        "could not read the record of a photo put back; will retry",
+                        extra={"sku_id": task.sku_id, "photo_id": task.photo_id, "error": str(exc)},
+                    )
+                    withdrawn_at[photo] = None
+            at = withdrawn_at[photo]
+            if at is not None and (task.task_id, at) not in self._looked_at:
+                to_look_at.setdefault(task.sku_id, []).append((task, at))
         # Forget the tasks that no longer wait (closed, decided) or whose photo was withdrawn again.
         still_waiting = {task.task_id for task in waiting}
         self._looked_at = {seen for seen in self._looked_at if seen[0] in still_waiting}
-        closed: list[str] = []
         for sku_id, tasks in sorted(to_look_at.items()):
             try:
                 rows = self._withdrawals.manifests.read_sku(sku_id)
@@ -103,9 +113,8 @@ class WithdrawalSweep:
                 for task, _ in tasks
                 if (row := rows.get(task.item_id)) is not None and row.status == "withdrawn"
             ]
-            closed += self._tasks.withdraw_put_back(withdrawn)
+            closed.extend(self._tasks.withdraw_put_back(withdrawn))
             self._looked_at.update((task.task_id, at) for task, at in tasks)
-        return closed
 
     def _loop(self) -> None:
         while not self._stop.is_set():
