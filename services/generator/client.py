@@ -490,19 +490,26 @@ class TritonGenerator:
             raise GeneratorUnavailable(*_explain(status, message, self.url, backend)) from exc
         except (OSError, HTTPException) as exc:
             raise self._transport_failure(exc, backend) from exc
-        error = _text(response.as_numpy("error"))
-        if error.startswith(BACKEND_UNAVAILABLE_PREFIX):
-            # Its registry or store was away: retried like Triton being away, never dead-lettered.
-            raise GeneratorUnavailable(
-                f"{model_name(backend)} cannot serve variant seed {variant.seed} now: {error}", "unavailable"
-            )
-        if error.startswith(BACKEND_ERROR_PREFIX):
-            # Not a refusal of the input and not Triton being away: the stage retries it as a handler
-            # error a few times (SKUFORGE_HANDLER_MAX_ATTEMPTS), then dead-letters it (replayable).
-            raise GeneratorFailed(f"{model_name(backend)} failed on variant seed {variant.seed}: {error}")
-        if error:
-            return refusal(error, f"{model_name(backend)} refused variant seed {variant.seed}")
-        return variant_result(response, variant, model_name(backend))
+        return read_answer(response, variant, model_name(backend))
+
+
+def read_answer(response: Any, variant: VariantRequest, model: str) -> VariantResult | BadInput:
+    """What ``model``'s Triton ``response`` (``as_numpy`` by output name) to ``variant`` says: the variant
+    drawn, or the backend's refusal; ``GeneratorUnavailable`` when its backend could not serve it now,
+    ``GeneratorFailed`` when it failed on it or answered what skuforge cannot read."""
+    error = _text(response, "error", model, variant)
+    if error.startswith(BACKEND_UNAVAILABLE_PREFIX):
+        # Its registry or store was away: retried like Triton being away, never dead-lettered.
+        raise GeneratorUnavailable(
+            f"{model} cannot serve variant seed {variant.seed} now: {error}", "unavailable"
+        )
+    if error.startswith(BACKEND_ERROR_PREFIX):
+        # Not a refusal of the input and not Triton being away: the stage retries it as a handler
+        # error a few times (SKUFORGE_HANDLER_MAX_ATTEMPTS), then dead-letters it (replayable).
+        raise GeneratorFailed(f"{model} failed on variant seed {variant.seed}: {error}")
+    if error:
+        return refusal(error, f"{model} refused variant seed {variant.seed}")
+    return variant_result(response, variant, model)
 
 
 def variant_result(response: Any, variant: VariantRequest, model: str) -> VariantResult:
@@ -527,7 +534,7 @@ def variant_result(response: Any, variant: VariantRequest, model: str) -> Varian
             f"a mask of {shapes[1]} ({dtypes[1]}); asked for size {size}, it must answer 1x{size}x{size}x3 "
             f"and 1x{size}x{size} uint8"
         )
-    parameters_json = _text(response.as_numpy("parameters_used")) or "{}"
+    parameters_json = _text(response, "parameters_used", model, variant) or "{}"
     try:
         # JSON's rules, as the server writes them (allow_nan=False): the stage announces them as an object.
         parameters = loads_json(parameters_json)
@@ -545,8 +552,8 @@ def variant_result(response: Any, variant: VariantRequest, model: str) -> Varian
         image=image[0],
         expected_mask=mask[0],
         parameters_json=parameters_json,
-        adapter_id=_text(response.as_numpy("adapter_used")) or None,
-        model_id=_text(response.as_numpy("model_id")),
+        adapter_id=_text(response, "adapter_used", model, variant) or None,
+        model_id=_text(response, "model_id", model, variant),
     )
 
 
@@ -631,8 +638,25 @@ def refusal(error: str, what: str) -> BadInput:
     return BadInput("generation_refused", f"{what}: {error}")
 
 
-def _text(column: np.ndarray | None) -> str:
+def _text(response: Any, output: str, model: str, variant: VariantRequest) -> str:
+    """The text in ``output`` of ``response`` ("" when the answer has no such output); ``GeneratorFailed``
+    when it holds no text (no element, bytes that are no UTF-8). Another server may answer so: it raised
+    a bare IndexError / UnicodeDecodeError, not counted as Triton's error, its letter naming neither."""
+    column = response.as_numpy(output)
     if column is None:
         return ""
+    if column.size == 0:
+        raise GeneratorFailed(
+            f"{model} answered variant seed {variant.seed} with an empty {output} "
+            f"({'x'.join(map(str, column.shape))}); it must hold one text"
+        )
     value = column.reshape(-1)[0]
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+    if not isinstance(value, bytes):
+        return str(value)
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise GeneratorFailed(
+            f"{model} answered variant seed {variant.seed} with an {output} that is no UTF-8 text "
+            f"({exc.reason} at byte {exc.start}): {value[:200]!r}"
+        ) from None
