@@ -617,10 +617,17 @@ def _replay(
     if dry_run:
         # A dry run reads the originals too (one at a time): it said "would replay 2" of which one
         # could not be sent.
+        sendable = 0
         with contextlib.closing(_originals(settings, store, groups)) as originals:
             for members, original in originals:
                 if isinstance(original, str):
                     report.unreadable.extend((member, original) for member in members)
+                else:
+                    sendable += 1
+        if sendable:
+            # As the replay checks it: a dry run said "would replay 2" to a topic deleted since, exit 0,
+            # and the replay it vouched for failed.
+            _check_original_topic(settings, dead)
         return _without_unreadable(report)
     records = len(groups)  # to send; less those whose original cannot be read (``unsendable``)
     producer: KafkaProducer | None = None
@@ -648,11 +655,7 @@ def _replay(
                     continue
                 key, value = original
                 if producer is None:  # the first original that can be sent
-                    if dead.original_topic not in _list_topics(settings):
-                        raise DlqError(
-                            f"cannot replay: original topic {dead.original_topic} does not exist; "
-                            "create it first"
-                        )
+                    _check_original_topic(settings, dead)
                     producer = make_producer(settings, client_id="skuforge-dlq-replay")
                 if lock is not None:
                     # Right before the send: another replay may have taken this one's lock over.
@@ -774,6 +777,12 @@ def _originals(
             except OriginalUnreadable as exc:
                 original = str(exc)
         yield members, original
+
+
+def _check_original_topic(settings: Settings, dead: DeadLetterTopic) -> None:
+    """``DlqError`` unless ``dead``'s original topic exists (the producer would wait for its metadata)."""
+    if dead.original_topic not in _list_topics(settings):
+        raise DlqError(f"cannot replay: original topic {dead.original_topic} does not exist; create it first")
 
 
 def _without_unreadable(report: ReplayReport) -> ReplayReport:

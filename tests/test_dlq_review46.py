@@ -1,0 +1,48 @@
+"""`skuforge dlq replay` on the real broker, reviewed again: a dry run whose original topic is gone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from schemas.topics import SKU_INGESTED
+from shared.bus import create_topic_names
+from shared.config import Settings
+from skuforge_cli.dlq import main as dlq_main
+from tests.support.bus import create_topics, file_store_uri, isolated_settings, record_count
+from tests.support.dlq import small_letters
+
+pytestmark = pytest.mark.kafka
+
+
+def _replay(capsys: pytest.CaptureFixture[str], settings: Settings, *argv: str) -> tuple[int, str, str]:
+    code = dlq_main(["replay", settings.topic_name(SKU_INGESTED), *argv], settings=settings)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_a_dry_run_says_the_original_topic_does_not_exist_as_the_replay_does(
+    kafka_bootstrap: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A DLQ whose original topic was deleted (or never created here): the dry run said "would replay 2
+    dead letters ... to sku.ingested.v1" and exited 0, and the replay it vouched for then failed
+    ("does not exist; create it first"). It now says so, and exits 1, as the replay does; once the topic
+    is there, both go through."""
+    settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path))
+    create_topic_names(settings, [settings.dlq_name(SKU_INGESTED)], partitions=1)
+    small_letters(settings, 2)
+    topic = settings.topic_name(SKU_INGESTED)
+
+    for argv in (["--dry-run"], []):
+        code, out, err = _replay(capsys, settings, *argv)
+        assert code == 1, (argv, out, err)
+        assert f"original topic {topic} does not exist; create it first" in err, (argv, err)
+        assert "would replay" not in out, out
+
+    create_topics(settings, SKU_INGESTED, partitions=1)
+    code, out, _ = _replay(capsys, settings, "--dry-run")
+    assert code == 0 and "would replay 2 dead letters" in out, out
+    code, out, _ = _replay(capsys, settings)
+    assert code == 0 and "replayed 2 dead letters" in out, out
+    assert record_count(kafka_bootstrap, topic) == 2
