@@ -326,6 +326,18 @@ def producer_stopped_for_good(producer: KafkaProducer) -> bool:
     return bool(manager is not None and manager.has_fatal_error())
 
 
+def producer_stopped_by_a_record(producer: KafkaProducer) -> bool:
+    """Whether ``producer`` stopped for good (``producer_stopped_for_good``) because the broker refused a
+    record of it (``RECORD_REFUSALS``), not the producer itself (an ACL): the sends that failed after
+    it may go with a new producer. Its futures do not say: a batch split to find the refused record
+    fails them with "Future not done"."""
+    if not producer_stopped_for_good(producer):
+        return False
+    error = producer._transaction_manager.last_error
+    kind = error if isinstance(error, type) else type(error)
+    return issubclass(kind, RECORD_REFUSALS)
+
+
 def close_stopped_producer(
     producer: KafkaProducer, who: str, exc: BaseException, *, quiet: bool = False
 ) -> None:

@@ -56,7 +56,15 @@ from pydantic import ValidationError
 
 from schemas.envelope import DeadLetter, utc_now
 from schemas.topics import ALL_TOPICS, DLQ_SUFFIX, PASSTHROUGH_OUT
-from shared.bus import READ_EXTRA, kafka_connection, listed_topics, make_producer
+from shared.bus import (
+    READ_EXTRA,
+    RECORD_REFUSALS,
+    close_stopped_producer,
+    kafka_connection,
+    listed_topics,
+    make_producer,
+    producer_stopped_by_a_record,
+)
 from shared.config import Settings
 from shared.errors import BadInput, ObjectMissing, TransientError
 from shared.observability import escape_control_characters
@@ -566,7 +574,9 @@ def replay(
     that picked them apart (``replayed_keys``). Each acknowledged record's letters are marked, and only
     those: a failed send leaves its letters unmarked for the next run, which sends nothing twice. The
     markers go out in batches while the replay sends (``MARK_EVERY_RECORDS``, ``MARK_EVERY_S``), and
-    the rest once the producer is closed. Only one replay of a DLQ runs at a time (``_ReplayLock``);
+    the rest once the producer is closed. A record the topic refuses for good stops the idempotent
+    producer, failing every send after it: those are sent again one at a time (``alone``), so only the
+    refused records stay unsent. Only one replay of a DLQ runs at a time (``_ReplayLock``);
     a second is refused with ``DlqError`` naming the first. A crash (SIGKILL) between an
     acknowledgement and its batch leaves a stale lock: the next run takes it over and first marks the
     letters whose records (``REPLAY_OF_HEADER``) the dead run had delivered
@@ -592,8 +602,13 @@ def _replay(
     since: datetime | None,
     include_permanent: bool,
     lock: _ReplayLock | None,
+    *,
+    alone: bool = False,
+    earlier: int = 0,
 ) -> ReplayReport:
-    """``replay``, under ``lock`` (None: a dry run, which sends nothing)."""
+    """``replay``, under ``lock`` (None: a dry run, which sends nothing). ``alone``: each record is sent
+    and flushed before the next, and a producer stopped for good by a record's refusal is replaced; the
+    second pass of a run whose records a refusal failed, after ``earlier`` records acknowledged."""
     dry_run = lock is None
     chosen = select(dead.letters, reason=reason, since=since)
     done = replayed_keys(dead.letters, replayed_markers(store, dead.dlq_topic))
@@ -673,6 +688,8 @@ def _replay(
                     refused.add(str(exc))
                     continue
                 marking.unmarked.append((members, future))
+                if alone and _refused_alone(settings, producer, future):
+                    producer = None  # the next original opens a new one
             if producer is not None:
                 producer.flush(timeout=settings.flush_timeout_s)
         except KafkaError as exc:
@@ -718,6 +735,15 @@ def _replay(
                     producer.close(timeout=settings.flush_timeout_s)
             except KafkaError as exc:
                 failure = failure or exc
+                if producer is not None:
+                    # close() flushes first, and raises before it stops the sender, which goes on with the
+                    # batch it split to find a refused record ("Future not done"): closed again, it waits
+                    # for that, so that ``producer_stopped_by_a_record`` below sees how it ended.
+                    with contextlib.suppress(KafkaError):
+                        producer.close(timeout=SECOND_CLOSE_S)
+            # A record refused for good stops the idempotent producer, and every send after it fails too;
+            # seen once closed (its flush raised "Future not done" while it split the refused batch).
+            stopped_by_refusal = producer is not None and producer_stopped_by_a_record(producer)
         records -= unsendable  # to send, as far as this run got to know
         sent = marking.acknowledged()
         try:
@@ -734,6 +760,20 @@ def _replay(
             held, stopping.held = stopping.held, []
     if interrupted is None and held:
         interrupted = held[0]
+    if (
+        interrupted is None
+        and (failure is None or isinstance(failure, KafkaError))  # the flush fails: "Future not done"
+        and stopped_by_refusal
+        and not alone
+    ):
+        # The records a refused one stopped the producer for: each sent again alone, so only the refused
+        # stay unsent. Before, they failed with it, at every run, while it came before them.
+        again = _replay(
+            settings, store, dead, reason, since, include_permanent, lock, alone=True, earlier=earlier + sent
+        )
+        return _without_unreadable(replace(report, unreadable=again.unreadable))
+    sent += earlier
+    records += earlier
     if interrupted is not None:
         raise ReplayInterrupted(
             f"{stopped_how(interrupted)}: {sent} of {records} records were acknowledged and are "
@@ -777,6 +817,29 @@ def _originals(
             except OriginalUnreadable as exc:
                 original = str(exc)
         yield members, original
+
+
+# How long a replay's producer whose close() raised is given to stop, closed again.
+SECOND_CLOSE_S = 5.0
+
+
+def _refused_alone(settings: Settings, producer: KafkaProducer, future: Any) -> bool:
+    """Whether the record of ``future``, just sent alone, was refused for good; ``producer`` is then closed
+    (stopped for good, it would fail every later send). A failure of another kind raises: the broker
+    away, an ACL refusing every record alike."""
+    try:
+        producer.flush(timeout=settings.flush_timeout_s)
+    except KafkaError:
+        if not (future.is_done and future.failed()):
+            raise
+    if not (future.is_done and future.failed()):
+        return False
+    if not producer_stopped_by_a_record(producer):
+        if isinstance(future.exception, RECORD_REFUSALS):
+            return False  # refused, and the producer goes on: it stays unmarked, named below
+        raise future.exception
+    close_stopped_producer(producer, "skuforge dlq replay", future.exception, quiet=True)
+    return True
 
 
 def _check_original_topic(settings: Settings, dead: DeadLetterTopic) -> None:
