@@ -42,7 +42,7 @@ def test_a_publication_the_topic_refuses_for_good_names_the_limit_to_raise(
         trainer.poll()
         trainer.poll()
     logged = [r for r in caplog.records if r.name == "skuforge.lora-trainer" and r.levelno >= logging.WARNING]
-    assert len(logged) >= 2
+    assert logged  # one line per try; the second poll waits out the backoff, silent
     for entry in logged:
         message = entry.getMessage()
         assert "refused for good" in message and "max.message.bytes" in message, message

@@ -669,12 +669,10 @@ class LoraTrainer:
         except TrainingInterrupted:
             raise
         except PublicationFailed as exc:  # the adapter is registered; only its event is sent again
-            if exc.tried:  # a poll that waited out a backoff sent nothing: said when it failed
+            # Logged by run_pending, once per try (and not at all by a poll that waited out a backoff):
+            # logged here too, each try read as two failures.
+            if exc.tried:
                 self.metrics.jobs.labels("retried").inc()
-                log.error(
-                    f"{exc.topic} not sent; {exc.outlook}",
-                    extra={"adapter_id": exc.adapter_id, "topic": exc.topic, "reason": exc.reason},
-                )
             self.last_error = _without_frames(exc)
         except RegistrationTakenOver as exc:  # no store's fault: registered again, not trained again
             self.metrics.jobs.labels("retried").inc()
@@ -981,7 +979,8 @@ class LoraTrainer:
                     waiting = waiting or _without_frames(exc)
                     continue
                 # Trained and registered: the broker is to blame, not the GPU, the model or the photos.
-                log.warning(
+                # The one line for this try: poll does not log it again.
+                log.error(
                     f"{exc.topic} not sent; the adapter is registered, and {exc.outlook}; the others go on",
                     extra={"adapter_id": exc.adapter_id, "topic": exc.topic, "reason": exc.reason},
                 )
