@@ -730,6 +730,10 @@ class LoraTrainer:
         general_job = self._general_job() if general else None
         if general_job is not None:
             jobs.append(general_job)
+        if not general:
+            # While the general adapter's publication backs off its plan is skipped, and the accepted/ files
+            # it left out were not looked at again for up to PUBLICATION_BACKOFF_MAX_S: only those are read.
+            self._recount_left_out(None)
         return jobs
 
     def _general_job(self) -> Job | None:
@@ -800,12 +804,18 @@ class LoraTrainer:
             covered_keys=covered_keys,
         )
 
-    def _recount_left_out(self, keys: list[str]) -> None:
+    def _recount_left_out(self, keys: list[str] | None) -> None:
         """Count again the ``accepted/`` request files the last general plan left out, of ``keys`` (those
-        there now), reading only those. Set only when the general job was planned, the gauge stayed up
-        after an operator deleted or fixed the file the log named, until the next job was due (hours)."""
+        there now; None: asked of the store one by one), reading only those. Set only when the general job
+        was planned, the gauge stayed up after an operator deleted or fixed the file the log named, until
+        the next job was due (hours)."""
+        remembered = self._accepted_left_out
+        if keys is None:
+            there = {key for key in remembered if self.store.exists(key)}
+        else:
+            there = remembered.intersection(keys)
         still = set()
-        for key in self._accepted_left_out.intersection(keys):
+        for key in there:
             try:
                 _accepted_source(self.store.get_bytes(key))
             except (ValueError, KeyError, TypeError, BadInput):
