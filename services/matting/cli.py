@@ -549,6 +549,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from shared.matting.quantize import CalibrationPhotoError, judge_int8, quantize_u2net
     from shared.matting.ranges import RangesMismatch, read_ranges
+    from shared.matting.session import MattingModelError
 
     # Quantise beside --out and replace it only once accepted: --out defaults to the committed int8
     # model, which a rejected run must leave in service, not delete.
@@ -607,6 +608,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         except CalibrationPhotoError as exc:
             parser.error(f"--calibration-photos: {exc}")
+        except MattingModelError as exc:  # a float16 export
+            parser.error(str(exc))
         except RangesMismatch as exc:
             parser.error(f"--ranges {args.ranges}: {exc}")
         fp32 = run_eval(

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnxruntime.quantization import (
     CalibrationDataReader,
     CalibrationMethod,
@@ -35,7 +34,7 @@ from PIL import Image
 from shared.errors import BadInput
 from shared.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, decode_image
 from shared.matting import IMAGE_IOU_DROP_MAX, MEAN_IOU_DROP_MAX
-from shared.matting.session import u2net_preprocess
+from shared.matting.session import MattingModelError, U2NetSession, u2net_preprocess
 from shared.photos import HEIC_ADVICE, HEIC_SUFFIXES, PHOTO_FILE_SUFFIXES, is_left_out_quietly, photo_suffix
 from shared.synth import render_dataset
 
@@ -98,11 +97,22 @@ class CalibrationPhotoError(ValueError):
 
 
 class PhotoCalibration(CalibrationDataReader):
-    """Feeds pre-processed photos (the inference pre-processing) to the calibrator."""
+    """Feeds pre-processed photos (the inference pre-processing) to the calibrator, ``call_images`` at a
+    time at ``size_px`` (a side, or the (width, height) a model fixes): the model's own input shape."""
 
-    def __init__(self, input_name: str, photos: Sequence[Image.Image], size_px: int = 320) -> None:
+    def __init__(
+        self,
+        input_name: str,
+        photos: Sequence[Image.Image],
+        size_px: int | tuple[int, int] = 320,
+        call_images: int = 1,
+    ) -> None:
         self._input_name = input_name
-        self._inputs = iter([u2net_preprocess([photo], size_px=size_px) for photo in photos])
+        calls = [list(photos[first : first + call_images]) for first in range(0, len(photos), call_images)]
+        # A short last call is filled with its own first photo: a repeat moves no min or max.
+        self._inputs = iter(
+            [u2net_preprocess(call + call[:1] * (call_images - len(call)), size_px=size_px) for call in calls]
+        )
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         """The next calibration input, or None when done."""
@@ -209,11 +219,21 @@ def quantize_u2net(
     calibration photos are decoded under ``max_pixels`` / ``max_bytes`` (the shared settings' limits).
     ``ranges`` (``shared/matting/ranges.py``, learnt for these weights) replace the calibrated
     activation ranges; a RangesMismatch if they do not fit the model (or, given the
-    ``calibrated_ranges`` they started from, were learnt for other weights)."""
+    ``calibrated_ranges`` they started from, were learnt for other weights). The calibration photos are
+    fed at the model's input size and batch (a file may fix either); a model that does not open, or
+    takes float16, is a ``MattingModelError`` before any photo is made."""
+    # The model's input as the stage reads it: calibrated at 320 x 320, one photo a call, in float32, a
+    # model exported at a fixed other size or batch failed in ONNX Runtime after the photos were made.
+    model = U2NetSession(fp32_path, threads=1, use_gpu=False)
+    if model.input_dtype is not np.float32:
+        raise MattingModelError(
+            f"{fp32_path} takes {np.dtype(model.input_dtype).name} input {model.input_name!r}; quantize "
+            "takes a float32 model (int8 ranges and weights are made from float32): quantise the float32 "
+            "export it was made from"
+        )
     photos = calibration_photos(
         calibration_images, seed, photo_folders, real_images, max_pixels=max_pixels, max_bytes=max_bytes
     )
-    input_name = ort.InferenceSession(str(fp32_path), providers=["CPUExecutionProvider"]).get_inputs()[0].name
     with tempfile.TemporaryDirectory() as tmp:
         source = _with_per_channel_opset(fp32_path, Path(tmp))
         prepared = Path(tmp) / "prepared.onnx"
@@ -223,7 +243,7 @@ def quantize_u2net(
         quantize_static(
             str(prepared),
             str(int8_path),
-            PhotoCalibration(input_name, photos),
+            PhotoCalibration(model.input_name, photos, model.input_size, model.call_images),
             quant_format=QuantFormat.QDQ,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,

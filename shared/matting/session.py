@@ -438,6 +438,8 @@ class MattingSession(ABC):
         # A file exported with a fixed batch size takes exactly that many images a call: fewer are
         # padded (``_run``), more are split.
         self._fixed_batch = batch_dim if isinstance(batch_dim, int) and batch_dim > 1 else None
+        #: Images per call of a file exported with a fixed batch size (1 for a free batch).
+        self.call_images: int = batch_dim if isinstance(batch_dim, int) and batch_dim > 0 else 1
         self.max_batch = min(max_batch, batch_dim) if isinstance(batch_dim, int) else max_batch
         # On the CPU provider a free batch is run in calls of at most CPU_CALL_IMAGES (``_call``), named
         # or not; the batch dimension's name, where it has one, gets them shape-fixed sessions

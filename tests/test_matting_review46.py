@@ -1,0 +1,74 @@
+"""Review 46 of the matting stage and tools.
+
+``skuforge matting quantize`` calibrated every model at 320 x 320, one photo a call, in float32: a model
+the stage serves (docs/matting.md, Serving) exported at a fixed non-square size or with a fixed batch
+ended, after the renderer photos were made, in ONNX Runtime's "Got invalid dimensions" traceback, and a
+float16 export in "Unexpected input data type". The calibration now feeds the model its own input size
+and batch, and a float16 model is refused in a line before any work (int8 is made from float32).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from PIL import Image
+
+from services.matting import cli
+from shared.matting.session import U2NetSession
+from tests.support.cli import refusal_of
+
+
+def _one_conv_model(path: Path, shape: list[int | str], element: int = TensorProto.FLOAT) -> Path:
+    """A 1x1 convolution and a sigmoid taking ``shape`` (N x 3 x H x W) of ``element``, one map out."""
+    dtype = np.float16 if element == TensorProto.FLOAT16 else np.float32
+    weights = numpy_helper.from_array(np.array([0.8, -0.5, 0.3], dtype).reshape(1, 3, 1, 1), "w")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["input", "w"], ["logits"]),
+            helper.make_node("Sigmoid", ["logits"], ["d0"]),
+        ],
+        "one_conv",
+        [helper.make_tensor_value_info("input", element, shape)],
+        [helper.make_tensor_value_info("d0", element, [shape[0], 1, shape[2], shape[3]])],
+        initializer=[weights],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize(
+    "shape", [["batch", 3, 192, 256], [2, 3, 320, 320]], ids=["fixed-non-square", "fixed-batch-of-two"]
+)
+def test_quantize_calibrates_a_model_at_its_own_input_size_and_batch(
+    shape: list[int | str], tmp_path: Path
+) -> None:
+    from shared.matting.quantize import quantize_u2net
+
+    fp32 = _one_conv_model(tmp_path / "fp32.onnx", shape)
+    int8 = quantize_u2net(fp32, tmp_path / "int8.onnx", calibration_images=3, real_images=0)
+
+    ops = {node.op_type for node in onnx.load(str(int8)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    session = U2NetSession(int8, threads=1, use_gpu=False)
+    (result,) = session.predict([Image.new("RGB", (40, 30), (200, 40, 40))])
+    assert result.mask.shape == (30, 40)
+
+
+def test_quantize_refuses_a_float16_model_in_a_line_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fp16 = _one_conv_model(tmp_path / "fp16.onnx", ["batch", 3, 320, 320], TensorProto.FLOAT16)
+    out = tmp_path / "int8.onnx"
+
+    refusal = refusal_of(cli.main, ["quantize", str(fp16), "--out", str(out), "--heldout", "2"], capsys)
+
+    assert f"{fp16}" in refusal
+    assert "float16" in refusal and "float32" in refusal
+    assert not out.exists()
