@@ -72,3 +72,33 @@ def test_quantize_refuses_a_float16_model_in_a_line_before_any_work(
     assert f"{fp16}" in refusal
     assert "float16" in refusal and "float32" in refusal
     assert not out.exists()
+
+
+# --- weights of the other architecture ----------------------------------------------------------------
+
+COMMITTED_WEIGHTS = Path(__file__).resolve().parents[1] / "shared/matting/models/u2netp-skuforge.pth"
+
+
+def test_export_of_u2netp_weights_as_u2net_says_which_architecture_they_are(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Before: 571 shape mismatches listed 20 at a time, and not a word of u2netp.
+    out = tmp_path / "m.onnx"
+
+    refusal = refusal_of(
+        cli.main, ["export", str(COMMITTED_WEIGHTS), "--model", "u2net", "--out", str(out)], capsys
+    )
+
+    first_line = refusal.strip().splitlines()[-1]
+    assert "state dict does not fit U2NET: they are U2NETP weights (model 'u2netp')" in first_line, first_line
+    assert not out.exists()
+
+
+def test_weights_that_fit_neither_architecture_get_no_architecture_advice() -> None:
+    import torch
+
+    from shared.matting.u2net import build_model, load_reference_state_dict
+
+    with pytest.raises(ValueError, match="missing keys") as refused:
+        load_reference_state_dict(build_model("u2net"), {"a": torch.zeros(3)})
+    assert "they are" not in str(refused.value)

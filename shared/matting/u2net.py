@@ -371,7 +371,7 @@ def load_reference_state_dict(
         if k in state and tuple(state[k].shape) != tuple(v.shape)
     ]
     if missing or unexpected or mismatched:
-        problems = []
+        problems = [advice] if (advice := _other_architecture(model, state)) else []
         if missing:
             problems.append(f"missing keys ({len(missing)}): {_format_keys(missing)}")
         if unexpected:
@@ -381,6 +381,20 @@ def load_reference_state_dict(
         raise ValueError(f"state dict does not fit {type(model).__name__}: " + "; ".join(problems))
     model.load_state_dict(state, strict=True)
     return model
+
+
+def _other_architecture(model: nn.Module, state: Mapping[str, Tensor]) -> str:
+    """The advice, for weights that do not fit ``model``, that they are the other U2-Net's ('' if they fit
+    neither): U2-NetP weights given as a U2-Net failed on 571 shape mismatches, naming no architecture."""
+    names: dict[str, ModelName] = {"U2NET": "u2net", "U2NETP": "u2netp"}
+    for class_name, name in names.items():
+        if class_name == type(model).__name__:
+            continue
+        expected = {key: tuple(value.shape) for key, value in build_model(name).state_dict().items()}
+        given = {key: tuple(value.shape) for key, value in state.items()}
+        if given == expected:
+            return f"they are {class_name} weights (model {name!r})"
+    return ""
 
 
 def deep_supervision_loss(outputs: Sequence[Tensor], target: Tensor) -> tuple[Tensor, Tensor]:
