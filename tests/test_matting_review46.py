@@ -102,3 +102,20 @@ def test_weights_that_fit_neither_architecture_get_no_architecture_advice() -> N
     with pytest.raises(ValueError, match="missing keys") as refused:
         load_reference_state_dict(build_model("u2net"), {"a": torch.zeros(3)})
     assert "they are" not in str(refused.value)
+
+
+def test_quantize_refuses_a_model_already_quantised_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Before: quantised again, its candidate had two nodes of one name, and the held-out eval that
+    # followed ended in a MattingModelError traceback ("This is an invalid model").
+    from shared.matting.quantize import quantize_u2net
+
+    fp32 = _one_conv_model(tmp_path / "fp32.onnx", ["batch", 3, 320, 320])
+    int8 = quantize_u2net(fp32, tmp_path / "int8.onnx", calibration_images=1, real_images=0)
+    out = tmp_path / "int8-again.onnx"
+
+    refusal = refusal_of(cli.main, ["quantize", str(int8), "--out", str(out), "--heldout", "2"], capsys)
+
+    assert f"{int8} is already quantised" in refusal, refusal
+    assert not out.exists() and not list(tmp_path.glob("*.candidate.onnx"))

@@ -608,7 +608,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         except CalibrationPhotoError as exc:
             parser.error(f"--calibration-photos: {exc}")
-        except MattingModelError as exc:  # a float16 export
+        except MattingModelError as exc:  # a float16 export, a model already quantised
             parser.error(str(exc))
         except RangesMismatch as exc:
             parser.error(f"--ranges {args.ranges}: {exc}")

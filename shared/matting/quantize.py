@@ -183,6 +183,11 @@ def calibration_photos(
     return [photo.image for photo in render_dataset(n_renderer, seed, size_px=512)] + real
 
 
+# Nodes only a quantised model has (besides QLinearConv and its kind).
+QUANTISED_OPS = frozenset(
+    {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "ConvInteger", "MatMulInteger"}
+)
+
 # Per-channel weights need DequantizeLinear's axis, which opset 13 brought.
 PER_CHANNEL_OPSET = 13
 
@@ -220,8 +225,8 @@ def quantize_u2net(
     ``ranges`` (``shared/matting/ranges.py``, learnt for these weights) replace the calibrated
     activation ranges; a RangesMismatch if they do not fit the model (or, given the
     ``calibrated_ranges`` they started from, were learnt for other weights). The calibration photos are
-    fed at the model's input size and batch (a file may fix either); a model that does not open, or
-    takes float16, is a ``MattingModelError`` before any photo is made."""
+    fed at the model's input size and batch (a file may fix either); a model that does not open, takes
+    float16 or is already quantised is a ``MattingModelError`` before any photo is made."""
     # The model's input as the stage reads it: calibrated at 320 x 320, one photo a call, in float32, a
     # model exported at a fixed other size or batch failed in ONNX Runtime after the photos were made.
     model = U2NetSession(fp32_path, threads=1, use_gpu=False)
@@ -230,6 +235,14 @@ def quantize_u2net(
             f"{fp32_path} takes {np.dtype(model.input_dtype).name} input {model.input_name!r}; quantize "
             "takes a float32 model (int8 ranges and weights are made from float32): quantise the float32 "
             "export it was made from"
+        )
+    # Quantised again, an int8 model's candidate had two nodes of one name: ONNX Runtime refused it in
+    # the held-out eval that followed, a traceback after the calibration.
+    graph = onnx.load(str(fp32_path), load_external_data=False).graph
+    if any(node.op_type in QUANTISED_OPS or node.op_type.startswith("QLinear") for node in graph.node):
+        raise MattingModelError(
+            f"{fp32_path} is already quantised (it has QuantizeLinear/DequantizeLinear or QLinear nodes); "
+            "quantize the float32 model it was made from"
         )
     photos = calibration_photos(
         calibration_images, seed, photo_folders, real_images, max_pixels=max_pixels, max_bytes=max_bytes
