@@ -119,3 +119,27 @@ def test_quantize_refuses_a_model_already_quantised_before_any_work(
 
     assert f"{int8} is already quantised" in refusal, refusal
     assert not out.exists() and not list(tmp_path.glob("*.candidate.onnx"))
+
+
+# --- the names SKUFORGE_MATTING_MODEL takes ---------------------------------------------------------
+
+
+def test_the_names_a_refusal_offers_are_names_that_open_a_model(tmp_path: Path) -> None:
+    # Before: "model 'u2net-custom' needs its file: SKUFORGE_MATTING_MODEL takes a registered name
+    # (u2netp, u2netp-int8, u2netp-official, u2net-custom), ...": the name refused, offered as the fix.
+    from shared.matting.session import MattingModelError, MattingModelMissing, open_session
+
+    with pytest.raises(MattingModelError, match="needs its file") as custom:
+        open_session("u2net-custom", threads=1, use_gpu=False, store=None, uri_from="SKUFORGE_MATTING_MODEL")
+    with pytest.raises(MattingModelMissing) as missing:
+        open_session(
+            str(tmp_path / "gone.onnx"),
+            threads=1,
+            use_gpu=False,
+            store=None,
+            uri_from="SKUFORGE_MATTING_MODEL",
+        )
+    for refusal in (str(custom.value), str(missing.value)):
+        assert "(u2netp, u2netp-int8, u2netp-official)" in refusal, refusal
+        assert "u2net-custom," not in refusal and "u2net-custom)" not in refusal, refusal
+    assert "give the model file's path or URI" in str(custom.value)

@@ -925,7 +925,9 @@ def open_session(
     """
     name = DEFAULT_MODEL if model is None else model
     # A tool's help named the services' settings after its own option; with no setting, nothing to change.
-    help_text = _MODEL_HELP.format(setting=uri_from, names=", ".join(REGISTRY)) if uri_from else ""
+    # Only names that open a model: u2net-custom, offered here, was refused for want of its file.
+    names = ", ".join(name for name, entry in REGISTRY.items() if entry.file_name is not None)
+    help_text = _MODEL_HELP.format(setting=uri_from, names=names) if uri_from else ""
     and_help = f": {help_text}" if help_text else ""
 
     def session(
@@ -939,7 +941,10 @@ def open_session(
         entry = REGISTRY[name]
         path = entry.path()
         if path is None:
-            raise MattingModelError(f"model {name!r} needs its file{and_help}")
+            raise MattingModelError(
+                f"model {name!r} needs its file: give the model file's path or URI instead"
+                + (f"; {help_text}" if help_text else "")
+            )
         if not _is_model_file(path):
             elsewhere = f" Or point elsewhere: {help_text}" if help_text else ""
             raise MattingModelMissing(
