@@ -139,21 +139,17 @@ def read_from_topic(info: ValidationInfo) -> bool:
 _NOT_ONE_LINE = re.compile(f"[{_REFUSED_CHARACTERS}{_LINE_SEPARATORS}]")
 
 
-def escaped_when_read(limit: int) -> BeforeValidator:
-    """A field's validator that, under ``READ_FROM_TOPIC``, takes text holding what ``check_one_line``
-    refuses with each such character escaped (``\\u202e``, ``\\n``), cut between two escapes to ``limit``:
-    an event written before the field refused them, in a topic, a dead letter or the console's tasks,
-    still reads (shown as its pages show it), where it was dead-lettered, and a replay again. A
-    producer's build (no context) is refused, naming the character; text over ``limit`` is refused."""
+def escaped_when_read(limit: int, escaped: re.Pattern[str] = _NOT_ONE_LINE) -> BeforeValidator:
+    """A field's validator that, under ``READ_FROM_TOPIC``, takes text holding characters ``escaped``
+    matches (by default what ``check_one_line`` refuses) with each written as its escape (``\\u202e``,
+    ``\\n``), cut between two escapes to ``limit``: an event written before the field refused them, in a
+    topic, a dead letter or the console's tasks, still reads (shown as its pages show it), where it was
+    dead-lettered, and a replay again. A producer's build (no context) is refused, naming the character;
+    text over ``limit`` is refused."""
 
     def escape(value: object, info: ValidationInfo) -> object:
-        if (
-            isinstance(value, str)
-            and len(value) <= limit
-            and read_from_topic(info)
-            and _NOT_ONE_LINE.search(value)
-        ):
-            return escaped_within(value, limit, _NOT_ONE_LINE)
+        if isinstance(value, str) and len(value) <= limit and read_from_topic(info) and escaped.search(value):
+            return escaped_within(value, limit, escaped)
         return value
 
     return BeforeValidator(escape)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, JsonValue, ValidationInfo, WithJsonSchema, field_validator
+from pydantic import BaseModel, Field, JsonValue, WithJsonSchema, field_validator
 
 from schemas.common import (
     BIDI_CONTROL,
@@ -23,8 +23,6 @@ from schemas.common import (
     SkuMetadata,
     UtcDatetime,
     escaped_when_read,
-    escaped_within,
-    read_from_topic,
 )
 
 Shape = Literal["can", "bottle", "box", "pouch", "jar", "produce", "other"]
@@ -316,26 +314,16 @@ class CorrectionResolved(Contract):
     final_mask: ImageRef | None = Field(default=None, description="the mask to train with; None if rejected")
     # Shown on the console's item page and in its audit: no control character, line separator or
     # bidirectional control (which reordered it to read as another reason), as the console refuses.
-    reject_reason: OneLineText | None = Field(default=None, max_length=MAX_MESSAGE_CHARS)
+    # A console before this contract refused them (4dce3f95) sent a reason's bidirectional controls as
+    # typed (it refused control characters and line breaks already). Such a decision already in the topic
+    # was dead-lettered by its reader, and a replay was again: the reviewer's decision was lost. A reader
+    # takes it with them escaped, as the console's item page shows it (cut between two escapes to the
+    # field's length; a reason over it no console wrote is refused); producers stay strict.
+    reject_reason: Annotated[OneLineText, escaped_when_read(MAX_MESSAGE_CHARS, BIDI_CONTROL)] | None = Field(
+        default=None, max_length=MAX_MESSAGE_CHARS
+    )
     reviewer: str = Field(min_length=1, max_length=MAX_PHRASE_CHARS)
     decided_at: UtcDatetime = Field(description="with an offset; a naive time is read as UTC")
-
-    @field_validator("reject_reason", mode="before")
-    @classmethod
-    def _bidi_controls_escaped_when_read(cls, reason: object, info: ValidationInfo) -> object:
-        # A console before this contract refused them (4dce3f95) sent a reason's bidirectional controls
-        # as typed (it refused control characters and line breaks already). Such a decision already in the
-        # topic was dead-lettered by its reader, and a replay was again: the reviewer's decision was lost.
-        # A reader takes it with them escaped, as the console's item page shows it (cut between two escapes
-        # to the field's length; a reason over it no console wrote is refused); producers stay strict.
-        if (
-            isinstance(reason, str)
-            and len(reason) <= MAX_MESSAGE_CHARS
-            and read_from_topic(info)
-            and BIDI_CONTROL.search(reason)
-        ):
-            return escaped_within(reason, MAX_MESSAGE_CHARS, BIDI_CONTROL)
-        return reason
 
 
 class AdapterPublished(Contract):
