@@ -41,19 +41,19 @@ are not one object drawn from", with the SKU): logged
 ("variant refused, drawn from another photo", with the photo and reason) and counted (the model's
 refusals as ``skuforge_triton_errors_total{kind="refused"}``, ``too_large_bytes`` as
 ``skuforge_generator_variants_refused_total{reason}``); refused from every photo, it is left out
-("variant refused, left out"). A photo that cannot be read for good (``dimension_mismatch``,
-``not_an_image``, ``checksum_mismatch``...) while another photo of the SKU can takes no turn: the
-others draw its variants, logged ("photo unreadable, its variants drawn from the other photos") and
-counted (``skuforge_generator_photos_left_out_total{reason}``), and so is an in-store photo passed over
-as not one object that is gone when read again (``object_missing``: a fall-back, for which the SKU's
-variants drawn from its other photos went to the DLQ); any other photo ``object_missing`` (which a
-replay may cure) or none readable still sends the SKU to the DLQ, and a letter for the variants of the
-readable photos (all refused) names the unreadable ones in its detail too (its reason
-``object_missing`` when one of them is: back, it may draw them). Triton down, loading,
-overloaded, slow or not serving the model asked for is transient: the partition is paused and
-retried, nothing is committed, and the variants Triton did draw are not drawn again (the client keeps
-them until their input is committed, ``TritonGenerator.forget``, and a failed batch's SKUs retried
-alone each find theirs).
+("variant refused, left out", counted as ``skuforge_generator_variants_left_out_total{reason}``). A
+photo that cannot be read for good (``dimension_mismatch``, ``not_an_image``, ``checksum_mismatch``...)
+while another photo of the SKU can takes no turn: the others draw its variants, logged ("photo unreadable,
+its variants drawn from the other photos") and counted
+(``skuforge_generator_photos_left_out_total{reason}``), and so is an in-store photo passed over as not one
+object that is gone when read again (``object_missing``: a fall-back, for which the SKU's variants drawn
+from its other photos went to the DLQ); any other photo ``object_missing`` (which a replay may cure) or
+none readable still sends the SKU to the DLQ, and a letter for the variants of the readable photos (all
+refused) names the unreadable ones in its detail too (its reason ``object_missing`` when one of them is:
+back, it may draw them). Triton down, loading, overloaded, slow or not serving the model asked for is
+transient: the partition is paused and retried, nothing is committed, and the variants Triton did draw are
+not drawn again (the client keeps them until their input is committed, ``TritonGenerator.forget``, and a
+failed batch's SKUs retried alone each find theirs).
 
 The model: served by ``skuforge serve generator`` (``services/generator/server.py``); this
 stage only calls it (``services/generator/client.py``). Knobs: ``shared/generation/settings.py``.
@@ -114,6 +114,9 @@ TRITON_ERROR_KINDS = (
 )
 # The reasons of skuforge_generator_variants_refused_total: a variant drawn that the stage refuses itself.
 GENERATOR_REFUSALS = ("too_large_bytes",)
+# The reasons skuforge_generator_variants_left_out_total starts at 0 with: the model's refusal without a
+# reason of its own, and the stage's.
+LEFT_OUT_REASONS = ("generation_refused", *GENERATOR_REFUSALS)
 
 
 class GenerationClient(Protocol):
@@ -175,6 +178,18 @@ class GeneratorMetrics:
         )
         for reason in GENERATOR_REFUSALS:
             self.variants_refused.labels(reason)
+        self.variants_left_out = Counter(
+            "skuforge_generator_variants_left_out_total",
+            "Variants refused from every photo of a SKU whose other variants were drawn, so that it got "
+            'fewer than SKUFORGE_GENERATION_VARIANTS_PER_SKU images (logged "variant refused, left out"), '
+            "by the reason of the last refusal (generation_refused, too_large_bytes...; counted once per "
+            "variant, once its input is committed). A SKU none of whose variants is drawn is dead-lettered "
+            "instead.",
+            ["reason"],
+            registry=registry,
+        )
+        for reason in LEFT_OUT_REASONS:
+            self.variants_left_out.labels(reason)
 
 
 @dataclass(frozen=True)
@@ -569,8 +584,11 @@ def handle_batch(
             )
             if metrics is not None:
                 ctx.after_commit(metrics.photos_left_out.labels(left.reason).inc, event)
+        left_out: dict[int, str] = {}  # variant index -> the reason of its last refusal
         for planned, left in draw.refusals:
             redrawn = draw.drawn.get(planned.variant_index)
+            if redrawn is None:
+                left_out[planned.variant_index] = left.reason
             ctx.log.warning(
                 "variant refused, drawn from another photo" if redrawn else "variant refused, left out",
                 extra={
@@ -581,6 +599,10 @@ def handle_batch(
                     "drawn_from": redrawn[0].photo.photo_id if redrawn else None,
                 },
             )
+        if metrics is not None:
+            # Logged only, a SKU short of its variants was invisible to Prometheus.
+            for reason in left_out.values():
+                ctx.after_commit(metrics.variants_left_out.labels(reason).inc, event)
         outputs.append([_store_variant(event, *draw.drawn[index], ctx) for index in sorted(draw.drawn)])
     for position, draw in draws.items():
         # What the client kept for a retry is let go once the input is committed, not when this call
