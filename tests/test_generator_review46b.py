@@ -17,6 +17,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from schemas.events import ImageGenerated
+from services.generator.client import unsendable
 from services.generator.protocol import VariantRequest, VariantResult
 from services.generator.stage import GeneratorMetrics, handle_batch, variant_seed
 from shared.errors import BadInput
@@ -107,3 +108,43 @@ def test_a_sku_whose_every_variant_is_drawn_counts_none_left_out(tmp_path: Path)
         if sample.name == LEFT_OUT
     ]
     assert samples and all(sample.value == 0 for sample in samples)
+
+
+class EmptyingGenerator(InProcessGenerator):
+    """The compositor, but the variants of ``emptied_seeds`` reach the client with an empty mask, and
+    come back as the Triton client answers such a variant without sending it (``unsendable``)."""
+
+    def __init__(self, emptied_seeds: Collection[int]) -> None:
+        super().__init__(CompositeBackend(None))
+        self.emptied_seeds = emptied_seeds
+
+    def generate(self, backend: str, variants: Sequence[VariantRequest]) -> list[VariantResult | BadInput]:
+        results = super().generate(backend, variants)
+        answers: list[VariantResult | BadInput] = []
+        for variant, result in zip(variants, results, strict=True):
+            emptied = dataclasses.replace(variant, mask=np.zeros((0, 0), np.uint8))
+            not_sent = unsendable(backend, emptied) if variant.seed in self.emptied_seeds else None
+            answers.append(result if not_sent is None else not_sent)
+        return answers
+
+
+def test_a_variant_the_client_does_not_send_is_no_triton_refusal(tmp_path: Path) -> None:
+    # Before, a variant the client refused before sending (an empty reference or mask) was counted as
+    # skuforge_triton_errors_total{kind="refused"}, though no Triton call was made.
+    store, ctx, generation = arrange_generator(tmp_path, variants_per_sku=VARIANTS, size_px=128)
+    captioned = captioned_sku(store, 8, usable_photos=2)
+    sku_id, base_seed = captioned.sku.sku_id, generation.generation_seed
+    emptied = {variant_seed(sku_id, "p0", 0, base_seed)}  # variant 0 from p0; p1 then draws it
+    registry = CollectorRegistry()
+    metrics = GeneratorMetrics(registry, ["skuforge_generator_composite"])
+    event = captioned_event(captioned, "not-sent")
+    [outputs] = handle_batch(
+        [event], ctx, generator=EmptyingGenerator(emptied), generation=generation, metrics=metrics
+    )
+    assert isinstance(outputs, list) and len(outputs) == VARIANTS, outputs
+    for action in ctx._take_actions(event):
+        action()
+    model = {"model": "skuforge_generator_composite"}
+    assert registry.get_sample_value("skuforge_triton_errors_total", {**model, "kind": "refused"}) == 0
+    not_sent = {"reason": "generation_refused"}
+    assert registry.get_sample_value("skuforge_generator_variants_refused_total", not_sent) == 1

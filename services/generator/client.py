@@ -11,7 +11,7 @@ raised once every request of the call is answered, so the answers beside it are 
 ``keep_at_most`` answers are kept: past that the oldest, of inputs never committed here (dead-lettered
 after a handler error, or whose partition went to another replica), are let go first.
 A variant the model refuses (its ``error`` output) comes back as a ``BadInput`` for its SKU, as does
-one with an empty reference or mask, refused before it is sent. A refusal the registry may lift
+one with an empty reference or mask, refused before it is sent (``NotSent``). A refusal the registry may lift
 (``may_be_lifted``: an adapter not registered yet) is kept too, but asked again at the next call;
 it stands only while Triton cannot answer. A malformed request (our bug) raises
 ``RuntimeError``. Once the stage is stopping, no new request is sent (``Stopping``, transient too).
@@ -89,6 +89,11 @@ class Stopping(TransientError):
 class GeneratorFailed(RuntimeError):
     """The model raised on a variant even when served alone (a backend bug or fault, not a refusal):
     not transient, so the stage retries it as a handler error and then dead-letters it."""
+
+
+class NotSent(BadInput):
+    """A variant refused before it is sent (``unsendable``): no Triton call was made, so the stage counts
+    it as its own refusal (``skuforge_generator_variants_refused_total``), not as the model's."""
 
 
 class TritonGenerator:
@@ -435,19 +440,8 @@ class TritonGenerator:
     ) -> VariantResult | BadInput:
         from tritonclient.utils import InferenceServerException
 
-        empty = [
-            f"{name} is {'x'.join(map(str, array.shape))}"
-            for name, array in (("reference", variant.reference), ("mask", variant.mask))
-            if array.size == 0
-        ]
-        if empty:
-            # PyTriton fails on an empty tensor before the model sees it, and Triton answers INTERNAL:
-            # read as Triton being away, the variant was retried for ever instead of refused.
-            return BadInput(
-                "generation_refused",
-                f"{model_name(backend)} cannot be sent variant seed {variant.seed}: "
-                f"{', '.join(empty)}, an empty image",
-            )
+        if (not_sent := unsendable(backend, variant)) is not None:
+            return not_sent
         self._refuse_if_stopping(backend)
         client = self._client()
         module = self._local.module
@@ -510,6 +504,25 @@ def read_answer(response: Any, variant: VariantRequest, model: str) -> VariantRe
     if error:
         return refusal(error, f"{model} refused variant seed {variant.seed}")
     return variant_result(response, variant, model)
+
+
+def unsendable(backend: str, variant: VariantRequest) -> NotSent | None:
+    """The refusal of ``variant`` before it is sent to ``backend``'s model (an empty reference or mask),
+    else None."""
+    empty = [
+        f"{name} is {'x'.join(map(str, array.shape))}"
+        for name, array in (("reference", variant.reference), ("mask", variant.mask))
+        if array.size == 0
+    ]
+    if not empty:
+        return None
+    # PyTriton fails on an empty tensor before the model sees it, and Triton answers INTERNAL: read as
+    # Triton being away, the variant was retried for ever instead of refused.
+    return NotSent(
+        "generation_refused",
+        f"{model_name(backend)} cannot be sent variant seed {variant.seed}: "
+        f"{', '.join(empty)}, an empty image",
+    )
 
 
 def variant_result(response: Any, variant: VariantRequest, model: str) -> VariantResult:

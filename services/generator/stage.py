@@ -38,22 +38,22 @@ spreads them over the others, and the same SKU still gets the same images, each 
 and seed it came from; of a SKU cut from in-store photos, once every photo of one object was refused
 for it, from the photos passed over as not one object, read again and logged, "in-store photos that
 are not one object drawn from", with the SKU): logged
-("variant refused, drawn from another photo", with the photo and reason) and counted (the model's
-refusals as ``skuforge_triton_errors_total{kind="refused"}``, ``too_large_bytes`` as
-``skuforge_generator_variants_refused_total{reason}``); refused from every photo, it is left out
-("variant refused, left out", counted as ``skuforge_generator_variants_left_out_total{reason}``). A
-photo that cannot be read for good (``dimension_mismatch``, ``not_an_image``, ``checksum_mismatch``...)
-while another photo of the SKU can takes no turn: the others draw its variants, logged ("photo unreadable,
-its variants drawn from the other photos") and counted
-(``skuforge_generator_photos_left_out_total{reason}``), and so is an in-store photo passed over as not one
-object that is gone when read again (``object_missing``: a fall-back, for which the SKU's variants drawn
-from its other photos went to the DLQ); any other photo ``object_missing`` (which a replay may cure) or
-none readable still sends the SKU to the DLQ, and a letter for the variants of the readable photos (all
-refused) names the unreadable ones in its detail too (its reason ``object_missing`` when one of them is:
-back, it may draw them). Triton down, loading, overloaded, slow or not serving the model asked for is
-transient: the partition is paused and retried, nothing is committed, and the variants Triton did draw are
-not drawn again (the client keeps them until their input is committed, ``TritonGenerator.forget``, and a
-failed batch's SKUs retried alone each find theirs).
+("variant refused, drawn from another photo", with the photo and reason) and counted (the model's refusals
+as ``skuforge_triton_errors_total{kind="refused"}``; ``too_large_bytes``, and an empty reference or mask
+the client does not send, as ``skuforge_generator_variants_refused_total{reason}``); refused from every
+photo, it is left out ("variant refused, left out", counted as
+``skuforge_generator_variants_left_out_total{reason}``). A photo that cannot be read for good
+(``dimension_mismatch``, ``not_an_image``, ``checksum_mismatch``...) while another photo of the SKU can
+takes no turn: the others draw its variants, logged ("photo unreadable, its variants drawn from the other
+photos") and counted (``skuforge_generator_photos_left_out_total{reason}``), and so is an in-store photo
+passed over as not one object that is gone when read again (``object_missing``: a fall-back, for which the
+SKU's variants drawn from its other photos went to the DLQ); any other photo ``object_missing`` (which a
+replay may cure) or none readable still sends the SKU to the DLQ, and a letter for the variants of the
+readable photos (all refused) names the unreadable ones in its detail too (its reason ``object_missing``
+when one of them is: back, it may draw them). Triton down, loading, overloaded, slow or not serving the
+model asked for is transient: the partition is paused and retried, nothing is committed, and the variants
+Triton did draw are not drawn again (the client keeps them until their input is committed,
+``TritonGenerator.forget``, and a failed batch's SKUs retried alone each find theirs).
 
 The model: served by ``skuforge serve generator`` (``services/generator/server.py``); this
 stage only calls it (``services/generator/client.py``). Knobs: ``shared/generation/settings.py``.
@@ -79,7 +79,7 @@ from schemas.envelope import Envelope, derive_id
 from schemas.events import CaptionedPhoto, ImageGenerated, SkuCaptioned
 from schemas.flow import GENERATOR
 from schemas.topics import IMAGE_GENERATED, SKU_CAPTIONED
-from services.generator.client import GeneratorFailed, GeneratorUnavailable, TritonGenerator
+from services.generator.client import GeneratorFailed, GeneratorUnavailable, NotSent, TritonGenerator
 from services.generator.protocol import ADAPTER_REFUSALS, VariantRequest, VariantResult, model_name
 from shared import keys
 from shared.config import Settings, load_settings
@@ -112,11 +112,10 @@ TRITON_ERROR_KINDS = (
     "refused",
     "backend_error",
 )
-# The reasons of skuforge_generator_variants_refused_total: a variant drawn that the stage refuses itself.
-GENERATOR_REFUSALS = ("too_large_bytes",)
-# The reasons skuforge_generator_variants_left_out_total starts at 0 with: the model's refusal without a
-# reason of its own, and the stage's.
-LEFT_OUT_REASONS = ("generation_refused", *GENERATOR_REFUSALS)
+# The reasons of skuforge_generator_variants_refused_total (a variant drawn that the stage refuses itself,
+# or one its client does not send: ``NotSent``), and those skuforge_generator_variants_left_out_total
+# starts at 0 with (generation_refused is also the model's refusal without a reason of its own).
+GENERATOR_REFUSALS = ("too_large_bytes", "generation_refused")
 
 
 class GenerationClient(Protocol):
@@ -169,10 +168,11 @@ class GeneratorMetrics:
         )
         self.variants_refused = Counter(
             "skuforge_generator_variants_refused_total",
-            "Variants the model drew that the generator itself refused and did not store, by reason: "
-            "too_large_bytes (its PNG is over SKUFORGE_MAX_IMAGE_BYTES, which every later stage reads "
-            "images under). Each is drawn from another photo or left out (counted once per input "
-            'committed); the model\'s own refusals are skuforge_triton_errors_total{kind="refused"}.',
+            "Variants the generator itself refused, by reason: too_large_bytes (drawn by the model, its "
+            "PNG is over SKUFORGE_MAX_IMAGE_BYTES, which every later stage reads images under: not "
+            "stored), generation_refused (an empty reference or mask, which its Triton client does not "
+            "send). Each is drawn from another photo or left out (counted once per input committed); the "
+            'model\'s own refusals are skuforge_triton_errors_total{kind="refused"}.',
             ["reason"],
             registry=registry,
         )
@@ -188,7 +188,7 @@ class GeneratorMetrics:
             ["reason"],
             registry=registry,
         )
-        for reason in LEFT_OUT_REASONS:
+        for reason in GENERATOR_REFUSALS:
             self.variants_left_out.labels(reason)
 
 
@@ -499,7 +499,12 @@ def handle_batch(
             if isinstance(result, BadInput) and metrics is not None:
                 # Once the input is committed: a batch retried after a transient fault has its refusals
                 # answered again (from what the client kept), and counting each attempt counted them again.
-                refused_here = metrics.triton_errors.labels(model_name(planned.backend), "refused")
+                # One the client did not send (NotSent) is no Triton call: counted as the stage's own.
+                refused_here = (
+                    metrics.variants_refused.labels(result.reason)
+                    if isinstance(result, NotSent)
+                    else metrics.triton_errors.labels(model_name(planned.backend), "refused")
+                )
                 ctx.after_commit(refused_here.inc, events[position])
             if position in refused:
                 continue
