@@ -29,6 +29,14 @@ def _command_saying(what: str) -> str:
     )
 
 
+def _run_planted(argv: list[str], stderr: int | None = None) -> subprocess.CompletedProcess[str]:
+    """Runs ``argv`` (a planted command) from the repository root, its stdout captured; ``stderr`` as
+    given (``None``: this process's own)."""
+    return subprocess.run(
+        argv, stdout=subprocess.PIPE, stderr=stderr, cwd=ROOT, timeout=120, check=False, text=True
+    )
+
+
 @contextmanager
 def _full_disk() -> Iterator[int]:
     """A descriptor whose every write fails with ENOSPC (``2> log`` on a full disk)."""
@@ -60,15 +68,7 @@ def test_what_a_command_says_on_a_stderr_that_cannot_be_written_keeps_its_exit_s
     # disk or a closed pipe raised out of it: a command that did its work ended with status 1 and a
     # traceback nobody could read.
     with broken() as stderr:  # type: ignore[operator]
-        done = subprocess.run(
-            [sys.executable, "-c", _command_saying(what)],
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            cwd=ROOT,
-            timeout=120,
-            check=False,
-            text=True,
-        )
+        done = _run_planted([sys.executable, "-c", _command_saying(what)], stderr=stderr)
     assert done.returncode == 3
     assert done.stdout == "done\n"
 
@@ -77,13 +77,6 @@ def test_what_a_command_says_on_a_stderr_that_cannot_be_written_keeps_its_exit_s
 def test_what_a_command_says_on_a_closed_stderr_keeps_its_exit_status(what: str) -> None:
     # `2>&-`: sys.stderr is None, and print(file=None) printed the warning on stdout, into the command's
     # output; sys.stderr.write was an AttributeError, status 1.
-    done = subprocess.run(
-        ["/bin/sh", "-c", 'exec "$0" -c "$1" 2>&-', sys.executable, _command_saying(what)],
-        stdout=subprocess.PIPE,
-        cwd=ROOT,
-        timeout=120,
-        check=False,
-        text=True,
-    )
+    done = _run_planted(["/bin/sh", "-c", 'exec "$0" -c "$1" 2>&-', sys.executable, _command_saying(what)])
     assert done.returncode == 3
     assert done.stdout == "done\n"
