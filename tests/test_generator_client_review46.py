@@ -6,13 +6,13 @@ import json
 import struct
 from typing import Any
 
-import numpy as np
 import pytest
 import tritonclient.http
 
 from services.generator.client import GeneratorFailed, read_answer
-from services.generator.protocol import VariantRequest, VariantResult
+from services.generator.protocol import VariantResult
 from shared.errors import BadInput
+from tests.support.generation import answered_variant
 
 SIZE = 8
 MODEL = "skuforge_generator_composite"
@@ -45,35 +45,23 @@ def _answer(**texts: bytes | None) -> Any:
     return tritonclient.http.InferResult.from_response_body(header + binary, header_length=len(header))
 
 
-def _variant() -> VariantRequest:
-    return VariantRequest(
-        reference=np.zeros((4, 4, 3), np.uint8),
-        mask=np.full((4, 4), 255, np.uint8),
-        prompt="a photo of sks can",
-        negative_prompt="blurry",
-        seed=7,
-        parameters_json="{}",
-        adapter_id=None,
-        series=None,
-        size=SIZE,
-    )
-
-
 @pytest.mark.parametrize("output", ["error", "parameters_used", "adapter_used", "model_id"])
 @pytest.mark.parametrize("text", [None, b"\xff\xfe composite"], ids=["1x0", "not_utf8"])
 def test_a_text_output_that_holds_no_text_fails_as_the_servers_fault(output: str, text: bytes | None) -> None:
     """Another server's answer with a text output of shape 1x0 or bytes that are no UTF-8 raised a bare
     IndexError / UnicodeDecodeError: not counted in skuforge_triton_errors_total, its letter naming neither
     the server nor its answer. It fails as the server's fault, as an image of another size does."""
-    drawn = read_answer(_answer(), _variant(), MODEL)
+    drawn = read_answer(_answer(), answered_variant(SIZE), MODEL)
     assert isinstance(drawn, VariantResult) and drawn.model_id == "composite@1"
     with pytest.raises(GeneratorFailed) as failed:
-        read_answer(_answer(**{output: text}), _variant(), MODEL)
+        read_answer(_answer(**{output: text}), answered_variant(SIZE), MODEL)
     message = str(failed.value)
     assert MODEL in message and "seed 7" in message and output in message, message
 
 
 def test_a_refusal_in_the_error_output_is_still_a_refusal() -> None:
     """The error output read the same way: a backend's refusal still reaches the stage as BadInput."""
-    refused = read_answer(_answer(error=b"BadInput: unknown_adapter: no adapter x"), _variant(), MODEL)
+    refused = read_answer(
+        _answer(error=b"BadInput: unknown_adapter: no adapter x"), answered_variant(SIZE), MODEL
+    )
     assert isinstance(refused, BadInput) and refused.reason == "unknown_adapter"

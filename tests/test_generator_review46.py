@@ -7,17 +7,16 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import tritonclient.http
 
 from services.generator.client import GeneratorFailed, variant_result
-from services.generator.protocol import VariantRequest
 from services.generator.stage import build_stage
 from shared.config import ConfigError, load_settings
 from shared.generation.settings import GenerationSettings
 from skuforge_cli.main import main as cli_main
 from tests.support.bus import file_store_uri, isolated_settings
+from tests.support.generation import answered_variant
 
 
 def test_a_size_whose_images_have_more_pixels_than_every_stage_reads_is_refused_at_start(
@@ -95,17 +94,7 @@ def test_an_answer_whose_parameters_are_no_json_object_fails_as_the_servers_faul
     building the event (AttributeError, JSONDecodeError; a NaN's validation error once the image and its
     mask were written), retried it as a handler error and dead-lettered the SKU with a letter naming
     neither the server nor its answer. It fails as the server's fault, as an image of another size does."""
-    variant = VariantRequest(
-        reference=np.zeros((4, 4, 3), np.uint8),
-        mask=np.full((4, 4), 255, np.uint8),
-        prompt="a photo of sks can",
-        negative_prompt="blurry",
-        seed=7,
-        parameters_json="{}",
-        adapter_id=None,
-        series=None,
-        size=SIZE,
-    )
+    variant = answered_variant(SIZE)
     assert json.loads(variant_result(_answer('{"scene": "shelf"}'), variant, "m").parameters_json) == {
         "scene": "shelf"
     }

@@ -4,7 +4,8 @@
 backend's refusal raises. ``RefusingGenerator`` returns a refusal as the client does instead, for the
 tests of what the stage does with the variants a backend refuses. ``triton_request`` is a request as
 PyTriton hands it to the Triton model (``services/generator/server.py:GenerationModel``), and
-``triton_variant`` one as the client sends it.
+``triton_variant`` one as the client sends it, ``answered_variant`` one whose answer a test
+makes up.
 
 The stage's arrangement: ``arrange_generator`` (a store, the stage's context, its generation
 settings), ``captioned_event`` (a captioned SKU on the captioner's topic), ``with_mask`` and
@@ -203,6 +204,22 @@ def speckles() -> np.ndarray:
 
 # The size of triton_variant's request, and of the images served for it.
 TRITON_SIZE_PX = 256
+
+
+def answered_variant(size_px: int) -> VariantRequest:
+    """A request whose answer a test makes up (an answer of ``size_px``): a 4x4 reference, as the
+    client reads an answer against the size asked for, not against the reference."""
+    return VariantRequest(
+        reference=np.zeros((4, 4, 3), np.uint8),
+        mask=np.full((4, 4), 255, np.uint8),
+        prompt="a photo of sks can",
+        negative_prompt="blurry",
+        seed=7,
+        parameters_json="{}",
+        adapter_id=None,
+        series=None,
+        size=size_px,
+    )
 
 
 def triton_variant(
