@@ -8,7 +8,6 @@ reviewer spends time on them and they do not age in the backlog alert.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from tests.support.console import (
     flagged_item,
     login,
     pending_envelope,
+    record_listings,
     task_table_before,
 )
 
@@ -114,14 +114,7 @@ def test_no_listing_of_the_store_while_no_task_waits(
     assert withdrawals.by_sku() == {"SKU-A": {"p1", "p2"}, "SKU-B": {"p1"}}
     assert len(sweep.sweep()) == 5
 
-    listed: list[str] = []
-    list_keys = parts.store.list_keys
-
-    def listing(prefix: str = "") -> Iterator[str]:
-        listed.append(prefix)
-        return list_keys(prefix)
-
-    monkeypatch.setattr(parts.store, "list_keys", listing)
+    listed = record_listings(parts, monkeypatch)
     assert sweep.sweep() == []
     assert listed == []  # every task is closed: the sweep did not read the store
 

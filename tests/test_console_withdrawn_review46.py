@@ -8,7 +8,6 @@ images made from it before waiting; the trainstore keeps those images withdrawn 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,9 +16,9 @@ from prometheus_client import generate_latest
 from schemas.events import CorrectionPending
 from services.console.tasks import TaskFilter
 from services.console.withdrawn import WithdrawalSweep
-from shared.trainstore.manifest import ManifestRow, ManifestStore
+from shared.trainstore.manifest import ManifestStore
 from shared.trainstore.withdrawals import Withdrawals
-from tests.support.console import ConsoleParts, build_console, flagged_item, pending_envelope
+from tests.support.console import ConsoleParts, build_console, flag_made_from, record_listings
 
 
 @pytest.fixture
@@ -29,28 +28,6 @@ def parts(tmp_path: Path) -> ConsoleParts:
 
 def manifests_of(parts: ConsoleParts) -> ManifestStore:
     return ManifestStore(parts.store, "trainstore")
-
-
-def flag(parts: ConsoleParts, index: int, *, photo_id: str = "p1", stored: bool = True) -> CorrectionPending:
-    """A task waiting in the console for SKU-A's item ``index`` made from ``photo_id``, and, when
-    ``stored``, the trainstore's ``pending`` row of it (what it writes for correction.pending)."""
-    pending = flagged_item(parts.store, index, sku_id="SKU-A")
-    generated = pending.matted.generated.model_copy(update={"reference_photo_id": photo_id})
-    matted = pending.matted.model_copy(update={"generated": generated})
-    pending = pending.model_copy(update={"matted": matted})
-    parts.tasks.add_pending(pending_envelope(pending))
-    if stored:
-        row = ManifestRow(
-            item_id=generated.item_id,
-            sku_id="SKU-A",
-            category="soda can",
-            source="synthetic",
-            status="pending",
-            reference_photo_id=generated.reference_photo_id,
-        )
-        manifests_of(parts).append("SKU-A", [row])
-    parts.clock.advance(1.0)
-    return pending
 
 
 def state_of(parts: ConsoleParts, pending: CorrectionPending) -> str:
@@ -63,8 +40,8 @@ def test_a_task_of_a_photo_withdrawn_and_put_back_between_sweeps_is_closed_as_wi
     parts: ConsoleParts,
 ) -> None:
     withdrawals = Withdrawals(manifests_of(parts))
-    made_before = flag(parts, 0)
-    other_photo = flag(parts, 1, photo_id="p2")
+    made_before = flag_made_from(parts, 0)
+    other_photo = flag_made_from(parts, 1, photo_id="p2")
     sweep = WithdrawalSweep(parts.tasks, withdrawals, parts.console.metrics)
     assert sweep.sweep() == []
 
@@ -96,7 +73,7 @@ def test_a_console_started_after_the_photo_was_put_back_closes_the_task_at_its_f
     parts: ConsoleParts,
 ) -> None:
     withdrawals = Withdrawals(manifests_of(parts))
-    pending = flag(parts, 0)
+    pending = flag_made_from(parts, 0)
     withdrawals.withdraw("SKU-A", "soda can", ["p1"], by="owner")
     withdrawals.reinstate("SKU-A", ["p1"])
 
@@ -113,21 +90,14 @@ def test_a_task_of_an_image_the_store_takes_after_the_photo_was_put_back_stays_a
     withdrawals.reinstate("SKU-A", ["p1"])
     # Made after the photo was put back (its row pending), and one whose row the trainstore has not
     # written yet (it will store it: there is no withdrawal now).
-    made_after = flag(parts, 0)
-    not_stored_yet = flag(parts, 1, stored=False)
+    made_after = flag_made_from(parts, 0)
+    not_stored_yet = flag_made_from(parts, 1, stored=False)
     sweep = WithdrawalSweep(parts.tasks, withdrawals)
 
     assert sweep.sweep() == []
     assert (state_of(parts, made_after), state_of(parts, not_stored_yet)) == ("pending", "pending")
 
-    listed: list[str] = []
-    list_keys = parts.store.list_keys
-
-    def listing(prefix: str = "") -> Iterator[str]:
-        listed.append(prefix)
-        return list_keys(prefix)
-
-    monkeypatch.setattr(parts.store, "list_keys", listing)
+    listed = record_listings(parts, monkeypatch)
     assert sweep.sweep() == []
     # Remembered: the next sweeps list the withdrawal records alone, not the SKU's manifests again.
     assert listed == ["trainstore/withdrawals/"]
@@ -139,7 +109,7 @@ def test_a_photo_withdrawn_and_put_back_again_after_a_sweep_kept_its_task_is_loo
     withdrawals = Withdrawals(manifests_of(parts))
     withdrawals.withdraw("SKU-A", "soda can", ["p1"], by="owner")
     withdrawals.reinstate("SKU-A", ["p1"])
-    pending = flag(parts, 0)  # made after: stays
+    pending = flag_made_from(parts, 0)  # made after: stays
     sweep = WithdrawalSweep(parts.tasks, withdrawals)
     assert sweep.sweep() == []
 

@@ -11,29 +11,9 @@ from schemas.events import CorrectionPending
 from services.console.tasks import TaskFilter
 from services.console.withdrawn import WithdrawalSweep
 from shared.errors import TransientError
-from shared.trainstore.manifest import ManifestRow, ManifestStore
+from shared.trainstore.manifest import ManifestStore
 from shared.trainstore.withdrawals import Withdrawals
-from tests.support.console import ConsoleParts, build_console, flagged_item, pending_envelope
-
-
-def _flag(parts: ConsoleParts, index: int, photo_id: str) -> CorrectionPending:
-    """A task waiting for SKU-A's item ``index`` made from ``photo_id``, and the trainstore's row of it."""
-    pending = flagged_item(parts.store, index, sku_id="SKU-A")
-    generated = pending.matted.generated.model_copy(update={"reference_photo_id": photo_id})
-    matted = pending.matted.model_copy(update={"generated": generated})
-    pending = pending.model_copy(update={"matted": matted})
-    parts.tasks.add_pending(pending_envelope(pending))
-    row = ManifestRow(
-        item_id=generated.item_id,
-        sku_id="SKU-A",
-        category="soda can",
-        source="synthetic",
-        status="pending",
-        reference_photo_id=photo_id,
-    )
-    ManifestStore(parts.store, "trainstore").append("SKU-A", [row])
-    parts.clock.advance(1.0)
-    return pending
+from tests.support.console import ConsoleParts, build_console, flag_made_from
 
 
 def _state(parts: ConsoleParts, pending: CorrectionPending) -> str:
@@ -55,8 +35,8 @@ def test_a_put_back_record_the_store_cannot_read_now_loses_no_count_of_the_tasks
     looked at again at the next sweep."""
     parts = build_console(tmp_path, lease_s=60.0)
     withdrawals = Withdrawals(ManifestStore(parts.store, "trainstore"))
-    put_back = _flag(parts, 0, "p1")
-    withdrawn_now = _flag(parts, 1, "p2")
+    put_back = flag_made_from(parts, 0, "p1")
+    withdrawn_now = flag_made_from(parts, 1, "p2")
     withdrawals.withdraw("SKU-A", "soda can", ["p1"], by="owner")
     withdrawals.reinstate("SKU-A", ["p1"])
     withdrawals.withdraw("SKU-A", "soda can", ["p2"], by="owner")

@@ -6,6 +6,7 @@ import json
 import re
 import sqlite3
 import time
+from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,6 +34,7 @@ from shared.bus import make_envelope
 from shared.config import Settings, load_settings
 from shared.store import FileStore, ObjectStore
 from shared.synth import make_product, render_photo
+from shared.trainstore.manifest import ManifestRow, ManifestStore
 
 USERS = "alice:alice-password,bob:bob-password"
 SIZE_PX = 128
@@ -188,6 +190,43 @@ def with_flagged(parts: ConsoleParts, count: int) -> ConsoleParts:
         parts.tasks.add_pending(pending_envelope(flagged_item(parts.store, index)))
         parts.clock.advance(1.0)
     return parts
+
+
+def flag_made_from(
+    parts: ConsoleParts, index: int, photo_id: str = "p1", *, stored: bool = True
+) -> CorrectionPending:
+    """A task waiting in the console for SKU-A's item ``index`` made from ``photo_id``, and, when
+    ``stored``, the trainstore's ``pending`` row of it (what it writes for correction.pending)."""
+    pending = flagged_item(parts.store, index, sku_id="SKU-A")
+    generated = pending.matted.generated.model_copy(update={"reference_photo_id": photo_id})
+    matted = pending.matted.model_copy(update={"generated": generated})
+    pending = pending.model_copy(update={"matted": matted})
+    parts.tasks.add_pending(pending_envelope(pending))
+    if stored:
+        row = ManifestRow(
+            item_id=generated.item_id,
+            sku_id="SKU-A",
+            category="soda can",
+            source="synthetic",
+            status="pending",
+            reference_photo_id=photo_id,
+        )
+        ManifestStore(parts.store, "trainstore").append("SKU-A", [row])
+    parts.clock.advance(1.0)
+    return pending
+
+
+def record_listings(parts: ConsoleParts, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The prefixes ``parts.store`` is listed under from now on, in order (its listing otherwise kept)."""
+    listed: list[str] = []
+    list_keys = parts.store.list_keys
+
+    def listing(prefix: str = "") -> Iterator[str]:
+        listed.append(prefix)
+        return list_keys(prefix)
+
+    monkeypatch.setattr(parts.store, "list_keys", listing)
+    return listed
 
 
 def flagged_parts_fixture(count: int) -> Any:
