@@ -11,15 +11,13 @@ captioning found unusable. Each row now records when its event was produced (the
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from schemas.envelope import Envelope
-from schemas.events import GateAccepted, ImageMatted, SkuCaptioned
+from schemas.events import GateAccepted, SkuCaptioned
 from schemas.topics import CORRECTION_PENDING, CORRECTION_RESOLVED, GATE_ACCEPTED, SKU_CAPTIONED
 from services.trainstore.stage import Trainstore
-from shared.bus import make_envelope
 from shared.store import FileStore, sha256_hex
 from shared.trainstore.manifest import (
     ManifestRow,
@@ -29,26 +27,16 @@ from shared.trainstore.manifest import (
     encode_columns,
 )
 from tests.support.gate import captioned, matted_item, pending_of, resolved
-from tests.support.trainstore import PREFIX, WritesMeanwhile, stored, trainstore_stage
-
-SKU = "SKU-001"
-T0 = datetime(2026, 11, 22, 8, 0, tzinfo=UTC)
-
-
-def _envelope(topic: Any, payload: Any, event_id: str, minute: int) -> Envelope[Any]:
-    """An event produced ``minute`` minutes after T0."""
-    envelope = make_envelope(
-        topic, payload, event_id=event_id * 32, sku_id=SKU, trace_id="t" * 32, producer="test"
-    )
-    return envelope.model_copy(update={"produced_at": T0 + timedelta(minutes=minute)})
-
-
-def _renders(store: FileStore) -> tuple[ImageMatted, ImageMatted]:
-    """Two renders of one item (a variant rendered again from a changed scene library keeps its id)."""
-    first = matted_item(store, 1, 0)
-    other_look = matted_item(store, 1, 1).generated.image
-    second = first.model_copy(update={"generated": first.generated.model_copy(update={"image": other_look})})
-    return first, second
+from tests.support.trainstore import (
+    PREFIX,
+    SKU,
+    T0,
+    WritesMeanwhile,
+    produced_envelope,
+    stored,
+    trainstore_stage,
+    two_renders,
+)
 
 
 def _parts(store: FileStore) -> list[str]:
@@ -66,11 +54,11 @@ def test_an_old_acceptance_delivered_after_a_newer_approval_leaves_the_approval_
     tmp_path: Path,
 ) -> None:
     store, manifests, trainstore, ctx = trainstore_stage(tmp_path, compact_after_parts=2)
-    first, second = _renders(store)
-    old_acceptance = _envelope(GATE_ACCEPTED, GateAccepted(matted=first, iou=0.97, checks=[]), "a", 0)
+    first, second = two_renders(store)
+    old_acceptance = produced_envelope(GATE_ACCEPTED, GateAccepted(matted=first, iou=0.97, checks=[]), "a", 0)
     trainstore.accepted(old_acceptance, ctx)
-    trainstore.pending(_envelope(CORRECTION_PENDING, pending_of(second), "b", 5), ctx)
-    approval = _envelope(CORRECTION_RESOLVED, resolved(store, second, "approve_expected"), "c", 60)
+    trainstore.pending(produced_envelope(CORRECTION_PENDING, pending_of(second), "b", 5), ctx)
+    approval = produced_envelope(CORRECTION_RESOLVED, resolved(store, second, "approve_expected"), "c", 60)
     trainstore.resolved(approval, ctx)
     item_id = second.generated.item_id
     image_key = manifests.key(str(manifests.read_sku(SKU)[item_id].image))
@@ -110,11 +98,11 @@ def test_an_old_captioning_replayed_after_a_newer_one_changes_no_photo(tmp_path:
             ]
         }
     )
-    trainstore.captioned(_envelope(SKU_CAPTIONED, older, "a", 0), ctx)
-    trainstore.captioned(_envelope(SKU_CAPTIONED, newer, "b", 10), ctx)
+    trainstore.captioned(produced_envelope(SKU_CAPTIONED, older, "a", 0), ctx)
+    trainstore.captioned(produced_envelope(SKU_CAPTIONED, newer, "b", 10), ctx)
     before = manifests.read_sku(SKU)
 
-    trainstore.captioned(_envelope(SKU_CAPTIONED, older, "a", 0), ctx)  # replayed
+    trainstore.captioned(produced_envelope(SKU_CAPTIONED, older, "a", 0), ctx)  # replayed
 
     rows = manifests.read_sku(SKU)
     assert rows == before
@@ -138,8 +126,8 @@ def test_an_old_captioning_replayed_after_a_newer_one_deletes_no_photo_it_found_
             ]
         }
     )
-    trainstore.captioned(_envelope(SKU_CAPTIONED, newer, "b", 10), ctx)
-    trainstore.captioned(_envelope(SKU_CAPTIONED, older, "a", 0), ctx)  # an old one, delivered late
+    trainstore.captioned(produced_envelope(SKU_CAPTIONED, newer, "b", 10), ctx)
+    trainstore.captioned(produced_envelope(SKU_CAPTIONED, older, "a", 0), ctx)  # an old one, delivered late
 
     rows = manifests.read_sku(SKU)
     for photo_id in ("p0", "p1"):
@@ -177,9 +165,11 @@ def test_two_writers_of_one_sku_keep_the_newer_event_in_any_order(tmp_path: Path
 def test_an_old_acceptance_of_one_render_stands_after_a_newer_rejection_of_another(tmp_path: Path) -> None:
     """The rejection judged other pixels: the acceptance stands in either order (as when it came first)."""
     store, manifests, trainstore, ctx = trainstore_stage(tmp_path, compact_after_parts=16)
-    first, second = _renders(store)
-    trainstore.resolved(_envelope(CORRECTION_RESOLVED, resolved(store, second, "reject"), "b", 60), ctx)
-    acceptance = _envelope(GATE_ACCEPTED, GateAccepted(matted=first, iou=0.97, checks=[]), "a", 0)
+    first, second = two_renders(store)
+    trainstore.resolved(
+        produced_envelope(CORRECTION_RESOLVED, resolved(store, second, "reject"), "b", 60), ctx
+    )
+    acceptance = produced_envelope(GATE_ACCEPTED, GateAccepted(matted=first, iou=0.97, checks=[]), "a", 0)
     trainstore.accepted(acceptance, ctx)
 
     row = manifests.read_sku(SKU)[first.generated.item_id]
@@ -212,14 +202,16 @@ def test_a_replayed_gate_decision_never_overrides_a_reviewers_decision_of_the_sa
         (approved_item, "approve_edited", "d"),
     ):
         trainstore = Trainstore(manifests, compact_after_parts=2)
-        trainstore.pending(_envelope(CORRECTION_PENDING, pending_of(matted), event_id, 0), ctx)
+        trainstore.pending(produced_envelope(CORRECTION_PENDING, pending_of(matted), event_id, 0), ctx)
         payload = resolved(store, matted, decision, final_mask=human_mask)  # type: ignore[arg-type]
-        trainstore.resolved(_envelope(CORRECTION_RESOLVED, payload, event_id, 60), ctx)
+        trainstore.resolved(produced_envelope(CORRECTION_RESOLVED, payload, event_id, 60), ctx)
     # The gate replayed later: both items now pass its checks (same event ids: same input, key "decision").
     for attempt in range(2):
         restarted = Trainstore(ManifestStore(store, PREFIX), compact_after_parts=2)
         for matted, event_id in ((rejected_item, "e"), (approved_item, "d")):
-            replay = _envelope(GATE_ACCEPTED, GateAccepted(matted=matted, iou=0.97, checks=[]), event_id, 120)
+            replay = produced_envelope(
+                GATE_ACCEPTED, GateAccepted(matted=matted, iou=0.97, checks=[]), event_id, 120
+            )
             restarted.accepted(replay, ctx)
         rows = manifests.read_sku(SKU)
         rejected_row = rows[rejected_item.generated.item_id]
@@ -237,10 +229,12 @@ def test_a_reviewers_decision_delivered_after_a_newer_gate_replay_still_stands(t
     """The console's relay published the rejection late: the replayed acceptance got there first."""
     store, manifests, trainstore, ctx = trainstore_stage(tmp_path, compact_after_parts=16)
     matted = matted_item(store, 1, 0)
-    trainstore.pending(_envelope(CORRECTION_PENDING, pending_of(matted), "a", 0), ctx)
-    replay = _envelope(GATE_ACCEPTED, GateAccepted(matted=matted, iou=0.97, checks=[]), "a", 120)
+    trainstore.pending(produced_envelope(CORRECTION_PENDING, pending_of(matted), "a", 0), ctx)
+    replay = produced_envelope(GATE_ACCEPTED, GateAccepted(matted=matted, iou=0.97, checks=[]), "a", 120)
     trainstore.accepted(replay, ctx)
-    trainstore.resolved(_envelope(CORRECTION_RESOLVED, resolved(store, matted, "reject"), "b", 60), ctx)
+    trainstore.resolved(
+        produced_envelope(CORRECTION_RESOLVED, resolved(store, matted, "reject"), "b", 60), ctx
+    )
     manifests.compact(SKU)
     trainstore.accepted(replay, ctx)  # redelivered
 
@@ -259,16 +253,18 @@ def test_of_two_reviewers_decisions_the_later_made_wins_after_the_first_was_date
     store, manifests, trainstore, ctx = trainstore_stage(tmp_path, compact_after_parts=16)
     matted = matted_item(store, 1, 0)
     item_id = matted.generated.item_id
-    trainstore.pending(_envelope(CORRECTION_PENDING, pending_of(matted), "a", 0), ctx)
+    trainstore.pending(produced_envelope(CORRECTION_PENDING, pending_of(matted), "a", 0), ctx)
     trainstore.accepted(
-        _envelope(GATE_ACCEPTED, GateAccepted(matted=matted, iou=0.97, checks=[]), "a", 120), ctx
+        produced_envelope(GATE_ACCEPTED, GateAccepted(matted=matted, iou=0.97, checks=[]), "a", 120), ctx
     )
-    trainstore.resolved(_envelope(CORRECTION_RESOLVED, resolved(store, matted, "reject"), "b", 60), ctx)
+    trainstore.resolved(
+        produced_envelope(CORRECTION_RESOLVED, resolved(store, matted, "reject"), "b", 60), ctx
+    )
     rejected_row = manifests.read_sku(SKU)[item_id]
     assert (rejected_row.status, rejected_row.produced_at) == ("rejected", T0 + timedelta(minutes=120))
     assert rejected_row.event_time == T0 + timedelta(minutes=60)
 
-    approval = _envelope(CORRECTION_RESOLVED, resolved(store, matted, "approve_expected"), "c", 90)
+    approval = produced_envelope(CORRECTION_RESOLVED, resolved(store, matted, "approve_expected"), "c", 90)
     trainstore.resolved(approval, ctx)
 
     for attempt in range(2):  # and so it stays after a compaction, read by a restarted stage
@@ -277,7 +273,7 @@ def test_of_two_reviewers_decisions_the_later_made_wins_after_the_first_was_date
         assert sha256_hex(store.get_bytes(manifests.key(str(row.image)))) == matted.generated.image.sha256
         restarted = Trainstore(ManifestStore(store, PREFIX), compact_after_parts=16)
         # A reviewer's decision made before the approval (a redelivery of the first) still loses.
-        older = _envelope(CORRECTION_RESOLVED, resolved(store, matted, "reject"), "b", 60)
+        older = produced_envelope(CORRECTION_RESOLVED, resolved(store, matted, "reject"), "b", 60)
         restarted.resolved(older, ctx)
         assert manifests.read_sku(SKU)[item_id].status == "approved", attempt
         manifests.compact(SKU)
@@ -306,16 +302,18 @@ def test_a_re_emitted_acceptance_of_a_first_render_leaves_a_reviewers_approval_o
         store, manifests, trainstore, ctx = trainstore_stage(
             tmp_path / str(re_emitted_first), compact_after_parts=16
         )
-        first, second = _renders(store)
+        first, second = two_renders(store)
         acceptance = GateAccepted(matted=first, iou=0.97, checks=[])
-        re_emitted = _envelope(GATE_ACCEPTED, acceptance, "a", 120)
-        approval = _envelope(CORRECTION_RESOLVED, resolved(store, second, "approve_expected"), "c", 60)
+        re_emitted = produced_envelope(GATE_ACCEPTED, acceptance, "a", 120)
+        approval = produced_envelope(
+            CORRECTION_RESOLVED, resolved(store, second, "approve_expected"), "c", 60
+        )
         if re_emitted_first:
             trainstore.accepted(re_emitted, ctx)
             trainstore.resolved(approval, ctx)
         else:
-            trainstore.accepted(_envelope(GATE_ACCEPTED, acceptance, "a", 0), ctx)
-            trainstore.pending(_envelope(CORRECTION_PENDING, pending_of(second), "b", 5), ctx)
+            trainstore.accepted(produced_envelope(GATE_ACCEPTED, acceptance, "a", 0), ctx)
+            trainstore.pending(produced_envelope(CORRECTION_PENDING, pending_of(second), "b", 5), ctx)
             trainstore.resolved(approval, ctx)
             trainstore.accepted(re_emitted, ctx)
         manifests.compact(SKU)
@@ -340,10 +338,12 @@ def test_two_members_writing_one_item_at_once_leave_a_row_whose_objects_are_its_
     _, _, approving, ctx = trainstore_stage(
         tmp_path, compact_after_parts=16, store=FileStore(tmp_path / "store")
     )
-    first, second = _renders(store)
-    approval = _envelope(CORRECTION_RESOLVED, resolved(store, second, "approve_edited"), "c", 60)
+    first, second = two_renders(store)
+    approval = produced_envelope(CORRECTION_RESOLVED, resolved(store, second, "approve_edited"), "c", 60)
     store.meanwhile = lambda: approving.resolved(approval, ctx)
-    accepting.accepted(_envelope(GATE_ACCEPTED, GateAccepted(matted=first, iou=0.97, checks=[]), "a", 0), ctx)
+    accepting.accepted(
+        produced_envelope(GATE_ACCEPTED, GateAccepted(matted=first, iou=0.97, checks=[]), "a", 0), ctx
+    )
     assert store.meanwhile is None  # the approval did come in between
 
     row = manifests.read_sku(SKU)[first.generated.item_id]
@@ -369,12 +369,14 @@ def test_an_approval_whose_objects_another_members_rejection_deleted_before_its_
     _, _, rejecting, ctx = trainstore_stage(
         tmp_path, compact_after_parts=16, store=FileStore(tmp_path / "store")
     )
-    first, second = _renders(store)
-    rejecting.accepted(_envelope(GATE_ACCEPTED, GateAccepted(matted=first, iou=0.97, checks=[]), "a", 0), ctx)
-    rejection = _envelope(CORRECTION_RESOLVED, resolved(store, first, "reject"), "b", 30)
+    first, second = two_renders(store)
+    rejecting.accepted(
+        produced_envelope(GATE_ACCEPTED, GateAccepted(matted=first, iou=0.97, checks=[]), "a", 0), ctx
+    )
+    rejection = produced_envelope(CORRECTION_RESOLVED, resolved(store, first, "reject"), "b", 30)
     store.meanwhile = lambda: rejecting.resolved(rejection, ctx)
     approving.resolved(
-        _envelope(CORRECTION_RESOLVED, resolved(store, second, "approve_edited"), "c", 60), ctx
+        produced_envelope(CORRECTION_RESOLVED, resolved(store, second, "approve_edited"), "c", 60), ctx
     )
     assert store.meanwhile is None  # the rejection did come in between
 

@@ -4,45 +4,32 @@ render of the item over the decision."""
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 
 from schemas.common import ObjectRef
-from schemas.envelope import Envelope
-from schemas.events import CaptionedPhoto, GateAccepted, ImageMatted, SkuCaptioned
+from schemas.events import CaptionedPhoto, GateAccepted, SkuCaptioned
 from schemas.topics import CORRECTION_PENDING, CORRECTION_RESOLVED, GATE_ACCEPTED, SKU_CAPTIONED
 from services.trainstore.stage import Trainstore
 from shared import keys
-from shared.bus import make_envelope
 from shared.errors import BadInput, ObjectMissing
 from shared.store import FileStore, sha256_hex
 from shared.trainstore.manifest import ManifestRow, ManifestStore, decode_columns, encode_columns
-from tests.support.gate import matted_item, pending_of, resolved, sku
+from tests.support.gate import captioning_of, pending_of, resolved
 from tests.support.memory import peak_traced_bytes
-from tests.support.trainstore import PREFIX, WritesMeanwhile, stored, trainstore_stage
-
-SKU = "SKU-001"
-T0 = datetime(2026, 11, 22, 8, 0, tzinfo=UTC)
-
-
-def _envelope(topic: Any, payload: Any, event_id: str, minute: int) -> Envelope[Any]:
-    """An event produced ``minute`` minutes after T0."""
-    envelope = make_envelope(
-        topic, payload, event_id=event_id * 32, sku_id=SKU, trace_id="t" * 32, producer="test"
-    )
-    return envelope.model_copy(update={"produced_at": T0 + timedelta(minutes=minute)})
-
-
-def _renders(store: FileStore) -> tuple[ImageMatted, ImageMatted]:
-    """Two renders of one item (a variant rendered again from a changed scene library keeps its id)."""
-    first = matted_item(store, 1, 0)
-    other_look = matted_item(store, 1, 1).generated.image
-    second = first.model_copy(update={"generated": first.generated.model_copy(update={"image": other_look})})
-    return first, second
+from tests.support.trainstore import (
+    PREFIX,
+    SKU,
+    T0,
+    WritesMeanwhile,
+    produced_envelope,
+    stored,
+    trainstore_stage,
+    two_renders,
+)
 
 
 def test_a_gate_replay_never_stores_a_render_a_reviewer_rejected_beside_an_accepted_one(
@@ -54,20 +41,22 @@ def test_a_gate_replay_never_stores_a_render_a_reviewer_rejected_beside_an_accep
     trained on. The rejection now stands against the gate's acceptance of that render, in every order,
     after a restart and a compaction, and the first render stays."""
     store, manifests, trainstore, ctx = trainstore_stage(tmp_path, compact_after_parts=16)
-    first, second = _renders(store)
+    first, second = two_renders(store)
     item_id = first.generated.item_id
     trainstore.accepted(
-        _envelope(GATE_ACCEPTED, GateAccepted(matted=first, iou=0.97, checks=[]), "a", 0), ctx
+        produced_envelope(GATE_ACCEPTED, GateAccepted(matted=first, iou=0.97, checks=[]), "a", 0), ctx
     )
-    trainstore.pending(_envelope(CORRECTION_PENDING, pending_of(second), "b", 5), ctx)
-    trainstore.resolved(_envelope(CORRECTION_RESOLVED, resolved(store, second, "reject"), "c", 60), ctx)
+    trainstore.pending(produced_envelope(CORRECTION_PENDING, pending_of(second), "b", 5), ctx)
+    trainstore.resolved(
+        produced_envelope(CORRECTION_RESOLVED, resolved(store, second, "reject"), "c", 60), ctx
+    )
     assert manifests.read_sku(SKU)[item_id].image_sha256 == first.generated.image.sha256
 
     for attempt in range(2):
         restarted = Trainstore(ManifestStore(store, PREFIX), compact_after_parts=16)
         # The replay sends both renders' acceptances again, in the order they were matted.
         for matted, event_id, minute in ((first, "d", 120), (second, "e", 121)):
-            replay = _envelope(
+            replay = produced_envelope(
                 GATE_ACCEPTED, GateAccepted(matted=matted, iou=0.97, checks=[]), event_id, minute
             )
             restarted.accepted(replay, ctx)
@@ -83,16 +72,18 @@ def test_a_render_a_reviewer_rejected_stays_out_once_the_gate_accepted_another(t
     gate replayed then accepted the first render again, later than the second: it replaced the second and
     the rejected image was trained on. The row of the second now remembers the rejection."""
     store, manifests, trainstore, ctx = trainstore_stage(tmp_path, compact_after_parts=16)
-    first, second = _renders(store)
+    first, second = two_renders(store)
     item_id = first.generated.item_id
-    trainstore.pending(_envelope(CORRECTION_PENDING, pending_of(first), "a", 0), ctx)
-    trainstore.resolved(_envelope(CORRECTION_RESOLVED, resolved(store, first, "reject"), "b", 60), ctx)
+    trainstore.pending(produced_envelope(CORRECTION_PENDING, pending_of(first), "a", 0), ctx)
+    trainstore.resolved(
+        produced_envelope(CORRECTION_RESOLVED, resolved(store, first, "reject"), "b", 60), ctx
+    )
     trainstore.accepted(
-        _envelope(GATE_ACCEPTED, GateAccepted(matted=second, iou=0.97, checks=[]), "c", 90), ctx
+        produced_envelope(GATE_ACCEPTED, GateAccepted(matted=second, iou=0.97, checks=[]), "c", 90), ctx
     )
     assert manifests.read_sku(SKU)[item_id].image_sha256 == second.generated.image.sha256
 
-    replay = _envelope(GATE_ACCEPTED, GateAccepted(matted=first, iou=0.97, checks=[]), "d", 120)
+    replay = produced_envelope(GATE_ACCEPTED, GateAccepted(matted=first, iou=0.97, checks=[]), "d", 120)
     trainstore.accepted(replay, ctx)
     manifests.compact(SKU)
     Trainstore(ManifestStore(store, PREFIX), compact_after_parts=16).accepted(replay, ctx)
@@ -106,16 +97,18 @@ def test_a_render_a_reviewer_rejected_stays_out_once_the_gate_accepted_another(t
 def test_a_later_approval_of_a_render_once_rejected_is_stored(tmp_path: Path) -> None:
     """Remembering a rejection keeps the gate out, not a reviewer: the later decision made wins."""
     store, manifests, trainstore, ctx = trainstore_stage(tmp_path, compact_after_parts=16)
-    first, second = _renders(store)
+    first, second = two_renders(store)
     item_id = first.generated.item_id
     trainstore.accepted(
-        _envelope(GATE_ACCEPTED, GateAccepted(matted=first, iou=0.97, checks=[]), "a", 0), ctx
+        produced_envelope(GATE_ACCEPTED, GateAccepted(matted=first, iou=0.97, checks=[]), "a", 0), ctx
     )
-    trainstore.resolved(_envelope(CORRECTION_RESOLVED, resolved(store, second, "reject"), "b", 60), ctx)
+    trainstore.resolved(
+        produced_envelope(CORRECTION_RESOLVED, resolved(store, second, "reject"), "b", 60), ctx
+    )
     approval = resolved(store, second, "approve_expected").model_copy(
         update={"decided_at": T0 + timedelta(minutes=90)}
     )
-    trainstore.resolved(_envelope(CORRECTION_RESOLVED, approval, "c", 90), ctx)
+    trainstore.resolved(produced_envelope(CORRECTION_RESOLVED, approval, "c", 90), ctx)
 
     row = manifests.read_sku(SKU)[item_id]
     assert (row.status, row.image_sha256, row.rejected_renders) == (
@@ -153,15 +146,7 @@ def _noise_captioned(store: FileStore, photos: int, size_px: int) -> SkuCaptione
                 usable=True,
             )
         )
-    return SkuCaptioned(
-        sku=sku(1),
-        photos=entries,
-        instance_token="sks",
-        class_noun="can",
-        instance_prompt="a photo of sks can",
-        class_prompt="a photo of a can",
-        captioner="test",
-    )
+    return captioning_of(1, entries)
 
 
 def test_a_captioning_of_many_large_photos_holds_about_one_photo_at_a_time(tmp_path: Path) -> None:
@@ -171,7 +156,7 @@ def test_a_captioning_of_many_large_photos_holds_about_one_photo_at_a_time(tmp_p
     and let go, and read again (checked against its sha256 again) when it is written."""
     store, manifests, trainstore, ctx = trainstore_stage(tmp_path, compact_after_parts=16)
     photos, size_px = 12, 600
-    event = _envelope(SKU_CAPTIONED, _noise_captioned(store, photos, size_px), "a", 0)
+    event = produced_envelope(SKU_CAPTIONED, _noise_captioned(store, photos, size_px), "a", 0)
     photo_bytes = size_px * size_px * 3
 
     peak = peak_traced_bytes(lambda: trainstore.captioned(event, ctx))
@@ -203,7 +188,7 @@ def test_a_photo_gone_between_its_check_and_its_write_refuses_the_event_naming_i
     when it was checked, naming the photo, and no row is written."""
     store = _PhotoGoneOnSecondRead(tmp_path / "store")
     _, manifests, trainstore, ctx = trainstore_stage(tmp_path, compact_after_parts=16, store=store)
-    event = _envelope(SKU_CAPTIONED, _noise_captioned(store, 3, 64), "a", 0)
+    event = produced_envelope(SKU_CAPTIONED, _noise_captioned(store, 3, 64), "a", 0)
 
     with pytest.raises(BadInput) as refused:
         trainstore.captioned(event, ctx)
@@ -230,7 +215,7 @@ def test_a_photo_gone_when_its_copy_is_put_back_leaves_the_event_stored(tmp_path
         store.delete(store.key_for(photo.image.uri))
 
     store.meanwhile = withdrawn_meanwhile
-    trainstore.captioned(_envelope(SKU_CAPTIONED, captioning, "a", 0), ctx)
+    trainstore.captioned(produced_envelope(SKU_CAPTIONED, captioning, "a", 0), ctx)
 
     assert store.meanwhile is None
     rows = manifests.read_sku(SKU)

@@ -129,9 +129,14 @@ def captioned(store: ObjectStore, sku_index: int, photos: int = 2) -> SkuCaption
     entries.append(
         CaptionedPhoto(photo_id="p-blurry", image=blurry, usable=False, unusable_reason="no product found")
     )
+    return captioning_of(sku_index, entries)
+
+
+def captioning_of(sku_index: int, photos: list[CaptionedPhoto]) -> SkuCaptioned:
+    """The ``sku.captioned`` of SKU ``sku_index`` with ``photos`` (a can, instance token ``sks``)."""
     return SkuCaptioned(
         sku=sku(sku_index),
-        photos=entries,
+        photos=photos,
         instance_token="sks",
         class_noun="can",
         instance_prompt="a photo of sks can",

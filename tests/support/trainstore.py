@@ -5,7 +5,8 @@ and masks are stored under; ``manifest_row``, a row as the manifest tests write 
 ``as_mount_point``, an export's OUT on a file system of its own; ``WritesMeanwhile``, a store in which
 another member's write comes in between this member's steps; ``TimesOutOnce``, one whose manifest
 write times out after it landed; and ``dataset_cli_into_closed_pipe``, a ``skuforge dataset`` command
-whose reader has gone."""
+whose reader has gone; ``produced_envelope`` and ``two_renders``, the order tests' events of one
+item produced minutes apart and two renders of one item."""
 
 from __future__ import annotations
 
@@ -14,13 +15,17 @@ import logging
 import os
 import subprocess
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+from schemas.envelope import Envelope
+from schemas.events import ImageMatted
 from services.trainstore.stage import Trainstore
+from shared.bus import make_envelope
 from shared.config import Settings
 from shared.errors import TransientError
 from shared.observability import StageMetrics
@@ -28,8 +33,29 @@ from shared.runtime import Context
 from shared.store import FileStore, sha256_hex
 from shared.trainstore.manifest import ManifestRow, ManifestStore
 from tests.support.cli import skuforge_into_closed_pipe
+from tests.support.gate import matted_item
 
 PREFIX = "trainstore"
+
+# The order tests' SKU and clock: events of one item produced minutes apart.
+SKU = "SKU-001"
+T0 = datetime(2026, 11, 22, 8, 0, tzinfo=UTC)
+
+
+def produced_envelope(topic: Any, payload: Any, event_id: str, minute: int) -> Envelope[Any]:
+    """An event of SKU produced ``minute`` minutes after T0 (the order tests' clock)."""
+    envelope = make_envelope(
+        topic, payload, event_id=event_id * 32, sku_id=SKU, trace_id="t" * 32, producer="test"
+    )
+    return envelope.model_copy(update={"produced_at": T0 + timedelta(minutes=minute)})
+
+
+def two_renders(store: FileStore) -> tuple[ImageMatted, ImageMatted]:
+    """Two renders of one item (a variant rendered again from a changed scene library keeps its id)."""
+    first = matted_item(store, 1, 0)
+    other_look = matted_item(store, 1, 1).generated.image
+    second = first.model_copy(update={"generated": first.generated.model_copy(update={"image": other_look})})
+    return first, second
 
 
 def dataset_cli_into_closed_pipe(*args: str) -> subprocess.CompletedProcess[str]:
