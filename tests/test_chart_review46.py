@@ -1,9 +1,10 @@
 """The chart's values.schema.json: a misspelt key or a wrong type is refused at render, naming the key,
-instead of being ignored."""
+instead of being ignored. And NOTES.txt's port-forward names the release's namespace."""
 
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -126,3 +127,27 @@ def test_the_charts_own_values_pass_the_schema(helm: str) -> None:
         timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def notes(helm: str, tmp_path: Path, *values: str, namespace: str) -> str:
+    """NOTES.txt as `helm install` prints it: `helm template` leaves NOTES out and `install --dry-run`
+    asks a cluster, so a copy of the chart renders it as a named template into a ConfigMap."""
+    chart = tmp_path / "chart"
+    shutil.copytree(CHART, chart)
+    text = (chart / "templates" / "NOTES.txt").read_text()
+    (chart / "templates" / "notes-render.yaml").write_text(
+        '{{- define "test.notes" }}' + text + "{{ end }}\n"
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: notes}\n"
+        'data: {notes: {{ include "test.notes" . | toJson }}}\n'
+    )
+    docs = render(helm, *values, chart=chart, namespace=namespace)
+    (config,) = [doc for doc in docs if doc["kind"] == "ConfigMap" and doc["metadata"]["name"] == "notes"]
+    return str(config["data"]["notes"])
+
+
+def test_the_notes_port_forward_names_the_release_namespace(helm: str, tmp_path: Path) -> None:
+    """`kubectl port-forward svc/rel-skuforge-console ...` had no -n: run as printed, in another
+    namespace than the release's, it answered 'services "rel-skuforge-console" not found'."""
+    printed = notes(helm, tmp_path, namespace="shop")
+    (line,) = [line.strip() for line in printed.splitlines() if "port-forward" in line]
+    assert line == "kubectl -n shop port-forward svc/rel-skuforge-console 8087:8087", printed
