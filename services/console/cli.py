@@ -274,12 +274,20 @@ def _write_all(files: dict[Path, str]) -> None:
                 partial.write_text(text)
             except OSError as exc:
                 # Named as asked: the error named the temporary (".tasks.json.<pid>.partial").
-                raise OSError(exc.errno, f"{path}: {exc.strerror or exc}") from exc
+                raise _named(path, exc) from exc
         for partial, path in staged:
-            partial.replace(path)
+            try:
+                partial.replace(path)
+            except OSError as exc:  # said only "cannot write Operation not permitted", naming no file
+                raise _named(path, exc) from exc
     finally:
         for partial, _ in staged:
             partial.unlink(missing_ok=True)
+
+
+def _named(path: Path, exc: OSError) -> OSError:
+    """``exc`` naming ``path``, the file asked for, not the temporary written beside it."""
+    return OSError(exc.errno, f"{path}: {exc.strerror or exc}")
 
 
 def _import_summary(

@@ -1,0 +1,33 @@
+"""Found in the third second-opinion review of review 46's changes: the export's refusal to write named
+the file asked for only when writing its temporary failed, not when renaming it into place failed."""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+import pytest
+
+from skuforge_cli.main import main as cli_main
+from tests.support.console import build_console, use_cli_on, with_flagged
+
+
+def test_export_whose_rename_into_place_fails_names_the_file_asked_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Before: "cannot write Operation not permitted", naming no file at all (the rename's error has its
+    # paths in its filename fields, which the message left out once it printed only strerror).
+    parts = with_flagged(build_console(tmp_path), 1)
+    use_cli_on(parts, monkeypatch)
+    out = tmp_path / "tasks.json"
+
+    def refused(self: Path, target: Path) -> Path:  # as a file system refuses the rename (EPERM)
+        raise PermissionError(errno.EPERM, "Operation not permitted", str(self), None, str(target))
+
+    monkeypatch.setattr(Path, "replace", refused)
+
+    assert cli_main(["console", "export-labelstudio", "--out", str(out)]) == 2
+
+    err = capsys.readouterr().err
+    assert f"cannot write {out}: Operation not permitted" in err, err
+    assert not out.exists() and not list(tmp_path.glob(".tasks.json.*.partial"))
