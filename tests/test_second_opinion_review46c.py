@@ -1,5 +1,6 @@
 """Found in the third second-opinion review of review 46's changes: the export's refusal to write named
-the file asked for only when writing its temporary failed, not when renaming it into place failed."""
+the file asked for only when writing its temporary failed, not when renaming it into place failed; a
+BLIP sentence cut to the caption limit could end on a glue word ("... in a")."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from schemas.events import MAX_CAPTION_CHARS
+from shared.captioning.prompts import merge_sentence
 from skuforge_cli.main import main as cli_main
 from tests.support.console import build_console, use_cli_on, with_flagged
 
@@ -31,3 +34,16 @@ def test_export_whose_rename_into_place_fails_names_the_file_asked_for(
     err = capsys.readouterr().err
     assert f"cannot write {out}: Operation not permitted" in err, err
     assert not out.exists() and not list(tmp_path.glob(".tasks.json.*.partial"))
+
+
+def test_a_sentence_cut_to_the_caption_limit_does_not_end_on_a_glue_word() -> None:
+    # Before: cut at the last word that fit, the prompt ended "... beside it in a" or "... a kitchen with",
+    # a dangling phrase handed to the generator as the product's caption.
+    sentence = "a red box on a wooden table with a label and a spoon beside it in a kitchen with a window"
+    base = "a photo of a " + "x" * MAX_CAPTION_CHARS
+    glue = {"a", "an", "the", "of", "with", "and", "on", "in"}
+    for room in range(20, len(sentence) + 2):
+        caption = base[: MAX_CAPTION_CHARS - len(", ") - room]
+        merged = merge_sentence(caption, sentence, ["red"], "box")
+        assert len(merged) <= MAX_CAPTION_CHARS
+        assert merged.split()[-1] not in glue, (room, merged[len(caption) :])

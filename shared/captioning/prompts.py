@@ -457,8 +457,8 @@ def merge_sentence(caption: str, sentence: str, colours: Sequence[str], shape: s
     authoritative for both. An article before a
     word dropped or replaced is redone for the word now after it; the model's others stay. What is
     left (scene, objects, text the model read) is appended after a comma, cut at a word where the two
-    together would pass ``MAX_CAPTION_CHARS``. An empty sentence, or one left with only glue words,
-    adds nothing.
+    together would pass ``MAX_CAPTION_CHARS`` (never after a glue word: "in a"). An empty sentence, or
+    one left with only glue words, adds nothing.
     """
     measured = {colour.lower() for colour in colours}
     words = _sentence_words(sentence, measured)
@@ -508,10 +508,22 @@ def merge_sentence(caption: str, sentence: str, colours: Sequence[str], shape: s
     for index in retold:
         if index + 1 < len(kept):
             kept[index] = article(kept[index + 1])
-    if not set(kept) - {"a", "an", "the", "of", "with", "and", "on", "in", "photo", "picture"}:
+    if not set(kept) - _GLUE_WORDS:
         return caption
     # Long metadata and a long sentence together passed the event's caption limit, and the captioner's
     # event broke its own contract: the sentence is cut at a word to fit (captions that fit are unchanged).
     room = MAX_CAPTION_CHARS - len(caption) - len(", ")
-    added = _cut_at_word(" ".join(kept), room) if room > 0 else ""
+    whole = " ".join(kept)
+    added = _cut_at_word(whole, room) if room > 0 else ""
+    if added != whole:
+        # Cut after a glue word, the prompt ended in a dangling "... beside it in a": cut before it.
+        words = added.split()
+        while words and words[-1] in _GLUE_WORDS:
+            words.pop()
+        added = " ".join(words)
     return f"{caption}, {added}" if added else caption
+
+
+# Words that say nothing of the picture alone: a sentence of only these adds nothing, and a cut one does
+# not end on them.
+_GLUE_WORDS: Final = frozenset({"a", "an", "the", "of", "with", "and", "on", "in", "photo", "picture"})
