@@ -23,42 +23,22 @@ from services.generator.stage import GeneratorMetrics, handle_batch, variant_see
 from shared.errors import BadInput
 from shared.generation.composite import CompositeBackend
 from tests.support.captioning import captioned_sku
-from tests.support.generation import InProcessGenerator, arrange_generator, captioned_event
+from tests.support.generation import (
+    InProcessGenerator,
+    Noisy,
+    arrange_generator,
+    arranged_for_noise,
+    captioned_event,
+)
 
 VARIANTS = 2
-# Over the rendered photos' PNGs and the compositor's 256 px images, under 256 px of noise.
-MAX_IMAGE_BYTES = 150_000
 LEFT_OUT = "skuforge_generator_variants_left_out_total"
-
-
-class Noisy(InProcessGenerator):
-    """The compositor, but the variants of ``noisy_seeds`` come back as noise, whose PNG is over
-    ``MAX_IMAGE_BYTES``: the stage refuses them itself (``too_large_bytes``)."""
-
-    def __init__(self, noisy_seeds: Collection[int]) -> None:
-        super().__init__(CompositeBackend(None))
-        self.noisy_seeds = noisy_seeds
-
-    def generate(self, backend: str, variants: Sequence[VariantRequest]) -> list[VariantResult | BadInput]:
-        results = super().generate(backend, variants)
-        return [
-            dataclasses.replace(
-                result,
-                image=np.random.default_rng(variant.seed).integers(0, 256, result.image.shape, np.uint8),
-            )
-            if variant.seed in self.noisy_seeds and isinstance(result, VariantResult)
-            else result
-            for variant, result in zip(variants, results, strict=True)
-        ]
 
 
 def test_a_variant_left_out_is_counted_by_reason_once_its_input_is_committed(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    store, ctx, generation = arrange_generator(tmp_path, variants_per_sku=VARIANTS, size_px=256)
-    ctx = dataclasses.replace(
-        ctx, settings=ctx.settings.model_copy(update={"max_image_bytes": MAX_IMAGE_BYTES})
-    )
+    store, ctx, generation = arranged_for_noise(tmp_path, VARIANTS)
     captioned = captioned_sku(store, 6, usable_photos=2)
     sku_id, base_seed = captioned.sku.sku_id, generation.generation_seed
     # Variant 1 is over the limit from either photo; variant 0 is drawn.

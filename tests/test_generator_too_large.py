@@ -5,66 +5,29 @@ generator's letter."""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-from collections.abc import Collection, Sequence
 from pathlib import Path
 
-import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
 from schemas.events import ImageGenerated
-from services.generator.protocol import VariantRequest, VariantResult
 from services.generator.stage import GeneratorMetrics, handle_batch, variant_seed
 from shared.errors import BadInput
-from shared.generation.composite import CompositeBackend
-from shared.generation.settings import GenerationSettings
-from shared.runtime import Context
-from shared.store import FileStore
 from tests.support.captioning import captioned_sku
-from tests.support.generation import InProcessGenerator, arrange_generator, captioned_event, dead_letter_of
+from tests.support.generation import (
+    NOISE_MAX_IMAGE_BYTES,
+    Noisy,
+    arranged_for_noise,
+    captioned_event,
+    dead_letter_of,
+)
 
 VARIANTS = 2
-# Over the rendered photos' PNGs (the references are read under it too, about 56 kB) and the
-# compositor's 256 px images (about 105 kB), under 256 px of noise (197 kB).
-MAX_IMAGE_BYTES = 150_000
-
-
-class Noisy(InProcessGenerator):
-    """The compositor, but the variants of ``noisy_seeds`` come back as noise, whose PNG does not
-    compress: what a model drawing a busy scene at a large size gives."""
-
-    def __init__(self, noisy_seeds: Collection[int]) -> None:
-        super().__init__(CompositeBackend(None))
-        self.noisy_seeds = noisy_seeds
-
-    def generate(self, backend: str, variants: Sequence[VariantRequest]) -> list[VariantResult | BadInput]:
-        results = super().generate(backend, variants)
-        return [
-            dataclasses.replace(result, image=noise(variant.seed, result.image.shape))
-            if variant.seed in self.noisy_seeds and isinstance(result, VariantResult)
-            else result
-            for variant, result in zip(variants, results, strict=True)
-        ]
-
-
-def noise(seed: int, shape: tuple[int, ...]) -> np.ndarray:
-    """Pixels of ``shape`` drawn at random from ``seed``."""
-    return np.random.default_rng(seed).integers(0, 256, shape, np.uint8)
-
-
-def arranged(tmp_path: Path) -> tuple[FileStore, Context, GenerationSettings]:
-    """``arrange_generator``'s store, context and settings, 256 px images read under ``MAX_IMAGE_BYTES``."""
-    store, ctx, generation = arrange_generator(tmp_path, variants_per_sku=VARIANTS, size_px=256)
-    ctx = dataclasses.replace(
-        ctx, settings=ctx.settings.model_copy(update={"max_image_bytes": MAX_IMAGE_BYTES})
-    )
-    return store, ctx, generation
 
 
 def test_a_variant_over_the_byte_limit_is_drawn_from_another_photo(tmp_path: Path) -> None:
-    store, ctx, generation = arranged(tmp_path)
+    store, ctx, generation = arranged_for_noise(tmp_path, VARIANTS)
     captioned = captioned_sku(store, 3, usable_photos=2)
     sku_id, base_seed = captioned.sku.sku_id, generation.generation_seed
     noisy = {variant_seed(sku_id, "p0", index, base_seed) for index in range(VARIANTS)}
@@ -76,13 +39,13 @@ def test_a_variant_over_the_byte_limit_is_drawn_from_another_photo(tmp_path: Pat
     generated = [emit.payload for emit in outputs if isinstance(emit.payload, ImageGenerated)]
     # Before: p0's variants were stored and announced, each over the limit every later stage reads under.
     assert [(g.variant_index, g.reference_photo_id) for g in generated] == [(0, "p1"), (1, "p1")]
-    assert all(g.image.bytes <= MAX_IMAGE_BYTES for g in generated)
+    assert all(g.image.bytes <= NOISE_MAX_IMAGE_BYTES for g in generated)
 
 
 def test_a_sku_whose_every_variant_is_over_the_byte_limit_is_a_letter_naming_the_setting(
     tmp_path: Path,
 ) -> None:
-    store, ctx, generation = arranged(tmp_path)
+    store, ctx, generation = arranged_for_noise(tmp_path, VARIANTS)
     captioned = captioned_sku(store, 4, usable_photos=2)
     sku_id, base_seed = captioned.sku.sku_id, generation.generation_seed
     noisy = {
@@ -101,7 +64,7 @@ def test_a_variant_over_the_byte_limit_is_counted_once_its_input_is_committed(
 ) -> None:
     # Before, the refusal was only logged: an operator saw variants missing and no counter moving (it is
     # no Triton error, so skuforge_triton_errors_total{kind="refused"} stayed still too).
-    store, ctx, generation = arranged(tmp_path)
+    store, ctx, generation = arranged_for_noise(tmp_path, VARIANTS)
     captioned = captioned_sku(store, 5, usable_photos=2)
     sku_id, base_seed = captioned.sku.sku_id, generation.generation_seed
     noisy = {variant_seed(sku_id, "p0", index, base_seed) for index in range(VARIANTS)}

@@ -19,10 +19,11 @@ from it), ``marker_pixels`` (where the product landed).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ from shared.bus import make_envelope
 from shared.config import load_settings
 from shared.errors import BadInput
 from shared.generation.backend import GenerationBackend, GenerationRequest
+from shared.generation.composite import CompositeBackend
 from shared.generation.settings import GenerationSettings
 from shared.observability import StageMetrics
 from shared.runtime import Context, Stage
@@ -301,3 +303,44 @@ def red_box_request(**parameters: object) -> GenerationRequest:
 def marker_pixels(image: np.ndarray, tolerance: int = 2) -> np.ndarray:
     """Where ``image`` has the marker product's colour (within ``tolerance``)."""
     return np.all(np.abs(image.astype(np.int16) - PRODUCT_RGB) <= tolerance, axis=-1)
+
+
+# Over the rendered photos' PNGs (the references are read under it too, about 56 kB) and the
+# compositor's 256 px images (about 105 kB), under 256 px of noise (197 kB).
+NOISE_MAX_IMAGE_BYTES = 150_000
+
+
+class Noisy(InProcessGenerator):
+    """The compositor, but the variants of ``noisy_seeds`` come back as noise, whose PNG does not
+    compress (what a model drawing a busy scene at a large size gives): over ``NOISE_MAX_IMAGE_BYTES``,
+    the stage refuses them itself (``too_large_bytes``)."""
+
+    def __init__(self, noisy_seeds: Collection[int]) -> None:
+        super().__init__(CompositeBackend(None))
+        self.noisy_seeds = noisy_seeds
+
+    def generate(self, backend: str, variants: Sequence[VariantRequest]) -> list[VariantResult | BadInput]:
+        results = super().generate(backend, variants)
+        return [
+            dataclasses.replace(result, image=noise(variant.seed, result.image.shape))
+            if variant.seed in self.noisy_seeds and isinstance(result, VariantResult)
+            else result
+            for variant, result in zip(variants, results, strict=True)
+        ]
+
+
+def noise(seed: int, shape: tuple[int, ...]) -> np.ndarray:
+    """Pixels of ``shape`` drawn at random from ``seed``."""
+    return np.random.default_rng(seed).integers(0, 256, shape, np.uint8)
+
+
+def arranged_for_noise(
+    tmp_path: Path, variants_per_sku: int
+) -> tuple[FileStore, Context, GenerationSettings]:
+    """``arrange_generator``'s store, context and settings, 256 px images read under
+    ``NOISE_MAX_IMAGE_BYTES``: the compositor's pass, ``Noisy``'s do not."""
+    store, ctx, generation = arrange_generator(tmp_path, variants_per_sku=variants_per_sku, size_px=256)
+    ctx = dataclasses.replace(
+        ctx, settings=ctx.settings.model_copy(update={"max_image_bytes": NOISE_MAX_IMAGE_BYTES})
+    )
+    return store, ctx, generation
