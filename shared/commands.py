@@ -45,14 +45,14 @@ def run_command(name: str, command: Callable[[], int]) -> int:
             raise  # a pipe to a child the command runs: a failure to show
         # `skuforge flow | head -1`: as Python's docs advise ("Note on SIGPIPE"), stdout to devnull so
         # the interpreter's last flush does not raise again.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _to_devnull(sys.stdout)
         return 1
     except OSError as exc:
         if exc is not stdout.failure:
             raise  # a file of the command's own, or a pipe to a child: its caller names it
         # `skuforge flow > report.txt` on a full disk: before, a traceback ending in "[Errno 28]".
         # Stdout to devnull, as for a closed pipe, so the interpreter's last flush does not fail again.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), stdout.fileno())
+        _to_devnull(stdout.stream)
         _say(
             f"{name}: its output could not be written: {exc} (free room where stdout goes, or send it "
             "elsewhere, and try again)"
@@ -101,7 +101,7 @@ def _say(line: str) -> None:
         _to_devnull(sys.stderr)
 
 
-def _to_devnull(stream: TextIO) -> None:
+def _to_devnull(stream: TextIO | _WatchedStdout) -> None:
     """Send what is written to ``stream`` from now on to devnull, so that neither the next write nor the
     interpreter's last flush fails on what was left in its buffer; nothing when no file is behind it."""
     with contextlib.suppress(AttributeError, OSError, ValueError):
