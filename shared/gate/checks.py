@@ -331,7 +331,7 @@ def drift_check(
     if colour_gain is not None and not all(
         1 / MAX_DECLARED_GAIN <= g <= MAX_DECLARED_GAIN for g in colour_gain
     ):
-        shown = ", ".join(f"{g:.2f}" for g in colour_gain)
+        shown = ", ".join(_gain_shown(g) for g in colour_gain)
         return GateCheck(
             code="product_drift",
             passed=False,
@@ -362,6 +362,18 @@ def drift_check(
         )
         + (" with the declared colour gain applied to the reference" if colour_gain is not None else ""),
     )
+
+
+def _gain_shown(gain: float) -> str:
+    """A declared gain at 2 decimals, or at as many more (up to 6, then its full ``repr``) as show a
+    refused one outside the bounds and above 0: 2.004 read "2.00" and 0.001 "0.00", "beyond x2 either
+    way"."""
+    allowed = 1 / MAX_DECLARED_GAIN <= gain <= MAX_DECLARED_GAIN
+    for digits in range(2, 7):
+        shown = f"{gain:.{digits}f}"
+        if (1 / MAX_DECLARED_GAIN <= float(shown) <= MAX_DECLARED_GAIN) == allowed and float(shown) > 0:
+            return shown
+    return repr(gain)
 
 
 def figures(value: float, threshold: float, digits: int = 3, kind: str = "f") -> tuple[str, str]:
