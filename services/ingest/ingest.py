@@ -598,6 +598,18 @@ def prepare_sku(folder: Path, settings: Settings) -> tuple[PreparedSku | None, l
             # A cut-out, and the file kept before it is the same picture flattened on white (one
             # photo over white): the cut-out takes its place, as its outline is the captioner's mask.
             copies.append((seen[photo_id], file))
+            # And in what the warnings say of the file ingested: a multi-page file replaced was said to
+            # have its first page ingested, and an animated cut-out's frames went unsaid.
+            replaced = seen[photo_id]
+            frames = [(framed, n) for framed, n in frames if framed != replaced]
+            near_copies = [
+                (file if copy == replaced else copy, file if like == replaced else like, how)
+                for copy, like, how in near_copies
+            ]
+            if count > 1:
+                frames.append((file, count))
+            if photo_id in looks:
+                looks[photo_id] = (looks[photo_id][0], file)
             seen[photo_id] = file
             photos = [photo if kept.photo_id == photo_id else kept for kept in photos]
             continue
