@@ -19,7 +19,8 @@ that are not an image (``not_an_image``, ``corrupt``...), more pixels than ``SKU
 own figures (refused before any of the item's objects is read), or an image or mask whose size is
 not the one the event states, or masks and images whose sizes disagree (``dimension_mismatch``). The
 detail names the object refused (``predicted mask``, ``expected mask``, ``image``, ``reference image``
-or ``reference mask``, and its uri). The masks are read first, and the two images one at a time.
+or ``reference mask``, and its uri; of sizes that differ, each object with its stated size and uri).
+The masks are read first, and the two images one at a time.
 
 Metrics beside the runtime's: ``skuforge_gate_iou`` (histogram of IoU), ``skuforge_gate_decisions_total``
 (by decision) and ``skuforge_gate_flags_total`` (failed checks, by reason).
@@ -184,10 +185,11 @@ def _read(ctx: Context, name: str, ref: ImageRef, *, mask: bool) -> UInt8Array:
 
 
 def _same_size(*named: tuple[str, ImageRef]) -> None:
-    """Masks are compared pixel by pixel, so the event must state them the size of their image."""
+    """Masks are compared pixel by pixel, so the event must state them the size of their image. The
+    refusal names each object with its uri, as every other refusal of the gate does."""
     sizes = {name: (ref.height, ref.width) for name, ref in named}
     if len(set(sizes.values())) > 1:
-        shown = ", ".join(f"{name} {height}x{width} (HxW)" for name, (height, width) in sizes.items())
+        shown = ", ".join(f"{name} {ref.height}x{ref.width} (HxW) at {ref.uri}" for name, ref in named)
         raise BadInput("dimension_mismatch", f"the event states sizes that differ: {shown}")
 
 
