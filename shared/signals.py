@@ -106,8 +106,7 @@ def stopped_as_interrupt() -> Iterator[None]:
         _set_handlers(raise_stopped, (signal.SIGTERM, signal.SIGHUP), previous, replaces=_only_default)
         yield
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        _restore(previous)
 
 
 @contextlib.contextmanager
@@ -126,8 +125,7 @@ def held_signals() -> Iterator[list[int]]:
         _set_handlers(hold, _STOPS, previous, replaces=_not_ignored)
         yield came
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        _restore(previous)
 
 
 class FailurePath:
@@ -178,8 +176,12 @@ def stops_wait_for_clean_up() -> Iterator[FailurePath]:
         failure = exc
         raise
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        try:
+            _restore(previous)
+        except KeyboardInterrupt as stop:  # one came while they were put back: it ends the block
+            if failure is None or isinstance(failure, KeyboardInterrupt):
+                raise
+            raise stop from failure
         if path.held and not isinstance(failure, KeyboardInterrupt):
             try:
                 signal.raise_signal(path.held[0])  # its handler runs here, on the main thread
@@ -220,6 +222,27 @@ def _set_handlers(
         if replaces(before):
             previous[signum] = before
             signal.signal(signum, handler)
+
+
+def _restore(previous: dict[int, Any]) -> None:
+    """Put back each handler in ``previous``, all of them even when a stop comes meanwhile, then raise
+    the first stop that came. Put back in a plain loop, a stop whose own handler was back already raised
+    between two of them (a handler runs at the next call), and the handlers after it stayed the block's
+    for good: ``held_signals``' swallowed every later SIGTERM. Blocking the signals meanwhile
+    (``pthread_sigmask``) would not do: it blocks them on the main thread only, a signal sent to the
+    process is then taken by another thread (a Kafka client's), and its handler runs on the main thread
+    all the same."""
+    left = list(previous.items())
+    came: BaseException | None = None
+    while left:
+        try:
+            while left:
+                signal.signal(*left[0])
+                del left[0]  # after: a stop raised between the two puts the same handler back again
+        except BaseException as exc:  # raised by a handler put back already: the rest first
+            came = came or exc
+    if came is not None:
+        raise came
 
 
 def failure_before(stop: KeyboardInterrupt) -> BaseException | None:
