@@ -185,5 +185,43 @@ class _GuardedStderr:
         except OSError:
             _to_devnull(self.stream)
 
+    @property
+    def buffer(self) -> _GuardedStderrBytes:
+        """Stderr's bytes, guarded as its text is: ``sys.stderr.buffer`` was stderr's own, and a command
+        writing bytes through it (a tool's output passed on) ended so with status 1 and a traceback."""
+        return _GuardedStderrBytes(self.stream)
+
     def __getattr__(self, name: str) -> Any:  # fileno, isatty, encoding...: stderr's own
         return getattr(self.stream, name)
+
+
+class _GuardedStderrBytes:
+    """``stream.buffer`` (stderr's bytes), whose writes never fail, as ``_GuardedStderr``'s own: what
+    cannot be written is dropped and the stream sent to devnull; with stderr closed, all is dropped."""
+
+    def __init__(self, stream: TextIO | None) -> None:
+        self.stream = stream
+
+    def write(self, data: bytes) -> int:
+        if self.stream is None:
+            return memoryview(data).nbytes
+        try:
+            return self.stream.buffer.write(data)
+        except OSError:
+            _to_devnull(self.stream)
+            return memoryview(data).nbytes
+
+    def writelines(self, blocks: list[bytes]) -> None:
+        for block in blocks:
+            self.write(block)
+
+    def flush(self) -> None:
+        if self.stream is None:
+            return
+        try:
+            self.stream.buffer.flush()
+        except OSError:
+            _to_devnull(self.stream)
+
+    def __getattr__(self, name: str) -> Any:  # fileno, raw, mode...: stderr's buffer's own
+        return getattr(self.stream.buffer if self.stream is not None else None, name)

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from shared.signals import held_signals, stopped_as_interrupt, stops_wait_for_clean_up
 
+ROOT = Path(__file__).resolve().parents[1]
 STOPS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
@@ -60,3 +65,59 @@ def test_a_stop_between_two_handler_restores_leaves_every_handler_back(
         _stop_right_after_the_first_restore(monkeypatch, signal.SIGINT)
     monkeypatch.undo()
     assert {signum: signal.getsignal(signum) for signum in STOPS} == before
+
+
+# A command that writes bytes on stderr (progress from a tool's own output), then ends with its status, 3.
+_WRITING_BYTES_ON_STDERR = (
+    "import sys\nfrom shared.commands import run_command\n"
+    "def command():\n"
+    "    sys.stderr.buffer.write(b'progress 50%\\n')\n"
+    "    sys.stderr.buffer.writelines([b'progress ', b'100%\\n'])\n"
+    "    sys.stderr.buffer.flush()\n"
+    "    print('done')\n"
+    "    return 3\n"
+    "sys.exit(run_command('skuforge planted', command))\n"
+)
+
+
+@contextmanager
+def _stderr_that_cannot_be_written(how: str) -> Iterator[int]:
+    """A descriptor for stderr whose writes fail: a pipe whose reader has gone (EPIPE), a full disk."""
+    if how == "reader gone":
+        read_end, fd = os.pipe()
+        os.close(read_end)
+    else:
+        fd = os.open("/dev/full", os.O_WRONLY)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("how", ["reader gone", "full disk"])
+def test_bytes_written_on_a_stderr_that_cannot_be_written_keep_the_commands_status(how: str) -> None:
+    # ``sys.stderr.buffer`` was stderr's own: a write through it that failed raised out of run_command,
+    # and a command that had done its work ended with status 1 and a traceback nobody could read.
+    with _stderr_that_cannot_be_written(how) as stderr:
+        done = subprocess.run(
+            [sys.executable, "-c", _WRITING_BYTES_ON_STDERR],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            cwd=ROOT,
+            timeout=120,
+            check=False,
+            text=True,
+        )
+    assert (done.returncode, done.stdout) == (3, "done\n")
+
+
+def test_bytes_written_on_stderr_still_reach_it() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _WRITING_BYTES_ON_STDERR],
+        capture_output=True,
+        cwd=ROOT,
+        timeout=120,
+        check=False,
+        text=True,
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (3, "done\n", "progress 50%\nprogress 100%\n")
