@@ -267,28 +267,83 @@ def _put_in_place(partial: Path, path: Path, *, whole: Callable[[], bool] | None
     (damaged in place, writable by everyone): a whole copy there is another process's, put there since
     this one looked, which it holds (its lock is on that file). Replaced, its lock was on a deleted
     file, the copy under the name was held by nobody, and a prune deleted it under that process once
-    ``unused_days`` old. The check and the move happen under the cache's install lock (``_install_lock``),
-    so no other process puts a copy there between them: a file system without hard links (vfat; some
-    FUSE ones, whose ``link`` is ENOSYS) has only the check before its rename, which replaced a whole
-    copy landing in between. Readers never see part of a file: ``partial`` is whole and synced, and the
-    rename atomic.
+    ``unused_days`` old. The move happens under the cache's install lock (``_install_lock``), and only
+    when what was checked is still there (``_put_in_place_unless_whole``), so no copy another process
+    put there after the check is replaced: on a file system without hard links (vfat; some FUSE ones,
+    whose ``link`` is ENOSYS) the check before the rename is all there is. Readers never see part of a
+    file: ``partial`` is whole and synced, and the rename atomic.
     """
     os.chmod(partial, _mode(0o666))  # not mkstemp's 0600
     if whole is None:
         os.replace(partial, path)
     else:
-        with _install_lock(path.parent):
-            try:
-                os.link(partial, path)
-            except FileExistsError:
-                if not whole():
-                    os.replace(partial, path)
-            except OSError as exc:
-                if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS):
-                    raise
-                if not whole():  # no hard links: renamed, unless a whole copy is there, kept as above
-                    os.replace(partial, path)
+        _put_in_place_unless_whole(partial, path, whole)
     fsync_dir(path.parent)
+
+
+def _put_in_place_unless_whole(partial: Path, path: Path, whole: Callable[[], bool]) -> None:
+    """``_put_in_place`` for a cache copy: linked into place where nothing is there (so never over a copy
+    landing meanwhile where the install lock could not be taken), else renamed over what is not whole."""
+
+    def put(taken: bool) -> bool:
+        if taken:
+            os.replace(partial, path)
+            return True
+        try:
+            os.link(partial, path)
+        except FileExistsError:
+            return False  # put there meanwhile, where the lock could not be taken (NFS)
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise
+            os.replace(partial, path)  # no hard links: nothing there, and the lock keeps it so
+        return True
+
+    _install_unless_whole(path, whole, put)
+
+
+def _install_unless_whole(path: Path, whole: Callable[[], bool], put: Callable[[bool], bool]) -> None:
+    """Run ``put`` under the cache's install lock unless the entry at ``path`` is ``whole``; ``put`` is
+    told whether something is there, and returns False where it found the name taken meanwhile.
+
+    ``whole`` (a copy's sha256: a multi-GB read for a model) runs before the lock is taken: under it,
+    every other install on the host waited for it. Under the lock ``put`` runs only when the entry
+    checked is still the one at ``path`` (held open meanwhile, so its inode is no other's); one another
+    process put there meanwhile is looked at again, never replaced unchecked.
+    """
+    for _attempt in range(5):
+        there = _open_entry(path)
+        try:
+            kept = whole()  # asked even of nothing there: what lands meanwhile is looked at again
+            with _install_lock(path.parent):
+                if not _still_at(there, path):
+                    continue  # another process put its copy there while this one looked
+                if kept and there is not None:
+                    return
+                if put(there is not None):
+                    return
+        finally:
+            if there is not None:
+                os.close(there)
+    raise OSError(errno.EBUSY, f"could not put the model copy at {path}: other processes keep replacing it")
+
+
+def _open_entry(path: Path) -> int | None:
+    """A descriptor on the entry at ``path`` itself (a file, a folder, a link), or None when nothing is
+    there; ``O_PATH``: one another user's copy, unreadable to us, opens too."""
+    try:
+        return os.open(path, os.O_RDONLY | getattr(os, "O_PATH", 0) | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return None
+
+
+def _still_at(there: int | None, path: Path) -> bool:
+    """Whether the entry at ``path`` is still the one open as ``there`` (None: still nothing there)."""
+    try:
+        now = os.lstat(path)
+    except FileNotFoundError:
+        return there is None
+    return there is not None and os.path.samestat(os.fstat(there), now)
 
 
 @contextlib.contextmanager
@@ -706,26 +761,27 @@ def _install(partial: Path, target: Path, keys: list[str]) -> None:
     """Put the finished copy ``partial`` at ``target`` unless a whole copy of ``keys`` is there already;
     what is left at ``partial`` (our copy, or the outdated one ours replaced) is the caller's to delete.
 
-    The check and the swap happen under the cache's install lock (``_install_lock``), so a whole copy
-    another process has just installed, and may be loading, is found and kept, never replaced. A rename
-    cannot replace a non-empty folder, and renaming the old copy aside first left no model under the
-    name until ours took it (none at all when the process died in between): an outdated or broken copy
-    is exchanged with ours in one step, its open files staying readable.
+    The swap happens under the cache's install lock, and only when the copy checked is still the one
+    there (``_install_unless_whole``), so a whole copy another process has just installed, and may be
+    loading, is found and kept, never replaced. A rename cannot replace a non-empty folder, and renaming
+    the old copy aside first left no model under the name until ours took it (none at all when the
+    process died in between): an outdated or broken copy is exchanged with ours in one step, its open
+    files staying readable.
     """
-    with _install_lock(target.parent):
-        if _is_complete(target, keys):
-            return
+
+    def put(taken: bool) -> bool:
         try:
             os.rename(partial, target)  # nothing there (or an empty folder)
-            return
+            return True
         except OSError as exc:
             if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
                 raise
-        # Something is there: the outdated or broken copy, or, where the lock could not be taken,
-        # a whole one another process has installed since we looked, which it may be loading.
-        if _is_complete(target, keys):
-            return
-        _exchange(partial, target)
+        if not taken:
+            return False  # installed meanwhile, where the lock could not be taken: looked at again
+        _exchange(partial, target)  # the outdated or broken copy checked
+        return True
+
+    _install_unless_whole(target, lambda: _is_complete(target, keys), put)
 
 
 # renameat2(2)'s flag that swaps two names atomically (Linux 3.15; ext4, XFS, btrfs, tmpfs, overlayfs).

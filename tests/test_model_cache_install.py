@@ -98,7 +98,8 @@ def test_a_copy_another_process_installs_meanwhile_is_kept_not_replaced(
 
     def other_stage_installs_meanwhile(target: Path, keys: list[str]) -> bool:
         complete = is_complete(target, keys)
-        if threading.current_thread() is main_thread and inspect.stack()[1].function == "_install":
+        installing_now = any(frame.function == "_install" for frame in inspect.stack())
+        if threading.current_thread() is main_thread and installing_now:
             monkeypatch.setattr(model_cache, "_is_complete", is_complete)
             installing = threading.Thread(target=other_stage)
             installing.start()

@@ -13,7 +13,10 @@ from typing import Any
 
 import pytest
 
+from shared import model_cache
+from shared.model_cache import fetch_directory, release, write_blocks_atomically
 from shared.signals import held_signals, stopped_as_interrupt, stops_wait_for_clean_up
+from tests.support.model_cache import BLIP_FILES, publish_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 STOPS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -121,3 +124,90 @@ def test_bytes_written_on_stderr_still_reach_it() -> None:
         text=True,
     )
     assert (done.returncode, done.stdout, done.stderr) == (3, "done\n", "progress 50%\nprogress 100%\n")
+
+
+# Exits 0 when it can take the cache folder's install lock (an exclusive flock on the folder) at once.
+_TAKES_THE_INSTALL_LOCK = (
+    "import fcntl, os, sys\n"
+    "fd = os.open(sys.argv[1], os.O_RDONLY)\n"
+    "try:\n"
+    "    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+    "except BlockingIOError:\n"
+    "    sys.exit(1)\n"
+)
+
+
+def _another_process_can_install(folder: Path) -> bool:
+    """Whether another process could take ``folder``'s install lock now (a real flock, no stand-in)."""
+    taken = subprocess.run(
+        [sys.executable, "-c", _TAKES_THE_INSTALL_LOCK, str(folder)], timeout=60, check=False
+    )
+    return taken.returncode == 0
+
+
+@pytest.mark.parametrize("there_is_whole", [True, False], ids=["whole copy kept", "broken copy replaced"])
+def test_a_copy_is_hashed_while_other_processes_may_install(tmp_path: Path, there_is_whole: bool) -> None:
+    # The check of the copy already there (its sha256, a multi-GB read for a model) ran under the cache's
+    # install lock: every other process's install on the host waited for it.
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    path = cache / "0123456789abcdef-model.onnx"
+    path.write_bytes(b"the copy there")
+    lock_free_while_hashing: list[bool] = []
+
+    def whole() -> bool:
+        lock_free_while_hashing.append(_another_process_can_install(cache))
+        return there_is_whole
+
+    write_blocks_atomically(path, (b"our copy",), whole=whole)
+    assert lock_free_while_hashing == [True]
+    assert path.read_bytes() == (b"the copy there" if there_is_whole else b"our copy")
+    assert [entry.name for entry in cache.iterdir()] == [path.name]
+
+
+def test_a_copy_put_there_while_the_one_there_was_hashed_is_looked_at_again(tmp_path: Path) -> None:
+    # Hashed outside the lock, the copy there may be replaced meanwhile by another process's whole one:
+    # that one is kept, not replaced on the strength of the broken copy's hash.
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    path = cache / "0123456789abcdef-model.onnx"
+    path.write_bytes(b"broken copy")
+    looked_at: list[bytes] = []
+
+    def whole() -> bool:
+        looked_at.append(path.read_bytes())
+        if len(looked_at) == 1:  # another process puts its whole copy there meanwhile
+            theirs = cache / ".theirs"
+            theirs.write_bytes(b"their whole copy")
+            os.replace(theirs, path)
+            return False
+        return path.read_bytes() == b"their whole copy"
+
+    write_blocks_atomically(path, (b"our copy",), whole=whole)
+    assert looked_at == [b"broken copy", b"their whole copy"]
+    assert path.read_bytes() == b"their whole copy"
+
+
+def test_a_folder_copy_is_checked_while_other_processes_may_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A folder copy's check (every file's sha256: a diffusion pipeline's gigabytes) ran under the cache's
+    # install lock too, before and after the rename: every other install on the host waited for it.
+    cache, store = tmp_path / "cache", tmp_path / "store"
+    uri = publish_folder(store, "blip")
+    copy = fetch_directory(uri, cache, uri_from="the test")
+    release(copy)
+    (copy / "model.safetensors").write_bytes(b"damaged " * 100)  # same size, other bytes
+    lock_free_while_checking: list[bool] = []
+    is_complete = model_cache._is_complete
+
+    def checked(target: Path, keys: list[str]) -> bool:
+        lock_free_while_checking.append(_another_process_can_install(cache))
+        return is_complete(target, keys)
+
+    monkeypatch.setattr(model_cache, "_is_complete", checked)
+    assert fetch_directory(uri, cache, uri_from="the test") == copy
+    release(copy)
+    assert (copy / "model.safetensors").read_bytes() == BLIP_FILES["model.safetensors"]
+    assert len(lock_free_while_checking) >= 2  # before the download, and before the install
+    assert all(lock_free_while_checking), lock_free_while_checking
