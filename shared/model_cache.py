@@ -803,6 +803,7 @@ def _exchange(new: Path, old: Path) -> None:
         code = ctypes.get_errno()
         if code not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
             raise OSError(code, f"could not put the model copy at {old}: {os.strerror(code)}", str(old))
+    # No atomic swap without renameat2: os.replace (rename(2)) replaces only an empty folder, never swaps.
     aside = new.with_name(f"{new.name}-aside")
     os.rename(new, aside)
     os.rename(old, new)
