@@ -48,3 +48,15 @@ def test_the_mask_scripts_share_one_opencv_message() -> None:
     catalogue = importlib.import_module("bench.data.matting_real.make_catalogue_masks")
     instore = importlib.import_module("bench.data.matting_real.make_instore_masks")
     assert catalogue.NO_OPENCV is instore.NO_OPENCV
+
+
+@pytest.mark.parametrize("text", ["abc", "a b", "milk oat drink"])
+def test_a_caption_cut_to_no_room_is_empty_and_a_negative_room_is_refused(text: str) -> None:
+    # A negative limit sliced from the end: "abc" cut to -1 characters was "ab", longer than asked.
+    from shared.captioning.prompts import _cut_at_word
+
+    assert _cut_at_word(text, 0) == ""
+    for limit in range(len(text) + 1):
+        assert len(_cut_at_word(text, limit)) <= limit
+    with pytest.raises(ValueError, match="-1"):
+        _cut_at_word(text, -1)

@@ -202,7 +202,11 @@ def class_noun(category: str, *, fallback: str = "product") -> str:
 
 
 def _cut_at_word(text: str, limit: int) -> str:
-    """``text``, or, when longer than ``limit``, its words that fit (a single word over it cut)."""
+    """``text``, or, when longer than ``limit``, its words that fit (a single word over it cut); a
+    ``limit`` of 0 leaves nothing, and a negative one is refused: a slice to it counted from the end
+    ("abc" cut to -1 was "ab")."""
+    if limit < 0:
+        raise ValueError(f"a caption cut to {limit} characters: the limit is 0 or more")
     if len(text) <= limit:
         return text
     cut = text[: limit + 1].rsplit(" ", 1)[0] if " " in text[:limit] else text[:limit]
@@ -514,7 +518,7 @@ def merge_sentence(caption: str, sentence: str, colours: Sequence[str], shape: s
     # event broke its own contract: the sentence is cut at a word to fit (captions that fit are unchanged).
     room = MAX_CAPTION_CHARS - len(caption) - len(", ")
     whole = " ".join(kept)
-    added = _cut_at_word(whole, room) if room > 0 else ""
+    added = _cut_at_word(whole, max(room, 0))
     if added != whole:
         # Cut after a glue word, the prompt ended in a dangling "... beside it in a": cut before it.
         words = added.split()
