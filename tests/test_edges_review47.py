@@ -60,3 +60,35 @@ def test_a_caption_cut_to_no_room_is_empty_and_a_negative_room_is_refused(text: 
         assert len(_cut_at_word(text, limit)) <= limit
     with pytest.raises(ValueError, match="-1"):
         _cut_at_word(text, -1)
+
+
+def test_the_longest_metadata_caption_fits_the_event_contract() -> None:
+    # Each field at its limit, in characters NFC spells as three ("\ufb2c"), the longest colour phrase
+    # the settings allow: the attribute caption alone fits MAX_CAPTION_CHARS (1,557 characters today).
+    from schemas.common import SkuMetadata
+    from schemas.events import MAX_CAPTION_CHARS
+    from shared.captioning.prompts import SHAPE_PHRASES, compose_caption
+
+    widest = "\ufb2c"
+    sku = SkuMetadata(
+        sku_id="X-1", name=widest * 200, category="\ufb03" * 100, brand=widest * 100, series=widest * 100
+    )
+    shape = max(SHAPE_PHRASES, key=lambda name: len(SHAPE_PHRASES[name] or ""))
+    caption = compose_caption(sku, ["yellowish green"] * 8, shape, "three-quarter view")
+    assert len(caption) <= MAX_CAPTION_CHARS
+
+
+def test_an_attribute_caption_past_the_contract_is_cut_at_a_word() -> None:
+    # compose_caption joined whatever it was given: past MAX_CAPTION_CHARS the captioner's own event
+    # broke its contract (merge_sentence only cut the sentence it appends, never the caption before it).
+    from schemas.common import SkuMetadata
+    from schemas.events import MAX_CAPTION_CHARS
+    from shared.captioning.prompts import compose_caption
+
+    sku = SkuMetadata(sku_id="X-1", name="Fizzo Zero", category="soda can", brand="Fizzo")
+    colours = [f"colour{index}" for index in range(300)]
+    caption = compose_caption(sku, colours, "can", "front view")
+    assert len(caption) <= MAX_CAPTION_CHARS
+    assert caption.startswith("a photo of a colour0, colour1")
+    assert caption.split()[-1].rstrip(",").startswith("colour")  # whole words, no dangling comma
+    assert not caption.endswith(",")

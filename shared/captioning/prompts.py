@@ -313,8 +313,9 @@ def compose_caption(sku: SkuMetadata, colours: Sequence[str], shape: str, view: 
     """A detailed caption of one photo from its measurements and the SKU's metadata.
 
     e.g. "a photo of a red and white soda can by Fizzo, Fizzo Zero Cherry, Fizzo Zero series,
-    cylindrical can, front view". Blank metadata says nothing (a brand or series of spaces read
-    "by  ," and "  series"), and a series that says so itself ("Pro Series") is not "Pro Series series".
+    cylindrical can, front view"; at most ``MAX_CAPTION_CHARS``, cut at a word. Blank metadata says
+    nothing (a brand or series of spaces read "by  ," and "  series"), and a series that says so itself
+    ("Pro Series") is not "Pro Series series".
     """
     noun = class_noun(sku.category)
     # metadata.json is the retailer's: padding and inner runs of spaces are not part of the words, and
@@ -332,7 +333,9 @@ def compose_caption(sku: SkuMetadata, colours: Sequence[str], shape: str, view: 
         parts.append(SHAPE_PHRASES[shape])
     if view:
         parts.append(view)
-    return ", ".join(parts)
+    # Every field at its limit fits the event's caption limit; a longer field, or more colours, must not
+    # make the captioner break its own contract: cut at a word, never after a comma.
+    return _cut_at_word(", ".join(parts), MAX_CAPTION_CHARS).rstrip(",")
 
 
 def _composed(text: str) -> str:
