@@ -311,13 +311,17 @@ def _composited(image: Image.Image, *, background: int, alpha: UInt8Array | None
 
 def format_named_otherwise(name: str, data: bytes) -> str | None:
     """The format ``data`` holds (Pillow's name: "GIF") when the extension of the file ``name`` says
-    another (a GIF saved as photo.jpg); None when they agree, or when either says nothing known."""
+    another (a GIF saved as photo.jpg; "HEIC", which Pillow does not read, by its ftyp box); None when
+    they agree, or when either says nothing known."""
     said = Image.registered_extensions().get(PurePosixPath(name).suffix.lower())
     try:
         with Image.open(io.BytesIO(data)) as image:
             held = _FORMAT_ALIASES.get(image.format or "", image.format or "")
     except (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError):
-        return None
+        # Pillow reads no HEIC, which an iPhone writes and often names .jpg: told by its ftyp box (an
+        # AVIF Pillow could not open by its own brand).
+        brands = _ftyp_brands(data) & _HEIF_BRANDS
+        held = "AVIF" if b"avif" in brands else "HEIC" if brands else ""
     return held if said is not None and held and held != _FORMAT_ALIASES.get(said, said) else None
 
 
@@ -1155,17 +1159,22 @@ def _jpeg_decodes_in_one_pass(data: bytes) -> bool:
     return False
 
 
+def _ftyp_brands(data: bytes) -> set[bytes]:
+    """The brands (major and compatible) of the ISO-BMFF ``ftyp`` box ``data`` opens with; none for
+    other bytes."""
+    if len(data) < 12 or data[4:8] != b"ftyp":
+        return set()
+    (box_size,) = struct.unpack(">I", data[:4])
+    compatible = data[16 : min(box_size, len(data), 256)]
+    return {data[8:12], *(compatible[index : index + 4] for index in range(0, len(compatible) - 3, 4))}
+
+
 def _refuse_heif(data: bytes, what: Subject) -> None:
     """``ImageRejected('format_not_allowed')`` naming HEIC/HEIF when ``data`` opens with such an
     ISO-BMFF ``ftyp`` box (by its major or a compatible brand); nothing for other bytes. A mask is told
     PNG: an iPhone's edited mask is HEIC, and "export the photo as JPEG or PNG" led to a JPEG mask,
     refused in turn."""
-    if len(data) < 12 or data[4:8] != b"ftyp":
-        return
-    (box_size,) = struct.unpack(">I", data[:4])
-    compatible = data[16 : min(box_size, len(data), 256)]
-    brands = {data[8:12], *(compatible[index : index + 4] for index in range(0, len(compatible) - 3, 4))}
-    if brands & _HEIF_BRANDS:
+    if _ftyp_brands(data) & _HEIF_BRANDS:
         export = "export the photo as JPEG or PNG" if what == "photo" else "export the mask as PNG"
         raise ImageRejected("format_not_allowed", f"HEIC/HEIF (or AVIF) is not supported: {export}")
 

@@ -92,3 +92,34 @@ def test_an_attribute_caption_past_the_contract_is_cut_at_a_word() -> None:
     assert caption.startswith("a photo of a colour0, colour1")
     assert caption.split()[-1].rstrip(",").startswith("colour")  # whole words, no dangling comma
     assert not caption.endswith(",")
+
+
+# The first bytes of an iPhone's HEIC photo: its ftyp box (major brand heic, compatible mif1 and heic),
+# then the meta box's header.
+IPHONE_HEIC_HEADER = bytes.fromhex("00000018 66747970 68656963 00000000 6d696631 68656963 0000022e 6d657461")
+
+
+def test_a_heic_named_jpg_in_a_sku_folder_is_told_its_name_does_not_match_its_content(tmp_path: Path) -> None:
+    # A GIF (or an AVIF, which Pillow reads) named .jpg was told "its name ends in .jpg, but it holds a
+    # GIF"; an iPhone's HEIC named .jpg (as a phone's share sheet writes it) was told only that HEIC is
+    # not supported, its owner looking at a .jpg.
+    from PIL import Image
+
+    from services.ingest.ingest import IngestError, prepare_all
+    from shared.config import load_settings
+
+    folder = tmp_path / "A"
+    folder.mkdir()
+    (folder / "metadata.json").write_text(
+        json.dumps({"sku_id": "A-1", "name": "Oat drink", "category": "carton"})
+    )
+    (folder / "photo.jpg").write_bytes(IPHONE_HEIC_HEADER + bytes(512))
+    (folder / "photo.heic").write_bytes(IPHONE_HEIC_HEADER + bytes(512))  # named what it holds: no note
+    Image.new("RGB", (96, 96), (10, 40, 80)).save(folder / "other.png")
+    with pytest.raises(IngestError) as refused:
+        prepare_all(tmp_path, load_settings())
+    [said] = [line for line in str(refused.value).splitlines() if "photo.jpg" in line]
+    assert "export the photo as JPEG or PNG" in said
+    assert "its name ends in .jpg, but it holds a HEIC" in said
+    [heic] = [line for line in str(refused.value).splitlines() if "photo.heic" in line]
+    assert "HEIC" in heic and "but it holds" not in heic
