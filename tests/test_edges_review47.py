@@ -123,3 +123,58 @@ def test_a_heic_named_jpg_in_a_sku_folder_is_told_its_name_does_not_match_its_co
     assert "its name ends in .jpg, but it holds a HEIC" in said
     [heic] = [line for line in str(refused.value).splitlines() if "photo.heic" in line]
     assert "HEIC" in heic and "but it holds" not in heic
+
+
+def _one_layer_onnx(shape: list[str | int]) -> bytes:
+    """A 1x1 convolution and a sigmoid with the input shape ``shape`` (N x 3 x H x W, fixed or named)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = numpy_helper.from_array(np.array([0.8, -0.5, 0.3], np.float32).reshape(1, 3, 1, 1), "w")
+    nodes = [
+        helper.make_node("Conv", ["input", "w"], ["logits"]),
+        helper.make_node("Sigmoid", ["logits"], ["d0"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "one_layer",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("d0", TensorProto.FLOAT, [shape[0], 1, shape[2], shape[3]])],
+        initializer=[weights],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+@pytest.mark.parametrize(
+    ("shape", "said"),
+    [([0, 3, 320, 320], "batch 0"), (["batch", 3, 0, 320], "height 0"), (["batch", 3, 320, 0], "width 0")],
+)
+def test_a_model_that_fixes_an_input_dimension_at_zero_is_refused_when_opened(
+    shape: list[str | int], said: str
+) -> None:
+    # Opened as a model of max_batch 0 (or a 320 x 0 input); its warm-up then failed with "range() arg 3
+    # must not be zero", or blamed the blank warm-up image: "images[0] is 320x0: it has no pixels".
+    from shared.matting.session import MattingModelError, U2NetSession
+
+    with pytest.raises(MattingModelError) as refused:
+        U2NetSession(_one_layer_onnx(shape), use_gpu=False, threads=1)
+    assert said in str(refused.value) and "export it" in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("shape", "per_call"),
+    [([1, 3, 60000, 60000], "1 x 60000 x 60000"), ([4096, 3, 320, 320], "4096 x 320 x 320")],
+)
+def test_a_model_too_large_to_warm_up_is_refused_when_opened(shape: list[str | int], per_call: str) -> None:
+    # A 60000 x 60000 export opened, and its warm-up asked for 43 GB for its blank image's input alone
+    # (a fixed batch of 4096 is padded to 4096 images a call): the matting stage was killed for memory
+    # at start-up, saying nothing of why.
+    from shared.matting.session import MAX_CALL_INPUT_PIXELS, MattingModelError, U2NetSession
+
+    with pytest.raises(MattingModelError) as refused:
+        U2NetSession(_one_layer_onnx(shape), use_gpu=False, threads=1)
+    assert per_call in str(refused.value) and f"{MAX_CALL_INPUT_PIXELS:,}" in str(refused.value)

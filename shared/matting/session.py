@@ -93,6 +93,11 @@ CPU_CALL_IMAGES = 4
 # The input types a model may take (ORT's names): the pre-processing's float32 is cast to a float16
 # export's input (the normalised pixels, within +-3, lose nothing a 320 px map shows), its maps back.
 INPUT_TYPES: dict[str, type[np.floating]] = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+# The most input pixels one call of a model may fix (its fixed batch times its fixed height and width:
+# 2048 x 2048, or 40 images of 320 x 320). U2-NetP held 1.5 GB of activations for 8 x 320 x 320; a
+# 60000 x 60000 export asked 43 GB for its warm-up image's input alone, and the stage was killed for
+# memory at start-up, saying nothing of why.
+MAX_CALL_INPUT_PIXELS = 2048 * 2048
 # A model's map has sides of at least its input's over this (a stride-8 segmentation output, the
 # coarsest a mask is read from); a smaller one, blown up to the image, is no product's outline.
 MAP_SIDE_DIVISOR = 8
@@ -425,6 +430,19 @@ class MattingSession(ABC):
                 f"{self.model_id} takes input {model_input.name!r} {model_input.shape}, not 3 colour "
                 "channels second; a U2-Net model takes N x 3 x H x W (export it channels-first)"
             )
+        fixed_at_zero = [
+            f"{dim_name} {dim}"
+            for dim_name, dim in (("batch", batch_dim), ("height", height_dim), ("width", size_dim))
+            if isinstance(dim, int) and dim < 1
+        ]
+        if fixed_at_zero:
+            # Opened, it had a max_batch of 0 (or no pixels a side), and its warm-up failed in "range()
+            # arg 3 must not be zero", or blamed the blank warm-up image.
+            raise MattingModelError(
+                f"{self.model_id} fixes its input {model_input.name!r} {model_input.shape} at "
+                f"{', '.join(fixed_at_zero)}: no image fits it; export it with that dimension free "
+                "(dynamic_axes) or at 1 or more"
+            )
         # A free side takes the other side's fixed size (a model trained square), else the default; a
         # file exported at a fixed non-square size (N x 3 x 192 x 256) is fed and read at its H x W.
         fixed_sides = [dim for dim in (size_dim, height_dim) if isinstance(dim, int)]
@@ -441,6 +459,14 @@ class MattingSession(ABC):
         #: Images per call of a file exported with a fixed batch size (1 for a free batch).
         self.call_images: int = batch_dim if isinstance(batch_dim, int) and batch_dim > 0 else 1
         self.max_batch = min(max_batch, batch_dim) if isinstance(batch_dim, int) else max_batch
+        width, height = self.input_size
+        if self.call_images * width * height > MAX_CALL_INPUT_PIXELS:
+            raise MattingModelError(
+                f"{self.model_id} takes {self.call_images} x {width} x {height} pixels a call (input "
+                f"{model_input.name!r} {model_input.shape}), more than {MAX_CALL_INPUT_PIXELS:,}: its "
+                "warm-up would run out of memory; export it with a free batch, or a smaller fixed one or "
+                "size"
+            )
         # On the CPU provider a free batch is run in calls of at most CPU_CALL_IMAGES (``_call``), named
         # or not; the batch dimension's name, where it has one, gets them shape-fixed sessions
         # (``_session_for``).
