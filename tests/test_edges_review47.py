@@ -178,3 +178,19 @@ def test_a_model_too_large_to_warm_up_is_refused_when_opened(shape: list[str | i
     with pytest.raises(MattingModelError) as refused:
         U2NetSession(_one_layer_onnx(shape), use_gpu=False, threads=1)
     assert per_call in str(refused.value) and f"{MAX_CALL_INPUT_PIXELS:,}" in str(refused.value)
+
+
+def test_eval_help_says_model_names_the_file_and_does_not_choose_how_it_runs(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # "--model {u2netp,u2net}: its architecture" read as a setting that changes how the file is run; an
+    # ONNX file holds its own graph, which eval runs as it is: the option only names it in messages.
+    from services.matting.cli import main as matting_cli
+
+    with pytest.raises(SystemExit) as exited:
+        matting_cli(["eval", "--help"])
+    assert exited.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    said = text.split("--model {u2netp,u2net}", 1)[1].split(" --n ", 1)[0]
+    assert "architecture" not in said
+    assert "graph" in said and "default u2netp" in said

@@ -258,8 +258,12 @@ def main(argv: list[str] | None = None) -> int:
         "JSON line on stdout; how far it is, on stderr.",
     )
     evaluate.add_argument("model_path", type=path_argument("file"), help="the ONNX model")
+    # The ONNX file holds its graph: --model picks no architecture here, only the name messages give it.
     evaluate.add_argument(
-        "--model", choices=["u2netp", "u2net"], default="u2netp", help="its architecture (default u2netp)"
+        "--model",
+        choices=["u2netp", "u2net"],
+        default="u2netp",
+        help="what its messages call it; the file's own graph is run either way (default u2netp)",
     )
     evaluate.add_argument("--n", type=positive_int, default=200, help="renderer photos (default 200)")
     evaluate.add_argument(
