@@ -194,3 +194,22 @@ def test_eval_help_says_model_names_the_file_and_does_not_choose_how_it_runs(
     said = text.split("--model {u2netp,u2net}", 1)[1].split(" --n ", 1)[0]
     assert "architecture" not in said
     assert "graph" in said and "default u2netp" in said
+
+
+def test_the_readme_says_what_ingest_of_synths_out_folder_names(tmp_path: Path) -> None:
+    # README: "(`skuforge ingest var/synth` for `var/synth/skus`) is named with the folder to ingest
+    # instead", as though var/synth held the SKU folders and that was all. It holds skus/ (named, first)
+    # and masks/, the renderer's truth, which is named too, as a SKU folder without metadata.json.
+    from services.ingest.ingest import IngestError, prepare_all
+    from shared.config import load_settings
+    from shared.synth.photo import write_sku_folders
+    from tests.support.docs import README
+
+    write_sku_folders(tmp_path, 1, 1, seed=1, size_px=64)
+    with pytest.raises(IngestError) as refused:
+        prepare_all(tmp_path, load_settings())
+    problems = str(refused.value).splitlines()[1:]
+    assert problems[0].strip().startswith(f"{tmp_path / 'skus'}: holds SKU folders")
+    assert any(line.strip().startswith(f"{tmp_path / 'masks'}/metadata.json: missing") for line in problems)
+    said = " ".join(README.split()).split("`skuforge ingest var/synth`", 1)[1].split(". ", 1)[0]
+    assert "`var/synth/skus`" in said and "`masks/`" in said and "no metadata.json" in said
