@@ -213,3 +213,12 @@ def test_the_readme_says_what_ingest_of_synths_out_folder_names(tmp_path: Path) 
     assert any(line.strip().startswith(f"{tmp_path / 'masks'}/metadata.json: missing") for line in problems)
     said = " ".join(README.split()).split("`skuforge ingest var/synth`", 1)[1].split(". ", 1)[0]
     assert "`var/synth/skus`" in said and "`masks/`" in said and "no metadata.json" in said
+
+
+def test_a_gpu_sized_fixed_batch_still_opens() -> None:
+    # The cap only refuses exports no warm-up could hold: at 2048 x 2048 it refused a fixed batch of 64
+    # images of 320 x 320 (6.5 M pixels a call), an ordinary GPU export.
+    from shared.matting.session import U2NetSession
+
+    session = U2NetSession(_one_layer_onnx([64, 3, 320, 320]), use_gpu=False, threads=1)
+    assert session.call_images == 64

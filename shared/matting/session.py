@@ -94,10 +94,11 @@ CPU_CALL_IMAGES = 4
 # export's input (the normalised pixels, within +-3, lose nothing a 320 px map shows), its maps back.
 INPUT_TYPES: dict[str, type[np.floating]] = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 # The most input pixels one call of a model may fix (its fixed batch times its fixed height and width:
-# 2048 x 2048, or 40 images of 320 x 320). U2-NetP held 1.5 GB of activations for 8 x 320 x 320; a
-# 60000 x 60000 export asked 43 GB for its warm-up image's input alone, and the stage was killed for
-# memory at start-up, saying nothing of why.
-MAX_CALL_INPUT_PIXELS = 2048 * 2048
+# 8192 x 8192, or 655 images of 320 x 320). It only refuses exports no warm-up could hold: a 60000 x
+# 60000 export asked 43 GB for its warm-up image's input alone, and the stage was killed for memory at
+# start-up, saying nothing of why. A GPU export with a fixed batch of 64 or 256 at 320 x 320 (U2-NetP
+# held 1.5 GB of activations for 8 x 320 x 320) stays well inside it.
+MAX_CALL_INPUT_PIXELS = 8192 * 8192
 # A model's map has sides of at least its input's over this (a stride-8 segmentation output, the
 # coarsest a mask is read from); a smaller one, blown up to the image, is no product's outline.
 MAP_SIDE_DIVISOR = 8
