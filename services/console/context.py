@@ -16,6 +16,7 @@ from fastapi.templating import Jinja2Templates
 from schemas.common import check_safe_id
 from schemas.events import CorrectionPending
 from services.console.config import ConsoleSettings
+from services.console.formtext import sent_twice
 from services.console.metrics import ConsoleMetrics
 from services.console.relay import DecisionRelay
 from services.console.security import LoginThrottle, SessionSigner
@@ -88,9 +89,12 @@ ConsoleDep = Annotated[Console, Depends(console_of)]
 
 
 _REASON = re.compile(r"[a-z0-9_]{1,64}")
+# The query's filters, each taken once: the framework reads a parameter given twice as its last copy.
+FILTER_NAMES = ("sku", "reason", "iou_min", "iou_max", "state")
 
 
 def queue_filter(
+    request: Request,
     sku: Annotated[str | None, Query(max_length=64)] = None,
     reason: Annotated[str | None, Query(max_length=64)] = None,
     iou_min: Annotated[str | None, Query(max_length=32)] = None,
@@ -99,10 +103,16 @@ def queue_filter(
         Literal["pending", "claimed", "approved", "rejected", "withdrawn", "accepted", "all"], Query()
     ] = "pending",
 ) -> TaskFilter:
-    """The queue's filters from the query string; a malformed SKU or an empty IoU range is a 422.
+    """The queue's filters from the query string; a malformed SKU, an empty IoU range or a filter
+    given twice is a 422.
 
-    An empty field means "no filter": the queue's filter form submits every field, blank or not.
+    An empty field means "no filter": the queue's filter form submits every field, blank or not. A
+    filter given twice (``?sku=A&sku=B``) is refused as a form's field sent twice is (``formtext``):
+    the framework took the last copy, and the queue listed SKU B's items alone without a word.
     """
+    for name in FILTER_NAMES:
+        if len(request.query_params.getlist(name)) > 1:
+            raise HTTPException(422, sent_twice(name))
     sku = sku.strip() if sku else None
     if sku:
         try:

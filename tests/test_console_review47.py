@@ -1,0 +1,43 @@
+"""Found in review 47 of the console: a queue filter given twice was read as its last copy; a temporary
+name beside a long --out did not fit the folder's name limit; a stalled body held its connection for
+good; GET /logout answered a browser with JSON; a failing withdrawal record was logged once per photo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from starlette.testclient import TestClient
+
+from tests.support.console import app_for, build_console, login, with_flagged
+
+
+@pytest.mark.parametrize("name", ["sku", "reason", "iou_min", "iou_max", "state"])
+@pytest.mark.parametrize("route", ["/", "/api/tasks"])
+def test_a_queue_filter_given_twice_is_refused_naming_it(tmp_path: Path, name: str, route: str) -> None:
+    # Before, "?sku=SKU-A&sku=SKU-B" listed SKU-B's items alone: the first copy was dropped without a word.
+    parts = with_flagged(build_console(tmp_path), 1)
+    client = TestClient(app_for(parts), base_url="http://console.test")
+    login(client)
+    value = {"sku": "SKU-A", "reason": "iou_below_threshold", "iou_min": "0.1", "iou_max": "0.9"}
+    first = value.get(name, "pending")
+
+    response = client.get(route, params=[(name, first), (name, first)])
+
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"] == f"{name}: sent more than once; send it once"
+    assert client.get(route, params=[(name, first)]).status_code == 200  # once is fine
+
+
+def test_a_filter_given_twice_to_a_form_post_is_refused_and_nothing_is_claimed(tmp_path: Path) -> None:
+    parts = with_flagged(build_console(tmp_path), 1)
+    client = TestClient(app_for(parts), base_url="http://console.test")
+    token = login(client)
+
+    response = client.post(
+        "/api/claim-next?sku=SKU-X&sku=SKU-Y", headers={"X-CSRF-Token": token}, follow_redirects=False
+    )
+
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"] == "sku: sent more than once; send it once"
+    assert parts.tasks.counts()["claimed"] == 0
