@@ -4,12 +4,15 @@ good; GET /logout answered a browser with JSON; a failing withdrawal record was 
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import pytest
 from starlette.testclient import TestClient
 
-from tests.support.console import app_for, build_console, login, with_flagged
+from skuforge_cli.main import main as cli_main
+from tests.support.console import app_for, build_console, login, use_cli_on, with_flagged
 
 
 @pytest.mark.parametrize("name", ["sku", "reason", "iou_min", "iou_max", "state"])
@@ -41,3 +44,25 @@ def test_a_filter_given_twice_to_a_form_post_is_refused_and_nothing_is_claimed(t
     assert response.status_code == 422, response.text
     assert response.json()["detail"] == "sku: sent more than once; send it once"
     assert parts.tasks.counts()["claimed"] == 0
+
+
+@pytest.mark.parametrize("config", [False, True], ids=["out", "config-out"])
+def test_export_to_a_name_near_the_folders_limit_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], config: bool
+) -> None:
+    # Before, the temporary beside it (".<name>.<pid>.partial") was past the 255 bytes a name may take:
+    # a valid --out of 250 bytes failed with "File name too long", nothing written.
+    parts = with_flagged(build_console(tmp_path), 1)
+    use_cli_on(parts, monkeypatch)
+    limit = os.pathconf(tmp_path, "PC_NAME_MAX")
+    out = tmp_path / ("t" * (limit - 10) + ".json")
+    config_out = tmp_path / ("c" * (limit - 10) + ".xml")
+    args = ["console", "export-labelstudio", "--out", str(out)]
+
+    status = cli_main(args + (["--config-out", str(config_out)] if config else []))
+
+    assert status == 0, capsys.readouterr().err
+    assert len(json.loads(out.read_text())) == 1
+    assert config_out.exists() == config
+    expected = sorted([out.name, config_out.name] if config else [out.name])
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == expected  # no temporary left

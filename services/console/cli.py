@@ -24,6 +24,7 @@ import errno
 import getpass
 import json
 import os
+import secrets
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -268,7 +269,9 @@ def _write_all(files: dict[Path, str]) -> None:
     staged: list[tuple[Path, Path]] = []
     try:
         for path, text in files.items():
-            partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+            # A short name of its own, not the file's name with a suffix: beside an --out near the
+            # folder's 255-byte name limit, ".<name>.<pid>.partial" was past it ("File name too long").
+            partial = path.with_name(f".skuforge-export.{os.getpid()}.{secrets.token_hex(4)}.partial")
             staged.append((partial, path))
             try:
                 partial.write_text(text)
