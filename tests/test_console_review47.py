@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
 from starlette.testclient import TestClient
 
+from services.console.decisions import REJECT_REASONS
 from skuforge_cli.main import main as cli_main
 from tests.support.console import app_for, build_console, login, use_cli_on, with_flagged
 
@@ -66,3 +68,15 @@ def test_export_to_a_name_near_the_folders_limit_is_written(
     assert config_out.exists() == config
     expected = sorted([out.name, config_out.name] if config else [out.name])
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == expected  # no temporary left
+
+
+def test_the_docs_name_the_reject_dialogs_number_keys_as_the_page_numbers_its_reasons() -> None:
+    # The item page numbers its reasons 1 to len(REJECT_REASONS) and its script picks one by that digit
+    # (1-9 where the focus is off the note); the key table said only "reason list".
+    script = (Path(__file__).parents[1] / "services/console/static/item.js").read_text()
+    docs = (Path(__file__).parents[1] / "docs/console.md").read_text()
+
+    assert re.search(r"event\.target\.id !== \"reject-note\" && /\^\[1-9\]\$/", script)
+    assert len(REJECT_REASONS) <= 9
+    keys = f"`1`\N{EN DASH}`{len(REJECT_REASONS)}` (the list's numbers)"
+    assert f"{keys} pick a reason while the focus is off the note" in docs
