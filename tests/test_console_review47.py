@@ -5,6 +5,7 @@ good; GET /logout answered a browser with JSON; a failing withdrawal record was 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -13,8 +14,20 @@ import pytest
 from starlette.testclient import TestClient
 
 from services.console.decisions import REJECT_REASONS
+from services.console.withdrawn import WithdrawalSweep
+from shared.errors import TransientError
+from shared.trainstore.manifest import ManifestStore
+from shared.trainstore.withdrawals import Withdrawals
 from skuforge_cli.main import main as cli_main
-from tests.support.console import app_for, build_console, login, use_cli_on, with_flagged
+from tests.support.console import (
+    ConsoleParts,
+    app_for,
+    build_console,
+    flag_made_from,
+    login,
+    use_cli_on,
+    with_flagged,
+)
 
 
 @pytest.mark.parametrize("name", ["sku", "reason", "iou_min", "iou_max", "state"])
@@ -80,3 +93,57 @@ def test_the_docs_name_the_reject_dialogs_number_keys_as_the_page_numbers_its_re
     assert len(REJECT_REASONS) <= 9
     keys = f"`1`\N{EN DASH}`{len(REJECT_REASONS)}` (the list's numbers)"
     assert f"{keys} pick a reason while the focus is off the note" in docs
+
+
+def photos_put_back(parts: ConsoleParts, photo_ids: list[str]) -> Withdrawals:
+    """Tasks of SKU-A's ``photo_ids`` waiting, each photo withdrawn and put back since (no sweep saw it)."""
+    for index, photo_id in enumerate(photo_ids):
+        flag_made_from(parts, index, photo_id)
+    withdrawals = Withdrawals(ManifestStore(parts.store, "trainstore"))
+    withdrawals.withdraw("SKU-A", "soda can", photo_ids, by="owner")
+    withdrawals.reinstate("SKU-A", photo_ids)
+    return withdrawals
+
+
+def failing_lifted_records(parts: ConsoleParts, monkeypatch: pytest.MonkeyPatch, error: Exception) -> None:
+    """Reads of the ``.lifted`` records raise ``error`` (the rest of the store reads)."""
+    get_bytes = parts.store.get_bytes
+
+    def reading(key: str) -> bytes:
+        if key.endswith(".lifted"):
+            raise error
+        return get_bytes(key)
+
+    monkeypatch.setattr(parts.store, "get_bytes", reading)
+
+
+def test_a_store_away_during_a_sweep_is_logged_once_with_the_count_and_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Before, one warning for each photo put back, at every sweep (30 s) while the store was away.
+    parts = build_console(tmp_path)
+    photos = [f"p{index}" for index in range(5)]
+    sweep = WithdrawalSweep(parts.tasks, photos_put_back(parts, photos))
+    failing_lifted_records(parts, monkeypatch, TransientError("the store is unreachable"))
+
+    with caplog.at_level(logging.WARNING, logger="skuforge.console.withdrawn"):
+        assert sweep.sweep() == []
+
+    warnings = [record for record in caplog.records if record.name == "skuforge.console.withdrawn"]
+    assert len(warnings) == 1, [record.getMessage() for record in warnings]
+    assert getattr(warnings[0], "photos", None) == len(photos)
+    assert "the store is unreachable" in str(getattr(warnings[0], "error", ""))
+    monkeypatch.undo()  # the store is back: the next sweep closes them
+    assert len(sweep.sweep()) == len(photos)
+
+
+def test_a_bug_reading_a_record_is_not_taken_for_the_store_being_away(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before, any exception (a bug: a TypeError, an AttributeError) was logged as "will retry", for good.
+    parts = build_console(tmp_path)
+    sweep = WithdrawalSweep(parts.tasks, photos_put_back(parts, ["p1"]))
+    failing_lifted_records(parts, monkeypatch, RuntimeError("a bug"))
+
+    with pytest.raises(RuntimeError, match="a bug"):
+        sweep.sweep()

@@ -7,7 +7,8 @@ reviewer's time (its reference photo is gone, so that image no longer loads) and
 backlog alert. So a thread of ``skuforge serve console`` lists the withdrawal markers every
 ``SWEEP_INTERVAL_S`` (one listing of the retraining store's ``withdrawals/``, and none while no task
 waits) and closes the matching pending and claimed tasks as ``withdrawn`` (``TaskStore.withdraw_photos``:
-an audit entry, no decision event). A store that cannot be read is logged and read at the next sweep.
+an audit entry, no decision event). A store that cannot be read is logged (once a sweep, with how
+many photos it left unread) and read at the next sweep.
 
 An owner may put a photo back (its marker lifted, a ``.lifted`` record kept) before a sweep saw the
 marker: between two sweeps, or while the console was down. The images made from it before stay
@@ -25,6 +26,7 @@ import threading
 
 from services.console.metrics import ConsoleMetrics
 from services.console.tasks import PhotoTask, TaskStore
+from shared.errors import BadInput, TransientError
 from shared.trainstore.withdrawals import Withdrawals
 
 log = logging.getLogger("skuforge.console.withdrawn")
@@ -81,31 +83,40 @@ class WithdrawalSweep:
         waiting = self._tasks.waiting_of_photos(put_back) if put_back else []
         withdrawn_at: dict[tuple[str, str], str | None] = {}
         to_look_at: dict[str, list[tuple[PhotoTask, str]]] = {}
+        unread: list[tuple[tuple[str, str], Exception]] = []
         for task in waiting:
             photo = (task.sku_id, task.photo_id)
             if photo not in withdrawn_at:
                 try:
                     withdrawn_at[photo] = self._withdrawals.lifted_at(*photo)
-                except Exception as exc:  # the store away a moment: looked at again at the next sweep
-                    log.warning(
-                        "could not read the record of a photo put back; will retry",
-                        extra={"sku_id": task.sku_id, "photo_id": task.photo_id, "error": str(exc)},
-                    )
+                except (TransientError, BadInput) as exc:  # the store away: looked at at the next sweep
+                    unread.append((photo, exc))
                     withdrawn_at[photo] = None
             at = withdrawn_at[photo]
             if at is not None and (task.task_id, at) not in self._looked_at:
                 to_look_at.setdefault(task.sku_id, []).append((task, at))
+        if unread:
+            # Once a sweep, not once a photo: a store away for an hour logged each photo put back every 30 s.
+            (first_sku, first_photo), error = unread[0]
+            log.warning(
+                "could not read the records of %d photo(s) put back; will retry",
+                len(unread),
+                extra={
+                    "photos": len(unread),
+                    "sku_id": first_sku,
+                    "photo_id": first_photo,
+                    "error": str(error),
+                },
+            )
         # Forget the tasks that no longer wait (closed, decided) or whose photo was withdrawn again.
         still_waiting = {task.task_id for task in waiting}
         self._looked_at = {seen for seen in self._looked_at if seen[0] in still_waiting}
+        unread_skus: list[tuple[str, Exception]] = []
         for sku_id, tasks in sorted(to_look_at.items()):
             try:
                 rows = self._withdrawals.manifests.read_sku(sku_id)
-            except Exception as exc:  # a manifest not readable now: looked at again at the next sweep
-                log.warning(
-                    "could not read the trainstore rows of a SKU with a photo put back; will retry",
-                    extra={"sku_id": sku_id, "error": str(exc)},
-                )
+            except (TransientError, BadInput) as exc:  # away, or a part unreadable: at the next sweep
+                unread_skus.append((sku_id, exc))
                 continue
             # An item with no row yet is taken by the trainstore when it comes (no withdrawal now).
             withdrawn = [
@@ -115,15 +126,24 @@ class WithdrawalSweep:
             ]
             closed.extend(self._tasks.withdraw_put_back(withdrawn))
             self._looked_at.update((task.task_id, at) for task, at in tasks)
+        if unread_skus:
+            first_sku, error = unread_skus[0]
+            log.warning(
+                "could not read the trainstore rows of %d SKU(s) with a photo put back; will retry",
+                len(unread_skus),
+                extra={"skus": len(unread_skus), "sku_id": first_sku, "error": str(error)},
+            )
 
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
                 self.sweep()
-            except Exception as exc:  # the store or the table is away: the next sweep tries again
+            except (TransientError, BadInput) as exc:  # the store or the table is away: the next sweep
                 log.warning(
                     "could not close the tasks of withdrawn photos; will retry", extra={"error": str(exc)}
                 )
+            except Exception:  # a bug: with its traceback, and the thread goes on sweeping
+                log.exception("the sweep of withdrawn photos failed; will retry")
             self._stop.wait(self._interval_s)
 
     def start(self) -> WithdrawalSweep:
