@@ -147,3 +147,32 @@ def test_a_bug_reading_a_record_is_not_taken_for_the_store_being_away(
 
     with pytest.raises(RuntimeError, match="a bug"):
         sweep.sweep()
+
+
+def test_get_logout_in_a_browser_shows_a_page_whose_form_logs_out(tmp_path: Path) -> None:
+    # Before, a person who typed /logout in the address bar got {"detail":"Method Not Allowed"}.
+    parts = build_console(tmp_path)
+    client = TestClient(app_for(parts), base_url="http://console.test")
+    login(client)
+
+    page = client.get("/logout", headers={"Accept": "text/html"})
+
+    assert page.status_code == 200, page.text
+    assert page.headers["content-type"].startswith("text/html")
+    form = re.search(r'<form method="post" action="/logout" id="logout-form">(.*?)</form>', page.text, re.S)
+    assert form, page.text
+    token = re.search(r'name="csrf_token" value="([^"]+)"', form.group(1))
+    assert token, form.group(1)
+    logged_out = client.post("/logout", data={"csrf_token": token.group(1)}, follow_redirects=False)
+    assert (logged_out.status_code, logged_out.headers["location"]) == (303, "/login")
+    assert client.get("/api/tasks").status_code == 401
+
+
+def test_get_logout_without_a_session_goes_to_the_login_form_not_back_to_logout(tmp_path: Path) -> None:
+    # Before, it led to the login form with next=/logout: logging in landed on a 405.
+    parts = build_console(tmp_path)
+    client = TestClient(app_for(parts), base_url="http://console.test")
+
+    response = client.get("/logout", headers={"Accept": "text/html"}, follow_redirects=False)
+
+    assert (response.status_code, response.headers["location"]) == (303, "/login")

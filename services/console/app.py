@@ -2,7 +2,7 @@
 
 Pages (HTML, ``pages.py``)                 API (JSON, ``api.py``; JavaScript and scripts)
 ``GET  /login``, ``POST /login``           ``GET  /api/tasks``                    queue + counts
-``POST /logout``    (``auth.py``)          ``GET  /api/tasks/{id}``               task + audit trail
+``GET|POST /logout`` (``auth.py``)         ``GET  /api/tasks/{id}``               task + audit trail
 ``GET  /``              queue              ``POST /api/tasks/{id}/claim``         claim (or renew one's own)
 ``POST /claim-next``    claim oldest       ``POST /api/tasks/{id}/renew``         renew one's lease
 ``POST /tasks/{id}/claim``                 ``POST /api/tasks/{id}/release``       give it back

@@ -75,6 +75,9 @@ def login_required(request: Request, console: Console) -> StarletteResponse:
     path = request.url.path
     if "text/html" not in request.headers.get("accept", "") or path.startswith(("/api/", "/static/")):
         return JSONResponse({"detail": "login required"}, status_code=401)
+    if request.method == "GET" and path == "/logout":
+        # Logged out already: back to the login form, not to it with next=/logout (its confirmation).
+        return RedirectResponse("/login", status_code=303)
     if request.method == "GET" and "/images/" not in path:
         target = path + (f"?{request.url.query}" if request.url.query else "")
         # Encoded, so the page's own query ("?sku=A&state=all") survives as one parameter.
@@ -312,6 +315,13 @@ def login(
     response.set_cookie(SESSION_COOKIE, cookie, max_age=max_age, **cookie_flags(console))
     response.delete_cookie(LOGIN_COOKIE)
     return response
+
+
+@router.get("/logout")
+def logout_page(request: Request) -> Response:
+    """A page whose form logs out (the POST): an address typed or bookmarked answered a JSON 405. A GET
+    does not log out itself, or any page's link or image of /logout would end the session."""
+    return templates.TemplateResponse(request, "logout.html", {"session": current_session(request)})
 
 
 @router.post("/logout")
