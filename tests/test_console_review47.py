@@ -8,11 +8,17 @@ import json
 import logging
 import os
 import re
+import socket
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import uvicorn
 from starlette.testclient import TestClient
 
+from devstack.broker import free_port
+from services.console import app as console_app
 from services.console.decisions import REJECT_REASONS
 from services.console.withdrawn import WithdrawalSweep
 from shared.errors import TransientError
@@ -28,6 +34,7 @@ from tests.support.console import (
     use_cli_on,
     with_flagged,
 )
+from tests.support.polling import wait_for
 
 
 @pytest.mark.parametrize("name", ["sku", "reason", "iou_min", "iou_max", "state"])
@@ -176,3 +183,60 @@ def test_get_logout_without_a_session_goes_to_the_login_form_not_back_to_logout(
     response = client.get("/logout", headers={"Accept": "text/html"}, follow_redirects=False)
 
     assert (response.status_code, response.headers["location"]) == (303, "/login")
+
+
+@pytest.fixture
+def served_port(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
+    """The console's app behind a real uvicorn on 127.0.0.1, a body's bytes awaited 1 s at most."""
+    monkeypatch.setattr(console_app, "BODY_IDLE_TIMEOUT_S", 1.0)
+    parts = build_console(tmp_path)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app_for(parts), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="console-web", daemon=True)
+    thread.start()
+    try:
+        wait_for("the console to start", lambda: server.started, timeout_s=30)
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def answer_to(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    received = b""
+    while chunk := sock.recv(65536):
+        received += chunk
+    return received
+
+
+def test_a_body_that_stops_arriving_is_answered_408_and_its_connection_closed(served_port: int) -> None:
+    # Before, a client that sent its headers and part of the body it declared, then nothing, held its
+    # connection (and the request's task) for good: no timeout covered a body's bytes.
+    with socket.create_connection(("127.0.0.1", served_port)) as sock:
+        sock.settimeout(30)  # a guard: the console answers after its 1 s, this only fails the test sooner
+        sock.sendall(
+            b"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\nreviewer=al"
+        )
+        try:
+            answer = answer_to(sock)
+        except TimeoutError:
+            pytest.fail("no answer: the stalled body held the connection")
+
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 "), answer
+    assert b"connection: close" in head.lower(), answer
+    assert b"the request body stopped arriving" in body, answer
+
+
+def test_a_whole_body_is_read_as_before(served_port: int) -> None:
+    with socket.create_connection(("127.0.0.1", served_port)) as sock:
+        sock.settimeout(30)
+        sock.sendall(
+            b"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 11\r\n\r\nreviewer=al"
+        )
+        answer = answer_to(sock)
+
+    assert answer.startswith(b"HTTP/1.1 422 "), answer  # the form's password missing: read and answered

@@ -13,9 +13,10 @@ Pages (HTML, ``pages.py``)                 API (JSON, ``api.py``; JavaScript and
 
 Every route but the login form needs a session (pages redirect to /login, the rest answer 401);
 every POST needs the session's CSRF token (``auth.py``, ``security.py``). Errors are JSON
-``{"detail": ...}`` with 404 (no such task), 409 (lease or state conflict), 422 (invalid input, with
-the reason), 502 (a stored object is unusable), 503 (task table or store unavailable; retry); the
-queue page's claim and release forms answer a conflict with a 303 to the queue showing the reason.
+``{"detail": ...}`` with 404 (no such task), 408 (a request body stopped arriving: ``slowbody.py``),
+409 (lease or state conflict), 422 (invalid input, with the reason), 502 (a stored object is
+unusable), 503 (task table or store unavailable; retry); the queue page's claim and release forms
+answer a conflict with a 303 to the queue showing the reason.
 """
 
 from __future__ import annotations
@@ -30,8 +31,12 @@ from services.console import api, auth, errors, pages
 from services.console.context import Console
 from services.console.decisions import DecisionInvalid
 from services.console.formtext import FormTextInCharset
+from services.console.slowbody import BodyIdleTimeout
 from services.console.tasks import TaskConflict, TaskNotFound
 from shared.errors import BadInput, TransientError
+
+# How long a request body may send nothing before it is answered 408 (``slowbody.py``).
+BODY_IDLE_TIMEOUT_S = 30.0
 
 
 def create_app(console: Console) -> FastAPI:
@@ -42,6 +47,8 @@ def create_app(console: Console) -> FastAPI:
     # first, so it is the innermost: its 422, raised as the route reads the body, reached the route
     # through the "http" middlewares' task groups as an ExceptionGroup, which FastAPI answers 400.
     app.add_middleware(FormTextInCharset)
+    # Inside the "http" middlewares too, for the same reason: a body that stops arriving is a 408.
+    app.add_middleware(BodyIdleTimeout, idle_s=BODY_IDLE_TIMEOUT_S)
     # The one gate in front of every route; the headers wrap it, so a 401 or a redirect gets them too.
     app.middleware("http")(auth.require_login)
     app.middleware("http")(auth.limit_bodies)
