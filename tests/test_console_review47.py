@@ -11,7 +11,9 @@ import re
 import socket
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import uvicorn
@@ -185,11 +187,9 @@ def test_get_logout_without_a_session_goes_to_the_login_form_not_back_to_logout(
     assert (response.status_code, response.headers["location"]) == (303, "/login")
 
 
-@pytest.fixture
-def served_port(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
-    """The console's app behind a real uvicorn on 127.0.0.1, a body's bytes awaited 1 s at most."""
-    monkeypatch.setattr(console_app, "BODY_IDLE_TIMEOUT_S", 1.0)
-    parts = build_console(tmp_path)
+@contextmanager
+def serving(parts: ConsoleParts) -> Iterator[int]:
+    """``parts``' app behind a real uvicorn on 127.0.0.1; yields its port."""
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app_for(parts), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, name="console-web", daemon=True)
@@ -200,6 +200,14 @@ def served_port(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[int
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+@pytest.fixture
+def served_port(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
+    """The console's app behind a real uvicorn, a body's bytes awaited 1 s at most."""
+    monkeypatch.setattr(console_app, "BODY_IDLE_TIMEOUT_S", 1.0)
+    with serving(build_console(tmp_path)) as port:
+        yield port
 
 
 def answer_to(sock: socket.socket) -> bytes:
@@ -240,3 +248,62 @@ def test_a_whole_body_is_read_as_before(served_port: int) -> None:
         answer = answer_to(sock)
 
     assert answer.startswith(b"HTTP/1.1 422 "), answer  # the form's password missing: read and answered
+
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+]
+
+
+@pytest.mark.slow
+def test_a_decision_sent_again_after_its_answer_was_lost_is_shown_as_saved(tmp_path: Path) -> None:
+    # Before, the second press read "not saved: task ... is already approved", though the first try's
+    # decision was recorded (its answer lost to a network error): the reviewer could not tell.
+    from playwright.sync_api import Route, sync_playwright
+
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium chromium-driver (see .ci/run)")
+    parts = with_flagged(build_console(tmp_path), 1)
+    [task] = parts.tasks.query()
+    tries: list[str] = []
+
+    def lose_the_first_answer(route: Route) -> None:
+        tries.append(route.request.method)
+        if len(tries) == 1:
+            route.fetch()  # the server records the decision ...
+            route.abort()  # ... and its answer never reaches the page
+        else:
+            route.continue_()
+
+    with serving(parts) as port, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            tab: Any = browser.new_context(viewport={"width": 1400, "height": 950}).new_page()
+            tab.set_default_timeout(15_000)
+            base = f"http://127.0.0.1:{port}"
+            tab.goto(base + "/")
+            tab.fill("#reviewer", "alice")
+            tab.fill("#password", "alice-password")
+            tab.click("#login")
+            tab.wait_for_url(base + "/")
+            tab.click(f'tr[data-task-id="{task.task_id}"] button.claim')
+            tab.wait_for_selector("body[data-ready='1']")
+            tab.route("**/api/tasks/*/decision", lose_the_first_answer)
+
+            tab.keyboard.press("p")
+            tab.wait_for_selector("#status.error:has-text('not saved')")
+            assert parts.tasks.get(task.task_id).state == "approved"  # saved all the same
+            tab.keyboard.press("p")  # the reviewer tries again
+
+            tab.wait_for_selector("#status:has-text('saved by an earlier try')")
+            assert "error" not in (tab.get_attribute("#status", "class") or "")
+            assert tab.get_attribute("body", "data-decided") == "approve_predicted"
+        finally:
+            browser.close()
+    assert len(tries) == 2
+    assert [entry.action for entry in parts.tasks.audit(task.task_id)].count("approve_predicted") == 1

@@ -360,20 +360,42 @@
       }
       say("saving " + decision + "…");
       const result = await post("/api/tasks/" + page.taskId + "/decision", form);
-      page.held = false;
-      page.rejectable = false;
-      clearInterval(renewal); // decided: a renewal now would read "lease lost" beside the saved decision
-      $("state").textContent = result.state;
-      forgetUnsaved();
-      say(result.state + " (" + decision + "); event " + result.event_id);
-      document.body.dataset.decided = decision;
-      setTimeout(next, 400);
+      saved(result.state, decision, "event " + result.event_id);
     } catch (error) {
       if (error.status === 401) return sayLoggedOut("the decision (" + decision + ") was not saved", decision);
+      if (error.status === 409 && await savedBefore(decision)) return;
       say("not saved: " + error.message, true);
     } finally {
       busy = false;
     }
+  }
+
+  function saved(state, decision, detail) {
+    page.held = false;
+    page.rejectable = false;
+    clearInterval(renewal); // decided: a renewal now would read "lease lost" beside the saved decision
+    $("state").textContent = state;
+    forgetUnsaved();
+    say(state + " (" + decision + "); " + detail);
+    document.body.dataset.decided = decision;
+    setTimeout(next, 400);
+  }
+
+  // Whether a 409 to a decision answers one this reviewer's earlier try recorded: a try whose answer
+  // was lost (a network error after the server saved it), pressed again, read "not saved: ... already
+  // approved". Shown as saved when the task holds this reviewer's same decision (the earlier try's, with
+  // the mask or reason that try sent).
+  async function savedBefore(decision) {
+    let task = null;
+    try {
+      const response = await fetch("/api/tasks/" + page.taskId, { credentials: "same-origin" });
+      if (response.ok) task = await response.json();
+    } catch (_) {
+      return false;
+    }
+    if (!task || task.decision !== decision || task.decided_by !== page.reviewer) return false;
+    saved(task.state, decision, "saved by an earlier try, whose answer did not reach this page");
+    return true;
   }
 
   async function release() {
