@@ -1,6 +1,8 @@
 """Found in review 47 of the console: a queue filter given twice was read as its last copy; a temporary
 name beside a long --out did not fit the folder's name limit; a stalled body held its connection for
-good; GET /logout answered a browser with JSON; a failing withdrawal record was logged once per photo."""
+good; GET /logout answered a browser with JSON; a failing withdrawal record was logged once per photo;
+the docs did not say how the reject dialog's number keys work; a decision sent again after its saved
+first try's answer was lost read "not saved"."""
 
 from __future__ import annotations
 
