@@ -492,7 +492,10 @@ class Trainstore:
                 withdrawn_since = self.withdrawals.photo_ids(sku_id)
                 if withdrawn_since <= marked:
                     raise
-                return self._write(ctx, sku_id, given, current=current, marked=withdrawn_since)
+                # Against the rows as they are now (``current`` read again): the withdrawal wrote rows
+                # too. Against those read before, its rows (an image generated from the photo) were
+                # written a second time, and counted as rows this stage kept out.
+                return self._write(ctx, sku_id, given, marked=withdrawn_since)
             if row.image and image_bytes is not None:
                 self.manifests.store.put_bytes(self.manifests.key(row.image), image_bytes, "image/png")
             del image_bytes  # one photo at a time
