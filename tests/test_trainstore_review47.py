@@ -5,25 +5,32 @@ A captioning whose photo ingest withdrew between its check and its write is writ
 withdrawal's marker; that retry judged its rows against the SKU's rows read before the withdrawal, so
 the rows ingest had just withdrawn (an image generated from the photo) were written a second time, and
 ``skuforge_trainstore_items_withdrawn_total`` counted them as kept out by the stage.
+
+``skuforge dataset stats`` counted an item's rejection only where the rejection is the item's row: a
+render a reviewer rejected while another render of the item stays (its row's ``rejected_renders``) was
+counted nowhere, and the stats read as if no reviewer had refused anything.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from schemas.common import ObjectRef
 from schemas.events import GateAccepted
-from schemas.topics import GATE_ACCEPTED, SKU_CAPTIONED
+from schemas.topics import CORRECTION_PENDING, CORRECTION_RESOLVED, GATE_ACCEPTED, SKU_CAPTIONED
 from services.trainstore.stage import Trainstore
 from shared import keys
 from shared.store import FileStore
 from shared.trainstore.manifest import decode_rows
 from shared.trainstore.withdrawals import Withdrawals
-from tests.support.gate import captioned, matted_item
-from tests.support.trainstore import SKU, produced_envelope, trainstore_stage
+from skuforge_cli.main import main as cli_main
+from tests.support.gate import captioned, matted_item, pending_of, resolved
+from tests.support.trainstore import SKU, produced_envelope, trainstore_stage, two_renders
 
 
 class _ReadAgainAfter(FileStore):
@@ -95,3 +102,34 @@ def test_a_photo_withdrawn_between_its_check_and_its_write_leaves_what_ingest_wi
         for source in ("real", "synthetic")
     }
     assert withdrawn == {"real": 1.0, "synthetic": 0.0}
+
+
+def test_stats_count_the_renders_reviewers_rejected_beside_the_one_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The gate accepted an item's first render and flagged the second, which a reviewer rejected: the
+    first stays, its row remembering the rejected render. ``dataset stats`` said "accepted 1, rejected
+    0"; it now counts that render in ``rejected_renders``, in the JSON lines and in the table."""
+    store, manifests, trainstore, ctx = trainstore_stage(tmp_path, compact_after_parts=16)
+    first, second = two_renders(store)
+    trainstore.accepted(
+        produced_envelope(GATE_ACCEPTED, GateAccepted(matted=first, iou=0.97, checks=[]), "a", 0), ctx
+    )
+    trainstore.pending(produced_envelope(CORRECTION_PENDING, pending_of(second), "b", 5), ctx)
+    trainstore.resolved(
+        produced_envelope(CORRECTION_RESOLVED, resolved(store, second, "reject"), "c", 60), ctx
+    )
+    assert manifests.read_sku(SKU)[first.generated.item_id].rejected_renders == [
+        second.generated.image.sha256
+    ]
+    monkeypatch.setenv("SKUFORGE_STORE_URI", f"file://{tmp_path / 'store'}")
+
+    assert cli_main(["dataset", "stats", "--json"]) == 0
+    (line,) = map(json.loads, capsys.readouterr().out.splitlines())
+    counts = (line["synthetic_accepted"], line["rejected"], line["rejected_renders"])
+    assert counts == (1, 0, 1)
+
+    assert cli_main(["dataset", "stats"]) == 0
+    header, row, _ = capsys.readouterr().out.splitlines()
+    table = dict(zip(header.split(), row.split(), strict=True))
+    assert (table["accepted"], table["rejected"], table["rejected_renders"]) == ("1", "0", "1")

@@ -222,13 +222,14 @@ def stats_lines(rows: list[SkuStats], *, as_json: bool) -> Iterator[str]:
         return
     yield (
         f"{'sku_id':<24} {'real':>5} {'unusable':>9} {'accepted':>9} {'approved':>9} "
-        f"{'pending':>8} {'rejected':>9} {'withdrawn':>10} {'mean_iou':>9}"
+        f"{'pending':>8} {'rejected':>9} {'rejected_renders':>17} {'withdrawn':>10} {'mean_iou':>9}"
     )
     for row in rows:
         iou = f"{row.mean_iou:.3f}" if row.mean_iou is not None else "-"
         yield (
             f"{row.sku_id:<24} {row.real:>5} {row.unusable:>9} {row.synthetic_accepted:>9} "
-            f"{row.synthetic_approved:>9} {row.pending:>8} {row.rejected:>9} {row.withdrawn:>10} {iou:>9}"
+            f"{row.synthetic_approved:>9} {row.pending:>8} {row.rejected:>9} {row.rejected_renders:>17} "
+            f"{row.withdrawn:>10} {iou:>9}"
         )
     yield f"{len(rows)} SKUs"
 
@@ -240,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     stats = sub.add_parser(
         "stats",
         help="per SKU: real, unusable (real photos the captioner could not use), synthetic "
-        "accepted/approved, pending, rejected, withdrawn, mean IoU",
+        "accepted/approved, pending, rejected, rejected_renders (other renders of those items a reviewer "
+        "rejected, such as one beside the render an item kept), withdrawn, mean IoU",
     )
     stats.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
     export = sub.add_parser("export", help="write a training set honouring the real:synthetic policy")

@@ -116,6 +116,10 @@ class SkuStats:
     mean_iou: float | None  # over the gated synthetic items (accepted, approved, pending, rejected)
     withdrawn: int = 0  # items out of the store because their owner withdrew the photo (real + synthetic)
     unusable: int = 0  # real photos the captioner could not read as pictures: recorded, never trained on
+    # Renders a reviewer rejected other than the one each item's row is (``ManifestRow.rejected_renders``,
+    # such as one rejected beside an accepted render that stays): counted under no status, so ``rejected``
+    # plus this is every render reviewers refused.
+    rejected_renders: int = 0
 
 
 def sku_stats(rows: Iterable[ManifestRow]) -> list[SkuStats]:
@@ -144,6 +148,7 @@ def sku_stats(rows: Iterable[ManifestRow]) -> list[SkuStats]:
                 mean_iou=round(sum(ious) / len(ious), 4) if ious else None,
                 withdrawn=count["withdrawn"],
                 unusable=count["unusable"],
+                rejected_renders=sum(len(row.rejected_renders) for row in sku_rows),
             )
         )
     return stats
