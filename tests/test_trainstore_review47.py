@@ -8,13 +8,15 @@ the rows ingest had just withdrawn (an image generated from the photo) were writ
 
 ``skuforge dataset stats`` counted an item's rejection only where the rejection is the item's row: a
 render a reviewer rejected while another render of the item stays (its row's ``rejected_renders``) was
-counted nowhere, and the stats read as if no reviewer had refused anything.
+counted nowhere, and the stats read as if no reviewer had refused anything. Nor did a row say when a
+render it remembers was rejected (``rejected_at`` now does; rows written before still read).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -26,11 +28,12 @@ from schemas.topics import CORRECTION_PENDING, CORRECTION_RESOLVED, GATE_ACCEPTE
 from services.trainstore.stage import Trainstore
 from shared import keys
 from shared.store import FileStore
-from shared.trainstore.manifest import decode_rows
+from shared.trainstore.loader import load_manifest
+from shared.trainstore.manifest import decode_columns, decode_rows, encode_columns
 from shared.trainstore.withdrawals import Withdrawals
 from skuforge_cli.main import main as cli_main
 from tests.support.gate import captioned, matted_item, pending_of, resolved
-from tests.support.trainstore import SKU, produced_envelope, trainstore_stage, two_renders
+from tests.support.trainstore import PREFIX, SKU, T0, produced_envelope, trainstore_stage, two_renders
 
 
 class _ReadAgainAfter(FileStore):
@@ -133,3 +136,62 @@ def test_stats_count_the_renders_reviewers_rejected_beside_the_one_kept(
     header, row, _ = capsys.readouterr().out.splitlines()
     table = dict(zip(header.split(), row.split(), strict=True))
     assert (table["accepted"], table["rejected"], table["rejected_renders"]) == ("1", "0", "1")
+
+
+def test_a_remembered_rejection_records_when_it_was_made(tmp_path: Path) -> None:
+    """A row remembered which renders reviewers rejected (``rejected_renders``) but not when. It now keeps
+    each one's time (``rejected_at``, the rejection event's, UTC), whether the rejection was left out
+    beside the render that stays or replaced by an acceptance of another render."""
+    store, manifests, trainstore, ctx = trainstore_stage(tmp_path, compact_after_parts=16)
+    first, second = two_renders(store)
+    item_id = first.generated.item_id
+    trainstore.accepted(
+        produced_envelope(GATE_ACCEPTED, GateAccepted(matted=first, iou=0.97, checks=[]), "a", 0), ctx
+    )
+    rejection = produced_envelope(CORRECTION_RESOLVED, resolved(store, second, "reject"), "c", 60)
+    trainstore.resolved(rejection, ctx)
+    row = manifests.read_sku(SKU)[item_id]
+    assert row.rejected_at == {second.generated.image.sha256: T0 + timedelta(minutes=60)}
+    _, newest = manifests.parts(SKU)[1][-1]
+    stored_line = json.loads(store.get_bytes(newest))
+    assert stored_line["rejected_at"] == {second.generated.image.sha256: "2026-11-22T09:00:00Z"}
+    trainstore.resolved(rejection, ctx)  # delivered again: the same row, nothing written
+    assert len(manifests.parts(SKU)[1]) == 2
+
+    # The other order: a rejection of the first render, replaced by the gate's acceptance of the second.
+    other = tmp_path / "other"
+    store, manifests, trainstore, ctx = trainstore_stage(other, compact_after_parts=16)
+    first, second = two_renders(store)
+    trainstore.resolved(
+        produced_envelope(CORRECTION_RESOLVED, resolved(store, first, "reject"), "b", 60), ctx
+    )
+    trainstore.accepted(
+        produced_envelope(GATE_ACCEPTED, GateAccepted(matted=second, iou=0.97, checks=[]), "c", 90), ctx
+    )
+    manifests.compact(SKU)
+    row = manifests.read_sku(SKU)[item_id]
+    assert (row.status, row.rejected_renders) == ("accepted", [first.generated.image.sha256])
+    assert row.rejected_at == {first.generated.image.sha256: T0 + timedelta(minutes=60)}
+    loaded = load_manifest(store, prefix=PREFIX, trainable_only=False)
+    (loaded_at,) = loaded.column("rejected_at")
+    assert loaded_at == {first.generated.image.sha256: "2026-11-22T09:00:00Z"}
+    with pytest.raises(TypeError):  # read-only: a common value is one mapping shared down the column
+        loaded_at[first.generated.image.sha256] = "changed"
+
+
+def test_rows_and_columnar_copies_from_before_rejection_times_still_read() -> None:
+    """A stored row or columnar copy written before ``rejected_at`` reads, its remembered renders with
+    no time."""
+    sha = "a" * 64
+    line = (
+        b'{"item_id":"gen-1","sku_id":"SKU-1","category":"can","source":"synthetic","status":"accepted",'
+        b'"rejected_renders":["' + sha.encode() + b'"]}'
+    )
+    (row,) = decode_rows(line + b"\n")
+    assert (row.rejected_renders, row.rejected_at) == ([sha], {})
+    document = json.loads(encode_columns([row, row.model_copy(update={"item_id": "gen-2"})]))
+    for part in ("common", "columns"):
+        document[part].pop("rejected_at", None)
+    columns = decode_columns(json.dumps(document).encode())
+    assert columns["rejected_at"] == [{}, {}]
+    assert columns["rejected_at"][0] is not columns["rejected_at"][1]

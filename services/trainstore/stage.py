@@ -9,8 +9,9 @@ Consumes:
                            training data, and any earlier objects of the item are removed, unless they
                            are another render of it that was accepted or approved (a variant rendered
                            again from a changed scene library keeps its item id): that one stays, and
-                           its row remembers the rejected render (``rejected_renders``), which the
-                           gate's acceptance, replayed, then never brings in;
+                           its row remembers the rejected render (``rejected_renders``; when, in
+                           ``rejected_at``), which the gate's acceptance, replayed, then never brings
+                           in;
 * ``correction.pending``   recorded (row ``pending``, no objects) so ``skuforge dataset stats`` can count
                            what waits for review; a pending row never replaces a decision;
 * ``sku.captioned``        the real reference photos with their masks (rows ``reference``, source ``real``;
@@ -240,7 +241,11 @@ class Trainstore:
                 # change accepted the rejected render, later, and it replaced the one kept.
                 stays = current[generated.item_id]
                 remembered = sorted({*stays.rejected_renders, generated.image.sha256})
-                row = stays.model_copy(update={"rejected_renders": remembered})
+                # When, too; a time already recorded stays (a redelivery writes nothing).
+                times = {generated.image.sha256: _produced_at(event), **stays.rejected_at}
+                row = stays.model_copy(
+                    update={"rejected_renders": remembered, "rejected_at": _times_of(remembered, times)}
+                )
                 self._write(ctx, generated.sku.sku_id, [StagedItem(row)], current=current)
                 return []
             # The rejected render's sha256, without its objects: which pixels the reviewer judged.
@@ -810,9 +815,27 @@ def _remembering_rejections(current: ManifestRow | None, row: ManifestRow) -> Ma
         return row
     own = {row.image_sha256} if row.status in _REVIEWED else set()
     remembered = sorted((_rejected_renders(current) | set(row.rejected_renders)) - own)
-    return (
-        row if remembered == row.rejected_renders else row.model_copy(update={"rejected_renders": remembered})
+    rejected_at = _times_of(remembered, {**row.rejected_at, **_rejection_times(current)})
+    if remembered == row.rejected_renders and rejected_at == row.rejected_at:
+        return row
+    return row.model_copy(update={"rejected_renders": remembered, "rejected_at": rejected_at})
+
+
+def _rejection_times(row: ManifestRow) -> dict[str, datetime]:
+    """When the renders ``_rejected_renders`` gives for ``row`` were rejected, where known: those it
+    remembers (``ManifestRow.rejected_at``), and its own, a rejection's, its event's time."""
+    own = (
+        {row.image_sha256: row.event_time}
+        if row.status == "rejected" and row.image_sha256 is not None and row.event_time is not None
+        else {}
     )
+    return {**row.rejected_at, **own}
+
+
+def _times_of(remembered: list[str], times: dict[str, datetime]) -> dict[str, datetime]:
+    """``times`` of the ``remembered`` renders only: a render no longer remembered (approved since) has
+    none, nor one whose rejection was remembered before rows recorded the time."""
+    return {sha256: times[sha256] for sha256 in remembered if sha256 in times}
 
 
 def _same_render(row: ManifestRow, other: ManifestRow) -> bool:

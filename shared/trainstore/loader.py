@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, get_origin, overload
 
 from schemas.common import check_safe_id
@@ -39,12 +40,18 @@ FIELDS: tuple[str, ...] = tuple(ManifestRow.model_fields)
 _LIST_FIELDS = frozenset(
     name for name, info in ManifestRow.model_fields.items() if get_origin(info.annotation) is list
 )
+# Fields whose values are dicts (``rejected_at``): loaded read-only, for the same reason.
+_DICT_FIELDS = frozenset(
+    name for name, info in ManifestRow.model_fields.items() if get_origin(info.annotation) is dict
+)
 
 
 @dataclass
 class Manifest:
     """Rows of the retraining store, column by column; ``image``/``mask`` are keys under ``root_uri``.
-    A list field of ``ManifestRow`` (``reasons``) holds tuples: no row shares a value one could change."""
+    A list field of ``ManifestRow`` (``reasons``) holds tuples, a dict field (``rejected_at``, its times
+    as ISO strings) read-only mappings (``dict(value)`` for a copy to change or ``json.dumps``): no row
+    shares a value one could change."""
 
     root_uri: str
     columns: dict[str, list[Any]] = field(default_factory=lambda: {name: [] for name in FIELDS})
@@ -174,7 +181,11 @@ def load_manifest(
             sku_columns = {name: [values[index] for index in keep] for name, values in sku_columns.items()}
         for name in FIELDS:
             values = sku_columns[name]
-            manifest.columns[name].extend(_as_tuples(values) if name in _LIST_FIELDS else values)
+            if name in _LIST_FIELDS:
+                values = _as_tuples(values)
+            elif name in _DICT_FIELDS:
+                values = _as_read_only(values)
+            manifest.columns[name].extend(values)
     if unknown:
         # Quoted: an empty id or one with a trailing space read as "no SKU  in" (nothing named).
         named = ", ".join(repr(sku_id) for sku_id in unknown)
@@ -210,6 +221,15 @@ def _is_safe_id(sku_id: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _as_read_only(values: list[Any]) -> list[Any]:
+    """A column of dicts as read-only mappings, one per distinct dict (``_as_tuples``, for dicts)."""
+    made: dict[int, MappingProxyType[Any, Any]] = {}  # id of a dict (all alive while this runs) -> its view
+    for value in values:
+        if id(value) not in made:
+            made[id(value)] = MappingProxyType(value)
+    return [made[id(value)] for value in values]
 
 
 def _as_tuples(values: list[Any]) -> list[Any]:

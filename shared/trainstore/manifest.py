@@ -157,6 +157,12 @@ class ManifestRow(Contract):
         "accepted or approved render in place, or a rejected row this one replaced): the gate's acceptance "
         "of one of them never replaces the row; empty in most rows, and in rows written before it",
     )
+    rejected_at: dict[Sha256Hex, AwareDatetime] = Field(
+        default_factory=dict,
+        description="when each render of rejected_renders was rejected (the produced_at, UTC, of the "
+        "reviewer's rejection event); none for a render remembered before rows recorded it, and empty in "
+        "rows written before it",
+    )
 
     @property
     def event_time(self) -> datetime | None:
@@ -288,7 +294,8 @@ def decode_columns(data: bytes) -> dict[str, list[Any]]:
             for index, other in others.items():
                 column[int(index)] = other
             columns[name] = column
-        # A field added since the copy was written (produced_at, event_produced_at, rejected_renders)
+        # A field added since the copy was written (produced_at, event_produced_at, rejected_renders,
+        # rejected_at)
         # holds its default in every row; one without a default is missing only from a copy cut short.
         return {
             name: columns[name]
