@@ -10,6 +10,9 @@ the rows ingest had just withdrawn (an image generated from the photo) were writ
 render a reviewer rejected while another render of the item stays (its row's ``rejected_renders``) was
 counted nowhere, and the stats read as if no reviewer had refused anything. Nor did a row say when a
 render it remembers was rejected (``rejected_at`` now does; rows written before still read).
+
+A photo its producer called usable but sent without a mask was recorded ``unusable``, out of every
+training set, unlike a usable photo whose mask marks no pixel, which is stored without a mask.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from schemas.events import GateAccepted
 from schemas.topics import CORRECTION_PENDING, CORRECTION_RESOLVED, GATE_ACCEPTED, SKU_CAPTIONED
 from services.trainstore.stage import Trainstore
 from shared import keys
-from shared.store import FileStore
+from shared.store import FileStore, sha256_hex
 from shared.trainstore.loader import load_manifest
 from shared.trainstore.manifest import decode_columns, decode_rows, encode_columns
 from shared.trainstore.withdrawals import Withdrawals
@@ -195,3 +198,22 @@ def test_rows_and_columnar_copies_from_before_rejection_times_still_read() -> No
     columns = decode_columns(json.dumps(document).encode())
     assert columns["rejected_at"] == [{}, {}]
     assert columns["rejected_at"][0] is not columns["rejected_at"][1]
+
+
+def test_a_usable_photo_without_a_mask_is_stored_as_a_reference_without_one(tmp_path: Path) -> None:
+    """A photo its producer calls usable but sends without a mask (another producer, an older captioner)
+    was recorded ``unusable`` ("no mask") and left out of every training set, while a usable photo whose
+    mask marks no pixel is stored without a mask: a real photo of the product for a classifier all the
+    same. It is now stored so too, ``no_mask`` in its reasons, and exported."""
+    store, manifests, trainstore, ctx = trainstore_stage(tmp_path, compact_after_parts=16)
+    event = captioned(store, 1, photos=2)
+    p0, p1, blurry = event.photos
+    maskless = event.model_copy(update={"photos": [p0.model_copy(update={"mask": None}), p1, blurry]})
+    trainstore.captioned(produced_envelope(SKU_CAPTIONED, maskless, "a", 0), ctx)
+
+    rows = manifests.read_sku(SKU)
+    assert (rows["p0"].status, rows["p0"].reasons, rows["p0"].mask) == ("reference", ["no_mask"], None)
+    assert sha256_hex(store.get_bytes(manifests.key(str(rows["p0"].image)))) == p0.image.sha256
+    assert (rows["p1"].status, rows["p-blurry"].status) == ("reference", "unusable")
+    loaded = load_manifest(store, prefix=PREFIX)
+    assert sorted(loaded.column("item_id")) == ["p0", "p1"]

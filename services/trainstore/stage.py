@@ -17,9 +17,10 @@ Consumes:
 * ``sku.captioned``        the real reference photos with their masks (rows ``reference``, source ``real``;
                            a photo whose mask found no product, ``no_product_found`` or
                            ``mask_full_frame``, is stored without a mask, even one the event carries,
-                           as is a usable photo whose mask marks no pixel (``no_product_found``): a real
-                           photo for a classifier all the same; other photos the captioner found
-                           unusable are recorded as ``unusable``).
+                           as is a usable photo whose mask marks no pixel (``no_product_found``) or
+                           that comes without a mask (``no_mask``): a real photo for a classifier all
+                           the same; other photos the captioner found unusable are recorded as
+                           ``unusable``).
 
 A photo its owner withdrew (``skuforge ingest --withdraw-missing``; ``shared/trainstore/withdrawals.py``)
 stays out: while its marker exists, every row of it or of an image generated from it is written as
@@ -106,6 +107,8 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Why an image or mask over the pixel limit is refused unread (``Context.refuse_unread``): the manifest
 # records the event's size, and ``_image_png`` refuses an image decoded at another.
 _STORED_AS_STATED = "it is stored at the size the event says"
+# Why a usable photo an event sends without a mask is stored without one (its row's reasons).
+_NO_MASK = "no_mask"
 # A reviewer's decisions (correction.resolved); the gate's are accepted and pending.
 _REVIEWED: frozenset[str] = frozenset({"approved", "rejected"})
 
@@ -297,8 +300,14 @@ class Trainstore:
                 "trace_id": event.trace_id,
                 "produced_at": _produced_at(event),
             }
-            reason = None if photo.usable and photo.mask is not None else photo.unusable_reason or "no mask"
-            if reason is not None and reason not in MASK_PROBLEMS:
+            if photo.usable:
+                # Usable but sent without a mask (the captioner sends one; another producer, an older
+                # captioner): a real photo of the product all the same, stored without one. Recorded
+                # unusable before, it was left out of every training set.
+                reason = None if photo.mask is not None else _NO_MASK
+            else:
+                reason = photo.unusable_reason or "no mask"
+            if not photo.usable and reason not in MASK_PROBLEMS:
                 staged.append(StagedItem(ManifestRow(status="unusable", reasons=[reason], **base)))
                 continue
             if photo.photo_id in marked:
