@@ -180,6 +180,11 @@ def test_a_remembered_rejection_records_when_it_was_made(tmp_path: Path) -> None
     assert loaded_at == {first.generated.image.sha256: "2026-11-22T09:00:00Z"}
     with pytest.raises(TypeError):  # read-only: a common value is one mapping shared down the column
         loaded_at[first.generated.image.sha256] = "changed"
+    # A row is the caller's (training code dumps rows as JSON lines): its times are a dict of its own.
+    (loaded_row,) = list(loaded)
+    assert json.loads(json.dumps(loaded_row))["rejected_at"] == loaded_at
+    loaded_row["rejected_at"][first.generated.image.sha256] = "changed"
+    assert loaded.column("rejected_at") == [{first.generated.image.sha256: "2026-11-22T09:00:00Z"}]
 
 
 def test_rows_and_columnar_copies_from_before_rejection_times_still_read() -> None:

@@ -50,8 +50,8 @@ _DICT_FIELDS = frozenset(
 class Manifest:
     """Rows of the retraining store, column by column; ``image``/``mask`` are keys under ``root_uri``.
     A list field of ``ManifestRow`` (``reasons``) holds tuples, a dict field (``rejected_at``, its times
-    as ISO strings) read-only mappings (``dict(value)`` for a copy to change or ``json.dumps``): no row
-    shares a value one could change."""
+    as ISO strings) read-only mappings in ``column`` (``dict(value)`` for a copy to change or
+    ``json.dumps``), dicts of its own in each ``row``: no row shares a value one could change."""
 
     root_uri: str
     columns: dict[str, list[Any]] = field(default_factory=lambda: {name: [] for name in FIELDS})
@@ -71,8 +71,12 @@ class Manifest:
         return [self.root_uri + key if key else None for key in self.columns[name]]
 
     def row(self, index: int) -> dict[str, Any]:
-        """One row as a dict: every field, plus ``image_uri`` and ``mask_uri``."""
+        """One row as a dict: every field, plus ``image_uri`` and ``mask_uri``. It is the caller's: a
+        dict field (``rejected_at``) is a dict of its own, so the row dumps as JSON and changing it
+        changes no other row."""
         row = {name: values[index] for name, values in self.columns.items()}
+        for name in _DICT_FIELDS:
+            row[name] = dict(row[name])
         row["image_uri"] = self.root_uri + row["image"] if row["image"] else None
         row["mask_uri"] = self.root_uri + row["mask"] if row["mask"] else None
         return row
