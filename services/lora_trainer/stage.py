@@ -63,7 +63,9 @@ poll plans again. A job stopped by the object store or the adapter
 registry (away, or refusing a write) is logged naming which, with the uri it met (``StoreFailed``), not
 as a training job that failed. One whose registration another registration of the adapter (the CLI's, a
 second trainer's) took over while it paused holding the lock (``RegistrationTakenOver``) is logged as
-that, no store's fault, and registered again at the next poll, not trained again.
+that, no store's fault, and registered again at the next poll, not trained again. Each job's fault is
+logged once, by the poll's jobs, with its adapter and reason (a training job that failed: its attempt and
+traceback too), not again by the poll that caught it.
 
 Bad input goes to the DLQ with its reason: a captioned SKU with no usable photo and mask
 (``no_usable_photos``), a photo or mask missing from the store or not matching its sha256
@@ -611,6 +613,8 @@ class LoraTrainer:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self.last_error: BaseException | None = None  # the last poll's fault, without its traceback
+        # The fault run_pending last raised after logging it with its job: poll does not log it again.
+        self._logged_failure: BaseException | None = None
         # Publications the topic refused for good or the broker did not take, by adapter and publication:
         # in the process only, so a restart (after raising the limit, say) tries each at once.
         self._backoffs: dict[tuple[str, int], PublicationBackoff] = {}
@@ -674,21 +678,10 @@ class LoraTrainer:
             if exc.tried:
                 self.metrics.jobs.labels("retried").inc()
             self.last_error = _without_frames(exc)
-        except RegistrationTakenOver as exc:  # no store's fault: registered again, not trained again
-            self.metrics.jobs.labels("retried").inc()
-            log.warning(
-                "another registration of an adapter took its registration lock over; it is registered again "
-                "after the poll interval, not trained again",
-                extra={"reason": _one_line(exc)},
-            )
-            self.last_error = _without_frames(exc)
         except StoreFailed as exc:  # a job began: the store or registry is to blame, not its training
+            # Logged by run_pending with its adapter, as a job's every fault (RegistrationTakenOver and
+            # any other below): logged here too, each job's fault read as two, the second without it.
             self.metrics.jobs.labels("retried").inc()
-            log.error(
-                f"{exc.where} failed a job; its training is not at fault, and it is retried after the poll "
-                "interval, resumed",
-                extra={"store": exc.where, "reason": exc.reason},
-            )
             self.last_error = _without_frames(exc.__cause__ or exc)
         except PlanningFailed as exc:  # no job began: the store is to blame, not the GPU, model or photos
             self.metrics.jobs.labels("retried").inc()
@@ -699,7 +692,8 @@ class LoraTrainer:
             self.last_error = _without_frames(exc.__cause__ or exc)
         except Exception as exc:  # a store or broker fault: log, wait, try again (the job resumes)
             self.metrics.jobs.labels("retried").inc()
-            log.exception("training job failed; retrying after the poll interval")
+            if exc is not self._logged_failure:  # not a job's (run_pending logged those): a fault of its own
+                log.exception("the poll failed; it is tried again after the poll interval")
             self.last_error = _without_frames(exc)
 
     # -- planning --
@@ -1011,17 +1005,19 @@ class LoraTrainer:
                 # "training job failed" sent the operator to the GPU, the model and the photos, where a
                 # bucket refused the weights or the registry was away: its name and uri are said instead.
                 failed = self._store_failed(exc)
-                log.warning(
-                    f"{failed.where} failed the job; its training is not at fault, and it is retried at the "
+                log.error(
+                    f"{failed.where} failed a job; its training is not at fault, and it is retried at the "
                     "next poll, resumed; the others go on",
                     extra={"adapter_id": job.adapter_id, "store": failed.where, "reason": failed.reason},
                 )
                 failure = failure or _without_frames(failed)
                 continue
             except Exception as exc:
-                log.warning(
-                    "training job failed; the others go on",
-                    extra={"adapter_id": job.adapter_id},
+                # The one line for this attempt, with its traceback; its notes (_fail_or_count's) say
+                # which attempt it was, or why it is not counted.
+                log.error(
+                    "training job failed; it is tried again at the next poll; the others go on",
+                    extra={"adapter_id": job.adapter_id, "reason": _one_line(exc)},
                     exc_info=True,
                 )
                 failure = failure or _without_frames(exc)
@@ -1030,6 +1026,7 @@ class LoraTrainer:
                 published.append(event)
         self.metrics.unreadable.labels("published").set(unreadable)
         if failure is not None:
+            self._logged_failure = failure  # logged above, with its job: poll does not log it again
             raise failure
         if waiting is not None:
             raise waiting
@@ -1445,10 +1442,10 @@ class LoraTrainer:
             # for good, and fixing it would not bring it back (its hash holds the folder's fingerprint).
             raise error
         if _out_of_memory(error):
-            log.warning(
-                "training job ran out of GPU memory; it is tried again at the next poll, uncounted. If it"
-                " keeps failing, give the trainer a GPU of its own or lower SKUFORGE_LORA_RESOLUTION",
-                extra={"adapter_id": job.adapter_id, "reason": _one_line(error)},
+            # A note, not a line of its own: run_pending logs the job's fault once, with its traceback.
+            error.add_note(
+                "out of GPU memory: tried again uncounted; if it keeps failing, give the trainer a GPU of "
+                "its own or lower SKUFORGE_LORA_RESOLUTION"
             )
             raise error
         reason = str(error)  # a refusal's reason, as the failed.json of earlier releases hold it
@@ -1458,10 +1455,7 @@ class LoraTrainer:
             attempts = 1 + self._attempts_before(job, attempts_key)
             self.store.put_json(attempts_key, {"attempts": attempts, "last_reason": reason})
             if attempts < JOB_MAX_ATTEMPTS:
-                log.warning(
-                    "training job failed; it is tried again at the next poll",
-                    extra={"adapter_id": job.adapter_id, "attempt": attempts, "reason": reason},
-                )
+                error.add_note(f"attempt {attempts} of {JOB_MAX_ATTEMPTS}")  # said where run_pending logs it
                 raise error
             reason = f"{attempts} attempts failed, the last with {reason}"
         self.store.put_json(f"{job_prefix}/failed.json", {"adapter_id": job.adapter_id, "reason": reason})
