@@ -100,6 +100,24 @@ class CompositeError(ValueError):
     """A request the composite backend cannot serve; the message says what to change."""
 
 
+# The least height of the product on a procedural scene's canvas, before rotation and keystone (and the
+# least a photo scene's framing places). A height_fraction under it was taken: the product came out a
+# speck of a pixel or two, or nothing, refused as a mask "too thin or scattered" (the photos blamed).
+MIN_PRODUCT_HEIGHT_PX = 2
+
+
+def check_height(height_fraction: float, size_px: int) -> None:
+    """``CompositeError`` where ``height_fraction`` places a product on a procedural scene under
+    ``MIN_PRODUCT_HEIGHT_PX`` tall on a ``size_px`` canvas (a photo scene's framing decides its size)."""
+    least = MIN_PRODUCT_HEIGHT_PX / size_px
+    if height_fraction < least:
+        raise CompositeError(
+            f"height_fraction {height_fraction:g} places the product {height_fraction * size_px:.2g} px tall "
+            f"on a {size_px} px canvas: it must be at least {least:.4g} ({MIN_PRODUCT_HEIGHT_PX} px at "
+            f"{size_px} px); leave it out to draw one from 0.35 to 0.7"
+        )
+
+
 def _check_pile_asked(asked: dict[str, Any], values: dict[str, Any]) -> None:
     """Refuse what a pile cannot honour among the knobs ``asked`` (``values``: as parsed): a procedural
     scene, or a placement of its own. Both were replaced without a word (a studio scene got one product,
@@ -263,6 +281,7 @@ class _Plan:
                 raise CompositeError("height_fraction must be in 0..1")
         elif not 0.0 < plan.height_fraction <= 0.95:
             # No floor at 0.05: a product over 12:1 narrowed to fit records less; its replay is served.
+            # The floor is in pixels (check_height), where the canvas is known.
             raise CompositeError("height_fraction must be above 0 and at most 0.95")
         if not 0 <= plan.occluders <= 4:
             raise CompositeError("occluders must be between 0 and 4")
@@ -377,6 +396,8 @@ class CompositeBackend:
                     "series, category or name (a product is never composited onto photos of itself)"
                 )
             plan = drawn.override(asked, self.scenes)
+            if plan.scene != PHOTO_SCENE:  # the size is known here, not in override
+                check_height(plan.height_fraction, request.size)
             # Only a key asked for can be the SKU's own: a drawn one is among its keys_for already.
             scenes = self.scenes if plan.scene == PHOTO_SCENE else None
             if scenes is not None and scenes.tagged_like(plan.scene_key, *own_names):
@@ -642,7 +663,7 @@ def render_photo_variant(
     fill = float(np.clip(framing * plan.framing, 0.3, 0.95))
     # At least 2 px tall, not 5% of the frame: a 25:1 product (a leek, a baguette) floored at 5% came out
     # with its longer side over 0.9 of the frame whatever its reference photo showed.
-    height_fraction = float(np.clip(fill * min(1.0, h / w), 2.0 / size, 0.95))
+    height_fraction = float(np.clip(fill * min(1.0, h / w), MIN_PRODUCT_HEIGHT_PX / size, 0.95))
     placed = _Plan(**{**plan.__dict__, "height_fraction": height_fraction})
     product, corners, height_fraction = _place_product(cutout, placed, size)
     _, gain = _match_to_scene(product, img, plan.scene_match)
@@ -1076,9 +1097,12 @@ def _with_implied_scene(parameters: dict[str, Any]) -> dict[str, Any]:
     return parameters
 
 
-def check_parameters(parameters: dict[str, Any], *, scene_library: bool = True) -> None:
+def check_parameters(
+    parameters: dict[str, Any], *, scene_library: bool = True, size_px: int | None = None
+) -> None:
     """Raise ``CompositeError`` where ``parameters`` (this backend's knobs only) has a value every
     request would be refused for, as ``_Plan.override`` refuses it: for the settings, at start-up.
+    With ``size_px`` (the canvas the stage asks for), a product under 2 px tall there too (``check_height``).
     The scene library is not open then: with ``scene_library`` (one is configured) a photo scene's key
     is taken to be in it (the request checks), an empty one not; without, a photo scene is refused as
     every request is."""
@@ -1095,4 +1119,6 @@ def check_parameters(parameters: dict[str, Any], *, scene_library: bool = True) 
     share = 1.0 if asked.get("scene") == PHOTO_SCENE else 0.0
     drawn = _Plan.draw(np.random.default_rng(0), stand_in, share)
     dimmest = replace(drawn, light_gain=0.8, light_gradient=0.3)
-    dimmest.override(asked, stand_in)
+    plan = dimmest.override(asked, stand_in)
+    if size_px is not None and plan.scene != PHOTO_SCENE:
+        check_height(plan.height_fraction, size_px)

@@ -242,14 +242,16 @@ class GenerationSettings(BaseSettings):
         if _uses(info, "composite"):
             knobs = {k: v for k, v in parameters.items() if k in COMPOSITE_PARAMETERS}
             try:
-                check_parameters(knobs)
+                check_parameters(knobs, size_px=info.data.get("generation_size_px"))
             except CompositeError as exc:
                 raise ValueError(f"the composite backend refuses it: {exc}") from None
             # The stage asks for piles on top of these ({"occluders": 1} with a pile share): a pile
             # refuses a placement of its own, and those SKUs' variants were refused one by one.
             if info.data.get("generation_pile_share", 0.0) > 0 and "arrangement" not in knobs:
                 try:
-                    check_parameters({**knobs, "arrangement": "pile"})
+                    check_parameters(
+                        {**knobs, "arrangement": "pile"}, size_px=info.data.get("generation_size_px")
+                    )
                 except CompositeError as exc:
                     raise ValueError(
                         f"SKUFORGE_GENERATION_PILE_SHARE asks for piles, and the composite backend "
@@ -351,7 +353,7 @@ class GenerationSettings(BaseSettings):
 
             composite = {k: v for k, v in self.generation_parameters.items() if k in COMPOSITE_PARAMETERS}
             try:
-                check_parameters(composite, scene_library=False)
+                check_parameters(composite, scene_library=False, size_px=self.generation_size_px)
             except CompositeError as exc:
                 raise ValueError(f"generation_parameters: the composite backend refuses it: {exc}") from None
         return self
