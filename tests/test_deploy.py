@@ -1674,7 +1674,8 @@ def test_numbers_in_a_values_file_reach_the_pods_as_written(helm: str, tmp_path:
     values = tmp_path / "values.yaml"
     values.write_text(
         "settings: {SKUFORGE_MAX_POLL_INTERVAL_MS: 1200000, SKUFORGE_RETRY_BACKOFF_MAX_S: 2.5}\n"
-        "stages: {gate: {env: {SKUFORGE_MAX_IMAGE_PIXELS: 40000000}, autoscaling: {lagThreshold: 2000000}}}\n"
+        "stages: {gate: {env: {SKUFORGE_MAX_POLL_INTERVAL_MS: 40000000},"
+        " autoscaling: {lagThreshold: 2000000}}}\n"
         "console: {env: {SKUFORGE_CONSOLE_LEASE_S: 3000000}}\n"
         "sessionTimeoutMs: 1200000\n"
     )
@@ -1691,7 +1692,7 @@ def test_numbers_in_a_values_file_reach_the_pods_as_written(helm: str, tmp_path:
     assert settings["data"]["SKUFORGE_RETRY_BACKOFF_MAX_S"] == "2.5"
     assert settings["data"]["SKUFORGE_SESSION_TIMEOUT_MS"] == "1200000"  # one of the chart's own values
     deployments = of_kind(docs, "Deployment")
-    assert env_of(deployments["rel-skuforge-gate"])["SKUFORGE_MAX_IMAGE_PIXELS"] == "40000000"
+    assert env_of(deployments["rel-skuforge-gate"])["SKUFORGE_MAX_POLL_INTERVAL_MS"] == "40000000"
     assert env_of(deployments["rel-skuforge-console"])["SKUFORGE_CONSOLE_LEASE_S"] == "3000000"
     [trigger] = of_kind(docs, "ScaledObject")["rel-skuforge-gate"]["spec"]["triggers"]
     assert trigger["metadata"]["lagThreshold"] == "2000000"

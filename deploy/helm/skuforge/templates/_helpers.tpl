@@ -747,8 +747,15 @@ in step), and the object store's AWS keys: under `settings` the SASL password we
 and the topics Job's env, and in a pod's env map any of them into its Deployment, readable by whoever
 can read the namespace. */ -}}
 {{- $secrets := list "SKUFORGE_CONSOLE_USERS" "SKUFORGE_CONSOLE_SESSION_SECRET" "SKUFORGE_KAFKA_SASL_PASSWORD" "AWS_SECRET_ACCESS_KEY" "AWS_SESSION_TOKEN" -}}
+{{- /* Each pod reads images under its own limits: lower for the matting alone, the generator drew and
+stored what the matting then dead-lettered (too_many_pixels), a stage late; set for the stages alone, the
+console and Triton took what the stages refuse. Only what every pod reads may set them. */ -}}
+{{- $imageLimits := list "SKUFORGE_MAX_IMAGE_PIXELS" "SKUFORGE_MAX_IMAGE_BYTES" -}}
 {{- range $source, $values := $sources -}}
 {{- range $key, $_ := $values -}}
+{{- if and (has $key $imageLimits) (not (has $source (list "settings" "secret.values"))) -}}
+{{- fail (printf "%s.%s: every pod must read images under the same limit (lower for one stage, it dead-letters what an earlier stage took, too_many_pixels or too_large_bytes, a stage late; raised for one, an earlier stage refuses what it would take): set it once, as settings.%s, which every pod reads" $source $key $key) -}}
+{{- end -}}
 {{- if and (ne $source "secret.values") (has $key $secrets) -}}
 {{- fail (printf "%s.%s is a secret: the ConfigMap and the pod specs are readable by anyone who can read the namespace; put it in secret.values or secret.existingSecret" $source $key) -}}
 {{- end -}}
