@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any, Literal, TypeVar
 
 from kafka import KafkaConsumer, KafkaProducer
-from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient, NewTopic
 from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
 from kafka.errors import (
     BrokerNotAvailableError,
@@ -587,13 +587,15 @@ class Publisher:
 
 @dataclass(frozen=True)
 class TopicShortfall:
-    """An existing topic with fewer partitions or a lower replication factor than the settings ask."""
+    """An existing topic with fewer partitions, a lower replication factor or a topic config below what
+    the settings ask (``topic_to_create``'s)."""
 
     name: str
     partitions: int
     wanted_partitions: int
     replication: int
     wanted_replication: int
+    low_configs: tuple[tuple[str, str, str], ...] = ()  # (config, the topic's value, asked), by name
 
     @property
     def few_partitions(self) -> bool:
@@ -605,13 +607,19 @@ class TopicShortfall:
         """The topic has fewer replicas than asked (only a partition reassignment can add them)."""
         return self.replication < self.wanted_replication
 
+    @property
+    def below(self) -> bool:
+        """Anything of the topic is below the settings."""
+        return self.few_partitions or self.low_replication or bool(self.low_configs)
+
     def describe(self) -> str:
-        """``name (2 partitions, asked 6; replication 1, asked 3)``."""
+        """``name (2 partitions, asked 6; replication 1, asked 3; min.insync.replicas 1, asked 2)``."""
         gaps = []
         if self.few_partitions:
             gaps.append(f"{self.partitions} partitions, asked {self.wanted_partitions}")
         if self.low_replication:
             gaps.append(f"replication {self.replication}, asked {self.wanted_replication}")
+        gaps.extend(f"{config} {value}, asked {wanted}" for config, value, wanted in self.low_configs)
         return f"{self.name} ({'; '.join(gaps)})"
 
 
@@ -658,9 +666,10 @@ def sync_topics(
 ) -> TopicsReport:
     """Create the missing topics (and DLQs), and compare the existing ones with the settings.
 
-    An existing topic with fewer partitions than ``partitions`` (default ``SKUFORGE_TOPIC_PARTITIONS``)
-    or a lower replication than ``SKUFORGE_TOPIC_REPLICATION`` is reported in ``short``; with ``grow``
-    its partitions are added first. Replication is never raised here (that is a reassignment).
+    An existing topic with fewer partitions than ``partitions`` (default ``SKUFORGE_TOPIC_PARTITIONS``),
+    a lower replication than ``SKUFORGE_TOPIC_REPLICATION``, or a config below what a topic created now
+    gets (``topic_to_create``) is reported in ``short``; with ``grow`` its partitions are added first.
+    Replication and configs are never changed here (a reassignment; the operator's ``kafka-configs.sh``).
     """
     partitions = partitions or settings.topic_partitions
     names: list[str] = []
@@ -671,13 +680,17 @@ def sync_topics(
     return create_topic_names(settings, names, partitions=partitions, grow=grow, timeout_s=timeout_s)
 
 
+def topic_configs(replication: int) -> dict[str, str]:
+    """The configs of a topic created with ``replication`` replicas. With 3 or more,
+    ``min.insync.replicas=2``: producers send with acks=all, which with the usual cluster default of 1
+    acknowledges a record one broker holds, and a single broker lost then loses it. (2 replicas keep the
+    default: requiring both would stop every write while either broker is down.)"""
+    return {"min.insync.replicas": "2"} if replication >= 3 else {}
+
+
 def topic_to_create(name: str, partitions: int, replication: int) -> NewTopic:
-    """A topic to create. With 3 or more replicas, ``min.insync.replicas=2``: producers send with
-    acks=all, which with the usual cluster default of 1 acknowledges a record one broker holds, and a
-    single broker lost then loses it. (2 replicas keep the default: requiring both would stop every
-    write while either broker is down.)"""
-    configs = {"min.insync.replicas": "2"} if replication >= 3 else None
-    return NewTopic(name, partitions, replication, topic_configs=configs)
+    """A topic to create, with ``topic_configs(replication)``."""
+    return NewTopic(name, partitions, replication, topic_configs=topic_configs(replication) or None)
 
 
 def create_topic_names(
@@ -714,7 +727,7 @@ def create_topic_names(
         if grow:
             grown = _grow(admin, [s for s in short if s.few_partitions], timeout_s)
             short = [replace(s, partitions=s.wanted_partitions) if s.name in grown else s for s in short]
-            short = [s for s in short if s.few_partitions or s.low_replication]
+            short = [s for s in short if s.below]
         return TopicsReport(created, grown, short)
     finally:
         admin.close()
@@ -727,9 +740,10 @@ def _wanted_partitions(name: str, partitions: int) -> int:
 def _shortfalls(
     admin: KafkaAdminClient, names: list[str], partitions: int, settings: Settings
 ) -> list[TopicShortfall]:
-    """The topics of ``names`` with fewer partitions or replicas than the settings ask."""
+    """The topics of ``names`` with fewer partitions or replicas, or lower configs, than the settings ask."""
     if not names:
         return []
+    low_configs = _low_configs(admin, names, settings.topic_replication)
     short: list[TopicShortfall] = []
     for described in admin.describe_topics(names):
         found = described.get("partitions") or []
@@ -742,10 +756,47 @@ def _shortfalls(
             wanted_partitions=_wanted_partitions(described["name"], partitions),
             replication=replication,
             wanted_replication=settings.topic_replication,
+            low_configs=low_configs.get(described["name"], ()),
         )
-        if shortfall.few_partitions or shortfall.low_replication:
+        if shortfall.below:
             short.append(shortfall)
     return sorted(short, key=lambda s: s.name)
+
+
+def _low_configs(
+    admin: KafkaAdminClient, names: list[str], replication: int
+) -> dict[str, tuple[tuple[str, str, str], ...]]:
+    """Per topic of ``names``, the configs ``topic_configs`` sets that the topic has lower. Every one
+    of them is a floor (``min.insync.replicas``): a higher value is the operator's stricter choice.
+    Before, only partitions and replication were compared: a topic made before ``SKUFORGE_TOPIC_REPLICATION``
+    was 3 (or by hand) kept the cluster's default ``min.insync.replicas=1`` unseen, and acks=all then
+    acknowledged records one broker held."""
+    wanted = topic_configs(replication)
+    if not wanted or not names:
+        return {}
+    resources = [
+        ConfigResource(ConfigResourceType.TOPIC, name, configs=dict.fromkeys(wanted)) for name in names
+    ]
+    found = admin.describe_configs(resources, config_filter="all").get("topic", {})
+    low: dict[str, tuple[tuple[str, str, str], ...]] = {}
+    for name in names:
+        configs = found.get(name) or {}  # none: deleted since it was listed, nothing to compare
+        gaps = tuple(
+            (config, str(configs[config].get("value")), value)
+            for config, value in sorted(wanted.items())
+            if config in configs and _below(configs[config].get("value"), value)
+        )
+        if gaps:
+            low[name] = gaps
+    return low
+
+
+def _below(value: object, wanted: str) -> bool:
+    """Whether a topic's numeric config ``value`` is below ``wanted`` (one it does not show is not)."""
+    try:
+        return int(str(value)) < int(wanted)
+    except ValueError:
+        return False
 
 
 def _grow(

@@ -168,14 +168,14 @@ def _cmd_topics(rest: list[str]) -> int:
     create = sub.add_parser(
         "create",
         help="create every topic of the flow, and the passthrough stage's (the deployment smoke test), "
-        "each with its .dlq (idempotent); an existing topic with fewer partitions or replicas than asked "
-        "is an error",
+        "each with its .dlq (idempotent); an existing topic with fewer partitions or replicas than asked, "
+        "or a min.insync.replicas below the one it sets, is an error",
         description="Create every topic of the flow and its .dlq (idempotent).",
         epilog="exit status: 0 the topics are as the settings ask; 1 Kafka unreachable or not answering, "
         "or a retriable error (running again may help); 3 existing topics differ from the settings "
-        "(fewer partitions without --grow, lower replication) or Kafka refused the request for good "
-        "(replication above the brokers there are, not authorised, partitions the broker will not "
-        "add): running again will not help",
+        "(fewer partitions without --grow, lower replication or min.insync.replicas) or Kafka refused the "
+        "request for good (replication above the brokers there are, not authorised, partitions the broker "
+        "will not add): running again will not help",
     )
     create.add_argument(
         "--partitions", type=whole_number, default=None, help="partitions (default SKUFORGE_TOPIC_PARTITIONS)"
@@ -260,6 +260,12 @@ def _topics_short_message(short: list[TopicShortfall], *, grow: bool) -> str:
         hints.append(
             "replication cannot be raised by this command: reassign the partitions with Kafka's "
             "kafka-reassign-partitions.sh, or lower SKUFORGE_TOPIC_REPLICATION"
+        )
+    low_configs = sorted({f"{config}={wanted}" for s in short for config, _, wanted in s.low_configs})
+    if low_configs:
+        hints.append(
+            f"set {', '.join(low_configs)} on those topics with Kafka's kafka-configs.sh --alter "
+            "(this command changes no config of an existing topic)"
         )
     return f"{len(short)} existing topics are below the settings: {what}; {'; '.join(hints)}"
 

@@ -8,6 +8,7 @@ import json
 import uuid
 
 import pytest
+from kafka.admin import ConfigResource, ConfigResourceType
 
 from schemas.topics import ALL_TOPICS, PASSTHROUGH_OUT, SKU_INGESTED
 from shared.config import load_settings
@@ -159,3 +160,29 @@ def test_which_kafka_errors_running_again_may_fix() -> None:
         assert retriable_kafka_error(again), type(again).__name__
     for never in (InvalidReplicationFactorError(), InvalidPartitionsError(), TopicAuthorizationFailedError()):
         assert not retriable_kafka_error(never), type(never).__name__
+
+
+@pytest.mark.kafka
+def test_a_min_insync_replicas_below_what_create_sets_is_named(
+    kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With 3 replicas asked, `topics create` sets min.insync.replicas=2 on the topics it creates (acks=all
+    then needs two brokers to hold a record). An existing topic left at the cluster's default of 1 was
+    accepted unseen: the one broker that acknowledged a record could be lost with it. It is now named
+    with the value, beside the replication, and how to set it; one that has it is not."""
+    namespace = _namespace(monkeypatch, kafka_bootstrap)
+    try:
+        assert _run(capsys, "--partitions", "1")[0] == 0
+        kept = f"{namespace}{SKU_INGESTED.name}"
+        session_admin(kafka_bootstrap).alter_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, kept, configs={"min.insync.replicas": "2"})]
+        )
+        monkeypatch.setenv("SKUFORGE_TOPIC_REPLICATION", "3")  # what production asks (one broker here)
+        code, _, err = _run(capsys, "--partitions", "1")
+        assert code == 3 and len(err.splitlines()) == 1, err
+        other = f"{namespace}{PASSTHROUGH_OUT.name}"
+        assert f"{other} (replication 1, asked 3; min.insync.replicas 1, asked 2)" in err, err
+        assert f"{kept} (replication 1, asked 3)" in err, err
+        assert "kafka-configs.sh" in err and "min.insync.replicas=2" in err, err
+    finally:
+        _delete_namespace(kafka_bootstrap, namespace)
