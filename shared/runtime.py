@@ -492,6 +492,10 @@ class Stage:
             # Every dead letter names its stage, and a replay finds it by that name: cut, it would not.
             raise ValueError(f"a stage's name takes 1 to {MAX_STAGE_NAME_CHARS} characters, got {len(name)}")
         self.name = name
+        # Kafka client ids of its own for each: shared, the broker's per-client quotas and metrics, its
+        # request logs and `kafka-consumer-groups.sh --describe` could not tell the reads from the writes.
+        self._consumer_client_id = f"{name}-consumer"
+        self._producer_client_id = f"{name}-producer"
         self.settings = settings or load_settings()
         self.store = store or open_settings_store(self.settings)
         self.metrics = StageMetrics(name)
@@ -668,11 +672,13 @@ class Stage:
             self._consumer = make_consumer(
                 self.settings,
                 group_id=f"{self.settings.consumer_group_prefix}.{self.name}",
-                client_id=self.name,
+                client_id=self._consumer_client_id,
                 stop=self._stop,
             )
-            self._producer = make_producer(self.settings, client_id=self.name, stop=self._stop)
+            self._producer = make_producer(self.settings, client_id=self._producer_client_id, stop=self._stop)
         except (KafkaError, StoppedBootstrapping) as exc:  # no broker answered, or the stop came first
+            # The client that gave up: its last connection error is the refusal's cause.
+            failed = self._consumer_client_id if self._consumer is None else self._producer_client_id
             if self._consumer is not None:
                 try:
                     self._consumer.close(autocommit=False)
@@ -692,7 +698,7 @@ class Stage:
             if isinstance(exc, StoppedBootstrapping):
                 log.info("stage stopped before it reached Kafka", extra={"stage": self.name})
                 return 0
-            raise KafkaUnreachable(self.settings, exc, client_id=self.name) from exc
+            raise KafkaUnreachable(self.settings, exc, client_id=failed) from exc
         self._consumer.subscribe(self.topics, listener=_RebalanceListener(self))
         self._await_topic_metadata()
         lag_watcher = None
@@ -1385,7 +1391,9 @@ class Stage:
             if producer is None:  # the last one stopped for good and no broker answered its successor
                 # With the stop, a SIGTERM while no broker answers ends the bootstrap at once (it waited
                 # out kafka-python's 30 s, past `skuforge up`'s grace); nothing is committed then.
-                producer = self._producer = make_producer(self.settings, client_id=self.name, stop=self._stop)
+                producer = self._producer = make_producer(
+                    self.settings, client_id=self._producer_client_id, stop=self._stop
+                )
         except (KafkaError, StoppedBootstrapping) as exc:
             # Only the partitions with something to send wait for a producer: the others' inputs are
             # done, and are committed. Before, every partition of the poll was rewound and read again.
@@ -1667,7 +1675,9 @@ class Stage:
         new one, given up when the stage stops)."""
         try:
             if self._producer is None:
-                self._producer = make_producer(self.settings, client_id=self.name, stop=self._stop)
+                self._producer = make_producer(
+                    self.settings, client_id=self._producer_client_id, stop=self._stop
+                )
             future = self._producer.send(topic_name, key=key, value=value)
             self._producer.flush(timeout=self.settings.flush_timeout_s)
             future.get(timeout=self.settings.flush_timeout_s)
