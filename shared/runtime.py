@@ -520,7 +520,10 @@ class Stage:
         # waits holds its partition, so at most one waits per partition held (_forget_delivered).
         self._waiting_letters: dict[tuple[str, int, int, str, str], _WaitingLetter] = {}
         # Those whose partition moved away while they waited, newest last, up to ATTEMPTS_KEPT: the same
-        # letter refused again once the group hands the partition back waits since it first did.
+        # letter refused again once the group hands the partition back waits since it first did. One bound
+        # for all partitions (_move_waiting drops the oldest), of small entries (two digests and the
+        # original's store refs, never its bytes: about 2 KB): some 20 MB at most, however many
+        # partitions never come back.
         self._moved_letters: OrderedDict[tuple[str, int, int, str, str], _WaitingLetter] = OrderedDict()
         # Inputs completed (outputs durable, offset committed) by this process, newest last, by (topic,
         # event id): one stage's outputs to two topics may share an id (the gate's accepted or pending
