@@ -322,6 +322,9 @@ def producer_stopped_for_good(producer: KafkaProducer) -> bool:
     in which every later send, to any topic, fails with that error. Seen on the real broker: one
     record over the limit, and the next small record to another topic failed too. Only a new
     producer sends again, once the cause is fixed."""
+    # Private: no public method of kafka-python's KafkaProducer (3.0) tells a stopped one (send() still
+    # accepts records, which then fail). Pinned on the real broker by tests/test_producer_stopped.py (a
+    # stage, the publisher) and tests/test_dlq_review46.py (a replay): a rename upstream fails those.
     manager = getattr(producer, "_transaction_manager", None)
     return bool(manager is not None and manager.has_fatal_error())
 
@@ -333,7 +336,7 @@ def producer_stopped_by_a_record(producer: KafkaProducer) -> bool:
     fails them with "Future not done"."""
     if not producer_stopped_for_good(producer):
         return False
-    error = producer._transaction_manager.last_error
+    error = producer._transaction_manager.last_error  # private too: see producer_stopped_for_good
     kind = error if isinstance(error, type) else type(error)
     return issubclass(kind, RECORD_REFUSALS)
 
