@@ -231,7 +231,8 @@ def _restore(previous: dict[int, Any]) -> None:
     for good: ``held_signals``' swallowed every later SIGTERM. Blocking the signals meanwhile
     (``pthread_sigmask``) would not do: it blocks them on the main thread only, a signal sent to the
     process is then taken by another thread (a Kafka client's), and its handler runs on the main thread
-    all the same."""
+    all the same. Any other failure is ``signal.signal``'s own (the block left off the main thread),
+    which a retry meets again: that handler is left, the rest are tried, and the first failure raised."""
     left = list(previous.items())
     came: BaseException | None = None
     while left:
@@ -239,8 +240,11 @@ def _restore(previous: dict[int, Any]) -> None:
             while left:
                 signal.signal(*left[0])
                 del left[0]  # after: a stop raised between the two puts the same handler back again
-        except BaseException as exc:  # raised by a handler put back already: the rest first
+        except KeyboardInterrupt as exc:  # a stop, raised by a handler put back already: the rest first
             came = came or exc
+        except BaseException as exc:  # retried, it spun for ever
+            came = came or exc
+            del left[0]
     if came is not None:
         raise came
 
