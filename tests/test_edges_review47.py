@@ -76,6 +76,8 @@ def test_the_longest_metadata_caption_fits_the_event_contract() -> None:
     shape = max(SHAPE_PHRASES, key=lambda name: len(SHAPE_PHRASES[name] or ""))
     caption = compose_caption(sku, ["yellowish green"] * 8, shape, "three-quarter view")
     assert len(caption) <= MAX_CAPTION_CHARS
+    # Fitting, not cut: since compose_caption cuts at MAX_CAPTION_CHARS, the length alone always passed.
+    assert caption.endswith(f", {SHAPE_PHRASES[shape]}, three-quarter view")
 
 
 def test_an_attribute_caption_past_the_contract_is_cut_at_a_word() -> None:
