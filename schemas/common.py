@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import (
     AfterValidator,
@@ -13,6 +14,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    GetCoreSchemaHandler,
     ValidationInfo,
     WithJsonSchema,
 )
@@ -233,6 +235,34 @@ PlainName = Annotated[
         }
     ),
 ]
+
+
+@dataclass(frozen=True)
+class Chars:
+    """A text type's length in characters, as ``Annotated[OneLineText, Chars(200)]``: checked on the text
+    itself, before the type's character rule, refused as "String should have at most 200 characters" (and
+    ``maxLength`` in the committed schemas). A ``Field(max_length=...)`` after the rule (inside
+    ``Annotated``, or on ``X | None``) is pydantic's generic length check, which a check's code, a flagged
+    item's reason and a reject reason were refused with: "Value should have at most 200 items after
+    validation", read in a dead letter's detail as a list's."""
+
+    max_length: int
+    min_length: int = 0
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> Any:
+        # The validators' schemas are copied down to the text's: the type's own schema (OneLineText without
+        # a length, elsewhere) is left as it was.
+        schema: dict[str, Any] = dict(handler(source))
+        text = schema
+        while text["type"] in ("function-after", "function-before", "function-wrap"):
+            text["schema"] = dict(text["schema"])
+            text = text["schema"]
+        if text["type"] != "str":
+            raise TypeError(f"Chars bounds text; {source} is validated as {text['type']}")
+        text["max_length"] = self.max_length
+        if self.min_length:
+            text["min_length"] = self.min_length
+        return schema
 
 
 def naive_as_utc(value: datetime) -> datetime:

@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field, JsonValue, WithJsonSchema, field_validato
 
 from schemas.common import (
     BIDI_CONTROL,
+    Chars,
     Contract,
     ImageRef,
     OneLineText,
@@ -56,7 +57,7 @@ Phrase = Annotated[str, Field(max_length=MAX_PHRASE_CHARS)]
 # (OneLineText). They took any text, and another producer's U+202E, terminal escape or newline went on to
 # the console's pages and the trainstore's rows; the gate writes only CHECK_CODES (shared/gate/checks.py).
 # Read from a topic or the console's tasks, such text an event holds from before is taken escaped.
-CheckCode = Annotated[OneLineText, Field(max_length=MAX_PHRASE_CHARS), escaped_when_read(MAX_PHRASE_CHARS)]
+CheckCode = Annotated[OneLineText, Chars(MAX_PHRASE_CHARS), escaped_when_read(MAX_PHRASE_CHARS)]
 # A parameter's value in the committed JSON Schemas: any JSON, its strings at any depth at most a model
 # id long, as ``_check_parameter`` has it (each keyword applies to its own type only). pydantic wrote an
 # empty schema, so a producer validating against it sent a longer string, which every consumer then
@@ -319,9 +320,10 @@ class CorrectionResolved(Contract):
     # was dead-lettered by its reader, and a replay was again: the reviewer's decision was lost. A reader
     # takes it with them escaped, as the console's item page shows it (cut between two escapes to the
     # field's length; a reason over it no console wrote is refused); producers stay strict.
-    reject_reason: Annotated[OneLineText, escaped_when_read(MAX_MESSAGE_CHARS, BIDI_CONTROL)] | None = Field(
-        default=None, max_length=MAX_MESSAGE_CHARS
-    )
+    reject_reason: (
+        Annotated[OneLineText, Chars(MAX_MESSAGE_CHARS), escaped_when_read(MAX_MESSAGE_CHARS, BIDI_CONTROL)]
+        | None
+    ) = None
     reviewer: str = Field(min_length=1, max_length=MAX_PHRASE_CHARS)
     decided_at: UtcDatetime = Field(description="with an offset; a naive time is read as UTC")
 
