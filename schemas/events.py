@@ -52,12 +52,20 @@ MAX_CHECKS = 64  # the gate runs 6 checks (shared/gate/checks.py: CHECK_CODES); 
 MAX_ADAPTER_SKUS = 50_000  # one per instance image at most: a general adapter takes 2000 by default
 MAX_PARAMETERS = 256  # backend knobs: the composite backend knows 24, the diffusion backend records 21
 MAX_PARAMETER_VALUES = 1024  # every value inside them, a list's items each (a colour gain is 3)
-Phrase = Annotated[str, Field(max_length=MAX_PHRASE_CHARS)]
-# A gate check's code, and one among a flagged item's reasons: a phrase on one line that reads as written
-# (OneLineText). They took any text, and another producer's U+202E, terminal escape or newline went on to
-# the console's pages and the trainstore's rows; the gate writes only CHECK_CODES (shared/gate/checks.py).
-# Read from a topic or the console's tasks, such text an event holds from before is taken escaped.
-CheckCode = Annotated[OneLineText, Chars(MAX_PHRASE_CHARS), escaped_when_read(MAX_PHRASE_CHARS)]
+# A word or phrase on one line that reads as written (OneLineText). Read from a topic, a console's tasks or
+# the trainer's requests, such text an event holds from before the field refused it is taken escaped.
+OneLinePhrase = Annotated[OneLineText, Chars(MAX_PHRASE_CHARS), escaped_when_read(MAX_PHRASE_CHARS)]
+# A gate check's code, and one among a flagged item's reasons. They took any text, and another producer's
+# U+202E, terminal escape or newline went on to the console's pages and the trainstore's rows; the gate
+# writes only CHECK_CODES (shared/gate/checks.py).
+CheckCode = OneLinePhrase
+# The captioner's text (sku.captioned: a photo's caption, tags, colours, view and why it is unusable; the
+# SKU's instance token, class noun and prompts) is one line too. It took any text, and another producer's
+# U+202E, terminal escape or newline went on into the generator's prompts, the trainer's captions and
+# the console's pages. The captioner writes none: its words are SkuMetadata's (which refuses control
+# characters and bidirectional controls) single-spaced, which takes the line separators out, a VLM
+# sentence's letters and digits, and fixed words (colours, shapes, views, reasons).
+CaptionText = Annotated[OneLineText, Chars(MAX_CAPTION_CHARS), escaped_when_read(MAX_CAPTION_CHARS)]
 # A parameter's value in the committed JSON Schemas: any JSON, its strings at any depth at most a model
 # id long, as ``_check_parameter`` has it (each keyword applies to its own type only). pydantic wrote an
 # empty schema, so a producer validating against it sent a longer string, which every consumer then
@@ -134,14 +142,16 @@ class CaptionedPhoto(Contract):
     image: ImageRef
     mask: ImageRef | None = Field(default=None, description="product mask (U2-Net); None if unusable")
     usable: bool
-    unusable_reason: str | None = Field(default=None, max_length=MAX_MESSAGE_CHARS)
-    caption: str = Field(default="", max_length=MAX_CAPTION_CHARS)
-    tags: list[Phrase] = Field(default_factory=list, max_length=MAX_TAGS)
-    colours: list[Phrase] = Field(
+    unusable_reason: (
+        Annotated[OneLineText, Chars(MAX_MESSAGE_CHARS), escaped_when_read(MAX_MESSAGE_CHARS)] | None
+    ) = None
+    caption: CaptionText = ""
+    tags: list[OneLinePhrase] = Field(default_factory=list, max_length=MAX_TAGS)
+    colours: list[OneLinePhrase] = Field(
         default_factory=list, max_length=MAX_TAGS, description="dominant colour names, most dominant first"
     )
     shape: Shape = "other"
-    view: str = Field(default="", max_length=MAX_PHRASE_CHARS)
+    view: OneLinePhrase = ""
     plain_background: float | None = Field(
         default=None,
         ge=0.0,
@@ -158,21 +168,15 @@ class SkuCaptioned(Contract):
     photos: list[CaptionedPhoto] = Field(
         min_length=1, max_length=MAX_PHOTOS_PER_EVENT, description=_PHOTOS_DESCRIPTION
     )
-    instance_token: str = Field(
-        min_length=1,
-        max_length=MAX_PHRASE_CHARS,
-        description="rare token unique to this SKU, stable across runs",
+    instance_token: OneLinePhrase = Field(
+        min_length=1, description="rare token unique to this SKU, stable across runs"
     )
-    class_noun: str = Field(min_length=1, max_length=MAX_PHRASE_CHARS)
-    instance_prompt: str = Field(
-        min_length=1, max_length=MAX_PHRASE_CHARS, description="e.g. 'a photo of <token> <class>'"
+    class_noun: OneLinePhrase = Field(min_length=1)
+    instance_prompt: OneLinePhrase = Field(min_length=1, description="e.g. 'a photo of <token> <class>'")
+    class_prompt: OneLinePhrase = Field(
+        min_length=1, description="regularisation prompt, e.g. 'a photo of a <class>'"
     )
-    class_prompt: str = Field(
-        min_length=1,
-        max_length=MAX_PHRASE_CHARS,
-        description="regularisation prompt, e.g. 'a photo of a <class>'",
-    )
-    negative_prompt: str = Field(default="", max_length=MAX_CAPTION_CHARS)
+    negative_prompt: CaptionText = ""
     captioner: str = Field(
         max_length=MAX_MODEL_ID_CHARS, description="backend and model id that wrote the captions"
     )

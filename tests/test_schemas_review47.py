@@ -1,14 +1,26 @@
-"""What review 47 left in the contract's text: a length refusal says characters, not items."""
+"""What review 47 left in the contract's text: a length refusal says characters, not items; the
+captioner's text takes the character rule of the rest of the contract's text."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 from pydantic import ValidationError
 
 from schemas import envelope, events
-from schemas.common import Contract
+from schemas.common import Contract, ImageRef, SkuMetadata
+from schemas.events import CaptionedPhoto, SkuCaptioned
+from schemas.topics import SKU_CAPTIONED
+from services.lora_trainer.stage import PREFIX
+from shared.bus import make_envelope, read_envelope
+from shared.captioning.prompts import compose_caption, compose_tags, merge_sentence, sku_prompts
+from shared.store import FileStore
+from tests.support.lora import _trainer
+from tests.support.schemas import committed_schema
 
 # -- a text over its length is refused in characters ---------------------------------------------------
 
@@ -65,3 +77,158 @@ def test_a_text_over_its_length_is_refused_in_characters(
         model.model_validate({name: [text] if in_a_list else text})
     said = [error["msg"] for error in refused.value.errors() if error["loc"][:1] == (name,)]
     assert said and all("characters" in message and "items" not in message for message in said), said
+
+
+# -- the captioner's text: one line that reads as written, escaped where an event already holds it ----
+
+_IMAGE = ImageRef(uri="file:///store/p.png", sha256="0" * 64, bytes=10, width=8, height=8)
+
+
+def _captioned_envelope() -> dict[str, Any]:
+    """A sku.captioned as the captioner writes one (a usable photo and an unusable one), as JSON."""
+    sku = SkuMetadata(sku_id="SKU-1", name="Cola", category="soda can")
+    prompts = sku_prompts(sku)
+    payload = SkuCaptioned(
+        sku=sku,
+        photos=[
+            CaptionedPhoto(
+                photo_id="p0",
+                image=_IMAGE,
+                mask=_IMAGE,
+                usable=True,
+                caption=compose_caption(sku, ["red"], "can", "front view"),
+                tags=compose_tags(sku, ["red"], "can", "front view"),
+                colours=["red"],
+                shape="can",
+                view="front view",
+            ),
+            CaptionedPhoto(photo_id="p1", image=_IMAGE, usable=False, unusable_reason="blank_photo"),
+        ],
+        instance_token=prompts.instance_token,
+        class_noun=prompts.class_noun,
+        instance_prompt=prompts.instance_prompt,
+        class_prompt=prompts.class_prompt,
+        negative_prompt=prompts.negative_prompt,
+        captioner="attributes",
+    )
+    envelope = make_envelope(
+        SKU_CAPTIONED, payload, event_id="d" * 32, sku_id="SKU-1", trace_id="t", producer="x"
+    )
+    return envelope.model_dump(mode="json")
+
+
+_CAPTIONER_TEXT: list[list[str | int]] = [
+    ["payload", "photos", 0, "caption"],
+    ["payload", "photos", 0, "tags", 0],
+    ["payload", "photos", 0, "colours", 0],
+    ["payload", "photos", 0, "view"],
+    ["payload", "photos", 1, "unusable_reason"],
+    ["payload", "instance_token"],
+    ["payload", "class_noun"],
+    ["payload", "instance_prompt"],
+    ["payload", "class_prompt"],
+    ["payload", "negative_prompt"],
+]
+
+
+def _put(written: dict[str, Any], path: list[str | int], text: str) -> None:
+    node: Any = written
+    for step in path[:-1]:
+        node = node[step]
+    node[path[-1]] = text
+
+
+def _at(read: Any, path: list[str | int]) -> Any:
+    for step in path:
+        read = read[step]
+    return read
+
+
+@pytest.mark.parametrize(
+    "path", _CAPTIONER_TEXT, ids=[".".join(map(str, path[1:])) for path in _CAPTIONER_TEXT]
+)
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("red\u202ecan", "bidirectional control character (U+202E at character 4)"),
+        ("red\x1b[2J", "control character (U+001B at character 4)"),
+        ("red\nforged line", "control character (U+000A at character 4)"),
+        ("red\u2028second line", "line separator (U+2028 at character 4)"),
+    ],
+    ids=["override", "escape", "newline", "line_separator"],
+)
+def test_captioner_text_with_one_is_refused_to_a_producer_and_read_escaped_from_a_topic(
+    path: list[str | int], text: str, named: str
+) -> None:
+    # They took any text: another producer's U+202E, terminal escape or newline went on into the
+    # generator's prompts, the trainer's captions and the console's pages.
+    written = _captioned_envelope()
+    _put(written, path, text)
+
+    with pytest.raises(ValidationError) as refused_model:
+        SkuCaptioned.model_validate(written["payload"])
+    assert named in str(refused_model.value) and text not in str(refused_model.value)
+    with pytest.raises(jsonschema.ValidationError) as refused:
+        jsonschema.Draft202012Validator(committed_schema(SKU_CAPTIONED)).validate(written)
+    assert list(refused.value.absolute_path) == path
+
+    # One already in the topic (or a dead letter) is read with the character escaped: dead-lettered, every
+    # replay failed alike, and the SKU was never generated.
+    read = read_envelope(SKU_CAPTIONED, json.dumps(written)).model_dump(mode="json")
+    assert _at(read, path) == text.encode("unicode_escape").decode("ascii")
+
+
+def test_what_the_captioner_writes_from_any_metadata_the_contract_takes_is_taken() -> None:
+    # Its words are SkuMetadata's, which may hold line separators, joiners and directional marks, and a
+    # VLM's sentence: single-spaced and cut into words, none of them is refused.
+    sku = SkuMetadata(
+        sku_id="SKU-1",
+        name="Cola\u2028Zero \u200f\u05d7\u05ea",
+        category="soda\u2029can",
+        brand="क्\u200dष",
+        series="Zero\u2028Series",
+    )
+    caption = compose_caption(sku, ["red", "white"], "can", "tilted front view")
+    caption = merge_sentence(caption, "a can\u2028on a\u202e table\n\x1b[2J", ["red"], "can")
+    photo = CaptionedPhoto(
+        photo_id="p0",
+        image=_IMAGE,
+        usable=True,
+        caption=caption,
+        tags=compose_tags(sku, ["red", "white"], "can", "tilted front view"),
+        colours=["red", "white"],
+        view="tilted front view",
+    )
+    prompts = sku_prompts(sku)
+    payload = SkuCaptioned(
+        sku=sku,
+        photos=[photo],
+        instance_token=prompts.instance_token,
+        class_noun=prompts.class_noun,
+        instance_prompt=prompts.instance_prompt,
+        class_prompt=prompts.class_prompt,
+        negative_prompt=prompts.negative_prompt,
+        captioner="attributes",
+    )
+    envelope = make_envelope(
+        SKU_CAPTIONED, payload, event_id="d" * 32, sku_id="SKU-1", trace_id="t", producer="x"
+    )
+    jsonschema.Draft202012Validator(committed_schema(SKU_CAPTIONED)).validate(
+        envelope.model_dump(mode="json")
+    )
+
+
+def test_a_series_request_the_trainer_stored_from_such_an_event_still_plans(tmp_path: Path) -> None:
+    # The LoRA trainer keeps each sku.captioned it was sent as its series' request file and reads them all
+    # at every plan: one written before the tightening, with a caption's newline, was skipped as unreadable
+    # and its SKU left out of its series' adapter for good.
+    store = FileStore(tmp_path)
+    written = _captioned_envelope()["payload"]
+    written["sku"]["series"] = "Cola"
+    written["photos"][0]["caption"] = "a photo of a red soda can\nforged line"
+    store.put_json(f"{PREFIX}/series/cola/SKU-1.json", written)
+    trainer = _trainer(store)
+
+    assert [job.series for job in trainer.plan()] == ["Cola"]
+    (family,) = trainer.metrics.unreadable.collect()
+    assert [sample.value for sample in family.samples if sample.labels["kind"] == "captioned"] == [0]

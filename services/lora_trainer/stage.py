@@ -116,6 +116,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from pydantic import ValidationError
 
+from schemas.common import READ_FROM_TOPIC
 from schemas.envelope import Envelope, derive_id
 from schemas.events import MAX_TRAINING_PROMPT_CHARS, AdapterPublished, GateAccepted, SkuCaptioned
 from schemas.flow import LORA_TRAINER
@@ -707,9 +708,13 @@ class LoraTrainer:
         by_series: dict[str, list[SkuCaptioned]] = {}
         unreadable = 0
         for key in sorted(self.store.list_addressable(f"{PREFIX}/series/")):
-            # Tolerant like the bus reader: a file a newer trainer wrote (then rolled back) still plans.
+            # Tolerant like the bus reader: a file a newer trainer wrote (then rolled back) still plans,
+            # and one with text the contract refuses since (READ_FROM_TOPIC: a caption's newline) reads
+            # escaped.
             try:
-                captioned = SkuCaptioned.model_validate_json(self.store.get_bytes(key), extra=READ_EXTRA)
+                captioned = SkuCaptioned.model_validate_json(
+                    self.store.get_bytes(key), extra=READ_EXTRA, context=READ_FROM_TOPIC
+                )
             except (ValidationError, BadInput) as exc:
                 # One file must not stop training for every series; store outages still propagate.
                 unreadable += 1
