@@ -139,6 +139,8 @@ def read_from_topic(info: ValidationInfo) -> bool:
 
 
 _NOT_ONE_LINE = re.compile(f"[{_REFUSED_CHARACTERS}{_LINE_SEPARATORS}]")
+# What ``check_plain_text`` refuses: for ``escaped_when_read`` on a field of plain text (PlainText).
+NOT_PLAIN = re.compile(f"[{_REFUSED_CHARACTERS}]")
 
 
 def escaped_when_read(limit: int, escaped: re.Pattern[str] = _NOT_ONE_LINE) -> BeforeValidator:

@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field, JsonValue, WithJsonSchema, field_validato
 
 from schemas.common import (
     BIDI_CONTROL,
+    NOT_PLAIN,
     Chars,
     Contract,
     ImageRef,
@@ -328,7 +329,9 @@ class CorrectionResolved(Contract):
         Annotated[OneLineText, Chars(MAX_MESSAGE_CHARS), escaped_when_read(MAX_MESSAGE_CHARS, BIDI_CONTROL)]
         | None
     ) = None
-    reviewer: str = Field(min_length=1, max_length=MAX_PHRASE_CHARS)
+    # Who decided, on the console's pages and in its audit: one line that reads as written. The console
+    # writes a login name (ASCII), "labelstudio:" and an annotator's printable characters, or its own.
+    reviewer: OneLinePhrase = Field(min_length=1)
     decided_at: UtcDatetime = Field(description="with an offset; a naive time is read as UTC")
 
 
@@ -340,9 +343,10 @@ class AdapterPublished(Contract):
 
     adapter_id: SafeId = Field(description="registry id: '<series or general>-<training set sha256[:12]>'")
     kind: Literal["general", "specialized"]
-    series: str | None = Field(
-        default=None, max_length=MAX_PHRASE_CHARS, description="the series a specialised adapter is for"
-    )
+    # The SKUs' own series (SkuMetadata.series), as they take it: plain text, a line separator included.
+    series: (
+        Annotated[PlainText, Chars(MAX_PHRASE_CHARS), escaped_when_read(MAX_PHRASE_CHARS, NOT_PLAIN)] | None
+    ) = Field(default=None, description="the series a specialised adapter is for")
     base_model: str = Field(min_length=1, max_length=MAX_MODEL_ID_CHARS)
     registry_uri: str = Field(
         min_length=1, max_length=MAX_MODEL_ID_CHARS, description="the adapter's folder in the registry"

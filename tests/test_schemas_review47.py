@@ -13,12 +13,13 @@ from pydantic import ValidationError
 
 from schemas import envelope, events
 from schemas.common import Contract, ImageRef, SkuMetadata
-from schemas.events import CaptionedPhoto, SkuCaptioned
-from schemas.topics import SKU_CAPTIONED
+from schemas.events import AdapterPublished, CaptionedPhoto, CorrectionResolved, SkuCaptioned
+from schemas.topics import ADAPTER_PUBLISHED, CORRECTION_RESOLVED, SKU_CAPTIONED
 from services.lora_trainer.stage import PREFIX
 from shared.bus import make_envelope, read_envelope
 from shared.captioning.prompts import compose_caption, compose_tags, merge_sentence, sku_prompts
 from shared.store import FileStore
+from tests.support.gate import matted_item, resolved
 from tests.support.lora import _trainer
 from tests.support.schemas import committed_schema
 
@@ -232,3 +233,115 @@ def test_a_series_request_the_trainer_stored_from_such_an_event_still_plans(tmp_
     assert [job.series for job in trainer.plan()] == ["Cola"]
     (family,) = trainer.metrics.unreadable.collect()
     assert [sample.value for sample in family.samples if sample.labels["kind"] == "captioned"] == [0]
+
+
+# -- who decided, and an adapter's series: the character rule of the text they come from ---------------
+
+
+def _resolved_envelope(tmp_path: Path) -> dict[str, Any]:
+    """A console's correction.resolved approving one render, as JSON."""
+    matted = matted_item(FileStore(tmp_path / "store"), 1, 0)
+    decision = resolved(FileStore(tmp_path / "store"), matted, "approve_expected")
+    envelope = make_envelope(
+        CORRECTION_RESOLVED,
+        decision,
+        event_id="f" * 32,
+        sku_id=matted.generated.sku.sku_id,
+        trace_id="t",
+        producer="console",
+    )
+    return envelope.model_dump(mode="json")
+
+
+def _adapter_envelope(series: str) -> dict[str, Any]:
+    """The LoRA trainer's adapter.published of a specialised adapter for ``series``, as JSON."""
+    adapter = AdapterPublished(
+        adapter_id="cola-0123456789ab",
+        kind="specialized",
+        series=series,
+        base_model="sd15-inpaint",
+        registry_uri="file:///registry/cola-0123456789ab",
+        weights_sha256="0" * 64,
+        training_set_sha256="1" * 64,
+        sku_ids=["SKU-1"],
+        instance_images=4,
+        class_images=8,
+        steps=100,
+    )
+    envelope = make_envelope(
+        ADAPTER_PUBLISHED,
+        adapter,
+        event_id="a" * 32,
+        sku_id=adapter.adapter_id,
+        trace_id="t",
+        producer="trainer",
+    )
+    return envelope.model_dump(mode="json")
+
+
+_OVERRIDE = ("alice\u202eecila", "bidirectional control character (U+202E at character 6)")
+_ESCAPE = ("alice\x1b[2J", "control character (U+001B at character 6)")
+_NEWLINE = ("alice\nforged line", "control character (U+000A at character 6)")
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [*(_OVERRIDE, _ESCAPE, _NEWLINE), ("alice\u2028bob", "line separator (U+2028 at character 6)")],
+    ids=["override", "escape", "newline", "line_separator"],
+)
+def test_a_reviewer_with_one_is_refused_to_a_producer_and_read_escaped_from_a_topic(
+    tmp_path: Path, text: str, named: str
+) -> None:
+    # It took any text: another producer's U+202E or terminal escape went on to the console's audit and
+    # pages and the trainstore's rows as who decided. The console writes ASCII login names, and an
+    # annotator's printable characters after "labelstudio:".
+    written = _resolved_envelope(tmp_path)
+    written["payload"]["reviewer"] = text
+    with pytest.raises(ValidationError) as refused_model:
+        CorrectionResolved.model_validate(written["payload"])
+    assert named in str(refused_model.value) and text not in str(refused_model.value)
+    with pytest.raises(jsonschema.ValidationError) as refused:
+        jsonschema.Draft202012Validator(committed_schema(CORRECTION_RESOLVED)).validate(written)
+    assert list(refused.value.absolute_path) == ["payload", "reviewer"]
+    read = read_envelope(CORRECTION_RESOLVED, json.dumps(written))
+    assert read.payload.reviewer == text.encode("unicode_escape").decode("ascii")
+
+
+@pytest.mark.parametrize(
+    ("text", "named"), [_OVERRIDE, _ESCAPE, _NEWLINE], ids=["override", "escape", "newline"]
+)
+def test_an_adapter_series_with_one_is_refused_to_a_producer_and_read_escaped_from_a_topic(
+    text: str, named: str
+) -> None:
+    # It took any text, where the SKUs' series it names refuses these: another producer's went on to
+    # `skuforge adapters list` and the generator's logs.
+    written = _adapter_envelope("Cola")
+    written["payload"]["series"] = text
+    with pytest.raises(ValidationError) as refused_model:
+        AdapterPublished.model_validate(written["payload"])
+    assert named in str(refused_model.value) and text not in str(refused_model.value)
+    with pytest.raises(jsonschema.ValidationError) as refused:
+        jsonschema.Draft202012Validator(committed_schema(ADAPTER_PUBLISHED)).validate(written)
+    assert list(refused.value.absolute_path) == ["payload", "series"]
+    read = read_envelope(ADAPTER_PUBLISHED, json.dumps(written))
+    assert read.payload.series == text.encode("unicode_escape").decode("ascii")
+
+
+def test_every_series_a_sku_takes_an_adapter_takes() -> None:
+    # The trainer copies a SKU's series as it is: a line separator, a joiner or a mark there is no refusal.
+    series = "Zero\u2028Series क्\u200dष \u200f"
+    SkuMetadata(sku_id="SKU-1", name="Cola", category="soda can", series=series)
+    written = _adapter_envelope(series)
+    jsonschema.Draft202012Validator(committed_schema(ADAPTER_PUBLISHED)).validate(written)
+    assert read_envelope(ADAPTER_PUBLISHED, json.dumps(written)).payload.series == series
+
+
+def test_a_published_marker_the_trainer_stored_from_before_still_reads(tmp_path: Path) -> None:
+    # The trainer keeps each adapter's event as its published/ marker and reads it back to count a
+    # roll-back's publication: one with a series the contract refuses since would be an unreadable record.
+    store = FileStore(tmp_path)
+    written = _adapter_envelope("Cola")["payload"]
+    written["series"] = "Cola\x1b[2J"
+    store.put_json(f"{PREFIX}/published/cola-0123456789ab.json", written)
+    marker = _trainer(store)._marker(f"{PREFIX}/published/cola-0123456789ab.json")
+    assert marker.series == "Cola\\x1b[2J"
