@@ -378,13 +378,38 @@ def _gain_shown(gain: float) -> str:
 
 def figures(value: float, threshold: float, digits: int = 3, kind: str = "f") -> tuple[str, str]:
     """``value`` and ``threshold`` at ``digits`` decimals (``kind`` "f" or "%"), or at as many more
-    as tell them apart: rounded alike, a flagged IoU of 0.8996 read "0.900 (need >= 0.900)". The
-    console's check table shows them so too."""
-    while True:
-        shown = f"{value:.{digits}{kind}}", f"{threshold:.{digits}{kind}}"
-        if value == threshold or shown[0] != shown[1] or digits >= 17:
+    as tell them apart and show a fraction strictly between 0 and 1 as neither: rounded alike, a flagged
+    IoU of 0.8996 read "0.900 (need >= 0.900)"; a mask of a few pixels read "covers 0.00% of the frame"
+    and one short of the whole by a pixel "100.00%". A fraction too small for 17 decimals is shown in
+    exponent form (1e-28%). The console's check table shows them so too."""
+    for places in range(digits, max(digits, 17) + 1):
+        shown = f"{value:.{places}{kind}}", f"{threshold:.{places}{kind}}"
+        fractions_read_true = _reads_as_a_fraction(value, shown[0], kind) and _reads_as_a_fraction(
+            threshold, shown[1], kind
+        )
+        if fractions_read_true and (value == threshold or shown[0] != shown[1]):
             return shown
-        digits += 1
+    # 17 decimals still round them alike (values a float barely tells apart), or show a fraction under
+    # 1e-17 as none of the frame.
+    return (
+        shown
+        if fractions_read_true
+        else (_exponent_form(value, digits, kind), _exponent_form(threshold, digits, kind))
+    )
+
+
+def _reads_as_a_fraction(value: float, shown: str, kind: str) -> bool:
+    """Whether ``shown`` reads as ``value`` does against 0 and 1: some of the frame but not all of it
+    reads as neither none nor all; other values read as they will."""
+    if not 0 < value < 1:
+        return True
+    read = float(shown.removesuffix("%")) / (100 if kind == "%" else 1)
+    return 0 < read < 1
+
+
+def _exponent_form(value: float, digits: int, kind: str) -> str:
+    """``value`` at ``digits`` significant figures, in exponent form where it is far from 1."""
+    return f"{value * 100:.{digits}g}%" if kind == "%" else f"{value:.{digits}g}"
 
 
 def failed_reasons(checks: list[GateCheck]) -> list[str]:
