@@ -38,7 +38,8 @@ says how it differs ("mirrored", "turned 90 degrees clockwise"), and so is a pho
 SKU folder of the batch has too, the same picture or such a copy, and an animated PNG or WebP or a
 multi-page TIFF, of which the first frame is ingested. Two SKU ids of a batch may not differ only in case
 (``ABC-1``, ``abc-1``): on a case-insensitive file system their store folders would be one; nor may a SKU
-id of the batch and one the store already holds photos for (refused before anything is uploaded), and
+id of the batch and one the store already holds photos for, or the retraining store rows for (a SKU
+taken out with ``--withdraw-sku``; refused before anything is uploaded), and
 no SKU id may end with '.', which Windows drops from a folder name. A name
 or category that is only whitespace or invisible characters (a zero-width space) is refused, and so
 is a control character (a tab, newline, NUL or terminal escape) or a bidirectional control (U+202E...)
@@ -1120,23 +1121,34 @@ def _warn_of_another_sku(
         )
 
 
-def _ids_equal_but_for_case(skus: Sequence[PreparedSku], owners: dict[str, set[str]]) -> list[str]:
+def _ids_equal_but_for_case(
+    skus: Sequence[PreparedSku], owners: dict[str, set[str]], manifests: ManifestStore
+) -> list[str]:
     """A problem for each SKU of ``skus`` whose id differs only in case from one the store holds photos
-    for (``owners``, ``stored_photo_owners``): refused, as two such ids in one batch are. Taken, it was
-    a second class of the product in every export (S3 keys are case-sensitive), or in a FileStore on a
-    case-insensitive disk its photos went into the other SKU's folder."""
-    stored_ids = {sku_id for sku_ids in owners.values() for sku_id in sku_ids}
+    for (``owners``, ``stored_photo_owners``) or the retraining store ``manifests`` holds rows for (a
+    SKU taken out with ``--withdraw-sku`` keeps its withdrawn rows and markers there, and only those):
+    refused, as two such ids in one batch are. Taken, it was a second class of the product in every
+    export (S3 keys are case-sensitive), or in a FileStore on a case-insensitive disk its photos (or
+    its rows and images) went into the other SKU's folder."""
+    photo_ids = {sku_id for sku_ids in owners.values() for sku_id in sku_ids}
+    stored_ids = photo_ids | set(manifests.sku_ids())
     by_case = {sku_id.casefold(): sku_id for sku_id in sorted(stored_ids)}
     problems = []
     for sku in skus:
         sku_id = sku.metadata.sku_id
         other = by_case.get(sku_id.casefold())
         if other is not None and sku_id not in stored_ids:
+            held = (
+                f"a SKU the store holds ({keys.Folder.PHOTOS.of(other)})"
+                if other in photo_ids
+                else f"a SKU the retraining store holds rows for ({manifests.key(f'manifests/{other}/')}) "
+                f"with no photo under {keys.Folder.PHOTOS} (taken out with --withdraw-sku, most likely)"
+            )
             problems.append(
-                f"{sku.folder}: sku_id {sku_id!r} differs only in case from {other!r}, a SKU the store "
-                f"holds ({keys.Folder.PHOTOS.of(other)}); their photos would share one store folder on a "
-                f"case-insensitive file system, and every export would hold two classes of one product: "
-                f"put {other!r} in metadata.json to add these photos to it, or give this SKU an id of its own"
+                f"{sku.folder}: sku_id {sku_id!r} differs only in case from {other!r}, {held}; their "
+                f"photos, rows and images would share store folders on a case-insensitive file system, and "
+                f"every export would hold two classes of one product: put {other!r} in metadata.json to add "
+                f"these photos to it, or give this SKU an id of its own"
             )
     return problems
 
@@ -1195,8 +1207,9 @@ def ingest_path(
     With ``withdraw_missing`` the photos a folder no longer has are withdrawn instead (module
     docstring), in the retraining store ``trainstore`` names (default: the ``SKUFORGE_TRAINSTORE_*``
     settings); ``tell`` is told of each SKU's withdrawals and reinstatements.
-    A SKU id that differs only in case from one the store holds photos for is ``IngestError``, before
-    Kafka is reached or anything is uploaded.
+    A SKU id that differs only in case from one the store holds photos for, or the retraining store
+    rows for (a SKU taken out with ``--withdraw-sku``), is ``IngestError``, before Kafka is reached or
+    anything is uploaded.
     A SKU whose event the broker refuses for good (over the topic's ``max.message.bytes``) is left out
     and the others go on; ``IngestIncomplete`` then names it, its folder and the broker's reason.
     """
@@ -1204,19 +1217,22 @@ def ingest_path(
         # Their photos' bytes are on disk: png is empty in these.
         spooled = _check_all(path, settings, lambda sku: _spool(sku, Path(spool_dir)), warn=warn)
         store = store or open_settings_store(settings)
+        prefix = (trainstore or load_settings(TrainstoreSettings)).trainstore_prefix
+        withdrawals = Withdrawals(ManifestStore(store, prefix))
+        listing: str = keys.Folder.PHOTOS
         try:
             # Read once, before anything is uploaded: for the case check, and for a new id's warning.
             owners = stored_photo_owners(store)
+            listing = withdrawals.manifests.key("manifests/")
+            case_clashes = _ids_equal_but_for_case(spooled, owners, withdrawals.manifests)
         except TransientError as exc:  # nothing published yet: the store to look at, not Kafka
             raise StoreUnavailable(str(exc)) from exc
         except BadInput as exc:
             raise IngestError(
-                f"nothing was ingested: the object store refused to list {keys.Folder.PHOTOS}: {exc}"
+                f"nothing was ingested: the object store refused to list {listing}: {exc}"
             ) from exc
-        if case_clashes := _ids_equal_but_for_case(spooled, owners):
+        if case_clashes:
             raise IngestError(_nothing_ingested(case_clashes))
-        prefix = (trainstore or load_settings(TrainstoreSettings)).trainstore_prefix
-        withdrawals = Withdrawals(ManifestStore(store, prefix))
         publisher = Publisher(settings, PRODUCER)  # TransientError if Kafka is away: nothing uploaded yet
         topic = settings.topic_name(SKU_INGESTED)
         try:

@@ -1,0 +1,72 @@
+"""Review 47 of ingest, second pass: a SKU taken out with --withdraw-sku still has an id, and its rows
+and images still have folders in the retraining store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from services.ingest.ingest import IngestError, ingest_path, withdraw_skus
+from shared.config import load_settings
+from shared.store import FileStore
+from shared.trainstore.manifest import ManifestRow, ManifestStore
+from shared.trainstore.settings import TrainstoreSettings
+from tests.support.bus import file_store_uri, isolated_settings
+
+PREFIX = "trainstore"
+
+
+def _sku(root: Path, folder: str, sku_id: str) -> Path:
+    """A SKU folder of one photo under ``root``."""
+    path = root / folder
+    path.mkdir(parents=True)
+    (path / "metadata.json").write_text(
+        json.dumps({"sku_id": sku_id, "name": "Oat drink", "category": "carton"})
+    )
+    y, x = np.mgrid[0:240, 0:320].astype(float)
+    picture = np.stack([x / 2, y, (x + y) / 3], axis=-1).astype(np.uint8)
+    Image.fromarray(picture).save(path / "IMG_1.jpg")
+    return path
+
+
+def test_a_sku_id_differing_only_in_case_from_a_withdrawn_sku_is_refused(tmp_path: Path) -> None:
+    """oatly-001 was taken out with --withdraw-sku: its photos left incoming/, its withdrawn rows and
+    markers stayed in the retraining store. OATLY-001 was then taken without a word, as the case check
+    read incoming/ only: on a case-insensitive FileStore its rows and images went into the withdrawn
+    SKU's folders (its withdrawal markers read as OATLY-001's), and ingesting oatly-001 again to bring
+    it back made two classes of one product in every export."""
+    store = FileStore(tmp_path / "store")
+    settings = isolated_settings("localhost:1", file_store_uri(tmp_path / "store"))
+    trainstore = load_settings(TrainstoreSettings, trainstore_prefix=PREFIX)
+    store.put_bytes("incoming/oatly-001/0123456789abcdef.png", b"an earlier photo", "image/png")
+    manifests = ManifestStore(store, PREFIX)
+    image = "images/oatly-001/real/0123456789abcdef.png"
+    store.put_bytes(manifests.key(image), b"png", "image/png")
+    row = ManifestRow(
+        item_id="0123456789abcdef",
+        sku_id="oatly-001",
+        category="carton",
+        source="real",
+        image=image,
+        status="reference",
+    )
+    manifests.append("oatly-001", [row])
+    withdraw_skus(["oatly-001"], settings, store=store, tell=lambda _: None, trainstore=trainstore)
+    assert list(store.list_keys("incoming/")) == []
+    folder = _sku(tmp_path / "batch", "oatly", "OATLY-001")
+
+    # No broker at all: the refusal comes before Kafka is reached, as the folders' own problems do.
+    with pytest.raises(IngestError) as refused:
+        ingest_path(tmp_path / "batch", settings, store=store, warn=lambda _: None, trainstore=trainstore)
+
+    message = str(refused.value)
+    assert "nothing was ingested" in message
+    assert (
+        f"{folder}: sku_id 'OATLY-001' differs only in case from 'oatly-001', a SKU the retraining store "
+        f"holds rows for ({PREFIX}/manifests/oatly-001/)"
+    ) in message, message
+    assert list(store.list_keys("incoming/")) == []
