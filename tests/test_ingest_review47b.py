@@ -15,6 +15,8 @@ from shared.config import load_settings
 from shared.store import FileStore
 from shared.trainstore.manifest import ManifestRow, ManifestStore
 from shared.trainstore.settings import TrainstoreSettings
+from shared.trainstore.withdrawals import Withdrawals
+from skuforge_cli.main import main as cli_main
 from tests.support.bus import file_store_uri, isolated_settings
 
 PREFIX = "trainstore"
@@ -70,3 +72,37 @@ def test_a_sku_id_differing_only_in_case_from_a_withdrawn_sku_is_refused(tmp_pat
         f"holds rows for ({PREFIX}/manifests/oatly-001/)"
     ) in message, message
     assert list(store.list_keys("incoming/")) == []
+
+
+def test_withdraw_sku_of_a_sku_with_an_unreadable_manifest_part_says_to_run_it_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`skuforge ingest --withdraw-sku A-1` on a SKU whose manifest part does not read exited 1 with
+    the trainstore stage's advice, "restore that part ..., then replay the dead letters (skuforge dlq
+    replay)": its user had no dead letter to replay, and was not told that nothing was withdrawn, nor
+    that the command itself is what to run again."""
+    store = FileStore(tmp_path / "store")
+    manifests = ManifestStore(store, PREFIX)
+    image = "images/A-1/real/0123456789abcdef.png"
+    store.put_bytes(manifests.key(image), b"png", "image/png")
+    row = ManifestRow(
+        item_id="0123456789abcdef",
+        sku_id="A-1",
+        category="carton",
+        source="real",
+        image=image,
+        status="reference",
+    )
+    manifests.append("A-1", [row])
+    [part] = list(store.list_keys(manifests.key("manifests/A-1/")))
+    store.put_bytes(part, store.get_bytes(part).replace(b'"real"', b'"imaginary"'))
+    monkeypatch.setenv("SKUFORGE_STORE_URI", file_store_uri(tmp_path / "store"))
+    monkeypatch.setenv("SKUFORGE_TRAINSTORE_PREFIX", PREFIX)
+
+    assert cli_main(["ingest", "--withdraw-sku", "A-1"]) == 1
+
+    err = capsys.readouterr().err
+    assert err.startswith(f"skuforge ingest: manifest_unreadable: {store.uri_for(part)} holds a row"), err
+    assert "dlq replay" not in err and "dead letter" not in err, err
+    assert "then run the same command again (nothing was withdrawn)" in err, err
+    assert Withdrawals(manifests).by_sku() == {}

@@ -126,7 +126,7 @@ from shared.photos import (
 )
 from shared.signals import signal_number, stopped_as_interrupt, stopped_how
 from shared.store import ObjectStore, digest_key, open_settings_store, sha256_hex
-from shared.trainstore.manifest import ManifestStore
+from shared.trainstore.manifest import ManifestStore, ManifestUnreadable
 from shared.trainstore.settings import TrainstoreSettings
 from shared.trainstore.withdrawals import Withdrawals, photo_of, withdrawable
 
@@ -1427,7 +1427,14 @@ def withdraw_skus(
     )
     withdrawn: dict[str, list[str]] = {}
     try:
-        planned = {sku_id: _photos_held(sku_id, withdrawals, store) for sku_id in dict.fromkeys(sku_ids)}
+        try:
+            planned = {sku_id: _photos_held(sku_id, withdrawals, store) for sku_id in dict.fromkeys(sku_ids)}
+        except ManifestUnreadable as exc:
+            # Every SKU is read before any is withdrawn. The stage's advice, to replay the dead letters,
+            # had nothing to do with this command.
+            raise ManifestUnreadable(
+                exc.uri, exc.error, then="run the same command again (nothing was withdrawn)"
+            ) from exc
         known = {sku_id: held for sku_id, held in planned.items() if held is not None}
         unknown = [sku_id for sku_id in planned if sku_id not in known]
         if unknown:

@@ -229,15 +229,19 @@ def _read_row(data: bytes) -> ManifestRow:
 class ManifestUnreadable(BadInput):
     """A part of a SKU's manifest holds a row that does not read as a ``ManifestRow``. Before, a
     pydantic traceback from ``dataset stats``, a usage error from ``export``, and every later event of
-    the SKU dead-lettered as a handler error, none naming the part."""
+    the SKU dead-lettered as a handler error, none naming the part. ``then`` is what to do once the
+    part is fixed: by default the trainstore stage's (its dead letters); a command says its own."""
 
-    def __init__(self, uri: str, exc: ValidationError) -> None:
+    def __init__(
+        self, uri: str, exc: ValidationError, then: str = "replay the dead letters (skuforge dlq replay)"
+    ) -> None:
+        self.uri, self.error = uri, exc
         error = exc.errors()[0]
         where = ".".join(str(part) for part in error["loc"]) or "(row)"
         super().__init__(
             "manifest_unreadable",
             f"{uri} holds a row that is not a manifest row ({where}: {error['msg']}); restore that part "
-            "from a backup or remove the row, then replay the dead letters (skuforge dlq replay)",
+            f"from a backup or remove the row, then {then}",
         )
 
 
