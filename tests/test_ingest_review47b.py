@@ -3,13 +3,16 @@ and images still have folders in the retraining store."""
 
 from __future__ import annotations
 
+import io
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from services.ingest import ingest
 from services.ingest.ingest import IngestError, ingest_path, withdraw_skus
 from shared.config import load_settings
 from shared.store import FileStore
@@ -106,3 +109,53 @@ def test_withdraw_sku_of_a_sku_with_an_unreadable_manifest_part_says_to_run_it_a
     assert "dlq replay" not in err and "dead letter" not in err, err
     assert "then run the same command again (nothing was withdrawn)" in err, err
     assert Withdrawals(manifests).by_sku() == {}
+
+
+def _cut_outs(folder: Path) -> tuple[Path, Path]:
+    """Two cut-outs of one picture over white, with other outlines: the second's also holds an opaque
+    white band, which its flattened picture cannot tell from the white it is flattened on."""
+    first = np.zeros((96, 96, 4), np.uint8)
+    first[20:76, 20:76] = (200, 30, 30, 255)
+    second = first.copy()
+    second[80:90, :] = (255, 255, 255, 255)
+    Image.fromarray(first, "RGBA").save(folder / "a-cut-out.png")
+    Image.fromarray(second, "RGBA").save(folder / "b-cut-out.png")
+    return folder / "a-cut-out.png", folder / "b-cut-out.png"
+
+
+def test_a_second_cut_out_of_the_picture_with_another_outline_is_said_to_be_dropped(tmp_path: Path) -> None:
+    """ "b-cut-out.png is the same picture as a-cut-out.png and is not ingested a second time": the
+    picture is, but its outline (the product's mask the captioner takes) is another, and which of the two
+    became the mask went unsaid."""
+    folder = _sku(tmp_path, "A", "A-1")
+    (folder / "IMG_1.jpg").unlink()
+    first, second = _cut_outs(folder)
+
+    warnings: list[str] = []
+    assert ingest.survey_folders(tmp_path, load_settings(), warn=warnings.append) == [("A-1", 1)]
+
+    [copy] = [w for w in warnings if "same picture" in w]
+    assert copy == (
+        f"SKU A-1: {second} is the same picture as {first} with another outline (its transparency); "
+        f"{first}'s outline is kept as the product's mask and {second} is not ingested (remove the one "
+        "whose outline is wrong)"
+    ), copy
+    [sku] = ingest.prepare_all(tmp_path, load_settings())
+    [photo] = sku.photos
+    assert photo.mask_png is not None
+    assert (np.asarray(Image.open(io.BytesIO(photo.mask_png))) > 0).sum() == 56 * 56
+
+
+def test_a_second_cut_out_with_the_same_outline_is_still_just_a_copy(tmp_path: Path) -> None:
+    folder = _sku(tmp_path, "A", "A-1")
+    (folder / "IMG_1.jpg").unlink()
+    first, _ = _cut_outs(folder)
+    shutil.copy(first, folder / "c-copy.png")
+
+    warnings: list[str] = []
+    ingest.survey_folders(tmp_path, load_settings(), warn=warnings.append)
+
+    assert (
+        f"SKU A-1: {folder / 'c-copy.png'} is the same picture as {first} and is not ingested a second time"
+        in warnings
+    ), warnings

@@ -31,7 +31,8 @@ a zip it makes), and the files Windows and macOS leave in any folder (``Thumbs.d
 ``Icon\\r``); a NAS's thumbnail folders (Synology's ``@eaDir``, resized copies of each photo) are
 left out with one warning for the batch. A copy of a photo in its folder (the same picture) is
 ingested once, and named in a warning; of a cut-out and its copy flattened on white, the cut-out,
-for its outline. A resized, re-encoded, mirrored or turned copy (other pixels, the same perceptual
+for its outline; of two cut-outs of it with other outlines, the first, and the warning says so. A
+resized, re-encoded, mirrored or turned copy (other pixels, the same perceptual
 hash within ``NEAR_DUPLICATE_MAX_BITS`` as shown, mirrored or turned by 90, 180 or 270 degrees, as
 ``skuforge evaluate`` finds copies) is ingested as a photo of its own and named in a warning that
 says how it differs ("mirrored", "turned 90 degrees clockwise"), and so is a photo that an earlier
@@ -188,6 +189,9 @@ class PreparedSku:
     photos: list[PreparedPhoto]
     # (a file, the file before it in the folder with the same picture): ingested once, and warned of.
     copies: tuple[tuple[Path, Path], ...] = ()
+    # Those of ``copies`` that are cut-outs with another outline (transparency) than the one kept: the
+    # kept one's is the product's mask, and the warning says so.
+    other_outlines: frozenset[tuple[Path, Path]] = frozenset()
     # (a file, a file before it that it looks like, how: "as shown" when resized or re-encoded, else
     # "mirrored", "turned 90 degrees clockwise"...): both ingested, and warned of.
     near_copies: tuple[tuple[Path, Path, str], ...] = ()
@@ -536,6 +540,7 @@ def prepare_sku(folder: Path, settings: Settings) -> tuple[PreparedSku | None, l
     photos: list[PreparedPhoto] = []
     seen: dict[str, Path] = {}  # each picture's first file
     copies: list[tuple[Path, Path]] = []
+    other_outlines: set[tuple[Path, Path]] = set()
     near_copies: list[tuple[Path, Path, str]] = []
     frames: list[tuple[Path, int]] = []
     # Each kept photo's perceptual hashes (as shown, mirrored, turned), where it has any, and the file
@@ -583,6 +588,8 @@ def prepare_sku(folder: Path, settings: Settings) -> tuple[PreparedSku | None, l
         photo_id = sha256_hex(png)[:16]
         if photo_id in seen and not _outline_of_a_copy(photo_id, transparency is not None, photos):
             copies.append((file, seen[photo_id]))  # the same picture twice adds nothing
+            if transparency is not None and _another_outline(photo_id, encode_png(transparency), photos):
+                other_outlines.add((file, seen[photo_id]))
             continue
         # A name that is not UTF-8 on disk (Latin-1 from an old camera or zip) is kept readable: as
         # it came, it failed the event's schema after earlier SKUs were already published. A control
@@ -641,6 +648,7 @@ def prepare_sku(folder: Path, settings: Settings) -> tuple[PreparedSku | None, l
         metadata,
         photos,
         copies=tuple(copies),
+        other_outlines=frozenset(other_outlines),
         near_copies=tuple(near_copies),
         frames=tuple(frames),
         looks={photo_id: variants for photo_id, (variants, _) in looks.items()},
@@ -677,6 +685,11 @@ def _outline_of_a_copy(photo_id: str, has_outline: bool, photos: list[PreparedPh
     """Whether a file whose picture ``photo_id`` is already among ``photos`` brings what the one kept
     lacks: its own transparency (a cut-out, where the one kept is the picture flattened on white)."""
     return has_outline and any(photo.photo_id == photo_id and photo.mask_png is None for photo in photos)
+
+
+def _another_outline(photo_id: str, mask_png: bytes, photos: list[PreparedPhoto]) -> bool:
+    """Whether the photo kept of picture ``photo_id`` is a cut-out whose outline is not ``mask_png``."""
+    return any(photo.photo_id == photo_id and photo.mask_png not in (None, mask_png) for photo in photos)
 
 
 def _holds_sku_folders(folder: Path) -> bool:
@@ -927,6 +940,14 @@ def _warn_of_copies(sku: PreparedSku, warn: Callable[[str], None]) -> None:
     """Warn, not refuse: a copy of a photo in its folder ("IMG_1 (1).jpg") adds nothing and is ingested
     once, but saying nothing left its owner counting a photo more than the SKU got."""
     for copy, first in sku.copies:
+        if (copy, first) in sku.other_outlines:
+            # Not only a copy: its outline, the product's mask, differs, and one of the two is dropped.
+            warn(
+                f"SKU {sku.metadata.sku_id}: {copy} is the same picture as {first} with another outline "
+                f"(its transparency); {first}'s outline is kept as the product's mask and {copy} is not "
+                "ingested (remove the one whose outline is wrong)"
+            )
+            continue
         warn(
             f"SKU {sku.metadata.sku_id}: {copy} is the same picture as {first} and is not ingested a "
             "second time"
