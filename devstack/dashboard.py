@@ -34,6 +34,10 @@ SCOPE_VARIABLES = ("namespace", "release")
 _SCOPE = ",".join(f'{name}=~"${name}"' for name in SCOPE_VARIABLES)
 # A series selector of a query: a skuforge_/nv_ metric, or `up` with its matchers.
 _SELECTOR = re.compile(r"\b((?:skuforge|nv)_[a-z_]+\b|up(?=\{))(?:\{([^}]*)\})?")
+# An aggregation of a query, with its `by (...)` labels if it has any.
+_AGGREGATION = re.compile(r"\b(sum|max|min|avg|count)\s*(?:by\s*\(([^)]*)\))?\s*\(")
+# Each series' legend starts with its install, so two releases' lines are told apart.
+_INSTALL_LEGEND = "/".join(f"{{{{{name}}}}}" for name in SCOPE_VARIABLES)
 
 
 @dataclass(frozen=True)
@@ -221,6 +225,28 @@ def scoped(expr: str) -> str:
     )
 
 
+def per_install(expr: str) -> str:
+    """``expr`` with the dashboard's namespace and release labels kept by every aggregation: with several
+    installs chosen (All is the default), a `sum by (stage)` added their figures into one line."""
+
+    def keep(match: re.Match[str]) -> str:
+        labels = [label.strip() for label in (match.group(2) or "").split(",") if label.strip()]
+        kept = [*SCOPE_VARIABLES, *(label for label in labels if label not in SCOPE_VARIABLES)]
+        return f"{match.group(1)} by ({', '.join(kept)}) ("
+
+    return _AGGREGATION.sub(keep, expr)
+
+
+def panel_expr(query: Query) -> str:
+    """The query as the dashboard asks it: scoped to the chosen installs, one series per install."""
+    return scoped(per_install(query.expr))
+
+
+def panel_legend(query: Query) -> str:
+    """The query's legend, after its series' install ("namespace/release", empty parts without labels)."""
+    return f"{_INSTALL_LEGEND} {query.legend}"
+
+
 def _scope_variable(name: str, datasource: dict[str, str]) -> dict[str, Any]:
     """A multi-value query variable over the label ``name`` of skuforge's series, "All" by default."""
     earlier = SCOPE_VARIABLES[: SCOPE_VARIABLES.index(name)]
@@ -262,8 +288,8 @@ def dashboard() -> dict[str, Any]:
                     {
                         "refId": chr(ord("A") + n),
                         "datasource": datasource,
-                        "expr": scoped(q.expr),
-                        "legendFormat": q.legend,
+                        "expr": panel_expr(q),
+                        "legendFormat": panel_legend(q),
                     }
                     for n, q in enumerate(panel.queries)
                 ],
@@ -352,7 +378,7 @@ def render(prometheus_url: str, out: Path, start: float, end: float, window: str
             data = api_get(
                 prometheus_url,
                 "query_range",
-                query=concrete(scoped(query.expr), window),  # as the dashboard asks, "All" chosen
+                query=concrete(panel_expr(query), window),  # as the dashboard asks, "All" chosen
                 start=str(start),
                 end=str(end),
                 step=str(step),
@@ -367,7 +393,7 @@ def render(prometheus_url: str, out: Path, start: float, end: float, window: str
                     # NaN only (a quantile of no observations, 0/0 while idle): nothing to draw. It was an
                     # empty plot under a legend, where an empty result says "no data".
                     continue
-                axis.plot(times, values, label=_legend(query.legend, series["metric"]))
+                axis.plot(times, values, label=_legend(panel_legend(query), series["metric"]))
         axis.set_title(panel.title, fontsize=9)
         axis.tick_params(labelsize=7)
         if axis.lines:
