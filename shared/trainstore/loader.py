@@ -20,8 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from types import MappingProxyType
-from typing import Any, get_origin, overload
+from typing import Any, NoReturn, get_origin, overload
 
 from schemas.common import check_safe_id
 from shared.config import load_settings
@@ -50,8 +49,8 @@ _DICT_FIELDS = frozenset(
 class Manifest:
     """Rows of the retraining store, column by column; ``image``/``mask`` are keys under ``root_uri``.
     A list field of ``ManifestRow`` (``reasons``) holds tuples, a dict field (``rejected_at``, its times
-    as ISO strings) read-only mappings in ``column`` (``dict(value)`` for a copy to change or
-    ``json.dumps``), dicts of its own in each ``row``: no row shares a value one could change."""
+    as ISO strings) read-only dicts in ``column`` (``dict(value)`` for a copy to change), dicts of its
+    own in each ``row``: no row shares a value one could change."""
 
     root_uri: str
     columns: dict[str, list[Any]] = field(default_factory=lambda: {name: [] for name in FIELDS})
@@ -227,12 +226,28 @@ def _is_safe_id(sku_id: str) -> bool:
     return True
 
 
+class ReadOnlyDict(dict[str, Any]):
+    """A dict no one can change (a ``TypeError``), as a tuple is a list no one can change. A dict all
+    the same, so it dumps as JSON, pickles (a Dataset holding the manifest, sent to DataLoader workers)
+    and deep-copies, which a ``MappingProxyType`` did not."""
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise TypeError("a loaded manifest's value is read-only: dict(value) is a copy to change")
+
+    __setitem__ = __delitem__ = __ior__ = _refuse
+    clear = pop = popitem = setdefault = update = _refuse
+
+    def __reduce__(self) -> tuple[type[ReadOnlyDict], tuple[dict[str, Any]]]:
+        # dict's own pickling fills the new dict with __setitem__, which refuses.
+        return (ReadOnlyDict, (dict(self),))
+
+
 def _as_read_only(values: list[Any]) -> list[Any]:
-    """A column of dicts as read-only mappings, one per distinct dict (``_as_tuples``, for dicts)."""
-    made: dict[int, MappingProxyType[Any, Any]] = {}  # id of a dict (all alive while this runs) -> its view
+    """A column of dicts as read-only dicts, one per distinct dict (``_as_tuples``, for dicts)."""
+    made: dict[int, ReadOnlyDict] = {}  # id of a dict (all alive while this runs) -> its read-only copy
     for value in values:
         if id(value) not in made:
-            made[id(value)] = MappingProxyType(value)
+            made[id(value)] = ReadOnlyDict(value)
     return [made[id(value)] for value in values]
 
 
