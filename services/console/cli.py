@@ -285,7 +285,16 @@ def _write_all(files: dict[Path, str]) -> None:
                 raise _named(path, exc) from exc
     finally:
         for partial, _ in staged:
-            partial.unlink(missing_ok=True)
+            try:
+                partial.unlink(missing_ok=True)
+            except OSError as exc:
+                # Raised here, it replaced the error that stopped the export ("cannot write Permission
+                # denied", naming no file): that one is kept, and the file left behind is named.
+                print(
+                    f"skuforge console export-labelstudio: warning: could not remove the temporary "
+                    f"{partial}: {exc.strerror or exc}",
+                    file=sys.stderr,
+                )
 
 
 def _named(path: Path, exc: OSError) -> OSError:
