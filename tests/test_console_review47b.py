@@ -1,15 +1,23 @@
 """Found in review 47 (second pass) of the console: a temporary that could not be removed after a failed
-export replaced the export's own error."""
+export replaced the export's own error; the withdrawal sweep went on reading every record once the store
+was away, each read waiting out the store's retries."""
 
 from __future__ import annotations
 
 import errno
+import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from services.console.withdrawn import WithdrawalSweep
+from shared.store import ObjectStore, S3Store
+from shared.trainstore.manifest import ManifestStore
+from shared.trainstore.withdrawals import Withdrawals
 from skuforge_cli.main import main as cli_main
-from tests.support.console import build_console, use_cli_on, with_flagged
+from tests.support.console import build_console, flag_made_from, use_cli_on, with_flagged
+from tests.support.s3 import restart_s3_server, stop_s3_server
 
 
 def test_an_export_whose_temporary_cannot_be_removed_keeps_its_own_error(
@@ -40,3 +48,48 @@ def test_an_export_whose_temporary_cannot_be_removed_keeps_its_own_error(
     [left] = list(out_dir.iterdir())
     assert f"could not remove the temporary {left}: Permission denied" in err, err
     assert not out.exists()
+
+
+def test_a_sweep_stops_at_the_first_record_the_store_cannot_give(
+    tmp_path: Path, s3_store: ObjectStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Five photos withdrawn and put back, their tasks waiting; the S3 store goes away once the sweep has
+    # listed the records. Before, the sweep read each photo's record in turn, each read waiting out
+    # botocore's retries against a store already known to be away (a minute a photo, on a real one).
+    parts = build_console(tmp_path)
+    photos = [f"p{index}" for index in range(5)]
+    for index, photo_id in enumerate(photos):
+        flag_made_from(parts, index, photo_id)
+    for key in list(parts.store.list_keys("trainstore/")):
+        s3_store.put_bytes(key, parts.store.get_bytes(key))
+    withdrawals = Withdrawals(ManifestStore(s3_store, "trainstore"))
+    withdrawals.withdraw("SKU-A", "soda can", photos, by="owner")
+    withdrawals.reinstate("SKU-A", photos)
+    sweep = WithdrawalSweep(parts.tasks, withdrawals)
+    assert isinstance(s3_store, S3Store)
+    asked: list[str] = []
+
+    def note_get(request: Any, **_: Any) -> None:
+        asked.append(str(request.url).split("?")[0])
+
+    s3_store.client.meta.events.register("before-send.s3.GetObject", note_get)
+    records = withdrawals.records
+
+    def listed_then_away() -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+        listed = records()
+        stop_s3_server()
+        return listed
+
+    monkeypatch.setattr(withdrawals, "records", listed_then_away)
+    try:
+        with caplog.at_level(logging.WARNING, logger="skuforge.console.withdrawn"):
+            assert sweep.sweep() == []
+    finally:
+        restart_s3_server()
+
+    assert len(set(asked)) == 1, sorted(set(asked))  # one record tried (with its retries), not five
+    warnings = [record for record in caplog.records if record.name == "skuforge.console.withdrawn"]
+    assert len(warnings) == 1, [record.getMessage() for record in warnings]
+    assert getattr(warnings[0], "photos", None) == len(photos)  # all left for the next sweep
+    monkeypatch.undo()  # the store is back: the next sweep closes them
+    assert len(sweep.sweep()) == len(photos)

@@ -8,7 +8,9 @@ backlog alert. So a thread of ``skuforge serve console`` lists the withdrawal ma
 ``SWEEP_INTERVAL_S`` (one listing of the retraining store's ``withdrawals/``, and none while no task
 waits) and closes the matching pending and claimed tasks as ``withdrawn`` (``TaskStore.withdraw_photos``:
 an audit entry, no decision event). A store that cannot be read is logged (once a sweep, with how
-many photos it left unread) and read at the next sweep.
+many photos it left unread) and read at the next sweep; once the store answers a read as away, the sweep
+reads nothing more from it (each read would wait out the store's retries) and leaves the rest, counted in
+that line, to the next sweep.
 
 An owner may put a photo back (its marker lifted, a ``.lifted`` record kept) before a sweep saw the
 marker: between two sweeps, or while the console was down. The images made from it before stay
@@ -84,14 +86,23 @@ class WithdrawalSweep:
         withdrawn_at: dict[tuple[str, str], str | None] = {}
         to_look_at: dict[str, list[tuple[PhotoTask, str]]] = {}
         unread: list[tuple[tuple[str, str], Exception]] = []
+        # The store's first "away": every read after it would wait out the store's retries in turn (a
+        # minute a photo on S3), so the rest is left unread, counted, for the next sweep.
+        away: TransientError | None = None
         for task in waiting:
             photo = (task.sku_id, task.photo_id)
             if photo not in withdrawn_at:
+                withdrawn_at[photo] = None
+                if away is not None:
+                    unread.append((photo, away))
+                    continue
                 try:
                     withdrawn_at[photo] = self._withdrawals.lifted_at(*photo)
-                except (TransientError, BadInput) as exc:  # the store away: looked at at the next sweep
+                except TransientError as exc:  # the store away: looked at at the next sweep
+                    away = exc
                     unread.append((photo, exc))
-                    withdrawn_at[photo] = None
+                except BadInput as exc:  # this record unusable: the others are read
+                    unread.append((photo, exc))
             at = withdrawn_at[photo]
             if at is not None and (task.task_id, at) not in self._looked_at:
                 to_look_at.setdefault(task.sku_id, []).append((task, at))
@@ -113,9 +124,16 @@ class WithdrawalSweep:
         self._looked_at = {seen for seen in self._looked_at if seen[0] in still_waiting}
         unread_skus: list[tuple[str, Exception]] = []
         for sku_id, tasks in sorted(to_look_at.items()):
+            if away is not None:  # not asked again, each to wait out the retries: at the next sweep
+                unread_skus.append((sku_id, away))
+                continue
             try:
                 rows = self._withdrawals.manifests.read_sku(sku_id)
-            except (TransientError, BadInput) as exc:  # away, or a part unreadable: at the next sweep
+            except TransientError as exc:  # away: this SKU and the rest at the next sweep
+                away = exc
+                unread_skus.append((sku_id, exc))
+                continue
+            except BadInput as exc:  # a part unreadable: at the next sweep, the other SKUs read now
                 unread_skus.append((sku_id, exc))
                 continue
             # An item with no row yet is taken by the trainstore when it comes (no withdrawal now).
