@@ -1,6 +1,6 @@
 """Found in review 47 (second pass) of the console: a temporary that could not be removed after a failed
 export replaced the export's own error; the withdrawal sweep went on reading every record once the store
-was away, each read waiting out the store's retries."""
+was away, each read waiting out the store's retries; an error on an HTML page reached a browser as JSON."""
 
 from __future__ import annotations
 
@@ -10,13 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from starlette.testclient import TestClient
 
 from services.console.withdrawn import WithdrawalSweep
 from shared.store import ObjectStore, S3Store
 from shared.trainstore.manifest import ManifestStore
 from shared.trainstore.withdrawals import Withdrawals
 from skuforge_cli.main import main as cli_main
-from tests.support.console import build_console, flag_made_from, use_cli_on, with_flagged
+from tests.support.console import app_for, build_console, flag_made_from, login, use_cli_on, with_flagged
 from tests.support.s3 import restart_s3_server, stop_s3_server
 
 
@@ -93,3 +94,43 @@ def test_a_sweep_stops_at_the_first_record_the_store_cannot_give(
     assert getattr(warnings[0], "photos", None) == len(photos)  # all left for the next sweep
     monkeypatch.undo()  # the store is back: the next sweep closes them
     assert len(sweep.sweep()) == len(photos)
+
+
+MISSING = "0" * 32  # a task id no task has
+BROWSER = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "reason"),
+    [
+        (f"/tasks/{MISSING}", 404, f"no task {MISSING}"),
+        ("/?iou_min=abc", 422, "iou_min should be a number from 0 to 1; got "),
+    ],
+    ids=["item-page", "queue-filter"],
+)
+def test_an_error_on_a_page_reaches_a_browser_as_a_page(
+    tmp_path: Path, path: str, status: int, reason: str
+) -> None:
+    # Before, a browser opening a link to a task gone from the table, or a queue address with a bad
+    # filter, was shown the raw JSON {"detail": ...}, with no way back but the address bar.
+    client = TestClient(app_for(with_flagged(build_console(tmp_path), 1)), base_url="http://console.test")
+    login(client)
+
+    response = client.get(path, headers=BROWSER)
+
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("text/html"), response.headers
+    assert f"<h1>{status} " in response.text and reason in response.text, response.text
+    assert '<a href="/">back to the queue</a>' in response.text
+
+
+def test_the_api_and_a_script_still_get_json_errors(tmp_path: Path) -> None:
+    client = TestClient(app_for(with_flagged(build_console(tmp_path), 1)), base_url="http://console.test")
+    login(client)
+
+    api = client.get(f"/api/tasks/{MISSING}", headers=BROWSER)  # /api/ is JSON, whatever it accepts
+    script = client.get(f"/tasks/{MISSING}", headers={"Accept": "application/json"})
+
+    for response in (api, script):
+        assert response.status_code == 404
+        assert response.json() == {"detail": f"no task {MISSING}"}

@@ -15,8 +15,9 @@ Every route but the login form needs a session (pages redirect to /login, the re
 every POST needs the session's CSRF token (``auth.py``, ``security.py``). Errors are JSON
 ``{"detail": ...}`` with 404 (no such task), 408 (a request body stopped arriving: ``slowbody.py``),
 409 (lease or state conflict), 422 (invalid input, with the reason), 502 (a stored object is
-unusable), 503 (task table or store unavailable; retry); the queue page's claim and release forms
-answer a conflict with a 303 to the queue showing the reason.
+unusable), 503 (task table or store unavailable; retry); a browser asking for a page (not /api/)
+gets the same status and reason as a short HTML page linking back to the queue (``errors.py``); the
+queue page's claim and release forms answer a conflict with a 303 to the queue showing the reason.
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.console import api, auth, errors, pages
 from services.console.context import Console
@@ -58,30 +61,37 @@ def create_app(console: Console) -> FastAPI:
     app.include_router(api.router)
 
     @app.exception_handler(TaskNotFound)
-    async def _not_found(request: Request, exc: TaskNotFound) -> JSONResponse:
-        return JSONResponse({"detail": f"no task {exc}"}, status_code=404)
+    async def _not_found(request: Request, exc: TaskNotFound) -> Response:
+        return errors.answer(request, 404, f"no task {exc}")
 
     @app.exception_handler(TaskConflict)
-    async def _conflict(request: Request, exc: TaskConflict) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=409)
+    async def _conflict(request: Request, exc: TaskConflict) -> Response:
+        return errors.answer(request, 409, str(exc))
 
     @app.exception_handler(DecisionInvalid)
-    async def _invalid(request: Request, exc: DecisionInvalid) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=422)
+    async def _invalid(request: Request, exc: DecisionInvalid) -> Response:
+        return errors.answer(request, 422, str(exc))
 
     @app.exception_handler(RequestValidationError)
-    async def _unprocessable(request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _unprocessable(request: Request, exc: RequestValidationError) -> Response:
         # FastAPI's own answer echoes each field's input: a form field that decodes to a lone surrogate
         # (a multipart body declared charset=utf-7) could not be encoded, and the client got a bare 500.
-        return JSONResponse({"detail": [_field_error(error) for error in exc.errors()]}, status_code=422)
+        return errors.answer(request, 422, [_field_error(error) for error in exc.errors()])
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _refused(request: Request, exc: StarletteHTTPException) -> Response:
+        # FastAPI's own answer (JSON, the exception's headers kept), unless a browser asked for a page.
+        if not errors.wants_page(request) or exc.status_code in (204, 304):
+            return await http_exception_handler(request, exc)
+        return errors.answer(request, exc.status_code, exc.detail, exc.headers)
 
     @app.exception_handler(TransientError)
-    async def _unavailable(request: Request, exc: TransientError) -> JSONResponse:
-        return errors.unavailable(exc)
+    async def _unavailable(request: Request, exc: TransientError) -> Response:
+        return errors.unavailable(request, exc)
 
     @app.exception_handler(BadInput)
-    async def _bad_object(request: Request, exc: BadInput) -> JSONResponse:
-        return errors.unusable(exc)
+    async def _bad_object(request: Request, exc: BadInput) -> Response:
+        return errors.unusable(request, exc)
 
     return app
 

@@ -58,9 +58,9 @@ async def require_login(request: Request, call_next: CallNext) -> StarletteRespo
         # event loop a locked table stalled every request of the console, /login and /metrics too.
         session = await run_in_threadpool(live_session, console, request.cookies.get(SESSION_COOKIE))
     except TransientError as exc:  # the revoked-sessions table is locked: retry, as from a route
-        return errors.unavailable(exc)
+        return errors.unavailable(request, exc)
     except BadInput as exc:
-        return errors.unusable(exc)
+        return errors.unusable(request, exc)
     if session is None:
         return login_required(request, console)
     request.state.session = session
