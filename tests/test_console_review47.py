@@ -286,7 +286,7 @@ def test_a_decision_sent_again_after_its_answer_was_lost_is_shown_as_saved(tmp_p
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
             tab: Any = browser.new_context(viewport={"width": 1400, "height": 950}).new_page()
-            tab.set_default_timeout(15_000)
+            tab.set_default_timeout(30_000)
             base = f"http://127.0.0.1:{port}"
             tab.goto(base + "/")
             tab.fill("#reviewer", "alice")
