@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-import logging
 import re
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry
 
-from schemas.events import ImageMatted
-from schemas.topics import IMAGE_MATTED
-from services.gate.config import GateSettings
-from services.gate.stage import GateMetrics, handle
-from shared.bus import make_envelope
-from shared.config import Settings
 from shared.errors import BadInput
 from shared.gate.checks import MAX_DECLARED_GAIN, ColourStats, GateThresholds, drift_check
-from shared.observability import StageMetrics
-from shared.runtime import Context, Emit
 from shared.store import FileStore
-from tests.support.gate import matted_item
+from tests.support.gate import matted_item, run_gate
 
 STATS = ColourStats(mean_lab=(50.0, 0.0, 0.0), std_lab=(10.0, 5.0, 5.0), pixels=1000)
 
@@ -46,21 +36,6 @@ def test_a_refused_colour_gain_is_shown_beyond_the_bound_it_breaks(gain: float) 
     assert figure > 0, check.message
 
 
-def _gate(store: FileStore, matted: ImageMatted) -> list[Emit]:
-    """Run the gate's handler on ``matted`` as the runtime does."""
-    event = make_envelope(
-        IMAGE_MATTED,
-        matted,
-        event_id="e" * 32,
-        sku_id=matted.generated.sku.sku_id,
-        trace_id="t" * 32,
-        producer="test",
-    )
-    ctx = Context("gate", store, Settings(), StageMetrics("gate"), logging.getLogger("test"))
-    ctx._handling = event
-    return list(handle(event, ctx, gate=GateSettings(), metrics=GateMetrics(CollectorRegistry())))
-
-
 @pytest.mark.parametrize(
     ("field", "beside"),
     [("image", ("predicted_mask", "expected_mask")), ("reference_image", ("reference_mask",))],
@@ -77,7 +52,7 @@ def test_sizes_that_differ_name_each_object_s_uri(
     image = getattr(generated, field).model_copy(update={"width": 48})
     matted = matted.model_copy(update={"generated": generated.model_copy(update={field: image})})
     with pytest.raises(BadInput) as refused:
-        _gate(store, matted)
+        run_gate(store, matted)
     assert refused.value.reason == "dimension_mismatch"
     objects = {"predicted_mask": matted.predicted_mask, **dict(matted.generated)}
     for name in (field, *beside):

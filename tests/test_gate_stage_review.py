@@ -22,24 +22,9 @@ from shared.errors import BadInput
 from shared.gate.checks import CHECK_CODES, evaluate, failed_reasons
 from shared.images import decode_image, decode_mask
 from shared.observability import StageMetrics
-from shared.runtime import Context, Emit
+from shared.runtime import Context
 from shared.store import FileStore
-from tests.support.gate import ReadRecordingStore, matted_item
-
-
-def _gate(store: FileStore, matted: ImageMatted) -> list[Emit]:
-    """Run the gate's handler on ``matted`` as the runtime does."""
-    event = make_envelope(
-        IMAGE_MATTED,
-        matted,
-        event_id="e" * 32,
-        sku_id=matted.generated.sku.sku_id,
-        trace_id="t" * 32,
-        producer="test",
-    )
-    ctx = Context("gate", store, Settings(), StageMetrics("gate"), logging.getLogger("test"))
-    ctx._handling = event
-    return list(handle(event, ctx, gate=GateSettings(), metrics=GateMetrics(CollectorRegistry())))
+from tests.support.gate import ReadRecordingStore, matted_item, run_gate
 
 
 def test_an_event_that_misstates_its_image_size_is_refused_not_passed_on(tmp_path: Path) -> None:
@@ -62,7 +47,7 @@ def test_an_event_that_misstates_its_image_size_is_refused_not_passed_on(tmp_pat
     with pytest.raises(
         BadInput, match=r"dimension_mismatch: predicted mask .* is 96x96, the event says 4000x96"
     ):
-        _gate(store, matted)
+        run_gate(store, matted)
 
 
 @pytest.mark.parametrize(
@@ -92,7 +77,7 @@ def test_a_dead_letter_names_which_of_the_items_objects_was_refused(
         ref = getattr(generated, field).model_copy(update=broken.model_dump())
         matted = matted.model_copy(update={"generated": generated.model_copy(update={field: ref})})
     with pytest.raises(BadInput) as refused:
-        _gate(store, matted)
+        run_gate(store, matted)
     assert refused.value.reason == "not_an_image"
     assert refused.value.detail.startswith(f"{name} {broken.uri}: ")
 
@@ -103,7 +88,7 @@ def test_a_missing_object_is_named_once(tmp_path: Path) -> None:
     generated = matted.generated
     gone = generated.reference_mask.model_copy(update={"uri": store.uri_for("fixtures/gone.png")})
     with pytest.raises(BadInput) as refused:
-        _gate(
+        run_gate(
             store,
             matted.model_copy(update={"generated": generated.model_copy(update={"reference_mask": gone})}),
         )
@@ -127,7 +112,7 @@ def test_every_flag_reason_is_counted_from_zero_so_its_first_flag_after_a_restar
 
 def test_the_check_codes_are_those_the_gate_reports(tmp_path: Path) -> None:
     store = FileStore(tmp_path / "store")
-    (emit,) = _gate(store, matted_item(store, 1, 0))
+    (emit,) = run_gate(store, matted_item(store, 1, 0))
     assert tuple(check.code for check in emit.payload.checks) == CHECK_CODES  # type: ignore[attr-defined]
 
 
@@ -200,7 +185,7 @@ def test_an_object_the_event_says_is_over_the_limits_is_refused_before_any_objec
     )
     store.read.clear()
     with pytest.raises(BadInput) as refused:
-        _gate(store, matted)
+        run_gate(store, matted)
     assert refused.value.reason == reason
     assert refused.value.detail.startswith(f"reference image {reference.uri}: ")
     assert store.read == []
@@ -228,7 +213,7 @@ def test_an_item_refused_for_a_mask_never_decodes_an_image(tmp_path: Path, refus
         reason = "dimension_mismatch"
     store.read.clear()
     with pytest.raises(BadInput) as refused:
-        _gate(store, matted)
+        run_gate(store, matted)
     assert refused.value.reason == reason
     images = {matted.generated.image.uri, matted.generated.reference_image.uri}
     assert images.isdisjoint(store.read)
@@ -250,7 +235,7 @@ def test_an_image_the_event_says_is_not_its_masks_size_is_refused_before_any_obj
     matted = _with(matted, **{field: image})
     store.read.clear()
     with pytest.raises(BadInput) as refused:
-        _gate(store, matted)
+        run_gate(store, matted)
     assert refused.value.reason == "dimension_mismatch"
     assert f"{field.replace('_', ' ')} 96x48 (HxW)" in refused.value.detail
     assert f"{beside} 96x96 (HxW)" in refused.value.detail
@@ -279,7 +264,7 @@ def test_the_gate_decides_as_the_checks_do_on_the_whole_item_at_once(tmp_path: P
     ]
     decisions = set()
     for matted in items:
-        (emit,) = _gate(store, matted)
+        (emit,) = run_gate(store, matted)
         generated = matted.generated
         iou, checks = evaluate(
             predicted_mask=decode_mask(store.read_verified(matted.predicted_mask)),

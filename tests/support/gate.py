@@ -7,6 +7,7 @@ and the predicted mask is whatever the test asks for: exact (a good item), shift
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 
 import numpy as np
 from kafka import KafkaProducer
+from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 
 from schemas.common import ImageRef, ObjectRef, SkuMetadata
@@ -29,10 +31,14 @@ from schemas.events import (
     SkuCaptioned,
     subject_sku_id,
 )
-from schemas.topics import Topic
+from schemas.topics import IMAGE_MATTED, Topic
+from services.gate.config import GateSettings
+from services.gate.stage import GateMetrics, handle
 from shared import keys
 from shared.bus import make_envelope
 from shared.config import Settings
+from shared.observability import StageMetrics
+from shared.runtime import Context, Emit
 from shared.store import FileStore, ObjectStore
 from shared.synth import make_product, render_photo
 
@@ -190,3 +196,18 @@ def produce_events(settings: Settings, topic: Topic[Any], payloads: Sequence[Bas
     producer.flush()
     producer.close()
     return event_ids
+
+
+def run_gate(store: FileStore, matted: ImageMatted) -> list[Emit]:
+    """Run the gate's handler on ``matted`` as the runtime does."""
+    event = make_envelope(
+        IMAGE_MATTED,
+        matted,
+        event_id="e" * 32,
+        sku_id=matted.generated.sku.sku_id,
+        trace_id="t" * 32,
+        producer="test",
+    )
+    ctx = Context("gate", store, Settings(), StageMetrics("gate"), logging.getLogger("test"))
+    ctx._handling = event
+    return list(handle(event, ctx, gate=GateSettings(), metrics=GateMetrics(CollectorRegistry())))
