@@ -33,10 +33,10 @@ from shared.generation.adapters import AdapterRegistry
 from shared.generation.diffusion import DiffusionSettings
 from shared.images import decode_mask
 from shared.lora_training.dataset import TrainingRecipe, build_training_set, training_set_sha256
-from shared.store import FileStore, ObjectStore, open_store
+from shared.store import FileStore, open_store
 from tests.support.bus import file_store_uri, isolated_settings
 from tests.support.captioning import captioned_sku
-from tests.support.lora import lora_weights, model_folder, on_the_shelf, record, shelf_disc
+from tests.support.lora import cola_trainer, lora_weights, model_folder, on_the_shelf, record, shelf_disc
 
 RECIPE = TrainingRecipe(resolution=128, scenes_per_photo=3, class_images=0)
 
@@ -126,23 +126,6 @@ class RefusingJobWrites(FileStore):
         super()._write(key, data, content_type)
 
 
-def trainer_with(store: FileStore, registry_store: ObjectStore, tmp_path: Path) -> LoraTrainer:
-    """A trainer of the series "cola" (SKU-001, one photo) on ``store``, registering into
-    ``registry_store``."""
-    record(store, captioned_sku(store, 1, usable_photos=1, series="cola"))
-    return LoraTrainer(
-        store=store,
-        registry=AdapterRegistry(registry_store),
-        registry_from="SKUFORGE_DIFFUSION_ADAPTERS_URI",
-        settings=load_settings(LoraTrainerSettings, lora_class_images=0),
-        model_dir=model_folder(tmp_path, "m"),
-        base_model="sd15-inpaint",
-        min_plain_background=0.7,
-        publish=lambda event: None,
-        metrics=LoraTrainerMetrics(CollectorRegistry()),
-    )
-
-
 def store_failure_logged(
     trainer: LoraTrainer, caplog: pytest.LogCaptureFixture, where: str, uri: str
 ) -> None:
@@ -170,7 +153,7 @@ def test_a_registry_bucket_that_refuses_is_named_not_logged_as_a_failed_training
     and its uri, and the job is retried."""
     bucket = f"no-such-bucket-{uuid.uuid4().hex[:12]}"
     registry = open_store(f"s3://{bucket}/adapters", s3_endpoint_url=s3_endpoint, uri_from="the test")
-    trainer = trainer_with(FileStore(tmp_path / "store"), registry, tmp_path)
+    trainer = cola_trainer(FileStore(tmp_path / "store"), registry, tmp_path)
 
     store_failure_logged(trainer, caplog, "adapter registry", f"s3://{bucket}")
     assert len(stub_training) == 1  # trained; only its registration failed
@@ -181,7 +164,7 @@ def test_a_store_that_refuses_the_jobs_writes_is_named_not_logged_as_a_failed_tr
 ) -> None:
     """The object store refusing the trained weights was logged "training job failed" too."""
     store = RefusingJobWrites(tmp_path / "store")
-    trainer = trainer_with(store, FileStore(tmp_path / "registry"), tmp_path)
+    trainer = cola_trainer(store, FileStore(tmp_path / "registry"), tmp_path)
 
     store_failure_logged(trainer, caplog, "object store", f"{store.base_uri}/{PREFIX}/jobs/")
 
@@ -202,7 +185,7 @@ def test_an_object_store_inside_the_registrys_folder_is_named_when_it_fails(
     folder of the registry's (SKUFORGE_STORE_URI=s3://models/skuforge, the registry s3://models), every
     object-store fault named the registry, and its setting, as the one to fix."""
     store = RefusingJobWrites(tmp_path / "models" / "skuforge")
-    trainer = trainer_with(store, FileStore(tmp_path / "models"), tmp_path)
+    trainer = cola_trainer(store, FileStore(tmp_path / "models"), tmp_path)
 
     store_failure_logged(trainer, caplog, "object store", f"{store.base_uri}/{PREFIX}/jobs/")
 
@@ -213,7 +196,7 @@ def test_a_registry_beside_the_object_store_is_named_when_it_fails(
     """The registry's own fault, in the same layout, is still the registry's."""
     store = FileStore(tmp_path / "models" / "skuforge")
     registry = RefusingWeights(tmp_path / "models")
-    trainer = trainer_with(store, registry, tmp_path)
+    trainer = cola_trainer(store, registry, tmp_path)
 
     store_failure_logged(trainer, caplog, "adapter registry", f"{registry.base_uri}/")
     assert len(stub_training) == 1
@@ -274,7 +257,7 @@ def test_a_registration_taken_over_is_said_so_not_logged_as_the_registry_failing
     registers it again."""
     monkeypatch.setattr(adapters_module, "REGISTER_LOCK_STALE_S", 0.0)
     registry = TakenOverAtTheWeights(tmp_path / "registry")
-    trainer = trainer_with(FileStore(tmp_path / "store"), registry, tmp_path)
+    trainer = cola_trainer(FileStore(tmp_path / "store"), registry, tmp_path)
 
     with caplog.at_level(logging.WARNING, logger="skuforge.lora-trainer"):
         trainer.poll()

@@ -14,18 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry
 
 from services.lora_trainer import stage as lora_stage
-from services.lora_trainer.config import LoraTrainerSettings
-from services.lora_trainer.stage import JOB_MAX_ATTEMPTS, PREFIX, LoraTrainer, LoraTrainerMetrics
-from shared.config import load_settings
+from services.lora_trainer.stage import JOB_MAX_ATTEMPTS, PREFIX, LoraTrainer
 from shared.errors import StoreMisconfigured
 from shared.generation import adapters as adapters_module
 from shared.generation.adapters import AdapterRegistry
-from shared.store import FileStore, ObjectStore
-from tests.support.captioning import captioned_sku
-from tests.support.lora import lora_weights, model_folder, record
+from shared.store import FileStore
+from tests.support.lora import cola_trainer, lora_weights
 
 LOGGER = "skuforge.lora-trainer"
 
@@ -52,23 +48,6 @@ class TakenOverAtTheWeights(FileStore):
                 key.split("/")[0], lora_weights(3), kind="specialized", series="cola", base_model="sd15"
             )
         return super()._exists(key)
-
-
-def cola_trainer(store: FileStore, registry_store: ObjectStore, tmp_path: Path) -> LoraTrainer:
-    """A trainer of the series "cola" (SKU-001, one photo) on ``store``, registering into
-    ``registry_store``."""
-    record(store, captioned_sku(store, 1, usable_photos=1, series="cola"))
-    return LoraTrainer(
-        store=store,
-        registry=AdapterRegistry(registry_store),
-        registry_from="SKUFORGE_DIFFUSION_ADAPTERS_URI",
-        settings=load_settings(LoraTrainerSettings, lora_class_images=0),
-        model_dir=model_folder(tmp_path, "m"),
-        base_model="sd15-inpaint",
-        min_plain_background=0.7,
-        publish=lambda event: None,
-        metrics=LoraTrainerMetrics(CollectorRegistry()),
-    )
 
 
 def one_poll_logged(trainer: LoraTrainer, caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:

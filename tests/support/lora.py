@@ -109,6 +109,23 @@ def trainer_on(store: FileStore, model_dir: Path, **overrides: Any) -> LoraTrain
     )
 
 
+def cola_trainer(store: FileStore, registry_store: ObjectStore, tmp_path: Path) -> LoraTrainer:
+    """A trainer of the series "cola" (SKU-001, one photo) on ``store``, registering into
+    ``registry_store``."""
+    record(store, captioned_sku(store, 1, usable_photos=1, series="cola"))
+    return LoraTrainer(
+        store=store,
+        registry=AdapterRegistry(registry_store),
+        registry_from="SKUFORGE_DIFFUSION_ADAPTERS_URI",
+        settings=load_settings(LoraTrainerSettings, lora_class_images=0),
+        model_dir=model_folder(tmp_path, "m"),
+        base_model="sd15-inpaint",
+        min_plain_background=0.7,
+        publish=lambda event: None,
+        metrics=LoraTrainerMetrics(CollectorRegistry()),
+    )
+
+
 def _trainer(store: FileStore, **overrides: object) -> LoraTrainer:
     """A trainer on ``store`` whose model folder is the store's root (plans only: nothing trains)."""
     return LoraTrainer(
