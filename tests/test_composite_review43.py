@@ -9,19 +9,9 @@ import pytest
 
 from shared.generation.backend import GenerationRequest
 from shared.generation.composite import CompositeBackend
+from tests.support.generation import FLAT
 
 SIZE = 128
-# Neither turned nor keystoned, unlit and noiseless: the expected mask's rows are the product's height.
-FLAT = {
-    "scene": "studio",
-    "rotation_deg": 0.0,
-    "perspective_x": 0.0,
-    "perspective_y": 0.0,
-    "occluders": 0,
-    "shadow": "none",
-    "blur_px": 0.0,
-    "noise_sigma": 0.0,
-}
 
 
 def _request(width_px: int, parameters: dict[str, Any], seed: int = 1) -> GenerationRequest:

@@ -16,19 +16,8 @@ from shared.config import ConfigError, load_settings
 from shared.generation.backend import GenerationRequest
 from shared.generation.composite import MIN_PRODUCT_HEIGHT_PX, CompositeBackend, CompositeError
 from shared.generation.settings import GenerationSettings
+from tests.support.generation import FLAT
 from tests.support.helm import pod_env, render, render_error, require_helm
-
-# Neither turned nor keystoned, unlit and noiseless: the expected mask's rows are the product's height.
-FLAT = {
-    "scene": "studio",
-    "rotation_deg": 0.0,
-    "perspective_x": 0.0,
-    "perspective_y": 0.0,
-    "occluders": 0,
-    "shadow": "none",
-    "blur_px": 0.0,
-    "noise_sigma": 0.0,
-}
 
 
 def _request(parameters: dict[str, Any], size: int) -> GenerationRequest:

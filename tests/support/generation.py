@@ -14,7 +14,8 @@ letter the stage's runtime writes for a SKU it refuses).
 
 The compositor's: ``red_box_request`` (a request from a photo of a red box), ``marker_reference`` (a
 photo of a magenta product no scene produces, and its mask), ``marker_request`` (a request to draw
-from it), ``marker_pixels`` (where the product landed).
+from it), ``marker_pixels`` (where the product landed); ``FLAT``, the knobs of a procedural scene whose
+expected mask's rows are the product's height.
 """
 
 from __future__ import annotations
@@ -288,6 +289,19 @@ def marker_request(
         parameters=dict(parameters),
         size=size,
     )
+
+
+# Neither turned nor keystoned, unlit and noiseless: the expected mask's rows are the product's height.
+FLAT = {
+    "scene": "studio",
+    "rotation_deg": 0.0,
+    "perspective_x": 0.0,
+    "perspective_y": 0.0,
+    "occluders": 0,
+    "shadow": "none",
+    "blur_px": 0.0,
+    "noise_sigma": 0.0,
+}
 
 
 def red_box_request(**parameters: object) -> GenerationRequest:
