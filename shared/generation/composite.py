@@ -396,7 +396,10 @@ class CompositeBackend:
                     "series, category or name (a product is never composited onto photos of itself)"
                 )
             plan = drawn.override(asked, self.scenes)
-            if plan.scene != PHOTO_SCENE:  # the size is known here, not in override
+            # The size is known here, not in override. A product narrowed to fit is as tall as its width
+            # allows, whatever the height asked: its record (the height it came to, under the least for a
+            # 30:1 product at 64 px) was served, and sent back was refused.
+            if plan.scene != PHOTO_SCENE and not _narrowed_to_fit(cutout, plan, request.size):
                 check_height(plan.height_fraction, request.size)
             # Only a key asked for can be the SKU's own: a drawn one is among its keys_for already.
             scenes = self.scenes if plan.scene == PHOTO_SCENE else None
@@ -815,6 +818,18 @@ def _scene_occluder(
     return Layer(x0, y0, np.ascontiguousarray(texture * alpha), np.ascontiguousarray(alpha))
 
 
+def _fit_scale(width_px: int, plan: _Plan, size: int) -> float:
+    """The most a cut-out ``width_px`` wide is scaled by on a ``size`` px canvas: wide products still fit."""
+    return 0.9 * size / (width_px * (1 + abs(plan.perspective_y)))
+
+
+def _narrowed_to_fit(cutout: _Cutout, plan: _Plan, size: int) -> bool:
+    """Whether ``plan`` places ``cutout`` narrowed to fit the frame (``_place_product``): its width, not
+    ``height_fraction``, decides how tall it comes out."""
+    w, h = cutout.rgba.size
+    return plan.height_fraction * size / h >= _fit_scale(w, plan, size)
+
+
 def _place_product(
     cutout: _Cutout,
     plan: _Plan,
@@ -834,7 +849,7 @@ def _place_product(
     """
     w, h = cutout.rgba.size
     asked = plan.height_fraction * size / h
-    k = min(asked, 0.9 * size / (w * (1 + abs(plan.perspective_y))))  # wide products still fit
+    k = min(asked, _fit_scale(w, plan, size))  # wide products still fit
     source = cutout.rgba
     if k < 0.75:
         # Pre-shrink with a filter: the perspective warp samples bilinearly and would alias.
