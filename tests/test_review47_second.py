@@ -4,27 +4,17 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Generator, Iterator
+from collections.abc import Generator
 from typing import Any
 
 import pytest
 
 from shared.signals import held_signals
-
-STOPS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
-@pytest.fixture
-def handlers_back() -> Iterator[None]:
-    """Every stop's handler as it was before the test."""
-    saved = {signum: signal.getsignal(signum) for signum in STOPS}
-    yield
-    for signum, handler in saved.items():
-        signal.signal(signum, handler)
+from tests.support.signals import STOPS
 
 
 def test_a_handler_that_cannot_be_put_back_is_refused_not_retried_for_ever(
-    monkeypatch: pytest.MonkeyPatch, handlers_back: None
+    monkeypatch: pytest.MonkeyPatch, restore_signal_handlers: None
 ) -> None:
     # A block entered on the main thread and left on another (a generator holding it, closed there):
     # signal.signal refuses every put-back there (ValueError, for good), and _restore, which retries a

@@ -28,16 +28,6 @@ from skuforge_cli.main import SETTINGS_MODELS
 from tests.support.model_cache import another_stage_fetching_meanwhile, copies, publish
 
 ROOT = Path(__file__).resolve().parents[1]
-STOPS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
-@pytest.fixture
-def handlers_back() -> Iterator[None]:
-    """Every stop's handler as it was before the test."""
-    saved = {signum: signal.getsignal(signum) for signum in STOPS}
-    yield
-    for signum, handler in saved.items():
-        signal.signal(signum, handler)
 
 
 def _sigterm_right_after_the_first_set(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -62,7 +52,7 @@ def _sigterm_right_after_the_first_set(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_stop_between_two_handler_sets_leaves_no_handler_of_the_block(
     block: Callable[[], AbstractContextManager[object]],
     monkeypatch: pytest.MonkeyPatch,
-    handlers_back: None,
+    restore_signal_handlers: None,
 ) -> None:
     # A stop that came after the block set Ctrl-C's handler, before it set SIGTERM's, left Ctrl-C's set
     # for good: ``held_signals``' only added each later Ctrl-C to a list nobody read (Ctrl-C did nothing).
@@ -79,7 +69,7 @@ def test_a_stop_between_two_handler_sets_leaves_no_handler_of_the_block(
 
 
 def test_a_sigterm_just_after_its_handler_is_set_leaves_the_default_back(
-    monkeypatch: pytest.MonkeyPatch, handlers_back: None
+    monkeypatch: pytest.MonkeyPatch, restore_signal_handlers: None
 ) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGHUP, signal.SIG_DFL)

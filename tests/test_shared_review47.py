@@ -17,18 +17,9 @@ from shared import model_cache
 from shared.model_cache import fetch_directory, release, write_blocks_atomically
 from shared.signals import held_signals, stopped_as_interrupt, stops_wait_for_clean_up
 from tests.support.model_cache import BLIP_FILES, publish_folder
+from tests.support.signals import STOPS
 
 ROOT = Path(__file__).resolve().parents[1]
-STOPS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
-@pytest.fixture
-def handlers_back() -> Iterator[None]:
-    """Every stop's handler as it was before the test."""
-    saved = {signum: signal.getsignal(signum) for signum in STOPS}
-    yield
-    for signum, handler in saved.items():
-        signal.signal(signum, handler)
 
 
 def _stop_right_after_the_first_restore(monkeypatch: pytest.MonkeyPatch, stop: int) -> None:
@@ -55,7 +46,7 @@ def _stop_right_after_the_first_restore(monkeypatch: pytest.MonkeyPatch, stop: i
 def test_a_stop_between_two_handler_restores_leaves_every_handler_back(
     block: Callable[[], AbstractContextManager[object]],
     monkeypatch: pytest.MonkeyPatch,
-    handlers_back: None,
+    restore_signal_handlers: None,
 ) -> None:
     # The block put its handlers back one at a time: a Ctrl-C whose handler was back already raised
     # there, and the handlers after it stayed the block's for good (``held_signals``' then swallowed

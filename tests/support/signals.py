@@ -109,11 +109,15 @@ def stopped(
     return Ended(run.returncode, out, err)
 
 
+# The stops a command's signal blocks (``shared.signals``) take over.
+STOPS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 @pytest.fixture
 def restore_signal_handlers() -> Iterator[None]:
-    """A stage run in the test's main thread installs its own SIGTERM/SIGINT handlers: give pytest its
-    own back afterwards."""
-    saved = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+    """A stage run in the test's main thread installs its own SIGTERM/SIGINT handlers, a signal block
+    SIGHUP's too: give pytest its own back afterwards."""
+    saved = {signum: signal.getsignal(signum) for signum in STOPS}
     yield
     for signum, handler in saved.items():
         signal.signal(signum, handler)
