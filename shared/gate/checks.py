@@ -381,11 +381,14 @@ def figures(value: float, threshold: float, digits: int = 3, kind: str = "f") ->
     as tell them apart and show a fraction strictly between 0 and 1 as neither: rounded alike, a flagged
     IoU of 0.8996 read "0.900 (need >= 0.900)"; a mask of a few pixels read "covers 0.00% of the frame"
     and one short of the whole by a pixel "100.00%". A fraction too small for 17 decimals is shown in
-    exponent form (1e-28%). The console's check table shows them so too."""
+    exponent form (1e-28%). A threshold from 0 to 1 says the figures are fractions (an IoU, a share of
+    the frame); others are not (a drift of 0.03 Lab units, tolerance 20, reads "0.0" at 1 decimal, as it
+    did). The console's check table shows them so too."""
+    fraction = 0 <= threshold <= 1
     for places in range(digits, max(digits, 17) + 1):
         shown = f"{value:.{places}{kind}}", f"{threshold:.{places}{kind}}"
-        fractions_read_true = _reads_as_a_fraction(value, shown[0], kind) and _reads_as_a_fraction(
-            threshold, shown[1], kind
+        fractions_read_true = not fraction or (
+            _reads_as_a_fraction(value, shown[0], kind) and _reads_as_a_fraction(threshold, shown[1], kind)
         )
         if fractions_read_true and (value == threshold or shown[0] != shown[1]):
             return shown
