@@ -209,8 +209,11 @@ class ImageGenerated(Contract):
     adapter_id: str | None = Field(
         default=None, max_length=MAX_MODEL_ID_CHARS, description="LoRA adapter used, None for the base model"
     )
-    prompt: str = Field(default="", max_length=MAX_PROMPT_CHARS)
-    negative_prompt: str = Field(default="", max_length=MAX_CAPTION_CHARS)
+    # One line, as the captioner's text they are made of (an instance prompt, ", " and a photo's caption;
+    # the SKU's negative prompt): they took any text, and another producer's U+202E, terminal escape or
+    # newline went on to the console's pages, the trainstore's rows and the general adapter's prompts.
+    prompt: Annotated[OneLineText, Chars(MAX_PROMPT_CHARS), escaped_when_read(MAX_PROMPT_CHARS)] = ""
+    negative_prompt: CaptionText = ""
     seed: int = Field(ge=MIN_SEED, le=MAX_SEED, description="an int64, as the Triton protocol carries it")
     variant_index: int = Field(ge=0)
     parameters: dict[str, ParameterValue] = Field(

@@ -1,0 +1,91 @@
+"""What review 47 left in the contract's text, continued: a generated image's prompts take the character
+rule of the captioner's text they are made of."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+from pydantic import ValidationError
+
+from schemas.events import MAX_CAPTION_CHARS, MAX_PHRASE_CHARS, ImageGenerated
+from schemas.topics import IMAGE_GENERATED, SKU_CAPTIONED
+from services.generator.stage import prompt_for
+from shared.bus import make_envelope, read_envelope
+from shared.store import FileStore
+from tests.support.gate import captioned, matted_item
+from tests.support.schemas import committed_schema
+
+_REFUSED = [
+    ("red\u202ecan", "bidirectional control character (U+202E at character 4)"),
+    ("red\x1b[2J", "control character (U+001B at character 4)"),
+    ("red\nforged line", "control character (U+000A at character 4)"),
+    ("red\u2028second line", "line separator (U+2028 at character 4)"),
+]
+_REFUSED_IDS = ["override", "escape", "newline", "line_separator"]
+
+
+def _generated_envelope(tmp_path: Path) -> dict[str, Any]:
+    """An image.generated as the generator writes one, as JSON."""
+    generated = matted_item(FileStore(tmp_path / "store"), 1, 0).generated
+    envelope = make_envelope(
+        IMAGE_GENERATED,
+        generated,
+        event_id="e" * 32,
+        sku_id=generated.sku.sku_id,
+        trace_id="t",
+        producer="generator",
+    )
+    return envelope.model_dump(mode="json")
+
+
+# -- a generated image's prompts: one line, escaped where an event already holds them -------------------
+
+
+@pytest.mark.parametrize("field", ["prompt", "negative_prompt"])
+@pytest.mark.parametrize(("text", "named"), _REFUSED, ids=_REFUSED_IDS)
+def test_a_generated_prompt_with_one_is_refused_to_a_producer_and_read_escaped_from_a_topic(
+    tmp_path: Path, field: str, text: str, named: str
+) -> None:
+    # They took any text: another producer's U+202E, terminal escape or newline went on to the console's
+    # pages, the trainstore's rows and the general adapter's training prompts.
+    written = _generated_envelope(tmp_path)
+    written["payload"][field] = text
+
+    with pytest.raises(ValidationError) as refused_model:
+        ImageGenerated.model_validate(written["payload"])
+    assert named in str(refused_model.value) and text not in str(refused_model.value)
+    with pytest.raises(jsonschema.ValidationError) as refused:
+        jsonschema.Draft202012Validator(committed_schema(IMAGE_GENERATED)).validate(written)
+    assert list(refused.value.absolute_path) == ["payload", field]
+
+    # One already in the topic (or a dead letter) is read with the character escaped, not dead-lettered.
+    read = read_envelope(IMAGE_GENERATED, json.dumps(written))
+    assert getattr(read.payload, field) == text.encode("unicode_escape").decode("ascii")
+
+
+def test_the_generator_writes_prompts_the_contract_takes_from_any_captioned_event_it_reads(
+    tmp_path: Path,
+) -> None:
+    # Its prompt is the instance prompt, ", " and a photo's caption; its negative prompt the SKU's. A
+    # sku.captioned from before the captioner's text was ruled is read escaped, and the longest the
+    # contract takes fit: no image of it is refused.
+    store = FileStore(tmp_path / "store")
+    payload = captioned(store, 1)
+    written = make_envelope(
+        SKU_CAPTIONED, payload, event_id="c" * 32, sku_id=payload.sku.sku_id, trace_id="t", producer="x"
+    ).model_dump(mode="json")
+    written["payload"]["instance_prompt"] = "a photo of\u2028shs can".ljust(MAX_PHRASE_CHARS, "x")
+    written["payload"]["negative_prompt"] = "blurry\n\x1b[2J".ljust(MAX_CAPTION_CHARS, "\u202e")
+    for photo in written["payload"]["photos"]:
+        photo["caption"] = "a red can\non a\u202e shelf".ljust(MAX_CAPTION_CHARS, "\u2029")
+    read = read_envelope(SKU_CAPTIONED, json.dumps(written)).payload
+    generated = _generated_envelope(tmp_path)["payload"]
+    for photo in read.photos:
+        made = ImageGenerated.model_validate(
+            {**generated, "prompt": prompt_for(read, photo), "negative_prompt": read.negative_prompt}
+        )
+        assert made.prompt.startswith("a photo of\\u2028shs can") and "\\n" in made.prompt
