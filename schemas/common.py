@@ -138,12 +138,14 @@ def read_from_topic(info: ValidationInfo) -> bool:
     return isinstance(info.context, dict) and info.context.get("read_from_topic") is True
 
 
-_NOT_ONE_LINE = re.compile(f"[{_REFUSED_CHARACTERS}{_LINE_SEPARATORS}]")
+# What ``check_one_line`` refuses: escaped by default (``escaped_when_read``), and by a producer that makes
+# one line of text a store held from before the contract refused it (the trainer's training prompts).
+NOT_ONE_LINE = re.compile(f"[{_REFUSED_CHARACTERS}{_LINE_SEPARATORS}]")
 # What ``check_plain_text`` refuses: for ``escaped_when_read`` on a field of plain text (PlainText).
 NOT_PLAIN = re.compile(f"[{_REFUSED_CHARACTERS}]")
 
 
-def escaped_when_read(limit: int, escaped: re.Pattern[str] = _NOT_ONE_LINE) -> BeforeValidator:
+def escaped_when_read(limit: int, escaped: re.Pattern[str] = NOT_ONE_LINE) -> BeforeValidator:
     """A field's validator that, under ``READ_FROM_TOPIC``, takes text holding characters ``escaped``
     matches (by default what ``check_one_line`` refuses) with each written as its escape (``\\u202e``,
     ``\\n``), cut between two escapes to ``limit``: an event written before the field refused them, in a

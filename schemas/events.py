@@ -371,10 +371,17 @@ class AdapterPublished(Contract):
     resumed_from_step: int = Field(
         default=0, ge=0, description="the checkpoint step a restarted job began at"
     )
-    # The trainer's first 50 distinct prompts, each an instance prompt with its tags appended.
-    training_prompts: list[Annotated[str, Field(max_length=MAX_TRAINING_PROMPT_CHARS)]] = Field(
-        default_factory=list, max_length=MAX_TAGS
-    )
+    # The trainer's first 50 distinct prompts, each an instance prompt with its tags appended (a series'),
+    # an accepted image's prompt (the general adapter's) or a class prompt: one line, as the captioner's
+    # text and a generated image's prompt they are made of. They took any text, and another producer's
+    # U+202E, terminal escape or newline went on to `skuforge adapters list` and the registry.
+    training_prompts: list[
+        Annotated[
+            OneLineText,
+            Chars(MAX_TRAINING_PROMPT_CHARS),
+            escaped_when_read(MAX_TRAINING_PROMPT_CHARS),
+        ]
+    ] = Field(default_factory=list, max_length=MAX_TAGS)
     publication: int = Field(
         default=1,
         ge=1,

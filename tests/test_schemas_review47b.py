@@ -1,5 +1,5 @@
-"""What review 47 left in the contract's text, continued: a generated image's prompts take the character
-rule of the captioner's text they are made of."""
+"""What review 47 left in the contract's text, continued: a generated image's prompts, and an adapter's
+training prompts, take the character rule of the captioner's text they are made of."""
 
 from __future__ import annotations
 
@@ -11,12 +11,15 @@ import jsonschema
 import pytest
 from pydantic import ValidationError
 
-from schemas.events import MAX_CAPTION_CHARS, MAX_PHRASE_CHARS, ImageGenerated
-from schemas.topics import IMAGE_GENERATED, SKU_CAPTIONED
+from schemas.events import MAX_CAPTION_CHARS, MAX_PHRASE_CHARS, AdapterPublished, ImageGenerated
+from schemas.topics import ADAPTER_PUBLISHED, IMAGE_GENERATED, SKU_CAPTIONED
 from services.generator.stage import prompt_for
+from services.lora_trainer.stage import PREFIX
 from shared.bus import make_envelope, read_envelope
+from shared.generation.adapters import AdapterRegistry
 from shared.store import FileStore
 from tests.support.gate import captioned, matted_item
+from tests.support.lora import _trainer, gate_accepted, model_folder, record_accepted_event, trainer_on
 from tests.support.schemas import committed_schema
 
 _REFUSED = [
@@ -89,3 +92,85 @@ def test_the_generator_writes_prompts_the_contract_takes_from_any_captioned_even
             {**generated, "prompt": prompt_for(read, photo), "negative_prompt": read.negative_prompt}
         )
         assert made.prompt.startswith("a photo of\\u2028shs can") and "\\n" in made.prompt
+
+
+# -- an adapter's training prompts: one line, escaped where an event or a stored record holds them -------
+
+
+def _adapter_envelope(training_prompt: str) -> dict[str, Any]:
+    """The LoRA trainer's adapter.published of a series' adapter trained on ``training_prompt``, as JSON."""
+    adapter = AdapterPublished(
+        adapter_id="cola-0123456789ab",
+        kind="specialized",
+        series="Cola",
+        base_model="sd15-inpaint",
+        registry_uri="file:///registry/cola-0123456789ab",
+        weights_sha256="0" * 64,
+        training_set_sha256="1" * 64,
+        sku_ids=["SKU-1"],
+        instance_images=4,
+        class_images=8,
+        steps=100,
+        training_prompts=["a photo of a can", training_prompt],
+    )
+    envelope = make_envelope(
+        ADAPTER_PUBLISHED, adapter, event_id="a" * 32, sku_id=adapter.adapter_id, trace_id="t", producer="x"
+    )
+    return envelope.model_dump(mode="json")
+
+
+@pytest.mark.parametrize(("text", "named"), _REFUSED, ids=_REFUSED_IDS)
+def test_a_training_prompt_with_one_is_refused_to_a_producer_and_read_escaped_from_a_topic(
+    text: str, named: str
+) -> None:
+    # They took any text: another producer's U+202E, terminal escape or newline went on to
+    # `skuforge adapters list` and the registry.
+    written = _adapter_envelope("a photo of shs can, red")
+    written["payload"]["training_prompts"][1] = text
+
+    with pytest.raises(ValidationError) as refused_model:
+        AdapterPublished.model_validate(written["payload"])
+    assert named in str(refused_model.value) and text not in str(refused_model.value)
+    with pytest.raises(jsonschema.ValidationError) as refused:
+        jsonschema.Draft202012Validator(committed_schema(ADAPTER_PUBLISHED)).validate(written)
+    assert list(refused.value.absolute_path) == ["payload", "training_prompts", 1]
+
+    read = read_envelope(ADAPTER_PUBLISHED, json.dumps(written))
+    assert read.payload.training_prompts[1] == text.encode("unicode_escape").decode("ascii")
+
+
+def test_a_general_adapter_of_an_image_recorded_before_is_published_with_its_prompt_escaped(
+    tmp_path: Path, stub_training: list[Path]
+) -> None:
+    # The trainer keeps an accepted image's prompt in its accepted/ request, and a trained job's prompts in
+    # its result.json (a roll-back publishes again from one): one stored before the tightening, with a
+    # newline, would make an event the contract refuses, at every poll, and the general adapter never
+    # published. It is written escaped, in the event and the registry alike.
+    store = FileStore(tmp_path / "store")
+    accepted = gate_accepted(store, 0)
+    record_accepted_event(store, accepted)
+    key = f"{PREFIX}/accepted/{accepted.matted.generated.item_id}.json"
+    stored = json.loads(store.get_bytes(key))
+    store.put_json(key, {**stored, "prompt": "a photo of sku1 soda can\nforged line\u202e"})
+    published: list[AdapterPublished] = []
+    trainer = trainer_on(
+        store, model_folder(tmp_path, "m"), lora_class_images=0, lora_general_after_accepted=1
+    )
+    trainer.publish = published.append
+
+    [event] = trainer.run_pending()
+    assert published == [event]
+    assert event.training_prompts == ["a photo of sku1 soda can\\nforged line\\u202e"]
+    [registered] = AdapterRegistry(store).list()
+    assert registered.training_prompts == event.training_prompts
+
+
+def test_a_published_marker_with_such_a_training_prompt_still_reads(tmp_path: Path) -> None:
+    # The trainer reads its published/ marker back to count a roll-back's publication: one stored with a
+    # training prompt the contract refuses since would be an unreadable record.
+    store = FileStore(tmp_path)
+    marker = f"{PREFIX}/published/cola-0123456789ab.json"
+    written = _adapter_envelope("a photo of shs can")["payload"]
+    written["training_prompts"][1] = "a photo of shs can\x1b[2J"
+    store.put_json(marker, written)
+    assert _trainer(store)._marker(marker).training_prompts[1] == "a photo of shs can\\x1b[2J"

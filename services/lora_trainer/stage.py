@@ -116,7 +116,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from pydantic import ValidationError
 
-from schemas.common import READ_FROM_TOPIC
+from schemas.common import NOT_ONE_LINE, READ_FROM_TOPIC, escaped_within
 from schemas.envelope import Envelope, derive_id
 from schemas.events import MAX_TRAINING_PROMPT_CHARS, AdapterPublished, GateAccepted, SkuCaptioned
 from schemas.flow import LORA_TRAINER
@@ -1252,8 +1252,13 @@ class LoraTrainer:
         result, weights = self._trained(job, job_prefix, marker)
         # Cut to what the event may carry, in the registry alike: a photo's tags go into its prompt whole,
         # and 64 tags of 200 characters (a sku.captioned the schema takes) failed the event at every poll.
-        # Training read the first 77 tokens of each (CLIP's length) anyway.
-        prompts = [prompt[:MAX_TRAINING_PROMPT_CHARS] for prompt in result["training_prompts"]]
+        # Training read the first 77 tokens of each (CLIP's length) anyway. A character the contract refuses
+        # since (a newline of an accepted/ request or a result.json stored before: a roll-back publishes
+        # again from one) is written escaped, as the topic's reader takes it, not refused at every poll.
+        prompts = [
+            escaped_within(prompt, MAX_TRAINING_PROMPT_CHARS, NOT_ONE_LINE)
+            for prompt in result["training_prompts"]
+        ]
         # The series' pointer, read once for both records below: the adapter named unpublished before it is
         # registered, a roll-back cut short counted once the event is sent. Read again after the send, it
         # held what this read found, plus only this trainer's own `unpublished`. Another trainer publishing
