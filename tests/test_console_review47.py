@@ -2,7 +2,8 @@
 name beside a long --out did not fit the folder's name limit; a stalled body held its connection for
 good; GET /logout answered a browser with JSON; a failing withdrawal record was logged once per photo;
 the docs did not say how the reject dialog's number keys work; a decision sent again after its saved
-first try's answer was lost read "not saved"."""
+first try's answer was lost read "not saved"; one from a second tab with another mask or reason read
+"saved"."""
 
 from __future__ import annotations
 
@@ -309,3 +310,132 @@ def test_a_decision_sent_again_after_its_answer_was_lost_is_shown_as_saved(tmp_p
             browser.close()
     assert len(tries) == 2
     assert [entry.action for entry in parts.tasks.audit(task.task_id)].count("approve_predicted") == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("decision", ["approve_edited", "reject"])
+def test_a_conflicting_decision_from_a_second_tab_is_not_shown_as_saved(
+    tmp_path: Path, decision: str
+) -> None:
+    # Before, one reviewer with the item open in two tabs saved a decision in the first, then the same
+    # decision with another mask (or reason) in the second: its 409 read "saved by an earlier try", though
+    # the second tab's edit was discarded and the first's was what the task kept.
+    from playwright.sync_api import sync_playwright
+
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium chromium-driver (see .ci/run)")
+    parts = with_flagged(build_console(tmp_path), 1)
+    [task] = parts.tasks.query()
+
+    with serving(parts) as port, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            context = browser.new_context(viewport={"width": 1400, "height": 950})
+            first: Any = context.new_page()
+            first.set_default_timeout(30_000)
+            base = f"http://127.0.0.1:{port}"
+            first.goto(base + "/")
+            first.fill("#reviewer", "alice")
+            first.fill("#password", "alice-password")
+            first.click("#login")
+            first.wait_for_url(base + "/")
+            first.click(f'tr[data-task-id="{task.task_id}"] button.claim')
+            first.wait_for_selector("body[data-ready='1']")
+            second: Any = context.new_page()  # the same reviewer, the same session, the same held item
+            second.set_default_timeout(30_000)
+            second.goto(first.url)
+            second.wait_for_selector("body[data-ready='1']")
+
+            if decision == "approve_edited":
+                first.keyboard.press("E")  # the expected mask, as edited
+                first.keyboard.press("a")
+                box = second.locator("#overlay").bounding_box()
+                second.mouse.move(box["x"] + 5, box["y"] + 5)
+                second.mouse.down()  # a stroke on the predicted mask: other pixels than the first tab's
+                second.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2, steps=8)
+                second.mouse.up()
+                wait_for(
+                    "the first tab's decision", lambda: parts.tasks.get(task.task_id).decision == decision
+                )
+                second.keyboard.press("a")
+            else:
+                for tab, index in ((first, 0), (second, 1)):  # two different reasons from the list
+                    tab.keyboard.press("r")
+                    tab.select_option("#reject-reason", index=index)
+                    tab.click("#reject-confirm")
+                    if tab is first:
+                        wait_for(
+                            "the first tab's decision",
+                            lambda: parts.tasks.get(task.task_id).decision == decision,
+                        )
+
+            second.wait_for_selector("#status:has-text('saved')")  # either answer
+            status = second.text_content("#status")
+            assert "already decided by alice" in status and "was not saved" in status, status
+            assert "error" in (second.get_attribute("#status", "class") or "")
+            assert second.get_attribute("body", "data-decided") is None
+        finally:
+            browser.close()
+    assert [entry.action for entry in parts.tasks.audit(task.task_id)].count(decision) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("decision", ["approve_edited", "reject"])
+def test_an_edit_or_rejection_sent_again_after_its_answer_was_lost_is_shown_as_saved(
+    tmp_path: Path, decision: str
+) -> None:
+    # The task keeps what the lost try sent (its mask's pixels, its reason): the same sent again is saved.
+    from playwright.sync_api import Route, sync_playwright
+
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium chromium-driver (see .ci/run)")
+    parts = with_flagged(build_console(tmp_path), 1)
+    [task] = parts.tasks.query()
+    tries: list[str] = []
+
+    def lose_the_first_answer(route: Route) -> None:
+        tries.append(route.request.method)
+        if len(tries) == 1:
+            route.fetch()
+            route.abort()
+        else:
+            route.continue_()
+
+    def send(tab: Any) -> None:
+        if decision == "approve_edited":
+            tab.keyboard.press("a")
+        else:
+            tab.keyboard.press("r")
+            tab.select_option("#reject-reason", index=1)
+            tab.click("#reject-confirm")
+
+    with serving(parts) as port, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            tab: Any = browser.new_context(viewport={"width": 1400, "height": 950}).new_page()
+            tab.set_default_timeout(30_000)
+            base = f"http://127.0.0.1:{port}"
+            tab.goto(base + "/")
+            tab.fill("#reviewer", "alice")
+            tab.fill("#password", "alice-password")
+            tab.click("#login")
+            tab.wait_for_url(base + "/")
+            tab.click(f'tr[data-task-id="{task.task_id}"] button.claim')
+            tab.wait_for_selector("body[data-ready='1']")
+            box = tab.locator("#overlay").bounding_box()
+            tab.mouse.move(box["x"] + 5, box["y"] + 5)
+            tab.mouse.down()  # an edited mask (used by approve_edited; a rejection keeps no mask)
+            tab.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2, steps=8)
+            tab.mouse.up()
+            tab.route("**/api/tasks/*/decision", lose_the_first_answer)
+
+            send(tab)
+            tab.wait_for_selector("#status.error:has-text('not saved')")
+            send(tab)
+
+            tab.wait_for_selector("#status:has-text('saved by an earlier try')")
+            assert "error" not in (tab.get_attribute("#status", "class") or "")
+            assert tab.get_attribute("body", "data-decided") == decision
+        finally:
+            browser.close()
+    assert len(tries) == 2

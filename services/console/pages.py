@@ -150,7 +150,7 @@ def item_page(request: Request, task_id: TaskId, console: ConsoleDep) -> Respons
         "leaseS": console.console.console_lease_s,
         "idleS": console.console.console_idle_s,
         "csrfToken": session.csrf_token,
-        # Whose decision a 409 to a decision sent again finds recorded (item.js: savedBefore).
+        # Whose decision a 409 to a decision sent again finds recorded (item.js: answeredBefore).
         "reviewer": session.reviewer,
         "images": images,
         # Sent with a decision: one on pixels a replay replaced since is refused (reload).

@@ -346,6 +346,7 @@
     }
     if (busy) return;
     busy = true;
+    let sentMask = null;
     // Everything up to the answer inside the try: a mask the browser failed to encode threw before it,
     // and busy stayed set, so every later key did nothing, without a word.
     try {
@@ -356,6 +357,7 @@
       if (decision === "reject") form.append("reject_reason", rejectReason);
       if (decision === "approve_edited") {
         if (!edited) return say("paint on the mask first (or approve the predicted mask with p)", true);
+        sentMask = masks.edited.slice(); // what a 409 compares with what the task kept
         form.append("mask", await maskBlob(), "mask.png");
       }
       say("saving " + decision + "…");
@@ -363,7 +365,7 @@
       saved(result.state, decision, "event " + result.event_id);
     } catch (error) {
       if (error.status === 401) return sayLoggedOut("the decision (" + decision + ") was not saved", decision);
-      if (error.status === 409 && await savedBefore(decision)) return;
+      if (error.status === 409 && await answeredBefore(decision, rejectReason, sentMask)) return;
       say("not saved: " + error.message, true);
     } finally {
       busy = false;
@@ -381,11 +383,14 @@
     setTimeout(next, 400);
   }
 
-  // Whether a 409 to a decision answers one this reviewer's earlier try recorded: a try whose answer
-  // was lost (a network error after the server saved it), pressed again, read "not saved: ... already
-  // approved". Shown as saved when the task holds this reviewer's same decision (the earlier try's, with
-  // the mask or reason that try sent).
-  async function savedBefore(decision) {
+  // Whether a 409 to a decision answers one this reviewer recorded before, and if so says which: a try
+  // whose answer was lost (a network error after the server saved it), pressed again, read "not saved:
+  // ... already approved". Shown as saved only when the task keeps what this page sent: the same
+  // decision by this reviewer, with the same mask (approve_edited) or reason (reject). The same reviewer
+  // deciding in a second tab with another mask or reason read "saved by an earlier try" too, though the
+  // task kept the first tab's: that is said as it is. (approve_predicted and approve_expected carry
+  // nothing more: the page's "shown" pins the masks they keep.)
+  async function answeredBefore(decision, rejectReason, sentMask) {
     let task = null;
     try {
       const response = await fetch("/api/tasks/" + page.taskId, { credentials: "same-origin" });
@@ -394,8 +399,31 @@
       return false;
     }
     if (!task || task.decision !== decision || task.decided_by !== page.reviewer) return false;
+    const resolved = task.resolved || {};
+    let kept = true;
+    if (decision === "reject") kept = resolved.reject_reason === String(rejectReason).trim();
+    if (decision === "approve_edited") kept = await keptMask(resolved.final_mask, sentMask);
+    if (!kept) {
+      const what = decision === "reject" ? "reason" : "mask";
+      const theirs = decision === "reject" ? ": " + resolved.reject_reason : ", with another mask";
+      say("already decided by " + task.decided_by + " (" + decision + theirs + "), in another tab or an " +
+        "earlier try: this page's " + what + " was not saved", true);
+      return true;
+    }
     saved(task.state, decision, "saved by an earlier try, whose answer did not reach this page");
     return true;
+  }
+
+  // Whether the corrected mask the task keeps (``ref``) has the pixels of ``sentMask``.
+  async function keptMask(ref, sentMask) {
+    if (!ref || !sentMask) return false;
+    let stored;
+    try {
+      stored = await loadMask("/tasks/" + page.taskId + "/images/corrected?v=" + ref.sha256.slice(0, 16));
+    } catch (_) {
+      return false;
+    }
+    return stored.length === sentMask.length && stored.every((value, i) => value === sentMask[i]);
   }
 
   async function release() {
