@@ -22,12 +22,19 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from shared.errors import BadInput, TransientError
 from shared.observability import escape_control_characters
 
+# Its styles inline (console.css's colours): a stylesheet link is fetched through the login gate, which
+# answered it with its own 502/503 (or a 401 without a session), and the page showed unstyled.
 _PAGE = """<!doctype html>
 <html lang="en">
 <head>
   <meta charset="utf-8">
   <title>{status} {phrase} · skuforge console</title>
-  <link rel="stylesheet" href="/static/console.css">
+  <style>
+    body {{ margin: 0; font: 14px/1.45 system-ui, sans-serif; background: #1d2025; color: #e8e8e8; }}
+    main {{ padding: 1em; }}
+    a {{ color: #93c5fd; }}
+    .error {{ color: #fca5a5; }}
+  </style>
 </head>
 <body>
   <main>
