@@ -1337,6 +1337,16 @@ def ingest_path(
                     raise StoreUnavailable(str(exc)) from exc
                 raise
             left = [sku.metadata.sku_id for sku in spooled[len(published) + len(refused) :]]
+            if isinstance(exc, ManifestUnreadable):
+                # Read before the SKU's upload (its reinstatement) or its withdrawal. Folded into the
+                # general message it was cut at 300 characters where the advice sat, said "the store
+                # refused it", and told an ingest to replay dead letters it does not have.
+                then = (
+                    f"run the same ingest again. Published: {', '.join(published) or 'none'}; not "
+                    f"published, their photos not uploaded either: {', '.join(left) or 'none'}"
+                    f"{withdrawing}{_refusals(refused)}"
+                )
+                raise IngestIncomplete(str(ManifestUnreadable(exc.uri, exc.error, then=then))) from exc
             again = (
                 "Run the same command again to finish: what is already published is published again "
                 "under the same event ids, which consumers skip"
