@@ -148,8 +148,50 @@ class _WatchedStdout:
             self.failure = exc
             raise
 
+    @property
+    def buffer(self) -> _WatchedStdoutBytes:
+        """Stdout's bytes, watched as its text is: ``sys.stdout.buffer`` was stdout's own, and a full disk
+        under a command writing bytes (``> report.bin``) was a traceback, not the one line. None where
+        stdout has no bytes below its text (an ``io.StringIO``): ``AttributeError``, as stdout's own."""
+        return _WatchedStdoutBytes(self, self.stream.buffer)
+
     def __getattr__(self, name: str) -> Any:  # fileno, isatty, encoding...: stdout's own
         return getattr(self.stream, name)
+
+
+class _WatchedStdoutBytes:
+    """``layer``, below stdout's text (its bytes, or below them its raw file), whose failed write is
+    remembered as ``stdout``'s own (``_WatchedStdout``)."""
+
+    def __init__(self, stdout: _WatchedStdout, layer: Any) -> None:
+        self.stdout = stdout
+        self.layer = layer
+
+    def write(self, data: bytes) -> Any:  # a raw file's may be None (nothing written, non-blocking)
+        try:
+            return self.layer.write(data)
+        except OSError as exc:
+            self.stdout.failure = exc
+            raise
+
+    def writelines(self, blocks: list[bytes]) -> None:
+        for block in blocks:
+            self.write(block)
+
+    def flush(self) -> None:
+        try:
+            self.layer.flush()
+        except OSError as exc:
+            self.stdout.failure = exc
+            raise
+
+    @property
+    def raw(self) -> _WatchedStdoutBytes:
+        """The raw file below stdout's bytes, watched too; none below a raw file (``AttributeError``)."""
+        return _WatchedStdoutBytes(self.stdout, self.layer.raw)
+
+    def __getattr__(self, name: str) -> Any:  # fileno, mode...: the layer's own
+        return getattr(self.layer, name)
 
 
 class _GuardedStderr:
@@ -188,27 +230,31 @@ class _GuardedStderr:
     @property
     def buffer(self) -> _GuardedStderrBytes:
         """Stderr's bytes, guarded as its text is: ``sys.stderr.buffer`` was stderr's own, and a command
-        writing bytes through it (a tool's output passed on) ended so with status 1 and a traceback."""
-        return _GuardedStderrBytes(self.stream)
+        writing bytes through it (a tool's output passed on) ended so with status 1 and a traceback.
+        None where stderr has no bytes below its text (an ``io.StringIO``: pytest's capture, a caller's
+        redirect): ``AttributeError``, as stderr's own, so ``hasattr(sys.stderr, "buffer")`` tells true."""
+        return _GuardedStderrBytes(None if self.stream is None else self.stream.buffer)
 
     def __getattr__(self, name: str) -> Any:  # fileno, isatty, encoding...: stderr's own
         return getattr(self.stream, name)
 
 
 class _GuardedStderrBytes:
-    """``stream.buffer`` (stderr's bytes), whose writes never fail, as ``_GuardedStderr``'s own: what
-    cannot be written is dropped and the stream sent to devnull; with stderr closed, all is dropped."""
+    """``layer``, below stderr's text (its bytes, or below them its raw file), whose writes never fail,
+    as ``_GuardedStderr``'s own: what cannot be written is dropped and the stream sent to devnull; with
+    stderr closed (``layer`` None), all is dropped."""
 
-    def __init__(self, stream: TextIO | None) -> None:
-        self.stream = stream
+    def __init__(self, layer: Any) -> None:
+        self.layer = layer
 
     def write(self, data: bytes) -> int:
-        if self.stream is None:
+        if self.layer is None:
             return memoryview(data).nbytes
         try:
-            return self.stream.buffer.write(data)
+            written: int = self.layer.write(data)
+            return written
         except OSError:
-            _to_devnull(self.stream)
+            _to_devnull(self.layer)
             return memoryview(data).nbytes
 
     def writelines(self, blocks: list[bytes]) -> None:
@@ -216,12 +262,18 @@ class _GuardedStderrBytes:
             self.write(block)
 
     def flush(self) -> None:
-        if self.stream is None:
+        if self.layer is None:
             return
         try:
-            self.stream.buffer.flush()
+            self.layer.flush()
         except OSError:
-            _to_devnull(self.stream)
+            _to_devnull(self.layer)
 
-    def __getattr__(self, name: str) -> Any:  # fileno, raw, mode...: stderr's buffer's own
-        return getattr(self.stream.buffer if self.stream is not None else None, name)
+    @property
+    def raw(self) -> _GuardedStderrBytes:
+        """The raw file below stderr's bytes, guarded too: ``.raw`` was the unguarded file. None below a
+        raw file (``AttributeError``); with stderr closed, one that drops all."""
+        return _GuardedStderrBytes(None if self.layer is None else self.layer.raw)
+
+    def __getattr__(self, name: str) -> Any:  # fileno, mode...: the layer's own
+        return getattr(self.layer, name)
