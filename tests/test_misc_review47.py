@@ -102,3 +102,13 @@ def test_bytes_written_on_stdout_still_reach_it() -> None:
     done = _run_planted("sys.stdout.buffer.write(b'a'); sys.stdout.buffer.raw.write(b'b'); print('c')")
     assert (done.returncode, done.stderr) == (3, "")
     assert sorted(done.stdout) == ["\n", "a", "b", "c"]
+
+
+def test_the_lora_retrying_alert_lists_the_trainers_poll_fault() -> None:
+    # The trainer logs a fault that is not a job's (its own, a bug) as "the poll failed; ...": the
+    # SkuforgeLoraJobsRetrying runbook listed every other line its log may say, not that one.
+    line = "the poll failed; it is tried again after the poll interval"
+    assert f'log.exception("{line}")' in (ROOT / "services/lora_trainer/stage.py").read_text()
+    ops = (ROOT / "docs/ops.md").read_text()
+    section = ops.split("### SkuforgeLoraJobsRetrying", 1)[1].split("\n### ", 1)[0]
+    assert f'"{line}"' in " ".join(section.split())
