@@ -4,14 +4,20 @@
 from __future__ import annotations
 
 import io
+import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from services.lora_trainer import stage as lora_stage
+from services.lora_trainer.stage import JOB_MAX_ATTEMPTS
 from shared.commands import run_command
+from shared.store import FileStore
+from tests.support.lora import cola_trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -112,3 +118,30 @@ def test_the_lora_retrying_alert_lists_the_trainers_poll_fault() -> None:
     ops = (ROOT / "docs/ops.md").read_text()
     section = ops.split("### SkuforgeLoraJobsRetrying", 1)[1].split("\n### ", 1)[0]
     assert f'"{line}"' in " ".join(section.split())
+
+
+def test_a_training_fault_raised_again_at_each_attempt_carries_only_that_attempts_note(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The same exception object raised at every attempt (one a library keeps and raises again) kept
+    # each attempt's note: the second attempt's reason said "attempt 1 of 3" and "attempt 2 of 3", and
+    # the failed job's reason (failed.json, "training job cannot run") carried both earlier notes.
+    kept = RuntimeError("the loss is NaN")
+
+    def diverged(*_: Any, **__: Any) -> None:
+        raise kept
+
+    monkeypatch.setattr(lora_stage, "train_lora", diverged)
+    trainer = cola_trainer(FileStore(tmp_path / "store"), FileStore(tmp_path / "registry"), tmp_path)
+    reasons = []
+    for _ in range(JOB_MAX_ATTEMPTS):
+        caplog.clear()
+        with caplog.at_level(logging.ERROR, logger="skuforge.lora-trainer"):
+            trainer.poll()
+        reasons += [getattr(r, "reason", "") for r in caplog.records if r.levelno >= logging.ERROR]
+    last = f"{JOB_MAX_ATTEMPTS} attempts failed, the last with RuntimeError: the loss is NaN"
+    noted = [
+        f"RuntimeError: the loss is NaN (attempt {n} of {JOB_MAX_ATTEMPTS})"
+        for n in range(1, JOB_MAX_ATTEMPTS)
+    ]
+    assert reasons == [*noted, last]

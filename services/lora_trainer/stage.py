@@ -552,6 +552,25 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(f"{type(exc).__name__}: {exc}".split())[: 300 - len(notes)] + notes
 
 
+_OUT_OF_MEMORY_NOTE = (
+    "out of GPU memory: tried again uncounted; if it keeps failing, give the trainer a GPU of its own or "
+    "lower SKUFORGE_LORA_RESOLUTION"
+)
+
+
+def _drop_attempt_notes(exc: BaseException) -> None:
+    """Take off ``exc`` the notes an earlier attempt put there ("attempt 1 of 3", out of GPU memory): the
+    same exception object raised at several attempts (one a library keeps and raises again) carried
+    every earlier attempt's note, and the failed job's reason all of them."""
+    notes = getattr(exc, "__notes__", None)
+    if notes:
+        notes[:] = [
+            note
+            for note in notes
+            if note != _OUT_OF_MEMORY_NOTE and not re.fullmatch(rf"attempt \d+ of {JOB_MAX_ATTEMPTS}", note)
+        ]
+
+
 def _out_of_memory(exc: BaseException) -> bool:
     """Whether ``exc`` is torch's CUDA out-of-memory error (torch is loaded by then if it can be)."""
     torch = sys.modules.get("torch")
@@ -1449,6 +1468,7 @@ class LoraTrainer:
         ``JOB_MAX_ATTEMPTS`` attempts have failed, then failed with the last reason, its type and where
         it was raised (a ``ValueError`` of torch's at a training step is such a fault, not a refusal).
         """
+        _drop_attempt_notes(error)
         if isinstance(error, (TransientError, ConfigError, OSError)):
             # A store away, or the deployment's fault (a setting met mid-job, a model folder unreadable
             # for a moment): not the job's. Counted, three polls (15 s by default) would fail the job
@@ -1456,10 +1476,7 @@ class LoraTrainer:
             raise error
         if _out_of_memory(error):
             # A note, not a line of its own: run_pending logs the job's fault once, with its traceback.
-            error.add_note(
-                "out of GPU memory: tried again uncounted; if it keeps failing, give the trainer a GPU of "
-                "its own or lower SKUFORGE_LORA_RESOLUTION"
-            )
+            error.add_note(_OUT_OF_MEMORY_NOTE)
             raise error
         reason = str(error)  # a refusal's reason, as the failed.json of earlier releases hold it
         if not isinstance(error, (TrainingError, BadInput)):
