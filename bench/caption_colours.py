@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from bench.grocery import grocery_dataset_default
 from shared.argtypes import MAX_THREADS, int_between, json_file_text, path_argument
 from shared.commands import run_command
 
@@ -202,7 +203,7 @@ def _bench(argv: list[str] | None) -> int:
     parser.add_argument(
         "--grocery-dataset",
         type=path_argument("folder"),
-        default=os.environ.get("SKUFORGE_GROCERY_DATASET") or None,
+        default=grocery_dataset_default(),
         help="GroceryStoreDataset's dataset/ folder (default: $SKUFORGE_GROCERY_DATASET)",
     )
     parser.add_argument(

@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.grocery import grocery_dataset_default
 from shared.argtypes import (
     MAX_THREADS,
     file_problem,
@@ -173,7 +174,7 @@ def _bench(argv: list[str] | None) -> int:
     parser.add_argument(
         "--grocery-dataset",
         type=path_argument("folder"),
-        default=os.environ.get("SKUFORGE_GROCERY_DATASET") or None,
+        default=grocery_dataset_default(),
         help="GroceryStoreDataset's dataset/ folder (default: $SKUFORGE_GROCERY_DATASET)",
     )
     parser.add_argument("--real-only", action="store_true", help="skip the renderer part, keep its figures")

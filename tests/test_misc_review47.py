@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from bench.grocery import grocery_dataset_default
 from services.lora_trainer import stage as lora_stage
 from services.lora_trainer.stage import JOB_MAX_ATTEMPTS
 from shared.commands import run_command
@@ -145,3 +146,26 @@ def test_a_training_fault_raised_again_at_each_attempt_carries_only_that_attempt
         for n in range(1, JOB_MAX_ATTEMPTS)
     ]
     assert reasons == [*noted, last]
+
+
+def test_the_bench_commands_read_the_grocery_dataset_variable_in_one_place() -> None:
+    # Four bench commands each wrote `os.environ.get("SKUFORGE_GROCERY_DATASET") or None` (an empty one
+    # is unset, as Compose and Helm pass one): a fifth could forget the `or None` and read "" as the
+    # current folder. Now they share bench.grocery.grocery_dataset_default.
+    readers = [
+        path.relative_to(ROOT).as_posix()
+        for path in sorted((ROOT / "bench").rglob("*.py"))
+        if 'environ.get("SKUFORGE_GROCERY_DATASET")' in path.read_text()
+    ]
+    assert readers == ["bench/grocery.py"]
+
+
+@pytest.mark.parametrize(("value", "default"), [(None, None), ("", None), ("/data/grocery", "/data/grocery")])
+def test_the_grocery_dataset_default_is_the_variable_and_an_empty_one_is_unset(
+    monkeypatch: pytest.MonkeyPatch, value: str | None, default: str | None
+) -> None:
+    if value is None:
+        monkeypatch.delenv("SKUFORGE_GROCERY_DATASET", raising=False)
+    else:
+        monkeypatch.setenv("SKUFORGE_GROCERY_DATASET", value)
+    assert grocery_dataset_default() == default

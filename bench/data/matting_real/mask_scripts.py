@@ -3,9 +3,9 @@
 without OpenCV."""
 
 import argparse
-import os
 from pathlib import Path
 
+from bench.grocery import grocery_dataset_default
 from shared.argtypes import path_argument
 
 # OpenCV is no skuforge dependency (nothing else needs it), so it is imported where it is used, after the
@@ -23,7 +23,7 @@ def add_data_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data",
         type=path_argument("folder"),
-        default=os.environ.get("SKUFORGE_GROCERY_DATASET") or None,
+        default=grocery_dataset_default(),
         help="GroceryStoreDataset's dataset/ folder (default: SKUFORGE_GROCERY_DATASET)",
     )
 
