@@ -403,6 +403,13 @@
     let kept = true;
     if (decision === "reject") kept = resolved.reject_reason === String(rejectReason).trim();
     if (decision === "approve_edited") kept = await keptMask(resolved.final_mask, sentMask);
+    if (kept === null) {
+      // The stored mask did not load (a 404, the network): which mask the task keeps is not known here.
+      say("already decided by " + task.decided_by + " (" + decision + "), in another tab or an earlier " +
+        "try; whether with this page's mask could not be checked (the stored mask did not load): reload " +
+        "the page to see the mask the task keeps", true);
+      return true;
+    }
     if (!kept) {
       const what = decision === "reject" ? "reason" : "mask";
       const theirs = decision === "reject" ? ": " + resolved.reject_reason : ", with another mask";
@@ -414,14 +421,15 @@
     return true;
   }
 
-  // Whether the corrected mask the task keeps (``ref``) has the pixels of ``sentMask``.
+  // Whether the corrected mask the task keeps (``ref``) has the pixels of ``sentMask``; null where the
+  // stored mask did not load, so that neither "saved" nor "another mask" is said of it.
   async function keptMask(ref, sentMask) {
     if (!ref || !sentMask) return false;
     let stored;
     try {
       stored = await loadMask("/tasks/" + page.taskId + "/images/corrected?v=" + ref.sha256.slice(0, 16));
     } catch (_) {
-      return false;
+      return null;
     }
     return stored.length === sentMask.length && stored.every((value, i) => value === sentMask[i]);
   }
