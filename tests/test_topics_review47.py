@@ -49,3 +49,22 @@ def test_a_topic_whose_configs_the_principal_may_not_read_is_said_to_be_unchecke
         "TopicAuthorizationFailed" in message and "min.insync.replicas check was not made" in message
         for message in warned
     ), caplog.text
+
+
+def test_a_topic_gone_before_its_configs_were_read_is_not_said_to_need_describe_configs(
+    kafka_bootstrap: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A topic deleted between being listed and described answers UnknownTopicOrPartition: it has
+    nothing to compare (as its missing configs always meant), and was told to grant DescribeConfigs."""
+    from kafka import KafkaAdminClient
+
+    from shared.bus import _low_configs
+
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap, client_id="skuforge-review47")
+    try:
+        with caplog.at_level(logging.WARNING, logger="shared.bus"):
+            low = _low_configs(admin, ["skuforge-review47-never-made"], 3)
+    finally:
+        admin.close()
+    assert low == {}
+    assert "DescribeConfigs" not in caplog.text and "was not made" not in caplog.text
