@@ -10,9 +10,7 @@ The queue's filter form is checked here too, as only a browser applies the form'
 
 from __future__ import annotations
 
-import os
 import re
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,33 +21,23 @@ from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 import pytest
-import uvicorn
 
-from devstack.broker import free_port
 from services.console.decisions import mask_from_ref
 from shared.errors import TransientError
 from shared.images import decode_mask
 from tests.support.console import (
     ConsoleParts,
     accepted_envelope,
-    app_for,
     build_console,
     flagged_item,
     pending_envelope,
     record_as,
 )
+from tests.support.console_browser import fresh_tab, launch_chromium, require_chromium, serving
 from tests.support.polling import wait_for
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-]
 LEASE_S = 6.0  # the page renews every 2 s, so a test sees a renewal within seconds
 IDLE_S = 8.0  # without a key press or click for this long, the page stops renewing
 
@@ -63,21 +51,12 @@ class Served:
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[Served]:
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium chromium-driver (see .ci/run)")
+    require_chromium()
     parts = build_console(tmp_path, lease_s=LEASE_S, idle_s=IDLE_S)
     envelope = pending_envelope(flagged_item(parts.store, 0))
     parts.tasks.add_pending(envelope)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app_for(parts), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, name="console-web", daemon=True)
-    thread.start()
-    try:
-        wait_for("the console to start", lambda: server.started, timeout_s=30)
+    with serving(parts) as port:
         yield Served(parts, f"http://127.0.0.1:{port}", envelope.event_id)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 @pytest.fixture
@@ -85,11 +64,9 @@ def page(served: Served) -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        browser = launch_chromium(playwright)
         try:
-            tab = browser.new_context(viewport={"width": 1400, "height": 950}).new_page()
-            tab.set_default_timeout(15_000)
-            yield tab
+            yield fresh_tab(browser, timeout_ms=15_000)
         finally:
             browser.close()
 

@@ -12,17 +12,13 @@ import logging
 import os
 import re
 import socket
-import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 from starlette.testclient import TestClient
 
-from devstack.broker import free_port
 from services.console import app as console_app
 from services.console.decisions import REJECT_REASONS
 from services.console.withdrawn import WithdrawalSweep
@@ -38,6 +34,13 @@ from tests.support.console import (
     login,
     use_cli_on,
     with_flagged,
+)
+from tests.support.console_browser import (
+    claimed_in_browser,
+    losing_the_first_answer,
+    new_tab,
+    serving,
+    stroke_on_overlay,
 )
 from tests.support.polling import wait_for
 
@@ -190,21 +193,6 @@ def test_get_logout_without_a_session_goes_to_the_login_form_not_back_to_logout(
     assert (response.status_code, response.headers["location"]) == (303, "/login")
 
 
-@contextmanager
-def serving(parts: ConsoleParts) -> Iterator[int]:
-    """``parts``' app behind a real uvicorn on 127.0.0.1; yields its port."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app_for(parts), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, name="console-web", daemon=True)
-    thread.start()
-    try:
-        wait_for("the console to start", lambda: server.started, timeout_s=30)
-        yield port
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-
-
 @pytest.fixture
 def served_port(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
     """The console's app behind a real uvicorn, a body's bytes awaited 1 s at most."""
@@ -253,61 +241,23 @@ def test_a_whole_body_is_read_as_before(served_port: int) -> None:
     assert answer.startswith(b"HTTP/1.1 422 "), answer  # the form's password missing: read and answered
 
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-]
-
-
 @pytest.mark.slow
 def test_a_decision_sent_again_after_its_answer_was_lost_is_shown_as_saved(tmp_path: Path) -> None:
     # Before, the second press read "not saved: task ... is already approved", though the first try's
     # decision was recorded (its answer lost to a network error): the reviewer could not tell.
-    from playwright.sync_api import Route, sync_playwright
-
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium chromium-driver (see .ci/run)")
-    parts = with_flagged(build_console(tmp_path), 1)
-    [task] = parts.tasks.query()
     tries: list[str] = []
 
-    def lose_the_first_answer(route: Route) -> None:
-        tries.append(route.request.method)
-        if len(tries) == 1:
-            route.fetch()  # the server records the decision ...
-            route.abort()  # ... and its answer never reaches the page
-        else:
-            route.continue_()
+    with claimed_in_browser(tmp_path) as (parts, task, tab):
+        tab.route("**/api/tasks/*/decision", losing_the_first_answer(tries))
 
-    with serving(parts) as port, sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            tab: Any = browser.new_context(viewport={"width": 1400, "height": 950}).new_page()
-            tab.set_default_timeout(30_000)
-            base = f"http://127.0.0.1:{port}"
-            tab.goto(base + "/")
-            tab.fill("#reviewer", "alice")
-            tab.fill("#password", "alice-password")
-            tab.click("#login")
-            tab.wait_for_url(base + "/")
-            tab.click(f'tr[data-task-id="{task.task_id}"] button.claim')
-            tab.wait_for_selector("body[data-ready='1']")
-            tab.route("**/api/tasks/*/decision", lose_the_first_answer)
+        tab.keyboard.press("p")
+        tab.wait_for_selector("#status.error:has-text('not saved')")
+        assert parts.tasks.get(task.task_id).state == "approved"  # saved all the same
+        tab.keyboard.press("p")  # the reviewer tries again
 
-            tab.keyboard.press("p")
-            tab.wait_for_selector("#status.error:has-text('not saved')")
-            assert parts.tasks.get(task.task_id).state == "approved"  # saved all the same
-            tab.keyboard.press("p")  # the reviewer tries again
-
-            tab.wait_for_selector("#status:has-text('saved by an earlier try')")
-            assert "error" not in (tab.get_attribute("#status", "class") or "")
-            assert tab.get_attribute("body", "data-decided") == "approve_predicted"
-        finally:
-            browser.close()
+        tab.wait_for_selector("#status:has-text('saved by an earlier try')")
+        assert "error" not in (tab.get_attribute("#status", "class") or "")
+        assert tab.get_attribute("body", "data-decided") == "approve_predicted"
     assert len(tries) == 2
     assert [entry.action for entry in parts.tasks.audit(task.task_id)].count("approve_predicted") == 1
 
@@ -320,62 +270,34 @@ def test_a_conflicting_decision_from_a_second_tab_is_not_shown_as_saved(
     # Before, one reviewer with the item open in two tabs saved a decision in the first, then the same
     # decision with another mask (or reason) in the second: its 409 read "saved by an earlier try", though
     # the second tab's edit was discarded and the first's was what the task kept.
-    from playwright.sync_api import sync_playwright
+    with claimed_in_browser(tmp_path) as (parts, task, first):
+        # the same reviewer, the same session, the same held item
+        second = new_tab(first.context)
+        second.goto(first.url)
+        second.wait_for_selector("body[data-ready='1']")
 
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium chromium-driver (see .ci/run)")
-    parts = with_flagged(build_console(tmp_path), 1)
-    [task] = parts.tasks.query()
+        if decision == "approve_edited":
+            first.keyboard.press("E")  # the expected mask, as edited
+            first.keyboard.press("a")
+            stroke_on_overlay(second)  # on the predicted mask: other pixels than the first tab's
+            wait_for("the first tab's decision", lambda: parts.tasks.get(task.task_id).decision == decision)
+            second.keyboard.press("a")
+        else:
+            for tab, index in ((first, 0), (second, 1)):  # two different reasons from the list
+                tab.keyboard.press("r")
+                tab.select_option("#reject-reason", index=index)
+                tab.click("#reject-confirm")
+                if tab is first:
+                    wait_for(
+                        "the first tab's decision",
+                        lambda: parts.tasks.get(task.task_id).decision == decision,
+                    )
 
-    with serving(parts) as port, sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            context = browser.new_context(viewport={"width": 1400, "height": 950})
-            first: Any = context.new_page()
-            first.set_default_timeout(30_000)
-            base = f"http://127.0.0.1:{port}"
-            first.goto(base + "/")
-            first.fill("#reviewer", "alice")
-            first.fill("#password", "alice-password")
-            first.click("#login")
-            first.wait_for_url(base + "/")
-            first.click(f'tr[data-task-id="{task.task_id}"] button.claim')
-            first.wait_for_selector("body[data-ready='1']")
-            second: Any = context.new_page()  # the same reviewer, the same session, the same held item
-            second.set_default_timeout(30_000)
-            second.goto(first.url)
-            second.wait_for_selector("body[data-ready='1']")
-
-            if decision == "approve_edited":
-                first.keyboard.press("E")  # the expected mask, as edited
-                first.keyboard.press("a")
-                box = second.locator("#overlay").bounding_box()
-                second.mouse.move(box["x"] + 5, box["y"] + 5)
-                second.mouse.down()  # a stroke on the predicted mask: other pixels than the first tab's
-                second.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2, steps=8)
-                second.mouse.up()
-                wait_for(
-                    "the first tab's decision", lambda: parts.tasks.get(task.task_id).decision == decision
-                )
-                second.keyboard.press("a")
-            else:
-                for tab, index in ((first, 0), (second, 1)):  # two different reasons from the list
-                    tab.keyboard.press("r")
-                    tab.select_option("#reject-reason", index=index)
-                    tab.click("#reject-confirm")
-                    if tab is first:
-                        wait_for(
-                            "the first tab's decision",
-                            lambda: parts.tasks.get(task.task_id).decision == decision,
-                        )
-
-            second.wait_for_selector("#status:has-text('saved')")  # either answer
-            status = second.text_content("#status")
-            assert "already decided by alice" in status and "was not saved" in status, status
-            assert "error" in (second.get_attribute("#status", "class") or "")
-            assert second.get_attribute("body", "data-decided") is None
-        finally:
-            browser.close()
+        second.wait_for_selector("#status:has-text('saved')")  # either answer
+        status = second.text_content("#status")
+        assert "already decided by alice" in status and "was not saved" in status, status
+        assert "error" in (second.get_attribute("#status", "class") or "")
+        assert second.get_attribute("body", "data-decided") is None
     assert [entry.action for entry in parts.tasks.audit(task.task_id)].count(decision) == 1
 
 
@@ -385,21 +307,7 @@ def test_an_edit_or_rejection_sent_again_after_its_answer_was_lost_is_shown_as_s
     tmp_path: Path, decision: str
 ) -> None:
     # The task keeps what the lost try sent (its mask's pixels, its reason): the same sent again is saved.
-    from playwright.sync_api import Route, sync_playwright
-
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium chromium-driver (see .ci/run)")
-    parts = with_flagged(build_console(tmp_path), 1)
-    [task] = parts.tasks.query()
     tries: list[str] = []
-
-    def lose_the_first_answer(route: Route) -> None:
-        tries.append(route.request.method)
-        if len(tries) == 1:
-            route.fetch()
-            route.abort()
-        else:
-            route.continue_()
 
     def send(tab: Any) -> None:
         if decision == "approve_edited":
@@ -409,33 +317,15 @@ def test_an_edit_or_rejection_sent_again_after_its_answer_was_lost_is_shown_as_s
             tab.select_option("#reject-reason", index=1)
             tab.click("#reject-confirm")
 
-    with serving(parts) as port, sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            tab: Any = browser.new_context(viewport={"width": 1400, "height": 950}).new_page()
-            tab.set_default_timeout(30_000)
-            base = f"http://127.0.0.1:{port}"
-            tab.goto(base + "/")
-            tab.fill("#reviewer", "alice")
-            tab.fill("#password", "alice-password")
-            tab.click("#login")
-            tab.wait_for_url(base + "/")
-            tab.click(f'tr[data-task-id="{task.task_id}"] button.claim')
-            tab.wait_for_selector("body[data-ready='1']")
-            box = tab.locator("#overlay").bounding_box()
-            tab.mouse.move(box["x"] + 5, box["y"] + 5)
-            tab.mouse.down()  # an edited mask (used by approve_edited; a rejection keeps no mask)
-            tab.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2, steps=8)
-            tab.mouse.up()
-            tab.route("**/api/tasks/*/decision", lose_the_first_answer)
+    with claimed_in_browser(tmp_path) as (_, _, tab):
+        stroke_on_overlay(tab)  # an edited mask (used by approve_edited; a rejection keeps no mask)
+        tab.route("**/api/tasks/*/decision", losing_the_first_answer(tries))
 
-            send(tab)
-            tab.wait_for_selector("#status.error:has-text('not saved')")
-            send(tab)
+        send(tab)
+        tab.wait_for_selector("#status.error:has-text('not saved')")
+        send(tab)
 
-            tab.wait_for_selector("#status:has-text('saved by an earlier try')")
-            assert "error" not in (tab.get_attribute("#status", "class") or "")
-            assert tab.get_attribute("body", "data-decided") == decision
-        finally:
-            browser.close()
+        tab.wait_for_selector("#status:has-text('saved by an earlier try')")
+        assert "error" not in (tab.get_attribute("#status", "class") or "")
+        assert tab.get_attribute("body", "data-decided") == decision
     assert len(tries) == 2

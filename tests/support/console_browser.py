@@ -1,0 +1,125 @@
+"""Helpers for the console's browser tests: the web app behind a real uvicorn, Debian's headless chromium
+driven by Playwright, a reviewer's page logged in and holding an item."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+
+from devstack.broker import free_port
+from services.console.tasks import Task
+from tests.support.console import ConsoleParts, app_for, build_console, with_flagged
+from tests.support.polling import wait_for
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+]
+VIEWPORT = {"width": 1400, "height": 950}
+
+
+def require_chromium() -> None:
+    """Fail (not skip) the test when the browser is not installed: CI installs it."""
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium chromium-driver (see .ci/run)")
+
+
+def fresh_tab(browser: Any, timeout_ms: int = 30_000) -> Any:
+    """A page of ``browser`` in a fresh context at the tests' window size (a new session)."""
+    return new_tab(browser.new_context(viewport=VIEWPORT), timeout_ms)
+
+
+def launch_chromium(playwright: Any) -> Any:
+    """Headless chromium launched by ``playwright`` (a sync_playwright() context); close it when done."""
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+
+
+def new_tab(context: Any, timeout_ms: int = 30_000) -> Any:
+    """A page in ``context`` (a Playwright browser context: another tab of the same session) whose waits
+    give up after ``timeout_ms``."""
+    tab = context.new_page()
+    tab.set_default_timeout(timeout_ms)
+    return tab
+
+
+@contextmanager
+def serving(parts: ConsoleParts) -> Iterator[int]:
+    """``parts``' app behind a real uvicorn on 127.0.0.1; yields its port."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app_for(parts), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="console-web", daemon=True)
+    thread.start()
+    try:
+        wait_for("the console to start", lambda: server.started, timeout_s=30)
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def open_claimed_item(tab: Any, port: int, task_id: str) -> None:
+    """Log alice in on ``tab`` through the form, claim ``task_id`` from the queue and wait for its page."""
+    base = f"http://127.0.0.1:{port}"
+    tab.goto(base + "/")
+    tab.fill("#reviewer", "alice")
+    tab.fill("#password", "alice-password")
+    tab.click("#login")
+    tab.wait_for_url(base + "/")
+    tab.click(f'tr[data-task-id="{task_id}"] button.claim')
+    tab.wait_for_selector("body[data-ready='1']")
+
+
+def stroke_on_overlay(tab: Any) -> None:
+    """A drag across the mask overlay, from its corner to its middle: an edited mask."""
+    box = tab.locator("#overlay").bounding_box()
+    tab.mouse.move(box["x"] + 5, box["y"] + 5)
+    tab.mouse.down()
+    tab.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2, steps=8)
+    tab.mouse.up()
+
+
+def losing_the_first_answer(tries: list[str]) -> Callable[[Any], None]:
+    """A Playwright route handler that lets the server answer the first request but never passes the
+    answer to the page (a network error after the decision was recorded); later ones go through.
+    Each request's method is appended to ``tries``."""
+
+    def handle(route: Any) -> None:
+        tries.append(route.request.method)
+        if len(tries) == 1:
+            route.fetch()  # the server records the decision ...
+            route.abort()  # ... and its answer never reaches the page
+        else:
+            route.continue_()
+
+    return handle
+
+
+@contextmanager
+def claimed_in_browser(tmp_path: Path) -> Iterator[tuple[ConsoleParts, Task, Any]]:
+    """A console in ``tmp_path`` with one flagged task, served, and a chromium tab in which alice has
+    claimed it: yields the console's parts, the task and the tab (its ``context`` opens a second tab of
+    the same session). The browser is closed on leaving; the parts can be read after."""
+    from playwright.sync_api import sync_playwright
+
+    require_chromium()
+    parts = with_flagged(build_console(tmp_path), 1)
+    [task] = parts.tasks.query()
+    with serving(parts) as port, sync_playwright() as playwright:
+        browser = launch_chromium(playwright)
+        try:
+            tab = fresh_tab(browser)
+            open_claimed_item(tab, port, task.task_id)
+            yield parts, task, tab
+        finally:
+            browser.close()
