@@ -4,7 +4,6 @@ and images still have folders in the retraining store."""
 from __future__ import annotations
 
 import io
-import json
 import shutil
 from pathlib import Path
 
@@ -16,26 +15,13 @@ from services.ingest import ingest
 from services.ingest.ingest import IngestError, ingest_path, withdraw_skus
 from shared.config import load_settings
 from shared.store import FileStore
-from shared.trainstore.manifest import ManifestRow, ManifestStore
 from shared.trainstore.settings import TrainstoreSettings
 from shared.trainstore.withdrawals import Withdrawals
 from skuforge_cli.main import main as cli_main
 from tests.support.bus import file_store_uri, isolated_settings
+from tests.support.ingest import sku_folder, spoil_manifest_part, stored_reference
 
 PREFIX = "trainstore"
-
-
-def _sku(root: Path, folder: str, sku_id: str) -> Path:
-    """A SKU folder of one photo under ``root``."""
-    path = root / folder
-    path.mkdir(parents=True)
-    (path / "metadata.json").write_text(
-        json.dumps({"sku_id": sku_id, "name": "Oat drink", "category": "carton"})
-    )
-    y, x = np.mgrid[0:240, 0:320].astype(float)
-    picture = np.stack([x / 2, y, (x + y) / 3], axis=-1).astype(np.uint8)
-    Image.fromarray(picture).save(path / "IMG_1.jpg")
-    return path
 
 
 def test_a_sku_id_differing_only_in_case_from_a_withdrawn_sku_is_refused(tmp_path: Path) -> None:
@@ -48,21 +34,10 @@ def test_a_sku_id_differing_only_in_case_from_a_withdrawn_sku_is_refused(tmp_pat
     settings = isolated_settings("localhost:1", file_store_uri(tmp_path / "store"))
     trainstore = load_settings(TrainstoreSettings, trainstore_prefix=PREFIX)
     store.put_bytes("incoming/oatly-001/0123456789abcdef.png", b"an earlier photo", "image/png")
-    manifests = ManifestStore(store, PREFIX)
-    image = "images/oatly-001/real/0123456789abcdef.png"
-    store.put_bytes(manifests.key(image), b"png", "image/png")
-    row = ManifestRow(
-        item_id="0123456789abcdef",
-        sku_id="oatly-001",
-        category="carton",
-        source="real",
-        image=image,
-        status="reference",
-    )
-    manifests.append("oatly-001", [row])
+    stored_reference(store, PREFIX, "oatly-001")
     withdraw_skus(["oatly-001"], settings, store=store, tell=lambda _: None, trainstore=trainstore)
     assert list(store.list_keys("incoming/")) == []
-    folder = _sku(tmp_path / "batch", "oatly", "OATLY-001")
+    folder = sku_folder(tmp_path / "batch", "oatly", "OATLY-001")
 
     # No broker at all: the refusal comes before Kafka is reached, as the folders' own problems do.
     with pytest.raises(IngestError) as refused:
@@ -85,20 +60,8 @@ def test_withdraw_sku_of_a_sku_with_an_unreadable_manifest_part_says_to_run_it_a
     replay)": its user had no dead letter to replay, and was not told that nothing was withdrawn, nor
     that the command itself is what to run again."""
     store = FileStore(tmp_path / "store")
-    manifests = ManifestStore(store, PREFIX)
-    image = "images/A-1/real/0123456789abcdef.png"
-    store.put_bytes(manifests.key(image), b"png", "image/png")
-    row = ManifestRow(
-        item_id="0123456789abcdef",
-        sku_id="A-1",
-        category="carton",
-        source="real",
-        image=image,
-        status="reference",
-    )
-    manifests.append("A-1", [row])
-    [part] = list(store.list_keys(manifests.key("manifests/A-1/")))
-    store.put_bytes(part, store.get_bytes(part).replace(b'"real"', b'"imaginary"'))
+    manifests = stored_reference(store, PREFIX, "A-1")
+    part = spoil_manifest_part(store, manifests, "A-1")
     monkeypatch.setenv("SKUFORGE_STORE_URI", file_store_uri(tmp_path / "store"))
     monkeypatch.setenv("SKUFORGE_TRAINSTORE_PREFIX", PREFIX)
 
@@ -127,7 +90,7 @@ def test_a_second_cut_out_of_the_picture_with_another_outline_is_said_to_be_drop
     """ "b-cut-out.png is the same picture as a-cut-out.png and is not ingested a second time": the
     picture is, but its outline (the product's mask the captioner takes) is another, and which of the two
     became the mask went unsaid."""
-    folder = _sku(tmp_path, "A", "A-1")
+    folder = sku_folder(tmp_path, "A", "A-1")
     (folder / "IMG_1.jpg").unlink()
     first, second = _cut_outs(folder)
 
@@ -147,7 +110,7 @@ def test_a_second_cut_out_of_the_picture_with_another_outline_is_said_to_be_drop
 
 
 def test_a_second_cut_out_with_the_same_outline_is_still_just_a_copy(tmp_path: Path) -> None:
-    folder = _sku(tmp_path, "A", "A-1")
+    folder = sku_folder(tmp_path, "A", "A-1")
     (folder / "IMG_1.jpg").unlink()
     first, _ = _cut_outs(folder)
     shutil.copy(first, folder / "c-copy.png")

@@ -2,33 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from schemas.topics import SKU_INGESTED
 from shared.store import FileStore
-from shared.trainstore.manifest import ManifestRow, ManifestStore
 from skuforge_cli.main import main as cli_main
 from tests.support.bus import create_topics, file_store_uri, isolated_settings, record_count
+from tests.support.ingest import sku_folder, spoil_manifest_part, stored_reference
 
 PREFIX = "trainstore"
-
-
-def _sku(root: Path, folder: str, sku_id: str) -> Path:
-    """A SKU folder of one photo under ``root``."""
-    path = root / folder
-    path.mkdir(parents=True)
-    (path / "metadata.json").write_text(
-        json.dumps({"sku_id": sku_id, "name": "Oat drink", "category": "carton"})
-    )
-    y, x = np.mgrid[0:240, 0:320].astype(float)
-    picture = np.stack([x / 2, y, (x + y) / 3], axis=-1).astype(np.uint8)
-    Image.fromarray(picture).save(path / "IMG_1.jpg")
-    return path
 
 
 def test_an_ingest_meeting_an_unreadable_manifest_part_names_it_and_says_to_run_the_ingest_again(
@@ -42,22 +26,10 @@ def test_an_ingest_meeting_an_unreadable_manifest_part_names_it_and_says_to_run_
     store = FileStore(tmp_path / "store")
     settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path / "store"))
     create_topics(settings, SKU_INGESTED, partitions=1)
-    manifests = ManifestStore(store, PREFIX)
-    image = "images/B-1/real/0123456789abcdef.png"
-    store.put_bytes(manifests.key(image), b"png", "image/png")
-    row = ManifestRow(
-        item_id="0123456789abcdef",
-        sku_id="B-1",
-        category="carton",
-        source="real",
-        image=image,
-        status="reference",
-    )
-    manifests.append("B-1", [row])
-    [part] = list(store.list_keys(manifests.key("manifests/B-1/")))
-    store.put_bytes(part, store.get_bytes(part).replace(b'"real"', b'"imaginary"'))
-    _sku(tmp_path / "batch", "a", "A-1")
-    _sku(tmp_path / "batch", "b", "B-1")
+    manifests = stored_reference(store, PREFIX, "B-1")
+    part = spoil_manifest_part(store, manifests, "B-1")
+    sku_folder(tmp_path / "batch", "a", "A-1")
+    sku_folder(tmp_path / "batch", "b", "B-1")
     monkeypatch.setenv("SKUFORGE_KAFKA_BOOTSTRAP", kafka_bootstrap)
     monkeypatch.setenv("SKUFORGE_TOPIC_NAMESPACE", settings.topic_namespace)
     monkeypatch.setenv("SKUFORGE_STORE_URI", file_store_uri(tmp_path / "store"))
