@@ -17,11 +17,11 @@ from schemas.events import AdapterPublished, CaptionedPhoto, CorrectionResolved,
 from schemas.topics import ADAPTER_PUBLISHED, CORRECTION_RESOLVED, SKU_CAPTIONED
 from services.lora_trainer.stage import PREFIX
 from shared.bus import make_envelope, read_envelope
-from shared.captioning.prompts import compose_caption, compose_tags, merge_sentence, sku_prompts
+from shared.captioning.prompts import compose_caption, compose_tags, merge_sentence
 from shared.store import FileStore
 from tests.support.gate import matted_item, resolved
 from tests.support.lora import _trainer
-from tests.support.schemas import committed_schema
+from tests.support.schemas import adapter_envelope, captioned_envelope, committed_schema
 
 # -- a text over its length is refused in characters ---------------------------------------------------
 
@@ -88,10 +88,9 @@ _IMAGE = ImageRef(uri="file:///store/p.png", sha256="0" * 64, bytes=10, width=8,
 def _captioned_envelope() -> dict[str, Any]:
     """A sku.captioned as the captioner writes one (a usable photo and an unusable one), as JSON."""
     sku = SkuMetadata(sku_id="SKU-1", name="Cola", category="soda can")
-    prompts = sku_prompts(sku)
-    payload = SkuCaptioned(
-        sku=sku,
-        photos=[
+    return captioned_envelope(
+        sku,
+        [
             CaptionedPhoto(
                 photo_id="p0",
                 image=_IMAGE,
@@ -105,17 +104,7 @@ def _captioned_envelope() -> dict[str, Any]:
             ),
             CaptionedPhoto(photo_id="p1", image=_IMAGE, usable=False, unusable_reason="blank_photo"),
         ],
-        instance_token=prompts.instance_token,
-        class_noun=prompts.class_noun,
-        instance_prompt=prompts.instance_prompt,
-        class_prompt=prompts.class_prompt,
-        negative_prompt=prompts.negative_prompt,
-        captioner="attributes",
     )
-    envelope = make_envelope(
-        SKU_CAPTIONED, payload, event_id="d" * 32, sku_id="SKU-1", trace_id="t", producer="x"
-    )
-    return envelope.model_dump(mode="json")
 
 
 _CAPTIONER_TEXT: list[list[str | int]] = [
@@ -200,22 +189,8 @@ def test_what_the_captioner_writes_from_any_metadata_the_contract_takes_is_taken
         colours=["red", "white"],
         view="tilted front view",
     )
-    prompts = sku_prompts(sku)
-    payload = SkuCaptioned(
-        sku=sku,
-        photos=[photo],
-        instance_token=prompts.instance_token,
-        class_noun=prompts.class_noun,
-        instance_prompt=prompts.instance_prompt,
-        class_prompt=prompts.class_prompt,
-        negative_prompt=prompts.negative_prompt,
-        captioner="attributes",
-    )
-    envelope = make_envelope(
-        SKU_CAPTIONED, payload, event_id="d" * 32, sku_id="SKU-1", trace_id="t", producer="x"
-    )
     jsonschema.Draft202012Validator(committed_schema(SKU_CAPTIONED)).validate(
-        envelope.model_dump(mode="json")
+        captioned_envelope(sku, [photo])
     )
 
 
@@ -249,32 +224,6 @@ def _resolved_envelope(tmp_path: Path) -> dict[str, Any]:
         sku_id=matted.generated.sku.sku_id,
         trace_id="t",
         producer="console",
-    )
-    return envelope.model_dump(mode="json")
-
-
-def _adapter_envelope(series: str) -> dict[str, Any]:
-    """The LoRA trainer's adapter.published of a specialised adapter for ``series``, as JSON."""
-    adapter = AdapterPublished(
-        adapter_id="cola-0123456789ab",
-        kind="specialized",
-        series=series,
-        base_model="sd15-inpaint",
-        registry_uri="file:///registry/cola-0123456789ab",
-        weights_sha256="0" * 64,
-        training_set_sha256="1" * 64,
-        sku_ids=["SKU-1"],
-        instance_images=4,
-        class_images=8,
-        steps=100,
-    )
-    envelope = make_envelope(
-        ADAPTER_PUBLISHED,
-        adapter,
-        event_id="a" * 32,
-        sku_id=adapter.adapter_id,
-        trace_id="t",
-        producer="trainer",
     )
     return envelope.model_dump(mode="json")
 
@@ -315,7 +264,7 @@ def test_an_adapter_series_with_one_is_refused_to_a_producer_and_read_escaped_fr
 ) -> None:
     # It took any text, where the SKUs' series it names refuses these: another producer's went on to
     # `skuforge adapters list` and the generator's logs.
-    written = _adapter_envelope("Cola")
+    written = adapter_envelope("Cola")
     written["payload"]["series"] = text
     with pytest.raises(ValidationError) as refused_model:
         AdapterPublished.model_validate(written["payload"])
@@ -331,7 +280,7 @@ def test_every_series_a_sku_takes_an_adapter_takes() -> None:
     # The trainer copies a SKU's series as it is: a line separator, a joiner or a mark there is no refusal.
     series = "Zero\u2028Series क्\u200dष \u200f"
     SkuMetadata(sku_id="SKU-1", name="Cola", category="soda can", series=series)
-    written = _adapter_envelope(series)
+    written = adapter_envelope(series)
     jsonschema.Draft202012Validator(committed_schema(ADAPTER_PUBLISHED)).validate(written)
     assert read_envelope(ADAPTER_PUBLISHED, json.dumps(written)).payload.series == series
 
@@ -340,7 +289,7 @@ def test_a_published_marker_the_trainer_stored_from_before_still_reads(tmp_path:
     # The trainer keeps each adapter's event as its published/ marker and reads it back to count a
     # roll-back's publication: one with a series the contract refuses since would be an unreadable record.
     store = FileStore(tmp_path)
-    written = _adapter_envelope("Cola")["payload"]
+    written = adapter_envelope("Cola")["payload"]
     written["series"] = "Cola\x1b[2J"
     store.put_json(f"{PREFIX}/published/cola-0123456789ab.json", written)
     marker = _trainer(store)._marker(f"{PREFIX}/published/cola-0123456789ab.json")

@@ -20,7 +20,7 @@ from shared.generation.adapters import AdapterRegistry
 from shared.store import FileStore
 from tests.support.gate import captioned, matted_item
 from tests.support.lora import _trainer, gate_accepted, model_folder, record_accepted_event, trainer_on
-from tests.support.schemas import committed_schema
+from tests.support.schemas import adapter_envelope, committed_schema
 
 _REFUSED = [
     ("red\u202ecan", "bidirectional control character (U+202E at character 4)"),
@@ -97,35 +97,13 @@ def test_the_generator_writes_prompts_the_contract_takes_from_any_captioned_even
 # -- an adapter's training prompts: one line, escaped where an event or a stored record holds them -------
 
 
-def _adapter_envelope(training_prompt: str) -> dict[str, Any]:
-    """The LoRA trainer's adapter.published of a series' adapter trained on ``training_prompt``, as JSON."""
-    adapter = AdapterPublished(
-        adapter_id="cola-0123456789ab",
-        kind="specialized",
-        series="Cola",
-        base_model="sd15-inpaint",
-        registry_uri="file:///registry/cola-0123456789ab",
-        weights_sha256="0" * 64,
-        training_set_sha256="1" * 64,
-        sku_ids=["SKU-1"],
-        instance_images=4,
-        class_images=8,
-        steps=100,
-        training_prompts=["a photo of a can", training_prompt],
-    )
-    envelope = make_envelope(
-        ADAPTER_PUBLISHED, adapter, event_id="a" * 32, sku_id=adapter.adapter_id, trace_id="t", producer="x"
-    )
-    return envelope.model_dump(mode="json")
-
-
 @pytest.mark.parametrize(("text", "named"), _REFUSED, ids=_REFUSED_IDS)
 def test_a_training_prompt_with_one_is_refused_to_a_producer_and_read_escaped_from_a_topic(
     text: str, named: str
 ) -> None:
     # They took any text: another producer's U+202E, terminal escape or newline went on to
     # `skuforge adapters list` and the registry.
-    written = _adapter_envelope("a photo of shs can, red")
+    written = adapter_envelope(training_prompts=["a photo of a can", "a photo of shs can, red"])
     written["payload"]["training_prompts"][1] = text
 
     with pytest.raises(ValidationError) as refused_model:
@@ -170,7 +148,7 @@ def test_a_published_marker_with_such_a_training_prompt_still_reads(tmp_path: Pa
     # training prompt the contract refuses since would be an unreadable record.
     store = FileStore(tmp_path)
     marker = f"{PREFIX}/published/cola-0123456789ab.json"
-    written = _adapter_envelope("a photo of shs can")["payload"]
+    written = adapter_envelope(training_prompts=["a photo of a can", "a photo of shs can"])["payload"]
     written["training_prompts"][1] = "a photo of shs can\x1b[2J"
     store.put_json(marker, written)
     assert _trainer(store)._marker(marker).training_prompts[1] == "a photo of shs can\\x1b[2J"

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from schemas.common import ImageRef, SkuMetadata
-from schemas.events import SkuIngested
+from schemas.events import AdapterPublished, CaptionedPhoto, SkuCaptioned, SkuIngested
 from schemas.jsonschema import JSON_DIR
-from schemas.topics import SKU_INGESTED, Topic
+from schemas.topics import ADAPTER_PUBLISHED, SKU_CAPTIONED, SKU_INGESTED, Topic
 from shared.bus import make_envelope
+from shared.captioning.prompts import sku_prompts
 
 
 def committed_schema(topic: Topic[Any]) -> dict[str, Any]:
@@ -27,5 +29,52 @@ def ingested_envelope() -> dict[str, Any]:
     )
     envelope = make_envelope(
         SKU_INGESTED, payload, event_id="c" * 32, sku_id="SKU-1", trace_id="t", producer="test"
+    )
+    return envelope.model_dump(mode="json")
+
+
+def captioned_envelope(sku: SkuMetadata, photos: list[CaptionedPhoto]) -> dict[str, Any]:
+    """A sku.captioned of ``photos`` as the attribute captioner writes one (``sku``'s prompts), as JSON."""
+    prompts = sku_prompts(sku)
+    payload = SkuCaptioned(
+        sku=sku,
+        photos=photos,
+        instance_token=prompts.instance_token,
+        class_noun=prompts.class_noun,
+        instance_prompt=prompts.instance_prompt,
+        class_prompt=prompts.class_prompt,
+        negative_prompt=prompts.negative_prompt,
+        captioner="attributes",
+    )
+    envelope = make_envelope(
+        SKU_CAPTIONED, payload, event_id="d" * 32, sku_id=sku.sku_id, trace_id="t", producer="x"
+    )
+    return envelope.model_dump(mode="json")
+
+
+def adapter_envelope(series: str = "Cola", training_prompts: Sequence[str] = ()) -> dict[str, Any]:
+    """The LoRA trainer's adapter.published of a specialised adapter for ``series``, trained on
+    ``training_prompts``, as JSON."""
+    adapter = AdapterPublished(
+        adapter_id="cola-0123456789ab",
+        kind="specialized",
+        series=series,
+        base_model="sd15-inpaint",
+        registry_uri="file:///registry/cola-0123456789ab",
+        weights_sha256="0" * 64,
+        training_set_sha256="1" * 64,
+        sku_ids=["SKU-1"],
+        instance_images=4,
+        class_images=8,
+        steps=100,
+        training_prompts=list(training_prompts),
+    )
+    envelope = make_envelope(
+        ADAPTER_PUBLISHED,
+        adapter,
+        event_id="a" * 32,
+        sku_id=adapter.adapter_id,
+        trace_id="t",
+        producer="trainer",
     )
     return envelope.model_dump(mode="json")
