@@ -7,9 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import pytest
-from pydantic import ValidationError
 
 from schemas.events import MAX_CAPTION_CHARS, MAX_PHRASE_CHARS, AdapterPublished, ImageGenerated
 from schemas.topics import ADAPTER_PUBLISHED, IMAGE_GENERATED, SKU_CAPTIONED
@@ -20,7 +18,7 @@ from shared.generation.adapters import AdapterRegistry
 from shared.store import FileStore
 from tests.support.gate import captioned, matted_item
 from tests.support.lora import _trainer, gate_accepted, model_folder, record_accepted_event, trainer_on
-from tests.support.schemas import adapter_envelope, committed_schema
+from tests.support.schemas import adapter_envelope, refused_then_read_escaped
 
 _REFUSED = [
     ("red\u202ecan", "bidirectional control character (U+202E at character 4)"),
@@ -58,16 +56,10 @@ def test_a_generated_prompt_with_one_is_refused_to_a_producer_and_read_escaped_f
     written = _generated_envelope(tmp_path)
     written["payload"][field] = text
 
-    with pytest.raises(ValidationError) as refused_model:
-        ImageGenerated.model_validate(written["payload"])
-    assert named in str(refused_model.value) and text not in str(refused_model.value)
-    with pytest.raises(jsonschema.ValidationError) as refused:
-        jsonschema.Draft202012Validator(committed_schema(IMAGE_GENERATED)).validate(written)
-    assert list(refused.value.absolute_path) == ["payload", field]
+    read = refused_then_read_escaped(IMAGE_GENERATED, written, [field], text, named)
 
     # One already in the topic (or a dead letter) is read with the character escaped, not dead-lettered.
-    read = read_envelope(IMAGE_GENERATED, json.dumps(written))
-    assert getattr(read.payload, field) == text.encode("unicode_escape").decode("ascii")
+    assert getattr(read, field) == text.encode("unicode_escape").decode("ascii")
 
 
 def test_the_generator_writes_prompts_the_contract_takes_from_any_captioned_event_it_reads(
@@ -106,15 +98,8 @@ def test_a_training_prompt_with_one_is_refused_to_a_producer_and_read_escaped_fr
     written = adapter_envelope(training_prompts=["a photo of a can", "a photo of shs can, red"])
     written["payload"]["training_prompts"][1] = text
 
-    with pytest.raises(ValidationError) as refused_model:
-        AdapterPublished.model_validate(written["payload"])
-    assert named in str(refused_model.value) and text not in str(refused_model.value)
-    with pytest.raises(jsonschema.ValidationError) as refused:
-        jsonschema.Draft202012Validator(committed_schema(ADAPTER_PUBLISHED)).validate(written)
-    assert list(refused.value.absolute_path) == ["payload", "training_prompts", 1]
-
-    read = read_envelope(ADAPTER_PUBLISHED, json.dumps(written))
-    assert read.payload.training_prompts[1] == text.encode("unicode_escape").decode("ascii")
+    read = refused_then_read_escaped(ADAPTER_PUBLISHED, written, ["training_prompts", 1], text, named)
+    assert read.training_prompts[1] == text.encode("unicode_escape").decode("ascii")
 
 
 def test_a_general_adapter_of_an_image_recorded_before_is_published_with_its_prompt_escaped(

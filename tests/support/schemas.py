@@ -6,11 +6,15 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+import jsonschema
+import pytest
+from pydantic import ValidationError
+
 from schemas.common import ImageRef, SkuMetadata
 from schemas.events import AdapterPublished, CaptionedPhoto, SkuCaptioned, SkuIngested
 from schemas.jsonschema import JSON_DIR
 from schemas.topics import ADAPTER_PUBLISHED, SKU_CAPTIONED, SKU_INGESTED, Topic
-from shared.bus import make_envelope
+from shared.bus import make_envelope, read_envelope
 from shared.captioning.prompts import sku_prompts
 
 
@@ -78,3 +82,18 @@ def adapter_envelope(series: str = "Cola", training_prompts: Sequence[str] = ())
         producer="trainer",
     )
     return envelope.model_dump(mode="json")
+
+
+def refused_then_read_escaped(
+    topic: Topic[Any], written: dict[str, Any], path: list[str | int], text: str, named: str
+) -> Any:
+    """Assert that ``written`` (``topic``'s envelope as JSON, holding ``text`` at ``path`` in its payload)
+    is refused to a producer, naming ``named`` and not echoing ``text``, and by the committed schema at
+    that path; returns its payload as read from the topic (where ``text`` comes escaped)."""
+    with pytest.raises(ValidationError) as refused_model:
+        topic.payload.model_validate(written["payload"])
+    assert named in str(refused_model.value) and text not in str(refused_model.value)
+    with pytest.raises(jsonschema.ValidationError) as refused:
+        jsonschema.Draft202012Validator(committed_schema(topic)).validate(written)
+    assert list(refused.value.absolute_path) == ["payload", *path]
+    return read_envelope(topic, json.dumps(written)).payload
