@@ -18,7 +18,7 @@ tuple: rows share no value a change to one of them could reach.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, get_origin, overload
 
@@ -185,9 +185,9 @@ def load_manifest(
         for name in FIELDS:
             values = sku_columns[name]
             if name in _LIST_FIELDS:
-                values = _as_tuples(values)
+                values = _frozen(values, tuple)
             elif name in _DICT_FIELDS:
-                values = _as_read_only(values)
+                values = _frozen(values, ReadOnlyDict)
             manifest.columns[name].extend(values)
     if unknown:
         # Quoted: an empty id or one with a trailing space read as "no SKU  in" (nothing named).
@@ -242,22 +242,14 @@ class ReadOnlyDict(dict[str, Any]):
         return (ReadOnlyDict, (dict(self),))
 
 
-def _as_read_only(values: list[Any]) -> list[Any]:
-    """A column of dicts as read-only dicts, one per distinct dict (``_as_tuples``, for dicts)."""
-    made: dict[int, ReadOnlyDict] = {}  # id of a dict (all alive while this runs) -> its read-only copy
+def _frozen(values: list[Any], freeze: Callable[[Any], Any]) -> list[Any]:
+    """A column of lists (``freeze`` tuple) or dicts (``ReadOnlyDict``) as values no one can change;
+    one value repeated down it (a common value) becomes one frozen value repeated, so the column takes
+    no more memory than before."""
+    made: dict[int, Any] = {}  # id of a value (all alive while this runs) -> its frozen copy
     for value in values:
         if id(value) not in made:
-            made[id(value)] = ReadOnlyDict(value)
-    return [made[id(value)] for value in values]
-
-
-def _as_tuples(values: list[Any]) -> list[Any]:
-    """A column of lists as tuples; one list repeated down it (a common value) becomes one tuple
-    repeated, so the column takes no more memory than before."""
-    made: dict[int, tuple[Any, ...]] = {}  # id of a list (all alive while this runs) -> its tuple
-    for value in values:
-        if id(value) not in made:
-            made[id(value)] = tuple(value)
+            made[id(value)] = freeze(value)
     return [made[id(value)] for value in values]
 
 
