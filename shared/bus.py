@@ -790,8 +790,6 @@ def _low_configs(
 
     response = admin._manager.run(described)
     for name, error in config_errors(response).items():
-        if error.startswith(f"{kafka_errors.UnknownTopicOrPartitionError.__name__}:"):
-            continue  # deleted since it was listed: nothing to compare, as its missing configs below
         log.warning(
             "could not read the configs of topic %s (%s): the %s check was not made (grant the "
             "principal DescribeConfigs on it, or check it with kafka-configs.sh --describe)",
@@ -815,10 +813,11 @@ def _low_configs(
 
 def config_errors(response: Any) -> dict[str, str]:
     """Per resource of a DescribeConfigs ``response`` the broker answered with an error for (not
-    authorised, unknown topic), the error's name and message."""
+    authorised), the error's name and message. An unknown topic is none: deleted since it was listed,
+    it has nothing to compare, as its missing configs always meant."""
     errors: dict[str, str] = {}
     for result in response.results:
-        if result.error_code:
+        if result.error_code not in (0, kafka_errors.UnknownTopicOrPartitionError.errno):
             error = kafka_errors.for_code(result.error_code)
             errors[result.resource_name] = f"{error.__name__}: {result.error_message or error.description}"
     return errors
