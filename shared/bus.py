@@ -108,8 +108,8 @@ _CLIENT_THREAD_PREFIX = "kafka-io-"
 
 class _LastConnectionError(logging.Handler):
     """Keeps, per client (its ``client_id``), in short words, the last connection error kafka-python
-    logged ("connection refused", "DNS lookup failed for HOST: ...", "socket disconnected", a TLS
-    handshake's), and when: its connection retries show only at DEBUG
+    logged ("connection refused", "DNS lookup failed for HOST: ...", "socket disconnected", "SASL login
+    refused: ...", a TLS handshake's), and when: its connection retries show only at DEBUG
     (``shared.observability.kafka_connection_retry``), and its bootstrap's own error says no more than
     "Unable to bootstrap from ...". It sits on the ``kafka.net`` logger, so it sees what that logger is
     enabled for (its errors, and the DNS warning unless the level is above WARNING), whatever handlers a
@@ -172,8 +172,9 @@ CONNECTION_ERROR_RECENT_S = 30.0
 def last_connection_error(client_id: str) -> str | None:
     """The last connection error kafka-python logged for the client ``client_id`` in the last
     ``CONNECTION_ERROR_RECENT_S``, in short words ("connection refused", "DNS lookup failed for kafak:
-    Name or service not known", "socket disconnected" where a broker dropped a refused SASL login); None
-    if it logged none."""
+    Name or service not known"; "socket disconnected" or "SASL login refused: Authentication failed:
+    ..." where a broker refused a SASL login: kafka-python meets its answer or only the connection it
+    closes); None if it logged none."""
     last = _last_connection_error.last.get(client_id)
     if last is None or time.monotonic() - last[0] > CONNECTION_ERROR_RECENT_S:
         return None

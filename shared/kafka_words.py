@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 
-from kafka.errors import KafkaConnectionError, KafkaTimeoutError
+from kafka.errors import KafkaConnectionError, KafkaTimeoutError, SaslAuthenticationFailedError
 
 # A connection refused or unreachable: an errno and its name ("111 ECONNREFUSED").
 ERRNO_FAILURE = re.compile(r"(\d+) E[A-Z]+")
@@ -25,18 +25,30 @@ DNS_LOOKUP_FAILED = re.compile(r"DNS lookup failed for (.*):\d+, gaierror\(-?\d+
 BOOTSTRAP_GAVE_UP = "Unable to bootstrap from "
 
 
+# A broker's answer to a refused SASL login, as kafka-python words its error: the broker's error name,
+# then its message ("SaslAuthenticationFailedError: Authentication failed: Invalid username or password").
+SASL_ANSWER = re.compile(r"(?:[A-Za-z]+Error: )?(.+)")
+SASL_LOGIN_REFUSED = "SASL login refused: "
+
+
 def connection_error_words(arg: object) -> str | None:
     """The words of ``arg`` (an argument of a line kafka-python logged) when it is a connection error
-    (a ``KafkaConnectionError`` or ``KafkaTimeoutError``, a subclass included, with a message)."""
+    (a ``KafkaConnectionError`` or ``KafkaTimeoutError``, a subclass included, with a message) or a
+    broker's refusal of a SASL login ("SASL login refused: Authentication failed: ..."). A broker answers
+    a refused login and closes the connection: kafka-python reads the answer, or on a busier machine sees
+    only the closed socket ("socket disconnected"), so either may be the last error a client met."""
     if isinstance(arg, KafkaConnectionError | KafkaTimeoutError) and arg.args:
         return str(arg.args[0])
+    if isinstance(arg, SaslAuthenticationFailedError) and arg.args and str(arg.args[0]):
+        answer = SASL_ANSWER.fullmatch(str(arg.args[0]))
+        return SASL_LOGIN_REFUSED + (answer[1] if answer is not None else str(arg.args[0]))
     return None
 
 
 def no_broker_there(words: str) -> bool:
     """Whether a connection error's ``words`` say that no broker took a connection at an address:
     refused or unreachable, "unable to connect", timed out, a name that does not resolve, bootstrapping
-    given up. Not a broker that dropped the connection ("socket disconnected", as at a refused SASL
+    given up. Not a broker that dropped the connection ("socket disconnected", as after it refuses a SASL
     login), nor a TLS handshake that failed: those say that a broker is there."""
     return (
         ERRNO_FAILURE.fullmatch(words) is not None

@@ -518,9 +518,9 @@ QUIETER_LIBRARIES = {"kafka": logging.ERROR}
 def kafka_connection_retry(record: logging.LogRecord) -> bool:
     """Whether ``record`` is kafka-python saying no broker took a connection (its "Connection failed",
     "Connection lost" and "Bootstrap failed" lines, each retry of its 30 s bootstrap): what a command's
-    own refusal ("cannot reach Kafka at ...; is it running?") says in one line. A broker that drops the
-    connection (as it does at a refused SASL login), a TLS handshake that fails, or an error kafka-python
-    words otherwise is not: the refusal does not say it."""
+    own refusal ("cannot reach Kafka at ...; is it running?") says in one line. A broker that refuses a
+    SASL login (kafka-python reads its answer, or sees the connection it then closes), a TLS handshake
+    that fails, or an error kafka-python words otherwise is not: the refusal does not say it."""
     if record.name.split(".")[0] != "kafka" or not isinstance(record.args, tuple):
         return False
     return any(

@@ -103,13 +103,14 @@ def test_kafka_pythons_errors_that_say_more_than_the_refusal_still_show(
     ]
 
 
-def test_a_broker_dropping_a_refused_sasl_login_still_shows(
+def test_a_broker_refusing_a_sasl_login_still_shows(
     acl_broker: AclBroker,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    # The broker takes the connection and drops it at the refused login (kafka-python is told no more):
-    # its "socket disconnected" lines say the broker is there, which the refusal only asks about.
+    # The broker answers the refused login and closes the connection. kafka-python reads the answer or, on a
+    # busier machine, sees only the closed socket ("socket disconnected"; review 48: CI met the answer).
+    # Either line says the broker is there, which the refusal only asks about, so it shows.
     monkeypatch.setitem(KafkaAdminClient.DEFAULT_CONFIG, "bootstrap_timeout_ms", 2_000)
     monkeypatch.delenv("SKUFORGE_LOG_LEVEL", raising=False)
     monkeypatch.setenv("SKUFORGE_KAFKA_BOOTSTRAP", acl_broker.sasl)
@@ -118,15 +119,24 @@ def test_a_broker_dropping_a_refused_sasl_login_still_shows(
     monkeypatch.setenv("SKUFORGE_KAFKA_SASL_PASSWORD", "not-the-password")
     assert skuforge_main(["topics", "create"]) == 1
     lines = capsys.readouterr().err.splitlines()
+    dropped = "Connection lost: KafkaConnectionError: socket disconnected"
+    answered = (
+        "Connection lost: [Error 58] SaslAuthenticationFailedError: SaslAuthenticationFailedError: "
+        "Authentication failed: Invalid username or password"
+    )
     assert any(
-        " ERROR kafka.net.connection: " in line
-        and line.endswith("Connection lost: KafkaConnectionError: socket disconnected")
+        " ERROR kafka.net.connection: " in line and (line.endswith(dropped) or line.endswith(answered))
         for line in lines
-    )
-    # The refusal names the last connection error: the drop, not an earlier client's "connection refused".
+    ), lines
+    # The refusal names the last connection error: the drop or the broker's answer, not an earlier client's
+    # "connection refused".
     assert lines[-1].startswith(
-        f"skuforge topics create: cannot create the topics: cannot reach Kafka at {acl_broker.sasl} "
-        "(socket disconnected; KafkaTimeoutError: Unable to bootstrap"
+        f"skuforge topics create: cannot create the topics: cannot reach Kafka at {acl_broker.sasl} ("
     )
+    cause = lines[-1].split(f"cannot reach Kafka at {acl_broker.sasl} (", 1)[1]
+    assert cause.startswith(
+        ("socket disconnected; ", "SASL login refused: Authentication failed: Invalid username or password; ")
+    ), lines[-1]
+    assert "; KafkaTimeoutError: Unable to bootstrap" in cause
     assert "SKUFORGE_KAFKA_SASL_PASSWORD" in lines[-1]
     assert not [line for line in lines if "Bootstrap failed" in line]

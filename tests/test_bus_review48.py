@@ -1,0 +1,72 @@
+"""A refused SASL login is named in the refusal, whichever way kafka-python meets it (review 48).
+
+A broker answers a refused SASL login with an error and then closes the connection. kafka-python either
+reads the answer first (``SaslAuthenticationFailedError: Authentication failed: ...``) or sees only the
+closed socket ("socket disconnected"); which one depends on timing. Only the second was kept as the
+connection error that ``skuforge topics create``'s refusal quotes. On a slower machine the refusal
+dropped the broker's own reason and said only "Unable to bootstrap".
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from kafka.errors import KafkaTimeoutError, SaslAuthenticationFailedError
+
+from shared.bus import last_connection_error, unreachable
+from shared.config import load_settings
+from shared.kafka_words import connection_error_words
+from shared.observability import kafka_connection_retry
+
+REFUSED = SaslAuthenticationFailedError(
+    "SaslAuthenticationFailedError: Authentication failed: Invalid username or password"
+)
+
+
+def _logged_on_the_client_thread(client_id: str, arg: Exception) -> None:
+    """Log ``arg`` as kafka-python does, on the network thread of the client ``client_id``."""
+
+    def log() -> None:
+        logging.getLogger("kafka.net.connection").error("%s: Connection lost: %s", "<KafkaConnection>", arg)
+
+    thread = threading.Thread(target=log, name=f"kafka-io-{client_id}")
+    thread.start()
+    thread.join()
+
+
+def test_a_refused_sasl_login_is_read_as_the_brokers_reason() -> None:
+    assert connection_error_words(REFUSED) == (
+        "SASL login refused: Authentication failed: Invalid username or password"
+    )
+    # It says a broker is there: the command's stderr shows the line (it is not a retry against nothing).
+    line = logging.LogRecord(
+        "kafka.net.connection", logging.ERROR, "connection.py", 245, "Connection lost: %s", (REFUSED,), None
+    )
+    assert kafka_connection_retry(line) is False
+
+
+def test_the_refusal_quotes_the_brokers_reason_for_a_refused_sasl_login() -> None:
+    client_id = "skuforge-review48-sasl"
+    _logged_on_the_client_thread(client_id, REFUSED)
+    assert last_connection_error(client_id) == (
+        "SASL login refused: Authentication failed: Invalid username or password"
+    )
+    settings = load_settings(
+        kafka_bootstrap="127.0.0.1:9093",
+        kafka_security_protocol="SASL_PLAINTEXT",
+        kafka_sasl_username="trainer",
+        kafka_sasl_password="not-the-password",
+    )
+    gave_up = KafkaTimeoutError("Unable to bootstrap from ['127.0.0.1:9093']")
+    message = unreachable(settings, gave_up, client_id=client_id)
+    assert message.startswith(
+        "cannot reach Kafka at 127.0.0.1:9093 (SASL login refused: Authentication failed: Invalid "
+        "username or password; KafkaTimeoutError: Unable to bootstrap"
+    )
+
+
+def test_another_broker_error_is_not_taken_for_a_connection_error() -> None:
+    client_id = "skuforge-review48-other"
+    _logged_on_the_client_thread(client_id, SaslAuthenticationFailedError())  # no words: nothing to quote
+    assert last_connection_error(client_id) is None
