@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.matting import one_layer_onnx_bytes
+
 MASK_SCRIPTS = ["make_catalogue_masks", "make_instore_masks"]
 INSTORE_ID = json.loads(
     (Path(__file__).resolve().parents[1] / "bench/data/matting_real/instore_reserved.json").read_text()
@@ -127,30 +129,6 @@ def test_a_heic_named_jpg_in_a_sku_folder_is_told_its_name_does_not_match_its_co
     assert "HEIC" in heic and "but it holds" not in heic
 
 
-def _one_layer_onnx(shape: list[str | int]) -> bytes:
-    """A 1x1 convolution and a sigmoid with the input shape ``shape`` (N x 3 x H x W, fixed or named)."""
-    import numpy as np
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    weights = numpy_helper.from_array(np.array([0.8, -0.5, 0.3], np.float32).reshape(1, 3, 1, 1), "w")
-    nodes = [
-        helper.make_node("Conv", ["input", "w"], ["logits"]),
-        helper.make_node("Sigmoid", ["logits"], ["d0"]),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "one_layer",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, shape)],
-        [helper.make_tensor_value_info("d0", TensorProto.FLOAT, [shape[0], 1, shape[2], shape[3]])],
-        initializer=[weights],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model.SerializeToString()
-
-
 @pytest.mark.parametrize(
     ("shape", "said"),
     [([0, 3, 320, 320], "batch 0"), (["batch", 3, 0, 320], "height 0"), (["batch", 3, 320, 0], "width 0")],
@@ -163,7 +141,7 @@ def test_a_model_that_fixes_an_input_dimension_at_zero_is_refused_when_opened(
     from shared.matting.session import MattingModelError, U2NetSession
 
     with pytest.raises(MattingModelError) as refused:
-        U2NetSession(_one_layer_onnx(shape), use_gpu=False, threads=1)
+        U2NetSession(one_layer_onnx_bytes(shape), use_gpu=False, threads=1)
     assert said in str(refused.value) and "export it" in str(refused.value)
 
 
@@ -178,7 +156,7 @@ def test_a_model_too_large_to_warm_up_is_refused_when_opened(shape: list[str | i
     from shared.matting.session import MAX_CALL_INPUT_PIXELS, MattingModelError, U2NetSession
 
     with pytest.raises(MattingModelError) as refused:
-        U2NetSession(_one_layer_onnx(shape), use_gpu=False, threads=1)
+        U2NetSession(one_layer_onnx_bytes(shape), use_gpu=False, threads=1)
     assert per_call in str(refused.value) and f"{MAX_CALL_INPUT_PIXELS:,}" in str(refused.value)
 
 
@@ -222,5 +200,5 @@ def test_a_gpu_sized_fixed_batch_still_opens() -> None:
     # images of 320 x 320 (6.5 M pixels a call), an ordinary GPU export.
     from shared.matting.session import U2NetSession
 
-    session = U2NetSession(_one_layer_onnx([64, 3, 320, 320]), use_gpu=False, threads=1)
+    session = U2NetSession(one_layer_onnx_bytes([64, 3, 320, 320]), use_gpu=False, threads=1)
     assert session.call_images == 64

@@ -98,10 +98,19 @@ INPUT_TYPES: dict[str, type[np.floating]] = {"tensor(float)": np.float32, "tenso
 # 60000 export asked 43 GB for its warm-up image's input alone, and the stage was killed for memory at
 # start-up, saying nothing of why. A GPU export with a fixed batch of 64 or 256 at 320 x 320 (U2-NetP
 # held 1.5 GB of activations for 8 x 320 x 320) stays well inside it.
-MAX_CALL_INPUT_PIXELS = 8192 * 8192
+# Not a setting: it refuses no model that a machine could warm up, and a model that one call of it
+# would not fit is better exported with a free batch than run under a raised cap.
+MAX_CALL_INPUT_SIDE_PX = 8192
+MAX_CALL_INPUT_PIXELS = MAX_CALL_INPUT_SIDE_PX * MAX_CALL_INPUT_SIDE_PX
 # A model's map has sides of at least its input's over this (a stride-8 segmentation output, the
 # coarsest a mask is read from); a smaller one, blown up to the image, is no product's outline.
 MAP_SIDE_DIVISOR = 8
+
+
+def _shape_text(shape: Sequence[int | str | None]) -> str:
+    """A model input's shape as its refusals show it: ``1 x 3 x free x 320``. ONNX Runtime gives a free
+    dimension as its name, or as None where the export left it unnamed (-1): "free", not "None"."""
+    return " x ".join("free" if dim is None else str(dim) for dim in shape)
 
 
 class MattingModelError(Exception):
@@ -413,7 +422,7 @@ class MattingSession(ABC):
         if len(model_input.shape) != 4:
             raise MattingModelError(
                 f"{self.model_id} takes a {len(model_input.shape)}-D input {model_input.name!r} "
-                f"{model_input.shape}; a U2-Net model takes N x 3 x H x W"
+                f"{_shape_text(model_input.shape)}; a U2-Net model takes N x 3 x H x W"
             )
         if model_input.type not in INPUT_TYPES:
             # Its warm-up failed in ORT's bare "Unexpected input data type", naming neither file nor input.
@@ -428,8 +437,8 @@ class MattingSession(ABC):
             # A channels-last export (N x H x W x 3, as tf2onnx writes a Keras model) opened with a
             # "size" of 3: every image was shrunk to 3 x 3 and every mask was noise, served as ready.
             raise MattingModelError(
-                f"{self.model_id} takes input {model_input.name!r} {model_input.shape}, not 3 colour "
-                "channels second; a U2-Net model takes N x 3 x H x W (export it channels-first)"
+                f"{self.model_id} takes input {model_input.name!r} {_shape_text(model_input.shape)}, not 3 "
+                "colour channels second; a U2-Net model takes N x 3 x H x W (export it channels-first)"
             )
         fixed_at_zero = [
             f"{dim_name} {dim}"
@@ -440,7 +449,7 @@ class MattingSession(ABC):
             # Opened, it had a max_batch of 0 (or no pixels a side), and its warm-up failed in "range()
             # arg 3 must not be zero", or blamed the blank warm-up image.
             raise MattingModelError(
-                f"{self.model_id} fixes its input {model_input.name!r} {model_input.shape} at "
+                f"{self.model_id} fixes its input {model_input.name!r} {_shape_text(model_input.shape)} at "
                 f"{', '.join(fixed_at_zero)}: no image fits it; export it with that dimension free "
                 "(dynamic_axes) or at 1 or more"
             )
@@ -462,11 +471,23 @@ class MattingSession(ABC):
         self.max_batch = min(max_batch, batch_dim) if isinstance(batch_dim, int) else max_batch
         width, height = self.input_size
         if self.call_images * width * height > MAX_CALL_INPUT_PIXELS:
+            # It said "1 x 60000 x 60000 pixels" of an input shown "[1, 3, None, 60000]", the height
+            # exported free (-1): neither where that height came from nor which dimension to change.
+            if isinstance(size_dim, int) == isinstance(height_dim, int):
+                free_sides = "" if isinstance(size_dim, int) else f"; its free height and width take {width}"
+            elif isinstance(size_dim, int):
+                free_sides = f"; its free height takes its width, {width}"
+            else:
+                free_sides = f"; its free width takes its height, {height}"
+            changes = [
+                *(["a free batch or a smaller fixed one"] if self._fixed_batch else []),
+                *(["a smaller fixed height or width"] if fixed_sides else []),
+            ]
             raise MattingModelError(
                 f"{self.model_id} takes {self.call_images} x {width} x {height} pixels a call (input "
-                f"{model_input.name!r} {model_input.shape}), more than {MAX_CALL_INPUT_PIXELS:,}: its "
-                "warm-up would run out of memory; export it with a free batch, or a smaller fixed one or "
-                "size"
+                f"{model_input.name!r} {_shape_text(model_input.shape)}{free_sides}), more than the "
+                f"{MAX_CALL_INPUT_SIDE_PX} x {MAX_CALL_INPUT_SIDE_PX} ({MAX_CALL_INPUT_PIXELS:,}) a call may "
+                f"take: its warm-up would run out of memory; export it with {', or '.join(changes)}"
             )
         # On the CPU provider a free batch is run in calls of at most CPU_CALL_IMAGES (``_call``), named
         # or not; the batch dimension's name, where it has one, gets them shape-fixed sessions

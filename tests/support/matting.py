@@ -12,7 +12,7 @@ import functools
 import tempfile
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +72,30 @@ def stand_in_onnx_bytes(*, size_px: int = SIZE_PX, opset: int = 17, ir_version: 
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = ir_version  # 8: readable by every onnxruntime the project supports
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def one_layer_onnx_bytes(shape: Sequence[str | int | None]) -> bytes:
+    """A 1x1 convolution and a sigmoid with the input shape ``shape`` (N x 3 x H x W: each dimension
+    fixed, named, -1 or None, as exporters write a free one) and its map ``d0`` (N x 1 x H x W)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = numpy_helper.from_array(np.array([0.8, -0.5, 0.3], np.float32).reshape(1, 3, 1, 1), "w")
+    nodes = [
+        helper.make_node("Conv", ["input", "w"], ["logits"]),
+        helper.make_node("Sigmoid", ["logits"], ["d0"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "one_layer",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("d0", TensorProto.FLOAT, [shape[0], 1, shape[2], shape[3]])],
+        initializer=[weights],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
     onnx.checker.check_model(model)
     return model.SerializeToString()
 
