@@ -1263,8 +1263,11 @@ def main(argv: list[str] | None = None) -> int:
         "--ports",
         choices=("auto", "default", "free"),
         default="auto",
-        help="auto: last run's or the documented ports, free ones if taken (default); "
-        "default: the documented ports, or fail at once naming the taken ones; free: any free ports",
+        help="auto (the default): last run's or the documented ports of Kafka, Triton, every stage's "
+        "/metrics and the console, a free one for each that is taken as up starts; one taken later, as "
+        "its service starts, is moved too for a stage's /metrics, but for Triton or the console it stops "
+        "the start-up, naming it (start up again); default: the documented ports, or fail at once naming "
+        "the taken ones; free: any free ports",
     )
     parser.add_argument(
         "--kafka-bootstrap",

@@ -86,3 +86,15 @@ def test_ups_grace_help_names_its_default(
 ) -> None:
     """The doc says SIGKILL after `--grace-s` (20 s); the help named no default."""
     assert "(default 20)" in option_help("skuforge up", "--grace-s", capsys, monkeypatch)
+
+
+def test_ups_ports_help_says_which_ports_auto_moves_and_when_it_refuses(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It said "auto: ... free ones if taken", and a Triton or console port taken while the stack started
+    stopped the start-up (not moved: every service's settings carry them), read as auto not covering
+    them. The help now names the ports auto covers, and the ones it then refuses instead of moving."""
+    shown = option_help("skuforge up", "--ports", capsys, monkeypatch)
+    auto = shown.split("auto", 1)[1].split("default:", 1)[0]
+    assert "Triton" in auto and "console" in auto, shown
+    assert "stops the start-up" in auto, shown
