@@ -1246,10 +1246,10 @@ def test_a_damaged_broker_pid_file_signals_no_process_group(
     (tmp_path / "kafka").mkdir()
     (tmp_path / "kafka" / "broker.pid").write_text(saved_pid + "\n")
     said: list[str] = []
-    started = time.monotonic()
     devstack.up._stop_stale_broker(tmp_path, said.append)
+    # Nothing said: no stop began, so no wait for "every process" to exit (asserted as such, not as a
+    # time under 5 s, which a loaded machine can miss).
     assert signalled == [] and said == []
-    assert time.monotonic() - started < 5
 
 
 @pytest.mark.parametrize("blocked", ["stack.json", "ports.json"])
