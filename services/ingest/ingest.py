@@ -674,11 +674,21 @@ def _looked_like(
     return None
 
 
+# Pillow's format names said with a vowel first, for ``_misnamed_format`` ("a AVIF" read wrong): a
+# vowel's, and a letter's said so (eff, aitch, em, ess, ex: "an MPEG"). HEIC is said "heek": a HEIC.
+_SAID_WITH_AN = frozenset({"AVIF", "EPS", "ICNS", "ICO", "IM", "IMT", "IPTC"}) | frozenset(
+    {"FLI", "FTEX", "HDF5", "MCIDAS", "MPEG", "MSP", "SGI", "XBM", "XPM", "XVTHUMB"}
+)
+
+
 def _misnamed_format(file: Path, data: bytes, refusal: ImageRejected) -> str:
     """A note for a photo refused for its format whose name says another: a GIF saved as photo.jpg
     was told "format GIF is not one of [...]", its owner looking at a .jpg."""
     held = format_named_otherwise(file.name, data) if refusal.reason == "format_not_allowed" else None
-    return f"; its name ends in {file.suffix}, but it holds a {held}" if held else ""
+    if not held:
+        return ""
+    article = "an" if held in _SAID_WITH_AN else "a"
+    return f"; its name ends in {file.suffix}, but it holds {article} {held}"
 
 
 def _outline_of_a_copy(photo_id: str, has_outline: bool, photos: list[PreparedPhoto]) -> bool:
