@@ -85,18 +85,32 @@ MAX_ERROR_CLASS_CHARS = 200
 MAX_STAGE_NAME_CHARS = 200
 
 
-def clipped(text: str, limit: int) -> str:
+def clipped(text: str, limit: int, *, at_word: bool = False) -> str:
     """``text``, or when longer than ``limit`` (at least 64) its start and a mark saying how many
-    characters were cut, ``limit`` in all: a dead letter is written whatever its reason's length."""
+    characters were cut, ``limit`` at most in all: a dead letter is written whatever its reason's
+    length. ``at_word``: cut before the word the limit falls in (within the second half of what is
+    kept), not inside it, nor inside an escape such as ``\\x1b``: a message for a person."""
     cut = len(text) - limit
     if cut <= 0:
         return text
-    while True:  # the count's digits change the mark's length: at most twice round
+    while True:  # the count's digits change the mark's length: a few times round, the cut only grows
         mark = f"... [{cut} more characters cut]"
         kept = limit - len(mark)
+        if at_word:
+            kept = _word_start(text, kept)
         if len(text) - kept == cut:
             return text[:kept] + mark
         cut = len(text) - kept
+
+
+def _word_start(text: str, end: int) -> int:
+    """``end``, or where the spaces end before the word ``end`` falls in when that leaves half of
+    ``text[:end]`` or more (one long word is cut where it is)."""
+    between_words = text[end].isspace() or text[end - 1].isspace()
+    start = end if between_words else max(text.rfind(" ", 0, end), 0)
+    while start > 0 and text[start - 1].isspace():
+        start -= 1
+    return start if start >= end // 2 else end
 
 
 class DeadLetter(Contract):

@@ -97,7 +97,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from schemas.common import ImageRef, SkuMetadata, check_safe_id
-from schemas.envelope import derive_id
+from schemas.envelope import clipped, derive_id
 from schemas.events import MAX_FILENAME_CHARS, ReferencePhoto, SkuIngested
 from schemas.topics import SKU_INGESTED
 from shared import keys
@@ -1370,7 +1370,8 @@ def ingest_path(
                 )
             raise IngestIncomplete(
                 f"stopped after publishing {len(published)} of {len(spooled)} SKUs "
-                f"({type(exc).__name__}: {str(exc)[:300]}); published: {', '.join(published) or 'none'}; "
+                f"({type(exc).__name__}: {clipped(str(exc), 300, at_word=True)}); "
+                f"published: {', '.join(published) or 'none'}; "
                 f"not published: {', '.join(left) or 'none'}{withdrawing}{_refusals(refused)}. {again}"
             ) from exc
         finally:
