@@ -179,7 +179,7 @@ def test_eval_help_says_model_names_the_file_and_does_not_choose_how_it_runs(
 def test_the_readme_says_what_ingest_of_synths_out_folder_names(tmp_path: Path) -> None:
     # README: "(`skuforge ingest var/synth` for `var/synth/skus`) is named with the folder to ingest
     # instead", as though var/synth held the SKU folders and that was all. It holds skus/ (named, first)
-    # and masks/, the renderer's truth, which is named too, as a SKU folder without metadata.json.
+    # and masks/, the renderer's truth, which is named too, in one line: no SKU folder either.
     from services.ingest.ingest import IngestError, prepare_all
     from shared.config import load_settings
     from shared.synth.photo import write_sku_folders
@@ -190,7 +190,7 @@ def test_the_readme_says_what_ingest_of_synths_out_folder_names(tmp_path: Path) 
         prepare_all(tmp_path, load_settings())
     problems = str(refused.value).splitlines()[1:]
     assert problems[0].strip().startswith(f"{tmp_path / 'skus'}: holds SKU folders")
-    assert any(line.strip().startswith(f"{tmp_path / 'masks'}/metadata.json: missing") for line in problems)
+    assert any(line.strip().startswith(f"{tmp_path / 'masks'}: not a SKU folder either") for line in problems)
     said = " ".join(README.split()).split("`skuforge ingest var/synth`", 1)[1].split(". ", 1)[0]
     assert "`var/synth/skus`" in said and "`masks/`" in said and "no metadata.json" in said
 

@@ -98,3 +98,21 @@ def test_a_cut_at_a_word_leaves_an_escape_whole() -> None:
     kept, mark = cut.split("... [")
     assert kept.endswith(".png") and len(cut) <= 300
     assert mark == f"{len(text) - len(kept)} more characters cut]"
+
+
+def test_synths_masks_beside_its_skus_is_named_in_one_line(tmp_path: Path) -> None:
+    """`skuforge ingest var/synth` named skus/ first, with the folder to ingest, and then synth's masks/
+    beside it in a line per SKU folder of masks ("a folder inside a SKU folder; move its photos into
+    var/synth/masks"), a missing metadata.json and "no photos": advice nobody should follow, a line a
+    SKU. masks/ is now one line: no SKU folder either."""
+    write_sku_folders(tmp_path, skus=3, photos_per_sku=1, seed=1, size_px=64)
+    with pytest.raises(IngestError) as refused:
+        prepare_all(tmp_path, load_settings())
+    problems = [line.strip() for line in str(refused.value).splitlines()[1:]]
+    assert len(problems) == 2, problems
+    assert problems[0].startswith(
+        f"{tmp_path / 'skus'}: holds SKU folders (SYN-1-0001, SYN-1-0002, SYN-1-0003)"
+    )
+    assert problems[1] == (
+        f"{tmp_path / 'masks'}: not a SKU folder either (no metadata.json); nothing in it was checked"
+    )

@@ -25,7 +25,8 @@ Layout read (what ``skuforge synth`` writes)::
 Anything else in a SKU folder is named as a problem, not skipped: another format (HEIC, GIF, AVIF...),
 a subfolder (its photos are not read), a broken link, a photo whose name goes on after its
 extension (a trailing space or dot: rename it). A folder that holds SKU folders but no
-metadata.json (a batch given one level too high) is named with the folder to ingest instead. Skipped
+metadata.json (a batch given one level too high) is named with the folder to ingest instead, and each
+folder beside it without a metadata.json (synth's ``masks/``) in one line, unchecked. Skipped
 are hidden files and folders (names starting with "."), ``__MACOSX`` (the resource forks macOS puts in
 a zip it makes), and the files Windows and macOS leave in any folder (``Thumbs.db``, ``desktop.ini``,
 ``Icon\\r``); a NAS's thumbnail folders (Synology's ``@eaDir``, resized copies of each photo) are
@@ -835,7 +836,14 @@ def check_folders(path: Path, settings: Settings) -> Iterator[tuple[PreparedSku 
     # folders comes first, so the line naming the folder to ingest leads the problems, not the last of
     # its siblings' (synth's masks/ read as a SKU folder without metadata.json).
     folders = sorted(find_sku_folders(path), key=lambda folder: not _holds_sku_folders(folder))
+    too_high = bool(folders) and _holds_sku_folders(folders[0])
     for folder in folders:
+        if too_high and not _has_metadata_entry(folder) and not _holds_sku_folders(folder):
+            # Its sibling is the batch to ingest: what this folder lacks as a SKU folder is no matter.
+            # synth's masks/ was a line per SKU's folder of masks ("move its photos into masks/"),
+            # a missing metadata.json and "no photos".
+            yield None, [f"{folder}: not a SKU folder either (no metadata.json); nothing in it was checked"]
+            continue
         sku, problems = prepare_sku(folder, settings)
         # A folder refused for its photos still claims its sku_id: before, a second folder with the
         # same id was named only on the run after the first folder's photos were fixed.
