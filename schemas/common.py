@@ -299,7 +299,12 @@ class Contract(BaseModel):
 class ObjectRef(Contract):
     """A claim check: where an object lives and how to verify it when read."""
 
-    uri: str = Field(max_length=MAX_URI_CHARS, description="file:// or s3:// URI of the object")
+    # One line that reads as written (a space stays: a FileStore's URIs hold its root's path as it is). It
+    # took any text, and a newline or a U+202E in it went on to log lines and the console's pages. Never
+    # read escaped, as a model id is: escaped, it would name another object.
+    uri: Annotated[OneLineText, Chars(MAX_URI_CHARS)] = Field(
+        description="file:// or s3:// URI of the object"
+    )
     sha256: Sha256Hex = Field(description="hex sha256 of the stored bytes, checked on read")
     bytes: int = Field(ge=0, description="size of the stored object in bytes")
 

@@ -67,6 +67,12 @@ CheckCode = OneLinePhrase
 # characters and bidirectional controls) single-spaced, which takes the line separators out, a VLM
 # sentence's letters and digits, and fixed words (colours, shapes, views, reasons).
 CaptionText = Annotated[OneLineText, Chars(MAX_CAPTION_CHARS), escaped_when_read(MAX_CAPTION_CHARS)]
+# A model's id (the captioner's, the generator's model and adapter, the matting model's, an adapter's base
+# model) and an adapter's registry URI: one line that reads as written, a space included (a model file's
+# name, a store's folder may hold one). They took any text, and another producer's U+202E, terminal escape
+# or newline went on to the console's pages, Label Studio, the trainstore's rows and log lines. skuforge
+# writes names of its settings and files; an event holding one from before is read with it escaped.
+ModelId = Annotated[OneLineText, Chars(MAX_MODEL_ID_CHARS), escaped_when_read(MAX_MODEL_ID_CHARS)]
 # A parameter's value in the committed JSON Schemas: any JSON, its strings at any depth at most a model
 # id long, as ``_check_parameter`` has it (each keyword applies to its own type only). pydantic wrote an
 # empty schema, so a producer validating against it sent a longer string, which every consumer then
@@ -178,9 +184,7 @@ class SkuCaptioned(Contract):
         min_length=1, description="regularisation prompt, e.g. 'a photo of a <class>'"
     )
     negative_prompt: CaptionText = ""
-    captioner: str = Field(
-        max_length=MAX_MODEL_ID_CHARS, description="backend and model id that wrote the captions"
-    )
+    captioner: ModelId = Field(description="backend and model id that wrote the captions")
 
     @field_validator("photos")
     @classmethod
@@ -205,10 +209,8 @@ class ImageGenerated(Contract):
     image: ImageRef
     expected_mask: ImageRef = Field(description="where the product's own pixels are in the output")
     backend: Backend
-    model_id: str = Field(max_length=MAX_MODEL_ID_CHARS)
-    adapter_id: str | None = Field(
-        default=None, max_length=MAX_MODEL_ID_CHARS, description="LoRA adapter used, None for the base model"
-    )
+    model_id: ModelId
+    adapter_id: ModelId | None = Field(default=None, description="LoRA adapter used, None for the base model")
     # One line, as the captioner's text they are made of (an instance prompt, ", " and a photo's caption;
     # the SKU's negative prompt): they took any text, and another producer's U+202E, terminal escape or
     # newline went on to the console's pages, the trainstore's rows and the general adapter's prompts.
@@ -275,7 +277,7 @@ class ImageMatted(Contract):
     cutout: ImageRef = Field(description="RGBA PNG: the image with the predicted mask as alpha")
     foreground_fraction: float = Field(ge=0.0, le=1.0)
     mean_confidence: float = Field(ge=0.0, le=1.0)
-    matting_model_id: str = Field(max_length=MAX_MODEL_ID_CHARS)
+    matting_model_id: ModelId
 
 
 class GateCheck(Contract):
@@ -350,10 +352,8 @@ class AdapterPublished(Contract):
     series: (
         Annotated[PlainText, Chars(MAX_PHRASE_CHARS), escaped_when_read(MAX_PHRASE_CHARS, NOT_PLAIN)] | None
     ) = Field(default=None, description="the series a specialised adapter is for")
-    base_model: str = Field(min_length=1, max_length=MAX_MODEL_ID_CHARS)
-    registry_uri: str = Field(
-        min_length=1, max_length=MAX_MODEL_ID_CHARS, description="the adapter's folder in the registry"
-    )
+    base_model: ModelId = Field(min_length=1)
+    registry_uri: ModelId = Field(min_length=1, description="the adapter's folder in the registry")
     weights_sha256: Sha256Hex
     training_set_sha256: Sha256Hex = Field(
         description="content hash of the training set and recipe: the job's identity"

@@ -1,0 +1,120 @@
+"""What review 48 found left out of the contract's character rules: model ids and object URIs, the
+options of `skuforge adapters register`, and a manifest row's caption."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+from pydantic import ValidationError
+
+from schemas.topics import ADAPTER_PUBLISHED, IMAGE_GENERATED, IMAGE_MATTED, SKU_CAPTIONED, SKU_INGESTED
+from shared.bus import make_envelope, read_envelope
+from shared.store import FileStore
+from tests.support.gate import captioned, matted_item
+from tests.support.schemas import (
+    adapter_envelope,
+    committed_schema,
+    ingested_envelope,
+    refused_then_read_escaped,
+)
+
+_REFUSED = [
+    ("sd15\u202einpaint", "bidirectional control character (U+202E at character 5)"),
+    ("sd15\x1b[2J", "control character (U+001B at character 5)"),
+    ("sd15\nforged line", "control character (U+000A at character 5)"),
+    ("sd15\u2028second line", "line separator (U+2028 at character 5)"),
+]
+_REFUSED_IDS = ["override", "escape", "newline", "line_separator"]
+
+
+def _envelope(topic: Any, payload: Any) -> dict[str, Any]:
+    """``payload`` as its producer writes it into ``topic``, as JSON."""
+    return make_envelope(
+        topic, payload, event_id="e" * 32, sku_id="SKU-001", trace_id="t", producer="x"
+    ).model_dump(mode="json")
+
+
+def _written(tmp_path: Path, topic: str) -> dict[str, Any]:
+    """A valid envelope, as JSON, of the topic named ``topic``."""
+    store = FileStore(tmp_path / "store")
+    if topic == SKU_CAPTIONED.name:
+        return _envelope(SKU_CAPTIONED, captioned(store, 1))
+    if topic == ADAPTER_PUBLISHED.name:
+        return adapter_envelope()
+    matted = matted_item(store, 1, 0)
+    if topic == IMAGE_MATTED.name:
+        return _envelope(IMAGE_MATTED, matted)
+    return _envelope(IMAGE_GENERATED, matted.generated)
+
+
+# -- model ids: one line that reads as written, escaped where an event already holds one ----------------
+
+_MODEL_IDS: list[tuple[Any, list[str | int]]] = [
+    (SKU_CAPTIONED, ["captioner"]),
+    (IMAGE_GENERATED, ["model_id"]),
+    (IMAGE_GENERATED, ["adapter_id"]),
+    (IMAGE_MATTED, ["matting_model_id"]),
+    (ADAPTER_PUBLISHED, ["base_model"]),
+    (ADAPTER_PUBLISHED, ["registry_uri"]),
+]
+
+
+@pytest.mark.parametrize(("topic", "path"), _MODEL_IDS, ids=[str(p[0]) for _, p in _MODEL_IDS])
+@pytest.mark.parametrize(("text", "named"), _REFUSED, ids=_REFUSED_IDS)
+def test_a_model_id_with_one_is_refused_to_a_producer_and_read_escaped_from_a_topic(
+    tmp_path: Path, topic: Any, path: list[str | int], text: str, named: str
+) -> None:
+    # They took any text: another producer's U+202E, terminal escape or newline went on to the console's
+    # pages (a matting model id is Label Studio's model_version), the trainstore's rows and log lines.
+    written = _written(tmp_path, topic.name)
+    field = str(path[0])
+    written["payload"][field] = text
+
+    read = refused_then_read_escaped(topic, written, path, text, named)
+
+    assert getattr(read, field) == text.encode("unicode_escape").decode("ascii")
+
+
+def test_a_model_id_may_hold_a_space_as_a_model_file_path_does(tmp_path: Path) -> None:
+    # A matting model id is its file's name, a registry URI a store's folder: either may hold a space.
+    written = _written(tmp_path, IMAGE_MATTED.name)
+    written["payload"]["matting_model_id"] = "u2net portable@sha256:0123456789ab"
+    jsonschema.Draft202012Validator(committed_schema(IMAGE_MATTED)).validate(written)
+    read = read_envelope(IMAGE_MATTED, json.dumps(written)).payload
+    assert read.matting_model_id == "u2net portable@sha256:0123456789ab"
+
+
+# -- an object's URI: refused, never escaped, as an escaped one would name another object --------------
+
+
+@pytest.mark.parametrize(("text", "named"), _REFUSED, ids=_REFUSED_IDS)
+def test_an_object_uri_with_one_is_refused_to_a_producer_and_to_a_reader(text: str, named: str) -> None:
+    # A uri took any text: a newline or a U+202E in it went on to log lines and the console's pages. Read
+    # escaped it would name an object that is not there, so a reader refuses it too (schema_invalid).
+    written = ingested_envelope()
+    written["payload"]["photos"][0]["image"]["uri"] = f"file:///store/{text}.png"
+    uri = written["payload"]["photos"][0]["image"]["uri"]
+
+    with pytest.raises(ValidationError) as refused_model:
+        SKU_INGESTED.payload.model_validate(written["payload"])
+    assert named.replace("character 5", "character 19") in str(refused_model.value)
+    assert uri not in str(refused_model.value)
+    with pytest.raises(jsonschema.ValidationError) as refused:
+        jsonschema.Draft202012Validator(committed_schema(SKU_INGESTED)).validate(written)
+    assert list(refused.value.absolute_path) == ["payload", "photos", 0, "image", "uri"]
+    with pytest.raises(ValidationError) as refused_read:
+        read_envelope(SKU_INGESTED, json.dumps(written))
+    assert "uri" in str(refused_read.value)
+
+
+def test_an_object_uri_may_hold_a_space_as_a_file_store_root_does(tmp_path: Path) -> None:
+    # A FileStore's URIs are its root's path as it is: one under "My Drive" holds a space.
+    store = FileStore(tmp_path / "My Drive")
+    written = _envelope(IMAGE_GENERATED, matted_item(store, 1, 0).generated)
+    assert " " in written["payload"]["image"]["uri"]
+    jsonschema.Draft202012Validator(committed_schema(IMAGE_GENERATED)).validate(written)
+    assert read_envelope(IMAGE_GENERATED, json.dumps(written)).payload.image.uri.startswith("file://")
