@@ -340,6 +340,17 @@ class CorrectionResolved(Contract):
     decided_at: UtcDatetime = Field(description="with an offset; a naive time is read as UTC")
 
 
+# An adapter's series: the SKUs' own (SkuMetadata.series), as they take it, plain text, a line separator
+# included. `skuforge adapters register --series` is held to it too.
+AdapterSeries = Annotated[PlainText, Chars(MAX_PHRASE_CHARS), escaped_when_read(MAX_PHRASE_CHARS, NOT_PLAIN)]
+# One of an adapter's training prompts: one line, as the captioner's text and a generated image's prompt
+# they are made of. They took any text, and another producer's U+202E, terminal escape or newline went on
+# to `skuforge adapters list` and the registry; `skuforge adapters register --prompt` is held to it too.
+TrainingPrompt = Annotated[
+    OneLineText, Chars(MAX_TRAINING_PROMPT_CHARS), escaped_when_read(MAX_TRAINING_PROMPT_CHARS)
+]
+
+
 class AdapterPublished(Contract):
     """A LoRA adapter the trainer wrote to the adapter registry; the generator may now choose it.
 
@@ -348,10 +359,7 @@ class AdapterPublished(Contract):
 
     adapter_id: SafeId = Field(description="registry id: '<series or general>-<training set sha256[:12]>'")
     kind: Literal["general", "specialized"]
-    # The SKUs' own series (SkuMetadata.series), as they take it: plain text, a line separator included.
-    series: (
-        Annotated[PlainText, Chars(MAX_PHRASE_CHARS), escaped_when_read(MAX_PHRASE_CHARS, NOT_PLAIN)] | None
-    ) = Field(default=None, description="the series a specialised adapter is for")
+    series: AdapterSeries | None = Field(default=None, description="the series a specialised adapter is for")
     base_model: ModelId = Field(min_length=1)
     registry_uri: ModelId = Field(min_length=1, description="the adapter's folder in the registry")
     weights_sha256: Sha256Hex
@@ -372,16 +380,8 @@ class AdapterPublished(Contract):
         default=0, ge=0, description="the checkpoint step a restarted job began at"
     )
     # The trainer's first 50 distinct prompts, each an instance prompt with its tags appended (a series'),
-    # an accepted image's prompt (the general adapter's) or a class prompt: one line, as the captioner's
-    # text and a generated image's prompt they are made of. They took any text, and another producer's
-    # U+202E, terminal escape or newline went on to `skuforge adapters list` and the registry.
-    training_prompts: list[
-        Annotated[
-            OneLineText,
-            Chars(MAX_TRAINING_PROMPT_CHARS),
-            escaped_when_read(MAX_TRAINING_PROMPT_CHARS),
-        ]
-    ] = Field(default_factory=list, max_length=MAX_TAGS)
+    # an accepted image's prompt (the general adapter's) or a class prompt.
+    training_prompts: list[TrainingPrompt] = Field(default_factory=list, max_length=MAX_TAGS)
     publication: int = Field(
         default=1,
         ge=1,

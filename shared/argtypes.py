@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, NoReturn
 
+from pydantic import TypeAdapter, ValidationError
+
 # The most threads a command or a service setting may ask of ONNX Runtime or torch (the services' settings and
 # the commands' --threads): torch.set_num_threads(100000) ends in a segfault; ONNX Runtime took it as asked.
 MAX_THREADS = 256
@@ -146,6 +148,26 @@ def model_location(text: str) -> str:
     if not text:
         raise argparse.ArgumentTypeError("the path is empty (an unset shell variable?); give a model file")
     return text
+
+
+def contract_text(rule: Any) -> Callable[[str], str]:
+    """A type for an option whose text goes into an event's field, ``rule`` that field's type
+    (``schemas.events.AdapterSeries``): refused as the contract refuses it, naming the character and not
+    echoing it. ``skuforge adapters register --series`` stored a newline or a U+202E as typed, which the
+    event then refused (or a reader read escaped)."""
+    text_rule: TypeAdapter[str] = TypeAdapter(rule)
+
+    def parse(text: str) -> str:
+        try:
+            return text_rule.validate_python(text)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            # A rule's own ValueError says it best; pydantic's "Value error, " prefix says nothing.
+            cause = error.get("ctx", {}).get("error")
+            raise argparse.ArgumentTypeError(str(cause) if cause is not None else error["msg"]) from None
+
+    parse.__name__ = "text"
+    return parse
 
 
 def uri_argument(unset: str, give: str) -> Callable[[str], str]:

@@ -13,8 +13,12 @@ from pydantic import ValidationError
 
 from schemas.topics import ADAPTER_PUBLISHED, IMAGE_GENERATED, IMAGE_MATTED, SKU_CAPTIONED, SKU_INGESTED
 from shared.bus import make_envelope, read_envelope
+from shared.generation.adapters import AdapterRegistry
 from shared.store import FileStore
+from skuforge_cli.main import main as cli_main
+from tests.support.bus import file_store_uri
 from tests.support.gate import captioned, matted_item
+from tests.support.lora import lora_weights
 from tests.support.schemas import (
     adapter_envelope,
     committed_schema,
@@ -118,3 +122,74 @@ def test_an_object_uri_may_hold_a_space_as_a_file_store_root_does(tmp_path: Path
     assert " " in written["payload"]["image"]["uri"]
     jsonschema.Draft202012Validator(committed_schema(IMAGE_GENERATED)).validate(written)
     assert read_envelope(IMAGE_GENERATED, json.dumps(written)).payload.image.uri.startswith("file://")
+
+
+# -- skuforge adapters register: its text is refused as the event refuses it, naming the option ---------
+
+
+@pytest.mark.parametrize(
+    ("option", "text", "named"),
+    [
+        ("--series", "Cola\nforged line", "control character (U+000A at character 5)"),
+        ("--series", "Cola\u202eenil", "bidirectional control character (U+202E at character 5)"),
+        ("--series", "C" * 201, "at most 200 characters"),
+        ("--prompt", "a photo of shs can\x1b[2J", "control character (U+001B at character 19)"),
+        ("--prompt", "a photo of\u2028shs can", "line separator (U+2028 at character 11)"),
+        ("--base-model", "sd15\u202einpaint", "bidirectional control character (U+202E at character 5)"),
+    ],
+    ids=[
+        "series-newline",
+        "series-override",
+        "series-long",
+        "prompt-escape",
+        "prompt-separator",
+        "base-model",
+    ],
+)
+def test_adapters_register_refuses_text_the_event_refuses_naming_the_option(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    option: str,
+    text: str,
+    named: str,
+) -> None:
+    # The options went into the registry's metadata.json as typed: a series with a newline or a U+202E was
+    # stored silently and went on to `skuforge adapters list` and the generator's choice of adapter.
+    monkeypatch.setenv("SKUFORGE_STORE_URI", file_store_uri(tmp_path / "store"))
+    monkeypatch.delenv("SKUFORGE_DIFFUSION_ADAPTERS_URI", raising=False)
+    weights = tmp_path / "cola.safetensors"
+    weights.write_bytes(lora_weights(1))
+    given = {"--series": "Cola", "--prompt": "a photo of shs can", "--base-model": "sd15", option: text}
+    arguments = [word for pair in given.items() for word in pair]
+
+    with pytest.raises(SystemExit) as exited:
+        cli_main(["adapters", "register", "cola-v1", str(weights), "--kind", "specialized", *arguments])
+
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {option}: " in err and named in err and text not in err
+    assert AdapterRegistry(FileStore(tmp_path / "store" / "adapters")).list() == []
+
+
+def test_adapters_register_takes_the_text_an_event_takes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A series is plain text as a SKU's is (a line separator, accents and spaces stay), a base model a
+    # model id that may hold a space.
+    monkeypatch.setenv("SKUFORGE_STORE_URI", file_store_uri(tmp_path / "store"))
+    monkeypatch.delenv("SKUFORGE_DIFFUSION_ADAPTERS_URI", raising=False)
+    weights = tmp_path / "cola.safetensors"
+    weights.write_bytes(lora_weights(1))
+    series = "Cola Zéro\u2028light"
+    arguments = ["--kind", "specialized", "--series", series, "--base-model", "sd15 inpaint"]
+
+    assert cli_main(["adapters", "register", "cola-v1", str(weights), *arguments, "--prompt", "a can"]) == 0
+
+    [registered] = AdapterRegistry(FileStore(tmp_path / "store" / "adapters")).list()
+    assert (registered.series, registered.base_model, registered.training_prompts) == (
+        series,
+        "sd15 inpaint",
+        ["a can"],
+    )
+    assert json.loads(capsys.readouterr().out)["series"] == series

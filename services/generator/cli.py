@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import sys
 
-from shared.argtypes import CommandParser, path_argument, positive_int
+from schemas.events import AdapterSeries, ModelId, TrainingPrompt
+from shared.argtypes import CommandParser, contract_text, path_argument, positive_int
 from shared.config import load_settings
 from shared.errors import BadInput, ObjectMissing
 from shared.generation.adapters import AdapterRegistry, RegistrationTakenOver, WeightsRefused, read_weights
@@ -30,8 +31,18 @@ def main(argv: list[str]) -> int:
         "weights", type=path_argument("file"), help="the .safetensors file (diffusers save_lora_weights)"
     )
     register.add_argument("--kind", choices=["general", "specialized"], required=True)
-    register.add_argument("--series", default=None, help="the product series (specialized adapters)")
-    register.add_argument("--base-model", required=True, help="name of the model the adapter was trained on")
+    register.add_argument(
+        "--series",
+        type=contract_text(AdapterSeries),
+        default=None,
+        help="the product series (specialized adapters): no control or bidirectional control characters",
+    )
+    register.add_argument(
+        "--base-model",
+        type=contract_text(ModelId),
+        required=True,
+        help="name of the model the adapter was trained on, on one line",
+    )
     register.add_argument(
         "--rank",
         type=positive_int,
@@ -39,7 +50,11 @@ def main(argv: list[str]) -> int:
         help="LoRA rank, at least 1 (default: read from the weights)",
     )
     register.add_argument(
-        "--prompt", action="append", default=[], help="a training prompt (repeat for several)"
+        "--prompt",
+        type=contract_text(TrainingPrompt),
+        action="append",
+        default=[],
+        help="a training prompt, on one line (repeat for several)",
     )
     remove = sub.add_parser(
         "remove",
