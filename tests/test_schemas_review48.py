@@ -15,6 +15,7 @@ from schemas.topics import ADAPTER_PUBLISHED, IMAGE_GENERATED, IMAGE_MATTED, SKU
 from shared.bus import make_envelope, read_envelope
 from shared.generation.adapters import AdapterRegistry
 from shared.store import FileStore
+from shared.trainstore.manifest import ManifestRow, decode_rows, encode_rows
 from skuforge_cli.main import main as cli_main
 from tests.support.bus import file_store_uri
 from tests.support.gate import captioned, matted_item
@@ -193,3 +194,43 @@ def test_adapters_register_takes_the_text_an_event_takes(
         ["a can"],
     )
     assert json.loads(capsys.readouterr().out)["series"] == series
+
+
+# -- a manifest row's caption: one line, as the caption and prompt it is copied from --------------------
+
+
+def _row(**fields: Any) -> ManifestRow:
+    return ManifestRow(
+        item_id="gen-001-00",
+        sku_id="SKU-001",
+        category="soda can",
+        source="synthetic",
+        status="accepted",
+        **fields,
+    )
+
+
+@pytest.mark.parametrize(("text", "named"), _REFUSED, ids=_REFUSED_IDS)
+def test_a_manifest_caption_with_one_is_refused_when_built_and_read_escaped_from_the_store(
+    text: str, named: str
+) -> None:
+    # A row's caption is a photo's caption or a generated image's prompt, which refuse these since review
+    # 47, but a row took any: another writer's U+202E or newline went on to `skuforge dataset export` and
+    # the training captions.
+    with pytest.raises(ValidationError) as refused:
+        _row(caption=text)
+    assert named in str(refused.value) and text not in str(refused.value)
+
+    # A row stored before (from an event read before the caption was ruled) still reads, escaped: refused,
+    # its whole manifest part would no longer read.
+    stored = _row(caption="a photo of sku1 soda can").model_dump(mode="json") | {"caption": text}
+    [read] = decode_rows(json.dumps(stored).encode() + b"\n")
+    assert read.caption == text.encode("unicode_escape").decode("ascii")
+    assert decode_rows(encode_rows([read])) == [read]
+
+
+def test_a_stored_manifest_caption_longer_than_any_event_carries_still_reads() -> None:
+    # Rows were written before the events' text was bounded: a bound here would leave their part unreadable.
+    stored = _row().model_dump(mode="json") | {"caption": "a red can, " * 1000 + "\n"}
+    [read] = decode_rows(json.dumps(stored).encode())
+    assert read.caption == "a red can, " * 1000 + "\\n"

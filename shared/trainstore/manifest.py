@@ -45,15 +45,16 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, Field, ValidationError
 
-from schemas.common import Contract, SafeId, Sha256Hex
+from schemas.common import READ_FROM_TOPIC, Contract, OneLineText, SafeId, Sha256Hex, escaped_when_read
 from schemas.envelope import derive_id
 from shared.config import ConfigError
 from shared.errors import BadInput, ObjectMissing, TransientError
@@ -127,7 +128,12 @@ class ManifestRow(Contract):
     mask_sha256: Sha256Hex | None = None
     width: int | None = None
     height: int | None = None
-    caption: str = ""
+    # A photo's caption or a generated image's prompt, one line as those are (they refuse control
+    # characters, line separators and bidirectional controls): a row took any, and another writer's U+202E
+    # or newline went on to exports and training captions. A row stored before is read with each escaped
+    # (``_read_row``), whatever its length: rows older than the events' bounds may be longer than an event
+    # now carries, and refused, their whole part would no longer read.
+    caption: Annotated[OneLineText, escaped_when_read(sys.maxsize)] = ""
     iou: float | None = None
     reasons: list[str] = Field(
         default_factory=list, description="failed gate checks, for pending/reviewed items"
@@ -222,8 +228,9 @@ def _row_json(row: ManifestRow) -> bytes:
 def _read_row(data: bytes) -> ManifestRow:
     """One stored row. A field this version does not know (a newer version's) is kept, not refused,
     and written back with the row (``encode_rows``); it is not a column of ``load_manifest``'s. A known
-    field that does not validate (a mistyped value, an unknown status) is still a ``ValidationError``."""
-    return ManifestRow.model_validate_json(data, extra=_READ_EXTRA)
+    field that does not validate (a mistyped value, an unknown status) is still a ``ValidationError``;
+    a caption stored before it was ruled one line is read escaped (``READ_FROM_TOPIC``)."""
+    return ManifestRow.model_validate_json(data, extra=_READ_EXTRA, context=READ_FROM_TOPIC)
 
 
 class ManifestUnreadable(BadInput):
