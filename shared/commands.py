@@ -5,7 +5,7 @@ SIGTERM, SIGHUP: ``shared.signals``) each say what to do in their message; a tra
 buried that line under frames of our code. A reader of stdout that stops early (``| head -1``) ends the
 command quietly; a stdout that cannot be written (``> report.txt`` on a full disk) is one line too, and a
 stderr that cannot be written (``2> log`` on a full disk, a closed pipe) loses what is said on it, never
-the command's exit status.
+the command's exit status. What is written on a closed stdout or stderr (``>&-``, ``2>&-``) is dropped.
 ``skuforge`` runs every command through ``run_command``, and so do the fitting tools that open a model and
 every bench module's ``main`` (``tests/test_bench_review45b.py`` holds them to it).
 """
@@ -33,7 +33,7 @@ def run_command(name: str, command: Callable[[], int]) -> int:
     signal for Ctrl-C, SIGTERM or SIGHUP where the command has nothing of its own to say or undo; 1,
     and nothing said, when stdout's reader has gone; 1 when stdout cannot be written (a full disk). The
     status is the same when stderr cannot be written either: what the command or this says on it is
-    dropped (``_GuardedStderr``)."""
+    dropped (``_GuardedStderr``); so is what it writes on a closed stdout (``_WatchedStdout``)."""
     stdout = sys.stdout = _WatchedStdout(sys.stdout)
     stderr = sys.stderr = _GuardedStderr(sys.stderr)
     try:
@@ -52,7 +52,7 @@ def run_command(name: str, command: Callable[[], int]) -> int:
             raise  # a file of the command's own, or a pipe to a child: its caller names it
         # `skuforge flow > report.txt` on a full disk: before, a traceback ending in "[Errno 28]".
         # Stdout to devnull, as for a closed pipe, so the interpreter's last flush does not fail again.
-        _to_devnull(stdout.stream)
+        _to_devnull(stdout)
         _say(
             f"{name}: its output could not be written: {exc} (free room where stdout goes, or send it "
             "elsewhere, and try again)"
@@ -124,13 +124,17 @@ def _stdout_reader_gone() -> bool:
 class _WatchedStdout:
     """``stream`` (stdout), remembering the ``OSError`` a write to it raised: an ``OSError`` from
     ``print`` names no file, and a full disk under stdout read as any other failure of the command.
-    A write that failed leaves nothing in its buffer, so the failure cannot be asked of stdout after."""
+    A write that failed leaves nothing in its buffer, so the failure cannot be asked of stdout after.
+    Where stdout was closed (``>&-``, a daemon's: ``sys.stdout`` is None) what is written is dropped, as
+    ``print`` drops it there: a write to None was an ``AttributeError``, a traceback and status 1."""
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: TextIO | None) -> None:
         self.stream = stream
         self.failure: OSError | None = None
 
     def write(self, text: str) -> int:
+        if self.stream is None:
+            return len(text)
         try:
             return self.stream.write(text)
         except OSError as exc:
@@ -142,6 +146,8 @@ class _WatchedStdout:
             self.write(line)
 
     def flush(self) -> None:
+        if self.stream is None:
+            return
         try:
             self.stream.flush()
         except OSError as exc:
@@ -152,8 +158,9 @@ class _WatchedStdout:
     def buffer(self) -> _WatchedStdoutBytes:
         """Stdout's bytes, watched as its text is: ``sys.stdout.buffer`` was stdout's own, and a full disk
         under a command writing bytes (``> report.bin``) was a traceback, not the one line. None where
-        stdout has no bytes below its text (an ``io.StringIO``): ``AttributeError``, as stdout's own."""
-        return _WatchedStdoutBytes(self, self.stream.buffer)
+        stdout has no bytes below its text (an ``io.StringIO``): ``AttributeError``, as stdout's own; with
+        stdout closed, one that drops all."""
+        return _WatchedStdoutBytes(self, None if self.stream is None else self.stream.buffer)
 
     def __getattr__(self, name: str) -> Any:  # fileno, isatty, encoding...: stdout's own
         return getattr(self.stream, name)
@@ -161,13 +168,16 @@ class _WatchedStdout:
 
 class _WatchedStdoutBytes:
     """``layer``, below stdout's text (its bytes, or below them its raw file), whose failed write is
-    remembered as ``stdout``'s own (``_WatchedStdout``)."""
+    remembered as ``stdout``'s own (``_WatchedStdout``); with stdout closed (``layer`` None), all is
+    dropped."""
 
     def __init__(self, stdout: _WatchedStdout, layer: Any) -> None:
         self.stdout = stdout
         self.layer = layer
 
     def write(self, data: bytes) -> Any:  # a raw file's may be None (nothing written, non-blocking)
+        if self.layer is None:
+            return memoryview(data).nbytes
         try:
             return self.layer.write(data)
         except OSError as exc:
@@ -179,6 +189,8 @@ class _WatchedStdoutBytes:
             self.write(block)
 
     def flush(self) -> None:
+        if self.layer is None:
+            return
         try:
             self.layer.flush()
         except OSError as exc:
@@ -187,8 +199,9 @@ class _WatchedStdoutBytes:
 
     @property
     def raw(self) -> _WatchedStdoutBytes:
-        """The raw file below stdout's bytes, watched too; none below a raw file (``AttributeError``)."""
-        return _WatchedStdoutBytes(self.stdout, self.layer.raw)
+        """The raw file below stdout's bytes, watched too; none below a raw file (``AttributeError``);
+        with stdout closed, one that drops all."""
+        return _WatchedStdoutBytes(self.stdout, None if self.layer is None else self.layer.raw)
 
     def __getattr__(self, name: str) -> Any:  # fileno, mode...: the layer's own
         return getattr(self.layer, name)
