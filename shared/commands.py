@@ -13,6 +13,7 @@ every bench module's ``main`` (``tests/test_bench_review45b.py`` holds them to i
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import select
 import sys
@@ -85,10 +86,10 @@ def run_command(name: str, command: Callable[[], int]) -> int:
         return 128 + signum
     finally:
         if sys.stdout is stdout:  # not one the command set for good
-            sys.stdout = stdout.stream
+            sys.stdout = stdout.put_back()
         if sys.stderr is stderr:
             stderr.flush()  # a buffered one's last words: here, where their failure is caught
-            sys.stderr = stderr.stream
+            sys.stderr = stderr.put_back()
 
 
 def _say(line: str) -> None:
@@ -131,6 +132,7 @@ class _WatchedStdout:
     def __init__(self, stream: TextIO | None) -> None:
         self.stream = stream
         self.failure: OSError | None = None
+        self.detached: _WatchedStdoutBytes | None = None  # stdout's bytes, once the command took them
 
     def write(self, text: str) -> int:
         if self.stream is None:
@@ -146,6 +148,9 @@ class _WatchedStdout:
             self.write(line)
 
     def flush(self) -> None:
+        if self.detached is not None:  # stdout's text has nothing below it left to flush into
+            self.detached.flush()
+            return
         if self.stream is None:
             return
         try:
@@ -153,6 +158,31 @@ class _WatchedStdout:
         except OSError as exc:
             self.failure = exc
             raise
+
+    def detach(self) -> _WatchedStdoutBytes:
+        """Stdout's bytes, taken from its text and watched as ``buffer``'s are. Stdout's own ``detach``
+        gave the bytes unwatched (a full disk under them was a traceback), and left run_command's flush and
+        the interpreter's last one to a text stream with nothing below it: a ``ValueError`` traceback, or
+        "Exception ignored" and status 120. Where stdout has no bytes to give (taken already, an
+        ``io.StringIO``, closed) it fails as stdout's own does, for the command to handle."""
+        stream: Any = self.stream  # None (closed): AttributeError, as sys.stdout.detach() there
+        self.detached = _WatchedStdoutBytes(self, stream.detach())
+        return self.detached
+
+    def fileno(self) -> int:
+        """Stdout's descriptor, also once the command took its bytes (``detach``): run_command asks it
+        whether stdout's reader has gone and sends stdout to devnull through it."""
+        if self.detached is not None:
+            return int(self.detached.fileno())
+        return self.stream.fileno()  # type: ignore[union-attr]  # None: AttributeError, as stdout's own
+
+    def put_back(self) -> TextIO | None:
+        """Stdout as run_command found it, for ``sys.stdout`` once the command is done; once the command
+        took its bytes (``detach``), a text stream over them again, alike, so that writing to stdout and
+        the interpreter's last flush do not fail on a text stream with nothing below it."""
+        if self.detached is None or self.stream is None:
+            return self.stream
+        return _text_again(self.stream, self.detached.layer)
 
     @property
     def buffer(self) -> _WatchedStdoutBytes:
@@ -164,6 +194,17 @@ class _WatchedStdout:
 
     def __getattr__(self, name: str) -> Any:  # fileno, isatty, encoding...: stdout's own
         return getattr(self.stream, name)
+
+
+def _text_again(detached_text: Any, its_bytes: Any) -> TextIO:
+    """A text stream over ``its_bytes``, alike ``detached_text`` (the one they were detached from)."""
+    return io.TextIOWrapper(
+        its_bytes,
+        encoding=detached_text.encoding,
+        errors=detached_text.errors,
+        line_buffering=detached_text.line_buffering,
+        write_through=detached_text.write_through,
+    )
 
 
 class _WatchedStdoutBytes:
@@ -218,9 +259,13 @@ class _GuardedStderr:
 
     def __init__(self, stream: TextIO | None) -> None:
         self.stream = stream
+        self.detached: _GuardedStderrBytes | None = None  # stderr's bytes, once the command took them
 
     def write(self, text: str) -> int:
         if self.stream is None:
+            return len(text)
+        if self.detached is not None:  # the command took stderr's bytes: what is said still goes there
+            self.detached.write(text.encode(self.stream.encoding, self.stream.errors or "strict"))
             return len(text)
         try:
             return self.stream.write(text)
@@ -233,12 +278,33 @@ class _GuardedStderr:
             self.write(line)
 
     def flush(self) -> None:
+        if self.detached is not None:  # stderr's text has nothing below it left to flush into
+            self.detached.flush()
+            return
         if self.stream is None:
             return
         try:
             self.stream.flush()
         except OSError:
             _to_devnull(self.stream)
+
+    def detach(self) -> _GuardedStderrBytes:
+        """Stderr's bytes, taken from its text and guarded as ``buffer``'s are. Stderr's own ``detach``
+        gave them unguarded, and left run_command's last flush to a text stream with nothing below it: a
+        ``ValueError``, "lost sys.stderr" and status 120. What is said on ``sys.stderr`` after (run_command's
+        own line on a failure) goes to those bytes: it was a ``ValueError`` traceback instead. Where stderr
+        has no bytes to give (taken already, an ``io.StringIO``, closed) it fails as stderr's own does,
+        for the command to handle."""
+        stream: Any = self.stream  # None (closed): AttributeError, as sys.stderr.detach() there
+        self.detached = _GuardedStderrBytes(stream.detach())
+        return self.detached
+
+    def put_back(self) -> TextIO | None:
+        """Stderr as run_command found it, for ``sys.stderr`` once the command is done; once the command
+        took its bytes (``detach``), a text stream over them again, alike (``_WatchedStdout.put_back``)."""
+        if self.detached is None or self.stream is None:
+            return self.stream
+        return _text_again(self.stream, self.detached.layer)
 
     @property
     def buffer(self) -> _GuardedStderrBytes:
