@@ -420,7 +420,7 @@ def fetch_file(
             if copied_digest != digest:
                 raise ChecksumMismatch(uri, digest, copied_digest)
 
-        def whole() -> bool:
+        def holds_the_bytes() -> bool:
             # Compare contents, not sizes: a cached copy damaged in place keeps its size and would
             # otherwise be loaded (and fail) at every start until someone empties the cache by hand.
             return (
@@ -429,6 +429,8 @@ def fetch_file(
                 and target.stat().st_size == size
                 and file_sha256(target) == digest
             )
+
+        whole = _broken_asked_once(target, holds_the_bytes)
 
         copied_and_held(
             target,
@@ -455,6 +457,37 @@ def copied_and_held(target: Path, *, whole: Callable[[], bool], copy: Callable[[
         if hold(target):
             return
     raise OSError(errno.EBUSY, f"could not keep the model copy at {target}: other processes keep pruning it")
+
+
+def _broken_asked_once(path: Path, whole: Callable[[], bool]) -> Callable[[], bool]:
+    """``whole``, not asked again of the entry at ``path`` it found not whole while that entry is still
+    there unchanged (``_entry_state``): a copy's check is a read of the whole model (every file of a
+    folder), and a broken copy was read whole twice, once found broken and again, under no change, just
+    before ours was put over it. What is put there since (another process's copy, linked or renamed in,
+    a mode changed) is another entry, and asked of again. Nothing in this cache mends a copy in place, so
+    an entry found broken stays so."""
+    broken: set[tuple[int, ...]] = set()
+
+    def asked() -> bool:
+        before = _entry_state(path)
+        if before is not None and before in broken:
+            return False
+        verdict = whole()
+        if not verdict and before is not None and _entry_state(path) == before:
+            broken.add(before)
+        return verdict
+
+    return asked
+
+
+def _entry_state(path: Path) -> tuple[int, ...] | None:
+    """Which entry is at ``path`` (device, inode) and whether it changed (size, times), or None where
+    nothing is there."""
+    try:
+        found = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    return (found.st_dev, found.st_ino, found.st_size, found.st_mtime_ns, found.st_ctime_ns)
 
 
 def file_sha256(path: Path) -> str:
@@ -529,22 +562,30 @@ def fetch_directory(
     target = base / f"{label}-{hashlib.sha256(location.encode()).hexdigest()[:16]}"
     check_owner(target)
 
+    whole = _broken_asked_once(target, lambda: _is_complete(target, keys))
+
     def copy() -> None:
         # Room first: pruned only after a fetch succeeded, a volume the stale copies filled failed every
         # copy (ENOSPC) and so was never pruned. Not before a whole copy is reused: a model a stage ran
         # for weeks, its mtime as old as that start, would be deleted and downloaded again.
         prune_unused(base, unused_days)
-        _download(source, prefix, keys, {"uri": root, "location": location}, target)
+        _download(source, prefix, keys, {"uri": root, "location": location}, target, whole)
 
-    copied_and_held(target, whole=lambda: _is_complete(target, keys), copy=copy)
+    copied_and_held(target, whole=whole, copy=copy)
     prune_unused(base, unused_days)
     return target
 
 
 def _download(
-    source: ObjectStore, prefix: str, keys: list[str], marker: dict[str, object], target: Path
+    source: ObjectStore,
+    prefix: str,
+    keys: list[str],
+    marker: dict[str, object],
+    target: Path,
+    whole: Callable[[], bool],
 ) -> None:
-    """Copy ``keys`` under ``prefix`` into a partial folder beside ``target``, then install it there."""
+    """Copy ``keys`` under ``prefix`` into a partial folder beside ``target``, then install it there
+    unless what is there is ``whole`` (``_install``)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(dir=target.parent, prefix=PARTIAL_PREFIX))
     partial_fd = os.open(partial, os.O_RDONLY)
@@ -563,7 +604,7 @@ def _download(
         # The folders' entries too, deepest first: synced files are lost if the names leading to them are.
         for folder, _, _ in sorted(os.walk(partial), key=lambda walked: -len(Path(walked[0]).parts)):
             fsync_dir(Path(folder))
-        _install(partial, target, keys)
+        _install(partial, target, whole)
         fsync_dir(target.parent)
     finally:
         os.close(partial_fd)
@@ -757,8 +798,8 @@ def _is_complete(target: Path, keys: list[str]) -> bool:
     return True
 
 
-def _install(partial: Path, target: Path, keys: list[str]) -> None:
-    """Put the finished copy ``partial`` at ``target`` unless a whole copy of ``keys`` is there already;
+def _install(partial: Path, target: Path, whole: Callable[[], bool]) -> None:
+    """Put the finished copy ``partial`` at ``target`` unless what is there is ``whole`` already;
     what is left at ``partial`` (our copy, or the outdated one ours replaced) is the caller's to delete.
 
     The swap happens under the cache's install lock, and only when the copy checked is still the one
@@ -781,7 +822,7 @@ def _install(partial: Path, target: Path, keys: list[str]) -> None:
         _exchange(partial, target)  # the outdated or broken copy checked
         return True
 
-    _install_unless_whole(target, lambda: _is_complete(target, keys), put)
+    _install_unless_whole(target, whole, put)
 
 
 # renameat2(2)'s flag that swaps two names atomically (Linux 3.15; ext4, XFS, btrfs, tmpfs, overlayfs).

@@ -10,7 +10,8 @@ import inspect
 import os
 import stat
 import threading
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -78,41 +79,29 @@ def test_a_copy_another_process_installs_meanwhile_is_kept_not_replaced(
     # Between finding the cached copy outdated and renaming it aside, another stage installed a whole new
     # copy and began loading it: that fresh copy was renamed aside and deleted under it.
     uri, cache, copy = _outdated_copy(tmp_path)
-    is_complete: Callable[[Path, list[str]], bool] = model_cache._is_complete
-    flock = fcntl.flock
-    other_stage_waits_or_is_done = threading.Event()
+    install_lock = model_cache._install_lock
     other_stage_got: list[int] = []
     main_thread = threading.current_thread()
 
     def other_stage() -> None:
-        try:
-            fetch_directory(uri, cache, uri_from="the test")
-            other_stage_got.append(copy.stat().st_ino)
-        finally:
-            other_stage_waits_or_is_done.set()
+        fetch_directory(uri, cache, uri_from="the test")
+        other_stage_got.append(copy.stat().st_ino)
 
-    def flock_noting_a_wait(fd: int, operation: int) -> None:
-        if threading.current_thread() is not main_thread and operation == fcntl.LOCK_EX:
-            other_stage_waits_or_is_done.set()  # about to wait for this stage: it cannot go further
-        flock(fd, operation)
-
-    def other_stage_installs_meanwhile(target: Path, keys: list[str]) -> bool:
-        complete = is_complete(target, keys)
+    @contextmanager
+    def other_stage_installs_meanwhile(folder: Path) -> Iterator[None]:
+        # This stage has found the copy there outdated and not yet taken the install lock to replace it
+        # (it holds no lock the other stage waits for): the other stage's whole fetch runs here, first.
         installing_now = any(frame.function == "_install" for frame in inspect.stack())
-        if threading.current_thread() is main_thread and installing_now:
-            monkeypatch.setattr(model_cache, "_is_complete", is_complete)
-            installing = threading.Thread(target=other_stage)
-            installing.start()
-            other_stage_waits_or_is_done.wait()
-            installs.append(installing)
-        return complete
+        if threading.current_thread() is main_thread and installing_now and not installs:
+            installs.append(threading.Thread(target=other_stage))
+            installs[0].start()
+            installs[0].join()
+        with install_lock(folder):
+            yield
 
     installs: list[threading.Thread] = []
-    monkeypatch.setattr(fcntl, "flock", flock_noting_a_wait)
-    monkeypatch.setattr(model_cache, "_is_complete", other_stage_installs_meanwhile)
+    monkeypatch.setattr(model_cache, "_install_lock", other_stage_installs_meanwhile)
     fetch_directory(uri, cache, uri_from="the test")
-    for installing in installs:
-        installing.join()
 
     assert installs and other_stage_got, "the other stage never ran"
     assert copy.stat().st_ino == other_stage_got[0], "the copy the other stage got was replaced under it"
