@@ -101,12 +101,27 @@ def heard(signum: int) -> bool:
 def stopped_as_interrupt() -> Iterator[None]:
     """SIGTERM and SIGHUP raise ``Stopped`` inside the block. A signal already ignored (``nohup``)
     stays ignored, and outside the main thread (where no handler can be set) nothing changes."""
+    ending = _Ending()
+
+    def stop(signum: int, frame: object) -> None:
+        if ending.over:
+            ending.came.append(signum)
+            return
+        raise Stopped(signum)
+
     previous: dict[int, Any] = {}
+    failure: BaseException | None = None
     try:
-        _set_handlers(raise_stopped, (signal.SIGTERM, signal.SIGHUP), previous, replaces=_only_default)
+        _set_handlers(stop, (signal.SIGTERM, signal.SIGHUP), previous, replaces=_only_default)
         yield
+    except BaseException as exc:
+        failure = exc
+        raise
     finally:
+        ending.over = True  # first, before any call (``_Ending``)
         _restore(previous)
+        if ending.came and not isinstance(failure, KeyboardInterrupt):  # one stop is enough
+            raise Stopped(ending.came[0])  # as it was raised a moment before, inside the block
 
 
 @contextlib.contextmanager
@@ -144,7 +159,8 @@ def stops_wait_for_clean_up() -> Iterator[FailurePath]:
     path sets ``failing``. From then on they wait until the block is done, however it ends (its clean-up
     is not cut short); then the first that came is delivered as it would have been, raised from the
     failure (``failure_before``), unless a stop ends the block already (one is enough). For a clean-up an
-    interrupt must not cut short (an export's staging folder). A signal ignored stays ignored, and outside
+    interrupt must not cut short (an export's staging folder). One that comes as the block ends, while its
+    handlers are put back, waits for them too (``_Ending``). A signal ignored stays ignored, and outside
     the main thread nothing changes.
 
     The failure path sets ``failing = True`` first, before any call: CPython runs a signal's Python handler
@@ -176,6 +192,7 @@ def stops_wait_for_clean_up() -> Iterator[FailurePath]:
         failure = exc
         raise
     finally:
+        path.failing = True  # first, before any call: a stop from here on waits too (``_Ending``)
         try:
             _restore(previous)
         except KeyboardInterrupt as stop:  # one came while they were put back: it ends the block
@@ -193,6 +210,19 @@ def stops_wait_for_clean_up() -> Iterator[FailurePath]:
 
 
 _STOPS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class _Ending:
+    """A block's end, marked (``over``) by the first statement of its ``finally``: a stop that comes from
+    then until its handlers are back is noted in ``came`` by the block's handler, for the block to
+    deliver once they are, not raised where it lands. Raised there, it landed at the call to
+    ``_restore`` (a signal's Python handler runs at a call, a function's start or a loop's jump back),
+    before any handler was put back, and all stayed the block's for good. No call comes before that
+    first statement, so no handler runs between the block's end and the mark."""
+
+    def __init__(self) -> None:
+        self.over = False
+        self.came: list[int] = []
 
 
 def _only_default(handler: Any) -> bool:
