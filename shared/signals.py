@@ -119,7 +119,11 @@ def stopped_as_interrupt() -> Iterator[None]:
         raise
     finally:
         ending.over = True  # first, before any call (``_Ending``)
-        _restore(previous)
+        try:
+            _restore(previous)
+        except BaseException:  # cut short at its call by another signal's handler (``_Ending``)
+            _restore(previous)
+            raise
         if ending.came and not isinstance(failure, KeyboardInterrupt):  # one stop is enough
             raise Stopped(ending.came[0])  # as it was raised a moment before, inside the block
 
@@ -194,7 +198,11 @@ def stops_wait_for_clean_up() -> Iterator[FailurePath]:
     finally:
         path.failing = True  # first, before any call: a stop from here on waits too (``_Ending``)
         try:
-            _restore(previous)
+            try:
+                _restore(previous)
+            except BaseException:  # cut short at its call by another signal's handler (``_Ending``)
+                _restore(previous)
+                raise
         except KeyboardInterrupt as stop:  # one came while they were put back: it ends the block
             if failure is None or isinstance(failure, KeyboardInterrupt):
                 raise
@@ -218,7 +226,10 @@ class _Ending:
     deliver once they are, not raised where it lands. Raised there, it landed at the call to
     ``_restore`` (a signal's Python handler runs at a call, a function's start or a loop's jump back),
     before any handler was put back, and all stayed the block's for good. No call comes before that
-    first statement, so no handler runs between the block's end and the mark."""
+    first statement, so no handler runs between the block's end and the mark. A signal the block set no
+    handler for (Ctrl-C for ``stopped_as_interrupt``, a caller's own) may still raise at that call: the
+    block then puts its handlers back again before passing it on, or they stayed the block's, marked as
+    ending, and every later stop was noted for a block long done."""
 
     def __init__(self) -> None:
         self.over = False

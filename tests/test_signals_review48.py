@@ -49,3 +49,51 @@ def test_a_stop_as_a_block_ends_still_stops_it_and_leaves_every_handler_back(
         pass
     monkeypatch.undo()
     assert {signum: signal.getsignal(signum) for signum in STOPS} == before
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    """A caller's own handler for a signal no block sets one for: it stops the process as Ctrl-C does."""
+    raise KeyboardInterrupt
+
+
+def _other_stop_as_the_restore_is_called(monkeypatch: pytest.MonkeyPatch, stop: int) -> None:
+    """``stop``, a signal the block set no handler for, comes as the block's ``finally`` first calls
+    ``_restore``: its own handler raises there, before any of the block's is put back."""
+    restore = signals._restore
+    calls: list[int] = []
+
+    def stop_then_restore(*args: Any, **kwargs: Any) -> None:
+        calls.append(stop)
+        if len(calls) == 1:
+            signal.raise_signal(stop)
+        restore(*args, **kwargs)
+
+    monkeypatch.setattr(signals, "_restore", stop_then_restore)
+
+
+@pytest.mark.parametrize(
+    ("block", "stop"),
+    [(stopped_as_interrupt, signal.SIGINT), (stops_wait_for_clean_up, signal.SIGUSR1)],
+    ids=["stopped_as_interrupt", "stops_wait_for_clean_up"],
+)
+def test_another_stop_as_a_block_ends_leaves_every_handler_back(
+    block: Callable[[], AbstractContextManager[object]],
+    stop: int,
+    monkeypatch: pytest.MonkeyPatch,
+    restore_signal_handlers: None,
+) -> None:
+    # Raised before _restore put any handler back, it left the block's for good, marked as ending: every
+    # later SIGTERM or Ctrl-C was noted (held) for a block long done, and so swallowed.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    before = {signum: signal.getsignal(signum) for signum in STOPS}
+    caller_s = signal.signal(signal.SIGUSR1, _interrupted)
+    try:
+        _other_stop_as_the_restore_is_called(monkeypatch, stop)
+        with pytest.raises(KeyboardInterrupt), block():
+            pass
+        monkeypatch.undo()
+        assert {signum: signal.getsignal(signum) for signum in STOPS} == before
+    finally:
+        signal.signal(signal.SIGUSR1, caller_s)
