@@ -121,7 +121,7 @@ def stopped_as_interrupt() -> Iterator[None]:
         ending.over = True  # first, before any call (``_Ending``)
         try:
             _restore(previous)
-        except BaseException:  # cut short at its call by another signal's handler (``_Ending``)
+        except (KeyboardInterrupt, SystemExit):  # cut short by another signal's handler (``_Ending``)
             _restore(previous)
             raise
         if ending.came and not isinstance(failure, KeyboardInterrupt):  # one stop is enough
@@ -144,7 +144,11 @@ def held_signals() -> Iterator[list[int]]:
         _set_handlers(hold, _STOPS, previous, replaces=_not_ignored)
         yield came
     finally:
-        _restore(previous)
+        try:
+            _restore(previous)
+        except (KeyboardInterrupt, SystemExit):  # cut short by a second stop (``_restore``)
+            _restore(previous)
+            raise
 
 
 class FailurePath:
@@ -200,7 +204,7 @@ def stops_wait_for_clean_up() -> Iterator[FailurePath]:
         try:
             try:
                 _restore(previous)
-            except BaseException:  # cut short at its call by another signal's handler (``_Ending``)
+            except (KeyboardInterrupt, SystemExit):  # cut short by another signal's handler (``_Ending``)
                 _restore(previous)
                 raise
         except KeyboardInterrupt as stop:  # one came while they were put back: it ends the block
@@ -273,7 +277,11 @@ def _restore(previous: dict[int, Any]) -> None:
     (``pthread_sigmask``) would not do: it blocks them on the main thread only, a signal sent to the
     process is then taken by another thread (a Kafka client's), and its handler runs on the main thread
     all the same. Any other failure is ``signal.signal``'s own (the block left off the main thread),
-    which a retry meets again: that handler is left, the rest are tried, and the first failure raised."""
+    which a retry meets again: that handler is left, the rest are tried, and the first failure raised.
+    A second stop whose handler was back already can still raise where the loop goes back for the rest
+    after the first (a loop's jump back, outside its ``try``): each block then calls this again before
+    passing the stop on (a ``KeyboardInterrupt`` or ``SystemExit`` a handler raised; ``signal.signal``'s
+    own failure is not tried again), or the handlers left stayed the block's for good."""
     left = list(previous.items())
     came: BaseException | None = None
     while left:

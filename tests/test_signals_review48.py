@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import inspect
 import signal
+import sys
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from types import FrameType
 from typing import Any
 
 import pytest
 
 from shared import signals
-from shared.signals import stopped_as_interrupt, stops_wait_for_clean_up
+from shared.signals import held_signals, stopped_as_interrupt, stops_wait_for_clean_up
 from tests.support.signals import STOPS
 
 
@@ -97,3 +100,58 @@ def test_another_stop_as_a_block_ends_leaves_every_handler_back(
         assert {signum: signal.getsignal(signum) for signum in STOPS} == before
     finally:
         signal.signal(signal.SIGUSR1, caller_s)
+
+
+def _second_ctrl_c_as_the_restore_loops_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Ctrl-C comes just after the block puts Ctrl-C's handler back (that handler raises there, caught by
+    ``_restore``), and another as ``_restore`` goes back for the handlers left: at its outer loop's jump
+    back, outside its ``try``, where a signal's handler runs too (here raised by a line trace)."""
+    real_set = signal.signal
+    came: list[int] = []
+
+    def set_then_stop(signum: int, handler: Any) -> Any:
+        before = real_set(signum, handler)
+        if signum == signal.SIGINT and not came:
+            came.append(signum)
+            signal.raise_signal(signal.SIGINT)
+        return before
+
+    restore = signals._restore.__code__
+    outer_loop = restore.co_firstlineno + inspect.getsource(signals._restore).splitlines().index(
+        "    while left:"
+    )
+
+    def trace(frame: FrameType, event: str, arg: object) -> Any:
+        if frame.f_code is not restore:
+            return None
+        if event == "line" and frame.f_lineno == outer_loop and came == [signal.SIGINT]:
+            came.append(signal.SIGINT)
+            raise KeyboardInterrupt  # the second Ctrl-C's handler (default_int_handler), run there
+        return trace
+
+    monkeypatch.setattr(signal, "signal", set_then_stop)
+    sys.settrace(trace)
+
+
+@pytest.mark.parametrize(
+    "block", [held_signals, stops_wait_for_clean_up], ids=["held_signals", "stops_wait_for_clean_up"]
+)
+def test_two_ctrl_c_while_a_block_puts_its_handlers_back_leave_every_handler_back(
+    block: Callable[[], AbstractContextManager[object]],
+    monkeypatch: pytest.MonkeyPatch,
+    restore_signal_handlers: None,
+) -> None:
+    # Ctrl-C's handler is put back first: a Ctrl-C there was caught and the rest put back after it, but
+    # a second one raised out of _restore at its loop back, and SIGTERM's and SIGHUP's handlers stayed
+    # the block's: held_signals' swallowed every later SIGTERM.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    before = {signum: signal.getsignal(signum) for signum in STOPS}
+    try:
+        with pytest.raises(KeyboardInterrupt), block():
+            _second_ctrl_c_as_the_restore_loops_back(monkeypatch)
+    finally:
+        sys.settrace(None)
+        monkeypatch.undo()
+    assert {signum: signal.getsignal(signum) for signum in STOPS} == before
