@@ -38,6 +38,7 @@ from services.console.intake import build_intake_stage
 from services.console.metrics import ConsoleMetrics
 from services.console.relay import DecisionRelay
 from services.console.relay import stop_timeout_s as relay_stop_timeout_s
+from services.console.slowheaders import headers_deadline
 from services.console.tasks import TaskStore
 from services.console.withdrawn import WithdrawalSweep
 from shared.argtypes import int_between
@@ -59,6 +60,8 @@ log = logging.getLogger("skuforge.console")
 HTTP_DRAIN_S = 15.0
 # Then the intake gets this long to commit what it consumed and leave its group.
 INTAKE_STOP_S = 60.0
+# A request's headers must all arrive this long after the wait for them began (``slowheaders.py``).
+HEADERS_TIMEOUT_S = 30.0
 
 
 def expected_outage(exc: Exception) -> bool:
@@ -189,16 +192,25 @@ class ConsoleService:
 
     def uvicorn_server(self, host: str | None = None, port: int | None = None) -> uvicorn.Server:
         """A uvicorn server for the app (``run()`` blocks; signals are handled in the main thread)."""
-        config = uvicorn.Config(
-            self.app,
-            host=host or self.console_settings.console_host,
-            port=self.console_settings.console_port if port is None else port,
-            log_level="warning",
-            access_log=False,
-            proxy_headers=False,
-            timeout_graceful_shutdown=int(HTTP_DRAIN_S),
+        host = host or self.console_settings.console_host
+        return uvicorn.Server(
+            web_config(self.app, host, self.console_settings.console_port if port is None else port)
         )
-        return uvicorn.Server(config)
+
+
+def web_config(app: FastAPI, host: str, port: int) -> uvicorn.Config:
+    """How uvicorn serves the console's ``app`` (``serve console`` and the browser tests alike)."""
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        # h11 (not httptools, were it installed): the deadline on a request's headers is h11's protocol's.
+        http=headers_deadline(HEADERS_TIMEOUT_S),
+        log_level="warning",
+        access_log=False,
+        proxy_headers=False,
+        timeout_graceful_shutdown=int(HTTP_DRAIN_S),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,6 +14,7 @@ import pytest
 import uvicorn
 
 from devstack.broker import free_port
+from services.console.server import web_config
 from services.console.tasks import Task
 from tests.support.console import ConsoleParts, app_for, build_console, with_flagged
 from tests.support.polling import wait_for
@@ -55,9 +56,10 @@ def new_tab(context: Any, timeout_ms: int = 30_000) -> Any:
 
 @contextmanager
 def serving(parts: ConsoleParts) -> Iterator[int]:
-    """``parts``' app behind a real uvicorn on 127.0.0.1; yields its port."""
+    """``parts``' app behind a real uvicorn on 127.0.0.1, configured as ``serve console`` configures it
+    (``HEADERS_TIMEOUT_S`` of ``services.console.server`` read now); yields its port."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app_for(parts), host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(web_config(app_for(parts), "127.0.0.1", port))
     thread = threading.Thread(target=server.run, name="console-web", daemon=True)
     thread.start()
     try:

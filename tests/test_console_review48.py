@@ -1,0 +1,126 @@
+"""Found in review 48 of the console: a request's headers sent slowly (or not at all) held the connection
+for good."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from services.console import server as console_server
+from tests.support.console import build_console
+from tests.support.console_browser import serving
+
+# A guard on each wait for the console: it answers after its 1 s; this only fails a test sooner.
+GUARD_S = 30.0
+
+
+@pytest.fixture
+def served_port(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
+    """The console's app served as ``serve console`` serves it, a request's headers awaited 1 s at most."""
+    monkeypatch.setattr(console_server, "HEADERS_TIMEOUT_S", 1.0)
+    with serving(build_console(tmp_path)) as port:
+        yield port
+
+
+def connect(port: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.settimeout(GUARD_S)
+    return sock
+
+
+def answer_to(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    received = b""
+    try:
+        while chunk := sock.recv(65536):
+            received += chunk
+    except TimeoutError:
+        pytest.fail(f"no end after {GUARD_S} s: the connection was held ({received!r})")
+    return received
+
+
+def one_answer(sock: socket.socket) -> bytes:
+    """One whole answer (its head and its Content-Length of body), the connection left open."""
+    received = b""
+    while b"\r\n\r\n" not in received:
+        chunk = sock.recv(65536)
+        assert chunk, received
+        received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    fields = dict(line.lower().split(b":", 1) for line in head.split(b"\r\n")[1:])
+    length = int(fields[b"content-length"])
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk, received
+        body += chunk
+    return head + b"\r\n\r\n" + body
+
+
+def assert_answered_408(answer: bytes) -> None:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 "), answer
+    assert b"connection: close" in head.lower(), answer
+    assert b"the request headers did not all arrive within 1 s" in body, answer
+
+
+def test_headers_that_stop_arriving_are_answered_408_and_the_connection_closed(served_port: int) -> None:
+    # Before, a client that sent part of a request's headers, then nothing, held the connection for good:
+    # uvicorn times out only an idle connection after an answer, and the body's limit (slowbody.py) starts
+    # once the headers are read.
+    with connect(served_port) as sock:
+        sock.sendall(b"GET /login HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: te")
+
+        assert_answered_408(answer_to(sock))
+
+
+def test_a_connection_that_sends_nothing_is_closed_without_an_answer(served_port: int) -> None:
+    # As uvicorn closes an idle connection between requests: a browser's spare connection is no request.
+    with connect(served_port) as sock:
+        assert answer_to(sock) == b""
+
+
+def test_headers_sent_a_byte_at_a_time_do_not_keep_the_connection(served_port: int) -> None:
+    # Slowloris: each byte came before any idle limit, so only a deadline on the whole headers ends it.
+    # The server may close while a byte is on its way, so the end is a 408, a closed or a reset
+    # connection, whichever this client meets first; a connection still open after the guard fails.
+    request = b"GET /login HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 500
+    ended = b""
+    with connect(served_port) as sock:
+        sock.settimeout(GUARD_S / len(request))  # the bytes' pace; len(request) of them take the guard
+        for byte in request:
+            try:
+                ended = sock.recv(65536) or b"closed"
+                break
+            except TimeoutError:
+                pass  # nothing yet: the next byte
+            except ConnectionResetError:
+                ended = b"reset"
+                break
+            try:
+                sock.sendall(bytes([byte]))
+            except (BrokenPipeError, ConnectionResetError):
+                ended = b"reset"
+                break
+
+    assert ended, "the headers, sent a byte at a time, held the connection past the guard"
+    assert ended in (b"closed", b"reset") or ended.startswith(b"HTTP/1.1 408 "), ended
+
+
+def test_a_later_request_on_a_kept_connection_has_the_same_deadline(served_port: int) -> None:
+    with connect(served_port) as sock:
+        sock.sendall(b"GET /login HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert one_answer(sock).startswith(b"HTTP/1.1 200 ")
+
+        sock.sendall(b"GET /login HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: te")
+
+        assert_answered_408(answer_to(sock))
+
+
+def test_a_whole_request_is_answered_as_before(served_port: int) -> None:
+    with connect(served_port) as sock:
+        sock.sendall(b"GET /login HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+
+        assert answer_to(sock).startswith(b"HTTP/1.1 200 ")
