@@ -1,5 +1,6 @@
 """Found in review 48 of the console: a request's headers sent slowly (or not at all) held the connection
-for good."""
+for good; the item page kept its hold on an item whose decision was refused because someone else had
+decided it."""
 
 from __future__ import annotations
 
@@ -10,8 +11,14 @@ from pathlib import Path
 import pytest
 
 from services.console import server as console_server
-from tests.support.console import build_console
-from tests.support.console_browser import serving
+from tests.support.console import build_console, flagged_item, pending_envelope, record_as
+from tests.support.console_browser import (
+    fresh_tab,
+    launch_chromium,
+    open_claimed_item,
+    require_chromium,
+    serving,
+)
 
 # A guard on each wait for the console: it answers after its 1 s; this only fails a test sooner.
 GUARD_S = 30.0
@@ -124,3 +131,42 @@ def test_a_whole_request_is_answered_as_before(served_port: int) -> None:
         sock.sendall(b"GET /login HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
 
         assert answer_to(sock).startswith(b"HTTP/1.1 200 ")
+
+
+# No renewal comes during a browser test (the page renews every third of the lease): what a 409 to a
+# decision does is the page's doing alone.
+LONG_LEASE_S = 3600.0
+
+
+@pytest.mark.slow
+def test_a_decision_refused_as_someone_elses_drops_the_hold_so_next_works(tmp_path: Path) -> None:
+    # Before, the page kept holding the item after "not saved: task ... is already approved": "n" said
+    # "decide or release this item first", and Esc "could not release", until the next renewal (a third of
+    # the lease later) found the lease lost.
+    from playwright.sync_api import sync_playwright
+
+    require_chromium()
+    parts = build_console(tmp_path, lease_s=LONG_LEASE_S)
+    envelope = pending_envelope(flagged_item(parts.store, 0))
+    parts.tasks.add_pending(envelope)
+    task_id = envelope.event_id
+    with serving(parts) as port, sync_playwright() as playwright:
+        browser = launch_chromium(playwright)
+        try:
+            tab = fresh_tab(browser)
+            open_claimed_item(tab, port, task_id)
+            # alice's lease runs out (a laptop asleep); bob claims the item and approves it.
+            parts.clock.advance(LONG_LEASE_S + 1)
+            parts.tasks.claim(task_id, "bob", 60.0)
+            record_as(parts, "bob", task_id, "approve_predicted")
+
+            tab.keyboard.press("e")
+            tab.wait_for_selector("#status:has-text('no longer holds the item')")
+            status = tab.text_content("#status") or ""
+            assert status.startswith("not saved: ") and "approved" in status, status
+            tab.keyboard.press("n")
+
+            tab.wait_for_url(f"http://127.0.0.1:{port}/?empty=1")  # no other item waits
+        finally:
+            browser.close()
+    assert parts.tasks.get(task_id).decided_by == "bob"

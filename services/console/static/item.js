@@ -366,7 +366,7 @@
     } catch (error) {
       if (error.status === 401) return sayLoggedOut("the decision (" + decision + ") was not saved", decision);
       if (error.status === 409 && await answeredBefore(decision, rejectReason, sentMask)) return;
-      say("not saved: " + error.message, true);
+      say("not saved: " + error.message + (error.status === 409 ? await holdLost() : ""), true);
     } finally {
       busy = false;
     }
@@ -419,6 +419,31 @@
     }
     saved(task.state, decision, "saved by an earlier try, whose answer did not reach this page");
     return true;
+  }
+
+  // After a 409 to a decision: reads the task, and where this reviewer no longer holds it (decided or
+  // taken by someone else, withdrawn) drops the page's hold at once, returning what to add to the status.
+  // Kept, "n" answered "decide or release this item first" and Esc "could not release" until the next
+  // renewal, a third of the lease later, found the lease lost. A task still claimed by this reviewer is
+  // kept (a replay changed its pixels: the 409 asks for a reload; a lease run out: the renewal claims it
+  // again), and so is the hold where the task cannot be read.
+  async function holdLost() {
+    if (!page.held) return "";
+    let task = null;
+    try {
+      const response = await fetch("/api/tasks/" + page.taskId, { credentials: "same-origin" });
+      if (response.ok) task = await response.json();
+    } catch (_) {
+      return "";
+    }
+    if (!task || (task.state === "claimed" && task.claimed_by === page.reviewer)) return "";
+    page.held = false;
+    clearInterval(renewal);
+    if (task.state === "accepted") {
+      page.rejectable = true; // as when a renewal finds it so
+      return " (the gate accepted this item meanwhile, so it is stored: reject it (r) if it should not be)";
+    }
+    return " (this page no longer holds the item: n claims the next one)";
   }
 
   // Whether the corrected mask the task keeps (``ref``) has the pixels of ``sentMask``; null where the
