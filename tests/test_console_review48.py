@@ -1,17 +1,21 @@
 """Found in review 48 of the console: a request's headers sent slowly (or not at all) held the connection
-for good; the item page kept its hold on an item whose decision was refused because someone else had
-decided it."""
+for good (and, checked: a mask upload that stops arriving leaves no spooled file open); the item page kept
+its hold on an item whose decision was refused because someone else had decided it."""
 
 from __future__ import annotations
 
+import os
 import socket
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from starlette.testclient import TestClient
 
+from services.console import app as console_app
 from services.console import server as console_server
-from tests.support.console import build_console, flagged_item, pending_envelope, record_as
+from tests.support.console import app_for, build_console, flagged_item, login, pending_envelope, record_as
 from tests.support.console_browser import (
     fresh_tab,
     launch_chromium,
@@ -131,6 +135,55 @@ def test_a_whole_request_is_answered_as_before(served_port: int) -> None:
         sock.sendall(b"GET /login HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
 
         assert answer_to(sock).startswith(b"HTTP/1.1 200 ")
+
+
+def held_open_under(folder: Path) -> list[str]:
+    """The files under ``folder`` this process holds open, the served console's included (its thread). An
+    upload spooled past 1 MiB is an unnamed file there: its link reads "FOLDER/#N (deleted)"."""
+    held = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue  # closed since it was listed
+        if target.startswith(f"{folder}/"):
+            held.append(target)
+    return held
+
+
+def test_a_mask_upload_that_stops_arriving_leaves_no_spooled_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The framework spools a form's file past 1 MiB to disk as it arrives; a 408 in the middle of it must
+    # not leave that file open (a descriptor and its disk space, until the process ends).
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spool))
+    monkeypatch.setattr(console_app, "BODY_IDLE_TIMEOUT_S", 1.0)
+    parts = build_console(tmp_path)
+    client = TestClient(app_for(parts), base_url="http://console.test")
+    token = login(client)  # the served app shares its sessions: the same signer and task table
+    cookies = "; ".join(f"{name}={value}" for name, value in client.cookies.items())
+    mask = b"\0" * (2 * 2**20)
+    body = (
+        b'--b0undary\r\nContent-Disposition: form-data; name="decision"\r\n\r\napprove_edited\r\n'
+        b'--b0undary\r\nContent-Disposition: form-data; name="mask"; filename="mask.png"\r\n'
+        b"Content-Type: image/png\r\n\r\n" + mask + b"\r\n--b0undary--\r\n"
+    )
+    head = (
+        f"POST /api/tasks/{'0' * 32}/decision HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {cookies}\r\n"
+        f"X-CSRF-Token: {token}\r\nContent-Type: multipart/form-data; boundary=b0undary\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+
+    with serving(parts) as port, connect(port) as sock:
+        sock.sendall(head.encode() + body[:-1000])  # the end of the mask never comes
+        answer = answer_to(sock)
+
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:500]
+    assert b"the request body stopped arriving" in answer, answer[:500]
+    assert held_open_under(spool) == []
+    assert list(spool.iterdir()) == []
 
 
 # No renewal comes during a browser test (the page renews every third of the lease): what a 409 to a
