@@ -130,6 +130,16 @@ def test_a_later_request_on_a_kept_connection_has_the_same_deadline(served_port:
         assert_answered_408(answer_to(sock))
 
 
+def test_a_request_begun_while_the_last_answer_was_sent_has_the_same_deadline(served_port: int) -> None:
+    # Its first bytes sent with the first request's (pipelined): they wait while the first is answered,
+    # and the idle timeout set after that answer closed the connection without a word.
+    with connect(served_port) as sock:
+        sock.sendall(b"GET /login HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\nGET /login HTTP/1.1\r\nHost: 12")
+
+        assert one_answer(sock).startswith(b"HTTP/1.1 200 ")
+        assert_answered_408(answer_to(sock))
+
+
 def test_a_whole_request_is_answered_as_before(served_port: int) -> None:
     with connect(served_port) as sock:
         sock.sendall(b"GET /login HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")

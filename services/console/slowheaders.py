@@ -35,10 +35,22 @@ class HeadersDeadline(H11Protocol):
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
+        self._watch_headers()
+
+    def on_response_complete(self) -> None:
+        # The next request's first bytes may have come while the answer was still being sent (the
+        # application sends its body's last, empty part after an await): they wait here from now on, and
+        # the idle keep-alive timeout set just now closed such a connection without an answer.
+        super().on_response_complete()
+        self._watch_headers()
+
+    def _watch_headers(self) -> None:
+        """Start the deadline of a request whose first bytes came; stop it once its headers are read."""
         if not self._awaiting_headers():
             self._stop_headers_timer()  # read (or the connection is done with)
-        elif self._headers_timer is None:
-            # The first byte of a later request: its headers' deadline starts now.
+        elif self._headers_timer is None and self.conn.trailing_data[0]:
+            # A later request has begun: its headers' deadline starts now, in place of the idle timeout.
+            self._unset_keepalive_if_required()
             self._headers_timer = self.loop.call_later(self.timeout_s, self._headers_late)
 
     def connection_lost(self, exc: Exception | None) -> None:
