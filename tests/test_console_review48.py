@@ -8,21 +8,33 @@ import os
 import socket
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from starlette.testclient import TestClient
 
 from services.console import app as console_app
 from services.console import server as console_server
-from tests.support.console import app_for, build_console, flagged_item, login, pending_envelope, record_as
+from tests.support.console import (
+    ConsoleParts,
+    app_for,
+    build_console,
+    flagged_item,
+    login,
+    pending_envelope,
+    record_as,
+)
 from tests.support.console_browser import (
     fresh_tab,
     launch_chromium,
+    new_tab,
     open_claimed_item,
     require_chromium,
     serving,
 )
+from tests.support.polling import wait_for
 
 # A guard on each wait for the console: it answers after its 1 s; this only fails a test sooner.
 GUARD_S = 30.0
@@ -201,35 +213,63 @@ def test_a_mask_upload_that_stops_arriving_leaves_no_spooled_file(
 LONG_LEASE_S = 3600.0
 
 
-@pytest.mark.slow
-def test_a_decision_refused_as_someone_elses_drops_the_hold_so_next_works(tmp_path: Path) -> None:
-    # Before, the page kept holding the item after "not saved: task ... is already approved": "n" said
-    # "decide or release this item first", and Esc "could not release", until the next renewal (a third of
-    # the lease later) found the lease lost.
+@contextmanager
+def held_in_browser(tmp_path: Path) -> Iterator[tuple[ConsoleParts, str, Any, str]]:
+    """A console with one flagged task and a long lease, served, and a chromium tab in which alice holds
+    the task: yields the parts, the task's id, the tab and the console's address."""
     from playwright.sync_api import sync_playwright
 
     require_chromium()
     parts = build_console(tmp_path, lease_s=LONG_LEASE_S)
     envelope = pending_envelope(flagged_item(parts.store, 0))
     parts.tasks.add_pending(envelope)
-    task_id = envelope.event_id
     with serving(parts) as port, sync_playwright() as playwright:
         browser = launch_chromium(playwright)
         try:
             tab = fresh_tab(browser)
-            open_claimed_item(tab, port, task_id)
-            # alice's lease runs out (a laptop asleep); bob claims the item and approves it.
-            parts.clock.advance(LONG_LEASE_S + 1)
-            parts.tasks.claim(task_id, "bob", 60.0)
-            record_as(parts, "bob", task_id, "approve_predicted")
-
-            tab.keyboard.press("e")
-            tab.wait_for_selector("#status:has-text('no longer holds the item')")
-            status = tab.text_content("#status") or ""
-            assert status.startswith("not saved: ") and "approved" in status, status
-            tab.keyboard.press("n")
-
-            tab.wait_for_url(f"http://127.0.0.1:{port}/?empty=1")  # no other item waits
+            open_claimed_item(tab, port, envelope.event_id)
+            yield parts, envelope.event_id, tab, f"http://127.0.0.1:{port}"
         finally:
             browser.close()
+
+
+@pytest.mark.slow
+def test_a_decision_refused_as_someone_elses_lets_go_of_the_item_so_next_works(tmp_path: Path) -> None:
+    # Before, the page kept holding the item after "not saved: task ... is already approved": "n" said
+    # "decide or release this item first", and Esc "could not release", until the next renewal (a third of
+    # the lease later) found the lease lost.
+    with held_in_browser(tmp_path) as (parts, task_id, tab, base_url):
+        # alice's lease runs out (a laptop asleep); bob claims the item and approves it.
+        parts.clock.advance(LONG_LEASE_S + 1)
+        parts.tasks.claim(task_id, "bob", 60.0)
+        record_as(parts, "bob", task_id, "approve_predicted")
+
+        tab.keyboard.press("e")
+        tab.wait_for_selector("#status:has-text('no longer holds the item')")
+        status = tab.text_content("#status") or ""
+        assert status.startswith("not saved: ") and "approved" in status, status
+        tab.keyboard.press("n")
+
+        tab.wait_for_url(base_url + "/?empty=1")  # no other item waits
     assert parts.tasks.get(task_id).decided_by == "bob"
+
+
+@pytest.mark.slow
+def test_a_rejection_refused_as_decided_in_another_tab_lets_go_of_the_item(tmp_path: Path) -> None:
+    # The same, where the 409 answers one's own decision from another tab with another reason: the page
+    # said "this page's reason was not saved" and still held the item.
+    with held_in_browser(tmp_path) as (parts, task_id, first, base_url):
+        second = new_tab(first.context)  # the same reviewer, the same session, the same held item
+        second.goto(first.url)
+        second.wait_for_selector("body[data-ready='1']")
+        for tab, index in ((first, 0), (second, 1)):  # two different reasons from the list
+            tab.keyboard.press("r")
+            tab.select_option("#reject-reason", index=index)
+            tab.click("#reject-confirm")
+            if tab is first:
+                wait_for("the first tab's rejection", lambda: parts.tasks.get(task_id).state == "rejected")
+
+        second.wait_for_selector("#status:has-text('was not saved')")
+        second.keyboard.press("n")
+
+        second.wait_for_url(base_url + "/?empty=1")

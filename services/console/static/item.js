@@ -408,6 +408,7 @@
       say("already decided by " + task.decided_by + " (" + decision + "), in another tab or an earlier " +
         "try; whether with this page's mask could not be checked (the stored mask did not load): reload " +
         "the page to see the mask the task keeps", true);
+      letGo();
       return true;
     }
     if (!kept) {
@@ -415,14 +416,23 @@
       const theirs = decision === "reject" ? ": " + resolved.reject_reason : ", with another mask";
       say("already decided by " + task.decided_by + " (" + decision + theirs + "), in another tab or an " +
         "earlier try: this page's " + what + " was not saved", true);
+      letGo();
       return true;
     }
     saved(task.state, decision, "saved by an earlier try, whose answer did not reach this page");
     return true;
   }
 
-  // After a 409 to a decision: reads the task, and where this reviewer no longer holds it (decided or
-  // taken by someone else, withdrawn) drops the page's hold at once, returning what to add to the status.
+  // The item is decided or someone else's: the page stops holding it (and renewing), so "n" and Esc do not
+  // wait for a renewal to find the lease lost.
+  function letGo() {
+    page.held = false;
+    page.rejectable = false;
+    clearInterval(renewal);
+  }
+
+  // After any other 409 to a decision: reads the task, and where this reviewer no longer holds it (decided
+  // or taken by someone else, withdrawn) lets go of it at once, returning what to add to the status.
   // Kept, "n" answered "decide or release this item first" and Esc "could not release" until the next
   // renewal, a third of the lease later, found the lease lost. A task still claimed by this reviewer is
   // kept (a replay changed its pixels: the 409 asks for a reload; a lease run out: the renewal claims it
@@ -437,8 +447,7 @@
       return "";
     }
     if (!task || (task.state === "claimed" && task.claimed_by === page.reviewer)) return "";
-    page.held = false;
-    clearInterval(renewal);
+    letGo();
     if (task.state === "accepted") {
       page.rejectable = true; // as when a renewal finds it so
       return " (the gate accepted this item meanwhile, so it is stored: reject it (r) if it should not be)";
