@@ -27,6 +27,7 @@ from tests.support.console import (
     record_as,
 )
 from tests.support.console_browser import (
+    answer_to,
     fresh_tab,
     launch_chromium,
     new_tab,
@@ -52,17 +53,6 @@ def connect(port: int) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", port))
     sock.settimeout(GUARD_S)
     return sock
-
-
-def answer_to(sock: socket.socket) -> bytes:
-    """Everything the server sends until it closes the connection."""
-    received = b""
-    try:
-        while chunk := sock.recv(65536):
-            received += chunk
-    except TimeoutError:
-        pytest.fail(f"no end after {GUARD_S} s: the connection was held ({received!r})")
-    return received
 
 
 def one_answer(sock: socket.socket) -> bytes:

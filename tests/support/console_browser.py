@@ -4,6 +4,7 @@ driven by Playwright, a reviewer's page logged in and holding an item."""
 from __future__ import annotations
 
 import os
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -68,6 +69,18 @@ def serving(parts: ConsoleParts) -> Iterator[int]:
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+def answer_to(sock: socket.socket) -> bytes:
+    """Everything the console sends on ``sock`` until it closes the connection. The socket's timeout is a
+    guard: passed before the end, the connection was held, and the test fails saying so."""
+    received = b""
+    try:
+        while chunk := sock.recv(65536):
+            received += chunk
+    except TimeoutError:
+        pytest.fail(f"no end after {sock.gettimeout()} s: the connection was held ({received[:200]!r})")
+    return received
 
 
 def open_claimed_item(tab: Any, port: int, task_id: str) -> None:
