@@ -455,12 +455,13 @@ def merge_sentence(caption: str, sentence: str, colours: Sequence[str], shape: s
     """Append a vision-language model's sentence to a caption, minus any claim the measurements refute.
 
     Colour words not among the measured colours are dropped where they say a colour ("a red box", the
-    "blue" of "a blue-and-white box"), with a shading noun before them ("a lemon yellow box" is "a
-    box"), not where they are a noun ("sour cream", "an orange on a
-    table") or part of a name ("orange juice", "red wine", "white asparagus" when the class ``noun``
-    says so); a packaging word naming another shape becomes the measured one, plural if it was ("two
-    tins" of a box are "two boxes"; "product" when the shape is unknown; dropped with its article and
-    "of" for loose produce; not before a tool: "a bottle opener"): the attribute captioner is
+    "blue" of "a blue-and-white box"), with the "and" or "or" joining them to a colour kept ("a yellow
+    and blue bag" of a yellow bag is "a yellow bag"), with a shading noun before them ("a lemon yellow
+    box" is "a box"), not where they are a noun ("sour cream", "an orange on a table") or part of a
+    name ("orange juice", "red wine", "white asparagus" when the class ``noun`` says so); a packaging
+    word naming another shape becomes the measured one, plural if it was ("two tins" of a box are "two
+    boxes"; "product" when the shape is unknown; dropped with its article and "of" for loose produce;
+    not before a tool: "a bottle opener"): the attribute captioner is
     authoritative for both. An article before a
     word dropped or replaced is redone for the word now after it; the model's others stay. What is
     left (scene, objects, text the model read) is appended after a comma, cut at a word where the two
@@ -495,6 +496,8 @@ def merge_sentence(caption: str, sentence: str, colours: Sequence[str], shape: s
                 kept.pop()  # "lemon yellow" is one colour
             if kept and kept[-1] in ("a", "an"):
                 retold.add(len(kept) - 1)
+            if kept[-2:-1] and kept[-2] in _COLOUR_WORDS and kept[-1] in ("and", "or"):
+                kept.pop()  # "yellow and blue bag" of a yellow one: "yellow and bag" was left
             skip = following if following in ("and", "or") else None  # "red and white box"
             continue
         if lower in _SHAPE_WORDS and _SHAPE_WORDS[lower] != shape and following not in _FOR_PACKAGING:
