@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+from PIL import Image
 
+from shared.captioning.attributes import plain_background_share
 from shared.captioning.prompts import merge_sentence
+from shared.generation.backend import PLAIN_BACKGROUND_FROM
 
 
 @pytest.mark.parametrize(
@@ -25,3 +29,26 @@ def test_an_unmeasured_colour_after_a_measured_one_goes_with_the_and_before_it(
     sentence: str, colours: list[str], merged: str
 ) -> None:
     assert merge_sentence("C", sentence, colours, "pouch" if "bag" in sentence else "box") == f"C, {merged}"
+
+
+def test_a_product_shot_on_a_plain_backdrop_that_runs_off_three_sides_of_the_frame_reads_plain() -> None:
+    """A close-up on white whose carton runs off the top, the bottom and one side: the backdrop's
+    colour was the median of the whole frame border, most of it the product's red, so the white
+    backdrop read 0% plain and the photo was taken for an in-store one (its mask cut to the largest
+    blob, and the generator drawing from it last). The backdrop is what borders the frame outside the
+    product."""
+    photo = np.full((200, 160, 3), 245, dtype=np.uint8)
+    mask = np.zeros((200, 160), dtype=np.uint8)
+    mask[:, :110] = 255
+    photo[mask > 0] = (200, 30, 30)
+    assert plain_background_share(Image.fromarray(photo), mask) >= PLAIN_BACKGROUND_FROM
+    # The same product in a shop stays cluttered.
+    clutter = np.random.default_rng(3).integers(0, 256, (200, 160, 3), dtype=np.uint8)
+    in_store = np.where(mask[..., None] > 0, photo, clutter)
+    assert plain_background_share(Image.fromarray(in_store), mask) < 0.2
+    # A product over the whole border leaves none to judge the backdrop by: measured as before.
+    framed = np.full((200, 160, 3), 245, dtype=np.uint8)
+    ring = np.full((200, 160), 255, dtype=np.uint8)
+    ring[40:160, 40:120] = 0
+    framed[ring > 0] = (200, 30, 30)
+    assert plain_background_share(Image.fromarray(framed), ring) == 0.0

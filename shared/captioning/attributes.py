@@ -733,7 +733,8 @@ def colour_spread(image: Image.Image, *, thumbnail_px: int = 128) -> float:
 
 def plain_background_share(image: Image.Image, mask: npt.ArrayLike, *, thumbnail_px: int = 128) -> float:
     """Share of the background (outside the product, 3 px clear of it) within RGB distance 40 of the
-    median colour of the photo's border: ~1 on a catalogue photo, below 0.6 on an in-store one.
+    median colour of the photo's border outside the product (the whole border where the product covers
+    all of it): ~1 on a catalogue photo, below 0.6 on an in-store one.
 
     Where the background is cluttered, a saliency matting model is often wrong about what the product
     is (a hand, the next item); the generator composites from plain-background photos first.
@@ -745,6 +746,11 @@ def plain_background_share(image: Image.Image, mask: npt.ArrayLike, *, thumbnail
     if not background.any():
         return 0.0
     border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    # The backdrop is what borders the frame outside the product: a close-up running off three sides
+    # made the product's own colour the median, and a white backdrop read 0% plain.
+    outside = ~np.concatenate([product[0], product[-1], product[:, 0], product[:, -1]])
+    if outside.any():
+        border = border[outside]
     distance = np.linalg.norm(pixels - np.median(border, axis=0), axis=2)
     return float(np.count_nonzero(distance[background] < 40.0)) / float(np.count_nonzero(background))
 
