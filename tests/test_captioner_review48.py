@@ -52,3 +52,24 @@ def test_a_product_shot_on_a_plain_backdrop_that_runs_off_three_sides_of_the_fra
     ring[40:160, 40:120] = 0
     framed[ring > 0] = (200, 30, 30)
     assert plain_background_share(Image.fromarray(framed), ring) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("sentence", "colours", "merged"),
+    [
+        # BLIP says of a greyscale photo that it is "a black and white photo": said of the picture, not
+        # of the product. Read as colours, the one measured stayed and the caption called the photo
+        # white ("a white photo of a bottle"), or black.
+        ("a black and white photo of a bottle", ["white"], "a black and white photo of a bottle"),
+        ("a black and white photo of a bottle", ["grey"], "a black and white photo of a bottle"),
+        # Hyphenated, its words are read apart (as "a blue-and-white box" is), and kept.
+        ("a black-and-white picture of a can", ["black"], "a black and white picture of a can"),
+        # Said of a thing, they are colours still.
+        ("a black and white bottle", ["white"], "a white bottle"),
+    ],
+)
+def test_a_black_and_white_photo_is_said_of_the_picture_not_the_product(
+    sentence: str, colours: list[str], merged: str
+) -> None:
+    shape = "can" if sentence.endswith(" can") else "bottle"
+    assert merge_sentence("C", sentence, colours, shape) == f"C, {merged}"

@@ -392,6 +392,21 @@ _NAMED_BY_COLOUR: Final = frozenset(
 )
 
 
+# What "black and white" before these says is of the picture (BLIP's words for a greyscale photo), not
+# of the product: "a black and white photo of a bottle" of a bottle measured white read "a white photo".
+_OF_THE_PICTURE: Final = frozenset(
+    {"photo", "photos", "photograph", "photographs", "picture", "pictures", "image", "images"}
+)
+
+
+def _of_the_picture(words: Sequence[str], index: int) -> bool:
+    """Whether the colour word at ``index`` is part of "black and white" before a word for the picture."""
+    for start in (index, index - 2):
+        if start >= 0 and words[start : start + 3] == ["black", "and", "white"]:
+            return start + 3 < len(words) and words[start + 3] in _OF_THE_PICTURE
+    return False
+
+
 def _modifies(words: Sequence[str], index: int, name: str = "") -> bool:
     """Whether the colour word at ``index`` says a colour ("a red box", "red and white box", a cut-off
     "a photo of a blue"), not names a thing: before a food or drink it names a kind of ("orange juice",
@@ -399,7 +414,7 @@ def _modifies(words: Sequence[str], index: int, name: str = "") -> bool:
     cream at the end of the sentence, before a preposition, or after "sour"/"ice" is the fruit or the
     dairy product."""
     following = words[index + 1] if index + 1 < len(words) else None
-    if _names_a_kind(words, index, name):
+    if _names_a_kind(words, index, name) or _of_the_picture(words, index):
         return False
     joined = words[index + 2] if following in ("and", "or") and index + 2 < len(words) else None
     if joined in _COLOUR_WORDS and _names_a_kind(words, index + 2, name):
@@ -457,8 +472,9 @@ def merge_sentence(caption: str, sentence: str, colours: Sequence[str], shape: s
     Colour words not among the measured colours are dropped where they say a colour ("a red box", the
     "blue" of "a blue-and-white box"), with the "and" or "or" joining them to a colour kept ("a yellow
     and blue bag" of a yellow bag is "a yellow bag"), with a shading noun before them ("a lemon yellow
-    box" is "a box"), not where they are a noun ("sour cream", "an orange on a table") or part of a
-    name ("orange juice", "red wine", "white asparagus" when the class ``noun`` says so); a packaging
+    box" is "a box"), not where they are a noun ("sour cream", "an orange on a table"), part of a
+    name ("orange juice", "red wine", "white asparagus" when the class ``noun`` says so) or said of the
+    picture ("a black and white photo of a bottle": a greyscale photo); a packaging
     word naming another shape becomes the measured one, plural if it was ("two tins" of a box are "two
     boxes"; "product" when the shape is unknown; dropped with its article and "of" for loose produce;
     not before a tool: "a bottle opener"): the attribute captioner is
