@@ -73,3 +73,20 @@ def test_a_black_and_white_photo_is_said_of_the_picture_not_the_product(
 ) -> None:
     shape = "can" if sentence.endswith(" can") else "bottle"
     assert merge_sentence("C", sentence, colours, shape) == f"C, {merged}"
+
+
+@pytest.mark.parametrize(
+    ("sentence", "shape", "merged"),
+    [
+        # Two packaging words in a row both became the measured one: "a tin can" of a bottle read
+        # "a bottle bottle".
+        ("a tin can on a table", "bottle", "a bottle on a table"),
+        ("two tin cans", "box", "two boxes"),
+        # Apart, each is its own word: "a can next to a jar" of a can is "a can next to a can".
+        ("a jar next to a can", "can", "a can next to a can"),
+    ],
+)
+def test_two_packaging_words_in_a_row_become_one_measured_word(
+    sentence: str, shape: str, merged: str
+) -> None:
+    assert merge_sentence("C", sentence, ["red"], shape) == f"C, {merged}"

@@ -474,10 +474,11 @@ def merge_sentence(caption: str, sentence: str, colours: Sequence[str], shape: s
     and blue bag" of a yellow bag is "a yellow bag"), with a shading noun before them ("a lemon yellow
     box" is "a box"), not where they are a noun ("sour cream", "an orange on a table"), part of a
     name ("orange juice", "red wine", "white asparagus" when the class ``noun`` says so) or said of the
-    picture ("a black and white photo of a bottle": a greyscale photo); a packaging
-    word naming another shape becomes the measured one, plural if it was ("two tins" of a box are "two
-    boxes"; "product" when the shape is unknown; dropped with its article and "of" for loose produce;
-    not before a tool: "a bottle opener"): the attribute captioner is
+    picture ("a black and white photo of a bottle": a greyscale photo); a packaging word naming another
+    shape becomes the measured one, plural if it was ("two tins" of a box are "two boxes"; two in a row
+    are one: "a tin can" of a bottle is "a bottle"; "product" when the shape is unknown; dropped with
+    its article and "of" for loose produce; not before a tool: "a bottle opener"): the attribute
+    captioner is
     authoritative for both. An article before a
     word dropped or replaced is redone for the word now after it; the model's others stay. What is
     left (scene, objects, text the model read) is appended after a comma, cut at a word where the two
@@ -523,6 +524,11 @@ def merge_sentence(caption: str, sentence: str, colours: Sequence[str], shape: s
                     retold.discard(len(kept) - 1)
                     kept.pop()
                 skip = "of" if following == "of" else None
+                continue
+            if following in _SHAPE_WORDS:
+                # "a tin can" is one packaging: the word after says it ("a bottle bottle" was left).
+                if kept and kept[-1] in ("a", "an"):
+                    retold.add(len(kept) - 1)
                 continue
             # Every packaging word ends in "s" only when plural ("tins", "boxes"; "box", "can" do not).
             measured_word = shape if shape != "other" else "product"
