@@ -1,4 +1,5 @@
-"""Review 48 of deploy/: compose reads images under the limits the chart sets once."""
+"""Review 48 of deploy/: compose reads images under the limits the chart sets once; the chart renders
+no null for a value left unset."""
 
 from __future__ import annotations
 
@@ -7,11 +8,21 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.support.helm import render, render_error, require_helm
+
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE = REPO / "deploy" / "compose.yaml"
 GPU_OVERLAY = REPO / "deploy" / "compose.gpu.yaml"
 # The chart takes these under `settings` alone, which every pod reads (its _helpers.tpl, $imageLimits).
 IMAGE_LIMITS = ["SKUFORGE_MAX_IMAGE_PIXELS", "SKUFORGE_MAX_IMAGE_BYTES"]
+
+
+def nested(key: str, value: object) -> dict[str, object]:
+    """``{"a": {"b": value}}`` for the key ``a.b``."""
+    for part in reversed(key.split(".")):
+        value = {part: value}
+    assert isinstance(value, dict)
+    return value
 
 
 def _skuforge_services(*files: Path) -> dict[str, dict[str, object]]:
@@ -41,3 +52,62 @@ def test_compose_gives_every_container_the_shells_image_limits(files: tuple[Path
         for variable in IMAGE_LIMITS:
             # No value: the shell's (or --env-file's), and unset (the default) otherwise.
             assert variable in env and env[variable] is None, (name, variable)
+
+
+@pytest.fixture(scope="module")
+def helm() -> str:
+    return require_helm()
+
+
+def _nulls(node: object, where: str = "") -> list[str]:
+    """Where ``node`` (a rendered manifest) holds a null."""
+    if node is None:
+        return [where]
+    if isinstance(node, dict):
+        return [found for key, value in node.items() for found in _nulls(value, f"{where}.{key}")]
+    if isinstance(node, list):
+        return [found for index, value in enumerate(node) for found in _nulls(value, f"{where}[{index}]")]
+    return []
+
+
+# The values a pod's manifest renders as given: left empty, each rendered a field as null.
+POD_VALUES = [
+    "stageDefaults.resources",
+    "console.resources",
+    "securityContext",
+    "podSecurityContext",
+    "image.pullPolicy",
+]
+
+
+@pytest.mark.parametrize("key", POD_VALUES)
+def test_a_pod_setting_left_unset_renders_no_null(helm: str, tmp_path: Path, key: str) -> None:
+    """A values file that leaves one of these empty (`resources:`) rendered `resources: null` in every
+    stage's (or the console's) container: a manifest field the chart wrote as null for a value it means
+    to leave out. It renders as an empty map now, what Kubernetes takes for none."""
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump(nested(key, None)))
+    docs = render(helm, files=[values])
+    found = [f"{doc['kind']}/{doc['metadata']['name']}{where}" for doc in docs for where in _nulls(doc)]
+    assert not found, found
+
+
+@pytest.mark.parametrize("given", [None, ""])
+def test_an_unset_image_repository_is_refused_naming_it(helm: str, tmp_path: Path, given: str | None) -> None:
+    """`image.repository:` left empty in a values file rendered every pod's image as
+    "%!s(<nil>):0.1.0", and helm stopped on a YAML parse error in console.yaml that named neither the
+    value nor the image; given "" every pod ran ":0.1.0". The render refuses it, naming the value."""
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump({"image": {"repository": given}}))
+    message = render_error(helm, files=[values])
+    assert "image.repository is unset" in message, message
+    assert "<nil>" not in message, message
+
+
+def test_the_consoles_claim_without_access_modes_is_refused_naming_it(helm: str, tmp_path: Path) -> None:
+    """`accessModes:` left empty rendered the console's PersistentVolumeClaim with `accessModes: null`,
+    which the API server refuses at install (a claim needs at least one access mode)."""
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump({"console": {"persistence": {"accessModes": None}}}))
+    message = render_error(helm, files=[values])
+    assert "console.persistence.accessModes" in message, message

@@ -45,7 +45,7 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
 {{- define "skuforge.image" -}}
-{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) -}}
+{{- include "skuforge.gpuImage" (dict "root" . "tag" "" "gpus" 0) -}}
 {{- end -}}
 
 {{/* The image of a pod that may hold GPUs (a stage, Triton): its own tag as given, else the CUDA image
@@ -53,6 +53,10 @@ app.kubernetes.io/component: {{ .component }}
 pod ran on the CPU with its GPU idle), else image.tag. (dict "root" $ "tag" <its image.tag> "gpus"
 <its skuforge.gpuLimit>) */}}
 {{- define "skuforge.gpuImage" -}}
+{{- /* Left empty, every pod's image was "%!s(<nil>):<tag>" (a YAML parse error naming neither), or ":<tag>". */ -}}
+{{- if not .root.Values.image.repository -}}
+{{- fail "image.repository is unset: give the repository of skuforge's image (skuforge, the chart's default, or REGISTRY/skuforge)" -}}
+{{- end -}}
 {{- $tag := .root.Values.image.tag | default .root.Chart.AppVersion -}}
 {{- if gt (int .gpus) 0 }}{{ $tag = printf "%s-cuda" $tag }}{{ end -}}
 {{- printf "%s:%s" .root.Values.image.repository (.tag | default $tag) -}}
