@@ -34,6 +34,7 @@ from tests.support.bus import (
     running,
     sku_ingested_payloads,
 )
+from tests.support.polling import wait_for
 
 pytestmark = pytest.mark.kafka
 REPO = Path(__file__).resolve().parents[1]
@@ -138,8 +139,13 @@ def test_transient_store_outage_pauses_and_retries_without_loss(
     stop_s3_server()
     try:
         with running(stage):
-            time.sleep(3.0)  # the stage meets the outage and backs off
-            retries_during_outage = _metric(stage, "skuforge_retries_total")
+            # Until the stage has met the outage and backed off. A fixed 3 s sleep here read 0 retries
+            # when the stage had not yet joined its group and polled (a loaded machine).
+            retries_during_outage = wait_for(
+                "the stage to meet the store outage and retry",
+                lambda: _metric(stage, "skuforge_retries_total"),
+                timeout_s=60,
+            )
             restart_s3_server()
             outputs = read_topic(
                 kafka_bootstrap, settings.topic_name(PASSTHROUGH_OUT), expect=60, timeout_s=90
