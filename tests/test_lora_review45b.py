@@ -31,8 +31,12 @@ def test_a_publication_the_broker_does_not_take_is_tried_on_a_growing_interval_r
     store = CountingStore(tmp_path / "store")
     record(store, captioned_sku(store, 1, usable_photos=1, series="cola"))
     trainer = trainer_on(store, model_folder(tmp_path, "m"), lora_class_images=0)
-    shared = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path / "store"), flush_timeout_s=1.0)
-    send = kafka_publisher(shared)
+    # A short wait while the topic is missing (each failed send gives up after it); a long one once the
+    # broker takes it: 1 s for the first acknowledged send after the topic is made was too short on a
+    # loaded machine, and that send failing (a 5th failure) read as a wrong interval.
+    away = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path / "store"), flush_timeout_s=1.0)
+    send = kafka_publisher(away)
+    publishers = [send]
     sent_at: list[int] = []
     published: list[AdapterPublished] = []
     poll = 0
@@ -57,14 +61,17 @@ def test_a_publication_the_broker_does_not_take_is_tried_on_a_growing_interval_r
         assert read_at == [1, 3, 6]
         assert len(stub_training) == 1  # trained once, at the first poll
 
-        create_topics(shared, ADAPTER_PUBLISHED, partitions=1)  # the broker takes it from now on
+        create_topics(away, ADAPTER_PUBLISHED, partitions=1)  # the broker takes it from now on
+        send = kafka_publisher(away.model_copy(update={"flush_timeout_s": 60.0}))  # counted sends with it
+        publishers.append(send)
         for poll in range(8, 12):  # noqa: B007 (counted reads it)
             trainer.poll()
         assert sent_at == [1, 3, 6, 11]  # 4 polls skipped after the third failure
         assert trainer.last_error is None and len(published) == 1
         assert len(stub_training) == 1
     finally:
-        send.close()
+        for publisher in publishers:
+            publisher.close()
 
 
 def test_a_roll_back_reads_its_series_pointer_once(tmp_path: Path, stub_training: list[Path]) -> None:
