@@ -37,6 +37,7 @@ from tests.support.bus import (
     sku_ingested_payloads,
 )
 from tests.support.dlq import ingested_letter, write_letters
+from tests.support.polling import wait_for
 
 
 @pytest.mark.kafka
@@ -344,11 +345,21 @@ def test_a_replay_that_fails_part_way_marks_what_was_sent(
     original = settings.topic_name(SKU_INGESTED)
 
     def limit(max_message_bytes: str) -> None:
+        admin = session_admin(kafka_bootstrap)
         resource = ConfigResource(
             ConfigResourceType.TOPIC, original, configs={"max.message.bytes": max_message_bytes}
         )
-        session_admin(kafka_bootstrap).alter_configs([resource])
-        time.sleep(1.0)  # the broker applies a topic's config within moments
+        admin.alter_configs([resource])
+
+        def broker_shows() -> bool:
+            asked = ConfigResource(ConfigResourceType.TOPIC, original, configs={"max.message.bytes": None})
+            configs = admin.describe_configs([asked], config_filter="all")["topic"][original]
+            return bool(configs["max.message.bytes"]["value"] == max_message_bytes)
+
+        # The controller answers once the change is committed; the broker applies it when it reads the
+        # metadata log, later. A fixed 1 s sleep was too short on a loaded machine: the 3000-byte record
+        # was taken (exit 0, not 1), or after the limit was raised again still refused.
+        wait_for(f"the broker to show max.message.bytes={max_message_bytes}", broker_shows, timeout_s=60)
 
     large = base64.b64encode(b"y" * 3000).decode()
     write_letters(
