@@ -387,7 +387,11 @@ def test_a_dlq_that_takes_longer_than_the_timeout_to_read_is_read_while_letters_
 ) -> None:
     """The whole read had one fixed deadline (30 s): a DLQ of thousands of letters with inline originals
     could never be listed or replayed. The deadline is for progress now: it gives up only when nothing
-    comes. Here the consumer is slowed to one letter per 0.2 s, ten letters against a 1 s timeout."""
+    comes. Here each letter comes alone and takes 1 s more on the read's clock: ten letters, a 5 s
+    timeout. (Before, 0.2 s real per letter against a 1 s timeout: a first fetch slower than ~0.6 s on a
+    loaded machine read as no progress.)"""
+    from types import SimpleNamespace
+
     from kafka import KafkaConsumer
 
     from shared import dlq as dlq_module
@@ -396,16 +400,24 @@ def test_a_dlq_that_takes_longer_than_the_timeout_to_read_is_read_while_letters_
     settings = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path))
     create_topics(settings, SKU_INGESTED, partitions=1)
     write_letters(settings, *(ingested_letter(settings, original_offset=offset) for offset in range(10)))
+    per_letter_s = 1.0
+    letters_read = [0]
+    read_clock = SimpleNamespace(
+        monotonic=lambda: time.monotonic() + per_letter_s * letters_read[0], sleep=time.sleep
+    )
 
     class SlowConsumer(KafkaConsumer):
         def poll(
             self, timeout_ms: int = 0, max_records: int | None = None, update_offsets: bool = True
         ) -> Any:
-            time.sleep(0.2)
-            return super().poll(timeout_ms=timeout_ms, max_records=1, update_offsets=update_offsets)
+            batch = super().poll(timeout_ms=timeout_ms, max_records=1, update_offsets=update_offsets)
+            letters_read[0] += sum(len(records) for records in batch.values())
+            return batch
 
     monkeypatch.setattr(dlq_module, "KafkaConsumer", SlowConsumer)
-    dead = read_dead_letters(settings, settings.topic_name(SKU_INGESTED), timeout_s=1.0)
+    monkeypatch.setattr(dlq_module, "time", read_clock)
+    dead = read_dead_letters(settings, settings.topic_name(SKU_INGESTED), timeout_s=5.0)
+    assert letters_read[0] * per_letter_s > 5.0  # longer than the timeout in all
     assert sorted(stored.original_offset for stored in dead.letters) == list(range(10))
 
 
