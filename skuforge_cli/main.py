@@ -160,7 +160,14 @@ def _cmd_topics(rest: list[str]) -> int:
     )
 
     from schemas.topics import ALL_TOPICS, PASSTHROUGH_OUT
-    from shared.bus import ADMIN_CLIENT_ID, TopicsError, retriable_kafka_error, sync_topics, unreachable
+    from shared.bus import (
+        ADMIN_CLIENT_ID,
+        TopicsError,
+        retriable_kafka_error,
+        sync_topics,
+        unchecked_topic_words,
+        unreachable,
+    )
     from shared.errors import TransientError
 
     parser = CommandParser(prog="skuforge topics", description="Manage skuforge's Kafka topics.")
@@ -169,13 +176,14 @@ def _cmd_topics(rest: list[str]) -> int:
         "create",
         help="create every topic of the flow, and the passthrough stage's (the deployment smoke test), "
         "each with its .dlq (idempotent); an existing topic with fewer partitions or replicas than asked, "
-        "or a min.insync.replicas below the one it sets, is an error",
+        "or a min.insync.replicas below the one it sets (or not readable), is an error",
         description="Create every topic of the flow and its .dlq (idempotent).",
         epilog="exit status: 0 the topics are as the settings ask; 1 Kafka unreachable or not answering, "
         "or a retriable error (running again may help); 3 existing topics differ from the settings "
-        "(fewer partitions without --grow, lower replication or min.insync.replicas) or Kafka refused the "
-        "request for good (replication above the brokers there are, not authorised, partitions the broker "
-        "will not add): running again will not help",
+        "(fewer partitions without --grow, lower replication or min.insync.replicas), an existing topic's "
+        "configs could not be read (no DescribeConfigs on it: its min.insync.replicas was not checked), or "
+        "Kafka refused the request for good (replication above the brokers there are, not authorised, "
+        "partitions the broker will not add): running again will not help",
     )
     create.add_argument(
         "--partitions", type=whole_number, default=None, help="partitions (default SKUFORGE_TOPIC_PARTITIONS)"
@@ -234,8 +242,10 @@ def _cmd_topics(rest: list[str]) -> int:
             )
         if report.short:
             print(f"{prog}: {_topics_short_message(report.short, grow=args.grow)}", file=sys.stderr)
-            return TOPICS_DIFFER
-        return 0
+        # Before, only a warning and exit 0 ("the topics are as the settings ask"), that check not made.
+        for name, error in report.unchecked.items():
+            print(f"{prog}: {unchecked_topic_words(settings, name, error)}", file=sys.stderr)
+        return TOPICS_DIFFER if report.short or report.unchecked else 0
     for topic in (*ALL_TOPICS, PASSTHROUGH_OUT):
         print(f"{settings.topic_name(topic)}\t{topic.payload.__name__}\t{settings.dlq_name(topic)}")
     return 0
