@@ -51,7 +51,7 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 from PIL import Image
 from pydantic import BaseModel
 
-from schemas.common import ImageRef, ObjectRef
+from schemas.common import ImageRef, ObjectRef, check_one_line
 from shared.errors import BadInput, ChecksumMismatch, ObjectMissing, StoreMisconfigured, TransientError
 from shared.images import encode_png, too_large_bytes
 
@@ -1098,6 +1098,13 @@ def check_store_uri(uri: str, *, writes: bool = True) -> tuple[str, str]:
     check their URIs with it at start-up); ``writes`` is ``open_store``'s."""
     if not uri:
         raise ValueError("object-store URI is empty")
+    # Every object's uri in an event is this root and a key, and the contract refuses a control character,
+    # a line separator or a bidi control there: a root holding one passed start-up, and then every event
+    # the stage built was refused, one by one. The character is named, not echoed.
+    try:
+        check_one_line(uri)
+    except ValueError as exc:
+        raise ValueError(f"object-store URI {exc}") from None
     if "://" not in uri:
         # "s3:/bucket" or "file:/data/store" (a '/' short) read as a folder of that name: each stage wrote
         # its own local copy, and on separate machines the next stage found none of the objects.

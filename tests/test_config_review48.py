@@ -1,0 +1,60 @@
+"""Settings whose text ends up in an event's model id or object URI refuse what the event refuses.
+
+Since review 48 an event's model ids and object URIs refuse control characters, the line and paragraph
+separators and the bidirectional controls. A store root or a model setting holding one passed start-up,
+and then every event the stage built from it was refused, one by one: it is refused as the settings
+load, naming the variable and the code point.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from shared.config import ConfigError, Settings, load_settings
+from shared.generation.diffusion import DiffusionSettings
+from shared.generation.settings import GenerationSettings
+from shared.store import check_store_uri, open_store
+
+# (the character, how the refusal names it)
+REFUSED = [
+    ("\u202e", "U+202E"),
+    ("\x1b", "U+001B"),
+    ("\n", "U+000A"),
+    ("\u2028", "U+2028"),
+    ("\x85", "U+0085"),
+]
+
+
+@pytest.mark.parametrize(("char", "code_point"), REFUSED)
+@pytest.mark.parametrize("root", ["/data/st{}ore", "file:///data/st{}ore", "s3://skuforge/st{}ore"])
+def test_a_store_root_holding_a_control_character_is_refused_at_start_up(
+    root: str, char: str, code_point: str
+) -> None:
+    with pytest.raises(ConfigError, match=f"SKUFORGE_STORE_URI: .*{re.escape(code_point)}") as refused:
+        load_settings(Settings, store_uri=root.format(char))
+    assert char not in str(refused.value).partition("SKUFORGE_STORE_URI:")[2]  # named, never echoed
+    with pytest.raises(ValueError, match=re.escape(code_point)):
+        check_store_uri(root.format(char))
+    with pytest.raises(ValueError, match=rf"{re.escape(code_point)}.*\(from the test\)"):
+        open_store(root.format(char), uri_from="the test")
+
+
+def test_a_store_root_with_a_space_is_still_a_store_root() -> None:
+    assert load_settings(Settings, store_uri="/data/my store").store_uri == "/data/my store"
+    assert check_store_uri("s3://skuforge/my store") == ("s3", "skuforge/my store")
+
+
+@pytest.mark.parametrize(
+    ("model", "setting", "variable"),
+    [
+        (DiffusionSettings, "diffusion_adapters_uri", "SKUFORGE_DIFFUSION_ADAPTERS_URI"),
+        (GenerationSettings, "scenes_uri", "SKUFORGE_SCENES_URI"),
+    ],
+)
+def test_every_store_uri_setting_refuses_a_bidi_control(
+    model: type[DiffusionSettings | GenerationSettings], setting: str, variable: str
+) -> None:
+    with pytest.raises(ConfigError, match=f"{variable}: .*U\\+202E"):
+        load_settings(model, **{setting: "s3://skuforge/sc\u202eenes"})
