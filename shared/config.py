@@ -21,6 +21,7 @@ import annotated_types
 from pydantic import (
     Field,
     SecretStr,
+    TypeAdapter,
     ValidationError,
     ValidatorFunctionWrapHandler,
     field_validator,
@@ -30,7 +31,8 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError, PydanticUseDefault
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
-from schemas.events import MAX_PHOTOS_PER_EVENT
+from schemas.common import check_one_line
+from schemas.events import MAX_PHOTOS_PER_EVENT, ModelId
 from schemas.topics import DLQ_SUFFIX, KAFKA_TOPIC_NAME_MAX_LEN, Topic, longest_topic_name
 
 ENV_PREFIX = "SKUFORGE_"
@@ -440,6 +442,32 @@ def model_uri_opens(value: str | None) -> str | None:
     if value is not None:
         check_store_uri(value, writes=False)
     return value
+
+
+# The contract's rule for a model id (an event's captioner, model_id, matting_model_id, base_model).
+_MODEL_ID: TypeAdapter[str] = TypeAdapter(ModelId)
+
+
+def model_id_setting(value: str | None) -> str | None:
+    """The "after" validator of a setting an event's model id is taken from as it is (a base model's name):
+    refused as the contract refuses that field (a control character, a line separator or a bidi control,
+    named and not echoed; over ``MAX_MODEL_ID_CHARS``). Passed at start-up, it refused every event the
+    stage built from it, one by one."""
+    if value is not None:
+        try:
+            _MODEL_ID.validate_python(value)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            cause = error.get("ctx", {}).get("error")  # a rule's own ValueError says it best
+            raise ValueError(str(cause) if cause is not None else error["msg"]) from None
+    return value
+
+
+def one_line_setting(value: str | None) -> str | None:
+    """The "after" validator of a path setting whose folder's name becomes an event's model id (the LoRA
+    trainer's model, whose name its adapters are registered under): one line, as ``model_id_setting``
+    has it, without the length (a path may be longer than the name taken from it)."""
+    return value if value is None else check_one_line(value)
 
 
 def is_host_port(text: str) -> bool:

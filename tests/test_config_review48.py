@@ -11,7 +11,12 @@ from __future__ import annotations
 import re
 
 import pytest
+from pydantic_settings import BaseSettings
 
+from schemas.events import MAX_MODEL_ID_CHARS
+from services.captioner.config import CaptionerSettings
+from services.lora_trainer.config import LoraTrainerSettings
+from services.matting.config import MattingSettings
 from shared.config import ConfigError, Settings, load_settings
 from shared.generation.diffusion import DiffusionSettings
 from shared.generation.settings import GenerationSettings
@@ -58,3 +63,50 @@ def test_every_store_uri_setting_refuses_a_bidi_control(
 ) -> None:
     with pytest.raises(ConfigError, match=f"{variable}: .*U\\+202E"):
         load_settings(model, **{setting: "s3://skuforge/sc\u202eenes"})
+
+
+@pytest.mark.parametrize(
+    ("model", "setting", "variable", "others"),
+    [
+        (DiffusionSettings, "diffusion_base_model", "SKUFORGE_DIFFUSION_BASE_MODEL", {}),
+        (LoraTrainerSettings, "lora_base_model", "SKUFORGE_LORA_BASE_MODEL", {}),
+        (LoraTrainerSettings, "lora_model", "SKUFORGE_LORA_MODEL", {}),
+        (DiffusionSettings, "diffusion_model", "SKUFORGE_DIFFUSION_MODEL", {}),
+        (MattingSettings, "matting_model", "SKUFORGE_MATTING_MODEL", {}),
+        (CaptionerSettings, "captioner_matting_model", "SKUFORGE_CAPTIONER_MATTING_MODEL", {}),
+        (
+            CaptionerSettings,
+            "captioner_vlm_model",
+            "SKUFORGE_CAPTIONER_VLM_MODEL",
+            {"captioner_backend": "vlm"},
+        ),
+    ],
+)
+@pytest.mark.parametrize(("char", "code_point"), REFUSED)
+def test_a_model_setting_an_event_s_model_id_is_made_of_refuses_what_the_event_refuses(
+    model: type[BaseSettings], setting: str, variable: str, others: dict[str, str], char: str, code_point: str
+) -> None:
+    # The base model goes into adapter.published's base_model; the model folders' names into the
+    # generator's, the matting stage's and the captioner's model ids.
+    with pytest.raises(ConfigError, match=f"{variable}: .*{re.escape(code_point)}") as refused:
+        load_settings(model, **others, **{setting: f"sd15{char}-inpaint"})
+    assert char not in str(refused.value).partition(f"{variable}:")[2]  # named, never echoed
+    assert getattr(load_settings(model, **others, **{setting: "sd15 inpaint"}), setting) == "sd15 inpaint"
+
+
+@pytest.mark.parametrize(
+    ("model", "setting", "variable"),
+    [
+        (DiffusionSettings, "diffusion_base_model", "SKUFORGE_DIFFUSION_BASE_MODEL"),
+        (LoraTrainerSettings, "lora_base_model", "SKUFORGE_LORA_BASE_MODEL"),
+    ],
+)
+def test_a_base_model_name_longer_than_an_event_s_model_id_is_refused(
+    model: type[BaseSettings], setting: str, variable: str
+) -> None:
+    with pytest.raises(ConfigError, match=f"{variable}: .*1000"):
+        load_settings(model, **{setting: "m" * (MAX_MODEL_ID_CHARS + 1)})
+    assert (
+        len(getattr(load_settings(model, **{setting: "m" * MAX_MODEL_ID_CHARS}), setting))
+        == MAX_MODEL_ID_CHARS
+    )

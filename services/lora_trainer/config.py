@@ -17,7 +17,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings
 
 from schemas.events import MAX_ADAPTER_SKUS
-from shared.config import SETTINGS_CONFIG, name_or_unset
+from shared.config import SETTINGS_CONFIG, model_id_setting, name_or_unset, one_line_setting
 from shared.lora_training.dataset import (
     MAX_EARLY_STOP_MIN_DELTA,
     MAX_LORA_RESOLUTION,
@@ -140,6 +140,18 @@ class LoraTrainerSettings(BaseSettings):
     @classmethod
     def _name_or_unset(cls, value: Any) -> Any:
         return name_or_unset(value)
+
+    @field_validator("lora_base_model")
+    @classmethod
+    def _base_model_is_a_model_id(cls, value: str | None) -> str | None:
+        # The base_model of every adapter.published the trainer writes, which refuses what this refuses.
+        return model_id_setting(value)
+
+    @field_validator("lora_model")
+    @classmethod
+    def _model_is_one_line(cls, value: str | None) -> str | None:
+        # Its folder's name is the adapters' base_model when SKUFORGE_LORA_BASE_MODEL is unset.
+        return one_line_setting(value)
 
     def recipe(self) -> TrainingRecipe:
         """The training recipe these settings describe (its weight-changing knobs are part of every

@@ -54,6 +54,7 @@ from shared.config import (
     ConfigError,
     Settings,
     describe_validation_error,
+    model_id_setting,
     model_uri_opens,
     name_or_unset,
 )
@@ -192,6 +193,12 @@ class DiffusionSettings(BaseSettings):
     @classmethod
     def _model_uri_opens(cls, value: str | None) -> str | None:
         return model_uri_opens(value)
+
+    @field_validator("diffusion_base_model")
+    @classmethod
+    def _base_model_is_a_model_id(cls, value: str | None) -> str | None:
+        # Every adapter.published's base_model is this name: refused there, it was refused event by event.
+        return model_id_setting(value)
 
     @field_validator("diffusion_adapters_uri")
     @classmethod
