@@ -9,6 +9,7 @@ load, naming the variable and the code point.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 from pydantic_settings import BaseSettings
@@ -18,9 +19,10 @@ from services.captioner.config import CaptionerSettings
 from services.lora_trainer.config import LoraTrainerSettings
 from services.matting.config import MattingSettings
 from shared.config import ConfigError, Settings, load_settings
+from shared.generation.adapters import MAX_ADAPTER_ID_CHARS
 from shared.generation.diffusion import DiffusionSettings
 from shared.generation.settings import GenerationSettings
-from shared.store import check_store_uri, open_store
+from shared.store import MAX_SEGMENT_BYTES, check_store_uri, open_store
 
 # (the character, how the refusal names it)
 REFUSED = [
@@ -110,3 +112,32 @@ def test_a_base_model_name_longer_than_an_event_s_model_id_is_refused(
         len(getattr(load_settings(model, **{setting: "m" * MAX_MODEL_ID_CHARS}), setting))
         == MAX_MODEL_ID_CHARS
     )
+
+
+def _root_of_uri_length(base: Path, length: int) -> Path:
+    """A folder under ``base`` whose FileStore URI (``file://`` and its absolute path) is ``length`` long."""
+    room = length - len("file://") - len(str(base))
+    segments = [MAX_SEGMENT_BYTES - 1] * (room // MAX_SEGMENT_BYTES) + [room % MAX_SEGMENT_BYTES - 1]
+    root = base.joinpath(*("r" * size for size in segments))
+    assert len(f"file://{root}") == length
+    return root
+
+
+def test_an_adapter_registry_root_no_registry_uri_fits_is_refused_before_anything_is_trained(
+    tmp_path: Path,
+) -> None:
+    # adapter.published's registry_uri is the registry's root, '/' and an adapter id of up to 64
+    # characters: a model id, at most 1000. A longer root trained, then every publication was refused.
+    most = MAX_MODEL_ID_CHARS - 1 - MAX_ADAPTER_ID_CHARS
+    shared = load_settings(Settings, store_uri=str(tmp_path / "store"))
+    too_long = load_settings(
+        DiffusionSettings, diffusion_adapters_uri=str(_root_of_uri_length(tmp_path, most + 1))
+    )
+    with pytest.raises(ConfigError, match=f"SKUFORGE_DIFFUSION_ADAPTERS_URI.*{most + 1}.*{most}"):
+        too_long.adapters_store(shared)
+    fits = load_settings(DiffusionSettings, diffusion_adapters_uri=str(_root_of_uri_length(tmp_path, most)))
+    assert len(fits.adapters_store(shared).uri_for("a" * MAX_ADAPTER_ID_CHARS)) == MAX_MODEL_ID_CHARS
+    # The registry's default root, <SKUFORGE_STORE_URI>/adapters, names the store's setting.
+    store_root = _root_of_uri_length(tmp_path, most + 1 - len("/adapters"))
+    with pytest.raises(ConfigError, match="SKUFORGE_STORE_URI"):
+        load_settings(DiffusionSettings).adapters_store(load_settings(Settings, store_uri=str(store_root)))

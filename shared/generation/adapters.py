@@ -108,6 +108,7 @@ _REGISTER_LOCK_MISSES = 5
 NO_ADAPTER = "none"
 # Adapter ids double as peft adapter names, which are torch ModuleDict keys: no '.', no '/'.
 ADAPTER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+MAX_ADAPTER_ID_CHARS = 64  # the pattern's
 _ADAPTER_ID = re.compile(ADAPTER_ID_PATTERN)
 # The down-projection ("A") tensors in the diffusers, peft and kohya namings.
 _LORA_DOWN = re.compile(r"lora[._](?:A|down)\b")

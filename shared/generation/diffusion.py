@@ -49,6 +49,7 @@ from PIL import Image, ImageFilter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings
 
+from schemas.events import MAX_MODEL_ID_CHARS
 from shared.config import (
     SETTINGS_CONFIG,
     ConfigError,
@@ -59,7 +60,13 @@ from shared.config import (
     name_or_unset,
 )
 from shared.errors import BadInput, ChecksumMismatch, ObjectMissing, TransientError
-from shared.generation.adapters import AdapterChoice, AdapterMetadata, AdapterRegistry, resolve_adapter
+from shared.generation.adapters import (
+    MAX_ADAPTER_ID_CHARS,
+    AdapterChoice,
+    AdapterMetadata,
+    AdapterRegistry,
+    resolve_adapter,
+)
 from shared.generation.backend import GeneratedSample, GenerationRequest, RowOutcome, seed_entropy
 from shared.model_cache import DEFAULT_UNUSED_DAYS, UnsafeCache, fetch_directory, open_cache
 from shared.model_cache import release as release_copy
@@ -238,12 +245,28 @@ class DiffusionSettings(BaseSettings):
                     f"SKUFORGE_STORE_URI's prefix leaves the LoRA adapter registry under it too little room "
                     f"({exc}): shorten the prefix, or set SKUFORGE_DIFFUSION_ADAPTERS_URI"
                 ) from None
-        return open_store(
+        store = open_store(
             uri,
             s3_endpoint_url=shared.s3_endpoint_url,
             s3_region=shared.s3_region,
             uri_from=self.adapters_uri_from(),
         )
+        # adapter.published's registry_uri is this root, '/' and an adapter id: a model id. A longer root
+        # (a file store's absolute path; an S3 prefix is shorter) trained, then had every publication refused.
+        most = MAX_MODEL_ID_CHARS - 1 - MAX_ADAPTER_ID_CHARS
+        if len(store.base_uri) > most:
+            root = (
+                "SKUFORGE_DIFFUSION_ADAPTERS_URI"
+                if self.diffusion_adapters_uri
+                else "<SKUFORGE_STORE_URI>/adapters"
+            )
+            raise ConfigError(
+                f"{self.adapters_uri_from()}: the LoRA adapter registry's root, {root}, is "
+                f"{len(store.base_uri)} characters as a URI; an adapter's registry_uri (the root, '/' and an "
+                f"adapter id of up to {MAX_ADAPTER_ID_CHARS}) is an event's model id, at most "
+                f"{MAX_MODEL_ID_CHARS} characters: give a root of at most {most}"
+            )
+        return store
 
 
 class DiffusionModelError(Exception):
