@@ -319,6 +319,15 @@ def _cmd_run(rest: list[str]) -> int:
     return stage_command("skuforge run", module.main)
 
 
+# The extra each server's own packages come from, and those packages' modules: `pip install
+# 'skuforge[cpu]'` (README's Installing) has neither, and a server started without them ended in a
+# traceback of its import rather than the line `skuforge evaluate` and `skuforge matting train` give.
+SERVER_EXTRAS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "console": ("console", ("fastapi", "uvicorn", "jinja2", "multipart")),
+    "generator": ("serve", ("pytriton", "tritonclient")),
+}
+
+
 def _cmd_serve(rest: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="skuforge serve", description="Run one HTTP service until SIGTERM.")
     parser.add_argument(
@@ -330,8 +339,19 @@ def _cmd_serve(rest: list[str]) -> int:
     options.required = False
     args = parser.parse_args(rest)
     warn_of_unknown_variables()
-    module = importlib.import_module(SERVERS[args.server].module)
-    return int(module.main(args.args))
+    extra, modules = SERVER_EXTRAS[args.server]
+    try:
+        module = importlib.import_module(SERVERS[args.server].module)
+        return int(module.main(args.args))
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in modules:
+            raise
+        print(
+            f"skuforge serve {args.server}: needs the {extra} extra ({exc.name} is not installed): "
+            f"pip install 'skuforge[{extra}]'",
+            file=sys.stderr,
+        )
+        return 2
 
 
 def _cmd_flow(rest: list[str]) -> int:
