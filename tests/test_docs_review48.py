@@ -5,6 +5,7 @@ theirs, not end in a traceback."""
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import re
 import subprocess
 import sys
@@ -79,3 +80,21 @@ def test_each_module_a_server_names_comes_from_the_extra_it_names(server: str) -
     for module in modules:
         given_by = {name.lower() for name in providers.get(module, [])}
         assert given_by & declared, f"{module} ({given_by or 'not installed'}) is not in [{extra}]"
+
+
+def test_the_generator_stage_without_its_triton_client_names_the_extra_at_start() -> None:
+    """Before, the stage started, and every SKU's first request to Triton raised ModuleNotFoundError,
+    retried as a handler error and then dead-lettered: a setting-like fault no SKU could get past."""
+    done = subprocess.run(
+        [sys.executable, "-c", WITHOUT_MODULES, "tritonclient", "run", "generator"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        # Nothing listens on port 1: the stage must stop before it looks for Kafka.
+        env={**os.environ, "SKUFORGE_KAFKA_BOOTSTRAP": "127.0.0.1:1", "SKUFORGE_METRICS_PORT": "0"},
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    said = "needs the serve extra (tritonclient is not installed): pip install 'skuforge[serve]'"
+    assert said in done.stderr

@@ -64,6 +64,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import functools
+import importlib
 import itertools
 import json
 from collections.abc import Collection, Sequence
@@ -82,7 +83,7 @@ from schemas.topics import IMAGE_GENERATED, SKU_CAPTIONED
 from services.generator.client import GeneratorFailed, GeneratorUnavailable, NotSent, TritonGenerator
 from services.generator.protocol import ADAPTER_REFUSALS, VariantRequest, VariantResult, model_name
 from shared import keys
-from shared.config import Settings, load_settings
+from shared.config import ConfigError, Settings, load_settings
 from shared.dlq import is_permanent
 from shared.errors import BadInput, ImageRejected, TransientError, with_detail
 from shared.generation.backend import (
@@ -748,6 +749,19 @@ def _store_variant(
     return Emit(IMAGE_GENERATED, generated, key=f"variant-{planned.variant_index}")
 
 
+def _check_triton_client(protocol: str) -> None:
+    """Refuse at start an install without the Triton client (``pip install 'skuforge[cpu]'``): it is
+    imported at the first request, and each SKU's ModuleNotFoundError was retried as a handler error,
+    then dead-lettered, while the stage looked ready."""
+    try:
+        importlib.import_module(f"tritonclient.{protocol}")
+    except ModuleNotFoundError as exc:
+        raise ConfigError(
+            f"the generator stage needs the serve extra ({exc.name} is not installed): "
+            "pip install 'skuforge[serve]'"
+        ) from exc
+
+
 def build_stage(
     *,
     generation: GenerationSettings | None = None,
@@ -764,6 +778,8 @@ def build_stage(
     generation = generation or load_settings(GenerationSettings)
     settings: Settings = kwargs.pop("settings", None) or load_settings()
     check_images_fit(generation, settings)
+    if generator is None:
+        _check_triton_client(generation.generation_triton_protocol)
     client = generator or TritonGenerator(
         generation.generation_triton_url,
         protocol=generation.generation_triton_protocol,
