@@ -430,21 +430,22 @@ def fetch_file(
                 and file_sha256(target) == digest
             )
 
-        whole = _broken_asked_once(target, holds_the_bytes)
-
-        copied_and_held(
-            target,
-            whole=whole,
-            # Our partial file (linked again when another process pruned the copy it became before we
-            # held it), or, when it was renamed over a broken copy and then pruned, the object read again
-            # (the same bytes, or it changed meanwhile: refused). Neither replaces a whole copy another
-            # process put there meanwhile (``_put_in_place``).
-            copy=lambda: (
-                _put_in_place(partial, target, whole=whole)
-                if partial.exists()
-                else write_blocks_atomically(target, source.iter_bytes(key), check=same_bytes, whole=whole)
-            ),
-        )
+        with _broken_asked_once(target, holds_the_bytes) as whole:
+            copied_and_held(
+                target,
+                whole=whole,
+                # Our partial file (linked again when another process pruned the copy it became before
+                # we held it), or, when it was renamed over a broken copy and then pruned, the object read
+                # again (the same bytes, or it changed meanwhile: refused). Neither replaces a whole copy
+                # another process put there meanwhile (``_put_in_place``).
+                copy=lambda: (
+                    _put_in_place(partial, target, whole=whole)
+                    if partial.exists()
+                    else write_blocks_atomically(
+                        target, source.iter_bytes(key), check=same_bytes, whole=whole
+                    )
+                ),
+            )
     return target
 
 
@@ -459,34 +460,60 @@ def copied_and_held(target: Path, *, whole: Callable[[], bool], copy: Callable[[
     raise OSError(errno.EBUSY, f"could not keep the model copy at {target}: other processes keep pruning it")
 
 
-def _broken_asked_once(path: Path, whole: Callable[[], bool]) -> Callable[[], bool]:
+@contextlib.contextmanager
+def _broken_asked_once(path: Path, whole: Callable[[], bool]) -> Iterator[Callable[[], bool]]:
     """``whole``, not asked again of the entry at ``path`` it found not whole while that entry is still
     there unchanged (``_entry_state``): a copy's check is a read of the whole model (every file of a
     folder), and a broken copy was read whole twice, once found broken and again, under no change, just
     before ours was put over it. What is put there since (another process's copy, linked or renamed in,
     a mode changed) is another entry, and asked of again. Nothing in this cache mends a copy in place, so
-    an entry found broken stays so."""
-    broken: set[tuple[int, ...]] = set()
+    an entry found broken stays so.
+
+    The entry found broken is kept open until the block ends (the last one only), so that its inode
+    cannot be freed meanwhile: freed (another process deleted it and put its own copy there), its number
+    could be the new file's, and on a file system with coarse times (1 s; 2 s on vfat) its size and times
+    the same, and that process's whole copy, which it holds, was taken for the broken one unread and
+    replaced."""
+    broken: list[tuple[int, tuple[int, ...]]] = []  # (a descriptor on it, its state): one at most
+
+    def forget() -> None:
+        while broken:
+            os.close(broken.pop()[0])
 
     def asked() -> bool:
-        before = _entry_state(path)
-        if before is not None and before in broken:
+        if broken and _entry_state(path) == broken[0][1]:
             return False
-        verdict = whole()
-        if not verdict and before is not None and _entry_state(path) == before:
-            broken.add(before)
+        there = _open_entry(path)
+        if there is None:
+            return whole()
+        try:
+            before = _state_of(os.fstat(there))
+            verdict = whole()
+            if not verdict and _entry_state(path) == before:
+                forget()
+                broken.append((there, before))
+                there = None
+        finally:
+            if there is not None:
+                os.close(there)
         return verdict
 
-    return asked
+    try:
+        yield asked
+    finally:
+        forget()
 
 
 def _entry_state(path: Path) -> tuple[int, ...] | None:
     """Which entry is at ``path`` (device, inode) and whether it changed (size, times), or None where
     nothing is there."""
     try:
-        found = os.lstat(path)
+        return _state_of(os.lstat(path))
     except FileNotFoundError:
         return None
+
+
+def _state_of(found: os.stat_result) -> tuple[int, ...]:
     return (found.st_dev, found.st_ino, found.st_size, found.st_mtime_ns, found.st_ctime_ns)
 
 
@@ -562,16 +589,16 @@ def fetch_directory(
     target = base / f"{label}-{hashlib.sha256(location.encode()).hexdigest()[:16]}"
     check_owner(target)
 
-    whole = _broken_asked_once(target, lambda: _is_complete(target, keys))
+    with _broken_asked_once(target, lambda: _is_complete(target, keys)) as whole:
 
-    def copy() -> None:
-        # Room first: pruned only after a fetch succeeded, a volume the stale copies filled failed every
-        # copy (ENOSPC) and so was never pruned. Not before a whole copy is reused: a model a stage ran
-        # for weeks, its mtime as old as that start, would be deleted and downloaded again.
-        prune_unused(base, unused_days)
-        _download(source, prefix, keys, {"uri": root, "location": location}, target, whole)
+        def copy() -> None:
+            # Room first: pruned only after a fetch succeeded, a volume the stale copies filled failed
+            # every copy (ENOSPC) and so was never pruned. Not before a whole copy is reused: a model a
+            # stage ran for weeks, its mtime as old as that start, would be deleted and downloaded again.
+            prune_unused(base, unused_days)
+            _download(source, prefix, keys, {"uri": root, "location": location}, target, whole)
 
-    copied_and_held(target, whole=whole, copy=copy)
+        copied_and_held(target, whole=whole, copy=copy)
     prune_unused(base, unused_days)
     return target
 

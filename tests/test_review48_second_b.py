@@ -1,0 +1,72 @@
+"""Second review of today's model cache, signals and commands changes (review 48)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from shared import model_cache
+from shared.model_cache import fetch_file, release
+from tests.support.model_cache import publish
+
+
+def _open_anywhere(dev_ino: tuple[int, int]) -> bool:
+    """Whether any descriptor of this process is open on the inode ``dev_ino`` (which keeps it from
+    being freed, and so its number from being given to a new file)."""
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            found = os.fstat(int(name))
+        except OSError:
+            continue
+        if (found.st_dev, found.st_ino) == dev_ino:
+            return True
+    return False
+
+
+def test_a_whole_copy_put_where_a_broken_one_was_freed_is_not_taken_for_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The verdict 'not whole' was remembered by the entry's (device, inode, size, times) alone, the
+    # broken file not kept open. Deleted by another process, which put its whole copy there (and held
+    # it), the freed inode number could be the new file's, and on a file system with coarse times (1 s,
+    # 2 s on vfat) its size and times the same: taken for the broken copy unread, that process's copy
+    # was replaced, its hold left on a deleted file. Here the file system reuses the number and the
+    # times whenever the broken inode is freed, as such a one may.
+    cache, store = tmp_path / "cache", tmp_path / "store"
+    uri = publish(store, "v1/model.onnx", b"weights " * 100)
+    copy = fetch_file(uri, cache, uri_from="the test")
+    release(copy)
+    copy.write_bytes(b"damaged " * 100)  # same size, other bytes
+    broken = os.lstat(copy)
+    broken_state = model_cache._entry_state(copy)
+    others: list[os.stat_result] = []
+
+    entry_state = model_cache._entry_state
+
+    def reused(path: Path) -> tuple[int, ...] | None:
+        state = entry_state(path)
+        if others and path == copy and not _open_anywhere((broken.st_dev, broken.st_ino)):
+            return broken_state  # the freed number and the same coarse times, given to the new file
+        return state
+
+    file_sha256 = model_cache.file_sha256
+
+    def read_then_replaced(path: Path) -> str:
+        digest = file_sha256(path)
+        if path == copy and not others:  # another process deletes the broken copy, puts its own there
+            other = cache / "other-process-copy"
+            other.write_bytes(b"weights " * 100)
+            os.chmod(other, 0o644)
+            os.replace(other, copy)
+            others.append(os.lstat(copy))
+        return digest
+
+    monkeypatch.setattr(model_cache, "_entry_state", reused)
+    monkeypatch.setattr(model_cache, "file_sha256", read_then_replaced)
+
+    assert fetch_file(uri, cache, uri_from="the test") == copy
+    release(copy)
+    assert copy.read_bytes() == b"weights " * 100
+    assert os.path.samestat(os.lstat(copy), others[0])  # the other process's whole copy, kept
