@@ -120,10 +120,13 @@ def stopped_as_interrupt() -> Iterator[None]:
     finally:
         ending.over = True  # first, before any call (``_Ending``)
         try:
-            _restore(previous)
-        except (KeyboardInterrupt, SystemExit):  # cut short by another signal's handler (``_Ending``)
-            _restore(previous)
-            raise
+            try:
+                _restore(previous)
+            except (KeyboardInterrupt, SystemExit):  # cut short by another signal's handler (``_Ending``)
+                _restore(previous)
+                raise
+        finally:
+            ending.over = False  # a handler not put back even so stops again, not notes (``_Ending``)
         if ending.came and not isinstance(failure, KeyboardInterrupt):  # one stop is enough
             raise Stopped(ending.came[0])  # as it was raised a moment before, inside the block
 
@@ -200,13 +203,17 @@ def stops_wait_for_clean_up() -> Iterator[FailurePath]:
         failure = exc
         raise
     finally:
-        path.failing = True  # first, before any call: a stop from here on waits too (``_Ending``)
+        failed = path.failing  # first two, before any call: a stop from here on waits too (``_Ending``)
+        path.failing = True
         try:
             try:
-                _restore(previous)
-            except (KeyboardInterrupt, SystemExit):  # cut short by another signal's handler (``_Ending``)
-                _restore(previous)
-                raise
+                try:
+                    _restore(previous)
+                except (KeyboardInterrupt, SystemExit):  # cut short by another signal's (``_Ending``)
+                    _restore(previous)
+                    raise
+            finally:
+                path.failing = failed  # a handler not put back even so stops as before (``_Ending``)
         except KeyboardInterrupt as stop:  # one came while they were put back: it ends the block
             if failure is None or isinstance(failure, KeyboardInterrupt):
                 raise
@@ -233,7 +240,10 @@ class _Ending:
     first statement, so no handler runs between the block's end and the mark. A signal the block set no
     handler for (Ctrl-C for ``stopped_as_interrupt``, a caller's own) may still raise at that call: the
     block then puts its handlers back again before passing it on, or they stayed the block's, marked as
-    ending, and every later stop was noted for a block long done."""
+    ending, and every later stop was noted for a block long done. Where a third cuts that short too, the
+    mark is taken off as the ``finally`` ends (an assignment, no call before it): the handlers left stop
+    the process as they did before the block's end, not note for good what comes (every later SIGTERM
+    swallowed)."""
 
     def __init__(self) -> None:
         self.over = False

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import os
+import signal
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from shared import model_cache
+from shared import model_cache, signals
 from shared.model_cache import fetch_file, release
+from shared.signals import Stopped, raise_stopped, stopped_as_interrupt, stops_wait_for_clean_up
 from tests.support.model_cache import publish
 
 
@@ -70,3 +75,46 @@ def test_a_whole_copy_put_where_a_broken_one_was_freed_is_not_taken_for_it(
     release(copy)
     assert copy.read_bytes() == b"weights " * 100
     assert os.path.samestat(os.lstat(copy), others[0])  # the other process's whole copy, kept
+
+
+def _ctrl_c_at_both_calls_to_restore(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Ctrl-C lands at the block's call to ``_restore`` and another at its call again (the retry): each
+    raises there, at the call, before any handler is put back (here at once)."""
+    restore = signals._restore
+    calls: list[int] = []
+
+    def ctrl_c_then_restore(*args: Any, **kwargs: Any) -> None:
+        calls.append(1)
+        if len(calls) <= 2:
+            raise KeyboardInterrupt
+        restore(*args, **kwargs)
+
+    monkeypatch.setattr(signals, "_restore", ctrl_c_then_restore)
+
+
+@pytest.mark.parametrize(
+    "block",
+    [stopped_as_interrupt, stops_wait_for_clean_up],
+    ids=["stopped_as_interrupt", "stops_wait_for_clean_up"],
+)
+def test_a_handler_a_block_could_not_put_back_still_stops_on_sigterm(
+    block: Callable[[], AbstractContextManager[object]],
+    monkeypatch: pytest.MonkeyPatch,
+    restore_signal_handlers: None,
+) -> None:
+    # Since a block marks its end (ending.over, path.failing) before putting its handlers back, a handler
+    # it could not put back (its restore cut short at both calls) only noted or held what came: every
+    # later SIGTERM was swallowed for good, where before it still raised Stopped (stopped_as_interrupt's)
+    # or reached the caller's handler (stops_wait_for_clean_up's).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    # stopped_as_interrupt sets its own only over the default; stops_wait_for_clean_up's passes a stop on
+    # to the caller's (raise_stopped here, rather than the default that ends the process).
+    signal.signal(signal.SIGTERM, signal.SIG_DFL if block is stopped_as_interrupt else raise_stopped)
+    _ctrl_c_at_both_calls_to_restore(monkeypatch)
+    with pytest.raises(KeyboardInterrupt), block():
+        pass
+    monkeypatch.undo()
+    assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, raise_stopped)  # the block's, left
+    with pytest.raises(Stopped):
+        signal.raise_signal(signal.SIGTERM)
