@@ -106,8 +106,12 @@ def clipped(text: str, limit: int, *, at_word: bool = False) -> str:
 def _word_start(text: str, end: int) -> int:
     """``end``, or where the spaces end before the word ``end`` falls in when that leaves half of
     ``text[:end]`` or more (one long word is cut where it is)."""
-    between_words = text[end].isspace() or text[end - 1].isspace()
-    start = end if between_words else max(text.rfind(" ", 0, end), 0)
+    # Any whitespace ends a word, a newline as a space: found only where ``end`` touched it, the cut went
+    # back and forth for ever between two words (``clipped``'s count moved ``end`` across a newline).
+    start = end
+    if not text[end].isspace():
+        while start > 0 and not text[start - 1].isspace():
+            start -= 1
     while start > 0 and text[start - 1].isspace():
         start -= 1
     return start if start >= end // 2 else end
