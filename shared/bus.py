@@ -41,6 +41,8 @@ from shared.kafka_words import (
     BOOTSTRAP_GAVE_UP,
     DNS_LOOKUP_FAILED,
     DNS_RESOLUTION_FAILURE,
+    SASL_LOGIN_REFUSED,
+    SOCKET_DISCONNECTED,
     connection_error_words,
     short_connection_error,
 )
@@ -153,9 +155,20 @@ class _LastConnectionError(logging.Handler):
                 words = self._host_not_found.get(client_id, "DNS lookup failed")
             else:
                 self._host_not_found.pop(client_id, None)
+            when, before = self.last.get(client_id, (0.0, ""))
+            if (
+                words == SOCKET_DISCONNECTED
+                and before.startswith(SASL_LOGIN_REFUSED)
+                and time.monotonic() - when < _SAME_CONNECTION_S
+            ):
+                return  # the connection the broker closed after refusing the login: its answer says more
             self.last[client_id] = (time.monotonic(), short_connection_error(words))
             return
 
+
+# How soon after a refused SASL login a "socket disconnected" is taken for the connection the broker
+# closed with it (kafka-python logs the two in one pass of its loop), not for a later connection's.
+_SAME_CONNECTION_S = 5.0
 
 _last_connection_error = _LastConnectionError()
 logging.getLogger("kafka.net").addHandler(_last_connection_error)

@@ -26,9 +26,13 @@ BOOTSTRAP_GAVE_UP = "Unable to bootstrap from "
 
 
 # A broker's answer to a refused SASL login, as kafka-python words its error: the broker's error name,
-# then its message ("SaslAuthenticationFailedError: Authentication failed: Invalid username or password").
-SASL_ANSWER = re.compile(r"(?:[A-Za-z]+Error: )?(.+)")
-SASL_LOGIN_REFUSED = "SASL login refused: "
+# then its message ("SaslAuthenticationFailedError: Authentication failed: Invalid username or password"),
+# "None" where the broker gave none.
+SASL_ANSWER = re.compile(r"(?:[A-Za-z]+Error:)?(.*)", re.DOTALL)
+SASL_LOGIN_REFUSED = "SASL login refused"
+# What kafka-python says of a connection it found closed: after a refused login, it says less than the
+# broker's answer before it (``shared.bus`` keeps the answer).
+SOCKET_DISCONNECTED = "socket disconnected"
 
 
 def connection_error_words(arg: object) -> str | None:
@@ -39,9 +43,10 @@ def connection_error_words(arg: object) -> str | None:
     only the closed socket ("socket disconnected"), so either may be the last error a client met."""
     if isinstance(arg, KafkaConnectionError | KafkaTimeoutError) and arg.args:
         return str(arg.args[0])
-    if isinstance(arg, SaslAuthenticationFailedError) and arg.args and str(arg.args[0]):
-        answer = SASL_ANSWER.fullmatch(str(arg.args[0]))
-        return SASL_LOGIN_REFUSED + (answer[1] if answer is not None else str(arg.args[0]))
+    if isinstance(arg, SaslAuthenticationFailedError):
+        answer = SASL_ANSWER.fullmatch(str(arg.args[0]) if arg.args else "")
+        said = " ".join(answer[1].split()) if answer is not None else ""  # one line, as a refusal quotes it
+        return f"{SASL_LOGIN_REFUSED}: {said}" if said and said != "None" else SASL_LOGIN_REFUSED
     return None
 
 

@@ -12,8 +12,14 @@ from __future__ import annotations
 import logging
 import threading
 
-from kafka.errors import KafkaTimeoutError, SaslAuthenticationFailedError
+from kafka.errors import (
+    KafkaConnectionError,
+    KafkaTimeoutError,
+    SaslAuthenticationFailedError,
+    TopicAuthorizationFailedError,
+)
 
+from shared import bus
 from shared.bus import last_connection_error, unreachable
 from shared.config import load_settings
 from shared.kafka_words import connection_error_words
@@ -68,5 +74,42 @@ def test_the_refusal_quotes_the_brokers_reason_for_a_refused_sasl_login() -> Non
 
 def test_another_broker_error_is_not_taken_for_a_connection_error() -> None:
     client_id = "skuforge-review48-other"
-    _logged_on_the_client_thread(client_id, SaslAuthenticationFailedError())  # no words: nothing to quote
+    _logged_on_the_client_thread(client_id, TopicAuthorizationFailedError("skuforge.sku.captioned"))
     assert last_connection_error(client_id) is None
+
+
+def test_a_refused_login_without_words_or_over_lines_reads_as_one_plain_line() -> None:
+    """Review 48 (second opinion): a broker's empty answer left kafka-python's error name in the words
+    ("SASL login refused: SaslAuthenticationFailedError: "), and one over several lines went into the
+    refusal as it came."""
+    for said in ("SaslAuthenticationFailedError: ", "SaslAuthenticationFailedError: None"):
+        assert connection_error_words(SaslAuthenticationFailedError(said)) == "SASL login refused"
+    assert connection_error_words(SaslAuthenticationFailedError()) == "SASL login refused"
+    over_lines = SaslAuthenticationFailedError(
+        "SaslAuthenticationFailedError: Authentication failed:\n bad\tpassword"
+    )
+    assert connection_error_words(over_lines) == "SASL login refused: Authentication failed: bad password"
+
+
+def test_the_closed_connection_after_a_refused_login_does_not_hide_the_refusal() -> None:
+    """Review 48 (second opinion): kafka-python may log the closed socket after it read the broker's
+    answer; the later, vaguer "socket disconnected" replaced the broker's reason."""
+    client_id = "skuforge-review48-then-dropped"
+    _logged_on_the_client_thread(client_id, REFUSED)
+    _logged_on_the_client_thread(client_id, KafkaConnectionError("socket disconnected"))
+    assert last_connection_error(client_id) == (
+        "SASL login refused: Authentication failed: Invalid username or password"
+    )
+    # Another kind of error after it is this client's news, and replaces it.
+    _logged_on_the_client_thread(client_id, KafkaConnectionError("111 ECONNREFUSED"))
+    assert last_connection_error(client_id) == "connection refused"
+
+
+def test_a_closed_connection_long_after_a_refused_login_is_its_own_news() -> None:
+    client_id = "skuforge-review48-dropped-later"
+    _logged_on_the_client_thread(client_id, REFUSED)
+    kept = bus._last_connection_error.last
+    when, words = kept[client_id]
+    kept[client_id] = (when - 10.0, words)  # as if another connection dropped ten seconds later
+    _logged_on_the_client_thread(client_id, KafkaConnectionError("socket disconnected"))
+    assert last_connection_error(client_id) == "socket disconnected"
