@@ -513,8 +513,16 @@ def merge_sentence(caption: str, sentence: str, colours: Sequence[str], shape: s
                 kept.pop()  # "lemon yellow" is one colour
             if kept and kept[-1] in ("a", "an"):
                 retold.add(len(kept) - 1)
-            if kept[-2:-1] and kept[-2] in _COLOUR_WORDS and kept[-1] in ("and", "or"):
-                kept.pop()  # "yellow and blue bag" of a yellow one: "yellow and bag" was left
+            if (
+                index >= 2
+                and words[index - 1] in ("and", "or")
+                and kept[-2:] == words[index - 2 : index]
+                and words[index - 2] in _COLOUR_WORDS
+                and _modifies(words, index - 2, noun)
+            ):
+                # "yellow and blue bag" of a yellow one: "yellow and bag" was left. Only after a colour said
+                # as one: in "sour cream and green onion" the "and" joins two foods.
+                kept.pop()
             skip = following if following in ("and", "or") else None  # "red and white box"
             continue
         if lower in _SHAPE_WORDS and _SHAPE_WORDS[lower] != shape and following not in _FOR_PACKAGING:
