@@ -447,6 +447,8 @@
       return "";
     }
     if (!task || (task.state === "claimed" && task.claimed_by === page.reviewer)) return "";
+    // A lease run out with nobody taking the item reads "pending": the next renewal claims it again in place.
+    if (task.state === "pending") return "";
     letGo();
     if (task.state === "accepted") {
       page.rejectable = true; // as when a renewal finds it so
