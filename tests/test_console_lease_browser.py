@@ -167,14 +167,26 @@ def test_an_idle_page_lets_its_lease_run_out_and_a_key_press_takes_the_item_back
     def expiry() -> float:
         return tasks.get(served.task_id).lease_expires_at or 0.0
 
+    # The page's renewals (and re-claims) not yet answered: a renewal sent before the page went idle may
+    # reach a loaded server after the idle status shows, and was read as an idle page's renewal.
+    unanswered: set[Any] = set()
+    page.on("request", lambda request: unanswered.add(request) if _a_lease_request(request) else None)
+    page.on("requestfinished", lambda request: unanswered.discard(request))
+    page.on("requestfailed", lambda request: unanswered.discard(request))
+
     served.parts.clock.advance(1.0)
     first = expiry()
     wait_for("the page to renew while in use", lambda: expiry() > first, timeout_s=15.0)
     # No input for IDLE_S (real time in the browser): the page says so and renews no more.
     page.wait_for_selector("#status:has-text('idle')", timeout=(IDLE_S + 10) * 1000)
-    # A renewal sent at the tick before the page went idle may reach a loaded server only now: one tick
-    # lets it land before the expiry is read (review 48: it could be read as an idle page's renewal).
-    time.sleep(LEASE_S / 3)
+    # Every renewal sent before it is answered before the expiry is read, however late a loaded server
+    # answers (a fixed wait of one tick, review 48's, was too short for one answered after it). Playwright
+    # delivers the requests' events while it waits.
+    wait_for(
+        "the renewals sent before the page went idle to be answered",
+        lambda: page.wait_for_timeout(50) or not unanswered,
+        timeout_s=60.0,
+    )
     served.parts.clock.advance(1.0)
     stopped = expiry()
     time.sleep(LEASE_S / 3 * 2 + 1)  # two renewal ticks
@@ -199,6 +211,11 @@ def test_an_idle_page_lets_its_lease_run_out_and_a_key_press_takes_the_item_back
     page.wait_for_url(served.base_url + "/")
     time.sleep(1.0)
     assert tasks.get(served.task_id).state == "pending"
+
+
+def _a_lease_request(request: Any) -> bool:
+    """Whether ``request`` is the item page's renewal or its re-claim after a failed one."""
+    return request.method == "POST" and urlsplit(request.url).path.endswith(("/renew", "/claim"))
 
 
 def paint_a_stroke(page: Any, served: Served, *, row: int = 20) -> None:
