@@ -32,7 +32,9 @@ pytestmark = pytest.mark.kafka
 def test_a_publish_to_a_topic_the_acls_hide_is_forbidden_naming_the_topic(
     tmp_path: Path, acl_broker: AclBroker
 ) -> None:
-    settings = sasl_settings(acl_broker, tmp_path, flush_timeout_s=5.0)
+    # The refusal comes back as soon as the broker answers; a shorter wait turned a slow answer (a loaded
+    # machine) into a plain KafkaTimeoutError, a TransientError, instead of the refusal this test is about.
+    settings = sasl_settings(acl_broker, tmp_path, flush_timeout_s=60.0)
     topic = settings.topic_name(SKU_INGESTED)
     acl_broker.admin.create_topics([NewTopic(topic, 1, 1)])
     on_topic = ResourcePattern(ResourceType.TOPIC, topic, ACLResourcePatternType.LITERAL)

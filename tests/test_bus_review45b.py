@@ -31,7 +31,9 @@ def test_a_publish_the_acls_refuse_names_the_principal_and_what_to_grant(
     # Before: "could not publish to <topic>: [Error 29] TopicAuthorizationFailedError: <topic>", kafka's
     # words alone: the operator had to work out which user the service logs in as, and which operations
     # a producer needs, before the ACL could be fixed.
-    settings = sasl_settings(acl_broker, tmp_path, flush_timeout_s=5.0)
+    # The refusal comes back as soon as the broker answers; a shorter wait turned a slow answer (a loaded
+    # machine) into a plain KafkaTimeoutError, a TransientError, instead of the refusal this test is about.
+    settings = sasl_settings(acl_broker, tmp_path, flush_timeout_s=60.0)
     topic = settings.topic_name(SKU_INGESTED)
     acl_broker.admin.create_topics([NewTopic(topic, 1, 1)])
     on_topic = ResourcePattern(ResourceType.TOPIC, topic, ACLResourcePatternType.LITERAL)

@@ -42,7 +42,9 @@ def test_a_publication_the_acl_refuses_is_tried_again_on_a_growing_interval(
     the log names the ACL, not an outage the next poll gets past."""
     store, trainer_at = one_series(tmp_path)
     trainer = trainer_at(4)
-    shared = sasl_settings(acl_broker, tmp_path, flush_timeout_s=5.0)
+    # The refusal comes back as soon as the broker answers; a shorter wait turned a slow answer (a loaded
+    # machine) into a plain KafkaTimeoutError, a TransientError, instead of the refusal this test is about.
+    shared = sasl_settings(acl_broker, tmp_path, flush_timeout_s=60.0)
     topic = shared.topic_name(ADAPTER_PUBLISHED)
     acl_broker.admin.create_topics([NewTopic(topic, 1, 1)])
     on_topic = ResourcePattern(ResourceType.TOPIC, topic, ACLResourcePatternType.LITERAL)
