@@ -94,12 +94,21 @@ from schemas.flow import CONSOLE, LORA_TRAINER, PIPELINE, TRITON, Service
 from services.console.config import ConsoleSettings, parse_users
 from services.generator.protocol import model_name
 from shared.argtypes import float_between, folder_problem, path_argument
-from shared.config import ENV_PREFIX, ConfigError, is_host_port, load_settings, secret_variables
+from shared.config import (
+    ENV_PREFIX,
+    UP_CONSOLE_DB,
+    UP_STORE,
+    UP_WORKDIR,
+    ConfigError,
+    is_host_port,
+    load_settings,
+    secret_variables,
+)
 from shared.generation.backend import BACKEND_NAMES
 from shared.generation.settings import GenerationSettings
 from shared.observability import topics_held
 
-DEFAULT_WORKDIR = Path("var/up")
+DEFAULT_WORKDIR = UP_WORKDIR
 STATE_FILE = "stack.json"
 # Store photos (GroceryStoreDataset, other classes) real products are composited onto: the demo's
 # default, and what the ready summary suggests when SKUFORGE_SCENES_URI is unset.
@@ -572,8 +581,8 @@ def _stack_config(
     return StackConfig(
         workdir=workdir,
         ports=ports,
-        store_uri=os.environ.get("SKUFORGE_STORE_URI") or f"file://{workdir / 'store'}",
-        console_db=os.environ.get("SKUFORGE_CONSOLE_DB_PATH") or str(workdir / "console" / "tasks.sqlite3"),
+        store_uri=os.environ.get("SKUFORGE_STORE_URI") or f"file://{workdir / UP_STORE}",
+        console_db=os.environ.get("SKUFORGE_CONSOLE_DB_PATH") or str(workdir / UP_CONSOLE_DB),
         console_users=users,
         kafka_bootstrap=kafka_bootstrap or f"127.0.0.1:{ports['kafka']}",
         start_kafka=kafka_bootstrap is None,

@@ -56,6 +56,13 @@ WORKING_SIDE_PX = 2048
 # acknowledgement), and past threading.TIMEOUT_MAX (about 292 years) the wait raised OverflowError and the
 # thread died after a clean start. A day is far above any sane value and says the unit is seconds.
 MAX_WAIT_S = 86400.0
+# `skuforge up`'s working folder by default (``--workdir``; `make up`, `make demo`), and where in one the
+# stack keeps its object store and the console's task table unless SKUFORGE_STORE_URI /
+# SKUFORGE_CONSOLE_DB_PATH say otherwise. Here, below devstack/, so a command can name them to its user:
+# no service imports devstack.
+UP_WORKDIR = Path("var/up")
+UP_STORE = Path("store")
+UP_CONSOLE_DB = Path("console") / "tasks.sqlite3"
 # Every settings model's: SKUFORGE_* variables, others ignored, read-only, no inf or NaN (a number that
 # passes its bounds as inf crashes later, far from the variable that set it), and an empty variable is
 # unset: Compose and Helm pass an unset one as empty, and an empty JSON setting (or number, or name)

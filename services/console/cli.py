@@ -50,7 +50,7 @@ from services.console.tasks import (
     UnreadableDecision,
 )
 from shared.argtypes import CommandParser, float_between, path_argument
-from shared.config import load_settings
+from shared.config import UP_CONSOLE_DB, UP_STORE, UP_WORKDIR, load_settings
 from shared.errors import TransientError
 from shared.observability import escape_control_characters
 from shared.store import open_settings_store
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         # annotation "not found", and exit 0.
         print(
             f"skuforge console {args.action}: no task table at {where}; set SKUFORGE_CONSOLE_DB_PATH "
-            "to the console's (skuforge serve console creates it)",
+            f"to the console's (skuforge serve console creates it){_up_stack_hint(args.action, where)}",
             file=sys.stderr,
         )
         return 2
@@ -258,6 +258,22 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     return 0
+
+
+def _up_stack_hint(action: str, where: Path) -> str:
+    """The variables that point ``action`` at the table of the local stack (``skuforge up``, ``make up``,
+    ``make demo``) when there is one in this folder and it is not ``where``; else "".
+
+    After the demo, the refusal named only the default ``var/console/``, not where the stack keeps its
+    table; and the Label Studio commands also need the stack's store, or every item was skipped as
+    "not inside this store"."""
+    table = UP_WORKDIR / UP_CONSOLE_DB
+    if not table.is_file() or table.resolve() == where.resolve():
+        return ""
+    variables = f"SKUFORGE_CONSOLE_DB_PATH={table}"
+    if action in ("export-labelstudio", "import-labelstudio"):
+        variables += f" SKUFORGE_STORE_URI=file://{UP_WORKDIR / UP_STORE}"
+    return f"; `skuforge up` (make up, make demo) keeps its table at {table}: {variables}"
 
 
 def _write_all(files: dict[Path, str]) -> None:

@@ -22,6 +22,8 @@ A locked or unwritable table is a ``TransientError``: the partition pauses and r
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from typing import Any
 
 from schemas.envelope import Envelope
@@ -31,7 +33,10 @@ from schemas.topics import CORRECTION_PENDING, GATE_ACCEPTED
 from services.console.config import ConsoleSettings
 from services.console.tasks import TaskStore
 from shared.config import load_settings
+from shared.observability import configure_logging
 from shared.runtime import Context, Emit, Stage, refuse_clock_skew, run_stage, stage_command
+
+log = logging.getLogger("skuforge.console.intake")
 
 _CLOCK_SETTING = "SKUFORGE_CONSOLE_MAX_CLOCK_AHEAD_S"
 
@@ -82,11 +87,34 @@ def build_intake_stage(tasks: TaskStore, *, max_clock_ahead_s: float = 300.0, **
     return stage
 
 
+def open_task_table(path: str | Path) -> TaskStore:
+    """The task table at ``path``, made new and empty (and logged so) where there is none.
+
+    A first start makes the table; but one started on the default path beside a console using another
+    (the local stack's, ``var/up/console/``) filled a table of its own without a word, and its console
+    never showed those tasks."""
+    made = not Path(path).exists()
+    tasks = TaskStore(path)
+    if made:
+        log.info(
+            "no task table at %s: made a new, empty task table there; if the console uses another, stop "
+            "this and set SKUFORGE_CONSOLE_DB_PATH to the console's",
+            path,
+            extra={"db": str(path)},
+        )
+    return tasks
+
+
 def main(console: ConsoleSettings | None = None) -> int:
     """``skuforge run console-intake``: consume into the table at SKUFORGE_CONSOLE_DB_PATH until SIGTERM."""
     console = console or load_settings(ConsoleSettings)
-    tasks = TaskStore(console.console_db_path)
-    return run_stage(build_intake_stage(tasks, max_clock_ahead_s=console.console_max_clock_ahead_s))
+    settings = load_settings()
+    # Before the table is opened, so what opening it says (made new, given a column) is in the stage's format.
+    configure_logging(settings.log_level, settings.log_format)
+    tasks = open_task_table(console.console_db_path)
+    return run_stage(
+        build_intake_stage(tasks, max_clock_ahead_s=console.console_max_clock_ahead_s, settings=settings)
+    )
 
 
 if __name__ == "__main__":
