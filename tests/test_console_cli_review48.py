@@ -12,12 +12,15 @@ import logging
 from pathlib import Path
 
 import pytest
+from kafka.errors import KafkaConnectionError
 
 from services.console.intake import open_task_table
 from services.console.tasks import TaskStore
+from shared.observability import configure_command_logging, configure_logging
 from shared.store import FileStore
 from skuforge_cli.main import main as cli_main
 from tests.support.console import flagged_item, pending_envelope
+from tests.support.docs import README, readme_section
 
 
 @pytest.fixture
@@ -96,3 +99,38 @@ def test_the_intake_says_when_it_makes_a_new_empty_table(
     with caplog.at_level(logging.INFO, logger="skuforge.console"):
         open_task_table("var/console/tasks.sqlite3")  # there now: opened, not made
     assert not [record for record in caplog.records if "new, empty task table" in record.getMessage()]
+
+
+def _kafka_down_sentence() -> str:
+    """What README says a command says against a Kafka that is down: its paragraph from there on."""
+    phrase = "Against a Kafka that is down, "
+    paragraphs = readme_section(README, "Metrics, alerts, dashboard").split("\n\n")
+    [paragraph] = [" ".join(text.split()) for text in paragraphs if phrase in " ".join(text.split())]
+    return paragraph.split(phrase, 1)[1]
+
+
+def test_readme_says_which_commands_say_one_line_against_a_kafka_that_is_down(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # README said "a command says one line", but `skuforge run STAGE` logs as its stage does: about 30 s
+    # of kafka-python's connection lines (JSON) before its own `cannot reach Kafka at ...`.
+    sentence = _kafka_down_sentence()
+    assert sentence.startswith("a command other than `run` and `serve` says one line"), sentence
+    assert "`run STAGE` and `serve` log as their services do" in sentence, sentence
+
+    # What each logging does with one of kafka-python's connection retries, as the sentence says.
+    root, kafka = logging.getLogger(), logging.getLogger("kafka")
+    saved = (root.handlers[:], root.level, kafka.level)
+    retry = ("Connection failed: %s", KafkaConnectionError("111 ECONNREFUSED"))
+    try:
+        configure_command_logging("INFO")  # a one-shot command's
+        logging.getLogger("kafka.net.manager").error(*retry)
+        assert capsys.readouterr().err == ""
+        configure_logging("INFO", "json")  # a stage's, as `skuforge run` starts it
+        logging.getLogger("kafka.net.manager").error(*retry)
+        [line] = capsys.readouterr().err.splitlines()
+    finally:
+        root.handlers[:], _, _ = saved
+        root.setLevel(saved[1])
+        kafka.setLevel(saved[2])
+    assert json.loads(line)["message"] == "Connection failed: KafkaConnectionError: 111 ECONNREFUSED"
