@@ -533,7 +533,10 @@ def test_unreadable_and_badly_named_scene_files_are_skipped_and_the_rest_load(
     assert scenes.skipped == {
         "shelves/loop.jpg": "unreadable: Too many levels of symbolic links",
         "back\\slash.jpg": "bad_key: key 'back\\\\slash.jpg' contains a backslash",
-        "new\nline.png": "bad_key: key 'new\\nline.png' contains control characters",
+        "new\nline.png": (
+            "bad_key: key 'new\\nline.png' contains a control character (U+000A at character 4); "
+            "write it without newlines, tabs or escape codes"
+        ),
     }
     assert skipped_total("bad_key") - before["bad_key"] == 2
     assert skipped_total("unreadable") - before["unreadable"] == 1
