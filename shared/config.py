@@ -447,7 +447,7 @@ def model_uri_opens(value: str | None) -> str | None:
     from shared.store import check_store_uri  # shared.store imports this module's errors
 
     if value is not None:
-        check_store_uri(value, writes=False)
+        check_store_uri(value, writes=False, what="model")
     return value
 
 

@@ -1096,20 +1096,23 @@ def s3_location(bucket: str, prefix: str, *, writes: bool = True) -> str:
 _SCHEME_LIKE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 
 
-def check_store_uri(uri: str, *, writes: bool = True) -> tuple[str, str]:
+def check_store_uri(uri: str, *, writes: bool = True, what: str = "object-store") -> tuple[str, str]:
     """(scheme, the path or bucket/prefix) of an object-store URI (scheme "" for a plain path), or
     ``ValueError`` saying
     what is wrong with it: what ``open_store`` accepts, checked without opening anything (settings
-    check their URIs with it at start-up); ``writes`` is ``open_store``'s."""
+    check their URIs with it at start-up); ``writes`` is ``open_store``'s. ``what`` is what the text
+    names, for its refusals ("model": "model path contains ...")."""
+    # Called what was given: a model file's path was refused as an "object-store URI".
+    given = f"{what} {'URI' if '://' in uri else 'path'}"
     if not uri:
-        raise ValueError("object-store URI is empty")
+        raise ValueError(f"{what} URI is empty")
     # Every object's uri in an event is this root and a key, and the contract refuses a control character,
     # a line separator or a bidi control there: a root holding one passed start-up, and then every event
     # the stage built was refused, one by one. The character is named, not echoed.
     try:
         check_one_line(uri)
     except ValueError as exc:
-        raise ValueError(f"object-store URI {exc}") from None
+        raise ValueError(f"{given} {exc}") from None
     if "://" not in uri:
         # "s3:/bucket" or "file:/data/store" (a '/' short) read as a folder of that name: each stage wrote
         # its own local copy, and on separate machines the next stage found none of the objects.

@@ -141,3 +141,37 @@ def test_an_adapter_registry_root_no_registry_uri_fits_is_refused_before_anythin
     store_root = _root_of_uri_length(tmp_path, most + 1 - len("/adapters"))
     with pytest.raises(ConfigError, match="SKUFORGE_STORE_URI"):
         load_settings(DiffusionSettings).adapters_store(load_settings(Settings, store_uri=str(store_root)))
+
+
+@pytest.mark.parametrize(
+    ("model", "setting", "variable"),
+    [
+        (DiffusionSettings, "diffusion_model", "SKUFORGE_DIFFUSION_MODEL"),
+        (MattingSettings, "matting_model", "SKUFORGE_MATTING_MODEL"),
+        (CaptionerSettings, "captioner_matting_model", "SKUFORGE_CAPTIONER_MATTING_MODEL"),
+    ],
+)
+@pytest.mark.parametrize(
+    ("given", "called"),
+    [
+        ("var/models/u2\u202enet.onnx", "model path"),
+        ("file:///models/u2\u202enet.onnx", "model URI"),
+        ("s3://skuforge/models/u2\u202enet.onnx", "model URI"),
+    ],
+)
+def test_a_refused_model_setting_is_called_what_was_given_a_path_or_a_uri(
+    model: type[BaseSettings], setting: str, variable: str, given: str, called: str
+) -> None:
+    # A model file's path was refused as an "object-store URI", which it is not.
+    with pytest.raises(ConfigError, match=f"{variable}: .*{called} contains .*U\\+202E") as refused:
+        load_settings(model, **{setting: given})
+    assert "object-store" not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("given", "called"),
+    [("/data/st\u202eore", "object-store path"), ("s3://skuforge/st\u202eore", "object-store URI")],
+)
+def test_a_refused_store_root_is_called_what_was_given_a_path_or_a_uri(given: str, called: str) -> None:
+    with pytest.raises(ConfigError, match=f"SKUFORGE_STORE_URI: .*{called} contains .*U\\+202E"):
+        load_settings(Settings, store_uri=given)
