@@ -477,16 +477,17 @@ def merge_sentence(caption: str, sentence: str, colours: Sequence[str], shape: s
     picture ("a black and white photo of a bottle": a greyscale photo); a packaging word naming another
     shape becomes the measured one, plural if it was ("two tins" of a box are "two boxes"; two in a row
     are one: "a tin can" of a bottle is "a bottle"; "product" when the shape is unknown; dropped with
-    its article and "of" for loose produce; not before a tool: "a bottle opener"): the attribute
-    captioner is
-    authoritative for both. An article before a
-    word dropped or replaced is redone for the word now after it; the model's others stay. What is
+    its article and "of" for loose produce; not before a tool: "a bottle opener"; of a container only
+    the container, what it holds stays: "a box of cans" of a box is not "a box of boxes", and of a can
+    it is "cans", not "a can of cans"): the attribute captioner is authoritative for both. An article
+    before a word dropped or replaced is redone for the word now after it; the model's others stay. What is
     left (scene, objects, text the model read) is appended after a comma, cut at a word where the two
     together would pass ``MAX_CAPTION_CHARS`` (never after a glue word: "in a"). An empty sentence, or
     one left with only glue words, adds nothing.
     """
     measured = {colour.lower() for colour in colours}
     words = _sentence_words(sentence, measured)
+    contents = _contents(words)
     kept: list[str] = []
     # Indices in ``kept`` of the articles before a word dropped or replaced: "an orange box" is "a can".
     # Only those are redone: ``article`` misses cases ("an x-ray"), and the model had the rest right.
@@ -525,9 +526,16 @@ def merge_sentence(caption: str, sentence: str, colours: Sequence[str], shape: s
                 kept.pop()
             skip = following if following in ("and", "or") else None  # "red and white box"
             continue
-        if lower in _SHAPE_WORDS and _SHAPE_WORDS[lower] != shape and following not in _FOR_PACKAGING:
-            if shape == "produce":
-                # Loose produce has no packaging: "a bag of oranges" is "oranges", not "a produce of".
+        if (
+            lower in _SHAPE_WORDS
+            and _SHAPE_WORDS[lower] != shape
+            and (index not in contents or shape == "produce")
+            and following not in _FOR_PACKAGING
+        ):
+            held = words[index + 2] if following == "of" and index + 2 < len(words) else ""
+            if shape == "produce" or _SHAPE_WORDS.get(held) == shape:
+                # Loose produce has no packaging: "a bag of oranges" is "oranges", not "a produce of"; a
+                # container of the measured packaging is that packaging: "cans", not "a can of cans".
                 if kept and kept[-1] in ("a", "an", "the"):
                     retold.discard(len(kept) - 1)
                     kept.pop()
@@ -562,6 +570,41 @@ def merge_sentence(caption: str, sentence: str, colours: Sequence[str], shape: s
             words.pop()
         added = " ".join(words)
     return f"{caption}, {added}" if added else caption
+
+
+# Words for what holds the product besides the packaging words ("a pack of bottles", "a six-pack of
+# cans"): what follows their "of" is what they hold, not the packaging.
+_CONTAINER_WORDS: Final = frozenset(
+    {
+        *_SHAPE_WORDS,
+        *("pack", "packs", "package", "packages", "multipack", "multipacks", "case", "cases", "crate"),
+        *("crates", "tray", "trays"),
+    }
+)
+# Words that end the phrase of what a container holds: what follows is said of something else ("a box
+# of cans next to a bottle", "a bag of crisps and a bottle").
+_CONTENTS_END: Final = frozenset(
+    {
+        *("a", "an", "the", "on", "in", "at", "by", "with", "from", "to", "near", "next", "beside"),
+        *("behind", "under", "over", "against", "inside", "is", "are", "for", "that", "sitting"),
+        *("standing", "lying"),
+    }
+)
+
+
+def _contents(words: Sequence[str]) -> set[int]:
+    """Indices of the words that say what a container holds: those after "of" after a container word
+    ("a box of cans", "a six-pack of bottles"), up to an article or a preposition ("on a shelf")."""
+    contents: set[int] = set()
+    inside = False
+    for index, word in enumerate(words):
+        if word == "of" and index > 0 and words[index - 1].split("-")[-1] in _CONTAINER_WORDS:
+            inside = True
+        elif word in _CONTENTS_END:
+            inside = False
+        elif inside:
+            contents.add(index)
+    return contents
 
 
 # Words that say nothing of the picture alone: a sentence of only these adds nothing, and a cut one does
