@@ -12,11 +12,14 @@ Decisions (see also ``services/captioner/stage.py``):
   reduced to the packaging word ("can"): class-prior images of "a photo of a soda can" are what
   the LoRA must stay close to, and they differ from "a can" (paint, tin). Lowercased, leading
   article dropped, accents spelled plainly ("crème" → "creme", "ø" → "o"), an apostrophe inside a
-  word dropped ("men's" → "mens"), only ASCII letters, digits, spaces, '-' and '&' kept. A plural
+  word dropped ("men's" → "mens"), a character that shows nothing dropped ("cho\\u200bcolate" →
+  "chocolate"), only ASCII letters, digits, spaces, '-' and '&' kept. A plural
   noun ("soft drinks") takes no article in the class prompt and the captions: "a photo of soft drinks".
   At most ``MAX_CLASS_NOUN_CHARS``, cut at a word, so its prompts fit the contract; so is a tag.
 * **Captions** say only what was measured (colours, packaging shape, view) plus the retailer's
-  metadata; the instance token stays in the prompts, so a caption reads as plain English.
+  metadata; the instance token stays in the prompts, so a caption reads as plain English. Captions
+  and tags leave out the metadata's characters that show nothing (a zero-width space, a byte-order
+  mark: ``_visible_text``), so the tag of a brand "ACME\\u200b" is "acme".
 """
 
 from __future__ import annotations
@@ -133,7 +136,7 @@ def declared_shape(category: str) -> ShapeName | None:
     says it is packed or processed: "canned vegetables" are a can, "frozen vegetables" say nothing of
     their packaging (the masks decide); None when it says nothing about packaging ("sour cream"), or
     names it only as what a tool or accessory is for ("can opener", "bottle brush", "jar lids")."""
-    words = re.findall(r"[a-z]+", category.lower())
+    words = re.findall(r"[a-z]+", _visible_text(category).lower())
     if not words:  # no Latin word ("飲料", "330"): none names a packaging, the masks decide
         return None
     # The packaging word goes with the tool after it: "can opener" is read as "opener".
@@ -180,6 +183,36 @@ def plain_spelling(text: str) -> str:
     return "".join(char for char in decomposed if not unicodedata.combining(char)).translate(_PLAIN_LETTERS)
 
 
+# Characters that show nothing and shape nothing: the zero-width space, the word joiner and the invisible
+# operators, the byte-order mark, the soft hyphen, the directional marks. Pasted into metadata ("ACME\u200b"),
+# the contract takes them (they are text in a Thai or Hebrew name), but a tag "acme\u200b" matched no
+# "acme", and one inside a category's word split it ("cho colate").
+_SHOWS_NOTHING: Final = re.compile("[\u00ad\u200b\u200e\u200f\u2060-\u2064\ufeff]")
+# The joiners (ZWNJ, ZWJ) shape what stands either side in a script that joins letters or an emoji
+# ("क्\u200dष", a family emoji): kept there; beside a space, an ASCII character or a Latin letter, or at
+# an end, they join nothing and go.
+_JOINERS: Final = "\u200c\u200d"
+
+
+def _shapes(char: str) -> bool:
+    """Whether a joiner beside ``char`` can shape it (see ``_JOINERS``)."""
+    if not char or char.isspace() or char.isascii():
+        return False
+    return "LATIN" not in unicodedata.name(char, "")
+
+
+def _visible_text(text: str) -> str:
+    """``text`` without the characters that show nothing (``_SHOWS_NOTHING``), nor a joiner that joins
+    nothing: "ACME\\u200b" is "ACME", "Cho\\u200bcolate" "Chocolate"; a joiner within Devanagari or an
+    emoji sequence stays."""
+    kept = _SHOWS_NOTHING.sub("", text)
+    return "".join(
+        char
+        for index, char in enumerate(kept)
+        if char not in _JOINERS or (_shapes(kept[index - 1 : index]) and _shapes(kept[index + 1 : index + 2]))
+    )
+
+
 # An apostrophe (typed or typographic) inside a word: a possessive or a contraction, dropped, not a space.
 _INNER_APOSTROPHE: Final = re.compile(r"(?<=[a-z0-9])['\u2019\u2018\u02bc](?=[a-z])")
 
@@ -191,7 +224,7 @@ def class_noun(category: str, *, fallback: str = "product") -> str:
     ``plain_spelling``) rather than cut out, which would split a word into fragments ("cr me fra
     che"); so is a possessive ("men's deodorant" → "mens deodorant", not "men s deodorant").
     """
-    plain = _INNER_APOSTROPHE.sub("", plain_spelling(category.casefold()))
+    plain = _INNER_APOSTROPHE.sub("", plain_spelling(_visible_text(category).casefold()))
     words = re.sub(r"[^a-z0-9&\- ]+", " ", plain).split()
     if words and words[0] in ("a", "an", "the"):
         words = words[1:]
@@ -339,8 +372,9 @@ def compose_caption(sku: SkuMetadata, colours: Sequence[str], shape: str, view: 
 
 
 def _composed(text: str) -> str:
-    """``text`` in composed form (NFC: "é" one character, however it was typed), single-spaced."""
-    return " ".join(unicodedata.normalize("NFC", text).split())
+    """``text`` in composed form (NFC: "é" one character, however it was typed), single-spaced, without
+    the characters that show nothing (``_visible_text``: "ACME\\u200b" is "ACME")."""
+    return " ".join(unicodedata.normalize("NFC", _visible_text(text)).split())
 
 
 def _tag(text: str) -> str:
