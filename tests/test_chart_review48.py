@@ -3,6 +3,7 @@ values.schema.json naming it, not by a Go nil-pointer error from deep inside a t
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -80,3 +81,50 @@ def test_a_map_given_as_text_is_refused_naming_it(helm: str, tmp_path: Path, key
     message = _file_error(helm, key, values)
     where = "".join(f"/{part}" for part in key.split("."))
     assert f"at '{where}': got string, want object" in message, message
+
+
+# The maps and lists the templates range over or render as they are: given text, each stopped the render
+# on Go's "range can't iterate over off" or "can't evaluate field env in type string", or a YAML parse
+# error in a manifest naming neither (`monitoring.labels: off`), or went into a manifest for the API
+# server to refuse (`nodeSelector: off`). Null stays theirs: none.
+NESTED = [
+    "imagePullSecrets",
+    "serviceAccount.annotations",
+    "podAnnotations",
+    "settings",
+    "secret.values",
+    "stageDefaults.image",
+    "stageDefaults.env",
+    "stageDefaults.nodeSelector",
+    "stageDefaults.tolerations",
+    "stageDefaults.affinity",
+    "stageDefaults.autoscaling",
+    "stages.matting",
+    "stages.matting.image",
+    "stages.matting.env",
+    "stages.gate.tolerations",
+    "stages.generator.autoscaling",
+    "triton.nodeSelector",
+    "triton.tolerations",
+    "triton.affinity",
+    "triton.env",
+    "console.persistence.accessModes",
+    "console.env",
+    "monitoring.labels",
+    "monitoring.ruleLabels",
+    "podSecurityContext",
+    "securityContext",
+    "extraVolumes",
+    "extraVolumeMounts",
+]
+
+
+@pytest.mark.parametrize("key", NESTED)
+def test_a_nested_map_or_list_given_as_text_is_refused_naming_it(helm: str, tmp_path: Path, key: str) -> None:
+    """`stages.matting: off` stopped on "can't evaluate field env in type string" in _helpers.tpl, naming
+    neither the stage nor the value; the schema names where a map or list was given text."""
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump(nested(key, "off")))
+    message = _file_error(helm, key, values)
+    where = "".join(f"/{part}" for part in key.split("."))
+    assert re.search(rf"at '{where}': got string, want (null or )?(object|array)", message), message
