@@ -9,7 +9,7 @@ import pytest
 
 from shared import model_cache
 from shared.model_cache import fetch_directory, fetch_file, release
-from tests.support.model_cache import BLIP_FILES, publish, publish_folder
+from tests.support.model_cache import BLIP_FILES, damaged_file_copy, damaged_folder_copy
 
 
 def _hashes_counted(monkeypatch: pytest.MonkeyPatch) -> Counter[Path]:
@@ -30,11 +30,7 @@ def test_a_file_copy_damaged_in_place_is_hashed_once_before_it_is_replaced(
 ) -> None:
     # Found broken by its sha256 (a read of the whole model), it was read whole again just before the
     # new copy was put over it, though nothing had been put there since.
-    cache, store = tmp_path / "cache", tmp_path / "store"
-    uri = publish(store, "v1/model.onnx", b"weights " * 100)
-    copy = fetch_file(uri, cache, uri_from="the test")
-    release(copy)
-    copy.write_bytes(b"damaged " * 100)  # same size, other bytes
+    cache, uri, copy = damaged_file_copy(tmp_path)
     counted = _hashes_counted(monkeypatch)
 
     assert fetch_file(uri, cache, uri_from="the test") == copy
@@ -47,11 +43,7 @@ def test_a_folder_copy_damaged_in_place_is_hashed_once_before_it_is_replaced(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Every file's sha256 up to the damaged one was read again before the new copy was swapped in.
-    cache, store = tmp_path / "cache", tmp_path / "store"
-    uri = publish_folder(store, "blip")
-    copy = fetch_directory(uri, cache, uri_from="the test")
-    release(copy)
-    (copy / "model.safetensors").write_bytes(b"damaged " * 100)  # same size, other bytes
+    cache, uri, copy = damaged_folder_copy(tmp_path)
     counted = _hashes_counted(monkeypatch)
 
     assert fetch_directory(uri, cache, uri_from="the test") == copy

@@ -14,7 +14,7 @@ import pytest
 from shared import model_cache, signals
 from shared.model_cache import fetch_file, release
 from shared.signals import Stopped, raise_stopped, stopped_as_interrupt, stops_wait_for_clean_up
-from tests.support.model_cache import publish
+from tests.support.model_cache import damaged_file_copy
 
 
 def _open_anywhere(dev_ino: tuple[int, int]) -> bool:
@@ -39,11 +39,7 @@ def test_a_whole_copy_put_where_a_broken_one_was_freed_is_not_taken_for_it(
     # 2 s on vfat) its size and times the same: taken for the broken copy unread, that process's copy
     # was replaced, its hold left on a deleted file. Here the file system reuses the number and the
     # times whenever the broken inode is freed, as such a one may.
-    cache, store = tmp_path / "cache", tmp_path / "store"
-    uri = publish(store, "v1/model.onnx", b"weights " * 100)
-    copy = fetch_file(uri, cache, uri_from="the test")
-    release(copy)
-    copy.write_bytes(b"damaged " * 100)  # same size, other bytes
+    cache, uri, copy = damaged_file_copy(tmp_path)
     broken = os.lstat(copy)
     broken_state = model_cache._entry_state(copy)
     others: list[os.stat_result] = []

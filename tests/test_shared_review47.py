@@ -16,8 +16,8 @@ import pytest
 from shared import model_cache
 from shared.model_cache import fetch_directory, release, write_blocks_atomically
 from shared.signals import held_signals, stopped_as_interrupt, stops_wait_for_clean_up
-from tests.support.model_cache import BLIP_FILES, publish_folder
-from tests.support.signals import STOPS
+from tests.support.model_cache import BLIP_FILES, damaged_folder_copy
+from tests.support.signals import stop_handlers, stops_as_from_a_shell
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,14 +51,11 @@ def test_a_stop_between_two_handler_restores_leaves_every_handler_back(
     # The block put its handlers back one at a time: a Ctrl-C whose handler was back already raised
     # there, and the handlers after it stayed the block's for good (``held_signals``' then swallowed
     # every later SIGTERM, ``stopped_as_interrupt``'s turned a later SIGHUP into an exception).
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGHUP, signal.SIG_DFL)
-    before = {signum: signal.getsignal(signum) for signum in STOPS}
+    before = stops_as_from_a_shell()
     with pytest.raises(KeyboardInterrupt), block():
         _stop_right_after_the_first_restore(monkeypatch, signal.SIGINT)
     monkeypatch.undo()
-    assert {signum: signal.getsignal(signum) for signum in STOPS} == before
+    assert stop_handlers() == before
 
 
 # A command that writes bytes on stderr (progress from a tool's own output), then ends with its status, 3.
@@ -184,11 +181,7 @@ def test_a_folder_copy_is_checked_while_other_processes_may_install(
 ) -> None:
     # A folder copy's check (every file's sha256: a diffusion pipeline's gigabytes) ran under the cache's
     # install lock too, before and after the rename: every other install on the host waited for it.
-    cache, store = tmp_path / "cache", tmp_path / "store"
-    uri = publish_folder(store, "blip")
-    copy = fetch_directory(uri, cache, uri_from="the test")
-    release(copy)
-    (copy / "model.safetensors").write_bytes(b"damaged " * 100)  # same size, other bytes
+    cache, uri, copy = damaged_folder_copy(tmp_path)
     lock_free_while_checking: list[bool] = []
     is_complete = model_cache._is_complete
 

@@ -14,7 +14,7 @@ import pytest
 
 from shared import signals
 from shared.signals import held_signals, stopped_as_interrupt, stops_wait_for_clean_up
-from tests.support.signals import STOPS
+from tests.support.signals import stop_handlers, stops_as_from_a_shell
 
 
 def _stop_as_the_restore_is_called(monkeypatch: pytest.MonkeyPatch, stop: int) -> None:
@@ -43,15 +43,12 @@ def test_a_stop_as_a_block_ends_still_stops_it_and_leaves_every_handler_back(
     # The block's handler raised where the stop landed, before _restore's first put-back, so none was
     # put back: stopped_as_interrupt's turned every later SIGTERM into an exception, and
     # stops_wait_for_clean_up's, which had marked the block failing, held every later Ctrl-C for good.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGHUP, signal.SIG_DFL)
-    before = {signum: signal.getsignal(signum) for signum in STOPS}
+    before = stops_as_from_a_shell()
     _stop_as_the_restore_is_called(monkeypatch, stop)
     with pytest.raises(KeyboardInterrupt), block():
         pass
     monkeypatch.undo()
-    assert {signum: signal.getsignal(signum) for signum in STOPS} == before
+    assert stop_handlers() == before
 
 
 def _interrupted(signum: int, frame: object) -> None:
@@ -87,17 +84,14 @@ def test_another_stop_as_a_block_ends_leaves_every_handler_back(
 ) -> None:
     # Raised before _restore put any handler back, it left the block's for good, marked as ending: every
     # later SIGTERM or Ctrl-C was noted (held) for a block long done, and so swallowed.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGHUP, signal.SIG_DFL)
-    before = {signum: signal.getsignal(signum) for signum in STOPS}
+    before = stops_as_from_a_shell()
     caller_s = signal.signal(signal.SIGUSR1, _interrupted)
     try:
         _other_stop_as_the_restore_is_called(monkeypatch, stop)
         with pytest.raises(KeyboardInterrupt), block():
             pass
         monkeypatch.undo()
-        assert {signum: signal.getsignal(signum) for signum in STOPS} == before
+        assert stop_handlers() == before
     finally:
         signal.signal(signal.SIGUSR1, caller_s)
 
@@ -144,14 +138,11 @@ def test_two_ctrl_c_while_a_block_puts_its_handlers_back_leave_every_handler_bac
     # Ctrl-C's handler is put back first: a Ctrl-C there was caught and the rest put back after it, but
     # a second one raised out of _restore at its loop back, and SIGTERM's and SIGHUP's handlers stayed
     # the block's: held_signals' swallowed every later SIGTERM.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGHUP, signal.SIG_DFL)
-    before = {signum: signal.getsignal(signum) for signum in STOPS}
+    before = stops_as_from_a_shell()
     try:
         with pytest.raises(KeyboardInterrupt), block():
             _second_ctrl_c_as_the_restore_loops_back(monkeypatch)
     finally:
         sys.settrace(None)
         monkeypatch.undo()
-    assert {signum: signal.getsignal(signum) for signum in STOPS} == before
+    assert stop_handlers() == before

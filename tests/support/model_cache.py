@@ -38,6 +38,30 @@ def publish_folder(store: Path, name: str, files: dict[str, bytes] = BLIP_FILES)
     return (store / name).as_uri()
 
 
+def damaged_file_copy(tmp_path: Path) -> tuple[Path, str, Path]:
+    """A model file (``b"weights " * 100``) published in a store under ``tmp_path``, fetched into the
+    cache ``tmp_path / "cache"``, let go, then damaged in place (same size, other bytes): (cache, its
+    URI, the copy)."""
+    cache, store = tmp_path / "cache", tmp_path / "store"
+    uri = publish(store, "v1/model.onnx", b"weights " * 100)
+    copy = model_cache.fetch_file(uri, cache, uri_from="the test")
+    model_cache.release(copy)
+    copy.write_bytes(b"damaged " * 100)  # same size, other bytes
+    return cache, uri, copy
+
+
+def damaged_folder_copy(tmp_path: Path) -> tuple[Path, str, Path]:
+    """A model folder (``BLIP_FILES``) published in a store under ``tmp_path``, fetched into the cache
+    ``tmp_path / "cache"``, let go, then its weights damaged in place (same size, other bytes): (cache,
+    its URI, the copy)."""
+    cache, store = tmp_path / "cache", tmp_path / "store"
+    uri = publish_folder(store, "blip")
+    copy = model_cache.fetch_directory(uri, cache, uri_from="the test")
+    model_cache.release(copy)
+    (copy / "model.safetensors").write_bytes(b"damaged " * 100)  # same size, other bytes
+    return cache, uri, copy
+
+
 def child(script: str) -> subprocess.Popen[str]:
     """A Python process in the repo that prints 'ready' once it has done its part, then waits for a line."""
     return subprocess.Popen(

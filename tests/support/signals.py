@@ -9,6 +9,8 @@ import subprocess
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 import pytest
 
@@ -111,13 +113,29 @@ def stopped(
 
 # The stops a command's signal blocks (``shared.signals``) take over.
 STOPS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# What ``signal.getsignal`` gives and ``signal.signal`` takes.
+Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
+
+
+def stop_handlers() -> dict[signal.Signals, Handler]:
+    """The handler each of ``STOPS`` has now."""
+    return {signum: signal.getsignal(signum) for signum in STOPS}
+
+
+def stops_as_from_a_shell() -> dict[signal.Signals, Handler]:
+    """Sets ``STOPS``' handlers as a command typed at a shell meets them (Ctrl-C raises
+    KeyboardInterrupt, SIGTERM and SIGHUP their defaults) and gives them (``stop_handlers``)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    return stop_handlers()
 
 
 @pytest.fixture
 def restore_signal_handlers() -> Iterator[None]:
     """A stage run in the test's main thread installs its own SIGTERM/SIGINT handlers, a signal block
     SIGHUP's too: give pytest its own back afterwards."""
-    saved = {signum: signal.getsignal(signum) for signum in STOPS}
+    saved = stop_handlers()
     yield
     for signum, handler in saved.items():
         signal.signal(signum, handler)
