@@ -17,13 +17,20 @@ from shared.signals import held_signals, stopped_as_interrupt, stops_wait_for_cl
 from tests.support.signals import stop_handlers, stops_as_from_a_shell
 
 
-def _stop_as_the_restore_is_called(monkeypatch: pytest.MonkeyPatch, stop: int) -> None:
-    """``stop`` comes as the block's ``finally`` calls ``_restore``: its Python handler (still the block's)
-    runs at that call, as a signal's does at a function's start (here at once)."""
+def _stop_as_the_restore_is_called(
+    monkeypatch: pytest.MonkeyPatch, stop: int, *, first_call_only: bool = False
+) -> None:
+    """``stop`` comes as the block's ``finally`` calls ``_restore`` (only as it first calls it where
+    ``first_call_only``): its Python handler (the block's, or the caller's for a signal the block set
+    none for) runs at that call, as a signal's does at a function's start (here at once), before any of
+    the block's handlers is put back."""
     restore = signals._restore
+    calls: list[int] = []
 
     def stop_then_restore(*args: Any, **kwargs: Any) -> None:
-        signal.raise_signal(stop)
+        calls.append(stop)
+        if len(calls) == 1 or not first_call_only:
+            signal.raise_signal(stop)
         restore(*args, **kwargs)
 
     monkeypatch.setattr(signals, "_restore", stop_then_restore)
@@ -56,21 +63,6 @@ def _interrupted(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _other_stop_as_the_restore_is_called(monkeypatch: pytest.MonkeyPatch, stop: int) -> None:
-    """``stop``, a signal the block set no handler for, comes as the block's ``finally`` first calls
-    ``_restore``: its own handler raises there, before any of the block's is put back."""
-    restore = signals._restore
-    calls: list[int] = []
-
-    def stop_then_restore(*args: Any, **kwargs: Any) -> None:
-        calls.append(stop)
-        if len(calls) == 1:
-            signal.raise_signal(stop)
-        restore(*args, **kwargs)
-
-    monkeypatch.setattr(signals, "_restore", stop_then_restore)
-
-
 @pytest.mark.parametrize(
     ("block", "stop"),
     [(stopped_as_interrupt, signal.SIGINT), (stops_wait_for_clean_up, signal.SIGUSR1)],
@@ -87,7 +79,7 @@ def test_another_stop_as_a_block_ends_leaves_every_handler_back(
     before = stops_as_from_a_shell()
     caller_s = signal.signal(signal.SIGUSR1, _interrupted)
     try:
-        _other_stop_as_the_restore_is_called(monkeypatch, stop)
+        _stop_as_the_restore_is_called(monkeypatch, stop, first_call_only=True)
         with pytest.raises(KeyboardInterrupt), block():
             pass
         monkeypatch.undo()
