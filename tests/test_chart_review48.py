@@ -7,9 +7,8 @@ import re
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.support.helm import render_error, require_helm
+from tests.support.helm import render_error, require_helm, values_file
 
 
 @pytest.fixture(scope="module")
@@ -39,14 +38,6 @@ MAPS = [
 ]
 
 
-def nested(key: str, value: object) -> dict[str, object]:
-    """``{"a": {"b": value}}`` for the key ``a.b``."""
-    for part in reversed(key.split(".")):
-        value = {part: value}
-    assert isinstance(value, dict)
-    return value
-
-
 def _where(key: str) -> tuple[str, str]:
     """The schema's place of ``key``'s parent ("" at the top) and the key's own name."""
     *parents, name = key.split(".")
@@ -64,8 +55,7 @@ def _file_error(helm: str, key: str, values: Path) -> str:
 def test_a_map_left_null_is_refused_naming_it(helm: str, tmp_path: Path, key: str) -> None:
     """`topicsJob: null` in a values file (or `--set topicsJob=null`): helm drops the key, and the
     templates stopped on `<.Values.topicsJob.enabled>: nil pointer evaluating interface {}.enabled`."""
-    values = tmp_path / "values.yaml"
-    values.write_text(yaml.safe_dump(nested(key, None)))
+    values = values_file(tmp_path, key, None)
     where, name = _where(key)
     for message in [_file_error(helm, key, values), render_error(helm, f"{key}=null")]:
         assert "values don't meet the specifications of the schema" in message, message
@@ -76,8 +66,7 @@ def test_a_map_left_null_is_refused_naming_it(helm: str, tmp_path: Path, key: st
 @pytest.mark.parametrize("key", MAPS)
 def test_a_map_given_as_text_is_refused_naming_it(helm: str, tmp_path: Path, key: str) -> None:
     """`topicsJob: off` stopped on `can't evaluate field enabled in type interface {}`."""
-    values = tmp_path / "values.yaml"
-    values.write_text(yaml.safe_dump(nested(key, "off")))
+    values = values_file(tmp_path, key, "off")
     message = _file_error(helm, key, values)
     where = "".join(f"/{part}" for part in key.split("."))
     assert f"at '{where}': got string, want object" in message, message
@@ -123,8 +112,7 @@ NESTED = [
 def test_a_nested_map_or_list_given_as_text_is_refused_naming_it(helm: str, tmp_path: Path, key: str) -> None:
     """`stages.matting: off` stopped on "can't evaluate field env in type string" in _helpers.tpl, naming
     neither the stage nor the value; the schema names where a map or list was given text."""
-    values = tmp_path / "values.yaml"
-    values.write_text(yaml.safe_dump(nested(key, "off")))
+    values = values_file(tmp_path, key, "off")
     message = _file_error(helm, key, values)
     where = "".join(f"/{part}" for part in key.split("."))
     assert re.search(rf"at '{where}': got string, want (null or )?(object|array)", message), message

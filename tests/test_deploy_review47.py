@@ -6,9 +6,8 @@ import re
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.support.helm import render, render_error, require_helm
+from tests.support.helm import render, render_error, require_helm, values_file
 
 
 @pytest.fixture(scope="module")
@@ -38,14 +37,6 @@ TEXT_KEYS = [
 ]
 
 
-def nested(key: str, value: object) -> dict[str, object]:
-    """``{"a": {"b": value}}`` for the key ``a.b``."""
-    for part in reversed(key.split(".")):
-        value = {part: value}
-    assert isinstance(value, dict)
-    return value
-
-
 @pytest.mark.parametrize("key", TEXT_KEYS)
 @pytest.mark.parametrize("given", [123, 1.10, {"name": "x"}, ["x"]])
 def test_a_text_value_given_a_number_or_a_map_is_refused_naming_it(
@@ -54,8 +45,7 @@ def test_a_text_value_given_a_number_or_a_map_is_refused_naming_it(
     """`image.repository: 123` failed later as a YAML parse error in console.yaml, `image.tag: 1.10` ran
     the image "skuforge:1.1" and `image.tag: {name: x}` "skuforge:map[name:x]", a numeric
     kedaAuthenticationRef or storageClass went to the API server as a number: the schema says where."""
-    values = tmp_path / "values.yaml"
-    values.write_text(yaml.safe_dump(nested(key, given)))
+    values = values_file(tmp_path, key, given)
     message = render_error(helm, files=[values])
     assert "values don't meet the specifications of the schema" in message, message
     where = "".join(f"/{part}" for part in key.split("."))

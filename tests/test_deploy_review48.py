@@ -8,21 +8,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.support.helm import render, render_error, require_helm
+from tests.support.helm import render, render_error, require_helm, values_file
 
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE = REPO / "deploy" / "compose.yaml"
 GPU_OVERLAY = REPO / "deploy" / "compose.gpu.yaml"
 # The chart takes these under `settings` alone, which every pod reads (its _helpers.tpl, $imageLimits).
 IMAGE_LIMITS = ["SKUFORGE_MAX_IMAGE_PIXELS", "SKUFORGE_MAX_IMAGE_BYTES"]
-
-
-def nested(key: str, value: object) -> dict[str, object]:
-    """``{"a": {"b": value}}`` for the key ``a.b``."""
-    for part in reversed(key.split(".")):
-        value = {part: value}
-    assert isinstance(value, dict)
-    return value
 
 
 def _skuforge_services(*files: Path) -> dict[str, dict[str, object]]:
@@ -85,8 +77,7 @@ def test_a_pod_setting_left_unset_renders_no_null(helm: str, tmp_path: Path, key
     """A values file that leaves one of these empty (`resources:`) rendered `resources: null` in every
     stage's (or the console's) container: a manifest field the chart wrote as null for a value it means
     to leave out. It renders as an empty map now, what Kubernetes takes for none."""
-    values = tmp_path / "values.yaml"
-    values.write_text(yaml.safe_dump(nested(key, None)))
+    values = values_file(tmp_path, key, None)
     docs = render(helm, files=[values])
     found = [f"{doc['kind']}/{doc['metadata']['name']}{where}" for doc in docs for where in _nulls(doc)]
     assert not found, found

@@ -92,6 +92,21 @@ def render_error(
     return result.stderr
 
 
+def nested(key: str, value: object) -> dict[str, object]:
+    """``{"a": {"b": value}}`` for the key ``a.b``."""
+    for part in reversed(key.split(".")):
+        value = {part: value}
+    assert isinstance(value, dict)
+    return value
+
+
+def values_file(folder: Path, key: str, value: object) -> Path:
+    """A values file ``folder / "values.yaml"`` that gives the key ``key`` (``a.b``) ``value`` alone."""
+    values = folder / "values.yaml"
+    values.write_text(yaml.safe_dump(nested(key, value)))
+    return values
+
+
 def pod_env(docs: list[dict[str, Any]], deployment: str) -> dict[str, str]:
     """The variables a Deployment's container starts with: the ConfigMap, the Secret, then its env."""
     env = dict(next(doc for doc in docs if doc["kind"] == "ConfigMap")["data"])
