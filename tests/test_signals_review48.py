@@ -36,6 +36,23 @@ def _stop_as_the_restore_is_called(
     monkeypatch.setattr(signals, "_restore", stop_then_restore)
 
 
+def _stopped_as_it_ends_with_every_handler_back(
+    block: Callable[[], AbstractContextManager[object]],
+    monkeypatch: pytest.MonkeyPatch,
+    stop: int,
+    *,
+    first_call_only: bool = False,
+) -> None:
+    """From a shell's handlers, ``block`` stopped by ``stop`` as it calls ``_restore``
+    (``_stop_as_the_restore_is_called``) ends in KeyboardInterrupt and leaves every handler as it was."""
+    before = stops_as_from_a_shell()
+    _stop_as_the_restore_is_called(monkeypatch, stop, first_call_only=first_call_only)
+    with pytest.raises(KeyboardInterrupt), block():
+        pass
+    monkeypatch.undo()
+    assert stop_handlers() == before
+
+
 @pytest.mark.parametrize(
     ("block", "stop"),
     [(stopped_as_interrupt, signal.SIGTERM), (stops_wait_for_clean_up, signal.SIGINT)],
@@ -50,12 +67,7 @@ def test_a_stop_as_a_block_ends_still_stops_it_and_leaves_every_handler_back(
     # The block's handler raised where the stop landed, before _restore's first put-back, so none was
     # put back: stopped_as_interrupt's turned every later SIGTERM into an exception, and
     # stops_wait_for_clean_up's, which had marked the block failing, held every later Ctrl-C for good.
-    before = stops_as_from_a_shell()
-    _stop_as_the_restore_is_called(monkeypatch, stop)
-    with pytest.raises(KeyboardInterrupt), block():
-        pass
-    monkeypatch.undo()
-    assert stop_handlers() == before
+    _stopped_as_it_ends_with_every_handler_back(block, monkeypatch, stop)
 
 
 def _interrupted(signum: int, frame: object) -> None:
@@ -76,14 +88,9 @@ def test_another_stop_as_a_block_ends_leaves_every_handler_back(
 ) -> None:
     # Raised before _restore put any handler back, it left the block's for good, marked as ending: every
     # later SIGTERM or Ctrl-C was noted (held) for a block long done, and so swallowed.
-    before = stops_as_from_a_shell()
     caller_s = signal.signal(signal.SIGUSR1, _interrupted)
     try:
-        _stop_as_the_restore_is_called(monkeypatch, stop, first_call_only=True)
-        with pytest.raises(KeyboardInterrupt), block():
-            pass
-        monkeypatch.undo()
-        assert stop_handlers() == before
+        _stopped_as_it_ends_with_every_handler_back(block, monkeypatch, stop, first_call_only=True)
     finally:
         signal.signal(signal.SIGUSR1, caller_s)
 
