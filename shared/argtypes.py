@@ -21,8 +21,6 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, NoReturn
 
-from pydantic import TypeAdapter, ValidationError
-
 # The most threads a command or a service setting may ask of ONNX Runtime or torch (the services' settings and
 # the commands' --threads): torch.set_num_threads(100000) ends in a segfault; ONNX Runtime took it as asked.
 MAX_THREADS = 256
@@ -155,6 +153,10 @@ def contract_text(rule: Any) -> Callable[[str], str]:
     (``schemas.events.AdapterSeries``): refused as the contract refuses it, naming the character and not
     echoing it. ``skuforge adapters register --series`` stored a newline or a U+202E as typed, which the
     event then refused (or a reader read escaped)."""
+    # pydantic here, not at the top: a bench worker imports this module and is measured without it
+    # (tests/test_bench_review45b.py).
+    from pydantic import TypeAdapter, ValidationError
+
     text_rule: TypeAdapter[str] = TypeAdapter(rule)
 
     def parse(text: str) -> str:
