@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -15,6 +16,8 @@ from pydantic import (
     ConfigDict,
     Field,
     GetCoreSchemaHandler,
+    TypeAdapter,
+    ValidationError,
     ValidationInfo,
     WithJsonSchema,
 )
@@ -183,6 +186,24 @@ def check_plain_text(value: str) -> str:
             f"{found.start() + 1}), which reorders the text shown after it; write it without one"
         )
     return value
+
+
+def text_check(rule: Any) -> Callable[[str], str]:
+    """A check of text against ``rule``, an event field's type (``schemas.events.ModelId``): the text
+    back, or ``ValueError`` in the rule's own words (naming a character, not echoing it), without
+    pydantic's "Value error, " prefix. For text that goes into such a field from outside an event: a
+    setting (``shared.config.model_id_setting``) or a command's option (``shared.argtypes.contract_text``)."""
+    adapter: TypeAdapter[str] = TypeAdapter(rule)
+
+    def check(text: str) -> str:
+        try:
+            return adapter.validate_python(text)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            cause = error.get("ctx", {}).get("error")  # a rule's own ValueError says it best
+            raise ValueError(str(cause) if cause is not None else error["msg"]) from None
+
+    return check
 
 
 def check_one_line(value: str) -> str:

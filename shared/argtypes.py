@@ -153,20 +153,17 @@ def contract_text(rule: Any) -> Callable[[str], str]:
     (``schemas.events.AdapterSeries``): refused as the contract refuses it, naming the character and not
     echoing it. ``skuforge adapters register --series`` stored a newline or a U+202E as typed, which the
     event then refused (or a reader read escaped)."""
-    # pydantic here, not at the top: a bench worker imports this module and is measured without it
-    # (tests/test_bench_review45b.py).
-    from pydantic import TypeAdapter, ValidationError
+    # schemas (pydantic) here, not at the top: a bench worker imports this module and is measured without
+    # it (tests/test_bench_review45b.py).
+    from schemas.common import text_check
 
-    text_rule: TypeAdapter[str] = TypeAdapter(rule)
+    check = text_check(rule)
 
     def parse(text: str) -> str:
         try:
-            return text_rule.validate_python(text)
-        except ValidationError as exc:
-            error = exc.errors()[0]
-            # A rule's own ValueError says it best; pydantic's "Value error, " prefix says nothing.
-            cause = error.get("ctx", {}).get("error")
-            raise argparse.ArgumentTypeError(str(cause) if cause is not None else error["msg"]) from None
+            return check(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
 
     parse.__name__ = "text"
     return parse

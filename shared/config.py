@@ -21,7 +21,6 @@ import annotated_types
 from pydantic import (
     Field,
     SecretStr,
-    TypeAdapter,
     ValidationError,
     ValidatorFunctionWrapHandler,
     field_validator,
@@ -31,7 +30,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError, PydanticUseDefault
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
-from schemas.common import check_one_line
+from schemas.common import check_one_line, text_check
 from schemas.events import MAX_PHOTOS_PER_EVENT, ModelId
 from schemas.topics import DLQ_SUFFIX, KAFKA_TOPIC_NAME_MAX_LEN, Topic, longest_topic_name
 
@@ -452,7 +451,7 @@ def model_uri_opens(value: str | None) -> str | None:
 
 
 # The contract's rule for a model id (an event's captioner, model_id, matting_model_id, base_model).
-_MODEL_ID: TypeAdapter[str] = TypeAdapter(ModelId)
+_MODEL_ID = text_check(ModelId)
 
 
 def model_id_setting(value: str | None) -> str | None:
@@ -460,14 +459,7 @@ def model_id_setting(value: str | None) -> str | None:
     refused as the contract refuses that field (a control character, a line separator or a bidi control,
     named and not echoed; over ``MAX_MODEL_ID_CHARS``). Passed at start-up, it refused every event the
     stage built from it, one by one."""
-    if value is not None:
-        try:
-            _MODEL_ID.validate_python(value)
-        except ValidationError as exc:
-            error = exc.errors()[0]
-            cause = error.get("ctx", {}).get("error")  # a rule's own ValueError says it best
-            raise ValueError(str(cause) if cause is not None else error["msg"]) from None
-    return value
+    return value if value is None else _MODEL_ID(value)
 
 
 def one_line_setting(value: str | None) -> str | None:
