@@ -36,8 +36,10 @@ _SCOPE = ",".join(f'{name}=~"${name}"' for name in SCOPE_VARIABLES)
 _SELECTOR = re.compile(r"\b((?:skuforge|nv)_[a-z_]+\b|up(?=\{))(?:\{([^}]*)\})?")
 # An aggregation of a query, with its `by (...)` labels if it has any.
 _AGGREGATION = re.compile(r"\b(sum|max|min|avg|count)\s*(?:by\s*\(([^)]*)\))?\s*\(")
-# Each series' legend starts with its install, so two releases' lines are told apart.
-_INSTALL_LEGEND = "/".join(f"{{{{{name}}}}}" for name in SCOPE_VARIABLES)
+# Each series' legend starts with its install, so two releases' lines are told apart: the query adds an
+# `install` label, "namespace/release " on the chart's series and none on the compose stack's (a legend of
+# "{{namespace}}/{{release}}" started with a bare "/" there).
+INSTALL_LABEL = "install"
 
 
 @dataclass(frozen=True)
@@ -237,14 +239,24 @@ def per_install(expr: str) -> str:
     return _AGGREGATION.sub(keep, expr)
 
 
+def with_install(expr: str) -> str:
+    """``expr`` with an ``install`` label on each series for its legend: "namespace/release " (trailing
+    space) where the series has the chart's labels, none where it has neither (the compose stack)."""
+    joined = f'label_join({expr}, "{INSTALL_LABEL}", "/", "{SCOPE_VARIABLES[0]}", "{SCOPE_VARIABLES[1]}")'
+    # Both labels empty join to "/": an empty replacement removes the label. Then "ns/rel" gets its space.
+    bare = f'label_replace({joined}, "{INSTALL_LABEL}", "", "{INSTALL_LABEL}", "/")'
+    return f'label_replace({bare}, "{INSTALL_LABEL}", "$1 ", "{INSTALL_LABEL}", "(.+)")'
+
+
 def panel_expr(query: Query) -> str:
-    """The query as the dashboard asks it: scoped to the chosen installs, one series per install."""
-    return scoped(per_install(query.expr))
+    """The query as the dashboard asks it: scoped to the chosen installs, one series per install, each
+    with its install label for the legend."""
+    return with_install(scoped(per_install(query.expr)))
 
 
 def panel_legend(query: Query) -> str:
-    """The query's legend, after its series' install ("namespace/release", empty parts without labels)."""
-    return f"{_INSTALL_LEGEND} {query.legend}"
+    """The query's legend, after its series' install ("namespace/release ", nothing without the labels)."""
+    return f"{{{{{INSTALL_LABEL}}}}}{query.legend}"
 
 
 def _scope_variable(name: str, datasource: dict[str, str]) -> dict[str, Any]:

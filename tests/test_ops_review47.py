@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 
-from devstack.dashboard import DASHBOARD_FILE, SCOPE_VARIABLES
+from devstack.dashboard import DASHBOARD_FILE, INSTALL_LABEL, SCOPE_VARIABLES
 
 # An aggregation of PromQL: `sum by (a, b) (`, or one with no `by` at all (`max(`), which keeps no label.
 _AGGREGATION = re.compile(r"\b(sum|max|min|avg|count)\s*(?:by\s*\(([^)]*)\))?\s*\(")
@@ -25,8 +25,10 @@ def test_every_panel_keeps_each_install_its_own_series() -> None:
         for operator, by in aggregations:
             labels = {label.strip() for label in by.split(",")}
             assert set(SCOPE_VARIABLES) <= labels, f"{operator} by ({by}) in {target['expr']}"
-        for name in SCOPE_VARIABLES:
-            assert "{{" + name + "}}" in target["legendFormat"], target
+        # Each line says its install: the query joins both labels into `install`, the legend reads it.
+        assert target["legendFormat"].startswith("{{" + INSTALL_LABEL + "}}"), target
+        joined = f'"{INSTALL_LABEL}", "/", "{SCOPE_VARIABLES[0]}", "{SCOPE_VARIABLES[1]}"'
+        assert joined in target["expr"], target
 
 
 def test_the_check_above_sees_an_aggregation_that_drops_the_release() -> None:

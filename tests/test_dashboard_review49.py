@@ -1,0 +1,98 @@
+"""Review 49: the dashboard's legends read well with and without the chart's namespace/release labels."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from devstack.dashboard import PANELS, _legend, concrete, panel_expr, panel_legend
+from devstack.prometheus import promtool
+
+# A compose series (no namespace/release) and a chart series of the same stage, as Prometheus stores them.
+COMPOSE = {"stage": "gate", "outcome": "ok"}
+CHART = {"namespace": "shop", "release": "a", "stage": "gate", "outcome": "ok"}
+# What a compose series lacks: the chart's labels, and so the install label made of them.
+NO_COMPOSE_LABELS = ("namespace", "release", "install")
+
+
+def _selector(name: str, labels: dict[str, str]) -> str:
+    return name + "{" + ",".join(f'{key}="{value}"' for key, value in sorted(labels.items())) + "}"
+
+
+def test_every_panel_legend_starts_with_the_install_only_when_the_series_has_one() -> None:
+    """On compose every legend started with a bare "/" (the chart's two labels are empty there)."""
+    for panel in PANELS:
+        for query in panel.queries:
+            legend = panel_legend(query)
+            # Grafana fills a missing label with "": the install part must vanish, not leave a "/".
+            labels = {name: "x" for name in re.findall(r"\{\{(\w+)\}\}", legend)}
+            compose = _legend(legend, {k: v for k, v in labels.items() if k not in NO_COMPOSE_LABELS})
+            assert not compose.startswith(("/", " ")), (panel.title, legend, compose)
+            assert "{{namespace}}" not in legend and "{{release}}" not in legend, (panel.title, legend)
+
+
+def test_the_query_itself_makes_the_install_label(promtool_bin: str, tmp_path: Path) -> None:
+    """promtool evaluates the flow panel's query: a compose series gets no install label (legend
+    "gate"), a chart series "shop/a " (legend "shop/a gate")."""
+    (flow,) = PANELS[0].queries
+    expr = concrete(panel_expr(flow))
+    tests = {
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [
+                    {"series": _selector("skuforge_messages_total", COMPOSE), "values": "0+60x10"},
+                    {"series": _selector("skuforge_messages_total", CHART), "values": "0+120x10"},
+                ],
+                "promql_expr_test": [
+                    {
+                        "expr": expr,
+                        "eval_time": "10m",
+                        "exp_samples": [
+                            {"labels": '{stage="gate"}', "value": 1},
+                            {
+                                "labels": '{install="shop/a ",namespace="shop",release="a",stage="gate"}',
+                                "value": 2,
+                            },
+                        ],
+                    }
+                ],
+            }
+        ],
+    }
+    path = tmp_path / "legend_test.yml"
+    path.write_text(json.dumps(tests))  # JSON is YAML
+    result = promtool("test", "rules", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    legend = panel_legend(flow)
+    assert _legend(legend, {"stage": "gate"}) == "gate"
+    assert _legend(legend, {"install": "shop/a ", "namespace": "shop", "release": "a", "stage": "gate"}) == (
+        "shop/a gate"
+    )
+
+
+def test_promtool_sees_a_wrong_install_label(promtool_bin: str, tmp_path: Path) -> None:
+    """The evaluation above can fail: the same route refuses a sample whose labels differ."""
+    tests = {
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [
+                    {"series": _selector("skuforge_messages_total", COMPOSE), "values": "0+60x10"}
+                ],
+                "promql_expr_test": [
+                    {
+                        "expr": "sum by (stage) (rate(skuforge_messages_total[5m]))",
+                        "eval_time": "10m",
+                        "exp_samples": [{"labels": '{install="/",stage="gate"}', "value": 1}],
+                    }
+                ],
+            }
+        ],
+    }
+    path = tmp_path / "wrong.yml"
+    path.write_text(json.dumps(tests))
+    assert promtool("test", "rules", str(path)).returncode != 0
