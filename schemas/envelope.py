@@ -85,11 +85,18 @@ MAX_ERROR_CLASS_CHARS = 200
 MAX_STAGE_NAME_CHARS = 200
 
 
+# ``clipped``'s smallest limit: room for its mark ("... [N more characters cut]") and some text before it.
+MIN_CLIPPED_CHARS = 64
+
+
 def clipped(text: str, limit: int, *, at_word: bool = False) -> str:
     """``text``, or when longer than ``limit`` (at least 64) its start and a mark saying how many
     characters were cut, ``limit`` at most in all: a dead letter is written whatever its reason's
     length. ``at_word``: cut before the word the limit falls in (within the second half of what is
     kept), not inside it, nor inside an escape such as ``\\x1b``: a message for a person."""
+    if limit < MIN_CLIPPED_CHARS:
+        # Below the mark's length the slice counted from the end: a limit of 0 gave 60 characters.
+        raise ValueError(f"a text clipped to {limit} characters: the limit is {MIN_CLIPPED_CHARS} or more")
     cut = len(text) - limit
     if cut <= 0:
         return text

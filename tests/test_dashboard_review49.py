@@ -6,8 +6,12 @@ import json
 import re
 from pathlib import Path
 
+import pytest
+
 from devstack.dashboard import PANELS, _legend, concrete, panel_expr, panel_legend
 from devstack.prometheus import promtool
+from schemas.envelope import clipped
+from shared.captioning.prompts import _cut_at_word
 
 # A compose series (no namespace/release) and a chart series of the same stage, as Prometheus stores them.
 COMPOSE = {"stage": "gate", "outcome": "ok"}
@@ -96,3 +100,48 @@ def test_promtool_sees_a_wrong_install_label(promtool_bin: str, tmp_path: Path) 
     path = tmp_path / "wrong.yml"
     path.write_text(json.dumps(tests))
     assert promtool("test", "rules", str(path)).returncode != 0
+
+
+# The two cut-at-word helpers at their edges (they keep their own rules; only bugs are fixed).
+
+
+@pytest.mark.parametrize("limit", [0, 1, 27, 63])
+@pytest.mark.parametrize("at_word", [False, True])
+def test_clipped_refuses_a_limit_below_its_floor(limit: int, at_word: bool) -> None:
+    """Under the mark's own length a slice counted from the end: ``clipped("abc" * 20, 0)`` was 60
+    characters, "... [88 more characters cut]" of a 60-character text (with ``at_word`` on a short text,
+    an IndexError)."""
+    with pytest.raises(ValueError, match=f"{limit} characters"):
+        clipped("abc" * 20, limit, at_word=at_word)
+    with pytest.raises(ValueError, match=f"{limit} characters"):
+        clipped("abc", limit, at_word=at_word)
+
+
+@pytest.mark.parametrize("at_word", [False, True])
+def test_clipped_at_its_floor_and_on_blank_or_empty_text(at_word: bool) -> None:
+    assert clipped("", 64, at_word=at_word) == ""
+    assert clipped(" " * 64, 64, at_word=at_word) == " " * 64
+    for text in (" " * 500, "x" * 500, "\U0001f600 " * 200):
+        cut = clipped(text, 64, at_word=at_word)
+        assert len(cut) <= 64 and cut.endswith(" more characters cut]"), cut
+        kept = cut[: cut.index("... [")]
+        assert text.startswith(kept) and f"[{len(text) - len(kept)} more" in cut
+
+
+@pytest.mark.parametrize(
+    ("text", "limit", "expected"),
+    [
+        ("", 0, ""),
+        ("", 1, ""),
+        ("a", 0, ""),
+        ("a", 1, "a"),
+        ("ab", 1, "a"),
+        ("   ", 1, ""),
+        ("abc def", 3, "abc"),
+        ("abc def", 4, "abc"),
+        ("\U0001f600\U0001f600 a", 1, "\U0001f600"),  # a character above the BMP counts once
+        ("a b", 3, "a b"),
+    ],
+)
+def test_cut_at_word_at_its_edges(text: str, limit: int, expected: str) -> None:
+    assert _cut_at_word(text, limit) == expected
