@@ -131,6 +131,15 @@ def escaped_within(value: str, limit: int, escaped: re.Pattern[str]) -> str:
     return "".join(kept)
 
 
+def letter_start(text: str, end: int) -> int:
+    """``end``, or where ``text[end]`` is a combining mark (Unicode's M: an accent typed after its letter,
+    "e" and U+0301 for "é"), the start of the letter it belongs to: a cut there kept the letter without
+    its marks and showed another one ("cafe" of "café")."""
+    while 0 < end < len(text) and unicodedata.category(text[end]).startswith("M"):
+        end -= 1
+    return end
+
+
 # The validation context a reader of a topic passes (``shared.bus.read_envelope``): a field may then take,
 # escaped, text an earlier skuforge producer wrote into the topic that the contract refuses since.
 READ_FROM_TOPIC = {"read_from_topic": True}

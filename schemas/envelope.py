@@ -8,7 +8,7 @@ from typing import Annotated, Generic, TypeVar
 
 from pydantic import BaseModel, Field
 
-from schemas.common import Contract, ObjectRef, SafeId, UtcDatetime
+from schemas.common import Contract, ObjectRef, SafeId, UtcDatetime, letter_start
 from schemas.topics import KAFKA_TOPIC_NAME_MAX_LEN
 
 P = TypeVar("P", bound=BaseModel)
@@ -105,6 +105,7 @@ def clipped(text: str, limit: int, *, at_word: bool = False) -> str:
         kept = limit - len(mark)
         if at_word:
             kept = _word_start(text, kept)
+        kept = letter_start(text, kept)  # nor between a letter and its accent
         if len(text) - kept == cut:
             return text[:kept] + mark
         cut = len(text) - kept

@@ -128,6 +128,27 @@ def test_clipped_at_its_floor_and_on_blank_or_empty_text(at_word: bool) -> None:
         assert text.startswith(kept) and f"[{len(text) - len(kept)} more" in cut
 
 
+@pytest.mark.parametrize("at_word", [False, True])
+def test_clipped_never_parts_a_letter_from_its_combining_mark(at_word: bool) -> None:
+    """One long word of decomposed "é" (e and U+0301): the cut fell between the last e and its accent,
+    and the message showed an "e" that was an "é"."""
+    text = "e\u0301" * 300
+    for limit in range(64, 80):
+        cut = clipped(text, limit, at_word=at_word)
+        kept = cut[: cut.index("... [")]
+        assert len(cut) <= limit and kept.endswith("\u0301"), (limit, cut)
+        assert f"[{len(text) - len(kept)} more" in cut
+
+
+def test_cut_at_word_never_parts_a_letter_from_its_combining_mark() -> None:
+    """A word longer than the limit is cut where it is, but not between a letter and its mark
+    ("café" spelled e + U+0301, cut to 4, was "cafe")."""
+    assert _cut_at_word("cafe\u0301", 4) == "caf"
+    assert _cut_at_word("cafe\u0301", 5) == "cafe\u0301"
+    assert _cut_at_word("e\u0301\u0323x", 2) == ""  # two marks on one letter: the whole letter or none
+    assert _cut_at_word("ab cafe\u0301", 6) == "ab"  # at a word, as before
+
+
 @pytest.mark.parametrize(
     ("text", "limit", "expected"),
     [

@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from schemas.common import SkuMetadata
+from schemas.common import SkuMetadata, letter_start
 from schemas.events import MAX_CAPTION_CHARS, MAX_PHRASE_CHARS
 from shared.captioning.attributes import ShapeName
 
@@ -235,15 +235,16 @@ def class_noun(category: str, *, fallback: str = "product") -> str:
 
 
 def _cut_at_word(text: str, limit: int) -> str:
-    """``text``, or, when longer than ``limit``, its words that fit (a single word over it cut); a
-    ``limit`` of 0 leaves nothing, and a negative one is refused: a slice to it counted from the end
-    ("abc" cut to -1 was "ab")."""
+    """``text``, or, when longer than ``limit``, its words that fit (a single word over it cut, but not
+    between a letter and its accent: ``letter_start``); a ``limit`` of 0 leaves nothing, and a negative
+    one is refused: a slice to it counted from the end ("abc" cut to -1 was "ab")."""
     if limit < 0:
         raise ValueError(f"a caption cut to {limit} characters: the limit is 0 or more")
     if len(text) <= limit:
         return text
-    cut = text[: limit + 1].rsplit(" ", 1)[0] if " " in text[:limit] else text[:limit]
-    return cut.rstrip()
+    if " " in text[:limit]:
+        return text[: limit + 1].rsplit(" ", 1)[0].rstrip()
+    return text[: letter_start(text, limit)].rstrip()
 
 
 # The article goes by the first sound, not the first letter: a vowel letter read as "you" or "w"
