@@ -103,6 +103,7 @@ _PLURAL_SHAPES: Final[dict[str, str]] = {
     "pouch": "pouches",
     "jar": "jars",
     "product": "products",
+    "pack": "packs",
 }
 _DECLARED_PRODUCE: Final = frozenset(
     {"fruit", "fruits", "vegetable", "vegetables", "veg", "veggies", "produce"}
@@ -511,7 +512,8 @@ def merge_sentence(caption: str, sentence: str, colours: Sequence[str], shape: s
     name ("orange juice", "red wine", "white asparagus" when the class ``noun`` says so) or said of the
     picture ("a black and white photo of a bottle": a greyscale photo); a packaging word naming another
     shape becomes the measured one, plural if it was ("two tins" of a box are "two boxes"; two in a row
-    are one: "a tin can" of a bottle is "a bottle"; "product" when the shape is unknown; dropped with
+    are one: "a tin can" of a bottle is "a bottle"; "product" when the shape is unknown, "pack" for a
+    container there: "a can of beans" is "a pack of beans"; dropped with
     its article and "of" for loose produce; not before a tool: "a bottle opener"; of a container only
     the container, what it holds stays: "a box of cans" of a box is not "a box of boxes", and of a can
     it is "cans", not "a can of cans"): the attribute captioner is authoritative for both. An article
@@ -582,7 +584,10 @@ def merge_sentence(caption: str, sentence: str, colours: Sequence[str], shape: s
                     retold.add(len(kept) - 1)
                 continue
             # Every packaging word ends in "s" only when plural ("tins", "boxes"; "box", "can" do not).
-            measured_word = shape if shape != "other" else "product"
+            measured_word = shape
+            if shape == "other":
+                # Of an unknown shape a container is "a pack of beans", not "a product of beans".
+                measured_word = "pack" if following == "of" else "product"
             lower = _PLURAL_SHAPES[measured_word] if lower.endswith("s") else measured_word
             if kept and kept[-1] in ("a", "an"):
                 retold.add(len(kept) - 1)
