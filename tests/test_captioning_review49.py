@@ -1,7 +1,8 @@
 """Review 49: wording bugs of a VLM's sentence merged into a caption (``merge_sentence``).
 
 Of a product whose shape the masks could not tell ("other"), "a can of beans" read "a product of
-beans".
+beans". "a box full of cans" of a box read "a box full of boxes": only "of" right after the container
+was read as what it holds.
 """
 
 from __future__ import annotations
@@ -26,3 +27,31 @@ from shared.captioning.prompts import merge_sentence
 )
 def test_a_container_of_an_unknown_shape_is_a_pack_not_a_product_of(sentence: str, merged: str) -> None:
     assert merge_sentence("C", sentence, ["red"], "other") == f"C, {merged}"
+
+
+@pytest.mark.parametrize(
+    ("sentence", "shape", "merged"),
+    [
+        # What a container is full of, filled or packed with, or contains, stays as the model said it.
+        ("a box full of cans", "box", "a box full of cans"),
+        ("a box filled with cans on a shelf", "box", "a box filled with cans on a shelf"),
+        ("a bag packed with bottles", "pouch", "a bag packed with bottles"),
+        ("a crate containing bottles", "box", "a crate containing bottles"),
+        ("a tin full of cans", "box", "a box full of cans"),
+        # A container of the measured packaging is that packaging: not "a can full of cans".
+        ("a box full of cans", "can", "cans"),
+        ("a bag filled with cans on a table", "can", "cans on a table"),
+        # Loose produce sheds the container and the words that joined it to what it held.
+        ("a bag full of oranges", "produce", "oranges"),
+        ("a box filled with apples", "produce", "apples"),
+        # Of an unknown shape, the container is a pack.
+        ("a can full of beans", "other", "a pack full of beans"),
+        # "full" and "with" of no container say nothing of contents: the packaging after is the product.
+        ("a shelf full of cans", "box", "a shelf full of boxes"),
+        ("a table with a can", "box", "a table with a box"),
+    ],
+)
+def test_what_a_container_is_full_of_is_no_claim_about_the_packaging(
+    sentence: str, shape: str, merged: str
+) -> None:
+    assert merge_sentence("C", sentence, ["red"], shape) == f"C, {merged}"

@@ -513,10 +513,10 @@ def merge_sentence(caption: str, sentence: str, colours: Sequence[str], shape: s
     picture ("a black and white photo of a bottle": a greyscale photo); a packaging word naming another
     shape becomes the measured one, plural if it was ("two tins" of a box are "two boxes"; two in a row
     are one: "a tin can" of a bottle is "a bottle"; "product" when the shape is unknown, "pack" for a
-    container there: "a can of beans" is "a pack of beans"; dropped with
-    its article and "of" for loose produce; not before a tool: "a bottle opener"; of a container only
-    the container, what it holds stays: "a box of cans" of a box is not "a box of boxes", and of a can
-    it is "cans", not "a can of cans"): the attribute captioner is authoritative for both. An article
+    container there: "a can of beans" is "a pack of beans"; dropped with its article and "of" ("full
+    of") for loose produce; not before a tool: "a bottle opener"; of a container only the container,
+    what it holds stays: "a box of cans" or "a box full of cans" of a box is not "a box of boxes", and
+    of a can it is "cans", not "a can of cans"): the attribute captioner is authoritative for both. An article
     before a word dropped or replaced is redone for the word now after it; the model's others stay. What is
     left (scene, objects, text the model read) is appended after a comma, cut at a word where the two
     together would pass ``MAX_CAPTION_CHARS`` (never after a glue word: "in a"). An empty sentence, or
@@ -529,13 +529,11 @@ def merge_sentence(caption: str, sentence: str, colours: Sequence[str], shape: s
     # Indices in ``kept`` of the articles before a word dropped or replaced: "an orange box" is "a can".
     # Only those are redone: ``article`` misses cases ("an x-ray"), and the model had the rest right.
     retold: set[int] = set()
-    skip: str | None = None  # a word the previous drop takes with it ("of", "and")
+    resume = 0  # the first word after those the previous drop takes with it ("and", "full of")
     for index, lower in enumerate(words):
         following = words[index + 1] if index + 1 < len(words) else None
-        if skip is not None and lower == skip:
-            skip = None
+        if index < resume:
             continue
-        skip = None
         if (
             lower in _COLOUR_WORDS
             and lower not in measured
@@ -561,7 +559,7 @@ def merge_sentence(caption: str, sentence: str, colours: Sequence[str], shape: s
                 # "yellow and blue bag" of a yellow one: "yellow and bag" was left. Only after a colour said
                 # as one: in "sour cream and green onion" the "and" joins two foods.
                 kept.pop()
-            skip = following if following in ("and", "or") else None  # "red and white box"
+            resume = index + 2 if following in ("and", "or") else index + 1  # "red and white box"
             continue
         if (
             lower in _SHAPE_WORDS
@@ -569,14 +567,15 @@ def merge_sentence(caption: str, sentence: str, colours: Sequence[str], shape: s
             and (index not in contents or shape == "produce")
             and following not in _FOR_PACKAGING
         ):
-            held = words[index + 2] if following == "of" and index + 2 < len(words) else ""
+            start = _contents_start(words, index)
+            held = words[start] if start is not None and start < len(words) else ""
             if shape == "produce" or _SHAPE_WORDS.get(held) == shape:
                 # Loose produce has no packaging: "a bag of oranges" is "oranges", not "a produce of"; a
                 # container of the measured packaging is that packaging: "cans", not "a can of cans".
                 if kept and kept[-1] in ("a", "an", "the"):
                     retold.discard(len(kept) - 1)
                     kept.pop()
-                skip = "of" if following == "of" else None
+                resume = start if start is not None else index + 1
                 continue
             if following in _SHAPE_WORDS:
                 # "a tin can" is one packaging: the word after says it ("a bottle bottle" was left).
@@ -587,7 +586,7 @@ def merge_sentence(caption: str, sentence: str, colours: Sequence[str], shape: s
             measured_word = shape
             if shape == "other":
                 # Of an unknown shape a container is "a pack of beans", not "a product of beans".
-                measured_word = "pack" if following == "of" else "product"
+                measured_word = "pack" if start is not None else "product"
             lower = _PLURAL_SHAPES[measured_word] if lower.endswith("s") else measured_word
             if kept and kept[-1] in ("a", "an"):
                 retold.add(len(kept) - 1)
@@ -621,6 +620,14 @@ _CONTAINER_WORDS: Final = frozenset(
         *("crates", "tray", "trays"),
     }
 )
+# The words between a container and what it holds: "a box of cans", "a box full of cans".
+_CONTENTS_JOINTS: Final[tuple[tuple[str, ...], ...]] = (
+    ("of",),
+    ("full", "of"),
+    ("filled", "with"),
+    ("packed", "with"),
+    ("containing",),
+)
 # Words that end the phrase of what a container holds: what follows is said of something else ("a box
 # of cans next to a bottle", "a bag of crisps and a bottle").
 _CONTENTS_END: Final = frozenset(
@@ -632,18 +639,33 @@ _CONTENTS_END: Final = frozenset(
 )
 
 
+def _contents_start(words: Sequence[str], index: int) -> int | None:
+    """Index of the first word of what the container word at ``index`` holds, after "of" or "full of"
+    ("a box of cans", "a six-pack of bottles", "a box full of cans"); None when the word is no
+    container or names nothing it holds ("a box on a shelf")."""
+    if words[index].split("-")[-1] not in _CONTAINER_WORDS:
+        return None
+    for joint in _CONTENTS_JOINTS:
+        start = index + 1 + len(joint)
+        if tuple(words[index + 1 : start]) == joint:
+            return start
+    return None
+
+
 def _contents(words: Sequence[str]) -> set[int]:
-    """Indices of the words that say what a container holds: those after "of" after a container word
-    ("a box of cans", "a six-pack of bottles"), up to an article or a preposition ("on a shelf")."""
+    """Indices of the words that say what a container holds (``_contents_start``), up to an article or
+    a preposition ("on a shelf")."""
     contents: set[int] = set()
-    inside = False
-    for index, word in enumerate(words):
-        if word == "of" and index > 0 and words[index - 1].split("-")[-1] in _CONTAINER_WORDS:
-            inside = True
-        elif word in _CONTENTS_END:
-            inside = False
-        elif inside:
+    index = 0
+    while index < len(words):
+        start = _contents_start(words, index)
+        if start is None:
+            index += 1
+            continue
+        index = start
+        while index < len(words) and words[index] not in _CONTENTS_END:
             contents.add(index)
+            index += 1
     return contents
 
 
