@@ -2,7 +2,7 @@
 
 Of a product whose shape the masks could not tell ("other"), "a can of beans" read "a product of
 beans". "a box full of cans" of a box read "a box full of boxes": only "of" right after the container
-was read as what it holds.
+was read as what it holds. Every comma was dropped ("apples pears and plums").
 """
 
 from __future__ import annotations
@@ -55,3 +55,36 @@ def test_what_a_container_is_full_of_is_no_claim_about_the_packaging(
     sentence: str, shape: str, merged: str
 ) -> None:
     assert merge_sentence("C", sentence, ["red"], shape) == f"C, {merged}"
+
+
+@pytest.mark.parametrize(
+    ("sentence", "colours", "shape", "merged"),
+    [
+        ("apples, pears and plums", ["red"], "produce", "apples, pears and plums"),
+        ("apples , pears , and plums on a table", ["red"], "produce", "apples, pears, and plums on a table"),
+        ("a box, a bottle and a jar", ["red"], "box", "a box, a box and a box"),
+        # A container dropped of loose produce leaves the comma before it.
+        ("apples, a bag of pears and plums", ["red"], "produce", "apples, pears and plums"),
+        # A comma before a colour that goes goes with it: not "a red, box".
+        ("a red, white and blue box", ["red"], "box", "a red box"),
+        ("a red, lemon yellow box", ["red"], "box", "a red box"),
+        ("a red, white, and blue box", ["red"], "box", "a red box"),
+        # A comma after a colour that goes goes with it, and one at the end says nothing.
+        ("a blue, red box", ["red"], "box", "a red box"),
+        ("a box,", ["red"], "box", "a box"),
+        # Colours kept keep theirs.
+        ("a red, white box", ["red", "white"], "box", "a red, white box"),
+        # A comma between digits is the number's: "1,000", not "1 000" or "1, 000".
+        ("a 1,000 ml bottle, a glass", ["red"], "bottle", "a 1,000 ml bottle, a glass"),
+    ],
+)
+def test_a_comma_in_the_sentence_stays_between_the_words_it_parted(
+    sentence: str, colours: list[str], shape: str, merged: str
+) -> None:
+    assert merge_sentence("C", sentence, colours, shape) == f"C, {merged}"
+
+
+def test_a_sentence_cut_to_fit_does_not_end_on_a_comma() -> None:
+    caption = "C" * 1788
+    merged = merge_sentence(caption, "apples, pears and plums", ["red"], "produce")
+    assert merged == f"{caption}, apples"

@@ -482,13 +482,19 @@ _SHADE_NOUNS: Final = frozenset(
 _COLOUR_JOINERS: Final = frozenset({"and", "or", "dark", "light", "pale", "bright", "deep"})
 
 
-def _sentence_words(sentence: str, measured: set[str]) -> list[str]:
+def _sentence_words(sentence: str, measured: set[str]) -> tuple[list[str], set[int]]:
     """The sentence's lowercased words, with a hyphenated colour compound that names an unmeasured
     colour ("blue-and-white", "dark-red") split into its words, so each colour is judged on its own;
-    a bare hyphen (BLIP's decoder spaces them out: "blue - and - white") is left out."""
+    a bare hyphen (BLIP's decoder spaces them out: "blue - and - white") is left out. And the indices
+    of the words a comma follows ("apples, pears", BLIP's "apples , pears")."""
     words: list[str] = []
-    # Letters of any alphabet: "[A-Za-z]" cut "crème fraîche" into "cr me fra che".
-    for word in re.findall(r"(?:[^\W_]|['&-])+", unicodedata.normalize("NFC", sentence).lower()):
+    commas: set[int] = set()
+    text = unicodedata.normalize("NFC", sentence).lower()
+    # Letters of any alphabet: "[A-Za-z]" cut "crème fraîche" into "cr me fra che". A comma between
+    # digits is part of the number ("1,000 ml", "3,2%"), not a list's.
+    matches = list(re.finditer(r"(?:[^\W_]|['&-]|(?<=\d),(?=\d))+", text))
+    for match, after in zip(matches, [*matches[1:], None], strict=True):
+        word = match.group()
         parts = [part for part in word.split("-") if part]
         colours = {part for part in parts if part in _COLOUR_WORDS}
         if (
@@ -499,7 +505,9 @@ def _sentence_words(sentence: str, measured: set[str]) -> list[str]:
             words.extend(parts)
         elif parts:
             words.append(word)
-    return words
+        if parts and "," in text[match.end() : after.start() if after is not None else len(text)]:
+            commas.add(len(words) - 1)
+    return words, commas
 
 
 def merge_sentence(caption: str, sentence: str, colours: Sequence[str], shape: str, *, noun: str = "") -> str:
@@ -517,15 +525,19 @@ def merge_sentence(caption: str, sentence: str, colours: Sequence[str], shape: s
     of") for loose produce; not before a tool: "a bottle opener"; of a container only the container,
     what it holds stays: "a box of cans" or "a box full of cans" of a box is not "a box of boxes", and
     of a can it is "cans", not "a can of cans"): the attribute captioner is authoritative for both. An article
-    before a word dropped or replaced is redone for the word now after it; the model's others stay. What is
+    before a word dropped or replaced is redone for the word now after it; the model's others stay, and
+    its commas between words kept ("apples, pears and plums"). What is
     left (scene, objects, text the model read) is appended after a comma, cut at a word where the two
     together would pass ``MAX_CAPTION_CHARS`` (never after a glue word: "in a"). An empty sentence, or
     one left with only glue words, adds nothing.
     """
     measured = {colour.lower() for colour in colours}
-    words = _sentence_words(sentence, measured)
+    words, commas = _sentence_words(sentence, measured)
     contents = _contents(words)
     kept: list[str] = []
+    origins: list[int] = []  # the index in ``words`` of each word kept
+    # Indices in ``words`` of the colours dropped: a comma before one goes with it ("a red, white box").
+    dropped_colours: set[int] = set()
     # Indices in ``kept`` of the articles before a word dropped or replaced: "an orange box" is "a can".
     # Only those are redone: ``article`` misses cases ("an x-ray"), and the model had the rest right.
     retold: set[int] = set()
@@ -547,6 +559,7 @@ def merge_sentence(caption: str, sentence: str, colours: Sequence[str], shape: s
                 and kept[-1:] == [words[index - 1]]
             ):
                 kept.pop()  # "lemon yellow" is one colour
+                dropped_colours.add(origins.pop())
             if kept and kept[-1] in ("a", "an"):
                 retold.add(len(kept) - 1)
             if (
@@ -559,7 +572,9 @@ def merge_sentence(caption: str, sentence: str, colours: Sequence[str], shape: s
                 # "yellow and blue bag" of a yellow one: "yellow and bag" was left. Only after a colour said
                 # as one: in "sour cream and green onion" the "and" joins two foods.
                 kept.pop()
+                origins.pop()
             resume = index + 2 if following in ("and", "or") else index + 1  # "red and white box"
+            dropped_colours.add(index)
             continue
         if (
             lower in _SHAPE_WORDS
@@ -575,6 +590,7 @@ def merge_sentence(caption: str, sentence: str, colours: Sequence[str], shape: s
                 if kept and kept[-1] in ("a", "an", "the"):
                     retold.discard(len(kept) - 1)
                     kept.pop()
+                    origins.pop()
                 resume = start if start is not None else index + 1
                 continue
             if following in _SHAPE_WORDS:
@@ -591,6 +607,7 @@ def merge_sentence(caption: str, sentence: str, colours: Sequence[str], shape: s
             if kept and kept[-1] in ("a", "an"):
                 retold.add(len(kept) - 1)
         kept.append(lower)
+        origins.append(index)
     # Dropping or replacing a word can leave "an can": those articles follow the word now after them.
     for index in retold:
         if index + 1 < len(kept):
@@ -600,14 +617,18 @@ def merge_sentence(caption: str, sentence: str, colours: Sequence[str], shape: s
     # Long metadata and a long sentence together passed the event's caption limit, and the captioner's
     # event broke its own contract: the sentence is cut at a word to fit (captions that fit are unchanged).
     room = MAX_CAPTION_CHARS - len(caption) - len(", ")
-    whole = " ".join(kept)
+    # A comma stays between the words it parted ("apples, pears and plums"), not before a colour dropped.
+    parted = {origin for origin in commas if origin + 1 not in dropped_colours and origin < origins[-1]}
+    whole = " ".join(
+        f"{word}," if origin in parted else word for word, origin in zip(kept, origins, strict=True)
+    )
     added = _cut_at_word(whole, max(room, 0))
     if added != whole:
         # Cut after a glue word, the prompt ended in a dangling "... beside it in a": cut before it.
         words = added.split()
-        while words and words[-1] in _GLUE_WORDS:
+        while words and words[-1].rstrip(",") in _GLUE_WORDS:
             words.pop()
-        added = " ".join(words)
+        added = " ".join(words).rstrip(",")
     return f"{caption}, {added}" if added else caption
 
 
