@@ -2,7 +2,8 @@
 
 Of a product whose shape the masks could not tell ("other"), "a can of beans" read "a product of
 beans". "a box full of cans" of a box read "a box full of boxes": only "of" right after the container
-was read as what it holds. Every comma was dropped ("apples pears and plums").
+was read as what it holds. Every comma was dropped ("apples pears and plums"). And the verb "can"
+("you can see a box") was replaced as packaging: "you box see a box".
 """
 
 from __future__ import annotations
@@ -88,3 +89,25 @@ def test_a_sentence_cut_to_fit_does_not_end_on_a_comma() -> None:
     caption = "C" * 1788
     merged = merge_sentence(caption, "apples, pears and plums", ["red"], "produce")
     assert merged == f"{caption}, apples"
+
+
+@pytest.mark.parametrize(
+    ("sentence", "shape", "merged"),
+    [
+        ("you can see a can", "box", "you can see a box"),
+        ("it can be opened", "box", "it can be opened"),
+        ("a bottle that can be opened", "bottle", "a bottle that can be opened"),
+        ("a box which can be opened", "box", "a box which can be opened"),
+        ("the label can not be read", "jar", "the label can not be read"),
+        ("the can can be recycled", "bottle", "the bottle can be recycled"),
+        ("a product that can also be frozen", "pouch", "a product that can also be frozen"),
+        # The noun still takes the measured shape, "that" before it included.
+        ("that can of soup", "box", "that box of soup"),
+        ("a soda can on a table", "bottle", "a soda bottle on a table"),
+        ("one can next to a jar", "box", "one box next to a box"),
+        ("a can, not a bottle", "box", "a box, not a box"),
+        ("the tin can be opened", "box", "the box can be opened"),
+    ],
+)
+def test_only_the_noun_can_is_packaging_not_the_verb(sentence: str, shape: str, merged: str) -> None:
+    assert merge_sentence("C", sentence, ["red"], shape) == f"C, {merged}"

@@ -510,6 +510,31 @@ def _sentence_words(sentence: str, measured: set[str]) -> tuple[list[str], set[i
     return words, commas
 
 
+# "can" is the verb after a pronoun ("you can see") or before a verb or an adverb ("can be opened",
+# "can also"); the noun follows an article or a noun ("a can", "soda can", "a can, not a bottle") and
+# comes before prepositions and nouns. "that" is left out: "that can of soup" is the noun.
+_BEFORE_NOUN_CAN: Final = frozenset({"a", "an", "the", "this", "each", "every", "per", "one"})
+_CAN_SUBJECTS: Final = frozenset({"i", "you", "we", "they", "he", "she", "it", "which", "who"})
+_AFTER_VERB_CAN: Final = frozenset(
+    {
+        *("be", "not", "see", "hold", "fit", "help", "make", "use", "find", "have", "get", "read", "tell"),
+        *("keep", "store", "contain", "last", "serve", "look", "give", "go", "come", "stay", "also"),
+        *("only", "easily", "clearly", "still", "just", "really", "barely", "hardly", "always", "never"),
+        *("often", "usually", "even", "probably", "possibly", "certainly"),
+    }
+)
+
+
+def _verb_can(words: Sequence[str], index: int) -> bool:
+    """Whether the word at ``index`` is the verb "can" ("you can see", "it can be opened"), which
+    names no packaging."""
+    if index >= len(words) or words[index] != "can":
+        return False
+    before = words[index - 1] if index > 0 else ""
+    after = words[index + 1] if index + 1 < len(words) else ""
+    return before not in _BEFORE_NOUN_CAN and (before in _CAN_SUBJECTS or after in _AFTER_VERB_CAN)
+
+
 def merge_sentence(caption: str, sentence: str, colours: Sequence[str], shape: str, *, noun: str = "") -> str:
     """Append a vision-language model's sentence to a caption, minus any claim the measurements refute.
 
@@ -519,7 +544,8 @@ def merge_sentence(caption: str, sentence: str, colours: Sequence[str], shape: s
     box" is "a box"), not where they are a noun ("sour cream", "an orange on a table"), part of a
     name ("orange juice", "red wine", "white asparagus" when the class ``noun`` says so) or said of the
     picture ("a black and white photo of a bottle": a greyscale photo); a packaging word naming another
-    shape becomes the measured one, plural if it was ("two tins" of a box are "two boxes"; two in a row
+    shape becomes the measured one, plural if it was ("two tins" of a box are "two boxes"; the verb "can"
+    is none: "you can see", "it can be opened"; two in a row
     are one: "a tin can" of a bottle is "a bottle"; "product" when the shape is unknown, "pack" for a
     container there: "a can of beans" is "a pack of beans"; dropped with its article and "of" ("full
     of") for loose produce; not before a tool: "a bottle opener"; of a container only the container,
@@ -578,6 +604,7 @@ def merge_sentence(caption: str, sentence: str, colours: Sequence[str], shape: s
             continue
         if (
             lower in _SHAPE_WORDS
+            and not _verb_can(words, index)
             and _SHAPE_WORDS[lower] != shape
             and (index not in contents or shape == "produce")
             and following not in _FOR_PACKAGING
@@ -593,7 +620,7 @@ def merge_sentence(caption: str, sentence: str, colours: Sequence[str], shape: s
                     origins.pop()
                 resume = start if start is not None else index + 1
                 continue
-            if following in _SHAPE_WORDS:
+            if following in _SHAPE_WORDS and not _verb_can(words, index + 1):
                 # "a tin can" is one packaging: the word after says it ("a bottle bottle" was left).
                 if kept and kept[-1] in ("a", "an"):
                     retold.add(len(kept) - 1)
