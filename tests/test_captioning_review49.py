@@ -111,3 +111,18 @@ def test_a_sentence_cut_to_fit_does_not_end_on_a_comma() -> None:
 )
 def test_only_the_noun_can_is_packaging_not_the_verb(sentence: str, shape: str, merged: str) -> None:
     assert merge_sentence("C", sentence, ["red"], shape) == f"C, {merged}"
+
+
+@pytest.mark.parametrize(
+    ("sentence", "merged"),
+    [
+        # A colour word before an article is a thing, not a colour: "an orange, a box" read "an a box".
+        ("an orange, a box", "an orange, a box"),
+        ("an orange a box", "an orange a box"),
+        ("a gold, a silver and a bronze medal", "a gold, a silver and a bronze medal"),
+        # Before a noun it is still a colour the measurements refute.
+        ("an orange box, a blue tin", "a box, a box"),
+    ],
+)
+def test_a_colour_noun_before_an_article_is_the_thing(sentence: str, merged: str) -> None:
+    assert merge_sentence("C", sentence, ["red"], "box") == f"C, {merged}"

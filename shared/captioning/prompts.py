@@ -410,7 +410,11 @@ def compose_tags(sku: SkuMetadata, colours: Sequence[str], shape: str, view: str
 # Words after which a colour word is a noun ("an orange on a table", "sour cream and jam"), not a
 # colour said of the next word.
 _NOT_MODIFIED: Final = frozenset(
-    {"on", "in", "at", "by", "with", "of", "from", "to", "near", "next", "and", "or", "is", "are", "for"}
+    {
+        *("on", "in", "at", "by", "with", "of", "from", "to", "near", "next", "and", "or", "is", "are"),
+        # An article starts another phrase: "an orange, a box" is the fruit ("an a box" was left).
+        *("for", "a", "an", "the"),
+    }
 )
 
 
