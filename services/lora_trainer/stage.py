@@ -14,7 +14,9 @@ the handlers do not train: they write the request to the store (``lora-trainer/s
 The store is the job queue: a worker thread (``LoraTrainer``) plans jobs from it, trains, registers
 the adapter and publishes. The consumer keeps polling, so it never loses its partitions; nothing is
 lost on a crash because the request is durable before its offset is committed. A SKU has one
-request: re-captioned under another series (or none), its request leaves the old series' folder.
+request: re-captioned under another series (or none), its request leaves the old series' folder, found
+through the SKU's index (``lora-trainer/skus/<sku_id>.json``; one an earlier release recorded, by listing
+every series' requests once).
 
 **What it trains on.** The photos the generator cuts products from (``cutout_sources``, with the
 generator's ``SKUFORGE_GENERATION_MIN_PLAIN_BACKGROUND``; of a SKU with none on a plain background, each
@@ -163,6 +165,9 @@ PREFIX = "lora-trainer"
 # The general adapter's schedule (accepted_count, covered, trained_at) and the general job under way
 # (in_flight).
 GENERAL_STATE_KEY = f"{PREFIX}/general.json"
+# Each SKU's series request, by SKU (``skus/<sku_id>.json``: {"request": <key> or null}), so that a
+# re-captioned SKU's earlier request is found without listing every series' requests.
+SKU_INDEX = f"{PREFIX}/skus"
 # Attempts of a job whose training raises something unexpected (not a refusal, not a store away)
 # before it is marked failed: a bug or an out-of-memory on the same inputs fails the same way.
 JOB_MAX_ATTEMPTS = 3
@@ -226,23 +231,31 @@ def record_captioned(
     except BadInput:
         # Re-captioned with no photo to train on: its earlier request must not keep its series training
         # on photos the captioner now refuses (or that are gone). A replay once fixed records it again.
-        for stale in _series_requests_of(ctx.store, sku_id):
+        stale_requests, indexed = _series_requests_of(ctx.store, sku_id)
+        for stale in stale_requests:
             ctx.store.delete(stale)
             ctx.log.info(
                 "SKU left its series: nothing to train on", extra={"sku_id": sku_id, "request": stale}
             )
+        if stale_requests or not indexed:
+            _index_series_request(ctx.store, sku_id, None)
         raise
     key = None
     if captioned.sku.series.strip():
         key = f"{PREFIX}/series/{slug(captioned.sku.series)}/{sku_id}.json"
-        ctx.store.put_json(key, captioned)
     # A SKU belongs to one series: a re-captioned SKU whose series changed (or was cleared) must leave
     # the old series, or that series keeps training on it and its adapter is served for it. Written
-    # first, deleted second: a crash in between is redelivered (the offset is not committed yet).
-    for stale in _series_requests_of(ctx.store, sku_id):
+    # first, deleted second, indexed last: a crash in between is redelivered (the offset is not committed
+    # yet), and the index still names the old request.
+    stale_requests, indexed = _series_requests_of(ctx.store, sku_id)
+    if key is not None:
+        ctx.store.put_json(key, captioned)
+    for stale in stale_requests:
         if stale != key:
             ctx.store.delete(stale)
             ctx.log.info("SKU left its former series", extra={"sku_id": sku_id, "request": stale})
+    if not indexed or stale_requests != ([] if key is None else [key]):
+        _index_series_request(ctx.store, sku_id, key)
     if key is None:
         ctx.log.info("no series: nothing to specialise", extra={"sku_id": sku_id})
         return []
@@ -250,8 +263,34 @@ def record_captioned(
     return []
 
 
-def _series_requests_of(store: ObjectStore, sku_id: str) -> list[str]:
-    """The keys of every series request recorded for ``sku_id`` (``series/<folder>/<sku_id>.json``)."""
+def _series_requests_of(store: ObjectStore, sku_id: str) -> tuple[list[str], bool]:
+    """The keys of the series requests recorded for ``sku_id`` (``series/<folder>/<sku_id>.json``), and
+    whether its index (``SKU_INDEX``) named them. The event does not say which series the SKU was in
+    before, so they were found by listing every series request in the store, at every ``sku.captioned``:
+    a catalogue of n SKUs captioned listed n times n keys. A SKU an earlier release recorded (no index),
+    or whose index cannot be read, is found by that listing still (False: the caller indexes it)."""
+    index_key = f"{SKU_INDEX}/{sku_id}.json"
+    try:
+        index = json.loads(store.get_bytes(index_key))
+        if not isinstance(index, dict):
+            raise ValueError(f"not a JSON object but a {type(index).__name__}")
+        request = index["request"]
+        if request is None:
+            return [], True
+        # Only a key the handler writes (one folder under series/): an index edited by hand to name another
+        # object must not have it deleted.
+        if isinstance(request, str) and re.fullmatch(
+            rf"{re.escape(PREFIX)}/series/(?!\.\.?/)[^/]+/{re.escape(sku_id)}\.json", request
+        ):
+            return [request], True
+        raise ValueError(f"request is {request!r:.80}, not a series request of {sku_id}")
+    except ObjectMissing:
+        pass  # recorded by an earlier release, or never
+    except (ValueError, KeyError) as exc:
+        log.warning(
+            "SKU index cannot be read: the series requests are listed instead, and it is written again",
+            extra={"key": index_key, "reason": _one_line(exc)},
+        )
     prefix = f"{PREFIX}/series/"
     name = f"{sku_id}.json"
     keys = []
@@ -259,7 +298,12 @@ def _series_requests_of(store: ObjectStore, sku_id: str) -> list[str]:
         folder, _, rest = key[len(prefix) :].partition("/")
         if folder and rest == name:
             keys.append(key)
-    return keys
+    return keys, False
+
+
+def _index_series_request(store: ObjectStore, sku_id: str, request: str | None) -> None:
+    """Record in ``sku_id``'s index (``SKU_INDEX``) its series request (None: it has none)."""
+    store.put_json(f"{SKU_INDEX}/{sku_id}.json", {"request": request})
 
 
 def record_accepted(
