@@ -47,10 +47,12 @@ away (``TransientError``), a setting met mid-job (``ConfigError``), a file that 
 (``OSError``: the model folder being copied again) or the GPU out of memory (a Triton on the same GPU
 at its peak) is retried without counting, and ``SKUFORGE_LORA_DEVICE=cuda`` without CUDA is refused
 at start-up, as is an install without the diffusion extra (``pip install 'skuforge[diffusion]'``:
-torch, diffusers, peft, transformers). One trainer per GPU. A trained job not yet published whose
-``result.json`` or weights cannot be read (cut short, mistyped, lost) is trained again, resumed from
-its last checkpoint, with a warning naming the file. One registered whose ``adapter.published`` the
-broker did not take (away, or the topic refusing the record) is published again, not trained again;
+torch, diffusers, peft, transformers). One trainer per GPU, and one per store: trainers sharing a
+store take no lease on a job, so a second one trains the same jobs again. A trained job not yet
+published whose ``result.json`` or weights cannot be read (cut short, mistyped, lost) is trained
+again, resumed from its last checkpoint, with a warning naming the file. One registered whose
+``adapter.published`` the broker did not take (away, or the topic refusing the record) is published
+again, not trained again;
 the log says so, naming the adapter, the topic and the broker's reason, and for a record the topic
 refuses for good (over its ``max.message.bytes``) or the broker's ACLs refuse (the trainer's principal
 may not write to the topic) that it fails alike until the limit is raised or the ACL changed. It is
