@@ -39,6 +39,7 @@ from shared.config import ENV_PREFIX, Settings
 from shared.errors import TransientError
 from shared.kafka_words import (
     BOOTSTRAP_GAVE_UP,
+    CONNECTION_TIMED_OUT,
     DNS_LOOKUP_FAILED,
     DNS_RESOLUTION_FAILURE,
     SASL_LOGIN_REFUSED,
@@ -116,7 +117,9 @@ class _LastConnectionError(logging.Handler):
     "Unable to bootstrap from ...". It sits on the ``kafka.net`` logger, so it sees what that logger is
     enabled for (its errors, and the DNS warning unless the level is above WARNING), whatever handlers a
     command or a stage configures. Before, one error was kept for the process: a refusal about one client
-    could name another's, to another cluster, logged in the last 30 s."""
+    could name another's, to another cluster, logged in the last 30 s. A "Connection timed out" does not
+    replace a recent error of the same client: it is what the attempt its bootstrap's deadline cut short
+    says, after the earlier ones said why they failed ("connection refused")."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -151,11 +154,19 @@ class _LastConnectionError(logging.Handler):
                 continue
             if words.startswith(BOOTSTRAP_GAVE_UP):  # the error the refusal shows
                 return
+            when, before = self.last.get(client_id, (0.0, ""))
+            if (
+                words == CONNECTION_TIMED_OUT
+                and before not in ("", short_connection_error(CONNECTION_TIMED_OUT))
+                and time.monotonic() - when <= CONNECTION_ERROR_RECENT_S
+            ):
+                # The attempt its bootstrap's deadline cut short (kafka-python gives the last one what is
+                # left of it, and none may be): the error an earlier attempt met says why it failed.
+                return
             if words == DNS_RESOLUTION_FAILURE:
                 words = self._host_not_found.get(client_id, "DNS lookup failed")
             else:
                 self._host_not_found.pop(client_id, None)
-            when, before = self.last.get(client_id, (0.0, ""))
             if (
                 words == SOCKET_DISCONNECTED
                 and before.startswith(SASL_LOGIN_REFUSED)

@@ -6,6 +6,7 @@ Producing (``produce``, ``sku_ingested_payloads``) is bench/events.py's, which t
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -210,3 +211,15 @@ def wait_consumed(
     finally:
         consumer.close()
         admin.close()
+
+
+def logged_on_the_client_thread(client_id: str, arg: Exception) -> None:
+    """Log ``arg`` as kafka-python logs a failed connection ("Connection failed: %s"), on the network
+    thread of the client ``client_id`` (``kafka-io-<client id>``), and wait until it is logged."""
+
+    def log() -> None:
+        logging.getLogger("kafka.net.manager").error("Connection failed: %s", arg)
+
+    thread = threading.Thread(target=log, name=f"kafka-io-{client_id}")
+    thread.start()
+    thread.join()
