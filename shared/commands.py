@@ -5,7 +5,8 @@ SIGTERM, SIGHUP: ``shared.signals``) each say what to do in their message; a tra
 buried that line under frames of our code. A reader of stdout that stops early (``| head -1``) ends the
 command quietly; a stdout that cannot be written (``> report.txt`` on a full disk) is one line too, and a
 stderr that cannot be written (``2> log`` on a full disk, a closed pipe) loses what is said on it, never
-the command's exit status. What is written on a closed stdout or stderr (``>&-``, ``2>&-``) is dropped.
+the command's exit status. What is written on a closed stdout or stderr (``>&-``, ``2>&-``) is dropped;
+so is run_command's own flush of, and line on, a stdout or stderr the command closed itself.
 ``skuforge`` runs every command through ``run_command``, and so do the fitting tools that open a model and
 every bench module's ``main`` (``tests/test_bench_review45b.py`` holds them to it).
 """
@@ -34,7 +35,8 @@ def run_command(name: str, command: Callable[[], int]) -> int:
     signal for Ctrl-C, SIGTERM or SIGHUP where the command has nothing of its own to say or undo; 1,
     and nothing said, when stdout's reader has gone; 1 when stdout cannot be written (a full disk). The
     status is the same when stderr cannot be written either: what the command or this says on it is
-    dropped (``_GuardedStderr``); so is what it writes on a closed stdout (``_WatchedStdout``)."""
+    dropped (``_GuardedStderr``); so is what it writes on a closed stdout (``_WatchedStdout``). A stdout
+    or stderr the command closed (their bytes, or those ``detach`` gave it) is not flushed again."""
     stdout = sys.stdout = _WatchedStdout(sys.stdout)
     stderr = sys.stderr = _GuardedStderr(sys.stderr)
     try:
@@ -122,6 +124,16 @@ def _stdout_reader_gone() -> bool:
     return any(events & select.POLLERR for _, events in poller.poll(0))
 
 
+def _closed(stream: Any) -> bool:
+    """Whether the command closed ``stream`` (stdout's or stderr's text, their bytes, or below them the
+    raw file): a flush of it raises ``ValueError`` though all was flushed when it closed. False where it
+    cannot say (a text stream whose bytes were taken: that ``ValueError`` is the command's to meet)."""
+    try:
+        return bool(stream.closed)
+    except (AttributeError, ValueError):
+        return False
+
+
 class _WatchedStdout:
     """``stream`` (stdout), remembering the ``OSError`` a write to it raised: an ``OSError`` from
     ``print`` names no file, and a full disk under stdout read as any other failure of the command.
@@ -151,7 +163,7 @@ class _WatchedStdout:
         if self.detached is not None:  # stdout's text has nothing below it left to flush into
             self.detached.flush()
             return
-        if self.stream is None:
+        if self.stream is None or _closed(self.stream):  # closed by the command: all was flushed then
             return
         try:
             self.stream.flush()
@@ -179,9 +191,12 @@ class _WatchedStdout:
     def put_back(self) -> TextIO | None:
         """Stdout as run_command found it, for ``sys.stdout`` once the command is done; once the command
         took its bytes (``detach``), a text stream over them again, alike, so that writing to stdout and
-        the interpreter's last flush do not fail on a text stream with nothing below it."""
+        the interpreter's last flush do not fail on a text stream with nothing below it; None (as a
+        stdout closed at start) where the command closed those bytes: no text stream goes over them."""
         if self.detached is None or self.stream is None:
             return self.stream
+        if _closed(self.detached.layer):
+            return None
         return _text_again(self.stream, self.detached.layer)
 
     @property
@@ -230,7 +245,7 @@ class _WatchedStdoutBytes:
             self.write(block)
 
     def flush(self) -> None:
-        if self.layer is None:
+        if self.layer is None or _closed(self.layer):  # closed by the command: all was flushed then
             return
         try:
             self.layer.flush()
@@ -267,6 +282,8 @@ class _GuardedStderr:
         if self.detached is not None:  # the command took stderr's bytes: what is said still goes there
             self.detached.write(text.encode(self.stream.encoding, self.stream.errors or "strict"))
             return len(text)
+        if _closed(self.stream):  # the command closed stderr (its bytes, or below them its raw file)
+            return len(text)
         try:
             return self.stream.write(text)
         except OSError:
@@ -281,7 +298,7 @@ class _GuardedStderr:
         if self.detached is not None:  # stderr's text has nothing below it left to flush into
             self.detached.flush()
             return
-        if self.stream is None:
+        if self.stream is None or _closed(self.stream):
             return
         try:
             self.stream.flush()
@@ -301,9 +318,12 @@ class _GuardedStderr:
 
     def put_back(self) -> TextIO | None:
         """Stderr as run_command found it, for ``sys.stderr`` once the command is done; once the command
-        took its bytes (``detach``), a text stream over them again, alike (``_WatchedStdout.put_back``)."""
+        took its bytes (``detach``), a text stream over them again, alike, or None where it closed them
+        (``_WatchedStdout.put_back``)."""
         if self.detached is None or self.stream is None:
             return self.stream
+        if _closed(self.detached.layer):
+            return None
         return _text_again(self.stream, self.detached.layer)
 
     @property
@@ -327,7 +347,7 @@ class _GuardedStderrBytes:
         self.layer = layer
 
     def write(self, data: bytes) -> int:
-        if self.layer is None:
+        if self.layer is None or _closed(self.layer):  # closed at start (`2>&-`), or by the command
             return memoryview(data).nbytes
         try:
             written: int = self.layer.write(data)
@@ -341,7 +361,7 @@ class _GuardedStderrBytes:
             self.write(block)
 
     def flush(self) -> None:
-        if self.layer is None:
+        if self.layer is None or _closed(self.layer):
             return
         try:
             self.layer.flush()
