@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -102,9 +103,10 @@ def stopped_as_interrupt() -> Iterator[None]:
     """SIGTERM and SIGHUP raise ``Stopped`` inside the block. A signal already ignored (``nohup``)
     stays ignored, and outside the main thread (where no handler can be set) nothing changes."""
     ending = _Ending()
+    block = sys._getframe()  # this generator's: how ``_leaving`` knows the with statement's exit of it
 
-    def stop(signum: int, frame: object) -> None:
-        if ending.over:
+    def stop(signum: int, frame: FrameType | None) -> None:
+        if ending.over or _leaving(frame, block):
             ending.came.append(signum)
             return
         raise Stopped(signum)
@@ -181,9 +183,10 @@ def stops_wait_for_clean_up() -> Iterator[FailurePath]:
     """
     path = FailurePath()
     previous: dict[int, Any] = {}
+    block = sys._getframe()  # this generator's: how ``_leaving`` knows the with statement's exit of it
 
     def stop_or_hold(signum: int, frame: FrameType | None) -> None:
-        if path.failing:
+        if path.failing or _leaving(frame, block):
             path.held.append(signum)
             return
         path.failing = True  # first: a second stop that comes while this one is raised waits too
@@ -237,7 +240,8 @@ class _Ending:
     deliver once they are, not raised where it lands. Raised there, it landed at the call to
     ``_restore`` (a signal's Python handler runs at a call, a function's start or a loop's jump back),
     before any handler was put back, and all stayed the block's for good. No call comes before that
-    first statement, so no handler runs between the block's end and the mark. A signal the block set no
+    first statement in the block's generator; the one before it, the ``with`` statement's call of
+    contextlib's ``__exit__``, its handler knows by its frame (``_leaving``). A signal the block set no
     handler for (Ctrl-C for ``stopped_as_interrupt``, a caller's own) may still raise at that call: the
     block then puts its handlers back again before passing it on, or they stayed the block's, marked as
     ending, and every later stop was noted for a block long done. Where a third cuts that short too, the
@@ -248,6 +252,28 @@ class _Ending:
     def __init__(self) -> None:
         self.over = False
         self.came: list[int] = []
+
+
+# What the ``with`` statement calls to leave a ``contextlib.contextmanager`` block: it then resumes the
+# block's generator (its ``finally``).
+_LEAVE_BLOCK = contextlib._GeneratorContextManager.__exit__.__code__
+
+
+def _leaving(frame: FrameType | None, block: FrameType) -> bool:
+    """Whether a handler called in ``frame`` runs as the ``with`` statement leaves the block whose
+    generator's frame is ``block``: in contextlib's ``__exit__`` for it, or in what that calls. A stop
+    there, at the start of ``__exit__`` (a function's start, where a signal's Python handler runs), came
+    before the block's ``finally`` could mark it ending (``_Ending``); raised there, out of ``__exit__``,
+    the ``finally`` did not run and the block's handlers stayed set while the stop was handled (a second
+    Ctrl-C held for a block long done). Noted instead, it is delivered by the ``finally``, its handlers
+    back."""
+    while frame is not None:
+        if frame.f_code is _LEAVE_BLOCK:
+            manager = frame.f_locals.get("self")
+            if getattr(getattr(manager, "gen", None), "gi_frame", None) is block:
+                return True
+        frame = frame.f_back
+    return False
 
 
 def _only_default(handler: Any) -> bool:
