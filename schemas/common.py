@@ -157,6 +157,17 @@ NOT_ONE_LINE = re.compile(f"[{_REFUSED_CHARACTERS}{_LINE_SEPARATORS}]")
 NOT_PLAIN = re.compile(f"[{_REFUSED_CHARACTERS}]")
 
 
+def printable_ascii(text: str) -> bool:
+    """Whether ``text`` is printable ASCII only (U+0020-U+007E), so holds none of the characters the rules
+    here refuse or escape: most text is, and these two checks in C let it skip the regular expressions'
+    scans (a manifest row's caption, read per row, took about 2 µs longer with them)."""
+    return text.isascii() and text.isprintable()
+
+
+# Every printable ASCII character, to tell whether a pattern of ``escaped_when_read`` may match one.
+_PRINTABLE_ASCII = [chr(code) for code in range(0x20, 0x7F)]
+
+
 def escaped_when_read(limit: int, escaped: re.Pattern[str] = NOT_ONE_LINE) -> BeforeValidator:
     """A field's validator that, under ``READ_FROM_TOPIC``, takes text holding characters ``escaped``
     matches (by default what ``check_one_line`` refuses) with each written as its escape (``\\u202e``,
@@ -165,8 +176,17 @@ def escaped_when_read(limit: int, escaped: re.Pattern[str] = NOT_ONE_LINE) -> Be
     dead-lettered, and a replay again. A producer's build (no context) is refused, naming the character;
     text over ``limit`` is refused."""
 
+    # Printable ASCII text holds nothing to escape, unless the pattern matches a printable character.
+    skips_ascii = not any(escaped.fullmatch(char) for char in _PRINTABLE_ASCII)
+
     def escape(value: object, info: ValidationInfo) -> object:
-        if isinstance(value, str) and len(value) <= limit and read_from_topic(info) and escaped.search(value):
+        if (
+            isinstance(value, str)
+            and len(value) <= limit
+            and not (skips_ascii and printable_ascii(value))
+            and read_from_topic(info)
+            and escaped.search(value)
+        ):
             return escaped_within(value, limit, escaped)
         return value
 
@@ -182,6 +202,8 @@ def check_plain_text(value: str) -> str:
     read as other text. A tab is refused too: it is no part of a product's name, and a space says the
     same.
     """
+    if printable_ascii(value):
+        return value
     found = _CONTROL_CHARACTER.search(value)
     if found:
         raise ValueError(
@@ -219,6 +241,8 @@ def check_one_line(value: str) -> str:
     """Plain text (``check_plain_text``) on one line: the Unicode line and paragraph separators
     (U+2028, U+2029) are refused too, naming the code point. The rule the console holds a reviewer's
     reject reason to: a reason is one line in the audit trail and on the item page."""
+    if printable_ascii(value):
+        return value
     check_plain_text(value)
     found = _LINE_SEPARATOR.search(value)
     if found:

@@ -1,0 +1,78 @@
+"""Review 49: a manifest row's caption is read as before through the printable-ASCII fast path."""
+
+from __future__ import annotations
+
+import re
+import sys
+
+import pytest
+from pydantic import ValidationError
+
+from schemas.common import (
+    NOT_ONE_LINE,
+    NOT_PLAIN,
+    READ_FROM_TOPIC,
+    check_one_line,
+    check_plain_text,
+    escaped_within,
+)
+from shared.trainstore.manifest import ManifestRow
+from tests.support.trainstore import manifest_row
+
+# Text the fast path must take or leave exactly as the scans do: the edges of printable ASCII (space,
+# '~', DEL, US), each kind of character the rules refuse, and text beyond ASCII with none of them.
+TRICKY = [
+    "",
+    " ",
+    "a photo of a red soda can, #12 ~ (front)",
+    "tab\there",
+    "new\nline",
+    "carriage\rreturn",
+    "nul\x00",
+    "escape \x1b[31m",
+    "us\x1f",
+    "del\x7f",
+    "c1 \x85 next line",
+    "c1 \x9b csi",
+    "line\u2028separator",
+    "paragraph\u2029separator",
+    "bidi \u202eoverride",
+    "bidi \u202a embedding",
+    "isolate \u2066x\u2069",
+    "Äpfel aus Südtirol",
+    "日本のお茶",
+    "no-break\u00a0space",
+    "zero\u200bwidth",
+    "emoji 👩\u200d💻",
+    "plain then \u202e at the end",
+]
+
+
+def scanned(rule: re.Pattern[str], text: str) -> str | None:
+    """The first character ``rule`` finds in ``text``, the scans' answer without any fast path."""
+    found = rule.search(text)
+    return None if found is None else found.group()
+
+
+@pytest.mark.parametrize("text", TRICKY)
+def test_a_check_takes_and_refuses_what_its_scan_does(text: str) -> None:
+    for check, rule in ((check_plain_text, NOT_PLAIN), (check_one_line, NOT_ONE_LINE)):
+        refused = scanned(rule, text)
+        if refused is None:
+            assert check(text) == text
+        else:
+            with pytest.raises(ValueError, match=f"U\\+{ord(refused):04X} at character"):
+                check(text)
+
+
+@pytest.mark.parametrize("text", TRICKY)
+def test_a_rows_caption_reads_and_builds_as_its_scan_says(text: str) -> None:
+    base = manifest_row("a").model_dump(mode="json")
+    row = ManifestRow.model_validate({**base, "caption": text}, context=READ_FROM_TOPIC)
+    refused = scanned(NOT_ONE_LINE, text)
+    assert row.caption == (text if refused is None else escaped_within(text, sys.maxsize, NOT_ONE_LINE))
+    if refused is None:
+        assert manifest_row("a", caption=text).caption == text
+    else:
+        with pytest.raises(ValidationError, match=f"U\\+{ord(refused):04X}"):
+            manifest_row("a", caption=text)
