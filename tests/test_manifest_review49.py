@@ -1,9 +1,12 @@
-"""Review 49: a manifest row's caption is read as before through the printable-ASCII fast path."""
+"""Review 49: a manifest row's caption is read as before through the printable-ASCII fast path, and a
+columnar copy written before captions were ruled one line hands out its captions escaped, as the JSONL
+part they copy reads."""
 
 from __future__ import annotations
 
 import re
 import sys
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -16,7 +19,9 @@ from schemas.common import (
     check_plain_text,
     escaped_within,
 )
-from shared.trainstore.manifest import ManifestRow
+from shared.store import FileStore
+from shared.trainstore.loader import load_manifest
+from shared.trainstore.manifest import ManifestRow, ManifestStore
 from tests.support.trainstore import manifest_row
 
 # Text the fast path must take or leave exactly as the scans do: the edges of printable ASCII (space,
@@ -76,3 +81,19 @@ def test_a_rows_caption_reads_and_builds_as_its_scan_says(text: str) -> None:
     else:
         with pytest.raises(ValidationError, match=f"U\\+{ord(refused):04X}"):
             manifest_row("a", caption=text)
+
+
+def test_a_columnar_copy_written_before_the_caption_rule_reads_its_captions_escaped(tmp_path: Path) -> None:
+    manifests = ManifestStore(FileStore(tmp_path), "ts")
+    manifests.append("SKU-1", [manifest_row("a", caption="CAPTION-A"), manifest_row("b", caption="plain")])
+    manifests.compact("SKU-1")
+    # What an older version compacted: the caption as the writer sent it, in the part and in its copy
+    # (JSON's own escape there, "\u202e", which json.loads reads back as the character).
+    for key in manifests.store.list_keys("ts/manifests/SKU-1/"):
+        data = manifests.store.get_bytes(key)
+        raw = "\u202e".encode() if key.endswith(".jsonl") else rb"\u202e"
+        manifests.store.put_bytes(key, data.replace(b"CAPTION-A", b"evil " + raw + b"gpj.exe"))
+    from_part = {item_id: row.caption for item_id, row in manifests.read_sku("SKU-1").items()}
+    assert from_part == {"a": "evil \\u202egpj.exe", "b": "plain"}
+    loaded = load_manifest(manifests.store, prefix="ts", trainable_only=False)
+    assert {row["item_id"]: row["caption"] for row in loaded} == from_part

@@ -52,9 +52,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, Field, ValidationError
+from pydantic import AwareDatetime, Field, TypeAdapter, ValidationError
 
-from schemas.common import READ_FROM_TOPIC, Contract, OneLineText, SafeId, Sha256Hex, escaped_when_read
+from schemas.common import (
+    NOT_ONE_LINE,
+    READ_FROM_TOPIC,
+    Contract,
+    OneLineText,
+    SafeId,
+    Sha256Hex,
+    escaped_when_read,
+)
 from schemas.envelope import derive_id
 from shared.config import ConfigError
 from shared.errors import BadInput, ObjectMissing, TransientError
@@ -108,6 +116,10 @@ _NO_TIME = datetime.min.replace(tzinfo=UTC)
 _READ_EXTRA: Literal["allow"] = "allow"
 # What ``digest_key`` adds to an object's key (``content_keys``).
 _DIGEST_SUFFIX = re.compile(r"-[0-9a-f]{16}\.png")
+# A row's caption (``ManifestRow.caption``), read escaped as a stored row's is: also what a columnar copy's
+# captions are read as (``decode_columns``).
+_Caption = Annotated[OneLineText, escaped_when_read(sys.maxsize)]
+_CAPTION = TypeAdapter(_Caption)
 
 
 class ManifestRow(Contract):
@@ -133,7 +145,7 @@ class ManifestRow(Contract):
     # or newline went on to exports and training captions. A row stored before is read with each escaped
     # (``_read_row``), whatever its length: rows older than the events' bounds may be longer than an event
     # now carries, and refused, their whole part would no longer read.
-    caption: Annotated[OneLineText, escaped_when_read(sys.maxsize)] = ""
+    caption: _Caption = ""
     iou: float | None = None
     reasons: list[str] = Field(
         default_factory=list, description="failed gate checks, for pending/reviewed items"
@@ -305,6 +317,7 @@ def decode_columns(data: bytes) -> dict[str, list[Any]]:
             for index, other in others.items():
                 column[int(index)] = other
             columns[name] = column
+        _escape_captions(columns["caption"])
         # A field added since the copy was written (produced_at, event_produced_at, rejected_renders,
         # rejected_at)
         # holds its default in every row; one without a default is missing only from a copy cut short.
@@ -316,6 +329,19 @@ def decode_columns(data: bytes) -> dict[str, list[Any]]:
         }
     except (KeyError, TypeError, AttributeError, IndexError) as exc:
         raise ValueError(f"not a columnar manifest: {exc!r}") from exc
+
+
+def _escape_captions(captions: list[Any]) -> None:
+    """Read a columnar copy's captions as its part's rows read (``_read_row``): a copy compacted before
+    captions were ruled one line holds a U+202E or a newline as written, and handed it to training
+    until the SKU was compacted again. Only a caption holding such a character (``NOT_ONE_LINE``, what
+    the caption's type escapes) is validated, so a store of plain captions pays one scan of them all.
+    A caption that is no text is a ``ValidationError`` (a ``ValueError``): the JSONL part is read."""
+    if not NOT_ONE_LINE.search("".join(captions)):
+        return
+    for index, caption in enumerate(captions):
+        if NOT_ONE_LINE.search(caption):
+            captions[index] = _CAPTION.validate_python(caption, context=READ_FROM_TOPIC)
 
 
 class ManifestStore:
