@@ -9,11 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from schemas.events import GateAccepted
-from schemas.topics import CORRECTION_RESOLVED, GATE_ACCEPTED
+from schemas.topics import CORRECTION_RESOLVED
 from shared.trainstore.loader import load_manifest
 from tests.support.gate import resolved
-from tests.support.trainstore import PREFIX, SKU, produced_envelope, trainstore_stage, two_renders
+from tests.support.trainstore import (
+    PREFIX,
+    SKU,
+    gate_accepted,
+    produced_envelope,
+    trainstore_stage,
+    two_renders,
+)
 
 
 def test_a_loaded_manifest_pickles_and_its_rejection_times_dump_as_json(tmp_path: Path) -> None:
@@ -22,9 +28,7 @@ def test_a_loaded_manifest_pickles_and_its_rejection_times_dump_as_json(tmp_path
     even in a store with no rejection at all. The times stay read-only, and now travel."""
     store, manifests, trainstore, ctx = trainstore_stage(tmp_path, compact_after_parts=16)
     first, second = two_renders(store)
-    trainstore.accepted(
-        produced_envelope(GATE_ACCEPTED, GateAccepted(matted=first, iou=0.97, checks=[]), "a", 0), ctx
-    )
+    trainstore.accepted(gate_accepted(first, "a", 0), ctx)
     trainstore.resolved(
         produced_envelope(CORRECTION_RESOLVED, resolved(store, second, "reject"), "c", 60), ctx
     )

@@ -32,6 +32,7 @@ from tests.support.trainstore import (
     SKU,
     T0,
     WritesMeanwhile,
+    gate_accepted,
     produced_envelope,
     stored,
     trainstore_stage,
@@ -55,7 +56,7 @@ def test_an_old_acceptance_delivered_after_a_newer_approval_leaves_the_approval_
 ) -> None:
     store, manifests, trainstore, ctx = trainstore_stage(tmp_path, compact_after_parts=2)
     first, second = two_renders(store)
-    old_acceptance = produced_envelope(GATE_ACCEPTED, GateAccepted(matted=first, iou=0.97, checks=[]), "a", 0)
+    old_acceptance = gate_accepted(first, "a", 0)
     trainstore.accepted(old_acceptance, ctx)
     trainstore.pending(produced_envelope(CORRECTION_PENDING, pending_of(second), "b", 5), ctx)
     approval = produced_envelope(CORRECTION_RESOLVED, resolved(store, second, "approve_expected"), "c", 60)
@@ -169,7 +170,7 @@ def test_an_old_acceptance_of_one_render_stands_after_a_newer_rejection_of_anoth
     trainstore.resolved(
         produced_envelope(CORRECTION_RESOLVED, resolved(store, second, "reject"), "b", 60), ctx
     )
-    acceptance = produced_envelope(GATE_ACCEPTED, GateAccepted(matted=first, iou=0.97, checks=[]), "a", 0)
+    acceptance = gate_accepted(first, "a", 0)
     trainstore.accepted(acceptance, ctx)
 
     row = manifests.read_sku(SKU)[first.generated.item_id]
@@ -230,7 +231,7 @@ def test_a_reviewers_decision_delivered_after_a_newer_gate_replay_still_stands(t
     store, manifests, trainstore, ctx = trainstore_stage(tmp_path, compact_after_parts=16)
     matted = matted_item(store, 1, 0)
     trainstore.pending(produced_envelope(CORRECTION_PENDING, pending_of(matted), "a", 0), ctx)
-    replay = produced_envelope(GATE_ACCEPTED, GateAccepted(matted=matted, iou=0.97, checks=[]), "a", 120)
+    replay = gate_accepted(matted, "a", 120)
     trainstore.accepted(replay, ctx)
     trainstore.resolved(
         produced_envelope(CORRECTION_RESOLVED, resolved(store, matted, "reject"), "b", 60), ctx
@@ -254,9 +255,7 @@ def test_of_two_reviewers_decisions_the_later_made_wins_after_the_first_was_date
     matted = matted_item(store, 1, 0)
     item_id = matted.generated.item_id
     trainstore.pending(produced_envelope(CORRECTION_PENDING, pending_of(matted), "a", 0), ctx)
-    trainstore.accepted(
-        produced_envelope(GATE_ACCEPTED, GateAccepted(matted=matted, iou=0.97, checks=[]), "a", 120), ctx
-    )
+    trainstore.accepted(gate_accepted(matted, "a", 120), ctx)
     trainstore.resolved(
         produced_envelope(CORRECTION_RESOLVED, resolved(store, matted, "reject"), "b", 60), ctx
     )
@@ -341,9 +340,7 @@ def test_two_members_writing_one_item_at_once_leave_a_row_whose_objects_are_its_
     first, second = two_renders(store)
     approval = produced_envelope(CORRECTION_RESOLVED, resolved(store, second, "approve_edited"), "c", 60)
     store.meanwhile = lambda: approving.resolved(approval, ctx)
-    accepting.accepted(
-        produced_envelope(GATE_ACCEPTED, GateAccepted(matted=first, iou=0.97, checks=[]), "a", 0), ctx
-    )
+    accepting.accepted(gate_accepted(first, "a", 0), ctx)
     assert store.meanwhile is None  # the approval did come in between
 
     row = manifests.read_sku(SKU)[first.generated.item_id]
@@ -370,9 +367,7 @@ def test_an_approval_whose_objects_another_members_rejection_deleted_before_its_
         tmp_path, compact_after_parts=16, store=FileStore(tmp_path / "store")
     )
     first, second = two_renders(store)
-    rejecting.accepted(
-        produced_envelope(GATE_ACCEPTED, GateAccepted(matted=first, iou=0.97, checks=[]), "a", 0), ctx
-    )
+    rejecting.accepted(gate_accepted(first, "a", 0), ctx)
     rejection = produced_envelope(CORRECTION_RESOLVED, resolved(store, first, "reject"), "b", 30)
     store.meanwhile = lambda: rejecting.resolved(rejection, ctx)
     approving.resolved(

@@ -25,6 +25,7 @@ from tests.support.trainstore import (
     SKU,
     T0,
     WritesMeanwhile,
+    gate_accepted,
     produced_envelope,
     stored,
     trainstore_stage,
@@ -43,9 +44,7 @@ def test_a_gate_replay_never_stores_a_render_a_reviewer_rejected_beside_an_accep
     store, manifests, trainstore, ctx = trainstore_stage(tmp_path, compact_after_parts=16)
     first, second = two_renders(store)
     item_id = first.generated.item_id
-    trainstore.accepted(
-        produced_envelope(GATE_ACCEPTED, GateAccepted(matted=first, iou=0.97, checks=[]), "a", 0), ctx
-    )
+    trainstore.accepted(gate_accepted(first, "a", 0), ctx)
     trainstore.pending(produced_envelope(CORRECTION_PENDING, pending_of(second), "b", 5), ctx)
     trainstore.resolved(
         produced_envelope(CORRECTION_RESOLVED, resolved(store, second, "reject"), "c", 60), ctx
@@ -78,12 +77,10 @@ def test_a_render_a_reviewer_rejected_stays_out_once_the_gate_accepted_another(t
     trainstore.resolved(
         produced_envelope(CORRECTION_RESOLVED, resolved(store, first, "reject"), "b", 60), ctx
     )
-    trainstore.accepted(
-        produced_envelope(GATE_ACCEPTED, GateAccepted(matted=second, iou=0.97, checks=[]), "c", 90), ctx
-    )
+    trainstore.accepted(gate_accepted(second, "c", 90), ctx)
     assert manifests.read_sku(SKU)[item_id].image_sha256 == second.generated.image.sha256
 
-    replay = produced_envelope(GATE_ACCEPTED, GateAccepted(matted=first, iou=0.97, checks=[]), "d", 120)
+    replay = gate_accepted(first, "d", 120)
     trainstore.accepted(replay, ctx)
     manifests.compact(SKU)
     Trainstore(ManifestStore(store, PREFIX), compact_after_parts=16).accepted(replay, ctx)
@@ -99,9 +96,7 @@ def test_a_later_approval_of_a_render_once_rejected_is_stored(tmp_path: Path) ->
     store, manifests, trainstore, ctx = trainstore_stage(tmp_path, compact_after_parts=16)
     first, second = two_renders(store)
     item_id = first.generated.item_id
-    trainstore.accepted(
-        produced_envelope(GATE_ACCEPTED, GateAccepted(matted=first, iou=0.97, checks=[]), "a", 0), ctx
-    )
+    trainstore.accepted(gate_accepted(first, "a", 0), ctx)
     trainstore.resolved(
         produced_envelope(CORRECTION_RESOLVED, resolved(store, second, "reject"), "b", 60), ctx
     )

@@ -26,8 +26,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from schemas.common import ObjectRef
-from schemas.events import GateAccepted
-from schemas.topics import CORRECTION_PENDING, CORRECTION_RESOLVED, GATE_ACCEPTED, SKU_CAPTIONED
+from schemas.topics import CORRECTION_PENDING, CORRECTION_RESOLVED, SKU_CAPTIONED
 from services.trainstore.stage import Trainstore
 from shared import keys
 from shared.store import FileStore, sha256_hex
@@ -36,7 +35,16 @@ from shared.trainstore.manifest import decode_columns, decode_rows, encode_colum
 from shared.trainstore.withdrawals import Withdrawals
 from skuforge_cli.main import main as cli_main
 from tests.support.gate import captioned, matted_item, pending_of, resolved
-from tests.support.trainstore import PREFIX, SKU, T0, produced_envelope, trainstore_stage, two_renders
+from tests.support.trainstore import (
+    PREFIX,
+    SKU,
+    T0,
+    accepted_then_rejected,
+    gate_accepted,
+    produced_envelope,
+    trainstore_stage,
+    two_renders,
+)
 
 
 class _ReadAgainAfter(FileStore):
@@ -72,9 +80,7 @@ def test_a_photo_withdrawn_between_its_check_and_its_write_leaves_what_ingest_wi
     writer.captioned(produced_envelope(SKU_CAPTIONED, event, "a", 0), ctx)
     generated = matted_item(store, 1, 0)  # generated from p0
     item_id = generated.generated.item_id
-    writer.accepted(
-        produced_envelope(GATE_ACCEPTED, GateAccepted(matted=generated, iou=0.97, checks=[]), "b", 1), ctx
-    )
+    writer.accepted(gate_accepted(generated, "b", 1), ctx)
     assert manifests.read_sku(SKU)[item_id].status == "accepted"
 
     def ingest_withdraws_p0() -> None:
@@ -118,9 +124,7 @@ def test_stats_count_the_renders_reviewers_rejected_beside_the_one_kept(
     0"; it now counts that render in ``rejected_renders``, in the JSON lines and in the table."""
     store, manifests, trainstore, ctx = trainstore_stage(tmp_path, compact_after_parts=16)
     first, second = two_renders(store)
-    trainstore.accepted(
-        produced_envelope(GATE_ACCEPTED, GateAccepted(matted=first, iou=0.97, checks=[]), "a", 0), ctx
-    )
+    trainstore.accepted(gate_accepted(first, "a", 0), ctx)
     trainstore.pending(produced_envelope(CORRECTION_PENDING, pending_of(second), "b", 5), ctx)
     trainstore.resolved(
         produced_envelope(CORRECTION_RESOLVED, resolved(store, second, "reject"), "c", 60), ctx
@@ -145,14 +149,8 @@ def test_a_remembered_rejection_records_when_it_was_made(tmp_path: Path) -> None
     """A row remembered which renders reviewers rejected (``rejected_renders``) but not when. It now keeps
     each one's time (``rejected_at``, the rejection event's, UTC), whether the rejection was left out
     beside the render that stays or replaced by an acceptance of another render."""
-    store, manifests, trainstore, ctx = trainstore_stage(tmp_path, compact_after_parts=16)
-    first, second = two_renders(store)
+    store, manifests, trainstore, ctx, first, second, rejection = accepted_then_rejected(tmp_path, "c")
     item_id = first.generated.item_id
-    trainstore.accepted(
-        produced_envelope(GATE_ACCEPTED, GateAccepted(matted=first, iou=0.97, checks=[]), "a", 0), ctx
-    )
-    rejection = produced_envelope(CORRECTION_RESOLVED, resolved(store, second, "reject"), "c", 60)
-    trainstore.resolved(rejection, ctx)
     row = manifests.read_sku(SKU)[item_id]
     assert row.rejected_at == {second.generated.image.sha256: T0 + timedelta(minutes=60)}
     _, newest = manifests.parts(SKU)[1][-1]
@@ -168,9 +166,7 @@ def test_a_remembered_rejection_records_when_it_was_made(tmp_path: Path) -> None
     trainstore.resolved(
         produced_envelope(CORRECTION_RESOLVED, resolved(store, first, "reject"), "b", 60), ctx
     )
-    trainstore.accepted(
-        produced_envelope(GATE_ACCEPTED, GateAccepted(matted=second, iou=0.97, checks=[]), "c", 90), ctx
-    )
+    trainstore.accepted(gate_accepted(second, "c", 90), ctx)
     manifests.compact(SKU)
     row = manifests.read_sku(SKU)[item_id]
     assert (row.status, row.rejected_renders) == ("accepted", [first.generated.image.sha256])

@@ -11,24 +11,24 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
-from schemas.events import GateAccepted
-from schemas.topics import CORRECTION_RESOLVED, GATE_ACCEPTED
+from schemas.topics import CORRECTION_RESOLVED
 from shared.trainstore.loader import load_manifest
 from tests.support.gate import resolved
-from tests.support.trainstore import PREFIX, SKU, T0, produced_envelope, trainstore_stage, two_renders
+from tests.support.trainstore import (
+    PREFIX,
+    SKU,
+    T0,
+    accepted_then_rejected,
+    gate_accepted,
+    produced_envelope,
+)
 
 
 def test_a_row_an_older_version_wrote_again_without_rejection_times_reads_and_is_written_again(
     tmp_path: Path,
 ) -> None:
-    store, manifests, trainstore, ctx = trainstore_stage(tmp_path, compact_after_parts=16)
-    first, second = two_renders(store)
+    store, manifests, trainstore, ctx, first, second, rejection = accepted_then_rejected(tmp_path, "b")
     item_id = first.generated.item_id
-    trainstore.accepted(
-        produced_envelope(GATE_ACCEPTED, GateAccepted(matted=first, iou=0.97, checks=[]), "a", 0), ctx
-    )
-    rejection = produced_envelope(CORRECTION_RESOLVED, resolved(store, second, "reject"), "b", 60)
-    trainstore.resolved(rejection, ctx)
     ours = manifests.read_sku(SKU)[item_id]
     assert ours.rejected_at == {second.generated.image.sha256: T0 + timedelta(minutes=60)}
 
@@ -41,9 +41,7 @@ def test_a_row_an_older_version_wrote_again_without_rejection_times_reads_and_is
     assert (row.rejected_renders, row.rejected_at) == ([second.generated.image.sha256], {})
 
     # The gate's acceptance of the rejected render, replayed, still never replaces the row.
-    trainstore.accepted(
-        produced_envelope(GATE_ACCEPTED, GateAccepted(matted=second, iou=0.97, checks=[]), "c", 90), ctx
-    )
+    trainstore.accepted(gate_accepted(second, "c", 90), ctx)
     row = manifests.read_sku(SKU)[item_id]
     assert (row.status, row.image_sha256) == ("accepted", first.generated.image.sha256)
     assert row.rejected_renders == [second.generated.image.sha256]

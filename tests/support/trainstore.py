@@ -6,7 +6,9 @@ and masks are stored under; ``manifest_row``, a row as the manifest tests write 
 another member's write comes in between this member's steps; ``TimesOutOnce``, one whose manifest
 write times out after it landed; and ``dataset_cli_into_closed_pipe``, a ``skuforge dataset`` command
 whose reader has gone; ``produced_envelope`` and ``two_renders``, the order tests' events of one
-item produced minutes apart and two renders of one item."""
+item produced minutes apart and two renders of one item; ``gate_accepted``, the gate's acceptance of a
+render produced so; ``accepted_then_rejected``, a stage that stored one render's acceptance and then a
+reviewer's rejection of the item's other render."""
 
 from __future__ import annotations
 
@@ -17,13 +19,14 @@ import subprocess
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pytest
 
 from schemas.envelope import Envelope
-from schemas.events import ImageMatted
+from schemas.events import GateAccepted, ImageMatted
+from schemas.topics import CORRECTION_RESOLVED, GATE_ACCEPTED
 from services.trainstore.stage import Trainstore
 from shared.bus import make_envelope
 from shared.config import Settings
@@ -33,7 +36,7 @@ from shared.runtime import Context
 from shared.store import FileStore, sha256_hex
 from shared.trainstore.manifest import ManifestRow, ManifestStore
 from tests.support.cli import skuforge_into_closed_pipe
-from tests.support.gate import matted_item
+from tests.support.gate import matted_item, resolved
 
 PREFIX = "trainstore"
 
@@ -56,6 +59,37 @@ def two_renders(store: FileStore) -> tuple[ImageMatted, ImageMatted]:
     other_look = matted_item(store, 1, 1).generated.image
     second = first.model_copy(update={"generated": first.generated.model_copy(update={"image": other_look})})
     return first, second
+
+
+def gate_accepted(matted: ImageMatted, event_id: str, minute: int) -> Envelope[Any]:
+    """The gate's acceptance of ``matted`` (IoU 0.97, no checks), produced ``minute`` minutes after T0."""
+    return produced_envelope(
+        GATE_ACCEPTED, GateAccepted(matted=matted, iou=0.97, checks=[]), event_id, minute
+    )
+
+
+class AcceptedThenRejected(NamedTuple):
+    """What ``accepted_then_rejected`` made: ``trainstore_stage``'s four, the two renders, the rejection."""
+
+    store: FileStore
+    manifests: ManifestStore
+    trainstore: Trainstore
+    ctx: Context
+    first: ImageMatted
+    second: ImageMatted
+    rejection: Envelope[Any]
+
+
+def accepted_then_rejected(tmp_path: Path, rejection_id: str) -> AcceptedThenRejected:
+    """A trainstore (compacting after 16 parts) that stored the gate's acceptance of an item's first
+    render (event "a", at T0) and then a reviewer's rejection of its second (``rejection_id``, an hour
+    later): the item's row is the acceptance, remembering the rejected render and when."""
+    store, manifests, trainstore, ctx = trainstore_stage(tmp_path, compact_after_parts=16)
+    first, second = two_renders(store)
+    trainstore.accepted(gate_accepted(first, "a", 0), ctx)
+    rejection = produced_envelope(CORRECTION_RESOLVED, resolved(store, second, "reject"), rejection_id, 60)
+    trainstore.resolved(rejection, ctx)
+    return AcceptedThenRejected(store, manifests, trainstore, ctx, first, second, rejection)
 
 
 def dataset_cli_into_closed_pipe(*args: str) -> subprocess.CompletedProcess[str]:
