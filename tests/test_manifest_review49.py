@@ -4,6 +4,7 @@ part they copy reads."""
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from pathlib import Path
@@ -97,3 +98,33 @@ def test_a_columnar_copy_written_before_the_caption_rule_reads_its_captions_esca
     assert from_part == {"a": "evil \\u202egpj.exe", "b": "plain"}
     loaded = load_manifest(manifests.store, prefix="ts", trainable_only=False)
     assert {row["item_id"]: row["caption"] for row in loaded} == from_part
+
+
+@pytest.mark.parametrize("field", ["image", "width", "caption", "reasons"])
+def test_a_columnar_copy_without_a_column_every_copy_has_reads_its_jsonl_part(
+    tmp_path: Path, field: str
+) -> None:
+    """Only a field added since the first columnar copies may be missing from one (it holds its default
+    in every row then); a copy without another column is damaged, and its part is read instead. An image,
+    a size or reasons missing so read as None or empty in every row: a training set without images."""
+    manifests = ManifestStore(FileStore(tmp_path), "ts")
+    rows = [
+        manifest_row(
+            item_id,
+            image=f"images/SKU-1/synthetic/{item_id}.png",
+            width=640,
+            height=480,
+            caption=f"a can, {item_id}",
+            reasons=["edge"],
+        )
+        for item_id in ("a", "b")
+    ]
+    manifests.append("SKU-1", rows)
+    manifests.compact("SKU-1")
+    expected = load_manifest(manifests.store, prefix="ts")
+    (columns_key,) = manifests.store.list_keys("ts/manifests/SKU-1/columns-")
+    document = json.loads(manifests.store.get_bytes(columns_key))
+    for part in ("common", "columns"):
+        document[part].pop(field, None)
+    manifests.store.put_bytes(columns_key, json.dumps(document).encode())
+    assert load_manifest(manifests.store, prefix="ts") == expected

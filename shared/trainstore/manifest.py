@@ -105,6 +105,12 @@ _STAMP_FIELD = "written"
 _STAMP = re.compile(r"[0-9]{10}-(?:[0-9a-f]{32})?")
 _STAMPED_LINE = re.compile(rb'^\{"written":"([0-9]{10}-(?:[0-9a-f]{32})?)",')
 COLUMNS_VERSION = 1
+# The ManifestRow fields added since the first columnar copies (of COLUMNS_VERSION 1) were written: only
+# these may be missing from a copy (``decode_columns``). Every other field's default was filled in for
+# a missing column too, so a damaged copy without its images or sizes read as rows without them.
+_ADDED_SINCE_COLUMNS = frozenset(
+    {"image_sha256", "mask_sha256", "produced_at", "event_produced_at", "rejected_renders", "rejected_at"}
+)
 # Listings a read of one SKU's manifest tries while concurrent compactions delete parts under it.
 READ_ATTEMPTS = 5
 # The event time of a row that records none: before any event's.
@@ -318,12 +324,11 @@ def decode_columns(data: bytes) -> dict[str, list[Any]]:
                 column[int(index)] = other
             columns[name] = column
         _escape_captions(columns["caption"])
-        # A field added since the copy was written (produced_at, event_produced_at, rejected_renders,
-        # rejected_at)
-        # holds its default in every row; one without a default is missing only from a copy cut short.
+        # A field added since the copy was written holds its default in every row. Any other column is
+        # in every copy; one without it is damaged (KeyError: its part is read).
         return {
             name: columns[name]
-            if name in columns or (field.default is not None and field.default_factory is None)
+            if name in columns or name not in _ADDED_SINCE_COLUMNS
             else [field.get_default(call_default_factory=True) for _ in range(count)]
             for name, field in ManifestRow.model_fields.items()
         }
