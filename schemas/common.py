@@ -150,6 +150,19 @@ def read_from_topic(info: ValidationInfo) -> bool:
     return isinstance(info.context, dict) and info.context.get("read_from_topic") is True
 
 
+# The validation context of the console's task table, which holds events it took from a topic: as
+# ``READ_FROM_TOPIC``, and an object's ``uri`` the contract refuses since (review 48) read as stored, so a
+# task stored before still reads and is shown (escaped). Only there: the console checks a task's URIs
+# before a decision would embed them in an event (``services.console.tasks.unsendable``); a reader of a
+# topic dead-letters such a URI.
+READ_FROM_STORE = {**READ_FROM_TOPIC, "read_from_store": True}
+
+
+def read_from_store(info: ValidationInfo) -> bool:
+    """Whether this validation reads an event the console's task table stored (``READ_FROM_STORE``)."""
+    return isinstance(info.context, dict) and info.context.get("read_from_store") is True
+
+
 # What ``check_one_line`` refuses: escaped by default (``escaped_when_read``), and by a producer that makes
 # one line of text a store held from before the contract refused it (the trainer's training prompts).
 NOT_ONE_LINE = re.compile(f"[{_REFUSED_CHARACTERS}{_LINE_SEPARATORS}]")
@@ -275,10 +288,21 @@ PlainText = Annotated[
     Field(json_schema_extra={"pattern": f"^{_PLAIN}*$"}),
 ]
 # Free text for people on one line (a reviewer's reject reason): plain text without a line separator.
+_ONE_LINE_PATTERN = f"^[^{_REFUSED_CHARACTERS}{_LINE_SEPARATORS}]*$"
 OneLineText = Annotated[
-    str,
-    AfterValidator(check_one_line),
-    Field(json_schema_extra={"pattern": f"^[^{_REFUSED_CHARACTERS}{_LINE_SEPARATORS}]*$"}),
+    str, AfterValidator(check_one_line), Field(json_schema_extra={"pattern": _ONE_LINE_PATTERN})
+]
+
+
+def check_uri_text(value: str, info: ValidationInfo) -> str:
+    """An object's URI on one line (``check_one_line``); read as stored under ``READ_FROM_STORE``."""
+    return value if read_from_store(info) else check_one_line(value)
+
+
+# An object's URI: one line, as OneLineText (and the same committed pattern), except in the console's
+# stored tasks (``READ_FROM_STORE``). Never escaped: escaped, it would name another object.
+UriText = Annotated[
+    str, AfterValidator(check_uri_text), Field(json_schema_extra={"pattern": _ONE_LINE_PATTERN})
 ]
 # A name (a SKU's name and category): plain text with a character that shows (not only spaces and
 # invisible format characters).
@@ -355,10 +379,9 @@ class ObjectRef(Contract):
 
     # One line that reads as written (a space stays: a FileStore's URIs hold its root's path as it is). It
     # took any text, and a newline or a U+202E in it went on to log lines and the console's pages. Never
-    # read escaped, as a model id is: escaped, it would name another object.
-    uri: Annotated[OneLineText, Chars(MAX_URI_CHARS)] = Field(
-        description="file:// or s3:// URI of the object"
-    )
+    # read escaped, as a model id is: escaped, it would name another object. A console task stored
+    # before this rule reads it as stored (``READ_FROM_STORE``), and sends no decision embedding it.
+    uri: Annotated[UriText, Chars(MAX_URI_CHARS)] = Field(description="file:// or s3:// URI of the object")
     sha256: Sha256Hex = Field(description="hex sha256 of the stored bytes, checked on read")
     bytes: int = Field(ge=0, description="size of the stored object in bytes")
 

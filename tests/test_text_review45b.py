@@ -171,7 +171,9 @@ def test_export_labelstudio_prints_a_skips_detail_escaped(
 ) -> None:
     # The detail names the object that was not there, as the event wrote its URI: U+202E in it reordered
     # the line in the operator's terminal. Since review 48 the contract refuses such a URI, so a task
-    # stored with one before no longer reads: it is left out, and the line saying so shows it escaped.
+    # stored with one before was left out with a log line (review 49: it reads, as stored), and is
+    # skipped, as no decision on it can be sent: the line says why, naming the field and the code point,
+    # and shows nothing unescaped.
     parts = build_console(tmp_path)
     pending = flagged_item(parts.store, 0)
     # Made by hand: the store refuses such a key now (review 48).
@@ -182,11 +184,14 @@ def test_export_labelstudio_prints_a_skips_detail_escaped(
     )
     parts.tasks.add_pending(pending_envelope(pending))
     use_cli_on(parts, monkeypatch)
-    assert cli_main(["console", "export-labelstudio", "--out", str(tmp_path / "tasks.json")]) == 0
+    assert cli_main(["console", "export-labelstudio", "--out", str(tmp_path / "tasks.json")]) == 1
     err = capsys.readouterr().err
     assert not any(control in err for control in BIDI_CONTROLS)
-    assert "a stored task no longer reads; left out" in err
-    assert "x\\u202egnp.png" in err
+    task_id = pending_envelope(pending).event_id
+    assert f"skipped {task_id}: " in err
+    assert "U+202E (character" in err and "pending.matted.predicted_mask.uri" in err
+    assert "no decision on it can be sent" in err
+    assert json.loads((tmp_path / "tasks.json").read_text()) == []
 
 
 # -- the contract: a reject reason is one line of text that reads as written -------------------------

@@ -14,7 +14,8 @@ Pages (HTML, ``pages.py``)                 API (JSON, ``api.py``; JavaScript and
 Every route but the login form needs a session (pages redirect to /login, the rest answer 401);
 every POST needs the session's CSRF token (``auth.py``, ``security.py``). Errors are JSON
 ``{"detail": ...}`` with 404 (no such task), 408 (a request body stopped arriving: ``slowbody.py``),
-409 (lease or state conflict), 422 (invalid input, with the reason), 502 (a stored object is
+409 (lease or state conflict), 422 (invalid input, or a decision on a task no decision of which can be
+sent: ``tasks.unsendable``; with the reason), 502 (a stored object is
 unusable), 503 (task table or store unavailable; retry); a browser asking for a page (not /api/)
 gets the same status and reason as a short HTML page linking back to the queue (``errors.py``); the
 queue page's claim and release forms answer a conflict with a 303 to the queue showing the reason.
@@ -35,7 +36,7 @@ from services.console.context import Console
 from services.console.decisions import DecisionInvalid
 from services.console.formtext import FormTextInCharset
 from services.console.slowbody import BodyIdleTimeout
-from services.console.tasks import TaskConflict, TaskNotFound
+from services.console.tasks import TaskConflict, TaskNotFound, TaskUnsendable
 from shared.errors import BadInput, TransientError
 
 # How long a request body may send nothing before it is answered 408 (``slowbody.py``).
@@ -67,6 +68,11 @@ def create_app(console: Console) -> FastAPI:
     @app.exception_handler(TaskConflict)
     async def _conflict(request: Request, exc: TaskConflict) -> Response:
         return errors.answer(request, 409, str(exc))
+
+    @app.exception_handler(TaskUnsendable)
+    async def _unsendable(request: Request, exc: TaskUnsendable) -> Response:
+        # Not a 409: nothing another reviewer or a reload changes; the reason says what to do instead.
+        return errors.answer(request, 422, str(exc))
 
     @app.exception_handler(DecisionInvalid)
     async def _invalid(request: Request, exc: DecisionInvalid) -> Response:

@@ -33,7 +33,7 @@ from PIL import Image
 
 from schemas.common import BIDI_CONTROL, ImageRef, check_one_line
 from schemas.events import CorrectionResolved, Decision
-from services.console.tasks import OutboxEvent, Task, TaskConflict, TaskStore
+from services.console.tasks import OutboxEvent, Task, TaskConflict, TaskStore, TaskUnsendable, unsendable
 from shared import keys
 from shared.errors import ImageRejected
 from shared.images import (
@@ -257,12 +257,15 @@ def record_decision(
     ``mask_bytes`` is the uploaded mask file (``approve_edited`` only), checked first and stored
     before the decision's transaction (under a key with its sha256). ``shown`` is ``shown_pixels`` of
     the task as the reviewer's page showed it (None, for scripts: no page to check). Raises
+    ``TaskUnsendable`` (422) when no decision on the task can be sent (``tasks.unsendable``),
     ``TaskConflict`` when the reviewer does not hold the task (a rejection of a task the gate accepted
     is recorded all the same: ``TaskStore.decide``) or it holds other pixels than ``shown``, or, when
     the decision is recorded, than it held when the request was checked,
     ``DecisionInvalid`` when the request breaks a rule (the message says which).
     """
     task = tasks.check_held(task_id, reviewer, rejecting=decision == "reject")
+    if (why := unsendable(task)) is not None:
+        raise TaskUnsendable(why)  # before the store is read: its objects' keys are refused there too
     _check_shown(task, shown)
     if decision != "reject" and reject_reason:
         raise DecisionInvalid("only a rejection takes a reason")

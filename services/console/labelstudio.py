@@ -45,7 +45,15 @@ from services.console.decisions import (
     shown_pixels,
     store_edited_mask,
 )
-from services.console.tasks import PENDING, Task, TaskConflict, TaskFilter, TaskNotFound, TaskStore
+from services.console.tasks import (
+    PENDING,
+    Task,
+    TaskConflict,
+    TaskFilter,
+    TaskNotFound,
+    TaskStore,
+    unsendable,
+)
 from shared.arith.masks import mask_iou
 from shared.errors import BadInput, TransientError
 from shared.store import ObjectStore
@@ -229,7 +237,8 @@ def export_tasks(
     ``image_url`` is a template for the image Label Studio loads: ``{uri}``, ``{key}`` (object key),
     ``{sku_id}``, ``{item_id}``; e.g. ``https://images.example/{key}``. An item whose predicted mask
     cannot be read (missing, corrupt, store unavailable), or whose generated image is not in ``store``
-    (it has no key), is left out with the reason; the others are exported. Every matching item by
+    (it has no key), or no decision on which can be sent (``tasks.unsendable``), is left out with the
+    reason; the others are exported. Every matching item by
     default (``limit`` caps it; a fixed 10,000 once cut the hand-off short without a word).
     """
     check_image_url(image_url)
@@ -238,6 +247,10 @@ def export_tasks(
     if limit is None:
         limit = max(1, tasks.count(filters))
     for task in tasks.query(filters, limit=limit):
+        if (why := unsendable(task)) is not None:
+            # Annotated, its decision could not be sent either (the import would skip it, work lost).
+            skipped.append(ImportOutcome(task.task_id, "skipped", why))
+            continue
         matted = task.pending.matted
         image = matted.generated.image
         try:

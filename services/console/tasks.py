@@ -47,7 +47,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
-from schemas.common import READ_FROM_TOPIC
+from pydantic import BaseModel
+
+from schemas.common import NOT_ONE_LINE, READ_FROM_STORE, READ_FROM_TOPIC, ObjectRef
 from schemas.envelope import Envelope, derive_id
 from schemas.events import MAX_MESSAGE_CHARS, CorrectionPending, CorrectionResolved, Decision, GateAccepted
 from shared.errors import BadInput, TransientError
@@ -186,6 +188,11 @@ class TaskNotFound(Exception):
     """No task has that id."""
 
 
+class TaskUnsendable(TaskConflict):
+    """No decision on the task can be sent: its event holds an object's URI the contract refuses since
+    it was stored (``unsendable``), which a ``correction.resolved`` would embed. The task waits as it was."""
+
+
 @dataclass(frozen=True)
 class Task:
     """One row of the task table, with its pending event parsed."""
@@ -213,7 +220,7 @@ class Task:
         return cls(
             **columns,
             reasons=json.loads(row["reasons"]),
-            pending=CorrectionPending.model_validate_json(row["pending_json"], context=READ_FROM_TOPIC),
+            pending=CorrectionPending.model_validate_json(row["pending_json"], context=READ_FROM_STORE),
         )
 
 
@@ -275,6 +282,40 @@ class UnreadableDecision:
     refused_reason: str | None
     error: str
     event_id: str
+
+
+def unsendable(task: Task) -> str | None:
+    """Why no decision on ``task`` can be sent, or None: an object's URI in its event holds a character
+    the contract refuses since review 48 (a control character, a line separator, a bidirectional control),
+    read as stored (``READ_FROM_STORE``: escaped, it would name another object). A decision embeds the
+    event in ``correction.resolved``: recorded, it no longer read and was set aside unsent, or every
+    consumer dead-lettered it, and the task was closed to review. The field and the code point are named,
+    the character never echoed."""
+    for field, ref in _object_refs(task.pending, "pending"):
+        found = NOT_ONE_LINE.search(ref.uri)
+        if found is not None:
+            return (
+                f"task {task.task_id} was stored with U+{ord(found.group()):04X} (character "
+                f"{found.start() + 1}) in {field}.uri, which the contract refuses in an object's URI since "
+                "review 48: no decision on it can be sent, as every consumer would dead-letter it; the task "
+                "waits as it is. Have the item matted and gated again (its objects stored under keys "
+                "without that character), or leave it"
+            )
+    return None
+
+
+def _object_refs(model: BaseModel, path: str) -> Iterator[tuple[str, ObjectRef]]:
+    """Every object reference in ``model`` (at any depth), with the dotted path of its field."""
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if isinstance(value, ObjectRef):
+            yield f"{path}.{name}", value
+        elif isinstance(value, BaseModel):
+            yield from _object_refs(value, f"{path}.{name}")
+        elif isinstance(value, list | tuple):
+            for index, item in enumerate(value):
+                if isinstance(item, BaseModel):
+                    yield from _object_refs(item, f"{path}.{name}[{index}]")
 
 
 def decision_event_id(task_id: str) -> str:
@@ -809,7 +850,8 @@ class TaskStore:
 
         The task is found and claimed in one write transaction, so nobody takes it in between. One that
         no longer reads is passed over (logged), as the queue does, own claims included: before, one
-        spoiled while held answered 502 to every claim-next until its lease ran out."""
+        spoiled while held answered 502 to every claim-next until its lease ran out. So is one no
+        decision on which can be sent (``unsendable``), which the queue still lists."""
         if filters.state in CLOSED:
             return None
         own_clauses, own_params = _where(dataclasses.replace(filters, state="claimed"))
@@ -832,7 +874,7 @@ class TaskStore:
                     keys=("received_at", "task_id"),
                     newest_first=False,
                     limit=1,
-                    read=_row_that_reads,
+                    read=_row_to_hand_out,
                     what="task",
                 )
                 if oldest:
@@ -1017,7 +1059,7 @@ class TaskStore:
                     continue  # flagged since: the gate's newer verdict
                 try:
                     pending = CorrectionPending.model_validate_json(
-                        row["pending_json"], context=READ_FROM_TOPIC
+                        row["pending_json"], context=READ_FROM_STORE
                     )
                 except ValueError:
                     continue  # unreadable: the queue already leaves it out and logs it
@@ -1073,6 +1115,8 @@ class TaskStore:
         with self._write() as (db, now):
             row = self._held(db, task_id, reviewer, now, rejecting=decision == "reject")
             task = _task_of(row)
+            if (why := unsendable(task)) is not None:
+                raise TaskUnsendable(why)
             payload = resolved(task, now)
             new_state: TaskState = "rejected" if decision == "reject" else "approved"
             db.execute(
@@ -1359,12 +1403,15 @@ def _readable(rows: list[sqlite3.Row], read: Callable[[sqlite3.Row], Any], what:
     items = []
     for row in rows:
         try:
-            items.append(read(row))
+            item = read(row)
         except ValueError as exc:  # pydantic's ValidationError, or JSON that does not parse
             log.error(
                 f"a stored {what} no longer reads; left out",
                 extra={"task_id": row["task_id"], "error": str(exc)[:500]},
             )
+        else:
+            if item is not None:  # None: passed over (``_row_to_hand_out``)
+                items.append(item)
     return items
 
 
@@ -1454,7 +1501,7 @@ def _waiting_of_photos(
             (task_id,),
         ).fetchone()
         try:
-            pending = CorrectionPending.model_validate_json(row["pending_json"], context=READ_FROM_TOPIC)
+            pending = CorrectionPending.model_validate_json(row["pending_json"], context=READ_FROM_STORE)
         except ValueError:
             continue
         photo_id = pending.matted.generated.reference_photo_id
@@ -1475,10 +1522,11 @@ def _forget_acceptances(db: sqlite3.Connection, task_id: str) -> None:
     )
 
 
-def _row_that_reads(row: sqlite3.Row) -> sqlite3.Row:
-    """The row itself, once it reads as a task (else ValueError, as ``Task.from_row``)."""
-    Task.from_row(row)
-    return row
+def _row_to_hand_out(row: sqlite3.Row) -> sqlite3.Row | None:
+    """The row itself, once it reads as a task (else ValueError, as ``Task.from_row``); None for one no
+    decision on which can be sent (``unsendable``): handed out, it was refused, released and handed out
+    again by every "next", the oldest, for every reviewer. It stays in the queue."""
+    return None if unsendable(Task.from_row(row)) is not None else row
 
 
 def _accepted_since(acceptance: sqlite3.Row) -> str:
