@@ -1,0 +1,99 @@
+"""Review 49 of the chart: values.schema.json's edge cases. An empty list where a map of yours belongs
+(`podAnnotations: []`) rendered before review 48's schema refused it: it is taken as the empty map again
+where that renders the same; a section's field left null is refused naming it, not as a default's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.support.helm import nested, render, render_error, require_helm
+
+
+@pytest.fixture(scope="module")
+def helm() -> str:
+    return require_helm()
+
+
+# Neither the reviewers' nor the model's --set (helm cannot --set into a list): the same from a file.
+BASE: dict[str, Any] = {
+    "secret": {"existingSecret": "skuforge"},
+    "triton": {"env": {"SKUFORGE_DIFFUSION_MODEL": "s3://models/sd15-inpaint"}},
+}
+
+
+def _merged(base: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in given.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merged(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _file(folder: Path, name: str, key: str, value: object) -> Path:
+    """A values file giving ``key`` ``value`` beside BASE (``key`` wins)."""
+    values = nested(key, value)
+    if key == "triton.env":
+        # triton.env empty names no model: serve composite alone.
+        values = _merged(values, {"triton": {"backends": ["composite"]}})
+        base = {"secret": BASE["secret"]}
+    else:
+        base = BASE
+    path = folder / name
+    path.write_text(yaml.safe_dump(_merged(base, values)))
+    return path
+
+
+# The maps that are yours to fill and empty by default: Helm merges a values file's `{}` into the
+# chart's empty map and keeps a `[]` as it is, which the templates read as none alike.
+EMPTY_BY_DEFAULT = [
+    "serviceAccount.annotations",
+    "podAnnotations",
+    "secret.values",
+    "stageDefaults.env",
+    "stageDefaults.nodeSelector",
+    "stageDefaults.affinity",
+    "stages.gate.nodeSelector",
+    "stages.gate.affinity",
+    "triton.nodeSelector",
+    "triton.affinity",
+    "triton.env",
+    "console.env",
+    "monitoring.labels",
+    "monitoring.ruleLabels",
+]
+
+
+@pytest.mark.parametrize("key", EMPTY_BY_DEFAULT)
+def test_an_empty_list_renders_as_the_empty_map(helm: str, tmp_path: Path, key: str) -> None:
+    """`podAnnotations: []` rendered as `{}` before review 48; its schema refused it ("got array,
+    want null or object"), failing upgrades of values files that had worked."""
+    as_map = render(helm, reviewers=False, model=False, files=[_file(tmp_path, "map.yaml", key, {})])
+    as_list = render(helm, reviewers=False, model=False, files=[_file(tmp_path, "list.yaml", key, [])])
+    assert as_list == as_map
+
+
+@pytest.mark.parametrize("key", EMPTY_BY_DEFAULT)
+def test_a_list_with_items_is_still_refused_naming_it(helm: str, tmp_path: Path, key: str) -> None:
+    message = render_error(helm, reviewers=False, model=False, files=[_file(tmp_path, "v.yaml", key, ["a"])])
+    where = "".join(f"/{part}" for part in key.split("."))
+    assert f"at '{where}': got array, want null or object" in message, message
+    assert f"at '{where}': maxItems: got 1, want 0" in message, message
+
+
+# The maps the chart fills by default: Helm keeps a `[]` in place of the chart's map, where `{}` is
+# merged into it, so `settings: []` would drop SKUFORGE_LOG_FORMAT and the Triton timeout, and
+# `podSecurityContext: []` run the pods as root: refused, naming the key (give {} or the keys to drop).
+FILLED_BY_DEFAULT = ["settings", "stages.matting.env", "podSecurityContext", "securityContext"]
+
+
+@pytest.mark.parametrize("key", FILLED_BY_DEFAULT)
+def test_an_empty_list_over_a_filled_map_is_refused_naming_it(helm: str, tmp_path: Path, key: str) -> None:
+    message = render_error(helm, reviewers=False, model=False, files=[_file(tmp_path, "v.yaml", key, [])])
+    where = "".join(f"/{part}" for part in key.split("."))
+    assert f"at '{where}': got array, want null or object" in message, message
