@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.support.helm import nested, render, render_error, require_helm
+from tests.support.helm import CHART, nested, render, render_error, require_helm
 
 
 @pytest.fixture(scope="module")
@@ -97,3 +97,47 @@ def test_an_empty_list_over_a_filled_map_is_refused_naming_it(helm: str, tmp_pat
     message = render_error(helm, reviewers=False, model=False, files=[_file(tmp_path, "v.yaml", key, [])])
     where = "".join(f"/{part}" for part in key.split("."))
     assert f"at '{where}': got array, want null or object" in message, message
+
+
+def _scaled_object(docs: list[dict[str, Any]], stage: str) -> dict[str, Any] | None:
+    found = [doc for doc in docs if doc["kind"] == "ScaledObject" and doc["metadata"]["name"].endswith(stage)]
+    return found[0] if found else None
+
+
+@pytest.mark.parametrize("key", ["stageDefaults.autoscaling", "stageDefaults.autoscaling.enabled"])
+def test_the_default_autoscaling_left_null_is_refused_naming_it(helm: str, tmp_path: Path, key: str) -> None:
+    """`stageDefaults.autoscaling: null` was refused as "stageDefaults.autoscaling.activationLagThreshold=null
+    is no whole number", naming a field the user never wrote; its `enabled: null` turned KEDA off for
+    every stage, without a word. Helm drops a key given null: the schema names it as missing."""
+    *parents, name = key.split(".")
+    where = "".join(f"/{part}" for part in parents)
+    file = tmp_path / "v.yaml"
+    file.write_text(yaml.safe_dump(_merged(BASE, nested(key, None))))
+    for message in [
+        render_error(helm, reviewers=False, model=False, files=[file]),
+        render_error(helm, f"{key}=null"),
+    ]:
+        assert f"at '{where}': missing property '{name}'" in message, message
+        assert "activationLagThreshold" not in message, message
+
+
+def test_a_stage_autoscaling_left_null_takes_the_defaults(helm: str) -> None:
+    """A stage's null is no override: the stage scales as stageDefaults says (generator's lag threshold,
+    4 in values.yaml, back to the default)."""
+    scaled = _scaled_object(render(helm, "stages.generator.autoscaling=null"), "generator")
+    assert scaled is not None
+    (trigger, *_) = scaled["spec"]["triggers"]
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())["stageDefaults"]["autoscaling"]
+    assert trigger["metadata"]["lagThreshold"] == str(defaults["lagThreshold"])
+
+
+def test_a_stage_autoscaling_switch_left_null_takes_the_default(helm: str, tmp_path: Path) -> None:
+    """`stages.gate.autoscaling.enabled: null` (a key values.yaml's gate lacks, so Helm keeps the null)
+    turned KEDA off for the gate alone, without a word; it is stageDefaults' (on), as for a null
+    autoscaling."""
+    file = _file(tmp_path, "v.yaml", "stages.gate.autoscaling.enabled", None)
+    for docs in [render(helm, "stages.gate.autoscaling.enabled=null"), render(helm, files=[file])]:
+        scaled = _scaled_object(docs, "gate")
+        assert scaled is not None
+        (trigger, *_) = scaled["spec"]["triggers"]
+        assert trigger["metadata"]["lagThreshold"] == "200"  # the gate's own, kept

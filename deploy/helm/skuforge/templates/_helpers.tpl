@@ -247,6 +247,14 @@ variable out of its env. Its whole numbers are checked text (skuforge.wholeNumbe
 numbers as float64: --set's 9007199254740993 (an int64) reached KEDA as ...992. (dict "root" $ "name" "matting") */}}
 {{- define "skuforge.stageConfig" -}}
 {{- $override := get .root.Values.stages .name | default dict -}}
+{{- /* A stage's autoscaling field given null is no override: the default's applies, as where the stage's
+whole autoscaling is null. Helm keeps the null of a key values.yaml lacks: `stages.gate.autoscaling.enabled:
+null` turned KEDA off for the gate, without a word. */ -}}
+{{- if kindIs "map" $override.autoscaling -}}
+{{- $given := dict -}}
+{{- range $field, $value := $override.autoscaling }}{{ if not (kindIs "invalid" $value) }}{{ $_ := set $given $field $value }}{{ end }}{{ end -}}
+{{- $override = merge (dict "autoscaling" $given) (omit $override "autoscaling") -}}
+{{- end -}}
 {{- $config := mergeOverwrite (deepCopy .root.Values.stageDefaults) (deepCopy $override) -}}
 {{- $_ := set $config "env" (include "skuforge.given" $config.env | fromJson) -}}
 {{- /* The defaults first, named as such: in a stage's own limits, a default's bad quantity was named
