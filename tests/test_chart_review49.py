@@ -141,3 +141,32 @@ def test_a_stage_autoscaling_switch_left_null_takes_the_default(helm: str, tmp_p
         assert scaled is not None
         (trigger, *_) = scaled["spec"]["triggers"]
         assert trigger["metadata"]["lagThreshold"] == "200"  # the gate's own, kept
+
+
+# The chart's switches whose null Helm keeps as none: each read as false, without a word. Triton, the
+# console, the topics Job, the monitors and the ServiceAccount were left out of the render, static
+# membership off, and `automountServiceAccountToken:` rendered empty, which Kubernetes takes as true:
+# every pod got an API token it was meant not to have.
+SWITCHES = [
+    "staticMembership",
+    "serviceAccount.create",
+    "serviceAccount.automountToken",
+    "triton.enabled",
+    "console.enabled",
+    "topicsJob.enabled",
+    "monitoring.podMonitors",
+    "monitoring.prometheusRule",
+]
+
+
+@pytest.mark.parametrize("key", SWITCHES)
+def test_a_switch_left_null_is_refused_naming_it(helm: str, tmp_path: Path, key: str) -> None:
+    *parents, name = key.split(".")
+    where = "".join(f"/{part}" for part in parents)
+    file = tmp_path / "v.yaml"
+    file.write_text(yaml.safe_dump(_merged(BASE, nested(key, None))))
+    for message in [
+        render_error(helm, reviewers=False, model=False, files=[file]),
+        render_error(helm, f"{key}=null"),
+    ]:
+        assert f"at '{where}': missing property '{name}'" in message, message
