@@ -549,8 +549,8 @@ def merge_sentence(caption: str, sentence: str, colours: Sequence[str], shape: s
     name ("orange juice", "red wine", "white asparagus" when the class ``noun`` says so) or said of the
     picture ("a black and white photo of a bottle": a greyscale photo); a packaging word naming another
     shape becomes the measured one, plural if it was ("two tins" of a box are "two boxes"; the verb "can"
-    is none: "you can see", "it can be opened"; two in a row
-    are one: "a tin can" of a bottle is "a bottle"; "product" when the shape is unknown, "pack" for a
+    is none: "you can see", "it can be opened"; two in a row are one: "a tin can" of a bottle is "a
+    bottle", but not across a comma: "cans, jars"; "product" when the shape is unknown, "pack" for a
     container there: "a can of beans" is "a pack of beans"; dropped with its article and "of" ("full
     of") for loose produce; not before a tool: "a bottle opener"; of a container only the container,
     what it holds stays: "a box of cans" or "a box full of cans" of a box is not "a box of boxes", and
@@ -624,8 +624,9 @@ def merge_sentence(caption: str, sentence: str, colours: Sequence[str], shape: s
                     origins.pop()
                 resume = start if start is not None else index + 1
                 continue
-            if following in _SHAPE_WORDS and not _verb_can(words, index + 1):
-                # "a tin can" is one packaging: the word after says it ("a bottle bottle" was left).
+            if following in _SHAPE_WORDS and index not in commas and not _verb_can(words, index + 1):
+                # "a tin can" is one packaging: the word after says it ("a bottle bottle" was left). Not
+                # across a comma: "cans, jars" are two things of a list ("boxes" alone lost one).
                 if kept and kept[-1] in ("a", "an"):
                     retold.add(len(kept) - 1)
                 continue
