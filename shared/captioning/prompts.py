@@ -555,7 +555,8 @@ def merge_sentence(caption: str, sentence: str, colours: Sequence[str], shape: s
     of") for loose produce; not before a tool: "a bottle opener"; of a container only the container,
     what it holds stays: "a box of cans" or "a box full of cans" of a box is not "a box of boxes", and
     of a can it is "cans", not "a can of cans"): the attribute captioner is authoritative for both. An article
-    before a word dropped or replaced is redone for the word now after it; the model's others stay, and
+    before a word dropped or replaced is redone for the word now after it, or goes when that is another
+    article ("a red, a blue box" of a blue box is "a blue box"); the model's others stay, and
     its commas between words kept ("apples, pears and plums"). What is
     left (scene, objects, text the model read) is appended after a comma, cut at a word where the two
     together would pass ``MAX_CAPTION_CHARS`` (never after a glue word: "in a"). An empty sentence, or
@@ -640,10 +641,14 @@ def merge_sentence(caption: str, sentence: str, colours: Sequence[str], shape: s
                 retold.add(len(kept) - 1)
         kept.append(lower)
         origins.append(index)
-    # Dropping or replacing a word can leave "an can": those articles follow the word now after them.
-    for index in retold:
+    # Dropping or replacing a word can leave "an can": those articles follow the word now after them. One
+    # left before another article goes: "a red, a blue box" of a blue box was "an a blue box".
+    doubled = {index for index in retold if index + 1 < len(kept) and kept[index + 1] in ("a", "an", "the")}
+    for index in retold - doubled:
         if index + 1 < len(kept):
             kept[index] = article(kept[index + 1])
+    kept = [word for position, word in enumerate(kept) if position not in doubled]
+    origins = [origin for position, origin in enumerate(origins) if position not in doubled]
     if not set(kept) - _GLUE_WORDS:
         return caption
     # Long metadata and a long sentence together passed the event's caption limit, and the captioner's
