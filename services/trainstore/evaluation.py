@@ -57,6 +57,7 @@ from shared.evaluation.report import render_report
 from shared.generation.scenes import library_keys, scene_file_bytes
 from shared.images import photo_as_stored, refuse_oversized, too_large_bytes
 from shared.model_cache import write_atomically, write_blocks_atomically
+from shared.observability import escape_control_characters
 from shared.photos import (
     HEIC_ADVICE,
     HEIC_SUFFIXES,
@@ -663,7 +664,9 @@ def scene_files(
         # the generator: the prefix need not leave the flow's keys room.
         check_store_uri(uri, writes=False)
     except ValueError as exc:
-        raise EvaluateRefused(f"--scenes {uri}: {exc}") from None
+        # Escaped: the refusal names a control or bidi character without echoing it, and the URI shown
+        # before it reached the terminal as typed.
+        raise EvaluateRefused(f"--scenes {escape_control_characters(uri)}: {exc}") from None
     store = open_store(
         uri,
         s3_endpoint_url=settings.s3_endpoint_url,
