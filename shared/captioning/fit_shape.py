@@ -29,6 +29,7 @@ import argparse
 import itertools
 import json
 import math
+import shlex
 import sys
 import textwrap
 import time
@@ -60,6 +61,7 @@ from shared.captioning.attributes import (
 )
 from shared.commands import run_command
 from shared.matting.session import MattingSession, open_tool_session
+from shared.observability import escape_control_characters
 
 OUTPUT = Path(__file__).with_name("shape_model.py")
 FIT_SEED = 4242
@@ -323,6 +325,14 @@ def evaluate(tree: dict[str, Any], features: F64Array, labels: IntArray) -> tupl
 # --- output ------------------------------------------------------------------------------------
 
 
+def _docstring_text(text: str) -> str:
+    """``text`` as it may stand in a generated docstring and read back as itself: its backslashes and
+    double quotes escaped (a triple quote in a --matting-model path ended the docstring, a backslash
+    began an invalid escape), its control characters and bidi controls written as escapes (a newline
+    broke the line, a U+202E reordered the source as read)."""
+    return escape_control_characters(text.replace("\\", "\\\\").replace('"', '\\"'))
+
+
 def render_module(tree: dict[str, Any], provenance: dict[str, Any]) -> str:
     """The source of ``shape_model.py``: the tree as a constant, with how it was made."""
     lines = [
@@ -332,7 +342,14 @@ def render_module(tree: dict[str, Any], provenance: dict[str, Any]) -> str:
         "command gives the same tree.",
         "",
         *(
-            textwrap.fill(f"{key}: {value}", width=100, subsequent_indent="    ", break_on_hyphens=False)
+            # Not broken inside a word: a long path (or an escape in it) cut in two no longer read back.
+            textwrap.fill(
+                _docstring_text(f"{key}: {value}"),
+                width=100,
+                subsequent_indent="    ",
+                break_on_hyphens=False,
+                break_long_words=False,
+            )
             for key, value in provenance.items()
         ),
         '"""',
@@ -468,7 +485,8 @@ def _fit(argv: Sequence[str] | None) -> int:
         f"--mask-source {args.mask_source} --cartons {args.cartons} "
         f"--max-depth {args.max_depth} --min-leaf {args.min_leaf} "
         f"--min-confidence {args.min_confidence}"
-        + (f" --matting-model {args.matting_model}" if args.matting_model else "")
+        # Quoted: a path with a space or a quote in it is one word when the command is run again.
+        + (f" --matting-model {shlex.quote(args.matting_model)}" if args.matting_model else "")
     )
     masks = {
         "truth": "the renderer's masks roughened by blur-and-threshold",
