@@ -87,8 +87,15 @@ def build_intake_stage(tasks: TaskStore, *, max_clock_ahead_s: float = 300.0, **
     return stage
 
 
-def open_task_table(path: str | Path) -> TaskStore:
-    """The task table at ``path``, made new and empty (and logged so) where there is none.
+# What the line of a new, empty table advises the intake run on its own (``skuforge run console-intake``).
+_INTAKE_OTHER_TABLE = (
+    "if the console uses another, stop this and set SKUFORGE_CONSOLE_DB_PATH to the console's"
+)
+
+
+def open_task_table(path: str | Path, *, if_another: str = _INTAKE_OTHER_TABLE) -> TaskStore:
+    """The task table at ``path``, made new and empty (and logged so, ending with ``if_another``: what to
+    do if the tasks are in another table) where there is none.
 
     A first start makes the table; but one started on the default path beside a console using another
     (the local stack's, ``var/up/console/``) filled a table of its own without a word, and its console
@@ -97,9 +104,9 @@ def open_task_table(path: str | Path) -> TaskStore:
     tasks = TaskStore(path)
     if made:
         log.info(
-            "no task table at %s: made a new, empty task table there; if the console uses another, stop "
-            "this and set SKUFORGE_CONSOLE_DB_PATH to the console's",
+            "no task table at %s: made a new, empty task table there; %s",
             path,
+            if_another,
             extra={"db": str(path)},
         )
     return tasks

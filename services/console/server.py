@@ -34,7 +34,7 @@ from schemas.flow import CONSOLE, CONSOLE_INTAKE
 from services.console.app import create_app
 from services.console.config import ConsoleSettings
 from services.console.context import Console, make_signer
-from services.console.intake import build_intake_stage
+from services.console.intake import build_intake_stage, open_task_table
 from services.console.metrics import ConsoleMetrics
 from services.console.relay import DecisionRelay
 from services.console.relay import stop_timeout_s as relay_stop_timeout_s
@@ -95,7 +95,11 @@ class ConsoleService:
         self.settings = settings
         self.console_settings = console
         self.store = store or open_settings_store(settings)
-        self.tasks = tasks or TaskStore(console.console_db_path)
+        # Logged when made new: a mistyped SKUFORGE_CONSOLE_DB_PATH served an empty queue without a word.
+        self.tasks = tasks or open_task_table(
+            console.console_db_path,
+            if_another="if the tasks are in another, stop the console and set SKUFORGE_CONSOLE_DB_PATH to it",
+        )
         metrics_port = console.console_metrics_port
         if metrics_port is None:
             metrics_port = (
@@ -230,12 +234,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--host is empty; write 0.0.0.0 to bind every interface")
     settings = load_settings()
     console = load_settings(ConsoleSettings)
+    # Before the store and the task table are opened, so what opening them says (a table made new) is
+    # in the console's log format, and said at all: set up after, it went nowhere.
+    configure_logging(settings.log_level, settings.log_format)
     try:
         service = ConsoleService(settings, console)
     except TransientError as exc:  # the task table cannot be opened: a folder, no permission
         print(f"skuforge serve console: {exc} (SKUFORGE_CONSOLE_DB_PATH)", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level, settings.log_format)
     server = service.uvicorn_server(args.host, args.port)
     service.start_background()
     log.info(
