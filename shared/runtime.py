@@ -662,6 +662,7 @@ class Stage:
 
     def _run(self, serve_health: bool) -> int:
         """``run`` once its signal handlers are in place."""
+        self.store.note_relative_root()  # here, not where the store opened: logging is set up by now
         if serve_health:
             self.health = HealthServer(
                 self.metrics.registry,

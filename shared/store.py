@@ -268,6 +268,11 @@ class ObjectStore(ABC):
     #: The bytes a key may take (``check_room``): S3 counts an S3Store's prefix in its 1024.
     _key_room = MAX_KEY_BYTES
 
+    def note_relative_root(self) -> None:
+        """Log, once, where a root given as a relative path resolved to (a ``FileStore``'s); a service
+        calls it at start, once its logging is set up. Other stores have no such root: nothing."""
+        return
+
     # Backend hooks; ``key`` is always already checked.
     @abstractmethod
     def _write(self, key: str, data: bytes, content_type: str) -> None: ...
@@ -580,6 +585,25 @@ class FileStore(ObjectStore):
         self.root = Path(os.path.abspath(root))
         self._real_root = os.path.realpath(self.root)
         self.base_uri = "file://" + self.root.as_posix().rstrip("/")
+        # The root as given where it was relative (the default file://./var/store), for
+        # ``note_relative_root``: a root resolved against the working directory, said once.
+        self.relative_root = None if Path(root).is_absolute() else str(root)
+        self._relative_root_noted = False
+
+    def note_relative_root(self) -> None:
+        """Log, once, the root this store resolved a relative path to: two services started in different
+        folders with the same relative setting wrote under two roots (each event's URIs naming its own),
+        and nothing said where either was."""
+        if self.relative_root is None or self._relative_root_noted:
+            return
+        self._relative_root_noted = True
+        log.info(
+            "object store root %s is relative: resolved against the working directory, it is %s; a "
+            "service started in another folder uses another root (give an absolute path to share one)",
+            self.relative_root,
+            self.base_uri,
+            extra={"store": self.base_uri},
+        )
 
     def _path(self, key: str) -> Path:
         path = self.root.joinpath(*key.split("/"))

@@ -95,6 +95,7 @@ class ConsoleService:
         self.settings = settings
         self.console_settings = console
         self.store = store or open_settings_store(settings)
+        self.store.note_relative_root()
         # Logged when made new: a mistyped SKUFORGE_CONSOLE_DB_PATH served an empty queue without a word.
         self.tasks = tasks or open_task_table(
             console.console_db_path,
