@@ -97,6 +97,7 @@ from shared.argtypes import float_between, folder_problem, path_argument
 from shared.config import (
     ENV_PREFIX,
     UP_CONSOLE_DB,
+    UP_STACK_STATE,
     UP_STORE,
     UP_WORKDIR,
     ConfigError,
@@ -109,7 +110,7 @@ from shared.generation.settings import GenerationSettings
 from shared.observability import topics_held
 
 DEFAULT_WORKDIR = UP_WORKDIR
-STATE_FILE = "stack.json"
+STATE_FILE = str(UP_STACK_STATE)
 # Store photos (GroceryStoreDataset, other classes) real products are composited onto: the demo's
 # default, and what the ready summary suggests when SKUFORGE_SCENES_URI is unset.
 SAMPLE_SCENES = Path(__file__).resolve().parents[1] / "samples" / "grocerystore-scenes"

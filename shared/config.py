@@ -62,6 +62,8 @@ MAX_WAIT_S = 86400.0
 UP_WORKDIR = Path("var/up")
 UP_STORE = Path("store")
 UP_CONSOLE_DB = Path("console") / "tasks.sqlite3"
+# The file in that folder that describes a running stack (its addresses, store, task table).
+UP_STACK_STATE = Path("stack.json")
 # Every settings model's: SKUFORGE_* variables, others ignored, read-only, no inf or NaN (a number that
 # passes its bounds as inf crashes later, far from the variable that set it), and an empty variable is
 # unset: Compose and Helm pass an unset one as empty, and an empty JSON setting (or number, or name)

@@ -25,6 +25,7 @@ import getpass
 import json
 import os
 import secrets
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -50,7 +51,7 @@ from services.console.tasks import (
     UnreadableDecision,
 )
 from shared.argtypes import CommandParser, float_between, path_argument
-from shared.config import UP_CONSOLE_DB, UP_STORE, UP_WORKDIR, load_settings
+from shared.config import UP_CONSOLE_DB, UP_STACK_STATE, UP_STORE, UP_WORKDIR, load_settings
 from shared.errors import TransientError
 from shared.observability import escape_control_characters
 from shared.store import open_settings_store
@@ -266,14 +267,37 @@ def _up_stack_hint(action: str, where: Path) -> str:
 
     After the demo, the refusal named only the default ``var/console/``, not where the stack keeps its
     table; and the Label Studio commands also need the stack's store, or every item was skipped as
-    "not inside this store"."""
-    table = UP_WORKDIR / UP_CONSOLE_DB
+    "not inside this store". The paths are those the stack's ``stack.json`` names where it names them: a
+    stack started with SKUFORGE_CONSOLE_DB_PATH or SKUFORGE_STORE_URI of its own keeps them there, and the
+    hint named the defaults (or, its table not there, nothing)."""
+    table_path, store_uri = _up_stack_paths()
+    table = Path(table_path)
     if not table.is_file() or table.resolve() == where.resolve():
         return ""
-    variables = f"SKUFORGE_CONSOLE_DB_PATH={table}"
+    # Quoted for the shell they are typed into, and escaped: stack.json is a file anyone may edit.
+    variables = f"SKUFORGE_CONSOLE_DB_PATH={shlex.quote(table_path)}"
     if action in ("export-labelstudio", "import-labelstudio"):
-        variables += f" SKUFORGE_STORE_URI=file://{UP_WORKDIR / UP_STORE}"
-    return f"; `skuforge up` (make up, make demo) keeps its table at {table}: {variables}"
+        variables += f" SKUFORGE_STORE_URI={shlex.quote(store_uri)}"
+    return escape_control_characters(
+        f"; `skuforge up` (make up, make demo) keeps its table at {table_path}: {variables}"
+    )
+
+
+def _up_stack_paths() -> tuple[str, str]:
+    """(task table path, store URI) of the local stack in this folder: its ``stack.json``'s
+    ``console_db`` and ``store_uri`` where it names them as text, else the defaults ``skuforge up`` uses."""
+    table, store = str(UP_WORKDIR / UP_CONSOLE_DB), f"file://{UP_WORKDIR / UP_STORE}"
+    try:
+        state = json.loads((UP_WORKDIR / UP_STACK_STATE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # none (a stack never started), or damaged: the defaults
+        return table, store
+    if not isinstance(state, dict):
+        return table, store
+    console_db, store_uri = state.get("console_db"), state.get("store_uri")
+    return (
+        console_db if isinstance(console_db, str) and console_db else table,
+        store_uri if isinstance(store_uri, str) and store_uri else store,
+    )
 
 
 def _write_all(files: dict[Path, str]) -> None:
