@@ -297,7 +297,11 @@ def main(argv: list[str] | None = None) -> int:
         help="with --evaluation: least per-SKU B-A that keeps a SKU's synthetic images, a fraction of "
         "top-1 from -1 to 1 (-0.05 for -5 points; default 0.0: leave them out where they hurt)",
     )
-    sub.add_parser("compact", help="merge every SKU's manifest deltas into one file now")
+    sub.add_parser(
+        "compact",
+        help="merge every SKU's manifest deltas into one file now (and write a lost or unreadable columnar "
+        "copy again)",
+    )
     sweep = sub.add_parser(
         "sweep",
         help="list every SKU's images and masks that no manifest row names (left by a deletion cut short, "

@@ -11,7 +11,8 @@
 Columns, not a dict per row: two million items load in seconds and hold far less memory. Each
 SKU costs one read, its compacted manifest's columnar copy; a SKU with deltas not compacted yet, or
 whose copy is missing or does not read (cut short, another version's), is merged row by row through
-``ManifestStore`` from its JSONL parts (slower, same values). A list field (``reasons``) loads as a
+``ManifestStore`` from its JSONL parts (slower, same values) until ``skuforge dataset compact`` writes
+the copy again (``ManifestStore.compact``). A list field (``reasons``) loads as a
 tuple: rows share no value a change to one of them could reach.
 """
 
@@ -263,9 +264,11 @@ def _sku_columns(manifests: ManifestStore, sku_id: str) -> dict[str, list[Any]] 
         try:
             return decode_columns(manifests.store.get_bytes(columns_key))
         except ObjectMissing:
-            pass  # compacted by an older version, or the copy was lost: the JSONL part is the truth
+            pass  # lost, or a compaction replaced the part meanwhile: the JSONL part is the truth
         except ValueError as exc:  # cut short, or another version's: the JSONL part still reads
             log.warning(
-                "%s does not read (%s): reading its JSONL part", manifests.store.uri_for(columns_key), exc
+                "%s does not read (%s): reading its JSONL part; `skuforge dataset compact` writes it again",
+                manifests.store.uri_for(columns_key),
+                exc,
             )
     return rows_to_columns(manifests.read_sku(sku_id).values())

@@ -481,14 +481,19 @@ class ManifestStore:
 
     def compact(self, sku_id: str, *, min_deltas: int = 1) -> bool:
         """Merge the SKU's parts into one compacted part when there are at least ``min_deltas`` deltas
-        (or more than one compacted part, left by compactions that overlapped).
+        (or more than one compacted part, left by compactions that overlapped); a SKU with one compacted
+        part and no deltas gets its columnar copy written again if it is gone or does not read.
 
         The new part is named by its content and written before anything is deleted, and only the
         parts read are deleted: a part another writer puts meanwhile, delta or compacted, stays and
-        is read. Returns whether it compacted.
+        is read. Returns whether it compacted or wrote the copy.
         """
         merged, compacted, deltas, columns = self._read(sku_id)
         if len(compacted) <= 1 and len(deltas) < max(1, min_deltas):
+            # Only with no deltas: the stage compacts after each delta it writes, and reading the copy
+            # then would cost every event a read. The next compaction writes a new copy anyway.
+            if len(compacted) == 1 and not deltas:
+                return self._mend_columns(compacted[0], [row for _, row in merged.values()])
             return False
         seq = max(part.seq for part in (*compacted, *deltas))
         body = _encode_stamped(merged.values())
@@ -505,6 +510,25 @@ class ManifestStore:
         }
         for key in sorted((read | superseded) - {new_part, self.columns_key(new_part)}):
             self.store.delete(key)
+        return True
+
+    def _mend_columns(self, part: _Part, rows: list[ManifestRow]) -> bool:
+        """Write the columnar copy of ``part`` (the SKU's only part, holding ``rows``) again when it is
+        gone or does not read (``decode_columns``); the part itself stays as it is. Returns whether it
+        wrote the copy.
+
+        Such a copy had every ``load_manifest`` read the part instead (slower, a warning each time), and
+        nothing wrote it again: a SKU no event reaches is never compacted. The copy goes beside its part,
+        as a compaction's does; should a compaction replace the part meanwhile, the copy is left without
+        one, never read, and deleted by a later compaction (``compact``'s older copies).
+        """
+        key = self.columns_key(part.key)
+        try:
+            decode_columns(self.store.get_bytes(key))
+            return False
+        except (ObjectMissing, ValueError):
+            pass  # lost, cut short, without a column every copy has, another version's
+        self.store.put_bytes(key, encode_columns(rows), "application/json")
         return True
 
     def iter_rows(self, sku_ids: Iterable[str] | None = None) -> Iterator[ManifestRow]:
