@@ -17,11 +17,45 @@ import pytest
 
 from shared.store import FileStore
 from shared.trainstore.loader import load_manifest
-from shared.trainstore.manifest import ManifestStore, decode_columns, encode_columns
+from shared.trainstore.manifest import (
+    _ADDED_SINCE_COLUMNS,
+    ManifestRow,
+    ManifestStore,
+    decode_columns,
+    encode_columns,
+)
 from skuforge_cli.main import main as cli_main
 from tests.support.trainstore import PREFIX, manifest_row
 
 SKU = "SKU-1"
+
+# The fields of the first columnar copies (COLUMNS_VERSION 1): every copy has these columns.
+FIRST_COLUMNS = frozenset(
+    {
+        "item_id",
+        "sku_id",
+        "category",
+        "source",
+        "status",
+        "image",
+        "mask",
+        "width",
+        "height",
+        "caption",
+        "iou",
+        "reasons",
+        "reviewed_by",
+        "decision",
+        "adapter_id",
+        "seed",
+        "backend",
+        "reference_photo_id",
+        "trace_id",
+    }
+)
+# Fields added since whose default is not what rows written before them read as (none yet): a copy without
+# their column does not read (``decode_columns``).
+READ_FROM_PART: frozenset[str] = frozenset()
 
 
 def _without_image_column(data: bytes) -> bytes:
@@ -133,3 +167,23 @@ def test_the_loaders_warning_of_a_copy_that_does_not_read_says_what_mends_it(
     (warning,) = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
     assert manifests.store.uri_for(columns_key) in warning
     assert "skuforge dataset compact" in warning
+
+
+def test_every_manifest_field_is_a_first_column_or_one_added_since() -> None:
+    """A copy without a column of ``_ADDED_SINCE_COLUMNS`` loads it as its default; any other missing
+    column makes the copy unreadable (``decode_columns``). A field added to ``ManifestRow`` has to be
+    one or the other: every copy written before it lacks its column."""
+    fields = set(ManifestRow.model_fields)
+    undecided = fields - FIRST_COLUMNS - _ADDED_SINCE_COLUMNS - READ_FROM_PART
+    assert not undecided, (
+        f"ManifestRow fields {sorted(undecided)} are new: copies written before them have no such column. "
+        "Add them to _ADDED_SINCE_COLUMNS in shared/trainstore/manifest.py: such a copy loads each as its "
+        "default, as their rows written before read from the JSONL part. Only where that is not so (a "
+        "validator derives the field from others) add it to READ_FROM_PART here instead: such a copy is "
+        "read from its part then, and `skuforge dataset compact` writes it again."
+    )
+    assert not READ_FROM_PART & _ADDED_SINCE_COLUMNS
+    assert not FIRST_COLUMNS & _ADDED_SINCE_COLUMNS
+    assert fields >= FIRST_COLUMNS | _ADDED_SINCE_COLUMNS, "a column listed is no ManifestRow field"
+    for name in _ADDED_SINCE_COLUMNS:
+        assert not ManifestRow.model_fields[name].is_required(), f"{name} has no default to load"

@@ -107,7 +107,8 @@ _STAMPED_LINE = re.compile(rb'^\{"written":"([0-9]{10}-(?:[0-9a-f]{32})?)",')
 COLUMNS_VERSION = 1
 # The ManifestRow fields added since the first columnar copies (of COLUMNS_VERSION 1) were written: only
 # these may be missing from a copy (``decode_columns``). Every other field's default was filled in for
-# a missing column too, so a damaged copy without its images or sizes read as rows without them.
+# a missing column too, so a damaged copy without its images or sizes read as rows without them. A field
+# added to ManifestRow goes here (tests/test_trainstore_review49.py fails until it is decided).
 _ADDED_SINCE_COLUMNS = frozenset(
     {"image_sha256", "mask_sha256", "produced_at", "event_produced_at", "rejected_renders", "rejected_at"}
 )
