@@ -65,11 +65,26 @@ def _without_image_column(data: bytes) -> bytes:
     return json.dumps(document).encode()
 
 
-# What can happen to a copy: lost, cut short, or missing a column every copy has (another tool's).
+def _with_a_short_column(data: bytes) -> bytes:
+    document = json.loads(data)
+    document["columns"]["item_id"].pop()
+    return json.dumps(document).encode()
+
+
+def _with_an_exception_before_the_first_row(data: bytes) -> bytes:
+    document = json.loads(data)
+    document["common"]["category"][1]["-1"] = "bottle"  # read as Python's index, the last row's
+    return json.dumps(document).encode()
+
+
+# What can happen to a copy: lost, cut short, missing a column every copy has, or with a column of fewer
+# values than rows or a common value's exception at no row (another tool's, edited by hand).
 DAMAGE: dict[str, Callable[[bytes], bytes | None]] = {
     "lost": lambda data: None,
     "cut short": lambda data: data[: len(data) // 2],
     "without a column": _without_image_column,
+    "with a short column": _with_a_short_column,
+    "with an exception at no row": _with_an_exception_before_the_first_row,
 }
 
 
@@ -122,6 +137,27 @@ def test_compact_writes_a_broken_columnar_copy_again_and_leaves_its_part(tmp_pat
     assert load_manifest(manifests.store, prefix=PREFIX, trainable_only=False) == expected
     # Mended, there is nothing more to do.
     assert not manifests.compact(SKU)
+
+
+def test_a_copy_with_a_column_shorter_than_its_rows_is_read_from_its_part(tmp_path: Path) -> None:
+    """A column with fewer values than the copy's rows decoded, and ``load_manifest`` stopped with
+    "zip() argument 2 is longer than argument 1", naming nothing; unstopped, its rows would have been
+    out of step. The copy does not read now: its part is read, and ``compact`` writes it again."""
+    manifests = _compacted_sku(tmp_path)
+    expected = load_manifest(manifests.store, prefix=PREFIX)
+    _damage(manifests, "with a short column")
+    _, columns_key = _only_part(manifests)
+    with pytest.raises(ValueError, match="item_id"):
+        decode_columns(manifests.store.get_bytes(columns_key))
+    assert load_manifest(manifests.store, prefix=PREFIX) == expected
+
+
+def test_a_copy_with_a_common_values_exception_at_no_row_is_read_from_its_part(tmp_path: Path) -> None:
+    """An exception at row "-1" of a common value decoded as the last row's value."""
+    manifests = _compacted_sku(tmp_path)
+    expected = load_manifest(manifests.store, prefix=PREFIX)
+    _damage(manifests, "with an exception at no row")
+    assert load_manifest(manifests.store, prefix=PREFIX) == expected
 
 
 def test_compact_leaves_a_sound_columnar_copy_as_it_is(tmp_path: Path) -> None:

@@ -310,7 +310,8 @@ def decode_columns(data: bytes) -> dict[str, list[Any]]:
     """Parse what ``encode_columns`` wrote: every ManifestRow field as a column of the same length.
 
     A common value is one object repeated down its column: treat values as read-only. ``ValueError``
-    for bytes that are not such a document (cut short, or another version's).
+    for bytes that are not such a document (cut short, or another version's) or whose columns do not
+    hold one value per row.
     """
     parsed = json.loads(data)
     version = parsed.get("version") if isinstance(parsed, dict) else None
@@ -319,9 +320,16 @@ def decode_columns(data: bytes) -> dict[str, list[Any]]:
     try:
         count: int = parsed["rows"]
         columns: dict[str, list[Any]] = parsed["columns"]
+        # A column of another length than the rows put every row after its gap out of step (or stopped
+        # load_manifest with zip()'s error, naming nothing).
+        for name, column in columns.items():
+            if not isinstance(column, list) or len(column) != count:
+                raise ValueError(f"its column {name!r} is not a list of its {count} rows' values")
         for name, (value, others) in parsed["common"].items():
             column = [value] * count
             for index, other in others.items():
+                if not 0 <= int(index) < count:  # column[-1] would be the last row's
+                    raise IndexError(f"row {index} of {count} in common value {name!r}")
                 column[int(index)] = other
             columns[name] = column
         _escape_captions(columns["caption"])
