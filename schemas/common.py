@@ -150,16 +150,17 @@ def read_from_topic(info: ValidationInfo) -> bool:
     return isinstance(info.context, dict) and info.context.get("read_from_topic") is True
 
 
-# The validation context of the console's task table, which holds events it took from a topic: as
-# ``READ_FROM_TOPIC``, and an object's ``uri`` the contract refuses since (review 48) read as stored, so a
-# task stored before still reads and is shown (escaped). Only there: the console checks a task's URIs
-# before a decision would embed them in an event (``services.console.tasks.unsendable``); a reader of a
-# topic dead-letters such a URI.
+# The validation context of a store's records of events taken from a topic (the console's task table, the
+# LoRA trainer's series requests): as ``READ_FROM_TOPIC``, and an object's ``uri`` the contract refuses
+# since (review 48) read as stored, so a record stored before still reads (a task shown escaped, a SKU's
+# photos trained on). Only there: the console checks a task's URIs before a decision would embed them in
+# an event (``services.console.tasks.unsendable``), and the trainer sends none; a reader of a topic
+# dead-letters such a URI.
 READ_FROM_STORE = {**READ_FROM_TOPIC, "read_from_store": True}
 
 
 def read_from_store(info: ValidationInfo) -> bool:
-    """Whether this validation reads an event the console's task table stored (``READ_FROM_STORE``)."""
+    """Whether this validation reads an event a store's record holds (``READ_FROM_STORE``)."""
     return isinstance(info.context, dict) and info.context.get("read_from_store") is True
 
 
@@ -299,8 +300,8 @@ def check_uri_text(value: str, info: ValidationInfo) -> str:
     return value if read_from_store(info) else check_one_line(value)
 
 
-# An object's URI: one line, as OneLineText (and the same committed pattern), except in the console's
-# stored tasks (``READ_FROM_STORE``). Never escaped: escaped, it would name another object.
+# An object's URI: one line, as OneLineText (and the same committed pattern), except in records stored
+# before that rule (``READ_FROM_STORE``). Never escaped: escaped, it would name another object.
 UriText = Annotated[
     str, AfterValidator(check_uri_text), Field(json_schema_extra={"pattern": _ONE_LINE_PATTERN})
 ]
@@ -379,8 +380,9 @@ class ObjectRef(Contract):
 
     # One line that reads as written (a space stays: a FileStore's URIs hold its root's path as it is). It
     # took any text, and a newline or a U+202E in it went on to log lines and the console's pages. Never
-    # read escaped, as a model id is: escaped, it would name another object. A console task stored
-    # before this rule reads it as stored (``READ_FROM_STORE``), and sends no decision embedding it.
+    # read escaped, as a model id is: escaped, it would name another object. A record stored before
+    # this rule (a console task, a LoRA series request) reads it as stored (``READ_FROM_STORE``); the
+    # console sends no decision embedding it.
     uri: Annotated[UriText, Chars(MAX_URI_CHARS)] = Field(description="file:// or s3:// URI of the object")
     sha256: Sha256Hex = Field(description="hex sha256 of the stored bytes, checked on read")
     bytes: int = Field(ge=0, description="size of the stored object in bytes")

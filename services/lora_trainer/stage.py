@@ -120,7 +120,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from pydantic import ValidationError
 
-from schemas.common import NOT_ONE_LINE, READ_FROM_TOPIC, escaped_within
+from schemas.common import NOT_ONE_LINE, READ_FROM_STORE, READ_FROM_TOPIC, escaped_within
 from schemas.envelope import Envelope, derive_id
 from schemas.events import MAX_TRAINING_PROMPT_CHARS, AdapterPublished, GateAccepted, SkuCaptioned
 from schemas.flow import LORA_TRAINER
@@ -774,11 +774,12 @@ class LoraTrainer:
         unreadable = 0
         for key in sorted(self.store.list_addressable(f"{PREFIX}/series/")):
             # Tolerant like the bus reader: a file a newer trainer wrote (then rolled back) still plans,
-            # and one with text the contract refuses since (READ_FROM_TOPIC: a caption's newline) reads
-            # escaped.
+            # and one with text the contract refuses since reads escaped (a caption's newline), or as
+            # stored (READ_FROM_STORE: a photo's uri, which escaped would name another object). Read as
+            # the topic's, a request stored before review 48 was skipped, its SKU dropped from the series.
             try:
                 captioned = SkuCaptioned.model_validate_json(
-                    self.store.get_bytes(key), extra=READ_EXTRA, context=READ_FROM_TOPIC
+                    self.store.get_bytes(key), extra=READ_EXTRA, context=READ_FROM_STORE
                 )
             except (ValidationError, BadInput) as exc:
                 # One file must not stop training for every series; store outages still propagate.
