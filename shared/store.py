@@ -9,7 +9,9 @@ an unreachable, slow, throttling or full store is ``TransientError`` (retry late
 Keys are '/'-separated relative paths. They are checked on every call, even though the
 store builds them itself, because keys also come back from events as URIs: empty keys,
 absolute keys, empty / ``.`` / ``..`` segments, backslashes and control characters are
-refused, and so is a segment longer than 255 bytes (no common filesystem can name it). A key
+refused, and so is a segment longer than 255 bytes (no common filesystem can name it). An object a store
+wrote before review 48 under a key holding a C1 control, a line separator or a bidi control (refused
+since) is still read; messages name its URI escaped. A key
 longer than the store leaves room for (S3's 1024 bytes, an S3Store's prefix included) is the input's
 fault, ``BadInput('key_too_long')``, told before anything is sent (``check_room``). URIs are the
 store's base URI, a '/', and the key, with no percent-encoding.
@@ -51,9 +53,10 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 from PIL import Image
 from pydantic import BaseModel
 
-from schemas.common import ImageRef, ObjectRef, check_one_line
+from schemas.common import BIDI_CONTROLS, ImageRef, ObjectRef, check_one_line
 from shared.errors import BadInput, ChecksumMismatch, ObjectMissing, StoreMisconfigured, TransientError
 from shared.images import encode_png, too_large_bytes
+from shared.observability import escape_control_characters
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -141,6 +144,10 @@ _CHECK_DEPLOYMENT = (
 # These errno values mean the key layout clashes with what is on disk (a file where a
 # directory is needed or the reverse): retrying cannot fix it.
 _KEY_CONFLICT_ERRNOS = frozenset({errno.EISDIR, errno.ENOTDIR, errno.EEXIST})
+# What a key refuses since review 48 (a C1 control, a line or paragraph separator, a bidirectional control)
+# and a store wrote before: an object under such a key is still read (``_check_readable``), never written.
+# C0 and DEL were refused always, on read too: no object was written under one.
+_STORED_BEFORE = re.compile(f"[\x80-\x9f\u2028\u2029{BIDI_CONTROLS}]")
 # Reads past an object's stated size go on in chunks of this size, never in one allocation of a size
 # an event chose.
 _READ_CHUNK_BYTES = 1 << 20
@@ -208,7 +215,12 @@ def fsync_dir(directory: Path) -> None:
 
 def check_key(key: str) -> str:
     """Return ``key`` if it is a safe relative object key, else raise ``ValueError`` with the reason."""
-    _check_path_chars(key, what="key")
+    return _checked_key(key, reading=False)
+
+
+def _checked_key(key: str, *, reading: bool) -> str:
+    """``check_key``; ``reading``: a key a store wrote before review 48 passes (``_STORED_BEFORE``)."""
+    _check_path_chars(key, what="key", reading=reading)
     if not key:
         raise ValueError("key is empty")
     if len(key.encode("utf-8")) > MAX_KEY_BYTES:
@@ -244,7 +256,7 @@ def _check_segment_lengths(segments: list[str], *, what: str) -> None:
             )
 
 
-def _check_path_chars(value: str, *, what: str) -> None:
+def _check_path_chars(value: str, *, what: str, reading: bool = False) -> None:
     if value.startswith("/"):
         raise ValueError(f"{what} {value!r} is absolute")
     if "\\" in value:
@@ -252,8 +264,10 @@ def _check_path_chars(value: str, *, what: str) -> None:
     # A key is the end of an object's URI in an event, and the contract refuses a control character (C1
     # too), a line separator or a bidi control there: a key holding one was written, and then no event
     # could carry its URI. The contract's own rule; the key is shown as its repr, which escapes them.
+    # Read, a key written before that rule is taken: each such character is one character, as a letter
+    # is, so a control character after one is still named at its place.
     try:
-        check_one_line(value)
+        check_one_line(_STORED_BEFORE.sub("x", value) if reading else value)
     except ValueError as exc:
         raise ValueError(f"{what} {value!r} {exc}") from None
 
@@ -345,6 +359,20 @@ class ObjectStore(ABC):
         reason, to replay (``--reason key_too_long``) once a shorter prefix leaves it room. A stage that
         writes several objects checks every key first, so that none is written for a refused event.
         """
+        self._check_key_size(key)
+        return check_key(key)
+
+    def _check_readable(self, key: str) -> str:
+        """``check_room`` of a key to read: one a store wrote before review 48 refused a character
+        (``_STORED_BEFORE``) is taken. Refused on read too, a record stored before (a console task, a
+        series request) named an object no reader could show or train on, though its bytes are there.
+        Safe to read: every message of this store names the key's URI escaped (``_uri_shown``), its
+        repr in a refusal; what it lists (``list_addressable``) and writes still refuses it."""
+        self._check_key_size(key)
+        return _checked_key(key, reading=True)
+
+    def _check_key_size(self, key: str) -> None:
+        """``BadInput('key_too_long')`` for a key longer than this store takes (``check_room``)."""
         if (size := len(key.encode("utf-8"))) > self._key_room:
             # Its end names the object (the prefixes are its start), and a letter's detail is bounded.
             with_prefix = f" ({MAX_KEY_BYTES} with its prefix)" if self._key_room < MAX_KEY_BYTES else ""
@@ -353,7 +381,11 @@ class ObjectStore(ABC):
                 f"key {key[:40]}...{key[-100:]} is {size} bytes; {self.base_uri}/ leaves keys "
                 f"{self._key_room}{with_prefix}: shorten the prefix or the ids",
             )
-        return check_key(key)
+
+    def _uri_shown(self, key: str) -> str:
+        """The URI of ``key`` (checked) as a message names it: escaped (``\\u202e``), as a key read
+        though written before review 48 may hold a character that reorders or ends a line."""
+        return escape_control_characters(f"{self.base_uri}/{key}")
 
     def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> ObjectRef:
         """Store ``data`` under ``key`` (replacing any previous object) and return its reference."""
@@ -456,36 +488,40 @@ class ObjectStore(ABC):
         when nothing is there and ``ChecksumMismatch`` when the bytes differ from the reference.
         An object larger than ``ref.bytes`` is refused by its size, before its bytes are read.
         """
+        key = self._key_of(ref.uri, reading=True)
         try:
-            data = self._read_at_most(self.key_for(ref.uri), ref.bytes)
+            data = self._read_at_most(key, ref.bytes)
         except _ObjectTooLarge as exc:
-            raise ChecksumMismatch(ref.uri, f"{ref.sha256} ({ref.bytes} bytes)", exc.found) from None
+            raise ChecksumMismatch(
+                self._uri_shown(key), f"{ref.sha256} ({ref.bytes} bytes)", exc.found
+            ) from None
         actual = sha256_hex(data)
         if actual != ref.sha256 or len(data) != ref.bytes:
             raise ChecksumMismatch(
-                ref.uri, f"{ref.sha256} ({ref.bytes} bytes)", f"{actual} ({len(data)} bytes)"
+                self._uri_shown(key), f"{ref.sha256} ({ref.bytes} bytes)", f"{actual} ({len(data)} bytes)"
             )
         return data
 
     def read_checked(self, uri_or_key: str, sha256: str) -> bytes:
         """The object at a URI of this store or at a key, ``ChecksumMismatch`` unless its sha256 is
         ``sha256`` (for references that record a hash but not a size; else ``read_verified``)."""
-        data = self.get_bytes(uri_or_key)
+        key = self._to_key(uri_or_key)
+        data = self._read(key)
         actual = sha256_hex(data)
         if actual != sha256:
-            raise ChecksumMismatch(self.uri_for(self._to_key(uri_or_key)), sha256, actual)
+            raise ChecksumMismatch(self._uri_shown(key), sha256, actual)
         return data
 
     def exists(self, key: str) -> bool:
         """Whether an object is stored under ``key``."""
-        return self._exists(self.check_room(key))
+        return self._exists(self._check_readable(key))
 
     def holds(self, key: str, data: bytes) -> bool:
         """Whether the object under ``key`` is known to be ``data``, checked by its size and a checksum
         without downloading it (a FileStore hashes its file; an S3Store compares the HEAD's size and
         ETag); False when there is none, or when the store cannot tell. A writer of large content-named
         objects skips writing what is there whole (``AdapterRegistry.register``)."""
-        return self._holds(self.check_room(key), data)
+        return self._holds(self.check_room(key), data)  # asked before a write: a key to write
 
     def list_keys(self, prefix: str = "") -> Iterator[str]:
         """Yield, in lexicographic order, every key that starts with ``prefix`` (a plain string prefix)."""
@@ -513,7 +549,7 @@ class ObjectStore(ABC):
         """When the object under ``key`` was last written, by the store's own clock (S3's
         LastModified, a file's modification time), in UTC; ``ObjectMissing`` when there is none.
         Two objects' times compare on one clock, which the clock of the process asking may not be."""
-        return self._modified_at(self.check_room(key))
+        return self._modified_at(self._check_readable(key))
 
     def uri_for(self, key: str) -> str:
         """The URI events carry for ``key``."""
@@ -526,11 +562,15 @@ class ObjectStore(ABC):
         for a URI outside this store, ``BadInput('unsafe_key')`` for one that tries to escape or whose
         key is too long for the store (an S3Store's prefix counts in S3's 1024 bytes).
         """
+        return self._key_of(uri, reading=False)
+
+    def _key_of(self, uri: str, *, reading: bool) -> str:
+        """``key_for``; ``reading``: a key written before review 48 is taken (``_check_readable``)."""
         root = self.base_uri + "/"
         if not uri.startswith(root):
             raise BadInput("foreign_uri", f"{uri!r} is not inside this store ({root})")
         try:
-            key = check_key(uri[len(root) :])
+            key = _checked_key(uri[len(root) :], reading=reading)
         except ValueError as exc:
             raise BadInput("unsafe_key", str(exc)) from exc
         # Sent, S3 answered KeyTooLongError, a 400 the store cannot tell from a deployment's fault: the
@@ -544,8 +584,11 @@ class ObjectStore(ABC):
         return key
 
     def _to_key(self, uri_or_key: str) -> str:
+        """The key to read at a URI of this store or a key (``_check_readable``)."""
         # A checked key never contains "://" (that would be an empty segment), so this is unambiguous.
-        return self.key_for(uri_or_key) if "://" in uri_or_key else self.check_room(uri_or_key)
+        if "://" in uri_or_key:
+            return self._key_of(uri_or_key, reading=True)
+        return self._check_readable(uri_or_key)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.base_uri!r})"
@@ -734,18 +777,18 @@ class FileStore(ObjectStore):
             fd = os.open(self._path(key), os.O_RDONLY | os.O_NONBLOCK)
         except OSError as exc:
             if exc.errno == errno.ENXIO:  # a socket (or a device with no driver) is never opened
-                raise ObjectMissing(self.uri_for(key), not_regular) from exc
+                raise ObjectMissing(self._uri_shown(key), not_regular) from exc
             if exc.errno == errno.ELOOP:
                 # A link loop never resolves (``_exists`` says no object): as an outage, a stage
                 # retried the event for good and its partition stalled behind it.
-                raise ObjectMissing(self.uri_for(key), os.strerror(exc.errno)) from exc
+                raise ObjectMissing(self._uri_shown(key), os.strerror(exc.errno)) from exc
             raise
         try:
             mode = os.fstat(fd).st_mode
             if stat.S_ISDIR(mode):
-                raise ObjectMissing(self.uri_for(key), "a folder, not a file")
+                raise ObjectMissing(self._uri_shown(key), "a folder, not a file")
             if not stat.S_ISREG(mode):
-                raise ObjectMissing(self.uri_for(key), not_regular)
+                raise ObjectMissing(self._uri_shown(key), not_regular)
             os.set_blocking(fd, True)
             return os.fdopen(fd, "rb")
         except BaseException:
@@ -754,7 +797,7 @@ class FileStore(ObjectStore):
 
     @contextlib.contextmanager
     def _mapped_read_errors(self, key: str) -> Iterator[None]:
-        uri = self.uri_for(key)
+        uri = self._uri_shown(key)
         try:
             yield
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
@@ -773,7 +816,7 @@ class FileStore(ObjectStore):
                 return False
             # is_file() raised EACCES, EIO or ESTALE (NFS) bare, where every other call of this store
             # says TransientError: a stage dead-lettered good events as handler errors over it.
-            raise TransientError(f"cannot look up {self.uri_for(key)}: {exc}") from exc
+            raise TransientError(f"cannot look up {self._uri_shown(key)}: {exc}") from exc
 
     def _list(self, prefix: str) -> Iterator[str]:
         """Every key under the root, except below a symlinked folder.
@@ -929,7 +972,7 @@ class S3Store(ObjectStore):
             raise TransientError(f"S3 unreachable for {uri} (from {self._uri_from}): {exc}") from exc
 
     def _write(self, key: str, data: bytes, content_type: str) -> None:
-        with self._mapped_errors(self.uri_for(key)):
+        with self._mapped_errors(self._uri_shown(key)):
             self.client.put_object(
                 Bucket=self.bucket, Key=self._key_prefix + key, Body=data, ContentType=content_type
             )
@@ -950,7 +993,7 @@ class S3Store(ObjectStore):
         return self._read_versioned(key)[0]
 
     def _read_versioned(self, key: str) -> tuple[bytes, str]:
-        with self._mapped_errors(self.uri_for(key)):
+        with self._mapped_errors(self._uri_shown(key)):
             response = self.client.get_object(Bucket=self.bucket, Key=self._key_prefix + key)
             body = response["Body"]
             try:
@@ -983,7 +1026,7 @@ class S3Store(ObjectStore):
         answers that its condition failed (412: the object is there, or changed), that the object is gone
         (404, If-Match), or that another conditional write to it is under way (409)."""
         try:
-            with self._mapped_errors(self.uri_for(key)):
+            with self._mapped_errors(self._uri_shown(key)):
                 request()
         except ObjectMissing:
             return False
@@ -994,7 +1037,7 @@ class S3Store(ObjectStore):
         return True
 
     def _read_at_most(self, key: str, max_bytes: int) -> bytes:
-        with self._mapped_errors(self.uri_for(key)):
+        with self._mapped_errors(self._uri_shown(key)):
             response = self.client.get_object(Bucket=self.bucket, Key=self._key_prefix + key)
             body = response["Body"]
             try:
@@ -1007,7 +1050,7 @@ class S3Store(ObjectStore):
                 body.close()
 
     def _read_blocks(self, key: str) -> Iterator[bytes]:
-        with self._mapped_errors(self.uri_for(key)):
+        with self._mapped_errors(self._uri_shown(key)):
             body = self.client.get_object(Bucket=self.bucket, Key=self._key_prefix + key)["Body"]
             try:
                 yield from body.iter_chunks(_READ_CHUNK_BYTES)
@@ -1016,7 +1059,7 @@ class S3Store(ObjectStore):
 
     def _exists(self, key: str) -> bool:
         try:
-            with self._mapped_errors(self.uri_for(key)):
+            with self._mapped_errors(self._uri_shown(key)):
                 self.client.head_object(Bucket=self.bucket, Key=self._key_prefix + key)
         except ObjectMissing:
             return False
@@ -1027,7 +1070,7 @@ class S3Store(ObjectStore):
         store writes). The ETag of a multipart upload or an object encrypted with KMS or a customer's key
         is no MD5: such an object is not known to hold ``data``, and is written again."""
         try:
-            with self._mapped_errors(self.uri_for(key)):
+            with self._mapped_errors(self._uri_shown(key)):
                 head = self.client.head_object(Bucket=self.bucket, Key=self._key_prefix + key)
         except ObjectMissing:
             return False
@@ -1045,11 +1088,11 @@ class S3Store(ObjectStore):
                         yield key
 
     def _delete(self, key: str) -> None:
-        with self._mapped_errors(self.uri_for(key)):
+        with self._mapped_errors(self._uri_shown(key)):
             self.client.delete_object(Bucket=self.bucket, Key=self._key_prefix + key)
 
     def _modified_at(self, key: str) -> datetime:
-        with self._mapped_errors(self.uri_for(key)):
+        with self._mapped_errors(self._uri_shown(key)):
             head = self.client.head_object(Bucket=self.bucket, Key=self._key_prefix + key)
         return head["LastModified"].astimezone(UTC)
 

@@ -265,7 +265,7 @@ def record_decision(
     """
     task = tasks.check_held(task_id, reviewer, rejecting=decision == "reject")
     if (why := unsendable(task)) is not None:
-        raise TaskUnsendable(why)  # before the store is read: its objects' keys are refused there too
+        raise TaskUnsendable(why)  # before the store is read or written: nothing stored for a refusal
     _check_shown(task, shown)
     if decision != "reject" and reject_reason:
         raise DecisionInvalid("only a rejection takes a reason")
