@@ -223,6 +223,9 @@ def record_captioned(
     captioned = event.payload
     sku_id = captioned.sku.sku_id
     usable = [p for p in captioned.photos if p.usable and p.mask is not None]
+    key = None
+    if captioned.sku.series.strip():
+        key = f"{PREFIX}/series/{slug(captioned.sku.series)}/{sku_id}.json"
     try:
         if not usable:
             raise BadInput("no_usable_photos", f"{sku_id}: no photo is usable with a product mask")
@@ -233,7 +236,11 @@ def record_captioned(
     except BadInput:
         # Re-captioned with no photo to train on: its earlier request must not keep its series training
         # on photos the captioner now refuses (or that are gone). A replay once fixed records it again.
+        # This event's own request too: an attempt cut short after writing it, before the index named
+        # it, is redelivered here with the index naming the request before it.
         stale_requests, indexed = _series_requests_of(ctx.store, sku_id)
+        if key is not None and key not in stale_requests and indexed and ctx.store.exists(key):
+            stale_requests.append(key)
         for stale in stale_requests:
             ctx.store.delete(stale)
             ctx.log.info(
@@ -242,9 +249,6 @@ def record_captioned(
         if stale_requests or not indexed:
             _index_series_request(ctx.store, sku_id, None)
         raise
-    key = None
-    if captioned.sku.series.strip():
-        key = f"{PREFIX}/series/{slug(captioned.sku.series)}/{sku_id}.json"
     # A SKU belongs to one series: a re-captioned SKU whose series changed (or was cleared) must leave
     # the old series, or that series keeps training on it and its adapter is served for it. Written
     # first, deleted second, indexed last: a crash in between is redelivered (the offset is not committed
