@@ -1,37 +1,45 @@
-"""Second-opinion review 49 (b): the LoRA trainer's per-SKU index of series requests.
+"""Second-opinion review 49 (b): the LoRA trainer's per-SKU index of series requests
+(``lora-trainer/skus/<sku_id>.json``) must name every series request a SKU has, however a handler's
+writes were cut short, or the SKU's next event leaves a request behind and its series trains on the
+SKU for good (the listing the index replaced found every one).
 
-A ``sku.captioned`` moving a SKU to another series writes the new request, deletes the old one, then
-writes the SKU's index (``lora-trainer/skus/<sku_id>.json``). A crash after the new request is written
-is redelivered with the index still naming the old request. Where the redelivered event is then refused
-(its photo gone meanwhile: ``BadInput``), the handler deletes what the index names; the request the
-first attempt wrote was found, before the index, by the listing, and deleted too.
-
-Through the real handler (``record``) on a file store; the crash is a delete that fails once.
+Through the real handler (``record``) on a file store; a handler cut short is a write or delete that
+fails once (the trainer dying there, or a failure that dead-letters the event).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from services.lora_trainer.stage import PREFIX
 from shared.errors import BadInput
+from shared.lora_training.dataset import slug
 from tests.support.captioning import captioned_sku
 from tests.support.lora import CountingStore, record
 
 SERIES = f"{PREFIX}/series/"
 
 
-class _CrashOnDelete(CountingStore):
-    """A file store whose next delete fails (the process dies there), once ``crash`` is set."""
+class _FailsOnce(CountingStore):
+    """A file store whose next write or delete of a key ``fails_at`` accepts raises (the trainer dies
+    there, or the store refuses it for good: the event is dead-lettered ``handler_error``)."""
 
-    crash = False
+    fails_at: Callable[[str], bool] | None = None
+
+    def _fail(self, key: str) -> None:
+        if self.fails_at is not None and self.fails_at(key):
+            self.fails_at = None
+            raise RuntimeError(f"the trainer died at {key}")
+
+    def _write(self, key: str, data: bytes, content_type: str) -> None:
+        self._fail(key)
+        super()._write(key, data, content_type)
 
     def _delete(self, key: str) -> None:
-        if self.crash:
-            self.crash = False
-            raise RuntimeError("the trainer died here")
+        self._fail(key)
         super()._delete(key)
 
 
@@ -40,15 +48,14 @@ def _requests_of(store: CountingStore, sku_id: str) -> list[str]:
 
 
 def test_a_move_cut_short_then_refused_on_redelivery_leaves_no_request(tmp_path: Path) -> None:
-    store = _CrashOnDelete(tmp_path / "store")
+    """A trainer that wrote the new request first and the index last (e5702c79), dead between the two,
+    left the index naming the old request; redelivered and refused (its photo gone meanwhile), the
+    event deleted only what the index named."""
+    store = CountingStore(tmp_path / "store")
     record(store, captioned_sku(store, 1, usable_photos=1, series="Cola"))
     moved = captioned_sku(store, 1, usable_photos=1, series="Zest")
     sku_id = moved.sku.sku_id
-
-    store.crash = True  # the new request is written; the old one's delete is where the trainer dies
-    with pytest.raises(RuntimeError):
-        record(store, moved)
-    assert len(_requests_of(store, sku_id)) == 2
+    store.put_json(f"{SERIES}{slug('Zest')}/{sku_id}.json", moved)  # its first attempt, cut short
 
     store.delete(moved.photos[0].image.uri.removeprefix(f"{store.base_uri}/"))  # gone meanwhile
     with pytest.raises(BadInput):
@@ -56,3 +63,32 @@ def test_a_move_cut_short_then_refused_on_redelivery_leaves_no_request(tmp_path:
 
     # Neither series trains on a SKU whose photo is gone (the Zest request named the photo).
     assert _requests_of(store, sku_id) == []
+
+
+@pytest.mark.parametrize(
+    "fails_at",
+    ["the old request's delete", "the index's write", "the new request's write"],
+)
+def test_a_move_dead_lettered_half_way_leaves_no_request_for_the_next_move(
+    tmp_path: Path, fails_at: str
+) -> None:
+    """A move whose handler fails part-way for good (dead-lettered ``handler_error``, its offset
+    committed: not redelivered) left the new request written and the index naming the old one; the
+    SKU's next move deleted what the index named, and the request of the half-done move stayed: its
+    series trained on the SKU for good (the listing, before the index, found it)."""
+    store = _FailsOnce(tmp_path / "store")
+    first = captioned_sku(store, 1, usable_photos=1, series="Cola")
+    sku_id = first.sku.sku_id
+    record(store, first)
+    failing: dict[str, Callable[[str], bool]] = {
+        "the old request's delete": lambda key: key == f"{SERIES}{slug('Cola')}/{sku_id}.json",
+        "the index's write": lambda key: key == f"{PREFIX}/skus/{sku_id}.json",
+        "the new request's write": lambda key: key == f"{SERIES}{slug('Zest')}/{sku_id}.json",
+    }
+    store.fails_at = failing[fails_at]
+    with pytest.raises(RuntimeError):
+        record(store, captioned_sku(store, 1, usable_photos=1, series="Zest"))  # dead-lettered
+
+    record(store, captioned_sku(store, 1, usable_photos=1, series="Mint"))  # the SKU's next event
+
+    assert _requests_of(store, sku_id) == [f"{SERIES}{slug('Mint')}/{sku_id}.json"]

@@ -236,8 +236,9 @@ def record_captioned(
     except BadInput:
         # Re-captioned with no photo to train on: its earlier request must not keep its series training
         # on photos the captioner now refuses (or that are gone). A replay once fixed records it again.
-        # This event's own request too: an attempt cut short after writing it, before the index named
-        # it, is redelivered here with the index naming the request before it.
+        # This event's own request too: an attempt of a trainer that wrote it before indexing it (the
+        # release before this order), cut short in between, is redelivered with the index naming the
+        # request before it.
         stale_requests, indexed = _series_requests_of(ctx.store, sku_id)
         if key is not None and key not in stale_requests and indexed and ctx.store.exists(key):
             stale_requests.append(key)
@@ -250,18 +251,20 @@ def record_captioned(
             _index_series_request(ctx.store, sku_id, None)
         raise
     # A SKU belongs to one series: a re-captioned SKU whose series changed (or was cleared) must leave
-    # the old series, or that series keeps training on it and its adapter is served for it. Written
-    # first, deleted second, indexed last: a crash in between is redelivered (the offset is not committed
-    # yet), and the index still names the old request.
+    # the old series, or that series keeps training on it and its adapter is served for it. The old
+    # request deleted first, the index naming the new one second, the new one written last: cut short
+    # anywhere (a crash, redelivered; a failure dead-lettered, not redelivered), the index still names
+    # every request the SKU has, for its next event to delete. Written first and indexed last, a move
+    # dead-lettered half-way left the new request unindexed, in its series for good.
     stale_requests, indexed = _series_requests_of(ctx.store, sku_id)
-    if key is not None:
-        ctx.store.put_json(key, captioned)
     for stale in stale_requests:
         if stale != key:
             ctx.store.delete(stale)
             ctx.log.info("SKU left its former series", extra={"sku_id": sku_id, "request": stale})
     if not indexed or stale_requests != ([] if key is None else [key]):
         _index_series_request(ctx.store, sku_id, key)
+    if key is not None:
+        ctx.store.put_json(key, captioned)
     if key is None:
         ctx.log.info("no series: nothing to specialise", extra={"sku_id": sku_id})
         return []
