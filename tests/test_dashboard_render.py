@@ -3,7 +3,6 @@ whose queries return only NaN (a quantile of nothing) says it has no data, as an
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,12 +13,16 @@ from prometheus_client import CollectorRegistry, Gauge, Histogram, start_http_se
 from devstack.broker import free_port
 from devstack.dashboard import main
 from devstack.prometheus import PrometheusServer, scrape_config
+from tests.support.polling import wait_for
 
 pytest.importorskip("matplotlib", reason="the docs extra (pip install 'skuforge[docs]') draws the panels")
 
 # What a stage's /metrics says: the lag of a group whose name holds `$` and a backslash (the consumer
 # group prefix is free text), and a gate that has decided nothing yet (its IoU histogram empty).
 ODD_GROUP = r"team$\ENV$.gate"
+# How long Prometheus may take to scrape what a test needs (every 0.5 s, so seconds on an idle machine):
+# generous for a loaded CI machine, and the test fails naming the query if it runs out.
+SCRAPED_WITHIN_S = 120.0
 
 
 def lag_registry(lag_by_group: dict[str, int]) -> CollectorRegistry:
@@ -36,18 +39,25 @@ def scraping(
     registry: CollectorRegistry, tmp_path: Path, ready: str, at_least: int
 ) -> Iterator[PrometheusServer]:
     """A Prometheus scraping ``registry`` (served as the gate's /metrics), once the query ``ready``
-    reaches ``at_least`` (or 30 s pass)."""
+    reaches ``at_least``; fails the test, naming the query, if it does not within ``SCRAPED_WITHIN_S``."""
     port = free_port()
     server, _thread = start_http_server(port, addr="127.0.0.1", registry=registry)
-    config = scrape_config({"gate": port}, scrape_interval_s=0.5, rule_files=[])
-    prometheus = PrometheusServer(tmp_path / "prometheus", config).start()
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and (prometheus.value(ready) or 0) < at_least:
-            time.sleep(0.5)
-        yield prometheus
+        config = scrape_config({"gate": port}, scrape_interval_s=0.5, rule_files=[])
+        prometheus = PrometheusServer(tmp_path / "prometheus", config).start()
+        try:
+            # Before: after 30 s the test went on without the data and failed on what the render said
+            # ("Consumer group lag" in no data), a slow machine's scrapes read as the render's fault.
+            wait_for(
+                f"Prometheus to scrape the gate until {ready} >= {at_least}",
+                lambda: (prometheus.value(ready) or 0) >= at_least,
+                timeout_s=SCRAPED_WITHIN_S,
+                every_s=0.5,
+            )
+            yield prometheus
+        finally:
+            prometheus.stop()
     finally:
-        prometheus.stop()
         server.shutdown()
 
 
