@@ -24,10 +24,19 @@ CLOSED = "127.0.0.1:1"  # nothing listens on port 1: every connection is refused
 NO_SUCH_HOST = "kafka.invalid:9092"  # .invalid never resolves (RFC 6761)
 
 
+# How long each client here bootstraps before it gives up (kafka-python's own is 30 s). The refusal names
+# a connection error only if one was logged before the deadline, and kafka-python starts no connection
+# after it: with 1 s, a loaded machine that stalled a client's first attempt past it read "connection
+# timed out", not "connection refused" (tests/test_cli_review45.py met it first).
+BOOTSTRAP_TIMEOUT_MS = 5_000
+
+
 def _refusal(bootstrap: str, client_id: str) -> str:
     """What a skuforge command says when an admin client ``client_id`` at ``bootstrap`` gives up."""
     with pytest.raises(KafkaError) as raised:
-        KafkaAdminClient(bootstrap_servers=bootstrap, client_id=client_id, bootstrap_timeout_ms=1_000)
+        KafkaAdminClient(
+            bootstrap_servers=bootstrap, client_id=client_id, bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS
+        )
     return unreachable(load_settings(kafka_bootstrap=bootstrap), raised.value, client_id=client_id)
 
 
@@ -50,7 +59,7 @@ def test_a_refusal_names_its_own_clients_connection_error_not_a_later_ones() -> 
 
 def test_a_producers_refusal_names_its_own_connection_error(monkeypatch: pytest.MonkeyPatch) -> None:
     """A producer bootstraps on the thread that makes it, not on a network thread named after it."""
-    monkeypatch.setitem(KafkaProducer.DEFAULT_CONFIG, "bootstrap_timeout_ms", 1_000)
+    monkeypatch.setitem(KafkaProducer.DEFAULT_CONFIG, "bootstrap_timeout_ms", BOOTSTRAP_TIMEOUT_MS)
     with pytest.raises(TransientError) as raised:
         Publisher(load_settings(kafka_bootstrap=CLOSED), "review46")
     _refusal(NO_SUCH_HOST, "skuforge-review46-later")
