@@ -315,8 +315,10 @@ def refusing_publisher(
     tmp_path: Path, kafka_bootstrap: str
 ) -> tuple[AdapterPublisher, str, KafkaAdminClient]:
     """The real ``kafka_publisher`` to an ``adapter.published`` topic made with max.message.bytes
-    ``TOO_SMALL``; the topic's name, and an admin to raise its limit."""
-    shared = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path / "store"), flush_timeout_s=5.0)
+    ``TOO_SMALL``; the topic's name, and an admin to raise its limit. The flush waits up to 30 s: the
+    broker's refusal ends it at once, and within 5 s a loaded machine's broker could be slower to answer,
+    the try then a timeout whose reason names no MessageSizeTooLarge."""
+    shared = isolated_settings(kafka_bootstrap, file_store_uri(tmp_path / "store"), flush_timeout_s=30.0)
     topic = shared.topic_name(ADAPTER_PUBLISHED)
     admin = session_admin(kafka_bootstrap)
     admin.create_topics([NewTopic(topic, 1, 1, topic_configs={"max.message.bytes": TOO_SMALL})])
