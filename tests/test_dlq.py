@@ -85,7 +85,7 @@ def test_fix_the_cause_then_replay_once(
     # None twice: the input topic holds the two events, the garbage and exactly one replayed copy.
     inputs = read_topic(kafka_bootstrap, topic, expect=4, timeout_s=30)
     assert len(inputs) == 4
-    assert _sku_ids(read_topic(kafka_bootstrap, output, expect=2, timeout_s=5)) == [
+    assert _sku_ids(read_topic(kafka_bootstrap, output, expect=2, timeout_s=30)) == [
         "GOOD-00000",
         "MISSING-00000",
     ]
