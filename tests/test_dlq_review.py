@@ -294,7 +294,7 @@ def test_a_replay_is_handled_again_only_by_the_stage_that_dead_lettered_it(
             time.sleep(0.2)
         assert picky_handled == ["BOTH-00000"]
         assert _messages(passthrough, topic) == 1, "passthrough never reached the replayed record"
-        assert len(read_topic(kafka_bootstrap, output, expect=1, timeout_s=5)) == 1, (
+        assert len(read_topic(kafka_bootstrap, output, expect=1, timeout_s=30)) == 1, (
             "passthrough handled a replay meant for picky"
         )
         assert _messages(passthrough, topic, REPLAY_FOR_OTHER_STAGE) == 1
@@ -327,7 +327,7 @@ def test_a_record_dead_lettered_twice_is_replayed_once(kafka_bootstrap: str, tmp
     assert len(read_topic(kafka_bootstrap, settings.topic_name(SKU_INGESTED), expect=1, timeout_s=10)) == 1
     assert len(list(store.list_keys("dlq-replays/"))) == 2  # both letters marked
     assert dlq_main(["replay", settings.topic_name(SKU_INGESTED)], settings=settings, store=store) == 0
-    assert len(read_topic(kafka_bootstrap, settings.topic_name(SKU_INGESTED), expect=1, timeout_s=5)) == 1
+    assert len(read_topic(kafka_bootstrap, settings.topic_name(SKU_INGESTED), expect=1, timeout_s=30)) == 1
 
 
 @pytest.mark.kafka
@@ -738,7 +738,7 @@ def test_an_original_too_large_for_the_producer_does_not_stop_the_letters_after_
     # The one sent is marked; the next run tries only the large one again.
     assert dlq_main(["replay", topic], settings=settings, store=store) == 1
     assert "1 of 1 records were not acknowledged" in capsys.readouterr().err
-    assert len(read_topic(kafka_bootstrap, topic, expect=1, timeout_s=5)) == 1
+    assert len(read_topic(kafka_bootstrap, topic, expect=1, timeout_s=30)) == 1
 
 
 @pytest.mark.kafka
