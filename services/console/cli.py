@@ -272,7 +272,10 @@ def _up_stack_hint(action: str, where: Path) -> str:
     hint named the defaults (or, its table not there, nothing)."""
     table_path, store_uri = _up_stack_paths()
     table = Path(table_path)
-    if not table.is_file() or table.resolve() == where.resolve():
+    try:
+        if not table.is_file() or table.resolve() == where.resolve():
+            return ""
+    except OSError:  # a path the system refuses (too long, a folder we may not enter): no table there
         return ""
     # Quoted for the shell they are typed into, and escaped: stack.json is a file anyone may edit.
     variables = f"SKUFORGE_CONSOLE_DB_PATH={shlex.quote(table_path)}"
@@ -289,7 +292,8 @@ def _up_stack_paths() -> tuple[str, str]:
     table, store = str(UP_WORKDIR / UP_CONSOLE_DB), f"file://{UP_WORKDIR / UP_STORE}"
     try:
         state = json.loads((UP_WORKDIR / UP_STACK_STATE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):  # none (a stack never started), or damaged: the defaults
+    except (OSError, ValueError, RecursionError):  # none (a stack never started), or damaged: the defaults
+        # RecursionError: json.loads' refusal of nesting deeper than Python's stack, no ValueError.
         return table, store
     if not isinstance(state, dict):
         return table, store
