@@ -1,20 +1,24 @@
-"""Review 49, second opinion: what today's commits on the console's commands left open.
+"""Review 49, second opinion: what today's commits left open in the console's commands' hint to the
+local stack and in the chart's empty list taken as an empty map.
 
-Every test runs in its own folder (``monkeypatch.chdir(tmp_path)``): the repository's ``var/`` is never
-written.
+The console tests run in their own folder (``monkeypatch.chdir(tmp_path)``): the repository's ``var/`` is
+never written.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from services.console.tasks import TaskStore
 from shared.store import FileStore
 from skuforge_cli.main import main as cli_main
 from tests.support.console import flagged_item, pending_envelope
+from tests.support.helm import render, require_helm
 
 DEFAULT_HINT = "SKUFORGE_CONSOLE_DB_PATH=var/up/console/tasks.sqlite3 SKUFORGE_STORE_URI=file://var/up/store"
 
@@ -61,3 +65,58 @@ def test_a_stack_json_naming_a_path_the_system_refuses_gives_no_hint(
     err = capsys.readouterr().err
     assert "no task table at" in err
     assert "SKUFORGE_CONSOLE_DB_PATH=" not in err.split("; set SKUFORGE_CONSOLE_DB_PATH", 1)[1]
+
+
+# A stage's pod placement the chart layers: stageDefaults' map, then the stage's own keys over it.
+PLACEMENT: dict[str, Any] = {
+    "nodeSelector": {"disk": "ssd"},
+    "affinity": {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [
+                    {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}
+                ]
+            }
+        }
+    },
+}
+
+
+def _gate_pod(helm: str, folder: Path, name: str, values: dict[str, Any]) -> dict[str, Any]:
+    """The gate Deployment's pod spec rendered with ``values`` (a values file named ``name``)."""
+    file = folder / name
+    file.write_text(yaml.safe_dump(values))
+    (deployed,) = [
+        doc
+        for doc in render(helm, files=[file])
+        if doc["kind"] == "Deployment" and doc["metadata"]["name"].endswith("-gate")
+    ]
+    pod: dict[str, Any] = deployed["spec"]["template"]["spec"]
+    return pod
+
+
+@pytest.mark.parametrize("key", sorted(PLACEMENT))
+def test_a_stages_empty_list_keeps_the_default_placement_as_the_empty_map_does(
+    tmp_path: Path, key: str
+) -> None:
+    """`stages.gate.nodeSelector: []` is taken as none, "rendering as {} does" (docs/deploy.md); but where
+    stageDefaults gives a nodeSelector or an affinity, `{}` kept it and `[]` dropped it, silently: the gate
+    scheduled on any node."""
+    helm = require_helm()
+    defaults = {"stageDefaults": {key: PLACEMENT[key]}}
+    as_map = _gate_pod(helm, tmp_path, "map.yaml", defaults | {"stages": {"gate": {key: {}}}})
+    as_list = _gate_pod(helm, tmp_path, "list.yaml", defaults | {"stages": {"gate": {key: []}}})
+    assert as_map[key] == PLACEMENT[key]
+    assert as_list == as_map
+
+
+@pytest.mark.parametrize("key", sorted(PLACEMENT))
+def test_an_empty_default_list_leaves_a_stages_own_placement_as_the_empty_map_does(
+    tmp_path: Path, key: str
+) -> None:
+    helm = require_helm()
+    own = {"stages": {"gate": {key: PLACEMENT[key]}}}
+    as_map = _gate_pod(helm, tmp_path, "map.yaml", own | {"stageDefaults": {key: {}}})
+    as_list = _gate_pod(helm, tmp_path, "list.yaml", own | {"stageDefaults": {key: []}})
+    assert as_map[key] == PLACEMENT[key]
+    assert as_list == as_map

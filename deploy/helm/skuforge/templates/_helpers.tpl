@@ -255,6 +255,14 @@ null` turned KEDA off for the gate, without a word. */ -}}
 {{- range $field, $value := $override.autoscaling }}{{ if not (kindIs "invalid" $value) }}{{ $_ := set $given $field $value }}{{ end }}{{ end -}}
 {{- $override = merge (dict "autoscaling" $given) (omit $override "autoscaling") -}}
 {{- end -}}
+{{- /* A stage's empty list where stageDefaults holds a map (nodeSelector, affinity) is none, as `{}` is: merged
+over the default's map, it replaced it, and `stages.gate.nodeSelector: []` dropped stageDefaults'
+nodeSelector, where `{}` kept it. */ -}}
+{{- range $field, $value := $override -}}
+{{- if and (kindIs "slice" $value) (empty $value) (kindIs "map" (get $.root.Values.stageDefaults $field)) -}}
+{{- $override = omit $override $field -}}
+{{- end -}}
+{{- end -}}
 {{- $config := mergeOverwrite (deepCopy .root.Values.stageDefaults) (deepCopy $override) -}}
 {{- $_ := set $config "env" (include "skuforge.given" $config.env | fromJson) -}}
 {{- /* The defaults first, named as such: in a stage's own limits, a default's bad quantity was named
