@@ -922,8 +922,15 @@ class S3Store(ObjectStore):
             client = boto3.client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
         self.client: S3Client = client
 
+    def _mapped_key_errors(self, key: str) -> contextlib.AbstractContextManager[None]:
+        """``_mapped_errors`` of a call on ``key``: its URI named escaped (``_uri_shown``), its bytes
+        counted as sent."""
+        return self._mapped_errors(self._uri_shown(key), key=key)
+
     @contextlib.contextmanager
-    def _mapped_errors(self, uri: str) -> Iterator[None]:
+    def _mapped_errors(self, uri: str, *, key: str | None = None) -> Iterator[None]:
+        """S3's answers as this store's errors, naming ``uri``; ``key``: the key the call sent, whose
+        bytes a KeyTooLongError counts (else the end of ``uri``, which may be escaped)."""
         try:
             yield
         except ClientError as exc:
@@ -946,9 +953,11 @@ class S3Store(ObjectStore):
                 # Every key past S3's 1024 with the prefix is refused unsent (``check_room``): this is a
                 # server that takes fewer, the deployment's, retried. Told as an answer the store does not
                 # know, it sent an operator to check conditional writes.
-                key = self._key_prefix + uri.removeprefix(self.base_uri + "/")
+                # Counted from the key sent: the URI named is escaped ("\\u202e", six characters for three
+                # bytes) when a key written before review 48 is read.
+                sent = self._key_prefix + (uri.removeprefix(self.base_uri + "/") if key is None else key)
                 raise StoreMisconfigured(
-                    f"S3 refused {uri}: KeyTooLongError, its key is {len(key.encode('utf-8'))} bytes with "
+                    f"S3 refused {uri}: KeyTooLongError, its key is {len(sent.encode('utf-8'))} bytes with "
                     f"the prefix {self._key_prefix!r}, past the {MAX_KEY_BYTES} S3 takes; the prefix in "
                     f"{self._uri_from} leaves keys {self._key_room} bytes"
                 ) from exc
@@ -972,7 +981,7 @@ class S3Store(ObjectStore):
             raise TransientError(f"S3 unreachable for {uri} (from {self._uri_from}): {exc}") from exc
 
     def _write(self, key: str, data: bytes, content_type: str) -> None:
-        with self._mapped_errors(self._uri_shown(key)):
+        with self._mapped_key_errors(key):
             self.client.put_object(
                 Bucket=self.bucket, Key=self._key_prefix + key, Body=data, ContentType=content_type
             )
@@ -993,7 +1002,7 @@ class S3Store(ObjectStore):
         return self._read_versioned(key)[0]
 
     def _read_versioned(self, key: str) -> tuple[bytes, str]:
-        with self._mapped_errors(self._uri_shown(key)):
+        with self._mapped_key_errors(key):
             response = self.client.get_object(Bucket=self.bucket, Key=self._key_prefix + key)
             body = response["Body"]
             try:
@@ -1026,7 +1035,7 @@ class S3Store(ObjectStore):
         answers that its condition failed (412: the object is there, or changed), that the object is gone
         (404, If-Match), or that another conditional write to it is under way (409)."""
         try:
-            with self._mapped_errors(self._uri_shown(key)):
+            with self._mapped_key_errors(key):
                 request()
         except ObjectMissing:
             return False
@@ -1037,7 +1046,7 @@ class S3Store(ObjectStore):
         return True
 
     def _read_at_most(self, key: str, max_bytes: int) -> bytes:
-        with self._mapped_errors(self._uri_shown(key)):
+        with self._mapped_key_errors(key):
             response = self.client.get_object(Bucket=self.bucket, Key=self._key_prefix + key)
             body = response["Body"]
             try:
@@ -1050,7 +1059,7 @@ class S3Store(ObjectStore):
                 body.close()
 
     def _read_blocks(self, key: str) -> Iterator[bytes]:
-        with self._mapped_errors(self._uri_shown(key)):
+        with self._mapped_key_errors(key):
             body = self.client.get_object(Bucket=self.bucket, Key=self._key_prefix + key)["Body"]
             try:
                 yield from body.iter_chunks(_READ_CHUNK_BYTES)
@@ -1059,7 +1068,7 @@ class S3Store(ObjectStore):
 
     def _exists(self, key: str) -> bool:
         try:
-            with self._mapped_errors(self._uri_shown(key)):
+            with self._mapped_key_errors(key):
                 self.client.head_object(Bucket=self.bucket, Key=self._key_prefix + key)
         except ObjectMissing:
             return False
@@ -1070,7 +1079,7 @@ class S3Store(ObjectStore):
         store writes). The ETag of a multipart upload or an object encrypted with KMS or a customer's key
         is no MD5: such an object is not known to hold ``data``, and is written again."""
         try:
-            with self._mapped_errors(self._uri_shown(key)):
+            with self._mapped_key_errors(key):
                 head = self.client.head_object(Bucket=self.bucket, Key=self._key_prefix + key)
         except ObjectMissing:
             return False
@@ -1088,11 +1097,11 @@ class S3Store(ObjectStore):
                         yield key
 
     def _delete(self, key: str) -> None:
-        with self._mapped_errors(self._uri_shown(key)):
+        with self._mapped_key_errors(key):
             self.client.delete_object(Bucket=self.bucket, Key=self._key_prefix + key)
 
     def _modified_at(self, key: str) -> datetime:
-        with self._mapped_errors(self._uri_shown(key)):
+        with self._mapped_key_errors(key):
             head = self.client.head_object(Bucket=self.bucket, Key=self._key_prefix + key)
         return head["LastModified"].astimezone(UTC)
 
