@@ -375,10 +375,13 @@ class ObjectStore(ABC):
         """``BadInput('key_too_long')`` for a key longer than this store takes (``check_room``)."""
         if (size := len(key.encode("utf-8"))) > self._key_room:
             # Its end names the object (the prefixes are its start), and a letter's detail is bounded.
+            # Escaped: told before the key's characters are checked, a U+202E or an ESC in it reached a
+            # dead letter, a log line or a terminal as itself.
             with_prefix = f" ({MAX_KEY_BYTES} with its prefix)" if self._key_room < MAX_KEY_BYTES else ""
+            shown = escape_control_characters(f"{key[:40]}...{key[-100:]}")
             raise BadInput(
                 "key_too_long",
-                f"key {key[:40]}...{key[-100:]} is {size} bytes; {self.base_uri}/ leaves keys "
+                f"key {shown} is {size} bytes; {self.base_uri}/ leaves keys "
                 f"{self._key_room}{with_prefix}: shorten the prefix or the ids",
             )
 
