@@ -396,8 +396,12 @@ class HealthServer:
         return self
 
     def stop(self) -> None:
-        """Stop serving and release the port."""
-        self._httpd.shutdown()
+        """Stop serving and release the port; safe before start() and when called twice."""
+        # shutdown() waits for serve_forever to acknowledge: before start() it never runs, and a
+        # service that failed between binding and starting (a bad setting) hung on its way out.
+        if self._thread.is_alive():
+            self._httpd.shutdown()
+            self._thread.join()
         self._httpd.server_close()
 
 
