@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import socket
 import threading
+from pathlib import Path
 
+import pytest
 from prometheus_client import CollectorRegistry
 
+from services.trainstore.evaluation import EvaluateRefused, streamed_sha256s
 from shared.observability import HealthServer
+from shared.store import FileStore
+from shared.trainstore.manifest import ManifestRow, ManifestStore
 
 # A generous deadline: stop() either returns at once or never (it used to wait forever for a
 # serve_forever that never ran), so this bounds a hang, not a speed.
@@ -36,3 +41,21 @@ def test_a_health_server_stopped_twice_returns() -> None:
     server = HealthServer(CollectorRegistry(), port=0).start()
     assert not _stop_in_a_thread(server).is_alive()
     assert not _stop_in_a_thread(server).is_alive(), "a second stop() did not return"
+
+
+@pytest.mark.parametrize("image", ["images/a\nb.jpg", "images/a\x1b[31mb.jpg", "images/a\u202eb.jpg"])
+def test_evaluate_refuses_a_row_whose_image_key_no_store_reads_naming_it_escaped(
+    tmp_path: Path, image: str
+) -> None:
+    # A row written by hand or by another tool: evaluate reads an image with no sha256 for its hash,
+    # and the store refuses the key. A bare ValueError before (a traceback, not a refusal with exit 2).
+    manifests = ManifestStore(FileStore(tmp_path), "trainstore")
+    row = ManifestRow(
+        item_id="i1", sku_id="apple", category="fruit", source="real", status="accepted", image=image
+    )
+    with pytest.raises(EvaluateRefused) as refused:
+        streamed_sha256s(manifests, [row])
+    message = str(refused.value)
+    assert "apple/i1" in message
+    assert image not in message and "\n" not in message and "\x1b" not in message and "\u202e" not in message
+    assert image.encode("unicode_escape").decode("ascii") in message

@@ -624,7 +624,15 @@ def _streamed_sha256(manifests: ManifestStore, row: ManifestRow) -> str:
     refusal says whose it is and the ways past it, as ``dataset export``'s does: it was a bare
     "object_missing: no object at ...", often of a SKU not evaluated."""
     digest = hashlib.sha256()
-    uri = manifests.store.uri_for(manifests.key(str(row.image)))
+    try:
+        uri = manifests.store.uri_for(manifests.key(str(row.image)))
+    except ValueError as exc:
+        # A row written by hand or by another tool: a key no store reads (a newline, an escape code)
+        # was a traceback. Its key is shown escaped: it must not start a line or reach the terminal raw.
+        raise EvaluateRefused(
+            f"the image of {row.sku_id}/{row.item_id} is {escape_control_characters(row.image)}, which "
+            f"is no key the store reads ({exc}); restore its manifest part from a backup or remove the row"
+        ) from None
     try:
         for block in manifests.store.iter_bytes(manifests.key(str(row.image))):
             digest.update(block)
