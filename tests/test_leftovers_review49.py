@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -14,6 +15,7 @@ from services.trainstore.evaluation import EvaluateRefused, streamed_sha256s
 from shared.observability import HealthServer
 from shared.store import FileStore
 from shared.trainstore.manifest import ManifestRow, ManifestStore
+from tests.support.helm import render, require_helm, values_file
 
 # A generous deadline: stop() either returns at once or never (it used to wait forever for a
 # serve_forever that never ran), so this bounds a hang, not a speed.
@@ -59,3 +61,24 @@ def test_evaluate_refuses_a_row_whose_image_key_no_store_reads_naming_it_escaped
     assert "apple/i1" in message
     assert image not in message and "\n" not in message and "\x1b" not in message and "\u202e" not in message
     assert image.encode("unicode_escape").decode("ascii") in message
+
+
+@pytest.fixture(scope="module")
+def helm() -> str:
+    return require_helm()
+
+
+def _console_service(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    (service,) = [
+        doc for doc in docs if doc["kind"] == "Service" and doc["metadata"]["name"] == "rel-skuforge-console"
+    ]
+    return service
+
+
+def test_a_null_console_service_type_renders_no_empty_type(helm: str, tmp_path: Path) -> None:
+    """`type: null` (a values file's way to say "the default") rendered `type:` with nothing after it,
+    which the API server refuses; now no type line, and Kubernetes makes it a ClusterIP."""
+    docs = render(helm, files=[values_file(tmp_path, "console.service.type", None)])
+    spec = _console_service(docs)["spec"]
+    assert "type" not in spec, spec
+    assert spec["ports"][0]["name"] == "http"
