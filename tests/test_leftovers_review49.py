@@ -15,6 +15,7 @@ from services.trainstore.evaluation import EvaluateRefused, streamed_sha256s
 from shared.observability import HealthServer
 from shared.store import FileStore
 from shared.trainstore.manifest import ManifestRow, ManifestStore
+from skuforge_cli.main import main as cli_main
 from tests.support.helm import render, require_helm, values_file
 
 # A generous deadline: stop() either returns at once or never (it used to wait forever for a
@@ -82,3 +83,32 @@ def test_a_null_console_service_type_renders_no_empty_type(helm: str, tmp_path: 
     spec = _console_service(docs)["spec"]
     assert "type" not in spec, spec
     assert spec["ports"][0]["name"] == "http"
+
+
+def test_the_console_refusal_says_where_a_stack_of_another_workdir_keeps_its_table(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `skuforge up --workdir elsewhere`: its table is at elsewhere/console/tasks.sqlite3, which nothing in
+    # this folder says. The refusal said only "set SKUFORGE_CONSOLE_DB_PATH", as if no stack could help.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SKUFORGE_CONSOLE_DB_PATH", raising=False)
+    monkeypatch.delenv("SKUFORGE_STORE_URI", raising=False)
+    assert cli_main(["console", "refused"]) == 2
+    err = capsys.readouterr().err
+    assert "no task table at var/console/tasks.sqlite3" in err
+    assert "skuforge up --workdir DIR" in err and "DIR/console/tasks.sqlite3" in err, err
+
+
+def test_the_console_refusal_says_the_stack_it_names_is_the_default_workdirs(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SKUFORGE_CONSOLE_DB_PATH", raising=False)
+    monkeypatch.delenv("SKUFORGE_STORE_URI", raising=False)
+    table = tmp_path / "var" / "up" / "console" / "tasks.sqlite3"
+    table.parent.mkdir(parents=True)
+    table.write_bytes(b"not empty")  # the hint looks for the file only
+    assert cli_main(["console", "refused"]) == 2
+    err = capsys.readouterr().err
+    assert "SKUFORGE_CONSOLE_DB_PATH=var/up/console/tasks.sqlite3" in err
+    assert "default --workdir" in err, err

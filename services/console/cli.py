@@ -263,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _up_stack_hint(action: str, where: Path) -> str:
     """The variables that point ``action`` at the table of the local stack (``skuforge up``, ``make up``,
-    ``make demo``) when there is one in this folder and it is not ``where``; else "".
+    ``make demo``) when there is one in this folder's default workdir (``var/up``) and it is not ``where``;
+    with none there, where a stack of another ``--workdir`` keeps its table; else "".
 
     After the demo, the refusal named only the default ``var/console/``, not where the stack keeps its
     table; and the Label Studio commands also need the stack's store, or every item was skipped as
@@ -273,16 +274,22 @@ def _up_stack_hint(action: str, where: Path) -> str:
     table_path, store_uri = _up_stack_paths()
     table = Path(table_path)
     try:
-        if not table.is_file() or table.resolve() == where.resolve():
+        found = table.is_file()
+        if found and table.resolve() == where.resolve():
             return ""
     except OSError:  # a path the system refuses (too long, a folder we may not enter): no table there
         return ""
+    if not found:
+        # Only the default workdir can be looked in: a stack started elsewhere exports nothing to this
+        # shell, and the refusal said nothing of it.
+        return f"; a stack of `skuforge up --workdir DIR` keeps its table at DIR/{UP_CONSOLE_DB.as_posix()}"
     # Quoted for the shell they are typed into, and escaped: stack.json is a file anyone may edit.
     variables = f"SKUFORGE_CONSOLE_DB_PATH={shlex.quote(table_path)}"
     if action in ("export-labelstudio", "import-labelstudio"):
         variables += f" SKUFORGE_STORE_URI={shlex.quote(store_uri)}"
     return escape_control_characters(
-        f"; `skuforge up` (make up, make demo) keeps its table at {table_path}: {variables}"
+        f"; `skuforge up` in {UP_WORKDIR} (its default --workdir; make up, make demo) keeps its table at "
+        f"{table_path}: {variables}"
     )
 
 
