@@ -34,6 +34,7 @@ from shared.images import decode_mask
 from shared.store import FileStore
 from tests.support.bus import create_topics, isolated_settings, read_topic
 from tests.support.console import USERS, accepted_envelope, flagged_item, pending_envelope
+from tests.support.console_browser import held_on_the_page
 
 pytestmark = [pytest.mark.slow, pytest.mark.kafka]
 
@@ -173,8 +174,9 @@ def test_paint_on_the_mask_and_approve(console: Running, page: Any, tmp_path: Pa
     if os.environ.get("SKUFORGE_UPDATE_SCREENSHOTS") == "1":
         shutil.copyfile(shot, DOCS_SCREENSHOT)
 
-    page.click("#approve-edited")
-    page.wait_for_selector("body[data-decided='approve_edited']")
+    with held_on_the_page(page):  # the page moves on 400 ms after saying so: the test may look later
+        page.click("#approve-edited")
+        page.wait_for_selector("body[data-decided='approve_edited']")
 
     [event] = resolved_events(console, expect=1)
     assert event.payload.decision == "approve_edited" and event.payload.reviewer == "alice"
@@ -193,7 +195,9 @@ def test_paint_on_the_mask_and_approve(console: Running, page: Any, tmp_path: Pa
     assert console.service.tasks.get(first.event_id).state == "approved"
 
     # Opened again to check it, the decided item's "edited" overlay is the mask that was saved (it
-    # was the predicted mask again): with only that layer shown, the stroke is drawn.
+    # was the predicted mask again): with only that layer shown, the stroke is drawn. Once the page has
+    # moved on by itself: its move, let go above, interrupted a goto sent before it.
+    page.wait_for_url(f"{console.base_url}/tasks/{console.envelopes[1].event_id}")
     page.goto(f"{console.base_url}/tasks/{first.event_id}")
     page.wait_for_selector("body[data-ready='1']")
     page.evaluate(
@@ -219,8 +223,9 @@ def test_reject_with_the_keyboard(console: Running, page: Any) -> None:
     page.keyboard.press("r")
     page.wait_for_selector("#reject-dialog[open]")
     page.keyboard.type("label cut off")  # the note has the focus; the first reason is preselected
-    page.keyboard.press("Enter")
-    page.wait_for_selector("body[data-decided='reject']")
+    with held_on_the_page(page):
+        page.keyboard.press("Enter")
+        page.wait_for_selector("body[data-decided='reject']")
 
     [event] = resolved_events(console, expect=1)
     assert event.payload.decision == "reject" and event.payload.final_mask is None
@@ -255,8 +260,9 @@ def test_reject_an_item_the_gate_accepted_from_its_page(console: Running, page: 
     page.click("#reject")
     page.wait_for_selector("#reject-dialog[open]")
     page.keyboard.type("label cut off")
-    page.keyboard.press("Enter")
-    page.wait_for_selector("body[data-decided='reject']")
+    with held_on_the_page(page):
+        page.keyboard.press("Enter")
+        page.wait_for_selector("body[data-decided='reject']")
 
     [event] = resolved_events(console, expect=1)
     assert event.payload.decision == "reject" and event.payload.reviewer == "bob"
@@ -280,8 +286,9 @@ def test_the_queues_filters_follow_the_reviewer_from_item_to_item(console: Runni
     for _decided, following in zip(console.envelopes, [*console.envelopes[1:], None], strict=True):
         page.keyboard.press("r")
         page.wait_for_selector("#reject-dialog[open]")
-        page.keyboard.press("Enter")
-        page.wait_for_selector("body[data-decided='reject']")
+        with held_on_the_page(page):
+            page.keyboard.press("Enter")
+            page.wait_for_selector("body[data-decided='reject']")
         if following is not None:
             page.wait_for_url(f"{base}/tasks/{following.event_id}?sku={sku}")
             page.wait_for_selector("body[data-ready='1']")
@@ -311,7 +318,8 @@ def test_an_open_item_decides_after_a_new_login_elsewhere(console: Running, page
 
     page.keyboard.press("r")
     page.wait_for_selector("#reject-dialog[open]")
-    page.keyboard.press("Enter")
-    page.wait_for_selector("body[data-decided='reject']")
+    with held_on_the_page(page):
+        page.keyboard.press("Enter")
+        page.wait_for_selector("body[data-decided='reject']")
     [event] = resolved_events(console, expect=1)
     assert event.payload.decision == "reject" and event.payload.reviewer == "alice"

@@ -4,6 +4,7 @@ driven by Playwright, a reviewer's page logged in and holding an item."""
 from __future__ import annotations
 
 import os
+import re
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -93,6 +94,30 @@ def open_claimed_item(tab: Any, port: int, task_id: str) -> None:
     tab.wait_for_url(base + "/")
     tab.click(f'tr[data-task-id="{task_id}"] button.claim')
     tab.wait_for_selector("body[data-ready='1']")
+
+
+# The item page's request for the next item, which it sends 400 ms after showing a decision saved.
+CLAIM_NEXT = re.compile(r"/api/claim-next(\?|$)")
+
+
+@contextmanager
+def held_on_the_page(tab: Any) -> Iterator[None]:
+    """Keeps ``tab`` on its item page until the block ends: the page's request for the next item is held,
+    and sent on leaving the block. A decision saved in the block stays shown (``body[data-decided]``, the
+    status line) however late the test looks: the page moves on 400 ms after showing it, and a test on a
+    loaded machine that looked later met the next page and timed out. Only that request is intercepted
+    (a regex pattern, matched by Playwright's driver): the decision's own goes through while the test
+    waits elsewhere."""
+    held: list[Any] = []
+
+    def hold(route: Any) -> None:
+        held.append(route)
+
+    tab.route(CLAIM_NEXT, hold)
+    yield
+    for route in held:
+        route.continue_()
+    tab.unroute(CLAIM_NEXT, hold)  # and Playwright's driver sends on one not yet handed to the test
 
 
 def stroke_on_overlay(tab: Any) -> None:
