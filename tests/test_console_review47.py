@@ -38,6 +38,7 @@ from tests.support.console import (
 from tests.support.console_browser import (
     answer_to,
     claimed_in_browser,
+    held_on_the_page,
     losing_the_first_answer,
     new_tab,
     serving,
@@ -243,11 +244,12 @@ def test_a_decision_sent_again_after_its_answer_was_lost_is_shown_as_saved(tmp_p
         tab.keyboard.press("p")
         tab.wait_for_selector("#status.error:has-text('not saved')")
         assert parts.tasks.get(task.task_id).state == "approved"  # saved all the same
-        tab.keyboard.press("p")  # the reviewer tries again
+        with held_on_the_page(tab):  # the page moves on 400 ms after saying so: the test may look later
+            tab.keyboard.press("p")  # the reviewer tries again
 
-        tab.wait_for_selector("#status:has-text('saved by an earlier try')")
-        assert "error" not in (tab.get_attribute("#status", "class") or "")
-        assert tab.get_attribute("body", "data-decided") == "approve_predicted"
+            tab.wait_for_selector("#status:has-text('saved by an earlier try')")
+            assert "error" not in (tab.get_attribute("#status", "class") or "")
+            assert tab.get_attribute("body", "data-decided") == "approve_predicted"
     assert len(tries) == 2
     assert [entry.action for entry in parts.tasks.audit(task.task_id)].count("approve_predicted") == 1
 
@@ -313,9 +315,10 @@ def test_an_edit_or_rejection_sent_again_after_its_answer_was_lost_is_shown_as_s
 
         send(tab)
         tab.wait_for_selector("#status.error:has-text('not saved')")
-        send(tab)
+        with held_on_the_page(tab):
+            send(tab)
 
-        tab.wait_for_selector("#status:has-text('saved by an earlier try')")
-        assert "error" not in (tab.get_attribute("#status", "class") or "")
-        assert tab.get_attribute("body", "data-decided") == decision
+            tab.wait_for_selector("#status:has-text('saved by an earlier try')")
+            assert "error" not in (tab.get_attribute("#status", "class") or "")
+            assert tab.get_attribute("body", "data-decided") == decision
     assert len(tries) == 2
