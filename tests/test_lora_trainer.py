@@ -29,6 +29,7 @@ from bench.tiny_diffusion import product_photo
 from schemas.envelope import Envelope
 from schemas.events import AdapterPublished, ImageGenerated, SkuCaptioned
 from schemas.topics import ADAPTER_PUBLISHED, GATE_ACCEPTED, IMAGE_GENERATED, SKU_CAPTIONED
+from services.lora_trainer import lease
 from services.lora_trainer.config import LoraTrainerSettings
 from services.lora_trainer.stage import (
     PREFIX,
@@ -344,6 +345,10 @@ def test_sigkill_mid_training_resumes_from_the_checkpoint(
     assert killed_after == 5  # the first checkpoint; what ran after it is lost
     assert not trainer.store.exists(f"{PREFIX}/published/{job.adapter_id}.json")
 
+    # The killed trainer left its series' lease: skipped until it has stood unchanged for LEASE_STALE_S
+    # (on the restarted trainer's clock, moved here), then taken over.
+    assert trainer.run_pending() == []
+    trainer.leases.clock = lambda: time.monotonic() + lease.LEASE_STALE_S
     (event,) = trainer.run_pending()
     assert event.resumed_from_step >= killed_after and event.steps == 40
     assert steps_run(trainer) == 40 - event.resumed_from_step  # only the missing steps ran

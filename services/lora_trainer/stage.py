@@ -47,8 +47,11 @@ away (``TransientError``), a setting met mid-job (``ConfigError``), a file that 
 (``OSError``: the model folder being copied again) or the GPU out of memory (a Triton on the same GPU
 at its peak) is retried without counting, and ``SKUFORGE_LORA_DEVICE=cuda`` without CUDA is refused
 at start-up, as is an install without the diffusion extra (``pip install 'skuforge[diffusion]'``:
-torch, diffusers, peft, transformers). One trainer per GPU, and one per store: trainers sharing a
-store take no lease on a job, so a second one trains the same jobs again. A trained job not yet
+torch, diffusers, peft, transformers). One trainer per GPU; trainers sharing a store take a
+lease per series (and the general adapter) before its job (``services/lora_trainer/lease.py``): a second
+one skips a job another runs, and takes the lease over once unchanged for ``LEASE_STALE_S`` (its trainer
+died); one whose lease was taken over writes nothing more of the job (both logged, neither counted in
+``skuforge_lora_jobs_total``). A trained job not yet
 published whose ``result.json`` or weights cannot be read (cut short, mistyped, lost) is trained
 again, resumed from its last checkpoint, with a warning naming the file. One registered whose
 ``adapter.published`` the broker did not take (away, or the topic refusing the record) is published
@@ -126,6 +129,7 @@ from schemas.events import MAX_TRAINING_PROMPT_CHARS, AdapterPublished, GateAcce
 from schemas.flow import LORA_TRAINER
 from schemas.topics import ADAPTER_PUBLISHED, GATE_ACCEPTED, SKU_CAPTIONED
 from services.lora_trainer.config import LoraTrainerSettings
+from services.lora_trainer.lease import JobLease, JobLeases, LeaseLost
 from shared.bus import READ_EXTRA, Publisher, PublishForbidden, RecordRefused, make_envelope
 from shared.captioning.prompts import class_noun, class_prompt
 from shared.config import ConfigError, Settings, load_settings
@@ -707,6 +711,10 @@ class LoraTrainer:
         # other inputs (another recipe, model or class folder before a restart) is not this job's.
         self._general_inputs = self._hash_without_sources("general")
         self.paint_dtype = paint_dtype
+        # One lease per series (and the general adapter): a second trainer on the store skips a job this
+        # one runs (``services/lora_trainer/lease.py``). The running job's, checked before its writes.
+        self.leases = JobLeases(store)
+        self._lease: JobLease | None = None
 
     # -- thread --
 
@@ -1047,6 +1055,10 @@ class LoraTrainer:
                 event = self.run_job(job)
             except TrainingInterrupted:
                 raise
+            except LeaseLost as exc:
+                # Another trainer runs the job now: neither a failure nor a retry of this one's.
+                log.warning(str(exc), extra={"adapter_id": job.adapter_id})
+                continue
             except UnreadableRecord as exc:
                 # Raised at every poll for ever, it showed only as `retried` and the last error. Not
                 # rebuilt: which adapter the series serves, or its publication count, is the operator's.
@@ -1138,11 +1150,42 @@ class LoraTrainer:
         return StoreFailed("the object store (SKUFORGE_STORE_URI)", exc)
 
     def run_job(self, job: Job) -> AdapterPublished | None:
-        """Train (or resume), register and publish one job; None if it was already published."""
+        """Train (or resume), register and publish one job under its series' lease; None if it was
+        already published, or another trainer holds the lease (skipped this poll). ``LeaseLost`` when
+        another took the lease over meanwhile: nothing more of the job was written."""
         skipped = self._skipped(job.adapter_id)
         if skipped is not None:  # before any read: the job's result and weights are read to publish
             raise skipped
         marker = f"{PREFIX}/published/{job.adapter_id}.json"
+        if job.kind != "general" and self._published_as_current(job, marker):
+            return None  # every series at every poll: no lease taken (a write) to find nothing to do
+        lease = self.leases.take(self._current_key(job).rsplit("/", 1)[1])
+        if lease is None:
+            return None
+        self._lease = lease
+        try:
+            return self._run_leased(job, marker)
+        finally:
+            self._lease = None
+            lease.release()
+
+    def _published_as_current(self, job: Job, marker: str) -> bool:
+        """Whether ``job``'s adapter is published and its series' pointer names it, nothing under way:
+        what ``_run_leased`` would find and return None on, without writing. Its faults are its."""
+        if not self.store.exists(marker):
+            return False
+        try:
+            pointer = self._current(job)
+        except UnreadableRecord:
+            return False  # said by _run_leased
+        return pointer == CurrentPointer(job.adapter_id, None, None)
+
+    def _still_leased(self) -> None:
+        """``LeaseLost`` unless the running job's lease is still this trainer's: asked before each write."""
+        if self._lease is not None:
+            self._lease.check()
+
+    def _run_leased(self, job: Job, marker: str) -> AdapterPublished | None:
         job_prefix = f"{PREFIX}/jobs/{job.sha256}"
         if self.store.exists(marker):
             if job.kind == "general" and self._general_in_flight_now():
@@ -1223,6 +1266,8 @@ class LoraTrainer:
             # Out of the except block: the job's frames (models, optimiser) are gone; give the memory back
             # before the next job loads its own.
             release_memory()
+            if isinstance(error, LeaseLost):  # the other trainer's job now: no attempt of this one's counted
+                raise error
             if error is not None:
                 self._after_failure(job, job_prefix, error)  # raises unless the job failed for good
                 if job.kind == "general":
@@ -1357,6 +1402,7 @@ class LoraTrainer:
         ):
             metadata = newest
         else:
+            self._still_leased()
             self._unpublished(job, replaced)
             metadata = self.registry.register(
                 job.adapter_id,
@@ -1385,6 +1431,7 @@ class LoraTrainer:
             publication=publication,
         )
         event = fitted_to_a_record(event)
+        self._still_leased()
         try:
             self.publish(event)
         except Exception as exc:  # refused for good (RecordRefused, PublishForbidden), the broker away, a bug
@@ -1405,6 +1452,8 @@ class LoraTrainer:
             )
             raise PublicationFailed(job.adapter_id, exc, skipped_polls=wait) from exc
         self._backoffs.pop((job.adapter_id, publication), None)
+        # Sent (a second send of the job has the same event id); its records are the lease holder's.
+        self._still_leased()
         # Only after the broker has the event: a crash before the marker is written publishes again (the
         # same event id). The general schedule last: written before the pointer and the marker, the store
         # away in between left the job counted and no longer under way, and no poll came back to them.
@@ -1533,6 +1582,7 @@ class LoraTrainer:
             error.add_note(_OUT_OF_MEMORY_NOTE)
             raise error
         reason = str(error)  # a refusal's reason, as the failed.json of earlier releases hold it
+        self._still_leased()  # its attempts and failure are the job's holder's to write
         if not isinstance(error, (TrainingError, BadInput)):
             reason = _one_line(error)  # its type says more than its message alone
             attempts_key = f"{job_prefix}/attempts.json"
@@ -1588,7 +1638,7 @@ class LoraTrainer:
                     max_pixels=self.max_image_pixels,
                     max_bytes=self.max_image_bytes,
                     paint_class_images=self._paint_class_images,
-                    should_stop=self._stop.is_set,
+                    should_stop=self._stop_asked,
                 )
             finally:
                 # The painter is a whole pipeline on the training device: not kept beside the
@@ -1611,9 +1661,10 @@ class LoraTrainer:
             self.store,
             job_prefix,
             device=_device(self.settings),
-            on_step=lambda step, loss: self.metrics.steps.inc(),
-            should_stop=self._stop.is_set,
+            on_step=self._stepped,
+            should_stop=self._stop_asked,
         )
+        self._still_leased()
         self.store.put_bytes(f"{job_prefix}/weights.safetensors", result.weights)
         prompts = sorted({item.prompt for item in [*training_set.instance_items, *class_items]})
         self.store.put_json(
@@ -1630,6 +1681,22 @@ class LoraTrainer:
                 "sku_ids": sorted({item.sku_id for item in training_set.instance_items if item.sku_id}),
             },
         )
+
+    def _stop_asked(self) -> bool:
+        """``should_stop`` of a job's set and training: a stop asked (SIGTERM), or ``LeaseLost`` once the
+        lease's heartbeat found another trainer holding it."""
+        if self._lease is not None:
+            self._lease.raise_if_lost()
+        return self._stop.is_set()
+
+    def _stepped(self, step: int, loss: float) -> None:
+        """``on_step`` of training, after each step and before its checkpoint: a step that checkpoints
+        (every ``checkpoint_every``, and the last) first reads the lease, so that one lost writes none."""
+        self.metrics.steps.inc()
+        if step % self.recipe.checkpoint_every == 0 or step >= self.recipe.max_steps:
+            self._still_leased()
+        elif self._lease is not None:
+            self._lease.raise_if_lost()
 
     def _paint_class_images(self, prompt: str, count: int, seed: int, size: int) -> Iterator[UInt8Array]:
         """Class images from the base model: its inpainting pipeline with the whole canvas masked, each
