@@ -29,6 +29,7 @@ import argparse
 import itertools
 import json
 import math
+import re
 import shlex
 import sys
 import textwrap
@@ -325,12 +326,18 @@ def evaluate(tree: dict[str, Any], features: F64Array, labels: IntArray) -> tupl
 # --- output ------------------------------------------------------------------------------------
 
 
+# A lone surrogate: how Python hands over a byte of argv (a path) that is not UTF-8 (PEP 383).
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _docstring_text(text: str) -> str:
     """``text`` as it may stand in a generated docstring and read back as itself: its backslashes and
     double quotes escaped (a triple quote in a --matting-model path ended the docstring, a backslash
     began an invalid escape), its control characters and bidi controls written as escapes (a newline
-    broke the line, a U+202E reordered the source as read)."""
-    return escape_control_characters(text.replace("\\", "\\\\").replace('"', '\\"'))
+    broke the line, a U+202E reordered the source as read), and so its lone surrogates (a path in bytes
+    that are not UTF-8 reaches argv as ``\\udce9``: written raw, ``write_text`` failed after the fit)."""
+    escaped = escape_control_characters(text.replace("\\", "\\\\").replace('"', '\\"'))
+    return _SURROGATE.sub(lambda match: match.group().encode("unicode_escape").decode("ascii"), escaped)
 
 
 def render_module(tree: dict[str, Any], provenance: dict[str, Any]) -> str:
