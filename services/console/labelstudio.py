@@ -612,6 +612,10 @@ def _import_one(
             " Studio and export again, or decide it on the web page"
         )
         return ImportOutcome(task.task_id, "skipped", why)
+    if (refused := unsendable(task)) is not None:
+        # Before the store is read or written: ``decide`` refuses it, and an edited mask stored first was
+        # left behind, an object nothing points at, at every import of the export.
+        return ImportOutcome(task.task_id, "skipped", refused)
     image = task.pending.matted.generated.image
     disagreement = _masks_disagree(store, task, annotations, verdicts, image.width, image.height, agree_iou)
     if disagreement:

@@ -1,0 +1,52 @@
+"""Review 49 (O): what is left of a console task no decision on which can be sent (an object's URI
+stored with a character the contract refuses since review 48): the Label Studio import leaves nothing
+behind for it, and the operator can see and close it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from services.console.labelstudio import import_annotations, mask_to_rle
+from tests.support.console import ConsoleParts, build_console, flagged_item, pending_envelope
+
+
+def _stored_with_bidi(tmp_path: Path) -> tuple[ConsoleParts, str]:
+    """A console whose one task was stored (before review 48) with U+202E in its expected mask's uri."""
+    parts = build_console(tmp_path)
+    pending = flagged_item(parts.store, 0)
+    generated = pending.matted.generated
+    # Made by hand: the store refuses such a key now, and the contract such a uri.
+    expected = generated.expected_mask.model_copy(
+        update={"uri": generated.expected_mask.uri.replace(".png", "\u202egnp.png")}
+    )
+    matted = pending.matted.model_copy(
+        update={"generated": generated.model_copy(update={"expected_mask": expected})}
+    )
+    envelope = pending_envelope(pending.model_copy(update={"matted": matted}))
+    parts.tasks.add_pending(envelope)
+    return parts, envelope.event_id
+
+
+def _painted(task_id: str) -> dict[str, Any]:
+    """A Label Studio task whose annotator painted a product mask."""
+    mask = np.zeros((128, 128), np.uint8)
+    mask[10:60, 10:60] = 255
+    value = {"format": "rle", "rle": mask_to_rle(mask), "brushlabels": ["product"]}
+    stroke = {"type": "brushlabels", "from_name": "mask", "to_name": "image", "value": value}
+    return {"data": {"skuforge_task_id": task_id}, "annotations": [{"completed_by": 7, "result": [stroke]}]}
+
+
+def test_an_edited_mask_imported_for_it_is_not_stored_and_the_task_waits_unclaimed(tmp_path: Path) -> None:
+    # The edited mask was written to the store before the decision was refused: an object nothing
+    # points at, one per import of the export.
+    parts, task_id = _stored_with_bidi(tmp_path)
+    keys_before = set(parts.store.list_keys())
+    [outcome] = import_annotations(parts.tasks, parts.store, [_painted(task_id)])
+    assert outcome.outcome == "skipped"
+    assert "U+202E" in outcome.detail and "expected_mask.uri" in outcome.detail
+    assert set(parts.store.list_keys()) == keys_before
+    [task] = parts.tasks.query()
+    assert (task.task_id, task.state, task.claimed_by) == (task_id, "pending", None)
