@@ -8,19 +8,23 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 from services.console.labelstudio import import_annotations, mask_to_rle
 from tests.support.console import ConsoleParts, build_console, flagged_item, pending_envelope
 
+OLDEST = "skuforge_console_oldest_task_age_seconds"
+UNSENDABLE = "skuforge_console_unsendable_tasks"
 
-def _stored_with_bidi(tmp_path: Path) -> tuple[ConsoleParts, str]:
-    """A console whose one task was stored (before review 48) with U+202E in its expected mask's uri."""
+
+def _stored_with(tmp_path: Path, char: str = "\u202e") -> tuple[ConsoleParts, str]:
+    """A console whose one task was stored (before review 48) with ``char`` in its expected mask's uri."""
     parts = build_console(tmp_path)
     pending = flagged_item(parts.store, 0)
     generated = pending.matted.generated
     # Made by hand: the store refuses such a key now, and the contract such a uri.
     expected = generated.expected_mask.model_copy(
-        update={"uri": generated.expected_mask.uri.replace(".png", "\u202egnp.png")}
+        update={"uri": generated.expected_mask.uri.replace(".png", f"{char}gnp.png")}
     )
     matted = pending.matted.model_copy(
         update={"generated": generated.model_copy(update={"expected_mask": expected})}
@@ -42,7 +46,7 @@ def _painted(task_id: str) -> dict[str, Any]:
 def test_an_edited_mask_imported_for_it_is_not_stored_and_the_task_waits_unclaimed(tmp_path: Path) -> None:
     # The edited mask was written to the store before the decision was refused: an object nothing
     # points at, one per import of the export.
-    parts, task_id = _stored_with_bidi(tmp_path)
+    parts, task_id = _stored_with(tmp_path)
     keys_before = set(parts.store.list_keys())
     [outcome] = import_annotations(parts.tasks, parts.store, [_painted(task_id)])
     assert outcome.outcome == "skipped"
@@ -50,3 +54,19 @@ def test_an_edited_mask_imported_for_it_is_not_stored_and_the_task_waits_unclaim
     assert set(parts.store.list_keys()) == keys_before
     [task] = parts.tasks.query()
     assert (task.task_id, task.state, task.claimed_by) == (task_id, "pending", None)
+
+
+# A bidi override and a line separator the JSON holds as they are; a terminal escape, escaped.
+@pytest.mark.parametrize("char", ["\u202e", "\u2028", "\x1b"], ids=["bidi", "line_separator", "escape"])
+def test_it_is_counted_on_its_own_not_as_the_oldest_waiting_task(tmp_path: Path, char: str) -> None:
+    # It waited for good, as no decision on it can be sent: the oldest-age gauge rose for ever and
+    # SkuforgeConsoleBacklogOld fired with nothing a reviewer could do about it.
+    parts, _ = _stored_with(tmp_path, char)
+    registry = parts.console.metrics.registry
+    parts.clock.advance(100)
+    assert registry.get_sample_value(OLDEST) == 0
+    assert registry.get_sample_value(UNSENDABLE) == 1
+    parts.tasks.add_pending(pending_envelope(flagged_item(parts.store, 1)))
+    parts.clock.advance(30)
+    assert registry.get_sample_value(OLDEST) == 30
+    assert registry.get_sample_value(UNSENDABLE) == 1

@@ -35,11 +35,19 @@ class _QueueCollector(Collector):
         yield depth
         oldest = GaugeMetricFamily(
             "skuforge_console_oldest_task_age_seconds",
-            "Seconds the oldest task waiting for a decision (pending or claimed) has waited; 0 when none.",
+            "Seconds the oldest task waiting for a decision (pending or claimed) has waited; 0 when none. "
+            "Not one no decision on which can be sent (skuforge_console_unsendable_tasks).",
         )
         waiting_since = self._tasks.oldest_waiting_at()
         oldest.add_metric([], 0.0 if waiting_since is None else max(0.0, self._tasks.clock() - waiting_since))
         yield oldest
+        unsendable = GaugeMetricFamily(
+            "skuforge_console_unsendable_tasks",
+            "Tasks waiting that no decision can be sent for (stored with a character the contract refuses "
+            "in an object's URI); not in the oldest task's age. Gate the item again, or withdraw its photo.",
+        )
+        unsendable.add_metric([], self._tasks.unsendable_waiting())
+        yield unsendable
         outbox = GaugeMetricFamily(
             "skuforge_console_unpublished_decisions",
             "Decisions recorded but not yet acknowledged by the broker.",

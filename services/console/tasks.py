@@ -38,6 +38,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -49,7 +50,7 @@ from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel
 
-from schemas.common import NOT_ONE_LINE, READ_FROM_STORE, READ_FROM_TOPIC, ObjectRef
+from schemas.common import BIDI_CONTROLS, NOT_ONE_LINE, READ_FROM_STORE, READ_FROM_TOPIC, ObjectRef
 from schemas.envelope import Envelope, derive_id
 from schemas.events import MAX_MESSAGE_CHARS, CorrectionPending, CorrectionResolved, Decision, GateAccepted
 from shared.errors import BadInput, TransientError
@@ -740,12 +741,28 @@ class TaskStore:
         return {row["decision"]: row["n"] for row in rows}
 
     def oldest_waiting_at(self) -> float | None:
-        """When the oldest task still waiting for a decision (pending or claimed) arrived; None if none."""
+        """When the oldest task still waiting for a decision (pending or claimed) arrived; None if none.
+
+        Not one no decision on which can be sent (``unsendable``, counted by ``unsendable_waiting``): it
+        waits for good, and the age of the oldest (``SkuforgeConsoleBacklogOld``) rose for ever."""
         with self._connect() as db:
-            row = db.execute(
-                "SELECT MIN(received_at) AS at FROM tasks WHERE state IN ('pending', 'claimed')"
-            ).fetchone()
-        return None if row is None or row["at"] is None else float(row["at"])
+            rows = db.execute(
+                "SELECT * FROM tasks WHERE state IN ('pending', 'claimed') ORDER BY received_at, task_id"
+            )
+            for row in rows:
+                if _maybe_unsendable(row["pending_json"]) and _is_unsendable(row):
+                    continue
+                return float(row["received_at"])
+        return None
+
+    def unsendable_waiting(self) -> int:
+        """How many tasks wait (pending or claimed) that no decision can be sent for (``unsendable``)."""
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT * FROM tasks WHERE state IN ('pending', 'claimed') AND pending_json GLOB ?",
+                (_MAYBE_UNSENDABLE_GLOB,),
+            ).fetchall()
+        return sum(1 for row in rows if _is_unsendable(row))
 
     def reasons(self) -> list[str]:
         """Every reason code some task gives, for the queue's filter (kept in ``task_reasons``)."""
@@ -1520,6 +1537,27 @@ def _forget_acceptances(db: sqlite3.Connection, task_id: str) -> None:
         " AND (sku_id, item_id) = (SELECT sku_id, item_id FROM tasks WHERE task_id = ?)",
         (task_id, task_id),
     )
+
+
+# What a stored event's JSON holds wherever ``unsendable`` may find a character: the character itself
+# (not escaped by the JSON writer) or a JSON escape. A cheap test in SQL and Python, so the events that
+# cannot hold one (nearly all) are not parsed; ``_is_unsendable`` tells the others apart.
+_MAYBE_UNSENDABLE_CHARACTERS = "\x7f-\x9f\u2028\u2029" + BIDI_CONTROLS + "\\\\"
+_MAYBE_UNSENDABLE_GLOB = f"*[{_MAYBE_UNSENDABLE_CHARACTERS}]*"
+_MAYBE_UNSENDABLE = re.compile(f"[{_MAYBE_UNSENDABLE_CHARACTERS}]")
+
+
+def _maybe_unsendable(pending_json: str) -> bool:
+    return _MAYBE_UNSENDABLE.search(pending_json) is not None
+
+
+def _is_unsendable(row: sqlite3.Row) -> bool:
+    """Whether the task of ``row`` reads and no decision on it can be sent (one that no longer reads is
+    not: it is logged where it is read, and counted as waiting, as before)."""
+    try:
+        return unsendable(Task.from_row(row)) is not None
+    except ValueError:
+        return False
 
 
 def _row_to_hand_out(row: sqlite3.Row) -> sqlite3.Row | None:
