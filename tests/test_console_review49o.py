@@ -4,14 +4,17 @@ behind for it, and the operator can see and close it."""
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from starlette.testclient import TestClient
 
 from services.console.labelstudio import import_annotations, mask_to_rle
-from tests.support.console import ConsoleParts, build_console, flagged_item, pending_envelope
+from services.console.tasks import UnreadableDecision
+from tests.support.console import ConsoleParts, app_for, build_console, flagged_item, login, pending_envelope
 
 OLDEST = "skuforge_console_oldest_task_age_seconds"
 UNSENDABLE = "skuforge_console_unsendable_tasks"
@@ -70,3 +73,39 @@ def test_it_is_counted_on_its_own_not_as_the_oldest_waiting_task(tmp_path: Path,
     parts.clock.advance(30)
     assert registry.get_sample_value(OLDEST) == 30
     assert registry.get_sample_value(UNSENDABLE) == 1
+
+
+def test_a_decision_recorded_on_it_before_review_48_shows_on_its_page_and_is_still_never_sent(
+    tmp_path: Path,
+) -> None:
+    # Read as a topic's event, the decision no longer read: the item page and the API answered 502
+    # decision_unreadable, so nobody could see what had been decided. Shown as stored; the relay still
+    # reads it strictly and sets it aside unsent, as every consumer would dead-letter it.
+    parts = build_console(tmp_path)
+    parts.tasks.add_pending(pending_envelope(flagged_item(parts.store, 0)))
+    [task] = parts.tasks.query()
+    choice = {"type": "choices", "from_name": "decision", "value": {"choices": ["reject"]}}
+    annotated = {
+        "data": {"skuforge_task_id": task.task_id},
+        "annotations": [{"completed_by": 7, "result": [choice]}],
+    }
+    [outcome] = import_annotations(parts.tasks, parts.store, [annotated])
+    assert outcome.outcome == "reject"
+    # As a console before review 48 stored it: a U+202E in an object's uri, in the task and its decision.
+    with sqlite3.connect(tmp_path / "console" / "tasks.sqlite3") as db:
+        for table in ("tasks", "outbox"):
+            column = "pending_json" if table == "tasks" else "payload_json"
+            db.execute(f"UPDATE {table} SET {column} = replace({column}, '.png', '\u202egnp.png')")
+    shown = parts.tasks.outbox(task.task_id)
+    assert shown is not None and shown.payload.decision == "reject"
+    assert "\u202egnp.png" in shown.payload.pending.matted.generated.expected_mask.uri
+    with TestClient(app_for(parts)) as client:
+        login(client)
+        answer = client.get(f"/api/tasks/{task.task_id}")
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["resolved"]["decision"] == "reject"
+        assert client.get(f"/tasks/{task.task_id}").status_code == 200
+    [waiting] = parts.tasks.unsent()
+    assert isinstance(waiting, UnreadableDecision)
+    assert "U+202E" in parts.tasks.discard_unreadable(task.task_id)  # the operator's way out
+    assert parts.tasks.unsent() == []

@@ -1276,12 +1276,15 @@ class TaskStore:
         return decision.error
 
     def outbox(self, task_id: str) -> OutboxEvent | None:
-        """The decision event of a task, if it was decided; BadInput if it no longer reads (as ``get``)."""
+        """The decision event of a task, if it was decided, to show; BadInput if it no longer reads (as
+        ``get``). Read as stored (``READ_FROM_STORE``), as its task is: one recorded before review 48 on a
+        task ``unsendable`` since answered 502 on the item page. Never for sending: the relay's reads
+        (``unsent``) refuse it, and it is set aside unsent."""
         with self._connect() as db:
             row = db.execute("SELECT * FROM outbox WHERE task_id = ?", (task_id,)).fetchone()
         if row is None:
             return None
-        if isinstance(decision := _outbox_or_unreadable(row), UnreadableDecision):
+        if isinstance(decision := _outbox_or_unreadable(row, READ_FROM_STORE), UnreadableDecision):
             # Stored under a schema this version refuses: 502 with the reason.
             raise BadInput("decision_unreadable", decision.error)
         return decision
@@ -1432,15 +1435,15 @@ def _readable(rows: list[sqlite3.Row], read: Callable[[sqlite3.Row], Any], what:
     return items
 
 
-def _outbox(row: sqlite3.Row) -> OutboxEvent:
+def _outbox(row: sqlite3.Row, context: dict[str, Any] = READ_FROM_TOPIC) -> OutboxEvent:
+    """The stored decision, read as the event it sends (``READ_FROM_TOPIC``), or as stored for display
+    only (``READ_FROM_STORE``: one recorded before review 48 on a task ``unsendable`` since reads there)."""
     return OutboxEvent(
         event_id=row["event_id"],
         task_id=row["task_id"],
         sku_id=row["sku_id"],
         trace_id=row["trace_id"],
-        payload=CorrectionResolved.model_validate_json(
-            _reason_escaped(row["payload_json"]), context=READ_FROM_TOPIC
-        ),
+        payload=CorrectionResolved.model_validate_json(_reason_escaped(row["payload_json"]), context=context),
         created_at=row["created_at"],
         published_at=row["published_at"],
         refused_reason=row["refused_reason"],
@@ -1474,9 +1477,11 @@ def _reason_escaped(payload_json: str) -> str:
     return json.dumps({**payload, "reject_reason": escaped})
 
 
-def _outbox_or_unreadable(row: sqlite3.Row) -> OutboxEvent | UnreadableDecision:
+def _outbox_or_unreadable(
+    row: sqlite3.Row, context: dict[str, Any] = READ_FROM_TOPIC
+) -> OutboxEvent | UnreadableDecision:
     try:
-        return _outbox(row)
+        return _outbox(row, context)
     except ValueError as exc:  # pydantic's ValidationError, or JSON that does not parse
         error = f"the decision of task {row['task_id']} no longer reads: {str(exc)[:300]}"
         return UnreadableDecision(
