@@ -67,6 +67,7 @@ from shared.images import (
     decode_mask,
     encode_png,
 )
+from shared.observability import escape_control_characters
 from shared.signals import stops_wait_for_clean_up
 from shared.trainstore.manifest import ManifestRow, ManifestStore
 from shared.trainstore.withdrawals import Withdrawals, photo_of
@@ -1043,10 +1044,10 @@ def _write_class(
             continue
         mask_read = False
         try:
-            image = _decoded(manifests, row.image, row.image_sha256, limits, decode_image)
+            image = _decoded(manifests, row, limits, decode_image, mask=False)
             # Only jsonl writes masks: an imagefolder export neither reads them nor fails on one lost.
             mask_read = bool(row.mask) and fmt == "jsonl"
-            mask = _decoded(manifests, row.mask, row.mask_sha256, limits, decode_mask) if mask_read else None
+            mask = _decoded(manifests, row, limits, decode_mask, mask=True) if mask_read else None
         except (ObjectMissing, ChecksumMismatch, ImageRejected) as exc:
             # Refused bytes too: their row replaced or withdrawn meanwhile, they are no longer the store's
             # (they stopped the export, while a lost or changed object of such a row was left out).
@@ -1118,7 +1119,11 @@ def _with_ways_past(
             f"{what} changed after its manifest row was written (overwritten or damaged); "
             f"{either('put back the bytes its row names (from a backup)', *ways)}",
         )
-    uri = manifests.store.uri_for(manifests.key(str(row.mask if mask else row.image)))
+    # Escaped, as the store shows it, not uri_for's: that refuses a key written before review 48 (a bidi
+    # control), and its ValueError hid the lost object behind one about its key.
+    uri = escape_control_characters(
+        f"{manifests.store.base_uri}/{manifests.key(str(row.mask if mask else row.image))}"
+    )
     if isinstance(exc, ImageRejected):
         if exc.setting:
             ways.insert(0, f"export with a higher {exc.setting}")
@@ -1175,13 +1180,29 @@ def read_checked(manifests: ManifestStore, key: str | None, sha256: str | None) 
 
 def _decoded(
     manifests: ManifestStore,
-    key: str | None,
-    sha256: str | None,
+    row: ManifestRow,
     limits: tuple[int, int],
     decode: Callable[..., _Decoded],
+    *,
+    mask: bool,
 ) -> _Decoded:
-    """The stored image or mask under ``key``, decoded within ``limits``."""
-    return decode(read_checked(manifests, key, sha256), max_pixels=limits[0], max_bytes=limits[1])
+    """The stored image (or ``mask``) of ``row``, decoded within ``limits``. A key the store does not read
+    is ``BadInput('unsafe_key')`` naming the row and the ways past it."""
+    key, sha256 = (row.mask, row.mask_sha256) if mask else (row.image, row.image_sha256)
+    try:
+        data = read_checked(manifests, key, sha256)
+    except ValueError as exc:
+        # A row written by hand or by another tool (a newline, an escape code in its key): the store's
+        # bare ValueError was a usage error naming no row. The key escaped: it must not reach a terminal raw.
+        ways = either(
+            "restore its manifest part from a backup", "remove the row", f"leave {row.sku_id} out with --sku"
+        )
+        raise BadInput(
+            "unsafe_key",
+            f"the {'mask' if mask else 'image'} of {row.sku_id}/{row.item_id} is "
+            f"{escape_control_characters(key)}, which is no key the store reads ({exc}); {ways}",
+        ) from None
+    return decode(data, max_pixels=limits[0], max_bytes=limits[1])
 
 
 def _resized(
