@@ -380,6 +380,7 @@ class HealthServer:
             ) from None
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="health-server", daemon=True)
+        self._stopped = False
 
     @property
     def port(self) -> int:
@@ -391,12 +392,22 @@ class HealthServer:
         self._last_beat = time.monotonic()
 
     def start(self) -> HealthServer:
-        """Start serving in the background."""
-        self._thread.start()
+        """Start serving in the background; one already serving is left as it is. One stopped cannot
+        serve again (its port is released): ``RuntimeError`` saying to make a new one."""
+        if self._stopped:
+            # A second start raised the thread's "threads can only be started once"; one after a stop()
+            # that came first returned, and its thread died on the closed socket: nothing served.
+            raise RuntimeError(
+                f"this health server was stopped (its port {self.port} released); "
+                "make a new HealthServer to serve again"
+            )
+        if self._thread.ident is None:  # never started
+            self._thread.start()
         return self
 
     def stop(self) -> None:
         """Stop serving and release the port; safe before start() and when called twice."""
+        self._stopped = True
         # shutdown() waits for serve_forever to acknowledge: before start() it never runs, and a
         # service that failed between binding and starting (a bad setting) hung on its way out.
         if self._thread.is_alive():
