@@ -34,21 +34,10 @@ from shared.images import decode_mask
 from shared.store import FileStore
 from tests.support.bus import create_topics, isolated_settings, read_topic
 from tests.support.console import USERS, accepted_envelope, flagged_item, pending_envelope
-from tests.support.console_browser import held_on_the_page
+from tests.support.console_browser import fresh_tab, held_on_the_page, launch_chromium, require_chromium
 
 pytestmark = [pytest.mark.slow, pytest.mark.kafka]
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SIZE_PX = 256
 DOCS_SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "console-item.png"
 
@@ -64,8 +53,7 @@ class Running:
 @pytest.fixture
 def console(kafka_bootstrap: str, tmp_path: Path) -> Iterator[Running]:
     """The whole console (intake, relay, web server) on a free port, fed two flagged items via Kafka."""
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium chromium-driver (see .ci/run)")
+    require_chromium()
     settings = isolated_settings(kafka_bootstrap, f"file://{tmp_path / 'store'}")
     create_topics(settings, CORRECTION_PENDING, CORRECTION_RESOLVED, GATE_ACCEPTED)  # what the intake reads
     store = FileStore(tmp_path / "store")
@@ -111,12 +99,9 @@ def page(console: Running) -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        browser = launch_chromium(playwright)
         try:
-            context = browser.new_context(viewport={"width": 1400, "height": 950})
-            tab = context.new_page()
-            tab.set_default_timeout(30_000)
-            yield tab
+            yield fresh_tab(browser)
         finally:
             browser.close()
 

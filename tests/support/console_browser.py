@@ -22,12 +22,16 @@ from tests.support.console import ConsoleParts, app_for, build_console, with_fla
 from tests.support.polling import wait_for
 
 CHROMIUM = "/usr/bin/chromium"
+# No network of its own (QUIC, component updates, sync): the browser tests reach only 127.0.0.1.
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
     "--disable-gpu",
+    "--disable-quic",
     "--no-first-run",
     "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 VIEWPORT = {"width": 1400, "height": 950}
 
