@@ -324,7 +324,7 @@ def test_a_record_dead_lettered_twice_is_replayed_once(kafka_bootstrap: str, tmp
     write_letters(settings, ingested_letter(settings), ingested_letter(settings, failed_at=later))
     store = open_store(settings.store_uri, uri_from="SKUFORGE_STORE_URI")
     assert dlq_main(["replay", settings.topic_name(SKU_INGESTED)], settings=settings, store=store) == 0
-    assert len(read_topic(kafka_bootstrap, settings.topic_name(SKU_INGESTED), expect=1, timeout_s=10)) == 1
+    assert len(read_topic(kafka_bootstrap, settings.topic_name(SKU_INGESTED), expect=1, timeout_s=30)) == 1
     assert len(list(store.list_keys("dlq-replays/"))) == 2  # both letters marked
     assert dlq_main(["replay", settings.topic_name(SKU_INGESTED)], settings=settings, store=store) == 0
     assert len(read_topic(kafka_bootstrap, settings.topic_name(SKU_INGESTED), expect=1, timeout_s=30)) == 1
@@ -377,7 +377,7 @@ def test_a_replay_that_fails_part_way_marks_what_was_sent(
     assert "MessageSizeTooLarge" in err, err
     limit("1048588")
     assert dlq_main(["replay", original], settings=settings, store=store) == 0
-    values = [record.value for record in read_topic(kafka_bootstrap, original, expect=2, timeout_s=10)]
+    values = [record.value for record in read_topic(kafka_bootstrap, original, expect=2, timeout_s=30)]
     assert sorted(len(value) for value in values) == [8, 3000]  # each once
 
 
@@ -478,7 +478,7 @@ def test_a_replay_stopped_while_it_flushes_marks_what_was_delivered(
     err = capsys.readouterr().err
     monkeypatch.setattr(dlq_module, "make_producer", make_producer)
     again = dlq_main(["replay", original], settings=settings, store=store)
-    assert len(read_topic(kafka_bootstrap, original, expect=3, timeout_s=10)) == 3  # each once
+    assert len(read_topic(kafka_bootstrap, original, expect=3, timeout_s=30)) == 3  # each once
     assert again == 0 and "replayed 0 dead letters" in capsys.readouterr().out
     assert exited == code
     assert f"{said}: 3 of 3 records were acknowledged and are marked" in err
@@ -547,7 +547,7 @@ def test_a_record_dead_lettered_twice_is_replayed_once_across_runs_that_pick_one
     assert "replayed 1 dead letters" in capsys.readouterr().out
     assert dlq_main(["replay", topic], settings=settings) == 0
     assert "replayed 0 dead letters" in capsys.readouterr().out
-    assert len(read_topic(kafka_bootstrap, topic, expect=1, timeout_s=10)) == 1
+    assert len(read_topic(kafka_bootstrap, topic, expect=1, timeout_s=30)) == 1
     # `dlq list` counts the twin replayed too: the record is.
     assert dlq_main(["list", topic, "--json"], settings=settings) == 0
     assert json.loads(capsys.readouterr().out)["replayed"] == 2
@@ -618,7 +618,7 @@ def test_a_replay_stopped_after_its_flush_still_marks_what_was_delivered(
     assert sent == [signum]
     monkeypatch.setattr(dlq_module, "make_producer", make_producer)
     again = dlq_main(["replay", original], settings=settings, store=store)
-    assert len(read_topic(kafka_bootstrap, original, expect=3, timeout_s=10)) == 3  # each once
+    assert len(read_topic(kafka_bootstrap, original, expect=3, timeout_s=30)) == 3  # each once
     assert again == 0 and "replayed 0 dead letters" in capsys.readouterr().out
     assert exited == 128 + signum
     assert f"{said}: 3 of 3 records were acknowledged and are marked" in err

@@ -98,7 +98,7 @@ def test_a_store_that_refuses_a_batch_of_markers_stops_the_replay_there(
     )
     err = capsys.readouterr().err
     assert "republished 1 dead letters" in err and "could not write their replay markers" in err
-    assert [r.value for r in read_topic(kafka_bootstrap, topic, expect=1, timeout_s=10)] == [b"record-0"]
+    assert [r.value for r in read_topic(kafka_bootstrap, topic, expect=1, timeout_s=30)] == [b"record-0"]
 
 
 @pytest.mark.kafka
@@ -130,5 +130,5 @@ def test_a_ctrl_c_while_a_batch_of_markers_is_written_still_marks_the_batch(
     assert len(list(store.list_keys("dlq-replays/"))) == 1
     assert dlq_main(["replay", topic], settings=settings, store=store) == 0
     assert "replayed 2 dead letters" in capsys.readouterr().out
-    sends = Counter(r.value for r in read_topic(kafka_bootstrap, topic, expect=3, timeout_s=10))
+    sends = Counter(r.value for r in read_topic(kafka_bootstrap, topic, expect=3, timeout_s=30))
     assert sends == Counter(numbered_records(3))  # each once

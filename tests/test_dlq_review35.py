@@ -315,5 +315,5 @@ def test_a_replay_whose_lock_was_taken_over_stops_sending(
     monkeypatch.setattr(dlq_module, "original_record", taken_over_before_the_second)
     assert dlq_main(["replay", topic], settings=settings, store=store) == 1
     assert "was taken over by another replay" in capsys.readouterr().err
-    assert [r.value for r in read_topic(kafka_bootstrap, topic, expect=1, timeout_s=10)] == values[:1]
+    assert [r.value for r in read_topic(kafka_bootstrap, topic, expect=1, timeout_s=30)] == values[:1]
     assert store.get_bytes(lock) == other

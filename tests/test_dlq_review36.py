@@ -131,7 +131,7 @@ def test_a_replay_paused_past_its_lock_sends_nothing_once_it_was_taken_over(
     try:
         assert dlq_main(["replay", topic], settings=settings, store=store) == 1
         assert "was taken over by another replay" in capsys.readouterr().err
-        assert [r.value for r in read_topic(kafka_bootstrap, topic, expect=1, timeout_s=10)] == values[:1]
+        assert [r.value for r in read_topic(kafka_bootstrap, topic, expect=1, timeout_s=30)] == values[:1]
         assert (
             json.loads(store.get_bytes(f"dlq-replay-locks/{topic}.dlq.json"))["run"]
             == took_over[0].holder["run"]

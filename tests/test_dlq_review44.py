@@ -89,7 +89,7 @@ def test_a_second_stop_while_the_replay_closes_its_dlq_reader_still_marks_what_w
     assert f"{said}: 1 of 3 records were acknowledged and are marked" in err
     again = dlq_main(["replay", original], settings=settings, store=store)
     assert again == 0 and "replayed 2 dead letters" in capsys.readouterr().out
-    assert len(read_topic(kafka_bootstrap, original, expect=3, timeout_s=10)) == 3  # each once
+    assert len(read_topic(kafka_bootstrap, original, expect=3, timeout_s=30)) == 3  # each once
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # left as they were
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
 
@@ -135,7 +135,7 @@ def test_a_stop_between_closing_the_producer_and_writing_the_markers_waits_for_t
     assert stops == [signum]
     monkeypatch.setattr(dlq_module._Marking, "acknowledged", counted)
     again = dlq_main(["replay", original], settings=settings, store=store)
-    assert len(read_topic(kafka_bootstrap, original, expect=3, timeout_s=10)) == 3  # each once
+    assert len(read_topic(kafka_bootstrap, original, expect=3, timeout_s=30)) == 3  # each once
     assert again == 0 and "replayed 0 dead letters" in capsys.readouterr().out
     assert exited == 128 + signum
     assert f"{said}: 3 of 3 records were acknowledged and are marked" in err

@@ -149,7 +149,7 @@ def test_a_second_stop_while_the_replay_takes_in_the_first_still_marks_what_was_
     monkeypatch.setattr(dlq, "make_producer", make_producer)
     monkeypatch.setattr(dlq, "signal_number", real_signal_number)
     again = dlq_main(["replay", original], settings=settings, store=store)
-    assert len(read_topic(kafka_bootstrap, original, expect=3, timeout_s=10)) == 3  # each once
+    assert len(read_topic(kafka_bootstrap, original, expect=3, timeout_s=30)) == 3  # each once
     assert again == 0 and "replayed 2 dead letters" in capsys.readouterr().out
     assert exited == 128 + signum
     assert f"{said}: 1 of 3 records were acknowledged and are marked" in err
