@@ -1319,7 +1319,9 @@ def test_a_service_killed_by_a_signal_is_reported_so_and_its_log_records_the_exi
         while time.monotonic() < deadline and supervisor["stage"].status != "backing-off":
             supervisor.check_once()
             time.sleep(0.1)
-        exited = next(line for line in lines if "restarting in" in line)
+        restarts = [line for line in lines if "restarting in" in line]
+        assert restarts, f"no 'restarting in' line reported after the kill; the supervisor said: {lines}"
+        exited = restarts[0]
         assert exited.startswith("stage: exited with code -9 (killed by SIGKILL) after ")
         log = (tmp_path / "stage.log").read_text().splitlines()
         assert (
