@@ -73,7 +73,7 @@ def test_the_publisher_sends_again_once_the_refusal_is_lifted(kafka_bootstrap: s
         _publish_once_taken(settings, payload)
     finally:
         publisher.close()
-    assert len(read_topic(kafka_bootstrap, limited, expect=1, timeout_s=10)) == 1
+    assert len(read_topic(kafka_bootstrap, limited, expect=1, timeout_s=30)) == 1
 
 
 def test_a_stage_dead_letters_an_input_whose_output_the_topic_refuses_and_delivers_the_rest(
