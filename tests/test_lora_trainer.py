@@ -276,7 +276,7 @@ def test_a_redelivered_request_does_not_train_again(
     assert restarted.run_pending() == []
     assert steps_run(trainer) == steps and steps_run(restarted) == 0
     assert [a.adapter_id for a in trainer.registry.list()] == [event.adapter_id]
-    records = read_topic(kafka_bootstrap, shared.topic_name(ADAPTER_PUBLISHED), expect=1, timeout_s=10)
+    records = read_topic(kafka_bootstrap, shared.topic_name(ADAPTER_PUBLISHED), expect=1, timeout_s=30)
     assert len(records) == 1
 
 
