@@ -85,15 +85,27 @@ class JobLease:
             except ObjectMissing:
                 self.lost = True
                 return
-            if data != self.body:
+            if not self._ours(data):
                 self.lost = True
                 return
             self._beats += 1
             body = json.dumps({**self.holder, "beats": self._beats}, sort_keys=True).encode()
-            if self.store.replace_if(self.key, body, version):
-                self.body = body
-            else:
-                self.lost = True
+            # False (or a TransientError) may be this very write landed unanswered: S3's own retry of the
+            # conditional write meets it (412). Whose the lease is, the next read tells (its run).
+            if not self.store.replace_if(self.key, body, version):
+                try:
+                    self.lost = not self._ours(self.store.get_bytes(self.key))
+                except ObjectMissing:
+                    self.lost = True
+
+    def _ours(self, data: bytes) -> bool:
+        """Whether the lease ``data`` is this one's: its run, not its bytes (a renewal that landed
+        unanswered left bytes this one never took for its own). A takeover always writes another run."""
+        try:
+            held = json.loads(data)
+        except ValueError:
+            return False
+        return isinstance(held, dict) and held.get("run") == self.holder["run"]
 
     def raise_if_lost(self) -> None:
         """``LeaseLost`` once the heartbeat found the lease another's (no store read: asked at each step)."""
@@ -105,7 +117,7 @@ class JobLease:
         with self._lock:
             if not self.lost:
                 try:
-                    self.lost = self.store.get_bytes(self.key) != self.body
+                    self.lost = not self._ours(self.store.get_bytes(self.key))
                 except ObjectMissing:
                     self.lost = True
         self.raise_if_lost()
@@ -128,7 +140,7 @@ class JobLease:
                 return
             try:
                 data, version = self.store.get_versioned(self.key)
-                if data == self.body:
+                if self._ours(data):
                     self.store.delete_if(self.key, version)
             except ObjectMissing:
                 pass

@@ -1,0 +1,60 @@
+"""Review 49, second opinion (e): the LoRA trainer's job lease (``services/lora_trainer/lease.py``).
+
+A lease renewal whose write landed but whose answer did not (S3's own retry of a conditional PUT then
+meets its first attempt's write: 412, so ``replace_if`` answers False; or the answer is lost: a
+``TransientError``) is still this trainer's lease: taken for lost, the trainer dropped a job it held,
+left the lease behind unreleased and unbeaten, and nobody trained the series until it went stale.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import pytest
+
+from services.lora_trainer import lease as lease_module
+from services.lora_trainer.lease import LEASES, JobLeases
+from shared.errors import ObjectMissing, TransientError
+from shared.store import FileStore
+
+
+@pytest.fixture(autouse=True)
+def no_heartbeat_during_a_test(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The test beats the lease itself (``_beat``), so no thread's beat decides an outcome.
+    monkeypatch.setattr(lease_module, "LEASE_BEAT_S", 3600.0)
+
+
+class WriteLandsAnswerLost(FileStore):
+    """A file store whose next ``replace_if`` writes, then answers as ``answer`` says: False (a retried
+    conditional write meeting its own first attempt) or a ``TransientError`` (the answer lost)."""
+
+    answer: str = ""
+
+    def _replace_if(self, key: str, data: bytes, version: str, content_type: str) -> bool:
+        written = super()._replace_if(key, data, version, content_type)
+        answer, self.answer = self.answer, ""
+        if answer == "false":
+            return False
+        if answer == "transient":
+            raise TransientError("the object store did not answer")
+        return written
+
+
+@pytest.mark.parametrize("answer", ["false", "transient"])
+def test_a_renewal_written_but_not_answered_keeps_the_lease(tmp_path: Path, answer: str) -> None:
+    store = WriteLandsAnswerLost(tmp_path / "store")
+    lease = JobLeases(store).take("general.json")
+    assert lease is not None
+    try:
+        store.answer = answer
+        with contextlib.suppress(TransientError):  # the heartbeat thread logs it and beats again
+            lease._beat()
+        lease.check()  # LeaseLost before: the trainer dropped the job it still held
+        lease._beat()  # the next beat renews it again
+        lease.check()
+    finally:
+        lease.release()
+    # Released: the next trainer takes it at once (before: left behind, taken only once stale).
+    with pytest.raises(ObjectMissing):
+        store.get_bytes(f"{LEASES}/general.json")
