@@ -58,3 +58,53 @@ def test_a_renewal_written_but_not_answered_keeps_the_lease(tmp_path: Path, answ
     # Released: the next trainer takes it at once (before: left behind, taken only once stale).
     with pytest.raises(ObjectMissing):
         store.get_bytes(f"{LEASES}/general.json")
+
+
+class TakeLandsAnswerLost(FileStore):
+    """A file store whose next ``put_new`` or ``replace_if`` writes, then answers False: a retried
+    conditional write meeting its own first attempt (S3's 412)."""
+
+    refuse_after_writing = ""  # "put_new" or "replace_if": the next one that writes answers False
+
+    def _write_new(self, key: str, data: bytes, content_type: str) -> bool:
+        written = super()._write_new(key, data, content_type)
+        if written and self.refuse_after_writing == "put_new":
+            self.refuse_after_writing = ""
+            return False
+        return written
+
+    def _replace_if(self, key: str, data: bytes, version: str, content_type: str) -> bool:
+        written = super()._replace_if(key, data, version, content_type)
+        if written and self.refuse_after_writing == "replace_if":
+            self.refuse_after_writing = ""
+            return False
+        return written
+
+
+def test_a_lease_taken_but_not_answered_is_held(tmp_path: Path) -> None:
+    store = TakeLandsAnswerLost(tmp_path / "store")
+    store.refuse_after_writing = "put_new"
+    lease = JobLeases(store).take("general.json")
+    # None before: the trainer took its own lease for another's, skipped the job and waited until the
+    # lease it had written went stale (60 s) to take it over.
+    assert lease is not None
+    lease.check()
+    lease.release()
+    assert not store.refuse_after_writing  # the write that landed unanswered was made
+    with pytest.raises(ObjectMissing):
+        store.get_bytes(f"{LEASES}/general.json")
+
+
+def test_a_takeover_written_but_not_answered_is_held(tmp_path: Path) -> None:
+    store = TakeLandsAnswerLost(tmp_path / "store")
+    store.put_new(f"{LEASES}/general.json", b'{"run": "a trainer that died"}')
+    clock = [1000.0]
+    leases = JobLeases(store, clock=lambda: clock[0])
+    assert leases.take("general.json") is None  # another's: seen
+    clock[0] += lease_module.LEASE_STALE_S
+    store.refuse_after_writing = "replace_if"
+    lease = leases.take("general.json")
+    assert lease is not None  # None before: its own takeover then looked like another's new lease
+    lease.check()
+    lease.release()
+    assert not store.refuse_after_writing  # the write that landed unanswered was made

@@ -179,6 +179,9 @@ class JobLeases:
             held, version = self.store.get_versioned(key)
         except ObjectMissing:  # released between the two: taken at the next poll
             return None
+        if lease._ours(held):  # put_new's write landed unanswered (S3's retry met it: 412)
+            self._seen.pop(key, None)
+            return lease._start()
         now = self.clock()
         seen = self._seen.get(key)
         if seen is None or seen[0] != version:
@@ -191,8 +194,14 @@ class JobLeases:
                 extra={"key": key, "holder": _who(held)},
             )
             return None
-        if now - seen[1] < LEASE_STALE_S or not self.store.replace_if(key, lease.body, version):
+        if now - seen[1] < LEASE_STALE_S:
             return None
+        if not self.store.replace_if(key, lease.body, version):
+            try:  # lost to another, or this very write landed unanswered (as put_new's)
+                if not lease._ours(self.store.get_bytes(key)):
+                    return None
+            except ObjectMissing:
+                return None
         del self._seen[key]
         log.warning(
             f"took over the job's lease, unchanged for {LEASE_STALE_S:.0f}s (its trainer stopped or paused)",
