@@ -108,3 +108,31 @@ def test_a_takeover_written_but_not_answered_is_held(tmp_path: Path) -> None:
     lease.check()
     lease.release()
     assert not store.refuse_after_writing  # the write that landed unanswered was made
+
+
+class TakeLandsThenFails(FileStore):
+    """A file store whose next ``put_new`` writes, then raises a ``TransientError`` (its answer lost)."""
+
+    fail_after_writing = False
+
+    def _write_new(self, key: str, data: bytes, content_type: str) -> bool:
+        written = super()._write_new(key, data, content_type)
+        if written and self.fail_after_writing:
+            self.fail_after_writing = False
+            raise TransientError("the object store did not answer")
+        return written
+
+
+def test_a_lease_written_when_the_store_did_not_answer_is_taken_at_the_next_poll(tmp_path: Path) -> None:
+    store = TakeLandsThenFails(tmp_path / "store")
+    store.fail_after_writing = True
+    leases = JobLeases(store, clock=lambda: 1000.0)  # a clock that never moves: no lease goes stale
+    with pytest.raises(TransientError):
+        leases.take("general.json")  # the poll is retried
+    # None before: its own lease, written unanswered, was another's, skipped until stale (60 s).
+    lease = leases.take("general.json")
+    assert lease is not None
+    lease.check()
+    lease.release()
+    with pytest.raises(ObjectMissing):
+        store.get_bytes(f"{LEASES}/general.json")

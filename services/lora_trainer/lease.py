@@ -101,11 +101,7 @@ class JobLease:
     def _ours(self, data: bytes) -> bool:
         """Whether the lease ``data`` is this one's: its run, not its bytes (a renewal that landed
         unanswered left bytes this one never took for its own). A takeover always writes another run."""
-        try:
-            held = json.loads(data)
-        except ValueError:
-            return False
-        return isinstance(held, dict) and held.get("run") == self.holder["run"]
+        return _run_of(data) == self.holder["run"]
 
     def raise_if_lost(self) -> None:
         """``LeaseLost`` once the heartbeat found the lease another's (no store read: asked at each step)."""
@@ -160,6 +156,8 @@ class JobLeases:
         self.store = store
         self.clock = clock
         self._seen: dict[str, tuple[str, float]] = {}  # another's lease: its version, and since when
+        # A lease whose write raised (TransientError): its run, as it may have landed unanswered.
+        self._unanswered: dict[str, str] = {}
 
     def take(self, name: str) -> JobLease | None:
         """The lease ``name`` (a ``current/`` pointer's file name), or None while another trainer holds
@@ -172,14 +170,20 @@ class JobLeases:
             "started_at": datetime.now(UTC).isoformat(),
         }
         lease = JobLease(self.store, key, holder)
-        if self.store.put_new(key, lease.body):
+        if self._written(key, lease, lambda: self.store.put_new(key, lease.body)):
             self._seen.pop(key, None)
             return lease._start()
         try:
             held, version = self.store.get_versioned(key)
         except ObjectMissing:  # released between the two: taken at the next poll
             return None
-        if lease._ours(held):  # put_new's write landed unanswered (S3's retry met it: 412)
+        # put_new's write landed unanswered (S3's retry met it: 412), or one of an earlier poll did (a
+        # TransientError): this trainer's own lease, taken back now rather than once stale.
+        if lease._ours(held) or (
+            (unanswered := self._unanswered.pop(key, None)) is not None
+            and unanswered == _run_of(held)
+            and self._written(key, lease, lambda: self.store.replace_if(key, lease.body, version))
+        ):
             self._seen.pop(key, None)
             return lease._start()
         now = self.clock()
@@ -196,7 +200,7 @@ class JobLeases:
             return None
         if now - seen[1] < LEASE_STALE_S:
             return None
-        if not self.store.replace_if(key, lease.body, version):
+        if not self._written(key, lease, lambda: self.store.replace_if(key, lease.body, version)):
             try:  # lost to another, or this very write landed unanswered (as put_new's)
                 if not lease._ours(self.store.get_bytes(key)):
                     return None
@@ -208,6 +212,24 @@ class JobLeases:
             extra={"key": key, "holder": _who(held)},
         )
         return lease._start()
+
+    def _written(self, key: str, lease: JobLease, write: Callable[[], bool]) -> bool:
+        """``write`` of ``lease``; its run remembered when the store did not answer (it may have landed)."""
+        try:
+            return write()
+        except TransientError:
+            self._unanswered[key] = lease.holder["run"]
+            raise
+
+
+def _run_of(data: bytes) -> str | None:
+    """The run a lease's bytes name; None for bytes that are no lease."""
+    try:
+        held = json.loads(data)
+    except ValueError:
+        return None
+    run = held.get("run") if isinstance(held, dict) else None
+    return run if isinstance(run, str) else None
 
 
 def _who(held: bytes) -> str:
