@@ -19,17 +19,10 @@ from services.console.tasks import TaskStore
 from shared.observability import configure_command_logging, configure_logging
 from shared.store import FileStore
 from skuforge_cli.main import main as cli_main
-from tests.support.console import flagged_item, pending_envelope
+from tests.support.console import console_defaults_fixture, flagged_item, pending_envelope
 from tests.support.docs import README, readme_section
 
-
-@pytest.fixture
-def defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """``tmp_path`` as the current folder, with the task table and the store at their defaults."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("SKUFORGE_CONSOLE_DB_PATH", raising=False)
-    monkeypatch.delenv("SKUFORGE_STORE_URI", raising=False)
-    return tmp_path
+defaults = console_defaults_fixture()
 
 
 def test_the_refusal_names_the_up_stacks_table_and_following_it_reads_that_table(

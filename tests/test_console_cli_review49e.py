@@ -1,7 +1,6 @@
 """`skuforge console`'s hint to the local stack's table reads the stack's own paths from its stack.json.
 
-Every test runs in its own folder (``monkeypatch.chdir(tmp_path)``): the repository's ``var/`` is never
-written.
+Every test runs in its own, empty folder (``defaults``).
 """
 
 from __future__ import annotations
@@ -14,16 +13,9 @@ import pytest
 from services.console.tasks import TaskStore
 from shared.store import FileStore
 from skuforge_cli.main import main as cli_main
-from tests.support.console import flagged_item, pending_envelope
+from tests.support.console import console_defaults_fixture, flagged_item, pending_envelope
 
-
-@pytest.fixture
-def defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """``tmp_path`` as the current folder, with the task table and the store at their defaults."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("SKUFORGE_CONSOLE_DB_PATH", raising=False)
-    monkeypatch.delenv("SKUFORGE_STORE_URI", raising=False)
-    return tmp_path
+defaults = console_defaults_fixture()
 
 
 def test_the_hint_names_the_table_and_store_the_stack_json_names(

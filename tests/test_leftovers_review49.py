@@ -16,7 +16,10 @@ from shared.observability import HealthServer
 from shared.store import FileStore
 from shared.trainstore.manifest import ManifestRow, ManifestStore
 from skuforge_cli.main import main as cli_main
+from tests.support.console import console_defaults_fixture
 from tests.support.helm import render, require_helm, values_file
+
+defaults = console_defaults_fixture()
 
 # A generous deadline: stop() either returns at once or never (it used to wait forever for a
 # serve_forever that never ran), so this bounds a hang, not a speed.
@@ -86,13 +89,10 @@ def test_a_null_console_service_type_renders_no_empty_type(helm: str, tmp_path: 
 
 
 def test_the_console_refusal_says_where_a_stack_of_another_workdir_keeps_its_table(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    defaults: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # `skuforge up --workdir elsewhere`: its table is at elsewhere/console/tasks.sqlite3, which nothing in
     # this folder says. The refusal said only "set SKUFORGE_CONSOLE_DB_PATH", as if no stack could help.
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("SKUFORGE_CONSOLE_DB_PATH", raising=False)
-    monkeypatch.delenv("SKUFORGE_STORE_URI", raising=False)
     assert cli_main(["console", "refused"]) == 2
     err = capsys.readouterr().err
     assert "no task table at var/console/tasks.sqlite3" in err
@@ -100,12 +100,9 @@ def test_the_console_refusal_says_where_a_stack_of_another_workdir_keeps_its_tab
 
 
 def test_the_console_refusal_says_the_stack_it_names_is_the_default_workdirs(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    defaults: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("SKUFORGE_CONSOLE_DB_PATH", raising=False)
-    monkeypatch.delenv("SKUFORGE_STORE_URI", raising=False)
-    table = tmp_path / "var" / "up" / "console" / "tasks.sqlite3"
+    table = defaults / "var" / "up" / "console" / "tasks.sqlite3"
     table.parent.mkdir(parents=True)
     table.write_bytes(b"not empty")  # the hint looks for the file only
     assert cli_main(["console", "refused"]) == 2

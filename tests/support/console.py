@@ -240,6 +240,21 @@ def flagged_parts_fixture(count: int) -> Any:
     return parts
 
 
+def console_defaults_fixture() -> Any:
+    """A ``defaults`` fixture for a test module (``defaults = console_defaults_fixture()``): the test's
+    ``tmp_path`` as the current folder, with the task table and the store at their defaults (neither
+    SKUFORGE_CONSOLE_DB_PATH nor SKUFORGE_STORE_URI set), so the repository's ``var/`` is never written."""
+
+    @pytest.fixture
+    def defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.delenv("SKUFORGE_CONSOLE_DB_PATH", raising=False)
+        monkeypatch.delenv("SKUFORGE_STORE_URI", raising=False)
+        return tmp_path
+
+    return defaults
+
+
 def task_table_before(
     state: str, path: Path, current: TaskStore, *, oldest: int | None = None, then: str = ""
 ) -> TaskStore:
