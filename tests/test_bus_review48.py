@@ -10,7 +10,6 @@ dropped the broker's own reason and said only "Unable to bootstrap".
 from __future__ import annotations
 
 import logging
-import threading
 
 from kafka.errors import (
     KafkaConnectionError,
@@ -19,26 +18,15 @@ from kafka.errors import (
     TopicAuthorizationFailedError,
 )
 
-from shared import bus
 from shared.bus import last_connection_error, unreachable
 from shared.config import load_settings
 from shared.kafka_words import connection_error_words
 from shared.observability import kafka_connection_retry
+from tests.support.bus import age_last_connection_error, logged_on_the_client_thread
 
 REFUSED = SaslAuthenticationFailedError(
     "SaslAuthenticationFailedError: Authentication failed: Invalid username or password"
 )
-
-
-def _logged_on_the_client_thread(client_id: str, arg: Exception) -> None:
-    """Log ``arg`` as kafka-python does, on the network thread of the client ``client_id``."""
-
-    def log() -> None:
-        logging.getLogger("kafka.net.connection").error("%s: Connection lost: %s", "<KafkaConnection>", arg)
-
-    thread = threading.Thread(target=log, name=f"kafka-io-{client_id}")
-    thread.start()
-    thread.join()
 
 
 def test_a_refused_sasl_login_is_read_as_the_brokers_reason() -> None:
@@ -54,7 +42,7 @@ def test_a_refused_sasl_login_is_read_as_the_brokers_reason() -> None:
 
 def test_the_refusal_quotes_the_brokers_reason_for_a_refused_sasl_login() -> None:
     client_id = "skuforge-review48-sasl"
-    _logged_on_the_client_thread(client_id, REFUSED)
+    logged_on_the_client_thread(client_id, REFUSED)
     assert last_connection_error(client_id) == (
         "SASL login refused: Authentication failed: Invalid username or password"
     )
@@ -74,7 +62,7 @@ def test_the_refusal_quotes_the_brokers_reason_for_a_refused_sasl_login() -> Non
 
 def test_another_broker_error_is_not_taken_for_a_connection_error() -> None:
     client_id = "skuforge-review48-other"
-    _logged_on_the_client_thread(client_id, TopicAuthorizationFailedError("skuforge.sku.captioned"))
+    logged_on_the_client_thread(client_id, TopicAuthorizationFailedError("skuforge.sku.captioned"))
     assert last_connection_error(client_id) is None
 
 
@@ -95,21 +83,19 @@ def test_the_closed_connection_after_a_refused_login_does_not_hide_the_refusal()
     """Review 48 (second opinion): kafka-python may log the closed socket after it read the broker's
     answer; the later, vaguer "socket disconnected" replaced the broker's reason."""
     client_id = "skuforge-review48-then-dropped"
-    _logged_on_the_client_thread(client_id, REFUSED)
-    _logged_on_the_client_thread(client_id, KafkaConnectionError("socket disconnected"))
+    logged_on_the_client_thread(client_id, REFUSED)
+    logged_on_the_client_thread(client_id, KafkaConnectionError("socket disconnected"))
     assert last_connection_error(client_id) == (
         "SASL login refused: Authentication failed: Invalid username or password"
     )
     # Another kind of error after it is this client's news, and replaces it.
-    _logged_on_the_client_thread(client_id, KafkaConnectionError("111 ECONNREFUSED"))
+    logged_on_the_client_thread(client_id, KafkaConnectionError("111 ECONNREFUSED"))
     assert last_connection_error(client_id) == "connection refused"
 
 
 def test_a_closed_connection_long_after_a_refused_login_is_its_own_news() -> None:
     client_id = "skuforge-review48-dropped-later"
-    _logged_on_the_client_thread(client_id, REFUSED)
-    kept = bus._last_connection_error.last
-    when, words = kept[client_id]
-    kept[client_id] = (when - 10.0, words)  # as if another connection dropped ten seconds later
-    _logged_on_the_client_thread(client_id, KafkaConnectionError("socket disconnected"))
+    logged_on_the_client_thread(client_id, REFUSED)
+    age_last_connection_error(client_id, 10.0)  # as if another connection dropped ten seconds later
+    logged_on_the_client_thread(client_id, KafkaConnectionError("socket disconnected"))
     assert last_connection_error(client_id) == "socket disconnected"

@@ -15,7 +15,7 @@ from kafka.errors import KafkaConnectionError, KafkaTimeoutError
 from shared import bus
 from shared.bus import CONNECTION_ERROR_RECENT_S, last_connection_error, unreachable
 from shared.config import load_settings
-from tests.support.bus import logged_on_the_client_thread
+from tests.support.bus import age_last_connection_error, logged_on_the_client_thread
 
 REFUSED = KafkaConnectionError("111 ECONNREFUSED")
 TIMED_OUT = KafkaConnectionError("Connection timed out")
@@ -41,9 +41,7 @@ def test_a_timeout_is_quoted_where_it_is_all_the_client_met() -> None:
 def test_a_timeout_long_after_a_refusal_is_its_own_news() -> None:
     client_id = "skuforge-review49-timed-out-later"
     logged_on_the_client_thread(client_id, REFUSED)
-    kept = bus._last_connection_error.last
-    when, words = kept[client_id]
-    kept[client_id] = (when - CONNECTION_ERROR_RECENT_S - 1.0, words)  # an earlier bootstrap's refusal
+    age_last_connection_error(client_id, CONNECTION_ERROR_RECENT_S + 1.0)  # an earlier bootstrap's refusal
     logged_on_the_client_thread(client_id, TIMED_OUT)
     assert last_connection_error(client_id) == "connection timed out"
 
@@ -58,9 +56,8 @@ def test_a_more_specific_error_after_a_timeout_still_replaces_it() -> None:
 def test_a_timeout_after_a_timeout_is_kept_as_the_newer() -> None:
     client_id = "skuforge-review49-timed-out-twice"
     logged_on_the_client_thread(client_id, TIMED_OUT)
-    kept = bus._last_connection_error.last
-    when, words = kept[client_id]
-    kept[client_id] = (when - 20.0, words)  # the first attempt's, twenty seconds before
+    when = age_last_connection_error(client_id, 20.0)  # the first attempt's, twenty seconds before
     logged_on_the_client_thread(client_id, TIMED_OUT)
-    assert kept[client_id][0] > when - 20.0  # the newer one is kept: still recent when the client gives up
+    # The newer one is kept: still recent when the client gives up.
+    assert bus._last_connection_error.last[client_id][0] > when - 20.0
     assert last_connection_error(client_id) == "connection timed out"

@@ -24,6 +24,7 @@ from bench.events import sku_ingested_payloads as sku_ingested_payloads
 from schemas.envelope import Envelope, derive_id
 from schemas.events import SkuIngested
 from schemas.topics import PASSTHROUGH_OUT, SKU_INGESTED, Topic
+from shared import bus
 from shared.bus import ensure_topics, make_envelope
 from shared.config import Settings, load_settings
 from shared.runtime import Context, Emit, Stage
@@ -223,3 +224,12 @@ def logged_on_the_client_thread(client_id: str, arg: Exception) -> None:
     thread = threading.Thread(target=log, name=f"kafka-io-{client_id}")
     thread.start()
     thread.join()
+
+
+def age_last_connection_error(client_id: str, by_s: float) -> float:
+    """Move the connection error kept for ``client_id`` ``by_s`` seconds into the past, as if it had been
+    logged that long before; the time it was kept at before."""
+    kept = bus._last_connection_error.last
+    when, words = kept[client_id]
+    kept[client_id] = (when - by_s, words)
+    return when
