@@ -8,16 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.cli import planted_command
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _planted(body: str) -> str:
-    """A command whose body is ``body`` (lines indented by four), run through ``run_command``."""
-    return (
-        "import io, sys\nfrom shared.commands import run_command\n"
-        f"def command():\n{body}\n"
-        "sys.exit(run_command('skuforge planted', command))\n"
-    )
 
 
 def _run_planted(argv: list[str], stdout: int = subprocess.PIPE) -> subprocess.CompletedProcess[str]:
@@ -39,7 +32,7 @@ def test_a_command_with_stdout_closed_runs_and_keeps_its_exit_status(writing: st
     # AttributeError from inside run_command, a traceback and status 1. Without run_command Python drops
     # what print says there; so does it now, as it does what is said on a closed stderr.
     body = _WRITING[writing] + "\n    print('a warning', file=sys.stderr)\n    return 3"
-    done = _run_planted(["/bin/sh", "-c", 'exec "$0" -c "$1" >&-', sys.executable, _planted(body)])
+    done = _run_planted(["/bin/sh", "-c", 'exec "$0" -c "$1" >&-', sys.executable, planted_command(body)])
     assert (done.returncode, done.stderr) == (3, "a warning\n")
 
 
@@ -57,7 +50,7 @@ _DETACHING = {
 def test_a_command_that_detaches_stdout_keeps_its_exit_status(detaching: str) -> None:
     # run_command's own flush went to the text stream left without its bytes: a ValueError traceback, and
     # the interpreter's last flush of it "Exception ignored ... detached", status 120.
-    done = _run_planted([sys.executable, "-c", _planted(_DETACHING[detaching] + "\n    return 3")])
+    done = _run_planted([sys.executable, "-c", planted_command(_DETACHING[detaching] + "\n    return 3")])
     assert (done.returncode, done.stdout, done.stderr) == (3, "done\n", "")
 
 
@@ -68,7 +61,7 @@ def test_a_command_that_detaches_stdout_onto_a_full_disk_says_so_in_one_line(det
     # failure of the command, a traceback ending in "[Errno 28]".
     with Path("/dev/full").open("wb") as full_disk:
         done = _run_planted(
-            [sys.executable, "-c", _planted(_DETACHING[detaching] + "\n    return 3")],
+            [sys.executable, "-c", planted_command(_DETACHING[detaching] + "\n    return 3")],
             stdout=full_disk.fileno(),
         )
     assert done.returncode == 1
@@ -85,7 +78,7 @@ def test_detaching_stdout_twice_fails_as_stdout_itself_does_and_the_command_goes
         "    except ValueError as exc:\n        stdout_bytes.write(f'{exc}\\n'.encode())\n"
         "    return 3"
     )
-    done = _run_planted([sys.executable, "-c", _planted(body)])
+    done = _run_planted([sys.executable, "-c", planted_command(body)])
     assert (done.returncode, done.stdout, done.stderr) == (3, "underlying buffer has been detached\n", "")
 
 
@@ -98,7 +91,7 @@ _STDERR_DETACHED = (
 def test_a_command_that_detaches_stderr_keeps_its_exit_status() -> None:
     # run_command's last flush of stderr went to the text stream left without its bytes: a ValueError,
     # "lost sys.stderr" and status 120.
-    done = _run_planted([sys.executable, "-c", _planted(_STDERR_DETACHED)])
+    done = _run_planted([sys.executable, "-c", planted_command(_STDERR_DETACHED)])
     assert (done.returncode, done.stdout, done.stderr) == (3, "done\n", "a warning\n")
 
 
@@ -107,7 +100,7 @@ def test_what_a_command_says_on_detached_stderr_on_a_full_disk_keeps_its_exit_st
     # stderr's bytes taken by detach were stderr's own, unguarded: a full disk under them a traceback.
     with Path("/dev/full").open("wb") as full_disk:
         done = subprocess.run(
-            [sys.executable, "-c", _planted(_STDERR_DETACHED)],
+            [sys.executable, "-c", planted_command(_STDERR_DETACHED)],
             stdout=subprocess.PIPE,
             stderr=full_disk.fileno(),
             cwd=ROOT,
@@ -125,7 +118,7 @@ def test_a_failure_after_the_command_detached_stderr_is_still_said_on_it() -> No
         "    stderr_bytes = sys.stderr.detach()\n    stderr_bytes.write(b'a warning\\n')\n"
         "    from shared.config import ConfigError\n    raise ConfigError('SKUFORGE_PLANTED is not a number')"
     )
-    done = _run_planted([sys.executable, "-c", _planted(body)])
+    done = _run_planted([sys.executable, "-c", planted_command(body)])
     assert (done.returncode, done.stderr) == (
         2,
         "a warning\nskuforge planted: SKUFORGE_PLANTED is not a number\n",

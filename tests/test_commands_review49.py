@@ -17,16 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.cli import planted_command
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _planted(body: str) -> str:
-    """A command whose body is ``body`` (lines indented by four), run through ``run_command``."""
-    return (
-        "import io, sys\nfrom shared.commands import run_command\n"
-        f"def command():\n{body}\n"
-        "sys.exit(run_command('skuforge planted', command))\n"
-    )
 
 
 def _run_planted(body: str, *, unbuffered: bool) -> subprocess.CompletedProcess[str]:
@@ -35,7 +28,7 @@ def _run_planted(body: str, *, unbuffered: bool) -> subprocess.CompletedProcess[
     if unbuffered:
         env["PYTHONUNBUFFERED"] = "1"
     return subprocess.run(
-        [sys.executable, "-c", _planted(body)],
+        [sys.executable, "-c", planted_command(body)],
         capture_output=True,
         cwd=ROOT,
         env=env,

@@ -1,6 +1,7 @@
 """``skuforge_into_closed_pipe``: a ``skuforge`` command run with its stdout a pipe whose reader has
 gone, as ``| head -1`` leaves it once head has its line. ``served_module_refusal``: a server's module
-run as ``python -m`` beside ``skuforge serve``, on a bad setting."""
+run as ``python -m`` beside ``skuforge serve``, on a bad setting. ``planted_command``: the source of a
+command run through ``shared.commands.run_command``, for a child Python to run."""
 
 from __future__ import annotations
 
@@ -79,3 +80,12 @@ def refusal_of(main: object, argv: list[str], capsys: pytest.CaptureFixture[str]
     err = capsys.readouterr().err
     assert "Traceback" not in err
     return str(err)
+
+
+def planted_command(body: str) -> str:
+    """A command whose body is ``body`` (lines indented by four), run through ``run_command``."""
+    return (
+        "import io, sys\nfrom shared.commands import run_command\n"
+        f"def command():\n{body}\n"
+        "sys.exit(run_command('skuforge planted', command))\n"
+    )
