@@ -13,27 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from schemas.common import ImageRef, SkuMetadata
-from schemas.events import CaptionedPhoto, SkuCaptioned
 from services.lora_trainer.stage import PREFIX, LoraTrainer
 from shared.config import ConfigError
 from shared.errors import TransientError
 from shared.lora_training.dataset import slug
 from shared.store import FileStore
-from tests.support.lora import _class_images, _trainer
-
-
-def _captioned(store: FileStore, sku_id: str, series: str) -> SkuCaptioned:
-    ref = ImageRef(uri=store.uri_for(f"incoming/{sku_id}.png"), sha256="0" * 64, bytes=1, width=1, height=1)
-    return SkuCaptioned(
-        sku=SkuMetadata(sku_id=sku_id, name="n", category="soda can", series=series),
-        photos=[CaptionedPhoto(photo_id="p", image=ref, mask=ref, usable=True)],
-        instance_token="shs",
-        class_noun="can",
-        instance_prompt="a photo of shs can",
-        class_prompt="a photo of a can",
-        captioner="test",
-    )
+from tests.support.lora import _class_images, _trainer, stand_in_captioned
 
 
 def _unreadable(trainer: LoraTrainer, kind: str) -> float:
@@ -45,8 +30,8 @@ def _unreadable(trainer: LoraTrainer, kind: str) -> float:
 
 def test_a_request_written_by_a_newer_trainer_is_planned_like_the_others(tmp_path: Path) -> None:
     store = FileStore(tmp_path)
-    store.put_json(f"{PREFIX}/series/cola/SKU-1.json", _captioned(store, "SKU-1", "Cola"))
-    newer = _captioned(store, "SKU-2", "Zest").model_dump(mode="json")
+    store.put_json(f"{PREFIX}/series/cola/SKU-1.json", stand_in_captioned(store, "SKU-1", "Cola"))
+    newer = stand_in_captioned(store, "SKU-2", "Zest").model_dump(mode="json")
     newer["photos"][0]["ocr_text"] = "ZEST"  # a field this version does not know
     store.put_json(f"{PREFIX}/series/zest/SKU-2.json", newer)
     trainer = _trainer(store)
@@ -66,7 +51,7 @@ def test_an_unreadable_series_request_is_skipped_and_counted_and_the_other_serie
     tmp_path: Path, caplog: pytest.LogCaptureFixture, damage: bytes
 ) -> None:
     store = FileStore(tmp_path)
-    store.put_json(f"{PREFIX}/series/cola/SKU-1.json", _captioned(store, "SKU-1", "Cola"))
+    store.put_json(f"{PREFIX}/series/cola/SKU-1.json", stand_in_captioned(store, "SKU-1", "Cola"))
     store.put_bytes(f"{PREFIX}/series/zest/SKU-2.json", damage, content_type="application/json")
     trainer = _trainer(store)
 
@@ -204,7 +189,7 @@ def test_a_class_folder_changes_only_the_jobs_of_its_own_class(tmp_path: Path) -
     """Every image of every class folder was in every job's identity: adding a folder for an unrelated
     class retrained every series adapter. Images are kept at the training resolution."""
     store = FileStore(tmp_path / "store")
-    store.put_json(f"{PREFIX}/series/cola/SKU-1.json", _captioned(store, "SKU-1", "Cola"))
+    store.put_json(f"{PREFIX}/series/cola/SKU-1.json", stand_in_captioned(store, "SKU-1", "Cola"))
     classes = tmp_path / "class-images"
     _class_images(classes, "can", 3)
 

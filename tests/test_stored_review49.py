@@ -15,15 +15,14 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from schemas.common import READ_FROM_STORE, ImageRef, ObjectRef, SkuMetadata
-from schemas.events import CaptionedPhoto, SkuCaptioned
+from schemas.common import READ_FROM_STORE, ObjectRef
 from services.lora_trainer.stage import PREFIX
 from shared.errors import BadInput, ChecksumMismatch, ObjectMissing
 from shared.lora_training.dataset import TrainingRecipe, build_training_set
 from shared.observability import escape_control_characters
 from shared.store import FileStore, ObjectStore, sha256_hex
 from tests.support.console import app_for, build_console, flagged_item, login, pending_envelope
-from tests.support.lora import _trainer, one_photo_source
+from tests.support.lora import _trainer, one_photo_source, stand_in_captioned
 from tests.support.s3 import file_or_s3_store
 
 # What the contract refuses in a uri since review 48 and a store wrote under a key before it (C0 and DEL
@@ -35,17 +34,10 @@ IDS = ["bidi", "c1_escape", "line_separator"]
 def _series_request(store: FileStore, char: str) -> tuple[dict[str, Any], str]:
     """A captioned SKU as stored before review 48, its one photo's and mask's uri holding ``char`` (as
     JSON: the contract refuses it now); and that uri."""
-    ref = ImageRef(uri=store.uri_for("incoming/shelf.png"), sha256="0" * 64, bytes=1, width=1, height=1)
-    captioned = SkuCaptioned(
-        sku=SkuMetadata(sku_id="SKU-1", name="n", category="soda can", series="Cola"),
-        photos=[CaptionedPhoto(photo_id="p", image=ref, mask=ref, usable=True)],
-        instance_token="shs",
-        class_noun="can",
-        instance_prompt="a photo of shs can",
-        class_prompt="a photo of a can",
-        captioner="test",
-    ).model_dump(mode="json")
-    uri = ref.uri.replace("shelf.png", f"shelf{char}gnp.png")
+    captioned = stand_in_captioned(store, "SKU-1", "Cola", photo_key="incoming/shelf.png").model_dump(
+        mode="json"
+    )
+    uri = store.uri_for("incoming/shelf.png").replace("shelf.png", f"shelf{char}gnp.png")
     for field in ("image", "mask"):
         captioned["photos"][0][field]["uri"] = uri
     return captioned, uri

@@ -21,8 +21,9 @@ from PIL import Image
 from prometheus_client import CollectorRegistry
 
 from bench.tiny_diffusion import build_tiny_inpaint_pipeline, product_photo
+from schemas.common import ImageRef, SkuMetadata
 from schemas.envelope import derive_id
-from schemas.events import GateAccepted, GateCheck, SkuCaptioned
+from schemas.events import CaptionedPhoto, GateAccepted, GateCheck, SkuCaptioned
 from schemas.topics import ADAPTER_PUBLISHED, GATE_ACCEPTED, SKU_CAPTIONED
 from services.lora_trainer import stage as lora_stage
 from services.lora_trainer.config import LoraTrainerSettings
@@ -138,6 +139,23 @@ def _trainer(store: FileStore, **overrides: object) -> LoraTrainer:
         min_plain_background=0.7,
         publish=lambda event: None,
         metrics=LoraTrainerMetrics(CollectorRegistry()),
+    )
+
+
+def stand_in_captioned(store: FileStore, sku_id: str, series: str, *, photo_key: str = "") -> SkuCaptioned:
+    """A ``sku.captioned`` of one usable photo (its image and mask one stand-in object, at ``photo_key``,
+    by default ``incoming/<sku_id>.png``), as the trainer stores it as a series request."""
+    ref = ImageRef(
+        uri=store.uri_for(photo_key or f"incoming/{sku_id}.png"), sha256="0" * 64, bytes=1, width=1, height=1
+    )
+    return SkuCaptioned(
+        sku=SkuMetadata(sku_id=sku_id, name="n", category="soda can", series=series),
+        photos=[CaptionedPhoto(photo_id="p", image=ref, mask=ref, usable=True)],
+        instance_token="shs",
+        class_noun="can",
+        instance_prompt="a photo of shs can",
+        class_prompt="a photo of a can",
+        captioner="test",
     )
 
 
