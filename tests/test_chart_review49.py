@@ -104,20 +104,28 @@ def _scaled_object(docs: list[dict[str, Any]], stage: str) -> dict[str, Any] | N
     return found[0] if found else None
 
 
+def _null_refused_as_missing(helm: str, tmp_path: Path, key: str) -> list[str]:
+    """Asserts that ``key`` given null, in a values file and with --set, is refused as a missing property
+    of its parent, at the parent's path; the two refusals."""
+    *parents, name = key.split(".")
+    where = "".join(f"/{part}" for part in parents)
+    file = tmp_path / "v.yaml"
+    file.write_text(yaml.safe_dump(_merged(BASE, nested(key, None))))
+    messages = [
+        render_error(helm, reviewers=False, model=False, files=[file]),
+        render_error(helm, f"{key}=null"),
+    ]
+    for message in messages:
+        assert f"at '{where}': missing property '{name}'" in message, message
+    return messages
+
+
 @pytest.mark.parametrize("key", ["stageDefaults.autoscaling", "stageDefaults.autoscaling.enabled"])
 def test_the_default_autoscaling_left_null_is_refused_naming_it(helm: str, tmp_path: Path, key: str) -> None:
     """`stageDefaults.autoscaling: null` was refused as "stageDefaults.autoscaling.activationLagThreshold=null
     is no whole number", naming a field the user never wrote; its `enabled: null` turned KEDA off for
     every stage, without a word. Helm drops a key given null: the schema names it as missing."""
-    *parents, name = key.split(".")
-    where = "".join(f"/{part}" for part in parents)
-    file = tmp_path / "v.yaml"
-    file.write_text(yaml.safe_dump(_merged(BASE, nested(key, None))))
-    for message in [
-        render_error(helm, reviewers=False, model=False, files=[file]),
-        render_error(helm, f"{key}=null"),
-    ]:
-        assert f"at '{where}': missing property '{name}'" in message, message
+    for message in _null_refused_as_missing(helm, tmp_path, key):
         assert "activationLagThreshold" not in message, message
 
 
@@ -161,12 +169,4 @@ SWITCHES = [
 
 @pytest.mark.parametrize("key", SWITCHES)
 def test_a_switch_left_null_is_refused_naming_it(helm: str, tmp_path: Path, key: str) -> None:
-    *parents, name = key.split(".")
-    where = "".join(f"/{part}" for part in parents)
-    file = tmp_path / "v.yaml"
-    file.write_text(yaml.safe_dump(_merged(BASE, nested(key, None))))
-    for message in [
-        render_error(helm, reviewers=False, model=False, files=[file]),
-        render_error(helm, f"{key}=null"),
-    ]:
-        assert f"at '{where}': missing property '{name}'" in message, message
+    _null_refused_as_missing(helm, tmp_path, key)
