@@ -11,7 +11,7 @@ store builds them itself, because keys also come back from events as URIs: empty
 absolute keys, empty / ``.`` / ``..`` segments, backslashes and control characters are
 refused, and so is a segment longer than 255 bytes (no common filesystem can name it). An object a store
 wrote before review 48 under a key holding a C1 control, a line separator or a bidi control (refused
-since) is still read; messages name its URI escaped. A key
+since) is still read and deleted, never written; messages name its URI escaped. A key
 longer than the store leaves room for (S3's 1024 bytes, an S3Store's prefix included) is the input's
 fault, ``BadInput('key_too_long')``, told before anything is sent (``check_room``). URIs are the
 store's base URI, a '/', and the key, with no percent-encoding.
@@ -145,7 +145,8 @@ _CHECK_DEPLOYMENT = (
 # directory is needed or the reverse): retrying cannot fix it.
 _KEY_CONFLICT_ERRNOS = frozenset({errno.EISDIR, errno.ENOTDIR, errno.EEXIST})
 # What a key refuses since review 48 (a C1 control, a line or paragraph separator, a bidirectional control)
-# and a store wrote before: an object under such a key is still read (``_check_readable``), never written.
+# and a store wrote before: an object under such a key is still read and deleted (``_check_readable``),
+# never written.
 # C0 and DEL were refused always, on read too: no object was written under one.
 _STORED_BEFORE = re.compile(f"[\x80-\x9f\u2028\u2029{BIDI_CONTROLS}]")
 # Reads past an object's stated size go on in chunks of this size, never in one allocation of a size
@@ -363,11 +364,12 @@ class ObjectStore(ABC):
         return check_key(key)
 
     def _check_readable(self, key: str) -> str:
-        """``check_room`` of a key to read: one a store wrote before review 48 refused a character
+        """``check_room`` of a key to read or delete: one a store wrote before review 48 refused a character
         (``_STORED_BEFORE``) is taken. Refused on read too, a record stored before (a console task, a
         series request) named an object no reader could show or train on, though its bytes are there.
         Safe to read: every message of this store names the key's URI escaped (``_uri_shown``), its
-        repr in a refusal; what it lists (``list_addressable``) and writes still refuses it."""
+        repr in a refusal; deleting one writes nothing under it. What it lists (``list_addressable``) and
+        writes still refuses it."""
         self._check_key_size(key)
         return _checked_key(key, reading=True)
 
@@ -412,7 +414,7 @@ class ObjectStore(ABC):
     def get_versioned(self, key: str) -> tuple[bytes, str]:
         """The bytes under ``key`` and their version (S3's ETag; a FileStore's sha256): what
         ``replace_if`` and ``delete_if`` compare with. ``ObjectMissing`` when there is none."""
-        return self._read_versioned(self.check_room(key))
+        return self._read_versioned(self._check_readable(key))
 
     def replace_if(self, key: str, data: bytes, version: str, content_type: str = "application/json") -> bool:
         """Store ``data`` under ``key`` only while the object there is still ``version`` (as
@@ -422,8 +424,9 @@ class ObjectStore(ABC):
 
     def delete_if(self, key: str, version: str) -> bool:
         """Remove the object under ``key`` only while it is still ``version``; False when it was
-        replaced or removed since (a lock released by its holder, never the one that took it over)."""
-        return self._delete_if(self.check_room(key), version)
+        replaced or removed since (a lock released by its holder, never the one that took it over). A key
+        written before review 48 is taken, as by ``delete``."""
+        return self._delete_if(self._check_readable(key), version)
 
     def put_image(
         self, key: str, image: Image.Image | npt.NDArray[Any], *, digest_in_key: bool = False
@@ -545,8 +548,10 @@ class ObjectStore(ABC):
                 log.warning("%s/%r left out: the store cannot address it (%s)", self.base_uri, key, exc)
 
     def delete(self, key: str) -> None:
-        """Remove the object under ``key``; deleting a missing object is not an error."""
-        self._delete(self.check_room(key))
+        """Remove the object under ``key``; deleting a missing object is not an error. A key a store wrote
+        before review 48 (``_check_readable``) is taken: deleting writes nothing under it and removes the
+        name, and a stage deleting what no row names (a replaced render) no longer fails on one."""
+        self._delete(self._check_readable(key))
 
     def modified_at(self, key: str) -> datetime:
         """When the object under ``key`` was last written, by the store's own clock (S3's
@@ -708,7 +713,7 @@ class FileStore(ObjectStore):
         path = self._path(key)
         # Hashed: the key's own name may already be the longest a folder takes.
         guard = path.parent / f"{_TMP_PREFIX}cas-{hashlib.sha256(path.name.encode()).hexdigest()[:32]}"
-        cannot_lock = f"cannot lock {self.uri_for(key)} to compare and swap it"
+        cannot_lock = f"cannot lock {self._uri_shown(key)} to compare and swap it"
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(guard, os.O_RDWR | os.O_CREAT, 0o644)
@@ -873,7 +878,7 @@ class FileStore(ObjectStore):
         except (IsADirectoryError, NotADirectoryError):
             return
         except OSError as exc:
-            raise TransientError(f"cannot delete {self.uri_for(key)}: {exc}") from exc
+            raise TransientError(f"cannot delete {self._uri_shown(key)}: {exc}") from exc
 
 
 class S3Store(ObjectStore):
