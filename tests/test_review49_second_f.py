@@ -6,6 +6,7 @@ instead of failing the event with a bare ``ValueError``. Nothing new is written 
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 from typing import Any
@@ -15,10 +16,13 @@ import pytest
 from schemas.envelope import Envelope
 from schemas.events import GateAccepted, ImageMatted
 from schemas.topics import GATE_ACCEPTED
+from services.trainstore.evaluation import EvaluateRefused, stored_images, streamed_sha256s, training_photos
 from shared.bus import make_envelope
 from shared.errors import TransientError
 from shared.observability import escape_control_characters
 from shared.store import FileStore, ObjectStore
+from shared.trainstore.dataset import ClassPlan, ExportPlan
+from shared.trainstore.manifest import ManifestRow, ManifestStore
 from tests.support.gate import captioned, matted_item
 from tests.support.s3 import file_or_s3_store
 from tests.support.trainstore import trainstore_stage
@@ -159,3 +163,57 @@ def _accepted(item: ImageMatted, event_id: str) -> Envelope[GateAccepted]:
         trace_id="t" * 32,
         producer="gate",
     )
+
+
+# --- evaluate takes the keys dataset export reads, and refuses the others as export does --------------
+
+
+def _row(image: str, sha256: str | None = None) -> ManifestRow:
+    return ManifestRow(
+        item_id="i1",
+        sku_id="apple",
+        category="fruit",
+        source="real",
+        status="accepted",
+        image=image,
+        image_sha256=sha256,
+    )
+
+
+@pytest.mark.parametrize(("char", "named"), STORED_BEFORE, ids=IDS)
+def test_evaluate_reads_an_image_whose_key_a_store_wrote_before(
+    store: ObjectStore, char: str, named: str
+) -> None:
+    # Before: refused ("no key the store reads") when its row had no sha256, a bare ValueError from
+    # uri_for on S3 naming the photo, though dataset export reads the same row.
+    manifests = ManifestStore(store, "trainstore")
+    image = f"images/a{char}b.jpg"
+    _written_before(store, manifests.key(image), b"jpeg bytes")
+    rows = [_row(image)]
+
+    streamed = streamed_sha256s(manifests, rows)
+    plan = ExportPlan(classes=[ClassPlan(sku_id="apple", real=rows, synthetic=[], synthetic_dropped=0)])
+    [photo] = training_photos(manifests, plan, streamed)
+
+    assert streamed == {image: hashlib.sha256(b"jpeg bytes").hexdigest()}
+    assert photo.read() == b"jpeg bytes"
+    [(name, _)] = stored_images(manifests, rows, streamed)
+    assert name == photo.name and char not in name  # a name shown in reports: escaped
+    assert escape_control_characters(char) in name
+
+
+@pytest.mark.parametrize("image", ["images/a\nb.jpg", "images/a\x1b[31mb.jpg"])
+def test_evaluate_refuses_a_hashed_row_whose_image_key_no_store_reads(tmp_path: Path, image: str) -> None:
+    # Before: with a sha256 in its row the image is read only when trained on, and the store's bare
+    # ValueError came out of the experiment (a traceback), not the refusal a row with no sha256 gets.
+    manifests = ManifestStore(FileStore(tmp_path), "trainstore")
+    rows = [_row(image, "0" * 64)]
+    plan = ExportPlan(classes=[ClassPlan(sku_id="apple", real=rows, synthetic=[], synthetic_dropped=0)])
+    [photo] = training_photos(manifests, plan, streamed_sha256s(manifests, rows))
+
+    with pytest.raises(EvaluateRefused) as refused:
+        photo.read()
+    message = str(refused.value)
+    assert "apple/i1" in message and "no key the store reads" in message
+    assert "\n" not in message and "\x1b" not in message
+    assert image.encode("unicode_escape").decode("ascii") in message

@@ -488,7 +488,7 @@ def real_image_hashes(
         name = object_name(manifests.store, manifests.key(row.image))
         sha256 = row.image_sha256 or streamed[row.image]
         with naming(name, row.image):  # past SKUFORGE_MAX_IMAGE_PIXELS (lowered since it was ingested)
-            value = _cached_hash(cache_dir, sha256, _checked_reader(manifests, row.image, sha256))
+            value = _cached_hash(cache_dir, sha256, _checked_reader(manifests, row, sha256))
         if value is None:
             unhashable.setdefault(row.sku_id, []).append(name)
         else:
@@ -586,13 +586,31 @@ def training_photos(manifests: ManifestStore, plan: ExportPlan, streamed: Mappin
             name = object_name(manifests.store, manifests.key(row.image))
             sha256 = row.image_sha256 or streamed[row.image]
             photos.append(
-                Photo(row.sku_id, row.source, name, sha256, _checked_reader(manifests, row.image, sha256))
+                Photo(row.sku_id, row.source, name, sha256, _checked_reader(manifests, row, sha256))
             )
     return photos
 
 
-def _checked_reader(manifests: ManifestStore, key: str, sha256: str | None) -> Callable[[], bytes]:
-    return lambda: read_checked(manifests, key, sha256)
+def _checked_reader(manifests: ManifestStore, row: ManifestRow, sha256: str | None) -> Callable[[], bytes]:
+    """Read the image of ``row`` when trained on; a key no store reads is ``EvaluateRefused``."""
+
+    def read() -> bytes:
+        try:
+            return read_checked(manifests, row.image, sha256)
+        except ValueError as exc:
+            raise _unreadable(row, exc) from None
+
+    return read
+
+
+def _unreadable(row: ManifestRow, exc: ValueError) -> EvaluateRefused:
+    """The refusal of a row written by hand or by another tool whose image key no store reads (a newline,
+    an escape code): a traceback before. Its key is shown escaped: it must not start a line or reach the
+    terminal raw. A key a store wrote before review 48 (a bidi control) is read, as dataset export does."""
+    return EvaluateRefused(
+        f"the image of {row.sku_id}/{row.item_id} is {escape_control_characters(str(row.image))}, which "
+        f"is no key the store reads ({exc}); restore its manifest part from a backup or remove the row"
+    )
 
 
 def stored_images(
@@ -624,21 +642,16 @@ def _streamed_sha256(manifests: ManifestStore, row: ManifestRow) -> str:
     refusal says whose it is and the ways past it, as ``dataset export``'s does: it was a bare
     "object_missing: no object at ...", often of a SKU not evaluated."""
     digest = hashlib.sha256()
+    key = manifests.key(str(row.image))
     try:
-        uri = manifests.store.uri_for(manifests.key(str(row.image)))
-    except ValueError as exc:
-        # A row written by hand or by another tool: a key no store reads (a newline, an escape code)
-        # was a traceback. Its key is shown escaped: it must not start a line or reach the terminal raw.
-        raise EvaluateRefused(
-            f"the image of {row.sku_id}/{row.item_id} is {escape_control_characters(row.image)}, which "
-            f"is no key the store reads ({exc}); restore its manifest part from a backup or remove the row"
-        ) from None
-    try:
-        for block in manifests.store.iter_bytes(manifests.key(str(row.image))):
+        for block in manifests.store.iter_bytes(key):
             digest.update(block)
+    except ValueError as exc:
+        raise _unreadable(row, exc) from None
     except ObjectMissing as exc:
         why = f" ({exc.why})" if exc.why else ""
         ways = ["restore it", withdraw_way(row)] if row.source == "real" else ["restore it"]
+        uri = escape_control_characters(f"{manifests.store.base_uri}/{key}")  # as the store shows it
         raise EvaluateRefused(
             f"no object at {uri}{why}: the image of {row.sku_id}/{row.item_id}, whose manifest row has no "
             f"sha256, so evaluate reads it for its hash; {either(*ways)}"
@@ -726,10 +739,13 @@ def scene_files(
 
 
 def object_name(store: ObjectStore, key: str) -> str:
-    """A local path for a file store's object (so paths compare with the held-out ones), else its URI."""
+    """A local path for a file store's object (so paths compare with the held-out ones), else its URI;
+    escaped (``\\u202e``), as reports and refusals show it: a key a store wrote before review 48 may hold
+    a character that reorders or ends a line. Not ``uri_for``, which refuses such a key (a traceback on
+    S3 for a photo ``dataset export`` reads); a key no store reads is refused where it is read."""
     if isinstance(store, FileStore):
-        return str(store.root.joinpath(*key.split("/")))
-    return store.uri_for(key)
+        return escape_control_characters(str(store.root.joinpath(*key.split("/"))))
+    return escape_control_characters(f"{store.base_uri}/{key}")
 
 
 def evaluation_document(result: EvaluationResult, inputs: dict[str, Any]) -> dict[str, Any]:
