@@ -11,14 +11,22 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from schemas.envelope import Envelope
 from schemas.events import GateAccepted, ImageMatted
 from schemas.topics import GATE_ACCEPTED
-from services.trainstore.evaluation import EvaluateRefused, stored_images, streamed_sha256s, training_photos
+from services.trainstore.evaluation import (
+    EvaluateRefused,
+    real_image_hashes,
+    stored_images,
+    streamed_sha256s,
+    training_photos,
+)
 from shared.bus import make_envelope
-from shared.errors import TransientError
+from shared.errors import ImageRejected, TransientError
+from shared.images import encode_png
 from shared.observability import escape_control_characters
 from shared.store import FileStore, ObjectStore
 from shared.trainstore.dataset import ClassPlan, ExportPlan
@@ -217,3 +225,20 @@ def test_evaluate_refuses_a_hashed_row_whose_image_key_no_store_reads(tmp_path: 
     assert "apple/i1" in message and "no key the store reads" in message
     assert "\n" not in message and "\x1b" not in message
     assert image.encode("unicode_escape").decode("ascii") in message
+
+
+def test_a_refusal_of_a_stored_image_whose_key_holds_one_names_it_escaped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before: the store image past a lowered SKUFORGE_MAX_IMAGE_PIXELS was refused naming its row's key
+    # raw, so its U+202E reordered the refusal's text on the operator's terminal.
+    monkeypatch.setenv("SKUFORGE_MAX_IMAGE_PIXELS", "10000")
+    manifests = ManifestStore(FileStore(tmp_path), "trainstore")
+    image = "images/a\u202eb.png"
+    data = encode_png(np.zeros((200, 200, 3), np.uint8))
+    _written_before(manifests.store, manifests.key(image), data)
+
+    with pytest.raises(ImageRejected) as refused:
+        real_image_hashes(manifests, [_row(image, hashlib.sha256(data).hexdigest())], None, {})
+
+    assert "\u202e" not in str(refused.value) and "images/a\\u202eb.png" in str(refused.value)

@@ -487,7 +487,9 @@ def real_image_hashes(
             continue
         name = object_name(manifests.store, manifests.key(row.image))
         sha256 = row.image_sha256 or streamed[row.image]
-        with naming(name, row.image):  # past SKUFORGE_MAX_IMAGE_PIXELS (lowered since it was ingested)
+        # Past SKUFORGE_MAX_IMAGE_PIXELS (lowered since it was ingested). The key escaped, as the name: one
+        # a store wrote before review 48 may hold a bidi control, which reordered the refusal's text.
+        with naming(name, escape_control_characters(row.image)):
             value = _cached_hash(cache_dir, sha256, _checked_reader(manifests, row, sha256))
         if value is None:
             unhashable.setdefault(row.sku_id, []).append(name)
