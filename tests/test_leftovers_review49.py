@@ -53,8 +53,10 @@ def test_a_health_server_stopped_twice_returns() -> None:
 def test_evaluate_refuses_a_row_whose_image_key_no_store_reads_naming_it_escaped(
     tmp_path: Path, image: str
 ) -> None:
-    # A row written by hand or by another tool: evaluate reads an image with no sha256 for its hash,
-    # and the store refuses the key. A bare ValueError before (a traceback, not a refusal with exit 2).
+    # A row written by hand or by another tool: evaluate reads an image with no sha256 for its hash.
+    # The store refuses the first two keys (a bare ValueError before: a traceback, not a refusal with
+    # exit 2); the third it reads since review 49, and no object is there: either way the refusal names
+    # the row and shows its key escaped.
     manifests = ManifestStore(FileStore(tmp_path), "trainstore")
     row = ManifestRow(
         item_id="i1", sku_id="apple", category="fruit", source="real", status="accepted", image=image
