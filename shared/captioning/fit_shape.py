@@ -340,6 +340,28 @@ def _docstring_text(text: str) -> str:
     return _SURROGATE.sub(lambda match: match.group().encode("unicode_escape").decode("ascii"), escaped)
 
 
+def _docstring_entry(key: str, value: Any, width: int = 100, indent: str = "    ") -> str:
+    """``key: value`` wrapped at ``width``; a list value is a command's shell words, broken only between
+    words: ``textwrap`` broke a quoted --matting-model path at a space inside it (and dropped the spaces
+    it broke at), so the command no longer read back as the path. A word longer than a line stands alone."""
+    if not isinstance(value, list):
+        # Not broken inside a word: a long path (or an escape in it) cut in two no longer read back.
+        return textwrap.fill(
+            _docstring_text(f"{key}: {value}"),
+            width=width,
+            subsequent_indent=indent,
+            break_on_hyphens=False,
+            break_long_words=False,
+        )
+    lines = [_docstring_text(f"{key}:")]
+    for word in map(_docstring_text, value):
+        if len(lines[-1]) + 1 + len(word) <= width:
+            lines[-1] += " " + word
+        else:
+            lines.append(indent + word)
+    return "\n".join(lines)
+
+
 def render_module(tree: dict[str, Any], provenance: dict[str, Any]) -> str:
     """The source of ``shape_model.py``: the tree as a constant, with how it was made."""
     lines = [
@@ -348,17 +370,7 @@ def render_module(tree: dict[str, Any], provenance: dict[str, Any]) -> str:
         "Do not edit by hand: re-run the command below; with the matting model named below the same",
         "command gives the same tree.",
         "",
-        *(
-            # Not broken inside a word: a long path (or an escape in it) cut in two no longer read back.
-            textwrap.fill(
-                _docstring_text(f"{key}: {value}"),
-                width=100,
-                subsequent_indent="    ",
-                break_on_hyphens=False,
-                break_long_words=False,
-            )
-            for key, value in provenance.items()
-        ),
+        *(_docstring_entry(key, value) for key, value in provenance.items()),
         '"""',
         "",
         "from __future__ import annotations",
@@ -487,14 +499,15 @@ def _fit(argv: Sequence[str] | None) -> int:
         accuracy, confusion = evaluate(tree, eval_features, eval_labels)
         report.update(eval_accuracy=round(accuracy, 4), confusion=confusion)
     digest = shape_tree_id(tree)
-    command = (
-        f"python -m shared.captioning.fit_shape --seed {args.seed} --products {args.products} "
-        f"--mask-source {args.mask_source} --cartons {args.cartons} "
-        f"--max-depth {args.max_depth} --min-leaf {args.min_leaf} "
-        f"--min-confidence {args.min_confidence}"
+    # Shell words, so the docstring breaks the command between them, never inside a quoted path.
+    command = [
+        *f"python -m shared.captioning.fit_shape --seed {args.seed} --products {args.products}".split(),
+        *f"--mask-source {args.mask_source} --cartons {args.cartons}".split(),
+        *f"--max-depth {args.max_depth} --min-leaf {args.min_leaf}".split(),
+        *f"--min-confidence {args.min_confidence}".split(),
         # Quoted: a path with a space or a quote in it is one word when the command is run again.
-        + (f" --matting-model {shlex.quote(args.matting_model)}" if args.matting_model else "")
-    )
+        *(["--matting-model", shlex.quote(args.matting_model)] if args.matting_model else []),
+    ]
     masks = {
         "truth": "the renderer's masks roughened by blur-and-threshold",
         "session": "masks from the matting session",
