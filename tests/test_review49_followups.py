@@ -1,12 +1,21 @@
-"""Review 49 follow-ups: the generated shape module names a --matting-model path with spaces whole."""
+"""Review 49 follow-ups: the generated shape module names a --matting-model path with spaces whole; the
+console's API shows a stored decision's object URIs escaped, as it shows everything else it stored."""
 
 from __future__ import annotations
 
 import ast
+import json
 import shlex
+import sqlite3
 from pathlib import Path
 
+import pytest
+from starlette.testclient import TestClient
+
+from services.console.labelstudio import import_annotations
 from shared.captioning import fit_shape
+from shared.observability import escape_control_characters
+from tests.support.console import app_for, build_console, flagged_item, login, pending_envelope
 
 TINY = [
     "--products",
@@ -35,3 +44,34 @@ def test_a_matting_model_path_with_spaces_is_not_broken_across_docstring_lines(t
     command = doc.split("Command: ", 1)[1].split("\nData: ", 1)[0].replace("\n    ", " ")
     words = shlex.split(command)
     assert words[words.index("--matting-model") + 1] == model
+
+
+@pytest.mark.parametrize("char", ["\u202e", "\x85", "\x1b"], ids=["bidi", "c1_next_line", "escape"])
+def test_a_decision_stored_before_review_48_shows_its_object_uris_escaped_in_the_api(
+    tmp_path: Path, char: str
+) -> None:
+    """``resolved`` in GET /api/tasks/ID was the stored decision as read (leniently, as stored), so an
+    object's URI in it carried a raw U+202E or C1 control in the API's JSON, which reorders or breaks
+    what a script prints; the item page shows it escaped. Now the API shows it escaped the same way."""
+    parts = build_console(tmp_path)
+    parts.tasks.add_pending(pending_envelope(flagged_item(parts.store, 0)))
+    [task] = parts.tasks.query()
+    choice = {"type": "choices", "from_name": "decision", "value": {"choices": ["reject"]}}
+    annotated = {
+        "data": {"skuforge_task_id": task.task_id},
+        "annotations": [{"completed_by": 7, "result": [choice]}],
+    }
+    [outcome] = import_annotations(parts.tasks, parts.store, [annotated])
+    assert outcome.outcome == "reject"
+    # As a console before review 48 stored it: the character in an object's uri, in the task and its decision.
+    stored = f"{json.dumps(char)[1:-1]}gnp.png"  # as the JSON column holds it
+    with sqlite3.connect(tmp_path / "console" / "tasks.sqlite3") as db:
+        for table, column in (("tasks", "pending_json"), ("outbox", "payload_json")):
+            db.execute(f"UPDATE {table} SET {column} = replace({column}, '.png', ?)", (stored,))
+    with TestClient(app_for(parts)) as client:
+        login(client)
+        answer = client.get(f"/api/tasks/{task.task_id}")
+    assert answer.status_code == 200, answer.text
+    assert char not in answer.text
+    uri = answer.json()["resolved"]["pending"]["matted"]["generated"]["expected_mask"]["uri"]
+    assert f"{escape_control_characters(char)}gnp.png" in uri

@@ -16,6 +16,7 @@ from services.console.auth import Reviewer, current_session
 from services.console.context import ConsoleDep, Filters, TaskId
 from services.console.decisions import DecisionInvalid, record_decision
 from services.console.tasks import Task
+from shared.observability import escape_control_characters
 
 router = APIRouter(prefix="/api")
 
@@ -47,7 +48,7 @@ def api_task(task_id: TaskId, console: ConsoleDep) -> dict[str, Any]:
     return {
         **task_json(task, outbox.refused_reason if outbox else None),
         "audit": [entry.__dict__ for entry in console.tasks.audit(task_id)],
-        "resolved": outbox.payload.model_dump(mode="json") if outbox else None,
+        "resolved": _escaped(outbox.payload.model_dump(mode="json")) if outbox else None,
         "published": bool(outbox and outbox.published_at),
     }
 
@@ -137,3 +138,16 @@ def task_json(task: Task, refused: str | None = None) -> dict[str, Any]:
         "decided_at": task.decided_at,
         "refused": refused,
     }
+
+
+def _escaped(shown: Any) -> Any:
+    """``shown`` (JSON) with every string's control characters and bidi controls escaped, as the item
+    page shows stored text: a decision stored before review 48 reads as stored (``TaskStore.outbox``), so
+    an object's URI in it held a raw U+202E or C1 control. The rest was escaped when read: unchanged."""
+    if isinstance(shown, str):
+        return escape_control_characters(shown)
+    if isinstance(shown, dict):
+        return {key: _escaped(value) for key, value in shown.items()}
+    if isinstance(shown, list):
+        return [_escaped(value) for value in shown]
+    return shown
