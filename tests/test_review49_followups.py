@@ -1,5 +1,6 @@
 """Review 49 follow-ups: the generated shape module names a --matting-model path with spaces whole; the
-console's API shows a stored decision's object URIs escaped, as it shows everything else it stored."""
+console's API shows a stored decision's object URIs escaped, as it shows everything else it stored; a
+LoRA trainer's poll with the general adapter published and current writes no lease."""
 
 from __future__ import annotations
 
@@ -13,9 +14,12 @@ import pytest
 from starlette.testclient import TestClient
 
 from services.console.labelstudio import import_annotations
+from services.lora_trainer.lease import LEASES
 from shared.captioning import fit_shape
 from shared.observability import escape_control_characters
+from shared.store import FileStore
 from tests.support.console import app_for, build_console, flagged_item, login, pending_envelope
+from tests.support.lora import gate_accepted, model_folder, record_accepted_event, trainer_on
 
 TINY = [
     "--products",
@@ -75,3 +79,47 @@ def test_a_decision_stored_before_review_48_shows_its_object_uris_escaped_in_the
     assert char not in answer.text
     uri = answer.json()["resolved"]["pending"]["matted"]["generated"]["expected_mask"]["uri"]
     assert f"{escape_control_characters(char)}gnp.png" in uri
+
+
+class LeaseWritesStore(FileStore):
+    """A file store that keeps the lease keys written (taken, renewed or taken over), in order."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.lease_writes: list[str] = []
+
+    def _write(self, key: str, data: bytes, content_type: str) -> None:
+        if key.startswith(LEASES):
+            self.lease_writes.append(key)
+        super()._write(key, data, content_type)
+
+    def _write_new(self, key: str, data: bytes, content_type: str) -> bool:
+        if key.startswith(LEASES):
+            self.lease_writes.append(key)
+        return super()._write_new(key, data, content_type)
+
+
+def test_a_poll_with_the_general_adapter_published_and_current_takes_no_lease(
+    tmp_path: Path, stub_training: list[Path]
+) -> None:
+    """A guard, not a fix: review 49 feared the general job ran under its lease at every poll (every 5 s)
+    with nothing to do (a lease written and deleted, a heartbeat thread, two trainers meeting on it each
+    poll). It is not planned at all once published and current (``general.json`` records what it
+    covered), so no lease is written; this keeps it so."""
+    store = LeaseWritesStore(tmp_path / "store")
+    for variant in range(4):
+        record_accepted_event(store, gate_accepted(store, variant))
+    trainer = trainer_on(
+        store, model_folder(tmp_path, "m"), lora_class_images=0, lora_general_after_accepted=4
+    )
+    trainer.publish = lambda event: None
+    [event] = trainer.run_pending()
+    assert event.kind == "general"
+    assert store.lease_writes  # trained under its lease
+    store.lease_writes.clear()
+    trained = len(stub_training)
+    for _ in range(3):
+        assert trainer.run_pending() == []
+    assert len(stub_training) == trained
+    assert store.lease_writes == []
+    assert list(store.list_keys(LEASES)) == []
