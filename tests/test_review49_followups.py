@@ -123,3 +123,20 @@ def test_a_poll_with_the_general_adapter_published_and_current_takes_no_lease(
     assert len(stub_training) == trained
     assert store.lease_writes == []
     assert list(store.list_keys(LEASES)) == []
+
+
+def test_an_audit_entry_stored_with_a_bidi_control_is_shown_escaped_in_the_api(tmp_path: Path) -> None:
+    """The item page shows an audit entry's detail and reviewer escaped (one stored before the console
+    refused such text in a reason); GET /api/tasks/ID gave them as stored, a raw U+202E in the JSON."""
+    parts = build_console(tmp_path)
+    parts.tasks.add_pending(pending_envelope(flagged_item(parts.store, 0)))
+    [task] = parts.tasks.query()
+    with sqlite3.connect(tmp_path / "console" / "tasks.sqlite3") as db:
+        db.execute("UPDATE audit SET detail = ?, reviewer = ?", ("torn \u202elebal", "ann\u202e"))
+    with TestClient(app_for(parts)) as client:
+        login(client)
+        answer = client.get(f"/api/tasks/{task.task_id}")
+    assert answer.status_code == 200, answer.text
+    assert "\u202e" not in answer.text
+    [entry] = answer.json()["audit"]
+    assert entry["detail"] == "torn \\u202elebal" and entry["reviewer"] == "ann\\u202e"

@@ -47,7 +47,9 @@ def api_task(task_id: TaskId, console: ConsoleDep) -> dict[str, Any]:
     outbox = console.tasks.outbox(task_id)
     return {
         **task_json(task, outbox.refused_reason if outbox else None),
-        "audit": [entry.__dict__ for entry in console.tasks.audit(task_id)],
+        # Stored text shown escaped, as on the item page: an entry's detail or reviewer stored before the
+        # console refused such text, and a decision recorded before review 48 (read as stored).
+        "audit": [_escaped(entry.__dict__) for entry in console.tasks.audit(task_id)],
         "resolved": _escaped(outbox.payload.model_dump(mode="json")) if outbox else None,
         "published": bool(outbox and outbox.published_at),
     }
@@ -143,7 +145,8 @@ def task_json(task: Task, refused: str | None = None) -> dict[str, Any]:
 def _escaped(shown: Any) -> Any:
     """``shown`` (JSON) with every string's control characters and bidi controls escaped, as the item
     page shows stored text: a decision stored before review 48 reads as stored (``TaskStore.outbox``), so
-    an object's URI in it held a raw U+202E or C1 control. The rest was escaped when read: unchanged."""
+    an object's URI in it held a raw U+202E or C1 control; an audit entry is the table's text as stored.
+    Text escaped when read is unchanged (the escape adds no character it escapes)."""
     if isinstance(shown, str):
         return escape_control_characters(shown)
     if isinstance(shown, dict):
