@@ -4,7 +4,6 @@ behind for it, and the operator can see and close it."""
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,15 @@ from starlette.testclient import TestClient
 
 from services.console.labelstudio import import_annotations, mask_to_rle
 from services.console.tasks import UnreadableDecision
-from tests.support.console import ConsoleParts, app_for, build_console, flagged_item, login, pending_envelope
+from tests.support.console import (
+    ConsoleParts,
+    app_for,
+    build_console,
+    flagged_item,
+    login,
+    pending_envelope,
+    rejected_then_stored_as_before_review48,
+)
 
 OLDEST = "skuforge_console_oldest_task_age_seconds"
 UNSENDABLE = "skuforge_console_unsendable_tasks"
@@ -82,20 +89,8 @@ def test_a_decision_recorded_on_it_before_review_48_shows_on_its_page_and_is_sti
     # decision_unreadable, so nobody could see what had been decided. Shown as stored; the relay still
     # reads it strictly and sets it aside unsent, as every consumer would dead-letter it.
     parts = build_console(tmp_path)
-    parts.tasks.add_pending(pending_envelope(flagged_item(parts.store, 0)))
-    [task] = parts.tasks.query()
-    choice = {"type": "choices", "from_name": "decision", "value": {"choices": ["reject"]}}
-    annotated = {
-        "data": {"skuforge_task_id": task.task_id},
-        "annotations": [{"completed_by": 7, "result": [choice]}],
-    }
-    [outcome] = import_annotations(parts.tasks, parts.store, [annotated])
-    assert outcome.outcome == "reject"
     # As a console before review 48 stored it: a U+202E in an object's uri, in the task and its decision.
-    with sqlite3.connect(tmp_path / "console" / "tasks.sqlite3") as db:
-        for table in ("tasks", "outbox"):
-            column = "pending_json" if table == "tasks" else "payload_json"
-            db.execute(f"UPDATE {table} SET {column} = replace({column}, '.png', '\u202egnp.png')")
+    task = rejected_then_stored_as_before_review48(parts, tmp_path, "\u202egnp.png")
     shown = parts.tasks.outbox(task.task_id)
     assert shown is not None and shown.payload.decision == "reject"
     assert "\u202egnp.png" in shown.payload.pending.matted.generated.expected_mask.uri

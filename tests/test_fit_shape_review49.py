@@ -7,19 +7,7 @@ import shlex
 from pathlib import Path
 
 from shared.captioning import fit_shape
-
-TINY = [
-    "--products",
-    "8",
-    "--eval-products",
-    "0",
-    "--cartons",
-    "0",
-    "--mask-source",
-    "truth",
-    "--min-leaf",
-    "1",
-]
+from tests.support.captioning import TINY_FIT_SHAPE
 
 
 def test_an_odd_matting_model_path_reaches_the_generated_docstring_whole_and_quoted(tmp_path: Path) -> None:
@@ -29,7 +17,7 @@ def test_an_odd_matting_model_path_reaches_the_generated_docstring_whole_and_quo
     command gives the path back as one shell word."""
     model = '/models/a"""b\\N\'x\n\u202e.onnx'
     out = tmp_path / "tree.py"
-    assert fit_shape.main([*TINY, "--matting-model", model, "--out", str(out)]) == 0
+    assert fit_shape.main([*TINY_FIT_SHAPE, "--matting-model", model, "--out", str(out)]) == 0
     source = out.read_text(encoding="utf-8")
     assert "\u202e" not in source
     doc = ast.get_docstring(ast.parse(source), clean=False)
@@ -45,7 +33,7 @@ def test_a_matting_model_path_of_bytes_not_utf8_is_written_escaped_and_reads_bac
     nothing written. Now it is written as an escape, and the docstring's command reads back as the path."""
     model = "/models/caf\udce9.onnx"  # b"/models/caf\xe9.onnx" as os.fsdecode gives it
     out = tmp_path / "tree.py"
-    assert fit_shape.main([*TINY, "--matting-model", model, "--out", str(out)]) == 0
+    assert fit_shape.main([*TINY_FIT_SHAPE, "--matting-model", model, "--out", str(out)]) == 0
     source = out.read_text(encoding="utf-8")
     doc = ast.get_docstring(ast.parse(source), clean=False)
     assert doc is not None

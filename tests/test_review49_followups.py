@@ -13,26 +13,20 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
-from services.console.labelstudio import import_annotations
 from services.lora_trainer.lease import LEASES
 from shared.captioning import fit_shape
 from shared.observability import escape_control_characters
 from shared.store import FileStore
-from tests.support.console import app_for, build_console, flagged_item, login, pending_envelope
+from tests.support.captioning import TINY_FIT_SHAPE
+from tests.support.console import (
+    app_for,
+    build_console,
+    flagged_item,
+    login,
+    pending_envelope,
+    rejected_then_stored_as_before_review48,
+)
 from tests.support.lora import gate_accepted, model_folder, record_accepted_event, trainer_on
-
-TINY = [
-    "--products",
-    "8",
-    "--eval-products",
-    "0",
-    "--cartons",
-    "0",
-    "--mask-source",
-    "truth",
-    "--min-leaf",
-    "1",
-]
 
 
 def test_a_matting_model_path_with_spaces_is_not_broken_across_docstring_lines(tmp_path: Path) -> None:
@@ -41,7 +35,7 @@ def test_a_matting_model_path_with_spaces_is_not_broken_across_docstring_lines(t
     stands whole on one line and the command reads back as the same words."""
     model = "/models/" + "a" * 60 + "  two  spaces " + "b" * 60 + " end.onnx"
     out = tmp_path / "tree.py"
-    assert fit_shape.main([*TINY, "--matting-model", model, "--out", str(out)]) == 0
+    assert fit_shape.main([*TINY_FIT_SHAPE, "--matting-model", model, "--out", str(out)]) == 0
     doc = ast.get_docstring(ast.parse(out.read_text(encoding="utf-8")), clean=False)
     assert doc is not None
     assert any(shlex.quote(model) in line for line in doc.splitlines())
@@ -58,20 +52,9 @@ def test_a_decision_stored_before_review_48_shows_its_object_uris_escaped_in_the
     object's URI in it carried a raw U+202E or C1 control in the API's JSON, which reorders or breaks
     what a script prints; the item page shows it escaped. Now the API shows it escaped the same way."""
     parts = build_console(tmp_path)
-    parts.tasks.add_pending(pending_envelope(flagged_item(parts.store, 0)))
-    [task] = parts.tasks.query()
-    choice = {"type": "choices", "from_name": "decision", "value": {"choices": ["reject"]}}
-    annotated = {
-        "data": {"skuforge_task_id": task.task_id},
-        "annotations": [{"completed_by": 7, "result": [choice]}],
-    }
-    [outcome] = import_annotations(parts.tasks, parts.store, [annotated])
-    assert outcome.outcome == "reject"
     # As a console before review 48 stored it: the character in an object's uri, in the task and its decision.
     stored = f"{json.dumps(char)[1:-1]}gnp.png"  # as the JSON column holds it
-    with sqlite3.connect(tmp_path / "console" / "tasks.sqlite3") as db:
-        for table, column in (("tasks", "pending_json"), ("outbox", "payload_json")):
-            db.execute(f"UPDATE {table} SET {column} = replace({column}, '.png', ?)", (stored,))
+    task = rejected_then_stored_as_before_review48(parts, tmp_path, stored)
     with TestClient(app_for(parts)) as client:
         login(client)
         answer = client.get(f"/api/tasks/{task.task_id}")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import re
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -33,6 +32,7 @@ from shared.trainstore.dataset import ClassPlan, ExportPlan
 from shared.trainstore.manifest import ManifestRow, ManifestStore
 from tests.support.gate import captioned, matted_item
 from tests.support.s3 import file_or_s3_store
+from tests.support.store import written_before
 from tests.support.trainstore import trainstore_stage
 
 STORED_BEFORE = [("\u202e", "U+202E"), ("\x9b", "U+009B"), ("\u2028", "U+2028")]
@@ -45,17 +45,6 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
     return file_or_s3_store(request, tmp_path / "store")
 
 
-def _written_before(store: ObjectStore, key: str, data: bytes) -> None:
-    """``data`` under ``key`` as a store wrote it before its key check refused the character."""
-    if isinstance(store, FileStore):
-        path = store.root.joinpath(*key.split("/"))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-    else:
-        s3: Any = store
-        s3.client.put_object(Bucket=s3.bucket, Key=s3._key_prefix + key, Body=data)
-
-
 @pytest.mark.parametrize(("char", "named"), STORED_BEFORE, ids=IDS)
 def test_an_object_written_under_such_a_key_before_is_deleted(
     store: ObjectStore, char: str, named: str
@@ -63,7 +52,7 @@ def test_an_object_written_under_such_a_key_before_is_deleted(
     # Refused before: the retraining store's stage deleting a replaced render named so raised a bare
     # ValueError, the event retried and went to the dead letters, the old render stayed.
     key = f"renders/shelf{char}gnp.png"
-    _written_before(store, key, b"png bytes")
+    written_before(store, key, b"png bytes")
 
     store.delete(key)
 
@@ -76,7 +65,7 @@ def test_an_unchanged_object_under_such_a_key_is_deleted_if_unchanged(
     store: ObjectStore, char: str, named: str
 ) -> None:
     key = f"locks/held{char}.json"
-    _written_before(store, key, b"{}")
+    written_before(store, key, b"{}")
     _, version = store.get_versioned(key)
 
     assert not store.delete_if(key, "not-its-version")
@@ -88,7 +77,7 @@ def test_an_unchanged_object_under_such_a_key_is_deleted_if_unchanged(
 @pytest.mark.parametrize(("char", "named"), STORED_BEFORE, ids=IDS)
 def test_nothing_is_written_under_such_a_key_still(store: ObjectStore, char: str, named: str) -> None:
     key = f"renders/shelf{char}gnp.png"
-    _written_before(store, key, b"png bytes")
+    written_before(store, key, b"png bytes")
     _, version = store.get_versioned(key)
     for write in (
         lambda: store.put_bytes(key, b"other bytes"),
@@ -115,7 +104,7 @@ def test_a_failed_delete_of_such_a_key_names_its_uri_escaped(tmp_path: Path) -> 
     # character never reaches a log line or a dead letter, and not a ValueError from uri_for.
     store = FileStore(tmp_path)
     key = "renders/ro\u202e/shelf.png"
-    _written_before(store, key, b"png bytes")
+    written_before(store, key, b"png bytes")
     folder = store.root / "renders" / "ro\u202e"
     folder.chmod(0o500)
     try:
@@ -196,7 +185,7 @@ def test_evaluate_reads_an_image_whose_key_a_store_wrote_before(
     # uri_for on S3 naming the photo, though dataset export reads the same row.
     manifests = ManifestStore(store, "trainstore")
     image = f"images/a{char}b.jpg"
-    _written_before(store, manifests.key(image), b"jpeg bytes")
+    written_before(store, manifests.key(image), b"jpeg bytes")
     rows = [_row(image)]
 
     streamed = streamed_sha256s(manifests, rows)
@@ -236,7 +225,7 @@ def test_a_refusal_of_a_stored_image_whose_key_holds_one_names_it_escaped(
     manifests = ManifestStore(FileStore(tmp_path), "trainstore")
     image = "images/a\u202eb.png"
     data = encode_png(np.zeros((200, 200, 3), np.uint8))
-    _written_before(manifests.store, manifests.key(image), data)
+    written_before(manifests.store, manifests.key(image), data)
 
     with pytest.raises(ImageRejected) as refused:
         real_image_hashes(manifests, [_row(image, hashlib.sha256(data).hexdigest())], None, {})

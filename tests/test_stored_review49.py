@@ -24,6 +24,7 @@ from shared.store import FileStore, ObjectStore, sha256_hex
 from tests.support.console import app_for, build_console, flagged_item, login, pending_envelope
 from tests.support.lora import _trainer, one_photo_source, stand_in_captioned
 from tests.support.s3 import file_or_s3_store
+from tests.support.store import written_before
 
 # What the contract refuses in a uri since review 48 and a store wrote under a key before it (C0 and DEL
 # were refused in a key always): a bidirectional override, the 8-bit terminal escape, a line separator.
@@ -68,17 +69,6 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
     return file_or_s3_store(request, tmp_path / "store")
 
 
-def _written_before(store: ObjectStore, key: str, data: bytes) -> None:
-    """``data`` under ``key`` as a store wrote it before its key check refused the character."""
-    if isinstance(store, FileStore):
-        path = store.root.joinpath(*key.split("/"))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-    else:
-        s3: Any = store
-        s3.client.put_object(Bucket=s3.bucket, Key=s3._key_prefix + key, Body=data)
-
-
 def _stored_ref(uri: str, data: bytes) -> ObjectRef:
     """The reference a record stored before review 48 holds (read as stored, ``READ_FROM_STORE``)."""
     stored = {"uri": uri, "sha256": sha256_hex(data), "bytes": len(data)}
@@ -90,7 +80,7 @@ def test_an_object_written_under_such_a_key_before_is_read(store: ObjectStore, c
     # Since review 48 the store refused the key on read too: a console task's image answered 502
     # unsafe_key and a series request's photo was left out of its training set, though the bytes are there.
     key = f"photos/shelf{char}gnp.png"
-    _written_before(store, key, b"png bytes")
+    written_before(store, key, b"png bytes")
     uri = f"{store.base_uri}/{key}"
 
     assert store.get_bytes(uri) == store.get_bytes(key) == b"png bytes"
@@ -105,7 +95,7 @@ def test_an_object_written_under_such_a_key_before_is_read(store: ObjectStore, c
 @pytest.mark.parametrize(("char", "named"), STORED_BEFORE, ids=IDS)
 def test_nothing_is_written_under_such_a_key_still(store: ObjectStore, char: str, named: str) -> None:
     key = f"photos/shelf{char}gnp.png"
-    _written_before(store, key, b"png bytes")
+    written_before(store, key, b"png bytes")
     for write in (
         lambda: store.put_bytes(key, b"other bytes"),
         lambda: store.put_new(f"photos/new{char}.png", b"other bytes"),
@@ -126,7 +116,7 @@ def test_a_refusal_to_read_one_names_its_uri_escaped(store: ObjectStore, char: s
     with pytest.raises(ObjectMissing) as missing:
         store.read_verified(_stored_ref(uri, b"png bytes"))
     assert char not in str(missing.value) and escaped in str(missing.value)
-    _written_before(store, key, b"other bytes")
+    written_before(store, key, b"other bytes")
     for read in (
         lambda: store.read_verified(_stored_ref(uri, b"png bytes")),
         lambda: store.read_checked(uri, sha256_hex(b"png bytes")),
@@ -154,7 +144,7 @@ def test_the_console_shows_the_image_of_a_task_stored_with_one(tmp_path: Path, c
     mask = generated.expected_mask
     key = parts.store.key_for(mask.uri).replace(".png", f"{char}gnp.png")
     data = parts.store.get_bytes(mask.uri)
-    _written_before(parts.store, key, data)
+    written_before(parts.store, key, data)
     expected = mask.model_copy(update={"uri": f"{parts.store.base_uri}/{key}"})
     matted = pending.matted.model_copy(
         update={"generated": generated.model_copy(update={"expected_mask": expected})}
@@ -176,7 +166,7 @@ def test_the_trainer_trains_on_a_photo_stored_with_one(tmp_path: Path, char: str
     for field in ("image", "mask"):
         uri = getattr(source, f"{field}_uri")
         moved = uri.replace(".png", f"{char}.png")
-        _written_before(store, store.key_for(uri).replace(".png", f"{char}.png"), store.get_bytes(uri))
+        written_before(store, store.key_for(uri).replace(".png", f"{char}.png"), store.get_bytes(uri))
         source = dataclasses.replace(source, **{f"{field}_uri": moved})
     recipe = TrainingRecipe(resolution=64, scenes_per_photo=1, class_images=0)
 

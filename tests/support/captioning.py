@@ -293,3 +293,19 @@ def matting_calls(metrics: StageMetrics) -> float:
         for sample in family.samples
         if sample.name.endswith("_count") and sample.labels.get("model") == "matting"
     )
+
+
+# ``fit_shape``'s options for the smallest fit that still writes a module: 8 products, no held-out ones or
+# cartons, masks from the renderer's truth.
+TINY_FIT_SHAPE = [
+    "--products",
+    "8",
+    "--eval-products",
+    "0",
+    "--cartons",
+    "0",
+    "--mask-source",
+    "truth",
+    "--min-leaf",
+    "1",
+]

@@ -26,6 +26,7 @@ from services.console.app import create_app
 from services.console.config import ConsoleSettings
 from services.console.context import Console, make_signer
 from services.console.decisions import record_decision
+from services.console.labelstudio import import_annotations
 from services.console.metrics import ConsoleMetrics
 from services.console.tasks import _SCHEMA, STATES, Task, TaskStore
 from shared import keys
@@ -468,3 +469,22 @@ def assert_kept(tasks: TaskStore, now: float) -> None:
     assert tasks.counts() == full_counts(tasks.path, now)
     assert tasks.decision_counts() == full_decisions(tasks.path)
     assert tasks.reasons() == full_reasons(tasks.path)
+
+
+def rejected_then_stored_as_before_review48(parts: ConsoleParts, folder: Path, png_becomes: str) -> Task:
+    """A flagged item rejected (through a Label Studio import), its rows in the task table and the outbox
+    then rewritten as a console before review 48 stored them: each object URI's ``.png`` becomes
+    ``png_becomes``, text as the JSON column holds it (a raw U+202E, or its ``\\u202e`` escape)."""
+    parts.tasks.add_pending(pending_envelope(flagged_item(parts.store, 0)))
+    [task] = parts.tasks.query()
+    choice = {"type": "choices", "from_name": "decision", "value": {"choices": ["reject"]}}
+    annotated = {
+        "data": {"skuforge_task_id": task.task_id},
+        "annotations": [{"completed_by": 7, "result": [choice]}],
+    }
+    [outcome] = import_annotations(parts.tasks, parts.store, [annotated])
+    assert outcome.outcome == "reject"
+    with sqlite3.connect(folder / "console" / "tasks.sqlite3") as db:
+        for table, column in (("tasks", "pending_json"), ("outbox", "payload_json")):
+            db.execute(f"UPDATE {table} SET {column} = replace({column}, '.png', ?)", (png_becomes,))
+    return task

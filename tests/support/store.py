@@ -1,13 +1,26 @@
 """``ReadCountingStore``: a FileStore that records what is read from it, for tests that prove an object
 is refused on its event's figures before anything is read; ``WriteFailsOnce``: a FileStore whose next
-write under a prefix fails, for tests of a store fault half-way through a sequence of writes."""
+write under a prefix fails, for tests of a store fault half-way through a sequence of writes;
+``written_before``: an object put as a store wrote it before its key check refused the key's character."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from shared.errors import TransientError
-from shared.store import FileStore
+from shared.store import FileStore, ObjectStore
+
+
+def written_before(store: ObjectStore, key: str, data: bytes) -> None:
+    """``data`` under ``key`` as a store wrote it before its key check refused the character."""
+    if isinstance(store, FileStore):
+        path = store.root.joinpath(*key.split("/"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    else:
+        s3: Any = store
+        s3.client.put_object(Bucket=s3.bucket, Key=s3._key_prefix + key, Body=data)
 
 
 class ReadCountingStore(FileStore):
