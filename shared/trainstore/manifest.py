@@ -62,6 +62,7 @@ from schemas.common import (
     SafeId,
     Sha256Hex,
     escaped_when_read,
+    printable_ascii,
 )
 from schemas.envelope import derive_id
 from shared.config import ConfigError
@@ -352,9 +353,9 @@ def _escape_captions(captions: list[Any]) -> None:
     the caption's type escapes) is validated, so a store of plain captions pays one pass over them all.
     A caption that is no text is a ``ValidationError`` (a ``ValueError``): the JSONL part is read."""
     joined = "".join(captions)
-    # Printable ASCII holds none of NOT_ONE_LINE's characters, and these two C loops take about half the
+    # Printable ASCII holds none of NOT_ONE_LINE's characters, and its two checks in C take about half the
     # time of the scan (a store of plain captions is the common case).
-    if (joined.isascii() and joined.isprintable()) or not NOT_ONE_LINE.search(joined):
+    if printable_ascii(joined) or not NOT_ONE_LINE.search(joined):
         return
     for index, caption in enumerate(captions):
         if NOT_ONE_LINE.search(caption):
