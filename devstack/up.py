@@ -1163,7 +1163,9 @@ def read_state(workdir: Path) -> dict[str, Any] | None:
         with contextlib.suppress(PermissionError):
             os.kill(pid, 0)
         stack_started_at = float(state.get("started_at") or "inf")
-    except (OSError, ValueError, KeyError, TypeError, OverflowError):  # Overflow: a pid past C's long
+    # Overflow: a pid past C's long. RecursionError: json.loads' refusal of a file nested deeper than
+    # Python's stack, no ValueError: damaged, as any other.
+    except (OSError, ValueError, KeyError, TypeError, OverflowError, RecursionError):
         return None
     # A stack killed with SIGKILL, or by a reboot, leaves its state behind; its pid may since name a
     # process started after the stack was. The supervisor's start in ticks tells exactly; a file

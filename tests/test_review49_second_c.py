@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
+from devstack.up import read_state
 from services.console.tasks import TaskStore
 from shared.store import FileStore
 from skuforge_cli.main import main as cli_main
@@ -120,3 +121,10 @@ def test_an_empty_default_list_leaves_a_stages_own_placement_as_the_empty_map_do
     as_list = _gate_pod(helm, tmp_path, "list.yaml", own | {"stageDefaults": {key: []}})
     assert as_map[key] == PLACEMENT[key]
     assert as_list == as_map
+
+
+def test_skuforge_ups_own_read_of_a_stack_json_nested_too_deeply_is_no_stack(tmp_path: Path) -> None:
+    """The twin of the hint's read: ``devstack.up.read_state`` (``skuforge up``, ``down``, the demo) let
+    json.loads' RecursionError out of a damaged stack.json, a traceback where a damaged file is no stack."""
+    (tmp_path / "stack.json").write_text("[" * 100_000)
+    assert read_state(tmp_path) is None
